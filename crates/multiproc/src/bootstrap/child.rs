@@ -1,0 +1,321 @@
+//! The child's side: receive the call, run it, report the outcome, exit.
+
+use std::any::Any;
+use std::backtrace::{Backtrace, BacktraceStatus};
+use std::cell::RefCell;
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::wire::{self, CallHeader};
+use super::{BOOTSTRAP_FAILURE, Me, Parent};
+use crate::error::{CodecError, PanicLocation, RemotePanic};
+use crate::ipc::codec::{self, Encoded};
+use crate::ipc::framing::{Conn, RecvError};
+use crate::sys::{self, OwnedFd};
+
+/// Exit code of a child whose function panicked (Rust's own code for a panicking `main`).
+const PANIC_EXIT: i32 = 101;
+
+/// How a child came to be, which decides how it may exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Executed afresh: a process of its own; its atexit handlers are its to run.
+    Executed,
+    /// Forked by the single-threaded fork server: every lock is free, but handlers
+    /// registered before the fork belong to another process.
+    Server,
+    /// Forked straight from a parent that may have other threads (`spawn_fork`): any
+    /// lock another thread held at the fork is held forever, so multiproc itself takes
+    /// none that it does not own (no stdout flush, no span, raw writes to stderr).
+    Direct,
+}
+
+/// What the typed trampoline needs from the call in progress.
+pub(crate) trait CallIo {
+    /// The encoded arguments and the descriptors that came with them (asked once).
+    fn args(&mut self) -> (&[u8], Vec<OwnedFd>);
+    /// The arguments are decoded: free their bytes, tell the parent the call started.
+    fn started(&mut self);
+}
+
+/// What came of running the function.
+#[derive(Debug)]
+pub(crate) enum Invoked {
+    Returned(Encoded),
+    BadArgs(CodecError),
+    Unencodable(CodecError),
+}
+
+/// Decodes the arguments, runs `f`, encodes what it returns. Monomorphised per `(A, R)`
+/// through the trampolines in `sys`.
+pub(crate) fn invoke<A, R>(f: fn(A) -> R, io: &mut dyn CallIo) -> Invoked
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args = {
+        let (bytes, fds) = io.args();
+        match codec::decode::<A>(bytes, fds) {
+            Ok(args) => args,
+            Err(e) => return Invoked::BadArgs(e),
+        }
+    };
+    io.started();
+    let value = f(args);
+    match codec::encode(&value) {
+        Ok(encoded) => Invoked::Returned(encoded),
+        Err(e) => Invoked::Unencodable(e),
+    }
+}
+
+struct ChildIo<'a> {
+    conn: &'a mut Conn,
+    body: Vec<u8>,
+    payload_at: usize,
+    fds: Vec<OwnedFd>,
+}
+
+impl CallIo for ChildIo<'_> {
+    fn args(&mut self) -> (&[u8], Vec<OwnedFd>) {
+        (&self.body[self.payload_at..], std::mem::take(&mut self.fds))
+    }
+
+    fn started(&mut self) {
+        self.body = Vec::new();
+        // A parent that is gone will learn nothing; the call runs regardless.
+        let _ = self.conn.send(wire::STARTED, &[], &[]);
+    }
+}
+
+/// Entry of a child forked by the fork server: descriptors 3 (call channel) and 4 (the
+/// parent's death pipe, if any) are set up.
+pub(crate) fn run_forked(channel: OwnedFd, death: Option<OwnedFd>) -> ! {
+    serve_call(channel, death, Origin::Server)
+}
+
+/// Entry of a child started by executing the program afresh; `init()` found its token.
+pub(crate) fn run_exec(channel: OwnedFd, death: Option<OwnedFd>) -> ! {
+    serve_call(channel, death, Origin::Executed)
+}
+
+fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
+    let mut conn = Conn::new(channel, wire::MAX_CALL);
+    let frame = match conn.recv(None) {
+        Ok(frame) if frame.tag == wire::CALL => frame,
+        Ok(frame) => fail(
+            &mut conn,
+            &format!("expected a call, got message tag {}", frame.tag),
+            executed,
+        ),
+        // The parent went away before sending anything: nothing to report to.
+        Err(RecvError::Closed) => exit(BOOTSTRAP_FAILURE, executed),
+        Err(e) => fail(
+            &mut conn,
+            &format!("could not receive the call: {e}"),
+            executed,
+        ),
+    };
+    let parts = match wire::split_call(&frame.body) {
+        Ok(parts) => parts,
+        Err(e) => fail(&mut conn, &format!("malformed call: {e}"), executed),
+    };
+    let proof = match sys::verify_image(&parts.identity) {
+        Ok(proof) => proof,
+        Err(e) => fail(&mut conn, &e, executed),
+    };
+    let header: CallHeader = match postcard::from_bytes(parts.header) {
+        Ok(h) => h,
+        Err(e) => fail(&mut conn, &format!("malformed call header: {e}"), executed),
+    };
+    let payload_at = frame.body.len() - parts.payload.len();
+    let entry = header.entry;
+    let name = header.name.clone();
+    {
+        let mut st = super::state();
+        super::become_child(
+            &mut st,
+            Me {
+                name: header.name,
+                daemon: header.daemon,
+                lineage: header.lineage,
+                depth: header.depth,
+                parent: Some(Parent {
+                    pid: header.parent_pid,
+                    name: header.parent_name,
+                    death,
+                }),
+            },
+        );
+    }
+    sys::set_name(&name);
+    if let Some(setup) = super::setup()
+        && let Err(payload) = panic::catch_unwind(setup)
+    {
+        let why = format!(
+            "the setup function panicked: {}",
+            payload_message(&*payload)
+        );
+        fail(&mut conn, &why, executed);
+    }
+    install_panic_hook();
+    let span = tracing::info_span!("process", name = %name);
+    let mut io = ChildIo {
+        conn: &mut conn,
+        body: frame.body,
+        payload_at,
+        fds: frame.fds,
+    };
+    let result = span.in_scope(|| {
+        panic::catch_unwind(AssertUnwindSafe(|| sys::run_entry(entry, &proof, &mut io)))
+    });
+    let code = match result {
+        Ok(Invoked::Returned(value)) => {
+            let fds = sys::borrow_all(&value.fds);
+            let _ = conn.send(wire::RETURNED, &[&value.bytes], &fds);
+            0
+        }
+        Ok(Invoked::BadArgs(e)) => {
+            let why = format!("could not decode the arguments: {e}");
+            fail(&mut conn, &why, executed)
+        }
+        Ok(Invoked::Unencodable(e)) => {
+            let _ = conn.send(wire::UNENCODABLE, &[e.message().as_bytes()], &[]);
+            1
+        }
+        Err(payload) => {
+            report_panic(&mut conn, &*payload);
+            PANIC_EXIT
+        }
+    };
+    drop(conn);
+    finish(code, executed)
+}
+
+/// Child side of a process forked straight from its parent
+/// ([`Builder::spawn_fork`](crate::Builder::spawn_fork)): run `f`, report, exit.
+pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R) -> ! {
+    let mut conn = Conn::new(channel, wire::MAX_CALL);
+    install_panic_hook();
+    sys::set_name(&super::me().name);
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    let code = match result {
+        Ok(value) => match codec::encode(&value) {
+            Ok(value) => {
+                let fds = sys::borrow_all(&value.fds);
+                let _ = conn.send(wire::RETURNED, &[&value.bytes], &fds);
+                0
+            }
+            Err(e) => {
+                let _ = conn.send(wire::UNENCODABLE, &[e.message().as_bytes()], &[]);
+                1
+            }
+        },
+        Err(payload) => {
+            report_panic(&mut conn, &*payload);
+            PANIC_EXIT
+        }
+    };
+    drop(conn);
+    finish(code, Origin::Direct)
+}
+
+/// Reports that the call could not start, and exits.
+fn fail(conn: &mut Conn, why: &str, origin: Origin) -> ! {
+    let _ = conn.send(wire::FAILED, &[why.as_bytes()], &[]);
+    report(why);
+    exit(BOOTSTRAP_FAILURE, origin)
+}
+
+/// Reports a failure to start on a raw call channel (from a forked child before it has a
+/// `Conn`), and exits.
+pub(crate) fn fail_on(channel: OwnedFd, why: &str) -> ! {
+    let mut conn = Conn::new(channel, wire::MAX_CALL);
+    let _ = conn.send(wire::FAILED, &[why.as_bytes()], &[]);
+    report(why);
+    sys::exit_now(BOOTSTRAP_FAILURE)
+}
+
+/// One line on stderr, written directly: `eprintln!` takes a lock that, in a child forked
+/// from a threaded parent, another thread may have held at the fork.
+fn report(why: &str) {
+    let line = format!("multiproc: child process {}: {why}\n", sys::getpid());
+    sys::write_stderr(line.as_bytes());
+}
+
+/// Joins this child's own children, flushes, exits.
+fn finish(code: i32, origin: Origin) -> ! {
+    crate::process::registry::exit_function();
+    exit(code, origin)
+}
+
+fn exit(code: i32, origin: Origin) -> ! {
+    if origin != Origin::Direct {
+        let _ = std::io::stdout().flush();
+    }
+    match origin {
+        Origin::Executed => std::process::exit(code),
+        Origin::Server | Origin::Direct => sys::exit_now(code),
+    }
+}
+
+type PanicInfo = (String, Option<PanicLocation>, Option<String>);
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<PanicInfo>> = const { RefCell::new(None) };
+}
+
+/// Records the panic's message, location and backtrace for the report, then lets the
+/// previous hook (the default one prints to stderr) run as usual.
+fn install_panic_hook() {
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let backtrace = Backtrace::capture();
+        let backtrace =
+            (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
+        let record = (
+            payload_message(info.payload()),
+            info.location().map(PanicLocation::new),
+            backtrace,
+        );
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(record));
+        previous(info);
+    }));
+}
+
+fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
+    let (message, location, backtrace) = LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| (payload_message(payload), None, None));
+    let report = RemotePanic::new(
+        super::me().name.clone(),
+        sys::getpid(),
+        message,
+        location,
+        backtrace,
+    );
+    match postcard::to_stdvec(&report) {
+        Ok(bytes) => {
+            let _ = conn.send(wire::PANICKED, &[&bytes], &[]);
+        }
+        Err(e) => {
+            let _ = conn.send(
+                wire::FAILED,
+                &[format!("panic report: {e}").as_bytes()],
+                &[],
+            );
+        }
+    }
+}
+
+fn payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}

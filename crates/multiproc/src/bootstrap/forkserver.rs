@@ -1,0 +1,126 @@
+//! The parent's side of the fork server: start it, ask it for children, stop it.
+//!
+//! The server itself (a single-threaded loop that forks) is platform code and lives in
+//! `sys`; the protocol is in `wire` and described in `README.md`.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::wire::{self, ForkReply, ForkRequest};
+use crate::ipc::framing::{Conn, RecvError};
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// How long the server may take to answer a request before it is considered wedged.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to exit once told to.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// A running fork server, a direct child of this process.
+#[derive(Debug)]
+pub(crate) struct ForkServer {
+    pid: u32,
+    pidfd: OwnedFd,
+    conn: Conn,
+}
+
+impl ForkServer {
+    /// Forks the server from this process if it has a single thread; `Ok(None)` if not.
+    /// `death` is the read end of this process's death pipe, for the server's children.
+    pub(crate) fn fork_now(death: OwnedFd) -> io::Result<Option<Self>> {
+        let (ours, theirs) = sys::stream_pair()?;
+        match sys::fork_if_single_threaded()? {
+            None => Ok(None),
+            Some(sys::Forked::Child) => {
+                drop(ours);
+                sys::serve(theirs, Some(death))
+            }
+            Some(sys::Forked::Parent(pid)) => {
+                drop(theirs);
+                drop(death);
+                let pidfd = sys::pidfd_open(pid)?;
+                tracing::debug!(pid, "fork server forked");
+                Ok(Some(ForkServer {
+                    pid,
+                    pidfd,
+                    conn: Conn::new(ours, wire::MAX_CONTROL),
+                }))
+            }
+        }
+    }
+
+    /// Starts the server by executing this program afresh (this process has threads, so
+    /// forking it would not be sound).
+    pub(crate) fn exec_now(death: OwnedFd) -> io::Result<Self> {
+        let (ours, theirs) = sys::stream_pair()?;
+        let (pid, pidfd) = sys::exec_server(theirs, death)?;
+        tracing::debug!(pid, "fork server started by exec");
+        Ok(ForkServer {
+            pid,
+            pidfd,
+            conn: Conn::new(ours, wire::MAX_CONTROL),
+        })
+    }
+
+    /// Asks for a child. `fds`: the child's call channel, the status pipe's write end,
+    /// stdin, stdout, stderr. Returns the child's pid and a pidfd for it.
+    pub(crate) fn fork(
+        &mut self,
+        request: &ForkRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<(u32, OwnedFd)> {
+        let body = postcard::to_stdvec(request).map_err(io::Error::other)?;
+        self.conn.send(wire::FORK, &[&body], fds)?;
+        let frame = self
+            .conn
+            .recv(Some(Instant::now() + REPLY_TIMEOUT))
+            .map_err(|e| match e {
+                RecvError::Closed | RecvError::Truncated => {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the fork server exited")
+                }
+                RecvError::Timeout => {
+                    io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer")
+                }
+                RecvError::Io(e) => e,
+                RecvError::Corrupt(why) => io::Error::other(format!("fork server: {why}")),
+            })?;
+        if frame.tag != wire::FORKED {
+            return Err(io::Error::other(format!(
+                "fork server answered with message tag {}",
+                frame.tag
+            )));
+        }
+        let reply: ForkReply = postcard::from_bytes(&frame.body).map_err(io::Error::other)?;
+        let pid = reply.map_err(io::Error::other)?;
+        let pidfd = frame
+            .fds
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::other("fork server sent no pidfd"))?;
+        Ok((pid, pidfd))
+    }
+
+    /// Closes the connection, which tells the server to exit (killing any daemon children
+    /// it still has), and reaps it.
+    pub(crate) fn shut_down(self) {
+        let ForkServer { pid, pidfd, conn } = self;
+        drop(conn);
+        let deadline = Instant::now() + EXIT_GRACE;
+        let exited = sys::wait_readable(&[pidfd.as_fd()], Some(deadline))
+            .map(|r| r[0].ready())
+            .unwrap_or(false);
+        if !exited {
+            tracing::warn!(pid, "fork server did not exit; killing it");
+            let _ = sys::send_signal(pidfd.as_fd(), sys::SIGKILL);
+            let _ = sys::wait_readable(&[pidfd.as_fd()], None);
+        }
+        let _ = sys::try_reap(pidfd.as_fd());
+    }
+}
+
+/// Whether a request failed because the server is gone (so a new one should be started).
+pub(crate) fn is_server_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}

@@ -1,0 +1,218 @@
+//! What parent, fork server and child say to each other (see `README.md` here).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RemotePanic;
+use crate::sys::Entry;
+
+/// Version of the call layout; a child refuses any other.
+pub(crate) const PROTOCOL: u32 = 1;
+
+/// Parent → child: the call. Body: [`CallPrefix`] then the encoded arguments.
+pub(crate) const CALL: u8 = 1;
+/// Child → parent: the arguments decoded, the function is running.
+pub(crate) const STARTED: u8 = 2;
+/// Child → parent: the function returned; the body is the encoded value.
+pub(crate) const RETURNED: u8 = 3;
+/// Child → parent: the function panicked; the body is an encoded [`RemotePanic`].
+pub(crate) const PANICKED: u8 = 4;
+/// Child → parent: the call could not start; the body is a UTF-8 reason.
+pub(crate) const FAILED: u8 = 5;
+/// Child → parent: the function returned a value that could not be encoded (UTF-8 reason).
+pub(crate) const UNENCODABLE: u8 = 6;
+
+/// Parent → fork server: start a child. Body: an encoded [`ForkRequest`]; descriptors:
+/// the child's end of the call channel, the status pipe's write end, stdin, stdout, stderr.
+pub(crate) const FORK: u8 = 16;
+/// Fork server → parent: an encoded [`ForkReply`]; with `Ok`, one descriptor: a pidfd.
+pub(crate) const FORKED: u8 = 17;
+
+/// Largest call the child accepts through its channel (arguments included).
+pub(crate) const MAX_CALL: u64 = 1 << 40;
+/// Largest outcome the parent accepts (the return value included).
+pub(crate) const MAX_OUTCOME: u64 = 1 << 40;
+/// Largest fork-server message.
+pub(crate) const MAX_CONTROL: u64 = 64 << 20;
+
+/// Bytes before the call header: protocol version (`u32`), executable identity (6 × `u64`)
+/// and the header's length (`u32`), all little-endian. Fixed, so a child can refuse a
+/// call from another executable before decoding anything else.
+pub(crate) const PREFIX_LEN: usize = 4 + 6 * 8 + 4;
+
+/// Who the child is and what it runs.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CallHeader {
+    pub(crate) entry: Entry,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    /// Position among its ancestors' children, as in Python (`Process-1:2`).
+    pub(crate) lineage: Vec<u32>,
+    pub(crate) depth: u32,
+    pub(crate) parent_pid: u32,
+    pub(crate) parent_name: String,
+}
+
+/// Encodes the fixed prefix and the header of a call.
+pub(crate) fn encode_call_prefix(
+    identity: &[u64; 6],
+    header: &CallHeader,
+) -> Result<Vec<u8>, postcard::Error> {
+    let header = postcard::to_stdvec(header)?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + header.len());
+    out.extend_from_slice(&PROTOCOL.to_le_bytes());
+    for word in identity {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out.extend_from_slice(
+        &u32::try_from(header.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&header);
+    Ok(out)
+}
+
+/// A call's parts, borrowed from its frame body.
+#[derive(Debug)]
+pub(crate) struct CallParts<'a> {
+    pub(crate) identity: [u64; 6],
+    pub(crate) header: &'a [u8],
+    pub(crate) payload: &'a [u8],
+}
+
+/// Splits a call body; checks the version and the lengths, not the identity.
+pub(crate) fn split_call(body: &[u8]) -> Result<CallParts<'_>, String> {
+    if body.len() < PREFIX_LEN {
+        return Err(format!(
+            "call of {} bytes is shorter than its prefix",
+            body.len()
+        ));
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&body[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let version = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+    if version != PROTOCOL {
+        return Err(format!("call protocol {version}, expected {PROTOCOL}"));
+    }
+    let mut identity = [0u64; 6];
+    for (i, w) in identity.iter_mut().enumerate() {
+        *w = word(4 + 8 * i);
+    }
+    let at = 4 + 6 * 8;
+    let header_len =
+        u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]) as usize;
+    let rest = &body[PREFIX_LEN..];
+    if header_len > rest.len() {
+        return Err(format!(
+            "call header of {header_len} bytes overruns the call"
+        ));
+    }
+    let (header, payload) = rest.split_at(header_len);
+    Ok(CallParts {
+        identity,
+        header,
+        payload,
+    })
+}
+
+/// How a child is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Launch {
+    /// The fork server forks and the child runs the call.
+    Fork,
+    /// The fork server forks and the child executes `/proc/self/exe` afresh.
+    Exec,
+}
+
+/// Parent → fork server.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ForkRequest {
+    pub(crate) launch: Launch,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    /// Directory to run in (the parent's current one unless the builder set another).
+    pub(crate) cwd: Option<Bytes>,
+    /// The complete environment of the child: `KEY=VALUE` entries, each ended by a NUL
+    /// (the layout of `environ`, so a child can compare it with its own in one go).
+    pub(crate) env: Bytes,
+}
+
+/// Bytes that serde encodes as one block rather than element by element.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// Encodes an environment as [`ForkRequest::env`] does. Entries whose key is empty or
+/// holds `=` or NUL, or whose value holds NUL, cannot exist in an environment and are
+/// left out.
+pub(crate) fn env_block<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Bytes
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut out = Vec::new();
+    for (k, v) in vars {
+        let (k, v) = (k.as_ref().as_encoded_bytes(), v.as_ref().as_encoded_bytes());
+        if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
+            continue;
+        }
+        out.extend_from_slice(k);
+        out.push(b'=');
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    Bytes(out)
+}
+
+/// The entries of an environment block, as `(key, value)`.
+pub(crate) fn env_entries(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    block
+        .split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .filter_map(|entry| {
+            let at = entry.iter().position(|&b| b == b'=')?;
+            Some((&entry[..at], &entry[at + 1..]))
+        })
+}
+
+/// Fork server → parent: the child's pid, or why there is none.
+pub(crate) type ForkReply = Result<u32, String>;
+
+/// Converts a path to bytes for the wire (paths need not be UTF-8).
+pub(crate) fn path_bytes(p: PathBuf) -> Bytes {
+    Bytes(p.into_os_string().into_encoded_bytes())
+}
+
+/// Decodes a panic report, for the parent.
+pub(crate) fn decode_panic(body: &[u8]) -> Result<RemotePanic, postcard::Error> {
+    postcard::from_bytes(body)
+}

@@ -1,0 +1,328 @@
+//! Error types.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// A value could not be encoded or decoded for another process.
+///
+/// Arguments and return values travel as [serde](https://serde.rs) data; this is the
+/// error when a `Serialize` implementation fails, or when the bytes that arrive do not
+/// decode as the expected type (for instance, the two sides disagree on the type).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodecError {
+    message: String,
+}
+
+impl CodecError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        CodecError {
+            message: message.into(),
+        }
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// A signal number, shown with its name (`SIGSEGV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// `SIGINT`: interrupt (Ctrl-C).
+    pub const INT: Signal = Signal(sys::SIGINT);
+    /// `SIGABRT`: `abort()`, including a Rust panic in a `panic = "abort"` build.
+    pub const ABRT: Signal = Signal(sys::SIGABRT);
+    /// `SIGBUS`: bad memory access (for example, a truncated mapped file).
+    pub const BUS: Signal = Signal(sys::SIGBUS);
+    /// `SIGFPE`: arithmetic fault.
+    pub const FPE: Signal = Signal(sys::SIGFPE);
+    /// `SIGILL`: illegal instruction.
+    pub const ILL: Signal = Signal(sys::SIGILL);
+    /// `SIGKILL`: killed, by [`JoinHandle::kill`](crate::JoinHandle::kill), by someone
+    /// else, or by the kernel's out-of-memory killer.
+    pub const KILL: Signal = Signal(sys::SIGKILL);
+    /// `SIGSEGV`: invalid memory reference.
+    pub const SEGV: Signal = Signal(sys::SIGSEGV);
+    /// `SIGTERM`: asked to terminate, for example by
+    /// [`JoinHandle::terminate`](crate::JoinHandle::terminate).
+    pub const TERM: Signal = Signal(sys::SIGTERM);
+
+    /// A signal by number.
+    pub fn from_raw(number: i32) -> Self {
+        Signal(number)
+    }
+
+    /// The signal's number.
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// The signal's name, like `"SIGSEGV"`, where known.
+    pub fn name(self) -> Option<&'static str> {
+        sys::signal_name(self.0)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "signal {}", self.0),
+        }
+    }
+}
+
+/// How a child process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExitStatus(Termination);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Termination {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl ExitStatus {
+    pub(crate) fn from_sys(t: sys::Termination) -> Self {
+        ExitStatus(match t {
+            sys::Termination::Exited(code) => Termination::Code(code),
+            sys::Termination::Signaled(sig) => Termination::Signal(Signal(sig)),
+        })
+    }
+
+    /// The exit code, if the process exited (rather than being killed by a signal).
+    pub fn code(self) -> Option<i32> {
+        match self.0 {
+            Termination::Code(c) => Some(c),
+            Termination::Signal(_) => None,
+        }
+    }
+
+    /// The signal that killed the process, if one did.
+    pub fn signal(self) -> Option<Signal> {
+        match self.0 {
+            Termination::Code(_) => None,
+            Termination::Signal(s) => Some(s),
+        }
+    }
+
+    /// Exited with code 0.
+    pub fn success(self) -> bool {
+        self.code() == Some(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Termination::Code(c) => write!(f, "exit code {c}"),
+            Termination::Signal(s) => write!(f, "killed by {s}"),
+        }
+    }
+}
+
+/// Where a panic happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicLocation {
+    file: String,
+    line: u32,
+    column: u32,
+}
+
+impl PanicLocation {
+    pub(crate) fn new(loc: &std::panic::Location<'_>) -> Self {
+        PanicLocation {
+            file: loc.file().to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+        }
+    }
+
+    /// The source file.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The line, from 1.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// The column, from 1.
+    pub fn column(&self) -> u32 {
+        self.column
+    }
+}
+
+impl fmt::Display for PanicLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A panic in another process, brought back as data.
+///
+/// The backtrace is captured when the child runs with `RUST_BACKTRACE=1` (or `full`),
+/// which children inherit from the parent's environment, as `std` does for threads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePanic {
+    process: String,
+    pid: u32,
+    message: String,
+    location: Option<PanicLocation>,
+    backtrace: Option<String>,
+}
+
+impl RemotePanic {
+    pub(crate) fn new(
+        process: String,
+        pid: u32,
+        message: String,
+        location: Option<PanicLocation>,
+        backtrace: Option<String>,
+    ) -> Self {
+        RemotePanic {
+            process,
+            pid,
+            message,
+            location,
+            backtrace,
+        }
+    }
+
+    /// The panic message (the payload, when it is a string).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where it panicked.
+    pub fn location(&self) -> Option<&PanicLocation> {
+        self.location.as_ref()
+    }
+
+    /// The backtrace, when the child captured one.
+    pub fn backtrace(&self) -> Option<&str> {
+        self.backtrace.as_deref()
+    }
+
+    /// The name of the process that panicked.
+    pub fn process_name(&self) -> &str {
+        &self.process
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl fmt::Display for RemotePanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "process '{}' (pid {}) panicked", self.process, self.pid)?;
+        if let Some(loc) = &self.location {
+            write!(f, " at {loc}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for RemotePanic {}
+
+/// Why a process could not be started. No child is left behind when `spawn` fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// `multiproc::init()` has not been called in this process.
+    #[error("multiproc::init() must be called at the start of main before spawning")]
+    NotInitialized,
+    /// The arguments could not be encoded.
+    #[error("could not encode the arguments: {0}")]
+    Codec(CodecError),
+    /// The function is not part of the main executable (it lives in a shared library),
+    /// so another process cannot find it.
+    #[error("the function to run is not part of the main executable")]
+    NotInExecutable,
+    /// Spawning would nest processes deeper than the limit.
+    #[error("process nesting is limited to {limit} levels")]
+    TooDeep {
+        /// The limit.
+        limit: u32,
+    },
+    /// The directory the child should run in is not usable.
+    #[error("cannot run in {}: {source}", path.display())]
+    CurrentDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// Processes cannot be created on this platform.
+    #[error("unsupported on this platform: {0}")]
+    Unsupported(&'static str),
+    /// The operating system refused (out of processes, descriptors or memory, or the
+    /// fork server could not be started).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Why a child process produced no value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The function panicked.
+    #[error("{0}")]
+    Panicked(RemotePanic),
+    /// The process exited (`std::process::exit`) before the function returned.
+    #[error("the process exited with code {0} before returning")]
+    Exited(i32),
+    /// The process was killed by a signal: it crashed (`SIGSEGV`, `SIGABRT`, ...) or was
+    /// killed (`SIGKILL`, `SIGTERM`).
+    #[error("the process was killed by {0}")]
+    Signaled(Signal),
+    /// The process ended before its call started, for the reason given.
+    #[error("the process was lost before its call started: {0}")]
+    Lost(String),
+    /// The return value could not be encoded in the child or decoded here.
+    #[error("could not transfer the return value: {0}")]
+    Codec(CodecError),
+    /// `join_timeout` ran out of time; the process is still running.
+    #[error("timed out waiting for the process")]
+    Timeout,
+    /// The process was already joined.
+    #[error("the process was already joined")]
+    Joined,
+    /// Waiting for the process failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl ProcessError {
+    /// Whether this is [`ProcessError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ProcessError::Timeout)
+    }
+
+    /// The remote panic, if the function panicked.
+    pub fn panic(&self) -> Option<&RemotePanic> {
+        match self {
+            ProcessError::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Length-prefixed frames over a Unix stream socket, with descriptors passed alongside.
+//!
+//! A frame is a 16-byte header followed by its body:
+//!
+//! | bytes  | field                                   |
+//! |--------|-----------------------------------------|
+//! | 0..4   | magic `MPF1`                            |
+//! | 4..12  | body length, little-endian `u64`        |
+//! | 12..14 | number of descriptors, little-endian    |
+//! | 14     | tag (what the body is)                  |
+//! | 15     | zero                                    |
+//!
+//! Descriptors ride on the `sendmsg` that carries the header. A stream socket may hand
+//! several frames' bytes to one `recvmsg`, and with them descriptors of several frames,
+//! so the reader queues descriptors in arrival order and gives each frame as many as its
+//! header declares: since a frame's descriptors arrive no later than its header, the
+//! queue always holds them when the header is parsed.
+//!
+//! The reader never trusts the header: a wrong magic, a length above the connection's
+//! limit or a descriptor count the queue cannot satisfy is [`RecvError::Corrupt`], and
+//! bodies are allocated as their bytes arrive, so a lying length cannot make it allocate
+//! more than it has received (plus one bounded chunk).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::time::Instant;
+
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+const MAGIC: [u8; 4] = *b"MPF1";
+/// Size of a frame header.
+pub(crate) const HEADER_LEN: usize = 16;
+/// Bytes read at a time while looking for headers (bodies are read into their own
+/// buffers), and the largest step a body grows by.
+const CHUNK: usize = 8 * 1024;
+const BODY_STEP: usize = 16 * 1024 * 1024;
+
+/// One received frame.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) tag: u8,
+    pub(crate) body: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Why [`Conn::recv`] returned no frame.
+#[derive(Debug)]
+pub(crate) enum RecvError {
+    /// The deadline passed first.
+    Timeout,
+    /// The peer closed the connection between frames.
+    Closed,
+    /// The peer closed the connection in the middle of a frame.
+    Truncated,
+    /// The bytes are not a valid frame.
+    Corrupt(String),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Timeout => f.write_str("timed out"),
+            RecvError::Closed => f.write_str("connection closed"),
+            RecvError::Truncated => f.write_str("connection closed in the middle of a message"),
+            RecvError::Corrupt(why) => write!(f, "corrupt message: {why}"),
+            RecvError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for RecvError {
+    fn from(e: io::Error) -> Self {
+        RecvError::Io(e)
+    }
+}
+
+/// A parsed header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) len: u64,
+    pub(crate) nfds: u16,
+    pub(crate) tag: u8,
+}
+
+impl Header {
+    /// Encodes a header.
+    pub(crate) fn encode(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC);
+        h[4..12].copy_from_slice(&self.len.to_le_bytes());
+        h[12..14].copy_from_slice(&self.nfds.to_le_bytes());
+        h[14] = self.tag;
+        h
+    }
+
+    /// Decodes and checks a header against a body-length limit.
+    pub(crate) fn decode(bytes: &[u8; HEADER_LEN], max_body: u64) -> Result<Self, String> {
+        if bytes[0..4] != MAGIC {
+            return Err(format!("bad magic {:02x?}", &bytes[0..4]));
+        }
+        if bytes[15] != 0 {
+            return Err("reserved header byte is not zero".into());
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[4..12]);
+        let len = u64::from_le_bytes(len);
+        if len > max_body {
+            return Err(format!(
+                "body of {len} bytes exceeds the limit of {max_body}"
+            ));
+        }
+        let nfds = u16::from_le_bytes([bytes[12], bytes[13]]);
+        if usize::from(nfds) > sys::MAX_FDS_PER_MESSAGE {
+            return Err(format!("{nfds} descriptors declared"));
+        }
+        Ok(Header {
+            len,
+            nfds,
+            tag: bytes[14],
+        })
+    }
+}
+
+/// A frame whose header has arrived but whose body has not, entirely.
+#[derive(Debug)]
+struct Pending {
+    header: Header,
+    body: Vec<u8>,
+}
+
+/// A framed connection over one end of a Unix stream socket.
+///
+/// Sending blocks until the bytes are in the socket; receiving waits up to a deadline.
+/// A `Conn` is not synchronised: one sender and one receiver at a time (`&mut self`).
+pub(crate) struct Conn {
+    fd: OwnedFd,
+    max_body: u64,
+    /// Bytes received but not yet part of a frame.
+    buf: Vec<u8>,
+    /// Start of the unconsumed part of `buf`.
+    start: usize,
+    fds: VecDeque<OwnedFd>,
+    pending: Option<Pending>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Wraps a connected stream socket. Bodies above `max_body` bytes are refused.
+    pub(crate) fn new(fd: OwnedFd, max_body: u64) -> Self {
+        Conn {
+            fd,
+            max_body,
+            buf: Vec::new(),
+            start: 0,
+            fds: VecDeque::new(),
+            pending: None,
+        }
+    }
+
+    /// The socket.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Sends one frame whose body is the concatenation of `parts`.
+    pub(crate) fn send(
+        &mut self,
+        tag: u8,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let nfds = u16::try_from(fds.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= sys::MAX_FDS_PER_MESSAGE)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "at most {} descriptors per message",
+                        sys::MAX_FDS_PER_MESSAGE
+                    ),
+                )
+            })?;
+        let header = Header {
+            len: len as u64,
+            nfds,
+            tag,
+        }
+        .encode();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(&header));
+        slices.extend(
+            parts
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| IoSlice::new(p)),
+        );
+        let mut slices = &mut slices[..];
+        let mut first = true;
+        while !slices.is_empty() {
+            let passed: &[BorrowedFd<'_>] = if first { fds } else { &[] };
+            let n = sys::send_with_fds(self.fd.as_fd(), slices, passed)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            first = false;
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        Ok(())
+    }
+
+    /// Receives the next frame, waiting until `deadline` (`None`: as long as it takes).
+    pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame, RecvError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(frame);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Takes a complete frame out of what has been received, if there is one.
+    fn parse(&mut self) -> Result<Option<Frame>, RecvError> {
+        if self.pending.is_none() {
+            let avail = &self.buf[self.start..];
+            if avail.len() < HEADER_LEN {
+                return Ok(None);
+            }
+            let mut raw = [0u8; HEADER_LEN];
+            raw.copy_from_slice(&avail[..HEADER_LEN]);
+            let header = Header::decode(&raw, self.max_body).map_err(RecvError::Corrupt)?;
+            self.start += HEADER_LEN;
+            // Bounded by what has arrived or by one step, not by what the header claims.
+            let len = usize::try_from(header.len).unwrap_or(usize::MAX);
+            let have = (self.buf.len() - self.start).min(len);
+            let mut body = Vec::with_capacity(have.max(len.min(BODY_STEP)));
+            body.extend_from_slice(&self.buf[self.start..self.start + have]);
+            self.start += have;
+            self.pending = Some(Pending { header, body });
+        }
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        let complete = matches!(&self.pending, Some(p) if p.body.len() as u64 == p.header.len);
+        if !complete {
+            return Ok(None);
+        }
+        let Some(Pending { header, body }) = self.pending.take() else {
+            return Ok(None);
+        };
+        let nfds = usize::from(header.nfds);
+        if self.fds.len() < nfds {
+            return Err(RecvError::Corrupt(format!(
+                "message declares {nfds} descriptors but {} arrived",
+                self.fds.len()
+            )));
+        }
+        let fds = self.fds.drain(..nfds).collect();
+        Ok(Some(Frame {
+            tag: header.tag,
+            body,
+            fds,
+        }))
+    }
+
+    /// Receives more bytes: into the pending body when one is incomplete (never past its
+    /// end), otherwise into the header buffer.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
+        let n = if let Some(p) = &mut self.pending {
+            let len = usize::try_from(p.header.len).unwrap_or(usize::MAX);
+            let old = p.body.len();
+            let want = (len - old).min(BODY_STEP);
+            p.body.resize(old + want, 0);
+            let got = recv_some(&self.fd, &mut p.body[old..], &mut self.fds, deadline);
+            let n = *got.as_ref().unwrap_or(&0);
+            p.body.truncate(old + n);
+            got?
+        } else {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let old = self.buf.len();
+            self.buf.resize(old + CHUNK, 0);
+            let got = recv_some(&self.fd, &mut self.buf[old..], &mut self.fds, deadline);
+            let n = *got.as_ref().unwrap_or(&0);
+            self.buf.truncate(old + n);
+            got?
+        };
+        if n == 0 {
+            let mid_frame = self.pending.is_some() || self.buf.len() > self.start;
+            return Err(if mid_frame {
+                RecvError::Truncated
+            } else {
+                RecvError::Closed
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One `recvmsg`, waiting for readiness until `deadline`. `Ok(0)` is end of stream.
+fn recv_some(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    deadline: Option<Instant>,
+) -> Result<usize, RecvError> {
+    let mut received = Vec::new();
+    loop {
+        match sys::recv_with_fds(fd.as_fd(), buf, &mut received, true) {
+            Ok(n) => {
+                fds.extend(received);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                fds.extend(received.drain(..));
+                let ready = sys::wait_readable(&[fd.as_fd()], deadline)?;
+                if !ready[0].ready() {
+                    return Err(RecvError::Timeout);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Conn, Conn) {
+        let (a, b) = sys::stream_pair().unwrap();
+        (Conn::new(a, 1 << 30), Conn::new(b, 1 << 30))
+    }
+
+    #[test]
+    fn frames_round_trip_in_order() {
+        let (mut a, mut b) = pair();
+        a.send(1, &[b"hello", b" ", b"world"], &[]).unwrap();
+        a.send(2, &[], &[]).unwrap();
+        a.send(3, &[&[7u8; 100_000]], &[]).unwrap();
+        let f = b.recv(None).unwrap();
+        assert_eq!((f.tag, &f.body[..]), (1, &b"hello world"[..]));
+        let f = b.recv(None).unwrap();
+        assert_eq!((f.tag, f.body.len()), (2, 0));
+        let f = b.recv(None).unwrap();
+        assert_eq!((f.tag, f.body.len()), (3, 100_000));
+        assert!(f.body.iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn descriptors_go_to_their_frame() {
+        let (mut a, mut b) = pair();
+        let (r1, _w1) = sys::pipe().unwrap();
+        let (r2, _w2) = sys::pipe().unwrap();
+        a.send(1, &[b"none"], &[]).unwrap();
+        a.send(2, &[b"two"], &[r1.as_fd(), r2.as_fd()]).unwrap();
+        a.send(3, &[b"none again"], &[]).unwrap();
+        assert_eq!(b.recv(None).unwrap().fds.len(), 0);
+        assert_eq!(b.recv(None).unwrap().fds.len(), 2);
+        assert_eq!(b.recv(None).unwrap().fds.len(), 0);
+    }
+
+    #[test]
+    fn timeout_closed_and_truncated() {
+        let (a, mut b) = pair();
+        let deadline = Some(Instant::now() + std::time::Duration::from_millis(20));
+        assert!(matches!(b.recv(deadline), Err(RecvError::Timeout)));
+        // Half a header, then the peer goes away.
+        sys::send_with_fds(a.fd(), &[IoSlice::new(&MAGIC)], &[]).unwrap();
+        drop(a);
+        assert!(matches!(b.recv(None), Err(RecvError::Truncated)));
+        let (a, mut b) = pair();
+        drop(a);
+        assert!(matches!(b.recv(None), Err(RecvError::Closed)));
+    }
+
+    #[test]
+    fn lying_headers_are_corrupt() {
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        let too_long = Header {
+            len: 1 << 40,
+            nfds: 0,
+            tag: 1,
+        }
+        .encode();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&too_long)], &[]).unwrap();
+        assert!(matches!(b.recv(None), Err(RecvError::Corrupt(_))));
+
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        let missing_fds = Header {
+            len: 0,
+            nfds: 3,
+            tag: 1,
+        }
+        .encode();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&missing_fds)], &[]).unwrap();
+        assert!(matches!(b.recv(None), Err(RecvError::Corrupt(_))));
+
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(b"GARBAGE GARBAGE!")], &[]).unwrap();
+        assert!(matches!(b.recv(None), Err(RecvError::Corrupt(_))));
+    }
+}

@@ -1,0 +1,113 @@
+//! Python's `multiprocessing`, done right for Rust.
+//!
+//! Run functions in child processes, typed end to end, with none of the known failure
+//! modes of the Python original: a child that crashes is reported as such, daemon
+//! children never outlive their parent (even a `SIGKILL`ed one), and every child is
+//! reaped.
+//!
+//! # Starting
+//!
+//! Call [`init`] first in `main`. In the program's own process it returns a guard; in a
+//! child it never returns (the child runs its function and exits):
+//!
+//! ```no_run
+//! fn main() {
+//!     let _guard = multiproc::init();
+//!     // ... the program ...
+//! }
+//! ```
+//!
+//! # Processes
+//!
+//! [`spawn`] runs a function in a new process and returns a [`JoinHandle`]; `join`
+//! returns the function's value. Arguments and results are serde values, so anything
+//! `Serialize + Deserialize` crosses over; a closure that captures nothing is a function
+//! too.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Job {
+//!     id: u32,
+//!     words: Vec<String>,
+//! }
+//!
+//! fn count(job: Job) -> (u32, usize) {
+//!     (job.id, job.words.len())
+//! }
+//!
+//! let job = Job { id: 7, words: vec!["a".into(), "b".into()] };
+//! let child = multiproc::spawn(count, job)?;
+//! assert_eq!(child.join()?, (7, 2));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Builder`] names the process, makes it a daemon, picks the [`StartMethod`], and sets
+//! its environment, directory and standard streams.
+//!
+//! # Failures are values
+//!
+//! [`JoinHandle::join`] returns a [`ProcessError`] when there is no value: a panic comes
+//! back with its message, location and backtrace ([`RemotePanic`]); a crash such as
+//! `SIGSEGV` or `abort()` is [`ProcessError::Signaled`]; `std::process::exit(3)` is
+//! [`ProcessError::Exited`]. Every wait has a `_timeout` form, and
+//! [`terminate`](JoinHandle::terminate)/[`kill`](JoinHandle::kill) stop a child.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! use std::time::Duration;
+//!
+//! let mut child = multiproc::spawn(|()| std::thread::sleep(Duration::from_secs(60)), ())?;
+//! match child.join_timeout(Duration::from_millis(100)) {
+//!     Err(e) if e.is_timeout() => child.kill()?,
+//!     other => panic!("{other:?}"),
+//! }
+//! assert!(matches!(child.join(), Err(multiproc::ProcessError::Signaled(s)) if s == multiproc::Signal::KILL));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Life cycle
+//!
+//! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
+//! program's `main` returns (or it calls `std::process::exit`), daemon children are
+//! terminated and the others are joined, as in Python. A daemon child also dies when its
+//! parent is killed, which Python does not guarantee. [`current_process`],
+//! [`parent_process`] and [`active_children`] describe the family.
+//!
+//! # Logging
+//!
+//! [`init_with`] runs a setup function in every process; with [`log::init`] (feature
+//! `log`), every process logs as `{process name}: {message}`, Python's
+//! `%(processName)s: %(message)s`.
+//!
+//! # Platforms
+//!
+//! Linux. Elsewhere the crate does not build yet: the design relies on pidfds,
+//! `PR_SET_PDEATHSIG` and `/proc`.
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// The examples show `main` on purpose: `init()` must be its first call.
+#![allow(clippy::needless_doctest_main)]
+
+mod bootstrap;
+mod error;
+mod ipc;
+#[cfg(feature = "log")]
+pub mod log;
+mod process;
+mod sys;
+
+pub use bootstrap::{Init, init, init_with};
+pub use error::{
+    CodecError, ExitStatus, PanicLocation, ProcessError, RemotePanic, Signal, SpawnError,
+};
+pub use process::{
+    Builder, ChildProcess, CurrentProcess, JoinHandle, ParentProcess, StartMethod, Stdio,
+    active_children, cpu_count, current_process, get_start_method, parent_process,
+    set_start_method, spawn,
+};

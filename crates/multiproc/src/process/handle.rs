@@ -1,0 +1,564 @@
+//! `JoinHandle` and what the parent keeps about each child.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::registry;
+use crate::bootstrap::wire;
+use crate::error::{CodecError, ExitStatus, ProcessError, RemotePanic, Signal};
+use crate::ipc::codec;
+use crate::ipc::framing::{Conn, RecvError};
+use crate::sys::{self, AsFd, OwnedFd, Termination};
+
+/// How the parent learns that a child ended.
+#[derive(Debug)]
+pub(crate) enum StatusSource {
+    /// The fork server reaped it and writes its status to this pipe.
+    Relay(Arc<OwnedFd>),
+    /// A direct child of this process (forked by `spawn_fork`): reaped through its pidfd.
+    Direct,
+}
+
+/// How a child ended, as far as the parent can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Known(Termination),
+    /// The fork server died before reporting (someone killed it).
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Status {
+    source: StatusSource,
+    ended: Option<Ended>,
+}
+
+/// What the child sent back.
+#[derive(Debug)]
+enum Outcome {
+    Returned(Vec<u8>, Vec<OwnedFd>),
+    Panicked(RemotePanic),
+    Failed(String),
+    Unencodable(String),
+    Corrupt(String),
+}
+
+/// The parent's end of the call channel.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    conn: Conn,
+    started: bool,
+    closed: bool,
+    outcome: Option<Outcome>,
+}
+
+impl Channel {
+    /// `started`: the call is running already (a forked child runs at once).
+    pub(crate) fn new(conn: Conn, started: bool) -> Self {
+        Channel {
+            conn,
+            started,
+            closed: false,
+            outcome: None,
+        }
+    }
+
+    /// Reads what the child sends until its outcome arrives or it hangs up.
+    fn pump(&mut self, deadline: Option<Instant>) -> Result<(), ProcessError> {
+        while self.outcome.is_none() && !self.closed {
+            let frame = match self.conn.recv(deadline) {
+                Ok(frame) => frame,
+                Err(RecvError::Timeout) => return Err(ProcessError::Timeout),
+                Err(RecvError::Corrupt(why)) => {
+                    self.outcome = Some(Outcome::Corrupt(why));
+                    self.closed = true;
+                    break;
+                }
+                Err(RecvError::Closed | RecvError::Truncated | RecvError::Io(_)) => {
+                    self.closed = true;
+                    break;
+                }
+            };
+            let text = || String::from_utf8_lossy(&frame.body).into_owned();
+            self.outcome = match frame.tag {
+                wire::STARTED => {
+                    self.started = true;
+                    None
+                }
+                wire::RETURNED => Some(Outcome::Returned(frame.body, frame.fds)),
+                wire::PANICKED => Some(match wire::decode_panic(&frame.body) {
+                    Ok(p) => Outcome::Panicked(p),
+                    Err(e) => Outcome::Corrupt(format!("undecodable panic report: {e}")),
+                }),
+                wire::FAILED => Some(Outcome::Failed(text())),
+                wire::UNENCODABLE => Some(Outcome::Unencodable(text())),
+                tag => Some(Outcome::Corrupt(format!("unexpected message tag {tag}"))),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Everything the parent keeps about one child. Shared by its `JoinHandle`, the registry
+/// of live children and [`ChildProcess`] views.
+#[derive(Debug)]
+pub(crate) struct ChildRecord {
+    pid: u32,
+    name: String,
+    daemon: bool,
+    pidfd: OwnedFd,
+    status: Mutex<Status>,
+    channel: Mutex<Option<Channel>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ChildRecord {
+    pub(crate) fn new(
+        pid: u32,
+        name: String,
+        daemon: bool,
+        pidfd: OwnedFd,
+        source: StatusSource,
+        channel: Channel,
+    ) -> Self {
+        ChildRecord {
+            pid,
+            name,
+            daemon,
+            pidfd,
+            status: Mutex::new(Status {
+                source,
+                ended: None,
+            }),
+            channel: Mutex::new(Some(channel)),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// Sends the call on the channel. A child that died meanwhile is not an error here:
+    /// joining it reports what happened.
+    pub(crate) fn send_call(&self, parts: &[&[u8]], fds: &[OwnedFd]) {
+        if let Some(ch) = lock(&self.channel).as_mut() {
+            let fds = sys::borrow_all(fds);
+            if let Err(e) = ch.conn.send(wire::CALL, parts, &fds) {
+                tracing::debug!(pid = self.pid, "call not delivered: {e}");
+            }
+        }
+    }
+
+    /// Drops the parent's end of the call channel (nobody will read the result).
+    pub(crate) fn close_channel(&self) {
+        drop(lock(&self.channel).take());
+    }
+
+    /// How the child ended, if it has. Does not block while it runs; once it has exited,
+    /// waits (briefly) for the fork server to report its status.
+    pub(crate) fn ended(&self) -> Option<Ended> {
+        let mut st = lock(&self.status);
+        if st.ended.is_none() {
+            st.ended = match &st.source {
+                StatusSource::Relay(pipe) => {
+                    let reported = matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.ready());
+                    if reported || self.exited() {
+                        read_relayed(pipe, &self.pidfd, Some(Instant::now() + RELAY_GRACE))
+                    } else {
+                        None
+                    }
+                }
+                StatusSource::Direct => sys::try_reap(self.pidfd.as_fd())
+                    .ok()
+                    .flatten()
+                    .map(Ended::Known),
+            };
+        }
+        st.ended
+    }
+
+    /// Whether the process has exited (reported or not).
+    fn exited(&self) -> bool {
+        matches!(sys::poll_now(self.pidfd.as_fd()), Ok(r) if r.ready())
+    }
+
+    /// Waits until the process has exited, without needing its status: the pidfd says so
+    /// as soon as it happens, before the fork server has reaped it and reported.
+    fn wait_exited(&self, deadline: Option<Instant>) -> Result<(), ProcessError> {
+        if matches!(lock(&self.status).source, StatusSource::Direct) {
+            // A direct child must be reaped by us, which needs its status anyway.
+            return self.wait(deadline).map(drop);
+        }
+        if sys::wait_readable(&[self.pidfd.as_fd()], deadline)?[0].ready() {
+            Ok(())
+        } else {
+            Err(ProcessError::Timeout)
+        }
+    }
+
+    /// Waits until the child has ended (and is reaped), or `deadline` passes.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<Ended, ProcessError> {
+        loop {
+            if let Some(ended) = self.ended() {
+                return Ok(ended);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ProcessError::Timeout);
+            }
+            let pipe = match &lock(&self.status).source {
+                StatusSource::Relay(pipe) => Some(Arc::clone(pipe)),
+                StatusSource::Direct => None,
+            };
+            let fd = match &pipe {
+                Some(pipe) => pipe.as_fd(),
+                None => self.pidfd.as_fd(),
+            };
+            let ready = sys::wait_readable(&[fd], deadline)?;
+            if !ready[0].ready() {
+                return Err(ProcessError::Timeout);
+            }
+            if let Some(pipe) = pipe {
+                let mut st = lock(&self.status);
+                if st.ended.is_none() {
+                    st.ended = read_relayed(&pipe, &self.pidfd, deadline);
+                }
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_alive(&self) -> bool {
+        // The pidfd becomes readable when the process exits, before anyone reaps it; a
+        // direct child is reaped on the way, so that it leaves no zombie.
+        if lock(&self.status).ended.is_some() || self.exited() {
+            if matches!(lock(&self.status).source, StatusSource::Direct) {
+                let _ = self.ended();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Sends a signal; a process that already ended is left alone.
+    pub(crate) fn signal(&self, signal: i32) -> std::io::Result<()> {
+        if lock(&self.status).ended.is_some() {
+            return Ok(());
+        }
+        sys::send_signal(self.pidfd.as_fd(), signal)
+    }
+
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        match self.ended()? {
+            Ended::Known(t) => Some(ExitStatus::from_sys(t)),
+            Ended::Unknown => None,
+        }
+    }
+
+    /// Waits for the outcome and the exit, then turns them into the join result.
+    fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
+        let has_outcome = match lock(&self.channel).as_mut() {
+            Some(ch) => {
+                ch.pump(deadline)?;
+                ch.outcome.is_some()
+            }
+            None => false,
+        };
+        // With the outcome in hand, only the exit itself is awaited; without one, how the
+        // process ended is the answer.
+        let ended = if has_outcome {
+            self.wait_exited(deadline)?;
+            None
+        } else {
+            Some(self.wait(deadline)?)
+        };
+        let channel = lock(&self.channel).take();
+        registry::remove(self);
+        let (started, outcome) = channel.map_or((false, None), |c| (c.started, c.outcome));
+        match outcome {
+            Some(Outcome::Returned(body, fds)) => {
+                codec::decode::<R>(&body, fds).map_err(ProcessError::Codec)
+            }
+            Some(Outcome::Panicked(p)) => Err(ProcessError::Panicked(p)),
+            Some(Outcome::Failed(why)) => Err(ProcessError::Lost(why)),
+            Some(Outcome::Unencodable(why)) => Err(ProcessError::Codec(CodecError::new(format!(
+                "the child could not encode its return value: {why}"
+            )))),
+            Some(Outcome::Corrupt(why)) => Err(ProcessError::Codec(CodecError::new(format!(
+                "the child sent a corrupt message: {why}"
+            )))),
+            None => Err(match ended {
+                Some(Ended::Known(Termination::Exited(code))) if started => {
+                    ProcessError::Exited(code)
+                }
+                Some(Ended::Known(Termination::Signaled(sig))) if started => {
+                    ProcessError::Signaled(Signal::from_raw(sig))
+                }
+                Some(Ended::Known(t)) => ProcessError::Lost(format!(
+                    "{} before its call started",
+                    ExitStatus::from_sys(t)
+                )),
+                Some(Ended::Unknown) | None => ProcessError::Lost(
+                    "the fork server died, so how the process ended is unknown".into(),
+                ),
+            }),
+        }
+    }
+}
+
+/// How long an exited child's status may take to arrive from the fork server.
+const RELAY_GRACE: Duration = Duration::from_secs(1);
+
+/// Reads a relayed status; at end of file (the fork server died before reporting), waits
+/// for the process itself to end and reports `Unknown`.
+fn read_relayed(pipe: &OwnedFd, pidfd: &OwnedFd, deadline: Option<Instant>) -> Option<Ended> {
+    match sys::read_status(pipe.as_fd()) {
+        Ok(Some(t)) => Some(Ended::Known(t)),
+        Ok(None) | Err(_) => match sys::wait_readable(&[pidfd.as_fd()], deadline) {
+            Ok(r) if r[0].ready() => Some(Ended::Unknown),
+            _ => None,
+        },
+    }
+}
+
+/// An owned permission to join a child process: the process counterpart of
+/// [`std::thread::JoinHandle`].
+///
+/// Dropping the handle does not stop the process: like a Python `Process` object going
+/// out of scope, it keeps running (a non-daemon child is joined when the program exits;
+/// a daemon is terminated then). Its return value is discarded.
+pub struct JoinHandle<R> {
+    record: Arc<ChildRecord>,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    joined: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for JoinHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("pid", &self.record.pid)
+            .field("name", &self.record.name)
+            .field("daemon", &self.record.daemon)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> JoinHandle<R> {
+    pub(crate) fn new(record: Arc<ChildRecord>, stdio: [Option<OwnedFd>; 3]) -> Self {
+        let [stdin, stdout, stderr] = stdio;
+        JoinHandle {
+            record,
+            stdin: stdin.map(Into::into),
+            stdout: stdout.map(Into::into),
+            stderr: stderr.map(Into::into),
+            joined: false,
+            _result: PhantomData,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.record.pid
+    }
+
+    /// The process name (`Process-1` unless [`Builder::name`](crate::Builder::name) set
+    /// one).
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// Whether this is a daemon process.
+    pub fn is_daemon(&self) -> bool {
+        self.record.daemon
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.record.is_alive()
+    }
+
+    /// How the process ended, or `None` while it runs (Python's `exitcode`).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.record.exit_status()
+    }
+
+    /// Asks the process to stop with `SIGTERM`. It may catch or ignore the signal; follow
+    /// with [`join_timeout`](Self::join_timeout) and [`kill`](Self::kill) to be sure.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent (a process that already ended is not an error).
+    pub fn terminate(&self) -> std::io::Result<()> {
+        self.record.signal(sys::SIGTERM)
+    }
+
+    /// Kills the process with `SIGKILL`.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent (a process that already ended is not an error).
+    pub fn kill(&self) -> std::io::Result<()> {
+        self.record.signal(sys::SIGKILL)
+    }
+
+    /// A view of this child that can be kept or cloned without the right to join it.
+    pub fn process(&self) -> ChildProcess {
+        ChildProcess {
+            record: Arc::clone(&self.record),
+        }
+    }
+
+    /// The writing end of the child's stdin, if it was [`Stdio::piped`](crate::Stdio::piped).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// The reading end of the child's stdout, if it was [`Stdio::piped`](crate::Stdio::piped).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// The reading end of the child's stderr, if it was [`Stdio::piped`](crate::Stdio::piped).
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.stderr.take()
+    }
+}
+
+impl<R: DeserializeOwned> JoinHandle<R> {
+    /// Waits for the process to end and returns what its function returned.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError`] says why there is no value: the function panicked (with its
+    /// message, location and backtrace), the process exited or was killed by a signal
+    /// (a crash such as `SIGSEGV`, or `SIGKILL`), it was lost before the call started,
+    /// or the value could not be decoded.
+    pub fn join(mut self) -> Result<R, ProcessError> {
+        self.join_until(None)
+    }
+
+    /// Like [`join`](Self::join), but gives up after `timeout` with
+    /// [`ProcessError::Timeout`], leaving the process running and the handle usable.
+    ///
+    /// # Errors
+    ///
+    /// As for [`join`](Self::join), plus `Timeout`; after a result has been returned,
+    /// [`ProcessError::Joined`].
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
+        self.join_until(Some(Instant::now() + timeout))
+    }
+
+    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R, ProcessError> {
+        if self.joined {
+            return Err(ProcessError::Joined);
+        }
+        let result = self.record.join(deadline);
+        if !matches!(result, Err(ProcessError::Timeout)) {
+            self.joined = true;
+        }
+        result
+    }
+}
+
+impl<R> Drop for JoinHandle<R> {
+    fn drop(&mut self) {
+        if !self.joined {
+            // The result will never be read: let a child blocked on sending it go.
+            self.record.close_channel();
+            registry::detached();
+        }
+    }
+}
+
+/// A child process, without its result: from [`active_children`](crate::active_children)
+/// or [`JoinHandle::process`]. Cloning it is cheap.
+#[derive(Clone)]
+pub struct ChildProcess {
+    pub(crate) record: Arc<ChildRecord>,
+}
+
+impl fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildProcess")
+            .field("pid", &self.record.pid)
+            .field("name", &self.record.name)
+            .field("daemon", &self.record.daemon)
+            .finish()
+    }
+}
+
+impl ChildProcess {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.record.pid
+    }
+
+    /// The process name.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// Whether this is a daemon process.
+    pub fn is_daemon(&self) -> bool {
+        self.record.daemon
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.record.is_alive()
+    }
+
+    /// How the process ended, or `None` while it runs.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.record.exit_status()
+    }
+
+    /// Waits until the process ends, at most `timeout` (`None`: as long as it takes).
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Timeout`] if it is still running; [`ProcessError::Io`] if waiting
+    /// failed.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, ProcessError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        Ok(match self.record.wait(deadline)? {
+            Ended::Known(t) => Some(ExitStatus::from_sys(t)),
+            Ended::Unknown => None,
+        })
+    }
+
+    /// Sends `SIGTERM`.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        self.record.signal(sys::SIGTERM)
+    }
+
+    /// Sends `SIGKILL`.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent.
+    pub fn kill(&self) -> std::io::Result<()> {
+        self.record.signal(sys::SIGKILL)
+    }
+}

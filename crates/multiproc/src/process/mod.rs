@@ -1,0 +1,566 @@
+//! Processes: [`spawn`], [`Builder`], [`JoinHandle`], and what a process knows about itself.
+#![allow(unsafe_code)] // `Builder::spawn_fork` is an `unsafe fn` by design; it contains no unsafe block.
+
+mod current;
+mod handle;
+pub(crate) mod registry;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use current::{
+    CurrentProcess, ParentProcess, active_children, cpu_count, current_process, parent_process,
+};
+pub use handle::{ChildProcess, JoinHandle};
+
+use handle::{Channel, ChildRecord, StatusSource};
+
+use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, wire};
+use crate::error::SpawnError;
+use crate::ipc::codec;
+use crate::ipc::framing::Conn;
+use crate::sys::{self, AsFd, OwnedFd};
+
+/// How a child process is started.
+///
+/// Both methods start children from the *fork server*, a small single-threaded process
+/// that `init()` forks before `main` does anything else. Either way a child starts from
+/// the program's state as it was at that point (statics at their initial values), not as
+/// a copy of the parent's memory, so it is safe whatever threads the parent runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// The fork server forks and the child runs the function: the fastest start.
+    #[default]
+    ForkServer,
+    /// The fork server forks and the child executes the program afresh
+    /// (`/proc/self/exe`, so a program replaced on disk since it started still runs its
+    /// own code), then runs the function: a completely fresh process, as Python's
+    /// `spawn`. Slower to start.
+    Spawn,
+}
+
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
+
+/// Calls up to this size are sent before the child exists: an empty Unix socket buffers
+/// at least this much (the kernel's minimum default is 208 KiB), so the send cannot block.
+const EARLY_CALL_LIMIT: usize = 64 * 1024;
+
+/// Sets the start method used when a [`Builder`] does not choose one (Python's
+/// `multiprocessing.set_start_method`).
+pub fn set_start_method(method: StartMethod) {
+    let code = match method {
+        StartMethod::ForkServer => 0,
+        StartMethod::Spawn => 1,
+    };
+    DEFAULT_METHOD.store(code, Ordering::Relaxed);
+}
+
+/// The start method used when a [`Builder`] does not choose one.
+pub fn get_start_method() -> StartMethod {
+    match DEFAULT_METHOD.load(Ordering::Relaxed) {
+        1 => StartMethod::Spawn,
+        _ => StartMethod::ForkServer,
+    }
+}
+
+/// Where a child's standard input or output goes.
+pub struct Stdio(StdioKind);
+
+enum StdioKind {
+    Inherit,
+    Null,
+    Piped,
+    Fd(OwnedFd),
+}
+
+impl Stdio {
+    /// The parent's own stream (the default for stdout and stderr).
+    pub fn inherit() -> Self {
+        Stdio(StdioKind::Inherit)
+    }
+
+    /// `/dev/null` (the default for stdin, as in Python).
+    pub fn null() -> Self {
+        Stdio(StdioKind::Null)
+    }
+
+    /// A new pipe; the parent's end is taken with
+    /// [`JoinHandle::take_stdin`]/[`take_stdout`](JoinHandle::take_stdout)/
+    /// [`take_stderr`](JoinHandle::take_stderr).
+    pub fn piped() -> Self {
+        Stdio(StdioKind::Piped)
+    }
+
+    /// Resolves to the descriptor the child gets and, for a pipe, the parent's end.
+    fn resolve(self, which: u8) -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
+        Ok(match self.0 {
+            StdioKind::Inherit => match dup_stdio(which) {
+                Ok(fd) => (fd, None),
+                // Our own stream is closed: the child gets nothing to write to either.
+                Err(_) => (sys::dev_null()?, None),
+            },
+            StdioKind::Null => (sys::dev_null()?, None),
+            StdioKind::Piped => {
+                let (read, write) = sys::pipe()?;
+                if which == 0 {
+                    (read, Some(write))
+                } else {
+                    (write, Some(read))
+                }
+            }
+            StdioKind::Fd(fd) => (fd, None),
+        })
+    }
+}
+
+fn dup_stdio(which: u8) -> std::io::Result<OwnedFd> {
+    match which {
+        0 => sys::dup(std::io::stdin().as_fd()),
+        1 => sys::dup(std::io::stdout().as_fd()),
+        _ => sys::dup(std::io::stderr().as_fd()),
+    }
+}
+
+impl fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            StdioKind::Inherit => "Stdio::inherit()",
+            StdioKind::Null => "Stdio::null()",
+            StdioKind::Piped => "Stdio::piped()",
+            StdioKind::Fd(_) => "Stdio::from(..)",
+        })
+    }
+}
+
+impl From<std::fs::File> for Stdio {
+    fn from(file: std::fs::File) -> Self {
+        Stdio(StdioKind::Fd(file.into()))
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Self {
+        Stdio(StdioKind::Fd(fd))
+    }
+}
+
+/// Configures a child process before starting it: name, daemon flag, start method,
+/// environment, directory and standard streams. The counterpart of
+/// [`std::thread::Builder`] and of Python's `Process(name=..., daemon=...)`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::{Builder, Stdio};
+///
+/// fn work(n: u32) -> u32 {
+///     n + 1
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let _guard = multiproc::init();
+/// let child = Builder::new()
+///     .name("renamed worker")
+///     .daemon(true)
+///     .env("WORKER_MODE", "fast")
+///     .stdout(Stdio::null())
+///     .spawn(work, 41)?;
+/// assert_eq!(child.join()?, 42);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct Builder {
+    name: Option<String>,
+    daemon: bool,
+    method: Option<StartMethod>,
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    cwd: Option<PathBuf>,
+    stdin: Option<Stdio>,
+    stdout: Option<Stdio>,
+    stderr: Option<Stdio>,
+}
+
+impl Builder {
+    /// A builder with the defaults: named `Process-N`, not a daemon, the default start
+    /// method, the parent's environment and directory, stdin from `/dev/null`, stdout and
+    /// stderr inherited.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Names the process (also shown by `ps` and `top`, truncated to 15 bytes).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemon child never outlives its parent, however the parent ends (`SIGKILL`
+    /// included), and is terminated when the parent exits normally. A non-daemon child is
+    /// joined when the parent exits normally, and keeps running if the parent is killed.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// How to start the child; see [`StartMethod`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable for the child.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Starts the child with an empty environment (plus what [`env`](Self::env) adds).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// Runs the child in `dir`.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Where the child's stdin comes from (default: [`Stdio::null`]).
+    pub fn stdin(mut self, stdio: Stdio) -> Self {
+        self.stdin = Some(stdio);
+        self
+    }
+
+    /// Where the child's stdout goes (default: [`Stdio::inherit`]).
+    pub fn stdout(mut self, stdio: Stdio) -> Self {
+        self.stdout = Some(stdio);
+        self
+    }
+
+    /// Where the child's stderr goes (default: [`Stdio::inherit`]).
+    pub fn stderr(mut self, stdio: Stdio) -> Self {
+        self.stderr = Some(stdio);
+        self
+    }
+
+    /// Starts a child process that runs `f(args)` and returns its result through the
+    /// [`JoinHandle`].
+    ///
+    /// `f` is a function or a closure that captures nothing; `args` and the return value
+    /// travel between the processes as serde data.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`]: `init()` was not called, the arguments cannot be encoded, the
+    /// directory is unusable, nesting is too deep, or the system refused. No child is
+    /// left behind.
+    pub fn spawn<A, R>(mut self, f: fn(A) -> R, args: A) -> Result<JoinHandle<R>, SpawnError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let me = self.check()?;
+        let entry = sys::entry(f).map_err(|_| SpawnError::NotInExecutable)?;
+        let args = codec::encode(&args).map_err(SpawnError::Codec)?;
+        let identity = bootstrap::exe_identity()?;
+        let cwd = match &self.cwd {
+            Some(dir) => Some(checked_dir(dir)?),
+            // The parent's directory now (it may have changed since the server started).
+            None => std::env::current_dir().ok(),
+        };
+        let env = self.environment();
+        let number = bootstrap::next_child_number();
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&me, number));
+        let launch = match self.method.unwrap_or_else(get_start_method) {
+            StartMethod::ForkServer => wire::Launch::Fork,
+            StartMethod::Spawn => wire::Launch::Exec,
+        };
+        let header = wire::CallHeader {
+            entry,
+            name: name.clone(),
+            daemon: self.daemon,
+            lineage: lineage(&me, number),
+            depth: me.depth + 1,
+            parent_pid: sys::getpid(),
+            parent_name: me.name.clone(),
+        };
+        let prefix = wire::encode_call_prefix(&identity, &header)
+            .map_err(|e| SpawnError::Codec(crate::CodecError::new(e.to_string())))?;
+
+        let (ours, theirs) = sys::stream_pair()?;
+        let (status_read, status_write) = sys::pipe()?;
+        let (stdio_child, stdio_parent) = self.resolve_stdio()?;
+        let request = wire::ForkRequest {
+            launch,
+            name: name.clone(),
+            daemon: self.daemon,
+            cwd: cwd.map(wire::path_bytes),
+            env: wire::env_block(env),
+        };
+        let mut conn = Conn::new(ours, wire::MAX_OUTCOME);
+        // A small call fits in the empty socket's buffer: send it now, while the server
+        // forks, rather than after. A large one waits for the child to exist to read it.
+        let early = prefix.len() + args.bytes.len() <= EARLY_CALL_LIMIT;
+        if early {
+            let fds = sys::borrow_all(&args.fds);
+            conn.send(wire::CALL, &[&prefix, &args.bytes], &fds)?;
+        }
+        let (pid, pidfd) = bootstrap::with_server(|server| {
+            let mut fds = vec![theirs.as_fd(), status_write.as_fd()];
+            fds.extend(stdio_child.iter().map(AsFd::as_fd));
+            server.fork(&request, &fds)
+        })?;
+        drop((theirs, status_write, stdio_child));
+        tracing::debug!(pid, name = %name, ?launch, "spawned");
+
+        let record = Arc::new(ChildRecord::new(
+            pid,
+            name,
+            self.daemon,
+            pidfd,
+            StatusSource::Relay(Arc::new(status_read)),
+            Channel::new(conn, false),
+        ));
+        registry::add(&mut registry::lock(), Arc::clone(&record));
+        if !early {
+            record.send_call(&[&prefix, &args.bytes], &args.fds);
+        }
+        Ok(JoinHandle::new(record, stdio_parent))
+    }
+
+    /// Starts a child by forking this process directly, running `f` in the copy
+    /// (Python's `fork` start method). The child sees a copy of the parent's memory,
+    /// so `f` may capture anything; only its return value travels back.
+    ///
+    /// # Safety
+    ///
+    /// Only the calling thread exists in the child. If another thread of this process
+    /// holds a lock at the moment of the fork (the allocator's, stdout's, a `Mutex` of
+    /// yours, a logging or runtime lock), it stays locked in the child forever, and the
+    /// child deadlocks or sees half-updated data if `f` (or anything it calls, including
+    /// `println!` and logging) needs it. The caller must ensure that either this process
+    /// has no other threads, or `f` touches nothing another thread might hold. This is
+    /// why Python deprecates `fork` with threads, and why the default start methods go
+    /// through the fork server instead.
+    ///
+    /// # Errors
+    ///
+    /// As for [`spawn`](Self::spawn).
+    pub unsafe fn spawn_fork<F, R>(mut self, f: F) -> Result<JoinHandle<R>, SpawnError>
+    where
+        F: FnOnce() -> R,
+        R: Serialize + DeserializeOwned,
+    {
+        let me = self.check()?;
+        if let Some(dir) = &self.cwd {
+            checked_dir(dir)?;
+        }
+        let number = bootstrap::next_child_number();
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&me, number));
+        let (ours, theirs) = sys::stream_pair()?;
+        let (stdio_child, stdio_parent) = self.resolve_stdio()?;
+        let env = self.environment();
+        let parent_pid = sys::getpid();
+        let forking_thread_is_main = sys::is_main_thread();
+        // Unflushed output would be written twice, once by each process.
+        let _ = std::io::stdout().flush();
+
+        // Hold multiproc's own locks across the fork so that none is held mid-update by
+        // another thread: the child gets consistent copies and releases them itself.
+        let mut st = bootstrap::state();
+        let death = bootstrap::death_read_end(&mut st)?;
+        let mut children = registry::lock();
+        // SAFETY: the caller upholds the contract stated in `# Safety`; multiproc's own
+        // state is consistent because its locks are held.
+        let forked = unsafe { sys::fork_unchecked() }?;
+        match forked {
+            sys::Forked::Child => {
+                drop(ours);
+                // This process's children are the parent's; forget them without touching
+                // them (their descriptors here are copies).
+                children.clear();
+                drop(children);
+                let watchdog = if self.daemon {
+                    sys::dup(death.as_fd()).ok()
+                } else {
+                    None
+                };
+                bootstrap::become_child(
+                    &mut st,
+                    Me {
+                        name,
+                        daemon: self.daemon,
+                        lineage: lineage(&me, number),
+                        depth: me.depth + 1,
+                        parent: Some(Parent {
+                            pid: parent_pid,
+                            name: me.name.clone(),
+                            death: Some(death),
+                        }),
+                    },
+                );
+                drop(st);
+                let setup = sys::setup_forked_child(sys::ForkedChildSetup {
+                    stdio: stdio_child,
+                    cwd: self.cwd.clone(),
+                    env: (self.env_clear || !self.env.is_empty()).then(|| wire::env_block(env)),
+                    // The parent-death signal follows the forking thread, not the parent
+                    // process; only the main thread lives as long as the process. A
+                    // watchdog on the death pipe covers every case.
+                    parent_death: (self.daemon && forking_thread_is_main).then_some(parent_pid),
+                    watchdog,
+                });
+                if let Err(why) = setup {
+                    bootstrap::fail_on(theirs, &why);
+                }
+                bootstrap::run_in_fork(theirs, f)
+            }
+            sys::Forked::Parent(pid) => {
+                drop(st);
+                drop((theirs, death, stdio_child));
+                // Our own child, not yet reaped: the pid is still its.
+                let pidfd = sys::pidfd_open(pid)?;
+                let record = Arc::new(ChildRecord::new(
+                    pid,
+                    name,
+                    self.daemon,
+                    pidfd,
+                    StatusSource::Direct,
+                    Channel::new(Conn::new(ours, wire::MAX_OUTCOME), true),
+                ));
+                registry::add(&mut children, Arc::clone(&record));
+                drop(children);
+                Ok(JoinHandle::new(record, stdio_parent))
+            }
+        }
+    }
+
+    fn check(&self) -> Result<Arc<Me>, SpawnError> {
+        if !bootstrap::initialized() {
+            return Err(SpawnError::NotInitialized);
+        }
+        let me = bootstrap::me();
+        if me.depth >= MAX_DEPTH {
+            return Err(SpawnError::TooDeep { limit: MAX_DEPTH });
+        }
+        Ok(me)
+    }
+
+    /// The child's complete environment.
+    fn environment(&self) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = if self.env_clear {
+            Vec::new()
+        } else {
+            std::env::vars_os()
+                .filter(|(k, _)| k != bootstrap::CHILD_TOKEN && k != bootstrap::SERVER_TOKEN)
+                .collect()
+        };
+        for (key, value) in &self.env {
+            env.retain(|(k, _)| k != key);
+            if let Some(value) = value {
+                env.push((key.clone(), value.clone()));
+            }
+        }
+        env
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn resolve_stdio(&mut self) -> Result<([OwnedFd; 3], [Option<OwnedFd>; 3]), SpawnError> {
+        let (i, ip) = self.stdin.take().unwrap_or_else(Stdio::null).resolve(0)?;
+        let (o, op) = self
+            .stdout
+            .take()
+            .unwrap_or_else(Stdio::inherit)
+            .resolve(1)?;
+        let (e, ep) = self
+            .stderr
+            .take()
+            .unwrap_or_else(Stdio::inherit)
+            .resolve(2)?;
+        Ok(([i, o, e], [ip, op, ep]))
+    }
+}
+
+fn checked_dir(dir: &PathBuf) -> Result<PathBuf, SpawnError> {
+    let error = |source| SpawnError::CurrentDir {
+        path: dir.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(dir).map_err(error)?;
+    if !meta.is_dir() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    // Relative to the parent's directory, as the user meant, not the server's.
+    std::path::absolute(dir).map_err(error)
+}
+
+/// Python's names: `Process-3` for a top-level child, `Process-1:2` for a grandchild.
+fn default_name(me: &Me, number: u32) -> String {
+    let parts: Vec<String> = lineage(me, number).iter().map(u32::to_string).collect();
+    format!("Process-{}", parts.join(":"))
+}
+
+fn lineage(me: &Me, number: u32) -> Vec<u32> {
+    let mut lineage = me.lineage.clone();
+    lineage.push(number);
+    lineage
+}
+
+/// Starts a child process that runs `f(args)`, with the default [`Builder`] settings.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let _guard = multiproc::init();
+///     let handle = multiproc::spawn(square, 12)?;
+///     assert_eq!(handle.join()?, 144);
+///
+///     // Closures that capture nothing work too.
+///     let handle = multiproc::spawn(|(a, b): (u32, u32)| a * b, (6, 7))?;
+///     assert_eq!(handle.join()?, 42);
+///     Ok(())
+/// }
+/// ```
+///
+/// # Errors
+///
+/// As for [`Builder::spawn`].
+pub fn spawn<A, R>(f: fn(A) -> R, args: A) -> Result<JoinHandle<R>, SpawnError>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    Builder::new().spawn(f, args)
+}

@@ -1,0 +1,91 @@
+//! The children of this process that have not been joined, and what happens to them when
+//! the process exits.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::handle::ChildRecord;
+use crate::bootstrap;
+use crate::sys;
+
+/// How long daemon children get to act on `SIGTERM` at exit before `SIGKILL`.
+const DAEMON_GRACE: Duration = Duration::from_secs(1);
+
+static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
+/// Records whose handle was dropped unjoined: pruned once they end.
+static DETACHED: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn lock() -> MutexGuard<'static, Vec<Arc<ChildRecord>>> {
+    CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers a new child; first forgets detached children that have ended, so a program
+/// that starts children and never joins them does not accumulate records.
+pub(crate) fn add(children: &mut Vec<Arc<ChildRecord>>, record: Arc<ChildRecord>) {
+    if DETACHED.load(Ordering::Relaxed) > 0 {
+        children.retain(|c| Arc::strong_count(c) > 1 || c.ended().is_none());
+        let left = children
+            .iter()
+            .filter(|c| Arc::strong_count(c) == 1)
+            .count();
+        DETACHED.store(left, Ordering::Relaxed);
+    }
+    children.push(record);
+}
+
+/// Forgets a joined child.
+pub(crate) fn remove(record: &ChildRecord) {
+    lock().retain(|c| !std::ptr::eq(Arc::as_ptr(c), record));
+}
+
+/// Notes that a handle was dropped without joining.
+pub(crate) fn detached() {
+    DETACHED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The children still running; forgets those that ended (Python's `active_children`).
+pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
+    let mut children = lock();
+    children.retain(|c| c.is_alive());
+    children.clone()
+}
+
+/// Runs when the process that called `init` exits (and when a child's function returns):
+/// terminates daemon children, joins the others (however long they take, as Python
+/// does), gives daemons a moment to exit before killing them, and stops the fork server.
+/// Doing it again does nothing.
+pub(crate) fn exit_function() {
+    let children = std::mem::take(&mut *lock());
+    let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
+    for child in &daemons {
+        tracing::debug!(
+            pid = child.pid(),
+            name = child.name(),
+            "terminating daemon at exit"
+        );
+        let _ = child.signal(sys::SIGTERM);
+    }
+    for child in &others {
+        // A child blocked on sending a result nobody can read any more must not hold up
+        // the exit.
+        child.close_channel();
+        tracing::debug!(pid = child.pid(), name = child.name(), "joining at exit");
+        if let Err(e) = child.wait(None) {
+            tracing::warn!(pid = child.pid(), "could not join at exit: {e}");
+        }
+    }
+    let deadline = Instant::now() + DAEMON_GRACE;
+    for child in &daemons {
+        child.close_channel();
+        if child.wait(Some(deadline)).is_err() {
+            tracing::debug!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
+            let _ = child.signal(sys::SIGKILL);
+            let _ = child.wait(None);
+        }
+    }
+    let server = bootstrap::state().server.take();
+    if let Some(server) = server {
+        server.shut_down();
+    }
+}

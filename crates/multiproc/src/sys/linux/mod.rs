@@ -1,0 +1,66 @@
+//! The Linux backend.
+#![allow(unsafe_code)]
+
+mod fd;
+mod forkserver;
+mod image;
+mod proc;
+
+use std::ffi::OsString;
+
+pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+pub(crate) use fd::{
+    MAX_FDS_PER_MESSAGE, borrow_all, dev_null, dup, pipe, poll_now, recv_with_fds, send_with_fds,
+    stream_pair, wait_readable,
+};
+pub(crate) use forkserver::{
+    Forked, ForkedChildSetup, adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded,
+    fork_unchecked, read_status, serve, setup_forked_child,
+};
+pub(crate) use image::run as run_entry;
+pub(crate) use image::{Entry, anchor_offset, entry, verify_image};
+pub(crate) use proc::{
+    SIGKILL, SIGTERM, Termination, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open,
+    send_signal, set_name, signal_name, try_reap,
+};
+
+/// Signal numbers for [`crate::Signal`]'s constants.
+pub(crate) const SIGINT: i32 = libc::SIGINT;
+pub(crate) const SIGABRT: i32 = libc::SIGABRT;
+pub(crate) const SIGBUS: i32 = libc::SIGBUS;
+pub(crate) const SIGFPE: i32 = libc::SIGFPE;
+pub(crate) const SIGILL: i32 = libc::SIGILL;
+pub(crate) const SIGSEGV: i32 = libc::SIGSEGV;
+
+/// Reads an environment variable and removes it, so that processes this one starts do
+/// not inherit it. The removal happens only while the process has a single thread (as
+/// it does at the top of `main`); otherwise the variable stays, which is harmless since
+/// tokens name the process they are meant for.
+pub(crate) fn take_env(name: &str) -> Option<OsString> {
+    let value = std::env::var_os(name)?;
+    if proc::thread_count() == Some(1) {
+        // SAFETY: the process has one thread, the caller, so nothing reads the
+        // environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
+    Some(value)
+}
+
+/// Writes to stderr without taking `std`'s lock on it; errors are ignored (there is
+/// nowhere left to report them).
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    let _ = fd::write_all(rustix::stdio::stderr(), bytes);
+}
+
+/// Registers `f` to run at `exit()`.
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `atexit` stores the function pointer; `f` is a plain `extern "C" fn` that
+    // lives for the whole program.
+    unsafe { libc::atexit(f) };
+}
+
+/// Logical CPUs this process may run on.
+pub(crate) fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

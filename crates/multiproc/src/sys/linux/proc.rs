@@ -1,0 +1,198 @@
+//! Processes: pids, pidfds, signals, exit statuses, names, threads and the executable's
+//! identity.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+/// `SIGTERM`, for [`send_signal`].
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// `SIGKILL`, for [`send_signal`].
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// How a process ended, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Termination {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+impl Termination {
+    /// Five bytes: a kind byte and the code or signal, for the fork server's status pipe.
+    pub(crate) fn to_bytes(self) -> [u8; 5] {
+        let (kind, value) = match self {
+            Termination::Exited(code) => (0u8, code),
+            Termination::Signaled(sig) => (1u8, sig),
+        };
+        let v = value.to_le_bytes();
+        [kind, v[0], v[1], v[2], v[3]]
+    }
+
+    /// Inverse of [`Termination::to_bytes`].
+    pub(crate) fn from_bytes(b: [u8; 5]) -> Option<Self> {
+        let value = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+        match b[0] {
+            0 => Some(Termination::Exited(value)),
+            1 => Some(Termination::Signaled(value)),
+            _ => None,
+        }
+    }
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> u32 {
+    rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .unsigned_abs()
+}
+
+/// The parent's id, `None` when the parent is gone and the kernel reports none.
+pub(crate) fn getppid() -> Option<u32> {
+    rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs())
+}
+
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
+/// Number of threads in this process, read from `/proc/self/stat`; `None` if unreadable.
+pub(crate) fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold anything, so count fields
+    // from the last ')'. `num_threads` is field 20, the 18th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(17)?.parse().ok()
+}
+
+/// Opens a pidfd for `pid`.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = to_pid(pid)?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Sends `signal` through a pidfd. A process that has already exited is not an error.
+pub(crate) fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    let signal = Signal::from_named_raw(signal)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a signal number"))?;
+    match rustix::process::pidfd_send_signal(pidfd, signal) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reaps a child of this process through its pidfd, without blocking.
+///
+/// `Ok(None)`: still running.
+pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    let status = loop {
+        match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
+            Err(Errno::INTR) => {}
+            other => break other?,
+        }
+    };
+    Ok(status.and_then(|s| {
+        if let Some(sig) = s.terminating_signal() {
+            Some(Termination::Signaled(sig))
+        } else {
+            s.exit_status().map(Termination::Exited)
+        }
+    }))
+}
+
+/// Sets the calling thread's name, which for the main thread is the process name that
+/// `ps` and `top` show. Truncated to the kernel's 15 bytes.
+pub(crate) fn set_name(name: &str) {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Ok(name) = CString::new(&name[..end]) {
+        // Naming is cosmetic: a failure changes nothing else.
+        let _ = rustix::thread::set_name(&name);
+    }
+}
+
+/// Asks the kernel to send `SIGKILL` to this process when the thread that created it
+/// exits. Returns `false` if the parent is already gone (then the caller should exit).
+pub(crate) fn kill_me_with_parent(expected_parent: u32) -> io::Result<bool> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    Ok(getppid() == Some(expected_parent))
+}
+
+/// The name of a signal, like `SIGSEGV`.
+pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// The identity of the running executable file: device, inode, size and modification
+/// time of `/proc/self/exe`, which names the file this process was started from even
+/// after it is replaced or deleted on disk.
+pub(crate) fn exe_file_identity() -> io::Result<[u64; 5]> {
+    let st = rustix::fs::stat("/proc/self/exe")?;
+    Ok([
+        st.st_dev,
+        st.st_ino,
+        st.st_size as u64,
+        st.st_mtime as u64,
+        st.st_mtime_nsec as u64,
+    ])
+}
+
+/// Blocks until the read end of the death pipe reports that every writer is gone, then
+/// kills this process. Runs on its own thread in children that were forked directly by
+/// their parent, where the kernel's parent-death signal would follow the forking thread
+/// rather than the parent process.
+pub(crate) fn spawn_death_watchdog(death: OwnedFd) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("multiproc-watchdog".into())
+        .spawn(move || {
+            loop {
+                match super::fd::wait_readable(&[death.as_fd()], None) {
+                    Ok(r) if r[0].ready() => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
+        })
+        .map(drop)
+}
+
+fn to_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))
+}

@@ -1,0 +1,318 @@
+//! Support for the multi-process test binaries (`harness = false`).
+//!
+//! Each binary's `main` calls `multiproc::init()` first, so children re-executed from it
+//! never reach libtest's argument parsing. The same binary doubles as a helper program:
+//! with `MULTIPROC_TEST_HELPER=<mode>` it runs that mode instead of the tests, which is how
+//! a test gets a parent process it can SIGKILL or watch exit.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+
+pub const HELPER_ENV: &str = "MULTIPROC_TEST_HELPER";
+
+/// Runs the tests, or the helper mode this process was started for. Aborts the whole
+/// binary if it runs for longer than `limit`: every wait in the tests has its own
+/// timeout, this is the net under them.
+pub fn main(tests: Vec<libtest_mimic::Trial>, helpers: fn(&str), limit: Duration) {
+    let _guard = multiproc::init_with(setup);
+    if let Ok(mode) = std::env::var(HELPER_ENV) {
+        helpers(&mode);
+        return;
+    }
+    // Orphans of helper processes that a test kills come to this process, which reaps
+    // them by pid; without this they would go to whatever init the machine runs.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("test binary exceeded {limit:?}; aborting");
+        std::process::abort();
+    });
+    let args = libtest_mimic::Arguments::from_args();
+    let conclusion = libtest_mimic::run(&args, tests);
+    drop(_guard);
+    if !sweep() && !args.list {
+        eprintln!("processes were left behind (see above)");
+        std::process::exit(101);
+    }
+    conclusion.exit();
+}
+
+/// After every test has finished and the guard has stopped this process's fork server,
+/// nothing should be left under this process. Anything there is a leak (an orphan that a
+/// test's helper left, re-parented here): report it, kill it, reap it.
+fn sweep() -> bool {
+    let me = std::process::id();
+    let left = children_of(me);
+    for (p, state, comm) in &left {
+        if *state != 'Z' {
+            eprintln!("left behind: pid {p} ({comm}), state {state}");
+        }
+        kill_and_reap(*p);
+    }
+    left.iter().all(|(_, state, _)| *state == 'Z')
+}
+
+/// Runs in every process, children included: with `MP_TEST_LOGGING` set (which children
+/// inherit), logs `{process name}: {message}` to stderr.
+fn setup() {
+    if std::env::var_os("MP_TEST_LOGGING").is_some() {
+        multiproc::log::init();
+    }
+}
+
+/// Turns a `fn()` into a trial.
+pub fn trial(name: &'static str, f: fn()) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(name, move || {
+        std::panic::catch_unwind(f).map_err(|e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            msg.into()
+        })
+    })
+}
+
+/// A helper process: this test binary in a helper mode, stdout and stderr captured line
+/// by line.
+pub struct Helper {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    errors: mpsc::Receiver<String>,
+}
+
+impl Helper {
+    pub fn start(mode: &str) -> Helper {
+        Helper::start_with(mode, std::env::current_exe().unwrap(), &[])
+    }
+
+    pub fn start_with(mode: &str, exe: std::path::PathBuf, env: &[(&str, &str)]) -> Helper {
+        let mut command = Command::new(exe);
+        command
+            .env(HELPER_ENV, mode)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start helper");
+        let lines = forward(child.stdout.take().unwrap());
+        let errors = forward(child.stderr.take().unwrap());
+        Helper {
+            child,
+            lines,
+            errors,
+        }
+    }
+
+    /// The next line of stdout, within `timeout`.
+    pub fn line(&self, timeout: Duration) -> String {
+        self.lines.recv_timeout(timeout).unwrap_or_else(|e| {
+            panic!(
+                "no line from helper within {timeout:?}: {e}; stderr: {}",
+                self.stderr_now()
+            )
+        })
+    }
+
+    /// The next line of stdout that starts with `prefix`, as the rest of the line.
+    pub fn expect(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.line(left);
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr_now(&self) -> String {
+        self.errors.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// All remaining stdout lines after the helper exits.
+    pub fn rest(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            out.push(line);
+        }
+        out
+    }
+
+    /// Waits for the helper to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id();
+        assert!(
+            wait_gone(pid, timeout),
+            "helper {pid} still running after {timeout:?}"
+        );
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Helper {
+    /// Kills the helper and everything it started, and reaps them all: the helper's
+    /// orphans are re-parented to this process (a subreaper), so nothing is left behind
+    /// even when a test fails half-way.
+    fn drop(&mut self) {
+        // Once reaped, the helper's pid may belong to someone else: leave it alone.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Not reaped yet, so the pid (and the tree below it) is still the helper's.
+        let pid = self.child.id();
+        let tree = descendants_of(pid);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for p in tree {
+            kill_and_reap(p);
+        }
+    }
+}
+
+fn forward(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn pid(p: u32) -> Pid {
+    Pid::from_raw(p as i32).unwrap()
+}
+
+/// Waits until process `p` has exited (it may remain a zombie), at most `timeout`.
+/// True if it is gone.
+pub fn wait_gone(p: u32, timeout: Duration) -> bool {
+    let Ok(fd) = rustix::process::pidfd_open(pid(p), PidfdFlags::empty()) else {
+        return true; // no such process
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let t = Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    loop {
+        match poll(&mut fds, Some(&t)) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
+}
+
+/// Reaps `p` if it has become a (zombie) child of this process, for example an orphan of
+/// a killed helper.
+pub fn reap(p: u32) {
+    let _ = rustix::process::waitpid(Some(pid(p)), WaitOptions::NOHANG);
+}
+
+/// Kills `p` (if it still exists) and reaps it if it is ours.
+pub fn kill_and_reap(p: u32) {
+    let _ = rustix::process::kill_process(pid(p), Signal::KILL);
+    wait_gone(p, Duration::from_secs(5));
+    reap(p);
+}
+
+/// `(pid, parent pid, state, command name)` of every process.
+pub fn processes() -> Vec<(u32, u32, char, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push((p, ppid, state, comm));
+    }
+    out
+}
+
+/// Every process below `root` (children, grandchildren, ...).
+pub fn descendants_of(root: u32) -> Vec<u32> {
+    let all = processes();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            all.iter()
+                .filter(|(_, ppid, ..)| *ppid == parent)
+                .map(|(p, ..)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Processes with this command name (as `ps` shows it, at most 15 bytes).
+pub fn named(name: &str) -> Vec<u32> {
+    let name: String = name.chars().take(15).collect();
+    processes()
+        .into_iter()
+        .filter(|(_, _, state, comm)| *comm == name && *state != 'Z')
+        .map(|(p, ..)| p)
+        .collect()
+}
+
+/// Children (zombies included) of `parent`.
+pub fn children_of(parent: u32) -> Vec<(u32, char, String)> {
+    processes()
+        .into_iter()
+        .filter(|(_, ppid, ..)| *ppid == parent)
+        .map(|(p, _, state, comm)| (p, state, comm))
+        .collect()
+}
+
+/// Open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() - 1
+}
+
+/// The fork server of this process (the child named `mp-forkserver`).
+pub fn fork_server_of(parent: u32) -> Option<u32> {
+    children_of(parent)
+        .into_iter()
+        .find(|(_, state, comm)| comm == "mp-forkserver" && *state != 'Z')
+        .map(|(p, ..)| p)
+}

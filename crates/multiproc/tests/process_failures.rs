@@ -1,0 +1,652 @@
+//! Processes that fail: panics, exits, crashes, kills, timeouts, a parent that is
+//! SIGKILLed, bad arguments and results, corrupt or forged call messages, a replaced
+//! executable and a killed fork server. Nothing hangs and nothing is left behind.
+#![allow(unsafe_code)] // segfaults on purpose, ignores signals, and uses `spawn_fork`
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio as StdStdio};
+use std::time::{Duration, Instant};
+
+use common::{Helper, trial};
+use multiproc::{Builder, ProcessError, Signal, SpawnError, StartMethod, Stdio};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const T: Duration = Duration::from_secs(30);
+
+fn main() {
+    common::main(
+        vec![
+            trial(
+                "panic_with_message_and_location",
+                panic_with_message_and_location,
+            ),
+            trial("exit_code_is_reported", exit_code_is_reported),
+            trial("segfault_is_reported", segfault_is_reported),
+            trial("abort_is_reported", abort_is_reported),
+            trial("killed_from_outside", killed_from_outside),
+            trial("join_timeout_then_kill", join_timeout_then_kill),
+            trial("ignored_sigterm_then_kill", ignored_sigterm_then_kill),
+            trial(
+                "parent_sigkilled_takes_daemons_along",
+                parent_sigkilled_takes_daemons_along,
+            ),
+            trial("unserializable_arguments", unserializable_arguments),
+            trial(
+                "undecodable_arguments_are_lost",
+                undecodable_arguments_are_lost,
+            ),
+            trial(
+                "killed_before_call_started_is_lost",
+                killed_before_call_started_is_lost,
+            ),
+            trial(
+                "unencodable_and_undecodable_results",
+                unencodable_and_undecodable_results,
+            ),
+            trial("corrupt_bytes_from_child", corrupt_bytes_from_child),
+            trial(
+                "forged_call_messages_are_refused",
+                forged_call_messages_are_refused,
+            ),
+            trial(
+                "replaced_executable_still_runs_its_code",
+                replaced_executable_still_runs_its_code,
+            ),
+            trial(
+                "killed_fork_server_is_replaced",
+                killed_fork_server_is_replaced,
+            ),
+            trial("unusable_current_dir", unusable_current_dir),
+        ],
+        helpers,
+        Duration::from_secs(600),
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "doomed_parent" => helper_doomed_parent(),
+        "replaced" => helper_replaced(),
+        "server_killed" => helper_server_killed(),
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// Starts `f` with each start method (the fork one included), stderr silenced.
+fn each_method<R: Serialize + serde::de::DeserializeOwned>(
+    f: fn(()) -> R,
+    check: impl Fn(&str, Result<R, ProcessError>),
+) {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .stderr(Stdio::null())
+            .spawn(f, ())
+            .unwrap();
+        check(&format!("{method:?}"), child.join_timeout(T));
+    }
+    // SAFETY: `f` is one of the small functions below; none takes a lock another test
+    // thread could hold at the fork.
+    let mut child = unsafe {
+        Builder::new()
+            .stderr(Stdio::null())
+            .spawn_fork(move || f(()))
+    }
+    .unwrap();
+    check("fork", child.join_timeout(T));
+}
+
+fn boom(_: ()) -> u32 {
+    panic!("boom {}", 42)
+}
+
+fn panic_with_message_and_location() {
+    each_method(boom, |method, r| {
+        let Err(ProcessError::Panicked(p)) = r else {
+            panic!("{method}: {r:?}")
+        };
+        assert_eq!(p.message(), "boom 42", "{method}");
+        let loc = p.location().unwrap();
+        assert!(
+            loc.file().ends_with("process_failures.rs"),
+            "{method}: {loc}"
+        );
+        assert_eq!(loc.line(), line_of("panic!(\"boom {}\", 42)"), "{method}");
+        assert!(p.to_string().contains("panicked at"), "{p}");
+    });
+}
+
+/// The line of this file where `needle` first appears.
+fn line_of(needle: &str) -> u32 {
+    let source = include_str!("process_failures.rs");
+    source.lines().position(|l| l.contains(needle)).unwrap() as u32 + 1
+}
+
+fn exit3(_: ()) -> u32 {
+    std::process::exit(3)
+}
+
+fn exit_code_is_reported() {
+    each_method(exit3, |method, r| {
+        assert!(matches!(r, Err(ProcessError::Exited(3))), "{method}: {r:?}");
+    });
+}
+
+fn segfault(_: ()) -> u32 {
+    // SAFETY: not safe at all; this is the crash the test wants.
+    unsafe { std::ptr::null_mut::<u32>().write_volatile(1) };
+    0
+}
+
+fn segfault_is_reported() {
+    each_method(segfault, |method, r| {
+        assert!(
+            matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::SEGV),
+            "{method}: {r:?}"
+        );
+    });
+}
+
+fn abort(_: ()) -> u32 {
+    std::process::abort()
+}
+
+fn abort_is_reported() {
+    each_method(abort, |method, r| {
+        assert!(
+            matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::ABRT),
+            "{method}: {r:?}"
+        );
+    });
+}
+
+fn ready_then_sleep(_: ()) {
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn started<R>(builder: Builder, f: fn(()) -> R) -> multiproc::JoinHandle<R>
+where
+    R: Serialize + serde::de::DeserializeOwned,
+{
+    let mut child = builder.stdout(Stdio::piped()).spawn(f, ()).unwrap();
+    let mut out = std::io::BufReader::new(child.take_stdout().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    child
+}
+
+fn killed_from_outside() {
+    let mut child = started(Builder::new(), ready_then_sleep);
+    let pid = rustix::process::Pid::from_raw(child.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let r = child.join_timeout(T);
+    assert!(
+        matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::KILL),
+        "{r:?}"
+    );
+}
+
+fn join_timeout_then_kill() {
+    let mut child = started(Builder::new(), ready_then_sleep);
+    let t = Instant::now();
+    let r = child.join_timeout(Duration::from_millis(200));
+    assert!(matches!(r, Err(ProcessError::Timeout)), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert!(child.is_alive());
+    child.kill().unwrap();
+    let r = child.join_timeout(T);
+    assert!(
+        matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::KILL),
+        "{r:?}"
+    );
+    assert_eq!(child.exit_status().unwrap().signal(), Some(Signal::KILL));
+}
+
+fn stubborn(_: ()) {
+    // SAFETY: ignoring a signal installs no handler.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    ready_then_sleep(())
+}
+
+fn ignored_sigterm_then_kill() {
+    let mut child = started(Builder::new(), stubborn);
+    child.terminate().unwrap();
+    assert!(
+        child
+            .join_timeout(Duration::from_millis(300))
+            .unwrap_err()
+            .is_timeout()
+    );
+    assert!(child.is_alive(), "SIGTERM should have been ignored");
+    child.kill().unwrap();
+    let r = child.join_timeout(T);
+    assert!(
+        matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::KILL),
+        "{r:?}"
+    );
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn helper_doomed_parent() {
+    let a = Builder::new()
+        .name("doomed-fs")
+        .daemon(true)
+        .spawn(sleep_long, ())
+        .unwrap();
+    let b = Builder::new()
+        .name("doomed-spawn")
+        .daemon(true)
+        .start_method(StartMethod::Spawn)
+        .spawn(sleep_long, ())
+        .unwrap();
+    // SAFETY: the closure only sleeps.
+    let c = unsafe {
+        Builder::new()
+            .name("doomed-fork")
+            .daemon(true)
+            .spawn_fork(|| sleep_long(()))
+    }
+    .unwrap();
+    // A daemon forked from a thread that has since exited: only the watchdog covers it.
+    let d = std::thread::spawn(|| {
+        // SAFETY: the closure only sleeps.
+        unsafe { Builder::new().daemon(true).spawn_fork(|| sleep_long(())) }.unwrap()
+    })
+    .join()
+    .unwrap();
+    let survivor = Builder::new()
+        .name("survivor")
+        .spawn(sleep_long, ())
+        .unwrap();
+    let server = common::fork_server_of(std::process::id()).unwrap();
+    println!(
+        "pids {} {} {} {} {} {server}",
+        a.pid(),
+        b.pid(),
+        c.pid(),
+        d.pid(),
+        survivor.pid()
+    );
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn parent_sigkilled_takes_daemons_along() {
+    let mut h = Helper::start("doomed_parent");
+    let pids: Vec<u32> = h
+        .expect("pids ", T)
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let (daemons, survivor, server) = (&pids[..4], pids[4], pids[5]);
+    // Holding pidfds from before the kill makes "gone" exact even after re-parenting.
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    let t = Instant::now();
+    for &p in daemons.iter().chain([&server]) {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(1).saturating_sub(t.elapsed())),
+            "pid {p} outlived its SIGKILLed parent by a second"
+        );
+        common::reap(p);
+    }
+    // A non-daemon child is not tied to its parent, as in Python.
+    assert!(
+        !common::wait_gone(survivor, Duration::from_millis(100)),
+        "non-daemon child died"
+    );
+    common::kill_and_reap(survivor);
+}
+
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be serialized",
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
+fn take_unserializable(_: Unserializable) {}
+
+fn unserializable_arguments() {
+    let r = Builder::new()
+        .name("never-started")
+        .spawn(take_unserializable, Unserializable);
+    let Err(SpawnError::Codec(e)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(e.message().contains("refuses"), "{e}");
+    assert!(
+        common::named("never-started").is_empty(),
+        "a child was left behind"
+    );
+}
+
+/// Serializes as a string; insists on a number when deserialized.
+struct Lopsided;
+
+impl Serialize for Lopsided {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("not a number")
+    }
+}
+
+impl<'de> Deserialize<'de> for Lopsided {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        Err(serde::de::Error::custom(format!(
+            "expected the magic number, got {n}"
+        )))
+    }
+}
+
+fn take_lopsided(_: Lopsided) -> u32 {
+    1
+}
+
+fn undecodable_arguments_are_lost() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .stderr(Stdio::null())
+            .spawn(take_lopsided, Lopsided)
+            .unwrap();
+        let r = child.join_timeout(T);
+        let Err(ProcessError::Lost(why)) = &r else {
+            panic!("{method:?}: {r:?}")
+        };
+        assert!(why.contains("could not decode the arguments"), "{why}");
+    }
+}
+
+/// Takes forever to deserialize: the child holds its call but has not started it.
+struct Slow;
+
+impl Serialize for Slow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for Slow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        println!("ready");
+        std::thread::sleep(Duration::from_secs(120));
+        Ok(Slow)
+    }
+}
+
+fn take_slow(_: Slow) {}
+
+fn killed_before_call_started_is_lost() {
+    let mut child = Builder::new()
+        .stdout(Stdio::piped())
+        .spawn(take_slow, Slow)
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.take_stdout().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    child.kill().unwrap();
+    let r = child.join_timeout(T);
+    let Err(ProcessError::Lost(why)) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(why, "killed by SIGKILL before its call started");
+}
+
+fn return_unserializable(_: ()) -> Unserializable {
+    Unserializable
+}
+
+fn return_lopsided(_: ()) -> Lopsided {
+    Lopsided
+}
+
+fn unencodable_and_undecodable_results() {
+    each_method(return_unserializable, |method, r| {
+        let Err(ProcessError::Codec(e)) = &r else {
+            panic!("{method}: {:?}", r.err())
+        };
+        assert!(
+            e.message().contains("could not encode its return value"),
+            "{method}: {e}"
+        );
+    });
+    each_method(return_lopsided, |method, r| {
+        let Err(ProcessError::Codec(e)) = &r else {
+            panic!("{method}: {:?}", r.err())
+        };
+        assert!(
+            e.message()
+                .contains("cannot decode a `process_failures::Lopsided`"),
+            "{method}: {e}"
+        );
+    });
+}
+
+fn scribble(_: ()) -> u32 {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: descriptor 3 is this child's call channel, open for its whole life.
+    let channel = unsafe { BorrowedFd::borrow_raw(3) };
+    rustix::io::write(channel, b"this is not a frame at all, it is noise").unwrap();
+    7
+}
+
+fn corrupt_bytes_from_child() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .spawn(scribble, ())
+            .unwrap();
+        let r = child.join_timeout(T);
+        let Err(ProcessError::Codec(e)) = &r else {
+            panic!("{method:?}: {r:?}")
+        };
+        assert!(e.message().contains("corrupt message"), "{e}");
+    }
+}
+
+/// Runs this executable as a child whose call channel (its stdin, a socket) carries
+/// `bytes`, and returns its exit code and stderr. The token is exactly what the fork
+/// server would set; the bytes are what a broken or hostile parent might send.
+fn forged_child(bytes: &[u8]) -> (i32, String) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let token = format!("1:{}:0:-", std::process::id());
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_CHILD", token)
+        .stdin(std::os::fd::OwnedFd::from(theirs))
+        .stdout(StdStdio::null())
+        .stderr(StdStdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writer = &ours;
+    writer.write_all(bytes).unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(common::wait_gone(child.id(), T), "forged child hung");
+    let out = child.wait_with_output().unwrap();
+    let code = out
+        .status
+        .code()
+        .unwrap_or(-out.status.signal().unwrap_or(0));
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = b"MPF1".to_vec();
+    f.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f.push(tag);
+    f.push(0);
+    f.extend_from_slice(body);
+    f
+}
+
+fn call_body(version: u32, identity: [u64; 6], rest: &[u8]) -> Vec<u8> {
+    let mut b = version.to_le_bytes().to_vec();
+    for w in identity {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(&(rest.len() as u32).to_le_bytes());
+    b.extend_from_slice(rest);
+    b
+}
+
+fn forged_call_messages_are_refused() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n".to_vec(),
+            "corrupt message: bad magic",
+        ),
+        (
+            "truncated",
+            frame(1, &[0u8; 100])[..40].to_vec(),
+            "closed in the middle of a message",
+        ),
+        (
+            "huge length",
+            {
+                let mut f = frame(1, &[]);
+                f[4..12].copy_from_slice(&u64::MAX.to_le_bytes());
+                f
+            },
+            "exceeds the limit",
+        ),
+        (
+            "wrong tag",
+            frame(9, b"hello"),
+            "expected a call, got message tag 9",
+        ),
+        ("short call", frame(1, b"tiny"), "shorter than its prefix"),
+        (
+            "wrong protocol",
+            frame(1, &call_body(77, [0; 6], b"")),
+            "call protocol 77",
+        ),
+        (
+            "wrong executable",
+            frame(1, &call_body(1, [1, 2, 3, 4, 5, 6], b"")),
+            "different executable",
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        let (code, stderr) = forged_child(&bytes);
+        assert_eq!(code, 120, "{what}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{what}: expected {expected:?} in {stderr:?}"
+        );
+    }
+    // Nothing at all: the parent went away before sending anything. Quietly out.
+    let (code, _) = forged_child(b"");
+    assert_eq!(code, 120);
+}
+
+fn answer(x: u32) -> String {
+    format!("{x} from {}", multiproc::current_process().name())
+}
+
+fn helper_replaced() {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let r = Builder::new()
+            .name(format!("{method:?}"))
+            .start_method(method)
+            .spawn(answer, 42)
+            .unwrap()
+            .join();
+        println!(
+            "{method:?} {}",
+            r.map_err(|e| e.to_string()).unwrap_or_else(|e| e)
+        );
+    }
+    // A fork server started after the replacement also runs this process's own code.
+    let server = common::fork_server_of(std::process::id()).unwrap();
+    common::kill_and_reap(server);
+    let r = Builder::new()
+        .name("restarted")
+        .spawn(answer, 7)
+        .unwrap()
+        .join();
+    println!(
+        "restarted {}",
+        r.map_err(|e| e.to_string()).unwrap_or_else(|e| e)
+    );
+}
+
+fn replaced_executable_still_runs_its_code() {
+    let dir = std::env::temp_dir().join(format!("multiproc-replaced-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("app");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let mut h = Helper::start_with("replaced", exe.clone(), &[]);
+    // Replace the file under the running program: a new inode with other contents.
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, "#!/bin/sh\necho this is not the program\nexit 3\n").unwrap();
+    h.send("go");
+    assert_eq!(h.expect("ForkServer ", T), "42 from ForkServer");
+    assert_eq!(h.expect("Spawn ", T), "42 from Spawn");
+    assert_eq!(h.expect("restarted ", T), "7 from restarted");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn slow_answer(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn helper_server_killed() {
+    let me = std::process::id();
+    let running = multiproc::spawn(slow_answer, 400).unwrap();
+    let daemon = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
+    let daemon_pid = daemon.pid();
+    let server = common::fork_server_of(me).unwrap();
+    common::kill_and_reap(server);
+    // The next spawn starts a new server.
+    let r = multiproc::spawn(slow_answer, 1).unwrap().join();
+    println!("after {r:?}");
+    // The running child's result still arrives; the daemon died with its server.
+    println!("running {:?}", running.join().map_err(|e| e.to_string()));
+    println!(
+        "daemon_gone {}",
+        common::wait_gone(daemon_pid, Duration::from_secs(1))
+    );
+    let new_server = common::fork_server_of(me);
+    println!("new_server {}", new_server.is_some_and(|s| s != server));
+}
+
+fn killed_fork_server_is_replaced() {
+    let mut h = Helper::start("server_killed");
+    assert_eq!(h.expect("after ", T), "Ok(1)");
+    assert_eq!(h.expect("running ", T), "Ok(400)");
+    assert_eq!(h.expect("daemon_gone ", T), "true");
+    assert_eq!(h.expect("new_server ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn unusable_current_dir() {
+    let r = Builder::new()
+        .current_dir("/no/such/directory")
+        .spawn(answer, 1);
+    assert!(matches!(r, Err(SpawnError::CurrentDir { .. })), "{r:?}");
+    let r = Builder::new().current_dir("/etc/hostname").spawn(answer, 1);
+    assert!(matches!(r, Err(SpawnError::CurrentDir { .. })), "{r:?}");
+}

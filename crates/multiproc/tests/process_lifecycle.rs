@@ -1,0 +1,744 @@
+//! Processes that work: values in and out, start methods, names, family, builder options,
+//! exit semantics and resource hygiene.
+#![allow(unsafe_code)] // `spawn_fork` is unsafe by contract; these tests uphold it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Helper, trial};
+use multiproc::{Builder, ProcessError, StartMethod, Stdio};
+use serde::{Deserialize, Serialize};
+
+const T: Duration = Duration::from_secs(30);
+
+fn main() {
+    common::main(
+        vec![
+            trial("round_trip_nested_structs", round_trip_nested_structs),
+            trial("round_trip_64_mib", round_trip_64_mib),
+            trial("each_start_method_works", each_start_method_works),
+            trial(
+                "exec_child_never_sees_user_argv",
+                exec_child_never_sees_user_argv,
+            ),
+            trial("default_names_in_start_order", default_names_in_start_order),
+            trial("current_and_parent_process", current_and_parent_process),
+            trial("spawn_from_inside_a_child", spawn_from_inside_a_child),
+            trial("nesting_depth_is_capped", nesting_depth_is_capped),
+            trial(
+                "non_daemon_joined_at_normal_exit",
+                non_daemon_joined_at_normal_exit,
+            ),
+            trial(
+                "non_daemon_joined_at_process_exit_call",
+                non_daemon_joined_at_process_exit_call,
+            ),
+            trial("daemon_terminated_at_exit", daemon_terminated_at_exit),
+            trial(
+                "spawns_leave_no_zombie_process_or_fd",
+                spawns_leave_no_zombie_process_or_fd,
+            ),
+            trial("environment_and_directory", environment_and_directory),
+            trial("piped_stdio", piped_stdio),
+            trial("stdout_to_file", stdout_to_file),
+            trial("logging_names_processes", logging_names_processes),
+            trial("active_children_and_status", active_children_and_status),
+            trial(
+                "join_timeout_keeps_handle_usable",
+                join_timeout_keeps_handle_usable,
+            ),
+            trial(
+                "concurrent_spawns_from_threads",
+                concurrent_spawns_from_threads,
+            ),
+            trial(
+                "daemon_outlives_the_thread_that_spawned_it",
+                daemon_outlives_the_thread_that_spawned_it,
+            ),
+            trial("fork_start_method_captures", fork_start_method_captures),
+            trial(
+                "dropped_handle_releases_blocked_child",
+                dropped_handle_releases_blocked_child,
+            ),
+        ],
+        helpers,
+        Duration::from_secs(600),
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "names" => helper_names(),
+        "exit_joins" => helper_exit_joins(false),
+        "exit_call_joins" => helper_exit_joins(true),
+        "daemon_at_exit" => helper_daemon_at_exit(),
+        "leaks" => helper_leaks(),
+        "logging" => helper_logging(),
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Shape {
+    Circle { r: f64 },
+    Polygon(Vec<(i32, i32)>),
+    Empty,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Scene {
+    name: String,
+    shapes: Vec<Shape>,
+    tags: BTreeMap<String, Option<u64>>,
+    nested: Option<Box<Scene>>,
+}
+
+fn rename_scene(mut s: Scene) -> Scene {
+    s.name = format!(
+        "{} (seen by {})",
+        s.name,
+        multiproc::current_process().name()
+    );
+    s.shapes.push(Shape::Empty);
+    s
+}
+
+fn round_trip_nested_structs() {
+    let inner = Scene {
+        name: "inner".into(),
+        shapes: vec![Shape::Polygon(vec![(1, 2), (-3, 4)])],
+        tags: BTreeMap::from([("x".into(), None)]),
+        nested: None,
+    };
+    let scene = Scene {
+        name: "outer".into(),
+        shapes: vec![Shape::Circle { r: 1.5 }],
+        tags: BTreeMap::from([("a".into(), Some(1)), ("b".into(), Some(u64::MAX))]),
+        nested: Some(Box::new(inner)),
+    };
+    let mut child = Builder::new()
+        .name("scene")
+        .spawn(rename_scene, scene.clone())
+        .unwrap();
+    let back = child.join_timeout(T).unwrap();
+    let mut expected = scene;
+    expected.name = "outer (seen by scene)".into();
+    expected.shapes.push(Shape::Empty);
+    assert_eq!(back, expected);
+}
+
+fn invert(bytes: Vec<u8>) -> Vec<u8> {
+    bytes.into_iter().map(|b| !b).collect()
+}
+
+fn round_trip_64_mib() {
+    let len = 64 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .spawn(invert, data.clone())
+            .unwrap();
+        let back = child.join_timeout(T).unwrap();
+        assert_eq!(back.len(), len);
+        assert!(
+            back.iter().zip(&data).all(|(b, d)| *b == !*d),
+            "{method:?}: payload corrupted"
+        );
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Whoami {
+    pid: u32,
+    ppid: u32,
+    name: String,
+    exe: String,
+    args: Vec<String>,
+}
+
+fn whoami(_: ()) -> Whoami {
+    Whoami {
+        pid: std::process::id(),
+        ppid: std::os::unix::process::parent_id(),
+        name: multiproc::current_process().name().into(),
+        exe: std::fs::read_link("/proc/self/exe")
+            .unwrap()
+            .display()
+            .to_string(),
+        args: std::env::args().collect(),
+    }
+}
+
+fn each_start_method_works() {
+    let me = std::process::id();
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .name(format!("{method:?}"))
+            .start_method(method)
+            .spawn(whoami, ())
+            .unwrap();
+        let who = child.join_timeout(T).unwrap();
+        assert_ne!(who.pid, me);
+        assert_eq!(who.name, format!("{method:?}"));
+        assert_eq!(
+            who.exe,
+            std::fs::read_link("/proc/self/exe")
+                .unwrap()
+                .display()
+                .to_string()
+        );
+        // Both are started by the fork server, a child of this process.
+        assert_eq!(Some(who.ppid), common::fork_server_of(me));
+    }
+    // SAFETY: the closure only builds a value from syscalls; it takes no lock that another
+    // test thread could hold at the fork.
+    let mut child = unsafe {
+        Builder::new()
+            .name("forked")
+            .spawn_fork(|| (std::process::id(), std::os::unix::process::parent_id()))
+    }
+    .unwrap();
+    let (pid, ppid) = child.join_timeout(T).unwrap();
+    assert_ne!(pid, me);
+    assert_eq!(ppid, me);
+}
+
+fn exec_child_never_sees_user_argv() {
+    let mut child = Builder::new()
+        .name("fresh")
+        .start_method(StartMethod::Spawn)
+        .spawn(whoami, ())
+        .unwrap();
+    let who = child.join_timeout(T).unwrap();
+    assert_eq!(who.args, vec!["fresh".to_string()]);
+}
+
+fn name_of(_: ()) -> String {
+    multiproc::current_process().name().to_string()
+}
+
+fn grandchild_name(_: ()) -> (String, String) {
+    let mine = multiproc::current_process().name().to_string();
+    let child = multiproc::spawn(name_of, ()).unwrap();
+    (mine, child.join().unwrap())
+}
+
+fn helper_names() {
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let b = if i == 3 {
+            Builder::new().name("renamed worker")
+        } else {
+            Builder::new()
+        };
+        names.push(b.spawn(name_of, ()).unwrap().join().unwrap());
+    }
+    let (child, grandchild) = multiproc::spawn(grandchild_name, ())
+        .unwrap()
+        .join()
+        .unwrap();
+    println!("names {}", names.join(","));
+    println!("nested {child},{grandchild}");
+}
+
+fn default_names_in_start_order() {
+    let mut h = Helper::start("names");
+    assert_eq!(
+        h.expect("names ", T),
+        "Process-1,Process-2,Process-3,renamed worker,Process-5"
+    );
+    assert_eq!(h.expect("nested ", T), "Process-6,Process-6:1");
+    assert!(h.wait(T).success());
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Family {
+    name: String,
+    daemon: bool,
+    depth: u32,
+    parent_name: String,
+    parent_pid: u32,
+    parent_alive: bool,
+}
+
+fn family(_: ()) -> Family {
+    let me = multiproc::current_process();
+    let parent = multiproc::parent_process().unwrap();
+    Family {
+        name: me.name().into(),
+        daemon: me.is_daemon(),
+        depth: me.depth(),
+        parent_name: parent.name().into(),
+        parent_pid: parent.pid(),
+        parent_alive: parent.is_alive(),
+    }
+}
+
+fn current_and_parent_process() {
+    assert_eq!(multiproc::current_process().name(), "MainProcess");
+    assert!(multiproc::parent_process().is_none());
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .name("kid")
+            .daemon(true)
+            .start_method(method)
+            .spawn(family, ())
+            .unwrap();
+        let f = child.join_timeout(T).unwrap();
+        assert_eq!(f.name, "kid");
+        assert!(f.daemon);
+        assert_eq!(f.depth, 1);
+        assert_eq!(f.parent_name, "MainProcess");
+        assert_eq!(f.parent_pid, std::process::id());
+        assert!(f.parent_alive);
+    }
+}
+
+fn nested(depth: u32) -> Vec<u32> {
+    let mut pids = vec![std::process::id()];
+    if depth > 0 {
+        let method = if depth.is_multiple_of(2) {
+            StartMethod::Spawn
+        } else {
+            StartMethod::ForkServer
+        };
+        let child = Builder::new()
+            .start_method(method)
+            .spawn(nested, depth - 1)
+            .unwrap();
+        pids.extend(child.join().unwrap());
+    }
+    pids
+}
+
+fn spawn_from_inside_a_child() {
+    let mut child = multiproc::spawn(nested, 3).unwrap();
+    let pids = child.join_timeout(T).unwrap();
+    assert_eq!(pids.len(), 4);
+    let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 4, "{pids:?}");
+}
+
+fn dig(_: ()) -> Result<u32, String> {
+    let me = multiproc::current_process().depth();
+    match multiproc::spawn(dig, ()) {
+        Ok(child) => child.join().map_err(|e| e.to_string())?,
+        Err(multiproc::SpawnError::TooDeep { limit }) if limit == me => Ok(me),
+        Err(e) => Err(format!("at depth {me}: {e}")),
+    }
+}
+
+fn nesting_depth_is_capped() {
+    let mut child = multiproc::spawn(dig, ()).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), Ok(32));
+}
+
+fn write_marker(path: String) {
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(path, "done").unwrap();
+}
+
+fn helper_exit_joins(exit_call: bool) {
+    let path = std::env::var("MARKER").unwrap();
+    let child = Builder::new()
+        .name("straggler")
+        .spawn(write_marker, path)
+        .unwrap();
+    println!("child {}", child.pid());
+    drop(child);
+    if exit_call {
+        std::process::exit(0);
+    }
+}
+
+fn exit_joins(mode: &str) {
+    let dir = tempdir();
+    let marker = dir.join("marker");
+    let mut h = Helper::start_with(
+        mode,
+        std::env::current_exe().unwrap(),
+        &[("MARKER", marker.to_str().unwrap())],
+    );
+    let child: u32 = h.expect("child ", T).parse().unwrap();
+    let status = h.wait(T);
+    assert!(status.success(), "{status:?}: {}", h.stderr_now());
+    // The helper exited only after its non-daemon child had finished its work.
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done");
+    assert!(common::wait_gone(child, Duration::from_secs(5)));
+    common::reap(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn non_daemon_joined_at_normal_exit() {
+    exit_joins("exit_joins");
+}
+
+fn non_daemon_joined_at_process_exit_call() {
+    exit_joins("exit_call_joins");
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn helper_daemon_at_exit() {
+    let child = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
+    println!("child {}", child.pid());
+}
+
+fn daemon_terminated_at_exit() {
+    let mut h = Helper::start("daemon_at_exit");
+    let child: u32 = h.expect("child ", T).parse().unwrap();
+    let started = Instant::now();
+    let status = h.wait(T);
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exit waited for the daemon"
+    );
+    assert!(
+        common::wait_gone(child, Duration::from_secs(1)),
+        "daemon survived its parent's exit"
+    );
+    common::reap(child);
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn helper_leaks() {
+    let me = std::process::id();
+    // Warm up: the fork server and the death pipe exist from the first spawn on.
+    multiproc::spawn(square, 1).unwrap().join().unwrap();
+    let fds = common::fd_count();
+    for i in 0..200u64 {
+        let method = if i % 10 == 0 {
+            StartMethod::Spawn
+        } else {
+            StartMethod::ForkServer
+        };
+        let child = Builder::new()
+            .start_method(method)
+            .spawn(square, i)
+            .unwrap();
+        assert_eq!(child.join().unwrap(), i * i);
+    }
+    // Failures must not leak either.
+    for _ in 0..20 {
+        let child = multiproc::spawn(|()| -> u8 { std::process::exit(7) }, ()).unwrap();
+        assert!(matches!(child.join(), Err(ProcessError::Exited(7))));
+    }
+    let server = common::fork_server_of(me).expect("fork server");
+    let mine: Vec<_> = common::children_of(me);
+    let servers: Vec<_> = common::children_of(server);
+    println!("fds {fds} {}", common::fd_count());
+    println!("children {mine:?}");
+    println!("server_children {servers:?}");
+}
+
+fn spawns_leave_no_zombie_process_or_fd() {
+    let mut h = Helper::start("leaks");
+    let fds = h.expect("fds ", Duration::from_secs(120));
+    let (before, after) = fds.split_once(' ').unwrap();
+    assert_eq!(before, after, "descriptor count changed across 220 spawns");
+    let children = h.expect("children ", T);
+    // Only the fork server remains, and it is not a zombie.
+    assert!(
+        children.contains("mp-forkserver") && !children.contains("'Z'"),
+        "{children}"
+    );
+    assert_eq!(children.matches("),").count(), 0, "{children}");
+    assert_eq!(h.expect("server_children ", T), "[]");
+    assert!(h.wait(T).success());
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Env {
+    cwd: String,
+    set: Option<String>,
+    removed: Option<String>,
+    path: Option<String>,
+}
+
+fn env_report(_: ()) -> Env {
+    Env {
+        cwd: std::env::current_dir().unwrap().display().to_string(),
+        set: std::env::var("MP_TEST_SET").ok(),
+        removed: std::env::var("HOME").ok(),
+        path: std::env::var("PATH").ok(),
+    }
+}
+
+fn environment_and_directory() {
+    let dir = tempdir();
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .env("MP_TEST_SET", "yes")
+            .env_remove("HOME")
+            .current_dir(&dir)
+            .spawn(env_report, ())
+            .unwrap();
+        let env = child.join_timeout(T).unwrap();
+        assert_eq!(env.cwd, dir.canonicalize().unwrap().display().to_string());
+        assert_eq!(env.set.as_deref(), Some("yes"));
+        assert_eq!(env.removed, None);
+        assert_eq!(env.path, std::env::var("PATH").ok());
+
+        let mut child = Builder::new()
+            .start_method(method)
+            .env_clear()
+            .env("MP_TEST_SET", "only")
+            .spawn(env_report, ())
+            .unwrap();
+        let env = child.join_timeout(T).unwrap();
+        assert_eq!((env.set.as_deref(), env.path), (Some("only"), None));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn echo_upper(_: ()) -> usize {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).unwrap();
+    print!("{}", input.to_uppercase());
+    eprint!("err:{}", input.len());
+    input.len()
+}
+
+fn piped_stdio() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn(echo_upper, ())
+            .unwrap();
+        let mut stdin = child.take_stdin().unwrap();
+        stdin.write_all(b"hello child").unwrap();
+        drop(stdin);
+        let mut out = String::new();
+        child
+            .take_stdout()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let mut err = String::new();
+        child
+            .take_stderr()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(child.join_timeout(T).unwrap(), 11);
+        assert_eq!(out, "HELLO CHILD");
+        assert_eq!(err, "err:11");
+    }
+}
+
+fn print_lines(n: u32) {
+    for i in 0..n {
+        println!("line {i}");
+    }
+}
+
+fn stdout_to_file() {
+    let dir = tempdir();
+    let path = dir.join("out.txt");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut child = Builder::new()
+        .stdout(Stdio::from(file))
+        .spawn(print_lines, 3)
+        .unwrap();
+    child.join_timeout(T).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "line 0\nline 1\nline 2\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn log_work(_: ()) {
+    tracing::info!("working");
+}
+
+fn helper_logging() {
+    // `init_with`'s setup installed the subscriber here and runs again in each child.
+    tracing::info!("starting");
+    Builder::new()
+        .name("worker1")
+        .spawn(log_work, ())
+        .unwrap()
+        .join()
+        .unwrap();
+    Builder::new()
+        .name("renamed worker")
+        .start_method(StartMethod::Spawn)
+        .spawn(log_work, ())
+        .unwrap()
+        .join()
+        .unwrap();
+    println!("done");
+}
+
+fn logging_names_processes() {
+    // A separate process, so that the subscriber affects nothing else.
+    let mut h = Helper::start_with(
+        "logging",
+        std::env::current_exe().unwrap(),
+        &[("MP_TEST_LOGGING", "1")],
+    );
+    h.expect("done", T);
+    assert!(h.wait(T).success());
+    let err = h.stderr_now();
+    assert!(err.contains("MainProcess: starting"), "{err}");
+    assert!(err.contains("worker1: working"), "{err}");
+    assert!(err.contains("renamed worker: working"), "{err}");
+}
+
+fn ready_then_sleep(_: ()) {
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// Waits for the child to print its first line: its function is running.
+fn wait_ready<R>(child: &mut multiproc::JoinHandle<R>) {
+    let mut out = std::io::BufReader::new(child.take_stdout().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+}
+
+fn active_children_and_status() {
+    let mut a = Builder::new()
+        .name("active-a")
+        .stdout(Stdio::piped())
+        .spawn(ready_then_sleep, ())
+        .unwrap();
+    let mut b = Builder::new()
+        .name("active-b")
+        .stdout(Stdio::piped())
+        .spawn(ready_then_sleep, ())
+        .unwrap();
+    wait_ready(&mut a);
+    wait_ready(&mut b);
+    let pids: Vec<u32> = multiproc::active_children()
+        .iter()
+        .map(|c| c.pid())
+        .collect();
+    assert!(pids.contains(&a.pid()) && pids.contains(&b.pid()));
+    assert!(a.is_alive());
+    assert_eq!(a.exit_status(), None);
+    let view = a.process();
+    assert_eq!((view.name(), view.pid()), ("active-a", a.pid()));
+    a.terminate().unwrap();
+    let status = view.wait(Some(T)).unwrap().unwrap();
+    assert_eq!(status.signal(), Some(multiproc::Signal::TERM));
+    assert!(!a.is_alive());
+    assert_eq!(a.exit_status(), Some(status));
+    assert!(matches!(a.join(), Err(ProcessError::Signaled(s)) if s == multiproc::Signal::TERM));
+    b.kill().unwrap();
+    assert!(
+        matches!(b.join_timeout(T), Err(ProcessError::Signaled(s)) if s == multiproc::Signal::KILL)
+    );
+    let pids: Vec<u32> = multiproc::active_children()
+        .iter()
+        .map(|c| c.pid())
+        .collect();
+    assert!(!pids.contains(&b.pid()));
+}
+
+fn sleep_then_answer(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn join_timeout_keeps_handle_usable() {
+    let mut child = multiproc::spawn(sleep_then_answer, 500).unwrap();
+    let err = child.join_timeout(Duration::from_millis(10)).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(child.is_alive());
+    assert_eq!(child.join_timeout(T).unwrap(), 500);
+    assert!(matches!(child.join_timeout(T), Err(ProcessError::Joined)));
+}
+
+fn concurrent_spawns_from_threads() {
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..25u64 {
+                    let x = t * 100 + i;
+                    let mut child = multiproc::spawn(square, x).unwrap();
+                    assert_eq!(child.join_timeout(T).unwrap(), x * x);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn daemon_outlives_the_thread_that_spawned_it() {
+    // The kernel's parent-death signal follows the thread that forked; a daemon spawned
+    // from a short-lived thread must not die with that thread.
+    let mut child = std::thread::spawn(|| {
+        Builder::new()
+            .daemon(true)
+            .spawn(sleep_then_answer, 700)
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let mut forked = std::thread::spawn(|| {
+        // SAFETY: the closure sleeps and returns a constant; it takes no lock.
+        unsafe {
+            Builder::new().daemon(true).spawn_fork(|| {
+                std::thread::sleep(Duration::from_millis(700));
+                7u8
+            })
+        }
+        .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 700);
+    assert_eq!(forked.join_timeout(T).unwrap(), 7);
+}
+
+fn fork_start_method_captures() {
+    let table: Vec<u64> = (0..1000).collect();
+    let offset = 5;
+    // SAFETY: the closure reads its captures and computes; it takes no lock.
+    let mut child =
+        unsafe { Builder::new().spawn_fork(move || table.iter().sum::<u64>() + offset) }.unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 499_505);
+}
+
+fn big_result(_: ()) -> Vec<u8> {
+    vec![1u8; 32 << 20]
+}
+
+fn dropped_handle_releases_blocked_child() {
+    // The child blocks sending 32 MiB that nobody reads; dropping the handle lets it go.
+    let child = Builder::new().name("unread").spawn(big_result, ()).unwrap();
+    let view = child.process();
+    drop(child);
+    assert!(view.wait(Some(T)).unwrap().is_some_and(|s| s.success()));
+}
+
+fn tempdir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "multiproc-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
