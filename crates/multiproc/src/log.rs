@@ -52,9 +52,14 @@ where
 /// Installs a subscriber that writes every event at `DEBUG` and above to stderr as
 /// `{process name}: {message}` (Python's `logging.basicConfig(level=logging.DEBUG,
 /// format='%(processName)s: %(message)s')`). Does nothing if a subscriber is already set.
+///
+/// multiproc's own events (children started, joined, terminated) are at `TRACE`, below
+/// this, as Python keeps `multiprocessing`'s own logging below `DEBUG`.
 pub fn init() {
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .event_format(ProcessName)
         .try_init();

@@ -137,6 +137,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         let mut st = super::state();
         super::become_child(
             &mut st,
+            &mut super::me_lock(),
             Me {
                 name: header.name,
                 daemon: header.daemon,

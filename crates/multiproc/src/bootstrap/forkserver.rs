@@ -38,7 +38,7 @@ impl ForkServer {
                 drop(theirs);
                 drop(death);
                 let pidfd = sys::pidfd_open(pid)?;
-                tracing::debug!(pid, "fork server forked");
+                tracing::trace!(pid, "fork server forked");
                 Ok(Some(ForkServer {
                     pid,
                     pidfd,
@@ -53,7 +53,7 @@ impl ForkServer {
     pub(crate) fn exec_now(death: OwnedFd) -> io::Result<Self> {
         let (ours, theirs) = sys::stream_pair()?;
         let (pid, pidfd) = sys::exec_server(theirs, death)?;
-        tracing::debug!(pid, "fork server started by exec");
+        tracing::trace!(pid, "fork server started by exec");
         Ok(ForkServer {
             pid,
             pidfd,
@@ -109,7 +109,7 @@ impl ForkServer {
             .map(|r| r[0].ready())
             .unwrap_or(false);
         if !exited {
-            tracing::warn!(pid, "fork server did not exit; killing it");
+            tracing::trace!(pid, "fork server did not exit; killing it");
             let _ = sys::send_signal(pidfd.as_fd(), sys::SIGKILL);
             let _ = sys::wait_readable(&[pidfd.as_fd()], None);
         }

@@ -72,9 +72,13 @@ pub(crate) struct Parent {
 }
 
 /// Mutable per-process state. A forked child replaces it wholesale.
+///
+/// Nothing here may be locked while emitting a `tracing` event if the event could need
+/// the same lock: this process's description ([`me`]) therefore has a lock of its own,
+/// which is only ever held to clone an `Arc` (a subscriber may call
+/// `current_process()` from inside any event, including one multiproc emits).
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) me: Option<Arc<Me>>,
     pub(crate) server: Option<ForkServer>,
     /// This process's death pipe: children hold the read end; the write end lives only
     /// here, so it hangs up exactly when this process is gone.
@@ -82,13 +86,19 @@ pub(crate) struct State {
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
-    me: None,
     server: None,
     death: None,
 });
 
+static ME: Mutex<Option<Arc<Me>>> = Mutex::new(None);
+
 pub(crate) fn state() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The lock on this process's description; hold it only to read or replace the `Arc`.
+pub(crate) fn me_lock() -> MutexGuard<'static, Option<Arc<Me>>> {
+    ME.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Starts multiproc in this process. Call it first in `main`.
@@ -151,18 +161,15 @@ fn init_inner(setup: Option<fn()>) -> Init {
         sys::serve(control, death);
     }
     let _ = identity();
-    let death = {
-        let mut st = state();
-        st.me = Some(Arc::new(main_process()));
-        death_read_end(&mut st)
-    };
+    *me_lock() = Some(Arc::new(main_process()));
+    let death = death_read_end(&mut state());
     // Fork the server now while this is provably the only thread: cheapest start, and
     // the server's memory is the program's state before `main` did anything. The state
     // lock must not be held across the fork: the server would inherit it locked.
     match death.and_then(ForkServer::fork_now) {
         Ok(Some(server)) => state().server = Some(server),
         Ok(None) => {}
-        Err(e) => tracing::debug!("fork server not started at init: {e}"),
+        Err(e) => tracing::trace!("fork server not started at init: {e}"),
     }
     OWNER_PID.store(sys::getpid(), Ordering::SeqCst);
     sys::at_exit(exit_hook);
@@ -250,12 +257,12 @@ pub(crate) fn next_child_number() -> u32 {
 
 /// Resets what a freshly forked child must not inherit from the process it was forked
 /// from, and records who it is.
-pub(crate) fn become_child(st: &mut State, me: Me) {
+pub(crate) fn become_child(st: &mut State, me_slot: &mut Option<Arc<Me>>, me: Me) {
     // The server and the death pipe belong to the parent; dropping closes this copy so
     // that they still hang up when the parent goes.
     st.server = None;
     st.death = None;
-    st.me = Some(Arc::new(me));
+    *me_slot = Some(Arc::new(me));
     NEXT_CHILD.store(1, Ordering::Relaxed);
     OWNER_PID.store(0, Ordering::SeqCst);
 }
@@ -280,8 +287,7 @@ pub(crate) fn forget_inherited_state() {
 
 /// This process's description.
 pub(crate) fn me() -> Arc<Me> {
-    let mut st = state();
-    st.me
+    me_lock()
         .get_or_insert_with(|| Arc::new(main_process()))
         .clone()
 }
@@ -313,7 +319,6 @@ pub(crate) fn with_server<T>(mut f: impl FnMut(&mut ForkServer) -> io::Result<T>
         match f(server) {
             Ok(v) => return Ok(v),
             Err(e) if attempt == 0 && forkserver::is_server_gone(&e) => {
-                tracing::warn!("the fork server is gone ({e}); starting a new one");
                 if let Some(old) = st.server.take() {
                     old.shut_down();
                 }

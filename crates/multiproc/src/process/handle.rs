@@ -159,7 +159,7 @@ impl ChildRecord {
         if let Some(ch) = lock(&self.channel).as_mut() {
             let fds = sys::borrow_all(fds);
             if let Err(e) = ch.conn.send(wire::CALL, parts, &fds) {
-                tracing::debug!(pid = self.pid, "call not delivered: {e}");
+                tracing::trace!(pid = self.pid, "call not delivered: {e}");
             }
         }
     }

@@ -332,7 +332,7 @@ impl Builder {
             server.fork(&request, &fds)
         })?;
         drop((theirs, status_write, stdio_child));
-        tracing::debug!(pid, name = %name, ?launch, "spawned");
+        tracing::trace!(pid, name = %name, ?launch, "spawned");
 
         let record = Arc::new(ChildRecord::new(
             pid,
@@ -394,6 +394,7 @@ impl Builder {
         let mut st = bootstrap::state();
         let death = bootstrap::death_read_end(&mut st)?;
         let mut children = registry::lock();
+        let mut me_slot = bootstrap::me_lock();
         // SAFETY: the caller upholds the contract stated in `# Safety`; multiproc's own
         // state is consistent because its locks are held.
         let forked = unsafe { sys::fork_unchecked() }?;
@@ -411,6 +412,7 @@ impl Builder {
                 };
                 bootstrap::become_child(
                     &mut st,
+                    &mut me_slot,
                     Me {
                         name,
                         daemon: self.daemon,
@@ -423,7 +425,7 @@ impl Builder {
                         }),
                     },
                 );
-                drop(st);
+                drop((st, me_slot));
                 let setup = sys::setup_forked_child(sys::ForkedChildSetup {
                     stdio: stdio_child,
                     cwd: self.cwd.clone(),
@@ -440,7 +442,7 @@ impl Builder {
                 bootstrap::run_in_fork(theirs, f)
             }
             sys::Forked::Parent(pid) => {
-                drop(st);
+                drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.
                 let pidfd = sys::pidfd_open(pid)?;

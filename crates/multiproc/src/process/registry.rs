@@ -59,7 +59,7 @@ pub(crate) fn exit_function() {
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
     for child in &daemons {
-        tracing::debug!(
+        tracing::trace!(
             pid = child.pid(),
             name = child.name(),
             "terminating daemon at exit"
@@ -70,7 +70,7 @@ pub(crate) fn exit_function() {
         // A child blocked on sending a result nobody can read any more must not hold up
         // the exit.
         child.close_channel();
-        tracing::debug!(pid = child.pid(), name = child.name(), "joining at exit");
+        tracing::trace!(pid = child.pid(), name = child.name(), "joining at exit");
         if let Err(e) = child.wait(None) {
             tracing::warn!(pid = child.pid(), "could not join at exit: {e}");
         }
@@ -79,7 +79,7 @@ pub(crate) fn exit_function() {
     for child in &daemons {
         child.close_channel();
         if child.wait(Some(deadline)).is_err() {
-            tracing::debug!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
+            tracing::trace!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
             let _ = child.signal(sys::SIGKILL);
             let _ = child.wait(None);
         }

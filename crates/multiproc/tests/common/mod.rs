@@ -61,8 +61,19 @@ fn sweep() -> bool {
 /// Runs in every process, children included: with `MP_TEST_LOGGING` set (which children
 /// inherit), logs `{process name}: {message}` to stderr.
 fn setup() {
-    if std::env::var_os("MP_TEST_LOGGING").is_some() {
-        multiproc::log::init();
+    match std::env::var("MP_TEST_LOGGING").as_deref() {
+        Ok("trace") => {
+            // Every event, multiproc's own included, goes through the formatter that
+            // asks for the current process's name.
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .event_format(multiproc::log::ProcessName)
+                .init();
+        }
+        Ok(_) => multiproc::log::init(),
+        Err(_) => {}
     }
 }
 

@@ -4,6 +4,7 @@
 mod fd;
 mod forkserver;
 mod image;
+mod launch;
 mod proc;
 
 use std::ffi::OsString;
@@ -14,12 +15,13 @@ pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, borrow_all, dev_null, dup, pipe, poll_now, recv_with_fds, send_with_fds,
     stream_pair, wait_readable,
 };
-pub(crate) use forkserver::{
-    Forked, ForkedChildSetup, adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded,
-    fork_unchecked, read_status, serve, setup_forked_child,
-};
+pub(crate) use forkserver::{read_status, serve};
 pub(crate) use image::run as run_entry;
 pub(crate) use image::{Entry, anchor_offset, entry, verify_image};
+pub(crate) use launch::{
+    Forked, ForkedChildSetup, adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded,
+    fork_unchecked, setup_forked_child,
+};
 pub(crate) use proc::{
     SIGKILL, SIGTERM, Termination, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open,
     send_signal, set_name, signal_name, try_reap,

@@ -127,6 +127,11 @@ pub(crate) fn kill_me_with_parent(expected_parent: u32) -> io::Result<bool> {
     Ok(getppid() == Some(expected_parent))
 }
 
+/// Cancels a parent-death signal inherited from the process this one was forked as.
+pub(crate) fn clear_parent_death_signal() -> io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(None)?)
+}
+
 /// The name of a signal, like `SIGSEGV`.
 pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
     Some(match signal {

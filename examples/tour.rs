@@ -1,0 +1,56 @@
+//! A tour of multiproc: every example program, one after the other, faster.
+//!
+//! `cargo run --release --example tour`
+//!
+//! Each section is one of the examples (see their own files for the Python program they
+//! reproduce and the output to expect). The tour sets a faster pace for their sleeps in
+//! every process, with the same `init_with` setup function that configures logging.
+
+#[path = "process_basic.rs"]
+mod process_basic;
+#[path = "process_daemon.rs"]
+mod process_daemon;
+#[path = "thread_basic.rs"]
+mod thread_basic;
+
+use std::time::Instant;
+
+/// Runs in every process of the tour, children included.
+fn setup() {
+    multiproc::log::init();
+    multiproc_examples::set_pace(0.25);
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+/// Python's "no joins" variant needs a process that ends with its children unjoined;
+/// here that process is a child of the tour, which then joins it.
+fn daemon_without_joins(_: ()) {
+    process_daemon::run(false);
+}
+
+fn main() {
+    let _guard = multiproc::init_with(setup);
+    let start = Instant::now();
+
+    section("thread_basic: five threads, joined");
+    thread_basic::run();
+
+    section("process_basic: two named processes, logging with their names");
+    process_basic::run();
+
+    section("process_daemon: a daemon and a non-daemon, both joined");
+    process_daemon::run(true);
+
+    section("process_daemon --no-join: the daemon is terminated when its parent ends");
+    multiproc::Builder::new()
+        .name("no-join demo")
+        .spawn(daemon_without_joins, ())
+        .expect("start")
+        .join()
+        .expect("the demo process");
+
+    println!("\nTour done in {:.1?}.", start.elapsed());
+}

@@ -1,0 +1,21 @@
+//! What the example programs share: a `sleep` that the tour can speed up.
+//!
+//! The examples are Rust twins of Python tutorial programs, which sleep for seconds to
+//! make their timing visible. The tour runs them all in a row, so it sets a faster pace
+//! in every process through `multiproc::init_with`'s setup function.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+static PACE: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
+
+/// Scales every [`sleep`] in this process (1.0: real time).
+pub fn set_pace(pace: f64) {
+    PACE.store(pace.to_bits(), Ordering::Relaxed);
+}
+
+/// Sleeps `secs` seconds, scaled by the pace.
+pub fn sleep(secs: f64) {
+    let pace = f64::from_bits(PACE.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_secs_f64(secs * pace));
+}
