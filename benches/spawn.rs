@@ -23,7 +23,7 @@ fn main() {
     });
     g.bench_function("multiproc_fork", |b| b.iter_custom(spawn::multiproc_fork));
     g.bench_function("procspawn", |b| b.iter_custom(spawn::procspawn));
-    let floor = env!("CARGO_BIN_EXE_mp-floor");
+    let floor = std::path::Path::new(env!("CARGO_BIN_EXE_multiproc-bench"));
     g.bench_function("floor_fork_exit_wait", |b| {
         b.iter_custom(|n| spawn::floor(floor, "fork-exit-wait", n))
     });

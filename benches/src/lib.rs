@@ -7,9 +7,15 @@
 //! without any library).
 #![allow(unsafe_code)] // `spawn_fork` is unsafe by contract
 
-use std::path::PathBuf;
+pub mod compare;
+pub mod floor;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use compare::{Group, Impl, Target, Workload};
+use multiproc::StartMethod;
 
 /// Calls this first in every benchmark binary's `main`: both libraries recognise their own
 /// children here (procspawn first, so that its children do not start multiproc's server).
@@ -62,10 +68,15 @@ pub mod spawn {
         start.elapsed()
     }
 
-    /// The floor, measured by the small `mp-floor` program (`workload` is
-    /// `fork-exit-wait` or `fork-exec-wait`).
-    pub fn floor(exe: &str, workload: &str, iters: u64) -> Duration {
-        super::timed_command(Command::new(exe).arg(workload).arg(iters.to_string()))
+    /// The floor, measured by `multiproc-bench floor` in a process of its own
+    /// (`workload` is `fork-exit-wait` or `fork-exec-wait`).
+    pub fn floor(exe: &Path, workload: &str, iters: u64) -> Duration {
+        super::timed_command(
+            Command::new(exe)
+                .arg("floor")
+                .arg(workload)
+                .arg(iters.to_string()),
+        )
     }
 }
 
@@ -119,4 +130,142 @@ fn timed_command(command: &mut Command) -> Duration {
         .parse()
         .expect("the command prints seconds");
     Duration::from_secs_f64(secs)
+}
+
+/// Every group of the side-by-side comparison. `exe` is the `multiproc-bench` binary
+/// (for the kernel floor).
+pub fn groups(exe: &Path) -> Vec<Group> {
+    let python = python::available();
+    let mut groups = Vec::new();
+
+    let mut w = vec![
+        Workload::new("multiproc ForkServer", Impl::Multiproc, 500, |n| {
+            spawn::multiproc(StartMethod::ForkServer, n)
+        }),
+        Workload::new("multiproc Spawn", Impl::Multiproc, 150, |n| {
+            spawn::multiproc(StartMethod::Spawn, n)
+        }),
+        Workload::new(
+            "multiproc spawn_fork",
+            Impl::Multiproc,
+            300,
+            spawn::multiproc_fork,
+        ),
+        Workload::new("procspawn", Impl::Peer, 150, spawn::procspawn),
+    ];
+    if python {
+        for (name, method, iters) in [
+            ("CPython fork", "fork", 60),
+            ("CPython forkserver", "forkserver", 40),
+            ("CPython spawn", "spawn", 8),
+        ] {
+            w.push(Workload::new(name, Impl::Peer, iters, move |n| {
+                python::run("spawn.py", &[method], n)
+            }));
+        }
+    }
+    let (e1, e2) = (exe.to_path_buf(), exe.to_path_buf());
+    w.push(Workload::new(
+        "fork + exit + wait",
+        Impl::Floor,
+        1000,
+        move |n| spawn::floor(&e1, "fork-exit-wait", n),
+    ));
+    w.push(Workload::new(
+        "fork + exec + wait",
+        Impl::Floor,
+        150,
+        move |n| spawn::floor(&e2, "fork-exec-wait", n),
+    ));
+    groups.push(Group {
+        title: "Spawn + join latency",
+        operation: "start a process that runs an empty function, and join it",
+        bench: "spawn",
+        workloads: w,
+        targets: vec![
+            Target {
+                workload: "multiproc ForkServer",
+                text: "≤ 0.5 ms",
+                met: |d| d <= Duration::from_micros(500),
+            },
+            Target {
+                workload: "multiproc Spawn",
+                text: "≤ 3 ms",
+                met: |d| d <= Duration::from_millis(3),
+            },
+        ],
+        pairs: vec![
+            ("multiproc ForkServer", "CPython forkserver"),
+            ("multiproc Spawn", "CPython spawn"),
+            ("multiproc spawn_fork", "CPython fork"),
+            ("multiproc ForkServer", "procspawn"),
+            ("multiproc ForkServer", "fork + exit + wait"),
+            ("multiproc Spawn", "fork + exec + wait"),
+        ],
+        notes: vec![
+            "`multiproc spawn_fork` forks the benchmark process itself, so its cost grows \
+             with that process's size; ForkServer and Spawn fork from the small fork server, \
+             which keeps one child forked ahead of time so that the fork is off the \
+             caller's path. The floors are plain libc loops in a process of their own."
+                .into(),
+            if python {
+                format!("CPython: {}.", python::version().unwrap_or_default())
+            } else {
+                "python3 was not found: the CPython rows are missing.".into()
+            },
+        ],
+    });
+    groups
+}
+
+/// The report's opening: what ran where, and how to run it again.
+pub fn header(runs: usize) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = command_line("uname", &["-sr"]);
+    let rustc = command_line("rustc", &["--version"]);
+    let python = python::version().unwrap_or_else(|| "not found".into());
+    let procspawn = locked_version("procspawn").unwrap_or_else(|| "?".into());
+    format!(
+        "# Benchmarks\n\n\
+         Every number below comes from one run of\n\n\
+         ```text\ncargo run --release -p multiproc-bench -- --compare\n```\n\n\
+         which runs each workload {runs} times, interleaved with its peers, and wrote this file. \
+         Medians are per operation; ratios are between medians of the same run.\n\n\
+         | | |\n|---|---|\n\
+         | CPU | {cpu} ({cores} logical CPUs available) |\n\
+         | kernel | {kernel} |\n\
+         | rustc | {rustc} |\n\
+         | multiproc | {} |\n\
+         | CPython | {python} |\n\
+         | procspawn | {procspawn} |\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The version of a dependency, from the workspace's `Cargo.lock`.
+fn locked_version(name: &str) -> Option<String> {
+    let lock =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))
+            .ok()?;
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    let at = lock.find(&needle)? + needle.len();
+    Some(lock[at..].split('"').next()?.to_string())
 }

@@ -2,7 +2,7 @@
 //!
 //! The protocol is described in `README.md` beside this file.
 
-mod child;
+pub(crate) mod child;
 mod forkserver;
 pub(crate) mod wire;
 
@@ -11,7 +11,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-pub(crate) use child::{CallIo, Invoked, fail_on, invoke, run_forked, run_in_fork};
+pub(crate) use child::{CallIo, Invoked, fail_on, run_in_fork};
 pub(crate) use forkserver::ForkServer;
 
 use crate::sys::{self, OwnedFd};

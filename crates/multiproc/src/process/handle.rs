@@ -362,12 +362,12 @@ impl<R> fmt::Debug for JoinHandle<R> {
 
 impl<R> JoinHandle<R> {
     pub(crate) fn new(record: Arc<ChildRecord>, stdio: [Option<OwnedFd>; 3]) -> Self {
-        let [stdin, stdout, stderr] = stdio;
+        let (stdin, stdout, stderr) = sys::child_stdio(stdio);
         JoinHandle {
             record,
-            stdin: stdin.map(Into::into),
-            stdout: stdout.map(Into::into),
-            stderr: stderr.map(Into::into),
+            stdin,
+            stdout,
+            stderr,
             joined: false,
             _result: PhantomData,
         }

@@ -78,6 +78,8 @@ enum StdioKind {
     Inherit,
     Null,
     Piped,
+    File(std::fs::File),
+    #[cfg(unix)]
     Fd(OwnedFd),
 }
 
@@ -102,7 +104,7 @@ impl Stdio {
     /// Resolves to the descriptor the child gets and, for a pipe, the parent's end.
     fn resolve(self, which: u8) -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
         Ok(match self.0 {
-            StdioKind::Inherit => match dup_stdio(which) {
+            StdioKind::Inherit => match sys::dup_stdio(which) {
                 Ok(fd) => (fd, None),
                 // Our own stream is closed: the child gets nothing to write to either.
                 Err(_) => (sys::dev_null()?, None),
@@ -116,16 +118,10 @@ impl Stdio {
                     (write, Some(read))
                 }
             }
+            StdioKind::File(file) => (sys::file_fd(file), None),
+            #[cfg(unix)]
             StdioKind::Fd(fd) => (fd, None),
         })
-    }
-}
-
-fn dup_stdio(which: u8) -> std::io::Result<OwnedFd> {
-    match which {
-        0 => sys::dup(std::io::stdin().as_fd()),
-        1 => sys::dup(std::io::stdout().as_fd()),
-        _ => sys::dup(std::io::stderr().as_fd()),
     }
 }
 
@@ -135,19 +131,22 @@ impl fmt::Debug for Stdio {
             StdioKind::Inherit => "Stdio::inherit()",
             StdioKind::Null => "Stdio::null()",
             StdioKind::Piped => "Stdio::piped()",
-            StdioKind::Fd(_) => "Stdio::from(..)",
+            StdioKind::File(_) => "Stdio::from(File)",
+            #[cfg(unix)]
+            StdioKind::Fd(_) => "Stdio::from(OwnedFd)",
         })
     }
 }
 
 impl From<std::fs::File> for Stdio {
     fn from(file: std::fs::File) -> Self {
-        Stdio(StdioKind::Fd(file.into()))
+        Stdio(StdioKind::File(file))
     }
 }
 
-impl From<OwnedFd> for Stdio {
-    fn from(fd: OwnedFd) -> Self {
+#[cfg(unix)]
+impl From<std::os::fd::OwnedFd> for Stdio {
+    fn from(fd: std::os::fd::OwnedFd) -> Self {
         Stdio(StdioKind::Fd(fd))
     }
 }
@@ -462,6 +461,11 @@ impl Builder {
     }
 
     fn check(&self) -> Result<Arc<Me>, SpawnError> {
+        if !sys::SUPPORTED {
+            return Err(SpawnError::Unsupported(
+                "starting processes needs Linux (pidfds, PR_SET_PDEATHSIG, /proc)",
+            ));
+        }
         if !bootstrap::initialized() {
             return Err(SpawnError::NotInitialized);
         }
@@ -565,4 +569,17 @@ where
     R: Serialize + DeserializeOwned,
 {
     Builder::new().spawn(f, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_before_init_is_an_error() {
+        // This test binary never calls `init()`.
+        let r = spawn(|x: u32| x + 1, 1);
+        assert!(matches!(r, Err(SpawnError::NotInitialized)), "{r:?}");
+        assert!(bootstrap::me().parent.is_none());
+    }
 }

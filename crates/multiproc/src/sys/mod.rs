@@ -5,4 +5,11 @@
 #[path = "linux/mod.rs"]
 mod imp;
 
+#[cfg(not(target_os = "linux"))]
+#[path = "unsupported.rs"]
+mod imp;
+
 pub(crate) use imp::*;
+
+mod types;
+pub(crate) use types::*;

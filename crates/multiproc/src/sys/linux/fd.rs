@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+use crate::sys::Readiness;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::{Errno, FdFlags};
 use rustix::net::{
@@ -125,22 +126,6 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
 /// polled first (pipes here are blocking; callers poll before reading).
 pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry(|| rustix::io::read(fd, &mut *buf))
-}
-
-/// What `wait_readable` saw on each descriptor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Readiness {
-    /// Data (or end of file) can be read without blocking.
-    pub(crate) readable: bool,
-    /// The peer hung up.
-    pub(crate) hangup: bool,
-}
-
-impl Readiness {
-    /// Readable or hung up: a read will not block.
-    pub(crate) fn ready(self) -> bool {
-        self.readable || self.hangup
-    }
 }
 
 /// Waits until one of `fds` is readable or hung up, or `deadline` passes (`None`: forever).

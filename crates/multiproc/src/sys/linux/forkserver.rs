@@ -18,13 +18,14 @@ use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use super::fd;
 use super::launch::{
-    CHANNEL_FD, DEATH_FD, Forked, ServerInfo, become_requested, close_from, exit_now,
-    fork_unchecked, place_raw,
+    CHANNEL_FD, DEATH_FD, ServerInfo, become_requested, close_from, exit_now, fork_unchecked,
+    place_raw,
 };
-use super::proc::{self as process, Termination};
+use super::proc as process;
 use crate::bootstrap::wire::{self, ForkReply, ForkRequest};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
 use crate::ipc::framing::Conn;
+use crate::sys::{Forked, Termination};
 
 /// One child of the server.
 struct Kid {

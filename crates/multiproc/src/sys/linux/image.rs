@@ -13,13 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bootstrap::{CallIo, Invoked};
-
-/// A function and its typed trampoline, as offsets from [`anchor`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Entry {
-    trampoline: u64,
-    function: u64,
-}
+use crate::sys::Entry;
 
 /// The function passed to `spawn` does not live in the main executable (for example, it
 /// is in a shared library loaded at a different address in each process).
@@ -88,7 +82,7 @@ where
     // this trampoline was instantiated for the same `A` and `R` by that same `entry`.
     // So `function` is the address of a `fn(A) -> R` in this process.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    crate::bootstrap::invoke(f, io)
+    crate::bootstrap::child::invoke(f, io)
 }
 
 /// Names `f` (and the trampoline that decodes its argument and encodes its result).

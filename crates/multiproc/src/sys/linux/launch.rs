@@ -13,17 +13,11 @@ use super::fd;
 use super::proc as process;
 use crate::bootstrap::wire::{self, ForkRequest, Launch};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE, SERVER_TOKEN};
+use crate::sys::{Forked, ForkedChildSetup};
 
 /// Where a child finds its call channel and its parent's death pipe.
 pub(super) const CHANNEL_FD: RawFd = 3;
 pub(super) const DEATH_FD: RawFd = 4;
-
-/// Which side of a fork this is.
-#[derive(Debug)]
-pub(crate) enum Forked {
-    Parent(u32),
-    Child,
-}
 
 /// Forks, but only if the calling thread is the process's only thread: then no other
 /// thread can hold a lock or be mid-update, and none can appear before the fork since
@@ -221,7 +215,7 @@ pub(super) fn become_requested(
             if let Some(death) = &death {
                 let _ = fd::set_cloexec(death.as_fd(), true);
             }
-            bootstrap::run_forked(channel, death)
+            bootstrap::child::run_forked(channel, death)
         }
         Launch::Exec => {
             let token =
@@ -230,19 +224,6 @@ pub(super) fn become_requested(
             bootstrap::fail_on(channel, &format!("cannot execute /proc/self/exe: {why}"))
         }
     }
-}
-
-/// What a child forked straight from its parent sets up before running its function.
-#[derive(Debug)]
-pub(crate) struct ForkedChildSetup {
-    pub(crate) stdio: [OwnedFd; 3],
-    pub(crate) cwd: Option<std::path::PathBuf>,
-    /// The complete new environment (a block), when the builder changed it.
-    pub(crate) env: Option<wire::Bytes>,
-    /// Ask for `SIGKILL` when the forking thread (the parent's main thread) ends.
-    pub(crate) parent_death: Option<u32>,
-    /// Death pipe to watch on a thread of its own.
-    pub(crate) watchdog: Option<OwnedFd>,
 }
 
 /// Sets up a child forked straight from its parent (`Builder::spawn_fork`).

@@ -17,14 +17,14 @@ pub(crate) use fd::{
 };
 pub(crate) use forkserver::{read_status, serve};
 pub(crate) use image::run as run_entry;
-pub(crate) use image::{Entry, anchor_offset, entry, verify_image};
+pub(crate) use image::{anchor_offset, entry, verify_image};
 pub(crate) use launch::{
-    Forked, ForkedChildSetup, adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded,
-    fork_unchecked, setup_forked_child,
+    adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded, fork_unchecked,
+    setup_forked_child,
 };
 pub(crate) use proc::{
-    SIGKILL, SIGTERM, Termination, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open,
-    send_signal, set_name, signal_name, try_reap,
+    SIGKILL, SIGTERM, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open, send_signal,
+    set_name, signal_name, try_reap,
 };
 
 /// Signal numbers for [`crate::Signal`]'s constants.
@@ -60,6 +60,35 @@ pub(crate) fn at_exit(f: extern "C" fn()) {
     // SAFETY: `atexit` stores the function pointer; `f` is a plain `extern "C" fn` that
     // lives for the whole program.
     unsafe { libc::atexit(f) };
+}
+
+/// Processes can be started here.
+pub(crate) const SUPPORTED: bool = true;
+
+/// A duplicate of this process's stdin (0), stdout (1) or stderr (2).
+pub(crate) fn dup_stdio(which: u8) -> std::io::Result<OwnedFd> {
+    match which {
+        0 => dup(std::io::stdin().as_fd()),
+        1 => dup(std::io::stdout().as_fd()),
+        _ => dup(std::io::stderr().as_fd()),
+    }
+}
+
+/// A file as a descriptor to hand to a child.
+pub(crate) fn file_fd(file: std::fs::File) -> OwnedFd {
+    file.into()
+}
+
+/// The parent's ends of a child's piped standard streams.
+pub(crate) fn child_stdio(
+    fds: [Option<OwnedFd>; 3],
+) -> (
+    Option<std::process::ChildStdin>,
+    Option<std::process::ChildStdout>,
+    Option<std::process::ChildStderr>,
+) {
+    let [i, o, e] = fds;
+    (i.map(Into::into), o.map(Into::into), e.map(Into::into))
 }
 
 /// Logical CPUs this process may run on.

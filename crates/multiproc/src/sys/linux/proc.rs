@@ -8,41 +8,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
+use crate::sys::Termination;
+
 /// `SIGTERM`, for [`send_signal`].
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 /// `SIGKILL`, for [`send_signal`].
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
-
-/// How a process ended, as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Termination {
-    /// `exit(code)`.
-    Exited(i32),
-    /// Killed by this signal.
-    Signaled(i32),
-}
-
-impl Termination {
-    /// Five bytes: a kind byte and the code or signal, for the fork server's status pipe.
-    pub(crate) fn to_bytes(self) -> [u8; 5] {
-        let (kind, value) = match self {
-            Termination::Exited(code) => (0u8, code),
-            Termination::Signaled(sig) => (1u8, sig),
-        };
-        let v = value.to_le_bytes();
-        [kind, v[0], v[1], v[2], v[3]]
-    }
-
-    /// Inverse of [`Termination::to_bytes`].
-    pub(crate) fn from_bytes(b: [u8; 5]) -> Option<Self> {
-        let value = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        match b[0] {
-            0 => Some(Termination::Exited(value)),
-            1 => Some(Termination::Signaled(value)),
-            _ => None,
-        }
-    }
-}
 
 /// This process's id.
 pub(crate) fn getpid() -> u32 {

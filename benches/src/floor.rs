@@ -1,13 +1,13 @@
-//! The kernel floor: process operations in plain `libc` calls, in a process as small as
-//! a Rust program gets, so that nothing but the kernel's own cost is measured.
-//!
-//! Usage: `mp-floor WORKLOAD ITERATIONS`; prints the seconds the loop took.
-#![allow(unsafe_code)]
+//! The kernel floor: process operations in plain `libc` calls, run by
+//! `multiproc-bench floor WORKLOAD ITERATIONS` before anything else starts in that
+//! process (no fork server, no threads), so that the process is as small as a Rust
+//! program gets and nothing but the kernel's own cost is measured. Prints the seconds
+//! the loop took.
 
 use std::time::Instant;
 
-fn main() {
-    let mut args = std::env::args().skip(1);
+/// Runs the floor subcommand; `args` are what follows `floor`.
+pub fn main(mut args: impl Iterator<Item = String>) {
     let workload = args.next().unwrap_or_default();
     let iters: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
     let run: fn() = match workload.as_str() {

@@ -1,0 +1,257 @@
+//! Side-by-side comparison: run every workload of a group in turns, several times, and
+//! report medians, extremes and ratios computed within the same run.
+//!
+//! The machines these run on are small and noisy: absolute times drift from one minute
+//! to the next, but ratios measured side by side hold. So a group's workloads run
+//! interleaved (run 1 of each, then run 2 of each, ...), and ratios are only ever taken
+//! between numbers of the same invocation.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// Who implements a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    /// multiproc itself.
+    Multiproc,
+    /// A peer library or runtime.
+    Peer,
+    /// The same operation in plain system calls: what no library can beat.
+    Floor,
+}
+
+/// One implementation of a group's operation.
+pub struct Workload {
+    /// Shown in the table, like `multiproc (ForkServer)`.
+    pub name: &'static str,
+    pub kind: Impl,
+    /// Operations per timed run.
+    pub iters: u64,
+    /// Runs `iters` operations and returns how long they took.
+    pub run: Box<dyn Fn(u64) -> Duration>,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("iters", &self.iters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workload {
+    pub fn new(
+        name: &'static str,
+        kind: Impl,
+        iters: u64,
+        run: impl Fn(u64) -> Duration + 'static,
+    ) -> Self {
+        Workload {
+            name,
+            kind,
+            iters,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// A target a multiproc workload should meet, from its issue.
+#[derive(Debug)]
+pub struct Target {
+    /// The workload it applies to.
+    pub workload: &'static str,
+    /// As stated, like `≤ 0.5 ms`.
+    pub text: &'static str,
+    /// Whether a median per operation meets it.
+    pub met: fn(Duration) -> bool,
+}
+
+/// Workloads measuring the same operation.
+#[derive(Debug)]
+pub struct Group {
+    pub title: &'static str,
+    /// What one operation is, for the reader.
+    pub operation: &'static str,
+    /// The `cargo bench` target with the same workloads.
+    pub bench: &'static str,
+    pub workloads: Vec<Workload>,
+    pub targets: Vec<Target>,
+    /// Pairs `(multiproc workload, other workload)` whose ratio the summary states.
+    pub pairs: Vec<(&'static str, &'static str)>,
+    /// Said under the table.
+    pub notes: Vec<String>,
+}
+
+/// Results of one workload.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub name: &'static str,
+    pub kind: Impl,
+    /// Time per operation of each run.
+    pub runs: Vec<Duration>,
+}
+
+impl Stats {
+    pub fn median(&self) -> Duration {
+        let mut v = self.runs.clone();
+        v.sort();
+        v[v.len() / 2]
+    }
+
+    pub fn min(&self) -> Duration {
+        self.runs.iter().copied().min().unwrap_or_default()
+    }
+
+    pub fn max(&self) -> Duration {
+        self.runs.iter().copied().max().unwrap_or_default()
+    }
+}
+
+/// Runs a group: one warm-up run of each workload, then `runs` rounds in turn.
+pub fn run_group(group: &Group, runs: usize) -> Vec<Stats> {
+    let mut stats: Vec<Stats> = group
+        .workloads
+        .iter()
+        .map(|w| Stats {
+            name: w.name,
+            kind: w.kind,
+            runs: Vec::with_capacity(runs),
+        })
+        .collect();
+    for w in &group.workloads {
+        (w.run)(w.iters.div_ceil(10).max(1));
+    }
+    for round in 0..runs {
+        for (w, s) in group.workloads.iter().zip(&mut stats) {
+            let elapsed = (w.run)(w.iters);
+            s.runs
+                .push(elapsed / u32::try_from(w.iters).unwrap_or(u32::MAX));
+            eprintln!(
+                "  [{}/{runs}] {:<34} {}",
+                round + 1,
+                w.name,
+                fmt_duration(*s.runs.last().unwrap_or(&Duration::ZERO))
+            );
+        }
+    }
+    stats
+}
+
+/// Formats a duration with three significant digits.
+pub fn fmt_duration(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    let (v, unit) = if ns >= 1e9 {
+        (ns / 1e9, "s")
+    } else if ns >= 1e6 {
+        (ns / 1e6, "ms")
+    } else if ns >= 1e3 {
+        (ns / 1e3, "µs")
+    } else {
+        (ns, "ns")
+    };
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {unit}")
+}
+
+fn find<'a>(stats: &'a [Stats], name: &str) -> Option<&'a Stats> {
+    stats.iter().find(|s| s.name == name)
+}
+
+/// The markdown section for a group.
+pub fn report(group: &Group, stats: &[Stats]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## {}\n", group.title);
+    let _ = writeln!(
+        out,
+        "One operation: {}. Time per operation over each run; {} runs each, interleaved. \
+         Criterion bench with the same workloads: `cargo bench -p multiproc-bench --bench {}`.\n",
+        group.operation,
+        stats.first().map_or(0, |s| s.runs.len()),
+        group.bench
+    );
+    let first = stats.iter().find(|s| s.kind == Impl::Multiproc);
+    let base = first.map(|s| s.name).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| implementation | median | min | max | median vs {base} |\n|---|---:|---:|---:|---:|"
+    );
+    for s in stats {
+        let ratio = first.map_or(String::new(), |b| {
+            format!(
+                "{:.2}×",
+                s.median().as_secs_f64() / b.median().as_secs_f64()
+            )
+        });
+        let name = match s.kind {
+            Impl::Multiproc => format!("**{}**", s.name),
+            Impl::Peer => s.name.to_string(),
+            Impl::Floor => format!("{} *(floor)*", s.name),
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {ratio} |",
+            fmt_duration(s.median()),
+            fmt_duration(s.min()),
+            fmt_duration(s.max())
+        );
+    }
+    out.push('\n');
+    for (ours, theirs) in &group.pairs {
+        if let (Some(a), Some(b)) = (find(stats, ours), find(stats, theirs)) {
+            let r = b.median().as_secs_f64() / a.median().as_secs_f64();
+            let (word, r) = if r >= 1.0 {
+                ("faster", r)
+            } else {
+                ("slower", 1.0 / r)
+            };
+            let _ = writeln!(
+                out,
+                "- {ours} is **{r:.1}× {word}** than {theirs} (medians)."
+            );
+        }
+    }
+    for t in &group.targets {
+        if let Some(s) = find(stats, t.workload) {
+            let verdict = if (t.met)(s.median()) {
+                "met"
+            } else {
+                "**missed**"
+            };
+            let _ = writeln!(
+                out,
+                "- Target for {}: {} — {verdict} (median {}).",
+                t.workload,
+                t.text,
+                fmt_duration(s.median())
+            );
+        }
+    }
+    for note in &group.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out.push('\n');
+    out
+}
+
+/// Runs every group and returns the whole report.
+pub fn run_all(groups: &[Group], runs: usize, header: &str) -> String {
+    let started = Instant::now();
+    let mut body = String::new();
+    for g in groups {
+        eprintln!("{}", g.title);
+        let stats = run_group(g, runs);
+        body.push_str(&report(g, &stats));
+    }
+    format!(
+        "{header}\nThe whole comparison took {:.0} s.\n\n{body}",
+        started.elapsed().as_secs_f64()
+    )
+}

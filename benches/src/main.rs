@@ -1,0 +1,48 @@
+//! `multiproc-bench --compare`: every benchmark workload, side by side with its peers, in
+//! one run; writes `BENCHMARKS.md`.
+//!
+//! ```text
+//! cargo run --release -p multiproc-bench -- --compare            # writes BENCHMARKS.md
+//! cargo run --release -p multiproc-bench -- --compare --runs 3 --out /tmp/b.md
+//! ```
+
+use std::path::PathBuf;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some("floor") {
+        // Before `init`: a process with nothing else in it.
+        multiproc_bench::floor::main(args);
+        return;
+    }
+    let _guard = multiproc_bench::init();
+    let mut runs = 5;
+    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let mut compare = false;
+    let mut rest: Vec<String> = first.into_iter().chain(args).collect();
+    rest.reverse();
+    while let Some(arg) = rest.pop() {
+        match arg.as_str() {
+            "--compare" => compare = true,
+            "--runs" => runs = rest.pop().and_then(|n| n.parse().ok()).unwrap_or(runs),
+            "--out" => out = rest.pop().map(PathBuf::from).unwrap_or(out),
+            other => {
+                eprintln!(
+                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--runs N] [--out FILE]"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    if !compare {
+        eprintln!("usage: multiproc-bench --compare [--runs N] [--out FILE]");
+        std::process::exit(2);
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let groups = multiproc_bench::groups(&exe);
+    let header = multiproc_bench::header(runs);
+    let report = multiproc_bench::compare::run_all(&groups, runs, &header);
+    std::fs::write(&out, report).expect("write the report");
+    eprintln!("wrote {}", out.display());
+}

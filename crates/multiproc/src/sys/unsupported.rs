@@ -1,0 +1,228 @@
+//! The backend for platforms multiproc does not support yet: everything compiles, and
+//! anything that would start or manage a process fails with an `Unsupported` error.
+//! `Builder::spawn` checks [`SUPPORTED`] first, so users see `SpawnError::Unsupported`.
+#![allow(dead_code, unsafe_code)]
+
+use std::ffi::OsString;
+use std::io;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bootstrap::{CallIo, Invoked};
+use crate::sys::{Entry, Forked, ForkedChildSetup, Readiness, Termination};
+
+/// Processes cannot be started here.
+pub(crate) const SUPPORTED: bool = false;
+
+const WHY: &str = "multiproc supports Linux only so far";
+
+fn unsupported() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, WHY)
+}
+
+#[cfg(unix)]
+pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+#[cfg(not(unix))]
+mod no_fds {
+    use std::convert::Infallible;
+    use std::marker::PhantomData;
+
+    /// No descriptors exist on this platform: the type has no values.
+    #[derive(Debug)]
+    pub(crate) struct OwnedFd(pub(crate) Infallible);
+
+    /// No descriptors exist on this platform: the type has no values.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct BorrowedFd<'a>(pub(crate) Infallible, PhantomData<&'a ()>);
+
+    pub(crate) trait AsFd {
+        fn as_fd(&self) -> BorrowedFd<'_>;
+    }
+
+    impl AsFd for OwnedFd {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            match self.0 {}
+        }
+    }
+
+    impl AsFd for BorrowedFd<'_> {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            *self
+        }
+    }
+}
+#[cfg(not(unix))]
+pub(crate) use no_fds::{AsFd, BorrowedFd, OwnedFd};
+
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+// POSIX's traditional numbers, for `Signal`'s constants; nothing is ever sent here.
+pub(crate) const SIGINT: i32 = 2;
+pub(crate) const SIGILL: i32 = 4;
+pub(crate) const SIGABRT: i32 = 6;
+pub(crate) const SIGBUS: i32 = 7;
+pub(crate) const SIGFPE: i32 = 8;
+pub(crate) const SIGKILL: i32 = 9;
+pub(crate) const SIGSEGV: i32 = 11;
+pub(crate) const SIGTERM: i32 = 15;
+
+#[derive(Debug)]
+pub(crate) struct NotInImage;
+
+#[derive(Debug)]
+pub(crate) struct SameImage(std::convert::Infallible);
+
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Err(unsupported())
+}
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Err(unsupported())
+}
+pub(crate) fn dev_null() -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn dup(_: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn dup_stdio(_: u8) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
+    fds.iter().map(AsFd::as_fd).collect()
+}
+pub(crate) fn send_with_fds(
+    _: BorrowedFd<'_>,
+    _: &[io::IoSlice<'_>],
+    _: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    Err(unsupported())
+}
+pub(crate) fn recv_with_fds(
+    _: BorrowedFd<'_>,
+    _: &mut [u8],
+    _: &mut Vec<OwnedFd>,
+    _: bool,
+) -> io::Result<usize> {
+    Err(unsupported())
+}
+pub(crate) fn wait_readable(
+    _: &[BorrowedFd<'_>],
+    _: Option<Instant>,
+) -> io::Result<Vec<Readiness>> {
+    Err(unsupported())
+}
+pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
+    Err(unsupported())
+}
+pub(crate) fn read_status(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+    Err(unsupported())
+}
+pub(crate) fn file_fd(_file: std::fs::File) -> OwnedFd {
+    #[cfg(unix)]
+    {
+        _file.into()
+    }
+    #[cfg(not(unix))]
+    {
+        unreachable!("spawning fails before files are converted on this platform")
+    }
+}
+#[allow(clippy::type_complexity)]
+pub(crate) fn child_stdio(
+    fds: [Option<OwnedFd>; 3],
+) -> (
+    Option<std::process::ChildStdin>,
+    Option<std::process::ChildStdout>,
+    Option<std::process::ChildStderr>,
+) {
+    #[cfg(unix)]
+    {
+        let [i, o, e] = fds;
+        (i.map(Into::into), o.map(Into::into), e.map(Into::into))
+    }
+    #[cfg(not(unix))]
+    {
+        let [i, o, e] = fds;
+        (
+            i.map(|fd| match fd.0 {}),
+            o.map(|fd| match fd.0 {}),
+            e.map(|fd| match fd.0 {}),
+        )
+    }
+}
+
+pub(crate) fn getpid() -> u32 {
+    std::process::id()
+}
+pub(crate) fn getppid() -> Option<u32> {
+    None
+}
+pub(crate) fn is_main_thread() -> bool {
+    true
+}
+pub(crate) fn pidfd_open(_: u32) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn send_signal(_: BorrowedFd<'_>, _: i32) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn try_reap(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+    Err(unsupported())
+}
+pub(crate) fn set_name(_: &str) {}
+pub(crate) fn signal_name(_: i32) -> Option<&'static str> {
+    None
+}
+pub(crate) fn exe_file_identity() -> io::Result<[u64; 5]> {
+    Err(unsupported())
+}
+pub(crate) fn anchor_offset() -> u64 {
+    0
+}
+pub(crate) fn entry<A: DeserializeOwned, R: Serialize>(_: fn(A) -> R) -> Result<Entry, NotInImage> {
+    Err(NotInImage)
+}
+pub(crate) fn verify_image(_: &[u64; 6]) -> Result<SameImage, String> {
+    Err(WHY.into())
+}
+pub(crate) fn run_entry(_: Entry, proof: &SameImage, _: &mut dyn CallIo) -> Invoked {
+    match proof.0 {}
+}
+pub(crate) fn take_env(_: &str) -> Option<OsString> {
+    None
+}
+pub(crate) fn adopt_inherited_fd(_: i32) -> Option<OwnedFd> {
+    None
+}
+pub(crate) fn at_exit(_: extern "C" fn()) {}
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(bytes);
+}
+pub(crate) fn exit_now(code: i32) -> ! {
+    std::process::exit(code)
+}
+pub(crate) fn fork_if_single_threaded() -> io::Result<Option<Forked>> {
+    Ok(None)
+}
+/// # Safety
+///
+/// Never forks here; always an error.
+pub(crate) unsafe fn fork_unchecked() -> io::Result<Forked> {
+    Err(unsupported())
+}
+pub(crate) fn exec_server(_: OwnedFd, _: OwnedFd) -> io::Result<(u32, OwnedFd)> {
+    Err(unsupported())
+}
+pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>) -> ! {
+    std::process::exit(1)
+}
+pub(crate) fn setup_forked_child(_: ForkedChildSetup) -> Result<(), String> {
+    Err(WHY.into())
+}
+pub(crate) fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
