@@ -37,7 +37,7 @@ fn main() {
         g.sample_size(10).measurement_time(Duration::from_secs(15));
         for method in ["fork", "forkserver", "spawn"] {
             g.bench_function(method, |b| {
-                b.iter_custom(|n| python::run("spawn.py", &[method], n))
+                b.iter_custom(|n| python::run("mp_spawn.py", &[method], n))
             });
         }
         g.finish();

@@ -10,8 +10,14 @@
 mod process_basic;
 #[path = "process_daemon.rs"]
 mod process_daemon;
+#[path = "process_pipe.rs"]
+mod process_pipe;
+#[path = "process_queue.rs"]
+mod process_queue;
 #[path = "thread_basic.rs"]
 mod thread_basic;
+#[path = "thread_queue.rs"]
+mod thread_queue;
 
 use std::time::Instant;
 
@@ -51,6 +57,15 @@ fn main() {
         .expect("start")
         .join()
         .expect("the demo process");
+
+    section("thread_queue: producer and consumer threads, a sentinel ends it");
+    thread_queue::run();
+
+    section("process_queue: producer and consumer processes, a sentinel ends it");
+    process_queue::run();
+
+    section("process_pipe: ping-pong over a two-way pipe");
+    process_pipe::run();
 
     println!("\nTour done in {:.1?}.", start.elapsed());
 }

@@ -68,10 +68,35 @@ pub struct Target {
     pub met: fn(Duration) -> bool,
 }
 
+/// How to show a median as a rate.
+#[derive(Clone, Copy, Debug)]
+pub enum Rate {
+    /// Time per operation only.
+    None,
+    /// Operations per second, with this name for an operation (`msgs`).
+    Ops(&'static str),
+    /// Bytes per second, each operation moving this many bytes.
+    Bytes(u64),
+}
+
+impl Rate {
+    fn show(self, per_op: Duration) -> String {
+        let per_sec = 1.0 / per_op.as_secs_f64().max(1e-12);
+        match self {
+            Rate::None => String::new(),
+            Rate::Ops(what) if per_sec >= 1e6 => format!("{:.2} M {what}/s", per_sec / 1e6),
+            Rate::Ops(what) => format!("{:.0} k {what}/s", per_sec / 1e3),
+            Rate::Bytes(n) => format!("{:.2} GB/s", per_sec * n as f64 / 1e9),
+        }
+    }
+}
+
 /// Workloads measuring the same operation.
 #[derive(Debug)]
 pub struct Group {
     pub title: &'static str,
+    /// How to show medians as rates.
+    pub rate: Rate,
     /// What one operation is, for the reader.
     pub operation: &'static str,
     /// The `cargo bench` target with the same workloads.
@@ -82,6 +107,8 @@ pub struct Group {
     pub pairs: Vec<(&'static str, &'static str)>,
     /// Said under the table.
     pub notes: Vec<String>,
+    /// Rows for the README's summary: `(label, multiproc workload, peer workload)`.
+    pub headline: Vec<(&'static str, &'static str, &'static str)>,
 }
 
 /// Results of one workload.
@@ -179,9 +206,19 @@ pub fn report(group: &Group, stats: &[Stats]) -> String {
     );
     let first = stats.iter().find(|s| s.kind == Impl::Multiproc);
     let base = first.map(|s| s.name).unwrap_or_default();
+    let rate_head = if matches!(group.rate, Rate::None) {
+        ""
+    } else {
+        " rate (median) |"
+    };
+    let rate_rule = if matches!(group.rate, Rate::None) {
+        ""
+    } else {
+        "---:|"
+    };
     let _ = writeln!(
         out,
-        "| implementation | median | min | max | median vs {base} |\n|---|---:|---:|---:|---:|"
+        "| implementation | median | min | max | median vs {base} |{rate_head}\n|---|---:|---:|---:|---:|{rate_rule}"
     );
     for s in stats {
         let ratio = first.map_or(String::new(), |b| {
@@ -195,9 +232,14 @@ pub fn report(group: &Group, stats: &[Stats]) -> String {
             Impl::Peer => s.name.to_string(),
             Impl::Floor => format!("{} *(floor)*", s.name),
         };
+        let rate = if matches!(group.rate, Rate::None) {
+            String::new()
+        } else {
+            format!(" {} |", group.rate.show(s.median()))
+        };
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | {} | {ratio} |",
+            "| {name} | {} | {} | {} | {ratio} |{rate}",
             fmt_duration(s.median()),
             fmt_duration(s.min()),
             fmt_duration(s.max())
@@ -241,17 +283,43 @@ pub fn report(group: &Group, stats: &[Stats]) -> String {
     out
 }
 
-/// Runs every group and returns the whole report.
-pub fn run_all(groups: &[Group], runs: usize, header: &str) -> String {
+/// Runs every group; returns the whole report and the README's summary table.
+pub fn run_all(groups: &[Group], runs: usize, header: &str) -> (String, String) {
     let started = Instant::now();
     let mut body = String::new();
+    let mut summary = String::from("| | multiproc | peer | ratio |\n|---|---:|---:|---:|\n");
     for g in groups {
         eprintln!("{}", g.title);
         let stats = run_group(g, runs);
         body.push_str(&report(g, &stats));
+        for (label, ours, theirs) in &g.headline {
+            if let (Some(a), Some(b)) = (find(&stats, ours), find(&stats, theirs)) {
+                let show = |s: &Stats| match g.rate {
+                    Rate::None => fmt_duration(s.median()),
+                    rate => rate.show(s.median()),
+                };
+                let r = b.median().as_secs_f64() / a.median().as_secs_f64();
+                let _ = writeln!(
+                    summary,
+                    "| {label} | {} | {} ({theirs}) | {r:.1}× {} |",
+                    show(a),
+                    show(b),
+                    if r >= 1.0 { "faster" } else { "slower" }
+                );
+            }
+        }
     }
-    format!(
+    let report = format!(
         "{header}\nThe whole comparison took {:.0} s.\n\n{body}",
         started.elapsed().as_secs_f64()
-    )
+    );
+    (report, summary)
+}
+
+/// Replaces the lines between `<!-- bench:start -->` and `<!-- bench:end -->` in `text`.
+pub fn splice(text: &str, table: &str) -> Option<String> {
+    let start = text.find("<!-- bench:start -->")?;
+    let end = text.find("<!-- bench:end -->")?;
+    let after_start = start + "<!-- bench:start -->".len();
+    (after_start <= end).then(|| format!("{}\n{table}{}", &text[..after_start], &text[end..]))
 }

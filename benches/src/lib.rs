@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use compare::{Group, Impl, Target, Workload};
+use compare::{Group, Impl, Rate, Target, Workload};
 use multiproc::StartMethod;
 
 /// Calls this first in every benchmark binary's `main`: both libraries recognise their own
@@ -77,6 +77,74 @@ pub mod spawn {
                 .arg(workload)
                 .arg(iters.to_string()),
         )
+    }
+}
+
+/// Queues and pipes between two processes.
+pub mod ipc {
+    use super::*;
+    use multiproc::{Connection, Queue};
+    use serde_bytes::ByteBuf;
+
+    fn get_small((q, n): (Queue<u64>, u64)) {
+        for _ in 0..n {
+            q.get().expect("get");
+        }
+    }
+
+    fn get_bytes((q, n): (Queue<ByteBuf>, u64)) {
+        for _ in 0..n {
+            q.get().expect("get");
+        }
+    }
+
+    /// `n` small items through a queue from this process to a consumer process; the
+    /// time from the first put until the consumer has taken the last and exited.
+    pub fn queue_small(n: u64) -> Duration {
+        let q = Queue::new().expect("queue");
+        let consumer = multiproc::spawn(get_small, (q.clone(), n)).expect("spawn");
+        let start = Instant::now();
+        for i in 0..n {
+            q.put(i).expect("put");
+        }
+        consumer.join().expect("consumer");
+        start.elapsed()
+    }
+
+    /// As [`queue_small`], with messages of `size` bytes (encoded as bytes).
+    pub fn queue_bytes(size: usize, n: u64) -> Duration {
+        let q = Queue::new().expect("queue");
+        let consumer = multiproc::spawn(get_bytes, (q.clone(), n)).expect("spawn");
+        let msg = vec![7u8; size];
+        let start = Instant::now();
+        for _ in 0..n {
+            q.put(ByteBuf::from(msg.clone())).expect("put");
+        }
+        consumer.join().expect("consumer");
+        start.elapsed()
+    }
+
+    fn pong(conn: Connection<u64, u64>) {
+        while let Ok(x) = conn.recv() {
+            conn.send(x + 1).expect("send");
+        }
+    }
+
+    /// `n` round trips of a small message over a duplex pipe to a child process.
+    pub fn pipe_round_trip(n: u64) -> Duration {
+        let (ours, theirs) = multiproc::duplex::<u64, u64>().expect("pipe");
+        let child = multiproc::spawn(pong, theirs).expect("spawn");
+        ours.send(0).expect("send");
+        let mut x = ours.recv().expect("recv");
+        let start = Instant::now();
+        for _ in 0..n {
+            ours.send(x).expect("send");
+            x = ours.recv().expect("recv");
+        }
+        let elapsed = start.elapsed();
+        drop(ours);
+        child.join().expect("pong");
+        elapsed
     }
 }
 
@@ -160,7 +228,7 @@ pub fn groups(exe: &Path) -> Vec<Group> {
             ("CPython spawn", "spawn", 8),
         ] {
             w.push(Workload::new(name, Impl::Peer, iters, move |n| {
-                python::run("spawn.py", &[method], n)
+                python::run("mp_spawn.py", &[method], n)
             }));
         }
     }
@@ -179,6 +247,7 @@ pub fn groups(exe: &Path) -> Vec<Group> {
     ));
     groups.push(Group {
         title: "Spawn + join latency",
+        rate: Rate::None,
         operation: "start a process that runs an empty function, and join it",
         bench: "spawn",
         workloads: w,
@@ -214,8 +283,154 @@ pub fn groups(exe: &Path) -> Vec<Group> {
                 "python3 was not found: the CPython rows are missing.".into()
             },
         ],
+        headline: vec![
+            (
+                "spawn + join, fork server",
+                "multiproc ForkServer",
+                "CPython forkserver",
+            ),
+            (
+                "spawn + join, fresh exec",
+                "multiproc Spawn",
+                "CPython spawn",
+            ),
+        ],
     });
+    groups.extend(ipc_groups(exe, python));
     groups
+}
+
+fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
+    let floor = |workload: &'static str| {
+        let exe = exe.to_path_buf();
+        move |n| spawn::floor(&exe, workload, n)
+    };
+    let py = |args: &'static [&'static str]| move |n| python::run(args[0], &args[1..], n);
+    let mut small = vec![Workload::new(
+        "multiproc Queue",
+        Impl::Multiproc,
+        500_000,
+        ipc::queue_small,
+    )];
+    let mut large = vec![Workload::new(
+        "multiproc Queue",
+        Impl::Multiproc,
+        500,
+        |n| ipc::queue_bytes(1 << 20, n),
+    )];
+    let mut rtt = vec![Workload::new(
+        "multiproc duplex pipe",
+        Impl::Multiproc,
+        50_000,
+        ipc::pipe_round_trip,
+    )];
+    if python {
+        small.push(Workload::new(
+            "CPython Queue",
+            Impl::Peer,
+            100_000,
+            py(&["mp_queue.py", "0"]),
+        ));
+        large.push(Workload::new(
+            "CPython Queue",
+            Impl::Peer,
+            300,
+            py(&["mp_queue.py", "1048576"]),
+        ));
+        rtt.push(Workload::new(
+            "CPython Pipe",
+            Impl::Peer,
+            20_000,
+            py(&["mp_pipe.py"]),
+        ));
+    }
+    small.push(Workload::new(
+        "pipe, one write per message",
+        Impl::Floor,
+        1_000_000,
+        floor("pipe-stream-8"),
+    ));
+    large.push(Workload::new(
+        "pipe, one write per message",
+        Impl::Floor,
+        1000,
+        floor("pipe-stream-1m"),
+    ));
+    rtt.push(Workload::new(
+        "pipe ping-pong",
+        Impl::Floor,
+        50_000,
+        floor("pipe-ping-pong"),
+    ));
+    let cpython = python::version().map_or_else(
+        || "python3 was not found: the CPython rows are missing.".to_string(),
+        |v| format!("CPython: {v}, `fork` context."),
+    );
+    vec![
+        Group {
+            title: "Queue throughput, small messages",
+            rate: Rate::Ops("msgs"),
+            operation: "one small integer put by this process and got by a consumer process (timed from the first put until the consumer has the last one)",
+            bench: "ipc",
+            workloads: small,
+            targets: vec![Target {
+                workload: "multiproc Queue",
+                text: "≥ 3 M msgs/s",
+                met: |d| d.as_secs_f64() <= 1.0 / 3e6,
+            }],
+            pairs: vec![
+                ("multiproc Queue", "CPython Queue"),
+                ("multiproc Queue", "pipe, one write per message"),
+            ],
+            notes: vec![
+                "multiproc's queue moves messages through shared memory and makes no system call while both sides keep up; the floor makes one `write` per message.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("queue, small messages", "multiproc Queue", "CPython Queue")],
+        },
+        Group {
+            title: "Queue throughput, 1 MiB messages",
+            rate: Rate::Bytes(1 << 20),
+            operation: "one 1 MiB message (bytes) put by this process and got by a consumer process",
+            bench: "ipc",
+            workloads: large,
+            targets: vec![Target {
+                workload: "multiproc Queue",
+                text: "≥ 4 GB/s",
+                met: |d| d.as_secs_f64() <= (1u64 << 20) as f64 / 4e9,
+            }],
+            pairs: vec![
+                ("multiproc Queue", "CPython Queue"),
+                ("multiproc Queue", "pipe, one write per message"),
+            ],
+            notes: vec![
+                "The messages are `serde_bytes::ByteBuf`: a plain `Vec<u8>` is encoded element by element, about 30 times slower (see `crates/multiproc/src/ipc/channel/README.md`).".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("queue, 1 MiB messages", "multiproc Queue", "CPython Queue")],
+        },
+        Group {
+            title: "Pipe round trip",
+            rate: Rate::None,
+            operation: "a small integer sent to a child process over a two-way pipe and sent back",
+            bench: "ipc",
+            workloads: rtt,
+            targets: vec![Target {
+                workload: "multiproc duplex pipe",
+                text: "≤ 15 µs",
+                met: |d| d <= Duration::from_micros(15),
+            }],
+            pairs: vec![
+                ("multiproc duplex pipe", "CPython Pipe"),
+                ("multiproc duplex pipe", "pipe ping-pong"),
+            ],
+            notes: vec![
+                "Both sides spin for 30 µs before sleeping, so two processes that keep talking never enter the kernel; the floor sleeps in `read` each time.".into(),
+                cpython,
+            ],
+            headline: vec![("pipe round trip", "multiproc duplex pipe", "CPython Pipe")],
+        },
+    ]
 }
 
 /// The report's opening: what ran where, and how to run it again.

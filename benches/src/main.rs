@@ -42,7 +42,16 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let groups = multiproc_bench::groups(&exe);
     let header = multiproc_bench::header(runs);
-    let report = multiproc_bench::compare::run_all(&groups, runs, &header);
+    let (report, summary) = multiproc_bench::compare::run_all(&groups, runs, &header);
     std::fs::write(&out, report).expect("write the report");
     eprintln!("wrote {}", out.display());
+    // The README quotes the headline numbers of this same run.
+    let readme = out.with_file_name("README.md");
+    if let Some(updated) = std::fs::read_to_string(&readme)
+        .ok()
+        .and_then(|text| multiproc_bench::compare::splice(&text, &summary))
+    {
+        std::fs::write(&readme, updated).expect("update the README");
+        eprintln!("updated the summary in {}", readme.display());
+    }
 }

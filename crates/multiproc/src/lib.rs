@@ -70,6 +70,50 @@
 //! # }
 //! ```
 //!
+//! # Pipes and queues
+//!
+//! [`pipe`] gives a [`Sender`] and a [`Receiver`]; [`duplex`] gives two
+//! [`Connection`]s (Python's `Pipe()`); a [`Queue`] is one handle that puts and gets from
+//! any number of processes, and a [`JoinableQueue`] also counts unfinished tasks. Every
+//! handle is `Clone + Serialize + Deserialize`: pass it to [`spawn`], return it from a
+//! child, or send it through another pipe or queue, and it works there.
+//!
+//! ```no_run
+//! use multiproc::Queue;
+//!
+//! fn worker(q: Queue<Option<String>>) -> usize {
+//!     let mut n = 0;
+//!     while let Some(line) = q.get().unwrap() {
+//!         n += line.len();
+//!     }
+//!     n
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! let q = Queue::bounded(100)?;
+//! let child = multiproc::spawn(worker, q.clone())?;
+//! for line in ["a", "bb", "ccc"] {
+//!     q.put(Some(line.to_string()))?;
+//! }
+//! q.put(None)?;
+//! assert_eq!(child.join()?, 6);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Messages travel through shared memory, without a feeder thread: whatever `put` or
+//! `send` accepted is delivered even if its sender exits or is killed right after, and a
+//! process killed in the middle of a `put` or `get` blocks nobody. When every sender is
+//! gone, receivers get `Disconnected` rather than waiting forever. Every blocking call has
+//! `try_` and `_timeout` forms, and receivers have `async` ones (`recv_async`,
+//! `get_async`) that work under any runtime. [`wait`] blocks until any of several
+//! receivers, queues or processes is ready.
+//!
+//! Messages are encoded with postcard; encode large byte buffers as bytes
+//! (`#[serde(with = "serde_bytes")]`), since a plain `Vec<u8>` is encoded element by
+//! element.
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
@@ -107,12 +151,33 @@ mod ipc;
 #[cfg(feature = "log")]
 pub mod log;
 mod process;
+mod shm;
+mod sync;
 mod sys;
 
 pub use bootstrap::{Init, init, init_with};
 pub use error::{
-    CodecError, ExitStatus, PanicLocation, ProcessError, RemotePanic, Signal, SpawnError,
+    CodecError, ExitStatus, PanicLocation, ProcessError, RecvError, RecvTimeoutError, RemotePanic,
+    SendError, SendTimeoutError, Signal, SpawnError, TryRecvError, TrySendError,
 };
+pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
+pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
+pub use ipc::wait::{Waitable, wait};
+
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes frames from arbitrary bytes, as a peer could send them.
+    pub fn frames(bytes: &[u8]) {
+        crate::ipc::framing::drain(bytes, 1 << 20);
+    }
+
+    /// Receives from a channel whose shared memory holds arbitrary bytes.
+    pub fn ring(bytes: &[u8]) {
+        crate::ipc::channel::corrupt_and_drain(bytes);
+    }
+}
 pub use process::{
     Builder, ChildProcess, CurrentProcess, JoinHandle, ParentProcess, StartMethod, Stdio,
     active_children, cpu_count, current_process, get_start_method, parent_process,

@@ -8,8 +8,10 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::cell::{Cell, RefCell};
+
 use crate::error::CodecError;
-use crate::sys::OwnedFd;
+use crate::sys::{self, BorrowedFd, OwnedFd};
 
 /// An encoded value: its bytes and the descriptors that travel with it.
 #[derive(Debug, Default)]
@@ -18,34 +20,90 @@ pub(crate) struct Encoded {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+/// Where a handle's descriptors go while a value is encoded on this thread.
+enum Outgoing {
+    /// Into the message.
+    Collect(Vec<OwnedFd>),
+    /// Nowhere: only counted (measuring a value, or writing one known to have none).
+    Count(usize),
+}
+
+thread_local! {
+    /// Descriptors of the value being encoded on this thread, if one is.
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
+    /// Whether `OUTGOING` holds a context: a cheap check for the fast path.
+    static ENCODING: Cell<bool> = const { Cell::new(false) };
+    /// Descriptors of the value being decoded on this thread, if one is.
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with an empty outgoing-descriptor list, returning what it collected (and
+/// restoring any list of an encode in progress around it).
+fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    match with_outgoing(Outgoing::Collect(Vec::new()), f) {
+        (r, Outgoing::Collect(fds)) => (r, fds),
+        (r, Outgoing::Count(_)) => (r, Vec::new()),
+    }
+}
+
+fn with_outgoing<R>(sink: Outgoing, f: impl FnOnce() -> R) -> (R, Outgoing) {
+    let outer = OUTGOING.with(|o| o.borrow_mut().replace(sink));
+    let was = ENCODING.with(|e| e.replace(true));
+    let r = f();
+    ENCODING.with(|e| e.set(was));
+    let sink = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer));
+    (r, sink.unwrap_or(Outgoing::Count(0)))
+}
+
+/// The encoded length of a value that carries no descriptors, measured without
+/// encoding it; `None` if it carries some (or does not encode, or an encode is in
+/// progress on this thread: then the caller takes the general path).
+///
+/// Outside an encode, a handle's `Serialize` fails (see [`pass_fd`]), so measuring
+/// without any context is itself the test for descriptors.
+pub(crate) fn inline_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
+    if ENCODING.with(Cell::get) {
+        return None;
+    }
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).ok()
+}
+
+/// Encodes a value that [`inline_len`] measured into `buf`, which must be exactly that
+/// long. False if it did not fit exactly (its encoding changed meanwhile).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> bool {
+    let len = buf.len();
+    matches!(postcard::to_slice(value, buf), Ok(out) if out.len() == len)
+}
+
 /// Encodes a value.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, CodecError> {
-    match postcard::to_stdvec(value) {
-        Ok(bytes) => Ok(Encoded {
-            bytes,
-            fds: Vec::new(),
-        }),
-        Err(e) => {
+    match collecting(|| postcard::to_stdvec(value)) {
+        (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),
+        (Err(e), _) => {
             // Postcard drops the message a `Serialize` implementation gives; find it again.
-            let why = probe::message(value).unwrap_or_else(|| e.to_string());
+            let (why, _) = collecting(|| probe::message(value));
             Err(CodecError::new(format!(
-                "cannot encode a `{}`: {why}",
-                std::any::type_name::<T>()
+                "cannot encode a `{}`: {}",
+                std::any::type_name::<T>(),
+                why.unwrap_or_else(|| e.to_string())
             )))
         }
     }
 }
 
-/// Decodes a value of type `T`; trailing bytes are an error, since they mean the two
-/// sides disagree on the type.
+/// Decodes a value of type `T`, handing `fds` to the handles in it; trailing bytes are
+/// an error, since they mean the two sides disagree on the type. Descriptors no handle
+/// claimed are closed.
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, CodecError> {
-    drop(fds);
     let what = std::any::type_name::<T>();
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|e| CodecError::new(format!("cannot decode a `{what}`: {e}")))?;
+    let outer = INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let result = postcard::take_from_bytes(bytes);
+    INCOMING.with(|i| *i.borrow_mut() = outer);
+    let (value, rest) =
+        result.map_err(|e| CodecError::new(format!("cannot decode a `{what}`: {e}")))?;
     if !rest.is_empty() {
         return Err(CodecError::new(format!(
             "cannot decode a `{what}`: {} bytes left over, so the sender's type differs",
@@ -53,6 +111,50 @@ pub(crate) fn decode<T: DeserializeOwned>(
         )));
     }
     Ok(value)
+}
+
+/// For a handle's `Serialize`: adds a duplicate of `fd` to the value being encoded and
+/// returns its index. Fails outside multiproc's own encoding (a handle written with
+/// another serde format could not carry its descriptor).
+pub(crate) fn pass_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
+    OUTGOING.with(|o| match o.borrow_mut().as_mut() {
+        Some(Outgoing::Count(n)) => {
+            *n += 1;
+            Ok((*n - 1) as u32)
+        }
+        Some(Outgoing::Collect(list)) if list.len() < sys::MAX_FDS_PER_MESSAGE => {
+            let dup = sys::dup(fd).map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
+            list.push(dup);
+            Ok((list.len() - 1) as u32)
+        }
+        Some(Outgoing::Collect(_)) => Err(format!(
+            "a message can carry at most {} descriptors",
+            sys::MAX_FDS_PER_MESSAGE
+        )),
+        None => Err(
+            "multiproc handles can only be sent through multiproc (spawn arguments, \
+                     results, pipes and queues), not encoded with another serde format"
+                .into(),
+        ),
+    })
+}
+
+/// Whether the value being encoded on this thread is really being sent (its
+/// descriptors collected), rather than measured.
+pub(crate) fn sending() -> bool {
+    OUTGOING.with(|o| matches!(*o.borrow(), Some(Outgoing::Collect(_))))
+}
+
+/// For a handle's `Deserialize`: takes the descriptor at `index` of the value being
+/// decoded. Each index can be taken once.
+pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
+    INCOMING.with(|i| match i.borrow_mut().as_mut() {
+        Some(list) => list
+            .get_mut(index as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("descriptor {index} is missing from the message")),
+        None => Err("multiproc handles can only be received through multiproc".into()),
+    })
 }
 
 /// A serializer that writes nothing and keeps the first custom error message: run on
@@ -219,6 +321,15 @@ mod tests {
         let e = encode(&nested).unwrap_err();
         assert!(e.message().contains("no, thank you"), "{e}");
         assert!(e.message().contains("Refuses"), "{e}");
+    }
+
+    #[test]
+    fn descriptors_need_multiproc_encoding() {
+        let (r, _w) = sys::pipe().unwrap();
+        assert!(pass_fd(sys::AsFd::as_fd(&r)).is_err());
+        assert!(take_fd(0).is_err());
+        let (index, fds) = collecting(|| pass_fd(sys::AsFd::as_fd(&r)));
+        assert_eq!((index, fds.len()), (Ok(0), 1));
     }
 
     #[test]

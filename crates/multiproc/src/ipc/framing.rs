@@ -337,6 +337,33 @@ fn recv_some(
     }
 }
 
+#[cfg(any(test, fuzzing))]
+/// Feeds `bytes` to a connection and reads frames until it stops; returns how many
+/// were read. Never panics, never hangs (the writer has closed), allocates at most
+/// what arrived plus one step.
+pub(crate) fn drain(bytes: &[u8], max_body: u64) -> usize {
+    let (a, b) = sys::stream_pair().unwrap();
+    let mut b = Conn::new(b, max_body);
+    let writer = std::thread::spawn({
+        let bytes = bytes.to_vec();
+        move || {
+            let mut sent = 0;
+            while sent < bytes.len() {
+                match sys::send_with_fds(a.as_fd(), &[IoSlice::new(&bytes[sent..])], &[]) {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+            }
+        }
+    });
+    let mut frames = 0;
+    while b.recv(None).is_ok() {
+        frames += 1;
+    }
+    writer.join().unwrap();
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +413,52 @@ mod tests {
         let (a, mut b) = pair();
         drop(a);
         assert!(matches!(b.recv(None), Err(RecvError::Closed)));
+    }
+
+    fn valid_frames(bodies: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            out.extend_from_slice(
+                &Header {
+                    len: body.len() as u64,
+                    nfds: 0,
+                    tag: i as u8,
+                }
+                .encode(),
+            );
+            out.extend_from_slice(body);
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            super::drain(&bytes, 1 << 20);
+        }
+
+        #[test]
+        fn valid_frames_all_arrive(bodies in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), 0..20)) {
+            proptest::prop_assert_eq!(super::drain(&valid_frames(&bodies), 1 << 20), bodies.len());
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            bodies in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..500), 1..10),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..8),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let mut bytes = valid_frames(&bodies);
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let frames = super::drain(&bytes, 1 << 20);
+            proptest::prop_assert!(frames <= bodies.len());
+        }
     }
 
     #[test]

@@ -145,6 +145,11 @@ impl ChildRecord {
         self.pid
     }
 
+    /// Readable once the process has ended.
+    pub(crate) fn pidfd(&self) -> sys::BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }

@@ -117,6 +117,9 @@ pub(crate) fn wait_readable(
 pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
     Err(unsupported())
 }
+pub(crate) async fn readable_any(_: &[BorrowedFd<'_>], _: Instant) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn read_status(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
     Err(unsupported())
 }
@@ -222,6 +225,62 @@ pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>) -> ! {
 }
 pub(crate) fn setup_forked_child(_: ForkedChildSetup) -> Result<(), String> {
     Err(WHY.into())
+}
+pub(crate) fn memfd(_: &str, _: u64) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn sealed_memfd(_: &str, _: &[u8]) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn file_len(_: BorrowedFd<'_>) -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn size_sealed(_: BorrowedFd<'_>) -> bool {
+    false
+}
+pub(crate) fn fully_sealed(_: BorrowedFd<'_>) -> bool {
+    false
+}
+pub(crate) fn map_shared(
+    _: BorrowedFd<'_>,
+    _: usize,
+    _: bool,
+) -> io::Result<std::ptr::NonNull<u8>> {
+    Err(unsupported())
+}
+/// # Safety
+///
+/// Nothing is ever mapped here; this does nothing.
+pub(crate) unsafe fn unmap(_: std::ptr::NonNull<u8>, _: usize) {}
+pub(crate) fn doorbell() -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn ring(_: BorrowedFd<'_>) {}
+pub(crate) fn silence(_: BorrowedFd<'_>) {}
+pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Err(unsupported())
+}
+pub(crate) fn send_packet(
+    _: BorrowedFd<'_>,
+    _: &[io::IoSlice<'_>],
+    _: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    Err(unsupported())
+}
+pub(crate) fn peek_packet(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<Option<usize>> {
+    Err(unsupported())
+}
+pub(crate) fn wait_writable(_: BorrowedFd<'_>, _: Option<Instant>) -> io::Result<bool> {
+    Err(unsupported())
+}
+pub(crate) fn futex_wait(_: &std::sync::atomic::AtomicU32, _: u32, _: Option<std::time::Duration>) {
+}
+pub(crate) fn futex_wake(_: &std::sync::atomic::AtomicU32, _: u32) {}
+pub(crate) fn thread_identity() -> u64 {
+    1
+}
+pub(crate) fn identity_alive(_: u64) -> bool {
+    true
 }
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -35,7 +35,17 @@ pub fn main(tests: Vec<libtest_mimic::Trial>, helpers: fn(&str), limit: Duration
     });
     let args = libtest_mimic::Arguments::from_args();
     let conclusion = libtest_mimic::run(&args, tests);
+    // A test that failed half-way may leave children running that would keep the exit's
+    // join waiting forever: stop them and say so.
+    let left = multiproc::active_children();
+    for child in &left {
+        eprintln!("left running: pid {} ({})", child.pid(), child.name());
+        let _ = child.kill();
+    }
     drop(_guard);
+    if !left.is_empty() && !args.list {
+        std::process::exit(101);
+    }
     if !sweep() && !args.list {
         eprintln!("processes were left behind (see above)");
         std::process::exit(101);

@@ -110,6 +110,64 @@ pub(crate) fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// Sends one message on a sequenced-packet socket without blocking: `WouldBlock` when
+/// the socket's buffer is full.
+pub(crate) fn send_packet(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("descriptor control buffer too small"));
+    }
+    retry(|| {
+        rustix::net::sendmsg(
+            sock,
+            bufs,
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        )
+    })
+}
+
+/// Looks at the start of the next message on a sequenced-packet socket without taking
+/// it (and without its descriptors). `Ok(None)` when there is none.
+pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let mut control = RecvAncillaryBuffer::new(&mut []);
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    match retry(|| rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags)) {
+        Ok(msg) => Ok(Some(msg.bytes)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until `fd` can be written, or `deadline` passes. True if writable.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(n) => {
+                return Ok(n > 0
+                    && fds[0]
+                        .revents()
+                        .intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP));
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Writes all of `buf` to a pipe or file descriptor.
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {

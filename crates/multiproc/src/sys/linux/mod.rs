@@ -5,15 +5,17 @@ mod fd;
 mod forkserver;
 mod image;
 mod launch;
+mod mem;
 mod proc;
+mod sync;
 
 use std::ffi::OsString;
 
 pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, borrow_all, dev_null, dup, pipe, poll_now, recv_with_fds, send_with_fds,
-    stream_pair, wait_readable,
+    MAX_FDS_PER_MESSAGE, borrow_all, dev_null, dup, peek_packet, pipe, poll_now, recv_with_fds,
+    send_packet, send_with_fds, stream_pair, wait_readable, wait_writable,
 };
 pub(crate) use forkserver::{read_status, serve};
 pub(crate) use image::run as run_entry;
@@ -22,10 +24,15 @@ pub(crate) use launch::{
     adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded, fork_unchecked,
     setup_forked_child,
 };
+pub(crate) use mem::{
+    doorbell, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd, silence,
+    size_sealed, unmap,
+};
 pub(crate) use proc::{
     SIGKILL, SIGTERM, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open, send_signal,
     set_name, signal_name, try_reap,
 };
+pub(crate) use sync::{futex_wait, futex_wake, identity_alive, readable_any, thread_identity};
 
 /// Signal numbers for [`crate::Signal`]'s constants.
 pub(crate) const SIGINT: i32 = libc::SIGINT;

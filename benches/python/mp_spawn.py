@@ -1,6 +1,6 @@
 """CPython's multiprocessing on the spawn + join workload of benches/spawn.rs.
 
-Usage: python3 spawn.py METHOD ITERATIONS
+Usage: python3 mp_spawn.py METHOD ITERATIONS
 Starts and joins ITERATIONS processes running an empty function with the given start
 method (fork, forkserver or spawn) and prints the total seconds taken, excluding the
 interpreter's own start and one warm-up process (which starts the forkserver).

@@ -1,0 +1,865 @@
+//! The shared channel under pipes and queues; the protocol is in `README.md` here.
+
+mod side;
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::fence;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::codec::{self, Encoded};
+use crate::shm::layout::ChannelHeader;
+use crate::shm::ring::{INLINE, Ring, SIDE, record_len};
+use crate::shm::segment::{Segment, View};
+use crate::sync::raw::spin_until;
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// Bytes of ring a channel gets unless told otherwise. Messages up to half of it travel
+/// in the ring; larger ones in a memory file of their own.
+pub(crate) const DEFAULT_RING: usize = 4 << 20;
+/// The smallest ring accepted.
+const MIN_RING: usize = 4096;
+/// The largest ring accepted (a corrupt handle must not make a process map terabytes).
+const MAX_RING: usize = 1 << 40;
+/// How long a receiver (or a sender waiting for room) spins before it sleeps: long
+/// enough to catch a reply from a peer that is running, short next to a sleep.
+const SPIN: Duration = Duration::from_micros(30);
+/// The longest a sleeper sleeps before looking again. Doorbells are shared by every
+/// sleeper of a side, and one that resets a bell can, in a narrow window, leave another
+/// asleep while an item waits (the resetter always takes it, so nothing is lost); this
+/// bounds what such a sleeper oversleeps.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// How long an operation may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// Not at all.
+    No,
+    /// Until then.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// From an optional timeout.
+    pub(crate) fn timeout(t: Duration) -> Self {
+        Instant::now()
+            .checked_add(t)
+            .map_or(Wait::Forever, Wait::Until)
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::No => Some(Instant::now()),
+            Wait::Until(d) => Some(d),
+            Wait::Forever => None,
+        }
+    }
+
+    fn passed(self) -> bool {
+        match self {
+            Wait::No => true,
+            Wait::Until(d) => Instant::now() >= d,
+            Wait::Forever => false,
+        }
+    }
+}
+
+/// Why a send did not happen.
+#[derive(Debug)]
+pub(crate) enum SendFail {
+    /// Full, and not allowed to wait (long enough).
+    Full,
+    /// Every receiver is gone.
+    Disconnected,
+    Io(io::Error),
+}
+
+/// Why a receive returned nothing.
+#[derive(Debug)]
+pub(crate) enum RecvFail {
+    /// Empty, and not allowed to wait (long enough).
+    Empty,
+    /// Empty, and every sender is gone.
+    Disconnected,
+    /// The shared memory or a message is not what the protocol says: another process
+    /// broke it.
+    Broken(String),
+    Io(io::Error),
+}
+
+/// A message as it arrives: in an owned buffer, or mapped from shared memory.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Owned(Vec<u8>),
+    Mapped(View),
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Mapped(m) => m.bytes(),
+        }
+    }
+}
+
+/// A received message.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub(crate) bytes: Payload,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// What one process holds of a channel: the mapped segment and the descriptors every
+/// handle needs.
+struct Core {
+    seg: Segment,
+    ring_len: u64,
+    max_items: u64,
+    /// Producers ring it when consumers sleep.
+    recv_bell: OwnedFd,
+    /// Consumers ring it when producers sleep.
+    send_bell: OwnedFd,
+    /// Both ends of the side socket (any handle may send or receive on it).
+    side_tx: OwnedFd,
+    side_rx: OwnedFd,
+    /// Read ends of the liveness pipes: they hang up when every sender (receiver) is
+    /// gone.
+    senders: OwnedFd,
+    receivers: OwnedFd,
+}
+
+thread_local! {
+    /// Sends on this thread since the kernel was last asked whether receivers are gone.
+    static SENDS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("ring_len", &self.ring_len)
+            .field("max_items", &self.max_items)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `try_take` took out of the ring.
+enum Taken {
+    /// Copied into this thread's scratch buffer (taken out of its cell meanwhile).
+    Inline(Vec<u8>),
+    Side(Received),
+}
+
+/// The write end of a liveness pipe, shared by the handles of one side in a process. A
+/// receiver's token also holds one count in the header's `receivers`.
+#[derive(Debug)]
+struct Token {
+    fd: OwnedFd,
+    counted: Option<Arc<Core>>,
+}
+
+impl Token {
+    fn sender(fd: OwnedFd) -> Arc<Self> {
+        Arc::new(Token { fd, counted: None })
+    }
+
+    /// A receiver's token, taking over one count (made by whoever created or sent it).
+    fn receiver(fd: OwnedFd, core: &Arc<Core>) -> Arc<Self> {
+        Arc::new(Token {
+            fd,
+            counted: Some(Arc::clone(core)),
+        })
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if let Some(core) = &self.counted {
+            core.header().receivers.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// The sending side of a channel, untyped.
+#[derive(Clone, Debug)]
+pub(crate) struct RawSender {
+    core: Arc<Core>,
+    _token: Arc<Token>,
+}
+
+/// The receiving side of a channel, untyped.
+#[derive(Clone, Debug)]
+pub(crate) struct RawReceiver {
+    core: Arc<Core>,
+    _token: Arc<Token>,
+}
+
+/// A new channel with a ring of `ring` bytes holding at most `max_items` messages.
+pub(crate) fn channel(ring: usize, max_items: Option<u64>) -> io::Result<(RawSender, RawReceiver)> {
+    let ring_len = ring.clamp(MIN_RING, MAX_RING).next_multiple_of(8);
+    let seg = Segment::create("multiproc-channel", ChannelHeader::RING_OFFSET + ring_len)?;
+    let h: &ChannelHeader = seg.at(0);
+    h.ring_len.store(ring_len as u64, Relaxed);
+    h.max_items
+        .store(max_items.unwrap_or(u64::MAX).max(1), Relaxed);
+    h.receivers.store(1, Relaxed);
+    h.magic.store(ChannelHeader::MAGIC, Release);
+    let (side_rx, side_tx) = sys::packet_pair()?;
+    let (senders, sender_token) = sys::pipe()?;
+    let (receivers, receiver_token) = sys::pipe()?;
+    let core = Arc::new(Core {
+        ring_len: ring_len as u64,
+        max_items: max_items.unwrap_or(u64::MAX).max(1),
+        seg,
+        recv_bell: sys::doorbell()?,
+        send_bell: sys::doorbell()?,
+        side_tx,
+        side_rx,
+        senders,
+        receivers,
+    });
+    Ok((
+        RawSender {
+            core: Arc::clone(&core),
+            _token: Token::sender(sender_token),
+        },
+        RawReceiver {
+            _token: Token::receiver(receiver_token, &core),
+            core,
+        },
+    ))
+}
+
+impl Core {
+    fn header(&self) -> &ChannelHeader {
+        self.seg.at(0)
+    }
+
+    fn ring(&self) -> Ring<'_> {
+        Ring::new(&self.seg, self.ring_len)
+    }
+
+    /// After publishing: ring the receivers' bell if one sleeps. A receiver going to
+    /// sleep counts itself, then looks at `tail`; we published `tail`, then look at the
+    /// count (both sequentially consistent), so one of us sees the other.
+    fn wake_receivers(&self) {
+        fence(SeqCst);
+        if self.header().sleepers.0.receivers.load(SeqCst) > 0 {
+            sys::ring(self.recv_bell.as_fd());
+        }
+    }
+
+    /// After consuming: ring the senders' bell if one sleeps (as above).
+    fn wake_senders(&self) {
+        fence(SeqCst);
+        if self.header().sleepers.0.senders.load(SeqCst) > 0 {
+            sys::ring(self.send_bell.as_fd());
+        }
+    }
+
+    /// Items waiting (an estimate while others work).
+    fn len(&self) -> usize {
+        let h = self.header();
+        let put = h.produced.0.items.load(Acquire);
+        let got = h.consumed.0.items.load(Acquire);
+        put.saturating_sub(got) as usize
+    }
+
+    /// Whether every holder of the other end of this liveness pipe is gone.
+    fn all_gone(pipe: &OwnedFd) -> bool {
+        matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.hangup)
+    }
+
+    /// Sleeps on a doorbell until it rings, the other side is all gone, the wait ends,
+    /// or `MAX_SLEEP` passes.
+    fn sleep(&self, bell: &OwnedFd, other_side: &OwnedFd, wait: Wait) -> io::Result<()> {
+        let cap = Instant::now() + MAX_SLEEP;
+        let until = wait.deadline().map_or(cap, |d| d.min(cap));
+        sys::wait_readable(&[bell.as_fd(), other_side.as_fd()], Some(until))?;
+        sys::silence(bell.as_fd());
+        Ok(())
+    }
+}
+
+impl RawSender {
+    /// Whether a message of `len` encoded bytes (with no descriptors) travels in the
+    /// ring rather than on the side socket.
+    pub(crate) fn fits_inline(&self, len: usize) -> bool {
+        record_len(len) <= self.core.ring_len / 2
+    }
+
+    /// Sends a message of `len` bytes that `fill` writes straight into the ring (it
+    /// must fit inline), waiting for room as `wait` allows. With `unfinished`, the
+    /// message is also counted as a task not yet done (`JoinableQueue`). `fill` returns
+    /// false if it could not write the message; nothing is sent then.
+    pub(crate) fn send_inline(
+        &self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> bool,
+        wait: Wait,
+        unfinished: bool,
+    ) -> Result<(), SendFail> {
+        let core = &*self.core;
+        if self.receivers_gone() {
+            return Err(SendFail::Disconnected);
+        }
+        loop {
+            {
+                let ring = core.ring();
+                // A producer that died holding the lock had published nothing half-way:
+                // taking over needs no repair (see README).
+                let Some(mut tail) = ring.lock_tail(wait.deadline()) else {
+                    return Err(SendFail::Full);
+                };
+                if let Some(mut slot) = tail.reserve(len, core.max_items) {
+                    if !fill(slot.payload()) {
+                        return Err(SendFail::Io(io::Error::other(
+                            "the message changed size while it was written",
+                        )));
+                    }
+                    slot.publish(INLINE, unfinished);
+                    drop(tail);
+                    core.wake_receivers();
+                    return Ok(());
+                }
+            }
+            self.full(len, wait)?;
+        }
+    }
+
+    /// Sends an encoded message: in the ring if it fits and carries no descriptors, on
+    /// the side socket otherwise.
+    pub(crate) fn send(
+        &self,
+        msg: Encoded,
+        wait: Wait,
+        unfinished: bool,
+    ) -> Result<(), (Encoded, SendFail)> {
+        if msg.fds.is_empty() && self.fits_inline(msg.bytes.len()) {
+            let bytes = &msg.bytes;
+            let mut fill = |buf: &mut [u8]| {
+                buf.copy_from_slice(bytes);
+                true
+            };
+            return match self.send_inline(bytes.len(), &mut fill, wait, unfinished) {
+                Ok(()) => Ok(()),
+                Err(e) => Err((msg, e)),
+            };
+        }
+        let core = &*self.core;
+        if self.receivers_gone() {
+            return Err((msg, SendFail::Disconnected));
+        }
+        let mut out = match side::Outgoing::prepare(&msg) {
+            Ok(out) => out,
+            Err(e) => return Err((msg, SendFail::Io(e))),
+        };
+        loop {
+            let sent = {
+                let ring = core.ring();
+                let Some(mut tail) = ring.lock_tail(wait.deadline()) else {
+                    return Err((msg, SendFail::Full));
+                };
+                match tail.reserve(8, core.max_items) {
+                    None => None,
+                    Some(mut slot) => {
+                        let h = core.header();
+                        let id = h.produced.0.next_side_id.load(Relaxed);
+                        match out.send(core.side_tx.as_fd(), id, &msg) {
+                            Ok(()) => {
+                                h.produced.0.next_side_id.store(id + 1, Relaxed);
+                                slot.payload().copy_from_slice(&id.to_le_bytes());
+                                slot.publish(SIDE, unfinished);
+                                Some(Ok(()))
+                            }
+                            Err(e) => Some(Err(e)),
+                        }
+                    }
+                }
+            };
+            match sent {
+                Some(Ok(())) => {
+                    core.wake_receivers();
+                    return Ok(());
+                }
+                // The side socket is full: wait for it without the lock.
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if wait.passed() {
+                        return Err((msg, SendFail::Full));
+                    }
+                    if let Err(e) = sys::wait_writable(core.side_tx.as_fd(), wait.deadline()) {
+                        return Err((msg, SendFail::Io(e)));
+                    }
+                }
+                Some(Err(e)) => return Err((msg, SendFail::Io(e))),
+                None => {
+                    if let Err(e) = self.full(8, wait) {
+                        return Err((msg, e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ring is full: fails if waiting is not allowed (or over) or every receiver is
+    /// gone; otherwise waits (spinning first) until a consumer may have made room.
+    fn full(&self, len: usize, wait: Wait) -> Result<(), SendFail> {
+        let core = &*self.core;
+        if matches!(wait, Wait::No) {
+            return Err(SendFail::Full);
+        }
+        if Core::all_gone(&core.receivers) {
+            return Err(SendFail::Disconnected);
+        }
+        if wait.passed() {
+            return Err(SendFail::Full);
+        }
+        let ring = core.ring();
+        let room = || ring.has_room(len, core.max_items);
+        let spin_end = Instant::now() + SPIN;
+        if spin_until(wait.deadline().map_or(spin_end, |d| d.min(spin_end)), room) {
+            return Ok(());
+        }
+        let sleepers = &core.header().sleepers.0.senders;
+        sleepers.fetch_add(1, SeqCst);
+        let slept = if room() {
+            Ok(())
+        } else {
+            core.sleep(&core.send_bell, &core.receivers, wait)
+        };
+        sleepers.fetch_sub(1, SeqCst);
+        slept.map_err(SendFail::Io)
+    }
+
+    /// Whether every receiver is gone.
+    pub(crate) fn is_disconnected(&self) -> bool {
+        self.core.header().receivers.load(SeqCst) == 0 || Core::all_gone(&self.core.receivers)
+    }
+
+    /// Cheap enough for every send: the shared count says for sure when every receiver
+    /// was dropped; receivers killed with their process are found by asking the kernel
+    /// every so many sends (and whenever a send would wait).
+    fn receivers_gone(&self) -> bool {
+        let core = &*self.core;
+        if core.header().receivers.load(Acquire) == 0 {
+            return true;
+        }
+        let sends = SENDS.with(|s| {
+            let n = s.get().wrapping_add(1);
+            s.set(n);
+            n
+        });
+        sends.is_multiple_of(1024) && Core::all_gone(&core.receivers)
+    }
+
+    /// Messages waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.core.len()
+    }
+}
+
+thread_local! {
+    /// Where a consumer copies a message out of the ring before decoding it, reused.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl RawReceiver {
+    /// Receives a message, waiting as `wait` allows, and hands it to `decode`.
+    pub(crate) fn recv_with<R>(
+        &self,
+        wait: Wait,
+        decode: &mut dyn FnMut(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<R, RecvFail> {
+        let core = &*self.core;
+        let h = core.header();
+        loop {
+            if let Some(r) = self.try_take(decode)? {
+                return Ok(r);
+            }
+            if matches!(wait, Wait::No) {
+                // As crossbeam does: an empty channel with no senders is disconnected.
+                return Err(
+                    if Core::all_gone(&core.senders) && !core.ring().has_data() {
+                        RecvFail::Disconnected
+                    } else {
+                        RecvFail::Empty
+                    },
+                );
+            }
+            let ring = core.ring();
+            let spin_end = Instant::now() + SPIN;
+            if spin_until(
+                wait.deadline().map_or(spin_end, |d| d.min(spin_end)),
+                || ring.has_data(),
+            ) {
+                continue;
+            }
+            if Core::all_gone(&core.senders) {
+                // Whatever they sent before they went is still ours.
+                if let Some(r) = self.try_take(decode)? {
+                    return Ok(r);
+                }
+                return Err(RecvFail::Disconnected);
+            }
+            if wait.passed() {
+                return Err(RecvFail::Empty);
+            }
+            h.sleepers.0.receivers.fetch_add(1, SeqCst);
+            let slept = if ring.has_data() {
+                Ok(())
+            } else {
+                core.sleep(&core.recv_bell, &core.senders, wait)
+            };
+            h.sleepers.0.receivers.fetch_sub(1, SeqCst);
+            slept.map_err(RecvFail::Io)?;
+        }
+    }
+
+    /// Takes the next message if there is one, and decodes it (outside the lock: the
+    /// decoder is the user's code).
+    fn try_take<R>(
+        &self,
+        decode: &mut dyn FnMut(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<Option<R>, RecvFail> {
+        let core = &*self.core;
+        let ring = core.ring();
+        let broken =
+            |why: String| RecvFail::Broken(format!("the channel's ring is corrupt: {why}"));
+        let taken = {
+            // A consumer that died holding the lock had not consumed the record it was
+            // reading: it is still there for us (see README).
+            let mut head = ring.lock_head();
+            loop {
+                let Some(record) = head.next().map_err(broken)? else {
+                    break None;
+                };
+                match record.kind {
+                    INLINE => {
+                        let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                        buf.clear();
+                        buf.extend_from_slice(record.payload());
+                        record.consume();
+                        break Some(Taken::Inline(buf));
+                    }
+                    _ => {
+                        let id = match <[u8; 8]>::try_from(record.payload()) {
+                            Ok(id) => u64::from_le_bytes(id),
+                            Err(_) => return Err(broken("a side record of the wrong size".into())),
+                        };
+                        let got = side::fetch(core.side_rx.as_fd(), id)?;
+                        record.consume();
+                        // A message taken by a consumer that died with it: go on.
+                        if let Some(msg) = got {
+                            break Some(Taken::Side(msg));
+                        }
+                    }
+                }
+            }
+        };
+        let Some(taken) = taken else { return Ok(None) };
+        core.wake_senders();
+        Ok(Some(match taken {
+            Taken::Inline(buf) => {
+                let r = decode(&buf, Vec::new());
+                // Back for the next message (a decoder that received on this thread in
+                // the meantime found the cell empty and used a buffer of its own).
+                SCRATCH.with(|s| *s.borrow_mut() = buf);
+                r
+            }
+            Taken::Side(msg) => decode(&msg.bytes, msg.fds),
+        }))
+    }
+
+    /// Whether every sender is gone (messages may still be waiting).
+    pub(crate) fn senders_gone(&self) -> bool {
+        Core::all_gone(&self.core.senders)
+    }
+
+    /// Messages waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.core.len()
+    }
+
+    /// The most messages the channel holds (`None`: as many as its ring holds).
+    pub(crate) fn capacity(&self) -> Option<usize> {
+        (self.core.max_items != u64::MAX).then_some(self.core.max_items as usize)
+    }
+
+    /// The shared header (for queues built on the channel).
+    pub(crate) fn header(&self) -> &ChannelHeader {
+        self.core.header()
+    }
+
+    /// What to poll to learn that a receive would not block: the doorbell (while the
+    /// caller is counted as a sleeper) and the senders' liveness pipe.
+    pub(crate) fn readiness(&self) -> [BorrowedFd<'_>; 2] {
+        [self.core.recv_bell.as_fd(), self.core.senders.as_fd()]
+    }
+
+    /// Whether a receive would not block: a message is waiting, or the senders are gone.
+    pub(crate) fn ready(&self) -> bool {
+        self.core.ring().has_data() || self.senders_gone()
+    }
+
+    /// Counts the caller among the sleepers, so that senders ring the doorbell; the
+    /// returned guard uncounts it and silences the bell.
+    pub(crate) fn sleeping(&self) -> Sleeping<'_> {
+        self.core.header().sleepers.0.receivers.fetch_add(1, SeqCst);
+        Sleeping(&self.core)
+    }
+}
+
+/// A receiver counted among the sleepers (see [`RawReceiver::sleeping`]).
+#[derive(Debug)]
+pub(crate) struct Sleeping<'a>(&'a Core);
+
+impl Drop for Sleeping<'_> {
+    fn drop(&mut self) {
+        self.0.header().sleepers.0.receivers.fetch_sub(1, SeqCst);
+        sys::silence(self.0.recv_bell.as_fd());
+    }
+}
+
+/// How a handle travels: the segment's size and its descriptors, by index in the
+/// message's descriptor list.
+#[derive(Serialize, Deserialize)]
+struct WireHandle {
+    segment_len: u64,
+    fds: [u32; 8],
+}
+
+fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::Ok, S::Error> {
+    if token.counted.is_some() && codec::sending() {
+        // The handle in flight counts as a receiver until the other side takes it over.
+        core.header().receivers.fetch_add(1, SeqCst);
+    }
+    let fds = [
+        core.seg.fd(),
+        core.recv_bell.as_fd(),
+        core.send_bell.as_fd(),
+        core.side_tx.as_fd(),
+        core.side_rx.as_fd(),
+        core.senders.as_fd(),
+        core.receivers.as_fd(),
+        token.fd.as_fd(),
+    ];
+    let mut indices = [0u32; 8];
+    for (slot, fd) in indices.iter_mut().zip(fds) {
+        *slot = codec::pass_fd(fd).map_err(serde::ser::Error::custom)?;
+    }
+    WireHandle {
+        segment_len: core.seg.len() as u64,
+        fds: indices,
+    }
+    .serialize(s)
+}
+
+fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), D::Error> {
+    use serde::de::Error;
+    let wire = WireHandle::deserialize(d)?;
+    let mut fds = Vec::with_capacity(8);
+    for index in wire.fds {
+        fds.push(codec::take_fd(index).map_err(D::Error::custom)?);
+    }
+    let [
+        seg,
+        recv_bell,
+        send_bell,
+        side_tx,
+        side_rx,
+        senders,
+        receivers,
+        token,
+    ]: [OwnedFd; 8] = fds
+        .try_into()
+        .map_err(|_| D::Error::custom("a channel handle needs 8 descriptors"))?;
+    let len = usize::try_from(wire.segment_len)
+        .ok()
+        .filter(|&l| {
+            (ChannelHeader::RING_OFFSET + MIN_RING..=ChannelHeader::RING_OFFSET + MAX_RING)
+                .contains(&l)
+        })
+        .ok_or_else(|| D::Error::custom("a channel segment of an impossible size"))?;
+    let seg = Segment::open(seg, len).map_err(D::Error::custom)?;
+    let h: &ChannelHeader = seg.at(0);
+    let ring_len = h.ring_len.load(Acquire);
+    if h.magic.load(Acquire) != ChannelHeader::MAGIC
+        || ring_len as usize + ChannelHeader::RING_OFFSET != len
+        || !ring_len.is_multiple_of(8)
+    {
+        return Err(D::Error::custom("not a multiproc channel"));
+    }
+    let max_items = h.max_items.load(Acquire).max(1);
+    Ok((
+        Core {
+            seg,
+            ring_len,
+            max_items,
+            recv_bell,
+            send_bell,
+            side_tx,
+            side_rx,
+            senders,
+            receivers,
+        },
+        token,
+    ))
+}
+
+impl Serialize for RawSender {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_core(&self.core, &self._token, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSender {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (core, token) = deserialize_core(d)?;
+        Ok(RawSender {
+            core: Arc::new(core),
+            _token: Token::sender(token),
+        })
+    }
+}
+
+impl Serialize for RawReceiver {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_core(&self.core, &self._token, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawReceiver {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (core, token) = deserialize_core(d)?;
+        let core = Arc::new(core);
+        Ok(RawReceiver {
+            _token: Token::receiver(token, &core),
+            core,
+        })
+    }
+}
+
+/// Writes `bytes` over a live channel's ring (and, from its first 16 bytes, its tail
+/// and head counters), then receives until the channel stops answering. For fuzzing:
+/// whatever another process writes, this must not panic, fault or hang.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn corrupt_and_drain(bytes: &[u8]) {
+    let Ok((tx, rx)) = channel(MIN_RING, None) else {
+        return;
+    };
+    let fill = |i: u8| Encoded {
+        bytes: vec![i; i as usize * 40],
+        fds: Vec::new(),
+    };
+    for i in 0..12u8 {
+        let _ = tx.send(fill(i), Wait::No, false);
+    }
+    let core = &rx.core;
+    let (counters, ring) = bytes.split_at(bytes.len().min(16));
+    if counters.len() == 16 {
+        let word =
+            |at: usize| u64::from_le_bytes(counters[at..at + 8].try_into().unwrap_or([0; 8]));
+        core.header().produced.0.tail.store(word(0), SeqCst);
+        core.header().consumed.0.head.store(word(8), SeqCst);
+    }
+    let ring = &ring[..ring.len().min(core.ring_len as usize)];
+    core.seg.write(ChannelHeader::RING_OFFSET, ring);
+    for _ in 0..256 {
+        if rx.recv_with(Wait::No, &mut |bytes, _| bytes.len()).is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(bytes: Vec<u8>) -> Encoded {
+        Encoded {
+            bytes,
+            fds: Vec::new(),
+        }
+    }
+
+    fn take(rx: &RawReceiver) -> Result<Vec<u8>, RecvFail> {
+        rx.recv_with(Wait::No, &mut |bytes, _| bytes.to_vec())
+    }
+
+    #[test]
+    fn a_small_ring_wraps_around_in_order() {
+        let (tx, rx) = channel(MIN_RING, None).unwrap();
+        for round in 0..200u32 {
+            let len = (round as usize * 131) % 900;
+            tx.send(msg(vec![round as u8; len]), Wait::No, false)
+                .unwrap();
+            if round % 3 != 0 {
+                continue;
+            }
+            while let Ok(got) = take(&rx) {
+                assert!(got.iter().all(|&b| b == got.first().copied().unwrap_or(0)));
+            }
+        }
+        // Items larger than half the ring go to the side socket, in order.
+        tx.send(msg(vec![1; 100]), Wait::No, false).unwrap();
+        tx.send(msg(vec![2; 3000]), Wait::No, false).unwrap();
+        tx.send(msg(vec![3; 100]), Wait::No, false).unwrap();
+        let mut order = Vec::new();
+        while let Ok(got) = take(&rx) {
+            order.push((got[0], got.len()));
+        }
+        assert_eq!(order[order.len() - 3..], [(1, 100), (2, 3000), (3, 100)]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The fuzz target's property: arbitrary bytes over the ring and its counters.
+        #[test]
+        fn arbitrary_bytes_in_the_ring_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..5000)) {
+            corrupt_and_drain(&bytes);
+        }
+
+        /// Whatever another process writes into the ring and its counters, a receiver
+        /// returns values or errors: no panic, no access outside the segment, no hang.
+        #[test]
+        fn a_corrupt_ring_never_panics(
+            writes in prop::collection::vec((any::<usize>(), prop::collection::vec(any::<u8>(), 1..64)), 0..12),
+            tail in prop::option::of(any::<u64>()),
+            head in prop::option::of(any::<u64>()),
+        ) {
+            let (tx, rx) = channel(MIN_RING, None).unwrap();
+            for i in 0..12u8 {
+                let _ = tx.send(msg(vec![i; i as usize * 40]), Wait::No, false);
+            }
+            // Something with a side message too.
+            let _ = tx.send(msg(vec![9; 2000]), Wait::No, false);
+            let core = &rx.core;
+            for (at, bytes) in writes {
+                let at = at % (core.ring_len as usize - bytes.len());
+                core.seg.write(ChannelHeader::RING_OFFSET + at, &bytes);
+            }
+            let h = core.header();
+            if let Some(t) = tail {
+                h.produced.0.tail.store(t, SeqCst);
+            }
+            if let Some(hd) = head {
+                h.consumed.0.head.store(hd, SeqCst);
+            }
+            for _ in 0..64 {
+                match take(&rx) {
+                    Ok(_) => {}
+                    Err(RecvFail::Empty | RecvFail::Disconnected | RecvFail::Broken(_) | RecvFail::Io(_)) => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The side socket: messages that carry descriptors, or that are too large for the ring
+//! (their bytes then travel in a sealed memory file). A 16-byte record in the ring keeps
+//! each one's place, so order is kept. See `README.md` for how a producer or consumer
+//! that dies half-way is handled.
+
+use std::io::{self, IoSlice};
+
+use super::{Payload, Received, RecvFail};
+use crate::ipc::codec::Encoded;
+use crate::shm::segment::View;
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// Side message header: id (u64), payload length (u64), mode (u8), padding.
+const HEADER: usize = 24;
+/// Payload bytes carried in the message itself (mode `IN_MESSAGE`); more go in a memfd.
+const IN_MESSAGE_MAX: usize = 32 * 1024;
+const IN_MESSAGE: u8 = 0;
+const IN_MEMFD: u8 = 1;
+
+/// A side message, ready before the producer takes the lock.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    header: [u8; HEADER],
+    memfd: Option<OwnedFd>,
+    inline: bool,
+}
+
+impl Outgoing {
+    pub(super) fn prepare(msg: &Encoded) -> io::Result<Self> {
+        let mut header = [0u8; HEADER];
+        header[8..16].copy_from_slice(&(msg.bytes.len() as u64).to_le_bytes());
+        let inline = msg.bytes.len() <= IN_MESSAGE_MAX;
+        let memfd = if inline {
+            header[16] = IN_MESSAGE;
+            None
+        } else {
+            header[16] = IN_MEMFD;
+            Some(sys::sealed_memfd("multiproc-message", &msg.bytes)?)
+        };
+        Ok(Outgoing {
+            header,
+            memfd,
+            inline,
+        })
+    }
+
+    /// Sends it as message `id` (with its payload, when that travels in the message),
+    /// without blocking: `WouldBlock` if the socket is full.
+    pub(super) fn send(&mut self, sock: BorrowedFd<'_>, id: u64, msg: &Encoded) -> io::Result<()> {
+        self.header[0..8].copy_from_slice(&id.to_le_bytes());
+        let mut passed: Vec<BorrowedFd<'_>> = Vec::with_capacity(msg.fds.len() + 1);
+        if let Some(memfd) = &self.memfd {
+            passed.push(memfd.as_fd());
+        }
+        passed.extend(msg.fds.iter().map(AsFd::as_fd));
+        let body: &[u8] = if self.inline { &msg.bytes } else { &[] };
+        sys::send_packet(
+            sock,
+            &[IoSlice::new(&self.header), IoSlice::new(body)],
+            &passed,
+        )
+        .map(drop)
+    }
+}
+
+/// Takes message `id` from the side socket. Messages before it are orphans (their
+/// producer died before publishing their record) and are dropped; if the next message
+/// is a later one, or there is none, message `id` was taken by a consumer that died,
+/// and `Ok(None)` says so.
+pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, RecvFail> {
+    loop {
+        let mut header = [0u8; HEADER];
+        let Some(n) = sys::peek_packet(sock, &mut header).map_err(RecvFail::Io)? else {
+            return Ok(None);
+        };
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&header[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (got, len, mode) = (word(0), word(8), header[16]);
+        let valid = n >= HEADER
+            && match mode {
+                IN_MESSAGE => len as usize <= IN_MESSAGE_MAX,
+                IN_MEMFD => true,
+                _ => false,
+            };
+        if !valid || got < id {
+            // Not ours and never anyone's: take it off the socket, closing what it holds.
+            let mut sink = [0u8; HEADER];
+            let mut fds = Vec::new();
+            let _ = sys::recv_with_fds(sock, &mut sink, &mut fds, true);
+            continue;
+        }
+        if got > id {
+            return Ok(None);
+        }
+        let body = if mode == IN_MESSAGE { len as usize } else { 0 };
+        let mut buf = vec![0u8; HEADER + body];
+        let mut fds = Vec::new();
+        let n = sys::recv_with_fds(sock, &mut buf, &mut fds, true).map_err(RecvFail::Io)?;
+        if n != HEADER + body {
+            return Err(RecvFail::Broken(format!(
+                "side message {id}: {n} bytes, expected {}",
+                HEADER + body
+            )));
+        }
+        let bytes = if mode == IN_MESSAGE {
+            buf.drain(..HEADER);
+            Payload::Owned(buf)
+        } else {
+            if fds.is_empty() {
+                return Err(RecvFail::Broken(format!(
+                    "side message {id} lost its memory file"
+                )));
+            }
+            let view = View::open(fds.remove(0))
+                .map_err(|e| RecvFail::Broken(format!("side message {id}: {e}")))?;
+            if view.bytes().len() as u64 != len {
+                return Err(RecvFail::Broken(format!("side message {id}: wrong length")));
+            }
+            Payload::Mapped(view)
+        };
+        return Ok(Some(Received { bytes, fds }));
+    }
+}

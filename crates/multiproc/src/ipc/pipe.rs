@@ -1,0 +1,495 @@
+//! Typed pipes: [`pipe`] (simplex) and [`duplex`] (Python's `Pipe(duplex=True)`).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::channel::{self, RawReceiver, RawSender, RecvFail, SendFail, Wait};
+use super::codec;
+use crate::error::{
+    CodecError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
+
+/// Sends typed messages into a pipe. Clone it to send from several threads or
+/// processes; pass it to [`spawn`](crate::spawn) (or through another pipe or queue) to
+/// hand it to another process.
+pub struct Sender<T> {
+    pub(crate) raw: RawSender,
+    _t: PhantomData<fn(T)>,
+}
+
+/// Receives typed messages from a pipe. Clone it to receive from several threads or
+/// processes (each message goes to exactly one of them).
+pub struct Receiver<T> {
+    pub(crate) raw: RawReceiver,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// Creates a pipe: what the [`Sender`] sends, the [`Receiver`] receives, in order, between
+/// any threads and processes that hold them.
+///
+/// Messages travel through shared memory; large ones (and ones that carry other
+/// multiproc handles) through a side socket, with large bodies in a sealed memory file.
+/// A message whose `send` returned `Ok` is delivered even if its sender exits or is
+/// killed right after; when every sender is gone, receivers get `Disconnected` once the
+/// pipe is empty.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let _guard = multiproc::init();
+/// let (tx, rx) = multiproc::pipe::<String>()?;
+/// let child = multiproc::spawn(|tx: multiproc::Sender<String>| {
+///     tx.send("hello from the child".to_string()).unwrap();
+/// }, tx)?;
+/// assert_eq!(rx.recv()?, "hello from the child");
+/// child.join()?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// The operating system refused shared memory or descriptors.
+pub fn pipe<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
+    let (tx, rx) = channel::channel(channel::DEFAULT_RING, None)?;
+    Ok((Sender::from_raw(tx), Receiver::from_raw(rx)))
+}
+
+/// Creates a two-way pipe (Python's `Pipe(duplex=True)`): each [`Connection`] sends what
+/// the other receives. The first end sends `A` and receives `B`.
+///
+/// # Errors
+///
+/// The operating system refused shared memory or descriptors.
+pub fn duplex<A, B>() -> std::io::Result<(Connection<A, B>, Connection<B, A>)> {
+    let (a_tx, a_rx) = pipe::<A>()?;
+    let (b_tx, b_rx) = pipe::<B>()?;
+    Ok((
+        Connection { tx: a_tx, rx: b_rx },
+        Connection { tx: b_tx, rx: a_rx },
+    ))
+}
+
+impl<T> Sender<T> {
+    pub(crate) fn from_raw(raw: RawSender) -> Self {
+        Sender {
+            raw,
+            _t: PhantomData,
+        }
+    }
+
+    /// Messages waiting in the pipe (an estimate while others send and receive).
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether every receiver is gone, so nothing sent can be received.
+    pub fn is_disconnected(&self) -> bool {
+        self.raw.is_disconnected()
+    }
+}
+
+impl<T: Serialize> Sender<T> {
+    /// Sends a message, waiting while the pipe is full.
+    ///
+    /// # Errors
+    ///
+    /// The message comes back: every receiver is gone, it could not be encoded, or the
+    /// system refused.
+    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        send(&self.raw, value, Wait::Forever, false).map_err(|(v, e)| match e {
+            Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+            Failed::Codec(c) => SendError::Codec(v, c),
+            Failed::Io(io) => SendError::Io(v, io),
+        })
+    }
+
+    /// Sends a message if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus [`TrySendError::Full`].
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        send(&self.raw, value, Wait::No, false).map_err(|(v, e)| match e {
+            Failed::Full => TrySendError::Full(v),
+            Failed::Disconnected => TrySendError::Disconnected(v),
+            Failed::Codec(c) => TrySendError::Codec(v, c),
+            Failed::Io(io) => TrySendError::Io(v, io),
+        })
+    }
+
+    /// Sends a message, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus [`SendTimeoutError::Timeout`].
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        send(&self.raw, value, Wait::timeout(timeout), false).map_err(|(v, e)| match e {
+            Failed::Full => SendTimeoutError::Timeout(v),
+            Failed::Disconnected => SendTimeoutError::Disconnected(v),
+            Failed::Codec(c) => SendTimeoutError::Codec(v, c),
+            Failed::Io(io) => SendTimeoutError::Io(v, io),
+        })
+    }
+}
+
+/// Why a typed send failed, before it becomes the caller's error type.
+pub(crate) enum Failed {
+    Full,
+    Disconnected,
+    Codec(CodecError),
+    Io(std::io::Error),
+}
+
+/// Encodes and sends; `unfinished` counts the message for `JoinableQueue::join`.
+///
+/// A message without descriptors that fits in the ring is serialized straight into
+/// it (its size is measured first); others are encoded and go through the side socket.
+pub(crate) fn send<T: Serialize>(
+    raw: &RawSender,
+    value: T,
+    wait: Wait,
+    unfinished: bool,
+) -> Result<(), (T, Failed)> {
+    let fail = |fail: SendFail| match fail {
+        SendFail::Full => Failed::Full,
+        SendFail::Disconnected => Failed::Disconnected,
+        SendFail::Io(e) => Failed::Io(e),
+    };
+    if let Some(len) = codec::inline_len(&value).filter(|&len| raw.fits_inline(len)) {
+        let mut fill = |buf: &mut [u8]| codec::encode_into(&value, buf);
+        return match raw.send_inline(len, &mut fill, wait, unfinished) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((value, fail(e))),
+        };
+    }
+    let encoded = match codec::encode(&value) {
+        Ok(e) => e,
+        Err(e) => return Err((value, Failed::Codec(e))),
+    };
+    raw.send(encoded, wait, unfinished)
+        .map_err(|(_, e)| (value, fail(e)))
+}
+
+impl<T> Receiver<T> {
+    pub(crate) fn from_raw(raw: RawReceiver) -> Self {
+        Receiver {
+            raw,
+            _t: PhantomData,
+        }
+    }
+
+    /// Messages waiting in the pipe (an estimate while others send and receive).
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a receive failed, before it becomes the caller's error type.
+pub(crate) enum Missed {
+    Empty,
+    Disconnected,
+    Codec(CodecError),
+    Io(std::io::Error),
+}
+
+/// Receives and decodes.
+pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Wait) -> Result<T, Missed> {
+    let mut decode = |bytes: &[u8], fds| codec::decode::<T>(bytes, fds);
+    match raw.recv_with(wait, &mut decode) {
+        Ok(decoded) => decoded.map_err(Missed::Codec),
+        Err(RecvFail::Empty) => Err(Missed::Empty),
+        Err(RecvFail::Disconnected) => Err(Missed::Disconnected),
+        Err(RecvFail::Broken(why)) => Err(Missed::Codec(CodecError::new(why))),
+        Err(RecvFail::Io(e)) => Err(Missed::Io(e)),
+    }
+}
+
+/// Receives and decodes without blocking the thread.
+pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result<T, Missed> {
+    loop {
+        match recv(raw, Wait::No) {
+            Err(Missed::Empty) => {}
+            done => return done,
+        }
+        // Counted among the sleepers (so senders ring), look once more, then wait.
+        let _sleeping = raw.sleeping();
+        if raw.ready() {
+            continue;
+        }
+        let until = std::time::Instant::now() + channel::MAX_SLEEP;
+        crate::sys::readable_any(&raw.readiness(), until)
+            .await
+            .map_err(Missed::Io)?;
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    /// Receives a message, waiting until one arrives or every sender is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] when the pipe is empty and every sender is gone
+    /// (dropped, exited or killed); [`RecvError::Codec`] when a message does not decode
+    /// as `T` (it is consumed; the next call moves on).
+    pub fn recv(&self) -> Result<T, RecvError> {
+        recv(&self.raw, Wait::Forever).map_err(|m| match m {
+            Missed::Empty | Missed::Disconnected => RecvError::Disconnected,
+            Missed::Codec(c) => RecvError::Codec(c),
+            Missed::Io(e) => RecvError::Io(e),
+        })
+    }
+
+    /// Receives a message if one is waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`TryRecvError::Empty`].
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        recv(&self.raw, Wait::No).map_err(|m| match m {
+            Missed::Empty => TryRecvError::Empty,
+            Missed::Disconnected => TryRecvError::Disconnected,
+            Missed::Codec(c) => TryRecvError::Codec(c),
+            Missed::Io(e) => TryRecvError::Io(e),
+        })
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`RecvTimeoutError::Timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        recv(&self.raw, Wait::timeout(timeout)).map_err(|m| match m {
+            Missed::Empty => RecvTimeoutError::Timeout,
+            Missed::Disconnected => RecvTimeoutError::Disconnected,
+            Missed::Codec(c) => RecvTimeoutError::Codec(c),
+            Missed::Io(e) => RecvTimeoutError::Io(e),
+        })
+    }
+
+    /// Receives a message without blocking the thread: the `async` form of
+    /// [`recv`](Self::recv), usable from any async runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn recv_async(&self) -> Result<T, RecvError> {
+        recv_async(&self.raw).await.map_err(|m| match m {
+            Missed::Empty | Missed::Disconnected => RecvError::Disconnected,
+            Missed::Codec(c) => RecvError::Codec(c),
+            Missed::Io(e) => RecvError::Io(e),
+        })
+    }
+
+    /// Receives until every sender is gone. The iteration also ends at a message that
+    /// does not decode, or a system error; [`recv`](Self::recv) tells which.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { rx: self }
+    }
+
+    /// Receives what is waiting now, without blocking.
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { rx: self }
+    }
+}
+
+/// A blocking iterator over a [`Receiver`]'s messages.
+#[derive(Debug)]
+pub struct Iter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T: DeserializeOwned> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+/// A non-blocking iterator over a [`Receiver`]'s waiting messages.
+#[derive(Debug)]
+pub struct TryIter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T: DeserializeOwned> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<'a, T: DeserializeOwned> IntoIterator for &'a Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+/// One end of a [`duplex`] pipe: sends `S`, receives `R`.
+pub struct Connection<S, R> {
+    tx: Sender<S>,
+    rx: Receiver<R>,
+}
+
+impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
+    /// Sends to the other end. See [`Sender::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Sender::send`].
+    pub fn send(&self, value: S) -> Result<(), SendError<S>> {
+        self.tx.send(value)
+    }
+
+    /// Receives from the other end. See [`Receiver::recv`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Receiver::recv`].
+    pub fn recv(&self) -> Result<R, RecvError> {
+        self.rx.recv()
+    }
+
+    /// See [`Receiver::recv_async`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Receiver::recv`].
+    pub async fn recv_async(&self) -> Result<R, RecvError> {
+        self.rx.recv_async().await
+    }
+
+    /// See [`Receiver::try_recv`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Receiver::try_recv`].
+    pub fn try_recv(&self) -> Result<R, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// See [`Receiver::recv_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Receiver::recv_timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<R, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+}
+
+impl<S, R> Connection<S, R> {
+    /// The sending half.
+    pub fn sender(&self) -> &Sender<S> {
+        &self.tx
+    }
+
+    /// The receiving half.
+    pub fn receiver(&self) -> &Receiver<R> {
+        &self.rx
+    }
+
+    /// Both halves.
+    pub fn split(self) -> (Sender<S>, Receiver<R>) {
+        (self.tx, self.rx)
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Sender::from_raw(self.raw.clone())
+    }
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        Receiver::from_raw(self.raw.clone())
+    }
+}
+
+impl<S, R> Clone for Connection<S, R> {
+    fn clone(&self) -> Self {
+        Connection {
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R> fmt::Debug for Connection<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+impl<T> Serialize for Sender<T> {
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Sender<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawSender::deserialize(d).map(Sender::from_raw)
+    }
+}
+
+impl<T> Serialize for Receiver<T> {
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Receiver<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawReceiver::deserialize(d).map(Receiver::from_raw)
+    }
+}
+
+impl<S, R> Serialize for Connection<S, R> {
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        (&self.tx, &self.rx).serialize(s)
+    }
+}
+
+impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (tx, rx) = <(Sender<S>, Receiver<R>)>::deserialize(d)?;
+        Ok(Connection { tx, rx })
+    }
+}

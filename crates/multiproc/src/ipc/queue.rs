@@ -1,0 +1,500 @@
+//! [`Queue`] and [`JoinableQueue`]: Python's multi-producer, multi-consumer queues.
+
+use std::fmt;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::channel::{self, RawReceiver, RawSender, Wait};
+use super::pipe::{self, Failed, Missed};
+use crate::error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+use crate::sys;
+
+/// A queue that any number of threads and processes put into and get from (Python's
+/// `multiprocessing.Queue`). Clone it, or pass it to [`spawn`](crate::spawn), to share
+/// it; every item is delivered to exactly one getter, in the order it was put.
+///
+/// Unlike Python's queue there is no feeder thread: an item whose `put` returned `Ok`
+/// is in shared memory, delivered even if the putting process exits or is killed right
+/// after. A process killed in the middle of a `put` or `get` neither blocks the others
+/// nor corrupts the queue.
+///
+/// `Queue::new()` holds as much as its 1 MiB buffer holds (items too large for it travel
+/// in shared memory files of their own); when it is full, `put` waits rather than
+/// growing without bound. `bounded(n)` also limits the number of items.
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::Queue;
+///
+/// fn consumer(q: Queue<Option<u32>>) -> u32 {
+///     let mut sum = 0;
+///     while let Some(n) = q.get().unwrap() {
+///         sum += n;
+///     }
+///     sum
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let _guard = multiproc::init();
+/// let q = Queue::new()?;
+/// let child = multiproc::spawn(consumer, q.clone())?;
+/// for n in 1..=10 {
+///     q.put(Some(n))?;
+/// }
+/// q.put(None)?; // the sentinel
+/// assert_eq!(child.join()?, 55);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Queue<T> {
+    tx: Option<RawSender>,
+    rx: RawReceiver,
+    _t: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T> Queue<T> {
+    /// A queue without a limit on items (its buffer still applies).
+    ///
+    /// # Errors
+    ///
+    /// The operating system refused shared memory or descriptors.
+    pub fn new() -> std::io::Result<Self> {
+        Self::with(None)
+    }
+
+    /// A queue of at most `n` items (at least 1): `put` waits while it is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn bounded(n: usize) -> std::io::Result<Self> {
+        Self::with(Some(n as u64))
+    }
+
+    fn with(max_items: Option<u64>) -> std::io::Result<Self> {
+        let (tx, rx) = channel::channel(channel::DEFAULT_RING, max_items)?;
+        Ok(Queue {
+            tx: Some(tx),
+            rx,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// Items waiting (Python's `qsize()`; an estimate while others put and get).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no item is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most items the queue holds (`None` for `Queue::new()`, limited only by its
+    /// buffer).
+    pub fn capacity(&self) -> Option<usize> {
+        self.rx.capacity()
+    }
+
+    /// Whether the queue holds as many items as it may.
+    pub fn is_full(&self) -> bool {
+        self.capacity().is_some_and(|c| self.len() >= c)
+    }
+
+    /// This handle will put nothing more (Python's `close()`). Once every handle that
+    /// could put is closed, dropped, or gone with its process, getters receive
+    /// `Disconnected` when the queue is empty. Later puts through this handle fail.
+    pub fn close(&mut self) {
+        self.tx = None;
+    }
+
+    fn sender(&self) -> Option<&RawSender> {
+        self.tx.as_ref()
+    }
+
+    pub(crate) fn raw_receiver(&self) -> &RawReceiver {
+        &self.rx
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// Puts an item, waiting while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// The item comes back: this handle is closed, it could not be encoded, or the
+    /// system refused.
+    pub fn put(&self, value: T) -> Result<(), SendError<T>> {
+        put(self.sender(), value, Wait::Forever, false).map_err(|(v, e)| match e {
+            Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+            Failed::Codec(c) => SendError::Codec(v, c),
+            Failed::Io(io) => SendError::Io(v, io),
+        })
+    }
+
+    /// Puts an item if there is room now (Python's `put_nowait`).
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put), plus [`TrySendError::Full`].
+    pub fn try_put(&self, value: T) -> Result<(), TrySendError<T>> {
+        put(self.sender(), value, Wait::No, false).map_err(|(v, e)| match e {
+            Failed::Full => TrySendError::Full(v),
+            Failed::Disconnected => TrySendError::Disconnected(v),
+            Failed::Codec(c) => TrySendError::Codec(v, c),
+            Failed::Io(io) => TrySendError::Io(v, io),
+        })
+    }
+
+    /// Puts an item, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put), plus [`SendTimeoutError::Timeout`].
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        put(self.sender(), value, Wait::timeout(timeout), false).map_err(|(v, e)| match e {
+            Failed::Full => SendTimeoutError::Timeout(v),
+            Failed::Disconnected => SendTimeoutError::Disconnected(v),
+            Failed::Codec(c) => SendTimeoutError::Codec(v, c),
+            Failed::Io(io) => SendTimeoutError::Io(v, io),
+        })
+    }
+}
+
+fn put<T: Serialize>(
+    tx: Option<&RawSender>,
+    value: T,
+    wait: Wait,
+    unfinished: bool,
+) -> Result<(), (T, Failed)> {
+    match tx {
+        Some(tx) => pipe::send(tx, value, wait, unfinished),
+        None => Err((value, Failed::Disconnected)),
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    /// Takes the next item, waiting until there is one.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] when the queue is empty and no handle that could put
+    /// remains (all closed, dropped or gone); [`RecvError::Codec`] when an item does not
+    /// decode as `T` (it is consumed).
+    pub fn get(&self) -> Result<T, RecvError> {
+        pipe::recv(&self.rx, Wait::Forever).map_err(|m| match m {
+            Missed::Empty | Missed::Disconnected => RecvError::Disconnected,
+            Missed::Codec(c) => RecvError::Codec(c),
+            Missed::Io(e) => RecvError::Io(e),
+        })
+    }
+
+    /// Takes the next item without blocking the thread: the `async` form of
+    /// [`get`](Self::get), usable from any async runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_async(&self) -> Result<T, RecvError> {
+        pipe::recv_async(&self.rx).await.map_err(|m| match m {
+            Missed::Empty | Missed::Disconnected => RecvError::Disconnected,
+            Missed::Codec(c) => RecvError::Codec(c),
+            Missed::Io(e) => RecvError::Io(e),
+        })
+    }
+
+    /// Takes the next item if there is one (Python's `get_nowait`).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get), plus [`TryRecvError::Empty`].
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        pipe::recv(&self.rx, Wait::No).map_err(|m| match m {
+            Missed::Empty => TryRecvError::Empty,
+            Missed::Disconnected => TryRecvError::Disconnected,
+            Missed::Codec(c) => TryRecvError::Codec(c),
+            Missed::Io(e) => TryRecvError::Io(e),
+        })
+    }
+
+    /// Takes the next item, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get), plus [`RecvTimeoutError::Timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        pipe::recv(&self.rx, Wait::timeout(timeout)).map_err(|m| match m {
+            Missed::Empty => RecvTimeoutError::Timeout,
+            Missed::Disconnected => RecvTimeoutError::Disconnected,
+            Missed::Codec(c) => RecvTimeoutError::Codec(c),
+            Missed::Io(e) => RecvTimeoutError::Io(e),
+        })
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.len())
+            .field("closed", &self.tx.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.tx, &self.rx).serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (tx, rx) = <(Option<RawSender>, RawReceiver)>::deserialize(d)?;
+        Ok(Queue {
+            tx,
+            rx,
+            _t: std::marker::PhantomData,
+        })
+    }
+}
+
+/// A [`Queue`] that also counts unfinished tasks (Python's `JoinableQueue`): every `put`
+/// adds one, every [`task_done`](Self::task_done) removes one, and
+/// [`join`](Self::join) waits until none is left.
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+/// [`JoinableQueue::task_done`] was called more times than items were put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("task_done() called more times than items were put")]
+pub struct TaskDoneError;
+
+impl<T> JoinableQueue<T> {
+    /// As [`Queue::new`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::new`].
+    pub fn new() -> std::io::Result<Self> {
+        Queue::new().map(|queue| JoinableQueue { queue })
+    }
+
+    /// As [`Queue::bounded`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::new`].
+    pub fn bounded(n: usize) -> std::io::Result<Self> {
+        Queue::bounded(n).map(|queue| JoinableQueue { queue })
+    }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no item is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// As [`Queue::close`].
+    pub fn close(&mut self) {
+        self.queue.close();
+    }
+
+    pub(crate) fn queue(&self) -> &Queue<T> {
+        &self.queue
+    }
+
+    /// Tasks put and not yet marked done.
+    pub fn unfinished(&self) -> u64 {
+        self.queue.rx.header().unfinished.load(SeqCst)
+    }
+
+    /// Marks one task done (one item that a `get` returned has been processed).
+    ///
+    /// # Errors
+    ///
+    /// [`TaskDoneError`] if no task was unfinished.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let h = self.queue.rx.header();
+        let mut n = h.unfinished.load(SeqCst);
+        loop {
+            if n == 0 {
+                return Err(TaskDoneError);
+            }
+            match h.unfinished.compare_exchange(n, n - 1, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        if n == 1 {
+            h.sleepers.0.join_epoch.fetch_add(1, SeqCst);
+            if h.sleepers.0.joiners.load(SeqCst) > 0 {
+                sys::futex_wake(&h.sleepers.0.join_epoch, u32::MAX);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every task put has been marked done.
+    pub fn join(&self) {
+        self.join_until(None);
+    }
+
+    /// Waits at most `timeout` until every task put has been marked done; returns
+    /// whether they all were.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.join_until(Instant::now().checked_add(timeout))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> bool {
+        let h = self.queue.rx.header();
+        loop {
+            let epoch = h.sleepers.0.join_epoch.load(SeqCst);
+            if h.unfinished.load(SeqCst) == 0 {
+                return true;
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return false,
+                },
+                None => None,
+            };
+            h.sleepers.0.joiners.fetch_add(1, SeqCst);
+            if h.unfinished.load(SeqCst) != 0 {
+                sys::futex_wait(&h.sleepers.0.join_epoch, epoch, left);
+            }
+            h.sleepers.0.joiners.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+impl<T: Serialize> JoinableQueue<T> {
+    /// As [`Queue::put`]; the item counts as an unfinished task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::put`].
+    pub fn put(&self, value: T) -> Result<(), SendError<T>> {
+        put(self.queue.sender(), value, Wait::Forever, true).map_err(|(v, e)| match e {
+            Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+            Failed::Codec(c) => SendError::Codec(v, c),
+            Failed::Io(io) => SendError::Io(v, io),
+        })
+    }
+
+    /// As [`Queue::try_put`]; the item counts as an unfinished task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::try_put`].
+    pub fn try_put(&self, value: T) -> Result<(), TrySendError<T>> {
+        put(self.queue.sender(), value, Wait::No, true).map_err(|(v, e)| match e {
+            Failed::Full => TrySendError::Full(v),
+            Failed::Disconnected => TrySendError::Disconnected(v),
+            Failed::Codec(c) => TrySendError::Codec(v, c),
+            Failed::Io(io) => TrySendError::Io(v, io),
+        })
+    }
+
+    /// As [`Queue::put_timeout`]; the item counts as an unfinished task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::put_timeout`].
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        put(self.queue.sender(), value, Wait::timeout(timeout), true).map_err(|(v, e)| match e {
+            Failed::Full => SendTimeoutError::Timeout(v),
+            Failed::Disconnected => SendTimeoutError::Disconnected(v),
+            Failed::Codec(c) => SendTimeoutError::Codec(v, c),
+            Failed::Io(io) => SendTimeoutError::Io(v, io),
+        })
+    }
+}
+
+impl<T: DeserializeOwned> JoinableQueue<T> {
+    /// As [`Queue::get`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, RecvError> {
+        self.queue.get()
+    }
+
+    /// As [`Queue::get_async`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::get`].
+    pub async fn get_async(&self) -> Result<T, RecvError> {
+        self.queue.get_async().await
+    }
+
+    /// As [`Queue::try_get`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::try_get`].
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        self.queue.try_get()
+    }
+
+    /// As [`Queue::get_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.queue.get_timeout(timeout)
+    }
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue")
+            .field("len", &self.len())
+            .field("unfinished", &self.unfinished())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Queue::deserialize(d).map(|queue| JoinableQueue { queue })
+    }
+}

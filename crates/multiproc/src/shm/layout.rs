@@ -1,0 +1,117 @@
+//! Every structure that lives in shared memory, in one place: each is `#[repr(C)]`, made
+//! of atomics only, and marked [`SharedWords`] here with the reason it may be.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use super::segment::SharedWords;
+
+/// The words of a process-shared lock (the algorithm is in `sync::raw`).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct LockWords {
+    /// 0 when free; otherwise the owner's thread identity.
+    pub(crate) state: AtomicU64,
+    /// Bumped by a release when someone sleeps; sleepers wait on it.
+    pub(crate) epoch: AtomicU32,
+    /// Threads, in any process, asleep (or about to be) on `epoch`.
+    pub(crate) sleepers: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics: any bytes are a valid value.
+unsafe impl SharedWords for LockWords {}
+
+/// Keeps what one side writes off the other side's cache line.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct CacheLine<T>(pub(crate) T);
+
+// SAFETY: `repr(C)` around one `SharedWords` value; the alignment adds only padding.
+unsafe impl<T: SharedWords> SharedWords for CacheLine<T> {}
+
+/// What producers advance (under the tail lock).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct Produced {
+    /// Bytes ever published into the ring (its position is this modulo the ring size).
+    pub(crate) tail: AtomicU64,
+    /// Items ever published.
+    pub(crate) items: AtomicU64,
+    /// Next id for a message that travels on the side socket.
+    pub(crate) next_side_id: AtomicU64,
+    /// The consumers' `head` and item count as last seen: producers look at the
+    /// consumers' cache line only when these say the ring might be full.
+    pub(crate) seen_head: AtomicU64,
+    pub(crate) seen_taken: AtomicU64,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for Produced {}
+
+/// What consumers advance (under the head lock).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct Consumed {
+    /// Bytes ever consumed from the ring.
+    pub(crate) head: AtomicU64,
+    /// Items ever consumed.
+    pub(crate) items: AtomicU64,
+    /// The producers' `tail` as last seen: consumers look at the producers' cache line
+    /// only when this says the ring might be empty.
+    pub(crate) seen_tail: AtomicU64,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for Consumed {}
+
+/// Who sleeps where: a producer or consumer rings the other side's doorbell only when
+/// someone sleeps on it, so the fast path makes no system call.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct Sleepers {
+    /// Consumers waiting for an item.
+    pub(crate) receivers: AtomicU32,
+    /// Producers waiting for room.
+    pub(crate) senders: AtomicU32,
+    /// Processes waiting in `JoinableQueue::join`.
+    pub(crate) joiners: AtomicU32,
+    /// Bumped when the unfinished count reaches zero; joiners wait on it.
+    pub(crate) join_epoch: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for Sleepers {}
+
+/// The head of a channel's segment; the ring of messages follows at `RING_OFFSET`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct ChannelHeader {
+    pub(crate) magic: AtomicU64,
+    /// Size of the ring in bytes (a multiple of 8).
+    pub(crate) ring_len: AtomicU64,
+    /// Most items the channel holds at once (`u64::MAX`: as many as fit).
+    pub(crate) max_items: AtomicU64,
+    /// Items put but not yet marked done (`JoinableQueue`).
+    pub(crate) unfinished: AtomicU64,
+    /// Receiving handles: one per process holding one, plus one per handle in flight to
+    /// another process. Zero means no receiver can exist; a process killed while holding
+    /// one leaves it counted, so non-zero only means "maybe".
+    pub(crate) receivers: AtomicU64,
+    pub(crate) tail_lock: CacheLine<LockWords>,
+    pub(crate) head_lock: CacheLine<LockWords>,
+    pub(crate) produced: CacheLine<Produced>,
+    pub(crate) consumed: CacheLine<Consumed>,
+    pub(crate) sleepers: CacheLine<Sleepers>,
+}
+
+// SAFETY: `repr(C)`, made only of atomics and other `SharedWords`.
+unsafe impl SharedWords for ChannelHeader {}
+
+impl ChannelHeader {
+    /// `MPCHAN01`.
+    pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPCHAN01");
+    /// Where the ring starts in the segment (the header fits in one page).
+    pub(crate) const RING_OFFSET: usize = 4096;
+}
+
+const _: () = assert!(std::mem::size_of::<ChannelHeader>() <= ChannelHeader::RING_OFFSET);

@@ -1,0 +1,239 @@
+//! Shared-memory segments: the raw layer. Everything that turns an address in a shared
+//! mapping into a Rust reference or copies bytes in and out of one is here, checked.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// Types that may live in shared memory and be used through a `&` reference from many
+/// processes at once: every bit pattern is a valid value, they have no pointers, and
+/// they change only through interior mutability with atomic operations.
+///
+/// # Safety
+///
+/// Implement only for `#[repr(C)]` types made of atomics (and of other `SharedWords`),
+/// with no padding that matters, no `Drop` and no pointers: another process may write
+/// any bytes into them at any time.
+pub(crate) unsafe trait SharedWords: Sync {}
+
+// SAFETY: atomics accept every bit pattern and are only changed atomically.
+unsafe impl SharedWords for AtomicU32 {}
+// SAFETY: as above.
+unsafe impl SharedWords for AtomicU64 {}
+
+/// A shared mapping of an anonymous memory file (memfd): it exists while a process maps
+/// it or holds its descriptor, and vanishes with the last one, however that process
+/// ends. Its size is sealed, so no process can shrink it under another's mapping.
+pub(crate) struct Segment {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping stays valid for the segment's life wherever it is used from, and
+// the segment hands out only `&` references to `SharedWords` (atomics) and copies made
+// through raw pointers.
+unsafe impl Send for Segment {}
+// SAFETY: as above: nothing in it needs exclusive access.
+unsafe impl Sync for Segment {}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("fd", &self.fd)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Segment {
+    /// A new segment of `len` bytes, zeroed.
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
+        let fd = sys::memfd(name, len as u64)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a segment received from another process. Refuses one whose size is not
+    /// sealed (it could shrink under the mapping) or is not `len`.
+    pub(crate) fn open(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        if !sys::size_sealed(fd.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory whose size is not sealed",
+            ));
+        }
+        let actual = sys::file_len(fd.as_fd())?;
+        if actual != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared memory of {actual} bytes, expected {len}"),
+            ));
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        let ptr = sys::map_shared(fd.as_fd(), len, true)?;
+        Ok(Segment { fd, ptr, len })
+    }
+
+    /// The memory file, to pass to another process.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The `T` at `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If `T` does not fit there or `offset` is not aligned for it: offsets are
+    /// constants of the layouts built on top of this, so that is a bug in multiproc.
+    pub(crate) fn at<T: SharedWords>(&self, offset: usize) -> &T {
+        let size = std::mem::size_of::<T>();
+        assert!(
+            offset.checked_add(size).is_some_and(|end| end <= self.len),
+            "shared object out of the segment"
+        );
+        assert_eq!(
+            offset % std::mem::align_of::<T>(),
+            0,
+            "misaligned shared object"
+        );
+        // SAFETY: in bounds and aligned (checked above, the mapping being page-aligned),
+        // mapped for as long as `self` lives (the reference cannot outlive it), and
+        // `SharedWords` types are valid for any bytes and only change atomically, so a
+        // shared reference is sound even while other processes use the same memory.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<T>() }
+    }
+
+    /// Copies `src` into the segment at `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the segment (callers compute ranges from validated
+    /// lengths; this is the last line of defence).
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        self.check(offset, src.len());
+        // SAFETY: in bounds (checked). The range is shared memory, not a Rust object:
+        // the protocols above give this process sole use of it for the time of the
+        // copy; a process that breaks them can only garble the bytes, which readers
+        // validate. No reference into the mapping is created.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len());
+        }
+    }
+
+    /// Copies from the segment at `offset` into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`write`](Self::write).
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len());
+        // SAFETY: as in `write`: in bounds, no reference into the mapping, and the
+        // protocol makes the range stable while it is copied.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            );
+        }
+    }
+
+    fn check(&self, offset: usize, len: usize) {
+        self.check_range(offset, len);
+    }
+
+    /// Panics unless `offset..offset + len` lies within the segment.
+    pub(crate) fn check_range(&self, offset: usize, len: usize) {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "access outside the shared segment"
+        );
+    }
+
+    /// A raw pointer to the byte at `offset` (checked by the caller with
+    /// [`check_range`](Self::check_range) before any use).
+    pub(crate) fn ptr(&self, offset: usize) -> *mut u8 {
+        self.ptr.as_ptr().wrapping_add(offset)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`; every reference into it borrows `self`,
+        // so none is left.
+        unsafe { sys::unmap(self.ptr, self.len) };
+    }
+}
+
+/// Maps a read-only view of a whole sealed memory file (a large message), for reading
+/// once. Unmapped when dropped.
+pub(crate) struct View {
+    ptr: NonNull<u8>,
+    len: usize,
+    _fd: OwnedFd,
+}
+
+impl View {
+    /// Maps `fd`, which must be a memfd sealed against any change.
+    pub(crate) fn open(fd: OwnedFd) -> io::Result<Self> {
+        if !sys::fully_sealed(fd.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a message in shared memory that is not sealed against changes",
+            ));
+        }
+        let len = usize::try_from(sys::file_len(fd.as_fd())?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "message too large"))?;
+        if len == 0 {
+            return Ok(View {
+                ptr: NonNull::dangling(),
+                len: 0,
+                _fd: fd,
+            });
+        }
+        let ptr = sys::map_shared(fd.as_fd(), len, false)?;
+        Ok(View { ptr, len, _fd: fd })
+    }
+
+    /// The bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes (or empty with a dangling,
+        // aligned pointer) and lives as long as `self`. The file is sealed against
+        // writes and resizing (checked in `open`), so no process can change the bytes
+        // behind this shared slice, and reading cannot fault.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping made in `open`; `bytes` borrows `self`, so no slice
+            // into it remains.
+            unsafe { sys::unmap(self.ptr, self.len) };
+        }
+    }
+}
+
+// SAFETY: as for `Segment`.
+unsafe impl Send for View {}
+// SAFETY: as for `Segment`.
+unsafe impl Sync for View {}
+
+impl fmt::Debug for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("View").field("len", &self.len).finish()
+    }
+}

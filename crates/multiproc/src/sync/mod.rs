@@ -1,0 +1,3 @@
+//! Synchronisation across processes.
+
+pub(crate) mod raw;

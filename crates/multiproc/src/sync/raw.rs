@@ -1,0 +1,214 @@
+//! The lock under every process-shared structure: a futex lock that knows its owner, so
+//! that a waiter can tell when the owner died holding it and take it over.
+//!
+//! The 64-bit `state` holds the owner's thread identity (thread id plus start time, see
+//! `sys::thread_identity`) or 0. Taking the lock is one compare-and-swap; a waiter spins
+//! briefly, then sleeps on the 32-bit `epoch` futex, which a releaser bumps (and wakes)
+//! only when someone is asleep. A sleeper wakes up now and then to check that the owner
+//! still lives; if it does not, the sleeper swaps the dead identity for its own and
+//! reports [`Acquired::OwnerDied`], and the lock works on as before. No kernel robust
+//! list is involved (glibc owns each thread's), and thread ids that are reused after a
+//! death are told apart by their start times.
+//!
+//! Lost wake-ups are impossible: a sleeper increments `sleepers` and then re-reads
+//! `state`; a releaser stores 0 into `state` and then reads `sleepers`; all four
+//! accesses are sequentially consistent, so at least one sees the other.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+pub(crate) use crate::shm::layout::LockWords;
+use crate::sys;
+
+/// How long a waiter spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(10);
+/// When a sleeper first checks that the owner still lives; then twice as long each
+/// time, up to `MAX_CHECK`.
+const FIRST_CHECK: Duration = Duration::from_millis(2);
+const MAX_CHECK: Duration = Duration::from_millis(100);
+
+/// How the lock was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// From its last owner, who released it.
+    Clean,
+    /// From an owner that died holding it: what it protects may be half-updated.
+    OwnerDied,
+}
+
+impl LockWords {
+    /// Takes the lock if it is free, or held by a thread that no longer exists.
+    pub(crate) fn try_lock(&self) -> Option<Acquired> {
+        let me = sys::thread_identity();
+        match self.state.compare_exchange(0, me, SeqCst, SeqCst) {
+            Ok(_) => Some(Acquired::Clean),
+            Err(owner) if owner != me && !sys::identity_alive(owner) => self
+                .state
+                .compare_exchange(owner, me, SeqCst, SeqCst)
+                .ok()
+                .map(|_| Acquired::OwnerDied),
+            Err(_) => None,
+        }
+    }
+
+    /// Takes the lock, waiting until `deadline` (`None`: as long as it takes). `None`
+    /// if the deadline passed first.
+    pub(crate) fn lock(&self, deadline: Option<Instant>) -> Option<Acquired> {
+        let me = sys::thread_identity();
+        if self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
+            return Some(Acquired::Clean);
+        }
+        let spin_end = Instant::now() + SPIN;
+        let won = spin_until(spin_end.min(deadline.unwrap_or(spin_end)), || {
+            self.state.load(SeqCst) == 0
+                && self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok()
+        });
+        if won {
+            return Some(Acquired::Clean);
+        }
+        let mut check_every = FIRST_CHECK;
+        let mut next_check = Instant::now() + check_every;
+        loop {
+            let epoch = self.epoch.load(SeqCst);
+            let owner = self.state.load(SeqCst);
+            if owner == 0 {
+                if self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
+                    return Some(Acquired::Clean);
+                }
+                continue;
+            }
+            let now = Instant::now();
+            if now >= next_check {
+                if owner != me && !sys::identity_alive(owner) {
+                    if self
+                        .state
+                        .compare_exchange(owner, me, SeqCst, SeqCst)
+                        .is_ok()
+                    {
+                        return Some(Acquired::OwnerDied);
+                    }
+                    continue;
+                }
+                check_every = (check_every * 2).min(MAX_CHECK);
+                next_check = now + check_every;
+            }
+            let wake_at = match deadline {
+                Some(d) if now >= d => return None,
+                Some(d) => d.min(next_check),
+                None => next_check,
+            };
+            self.sleepers.fetch_add(1, SeqCst);
+            if self.state.load(SeqCst) != 0 {
+                sys::futex_wait(
+                    &self.epoch,
+                    epoch,
+                    Some(wake_at.saturating_duration_since(now)),
+                );
+            }
+            self.sleepers.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Releases the lock (the caller holds it).
+    pub(crate) fn unlock(&self) {
+        self.state.store(0, SeqCst);
+        if self.sleepers.load(SeqCst) > 0 {
+            self.epoch.fetch_add(1, SeqCst);
+            sys::futex_wake(&self.epoch, 1);
+        }
+    }
+
+    /// Whether some thread holds the lock (it may have died holding it).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.load(SeqCst) != 0
+    }
+
+    /// Whether the calling thread holds the lock.
+    pub(crate) fn held_by_me(&self) -> bool {
+        self.state.load(SeqCst) == sys::thread_identity()
+    }
+}
+
+/// Spins until `done` or `deadline`; true if `done`. How waiters wait a little before
+/// they sleep.
+pub(crate) fn spin_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    let mut i: u32 = 0;
+    loop {
+        if done() {
+            return true;
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) && Instant::now() >= deadline {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn excludes_and_releases() {
+        let lock = Arc::new(LockWords::default());
+        let counter = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (lock, counter) = (lock.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        assert_eq!(lock.lock(None), Some(Acquired::Clean));
+                        // A non-atomic read-modify-write, made safe by the lock.
+                        let v = counter.load(SeqCst);
+                        counter.store(v + 1, SeqCst);
+                        lock.unlock();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counter.load(SeqCst), 40_000);
+        assert!(!lock.is_locked());
+    }
+
+    #[test]
+    fn times_out_while_held() {
+        let lock = LockWords::default();
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
+        assert!(lock.held_by_me());
+        let other = std::thread::scope(|s| {
+            s.spawn(|| {
+                let t = Instant::now();
+                let r = lock.lock(Some(Instant::now() + Duration::from_millis(50)));
+                (r, t.elapsed())
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(other.0, None);
+        assert!(other.1 >= Duration::from_millis(50));
+        lock.unlock();
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
+        lock.unlock();
+    }
+
+    #[test]
+    fn a_dead_owner_is_detected() {
+        let lock = LockWords::default();
+        // A thread that exits holding the lock.
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(lock.try_lock(), Some(Acquired::Clean)));
+        });
+        assert!(lock.is_locked());
+        assert_eq!(lock.lock(None), Some(Acquired::OwnerDied));
+        assert!(lock.held_by_me());
+        lock.unlock();
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
+        lock.unlock();
+    }
+}

@@ -1,0 +1,136 @@
+//! Shared memory and doorbells: memfd segments, mappings, eventfds.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::event::EventfdFlags;
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// An anonymous shared-memory file of `len` bytes: it exists only while a descriptor or
+/// a mapping refers to it, so it can never be left behind, whatever happens to the
+/// processes using it. Its size is sealed.
+pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    // A process that could shrink the file would make every other process's reads of
+    // the mapping fault (SIGBUS); sealing the size rules that out.
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
+    Ok(fd)
+}
+
+/// The size of the file behind `fd`.
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_size as u64)
+}
+
+/// Whether the memfd's size is sealed (so a mapping of it cannot turn into SIGBUS).
+pub(crate) fn size_sealed(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK | SealFlags::GROW))
+}
+
+/// Whether the memfd is sealed against any change: size and contents.
+pub(crate) fn fully_sealed(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|s| s.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE))
+}
+
+/// A memfd holding `bytes`, sealed against any change: a message that another process
+/// can map and read while the sender is free to exit.
+pub(crate) fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, bytes.len() as u64)?;
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::pwrite(&fd, &bytes[done..], done as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )?;
+    Ok(fd)
+}
+
+/// Maps `len` bytes of `fd`, shared; read-write, or read-only (as a file sealed against
+/// writes must be).
+pub(crate) fn map_shared(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    writable: bool,
+) -> io::Result<NonNull<u8>> {
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+    }
+    // SAFETY: a fresh mapping chosen by the kernel (no address hint), so it overlaps
+    // nothing that exists; the caller owns it and unmaps it with `unmap`.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            if writable {
+                ProtFlags::READ | ProtFlags::WRITE
+            } else {
+                ProtFlags::READ
+            },
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }?;
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Unmaps a mapping made by [`map_shared`].
+///
+/// # Safety
+///
+/// `ptr` and `len` are exactly those of a live mapping from [`map_shared`], and nothing
+/// refers into it any more.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: guaranteed by the caller.
+    let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
+}
+
+/// A doorbell: an eventfd, non-blocking and close-on-exec.
+pub(crate) fn doorbell() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
+}
+
+/// Rings a doorbell: whoever polls it wakes up.
+pub(crate) fn ring(bell: BorrowedFd<'_>) {
+    // Can only fail if the counter would overflow, and then it is already ringing.
+    let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
+}
+
+/// Silences a doorbell (resets its counter) so that polling it blocks again.
+pub(crate) fn silence(bell: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    loop {
+        match rustix::io::read(bell, &mut buf) {
+            Err(Errno::INTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// A connected pair of `AF_UNIX` sequenced-packet sockets (message boundaries kept,
+/// any number of processes may hold either end), close-on-exec.
+pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}

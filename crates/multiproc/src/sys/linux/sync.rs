@@ -1,0 +1,127 @@
+//! Waiting across processes: futexes on shared memory, and identities of threads whose
+//! liveness another process can check.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::thread::futex;
+
+/// Sleeps while `*word == expected`, until woken, `timeout` passes (`None`: no limit), or
+/// a spurious wake-up. The word may live in memory shared with other processes.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| futex::Timespec {
+        tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    // EAGAIN (the word changed), ETIMEDOUT and EINTR all mean: look again.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+}
+
+/// Wakes up to `n` sleepers on `word` (in any process).
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    let _ = futex::wake(word, futex::Flags::empty(), n);
+}
+
+/// Counts forks, so that identities cached before a fork are not reused after it.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+thread_local! {
+    /// (identity, forks when computed)
+    static IDENTITY: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
+}
+
+/// A non-zero number naming the calling thread among all threads alive on the system
+/// and all that have lived since boot: its thread id in the low 32 bits, the low 32
+/// bits of its start time (clock ticks since boot) in the high ones. A thread id alone
+/// may be reused after the thread exits; the pair is not, in practice.
+pub(crate) fn thread_identity() -> u64 {
+    let forks = FORKS.load(Ordering::Relaxed);
+    let (cached, at) = IDENTITY.with(|c| c.get());
+    if cached != 0 && at == forks {
+        return cached;
+    }
+    register_fork_handler();
+    let tid = rustix::thread::gettid()
+        .as_raw_nonzero()
+        .get()
+        .unsigned_abs();
+    let start = start_time(tid).unwrap_or(0);
+    let identity = (u64::from(start as u32) << 32) | u64::from(tid);
+    IDENTITY.with(|c| c.set((identity, forks)));
+    identity
+}
+
+fn register_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function that only bumps an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// The start time of thread `tid`, from `/proc/<tid>/stat` (field 22).
+fn start_time(tid: u32) -> Option<u64> {
+    stat_of(tid).map(|(_, start)| start)
+}
+
+/// The state letter (field 3) and start time (field 22) of thread `tid`.
+fn stat_of(tid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+/// Whether the thread an identity names is still alive. `false` is definite (the thread
+/// ended; its id may since belong to another); `true` means it, or a thread with its id
+/// and start time, exists.
+pub(crate) fn identity_alive(identity: u64) -> bool {
+    let tid = identity as u32;
+    let Some(pid) = i32::try_from(tid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    // `kill(tid, 0)`: does a task with this id exist? (A thread id works here.)
+    if let Err(Errno::SRCH) = rustix::process::test_kill_process(pid) {
+        return false;
+    }
+    match stat_of(tid) {
+        // A zombie (or a task being reaped) is dead, even before its parent reaps it.
+        Some(('Z' | 'X', _)) => false,
+        Some((_, start)) => (start as u32) == (identity >> 32) as u32,
+        // It exists but /proc is unreadable (another pid namespace, hidepid): trust it.
+        None => true,
+    }
+}
+
+/// Waits, without blocking the thread, until one of `fds` is readable (or hung up) or
+/// `until` passes. Works under any async runtime: async-io's reactor drives itself when
+/// no smol executor does.
+pub(crate) async fn readable_any(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    until: Instant,
+) -> std::io::Result<()> {
+    use futures_lite::future;
+    let mut watched = Vec::with_capacity(fds.len());
+    for fd in fds {
+        watched.push(async_io::Async::new(super::fd::dup(*fd)?)?);
+    }
+    let timer = async {
+        async_io::Timer::at(until).await;
+        Ok(())
+    };
+    let mut any: std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>,
+    > = Box::pin(timer);
+    for w in &watched {
+        any = Box::pin(future::or(any, w.readable()));
+    }
+    any.await
+}

@@ -1,0 +1,679 @@
+//! Pipes and queues between real processes: exactly-once delivery, no loss when a
+//! producer exits or is killed right after `put`, processes killed at random moments,
+//! disconnection, large messages, handles passed around, `wait`, async.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::{Helper, trial};
+use multiproc::{JoinableQueue, Queue, Receiver, RecvError, RecvTimeoutError, Sender};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const T: Duration = Duration::from_secs(60);
+
+fn main() {
+    common::main(
+        vec![
+            trial("four_by_four_exactly_once", four_by_four_exactly_once),
+            trial("consumer_killed_mid_stream", consumer_killed_mid_stream),
+            trial(
+                "producer_exits_right_after_put",
+                producer_exits_right_after_put,
+            ),
+            trial(
+                "producer_killed_right_after_put",
+                producer_killed_right_after_put,
+            ),
+            trial("producers_killed_at_random", producers_killed_at_random),
+            trial("consumers_killed_at_random", consumers_killed_at_random),
+            trial("one_gib_message", one_gib_message),
+            trial("handles_through_a_queue", handles_through_a_queue),
+            trial(
+                "disconnected_when_the_sender_is_killed",
+                disconnected_when_the_sender_is_killed,
+            ),
+            trial("duplex_ping_pong", duplex_ping_pong),
+            trial(
+                "wait_for_receivers_and_processes",
+                wait_for_receivers_and_processes,
+            ),
+            trial(
+                "joinable_queue_across_processes",
+                joinable_queue_across_processes,
+            ),
+            trial(
+                "bounded_queue_blocks_the_producer",
+                bounded_queue_blocks_the_producer,
+            ),
+            trial(
+                "mismatched_types_are_decode_errors",
+                mismatched_types_are_decode_errors,
+            ),
+            trial("async_receive_under_tokio", async_receive_under_tokio),
+            trial("no_descriptor_leaks", no_descriptor_leaks),
+        ],
+        helpers,
+        Duration::from_secs(900),
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "leaks" => helper_leaks(),
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// Joins every handle, within `T` each.
+fn join_all<R: serde::de::DeserializeOwned>(handles: Vec<multiproc::JoinHandle<R>>) -> Vec<R> {
+    handles
+        .into_iter()
+        .map(|mut h| h.join_timeout(T).unwrap())
+        .collect()
+}
+
+fn produce((q, id, n): (Queue<Option<(u32, u64)>>, u32, u64)) {
+    for seq in 0..n {
+        q.put(Some((id, seq))).unwrap();
+    }
+}
+
+fn consume(q: Queue<Option<(u32, u64)>>) -> Vec<(u32, u64)> {
+    let mut got = Vec::new();
+    while let Some(item) = q.get_timeout(T).unwrap() {
+        got.push(item);
+    }
+    got
+}
+
+fn four_by_four_exactly_once() {
+    let q = Queue::bounded(1000).unwrap();
+    let consumers: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(consume, q.clone()).unwrap())
+        .collect();
+    let producers: Vec<_> = (0..4)
+        .map(|id| multiproc::spawn(produce, (q.clone(), id, 25_000)).unwrap())
+        .collect();
+    join_all(producers);
+    for _ in 0..4 {
+        q.put(None).unwrap();
+    }
+    let received: Vec<(u32, u64)> = join_all(consumers).into_iter().flatten().collect();
+    assert_eq!(received.len(), 100_000);
+    let distinct: BTreeSet<_> = received.iter().collect();
+    assert_eq!(distinct.len(), 100_000, "an item was delivered twice");
+    assert!(q.is_empty());
+}
+
+/// Reports each item it takes on `report` before looking at the next.
+fn consume_and_report((q, report): (Queue<Option<u64>>, Sender<u64>)) {
+    while let Some(item) = q.get_timeout(T).unwrap() {
+        report.send(item).unwrap();
+    }
+}
+
+fn consumer_killed_mid_stream() {
+    const N: u64 = 20_000;
+    let q = Queue::bounded(64).unwrap();
+    let (report, reports) = multiproc::pipe::<u64>().unwrap();
+    let (victim_report, victim_reports) = multiproc::pipe::<u64>().unwrap();
+    let victim = multiproc::spawn(consume_and_report, (q.clone(), victim_report)).unwrap();
+    let producer = std::thread::spawn({
+        let q = q.clone();
+        move || {
+            for i in 0..N {
+                q.put(Some(i)).unwrap();
+            }
+        }
+    });
+    // The victim alone takes the start of the stream...
+    let mut taken_by_victim = BTreeSet::new();
+    while taken_by_victim.len() < 500 {
+        taken_by_victim.insert(victim_reports.recv_timeout(T).unwrap());
+    }
+    // ...then the others join in and the victim is killed wherever it is: the bounded
+    // queue keeps the producer from being done by then.
+    let survivors: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(consume_and_report, (q.clone(), report.clone())).unwrap())
+        .collect();
+    drop(report);
+    victim.kill().unwrap();
+    assert!(matches!(
+        victim.join(),
+        Err(multiproc::ProcessError::Signaled(_))
+    ));
+    taken_by_victim.extend(victim_reports.try_iter());
+    producer.join().unwrap();
+    for _ in 0..2 {
+        q.put(None).unwrap();
+    }
+    join_all(survivors);
+    let mut seen = taken_by_victim.clone();
+    let mut count = taken_by_victim.len();
+    for item in reports.try_iter() {
+        assert!(seen.insert(item), "item {item} delivered twice");
+        count += 1;
+    }
+    // At most the one item the victim had taken but not yet reported is unaccounted for.
+    assert!(
+        count as u64 >= N - 1 && count as u64 <= N,
+        "{count} of {N} items"
+    );
+    assert!(q.is_empty());
+}
+
+fn put_then_exit((q, n, kill): (Queue<u64>, u64, bool)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+    if kill {
+        let me = rustix::process::getpid();
+        let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+    }
+    std::process::exit(0);
+}
+
+fn no_loss_after(kill: bool) {
+    const N: u64 = 10_000;
+    let q = Queue::new().unwrap();
+    let mut child = multiproc::spawn(put_then_exit, (q.clone(), N, kill)).unwrap();
+    let _ = child.join_timeout(T);
+    for i in 0..N {
+        assert_eq!(q.get_timeout(T).unwrap(), i, "item {i} of {N}");
+    }
+    assert!(q.try_get().unwrap_err().is_empty());
+}
+
+fn producer_exits_right_after_put() {
+    no_loss_after(false);
+}
+
+fn producer_killed_right_after_put() {
+    no_loss_after(true);
+}
+
+/// Large enough that a kill often lands while the producer holds the lock, copying.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Item {
+    producer: u32,
+    seq: u64,
+    pad: ByteBuf,
+}
+
+fn produce_forever((q, id): (Queue<Item>, u32)) {
+    for seq in 0.. {
+        let item = Item {
+            producer: id,
+            seq,
+            pad: ByteBuf(vec![id as u8; 16 << 10]),
+        };
+        q.put(item).unwrap();
+    }
+}
+
+fn produce_n((q, id, n): (Queue<Item>, u32, u64)) {
+    for seq in 0..n {
+        q.put(Item {
+            producer: id,
+            seq,
+            pad: ByteBuf(vec![id as u8; 16 << 10]),
+        })
+        .unwrap();
+    }
+}
+
+fn producers_killed_at_random() {
+    let q: Queue<Item> = Queue::bounded(32).unwrap();
+    let steady: Vec<_> = (0..2)
+        .map(|id| multiproc::spawn(produce_n, (q.clone(), id, 3000)).unwrap())
+        .collect();
+    let mut per_producer: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let take = |per_producer: &mut BTreeMap<u32, Vec<u64>>, q: &Queue<Item>, n: usize| {
+        for _ in 0..n {
+            let item = q.get_timeout(T).expect("the queue kept working");
+            assert!(
+                item.pad.0.iter().all(|&b| b == item.producer as u8),
+                "a corrupt item"
+            );
+            per_producer
+                .entry(item.producer)
+                .or_default()
+                .push(item.seq);
+        }
+    };
+    // Ten doomed producers in turn, each killed after a random stretch of puts.
+    for round in 0..10u32 {
+        let doomed = multiproc::spawn(produce_forever, (q.clone(), 100 + round)).unwrap();
+        take(&mut per_producer, &q, 20 + (round as usize * 37) % 90);
+        doomed.kill().unwrap();
+        let mut doomed = doomed;
+        let _ = doomed.join_timeout(T);
+    }
+    // Drain until the steady producers' items have all arrived (the queue is bounded, so
+    // they finish only as it is drained); the doomed ones' may have ended early.
+    let steady_done =
+        |p: &BTreeMap<u32, Vec<u64>>| (0..2).all(|id| p.get(&id).map_or(0, Vec::len) == 3000);
+    while !steady_done(&per_producer) {
+        let item = q
+            .get_timeout(T)
+            .expect("the steady producers' items stopped coming");
+        per_producer
+            .entry(item.producer)
+            .or_default()
+            .push(item.seq);
+    }
+    join_all(steady);
+    for (producer, seqs) in &per_producer {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "producer {producer}: out of order or duplicated"
+        );
+        if *producer < 2 {
+            assert_eq!(seqs.len(), 3000, "producer {producer} lost items");
+            assert_eq!(seqs.last(), Some(&2999));
+        }
+    }
+}
+
+/// Takes items and reports each one, until the sentinel (producer `u32::MAX`).
+fn consume_until_sentinel((q, report): (Queue<Item>, Sender<(u32, u64)>)) {
+    loop {
+        let item = q.get_timeout(T).unwrap();
+        if item.producer == u32::MAX {
+            return;
+        }
+        report.send((item.producer, item.seq)).unwrap();
+    }
+}
+
+fn consumers_killed_at_random() {
+    const N: u64 = 4000;
+    let q: Queue<Item> = Queue::bounded(16).unwrap();
+    let (report, reports) = multiproc::pipe::<(u32, u64)>().unwrap();
+    let mut producer = multiproc::spawn(produce_n, (q.clone(), 7, N)).unwrap();
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    let note =
+        |seen: &mut BTreeMap<u64, u32>, (_, seq): (u32, u64)| *seen.entry(seq).or_default() += 1;
+    let mut killed = 0u64;
+    while (seen.len() as u64) < N - 200 {
+        let mut doomed =
+            multiproc::spawn(consume_until_sentinel, (q.clone(), report.clone())).unwrap();
+        // Let it take a varying number of items, then kill it wherever it is.
+        let until = Instant::now() + Duration::from_millis(20 + (killed * 13) % 40);
+        while Instant::now() < until {
+            if let Ok(r) = reports.recv_timeout(Duration::from_millis(5)) {
+                note(&mut seen, r);
+            }
+        }
+        doomed.kill().unwrap();
+        let _ = doomed.join_timeout(T);
+        killed += 1;
+    }
+    let mut last = multiproc::spawn(consume_until_sentinel, (q.clone(), report.clone())).unwrap();
+    producer.join_timeout(T).unwrap();
+    q.put(Item {
+        producer: u32::MAX,
+        seq: 0,
+        pad: ByteBuf(Vec::new()),
+    })
+    .unwrap();
+    // The last consumer returns at the sentinel, after reporting everything it took.
+    while !matches!(last.join_timeout(Duration::from_millis(10)), Ok(())) {
+        for r in reports.try_iter() {
+            note(&mut seen, r);
+        }
+    }
+    for r in reports.try_iter() {
+        note(&mut seen, r);
+    }
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an item was delivered twice"
+    );
+    // Each killed consumer may have taken one item it never reported.
+    assert!(
+        seen.len() as u64 >= N - killed,
+        "{} of {N} with {killed} kills",
+        seen.len()
+    );
+    assert!(q.is_empty(), "the queue is stuck with {} items", q.len());
+}
+
+/// Bytes that serde encodes as one block (like `serde_bytes::ByteBuf`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ByteBuf(Vec<u8>);
+
+impl Serialize for ByteBuf {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+fn send_gib(tx: Sender<ByteBuf>) {
+    let data: Vec<u8> = (0..1usize << 30).map(|i| (i % 251) as u8).collect();
+    tx.send(ByteBuf(data)).unwrap();
+}
+
+fn one_gib_message() {
+    let (tx, rx) = multiproc::pipe::<ByteBuf>().unwrap();
+    let mut child = multiproc::spawn(send_gib, tx).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(300)).unwrap();
+    child.join_timeout(T).unwrap();
+    assert_eq!(got.0.len(), 1 << 30);
+    assert!(got.0.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+}
+
+fn answer_on_received_sender(q: Queue<Sender<String>>) {
+    let tx = q.get_timeout(T).unwrap();
+    tx.send(format!("hello from {}", std::process::id()))
+        .unwrap();
+}
+
+fn forward_queue(outer: Queue<Queue<u32>>) {
+    let inner = outer.get_timeout(T).unwrap();
+    inner.put(42).unwrap();
+}
+
+fn handles_through_a_queue() {
+    let q = Queue::new().unwrap();
+    let mut child = multiproc::spawn(answer_on_received_sender, q.clone()).unwrap();
+    let (tx, rx) = multiproc::pipe::<String>().unwrap();
+    q.put(tx).unwrap();
+    let msg = rx.recv_timeout(T).unwrap();
+    assert_eq!(msg, format!("hello from {}", child.pid()));
+    child.join_timeout(T).unwrap();
+
+    let outer = Queue::new().unwrap();
+    let inner = Queue::new().unwrap();
+    let mut child = multiproc::spawn(forward_queue, outer.clone()).unwrap();
+    outer.put(inner.clone()).unwrap();
+    assert_eq!(inner.get_timeout(T).unwrap(), 42);
+    child.join_timeout(T).unwrap();
+}
+
+fn send_then_hang(tx: Sender<u32>) {
+    tx.send(1).unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn disconnected_when_the_sender_is_killed() {
+    let (tx, rx) = multiproc::pipe::<u32>().unwrap();
+    let child = multiproc::spawn(send_then_hang, tx).unwrap();
+    // The only sender now lives in the child.
+    assert_eq!(rx.recv_timeout(T).unwrap(), 1);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_millis(100)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    child.kill().unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        rx.recv_timeout(T),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+}
+
+fn pong(conn: multiproc::Connection<u64, u64>) {
+    while let Ok(n) = conn.recv() {
+        conn.send(n + 1).unwrap();
+    }
+}
+
+fn duplex_ping_pong() {
+    let (ours, theirs) = multiproc::duplex::<u64, u64>().unwrap();
+    let mut child = multiproc::spawn(pong, theirs).unwrap();
+    let mut n = 0;
+    for _ in 0..10_000 {
+        ours.send(n).unwrap();
+        n = ours.recv_timeout(T).unwrap();
+    }
+    assert_eq!(n, 10_000);
+    drop(ours);
+    child.join_timeout(T).unwrap();
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn wait_for_receivers_and_processes() {
+    let (tx_a, rx_a) = multiproc::pipe::<u32>().unwrap();
+    let (_tx_b, rx_b) = multiproc::pipe::<u32>().unwrap();
+    let q = Queue::<u8>::new().unwrap();
+    let sleeper = multiproc::spawn(sleep_ms, 300).unwrap();
+    // Nothing ready: times out.
+    let t = Instant::now();
+    assert!(
+        multiproc::wait(&[&rx_a, &rx_b, &q], Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    // A message on the first.
+    tx_a.send(1).unwrap();
+    assert_eq!(
+        multiproc::wait(&[&rx_a, &rx_b, &sleeper], Some(T)).unwrap(),
+        vec![0]
+    );
+    assert_eq!(rx_a.recv().unwrap(), 1);
+    // The process ending wakes the wait.
+    assert_eq!(
+        multiproc::wait(&[&rx_a, &rx_b, &sleeper], Some(T)).unwrap(),
+        vec![2]
+    );
+    // A sender going away makes its receiver ready (a receive would not block).
+    drop(tx_a);
+    assert_eq!(multiproc::wait(&[&rx_a, &rx_b], Some(T)).unwrap(), vec![0]);
+    let mut sleeper = sleeper;
+    sleeper.join_timeout(T).unwrap();
+}
+
+fn work_and_mark_done(q: JoinableQueue<u32>) -> u32 {
+    let mut sum = 0;
+    loop {
+        match q.get_timeout(Duration::from_millis(500)) {
+            Ok(n) => {
+                sum += n;
+                q.task_done().unwrap();
+            }
+            Err(RecvTimeoutError::Timeout) => return sum,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn joinable_queue_across_processes() {
+    let q = JoinableQueue::new().unwrap();
+    for n in 1..=100 {
+        q.put(n).unwrap();
+    }
+    assert_eq!(q.unfinished(), 100);
+    let workers: Vec<_> = (0..3)
+        .map(|_| multiproc::spawn(work_and_mark_done, q.clone()).unwrap())
+        .collect();
+    assert!(
+        q.join_timeout(T),
+        "join timed out with {} unfinished",
+        q.unfinished()
+    );
+    assert_eq!(q.unfinished(), 0);
+    assert_eq!(join_all(workers).iter().sum::<u32>(), 5050);
+    assert!(q.task_done().is_err());
+}
+
+fn drain_slowly((q, n): (Queue<u32>, u32)) -> Vec<u32> {
+    (0..n).map(|_| q.get_timeout(T).unwrap()).collect()
+}
+
+fn bounded_queue_blocks_the_producer() {
+    let q = Queue::bounded(2).unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(q.try_put(3).unwrap_err().is_full());
+    assert!(
+        q.put_timeout(3, Duration::from_millis(50))
+            .unwrap_err()
+            .is_timeout()
+    );
+    let mut child = multiproc::spawn(drain_slowly, (q.clone(), 4)).unwrap();
+    q.put_timeout(3, T).unwrap();
+    q.put_timeout(4, T).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), vec![1, 2, 3, 4]);
+}
+
+/// Serializes as a string; insists on a number when deserialized.
+#[derive(Debug)]
+struct Lopsided;
+
+impl Serialize for Lopsided {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("not a number")
+    }
+}
+
+impl<'de> Deserialize<'de> for Lopsided {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(|_| Lopsided)
+    }
+}
+
+/// Schema drift: a newer sender writes a field the receiver's version does not read.
+#[derive(Debug)]
+struct Drifted;
+
+impl Serialize for Drifted {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (7u32, "a field from a newer version").serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Drifted {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(|_| Drifted)
+    }
+}
+
+fn send_mismatched((a, b): (Sender<Lopsided>, Sender<Drifted>)) {
+    a.send(Lopsided).unwrap();
+    b.send(Drifted).unwrap();
+}
+
+fn mismatched_types_are_decode_errors() {
+    let (a_tx, a_rx) = multiproc::pipe::<Lopsided>().unwrap();
+    let (b_tx, b_rx) = multiproc::pipe::<Drifted>().unwrap();
+    let mut child = multiproc::spawn(send_mismatched, (a_tx.clone(), b_tx.clone())).unwrap();
+    child.join_timeout(T).unwrap();
+    let Err(RecvTimeoutError::Codec(e)) = a_rx.recv_timeout(T) else {
+        panic!("decoded a string as a number")
+    };
+    assert!(e.message().contains("Lopsided"), "{e}");
+    let Err(RecvTimeoutError::Codec(e)) = b_rx.recv_timeout(T) else {
+        panic!("ignored trailing bytes")
+    };
+    assert!(e.message().contains("left over"), "{e}");
+    // The bad message was consumed; the pipe goes on.
+    b_tx.send(Drifted).unwrap();
+    assert!(matches!(
+        b_rx.try_recv(),
+        Err(multiproc::TryRecvError::Codec(_))
+    ));
+    assert!(b_rx.try_recv().unwrap_err().is_empty());
+}
+
+fn send_later((tx, n): (Sender<u32>, u32)) {
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..n {
+        tx.send(i).unwrap();
+    }
+}
+
+fn async_receive_under_tokio() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = multiproc::pipe::<u32>().unwrap();
+    let q = Queue::<u32>::new().unwrap();
+    let mut producer = multiproc::spawn(send_later, (tx, 100)).unwrap();
+    let q2 = q.clone();
+    let total = runtime.block_on(async move {
+        let from_queue = tokio::spawn(async move { q2.get_async().await.unwrap() });
+        // The queue's getter is waiting in another task; give it something.
+        q.put(1000).unwrap();
+        let mut sum = 0;
+        for _ in 0..100 {
+            sum += tokio::time::timeout(T, rx.recv_async())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // After the producer's last sender is gone, the async receive says so.
+        let end = tokio::time::timeout(T, rx.recv_async()).await.unwrap();
+        assert!(matches!(end, Err(RecvError::Disconnected)));
+        sum + tokio::time::timeout(T, from_queue).await.unwrap().unwrap()
+    });
+    producer.join_timeout(T).unwrap();
+    assert_eq!(total, 4950 + 1000);
+}
+
+fn echo_count((rx, tx): (Receiver<ByteBuf>, Sender<usize>)) {
+    while let Ok(b) = rx.recv() {
+        tx.send(b.0.len()).unwrap();
+    }
+}
+
+fn helper_leaks() {
+    // Warm up: the fork server and the async reactor exist from here on.
+    let run = |rounds: usize| {
+        for i in 0..rounds {
+            let (tx, rx) = multiproc::pipe::<ByteBuf>().unwrap();
+            let (back_tx, back_rx) = multiproc::pipe::<usize>().unwrap();
+            let child = multiproc::spawn(echo_count, (rx, back_tx)).unwrap();
+            // Small (in the ring), medium (side message), large (memory file).
+            for size in [10usize, 300 << 10, 3 << 20] {
+                tx.send(ByteBuf(vec![i as u8; size])).unwrap();
+                assert_eq!(back_rx.recv_timeout(T).unwrap(), size);
+            }
+            drop(tx);
+            child.join().unwrap();
+            let q = Queue::<Sender<u8>>::new().unwrap();
+            let (s, r) = multiproc::pipe::<u8>().unwrap();
+            q.put(s).unwrap();
+            q.get().unwrap().send(1).unwrap();
+            r.recv().unwrap();
+        }
+    };
+    run(2);
+    let before = common::fd_count();
+    run(50);
+    println!("fds {before} {}", common::fd_count());
+}
+
+fn no_descriptor_leaks() {
+    let mut h = Helper::start("leaks");
+    let fds = h.expect("fds ", Duration::from_secs(120));
+    let (before, after) = fds.split_once(' ').unwrap();
+    assert_eq!(before, after, "descriptors leaked");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
