@@ -6,16 +6,24 @@
 //! reproduce and the output to expect). The tour sets a faster pace for their sleeps in
 //! every process, with the same `init_with` setup function that configures logging.
 
+#[path = "process_barrier.rs"]
+mod process_barrier;
 #[path = "process_basic.rs"]
 mod process_basic;
 #[path = "process_daemon.rs"]
 mod process_daemon;
+#[path = "process_event.rs"]
+mod process_event;
+#[path = "process_lock_value.rs"]
+mod process_lock_value;
 #[path = "process_pipe.rs"]
 mod process_pipe;
 #[path = "process_queue.rs"]
 mod process_queue;
 #[path = "thread_basic.rs"]
 mod thread_basic;
+#[path = "thread_lock.rs"]
+mod thread_lock;
 #[path = "thread_queue.rs"]
 mod thread_queue;
 
@@ -66,6 +74,18 @@ fn main() {
 
     section("process_pipe: ping-pong over a two-way pipe");
     process_pipe::run();
+
+    section("thread_lock: ten threads add to a counter under a lock");
+    thread_lock::run();
+
+    section("process_lock_value: ten processes do the same; then one dies holding the lock");
+    process_lock_value::run();
+
+    section("process_barrier: three processes meet at a barrier");
+    process_barrier::run();
+
+    section("process_event: one process waits for an event another sets");
+    process_event::run();
 
     println!("\nTour done in {:.1?}.", start.elapsed());
 }

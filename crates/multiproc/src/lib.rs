@@ -154,15 +154,29 @@ mod process;
 mod shm;
 mod sync;
 mod sys;
+mod wait;
 
 pub use bootstrap::{Init, init, init_with};
 pub use error::{
-    CodecError, ExitStatus, PanicLocation, ProcessError, RecvError, RecvTimeoutError, RemotePanic,
-    SendError, SendTimeoutError, Signal, SpawnError, TryRecvError, TrySendError,
+    BarrierError, CodecError, ExitStatus, LockResult, OutOfBounds, OverRelease, OwnerDied,
+    PanicLocation, ProcessError, RecvError, RecvTimeoutError, RemotePanic, SendError,
+    SendTimeoutError, ShmError, Signal, SpawnError, TryLockError, TryLockResult, TryRecvError,
+    TrySendError,
 };
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
 pub use ipc::wait::{Waitable, wait};
+pub use shm::shared::SharedMemory;
+pub use shm::value::{Array, ArrayGuard, ShmSafe, Value, ValueGuard};
+pub use sync::barrier::{Barrier, BarrierWaitResult};
+pub use sync::condition::{Condition, WaitTimeoutResult};
+pub use sync::event::Event;
+pub use sync::lock::{Lock, LockGuard, RLock, RLockGuard};
+pub use sync::semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+
+/// The `bytemuck` crate, whose `Pod` types are [`ShmSafe`]: derive `Pod` and `Zeroable`
+/// for a `#[repr(C)]` struct to keep it in a [`Value`] or [`Array`].
+pub use bytemuck;
 
 /// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
 #[cfg(fuzzing)]

@@ -99,6 +99,13 @@ impl ForkServer {
         Ok((pid, pidfd))
     }
 
+    /// Tells the server to unlink a named segment when this process is gone (`TRACK`),
+    /// or to forget it (`UNTRACK`).
+    pub(crate) fn send_tracked(&mut self, tag: u8, tracked: &wire::Tracked) -> io::Result<()> {
+        let body = postcard::to_stdvec(tracked).map_err(io::Error::other)?;
+        self.conn.send(tag, &[&body], &[])
+    }
+
     /// Closes the connection, which tells the server to exit (killing any daemon children
     /// it still has), and reaps it.
     pub(crate) fn shut_down(self) {

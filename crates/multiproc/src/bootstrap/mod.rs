@@ -83,11 +83,15 @@ pub(crate) struct State {
     /// This process's death pipe: children hold the read end; the write end lives only
     /// here, so it hangs up exactly when this process is gone.
     pub(crate) death: Option<(OwnedFd, OwnedFd)>,
+    /// Named segments this process created and has not unlinked: its fork server
+    /// unlinks them if this process dies first.
+    pub(crate) tracked: Vec<wire::Tracked>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     server: None,
     death: None,
+    tracked: Vec::new(),
 });
 
 static ME: Mutex<Option<Arc<Me>>> = Mutex::new(None);
@@ -262,6 +266,7 @@ pub(crate) fn become_child(st: &mut State, me_slot: &mut Option<Arc<Me>>, me: Me
     // that they still hang up when the parent goes.
     st.server = None;
     st.death = None;
+    st.tracked.clear();
     *me_slot = Some(Arc::new(me));
     NEXT_CHILD.store(1, Ordering::Relaxed);
     OWNER_PID.store(0, Ordering::SeqCst);
@@ -305,12 +310,22 @@ pub(crate) fn death_read_end(st: &mut State) -> io::Result<OwnedFd> {
 }
 
 /// Runs `f` with this process's fork server, starting (or restarting) it as needed.
-pub(crate) fn with_server<T>(mut f: impl FnMut(&mut ForkServer) -> io::Result<T>) -> io::Result<T> {
-    let mut st = state();
+pub(crate) fn with_server<T>(f: impl FnMut(&mut ForkServer) -> io::Result<T>) -> io::Result<T> {
+    server_call(&mut state(), f)
+}
+
+fn server_call<T>(
+    st: &mut State,
+    mut f: impl FnMut(&mut ForkServer) -> io::Result<T>,
+) -> io::Result<T> {
     for attempt in 0..2 {
         if st.server.is_none() {
-            let death = death_read_end(&mut st)?;
-            let server = ForkServer::exec_now(death)?;
+            let death = death_read_end(st)?;
+            let mut server = ForkServer::exec_now(death)?;
+            // A new server must learn what the one it replaces was tracking.
+            for tracked in &st.tracked {
+                server.send_tracked(wire::TRACK, tracked)?;
+            }
             st.server = Some(server);
         }
         let Some(server) = st.server.as_mut() else {
@@ -327,4 +342,29 @@ pub(crate) fn with_server<T>(mut f: impl FnMut(&mut ForkServer) -> io::Result<T>
         }
     }
     Err(io::Error::other("the fork server keeps failing"))
+}
+
+/// Has this process's fork server unlink the named segment `tracked` if this process
+/// dies without doing it. Best effort: without `init()` there is no server to ask.
+pub(crate) fn track(tracked: wire::Tracked) {
+    if !initialized() {
+        return;
+    }
+    let mut st = state();
+    if let Err(e) = server_call(&mut st, |s| s.send_tracked(wire::TRACK, &tracked)) {
+        tracing::trace!("cannot track {:?}: {e}", tracked.name);
+    }
+    st.tracked.push(tracked);
+}
+
+/// Undoes [`track`]: the segment was unlinked by its creator.
+pub(crate) fn untrack(tracked: &wire::Tracked) {
+    let mut st = state();
+    let before = st.tracked.len();
+    st.tracked.retain(|t| t != tracked);
+    if st.tracked.len() != before
+        && let Some(server) = st.server.as_mut()
+    {
+        let _ = server.send_tracked(wire::UNTRACK, tracked);
+    }
 }

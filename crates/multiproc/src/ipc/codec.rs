@@ -35,6 +35,20 @@ thread_local! {
     static ENCODING: Cell<bool> = const { Cell::new(false) };
     /// Descriptors of the value being decoded on this thread, if one is.
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// Why a handle in the value being decoded refused it (postcard keeps only the fact
+    /// that it failed).
+    static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// For a handle's `Deserialize`: fails the decode for the reason given, which
+/// [`decode`] reports.
+pub(crate) fn refuse<E: serde::de::Error>(why: impl std::fmt::Display) -> E {
+    let why = why.to_string();
+    let e = E::custom(&why);
+    REFUSED.with(|r| {
+        r.borrow_mut().get_or_insert(why);
+    });
+    e
 }
 
 /// Runs `f` with an empty outgoing-descriptor list, returning what it collected (and
@@ -100,10 +114,14 @@ pub(crate) fn decode<T: DeserializeOwned>(
 ) -> Result<T, CodecError> {
     let what = std::any::type_name::<T>();
     let outer = INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let outer_why = REFUSED.with(|r| r.borrow_mut().take());
     let result = postcard::take_from_bytes(bytes);
     INCOMING.with(|i| *i.borrow_mut() = outer);
-    let (value, rest) =
-        result.map_err(|e| CodecError::new(format!("cannot decode a `{what}`: {e}")))?;
+    let why = REFUSED.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer_why));
+    let (value, rest) = result.map_err(|e| {
+        let why = why.unwrap_or_else(|| e.to_string());
+        CodecError::new(format!("cannot decode a `{what}`: {why}"))
+    })?;
     if !rest.is_empty() {
         return Err(CodecError::new(format!(
             "cannot decode a `{what}`: {} bytes left over, so the sender's type differs",

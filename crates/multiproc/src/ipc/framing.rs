@@ -230,6 +230,12 @@ impl Conn {
         }
     }
 
+    /// A frame already received (read from the socket with an earlier one), if there
+    /// is one complete; never waits.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, RecvError> {
+        self.parse()
+    }
+
     /// Takes a complete frame out of what has been received, if there is one.
     fn parse(&mut self) -> Result<Option<Frame>, RecvError> {
         if self.pending.is_none() {

@@ -115,3 +115,139 @@ impl ChannelHeader {
 }
 
 const _: () = assert!(std::mem::size_of::<ChannelHeader>() <= ChannelHeader::RING_OFFSET);
+
+/// The head of a shared object's segment (a lock, an event, a value, ...): what it is,
+/// and for values and arrays, the layout of the element type, checked by every process
+/// that maps it. The object's own words follow at `WORDS_OFFSET`, its data (if any) at
+/// `data_offset`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct ObjectHeader {
+    /// [`ObjectHeader::MAGIC`] once the creator has initialised the object.
+    pub(crate) magic: AtomicU64,
+    pub(crate) kind: AtomicU32,
+    pub(crate) version: AtomicU32,
+    /// Size and alignment of the element type, and a hash of its name (0 if none).
+    pub(crate) elem_size: AtomicU64,
+    pub(crate) elem_align: AtomicU64,
+    pub(crate) type_hash: AtomicU64,
+    /// Elements in the data area.
+    pub(crate) len: AtomicU64,
+    pub(crate) data_offset: AtomicU64,
+    /// The element type's name, truncated, for error messages.
+    pub(crate) type_name: [AtomicU64; 8],
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for ObjectHeader {}
+
+impl ObjectHeader {
+    /// `MPOBJ001`.
+    pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPOBJ001");
+    pub(crate) const VERSION: u32 = 1;
+    /// Where the object's words start.
+    pub(crate) const WORDS_OFFSET: usize = 128;
+}
+
+const _: () = assert!(std::mem::size_of::<ObjectHeader>() <= ObjectHeader::WORDS_OFFSET);
+
+// SAFETY: an array of `SharedWords` is laid out as its elements, with no padding.
+unsafe impl<T: SharedWords, const N: usize> SharedWords for [T; N] {}
+
+/// A lock as `Lock`, `RLock`, `Value` and `Array` use it.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct MutexWords {
+    pub(crate) lock: LockWords,
+    /// Set when the lock was taken over from a dead owner by an operation that cannot
+    /// report it (`Value::load`): the next `lock()` reports it instead.
+    pub(crate) died: AtomicU32,
+    /// How many times the owner holds it (`RLock`).
+    pub(crate) count: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics and `SharedWords`.
+unsafe impl SharedWords for MutexWords {}
+
+/// A counting semaphore.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct SemaphoreWords {
+    /// Permits available; waiters sleep on it.
+    pub(crate) value: AtomicU32,
+    /// Threads asleep (or about to be) on `value`.
+    pub(crate) sleepers: AtomicU32,
+    /// Highest count `release` may reach.
+    pub(crate) bound: AtomicU32,
+    pub(crate) _reserved: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for SemaphoreWords {}
+
+/// An event flag.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct EventWords {
+    /// 1 when set; waiters sleep on it.
+    pub(crate) flag: AtomicU32,
+    pub(crate) sleepers: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for EventWords {}
+
+/// A condition variable (its lock is a separate object).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct ConditionWords {
+    /// Bumped by every notification; waiters sleep on it.
+    pub(crate) seq: AtomicU32,
+    pub(crate) waiters: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for ConditionWords {}
+
+/// A barrier's state, changed under `lock`; its slots follow at `SLOTS_OFFSET`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct BarrierWords {
+    pub(crate) lock: LockWords,
+    pub(crate) parties: AtomicU32,
+    /// Parties waiting in the current generation.
+    pub(crate) arrived: AtomicU32,
+    /// Bumped whenever a generation ends (passed or broken); waiters sleep on it.
+    pub(crate) generation: AtomicU32,
+    /// 1 while broken.
+    pub(crate) broken: AtomicU32,
+    pub(crate) sleepers: AtomicU32,
+    pub(crate) _reserved: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics and `SharedWords`.
+unsafe impl SharedWords for BarrierWords {}
+
+/// One party of a barrier: the thread that uses it, and how its current wait ended.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct BarrierSlot {
+    /// The party's thread identity; 0 while the slot is free.
+    pub(crate) identity: AtomicU64,
+    /// 1 while the party waits.
+    pub(crate) waiting: AtomicU32,
+    /// How its last wait ended: 0 pending, 1 passed, 2 broken.
+    pub(crate) outcome: AtomicU32,
+    /// Its place in the order of arrival of its generation.
+    pub(crate) index: AtomicU32,
+    pub(crate) _reserved: AtomicU32,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for BarrierSlot {}
+
+impl BarrierWords {
+    pub(crate) const SLOTS_OFFSET: usize = ObjectHeader::WORDS_OFFSET + 64;
+}
+
+const _: () = assert!(std::mem::size_of::<BarrierWords>() <= 64);

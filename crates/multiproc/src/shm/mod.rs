@@ -1,5 +1,9 @@
 //! Shared memory.
 
 pub(crate) mod layout;
+pub(crate) mod named;
+pub(crate) mod object;
 pub(crate) mod ring;
 pub(crate) mod segment;
+pub(crate) mod shared;
+pub(crate) mod value;

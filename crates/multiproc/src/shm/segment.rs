@@ -76,6 +76,11 @@ impl Segment {
         Self::map(fd, len)
     }
 
+    /// Maps a named segment (which cannot be sealed: see `shm::named`) of `len` bytes.
+    pub(crate) fn map_named(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        Self::map(fd, len)
+    }
+
     fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
         let ptr = sys::map_shared(fd.as_fd(), len, true)?;
         Ok(Segment { fd, ptr, len })

@@ -14,6 +14,7 @@
 //! `state`; a releaser stores 0 into `state` and then reads `sleepers`; all four
 //! accesses are sequentially consistent, so at least one sees the other.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,43 @@ impl LockWords {
     /// Whether the calling thread holds the lock.
     pub(crate) fn held_by_me(&self) -> bool {
         self.state.load(SeqCst) == sys::thread_identity()
+    }
+}
+
+/// Waits until `ready()` is true (it may take what it is waiting for, a permit say) or
+/// `deadline` passes, sleeping on the futex `word` while it holds `idle`, counted in
+/// `sleepers`. Whoever changes `word` away from `idle` must then wake the word if
+/// `sleepers` is non-zero. Spins briefly first. Returns the last `ready()`.
+pub(crate) fn wait_for(
+    word: &AtomicU32,
+    idle: u32,
+    sleepers: &AtomicU32,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    if ready() {
+        return true;
+    }
+    let spin_end = Instant::now() + SPIN;
+    if spin_until(deadline.map_or(spin_end, |d| d.min(spin_end)), &mut ready) {
+        return true;
+    }
+    loop {
+        let timeout = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return ready(),
+            },
+            None => None,
+        };
+        // Counted before the kernel compares the word: a waker that changes the word
+        // after that comparison sees the count and wakes us. All SeqCst.
+        sleepers.fetch_add(1, SeqCst);
+        sys::futex_wait(word, idle, timeout);
+        sleepers.fetch_sub(1, SeqCst);
+        if ready() {
+            return true;
+        }
     }
 }
 

@@ -252,6 +252,19 @@ pub(crate) fn map_shared(
 ///
 /// Nothing is ever mapped here; this does nothing.
 pub(crate) unsafe fn unmap(_: std::ptr::NonNull<u8>, _: usize) {}
+pub(crate) fn shm_create(_: &str, _: u64) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn shm_open(_: &str) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn shm_unlink(_: &str) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn file_id(_: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    Err(unsupported())
+}
+pub(crate) fn shm_unlink_if(_: &str, _: (u64, u64)) {}
 pub(crate) fn doorbell() -> io::Result<OwnedFd> {
     Err(unsupported())
 }

@@ -20,6 +20,21 @@ pub const HELPER_ENV: &str = "MULTIPROC_TEST_HELPER";
 /// binary if it runs for longer than `limit`: every wait in the tests has its own
 /// timeout, this is the net under them.
 pub fn main(tests: Vec<libtest_mimic::Trial>, helpers: fn(&str), limit: Duration) {
+    main_checked(tests, helpers, limit, || Box::new(|| Ok(())));
+}
+
+/// A check of the whole run, made after every test and child is done.
+pub type AfterCheck = Box<dyn FnOnce() -> Result<(), String>>;
+
+/// As [`main`], with a check of the whole run: `before` runs once before the tests (in
+/// the test process only) and returns the check to run after them all, once every
+/// child is gone.
+pub fn main_checked(
+    tests: Vec<libtest_mimic::Trial>,
+    helpers: fn(&str),
+    limit: Duration,
+    before: fn() -> AfterCheck,
+) {
     let _guard = multiproc::init_with(setup);
     if let Ok(mode) = std::env::var(HELPER_ENV) {
         helpers(&mode);
@@ -34,6 +49,7 @@ pub fn main(tests: Vec<libtest_mimic::Trial>, helpers: fn(&str), limit: Duration
         std::process::abort();
     });
     let args = libtest_mimic::Arguments::from_args();
+    let after = before();
     let conclusion = libtest_mimic::run(&args, tests);
     // A test that failed half-way may leave children running that would keep the exit's
     // join waiting forever: stop them and say so.
@@ -48,6 +64,10 @@ pub fn main(tests: Vec<libtest_mimic::Trial>, helpers: fn(&str), limit: Duration
     }
     if !sweep() && !args.list {
         eprintln!("processes were left behind (see above)");
+        std::process::exit(101);
+    }
+    if let Err(e) = after() {
+        eprintln!("{e}");
         std::process::exit(101);
     }
     conclusion.exit();
@@ -336,4 +356,42 @@ pub fn fork_server_of(parent: u32) -> Option<u32> {
         .into_iter()
         .find(|(_, state, comm)| comm == "mp-forkserver" && *state != 'Z')
         .map(|(p, ..)| p)
+}
+
+/// Mappings of this process (lines of `/proc/self/maps`).
+pub fn map_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// The names in `/dev/shm`.
+pub fn dev_shm() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `/dev/shm/<name>` exists.
+pub fn shm_exists(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -34,41 +34,7 @@ const SPIN: Duration = Duration::from_micros(30);
 /// bounds what such a sleeper oversleeps.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// How long an operation may wait.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Wait {
-    /// Not at all.
-    No,
-    /// Until then.
-    Until(Instant),
-    /// As long as it takes.
-    Forever,
-}
-
-impl Wait {
-    /// From an optional timeout.
-    pub(crate) fn timeout(t: Duration) -> Self {
-        Instant::now()
-            .checked_add(t)
-            .map_or(Wait::Forever, Wait::Until)
-    }
-
-    fn deadline(self) -> Option<Instant> {
-        match self {
-            Wait::No => Some(Instant::now()),
-            Wait::Until(d) => Some(d),
-            Wait::Forever => None,
-        }
-    }
-
-    fn passed(self) -> bool {
-        match self {
-            Wait::No => true,
-            Wait::Until(d) => Instant::now() >= d,
-            Wait::Forever => false,
-        }
-    }
-}
+pub(crate) use crate::wait::Wait;
 
 /// Why a send did not happen.
 #[derive(Debug)]
@@ -662,11 +628,10 @@ fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::
 }
 
 fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), D::Error> {
-    use serde::de::Error;
     let wire = WireHandle::deserialize(d)?;
     let mut fds = Vec::with_capacity(8);
     for index in wire.fds {
-        fds.push(codec::take_fd(index).map_err(D::Error::custom)?);
+        fds.push(codec::take_fd(index).map_err(codec::refuse)?);
     }
     let [
         seg,
@@ -679,22 +644,22 @@ fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), 
         token,
     ]: [OwnedFd; 8] = fds
         .try_into()
-        .map_err(|_| D::Error::custom("a channel handle needs 8 descriptors"))?;
+        .map_err(|_| codec::refuse::<D::Error>("a channel handle needs 8 descriptors"))?;
     let len = usize::try_from(wire.segment_len)
         .ok()
         .filter(|&l| {
             (ChannelHeader::RING_OFFSET + MIN_RING..=ChannelHeader::RING_OFFSET + MAX_RING)
                 .contains(&l)
         })
-        .ok_or_else(|| D::Error::custom("a channel segment of an impossible size"))?;
-    let seg = Segment::open(seg, len).map_err(D::Error::custom)?;
+        .ok_or_else(|| codec::refuse::<D::Error>("a channel segment of an impossible size"))?;
+    let seg = Segment::open(seg, len).map_err(codec::refuse)?;
     let h: &ChannelHeader = seg.at(0);
     let ring_len = h.ring_len.load(Acquire);
     if h.magic.load(Acquire) != ChannelHeader::MAGIC
         || ring_len as usize + ChannelHeader::RING_OFFSET != len
         || !ring_len.is_multiple_of(8)
     {
-        return Err(D::Error::custom("not a multiproc channel"));
+        return Err(codec::refuse::<D::Error>("not a multiproc channel"));
     }
     let max_items = h.max_items.load(Acquire).max(1);
     Ok((

@@ -76,6 +76,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
     let mut conn = Conn::new(control, wire::MAX_CONTROL);
     let mut kids: Vec<Kid> = Vec::new();
     let mut keep_spare = false;
+    let mut tracked: Vec<wire::Tracked> = Vec::new();
     loop {
         let missing_spare = keep_spare && !kids.iter().any(|k| k.spare.is_some());
         let ready = {
@@ -110,30 +111,53 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
             }
         }
         if ready[0].ready() {
-            match conn.recv(None) {
-                Ok(frame) if frame.tag == wire::FORK => {
-                    let reply =
-                        start_child(&info, &frame.body, frame.fds, death.as_ref(), &mut kids);
-                    let (reply, pidfd): (ForkReply, Option<OwnedFd>) = match reply {
-                        Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
-                        Err(e) => (Err(e), None),
-                    };
-                    let body = postcard::to_stdvec(&reply).unwrap_or_default();
-                    let fds: Vec<_> = pidfd.iter().map(AsFd::as_fd).collect();
-                    if conn.send(wire::FORKED, &[&body], &fds).is_err() {
-                        break;
+            // The first frame, then any that arrived with it: those are already read
+            // from the socket, which polling would not report again.
+            let mut next = conn.recv(None).map(Some);
+            while let Ok(Some(frame)) = next {
+                match frame.tag {
+                    wire::FORK => {
+                        let reply =
+                            start_child(&info, &frame.body, frame.fds, death.as_ref(), &mut kids);
+                        let (reply, pidfd): (ForkReply, Option<OwnedFd>) = match reply {
+                            Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
+                            Err(e) => (Err(e), None),
+                        };
+                        let body = postcard::to_stdvec(&reply).unwrap_or_default();
+                        let fds: Vec<_> = pidfd.iter().map(AsFd::as_fd).collect();
+                        if let Err(e) = conn.send(wire::FORKED, &[&body], &fds) {
+                            next = Err(e.into());
+                            break;
+                        }
+                        keep_spare = true;
                     }
-                    keep_spare = true;
+                    wire::TRACK => {
+                        if let Ok(t) = postcard::from_bytes::<wire::Tracked>(&frame.body) {
+                            tracked.push(t);
+                        }
+                    }
+                    wire::UNTRACK => {
+                        if let Ok(t) = postcard::from_bytes::<wire::Tracked>(&frame.body) {
+                            tracked.retain(|x| *x != t);
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(_) => {}
-                // The parent closed the connection (it exited or was killed), or broke
-                // the protocol: either way, stop.
-                Err(_) => break,
+                next = conn.buffered_frame();
+            }
+            // The parent closed the connection (it exited or was killed), or broke the
+            // protocol: either way, stop.
+            if next.is_err() {
+                break;
             }
         }
     }
     for kid in kids.iter().filter(|k| k.daemon || k.spare.is_some()) {
         let _ = process::send_signal(kid.pidfd.as_fd(), process::SIGKILL);
+    }
+    // The parent is gone: the named segments it created and did not unlink go too.
+    for t in &tracked {
+        super::mem::shm_unlink_if(&t.name, (t.dev, t.ino));
     }
     exit_now(0)
 }

@@ -1,7 +1,7 @@
 //! Shared memory and doorbells: memfd segments, mappings, eventfds.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use rustix::event::EventfdFlags;
@@ -133,4 +133,51 @@ pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         SocketFlags::CLOEXEC,
         None,
     )?)
+}
+
+/// Creates the named POSIX shared-memory segment `/dev/shm/<name>` of `len` bytes,
+/// readable and writable by this user only. Fails if it exists.
+pub(crate) fn shm_create(name: &str, len: u64) -> io::Result<OwnedFd> {
+    use rustix::shm;
+    let fd = shm::open(
+        name,
+        shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )?;
+    if let Err(e) = rustix::fs::ftruncate(&fd, len) {
+        let _ = shm::unlink(name);
+        return Err(e.into());
+    }
+    Ok(fd)
+}
+
+/// Opens the existing named segment `/dev/shm/<name>` for reading and writing.
+pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
+    use rustix::shm;
+    Ok(shm::open(
+        name,
+        shm::OFlags::RDWR,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// Removes the name of a segment (those that map it keep it).
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    Ok(rustix::shm::unlink(name)?)
+}
+
+/// The device and inode of the file behind `fd`: what tells two files of one name apart.
+pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Unlinks the segment `name` if it is still the file `id` (not one created since under
+/// the same name).
+pub(crate) fn shm_unlink_if(name: &str, id: (u64, u64)) {
+    if let Ok(fd) = rustix::shm::open(name, rustix::shm::OFlags::RDONLY, rustix::fs::Mode::empty())
+        && file_id(fd.as_fd()).is_ok_and(|found| found == id)
+    {
+        let _ = rustix::shm::unlink(name);
+    }
 }

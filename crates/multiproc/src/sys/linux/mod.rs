@@ -25,8 +25,8 @@ pub(crate) use launch::{
     setup_forked_child,
 };
 pub(crate) use mem::{
-    doorbell, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd, silence,
-    size_sealed, unmap,
+    doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
+    shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
 };
 pub(crate) use proc::{
     SIGKILL, SIGTERM, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open, send_signal,

@@ -18,9 +18,11 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
-/// Wakes up to `n` sleepers on `word` (in any process).
+/// Wakes up to `n` sleepers on `word` (in any process); `u32::MAX` wakes them all.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
-    let _ = futex::wake(word, futex::Flags::empty(), n);
+    // The kernel reads the count as an `int`: anything above `i32::MAX` would be
+    // negative there, and wake a single sleeper.
+    let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
 }
 
 /// Counts forks, so that identities cached before a fork are not reused after it.

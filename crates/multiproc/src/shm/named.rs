@@ -1,0 +1,172 @@
+//! Named segments: POSIX shared memory (`/dev/shm/<name>`), which outlives the processes
+//! that use it unless someone unlinks it.
+//!
+//! The creator unlinks the name when its handle is dropped, and registers it with its
+//! fork server, which unlinks it if the creator dies first (the server notices when its
+//! connection to the creator hangs up, however the creator ended). Only the creator's
+//! death unlinks: a process that merely opened a segment never removes it, and the
+//! server checks that the name still refers to the file it was told about, so it never
+//! removes a segment created later under the same name.
+//!
+//! A named file cannot be sealed: any process of the same user may truncate it, and
+//! touching a mapping past the new end faults (`SIGBUS`). Sizes are checked when a
+//! segment is opened; what happens afterwards is up to the processes sharing it, as for
+//! every user of POSIX shared memory.
+
+use std::fmt;
+use std::io;
+
+use super::segment::Segment;
+use crate::bootstrap::{self, wire::Tracked};
+use crate::error::ShmError;
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// Longest name: `NAME_MAX` less room for the `/dev/shm/` file's name rules.
+const MAX_NAME: usize = 255;
+
+/// A segment's name, and whether this process created it (and so unlinks it on drop).
+pub(crate) struct Name {
+    name: String,
+    /// `Some` in the creating process: the pid that created it (a forked copy of this
+    /// value in a child must not unlink) and the file's identity.
+    creator: Option<(u32, Tracked)>,
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Name")
+            .field("name", &self.name)
+            .field("creator", &self.creator.is_some())
+            .finish()
+    }
+}
+
+impl Name {
+    /// The name as the user gave it.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// A name learned from another process: never unlinked from here.
+    pub(crate) fn borrowed(name: String) -> Self {
+        Name {
+            name,
+            creator: None,
+        }
+    }
+
+    /// Whether this process created the segment.
+    pub(crate) fn is_creator(&self) -> bool {
+        self.creator
+            .as_ref()
+            .is_some_and(|(pid, _)| *pid == sys::getpid())
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        if let Some((pid, tracked)) = &self.creator
+            && *pid == sys::getpid()
+        {
+            sys::shm_unlink_if(&tracked.name, (tracked.dev, tracked.ino));
+            bootstrap::untrack(tracked);
+        }
+    }
+}
+
+/// Checks that `name` can name a segment: non-empty, at most 255 bytes, no `/` (one
+/// leading `/` is allowed and ignored, as `shm_open` does) and no NUL.
+pub(crate) fn validate(name: &str) -> Result<&str, ShmError> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    let why = if bare.is_empty() {
+        Some("empty")
+    } else if bare.len() > MAX_NAME {
+        Some("longer than 255 bytes")
+    } else if bare.contains('/') {
+        Some("contains '/'")
+    } else if bare.contains('\0') {
+        Some("contains a NUL byte")
+    } else if bare == "." || bare == ".." {
+        Some("not a file name")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(ShmError::InvalidName {
+            name: name.to_string(),
+            why,
+        }),
+        None => Ok(bare),
+    }
+}
+
+/// Creates the segment `name` of `len` bytes; this process becomes its creator.
+pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError> {
+    let bare = validate(name)?;
+    let fd = sys::shm_create(bare, len as u64).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => ShmError::AlreadyExists(bare.to_string()),
+        _ => ShmError::from(e),
+    })?;
+    let (dev, ino) = match sys::file_id(fd.as_fd()) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = sys::shm_unlink(bare);
+            return Err(e.into());
+        }
+    };
+    let tracked = Tracked {
+        name: bare.to_string(),
+        dev,
+        ino,
+    };
+    bootstrap::track(tracked.clone());
+    Ok((
+        fd,
+        Name {
+            name: bare.to_string(),
+            creator: Some((sys::getpid(), tracked)),
+        },
+    ))
+}
+
+/// Opens the existing segment `name`, returning it and its size.
+pub(crate) fn open(name: &str) -> Result<(OwnedFd, usize, Name), ShmError> {
+    let bare = validate(name)?;
+    let fd = sys::shm_open(bare).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ShmError::NotFound(bare.to_string()),
+        _ => ShmError::from(e),
+    })?;
+    let len = size_of(fd.as_fd(), bare)?;
+    Ok((fd, len, Name::borrowed(bare.to_string())))
+}
+
+/// The size of a segment, as a mappable length.
+pub(crate) fn size_of(fd: BorrowedFd<'_>, what: &str) -> Result<usize, ShmError> {
+    let len = sys::file_len(fd)?;
+    usize::try_from(len).map_err(|_| ShmError::Mismatch {
+        what: what.to_string(),
+        why: format!("{len} bytes do not fit in the address space"),
+    })
+}
+
+/// Maps a segment received from another process: an anonymous one must be sealed (its
+/// size is final); a named one (whose size cannot be sealed) must be `size` bytes now.
+pub(crate) fn map_received(
+    fd: OwnedFd,
+    size: usize,
+    name: Option<&str>,
+) -> Result<Segment, ShmError> {
+    match name {
+        None => Ok(Segment::open(fd, size)?),
+        Some(name) => {
+            let actual = size_of(fd.as_fd(), name)?;
+            if actual != size {
+                return Err(ShmError::Mismatch {
+                    what: format!("segment {name:?}"),
+                    why: format!("{actual} bytes, not {size}"),
+                });
+            }
+            Ok(Segment::map_named(fd, size)?)
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! `Value`, `Array` and the `ShmSafe` marker: typed data in shared memory behind a
+//! robust lock. The only place that turns shared memory into `&T`/`&mut T`/`&mut [T]`.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::layout::MutexWords;
+use super::object::{Elem, Kind, Object, Shape};
+use crate::error::{LockResult, OutOfBounds, ShmError, TryLockResult};
+use crate::ipc::codec;
+use crate::sync::mutex::{self, Held};
+use crate::wait::Wait;
+
+/// Plain old data that may live in shared memory: [`Value`] and [`Array`] hold these.
+///
+/// Every type that implements [`bytemuck::Pod`] is `ShmSafe` (integers, floats, arrays
+/// of them, and `#[repr(C)]` structs that derive `Pod`), so the usual way to share a
+/// struct is:
+///
+/// ```
+/// # use multiproc::bytemuck;
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+///     z: f64,
+/// }
+/// # fn main() -> Result<(), multiproc::ShmError> {
+/// let p = multiproc::Value::new(Point { x: 1.0, y: 2.0, z: 3.0 })?;
+/// p.lock().unwrap().z += 1.0;
+/// assert_eq!(p.load().z, 4.0);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Safety
+///
+/// Implement it only for types that are valid for every bit pattern (a process that
+/// dies in the middle of a write leaves any bytes behind, and another process may write
+/// any bytes), have no padding (their bytes are copied as they are), contain no
+/// pointers or references (addresses mean nothing in another process) and need no
+/// `Drop`. `bytemuck::Pod` states the same requirements.
+pub unsafe trait ShmSafe: Copy + Send + Sync + 'static {}
+
+// SAFETY: `Pod` types are `Copy`, valid for every bit pattern, and free of pointers and
+// padding, which is what `ShmSafe` asks.
+unsafe impl<T: bytemuck::Pod + Send + Sync> ShmSafe for T {}
+
+/// A `T` in shared memory with a robust lock of its own: Python's `multiprocessing.Value`.
+///
+/// [`lock`](Value::lock) gives a guard that derefs to the `T`; [`load`](Value::load) and
+/// [`store`](Value::store) copy it in and out under the lock. If a process dies holding
+/// the lock, the next `lock` returns [`OwnerDied`](crate::OwnerDied) with the guard: the
+/// value may be half-written (`T` is plain data, so any bytes are still a valid `T`).
+///
+/// A handle is cheap to clone and can be passed to [`spawn`](crate::spawn) or sent
+/// through a pipe or queue. The receiving process checks that the value really holds a
+/// `T` (size, alignment and type name).
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::Value;
+///
+/// fn add(counter: Value<i64>) {
+///     for _ in 0..1000 {
+///         *counter.lock().unwrap() += 1;
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let _guard = multiproc::init();
+/// let counter = Value::new(0i64)?;
+/// let children: Vec<_> = (0..4)
+///     .map(|_| multiproc::spawn(add, counter.clone()))
+///     .collect::<Result<_, _>>()?;
+/// for child in children {
+///     child.join()?;
+/// }
+/// assert_eq!(counter.load(), 4000);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Value<T: ShmSafe> {
+    obj: Arc<Object>,
+    _type: PhantomData<T>,
+}
+
+impl<T: ShmSafe> Clone for Value<T> {
+    fn clone(&self) -> Self {
+        Value {
+            obj: self.obj.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> Value<T> {
+    /// A new value in anonymous shared memory.
+    ///
+    /// # Errors
+    ///
+    /// If the shared memory cannot be created.
+    pub fn new(value: T) -> Result<Value<T>, ShmError> {
+        Value::adopt(Object::new(shape::<T>(Kind::Value, 1), |o| {
+            write_slice(o, 0, std::slice::from_ref(&value));
+        })?)
+    }
+
+    /// A new value in the named segment `name` (`/dev/shm/<name>`), which must not
+    /// exist. This process is its creator: the name is removed when the last handle
+    /// here is dropped, or when this process dies.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::AlreadyExists`], [`ShmError::InvalidName`], or if the segment cannot
+    /// be created.
+    pub fn create_named(name: &str, value: T) -> Result<Value<T>, ShmError> {
+        Value::adopt(Object::create_named(
+            name,
+            shape::<T>(Kind::Value, 1),
+            |o| {
+                write_slice(o, 0, std::slice::from_ref(&value));
+            },
+        )?)
+    }
+
+    /// Opens the value in the named segment `name`, created by
+    /// [`create_named`](Self::create_named) in any process.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::NotFound`]; [`ShmError::Mismatch`] if the segment is not a `Value`
+    /// of a `T`, or not of the size its header describes.
+    pub fn open_named(name: &str) -> Result<Value<T>, ShmError> {
+        Value::adopt(Object::open_named(name, Kind::Value, Elem::of::<T>())?)
+    }
+
+    fn adopt(obj: Object) -> Result<Value<T>, ShmError> {
+        Ok(Value {
+            obj: Arc::new(obj),
+            _type: PhantomData,
+        })
+    }
+
+    fn words(&self) -> &MutexWords {
+        self.obj.words()
+    }
+
+    /// Takes the value's lock, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`OwnerDied`](crate::OwnerDied) (holding the guard) if the previous owner died
+    /// holding the lock.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock already.
+    pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
+        mutex::lock(self.words(), false, |held| ValueGuard::new(&self.obj, held))
+    }
+
+    /// Takes the value's lock if it is free.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` if another thread holds it; `OwnerDied` as for
+    /// [`lock`](Self::lock).
+    pub fn try_lock(&self) -> TryLockResult<ValueGuard<'_, T>> {
+        mutex::try_lock(self.words(), false, Wait::No, |held| {
+            ValueGuard::new(&self.obj, held)
+        })
+    }
+
+    /// Takes the value's lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` if it was still held when the timeout passed; `OwnerDied` as for
+    /// [`lock`](Self::lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<ValueGuard<'_, T>> {
+        mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
+            ValueGuard::new(&self.obj, held)
+        })
+    }
+
+    /// A copy of the value, read under the lock. If the previous owner died holding the
+    /// lock, the copy is of whatever it left, and the next [`lock`](Self::lock) still
+    /// reports `OwnerDied`.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
+    pub fn load(&self) -> T {
+        let _held = mutex::take_quietly(self.words());
+        let mut out = [zeroed::<T>()];
+        read_slice(&self.obj, 0, &mut out);
+        out[0]
+    }
+
+    /// Replaces the value under the lock.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
+    pub fn store(&self, value: T) {
+        let _held = mutex::take_quietly(self.words());
+        write_slice(&self.obj, 0, std::slice::from_ref(&value));
+    }
+
+    /// The segment's name, for a named value.
+    pub fn name(&self) -> Option<&str> {
+        self.obj.name()
+    }
+}
+
+impl<T: ShmSafe + fmt::Debug> fmt::Debug for Value<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Value");
+        match self.try_lock() {
+            Ok(g) => d.field("value", &*g),
+            Err(_) => d.field("value", &format_args!("<locked>")),
+        };
+        d.finish()
+    }
+}
+
+impl<T: ShmSafe> Serialize for Value<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.obj.serialize(s)
+    }
+}
+
+impl<'de, T: ShmSafe> Deserialize<'de> for Value<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let obj = Object::deserialize(d, Kind::Value, Elem::of::<T>())?;
+        if obj.len() != 1 {
+            return Err(codec::refuse::<D::Error>(
+                "a Value segment holding an array",
+            ));
+        }
+        Ok(Value {
+            obj: Arc::new(obj),
+            _type: PhantomData,
+        })
+    }
+}
+
+/// The lock of a [`Value`], held: derefs to the value. Dropping it releases the lock.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ValueGuard<'a, T: ShmSafe> {
+    ptr: NonNull<T>,
+    _held: Held<'a>,
+    _data: PhantomData<&'a mut T>,
+}
+
+impl<'a, T: ShmSafe> ValueGuard<'a, T> {
+    fn new(obj: &'a Object, held: Held<'a>) -> Self {
+        ValueGuard {
+            ptr: data_ptr::<T>(obj),
+            _held: held,
+            _data: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> Deref for ValueGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: `ptr` points at the value, in bounds and aligned (`data_ptr`), in a
+        // mapping that lives as long as the `Value` this guard borrows. The guard holds
+        // the value's lock, and every access to the value in every process goes through
+        // that lock, so nothing writes it while this reference lives. Any bytes are a
+        // valid `T` (`ShmSafe`).
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: ShmSafe> DerefMut for ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; the lock gives this guard exclusive access, and the
+        // `&mut self` borrow makes this the only reference made through it.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl<T: ShmSafe + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A fixed-length array of `T` in shared memory with a robust lock: Python's
+/// `multiprocessing.Array`.
+///
+/// [`lock`](Array::lock) gives a guard that derefs to `[T]`; [`get`](Array::get),
+/// [`set`](Array::set), [`read`](Array::read) and [`write`](Array::write) copy elements
+/// under the lock, with bounds checks. Otherwise as [`Value`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::Array;
+///
+/// fn square_all(a: Array<f64>) {
+///     for x in a.lock().unwrap().iter_mut() {
+///         *x *= *x;
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let _guard = multiproc::init();
+/// let a = Array::from_slice(&[1.0, 2.0, 3.0])?;
+/// multiproc::spawn(square_all, a.clone())?.join()?;
+/// assert_eq!(a.to_vec(), [1.0, 4.0, 9.0]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Array<T: ShmSafe> {
+    obj: Arc<Object>,
+    _type: PhantomData<T>,
+}
+
+impl<T: ShmSafe> Clone for Array<T> {
+    fn clone(&self) -> Self {
+        Array {
+            obj: self.obj.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> Array<T> {
+    /// An array of `len` zeroed elements (all-zero bytes: `0`, `0.0`, ...).
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::InvalidArgument`] if it would not fit in memory; or if the shared
+    /// memory cannot be created.
+    pub fn new(len: usize) -> Result<Array<T>, ShmError> {
+        Array::adopt(Object::new(shape::<T>(Kind::Array, len), |_| {})?)
+    }
+
+    /// An array holding a copy of `items`.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn from_slice(items: &[T]) -> Result<Array<T>, ShmError> {
+        Array::adopt(Object::new(shape::<T>(Kind::Array, items.len()), |o| {
+            write_slice(o, 0, items);
+        })?)
+    }
+
+    /// A new zeroed array in the named segment `name`; see [`Value::create_named`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Value::create_named`].
+    pub fn create_named(name: &str, len: usize) -> Result<Array<T>, ShmError> {
+        Array::adopt(Object::create_named(
+            name,
+            shape::<T>(Kind::Array, len),
+            |_| {},
+        )?)
+    }
+
+    /// Opens the array in the named segment `name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Value::open_named`].
+    pub fn open_named(name: &str) -> Result<Array<T>, ShmError> {
+        Array::adopt(Object::open_named(name, Kind::Array, Elem::of::<T>())?)
+    }
+
+    fn adopt(obj: Object) -> Result<Array<T>, ShmError> {
+        Ok(Array {
+            obj: Arc::new(obj),
+            _type: PhantomData,
+        })
+    }
+
+    fn words(&self) -> &MutexWords {
+        self.obj.words()
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.obj.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the array's lock, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`OwnerDied`](crate::OwnerDied) (holding the guard) if the previous owner died
+    /// holding the lock.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock already.
+    pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
+        mutex::lock(self.words(), false, |held| ArrayGuard::new(&self.obj, held))
+    }
+
+    /// Takes the array's lock if it is free.
+    ///
+    /// # Errors
+    ///
+    /// As [`Value::try_lock`].
+    pub fn try_lock(&self) -> TryLockResult<ArrayGuard<'_, T>> {
+        mutex::try_lock(self.words(), false, Wait::No, |held| {
+            ArrayGuard::new(&self.obj, held)
+        })
+    }
+
+    /// Takes the array's lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Value::lock_timeout`].
+    pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<ArrayGuard<'_, T>> {
+        mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
+            ArrayGuard::new(&self.obj, held)
+        })
+    }
+
+    /// A copy of element `index`, read under the lock; `None` out of range.
+    pub fn get(&self, index: usize) -> Option<T> {
+        let mut out = [zeroed::<T>()];
+        self.read(index, &mut out).ok()?;
+        Some(out[0])
+    }
+
+    /// Replaces element `index` under the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if `index` is not below [`len`](Self::len).
+    pub fn set(&self, index: usize, value: T) -> Result<(), OutOfBounds> {
+        self.write(index, std::slice::from_ref(&value))
+    }
+
+    /// Copies `out.len()` elements starting at `start` into `out`, under the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if the range does not fit; `out` is untouched then.
+    pub fn read(&self, start: usize, out: &mut [T]) -> Result<(), OutOfBounds> {
+        self.check(start, out.len())?;
+        let _held = mutex::take_quietly(self.words());
+        read_slice(&self.obj, start, out);
+        Ok(())
+    }
+
+    /// Copies `items` into the array starting at `start`, under the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if the range does not fit; nothing is written then.
+    pub fn write(&self, start: usize, items: &[T]) -> Result<(), OutOfBounds> {
+        self.check(start, items.len())?;
+        let _held = mutex::take_quietly(self.words());
+        write_slice(&self.obj, start, items);
+        Ok(())
+    }
+
+    /// A copy of the whole array, read under the lock.
+    pub fn to_vec(&self) -> Vec<T> {
+        let _held = mutex::take_quietly(self.words());
+        let mut out = vec![zeroed::<T>(); self.len()];
+        read_slice(&self.obj, 0, &mut out);
+        out
+    }
+
+    /// The segment's name, for a named array.
+    pub fn name(&self) -> Option<&str> {
+        self.obj.name()
+    }
+
+    fn check(&self, start: usize, count: usize) -> Result<(), OutOfBounds> {
+        OutOfBounds::check(start, count, self.len())
+    }
+}
+
+impl<T: ShmSafe> fmt::Debug for Array<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Array")
+            .field("len", &self.len())
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T: ShmSafe> Serialize for Array<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.obj.serialize(s)
+    }
+}
+
+impl<'de, T: ShmSafe> Deserialize<'de> for Array<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let obj = Object::deserialize(d, Kind::Array, Elem::of::<T>())?;
+        Ok(Array {
+            obj: Arc::new(obj),
+            _type: PhantomData,
+        })
+    }
+}
+
+/// The lock of an [`Array`], held: derefs to `[T]`. Dropping it releases the lock.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArrayGuard<'a, T: ShmSafe> {
+    ptr: NonNull<T>,
+    len: usize,
+    _held: Held<'a>,
+    _data: PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: ShmSafe> ArrayGuard<'a, T> {
+    fn new(obj: &'a Object, held: Held<'a>) -> Self {
+        ArrayGuard {
+            ptr: data_ptr::<T>(obj),
+            len: obj.len(),
+            _held: held,
+            _data: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> Deref for ArrayGuard<'_, T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` and `len` describe the array's data, in bounds and aligned
+        // (`data_ptr`), in a mapping that outlives this guard's borrow of the `Array`.
+        // The guard holds the array's lock, which every access takes, so nothing writes
+        // it meanwhile; any bytes are valid `T`s (`ShmSafe`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: ShmSafe> DerefMut for ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, with exclusive access from the lock and `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: ShmSafe> fmt::Debug for ArrayGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArrayGuard")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+fn shape<T>(kind: Kind, len: usize) -> Shape {
+    Shape {
+        kind,
+        words: std::mem::size_of::<MutexWords>(),
+        elem: Elem::of::<T>(),
+        len,
+    }
+}
+
+/// A pointer to the object's data as `T`s: checked to be in the segment and aligned.
+fn data_ptr<T>(obj: &Object) -> NonNull<T> {
+    let (seg, offset) = obj.data();
+    let bytes = std::mem::size_of::<T>().saturating_mul(obj.len());
+    seg.check_range(offset, bytes);
+    let ptr = seg.ptr(offset).cast::<T>();
+    assert!(ptr.is_aligned(), "misaligned shared data");
+    NonNull::new(ptr).unwrap_or(NonNull::dangling())
+}
+
+/// Copies `items` into the data at element `start` (the caller holds the lock, or the
+/// object is not shared yet).
+fn write_slice<T: ShmSafe>(obj: &Object, start: usize, items: &[T]) {
+    let (seg, offset) = obj.data();
+    let size = std::mem::size_of::<T>();
+    seg.write(offset + start * size, as_bytes(items));
+}
+
+/// Copies from the data at element `start` into `out` (the caller holds the lock).
+fn read_slice<T: ShmSafe>(obj: &Object, start: usize, out: &mut [T]) {
+    let (seg, offset) = obj.data();
+    let size = std::mem::size_of::<T>();
+    let len = std::mem::size_of_val(out);
+    // SAFETY: `out` is `len` bytes of initialised `T`s, writable through the `&mut`;
+    // every bit pattern is a valid `T` (`ShmSafe`), so overwriting them with bytes read
+    // from shared memory leaves valid values.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), len) };
+    seg.read(offset + start * size, bytes);
+}
+
+fn as_bytes<T: ShmSafe>(items: &[T]) -> &[u8] {
+    // SAFETY: `ShmSafe` types have no padding (no uninitialised bytes) and the slice is
+    // `size_of_val` bytes long; the result borrows `items`.
+    unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), std::mem::size_of_val(items)) }
+}
+
+/// An all-zero `T`, as a buffer to read into.
+fn zeroed<T: ShmSafe>() -> T {
+    // SAFETY: every bit pattern, all-zero included, is a valid `T` (`ShmSafe`).
+    unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends a handle through the codec as it travels between processes (the
+    /// descriptors are duplicated, then mapped again by the receiving side).
+    fn resend<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
+        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
+        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_handle_decodes_as_the_same_object() {
+        let v = Value::new(7u64).unwrap();
+        let w: Value<u64> = resend(&v).unwrap();
+        w.store(8);
+        assert_eq!(v.load(), 8);
+        let a = Array::from_slice(&[1u16, 2, 3]).unwrap();
+        let b: Array<u16> = resend(&a).unwrap();
+        assert_eq!(b.to_vec(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_handle_decoded_as_another_type_is_an_error() {
+        let v = Value::new(7u64).unwrap();
+        let e = resend::<_, Value<u32>>(&v).unwrap_err();
+        assert!(e.contains("not `u32`"), "{e}");
+        // Same size and alignment, another type.
+        let e = resend::<_, Value<i64>>(&v).unwrap_err();
+        assert!(e.contains("not `i64`"), "{e}");
+        let e = resend::<_, Array<u64>>(&v).unwrap_err();
+        assert!(e.contains("expected Array"), "{e}");
+        let e = resend::<_, crate::Lock>(&v).unwrap_err();
+        assert!(e.contains("expected Lock"), "{e}");
+        let lock = crate::Lock::new().unwrap();
+        let e = resend::<_, crate::Event>(&lock).unwrap_err();
+        assert!(e.contains("expected Event"), "{e}");
+    }
+
+    #[test]
+    fn handles_cannot_be_encoded_by_other_formats() {
+        let v = Value::new(1u8).unwrap();
+        assert!(postcard::to_stdvec(&v).is_err());
+    }
+}

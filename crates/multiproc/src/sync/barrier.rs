@@ -1,0 +1,378 @@
+//! `Barrier`.
+//!
+//! The state lives in shared memory under a raw robust lock: how many parties wait in
+//! the current generation, and one slot per party. A thread claims a slot (by its
+//! thread identity) the first time it waits, and keeps it; its slot records whether it
+//! is waiting and how its wait ended, so a waiter learns its outcome from its own slot
+//! rather than from counters that later generations may have moved on.
+//!
+//! A party that dies is noticed by the waiters, which look at the other slots now and
+//! then: a claimed slot whose thread is dead and that is not waiting belongs to a party
+//! that will never arrive, so the barrier breaks. A thread that has never waited has no
+//! slot yet, so a party that dies before its first wait cannot be told from one that is
+//! slow; `wait_timeout` covers that case.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use super::lock::object_handle;
+use super::raw::{Acquired, spin_until};
+use crate::error::{BarrierError, ShmError};
+use crate::shm::layout::{BarrierSlot, BarrierWords, ObjectHeader};
+use crate::shm::object::{Kind, Object, Shape};
+use crate::sys;
+
+/// How long a waiter spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(20);
+/// When a waiter first checks that the other parties live; then twice as long each
+/// time, up to `MAX_CHECK`.
+const FIRST_CHECK: Duration = Duration::from_millis(5);
+const MAX_CHECK: Duration = Duration::from_millis(100);
+
+const PENDING: u32 = 0;
+const PASSED: u32 = 1;
+const BROKEN: u32 = 2;
+
+/// A barrier for a fixed number of parties (threads, in any processes): each
+/// [`wait`](Barrier::wait) blocks until all parties have called it, then all go on
+/// together. Python's `Barrier`, with the same broken state.
+///
+/// A barrier breaks when it is [`abort`](Barrier::abort)ed, when a wait times out, or
+/// when a party dies (see below); every current and later wait then fails with
+/// [`BarrierError::Broken`] until [`reset`](Barrier::reset). A party is known to the
+/// barrier once it has waited on it; if a known party dies before arriving, the others
+/// get `Broken` instead of waiting forever. A party that dies before its first wait
+/// cannot be told from a slow one: use [`wait_timeout`](Barrier::wait_timeout) where
+/// that matters.
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::Barrier;
+///
+/// fn party(barrier: Barrier) -> bool {
+///     barrier.wait().unwrap().is_leader()
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let _guard = multiproc::init();
+/// let barrier = Barrier::new(3)?;
+/// let a = multiproc::spawn(party, barrier.clone())?;
+/// let b = multiproc::spawn(party, barrier.clone())?;
+/// let me = barrier.wait()?.is_leader();
+/// let leaders = [me, a.join()?, b.join()?].iter().filter(|&&l| l).count();
+/// assert_eq!(leaders, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Barrier {
+    obj: Arc<Object>,
+}
+
+object_handle!(Barrier, Kind::Barrier);
+
+/// How a [`Barrier::wait`] ended when the barrier was passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BarrierWaitResult {
+    index: usize,
+    parties: usize,
+}
+
+impl BarrierWaitResult {
+    /// The order of arrival, from 0 to `parties - 1` (Python's return value).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Whether this party arrived last and released the others: exactly one party of
+    /// each generation is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.index + 1 == self.parties
+    }
+}
+
+impl Barrier {
+    /// The most parties a barrier can have.
+    pub const MAX_PARTIES: usize = 1 << 16;
+
+    /// A barrier for `parties` parties.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::InvalidArgument`] for zero parties or more than
+    /// [`MAX_PARTIES`](Self::MAX_PARTIES); or if the shared memory cannot be created.
+    pub fn new(parties: usize) -> Result<Barrier, ShmError> {
+        if parties == 0 || parties > Barrier::MAX_PARTIES {
+            return Err(ShmError::InvalidArgument(format!(
+                "a barrier needs 1 to {} parties, not {parties}",
+                Barrier::MAX_PARTIES
+            )));
+        }
+        let words = BarrierWords::SLOTS_OFFSET - ObjectHeader::WORDS_OFFSET
+            + parties * std::mem::size_of::<BarrierSlot>();
+        let obj = Object::new(Shape::plain(Kind::Barrier, words), |o| {
+            o.words::<BarrierWords>()
+                .parties
+                .store(parties as u32, SeqCst);
+        })?;
+        Ok(Barrier { obj: Arc::new(obj) })
+    }
+
+    fn words(&self) -> &BarrierWords {
+        self.obj.words()
+    }
+
+    /// How many slots the segment really has room for (a received handle's parties
+    /// count is not trusted beyond that).
+    fn slots(&self) -> impl Iterator<Item = &BarrierSlot> {
+        let room = (self.obj.words_len() + ObjectHeader::WORDS_OFFSET)
+            .saturating_sub(BarrierWords::SLOTS_OFFSET)
+            / std::mem::size_of::<BarrierSlot>();
+        let n = self.parties().min(room);
+        (0..n).map(move |i| {
+            self.obj.at::<BarrierSlot>(
+                BarrierWords::SLOTS_OFFSET + i * std::mem::size_of::<BarrierSlot>(),
+            )
+        })
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> usize {
+        self.words().parties.load(SeqCst) as usize
+    }
+
+    /// How many parties are waiting now.
+    pub fn n_waiting(&self) -> usize {
+        self.words().arrived.load(SeqCst) as usize
+    }
+
+    /// Whether the barrier is broken.
+    pub fn is_broken(&self) -> bool {
+        self.words().broken.load(SeqCst) != 0
+    }
+
+    /// Waits until every party has called `wait`.
+    ///
+    /// # Errors
+    ///
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken while waiting;
+    /// [`BarrierError::TooManyParties`] if more live threads than the barrier's parties
+    /// use it.
+    pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
+        self.wait_until(None)
+    }
+
+    /// As [`wait`](Self::wait), for at most `timeout`; if it passes, the barrier breaks
+    /// (as in Python) and this wait fails with [`BarrierError::Timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait), and `Timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<BarrierWaitResult, BarrierError> {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Breaks the barrier: current and later waits fail with `Broken` until
+    /// [`reset`](Self::reset).
+    pub fn abort(&self) {
+        let _state = self.lock_state();
+        self.break_locked();
+    }
+
+    /// Returns the barrier to its initial state: waits in progress fail with `Broken`,
+    /// later ones work. Parties that died are forgotten.
+    pub fn reset(&self) {
+        let _state = self.lock_state();
+        let w = self.words();
+        if w.arrived.load(SeqCst) > 0 {
+            self.break_locked();
+        }
+        for slot in self.slots() {
+            if slot.waiting.load(SeqCst) == 0 {
+                slot.identity.store(0, SeqCst);
+            }
+        }
+        w.broken.store(0, SeqCst);
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<BarrierWaitResult, BarrierError> {
+        let w = self.words();
+        let parties = self.parties();
+        let me = sys::thread_identity();
+        let state = self.lock_state();
+        if w.broken.load(SeqCst) != 0 {
+            return Err(BarrierError::Broken);
+        }
+        let Some(slot) = self.claim(me) else {
+            return Err(BarrierError::TooManyParties);
+        };
+        let index = w.arrived.fetch_add(1, SeqCst);
+        if index as usize + 1 >= parties {
+            // The last to arrive: release everyone.
+            self.end_generation(PASSED);
+            drop(state);
+            return Ok(BarrierWaitResult {
+                index: index as usize,
+                parties,
+            });
+        }
+        slot.outcome.store(PENDING, SeqCst);
+        slot.index.store(index, SeqCst);
+        slot.waiting.store(1, SeqCst);
+        let generation = w.generation.load(SeqCst);
+        drop(state);
+
+        let moved = || w.generation.load(SeqCst) != generation;
+        let spin_end = Instant::now() + SPIN;
+        spin_until(deadline.map_or(spin_end, |d| d.min(spin_end)), moved);
+        let mut check_every = FIRST_CHECK;
+        let mut next_check = Instant::now() + check_every;
+        loop {
+            if moved() {
+                let _state = self.lock_state();
+                if let Some(result) = self.outcome(slot, me, parties) {
+                    return result;
+                }
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                let _state = self.lock_state();
+                if let Some(result) = self.outcome(slot, me, parties) {
+                    return result;
+                }
+                self.break_locked();
+                return Err(BarrierError::Timeout);
+            }
+            if now >= next_check {
+                let _state = self.lock_state();
+                if let Some(result) = self.outcome(slot, me, parties) {
+                    return result;
+                }
+                if self.a_party_died() {
+                    self.break_locked();
+                    return Err(BarrierError::Broken);
+                }
+                check_every = (check_every * 2).min(MAX_CHECK);
+                next_check = now + check_every;
+            }
+            let wake_at = deadline.map_or(next_check, |d| d.min(next_check));
+            w.sleepers.fetch_add(1, SeqCst);
+            sys::futex_wait(
+                &w.generation,
+                generation,
+                Some(wake_at.saturating_duration_since(now)),
+            );
+            w.sleepers.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// The slot of the thread `me`: the one it claimed before, else a free one, else
+    /// one whose thread died while not waiting (a party replaced by another thread).
+    fn claim(&self, me: u64) -> Option<&BarrierSlot> {
+        let mut free = None;
+        for slot in self.slots() {
+            let owner = slot.identity.load(SeqCst);
+            if owner == me {
+                return Some(slot);
+            }
+            if free.is_none()
+                && (owner == 0 || (slot.waiting.load(SeqCst) == 0 && !sys::identity_alive(owner)))
+            {
+                free = Some(slot);
+            }
+        }
+        let slot = free?;
+        slot.identity.store(me, SeqCst);
+        slot.waiting.store(0, SeqCst);
+        Some(slot)
+    }
+
+    /// How this thread's wait ended, if it has (under the state lock).
+    fn outcome(
+        &self,
+        slot: &BarrierSlot,
+        me: u64,
+        parties: usize,
+    ) -> Option<Result<BarrierWaitResult, BarrierError>> {
+        if slot.identity.load(SeqCst) != me {
+            // A reset freed the slot after breaking this wait.
+            return Some(Err(BarrierError::Broken));
+        }
+        match slot.outcome.load(SeqCst) {
+            PASSED => Some(Ok(BarrierWaitResult {
+                index: slot.index.load(SeqCst) as usize,
+                parties,
+            })),
+            BROKEN => Some(Err(BarrierError::Broken)),
+            _ => None,
+        }
+    }
+
+    /// Whether a known party that is not waiting has died (under the state lock).
+    fn a_party_died(&self) -> bool {
+        self.slots().any(|slot| {
+            let owner = slot.identity.load(SeqCst);
+            owner != 0 && slot.waiting.load(SeqCst) == 0 && !sys::identity_alive(owner)
+        })
+    }
+
+    /// Breaks the barrier and ends the waits in progress (under the state lock).
+    fn break_locked(&self) {
+        self.words().broken.store(1, SeqCst);
+        self.end_generation(BROKEN);
+    }
+
+    /// Ends the current generation: every waiting party gets `outcome` and is woken.
+    fn end_generation(&self, outcome: u32) {
+        let w = self.words();
+        for slot in self.slots() {
+            if slot.waiting.load(SeqCst) != 0 {
+                slot.outcome.store(outcome, SeqCst);
+                slot.waiting.store(0, SeqCst);
+            }
+        }
+        w.arrived.store(0, SeqCst);
+        w.generation.fetch_add(1, SeqCst);
+        if w.sleepers.load(SeqCst) > 0 {
+            sys::futex_wake(&w.generation, u32::MAX);
+        }
+    }
+
+    /// Takes the lock on the barrier's state. If its holder died in the middle of an
+    /// update, the state cannot be trusted: the barrier breaks.
+    fn lock_state(&self) -> StateGuard<'_> {
+        let w = self.words();
+        let got = loop {
+            if let Some(got) = w.lock.lock(None) {
+                break got;
+            }
+        };
+        let guard = StateGuard(self);
+        if got == Acquired::OwnerDied {
+            self.break_locked();
+        }
+        guard
+    }
+}
+
+/// The barrier's state lock, held; released when dropped.
+struct StateGuard<'a>(&'a Barrier);
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.words().lock.unlock();
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.is_broken())
+            .finish()
+    }
+}

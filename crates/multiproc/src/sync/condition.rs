@@ -1,0 +1,293 @@
+//! `Condition`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::lock::{Lock, LockGuard};
+use super::raw::Acquired;
+use crate::error::{LockResult, OwnerDied, ShmError, TryLockResult};
+use crate::shm::layout::ConditionWords;
+use crate::shm::object::{Elem, Kind, Object, Shape};
+use crate::sys;
+use crate::wait::Wait;
+
+/// A condition variable over a [`Lock`], shared by processes and threads: Python's
+/// `Condition`.
+///
+/// Take the lock with [`lock`](Condition::lock), check the state it protects, and
+/// [`wait`](Condition::wait) (which releases the lock while asleep and takes it again
+/// before returning) until another thread changes the state and calls
+/// [`notify`](Condition::notify) or [`notify_all`](Condition::notify_all). A wait may
+/// also end without a notification, so check the state in a loop, or use
+/// [`wait_while`](Condition::wait_while).
+///
+/// If a process dies holding the lock, the next waiter to take it back gets
+/// [`OwnerDied`] with its guard, as with [`Lock::lock`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::{Condition, Value};
+///
+/// fn producer((cond, items): (Condition, Value<u32>)) {
+///     for _ in 0..10 {
+///         let _held = cond.lock().unwrap();
+///         items.store(items.load() + 1);
+///         cond.notify();
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let _guard = multiproc::init();
+/// let cond = Condition::new()?;
+/// let items = Value::new(0u32)?;
+/// let child = multiproc::spawn(producer, (cond.clone(), items.clone()))?;
+/// let held = cond.lock().unwrap();
+/// let _held = cond.wait_while(held, || items.load() < 10).unwrap();
+/// # drop(_held);
+/// child.join()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Condition {
+    lock: Lock,
+    obj: Arc<Object>,
+}
+
+/// Whether a timed wait on a [`Condition`] ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitTimeoutResult(bool);
+
+impl WaitTimeoutResult {
+    /// Whether the wait ended because the timeout passed.
+    pub fn timed_out(&self) -> bool {
+        self.0
+    }
+}
+
+impl Condition {
+    /// A condition with a new lock of its own.
+    ///
+    /// # Errors
+    ///
+    /// If the shared memory cannot be created.
+    pub fn new() -> Result<Condition, ShmError> {
+        Condition::with_lock(&Lock::new()?)
+    }
+
+    /// A condition over `lock`, which other conditions or code may share.
+    ///
+    /// # Errors
+    ///
+    /// If the shared memory cannot be created.
+    pub fn with_lock(lock: &Lock) -> Result<Condition, ShmError> {
+        let shape = Shape::plain(Kind::Condition, std::mem::size_of::<ConditionWords>());
+        Ok(Condition {
+            lock: lock.clone(),
+            obj: Arc::new(Object::new(shape, |_| {})?),
+        })
+    }
+
+    fn words(&self) -> &ConditionWords {
+        self.obj.words()
+    }
+
+    /// The lock the condition is over.
+    pub fn get_lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// Takes the lock: [`Lock::lock`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::lock`].
+    pub fn lock(&self) -> LockResult<LockGuard<'_>> {
+        self.lock.lock()
+    }
+
+    /// Takes the lock if it is free: [`Lock::try_lock`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::try_lock`].
+    pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
+        self.lock.try_lock()
+    }
+
+    /// Releases the lock held by `guard`, sleeps until notified, and takes the lock
+    /// again.
+    ///
+    /// # Errors
+    ///
+    /// [`OwnerDied`] (holding the guard) if, while this thread slept, a thread died
+    /// holding the lock.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` holds another lock than this condition's.
+    pub fn wait<'a>(&self, guard: LockGuard<'a>) -> LockResult<LockGuard<'a>> {
+        self.sleep(guard, None).map(|(g, _)| g).map_err(|e| {
+            let (g, _) = e.into_inner();
+            OwnerDied::new(g)
+        })
+    }
+
+    /// As [`wait`](Self::wait), for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn wait_timeout<'a>(
+        &self,
+        guard: LockGuard<'a>,
+        timeout: Duration,
+    ) -> LockResult<(LockGuard<'a>, WaitTimeoutResult)> {
+        self.sleep(guard, Instant::now().checked_add(timeout))
+    }
+
+    /// Waits while `condition()` is true (checked with the lock held), then returns the
+    /// guard: Python's `wait_for(predicate)` with the predicate negated, as in std.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait); the guard in the error still holds the lock.
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn wait_while<'a>(
+        &self,
+        mut guard: LockGuard<'a>,
+        mut condition: impl FnMut() -> bool,
+    ) -> LockResult<LockGuard<'a>> {
+        while condition() {
+            guard = self.wait(guard)?;
+        }
+        Ok(guard)
+    }
+
+    /// As [`wait_while`](Self::wait_while), for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn wait_timeout_while<'a>(
+        &self,
+        mut guard: LockGuard<'a>,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> LockResult<(LockGuard<'a>, WaitTimeoutResult)> {
+        let deadline = Instant::now().checked_add(timeout);
+        while condition() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok((guard, WaitTimeoutResult(true)));
+            }
+            guard = self.sleep(guard, deadline)?.0;
+        }
+        Ok((guard, WaitTimeoutResult(false)))
+    }
+
+    /// Wakes one thread waiting on this condition, if any.
+    pub fn notify(&self) {
+        self.wake(1);
+    }
+
+    /// Wakes every thread waiting on this condition.
+    pub fn notify_all(&self) {
+        self.wake(u32::MAX);
+    }
+
+    fn wake(&self, n: u32) {
+        let w = self.words();
+        w.seq.fetch_add(1, SeqCst);
+        if w.waiters.load(SeqCst) > 0 {
+            sys::futex_wake(&w.seq, n);
+        }
+    }
+
+    fn sleep<'a>(
+        &self,
+        guard: LockGuard<'a>,
+        deadline: Option<Instant>,
+    ) -> LockResult<(LockGuard<'a>, WaitTimeoutResult)> {
+        assert!(
+            guard.lock.same_as(&self.lock.obj),
+            "Condition::wait with the guard of another lock"
+        );
+        let w = self.words();
+        let seq = w.seq.load(SeqCst);
+        // Counted before the lock is released: a notifier that takes the lock after
+        // that sees us (and one that does not hold the lock changes `seq`, which the
+        // kernel's comparison catches).
+        w.waiters.fetch_add(1, SeqCst);
+        let count = guard.held.release_all();
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if timeout.is_none_or(|t| !t.is_zero()) {
+            sys::futex_wait(&w.seq, seq, timeout);
+        }
+        w.waiters.fetch_sub(1, SeqCst);
+        let timed_out = WaitTimeoutResult(
+            deadline.is_some_and(|d| Instant::now() >= d) && w.seq.load(SeqCst) == seq,
+        );
+        let got = loop {
+            if let Some(got) = guard.held.retake(count, Wait::Forever) {
+                break got;
+            }
+        };
+        match got {
+            Acquired::Clean => Ok((guard, timed_out)),
+            Acquired::OwnerDied => Err(OwnerDied::new((guard, timed_out))),
+        }
+    }
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Condition")
+            .field("lock", &self.lock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a condition travels: its lock and its own words.
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Words<'a>(&'a Object);
+        impl Serialize for Words<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+        (&self.lock, Words(&self.obj)).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Words(Object);
+        impl<'de> Deserialize<'de> for Words {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Object::deserialize(d, Kind::Condition, Elem::NONE).map(Words)
+            }
+        }
+        let (lock, Words(obj)) = <(Lock, Words)>::deserialize(d)?;
+        Ok(Condition {
+            lock,
+            obj: Arc::new(obj),
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! The lock behind `Lock`, `RLock`, `Value` and `Array`: the robust raw lock of
+//! [`raw`](super::raw), plus what those types add on top: re-entrancy for `RLock`, and a
+//! flag that keeps an owner's death for the next `lock()` when an operation that cannot
+//! report it (`Value::load`) took the lock over.
+
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+use super::raw::Acquired;
+use crate::error::{LockResult, OwnerDied, TryLockError, TryLockResult};
+use crate::shm::layout::MutexWords;
+use crate::sys;
+use crate::wait::Wait;
+
+/// The lock, held by this thread; released when dropped. Not `Send`: the lock belongs to
+/// the thread that took it.
+#[derive(Debug)]
+pub(crate) struct Held<'a> {
+    words: &'a MutexWords,
+    reentrant: bool,
+    _thread_bound: PhantomData<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl<'a> Held<'a> {
+    /// Releases the lock for good, whatever the re-entrancy count (for `Condition::wait`,
+    /// which releases and retakes it): returns the count to restore.
+    pub(crate) fn release_all(&self) -> u32 {
+        let count = self.words.count.swap(0, Relaxed);
+        self.words.lock.unlock();
+        count
+    }
+
+    /// Takes the lock again after [`release_all`](Self::release_all).
+    pub(crate) fn retake(&self, count: u32, wait: Wait) -> Option<Acquired> {
+        let got = raw_take(self.words, wait)?;
+        self.words.count.store(count, Relaxed);
+        Some(got)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.reentrant && self.words.count.load(Relaxed) > 1 {
+            self.words.count.fetch_sub(1, Relaxed);
+            return;
+        }
+        self.words.count.store(0, Relaxed);
+        self.words.lock.unlock();
+    }
+}
+
+fn raw_take(words: &MutexWords, wait: Wait) -> Option<Acquired> {
+    match wait {
+        Wait::No => words.lock.try_lock(),
+        Wait::Until(t) => words.lock.lock(Some(t)),
+        Wait::Forever => words.lock.lock(None),
+    }
+}
+
+/// How a lock was taken.
+#[derive(Debug)]
+pub(crate) enum Got<'a> {
+    Clean(Held<'a>),
+    /// From an owner that died holding it (now, or earlier through [`take_quietly`]).
+    OwnerDied(Held<'a>),
+}
+
+/// Takes the lock; `None` if it is held (past the deadline). `reentrant`: if this
+/// thread holds it already, count one more hold (`RLock`); otherwise that is a
+/// deadlock, reported as `None` when not waiting forever.
+///
+/// # Panics
+///
+/// When waiting forever for a non-re-entrant lock this thread holds: it would never be
+/// granted.
+pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Got<'_>> {
+    let held = || Held {
+        words,
+        reentrant,
+        _thread_bound: PhantomData,
+    };
+    if words.lock.held_by_me() {
+        if reentrant {
+            words.count.fetch_add(1, Relaxed);
+            return Some(Got::Clean(held()));
+        }
+        if let Wait::Forever = wait {
+            panic!("a multiproc Lock was locked again by the thread holding it (use an RLock)");
+        }
+        return None;
+    }
+    let got = raw_take(words, wait)?;
+    words.count.store(1, Relaxed);
+    let died = got == Acquired::OwnerDied
+        || (words.died.load(Relaxed) != 0 && words.died.swap(0, SeqCst) != 0);
+    Some(if died {
+        Got::OwnerDied(held())
+    } else {
+        Got::Clean(held())
+    })
+}
+
+/// [`take`], waiting as long as it takes.
+pub(crate) fn take_forever(words: &MutexWords, reentrant: bool) -> Got<'_> {
+    loop {
+        if let Some(got) = take(words, reentrant, Wait::Forever) {
+            return got;
+        }
+    }
+}
+
+/// Takes the lock for an operation that cannot report an owner's death: if there was
+/// one, it is kept for the next [`take`].
+pub(crate) fn take_quietly(words: &MutexWords) -> Held<'_> {
+    match take_forever(words, false) {
+        Got::Clean(held) => held,
+        Got::OwnerDied(held) => {
+            words.died.store(1, SeqCst);
+            held
+        }
+    }
+}
+
+/// [`take_forever`] as a [`LockResult`] of `G`.
+pub(crate) fn lock<'a, G>(
+    words: &'a MutexWords,
+    reentrant: bool,
+    guard: impl FnOnce(Held<'a>) -> G,
+) -> LockResult<G> {
+    match take_forever(words, reentrant) {
+        Got::Clean(held) => Ok(guard(held)),
+        Got::OwnerDied(held) => Err(OwnerDied::new(guard(held))),
+    }
+}
+
+/// [`take`] as a [`TryLockResult`] of `G`.
+pub(crate) fn try_lock<'a, G>(
+    words: &'a MutexWords,
+    reentrant: bool,
+    wait: Wait,
+    guard: impl FnOnce(Held<'a>) -> G,
+) -> TryLockResult<G> {
+    match take(words, reentrant, wait) {
+        Some(Got::Clean(held)) => Ok(guard(held)),
+        Some(Got::OwnerDied(held)) => Err(TryLockError::OwnerDied(OwnerDied::new(guard(held)))),
+        None => Err(TryLockError::WouldBlock),
+    }
+}
+
+/// Whether a thread holds the lock.
+pub(crate) fn is_locked(words: &MutexWords) -> bool {
+    words.lock.is_locked()
+}
+
+/// Whether the calling thread holds the lock.
+pub(crate) fn held_by_me(words: &MutexWords) -> bool {
+    words.lock.held_by_me() && sys::thread_identity() != 0
+}

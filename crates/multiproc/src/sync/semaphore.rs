@@ -1,0 +1,261 @@
+//! `Semaphore` and `BoundedSemaphore`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use super::lock::object_handle;
+use super::raw::wait_for;
+use crate::error::{OverRelease, ShmError};
+use crate::shm::layout::SemaphoreWords;
+use crate::shm::object::{Kind, Object, Shape};
+use crate::sys;
+use crate::wait::Wait;
+
+/// A counting semaphore shared by processes and threads: Python's `Semaphore`.
+///
+/// [`acquire`](Semaphore::acquire) takes a permit, waiting while there is none, and
+/// returns a [`SemaphorePermit`] that gives it back when dropped;
+/// [`release`](Semaphore::release) adds a permit, as Python's `release()` does, for
+/// permits taken and then [`forget`](SemaphorePermit::forget)-ed.
+///
+/// Permits have no owner: a process that dies holding one does not give it back (as in
+/// Python). Where a holder's death must not lose the permit, use a [`Lock`](crate::Lock).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let slots = multiproc::Semaphore::new(2)?;
+/// let a = slots.acquire();
+/// let b = slots.acquire();
+/// assert!(slots.try_acquire().is_none());
+/// drop(a);
+/// assert!(slots.try_acquire().is_some());
+/// # drop(b);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    obj: Arc<Object>,
+}
+
+object_handle!(Semaphore, Kind::Semaphore);
+
+impl Semaphore {
+    /// The most permits a semaphore can count.
+    pub const MAX_PERMITS: u32 = i32::MAX as u32;
+
+    /// A semaphore with `permits` permits.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::InvalidArgument`] above [`MAX_PERMITS`](Self::MAX_PERMITS); or if the
+    /// shared memory cannot be created.
+    pub fn new(permits: u32) -> Result<Semaphore, ShmError> {
+        Semaphore::with_bound(permits, Semaphore::MAX_PERMITS)
+    }
+
+    fn with_bound(permits: u32, bound: u32) -> Result<Semaphore, ShmError> {
+        if permits > Semaphore::MAX_PERMITS {
+            return Err(ShmError::InvalidArgument(format!(
+                "a semaphore of {permits} permits (at most {})",
+                Semaphore::MAX_PERMITS
+            )));
+        }
+        let shape = Shape::plain(Kind::Semaphore, std::mem::size_of::<SemaphoreWords>());
+        let obj = Object::new(shape, |o| {
+            let w: &SemaphoreWords = o.words();
+            w.value.store(permits, SeqCst);
+            w.bound.store(bound, SeqCst);
+        })?;
+        Ok(Semaphore { obj: Arc::new(obj) })
+    }
+
+    fn words(&self) -> &SemaphoreWords {
+        self.obj.words()
+    }
+
+    /// Takes a permit, waiting as long as it takes.
+    pub fn acquire(&self) -> SemaphorePermit<'_> {
+        loop {
+            if self.take(Wait::Forever) {
+                return self.permit();
+            }
+        }
+    }
+
+    /// Takes a permit if one is available.
+    pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        self.take(Wait::No).then(|| self.permit())
+    }
+
+    /// Takes a permit, waiting at most `timeout`; `None` if none came.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphorePermit<'_>> {
+        self.take(Wait::timeout(timeout)).then(|| self.permit())
+    }
+
+    /// Adds a permit (waking a waiter). The count saturates at
+    /// [`MAX_PERMITS`](Self::MAX_PERMITS).
+    pub fn release(&self) {
+        let _ = give(self.words());
+    }
+
+    /// Permits available now (others may take them at any moment).
+    pub fn available_permits(&self) -> u32 {
+        self.words().value.load(SeqCst)
+    }
+
+    fn permit(&self) -> SemaphorePermit<'_> {
+        SemaphorePermit {
+            words: self.words(),
+        }
+    }
+
+    fn take(&self, wait: Wait) -> bool {
+        take(self.words(), wait)
+    }
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("available", &self.available_permits())
+            .finish()
+    }
+}
+
+/// A semaphore whose count may not rise above its initial value: Python's
+/// `BoundedSemaphore`. Releasing more than was acquired is an [`OverRelease`] error.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sem = multiproc::BoundedSemaphore::new(1)?;
+/// sem.acquire().forget();
+/// sem.release()?;
+/// assert!(sem.release().is_err());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct BoundedSemaphore {
+    inner: Semaphore,
+}
+
+impl BoundedSemaphore {
+    /// A semaphore with `permits` permits, never more.
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::new`].
+    pub fn new(permits: u32) -> Result<BoundedSemaphore, ShmError> {
+        Ok(BoundedSemaphore {
+            inner: Semaphore::with_bound(permits, permits)?,
+        })
+    }
+
+    /// Takes a permit, waiting as long as it takes.
+    pub fn acquire(&self) -> SemaphorePermit<'_> {
+        self.inner.acquire()
+    }
+
+    /// Takes a permit if one is available.
+    pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        self.inner.try_acquire()
+    }
+
+    /// Takes a permit, waiting at most `timeout`.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphorePermit<'_>> {
+        self.inner.acquire_timeout(timeout)
+    }
+
+    /// Gives back a permit taken and forgotten.
+    ///
+    /// # Errors
+    ///
+    /// [`OverRelease`] if every permit is already available; nothing changes then.
+    pub fn release(&self) -> Result<(), OverRelease> {
+        give(self.inner.words())
+    }
+
+    /// Permits available now.
+    pub fn available_permits(&self) -> u32 {
+        self.inner.available_permits()
+    }
+}
+
+impl fmt::Debug for BoundedSemaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundedSemaphore")
+            .field("available", &self.available_permits())
+            .field("bound", &self.inner.words().bound.load(SeqCst))
+            .finish()
+    }
+}
+
+/// A permit taken from a [`Semaphore`] or [`BoundedSemaphore`]; given back when dropped.
+#[must_use = "the permit is given back as soon as it is dropped"]
+pub struct SemaphorePermit<'a> {
+    words: &'a SemaphoreWords,
+}
+
+impl SemaphorePermit<'_> {
+    /// Keeps the permit taken: it comes back only through `release`.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphorePermit<'_> {
+    fn drop(&mut self) {
+        // At the bound only if `release` was called for this very permit already; the
+        // count stays at the bound then.
+        let _ = give(self.words);
+    }
+}
+
+impl fmt::Debug for SemaphorePermit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemaphorePermit").finish_non_exhaustive()
+    }
+}
+
+fn try_take(w: &SemaphoreWords) -> bool {
+    let mut v = w.value.load(SeqCst);
+    while v > 0 {
+        match w.value.compare_exchange_weak(v, v - 1, SeqCst, SeqCst) {
+            Ok(_) => return true,
+            Err(now) => v = now,
+        }
+    }
+    false
+}
+
+/// Takes a permit, waiting as `wait` says; whether it got one.
+fn take(w: &SemaphoreWords, wait: Wait) -> bool {
+    wait_for(&w.value, 0, &w.sleepers, wait.deadline(), || try_take(w))
+}
+
+/// Adds a permit unless the count is at its bound; wakes a sleeper.
+fn give(w: &SemaphoreWords) -> Result<(), OverRelease> {
+    let bound = w.bound.load(SeqCst);
+    let mut v = w.value.load(SeqCst);
+    loop {
+        if v >= bound {
+            return Err(OverRelease { bound });
+        }
+        match w.value.compare_exchange_weak(v, v + 1, SeqCst, SeqCst) {
+            Ok(_) => break,
+            Err(now) => v = now,
+        }
+    }
+    if w.sleepers.load(SeqCst) > 0 {
+        sys::futex_wake(&w.value, 1);
+    }
+    Ok(())
+}

@@ -1,0 +1,896 @@
+//! Locks, events, barriers and shared memory between real processes, including the
+//! ugly paths: owners SIGKILLed while holding a lock, a barrier party killed, creators
+//! of named segments killed. Nothing may be left in `/dev/shm` afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Helper, trial};
+use multiproc::{
+    Array, Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore,
+    SharedMemory, ShmError, TryLockError, TryLockResult, Value, bytemuck,
+};
+
+const T: Duration = Duration::from_secs(60);
+
+fn main() {
+    common::main_checked(
+        vec![
+            trial("lock_owner_killed_holding_it", lock_owner_killed_holding_it),
+            trial(
+                "rlock_owner_killed_holding_it",
+                rlock_owner_killed_holding_it,
+            ),
+            trial(
+                "value_owner_killed_holding_its_lock",
+                value_owner_killed_holding_its_lock,
+            ),
+            trial(
+                "array_owner_exits_holding_its_lock",
+                array_owner_exits_holding_its_lock,
+            ),
+            trial("ten_processes_add_to_a_value", ten_processes_add_to_a_value),
+            trial(
+                "separate_lock_guards_load_and_store",
+                separate_lock_guards_load_and_store,
+            ),
+            trial("semaphore_limits_processes", semaphore_limits_processes),
+            trial(
+                "bounded_semaphore_over_release_in_a_child",
+                bounded_semaphore_over_release_in_a_child,
+            ),
+            trial("event_wakes_every_process", event_wakes_every_process),
+            trial("condition_producer_consumer", condition_producer_consumer),
+            trial(
+                "barrier_four_processes_thousand_rounds",
+                barrier_four_processes_thousand_rounds,
+            ),
+            trial(
+                "barrier_party_killed_breaks_it",
+                barrier_party_killed_breaks_it,
+            ),
+            trial(
+                "barrier_timeout_breaks_it_until_reset",
+                barrier_timeout_breaks_it_until_reset,
+            ),
+            trial("value_of_structs", value_of_structs),
+            trial(
+                "array_of_100m_f64_written_in_halves",
+                array_of_100m_f64_written_in_halves,
+            ),
+            trial(
+                "shared_memory_anonymous_and_named",
+                shared_memory_anonymous_and_named,
+            ),
+            trial(
+                "named_segments_of_a_killed_creator_are_removed",
+                named_segments_of_a_killed_creator_are_removed,
+            ),
+            trial(
+                "opener_exiting_keeps_the_segment",
+                opener_exiting_keeps_the_segment,
+            ),
+            trial(
+                "named_value_layout_is_checked",
+                named_value_layout_is_checked,
+            ),
+            trial("bad_arguments_are_errors", bad_arguments_are_errors),
+            trial(
+                "no_descriptor_or_mapping_leaks",
+                no_descriptor_or_mapping_leaks,
+            ),
+        ],
+        helpers,
+        Duration::from_secs(900),
+        || {
+            let before = common::dev_shm();
+            Box::new(move || {
+                let after = common::dev_shm();
+                let new: Vec<_> = after.difference(&before).collect();
+                if new.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("left in /dev/shm: {new:?}"))
+                }
+            })
+        },
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "create_named_then_wait" => helper_create_named_then_wait(),
+        "leaks" => helper_leaks(),
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// A name no other test (or run) uses.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "mptest-{}-{what}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn owner_died<G>(r: TryLockResult<G>) -> G {
+    match r {
+        Err(TryLockError::OwnerDied(e)) => e.into_inner(),
+        Ok(_) => panic!("expected OwnerDied, the lock was taken cleanly"),
+        Err(TryLockError::WouldBlock) => panic!("expected OwnerDied, timed out"),
+    }
+}
+
+fn clean<G>(r: TryLockResult<G>) -> G {
+    match r {
+        Ok(g) => g,
+        Err(e) => panic!("expected a clean lock: {e:?}"),
+    }
+}
+
+/// Holds the lock and says so, then sleeps until killed.
+fn hold_lock((lock, held): (Lock, Event)) {
+    let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+    held.set();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn lock_owner_killed_holding_it() {
+    let lock = Lock::new().unwrap();
+    let held = Event::new().unwrap();
+    let mut child = multiproc::spawn(hold_lock, (lock.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T));
+    assert!(lock.is_locked());
+    assert!(lock.try_lock().unwrap_err().is_would_block());
+    // A waiter that is already asleep when the owner dies.
+    let (killed_at, got) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let r = lock.lock_timeout(T);
+            let at = Instant::now();
+            let g = owner_died(r);
+            drop(g);
+            at
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let killed_at = Instant::now();
+        child.kill().unwrap();
+        (killed_at, waiter.join().unwrap())
+    });
+    assert!(
+        got.duration_since(killed_at) < Duration::from_secs(5),
+        "the waiter took {:?} to notice",
+        got.duration_since(killed_at)
+    );
+    assert!(child.join_timeout(T).is_err());
+    // Works as before afterwards, and the death is reported once.
+    drop(clean(lock.try_lock()));
+    drop(lock.lock().unwrap());
+    assert!(!lock.is_locked());
+}
+
+fn hold_rlock((lock, held): (RLock, Event)) {
+    let _a = lock.lock().unwrap();
+    let _b = lock.lock().unwrap();
+    let _c = lock.lock().unwrap();
+    held.set();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn rlock_owner_killed_holding_it() {
+    let lock = RLock::new().unwrap();
+    let held = Event::new().unwrap();
+    let mut child = multiproc::spawn(hold_rlock, (lock.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T));
+    assert!(lock.try_lock().unwrap_err().is_would_block());
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+    let g = owner_died(lock.lock_timeout(T));
+    assert!(lock.is_owned());
+    let again = lock.lock().unwrap();
+    drop(again);
+    assert!(lock.is_owned(), "the dead owner's holds were not forgotten");
+    drop(g);
+    assert!(!lock.is_locked());
+}
+
+/// Writes half of the value under its lock, says so, and sleeps until killed.
+fn half_update((v, held): (Value<[u64; 2]>, Event)) {
+    let mut g = v.lock().unwrap();
+    g[0] = 1;
+    held.set();
+    std::thread::sleep(Duration::from_secs(3600));
+    g[1] = 1;
+}
+
+fn value_owner_killed_holding_its_lock() {
+    let v = Value::new([0u64; 2]).unwrap();
+    let held = Event::new().unwrap();
+    let mut child = multiproc::spawn(half_update, (v.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T));
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+    // `load` cannot say the owner died: it reads what it left and keeps the news for
+    // the next `lock`.
+    assert_eq!(v.load(), [1, 0]);
+    let mut g = owner_died(v.lock_timeout(T));
+    assert_eq!(*g, [1, 0]);
+    g[1] = 1;
+    drop(g);
+    assert_eq!(*v.lock().unwrap(), [1, 1]);
+}
+
+/// Takes the array's lock and exits the process without releasing it.
+fn exit_holding(a: Array<u32>) {
+    let g = a.lock().unwrap();
+    std::mem::forget(g);
+    std::process::exit(7);
+}
+
+fn array_owner_exits_holding_its_lock() {
+    let a = Array::<u32>::from_slice(&[1, 2, 3]).unwrap();
+    let mut child = multiproc::spawn(exit_holding, a.clone()).unwrap();
+    assert!(matches!(
+        child.join_timeout(T),
+        Err(multiproc::ProcessError::Exited(7))
+    ));
+    let g = owner_died(a.lock_timeout(T));
+    assert_eq!(&*g, &[1, 2, 3]);
+    drop(g);
+    assert_eq!(a.get(2), Some(3));
+}
+
+fn add_thousand(v: Value<i64>) {
+    for _ in 0..1000 {
+        *v.lock().unwrap() += 1;
+    }
+}
+
+fn ten_processes_add_to_a_value() {
+    let v = Value::new(0i64).unwrap();
+    let children: Vec<_> = (0..10)
+        .map(|_| multiproc::spawn(add_thousand, v.clone()).unwrap())
+        .collect();
+    for mut c in children {
+        c.join_timeout(T).unwrap();
+    }
+    assert_eq!(v.load(), 10_000);
+}
+
+fn add_under_lock((v, lock): (Value<u32>, Lock)) {
+    for _ in 0..500 {
+        let _g = lock.lock().unwrap();
+        // Not atomic on its own: the outer lock makes it so.
+        v.store(v.load() + 1);
+    }
+}
+
+fn separate_lock_guards_load_and_store() {
+    let v = Value::new(0u32).unwrap();
+    let lock = Lock::new().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(add_under_lock, (v.clone(), lock.clone())).unwrap())
+        .collect();
+    for mut c in children {
+        c.join_timeout(T).unwrap();
+    }
+    assert_eq!(v.load(), 2000);
+}
+
+/// Holds a permit for a while, recording how many holders there are at most.
+fn use_permit((sem, inside, most): (Semaphore, Value<u32>, Value<u32>)) {
+    for _ in 0..20 {
+        let _p = sem.acquire_timeout(T).expect("no permit");
+        let now = {
+            let mut n = inside.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        {
+            let mut m = most.lock().unwrap();
+            *m = (*m).max(now);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        *inside.lock().unwrap() -= 1;
+    }
+}
+
+fn semaphore_limits_processes() {
+    let sem = Semaphore::new(3).unwrap();
+    let inside = Value::new(0u32).unwrap();
+    let most = Value::new(0u32).unwrap();
+    let children: Vec<_> = (0..6)
+        .map(|_| multiproc::spawn(use_permit, (sem.clone(), inside.clone(), most.clone())).unwrap())
+        .collect();
+    for mut c in children {
+        c.join_timeout(T).unwrap();
+    }
+    assert!(most.load() <= 3, "{} holders at once", most.load());
+    assert!(most.load() >= 2, "the permits were never shared");
+    assert_eq!(sem.available_permits(), 3);
+}
+
+fn over_release(sem: BoundedSemaphore) -> (bool, bool) {
+    sem.acquire().forget();
+    (sem.release().is_ok(), sem.release().is_err())
+}
+
+fn bounded_semaphore_over_release_in_a_child() {
+    let sem = BoundedSemaphore::new(2).unwrap();
+    let mut child = multiproc::spawn(over_release, sem.clone()).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), (true, true));
+    assert_eq!(sem.available_permits(), 2);
+}
+
+fn wait_then_count((go, arrived): (Event, Value<u32>)) -> bool {
+    let woke = go.wait_timeout(T);
+    *arrived.lock().unwrap() += 1;
+    woke
+}
+
+fn event_wakes_every_process() {
+    let go = Event::new().unwrap();
+    let arrived = Value::new(0u32).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(wait_then_count, (go.clone(), arrived.clone())).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        arrived.load(),
+        0,
+        "a waiter went on before the event was set"
+    );
+    assert!(!go.is_set());
+    let set_at = Instant::now();
+    go.set();
+    for mut c in children {
+        assert!(c.join_timeout(T).unwrap());
+    }
+    // Woken by `set`, not by their timeouts.
+    assert!(
+        set_at.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        set_at.elapsed()
+    );
+    assert_eq!(arrived.load(), 4);
+    go.clear();
+    assert!(!go.wait_timeout(Duration::from_millis(20)));
+}
+
+/// A bounded buffer of 8 in an array, with head and tail counters in a value, guarded by
+/// the condition's lock.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Buffer {
+    cond: Condition,
+    slots: Array<u64>,
+    /// [items put, items taken]
+    counts: Value<[u64; 2]>,
+}
+
+const SLOTS: u64 = 8;
+
+impl Buffer {
+    fn new() -> Buffer {
+        Buffer {
+            cond: Condition::new().unwrap(),
+            slots: Array::new(SLOTS as usize).unwrap(),
+            counts: Value::new([0, 0]).unwrap(),
+        }
+    }
+
+    fn put(&self, x: u64) {
+        let g = self.cond.lock().unwrap();
+        let (g, timeout) = self
+            .cond
+            .wait_timeout_while(g, T, || {
+                let [put, taken] = self.counts.load();
+                put - taken == SLOTS
+            })
+            .unwrap();
+        assert!(!timeout.timed_out());
+        let [put, taken] = self.counts.load();
+        self.slots.set((put % SLOTS) as usize, x).unwrap();
+        self.counts.store([put + 1, taken]);
+        self.cond.notify_all();
+        drop(g);
+    }
+
+    fn take(&self) -> u64 {
+        let g = self.cond.lock().unwrap();
+        let (g, timeout) = self
+            .cond
+            .wait_timeout_while(g, T, || {
+                let [put, taken] = self.counts.load();
+                put == taken
+            })
+            .unwrap();
+        assert!(!timeout.timed_out());
+        let [put, taken] = self.counts.load();
+        let x = self.slots.get((taken % SLOTS) as usize).unwrap();
+        self.counts.store([put, taken + 1]);
+        self.cond.notify_all();
+        drop(g);
+        x
+    }
+}
+
+fn produce((buf, from, n): (Buffer, u64, u64)) {
+    for x in from..from + n {
+        buf.put(x);
+    }
+}
+
+fn consume((buf, n): (Buffer, u64)) -> u64 {
+    (0..n).map(|_| buf.take()).sum()
+}
+
+fn condition_producer_consumer() {
+    let buf = Buffer::new();
+    let producers: Vec<_> = (0..2)
+        .map(|i| multiproc::spawn(produce, (buf.clone(), i * 1000, 1000)).unwrap())
+        .collect();
+    let consumer = multiproc::spawn(consume, (buf.clone(), 1000)).unwrap();
+    let mine: u64 = (0..1000).map(|_| buf.take()).sum();
+    for mut p in producers {
+        p.join_timeout(T).unwrap();
+    }
+    let mut consumer = consumer;
+    let theirs = consumer.join_timeout(T).unwrap();
+    assert_eq!(mine + theirs, (0..2000).sum::<u64>());
+    assert_eq!(buf.counts.load(), [2000, 2000]);
+}
+
+/// Each round: add one to the counter, wait; everyone must then see all the round's
+/// additions. Returns how often this party led, and how many checks failed.
+fn barrier_rounds((barrier, counter, rounds): (Barrier, Value<u64>, u64)) -> (u64, u64) {
+    let parties = barrier.parties() as u64;
+    let (mut led, mut wrong) = (0, 0);
+    for round in 0..rounds {
+        *counter.lock().unwrap() += 1;
+        if barrier.wait_timeout(T).unwrap().is_leader() {
+            led += 1;
+        }
+        let seen = counter.load();
+        if seen < parties * (round + 1) || seen > parties * (round + 2) {
+            wrong += 1;
+        }
+        barrier.wait_timeout(T).unwrap();
+    }
+    (led, wrong)
+}
+
+fn barrier_four_processes_thousand_rounds() {
+    let barrier = Barrier::new(4).unwrap();
+    let counter = Value::new(0u64).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            multiproc::spawn(barrier_rounds, (barrier.clone(), counter.clone(), 1000)).unwrap()
+        })
+        .collect();
+    let (mut led, mut wrong) = (0, 0);
+    for mut c in children {
+        let (l, w) = c.join_timeout(T).unwrap();
+        led += l;
+        wrong += w;
+    }
+    assert_eq!(wrong, 0);
+    assert_eq!(led, 1000, "exactly one leader per round");
+    assert_eq!(counter.load(), 4000);
+    assert!(!barrier.is_broken());
+}
+
+/// Passes the barrier once, then either keeps waiting or sleeps until killed.
+fn party((barrier, stay): (Barrier, bool)) -> Result<(), BarrierError> {
+    barrier.wait_timeout(T)?;
+    if stay {
+        barrier.wait_timeout(T).map(|_| ())
+    } else {
+        std::thread::sleep(Duration::from_secs(3600));
+        Ok(())
+    }
+}
+
+fn barrier_party_killed_breaks_it() {
+    let barrier = Barrier::new(3).unwrap();
+    let mut stays = multiproc::spawn(party, (barrier.clone(), true)).unwrap();
+    let mut dies = multiproc::spawn(party, (barrier.clone(), false)).unwrap();
+    barrier.wait_timeout(T).unwrap();
+    // Round two: `dies` will never arrive.
+    std::thread::sleep(Duration::from_millis(50));
+    dies.kill().unwrap();
+    let started = Instant::now();
+    assert_eq!(barrier.wait_timeout(T), Err(BarrierError::Broken));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(stays.join_timeout(T).unwrap(), Err(BarrierError::Broken));
+    let _ = dies.join_timeout(T);
+    assert!(barrier.is_broken());
+    assert_eq!(barrier.wait(), Err(BarrierError::Broken));
+    // A reset forgets the dead party: two new ones and this thread pass it.
+    barrier.reset();
+    let a = multiproc::spawn(party, (barrier.clone(), false)).unwrap();
+    let b = multiproc::spawn(party, (barrier.clone(), false)).unwrap();
+    assert!(barrier.wait_timeout(T).is_ok());
+    for mut c in [a, b] {
+        c.kill().unwrap();
+        let _ = c.join_timeout(T);
+    }
+}
+
+fn wait_once(barrier: Barrier) -> Result<usize, BarrierError> {
+    barrier.wait_timeout(T).map(|r| r.index())
+}
+
+fn barrier_timeout_breaks_it_until_reset() {
+    let barrier = Barrier::new(3).unwrap();
+    let mut other = multiproc::spawn(wait_once, barrier.clone()).unwrap();
+    // The third party never comes (it never waited, so only a timeout can tell).
+    assert_eq!(
+        barrier.wait_timeout(Duration::from_millis(300)),
+        Err(BarrierError::Timeout)
+    );
+    assert_eq!(other.join_timeout(T).unwrap(), Err(BarrierError::Broken));
+    assert_eq!(barrier.wait(), Err(BarrierError::Broken));
+    barrier.reset();
+    assert!(!barrier.is_broken());
+    let a = multiproc::spawn(wait_once, barrier.clone()).unwrap();
+    let b = multiproc::spawn(wait_once, barrier.clone()).unwrap();
+    let mut indices = vec![barrier.wait_timeout(T).unwrap().index()];
+    for mut c in [a, b] {
+        indices.push(c.join_timeout(T).unwrap().unwrap());
+    }
+    indices.sort();
+    assert_eq!(indices, [0, 1, 2]);
+    // Abort breaks it for a waiter already asleep.
+    let mut sleeper = multiproc::spawn(wait_once, barrier.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    barrier.abort();
+    assert_eq!(sleeper.join_timeout(T).unwrap(), Err(BarrierError::Broken));
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Particle {
+    position: [f64; 3],
+    velocity: [f64; 3],
+    id: u64,
+}
+
+fn step((p, v): (Value<Particle>, Value<[f64; 3]>)) {
+    let mut p = p.lock().unwrap();
+    for i in 0..3 {
+        p.position[i] += p.velocity[i];
+    }
+    v.store(p.position);
+}
+
+fn value_of_structs() {
+    let p = Value::new(Particle {
+        position: [0.0, 1.0, 2.0],
+        velocity: [0.5, 0.25, -1.0],
+        id: 42,
+    })
+    .unwrap();
+    let v = Value::new([0.0f64; 3]).unwrap();
+    multiproc::spawn(step, (p.clone(), v.clone()))
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    assert_eq!(p.load().position, [0.5, 1.25, 1.0]);
+    assert_eq!(p.load().id, 42);
+    assert_eq!(v.load(), [0.5, 1.25, 1.0]);
+}
+
+const BIG: usize = 100_000_000;
+const CHUNK: usize = 1 << 20;
+
+/// Writes `a[i] = i` for its half, a chunk at a time under the lock.
+fn write_half((a, half): (Array<f64>, usize)) {
+    let (start, end) = (half * BIG / 2, (half + 1) * BIG / 2);
+    let mut buf = Vec::with_capacity(CHUNK);
+    let mut at = start;
+    while at < end {
+        let n = CHUNK.min(end - at);
+        buf.clear();
+        buf.extend((at..at + n).map(|i| i as f64));
+        a.write(at, &buf).unwrap();
+        at += n;
+    }
+}
+
+fn array_of_100m_f64_written_in_halves() {
+    let a = Array::<f64>::new(BIG).unwrap();
+    let halves: Vec<_> = (0..2)
+        .map(|h| multiproc::spawn(write_half, (a.clone(), h)).unwrap())
+        .collect();
+    for mut h in halves {
+        h.join_timeout(T).unwrap();
+    }
+    let mut buf = vec![0.0; CHUNK];
+    let mut at = 0;
+    while at < BIG {
+        let n = CHUNK.min(BIG - at);
+        a.read(at, &mut buf[..n]).unwrap();
+        for (k, x) in buf[..n].iter().enumerate() {
+            assert_eq!(*x, (at + k) as f64, "element {}", at + k);
+        }
+        at += n;
+    }
+}
+
+fn write_greeting(shm: SharedMemory) {
+    shm.write(0, b"hello").unwrap();
+}
+
+fn open_and_write(name: String) {
+    let shm = SharedMemory::open(&name).unwrap();
+    assert!(!shm.is_creator());
+    shm.write(10, b"by name").unwrap();
+}
+
+fn shared_memory_anonymous_and_named() {
+    let before = common::dev_shm();
+    let anon = SharedMemory::new(4096).unwrap();
+    assert_eq!(anon.name(), None);
+    multiproc::spawn(write_greeting, anon.clone())
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    let mut buf = [0u8; 5];
+    anon.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    assert_eq!(
+        common::dev_shm(),
+        before,
+        "an anonymous segment appeared in /dev/shm"
+    );
+
+    let name = unique("shm");
+    let named = SharedMemory::create(&name, 1 << 16).unwrap();
+    assert!(named.is_creator());
+    assert!(common::shm_exists(&name));
+    // Passed as a handle, and opened by name.
+    multiproc::spawn(write_greeting, named.clone())
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    multiproc::spawn(open_and_write, name.clone())
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    let mut buf = [0u8; 17];
+    named.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello\0\0\0\0\0by name");
+    assert_eq!(
+        SharedMemory::open_sized(&name, 1 << 16).unwrap().len(),
+        1 << 16
+    );
+    assert!(matches!(
+        SharedMemory::open_sized(&name, 100),
+        Err(ShmError::Mismatch { .. })
+    ));
+    assert!(matches!(
+        SharedMemory::create(&name, 10),
+        Err(ShmError::AlreadyExists(_))
+    ));
+    let clone = named.clone();
+    drop(named);
+    assert!(common::shm_exists(&name), "unlinked while a handle is left");
+    drop(clone);
+    assert!(
+        !common::shm_exists(&name),
+        "the creator's drop did not unlink"
+    );
+    assert!(matches!(
+        SharedMemory::open(&name),
+        Err(ShmError::NotFound(_))
+    ));
+}
+
+/// Helper mode: creates named segments, prints their names, and waits to be killed.
+fn helper_create_named_then_wait() {
+    let shm_name = unique("killed-shm");
+    let value_name = unique("killed-value");
+    let shm = SharedMemory::create(&shm_name, 8192).unwrap();
+    let value = Value::create_named(&value_name, 5u64).unwrap();
+    println!("names {shm_name} {value_name}");
+    std::thread::sleep(Duration::from_secs(3600));
+    drop((shm, value));
+}
+
+fn named_segments_of_a_killed_creator_are_removed() {
+    let h = Helper::start("create_named_then_wait");
+    let names = h.expect("names ", T);
+    let (shm_name, value_name) = names.split_once(' ').unwrap();
+    assert!(common::shm_exists(shm_name) && common::shm_exists(value_name));
+    // Another process maps one before the creator dies: it keeps working afterwards.
+    let value = Value::<u64>::open_named(value_name).unwrap();
+    assert_eq!(value.load(), 5);
+    let pid = h.child.id();
+    drop(h); // SIGKILL and reap
+    assert!(common::wait_gone(pid, T));
+    assert!(
+        common::eventually(T, || !common::shm_exists(shm_name)
+            && !common::shm_exists(value_name)),
+        "the killed creator's segments are still in /dev/shm"
+    );
+    value.store(6);
+    assert_eq!(value.load(), 6);
+}
+
+fn open_and_exit(name: String) -> u64 {
+    Value::<u64>::open_named(&name).unwrap().load()
+}
+
+fn opener_exiting_keeps_the_segment() {
+    let name = unique("kept");
+    let v = Value::create_named(&name, 9u64).unwrap();
+    for _ in 0..3 {
+        let mut c = multiproc::spawn(open_and_exit, name.clone()).unwrap();
+        assert_eq!(c.join_timeout(T).unwrap(), 9);
+    }
+    assert!(
+        common::shm_exists(&name),
+        "an opener's exit removed the segment"
+    );
+    assert_eq!(Value::<u64>::open_named(&name).unwrap().load(), 9);
+    drop(v);
+    assert!(!common::shm_exists(&name));
+}
+
+fn named_value_layout_is_checked() {
+    let name = unique("layout");
+    let _v = Value::create_named(&name, 1u64).unwrap();
+    let mismatch = |r: Result<(), ShmError>, what: &str| match r {
+        Err(ShmError::Mismatch { why, .. }) => assert!(why.contains(what), "{why}"),
+        other => panic!("expected a mismatch about {what}: {other:?}"),
+    };
+    mismatch(Value::<u32>::open_named(&name).map(drop), "not `u32`");
+    mismatch(Value::<i64>::open_named(&name).map(drop), "not `i64`");
+    mismatch(Array::<u64>::open_named(&name).map(drop), "expected Array");
+    assert_eq!(Value::<u64>::open_named(&name).unwrap().load(), 1);
+
+    // A segment multiproc did not make.
+    let raw_name = unique("raw");
+    let raw = SharedMemory::create(&raw_name, 4096).unwrap();
+    raw.write(0, &[0xAB; 4096]).unwrap();
+    mismatch(
+        Value::<u64>::open_named(&raw_name).map(drop),
+        "not a multiproc object",
+    );
+    let tiny_name = unique("tiny");
+    let _tiny = SharedMemory::create(&tiny_name, 16).unwrap();
+    mismatch(Value::<u64>::open_named(&tiny_name).map(drop), "too small");
+
+    // A segment cut short by someone else: its header no longer matches its size.
+    let arr_name = unique("cut");
+    let arr = Array::<u64>::create_named(&arr_name, 10_000).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(std::path::Path::new("/dev/shm").join(&arr_name))
+        .unwrap();
+    file.set_len(8192).unwrap();
+    mismatch(
+        Array::<u64>::open_named(&arr_name).map(drop),
+        "header describes",
+    );
+    drop(arr);
+
+    assert!(matches!(
+        Value::<u64>::open_named(&unique("missing")),
+        Err(ShmError::NotFound(_))
+    ));
+    for bad in ["", "/", "a/b", "..", &"x".repeat(300)] {
+        assert!(
+            matches!(
+                SharedMemory::create(bad, 10),
+                Err(ShmError::InvalidName { .. })
+            ),
+            "{bad:?} accepted"
+        );
+    }
+}
+
+fn bad_arguments_are_errors() {
+    assert!(matches!(Barrier::new(0), Err(ShmError::InvalidArgument(_))));
+    assert!(matches!(
+        Barrier::new(Barrier::MAX_PARTIES + 1),
+        Err(ShmError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Semaphore::new(u32::MAX),
+        Err(ShmError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Array::<u64>::new(usize::MAX / 4),
+        Err(ShmError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        SharedMemory::new(0),
+        Err(ShmError::InvalidArgument(_))
+    ));
+    let sem = BoundedSemaphore::new(1).unwrap();
+    assert_eq!(sem.release(), Err(multiproc::OverRelease { bound: 1 }));
+    let a = Array::<u8>::new(10).unwrap();
+    assert!(a.write(8, &[1, 2, 3]).is_err());
+    assert!(a.write(usize::MAX, &[1]).is_err());
+    assert!(a.read(11, &mut []).is_err());
+    assert_eq!(a.get(10), None);
+    assert!(a.set(10, 1).is_err());
+    assert_eq!(a.to_vec(), [0; 10], "a failed write changed something");
+    let shm = SharedMemory::new(100).unwrap();
+    assert!(shm.write(99, &[1, 2]).is_err());
+    assert!(shm.read(usize::MAX, &mut [0]).is_err());
+    let empty = Array::<u64>::new(0).unwrap();
+    assert!(empty.is_empty());
+    assert!(empty.lock().unwrap().is_empty());
+}
+
+/// Uses every object in a child: locks, waits, reads and writes.
+fn use_everything(
+    (lock, rlock, sem, event, cond, barrier, value, array, shm): (
+        Lock,
+        RLock,
+        Semaphore,
+        Event,
+        Condition,
+        Barrier,
+        Value<u64>,
+        Array<u8>,
+        SharedMemory,
+    ),
+) {
+    drop(lock.lock().unwrap());
+    drop(rlock.lock().unwrap());
+    drop(sem.acquire());
+    event.set();
+    cond.notify_all();
+    barrier.wait_timeout(T).unwrap();
+    value.store(value.load() + 1);
+    array.set(0, 1).unwrap();
+    shm.write(0, &[1]).unwrap();
+}
+
+fn helper_leaks() {
+    let run = |rounds: usize| {
+        for _ in 0..rounds {
+            let name = unique("leak");
+            let objects = (
+                Lock::new().unwrap(),
+                RLock::new().unwrap(),
+                Semaphore::new(1).unwrap(),
+                Event::new().unwrap(),
+                Condition::new().unwrap(),
+                Barrier::new(2).unwrap(),
+                Value::new(0u64).unwrap(),
+                Array::<u8>::new(100).unwrap(),
+                SharedMemory::create(&name, 4096).unwrap(),
+            );
+            let barrier = objects.5.clone();
+            let child = multiproc::spawn(use_everything, objects.clone()).unwrap();
+            barrier.wait_timeout(T).unwrap();
+            child.join().unwrap();
+            drop(objects);
+            assert!(!common::shm_exists(&name));
+        }
+    };
+    run(2);
+    let (fds, maps) = (common::fd_count(), common::map_count());
+    run(30);
+    println!(
+        "fds {fds} {} maps {maps} {}",
+        common::fd_count(),
+        common::map_count()
+    );
+}
+
+fn no_descriptor_or_mapping_leaks() {
+    let mut h = Helper::start("leaks");
+    let line = h.expect("fds ", Duration::from_secs(120));
+    let parts: Vec<&str> = line.split(' ').collect();
+    assert_eq!(parts[0], parts[1], "descriptors leaked: {line}");
+    assert_eq!(parts[3], parts[4], "mappings leaked: {line}");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}

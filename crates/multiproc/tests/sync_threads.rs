@@ -1,0 +1,333 @@
+//! The same primitives between threads of one process: what Python's `threading`
+//! programs use, with the same robustness (a thread that ends holding a lock).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use multiproc::{
+    Array, Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore,
+    ShmSafe, TryLockError, Value,
+};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn ten_threads_add_to_a_value() {
+    let v = Value::new(0u64).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..10 {
+            s.spawn(|| {
+                for _ in 0..1000 {
+                    *v.lock().unwrap() += 1;
+                }
+            });
+        }
+    });
+    assert_eq!(v.load(), 10_000);
+}
+
+#[test]
+fn a_lock_excludes_threads() {
+    let lock = Lock::new().unwrap();
+    let inside = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..2000 {
+                    let _g = lock.lock().unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn thread_that_ends_holding_a_lock() {
+    let lock = Lock::new().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| std::mem::forget(lock.lock().unwrap()));
+    });
+    assert!(lock.is_locked());
+    match lock.lock_timeout(T) {
+        Err(TryLockError::OwnerDied(e)) => drop(e.into_inner()),
+        other => panic!("{other:?}"),
+    }
+    drop(lock.try_lock().unwrap());
+}
+
+#[test]
+fn relocking_a_lock_is_refused() {
+    let lock = Lock::new().unwrap();
+    let g = lock.lock().unwrap();
+    assert!(lock.try_lock().unwrap_err().is_would_block());
+    let t = Instant::now();
+    assert!(lock.lock_timeout(T).unwrap_err().is_would_block());
+    assert!(t.elapsed() < T / 2, "waited for a lock it holds itself");
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(lock.lock())));
+    assert!(
+        again.is_err(),
+        "locking twice on one thread must panic, not hang"
+    );
+    drop(g);
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn rlock_is_reentrant_per_thread() {
+    let lock = RLock::new().unwrap();
+    let a = lock.lock().unwrap();
+    let b = lock.try_lock().unwrap();
+    assert!(lock.is_owned());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert!(!lock.is_owned());
+            assert!(lock.try_lock().unwrap_err().is_would_block());
+        });
+    });
+    drop(a);
+    assert!(lock.is_locked());
+    drop(b);
+    assert!(!lock.is_locked());
+    std::thread::scope(|s| {
+        s.spawn(|| drop(lock.lock_timeout(T).unwrap()));
+    });
+}
+
+#[test]
+fn semaphore_limits_threads() {
+    let sem = Semaphore::new(2).unwrap();
+    let inside = AtomicU32::new(0);
+    let most = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let _p = sem.acquire();
+                    let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    std::thread::yield_now();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert!(most.load(Ordering::SeqCst) <= 2);
+    assert_eq!(sem.available_permits(), 2);
+    let a = sem.acquire();
+    let _b = sem.acquire();
+    assert!(sem.acquire_timeout(Duration::from_millis(20)).is_none());
+    drop(a);
+    assert!(sem.acquire_timeout(T).is_some());
+}
+
+#[test]
+fn semaphore_release_wakes_a_waiter() {
+    let sem = Semaphore::new(0).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| sem.acquire_timeout(T).map(|p| p.forget()).is_some());
+        std::thread::sleep(Duration::from_millis(50));
+        sem.release();
+        assert!(waiter.join().unwrap());
+    });
+    assert_eq!(sem.available_permits(), 0);
+}
+
+#[test]
+fn bounded_semaphore_refuses_over_release() {
+    let sem = BoundedSemaphore::new(2).unwrap();
+    assert!(sem.release().is_err());
+    sem.acquire().forget();
+    sem.acquire().forget();
+    assert!(sem.try_acquire().is_none());
+    sem.release().unwrap();
+    sem.release().unwrap();
+    assert_eq!(sem.release(), Err(multiproc::OverRelease { bound: 2 }));
+    assert_eq!(sem.available_permits(), 2);
+}
+
+#[test]
+fn event_wakes_every_thread() {
+    let ev = Event::new().unwrap();
+    let woke = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                ev.wait();
+                woke.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(woke.load(Ordering::SeqCst), 0);
+        ev.set();
+    });
+    assert_eq!(woke.load(Ordering::SeqCst), 4);
+    assert!(ev.is_set());
+    ev.clear();
+    let t = Instant::now();
+    assert!(!ev.wait_timeout(Duration::from_millis(30)));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+}
+
+#[test]
+fn condition_producer_consumer_threads() {
+    let cond = Condition::new().unwrap();
+    let queue = Value::new([0u64; 2]).unwrap(); // [produced, consumed]
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..1000 {
+                let g = cond.lock().unwrap();
+                let g = cond
+                    .wait_while(g, || {
+                        let [p, c] = queue.load();
+                        p - c >= 4
+                    })
+                    .unwrap();
+                let [p, c] = queue.load();
+                queue.store([p + 1, c]);
+                cond.notify_all();
+                drop(g);
+            }
+        });
+        for _ in 0..1000 {
+            let g = cond.lock().unwrap();
+            let (g, r) = cond
+                .wait_timeout_while(g, T, || {
+                    let [p, c] = queue.load();
+                    p == c
+                })
+                .unwrap();
+            assert!(!r.timed_out());
+            let [p, c] = queue.load();
+            queue.store([p, c + 1]);
+            cond.notify();
+            drop(g);
+        }
+    });
+    assert_eq!(queue.load(), [1000, 1000]);
+}
+
+#[test]
+fn condition_wait_times_out() {
+    let cond = Condition::new().unwrap();
+    let g = cond.lock().unwrap();
+    let t = Instant::now();
+    let (g, r) = cond.wait_timeout(g, Duration::from_millis(30)).unwrap();
+    assert!(r.timed_out());
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert!(
+        cond.get_lock().is_locked(),
+        "the lock is held again after the wait"
+    );
+    drop(g);
+    assert!(!cond.get_lock().is_locked());
+}
+
+#[test]
+fn conditions_share_a_lock() {
+    let lock = Lock::new().unwrap();
+    let a = Condition::with_lock(&lock).unwrap();
+    let b = Condition::with_lock(&lock).unwrap();
+    let g = lock.lock().unwrap();
+    let (g, _) = a.wait_timeout(g, Duration::from_millis(1)).unwrap();
+    let (g, _) = b.wait_timeout(g, Duration::from_millis(1)).unwrap();
+    drop(g);
+    let other = Lock::new().unwrap();
+    let wrong = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let g = other.lock().unwrap();
+        let _ = a.wait_timeout(g, Duration::from_millis(1));
+    }));
+    assert!(
+        wrong.is_err(),
+        "waiting with another lock's guard must panic"
+    );
+    assert!(!other.is_locked(), "the guard was released on the way out");
+}
+
+#[test]
+fn barrier_four_threads_thousand_rounds() {
+    let barrier = Barrier::new(4).unwrap();
+    let leaders = AtomicU32::new(0);
+    let counter = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for round in 1..=1000 {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if barrier.wait_timeout(T).unwrap().is_leader() {
+                        leaders.fetch_add(1, Ordering::SeqCst);
+                    }
+                    assert!(counter.load(Ordering::SeqCst) >= 4 * round);
+                    barrier.wait_timeout(T).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(leaders.load(Ordering::SeqCst), 1000);
+}
+
+#[test]
+fn barrier_party_thread_that_ends_breaks_it() {
+    let barrier = Barrier::new(3).unwrap();
+    std::thread::scope(|s| {
+        let stays = s.spawn(|| {
+            barrier.wait_timeout(T).unwrap();
+            barrier.wait_timeout(T)
+        });
+        let leaves = s.spawn(|| {
+            barrier.wait_timeout(T).unwrap();
+        });
+        barrier.wait_timeout(T).unwrap();
+        leaves.join().unwrap();
+        let t = Instant::now();
+        assert_eq!(barrier.wait_timeout(T), Err(BarrierError::Broken));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(stays.join().unwrap(), Err(BarrierError::Broken));
+    });
+}
+
+#[test]
+fn barrier_refuses_extra_threads() {
+    let barrier = Barrier::new(1).unwrap();
+    assert!(barrier.wait().unwrap().is_leader());
+    // A second live thread: the one slot is taken by this one, which lives.
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(barrier.wait(), Err(BarrierError::TooManyParties)));
+    });
+    barrier.reset();
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(barrier.wait().unwrap().is_leader()));
+    });
+}
+
+#[test]
+fn array_guard_is_a_slice() {
+    let a = Array::from_slice(&[3u32, 1, 2]).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| a.lock().unwrap().sort());
+    });
+    assert_eq!(a.to_vec(), [1, 2, 3]);
+    assert_eq!(a.len(), 3);
+}
+
+/// A type made `ShmSafe` by hand rather than through `bytemuck`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Pair {
+    a: u32,
+    b: u32,
+}
+
+// SAFETY: `repr(C)` of two `u32`s: no padding, every bit pattern valid, no pointers.
+#[allow(unsafe_code)]
+unsafe impl ShmSafe for Pair {}
+
+#[test]
+fn hand_made_shm_safe_type() {
+    let v = Value::new(Pair { a: 1, b: 2 }).unwrap();
+    v.lock().unwrap().b = 5;
+    assert_eq!(v.load(), Pair { a: 1, b: 5 });
+    assert_eq!(format!("{v:?}"), "Value { value: Pair { a: 1, b: 5 } }");
+}
