@@ -64,8 +64,17 @@ pub struct Target {
     pub workload: &'static str,
     /// As stated, like `≤ 0.5 ms`.
     pub text: &'static str,
-    /// Whether a median per operation meets it.
-    pub met: fn(Duration) -> bool,
+    /// How to tell whether its median meets it.
+    pub met: Check,
+}
+
+/// How a target is checked.
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    /// Against the median per operation alone.
+    Median(fn(Duration) -> bool),
+    /// At least `ratio` times as fast as the median of another workload of the group.
+    Relative { of: &'static str, ratio: f64 },
 }
 
 /// How to show a median as a rate.
@@ -262,10 +271,15 @@ pub fn report(group: &Group, stats: &[Stats]) -> String {
     }
     for t in &group.targets {
         if let Some(s) = find(stats, t.workload) {
-            let verdict = if (t.met)(s.median()) {
-                "met"
-            } else {
-                "**missed**"
+            let met = match t.met {
+                Check::Median(f) => Some(f(s.median())),
+                Check::Relative { of, ratio } => find(stats, of)
+                    .map(|o| o.median().as_secs_f64() / s.median().as_secs_f64() >= ratio),
+            };
+            let verdict = match met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "not measured",
             };
             let _ = writeln!(
                 out,

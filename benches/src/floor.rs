@@ -16,6 +16,10 @@ pub fn main(mut args: impl Iterator<Item = String>) {
         "pipe-stream-8" => return println!("{}", pipe_stream(8, iters)),
         "pipe-stream-1m" => return println!("{}", pipe_stream(1 << 20, iters)),
         "pipe-ping-pong" => return println!("{}", pipe_ping_pong(iters)),
+        "mutex-counter" => return println!("{}", mutex_counter(false, iters)),
+        "robust-mutex-counter" => return println!("{}", mutex_counter(true, iters)),
+        "futex-ping-pong" => return println!("{}", futex_ping_pong(iters)),
+        "pthread-barrier" => return println!("{}", pthread_barrier(iters)),
         other => {
             eprintln!("unknown workload {other:?}");
             std::process::exit(2);
@@ -155,4 +159,164 @@ fn wait(pid: libc::pid_t) {
     // SAFETY: waits for our own child, writing its status into a local.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid, "waitpid");
+}
+
+/// Anonymous shared memory for a `T`, zeroed, mapped before a fork so that parent and
+/// children share it. Never unmapped: the floor process exits right after.
+fn shared<T>() -> *mut T {
+    // SAFETY: a fresh anonymous shared mapping chosen by the kernel.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            std::mem::size_of::<T>().max(4096),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+    p.cast()
+}
+
+/// Forks a child that runs `f` and exits.
+fn fork_running(f: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: single-threaded; the child runs `f` (plain shared-memory and futex calls)
+    // and exits with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        f();
+        // SAFETY: ends the child without running anything of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+#[repr(C)]
+struct Counter {
+    mutex: libc::pthread_mutex_t,
+    value: u64,
+    go: std::sync::atomic::AtomicU32,
+}
+
+/// Two processes each take a `PTHREAD_PROCESS_SHARED` mutex (robust or not) and add 1
+/// to a counter `iters / 2` times, starting together; the seconds until both are reaped.
+fn mutex_counter(robust: bool, iters: u64) -> f64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    let c = shared::<Counter>();
+    // SAFETY: initialises the mutex in the fresh mapping with a process-shared (and
+    // optionally robust) attribute, before any other process exists.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        libc::pthread_mutexattr_init(&mut attr);
+        libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+        if robust {
+            libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+        }
+        assert_eq!(libc::pthread_mutex_init(&raw mut (*c).mutex, &attr), 0);
+    }
+    let half = iters / 2;
+    let add = || {
+        // SAFETY: the counter lives in the shared mapping for the whole process; the
+        // mutex serialises the increments across both processes.
+        unsafe {
+            while (*c).go.load(SeqCst) == 0 {
+                std::hint::spin_loop();
+            }
+            for _ in 0..half {
+                libc::pthread_mutex_lock(&raw mut (*c).mutex);
+                (*c).value += 1;
+                libc::pthread_mutex_unlock(&raw mut (*c).mutex);
+            }
+        }
+    };
+    let kids = [fork_running(add), fork_running(add)];
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let start = Instant::now();
+    // SAFETY: the flag is an atomic in the shared mapping.
+    unsafe { (*c).go.store(1, SeqCst) };
+    for pid in kids {
+        wait(pid);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // SAFETY: both children are gone; nobody else touches the counter.
+    assert_eq!(unsafe { (*c).value }, 2 * half);
+    elapsed
+}
+
+/// Two processes hand a turn back and forth `iters` times through a futex word,
+/// sleeping in the kernel for each turn: the floor of a sleeping hand-off.
+fn futex_ping_pong(iters: u64) -> f64 {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let turn = shared::<AtomicU32>();
+    // SAFETY: the word lives in the shared mapping for the whole process.
+    let turn: &'static AtomicU32 = unsafe { &*turn };
+    let rounds = (iters / 2) as u32;
+    let wait_for = |want: u32| loop {
+        let now = turn.load(SeqCst);
+        if now == want {
+            return;
+        }
+        // SAFETY: FUTEX_WAIT on a word of shared memory, which stays mapped.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                turn.as_ptr(),
+                libc::FUTEX_WAIT,
+                now,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+    };
+    let hand = |to: u32| {
+        turn.store(to, SeqCst);
+        // SAFETY: FUTEX_WAKE on the same word.
+        unsafe { libc::syscall(libc::SYS_futex, turn.as_ptr(), libc::FUTEX_WAKE, 1) };
+    };
+    let child = fork_running(|| {
+        for i in 0..=rounds {
+            wait_for(2 * i + 1);
+            hand(2 * i + 2);
+        }
+    });
+    hand(1);
+    wait_for(2);
+    let start = Instant::now();
+    for i in 1..=rounds {
+        hand(2 * i + 1);
+        wait_for(2 * i + 2);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    wait(child);
+    elapsed
+}
+
+/// This process and a child pass a `PTHREAD_PROCESS_SHARED` barrier `iters` times.
+fn pthread_barrier(iters: u64) -> f64 {
+    let b = shared::<libc::pthread_barrier_t>();
+    // SAFETY: initialises the barrier in the fresh mapping, before the fork.
+    unsafe {
+        let mut attr: libc::pthread_barrierattr_t = std::mem::zeroed();
+        libc::pthread_barrierattr_init(&mut attr);
+        libc::pthread_barrierattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+        assert_eq!(libc::pthread_barrier_init(b, &attr, 2), 0);
+    }
+    let pass = move || {
+        // SAFETY: the barrier lives in the shared mapping for the whole process.
+        unsafe { libc::pthread_barrier_wait(b) };
+    };
+    let child = fork_running(move || {
+        for _ in 0..=iters {
+            pass();
+        }
+    });
+    pass();
+    let start = Instant::now();
+    for _ in 0..iters {
+        pass();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    wait(child);
+    elapsed
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use compare::{Group, Impl, Rate, Target, Workload};
+use compare::{Check, Group, Impl, Rate, Target, Workload};
 use multiproc::StartMethod;
 
 /// Calls this first in every benchmark binary's `main`: both libraries recognise their own
@@ -148,6 +148,89 @@ pub mod ipc {
     }
 }
 
+/// Locks, events and barriers between processes.
+pub mod sync {
+    use super::*;
+    use multiproc::{Barrier, Event, Value};
+
+    fn add_locked((v, start, n): (Value<u64>, Barrier, u64)) {
+        start.wait().expect("start barrier");
+        for _ in 0..n {
+            *v.lock().expect("owner died") += 1;
+        }
+    }
+
+    /// Two processes each add 1 to a shared `Value` `n / 2` times under its lock,
+    /// starting together at a barrier; the time until both are joined.
+    pub fn lock_counter(n: u64) -> Duration {
+        let v = Value::new(0u64).expect("value");
+        let start = Barrier::new(3).expect("barrier");
+        let kids: Vec<_> = (0..2)
+            .map(|_| {
+                multiproc::spawn(add_locked, (v.clone(), start.clone(), n / 2)).expect("spawn")
+            })
+            .collect();
+        start.wait().expect("start barrier");
+        let t = Instant::now();
+        for k in kids {
+            k.join().expect("adder");
+        }
+        let elapsed = t.elapsed();
+        assert_eq!(v.load(), n / 2 * 2);
+        elapsed
+    }
+
+    fn pong_events((ping, pong, rounds): (Event, Event, u64)) {
+        for _ in 0..rounds {
+            ping.wait();
+            ping.clear();
+            pong.set();
+        }
+    }
+
+    /// `n` hand-offs between two processes through two events: one sets an event, the
+    /// other wakes, clears it and sets the other.
+    pub fn event_handoff(n: u64) -> Duration {
+        let rounds = n / 2;
+        let (ping, back) = (Event::new().expect("event"), Event::new().expect("event"));
+        let child =
+            multiproc::spawn(pong_events, (ping.clone(), back.clone(), rounds + 1)).expect("spawn");
+        let round = || {
+            ping.set();
+            back.wait();
+            back.clear();
+        };
+        round();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            round();
+        }
+        let elapsed = t.elapsed();
+        child.join().expect("pong");
+        elapsed
+    }
+
+    fn pass_rounds((b, n): (Barrier, u64)) {
+        for _ in 0..n {
+            b.wait().expect("barrier");
+        }
+    }
+
+    /// This process and a child pass a two-party barrier `n` times.
+    pub fn barrier_rounds(n: u64) -> Duration {
+        let b = Barrier::new(2).expect("barrier");
+        let child = multiproc::spawn(pass_rounds, (b.clone(), n + 1)).expect("spawn");
+        b.wait().expect("barrier");
+        let t = Instant::now();
+        for _ in 0..n {
+            b.wait().expect("barrier");
+        }
+        let elapsed = t.elapsed();
+        child.join().expect("party");
+        elapsed
+    }
+}
+
 /// CPython's `multiprocessing`, through the scripts in `python/`.
 pub mod python {
     use super::*;
@@ -255,12 +338,12 @@ pub fn groups(exe: &Path) -> Vec<Group> {
             Target {
                 workload: "multiproc ForkServer",
                 text: "≤ 0.5 ms",
-                met: |d| d <= Duration::from_micros(500),
+                met: Check::Median(|d| d <= Duration::from_micros(500)),
             },
             Target {
                 workload: "multiproc Spawn",
                 text: "≤ 3 ms",
-                met: |d| d <= Duration::from_millis(3),
+                met: Check::Median(|d| d <= Duration::from_millis(3)),
             },
         ],
         pairs: vec![
@@ -297,7 +380,147 @@ pub fn groups(exe: &Path) -> Vec<Group> {
         ],
     });
     groups.extend(ipc_groups(exe, python));
+    groups.extend(sync_groups(exe, python));
     groups
+}
+
+fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
+    let floor = |workload: &'static str| {
+        let exe = exe.to_path_buf();
+        move |n| spawn::floor(&exe, workload, n)
+    };
+    let py = |script: &'static str| move |n| python::run(script, &[], n);
+    let mut lock = vec![Workload::new(
+        "multiproc Value::lock",
+        Impl::Multiproc,
+        200_000,
+        sync::lock_counter,
+    )];
+    let mut event = vec![Workload::new(
+        "multiproc Event",
+        Impl::Multiproc,
+        40_000,
+        sync::event_handoff,
+    )];
+    let mut barrier = vec![Workload::new(
+        "multiproc Barrier",
+        Impl::Multiproc,
+        20_000,
+        sync::barrier_rounds,
+    )];
+    if python {
+        lock.push(Workload::new(
+            "CPython Value + get_lock()",
+            Impl::Peer,
+            100_000,
+            py("mp_lock.py"),
+        ));
+        event.push(Workload::new(
+            "CPython Event",
+            Impl::Peer,
+            10_000,
+            py("mp_event.py"),
+        ));
+        barrier.push(Workload::new(
+            "CPython Barrier",
+            Impl::Peer,
+            5_000,
+            py("mp_barrier.py"),
+        ));
+    }
+    lock.push(Workload::new(
+        "pthread mutex, process-shared",
+        Impl::Floor,
+        200_000,
+        floor("mutex-counter"),
+    ));
+    lock.push(Workload::new(
+        "pthread mutex, process-shared, robust",
+        Impl::Floor,
+        200_000,
+        floor("robust-mutex-counter"),
+    ));
+    event.push(Workload::new(
+        "futex hand-off",
+        Impl::Floor,
+        40_000,
+        floor("futex-ping-pong"),
+    ));
+    barrier.push(Workload::new(
+        "pthread barrier, process-shared",
+        Impl::Floor,
+        20_000,
+        floor("pthread-barrier"),
+    ));
+    let cpython = python::version().map_or_else(
+        || "python3 was not found: the CPython rows are missing.".to_string(),
+        |v| format!("CPython: {v}, `fork` context."),
+    );
+    vec![
+        Group {
+            title: "Lock-protected counter, two processes",
+            rate: Rate::Ops("increments"),
+            operation: "one increment of a shared counter under a process-shared lock, two processes taking turns as they contend (timed from a start barrier until both are joined)",
+            bench: "sync",
+            workloads: lock,
+            targets: vec![Target {
+                workload: "multiproc Value::lock",
+                text: "≥ 0.8 × the process-shared pthread mutex",
+                met: Check::Relative {
+                    of: "pthread mutex, process-shared",
+                    ratio: 0.8,
+                },
+            }],
+            pairs: vec![
+                ("multiproc Value::lock", "CPython Value + get_lock()"),
+                ("multiproc Value::lock", "pthread mutex, process-shared"),
+                (
+                    "multiproc Value::lock",
+                    "pthread mutex, process-shared, robust",
+                ),
+            ],
+            notes: vec![
+                "multiproc's lock is robust (a dead owner is reported, not waited for) without the kernel's robust list: the owner is named by thread id and start time, checked only by a waiter that has slept for a while.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![(
+                "lock-protected counter, 2 processes",
+                "multiproc Value::lock",
+                "CPython Value + get_lock()",
+            )],
+        },
+        Group {
+            title: "Event hand-off",
+            rate: Rate::None,
+            operation: "one hand-off between two processes: one sets an event, the other wakes up (half a round trip through two events)",
+            bench: "sync",
+            workloads: event,
+            targets: Vec::new(),
+            pairs: vec![
+                ("multiproc Event", "CPython Event"),
+                ("multiproc Event", "futex hand-off"),
+            ],
+            notes: vec![
+                "A waiter spins for 10 µs before it sleeps on a futex, so a hand-off between two busy processes usually costs no system call; the floor sleeps in the kernel every time.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("event set → wake", "multiproc Event", "CPython Event")],
+        },
+        Group {
+            title: "Barrier round, two processes",
+            rate: Rate::None,
+            operation: "one round of a two-party barrier passed by this process and a child",
+            bench: "sync",
+            workloads: barrier,
+            targets: Vec::new(),
+            pairs: vec![
+                ("multiproc Barrier", "CPython Barrier"),
+                ("multiproc Barrier", "pthread barrier, process-shared"),
+            ],
+            notes: vec![cpython],
+            headline: vec![("barrier round", "multiproc Barrier", "CPython Barrier")],
+        },
+    ]
 }
 
 fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
@@ -376,7 +599,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             targets: vec![Target {
                 workload: "multiproc Queue",
                 text: "≥ 3 M msgs/s",
-                met: |d| d.as_secs_f64() <= 1.0 / 3e6,
+                met: Check::Median(|d| d.as_secs_f64() <= 1.0 / 3e6),
             }],
             pairs: vec![
                 ("multiproc Queue", "CPython Queue"),
@@ -397,7 +620,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             targets: vec![Target {
                 workload: "multiproc Queue",
                 text: "≥ 4 GB/s",
-                met: |d| d.as_secs_f64() <= (1u64 << 20) as f64 / 4e9,
+                met: Check::Median(|d| d.as_secs_f64() <= (1u64 << 20) as f64 / 4e9),
             }],
             pairs: vec![
                 ("multiproc Queue", "CPython Queue"),
@@ -418,7 +641,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             targets: vec![Target {
                 workload: "multiproc duplex pipe",
                 text: "≤ 15 µs",
-                met: |d| d <= Duration::from_micros(15),
+                met: Check::Median(|d| d <= Duration::from_micros(15)),
             }],
             pairs: vec![
                 ("multiproc duplex pipe", "CPython Pipe"),

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p multiproc-bench -- --compare            # writes BENCHMARKS.md
 //! cargo run --release -p multiproc-bench -- --compare --runs 3 --out /tmp/b.md
+//! cargo run --release -p multiproc-bench -- --compare --only lock   # some groups only
 //! ```
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ fn main() {
     let mut runs = 5;
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     let mut compare = false;
+    let mut only: Option<String> = None;
     let mut rest: Vec<String> = first.into_iter().chain(args).collect();
     rest.reverse();
     while let Some(arg) = rest.pop() {
@@ -27,24 +29,35 @@ fn main() {
             "--compare" => compare = true,
             "--runs" => runs = rest.pop().and_then(|n| n.parse().ok()).unwrap_or(runs),
             "--out" => out = rest.pop().map(PathBuf::from).unwrap_or(out),
+            "--only" => only = rest.pop(),
             other => {
                 eprintln!(
-                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--runs N] [--out FILE]"
+                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--runs N] [--out FILE] [--only TEXT]"
                 );
                 std::process::exit(2);
             }
         }
     }
     if !compare {
-        eprintln!("usage: multiproc-bench --compare [--runs N] [--out FILE]");
+        eprintln!("usage: multiproc-bench --compare [--runs N] [--out FILE] [--only TEXT]");
         std::process::exit(2);
     }
     let exe = std::env::current_exe().expect("own path");
-    let groups = multiproc_bench::groups(&exe);
+    let mut groups = multiproc_bench::groups(&exe);
+    if let Some(only) = &only {
+        // A partial run is for looking at, not for the report or the README.
+        groups.retain(|g| g.title.to_lowercase().contains(&only.to_lowercase()));
+        if out.ends_with("BENCHMARKS.md") {
+            out = std::env::temp_dir().join("multiproc-bench-partial.md");
+        }
+    }
     let header = multiproc_bench::header(runs);
     let (report, summary) = multiproc_bench::compare::run_all(&groups, runs, &header);
     std::fs::write(&out, report).expect("write the report");
     eprintln!("wrote {}", out.display());
+    if only.is_some() {
+        return;
+    }
     // The README quotes the headline numbers of this same run.
     let readme = out.with_file_name("README.md");
     if let Some(updated) = std::fs::read_to_string(&readme)

@@ -114,6 +114,46 @@
 //! (`#[serde(with = "serde_bytes")]`), since a plain `Vec<u8>` is encoded element by
 //! element.
 //!
+//! # Locks and shared memory
+//!
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and
+//! [`Barrier`] synchronise processes, and threads of one process, with the same types.
+//! [`Value`] and [`Array`] keep plain data ([`ShmSafe`]: any [`bytemuck::Pod`] type) in
+//! shared memory behind a lock of their own, and [`SharedMemory`] is a block of bytes.
+//! Like pipes and queues, every handle is `Clone + Serialize + Deserialize`.
+//!
+//! ```no_run
+//! use multiproc::{Lock, Value};
+//!
+//! fn add((counter, lock): (Value<u64>, Lock)) {
+//!     for _ in 0..1000 {
+//!         let _held = lock.lock().unwrap_or_else(|died| died.into_inner());
+//!         counter.store(counter.load() + 1);
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! let counter = Value::new(0)?;
+//! let lock = Lock::new()?;
+//! let children: Vec<_> = (0..10)
+//!     .map(|_| multiproc::spawn(add, (counter.clone(), lock.clone())))
+//!     .collect::<Result<_, _>>()?;
+//! for child in children {
+//!     child.join()?;
+//! }
+//! assert_eq!(counter.load(), 10_000);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A lock whose holder died (crashed, killed, or a thread that ended holding it) is not
+//! a deadlock: the next `lock()` returns [`OwnerDied`] with the guard, and the lock works
+//! as before afterwards. A [`Barrier`] party that dies breaks the barrier for the others.
+//! Anonymous segments vanish with their last user; named ones
+//! ([`SharedMemory::create`], [`Value::create_named`]) are removed by their creator, or
+//! on its behalf when it dies.
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
@@ -130,9 +170,10 @@
 //!
 //! # Platforms
 //!
-//! Linux (kernel 5.4 or later): the design relies on pidfds, `PR_SET_PDEATHSIG` and
-//! `/proc`. On other platforms the crate compiles, and starting a process returns
-//! [`SpawnError::Unsupported`].
+//! Linux (kernel 5.4 or later): the design relies on pidfds, `PR_SET_PDEATHSIG`, memfds,
+//! futexes and `/proc`. On other platforms the crate compiles, starting a process
+//! returns [`SpawnError::Unsupported`] and creating a shared object
+//! [`ShmError::Unsupported`].
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

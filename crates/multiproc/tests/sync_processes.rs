@@ -689,15 +689,24 @@ fn shared_memory_anonymous_and_named() {
     ));
 }
 
-/// Helper mode: creates named segments, prints their names, and waits to be killed.
+/// Holds a segment until killed.
+fn hold_segment(shm: SharedMemory) {
+    shm.write(0, &[1]).unwrap();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Helper mode: creates named segments, and anonymous ones that a child of its own holds
+/// too, prints the names, and waits to be killed with that child.
 fn helper_create_named_then_wait() {
     let shm_name = unique("killed-shm");
     let value_name = unique("killed-value");
     let shm = SharedMemory::create(&shm_name, 8192).unwrap();
     let value = Value::create_named(&value_name, 5u64).unwrap();
+    let anonymous = SharedMemory::new(1 << 20).unwrap();
+    let child = multiproc::spawn(hold_segment, anonymous.clone()).unwrap();
     println!("names {shm_name} {value_name}");
     std::thread::sleep(Duration::from_secs(3600));
-    drop((shm, value));
+    drop((shm, value, anonymous, child));
 }
 
 fn named_segments_of_a_killed_creator_are_removed() {
@@ -709,8 +718,12 @@ fn named_segments_of_a_killed_creator_are_removed() {
     let value = Value::<u64>::open_named(value_name).unwrap();
     assert_eq!(value.load(), 5);
     let pid = h.child.id();
-    drop(h); // SIGKILL and reap
+    let tree = common::descendants_of(pid);
+    drop(h); // SIGKILL the helper and its children, and reap them
     assert!(common::wait_gone(pid, T));
+    for p in tree {
+        assert!(common::wait_gone(p, T));
+    }
     assert!(
         common::eventually(T, || !common::shm_exists(shm_name)
             && !common::shm_exists(value_name)),

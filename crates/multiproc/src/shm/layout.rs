@@ -16,6 +16,11 @@ pub(crate) struct LockWords {
     pub(crate) epoch: AtomicU32,
     /// Threads, in any process, asleep (or about to be) on `epoch`.
     pub(crate) sleepers: AtomicU32,
+    /// 1 when a sleeper wants the next release to wake it; the release that wakes
+    /// someone clears it, so a holder that releases and retakes the lock in a loop makes
+    /// one wake-up call per sleep, not one per release.
+    pub(crate) wake: AtomicU32,
+    pub(crate) _reserved: AtomicU32,
 }
 
 // SAFETY: `repr(C)`, made only of atomics: any bytes are a valid value.

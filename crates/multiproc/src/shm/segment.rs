@@ -102,6 +102,7 @@ impl Segment {
     ///
     /// If `T` does not fit there or `offset` is not aligned for it: offsets are
     /// constants of the layouts built on top of this, so that is a bug in multiproc.
+    #[inline]
     pub(crate) fn at<T: SharedWords>(&self, offset: usize) -> &T {
         let size = std::mem::size_of::<T>();
         assert!(
@@ -160,6 +161,7 @@ impl Segment {
     }
 
     /// Panics unless `offset..offset + len` lies within the segment.
+    #[inline]
     pub(crate) fn check_range(&self, offset: usize, len: usize) {
         assert!(
             offset.checked_add(len).is_some_and(|end| end <= self.len),
@@ -169,6 +171,7 @@ impl Segment {
 
     /// A raw pointer to the byte at `offset` (checked by the caller with
     /// [`check_range`](Self::check_range) before any use).
+    #[inline]
     pub(crate) fn ptr(&self, offset: usize) -> *mut u8 {
         self.ptr.as_ptr().wrapping_add(offset)
     }

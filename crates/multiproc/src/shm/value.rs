@@ -91,14 +91,21 @@ unsafe impl<T: bytemuck::Pod + Send + Sync> ShmSafe for T {}
 /// ```
 pub struct Value<T: ShmSafe> {
     obj: Arc<Object>,
-    _type: PhantomData<T>,
+    /// The value in the mapping, found (and checked) once.
+    data: NonNull<T>,
 }
+
+// SAFETY: `data` points into the mapping that `obj` keeps alive wherever the handle goes,
+// and is only dereferenced under the value's lock; `T: ShmSafe` is `Send + Sync`.
+unsafe impl<T: ShmSafe> Send for Value<T> {}
+// SAFETY: as above: shared access goes through the lock.
+unsafe impl<T: ShmSafe> Sync for Value<T> {}
 
 impl<T: ShmSafe> Clone for Value<T> {
     fn clone(&self) -> Self {
         Value {
             obj: self.obj.clone(),
-            _type: PhantomData,
+            data: self.data,
         }
     }
 }
@@ -146,8 +153,8 @@ impl<T: ShmSafe> Value<T> {
 
     fn adopt(obj: Object) -> Result<Value<T>, ShmError> {
         Ok(Value {
+            data: data_ptr(&obj),
             obj: Arc::new(obj),
-            _type: PhantomData,
         })
     }
 
@@ -166,7 +173,7 @@ impl<T: ShmSafe> Value<T> {
     ///
     /// If the calling thread holds the lock already.
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
-        mutex::lock(self.words(), false, |held| ValueGuard::new(&self.obj, held))
+        mutex::lock(self.words(), false, |held| ValueGuard::new(self.data, held))
     }
 
     /// Takes the value's lock if it is free.
@@ -177,7 +184,7 @@ impl<T: ShmSafe> Value<T> {
     /// [`lock`](Self::lock).
     pub fn try_lock(&self) -> TryLockResult<ValueGuard<'_, T>> {
         mutex::try_lock(self.words(), false, Wait::No, |held| {
-            ValueGuard::new(&self.obj, held)
+            ValueGuard::new(self.data, held)
         })
     }
 
@@ -189,7 +196,7 @@ impl<T: ShmSafe> Value<T> {
     /// [`lock`](Self::lock).
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<ValueGuard<'_, T>> {
         mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
-            ValueGuard::new(&self.obj, held)
+            ValueGuard::new(self.data, held)
         })
     }
 
@@ -248,10 +255,7 @@ impl<'de, T: ShmSafe> Deserialize<'de> for Value<T> {
                 "a Value segment holding an array",
             ));
         }
-        Ok(Value {
-            obj: Arc::new(obj),
-            _type: PhantomData,
-        })
+        Value::adopt(obj).map_err(codec::refuse)
     }
 }
 
@@ -264,9 +268,9 @@ pub struct ValueGuard<'a, T: ShmSafe> {
 }
 
 impl<'a, T: ShmSafe> ValueGuard<'a, T> {
-    fn new(obj: &'a Object, held: Held<'a>) -> Self {
+    fn new(ptr: NonNull<T>, held: Held<'a>) -> Self {
         ValueGuard {
-            ptr: data_ptr::<T>(obj),
+            ptr,
             _held: held,
             _data: PhantomData,
         }
@@ -277,8 +281,9 @@ impl<T: ShmSafe> Deref for ValueGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        // SAFETY: `ptr` points at the value, in bounds and aligned (`data_ptr`), in a
-        // mapping that lives as long as the `Value` this guard borrows. The guard holds
+        // SAFETY: `ptr` points at the value, in bounds and aligned (`data_ptr`, when the
+        // handle was made), in a mapping that lives as long as the `Value` this guard
+        // borrows. The guard holds
         // the value's lock, and every access to the value in every process goes through
         // that lock, so nothing writes it while this reference lives. Any bytes are a
         // valid `T` (`ShmSafe`).
@@ -328,14 +333,20 @@ impl<T: ShmSafe + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
 /// ```
 pub struct Array<T: ShmSafe> {
     obj: Arc<Object>,
-    _type: PhantomData<T>,
+    /// The elements in the mapping, found (and checked) once.
+    data: NonNull<T>,
 }
+
+// SAFETY: as for `Value`.
+unsafe impl<T: ShmSafe> Send for Array<T> {}
+// SAFETY: as for `Value`.
+unsafe impl<T: ShmSafe> Sync for Array<T> {}
 
 impl<T: ShmSafe> Clone for Array<T> {
     fn clone(&self) -> Self {
         Array {
             obj: self.obj.clone(),
-            _type: PhantomData,
+            data: self.data,
         }
     }
 }
@@ -386,8 +397,8 @@ impl<T: ShmSafe> Array<T> {
 
     fn adopt(obj: Object) -> Result<Array<T>, ShmError> {
         Ok(Array {
+            data: data_ptr(&obj),
             obj: Arc::new(obj),
-            _type: PhantomData,
         })
     }
 
@@ -416,7 +427,9 @@ impl<T: ShmSafe> Array<T> {
     ///
     /// If the calling thread holds the lock already.
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        mutex::lock(self.words(), false, |held| ArrayGuard::new(&self.obj, held))
+        mutex::lock(self.words(), false, |held| {
+            ArrayGuard::new(self.data, self.len(), held)
+        })
     }
 
     /// Takes the array's lock if it is free.
@@ -426,7 +439,7 @@ impl<T: ShmSafe> Array<T> {
     /// As [`Value::try_lock`].
     pub fn try_lock(&self) -> TryLockResult<ArrayGuard<'_, T>> {
         mutex::try_lock(self.words(), false, Wait::No, |held| {
-            ArrayGuard::new(&self.obj, held)
+            ArrayGuard::new(self.data, self.len(), held)
         })
     }
 
@@ -437,7 +450,7 @@ impl<T: ShmSafe> Array<T> {
     /// As [`Value::lock_timeout`].
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<ArrayGuard<'_, T>> {
         mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
-            ArrayGuard::new(&self.obj, held)
+            ArrayGuard::new(self.data, self.len(), held)
         })
     }
 
@@ -517,10 +530,7 @@ impl<T: ShmSafe> Serialize for Array<T> {
 impl<'de, T: ShmSafe> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let obj = Object::deserialize(d, Kind::Array, Elem::of::<T>())?;
-        Ok(Array {
-            obj: Arc::new(obj),
-            _type: PhantomData,
-        })
+        Array::adopt(obj).map_err(codec::refuse)
     }
 }
 
@@ -534,10 +544,10 @@ pub struct ArrayGuard<'a, T: ShmSafe> {
 }
 
 impl<'a, T: ShmSafe> ArrayGuard<'a, T> {
-    fn new(obj: &'a Object, held: Held<'a>) -> Self {
+    fn new(ptr: NonNull<T>, len: usize, held: Held<'a>) -> Self {
         ArrayGuard {
-            ptr: data_ptr::<T>(obj),
-            len: obj.len(),
+            ptr,
+            len,
             _held: held,
             _data: PhantomData,
         }

@@ -272,19 +272,13 @@ impl Barrier {
     /// The slot of the thread `me`: the one it claimed before, else a free one, else
     /// one whose thread died while not waiting (a party replaced by another thread).
     fn claim(&self, me: u64) -> Option<&BarrierSlot> {
-        let mut free = None;
-        for slot in self.slots() {
-            let owner = slot.identity.load(SeqCst);
-            if owner == me {
-                return Some(slot);
-            }
-            if free.is_none()
-                && (owner == 0 || (slot.waiting.load(SeqCst) == 0 && !sys::identity_alive(owner)))
-            {
-                free = Some(slot);
-            }
+        if let Some(mine) = self.slots().find(|s| s.identity.load(SeqCst) == me) {
+            return Some(mine);
         }
-        let slot = free?;
+        let slot = self.slots().find(|s| {
+            let owner = s.identity.load(SeqCst);
+            owner == 0 || (s.waiting.load(SeqCst) == 0 && !sys::identity_alive(owner))
+        })?;
         slot.identity.store(me, SeqCst);
         slot.waiting.store(0, SeqCst);
         Some(slot)

@@ -120,6 +120,15 @@ impl Condition {
         self.lock.try_lock()
     }
 
+    /// Takes the lock, waiting at most `timeout`: [`Lock::lock_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::lock_timeout`].
+    pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<LockGuard<'_>> {
+        self.lock.lock_timeout(timeout)
+    }
+
     /// Releases the lock held by `guard`, sleeps until notified, and takes the lock
     /// again.
     ///

@@ -25,7 +25,11 @@ impl<'a> Held<'a> {
     /// Releases the lock for good, whatever the re-entrancy count (for `Condition::wait`,
     /// which releases and retakes it): returns the count to restore.
     pub(crate) fn release_all(&self) -> u32 {
-        let count = self.words.count.swap(0, Relaxed);
+        let count = if self.reentrant {
+            self.words.count.swap(0, Relaxed)
+        } else {
+            1
+        };
         self.words.lock.unlock();
         count
     }
@@ -33,22 +37,30 @@ impl<'a> Held<'a> {
     /// Takes the lock again after [`release_all`](Self::release_all).
     pub(crate) fn retake(&self, count: u32, wait: Wait) -> Option<Acquired> {
         let got = raw_take(self.words, wait)?;
-        self.words.count.store(count, Relaxed);
+        if self.reentrant {
+            self.words.count.store(count, Relaxed);
+        }
         Some(got)
     }
 }
 
 impl Drop for Held<'_> {
+    #[inline]
     fn drop(&mut self) {
-        if self.reentrant && self.words.count.load(Relaxed) > 1 {
-            self.words.count.fetch_sub(1, Relaxed);
-            return;
+        // Only an `RLock` counts its holds; for the others `count` stays untouched, and
+        // the uncontended path is one CAS to lock and one store to unlock.
+        if self.reentrant {
+            if self.words.count.load(Relaxed) > 1 {
+                self.words.count.fetch_sub(1, Relaxed);
+                return;
+            }
+            self.words.count.store(0, Relaxed);
         }
-        self.words.count.store(0, Relaxed);
         self.words.lock.unlock();
     }
 }
 
+#[inline]
 fn raw_take(words: &MutexWords, wait: Wait) -> Option<Acquired> {
     match wait {
         Wait::No => words.lock.try_lock(),
@@ -73,13 +85,16 @@ pub(crate) enum Got<'a> {
 ///
 /// When waiting forever for a non-re-entrant lock this thread holds: it would never be
 /// granted.
+#[inline]
 pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Got<'_>> {
     let held = || Held {
         words,
         reentrant,
         _thread_bound: PhantomData,
     };
-    if words.lock.held_by_me() {
+    // The lock word is read by the CAS anyway; whether this thread holds it already
+    // matters only when it is taken.
+    if words.lock.is_locked() && words.lock.held_by_me() {
         if reentrant {
             words.count.fetch_add(1, Relaxed);
             return Some(Got::Clean(held()));
@@ -90,7 +105,9 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Go
         return None;
     }
     let got = raw_take(words, wait)?;
-    words.count.store(1, Relaxed);
+    if reentrant {
+        words.count.store(1, Relaxed);
+    }
     let died = got == Acquired::OwnerDied
         || (words.died.load(Relaxed) != 0 && words.died.swap(0, SeqCst) != 0);
     Some(if died {
@@ -101,6 +118,7 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Go
 }
 
 /// [`take`], waiting as long as it takes.
+#[inline]
 pub(crate) fn take_forever(words: &MutexWords, reentrant: bool) -> Got<'_> {
     loop {
         if let Some(got) = take(words, reentrant, Wait::Forever) {
@@ -111,6 +129,7 @@ pub(crate) fn take_forever(words: &MutexWords, reentrant: bool) -> Got<'_> {
 
 /// Takes the lock for an operation that cannot report an owner's death: if there was
 /// one, it is kept for the next [`take`].
+#[inline]
 pub(crate) fn take_quietly(words: &MutexWords) -> Held<'_> {
     match take_forever(words, false) {
         Got::Clean(held) => held,
@@ -122,6 +141,7 @@ pub(crate) fn take_quietly(words: &MutexWords) -> Held<'_> {
 }
 
 /// [`take_forever`] as a [`LockResult`] of `G`.
+#[inline]
 pub(crate) fn lock<'a, G>(
     words: &'a MutexWords,
     reentrant: bool,
@@ -148,6 +168,7 @@ pub(crate) fn try_lock<'a, G>(
 }
 
 /// Whether a thread holds the lock.
+#[inline]
 pub(crate) fn is_locked(words: &MutexWords) -> bool {
     words.lock.is_locked()
 }

@@ -10,9 +10,16 @@
 //! list is involved (glibc owns each thread's), and thread ids that are reused after a
 //! death are told apart by their start times.
 //!
-//! Lost wake-ups are impossible: a sleeper increments `sleepers` and then re-reads
-//! `state`; a releaser stores 0 into `state` and then reads `sleepers`; all four
-//! accesses are sequentially consistent, so at least one sees the other.
+//! Lost wake-ups are impossible: a sleeper reads `epoch`, increments `sleepers`, raises
+//! `wake` and then re-reads `state` before sleeping on `epoch`; a releaser stores 0 into
+//! `state` and then, if `sleepers` is non-zero and it can clear `wake`, bumps `epoch` and
+//! wakes one sleeper. All these accesses are sequentially consistent, so either the
+//! sleeper sees the lock free, or the releaser sees the sleeper (and its bump of `epoch`
+//! makes the sleep return at once if it had not begun). Clearing `wake` makes a holder
+//! that releases and retakes the lock in a loop call the kernel once per sleep rather
+//! than once per release (as glibc's mutex does with its "contended" state); a sleeper
+//! that takes the lock after sleeping raises `wake` again if others still sleep, so
+//! that its release wakes the next one.
 
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
@@ -39,6 +46,7 @@ pub(crate) enum Acquired {
 
 impl LockWords {
     /// Takes the lock if it is free, or held by a thread that no longer exists.
+    #[inline]
     pub(crate) fn try_lock(&self) -> Option<Acquired> {
         let me = sys::thread_identity();
         match self.state.compare_exchange(0, me, SeqCst, SeqCst) {
@@ -54,13 +62,20 @@ impl LockWords {
 
     /// Takes the lock, waiting until `deadline` (`None`: as long as it takes). `None`
     /// if the deadline passed first.
+    #[inline]
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> Option<Acquired> {
         let me = sys::thread_identity();
         if self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
             return Some(Acquired::Clean);
         }
+        self.lock_contended(me, deadline)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self, me: u64, deadline: Option<Instant>) -> Option<Acquired> {
         let spin_end = Instant::now() + SPIN;
-        let won = spin_until(spin_end.min(deadline.unwrap_or(spin_end)), || {
+        let won = spin_backing_off(spin_end.min(deadline.unwrap_or(spin_end)), || {
             self.state.load(SeqCst) == 0
                 && self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok()
         });
@@ -74,6 +89,7 @@ impl LockWords {
             let owner = self.state.load(SeqCst);
             if owner == 0 {
                 if self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
+                    self.pass_on_wake();
                     return Some(Acquired::Clean);
                 }
                 continue;
@@ -86,6 +102,7 @@ impl LockWords {
                         .compare_exchange(owner, me, SeqCst, SeqCst)
                         .is_ok()
                     {
+                        self.pass_on_wake();
                         return Some(Acquired::OwnerDied);
                     }
                     continue;
@@ -99,6 +116,7 @@ impl LockWords {
                 None => next_check,
             };
             self.sleepers.fetch_add(1, SeqCst);
+            self.wake.store(1, SeqCst);
             if self.state.load(SeqCst) != 0 {
                 sys::futex_wait(
                     &self.epoch,
@@ -110,16 +128,34 @@ impl LockWords {
         }
     }
 
+    /// After taking the lock on the sleeping path: if others still sleep, the next
+    /// release must wake one of them.
+    fn pass_on_wake(&self) {
+        if self.sleepers.load(SeqCst) > 0 {
+            self.wake.store(1, SeqCst);
+        }
+    }
+
     /// Releases the lock (the caller holds it).
+    #[inline]
     pub(crate) fn unlock(&self) {
         self.state.store(0, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
+            self.wake_one();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake_one(&self) {
+        if self.wake.load(SeqCst) != 0 && self.wake.swap(0, SeqCst) != 0 {
             self.epoch.fetch_add(1, SeqCst);
             sys::futex_wake(&self.epoch, 1);
         }
     }
 
     /// Whether some thread holds the lock (it may have died holding it).
+    #[inline]
     pub(crate) fn is_locked(&self) -> bool {
         self.state.load(SeqCst) != 0
     }
@@ -164,6 +200,32 @@ pub(crate) fn wait_for(
         if ready() {
             return true;
         }
+    }
+}
+
+/// Spins until `done` or `deadline`, looking first after `FIRST_PAUSES` pause
+/// instructions, then less and less often (up to every `MAX_PAUSES`); true if `done`.
+/// For a contended lock: a waiter that looks at once and often usually catches the lock
+/// in the moment between its holder's release and retake, and the two then take turns,
+/// moving the lock's cache line between processors at every turn. Measured here (two
+/// processes incrementing a counter under one lock, a pause being about 23 ns), looking
+/// at once and then every pause or so gave 0.5 to 0.9 times the throughput of a
+/// process-shared pthread mutex (which does not spin), and this schedule about 2 times.
+fn spin_backing_off(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    const FIRST_PAUSES: u32 = 32;
+    const MAX_PAUSES: u32 = 128;
+    let mut pauses = FIRST_PAUSES;
+    loop {
+        for _ in 0..pauses {
+            std::hint::spin_loop();
+        }
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        pauses = (pauses * 2).min(MAX_PAUSES);
     }
 }
 

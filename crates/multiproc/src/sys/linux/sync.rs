@@ -41,12 +41,19 @@ thread_local! {
 /// and all that have lived since boot: its thread id in the low 32 bits, the low 32
 /// bits of its start time (clock ticks since boot) in the high ones. A thread id alone
 /// may be reused after the thread exits; the pair is not, in practice.
+#[inline]
 pub(crate) fn thread_identity() -> u64 {
     let forks = FORKS.load(Ordering::Relaxed);
     let (cached, at) = IDENTITY.with(|c| c.get());
     if cached != 0 && at == forks {
         return cached;
     }
+    compute_identity(forks)
+}
+
+#[cold]
+#[inline(never)]
+fn compute_identity(forks: u64) -> u64 {
     register_fork_handler();
     let tid = rustix::thread::gettid()
         .as_raw_nonzero()
