@@ -30,6 +30,7 @@ fn main() {
                 "array_owner_exits_holding_its_lock",
                 array_owner_exits_holding_its_lock,
             ),
+            trial("killed_waiters_block_nobody", killed_waiters_block_nobody),
             trial("ten_processes_add_to_a_value", ten_processes_add_to_a_value),
             trial(
                 "separate_lock_guards_load_and_store",
@@ -241,6 +242,54 @@ fn array_owner_exits_holding_its_lock() {
     assert_eq!(&*g, &[1, 2, 3]);
     drop(g);
     assert_eq!(a.get(2), Some(3));
+}
+
+/// Blocks on each primitive in turn, for as long as it takes.
+fn block_on((lock, sem, event, cond, which): (Lock, Semaphore, Event, Condition, u8)) {
+    match which {
+        0 => drop(lock.lock()),
+        1 => sem.acquire().forget(),
+        2 => event.wait(),
+        _ => {
+            let g = cond.lock().unwrap();
+            drop(cond.wait(g));
+        }
+    }
+}
+
+/// Holders are fine; waiters are SIGKILLed while asleep: those still waiting, and the
+/// primitives themselves, carry on.
+fn killed_waiters_block_nobody() {
+    let lock = Lock::new().unwrap();
+    let sem = Semaphore::new(0).unwrap();
+    let event = Event::new().unwrap();
+    let cond = Condition::new().unwrap();
+    let all = (lock.clone(), sem.clone(), event.clone(), cond.clone());
+    let held = lock.lock().unwrap();
+    let start = |which: u8| {
+        let (l, s, e, c) = all.clone();
+        multiproc::spawn(block_on, (l, s, e, c, which)).unwrap()
+    };
+    let doomed: Vec<_> = (0..4).map(start).collect();
+    let survivors: Vec<_> = (0..4).map(start).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for mut d in doomed {
+        d.kill().unwrap();
+        assert!(d.join_timeout(T).is_err());
+    }
+    drop(held);
+    sem.release();
+    event.set();
+    // The condition's waiter must be asleep in `wait` (holding nothing) to be notified.
+    assert!(common::eventually(T, || {
+        cond.notify_all();
+        survivors.iter().all(|s| !s.is_alive())
+    }));
+    for mut s in survivors {
+        s.join_timeout(T).unwrap();
+    }
+    drop(lock.try_lock().unwrap());
+    assert_eq!(sem.available_permits(), 0);
 }
 
 fn add_thousand(v: Value<i64>) {
@@ -717,18 +766,19 @@ fn named_segments_of_a_killed_creator_are_removed() {
     // Another process maps one before the creator dies: it keeps working afterwards.
     let value = Value::<u64>::open_named(value_name).unwrap();
     assert_eq!(value.load(), 5);
-    let pid = h.child.id();
-    let tree = common::descendants_of(pid);
-    drop(h); // SIGKILL the helper and its children, and reap them
-    assert!(common::wait_gone(pid, T));
+    // Only the creator is killed: its fork server (which nobody kills) cleans up. Its
+    // other children become this process's (a subreaper), to be stopped afterwards.
+    let mut h = h;
+    let tree = common::descendants_of(h.child.id());
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    let gone = common::eventually(T, || {
+        !common::shm_exists(shm_name) && !common::shm_exists(value_name)
+    });
     for p in tree {
-        assert!(common::wait_gone(p, T));
+        common::kill_and_reap(p);
     }
-    assert!(
-        common::eventually(T, || !common::shm_exists(shm_name)
-            && !common::shm_exists(value_name)),
-        "the killed creator's segments are still in /dev/shm"
-    );
+    assert!(gone, "the killed creator's segments are still in /dev/shm");
     value.store(6);
     assert_eq!(value.load(), 6);
 }

@@ -21,9 +21,10 @@ use crate::ipc::codec;
 /// A *named* segment ([`create`](SharedMemory::create)) is `/dev/shm/<name>`, which any
 /// process of the same user can [`open`](SharedMemory::open), Python's
 /// `SharedMemory(name=...)` included. Its creator removes the name when its last handle
-/// is dropped, and if it dies first, multiproc removes the name on its behalf (this
-/// needs [`init`](crate::init) in the creating program). A process that only opened a
-/// segment never removes it.
+/// is dropped, and if it dies first, multiproc removes the name on its behalf: its fork
+/// server does, which needs [`init`](crate::init) in the creating program and survives
+/// anything but being killed itself (as by `kill -9` of the whole process group). A
+/// process that only opened a segment never removes it.
 ///
 /// The bytes have no lock: [`read`](SharedMemory::read) and
 /// [`write`](SharedMemory::write) copy ranges, and coordinating writers is up to the

@@ -142,7 +142,18 @@ impl Helper {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start helper");
+        // A freshly copied executable can be briefly busy (`ETXTBSY`): another thread's
+        // fork may hold a copy of the descriptor it was written through until its exec.
+        let mut tries = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("start helper"),
+            }
+        };
         let lines = forward(child.stdout.take().unwrap());
         let errors = forward(child.stderr.take().unwrap());
         Helper {
