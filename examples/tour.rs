@@ -6,6 +6,8 @@
 //! reproduce and the output to expect). The tour sets a faster pace for their sleeps in
 //! every process, with the same `init_with` setup function that configures logging.
 
+#[path = "async_tasks.rs"]
+mod async_tasks;
 #[path = "process_barrier.rs"]
 mod process_barrier;
 #[path = "process_basic.rs"]
@@ -18,12 +20,16 @@ mod process_event;
 mod process_lock_value;
 #[path = "process_pipe.rs"]
 mod process_pipe;
+#[path = "process_pool.rs"]
+mod process_pool;
 #[path = "process_queue.rs"]
 mod process_queue;
 #[path = "thread_basic.rs"]
 mod thread_basic;
 #[path = "thread_lock.rs"]
 mod thread_lock;
+#[path = "thread_pool.rs"]
+mod thread_pool;
 #[path = "thread_queue.rs"]
 mod thread_queue;
 
@@ -86,6 +92,15 @@ fn main() {
 
     section("process_event: one process waits for an event another sets");
     process_event::run();
+
+    section("thread_pool: submitted closures, results collected; a panic fails one task");
+    thread_pool::run();
+
+    section("process_pool: five workers square 0..10; a crash fails one task only");
+    process_pool::run();
+
+    section("async_tasks: tokio awaits pool tasks and a queue consumer together");
+    async_tasks::run();
 
     println!("\nTour done in {:.1?}.", start.elapsed());
 }

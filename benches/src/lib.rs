@@ -238,6 +238,142 @@ pub mod sync {
     }
 }
 
+/// Pools: maps, lazy maps, submit + wait, CPU-bound tasks; against rayon and procspawn.
+pub mod pool {
+    use super::*;
+    use multiproc::Pool;
+
+    /// Workers (threads for rayon) in every pool workload: the cores of a small machine.
+    pub const PROCESSES: usize = 2;
+
+    /// The trivial task.
+    pub fn square(x: u64) -> u64 {
+        x.wrapping_mul(x)
+    }
+
+    /// The CPU-bound task: spins for 1 ms.
+    pub fn spin_ms(_: u64) -> u64 {
+        let end = Instant::now() + Duration::from_millis(1);
+        let mut i = 0u64;
+        while Instant::now() < end {
+            i = std::hint::black_box(i + 1);
+        }
+        i
+    }
+
+    /// Starts a pool of `processes` workers, warms it up, times `work` on it.
+    fn timed(processes: usize, work: impl FnOnce(&Pool) -> usize, n: u64) -> Duration {
+        let pool = Pool::new(processes).expect("pool");
+        pool.map(square, 0..100).expect("warm-up");
+        let t = Instant::now();
+        let done = work(&pool);
+        let elapsed = t.elapsed();
+        assert_eq!(done as u64, n);
+        elapsed
+    }
+
+    /// `Pool::map` of `n` trivial tasks, chunked automatically.
+    pub fn map(n: u64) -> Duration {
+        map_on(PROCESSES, n)
+    }
+
+    /// As [`map`], with `processes` workers.
+    pub fn map_on(processes: usize, n: u64) -> Duration {
+        timed(processes, |p| p.map(square, 0..n).expect("map").len(), n)
+    }
+
+    /// `Pool::imap` of `n` trivial tasks, one task per item.
+    pub fn imap_one_by_one(n: u64) -> Duration {
+        timed(
+            PROCESSES,
+            |p| p.imap(square, 0..n).inspect(|r| assert!(r.is_ok())).count(),
+            n,
+        )
+    }
+
+    /// `Pool::map_chunked` with one item per task.
+    pub fn map_chunk_1(n: u64) -> Duration {
+        timed(
+            PROCESSES,
+            |p| p.map_chunked(square, 0..n, 1).expect("map").len(),
+            n,
+        )
+    }
+
+    /// `n` `Pool::submit` calls, then `n` `Task::wait` calls.
+    pub fn submit_wait(n: u64) -> Duration {
+        timed(
+            PROCESSES,
+            |p| {
+                let tasks: Vec<_> = (0..n)
+                    .map(|x| p.submit(square, x).expect("submit"))
+                    .collect();
+                let mut done = 0;
+                for t in tasks {
+                    t.wait().expect("task");
+                    done += 1;
+                }
+                done
+            },
+            n,
+        )
+    }
+
+    /// `Pool::map` of `n` 1 ms CPU-bound tasks, chunked automatically, on `processes`
+    /// workers.
+    pub fn cpu_map(processes: usize, n: u64) -> Duration {
+        timed(processes, |p| p.map(spin_ms, 0..n).expect("map").len(), n)
+    }
+
+    /// rayon's parallel iterator over `n` 1 ms tasks on a pool of `threads` threads.
+    pub fn rayon_cpu(threads: usize, n: u64) -> Duration {
+        rayon_run(threads, n, spin_ms)
+    }
+
+    /// rayon's parallel map of `n` trivial tasks.
+    pub fn rayon_map(n: u64) -> Duration {
+        rayon_run(PROCESSES, n, square)
+    }
+
+    fn rayon_run(threads: usize, n: u64, f: fn(u64) -> u64) -> Duration {
+        use rayon::prelude::*;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("rayon pool");
+        let t = Instant::now();
+        let out: Vec<u64> = pool.install(|| (0..n).into_par_iter().map(f).collect());
+        let elapsed = t.elapsed();
+        assert_eq!(out.len() as u64, n);
+        elapsed
+    }
+
+    /// procspawn's pool: `n` `spawn` calls, then `n` `join` calls.
+    pub fn procspawn_submit_wait(n: u64) -> Duration {
+        procspawn_run(n, square)
+    }
+
+    /// procspawn's pool running `n` 1 ms tasks.
+    pub fn procspawn_cpu(n: u64) -> Duration {
+        procspawn_run(n, spin_ms)
+    }
+
+    fn procspawn_run(n: u64, f: fn(u64) -> u64) -> Duration {
+        let pool = procspawn::Pool::new(PROCESSES).expect("procspawn pool");
+        for h in (0..10).map(|x| pool.spawn(x, square)).collect::<Vec<_>>() {
+            h.join().expect("warm-up");
+        }
+        let t = Instant::now();
+        let handles: Vec<_> = (0..n).map(|x| pool.spawn(x, f)).collect();
+        for h in handles {
+            h.join().expect("procspawn task");
+        }
+        let elapsed = t.elapsed();
+        pool.shutdown();
+        elapsed
+    }
+}
+
 /// CPython's `multiprocessing`, through the scripts in `python/`.
 pub mod python {
     use super::*;
@@ -388,7 +524,186 @@ pub fn groups(exe: &Path) -> Vec<Group> {
     });
     groups.extend(ipc_groups(exe, python));
     groups.extend(sync_groups(exe, python));
+    groups.extend(pool_groups(python));
     groups
+}
+
+fn pool_groups(python: bool) -> Vec<Group> {
+    let py = |args: &'static [&'static str]| move |n| python::run(args[0], &args[1..], n);
+    let cpython = python::version().map_or_else(
+        || "python3 was not found: the CPython rows are missing.".to_string(),
+        |v| format!("CPython: {v}, `fork` context, 2 workers, pool started and warmed up before the clock starts (as for multiproc)."),
+    );
+    let mut map = vec![
+        Workload::new("multiproc Pool::map", Impl::Multiproc, 100_000, pool::map),
+        Workload::new(
+            "rayon par_iter (2 threads)",
+            Impl::Peer,
+            100_000,
+            pool::rayon_map,
+        ),
+    ];
+    let mut one = vec![
+        Workload::new(
+            "multiproc Pool::imap",
+            Impl::Multiproc,
+            100_000,
+            pool::imap_one_by_one,
+        ),
+        Workload::new(
+            "multiproc Pool::map_chunked(1)",
+            Impl::Multiproc,
+            100_000,
+            pool::map_chunk_1,
+        ),
+    ];
+    let mut submit = vec![
+        Workload::new(
+            "multiproc submit + wait",
+            Impl::Multiproc,
+            10_000,
+            pool::submit_wait,
+        ),
+        Workload::new(
+            "procspawn Pool spawn + join",
+            Impl::Peer,
+            2_000,
+            pool::procspawn_submit_wait,
+        ),
+    ];
+    let mut cpu = vec![
+        Workload::new("multiproc Pool::map", Impl::Multiproc, 2_000, |n| {
+            pool::cpu_map(pool::PROCESSES, n)
+        }),
+        Workload::new("rayon par_iter (2 threads)", Impl::Peer, 2_000, |n| {
+            pool::rayon_cpu(pool::PROCESSES, n)
+        }),
+        Workload::new(
+            "procspawn Pool spawn + join",
+            Impl::Peer,
+            2_000,
+            pool::procspawn_cpu,
+        ),
+    ];
+    if python {
+        map.push(Workload::new(
+            "CPython Pool.map",
+            Impl::Peer,
+            100_000,
+            py(&["mp_pool.py", "map"]),
+        ));
+        one.push(Workload::new(
+            "CPython Pool.imap",
+            Impl::Peer,
+            10_000,
+            py(&["mp_pool.py", "imap1"]),
+        ));
+        one.push(Workload::new(
+            "CPython Pool.map(chunksize=1)",
+            Impl::Peer,
+            10_000,
+            py(&["mp_pool.py", "map1"]),
+        ));
+        submit.push(Workload::new(
+            "CPython ProcessPoolExecutor",
+            Impl::Peer,
+            5_000,
+            py(&["mp_pool.py", "executor"]),
+        ));
+        cpu.push(Workload::new(
+            "CPython Pool.map",
+            Impl::Peer,
+            2_000,
+            py(&["mp_pool.py", "cpu"]),
+        ));
+    }
+    vec![
+        Group {
+            title: "Pool map, trivial tasks, default chunking",
+            rate: Rate::Ops("tasks"),
+            operation: "one item of a 100,000-item map of `x * x` over 2 workers, results collected in order",
+            bench: "pool",
+            workloads: map,
+            targets: vec![Target {
+                workload: "multiproc Pool::map",
+                text: "≥ 2× CPython's Pool.map",
+                met: Check::Relative { of: "CPython Pool.map", ratio: 2.0 },
+            }],
+            pairs: vec![
+                ("multiproc Pool::map", "CPython Pool.map"),
+                ("multiproc Pool::map", "rayon par_iter (2 threads)"),
+            ],
+            notes: vec![
+                "Both pools cut the input into about four chunks per worker. rayon runs threads in this process: no encoding, no copies, the ceiling for work this small.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("Pool map, 100k trivial tasks", "multiproc Pool::map", "CPython Pool.map")],
+        },
+        Group {
+            title: "Pool tasks one by one",
+            rate: Rate::Ops("tasks"),
+            operation: "one `x * x` task of a lazy map (or a map with one item per chunk) over 2 workers, results in order",
+            bench: "pool",
+            workloads: one,
+            targets: vec![Target {
+                workload: "multiproc Pool::imap",
+                text: "≥ 500 k tasks/s",
+                met: Check::Median(|d| d.as_secs_f64() <= 1.0 / 5e5),
+            }],
+            pairs: vec![
+                ("multiproc Pool::imap", "CPython Pool.imap"),
+                ("multiproc Pool::map_chunked(1)", "CPython Pool.map(chunksize=1)"),
+            ],
+            notes: vec![
+                "Every task is its own message each way: the pool keeps each worker's queue a few tasks deep, in batches. The 500 k tasks/s target is missed on this 2-CPU machine: per task the parent encodes and queues the job, routes the outcome (the waiting thread routes outcomes itself while it waits, besides the pool's manager thread) and decodes it, and the two workers run on the same two CPUs; the per-task cost in the parent (about 2 µs of CPU) bounds the rate. `map_chunked(1)` submits every task at once and comes closer.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("Pool imap, one task per item", "multiproc Pool::imap", "CPython Pool.imap")],
+        },
+        Group {
+            title: "Pool submit + wait",
+            rate: Rate::Ops("tasks"),
+            operation: "one `x * x` task submitted (all first), then its result waited for (Python's `Executor.submit` + `Future.result`), 2 workers",
+            bench: "pool",
+            workloads: submit,
+            targets: vec![Target {
+                workload: "multiproc submit + wait",
+                text: "≥ 200 k tasks/s",
+                met: Check::Median(|d| d.as_secs_f64() <= 1.0 / 2e5),
+            }],
+            pairs: vec![
+                ("multiproc submit + wait", "CPython ProcessPoolExecutor"),
+                ("multiproc submit + wait", "procspawn Pool spawn + join"),
+            ],
+            notes: vec![
+                "procspawn's pool opens two IPC channels per task.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("submit + wait", "multiproc submit + wait", "CPython ProcessPoolExecutor")],
+        },
+        Group {
+            title: "CPU-bound tasks, 1 ms each",
+            rate: Rate::Ops("tasks"),
+            operation: "one task that spins for 1 ms, of 2,000 mapped over 2 workers (the ideal is 0.5 ms per task)",
+            bench: "pool",
+            workloads: cpu,
+            targets: vec![Target {
+                workload: "multiproc Pool::map",
+                text: "within 5% of rayon",
+                met: Check::Relative { of: "rayon par_iter (2 threads)", ratio: 0.95 },
+            }],
+            pairs: vec![
+                ("multiproc Pool::map", "rayon par_iter (2 threads)"),
+                ("multiproc Pool::map", "CPython Pool.map"),
+                ("multiproc Pool::map", "procspawn Pool spawn + join"),
+            ],
+            notes: vec![
+                "The task is the same in every row: spin until 1 ms has passed. On a 2-CPU machine the benchmark process shares the CPUs with the workers, so what is measured is the overhead each pool adds around the work.".into(),
+                cpython,
+            ],
+            headline: vec![("1 ms CPU-bound tasks", "multiproc Pool::map", "rayon par_iter (2 threads)")],
+        },
+    ]
 }
 
 fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {

@@ -688,3 +688,69 @@ impl OutOfBounds {
         }
     }
 }
+
+/// Why a pool task produced no value. Each is about that task only: the pool and its
+/// other tasks go on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task panicked (the worker survives and serves the next task).
+    #[error("{0}")]
+    Panicked(RemotePanic),
+    /// The worker process running the task died: it crashed (`SIGSEGV`, `abort()`), was
+    /// killed (`SIGKILL`, the OOM killer) or exited. How it ended, if known.
+    #[error("the worker running the task died ({})", match .0 {
+        Some(status) => status.to_string(),
+        None => "how is unknown".to_string(),
+    })]
+    WorkerDied(Option<ExitStatus>),
+    /// The task ran longer than the pool's task timeout; its worker was killed.
+    #[error("the task ran longer than the pool's task timeout; its worker was killed")]
+    TimedOut,
+    /// The task was cancelled.
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// The arguments or the result could not be encoded or decoded.
+    #[error("{0}")]
+    Codec(CodecError),
+    /// The pool was closed or terminated before the task could run.
+    #[error("the pool is closed")]
+    PoolClosed,
+    /// The pool cannot keep workers: its initializer fails in every new worker, or
+    /// processes cannot be started. Every task fails this way from then on.
+    #[error("the pool is broken: {0}")]
+    PoolBroken(String),
+}
+
+impl TaskError {
+    /// How the worker ended, for [`TaskError::WorkerDied`].
+    pub fn worker_exit(&self) -> Option<ExitStatus> {
+        match self {
+            TaskError::WorkerDied(status) => *status,
+            _ => None,
+        }
+    }
+
+    /// The remote panic, for [`TaskError::Panicked`].
+    pub fn panic(&self) -> Option<&RemotePanic> {
+        match self {
+            TaskError::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A setting is out of range (zero workers, ...).
+    #[error("invalid pool setting: {0}")]
+    InvalidArgument(String),
+    /// A worker process could not be started.
+    #[error("cannot start a worker: {0}")]
+    Spawn(#[from] SpawnError),
+    /// The operating system refused (shared memory, descriptors, threads).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}

@@ -154,6 +154,44 @@
 //! ([`SharedMemory::create`], [`Value::create_named`]) are removed by their creator, or
 //! on its behalf when it dies.
 //!
+//! # Pools
+//!
+//! A [`Pool`] keeps worker processes and runs functions on them: [`Pool::map`] (chunked
+//! automatically), lazy [`Pool::imap`] and [`Pool::imap_unordered`], [`Pool::apply`], and
+//! [`Pool::submit`], which returns a [`Task`] to wait for, cancel, or `.await` under any
+//! async runtime. A [`ThreadPool`] has the same surface on threads, for closures.
+//!
+//! ```no_run
+//! use multiproc::{Pool, RetryPolicy, TaskError};
+//! use std::time::Duration;
+//!
+//! fn parse(input: String) -> usize {
+//!     input.len() // imagine a parser in C that may crash on bad input
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! let pool = Pool::builder()
+//!     .processes(4)
+//!     .task_timeout(Duration::from_secs(10))
+//!     .retry(RetryPolicy::attempts(2))
+//!     .build()?;
+//! let lens = pool.map(parse, ["a".to_string(), "bc".to_string()])?;
+//! assert_eq!(lens, [1, 2]);
+//! match pool.submit(parse, "untrusted".to_string())?.wait() {
+//!     Ok(n) => println!("{n}"),
+//!     Err(TaskError::WorkerDied(status)) => println!("the parser crashed: {status:?}"),
+//!     Err(e) => println!("{e}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A worker that crashes, aborts, exits or is killed fails only the task it was running
+//! ([`TaskError::WorkerDied`], or a retry per the [`RetryPolicy`]); the pool replaces it
+//! and every other task completes. A task past its timeout, or cancelled while running,
+//! is stopped by killing its worker. A panic fails its task; the worker goes on.
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
@@ -191,7 +229,9 @@ mod error;
 mod ipc;
 #[cfg(feature = "log")]
 pub mod log;
+mod pool;
 mod process;
+mod retry;
 mod shm;
 mod sync;
 mod sys;
@@ -200,13 +240,15 @@ mod wait;
 pub use bootstrap::{Init, init, init_with};
 pub use error::{
     BarrierError, CodecError, ExitStatus, LockResult, OutOfBounds, OverRelease, OwnerDied,
-    PanicLocation, ProcessError, RecvError, RecvTimeoutError, RemotePanic, SendError,
-    SendTimeoutError, ShmError, Signal, SpawnError, TryLockError, TryLockResult, TryRecvError,
-    TrySendError,
+    PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError, RemotePanic, SendError,
+    SendTimeoutError, ShmError, Signal, SpawnError, TaskError, TryLockError, TryLockResult,
+    TryRecvError, TrySendError,
 };
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
 pub use ipc::wait::{Waitable, wait};
+pub use pool::{Imap, ImapUnordered, Pool, PoolBuilder, Task, ThreadPool, ThreadPoolBuilder};
+pub use retry::{Jitter, RetryPolicy};
 pub use shm::shared::SharedMemory;
 pub use shm::value::{Array, ArrayGuard, ShmSafe, Value, ValueGuard};
 pub use sync::barrier::{Barrier, BarrierWaitResult};

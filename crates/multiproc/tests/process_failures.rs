@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio as StdStdio};
 use std::time::{Duration, Instant};
 
-use common::{Helper, trial};
+use common::{Helper, Unserializable, trial};
 use multiproc::{Builder, ProcessError, Signal, SpawnError, StartMethod, Stdio};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -303,22 +303,6 @@ fn parent_sigkilled_takes_daemons_along() {
         "non-daemon child died"
     );
     common::kill_and_reap(survivor);
-}
-
-struct Unserializable;
-
-impl Serialize for Unserializable {
-    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom(
-            "this value refuses to be serialized",
-        ))
-    }
-}
-
-impl<'de> Deserialize<'de> for Unserializable {
-    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Ok(Unserializable)
-    }
 }
 
 fn take_unserializable(_: Unserializable) {}

@@ -84,18 +84,7 @@ fn main() {
         ],
         helpers,
         Duration::from_secs(900),
-        || {
-            let before = common::dev_shm();
-            Box::new(move || {
-                let after = common::dev_shm();
-                let new: Vec<_> = after.difference(&before).collect();
-                if new.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("left in /dev/shm: {new:?}"))
-                }
-            })
-        },
+        common::no_new_dev_shm,
     );
 }
 

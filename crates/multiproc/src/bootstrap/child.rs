@@ -286,17 +286,23 @@ fn install_panic_hook() {
     }));
 }
 
-fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
+/// What this process knows of a panic it caught: the message, and the location and
+/// backtrace the hook recorded (if this is a child, where the hook is installed).
+pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> RemotePanic {
     let (message, location, backtrace) = LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| (payload_message(payload), None, None));
-    let report = RemotePanic::new(
+    RemotePanic::new(
         super::me().name.clone(),
         sys::getpid(),
         message,
         location,
         backtrace,
-    );
+    )
+}
+
+fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
+    let report = caught_panic(payload);
     match postcard::to_stdvec(&report) {
         Ok(bytes) => {
             let _ = conn.send(wire::PANICKED, &[&bytes], &[]);

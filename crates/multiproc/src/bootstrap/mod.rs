@@ -11,7 +11,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-pub(crate) use child::{CallIo, Invoked, fail_on, run_in_fork};
+pub(crate) use child::{CallIo, Invoked, caught_panic, fail_on, run_in_fork};
 pub(crate) use forkserver::ForkServer;
 
 use crate::sys::{self, OwnedFd};

@@ -20,6 +20,88 @@ pub(crate) struct Encoded {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+impl Encoded {
+    /// A copy, with duplicates of the descriptors.
+    pub(crate) fn try_clone(&self) -> std::io::Result<Encoded> {
+        let mut fds = Vec::with_capacity(self.fds.len());
+        for fd in &self.fds {
+            fds.push(sys::dup(sys::AsFd::as_fd(fd))?);
+        }
+        Ok(Encoded {
+            bytes: self.bytes.clone(),
+            fds,
+        })
+    }
+}
+
+/// An encoded value travels inside another one as its bytes and its descriptors, each
+/// descriptor through the outer message's list (as handles' descriptors do).
+impl Serialize for Encoded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&BytesRef(&self.bytes))?;
+        let mut indices = Vec::with_capacity(self.fds.len());
+        for fd in &self.fds {
+            indices.push(pass_fd(sys::AsFd::as_fd(fd)).map_err(serde::ser::Error::custom)?);
+        }
+        t.serialize_element(&indices)?;
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Encoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (bytes, indices): (Bytes, Vec<u32>) = serde::Deserialize::deserialize(d)?;
+        let mut fds = Vec::with_capacity(indices.len());
+        for i in indices {
+            fds.push(take_fd(i).map_err(refuse::<D::Error>)?);
+        }
+        Ok(Encoded {
+            bytes: bytes.0,
+            fds,
+        })
+    }
+}
+
+/// Borrowed bytes written as one serde byte string (not a sequence of numbers).
+struct BytesRef<'a>(&'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Bytes that serde encodes as one block rather than element by element.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visit)
+    }
+}
+
 /// Where a handle's descriptors go while a value is encoded on this thread.
 enum Outgoing {
     /// Into the message.
@@ -91,7 +173,15 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> b
 
 /// Encodes a value.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, CodecError> {
-    match collecting(|| postcard::to_stdvec(value)) {
+    encode_with_prefix(&[], value)
+}
+
+/// Encodes a value after `prefix` (a header the caller fills in later), in one buffer.
+pub(crate) fn encode_with_prefix<T: Serialize + ?Sized>(
+    prefix: &[u8],
+    value: &T,
+) -> Result<Encoded, CodecError> {
+    match collecting(|| postcard::to_extend(value, prefix.to_vec())) {
         (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),
         (Err(e), _) => {
             // Postcard drops the message a `Serialize` implementation gives; find it again.

@@ -378,6 +378,10 @@ impl<R> JoinHandle<R> {
         }
     }
 
+    pub(crate) fn record(&self) -> &Arc<ChildRecord> {
+        &self.record
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.record.pid

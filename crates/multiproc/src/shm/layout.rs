@@ -256,3 +256,16 @@ impl BarrierWords {
 }
 
 const _: () = assert!(std::mem::size_of::<BarrierWords>() <= 64);
+
+/// One pool task in flight: who may run it (see `pool::tickets`).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct TicketWords {
+    /// `generation << 8 | state`.
+    pub(crate) state: AtomicU64,
+    /// When a worker started it (`CLOCK_MONOTONIC`, nanoseconds).
+    pub(crate) started_ns: AtomicU64,
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for TicketWords {}

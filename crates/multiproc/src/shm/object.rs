@@ -34,6 +34,7 @@ pub(crate) enum Kind {
     Barrier = 6,
     Value = 7,
     Array = 8,
+    Tickets = 9,
 }
 
 impl Kind {
@@ -47,6 +48,7 @@ impl Kind {
             Kind::Barrier => "Barrier",
             Kind::Value => "Value",
             Kind::Array => "Array",
+            Kind::Tickets => "pool ticket table",
         }
     }
 
@@ -60,6 +62,7 @@ impl Kind {
             Kind::Barrier,
             Kind::Value,
             Kind::Array,
+            Kind::Tickets,
         ]
         .into_iter()
         .find(|k| *k as u32 == v)

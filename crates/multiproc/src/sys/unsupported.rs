@@ -72,6 +72,12 @@ pub(crate) const SIGTERM: i32 = 15;
 #[derive(Debug)]
 pub(crate) struct NotInImage;
 
+impl std::fmt::Display for NotInImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("processes are not supported on this platform")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct SameImage(std::convert::Infallible);
 
@@ -188,6 +194,15 @@ pub(crate) fn anchor_offset() -> u64 {
 pub(crate) fn entry<A: DeserializeOwned, R: Serialize>(_: fn(A) -> R) -> Result<Entry, NotInImage> {
     Err(NotInImage)
 }
+pub(crate) fn task_entry<A: DeserializeOwned, R: Serialize>(
+    _: fn(A) -> R,
+    _: bool,
+) -> Result<Entry, NotInImage> {
+    Err(NotInImage)
+}
+pub(crate) fn run_task(_: Entry, proof: &SameImage, _: &[u8], _: Vec<OwnedFd>) -> Invoked {
+    match proof.0 {}
+}
 pub(crate) fn verify_image(_: &[u64; 6]) -> Result<SameImage, String> {
     Err(WHY.into())
 }
@@ -294,6 +309,10 @@ pub(crate) fn thread_identity() -> u64 {
 }
 pub(crate) fn identity_alive(_: u64) -> bool {
     true
+}
+pub(crate) fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

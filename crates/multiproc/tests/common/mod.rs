@@ -107,6 +107,39 @@ fn setup() {
     }
 }
 
+/// The check that fails a run which left anything new in `/dev/shm` (for
+/// [`main_checked`]).
+pub fn no_new_dev_shm() -> AfterCheck {
+    let before = dev_shm();
+    Box::new(move || {
+        let after = dev_shm();
+        let new: Vec<_> = after.difference(&before).collect();
+        if new.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left in /dev/shm: {new:?}"))
+        }
+    })
+}
+
+/// A value whose `Serialize` always fails (its `Deserialize` works).
+#[derive(Debug)]
+pub struct Unserializable;
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be serialized",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
 /// Turns a `fn()` into a trial.
 pub fn trial(name: &'static str, f: fn()) -> libtest_mimic::Trial {
     libtest_mimic::Trial::test(name, move || {

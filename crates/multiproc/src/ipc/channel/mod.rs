@@ -494,6 +494,34 @@ impl RawReceiver {
         &self,
         decode: &mut dyn FnMut(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<Option<R>, RecvFail> {
+        let Some(taken) = self.take_next()? else {
+            return Ok(None);
+        };
+        Ok(Some(match taken {
+            Taken::Inline(buf) => {
+                let r = decode(&buf, Vec::new());
+                // Back for the next message (a decoder that received on this thread in
+                // the meantime found the cell empty and used a buffer of its own).
+                SCRATCH.with(|s| *s.borrow_mut() = buf);
+                r
+            }
+            Taken::Side(msg) => decode(&msg.bytes, msg.fds),
+        }))
+    }
+
+    /// Takes the next message if there is one, as it is: an inline message in a buffer
+    /// of its own, a large one still mapped.
+    pub(crate) fn try_recv_owned(&self) -> Result<Option<Received>, RecvFail> {
+        Ok(self.take_next()?.map(|taken| match taken {
+            Taken::Inline(buf) => Received {
+                bytes: Payload::Owned(buf),
+                fds: Vec::new(),
+            },
+            Taken::Side(msg) => msg,
+        }))
+    }
+
+    fn take_next(&self) -> Result<Option<Taken>, RecvFail> {
         let core = &*self.core;
         let ring = core.ring();
         let broken =
@@ -529,18 +557,10 @@ impl RawReceiver {
                 }
             }
         };
-        let Some(taken) = taken else { return Ok(None) };
-        core.wake_senders();
-        Ok(Some(match taken {
-            Taken::Inline(buf) => {
-                let r = decode(&buf, Vec::new());
-                // Back for the next message (a decoder that received on this thread in
-                // the meantime found the cell empty and used a buffer of its own).
-                SCRATCH.with(|s| *s.borrow_mut() = buf);
-                r
-            }
-            Taken::Side(msg) => decode(&msg.bytes, msg.fds),
-        }))
+        if taken.is_some() {
+            core.wake_senders();
+        }
+        Ok(taken)
     }
 
     /// Whether every sender is gone (messages may still be waiting).

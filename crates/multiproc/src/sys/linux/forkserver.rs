@@ -152,8 +152,22 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
             }
         }
     }
-    for kid in kids.iter().filter(|k| k.daemon || k.spare.is_some()) {
+    let doomed: Vec<&Kid> = kids
+        .iter()
+        .filter(|k| k.daemon || k.spare.is_some())
+        .collect();
+    for kid in &doomed {
         let _ = process::send_signal(kid.pidfd.as_fd(), process::SIGKILL);
+    }
+    // Reap them (for a second at most), so that none is seen running, re-parented,
+    // after this server is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    for kid in &doomed {
+        while matches!(process::try_reap(kid.pidfd.as_fd()), Ok(None))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
     // The parent is gone: the named segments it created and did not unlink go too.
     for t in &tracked {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bootstrap::{CallIo, Invoked};
-use crate::sys::Entry;
+use crate::sys::{Entry, OwnedFd};
 
 /// The function passed to `spawn` does not live in the main executable (for example, it
 /// is in a shared library loaded at a different address in each process).
@@ -96,6 +96,65 @@ where
         trampoline: offset(trampoline as usize)?,
         function: offset(f as usize)?,
     })
+}
+
+/// A pool task's trampoline: decodes the argument (or a chunk of them), runs the
+/// function, encodes what it returned.
+type TaskTrampoline = fn(usize, &[u8], Vec<OwnedFd>) -> Invoked;
+
+fn task_trampoline<A, R>(function: usize, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: as in `trampoline`: `task_entry` paired this trampoline, instantiated for
+    // `A` and `R`, with the offset of a `fn(A) -> R`, in an executable `verify_image`
+    // found to be this one.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
+    crate::pool::worker::run_one(f, bytes, fds)
+}
+
+fn chunk_trampoline<A, R>(function: usize, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: as in `task_trampoline`.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
+    crate::pool::worker::run_chunk(f, bytes, fds)
+}
+
+/// Names `f` for a pool worker: with `chunked`, for a call on a whole chunk of
+/// arguments (each run on its own, the results collected).
+pub(crate) fn task_entry<A, R>(f: fn(A) -> R, chunked: bool) -> Result<Entry, NotInImage>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let trampoline: TaskTrampoline = if chunked {
+        chunk_trampoline::<A, R>
+    } else {
+        task_trampoline::<A, R>
+    };
+    Ok(Entry {
+        trampoline: offset(trampoline as usize)?,
+        function: offset(f as usize)?,
+    })
+}
+
+/// Runs the pool task an [`Entry`] made by [`task_entry`] names.
+pub(crate) fn run_task(
+    entry: Entry,
+    _proof: &SameImage,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Invoked {
+    let anchor = anchor_addr();
+    let trampoline_addr = anchor.wrapping_add(entry.trampoline as usize);
+    // SAFETY: `_proof` shows this is the executable in which `task_entry` computed the
+    // offset of a `TaskTrampoline`, so `anchor + offset` is that trampoline here.
+    let trampoline = unsafe { std::mem::transmute::<usize, TaskTrampoline>(trampoline_addr) };
+    trampoline(anchor.wrapping_add(entry.function as usize), bytes, fds)
 }
 
 /// Checks that this process runs the executable that `expected` describes.

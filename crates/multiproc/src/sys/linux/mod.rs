@@ -19,7 +19,7 @@ pub(crate) use fd::{
 };
 pub(crate) use forkserver::{read_status, serve};
 pub(crate) use image::run as run_entry;
-pub(crate) use image::{anchor_offset, entry, verify_image};
+pub(crate) use image::{anchor_offset, entry, run_task, task_entry, verify_image};
 pub(crate) use launch::{
     adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded, fork_unchecked,
     setup_forked_child,
@@ -32,7 +32,9 @@ pub(crate) use proc::{
     SIGKILL, SIGTERM, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open, send_signal,
     set_name, signal_name, try_reap,
 };
-pub(crate) use sync::{futex_wait, futex_wake, identity_alive, readable_any, thread_identity};
+pub(crate) use sync::{
+    futex_wait, futex_wake, identity_alive, monotonic_ns, readable_any, thread_identity,
+};
 
 /// Signal numbers for [`crate::Signal`]'s constants.
 pub(crate) const SIGINT: i32 = libc::SIGINT;

@@ -134,3 +134,11 @@ pub(crate) async fn readable_any(
     }
     any.await
 }
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process on the machine.
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}

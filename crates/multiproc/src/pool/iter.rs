@@ -1,0 +1,255 @@
+//! [`Imap`] and [`ImapUnordered`]: lazy maps over a pool, with bounded work in flight.
+//! The feeding logic is shared by both pools through [`Backend`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::task::{self, Stream};
+use super::{DEPTH_MAX, Pool, encode_job};
+use crate::error::TaskError;
+use crate::ipc::channel::Received;
+use crate::sys::Entry;
+
+/// How a lazy map hands one item to its pool.
+pub(crate) trait Backend<A> {
+    /// What a finished task delivers.
+    type Raw: Send + 'static;
+    /// What it takes to drop a submitted task nobody will read.
+    type Handle;
+
+    /// Tasks kept in flight at most.
+    fn window(&self) -> usize;
+
+    /// Submits `item`; its outcome is delivered to `stream` under `slot`.
+    fn submit(
+        &self,
+        item: A,
+        slot: usize,
+        stream: &Arc<Stream<Self::Raw>>,
+    ) -> Result<Self::Handle, TaskError>;
+
+    /// Submits several items at once; by default one by one. Each is submitted or
+    /// refused with its error.
+    fn submit_all(
+        &self,
+        items: Vec<(usize, A)>,
+        stream: &Arc<Stream<Self::Raw>>,
+    ) -> Vec<(usize, Result<Self::Handle, TaskError>)> {
+        items
+            .into_iter()
+            .map(|(slot, item)| (slot, self.submit(item, slot, stream)))
+            .collect()
+    }
+
+    /// Drops tasks that were submitted and will not be read.
+    fn discard(&self, handles: Vec<Self::Handle>);
+
+    /// Called while waiting for an outcome: may deliver outcomes.
+    fn help(&self) {}
+}
+
+/// What both iterators share: the input, the tasks in flight, their outcomes.
+pub(crate) struct Feed<B: Backend<A>, A, I> {
+    backend: B,
+    input: I,
+    input_done: bool,
+    stream: Arc<Stream<B::Raw>>,
+    /// The tasks submitted and not yet yielded, by slot (oldest first).
+    handles: VecDeque<(usize, B::Handle)>,
+    next_slot: usize,
+    yielded: usize,
+    _arg: PhantomData<fn(A)>,
+}
+
+impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
+    pub(crate) fn new(backend: B, input: I) -> Self {
+        Feed {
+            backend,
+            input,
+            input_done: false,
+            stream: Stream::new(),
+            handles: VecDeque::new(),
+            next_slot: 0,
+            yielded: 0,
+            _arg: PhantomData,
+        }
+    }
+
+    /// Submits items until the window is full or the input ends; once it is full, only
+    /// after half of it has been consumed, so that items go in batches.
+    fn fill(&mut self) {
+        let window = self.backend.window();
+        let in_flight = self.next_slot - self.yielded;
+        if self.input_done || (in_flight > 0 && in_flight > window / 2) {
+            return;
+        }
+        let mut batch = Vec::new();
+        while self.next_slot - self.yielded < window {
+            let Some(item) = self.input.next() else {
+                self.input_done = true;
+                break;
+            };
+            batch.push((self.next_slot, item));
+            self.next_slot += 1;
+        }
+        for (slot, submitted) in self.backend.submit_all(batch, &self.stream) {
+            match submitted {
+                Ok(handle) => self.handles.push_back((slot, handle)),
+                // Yielded in its place, like any other outcome.
+                Err(e) => {
+                    use super::task::Sink;
+                    self.stream.deliver(slot, Err(e));
+                }
+            }
+        }
+    }
+
+    /// The next outcome: of the oldest slot (`ordered`) or of whichever finished first.
+    pub(crate) fn next_outcome(&mut self, ordered: bool) -> Option<Result<B::Raw, TaskError>> {
+        self.fill();
+        if self.yielded == self.next_slot {
+            return None;
+        }
+        let backend = &self.backend;
+        let (slot, outcome) = self
+            .stream
+            .take(ordered.then_some(self.yielded), &|| backend.help());
+        self.yielded += 1;
+        if let Some(pos) = self.handles.iter().position(|&(s, _)| s == slot) {
+            self.handles.remove(pos);
+        }
+        Some(outcome)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.handles.len()
+    }
+}
+
+impl<B: Backend<A>, A, I> Drop for Feed<B, A, I> {
+    fn drop(&mut self) {
+        // Tasks not yet started are dropped; running ones finish unread.
+        let handles = self.handles.drain(..).map(|(_, h)| h).collect();
+        self.backend.discard(handles);
+    }
+}
+
+/// Feeds a process pool: one task per item, running a function known by its entry.
+pub(crate) struct ProcessBackend<'p> {
+    pool: &'p Pool,
+    entry: Result<Entry, TaskError>,
+}
+
+impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
+    type Raw = Received;
+    type Handle = u64;
+
+    fn window(&self) -> usize {
+        self.pool.processes() * DEPTH_MAX
+    }
+
+    fn submit(
+        &self,
+        item: A,
+        slot: usize,
+        stream: &Arc<Stream<Received>>,
+    ) -> Result<u64, TaskError> {
+        let entry = self.entry.clone()?;
+        let payload = encode_job(&item)?;
+        self.pool
+            .inner()
+            .submit(entry, payload, stream.clone(), slot)
+    }
+
+    fn submit_all(
+        &self,
+        items: Vec<(usize, A)>,
+        stream: &Arc<Stream<Received>>,
+    ) -> Vec<(usize, Result<u64, TaskError>)> {
+        let entry = match &self.entry {
+            Ok(entry) => *entry,
+            Err(e) => {
+                return items
+                    .into_iter()
+                    .map(|(s, _)| (s, Err(e.clone())))
+                    .collect();
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut jobs = Vec::with_capacity(items.len());
+        for (slot, item) in items {
+            match encode_job(&item) {
+                Ok(payload) => jobs.push((slot, payload)),
+                Err(e) => out.push((slot, Err(e))),
+            }
+        }
+        let slots: Vec<usize> = jobs.iter().map(|&(s, _)| s).collect();
+        let sink: Arc<dyn super::task::Sink<Received>> = stream.clone();
+        match self.pool.inner().submit_many(entry, jobs, &sink) {
+            Ok(ids) => out.extend(slots.into_iter().zip(ids.into_iter().map(Ok))),
+            Err(e) => out.extend(slots.into_iter().map(|s| (s, Err(e.clone())))),
+        }
+        out
+    }
+
+    fn discard(&self, handles: Vec<u64>) {
+        self.pool.inner().discard(&handles);
+    }
+
+    fn help(&self) {
+        self.pool.inner().drain_results();
+    }
+}
+
+/// The iterator of [`Pool::imap`]: each item's result, in item order (and, as
+/// [`ImapUnordered`], of [`Pool::imap_unordered`]: in the order they finish).
+pub struct Imap<'p, A: Serialize, R, I, const ORDERED: bool = true> {
+    feed: Feed<ProcessBackend<'p>, A, I>,
+    _result: PhantomData<fn() -> R>,
+}
+
+/// The iterator of [`Pool::imap_unordered`]: each item's result, in the order they
+/// finish.
+pub type ImapUnordered<'p, A, R, I> = Imap<'p, A, R, I, false>;
+
+impl<'p, A, R, I, const ORDERED: bool> Imap<'p, A, R, I, ORDERED>
+where
+    A: Serialize,
+    I: Iterator<Item = A>,
+{
+    pub(super) fn new(pool: &'p Pool, entry: Result<Entry, TaskError>, input: I) -> Self {
+        Imap {
+            feed: Feed::new(ProcessBackend { pool, entry }, input),
+            _result: PhantomData,
+        }
+    }
+}
+
+impl<A, R, I, const ORDERED: bool> Iterator for Imap<'_, A, R, I, ORDERED>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.feed.next_outcome(ORDERED).map(task::decode)
+    }
+}
+
+impl<A: Serialize, R, I: Iterator<Item = A>, const ORDERED: bool> fmt::Debug
+    for Imap<'_, A, R, I, ORDERED>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(if ORDERED { "Imap" } else { "ImapUnordered" })
+            .field("in_flight", &self.feed.in_flight())
+            .field("yielded", &self.feed.yielded)
+            .finish()
+    }
+}

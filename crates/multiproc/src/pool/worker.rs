@@ -1,0 +1,262 @@
+//! A pool worker: the process side, and the messages between it and the pool.
+//!
+//! A worker reads jobs from a channel of its own, claims each job's ticket (losing to a
+//! `cancel` that came first), runs it, and sends the outcome on the pool's results
+//! channel, shared by all workers. A panic is caught and reported; the worker goes on.
+//!
+//! A job is `JOB_HEADER` bytes (task id, ticket, ticket generation, entry) and the
+//! encoded argument; an outcome is `OUTCOME_HEADER` bytes (task id, ticket, kind) and a
+//! body that depends on the kind. Both are filled in place: the argument and the result
+//! are encoded after room left for the header, so nothing is copied to add it.
+
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::tickets::Tickets;
+use crate::bootstrap::{Invoked, caught_panic};
+use crate::error::{CodecError, RemotePanic};
+use crate::ipc::channel::{RawReceiver, RawSender, RecvFail};
+use crate::ipc::codec::{self, Encoded};
+use crate::sys::{self, Entry, OwnedFd};
+use crate::wait::Wait;
+
+/// Bytes before a job's argument.
+pub(crate) const JOB_HEADER: usize = 32;
+/// Bytes before an outcome's body.
+pub(crate) const OUTCOME_HEADER: usize = 16;
+
+/// What an outcome says.
+pub(crate) mod kind {
+    /// The body is the encoded result.
+    pub(crate) const RETURNED: u8 = 1;
+    /// The body is an encoded `RemotePanic`.
+    pub(crate) const PANICKED: u8 = 2;
+    /// The argument did not decode; the body is the reason (UTF-8).
+    pub(crate) const BAD_ARGS: u8 = 3;
+    /// The result did not encode; the body is the reason (UTF-8).
+    pub(crate) const UNENCODABLE: u8 = 4;
+    /// The ticket was cancelled before the worker could start the job.
+    pub(crate) const CANCELLED: u8 = 5;
+    /// The worker could not get ready (its initializer failed); the body is the reason.
+    /// It exits after sending this.
+    pub(crate) const INIT_FAILED: u8 = 6;
+}
+
+/// The fixed part of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JobHeader {
+    pub(crate) id: u64,
+    pub(crate) ticket: u32,
+    pub(crate) generation: u32,
+    pub(crate) entry: Entry,
+}
+
+impl JobHeader {
+    pub(crate) fn write(&self, buf: &mut [u8]) {
+        buf[0..8].copy_from_slice(&self.id.to_le_bytes());
+        buf[8..12].copy_from_slice(&self.ticket.to_le_bytes());
+        buf[12..16].copy_from_slice(&self.generation.to_le_bytes());
+        buf[16..24].copy_from_slice(&self.entry.trampoline.to_le_bytes());
+        buf[24..32].copy_from_slice(&self.entry.function.to_le_bytes());
+    }
+
+    pub(crate) fn read(buf: &[u8]) -> Option<JobHeader> {
+        let h = buf.get(..JOB_HEADER)?;
+        Some(JobHeader {
+            id: u64::from_le_bytes(h[0..8].try_into().ok()?),
+            ticket: u32::from_le_bytes(h[8..12].try_into().ok()?),
+            generation: u32::from_le_bytes(h[12..16].try_into().ok()?),
+            entry: Entry {
+                trampoline: u64::from_le_bytes(h[16..24].try_into().ok()?),
+                function: u64::from_le_bytes(h[24..32].try_into().ok()?),
+            },
+        })
+    }
+}
+
+/// The fixed part of an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OutcomeHeader {
+    pub(crate) id: u64,
+    pub(crate) ticket: u32,
+    pub(crate) kind: u8,
+}
+
+impl OutcomeHeader {
+    fn write(&self, buf: &mut [u8]) {
+        buf[0..8].copy_from_slice(&self.id.to_le_bytes());
+        buf[8..12].copy_from_slice(&self.ticket.to_le_bytes());
+        buf[12] = self.kind;
+        buf[13..16].fill(0);
+    }
+
+    pub(crate) fn read(buf: &[u8]) -> Option<OutcomeHeader> {
+        let h = buf.get(..OUTCOME_HEADER)?;
+        Some(OutcomeHeader {
+            id: u64::from_le_bytes(h[0..8].try_into().ok()?),
+            ticket: u32::from_le_bytes(h[8..12].try_into().ok()?),
+            kind: h[12],
+        })
+    }
+}
+
+/// What a worker process is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    /// The pool's executable, which made the entries this worker will run.
+    pub(crate) identity: [u64; 6],
+    pub(crate) jobs: RawReceiver,
+    pub(crate) results: RawSender,
+    pub(crate) tickets: Tickets,
+    /// The initializer and its encoded argument.
+    pub(crate) init: Option<(Entry, Encoded)>,
+}
+
+/// A worker process's function: serves jobs until every job sender is gone.
+pub(crate) fn worker_main(args: WorkerArgs) {
+    let WorkerArgs {
+        identity,
+        jobs,
+        results,
+        tickets,
+        init,
+    } = args;
+    let send = |header: OutcomeHeader, mut out: Encoded| {
+        header.write(&mut out.bytes[..OUTCOME_HEADER]);
+        // A pool that is gone reads nothing more; the worker ends with the next receive.
+        let _ = results.send(out, Wait::Forever, false);
+    };
+    let failed = |kind: u8, why: &str| {
+        let mut bytes = vec![0; OUTCOME_HEADER];
+        bytes.extend_from_slice(why.as_bytes());
+        (
+            OutcomeHeader {
+                id: 0,
+                ticket: u32::MAX,
+                kind,
+            },
+            Encoded {
+                bytes,
+                fds: Vec::new(),
+            },
+        )
+    };
+    let proof = match sys::verify_image(&identity) {
+        Ok(proof) => proof,
+        Err(why) => {
+            let (h, out) = failed(kind::INIT_FAILED, &why);
+            send(h, out);
+            return;
+        }
+    };
+    if let Some((entry, arg)) = init {
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+            sys::run_task(entry, &proof, &arg.bytes, arg.fds)
+        }));
+        let why = match ran {
+            Ok(Invoked::Returned(_)) => None,
+            Ok(Invoked::BadArgs(e) | Invoked::Unencodable(e)) => Some(e.message().to_string()),
+            Err(payload) => Some(caught_panic(&*payload).to_string()),
+        };
+        if let Some(why) = why {
+            let (h, out) = failed(kind::INIT_FAILED, &format!("the initializer failed: {why}"));
+            send(h, out);
+            return;
+        }
+    }
+    loop {
+        let mut serve = |bytes: &[u8], fds: Vec<OwnedFd>| {
+            let Some(job) = JobHeader::read(bytes) else {
+                return;
+            };
+            let header = |kind| OutcomeHeader {
+                id: job.id,
+                ticket: job.ticket,
+                kind,
+            };
+            if !tickets.claim(job.ticket, job.generation, sys::monotonic_ns()) {
+                send(header(kind::CANCELLED), empty());
+                return;
+            }
+            let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+                sys::run_task(job.entry, &proof, &bytes[JOB_HEADER..], fds)
+            }));
+            match ran {
+                Ok(Invoked::Returned(out)) => send(header(kind::RETURNED), out),
+                Ok(Invoked::BadArgs(e)) => send(header(kind::BAD_ARGS), message(&e)),
+                Ok(Invoked::Unencodable(e)) => send(header(kind::UNENCODABLE), message(&e)),
+                Err(payload) => {
+                    let report = caught_panic(&*payload);
+                    let out = codec::encode_with_prefix(&[0; OUTCOME_HEADER], &report)
+                        .unwrap_or_else(|e| message(&e));
+                    send(header(kind::PANICKED), out);
+                }
+            }
+        };
+        match jobs.recv_with(Wait::Forever, &mut serve) {
+            Ok(()) | Err(RecvFail::Empty) => {}
+            // Every sender is gone: the pool retired this worker, or went away.
+            Err(RecvFail::Disconnected | RecvFail::Broken(_) | RecvFail::Io(_)) => return,
+        }
+    }
+}
+
+fn empty() -> Encoded {
+    Encoded {
+        bytes: vec![0; OUTCOME_HEADER],
+        fds: Vec::new(),
+    }
+}
+
+fn message(e: &CodecError) -> Encoded {
+    let mut bytes = vec![0; OUTCOME_HEADER];
+    bytes.extend_from_slice(e.message().as_bytes());
+    Encoded {
+        bytes,
+        fds: Vec::new(),
+    }
+}
+
+/// Runs one task: decodes its argument, calls `f`, encodes the result after room for
+/// the outcome header. Reached through the typed trampolines in `sys`.
+pub(crate) fn run_one<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let arg = match codec::decode::<A>(bytes, fds) {
+        Ok(arg) => arg,
+        Err(e) => return Invoked::BadArgs(e),
+    };
+    let value = f(arg);
+    match codec::encode_with_prefix(&[0; OUTCOME_HEADER], &value) {
+        Ok(out) => Invoked::Returned(out),
+        Err(e) => Invoked::Unencodable(e),
+    }
+}
+
+/// Runs a chunk of tasks: decodes a sequence of arguments and calls `f` on each, a
+/// panic failing only its own item; the result is the sequence of outcomes.
+pub(crate) fn run_chunk<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args = match codec::decode::<Vec<A>>(bytes, fds) {
+        Ok(args) => args,
+        Err(e) => return Invoked::BadArgs(e),
+    };
+    let results: Vec<Result<R, RemotePanic>> = args
+        .into_iter()
+        .map(|arg| {
+            panic::catch_unwind(AssertUnwindSafe(|| f(arg)))
+                .map_err(|payload| caught_panic(&*payload))
+        })
+        .collect();
+    match codec::encode_with_prefix(&[0; OUTCOME_HEADER], &results) {
+        Ok(out) => Invoked::Returned(out),
+        Err(e) => Invoked::Unencodable(e),
+    }
+}

@@ -1,0 +1,876 @@
+//! The process pool with real worker processes, including the ugly paths: workers that
+//! segfault, abort, exit or are SIGKILLed mid-task, tasks that hang past their timeout,
+//! panics, cancellation, a parent SIGKILLed with its pool, and arguments or results that
+//! do not encode. After each test no worker is left.
+#![allow(unsafe_code)] // workers segfault on purpose
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Helper, Unserializable, trial};
+use multiproc::{
+    Array, OwnerDied, Pool, PoolError, RetryPolicy, Signal, StartMethod, Task, TaskError, Value,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const T: Duration = Duration::from_secs(60);
+
+fn main() {
+    common::main_checked(
+        vec![
+            trial(
+                "map_in_order_with_any_chunking",
+                map_in_order_with_any_chunking,
+            ),
+            trial("submit_apply_and_initializer", submit_apply_and_initializer),
+            trial("crashes_fail_only_their_task", crashes_fail_only_their_task),
+            trial(
+                "retry_policy_reruns_failed_tasks",
+                retry_policy_reruns_failed_tasks,
+            ),
+            trial(
+                "task_timeout_kills_and_replaces",
+                task_timeout_kills_and_replaces,
+            ),
+            trial(
+                "panic_fails_task_worker_survives",
+                panic_fails_task_worker_survives,
+            ),
+            trial("max_tasks_per_child_recycles", max_tasks_per_child_recycles),
+            trial(
+                "short_tasks_do_not_wait_behind_long_ones",
+                short_tasks_do_not_wait_behind_long_ones,
+            ),
+            trial("cancel_queued_and_running", cancel_queued_and_running),
+            trial(
+                "parent_sigkilled_takes_workers_along",
+                parent_sigkilled_takes_workers_along,
+            ),
+            trial(
+                "ten_thousand_tasks_twenty_killed_workers",
+                ten_thousand_tasks_twenty_killed_workers,
+            ),
+            trial("endless_imap_for_1000_items", endless_imap_for_1000_items),
+            trial(
+                "imap_yields_each_failure_in_place",
+                imap_yields_each_failure_in_place,
+            ),
+            trial("tasks_awaited_in_tokio", tasks_awaited_in_tokio),
+            trial("codec_failures_fail_the_task", codec_failures_fail_the_task),
+            trial("closed_and_bad_settings", closed_and_bad_settings),
+            trial(
+                "terminate_and_drop_leave_nothing",
+                terminate_and_drop_leave_nothing,
+            ),
+            trial(
+                "failing_initializer_breaks_pool",
+                failing_initializer_breaks_pool,
+            ),
+            trial("spawn_start_method", spawn_start_method),
+            #[cfg(feature = "progress")]
+            trial("map_with_progress_bar", map_with_progress_bar),
+            trial(
+                "no_descriptor_or_mapping_leaks",
+                no_descriptor_or_mapping_leaks,
+            ),
+        ],
+        helpers,
+        Duration::from_secs(900),
+        common::no_new_dev_shm,
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "pool_parent" => helper_pool_parent(),
+        "leaks" => helper_leaks(),
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// Waits for a task, within `T`.
+fn get<R>(task: Task<R>) -> Result<R, TaskError> {
+    assert!(task.wait_timeout(T), "a task did not finish within {T:?}");
+    task.wait()
+}
+
+/// Closes the pool and waits for it, within `T`; then checks that its workers are gone.
+fn finish(pool: Pool) {
+    let pids = pool.worker_pids();
+    assert!(pool.join_timeout(T), "the pool did not finish");
+    drop(pool);
+    for p in pids {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(5)),
+            "worker {p} is still there"
+        );
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn shout(s: String) -> String {
+    s.to_uppercase()
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+enum Crash {
+    Segfault,
+    Abort,
+    Exit(i32),
+    Sigkill,
+}
+
+fn crash(how: Crash) -> u32 {
+    match how {
+        // (`raise(SIGSEGV)` would return: std's stack-overflow handler takes it.)
+        // SAFETY: not safe at all: the worker dies of it, which is the point.
+        Crash::Segfault => unsafe {
+            std::ptr::null_mut::<u64>().write_volatile(1);
+        },
+        Crash::Abort => std::process::abort(),
+        Crash::Exit(code) => std::process::exit(code),
+        // SAFETY: raising a signal is sound; the worker dies of it.
+        Crash::Sigkill => unsafe {
+            libc::raise(libc::SIGKILL);
+        },
+    }
+    unreachable!("the worker should have died")
+}
+
+fn map_in_order_with_any_chunking() {
+    let pool = Pool::new(3).unwrap();
+    let want: Vec<u64> = (0..1000u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..1000).unwrap(), want);
+    for chunk in [1, 7, 999, 5000] {
+        assert_eq!(pool.map_chunked(square, 0..1000, chunk).unwrap(), want);
+    }
+    assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    assert_eq!(pool.map_chunked(square, 0..3, 0).unwrap(), [0, 1, 4]);
+    let words = vec!["a".to_string(), "bc".into(), String::new()];
+    assert_eq!(pool.map(shout, words).unwrap(), ["A", "BC", ""]);
+    finish(pool);
+}
+
+static GREETING: OnceLock<String> = OnceLock::new();
+
+fn set_greeting(s: String) {
+    GREETING
+        .set(format!("{s} from {}", std::process::id()))
+        .unwrap();
+}
+
+fn greeting(_: ()) -> Option<String> {
+    GREETING.get().cloned()
+}
+
+fn submit_apply_and_initializer() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(set_greeting, "hello".to_string())
+        .build()
+        .unwrap();
+    assert_eq!(pool.processes(), 2);
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| pool.submit(greeting, ()).unwrap())
+        .collect();
+    let pids = pool.worker_pids();
+    for t in tasks {
+        let g = get(t).unwrap().expect("the initializer ran");
+        let (word, pid) = g.split_once(" from ").unwrap();
+        assert_eq!(word, "hello");
+        assert!(pids.contains(&pid.parse().unwrap()), "{g} vs {pids:?}");
+    }
+    finish(pool);
+}
+
+fn crashes_fail_only_their_task() {
+    let pool = Pool::new(2).unwrap();
+    let before = pool.worker_pids();
+    let crashes = [
+        (Crash::Segfault, Some(Signal::SEGV), None),
+        (Crash::Abort, Some(Signal::ABRT), None),
+        (Crash::Exit(7), None, Some(7)),
+        (Crash::Sigkill, Some(Signal::KILL), None),
+    ];
+    let mut normal = Vec::new();
+    let mut crashing = Vec::new();
+    for (i, &(how, signal, code)) in crashes.iter().enumerate() {
+        for x in 0..20 {
+            normal.push((x, pool.submit(square, x + 100 * i as u64).unwrap()));
+        }
+        crashing.push((how, signal, code, pool.submit(crash, how).unwrap()));
+    }
+    for (how, signal, code, task) in crashing {
+        let err = get(task).unwrap_err();
+        let TaskError::WorkerDied(Some(status)) = err else {
+            panic!("{how:?}: {err:?}");
+        };
+        assert_eq!(status.signal(), signal, "{how:?}: {status}");
+        assert_eq!(status.code(), code, "{how:?}: {status}");
+    }
+    for (i, (x, task)) in normal.into_iter().enumerate() {
+        let base = 100 * (i / 20) as u64;
+        assert_eq!(get(task).unwrap(), (x + base) * (x + base));
+    }
+    // Replacements took over.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert!(common::eventually(T, || pool.worker_pids().len() == 2));
+    let after = pool.worker_pids();
+    assert!(
+        after.iter().any(|p| !before.contains(p)),
+        "no worker replaced"
+    );
+    for p in before {
+        assert!(common::wait_gone(p, Duration::from_secs(5)));
+    }
+    finish(pool);
+}
+
+fn flaky((runs, fail_times): (Value<u32>, u32)) -> u32 {
+    let n = {
+        let mut g = runs.lock().unwrap_or_else(OwnerDied::into_inner);
+        *g += 1;
+        *g
+    };
+    if n <= fail_times {
+        std::process::abort();
+    }
+    n
+}
+
+fn flaky_panic((runs, fail_times): (Value<u32>, u32)) -> u32 {
+    let n = {
+        let mut g = runs.lock().unwrap_or_else(OwnerDied::into_inner);
+        *g += 1;
+        *g
+    };
+    assert!(n > fail_times, "run {n} fails");
+    n
+}
+
+fn retry_policy_reruns_failed_tasks() {
+    let policy =
+        RetryPolicy::attempts(3).backoff(Duration::from_millis(10), 2.0, Duration::from_millis(50));
+    let pool = Pool::builder()
+        .processes(2)
+        .retry(policy.clone())
+        .build()
+        .unwrap();
+    // Dies twice, succeeds on the third run.
+    let runs = Value::new(0u32).unwrap();
+    assert_eq!(
+        get(pool.submit(flaky, (runs.clone(), 2)).unwrap()).unwrap(),
+        3
+    );
+    // Dies every time: three runs, then the error.
+    let runs = Value::new(0u32).unwrap();
+    let err = get(pool.submit(flaky, (runs.clone(), 99)).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, TaskError::WorkerDied(Some(s)) if s.signal() == Some(Signal::ABRT)),
+        "{err:?}"
+    );
+    assert_eq!(*runs.lock().unwrap_or_else(OwnerDied::into_inner), 3);
+    // Panics are not retried by default...
+    let runs = Value::new(0u32).unwrap();
+    let err = get(pool.submit(flaky_panic, (runs.clone(), 1)).unwrap()).unwrap_err();
+    assert!(
+        err.panic().unwrap().message().contains("run 1 fails"),
+        "{err}"
+    );
+    assert_eq!(*runs.lock().unwrap(), 1);
+    finish(pool);
+    // ... unless the policy says so.
+    let pool = Pool::builder()
+        .processes(1)
+        .retry(policy.retry_if(|e| matches!(e, TaskError::Panicked(_))))
+        .build()
+        .unwrap();
+    let runs = Value::new(0u32).unwrap();
+    assert_eq!(
+        get(pool.submit(flaky_panic, (runs.clone(), 2)).unwrap()).unwrap(),
+        3
+    );
+    // Without a retry, the same crash is one failure.
+    finish(pool);
+    let pool = Pool::new(1).unwrap();
+    let runs = Value::new(0u32).unwrap();
+    let err = get(pool.submit(flaky, (runs.clone(), 1)).unwrap()).unwrap_err();
+    assert!(matches!(err, TaskError::WorkerDied(_)), "{err:?}");
+    assert_eq!(*runs.lock().unwrap_or_else(OwnerDied::into_inner), 1);
+    finish(pool);
+}
+
+fn task_timeout_kills_and_replaces() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let before = pool.worker_pids();
+    let t0 = Instant::now();
+    let slow = pool.submit(sleep_ms, 30_000).unwrap();
+    let quick: Vec<_> = (0..20).map(|x| pool.submit(square, x).unwrap()).collect();
+    assert_eq!(get(slow).unwrap_err(), TaskError::TimedOut);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(10), "timed out after {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "timed out early: {took:?}"
+    );
+    for (x, t) in quick.into_iter().enumerate() {
+        assert_eq!(get(t).unwrap(), (x * x) as u64);
+    }
+    // Tasks within the limit are untouched; the killed worker was replaced.
+    assert_eq!(get(pool.submit(sleep_ms, 50).unwrap()).unwrap(), 50);
+    assert!(common::eventually(T, || pool.worker_pids().len() == 2));
+    let after = pool.worker_pids();
+    assert!(after.iter().any(|p| !before.contains(p)));
+    finish(pool);
+}
+
+fn panicky(x: u32) -> u32 {
+    if x == 13 {
+        panic!("unlucky {x}");
+    }
+    x
+}
+
+fn panic_fails_task_worker_survives() {
+    let pool = Pool::new(1).unwrap();
+    let worker = get(pool.submit(pid, ()).unwrap()).unwrap();
+    let err = get(pool.submit(panicky, 13).unwrap()).unwrap_err();
+    let panic = err.panic().expect("a panic");
+    assert_eq!(panic.message(), "unlucky 13");
+    assert_eq!(panic.pid(), worker);
+    assert!(
+        panic
+            .location()
+            .unwrap()
+            .file()
+            .ends_with("pool_processes.rs")
+    );
+    assert_eq!(get(pool.submit(panicky, 14).unwrap()).unwrap(), 14);
+    assert_eq!(
+        get(pool.submit(pid, ()).unwrap()).unwrap(),
+        worker,
+        "worker replaced"
+    );
+    // In a map, the first panic in item order is the error.
+    let err = pool.map(panicky, 0..30).unwrap_err();
+    assert_eq!(err.panic().unwrap().message(), "unlucky 13");
+    assert_eq!(
+        pool.map(panicky, 0..10).unwrap(),
+        (0..10).collect::<Vec<_>>()
+    );
+    finish(pool);
+}
+
+fn max_tasks_per_child_recycles() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(2)
+        .build()
+        .unwrap();
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    for _ in 0..6 {
+        *seen
+            .entry(get(pool.submit(pid, ()).unwrap()).unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 2), "{seen:?}");
+    // Submitted all at once, too.
+    let tasks: Vec<_> = (0..10).map(|_| pool.submit(pid, ()).unwrap()).collect();
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    for t in tasks {
+        *seen.entry(get(t).unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 2), "{seen:?}");
+    finish(pool);
+}
+
+fn short_tasks_do_not_wait_behind_long_ones() {
+    let pool = Pool::new(2).unwrap();
+    // Both workers get a share of the queue at first; the one on the long task gives
+    // its share back.
+    for round in 0..3 {
+        let long = pool.submit(sleep_ms, 5_000).unwrap();
+        let short: Vec<_> = (0..20).map(|_| pool.submit(sleep_ms, 1).unwrap()).collect();
+        let t0 = Instant::now();
+        for t in short {
+            assert_eq!(get(t).unwrap(), 1);
+        }
+        let took = t0.elapsed();
+        assert!(
+            !long.is_done(),
+            "round {round}: the long task ended already"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: short tasks took {took:?}"
+        );
+        assert!(long.cancel());
+    }
+    finish(pool);
+}
+
+fn cancel_queued_and_running() {
+    let pool = Pool::new(1).unwrap();
+    let worker = get(pool.submit(pid, ()).unwrap()).unwrap();
+    let running = pool.submit(sleep_ms, 30_000).unwrap();
+    let queued: Vec<_> = (0..5)
+        .map(|_| pool.submit(sleep_ms, 30_000).unwrap())
+        .collect();
+    // Queued tasks (in the pool, or already in the worker's channel) are removed.
+    for t in &queued {
+        assert!(t.cancel());
+        assert!(t.is_done());
+        assert!(!t.cancel(), "cancelled twice");
+    }
+    for t in queued {
+        assert_eq!(get(t).unwrap_err(), TaskError::Cancelled);
+    }
+    // The running one: its worker is killed and replaced.
+    assert!(common::eventually(T, || !running.is_done()));
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    assert!(running.cancel());
+    assert_eq!(get(running).unwrap_err(), TaskError::Cancelled);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(common::wait_gone(worker, Duration::from_secs(5)));
+    let next = get(pool.submit(pid, ()).unwrap()).unwrap();
+    assert_ne!(next, worker);
+    // A finished task cannot be cancelled.
+    let done = pool.submit(square, 2).unwrap();
+    assert!(done.wait_timeout(T));
+    assert!(!done.cancel());
+    assert_eq!(done.wait().unwrap(), 4);
+    finish(pool);
+}
+
+fn helper_pool_parent() {
+    let pool = Pool::new(3).unwrap();
+    let _busy = pool.submit(sleep_ms, 600_000).unwrap();
+    let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+    let server = common::fork_server_of(std::process::id()).unwrap_or(0);
+    println!("pids {} {server}", pids.join(" "));
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn parent_sigkilled_takes_workers_along() {
+    let mut h = Helper::start("pool_parent");
+    let pids: Vec<u32> = h
+        .expect("pids ", T)
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    let t = Instant::now();
+    for &p in pids.iter().filter(|&&p| p != 0) {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(1).saturating_sub(t.elapsed())),
+            "pid {p} outlived its SIGKILLed parent by a second"
+        );
+        common::reap(p);
+    }
+}
+
+/// Counts its run in `runs[i]`, works a little, returns `i`.
+fn counted((runs, i): (Array<u32>, usize)) -> usize {
+    runs.lock().unwrap_or_else(OwnerDied::into_inner)[i] += 1;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_micros(150) {
+        std::hint::spin_loop();
+    }
+    i
+}
+
+fn ten_thousand_tasks_twenty_killed_workers() {
+    const N: usize = 10_000;
+    let pool = Pool::new(4).unwrap();
+    let runs = Array::<u32>::new(N).unwrap();
+    let tasks: Vec<_> = (0..N)
+        .map(|i| pool.submit(counted, (runs.clone(), i)).unwrap())
+        .collect();
+    let stop = AtomicBool::new(false);
+    let killed = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut killed = HashSet::new();
+            while killed.len() < 20 && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                let pids = pool.worker_pids();
+                if pids.is_empty() {
+                    continue;
+                }
+                let victim = pids[fastrand::usize(..pids.len())];
+                if killed.insert(victim) {
+                    // SAFETY: kill(2) on a pool worker this test started.
+                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                }
+            }
+            killed
+        });
+        let mut ok = 0;
+        let mut died = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match get(t) {
+                Ok(v) => {
+                    assert_eq!(v, i);
+                    ok += 1;
+                }
+                Err(TaskError::WorkerDied(Some(s))) if s.signal() == Some(Signal::KILL) => {
+                    died += 1;
+                }
+                Err(e) => panic!("task {i}: {e:?}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let killed = killer.join().unwrap();
+        assert_eq!(ok + died, N);
+        assert!(
+            died <= killed.len(),
+            "{died} failed for {} kills",
+            killed.len()
+        );
+        println!(
+            "{} workers killed, {died} tasks failed, {ok} succeeded",
+            killed.len()
+        );
+        killed
+    });
+    assert!(
+        killed.len() >= 5,
+        "the pool finished before the kills: {}",
+        killed.len()
+    );
+    // Nothing ran twice; every successful task ran exactly once.
+    let counts = runs.lock().unwrap_or_else(OwnerDied::into_inner).to_vec();
+    assert!(counts.iter().all(|&c| c <= 1), "a task ran twice");
+    assert!(counts.iter().filter(|&&c| c == 1).count() >= N - killed.len());
+    finish(pool);
+    for p in killed {
+        assert!(common::wait_gone(p, Duration::from_secs(5)));
+    }
+}
+
+fn endless_imap_for_1000_items() {
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(1000)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut got: Vec<u64> = pool
+        .imap_unordered(square, 0u64..)
+        .take(1000)
+        .map(Result::unwrap)
+        .collect();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), 1000);
+    // The pool is idle again: what was in flight was dropped or finished.
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    let finite: Vec<u64> = pool.imap(square, 0..10).map(Result::unwrap).collect();
+    assert_eq!(finite.len(), 10);
+    assert_eq!(pool.imap(square, Vec::new()).count(), 0);
+    finish(pool);
+}
+
+fn crash_at_three(x: u32) -> u32 {
+    if x == 3 {
+        std::process::abort();
+    }
+    if x == 5 {
+        panic!("five");
+    }
+    x
+}
+
+fn imap_yields_each_failure_in_place() {
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<_> = pool.imap(crash_at_three, 0..8).collect();
+    assert_eq!(got.len(), 8);
+    for (x, r) in got.into_iter().enumerate() {
+        match x {
+            3 => assert!(matches!(r, Err(TaskError::WorkerDied(_))), "{r:?}"),
+            5 => assert_eq!(r.unwrap_err().panic().unwrap().message(), "five"),
+            _ => assert_eq!(r.unwrap(), x as u32),
+        }
+    }
+    finish(pool);
+}
+
+fn tasks_awaited_in_tokio() {
+    let pool = Pool::new(2).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..20).map(|x| pool.submit(square, x).unwrap()).collect();
+        let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+        for (x, h) in handles.into_iter().enumerate() {
+            let r = tokio::time::timeout(T, h).await.unwrap().unwrap();
+            assert_eq!(r.unwrap(), (x * x) as u64);
+        }
+        let crashed = pool.submit(crash, Crash::Abort).unwrap();
+        let r = tokio::time::timeout(T, crashed).await.unwrap();
+        assert!(matches!(r, Err(TaskError::WorkerDied(_))), "{r:?}");
+        // A slow task does not block the runtime.
+        let slow = pool.submit(sleep_ms, 200).unwrap();
+        let ticks = tokio::spawn(async {
+            let mut n = 0;
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                n += 1;
+            }
+            n
+        });
+        assert_eq!(tokio::time::timeout(T, slow).await.unwrap().unwrap(), 200);
+        assert_eq!(ticks.await.unwrap(), 5);
+    });
+    finish(pool);
+}
+
+fn take_unserializable(_: Unserializable) -> u32 {
+    1
+}
+
+fn give_unserializable(_: ()) -> Unserializable {
+    Unserializable
+}
+
+/// Encodes fine, refuses to decode.
+#[derive(Debug)]
+struct Undecodable;
+
+impl Serialize for Undecodable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(7)
+    }
+}
+
+impl<'de> Deserialize<'de> for Undecodable {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("this value refuses to be decoded"))
+    }
+}
+
+fn take_undecodable(_: Undecodable) -> u32 {
+    1
+}
+
+fn give_undecodable(_: ()) -> Undecodable {
+    Undecodable
+}
+
+fn codec_failures_fail_the_task() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.worker_pids();
+    let err = pool
+        .submit(take_unserializable, Unserializable)
+        .unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("refuses to be serialized")),
+        "{err}"
+    );
+    let err = get(pool.submit(give_unserializable, ()).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("refuses to be serialized")),
+        "{err}"
+    );
+    let err = get(pool.submit(take_undecodable, Undecodable).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("cannot decode a `pool_processes::Undecodable`")),
+        "{err}"
+    );
+    let err = get(pool.submit(give_undecodable, ()).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("cannot decode a `pool_processes::Undecodable`")),
+        "{err}"
+    );
+    let err = pool
+        .map(take_unserializable, vec![Unserializable, Unserializable])
+        .unwrap_err();
+    assert!(matches!(err, TaskError::Codec(_)), "{err}");
+    let got: Vec<_> = pool.imap(take_unserializable, [Unserializable]).collect();
+    assert!(matches!(got[..], [Err(TaskError::Codec(_))]), "{got:?}");
+    // None of it cost a worker.
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    assert_eq!(pool.worker_pids(), worker);
+    finish(pool);
+}
+
+fn closed_and_bad_settings() {
+    let e = Pool::new(0).unwrap_err();
+    assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
+    let e = Pool::builder().max_tasks_per_child(0).build().unwrap_err();
+    assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
+    let e = Pool::builder()
+        .task_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
+    let e = Pool::builder()
+        .initializer(take_unserializable_init, Unserializable)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
+
+    let pool = Pool::new(2).unwrap();
+    let queued: Vec<_> = (0..4).map(|_| pool.submit(sleep_ms, 50).unwrap()).collect();
+    pool.close();
+    assert_eq!(pool.submit(square, 1).unwrap_err(), TaskError::PoolClosed);
+    assert_eq!(pool.map(square, 0..3).unwrap_err(), TaskError::PoolClosed);
+    // Tasks submitted before `close` still run.
+    for t in queued {
+        assert_eq!(get(t).unwrap(), 50);
+    }
+    finish(pool);
+}
+
+fn take_unserializable_init(_: Unserializable) {}
+
+fn terminate_and_drop_leave_nothing() {
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.worker_pids();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| pool.submit(sleep_ms, 30_000).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    pool.terminate();
+    for t in tasks {
+        assert_eq!(get(t).unwrap_err(), TaskError::PoolClosed);
+    }
+    assert!(pool.join_timeout(T));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    for &p in &pids {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(5)),
+            "worker {p} left"
+        );
+    }
+    assert_eq!(pool.submit(square, 1).unwrap_err(), TaskError::PoolClosed);
+    drop(pool);
+
+    // Dropping a busy pool kills its workers and fails its tasks.
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.worker_pids();
+    let task = pool.submit(sleep_ms, 30_000).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(pool);
+    assert_eq!(get(task).unwrap_err(), TaskError::PoolClosed);
+    for &p in &pids {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(5)),
+            "worker {p} left"
+        );
+    }
+}
+
+fn fail_init(_: ()) {
+    panic!("no database here");
+}
+
+fn failing_initializer_breaks_pool() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(fail_init, ())
+        .build()
+        .unwrap();
+    let task = pool.submit(square, 2).unwrap();
+    let err = get(task).unwrap_err();
+    let TaskError::PoolBroken(why) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(why.contains("no database here"), "{why}");
+    assert!(matches!(
+        pool.submit(square, 2),
+        Err(TaskError::PoolBroken(_))
+    ));
+    assert!(pool.join_timeout(T));
+}
+
+fn spawn_start_method() {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Spawn)
+        .name("spawned")
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    let err = get(pool.submit(crash, Crash::Segfault).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, TaskError::WorkerDied(Some(s)) if s.signal() == Some(Signal::SEGV)),
+        "{err:?}"
+    );
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+    finish(pool);
+}
+
+#[cfg(feature = "progress")]
+fn map_with_progress_bar() {
+    let pool = Pool::new(2).unwrap();
+    let got = pool.map_with_progress(square, 0..500).unwrap();
+    assert_eq!(got, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
+    finish(pool);
+}
+
+fn helper_leaks() {
+    let round = || {
+        let pool = Pool::builder()
+            .processes(2)
+            .max_tasks_per_child(5)
+            .task_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+        let _ = get(pool.submit(crash, Crash::Abort).unwrap());
+        let t = pool.submit(sleep_ms, 30_000).unwrap();
+        let _ = pool.imap(square, 0u64..).take(50).count();
+        assert!(t.cancel(), "{:?}", t.wait());
+        finish(pool);
+    };
+    round();
+    let (fds, maps) = (common::fd_count(), common::map_count());
+    for _ in 0..10 {
+        round();
+    }
+    println!(
+        "fds {fds} {} maps {maps} {}",
+        common::fd_count(),
+        common::map_count()
+    );
+}
+
+fn no_descriptor_or_mapping_leaks() {
+    let mut h = Helper::start("leaks");
+    let line = h.expect("fds ", Duration::from_secs(300));
+    let v: Vec<&str> = line.split(' ').collect();
+    assert_eq!(v[0], v[1], "descriptors leaked: {line}");
+    assert_eq!(v[3], v[4], "mappings leaked: {line}");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}

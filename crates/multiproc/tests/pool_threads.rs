@@ -1,0 +1,325 @@
+//! The thread pool: the same surface as the process pool, with closures.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use multiproc::{PoolError, Task, TaskError, ThreadPool};
+
+const T: Duration = Duration::from_secs(30);
+
+fn get<R>(task: Task<R>) -> Result<R, TaskError> {
+    assert!(task.wait_timeout(T), "a task did not finish within {T:?}");
+    task.wait()
+}
+
+fn quiet_panics() {
+    // The default hook would print every expected panic.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            if !thread.name().unwrap_or("").starts_with("quiet") {
+                previous(info);
+            }
+        }));
+    });
+}
+
+#[test]
+fn submit_apply_map() {
+    let pool = ThreadPool::new(3).unwrap();
+    assert_eq!(pool.threads(), 3);
+    let base = 7;
+    assert_eq!(get(pool.submit(move || base * 6).unwrap()).unwrap(), 42);
+    assert_eq!(pool.apply(|| "hi".to_string()).unwrap(), "hi");
+    let want: Vec<u64> = (0..1000u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(|x: u64| x * x, 0..1000).unwrap(), want);
+    for chunk in [0, 1, 7, 5000] {
+        assert_eq!(
+            pool.map_chunked(|x: u64| x * x, 0..1000, chunk).unwrap(),
+            want
+        );
+    }
+    assert!(pool.map(|x: u64| x, Vec::new()).unwrap().is_empty());
+    // Non-'static data goes in by value (moved or Arc'd).
+    let words = Arc::new(vec!["a", "b", "c"]);
+    let w = Arc::clone(&words);
+    assert_eq!(
+        pool.map(move |i: usize| w[i].to_uppercase(), 0..3).unwrap(),
+        ["A", "B", "C"]
+    );
+    assert!(pool.join_timeout(T));
+}
+
+#[test]
+fn panics_fail_their_task_only() {
+    quiet_panics();
+    let pool = ThreadPool::builder()
+        .threads(1)
+        .name("quiet")
+        .build()
+        .unwrap();
+    let err = get(pool.submit(|| -> u32 { panic!("boom {}", 1) }).unwrap()).unwrap_err();
+    let panic = err.panic().expect("a panic");
+    assert_eq!(panic.message(), "boom 1");
+    assert!(
+        panic.process_name().ends_with("/quiet-0"),
+        "{}",
+        panic.process_name()
+    );
+    assert_eq!(panic.pid(), std::process::id());
+    // The thread goes on.
+    assert_eq!(pool.apply(|| 5).unwrap(), 5);
+    let err = pool
+        .map(|x: u32| if x == 13 { panic!("unlucky") } else { x }, 0..30)
+        .unwrap_err();
+    assert_eq!(err.panic().unwrap().message(), "unlucky");
+    let got: Vec<_> = pool
+        .imap(|x: u32| if x == 2 { panic!("two") } else { x }, 0..4)
+        .collect();
+    assert_eq!(got[0], Ok(0));
+    assert_eq!(
+        got[2].as_ref().unwrap_err().panic().unwrap().message(),
+        "two"
+    );
+    assert_eq!(got[3], Ok(3));
+    assert!(pool.join_timeout(T));
+}
+
+#[test]
+fn cancel_queued_not_running() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let running = pool
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            go_rx.recv_timeout(T).unwrap();
+            1
+        })
+        .unwrap();
+    started_rx.recv_timeout(T).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let queued: Vec<_> = (0..5)
+        .map(|_| {
+            let ran = Arc::clone(&ran);
+            pool.submit(move || ran.fetch_add(1, Ordering::SeqCst))
+                .unwrap()
+        })
+        .collect();
+    for t in &queued {
+        assert!(t.cancel());
+        assert!(t.is_done());
+        assert!(!t.cancel());
+    }
+    // A running task cannot be stopped on a thread.
+    assert!(!running.cancel());
+    go_tx.send(()).unwrap();
+    assert_eq!(get(running).unwrap(), 1);
+    for t in queued {
+        assert_eq!(get(t).unwrap_err(), TaskError::Cancelled);
+    }
+    assert!(pool.join_timeout(T));
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "a cancelled task ran");
+}
+
+#[test]
+fn endless_imap_for_1000_items() {
+    let pool = ThreadPool::new(2).unwrap();
+    let got: Vec<u64> = pool
+        .imap(|x: u64| x * 2, 0u64..)
+        .take(1000)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..1000u64).map(|x| x * 2).collect::<Vec<_>>());
+    let seen: HashSet<u64> = pool
+        .imap_unordered(|x: u64| x, 0u64..)
+        .take(1000)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(seen.len(), 1000);
+    // Bounded work in flight: the input is pulled only as far as needed.
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&pulled);
+    let input = (0u64..).inspect(move |_| {
+        p.fetch_add(1, Ordering::SeqCst);
+    });
+    let first: Vec<u64> = pool
+        .imap(|x: u64| x, input)
+        .take(10)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, (0..10).collect::<Vec<_>>());
+    assert!(
+        pulled.load(Ordering::SeqCst) < 100,
+        "{}",
+        pulled.load(Ordering::SeqCst)
+    );
+    assert!(pool.join_timeout(T));
+}
+
+#[test]
+fn tasks_awaited_in_tokio() {
+    let pool = ThreadPool::new(2).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..10u64)
+            .map(|x| {
+                pool.submit(move || {
+                    std::thread::sleep(Duration::from_millis(5));
+                    x + 1
+                })
+                .unwrap()
+            })
+            .collect();
+        let mut sum = 0;
+        for t in tasks {
+            sum += tokio::time::timeout(T, t).await.unwrap().unwrap();
+        }
+        assert_eq!(sum, 55);
+    });
+    assert!(pool.join_timeout(T));
+}
+
+#[test]
+fn close_terminate_and_drop() {
+    let e = ThreadPool::new(0).unwrap_err();
+    assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
+
+    // close: queued tasks still run; new ones are refused.
+    let pool = ThreadPool::new(1).unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            pool.submit(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                i
+            })
+            .unwrap()
+        })
+        .collect();
+    pool.close();
+    assert_eq!(pool.submit(|| 0).unwrap_err(), TaskError::PoolClosed);
+    assert_eq!(
+        pool.map(|x: u32| x, 0..3).unwrap_err(),
+        TaskError::PoolClosed
+    );
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(get(t).unwrap(), i);
+    }
+    assert!(pool.join_timeout(T));
+
+    // terminate: queued tasks fail; the running one finishes.
+    let pool = ThreadPool::new(1).unwrap();
+    let gate = Arc::new(Barrier::new(2));
+    let g = Arc::clone(&gate);
+    let running = pool
+        .submit(move || {
+            g.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            "done"
+        })
+        .unwrap();
+    let queued: Vec<_> = (0..3).map(|_| pool.submit(|| "never").unwrap()).collect();
+    gate.wait();
+    pool.terminate();
+    for t in queued {
+        assert_eq!(get(t).unwrap_err(), TaskError::PoolClosed);
+    }
+    assert_eq!(get(running).unwrap(), "done");
+    assert_eq!(pool.submit(|| 0).unwrap_err(), TaskError::PoolClosed);
+    assert!(pool.join_timeout(T));
+
+    // drop: waits for the running task, fails the queued ones.
+    let pool = ThreadPool::new(1).unwrap();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&finished);
+    let gate = Arc::new(Barrier::new(2));
+    let g = Arc::clone(&gate);
+    let _running = pool
+        .submit(move || {
+            g.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            f.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    let queued = pool.submit(|| ()).unwrap();
+    gate.wait();
+    drop(pool);
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    assert_eq!(get(queued).unwrap_err(), TaskError::PoolClosed);
+}
+
+#[test]
+fn join_timeout_reports_busy_pool() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let t = pool.submit(move || rx.recv_timeout(T).is_ok()).unwrap();
+    let t0 = Instant::now();
+    assert!(!pool.join_timeout(Duration::from_millis(100)));
+    assert!(t0.elapsed() >= Duration::from_millis(100));
+    tx.send(()).unwrap();
+    assert!(get(t).unwrap());
+    assert!(pool.join_timeout(T));
+}
+
+#[test]
+fn initializer_runs_once_per_thread() {
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let n = Arc::clone(&names);
+    let pool = ThreadPool::builder()
+        .threads(3)
+        .name("init")
+        .initializer(move || {
+            let name = std::thread::current().name().unwrap().to_owned();
+            n.lock().unwrap().push(name);
+        })
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(|x: u32| x, 0..100).unwrap().len(), 100);
+    assert!(pool.join_timeout(T));
+    let mut names = names.lock().unwrap().clone();
+    names.sort();
+    assert_eq!(names, ["init-0", "init-1", "init-2"]);
+}
+
+#[test]
+fn failing_initializer_breaks_pool() {
+    quiet_panics();
+    let pool = ThreadPool::builder()
+        .threads(2)
+        .name("quiet-init")
+        .initializer(|| panic!("no config"))
+        .build()
+        .unwrap();
+    // Whether a task is queued before or after the threads fail, it fails.
+    let task = pool.submit(|| 1);
+    let err = match task {
+        Ok(t) => get(t).unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, TaskError::PoolBroken(why) if why.contains("no config")),
+        "{err:?}"
+    );
+    let t0 = Instant::now();
+    while !matches!(pool.submit(|| 1), Err(TaskError::PoolBroken(_))) {
+        assert!(t0.elapsed() < T, "the pool never reported broken");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(pool.join_timeout(T));
+}
+
+#[cfg(feature = "progress")]
+#[test]
+fn map_with_progress_bar() {
+    let pool = ThreadPool::new(2).unwrap();
+    let got = pool.map_with_progress(|x: u64| x + 1, 0..500).unwrap();
+    assert_eq!(got, (1..501).collect::<Vec<_>>());
+    assert!(pool.join_timeout(T));
+}
