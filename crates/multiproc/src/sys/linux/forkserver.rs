@@ -159,6 +159,10 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
     for kid in &doomed {
         let _ = process::send_signal(kid.pidfd.as_fd(), process::SIGKILL);
     }
+    // The parent is gone: the named segments it created and did not unlink go too.
+    for t in &tracked {
+        super::mem::shm_unlink_if(&t.name, (t.dev, t.ino));
+    }
     // Reap them (for a second at most), so that none is seen running, re-parented,
     // after this server is gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -168,10 +172,6 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
         {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-    }
-    // The parent is gone: the named segments it created and did not unlink go too.
-    for t in &tracked {
-        super::mem::shm_unlink_if(&t.name, (t.dev, t.ino));
     }
     exit_now(0)
 }
