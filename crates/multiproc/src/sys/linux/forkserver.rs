@@ -167,10 +167,9 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
     // after this server is gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     for kid in &doomed {
-        while matches!(process::try_reap(kid.pidfd.as_fd()), Ok(None))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        // A pidfd becomes readable when its process has exited.
+        if fd::wait_readable(&[kid.pidfd.as_fd()], Some(deadline)).is_ok() {
+            let _ = process::try_reap(kid.pidfd.as_fd());
         }
     }
     exit_now(0)
