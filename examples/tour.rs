@@ -8,6 +8,10 @@
 
 #[path = "async_tasks.rs"]
 mod async_tasks;
+#[path = "manager_daemons.rs"]
+mod manager_daemons;
+#[path = "manager_remote.rs"]
+mod manager_remote;
 #[path = "process_barrier.rs"]
 mod process_barrier;
 #[path = "process_basic.rs"]
@@ -101,6 +105,12 @@ fn main() {
 
     section("async_tasks: tokio awaits pool tasks and a queue consumer together");
     async_tasks::run();
+
+    section("manager_daemons: five daemons count under a managed lock; the manager stops");
+    manager_daemons::run();
+
+    section("manager_remote: a TCP manager, a producer and a consumer process");
+    manager_remote::run();
 
     println!("\nTour done in {:.1?}.", start.elapsed());
 }

@@ -192,6 +192,43 @@
 //! and every other task completes. A task past its timeout, or cancelled while running,
 //! is stopped by killing its worker. A panic fails its task; the worker goes on.
 //!
+//! # Managers
+//!
+//! A [`Manager`] is a server process holding shared objects — dicts, lists, sets, queues,
+//! values, locks, semaphores, events, conditions, barriers, and types of your own
+//! ([`manager::SharedObject`]) — which every process reaches through typed proxies that
+//! can be passed to [`spawn`] and pool tasks. Served over TCP with a key, it shares them
+//! between machines.
+//!
+//! ```no_run
+//! use multiproc::Manager;
+//! use multiproc::manager::DictProxy;
+//!
+//! fn tally(words: DictProxy<String, u32>) {
+//!     for w in ["a", "b", "a"] {
+//!         // d[w] += 1, atomically, whoever else is counting.
+//!         words.update_with(w.to_string(), |n| n.unwrap_or(0) + 1).unwrap();
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! let manager = Manager::start()?;
+//! let words = manager.dict::<String, u32>()?;
+//! let kids: Vec<_> = (0..3)
+//!     .map(|_| multiproc::spawn(tally, words.clone()))
+//!     .collect::<Result<_, _>>()?;
+//! for k in kids {
+//!     k.join()?;
+//! }
+//! assert_eq!(words.get("a")?, Some(6));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A client that dies holding a managed lock releases it (the next holder is told);
+//! a dead server makes every call return [`ManagerError::Disconnected`] at once.
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
@@ -229,6 +266,7 @@ mod error;
 mod ipc;
 #[cfg(feature = "log")]
 pub mod log;
+pub mod manager;
 mod pool;
 mod process;
 mod retry;
@@ -239,14 +277,15 @@ mod wait;
 
 pub use bootstrap::{Init, init, init_with};
 pub use error::{
-    BarrierError, CodecError, ExitStatus, LockResult, OutOfBounds, OverRelease, OwnerDied,
-    PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError, RemotePanic, SendError,
-    SendTimeoutError, ShmError, Signal, SpawnError, TaskError, TryLockError, TryLockResult,
-    TryRecvError, TrySendError,
+    BarrierError, CodecError, ExitStatus, LockResult, ManagerError, OutOfBounds, OverRelease,
+    OwnerDied, PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError, RemotePanic,
+    SendError, SendTimeoutError, ShmError, Signal, SpawnError, TaskError, TryLockError,
+    TryLockResult, TryRecvError, TrySendError,
 };
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
 pub use ipc::wait::{Waitable, wait};
+pub use manager::Manager;
 pub use pool::{Imap, ImapUnordered, Pool, PoolBuilder, Task, ThreadPool, ThreadPoolBuilder};
 pub use retry::{Jitter, RetryPolicy};
 pub use shm::shared::SharedMemory;

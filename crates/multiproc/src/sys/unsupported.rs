@@ -317,3 +317,8 @@ pub(crate) fn monotonic_ns() -> u64 {
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+#[cfg(unix)]
+pub(crate) fn abstract_socket_addr(_: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    Err(unsupported())
+}

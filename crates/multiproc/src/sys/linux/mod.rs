@@ -14,8 +14,8 @@ use std::ffi::OsString;
 pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, borrow_all, dev_null, dup, peek_packet, pipe, poll_now, recv_with_fds,
-    send_packet, send_with_fds, stream_pair, wait_readable, wait_writable,
+    MAX_FDS_PER_MESSAGE, abstract_socket_addr, borrow_all, dev_null, dup, peek_packet, pipe,
+    poll_now, recv_with_fds, send_packet, send_with_fds, stream_pair, wait_readable, wait_writable,
 };
 pub(crate) use forkserver::{read_status, serve};
 pub(crate) use image::run as run_entry;

@@ -1,0 +1,172 @@
+//! The client side: one `Client` per (address, key) in a process, holding idle
+//! authenticated connections. A call takes an idle connection (or opens one), so threads
+//! call concurrently and a call that blocks on the server (a lock, a queue get) holds
+//! only its own connection.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use super::Address;
+use super::wire::{self, FrameError, Framed, Request, Response, Stream};
+use crate::error::ManagerError;
+use crate::ipc::codec;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This process's session id (new in a forked child): how the server tells client
+/// processes apart, to release the locks of one that dies.
+fn session() -> u64 {
+    static SESSION: Mutex<Option<(u32, u64)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut s = SESSION.lock().unwrap_or_else(PoisonError::into_inner);
+    match *s {
+        Some((p, id)) if p == pid => id,
+        _ => {
+            let mut bytes = [0u8; 8];
+            // Randomness failing leaves a pid-derived id, unique among live processes.
+            let id = match getrandom::fill(&mut bytes) {
+                Ok(()) => u64::from_le_bytes(bytes),
+                Err(_) => u64::from(pid) << 32 | u64::from(fastrand::u32(..)),
+            };
+            *s = Some((pid, id));
+            id
+        }
+    }
+}
+
+/// This thread's id within its process: with the session, a lock's owner.
+pub(crate) fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
+}
+
+pub(crate) struct Client {
+    pub(crate) address: Address,
+    pub(crate) key: Vec<u8>,
+    /// Idle connections, and the pid that opened them (a forked child must not share
+    /// its parent's connections).
+    idle: Mutex<(u32, Vec<Framed>)>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// The process's client for `address` and `key`.
+    pub(crate) fn get(address: &Address, key: &[u8]) -> Arc<Client> {
+        static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
+        let mut clients = CLIENTS.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.retain(|c| c.strong_count() > 0);
+        for c in clients.iter().filter_map(Weak::upgrade) {
+            if c.address == *address && c.key == key {
+                return c;
+            }
+        }
+        let c = Arc::new(Client {
+            address: address.clone(),
+            key: key.to_vec(),
+            idle: Mutex::new((std::process::id(), Vec::new())),
+        });
+        clients.push(Arc::downgrade(&c));
+        c
+    }
+
+    fn checkout(&self) -> Result<Framed, ManagerError> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let pid = std::process::id();
+            if idle.0 != pid {
+                *idle = (pid, Vec::new());
+            }
+            if let Some(conn) = idle.1.pop() {
+                return Ok(conn);
+            }
+        }
+        self.open()
+    }
+
+    fn checkin(&self, conn: Framed) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.0 == std::process::id() {
+            idle.1.push(conn);
+        }
+    }
+
+    /// Opens and authenticates a new connection.
+    pub(crate) fn open(&self) -> Result<Framed, ManagerError> {
+        let stream = connect(&self.address).map_err(ManagerError::from_io)?;
+        let mut conn = Framed::new(stream);
+        conn.stream()
+            .set_read_timeout(Some(wire::HANDSHAKE_TIMEOUT))
+            .map_err(ManagerError::Io)?;
+        wire::client_handshake(&mut conn, &self.key, session())?;
+        conn.stream()
+            .set_read_timeout(None)
+            .map_err(ManagerError::Io)?;
+        Ok(conn)
+    }
+
+    /// Checks that the server answers.
+    pub(crate) fn ping(&self) -> Result<(), ManagerError> {
+        match self.call(&Request::Ping)? {
+            Response::Unit => Ok(()),
+            r => Err(ManagerError::Protocol(format!(
+                "unexpected answer to a ping: {r:?}"
+            ))),
+        }
+    }
+
+    /// Sends `request` and waits for the response; a fault is an error.
+    pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
+        let mut conn = self.checkout()?;
+        conn.send(request).map_err(ManagerError::from_io)?;
+        match conn.recv(u32::MAX) {
+            Ok(()) => {}
+            Err(FrameError::Closed) => return Err(ManagerError::Disconnected),
+            Err(FrameError::Oversized(_)) => unreachable!("no frame is over u32::MAX"),
+            Err(FrameError::Io(e)) => return Err(ManagerError::from_io(e)),
+        }
+        let response: Response = codec::decode(&conn.body, Vec::new()).map_err(|e| {
+            ManagerError::Protocol(format!("the server sent a malformed response: {e}"))
+        })?;
+        self.checkin(conn);
+        match response {
+            Response::Fault(f) => Err(f.into()),
+            r => Ok(r),
+        }
+    }
+}
+
+fn connect(address: &Address) -> io::Result<Stream> {
+    match address {
+        Address::Tcp(a) => {
+            let s = std::net::TcpStream::connect_timeout(a, CONNECT_TIMEOUT)?;
+            s.set_nodelay(true)?;
+            Ok(Stream::Tcp(s))
+        }
+        #[cfg(unix)]
+        Address::Unix(path) => Ok(Stream::Unix(std::os::unix::net::UnixStream::connect(path)?)),
+        #[cfg(unix)]
+        Address::Abstract(name) => {
+            let a = crate::sys::abstract_socket_addr(name)?;
+            Ok(Stream::Unix(std::os::unix::net::UnixStream::connect_addr(
+                &a,
+            )?))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kind of address is not supported on this platform",
+        )),
+    }
+}

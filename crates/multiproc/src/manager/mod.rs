@@ -1,0 +1,718 @@
+//! Managers: shared objects served by a process, over a local socket or TCP.
+//!
+//! See [`Manager`] for the tour, and `README.md` beside this file for the design.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+mod client;
+mod objects;
+mod proxy;
+mod server;
+mod wire;
+
+pub use proxy::{
+    BarrierProxy, ConditionGuard, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    ObjectProxy, ProxyGuard, QueueProxy, RLockProxy, SemaphoreProxy, SetProxy, ValueProxy,
+};
+
+use crate::error::ManagerError;
+use crate::ipc::codec::{self, Bytes};
+use crate::process::{Builder, JoinHandle};
+use client::Client;
+use server::{Ctor, Listener, Shared};
+use wire::{Kind, Request, Response};
+
+/// Where a manager listens.
+///
+/// Parsed from a string: `tcp://127.0.0.1:5000` or a bare socket address for TCP,
+/// `unix:/run/app.sock` for a Unix socket file, `unix:@name` for a socket in Linux's
+/// abstract namespace (no file; the default for [`Manager::start`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Address {
+    /// A TCP address. Port 0 picks a free port; [`Server::address`] tells which.
+    Tcp(SocketAddr),
+    /// A Unix socket file. The server removes it when it stops.
+    Unix(PathBuf),
+    /// A name in Linux's abstract socket namespace: no file is created, and nothing is
+    /// left behind however the server ends.
+    Abstract(Vec<u8>),
+}
+
+impl From<SocketAddr> for Address {
+    fn from(a: SocketAddr) -> Self {
+        Address::Tcp(a)
+    }
+}
+
+impl From<PathBuf> for Address {
+    fn from(p: PathBuf) -> Self {
+        Address::Unix(p)
+    }
+}
+
+impl From<&std::path::Path> for Address {
+    fn from(p: &std::path::Path) -> Self {
+        Address::Unix(p.to_path_buf())
+    }
+}
+
+impl FromStr for Address {
+    type Err = ManagerError;
+
+    fn from_str(s: &str) -> Result<Self, ManagerError> {
+        if let Some(rest) = s.strip_prefix("unix:") {
+            return Ok(match rest.strip_prefix('@') {
+                Some(name) => Address::Abstract(name.as_bytes().to_vec()),
+                None => Address::Unix(PathBuf::from(rest)),
+            });
+        }
+        let tcp = s.strip_prefix("tcp://").unwrap_or(s);
+        tcp.parse().map(Address::Tcp).map_err(|_| {
+            ManagerError::InvalidArgument(format!(
+                "{s:?} is not an address (tcp://HOST:PORT with a numeric host, \
+                 unix:/path or unix:@name)"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "tcp://{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Abstract(n) => write!(f, "unix:@{}", String::from_utf8_lossy(n)),
+        }
+    }
+}
+
+/// A type of your own that a manager serves: Python's `BaseManager.register`.
+///
+/// The server keeps one value of the type per object and calls [`handle`] for each
+/// request, one at a time; clients hold an [`ObjectProxy`] and send typed requests. The
+/// wire carries only these types' serde data, so a peer can make the server do nothing
+/// but what `handle` does. Register the type on the builder that starts (or serves) the
+/// manager: [`ManagerBuilder::register`].
+///
+/// [`handle`]: SharedObject::handle
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::manager::SharedObject;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// A counter that hands out tickets.
+/// struct Tickets(u64);
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Ask { Next, Peek }
+///
+/// impl SharedObject for Tickets {
+///     type Init = u64;
+///     type Request = Ask;
+///     type Response = u64;
+///
+///     fn new(first: u64) -> Self {
+///         Tickets(first)
+///     }
+///
+///     fn handle(&mut self, ask: Ask) -> u64 {
+///         match ask {
+///             Ask::Next => { self.0 += 1; self.0 - 1 }
+///             Ask::Peek => self.0,
+///         }
+///     }
+/// }
+/// ```
+pub trait SharedObject: Send + 'static {
+    /// What a new object is made from.
+    type Init: Serialize + DeserializeOwned;
+    /// What clients send.
+    type Request: Serialize + DeserializeOwned;
+    /// What the object answers.
+    type Response: Serialize + DeserializeOwned;
+
+    /// Makes the object (in the server).
+    fn new(init: Self::Init) -> Self;
+
+    /// Answers one request (in the server; requests to one object are handled one at a
+    /// time). A panic here fails that request with [`ManagerError::Panicked`]; the object
+    /// stays served.
+    fn handle(&mut self, request: Self::Request) -> Self::Response;
+}
+
+pub(crate) use sealed::ErasedObject;
+
+/// Public but unnameable outside the crate: `Registry` is sealed.
+mod sealed {
+    use std::collections::HashMap;
+
+    /// A custom object behind encoded requests and responses.
+    pub trait ErasedObject: Send {
+        fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, String>;
+    }
+
+    pub trait Registry: 'static {
+        fn add(ctors: &mut HashMap<String, super::Ctor>);
+    }
+}
+
+/// The custom types registered on a [`ManagerBuilder`]: `()` for none, `(T, R)` for `T`
+/// and the types of `R`. Built by [`ManagerBuilder::register`]; you do not name it.
+pub trait Registry: sealed::Registry {}
+
+impl sealed::Registry for () {
+    fn add(_: &mut HashMap<String, Ctor>) {}
+}
+impl Registry for () {}
+
+impl<T: SharedObject, R: Registry> sealed::Registry for (T, R) {
+    fn add(ctors: &mut HashMap<String, Ctor>) {
+        ctors.insert(std::any::type_name::<T>().to_owned(), construct::<T>);
+        R::add(ctors);
+    }
+}
+impl<T: SharedObject, R: Registry> Registry for (T, R) {}
+
+fn construct<T: SharedObject>(init: &[u8]) -> Result<Box<dyn ErasedObject>, String> {
+    let init: T::Init = codec::decode(init, Vec::new()).map_err(|e| e.to_string())?;
+    Ok(Box::new(T::new(init)))
+}
+
+fn ctors<R: Registry>() -> HashMap<String, Ctor> {
+    let mut ctors = HashMap::new();
+    <R as sealed::Registry>::add(&mut ctors);
+    ctors
+}
+
+/// Builds a [`Manager`] (a server process) or a [`Server`] (served by this process).
+///
+/// `R` lists the custom types registered with [`register`](Self::register).
+pub struct ManagerBuilder<R = ()> {
+    address: Option<Address>,
+    authkey: Option<Vec<u8>>,
+    max_frame: u32,
+    _registry: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for ManagerBuilder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerBuilder")
+            .field("address", &self.address)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ManagerBuilder<()> {
+    fn default() -> Self {
+        ManagerBuilder {
+            address: None,
+            authkey: None,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            _registry: PhantomData,
+        }
+    }
+}
+
+impl<R: Registry> ManagerBuilder<R> {
+    /// Where to listen. The default is a fresh name in Linux's abstract socket
+    /// namespace, reachable from this machine only.
+    pub fn address(mut self, address: impl Into<Address>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// The key clients must prove they hold (HMAC-SHA256 challenge and response, both
+    /// ways, on every connection). The default is 32 random bytes; proxies carry the key,
+    /// so processes they are passed to can connect.
+    pub fn authkey(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.authkey = Some(key.into());
+        self
+    }
+
+    /// The largest request the server accepts, in bytes (default 64 MiB). A client that
+    /// sends a larger one is disconnected.
+    pub fn max_frame(mut self, bytes: u32) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Serves objects of type `T` too: [`Manager::object`] makes them.
+    pub fn register<T: SharedObject>(self) -> ManagerBuilder<(T, R)> {
+        ManagerBuilder {
+            address: self.address,
+            authkey: self.authkey,
+            max_frame: self.max_frame,
+            _registry: PhantomData,
+        }
+    }
+
+    fn settings(&self) -> Result<(Address, Vec<u8>), ManagerError> {
+        if self.max_frame < 1024 {
+            return Err(ManagerError::InvalidArgument(
+                "max_frame must be at least 1024 bytes".into(),
+            ));
+        }
+        let key = match &self.authkey {
+            Some(k) if k.is_empty() => {
+                return Err(ManagerError::InvalidArgument(
+                    "the authentication key is empty".into(),
+                ));
+            }
+            Some(k) => k.clone(),
+            None => wire::random_key().map_err(ManagerError::Io)?,
+        };
+        let address = match &self.address {
+            Some(a) => a.clone(),
+            None => {
+                let mut tag = [0u8; 8];
+                getrandom::fill(&mut tag)
+                    .map_err(|e| ManagerError::Io(std::io::Error::other(e)))?;
+                Address::Abstract(
+                    format!(
+                        "multiproc-manager-{}-{:016x}",
+                        std::process::id(),
+                        u64::from_le_bytes(tag)
+                    )
+                    .into_bytes(),
+                )
+            }
+        };
+        Ok((address, key))
+    }
+
+    /// Starts the server in a daemon child process and connects to it. The server dies
+    /// with this process (however it ends) and is stopped when the [`Manager`] is
+    /// dropped.
+    pub fn start(self) -> Result<Manager, ManagerError> {
+        let (address, key) = self.settings()?;
+        let (listener, address) = Listener::bind(&address).map_err(ManagerError::Io)?;
+        let args = ServerArgs {
+            listener: server::PassedListener(listener),
+            key: Bytes(key.clone()),
+            max_frame: self.max_frame,
+        };
+        let child = Builder::new()
+            .name("SyncManager")
+            .daemon(true)
+            .spawn(serve_child::<R>, args)?;
+        let unlink = match &address {
+            Address::Unix(p) => Some(p.clone()),
+            _ => None,
+        };
+        let manager = Manager {
+            client: Client::get(&address, &key),
+            server: Some(child),
+            unlink,
+        };
+        manager.client.ping()?;
+        Ok(manager)
+    }
+
+    /// Serves from this process, on background threads, until the [`Server`] is
+    /// dropped or shut down: Python's `BaseManager.get_server().serve_forever()`.
+    pub fn serve(self) -> Result<Server, ManagerError> {
+        let (address, key) = self.settings()?;
+        let (listener, address) = Listener::bind(&address).map_err(ManagerError::Io)?;
+        let shared = Shared::new(key.clone(), self.max_frame, ctors::<R>());
+        let runner = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("multiproc-manager-accept".into())
+            .spawn(move || runner.run(&listener))
+            .map_err(ManagerError::Io)?;
+        Ok(Server {
+            shared,
+            key,
+            unlink: match &address {
+                Address::Unix(p) => Some(p.clone()),
+                _ => None,
+            },
+            address,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// What the server process is started with.
+#[derive(Serialize, Deserialize)]
+struct ServerArgs {
+    listener: server::PassedListener,
+    key: Bytes,
+    max_frame: u32,
+}
+
+fn serve_child<R: Registry>(args: ServerArgs) {
+    let shared = Shared::new(args.key.0, args.max_frame, ctors::<R>());
+    shared.run(&args.listener.0);
+}
+
+/// A manager: a process that holds shared objects, and the handle that creates them.
+///
+/// Python's `multiprocessing.Manager()`. [`start`](Manager::start) starts the server as
+/// a daemon child (it never outlives this process, even one that is SIGKILLed); each
+/// method below creates an object in it and returns a typed proxy. Proxies are `Clone +
+/// Serialize + Deserialize`: pass them to [`spawn`](crate::spawn), to pool tasks, or put
+/// them in a queue, and every process (and thread) works on the same object.
+///
+/// What Python lacks: [`DictProxy::update_with`] is an atomic read-modify-write, so
+/// `d[k] += 1` from many processes does not lose updates; a client that dies holding a
+/// managed lock releases it, and the next holder is told ([`OwnerDied`](crate::OwnerDied));
+/// when the server dies every call returns [`ManagerError::Disconnected`] instead of
+/// hanging.
+///
+/// Across machines: serve with [`ManagerBuilder::serve`] (or [`Manager::serve`]) on a TCP
+/// address with a key, and [`Manager::connect`] from elsewhere; [`Manager::named`]
+/// gives objects names that other clients open.
+///
+/// # Examples
+///
+/// ```no_run
+/// use multiproc::Manager;
+///
+/// fn count(hits: multiproc::manager::DictProxy<String, u64>) {
+///     for _ in 0..100 {
+///         hits.update_with("visits".to_string(), |n| n.unwrap_or(0) + 1).unwrap();
+///     }
+/// }
+///
+/// fn main() {
+///     multiproc::init();
+///     let manager = Manager::start().unwrap();
+///     let hits = manager.dict::<String, u64>().unwrap();
+///     let workers: Vec<_> = (0..4)
+///         .map(|_| multiproc::spawn(count, hits.clone()).unwrap())
+///         .collect();
+///     for w in workers {
+///         w.join().unwrap();
+///     }
+///     assert_eq!(hits.get("visits").unwrap(), Some(400));
+/// }
+/// ```
+pub struct Manager {
+    client: Arc<Client>,
+    server: Option<JoinHandle<()>>,
+    unlink: Option<PathBuf>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("address", &self.client.address)
+            .field("server_pid", &self.server.as_ref().map(JoinHandle::pid))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The methods that create objects, for [`Manager`] (anonymous objects) and [`Named`]
+/// (objects other clients open by name).
+macro_rules! creators {
+    () => {
+        /// A dict: Python's `manager.dict()`.
+        pub fn dict<K, V>(&self) -> Result<DictProxy<K, V>, ManagerError>
+        where
+            K: Serialize + DeserializeOwned,
+            V: Serialize + DeserializeOwned,
+        {
+            self.create(Kind::Dict, proxy::tag2::<K, V>(), Bytes::default())
+                .map(DictProxy::new)
+        }
+
+        /// A list: Python's `manager.list()`.
+        pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>, ManagerError> {
+            self.create(Kind::List, proxy::tag::<T>(), Bytes::default())
+                .map(ListProxy::new)
+        }
+
+        /// A set.
+        pub fn set<T: Serialize + DeserializeOwned>(&self) -> Result<SetProxy<T>, ManagerError> {
+            self.create(Kind::Set, proxy::tag::<T>(), Bytes::default())
+                .map(SetProxy::new)
+        }
+
+        /// An unbounded FIFO queue: Python's `manager.Queue()`.
+        pub fn queue<T: Serialize + DeserializeOwned>(
+            &self,
+        ) -> Result<QueueProxy<T>, ManagerError> {
+            self.bounded_queue(0)
+        }
+
+        /// A queue that holds at most `max` items (0: unbounded); `put` waits for room.
+        pub fn bounded_queue<T: Serialize + DeserializeOwned>(
+            &self,
+            max: u64,
+        ) -> Result<QueueProxy<T>, ManagerError> {
+            self.create(Kind::Queue, proxy::tag::<T>(), proxy::encode(&max)?)
+                .map(QueueProxy::new)
+        }
+
+        /// A single value: Python's `manager.Value(typecode, v)`, for any serde type.
+        pub fn value<T: Serialize + DeserializeOwned>(
+            &self,
+            initial: T,
+        ) -> Result<ValueProxy<T>, ManagerError> {
+            self.create(Kind::Value, proxy::tag::<T>(), proxy::encode(&initial)?)
+                .map(ValueProxy::new)
+        }
+
+        /// A lock: Python's `manager.Lock()`.
+        pub fn lock(&self) -> Result<LockProxy, ManagerError> {
+            self.create(Kind::Lock, String::new(), Bytes::default())
+                .map(LockProxy::new)
+        }
+
+        /// A re-entrant lock: Python's `manager.RLock()`.
+        pub fn rlock(&self) -> Result<RLockProxy, ManagerError> {
+            self.create(Kind::RLock, String::new(), Bytes::default())
+                .map(RLockProxy::new)
+        }
+
+        /// A counting semaphore starting at `permits`.
+        pub fn semaphore(&self, permits: u64) -> Result<SemaphoreProxy, ManagerError> {
+            self.create(Kind::Semaphore, String::new(), proxy::encode(&permits)?)
+                .map(SemaphoreProxy::new)
+        }
+
+        /// An event: Python's `manager.Event()`.
+        pub fn event(&self) -> Result<EventProxy, ManagerError> {
+            self.create(Kind::Event, String::new(), Bytes::default())
+                .map(EventProxy::new)
+        }
+
+        /// A condition variable with its own re-entrant lock.
+        pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
+            self.create(Kind::Condition, String::new(), Bytes::default())
+                .map(ConditionProxy::new)
+        }
+
+        /// A barrier for `parties` parties (at least 1).
+        pub fn barrier(&self, parties: u64) -> Result<BarrierProxy, ManagerError> {
+            self.create(Kind::Barrier, String::new(), proxy::encode(&parties)?)
+                .map(BarrierProxy::new)
+        }
+
+        /// An object of a custom type registered on the builder.
+        pub fn object<T: SharedObject>(
+            &self,
+            init: T::Init,
+        ) -> Result<ObjectProxy<T>, ManagerError> {
+            self.create(
+                Kind::Custom,
+                std::any::type_name::<T>().to_owned(),
+                proxy::encode(&init)?,
+            )
+            .map(ObjectProxy::new)
+        }
+    };
+}
+
+impl Manager {
+    /// Starts a manager with the defaults: a server process on a fresh local socket with
+    /// a random key.
+    pub fn start() -> Result<Manager, ManagerError> {
+        ManagerBuilder::default().start()
+    }
+
+    /// A builder: address, key, frame limit, custom types.
+    pub fn builder() -> ManagerBuilder<()> {
+        ManagerBuilder::default()
+    }
+
+    /// Serves from this process on `address` with `authkey` (see
+    /// [`ManagerBuilder::serve`]).
+    pub fn serve(address: impl Into<Address>, authkey: &[u8]) -> Result<Server, ManagerError> {
+        ManagerBuilder::default()
+            .address(address)
+            .authkey(authkey)
+            .serve()
+    }
+
+    /// Connects to a manager served elsewhere. Fails with [`ManagerError::Auth`] if the
+    /// key is wrong, [`ManagerError::Disconnected`] if nothing listens there.
+    pub fn connect(address: impl Into<Address>, authkey: &[u8]) -> Result<Manager, ManagerError> {
+        let client = Client::get(&address.into(), authkey);
+        client.ping()?;
+        Ok(Manager {
+            client,
+            server: None,
+            unlink: None,
+        })
+    }
+
+    /// Where the server listens.
+    pub fn address(&self) -> &Address {
+        &self.client.address
+    }
+
+    /// The key clients authenticate with.
+    pub fn authkey(&self) -> &[u8] {
+        &self.client.key
+    }
+
+    /// The server process's pid, for a manager this handle started.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(JoinHandle::pid)
+    }
+
+    /// Objects with a name: created by the first client that asks, opened by the others.
+    /// Opening a name with other types (or another kind of object) than it was created
+    /// with is [`ManagerError::WrongType`].
+    pub fn named<'a>(&'a self, name: &'a str) -> Named<'a> {
+        Named {
+            manager: self,
+            name,
+        }
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        tag: String,
+        init: Bytes,
+    ) -> Result<(Arc<Client>, u64), ManagerError> {
+        create(&self.client, kind, None, tag, init)
+    }
+
+    creators!();
+
+    /// Stops the server (for a manager this handle started; a connected one just
+    /// disconnects). Proxies then fail with [`ManagerError::Disconnected`].
+    pub fn shutdown(mut self) -> Result<(), ManagerError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ManagerError> {
+        let Some(mut child) = self.server.take() else {
+            return Ok(());
+        };
+        let _ = child.terminate();
+        let ended = child.join_timeout(Duration::from_secs(2));
+        if ended.as_ref().is_err_and(|e| e.is_timeout()) {
+            let _ = child.kill();
+            let _ = child.join_timeout(Duration::from_secs(2));
+        }
+        if let Some(path) = self.unlink.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn create(
+    client: &Arc<Client>,
+    kind: Kind,
+    name: Option<&str>,
+    tag: String,
+    init: Bytes,
+) -> Result<(Arc<Client>, u64), ManagerError> {
+    match client.call(&Request::Create {
+        kind,
+        name: name.map(str::to_owned),
+        tag,
+        init,
+    })? {
+        Response::Id(id) => Ok((Arc::clone(client), id)),
+        r => Err(proxy::unexpected(r)),
+    }
+}
+
+/// Named objects of a [`Manager`]: see [`Manager::named`].
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a> {
+    manager: &'a Manager,
+    name: &'a str,
+}
+
+impl Named<'_> {
+    fn create(
+        &self,
+        kind: Kind,
+        tag: String,
+        init: Bytes,
+    ) -> Result<(Arc<Client>, u64), ManagerError> {
+        create(&self.manager.client, kind, Some(self.name), tag, init)
+    }
+
+    creators!();
+}
+
+/// A manager served by this process: see [`ManagerBuilder::serve`].
+///
+/// Dropping it (or [`shutdown`](Server::shutdown)) stops accepting, closes every
+/// connection (clients see [`ManagerError::Disconnected`]) and removes a Unix socket
+/// file.
+pub struct Server {
+    shared: Arc<Shared>,
+    key: Vec<u8>,
+    address: Address,
+    unlink: Option<PathBuf>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Where it listens (with the port picked, for TCP port 0).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// A client of this server, to create objects in it.
+    pub fn manager(&self) -> Result<Manager, ManagerError> {
+        Manager::connect(self.address.clone(), &self.key)
+    }
+
+    /// Serves until another thread shuts the server down (by dropping its clone of
+    /// nothing: in practice, until the process ends). Python's `serve_forever`.
+    pub fn serve_forever(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops serving.
+    pub fn shutdown(self) {}
+
+    fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.shared.stop();
+        // Wake the accept loop with a connection of our own.
+        let _ = Client::get(&self.address, &self.key).open();
+        let _ = thread.join();
+        if let Some(path) = self.unlink.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

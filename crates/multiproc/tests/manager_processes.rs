@@ -1,0 +1,777 @@
+//! Managers with real processes: every proxy type between processes, atomic updates from
+//! four processes, the remote pair over TCP with the right and a wrong key, a client
+//! SIGKILLed holding a managed lock, the server SIGKILLed under load, a SIGKILLed owner,
+//! and fuzzed frames against a live server. After each test no server process is left.
+#![allow(unsafe_code)] // tests kill processes with kill(2)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Helper, Unserializable, trial};
+use hmac::{KeyInit, Mac};
+use multiproc::manager::{
+    Address, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    ObjectProxy, QueueProxy, SemaphoreProxy, SetProxy, SharedObject, ValueProxy,
+};
+use multiproc::{Manager, ManagerError};
+use serde::{Deserialize, Serialize};
+
+const T: Duration = Duration::from_secs(60);
+
+fn main() {
+    common::main_checked(
+        vec![
+            trial(
+                "every_proxy_between_processes",
+                every_proxy_between_processes,
+            ),
+            trial(
+                "update_with_is_exact_from_four_processes",
+                update_with_is_exact,
+            ),
+            trial("locks_semaphores_conditions_barriers", locks_and_friends),
+            trial(
+                "client_sigkilled_holding_lock",
+                client_sigkilled_holding_lock,
+            ),
+            trial("server_sigkilled_under_load", server_sigkilled_under_load),
+            trial(
+                "owner_sigkilled_takes_server_along",
+                owner_sigkilled_takes_server,
+            ),
+            trial(
+                "remote_tcp_right_and_wrong_key",
+                remote_tcp_right_and_wrong_key,
+            ),
+            trial("unix_socket_file_removed", unix_socket_file_removed),
+            trial("custom_objects", custom_objects),
+            trial("named_objects_and_types", named_objects_and_types),
+            trial("bad_input_clear_errors", bad_input_clear_errors),
+            trial(
+                "slow_client_does_not_stall_others",
+                slow_client_does_not_stall_others,
+            ),
+            trial("fuzzed_frames_against_live_server", fuzzed_frames),
+            trial("nothing_left_behind", nothing_left_behind),
+        ],
+        helpers,
+        Duration::from_secs(600),
+        common::no_new_dev_shm,
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "manager_owner" => {
+            let m = Manager::start().unwrap();
+            println!("server {}", m.server_pid().unwrap());
+            std::thread::sleep(T);
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// Waits for a child's result, within `T`.
+fn join<R: serde::de::DeserializeOwned>(mut h: multiproc::JoinHandle<R>) -> R {
+    h.join_timeout(T).unwrap()
+}
+
+fn gone_within(pid: u32, d: Duration) -> bool {
+    common::wait_gone(pid, d)
+}
+
+type Everything = (
+    DictProxy<String, u64>,
+    ListProxy<String>,
+    SetProxy<u32>,
+    QueueProxy<Vec<u8>>,
+    ValueProxy<(i64, String)>,
+    EventProxy,
+);
+
+fn use_everything((d, l, s, q, v, e): Everything) -> usize {
+    d.insert("child".into(), 7).unwrap();
+    d.update_with("n".into(), |n| n.unwrap_or(0) + 10).unwrap();
+    l.push("from child".into()).unwrap();
+    s.insert(3).unwrap();
+    // The parent put a message before starting us.
+    let got = q.get_timeout(T).unwrap().unwrap();
+    q.put(got.iter().rev().copied().collect()).unwrap();
+    v.update_with(|(n, s)| (n * 2, s + "!")).unwrap();
+    e.wait_timeout(T).unwrap();
+    got.len()
+}
+
+fn every_proxy_between_processes() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<String, u64>().unwrap();
+    let l = m.list::<String>().unwrap();
+    let s = m.set::<u32>().unwrap();
+    let q = m.queue::<Vec<u8>>().unwrap();
+    let v = m.value((21i64, "hi".to_string())).unwrap();
+    let e = m.event().unwrap();
+    d.insert("n".into(), 1).unwrap();
+    d.insert("parent".into(), 2).unwrap();
+    l.extend(["a".to_string(), "b".to_string()]).unwrap();
+    assert!(s.insert(1).unwrap());
+    assert!(!s.insert(1).unwrap());
+    q.put(vec![1, 2, 3]).unwrap();
+    let child = multiproc::spawn(
+        use_everything,
+        (
+            d.clone(),
+            l.clone(),
+            s.clone(),
+            q.clone(),
+            v.clone(),
+            e.clone(),
+        ),
+    )
+    .unwrap();
+    e.set().unwrap();
+    assert_eq!(join(child), 3);
+    assert_eq!(
+        d.items().unwrap(),
+        vec![
+            ("n".to_string(), 11),
+            ("parent".to_string(), 2),
+            ("child".to_string(), 7)
+        ],
+        "insertion order kept, update applied"
+    );
+    assert_eq!(d.get("child").unwrap(), Some(7));
+    assert_eq!(d.keys().unwrap().len(), 3);
+    assert_eq!(d.values().unwrap(), vec![11, 2, 7]);
+    assert!(d.contains_key("parent").unwrap());
+    assert_eq!(d.remove("parent").unwrap(), Some(2));
+    assert_eq!(d.remove("parent").unwrap(), None);
+    d.update([("x".to_string(), 1), ("y".to_string(), 2)])
+        .unwrap();
+    assert_eq!(d.len().unwrap(), 4);
+    d.clear().unwrap();
+    assert!(d.is_empty().unwrap());
+
+    assert_eq!(l.to_vec().unwrap(), ["a", "b", "from child"]);
+    assert_eq!(l.get(1).unwrap().as_deref(), Some("b"));
+    assert_eq!(l.get(9).unwrap(), None);
+    assert_eq!(l.set(0, "A".into()).unwrap(), "a");
+    assert_eq!(l.pop().unwrap().as_deref(), Some("from child"));
+    assert_eq!(l.len().unwrap(), 2);
+
+    assert_eq!(s.to_vec().unwrap(), vec![1, 3]);
+    assert!(s.contains(&3).unwrap());
+    assert!(s.remove(&3).unwrap());
+    assert_eq!(s.len().unwrap(), 1);
+
+    assert_eq!(q.get_timeout(T).unwrap(), Some(vec![3, 2, 1]));
+    assert_eq!(q.try_get().unwrap(), None);
+    assert_eq!(v.get().unwrap(), (42, "hi!".to_string()));
+    v.set((0, String::new())).unwrap();
+    assert_eq!(v.get().unwrap().0, 0);
+    assert!(e.is_set().unwrap());
+    e.clear().unwrap();
+    assert!(!e.wait_timeout(Duration::from_millis(20)).unwrap());
+    let server = m.server_pid().unwrap();
+    drop(m);
+    assert!(gone_within(server, Duration::from_secs(5)));
+    assert!(d.len().unwrap_err().is_disconnected());
+}
+
+fn increment((d, v, n): (DictProxy<String, u64>, ValueProxy<u64>, u32)) -> u32 {
+    for _ in 0..n {
+        d.update_with("total".into(), |x| x.unwrap_or(0) + 1)
+            .unwrap();
+    }
+    for _ in 0..n / 10 {
+        v.update_with(|x| x + 1).unwrap();
+    }
+    n
+}
+
+fn update_with_is_exact() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<String, u64>().unwrap();
+    let v = m.value(0u64).unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(increment, (d.clone(), v.clone(), 10_000)).unwrap())
+        .collect();
+    for k in kids {
+        assert_eq!(join(k), 10_000);
+    }
+    assert_eq!(d.get("total").unwrap(), Some(40_000));
+    assert_eq!(v.get().unwrap(), 4_000);
+}
+
+/// Takes the lock, bumps the counter under it, for `n` rounds.
+fn locked_bumps((lock, value, n): (LockProxy, ValueProxy<u64>, u64)) {
+    for _ in 0..n {
+        let _g = lock.lock().unwrap().unwrap();
+        let x = value.get().unwrap();
+        value.set(x + 1).unwrap();
+    }
+}
+
+fn barrier_party(b: BarrierProxy) -> usize {
+    b.wait_timeout(T).unwrap()
+}
+
+fn cond_waiter((c, ready): (ConditionProxy, ValueProxy<bool>)) -> bool {
+    let mut g = c.acquire().unwrap().unwrap();
+    let deadline = Instant::now() + T;
+    while !ready.get().unwrap() {
+        assert!(Instant::now() < deadline);
+        g.wait_timeout(Duration::from_secs(1)).unwrap();
+    }
+    true
+}
+
+fn locks_and_friends() {
+    let m = Manager::start().unwrap();
+    // A lock serialises read-modify-write across processes (Python's seed program).
+    let lock = m.lock().unwrap();
+    let value = m.value(0u64).unwrap();
+    let kids: Vec<_> = (0..3)
+        .map(|_| multiproc::spawn(locked_bumps, (lock.clone(), value.clone(), 200)).unwrap())
+        .collect();
+    for k in kids {
+        join(k);
+    }
+    assert_eq!(value.get().unwrap(), 600);
+
+    // Lock: try, timeout, no re-entry.
+    let g = lock.lock().unwrap().unwrap();
+    assert!(matches!(
+        lock.try_lock().unwrap_err(),
+        ManagerError::WouldDeadlock
+    ));
+    g.unlock().unwrap();
+    assert!(lock.try_lock().unwrap().is_some());
+
+    // RLock: re-entrant for one thread, exclusive across threads.
+    let r = m.rlock().unwrap();
+    let g1 = r.lock().unwrap().unwrap();
+    let g2 = r.lock().unwrap().unwrap();
+    let r2 = r.clone();
+    let other = std::thread::spawn(move || {
+        r2.lock_timeout(Duration::from_millis(50))
+            .unwrap()
+            .is_none()
+    });
+    assert!(other.join().unwrap(), "another thread took a held rlock");
+    drop(g2);
+    drop(g1);
+    let r2 = r.clone();
+    let other = std::thread::spawn(move || r2.lock_timeout(T).unwrap().is_some());
+    assert!(other.join().unwrap());
+
+    // Semaphore.
+    let sem: SemaphoreProxy = m.semaphore(2).unwrap();
+    sem.acquire().unwrap();
+    assert!(sem.acquire_timeout(Duration::ZERO).unwrap());
+    assert!(!sem.acquire_timeout(Duration::from_millis(20)).unwrap());
+    sem.release().unwrap();
+    assert!(sem.acquire_timeout(T).unwrap());
+
+    // Barrier across 3 processes: indices 0, 1, 2.
+    let b = m.barrier(3).unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(barrier_party, b.clone()).unwrap())
+        .collect();
+    let mut idx = vec![b.wait_timeout(T).unwrap()];
+    idx.extend(kids.into_iter().map(join));
+    idx.sort();
+    assert_eq!(idx, [0, 1, 2]);
+    // A party that times out breaks it for everyone.
+    assert!(matches!(
+        b.wait_timeout(Duration::from_millis(20)).unwrap_err(),
+        ManagerError::Timeout
+    ));
+    assert!(b.is_broken().unwrap());
+    assert!(matches!(b.wait().unwrap_err(), ManagerError::BrokenBarrier));
+
+    // Condition: a waiter in another process is woken by notify_all.
+    let c = m.condition().unwrap();
+    let ready = m.value(false).unwrap();
+    let waiter = multiproc::spawn(cond_waiter, (c.clone(), ready.clone())).unwrap();
+    {
+        let g = c.acquire().unwrap().unwrap();
+        ready.set(true).unwrap();
+        g.notify_all().unwrap();
+    }
+    assert!(join(waiter));
+    let g = c.acquire().unwrap().unwrap();
+    assert_eq!(g.notify(1).unwrap(), 0, "nobody waits any more");
+}
+
+fn hold_lock_forever((lock, held): (LockProxy, EventProxy)) {
+    let _g = lock.lock().unwrap().unwrap();
+    held.set().unwrap();
+    std::thread::sleep(T);
+}
+
+fn client_sigkilled_holding_lock() {
+    let m = Manager::start().unwrap();
+    let lock = m.lock().unwrap();
+    let held = m.event().unwrap();
+    let child = multiproc::spawn(hold_lock_forever, (lock.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T).unwrap());
+    assert!(lock.try_lock().unwrap().is_none(), "the child holds it");
+    child.kill().unwrap();
+    let t = Instant::now();
+    let got = lock.lock_timeout(T).unwrap().expect("the lock came back");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let guard = match got {
+        Err(died) => died.into_inner(),
+        Ok(_) => panic!("the next holder was not told that the owner died"),
+    };
+    drop(guard);
+    // Only the next holder is told.
+    assert!(lock.lock().unwrap().is_ok());
+    let _ = join_err(child);
+}
+
+fn join_err<R: serde::de::DeserializeOwned>(
+    mut h: multiproc::JoinHandle<R>,
+) -> multiproc::ProcessError {
+    match h.join_timeout(T) {
+        Ok(_) => panic!("the child succeeded"),
+        Err(e) => e,
+    }
+}
+
+/// Hammers the dict until the manager goes; how long the last (failed) call took, µs.
+fn hammer(d: DictProxy<u64, u64>) -> u64 {
+    let mut i = 0u64;
+    loop {
+        let t = Instant::now();
+        match d.insert(i % 64, i) {
+            Ok(_) => i += 1,
+            Err(e) => {
+                assert!(e.is_disconnected(), "{e}");
+                return t.elapsed().as_micros() as u64;
+            }
+        }
+    }
+}
+
+fn server_sigkilled_under_load() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u64, u64>().unwrap();
+    let q = m.queue::<u8>().unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(hammer, d.clone()).unwrap())
+        .collect();
+    // And a thread here blocked in a server-side wait.
+    let q2 = q.clone();
+    let blocked = std::thread::spawn(move || q2.get());
+    assert!(common::eventually(T, || d.len().unwrap() == 64));
+    let server = m.server_pid().unwrap();
+    // SAFETY: kill(2) on the manager's server, a child this test started.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    for k in kids {
+        let last_call_us = join(k);
+        assert!(
+            last_call_us < 5_000_000,
+            "a call hung for {last_call_us} µs"
+        );
+    }
+    assert!(blocked.join().unwrap().unwrap_err().is_disconnected());
+    assert!(d.get(&1).unwrap_err().is_disconnected());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    drop(m);
+    assert!(gone_within(server, Duration::from_secs(5)));
+}
+
+fn owner_sigkilled_takes_server() {
+    let mut h = Helper::start("manager_owner");
+    let server: u32 = h.expect("server ", T).parse().unwrap();
+    assert!(!gone_within(server, Duration::ZERO));
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    assert!(
+        gone_within(server, Duration::from_secs(1)),
+        "the manager outlived its SIGKILLed owner by a second"
+    );
+    common::reap(server);
+}
+
+fn remote_client((address, key): (Address, Vec<u8>)) -> Vec<(String, u64)> {
+    let m = Manager::connect(address, &key).unwrap();
+    let scores = m.named("scores").dict::<String, u64>().unwrap();
+    scores
+        .update_with(format!("client-{}", std::process::id() % 2), |n| {
+            n.unwrap_or(0) + 1
+        })
+        .unwrap();
+    scores
+        .update_with("both".into(), |n| n.unwrap_or(0) + 1)
+        .unwrap();
+    scores.items().unwrap()
+}
+
+fn remote_tcp_right_and_wrong_key() {
+    let key = b"correct horse battery staple".to_vec();
+    let server =
+        Manager::serve("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), &key).unwrap();
+    let address = server.address().clone();
+    assert!(matches!(address, Address::Tcp(a) if a.port() != 0));
+    let kids: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(remote_client, (address.clone(), key.clone())).unwrap())
+        .collect();
+    for k in kids {
+        join(k);
+    }
+    let local = server.manager().unwrap();
+    let scores = local.named("scores").dict::<String, u64>().unwrap();
+    assert_eq!(scores.get("both").unwrap(), Some(2));
+
+    // A wrong key is refused, on connect and on every later connection.
+    let err = Manager::connect(address.clone(), b"wrong").unwrap_err();
+    assert!(matches!(err, ManagerError::Auth(_)), "{err}");
+    // A raw peer that answers the challenge with garbage, then sends a request anyway,
+    // gets nothing executed.
+    let Address::Tcp(a) = address else {
+        unreachable!()
+    };
+    let mut raw = TcpStream::connect(a).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let hello = read_frame(&mut raw).unwrap();
+    assert_eq!(&hello[..4], b"MPM1");
+    write_frame(&mut raw, &[0u8; 72]);
+    assert_eq!(read_frame(&mut raw).as_deref(), Some(&b"DENY"[..]));
+    // Then a perfectly formed request to create a named list: refused by a closed door.
+    let mut request = Vec::new();
+    postcard_create_list(&mut request, "intruder");
+    let _ = raw.write_all(&(request.len() as u32).to_le_bytes());
+    let _ = raw.write_all(&request);
+    assert_eq!(read_frame(&mut raw), None, "the connection stays open");
+    let probe = local.named("intruder").dict::<u8, u8>().unwrap();
+    assert_eq!(probe.len().unwrap(), 0, "the intruder's request ran");
+    drop(local);
+    drop(server);
+    // Stopped: clients are refused promptly.
+    assert!(
+        Manager::connect(address_of(a), &key)
+            .unwrap_err()
+            .is_disconnected()
+    );
+}
+
+fn address_of(a: std::net::SocketAddr) -> Address {
+    Address::Tcp(a)
+}
+
+/// `Request::Create { kind: List, name: Some(name), tag: "", init: [] }` in postcard:
+/// variant 0, kind 1, Some, the name, an empty tag, empty init.
+fn postcard_create_list(out: &mut Vec<u8>, name: &str) {
+    out.extend([0, 1, 1, name.len() as u8]);
+    out.extend(name.as_bytes());
+    out.extend([0, 0]);
+}
+
+fn read_frame(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn write_frame(s: &mut impl Write, body: &[u8]) {
+    let _ = s.write_all(&(body.len() as u32).to_le_bytes());
+    let _ = s.write_all(body);
+}
+
+fn unix_socket_file_removed() {
+    let dir = std::env::temp_dir().join(format!("mptest-mgr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("manager.sock");
+    let m = Manager::builder().address(path.as_path()).start().unwrap();
+    assert!(path.exists());
+    let l = m.list::<u8>().unwrap();
+    l.push(1).unwrap();
+    let again = Manager::connect(path.as_path(), m.authkey()).unwrap();
+    assert_eq!(
+        again.address().to_string(),
+        format!("unix:{}", path.display())
+    );
+    drop(again);
+    drop(m);
+    assert!(!path.exists(), "the socket file was left");
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+/// A registered custom type.
+struct Tickets {
+    next: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Ask {
+    Next,
+    Peek,
+    Explode,
+}
+
+impl SharedObject for Tickets {
+    type Init = u64;
+    type Request = Ask;
+    type Response = u64;
+
+    fn new(first: u64) -> Self {
+        Tickets { next: first }
+    }
+
+    fn handle(&mut self, ask: Ask) -> u64 {
+        match ask {
+            Ask::Next => {
+                self.next += 1;
+                self.next - 1
+            }
+            Ask::Peek => self.next,
+            Ask::Explode => panic!("asked to explode"),
+        }
+    }
+}
+
+struct NotRegistered;
+
+impl SharedObject for NotRegistered {
+    type Init = ();
+    type Request = ();
+    type Response = ();
+    fn new(_: ()) -> Self {
+        NotRegistered
+    }
+    fn handle(&mut self, _: ()) {}
+}
+
+fn take_tickets(t: ObjectProxy<Tickets>) -> Vec<u64> {
+    (0..100).map(|_| t.call(Ask::Next).unwrap()).collect()
+}
+
+fn custom_objects() {
+    let m = Manager::builder().register::<Tickets>().start().unwrap();
+    let t = m.object::<Tickets>(1000).unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(take_tickets, t.clone()).unwrap())
+        .collect();
+    let mut all: Vec<u64> = kids.into_iter().flat_map(join).collect();
+    all.sort();
+    assert_eq!(all, (1000..1200).collect::<Vec<_>>(), "each ticket once");
+    assert_eq!(t.call(Ask::Peek).unwrap(), 1200);
+    let err = t.call(Ask::Explode).unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Panicked(m) if m.contains("asked to explode")),
+        "{err}"
+    );
+    assert_eq!(t.call(Ask::Next).unwrap(), 1200, "the object is served on");
+    let err = m.object::<NotRegistered>(()).unwrap_err();
+    assert!(matches!(err, ManagerError::Unregistered(_)), "{err}");
+}
+
+fn named_objects_and_types() {
+    let m = Manager::start().unwrap();
+    let a = m.named("jobs").queue::<String>().unwrap();
+    let b = m.named("jobs").queue::<String>().unwrap();
+    a.put("one".into()).unwrap();
+    assert_eq!(b.get_timeout(T).unwrap().as_deref(), Some("one"));
+    let err = m.named("jobs").queue::<u32>().unwrap_err();
+    assert!(matches!(err, ManagerError::WrongType { .. }), "{err}");
+    let err = m.named("jobs").list::<String>().unwrap_err();
+    assert!(matches!(err, ManagerError::WrongType { .. }), "{err}");
+    // Anonymous objects are distinct.
+    let c = m.queue::<String>().unwrap();
+    assert!(c.try_get().unwrap().is_none());
+}
+
+fn bad_input_clear_errors() {
+    let err = Manager::builder().authkey(Vec::new()).start().unwrap_err();
+    assert!(matches!(err, ManagerError::InvalidArgument(_)), "{err}");
+    assert!("not an address".parse::<Address>().is_err());
+    assert_eq!(
+        "unix:@name".parse::<Address>().unwrap(),
+        Address::Abstract(b"name".to_vec())
+    );
+    let m = Manager::start().unwrap();
+    let err = m.barrier(0).unwrap_err();
+    assert!(matches!(err, ManagerError::InvalidArgument(_)), "{err}");
+    let l = m.list::<u8>().unwrap();
+    let err = l.set(5, 1).unwrap_err();
+    assert!(
+        matches!(err, ManagerError::IndexOutOfRange { index: 5, len: 0 }),
+        "{err}"
+    );
+    let d = m.dict::<u8, Unserializable>().unwrap();
+    assert!(matches!(
+        d.insert(1, Unserializable).unwrap_err(),
+        ManagerError::Codec(_)
+    ));
+    let q = m.list::<multiproc::Queue<u8>>().unwrap();
+    let err = q.push(multiproc::Queue::new().unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Codec(e) if e.to_string().contains("descriptors")),
+        "{err}"
+    );
+    // A proxy of one type cannot read another's values: decoding fails cleanly.
+    let v = m.named("v").value(vec![1u8, 2, 3]).unwrap();
+    let wrong = m.named("v").value::<String>(String::new());
+    assert!(matches!(wrong.unwrap_err(), ManagerError::WrongType { .. }));
+    assert_eq!(v.get().unwrap(), [1, 2, 3]);
+    // A semaphore never goes below zero; waits time out instead of hanging.
+    let sem = m.semaphore(0).unwrap();
+    assert!(!sem.acquire_timeout(Duration::from_millis(10)).unwrap());
+}
+
+fn slow_client_does_not_stall_others() {
+    let m = Manager::start().unwrap();
+    let q = m.queue::<u8>().unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    // Two threads block in the server (a get on an empty queue, a held lock's waiter).
+    let q2 = q.clone();
+    let waiter = std::thread::spawn(move || q2.get_timeout(T));
+    let lock = m.lock().unwrap();
+    let held = lock.lock().unwrap().unwrap();
+    let lock2 = lock.clone();
+    let locker = std::thread::spawn(move || lock2.lock_timeout(T).map(|g| g.is_some()));
+    // A raw client that sends half a frame and stalls.
+    let mut stall = raw_authenticated(&m);
+    stall.write_all(&[100, 0, 0, 0, 1, 2]).unwrap();
+    // Meanwhile everyone else is served.
+    let t = Instant::now();
+    for i in 0..200 {
+        d.insert(i, i).unwrap();
+    }
+    assert!(t.elapsed() < T);
+    assert_eq!(d.len().unwrap(), 200);
+    q.put(9).unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), Some(9));
+    drop(held);
+    assert!(locker.join().unwrap().unwrap());
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// An authenticated raw connection to `m`'s server, speaking the handshake by hand.
+fn raw_authenticated(m: &Manager) -> std::os::unix::net::UnixStream {
+    let Address::Abstract(name) = m.address() else {
+        panic!("a default manager listens on an abstract socket")
+    };
+    use std::os::linux::net::SocketAddrExt;
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect_addr(&a).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let hello = read_frame(&mut s).unwrap();
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(m.authkey()).unwrap();
+    mac.update(b"multiproc-manager client v1");
+    mac.update(&hello[4..]);
+    let mut answer = mac.finalize().into_bytes().to_vec();
+    answer.extend([7u8; 32]);
+    answer.extend(fastrand::u64(..).to_le_bytes());
+    write_frame(&mut s, &answer);
+    let ok = read_frame(&mut s).unwrap();
+    assert_eq!(&ok[..4], b"OKAY");
+    s
+}
+
+/// Real requests, to mutate.
+fn sample_requests() -> Vec<Vec<u8>> {
+    vec![
+        // Create a dict, tag "a".
+        vec![0, 0, 0, 1, b'a', 0],
+        // Call 1: Len.
+        vec![1, 1, 0],
+        // Call 1: Get { key: [1], versioned: false }.
+        vec![1, 1, 5, 1, 1, 0],
+        // Call 1: Insert { key: [1], value: [2] }.
+        vec![1, 1, 6, 1, 1, 1, 2],
+        // Create a queue with max 0.
+        vec![0, 3, 0, 1, b'q', 1, 0],
+    ]
+}
+
+fn fuzzed_frames() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    let mut rng = fastrand::Rng::with_seed(0x6d70);
+    let samples = sample_requests();
+    for round in 0..300 {
+        let mut s = raw_authenticated(&m);
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let body: Vec<u8> = match round % 4 {
+            // Random bytes.
+            0 => (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect(),
+            // A real request with bytes flipped, cut or grown.
+            1 | 2 => {
+                let mut b = samples[rng.usize(..samples.len())].clone();
+                for _ in 0..rng.usize(1..4) {
+                    let i = rng.usize(..b.len());
+                    match rng.u8(..3) {
+                        0 => b[i] = rng.u8(..),
+                        1 => b.truncate(i),
+                        _ => b.insert(i, rng.u8(..)),
+                    }
+                    if b.is_empty() {
+                        break;
+                    }
+                }
+                b
+            }
+            // A frame header that lies about its length.
+            _ => {
+                let _ = s.write_all(&u32::MAX.to_le_bytes());
+                Vec::new()
+            }
+        };
+        if round % 4 != 3 {
+            write_frame(&mut s, &body);
+        }
+        // Answered, closed, or left waiting: whatever it is, the server serves on.
+        let _ = read_frame(&mut s);
+        drop(s);
+        // Fuzzed requests may be valid ones that change existing objects (the dict
+        // above, say), so the check uses an object made after them.
+        let probe = m.list::<u32>().unwrap();
+        probe.extend([round, round + 1]).unwrap();
+        assert_eq!(probe.to_vec().unwrap(), [round, round + 1]);
+        d.insert(round, round).unwrap();
+    }
+    assert!(d.len().unwrap() >= 1);
+}
+
+fn nothing_left_behind() {
+    // Warm up once, so lazily created process-wide state is not counted.
+    drop(Manager::start().unwrap());
+    let fds = common::fd_count();
+    let mut servers = Vec::new();
+    for _ in 0..5 {
+        let m = Manager::start().unwrap();
+        let d = m.dict::<u8, u8>().unwrap();
+        d.insert(1, 1).unwrap();
+        let q = m.queue::<u8>().unwrap();
+        let q2 = q.clone();
+        std::thread::spawn(move || q2.put(1))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.get().unwrap(), 1);
+        servers.push(m.server_pid().unwrap());
+        drop((d, q));
+    }
+    for p in servers {
+        assert!(
+            gone_within(p, Duration::from_secs(5)),
+            "server {p} left running"
+        );
+    }
+    assert!(
+        common::eventually(Duration::from_secs(5), || common::fd_count() <= fds),
+        "descriptors grew from {fds} to {}",
+        common::fd_count()
+    );
+}
