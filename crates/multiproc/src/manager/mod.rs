@@ -686,8 +686,8 @@ impl Server {
         Manager::connect(self.address.clone(), &self.key)
     }
 
-    /// Serves until another thread shuts the server down (by dropping its clone of
-    /// nothing: in practice, until the process ends). Python's `serve_forever`.
+    /// Blocks this thread while the server serves, until the process ends: Python's
+    /// `serve_forever`. (To stop a server later, keep it and drop it instead.)
     pub fn serve_forever(mut self) {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
