@@ -83,7 +83,7 @@ pub fn run() {
         .collect();
     sleep(5.0);
     tracing::info!("value is {} after 5 s", value.get().expect("value"));
-    manager.shutdown().expect("stop the manager");
+    manager.shutdown();
     let exited = workers
         .into_iter()
         .filter_map(|mut w| w.join_timeout(std::time::Duration::from_secs(10)).ok())

@@ -589,13 +589,15 @@ impl Manager {
 
     /// Stops the server (for a manager this handle started; a connected one just
     /// disconnects). Proxies then fail with [`ManagerError::Disconnected`].
-    pub fn shutdown(mut self) -> Result<(), ManagerError> {
-        self.stop()
+    pub fn shutdown(mut self) {
+        self.stop();
     }
 
-    fn stop(&mut self) -> Result<(), ManagerError> {
+    /// Stops the server process: SIGTERM, then SIGKILL if it is still there after 2 s,
+    /// and reaps it.
+    fn stop(&mut self) {
         let Some(mut child) = self.server.take() else {
-            return Ok(());
+            return;
         };
         let _ = child.terminate();
         let ended = child.join_timeout(Duration::from_secs(2));
@@ -606,13 +608,12 @@ impl Manager {
         if let Some(path) = self.unlink.take() {
             let _ = std::fs::remove_file(path);
         }
-        Ok(())
     }
 }
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        let _ = self.stop();
+        self.stop();
     }
 }
 

@@ -275,6 +275,7 @@ impl Object {
     }
 
     fn acquire(&self, me: Owner, timeout: Option<Duration>, peer: &Peer<'_>) -> Response {
+        let kind = self.kind.name();
         let r = self.block(peer, timeout, |s| match s {
             State::Semaphore(n) if *n > 0 => {
                 *n -= 1;
@@ -285,16 +286,14 @@ impl Object {
             State::Condition { lock, .. } => take(lock, me, true),
             _ => Some(Err(Fault::Unsupported {
                 op: "acquire".into(),
-                kind: String::new(),
+                kind: kind.into(),
             })),
         });
         match r {
             Blocked::Done(Ok(owner_died)) => Response::Acquired { owner_died },
-            Blocked::Done(Err(Fault::Unsupported { .. })) => self.unsupported("acquire"),
             Blocked::Done(Err(f)) => Response::Fault(f),
-            Blocked::TimedOut => Response::TimedOut,
-            // Taken for a client that is gone: give it back at once.
-            Blocked::Gone => Response::TimedOut,
+            // Nothing was taken; a client that is gone reads no answer.
+            Blocked::TimedOut | Blocked::Gone => Response::TimedOut,
         }
     }
 
