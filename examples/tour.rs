@@ -8,6 +8,10 @@
 
 #[path = "async_tasks.rs"]
 mod async_tasks;
+#[path = "daemon_process.rs"]
+mod daemon_process;
+#[path = "daemon_thread.rs"]
+mod daemon_thread;
 #[path = "manager_daemons.rs"]
 mod manager_daemons;
 #[path = "manager_remote.rs"]
@@ -28,6 +32,10 @@ mod process_pipe;
 mod process_pool;
 #[path = "process_queue.rs"]
 mod process_queue;
+#[path = "scheduled_task.rs"]
+mod scheduled_task;
+#[path = "supervised_worker.rs"]
+mod supervised_worker;
 #[path = "thread_basic.rs"]
 mod thread_basic;
 #[path = "thread_lock.rs"]
@@ -53,6 +61,24 @@ fn section(title: &str) {
 /// here that process is a child of the tour, which then joins it.
 fn daemon_without_joins(_: ()) {
     process_daemon::run(false);
+}
+
+/// The daemon examples end with their process: each runs as a child of the tour.
+fn in_child(demo: fn(()), name: &str) {
+    multiproc::Builder::new()
+        .name(name)
+        .spawn(demo, ())
+        .expect("start")
+        .join()
+        .expect("the demo process");
+}
+
+fn daemon_thread_demo(_: ()) {
+    daemon_thread::run();
+}
+
+fn daemon_process_demo(_: ()) {
+    daemon_process::run();
 }
 
 fn main() {
@@ -111,6 +137,18 @@ fn main() {
 
     section("manager_remote: a TCP manager, a producer and a consumer process");
     manager_remote::run();
+
+    section("daemon_thread: a daemon thread prints while main sleeps; it ends with the process");
+    in_child(daemon_thread_demo, "daemon_thread demo");
+
+    section("daemon_process: the same with a daemon process, terminated when its parent ends");
+    in_child(daemon_process_demo, "daemon_process demo");
+
+    section("scheduled_task: a job every 10 s and a cron job, in a pool, while main works");
+    scheduled_task::run();
+
+    section("supervised_worker: a crashing worker restarted with backoff, then stopped");
+    supervised_worker::run();
 
     println!("\nTour done in {:.1?}.", start.elapsed());
 }

@@ -19,3 +19,9 @@ pub fn sleep(secs: f64) {
     let pace = f64::from_bits(PACE.load(Ordering::Relaxed));
     std::thread::sleep(Duration::from_secs_f64(secs * pace));
 }
+
+/// `secs` seconds, scaled by the pace: for intervals that should follow it.
+pub fn paced(secs: f64) -> Duration {
+    let pace = f64::from_bits(PACE.load(Ordering::Relaxed));
+    Duration::from_secs_f64(secs * pace)
+}

@@ -843,3 +843,119 @@ impl ManagerError {
         matches!(self, ManagerError::Disconnected)
     }
 }
+
+/// Why a schedule or a job was refused, or the job store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScheduleError {
+    /// A cron expression croner cannot parse.
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    Cron {
+        /// The expression.
+        expr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A time zone that is not in the IANA database.
+    #[error("unknown time zone {0:?}")]
+    TimeZone(String),
+    /// An interval of zero.
+    #[error("an interval must be longer than zero")]
+    ZeroInterval,
+    /// An interval too long to add to a date.
+    #[error("the interval {0:?} is too long")]
+    IntervalTooLong(std::time::Duration),
+    /// A cron expression that matches no time (such as February 30th).
+    #[error("{0} never fires")]
+    NeverFires(String),
+    /// A job of that name is already scheduled.
+    #[error("a job named {0:?} is already scheduled")]
+    Duplicate(String),
+    /// The job runs on an executor the scheduler was not given (a process job needs a
+    /// [`Pool`](crate::Pool), a thread job a [`ThreadPool`](crate::ThreadPool)).
+    #[error("job {job:?} needs a {needs}, and the scheduler has none")]
+    NoExecutor {
+        /// The job.
+        job: String,
+        /// What it needs.
+        needs: &'static str,
+    },
+    /// A setting is out of range (a job name that is empty, `max_instances` of zero).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The job store cannot be opened, is not a job store, or failed.
+    #[error("job store: {0}")]
+    Store(String),
+    /// The scheduler has been shut down.
+    #[error("the scheduler has shut down")]
+    ShutDown,
+}
+
+/// Why a [`Supervisor`](crate::Supervisor) failed or refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    /// Children crashed more often than the intensity allows: the supervisor stopped
+    /// every child and gave up.
+    #[error(
+        "{restarts} restarts within {period:?} (the most allowed is {max}); last: {child} ({exit})"
+    )]
+    Intensity {
+        /// Restarts counted in the period, the one refused included.
+        restarts: u32,
+        /// The most allowed.
+        max: u32,
+        /// The period.
+        period: std::time::Duration,
+        /// The child whose exit was one too many.
+        child: String,
+        /// How it ended.
+        exit: String,
+    },
+    /// A child could not be started.
+    #[error("cannot start child {child:?}: {source}")]
+    Spawn {
+        /// The child.
+        child: String,
+        /// Why.
+        source: SpawnError,
+    },
+    /// A setting is out of range (no children, two children of one name).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The wait timed out; the supervisor runs on.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Why [`daemonize`](crate::daemonize) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another process holds the pid file's lock: a copy of the service runs already.
+    #[error("already running (pid file {path} is locked{})", match .pid { Some(p) => format!(" by pid {p}"), None => String::new() })]
+    AlreadyRunning {
+        /// The pid file.
+        path: std::path::PathBuf,
+        /// The pid written in it, if readable.
+        pid: Option<u32>,
+    },
+    /// [`init`](crate::init) was called first: its fork server would not follow the
+    /// daemon.
+    #[error("daemonize must be called before multiproc::init()")]
+    AfterInit,
+    /// The process has threads besides the caller, so it cannot fork safely.
+    #[error("daemonize must be called while the process has one thread (it has {0})")]
+    Threads(usize),
+    /// The operating system refused a step (fork, setsid, a file).
+    #[error("{step}: {source}")]
+    Io {
+        /// The step.
+        step: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// Not available on this platform.
+    #[error("daemonize is not supported on this platform")]
+    Unsupported,
+}

@@ -229,6 +229,39 @@
 //! A client that dies holding a managed lock releases it (the next holder is told);
 //! a dead server makes every call return [`ManagerError::Disconnected`] at once.
 //!
+//! # Background work
+//!
+//! A [`Scheduler`] runs [`Job`]s on a pool on a [`Schedule`]: every period, on a cron
+//! expression in a time zone, or once; late runs, overlapping runs and failures are
+//! handled by per-job policies and reported as events (with the `sqlite` feature a
+//! `sched::JobStore` keeps schedules across restarts). A [`Supervisor`] keeps child
+//! processes alive, restarting them with backoff within a restart intensity, and stops
+//! them gracefully. [`daemonize`] detaches a service from its terminal.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use multiproc::{ChildSpec, Job, Pool, Schedule, Scheduler, Supervisor};
+//!
+//! fn cleanup(days: u32) -> usize {
+//!     days as usize // remove files older than `days`...
+//! }
+//!
+//! fn serve(port: u16) {
+//!     let _ = port; // a service that should never stop...
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! let scheduler = Scheduler::builder().pool(Pool::new(2)?).start()?;
+//! scheduler.add(Job::process("cleanup", Schedule::cron_in("0 3 * * *", "Europe/Paris")?, cleanup, 7))?;
+//! scheduler.add(Job::process("hourly", Schedule::every(Duration::from_secs(3600)), cleanup, 1))?;
+//!
+//! let web = Supervisor::builder().child(ChildSpec::new("web", serve, 8080)).start()?;
+//! web.wait()?; // runs until the supervisor gives up or is stopped
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
@@ -263,6 +296,7 @@
 
 mod bootstrap;
 mod error;
+mod hub;
 mod ipc;
 #[cfg(feature = "log")]
 pub mod log;
@@ -270,17 +304,19 @@ pub mod manager;
 mod pool;
 mod process;
 mod retry;
+pub mod sched;
 mod shm;
+mod supervise;
 mod sync;
 mod sys;
 mod wait;
 
 pub use bootstrap::{Init, init, init_with};
 pub use error::{
-    BarrierError, CodecError, ExitStatus, LockResult, ManagerError, OutOfBounds, OverRelease,
-    OwnerDied, PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError, RemotePanic,
-    SendError, SendTimeoutError, ShmError, Signal, SpawnError, TaskError, TryLockError,
-    TryLockResult, TryRecvError, TrySendError,
+    BarrierError, CodecError, DaemonError, ExitStatus, LockResult, ManagerError, OutOfBounds,
+    OverRelease, OwnerDied, PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError,
+    RemotePanic, ScheduleError, SendError, SendTimeoutError, ShmError, Signal, SpawnError,
+    SupervisorError, TaskError, TryLockError, TryLockResult, TryRecvError, TrySendError,
 };
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
@@ -288,8 +324,13 @@ pub use ipc::wait::{Waitable, wait};
 pub use manager::Manager;
 pub use pool::{Imap, ImapUnordered, Pool, PoolBuilder, Task, ThreadPool, ThreadPoolBuilder};
 pub use retry::{Jitter, RetryPolicy};
+pub use sched::{Job, Schedule, Scheduler};
 pub use shm::shared::SharedMemory;
 pub use shm::value::{Array, ArrayGuard, ShmSafe, Value, ValueGuard};
+pub use supervise::{
+    ChildExit, ChildSpec, ChildState, ChildStatus, Daemon, DaemonOptions, Restart, Strategy,
+    Supervisor, SupervisorBuilder, SupervisorEvent, daemonize,
+};
 pub use sync::barrier::{Barrier, BarrierWaitResult};
 pub use sync::condition::{Condition, WaitTimeoutResult};
 pub use sync::event::Event;
@@ -299,6 +340,9 @@ pub use sync::semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 /// The `bytemuck` crate, whose `Pod` types are [`ShmSafe`]: derive `Pod` and `Zeroable`
 /// for a `#[repr(C)]` struct to keep it in a [`Value`] or [`Array`].
 pub use bytemuck;
+
+/// Dates and times as the [`sched`] module takes them (`chrono`), re-exported.
+pub use chrono;
 
 /// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
 #[cfg(fuzzing)]

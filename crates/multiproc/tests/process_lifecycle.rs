@@ -360,7 +360,7 @@ fn helper_exit_joins(exit_call: bool) {
 }
 
 fn exit_joins(mode: &str) {
-    let dir = tempdir();
+    let dir = common::tempdir("lifecycle");
     let marker = dir.join("marker");
     let mut h = Helper::start_with(
         mode,
@@ -489,7 +489,7 @@ fn env_report(_: ()) -> Env {
 }
 
 fn environment_and_directory() {
-    let dir = tempdir();
+    let dir = common::tempdir("lifecycle");
     for method in [StartMethod::ForkServer, StartMethod::Spawn] {
         let mut child = Builder::new()
             .start_method(method)
@@ -561,7 +561,7 @@ fn print_lines(n: u32) {
 }
 
 fn stdout_to_file() {
-    let dir = tempdir();
+    let dir = common::tempdir("lifecycle");
     let path = dir.join("out.txt");
     let file = std::fs::File::create(&path).unwrap();
     let mut child = Builder::new()
@@ -769,16 +769,4 @@ fn dropped_handle_releases_blocked_child() {
     let view = child.process();
     drop(child);
     assert!(view.wait(Some(T)).unwrap().is_some_and(|s| s.success()));
-}
-
-fn tempdir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "multiproc-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

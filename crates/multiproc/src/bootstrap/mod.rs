@@ -148,6 +148,16 @@ pub fn init_with(setup: fn()) -> Init {
     init_inner(Some(setup))
 }
 
+/// Whether this process was started by a multiproc parent (a child or a fork server
+/// started by executing the program), as the token it was given says.
+pub(crate) fn started_by_multiproc() -> bool {
+    [CHILD_TOKEN, SERVER_TOKEN].iter().any(|name| {
+        std::env::var_os(name)
+            .and_then(|t| t.to_str()?.split(':').nth(1)?.parse::<u32>().ok())
+            .is_some_and(|ppid| sys::getppid() == Some(ppid))
+    })
+}
+
 fn init_inner(setup: Option<fn()>) -> Init {
     let _ = SETUP.set(setup);
     if INITIALIZED.swap(true, Ordering::SeqCst) {

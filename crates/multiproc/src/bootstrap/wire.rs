@@ -150,6 +150,8 @@ pub(crate) struct ForkRequest {
     pub(crate) launch: Launch,
     pub(crate) name: String,
     pub(crate) daemon: bool,
+    /// The child leads a new process group.
+    pub(crate) process_group: bool,
     /// Directory to run in (the parent's current one unless the builder set another).
     pub(crate) cwd: Option<Bytes>,
     /// The complete environment of the child: `KEY=VALUE` entries, each ended by a NUL

@@ -180,6 +180,7 @@ impl From<std::os::fd::OwnedFd> for Stdio {
 pub struct Builder {
     name: Option<String>,
     daemon: bool,
+    process_group: bool,
     method: Option<StartMethod>,
     env: Vec<(OsString, Option<OsString>)>,
     env_clear: bool,
@@ -208,6 +209,15 @@ impl Builder {
     /// joined when the parent exits normally, and keeps running if the parent is killed.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
+        self
+    }
+
+    /// Starts the child as the leader of a new process group (`setpgid`), so that it
+    /// and every process it starts can be signalled together, as a
+    /// [`Supervisor`](crate::Supervisor) does when it stops a child. The group is made
+    /// before the child's function runs.
+    pub fn process_group(mut self, new_group: bool) -> Self {
+        self.process_group = new_group;
         self
     }
 
@@ -314,6 +324,7 @@ impl Builder {
             launch,
             name: name.clone(),
             daemon: self.daemon,
+            process_group: self.process_group,
             cwd: cwd.map(wire::path_bytes),
             env: wire::env_block(env),
         };
@@ -428,6 +439,7 @@ impl Builder {
                 let setup = sys::setup_forked_child(sys::ForkedChildSetup {
                     stdio: stdio_child,
                     cwd: self.cwd.clone(),
+                    process_group: self.process_group,
                     env: (self.env_clear || !self.env.is_empty()).then(|| wire::env_block(env)),
                     // The parent-death signal follows the forking thread, not the parent
                     // process; only the main thread lives as long as the process. A

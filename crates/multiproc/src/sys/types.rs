@@ -70,6 +70,8 @@ pub(crate) enum Forked {
 pub(crate) struct ForkedChildSetup {
     pub(crate) stdio: [OwnedFd; 3],
     pub(crate) cwd: Option<std::path::PathBuf>,
+    /// The child leads a new process group.
+    pub(crate) process_group: bool,
     /// The complete new environment (a block), when the builder changed it.
     pub(crate) env: Option<wire::Bytes>,
     /// Ask for `SIGKILL` when the forking thread (the parent's main thread) ends.

@@ -182,6 +182,14 @@ pub(crate) fn try_reap(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
     Err(unsupported())
 }
 pub(crate) fn set_name(_: &str) {}
+pub(crate) fn detach(
+    _: &crate::supervise::DaemonOptions,
+) -> Result<Option<std::fs::File>, crate::error::DaemonError> {
+    Err(crate::error::DaemonError::Unsupported)
+}
+pub(crate) fn signal_group(_: u32, _: i32) -> io::Result<bool> {
+    Err(unsupported())
+}
 pub(crate) fn signal_name(_: i32) -> Option<&'static str> {
     None
 }

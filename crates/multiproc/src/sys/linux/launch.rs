@@ -175,7 +175,9 @@ pub(super) fn become_requested(
     } else {
         process::clear_parent_death_signal().map(|()| true)
     };
-    if !matches!(parent_alive, Ok(true)) {
+    if !matches!(parent_alive, Ok(true))
+        || (request.process_group && process::lead_process_group().is_err())
+    {
         exit_now(BOOTSTRAP_FAILURE);
     }
     let [stdin, stdout, stderr] = stdio;
@@ -232,6 +234,9 @@ pub(crate) fn setup_forked_child(setup: ForkedChildSetup) -> Result<(), String> 
         && !process::kill_me_with_parent(parent).map_err(|e| format!("prctl: {e}"))?
     {
         return Err("the parent exited during the fork".into());
+    }
+    if setup.process_group {
+        process::lead_process_group().map_err(|e| format!("setpgid: {e}"))?;
     }
     let raw = setup.stdio.map(IntoRawFd::into_raw_fd);
     place_at_zero(&raw).map_err(|e| format!("stdio setup: {e}"))?;

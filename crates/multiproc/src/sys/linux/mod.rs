@@ -1,6 +1,7 @@
 //! The Linux backend.
 #![allow(unsafe_code)]
 
+mod daemon;
 mod fd;
 mod forkserver;
 mod image;
@@ -13,6 +14,7 @@ use std::ffi::OsString;
 
 pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+pub(crate) use daemon::detach;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, abstract_socket_addr, borrow_all, dev_null, dup, peek_packet, pipe,
     poll_now, recv_with_fds, send_packet, send_with_fds, stream_pair, wait_readable, wait_writable,
@@ -30,7 +32,7 @@ pub(crate) use mem::{
 };
 pub(crate) use proc::{
     SIGKILL, SIGTERM, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open, send_signal,
-    set_name, signal_name, try_reap,
+    set_name, signal_group, signal_name, try_reap,
 };
 pub(crate) use sync::{
     futex_wait, futex_wake, identity_alive, monotonic_ns, readable_any, thread_identity,

@@ -98,6 +98,32 @@ pub(crate) fn kill_me_with_parent(expected_parent: u32) -> io::Result<bool> {
     Ok(getppid() == Some(expected_parent))
 }
 
+/// Makes this process the leader of a new process group (`setpgid(0, 0)`).
+pub(crate) fn lead_process_group() -> io::Result<()> {
+    Ok(rustix::process::setpgid(None, None)?)
+}
+
+/// Sends `signal` to the process group led by `pid`. Returns `false` (and sends
+/// nothing) when `pid` does not lead a group: the process is gone, or has not made its
+/// group yet.
+pub(crate) fn signal_group(pid: u32, signal: i32) -> io::Result<bool> {
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return Ok(false);
+    };
+    match rustix::process::getpgid(Some(pid)) {
+        Ok(group) if group == pid => {}
+        Ok(_) | Err(Errno::SRCH) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let signal = Signal::from_named_raw(signal)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a signal number"))?;
+    match rustix::process::kill_process_group(pid, signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::SRCH) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Cancels a parent-death signal inherited from the process this one was forked as.
 pub(crate) fn clear_parent_death_signal() -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(None)?)

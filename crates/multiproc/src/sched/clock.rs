@@ -1,0 +1,179 @@
+//! [`Clock`]: where the scheduler reads the time, and [`ManualClock`], a clock that only
+//! moves when told to (for tests of schedules that span hours or days).
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The longest the scheduler sleeps on the system clock before it looks at the time
+/// again, so that a clock set forward or back is noticed within this.
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+/// The time source of a [`Scheduler`](crate::sched::Scheduler): the system clock (the
+/// default) or a [`ManualClock`].
+#[derive(Clone, Default)]
+pub struct Clock(Source);
+
+#[derive(Clone, Default)]
+enum Source {
+    #[default]
+    System,
+    Manual(Arc<Manual>),
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Source::System => f.write_str("Clock::system()"),
+            Source::Manual(m) => write!(f, "ManualClock({})", lock(&m.state).now),
+        }
+    }
+}
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Clock {
+        Clock(Source::System)
+    }
+
+    /// The time now, by this clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        match &self.0 {
+            Source::System => Utc::now(),
+            Source::Manual(m) => lock(&m.state).now,
+        }
+    }
+
+    /// Has `signal` notified whenever this clock moves (a manual clock only).
+    pub(crate) fn subscribe(&self, signal: &Arc<Signal>) {
+        if let Source::Manual(m) = &self.0 {
+            lock(&m.state).signals.push(Arc::downgrade(signal));
+        }
+    }
+
+    /// Sleeps until `until` by this clock (`None`: until notified), or until `signal`
+    /// is notified, whichever comes first.
+    pub(crate) fn sleep(&self, signal: &Signal, until: Option<DateTime<Utc>>) {
+        let nap = match (&self.0, until) {
+            (Source::System, Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            _ => MAX_NAP,
+        };
+        signal.wait(nap.min(MAX_NAP));
+    }
+}
+
+#[derive(Debug)]
+struct Manual {
+    state: Mutex<ManualState>,
+}
+
+#[derive(Debug)]
+struct ManualState {
+    now: DateTime<Utc>,
+    signals: Vec<Weak<Signal>>,
+}
+
+/// A clock that stands still until [`advance`](Self::advance) or [`set`](Self::set)
+/// moves it: a scheduler on it fires a month of jobs in milliseconds, so schedule
+/// arithmetic (drift, daylight-saving changes, misfires) can be tested without waiting.
+///
+/// Clones share one time. Give a clone to
+/// [`SchedulerBuilder::clock`](crate::sched::SchedulerBuilder::clock).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::sched::{Clock, ManualClock};
+/// use multiproc::chrono::{TimeZone, Utc};
+///
+/// let manual = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 8, 6, 0, 0).unwrap());
+/// let clock = Clock::from(manual.clone());
+/// manual.advance(Duration::from_secs(90));
+/// assert_eq!(clock.now(), Utc.with_ymd_and_hms(2026, 3, 8, 6, 1, 30).unwrap());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<Manual>);
+
+impl ManualClock {
+    /// A clock that reads `start` until moved.
+    pub fn new(start: impl Into<DateTime<Utc>>) -> ManualClock {
+        ManualClock(Arc::new(Manual {
+            state: Mutex::new(ManualState {
+                now: start.into(),
+                signals: Vec::new(),
+            }),
+        }))
+    }
+
+    /// The time it reads.
+    pub fn now(&self) -> DateTime<Utc> {
+        lock(&self.0.state).now
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        self.update(|now| {
+            now.checked_add_signed(by)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        });
+    }
+
+    /// Sets the clock to `to` (backwards too, like a wall clock being corrected).
+    pub fn set(&self, to: impl Into<DateTime<Utc>>) {
+        let to = to.into();
+        self.update(|_| to);
+    }
+
+    fn update(&self, f: impl FnOnce(DateTime<Utc>) -> DateTime<Utc>) {
+        let signals: Vec<Arc<Signal>> = {
+            let mut st = lock(&self.0.state);
+            st.now = f(st.now);
+            st.signals.retain(|s| s.strong_count() > 0);
+            st.signals.iter().filter_map(Weak::upgrade).collect()
+        };
+        for s in signals {
+            s.notify();
+        }
+    }
+}
+
+impl From<ManualClock> for Clock {
+    fn from(manual: ManualClock) -> Clock {
+        Clock(Source::Manual(manual.0))
+    }
+}
+
+/// A wake-up call: set by whoever has news for a sleeping loop, consumed by the loop.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    pub(crate) fn notify(&self) {
+        *lock(&self.set) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits at most `timeout` for a notification, and consumes it.
+    pub(crate) fn wait(&self, timeout: Duration) {
+        let mut set = lock(&self.set);
+        if !*set {
+            set = self
+                .cv
+                .wait_timeout(set, timeout)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *set = false;
+    }
+}

@@ -1,0 +1,253 @@
+//! [`Job`]: what a scheduler runs, on which executor, under which policies; and the
+//! events a run produces.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::schedule::Schedule;
+use crate::error::TaskError;
+use crate::pool::{Pool, ThreadPool};
+use crate::retry::RetryPolicy;
+
+/// A started run: resolves when the task ends.
+pub(crate) type Running = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
+
+/// Starts one run of a job on an executor of type `E`.
+pub(crate) type Start<E> = Arc<dyn Fn(&E) -> Result<Running, TaskError> + Send + Sync>;
+
+/// Starts one run of a job on its executor.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Process(Start<Pool>),
+    Thread(Start<ThreadPool>),
+}
+
+/// Which of several due runs of one job to start when more than one is due at once
+/// (the scheduler was busy, asleep or down): the others are reported
+/// [`Missed`](EventKind::Missed) with [`MissReason::Coalesced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Coalesce {
+    /// One run, for the earliest due time.
+    Earliest,
+    /// One run, for the latest due time (the default).
+    #[default]
+    Latest,
+    /// Every due run.
+    All,
+}
+
+/// A job for a [`Scheduler`](super::Scheduler): a name (unique in the scheduler), a
+/// [`Schedule`], the work, and how late, overlapping and failed runs are handled.
+///
+/// Defaults: a run may start up to one period late (`misfire_grace`; for a cron job the
+/// time to its next fire, for a `once` job without limit); several due runs coalesce into
+/// the latest; at most one instance runs at a time (a slow run is not started twice); no
+/// jitter; no retry.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::sched::{Coalesce, Job, Schedule};
+/// use multiproc::RetryPolicy;
+///
+/// fn backup(dir: String) -> u64 {
+///     dir.len() as u64
+/// }
+///
+/// let job = Job::process("backup", Schedule::cron("0 3 * * *").unwrap(), backup, "/srv".into())
+///     .misfire_grace(Duration::from_secs(3600))
+///     .coalesce(Coalesce::Earliest)
+///     .retry(RetryPolicy::attempts(3));
+/// assert_eq!(job.name(), "backup");
+/// ```
+#[derive(Clone)]
+pub struct Job {
+    pub(crate) name: String,
+    pub(crate) schedule: Schedule,
+    pub(crate) target: Target,
+    pub(crate) misfire_grace: Option<Duration>,
+    pub(crate) coalesce: Coalesce,
+    pub(crate) max_instances: usize,
+    pub(crate) jitter: Duration,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("schedule", &self.schedule)
+            .field(
+                "runs_on",
+                &match self.target {
+                    Target::Process(_) => "Pool",
+                    Target::Thread(_) => "ThreadPool",
+                },
+            )
+            .field("misfire_grace", &self.misfire_grace)
+            .field("coalesce", &self.coalesce)
+            .field("max_instances", &self.max_instances)
+            .field("jitter", &self.jitter)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl Job {
+    fn with_target(name: impl Into<String>, schedule: Schedule, target: Target) -> Job {
+        Job {
+            name: name.into(),
+            schedule,
+            target,
+            misfire_grace: None,
+            coalesce: Coalesce::default(),
+            max_instances: 1,
+            jitter: Duration::ZERO,
+            retry: RetryPolicy::never(),
+        }
+    }
+
+    /// A job that runs `f(args)` in a worker of the scheduler's process
+    /// [`Pool`](crate::Pool): a crash, a hang (with the pool's `task_timeout`) or a leak
+    /// stays in the worker.
+    pub fn process<A, R>(name: impl Into<String>, schedule: Schedule, f: fn(A) -> R, args: A) -> Job
+    where
+        A: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let start = move |pool: &Pool| -> Result<Running, TaskError> {
+            let task = pool.submit(f, args.clone())?;
+            Ok(Box::pin(async move { task.await.map(drop) }))
+        };
+        Job::with_target(name, schedule, Target::Process(Arc::new(start)))
+    }
+
+    /// A job that runs the closure `f` on a thread of the scheduler's
+    /// [`ThreadPool`](crate::ThreadPool).
+    pub fn thread<R, F>(name: impl Into<String>, schedule: Schedule, f: F) -> Job
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let f = Arc::new(f);
+        let start = move |pool: &ThreadPool| -> Result<Running, TaskError> {
+            let f = Arc::clone(&f);
+            let task = pool.submit(move || f())?;
+            Ok(Box::pin(async move { task.await.map(drop) }))
+        };
+        Job::with_target(name, schedule, Target::Thread(Arc::new(start)))
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The job's schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// How late a run may start; a run later than this is reported
+    /// [`Missed`](EventKind::Missed) with [`MissReason::TooLate`] instead.
+    pub fn misfire_grace(mut self, grace: Duration) -> Job {
+        self.misfire_grace = Some(grace);
+        self
+    }
+
+    /// Which of several due runs start; see [`Coalesce`].
+    pub fn coalesce(mut self, coalesce: Coalesce) -> Job {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// How many runs of this job may be in flight at once (at least 1; default 1). A due
+    /// run beyond it is reported [`Missed`](EventKind::Missed) with
+    /// [`MissReason::MaxInstances`].
+    pub fn max_instances(mut self, n: usize) -> Job {
+        self.max_instances = n;
+        self
+    }
+
+    /// Starts each run after a random delay of up to `jitter`, so that many jobs due at
+    /// one time do not start together. The scheduled time in events stays the schedule's.
+    pub fn jitter(mut self, jitter: Duration) -> Job {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Runs a failed run again per `policy` (by default, only after the worker died or
+    /// the task timed out; see [`RetryPolicy::retry_if`]). A run waiting to be retried
+    /// still counts toward [`max_instances`](Self::max_instances).
+    pub fn retry(mut self, policy: RetryPolicy) -> Job {
+        self.retry = policy;
+        self
+    }
+}
+
+/// Why a due run did not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissReason {
+    /// It was due longer ago than the job's misfire grace.
+    TooLate,
+    /// Another due run of the job started in its place (see [`Coalesce`]).
+    Coalesced,
+    /// The job had `max_instances` runs in flight.
+    MaxInstances,
+}
+
+/// What happened to a job.
+#[derive(Clone, Debug)]
+pub enum EventKind {
+    /// A run started; `attempt` counts from 1 (above 1 for a retry).
+    Started {
+        /// Which attempt of this run.
+        attempt: u32,
+    },
+    /// A run ended well.
+    Succeeded {
+        /// Which attempt.
+        attempt: u32,
+    },
+    /// A run failed. `retry_in` is the delay before it runs again, or `None` if it will
+    /// not.
+    Failed {
+        /// Which attempt.
+        attempt: u32,
+        /// How it failed.
+        error: Arc<TaskError>,
+        /// When it runs again, if it does.
+        retry_in: Option<Duration>,
+    },
+    /// `count` due runs, from the one scheduled for the event's time to `last`, did not
+    /// start, for `reason`.
+    Missed {
+        /// How many.
+        count: u64,
+        /// The last of them.
+        last: DateTime<Utc>,
+        /// Why.
+        reason: MissReason,
+    },
+}
+
+/// An event of a job's life, from [`Scheduler::events`](super::Scheduler::events).
+#[derive(Clone, Debug)]
+pub struct JobEvent {
+    /// The job.
+    pub job: String,
+    /// The fire time the event is about (the first, for a batch of missed runs).
+    pub scheduled: DateTime<Utc>,
+    /// When it happened, by the scheduler's clock.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+}

@@ -1,0 +1,232 @@
+//! [`Schedule`]: when a job fires. Fire times come from the schedule alone (an interval
+//! counted from a fixed start, a cron expression in a time zone, one instant), never from
+//! when the previous run happened, so a schedule does not drift.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound as _, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+
+use crate::error::ScheduleError;
+
+/// When a job fires: every period, on a cron expression in a time zone, or once.
+///
+/// # Daylight-saving time
+///
+/// A cron expression names wall-clock times in its zone. When clocks jump forward, a
+/// time that does not exist that day fires at the first instant after the jump if the
+/// expression names one fixed time of day (`30 2 * * *` fires at 03:00 on that day), and
+/// not at all if it is a repeating one (`*/15 * * * *` has no 02:15 that day). When
+/// clocks fall back, a wall-clock time that happens twice fires once, at its first
+/// occurrence. An interval (`every`) counts real time and ignores the zone.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::sched::Schedule;
+///
+/// let _ = Schedule::every(Duration::from_secs(10));
+/// let _ = Schedule::cron_in("0 9 * * MON-FRI", "Europe/Berlin").unwrap();
+/// assert!(Schedule::cron("61 * * * *").is_err());
+/// assert!(Schedule::cron_in("0 9 * * *", "Mars/Olympus_Mons").is_err());
+/// ```
+#[derive(Clone)]
+pub struct Schedule(pub(crate) Kind);
+
+#[derive(Clone)]
+pub(crate) enum Kind {
+    Every {
+        period: Duration,
+        start: Option<DateTime<Utc>>,
+    },
+    Cron {
+        cron: Arc<Cron>,
+        tz: Tz,
+        expr: String,
+    },
+    Once(DateTime<Utc>),
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Kind::Every {
+                period,
+                start: None,
+            } => write!(f, "every {period:?}"),
+            Kind::Every {
+                period,
+                start: Some(s),
+            } => write!(f, "every {period:?} from {}", s.to_rfc3339()),
+            Kind::Cron { expr, tz, .. } => write!(f, "cron {expr:?} in {tz}"),
+            Kind::Once(at) => write!(f, "once at {}", at.to_rfc3339()),
+        }
+    }
+}
+
+impl Schedule {
+    /// Every `period`, counted from when the job is added (first fire one period later),
+    /// or from [`starting_at`](Self::starting_at). A zero period is refused when the job
+    /// is added.
+    pub fn every(period: Duration) -> Schedule {
+        Schedule(Kind::Every {
+            period,
+            start: None,
+        })
+    }
+
+    /// For [`every`](Self::every): fire at `start`, then every period after it.
+    /// Other schedules are returned unchanged.
+    pub fn starting_at(self, start: impl Into<DateTime<Utc>>) -> Schedule {
+        match self.0 {
+            Kind::Every { period, .. } => Schedule(Kind::Every {
+                period,
+                start: Some(start.into()),
+            }),
+            other => Schedule(other),
+        }
+    }
+
+    /// On a cron expression, in UTC: five fields (minute hour day-of-month month
+    /// day-of-week) or six (seconds first), with names (`MON`, `JAN`), ranges, lists,
+    /// steps, `L`, `#` and `W` as [`croner`] reads them.
+    ///
+    /// # Errors
+    ///
+    /// [`ScheduleError::Cron`] for an expression croner cannot parse.
+    pub fn cron(expr: &str) -> Result<Schedule, ScheduleError> {
+        Schedule::cron_tz(expr, Tz::UTC)
+    }
+
+    /// On a cron expression in an IANA time zone such as `"America/New_York"`; see
+    /// [`cron`](Self::cron) and the daylight-saving rules above.
+    ///
+    /// # Errors
+    ///
+    /// [`ScheduleError::Cron`] for a bad expression, [`ScheduleError::TimeZone`] for a
+    /// zone that is not in the IANA database.
+    pub fn cron_in(expr: &str, time_zone: &str) -> Result<Schedule, ScheduleError> {
+        let tz =
+            Tz::from_str(time_zone).map_err(|_| ScheduleError::TimeZone(time_zone.to_string()))?;
+        Schedule::cron_tz(expr, tz)
+    }
+
+    fn cron_tz(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
+        let cron = Cron::from_str(expr).map_err(|e| ScheduleError::Cron {
+            expr: expr.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Schedule(Kind::Cron {
+            cron: Arc::new(cron),
+            tz,
+            expr: expr.to_string(),
+        }))
+    }
+
+    /// Once, at `at`. A time already past when the job is added is a late run: it runs
+    /// at once, unless the job's [`misfire_grace`](crate::sched::Job::misfire_grace) is
+    /// shorter than how late it is, and then it is reported missed.
+    pub fn once(at: impl Into<DateTime<Utc>>) -> Schedule {
+        Schedule(Kind::Once(at.into()))
+    }
+
+    /// Checks what can only be checked when the job is added, and fixes the start of an
+    /// interval that has none to `now`.
+    pub(crate) fn resolve(&self, now: DateTime<Utc>) -> Result<Schedule, ScheduleError> {
+        match &self.0 {
+            Kind::Every { period, start } => {
+                if period.is_zero() {
+                    return Err(ScheduleError::ZeroInterval);
+                }
+                let step = chrono::Duration::from_std(*period)
+                    .map_err(|_| ScheduleError::IntervalTooLong(*period))?;
+                let start = match start {
+                    Some(s) => *s,
+                    None => now
+                        .checked_add_signed(step)
+                        .ok_or(ScheduleError::IntervalTooLong(*period))?,
+                };
+                Ok(Schedule(Kind::Every {
+                    period: *period,
+                    start: Some(start),
+                }))
+            }
+            Kind::Cron { .. } => {
+                if self.next_after(now).is_none() {
+                    return Err(ScheduleError::NeverFires(self.to_string()));
+                }
+                Ok(self.clone())
+            }
+            Kind::Once(_) => Ok(self.clone()),
+        }
+    }
+
+    /// The first fire time after `t` (strictly), or `None` when there is none. For a
+    /// [`resolve`](Self::resolve)d schedule only; `Once` fires at its time however late.
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.0 {
+            Kind::Every { period, start } => {
+                let start = (*start)?;
+                if t < start {
+                    return Some(start);
+                }
+                let step = nanos(chrono::Duration::from_std(*period).ok()?);
+                let k = nanos(t - start) / step + 1;
+                let offset = i64::try_from(k.checked_mul(step)?).ok()?;
+                start.checked_add_signed(chrono::Duration::nanoseconds(offset))
+            }
+            Kind::Cron { cron, tz, .. } => cron_next(cron, tz, t),
+            Kind::Once(at) => (*at > t).then_some(*at),
+        }
+    }
+
+    /// Where a `Once` schedule's only time is.
+    pub(crate) fn once_at(&self) -> Option<DateTime<Utc>> {
+        match &self.0 {
+            Kind::Once(at) => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+fn nanos(d: chrono::Duration) -> i128 {
+    i128::from(d.num_seconds()) * 1_000_000_000 + i128::from(d.subsec_nanos())
+}
+
+/// The first time after `t` that `cron` names in `tz`. croner resolves a wall-clock time
+/// that happens twice to its first occurrence; from a `t` inside the second one that
+/// can be at or before `t`, so the search moves on to the later occurrence, or past it.
+fn cron_next(cron: &Cron, tz: &Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Cron times are whole seconds: search from the second `t` is in (croner would keep
+    // the fraction).
+    let mut from = t.trunc_subsecs(0).with_timezone(tz);
+    for _ in 0..10_000 {
+        let found = cron.find_next_occurrence(&from, false).ok()?;
+        let found_utc = found.with_timezone(&Utc);
+        if found_utc > t {
+            return Some(found_utc);
+        }
+        let later = tz.from_local_datetime(&found.naive_local()).latest()?;
+        if later.with_timezone(&Utc) > t && cron.is_time_matching(&later).unwrap_or(false) {
+            return Some(later.with_timezone(&Utc));
+        }
+        // Step to the next wall-clock second after the found one, in its later offset.
+        let next_naive = found.naive_local() + chrono::Duration::seconds(1);
+        from = tz
+            .from_local_datetime(&next_naive)
+            .latest()
+            .unwrap_or_else(|| later + chrono::Duration::seconds(1));
+    }
+    None
+}

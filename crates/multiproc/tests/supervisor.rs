@@ -1,0 +1,482 @@
+//! The supervisor with real crashing processes: one-for-one, one-for-all and
+//! rest-for-one restarts, intensity exceeded, transient and temporary children, backoff
+//! that grows and resets, a child that ignores SIGTERM (and its own child) killed after
+//! the grace period, children gone when the supervisor's process is SIGKILLed; and
+//! daemonize with a pid file, a second copy refused. Nothing is left behind.
+#![allow(unsafe_code)] // a child ignores SIGTERM with signal(2)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Helper, eventually, tempdir, trial, wait_gone};
+use multiproc::{
+    ChildSpec, ChildState, DaemonOptions, Jitter, Restart, Strategy, Supervisor, SupervisorError,
+    SupervisorEvent, daemonize,
+};
+
+const T: Duration = Duration::from_secs(30);
+const DAEMON_ENV: &str = "MULTIPROC_TEST_DAEMON";
+
+fn main() {
+    // The daemon helper must daemonize before `init`, so it runs before the harness.
+    if let Ok(dir) = std::env::var(DAEMON_ENV) {
+        daemon_main(PathBuf::from(dir));
+        return;
+    }
+    common::main_checked(
+        vec![
+            trial("one_for_one_restarts_only_the_crasher", one_for_one),
+            trial("one_for_all_restarts_everyone", one_for_all),
+            trial("rest_for_one_restarts_the_rest", rest_for_one),
+            trial("intensity_exceeded_gives_up", intensity_exceeded),
+            trial("transient_and_temporary", transient_and_temporary),
+            trial("backoff_grows_then_resets", backoff_grows_then_resets),
+            trial("sigterm_ignored_group_sigkilled", sigterm_ignored),
+            trial("supervisor_process_sigkilled", supervisor_sigkilled),
+            trial("bad_input", bad_input),
+            trial("daemonize_pidfile_second_refused", daemonize_pidfile),
+        ],
+        helpers,
+        Duration::from_secs(300),
+        common::no_new_dev_shm,
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "supervisor" => {
+            let sup = Supervisor::builder()
+                .child(ChildSpec::new("steady", sleep_forever, ()))
+                .child(ChildSpec::new("flaky", crash_after_ms, 100))
+                .backoff(Duration::from_millis(10), Duration::from_millis(20))
+                .intensity(1000, Duration::from_secs(1))
+                .start()
+                .unwrap();
+            let pids: Vec<String> = sup
+                .status()
+                .iter()
+                .filter_map(|c| match c.state {
+                    ChildState::Running { pid } => Some(pid.to_string()),
+                    _ => None,
+                })
+                .collect();
+            println!("children {}", pids.join(" "));
+            std::thread::sleep(T);
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+fn sleep_forever(_: ()) {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn crash_after_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::abort();
+}
+
+/// Crashes (after `ms`) while the marker file exists, removing it; runs for good once
+/// it is gone.
+fn crash_once((marker, ms): (String, u64)) {
+    if std::fs::remove_file(&marker).is_ok() {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::abort();
+    }
+    sleep_forever(());
+}
+
+fn returns(_: ()) -> u32 {
+    1
+}
+
+fn ignores_sigterm(ready: String) {
+    // SAFETY: setting a signal's disposition to "ignore" runs no code of ours.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    // A grandchild in the same process group, which must go too.
+    let mut child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(&ready, child.id().to_string()).unwrap();
+    sleep_forever(());
+    // Never reached: the supervisor kills this process group, `sleep` included.
+    drop(child.wait());
+}
+
+fn pid_of(sup: &Supervisor, name: &str) -> Option<u32> {
+    sup.status()
+        .into_iter()
+        .find(|c| c.name == name)
+        .and_then(|c| match c.state {
+            ChildState::Running { pid } => Some(pid),
+            _ => None,
+        })
+}
+
+fn restarts_of(sup: &Supervisor, name: &str) -> u32 {
+    sup.status()
+        .into_iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.restarts)
+}
+
+fn marker(dir: &Path, name: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, b"").unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn fast() -> multiproc::SupervisorBuilder {
+    Supervisor::builder()
+        .backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .jitter(Jitter::None)
+        .intensity(100, Duration::from_secs(10))
+}
+
+fn stop_and_check_gone(sup: Supervisor, pids: &[u32]) {
+    sup.stop().unwrap();
+    for &p in pids {
+        assert!(wait_gone(p, T), "child {p} still running after stop");
+    }
+}
+
+fn one_for_one() {
+    let sup = fast()
+        .child(ChildSpec::new("steady", sleep_forever, ()))
+        .child(ChildSpec::new("crasher", crash_after_ms, 50))
+        .start()
+        .unwrap();
+    let steady = pid_of(&sup, "steady").unwrap();
+    assert!(eventually(T, || restarts_of(&sup, "crasher") >= 3));
+    assert_eq!(
+        pid_of(&sup, "steady"),
+        Some(steady),
+        "the other child is untouched"
+    );
+    assert_eq!(restarts_of(&sup, "steady"), 0);
+    let last = sup.status()[1].last_exit.clone().unwrap();
+    assert!(!last.normal && last.reason.contains("SIGABRT"), "{last:?}");
+    let crasher = pid_of(&sup, "crasher");
+    stop_and_check_gone(sup, &[steady]);
+    if let Some(p) = crasher {
+        assert!(wait_gone(p, T));
+    }
+}
+
+/// Children a, b (crashes once), c: which were restarted when b crashed.
+fn strategy_run(strategy: Strategy) -> [bool; 3] {
+    let dir = tempdir("strategy");
+    let sup = fast()
+        .strategy(strategy)
+        .child(ChildSpec::new("a", sleep_forever, ()))
+        .child(ChildSpec::new("b", crash_once, (marker(&dir, "b"), 200)))
+        .child(ChildSpec::new("c", sleep_forever, ()))
+        .start()
+        .unwrap();
+    let before: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|n| pid_of(&sup, n)).collect();
+    assert!(eventually(T, || restarts_of(&sup, "b") == 1
+        && ["a", "b", "c"].iter().all(|n| pid_of(&sup, n).is_some())));
+    let after: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|n| pid_of(&sup, n)).collect();
+    let pids: Vec<u32> = after.iter().flatten().copied().collect();
+    stop_and_check_gone(sup, &pids);
+    for p in before.iter().flatten() {
+        assert!(wait_gone(*p, T));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+    [0, 1, 2].map(|i| before[i] != after[i])
+}
+
+fn one_for_all() {
+    assert_eq!(strategy_run(Strategy::OneForAll), [true, true, true]);
+}
+
+fn rest_for_one() {
+    assert_eq!(strategy_run(Strategy::RestForOne), [false, true, true]);
+}
+
+fn intensity_exceeded() {
+    let sup = Supervisor::builder()
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .intensity(3, Duration::from_secs(10))
+        .child(ChildSpec::new("steady", sleep_forever, ()))
+        .child(ChildSpec::new("crasher", crash_after_ms, 0))
+        .start()
+        .unwrap();
+    let events = sup.events();
+    let steady = pid_of(&sup, "steady").unwrap();
+    match sup.wait_timeout(T) {
+        Err(SupervisorError::Intensity {
+            restarts: 4,
+            max: 3,
+            child,
+            ..
+        }) => assert_eq!(child, "crasher"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!sup.is_running());
+    assert!(
+        wait_gone(steady, T),
+        "children stopped when the supervisor gives up"
+    );
+    let seen: Vec<SupervisorEvent> = events.try_iter().collect();
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, SupervisorEvent::GaveUp { .. }))
+    );
+    assert!(matches!(seen.last(), Some(SupervisorEvent::Stopped)));
+    assert!(
+        sup.status()
+            .iter()
+            .all(|c| !matches!(c.state, ChildState::Running { .. }))
+    );
+}
+
+fn transient_and_temporary() {
+    let dir = tempdir("transient");
+    let sup = fast()
+        .child(ChildSpec::new("returns", returns, ()).restart(Restart::Transient))
+        .child(
+            ChildSpec::new("crashes once", crash_once, (marker(&dir, "t"), 0))
+                .restart(Restart::Transient),
+        )
+        .child(ChildSpec::new("one-off", crash_after_ms, 0).restart(Restart::Temporary))
+        .start()
+        .unwrap();
+    assert!(eventually(T, || {
+        let st = sup.status();
+        st[0].state == ChildState::Done
+            && st[2].state == ChildState::Done
+            && st[1].restarts == 1
+            && matches!(st[1].state, ChildState::Running { .. })
+    }));
+    let st = sup.status();
+    assert_eq!(st[0].restarts, 0);
+    assert!(st[0].last_exit.as_ref().unwrap().normal);
+    assert_eq!(st[2].restarts, 0);
+    assert!(!st[2].last_exit.as_ref().unwrap().normal);
+    let running = pid_of(&sup, "crashes once").unwrap();
+    stop_and_check_gone(sup, &[running]);
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // A supervisor whose children are all done stops by itself.
+    let sup = fast()
+        .child(ChildSpec::new("returns", returns, ()).restart(Restart::Transient))
+        .start()
+        .unwrap();
+    sup.wait_timeout(T).unwrap();
+}
+
+fn backoff_grows_then_resets() {
+    let delays = |sup: &Supervisor, events: &crossbeam_channel::Receiver<SupervisorEvent>, n| {
+        let mut out = Vec::new();
+        while out.len() < n {
+            // Whole milliseconds: backon computes in f32.
+            if let SupervisorEvent::Restarting { after, .. } =
+                events.recv_timeout(T).expect("an event")
+            {
+                out.push((after.as_secs_f64() * 1000.0).round() as u64);
+            }
+        }
+        let _ = sup;
+        out
+    };
+    let ms = Duration::from_millis;
+    let sup = Supervisor::builder()
+        .backoff(ms(20), ms(1000))
+        .jitter(Jitter::None)
+        .intensity(100, Duration::from_secs(10))
+        .child(ChildSpec::new("fast crasher", crash_after_ms, 0))
+        .start()
+        .unwrap();
+    let events = sup.events();
+    assert_eq!(delays(&sup, &events, 3), [20, 40, 80]);
+    sup.stop().unwrap();
+    // A child that ran longer than `reset_after` before crashing starts from the base.
+    let sup = Supervisor::builder()
+        .backoff(ms(20), ms(1000))
+        .jitter(Jitter::None)
+        .reset_after(ms(100))
+        .intensity(100, Duration::from_secs(10))
+        .child(ChildSpec::new("slow crasher", crash_after_ms, 200))
+        .start()
+        .unwrap();
+    let events = sup.events();
+    assert_eq!(delays(&sup, &events, 3), [20, 20, 20]);
+    sup.stop().unwrap();
+}
+
+fn sigterm_ignored() {
+    let dir = tempdir("sigterm");
+    let ready = dir.join("ready");
+    let grace = Duration::from_millis(300);
+    let sup = Supervisor::builder()
+        .child(
+            ChildSpec::new(
+                "stubborn",
+                ignores_sigterm,
+                ready.to_string_lossy().into_owned(),
+            )
+            .shutdown_grace(grace),
+        )
+        .start()
+        .unwrap();
+    let child = pid_of(&sup, "stubborn").unwrap();
+    assert!(eventually(T, || std::fs::read_to_string(&ready)
+        .is_ok_and(|s| !s.is_empty())));
+    let grandchild: u32 = std::fs::read_to_string(&ready).unwrap().parse().unwrap();
+    let started = Instant::now();
+    sup.stop().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= grace,
+        "stopped after {took:?}, before the grace period"
+    );
+    assert!(took < T);
+    assert!(wait_gone(child, T));
+    assert!(
+        wait_gone(grandchild, T),
+        "the child's process group was killed"
+    );
+    common::reap(grandchild);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn supervisor_sigkilled() {
+    let mut helper = Helper::start("supervisor");
+    let pids: Vec<u32> = helper
+        .expect("children", T)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    helper.child.kill().unwrap();
+    helper.wait(T);
+    for p in pids {
+        assert!(
+            wait_gone(p, Duration::from_secs(2)),
+            "child {p} outlived its SIGKILLed supervisor"
+        );
+        common::reap(p);
+    }
+}
+
+fn bad_input() {
+    assert!(matches!(
+        Supervisor::builder().start(),
+        Err(SupervisorError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Supervisor::builder()
+            .child(ChildSpec::new("x", sleep_forever, ()))
+            .child(ChildSpec::new("x", sleep_forever, ()))
+            .start(),
+        Err(SupervisorError::InvalidArgument(_))
+    ));
+    // A plain program cannot daemonize once `init` has run (this one has).
+    assert!(matches!(
+        daemonize(DaemonOptions::new()),
+        Err(multiproc::DaemonError::AfterInit)
+    ));
+}
+
+/// The daemon helper: daemonizes with a pid file in `dir`, then runs until `dir/stop`
+/// appears (or a minute passes), printing to its log.
+fn daemon_main(dir: PathBuf) {
+    let daemon = match daemonize(
+        DaemonOptions::new()
+            .pidfile(dir.join("pid"))
+            .stdout(dir.join("out.log"))
+            .stderr(dir.join("err.log"))
+            .working_dir(&dir),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("daemonize: {e}");
+            std::process::exit(3);
+        }
+    };
+    let _guard = multiproc::init();
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let sid = rustix::process::getsid(None)
+        .unwrap()
+        .as_raw_nonzero()
+        .get();
+    let child = multiproc::spawn(returns, ()).unwrap().join().unwrap();
+    println!(
+        "daemon {me} session {sid} cwd {} child {child}",
+        std::env::current_dir().unwrap().display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("stop").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(daemon);
+}
+
+fn daemonize_pidfile() {
+    let dir = tempdir("daemon");
+    let start = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .env(DAEMON_ENV, &dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = start();
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pidfile = dir.join("pid");
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cleanup = KillOnDrop(pid);
+    assert!(eventually(T, || std::fs::read_to_string(
+        dir.join("out.log")
+    )
+    .is_ok_and(|s| s.contains("daemon"))));
+    let log = std::fs::read_to_string(dir.join("out.log")).unwrap();
+    assert!(
+        log.contains(&format!("daemon {pid} session ")) && log.contains("child 1"),
+        "{log}"
+    );
+    // A new session, not led by the daemon (it can never get a terminal back).
+    let sid: u32 = log.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_ne!(sid, pid);
+    assert!(log.contains(&format!("cwd {}", dir.display())), "{log}");
+    // A second copy is refused, and says who runs.
+    let second = start().wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("already running") && err.contains(&pid.to_string()),
+        "{err}"
+    );
+    // Told to stop, the daemon ends and removes its pid file.
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    assert!(wait_gone(pid, T));
+    common::reap(pid);
+    std::mem::forget(cleanup);
+    assert!(!pidfile.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Kills a daemon left running by a failed test.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        common::kill_and_reap(self.0);
+    }
+}
