@@ -439,11 +439,13 @@ fn helper_leaks() {
     }
     let server = common::fork_server_of(me).expect("fork server");
     let mine: Vec<_> = common::children_of(me);
-    // The server forks its next spare after the last spawn, asynchronously: give it
-    // the time to (a missing spare then shows as `[]`, more than one as a leak).
-    common::eventually(Duration::from_secs(5), || {
-        common::children_of(server).len() == 1
-    });
+    // The server forks its next spare after the last spawn, asynchronously, and the
+    // spare then names itself and sleeps: give it the time to (a missing spare then
+    // shows as `[]`, more than one as a leak).
+    common::eventually(
+        Duration::from_secs(5),
+        || matches!(common::children_of(server).as_slice(), [(_, 'S', name)] if name == "mp-spare"),
+    );
     let servers: Vec<_> = common::children_of(server);
     println!("fds {fds} {}", common::fd_count());
     println!("children {mine:?}");

@@ -29,6 +29,7 @@ fn main() {
         trial("misfire_and_coalesce_policies", misfire_and_coalesce),
         trial("max_instances_with_slow_job", max_instances_with_slow_job),
         trial("once_in_the_past", once_in_the_past),
+        trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
         trial("retry_after_panics", retry_after_panics),
         trial("retry_after_worker_died", retry_after_worker_died),
         trial("bad_input_clear_errors", bad_input_clear_errors),
@@ -379,6 +380,30 @@ fn once_in_the_past() {
     // Done: a once job leaves the scheduler after its run.
     s.run_pending();
     assert!(s.jobs().is_empty(), "{:?}", s.jobs());
+}
+
+fn jitter_delays_the_start_only() {
+    let (s, clock, events) = manual();
+    s.add(Job::thread("spread", Schedule::every(secs(100)), || ()).jitter(secs(50)))
+        .unwrap();
+    clock.set(at(100));
+    s.run_pending();
+    // Due, but waiting out its random delay: nothing started, the instance slot taken.
+    assert!(started(&events.try_iter().collect::<Vec<_>>()).is_empty());
+    assert_eq!(s.jobs()[0].running, 1);
+    clock.set(at(150)); // the longest the jitter can be
+    let evs = settle(&s, &events, 1);
+    let start = evs
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Started { .. }))
+        .expect("started after its jitter");
+    assert_eq!(
+        start.scheduled,
+        at(100),
+        "the scheduled time stays the schedule's"
+    );
+    assert_eq!(start.at, at(150));
+    assert_eq!(s.next_fire("spread"), Some(at(200)));
 }
 
 fn retry_after_panics() {
