@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{tempdir, trial};
+use common::{eventually, tempdir, trial};
 use crossbeam_channel::Receiver;
 use multiproc::chrono::{DateTime, TimeZone, Utc};
 use multiproc::sched::{
@@ -88,22 +88,12 @@ fn next(events: &Receiver<JobEvent>) -> JobEvent {
 /// pool threads: `settle` waits for `finishes` of them).
 fn settle(s: &Scheduler, events: &Receiver<JobEvent>, finishes: usize) -> Vec<JobEvent> {
     let mut out = Vec::new();
-    let mut finished = 0;
-    s.run_pending();
-    out.extend(events.try_iter());
-    finished += out.iter().filter(|e| is_end(e)).count();
-    let deadline = std::time::Instant::now() + T;
-    while finished < finishes {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "runs did not finish: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
+    let done = eventually(T, || {
         s.run_pending();
-        let more: Vec<_> = events.try_iter().collect();
-        finished += more.iter().filter(|e| is_end(e)).count();
-        out.extend(more);
-    }
+        out.extend(events.try_iter());
+        out.iter().filter(|e| is_end(e)).count() >= finishes
+    });
+    assert!(done, "runs did not finish: {out:?}");
     out
 }
 
@@ -426,19 +416,18 @@ fn retry_after_panics() {
     clock.set(at(60));
     let mut log = Vec::new();
     let wait_for = |log: &mut Vec<JobEvent>, want: fn(&EventKind) -> bool| {
-        let deadline = std::time::Instant::now() + T;
-        loop {
+        let hit = eventually(T, || {
             s.run_pending();
-            for e in events.try_iter() {
+            while let Ok(e) = events.try_recv() {
                 let hit = want(&e.kind);
                 log.push(e);
                 if hit {
-                    return;
+                    return true;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "{log:?}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            false
+        });
+        assert!(hit, "{log:?}");
     };
     wait_for(&mut log, |k| matches!(k, EventKind::Failed { .. }));
     clock.advance(secs(1));

@@ -12,7 +12,7 @@ pub(crate) mod worker;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,6 +27,7 @@ use crate::ipc::channel::{self, RawReceiver, RawSender, Received, SendFail};
 use crate::ipc::codec::{self, Encoded};
 use crate::process::{Builder, JoinHandle, StartMethod};
 use crate::retry::RetryPolicy;
+use crate::sync::lock;
 use crate::sys::{self, Entry, OwnedFd};
 use crate::wait::Wait;
 use task::{Cancel, Cell, Sink, Stream};
@@ -47,10 +48,6 @@ const MAX_START_FAILURES: u32 = 3;
 
 /// Numbers worker names: `PoolWorker-1`, `PoolWorker-2`, ... across all pools.
 static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Builds a [`Pool`].
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -16,15 +16,12 @@ use super::worker::OUTCOME_HEADER;
 use crate::error::TaskError;
 use crate::ipc::channel::Received;
 use crate::ipc::codec;
+use crate::sync::lock;
 use crate::sync::raw::spin_until;
 
 /// How long a waiter spins before it sleeps: results of short tasks often arrive within
 /// it, and then nobody makes a system call.
 const SPIN: Duration = Duration::from_micros(20);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Where a pool puts a finished task's outcome.
 pub(crate) trait Sink<T>: Send + Sync {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -13,16 +13,13 @@ use super::iter::{Backend, Feed};
 use super::task::{Cancel, Cell, Sink, Stream};
 use super::{DEPTH_MIN, Task};
 use crate::error::{PoolError, RemotePanic, TaskError};
+use crate::sync::lock;
 
 /// Jobs per thread a lazy map keeps in flight.
 const THREAD_WINDOW: usize = 8;
 
 /// Numbers thread pools: `ThreadPool-1-0`, `ThreadPool-2-0`, ...
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A queued job: called with `None` to run it, with an error to fail it unrun.
 type Job = Box<dyn FnOnce(Option<TaskError>) + Send>;

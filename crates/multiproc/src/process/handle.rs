@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -12,6 +12,7 @@ use crate::bootstrap::wire;
 use crate::error::{CodecError, ExitStatus, ProcessError, RemotePanic, Signal};
 use crate::ipc::codec;
 use crate::ipc::framing::{Conn, RecvError};
+use crate::sync::lock;
 use crate::sys::{self, AsFd, OwnedFd, Termination};
 
 /// How the parent learns that a child ended.
@@ -113,10 +114,6 @@ pub(crate) struct ChildRecord {
     pidfd: OwnedFd,
     status: Mutex<Status>,
     channel: Mutex<Option<Channel>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ChildRecord {

@@ -2,14 +2,11 @@
 //! moves when told to (for tests of schedules that span hours or days).
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use crate::sync::lock;
 use chrono::{DateTime, Utc};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The longest the scheduler sleeps on the system clock before it looks at the time
 /// again, so that a clock set forward or back is noticed within this.

@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -59,10 +59,7 @@ pub use self::store::JobStore;
 use crate::error::{ScheduleError, TaskError};
 use crate::hub::Hub;
 use crate::pool::{Pool, ThreadPool};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// At most this many due times of one job are looked at in one pass; more (a per-second
 /// job after a long downtime) are handled in the passes that follow at once.

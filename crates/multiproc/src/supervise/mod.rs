@@ -6,7 +6,7 @@ mod daemon;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,8 @@ use crate::error::{ExitStatus, ProcessError, SpawnError, SupervisorError};
 use crate::hub::Hub;
 use crate::process::{Builder, JoinHandle};
 use crate::retry::{Jitter, RetryPolicy};
+use crate::sync::lock;
 use crate::sys;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// How often the supervisor looks at its children and its orders when nothing happens.
 const TICK: Duration = Duration::from_millis(50);
@@ -817,8 +814,19 @@ impl Supervising {
                 }
                 true
             });
-            if !stopping.is_empty() {
-                thread::sleep(Duration::from_millis(10));
+            // Wake when one of them ends, or at the next grace deadline.
+            let next_deadline = stopping
+                .iter()
+                .map(|&i| (start + self.slots[i].spec.grace).saturating_duration_since(now))
+                .filter(|d| !d.is_zero())
+                .min()
+                .unwrap_or(TICK);
+            let waitables: Vec<&dyn crate::Waitable> = stopping
+                .iter()
+                .filter_map(|&i| self.slots[i].child.as_ref().map(|c| c.as_waitable()))
+                .collect();
+            if !waitables.is_empty() {
+                let _ = crate::wait(&waitables, Some(next_deadline.min(TICK)));
             }
         }
     }
