@@ -62,6 +62,14 @@ fn main() {
             ),
             trial("tasks_awaited_in_tokio", tasks_awaited_in_tokio),
             trial("codec_failures_fail_the_task", codec_failures_fail_the_task),
+            trial(
+                "scribbled_job_channel_replaces_the_worker",
+                scribbled_job_channel_replaces_the_worker,
+            ),
+            trial(
+                "scribbled_channel_headers_do_not_hang",
+                scribbled_channel_headers_do_not_hang,
+            ),
             trial("closed_and_bad_settings", closed_and_bad_settings),
             trial(
                 "terminate_and_drop_leave_nothing",
@@ -740,6 +748,94 @@ fn codec_failures_fail_the_task() {
     assert_eq!(pool.apply(square, 4).unwrap(), 16);
     assert_eq!(pool.worker_pids(), worker);
     finish(pool);
+}
+
+/// Overwrites every channel this worker maps (from byte `from` of each segment: 4096
+/// is where the messages start, after the channel's header) with noise, through
+/// `/proc/self/mem`: what a task with a memory-corrupting bug might do. Waits for `go`
+/// first. Returns how many channels it hit.
+fn scribble_channels((go, from): (Event, u64)) -> u32 {
+    use std::os::unix::fs::FileExt;
+    assert!(go.wait_timeout(T));
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .unwrap();
+    let mut hit = 0;
+    for line in maps.lines().filter(|l| l.contains("multiproc-channel")) {
+        let range = line.split_whitespace().next().unwrap();
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let noise = vec![0xA5u8; (end - start - from) as usize];
+        mem.write_all_at(&noise, start + from).unwrap();
+        hit += 1;
+    }
+    hit
+}
+
+fn scribbled_job_channel_replaces_the_worker() {
+    let pool = Pool::new(1).unwrap();
+    let before = pool.worker_pids();
+    let go = Event::new().unwrap();
+    // The worker holds two jobs at first: the scribbler, and the next task, which is in
+    // its job channel when the scribbler wipes the messages there.
+    let scribbler = pool.submit(scribble_channels, (go.clone(), 4096)).unwrap();
+    let rest: Vec<_> = (0..20u64)
+        .map(|x| pool.submit(square, x).unwrap())
+        .collect();
+    go.set();
+    // Its own outcome goes out after the noise, as a whole message: it arrives.
+    let hit = get(scribbler).unwrap();
+    assert!(
+        hit >= 2,
+        "the worker maps its job and result channels: {hit}"
+    );
+    // The worker finds noise where its next job was and leaves; its replacement runs
+    // that job and the rest.
+    for (x, task) in (0..20u64).zip(rest) {
+        assert_eq!(get(task).unwrap(), x * x);
+    }
+    assert!(common::eventually(T, || {
+        let now = pool.worker_pids();
+        now.len() == 1 && now != before
+    }));
+    assert!(common::wait_gone(before[0], Duration::from_secs(5)));
+    finish(pool);
+}
+
+fn scribbled_channel_headers_do_not_hang() {
+    let pool = Pool::new(2).unwrap();
+    let go = Event::new().unwrap();
+    // Noise over whole channels, headers (positions, locks, counts) included: whatever
+    // each side makes of it, every task ends, with a result or an error.
+    let scribbler = pool.submit(scribble_channels, (go.clone(), 0)).unwrap();
+    // Tasks of 2 ms: most are still queued or running when the noise lands.
+    let rest: Vec<_> = (0..200u64)
+        .map(|_| pool.submit(sleep_ms, 2).unwrap())
+        .collect();
+    go.set();
+    // A worker that meets the noise dies (its task: WorkerDied); noise the pool meets
+    // in its result channel breaks the pool (every task: PoolBroken, saying why).
+    let allowed = |r: Result<(), TaskError>| match r {
+        Ok(()) | Err(TaskError::WorkerDied(_)) => {}
+        Err(TaskError::PoolBroken(why)) => assert!(why.contains("corrupt"), "{why}"),
+        Err(e) => panic!("{e:?}"),
+    };
+    allowed(get(scribbler).map(drop));
+    for task in rest {
+        allowed(get(task).map(|ms| assert_eq!(ms, 2)));
+    }
+    let pids = pool.worker_pids();
+    pool.terminate();
+    drop(pool);
+    for p in pids {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(5)),
+            "worker {p} left"
+        );
+    }
 }
 
 fn closed_and_bad_settings() {

@@ -181,7 +181,11 @@ pub(crate) fn encode_with_prefix<T: Serialize + ?Sized>(
     prefix: &[u8],
     value: &T,
 ) -> Result<Encoded, CodecError> {
-    match collecting(|| postcard::to_extend(value, prefix.to_vec())) {
+    // Room for a small value past the prefix: growing from exactly the prefix would
+    // reallocate on the first byte.
+    let mut buf = Vec::with_capacity(prefix.len() + 64);
+    buf.extend_from_slice(prefix);
+    match collecting(|| postcard::to_extend(value, buf)) {
         (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),
         (Err(e), _) => {
             // Postcard drops the message a `Serialize` implementation gives; find it again.

@@ -12,7 +12,7 @@ use super::{
     DEPTH_MAX, DEPTH_MIN, DEPTH_TARGET, KillReason, MAX_START_FAILURES, PoolInner, State, lock,
 };
 use crate::error::{CodecError, RemotePanic, TaskError};
-use crate::ipc::channel::{MAX_SLEEP, Received};
+use crate::ipc::channel::{MAX_SLEEP, Received, RecvFail};
 use crate::sys::{self, AsFd};
 
 /// How long the manager spins for outcomes before it sleeps.
@@ -56,11 +56,42 @@ impl PoolInner {
         let mut any = false;
         loop {
             let mut batch = Vec::new();
+            let mut corrupt = None;
             while batch.len() < 256 {
                 match self.results_rx.try_recv_owned() {
                     Ok(Some(msg)) => batch.push(msg),
-                    Ok(None) | Err(_) => break,
+                    Ok(None) | Err(RecvFail::Empty | RecvFail::Disconnected) => break,
+                    Err(RecvFail::Broken(why)) => {
+                        corrupt = Some(why);
+                        break;
+                    }
+                    Err(RecvFail::Io(e)) => {
+                        corrupt = Some(e.to_string());
+                        break;
+                    }
                 }
+            }
+            if let Some(why) = corrupt {
+                // Workers share this channel and something scribbled over it (a task's
+                // memory corruption, most likely): no outcome can be trusted to arrive
+                // any more. Waiting would hang every task, so the pool fails them all.
+                let mut deliveries = Vec::new();
+                {
+                    let mut st = lock(&self.state);
+                    for msg in batch {
+                        self.route(&mut st, msg, &mut deliveries);
+                    }
+                    self.give_up(
+                        &mut st,
+                        format!("the workers' result channel failed: {why}"),
+                        &mut deliveries,
+                    );
+                    for w in st.workers.iter().flatten() {
+                        let _ = w.handle.kill();
+                    }
+                }
+                deliver(deliveries);
+                return true;
             }
             if batch.is_empty() {
                 return any;
@@ -202,6 +233,15 @@ impl PoolInner {
     fn start_failed(&self, st: &mut State, why: String, out: &mut Vec<Delivery>) {
         st.start_failures += 1;
         if st.start_failures < MAX_START_FAILURES || st.broken.is_some() {
+            return;
+        }
+        self.give_up(st, why, out);
+    }
+
+    /// The pool cannot go on: every task fails with `PoolBroken(why)`, later submits
+    /// are refused, and the workers are let go.
+    fn give_up(&self, st: &mut State, why: String, out: &mut Vec<Delivery>) {
+        if st.broken.is_some() {
             return;
         }
         tracing::warn!("the pool gives up: {why}");
@@ -479,8 +519,21 @@ fn codec_panic(body: &[u8]) -> Result<RemotePanic, CodecError> {
     crate::ipc::codec::decode::<RemotePanic>(body, Vec::new())
 }
 
+/// Hands outcomes over, each run of outcomes for the same sink (a map's) at once.
 fn deliver(deliveries: Vec<Delivery>) {
-    for (sink, slot, outcome) in deliveries {
-        sink.deliver(slot, outcome);
+    let mut rest = deliveries.into_iter().peekable();
+    while let Some((sink, slot, outcome)) = rest.next() {
+        let mut run = vec![(slot, outcome)];
+        while let Some((_, slot, outcome)) =
+            rest.next_if(|(next, ..)| std::ptr::addr_eq(Arc::as_ptr(next), Arc::as_ptr(&sink)))
+        {
+            run.push((slot, outcome));
+        }
+        if run.len() == 1 {
+            let (slot, outcome) = run.remove(0);
+            sink.deliver(slot, outcome);
+        } else {
+            sink.deliver_many(run);
+        }
     }
 }

@@ -9,7 +9,9 @@ mod thread;
 pub(crate) mod tickets;
 pub(crate) mod worker;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
@@ -36,7 +38,7 @@ use worker::{JOB_HEADER, JobHeader, WorkerArgs};
 
 /// Jobs a worker holds at least (one running, one waiting), and at most.
 const DEPTH_MIN: usize = 2;
-const DEPTH_MAX: usize = 32;
+const DEPTH_MAX: usize = 128;
 /// A worker is kept this busy: it holds as many jobs as it runs in this time.
 const DEPTH_TARGET: Duration = Duration::from_micros(200);
 /// A worker whose task has run this long while another worker idles gives its queued
@@ -550,7 +552,9 @@ pub(crate) struct PoolInner {
 struct State {
     /// One slot per worker; `None` while a replacement is being started.
     workers: Vec<Option<Worker>>,
-    tasks: HashMap<u64, TaskRec>,
+    /// By id (sequential numbers: hashed with Fx, not SipHash, which costs more per
+    /// task than the rest of the bookkeeping).
+    tasks: FxHashMap<u64, TaskRec>,
     /// Tasks waiting for a worker, oldest first.
     pending: VecDeque<u64>,
     /// Retries waiting for their delay.
@@ -572,7 +576,7 @@ impl State {
     fn new(processes: usize, tickets: usize) -> Self {
         State {
             workers: (0..processes).map(|_| None).collect(),
-            tasks: HashMap::new(),
+            tasks: FxHashMap::default(),
             pending: VecDeque::new(),
             delayed: Vec::new(),
             free_tickets: (0..tickets as u32).rev().collect(),
@@ -633,7 +637,6 @@ struct TaskRec {
     attempts: u32,
     worker: Option<usize>,
     ticket: Option<(u32, u32)>,
-    dispatched: Instant,
     /// Its outcome was delivered already (cancelled); only the ticket is left to free.
     delivered: bool,
 }
@@ -697,7 +700,6 @@ impl PoolInner {
                 attempts: 0,
                 worker: None,
                 ticket: None,
-                dispatched: Instant::now(),
                 delivered: false,
             },
         );
@@ -748,7 +750,6 @@ impl PoolInner {
                 Ok(()) => {
                     rec.worker = Some(w);
                     rec.ticket = Some((ticket, generation));
-                    rec.dispatched = Instant::now();
                     worker.in_flight.push_back(id);
                     worker.assigned += 1;
                     if self

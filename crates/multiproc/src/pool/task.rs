@@ -1,7 +1,7 @@
 //! [`Task`]: a pool task's eventual result, to wait for or to await; and the sinks the
 //! pools deliver results into.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 
 use super::worker::OUTCOME_HEADER;
@@ -27,6 +28,13 @@ const SPIN: Duration = Duration::from_micros(20);
 pub(crate) trait Sink<T>: Send + Sync {
     /// Delivers the outcome of the task in `slot`.
     fn deliver(&self, slot: usize, outcome: Result<T, TaskError>);
+
+    /// Delivers several outcomes at once (a map's, routed in one batch).
+    fn deliver_many(&self, outcomes: Vec<(usize, Result<T, TaskError>)>) {
+        for (slot, outcome) in outcomes {
+            self.deliver(slot, outcome);
+        }
+    }
 }
 
 /// One task's outcome, once it is there.
@@ -159,7 +167,7 @@ pub(crate) struct Stream<T> {
 
 struct StreamState<T> {
     /// By slot, for ordered consumers.
-    by_slot: HashMap<usize, Result<T, TaskError>>,
+    by_slot: FxHashMap<usize, Result<T, TaskError>>,
     /// In arrival order, for unordered ones.
     arrived: VecDeque<usize>,
     sleepers: usize,
@@ -169,7 +177,7 @@ impl<T> Stream<T> {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Stream {
             state: Mutex::new(StreamState {
-                by_slot: HashMap::new(),
+                by_slot: FxHashMap::default(),
                 arrived: VecDeque::new(),
                 sleepers: 0,
             }),
@@ -235,11 +243,27 @@ impl<T> Stream<T> {
 
 impl<T: Send> Sink<T> for Stream<T> {
     fn deliver(&self, slot: usize, outcome: Result<T, TaskError>) {
+        self.insert(std::iter::once((slot, outcome)));
+    }
+
+    fn deliver_many(&self, outcomes: Vec<(usize, Result<T, TaskError>)>) {
+        self.insert(outcomes);
+    }
+}
+
+impl<T> Stream<T> {
+    /// Stores outcomes under one lock, with one wake-up: the consumer takes the same lock
+    /// for every item.
+    fn insert(&self, outcomes: impl IntoIterator<Item = (usize, Result<T, TaskError>)>) {
         let mut st = lock(&self.state);
-        if st.by_slot.insert(slot, outcome).is_none() {
-            st.arrived.push_back(slot);
+        let mut n = 0;
+        for (slot, outcome) in outcomes {
+            n += 1;
+            if st.by_slot.insert(slot, outcome).is_none() {
+                st.arrived.push_back(slot);
+            }
         }
-        self.delivered.fetch_add(1, Ordering::Release);
+        self.delivered.fetch_add(n, Ordering::Release);
         if st.sleepers > 0 {
             self.ready.notify_all();
         }
