@@ -9,6 +9,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::memory::Peaks;
+
 /// Who implements a workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Impl {
@@ -297,15 +299,236 @@ pub fn report(group: &Group, stats: &[Stats]) -> String {
     out
 }
 
-/// Runs every group; returns the whole report and the README's summary table.
-pub fn run_all(groups: &[Group], runs: usize, header: &str) -> (String, String) {
+/// One implementation of a memory workload.
+pub struct MemWorkload {
+    /// Shown in the table.
+    pub name: &'static str,
+    pub kind: Impl,
+    /// Runs the workload once, in processes of its own, and returns their peaks.
+    pub run: Box<dyn Fn() -> Peaks>,
+}
+
+impl std::fmt::Debug for MemWorkload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemWorkload")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemWorkload {
+    pub fn new(name: &'static str, kind: Impl, run: impl Fn() -> Peaks + 'static) -> Self {
+        MemWorkload {
+            name,
+            kind,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Workloads whose peak memory is compared.
+#[derive(Debug)]
+pub struct MemGroup {
+    pub title: &'static str,
+    /// What each workload does, for the reader.
+    pub operation: &'static str,
+    pub workloads: Vec<MemWorkload>,
+    /// Pairs `(multiproc workload, other workload)` whose worker peaks the report compares.
+    pub pairs: Vec<(&'static str, &'static str)>,
+    /// Said under the table.
+    pub notes: Vec<String>,
+    /// Rows for the README's summary: `(label, multiproc workload, peer workload)`,
+    /// comparing worker peaks.
+    pub headline: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+/// Peaks of one memory workload over its runs.
+#[derive(Clone, Debug)]
+pub struct MemStats {
+    pub name: &'static str,
+    pub kind: Impl,
+    pub runs: Vec<Peaks>,
+}
+
+impl MemStats {
+    /// The median of one of the peaks, in KiB (none if a run did not have it).
+    pub fn median(&self, field: fn(&Peaks) -> Option<u64>) -> Option<u64> {
+        let mut v: Vec<u64> = self.runs.iter().map(field).collect::<Option<_>>()?;
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
+
+    /// The median of the pool's whole footprint: parent, every worker, server.
+    fn total(&self, workers: u64) -> Option<u64> {
+        let mut v: Vec<u64> = self
+            .runs
+            .iter()
+            .map(|p| p.parent + workers * p.worker.unwrap_or(0) + p.server.unwrap_or(0))
+            .collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
+}
+
+fn parent(p: &Peaks) -> Option<u64> {
+    Some(p.parent)
+}
+
+fn worker(p: &Peaks) -> Option<u64> {
+    p.worker
+}
+
+fn server(p: &Peaks) -> Option<u64> {
+    p.server
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "—".to_string(),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    )
+}
+
+/// Runs a memory group `runs` times, interleaved.
+pub fn run_mem_group(group: &MemGroup, runs: usize) -> Vec<MemStats> {
+    let mut stats: Vec<MemStats> = group
+        .workloads
+        .iter()
+        .map(|w| MemStats {
+            name: w.name,
+            kind: w.kind,
+            runs: Vec::with_capacity(runs),
+        })
+        .collect();
+    for round in 0..runs {
+        for (w, s) in group.workloads.iter().zip(&mut stats) {
+            let peaks = (w.run)();
+            eprintln!(
+                "  [{}/{runs}] {:<34} parent {} worker {}",
+                round + 1,
+                w.name,
+                mib(Some(peaks.parent)),
+                mib(peaks.worker)
+            );
+            s.runs.push(peaks);
+        }
+    }
+    stats
+}
+
+/// The markdown section for a memory group.
+pub fn mem_report(group: &MemGroup, stats: &[MemStats]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## {}
+",
+        group.title
+    );
+    let _ = writeln!(
+        out,
+        "{} Peak resident set (`VmHWM`) of each process; medians of {} runs each, interleaved.\n",
+        group.operation,
+        stats.first().map_or(0, |s| s.runs.len()),
+    );
+    let workers = crate::memory::WORKERS as u64;
+    let _ = writeln!(
+        out,
+        "| implementation | parent | one worker | fork server | parent + {workers} workers + server |\n|---|---:|---:|---:|---:|"
+    );
+    for s in stats {
+        let name = match s.kind {
+            Impl::Multiproc => format!("**{}**", s.name),
+            Impl::Peer | Impl::Floor => s.name.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} |",
+            mib(s.median(parent)),
+            mib(s.median(worker)),
+            mib(s.median(server)),
+            mib(s.total(workers)),
+        );
+    }
+    out.push('\n');
+    let find = |name: &str| stats.iter().find(|s| s.name == name);
+    for (ours, theirs) in &group.pairs {
+        if let (Some(a), Some(b)) = (find(ours), find(theirs)) {
+            for (what, field) in [
+                ("worker", worker as fn(&Peaks) -> Option<u64>),
+                ("parent", parent),
+            ] {
+                if let (Some(x), Some(y)) = (a.median(field), b.median(field)) {
+                    let r = y as f64 / x.max(1) as f64;
+                    let (word, r) = if r >= 1.0 {
+                        ("smaller", r)
+                    } else {
+                        ("larger", 1.0 / r)
+                    };
+                    let _ = writeln!(
+                        out,
+                        "- {ours}: the {what}'s peak is **{r:.1}× {word}** than with {theirs} (medians)."
+                    );
+                }
+            }
+        }
+    }
+    for note in &group.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out.push('\n');
+    out
+}
+
+/// A ratio for the plot: how many times faster multiproc's workload is than another.
+#[derive(Clone, Debug)]
+pub struct Ratio {
+    /// Like `Pipe round trip: vs CPython Pipe`.
+    pub label: String,
+    /// The other's median over multiproc's: above 1, multiproc is faster.
+    pub speedup: f64,
+    /// Who the other is.
+    pub other: Impl,
+}
+
+/// What [`run_all`] produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The whole report, in markdown.
+    pub report: String,
+    /// The README's summary table.
+    pub summary: String,
+    /// Every pair's ratio, for the plot.
+    pub ratios: Vec<Ratio>,
+}
+
+/// Runs every group; returns the whole report (which shows the plot `plot`, a file
+/// beside it), the README's summary table and the ratios to plot.
+pub fn run_all(
+    groups: &[Group],
+    mem_groups: &[MemGroup],
+    runs: usize,
+    header: &str,
+    plot: &str,
+) -> Outcome {
     let started = Instant::now();
     let mut body = String::new();
+    let mut ratios = Vec::new();
     let mut summary = String::from("| | multiproc | peer | ratio |\n|---|---:|---:|---:|\n");
     for g in groups {
         eprintln!("{}", g.title);
         let stats = run_group(g, runs);
         body.push_str(&report(g, &stats));
+        for (ours, theirs) in &g.pairs {
+            if let (Some(a), Some(b)) = (find(&stats, ours), find(&stats, theirs)) {
+                ratios.push(Ratio {
+                    label: format!("{}: {ours} vs {theirs}", g.title),
+                    speedup: b.median().as_secs_f64() / a.median().as_secs_f64(),
+                    other: b.kind,
+                });
+            }
+        }
         for (label, ours, theirs) in &g.headline {
             if let (Some(a), Some(b)) = (find(&stats, ours), find(&stats, theirs)) {
                 let show = |s: &Stats| match g.rate {
@@ -323,11 +546,39 @@ pub fn run_all(groups: &[Group], runs: usize, header: &str) -> (String, String) 
             }
         }
     }
+    for g in mem_groups {
+        eprintln!("{}", g.title);
+        let stats = run_mem_group(g, runs);
+        body.push_str(&mem_report(g, &stats));
+        let find = |name: &str| stats.iter().find(|s| s.name == name);
+        for (label, ours, theirs) in &g.headline {
+            if let Some((a, b)) = find(ours)
+                .and_then(|a| a.median(worker))
+                .zip(find(theirs).and_then(|b| b.median(worker)))
+            {
+                let r = b as f64 / a.max(1) as f64;
+                let _ = writeln!(
+                    summary,
+                    "| {label} | {} | {} ({theirs}) | {:.1}× {} |",
+                    mib(Some(a)),
+                    mib(Some(b)),
+                    if r >= 1.0 { r } else { 1.0 / r },
+                    if r >= 1.0 { "smaller" } else { "larger" }
+                );
+            }
+        }
+    }
     let report = format!(
-        "{header}\nThe whole comparison took {:.0} s.\n\n{body}",
+        "{header}\nThe whole comparison took {:.0} s.\n\n\
+         ![How many times faster multiproc is than each peer and floor, per workload \
+         (log scale; bars left of 1× are slower)]({plot})\n\n{body}",
         started.elapsed().as_secs_f64()
     );
-    (report, summary)
+    Outcome {
+        report,
+        summary,
+        ratios,
+    }
 }
 
 /// Replaces the lines between `<!-- bench:start -->` and `<!-- bench:end -->` in `text`.

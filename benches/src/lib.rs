@@ -9,12 +9,13 @@
 
 pub mod compare;
 pub mod floor;
+pub mod plot;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use compare::{Check, Group, Impl, Rate, Target, Workload};
+use compare::{Check, Group, Impl, MemGroup, MemWorkload, Rate, Target, Workload};
 use multiproc::StartMethod;
 
 /// Calls this first in every benchmark binary's `main`: both libraries recognise their own
@@ -103,12 +104,7 @@ pub mod ipc {
     pub fn queue_small(n: u64) -> Duration {
         let q = Queue::new().expect("queue");
         let consumer = multiproc::spawn(get_small, (q.clone(), n)).expect("spawn");
-        let start = Instant::now();
-        for i in 0..n {
-            q.put(i).expect("put");
-        }
-        consumer.join().expect("consumer");
-        start.elapsed()
+        super::stream_to(consumer, n, |i| q.put(i).expect("put"))
     }
 
     /// As [`queue_small`], with messages of `size` bytes (encoded as bytes).
@@ -116,12 +112,9 @@ pub mod ipc {
         let q = Queue::new().expect("queue");
         let consumer = multiproc::spawn(get_bytes, (q.clone(), n)).expect("spawn");
         let msg = vec![7u8; size];
-        let start = Instant::now();
-        for _ in 0..n {
+        super::stream_to(consumer, n, |_| {
             q.put(ByteBuf::from(msg.clone())).expect("put");
-        }
-        consumer.join().expect("consumer");
-        start.elapsed()
+        })
     }
 
     fn pong(conn: Connection<u64, u64>) {
@@ -134,17 +127,120 @@ pub mod ipc {
     pub fn pipe_round_trip(n: u64) -> Duration {
         let (ours, theirs) = multiproc::duplex::<u64, u64>().expect("pipe");
         let child = multiproc::spawn(pong, theirs).expect("spawn");
-        ours.send(0).expect("send");
-        let mut x = ours.recv().expect("recv");
-        let start = Instant::now();
+        super::ping_pong(child, n, ours, |c, x| {
+            c.send(x).expect("send");
+            c.recv().expect("recv")
+        })
+    }
+}
+
+/// Times `n` round trips through `ends` (`round_trip` sends a number and returns the
+/// answer) after one untimed, then drops `ends`, which ends `child`, and joins it.
+fn ping_pong<E>(
+    child: multiproc::JoinHandle<()>,
+    n: u64,
+    ends: E,
+    round_trip: impl Fn(&E, u64) -> u64,
+) -> Duration {
+    let mut x = round_trip(&ends, 0);
+    let start = Instant::now();
+    for _ in 0..n {
+        x = round_trip(&ends, x);
+    }
+    let elapsed = start.elapsed();
+    drop(ends);
+    child.join().expect("pong");
+    elapsed
+}
+
+/// Times `n` calls of `send` (given 0, 1, ...), until `consumer`, which takes them all,
+/// has exited.
+fn stream_to(consumer: multiproc::JoinHandle<()>, n: u64, mut send: impl FnMut(u64)) -> Duration {
+    let start = Instant::now();
+    for i in 0..n {
+        send(i);
+    }
+    consumer.join().expect("consumer");
+    start.elapsed()
+}
+
+/// Servo's ipc-channel, the peer for channels between processes: typed channels over
+/// Unix sockets, set up through a one-shot server whose name the child is given.
+pub mod ipc_channel {
+    use super::*;
+    use ::ipc_channel::ipc::{
+        self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+    };
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// Starts a multiproc child running `child((server name, n))` and returns it with what
+    /// it sent to the one-shot server: the child's ends of its channels.
+    fn start<T: Serialize + DeserializeOwned>(
+        child: fn((String, u64)),
+        n: u64,
+    ) -> (multiproc::JoinHandle<()>, T) {
+        let (server, name) = IpcOneShotServer::<T>::new().expect("one-shot server");
+        let process = multiproc::spawn(child, (name, n)).expect("spawn");
+        let (_, ends) = server.accept().expect("accept");
+        (process, ends)
+    }
+
+    fn boot<T: Serialize>(name: String, ends: T) {
+        IpcSender::connect(name)
+            .expect("connect")
+            .send(ends)
+            .expect("send the channel ends");
+    }
+
+    fn get_small((name, n): (String, u64)) {
+        let (tx, rx) = ipc::channel::<u64>().expect("channel");
+        boot(name, tx);
         for _ in 0..n {
-            ours.send(x).expect("send");
-            x = ours.recv().expect("recv");
+            rx.recv().expect("recv");
         }
-        let elapsed = start.elapsed();
-        drop(ours);
-        child.join().expect("pong");
-        elapsed
+    }
+
+    fn get_bytes((name, n): (String, u64)) {
+        let (tx, rx): (IpcBytesSender, IpcBytesReceiver) =
+            ipc::bytes_channel().expect("bytes channel");
+        boot(name, tx);
+        for _ in 0..n {
+            rx.recv().expect("recv");
+        }
+    }
+
+    fn pong((name, _): (String, u64)) {
+        let (in_tx, in_rx) = ipc::channel::<u64>().expect("channel");
+        let (out_tx, out_rx) = ipc::channel::<u64>().expect("channel");
+        boot(name, (in_tx, out_rx));
+        while let Ok(x) = in_rx.recv() {
+            out_tx.send(x + 1).expect("send");
+        }
+    }
+
+    /// As [`ipc::queue_small`](super::ipc::queue_small), over an `IpcSender<u64>`.
+    pub fn small(n: u64) -> Duration {
+        let (consumer, tx) = start::<IpcSender<u64>>(get_small, n);
+        super::stream_to(consumer, n, |i| tx.send(i).expect("send"))
+    }
+
+    /// As [`ipc::queue_bytes`](super::ipc::queue_bytes), over an `IpcBytesSender` (raw
+    /// bytes, no serde).
+    pub fn bytes(size: usize, n: u64) -> Duration {
+        let (consumer, tx) = start::<IpcBytesSender>(get_bytes, n);
+        let msg = vec![7u8; size];
+        super::stream_to(consumer, n, |_| tx.send(&msg).expect("send"))
+    }
+
+    /// As [`ipc::pipe_round_trip`](super::ipc::pipe_round_trip), over a pair of typed
+    /// channels.
+    pub fn round_trip(n: u64) -> Duration {
+        let (child, ends) = start::<(IpcSender<u64>, IpcReceiver<u64>)>(pong, n);
+        super::ping_pong(child, n, ends, |(tx, rx), x| {
+            tx.send(x).expect("send");
+            rx.recv().expect("recv")
+        })
     }
 }
 
@@ -415,6 +511,141 @@ pub mod pool {
     }
 }
 
+/// Peak resident memory of a 4-worker pool: of the process that owns it and of one
+/// worker. Each measurement runs in a fresh `multiproc-bench rss IMPL` process, so that
+/// nothing else this benchmark did is counted.
+pub mod memory {
+    use super::*;
+    use multiproc::{Pool, StartMethod};
+
+    /// Workers in the pool.
+    pub const WORKERS: usize = 4;
+    /// Trivial tasks the pool runs before anything is read.
+    pub const TASKS: u64 = 1000;
+
+    /// Peak resident set (`VmHWM`) of `/proc/<pid>/status`, in KiB (`pid` may be `self`).
+    pub fn peak_kib(pid: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The task that reports its worker's peak.
+    pub fn worker_peak(_: u64) -> u64 {
+        peak_kib("self")
+    }
+
+    /// The `rss` subcommand: starts a pool of [`WORKERS`], runs [`TASKS`] trivial tasks,
+    /// asks workers for their peak, and prints `PARENT_KIB WORKER_KIB SERVER_KIB` (`-`
+    /// where the pool has no worker processes or no server).
+    pub fn main(which: &str) {
+        let worker = match which {
+            "multiproc-forkserver" | "multiproc-spawn" => {
+                let method = if which == "multiproc-spawn" {
+                    StartMethod::Spawn
+                } else {
+                    StartMethod::ForkServer
+                };
+                let pool = Pool::builder()
+                    .processes(WORKERS)
+                    .start_method(method)
+                    .build()
+                    .expect("pool");
+                pool.map(pool::square, 0..TASKS).expect("map");
+                let peaks = pool
+                    .map_chunked(worker_peak, 0..4 * WORKERS as u64, 1)
+                    .expect("peaks");
+                peaks.into_iter().max()
+            }
+            "procspawn" => {
+                let pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
+                let tasks: Vec<_> = (0..TASKS).map(|x| pool.spawn(x, pool::square)).collect();
+                for t in tasks {
+                    t.join().expect("task");
+                }
+                let peaks: Vec<_> = (0..4 * WORKERS as u64)
+                    .map(|x| pool.spawn(x, worker_peak))
+                    .collect();
+                let peak = peaks.into_iter().map(|t| t.join().expect("peak")).max();
+                pool.shutdown();
+                peak
+            }
+            "rayon" => {
+                use rayon::prelude::*;
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(WORKERS)
+                    .build()
+                    .expect("rayon pool");
+                let out: Vec<u64> =
+                    pool.install(|| (0..TASKS).into_par_iter().map(pool::square).collect());
+                assert_eq!(out.len() as u64, TASKS);
+                None
+            }
+            other => {
+                eprintln!("unknown pool {other:?}");
+                std::process::exit(2);
+            }
+        };
+        // multiproc's fork server is this process's child named `mp-forkserver` (its
+        // spare children, named the same until they are used, are the server's).
+        let server = which
+            .starts_with("multiproc")
+            .then(|| {
+                children("self")
+                    .into_iter()
+                    .find(|pid| comm(pid) == "mp-forkserver")
+            })
+            .flatten()
+            .map(|pid| peak_kib(&pid));
+        let show = |k: Option<u64>| k.map_or_else(|| "-".to_string(), |k| k.to_string());
+        println!("{} {} {}", peak_kib("self"), show(worker), show(server));
+    }
+
+    fn children(pid: &str) -> Vec<String> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| c.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn comm(pid: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Peaks in KiB of one pool's processes.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Peaks {
+        /// The process that owns the pool.
+        pub parent: u64,
+        /// The largest of its workers (none for a thread pool).
+        pub worker: Option<u64>,
+        /// The server workers are forked from, where there is one.
+        pub server: Option<u64>,
+    }
+
+    /// Runs `command`, which prints `PARENT_KIB WORKER_KIB SERVER_KIB` (`-` for none).
+    pub fn measure(command: &mut Command) -> Peaks {
+        let text = super::stdout_of(command);
+        let mut fields = text.split_whitespace().map(|f| f.parse().ok());
+        Peaks {
+            parent: fields.next().flatten().expect("the parent's peak"),
+            worker: fields.next().flatten(),
+            server: fields.next().flatten(),
+        }
+    }
+}
+
 /// CPython's `multiprocessing`, through the scripts in `python/`.
 pub mod python {
     use super::*;
@@ -450,8 +681,8 @@ pub mod python {
     }
 }
 
-/// Runs a command that prints the seconds its own timed loop took, and returns them.
-fn timed_command(command: &mut Command) -> Duration {
+/// Runs a command that must succeed, and returns what it printed.
+fn stdout_of(command: &mut Command) -> String {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("{command:?}: {e}"));
@@ -460,7 +691,12 @@ fn timed_command(command: &mut Command) -> Duration {
         "{command:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that prints the seconds its own timed loop took, and returns them.
+fn timed_command(command: &mut Command) -> Duration {
+    let secs: f64 = stdout_of(command)
         .trim()
         .parse()
         .expect("the command prints seconds");
@@ -568,6 +804,65 @@ pub fn groups(exe: &Path) -> Vec<Group> {
     groups.extend(pool_groups(python));
     groups.push(manager_group(exe, python));
     groups
+}
+
+/// The memory comparison: a 4-worker pool of each kind, each in a fresh process.
+pub fn mem_groups(exe: &Path) -> Vec<MemGroup> {
+    let ours = |which: &'static str| {
+        let exe = exe.to_path_buf();
+        move || memory::measure(Command::new(&exe).arg("rss").arg(which))
+    };
+    let mut w = vec![
+        MemWorkload::new(
+            "multiproc Pool (ForkServer)",
+            Impl::Multiproc,
+            ours("multiproc-forkserver"),
+        ),
+        MemWorkload::new(
+            "multiproc Pool (Spawn)",
+            Impl::Multiproc,
+            ours("multiproc-spawn"),
+        ),
+        MemWorkload::new("procspawn Pool", Impl::Peer, ours("procspawn")),
+        MemWorkload::new("rayon (4 threads)", Impl::Peer, ours("rayon")),
+    ];
+    let python = python::available();
+    if python {
+        for (name, method) in [
+            ("CPython Pool (fork)", "fork"),
+            ("CPython Pool (forkserver)", "forkserver"),
+            ("CPython Pool (spawn)", "spawn"),
+        ] {
+            w.push(MemWorkload::new(name, Impl::Peer, move || {
+                memory::measure(
+                    Command::new("python3")
+                        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/mp_rss.py"))
+                        .arg(method),
+                )
+            }));
+        }
+    }
+    vec![MemGroup {
+        title: "Memory: a 4-worker pool",
+        operation: "Start a pool of 4 workers, run 1,000 trivial tasks, then ask 16 tasks for their worker's peak; each row runs in a fresh process of its own (`multiproc-bench rss IMPL`, `python/mp_rss.py METHOD`).",
+        workloads: w,
+        pairs: vec![
+            ("multiproc Pool (ForkServer)", "CPython Pool (fork)"),
+            ("multiproc Pool (ForkServer)", "CPython Pool (forkserver)"),
+            ("multiproc Pool (Spawn)", "CPython Pool (spawn)"),
+            ("multiproc Pool (ForkServer)", "procspawn Pool"),
+        ],
+        notes: vec![
+            "RSS counts pages shared between processes (a forked worker's copy-on-write pages, the binary's code) in each of them, so the last column overstates what the machine spends; it is the figure a process monitor shows.".into(),
+            "multiproc's fork server starts with `multiproc::init()` whichever start method a pool uses: Spawn workers are exec'd from it. The parent here is the `multiproc-bench` binary, which links procspawn, rayon and ipc-channel as well.".into(),
+            "rayon runs its tasks on threads in the parent: it has no worker process to measure.".into(),
+            python::version().map_or_else(
+                || "python3 was not found: the CPython rows are missing.".to_string(),
+                |v| format!("CPython: {v}."),
+            ),
+        ],
+        headline: vec![("peak RSS of one pool worker", "multiproc Pool (ForkServer)", "CPython Pool (fork)")],
+    }]
 }
 
 fn manager_group(exe: &Path, python: bool) -> Group {
@@ -754,7 +1049,7 @@ fn pool_groups(python: bool) -> Vec<Group> {
                 ("multiproc Pool::map_chunked(1)", "CPython Pool.map(chunksize=1)"),
             ],
             notes: vec![
-                "Every task is its own message each way: the pool keeps each worker's queue a few tasks deep, in batches. The 500 k tasks/s target is missed on this 2-CPU machine: per task the parent encodes and queues the job, routes the outcome (the waiting thread routes outcomes itself while it waits, besides the pool's manager thread) and decodes it, and the two workers run on the same two CPUs; the per-task cost in the parent (about 2 µs of CPU) bounds the rate. `map_chunked(1)` submits every task at once and comes closer.".into(),
+                "Every task is its own message each way: the pool keeps each worker's queue up to 128 tasks deep (about 200 µs of work), filled in batches. Per task the parent encodes and queues the job, routes the outcome (the waiting thread routes outcomes itself while it waits, besides the pool's manager thread) and decodes it, while the two workers run on the same two CPUs: here the parent's share bounds the rate, and runs vary more than in other groups (see min and max). `map_chunked(1)` submits every task at once.".into(),
                 cpython.clone(),
             ],
             headline: vec![("Pool imap, one task per item", "multiproc Pool::imap", "CPython Pool.imap")],
@@ -969,6 +1264,21 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
         50_000,
         ipc::pipe_round_trip,
     )];
+    small.push(Workload::new(
+        "ipc-channel",
+        Impl::Peer,
+        200_000,
+        ipc_channel::small,
+    ));
+    large.push(Workload::new("ipc-channel", Impl::Peer, 500, |n| {
+        ipc_channel::bytes(1 << 20, n)
+    }));
+    rtt.push(Workload::new(
+        "ipc-channel",
+        Impl::Peer,
+        20_000,
+        ipc_channel::round_trip,
+    ));
     if python {
         small.push(Workload::new(
             "CPython Queue",
@@ -1025,10 +1335,11 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             }],
             pairs: vec![
                 ("multiproc Queue", "CPython Queue"),
+                ("multiproc Queue", "ipc-channel"),
                 ("multiproc Queue", "pipe, one write per message"),
             ],
             notes: vec![
-                "multiproc's queue moves messages through shared memory and makes no system call while both sides keep up; the floor makes one `write` per message.".into(),
+                "multiproc's queue moves messages through shared memory and makes no system call while both sides keep up; ipc-channel sends each message over a Unix socket (`IpcSender<u64>`); the floor makes one `write` per message.".into(),
                 cpython.clone(),
             ],
             headline: vec![("queue, small messages", "multiproc Queue", "CPython Queue")],
@@ -1046,10 +1357,11 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             }],
             pairs: vec![
                 ("multiproc Queue", "CPython Queue"),
+                ("multiproc Queue", "ipc-channel"),
                 ("multiproc Queue", "pipe, one write per message"),
             ],
             notes: vec![
-                "The messages are `serde_bytes::ByteBuf`: a plain `Vec<u8>` is encoded element by element, about 30 times slower (see `crates/multiproc/src/ipc/channel/README.md`).".into(),
+                "The messages are `serde_bytes::ByteBuf`: a plain `Vec<u8>` is encoded element by element, about 30 times slower (see `crates/multiproc/src/ipc/channel/README.md`). ipc-channel's row uses its `IpcBytesSender`, which sends raw bytes without serde.".into(),
                 cpython.clone(),
             ],
             headline: vec![("queue, 1 MiB messages", "multiproc Queue", "CPython Queue")],
@@ -1067,6 +1379,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             }],
             pairs: vec![
                 ("multiproc duplex pipe", "CPython Pipe"),
+                ("multiproc duplex pipe", "ipc-channel"),
                 ("multiproc duplex pipe", "pipe ping-pong"),
             ],
             notes: vec![
@@ -1093,7 +1406,8 @@ pub fn header(runs: usize) -> String {
     let kernel = command_line("uname", &["-sr"]);
     let rustc = command_line("rustc", &["--version"]);
     let python = python::version().unwrap_or_else(|| "not found".into());
-    let procspawn = locked_version("procspawn").unwrap_or_else(|| "?".into());
+    let [procspawn, ipc_channel, rayon] = ["procspawn", "ipc-channel", "rayon"]
+        .map(|c| locked_version(c).unwrap_or_else(|| "?".into()));
     format!(
         "# Benchmarks\n\n\
          Every number below comes from one run of\n\n\
@@ -1106,7 +1420,9 @@ pub fn header(runs: usize) -> String {
          | rustc | {rustc} |\n\
          | multiproc | {} |\n\
          | CPython | {python} |\n\
-         | procspawn | {procspawn} |\n",
+         | procspawn | {procspawn} |\n\
+         | ipc-channel | {ipc_channel} |\n\
+         | rayon | {rayon} |\n",
         env!("CARGO_PKG_VERSION")
     )
 }

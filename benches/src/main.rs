@@ -1,5 +1,5 @@
 //! `multiproc-bench --compare`: every benchmark workload, side by side with its peers, in
-//! one run; writes `BENCHMARKS.md`.
+//! one run; writes `BENCHMARKS.md` and the plot it shows, `BENCHMARKS.svg`.
 //!
 //! ```text
 //! cargo run --release -p multiproc-bench -- --compare            # writes BENCHMARKS.md
@@ -18,6 +18,11 @@ fn main() {
         return;
     }
     let _guard = multiproc_bench::init();
+    if first.as_deref() == Some("rss") {
+        // A fresh process, so that only the pool is counted.
+        multiproc_bench::memory::main(&args.next().unwrap_or_default());
+        return;
+    }
     let mut runs = 5;
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     let mut compare = false;
@@ -44,17 +49,30 @@ fn main() {
     }
     let exe = std::env::current_exe().expect("own path");
     let mut groups = multiproc_bench::groups(&exe);
+    let mut mem_groups = multiproc_bench::mem_groups(&exe);
     if let Some(only) = &only {
         // A partial run is for looking at, not for the report or the README.
-        groups.retain(|g| g.title.to_lowercase().contains(&only.to_lowercase()));
+        let only = only.to_lowercase();
+        groups.retain(|g| g.title.to_lowercase().contains(&only));
+        mem_groups.retain(|g| g.title.to_lowercase().contains(&only));
         if out.ends_with("BENCHMARKS.md") {
             out = std::env::temp_dir().join("multiproc-bench-partial.md");
         }
     }
     let header = multiproc_bench::header(runs);
-    let (report, summary) = multiproc_bench::compare::run_all(&groups, runs, &header);
-    std::fs::write(&out, report).expect("write the report");
+    // The plot lies beside the report, which shows it by its file name.
+    let plot = out.with_extension("svg");
+    let plot_name = plot.file_name().map_or_else(
+        || "BENCHMARKS.svg".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let outcome =
+        multiproc_bench::compare::run_all(&groups, &mem_groups, runs, &header, &plot_name);
+    std::fs::write(&out, &outcome.report).expect("write the report");
     eprintln!("wrote {}", out.display());
+    multiproc_bench::plot::ratios(&outcome.ratios, &plot).expect("draw the plot");
+    eprintln!("wrote {}", plot.display());
+    let summary = outcome.summary;
     if only.is_some() {
         return;
     }
