@@ -354,21 +354,23 @@ pub struct MemStats {
 impl MemStats {
     /// The median of one of the peaks, in KiB (none if a run did not have it).
     pub fn median(&self, field: fn(&Peaks) -> Option<u64>) -> Option<u64> {
-        let mut v: Vec<u64> = self.runs.iter().map(field).collect::<Option<_>>()?;
-        v.sort_unstable();
-        v.get(v.len() / 2).copied()
+        median_of(self.runs.iter().map(field).collect::<Option<_>>()?)
     }
 
     /// The median of the pool's whole footprint: parent, every worker, server.
     fn total(&self, workers: u64) -> Option<u64> {
-        let mut v: Vec<u64> = self
-            .runs
-            .iter()
-            .map(|p| p.parent + workers * p.worker.unwrap_or(0) + p.server.unwrap_or(0))
-            .collect();
-        v.sort_unstable();
-        v.get(v.len() / 2).copied()
+        median_of(
+            self.runs
+                .iter()
+                .map(|p| p.parent + workers * p.worker.unwrap_or(0) + p.server.unwrap_or(0))
+                .collect(),
+        )
     }
+}
+
+fn median_of(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
 }
 
 fn parent(p: &Peaks) -> Option<u64> {
@@ -420,12 +422,7 @@ pub fn run_mem_group(group: &MemGroup, runs: usize) -> Vec<MemStats> {
 /// The markdown section for a memory group.
 pub fn mem_report(group: &MemGroup, stats: &[MemStats]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "## {}
-",
-        group.title
-    );
+    let _ = writeln!(out, "## {}\n", group.title);
     let _ = writeln!(
         out,
         "{} Peak resident set (`VmHWM`) of each process; medians of {} runs each, interleaved.\n",

@@ -529,11 +529,6 @@ fn deliver(deliveries: Vec<Delivery>) {
         {
             run.push((slot, outcome));
         }
-        if run.len() == 1 {
-            let (slot, outcome) = run.remove(0);
-            sink.deliver(slot, outcome);
-        } else {
-            sink.deliver_many(run);
-        }
+        sink.deliver_many(run);
     }
 }
