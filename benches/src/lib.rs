@@ -901,11 +901,21 @@ fn manager_group(exe: &Path, python: bool) -> Group {
         operation: "one dict operation (a set or a get) on a manager's dict, two client processes at once, counted over both",
         bench: "manager",
         workloads: w,
-        targets: vec![Target {
-            workload: "multiproc Manager, Unix socket",
-            text: "≥ 10× CPython's Manager dict (≈ 31 k ops/s there: ≥ 310 k ops/s)",
-            met: Check::Median(|d| d.as_secs_f64() <= 1.0 / 310e3),
-        }],
+        targets: vec![
+            Target {
+                workload: "multiproc Manager, Unix socket",
+                text: "≥ 10× CPython's Manager dict, measured in this run",
+                met: Check::Relative {
+                    of: "CPython Manager().dict()",
+                    ratio: 10.0,
+                },
+            },
+            Target {
+                workload: "multiproc Manager, Unix socket",
+                text: "≥ 310 k ops/s (10× the 31 k ops/s CPython did on the machine the goal was set on)",
+                met: Check::Median(|d| d.as_secs_f64() <= 1.0 / 310e3),
+            },
+        ],
         pairs: vec![
             ("multiproc Manager, Unix socket", "CPython Manager().dict()"),
             ("multiproc Manager, TCP loopback", "CPython Manager().dict()"),
@@ -913,6 +923,7 @@ fn manager_group(exe: &Path, python: bool) -> Group {
         ],
         notes: vec![
             "Every operation is a request and a response between a client process and the server process (a thread per connection there), as in CPython; the floor is one round trip between two processes over a pipe, with nothing decoded or stored.".into(),
+            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run; over TCP, requests and responses are frames on the socket. Two clients and two connection threads share two CPUs here: waiters yield the CPU rather than spin.".into(),
             python::version().map_or_else(
                 || "python3 was not found: the CPython row is missing.".to_string(),
                 |v| format!("CPython: {v}, `fork` context."),

@@ -1,7 +1,10 @@
 //! Managers with real processes: every proxy type between processes, atomic updates from
 //! four processes, the remote pair over TCP with the right and a wrong key, a client
 //! SIGKILLed holding a managed lock, the server SIGKILLed under load, a SIGKILLed owner,
-//! and fuzzed frames against a live server. After each test no server process is left.
+//! and fuzzed frames against a live server; the shared-memory transport of local clients
+//! with large and oversized requests, raw peers that ask for it and vanish, many threads
+//! at once, and an in-process server that stops. After each test no server process is
+//! left.
 #![allow(unsafe_code)] // tests kill processes with kill(2)
 
 mod common;
@@ -56,6 +59,22 @@ fn main() {
             ),
             trial("fuzzed_frames_against_live_server", fuzzed_frames),
             trial("nothing_left_behind", nothing_left_behind),
+            trial(
+                "local_big_and_oversized_requests",
+                local_big_and_oversized_requests,
+            ),
+            trial(
+                "local_requested_raw_then_dropped",
+                local_requested_raw_then_dropped,
+            ),
+            trial(
+                "local_connections_capped_per_process",
+                local_connections_capped_per_process,
+            ),
+            trial(
+                "in_process_server_stop_disconnects_local_clients",
+                in_process_server_stop_disconnects_local_clients,
+            ),
         ],
         helpers,
         Duration::from_secs(600),
@@ -774,4 +793,107 @@ fn nothing_left_behind() {
         "descriptors grew from {fds} to {}",
         common::fd_count()
     );
+}
+
+/// The number of descriptors process `pid` has open.
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn local_big_and_oversized_requests() {
+    let m = Manager::builder().max_frame(512 * 1024).start().unwrap();
+    let d = m.dict::<u8, Vec<u8>>().unwrap();
+    // Larger than half a local connection's ring: out of line, both ways.
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    d.insert(1, big.clone()).unwrap();
+    assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+    // Over the server's limit: that connection is closed, nothing is executed...
+    let err = d.insert(2, vec![7; 1024 * 1024]).unwrap_err();
+    assert!(err.is_disconnected(), "{err}");
+    // ... and the next call opens a new one.
+    assert_eq!(d.keys().unwrap(), [1]);
+    assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+}
+
+fn local_requested_raw_then_dropped() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(0, 0).unwrap();
+    let server = m.server_pid().unwrap();
+    let before = fds_of(server);
+    for round in 0..20 {
+        let mut s = raw_authenticated(&m);
+        // `Request::Local`: answered with descriptors, which a plain read discards.
+        write_frame(&mut s, &[3]);
+        let answer = read_frame(&mut s).expect("the server answers");
+        assert!(!answer.is_empty());
+        if round % 2 == 0 {
+            // A moved connection reads nothing more from the socket.
+            write_frame(&mut s, &[2]);
+            write_frame(&mut s, &[0xff; 9]);
+        }
+        drop(s);
+        d.insert(round, round).unwrap();
+    }
+    assert_eq!(d.len().unwrap(), 20);
+    // Every raw connection's thread and channels are gone from the server.
+    assert!(
+        common::eventually(Duration::from_secs(10), || fds_of(server) <= before),
+        "the server's descriptors grew from {before} to {}",
+        fds_of(server)
+    );
+}
+
+fn local_connections_capped_per_process() {
+    const THREADS: usize = 24;
+    let m = Manager::start().unwrap();
+    let b = m.barrier(THREADS as u64 + 1).unwrap();
+    assert_eq!(b.parties().unwrap(), THREADS + 1);
+    let fds = common::fd_count();
+    for _ in 0..2 {
+        // Every thread waits in the server at once, each on a connection of its own.
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || b.wait_timeout(T))
+            })
+            .collect();
+        b.wait_timeout(T).unwrap();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+    }
+    // The connections stay open for later calls: about 17 descriptors for each of at
+    // most 16 local ones, one for each of the others (25 local ones would take 425).
+    let grown = common::fd_count() - fds;
+    assert!(
+        grown >= THREADS,
+        "only {grown} descriptors for {THREADS} connections"
+    );
+    assert!(grown <= 16 * 17 + THREADS + 8, "{grown} descriptors");
+}
+
+fn in_process_server_stop_disconnects_local_clients() {
+    let server = Manager::builder().serve().unwrap();
+    let m = server.manager().unwrap();
+    let q = m.queue::<u8>().unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let q2 = q.clone();
+    let (connected, ready) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        // Connected before the server stops (a connection refused half-way through its
+        // handshake is another test's matter); then waiting in the server, or about to.
+        q2.len().unwrap();
+        connected.send(()).unwrap();
+        q2.get_timeout(T)
+    });
+    ready.recv_timeout(T).unwrap();
+    let t = Instant::now();
+    drop(server);
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(err.is_disconnected(), "{err:?}");
+    let err = d.get(&1).unwrap_err();
+    assert!(err.is_disconnected(), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }

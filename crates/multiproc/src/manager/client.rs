@@ -4,22 +4,28 @@
 //! only its own connection.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use super::Address;
+use super::local::{self, Local, Slot};
 use super::wire::{self, FrameError, Framed, Request, Response, Stream};
 use crate::error::ManagerError;
 use crate::ipc::codec;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Local connections (on shared-memory channels) a process keeps to one server, at
+/// most: a process whose many threads call at once opens as many connections, and each
+/// local one holds [`local::FDS_PER_LOCAL`] descriptors. Connections past it stay on
+/// the socket.
+const MAX_LOCAL: usize = 16;
 
 /// This process's session id (new in a forked child): how the server tells client
 /// processes apart, to release the locks of one that dies.
 fn session() -> u64 {
     static SESSION: Mutex<Option<(u32, u64)>> = Mutex::new(None);
-    let pid = std::process::id();
+    let pid = crate::sys::process_id();
     let mut s = SESSION.lock().unwrap_or_else(PoisonError::into_inner);
     match *s {
         Some((p, id)) if p == pid => id,
@@ -50,7 +56,9 @@ pub(crate) struct Client {
     pub(crate) key: Vec<u8>,
     /// Idle connections, and the pid that opened them (a forked child must not share
     /// its parent's connections).
-    idle: Mutex<(u32, Vec<Framed>)>,
+    idle: Mutex<(u32, Vec<Conn>)>,
+    /// Local connections open.
+    locals: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Client {
@@ -75,16 +83,17 @@ impl Client {
         let c = Arc::new(Client {
             address: address.clone(),
             key: key.to_vec(),
-            idle: Mutex::new((std::process::id(), Vec::new())),
+            idle: Mutex::new((crate::sys::process_id(), Vec::new())),
+            locals: Arc::new(AtomicUsize::new(0)),
         });
         clients.push(Arc::downgrade(&c));
         c
     }
 
-    fn checkout(&self) -> Result<Framed, ManagerError> {
+    fn checkout(&self) -> Result<Conn, ManagerError> {
         {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let pid = std::process::id();
+            let pid = crate::sys::process_id();
             if idle.0 != pid {
                 *idle = (pid, Vec::new());
             }
@@ -95,25 +104,40 @@ impl Client {
         self.open()
     }
 
-    fn checkin(&self, conn: Framed) {
+    fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.0 == std::process::id() {
+        if idle.0 == crate::sys::process_id() {
             idle.1.push(conn);
         }
     }
 
-    /// Opens and authenticates a new connection.
-    pub(crate) fn open(&self) -> Result<Framed, ManagerError> {
+    /// Opens and authenticates a new connection; over a Unix socket, moves it onto
+    /// shared-memory channels.
+    pub(crate) fn open(&self) -> Result<Conn, ManagerError> {
         let stream = connect(&self.address).map_err(ManagerError::from_io)?;
-        let mut conn = Framed::new(stream);
-        conn.stream()
+        let mut framed = Framed::new(stream);
+        framed
+            .stream()
             .set_read_timeout(Some(wire::HANDSHAKE_TIMEOUT))
             .map_err(ManagerError::Io)?;
-        wire::client_handshake(&mut conn, &self.key, session())?;
-        conn.stream()
+        wire::client_handshake(&mut framed, &self.key, session())?;
+        let slot = Slot::take(
+            &self.locals,
+            if self.address.is_local() {
+                MAX_LOCAL
+            } else {
+                0
+            },
+        );
+        let local = match slot {
+            Some(slot) => local::request(&mut framed)?.map(|l| (l, slot)),
+            None => None,
+        };
+        framed
+            .stream()
             .set_read_timeout(None)
             .map_err(ManagerError::Io)?;
-        Ok(conn)
+        Ok(Conn { framed, local })
     }
 
     /// Checks that the server answers.
@@ -129,6 +153,29 @@ impl Client {
     /// Sends `request` and waits for the response; a fault is an error.
     pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
         let mut conn = self.checkout()?;
+        let response = conn.call(request)?;
+        self.checkin(conn);
+        match response {
+            Response::Fault(f) => Err(f.into()),
+            r => Ok(r),
+        }
+    }
+}
+
+/// An authenticated connection: its socket, and for a local client the shared-memory
+/// channels its calls travel through.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    framed: Framed,
+    local: Option<(Local, Slot)>,
+}
+
+impl Conn {
+    fn call(&mut self, request: &Request) -> Result<Response, ManagerError> {
+        if let Some((local, _)) = &self.local {
+            return local.call(request);
+        }
+        let conn = &mut self.framed;
         conn.send(request).map_err(ManagerError::from_io)?;
         match conn.recv(u32::MAX) {
             Ok(()) => {}
@@ -136,14 +183,9 @@ impl Client {
             Err(FrameError::Oversized(_)) => unreachable!("no frame is over u32::MAX"),
             Err(FrameError::Io(e)) => return Err(ManagerError::from_io(e)),
         }
-        let response: Response = codec::decode(&conn.body, Vec::new()).map_err(|e| {
+        codec::decode(&conn.body, Vec::new()).map_err(|e| {
             ManagerError::Protocol(format!("the server sent a malformed response: {e}"))
-        })?;
-        self.checkin(conn);
-        match response {
-            Response::Fault(f) => Err(f.into()),
-            r => Ok(r),
-        }
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod client;
+mod local;
 mod objects;
 mod proxy;
 mod server;
@@ -47,6 +48,14 @@ pub enum Address {
     /// A name in Linux's abstract socket namespace: no file is created, and nothing is
     /// left behind however the server ends.
     Abstract(Vec<u8>),
+}
+
+impl Address {
+    /// Whether it is a Unix socket: a client on the same machine, whose calls can
+    /// travel through shared memory.
+    pub(crate) fn is_local(&self) -> bool {
+        !matches!(self, Address::Tcp(_))
+    }
 }
 
 impl From<SocketAddr> for Address {
@@ -355,6 +364,8 @@ struct ServerArgs {
 }
 
 fn serve_child<R: Registry>(args: ServerArgs) {
+    // Each client connection costs descriptors here.
+    crate::sys::raise_fd_limit();
     let shared = Shared::new(args.key.0, args.max_frame, ctors::<R>());
     shared.run(&args.listener.0);
 }

@@ -4,13 +4,29 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
+use super::local::{self, Ended, Local, Slot};
 use super::objects::{Object, Peer};
 use super::wire::{self, FrameError, Framed, Kind, Refused, Request, Response, Stream};
 use super::{Address, ErasedObject};
 use crate::ipc::codec;
+use crate::wait::Wait;
+
+/// How often a connection thread waiting on a local client's channel looks whether the
+/// server is stopping.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// What a connection thread does next.
+enum Next {
+    Request(Request),
+    /// Nothing came yet (a local connection): look again.
+    Idle,
+    /// The connection is over.
+    End,
+}
 
 /// Makes a registered custom object from its encoded initial value.
 pub(crate) type Ctor = fn(&[u8]) -> Result<Box<dyn ErasedObject>, String>;
@@ -78,6 +94,9 @@ pub(crate) struct Shared {
     ctors: HashMap<String, Ctor>,
     conns: Mutex<HashMap<u64, Stream>>,
     next_conn: AtomicU64,
+    /// Local connections open, and how many the descriptor limit allows.
+    locals: Arc<AtomicUsize>,
+    max_locals: usize,
     stopping: AtomicBool,
 }
 
@@ -99,6 +118,11 @@ impl Shared {
             ctors,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            locals: Arc::new(AtomicUsize::new(0)),
+            // Half the descriptors at most, the rest for sockets and everything else.
+            max_locals: crate::sys::fd_limit().map_or(usize::MAX, |n| {
+                usize::try_from(n / 2).unwrap_or(usize::MAX) / local::FDS_PER_LOCAL
+            }),
             stopping: AtomicBool::new(false),
         })
     }
@@ -181,34 +205,33 @@ impl Shared {
     }
 
     fn serve_session(&self, conn: &mut Framed, session: u64, peer: &str) {
+        let mut local: Option<(Local, Slot)> = None;
         loop {
-            match conn.recv(self.max_frame) {
-                Ok(()) => {}
-                Err(FrameError::Closed) => return,
-                Err(FrameError::Oversized(n)) => {
-                    tracing::warn!(
-                        "manager: closing {peer}: a frame of {n} bytes is over the limit of {}",
-                        self.max_frame
-                    );
-                    return;
-                }
-                Err(FrameError::Io(e)) => {
-                    if !self.stopping.load(Ordering::Acquire) {
-                        tracing::debug!("manager: connection from {peer} failed: {e}");
-                    }
-                    return;
-                }
-            }
-            let request: Request = match codec::decode(&conn.body, Vec::new()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("manager: closing {peer}: malformed request: {e}");
-                    return;
-                }
+            let request = match &local {
+                None => self.next_on_socket(conn, peer),
+                Some((l, _)) => self.next_local(l, peer),
             };
+            let request = match request {
+                Next::Request(r) => r,
+                Next::Idle => continue,
+                Next::End => return,
+            };
+            if matches!(request, Request::Local) && local.is_none() {
+                let slot = Slot::take(&self.locals, self.max_locals);
+                match local::offer(conn, slot.is_some()) {
+                    Ok(l) => local = l.zip(slot),
+                    Err(e) => {
+                        tracing::debug!("manager: connection from {peer} failed: {e}");
+                        return;
+                    }
+                }
+                continue;
+            }
             let response = {
-                let stream = conn.stream();
-                let gone = || stream.peer_gone();
+                let gone = || {
+                    conn.stream().peer_gone()
+                        || local.as_ref().is_some_and(|(l, _)| l.client_gone())
+                };
                 self.handle(
                     request,
                     &Peer {
@@ -217,8 +240,64 @@ impl Shared {
                     },
                 )
             };
-            if conn.send(&response).is_err() {
+            if self.stopping.load(Ordering::Acquire) {
+                // A call that waited until the server stopped: its caller reads that
+                // the server is gone, not a timeout.
                 return;
+            }
+            let sent = match &local {
+                None => conn.send(&response).is_ok(),
+                Some((l, _)) => l.respond(&response),
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    /// The next request on the socket.
+    fn next_on_socket(&self, conn: &mut Framed, peer: &str) -> Next {
+        match conn.recv(self.max_frame) {
+            Ok(()) => {}
+            Err(FrameError::Closed) => return Next::End,
+            Err(FrameError::Oversized(n)) => {
+                tracing::warn!(
+                    "manager: closing {peer}: a frame of {n} bytes is over the limit of {}",
+                    self.max_frame
+                );
+                return Next::End;
+            }
+            Err(FrameError::Io(e)) => {
+                if !self.stopping.load(Ordering::Acquire) {
+                    tracing::debug!("manager: connection from {peer} failed: {e}");
+                }
+                return Next::End;
+            }
+        }
+        match codec::decode(&conn.body, Vec::new()) {
+            Ok(r) => Next::Request(r),
+            Err(e) => {
+                tracing::warn!("manager: closing {peer}: malformed request: {e}");
+                Next::End
+            }
+        }
+    }
+
+    /// The next request on a local connection's channel; `Idle` now and then while
+    /// none comes, so that a stopping server ends the connection.
+    fn next_local(&self, local: &Local, peer: &str) -> Next {
+        let next = local.next_request(self.max_frame, Wait::timeout(STOP_CHECK));
+        if self.stopping.load(Ordering::Acquire) {
+            // Not served: the client reads that the server is gone.
+            return Next::End;
+        }
+        match next {
+            Ok(Some(r)) => Next::Request(r),
+            Ok(None) => Next::Idle,
+            Err(Ended::Closed) => Next::End,
+            Err(Ended::Refused(why)) => {
+                tracing::warn!("manager: closing {peer}: {why}");
+                Next::End
             }
         }
     }
@@ -262,6 +341,11 @@ impl Shared {
                 init,
             } => self.create(kind, name, tag, &init.0),
             Request::Ping => Response::Unit,
+            // A connection moves once (the first time is answered in `serve_session`).
+            Request::Local => Response::Fault(wire::Fault::Unsupported {
+                op: "moving to shared memory".into(),
+                kind: "connection already moved".into(),
+            }),
             Request::Call { id, op } => {
                 let object = self
                     .objects

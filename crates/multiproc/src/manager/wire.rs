@@ -93,6 +93,27 @@ impl Stream {
         }
     }
 
+    /// Whether descriptors can be passed over it: a Unix socket.
+    pub(crate) fn passes_descriptors(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.unix().is_some()
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
+    /// The Unix socket under this stream, for passing descriptors.
+    #[cfg(unix)]
+    pub(crate) fn unix(&self) -> Option<&std::os::unix::net::UnixStream> {
+        match self {
+            Stream::Tcp(_) => None,
+            Stream::Unix(s) => Some(s),
+        }
+    }
+
     pub(crate) fn peer(&self) -> String {
         match self {
             Stream::Tcp(s) => s
@@ -179,6 +200,92 @@ impl Framed {
         let len = frame_len(self.out.len() - 4)?;
         self.out[..4].copy_from_slice(&len.to_le_bytes());
         (self.reader.get_ref()).write_all(&self.out)
+    }
+
+    /// Sends one frame holding `bytes`, with `fds` passed along (a Unix socket only).
+    #[cfg(unix)]
+    pub(crate) fn send_passing(
+        &mut self,
+        bytes: &[u8],
+        fds: &[crate::sys::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let socket = self.stream().unix().ok_or(io::ErrorKind::Unsupported)?;
+        let len = frame_len(bytes.len())?.to_le_bytes();
+        let total = len.len() + bytes.len();
+        let sent = crate::sys::send_with_fds(
+            socket.as_fd(),
+            &[io::IoSlice::new(&len), io::IoSlice::new(bytes)],
+            fds,
+        )?;
+        // The descriptors went with the first byte; the rest of the frame follows.
+        self.out.clear();
+        self.out.extend_from_slice(&len);
+        self.out.extend_from_slice(bytes);
+        (self.reader.get_ref()).write_all(&self.out[sent.min(total)..])
+    }
+
+    /// Reads one frame into `self.body`, straight from a Unix socket, with the
+    /// descriptors passed along with it. Nothing may be buffered ahead of it (the
+    /// peer sends it as the answer to this side's last frame).
+    #[cfg(unix)]
+    pub(crate) fn recv_passed(&mut self, max: u32) -> Result<Vec<crate::sys::OwnedFd>, FrameError> {
+        use std::os::fd::AsFd;
+        if !self.reader.buffer().is_empty() {
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bytes arrived ahead of a frame with descriptors",
+            )));
+        }
+        let socket = self
+            .reader
+            .get_ref()
+            .unix()
+            .ok_or(FrameError::Io(io::ErrorKind::Unsupported.into()))?;
+        let mut fds = Vec::new();
+        let fill = |buf: &mut [u8], fds: &mut Vec<_>| -> Result<usize, FrameError> {
+            let mut got = 0;
+            while got < buf.len() {
+                match crate::sys::recv_with_fds(socket.as_fd(), &mut buf[got..], fds, false) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) => return Err(FrameError::Io(e)),
+                }
+            }
+            Ok(got)
+        };
+        let mut len = [0u8; 4];
+        match fill(&mut len, &mut fds)? {
+            0 => return Err(FrameError::Closed),
+            4 => {}
+            _ => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+        }
+        let len = u32::from_le_bytes(len);
+        if len > max {
+            return Err(FrameError::Oversized(len));
+        }
+        self.body.clear();
+        self.body.resize(len as usize, 0);
+        if fill(&mut self.body, &mut fds)? != len as usize {
+            return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(fds)
+    }
+
+    /// Descriptors cannot be passed on this platform.
+    #[cfg(not(unix))]
+    pub(crate) fn send_passing(
+        &mut self,
+        _: &[u8],
+        _: &[crate::sys::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Descriptors cannot be passed on this platform.
+    #[cfg(not(unix))]
+    pub(crate) fn recv_passed(&mut self, _: u32) -> Result<Vec<crate::sys::OwnedFd>, FrameError> {
+        Err(FrameError::Io(io::ErrorKind::Unsupported.into()))
     }
 
     /// Reads one frame into `self.body`.
@@ -388,6 +495,9 @@ pub(crate) enum Request {
     Call { id: u64, op: Op },
     /// Nothing: a round trip to check that the server answers.
     Ping,
+    /// Move this connection onto a pair of shared-memory channels (a Unix socket only;
+    /// see `local.rs`). Answered out of band: one frame with descriptors passed along.
+    Local,
 }
 
 /// An operation. Keys and values are encoded bytes.

@@ -229,19 +229,49 @@ fn spin_backing_off(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// How long [`spin_until`] spins before it starts yielding between looks.
+pub(crate) const SPIN_ONLY: Duration = Duration::from_micros(1);
+
 /// Spins until `done` or `deadline`; true if `done`. How waiters wait a little before
 /// they sleep.
-pub(crate) fn spin_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    let mut i: u32 = 0;
+///
+/// For the first microsecond it only spins: a peer running on another CPU answers
+/// within that. Then it yields the CPU between looks, since the peer may be waiting for
+/// this very CPU: with more busy threads than CPUs, a waiter that spins without
+/// yielding can burn its whole spin while the thread it waits for cannot run.
+pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool {
+    spin_then_yield(SPIN_ONLY, deadline, done)
+}
+
+/// As [`spin_until`], spinning only for `spin` before it yields (zero: yields between
+/// all looks, for waiters that expect more busy threads than CPUs).
+pub(crate) fn spin_then_yield(
+    spin: Duration,
+    deadline: Instant,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    if !spin.is_zero() {
+        let spin_end = deadline.min(Instant::now() + spin);
+        let mut i: u32 = 0;
+        loop {
+            if done() {
+                return true;
+            }
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(16) && Instant::now() >= spin_end {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
     loop {
         if done() {
             return true;
         }
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(64) && Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return false;
         }
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
 }
 

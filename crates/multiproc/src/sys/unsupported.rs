@@ -312,6 +312,13 @@ pub(crate) fn wait_writable(_: BorrowedFd<'_>, _: Option<Instant>) -> io::Result
 pub(crate) fn futex_wait(_: &std::sync::atomic::AtomicU32, _: u32, _: Option<std::time::Duration>) {
 }
 pub(crate) fn futex_wake(_: &std::sync::atomic::AtomicU32, _: u32) {}
+pub(crate) fn raise_fd_limit() {}
+pub(crate) fn fd_limit() -> Option<u64> {
+    None
+}
+pub(crate) fn process_id() -> u32 {
+    std::process::id()
+}
 pub(crate) fn thread_identity() -> u64 {
     1
 }

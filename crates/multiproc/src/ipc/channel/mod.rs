@@ -15,7 +15,7 @@ use super::codec::{self, Encoded};
 use crate::shm::layout::ChannelHeader;
 use crate::shm::ring::{INLINE, Ring, SIDE, record_len};
 use crate::shm::segment::{Segment, View};
-use crate::sync::raw::spin_until;
+use crate::sync::raw::{SPIN_ONLY, spin_then_yield, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 
 /// Bytes of ring a channel gets unless told otherwise. Messages up to half of it travel
@@ -165,6 +165,9 @@ pub(crate) struct RawSender {
 pub(crate) struct RawReceiver {
     core: Arc<Core>,
     _token: Arc<Token>,
+    /// How long a receive spins before it yields between looks (this handle only; it
+    /// does not travel).
+    spin: Duration,
 }
 
 /// A new channel with a ring of `ring` bytes holding at most `max_items` messages.
@@ -199,6 +202,7 @@ pub(crate) fn channel(ring: usize, max_items: Option<u64>) -> io::Result<(RawSen
         RawReceiver {
             _token: Token::receiver(receiver_token, &core),
             core,
+            spin: SPIN_ONLY,
         },
     ))
 }
@@ -437,6 +441,13 @@ thread_local! {
 }
 
 impl RawReceiver {
+    /// Makes receives on this handle yield the CPU between all looks, rather than spin
+    /// first: for a receiver that expects more busy threads than CPUs (a manager's
+    /// connection threads and their clients).
+    pub(crate) fn yield_at_once(&mut self) {
+        self.spin = Duration::ZERO;
+    }
+
     /// Receives a message, waiting as `wait` allows, and hands it to `decode`.
     pub(crate) fn recv_with<R>(
         &self,
@@ -461,7 +472,8 @@ impl RawReceiver {
             }
             let ring = core.ring();
             let spin_end = Instant::now() + SPIN;
-            if spin_until(
+            if spin_then_yield(
+                self.spin,
                 wait.deadline().map_or(spin_end, |d| d.min(spin_end)),
                 || ring.has_data(),
             ) {
@@ -727,6 +739,7 @@ impl<'de> Deserialize<'de> for RawReceiver {
         Ok(RawReceiver {
             _token: Token::receiver(token, &core),
             core,
+            spin: SPIN_ONLY,
         })
     }
 }

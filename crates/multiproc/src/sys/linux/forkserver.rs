@@ -65,7 +65,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN)
     };
-    raise_fd_limit();
+    super::raise_fd_limit();
     // Never changes in the server; children compare the requested environment with it.
     let env = wire::env_block(std::env::vars_os());
     let info = ServerInfo {
@@ -304,16 +304,6 @@ fn keep_only(control: OwnedFd, death: Option<OwnedFd>) -> io::Result<(OwnedFd, O
         fd::set_cloexec(d.as_fd(), true)?;
     }
     Ok((control, death))
-}
-
-/// Each child costs the server two descriptors; lift its soft limit to the hard one.
-fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
-        let _ = setrlimit(Resource::Nofile, limit);
-    }
 }
 
 /// Reads the status a fork server wrote for a child: five bytes, or `None` at end of

@@ -31,11 +31,11 @@ pub(crate) use mem::{
     shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
 };
 pub(crate) use proc::{
-    SIGKILL, SIGTERM, exe_file_identity, getpid, getppid, is_main_thread, pidfd_open, send_signal,
-    set_name, signal_group, signal_name, try_reap,
+    SIGKILL, SIGTERM, exe_file_identity, fd_limit, getpid, getppid, is_main_thread, pidfd_open,
+    raise_fd_limit, send_signal, set_name, signal_group, signal_name, try_reap,
 };
 pub(crate) use sync::{
-    futex_wait, futex_wake, identity_alive, monotonic_ns, readable_any, thread_identity,
+    futex_wait, futex_wake, identity_alive, monotonic_ns, process_id, readable_any, thread_identity,
 };
 
 /// Signal numbers for [`crate::Signal`]'s constants.

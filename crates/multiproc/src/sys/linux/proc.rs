@@ -23,6 +23,23 @@ pub(crate) fn getpid() -> u32 {
         .unsigned_abs()
 }
 
+/// Lifts this process's soft limit on open descriptors to the hard one: for servers,
+/// whose descriptors grow with their clients (a fork server's two per child, a
+/// manager's per connection).
+pub(crate) fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
+/// The most descriptors this process may have open (its soft limit); `None`: no limit.
+pub(crate) fn fd_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
 /// The parent's id, `None` when the parent is gone and the kernel reports none.
 pub(crate) fn getppid() -> Option<u32> {
     rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs())

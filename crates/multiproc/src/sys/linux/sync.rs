@@ -32,6 +32,25 @@ extern "C" fn after_fork_in_child() {
     FORKS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// This process's id, cached until the next fork: `getpid` is a system call, and a
+/// manager's client asks on every call whether it is still the process that opened its
+/// connections.
+pub(crate) fn process_id() -> u32 {
+    /// The low 32 bits of `FORKS` when cached, then the id; 0 until cached.
+    static PID: AtomicU64 = AtomicU64::new(0);
+    let forks = FORKS.load(Ordering::Relaxed) as u32;
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 && (cached >> 32) as u32 == forks {
+        return cached as u32;
+    }
+    // Registered before the id is cached, so every later fork is counted.
+    register_fork_handler();
+    let forks = FORKS.load(Ordering::Relaxed) as u32;
+    let pid = super::getpid();
+    PID.store(u64::from(forks) << 32 | u64::from(pid), Ordering::Relaxed);
+    pid
+}
+
 thread_local! {
     /// (identity, forks when computed)
     static IDENTITY: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };

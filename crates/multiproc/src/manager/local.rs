@@ -1,0 +1,201 @@
+//! The local transport. Over a Unix socket, once the handshake is done, the client asks
+//! for a pair of shared-memory channels (the channel under pipes and queues, see
+//! `ipc/channel/README.md`) and its requests and responses travel through them from then
+//! on: a round trip costs no system call while both sides run, where a socket costs two
+//! on each side and a sleep and a wake-up for each message.
+//!
+//! The server makes the channels and passes the client's ends over the socket with
+//! `SCM_RIGHTS`, as the answer to [`Request::Local`]. The socket stays open beside them:
+//! while a client waits in a lock or a queue get, the server watches it to learn that
+//! the client has gone. Either side learns that the other died from the channels' own
+//! liveness pipes, which the kernel closes with the process.
+//!
+//! A server that cannot make the channels (out of memory or descriptors, or a platform
+//! without them) answers with its reason instead, and the connection goes on over the
+//! socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+use super::wire::{FrameError, Framed, Request, Response};
+use crate::error::ManagerError;
+use crate::ipc::channel::{self, RawReceiver, RawSender, RecvFail, Wait};
+use crate::ipc::codec;
+use crate::ipc::pipe::{self, Failed, Missed};
+
+/// Bytes of ring in each direction. Messages up to half of it travel in the ring;
+/// larger ones (a big dict's `items`, say) in a memory file of their own.
+const RING: usize = 256 * 1024;
+
+/// One side's ends of the two channels: the client sends requests and receives
+/// responses, the server the other way round.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Local {
+    tx: RawSender,
+    rx: RawReceiver,
+}
+
+/// Descriptors one side of a local connection holds: about 8 per channel, and the
+/// socket. Both sides cap their local connections by it, so that many connections do
+/// not exhaust a process's descriptors; connections past the cap stay on the socket.
+pub(crate) const FDS_PER_LOCAL: usize = 18;
+
+/// One of a limited number of local connections; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A slot, if fewer than `max` are taken from `count`.
+    pub(crate) fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Relaxed) < max {
+            Some(Slot(Arc::clone(count)))
+        } else {
+            count.fetch_sub(1, Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What the server answers to [`Request::Local`]: the client's ends, or why not.
+type Offer = Result<Local, String>;
+
+/// Why a local connection ended on the server's side.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The client closed it or died.
+    Closed,
+    /// The client broke the rules; the connection is closed and this is logged.
+    Refused(String),
+}
+
+/// The client's side: asks for the channels on a connection that has just been
+/// authenticated. `None` when the server serves this connection over the socket.
+pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> {
+    conn.send(&Request::Local).map_err(ManagerError::from_io)?;
+    let fds = match conn.recv_passed(super::wire::HANDSHAKE_MAX) {
+        Ok(fds) => fds,
+        Err(FrameError::Closed) => return Err(ManagerError::Disconnected),
+        Err(FrameError::Oversized(n)) => {
+            return Err(ManagerError::Protocol(format!(
+                "an answer of {n} bytes to a request for the local transport"
+            )));
+        }
+        Err(FrameError::Io(e)) => return Err(ManagerError::from_io(e)),
+    };
+    match codec::decode::<Offer>(&conn.body, fds) {
+        Ok(Ok(mut local)) => {
+            local.rx.yield_at_once();
+            Ok(Some(local))
+        }
+        Ok(Err(why)) => {
+            tracing::debug!("manager: staying on the socket: the server says {why}");
+            Ok(None)
+        }
+        Err(e) => Err(ManagerError::Protocol(format!(
+            "the server's answer to a request for the local transport: {e}"
+        ))),
+    }
+}
+
+/// The server's side of [`Request::Local`]: makes the channels and passes the client's
+/// ends; or answers why not (`allowed` false: it has as many local connections as it
+/// takes on) and returns `Ok(None)`. An error is a connection that failed.
+pub(crate) fn offer(conn: &mut Framed, allowed: bool) -> std::io::Result<Option<Local>> {
+    let made = (|| {
+        if !allowed {
+            return Err(std::io::Error::other(
+                "the server has as many local connections as its descriptor limit allows",
+            ));
+        }
+        if !conn.stream().passes_descriptors() {
+            return Err(std::io::Error::other("the connection is not a Unix socket"));
+        }
+        let (requests, incoming) = channel::channel(RING, None)?;
+        let (outgoing, responses) = channel::channel(RING, None)?;
+        let theirs = codec::encode(&Offer::Ok(Local {
+            tx: requests,
+            rx: responses,
+        }))
+        .map_err(std::io::Error::other)?;
+        let mut ours = Local {
+            tx: outgoing,
+            rx: incoming,
+        };
+        ours.rx.yield_at_once();
+        Ok::<_, std::io::Error>((ours, theirs))
+    })();
+    match made {
+        Ok((ours, theirs)) => {
+            conn.send_passing(&theirs.bytes, &crate::sys::borrow_all(&theirs.fds))?;
+            // `theirs` (the duplicates this process made to send) closes here: from
+            // now on the client's process alone holds its ends.
+            Ok(Some(ours))
+        }
+        Err(e) => {
+            let why = format!("no shared-memory channels: {e}");
+            tracing::debug!("manager: {why}");
+            let answer = codec::encode(&Offer::Err(why)).map_err(std::io::Error::other)?;
+            conn.send_raw(&answer.bytes)?;
+            Ok(None)
+        }
+    }
+}
+
+impl Local {
+    /// The client's side: sends `request` and waits for the response.
+    pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
+        pipe::send(&self.tx, request, Wait::Forever, false).map_err(|(_, f)| match f {
+            Failed::Disconnected => ManagerError::Disconnected,
+            Failed::Codec(e) => ManagerError::Codec(e),
+            Failed::Io(e) => ManagerError::from_io(e),
+            Failed::Full => ManagerError::Protocol("the request channel stayed full".into()),
+        })?;
+        pipe::recv::<Response>(&self.rx, Wait::Forever).map_err(|m| match m {
+            Missed::Empty | Missed::Disconnected => ManagerError::Disconnected,
+            Missed::Codec(e) => {
+                ManagerError::Protocol(format!("the server sent a malformed response: {e}"))
+            }
+            Missed::Io(e) => ManagerError::from_io(e),
+        })
+    }
+
+    /// The server's side: the next request, or `Ok(None)` if none came within `wait`.
+    /// A request over `max` bytes, or one that does not decode, ends the connection.
+    pub(crate) fn next_request(&self, max: u32, wait: Wait) -> Result<Option<Request>, Ended> {
+        let mut decode = |bytes: &[u8], fds| {
+            if bytes.len() > max as usize {
+                return Err(format!(
+                    "a request of {} bytes is over the limit of {max}",
+                    bytes.len()
+                ));
+            }
+            codec::decode::<Request>(bytes, fds).map_err(|e| format!("malformed request: {e}"))
+        };
+        match self.rx.recv_with(wait, &mut decode) {
+            Ok(Ok(request)) => Ok(Some(request)),
+            Ok(Err(why)) => Err(Ended::Refused(why)),
+            Err(RecvFail::Empty) => Ok(None),
+            Err(RecvFail::Disconnected) => Err(Ended::Closed),
+            Err(RecvFail::Broken(why)) => Err(Ended::Refused(why)),
+            Err(RecvFail::Io(e)) => Err(Ended::Refused(format!("the channel failed: {e}"))),
+        }
+    }
+
+    /// The server's side: sends a response; false if the client is gone.
+    pub(crate) fn respond(&self, response: &Response) -> bool {
+        pipe::send(&self.tx, response, Wait::Forever, false).is_ok()
+    }
+
+    /// The server's side: whether the client dropped its end.
+    pub(crate) fn client_gone(&self) -> bool {
+        self.rx.senders_gone()
+    }
+}
