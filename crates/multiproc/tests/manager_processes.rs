@@ -60,6 +60,10 @@ fn main() {
             trial("fuzzed_frames_against_live_server", fuzzed_frames),
             trial("nothing_left_behind", nothing_left_behind),
             trial(
+                "forked_child_leaves_parent_connections_alone",
+                forked_child_leaves_parent_connections_alone,
+            ),
+            trial(
                 "local_big_and_oversized_requests",
                 local_big_and_oversized_requests,
             ),
@@ -84,6 +88,26 @@ fn main() {
 
 fn helpers(mode: &str) {
     match mode {
+        "manager_fork" => {
+            let m = Manager::start().unwrap();
+            let d = m.dict::<u8, u8>().unwrap();
+            d.insert(1, 1).unwrap();
+            // SAFETY: this helper's only thread of its own is this one, and the child
+            // takes no lock another thread could hold (the client's pool of this
+            // manager is used by this thread alone).
+            let theirs = d.clone();
+            let mut child = unsafe {
+                multiproc::Builder::new().spawn_fork(move || {
+                    // A fresh connection: the inherited ones are the parent's.
+                    theirs.insert(2, 2).unwrap();
+                    theirs.len().unwrap()
+                })
+            }
+            .unwrap();
+            assert_eq!(child.join_timeout(T).unwrap(), 2);
+            // The parent's own connection is untouched by the child dropping its copy.
+            println!("after fork {:?}", d.insert(3, 3).map(|_| d.len()));
+        }
         "manager_owner" => {
             let m = Manager::start().unwrap();
             println!("server {}", m.server_pid().unwrap());
@@ -896,4 +920,10 @@ fn in_process_server_stop_disconnects_local_clients() {
     let err = d.get(&1).unwrap_err();
     assert!(err.is_disconnected(), "{err:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+fn forked_child_leaves_parent_connections_alone() {
+    let mut h = Helper::start("manager_fork");
+    assert_eq!(h.expect("after fork ", T), "Ok(Ok(3))");
+    h.child.wait().unwrap();
 }

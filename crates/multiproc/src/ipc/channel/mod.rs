@@ -124,16 +124,23 @@ enum Taken {
 }
 
 /// The write end of a liveness pipe, shared by the handles of one side in a process. A
-/// receiver's token also holds one count in the header's `receivers`.
+/// receiver's token also holds one count in the header's `receivers`, which belongs to
+/// the process that made the token: a copy a forked child inherits and drops gives
+/// nothing back.
 #[derive(Debug)]
 struct Token {
     fd: OwnedFd,
     counted: Option<Arc<Core>>,
+    pid: u32,
 }
 
 impl Token {
     fn sender(fd: OwnedFd) -> Arc<Self> {
-        Arc::new(Token { fd, counted: None })
+        Arc::new(Token {
+            fd,
+            counted: None,
+            pid: sys::process_id(),
+        })
     }
 
     /// A receiver's token, taking over one count (made by whoever created or sent it).
@@ -141,13 +148,16 @@ impl Token {
         Arc::new(Token {
             fd,
             counted: Some(Arc::clone(core)),
+            pid: sys::process_id(),
         })
     }
 }
 
 impl Drop for Token {
     fn drop(&mut self) {
-        if let Some(core) = &self.counted {
+        if let Some(core) = &self.counted
+            && self.pid == sys::process_id()
+        {
             core.header().receivers.fetch_sub(1, SeqCst);
         }
     }
