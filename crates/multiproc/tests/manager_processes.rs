@@ -92,10 +92,10 @@ fn helpers(mode: &str) {
             let m = Manager::start().unwrap();
             let d = m.dict::<u8, u8>().unwrap();
             d.insert(1, 1).unwrap();
+            let theirs = d.clone();
             // SAFETY: this helper's only thread of its own is this one, and the child
             // takes no lock another thread could hold (the client's pool of this
             // manager is used by this thread alone).
-            let theirs = d.clone();
             let mut child = unsafe {
                 multiproc::Builder::new().spawn_fork(move || {
                     // A fresh connection: the inherited ones are the parent's.
