@@ -75,6 +75,12 @@ fn sleep_forever(_: ()) {
     }
 }
 
+/// Crashes once `go` is set (at once, every run after the first).
+fn crash_on(go: multiproc::Event) {
+    go.wait();
+    std::process::abort();
+}
+
 fn crash_after_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
     std::process::abort();
@@ -286,14 +292,17 @@ fn backoff_grows_then_resets() {
         out
     };
     let ms = Duration::from_millis;
+    // The first crash waits until this test listens, so no restart goes unseen.
+    let go = multiproc::Event::new().unwrap();
     let sup = Supervisor::builder()
         .backoff(ms(20), ms(1000))
         .jitter(Jitter::None)
         .intensity(100, Duration::from_secs(10))
-        .child(ChildSpec::new("fast crasher", crash_after_ms, 0))
+        .child(ChildSpec::new("fast crasher", crash_on, go.clone()))
         .start()
         .unwrap();
     let events = sup.events();
+    go.set();
     assert_eq!(delays(&sup, &events, 3), [20, 40, 80]);
     sup.stop().unwrap();
     // A child that ran longer than `reset_after` before crashing starts from the base.
