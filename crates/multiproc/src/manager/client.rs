@@ -121,14 +121,11 @@ impl Client {
             .set_read_timeout(Some(wire::HANDSHAKE_TIMEOUT))
             .map_err(ManagerError::Io)?;
         wire::client_handshake(&mut framed, &self.key, session())?;
-        let slot = Slot::take(
-            &self.locals,
-            if self.address.is_local() {
-                MAX_LOCAL
-            } else {
-                0
-            },
-        );
+        let slot = self
+            .address
+            .is_local()
+            .then(|| Slot::take(&self.locals, MAX_LOCAL))
+            .flatten();
         let local = match slot {
             Some(slot) => local::request(&mut framed)?.map(|l| (l, slot)),
             None => None,

@@ -390,9 +390,10 @@ fn serve_child<R: Registry>(args: ServerArgs) {
 ///
 /// On one machine (a Unix socket, the default), each connection moves onto a pair of
 /// shared-memory channels once authenticated, so a call costs no system call while both
-/// sides run: two processes sharing a dict do more than ten times as many operations per
-/// second as with Python's manager on the same machine (`BENCHMARKS.md`). A process keeps at most 16 such
-/// connections to one server (one per thread calling at once); more stay on the socket.
+/// sides run: two processes sharing a dict do more than ten times as many operations
+/// per second as with Python's manager on the same machine (`BENCHMARKS.md`). A process
+/// keeps at most 16 such connections to one server (one per thread calling at once);
+/// more stay on the socket.
 ///
 /// # Examples
 ///

@@ -210,19 +210,18 @@ impl Framed {
         fds: &[crate::sys::BorrowedFd<'_>],
     ) -> io::Result<()> {
         use std::os::fd::AsFd;
-        let socket = self.stream().unix().ok_or(io::ErrorKind::Unsupported)?;
-        let len = frame_len(bytes.len())?.to_le_bytes();
-        let total = len.len() + bytes.len();
-        let sent = crate::sys::send_with_fds(
-            socket.as_fd(),
-            &[io::IoSlice::new(&len), io::IoSlice::new(bytes)],
-            fds,
-        )?;
-        // The descriptors went with the first byte; the rest of the frame follows.
+        let socket = self
+            .reader
+            .get_ref()
+            .unix()
+            .ok_or(io::ErrorKind::Unsupported)?;
         self.out.clear();
-        self.out.extend_from_slice(&len);
+        self.out
+            .extend_from_slice(&frame_len(bytes.len())?.to_le_bytes());
         self.out.extend_from_slice(bytes);
-        (self.reader.get_ref()).write_all(&self.out[sent.min(total)..])
+        let sent = crate::sys::send_with_fds(socket.as_fd(), &[io::IoSlice::new(&self.out)], fds)?;
+        // The descriptors went with the first byte; the rest of the frame follows.
+        (self.reader.get_ref()).write_all(&self.out[sent..])
     }
 
     /// Reads one frame into `self.body`, straight from a Unix socket, with the
