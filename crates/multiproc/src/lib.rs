@@ -295,7 +295,6 @@
 )]
 
 mod bootstrap;
-mod error;
 mod hub;
 mod ipc;
 #[cfg(feature = "log")]
@@ -310,32 +309,39 @@ mod supervise;
 mod sync;
 mod sys;
 mod wait;
+mod wire;
 
 pub use bootstrap::{Init, init, init_with};
-pub use error::{
-    BarrierError, CodecError, DaemonError, ExitStatus, LockResult, ManagerError, OutOfBounds,
-    OverRelease, OwnerDied, PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError,
-    RemotePanic, ScheduleError, SendError, SendTimeoutError, ShmError, Signal, SpawnError,
-    SupervisorError, TaskError, TryLockError, TryLockResult, TryRecvError, TrySendError,
-};
+pub use bootstrap::{PanicLocation, RemotePanic};
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
 pub use ipc::wait::{Waitable, wait};
+pub use ipc::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 pub use manager::Manager;
+pub use manager::ManagerError;
 pub use pool::{Imap, ImapUnordered, Pool, PoolBuilder, Task, ThreadPool, ThreadPoolBuilder};
+pub use pool::{PoolError, TaskError};
+pub use process::{ExitStatus, ProcessError, Signal, SpawnError};
 pub use retry::{Jitter, RetryPolicy};
+pub use sched::ScheduleError;
 pub use sched::{Job, Schedule, Scheduler};
 pub use shm::shared::SharedMemory;
 pub use shm::value::{Array, ArrayGuard, ShmSafe, Value, ValueGuard};
+pub use shm::{OutOfBounds, ShmError};
 pub use supervise::{
     ChildExit, ChildSpec, ChildState, ChildStatus, Daemon, DaemonOptions, Restart, Strategy,
     Supervisor, SupervisorBuilder, SupervisorEvent, daemonize,
 };
+pub use supervise::{DaemonError, SupervisorError};
 pub use sync::barrier::{Barrier, BarrierWaitResult};
 pub use sync::condition::{Condition, WaitTimeoutResult};
 pub use sync::event::Event;
 pub use sync::lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use sync::semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+pub use sync::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, TryLockResult};
+pub use wire::codec::CodecError;
 
 /// The `bytemuck` crate, whose `Pod` types are [`ShmSafe`]: derive `Pod` and `Zeroable`
 /// for a `#[repr(C)]` struct to keep it in a [`Value`] or [`Array`].
@@ -350,7 +356,7 @@ pub use chrono;
 pub mod fuzzing {
     /// Decodes frames from arbitrary bytes, as a peer could send them.
     pub fn frames(bytes: &[u8]) {
-        crate::ipc::framing::drain(bytes, 1 << 20);
+        crate::wire::framing::drain(bytes, 1 << 20);
     }
 
     /// Receives from a channel whose shared memory holds arbitrary bytes.

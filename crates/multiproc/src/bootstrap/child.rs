@@ -1,20 +1,19 @@
 //! The child's side: receive the call, run it, report the outcome, exit.
 
 use std::any::Any;
-use std::backtrace::{Backtrace, BacktraceStatus};
-use std::cell::RefCell;
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::panic::{caught_panic, install_panic_hook, payload_message};
 use super::wire::{self, CallHeader};
 use super::{BOOTSTRAP_FAILURE, Me, Parent};
-use crate::error::{CodecError, PanicLocation, RemotePanic};
-use crate::ipc::codec::{self, Encoded};
-use crate::ipc::framing::{Conn, RecvError};
 use crate::sys::{self, OwnedFd};
+use crate::wire::codec::CodecError;
+use crate::wire::codec::{self, Encoded};
+use crate::wire::framing::{Conn, RecvError};
 
 /// Exit code of a child whose function panicked (Rust's own code for a panicking `main`).
 const PANIC_EXIT: i32 = 101;
@@ -262,45 +261,6 @@ fn exit(code: i32, origin: Origin) -> ! {
     }
 }
 
-type PanicInfo = (String, Option<PanicLocation>, Option<String>);
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<PanicInfo>> = const { RefCell::new(None) };
-}
-
-/// Records the panic's message, location and backtrace for the report, then lets the
-/// previous hook (the default one prints to stderr) run as usual.
-fn install_panic_hook() {
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(move |info| {
-        let backtrace = Backtrace::capture();
-        let backtrace =
-            (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
-        let record = (
-            payload_message(info.payload()),
-            info.location().map(PanicLocation::new),
-            backtrace,
-        );
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(record));
-        previous(info);
-    }));
-}
-
-/// What this process knows of a panic it caught: the message, and the location and
-/// backtrace the hook recorded (if this is a child, where the hook is installed).
-pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> RemotePanic {
-    let (message, location, backtrace) = LAST_PANIC
-        .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| (payload_message(payload), None, None));
-    RemotePanic::new(
-        super::me().name.clone(),
-        sys::getpid(),
-        message,
-        location,
-        backtrace,
-    )
-}
-
 fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
     let report = caught_panic(payload);
     match postcard::to_stdvec(&report) {
@@ -314,15 +274,5 @@ fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
                 &[],
             );
         }
-    }
-}
-
-fn payload_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
     }
 }

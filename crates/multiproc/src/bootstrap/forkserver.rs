@@ -7,8 +7,8 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::wire::{self, ForkReply, ForkRequest};
-use crate::ipc::framing::{Conn, RecvError};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+use crate::wire::framing::{Conn, RecvError};
 
 /// How long the server may take to answer a request before it is considered wedged.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

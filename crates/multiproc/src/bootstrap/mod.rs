@@ -4,6 +4,7 @@
 
 pub(crate) mod child;
 mod forkserver;
+mod panic;
 pub(crate) mod wire;
 
 use std::ffi::OsString;
@@ -11,8 +12,10 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-pub(crate) use child::{CallIo, Invoked, caught_panic, fail_on, run_in_fork};
+pub(crate) use child::{CallIo, Invoked, fail_on, run_in_fork};
 pub(crate) use forkserver::ForkServer;
+pub(crate) use panic::caught_panic;
+pub use panic::{PanicLocation, RemotePanic};
 
 use crate::sys::{self, OwnedFd};
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RemotePanic;
+use super::RemotePanic;
 use crate::sys::Entry;
 
 /// Version of the call layout; a child refuses any other.
@@ -159,7 +159,7 @@ pub(crate) struct ForkRequest {
     pub(crate) env: Bytes,
 }
 
-pub(crate) use crate::ipc::codec::Bytes;
+pub(crate) use crate::wire::codec::Bytes;
 
 /// Encodes an environment as [`ForkRequest::env`] does. Entries whose key is empty or
 /// holds `=` or NUL, or whose value holds NUL, cannot exist in an environment and are

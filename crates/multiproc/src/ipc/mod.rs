@@ -1,9 +1,11 @@
-//! Inter-process communication: pipes and queues, built on a shared-memory channel, and
-//! the codec and framed connection underneath.
+//! Inter-process communication: pipes and queues, built on a shared-memory channel.
 
 pub(crate) mod channel;
-pub(crate) mod codec;
-pub(crate) mod framing;
+mod error;
 pub(crate) mod pipe;
 pub(crate) mod queue;
 pub(crate) mod wait;
+
+pub use error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};

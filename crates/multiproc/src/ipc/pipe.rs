@@ -8,11 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::channel::{self, RawReceiver, RawSender, RecvFail, SendFail, Wait};
-use super::codec;
-use crate::error::{
-    CodecError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
-    TrySendError,
-};
+use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
+use crate::wire::codec;
+use crate::wire::codec::CodecError;
 
 /// Sends typed messages into a pipe. Clone it to send from several threads or
 /// processes; pass it to [`spawn`](crate::spawn) (or through another pipe or queue) to

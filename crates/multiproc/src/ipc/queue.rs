@@ -9,9 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::channel::{self, RawReceiver, RawSender, Wait};
 use super::pipe::{self, Failed, Missed};
-use crate::error::{
-    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
-};
+use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::sys;
 
 /// A queue that any number of threads and processes put into and get from (Python's

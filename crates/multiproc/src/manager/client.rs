@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use super::Address;
+use super::ManagerError;
 use super::local::{self, Local, Slot};
 use super::wire::{self, FrameError, Framed, Request, Response, Stream};
-use crate::error::ManagerError;
-use crate::ipc::codec;
+use crate::wire::codec;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Local connections (on shared-memory channels) a process keeps to one server, at

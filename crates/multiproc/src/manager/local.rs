@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
+use super::ManagerError;
 use super::wire::{FrameError, Framed, Request, Response};
-use crate::error::ManagerError;
 use crate::ipc::channel::{self, RawReceiver, RawSender, RecvFail, Wait};
-use crate::ipc::codec;
 use crate::ipc::pipe::{self, Failed, Missed};
+use crate::wire::codec;
 
 /// Bytes of ring in each direction. Messages up to half of it travel in the ring;
 /// larger ones (a big dict's `items`, say) in a memory file of their own.

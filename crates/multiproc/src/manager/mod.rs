@@ -15,20 +15,21 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod client;
+mod error;
 mod local;
 mod objects;
 mod proxy;
 mod server;
 mod wire;
 
+pub use error::ManagerError;
 pub use proxy::{
     BarrierProxy, ConditionGuard, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy,
     ObjectProxy, ProxyGuard, QueueProxy, RLockProxy, SemaphoreProxy, SetProxy, ValueProxy,
 };
 
-use crate::error::ManagerError;
-use crate::ipc::codec::{self, Bytes};
 use crate::process::{Builder, JoinHandle};
+use crate::wire::codec::{self, Bytes};
 use client::Client;
 use server::{Ctor, Listener, Shared};
 use wire::{Kind, Request, Response};

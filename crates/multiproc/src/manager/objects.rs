@@ -15,7 +15,7 @@ use indexmap::{IndexMap, IndexSet};
 
 use super::wire::{Fault, Kind, Op, Response};
 use super::{ErasedObject, SharedObject};
-use crate::ipc::codec::{self, Bytes};
+use crate::wire::codec::{self, Bytes};
 
 /// How often a blocked operation checks that its client is still there.
 const SLICE: Duration = Duration::from_millis(50);
@@ -668,7 +668,7 @@ fn apply(state: &mut State, op: Op, session: u64) -> (Result<Response, Unfit>, b
                 Ok(Err(e)) => (Ok(R::Fault(Fault::Codec(e))), false),
                 Err(payload) => (
                     Ok(R::Fault(Fault::Panicked(
-                        crate::bootstrap::child::caught_panic(&*payload)
+                        crate::bootstrap::caught_panic(&*payload)
                             .message()
                             .to_owned(),
                     ))),

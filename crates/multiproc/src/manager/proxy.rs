@@ -11,11 +11,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::ManagerError;
 use super::client::{Client, thread_token};
 use super::wire::{Op, Request, Response};
 use super::{Address, SharedObject};
-use crate::error::{LockResult, ManagerError, OwnerDied};
-use crate::ipc::codec::{self, Bytes};
+use crate::sync::{LockResult, OwnerDied};
+use crate::wire::codec::{self, Bytes};
 
 type Result<T> = std::result::Result<T, ManagerError>;
 
@@ -25,11 +26,13 @@ type Result<T> = std::result::Result<T, ManagerError>;
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
     let e = codec::encode(value)?;
     if !e.fds.is_empty() {
-        return Err(ManagerError::Codec(crate::error::CodecError::new(format!(
-            "a `{}` holds descriptors (a pipe, queue or lock of this crate), which a \
+        return Err(ManagerError::Codec(crate::wire::codec::CodecError::new(
+            format!(
+                "a `{}` holds descriptors (a pipe, queue or lock of this crate), which a \
              manager cannot store; store a manager proxy instead",
-            std::any::type_name::<T>()
-        ))));
+                std::any::type_name::<T>()
+            ),
+        )));
     }
     Ok(Bytes(e.bytes))
 }

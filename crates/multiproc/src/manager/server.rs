@@ -12,8 +12,8 @@ use super::local::{self, Ended, Local, Slot};
 use super::objects::{Object, Peer};
 use super::wire::{self, FrameError, Framed, Kind, Refused, Request, Response, Stream};
 use super::{Address, ErasedObject};
-use crate::ipc::codec;
 use crate::wait::Wait;
+use crate::wire::codec;
 
 /// How often a connection thread waiting on a local client's channel looks whether the
 /// server is stopping.

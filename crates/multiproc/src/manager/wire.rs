@@ -18,8 +18,8 @@ use std::time::Duration;
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ManagerError;
-use crate::ipc::codec::Bytes;
+use super::ManagerError;
+use crate::wire::codec::Bytes;
 
 /// Largest frame accepted before the handshake completes.
 pub(crate) const HANDSHAKE_MAX: u32 = 256;
@@ -671,7 +671,7 @@ impl From<Fault> for ManagerError {
             Fault::WouldDeadlock => ManagerError::WouldDeadlock,
             Fault::BrokenBarrier => ManagerError::BrokenBarrier,
             Fault::BadInit(why) => ManagerError::InvalidArgument(why),
-            Fault::Codec(why) => ManagerError::Codec(crate::error::CodecError::new(why)),
+            Fault::Codec(why) => ManagerError::Codec(crate::wire::codec::CodecError::new(why)),
             Fault::Unregistered(name) => ManagerError::Unregistered(name),
             Fault::Panicked(why) => ManagerError::Panicked(why),
             Fault::OwnerDied => ManagerError::OwnerDied,

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::TaskError;
 use super::task::{self, Stream};
 use super::{DEPTH_MAX, Pool, encode_job};
-use crate::error::TaskError;
 use crate::ipc::channel::Received;
 use crate::sys::Entry;
 

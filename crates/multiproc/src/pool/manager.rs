@@ -5,15 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::TaskError;
 use super::task::Sink;
 use super::tickets::TicketState;
 use super::worker::{OUTCOME_HEADER, OutcomeHeader, kind};
 use super::{
     DEPTH_MAX, DEPTH_MIN, DEPTH_TARGET, KillReason, MAX_START_FAILURES, PoolInner, State, lock,
 };
-use crate::error::{CodecError, RemotePanic, TaskError};
+use crate::bootstrap::RemotePanic;
 use crate::ipc::channel::{MAX_SLEEP, Received, RecvFail};
 use crate::sys::{self, AsFd};
+use crate::wire::codec::CodecError;
 
 /// How long the manager spins for outcomes before it sleeps.
 const SPIN: Duration = Duration::from_micros(20);
@@ -516,7 +518,7 @@ impl PoolInner {
 }
 
 fn codec_panic(body: &[u8]) -> Result<RemotePanic, CodecError> {
-    crate::ipc::codec::decode::<RemotePanic>(body, Vec::new())
+    crate::wire::codec::decode::<RemotePanic>(body, Vec::new())
 }
 
 /// Hands outcomes over, each run of outcomes for the same sink (a map's) at once.

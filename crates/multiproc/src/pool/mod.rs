@@ -2,6 +2,7 @@
 //! `Pool`/`Executor` surface. See `README.md` beside this file for how the process pool
 //! survives its workers.
 
+mod error;
 mod iter;
 mod manager;
 pub(crate) mod task;
@@ -19,18 +20,18 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use error::{PoolError, TaskError};
 pub use iter::{Imap, ImapUnordered};
 pub use task::Task;
 pub use thread::{ThreadPool, ThreadPoolBuilder};
 
-use crate::error::{CodecError, PoolError, TaskError};
 use crate::ipc::channel::{self, RawReceiver, RawSender, Received, SendFail};
-use crate::ipc::codec::{self, Encoded};
-use crate::process::{Builder, JoinHandle, StartMethod};
+use crate::process::{Builder, JoinHandle, SpawnError, StartMethod};
 use crate::retry::RetryPolicy;
 use crate::sync::lock;
 use crate::sys::{self, Entry, OwnedFd};
 use crate::wait::Wait;
+use crate::wire::codec::{self, Encoded};
 use task::{Cancel, Cell, Sink, Stream};
 use tickets::{TicketState, Tickets};
 use worker::{JOB_HEADER, JobHeader, WorkerArgs};
@@ -56,7 +57,7 @@ static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 pub struct PoolBuilder {
     processes: Option<usize>,
     start_method: Option<StartMethod>,
-    init: Option<Result<(Entry, Encoded), String>>,
+    init: Option<Result<(Entry, Encoded), PoolError>>,
     max_tasks_per_child: Option<u64>,
     task_timeout: Option<Duration>,
     retry: RetryPolicy,
@@ -100,10 +101,10 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
     {
         self.init = Some(match sys::task_entry::<A, ()>(f, false) {
-            Err(e) => Err(e.to_string()),
+            Err(_) => Err(PoolError::Spawn(SpawnError::NotInExecutable)),
             Ok(entry) => codec::encode(&args)
                 .map(|arg| (entry, arg))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| PoolError::InvalidArgument(format!("initializer: {e}"))),
         });
         self
     }
@@ -156,14 +157,12 @@ impl PoolBuilder {
             return invalid("task_timeout must be longer than zero");
         }
         let init = match self.init {
-            Some(Err(why)) => {
-                return Err(PoolError::InvalidArgument(format!("initializer: {why}")));
-            }
+            Some(Err(e)) => return Err(e),
             Some(Ok(init)) => Some(init),
             None => None,
         };
         if !crate::bootstrap::initialized() {
-            return Err(PoolError::Spawn(crate::SpawnError::NotInitialized));
+            return Err(PoolError::Spawn(SpawnError::NotInitialized));
         }
         let identity = crate::bootstrap::exe_identity()?;
         let capacity = processes * DEPTH_MAX;
@@ -443,7 +442,7 @@ impl Pool {
     /// # Errors
     ///
     /// The iterator yields each item's own `Result`; if `f` cannot be named in the
-    /// executable, every item fails with [`TaskError::Codec`].
+    /// executable, every item fails with [`TaskError::NotInExecutable`].
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, A, R, I::IntoIter>
     where
         A: Serialize + DeserializeOwned,
@@ -514,7 +513,7 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    sys::task_entry(f, chunked).map_err(|e| TaskError::Codec(CodecError::new(e.to_string())))
+    sys::task_entry(f, chunked).map_err(|_| TaskError::NotInExecutable)
 }
 
 /// Encodes a task's argument after room for the job header.
@@ -766,12 +765,8 @@ impl PoolInner {
                     self.tickets.free(ticket);
                     free_tickets.push(ticket);
                     if let Some(rec) = tasks.remove(&id) {
-                        rec.sink.deliver(
-                            rec.slot,
-                            Err(TaskError::Codec(CodecError::new(format!(
-                                "cannot send the task to a worker: {e}"
-                            )))),
-                        );
+                        rec.sink
+                            .deliver(rec.slot, Err(TaskError::Io(std::sync::Arc::new(e))));
                     }
                 }
                 Err(SendFail::Full | SendFail::Disconnected) => {

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 
+use super::TaskError;
 use super::worker::OUTCOME_HEADER;
-use crate::error::TaskError;
 use crate::ipc::channel::Received;
-use crate::ipc::codec;
 use crate::sync::lock;
 use crate::sync::raw::spin_until;
+use crate::wire::codec;
 
 /// How long a waiter spins before it sleeps: results of short tasks often arrive within
 /// it, and then nobody makes a system call.

@@ -12,7 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::iter::{Backend, Feed};
 use super::task::{Cancel, Cell, Sink, Stream};
 use super::{DEPTH_MIN, Task};
-use crate::error::{PoolError, RemotePanic, TaskError};
+use super::{PoolError, TaskError};
+use crate::bootstrap::RemotePanic;
 use crate::sync::lock;
 
 /// Jobs per thread a lazy map keeps in flight.

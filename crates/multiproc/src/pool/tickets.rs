@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::ShmError;
+use crate::shm::ShmError;
 use crate::shm::layout::{ObjectHeader, TicketWords};
 use crate::shm::object::{Elem, Kind, Object, Shape};
 

@@ -15,12 +15,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::tickets::Tickets;
+use crate::bootstrap::RemotePanic;
 use crate::bootstrap::{Invoked, caught_panic};
-use crate::error::{CodecError, RemotePanic};
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail};
-use crate::ipc::codec::{self, Encoded};
 use crate::sys::{self, Entry, OwnedFd};
 use crate::wait::Wait;
+use crate::wire::codec::CodecError;
+use crate::wire::codec::{self, Encoded};
 
 /// Bytes before a job's argument.
 pub(crate) const JOB_HEADER: usize = 32;

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::registry;
+use super::{ExitStatus, ProcessError, Signal};
+use crate::bootstrap::RemotePanic;
 use crate::bootstrap::wire;
-use crate::error::{CodecError, ExitStatus, ProcessError, RemotePanic, Signal};
-use crate::ipc::codec;
-use crate::ipc::framing::{Conn, RecvError};
 use crate::sync::lock;
 use crate::sys::{self, AsFd, OwnedFd, Termination};
+use crate::wire::codec;
+use crate::wire::codec::CodecError;
+use crate::wire::framing::{Conn, RecvError};
 
 /// How the parent learns that a child ended.
 #[derive(Debug)]

@@ -2,8 +2,10 @@
 #![allow(unsafe_code)] // `Builder::spawn_fork` is an `unsafe fn` by design; it contains no unsafe block.
 
 mod current;
+mod error;
 mod handle;
 pub(crate) mod registry;
+mod status;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -18,15 +20,18 @@ use serde::de::DeserializeOwned;
 pub use current::{
     CurrentProcess, ParentProcess, active_children, cpu_count, current_process, parent_process,
 };
+pub(crate) use error::NOT_IN_EXECUTABLE;
+pub use error::{ProcessError, SpawnError};
 pub use handle::{ChildProcess, JoinHandle};
+pub use status::{ExitStatus, Signal};
 
 use handle::{Channel, ChildRecord, StatusSource};
 
 use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, wire};
-use crate::error::SpawnError;
-use crate::ipc::codec;
-use crate::ipc::framing::Conn;
 use crate::sys::{self, AsFd, OwnedFd};
+use crate::wire::codec;
+use crate::wire::codec::CodecError;
+use crate::wire::framing::Conn;
 
 /// How a child process is started.
 ///
@@ -315,7 +320,7 @@ impl Builder {
             parent_name: me.name.clone(),
         };
         let prefix = wire::encode_call_prefix(&identity, &header)
-            .map_err(|e| SpawnError::Codec(crate::CodecError::new(e.to_string())))?;
+            .map_err(|e| SpawnError::Codec(CodecError::with_source(e.to_string(), e)))?;
 
         let (ours, theirs) = sys::stream_pair()?;
         let (status_read, status_write) = sys::pipe()?;

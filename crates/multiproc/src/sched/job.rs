@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::schedule::Schedule;
-use crate::error::TaskError;
+use crate::pool::TaskError;
 use crate::pool::{Pool, ThreadPool};
 use crate::retry::RetryPolicy;
 

@@ -32,6 +32,7 @@
 //! ```
 
 mod clock;
+mod error;
 mod job;
 mod schedule;
 #[cfg(feature = "sqlite")]
@@ -51,13 +52,14 @@ use indexmap::IndexMap;
 
 use self::clock::Signal;
 pub use self::clock::{Clock, ManualClock};
+pub use self::error::ScheduleError;
 pub use self::job::{Coalesce, EventKind, Job, JobEvent, MissReason};
 use self::job::{Running, Target};
 pub use self::schedule::Schedule;
 #[cfg(feature = "sqlite")]
 pub use self::store::JobStore;
-use crate::error::{ScheduleError, TaskError};
 use crate::hub::Hub;
+use crate::pool::TaskError;
 use crate::pool::{Pool, ThreadPool};
 use crate::sync::lock;
 

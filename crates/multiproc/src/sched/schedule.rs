@@ -11,7 +11,7 @@ use chrono::{DateTime, SubsecRound as _, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
-use crate::error::ScheduleError;
+use super::ScheduleError;
 
 /// When a job fires: every period, on a cron expression in a time zone, or once.
 ///

@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::ScheduleError;
 use super::schedule::{Kind, Schedule};
-use crate::error::ScheduleError;
 
 /// The layout version this code writes (SQLite's `user_version`).
 const VERSION: i64 = 1;

@@ -1,5 +1,6 @@
 //! Shared memory.
 
+mod error;
 pub(crate) mod layout;
 pub(crate) mod named;
 pub(crate) mod object;
@@ -7,3 +8,5 @@ pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod shared;
 pub(crate) mod value;
+
+pub use error::{OutOfBounds, ShmError};

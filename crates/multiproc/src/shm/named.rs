@@ -16,9 +16,9 @@
 use std::fmt;
 use std::io;
 
+use super::ShmError;
 use super::segment::Segment;
 use crate::bootstrap::{self, wire::Tracked};
-use crate::error::ShmError;
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 
 /// Longest name: `NAME_MAX` less room for the `/dev/shm/` file's name rules.

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::ShmError;
 use super::layout::ObjectHeader;
 use super::named::{self, Name};
 use super::segment::{Segment, SharedWords};
-use crate::error::ShmError;
-use crate::ipc::codec;
 use crate::sys;
+use crate::wire::codec;
 
 /// What an object is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::named::{self, Name};
 use super::segment::Segment;
-use crate::error::{OutOfBounds, ShmError};
-use crate::ipc::codec;
+use super::{OutOfBounds, ShmError};
+use crate::wire::codec;
 
 /// A block of bytes shared between processes: Python's `shared_memory.SharedMemory`.
 ///

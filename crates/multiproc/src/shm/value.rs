@@ -13,10 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::layout::MutexWords;
 use super::object::{Elem, Kind, Object, Shape};
-use crate::error::{LockResult, OutOfBounds, ShmError, TryLockResult};
-use crate::ipc::codec;
+use super::{OutOfBounds, ShmError};
 use crate::sync::mutex::{self, Held};
+use crate::sync::{LockResult, TryLockResult};
 use crate::wait::Wait;
+use crate::wire::codec;
 
 /// Plain old data that may live in shared memory: [`Value`] and [`Array`] hold these.
 ///

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::error::DaemonError;
+use super::DaemonError;
 use crate::{bootstrap, sys};
 
 /// How [`daemonize`] sets the service up.

@@ -3,6 +3,7 @@
 //! service from its terminal.
 
 mod daemon;
+mod error;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +16,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::daemon::{Daemon, DaemonOptions, daemonize};
-use crate::error::{ExitStatus, ProcessError, SpawnError, SupervisorError};
+pub use self::error::{DaemonError, SupervisorError};
 use crate::hub::Hub;
 use crate::process::{Builder, JoinHandle};
+use crate::process::{ExitStatus, ProcessError, SpawnError};
 use crate::retry::{Jitter, RetryPolicy};
 use crate::sync::lock;
 use crate::sys;

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
+use super::BarrierError;
 use super::lock::object_handle;
 use super::raw::{Acquired, spin_until};
-use crate::error::{BarrierError, ShmError};
+use crate::shm::ShmError;
 use crate::shm::layout::{BarrierSlot, BarrierWords, ObjectHeader};
 use crate::shm::object::{Kind, Object, Shape};
 use crate::sys;

@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{Lock, LockGuard};
 use super::raw::Acquired;
-use crate::error::{LockResult, OwnerDied, ShmError, TryLockResult};
+use super::{LockResult, OwnerDied, TryLockResult};
+use crate::shm::ShmError;
 use crate::shm::layout::ConditionWords;
 use crate::shm::object::{Elem, Kind, Object, Shape};
 use crate::sys;

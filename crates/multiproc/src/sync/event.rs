@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::lock::object_handle;
 use super::raw::wait_for;
-use crate::error::ShmError;
+use crate::shm::ShmError;
 use crate::shm::layout::EventWords;
 use crate::shm::object::{Kind, Object, Shape};
 use crate::sys;

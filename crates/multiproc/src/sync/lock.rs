@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::mutex::{self, Held};
-use crate::error::{LockResult, ShmError, TryLockResult};
+use super::{LockResult, TryLockResult};
+use crate::shm::ShmError;
 use crate::shm::layout::MutexWords;
 use crate::shm::object::{Kind, Object, Shape};
 use crate::wait::Wait;

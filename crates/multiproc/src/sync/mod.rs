@@ -2,11 +2,14 @@
 
 pub(crate) mod barrier;
 pub(crate) mod condition;
+mod error;
 pub(crate) mod event;
 pub(crate) mod lock;
 pub(crate) mod mutex;
 pub(crate) mod raw;
 pub(crate) mod semaphore;
+
+pub use error::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, TryLockResult};
 
 /// Locks a thread mutex, taking it over from a thread that panicked while holding it:
 /// the state it guards is kept consistent by its users, and a panic elsewhere must not

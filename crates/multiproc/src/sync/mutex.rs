@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use super::raw::Acquired;
-use crate::error::{LockResult, OwnerDied, TryLockError, TryLockResult};
+use super::{LockResult, OwnerDied, TryLockError, TryLockResult};
 use crate::shm::layout::MutexWords;
 use crate::sys;
 use crate::wait::Wait;

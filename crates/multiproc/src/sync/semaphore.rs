@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
+use super::OverRelease;
 use super::lock::object_handle;
 use super::raw::wait_for;
-use crate::error::{OverRelease, ShmError};
+use crate::shm::ShmError;
 use crate::shm::layout::SemaphoreWords;
 use crate::shm::object::{Kind, Object, Shape};
 use crate::sys;

@@ -184,8 +184,8 @@ pub(crate) fn try_reap(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
 pub(crate) fn set_name(_: &str) {}
 pub(crate) fn detach(
     _: &crate::supervise::DaemonOptions,
-) -> Result<Option<std::fs::File>, crate::error::DaemonError> {
-    Err(crate::error::DaemonError::Unsupported)
+) -> Result<Option<std::fs::File>, crate::supervise::DaemonError> {
+    Err(crate::supervise::DaemonError::Unsupported)
 }
 pub(crate) fn signal_group(_: u32, _: i32) -> io::Result<bool> {
     Err(unsupported())

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::codec::{self, Encoded};
 use crate::shm::layout::ChannelHeader;
 use crate::shm::ring::{INLINE, Ring, SIDE, record_len};
 use crate::shm::segment::{Segment, View};
 use crate::sync::raw::{SPIN_ONLY, spin_then_yield, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+use crate::wire::codec::{self, Encoded};
 
 /// Bytes of ring a channel gets unless told otherwise. Messages up to half of it travel
 /// in the ring; larger ones in a memory file of their own.

@@ -6,9 +6,9 @@
 use std::io::{self, IoSlice};
 
 use super::{Payload, Received, RecvFail};
-use crate::ipc::codec::Encoded;
 use crate::shm::segment::View;
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+use crate::wire::codec::Encoded;
 
 /// Side message header: id (u64), payload length (u64), mode (u8), padding.
 const HEADER: usize = 24;

@@ -11,7 +11,7 @@ use rustix::process::{Pid, WaitOptions};
 
 use super::launch::{exit_now, fork_if_single_threaded};
 use super::proc::{getpid, thread_count};
-use crate::error::DaemonError;
+use crate::supervise::DaemonError;
 use crate::supervise::DaemonOptions;
 use crate::sys::{Forked, pipe};
 

@@ -24,8 +24,8 @@ use super::launch::{
 use super::proc as process;
 use crate::bootstrap::wire::{self, ForkReply, ForkRequest};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
-use crate::ipc::framing::Conn;
 use crate::sys::{Forked, Termination};
+use crate::wire::framing::Conn;
 
 /// One child of the server.
 struct Kid {

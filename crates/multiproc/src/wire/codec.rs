@@ -9,9 +9,72 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::sync::Arc;
 
-use crate::error::CodecError;
 use crate::sys::{self, BorrowedFd, OwnedFd};
+
+/// A value could not be encoded or decoded for another process.
+///
+/// Arguments and return values travel as [serde](https://serde.rs) data; this is the
+/// error when a `Serialize` implementation fails, or when the bytes that arrive do not
+/// decode as the expected type (for instance, the two sides disagree on the type).
+/// [`source`](std::error::Error::source) is serde's own error, when there is one in
+/// this process (a failure reported by another process comes as its message only).
+#[derive(Clone, Debug)]
+pub struct CodecError {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CodecError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        CodecError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error described by `message` and caused by `source`.
+    pub(crate) fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CodecError {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Two errors are equal when they say the same thing (the source is not compared: it
+/// explains the message, and a copy received from another process has none).
+impl PartialEq for CodecError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for CodecError {}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// An encoded value: its bytes and the descriptors that travel with it.
 #[derive(Debug, Default)]
@@ -190,11 +253,11 @@ pub(crate) fn encode_with_prefix<T: Serialize + ?Sized>(
         (Err(e), _) => {
             // Postcard drops the message a `Serialize` implementation gives; find it again.
             let (why, _) = collecting(|| probe::message(value));
-            Err(CodecError::new(format!(
-                "cannot encode a `{}`: {}",
-                std::any::type_name::<T>(),
-                why.unwrap_or_else(|| e.to_string())
-            )))
+            let why = why.unwrap_or_else(|| e.to_string());
+            Err(CodecError::with_source(
+                format!("cannot encode a `{}`: {why}", std::any::type_name::<T>()),
+                e,
+            ))
         }
     }
 }
@@ -214,7 +277,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     let why = REFUSED.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer_why));
     let (value, rest) = result.map_err(|e| {
         let why = why.unwrap_or_else(|| e.to_string());
-        CodecError::new(format!("cannot decode a `{what}`: {why}"))
+        CodecError::with_source(format!("cannot decode a `{what}`: {why}"), e)
     })?;
     if !rest.is_empty() {
         return Err(CodecError::new(format!(

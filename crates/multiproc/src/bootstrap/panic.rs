@@ -1,0 +1,167 @@
+//! A panic in a child, brought back as data: message, location and backtrace.
+
+use std::any::Any;
+use std::backtrace::{Backtrace, BacktraceStatus};
+use std::cell::RefCell;
+use std::fmt;
+use std::panic;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// Where a panic happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicLocation {
+    file: String,
+    line: u32,
+    column: u32,
+}
+
+impl PanicLocation {
+    pub(crate) fn new(loc: &std::panic::Location<'_>) -> Self {
+        PanicLocation {
+            file: loc.file().to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+        }
+    }
+
+    /// The source file.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The line, from 1.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// The column, from 1.
+    pub fn column(&self) -> u32 {
+        self.column
+    }
+}
+
+impl fmt::Display for PanicLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A panic in another process, brought back as data.
+///
+/// The backtrace is captured when the child runs with `RUST_BACKTRACE=1` (or `full`),
+/// which children inherit from the parent's environment, as `std` does for threads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePanic {
+    process: String,
+    pid: u32,
+    message: String,
+    location: Option<PanicLocation>,
+    backtrace: Option<String>,
+}
+
+impl RemotePanic {
+    pub(crate) fn new(
+        process: String,
+        pid: u32,
+        message: String,
+        location: Option<PanicLocation>,
+        backtrace: Option<String>,
+    ) -> Self {
+        RemotePanic {
+            process,
+            pid,
+            message,
+            location,
+            backtrace,
+        }
+    }
+
+    /// The panic message (the payload, when it is a string).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where it panicked.
+    pub fn location(&self) -> Option<&PanicLocation> {
+        self.location.as_ref()
+    }
+
+    /// The backtrace, when the child captured one.
+    pub fn backtrace(&self) -> Option<&str> {
+        self.backtrace.as_deref()
+    }
+
+    /// The name of the process that panicked.
+    pub fn process_name(&self) -> &str {
+        &self.process
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl fmt::Display for RemotePanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "process '{}' (pid {}) panicked", self.process, self.pid)?;
+        if let Some(loc) = &self.location {
+            write!(f, " at {loc}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for RemotePanic {}
+
+type PanicInfo = (String, Option<PanicLocation>, Option<String>);
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<PanicInfo>> = const { RefCell::new(None) };
+}
+
+/// Records the panic's message, location and backtrace for the report, then lets the
+/// previous hook (the default one prints to stderr) run as usual.
+pub(crate) fn install_panic_hook() {
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let backtrace = Backtrace::capture();
+        let backtrace =
+            (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
+        let record = (
+            payload_message(info.payload()),
+            info.location().map(PanicLocation::new),
+            backtrace,
+        );
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(record));
+        previous(info);
+    }));
+}
+
+/// What this process knows of a panic it caught: the message, and the location and
+/// backtrace the hook recorded (if this is a child, where the hook is installed).
+pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> RemotePanic {
+    let (message, location, backtrace) = LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| (payload_message(payload), None, None));
+    RemotePanic::new(
+        super::me().name.clone(),
+        sys::getpid(),
+        message,
+        location,
+        backtrace,
+    )
+}
+
+pub(crate) fn payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}

@@ -1,0 +1,94 @@
+//! Why a process could not be started, or produced no value.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::status::Signal;
+use crate::bootstrap::RemotePanic;
+use crate::wire::codec::CodecError;
+
+/// What `NotInExecutable` says, wherever a function is refused for it.
+pub(crate) const NOT_IN_EXECUTABLE: &str = "the function to run is not part of the main executable";
+
+/// Why a process could not be started. No child is left behind when `spawn` fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// `multiproc::init()` has not been called in this process.
+    #[error("multiproc::init() must be called at the start of main before spawning")]
+    NotInitialized,
+    /// The arguments could not be encoded.
+    #[error("could not encode the arguments: {0}")]
+    Codec(CodecError),
+    /// The function is not part of the main executable (it lives in a shared library),
+    /// so another process cannot find it.
+    #[error("{}", NOT_IN_EXECUTABLE)]
+    NotInExecutable,
+    /// Spawning would nest processes deeper than the limit.
+    #[error("process nesting is limited to {limit} levels")]
+    TooDeep {
+        /// The limit.
+        limit: u32,
+    },
+    /// The directory the child should run in is not usable.
+    #[error("cannot run in {}: {source}", path.display())]
+    CurrentDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// Processes cannot be created on this platform.
+    #[error("unsupported on this platform: {0}")]
+    Unsupported(&'static str),
+    /// The operating system refused (out of processes, descriptors or memory, or the
+    /// fork server could not be started).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Why a child process produced no value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The function panicked.
+    #[error("{0}")]
+    Panicked(RemotePanic),
+    /// The process exited (`std::process::exit`) before the function returned.
+    #[error("the process exited with code {0} before returning")]
+    Exited(i32),
+    /// The process was killed by a signal: it crashed (`SIGSEGV`, `SIGABRT`, ...) or was
+    /// killed (`SIGKILL`, `SIGTERM`).
+    #[error("the process was killed by {0}")]
+    Signaled(Signal),
+    /// The process ended before its call started, for the reason given.
+    #[error("the process was lost before its call started: {0}")]
+    Lost(String),
+    /// The return value could not be encoded in the child or decoded here.
+    #[error("could not transfer the return value: {0}")]
+    Codec(CodecError),
+    /// `join_timeout` ran out of time; the process is still running.
+    #[error("timed out waiting for the process")]
+    Timeout,
+    /// The process was already joined.
+    #[error("the process was already joined")]
+    Joined,
+    /// Waiting for the process failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl ProcessError {
+    /// Whether this is [`ProcessError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ProcessError::Timeout)
+    }
+
+    /// The remote panic, if the function panicked.
+    pub fn panic(&self) -> Option<&RemotePanic> {
+        match self {
+            ProcessError::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+}
