@@ -328,7 +328,7 @@ pub use retry::{Jitter, RetryPolicy};
 pub use sched::ScheduleError;
 pub use sched::{Job, Schedule, Scheduler};
 pub use shm::shared::SharedMemory;
-pub use shm::value::{Array, ArrayGuard, ShmSafe, Value, ValueGuard};
+pub use shm::typed::ShmSafe;
 pub use shm::{OutOfBounds, ShmError};
 pub use supervise::{
     ChildExit, ChildSpec, ChildState, ChildStatus, Daemon, DaemonOptions, Restart, Strategy,
@@ -340,6 +340,7 @@ pub use sync::condition::{Condition, WaitTimeoutResult};
 pub use sync::event::Event;
 pub use sync::lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use sync::semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+pub use sync::value::{Array, ArrayGuard, Value, ValueGuard};
 pub use sync::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, TryLockResult};
 pub use wire::codec::CodecError;
 

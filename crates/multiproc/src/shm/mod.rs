@@ -1,4 +1,5 @@
-//! Shared memory.
+//! Shared memory, raw: segments (anonymous and named), the layout of every shared
+//! structure, the channel's ring, shared objects, typed copies, and `SharedMemory`.
 
 mod error;
 pub(crate) mod layout;
@@ -7,6 +8,6 @@ pub(crate) mod object;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod shared;
-pub(crate) mod value;
+pub(crate) mod typed;
 
 pub use error::{OutOfBounds, ShmError};

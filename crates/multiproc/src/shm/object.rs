@@ -359,7 +359,7 @@ impl Object {
         self.len
     }
 
-    /// The segment and where the data starts in it: for `shm::value`.
+    /// The segment and where the data starts in it: for `shm::typed`.
     #[inline]
     pub(crate) fn data(&self) -> (&Segment, usize) {
         (&self.seg, self.data_offset)

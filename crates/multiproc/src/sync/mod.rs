@@ -8,6 +8,7 @@ pub(crate) mod lock;
 pub(crate) mod mutex;
 pub(crate) mod raw;
 pub(crate) mod semaphore;
+pub(crate) mod value;
 
 pub use error::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, TryLockResult};
 
