@@ -302,8 +302,8 @@ pub mod log;
 pub mod manager;
 mod pool;
 mod process;
-mod retry;
 pub mod sched;
+mod select;
 mod shm;
 mod supervise;
 mod sync;
@@ -315,18 +315,20 @@ pub use bootstrap::{Init, init, init_with};
 pub use bootstrap::{PanicLocation, RemotePanic};
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
-pub use ipc::wait::{Waitable, wait};
 pub use ipc::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use manager::Manager;
 pub use manager::ManagerError;
-pub use pool::{Imap, ImapUnordered, Pool, PoolBuilder, Task, ThreadPool, ThreadPoolBuilder};
+pub use pool::{
+    Imap, ImapUnordered, Jitter, Pool, PoolBuilder, RetryPolicy, Task, ThreadPool,
+    ThreadPoolBuilder,
+};
 pub use pool::{PoolError, TaskError};
 pub use process::{ExitStatus, ProcessError, Signal, SpawnError};
-pub use retry::{Jitter, RetryPolicy};
 pub use sched::ScheduleError;
 pub use sched::{Job, Schedule, Scheduler};
+pub use select::{Waitable, wait};
 pub use shm::shared::SharedMemory;
 pub use shm::typed::ShmSafe;
 pub use shm::{OutOfBounds, ShmError};

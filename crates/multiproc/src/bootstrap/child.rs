@@ -247,7 +247,7 @@ fn report(why: &str) {
 
 /// Joins this child's own children, flushes, exits.
 fn finish(code: i32, origin: Origin) -> ! {
-    crate::process::registry::exit_function();
+    super::exit_function();
     exit(code, origin)
 }
 

@@ -17,6 +17,7 @@ pub(crate) use forkserver::ForkServer;
 pub(crate) use panic::caught_panic;
 pub use panic::{PanicLocation, RemotePanic};
 
+use crate::shm::{self, named::Tracked};
 use crate::sys::{self, OwnedFd};
 
 /// Environment variable that tells a re-executed process it is a child.
@@ -40,8 +41,31 @@ pub struct Init {
 impl Drop for Init {
     fn drop(&mut self) {
         if self.owner {
-            crate::process::registry::exit_function();
+            exit_function();
         }
+    }
+}
+
+/// What handles this process's children at exit: installed by the layer that keeps
+/// them (`process`) when it starts the first one, so that this layer names no caller.
+static HANDLE_CHILDREN: OnceLock<fn()> = OnceLock::new();
+
+/// Installs `f` to handle this process's children when it exits (once per process
+/// image; later calls change nothing).
+pub(crate) fn at_exit_handle_children(f: fn()) {
+    let _ = HANDLE_CHILDREN.set(f);
+}
+
+/// Runs when the process that called `init` exits, and when a child's function returns:
+/// handles the children (daemons terminated, the others joined), then stops the fork
+/// server. Doing it again does nothing.
+pub(crate) fn exit_function() {
+    if let Some(handle_children) = HANDLE_CHILDREN.get() {
+        handle_children();
+    }
+    let server = state().server.take();
+    if let Some(server) = server {
+        server.shut_down();
     }
 }
 
@@ -88,7 +112,7 @@ pub(crate) struct State {
     pub(crate) death: Option<(OwnedFd, OwnedFd)>,
     /// Named segments this process created and has not unlinked: its fork server
     /// unlinks them if this process dies first.
-    pub(crate) tracked: Vec<wire::Tracked>,
+    pub(crate) tracked: Vec<Tracked>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -166,6 +190,9 @@ fn init_inner(setup: Option<fn()>) -> Init {
     if INITIALIZED.swap(true, Ordering::SeqCst) {
         return Init { owner: false };
     }
+    // Before anything forks or runs a call: every process of the program (children and
+    // the fork server included) reports the named segments it creates to its server.
+    shm::named::set_tracker(shm::named::Tracker { track, untrack });
     if let Some(token) = sys::take_env(CHILD_TOKEN)
         && let Some((channel, death)) = parse_token(&token)
     {
@@ -200,7 +227,7 @@ extern "C" fn exit_hook() {
     if OWNER_PID.load(Ordering::SeqCst) == sys::getpid() {
         // Unwinding out of an `extern "C"` function aborts; the exit function reports its
         // own failures and must not take the process down with it.
-        let _ = std::panic::catch_unwind(crate::process::registry::exit_function);
+        let _ = std::panic::catch_unwind(exit_function);
     }
 }
 
@@ -359,7 +386,7 @@ fn server_call<T>(
 
 /// Has this process's fork server unlink the named segment `tracked` if this process
 /// dies without doing it. Best effort: without `init()` there is no server to ask.
-pub(crate) fn track(tracked: wire::Tracked) {
+fn track(tracked: Tracked) {
     if !initialized() {
         return;
     }
@@ -371,7 +398,7 @@ pub(crate) fn track(tracked: wire::Tracked) {
 }
 
 /// Undoes [`track`]: the segment was unlinked by its creator.
-pub(crate) fn untrack(tracked: &wire::Tracked) {
+fn untrack(tracked: &Tracked) {
     let mut st = state();
     let before = st.tracked.len();
     st.tracked.retain(|t| t != tracked);

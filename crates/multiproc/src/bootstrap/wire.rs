@@ -35,14 +35,7 @@ pub(crate) const TRACK: u8 = 18;
 /// Parent → fork server: forget a segment (its creator unlinked it). Body: as `TRACK`.
 pub(crate) const UNTRACK: u8 = 19;
 
-/// A named segment the fork server unlinks when its creator is gone, if the name still
-/// refers to the same file (device and inode).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Tracked {
-    pub(crate) name: String,
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-}
+pub(crate) use crate::shm::named::Tracked;
 
 /// Largest call the child accepts through its channel (arguments included).
 pub(crate) const MAX_CALL: u64 = 1 << 40;

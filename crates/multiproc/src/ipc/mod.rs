@@ -4,7 +4,6 @@ pub(crate) mod channel;
 mod error;
 pub(crate) mod pipe;
 pub(crate) mod queue;
-pub(crate) mod wait;
 
 pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,

@@ -5,6 +5,7 @@
 mod error;
 mod iter;
 mod manager;
+mod retry;
 pub(crate) mod task;
 mod thread;
 pub(crate) mod tickets;
@@ -22,12 +23,12 @@ use serde::de::DeserializeOwned;
 
 pub use error::{PoolError, TaskError};
 pub use iter::{Imap, ImapUnordered};
+pub use retry::{Jitter, RetryPolicy};
 pub use task::Task;
 pub use thread::{ThreadPool, ThreadPoolBuilder};
 
 use crate::ipc::channel::{self, RawReceiver, RawSender, Received, SendFail};
 use crate::process::{Builder, JoinHandle, SpawnError, StartMethod};
-use crate::retry::RetryPolicy;
 use crate::sync::lock;
 use crate::sys::{self, Entry, OwnedFd};
 use crate::wait::Wait;

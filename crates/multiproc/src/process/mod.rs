@@ -4,7 +4,7 @@
 mod current;
 mod error;
 mod handle;
-pub(crate) mod registry;
+mod registry;
 mod status;
 
 use std::ffi::OsString;

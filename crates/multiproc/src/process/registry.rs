@@ -32,6 +32,8 @@ pub(crate) fn add(children: &mut Vec<Arc<ChildRecord>>, record: Arc<ChildRecord>
         DETACHED.store(left, Ordering::Relaxed);
     }
     children.push(record);
+    // From the first child on, the process's exit handles its children.
+    bootstrap::at_exit_handle_children(exit_function);
 }
 
 /// Forgets a joined child.
@@ -51,11 +53,11 @@ pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
     children.clone()
 }
 
-/// Runs when the process that called `init` exits (and when a child's function returns):
-/// terminates daemon children, joins the others (however long they take, as Python
-/// does), gives daemons a moment to exit before killing them, and stops the fork server.
-/// Doing it again does nothing.
-pub(crate) fn exit_function() {
+/// Runs when the process that called `init` exits (and when a child's function returns),
+/// through the hook installed in [`add`]: terminates daemon children, joins the others
+/// (however long they take, as Python does), and gives daemons a moment to exit before
+/// killing them. Doing it again does nothing.
+fn exit_function() {
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
     for child in &daemons {
@@ -83,9 +85,5 @@ pub(crate) fn exit_function() {
             let _ = child.signal(sys::SIGKILL);
             let _ = child.wait(None);
         }
-    }
-    let server = bootstrap::state().server.take();
-    if let Some(server) = server {
-        server.shut_down();
     }
 }

@@ -12,9 +12,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::schedule::Schedule;
+use crate::pool::RetryPolicy;
 use crate::pool::TaskError;
 use crate::pool::{Pool, ThreadPool};
-use crate::retry::RetryPolicy;
 
 /// A started run: resolves when the task ends.
 pub(crate) type Running = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;

@@ -1,9 +1,11 @@
 //! Named segments: POSIX shared memory (`/dev/shm/<name>`), which outlives the processes
 //! that use it unless someone unlinks it.
 //!
-//! The creator unlinks the name when its handle is dropped, and registers it with its
-//! fork server, which unlinks it if the creator dies first (the server notices when its
-//! connection to the creator hangs up, however the creator ended). Only the creator's
+//! The creator unlinks the name when its handle is dropped, and reports it to the
+//! [`Tracker`] that `init()` installs (the fork server), which unlinks it if the creator
+//! dies first (the server notices when its connection to the creator hangs up, however
+//! the creator ended). The tracker is a hook rather than a call into `bootstrap`, which
+//! sits above this layer; without `init()` there is none, and nothing is tracked. Only the creator's
 //! death unlinks: a process that merely opened a segment never removes it, and the
 //! server checks that the name still refers to the file it was told about, so it never
 //! removes a segment created later under the same name.
@@ -15,11 +17,40 @@
 
 use std::fmt;
 use std::io;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
 
 use super::ShmError;
 use super::segment::Segment;
-use crate::bootstrap::{self, wire::Tracked};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// A named segment this process created, as a tracker is told of it: the name, and the
+/// file's device and inode (so that a segment re-created under the name by someone else
+/// is never mistaken for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Tracked {
+    pub(crate) name: String,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// Who hears of the named segments this process creates and unlinks, so that they can
+/// be unlinked on its behalf if it dies first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tracker {
+    /// A segment was created here.
+    pub(crate) track: fn(Tracked),
+    /// A segment created here was unlinked here.
+    pub(crate) untrack: fn(&Tracked),
+}
+
+static TRACKER: OnceLock<Tracker> = OnceLock::new();
+
+/// Installs the tracker (once per process image; `init()` does it).
+pub(crate) fn set_tracker(tracker: Tracker) {
+    let _ = TRACKER.set(tracker);
+}
 
 /// Longest name: `NAME_MAX` less room for the `/dev/shm/` file's name rules.
 const MAX_NAME: usize = 255;
@@ -69,7 +100,9 @@ impl Drop for Name {
             && *pid == sys::getpid()
         {
             sys::shm_unlink_if(&tracked.name, (tracked.dev, tracked.ino));
-            bootstrap::untrack(tracked);
+            if let Some(tracker) = TRACKER.get() {
+                (tracker.untrack)(tracked);
+            }
         }
     }
 }
@@ -119,7 +152,9 @@ pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError
         dev,
         ino,
     };
-    bootstrap::track(tracked.clone());
+    if let Some(tracker) = TRACKER.get() {
+        (tracker.track)(tracked.clone());
+    }
     Ok((
         fd,
         Name {

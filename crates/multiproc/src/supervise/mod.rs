@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 pub use self::daemon::{Daemon, DaemonOptions, daemonize};
 pub use self::error::{DaemonError, SupervisorError};
 use crate::hub::Hub;
+use crate::pool::{Jitter, RetryPolicy};
 use crate::process::{Builder, JoinHandle};
 use crate::process::{ExitStatus, ProcessError, SpawnError};
-use crate::retry::{Jitter, RetryPolicy};
 use crate::sync::lock;
 use crate::sys;
 

@@ -1,11 +1,14 @@
 //! [`wait`]: block until any of several receivers, queues or processes is ready
-//! (Python's `multiprocessing.connection.wait`).
+//! (Python's `multiprocessing.connection.wait`). A layer above both `ipc` and
+//! `process`, since it selects over either.
 
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::channel::{MAX_SLEEP, RawReceiver};
-use crate::process::ChildProcess;
+use crate::ipc::channel::{MAX_SLEEP, RawReceiver};
+use crate::ipc::pipe::{Connection, Receiver};
+use crate::ipc::queue::{JoinableQueue, Queue};
+use crate::process::{ChildProcess, JoinHandle};
 use crate::sys::{self, BorrowedFd};
 
 /// Something [`wait`] can wait for: a [`Receiver`](crate::Receiver),
@@ -121,10 +124,6 @@ macro_rules! waitable {
         impl Waitable for $ty {}
     )*};
 }
-
-use super::pipe::{Connection, Receiver};
-use super::queue::{JoinableQueue, Queue};
-use crate::process::JoinHandle;
 
 waitable! {
     ChildProcess => |s| Source(Kind::Process(s.clone()));

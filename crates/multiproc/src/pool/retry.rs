@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 
-use crate::pool::TaskError;
+use super::TaskError;
 
 /// How a retry delay is randomised, so that many tasks failing together do not all
 /// come back at once.
