@@ -256,13 +256,15 @@ impl Object {
             _ => {}
         }
         let mut state = self.state();
-        let (response, changed) = apply(&mut state, op, peer.session);
+        let applied = apply(&mut state, op, peer.session);
         drop(state);
-        if changed {
-            self.changed.notify_all();
-        }
-        match response {
-            Ok(r) => r,
+        match applied {
+            Ok(Applied { response, changed }) => {
+                if changed {
+                    self.changed.notify_all();
+                }
+                response
+            }
             Err(Unfit(op)) => self.unsupported(&op),
         }
     }
@@ -456,185 +458,281 @@ fn bytes_to_vec(items: impl IntoIterator<Item = Vec<u8>>) -> Vec<Bytes> {
     items.into_iter().map(Bytes).collect()
 }
 
-/// The non-blocking operations: the response, and whether the state changed.
-fn apply(state: &mut State, op: Op, session: u64) -> (Result<Response, Unfit>, bool) {
+/// What a non-blocking operation did: its response, and whether it changed the object
+/// (then the object's waiters are woken).
+struct Applied {
+    response: Response,
+    changed: bool,
+}
+
+impl Applied {
+    /// A response that changed nothing.
+    fn read(response: Response) -> Self {
+        Applied {
+            response,
+            changed: false,
+        }
+    }
+
+    /// A response after a change.
+    fn wrote(response: Response) -> Self {
+        Applied {
+            response,
+            changed: true,
+        }
+    }
+
+    /// A response after a change, if there was one.
+    fn wrote_if(changed: bool, response: Response) -> Self {
+        Applied { response, changed }
+    }
+}
+
+type Handled = Result<Applied, Unfit>;
+
+/// The non-blocking operations, handed to the handler of the object's family.
+fn apply(state: &mut State, op: Op, session: u64) -> Handled {
+    match state {
+        State::Dict { map, clock } => dict(map, clock, op),
+        State::List(v) => list(v, op),
+        State::Set(s) => set(s, op),
+        State::Queue { items, .. } => queue(items, op),
+        State::Value { version, bytes } => value(version, bytes, op),
+        State::Lock { lock, .. } => lock_ops(lock, op, session),
+        State::Semaphore(n) => semaphore(n, op),
+        State::Event(e) => event(e, op),
+        State::Condition {
+            lock,
+            waiting,
+            notified,
+            ..
+        } => condition(lock, waiting, notified, op, session),
+        State::Barrier {
+            parties,
+            count,
+            broken,
+            ..
+        } => barrier(*parties, *count, broken, op),
+        State::Custom(obj) => custom(obj.as_mut(), op),
+    }
+}
+
+fn dict(map: &mut IndexMap<Vec<u8>, (u64, Vec<u8>)>, clock: &mut u64, op: Op) -> Handled {
     use Response as R;
-    let r = match (state, op) {
-        (State::Dict { map, .. }, Op::Len) => R::Len(map.len() as u64),
-        (State::List(v), Op::Len) => R::Len(v.len() as u64),
-        (State::Set(s), Op::Len) => R::Len(s.len() as u64),
-        (State::Queue { items, .. }, Op::Len) => R::Len(items.len() as u64),
-        (State::Dict { map, .. }, Op::Clear) => {
+    Ok(match op {
+        Op::Len => Applied::read(R::Len(map.len() as u64)),
+        Op::Clear => {
             map.clear();
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (State::List(v), Op::Clear) => {
-            v.clear();
-            return (Ok(R::Unit), true);
-        }
-        (State::Set(s), Op::Clear) => {
-            s.clear();
-            return (Ok(R::Unit), true);
-        }
-        (State::Queue { items, .. }, Op::Clear) => {
-            items.clear();
-            return (Ok(R::Unit), true);
-        }
-        (State::Dict { map, .. }, Op::Values) => {
-            R::Items(map.values().map(|(_, v)| Bytes(v.clone())).collect())
-        }
-        (State::List(v), Op::Values) => R::Items(bytes_to_vec(v.iter().cloned())),
-        (State::Set(s), Op::Values) => R::Items(bytes_to_vec(s.iter().cloned())),
-        (State::Queue { items, .. }, Op::Values) => R::Items(bytes_to_vec(items.iter().cloned())),
-        (State::Dict { map, .. }, Op::Keys) => R::Items(bytes_to_vec(map.keys().cloned())),
-        (State::Dict { map, .. }, Op::Items) => R::Pairs(
+        Op::Values => Applied::read(R::Items(
+            map.values().map(|(_, v)| Bytes(v.clone())).collect(),
+        )),
+        Op::Keys => Applied::read(R::Items(bytes_to_vec(map.keys().cloned()))),
+        Op::Items => Applied::read(R::Pairs(
             map.iter()
                 .map(|(k, (_, v))| (Bytes(k.clone()), Bytes(v.clone())))
                 .collect(),
-        ),
-        (State::Dict { map, .. }, Op::Get { key, versioned }) => match map.get(&key.0) {
+        )),
+        Op::Get { key, versioned } => Applied::read(match map.get(&key.0) {
             Some((ver, v)) if versioned => R::Versioned(Some((*ver, Bytes(v.clone())))),
             Some((_, v)) => R::Item(Some(Bytes(v.clone()))),
             None if versioned => R::Versioned(None),
             None => R::Item(None),
-        },
-        (State::Dict { map, clock }, Op::Insert { key, value }) => {
+        }),
+        Op::Insert { key, value } => {
             *clock += 1;
             let old = map.insert(key.0, (*clock, value.0));
-            return (Ok(R::Item(old.map(|(_, v)| Bytes(v)))), true);
+            Applied::wrote(R::Item(old.map(|(_, v)| Bytes(v))))
         }
-        (State::Dict { map, .. }, Op::Remove(key)) => {
+        Op::Remove(key) => {
             // `shift_remove` keeps the others in insertion order, as Python's dict does.
             let old = map.shift_remove(&key.0);
-            let changed = old.is_some();
-            return (Ok(R::Item(old.map(|(_, v)| Bytes(v)))), changed);
+            Applied::wrote_if(old.is_some(), R::Item(old.map(|(_, v)| Bytes(v))))
         }
-        (State::Set(s), Op::Remove(key)) => {
-            let was = s.shift_remove(&key.0);
-            return (Ok(R::Bool(was)), was);
-        }
-        (State::Dict { map, .. }, Op::Contains(key)) => R::Bool(map.contains_key(&key.0)),
-        (State::Set(s), Op::Contains(key)) => R::Bool(s.contains(&key.0)),
-        (State::Dict { map, clock }, Op::Update(pairs)) => {
+        Op::Contains(key) => Applied::read(R::Bool(map.contains_key(&key.0))),
+        Op::Update(pairs) => {
             for (k, v) in pairs {
                 *clock += 1;
                 map.insert(k.0, (*clock, v.0));
             }
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (
-            State::Dict { map, clock },
-            Op::Swap {
-                key: Some(key),
-                version,
-                value,
-            },
-        ) => {
+        Op::Swap {
+            key: Some(key),
+            version,
+            value,
+        } => {
             let current = map.get(&key.0).map(|(ver, _)| *ver);
             if current != version {
                 let now = map.get(&key.0).map(|(ver, v)| (*ver, Bytes(v.clone())));
-                return (Ok(R::Versioned(now)), false);
+                return Ok(Applied::read(R::Versioned(now)));
             }
             *clock += 1;
             map.insert(key.0, (*clock, value.0));
-            return (Ok(R::Bool(true)), true);
+            Applied::wrote(R::Bool(true))
         }
-        (
-            State::Value { version, bytes },
-            Op::Swap {
-                key: None,
-                version: expected,
-                value,
-            },
-        ) => {
-            if expected != Some(*version) {
-                return (
-                    Ok(R::Versioned(Some((*version, Bytes(bytes.clone()))))),
-                    false,
-                );
-            }
-            *version += 1;
-            *bytes = value.0;
-            return (Ok(R::Bool(true)), true);
+        op => return Err(unfit(&op)),
+    })
+}
+
+fn list(v: &mut Vec<Vec<u8>>, op: Op) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Len => Applied::read(R::Len(v.len() as u64)),
+        Op::Clear => {
+            v.clear();
+            Applied::wrote(R::Unit)
         }
-        (State::Value { version, bytes }, Op::Load) => {
-            R::Versioned(Some((*version, Bytes(bytes.clone()))))
-        }
-        (State::Value { version, bytes }, Op::Store(value)) => {
-            *version += 1;
-            *bytes = value.0;
-            return (Ok(R::Unit), true);
-        }
-        (State::List(v), Op::Push(item)) => {
+        Op::Values => Applied::read(R::Items(bytes_to_vec(v.iter().cloned()))),
+        Op::Push(item) => {
             v.push(item.0);
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (State::Set(s), Op::Push(item)) => {
-            let new = s.insert(item.0);
-            return (Ok(R::Bool(new)), new);
-        }
-        (State::List(v), Op::Pop) => {
+        Op::Pop => {
             let item = v.pop();
-            let changed = item.is_some();
-            return (Ok(R::Item(item.map(Bytes))), changed);
+            Applied::wrote_if(item.is_some(), R::Item(item.map(Bytes)))
         }
-        (State::List(v), Op::Index(i)) => R::Item(
+        Op::Index(i) => Applied::read(R::Item(
             usize::try_from(i)
                 .ok()
                 .and_then(|i| v.get(i))
                 .map(|b| Bytes(b.clone())),
-        ),
-        (State::List(v), Op::SetIndex(i, item)) => {
+        )),
+        Op::SetIndex(i, item) => {
             let len = v.len() as u64;
-            return match usize::try_from(i).ok().and_then(|i| v.get_mut(i)) {
-                Some(slot) => (
-                    Ok(R::Item(Some(Bytes(std::mem::replace(slot, item.0))))),
-                    true,
-                ),
-                None => (
-                    Ok(R::Fault(Fault::IndexOutOfRange { index: i, len })),
-                    false,
-                ),
-            };
+            match usize::try_from(i).ok().and_then(|i| v.get_mut(i)) {
+                Some(slot) => Applied::wrote(R::Item(Some(Bytes(std::mem::replace(slot, item.0))))),
+                None => Applied::read(R::Fault(Fault::IndexOutOfRange { index: i, len })),
+            }
         }
-        (State::List(v), Op::Extend(items)) => {
+        Op::Extend(items) => {
             v.extend(items.into_iter().map(|b| b.0));
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (State::Lock { lock, .. } | State::Condition { lock, .. }, Op::Release { thread }) => {
+        op => return Err(unfit(&op)),
+    })
+}
+
+fn set(s: &mut IndexSet<Vec<u8>>, op: Op) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Len => Applied::read(R::Len(s.len() as u64)),
+        Op::Clear => {
+            s.clear();
+            Applied::wrote(R::Unit)
+        }
+        Op::Values => Applied::read(R::Items(bytes_to_vec(s.iter().cloned()))),
+        Op::Remove(key) => {
+            let was = s.shift_remove(&key.0);
+            Applied::wrote_if(was, R::Bool(was))
+        }
+        Op::Contains(key) => Applied::read(R::Bool(s.contains(&key.0))),
+        Op::Push(item) => {
+            let new = s.insert(item.0);
+            Applied::wrote_if(new, R::Bool(new))
+        }
+        op => return Err(unfit(&op)),
+    })
+}
+
+/// A queue's non-blocking operations (`Take` and `Put` block: see [`Object::call`]).
+fn queue(items: &mut VecDeque<Vec<u8>>, op: Op) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Len => Applied::read(R::Len(items.len() as u64)),
+        Op::Clear => {
+            items.clear();
+            Applied::wrote(R::Unit)
+        }
+        Op::Values => Applied::read(R::Items(bytes_to_vec(items.iter().cloned()))),
+        op => return Err(unfit(&op)),
+    })
+}
+
+fn value(version: &mut u64, bytes: &mut Vec<u8>, op: Op) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Swap {
+            key: None,
+            version: expected,
+            value,
+        } => {
+            if expected != Some(*version) {
+                return Ok(Applied::read(R::Versioned(Some((
+                    *version,
+                    Bytes(bytes.clone()),
+                )))));
+            }
+            *version += 1;
+            *bytes = value.0;
+            Applied::wrote(R::Bool(true))
+        }
+        Op::Load => Applied::read(R::Versioned(Some((*version, Bytes(bytes.clone()))))),
+        Op::Store(value) => {
+            *version += 1;
+            *bytes = value.0;
+            Applied::wrote(R::Unit)
+        }
+        op => return Err(unfit(&op)),
+    })
+}
+
+/// A lock's (or a condition's lock's) non-blocking operation: `Release` by its owner.
+fn lock_ops(lock: &mut Owned, op: Op, session: u64) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Release { thread } => {
             if lock.owner != Some((session, thread)) {
-                return (Ok(R::Fault(Fault::NotOwner)), false);
+                return Ok(Applied::read(R::Fault(Fault::NotOwner)));
             }
             lock.count -= 1;
             if lock.count == 0 {
                 lock.owner = None;
             }
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (State::Semaphore(n), Op::Release { .. }) => {
+        op => return Err(unfit(&op)),
+    })
+}
+
+fn semaphore(n: &mut u64, op: Op) -> Handled {
+    Ok(match op {
+        Op::Release { .. } => {
             *n = n.saturating_add(1);
-            return (Ok(R::Unit), true);
+            Applied::wrote(Response::Unit)
         }
-        (State::Event(e), Op::Set) => {
+        op => return Err(unfit(&op)),
+    })
+}
+
+fn event(e: &mut bool, op: Op) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Set => {
             *e = true;
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (State::Event(e), Op::Unset) => {
+        Op::Unset => {
             *e = false;
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (State::Event(e), Op::IsSet) => R::Bool(*e),
-        (
-            State::Condition {
-                lock,
-                waiting,
-                notified,
-                ..
-            },
-            Op::Notify { thread, n },
-        ) => {
+        Op::IsSet => Applied::read(R::Bool(*e)),
+        op => return Err(unfit(&op)),
+    })
+}
+
+fn condition(
+    lock: &mut Owned,
+    waiting: &mut VecDeque<u64>,
+    notified: &mut HashSet<u64>,
+    op: Op,
+    session: u64,
+) -> Handled {
+    match op {
+        Op::Notify { thread, n } => {
             if lock.owner != Some((session, thread)) {
-                return (Ok(R::Fault(Fault::NotOwner)), false);
+                return Ok(Applied::read(Response::Fault(Fault::NotOwner)));
             }
             let mut woke = 0;
             while woke < n {
@@ -642,43 +740,45 @@ fn apply(state: &mut State, op: Op, session: u64) -> (Result<Response, Unfit>, b
                 notified.insert(t);
                 woke += 1;
             }
-            return (Ok(R::Len(woke)), woke > 0);
+            Ok(Applied::wrote_if(woke > 0, Response::Len(woke)))
         }
-        (State::Barrier { broken, .. }, Op::Abort) => {
+        op => lock_ops(lock, op, session),
+    }
+}
+
+fn barrier(parties: u64, count: u64, broken: &mut bool, op: Op) -> Handled {
+    use Response as R;
+    Ok(match op {
+        Op::Abort => {
             *broken = true;
-            return (Ok(R::Unit), true);
+            Applied::wrote(R::Unit)
         }
-        (
-            State::Barrier {
-                parties,
-                count,
-                broken,
-                ..
-            },
-            Op::BarrierState,
-        ) => R::BarrierState {
-            parties: *parties,
-            waiting: *count,
+        Op::BarrierState => Applied::read(R::BarrierState {
+            parties,
+            waiting: count,
             broken: *broken,
-        },
-        (State::Custom(obj), Op::Custom(request)) => {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| obj.call(&request.0)));
-            return match r {
-                Ok(Ok(bytes)) => (Ok(R::Item(Some(Bytes(bytes)))), true),
-                Ok(Err(e)) => (Ok(R::Fault(Fault::Codec(e))), false),
-                Err(payload) => (
-                    Ok(R::Fault(Fault::Panicked(
-                        crate::bootstrap::caught_panic(&*payload)
-                            .message()
-                            .to_owned(),
-                    ))),
-                    true,
-                ),
-            };
-        }
-        (_, op) => return (Err(unfit(&op)), false),
+        }),
+        op => return Err(unfit(&op)),
+    })
+}
+
+/// A registered type's request; a panic in its handler is reported, and the object
+/// lives on (counted as changed: the handler may have changed it before panicking).
+fn custom(obj: &mut dyn ErasedObject, op: Op) -> Handled {
+    use Response as R;
+    let Op::Custom(request) = op else {
+        return Err(unfit(&op));
     };
-    (Ok(r), false)
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| obj.call(&request.0)));
+    Ok(match r {
+        Ok(Ok(bytes)) => Applied::wrote(R::Item(Some(Bytes(bytes)))),
+        Ok(Err(e)) => Applied::read(R::Fault(Fault::Codec(e))),
+        Err(payload) => Applied::wrote(R::Fault(Fault::Panicked(
+            crate::bootstrap::caught_panic(&*payload)
+                .message()
+                .to_owned(),
+        ))),
+    })
 }
 
 /// A registered custom type, behind its encoded requests and responses.

@@ -2,22 +2,19 @@
 //! `Pool`/`Executor` surface. See `README.md` beside this file for how the process pool
 //! survives its workers.
 
+mod engine;
 mod error;
 mod iter;
-mod manager;
 mod retry;
 pub(crate) mod task;
 mod thread;
 pub(crate) mod tickets;
 pub(crate) mod worker;
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -27,30 +24,14 @@ pub use retry::{Jitter, RetryPolicy};
 pub use task::Task;
 pub use thread::{ThreadPool, ThreadPoolBuilder};
 
-use crate::ipc::channel::{self, RawReceiver, RawSender, Received, SendFail};
-use crate::process::{Builder, JoinHandle, SpawnError, StartMethod};
-use crate::sync::lock;
-use crate::sys::{self, Entry, OwnedFd};
-use crate::wait::Wait;
+use crate::ipc::channel::Received;
+use crate::process::{SpawnError, StartMethod};
+use crate::sys::{self, Entry};
 use crate::wire::codec::{self, Encoded};
+use engine::{Config, PoolInner};
+pub(crate) use engine::{DEPTH_MAX, DEPTH_MIN};
 use task::{Cancel, Cell, Sink, Stream};
-use tickets::{TicketState, Tickets};
-use worker::{JOB_HEADER, JobHeader, WorkerArgs};
-
-/// Jobs a worker holds at least (one running, one waiting), and at most.
-const DEPTH_MIN: usize = 2;
-const DEPTH_MAX: usize = 128;
-/// A worker is kept this busy: it holds as many jobs as it runs in this time.
-const DEPTH_TARGET: Duration = Duration::from_micros(200);
-/// A worker whose task has run this long while another worker idles gives its queued
-/// tasks to the idle one (so a short task never waits behind a long one).
-const STEAL_AFTER: Duration = Duration::from_millis(1);
-/// Consecutive workers that fail to start (or whose initializer fails) before the pool
-/// gives up.
-const MAX_START_FAILURES: u32 = 3;
-
-/// Numbers worker names: `PoolWorker-1`, `PoolWorker-2`, ... across all pools.
-static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
+use worker::JOB_HEADER;
 
 /// Builds a [`Pool`].
 #[derive(Debug)]
@@ -165,42 +146,20 @@ impl PoolBuilder {
         if !crate::bootstrap::initialized() {
             return Err(PoolError::Spawn(SpawnError::NotInitialized));
         }
-        let identity = crate::bootstrap::exe_identity()?;
-        let capacity = processes * DEPTH_MAX;
-        let tickets =
-            Tickets::new(capacity).map_err(|e| PoolError::Io(std::io::Error::other(e)))?;
-        let (results_tx, results_rx) = channel::channel(channel::DEFAULT_RING, None)?;
-        let inner = Arc::new(PoolInner {
-            config: Config {
-                processes,
-                start_method: self.start_method,
-                init,
-                max_tasks_per_child: self.max_tasks_per_child,
-                task_timeout: self.task_timeout,
-                retry: self.retry,
-                name: self.name,
-                identity,
-            },
-            tickets,
-            results_rx,
-            results_tx,
-            bell: sys::doorbell()?,
-            state: Mutex::new(State::new(processes, capacity)),
-            changed: Condvar::new(),
-        });
-        for index in 0..processes {
-            let worker = inner.start_worker(index)?;
-            lock(&inner.state).workers[index] = Some(worker);
-        }
-        let manager = {
-            let inner = Arc::clone(&inner);
-            std::thread::Builder::new()
-                .name("multiproc-pool".into())
-                .spawn(move || manager::run(&inner))?
+        let config = Config {
+            processes,
+            start_method: self.start_method,
+            init,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
+            retry: self.retry,
+            name: self.name,
+            identity: crate::bootstrap::exe_identity()?,
         };
+        let (inner, engine) = PoolInner::start(config)?;
         Ok(Pool {
             inner,
-            manager: Some(manager),
+            engine: Some(engine),
         })
     }
 }
@@ -246,16 +205,17 @@ impl PoolBuilder {
 /// ```
 pub struct Pool {
     inner: Arc<PoolInner>,
-    manager: Option<std::thread::JoinHandle<()>>,
+    /// The engine's thread (see `engine.rs`).
+    engine: Option<std::thread::JoinHandle<()>>,
 }
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = lock(&self.inner.state);
+        let (tasks, closed) = self.inner.summary();
         f.debug_struct("Pool")
-            .field("processes", &self.inner.config.processes)
-            .field("tasks", &st.tasks.len())
-            .field("closed", &st.closed)
+            .field("processes", &self.inner.processes())
+            .field("tasks", &tasks)
+            .field("closed", &closed)
             .finish()
     }
 }
@@ -277,17 +237,12 @@ impl Pool {
 
     /// The number of worker processes.
     pub fn processes(&self) -> usize {
-        self.inner.config.processes
+        self.inner.processes()
     }
 
     /// The pids of the workers alive now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        lock(&self.inner.state)
-            .workers
-            .iter()
-            .flatten()
-            .map(|w| w.handle.pid())
-            .collect()
+        self.inner.worker_pids()
     }
 
     /// Runs `f(args)` in a worker and returns a [`Task`] for its result (Python's
@@ -470,8 +425,7 @@ impl Pool {
 
     /// Refuses new tasks; those already submitted run to the end, then the workers exit.
     pub fn close(&self) {
-        lock(&self.inner.state).closed = true;
-        self.inner.ring();
+        self.inner.close();
     }
 
     /// Closes the pool and waits until every task has finished and every worker has
@@ -502,8 +456,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.inner.terminate();
-        if let Some(manager) = self.manager.take() {
-            let _ = manager.join();
+        if let Some(engine) = self.engine.take() {
+            let _ = engine.join();
         }
     }
 }
@@ -520,526 +474,4 @@ where
 /// Encodes a task's argument after room for the job header.
 fn encode_job<A: Serialize + ?Sized>(args: &A) -> Result<Encoded, TaskError> {
     codec::encode_with_prefix(&[0; JOB_HEADER], args).map_err(TaskError::Codec)
-}
-
-/// What the pool was built with.
-struct Config {
-    processes: usize,
-    start_method: Option<StartMethod>,
-    init: Option<(Entry, Encoded)>,
-    max_tasks_per_child: Option<u64>,
-    task_timeout: Option<Duration>,
-    retry: RetryPolicy,
-    name: String,
-    identity: [u64; 6],
-}
-
-/// Everything the pool handle, the manager thread and tasks share.
-pub(crate) struct PoolInner {
-    config: Config,
-    tickets: Tickets,
-    results_rx: RawReceiver,
-    /// Cloned into each worker.
-    results_tx: RawSender,
-    /// Wakes the manager.
-    bell: OwnedFd,
-    state: Mutex<State>,
-    /// Signalled when the pool finishes (for `join`).
-    changed: Condvar,
-}
-
-struct State {
-    /// One slot per worker; `None` while a replacement is being started.
-    workers: Vec<Option<Worker>>,
-    /// By id (sequential numbers: hashed with Fx, not SipHash, which costs more per
-    /// task than the rest of the bookkeeping).
-    tasks: FxHashMap<u64, TaskRec>,
-    /// Tasks waiting for a worker, oldest first.
-    pending: VecDeque<u64>,
-    /// Retries waiting for their delay.
-    delayed: Vec<(Instant, u64)>,
-    free_tickets: Vec<u32>,
-    generations: Vec<u32>,
-    next_id: u64,
-    closed: bool,
-    terminated: bool,
-    /// Why the pool gave up, if it did.
-    broken: Option<String>,
-    /// Workers that failed to start or initialise since a task last succeeded.
-    start_failures: u32,
-    /// The manager has finished: no tasks, no workers.
-    finished: bool,
-}
-
-impl State {
-    fn new(processes: usize, tickets: usize) -> Self {
-        State {
-            workers: (0..processes).map(|_| None).collect(),
-            tasks: FxHashMap::default(),
-            pending: VecDeque::new(),
-            delayed: Vec::new(),
-            free_tickets: (0..tickets as u32).rev().collect(),
-            generations: vec![0; tickets],
-            next_id: 1,
-            closed: false,
-            terminated: false,
-            broken: None,
-            start_failures: 0,
-            finished: false,
-        }
-    }
-}
-
-/// One worker process, as the pool sees it.
-struct Worker {
-    handle: JoinHandle<()>,
-    /// Its job channel; `None` once it is being retired (it exits when the channel
-    /// has no sender left).
-    jobs: Option<RawSender>,
-    /// Tasks sent to it, in order, not yet finished.
-    in_flight: VecDeque<u64>,
-    /// Tasks ever sent to it.
-    assigned: u64,
-    /// How many tasks it may hold.
-    depth: usize,
-    /// Smoothed time from dispatch to result, in ns.
-    turnaround_ns: f64,
-    /// The pool killed it, because of this task, with this error for it.
-    killed_for: Option<(u64, KillReason)>,
-    /// Its job channel refused a job (full or gone): skip it until it reports again.
-    stalled: bool,
-    /// It has been sent its last task (`max_tasks_per_child`).
-    retiring: bool,
-    /// Its current task has run long while other workers idled: its queued tasks were
-    /// taken back, and it gets no more until it reports.
-    slow: bool,
-    /// Tickets of jobs taken back from it: freed when it reports skipping them (or dies).
-    stolen: Vec<u32>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KillReason {
-    TimedOut,
-    Cancelled,
-    Terminated,
-}
-
-/// A task the pool knows about.
-struct TaskRec {
-    entry: Entry,
-    /// The job, header room included; kept until the task ends, to send it again if its
-    /// worker dies before starting it, or to retry it.
-    payload: Encoded,
-    sink: Arc<dyn Sink<Received>>,
-    slot: usize,
-    /// Runs so far that ended in failure.
-    attempts: u32,
-    worker: Option<usize>,
-    ticket: Option<(u32, u32)>,
-    /// Its outcome was delivered already (cancelled); only the ticket is left to free.
-    delivered: bool,
-}
-
-impl PoolInner {
-    /// Registers a task and sends it to a worker if one has room. Returns its id.
-    fn submit(
-        &self,
-        entry: Entry,
-        payload: Encoded,
-        sink: Arc<dyn Sink<Received>>,
-        slot: usize,
-    ) -> Result<u64, TaskError> {
-        let mut st = lock(&self.state);
-        let id = self.register(&mut st, entry, payload, sink, slot)?;
-        self.pump(&mut st);
-        Ok(id)
-    }
-
-    /// Registers tasks (under one lock) and sends them to workers with room. Returns
-    /// their ids, or the error that refused them all.
-    fn submit_many(
-        &self,
-        entry: Entry,
-        jobs: Vec<(usize, Encoded)>,
-        sink: &Arc<dyn Sink<Received>>,
-    ) -> Result<Vec<u64>, TaskError> {
-        let mut st = lock(&self.state);
-        let mut ids = Vec::with_capacity(jobs.len());
-        for (slot, payload) in jobs {
-            ids.push(self.register(&mut st, entry, payload, Arc::clone(sink), slot)?);
-        }
-        self.pump(&mut st);
-        Ok(ids)
-    }
-
-    /// Adds a task to the queue.
-    fn register(
-        &self,
-        st: &mut State,
-        entry: Entry,
-        payload: Encoded,
-        sink: Arc<dyn Sink<Received>>,
-        slot: usize,
-    ) -> Result<u64, TaskError> {
-        if let Some(why) = &st.broken {
-            return Err(TaskError::PoolBroken(why.clone()));
-        }
-        if st.closed {
-            return Err(TaskError::PoolClosed);
-        }
-        let id = st.next_id;
-        st.next_id += 1;
-        st.tasks.insert(
-            id,
-            TaskRec {
-                entry,
-                payload,
-                sink,
-                slot,
-                attempts: 0,
-                worker: None,
-                ticket: None,
-                delivered: false,
-            },
-        );
-        st.pending.push_back(id);
-        Ok(id)
-    }
-
-    /// Sends pending tasks to workers with room.
-    fn pump(&self, st: &mut State) {
-        let State {
-            workers,
-            tasks,
-            pending,
-            free_tickets,
-            generations,
-            ..
-        } = st;
-        while let Some(&id) = pending.front() {
-            let Some(w) = pick_worker(workers) else {
-                return;
-            };
-            let Some(ticket) = free_tickets.pop() else {
-                return;
-            };
-            pending.pop_front();
-            let (Some(rec), Some(Some(worker))) = (tasks.get_mut(&id), workers.get_mut(w)) else {
-                free_tickets.push(ticket);
-                continue;
-            };
-            let generation = {
-                let g = &mut generations[ticket as usize];
-                *g = g.wrapping_add(1).max(1);
-                *g
-            };
-            self.tickets.queue(ticket, generation);
-            JobHeader {
-                id,
-                ticket,
-                generation,
-                entry: rec.entry,
-            }
-            .write(&mut rec.payload.bytes[..JOB_HEADER]);
-            let sent = match &worker.jobs {
-                Some(jobs) => send_job(jobs, &rec.payload),
-                None => Err(SendFail::Disconnected),
-            };
-            match sent {
-                Ok(()) => {
-                    rec.worker = Some(w);
-                    rec.ticket = Some((ticket, generation));
-                    worker.in_flight.push_back(id);
-                    worker.assigned += 1;
-                    if self
-                        .config
-                        .max_tasks_per_child
-                        .is_some_and(|max| worker.assigned >= max)
-                    {
-                        // Its last task: it is retired once that is done.
-                        worker.retiring = true;
-                    }
-                }
-                Err(SendFail::Io(e)) => {
-                    // The job cannot be sent at all (out of memory or descriptors): the
-                    // task fails rather than wait forever.
-                    self.tickets.free(ticket);
-                    free_tickets.push(ticket);
-                    if let Some(rec) = tasks.remove(&id) {
-                        rec.sink
-                            .deliver(rec.slot, Err(TaskError::Io(std::sync::Arc::new(e))));
-                    }
-                }
-                Err(SendFail::Full | SendFail::Disconnected) => {
-                    // Another worker takes it; this one is looked at again when it
-                    // reports (or is replaced).
-                    worker.stalled = true;
-                    self.tickets.free(ticket);
-                    free_tickets.push(ticket);
-                    pending.push_front(id);
-                }
-            }
-        }
-    }
-
-    /// Removes tasks nobody will read (a `map` that failed half-way): queued ones are
-    /// dropped; running ones finish and their results are thrown away.
-    fn discard(&self, ids: &[u64]) {
-        let mut st = lock(&self.state);
-        for id in ids {
-            if let Some(pos) = st.pending.iter().position(|p| p == id) {
-                st.pending.remove(pos);
-                st.tasks.remove(id);
-            }
-        }
-    }
-
-    /// Kills every worker and fails every task.
-    fn terminate(&self) {
-        let mut st = lock(&self.state);
-        if st.terminated {
-            return;
-        }
-        st.terminated = true;
-        st.closed = true;
-        st.pending.clear();
-        st.delayed.clear();
-        for w in st.workers.iter_mut().flatten() {
-            w.jobs = None;
-            let _ = w.handle.kill();
-            if w.killed_for.is_none() {
-                w.killed_for = w.in_flight.front().map(|&id| (id, KillReason::Terminated));
-            }
-        }
-        for rec in st.tasks.values_mut() {
-            if !rec.delivered {
-                rec.delivered = true;
-                rec.sink.deliver(rec.slot, Err(TaskError::PoolClosed));
-            }
-        }
-        drop(st);
-        self.ring();
-    }
-
-    /// Wakes the manager.
-    fn ring(&self) {
-        sys::ring(sys::AsFd::as_fd(&self.bell));
-    }
-
-    /// Waits until the manager has finished (no tasks, no workers), or `deadline`.
-    fn wait_finished(&self, deadline: Option<Instant>) -> bool {
-        let mut st = lock(&self.state);
-        loop {
-            if st.finished {
-                return true;
-            }
-            st = match deadline {
-                None => self
-                    .changed
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.changed
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-    }
-
-    /// Takes queued tasks back from workers stuck on a long task while another worker
-    /// idles, and sends them elsewhere. Returns when to look again, if ever.
-    fn steal(&self, st: &mut State) -> Option<Instant> {
-        let idle = |w: &Worker| {
-            w.in_flight.is_empty() && w.jobs.is_some() && !w.retiring && w.killed_for.is_none()
-        };
-        if !st.pending.is_empty() || !st.workers.iter().flatten().any(idle) {
-            return None;
-        }
-        let now = Instant::now();
-        let now_ns = sys::monotonic_ns();
-        let limit = STEAL_AFTER.as_nanos() as u64;
-        let mut next = None::<Instant>;
-        let mut taken = Vec::new();
-        let State { workers, tasks, .. } = st;
-        for w in workers.iter_mut().flatten() {
-            if w.in_flight.len() < 2 || w.killed_for.is_some() {
-                continue;
-            }
-            let front = tasks.get(&w.in_flight[0]).and_then(|r| r.ticket);
-            let Some((ticket, generation)) = front else {
-                continue;
-            };
-            let TicketState::Running(started) = self.tickets.state(ticket, generation) else {
-                continue;
-            };
-            let ran = if started == 0 {
-                0
-            } else {
-                now_ns.saturating_sub(started)
-            };
-            if ran < limit {
-                let at = now + Duration::from_nanos(limit - ran);
-                next = Some(next.map_or(at, |n| n.min(at)));
-                continue;
-            }
-            w.slow = true;
-            while w.in_flight.len() > 1 {
-                let id = w.in_flight[1];
-                let Some(rec) = tasks.get_mut(&id) else {
-                    break;
-                };
-                let (Some((ticket, generation)), false) = (rec.ticket, rec.delivered) else {
-                    break;
-                };
-                if self.tickets.cancel(ticket, generation) != TicketState::Cancelled {
-                    // It started: the long task is over.
-                    break;
-                }
-                w.in_flight.remove(1);
-                w.stolen.push(ticket);
-                w.assigned -= 1;
-                rec.ticket = None;
-                rec.worker = None;
-                taken.push(id);
-            }
-            if let Some(max) = self.config.max_tasks_per_child {
-                w.retiring = w.assigned >= max;
-            }
-        }
-        if !taken.is_empty() {
-            tracing::trace!(tasks = taken.len(), "tasks taken back from a busy worker");
-            st.pending.extend(taken);
-            self.pump(st);
-        }
-        next
-    }
-
-    /// Starts worker number `index`.
-    fn start_worker(&self, index: usize) -> Result<Worker, PoolError> {
-        let (jobs_tx, jobs_rx) = channel::channel(channel::DEFAULT_RING, None)?;
-        let init = match &self.config.init {
-            Some((entry, arg)) => Some((*entry, arg.try_clone()?)),
-            None => None,
-        };
-        let args = WorkerArgs {
-            identity: self.config.identity,
-            jobs: jobs_rx,
-            results: self.results_tx.clone(),
-            tickets: self.tickets.clone(),
-            init,
-        };
-        let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        let mut builder = Builder::new()
-            .name(format!("{}-{n}", self.config.name))
-            .daemon(true);
-        if let Some(method) = self.config.start_method {
-            builder = builder.start_method(method);
-        }
-        let handle = builder.spawn(worker::worker_main, args)?;
-        tracing::trace!(pid = handle.pid(), index, "pool worker started");
-        Ok(Worker {
-            handle,
-            jobs: Some(jobs_tx),
-            in_flight: VecDeque::new(),
-            assigned: 0,
-            depth: DEPTH_MIN,
-            turnaround_ns: 0.0,
-            killed_for: None,
-            stalled: false,
-            retiring: false,
-            slow: false,
-            stolen: Vec::new(),
-        })
-    }
-}
-
-impl Cancel for PoolInner {
-    fn help(&self) {
-        self.drain_results();
-    }
-
-    fn cancel(&self, id: u64) -> bool {
-        let mut st = lock(&self.state);
-        let Some(rec) = st.tasks.get(&id) else {
-            return false;
-        };
-        if rec.delivered {
-            return false;
-        }
-        match (rec.worker, rec.ticket) {
-            // Not sent to a worker yet.
-            (None, _) | (_, None) => {
-                st.pending.retain(|p| *p != id);
-                st.delayed.retain(|(_, p)| *p != id);
-                if let Some(rec) = st.tasks.remove(&id) {
-                    rec.sink.deliver(rec.slot, Err(TaskError::Cancelled));
-                }
-                true
-            }
-            (Some(w), Some((ticket, generation))) => {
-                match self.tickets.cancel(ticket, generation) {
-                    // Its worker will skip it (and say so, which frees the ticket).
-                    TicketState::Cancelled => {
-                        if let Some(rec) = st.tasks.get_mut(&id) {
-                            rec.delivered = true;
-                            rec.sink.deliver(rec.slot, Err(TaskError::Cancelled));
-                        }
-                        true
-                    }
-                    // Running: only killing its worker stops it.
-                    TicketState::Running(_) => {
-                        if let Some(Some(worker)) = st.workers.get_mut(w)
-                            && worker.killed_for.is_none()
-                        {
-                            worker.killed_for = Some((id, KillReason::Cancelled));
-                            let _ = worker.handle.kill();
-                            drop(st);
-                            self.ring();
-                            return true;
-                        }
-                        false
-                    }
-                    TicketState::Queued | TicketState::Other => false,
-                }
-            }
-        }
-    }
-}
-
-/// The worker with room that holds the fewest jobs.
-fn pick_worker(workers: &[Option<Worker>]) -> Option<usize> {
-    workers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
-        .filter(|(_, w)| {
-            w.jobs.is_some()
-                && !w.stalled
-                && !w.retiring
-                && !w.slow
-                && w.killed_for.is_none()
-                && w.in_flight.len() < w.depth
-        })
-        .min_by_key(|(_, w)| w.in_flight.len())
-        .map(|(i, _)| i)
-}
-
-/// Sends a job without giving it up: straight from its buffer into the ring when it can,
-/// otherwise a copy (with duplicated descriptors) on the side.
-fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<(), SendFail> {
-    if payload.fds.is_empty() && jobs.fits_inline(payload.bytes.len()) {
-        let mut fill = |buf: &mut [u8]| {
-            buf.copy_from_slice(&payload.bytes);
-            true
-        };
-        return jobs.send_inline(payload.bytes.len(), &mut fill, Wait::No, false);
-    }
-    let copy = payload.try_clone().map_err(SendFail::Io)?;
-    jobs.send(copy, Wait::No, false).map_err(|(_, e)| e)
 }

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use super::TaskError;
 use super::worker::OUTCOME_HEADER;
 use crate::ipc::channel::Received;
-use crate::sync::lock;
 use crate::sync::raw::spin_until;
+use crate::sync::{lock, wait_on};
 use crate::wire::codec;
 
 /// How long a waiter spins before it sleeps: results of short tasks often arrive within
@@ -87,18 +87,11 @@ impl<T> Cell<T> {
                 return true;
             }
             st.sleepers += 1;
-            st = match deadline {
-                None => self.ready.wait(st).unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        st.sleepers -= 1;
-                        return false;
-                    }
-                    self.ready
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+            st = match wait_on(&self.ready, st, deadline) {
+                Ok(st) => st,
+                Err(mut st) => {
+                    st.sleepers -= 1;
+                    return false;
                 }
             };
             st.sleepers -= 1;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -14,7 +14,7 @@ use super::task::{Cancel, Cell, Sink, Stream};
 use super::{DEPTH_MIN, Task};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
-use crate::sync::lock;
+use crate::sync::{lock, wait_on};
 
 /// Jobs per thread a lazy map keeps in flight.
 const THREAD_WINDOW: usize = 8;
@@ -246,18 +246,9 @@ impl Shared {
     fn wait_exited(&self, deadline: Option<Instant>) -> bool {
         let mut st = lock(&self.state);
         while st.live > 0 {
-            st = match deadline {
-                None => self.exited.wait(st).unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.exited
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
+            st = match wait_on(&self.exited, st, deadline) {
+                Ok(st) => st,
+                Err(_) => return false,
             };
         }
         true

@@ -3,11 +3,11 @@
 //! service from its terminal.
 
 mod daemon;
+mod engine;
 mod error;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,16 +16,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::daemon::{Daemon, DaemonOptions, daemonize};
+use self::engine::{Child, Settings, Shared, Supervising};
 pub use self::error::{DaemonError, SupervisorError};
-use crate::hub::Hub;
 use crate::pool::{Jitter, RetryPolicy};
-use crate::process::{Builder, JoinHandle};
-use crate::process::{ExitStatus, ProcessError, SpawnError};
-use crate::sync::lock;
-use crate::sys;
-
-/// How often the supervisor looks at its children and its orders when nothing happens.
-const TICK: Duration = Duration::from_millis(50);
+use crate::process::{Builder, ExitStatus, SpawnError};
 
 /// When a child that ended is started again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -120,56 +114,6 @@ impl ChildSpec {
     /// The child's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-}
-
-/// A running child, whatever its return type.
-trait Child: Send {
-    fn pid(&self) -> u32;
-    /// How it ended, once it has (without blocking).
-    fn try_exit(&mut self) -> Option<ChildExit>;
-    fn signal(&self, signal: i32);
-    fn as_waitable(&self) -> &dyn crate::Waitable;
-}
-
-impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
-    fn pid(&self) -> u32 {
-        JoinHandle::pid(self)
-    }
-
-    fn try_exit(&mut self) -> Option<ChildExit> {
-        if self.is_alive() {
-            return None;
-        }
-        let status = self.exit_status();
-        match self.join_timeout(Duration::ZERO) {
-            Err(ProcessError::Timeout) => None,
-            Ok(_) | Err(ProcessError::Exited(0)) => Some(ChildExit {
-                normal: true,
-                status,
-                reason: "returned".into(),
-            }),
-            Err(e) => Some(ChildExit {
-                normal: false,
-                status,
-                reason: e.to_string(),
-            }),
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // The whole group when the child has made it; the child alone before that.
-        if !matches!(sys::signal_group(self.pid(), signal), Ok(true)) {
-            let _ = if signal == sys::SIGKILL {
-                self.kill()
-            } else {
-                self.terminate()
-            };
-        }
-    }
-
-    fn as_waitable(&self) -> &dyn crate::Waitable {
-        self
     }
 }
 
@@ -346,46 +290,16 @@ impl SupervisorBuilder {
                 )));
             }
         }
-        let shared = Arc::new(Shared {
-            status: Mutex::new(Vec::new()),
-            outcome: Mutex::new(None),
-            done: Condvar::new(),
-            stop: AtomicBool::new(false),
-            hub: Hub::new(),
-        });
-        let mut sup = Supervising {
-            slots: self
-                .children
-                .into_iter()
-                .map(|spec| Slot {
-                    spec,
-                    child: None,
-                    state: SlotState::Stopped,
-                    started: Instant::now(),
-                    in_a_row: 0,
-                    restarts: 0,
-                    last_exit: None,
-                })
-                .collect(),
-            strategy: self.strategy,
-            max_restarts: self.max_restarts,
-            period: self.period,
-            backoff: self.backoff,
-            reset_after: self.reset_after,
-            recent: Vec::new(),
-            shared: Arc::clone(&shared),
-        };
-        for i in 0..sup.slots.len() {
-            if let Err(e) = sup.spawn(i) {
-                sup.stop_slots(&(0..i).collect::<Vec<_>>());
-                return Err(e);
-            }
-        }
-        sup.publish();
-        let thread = thread::Builder::new()
-            .name("multiproc-supervisor".into())
-            .spawn(move || sup.run())
-            .map_err(|e| SupervisorError::InvalidArgument(format!("supervisor thread: {e}")))?;
+        let (shared, thread) = Supervising::start(
+            self.children,
+            Settings {
+                strategy: self.strategy,
+                max_restarts: self.max_restarts,
+                period: self.period,
+                backoff: self.backoff,
+                reset_after: self.reset_after,
+            },
+        )?;
         Ok(Supervisor {
             shared,
             thread: Some(thread),
@@ -445,18 +359,18 @@ impl Supervisor {
 
     /// Every child's status, in start order.
     pub fn status(&self) -> Vec<ChildStatus> {
-        lock(&self.shared.status).clone()
+        self.shared.status()
     }
 
     /// A stream of what the supervisor does from now on.
     pub fn events(&self) -> Receiver<SupervisorEvent> {
-        self.shared.hub.subscribe()
+        self.shared.subscribe()
     }
 
     /// Whether the supervisor still runs (it stops when asked, when every child is done,
     /// or when intensity is exceeded).
     pub fn is_running(&self) -> bool {
-        lock(&self.shared.outcome).is_none()
+        self.shared.is_running()
     }
 
     /// Waits until the supervisor stops.
@@ -465,17 +379,7 @@ impl Supervisor {
     ///
     /// [`SupervisorError::Intensity`] if it gave up; a start failure of a restart.
     pub fn wait(&self) -> Result<(), SupervisorError> {
-        let mut outcome = lock(&self.shared.outcome);
-        loop {
-            if let Some(o) = &*outcome {
-                return o.clone().into_result();
-            }
-            outcome = self
-                .shared
-                .done
-                .wait(outcome)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.shared.wait(None)
     }
 
     /// Like [`wait`](Self::wait), at most `timeout`.
@@ -484,23 +388,7 @@ impl Supervisor {
     ///
     /// As [`wait`](Self::wait), and [`SupervisorError::Timeout`] if it still runs.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), SupervisorError> {
-        let deadline = Instant::now() + timeout;
-        let mut outcome = lock(&self.shared.outcome);
-        loop {
-            if let Some(o) = &*outcome {
-                return o.clone().into_result();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(SupervisorError::Timeout);
-            }
-            outcome = self
-                .shared
-                .done
-                .wait_timeout(outcome, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.shared.wait(Some(Instant::now() + timeout))
     }
 
     /// Stops every child (in reverse start order, each gracefully) and the supervisor.
@@ -515,7 +403,7 @@ impl Supervisor {
     }
 
     fn stop_now(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -525,333 +413,5 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop_now();
-    }
-}
-
-/// How the supervisor ended, kept so that every waiter gets it.
-#[derive(Clone)]
-enum Outcome {
-    Stopped,
-    GaveUp {
-        restarts: u32,
-        max: u32,
-        period: Duration,
-        child: String,
-        exit: String,
-    },
-}
-
-impl Outcome {
-    fn into_result(self) -> Result<(), SupervisorError> {
-        match self {
-            Outcome::Stopped => Ok(()),
-            Outcome::GaveUp {
-                restarts,
-                max,
-                period,
-                child,
-                exit,
-            } => Err(SupervisorError::Intensity {
-                restarts,
-                max,
-                period,
-                child,
-                exit,
-            }),
-        }
-    }
-}
-
-struct Shared {
-    status: Mutex<Vec<ChildStatus>>,
-    outcome: Mutex<Option<Outcome>>,
-    done: Condvar,
-    stop: AtomicBool,
-    hub: Hub<SupervisorEvent>,
-}
-
-enum SlotState {
-    Running,
-    Waiting(Instant),
-    Done,
-    Stopped,
-}
-
-struct Slot {
-    spec: ChildSpec,
-    child: Option<Box<dyn Child>>,
-    state: SlotState,
-    started: Instant,
-    /// Restarts in a row without a stable run, for the backoff.
-    in_a_row: u32,
-    restarts: u32,
-    last_exit: Option<ChildExit>,
-}
-
-/// The supervising thread's state.
-struct Supervising {
-    slots: Vec<Slot>,
-    strategy: Strategy,
-    max_restarts: u32,
-    period: Duration,
-    backoff: RetryPolicy,
-    reset_after: Duration,
-    /// When recent restarts happened, for the intensity.
-    recent: Vec<Instant>,
-    shared: Arc<Shared>,
-}
-
-impl Supervising {
-    fn run(mut self) {
-        let outcome = loop {
-            if self.shared.stop.load(Ordering::Acquire) {
-                break Outcome::Stopped;
-            }
-            if let Some(gave_up) = self.reap_exits() {
-                break gave_up;
-            }
-            if let Some(gave_up) = self.start_due() {
-                break gave_up;
-            }
-            self.publish();
-            if self
-                .slots
-                .iter()
-                .all(|s| matches!(s.state, SlotState::Done))
-            {
-                break Outcome::Stopped;
-            }
-            self.sleep();
-        };
-        let all: Vec<usize> = (0..self.slots.len()).collect();
-        self.stop_slots(&all);
-        if let Outcome::GaveUp { .. } = &outcome {
-            let reason = outcome.clone().into_result().err().map(|e| e.to_string());
-            tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
-            self.shared.hub.send(SupervisorEvent::GaveUp {
-                reason: reason.unwrap_or_default(),
-            });
-        }
-        self.publish();
-        self.shared.hub.send(SupervisorEvent::Stopped);
-        *lock(&self.shared.outcome) = Some(outcome);
-        self.shared.done.notify_all();
-    }
-
-    /// Sleeps until a child ends, a restart is due, or a tick passes.
-    fn sleep(&self) {
-        let now = Instant::now();
-        let next_restart = self
-            .slots
-            .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Waiting(at) => Some(at.saturating_duration_since(now)),
-                _ => None,
-            })
-            .min()
-            .unwrap_or(TICK);
-        let waitables: Vec<&dyn crate::Waitable> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.child.as_ref().map(|c| c.as_waitable()))
-            .collect();
-        let timeout = next_restart.min(TICK);
-        if waitables.is_empty() || crate::wait(&waitables, Some(timeout)).is_err() {
-            thread::sleep(timeout);
-        }
-    }
-
-    fn spawn(&mut self, i: usize) -> Result<(), SupervisorError> {
-        let slot = &mut self.slots[i];
-        let child =
-            (slot.spec.start)(&slot.spec.name).map_err(|source| SupervisorError::Spawn {
-                child: slot.spec.name.clone(),
-                source,
-            })?;
-        let pid = child.pid();
-        tracing::debug!(child = %slot.spec.name, pid, "child started");
-        slot.child = Some(child);
-        slot.state = SlotState::Running;
-        slot.started = Instant::now();
-        self.shared.hub.send(SupervisorEvent::Started {
-            child: slot.spec.name.clone(),
-            pid,
-        });
-        Ok(())
-    }
-
-    /// Handles children that ended. `Some` when intensity was exceeded.
-    fn reap_exits(&mut self) -> Option<Outcome> {
-        for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            let Some(child) = slot.child.as_mut() else {
-                continue;
-            };
-            let Some(exit) = child.try_exit() else {
-                continue;
-            };
-            let pid = child.pid();
-            slot.child = None;
-            tracing::warn!(child = %slot.spec.name, pid, "child ended: {exit}");
-            self.shared.hub.send(SupervisorEvent::Exited {
-                child: slot.spec.name.clone(),
-                pid,
-                exit: exit.clone(),
-            });
-            if let Some(gave_up) = self.ended(i, exit) {
-                return Some(gave_up);
-            }
-        }
-        None
-    }
-
-    /// Child `i` ended with `exit` (or could not be started): restart per policy.
-    fn ended(&mut self, i: usize, exit: ChildExit) -> Option<Outcome> {
-        let now = Instant::now();
-        let slot = &mut self.slots[i];
-        if now.duration_since(slot.started) >= self.reset_after {
-            slot.in_a_row = 0;
-        }
-        let restart = match slot.spec.restart {
-            Restart::Permanent => true,
-            Restart::Transient => !exit.normal,
-            Restart::Temporary => false,
-        };
-        slot.last_exit = Some(exit.clone());
-        if !restart {
-            slot.state = SlotState::Done;
-            return None;
-        }
-        self.recent.retain(|t| now.duration_since(*t) < self.period);
-        self.recent.push(now);
-        if self.recent.len() as u32 > self.max_restarts {
-            return Some(Outcome::GaveUp {
-                restarts: self.recent.len() as u32,
-                max: self.max_restarts,
-                period: self.period,
-                child: slot.spec.name.clone(),
-                exit: exit.reason,
-            });
-        }
-        slot.in_a_row += 1;
-        let delay = self.backoff.delay(slot.in_a_row);
-        let name = slot.spec.name.clone();
-        let affected: Vec<usize> = match self.strategy {
-            Strategy::OneForOne => vec![i],
-            Strategy::OneForAll => (0..self.slots.len()).collect(),
-            Strategy::RestForOne => (i..self.slots.len()).collect(),
-        };
-        let siblings: Vec<usize> = affected.iter().copied().filter(|&j| j != i).collect();
-        self.stop_slots(&siblings);
-        for j in affected {
-            let s = &mut self.slots[j];
-            if j != i && s.spec.restart == Restart::Temporary {
-                s.state = SlotState::Done;
-                continue;
-            }
-            if matches!(s.state, SlotState::Done) && j != i {
-                continue;
-            }
-            s.restarts += 1;
-            s.state = SlotState::Waiting(now + delay);
-        }
-        tracing::info!(child = %name, ?delay, "restarting");
-        self.shared.hub.send(SupervisorEvent::Restarting {
-            child: name,
-            after: delay,
-        });
-        None
-    }
-
-    /// Starts the children whose backoff is over, in order.
-    fn start_due(&mut self) -> Option<Outcome> {
-        let now = Instant::now();
-        for i in 0..self.slots.len() {
-            if !matches!(self.slots[i].state, SlotState::Waiting(at) if at <= now) {
-                continue;
-            }
-            if let Err(e) = self.spawn(i) {
-                let exit = ChildExit {
-                    normal: false,
-                    status: None,
-                    reason: e.to_string(),
-                };
-                if let Some(gave_up) = self.ended(i, exit) {
-                    return Some(gave_up);
-                }
-            }
-        }
-        None
-    }
-
-    /// Stops the running children among `which`, in reverse order, together: `SIGTERM`
-    /// to each process group, then `SIGKILL` to those still running after their grace.
-    fn stop_slots(&mut self, which: &[usize]) {
-        let start = Instant::now();
-        let mut stopping: Vec<usize> = Vec::new();
-        for &i in which.iter().rev() {
-            let slot = &mut self.slots[i];
-            if let Some(child) = &slot.child {
-                child.signal(sys::SIGTERM);
-                stopping.push(i);
-            }
-            if !matches!(slot.state, SlotState::Done) {
-                slot.state = SlotState::Stopped;
-            }
-        }
-        while !stopping.is_empty() {
-            let now = Instant::now();
-            stopping.retain(|&i| {
-                let slot = &mut self.slots[i];
-                let Some(child) = slot.child.as_mut() else {
-                    return false;
-                };
-                if let Some(exit) = child.try_exit() {
-                    slot.last_exit = Some(exit);
-                    slot.child = None;
-                    return false;
-                }
-                if now.duration_since(start) >= slot.spec.grace {
-                    child.signal(sys::SIGKILL);
-                }
-                true
-            });
-            // Wake when one of them ends, or at the next grace deadline.
-            let next_deadline = stopping
-                .iter()
-                .map(|&i| (start + self.slots[i].spec.grace).saturating_duration_since(now))
-                .filter(|d| !d.is_zero())
-                .min()
-                .unwrap_or(TICK);
-            let waitables: Vec<&dyn crate::Waitable> = stopping
-                .iter()
-                .filter_map(|&i| self.slots[i].child.as_ref().map(|c| c.as_waitable()))
-                .collect();
-            if !waitables.is_empty() {
-                let _ = crate::wait(&waitables, Some(next_deadline.min(TICK)));
-            }
-        }
-    }
-
-    fn publish(&self) {
-        let now = Instant::now();
-        let status = self
-            .slots
-            .iter()
-            .map(|s| ChildStatus {
-                name: s.spec.name.clone(),
-                state: match (&s.state, &s.child) {
-                    (SlotState::Running, Some(c)) => ChildState::Running { pid: c.pid() },
-                    (SlotState::Waiting(at), _) => ChildState::Restarting {
-                        after: at.saturating_duration_since(now),
-                    },
-                    (SlotState::Done, _) => ChildState::Done,
-                    _ => ChildState::Stopped,
-                },
-                restarts: s.restarts,
-                last_exit: s.last_exit.clone(),
-            })
-            .collect();
-        *lock(&self.shared.status) = status;
     }
 }

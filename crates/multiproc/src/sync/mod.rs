@@ -18,3 +18,27 @@ pub use error::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, 
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Waits once on `cv` with `guard` (until `deadline`, or as long as it takes; a wake-up
+/// may be spurious), taking the lock over from a thread that panicked, as [`lock`]
+/// does. `Err` with the guard, without waiting, once `deadline` has passed.
+pub(crate) fn wait_on<'a, T>(
+    cv: &std::sync::Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+    deadline: Option<std::time::Instant>,
+) -> Result<std::sync::MutexGuard<'a, T>, std::sync::MutexGuard<'a, T>> {
+    use std::sync::PoisonError;
+    match deadline {
+        None => Ok(cv.wait(guard).unwrap_or_else(PoisonError::into_inner)),
+        Some(d) => {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(guard);
+            }
+            Ok(cv
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0)
+        }
+    }
+}

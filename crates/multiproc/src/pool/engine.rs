@@ -1,0 +1,1128 @@
+//! The process pool's engine: what the [`Pool`](super::Pool) handle drives. Tasks are
+//! registered and dispatched to workers (`submit`, `pump`), queued jobs are stolen back
+//! from a worker stuck on a long task (`steal`), and the engine's thread routes
+//! outcomes to tasks, notices dead workers and replaces them, enforces task timeouts,
+//! runs retries when their delay is over, and retires workers when the pool is closed.
+//! How it survives its workers is in `README.md` beside this file.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use super::retry::RetryPolicy;
+use super::task::{Cancel, Sink};
+use super::tickets::{TicketState, Tickets};
+use super::worker::{self, JOB_HEADER, JobHeader, OUTCOME_HEADER, OutcomeHeader, WorkerArgs, kind};
+use super::{PoolError, TaskError};
+use crate::bootstrap::RemotePanic;
+use crate::ipc::channel::{self, MAX_SLEEP, RawReceiver, RawSender, Received, RecvFail, SendFail};
+use crate::process::{Builder, JoinHandle, StartMethod};
+use crate::sync::{lock, wait_on};
+use crate::sys::{self, AsFd, Entry, OwnedFd};
+use crate::wait::Wait;
+use crate::wire::codec::{CodecError, Encoded};
+/// Jobs a worker holds at least (one running, one waiting), and at most.
+pub(crate) const DEPTH_MIN: usize = 2;
+pub(crate) const DEPTH_MAX: usize = 128;
+/// A worker is kept this busy: it holds as many jobs as it runs in this time.
+const DEPTH_TARGET: Duration = Duration::from_micros(200);
+/// A worker whose task has run this long while another worker idles gives its queued
+/// tasks to the idle one (so a short task never waits behind a long one).
+const STEAL_AFTER: Duration = Duration::from_millis(1);
+/// Consecutive workers that fail to start (or whose initializer fails) before the pool
+/// gives up.
+const MAX_START_FAILURES: u32 = 3;
+
+/// Numbers worker names: `PoolWorker-1`, `PoolWorker-2`, ... across all pools.
+static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
+
+/// What the pool was built with.
+pub(super) struct Config {
+    pub(super) processes: usize,
+    pub(super) start_method: Option<StartMethod>,
+    pub(super) init: Option<(Entry, Encoded)>,
+    pub(super) max_tasks_per_child: Option<u64>,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) retry: RetryPolicy,
+    pub(super) name: String,
+    pub(super) identity: [u64; 6],
+}
+
+/// Everything the pool handle, the engine thread and tasks share.
+pub(crate) struct PoolInner {
+    config: Config,
+    tickets: Tickets,
+    results_rx: RawReceiver,
+    /// Cloned into each worker.
+    results_tx: RawSender,
+    /// Wakes the engine thread.
+    bell: OwnedFd,
+    state: Mutex<State>,
+    /// Signalled when the pool finishes (for `join`).
+    changed: Condvar,
+}
+
+struct State {
+    /// One slot per worker; `None` while a replacement is being started.
+    workers: Vec<Option<Worker>>,
+    /// By id (sequential numbers: hashed with Fx, not SipHash, which costs more per
+    /// task than the rest of the bookkeeping).
+    tasks: FxHashMap<u64, TaskRec>,
+    /// Tasks waiting for a worker, oldest first.
+    pending: VecDeque<u64>,
+    /// Retries waiting for their delay.
+    delayed: Vec<(Instant, u64)>,
+    free_tickets: Vec<u32>,
+    generations: Vec<u32>,
+    next_id: u64,
+    closed: bool,
+    terminated: bool,
+    /// Why the pool gave up, if it did.
+    broken: Option<String>,
+    /// Workers that failed to start or initialise since a task last succeeded.
+    start_failures: u32,
+    /// The engine has finished: no tasks, no workers.
+    finished: bool,
+}
+
+impl State {
+    fn new(processes: usize, tickets: usize) -> Self {
+        State {
+            workers: (0..processes).map(|_| None).collect(),
+            tasks: FxHashMap::default(),
+            pending: VecDeque::new(),
+            delayed: Vec::new(),
+            free_tickets: (0..tickets as u32).rev().collect(),
+            generations: vec![0; tickets],
+            next_id: 1,
+            closed: false,
+            terminated: false,
+            broken: None,
+            start_failures: 0,
+            finished: false,
+        }
+    }
+}
+
+/// One worker process, as the pool sees it.
+struct Worker {
+    handle: JoinHandle<()>,
+    /// Its job channel; `None` once it is being retired (it exits when the channel
+    /// has no sender left).
+    jobs: Option<RawSender>,
+    /// Tasks sent to it, in order, not yet finished.
+    in_flight: VecDeque<u64>,
+    /// Tasks ever sent to it.
+    assigned: u64,
+    /// How many tasks it may hold.
+    depth: usize,
+    /// Smoothed time from dispatch to result, in ns.
+    turnaround_ns: f64,
+    /// The pool killed it, because of this task, with this error for it.
+    killed_for: Option<(u64, KillReason)>,
+    /// Its job channel refused a job (full or gone): skip it until it reports again.
+    stalled: bool,
+    /// It has been sent its last task (`max_tasks_per_child`).
+    retiring: bool,
+    /// Its current task has run long while other workers idled: its queued tasks were
+    /// taken back, and it gets no more until it reports.
+    slow: bool,
+    /// Tickets of jobs taken back from it: freed when it reports skipping them (or dies).
+    stolen: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KillReason {
+    TimedOut,
+    Cancelled,
+    Terminated,
+}
+
+/// A task the pool knows about.
+struct TaskRec {
+    entry: Entry,
+    /// The job, header room included; kept until the task ends, to send it again if its
+    /// worker dies before starting it, or to retry it.
+    payload: Encoded,
+    sink: Arc<dyn Sink<Received>>,
+    slot: usize,
+    /// Runs so far that ended in failure.
+    attempts: u32,
+    worker: Option<usize>,
+    ticket: Option<(u32, u32)>,
+    /// Its outcome was delivered already (cancelled); only the ticket is left to free.
+    delivered: bool,
+}
+
+impl PoolInner {
+    /// Starts the engine: the shared state, a worker per process, and the engine's
+    /// thread. Returns the state the handle shares and the thread to join.
+    pub(super) fn start(
+        config: Config,
+    ) -> Result<(Arc<PoolInner>, std::thread::JoinHandle<()>), PoolError> {
+        let processes = config.processes;
+        let capacity = processes * DEPTH_MAX;
+        let tickets =
+            Tickets::new(capacity).map_err(|e| PoolError::Io(std::io::Error::other(e)))?;
+        let (results_tx, results_rx) = channel::channel(channel::DEFAULT_RING, None)?;
+        let inner = Arc::new(PoolInner {
+            config,
+            tickets,
+            results_rx,
+            results_tx,
+            bell: sys::doorbell()?,
+            state: Mutex::new(State::new(processes, capacity)),
+            changed: Condvar::new(),
+        });
+        for index in 0..processes {
+            let worker = inner.start_worker(index)?;
+            lock(&inner.state).workers[index] = Some(worker);
+        }
+        let thread = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("multiproc-pool".into())
+                .spawn(move || run(&inner))?
+        };
+        Ok((inner, thread))
+    }
+
+    /// The number of worker processes.
+    pub(super) fn processes(&self) -> usize {
+        self.config.processes
+    }
+
+    /// Tasks the pool knows about, and whether it is closed: for `Debug`.
+    pub(super) fn summary(&self) -> (usize, bool) {
+        let st = lock(&self.state);
+        (st.tasks.len(), st.closed)
+    }
+
+    /// The pids of the workers alive now.
+    pub(super) fn worker_pids(&self) -> Vec<u32> {
+        lock(&self.state)
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.handle.pid())
+            .collect()
+    }
+
+    /// Refuses new tasks; those submitted run to the end, then the workers exit.
+    pub(super) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ring();
+    }
+
+    /// Registers a task and sends it to a worker if one has room. Returns its id.
+    pub(super) fn submit(
+        &self,
+        entry: Entry,
+        payload: Encoded,
+        sink: Arc<dyn Sink<Received>>,
+        slot: usize,
+    ) -> Result<u64, TaskError> {
+        let mut st = lock(&self.state);
+        let id = self.register(&mut st, entry, payload, sink, slot)?;
+        self.pump(&mut st);
+        Ok(id)
+    }
+
+    /// Registers tasks (under one lock) and sends them to workers with room. Returns
+    /// their ids, or the error that refused them all.
+    pub(super) fn submit_many(
+        &self,
+        entry: Entry,
+        jobs: Vec<(usize, Encoded)>,
+        sink: &Arc<dyn Sink<Received>>,
+    ) -> Result<Vec<u64>, TaskError> {
+        let mut st = lock(&self.state);
+        let mut ids = Vec::with_capacity(jobs.len());
+        for (slot, payload) in jobs {
+            ids.push(self.register(&mut st, entry, payload, Arc::clone(sink), slot)?);
+        }
+        self.pump(&mut st);
+        Ok(ids)
+    }
+
+    /// Adds a task to the queue.
+    fn register(
+        &self,
+        st: &mut State,
+        entry: Entry,
+        payload: Encoded,
+        sink: Arc<dyn Sink<Received>>,
+        slot: usize,
+    ) -> Result<u64, TaskError> {
+        if let Some(why) = &st.broken {
+            return Err(TaskError::PoolBroken(why.clone()));
+        }
+        if st.closed {
+            return Err(TaskError::PoolClosed);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.tasks.insert(
+            id,
+            TaskRec {
+                entry,
+                payload,
+                sink,
+                slot,
+                attempts: 0,
+                worker: None,
+                ticket: None,
+                delivered: false,
+            },
+        );
+        st.pending.push_back(id);
+        Ok(id)
+    }
+
+    /// Sends pending tasks to workers with room.
+    fn pump(&self, st: &mut State) {
+        let State {
+            workers,
+            tasks,
+            pending,
+            free_tickets,
+            generations,
+            ..
+        } = st;
+        while let Some(&id) = pending.front() {
+            let Some(w) = pick_worker(workers) else {
+                return;
+            };
+            let Some(ticket) = free_tickets.pop() else {
+                return;
+            };
+            pending.pop_front();
+            let (Some(rec), Some(Some(worker))) = (tasks.get_mut(&id), workers.get_mut(w)) else {
+                free_tickets.push(ticket);
+                continue;
+            };
+            let generation = {
+                let g = &mut generations[ticket as usize];
+                *g = g.wrapping_add(1).max(1);
+                *g
+            };
+            self.tickets.queue(ticket, generation);
+            JobHeader {
+                id,
+                ticket,
+                generation,
+                entry: rec.entry,
+            }
+            .write(&mut rec.payload.bytes[..JOB_HEADER]);
+            let sent = match &worker.jobs {
+                Some(jobs) => send_job(jobs, &rec.payload),
+                None => Err(SendFail::Disconnected),
+            };
+            match sent {
+                Ok(()) => {
+                    rec.worker = Some(w);
+                    rec.ticket = Some((ticket, generation));
+                    worker.in_flight.push_back(id);
+                    worker.assigned += 1;
+                    if self
+                        .config
+                        .max_tasks_per_child
+                        .is_some_and(|max| worker.assigned >= max)
+                    {
+                        // Its last task: it is retired once that is done.
+                        worker.retiring = true;
+                    }
+                }
+                Err(SendFail::Io(e)) => {
+                    // The job cannot be sent at all (out of memory or descriptors): the
+                    // task fails rather than wait forever.
+                    self.tickets.free(ticket);
+                    free_tickets.push(ticket);
+                    if let Some(rec) = tasks.remove(&id) {
+                        rec.sink
+                            .deliver(rec.slot, Err(TaskError::Io(std::sync::Arc::new(e))));
+                    }
+                }
+                Err(SendFail::Full | SendFail::Disconnected) => {
+                    // Another worker takes it; this one is looked at again when it
+                    // reports (or is replaced).
+                    worker.stalled = true;
+                    self.tickets.free(ticket);
+                    free_tickets.push(ticket);
+                    pending.push_front(id);
+                }
+            }
+        }
+    }
+
+    /// Removes tasks nobody will read (a `map` that failed half-way): queued ones are
+    /// dropped; running ones finish and their results are thrown away.
+    pub(super) fn discard(&self, ids: &[u64]) {
+        let mut st = lock(&self.state);
+        for id in ids {
+            if let Some(pos) = st.pending.iter().position(|p| p == id) {
+                st.pending.remove(pos);
+                st.tasks.remove(id);
+            }
+        }
+    }
+
+    /// Kills every worker and fails every task.
+    pub(super) fn terminate(&self) {
+        let mut st = lock(&self.state);
+        if st.terminated {
+            return;
+        }
+        st.terminated = true;
+        st.closed = true;
+        st.pending.clear();
+        st.delayed.clear();
+        for w in st.workers.iter_mut().flatten() {
+            w.jobs = None;
+            let _ = w.handle.kill();
+            if w.killed_for.is_none() {
+                w.killed_for = w.in_flight.front().map(|&id| (id, KillReason::Terminated));
+            }
+        }
+        for rec in st.tasks.values_mut() {
+            if !rec.delivered {
+                rec.delivered = true;
+                rec.sink.deliver(rec.slot, Err(TaskError::PoolClosed));
+            }
+        }
+        drop(st);
+        self.ring();
+    }
+
+    /// Wakes the engine thread.
+    fn ring(&self) {
+        sys::ring(sys::AsFd::as_fd(&self.bell));
+    }
+
+    /// Waits until the engine has finished (no tasks, no workers), or `deadline`.
+    pub(super) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            if st.finished {
+                return true;
+            }
+            st = match wait_on(&self.changed, st, deadline) {
+                Ok(st) => st,
+                Err(_) => return false,
+            };
+        }
+    }
+
+    /// Takes queued tasks back from workers stuck on a long task while another worker
+    /// idles, and sends them elsewhere. Returns when to look again, if ever.
+    fn steal(&self, st: &mut State) -> Option<Instant> {
+        let idle = |w: &Worker| {
+            w.in_flight.is_empty() && w.jobs.is_some() && !w.retiring && w.killed_for.is_none()
+        };
+        if !st.pending.is_empty() || !st.workers.iter().flatten().any(idle) {
+            return None;
+        }
+        let now = Instant::now();
+        let now_ns = sys::monotonic_ns();
+        let limit = STEAL_AFTER.as_nanos() as u64;
+        let mut next = None::<Instant>;
+        let mut taken = Vec::new();
+        let State { workers, tasks, .. } = st;
+        for w in workers.iter_mut().flatten() {
+            if w.in_flight.len() < 2 || w.killed_for.is_some() {
+                continue;
+            }
+            let front = tasks.get(&w.in_flight[0]).and_then(|r| r.ticket);
+            let Some((ticket, generation)) = front else {
+                continue;
+            };
+            let TicketState::Running(started) = self.tickets.state(ticket, generation) else {
+                continue;
+            };
+            let ran = if started == 0 {
+                0
+            } else {
+                now_ns.saturating_sub(started)
+            };
+            if ran < limit {
+                let at = now + Duration::from_nanos(limit - ran);
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            w.slow = true;
+            while w.in_flight.len() > 1 {
+                let id = w.in_flight[1];
+                let Some(rec) = tasks.get_mut(&id) else {
+                    break;
+                };
+                let (Some((ticket, generation)), false) = (rec.ticket, rec.delivered) else {
+                    break;
+                };
+                if self.tickets.cancel(ticket, generation) != TicketState::Cancelled {
+                    // It started: the long task is over.
+                    break;
+                }
+                w.in_flight.remove(1);
+                w.stolen.push(ticket);
+                w.assigned -= 1;
+                rec.ticket = None;
+                rec.worker = None;
+                taken.push(id);
+            }
+            if let Some(max) = self.config.max_tasks_per_child {
+                w.retiring = w.assigned >= max;
+            }
+        }
+        if !taken.is_empty() {
+            tracing::trace!(tasks = taken.len(), "tasks taken back from a busy worker");
+            st.pending.extend(taken);
+            self.pump(st);
+        }
+        next
+    }
+
+    /// Starts worker number `index`.
+    fn start_worker(&self, index: usize) -> Result<Worker, PoolError> {
+        let (jobs_tx, jobs_rx) = channel::channel(channel::DEFAULT_RING, None)?;
+        let init = match &self.config.init {
+            Some((entry, arg)) => Some((*entry, arg.try_clone()?)),
+            None => None,
+        };
+        let args = WorkerArgs {
+            identity: self.config.identity,
+            jobs: jobs_rx,
+            results: self.results_tx.clone(),
+            tickets: self.tickets.clone(),
+            init,
+        };
+        let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        let mut builder = Builder::new()
+            .name(format!("{}-{n}", self.config.name))
+            .daemon(true);
+        if let Some(method) = self.config.start_method {
+            builder = builder.start_method(method);
+        }
+        let handle = builder.spawn(worker::worker_main, args)?;
+        tracing::trace!(pid = handle.pid(), index, "pool worker started");
+        Ok(Worker {
+            handle,
+            jobs: Some(jobs_tx),
+            in_flight: VecDeque::new(),
+            assigned: 0,
+            depth: DEPTH_MIN,
+            turnaround_ns: 0.0,
+            killed_for: None,
+            stalled: false,
+            retiring: false,
+            slow: false,
+            stolen: Vec::new(),
+        })
+    }
+}
+
+impl Cancel for PoolInner {
+    fn help(&self) {
+        self.drain_results();
+    }
+
+    fn cancel(&self, id: u64) -> bool {
+        let mut st = lock(&self.state);
+        let Some(rec) = st.tasks.get(&id) else {
+            return false;
+        };
+        if rec.delivered {
+            return false;
+        }
+        match (rec.worker, rec.ticket) {
+            // Not sent to a worker yet.
+            (None, _) | (_, None) => {
+                st.pending.retain(|p| *p != id);
+                st.delayed.retain(|(_, p)| *p != id);
+                if let Some(rec) = st.tasks.remove(&id) {
+                    rec.sink.deliver(rec.slot, Err(TaskError::Cancelled));
+                }
+                true
+            }
+            (Some(w), Some((ticket, generation))) => {
+                match self.tickets.cancel(ticket, generation) {
+                    // Its worker will skip it (and say so, which frees the ticket).
+                    TicketState::Cancelled => {
+                        if let Some(rec) = st.tasks.get_mut(&id) {
+                            rec.delivered = true;
+                            rec.sink.deliver(rec.slot, Err(TaskError::Cancelled));
+                        }
+                        true
+                    }
+                    // Running: only killing its worker stops it.
+                    TicketState::Running(_) => {
+                        if let Some(Some(worker)) = st.workers.get_mut(w)
+                            && worker.killed_for.is_none()
+                        {
+                            worker.killed_for = Some((id, KillReason::Cancelled));
+                            let _ = worker.handle.kill();
+                            drop(st);
+                            self.ring();
+                            return true;
+                        }
+                        false
+                    }
+                    TicketState::Queued | TicketState::Other => false,
+                }
+            }
+        }
+    }
+}
+
+/// The worker with room that holds the fewest jobs.
+fn pick_worker(workers: &[Option<Worker>]) -> Option<usize> {
+    workers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
+        .filter(|(_, w)| {
+            w.jobs.is_some()
+                && !w.stalled
+                && !w.retiring
+                && !w.slow
+                && w.killed_for.is_none()
+                && w.in_flight.len() < w.depth
+        })
+        .min_by_key(|(_, w)| w.in_flight.len())
+        .map(|(i, _)| i)
+}
+
+/// Sends a job without giving it up: straight from its buffer into the ring when it can,
+/// otherwise a copy (with duplicated descriptors) on the side.
+fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<(), SendFail> {
+    if payload.fds.is_empty() && jobs.fits_inline(payload.bytes.len()) {
+        let mut fill = |buf: &mut [u8]| {
+            buf.copy_from_slice(&payload.bytes);
+            true
+        };
+        return jobs.send_inline(payload.bytes.len(), &mut fill, Wait::No, false);
+    }
+    let copy = payload.try_clone().map_err(SendFail::Io)?;
+    jobs.send(copy, Wait::No, false).map_err(|(_, e)| e)
+}
+
+/// How long the engine thread spins for outcomes before it sleeps.
+const SPIN: Duration = Duration::from_micros(20);
+/// While outcomes keep it busy, the engine thread still looks for dead workers this often.
+const REAP_EVERY: Duration = Duration::from_millis(20);
+/// After a worker failed to start, the next attempt waits this long.
+const START_RETRY: Duration = Duration::from_millis(100);
+
+/// An outcome to hand to its task once the state lock is released.
+type Delivery = (Arc<dyn Sink<Received>>, usize, Result<Received, TaskError>);
+
+/// The engine's thread.
+fn run(inner: &Arc<PoolInner>) {
+    let mut last_reap = Instant::now();
+    let mut reap_now = true;
+    // After a worker failed to start: when to try again.
+    let mut retry_start: Option<Instant> = None;
+    loop {
+        let busy = inner.drain_results();
+        if reap_now || last_reap.elapsed() >= REAP_EVERY {
+            inner.reap();
+            last_reap = Instant::now();
+        }
+        let next_timer = inner.timers();
+        if retry_start.is_none_or(|t| Instant::now() >= t) {
+            retry_start = (!inner.replace_workers()).then(|| Instant::now() + START_RETRY);
+        }
+        if inner.finish_if_done() {
+            return;
+        }
+        let until = retry_start.map_or(next_timer, |t| next_timer.min(t));
+        reap_now = !busy && inner.sleep(until);
+    }
+}
+
+impl PoolInner {
+    /// Routes every outcome waiting; whether there was any. The engine thread calls it, and so
+    /// does a thread waiting for a map's results (it has nothing better to do, and
+    /// routing them itself saves handing them over between threads).
+    pub(super) fn drain_results(&self) -> bool {
+        let mut any = false;
+        loop {
+            let mut batch = Vec::new();
+            let mut corrupt = None;
+            while batch.len() < 256 {
+                match self.results_rx.try_recv_owned() {
+                    Ok(Some(msg)) => batch.push(msg),
+                    Ok(None) | Err(RecvFail::Empty | RecvFail::Disconnected) => break,
+                    Err(RecvFail::Broken(why)) => {
+                        corrupt = Some(why);
+                        break;
+                    }
+                    Err(RecvFail::Io(e)) => {
+                        corrupt = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = corrupt {
+                // Workers share this channel and something scribbled over it (a task's
+                // memory corruption, most likely): no outcome can be trusted to arrive
+                // any more. Waiting would hang every task, so the pool fails them all.
+                let mut deliveries = Vec::new();
+                {
+                    let mut st = lock(&self.state);
+                    for msg in batch {
+                        self.route(&mut st, msg, &mut deliveries);
+                    }
+                    self.give_up(
+                        &mut st,
+                        format!("the workers' result channel failed: {why}"),
+                        &mut deliveries,
+                    );
+                    for w in st.workers.iter().flatten() {
+                        let _ = w.handle.kill();
+                    }
+                }
+                deliver(deliveries);
+                return true;
+            }
+            if batch.is_empty() {
+                return any;
+            }
+            any = true;
+            let mut deliveries = Vec::new();
+            {
+                let mut st = lock(&self.state);
+                for msg in batch {
+                    self.route(&mut st, msg, &mut deliveries);
+                }
+                self.pump(&mut st);
+            }
+            deliver(deliveries);
+        }
+    }
+
+    /// Handles one outcome.
+    fn route(&self, st: &mut State, msg: Received, out: &mut Vec<Delivery>) {
+        let Some(header) = OutcomeHeader::read(&msg.bytes) else {
+            return;
+        };
+        let body = &msg.bytes[OUTCOME_HEADER..];
+        let text = || String::from_utf8_lossy(body).into_owned();
+        if header.kind == kind::INIT_FAILED {
+            let why = text();
+            tracing::trace!("a pool worker could not start: {why}");
+            self.start_failed(st, why, out);
+            return;
+        }
+        let current = st.tasks.get(&header.id).and_then(|r| r.ticket);
+        if current.is_none_or(|(ticket, _)| ticket != header.ticket) {
+            // A job taken back from a slow worker, which skipped it: free its ticket.
+            for w in st.workers.iter_mut().flatten() {
+                if let Some(pos) = w.stolen.iter().position(|&t| t == header.ticket) {
+                    w.stolen.swap_remove(pos);
+                    self.tickets.free(header.ticket);
+                    st.free_tickets.push(header.ticket);
+                    break;
+                }
+            }
+            return;
+        }
+        let Some(rec) = st.tasks.get_mut(&header.id) else {
+            return;
+        };
+        let service_ns = match rec.ticket {
+            Some((ticket, generation)) => {
+                let started = match self.tickets.state(ticket, generation) {
+                    TicketState::Running(t) if t > 0 => Some(t),
+                    _ => None,
+                };
+                self.tickets.free(ticket);
+                st.free_tickets.push(ticket);
+                started.map(|t| sys::monotonic_ns().saturating_sub(t))
+            }
+            None => None,
+        };
+        rec.ticket = None;
+        if let Some(w) = rec.worker.take()
+            && let Some(Some(worker)) = st.workers.get_mut(w)
+        {
+            if let Some(pos) = worker.in_flight.iter().position(|&id| id == header.id) {
+                worker.in_flight.remove(pos);
+            }
+            worker.stalled = false;
+            worker.slow = false;
+            if let Some(ns) = service_ns {
+                worker.turnaround_ns = if worker.turnaround_ns == 0.0 {
+                    ns as f64
+                } else {
+                    0.8 * worker.turnaround_ns + 0.2 * ns as f64
+                };
+                let per_target = DEPTH_TARGET.as_nanos() as f64 / worker.turnaround_ns.max(1.0);
+                worker.depth = (per_target.ceil() as usize).clamp(DEPTH_MIN, DEPTH_MAX);
+            }
+            if worker.retiring && worker.in_flight.is_empty() {
+                worker.jobs = None;
+            }
+        }
+        let id = header.id;
+        let delivered = rec.delivered;
+        let error = match header.kind {
+            kind::RETURNED => {
+                st.start_failures = 0;
+                None
+            }
+            kind::PANICKED => Some(match codec_panic(body) {
+                Ok(p) => TaskError::Panicked(p),
+                Err(e) => TaskError::Codec(e),
+            }),
+            kind::BAD_ARGS | kind::UNENCODABLE => Some(TaskError::Codec(CodecError::new(text()))),
+            // The ticket was cancelled first: the task was told already.
+            _ => Some(TaskError::Cancelled),
+        };
+        if delivered {
+            st.tasks.remove(&id);
+            return;
+        }
+        match error {
+            None => {
+                if let Some(rec) = st.tasks.remove(&id) {
+                    out.push((rec.sink, rec.slot, Ok(msg)));
+                }
+            }
+            Some(e) => self.fail_or_retry(st, id, e, out),
+        }
+    }
+
+    /// A run of task `id` failed with `error`: it runs again if the retry policy says so,
+    /// otherwise the error is its outcome.
+    fn fail_or_retry(&self, st: &mut State, id: u64, error: TaskError, out: &mut Vec<Delivery>) {
+        let Some(rec) = st.tasks.get_mut(&id) else {
+            return;
+        };
+        rec.attempts += 1;
+        if !st.terminated && self.config.retry.should_retry(rec.attempts, &error) {
+            let delay = self.config.retry.delay(rec.attempts);
+            tracing::debug!(
+                task = id,
+                attempt = rec.attempts,
+                ?delay,
+                "retrying: {error}"
+            );
+            if delay.is_zero() {
+                st.pending.push_front(id);
+            } else {
+                st.delayed.push((Instant::now() + delay, id));
+            }
+            return;
+        }
+        if let Some(rec) = st.tasks.remove(&id) {
+            out.push((rec.sink, rec.slot, Err(error)));
+        }
+    }
+
+    /// A worker could not start, or its initializer failed. After too many in a row,
+    /// the pool gives up and fails every task.
+    fn start_failed(&self, st: &mut State, why: String, out: &mut Vec<Delivery>) {
+        st.start_failures += 1;
+        if st.start_failures < MAX_START_FAILURES || st.broken.is_some() {
+            return;
+        }
+        self.give_up(st, why, out);
+    }
+
+    /// The pool cannot go on: every task fails with `PoolBroken(why)`, later submits
+    /// are refused, and the workers are let go.
+    fn give_up(&self, st: &mut State, why: String, out: &mut Vec<Delivery>) {
+        if st.broken.is_some() {
+            return;
+        }
+        tracing::warn!("the pool gives up: {why}");
+        st.broken = Some(why.clone());
+        st.pending.clear();
+        st.delayed.clear();
+        for (_, rec) in st.tasks.drain() {
+            if !rec.delivered {
+                out.push((rec.sink, rec.slot, Err(TaskError::PoolBroken(why.clone()))));
+            }
+            if let Some((ticket, _)) = rec.ticket {
+                self.tickets.free(ticket);
+                st.free_tickets.push(ticket);
+            }
+        }
+        for w in st.workers.iter_mut().flatten() {
+            w.in_flight.clear();
+            w.jobs = None;
+        }
+    }
+
+    /// Replaces workers that have died: their unstarted tasks go to other workers,
+    /// their running task fails (or is retried).
+    fn reap(&self) {
+        let dead: Vec<usize> = {
+            let st = lock(&self.state);
+            st.workers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.as_ref().filter(|w| !w.handle.is_alive()).map(|_| i))
+                .collect()
+        };
+        if dead.is_empty() {
+            return;
+        }
+        // Outcomes a dead worker sent before it died are credited first.
+        self.drain_results();
+        let mut deliveries = Vec::new();
+        let mut handles = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            for i in dead {
+                let Some(w) = st.workers[i].take() else {
+                    continue;
+                };
+                let status = w.handle.exit_status();
+                tracing::trace!(pid = w.handle.pid(), ?status, "pool worker ended");
+                let mut unstarted = Vec::new();
+                for &id in &w.in_flight {
+                    let Some(rec) = st.tasks.get_mut(&id) else {
+                        continue;
+                    };
+                    rec.worker = None;
+                    let ticket = rec.ticket.take();
+                    let delivered = rec.delivered;
+                    let state = match ticket {
+                        Some((ticket, generation)) => {
+                            let s = self.tickets.state(ticket, generation);
+                            self.tickets.free(ticket);
+                            st.free_tickets.push(ticket);
+                            s
+                        }
+                        None => TicketState::Other,
+                    };
+                    if delivered {
+                        st.tasks.remove(&id);
+                        continue;
+                    }
+                    match state {
+                        TicketState::Queued => unstarted.push(id),
+                        _ => {
+                            let error = match w.killed_for {
+                                Some((k, KillReason::TimedOut)) if k == id => TaskError::TimedOut,
+                                Some((k, KillReason::Cancelled)) if k == id => TaskError::Cancelled,
+                                Some((_, KillReason::Terminated)) => TaskError::PoolClosed,
+                                _ => TaskError::WorkerDied(status),
+                            };
+                            let cancelled = matches!(error, TaskError::Cancelled);
+                            if cancelled {
+                                if let Some(rec) = st.tasks.remove(&id) {
+                                    deliveries.push((rec.sink, rec.slot, Err(error)));
+                                }
+                            } else {
+                                self.fail_or_retry(&mut st, id, error, &mut deliveries);
+                            }
+                        }
+                    }
+                }
+                // In their original order, ahead of tasks submitted since.
+                for id in unstarted.into_iter().rev() {
+                    st.pending.push_front(id);
+                }
+                // A worker that died before taking any task did not start properly.
+                if w.assigned == 0
+                    && w.killed_for.is_none()
+                    && !st.terminated
+                    && status.is_none_or(|s| !s.success())
+                {
+                    let why = format!(
+                        "a worker ended before taking any task ({})",
+                        status.map_or_else(|| "unknown status".into(), |s| s.to_string())
+                    );
+                    self.start_failed(&mut st, why, &mut deliveries);
+                }
+                for ticket in w.stolen {
+                    self.tickets.free(ticket);
+                    st.free_tickets.push(ticket);
+                }
+                handles.push(w.handle);
+            }
+            self.pump(&mut st);
+        }
+        deliver(deliveries);
+        for h in handles {
+            // Dead already: this only reaps it.
+            let mut h = h;
+            let _ = h.join_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Kills workers whose task ran out of time, and queues retries whose delay is
+    /// over. Returns when to look again.
+    fn timers(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + MAX_SLEEP;
+        let mut st = lock(&self.state);
+        if !st.delayed.is_empty() {
+            let mut due = Vec::new();
+            st.delayed.retain(|&(at, id)| {
+                if at <= now {
+                    due.push(id);
+                    false
+                } else {
+                    next = next.min(at);
+                    true
+                }
+            });
+            for id in due.into_iter().rev() {
+                st.pending.push_front(id);
+            }
+            self.pump(&mut st);
+        }
+        if let Some(at) = self.steal(&mut st) {
+            next = next.min(at);
+        }
+        if let Some(timeout) = self.config.task_timeout {
+            let now_ns = sys::monotonic_ns();
+            let limit = timeout.as_nanos() as u64;
+            let State { workers, tasks, .. } = &mut *st;
+            for w in workers.iter_mut().flatten() {
+                if w.killed_for.is_some() {
+                    continue;
+                }
+                let Some(&id) = w.in_flight.front() else {
+                    continue;
+                };
+                let Some((ticket, generation)) = tasks.get(&id).and_then(|r| r.ticket) else {
+                    continue;
+                };
+                let TicketState::Running(started) = self.tickets.state(ticket, generation) else {
+                    continue;
+                };
+                if started == 0 {
+                    next = next.min(now + Duration::from_millis(1));
+                    continue;
+                }
+                let ran = now_ns.saturating_sub(started);
+                if ran >= limit {
+                    tracing::debug!(task = id, pid = w.handle.pid(), "task timed out");
+                    w.killed_for = Some((id, KillReason::TimedOut));
+                    let _ = w.handle.kill();
+                    next = now;
+                } else {
+                    next = next.min(now + Duration::from_nanos(limit - ran));
+                }
+            }
+        }
+        next
+    }
+
+    /// Starts workers for empty slots. False if one failed to start.
+    fn replace_workers(&self) -> bool {
+        let missing: Vec<usize> = {
+            let st = lock(&self.state);
+            if st.terminated || st.broken.is_some() || (st.closed && st.tasks.is_empty()) {
+                return true;
+            }
+            st.workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.is_none())
+                .map(|(i, _)| i)
+                .collect()
+        };
+        for i in missing {
+            match self.start_worker(i) {
+                Ok(worker) => {
+                    let mut st = lock(&self.state);
+                    if st.terminated {
+                        let _ = worker.handle.kill();
+                        let mut h = worker.handle;
+                        drop(st);
+                        let _ = h.join_timeout(Duration::from_secs(5));
+                        return true;
+                    }
+                    st.workers[i] = Some(worker);
+                    self.pump(&mut st);
+                }
+                Err(e) => {
+                    let mut deliveries = Vec::new();
+                    self.start_failed(
+                        &mut lock(&self.state),
+                        format!("cannot start a worker: {e}"),
+                        &mut deliveries,
+                    );
+                    deliver(deliveries);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Retires the workers of a closed pool with nothing left to do; says whether the
+    /// pool has finished (no workers left, and nothing more will come).
+    fn finish_if_done(&self) -> bool {
+        let mut st = lock(&self.state);
+        let idle = st.tasks.is_empty() && st.pending.is_empty();
+        if st.closed && (idle || st.terminated) {
+            for w in st.workers.iter_mut().flatten() {
+                w.jobs = None;
+            }
+            if st.workers.iter().all(Option::is_none) {
+                st.finished = true;
+                self.changed.notify_all();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sleeps until an outcome arrives, a worker ends, the pool is told something, or
+    /// `until`. Whether a worker may have ended.
+    fn sleep(&self, until: Instant) -> bool {
+        let spin_end = Instant::now() + SPIN;
+        // (The pool holds a sender itself: the senders are never all gone.)
+        if crate::sync::raw::spin_until(spin_end, || self.results_rx.len() > 0) {
+            return false;
+        }
+        let sleeping = self.results_rx.sleeping();
+        if self.results_rx.len() > 0 {
+            return false;
+        }
+        // The workers' records (not the state lock, which others need meanwhile) keep
+        // their pidfds open while this sleeps.
+        let records: Vec<_> = lock(&self.state)
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| Arc::clone(w.handle.record()))
+            .collect();
+        let mut fds = vec![self.bell.as_fd()];
+        fds.extend(self.results_rx.readiness());
+        let first_worker = fds.len();
+        fds.extend(records.iter().map(|r| r.pidfd()));
+        let ready = sys::wait_readable(&fds, Some(until)).unwrap_or_default();
+        drop(sleeping);
+        sys::silence(self.bell.as_fd());
+        ready.iter().skip(first_worker).any(|r| r.ready())
+            || ready.first().is_some_and(|r| r.ready())
+    }
+}
+
+fn codec_panic(body: &[u8]) -> Result<RemotePanic, CodecError> {
+    crate::wire::codec::decode::<RemotePanic>(body, Vec::new())
+}
+
+/// Hands outcomes over, each run of outcomes for the same sink (a map's) at once.
+fn deliver(deliveries: Vec<Delivery>) {
+    let mut rest = deliveries.into_iter().peekable();
+    while let Some((sink, slot, outcome)) = rest.next() {
+        let mut run = vec![(slot, outcome)];
+        while let Some((_, slot, outcome)) =
+            rest.next_if(|(next, ..)| std::ptr::addr_eq(Arc::as_ptr(next), Arc::as_ptr(&sink)))
+        {
+            run.push((slot, outcome));
+        }
+        sink.deliver_many(run);
+    }
+}

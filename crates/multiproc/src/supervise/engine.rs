@@ -1,0 +1,497 @@
+//! The supervisor's engine: the state the [`Supervisor`](super::Supervisor) handle and
+//! its thread share, and the supervising loop (children started, their exits reaped,
+//! restarts per policy and strategy within the intensity, backoff, graceful stops).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use serde::de::DeserializeOwned;
+
+use super::{
+    ChildExit, ChildSpec, ChildState, ChildStatus, Restart, Strategy, SupervisorError,
+    SupervisorEvent,
+};
+use crate::hub::Hub;
+use crate::pool::RetryPolicy;
+use crate::process::{JoinHandle, ProcessError};
+use crate::sync::{lock, wait_on};
+use crate::sys;
+
+/// How often the supervisor looks at its children and its orders when nothing happens.
+const TICK: Duration = Duration::from_millis(50);
+
+/// A running child, whatever its return type.
+pub(super) trait Child: Send {
+    fn pid(&self) -> u32;
+    /// How it ended, once it has (without blocking).
+    fn try_exit(&mut self) -> Option<ChildExit>;
+    fn signal(&self, signal: i32);
+    fn as_waitable(&self) -> &dyn crate::Waitable;
+}
+
+impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
+    fn pid(&self) -> u32 {
+        JoinHandle::pid(self)
+    }
+
+    fn try_exit(&mut self) -> Option<ChildExit> {
+        if self.is_alive() {
+            return None;
+        }
+        let status = self.exit_status();
+        match self.join_timeout(Duration::ZERO) {
+            Err(ProcessError::Timeout) => None,
+            Ok(_) | Err(ProcessError::Exited(0)) => Some(ChildExit {
+                normal: true,
+                status,
+                reason: "returned".into(),
+            }),
+            Err(e) => Some(ChildExit {
+                normal: false,
+                status,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // The whole group when the child has made it; the child alone before that.
+        if !matches!(sys::signal_group(self.pid(), signal), Ok(true)) {
+            let _ = if signal == sys::SIGKILL {
+                self.kill()
+            } else {
+                self.terminate()
+            };
+        }
+    }
+
+    fn as_waitable(&self) -> &dyn crate::Waitable {
+        self
+    }
+}
+
+/// How the supervisor ended, kept so that every waiter gets it.
+#[derive(Clone)]
+enum Outcome {
+    Stopped,
+    GaveUp {
+        restarts: u32,
+        max: u32,
+        period: Duration,
+        child: String,
+        exit: String,
+    },
+}
+
+impl Outcome {
+    fn into_result(self) -> Result<(), SupervisorError> {
+        match self {
+            Outcome::Stopped => Ok(()),
+            Outcome::GaveUp {
+                restarts,
+                max,
+                period,
+                child,
+                exit,
+            } => Err(SupervisorError::Intensity {
+                restarts,
+                max,
+                period,
+                child,
+                exit,
+            }),
+        }
+    }
+}
+
+pub(super) struct Shared {
+    status: Mutex<Vec<ChildStatus>>,
+    outcome: Mutex<Option<Outcome>>,
+    done: Condvar,
+    stop: AtomicBool,
+    hub: Hub<SupervisorEvent>,
+}
+
+enum SlotState {
+    Running,
+    Waiting(Instant),
+    Done,
+    Stopped,
+}
+
+struct Slot {
+    spec: ChildSpec,
+    child: Option<Box<dyn Child>>,
+    state: SlotState,
+    started: Instant,
+    /// Restarts in a row without a stable run, for the backoff.
+    in_a_row: u32,
+    restarts: u32,
+    last_exit: Option<ChildExit>,
+}
+
+/// The supervising thread's state.
+pub(super) struct Supervising {
+    slots: Vec<Slot>,
+    strategy: Strategy,
+    max_restarts: u32,
+    period: Duration,
+    backoff: RetryPolicy,
+    reset_after: Duration,
+    /// When recent restarts happened, for the intensity.
+    recent: Vec<Instant>,
+    shared: Arc<Shared>,
+}
+
+impl Supervising {
+    fn run(mut self) {
+        let outcome = loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break Outcome::Stopped;
+            }
+            if let Some(gave_up) = self.reap_exits() {
+                break gave_up;
+            }
+            if let Some(gave_up) = self.start_due() {
+                break gave_up;
+            }
+            self.publish();
+            if self
+                .slots
+                .iter()
+                .all(|s| matches!(s.state, SlotState::Done))
+            {
+                break Outcome::Stopped;
+            }
+            self.sleep();
+        };
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        self.stop_slots(&all);
+        if let Outcome::GaveUp { .. } = &outcome {
+            let reason = outcome.clone().into_result().err().map(|e| e.to_string());
+            tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
+            self.shared.hub.send(SupervisorEvent::GaveUp {
+                reason: reason.unwrap_or_default(),
+            });
+        }
+        self.publish();
+        self.shared.hub.send(SupervisorEvent::Stopped);
+        *lock(&self.shared.outcome) = Some(outcome);
+        self.shared.done.notify_all();
+    }
+
+    /// Sleeps until a child ends, a restart is due, or a tick passes.
+    fn sleep(&self) {
+        let now = Instant::now();
+        let next_restart = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::Waiting(at) => Some(at.saturating_duration_since(now)),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(TICK);
+        let waitables: Vec<&dyn crate::Waitable> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.child.as_ref().map(|c| c.as_waitable()))
+            .collect();
+        let timeout = next_restart.min(TICK);
+        if waitables.is_empty() || crate::wait(&waitables, Some(timeout)).is_err() {
+            thread::sleep(timeout);
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), SupervisorError> {
+        let slot = &mut self.slots[i];
+        let child =
+            (slot.spec.start)(&slot.spec.name).map_err(|source| SupervisorError::Spawn {
+                child: slot.spec.name.clone(),
+                source,
+            })?;
+        let pid = child.pid();
+        tracing::debug!(child = %slot.spec.name, pid, "child started");
+        slot.child = Some(child);
+        slot.state = SlotState::Running;
+        slot.started = Instant::now();
+        self.shared.hub.send(SupervisorEvent::Started {
+            child: slot.spec.name.clone(),
+            pid,
+        });
+        Ok(())
+    }
+
+    /// Handles children that ended. `Some` when intensity was exceeded.
+    fn reap_exits(&mut self) -> Option<Outcome> {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            let Some(child) = slot.child.as_mut() else {
+                continue;
+            };
+            let Some(exit) = child.try_exit() else {
+                continue;
+            };
+            let pid = child.pid();
+            slot.child = None;
+            tracing::warn!(child = %slot.spec.name, pid, "child ended: {exit}");
+            self.shared.hub.send(SupervisorEvent::Exited {
+                child: slot.spec.name.clone(),
+                pid,
+                exit: exit.clone(),
+            });
+            if let Some(gave_up) = self.ended(i, exit) {
+                return Some(gave_up);
+            }
+        }
+        None
+    }
+
+    /// Child `i` ended with `exit` (or could not be started): restart per policy.
+    fn ended(&mut self, i: usize, exit: ChildExit) -> Option<Outcome> {
+        let now = Instant::now();
+        let slot = &mut self.slots[i];
+        if now.duration_since(slot.started) >= self.reset_after {
+            slot.in_a_row = 0;
+        }
+        let restart = match slot.spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => !exit.normal,
+            Restart::Temporary => false,
+        };
+        slot.last_exit = Some(exit.clone());
+        if !restart {
+            slot.state = SlotState::Done;
+            return None;
+        }
+        self.recent.retain(|t| now.duration_since(*t) < self.period);
+        self.recent.push(now);
+        if self.recent.len() as u32 > self.max_restarts {
+            return Some(Outcome::GaveUp {
+                restarts: self.recent.len() as u32,
+                max: self.max_restarts,
+                period: self.period,
+                child: slot.spec.name.clone(),
+                exit: exit.reason,
+            });
+        }
+        slot.in_a_row += 1;
+        let delay = self.backoff.delay(slot.in_a_row);
+        let name = slot.spec.name.clone();
+        let affected: Vec<usize> = match self.strategy {
+            Strategy::OneForOne => vec![i],
+            Strategy::OneForAll => (0..self.slots.len()).collect(),
+            Strategy::RestForOne => (i..self.slots.len()).collect(),
+        };
+        let siblings: Vec<usize> = affected.iter().copied().filter(|&j| j != i).collect();
+        self.stop_slots(&siblings);
+        for j in affected {
+            let s = &mut self.slots[j];
+            if j != i && s.spec.restart == Restart::Temporary {
+                s.state = SlotState::Done;
+                continue;
+            }
+            if matches!(s.state, SlotState::Done) && j != i {
+                continue;
+            }
+            s.restarts += 1;
+            s.state = SlotState::Waiting(now + delay);
+        }
+        tracing::info!(child = %name, ?delay, "restarting");
+        self.shared.hub.send(SupervisorEvent::Restarting {
+            child: name,
+            after: delay,
+        });
+        None
+    }
+
+    /// Starts the children whose backoff is over, in order.
+    fn start_due(&mut self) -> Option<Outcome> {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if !matches!(self.slots[i].state, SlotState::Waiting(at) if at <= now) {
+                continue;
+            }
+            if let Err(e) = self.spawn(i) {
+                let exit = ChildExit {
+                    normal: false,
+                    status: None,
+                    reason: e.to_string(),
+                };
+                if let Some(gave_up) = self.ended(i, exit) {
+                    return Some(gave_up);
+                }
+            }
+        }
+        None
+    }
+
+    /// Stops the running children among `which`, in reverse order, together: `SIGTERM`
+    /// to each process group, then `SIGKILL` to those still running after their grace.
+    fn stop_slots(&mut self, which: &[usize]) {
+        let start = Instant::now();
+        let mut stopping: Vec<usize> = Vec::new();
+        for &i in which.iter().rev() {
+            let slot = &mut self.slots[i];
+            if let Some(child) = &slot.child {
+                child.signal(sys::SIGTERM);
+                stopping.push(i);
+            }
+            if !matches!(slot.state, SlotState::Done) {
+                slot.state = SlotState::Stopped;
+            }
+        }
+        while !stopping.is_empty() {
+            let now = Instant::now();
+            stopping.retain(|&i| {
+                let slot = &mut self.slots[i];
+                let Some(child) = slot.child.as_mut() else {
+                    return false;
+                };
+                if let Some(exit) = child.try_exit() {
+                    slot.last_exit = Some(exit);
+                    slot.child = None;
+                    return false;
+                }
+                if now.duration_since(start) >= slot.spec.grace {
+                    child.signal(sys::SIGKILL);
+                }
+                true
+            });
+            // Wake when one of them ends, or at the next grace deadline.
+            let next_deadline = stopping
+                .iter()
+                .map(|&i| (start + self.slots[i].spec.grace).saturating_duration_since(now))
+                .filter(|d| !d.is_zero())
+                .min()
+                .unwrap_or(TICK);
+            let waitables: Vec<&dyn crate::Waitable> = stopping
+                .iter()
+                .filter_map(|&i| self.slots[i].child.as_ref().map(|c| c.as_waitable()))
+                .collect();
+            if !waitables.is_empty() {
+                let _ = crate::wait(&waitables, Some(next_deadline.min(TICK)));
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let status = self
+            .slots
+            .iter()
+            .map(|s| ChildStatus {
+                name: s.spec.name.clone(),
+                state: match (&s.state, &s.child) {
+                    (SlotState::Running, Some(c)) => ChildState::Running { pid: c.pid() },
+                    (SlotState::Waiting(at), _) => ChildState::Restarting {
+                        after: at.saturating_duration_since(now),
+                    },
+                    (SlotState::Done, _) => ChildState::Done,
+                    _ => ChildState::Stopped,
+                },
+                restarts: s.restarts,
+                last_exit: s.last_exit.clone(),
+            })
+            .collect();
+        *lock(&self.shared.status) = status;
+    }
+}
+
+/// What the builder settles.
+pub(super) struct Settings {
+    pub(super) strategy: Strategy,
+    pub(super) max_restarts: u32,
+    pub(super) period: Duration,
+    pub(super) backoff: RetryPolicy,
+    pub(super) reset_after: Duration,
+}
+
+impl Supervising {
+    /// Starts every child, in order, and the supervising thread. Returns the state the
+    /// handle shares and the thread to join.
+    pub(super) fn start(
+        children: Vec<ChildSpec>,
+        settings: Settings,
+    ) -> Result<(Arc<Shared>, thread::JoinHandle<()>), SupervisorError> {
+        let shared = Arc::new(Shared {
+            status: Mutex::new(Vec::new()),
+            outcome: Mutex::new(None),
+            done: Condvar::new(),
+            stop: AtomicBool::new(false),
+            hub: Hub::new(),
+        });
+        let mut sup = Supervising {
+            slots: children
+                .into_iter()
+                .map(|spec| Slot {
+                    spec,
+                    child: None,
+                    state: SlotState::Stopped,
+                    started: Instant::now(),
+                    in_a_row: 0,
+                    restarts: 0,
+                    last_exit: None,
+                })
+                .collect(),
+            strategy: settings.strategy,
+            max_restarts: settings.max_restarts,
+            period: settings.period,
+            backoff: settings.backoff,
+            reset_after: settings.reset_after,
+            recent: Vec::new(),
+            shared: Arc::clone(&shared),
+        };
+        for i in 0..sup.slots.len() {
+            if let Err(e) = sup.spawn(i) {
+                sup.stop_slots(&(0..i).collect::<Vec<_>>());
+                return Err(e);
+            }
+        }
+        sup.publish();
+        let thread = thread::Builder::new()
+            .name("multiproc-supervisor".into())
+            .spawn(move || sup.run())
+            .map_err(|e| SupervisorError::InvalidArgument(format!("supervisor thread: {e}")))?;
+        Ok((shared, thread))
+    }
+}
+
+impl Shared {
+    /// Every child's status, in start order.
+    pub(super) fn status(&self) -> Vec<ChildStatus> {
+        lock(&self.status).clone()
+    }
+
+    /// A new subscriber to the events.
+    pub(super) fn subscribe(&self) -> Receiver<SupervisorEvent> {
+        self.hub.subscribe()
+    }
+
+    /// Whether the supervisor still runs.
+    pub(super) fn is_running(&self) -> bool {
+        lock(&self.outcome).is_none()
+    }
+
+    /// Asks the supervising thread to stop every child and end.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Waits until the supervisor has ended, or `deadline` (then `Timeout`).
+    pub(super) fn wait(&self, deadline: Option<Instant>) -> Result<(), SupervisorError> {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(o) = &*outcome {
+                return o.clone().into_result();
+            }
+            outcome = match wait_on(&self.done, outcome, deadline) {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(SupervisorError::Timeout),
+            };
+        }
+    }
+}
