@@ -295,7 +295,8 @@
 )]
 
 mod bootstrap;
-mod hub;
+mod broadcast;
+mod deadline;
 mod ipc;
 #[cfg(feature = "log")]
 pub mod log;
@@ -308,9 +309,8 @@ mod shm;
 mod supervise;
 mod sync;
 mod sys;
-mod wait;
-mod wire;
 
+mod wire;
 pub use bootstrap::{Init, init, init_with};
 pub use bootstrap::{PanicLocation, RemotePanic};
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};

@@ -7,13 +7,13 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::messages::{self, CallHeader};
 use super::panic::{caught_panic, install_panic_hook, payload_message};
-use super::wire::{self, CallHeader};
 use super::{BOOTSTRAP_FAILURE, Me, Parent};
 use crate::sys::{self, OwnedFd};
 use crate::wire::codec::CodecError;
 use crate::wire::codec::{self, Encoded};
-use crate::wire::framing::{Conn, RecvError};
+use crate::wire::framing::{Conn, RecvFrameError};
 
 /// Exit code of a child whose function panicked (Rust's own code for a panicking `main`).
 const PANIC_EXIT: i32 = 101;
@@ -85,7 +85,7 @@ impl CallIo for ChildIo<'_> {
     fn started(&mut self) {
         self.body = Vec::new();
         // A parent that is gone will learn nothing; the call runs regardless.
-        let _ = self.conn.send(wire::STARTED, &[], &[]);
+        let _ = self.conn.send(messages::STARTED, &[], &[]);
     }
 }
 
@@ -101,23 +101,23 @@ pub(crate) fn run_exec(channel: OwnedFd, death: Option<OwnedFd>) -> ! {
 }
 
 fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
-    let mut conn = Conn::new(channel, wire::MAX_CALL);
+    let mut conn = Conn::new(channel, messages::MAX_CALL);
     let frame = match conn.recv(None) {
-        Ok(frame) if frame.tag == wire::CALL => frame,
+        Ok(frame) if frame.tag == messages::CALL => frame,
         Ok(frame) => fail(
             &mut conn,
             &format!("expected a call, got message tag {}", frame.tag),
             executed,
         ),
         // The parent went away before sending anything: nothing to report to.
-        Err(RecvError::Closed) => exit(BOOTSTRAP_FAILURE, executed),
+        Err(RecvFrameError::Closed) => exit(BOOTSTRAP_FAILURE, executed),
         Err(e) => fail(
             &mut conn,
             &format!("could not receive the call: {e}"),
             executed,
         ),
     };
-    let parts = match wire::split_call(&frame.body) {
+    let parts = match messages::split_call(&frame.body) {
         Ok(parts) => parts,
         Err(e) => fail(&mut conn, &format!("malformed call: {e}"), executed),
     };
@@ -174,7 +174,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
     let code = match result {
         Ok(Invoked::Returned(value)) => {
             let fds = sys::borrow_all(&value.fds);
-            let _ = conn.send(wire::RETURNED, &[&value.bytes], &fds);
+            let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);
             0
         }
         Ok(Invoked::BadArgs(e)) => {
@@ -182,7 +182,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
             fail(&mut conn, &why, executed)
         }
         Ok(Invoked::Unencodable(e)) => {
-            let _ = conn.send(wire::UNENCODABLE, &[e.message().as_bytes()], &[]);
+            let _ = conn.send(messages::UNENCODABLE, &[e.message().as_bytes()], &[]);
             1
         }
         Err(payload) => {
@@ -197,7 +197,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
 /// Child side of a process forked straight from its parent
 /// ([`Builder::spawn_fork`](crate::Builder::spawn_fork)): run `f`, report, exit.
 pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R) -> ! {
-    let mut conn = Conn::new(channel, wire::MAX_CALL);
+    let mut conn = Conn::new(channel, messages::MAX_CALL);
     install_panic_hook();
     sys::set_name(&super::me().name);
     let result = panic::catch_unwind(AssertUnwindSafe(f));
@@ -205,11 +205,11 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
         Ok(value) => match codec::encode(&value) {
             Ok(value) => {
                 let fds = sys::borrow_all(&value.fds);
-                let _ = conn.send(wire::RETURNED, &[&value.bytes], &fds);
+                let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);
                 0
             }
             Err(e) => {
-                let _ = conn.send(wire::UNENCODABLE, &[e.message().as_bytes()], &[]);
+                let _ = conn.send(messages::UNENCODABLE, &[e.message().as_bytes()], &[]);
                 1
             }
         },
@@ -224,7 +224,7 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
 
 /// Reports that the call could not start, and exits.
 fn fail(conn: &mut Conn, why: &str, origin: Origin) -> ! {
-    let _ = conn.send(wire::FAILED, &[why.as_bytes()], &[]);
+    let _ = conn.send(messages::FAILED, &[why.as_bytes()], &[]);
     report(why);
     exit(BOOTSTRAP_FAILURE, origin)
 }
@@ -232,8 +232,8 @@ fn fail(conn: &mut Conn, why: &str, origin: Origin) -> ! {
 /// Reports a failure to start on a raw call channel (from a forked child before it has a
 /// `Conn`), and exits.
 pub(crate) fn fail_on(channel: OwnedFd, why: &str) -> ! {
-    let mut conn = Conn::new(channel, wire::MAX_CALL);
-    let _ = conn.send(wire::FAILED, &[why.as_bytes()], &[]);
+    let mut conn = Conn::new(channel, messages::MAX_CALL);
+    let _ = conn.send(messages::FAILED, &[why.as_bytes()], &[]);
     report(why);
     sys::exit_now(BOOTSTRAP_FAILURE)
 }
@@ -265,11 +265,11 @@ fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
     let report = caught_panic(payload);
     match postcard::to_stdvec(&report) {
         Ok(bytes) => {
-            let _ = conn.send(wire::PANICKED, &[&bytes], &[]);
+            let _ = conn.send(messages::PANICKED, &[&bytes], &[]);
         }
         Err(e) => {
             let _ = conn.send(
-                wire::FAILED,
+                messages::FAILED,
                 &[format!("panic report: {e}").as_bytes()],
                 &[],
             );

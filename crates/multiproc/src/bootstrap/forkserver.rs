@@ -6,9 +6,9 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::wire::{self, ForkReply, ForkRequest};
+use super::messages::{self, ForkReply, ForkRequest};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
-use crate::wire::framing::{Conn, RecvError};
+use crate::wire::framing::{Conn, RecvFrameError};
 
 /// How long the server may take to answer a request before it is considered wedged.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +42,7 @@ impl ForkServer {
                 Ok(Some(ForkServer {
                     pid,
                     pidfd,
-                    conn: Conn::new(ours, wire::MAX_CONTROL),
+                    conn: Conn::new(ours, messages::MAX_CONTROL),
                 }))
             }
         }
@@ -57,7 +57,7 @@ impl ForkServer {
         Ok(ForkServer {
             pid,
             pidfd,
-            conn: Conn::new(ours, wire::MAX_CONTROL),
+            conn: Conn::new(ours, messages::MAX_CONTROL),
         })
     }
 
@@ -69,21 +69,21 @@ impl ForkServer {
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<(u32, OwnedFd)> {
         let body = postcard::to_stdvec(request).map_err(io::Error::other)?;
-        self.conn.send(wire::FORK, &[&body], fds)?;
+        self.conn.send(messages::FORK, &[&body], fds)?;
         let frame = self
             .conn
             .recv(Some(Instant::now() + REPLY_TIMEOUT))
             .map_err(|e| match e {
-                RecvError::Closed | RecvError::Truncated => {
+                RecvFrameError::Closed | RecvFrameError::Truncated => {
                     io::Error::new(io::ErrorKind::BrokenPipe, "the fork server exited")
                 }
-                RecvError::Timeout => {
+                RecvFrameError::Timeout => {
                     io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer")
                 }
-                RecvError::Io(e) => e,
-                RecvError::Corrupt(why) => io::Error::other(format!("fork server: {why}")),
+                RecvFrameError::Io(e) => e,
+                RecvFrameError::Corrupt(why) => io::Error::other(format!("fork server: {why}")),
             })?;
-        if frame.tag != wire::FORKED {
+        if frame.tag != messages::FORKED {
             return Err(io::Error::other(format!(
                 "fork server answered with message tag {}",
                 frame.tag
@@ -101,7 +101,7 @@ impl ForkServer {
 
     /// Tells the server to unlink a named segment when this process is gone (`TRACK`),
     /// or to forget it (`UNTRACK`).
-    pub(crate) fn send_tracked(&mut self, tag: u8, tracked: &wire::Tracked) -> io::Result<()> {
+    pub(crate) fn send_tracked(&mut self, tag: u8, tracked: &messages::Tracked) -> io::Result<()> {
         let body = postcard::to_stdvec(tracked).map_err(io::Error::other)?;
         self.conn.send(tag, &[&body], &[])
     }

@@ -4,13 +4,13 @@
 
 pub(crate) mod child;
 mod forkserver;
+pub(crate) mod messages;
 mod panic;
-pub(crate) mod wire;
 
 use std::ffi::OsString;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub(crate) use child::{CallIo, Invoked, fail_on, run_in_fork};
 pub(crate) use forkserver::ForkServer;
@@ -18,6 +18,7 @@ pub(crate) use panic::caught_panic;
 pub use panic::{PanicLocation, RemotePanic};
 
 use crate::shm::{self, named::Tracked};
+use crate::sync::unpoisoned;
 use crate::sys::{self, OwnedFd};
 
 /// Environment variable that tells a re-executed process it is a child.
@@ -124,12 +125,12 @@ static STATE: Mutex<State> = Mutex::new(State {
 static ME: Mutex<Option<Arc<Me>>> = Mutex::new(None);
 
 pub(crate) fn state() -> MutexGuard<'static, State> {
-    STATE.lock().unwrap_or_else(PoisonError::into_inner)
+    unpoisoned::lock(&STATE)
 }
 
 /// The lock on this process's description; hold it only to read or replace the `Arc`.
 pub(crate) fn me_lock() -> MutexGuard<'static, Option<Arc<Me>>> {
-    ME.lock().unwrap_or_else(PoisonError::into_inner)
+    unpoisoned::lock(&ME)
 }
 
 /// Starts multiproc in this process. Call it first in `main`.
@@ -240,7 +241,7 @@ fn parse_token(token: &OsString) -> Option<(OwnedFd, Option<OwnedFd>)> {
     let ppid: u32 = parts.next()?.parse().ok()?;
     let first: i32 = parts.next()?.parse().ok()?;
     let second = parts.next()?;
-    if version != wire::PROTOCOL || parts.next().is_some() || sys::getppid() != Some(ppid) {
+    if version != messages::PROTOCOL || parts.next().is_some() || sys::getppid() != Some(ppid) {
         return None;
     }
     let second = match second {
@@ -258,8 +259,8 @@ fn parse_token(token: &OsString) -> Option<(OwnedFd, Option<OwnedFd>)> {
 /// Formats a token for a process whose parent will be `ppid`.
 pub(crate) fn format_token(ppid: u32, first: i32, second: Option<i32>) -> String {
     match second {
-        Some(fd) => format!("{}:{ppid}:{first}:{fd}", wire::PROTOCOL),
-        None => format!("{}:{ppid}:{first}:-", wire::PROTOCOL),
+        Some(fd) => format!("{}:{ppid}:{first}:{fd}", messages::PROTOCOL),
+        None => format!("{}:{ppid}:{first}:-", messages::PROTOCOL),
     }
 }
 
@@ -364,7 +365,7 @@ fn server_call<T>(
             let mut server = ForkServer::exec_now(death)?;
             // A new server must learn what the one it replaces was tracking.
             for tracked in &st.tracked {
-                server.send_tracked(wire::TRACK, tracked)?;
+                server.send_tracked(messages::TRACK, tracked)?;
             }
             st.server = Some(server);
         }
@@ -391,7 +392,7 @@ fn track(tracked: Tracked) {
         return;
     }
     let mut st = state();
-    if let Err(e) = server_call(&mut st, |s| s.send_tracked(wire::TRACK, &tracked)) {
+    if let Err(e) = server_call(&mut st, |s| s.send_tracked(messages::TRACK, &tracked)) {
         tracing::trace!("cannot track {:?}: {e}", tracked.name);
     }
     st.tracked.push(tracked);
@@ -405,6 +406,6 @@ fn untrack(tracked: &Tracked) {
     if st.tracked.len() != before
         && let Some(server) = st.server.as_mut()
     {
-        let _ = server.send_tracked(wire::UNTRACK, tracked);
+        let _ = server.send_tracked(messages::UNTRACK, tracked);
     }
 }

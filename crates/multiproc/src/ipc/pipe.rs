@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::channel::{self, RawReceiver, RawSender, RecvFail, SendFail, Wait};
+use super::channel::{self, Deadline, RawReceiver, RawSender, RecvFail, SendFail};
 use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::wire::codec;
 use crate::wire::codec::CodecError;
@@ -106,7 +106,7 @@ impl<T: Serialize> Sender<T> {
     /// The message comes back: every receiver is gone, it could not be encoded, or the
     /// system refused.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
-        send(&self.raw, value, Wait::Forever, false).map_err(|(v, e)| match e {
+        send(&self.raw, value, Deadline::Never, false).map_err(|(v, e)| match e {
             Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
             Failed::Codec(c) => SendError::Codec(v, c),
             Failed::Io(io) => SendError::Io(v, io),
@@ -119,7 +119,7 @@ impl<T: Serialize> Sender<T> {
     ///
     /// As [`send`](Self::send), plus [`TrySendError::Full`].
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        send(&self.raw, value, Wait::No, false).map_err(|(v, e)| match e {
+        send(&self.raw, value, Deadline::Now, false).map_err(|(v, e)| match e {
             Failed::Full => TrySendError::Full(v),
             Failed::Disconnected => TrySendError::Disconnected(v),
             Failed::Codec(c) => TrySendError::Codec(v, c),
@@ -133,7 +133,7 @@ impl<T: Serialize> Sender<T> {
     ///
     /// As [`send`](Self::send), plus [`SendTimeoutError::Timeout`].
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        send(&self.raw, value, Wait::timeout(timeout), false).map_err(|(v, e)| match e {
+        send(&self.raw, value, Deadline::after(timeout), false).map_err(|(v, e)| match e {
             Failed::Full => SendTimeoutError::Timeout(v),
             Failed::Disconnected => SendTimeoutError::Disconnected(v),
             Failed::Codec(c) => SendTimeoutError::Codec(v, c),
@@ -157,7 +157,7 @@ pub(crate) enum Failed {
 pub(crate) fn send<T: Serialize>(
     raw: &RawSender,
     value: T,
-    wait: Wait,
+    wait: Deadline,
     unfinished: bool,
 ) -> Result<(), (T, Failed)> {
     let fail = |fail: SendFail| match fail {
@@ -208,7 +208,7 @@ pub(crate) enum Missed {
 }
 
 /// Receives and decodes.
-pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Wait) -> Result<T, Missed> {
+pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Deadline) -> Result<T, Missed> {
     let mut decode = |bytes: &[u8], fds| codec::decode::<T>(bytes, fds);
     match raw.recv_with(wait, &mut decode) {
         Ok(decoded) => decoded.map_err(Missed::Codec),
@@ -222,7 +222,7 @@ pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Wait) -> Result
 /// Receives and decodes without blocking the thread.
 pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result<T, Missed> {
     loop {
-        match recv(raw, Wait::No) {
+        match recv(raw, Deadline::Now) {
             Err(Missed::Empty) => {}
             done => return done,
         }
@@ -247,7 +247,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// (dropped, exited or killed); [`RecvError::Codec`] when a message does not decode
     /// as `T` (it is consumed; the next call moves on).
     pub fn recv(&self) -> Result<T, RecvError> {
-        recv(&self.raw, Wait::Forever).map_err(|m| match m {
+        recv(&self.raw, Deadline::Never).map_err(|m| match m {
             Missed::Empty | Missed::Disconnected => RecvError::Disconnected,
             Missed::Codec(c) => RecvError::Codec(c),
             Missed::Io(e) => RecvError::Io(e),
@@ -260,7 +260,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     ///
     /// As [`recv`](Self::recv), plus [`TryRecvError::Empty`].
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        recv(&self.raw, Wait::No).map_err(|m| match m {
+        recv(&self.raw, Deadline::Now).map_err(|m| match m {
             Missed::Empty => TryRecvError::Empty,
             Missed::Disconnected => TryRecvError::Disconnected,
             Missed::Codec(c) => TryRecvError::Codec(c),
@@ -274,7 +274,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     ///
     /// As [`recv`](Self::recv), plus [`RecvTimeoutError::Timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        recv(&self.raw, Wait::timeout(timeout)).map_err(|m| match m {
+        recv(&self.raw, Deadline::after(timeout)).map_err(|m| match m {
             Missed::Empty => RecvTimeoutError::Timeout,
             Missed::Disconnected => RecvTimeoutError::Disconnected,
             Missed::Codec(c) => RecvTimeoutError::Codec(c),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::channel::{self, RawReceiver, RawSender, Wait};
+use super::channel::{self, Deadline, RawReceiver, RawSender};
 use super::pipe::{self, Failed, Missed};
 use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::sys;
@@ -129,7 +129,7 @@ impl<T: Serialize> Queue<T> {
     /// The item comes back: this handle is closed, it could not be encoded, or the
     /// system refused.
     pub fn put(&self, value: T) -> Result<(), SendError<T>> {
-        put(self.sender(), value, Wait::Forever, false).map_err(|(v, e)| match e {
+        put(self.sender(), value, Deadline::Never, false).map_err(|(v, e)| match e {
             Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
             Failed::Codec(c) => SendError::Codec(v, c),
             Failed::Io(io) => SendError::Io(v, io),
@@ -142,7 +142,7 @@ impl<T: Serialize> Queue<T> {
     ///
     /// As [`put`](Self::put), plus [`TrySendError::Full`].
     pub fn try_put(&self, value: T) -> Result<(), TrySendError<T>> {
-        put(self.sender(), value, Wait::No, false).map_err(|(v, e)| match e {
+        put(self.sender(), value, Deadline::Now, false).map_err(|(v, e)| match e {
             Failed::Full => TrySendError::Full(v),
             Failed::Disconnected => TrySendError::Disconnected(v),
             Failed::Codec(c) => TrySendError::Codec(v, c),
@@ -156,7 +156,7 @@ impl<T: Serialize> Queue<T> {
     ///
     /// As [`put`](Self::put), plus [`SendTimeoutError::Timeout`].
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        put(self.sender(), value, Wait::timeout(timeout), false).map_err(|(v, e)| match e {
+        put(self.sender(), value, Deadline::after(timeout), false).map_err(|(v, e)| match e {
             Failed::Full => SendTimeoutError::Timeout(v),
             Failed::Disconnected => SendTimeoutError::Disconnected(v),
             Failed::Codec(c) => SendTimeoutError::Codec(v, c),
@@ -168,7 +168,7 @@ impl<T: Serialize> Queue<T> {
 fn put<T: Serialize>(
     tx: Option<&RawSender>,
     value: T,
-    wait: Wait,
+    wait: Deadline,
     unfinished: bool,
 ) -> Result<(), (T, Failed)> {
     match tx {
@@ -186,7 +186,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// remains (all closed, dropped or gone); [`RecvError::Codec`] when an item does not
     /// decode as `T` (it is consumed).
     pub fn get(&self) -> Result<T, RecvError> {
-        pipe::recv(&self.rx, Wait::Forever).map_err(|m| match m {
+        pipe::recv(&self.rx, Deadline::Never).map_err(|m| match m {
             Missed::Empty | Missed::Disconnected => RecvError::Disconnected,
             Missed::Codec(c) => RecvError::Codec(c),
             Missed::Io(e) => RecvError::Io(e),
@@ -213,7 +213,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// As [`get`](Self::get), plus [`TryRecvError::Empty`].
     pub fn try_get(&self) -> Result<T, TryRecvError> {
-        pipe::recv(&self.rx, Wait::No).map_err(|m| match m {
+        pipe::recv(&self.rx, Deadline::Now).map_err(|m| match m {
             Missed::Empty => TryRecvError::Empty,
             Missed::Disconnected => TryRecvError::Disconnected,
             Missed::Codec(c) => TryRecvError::Codec(c),
@@ -227,7 +227,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// As [`get`](Self::get), plus [`RecvTimeoutError::Timeout`].
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        pipe::recv(&self.rx, Wait::timeout(timeout)).map_err(|m| match m {
+        pipe::recv(&self.rx, Deadline::after(timeout)).map_err(|m| match m {
             Missed::Empty => RecvTimeoutError::Timeout,
             Missed::Disconnected => RecvTimeoutError::Disconnected,
             Missed::Codec(c) => RecvTimeoutError::Codec(c),
@@ -394,7 +394,7 @@ impl<T: Serialize> JoinableQueue<T> {
     ///
     /// As [`Queue::put`].
     pub fn put(&self, value: T) -> Result<(), SendError<T>> {
-        put(self.queue.sender(), value, Wait::Forever, true).map_err(|(v, e)| match e {
+        put(self.queue.sender(), value, Deadline::Never, true).map_err(|(v, e)| match e {
             Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
             Failed::Codec(c) => SendError::Codec(v, c),
             Failed::Io(io) => SendError::Io(v, io),
@@ -407,7 +407,7 @@ impl<T: Serialize> JoinableQueue<T> {
     ///
     /// As [`Queue::try_put`].
     pub fn try_put(&self, value: T) -> Result<(), TrySendError<T>> {
-        put(self.queue.sender(), value, Wait::No, true).map_err(|(v, e)| match e {
+        put(self.queue.sender(), value, Deadline::Now, true).map_err(|(v, e)| match e {
             Failed::Full => TrySendError::Full(v),
             Failed::Disconnected => TrySendError::Disconnected(v),
             Failed::Codec(c) => TrySendError::Codec(v, c),
@@ -421,7 +421,7 @@ impl<T: Serialize> JoinableQueue<T> {
     ///
     /// As [`Queue::put_timeout`].
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        put(self.queue.sender(), value, Wait::timeout(timeout), true).map_err(|(v, e)| match e {
+        put(self.queue.sender(), value, Deadline::after(timeout), true).map_err(|(v, e)| match e {
             Failed::Full => SendTimeoutError::Timeout(v),
             Failed::Disconnected => SendTimeoutError::Disconnected(v),
             Failed::Codec(c) => SendTimeoutError::Codec(v, c),

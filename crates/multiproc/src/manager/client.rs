@@ -5,13 +5,14 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::Address;
 use super::ManagerError;
 use super::local::{self, Local, Slot};
-use super::wire::{self, FrameError, Framed, Request, Response, Stream};
+use super::protocol::{self, FrameError, Framed, Request, Response, Stream};
+use crate::sync::unpoisoned;
 use crate::wire::codec;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +27,7 @@ const MAX_LOCAL: usize = 16;
 fn session() -> u64 {
     static SESSION: Mutex<Option<(u32, u64)>> = Mutex::new(None);
     let pid = crate::sys::process_id();
-    let mut s = SESSION.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut s = unpoisoned::lock(&SESSION);
     match *s {
         Some((p, id)) if p == pid => id,
         _ => {
@@ -56,7 +57,7 @@ pub(crate) struct Client {
     pub(crate) key: Vec<u8>,
     /// Idle connections, and the pid that opened them (a forked child must not share
     /// its parent's connections).
-    idle: Mutex<(u32, Vec<Conn>)>,
+    idle: Mutex<(u32, Vec<ClientConn>)>,
     /// Local connections open.
     locals: Arc<AtomicUsize>,
 }
@@ -73,7 +74,7 @@ impl Client {
     /// The process's client for `address` and `key`.
     pub(crate) fn get(address: &Address, key: &[u8]) -> Arc<Client> {
         static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
-        let mut clients = CLIENTS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clients = unpoisoned::lock(&CLIENTS);
         clients.retain(|c| c.strong_count() > 0);
         for c in clients.iter().filter_map(Weak::upgrade) {
             if c.address == *address && c.key == key {
@@ -90,9 +91,9 @@ impl Client {
         c
     }
 
-    fn checkout(&self) -> Result<Conn, ManagerError> {
+    fn checkout(&self) -> Result<ClientConn, ManagerError> {
         {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut idle = unpoisoned::lock(&self.idle);
             let pid = crate::sys::process_id();
             if idle.0 != pid {
                 *idle = (pid, Vec::new());
@@ -104,8 +105,8 @@ impl Client {
         self.open()
     }
 
-    fn checkin(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+    fn checkin(&self, conn: ClientConn) {
+        let mut idle = unpoisoned::lock(&self.idle);
         if idle.0 == crate::sys::process_id() {
             idle.1.push(conn);
         }
@@ -113,14 +114,14 @@ impl Client {
 
     /// Opens and authenticates a new connection; over a Unix socket, moves it onto
     /// shared-memory channels.
-    pub(crate) fn open(&self) -> Result<Conn, ManagerError> {
+    pub(crate) fn open(&self) -> Result<ClientConn, ManagerError> {
         let stream = connect(&self.address).map_err(ManagerError::from_io)?;
         let mut framed = Framed::new(stream);
         framed
             .stream()
-            .set_read_timeout(Some(wire::HANDSHAKE_TIMEOUT))
+            .set_read_timeout(Some(protocol::HANDSHAKE_TIMEOUT))
             .map_err(ManagerError::Io)?;
-        wire::client_handshake(&mut framed, &self.key, session())?;
+        protocol::client_handshake(&mut framed, &self.key, session())?;
         let slot = self
             .address
             .is_local()
@@ -134,7 +135,7 @@ impl Client {
             .stream()
             .set_read_timeout(None)
             .map_err(ManagerError::Io)?;
-        Ok(Conn { framed, local })
+        Ok(ClientConn { framed, local })
     }
 
     /// Checks that the server answers.
@@ -162,12 +163,12 @@ impl Client {
 /// An authenticated connection: its socket, and for a local client the shared-memory
 /// channels its calls travel through.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub(crate) struct ClientConn {
     framed: Framed,
     local: Option<(Local, Slot)>,
 }
 
-impl Conn {
+impl ClientConn {
     fn call(&mut self, request: &Request) -> Result<Response, ManagerError> {
         if let Some((local, _)) = &self.local {
             return local.call(request);

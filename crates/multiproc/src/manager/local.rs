@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use super::ManagerError;
-use super::wire::{FrameError, Framed, Request, Response};
-use crate::ipc::channel::{self, RawReceiver, RawSender, RecvFail, Wait};
+use super::protocol::{FrameError, Framed, Request, Response};
+use crate::ipc::channel::{self, Deadline, RawReceiver, RawSender, RecvFail};
 use crate::ipc::pipe::{self, Failed, Missed};
 use crate::wire::codec;
 
@@ -69,7 +69,7 @@ type Offer = Result<Local, String>;
 
 /// Why a local connection ended on the server's side.
 #[derive(Debug)]
-pub(crate) enum Ended {
+pub(crate) enum LocalEnd {
     /// The client closed it or died.
     Closed,
     /// The client broke the rules; the connection is closed and this is logged.
@@ -80,7 +80,7 @@ pub(crate) enum Ended {
 /// authenticated. `None` when the server serves this connection over the socket.
 pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> {
     conn.send(&Request::Local).map_err(ManagerError::from_io)?;
-    let fds = match conn.recv_passed(super::wire::HANDSHAKE_MAX) {
+    let fds = match conn.recv_passed(super::protocol::HANDSHAKE_MAX) {
         Ok(fds) => fds,
         Err(FrameError::Closed) => return Err(ManagerError::Disconnected),
         Err(FrameError::Oversized(n)) => {
@@ -152,13 +152,13 @@ pub(crate) fn offer(conn: &mut Framed, allowed: bool) -> std::io::Result<Option<
 impl Local {
     /// The client's side: sends `request` and waits for the response.
     pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
-        pipe::send(&self.tx, request, Wait::Forever, false).map_err(|(_, f)| match f {
+        pipe::send(&self.tx, request, Deadline::Never, false).map_err(|(_, f)| match f {
             Failed::Disconnected => ManagerError::Disconnected,
             Failed::Codec(e) => ManagerError::Codec(e),
             Failed::Io(e) => ManagerError::from_io(e),
             Failed::Full => ManagerError::Protocol("the request channel stayed full".into()),
         })?;
-        pipe::recv::<Response>(&self.rx, Wait::Forever).map_err(|m| match m {
+        pipe::recv::<Response>(&self.rx, Deadline::Never).map_err(|m| match m {
             Missed::Empty | Missed::Disconnected => ManagerError::Disconnected,
             Missed::Codec(e) => {
                 ManagerError::Protocol(format!("the server sent a malformed response: {e}"))
@@ -169,7 +169,11 @@ impl Local {
 
     /// The server's side: the next request, or `Ok(None)` if none came within `wait`.
     /// A request over `max` bytes, or one that does not decode, ends the connection.
-    pub(crate) fn next_request(&self, max: u32, wait: Wait) -> Result<Option<Request>, Ended> {
+    pub(crate) fn next_request(
+        &self,
+        max: u32,
+        wait: Deadline,
+    ) -> Result<Option<Request>, LocalEnd> {
         let mut decode = |bytes: &[u8], fds| {
             if bytes.len() > max as usize {
                 return Err(format!(
@@ -181,17 +185,17 @@ impl Local {
         };
         match self.rx.recv_with(wait, &mut decode) {
             Ok(Ok(request)) => Ok(Some(request)),
-            Ok(Err(why)) => Err(Ended::Refused(why)),
+            Ok(Err(why)) => Err(LocalEnd::Refused(why)),
             Err(RecvFail::Empty) => Ok(None),
-            Err(RecvFail::Disconnected) => Err(Ended::Closed),
-            Err(RecvFail::Broken(why)) => Err(Ended::Refused(why)),
-            Err(RecvFail::Io(e)) => Err(Ended::Refused(format!("the channel failed: {e}"))),
+            Err(RecvFail::Disconnected) => Err(LocalEnd::Closed),
+            Err(RecvFail::Broken(why)) => Err(LocalEnd::Refused(why)),
+            Err(RecvFail::Io(e)) => Err(LocalEnd::Refused(format!("the channel failed: {e}"))),
         }
     }
 
     /// The server's side: sends a response; false if the client is gone.
     pub(crate) fn respond(&self, response: &Response) -> bool {
-        pipe::send(&self.tx, response, Wait::Forever, false).is_ok()
+        pipe::send(&self.tx, response, Deadline::Never, false).is_ok()
     }
 
     /// The server's side: whether the client dropped its end.

@@ -18,9 +18,9 @@ mod client;
 mod error;
 mod local;
 mod objects;
+mod protocol;
 mod proxy;
 mod server;
-mod wire;
 
 pub use error::ManagerError;
 pub use proxy::{
@@ -31,8 +31,8 @@ pub use proxy::{
 use crate::process::{Builder, JoinHandle};
 use crate::wire::codec::{self, Bytes};
 use client::Client;
+use protocol::{Kind, Request, Response};
 use server::{Ctor, Listener, Shared};
-use wire::{Kind, Request, Response};
 
 /// Where a manager listens.
 ///
@@ -231,7 +231,7 @@ impl Default for ManagerBuilder<()> {
         ManagerBuilder {
             address: None,
             authkey: None,
-            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_frame: protocol::DEFAULT_MAX_FRAME,
             _registry: PhantomData,
         }
     }
@@ -283,7 +283,7 @@ impl<R: Registry> ManagerBuilder<R> {
                 ));
             }
             Some(k) => k.clone(),
-            None => wire::random_key().map_err(ManagerError::Io)?,
+            None => protocol::random_key().map_err(ManagerError::Io)?,
         };
         let address = match &self.address {
             Some(a) => a.clone(),

@@ -8,13 +8,14 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use indexmap::{IndexMap, IndexSet};
 
-use super::wire::{Fault, Kind, Op, Response};
+use super::protocol::{Fault, Kind, Op, Response};
 use super::{ErasedObject, SharedObject};
+use crate::sync::unpoisoned;
 use crate::wire::codec::{self, Bytes};
 
 /// How often a blocked operation checks that its client is still there.
@@ -30,7 +31,7 @@ pub(crate) struct Peer<'a> {
 }
 
 /// A served object.
-pub(crate) struct Object {
+pub(crate) struct Served {
     pub(crate) kind: Kind,
     pub(crate) tag: String,
     state: Mutex<State>,
@@ -91,14 +92,14 @@ fn init<T: serde::de::DeserializeOwned>(kind: Kind, init: &[u8]) -> Result<T, Fa
     codec::decode(init, Vec::new()).map_err(|e| Fault::BadInit(format!("{}: {e}", kind.name())))
 }
 
-impl Object {
+impl Served {
     /// A new object of `kind` from its encoded initial state.
     pub(crate) fn new(
         kind: Kind,
         tag: String,
         init_bytes: &[u8],
         custom: Option<Box<dyn ErasedObject>>,
-    ) -> Result<Object, Fault> {
+    ) -> Result<Served, Fault> {
         let state = match kind {
             Kind::Dict => State::Dict {
                 map: IndexMap::new(),
@@ -145,7 +146,7 @@ impl Object {
                 State::Custom(custom.ok_or_else(|| Fault::BadInit("no constructor".into()))?)
             }
         };
-        Ok(Object {
+        Ok(Served {
             kind,
             tag,
             state: Mutex::new(state),
@@ -154,7 +155,7 @@ impl Object {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        unpoisoned::lock(&self.state)
     }
 
     /// Waits until `attempt` gives a value, the timeout passes, or the client goes.
@@ -179,11 +180,7 @@ impl Object {
                 }
                 slice = slice.min(left);
             }
-            state = self
-                .changed
-                .wait_timeout(state, slice)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = unpoisoned::wait_timeout(&self.changed, state, slice);
             if (peer.gone)() {
                 return Blocked::Gone;
             }
@@ -636,7 +633,7 @@ fn set(s: &mut IndexSet<Vec<u8>>, op: Op) -> Handled {
     })
 }
 
-/// A queue's non-blocking operations (`Take` and `Put` block: see [`Object::call`]).
+/// A queue's non-blocking operations (`Take` and `Put` block: see [`Served::call`]).
 fn queue(items: &mut VecDeque<Vec<u8>>, op: Op) -> Handled {
     use Response as R;
     Ok(match op {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ManagerError;
 use super::client::{Client, thread_token};
-use super::wire::{Op, Request, Response};
+use super::protocol::{Op, Request, Response};
 use super::{Address, SharedObject};
 use crate::sync::{LockResult, OwnerDied};
 use crate::wire::codec::{self, Bytes};

@@ -5,14 +5,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::local::{self, Ended, Local, Slot};
-use super::objects::{Object, Peer};
-use super::wire::{self, FrameError, Framed, Kind, Refused, Request, Response, Stream};
+use super::local::{self, Local, LocalEnd, Slot};
+use super::objects::{Peer, Served};
+use super::protocol::{self, FrameError, Framed, Kind, Refused, Request, Response, Stream};
 use super::{Address, ErasedObject};
-use crate::wait::Wait;
+use crate::deadline::Deadline;
+use crate::sync::unpoisoned;
 use crate::wire::codec;
 
 /// How often a connection thread waiting on a local client's channel looks whether the
@@ -85,7 +86,7 @@ impl Listener {
 pub(crate) struct Shared {
     key: Vec<u8>,
     max_frame: u32,
-    objects: RwLock<HashMap<u64, Arc<Object>>>,
+    objects: RwLock<HashMap<u64, Arc<Served>>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     /// Live connections per client session: a session whose last connection closes is a
@@ -156,12 +157,7 @@ impl Shared {
     /// Stops accepting, and closes every connection.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        for stream in self
-            .conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
+        for stream in unpoisoned::lock(&self.conns).values() {
             stream.shutdown();
         }
     }
@@ -170,24 +166,16 @@ impl Shared {
         let peer = stream.peer();
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
-            self.conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(conn_id, clone);
+            unpoisoned::lock(&self.conns).insert(conn_id, clone);
         }
         let mut conn = Framed::new(stream);
         let _ = conn
             .stream()
-            .set_read_timeout(Some(wire::HANDSHAKE_TIMEOUT));
-        match wire::server_handshake(&mut conn, &self.key) {
+            .set_read_timeout(Some(protocol::HANDSHAKE_TIMEOUT));
+        match protocol::server_handshake(&mut conn, &self.key) {
             Ok(session) => {
                 let _ = conn.stream().set_read_timeout(None);
-                *self
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(session)
-                    .or_insert(0) += 1;
+                *unpoisoned::lock(&self.sessions).entry(session).or_insert(0) += 1;
                 self.serve_session(&mut conn, session, &peer);
                 self.session_closed(session);
             }
@@ -198,10 +186,7 @@ impl Shared {
                 tracing::warn!("manager: handshake with {peer} failed: {why}");
             }
         }
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&conn_id);
+        unpoisoned::lock(&self.conns).remove(&conn_id);
     }
 
     fn serve_session(&self, conn: &mut Framed, session: u64, peer: &str) {
@@ -286,7 +271,7 @@ impl Shared {
     /// The next request on a local connection's channel; `Idle` now and then while
     /// none comes, so that a stopping server ends the connection.
     fn next_local(&self, local: &Local, peer: &str) -> Next {
-        let next = local.next_request(self.max_frame, Wait::timeout(STOP_CHECK));
+        let next = local.next_request(self.max_frame, Deadline::after(STOP_CHECK));
         if self.stopping.load(Ordering::Acquire) {
             // Not served: the client reads that the server is gone.
             return Next::End;
@@ -294,8 +279,8 @@ impl Shared {
         match next {
             Ok(Some(r)) => Next::Request(r),
             Ok(None) => Next::Idle,
-            Err(Ended::Closed) => Next::End,
-            Err(Ended::Refused(why)) => {
+            Err(LocalEnd::Closed) => Next::End,
+            Err(LocalEnd::Refused(why)) => {
                 tracing::warn!("manager: closing {peer}: {why}");
                 Next::End
             }
@@ -304,7 +289,7 @@ impl Shared {
 
     fn session_closed(&self, session: u64) {
         let ended = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sessions = unpoisoned::lock(&self.sessions);
             match sessions.get_mut(&session) {
                 Some(1) => {
                     sessions.remove(&session);
@@ -318,10 +303,7 @@ impl Shared {
             }
         };
         if ended {
-            let objects: Vec<_> = self
-                .objects
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
+            let objects: Vec<_> = unpoisoned::read(&self.objects)
                 .values()
                 .filter(|o| matches!(o.kind, Kind::Lock | Kind::RLock | Kind::Condition))
                 .cloned()
@@ -342,20 +324,15 @@ impl Shared {
             } => self.create(kind, name, tag, &init.0),
             Request::Ping => Response::Unit,
             // A connection moves once (the first time is answered in `serve_session`).
-            Request::Local => Response::Fault(wire::Fault::Unsupported {
+            Request::Local => Response::Fault(protocol::Fault::Unsupported {
                 op: "moving to shared memory".into(),
                 kind: "connection already moved".into(),
             }),
             Request::Call { id, op } => {
-                let object = self
-                    .objects
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(&id)
-                    .cloned();
+                let object = unpoisoned::read(&self.objects).get(&id).cloned();
                 match object {
                     Some(o) => o.call(op, peer),
-                    None => Response::Fault(wire::Fault::NoSuchObject(id)),
+                    None => Response::Fault(protocol::Fault::NoSuchObject(id)),
                 }
             }
         }
@@ -363,14 +340,14 @@ impl Shared {
 
     fn create(&self, kind: Kind, name: Option<String>, tag: String, init: &[u8]) -> Response {
         // Held across creation, so two clients creating one name get one object.
-        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut names = unpoisoned::lock(&self.names);
         if let Some(name) = &name
             && let Some(&id) = names.get(name)
         {
-            let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
+            let objects = unpoisoned::read(&self.objects);
             let o = &objects[&id];
             if o.kind != kind || o.tag != tag {
-                return Response::Fault(wire::Fault::WrongType {
+                return Response::Fault(protocol::Fault::WrongType {
                     name: name.clone(),
                     expected: format!("{} of {tag}", kind.name()),
                     found: format!("{} of {}", o.kind.name(), o.tag),
@@ -380,24 +357,21 @@ impl Shared {
         }
         let custom = if kind == Kind::Custom {
             let Some(ctor) = self.ctors.get(&tag) else {
-                return Response::Fault(wire::Fault::Unregistered(tag));
+                return Response::Fault(protocol::Fault::Unregistered(tag));
             };
             match ctor(init) {
                 Ok(o) => Some(o),
-                Err(e) => return Response::Fault(wire::Fault::BadInit(e)),
+                Err(e) => return Response::Fault(protocol::Fault::BadInit(e)),
             }
         } else {
             None
         };
-        let object = match Object::new(kind, tag, init, custom) {
+        let object = match Served::new(kind, tag, init, custom) {
             Ok(o) => o,
             Err(f) => return Response::Fault(f),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.objects
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::new(object));
+        unpoisoned::write(&self.objects).insert(id, Arc::new(object));
         if let Some(name) = name {
             names.insert(name, id);
         }

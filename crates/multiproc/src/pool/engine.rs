@@ -18,11 +18,11 @@ use super::tickets::{TicketState, Tickets};
 use super::worker::{self, JOB_HEADER, JobHeader, OUTCOME_HEADER, OutcomeHeader, WorkerArgs, kind};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
+use crate::deadline::Deadline;
 use crate::ipc::channel::{self, MAX_SLEEP, RawReceiver, RawSender, Received, RecvFail, SendFail};
 use crate::process::{Builder, JoinHandle, StartMethod};
-use crate::sync::{lock, wait_on};
+use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, Entry, OwnedFd};
-use crate::wait::Wait;
 use crate::wire::codec::{CodecError, Encoded};
 /// Jobs a worker holds at least (one running, one waiting), and at most.
 pub(crate) const DEPTH_MIN: usize = 2;
@@ -179,7 +179,7 @@ impl PoolInner {
         });
         for index in 0..processes {
             let worker = inner.start_worker(index)?;
-            lock(&inner.state).workers[index] = Some(worker);
+            unpoisoned::lock(&inner.state).workers[index] = Some(worker);
         }
         let thread = {
             let inner = Arc::clone(&inner);
@@ -197,13 +197,13 @@ impl PoolInner {
 
     /// Tasks the pool knows about, and whether it is closed: for `Debug`.
     pub(super) fn summary(&self) -> (usize, bool) {
-        let st = lock(&self.state);
+        let st = unpoisoned::lock(&self.state);
         (st.tasks.len(), st.closed)
     }
 
     /// The pids of the workers alive now.
     pub(super) fn worker_pids(&self) -> Vec<u32> {
-        lock(&self.state)
+        unpoisoned::lock(&self.state)
             .workers
             .iter()
             .flatten()
@@ -213,7 +213,7 @@ impl PoolInner {
 
     /// Refuses new tasks; those submitted run to the end, then the workers exit.
     pub(super) fn close(&self) {
-        lock(&self.state).closed = true;
+        unpoisoned::lock(&self.state).closed = true;
         self.ring();
     }
 
@@ -225,7 +225,7 @@ impl PoolInner {
         sink: Arc<dyn Sink<Received>>,
         slot: usize,
     ) -> Result<u64, TaskError> {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         let id = self.register(&mut st, entry, payload, sink, slot)?;
         self.pump(&mut st);
         Ok(id)
@@ -239,7 +239,7 @@ impl PoolInner {
         jobs: Vec<(usize, Encoded)>,
         sink: &Arc<dyn Sink<Received>>,
     ) -> Result<Vec<u64>, TaskError> {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         let mut ids = Vec::with_capacity(jobs.len());
         for (slot, payload) in jobs {
             ids.push(self.register(&mut st, entry, payload, Arc::clone(sink), slot)?);
@@ -361,7 +361,7 @@ impl PoolInner {
     /// Removes tasks nobody will read (a `map` that failed half-way): queued ones are
     /// dropped; running ones finish and their results are thrown away.
     pub(super) fn discard(&self, ids: &[u64]) {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         for id in ids {
             if let Some(pos) = st.pending.iter().position(|p| p == id) {
                 st.pending.remove(pos);
@@ -372,7 +372,7 @@ impl PoolInner {
 
     /// Kills every worker and fails every task.
     pub(super) fn terminate(&self) {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         if st.terminated {
             return;
         }
@@ -404,12 +404,12 @@ impl PoolInner {
 
     /// Waits until the engine has finished (no tasks, no workers), or `deadline`.
     pub(super) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         loop {
             if st.finished {
                 return true;
             }
-            st = match wait_on(&self.changed, st, deadline) {
+            st = match unpoisoned::wait_until(&self.changed, st, deadline) {
                 Ok(st) => st,
                 Err(_) => return false,
             };
@@ -529,7 +529,7 @@ impl Cancel for PoolInner {
     }
 
     fn cancel(&self, id: u64) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         let Some(rec) = st.tasks.get(&id) else {
             return false;
         };
@@ -602,10 +602,10 @@ fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<(), SendFail> {
             buf.copy_from_slice(&payload.bytes);
             true
         };
-        return jobs.send_inline(payload.bytes.len(), &mut fill, Wait::No, false);
+        return jobs.send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false);
     }
     let copy = payload.try_clone().map_err(SendFail::Io)?;
-    jobs.send(copy, Wait::No, false).map_err(|(_, e)| e)
+    jobs.send(copy, Deadline::Now, false).map_err(|(_, e)| e)
 }
 
 /// How long the engine thread spins for outcomes before it sleeps.
@@ -671,7 +671,7 @@ impl PoolInner {
                 // any more. Waiting would hang every task, so the pool fails them all.
                 let mut deliveries = Vec::new();
                 {
-                    let mut st = lock(&self.state);
+                    let mut st = unpoisoned::lock(&self.state);
                     for msg in batch {
                         self.route(&mut st, msg, &mut deliveries);
                     }
@@ -693,7 +693,7 @@ impl PoolInner {
             any = true;
             let mut deliveries = Vec::new();
             {
-                let mut st = lock(&self.state);
+                let mut st = unpoisoned::lock(&self.state);
                 for msg in batch {
                     self.route(&mut st, msg, &mut deliveries);
                 }
@@ -861,7 +861,7 @@ impl PoolInner {
     /// their running task fails (or is retried).
     fn reap(&self) {
         let dead: Vec<usize> = {
-            let st = lock(&self.state);
+            let st = unpoisoned::lock(&self.state);
             st.workers
                 .iter()
                 .enumerate()
@@ -876,7 +876,7 @@ impl PoolInner {
         let mut deliveries = Vec::new();
         let mut handles = Vec::new();
         {
-            let mut st = lock(&self.state);
+            let mut st = unpoisoned::lock(&self.state);
             for i in dead {
                 let Some(w) = st.workers[i].take() else {
                     continue;
@@ -961,7 +961,7 @@ impl PoolInner {
     fn timers(&self) -> Instant {
         let now = Instant::now();
         let mut next = now + MAX_SLEEP;
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         if !st.delayed.is_empty() {
             let mut due = Vec::new();
             st.delayed.retain(|&(at, id)| {
@@ -1019,7 +1019,7 @@ impl PoolInner {
     /// Starts workers for empty slots. False if one failed to start.
     fn replace_workers(&self) -> bool {
         let missing: Vec<usize> = {
-            let st = lock(&self.state);
+            let st = unpoisoned::lock(&self.state);
             if st.terminated || st.broken.is_some() || (st.closed && st.tasks.is_empty()) {
                 return true;
             }
@@ -1033,7 +1033,7 @@ impl PoolInner {
         for i in missing {
             match self.start_worker(i) {
                 Ok(worker) => {
-                    let mut st = lock(&self.state);
+                    let mut st = unpoisoned::lock(&self.state);
                     if st.terminated {
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
@@ -1047,7 +1047,7 @@ impl PoolInner {
                 Err(e) => {
                     let mut deliveries = Vec::new();
                     self.start_failed(
-                        &mut lock(&self.state),
+                        &mut unpoisoned::lock(&self.state),
                         format!("cannot start a worker: {e}"),
                         &mut deliveries,
                     );
@@ -1062,7 +1062,7 @@ impl PoolInner {
     /// Retires the workers of a closed pool with nothing left to do; says whether the
     /// pool has finished (no workers left, and nothing more will come).
     fn finish_if_done(&self) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         let idle = st.tasks.is_empty() && st.pending.is_empty();
         if st.closed && (idle || st.terminated) {
             for w in st.workers.iter_mut().flatten() {
@@ -1091,7 +1091,7 @@ impl PoolInner {
         }
         // The workers' records (not the state lock, which others need meanwhile) keep
         // their pidfds open while this sleeps.
-        let records: Vec<_> = lock(&self.state)
+        let records: Vec<_> = unpoisoned::lock(&self.state)
             .workers
             .iter()
             .flatten()

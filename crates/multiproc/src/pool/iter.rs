@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TaskError;
-use super::task::{self, Stream};
+use super::task::{self, Slots};
 use super::{DEPTH_MAX, Pool, encode_job};
 use crate::ipc::channel::Received;
 use crate::sys::Entry;
@@ -30,7 +30,7 @@ pub(crate) trait Backend<A> {
         &self,
         item: A,
         slot: usize,
-        stream: &Arc<Stream<Self::Raw>>,
+        stream: &Arc<Slots<Self::Raw>>,
     ) -> Result<Self::Handle, TaskError>;
 
     /// Submits several items at once; by default one by one. Each is submitted or
@@ -38,7 +38,7 @@ pub(crate) trait Backend<A> {
     fn submit_all(
         &self,
         items: Vec<(usize, A)>,
-        stream: &Arc<Stream<Self::Raw>>,
+        stream: &Arc<Slots<Self::Raw>>,
     ) -> Vec<(usize, Result<Self::Handle, TaskError>)> {
         items
             .into_iter()
@@ -58,7 +58,7 @@ pub(crate) struct Feed<B: Backend<A>, A, I> {
     backend: B,
     input: I,
     input_done: bool,
-    stream: Arc<Stream<B::Raw>>,
+    stream: Arc<Slots<B::Raw>>,
     /// The tasks submitted and not yet yielded, by slot (oldest first).
     handles: VecDeque<(usize, B::Handle)>,
     next_slot: usize,
@@ -72,7 +72,7 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
             backend,
             input,
             input_done: false,
-            stream: Stream::new(),
+            stream: Slots::new(),
             handles: VecDeque::new(),
             next_slot: 0,
             yielded: 0,
@@ -157,7 +157,7 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
         &self,
         item: A,
         slot: usize,
-        stream: &Arc<Stream<Received>>,
+        stream: &Arc<Slots<Received>>,
     ) -> Result<u64, TaskError> {
         let entry = self.entry.clone()?;
         let payload = encode_job(&item)?;
@@ -169,7 +169,7 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
     fn submit_all(
         &self,
         items: Vec<(usize, A)>,
-        stream: &Arc<Stream<Received>>,
+        stream: &Arc<Slots<Received>>,
     ) -> Vec<(usize, Result<u64, TaskError>)> {
         let entry = match &self.entry {
             Ok(entry) => *entry,

@@ -30,7 +30,7 @@ use crate::sys::{self, Entry};
 use crate::wire::codec::{self, Encoded};
 use engine::{Config, PoolInner};
 pub(crate) use engine::{DEPTH_MAX, DEPTH_MIN};
-use task::{Cancel, Cell, Sink, Stream};
+use task::{Cancel, Cell, Sink, Slots};
 use worker::JOB_HEADER;
 
 /// Builds a [`Pool`].
@@ -353,7 +353,7 @@ impl Pool {
             return Ok(Vec::new());
         }
         let entry = entry(f, true)?;
-        let stream = Stream::<Received>::new();
+        let stream = Slots::<Received>::new();
         let chunks: Vec<&[A]> = items.chunks(chunk_size.max(1)).collect();
         let jobs = chunks
             .iter()

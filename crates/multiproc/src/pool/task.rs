@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use super::TaskError;
 use super::worker::OUTCOME_HEADER;
 use crate::ipc::channel::Received;
 use crate::sync::raw::spin_until;
-use crate::sync::{lock, wait_on};
+use crate::sync::unpoisoned;
 use crate::wire::codec;
 
 /// How long a waiter spins before it sleeps: results of short tasks often arrive within
@@ -81,13 +81,13 @@ impl<T> Cell<T> {
         if spin_until(spin_end.min(deadline.unwrap_or(spin_end)), done) {
             return true;
         }
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         loop {
             if st.outcome.is_some() || st.taken {
                 return true;
             }
             st.sleepers += 1;
-            st = match wait_on(&self.ready, st, deadline) {
+            st = match unpoisoned::wait_until(&self.ready, st, deadline) {
                 Ok(st) => st,
                 Err(mut st) => {
                     st.sleepers -= 1;
@@ -102,7 +102,7 @@ impl<T> Cell<T> {
     fn take(&self, help: &dyn Fn()) -> Result<T, TaskError> {
         loop {
             self.wait_until(None, help);
-            let mut st = lock(&self.state);
+            let mut st = unpoisoned::lock(&self.state);
             if let Some(outcome) = st.outcome.take() {
                 st.taken = true;
                 return outcome;
@@ -114,7 +114,7 @@ impl<T> Cell<T> {
     }
 
     fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<T, TaskError>> {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         if let Some(outcome) = st.outcome.take() {
             st.taken = true;
             return Poll::Ready(outcome);
@@ -133,7 +133,7 @@ impl<T> Cell<T> {
 impl<T: Send> Sink<T> for Cell<T> {
     fn deliver(&self, _slot: usize, outcome: Result<T, TaskError>) {
         let waker = {
-            let mut st = lock(&self.state);
+            let mut st = unpoisoned::lock(&self.state);
             if st.outcome.is_some() || st.taken {
                 return;
             }
@@ -151,7 +151,7 @@ impl<T: Send> Sink<T> for Cell<T> {
 }
 
 /// Outcomes of many tasks (`map`, `imap`), by slot.
-pub(crate) struct Stream<T> {
+pub(crate) struct Slots<T> {
     state: Mutex<StreamState<T>>,
     ready: Condvar,
     /// Outcomes delivered so far (for waiters that spin without the lock).
@@ -166,9 +166,9 @@ struct StreamState<T> {
     sleepers: usize,
 }
 
-impl<T> Stream<T> {
+impl<T> Slots<T> {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Stream {
+        Arc::new(Slots {
             state: Mutex::new(StreamState {
                 by_slot: FxHashMap::default(),
                 arrived: VecDeque::new(),
@@ -189,7 +189,7 @@ impl<T> Stream<T> {
         let mut spun = false;
         loop {
             let seen = self.delivered.load(Ordering::Acquire);
-            let mut st = lock(&self.state);
+            let mut st = unpoisoned::lock(&self.state);
             if let Some(found) = Self::take_locked(&mut st, slot) {
                 return found;
             }
@@ -208,7 +208,7 @@ impl<T> Stream<T> {
                 continue;
             }
             st.sleepers += 1;
-            let mut st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+            let mut st = unpoisoned::wait(&self.ready, st);
             st.sleepers -= 1;
             if let Some(found) = Self::take_locked(&mut st, slot) {
                 return found;
@@ -234,7 +234,7 @@ impl<T> Stream<T> {
     }
 }
 
-impl<T: Send> Sink<T> for Stream<T> {
+impl<T: Send> Sink<T> for Slots<T> {
     fn deliver(&self, slot: usize, outcome: Result<T, TaskError>) {
         self.insert(std::iter::once((slot, outcome)));
     }
@@ -244,11 +244,11 @@ impl<T: Send> Sink<T> for Stream<T> {
     }
 }
 
-impl<T> Stream<T> {
+impl<T> Slots<T> {
     /// Stores outcomes under one lock, with one wake-up: the consumer takes the same lock
     /// for every item.
     fn insert(&self, outcomes: impl IntoIterator<Item = (usize, Result<T, TaskError>)>) {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         let mut n = 0;
         for (slot, outcome) in outcomes {
             n += 1;

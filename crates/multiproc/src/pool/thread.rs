@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::iter::{Backend, Feed};
-use super::task::{Cancel, Cell, Sink, Stream};
+use super::task::{Cancel, Cell, Sink, Slots};
 use super::{DEPTH_MIN, Task};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
-use crate::sync::{lock, wait_on};
+use crate::sync::unpoisoned;
 
 /// Jobs per thread a lazy map keeps in flight.
 const THREAD_WINDOW: usize = 8;
@@ -110,11 +110,11 @@ impl ThreadPoolBuilder {
             }
             let worker = Arc::clone(&shared);
             let init = self.init.clone();
-            lock(&shared.state).live += 1;
+            unpoisoned::lock(&shared.state).live += 1;
             match builder.spawn(move || worker.serve(init)) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
-                    lock(&shared.state).live -= 1;
+                    unpoisoned::lock(&shared.state).live -= 1;
                     let pool = ThreadPool {
                         shared,
                         handles: Mutex::new(handles),
@@ -167,7 +167,7 @@ impl Shared {
                 job(self.refusal());
             }
         }
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         st.live -= 1;
         self.exited.notify_all();
     }
@@ -176,13 +176,13 @@ impl Shared {
     /// fail with that reason.
     fn fail_all(&self, broken: Option<String>) {
         {
-            let mut st = lock(&self.state);
+            let mut st = unpoisoned::lock(&self.state);
             st.terminated = true;
             if broken.is_some() && st.broken.is_none() {
                 st.broken = broken;
             }
         }
-        lock(&self.tx).take();
+        unpoisoned::lock(&self.tx).take();
         while let Ok(job) = self.rx.try_recv() {
             job(self.refusal());
         }
@@ -190,7 +190,7 @@ impl Shared {
 
     /// Why jobs are no longer run, if they are not.
     fn refusal(&self) -> Option<TaskError> {
-        let st = lock(&self.state);
+        let st = unpoisoned::lock(&self.state);
         match (&st.broken, st.terminated) {
             (Some(why), _) => Some(TaskError::PoolBroken(why.clone())),
             (None, true) => Some(TaskError::PoolClosed),
@@ -229,13 +229,13 @@ impl Shared {
                 ctl.sink.deliver(ctl.slot, outcome);
             }
         });
-        let tx = lock(&self.tx);
+        let tx = unpoisoned::lock(&self.tx);
         match &*tx {
             Some(tx) => {
                 tx.send(job).map_err(|_| TaskError::PoolClosed)?;
                 Ok(handle)
             }
-            None => Err(match &lock(&self.state).broken {
+            None => Err(match &unpoisoned::lock(&self.state).broken {
                 Some(why) => TaskError::PoolBroken(why.clone()),
                 None => TaskError::PoolClosed,
             }),
@@ -244,9 +244,9 @@ impl Shared {
 
     /// Waits until every thread has exited, or `deadline`; whether they have.
     fn wait_exited(&self, deadline: Option<Instant>) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = unpoisoned::lock(&self.state);
         while st.live > 0 {
-            st = match wait_on(&self.exited, st, deadline) {
+            st = match unpoisoned::wait_until(&self.exited, st, deadline) {
                 Ok(st) => st,
                 Err(_) => return false,
             };
@@ -474,7 +474,7 @@ impl ThreadPool {
         I: IntoIterator<Item = T>,
     {
         let f = Arc::new(f);
-        let stream = Stream::<Vec<R>>::new();
+        let stream = Slots::<Vec<R>>::new();
         let mut input = items.into_iter().peekable();
         let mut handles = Vec::new();
         while input.peek().is_some() {
@@ -565,7 +565,7 @@ impl ThreadPool {
 
     /// Refuses new tasks; queued ones still run, then the threads exit.
     pub fn close(&self) {
-        lock(&self.shared.tx).take();
+        unpoisoned::lock(&self.shared.tx).take();
     }
 
     /// Closes the pool and waits until every task has finished and every thread has
@@ -593,7 +593,7 @@ impl ThreadPool {
     }
 
     fn reap(&self) {
-        for handle in lock(&self.handles).drain(..) {
+        for handle in unpoisoned::lock(&self.handles).drain(..) {
             let _ = handle.join();
         }
     }
@@ -639,7 +639,7 @@ where
         &self,
         item: T,
         slot: usize,
-        stream: &Arc<Stream<R>>,
+        stream: &Arc<Slots<R>>,
     ) -> Result<Weak<dyn Cancel>, TaskError> {
         let f = Arc::clone(&self.f);
         self.pool

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::tickets::Tickets;
 use crate::bootstrap::RemotePanic;
 use crate::bootstrap::{Invoked, caught_panic};
+use crate::deadline::Deadline;
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail};
 use crate::sys::{self, Entry, OwnedFd};
-use crate::wait::Wait;
 use crate::wire::codec::CodecError;
 use crate::wire::codec::{self, Encoded};
 
@@ -127,7 +127,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let send = |header: OutcomeHeader, mut out: Encoded| {
         header.write(&mut out.bytes[..OUTCOME_HEADER]);
         // A pool that is gone reads nothing more; the worker ends with the next receive.
-        let _ = results.send(out, Wait::Forever, false);
+        let _ = results.send(out, Deadline::Never, false);
     };
     let failed = |kind: u8, why: &str| {
         let mut bytes = vec![0; OUTCOME_HEADER];
@@ -196,7 +196,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 }
             }
         };
-        match jobs.recv_with(Wait::Forever, &mut serve) {
+        match jobs.recv_with(Deadline::Never, &mut serve) {
             Ok(()) | Err(RecvFail::Empty) => {}
             // Every sender is gone: the pool retired this worker, or went away.
             Err(RecvFail::Disconnected | RecvFail::Broken(_) | RecvFail::Io(_)) => return,

@@ -10,12 +10,12 @@ use serde::de::DeserializeOwned;
 use super::registry;
 use super::{ExitStatus, ProcessError, Signal};
 use crate::bootstrap::RemotePanic;
-use crate::bootstrap::wire;
-use crate::sync::lock;
-use crate::sys::{self, AsFd, OwnedFd, Termination};
+use crate::bootstrap::messages;
+use crate::sync::unpoisoned;
+use crate::sys::{self, AsFd, OwnedFd, WaitStatus};
 use crate::wire::codec;
 use crate::wire::codec::CodecError;
-use crate::wire::framing::{Conn, RecvError};
+use crate::wire::framing::{Conn, RecvFrameError};
 
 /// How the parent learns that a child ended.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub(crate) enum StatusSource {
 /// How a child ended, as far as the parent can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
-    Known(Termination),
+    Known(WaitStatus),
     /// The fork server died before reporting (someone killed it).
     Unknown,
 }
@@ -75,30 +75,30 @@ impl Channel {
         while self.outcome.is_none() && !self.closed {
             let frame = match self.conn.recv(deadline) {
                 Ok(frame) => frame,
-                Err(RecvError::Timeout) => return Err(ProcessError::Timeout),
-                Err(RecvError::Corrupt(why)) => {
+                Err(RecvFrameError::Timeout) => return Err(ProcessError::Timeout),
+                Err(RecvFrameError::Corrupt(why)) => {
                     self.outcome = Some(Outcome::Corrupt(why));
                     self.closed = true;
                     break;
                 }
-                Err(RecvError::Closed | RecvError::Truncated | RecvError::Io(_)) => {
+                Err(RecvFrameError::Closed | RecvFrameError::Truncated | RecvFrameError::Io(_)) => {
                     self.closed = true;
                     break;
                 }
             };
             let text = || String::from_utf8_lossy(&frame.body).into_owned();
             self.outcome = match frame.tag {
-                wire::STARTED => {
+                messages::STARTED => {
                     self.started = true;
                     None
                 }
-                wire::RETURNED => Some(Outcome::Returned(frame.body, frame.fds)),
-                wire::PANICKED => Some(match wire::decode_panic(&frame.body) {
+                messages::RETURNED => Some(Outcome::Returned(frame.body, frame.fds)),
+                messages::PANICKED => Some(match messages::decode_panic(&frame.body) {
                     Ok(p) => Outcome::Panicked(p),
                     Err(e) => Outcome::Corrupt(format!("undecodable panic report: {e}")),
                 }),
-                wire::FAILED => Some(Outcome::Failed(text())),
-                wire::UNENCODABLE => Some(Outcome::Unencodable(text())),
+                messages::FAILED => Some(Outcome::Failed(text())),
+                messages::UNENCODABLE => Some(Outcome::Unencodable(text())),
                 tag => Some(Outcome::Corrupt(format!("unexpected message tag {tag}"))),
             };
         }
@@ -160,9 +160,9 @@ impl ChildRecord {
     /// Sends the call on the channel. A child that died meanwhile is not an error here:
     /// joining it reports what happened.
     pub(crate) fn send_call(&self, parts: &[&[u8]], fds: &[OwnedFd]) {
-        if let Some(ch) = lock(&self.channel).as_mut() {
+        if let Some(ch) = unpoisoned::lock(&self.channel).as_mut() {
             let fds = sys::borrow_all(fds);
-            if let Err(e) = ch.conn.send(wire::CALL, parts, &fds) {
+            if let Err(e) = ch.conn.send(messages::CALL, parts, &fds) {
                 tracing::trace!(pid = self.pid, "call not delivered: {e}");
             }
         }
@@ -170,13 +170,13 @@ impl ChildRecord {
 
     /// Drops the parent's end of the call channel (nobody will read the result).
     pub(crate) fn close_channel(&self) {
-        drop(lock(&self.channel).take());
+        drop(unpoisoned::lock(&self.channel).take());
     }
 
     /// How the child ended, if it has. Does not block while it runs; once it has exited,
     /// waits (briefly) for the fork server to report its status.
     pub(crate) fn ended(&self) -> Option<Ended> {
-        let mut st = lock(&self.status);
+        let mut st = unpoisoned::lock(&self.status);
         if st.ended.is_none() {
             st.ended = match &st.source {
                 StatusSource::Relay(pipe) => {
@@ -204,7 +204,7 @@ impl ChildRecord {
     /// Waits until the process has exited, without needing its status: the pidfd says so
     /// as soon as it happens, before the fork server has reaped it and reported.
     fn wait_exited(&self, deadline: Option<Instant>) -> Result<(), ProcessError> {
-        if matches!(lock(&self.status).source, StatusSource::Direct) {
+        if matches!(unpoisoned::lock(&self.status).source, StatusSource::Direct) {
             // A direct child must be reaped by us, which needs its status anyway.
             return self.wait(deadline).map(drop);
         }
@@ -224,7 +224,7 @@ impl ChildRecord {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ProcessError::Timeout);
             }
-            let pipe = match &lock(&self.status).source {
+            let pipe = match &unpoisoned::lock(&self.status).source {
                 StatusSource::Relay(pipe) => Some(Arc::clone(pipe)),
                 StatusSource::Direct => None,
             };
@@ -237,7 +237,7 @@ impl ChildRecord {
                 return Err(ProcessError::Timeout);
             }
             if let Some(pipe) = pipe {
-                let mut st = lock(&self.status);
+                let mut st = unpoisoned::lock(&self.status);
                 if st.ended.is_none() {
                     st.ended = read_relayed(&pipe, &self.pidfd, deadline);
                 }
@@ -249,8 +249,8 @@ impl ChildRecord {
     pub(crate) fn is_alive(&self) -> bool {
         // The pidfd becomes readable when the process exits, before anyone reaps it; a
         // direct child is reaped on the way, so that it leaves no zombie.
-        if lock(&self.status).ended.is_some() || self.exited() {
-            if matches!(lock(&self.status).source, StatusSource::Direct) {
+        if unpoisoned::lock(&self.status).ended.is_some() || self.exited() {
+            if matches!(unpoisoned::lock(&self.status).source, StatusSource::Direct) {
                 let _ = self.ended();
             }
             return false;
@@ -260,7 +260,7 @@ impl ChildRecord {
 
     /// Sends a signal; a process that already ended is left alone.
     pub(crate) fn signal(&self, signal: i32) -> std::io::Result<()> {
-        if lock(&self.status).ended.is_some() {
+        if unpoisoned::lock(&self.status).ended.is_some() {
             return Ok(());
         }
         sys::send_signal(self.pidfd.as_fd(), signal)
@@ -275,7 +275,7 @@ impl ChildRecord {
 
     /// Waits for the outcome and the exit, then turns them into the join result.
     fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
-        let has_outcome = match lock(&self.channel).as_mut() {
+        let has_outcome = match unpoisoned::lock(&self.channel).as_mut() {
             Some(ch) => {
                 ch.pump(deadline)?;
                 ch.outcome.is_some()
@@ -290,7 +290,7 @@ impl ChildRecord {
         } else {
             Some(self.wait(deadline)?)
         };
-        let channel = lock(&self.channel).take();
+        let channel = unpoisoned::lock(&self.channel).take();
         registry::remove(self);
         let (started, outcome) = channel.map_or((false, None), |c| (c.started, c.outcome));
         match outcome {
@@ -306,10 +306,10 @@ impl ChildRecord {
                 "the child sent a corrupt message: {why}"
             )))),
             None => Err(match ended {
-                Some(Ended::Known(Termination::Exited(code))) if started => {
+                Some(Ended::Known(WaitStatus::Exited(code))) if started => {
                     ProcessError::Exited(code)
                 }
-                Some(Ended::Known(Termination::Signaled(sig))) if started => {
+                Some(Ended::Known(WaitStatus::Signaled(sig))) if started => {
                     ProcessError::Signaled(Signal::from_raw(sig))
                 }
                 Some(Ended::Known(t)) => ProcessError::Lost(format!(

@@ -27,7 +27,7 @@ pub use status::{ExitStatus, Signal};
 
 use handle::{Channel, ChildRecord, StatusSource};
 
-use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, wire};
+use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, messages};
 use crate::sys::{self, AsFd, OwnedFd};
 use crate::wire::codec;
 use crate::wire::codec::CodecError;
@@ -307,10 +307,10 @@ impl Builder {
             .clone()
             .unwrap_or_else(|| default_name(&me, number));
         let launch = match self.method.unwrap_or_else(get_start_method) {
-            StartMethod::ForkServer => wire::Launch::Fork,
-            StartMethod::Spawn => wire::Launch::Exec,
+            StartMethod::ForkServer => messages::Launch::Fork,
+            StartMethod::Spawn => messages::Launch::Exec,
         };
-        let header = wire::CallHeader {
+        let header = messages::CallHeader {
             entry,
             name: name.clone(),
             daemon: self.daemon,
@@ -319,27 +319,27 @@ impl Builder {
             parent_pid: sys::getpid(),
             parent_name: me.name.clone(),
         };
-        let prefix = wire::encode_call_prefix(&identity, &header)
+        let prefix = messages::encode_call_prefix(&identity, &header)
             .map_err(|e| SpawnError::Codec(CodecError::with_source(e.to_string(), e)))?;
 
         let (ours, theirs) = sys::stream_pair()?;
         let (status_read, status_write) = sys::pipe()?;
         let (stdio_child, stdio_parent) = self.resolve_stdio()?;
-        let request = wire::ForkRequest {
+        let request = messages::ForkRequest {
             launch,
             name: name.clone(),
             daemon: self.daemon,
             process_group: self.process_group,
-            cwd: cwd.map(wire::path_bytes),
-            env: wire::env_block(env),
+            cwd: cwd.map(messages::path_bytes),
+            env: messages::env_block(env),
         };
-        let mut conn = Conn::new(ours, wire::MAX_OUTCOME);
+        let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         // A small call fits in the empty socket's buffer: send it now, while the server
         // forks, rather than after. A large one waits for the child to exist to read it.
         let early = prefix.len() + args.bytes.len() <= EARLY_CALL_LIMIT;
         if early {
             let fds = sys::borrow_all(&args.fds);
-            conn.send(wire::CALL, &[&prefix, &args.bytes], &fds)?;
+            conn.send(messages::CALL, &[&prefix, &args.bytes], &fds)?;
         }
         let (pid, pidfd) = bootstrap::with_server(|server| {
             let mut fds = vec![theirs.as_fd(), status_write.as_fd()];
@@ -445,7 +445,7 @@ impl Builder {
                     stdio: stdio_child,
                     cwd: self.cwd.clone(),
                     process_group: self.process_group,
-                    env: (self.env_clear || !self.env.is_empty()).then(|| wire::env_block(env)),
+                    env: (self.env_clear || !self.env.is_empty()).then(|| messages::env_block(env)),
                     // The parent-death signal follows the forking thread, not the parent
                     // process; only the main thread lives as long as the process. A
                     // watchdog on the death pipe covers every case.
@@ -468,7 +468,7 @@ impl Builder {
                     self.daemon,
                     pidfd,
                     StatusSource::Direct,
-                    Channel::new(Conn::new(ours, wire::MAX_OUTCOME), true),
+                    Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
                 ));
                 registry::add(&mut children, Arc::clone(&record));
                 drop(children);

@@ -2,11 +2,12 @@
 //! the process exits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::handle::ChildRecord;
 use crate::bootstrap;
+use crate::sync::unpoisoned;
 use crate::sys;
 
 /// How long daemon children get to act on `SIGTERM` at exit before `SIGKILL`.
@@ -17,7 +18,7 @@ static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
 static DETACHED: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) fn lock() -> MutexGuard<'static, Vec<Arc<ChildRecord>>> {
-    CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
+    unpoisoned::lock(&CHILDREN)
 }
 
 /// Registers a new child; first forgets detached children that have ended, so a program

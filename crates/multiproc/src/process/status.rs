@@ -57,35 +57,26 @@ impl fmt::Display for Signal {
 
 /// How a child process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ExitStatus(Termination);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Termination {
-    Code(i32),
-    Signal(Signal),
-}
+pub struct ExitStatus(sys::WaitStatus);
 
 impl ExitStatus {
-    pub(crate) fn from_sys(t: sys::Termination) -> Self {
-        ExitStatus(match t {
-            sys::Termination::Exited(code) => Termination::Code(code),
-            sys::Termination::Signaled(sig) => Termination::Signal(Signal(sig)),
-        })
+    pub(crate) fn from_sys(status: sys::WaitStatus) -> Self {
+        ExitStatus(status)
     }
 
     /// The exit code, if the process exited (rather than being killed by a signal).
     pub fn code(self) -> Option<i32> {
         match self.0 {
-            Termination::Code(c) => Some(c),
-            Termination::Signal(_) => None,
+            sys::WaitStatus::Exited(code) => Some(code),
+            sys::WaitStatus::Signaled(_) => None,
         }
     }
 
     /// The signal that killed the process, if one did.
     pub fn signal(self) -> Option<Signal> {
         match self.0 {
-            Termination::Code(_) => None,
-            Termination::Signal(s) => Some(s),
+            sys::WaitStatus::Exited(_) => None,
+            sys::WaitStatus::Signaled(sig) => Some(Signal(sig)),
         }
     }
 
@@ -98,8 +89,8 @@ impl ExitStatus {
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Termination::Code(c) => write!(f, "exit code {c}"),
-            Termination::Signal(s) => write!(f, "killed by {s}"),
+            sys::WaitStatus::Exited(c) => write!(f, "exit code {c}"),
+            sys::WaitStatus::Signaled(s) => write!(f, "killed by {}", Signal(s)),
         }
     }
 }

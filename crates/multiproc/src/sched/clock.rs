@@ -2,10 +2,10 @@
 //! moves when told to (for tests of schedules that span hours or days).
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use crate::sync::lock;
+use crate::sync::unpoisoned;
 use chrono::{DateTime, Utc};
 
 /// The longest the scheduler sleeps on the system clock before it looks at the time
@@ -28,7 +28,7 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Source::System => f.write_str("Clock::system()"),
-            Source::Manual(m) => write!(f, "ManualClock({})", lock(&m.state).now),
+            Source::Manual(m) => write!(f, "ManualClock({})", unpoisoned::lock(&m.state).now),
         }
     }
 }
@@ -43,20 +43,22 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         match &self.0 {
             Source::System => Utc::now(),
-            Source::Manual(m) => lock(&m.state).now,
+            Source::Manual(m) => unpoisoned::lock(&m.state).now,
         }
     }
 
     /// Has `signal` notified whenever this clock moves (a manual clock only).
-    pub(crate) fn subscribe(&self, signal: &Arc<Signal>) {
+    pub(crate) fn subscribe(&self, signal: &Arc<Notifier>) {
         if let Source::Manual(m) = &self.0 {
-            lock(&m.state).signals.push(Arc::downgrade(signal));
+            unpoisoned::lock(&m.state)
+                .signals
+                .push(Arc::downgrade(signal));
         }
     }
 
     /// Sleeps until `until` by this clock (`None`: until notified), or until `signal`
     /// is notified, whichever comes first.
-    pub(crate) fn sleep(&self, signal: &Signal, until: Option<DateTime<Utc>>) {
+    pub(crate) fn sleep(&self, signal: &Notifier, until: Option<DateTime<Utc>>) {
         let nap = match (&self.0, until) {
             (Source::System, Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
             _ => MAX_NAP,
@@ -73,7 +75,7 @@ struct Manual {
 #[derive(Debug)]
 struct ManualState {
     now: DateTime<Utc>,
-    signals: Vec<Weak<Signal>>,
+    signals: Vec<Weak<Notifier>>,
 }
 
 /// A clock that stands still until [`advance`](Self::advance) or [`set`](Self::set)
@@ -111,7 +113,7 @@ impl ManualClock {
 
     /// The time it reads.
     pub fn now(&self) -> DateTime<Utc> {
-        lock(&self.0.state).now
+        unpoisoned::lock(&self.0.state).now
     }
 
     /// Moves the clock forward by `by`.
@@ -130,8 +132,8 @@ impl ManualClock {
     }
 
     fn update(&self, f: impl FnOnce(DateTime<Utc>) -> DateTime<Utc>) {
-        let signals: Vec<Arc<Signal>> = {
-            let mut st = lock(&self.0.state);
+        let signals: Vec<Arc<Notifier>> = {
+            let mut st = unpoisoned::lock(&self.0.state);
             st.now = f(st.now);
             st.signals.retain(|s| s.strong_count() > 0);
             st.signals.iter().filter_map(Weak::upgrade).collect()
@@ -150,26 +152,22 @@ impl From<ManualClock> for Clock {
 
 /// A wake-up call: set by whoever has news for a sleeping loop, consumed by the loop.
 #[derive(Debug, Default)]
-pub(crate) struct Signal {
+pub(crate) struct Notifier {
     set: Mutex<bool>,
     cv: Condvar,
 }
 
-impl Signal {
+impl Notifier {
     pub(crate) fn notify(&self) {
-        *lock(&self.set) = true;
+        *unpoisoned::lock(&self.set) = true;
         self.cv.notify_all();
     }
 
     /// Waits at most `timeout` for a notification, and consumes it.
     pub(crate) fn wait(&self, timeout: Duration) {
-        let mut set = lock(&self.set);
+        let mut set = unpoisoned::lock(&self.set);
         if !*set {
-            set = self
-                .cv
-                .wait_timeout(set, timeout)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            set = unpoisoned::wait_timeout(&self.cv, set, timeout);
         }
         *set = false;
     }

@@ -13,16 +13,16 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use indexmap::IndexMap;
 
-use super::clock::{Clock, Signal};
+use super::clock::{Clock, Notifier};
 use super::job::{Coalesce, EventKind, Job, JobEvent, MissReason, Running, Target};
 use super::schedule::{self, Schedule};
 #[cfg(feature = "sqlite")]
 use super::store::JobStore;
 use super::{JobInfo, ScheduleError};
-use crate::hub::Hub;
+use crate::broadcast::Broadcast;
 use crate::pool::TaskError;
 use crate::pool::{Pool, ThreadPool};
-use crate::sync::lock;
+use crate::sync::unpoisoned;
 
 /// At most this many due times of one job are looked at in one pass; more (a per-second
 /// job after a long downtime) are handled in the passes that follow at once.
@@ -33,11 +33,11 @@ pub(super) struct Shared {
     state: Mutex<State>,
     /// Runs whose task woke their waker: look at them next pass.
     woken: Mutex<Vec<u64>>,
-    signal: Arc<Signal>,
+    signal: Arc<Notifier>,
     clock: Clock,
     pub(super) pool: Option<Pool>,
     pub(super) threads: Option<ThreadPool>,
-    hub: Hub<JobEvent>,
+    events: Broadcast<JobEvent>,
     stop: AtomicBool,
     #[cfg(feature = "sqlite")]
     store: Option<Mutex<JobStore>>,
@@ -85,7 +85,7 @@ impl Wake for RunWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(shared) = self.shared.upgrade() {
-            lock(&shared.woken).push(self.run);
+            unpoisoned::lock(&shared.woken).push(self.run);
             shared.signal.notify();
         }
     }
@@ -98,7 +98,7 @@ impl Shared {
         threads: Option<ThreadPool>,
         #[cfg(feature = "sqlite")] store: Option<JobStore>,
     ) -> Shared {
-        let signal = Arc::new(Signal::default());
+        let signal = Arc::new(Notifier::default());
         clock.subscribe(&signal);
         Shared {
             state: Mutex::new(State::default()),
@@ -107,7 +107,7 @@ impl Shared {
             clock,
             pool,
             threads,
-            hub: Hub::new(),
+            events: Broadcast::new(),
             stop: AtomicBool::new(false),
             #[cfg(feature = "sqlite")]
             store: store.map(Mutex::new),
@@ -140,7 +140,7 @@ impl Shared {
             });
         }
         let now = shared.clock.now();
-        let mut st = lock(&shared.state);
+        let mut st = unpoisoned::lock(&shared.state);
         if st.jobs.contains_key(&job.name) {
             return Err(ScheduleError::Duplicate(job.name));
         }
@@ -172,14 +172,17 @@ impl Shared {
 
     /// Unschedules a job; whether it was there.
     pub(super) fn remove(&self, name: &str) -> bool {
-        let removed = lock(&self.state).jobs.shift_remove(name).is_some();
+        let removed = unpoisoned::lock(&self.state)
+            .jobs
+            .shift_remove(name)
+            .is_some();
         self.signal.notify();
         removed
     }
 
     /// The scheduled jobs, in the order they were added.
     pub(super) fn jobs(&self) -> Vec<JobInfo> {
-        let st = lock(&self.state);
+        let st = unpoisoned::lock(&self.state);
         st.jobs
             .iter()
             .map(|(name, js)| JobInfo {
@@ -193,12 +196,15 @@ impl Shared {
 
     /// When a job fires next.
     pub(super) fn next_fire(&self, name: &str) -> Option<DateTime<Utc>> {
-        lock(&self.state).jobs.get(name).and_then(|j| j.next)
+        unpoisoned::lock(&self.state)
+            .jobs
+            .get(name)
+            .and_then(|j| j.next)
     }
 
     /// A new subscriber to the job events.
     pub(super) fn subscribe(&self) -> Receiver<JobEvent> {
-        self.hub.subscribe()
+        self.events.subscribe()
     }
 
     /// Stops firing: the thread (if any) ends its loop, and `add` refuses.
@@ -211,7 +217,7 @@ impl Shared {
     pub(super) fn finish_runs(self: &Arc<Self>) {
         loop {
             self.process(false);
-            if lock(&self.state).runs.is_empty() {
+            if unpoisoned::lock(&self.state).runs.is_empty() {
                 break;
             }
             self.signal.wait(Duration::from_millis(100));
@@ -247,7 +253,7 @@ impl Shared {
                 reason,
             } => tracing::warn!(job, %scheduled, count, %last, ?reason, "runs missed"),
         }
-        self.hub.send(JobEvent {
+        self.events.send(JobEvent {
             job: job.to_string(),
             scheduled,
             at,
@@ -259,8 +265,8 @@ impl Shared {
     /// many runs started and when the next thing is due.
     pub(super) fn process(self: &Arc<Self>, fire: bool) -> (usize, Option<DateTime<Utc>>) {
         let now = self.clock.now();
-        let mut st = lock(&self.state);
-        let woken = mem::take(&mut *lock(&self.woken));
+        let mut st = unpoisoned::lock(&self.state);
+        let woken = mem::take(&mut *unpoisoned::lock(&self.woken));
         for id in woken {
             self.poll_run(&mut st, id, now);
         }
@@ -497,7 +503,7 @@ impl Shared {
     ) -> Result<(Schedule, Option<DateTime<Utc>>), ScheduleError> {
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
-            return lock(store).load(name, key, fresh);
+            return unpoisoned::lock(store).load(name, key, fresh);
         }
         let _ = (name, key);
         Ok((fresh, None))
@@ -512,7 +518,7 @@ impl Shared {
     ) -> Result<Vec<DateTime<Utc>>, ScheduleError> {
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
-            return lock(store).claim(name, dues);
+            return unpoisoned::lock(store).claim(name, dues);
         }
         let _ = name;
         Ok(dues.to_vec())

@@ -14,10 +14,10 @@ use super::{
     ChildExit, ChildSpec, ChildState, ChildStatus, Restart, Strategy, SupervisorError,
     SupervisorEvent,
 };
-use crate::hub::Hub;
+use crate::broadcast::Broadcast;
 use crate::pool::RetryPolicy;
 use crate::process::{JoinHandle, ProcessError};
-use crate::sync::{lock, wait_on};
+use crate::sync::unpoisoned;
 use crate::sys;
 
 /// How often the supervisor looks at its children and its orders when nothing happens.
@@ -112,7 +112,7 @@ pub(super) struct Shared {
     outcome: Mutex<Option<Outcome>>,
     done: Condvar,
     stop: AtomicBool,
-    hub: Hub<SupervisorEvent>,
+    events: Broadcast<SupervisorEvent>,
 }
 
 enum SlotState {
@@ -173,13 +173,13 @@ impl Supervising {
         if let Outcome::GaveUp { .. } = &outcome {
             let reason = outcome.clone().into_result().err().map(|e| e.to_string());
             tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
-            self.shared.hub.send(SupervisorEvent::GaveUp {
+            self.shared.events.send(SupervisorEvent::GaveUp {
                 reason: reason.unwrap_or_default(),
             });
         }
         self.publish();
-        self.shared.hub.send(SupervisorEvent::Stopped);
-        *lock(&self.shared.outcome) = Some(outcome);
+        self.shared.events.send(SupervisorEvent::Stopped);
+        *unpoisoned::lock(&self.shared.outcome) = Some(outcome);
         self.shared.done.notify_all();
     }
 
@@ -218,7 +218,7 @@ impl Supervising {
         slot.child = Some(child);
         slot.state = SlotState::Running;
         slot.started = Instant::now();
-        self.shared.hub.send(SupervisorEvent::Started {
+        self.shared.events.send(SupervisorEvent::Started {
             child: slot.spec.name.clone(),
             pid,
         });
@@ -238,7 +238,7 @@ impl Supervising {
             let pid = child.pid();
             slot.child = None;
             tracing::warn!(child = %slot.spec.name, pid, "child ended: {exit}");
-            self.shared.hub.send(SupervisorEvent::Exited {
+            self.shared.events.send(SupervisorEvent::Exited {
                 child: slot.spec.name.clone(),
                 pid,
                 exit: exit.clone(),
@@ -301,7 +301,7 @@ impl Supervising {
             s.state = SlotState::Waiting(now + delay);
         }
         tracing::info!(child = %name, ?delay, "restarting");
-        self.shared.hub.send(SupervisorEvent::Restarting {
+        self.shared.events.send(SupervisorEvent::Restarting {
             child: name,
             after: delay,
         });
@@ -397,7 +397,7 @@ impl Supervising {
                 last_exit: s.last_exit.clone(),
             })
             .collect();
-        *lock(&self.shared.status) = status;
+        *unpoisoned::lock(&self.shared.status) = status;
     }
 }
 
@@ -422,7 +422,7 @@ impl Supervising {
             outcome: Mutex::new(None),
             done: Condvar::new(),
             stop: AtomicBool::new(false),
-            hub: Hub::new(),
+            events: Broadcast::new(),
         });
         let mut sup = Supervising {
             slots: children
@@ -463,17 +463,17 @@ impl Supervising {
 impl Shared {
     /// Every child's status, in start order.
     pub(super) fn status(&self) -> Vec<ChildStatus> {
-        lock(&self.status).clone()
+        unpoisoned::lock(&self.status).clone()
     }
 
     /// A new subscriber to the events.
     pub(super) fn subscribe(&self) -> Receiver<SupervisorEvent> {
-        self.hub.subscribe()
+        self.events.subscribe()
     }
 
     /// Whether the supervisor still runs.
     pub(super) fn is_running(&self) -> bool {
-        lock(&self.outcome).is_none()
+        unpoisoned::lock(&self.outcome).is_none()
     }
 
     /// Asks the supervising thread to stop every child and end.
@@ -483,12 +483,12 @@ impl Shared {
 
     /// Waits until the supervisor has ended, or `deadline` (then `Timeout`).
     pub(super) fn wait(&self, deadline: Option<Instant>) -> Result<(), SupervisorError> {
-        let mut outcome = lock(&self.outcome);
+        let mut outcome = unpoisoned::lock(&self.outcome);
         loop {
             if let Some(o) = &*outcome {
                 return o.clone().into_result();
             }
-            outcome = match wait_on(&self.done, outcome, deadline) {
+            outcome = match unpoisoned::wait_until(&self.done, outcome, deadline) {
                 Ok(outcome) => outcome,
                 Err(_) => return Err(SupervisorError::Timeout),
             };

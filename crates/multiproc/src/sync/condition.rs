@@ -10,11 +10,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::lock::{Lock, LockGuard};
 use super::raw::Acquired;
 use super::{LockResult, OwnerDied, TryLockResult};
+use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::ConditionWords;
 use crate::shm::object::{Elem, Kind, Object, Shape};
 use crate::sys;
-use crate::wait::Wait;
 
 /// A condition variable over a [`Lock`], shared by processes and threads: Python's
 /// `Condition`.
@@ -254,7 +254,7 @@ impl Condition {
             deadline.is_some_and(|d| Instant::now() >= d) && w.seq.load(SeqCst) == seq,
         );
         let got = loop {
-            if let Some(got) = guard.held.retake(count, Wait::Forever) {
+            if let Some(got) = guard.held.retake(count, Deadline::Never) {
                 break got;
             }
         };

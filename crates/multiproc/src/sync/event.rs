@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use super::lock::object_handle;
 use super::raw::wait_for;
+use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::EventWords;
 use crate::shm::object::{Kind, Object, Shape};
 use crate::sys;
-use crate::wait::Wait;
 
 /// A flag that processes and threads can wait on: Python's `Event`.
 ///
@@ -81,17 +81,17 @@ impl Event {
 
     /// Waits until the flag is raised.
     pub fn wait(&self) {
-        while !self.wait_until(Wait::Forever) {}
+        while !self.wait_until(Deadline::Never) {}
     }
 
     /// Waits at most `timeout` for the flag; whether it is raised.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Wait::timeout(timeout))
+        self.wait_until(Deadline::after(timeout))
     }
 
-    fn wait_until(&self, wait: Wait) -> bool {
+    fn wait_until(&self, wait: Deadline) -> bool {
         let w = self.words();
-        wait_for(&w.flag, 0, &w.sleepers, wait.deadline(), || self.is_set())
+        wait_for(&w.flag, 0, &w.sleepers, wait.instant(), || self.is_set())
     }
 }
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::mutex::{self, Held};
 use super::{LockResult, TryLockResult};
+use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::MutexWords;
 use crate::shm::object::{Kind, Object, Shape};
-use crate::wait::Wait;
 
 /// Implements `Serialize` and `Deserialize` for a handle that is one shared object.
 macro_rules! object_handle {
@@ -121,7 +121,7 @@ impl Lock {
     /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if another thread
     /// (or this one) holds it; `OwnerDied` as for [`lock`](Self::lock).
     pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
-        mutex::try_lock(self.words(), false, Wait::No, |held| self.guard(held))
+        mutex::try_lock(self.words(), false, Deadline::Now, |held| self.guard(held))
     }
 
     /// Takes the lock, waiting at most `timeout`.
@@ -131,7 +131,7 @@ impl Lock {
     /// `WouldBlock` if it was still held when the timeout passed (at once if this
     /// thread holds it); `OwnerDied` as for [`lock`](Self::lock).
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<LockGuard<'_>> {
-        mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
+        mutex::try_lock(self.words(), false, Deadline::after(timeout), |held| {
             self.guard(held)
         })
     }
@@ -223,7 +223,7 @@ impl RLock {
     /// `WouldBlock` if another thread holds it; `OwnerDied` as for
     /// [`lock`](Self::lock).
     pub fn try_lock(&self) -> TryLockResult<RLockGuard<'_>> {
-        mutex::try_lock(self.words(), true, Wait::No, RLockGuard::new)
+        mutex::try_lock(self.words(), true, Deadline::Now, RLockGuard::new)
     }
 
     /// Takes the lock, waiting at most `timeout`.
@@ -233,7 +233,12 @@ impl RLock {
     /// `WouldBlock` if another thread still held it when the timeout passed;
     /// `OwnerDied` as for [`lock`](Self::lock).
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<RLockGuard<'_>> {
-        mutex::try_lock(self.words(), true, Wait::timeout(timeout), RLockGuard::new)
+        mutex::try_lock(
+            self.words(),
+            true,
+            Deadline::after(timeout),
+            RLockGuard::new,
+        )
     }
 
     /// Whether some thread holds the lock.

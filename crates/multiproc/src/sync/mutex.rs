@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use super::raw::Acquired;
 use super::{LockResult, OwnerDied, TryLockError, TryLockResult};
+use crate::deadline::Deadline;
 use crate::shm::layout::MutexWords;
 use crate::sys;
-use crate::wait::Wait;
 
 /// The lock, held by this thread; released when dropped. Not `Send`: the lock belongs to
 /// the thread that took it.
@@ -35,7 +35,7 @@ impl<'a> Held<'a> {
     }
 
     /// Takes the lock again after [`release_all`](Self::release_all).
-    pub(crate) fn retake(&self, count: u32, wait: Wait) -> Option<Acquired> {
+    pub(crate) fn retake(&self, count: u32, wait: Deadline) -> Option<Acquired> {
         let got = raw_take(self.words, wait)?;
         if self.reentrant {
             self.words.count.store(count, Relaxed);
@@ -61,11 +61,11 @@ impl Drop for Held<'_> {
 }
 
 #[inline]
-fn raw_take(words: &MutexWords, wait: Wait) -> Option<Acquired> {
+fn raw_take(words: &MutexWords, wait: Deadline) -> Option<Acquired> {
     match wait {
-        Wait::No => words.lock.try_lock(),
-        Wait::Until(t) => words.lock.lock(Some(t)),
-        Wait::Forever => words.lock.lock(None),
+        Deadline::Now => words.lock.try_lock(),
+        Deadline::At(t) => words.lock.lock(Some(t)),
+        Deadline::Never => words.lock.lock(None),
     }
 }
 
@@ -86,7 +86,7 @@ pub(crate) enum Got<'a> {
 /// When waiting forever for a non-re-entrant lock this thread holds: it would never be
 /// granted.
 #[inline]
-pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Got<'_>> {
+pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Deadline) -> Option<Got<'_>> {
     let held = || Held {
         words,
         reentrant,
@@ -99,7 +99,7 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Go
             words.count.fetch_add(1, Relaxed);
             return Some(Got::Clean(held()));
         }
-        if let Wait::Forever = wait {
+        if let Deadline::Never = wait {
             panic!("a multiproc Lock was locked again by the thread holding it (use an RLock)");
         }
         return None;
@@ -121,7 +121,7 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Wait) -> Option<Go
 #[inline]
 pub(crate) fn take_forever(words: &MutexWords, reentrant: bool) -> Got<'_> {
     loop {
-        if let Some(got) = take(words, reentrant, Wait::Forever) {
+        if let Some(got) = take(words, reentrant, Deadline::Never) {
             return got;
         }
     }
@@ -157,7 +157,7 @@ pub(crate) fn lock<'a, G>(
 pub(crate) fn try_lock<'a, G>(
     words: &'a MutexWords,
     reentrant: bool,
-    wait: Wait,
+    wait: Deadline,
     guard: impl FnOnce(Held<'a>) -> G,
 ) -> TryLockResult<G> {
     match take(words, reentrant, wait) {

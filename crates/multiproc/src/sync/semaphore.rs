@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::OverRelease;
 use super::lock::object_handle;
 use super::raw::wait_for;
+use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::SemaphoreWords;
 use crate::shm::object::{Kind, Object, Shape};
 use crate::sys;
-use crate::wait::Wait;
 
 /// A counting semaphore shared by processes and threads: Python's `Semaphore`.
 ///
@@ -82,7 +82,7 @@ impl Semaphore {
     /// Takes a permit, waiting as long as it takes.
     pub fn acquire(&self) -> SemaphorePermit<'_> {
         loop {
-            if self.take(Wait::Forever) {
+            if self.take(Deadline::Never) {
                 return self.permit();
             }
         }
@@ -90,12 +90,12 @@ impl Semaphore {
 
     /// Takes a permit if one is available.
     pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
-        self.take(Wait::No).then(|| self.permit())
+        self.take(Deadline::Now).then(|| self.permit())
     }
 
     /// Takes a permit, waiting at most `timeout`; `None` if none came.
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphorePermit<'_>> {
-        self.take(Wait::timeout(timeout)).then(|| self.permit())
+        self.take(Deadline::after(timeout)).then(|| self.permit())
     }
 
     /// Adds a permit (waking a waiter). The count saturates at
@@ -115,7 +115,7 @@ impl Semaphore {
         }
     }
 
-    fn take(&self, wait: Wait) -> bool {
+    fn take(&self, wait: Deadline) -> bool {
         take(self.words(), wait)
     }
 }
@@ -238,8 +238,8 @@ fn try_take(w: &SemaphoreWords) -> bool {
 }
 
 /// Takes a permit, waiting as `wait` says; whether it got one.
-fn take(w: &SemaphoreWords, wait: Wait) -> bool {
-    wait_for(&w.value, 0, &w.sleepers, wait.deadline(), || try_take(w))
+fn take(w: &SemaphoreWords, wait: Deadline) -> bool {
+    wait_for(&w.value, 0, &w.sleepers, wait.instant(), || try_take(w))
 }
 
 /// Adds a permit unless the count is at its bound; wakes a sleeper.

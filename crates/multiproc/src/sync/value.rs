@@ -18,11 +18,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::mutex::{self, Held};
 use super::{LockResult, TryLockResult};
+use crate::deadline::Deadline;
 use crate::shm::layout::MutexWords;
 use crate::shm::object::{Elem, Kind, Object};
 use crate::shm::typed::{ShmSafe, data_ptr, read_slice, shape, write_slice, zeroed};
 use crate::shm::{OutOfBounds, ShmError};
-use crate::wait::Wait;
 use crate::wire::codec;
 
 /// A `T` in shared memory with a robust lock of its own: Python's `multiprocessing.Value`.
@@ -154,7 +154,7 @@ impl<T: ShmSafe> Value<T> {
     /// `WouldBlock` if another thread holds it; `OwnerDied` as for
     /// [`lock`](Self::lock).
     pub fn try_lock(&self) -> TryLockResult<ValueGuard<'_, T>> {
-        mutex::try_lock(self.words(), false, Wait::No, |held| {
+        mutex::try_lock(self.words(), false, Deadline::Now, |held| {
             ValueGuard::new(self.data, held)
         })
     }
@@ -166,7 +166,7 @@ impl<T: ShmSafe> Value<T> {
     /// `WouldBlock` if it was still held when the timeout passed; `OwnerDied` as for
     /// [`lock`](Self::lock).
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<ValueGuard<'_, T>> {
-        mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
+        mutex::try_lock(self.words(), false, Deadline::after(timeout), |held| {
             ValueGuard::new(self.data, held)
         })
     }
@@ -409,7 +409,7 @@ impl<T: ShmSafe> Array<T> {
     ///
     /// As [`Value::try_lock`].
     pub fn try_lock(&self) -> TryLockResult<ArrayGuard<'_, T>> {
-        mutex::try_lock(self.words(), false, Wait::No, |held| {
+        mutex::try_lock(self.words(), false, Deadline::Now, |held| {
             ArrayGuard::new(self.data, self.len(), held)
         })
     }
@@ -420,7 +420,7 @@ impl<T: ShmSafe> Array<T> {
     ///
     /// As [`Value::lock_timeout`].
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<ArrayGuard<'_, T>> {
-        mutex::try_lock(self.words(), false, Wait::timeout(timeout), |held| {
+        mutex::try_lock(self.words(), false, Deadline::after(timeout), |held| {
             ArrayGuard::new(self.data, self.len(), held)
         })
     }

@@ -1,35 +1,35 @@
 //! Types every backend shares: they describe processes and descriptors, not platforms.
 
-use crate::bootstrap::wire;
+use crate::bootstrap::messages;
 
 use super::OwnedFd;
 
 /// How a process ended, as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Termination {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum WaitStatus {
     /// `exit(code)`.
     Exited(i32),
     /// Killed by this signal.
     Signaled(i32),
 }
 
-impl Termination {
+impl WaitStatus {
     /// Five bytes: a kind byte and the code or signal, for the fork server's status pipe.
     pub(crate) fn to_bytes(self) -> [u8; 5] {
         let (kind, value) = match self {
-            Termination::Exited(code) => (0u8, code),
-            Termination::Signaled(sig) => (1u8, sig),
+            WaitStatus::Exited(code) => (0u8, code),
+            WaitStatus::Signaled(sig) => (1u8, sig),
         };
         let v = value.to_le_bytes();
         [kind, v[0], v[1], v[2], v[3]]
     }
 
-    /// Inverse of [`Termination::to_bytes`].
+    /// Inverse of [`WaitStatus::to_bytes`].
     pub(crate) fn from_bytes(b: [u8; 5]) -> Option<Self> {
         let value = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
         match b[0] {
-            0 => Some(Termination::Exited(value)),
-            1 => Some(Termination::Signaled(value)),
+            0 => Some(WaitStatus::Exited(value)),
+            1 => Some(WaitStatus::Signaled(value)),
             _ => None,
         }
     }
@@ -73,7 +73,7 @@ pub(crate) struct ForkedChildSetup {
     /// The child leads a new process group.
     pub(crate) process_group: bool,
     /// The complete new environment (a block), when the builder changed it.
-    pub(crate) env: Option<wire::Bytes>,
+    pub(crate) env: Option<messages::Bytes>,
     /// Ask for `SIGKILL` when the forking thread (the parent's main thread) ends.
     pub(crate) parent_death: Option<u32>,
     /// Death pipe to watch on a thread of its own.

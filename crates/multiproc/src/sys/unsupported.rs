@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bootstrap::{CallIo, Invoked};
-use crate::sys::{Entry, Forked, ForkedChildSetup, Readiness, Termination};
+use crate::sys::{Entry, Forked, ForkedChildSetup, Readiness, WaitStatus};
 
 /// Processes cannot be started here.
 pub(crate) const SUPPORTED: bool = false;
@@ -126,7 +126,7 @@ pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
 pub(crate) async fn readable_any(_: &[BorrowedFd<'_>], _: Instant) -> io::Result<()> {
     Err(unsupported())
 }
-pub(crate) fn read_status(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+pub(crate) fn read_status(_: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     Err(unsupported())
 }
 pub(crate) fn file_fd(_file: std::fs::File) -> OwnedFd {
@@ -178,7 +178,7 @@ pub(crate) fn pidfd_open(_: u32) -> io::Result<OwnedFd> {
 pub(crate) fn send_signal(_: BorrowedFd<'_>, _: i32) -> io::Result<()> {
     Err(unsupported())
 }
-pub(crate) fn try_reap(_: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+pub(crate) fn try_reap(_: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     Err(unsupported())
 }
 pub(crate) fn set_name(_: &str) {}

@@ -17,7 +17,7 @@
 //! queue always holds them when the header is parsed.
 //!
 //! The reader never trusts the header: a wrong magic, a length above the connection's
-//! limit or a descriptor count the queue cannot satisfy is [`RecvError::Corrupt`], and
+//! limit or a descriptor count the queue cannot satisfy is [`RecvFrameError::Corrupt`], and
 //! bodies are allocated as their bytes arrive, so a lying length cannot make it allocate
 //! more than it has received (plus one bounded chunk).
 
@@ -46,7 +46,7 @@ pub(crate) struct Frame {
 
 /// Why [`Conn::recv`] returned no frame.
 #[derive(Debug)]
-pub(crate) enum RecvError {
+pub(crate) enum RecvFrameError {
     /// The deadline passed first.
     Timeout,
     /// The peer closed the connection between frames.
@@ -59,21 +59,23 @@ pub(crate) enum RecvError {
     Io(io::Error),
 }
 
-impl fmt::Display for RecvError {
+impl fmt::Display for RecvFrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecvError::Timeout => f.write_str("timed out"),
-            RecvError::Closed => f.write_str("connection closed"),
-            RecvError::Truncated => f.write_str("connection closed in the middle of a message"),
-            RecvError::Corrupt(why) => write!(f, "corrupt message: {why}"),
-            RecvError::Io(e) => write!(f, "{e}"),
+            RecvFrameError::Timeout => f.write_str("timed out"),
+            RecvFrameError::Closed => f.write_str("connection closed"),
+            RecvFrameError::Truncated => {
+                f.write_str("connection closed in the middle of a message")
+            }
+            RecvFrameError::Corrupt(why) => write!(f, "corrupt message: {why}"),
+            RecvFrameError::Io(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl From<io::Error> for RecvError {
+impl From<io::Error> for RecvFrameError {
     fn from(e: io::Error) -> Self {
-        RecvError::Io(e)
+        RecvFrameError::Io(e)
     }
 }
 
@@ -221,7 +223,7 @@ impl Conn {
     }
 
     /// Receives the next frame, waiting until `deadline` (`None`: as long as it takes).
-    pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame, RecvError> {
+    pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame, RecvFrameError> {
         loop {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
@@ -232,12 +234,12 @@ impl Conn {
 
     /// A frame already received (read from the socket with an earlier one), if there
     /// is one complete; never waits.
-    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, RecvError> {
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, RecvFrameError> {
         self.parse()
     }
 
     /// Takes a complete frame out of what has been received, if there is one.
-    fn parse(&mut self) -> Result<Option<Frame>, RecvError> {
+    fn parse(&mut self) -> Result<Option<Frame>, RecvFrameError> {
         if self.pending.is_none() {
             let avail = &self.buf[self.start..];
             if avail.len() < HEADER_LEN {
@@ -245,7 +247,7 @@ impl Conn {
             }
             let mut raw = [0u8; HEADER_LEN];
             raw.copy_from_slice(&avail[..HEADER_LEN]);
-            let header = Header::decode(&raw, self.max_body).map_err(RecvError::Corrupt)?;
+            let header = Header::decode(&raw, self.max_body).map_err(RecvFrameError::Corrupt)?;
             self.start += HEADER_LEN;
             // Bounded by what has arrived or by one step, not by what the header claims.
             let len = usize::try_from(header.len).unwrap_or(usize::MAX);
@@ -268,7 +270,7 @@ impl Conn {
         };
         let nfds = usize::from(header.nfds);
         if self.fds.len() < nfds {
-            return Err(RecvError::Corrupt(format!(
+            return Err(RecvFrameError::Corrupt(format!(
                 "message declares {nfds} descriptors but {} arrived",
                 self.fds.len()
             )));
@@ -283,7 +285,7 @@ impl Conn {
 
     /// Receives more bytes: into the pending body when one is incomplete (never past its
     /// end), otherwise into the header buffer.
-    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvFrameError> {
         let n = if let Some(p) = &mut self.pending {
             let len = usize::try_from(p.header.len).unwrap_or(usize::MAX);
             let old = p.body.len();
@@ -308,9 +310,9 @@ impl Conn {
         if n == 0 {
             let mid_frame = self.pending.is_some() || self.buf.len() > self.start;
             return Err(if mid_frame {
-                RecvError::Truncated
+                RecvFrameError::Truncated
             } else {
-                RecvError::Closed
+                RecvFrameError::Closed
             });
         }
         Ok(())
@@ -323,7 +325,7 @@ fn recv_some(
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
     deadline: Option<Instant>,
-) -> Result<usize, RecvError> {
+) -> Result<usize, RecvFrameError> {
     let mut received = Vec::new();
     loop {
         match sys::recv_with_fds(fd.as_fd(), buf, &mut received, true) {
@@ -335,7 +337,7 @@ fn recv_some(
                 fds.extend(received.drain(..));
                 let ready = sys::wait_readable(&[fd.as_fd()], deadline)?;
                 if !ready[0].ready() {
-                    return Err(RecvError::Timeout);
+                    return Err(RecvFrameError::Timeout);
                 }
             }
             Err(e) => return Err(e.into()),
@@ -411,14 +413,14 @@ mod tests {
     fn timeout_closed_and_truncated() {
         let (a, mut b) = pair();
         let deadline = Some(Instant::now() + std::time::Duration::from_millis(20));
-        assert!(matches!(b.recv(deadline), Err(RecvError::Timeout)));
+        assert!(matches!(b.recv(deadline), Err(RecvFrameError::Timeout)));
         // Half a header, then the peer goes away.
         sys::send_with_fds(a.fd(), &[IoSlice::new(&MAGIC)], &[]).unwrap();
         drop(a);
-        assert!(matches!(b.recv(None), Err(RecvError::Truncated)));
+        assert!(matches!(b.recv(None), Err(RecvFrameError::Truncated)));
         let (a, mut b) = pair();
         drop(a);
-        assert!(matches!(b.recv(None), Err(RecvError::Closed)));
+        assert!(matches!(b.recv(None), Err(RecvFrameError::Closed)));
     }
 
     fn valid_frames(bodies: &[Vec<u8>]) -> Vec<u8> {
@@ -478,7 +480,7 @@ mod tests {
         }
         .encode();
         sys::send_with_fds(a.as_fd(), &[IoSlice::new(&too_long)], &[]).unwrap();
-        assert!(matches!(b.recv(None), Err(RecvError::Corrupt(_))));
+        assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
 
         let (a, b) = sys::stream_pair().unwrap();
         let mut b = Conn::new(b, 1024);
@@ -489,11 +491,11 @@ mod tests {
         }
         .encode();
         sys::send_with_fds(a.as_fd(), &[IoSlice::new(&missing_fds)], &[]).unwrap();
-        assert!(matches!(b.recv(None), Err(RecvError::Corrupt(_))));
+        assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
 
         let (a, b) = sys::stream_pair().unwrap();
         let mut b = Conn::new(b, 1024);
         sys::send_with_fds(a.as_fd(), &[IoSlice::new(b"GARBAGE GARBAGE!")], &[]).unwrap();
-        assert!(matches!(b.recv(None), Err(RecvError::Corrupt(_))));
+        assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
     }
 }

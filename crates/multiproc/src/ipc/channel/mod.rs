@@ -34,7 +34,7 @@ const SPIN: Duration = Duration::from_micros(30);
 /// bounds what such a sleeper oversleeps.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-pub(crate) use crate::wait::Wait;
+pub(crate) use crate::deadline::Deadline;
 
 /// Why a send did not happen.
 #[derive(Debug)]
@@ -259,9 +259,9 @@ impl Core {
 
     /// Sleeps on a doorbell until it rings, the other side is all gone, the wait ends,
     /// or `MAX_SLEEP` passes.
-    fn sleep(&self, bell: &OwnedFd, other_side: &OwnedFd, wait: Wait) -> io::Result<()> {
+    fn sleep(&self, bell: &OwnedFd, other_side: &OwnedFd, wait: Deadline) -> io::Result<()> {
         let cap = Instant::now() + MAX_SLEEP;
-        let until = wait.deadline().map_or(cap, |d| d.min(cap));
+        let until = wait.instant().map_or(cap, |d| d.min(cap));
         sys::wait_readable(&[bell.as_fd(), other_side.as_fd()], Some(until))?;
         sys::silence(bell.as_fd());
         Ok(())
@@ -283,7 +283,7 @@ impl RawSender {
         &self,
         len: usize,
         fill: &mut dyn FnMut(&mut [u8]) -> bool,
-        wait: Wait,
+        wait: Deadline,
         unfinished: bool,
     ) -> Result<(), SendFail> {
         let core = &*self.core;
@@ -295,7 +295,7 @@ impl RawSender {
                 let ring = core.ring();
                 // A producer that died holding the lock had published nothing half-way:
                 // taking over needs no repair (see README).
-                let Some(mut tail) = ring.lock_tail(wait.deadline()) else {
+                let Some(mut tail) = ring.lock_tail(wait.instant()) else {
                     return Err(SendFail::Full);
                 };
                 if let Some(mut slot) = tail.reserve(len, core.max_items) {
@@ -319,7 +319,7 @@ impl RawSender {
     pub(crate) fn send(
         &self,
         msg: Encoded,
-        wait: Wait,
+        wait: Deadline,
         unfinished: bool,
     ) -> Result<(), (Encoded, SendFail)> {
         if msg.fds.is_empty() && self.fits_inline(msg.bytes.len()) {
@@ -344,7 +344,7 @@ impl RawSender {
         loop {
             let sent = {
                 let ring = core.ring();
-                let Some(mut tail) = ring.lock_tail(wait.deadline()) else {
+                let Some(mut tail) = ring.lock_tail(wait.instant()) else {
                     return Err((msg, SendFail::Full));
                 };
                 match tail.reserve(8, core.max_items) {
@@ -374,7 +374,7 @@ impl RawSender {
                     if wait.passed() {
                         return Err((msg, SendFail::Full));
                     }
-                    if let Err(e) = sys::wait_writable(core.side_tx.as_fd(), wait.deadline()) {
+                    if let Err(e) = sys::wait_writable(core.side_tx.as_fd(), wait.instant()) {
                         return Err((msg, SendFail::Io(e)));
                     }
                 }
@@ -390,9 +390,9 @@ impl RawSender {
 
     /// The ring is full: fails if waiting is not allowed (or over) or every receiver is
     /// gone; otherwise waits (spinning first) until a consumer may have made room.
-    fn full(&self, len: usize, wait: Wait) -> Result<(), SendFail> {
+    fn full(&self, len: usize, wait: Deadline) -> Result<(), SendFail> {
         let core = &*self.core;
-        if matches!(wait, Wait::No) {
+        if matches!(wait, Deadline::Now) {
             return Err(SendFail::Full);
         }
         if Core::all_gone(&core.receivers) {
@@ -404,7 +404,7 @@ impl RawSender {
         let ring = core.ring();
         let room = || ring.has_room(len, core.max_items);
         let spin_end = Instant::now() + SPIN;
-        if spin_until(wait.deadline().map_or(spin_end, |d| d.min(spin_end)), room) {
+        if spin_until(wait.instant().map_or(spin_end, |d| d.min(spin_end)), room) {
             return Ok(());
         }
         let sleepers = &core.header().sleepers.0.senders;
@@ -461,7 +461,7 @@ impl RawReceiver {
     /// Receives a message, waiting as `wait` allows, and hands it to `decode`.
     pub(crate) fn recv_with<R>(
         &self,
-        wait: Wait,
+        wait: Deadline,
         decode: &mut dyn FnMut(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<R, RecvFail> {
         let core = &*self.core;
@@ -470,7 +470,7 @@ impl RawReceiver {
             if let Some(r) = self.try_take(decode)? {
                 return Ok(r);
             }
-            if matches!(wait, Wait::No) {
+            if matches!(wait, Deadline::Now) {
                 // As crossbeam does: an empty channel with no senders is disconnected.
                 return Err(
                     if Core::all_gone(&core.senders) && !core.ring().has_data() {
@@ -484,7 +484,7 @@ impl RawReceiver {
             let spin_end = Instant::now() + SPIN;
             if spin_then_yield(
                 self.spin,
-                wait.deadline().map_or(spin_end, |d| d.min(spin_end)),
+                wait.instant().map_or(spin_end, |d| d.min(spin_end)),
                 || ring.has_data(),
             ) {
                 continue;
@@ -767,7 +767,7 @@ pub(crate) fn corrupt_and_drain(bytes: &[u8]) {
         fds: Vec::new(),
     };
     for i in 0..12u8 {
-        let _ = tx.send(fill(i), Wait::No, false);
+        let _ = tx.send(fill(i), Deadline::Now, false);
     }
     let core = &rx.core;
     let (counters, ring) = bytes.split_at(bytes.len().min(16));
@@ -780,7 +780,10 @@ pub(crate) fn corrupt_and_drain(bytes: &[u8]) {
     let ring = &ring[..ring.len().min(core.ring_len as usize)];
     core.seg.write(ChannelHeader::RING_OFFSET, ring);
     for _ in 0..256 {
-        if rx.recv_with(Wait::No, &mut |bytes, _| bytes.len()).is_err() {
+        if rx
+            .recv_with(Deadline::Now, &mut |bytes, _| bytes.len())
+            .is_err()
+        {
             break;
         }
     }
@@ -799,7 +802,7 @@ mod tests {
     }
 
     fn take(rx: &RawReceiver) -> Result<Vec<u8>, RecvFail> {
-        rx.recv_with(Wait::No, &mut |bytes, _| bytes.to_vec())
+        rx.recv_with(Deadline::Now, &mut |bytes, _| bytes.to_vec())
     }
 
     #[test]
@@ -807,7 +810,7 @@ mod tests {
         let (tx, rx) = channel(MIN_RING, None).unwrap();
         for round in 0..200u32 {
             let len = (round as usize * 131) % 900;
-            tx.send(msg(vec![round as u8; len]), Wait::No, false)
+            tx.send(msg(vec![round as u8; len]), Deadline::Now, false)
                 .unwrap();
             if round % 3 != 0 {
                 continue;
@@ -817,9 +820,9 @@ mod tests {
             }
         }
         // Items larger than half the ring go to the side socket, in order.
-        tx.send(msg(vec![1; 100]), Wait::No, false).unwrap();
-        tx.send(msg(vec![2; 3000]), Wait::No, false).unwrap();
-        tx.send(msg(vec![3; 100]), Wait::No, false).unwrap();
+        tx.send(msg(vec![1; 100]), Deadline::Now, false).unwrap();
+        tx.send(msg(vec![2; 3000]), Deadline::Now, false).unwrap();
+        tx.send(msg(vec![3; 100]), Deadline::Now, false).unwrap();
         let mut order = Vec::new();
         while let Ok(got) = take(&rx) {
             order.push((got[0], got.len()));
@@ -846,10 +849,10 @@ mod tests {
         ) {
             let (tx, rx) = channel(MIN_RING, None).unwrap();
             for i in 0..12u8 {
-                let _ = tx.send(msg(vec![i; i as usize * 40]), Wait::No, false);
+                let _ = tx.send(msg(vec![i; i as usize * 40]), Deadline::Now, false);
             }
             // Something with a side message too.
-            let _ = tx.send(msg(vec![9; 2000]), Wait::No, false);
+            let _ = tx.send(msg(vec![9; 2000]), Deadline::Now, false);
             let core = &rx.core;
             for (at, bytes) in writes {
                 let at = at % (core.ring_len as usize - bytes.len());

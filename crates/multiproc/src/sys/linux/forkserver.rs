@@ -22,9 +22,9 @@ use super::launch::{
     place_raw,
 };
 use super::proc as process;
-use crate::bootstrap::wire::{self, ForkReply, ForkRequest};
+use crate::bootstrap::messages::{self, ForkReply, ForkRequest};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
-use crate::sys::{Forked, Termination};
+use crate::sys::{Forked, WaitStatus};
 use crate::wire::framing::Conn;
 
 /// One child of the server.
@@ -67,16 +67,16 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
     };
     super::raise_fd_limit();
     // Never changes in the server; children compare the requested environment with it.
-    let env = wire::env_block(std::env::vars_os());
+    let env = messages::env_block(std::env::vars_os());
     let info = ServerInfo {
         pid: process::getpid(),
         sigpipe,
         env: &env.0,
     };
-    let mut conn = Conn::new(control, wire::MAX_CONTROL);
+    let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let mut kids: Vec<Kid> = Vec::new();
     let mut keep_spare = false;
-    let mut tracked: Vec<wire::Tracked> = Vec::new();
+    let mut tracked: Vec<messages::Tracked> = Vec::new();
     loop {
         let missing_spare = keep_spare && !kids.iter().any(|k| k.spare.is_some());
         let ready = {
@@ -116,7 +116,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
             let mut next = conn.recv(None).map(Some);
             while let Ok(Some(frame)) = next {
                 match frame.tag {
-                    wire::FORK => {
+                    messages::FORK => {
                         let reply =
                             start_child(&info, &frame.body, frame.fds, death.as_ref(), &mut kids);
                         let (reply, pidfd): (ForkReply, Option<OwnedFd>) = match reply {
@@ -125,19 +125,19 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
                         };
                         let body = postcard::to_stdvec(&reply).unwrap_or_default();
                         let fds: Vec<_> = pidfd.iter().map(AsFd::as_fd).collect();
-                        if let Err(e) = conn.send(wire::FORKED, &[&body], &fds) {
+                        if let Err(e) = conn.send(messages::FORKED, &[&body], &fds) {
                             next = Err(e.into());
                             break;
                         }
                         keep_spare = true;
                     }
-                    wire::TRACK => {
-                        if let Ok(t) = postcard::from_bytes::<wire::Tracked>(&frame.body) {
+                    messages::TRACK => {
+                        if let Ok(t) = postcard::from_bytes::<messages::Tracked>(&frame.body) {
                             tracked.push(t);
                         }
                     }
-                    wire::UNTRACK => {
-                        if let Ok(t) = postcard::from_bytes::<wire::Tracked>(&frame.body) {
+                    messages::UNTRACK => {
+                        if let Ok(t) = postcard::from_bytes::<messages::Tracked>(&frame.body) {
                             tracked.retain(|x| *x != t);
                         }
                     }
@@ -198,7 +198,10 @@ fn start_child(
             stderr.as_fd(),
         ];
         // A spare that was killed cannot take it; it is reaped like any child.
-        if let Some(Ok(())) = spare.as_mut().map(|s| s.send(wire::FORK, &[body], &passed)) {
+        if let Some(Ok(())) = spare
+            .as_mut()
+            .map(|s| s.send(messages::FORK, &[body], &passed))
+        {
             kid.status = Some(status);
             kid.daemon = request.daemon;
             let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| format!("dup: {e}"))?;
@@ -253,8 +256,13 @@ fn fork_spare(info: &ServerInfo<'_>, death: Option<&OwnedFd>) -> io::Result<Kid>
         }
         Forked::Parent(pid) => {
             drop(theirs);
-            new_kid(pid, None, false, Some(Conn::new(ours, wire::MAX_CONTROL)))
-                .map_err(io::Error::other)
+            new_kid(
+                pid,
+                None,
+                false,
+                Some(Conn::new(ours, messages::MAX_CONTROL)),
+            )
+            .map_err(io::Error::other)
         }
     }
 }
@@ -269,9 +277,9 @@ fn spare(info: &ServerInfo<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
         exit_now(BOOTSTRAP_FAILURE)
     };
     process::set_name("mp-spare");
-    let mut conn = Conn::new(control, wire::MAX_CONTROL);
+    let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let frame = match conn.recv(None) {
-        Ok(frame) if frame.tag == wire::FORK => frame,
+        Ok(frame) if frame.tag == messages::FORK => frame,
         _ => exit_now(0),
     };
     let Ok(request) = postcard::from_bytes::<ForkRequest>(&frame.body) else {
@@ -308,7 +316,7 @@ fn keep_only(control: OwnedFd, death: Option<OwnedFd>) -> io::Result<(OwnedFd, O
 
 /// Reads the status a fork server wrote for a child: five bytes, or `None` at end of
 /// file (the server died before reporting).
-pub(crate) fn read_status(status: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+pub(crate) fn read_status(status: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     let mut buf = [0u8; 5];
     let mut got = 0;
     while got < buf.len() {
@@ -318,5 +326,5 @@ pub(crate) fn read_status(status: std::os::fd::BorrowedFd<'_>) -> io::Result<Opt
         }
         got += n;
     }
-    Ok(Termination::from_bytes(buf))
+    Ok(WaitStatus::from_bytes(buf))
 }

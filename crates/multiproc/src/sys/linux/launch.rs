@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use super::fd;
 use super::proc as process;
-use crate::bootstrap::wire::{self, ForkRequest, Launch};
+use crate::bootstrap::messages::{self, ForkRequest, Launch};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE, SERVER_TOKEN};
 use crate::sys::{Forked, ForkedChildSetup};
 
@@ -294,10 +294,10 @@ unsafe fn replace_env(env: &[u8], current: Option<&[u8]>) {
         // The usual case: the parent's environment is what the server started with.
         Some(current) if current == env => return,
         Some(current) => current.to_vec(),
-        None => wire::env_block(std::env::vars_os()).0,
+        None => messages::env_block(std::env::vars_os()).0,
     };
-    let wanted: BTreeMap<&[u8], &[u8]> = wire::env_entries(env).collect();
-    let had: BTreeMap<&[u8], &[u8]> = wire::env_entries(&current).collect();
+    let wanted: BTreeMap<&[u8], &[u8]> = messages::env_entries(env).collect();
+    let had: BTreeMap<&[u8], &[u8]> = messages::env_entries(&current).collect();
     for key in had.keys().filter(|k| !wanted.contains_key(*k)) {
         // SAFETY: the caller guarantees no concurrent environment access.
         unsafe { std::env::remove_var(OsStr::from_bytes(key)) };
@@ -313,7 +313,7 @@ unsafe fn replace_env(env: &[u8], current: Option<&[u8]>) {
 /// Executes `/proc/self/exe` with `env` plus the child token; returns only on failure.
 fn exec_self(name: &str, env: &[u8], token: &str) -> io::Error {
     let argv0 = CString::new(name.replace('\0', " ")).unwrap_or_default();
-    let mut envp: Vec<CString> = wire::env_entries(env)
+    let mut envp: Vec<CString> = messages::env_entries(env)
         .filter(|(k, _)| *k != bootstrap::CHILD_TOKEN.as_bytes())
         .filter_map(|(k, v)| CString::new([k, b"=", v].concat()).ok())
         .collect();

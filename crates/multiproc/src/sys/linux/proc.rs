@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
-use crate::sys::Termination;
+use crate::sys::WaitStatus;
 
 /// `SIGTERM`, for [`send_signal`].
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
@@ -78,7 +78,7 @@ pub(crate) fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> 
 /// Reaps a child of this process through its pidfd, without blocking.
 ///
 /// `Ok(None)`: still running.
-pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Termination>> {
+pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
     let status = loop {
         match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
@@ -88,9 +88,9 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Termination>>
     };
     Ok(status.and_then(|s| {
         if let Some(sig) = s.terminating_signal() {
-            Some(Termination::Signaled(sig))
+            Some(WaitStatus::Signaled(sig))
         } else {
-            s.exit_status().map(Termination::Exited)
+            s.exit_status().map(WaitStatus::Exited)
         }
     }))
 }

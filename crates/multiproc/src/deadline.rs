@@ -1,0 +1,42 @@
+//! How long a blocking operation may wait: every one has a plain, `try_` and `_timeout`
+//! form, and they all come down to a [`Deadline`].
+
+use std::time::{Duration, Instant};
+
+/// How long an operation may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// Not at all: the deadline is now.
+    Now,
+    /// Until then.
+    At(Instant),
+    /// As long as it takes.
+    Never,
+}
+
+impl Deadline {
+    /// From a timeout; one too long to represent waits as long as it takes.
+    pub(crate) fn after(t: Duration) -> Self {
+        Instant::now()
+            .checked_add(t)
+            .map_or(Deadline::Never, Deadline::At)
+    }
+
+    /// The deadline as an instant: now for `Now`, none for `Never`.
+    pub(crate) fn instant(self) -> Option<Instant> {
+        match self {
+            Deadline::Now => Some(Instant::now()),
+            Deadline::At(d) => Some(d),
+            Deadline::Never => None,
+        }
+    }
+
+    /// Whether the time to wait is over.
+    pub(crate) fn passed(self) -> bool {
+        match self {
+            Deadline::Now => true,
+            Deadline::At(d) => Instant::now() >= d,
+            Deadline::Never => false,
+        }
+    }
+}
