@@ -51,6 +51,7 @@ fn main() {
                 "forged_call_messages_are_refused",
                 forged_call_messages_are_refused,
             ),
+            trial("tokens_meant_for_another_process", foreign_tokens),
             trial(
                 "replaced_executable_still_runs_its_code",
                 replaced_executable_still_runs_its_code,
@@ -71,6 +72,7 @@ fn helpers(mode: &str) {
         "doomed_parent" => helper_doomed_parent(),
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
+        "main" => println!("main ran"),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -451,7 +453,9 @@ fn corrupt_bytes_from_child() {
 /// server would set; the bytes are what a broken or hostile parent might send.
 fn forged_child(bytes: &[u8]) -> (i32, String) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let token = format!("1:{}:0:-", std::process::id());
+    // The token names descriptor 0 and the identity of the socket found there.
+    let st = rustix::fs::fstat(&theirs).unwrap();
+    let token = format!("2:0:-:{}:{}", st.st_dev, st.st_ino);
     let child = Command::new(std::env::current_exe().unwrap())
         .env("MULTIPROC_CHILD", token)
         .stdin(std::os::fd::OwnedFd::from(theirs))
@@ -525,7 +529,7 @@ fn forged_call_messages_are_refused() {
         ),
         (
             "wrong executable",
-            frame(1, &call_body(1, [1, 2, 3, 4, 5, 6], b"")),
+            frame(1, &call_body(2, [1, 2, 3, 4, 5, 6], b"")),
             "different executable",
         ),
     ];
@@ -540,6 +544,47 @@ fn forged_call_messages_are_refused() {
     // Nothing at all: the parent went away before sending anything. Quietly out.
     let (code, _) = forged_child(b"");
     assert_eq!(code, 120);
+}
+
+/// A token names the identity of the descriptor it hands over. One inherited by some
+/// later process (whose descriptor 0 is something else) is not its: that process runs
+/// its own `main`. One whose descriptor is right but whose death pipe is missing is
+/// this process's, unusable: it exits with the bootstrap code, never running `main`.
+fn foreign_tokens() {
+    let run = |token: String, stdin: std::os::fd::OwnedFd| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env(common::HELPER_ENV, "main")
+            .env("MULTIPROC_CHILD", token)
+            .stdin(stdin)
+            .stdout(StdStdio::piped())
+            .stderr(StdStdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (_other, unrelated) = std::os::unix::net::UnixStream::pair().unwrap();
+    let st = rustix::fs::fstat(&theirs).unwrap();
+    // Meant for a process whose descriptor 0 was `theirs`; this one has `unrelated`.
+    let token = format!("2:0:-:{}:{}", st.st_dev, st.st_ino);
+    let (code, stdout, stderr) = run(token.clone(), unrelated.into());
+    assert_eq!((code, stdout.as_str()), (Some(0), "main ran\n"), "{stderr}");
+    // Malformed tokens are not anyone's.
+    for bad in ["", "2", "2:0:-", "x:0:-:1:2", "2:0:-:1:2:3", "1:1234:0:-"] {
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (code, stdout, _) = run(bad.to_string(), b.into());
+        assert_eq!((code, stdout.as_str()), (Some(0), "main ran\n"), "{bad:?}");
+    }
+    // This process's own token, with a death pipe (descriptor 9) that is not open.
+    let token = format!("2:0:9:{}:{}", st.st_dev, st.st_ino);
+    let (code, stdout, stderr) = run(token, theirs.into());
+    assert_eq!(code, Some(120), "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("descriptor 9 is not open"), "{stderr}");
 }
 
 fn answer(x: u32) -> String {

@@ -8,7 +8,7 @@ use crate::error::RemotePanic;
 use crate::sys::Entry;
 
 /// Version of the call layout; a child refuses any other.
-pub(crate) const PROTOCOL: u32 = 1;
+pub(crate) const PROTOCOL: u32 = 2;
 
 /// Parent → child: the call. Body: [`CallPrefix`] then the encoded arguments.
 pub(crate) const CALL: u8 = 1;
@@ -60,6 +60,9 @@ pub(crate) const PREFIX_LEN: usize = 4 + 6 * 8 + 4;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CallHeader {
     pub(crate) entry: Entry,
+    /// The setup function given to `init_with`, as an offset like the entry's: a child
+    /// started by executing the program never ran `init_with` itself.
+    pub(crate) setup: Option<u64>,
     pub(crate) name: String,
     pub(crate) daemon: bool,
     /// Position among its ancestors' children, as in Python (`Process-1:2`).

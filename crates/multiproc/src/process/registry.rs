@@ -56,6 +56,7 @@ pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
 /// does), gives daemons a moment to exit before killing them, and stops the fork server.
 /// Doing it again does nothing.
 pub(crate) fn exit_function() {
+    bootstrap::begin_exit();
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
     for child in &daemons {

@@ -40,11 +40,6 @@ pub(crate) fn fd_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// The parent's id, `None` when the parent is gone and the kernel reports none.
-pub(crate) fn getppid() -> Option<u32> {
-    rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs())
-}
-
 /// Whether the calling thread is the process's main thread.
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
@@ -112,7 +107,8 @@ pub(crate) fn set_name(name: &str) {
 /// exits. Returns `false` if the parent is already gone (then the caller should exit).
 pub(crate) fn kill_me_with_parent(expected_parent: u32) -> io::Result<bool> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    Ok(getppid() == Some(expected_parent))
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs());
+    Ok(parent == Some(expected_parent))
 }
 
 /// Makes this process the leader of a new process group (`setpgid(0, 0)`).
