@@ -399,6 +399,16 @@ pub fn processes() -> Vec<(u32, u32, char, String)> {
         .collect()
 }
 
+/// The state letter of process `pid` (`/proc/PID/stat`): `T` when stopped, `Z` when a
+/// zombie. Panics if it cannot be read.
+pub fn state_of(pid: u32) -> char {
+    stats()
+        .into_iter()
+        .find(|s| s.pid == pid)
+        .unwrap_or_else(|| panic!("no process {pid}"))
+        .state
+}
+
 /// `(pid, state, command name)` of every process in process group `group`, zombies
 /// included.
 pub fn group_members(group: u32) -> Vec<(u32, char, String)> {
