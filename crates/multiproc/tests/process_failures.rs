@@ -61,6 +61,7 @@ fn main() {
                 killed_fork_server_is_replaced,
             ),
             trial("unusable_current_dir", unusable_current_dir),
+            trial("fork_failure_keeps_its_kind", fork_failure_keeps_its_kind),
         ],
         helpers,
         Duration::from_secs(600),
@@ -73,6 +74,7 @@ fn helpers(mode: &str) {
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
         "main" => println!("main ran"),
+        "fork_limited" => helper_fork_limited(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -678,4 +680,49 @@ fn unusable_current_dir() {
     assert!(matches!(r, Err(SpawnError::CurrentDir { .. })), "{r:?}");
     let r = Builder::new().current_dir("/etc/hostname").spawn(answer, 1);
     assert!(matches!(r, Err(SpawnError::CurrentDir { .. })), "{r:?}");
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// In a cgroup that allows this process, its fork server and one child: the second
+/// child cannot be forked.
+fn helper_fork_limited() {
+    let cgroup = std::env::var("MP_TEST_CGROUP").unwrap();
+    let cgroup = std::path::Path::new(&cgroup);
+    let mut server = None;
+    // The server names itself right after it is forked.
+    common::eventually(T, || {
+        server = common::fork_server_of(std::process::id());
+        server.is_some()
+    });
+    let server = server.expect("fork server");
+    for pid in [std::process::id(), server] {
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+    std::fs::write(cgroup.join("pids.max"), "3").unwrap();
+    let mut first = multiproc::spawn(sleep_ms, 30_000).unwrap();
+    let second = multiproc::spawn(sleep_ms, 0);
+    match second {
+        Err(SpawnError::Io(e)) => println!("refused: {:?} {e}", e.kind()),
+        other => println!("not refused: {other:?}"),
+    }
+    first.kill().unwrap();
+    let _ = first.join_timeout(T);
+}
+
+/// The fork server's failure to fork reaches the caller as an `io::Error` of the
+/// system error's kind (`EAGAIN`: `WouldBlock`), not as `Other` with the errno in the
+/// text only.
+fn fork_failure_keeps_its_kind() {
+    let cgroup = common::TestCgroup::new("pids", "fork");
+    let mut helper = Helper::start_with(
+        "fork_limited",
+        std::env::current_exe().unwrap(),
+        &[("MP_TEST_CGROUP", cgroup.path.to_str().unwrap())],
+    );
+    let refused = helper.expect("refused:", T);
+    assert!(refused.starts_with("WouldBlock fork failed"), "{refused}");
+    assert!(helper.wait(T).success());
 }

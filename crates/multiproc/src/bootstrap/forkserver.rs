@@ -90,7 +90,7 @@ impl ForkServer {
             )));
         }
         let reply: ForkReply = postcard::from_bytes(&frame.body).map_err(io::Error::other)?;
-        let pid = reply.map_err(io::Error::other)?;
+        let pid = reply.map_err(wire::Refusal::into_io)?;
         let pidfd = frame
             .fds
             .into_iter()

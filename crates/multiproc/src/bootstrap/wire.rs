@@ -198,7 +198,39 @@ pub(crate) fn env_entries(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> 
 }
 
 /// Fork server → parent: the child's pid, or why there is none.
-pub(crate) type ForkReply = Result<u32, String>;
+pub(crate) type ForkReply = Result<u32, Refusal>;
+
+/// Why the fork server could not start a child: the system error's number when there
+/// was one (so the parent's error keeps its kind: out of processes, out of memory) and
+/// what failed.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Refusal {
+    pub(crate) errno: Option<i32>,
+    pub(crate) why: String,
+}
+
+impl Refusal {
+    /// A refusal because `what` failed with `e`.
+    pub(crate) fn os(what: &str, e: &std::io::Error) -> Self {
+        Refusal {
+            errno: e.raw_os_error(),
+            why: format!("{what}: {e}"),
+        }
+    }
+
+    /// A refusal without a system error.
+    pub(crate) fn other(why: String) -> Self {
+        Refusal { errno: None, why }
+    }
+
+    /// The error the parent reports: of the system error's kind, with the whole story.
+    pub(crate) fn into_io(self) -> std::io::Error {
+        let kind = self.errno.map_or(std::io::ErrorKind::Other, |n| {
+            std::io::Error::from_raw_os_error(n).kind()
+        });
+        std::io::Error::new(kind, self.why)
+    }
+}
 
 /// Converts a path to bytes for the wire (paths need not be UTF-8).
 pub(crate) fn path_bytes(p: PathBuf) -> Bytes {

@@ -520,3 +520,85 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A cgroup made for a test under this process's own cgroup of one controller (`pids`,
+/// `memory`), on a cgroup v1 hierarchy of its own or the v2 unified one; removed when
+/// dropped, once the processes in it are gone. Making one needs the right to write to
+/// the cgroup tree (root, or a delegated subtree): without it the test fails and says
+/// so, it does not skip.
+pub struct TestCgroup {
+    pub path: std::path::PathBuf,
+    pub v2: bool,
+}
+
+impl TestCgroup {
+    pub fn new(controller: &str, tag: &str) -> TestCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let mut tried = Vec::new();
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, list, path) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            let path = path.trim_start_matches('/');
+            let (base, v2) = if list.split(',').any(|c| c == controller) {
+                (
+                    std::path::Path::new("/sys/fs/cgroup")
+                        .join(controller)
+                        .join(path),
+                    false,
+                )
+            } else if list.is_empty() {
+                let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                    .into_iter()
+                    .map(std::path::Path::new)
+                    .find(|p| p.join("cgroup.controllers").exists());
+                let Some(root) = unified else { continue };
+                let controllers =
+                    std::fs::read_to_string(root.join(path).join("cgroup.controllers"))
+                        .unwrap_or_default();
+                if !controllers.split_whitespace().any(|c| c == controller) {
+                    tried.push(format!(
+                        "v2 at {}: no {controller} controller",
+                        root.display()
+                    ));
+                    continue;
+                }
+                (root.join(path), true)
+            } else {
+                continue;
+            };
+            let dir = base.join(format!("mp-test-{tag}-{}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return TestCgroup { path: dir, v2 },
+                Err(e) => tried.push(format!("{}: {e}", dir.display())),
+            }
+        }
+        panic!(
+            "this test needs a {controller} cgroup it may create (run the tests as root, or \
+             in a delegated cgroup subtree); tried: {tried:?}"
+        );
+    }
+
+    /// Writes `value` to the cgroup's file `name`.
+    pub fn set(&self, name: &str, value: &str) {
+        std::fs::write(self.path.join(name), value)
+            .unwrap_or_else(|e| panic!("write {value} to {}/{name}: {e}", self.path.display()));
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn add(&self, pid: u32) {
+        self.set("cgroup.procs", &pid.to_string());
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The processes that were in it must be gone (or moved) first.
+        let _ = eventually(Duration::from_secs(10), || {
+            std::fs::remove_dir(&self.path).is_ok()
+        });
+    }
+}

@@ -22,7 +22,7 @@ use super::launch::{
     place_raw,
 };
 use super::proc as process;
-use crate::bootstrap::wire::{self, ForkReply, ForkRequest};
+use crate::bootstrap::wire::{self, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
 use crate::ipc::framing::Conn;
 use crate::sys::{Forked, Termination};
@@ -183,12 +183,13 @@ fn start_child(
     fds: Vec<OwnedFd>,
     death: Option<&OwnedFd>,
     kids: &mut Vec<Kid>,
-) -> Result<(u32, OwnedFd), String> {
-    let request: ForkRequest =
-        postcard::from_bytes(body).map_err(|e| format!("malformed request: {e}"))?;
-    let [channel, status, stdin, stdout, stderr]: [OwnedFd; 5] = fds
-        .try_into()
-        .map_err(|fds: Vec<OwnedFd>| format!("request carried {} descriptors, not 5", fds.len()))?;
+) -> Result<(u32, OwnedFd), Refusal> {
+    let request: ForkRequest = postcard::from_bytes(body)
+        .map_err(|e| Refusal::other(format!("malformed request: {e}")))?;
+    let [channel, status, stdin, stdout, stderr]: [OwnedFd; 5] =
+        fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+            Refusal::other(format!("request carried {} descriptors, not 5", fds.len()))
+        })?;
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
         let mut spare = kid.spare.take();
         let passed = [
@@ -201,14 +202,14 @@ fn start_child(
         if let Some(Ok(())) = spare.as_mut().map(|s| s.send(wire::FORK, &[body], &passed)) {
             kid.status = Some(status);
             kid.daemon = request.daemon;
-            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| format!("dup: {e}"))?;
+            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             return Ok((kid.pid, pidfd));
         }
     }
     // SAFETY: the server is single-threaded (checked when it started; it never creates
     // threads), so the child is a consistent copy.
     match unsafe { fork_unchecked() } {
-        Err(e) => Err(format!("fork failed: {e}")),
+        Err(e) => Err(Refusal::os("fork failed", &e)),
         Ok(Forked::Child) => {
             drop(status);
             let death = death.and_then(|d| fd::dup(d.as_fd()).ok());
@@ -217,7 +218,7 @@ fn start_child(
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
             let kid = new_kid(pid, Some(status), request.daemon, None)?;
-            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| format!("dup: {e}"))?;
+            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             kids.push(kid);
             Ok((pid, pidfd))
         }
@@ -229,9 +230,9 @@ fn new_kid(
     status: Option<OwnedFd>,
     daemon: bool,
     spare: Option<Conn>,
-) -> Result<Kid, String> {
+) -> Result<Kid, Refusal> {
     // Our own child: it cannot be reaped before we wait, so the pid is still its.
-    let pidfd = process::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+    let pidfd = process::pidfd_open(pid).map_err(|e| Refusal::os("pidfd_open", &e))?;
     Ok(Kid {
         pid,
         pidfd,
@@ -254,7 +255,7 @@ fn fork_spare(info: &ServerInfo<'_>, death: Option<&OwnedFd>) -> io::Result<Kid>
         Forked::Parent(pid) => {
             drop(theirs);
             new_kid(pid, None, false, Some(Conn::new(ours, wire::MAX_CONTROL)))
-                .map_err(io::Error::other)
+                .map_err(Refusal::into_io)
         }
     }
 }
