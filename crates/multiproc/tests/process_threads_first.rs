@@ -29,18 +29,30 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// What `ps` shows for a process: its command line, up to the first NUL.
+fn cmdline(pid: u32) -> String {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The server was started by executing the program (a server forked at `init` would
+/// carry this program's own command line), and it and its children are named in `ps`
+/// as what they are.
 fn fork_server_is_started_by_exec() {
-    let mut child = multiproc::spawn(square, 12).unwrap();
-    assert_eq!(child.join_timeout(T).unwrap(), 144);
-    let me = std::process::id();
-    let server = fork_server_of(me).expect("a fork server");
-    // A server forked at `init` would carry this program's own command line.
-    let cmdline = std::fs::read(format!("/proc/{server}/cmdline")).unwrap();
-    assert!(
-        cmdline.starts_with(b"multiproc-forkserver"),
-        "{:?}",
-        String::from_utf8_lossy(&cmdline)
-    );
+    let mut child = Builder::new()
+        .name("a-named-child")
+        .spawn(sleep_ms, 10_000)
+        .unwrap();
+    assert!(eventually(T, || cmdline(child.pid()) == "a-named-child"));
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+    let server = fork_server_of(std::process::id()).expect("a fork server");
+    assert_eq!(cmdline(server), "mp-forkserver");
 }
 
 fn spawn_method_child() {

@@ -32,7 +32,7 @@ impl ForkServer {
             None => Ok(None),
             Some(sys::Forked::Child) => {
                 drop(ours);
-                sys::serve(theirs, Some(death))
+                sys::serve(theirs, Some(death), false)
             }
             Some(sys::Forked::Parent(pid)) => {
                 drop(theirs);

@@ -188,7 +188,7 @@ pub(crate) fn run_if_started() {
     match read_token(SERVER_TOKEN) {
         Token::Mine(control, death) => {
             let _ = identity();
-            sys::serve(control, death)
+            sys::serve(control, death, true)
         }
         Token::Broken(why) => abandon(&why),
         Token::NotMine => {}

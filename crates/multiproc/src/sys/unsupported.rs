@@ -249,7 +249,7 @@ pub(crate) unsafe fn fork_unchecked() -> io::Result<Forked> {
 pub(crate) fn exec_server(_: OwnedFd, _: OwnedFd) -> io::Result<(u32, OwnedFd)> {
     Err(unsupported())
 }
-pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>) -> ! {
+pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>, _: bool) -> ! {
     std::process::exit(1)
 }
 pub(crate) fn setup_forked_child(_: ForkedChildSetup) -> Result<(), String> {

@@ -39,7 +39,8 @@ struct Kid {
 }
 
 /// Runs the fork server on `control` until the parent goes away. Never returns.
-pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
+/// `executed`: the server was started by executing the program (rather than forked).
+pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) -> ! {
     if process::thread_count() != Some(1) {
         super::write_stderr(b"multiproc: the fork server must be single-threaded; exiting\n");
         exit_now(BOOTSTRAP_FAILURE);
@@ -57,6 +58,9 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
         }
     };
     process::set_name("mp-forkserver");
+    if executed {
+        process::set_cmdline("mp-forkserver");
+    }
     // SAFETY: setting signals to be ignored installs no handler code. Ctrl-C goes to the
     // whole foreground group and the parent decides what it means; the server writes
     // statuses to pipes whose reader may be gone, whatever the program chose for
@@ -70,6 +74,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
     let env = wire::env_block(std::env::vars_os());
     let info = ServerInfo {
         pid: process::getpid(),
+        executed,
         sigpipe,
         env: &env.0,
     };

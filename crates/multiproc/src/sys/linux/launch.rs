@@ -61,7 +61,8 @@ pub(crate) fn exec_server(control: OwnedFd, death: OwnedFd) -> io::Result<(u32, 
     let (control_raw, death_raw) = (control.as_raw_fd(), death.as_raw_fd());
     let mut command = Command::new("/proc/self/exe");
     command
-        .arg0("multiproc-forkserver")
+        // Room for the server's children to put their own names in `ps`.
+        .arg0(format!("multiproc-forkserver{:48}", ""))
         .env(SERVER_TOKEN, token)
         .env_remove(bootstrap::CHILD_TOKEN)
         .stdin(Stdio::null());
@@ -162,6 +163,9 @@ pub(crate) fn adopt_inherited_fd(raw: RawFd) -> Option<OwnedFd> {
 /// What a child of the fork server takes from it.
 pub(super) struct ServerInfo<'a> {
     pub(super) pid: u32,
+    /// The server was started by executing the program: its command line is its own,
+    /// and each child writes its name there (otherwise children show the program's).
+    pub(super) executed: bool,
     /// The program's own SIGPIPE disposition, which the server replaced.
     pub(super) sigpipe: libc::sighandler_t,
     /// The server's environment, as a block.
@@ -217,6 +221,9 @@ pub(super) fn become_requested(
     // SAFETY: likewise for the death pipe at DEATH_FD, when there is one.
     let death = has_death.then(|| unsafe { OwnedFd::from_raw_fd(DEATH_FD) });
     process::set_name(&request.name);
+    if server.executed {
+        process::set_cmdline(&request.name);
+    }
     if let Some(dir) = &request.cwd {
         let dir = OsString::from_vec(dir.0.clone());
         if let Err(e) = std::env::set_current_dir(&dir) {
