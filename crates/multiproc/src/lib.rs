@@ -7,8 +7,9 @@
 //!
 //! # Starting
 //!
-//! Call [`init`] first in `main`. In the program's own process it returns a guard; in a
-//! child it never returns (the child runs its function and exits):
+//! Call [`init`] early in `main`, before anything is spawned. It returns a guard that,
+//! dropped at the end of `main`, joins the children (and terminates daemon children) as
+//! Python does at exit:
 //!
 //! ```no_run
 //! fn main() {
@@ -16,6 +17,13 @@
 //!     // ... the program ...
 //! }
 //! ```
+//!
+//! A process that multiproc starts never runs `main`: a child forked by the fork server
+//! runs its function and exits, and a process started by executing the program afresh
+//! (a [`StartMethod::Spawn`] child, or a fork server the program started after it had
+//! threads) recognises itself in a constructor before `main`. So code before `init()`,
+//! a `#[tokio::main]` runtime, or the standard test harness calling `init()` from a
+//! test, are all fine.
 //!
 //! # Processes
 //!
@@ -285,7 +293,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-// The examples show `main` on purpose: `init()` must be its first call.
+// The examples show `main` on purpose: `init()` belongs at its start.
 #![allow(clippy::needless_doctest_main)]
 // Elsewhere the `sys` backend refuses to start processes, so the code that manages them
 // is unreachable there by design.

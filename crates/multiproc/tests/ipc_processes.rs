@@ -52,6 +52,14 @@ fn main() {
                 mismatched_types_are_decode_errors,
             ),
             trial("async_receive_under_tokio", async_receive_under_tokio),
+            trial(
+                "stopped_consumer_holds_up_no_timed_get",
+                stopped_consumer_holds_up_no_timed_get,
+            ),
+            trial(
+                "stopped_producer_holds_up_no_timed_put",
+                stopped_producer_holds_up_no_timed_put,
+            ),
             trial("no_descriptor_leaks", no_descriptor_leaks),
         ],
         helpers,
@@ -676,4 +684,135 @@ fn no_descriptor_leaks() {
     let (before, after) = fds.split_once(' ').unwrap();
     assert_eq!(before, after, "descriptors leaked");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// Takes items for ever (until killed).
+fn drain_forever(q: Queue<Vec<u8>>) {
+    loop {
+        let _ = q.get();
+    }
+}
+
+/// Puts copies of one item for ever (until killed).
+fn fill_forever((q, len): (Queue<Vec<u8>>, usize)) {
+    let item = vec![7u8; len];
+    loop {
+        let _ = q.put(item.clone());
+    }
+}
+
+/// Sends `signal` to `pid` and waits until its state says it took effect.
+fn stop_or_continue(pid: u32, stop: bool) {
+    let signal = if stop {
+        rustix::process::Signal::STOP
+    } else {
+        rustix::process::Signal::CONT
+    };
+    let p = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    rustix::process::kill_process(p, signal).expect("signal");
+    assert!(
+        common::eventually(T, || (common::state_of(pid) == 'T') == stop),
+        "process {pid} did not {}",
+        if stop { "stop" } else { "continue" }
+    );
+}
+
+/// How far past its own timeout a call may return on a busy machine (a call held up
+/// by the stopped peer would not return at all until it is continued).
+const SLACK: Duration = Duration::from_secs(2);
+
+/// Runs rounds of: stop `peer` at a random moment of its work, then check that
+/// `timed_calls` (which returns whether the stopped peer was seen holding things up,
+/// e.g. items waiting that could not be taken) returns in time; continue the peer.
+/// Runs `rounds` rounds, and more (up to ten times as many) until `want_caught` of them
+/// caught the peer inside the lock. Returns how many did.
+fn stop_rounds(
+    peer: u32,
+    rounds: usize,
+    want_caught: usize,
+    mut timed_calls: impl FnMut() -> bool,
+) -> usize {
+    let mut caught = 0;
+    for round in 0..rounds * 10 {
+        if round >= rounds && caught >= want_caught {
+            break;
+        }
+        let busy_until = Instant::now() + Duration::from_micros(fastrand::u64(0..2_000));
+        while Instant::now() < busy_until {
+            std::hint::spin_loop();
+        }
+        stop_or_continue(peer, true);
+        let started = Instant::now();
+        if timed_calls() {
+            caught += 1;
+        }
+        let took = started.elapsed();
+        stop_or_continue(peer, false);
+        assert!(
+            took < SLACK,
+            "timed calls took {took:?} with a stopped peer"
+        );
+    }
+    caught
+}
+
+/// A consumer and a producer run flat out on one queue; one of them is stopped at random
+/// moments, sometimes while it holds its side's lock, copying an item. The test's own
+/// timed and non-blocking calls on that side must return in time.
+fn stopped_peer_rounds(stop_consumer: bool) {
+    for len in [16usize, 1 << 20] {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let consumer = multiproc::spawn(drain_forever, q.clone()).unwrap();
+        let producer = multiproc::spawn(fill_forever, (q.clone(), len)).unwrap();
+        let peer = if stop_consumer {
+            consumer.pid()
+        } else {
+            producer.pid()
+        };
+        // Copying 1 MiB takes long enough that some stops land inside the lock; the
+        // rounds go on until a few did (small items are copied too fast to insist).
+        let want_caught = if len == 1 << 20 { 3 } else { 0 };
+        let caught = stop_rounds(peer, 100, want_caught, || {
+            let timeout = Duration::from_millis(50);
+            let t0 = Instant::now();
+            let (timed, tried) = if stop_consumer {
+                // The running producer keeps items waiting: only the consumers' lock
+                // can be in the way.
+                let waiting = !q.is_empty();
+                let timed = q.get_timeout(timeout).is_err();
+                let tried = q.try_get().is_err();
+                (waiting && timed, tried)
+            } else {
+                // The running consumer keeps room: only the producers' lock can be in
+                // the way.
+                let timed = q.put_timeout(vec![2u8; len], timeout).is_err();
+                let tried = q.try_put(vec![3u8; len]).is_err();
+                (timed, tried)
+            };
+            assert!(t0.elapsed() < timeout + SLACK);
+            timed && tried
+        });
+        for mut peer in [consumer, producer] {
+            peer.kill().unwrap();
+            let _ = peer.join_timeout(T);
+        }
+        let who = if stop_consumer {
+            "consumer"
+        } else {
+            "producer"
+        };
+        eprintln!("{len}-byte items: the {who} was stopped holding its lock {caught} times");
+        assert!(
+            caught >= want_caught,
+            "the {who} was caught holding its lock {caught} times, not {want_caught}"
+        );
+    }
+}
+
+fn stopped_consumer_holds_up_no_timed_get() {
+    stopped_peer_rounds(true);
+}
+
+fn stopped_producer_holds_up_no_timed_put() {
+    stopped_peer_rounds(false);
 }

@@ -51,6 +51,7 @@ fn main() {
                 "forged_call_messages_are_refused",
                 forged_call_messages_are_refused,
             ),
+            trial("tokens_meant_for_another_process", foreign_tokens),
             trial(
                 "replaced_executable_still_runs_its_code",
                 replaced_executable_still_runs_its_code,
@@ -60,6 +61,7 @@ fn main() {
                 killed_fork_server_is_replaced,
             ),
             trial("unusable_current_dir", unusable_current_dir),
+            trial("fork_failure_keeps_its_kind", fork_failure_keeps_its_kind),
         ],
         helpers,
         Duration::from_secs(600),
@@ -71,6 +73,8 @@ fn helpers(mode: &str) {
         "doomed_parent" => helper_doomed_parent(),
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
+        "main" => println!("main ran"),
+        "fork_limited" => helper_fork_limited(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -451,7 +455,9 @@ fn corrupt_bytes_from_child() {
 /// server would set; the bytes are what a broken or hostile parent might send.
 fn forged_child(bytes: &[u8]) -> (i32, String) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let token = format!("1:{}:0:-", std::process::id());
+    // The token names descriptor 0 and the identity of the socket found there.
+    let st = rustix::fs::fstat(&theirs).unwrap();
+    let token = format!("2:0:-:{}:{}", st.st_dev, st.st_ino);
     let child = Command::new(std::env::current_exe().unwrap())
         .env("MULTIPROC_CHILD", token)
         .stdin(std::os::fd::OwnedFd::from(theirs))
@@ -525,7 +531,7 @@ fn forged_call_messages_are_refused() {
         ),
         (
             "wrong executable",
-            frame(1, &call_body(1, [1, 2, 3, 4, 5, 6], b"")),
+            frame(1, &call_body(2, [1, 2, 3, 4, 5, 6], b"")),
             "different executable",
         ),
     ];
@@ -540,6 +546,47 @@ fn forged_call_messages_are_refused() {
     // Nothing at all: the parent went away before sending anything. Quietly out.
     let (code, _) = forged_child(b"");
     assert_eq!(code, 120);
+}
+
+/// A token names the identity of the descriptor it hands over. One inherited by some
+/// later process (whose descriptor 0 is something else) is not its: that process runs
+/// its own `main`. One whose descriptor is right but whose death pipe is missing is
+/// this process's, unusable: it exits with the bootstrap code, never running `main`.
+fn foreign_tokens() {
+    let run = |token: String, stdin: std::os::fd::OwnedFd| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env(common::HELPER_ENV, "main")
+            .env("MULTIPROC_CHILD", token)
+            .stdin(stdin)
+            .stdout(StdStdio::piped())
+            .stderr(StdStdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (_other, unrelated) = std::os::unix::net::UnixStream::pair().unwrap();
+    let st = rustix::fs::fstat(&theirs).unwrap();
+    // Meant for a process whose descriptor 0 was `theirs`; this one has `unrelated`.
+    let token = format!("2:0:-:{}:{}", st.st_dev, st.st_ino);
+    let (code, stdout, stderr) = run(token.clone(), unrelated.into());
+    assert_eq!((code, stdout.as_str()), (Some(0), "main ran\n"), "{stderr}");
+    // Malformed tokens are not anyone's.
+    for bad in ["", "2", "2:0:-", "x:0:-:1:2", "2:0:-:1:2:3", "1:1234:0:-"] {
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (code, stdout, _) = run(bad.to_string(), b.into());
+        assert_eq!((code, stdout.as_str()), (Some(0), "main ran\n"), "{bad:?}");
+    }
+    // This process's own token, with a death pipe (descriptor 9) that is not open.
+    let token = format!("2:0:9:{}:{}", st.st_dev, st.st_ino);
+    let (code, stdout, stderr) = run(token, theirs.into());
+    assert_eq!(code, Some(120), "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("descriptor 9 is not open"), "{stderr}");
 }
 
 fn answer(x: u32) -> String {
@@ -633,4 +680,49 @@ fn unusable_current_dir() {
     assert!(matches!(r, Err(SpawnError::CurrentDir { .. })), "{r:?}");
     let r = Builder::new().current_dir("/etc/hostname").spawn(answer, 1);
     assert!(matches!(r, Err(SpawnError::CurrentDir { .. })), "{r:?}");
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// In a cgroup that allows this process, its fork server and one child: the second
+/// child cannot be forked.
+fn helper_fork_limited() {
+    let cgroup = std::env::var("MP_TEST_CGROUP").unwrap();
+    let cgroup = std::path::Path::new(&cgroup);
+    let mut server = None;
+    // The server names itself right after it is forked.
+    common::eventually(T, || {
+        server = common::fork_server_of(std::process::id());
+        server.is_some()
+    });
+    let server = server.expect("fork server");
+    for pid in [std::process::id(), server] {
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+    std::fs::write(cgroup.join("pids.max"), "3").unwrap();
+    let mut first = multiproc::spawn(sleep_ms, 30_000).unwrap();
+    let second = multiproc::spawn(sleep_ms, 0);
+    match second {
+        Err(SpawnError::Io(e)) => println!("refused: {:?} {e}", e.kind()),
+        other => println!("not refused: {other:?}"),
+    }
+    first.kill().unwrap();
+    let _ = first.join_timeout(T);
+}
+
+/// The fork server's failure to fork reaches the caller as an `io::Error` of the
+/// system error's kind (`EAGAIN`: `WouldBlock`), not as `Other` with the errno in the
+/// text only.
+fn fork_failure_keeps_its_kind() {
+    let cgroup = common::TestCgroup::new("pids", "fork");
+    let mut helper = Helper::start_with(
+        "fork_limited",
+        std::env::current_exe().unwrap(),
+        &[("MP_TEST_CGROUP", cgroup.path.to_str().unwrap())],
+    );
+    let refused = helper.expect("refused:", T);
+    assert!(refused.starts_with("WouldBlock fork failed"), "{refused}");
+    assert!(helper.wait(T).success());
 }

@@ -55,6 +55,10 @@ fn main() {
                 "barrier_timeout_breaks_it_until_reset",
                 barrier_timeout_breaks_it_until_reset,
             ),
+            trial(
+                "barrier_party_stopped_holding_its_lock",
+                barrier_party_stopped_holding_its_lock,
+            ),
             trial("value_of_structs", value_of_structs),
             trial(
                 "array_of_100m_f64_written_in_halves",
@@ -945,4 +949,45 @@ fn no_descriptor_or_mapping_leaks() {
     assert_eq!(parts[0], parts[1], "descriptors leaked: {line}");
     assert_eq!(parts[3], parts[4], "mappings leaked: {line}");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// Resets the barrier for ever (until killed): most of its time is spent holding the
+/// barrier's state lock.
+fn reset_forever(barrier: Barrier) {
+    loop {
+        barrier.reset();
+    }
+}
+
+/// A process stopped (`SIGSTOP`) while it holds the barrier's state lock does not hold
+/// up a timed wait past its deadline: the wait fails (`Timeout`, or `Broken` when the
+/// process broke it by resetting a wait in progress), in time, 100 times over.
+fn barrier_party_stopped_holding_its_lock() {
+    let barrier = Barrier::new(2).unwrap();
+    let mut resetter = multiproc::spawn(reset_forever, barrier.clone()).unwrap();
+    let pid = resetter.pid();
+    let signal = |sig| {
+        let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(p, sig).unwrap();
+    };
+    for _ in 0..100 {
+        let spin_until = Instant::now() + Duration::from_micros(fastrand::u64(0..1_000));
+        while Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
+        signal(rustix::process::Signal::STOP);
+        assert!(common::eventually(T, || common::state_of(pid) == 'T'));
+        let t0 = Instant::now();
+        let r = barrier.wait_timeout(Duration::from_millis(50));
+        let took = t0.elapsed();
+        signal(rustix::process::Signal::CONT);
+        assert!(common::eventually(T, || common::state_of(pid) != 'T'));
+        assert!(
+            matches!(r, Err(BarrierError::Timeout | BarrierError::Broken)),
+            "{r:?}"
+        );
+        assert!(took < Duration::from_secs(2), "the wait took {took:?}");
+    }
+    resetter.kill().unwrap();
+    let _ = resetter.join_timeout(T);
 }

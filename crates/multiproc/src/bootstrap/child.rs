@@ -131,6 +131,10 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
     };
     let payload_at = frame.body.len() - parts.payload.len();
     let entry = header.entry;
+    let setup = match header.setup {
+        Some(offset) => Some(sys::fn_at(offset, &proof)),
+        None => super::setup(),
+    };
     let name = header.name.clone();
     {
         let mut st = super::state();
@@ -151,7 +155,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         );
     }
     sys::set_name(&name);
-    if let Some(setup) = super::setup()
+    if let Some(setup) = setup
         && let Err(payload) = panic::catch_unwind(setup)
     {
         let why = format!(

@@ -32,7 +32,7 @@ impl ForkServer {
             None => Ok(None),
             Some(sys::Forked::Child) => {
                 drop(ours);
-                sys::serve(theirs, Some(death))
+                sys::serve(theirs, Some(death), false)
             }
             Some(sys::Forked::Parent(pid)) => {
                 drop(theirs);
@@ -90,7 +90,7 @@ impl ForkServer {
             )));
         }
         let reply: ForkReply = postcard::from_bytes(&frame.body).map_err(io::Error::other)?;
-        let pid = reply.map_err(io::Error::other)?;
+        let pid = reply.map_err(messages::Refusal::into_io)?;
         let pidfd = frame
             .fds
             .into_iter()

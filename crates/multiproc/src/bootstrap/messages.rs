@@ -8,7 +8,7 @@ use super::RemotePanic;
 use crate::sys::Entry;
 
 /// Version of the call layout; a child refuses any other.
-pub(crate) const PROTOCOL: u32 = 1;
+pub(crate) const PROTOCOL: u32 = 2;
 
 /// Parent → child: the call. Body: [`CallPrefix`] then the encoded arguments.
 pub(crate) const CALL: u8 = 1;
@@ -53,6 +53,9 @@ pub(crate) const PREFIX_LEN: usize = 4 + 6 * 8 + 4;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CallHeader {
     pub(crate) entry: Entry,
+    /// The setup function given to `init_with`, as an offset like the entry's: a child
+    /// started by executing the program never ran `init_with` itself.
+    pub(crate) setup: Option<u64>,
     pub(crate) name: String,
     pub(crate) daemon: bool,
     /// Position among its ancestors' children, as in Python (`Process-1:2`).
@@ -188,7 +191,39 @@ pub(crate) fn env_entries(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> 
 }
 
 /// Fork server → parent: the child's pid, or why there is none.
-pub(crate) type ForkReply = Result<u32, String>;
+pub(crate) type ForkReply = Result<u32, Refusal>;
+
+/// Why the fork server could not start a child: the system error's number when there
+/// was one (so the parent's error keeps its kind: out of processes, out of memory) and
+/// what failed.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Refusal {
+    pub(crate) errno: Option<i32>,
+    pub(crate) why: String,
+}
+
+impl Refusal {
+    /// A refusal because `what` failed with `e`.
+    pub(crate) fn os(what: &str, e: &std::io::Error) -> Self {
+        Refusal {
+            errno: e.raw_os_error(),
+            why: format!("{what}: {e}"),
+        }
+    }
+
+    /// A refusal without a system error.
+    pub(crate) fn other(why: String) -> Self {
+        Refusal { errno: None, why }
+    }
+
+    /// The error the parent reports: of the system error's kind, with the whole story.
+    pub(crate) fn into_io(self) -> std::io::Error {
+        let kind = self.errno.map_or(std::io::ErrorKind::Other, |n| {
+            std::io::Error::from_raw_os_error(n).kind()
+        });
+        std::io::Error::new(kind, self.why)
+    }
+}
 
 /// Converts a path to bytes for the wire (paths need not be UTF-8).
 pub(crate) fn path_bytes(p: PathBuf) -> Bytes {

@@ -58,9 +58,10 @@ pub(crate) fn at_exit_handle_children(f: fn()) {
 }
 
 /// Runs when the process that called `init` exits, and when a child's function returns:
-/// handles the children (daemons terminated, the others joined), then stops the fork
-/// server. Doing it again does nothing.
+/// from now on no process is started; the children are handled (daemons terminated, the
+/// others joined), then the fork server is stopped. Doing it again does nothing.
 pub(crate) fn exit_function() {
+    begin_exit();
     if let Some(handle_children) = HANDLE_CHILDREN.get() {
         handle_children();
     }
@@ -73,6 +74,8 @@ pub(crate) fn exit_function() {
 /// Set once per process image: what to run before each child's function.
 static SETUP: OnceLock<Option<fn()>> = OnceLock::new();
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// Set when the exit work begins; see [`begin_exit`].
+static EXITING: AtomicBool = AtomicBool::new(false);
 static IDENTITY: OnceLock<[u64; 6]> = OnceLock::new();
 /// Default names count children in start order: `Process-1`, `Process-2`, ...
 static NEXT_CHILD: AtomicU32 = AtomicU32::new(1);
@@ -133,16 +136,30 @@ pub(crate) fn me_lock() -> MutexGuard<'static, Option<Arc<Me>>> {
     unpoisoned::lock(&ME)
 }
 
-/// Starts multiproc in this process. Call it first in `main`.
+/// Starts multiproc in this process. Call it early in `main`, before spawning anything.
 ///
-/// In the parent it returns a guard (keep it until `main` ends). In a child process it
-/// never returns: the child runs the function it was started for and exits. Code before
-/// `init()` runs in every child that is started by re-execution, so put nothing there.
+/// In the parent it returns a guard. In a process that multiproc started it never
+/// returns: such a process runs the function it was started for and exits. A process
+/// started by executing the program afresh (a [`StartMethod::Spawn`](crate::StartMethod)
+/// child, or a fork server started by exec) recognises itself even before `main`, from
+/// a constructor, so no code of `main` runs in it: not what comes before `init()`, and
+/// not a `#[tokio::main]` runtime's threads either. Where constructors do not run,
+/// `init()` does the same.
+///
+/// The guard returned on the main thread runs the exit work when it is dropped at the
+/// end of `main` (daemon children are terminated, the others joined, as Python does at
+/// exit); the same work runs if the process calls [`std::process::exit`] instead. A
+/// guard returned on another thread (a test of the standard test harness calls `init()`
+/// on its own thread) does nothing when dropped: the exit work waits for the process to
+/// exit. After the exit work has begun, no process can be started
+/// ([`SpawnError::Exiting`](crate::SpawnError::Exiting)).
 ///
 /// If the process has a single thread at this point, `init` also forks the fork server
 /// that starts children for [`StartMethod::ForkServer`](crate::StartMethod) and
-/// [`StartMethod::Spawn`](crate::StartMethod); otherwise the server is started later by
-/// re-executing this program. Calling `init` again returns a guard that does nothing.
+/// [`StartMethod::Spawn`](crate::StartMethod): its memory is then the program as it was
+/// when `init` ran, which is why `init` belongs early in `main`. Otherwise the server is
+/// started later by executing this program again. Calling `init` again returns a guard
+/// that does nothing.
 ///
 /// # Examples
 ///
@@ -176,13 +193,67 @@ pub fn init_with(setup: fn()) -> Init {
     init_inner(Some(setup))
 }
 
+/// What an environment token says about this process.
+enum Token {
+    /// Meant for this process: the descriptors its parent passed, checked and adopted.
+    Mine(OwnedFd, Option<OwnedFd>),
+    /// Meant for this process (its channel is the one the token names), but unusable.
+    Broken(String),
+    /// Absent, malformed, or inherited from an ancestor and meant for another process.
+    NotMine,
+}
+
+/// Runs what this process was started for if multiproc started it by executing the
+/// program: a child's call, or a fork server's loop; it never returns then, whatever
+/// happened to its parent meanwhile (a child whose parent is gone finds its channel
+/// closed and exits). Runs from a constructor before `main`, and again from `init()`
+/// where constructors do not run.
+pub(crate) fn run_if_started() {
+    // Before anything forks or runs a call: every process of the program (children and
+    // the fork server included) reports the named segments it creates to its server.
+    shm::named::set_tracker(shm::named::Tracker { track, untrack });
+    match read_token(CHILD_TOKEN) {
+        Token::Mine(channel, death) => child::run_exec(channel, death),
+        Token::Broken(why) => abandon(&why),
+        Token::NotMine => {}
+    }
+    match read_token(SERVER_TOKEN) {
+        Token::Mine(control, death) => {
+            let _ = identity();
+            sys::serve(control, death, true)
+        }
+        Token::Broken(why) => abandon(&why),
+        Token::NotMine => {}
+    }
+}
+
+// Before `main`, so that a process started by executing the program runs none of it.
+// `late`: constructors the program itself registers run first, as they would before
+// `main`.
+#[ctor::ctor(unsafe, priority = late)]
+fn recognise_before_main() {
+    run_if_started();
+}
+
+/// A process multiproc started cannot do what it was started for: it says why and exits
+/// (never returning to `main`).
+fn abandon(why: &str) -> ! {
+    let line = format!(
+        "multiproc: process {} was started by multiproc but cannot run: {why}\n",
+        sys::getpid()
+    );
+    sys::write_stderr(line.as_bytes());
+    sys::exit_now(BOOTSTRAP_FAILURE)
+}
+
 /// Whether this process was started by a multiproc parent (a child or a fork server
-/// started by executing the program), as the token it was given says.
+/// started by executing the program), as a token meant for it says.
 pub(crate) fn started_by_multiproc() -> bool {
     [CHILD_TOKEN, SERVER_TOKEN].iter().any(|name| {
         std::env::var_os(name)
-            .and_then(|t| t.to_str()?.split(':').nth(1)?.parse::<u32>().ok())
-            .is_some_and(|ppid| sys::getppid() == Some(ppid))
+            .as_ref()
+            .and_then(split_token)
+            .is_some_and(|t| t.is_mine())
     })
 }
 
@@ -191,20 +262,7 @@ fn init_inner(setup: Option<fn()>) -> Init {
     if INITIALIZED.swap(true, Ordering::SeqCst) {
         return Init { owner: false };
     }
-    // Before anything forks or runs a call: every process of the program (children and
-    // the fork server included) reports the named segments it creates to its server.
-    shm::named::set_tracker(shm::named::Tracker { track, untrack });
-    if let Some(token) = sys::take_env(CHILD_TOKEN)
-        && let Some((channel, death)) = parse_token(&token)
-    {
-        child::run_exec(channel, death);
-    }
-    if let Some(token) = sys::take_env(SERVER_TOKEN)
-        && let Some((control, death)) = parse_token(&token)
-    {
-        let _ = identity();
-        sys::serve(control, death);
-    }
+    run_if_started();
     let _ = identity();
     *me_lock() = Some(Arc::new(main_process()));
     let death = death_read_end(&mut state());
@@ -221,7 +279,9 @@ fn init_inner(setup: Option<fn()>) -> Init {
     if let Some(setup) = setup {
         setup();
     }
-    Init { owner: true }
+    Init {
+        owner: sys::is_main_thread(),
+    }
 }
 
 extern "C" fn exit_hook() {
@@ -232,36 +292,82 @@ extern "C" fn exit_hook() {
     }
 }
 
-/// Parses `PROTOCOL:PPID:FD:FD-or-dash`, checking that the token was meant for this
-/// process (a token inherited by a grandchild names another parent and is ignored).
-fn parse_token(token: &OsString) -> Option<(OwnedFd, Option<OwnedFd>)> {
+/// A token's fields: `PROTOCOL:FD:FD-or-dash:DEV:INO`, where `DEV:INO` identify the file
+/// the parent passed at the first descriptor.
+struct TokenFields {
+    first: i32,
+    second: Option<i32>,
+    id: (u64, u64),
+}
+
+impl TokenFields {
+    /// Whether the first descriptor is the file the token names: only the process the
+    /// token was made for has it (a descendant that inherited the variable does not).
+    fn is_mine(&self) -> bool {
+        sys::inherited_fd_id(self.first) == Some(self.id)
+    }
+}
+
+fn split_token(token: &OsString) -> Option<TokenFields> {
     let token = token.to_str()?;
     let mut parts = token.split(':');
     let version: u32 = parts.next()?.parse().ok()?;
-    let ppid: u32 = parts.next()?.parse().ok()?;
     let first: i32 = parts.next()?.parse().ok()?;
-    let second = parts.next()?;
-    if version != messages::PROTOCOL || parts.next().is_some() || sys::getppid() != Some(ppid) {
-        return None;
-    }
-    let second = match second {
+    let second = match parts.next()? {
         "-" => None,
         n => Some(n.parse::<i32>().ok()?),
     };
-    let first = sys::adopt_inherited_fd(first)?;
-    let second = match second {
-        Some(fd) => Some(sys::adopt_inherited_fd(fd)?),
-        None => None,
-    };
-    Some((first, second))
+    let dev: u64 = parts.next()?.parse().ok()?;
+    let ino: u64 = parts.next()?.parse().ok()?;
+    if version != messages::PROTOCOL || parts.next().is_some() {
+        return None;
+    }
+    Some(TokenFields {
+        first,
+        second,
+        id: (dev, ino),
+    })
 }
 
-/// Formats a token for a process whose parent will be `ppid`.
-pub(crate) fn format_token(ppid: u32, first: i32, second: Option<i32>) -> String {
-    match second {
-        Some(fd) => format!("{}:{ppid}:{first}:{fd}", messages::PROTOCOL),
-        None => format!("{}:{ppid}:{first}:-", messages::PROTOCOL),
+/// Reads (and removes) the token `name`, and checks whether it was meant for this
+/// process by the identity of the descriptor it names, not by the parent's pid: a
+/// process whose parent died before it got here is still the one the token was made for.
+fn read_token(name: &str) -> Token {
+    let Some(fields) = sys::take_env(name).as_ref().and_then(split_token) else {
+        return Token::NotMine;
+    };
+    if !fields.is_mine() {
+        return Token::NotMine;
     }
+    let Some(first) = sys::adopt_inherited_fd(fields.first) else {
+        return Token::Broken(format!("descriptor {} cannot be adopted", fields.first));
+    };
+    let second = match fields.second {
+        None => None,
+        Some(fd) => match sys::adopt_inherited_fd(fd) {
+            Some(fd) => Some(fd),
+            None => return Token::Broken(format!("descriptor {fd} is not open")),
+        },
+    };
+    Token::Mine(first, second)
+}
+
+/// Formats a token naming the descriptors a process will find at `first` and `second`;
+/// `id` is the identity (device, inode) of the file at `first`.
+pub(crate) fn format_token(first: i32, second: Option<i32>, id: (u64, u64)) -> String {
+    let second = second.map_or_else(|| "-".to_owned(), |fd| fd.to_string());
+    format!("{}:{first}:{second}:{}:{}", messages::PROTOCOL, id.0, id.1)
+}
+
+/// Notes that this process's exit work has begun: from now on no process is started
+/// (a pool that loses its workers at exit must not start a fork server on the way out).
+pub(crate) fn begin_exit() {
+    EXITING.store(true, Ordering::SeqCst);
+}
+
+/// Whether this process's exit work has begun.
+pub(crate) fn exiting() -> bool {
+    EXITING.load(Ordering::SeqCst)
 }
 
 /// Whether `init` has run in this process.
@@ -309,6 +415,10 @@ pub(crate) fn become_child(st: &mut State, me_slot: &mut Option<Arc<Me>>, me: Me
     st.death = None;
     st.tracked.clear();
     *me_slot = Some(Arc::new(me));
+    // A child may start children of its own, whether or not `init` ran in this image
+    // (an executed child recognised itself before `main`).
+    INITIALIZED.store(true, Ordering::SeqCst);
+    EXITING.store(false, Ordering::SeqCst);
     NEXT_CHILD.store(1, Ordering::Relaxed);
     OWNER_PID.store(0, Ordering::SeqCst);
 }
@@ -361,6 +471,11 @@ fn server_call<T>(
 ) -> io::Result<T> {
     for attempt in 0..2 {
         if st.server.is_none() {
+            if exiting() {
+                return Err(io::Error::other(
+                    "the program is exiting: no fork server is started any more",
+                ));
+            }
             let death = death_read_end(st)?;
             let mut server = ForkServer::exec_now(death)?;
             // A new server must learn what the one it replaces was tracking.
@@ -374,9 +489,14 @@ fn server_call<T>(
         };
         match f(server) {
             Ok(v) => return Ok(v),
-            Err(e) if attempt == 0 && forkserver::is_server_gone(&e) => {
+            Err(e) if forkserver::is_server_gone(&e) => {
+                // Reap it now: a server that died must not stay a zombie, holding its
+                // descriptors, until the next spawn.
                 if let Some(old) = st.server.take() {
                     old.shut_down();
+                }
+                if attempt > 0 {
+                    return Err(e);
                 }
             }
             Err(e) => return Err(e),

@@ -41,6 +41,10 @@ pub enum SpawnError {
     /// Processes cannot be created on this platform.
     #[error("unsupported on this platform: {0}")]
     Unsupported(&'static str),
+    /// This process's exit work has begun (the guard from `init()` was dropped at the end
+    /// of `main`, or the process is exiting): no process is started any more.
+    #[error("the program is exiting: no process can be started any more")]
+    Exiting,
     /// The operating system refused (out of processes, descriptors or memory, or the
     /// fork server could not be started).
     #[error(transparent)]

@@ -312,6 +312,7 @@ impl Builder {
         };
         let header = messages::CallHeader {
             entry,
+            setup: bootstrap::setup().and_then(|f| sys::fn_offset(f).ok()),
             name: name.clone(),
             daemon: self.daemon,
             lineage: lineage(&me, number),
@@ -485,6 +486,9 @@ impl Builder {
         }
         if !bootstrap::initialized() {
             return Err(SpawnError::NotInitialized);
+        }
+        if bootstrap::exiting() {
+            return Err(SpawnError::Exiting);
         }
         let me = bootstrap::me();
         if me.depth >= MAX_DEPTH {

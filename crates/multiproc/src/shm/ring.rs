@@ -53,11 +53,12 @@ impl<'a> Ring<'a> {
         Some(Tail { ring: self })
     }
 
-    /// Takes the consumers' lock.
-    pub(crate) fn lock_head(&self) -> Head<'_, 'a> {
-        // Waiting without a deadline always ends with the lock.
-        let _ = self.header().head_lock.0.lock(None);
-        Head { ring: self }
+    /// Takes the consumers' lock, waiting until `deadline` at most: a consumer stopped
+    /// (`SIGSTOP`, a debugger) while it holds the lock must not hold up a timed or
+    /// non-blocking receive.
+    pub(crate) fn lock_head(&self, deadline: Option<Instant>) -> Option<Head<'_, 'a>> {
+        self.header().head_lock.0.lock(deadline)?;
+        Some(Head { ring: self })
     }
 
     /// Whether something is published that consumers have not taken.

@@ -31,6 +31,9 @@ const SPIN: Duration = Duration::from_micros(20);
 /// time, up to `MAX_CHECK`.
 const FIRST_CHECK: Duration = Duration::from_millis(5);
 const MAX_CHECK: Duration = Duration::from_millis(100);
+/// How long a timed wait whose deadline has passed still waits for the state lock: the
+/// holder of a lock that is merely busy lets go within microseconds.
+const LATE_LOCK_PATIENCE: Duration = Duration::from_millis(1);
 
 const PENDING: u32 = 0;
 const PASSED: u32 = 1;
@@ -203,7 +206,9 @@ impl Barrier {
         let w = self.words();
         let parties = self.parties();
         let me = sys::thread_identity();
-        let state = self.lock_state();
+        let Some(state) = self.lock_state_by(deadline) else {
+            return Err(self.time_out_unlocked(None));
+        };
         if w.broken.load(SeqCst) != 0 {
             return Err(BarrierError::Broken);
         }
@@ -231,16 +236,26 @@ impl Barrier {
         spin_until(deadline.map_or(spin_end, |d| d.min(spin_end)), moved);
         let mut check_every = FIRST_CHECK;
         let mut next_check = Instant::now() + check_every;
+        // The lock, waiting no longer than this wait may; `None` once the deadline
+        // has passed (then with a moment's patience for a holder that is merely busy).
+        let lock_in_time = || {
+            let by = deadline.map(|d| d.max(Instant::now() + LATE_LOCK_PATIENCE));
+            self.lock_state_by(by)
+        };
         loop {
             if moved() {
-                let _state = self.lock_state();
+                let Some(_state) = lock_in_time() else {
+                    return Err(self.time_out_unlocked(Some(slot)));
+                };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
                 }
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                let _state = self.lock_state();
+                let Some(_state) = lock_in_time() else {
+                    return Err(self.time_out_unlocked(Some(slot)));
+                };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
                 }
@@ -248,7 +263,9 @@ impl Barrier {
                 return Err(BarrierError::Timeout);
             }
             if now >= next_check {
-                let _state = self.lock_state();
+                let Some(_state) = lock_in_time() else {
+                    return Err(self.time_out_unlocked(Some(slot)));
+                };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
                 }
@@ -339,17 +356,35 @@ impl Barrier {
     /// Takes the lock on the barrier's state. If its holder died in the middle of an
     /// update, the state cannot be trusted: the barrier breaks.
     fn lock_state(&self) -> StateGuard<'_> {
-        let w = self.words();
-        let got = loop {
-            if let Some(got) = w.lock.lock(None) {
-                break got;
+        loop {
+            if let Some(guard) = self.lock_state_by(None) {
+                return guard;
             }
-        };
+        }
+    }
+
+    /// As [`lock_state`](Self::lock_state), waiting until `deadline` at most: a party
+    /// stopped (`SIGSTOP`, a debugger) while it holds the lock must not hold up a timed
+    /// wait past its deadline.
+    fn lock_state_by(&self, deadline: Option<Instant>) -> Option<StateGuard<'_>> {
+        let got = self.words().lock.lock(deadline)?;
         let guard = StateGuard(self);
         if got == Acquired::OwnerDied {
             self.break_locked();
         }
-        guard
+        Some(guard)
+    }
+
+    /// A timed wait is over and the state lock is held by someone who does not let go
+    /// (stopped): the barrier breaks without it, as a timeout breaks it (the holder and
+    /// every later wait see `broken`), and this party stops counting as waiting.
+    fn time_out_unlocked(&self, slot: Option<&BarrierSlot>) -> BarrierError {
+        let w = self.words();
+        w.broken.store(1, SeqCst);
+        if let Some(slot) = slot {
+            slot.waiting.store(0, SeqCst);
+        }
+        BarrierError::Timeout
     }
 }
 

@@ -166,9 +166,6 @@ pub(crate) fn child_stdio(
 pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
-pub(crate) fn getppid() -> Option<u32> {
-    None
-}
 pub(crate) fn is_main_thread() -> bool {
     true
 }
@@ -211,6 +208,12 @@ pub(crate) fn task_entry<A: DeserializeOwned, R: Serialize>(
 pub(crate) fn run_task(_: Entry, proof: &SameImage, _: &[u8], _: Vec<OwnedFd>) -> Invoked {
     match proof.0 {}
 }
+pub(crate) fn fn_offset(_: fn()) -> Result<u64, NotInImage> {
+    Err(NotInImage)
+}
+pub(crate) fn fn_at(_: u64, proof: &SameImage) -> fn() {
+    match proof.0 {}
+}
 pub(crate) fn verify_image(_: &[u64; 6]) -> Result<SameImage, String> {
     Err(WHY.into())
 }
@@ -221,6 +224,9 @@ pub(crate) fn take_env(_: &str) -> Option<OsString> {
     None
 }
 pub(crate) fn adopt_inherited_fd(_: i32) -> Option<OwnedFd> {
+    None
+}
+pub(crate) fn inherited_fd_id(_: i32) -> Option<(u64, u64)> {
     None
 }
 pub(crate) fn at_exit(_: extern "C" fn()) {}
@@ -243,7 +249,7 @@ pub(crate) unsafe fn fork_unchecked() -> io::Result<Forked> {
 pub(crate) fn exec_server(_: OwnedFd, _: OwnedFd) -> io::Result<(u32, OwnedFd)> {
     Err(unsupported())
 }
-pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>) -> ! {
+pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>, _: bool) -> ! {
     std::process::exit(1)
 }
 pub(crate) fn setup_forked_child(_: ForkedChildSetup) -> Result<(), String> {

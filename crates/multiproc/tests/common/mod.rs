@@ -15,6 +15,24 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 pub const HELPER_ENV: &str = "MULTIPROC_TEST_HELPER";
+/// With this set to a file, every run of a test binary's `main` appends `pre PID` before
+/// `init()` and `post PID` after it: a process multiproc started must add nothing.
+pub const MAIN_MARKER_ENV: &str = "MULTIPROC_TEST_MAIN_MARKER";
+
+/// Appends `what PID` to the main marker file, if one is set.
+pub fn mark_main(what: &str) {
+    if let Some(path) = std::env::var_os(MAIN_MARKER_ENV) {
+        let line = format!("{what} {}\n", std::process::id());
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .expect("open the main marker");
+        // One write of one short line with O_APPEND: lines from processes never mix.
+        file.write_all(line.as_bytes())
+            .expect("write the main marker");
+    }
+}
 
 /// Runs the tests, or the helper mode this process was started for. Aborts the whole
 /// binary if it runs for longer than `limit`: every wait in the tests has its own
@@ -35,7 +53,9 @@ pub fn main_checked(
     limit: Duration,
     before: fn() -> AfterCheck,
 ) {
+    mark_main("pre");
     let _guard = multiproc::init_with(setup);
+    mark_main("post");
     if let Ok(mode) = std::env::var(HELPER_ENV) {
         helpers(&mode);
         return;
@@ -323,33 +343,80 @@ pub fn kill_and_reap(p: u32) {
     reap(p);
 }
 
-/// `(pid, parent pid, state, command name)` of every process.
-pub fn processes() -> Vec<(u32, u32, char, String)> {
+/// One process as `/proc/PID/stat` shows it.
+struct Stat {
+    pid: u32,
+    ppid: u32,
+    pgrp: u32,
+    state: char,
+    comm: String,
+}
+
+/// Every process. Panics if `/proc` cannot be read: a check that cannot look must not
+/// pass.
+fn stats() -> Vec<Stat> {
+    let dir = std::fs::read_dir("/proc").expect("read /proc");
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
     for entry in dir.flatten() {
-        let Some(p) = entry
+        let Some(pid) = entry
             .file_name()
             .to_str()
             .and_then(|s| s.parse::<u32>().ok())
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+        // A process may end between the listing and this read.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
+            panic!("unexpected /proc/{pid}/stat: {stat}");
         };
-        let comm = stat[open + 1..close].to_string();
         let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push((p, ppid, state, comm));
+        let mut field = || {
+            rest.next()
+                .unwrap_or_else(|| panic!("short /proc/{pid}/stat"))
+        };
+        let state = field().chars().next().unwrap_or('?');
+        let ppid = field().parse().expect("ppid");
+        let pgrp = field().parse().expect("pgrp");
+        out.push(Stat {
+            pid,
+            ppid,
+            pgrp,
+            state,
+            comm: stat[open + 1..close].to_string(),
+        });
     }
     out
+}
+
+/// `(pid, parent pid, state, command name)` of every process.
+pub fn processes() -> Vec<(u32, u32, char, String)> {
+    stats()
+        .into_iter()
+        .map(|s| (s.pid, s.ppid, s.state, s.comm))
+        .collect()
+}
+
+/// The state letter of process `pid` (`/proc/PID/stat`): `T` when stopped, `Z` when a
+/// zombie. Panics if it cannot be read.
+pub fn state_of(pid: u32) -> char {
+    stats()
+        .into_iter()
+        .find(|s| s.pid == pid)
+        .unwrap_or_else(|| panic!("no process {pid}"))
+        .state
+}
+
+/// `(pid, state, command name)` of every process in process group `group`, zombies
+/// included.
+pub fn group_members(group: u32) -> Vec<(u32, char, String)> {
+    stats()
+        .into_iter()
+        .filter(|s| s.pgrp == group)
+        .map(|s| (s.pid, s.state, s.comm))
+        .collect()
 }
 
 /// Every process below `root` (children, grandchildren, ...).
@@ -452,4 +519,86 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A cgroup made for a test under this process's own cgroup of one controller (`pids`,
+/// `memory`), on a cgroup v1 hierarchy of its own or the v2 unified one; removed when
+/// dropped, once the processes in it are gone. Making one needs the right to write to
+/// the cgroup tree (root, or a delegated subtree): without it the test fails and says
+/// so, it does not skip.
+pub struct TestCgroup {
+    pub path: std::path::PathBuf,
+    pub v2: bool,
+}
+
+impl TestCgroup {
+    pub fn new(controller: &str, tag: &str) -> TestCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let mut tried = Vec::new();
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, list, path) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            let path = path.trim_start_matches('/');
+            let (base, v2) = if list.split(',').any(|c| c == controller) {
+                (
+                    std::path::Path::new("/sys/fs/cgroup")
+                        .join(controller)
+                        .join(path),
+                    false,
+                )
+            } else if list.is_empty() {
+                let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                    .into_iter()
+                    .map(std::path::Path::new)
+                    .find(|p| p.join("cgroup.controllers").exists());
+                let Some(root) = unified else { continue };
+                let controllers =
+                    std::fs::read_to_string(root.join(path).join("cgroup.controllers"))
+                        .unwrap_or_default();
+                if !controllers.split_whitespace().any(|c| c == controller) {
+                    tried.push(format!(
+                        "v2 at {}: no {controller} controller",
+                        root.display()
+                    ));
+                    continue;
+                }
+                (root.join(path), true)
+            } else {
+                continue;
+            };
+            let dir = base.join(format!("mp-test-{tag}-{}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return TestCgroup { path: dir, v2 },
+                Err(e) => tried.push(format!("{}: {e}", dir.display())),
+            }
+        }
+        panic!(
+            "this test needs a {controller} cgroup it may create (run the tests as root, or \
+             in a delegated cgroup subtree); tried: {tried:?}"
+        );
+    }
+
+    /// Writes `value` to the cgroup's file `name`.
+    pub fn set(&self, name: &str, value: &str) {
+        std::fs::write(self.path.join(name), value)
+            .unwrap_or_else(|e| panic!("write {value} to {}/{name}: {e}", self.path.display()));
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn add(&self, pid: u32) {
+        self.set("cgroup.procs", &pid.to_string());
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The processes that were in it must be gone (or moved) first.
+        let _ = eventually(Duration::from_secs(10), || {
+            std::fs::remove_dir(&self.path).is_ok()
+        });
+    }
 }

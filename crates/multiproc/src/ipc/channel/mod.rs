@@ -28,6 +28,20 @@ const MAX_RING: usize = 1 << 40;
 /// How long a receiver (or a sender waiting for room) spins before it sleeps: long
 /// enough to catch a reply from a peer that is running, short next to a sleep.
 const SPIN: Duration = Duration::from_micros(30);
+/// How long a non-blocking send or receive waits for the producers' or consumers' lock:
+/// long enough for another to copy a small message, short enough that one stopped while
+/// holding it (`SIGSTOP`, a debugger, a frozen cgroup) does not make `try_` calls block.
+const TRY_LOCK_PATIENCE: Duration = Duration::from_micros(100);
+
+/// Until when to wait for the producers' or consumers' lock: a non-blocking call waits
+/// [`TRY_LOCK_PATIENCE`] (another side holds it for the microseconds a copy takes), the
+/// others as long as they may wait at all.
+fn lock_deadline(wait: Deadline) -> Option<Instant> {
+    match wait {
+        Deadline::Now => Some(Instant::now() + TRY_LOCK_PATIENCE),
+        _ => wait.instant(),
+    }
+}
 /// The longest a sleeper sleeps before looking again. Doorbells are shared by every
 /// sleeper of a side, and one that resets a bell can, in a narrow window, leave another
 /// asleep while an item waits (the resetter always takes it, so nothing is lost); this
@@ -295,7 +309,7 @@ impl RawSender {
                 let ring = core.ring();
                 // A producer that died holding the lock had published nothing half-way:
                 // taking over needs no repair (see README).
-                let Some(mut tail) = ring.lock_tail(wait.instant()) else {
+                let Some(mut tail) = ring.lock_tail(lock_deadline(wait)) else {
                     return Err(SendFail::Full);
                 };
                 if let Some(mut slot) = tail.reserve(len, core.max_items) {
@@ -344,7 +358,7 @@ impl RawSender {
         loop {
             let sent = {
                 let ring = core.ring();
-                let Some(mut tail) = ring.lock_tail(wait.instant()) else {
+                let Some(mut tail) = ring.lock_tail(lock_deadline(wait)) else {
                     return Err((msg, SendFail::Full));
                 };
                 match tail.reserve(8, core.max_items) {
@@ -467,8 +481,13 @@ impl RawReceiver {
         let core = &*self.core;
         let h = core.header();
         loop {
-            if let Some(r) = self.try_take(decode)? {
+            if let Some(r) = self.try_take(wait, decode)? {
                 return Ok(r);
+            }
+            // A message is there but another consumer holds the lock (it may be stopped
+            // in the middle of copying one out): the time is up.
+            if wait.passed() && core.ring().has_data() {
+                return Err(RecvFail::Empty);
             }
             if matches!(wait, Deadline::Now) {
                 // As crossbeam does: an empty channel with no senders is disconnected.
@@ -491,10 +510,12 @@ impl RawReceiver {
             }
             if Core::all_gone(&core.senders) {
                 // Whatever they sent before they went is still ours.
-                if let Some(r) = self.try_take(decode)? {
+                if let Some(r) = self.try_take(wait, decode)? {
                     return Ok(r);
                 }
-                return Err(RecvFail::Disconnected);
+                if !ring.has_data() {
+                    return Err(RecvFail::Disconnected);
+                }
             }
             if wait.passed() {
                 return Err(RecvFail::Empty);
@@ -514,9 +535,10 @@ impl RawReceiver {
     /// decoder is the user's code).
     fn try_take<R>(
         &self,
+        wait: Deadline,
         decode: &mut dyn FnMut(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<Option<R>, RecvFail> {
-        let Some(taken) = self.take_next()? else {
+        let Some(taken) = self.take_next(wait)? else {
             return Ok(None);
         };
         Ok(Some(match taken {
@@ -534,7 +556,7 @@ impl RawReceiver {
     /// Takes the next message if there is one, as it is: an inline message in a buffer
     /// of its own, a large one still mapped.
     pub(crate) fn try_recv_owned(&self) -> Result<Option<Received>, RecvFail> {
-        Ok(self.take_next()?.map(|taken| match taken {
+        Ok(self.take_next(Deadline::Now)?.map(|taken| match taken {
             Taken::Inline(buf) => Received {
                 bytes: Payload::Owned(buf),
                 fds: Vec::new(),
@@ -543,7 +565,9 @@ impl RawReceiver {
         }))
     }
 
-    fn take_next(&self) -> Result<Option<Taken>, RecvFail> {
+    /// Takes the next message if there is one; `None` also when the consumers' lock
+    /// could not be had within `wait`.
+    fn take_next(&self, wait: Deadline) -> Result<Option<Taken>, RecvFail> {
         let core = &*self.core;
         let ring = core.ring();
         let broken =
@@ -551,7 +575,9 @@ impl RawReceiver {
         let taken = {
             // A consumer that died holding the lock had not consumed the record it was
             // reading: it is still there for us (see README).
-            let mut head = ring.lock_head();
+            let Some(mut head) = ring.lock_head(lock_deadline(wait)) else {
+                return Ok(None);
+            };
             loop {
                 let Some(record) = head.next().map_err(broken)? else {
                     break None;

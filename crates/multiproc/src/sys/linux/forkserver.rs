@@ -22,7 +22,7 @@ use super::launch::{
     place_raw,
 };
 use super::proc as process;
-use crate::bootstrap::messages::{self, ForkReply, ForkRequest};
+use crate::bootstrap::messages::{self, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
 use crate::sys::{Forked, WaitStatus};
 use crate::wire::framing::Conn;
@@ -39,7 +39,8 @@ struct Kid {
 }
 
 /// Runs the fork server on `control` until the parent goes away. Never returns.
-pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
+/// `executed`: the server was started by executing the program (rather than forked).
+pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) -> ! {
     if process::thread_count() != Some(1) {
         super::write_stderr(b"multiproc: the fork server must be single-threaded; exiting\n");
         exit_now(BOOTSTRAP_FAILURE);
@@ -57,6 +58,9 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
         }
     };
     process::set_name("mp-forkserver");
+    if executed {
+        process::set_cmdline("mp-forkserver");
+    }
     // SAFETY: setting signals to be ignored installs no handler code. Ctrl-C goes to the
     // whole foreground group and the parent decides what it means; the server writes
     // statuses to pipes whose reader may be gone, whatever the program chose for
@@ -70,6 +74,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>) -> ! {
     let env = messages::env_block(std::env::vars_os());
     let info = ServerInfo {
         pid: process::getpid(),
+        executed,
         sigpipe,
         env: &env.0,
     };
@@ -183,12 +188,13 @@ fn start_child(
     fds: Vec<OwnedFd>,
     death: Option<&OwnedFd>,
     kids: &mut Vec<Kid>,
-) -> Result<(u32, OwnedFd), String> {
-    let request: ForkRequest =
-        postcard::from_bytes(body).map_err(|e| format!("malformed request: {e}"))?;
-    let [channel, status, stdin, stdout, stderr]: [OwnedFd; 5] = fds
-        .try_into()
-        .map_err(|fds: Vec<OwnedFd>| format!("request carried {} descriptors, not 5", fds.len()))?;
+) -> Result<(u32, OwnedFd), Refusal> {
+    let request: ForkRequest = postcard::from_bytes(body)
+        .map_err(|e| Refusal::other(format!("malformed request: {e}")))?;
+    let [channel, status, stdin, stdout, stderr]: [OwnedFd; 5] =
+        fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+            Refusal::other(format!("request carried {} descriptors, not 5", fds.len()))
+        })?;
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
         let mut spare = kid.spare.take();
         let passed = [
@@ -204,14 +210,14 @@ fn start_child(
         {
             kid.status = Some(status);
             kid.daemon = request.daemon;
-            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| format!("dup: {e}"))?;
+            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             return Ok((kid.pid, pidfd));
         }
     }
     // SAFETY: the server is single-threaded (checked when it started; it never creates
     // threads), so the child is a consistent copy.
     match unsafe { fork_unchecked() } {
-        Err(e) => Err(format!("fork failed: {e}")),
+        Err(e) => Err(Refusal::os("fork failed", &e)),
         Ok(Forked::Child) => {
             drop(status);
             let death = death.and_then(|d| fd::dup(d.as_fd()).ok());
@@ -220,7 +226,7 @@ fn start_child(
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
             let kid = new_kid(pid, Some(status), request.daemon, None)?;
-            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| format!("dup: {e}"))?;
+            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             kids.push(kid);
             Ok((pid, pidfd))
         }
@@ -232,9 +238,9 @@ fn new_kid(
     status: Option<OwnedFd>,
     daemon: bool,
     spare: Option<Conn>,
-) -> Result<Kid, String> {
+) -> Result<Kid, Refusal> {
     // Our own child: it cannot be reaped before we wait, so the pid is still its.
-    let pidfd = process::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+    let pidfd = process::pidfd_open(pid).map_err(|e| Refusal::os("pidfd_open", &e))?;
     Ok(Kid {
         pid,
         pidfd,
@@ -262,7 +268,7 @@ fn fork_spare(info: &ServerInfo<'_>, death: Option<&OwnedFd>) -> io::Result<Kid>
                 false,
                 Some(Conn::new(ours, messages::MAX_CONTROL)),
             )
-            .map_err(io::Error::other)
+            .map_err(Refusal::into_io)
         }
     }
 }

@@ -98,6 +98,19 @@ where
     })
 }
 
+/// Names a plain function (the setup function given to `init_with`).
+pub(crate) fn fn_offset(f: fn()) -> Result<u64, NotInImage> {
+    offset(f as usize)
+}
+
+/// The plain function that `offset`, made by [`fn_offset`], names in this executable.
+pub(crate) fn fn_at(offset: u64, _proof: &SameImage) -> fn() {
+    let addr = anchor_addr().wrapping_add(offset as usize);
+    // SAFETY: `_proof` shows this is the executable in which `fn_offset` computed the
+    // offset of a `fn()`, so `anchor + offset` is that function's address here.
+    unsafe { std::mem::transmute::<usize, fn()>(addr) }
+}
+
 /// A pool task's trampoline: decodes the argument (or a chunk of them), runs the
 /// function, encodes what it returned.
 type TaskTrampoline = fn(usize, &[u8], Vec<OwnedFd>) -> Invoked;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -53,11 +53,16 @@ pub(crate) unsafe fn fork_unchecked() -> io::Result<Forked> {
 /// Starts a fork server by executing this program with a server token. `control` is the
 /// server's end of its connection, `death` the parent's death pipe for its children.
 pub(crate) fn exec_server(control: OwnedFd, death: OwnedFd) -> io::Result<(u32, OwnedFd)> {
-    let token = bootstrap::format_token(process::getpid(), CHANNEL_FD, Some(DEATH_FD));
+    let token = bootstrap::format_token(
+        CHANNEL_FD,
+        Some(DEATH_FD),
+        super::mem::file_id(control.as_fd())?,
+    );
     let (control_raw, death_raw) = (control.as_raw_fd(), death.as_raw_fd());
     let mut command = Command::new("/proc/self/exe");
     command
-        .arg0("multiproc-forkserver")
+        // Room for the server's children to put their own names in `ps`.
+        .arg0(format!("multiproc-forkserver{:48}", ""))
         .env(SERVER_TOKEN, token)
         .env_remove(bootstrap::CHILD_TOKEN)
         .stdin(Stdio::null());
@@ -130,14 +135,26 @@ pub(super) fn close_from(first: RawFd) {
     }
 }
 
-/// Takes ownership of a descriptor that this process inherited at a known number.
-pub(crate) fn adopt_inherited_fd(raw: RawFd) -> Option<OwnedFd> {
+/// The identity (device, inode) of the file open at descriptor `raw`, which this
+/// process inherited; `None` if nothing is open there.
+pub(crate) fn inherited_fd_id(raw: RawFd) -> Option<(u64, u64)> {
     // SAFETY: `F_GETFD` only inspects the descriptor table.
     if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return None;
     }
+    // SAFETY: the descriptor is open (checked above) and stays open for the one `fstat`
+    // this borrow lasts: no other thread runs yet when tokens are read, and none closes
+    // descriptors it does not own.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    super::mem::file_id(fd).ok()
+}
+
+/// Takes ownership of a descriptor that this process inherited at a known number.
+pub(crate) fn adopt_inherited_fd(raw: RawFd) -> Option<OwnedFd> {
+    inherited_fd_id(raw)?;
     // SAFETY: the descriptor is open, and this process was started with it for exactly
-    // this purpose (the token names it); nothing else in the process owns it.
+    // this purpose (the token names it and its identity); nothing else in the process
+    // owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     fd::set_cloexec(fd.as_fd(), true).ok()?;
     Some(fd)
@@ -146,6 +163,9 @@ pub(crate) fn adopt_inherited_fd(raw: RawFd) -> Option<OwnedFd> {
 /// What a child of the fork server takes from it.
 pub(super) struct ServerInfo<'a> {
     pub(super) pid: u32,
+    /// The server was started by executing the program: its command line is its own,
+    /// and each child writes its name there (otherwise children show the program's).
+    pub(super) executed: bool,
     /// The program's own SIGPIPE disposition, which the server replaced.
     pub(super) sigpipe: libc::sighandler_t,
     /// The server's environment, as a block.
@@ -201,6 +221,9 @@ pub(super) fn become_requested(
     // SAFETY: likewise for the death pipe at DEATH_FD, when there is one.
     let death = has_death.then(|| unsafe { OwnedFd::from_raw_fd(DEATH_FD) });
     process::set_name(&request.name);
+    if server.executed {
+        process::set_cmdline(&request.name);
+    }
     if let Some(dir) = &request.cwd {
         let dir = OsString::from_vec(dir.0.clone());
         if let Err(e) = std::env::set_current_dir(&dir) {
@@ -220,8 +243,10 @@ pub(super) fn become_requested(
             bootstrap::child::run_forked(channel, death)
         }
         Launch::Exec => {
-            let token =
-                bootstrap::format_token(server.pid, CHANNEL_FD, has_death.then_some(DEATH_FD));
+            let token = match super::mem::file_id(channel.as_fd()) {
+                Ok(id) => bootstrap::format_token(CHANNEL_FD, has_death.then_some(DEATH_FD), id),
+                Err(e) => bootstrap::fail_on(channel, &format!("fstat of the call channel: {e}")),
+            };
             let why = exec_self(&request.name, &request.env.0, &token);
             bootstrap::fail_on(channel, &format!("cannot execute /proc/self/exe: {why}"))
         }

@@ -21,17 +21,19 @@ pub(crate) use fd::{
 };
 pub(crate) use forkserver::{read_status, serve};
 pub(crate) use image::run as run_entry;
-pub(crate) use image::{anchor_offset, entry, run_task, task_entry, verify_image};
+pub(crate) use image::{
+    anchor_offset, entry, fn_at, fn_offset, run_task, task_entry, verify_image,
+};
 pub(crate) use launch::{
     adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded, fork_unchecked,
-    setup_forked_child,
+    inherited_fd_id, setup_forked_child,
 };
 pub(crate) use mem::{
     doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
     shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
 };
 pub(crate) use proc::{
-    SIGKILL, SIGTERM, exe_file_identity, fd_limit, getpid, getppid, is_main_thread, pidfd_open,
+    SIGKILL, SIGTERM, exe_file_identity, fd_limit, getpid, is_main_thread, pidfd_open,
     raise_fd_limit, send_signal, set_name, signal_group, signal_name, try_reap,
 };
 pub(crate) use sync::{

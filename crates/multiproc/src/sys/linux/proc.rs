@@ -40,11 +40,6 @@ pub(crate) fn fd_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// The parent's id, `None` when the parent is gone and the kernel reports none.
-pub(crate) fn getppid() -> Option<u32> {
-    rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs())
-}
-
 /// Whether the calling thread is the process's main thread.
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
@@ -108,11 +103,45 @@ pub(crate) fn set_name(name: &str) {
     }
 }
 
+/// Replaces the command line that `ps` shows (`/proc/self/cmdline`) with `name`, within
+/// the space the process's own arguments took when it was started (what
+/// `setproctitle` does): `name` is cut to fit and the rest is zeroed. Cosmetic: nothing
+/// happens if the space is unknown.
+pub(crate) fn set_cmdline(name: &str) {
+    let Some((start, end)) = argument_area() else {
+        return;
+    };
+    let Some(room) = end.checked_sub(start).filter(|&n| n > 1) else {
+        return;
+    };
+    let n = name.len().min(room - 1);
+    // SAFETY: the kernel reports [start, end) as this process's argument strings, at
+    // the top of the initial thread's stack: mapped and writable for the life of the
+    // process. Nothing holds a reference into it: std copies the arguments out when
+    // `env::args` is called, and this runs while the process has one thread.
+    unsafe {
+        std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, n);
+        std::ptr::write_bytes((start + n) as *mut u8, 0, room - n);
+    }
+}
+
+/// Where this process's argument strings are: fields 48 and 49 of `/proc/self/stat`.
+fn argument_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // Fields from the third (the state) on.
+    let mut fields = after.split_whitespace().skip(48 - 3);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    Some((start, end))
+}
+
 /// Asks the kernel to send `SIGKILL` to this process when the thread that created it
 /// exits. Returns `false` if the parent is already gone (then the caller should exit).
 pub(crate) fn kill_me_with_parent(expected_parent: u32) -> io::Result<bool> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    Ok(getppid() == Some(expected_parent))
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs());
+    Ok(parent == Some(expected_parent))
 }
 
 /// Makes this process the leader of a new process group (`setpgid(0, 0)`).

@@ -1,0 +1,284 @@
+//! A process that multiproc starts never runs the program's `main`: not when its parent
+//! or its fork server is gone before it starts, not while the program is exiting.
+//!
+//! Each scenario runs [`ROUNDS`] times, each time in a fresh helper process (this binary
+//! in a helper mode) that leads a process group of its own, so that everything it starts
+//! can be found and waited for. Every run of `main` appends `pre PID` (before `init()`)
+//! and `post PID` (after it) to a marker file: after a round, the file must hold the
+//! helper's two lines and nothing else, and nothing of the helper's group may be left.
+#![allow(unsafe_code)] // helpers end with `_exit` and `SIGKILL` at chosen moments
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use multiproc::{Builder, Pool, StartMethod};
+
+const ROUNDS: usize = 50;
+/// How long a round's processes may take to end on their own.
+const SETTLE: Duration = Duration::from_secs(30);
+
+const SCENARIOS: &[(&str, &str)] = &[
+    ("spawn_child_then_parent_exits", "spawn_then_exit"),
+    ("spawn_child_then_parent_killed", "spawn_then_killed"),
+    ("fork_server_killed_while_parent_lives", "server_killed"),
+    (
+        "exec_fork_server_then_parent_killed",
+        "exec_server_then_killed",
+    ),
+    ("pool_then_exit", "pool_then_exit"),
+    ("pool_in_static_main_returns", "static_pool"),
+    ("scheduler_then_exit", "scheduler_then_exit"),
+    ("killed_during_pool_new", "killed_in_pool_new"),
+    ("child_building_pool_killed", "child_pool_killed"),
+    ("task_that_spawns_killed_by_timeout", "task_timeout_spawner"),
+];
+
+fn main() {
+    let mut tests: Vec<_> = SCENARIOS
+        .iter()
+        .map(|&(name, mode)| libtest_mimic::Trial::test(name, move || rounds(mode)))
+        .collect();
+    tests.push(trial("spawning_after_exit_began_is_refused", exit_refuses));
+    common::main_checked(
+        tests,
+        helpers,
+        Duration::from_secs(900),
+        common::no_new_dev_shm,
+    );
+}
+
+/// Runs one scenario [`ROUNDS`] times and checks each round.
+fn rounds(mode: &str) -> Result<(), libtest_mimic::Failed> {
+    let dir = tempdir(mode);
+    let result = (0..ROUNDS).try_for_each(|round| one_round(mode, round, &dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(Into::into)
+}
+
+fn one_round(mode: &str, round: usize, dir: &std::path::Path) -> Result<(), String> {
+    let marker = dir.join(format!("main-{round}"));
+    let mut helper = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .env(HELPER_ENV, mode)
+        .env(MAIN_MARKER_ENV, &marker)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start helper: {e}"))?;
+    let group = helper.id();
+    let ended = wait_gone(group, SETTLE);
+    if !ended {
+        let _ = helper.kill();
+    }
+    let _ = helper.wait();
+    let left = settle_group(group, SETTLE);
+    let lines = std::fs::read_to_string(&marker).unwrap_or_default();
+    let expected = format!("pre {group}\npost {group}\n");
+    if lines != expected {
+        return Err(format!(
+            "round {round}: main ran in processes the helper did not start by hand:\n{lines}"
+        ));
+    }
+    if !ended {
+        return Err(format!(
+            "round {round}: the helper did not end within {SETTLE:?}"
+        ));
+    }
+    if !left.is_empty() {
+        return Err(format!(
+            "round {round}: left behind in the helper's group: {left:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until no process of `group` is left, reaping those re-parented to this process
+/// (a subreaper); after `timeout`, kills the rest and returns what was left.
+fn settle_group(group: u32, timeout: Duration) -> Vec<(u32, char, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let members = group_members(group);
+        for (p, state, _) in &members {
+            if *state == 'Z' {
+                reap(*p);
+            }
+        }
+        let alive: Vec<_> = members.into_iter().filter(|(_, s, _)| *s != 'Z').collect();
+        if alive.is_empty() {
+            return alive;
+        }
+        if Instant::now() >= deadline {
+            for (p, ..) in &alive {
+                kill_and_reap(*p);
+            }
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `exit_function` has begun (the guard was dropped): a new spawn is refused with
+/// `SpawnError::Exiting`, and no fork server is started for it.
+fn exit_refuses() {
+    let mut helper = Helper::start("spawn_after_exit");
+    assert_eq!(helper.expect("refused:", T), "Exiting");
+    assert!(helper.wait(T).success());
+}
+
+const T: Duration = Duration::from_secs(30);
+
+fn noop(_: ()) {}
+
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn build_pool(_: ()) {
+    let pool = Pool::new(2).expect("pool in child");
+    let _ = pool.map(noop, vec![(); 4]);
+    nap(5_000);
+}
+
+fn spawn_and_wait(_: ()) {
+    let child = Builder::new().spawn(nap, 300).expect("grandchild");
+    let _ = child.join();
+    nap(10_000);
+}
+
+fn kill_me() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    loop {
+        nap(1_000);
+    }
+}
+
+fn exit_now() -> ! {
+    // SAFETY: `_exit` ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(0) }
+}
+
+fn fork_server_pid() -> u32 {
+    let me = std::process::id();
+    let mut found = None;
+    assert!(
+        eventually(T, || {
+            found = fork_server_of(me);
+            found.is_some()
+        }),
+        "no fork server"
+    );
+    found.unwrap_or_default()
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+fn helpers(mode: &str) {
+    let spawn_exec = || {
+        Builder::new()
+            .start_method(StartMethod::Spawn)
+            .spawn(noop, ())
+            .expect("spawn")
+    };
+    match mode {
+        "spawn_then_exit" => {
+            let _child = spawn_exec();
+            exit_now();
+        }
+        "spawn_then_killed" => {
+            let _child = spawn_exec();
+            kill_me();
+        }
+        "server_killed" => {
+            let mut child = spawn_exec();
+            kill_and_reap(fork_server_pid());
+            let _ = child.join_timeout(T);
+        }
+        "exec_server_then_killed" => {
+            // With the forked server gone, the next spawn starts one by executing the
+            // program; the parent dies before that server can have got anywhere.
+            let mut first = spawn_exec();
+            let _ = first.join_timeout(T);
+            kill_and_reap(fork_server_pid());
+            let _child = Builder::new().spawn(noop, ());
+            kill_me();
+        }
+        "pool_then_exit" => {
+            let _pool = Pool::new(2).expect("pool");
+            std::process::exit(0);
+        }
+        "static_pool" => {
+            let pool = POOL.get_or_init(|| Pool::new(2).expect("pool"));
+            pool.map(noop, vec![(); 8]).expect("map");
+            // `main` returns with the pool alive: its workers die with the fork server
+            // at exit, and nothing may start a new one.
+        }
+        "scheduler_then_exit" => {
+            let scheduler = multiproc::Scheduler::builder()
+                .pool(Pool::new(1).expect("pool"))
+                .start()
+                .expect("scheduler");
+            scheduler
+                .add(multiproc::Job::process(
+                    "tick",
+                    multiproc::Schedule::every(Duration::from_millis(5)),
+                    noop,
+                    (),
+                ))
+                .expect("job");
+            nap(fastrand::u64(0..30));
+            std::process::exit(0);
+        }
+        "killed_in_pool_new" => {
+            let delay = Duration::from_micros(fastrand::u64(0..10_000));
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                kill_me();
+            });
+            let _pool = Pool::new(2);
+            kill_me();
+        }
+        "child_pool_killed" => {
+            let mut child = Builder::new().spawn(build_pool, ()).expect("spawn");
+            nap(fastrand::u64(0..10));
+            let _ = child.kill();
+            let _ = child.join_timeout(T);
+        }
+        "task_timeout_spawner" => {
+            let pool = Pool::builder()
+                .processes(1)
+                .task_timeout(Duration::from_millis(fastrand::u64(20..120)))
+                .build()
+                .expect("pool");
+            let _ = pool.apply(spawn_and_wait, ());
+        }
+        "spawn_after_exit" => {
+            // A non-daemon child keeps the exit work busy (it is joined at exit) while
+            // another thread keeps spawning: once the work has begun, spawning is refused.
+            let _slow = Builder::new().spawn(nap, 1_000).expect("spawn");
+            std::thread::spawn(|| {
+                loop {
+                    match Builder::new().spawn(noop, ()) {
+                        Err(multiproc::SpawnError::Exiting) => {
+                            println!("refused: Exiting");
+                            break;
+                        }
+                        Err(e) => {
+                            println!("refused: {e}");
+                            break;
+                        }
+                        Ok(mut child) => {
+                            let _ = child.join_timeout(T);
+                        }
+                    }
+                }
+            });
+            // Returning ends `main`: the guard's exit work begins.
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}

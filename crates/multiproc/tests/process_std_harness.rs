@@ -1,0 +1,63 @@
+//! multiproc from tests of the standard test harness: each test calls `init()` on its own
+//! thread. Children started by executing the test binary recognise themselves before
+//! libtest's `main` (which would otherwise run every test again in them), and a guard
+//! dropped at the end of one test does not stop the others from spawning.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use multiproc::{Builder, Pool, StartMethod};
+
+const T: Duration = Duration::from_secs(30);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Initialises multiproc for a test, and aborts the binary if the tests run far past any
+/// reasonable time (every wait below has its own timeout; this is the net under them).
+fn setup() -> multiproc::Init {
+    static WATCHDOG: Once = Once::new();
+    WATCHDOG.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(300));
+            eprintln!("process_std_harness ran for 300 s; aborting");
+            std::process::abort();
+        });
+    });
+    multiproc::init()
+}
+
+#[test]
+fn fork_server_child_from_a_test() {
+    let _guard = setup();
+    let mut child = multiproc::spawn(square, 7).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 49);
+}
+
+#[test]
+fn spawn_method_child_from_a_test() {
+    let _guard = setup();
+    let mut child = Builder::new()
+        .start_method(StartMethod::Spawn)
+        .spawn(square, 8)
+        .unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 64);
+}
+
+#[test]
+fn pool_from_a_test() {
+    let _guard = setup();
+    let pool = Pool::new(2).unwrap();
+    let task = pool.submit(square, 5).unwrap();
+    assert!(task.wait_timeout(T));
+    assert_eq!(task.wait().unwrap(), 25);
+}
+
+#[test]
+fn a_dropped_guard_does_not_stop_spawning() {
+    drop(setup());
+    let mut child = multiproc::spawn(square, 3).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 9);
+    assert!(!child.is_alive());
+}
