@@ -57,7 +57,7 @@ pub fn run() {
         .expect("start the pool");
     let scheduler = Scheduler::builder()
         .pool(pool)
-        .start()
+        .build()
         .expect("start the scheduler");
     let events = scheduler.events();
     scheduler
@@ -97,7 +97,8 @@ pub fn run() {
                         e.job
                     );
                 }
-                EventKind::Started { .. } => {}
+                // Starts, and any kind of event added later.
+                _ => {}
             }
         }
     });

@@ -67,7 +67,7 @@ pub fn run() {
         .backoff(paced(0.1), paced(5.0))
         .reset_after(paced(10.0))
         .intensity(10, Duration::from_secs(60))
-        .start()
+        .build()
         .expect("start the supervisor");
     let events = supervisor.events();
     // The supervisor logs each exit and restart itself; the event stream is for code
@@ -97,7 +97,7 @@ pub fn run() {
         }
     }
     supervisor
-        .stop()
+        .shutdown()
         .expect("the supervisor ran within its intensity");
     let delays = watcher.join().expect("the event watcher");
     tracing::info!("stopped; the backoff delays were {delays:.0?}");

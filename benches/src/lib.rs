@@ -368,7 +368,7 @@ pub mod manager {
             let server = builder.serve().expect("serve");
             (server.manager().expect("connect"), Some(server))
         } else {
-            (builder.start().expect("start"), None)
+            (builder.build().expect("start"), None)
         };
         let d = m.dict::<u64, u64>().expect("dict");
         two_on_go(set_get, &d, n / 2)

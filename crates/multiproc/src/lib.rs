@@ -260,11 +260,11 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let _guard = multiproc::init();
-//! let scheduler = Scheduler::builder().pool(Pool::new(2)?).start()?;
+//! let scheduler = Scheduler::builder().pool(Pool::new(2)?).build()?;
 //! scheduler.add(Job::process("cleanup", Schedule::cron_in("0 3 * * *", "Europe/Paris")?, cleanup, 7))?;
 //! scheduler.add(Job::process("hourly", Schedule::every(Duration::from_secs(3600)), cleanup, 1))?;
 //!
-//! let web = Supervisor::builder().child(ChildSpec::new("web", serve, 8080)).start()?;
+//! let web = Supervisor::builder().child(ChildSpec::new("web", serve, 8080)).build()?;
 //! web.wait()?; // runs until the supervisor gives up or is stopped
 //! # Ok(())
 //! # }

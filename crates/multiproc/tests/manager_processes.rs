@@ -533,7 +533,7 @@ fn unix_socket_file_removed() {
     let dir = std::env::temp_dir().join(format!("mptest-mgr-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("manager.sock");
-    let m = Manager::builder().address(path.as_path()).start().unwrap();
+    let m = Manager::builder().address(path.as_path()).build().unwrap();
     assert!(path.exists());
     let l = m.list::<u8>().unwrap();
     l.push(1).unwrap();
@@ -598,7 +598,7 @@ fn take_tickets(t: ObjectProxy<Tickets>) -> Vec<u64> {
 }
 
 fn custom_objects() {
-    let m = Manager::builder().register::<Tickets>().start().unwrap();
+    let m = Manager::builder().register::<Tickets>().build().unwrap();
     let t = m.object::<Tickets>(1000).unwrap();
     let kids: Vec<_> = (0..2)
         .map(|_| multiproc::spawn(take_tickets, t.clone()).unwrap())
@@ -633,7 +633,7 @@ fn named_objects_and_types() {
 }
 
 fn bad_input_clear_errors() {
-    let err = Manager::builder().authkey(Vec::new()).start().unwrap_err();
+    let err = Manager::builder().authkey(Vec::new()).build().unwrap_err();
     assert!(matches!(err, ManagerError::InvalidArgument(_)), "{err}");
     assert!("not an address".parse::<Address>().is_err());
     assert_eq!(
@@ -825,7 +825,7 @@ fn fds_of(pid: u32) -> usize {
 }
 
 fn local_big_and_oversized_requests() {
-    let m = Manager::builder().max_frame(512 * 1024).start().unwrap();
+    let m = Manager::builder().max_frame(512 * 1024).build().unwrap();
     let d = m.dict::<u8, Vec<u8>>().unwrap();
     // Larger than half a local connection's ring: out of line, both ways.
     let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();

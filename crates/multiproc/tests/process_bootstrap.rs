@@ -220,7 +220,7 @@ fn helpers(mode: &str) {
         "scheduler_then_exit" => {
             let scheduler = multiproc::Scheduler::builder()
                 .pool(Pool::new(1).expect("pool"))
-                .start()
+                .build()
                 .expect("scheduler");
             scheduler
                 .add(multiproc::Job::process(

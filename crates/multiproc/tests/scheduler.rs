@@ -75,7 +75,7 @@ fn manual() -> (Scheduler, ManualClock, Receiver<JobEvent>) {
     let s = Scheduler::builder()
         .thread_pool(ThreadPool::new(2).unwrap())
         .clock(clock.clone())
-        .build();
+        .build_manual();
     let events = s.events();
     (s, clock, events)
 }
@@ -163,7 +163,7 @@ fn cron_fires(expr: &str, tz: &str, from: DateTime<Utc>, n: usize) -> Vec<DateTi
     let s = Scheduler::builder()
         .thread_pool(ThreadPool::new(1).unwrap())
         .clock(clock.clone())
-        .build();
+        .build_manual();
     let events = s.events();
     s.add(Job::thread("cron", Schedule::cron_in(expr, tz).unwrap(), || ()).max_instances(1000))
         .unwrap();
@@ -304,7 +304,7 @@ fn max_instances_with_slow_job() {
     let s = Scheduler::builder()
         .thread_pool(ThreadPool::new(2).unwrap())
         .clock(clock.clone())
-        .start()
+        .build()
         .unwrap();
     let events = s.events();
     let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
@@ -446,6 +446,7 @@ fn retry_after_panics() {
             } => format!("fail {attempt} {retry_in:?}"),
             EventKind::Succeeded { attempt } => format!("ok {attempt}"),
             EventKind::Missed { .. } => "missed".into(),
+            other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(
@@ -477,7 +478,7 @@ fn retry_after_worker_died() {
     let s = Scheduler::builder()
         .pool(Pool::new(1).unwrap())
         .clock(clock.clone())
-        .start()
+        .build()
         .unwrap();
     let events = s.events();
     s.add(
@@ -561,7 +562,7 @@ fn background_thread_follows_clock() {
     let s = Scheduler::builder()
         .thread_pool(ThreadPool::new(1).unwrap())
         .clock(clock.clone())
-        .start()
+        .build()
         .unwrap();
     let events = s.events();
     s.add(Job::thread("a", Schedule::every(secs(3600)), || ()))
@@ -573,7 +574,7 @@ fn background_thread_follows_clock() {
 
     let s = Scheduler::builder()
         .thread_pool(ThreadPool::new(1).unwrap())
-        .start()
+        .build()
         .unwrap();
     let events = s.events();
     s.add(Job::thread(
@@ -599,7 +600,7 @@ fn remove_and_shutdown_wait() {
     let s = Scheduler::builder()
         .thread_pool(ThreadPool::new(1).unwrap())
         .clock(clock.clone())
-        .build();
+        .build_manual();
     let done = Arc::new(Mutex::new(false));
     let d = Arc::clone(&done);
     s.add(Job::thread("slow", Schedule::every(secs(10)), move || {
@@ -630,7 +631,7 @@ mod store {
             .thread_pool(ThreadPool::new(1).unwrap())
             .clock(clock.clone())
             .store(JobStore::open(path).unwrap())
-            .build();
+            .build_manual();
         let events = s.events();
         (s, events)
     }

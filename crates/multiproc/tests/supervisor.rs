@@ -52,7 +52,7 @@ fn helpers(mode: &str) {
                 .child(ChildSpec::new("flaky", crash_after_ms, 100))
                 .backoff(Duration::from_millis(10), Duration::from_millis(20))
                 .intensity(1000, Duration::from_secs(1))
-                .start()
+                .build()
                 .unwrap();
             let pids: Vec<String> = sup
                 .status()
@@ -145,7 +145,7 @@ fn fast() -> multiproc::SupervisorBuilder {
 }
 
 fn stop_and_check_gone(sup: Supervisor, pids: &[u32]) {
-    sup.stop().unwrap();
+    sup.shutdown().unwrap();
     for &p in pids {
         assert!(wait_gone(p, T), "child {p} still running after stop");
     }
@@ -155,7 +155,7 @@ fn one_for_one() {
     let sup = fast()
         .child(ChildSpec::new("steady", sleep_forever, ()))
         .child(ChildSpec::new("crasher", crash_after_ms, 50))
-        .start()
+        .build()
         .unwrap();
     let steady = pid_of(&sup, "steady").unwrap();
     assert!(eventually(T, || restarts_of(&sup, "crasher") >= 3));
@@ -182,7 +182,7 @@ fn strategy_run(strategy: Strategy) -> [bool; 3] {
         .child(ChildSpec::new("a", sleep_forever, ()))
         .child(ChildSpec::new("b", crash_once, (marker(&dir, "b"), 200)))
         .child(ChildSpec::new("c", sleep_forever, ()))
-        .start()
+        .build()
         .unwrap();
     let before: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|n| pid_of(&sup, n)).collect();
     assert!(eventually(T, || restarts_of(&sup, "b") == 1
@@ -211,7 +211,7 @@ fn intensity_exceeded() {
         .intensity(3, Duration::from_secs(10))
         .child(ChildSpec::new("steady", sleep_forever, ()))
         .child(ChildSpec::new("crasher", crash_after_ms, 0))
-        .start()
+        .build()
         .unwrap();
     let events = sup.events();
     let steady = pid_of(&sup, "steady").unwrap();
@@ -251,7 +251,7 @@ fn transient_and_temporary() {
                 .restart(Restart::Transient),
         )
         .child(ChildSpec::new("one-off", crash_after_ms, 0).restart(Restart::Temporary))
-        .start()
+        .build()
         .unwrap();
     assert!(eventually(T, || {
         let st = sup.status();
@@ -272,7 +272,7 @@ fn transient_and_temporary() {
     // A supervisor whose children are all done stops by itself.
     let sup = fast()
         .child(ChildSpec::new("returns", returns, ()).restart(Restart::Transient))
-        .start()
+        .build()
         .unwrap();
     sup.wait_timeout(T).unwrap();
 }
@@ -299,12 +299,12 @@ fn backoff_grows_then_resets() {
         .jitter(Jitter::None)
         .intensity(100, Duration::from_secs(10))
         .child(ChildSpec::new("fast crasher", crash_on, go.clone()))
-        .start()
+        .build()
         .unwrap();
     let events = sup.events();
     go.set();
     assert_eq!(delays(&sup, &events, 3), [20, 40, 80]);
-    sup.stop().unwrap();
+    sup.shutdown().unwrap();
     // A child that ran longer than `reset_after` before crashing starts from the base.
     let sup = Supervisor::builder()
         .backoff(ms(20), ms(1000))
@@ -312,11 +312,11 @@ fn backoff_grows_then_resets() {
         .reset_after(ms(100))
         .intensity(100, Duration::from_secs(10))
         .child(ChildSpec::new("slow crasher", crash_after_ms, 200))
-        .start()
+        .build()
         .unwrap();
     let events = sup.events();
     assert_eq!(delays(&sup, &events, 3), [20, 20, 20]);
-    sup.stop().unwrap();
+    sup.shutdown().unwrap();
 }
 
 fn sigterm_ignored() {
@@ -332,14 +332,14 @@ fn sigterm_ignored() {
             )
             .shutdown_grace(grace),
         )
-        .start()
+        .build()
         .unwrap();
     let child = pid_of(&sup, "stubborn").unwrap();
     assert!(eventually(T, || std::fs::read_to_string(&ready)
         .is_ok_and(|s| !s.is_empty())));
     let grandchild: u32 = std::fs::read_to_string(&ready).unwrap().parse().unwrap();
     let started = Instant::now();
-    sup.stop().unwrap();
+    sup.shutdown().unwrap();
     let took = started.elapsed();
     assert!(
         took >= grace,
@@ -376,14 +376,14 @@ fn supervisor_sigkilled() {
 
 fn bad_input() {
     assert!(matches!(
-        Supervisor::builder().start(),
+        Supervisor::builder().build(),
         Err(SupervisorError::InvalidArgument(_))
     ));
     assert!(matches!(
         Supervisor::builder()
             .child(ChildSpec::new("x", sleep_forever, ()))
             .child(ChildSpec::new("x", sleep_forever, ()))
-            .start(),
+            .build(),
         Err(SupervisorError::InvalidArgument(_))
     ));
     // A plain program cannot daemonize once `init` has run (this one has).

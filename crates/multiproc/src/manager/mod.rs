@@ -210,6 +210,7 @@ fn ctors<R: Registry>() -> HashMap<String, Ctor> {
 /// Builds a [`Manager`] (a server process) or a [`Server`] (served by this process).
 ///
 /// `R` lists the custom types registered with [`register`](Self::register).
+#[must_use = "a builder does nothing until `build` or `serve` is called"]
 pub struct ManagerBuilder<R = ()> {
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
@@ -307,7 +308,7 @@ impl<R: Registry> ManagerBuilder<R> {
     /// Starts the server in a daemon child process and connects to it. The server dies
     /// with this process (however it ends) and is stopped when the [`Manager`] is
     /// dropped.
-    pub fn start(self) -> Result<Manager, ManagerError> {
+    pub fn build(self) -> Result<Manager, ManagerError> {
         let (address, key) = self.settings()?;
         let (listener, address) = Listener::bind(&address).map_err(ManagerError::Io)?;
         let args = ServerArgs {
@@ -541,7 +542,7 @@ impl Manager {
     /// Starts a manager with the defaults: a server process on a fresh local socket with
     /// a random key.
     pub fn start() -> Result<Manager, ManagerError> {
-        ManagerBuilder::default().start()
+        ManagerBuilder::default().build()
     }
 
     /// A builder: address, key, frame limit, custom types.

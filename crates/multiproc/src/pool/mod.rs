@@ -248,6 +248,17 @@ impl Pool {
     /// Runs `f(args)` in a worker and returns a [`Task`] for its result (Python's
     /// `apply_async` and `Executor.submit`).
     ///
+    /// `f` is a function or a closure that captures nothing, as for
+    /// [`spawn`](crate::spawn); a capturing closure does not compile (a
+    /// [`ThreadPool`] takes those):
+    ///
+    /// ```compile_fail,E0308
+    /// let _guard = multiproc::init();
+    /// let pool = multiproc::Pool::new(2).unwrap();
+    /// let offset = 1u32;
+    /// let task = pool.submit(move |x: u32| x + offset, 41);
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`TaskError::PoolClosed`] after [`close`](Self::close);

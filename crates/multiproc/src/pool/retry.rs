@@ -11,6 +11,7 @@ use super::TaskError;
 /// How a retry delay is randomised, so that many tasks failing together do not all
 /// come back at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Jitter {
     /// Exactly the computed delay.
     #[default]
@@ -46,6 +47,7 @@ type RetryIf = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 /// assert!(!policy.should_retry(1, &TaskError::Cancelled));
 /// ```
 #[derive(Clone)]
+#[must_use = "a policy does nothing until given to a pool, a job or a supervisor"]
 pub struct RetryPolicy {
     max_attempts: u32,
     base: Duration,

@@ -182,6 +182,7 @@ impl From<std::os::fd::OwnedFd> for Stdio {
 /// # }
 /// ```
 #[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `spawn` is called"]
 pub struct Builder {
     name: Option<String>,
     daemon: bool,
@@ -579,6 +580,16 @@ fn lineage(me: &Me, number: u32) -> Vec<u32> {
 ///     assert_eq!(handle.join()?, 42);
 ///     Ok(())
 /// }
+/// ```
+///
+/// A closure that captures something is refused at compile time: the child runs the
+/// program's own code, named by its place in the executable, and a capture is data in
+/// this process's memory that no name reaches. Pass what it needs as `args` instead.
+///
+/// ```compile_fail,E0308
+/// let _guard = multiproc::init();
+/// let offset = 1u32;
+/// let handle = multiproc::spawn(move |x: u32| x + offset, 41);
 /// ```
 ///
 /// # Errors

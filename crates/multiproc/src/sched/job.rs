@@ -33,6 +33,7 @@ pub(crate) enum Target {
 /// (the scheduler was busy, asleep or down): the others are reported
 /// [`Missed`](EventKind::Missed) with [`MissReason::Coalesced`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Coalesce {
     /// One run, for the earliest due time.
     Earliest,
@@ -69,6 +70,7 @@ pub enum Coalesce {
 /// assert_eq!(job.name(), "backup");
 /// ```
 #[derive(Clone)]
+#[must_use = "a job does nothing until it is added to a scheduler"]
 pub struct Job {
     pub(crate) name: String,
     pub(crate) schedule: Schedule,
@@ -195,6 +197,7 @@ impl Job {
 
 /// Why a due run did not start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MissReason {
     /// It was due longer ago than the job's misfire grace.
     TooLate,
@@ -206,6 +209,7 @@ pub enum MissReason {
 
 /// What happened to a job.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum EventKind {
     /// A run started; `attempt` counts from 1 (above 1 for a retry).
     Started {
@@ -241,6 +245,7 @@ pub enum EventKind {
 
 /// An event of a job's life, from [`Scheduler::events`](super::Scheduler::events).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct JobEvent {
     /// The job.
     pub job: String,

@@ -19,7 +19,7 @@
 //! use multiproc::ThreadPool;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let scheduler = Scheduler::builder().thread_pool(ThreadPool::new(2)?).start()?;
+//! let scheduler = Scheduler::builder().thread_pool(ThreadPool::new(2)?).build()?;
 //! let events = scheduler.events();
 //! scheduler.add(Job::thread("tick", Schedule::every(Duration::from_secs(1)), || {
 //!     println!("tick");
@@ -56,6 +56,7 @@ use crate::pool::{Pool, ThreadPool};
 
 /// Builds a [`Scheduler`]: its executors, clock and job store.
 #[derive(Default)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct SchedulerBuilder {
     pool: Option<Pool>,
     threads: Option<ThreadPool>,
@@ -106,7 +107,7 @@ impl SchedulerBuilder {
 
     /// A scheduler that fires jobs only when [`Scheduler::run_pending`] is called (the
     /// style of Python's `schedule` package), with no thread of its own.
-    pub fn build(self) -> Scheduler {
+    pub fn build_manual(self) -> Scheduler {
         Scheduler {
             shared: Arc::new(Shared::new(
                 self.clock,
@@ -124,8 +125,8 @@ impl SchedulerBuilder {
     /// # Errors
     ///
     /// [`ScheduleError::InvalidArgument`] if the thread cannot be started.
-    pub fn start(self) -> Result<Scheduler, ScheduleError> {
-        let mut scheduler = self.build();
+    pub fn build(self) -> Result<Scheduler, ScheduleError> {
+        let mut scheduler = self.build_manual();
         let shared = Arc::clone(&scheduler.shared);
         let thread = std::thread::Builder::new()
             .name("multiproc-scheduler".into())
@@ -156,6 +157,7 @@ impl fmt::Debug for Scheduler {
 
 /// A scheduled job as the scheduler sees it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JobInfo {
     /// The job's name.
     pub name: String,
@@ -208,8 +210,8 @@ impl Scheduler {
 
     /// Handles everything due by the clock now: finished runs, retries, due fire
     /// times. Returns how many runs it started. A scheduler made with
-    /// [`SchedulerBuilder::build`] fires only here; on a started one this is a way to
-    /// know that everything due by now has been handled.
+    /// [`SchedulerBuilder::build_manual`] fires only here; on one with a thread of its own
+    /// this is a way to know that everything due by now has been handled.
     pub fn run_pending(&self) -> usize {
         self.shared.process(true).0
     }

@@ -8,6 +8,7 @@ use crate::{bootstrap, sys};
 
 /// How [`daemonize`] sets the service up.
 #[derive(Clone, Debug)]
+#[must_use = "options do nothing until given to `daemonize`"]
 pub struct DaemonOptions {
     pub(crate) pidfile: Option<PathBuf>,
     pub(crate) working_dir: PathBuf,

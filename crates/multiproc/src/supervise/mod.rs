@@ -23,6 +23,7 @@ use crate::process::{Builder, ExitStatus, SpawnError};
 
 /// When a child that ended is started again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Restart {
     /// Always (the default): a service that should never stop.
     #[default]
@@ -36,6 +37,7 @@ pub enum Restart {
 
 /// Which children restart when one must.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// Only the child that ended (the default).
     #[default]
@@ -57,6 +59,7 @@ type Start = Arc<dyn Fn(&str) -> Result<Box<dyn Child>, SpawnError> + Send + Syn
 /// process, even one killed with `SIGKILL`) that leads its own process group, so that
 /// stopping it also stops whatever it started.
 #[derive(Clone)]
+#[must_use = "a child spec does nothing until it is given to a supervisor"]
 pub struct ChildSpec {
     name: String,
     start: Start,
@@ -119,6 +122,7 @@ impl ChildSpec {
 
 /// How a child ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChildExit {
     /// Its function returned (or it exited with code 0).
     pub normal: bool,
@@ -136,6 +140,7 @@ impl fmt::Display for ChildExit {
 
 /// Where a child stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChildState {
     /// Running as process `pid`.
     Running {
@@ -155,6 +160,7 @@ pub enum ChildState {
 
 /// A child's status, from [`Supervisor::status`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChildStatus {
     /// The child's name.
     pub name: String,
@@ -168,6 +174,7 @@ pub struct ChildStatus {
 
 /// What a supervisor did, from [`Supervisor::events`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SupervisorEvent {
     /// A child started.
     Started {
@@ -203,6 +210,7 @@ pub enum SupervisorEvent {
 
 /// Builds a [`Supervisor`].
 #[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct SupervisorBuilder {
     children: Vec<ChildSpec>,
     strategy: Strategy,
@@ -276,7 +284,7 @@ impl SupervisorBuilder {
     /// [`SupervisorError::InvalidArgument`] for no children or two of one name;
     /// [`SupervisorError::Spawn`] if a child cannot be started (those already started
     /// are stopped again).
-    pub fn start(self) -> Result<Supervisor, SupervisorError> {
+    pub fn build(self) -> Result<Supervisor, SupervisorError> {
         if self.children.is_empty() {
             return Err(SupervisorError::InvalidArgument(
                 "a supervisor needs at least one child".into(),
@@ -330,7 +338,7 @@ impl SupervisorBuilder {
 ///     .child(ChildSpec::new("web", serve, 8080))
 ///     .child(ChildSpec::new("metrics", serve, 9090).restart(Restart::Transient))
 ///     .intensity(10, Duration::from_secs(60))
-///     .start()?;
+///     .build()?;
 /// for child in supervisor.status() {
 ///     println!("{}: {:?}", child.name, child.state);
 /// }
@@ -397,7 +405,7 @@ impl Supervisor {
     /// # Errors
     ///
     /// As [`wait`](Self::wait).
-    pub fn stop(mut self) -> Result<(), SupervisorError> {
+    pub fn shutdown(mut self) -> Result<(), SupervisorError> {
         self.stop_now();
         self.wait()
     }
