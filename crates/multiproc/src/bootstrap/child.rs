@@ -48,9 +48,32 @@ pub(crate) enum Invoked {
     Unencodable(CodecError),
 }
 
-/// Decodes the arguments, runs `f`, encodes what it returns. Monomorphised per `(A, R)`
-/// through the trampolines in `sys`.
-pub(crate) fn invoke<A, R>(f: fn(A) -> R, io: &mut dyn CallIo) -> Invoked
+/// A child's call: what its entry's trampoline is given (the call in progress) and
+/// gives back. The caller [`sys::call`] reaches for entries made with
+/// `sys::entry::<ChildCall, _, _>`.
+#[derive(Debug)]
+pub(crate) struct ChildCall;
+
+impl sys::Signature for ChildCall {
+    type Input<'a> = &'a mut dyn CallIo;
+    type Output = Invoked;
+}
+
+impl sys::Caller for ChildCall {
+    type Sig = ChildCall;
+
+    /// Decodes the arguments, runs `f`, encodes what it returns. Monomorphised per
+    /// `(A, R)` through the trampolines in `sys`.
+    fn call<A, R>(f: fn(A) -> R, io: &mut dyn CallIo) -> Invoked
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        invoke(f, io)
+    }
+}
+
+fn invoke<A, R>(f: fn(A) -> R, io: &mut dyn CallIo) -> Invoked
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -172,9 +195,8 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         payload_at,
         fds: frame.fds,
     };
-    let result = span.in_scope(|| {
-        panic::catch_unwind(AssertUnwindSafe(|| sys::run_entry(entry, &proof, &mut io)))
-    });
+    let result = span
+        .in_scope(|| panic::catch_unwind(AssertUnwindSafe(|| sys::call(entry, &proof, &mut io))));
     let code = match result {
         Ok(Invoked::Returned(value)) => {
             let fds = sys::borrow_all(&value.fds);

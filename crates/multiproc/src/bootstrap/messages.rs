@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::RemotePanic;
-use crate::sys::Entry;
+use super::child::ChildCall;
+use crate::sys::{Entry, WaitStatus};
+
+/// Where a process started by the fork server finds its call channel (or a fork
+/// server started by exec its connection) and its parent's death pipe.
+pub(crate) const CHANNEL_FD: i32 = 3;
+pub(crate) const DEATH_FD: i32 = 4;
 
 /// Version of the call layout; a child refuses any other.
 pub(crate) const PROTOCOL: u32 = 2;
@@ -52,7 +58,7 @@ pub(crate) const PREFIX_LEN: usize = 4 + 6 * 8 + 4;
 /// Who the child is and what it runs.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CallHeader {
-    pub(crate) entry: Entry,
+    pub(crate) entry: Entry<ChildCall>,
     /// The setup function given to `init_with`, as an offset like the entry's: a child
     /// started by executing the program never ran `init_with` itself.
     pub(crate) setup: Option<u64>,
@@ -233,4 +239,25 @@ pub(crate) fn path_bytes(p: PathBuf) -> Bytes {
 /// Decodes a panic report, for the parent.
 pub(crate) fn decode_panic(body: &[u8]) -> Result<RemotePanic, postcard::Error> {
     postcard::from_bytes(body)
+}
+
+/// A child's exit status as the fork server writes it on the child's status pipe:
+/// five bytes, a kind byte (0: exited, 1: killed) and the code or signal.
+pub(crate) fn status_to_bytes(status: WaitStatus) -> [u8; 5] {
+    let (kind, value) = match status {
+        WaitStatus::Exited(code) => (0u8, code),
+        WaitStatus::Signaled(sig) => (1u8, sig),
+    };
+    let v = value.to_le_bytes();
+    [kind, v[0], v[1], v[2], v[3]]
+}
+
+/// Inverse of [`status_to_bytes`]; `None` for an unknown kind.
+pub(crate) fn status_from_bytes(b: [u8; 5]) -> Option<WaitStatus> {
+    let value = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+    match b[0] {
+        0 => Some(WaitStatus::Exited(value)),
+        1 => Some(WaitStatus::Signaled(value)),
+        _ => None,
+    }
 }

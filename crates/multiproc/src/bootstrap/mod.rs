@@ -6,16 +6,18 @@ pub(crate) mod child;
 mod forkserver;
 pub(crate) mod messages;
 mod panic;
+mod setup;
 
 use std::ffi::OsString;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-pub(crate) use child::{CallIo, Invoked, fail_on, run_in_fork};
-pub(crate) use forkserver::ForkServer;
+pub(crate) use child::{ChildCall, Invoked, fail_on, run_in_fork};
+pub(crate) use forkserver::{ForkServer, read_status};
 pub(crate) use panic::caught_panic;
 pub use panic::{PanicLocation, RemotePanic};
+pub(crate) use setup::{ForkedChildSetup, setup_forked_child};
 
 use crate::shm::{self, named::Tracked};
 use crate::sync::unpoisoned;
@@ -76,7 +78,6 @@ static SETUP: OnceLock<Option<fn()>> = OnceLock::new();
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// Set when the exit work begins; see [`begin_exit`].
 static EXITING: AtomicBool = AtomicBool::new(false);
-static IDENTITY: OnceLock<[u64; 6]> = OnceLock::new();
 /// Default names count children in start order: `Process-1`, `Process-2`, ...
 static NEXT_CHILD: AtomicU32 = AtomicU32::new(1);
 /// The process that called `init` and runs the exit function (children inherit the
@@ -220,7 +221,7 @@ pub(crate) fn run_if_started() {
     match read_token(SERVER_TOKEN) {
         Token::Mine(control, death) => {
             let _ = identity();
-            sys::serve(control, death, true)
+            forkserver::serve(control, death, true)
         }
         Token::Broken(why) => abandon(&why),
         Token::NotMine => {}
@@ -382,19 +383,7 @@ pub(crate) fn setup() -> Option<fn()> {
 
 /// This executable's identity: the file's, plus where the anchor symbol sits in it.
 pub(crate) fn exe_identity() -> io::Result<[u64; 6]> {
-    if let Some(id) = IDENTITY.get() {
-        return Ok(*id);
-    }
-    let file = sys::exe_file_identity()?;
-    let id = [
-        file[0],
-        file[1],
-        file[2],
-        file[3],
-        file[4],
-        sys::anchor_offset(),
-    ];
-    Ok(*IDENTITY.get_or_init(|| id))
+    sys::exe_identity()
 }
 
 fn identity() -> Option<[u64; 6]> {

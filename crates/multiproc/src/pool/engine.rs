@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use super::retry::RetryPolicy;
 use super::task::{Cancel, Sink};
 use super::tickets::{TicketState, Tickets};
+use super::worker::TaskEntry;
 use super::worker::{self, JOB_HEADER, JobHeader, OUTCOME_HEADER, OutcomeHeader, WorkerArgs, kind};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
@@ -22,7 +23,7 @@ use crate::deadline::Deadline;
 use crate::ipc::channel::{self, MAX_SLEEP, RawReceiver, RawSender, Received, RecvFail, SendFail};
 use crate::process::{Builder, JoinHandle, StartMethod};
 use crate::sync::unpoisoned;
-use crate::sys::{self, AsFd, Entry, OwnedFd};
+use crate::sys::{self, AsFd, OwnedFd};
 use crate::wire::codec::{CodecError, Encoded};
 /// Jobs a worker holds at least (one running, one waiting), and at most.
 pub(crate) const DEPTH_MIN: usize = 2;
@@ -43,7 +44,7 @@ static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 pub(super) struct Config {
     pub(super) processes: usize,
     pub(super) start_method: Option<StartMethod>,
-    pub(super) init: Option<(Entry, Encoded)>,
+    pub(super) init: Option<(TaskEntry, Encoded)>,
     pub(super) max_tasks_per_child: Option<u64>,
     pub(super) task_timeout: Option<Duration>,
     pub(super) retry: RetryPolicy,
@@ -143,7 +144,7 @@ enum KillReason {
 
 /// A task the pool knows about.
 struct TaskRec {
-    entry: Entry,
+    entry: TaskEntry,
     /// The job, header room included; kept until the task ends, to send it again if its
     /// worker dies before starting it, or to retry it.
     payload: Encoded,
@@ -220,7 +221,7 @@ impl PoolInner {
     /// Registers a task and sends it to a worker if one has room. Returns its id.
     pub(super) fn submit(
         &self,
-        entry: Entry,
+        entry: TaskEntry,
         payload: Encoded,
         sink: Arc<dyn Sink<Received>>,
         slot: usize,
@@ -235,7 +236,7 @@ impl PoolInner {
     /// their ids, or the error that refused them all.
     pub(super) fn submit_many(
         &self,
-        entry: Entry,
+        entry: TaskEntry,
         jobs: Vec<(usize, Encoded)>,
         sink: &Arc<dyn Sink<Received>>,
     ) -> Result<Vec<u64>, TaskError> {
@@ -252,7 +253,7 @@ impl PoolInner {
     fn register(
         &self,
         st: &mut State,
-        entry: Entry,
+        entry: TaskEntry,
         payload: Encoded,
         sink: Arc<dyn Sink<Received>>,
         slot: usize,

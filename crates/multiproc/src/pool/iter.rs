@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 
 use super::TaskError;
 use super::task::{self, Slots};
+use super::worker::TaskEntry;
 use super::{DEPTH_MAX, Pool, encode_job};
 use crate::ipc::channel::Received;
-use crate::sys::Entry;
 
 /// How a lazy map hands one item to its pool.
 pub(crate) trait Backend<A> {
@@ -142,7 +142,7 @@ impl<B: Backend<A>, A, I> Drop for Feed<B, A, I> {
 /// Feeds a process pool: one task per item, running a function known by its entry.
 pub(crate) struct ProcessBackend<'p> {
     pool: &'p Pool,
-    entry: Result<Entry, TaskError>,
+    entry: Result<TaskEntry, TaskError>,
 }
 
 impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
@@ -222,7 +222,7 @@ where
     A: Serialize,
     I: Iterator<Item = A>,
 {
-    pub(super) fn new(pool: &'p Pool, entry: Result<Entry, TaskError>, input: I) -> Self {
+    pub(super) fn new(pool: &'p Pool, entry: Result<TaskEntry, TaskError>, input: I) -> Self {
         Imap {
             feed: Feed::new(ProcessBackend { pool, entry }, input),
             _result: PhantomData,

@@ -26,12 +26,13 @@ pub use thread::{ThreadPool, ThreadPoolBuilder};
 
 use crate::ipc::channel::Received;
 use crate::process::{SpawnError, StartMethod};
-use crate::sys::{self, Entry};
+use crate::sys;
 use crate::wire::codec::{self, Encoded};
 use engine::{Config, PoolInner};
 pub(crate) use engine::{DEPTH_MAX, DEPTH_MIN};
 use task::{Cancel, Cell, Sink, Slots};
 use worker::JOB_HEADER;
+use worker::{Chunk, OneTask, TaskEntry};
 
 /// Builds a [`Pool`].
 #[derive(Debug)]
@@ -39,7 +40,7 @@ use worker::JOB_HEADER;
 pub struct PoolBuilder {
     processes: Option<usize>,
     start_method: Option<StartMethod>,
-    init: Option<Result<(Entry, Encoded), PoolError>>,
+    init: Option<Result<(TaskEntry, Encoded), PoolError>>,
     max_tasks_per_child: Option<u64>,
     task_timeout: Option<Duration>,
     retry: RetryPolicy,
@@ -82,7 +83,7 @@ impl PoolBuilder {
     where
         A: Serialize + DeserializeOwned,
     {
-        self.init = Some(match sys::task_entry::<A, ()>(f, false) {
+        self.init = Some(match sys::entry::<OneTask, A, ()>(f) {
             Err(_) => Err(PoolError::Spawn(SpawnError::NotInExecutable)),
             Ok(entry) => codec::encode(&args)
                 .map(|arg| (entry, arg))
@@ -474,12 +475,17 @@ impl Drop for Pool {
 }
 
 /// The function's entry for workers.
-fn entry<A, R>(f: fn(A) -> R, chunked: bool) -> Result<Entry, TaskError>
+fn entry<A, R>(f: fn(A) -> R, chunked: bool) -> Result<TaskEntry, TaskError>
 where
     A: DeserializeOwned,
     R: Serialize,
 {
-    sys::task_entry(f, chunked).map_err(|_| TaskError::NotInExecutable)
+    if chunked {
+        sys::entry::<Chunk, A, R>(f)
+    } else {
+        sys::entry::<OneTask, A, R>(f)
+    }
+    .map_err(|_| TaskError::NotInExecutable)
 }
 
 /// Encodes a task's argument after room for the job header.

@@ -19,9 +19,54 @@ use crate::bootstrap::RemotePanic;
 use crate::bootstrap::{Invoked, caught_panic};
 use crate::deadline::Deadline;
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail};
-use crate::sys::{self, Entry, OwnedFd};
+use crate::sys::{self, Caller, Entry, OwnedFd, Signature};
 use crate::wire::codec::CodecError;
 use crate::wire::codec::{self, Encoded};
+
+/// A pool task's signature: the job's encoded argument and its descriptors in, what
+/// came of the call out.
+#[derive(Debug)]
+pub(crate) struct TaskSig;
+
+impl Signature for TaskSig {
+    type Input<'a> = (&'a [u8], Vec<OwnedFd>);
+    type Output = Invoked;
+}
+
+/// The function of a pool task, named for its workers.
+pub(crate) type TaskEntry = Entry<TaskSig>;
+
+/// Runs a job as one task ([`run_one`]).
+#[derive(Debug)]
+pub(crate) struct OneTask;
+
+impl Caller for OneTask {
+    type Sig = TaskSig;
+
+    fn call<A, R>(f: fn(A) -> R, (bytes, fds): (&[u8], Vec<OwnedFd>)) -> Invoked
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        run_one(f, bytes, fds)
+    }
+}
+
+/// Runs a job as a chunk of tasks ([`run_chunk`]).
+#[derive(Debug)]
+pub(crate) struct Chunk;
+
+impl Caller for Chunk {
+    type Sig = TaskSig;
+
+    fn call<A, R>(f: fn(A) -> R, (bytes, fds): (&[u8], Vec<OwnedFd>)) -> Invoked
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        run_chunk(f, bytes, fds)
+    }
+}
 
 /// Bytes before a job's argument.
 pub(crate) const JOB_HEADER: usize = 32;
@@ -51,7 +96,7 @@ pub(crate) struct JobHeader {
     pub(crate) id: u64,
     pub(crate) ticket: u32,
     pub(crate) generation: u32,
-    pub(crate) entry: Entry,
+    pub(crate) entry: TaskEntry,
 }
 
 impl JobHeader {
@@ -59,8 +104,9 @@ impl JobHeader {
         buf[0..8].copy_from_slice(&self.id.to_le_bytes());
         buf[8..12].copy_from_slice(&self.ticket.to_le_bytes());
         buf[12..16].copy_from_slice(&self.generation.to_le_bytes());
-        buf[16..24].copy_from_slice(&self.entry.trampoline.to_le_bytes());
-        buf[24..32].copy_from_slice(&self.entry.function.to_le_bytes());
+        let [trampoline, function] = self.entry.to_words();
+        buf[16..24].copy_from_slice(&trampoline.to_le_bytes());
+        buf[24..32].copy_from_slice(&function.to_le_bytes());
     }
 
     pub(crate) fn read(buf: &[u8]) -> Option<JobHeader> {
@@ -69,10 +115,10 @@ impl JobHeader {
             id: u64::from_le_bytes(h[0..8].try_into().ok()?),
             ticket: u32::from_le_bytes(h[8..12].try_into().ok()?),
             generation: u32::from_le_bytes(h[12..16].try_into().ok()?),
-            entry: Entry {
-                trampoline: u64::from_le_bytes(h[16..24].try_into().ok()?),
-                function: u64::from_le_bytes(h[24..32].try_into().ok()?),
-            },
+            entry: TaskEntry::from_words([
+                u64::from_le_bytes(h[16..24].try_into().ok()?),
+                u64::from_le_bytes(h[24..32].try_into().ok()?),
+            ]),
         })
     }
 }
@@ -112,7 +158,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) results: RawSender,
     pub(crate) tickets: Tickets,
     /// The initializer and its encoded argument.
-    pub(crate) init: Option<(Entry, Encoded)>,
+    pub(crate) init: Option<(TaskEntry, Encoded)>,
 }
 
 /// A worker process's function: serves jobs until every job sender is gone.
@@ -154,7 +200,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     };
     if let Some((entry, arg)) = init {
         let ran = panic::catch_unwind(AssertUnwindSafe(|| {
-            sys::run_task(entry, &proof, &arg.bytes, arg.fds)
+            sys::call(entry, &proof, (&arg.bytes, arg.fds))
         }));
         let why = match ran {
             Ok(Invoked::Returned(_)) => None,
@@ -182,7 +228,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 return;
             }
             let ran = panic::catch_unwind(AssertUnwindSafe(|| {
-                sys::run_task(job.entry, &proof, &bytes[JOB_HEADER..], fds)
+                sys::call(job.entry, &proof, (&bytes[JOB_HEADER..], fds))
             }));
             match ran {
                 Ok(Invoked::Returned(out)) => send(header(kind::RETURNED), out),
@@ -221,8 +267,8 @@ fn message(e: &CodecError) -> Encoded {
 }
 
 /// Runs one task: decodes its argument, calls `f`, encodes the result after room for
-/// the outcome header. Reached through the typed trampolines in `sys`.
-pub(crate) fn run_one<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+/// the outcome header. Reached through [`OneTask`] and the typed trampolines in `sys`.
+fn run_one<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -240,7 +286,7 @@ where
 
 /// Runs a chunk of tasks: decodes a sequence of arguments and calls `f` on each, a
 /// panic failing only its own item; the result is the sequence of outcomes.
-pub(crate) fn run_chunk<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+fn run_chunk<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
 where
     A: DeserializeOwned,
     R: Serialize,

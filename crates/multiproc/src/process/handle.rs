@@ -9,8 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::registry;
 use super::{ExitStatus, ProcessError, Signal};
-use crate::bootstrap::RemotePanic;
-use crate::bootstrap::messages;
+use crate::bootstrap::{self, RemotePanic, messages};
 use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, OwnedFd, WaitStatus};
 use crate::wire::codec;
@@ -330,7 +329,7 @@ const RELAY_GRACE: Duration = Duration::from_secs(1);
 /// Reads a relayed status; at end of file (the fork server died before reporting), waits
 /// for the process itself to end and reports `Unknown`.
 fn read_relayed(pipe: &OwnedFd, pidfd: &OwnedFd, deadline: Option<Instant>) -> Option<Ended> {
-    match sys::read_status(pipe.as_fd()) {
+    match bootstrap::read_status(pipe.as_fd()) {
         Ok(Some(t)) => Some(Ended::Known(t)),
         Ok(None) | Err(_) => match sys::wait_readable(&[pidfd.as_fd()], deadline) {
             Ok(r) if r[0].ready() => Some(Ended::Unknown),

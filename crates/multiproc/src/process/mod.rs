@@ -1,5 +1,7 @@
 //! Processes: [`spawn`], [`Builder`], [`JoinHandle`], and what a process knows about itself.
-#![allow(unsafe_code)] // `Builder::spawn_fork` is an `unsafe fn` by design; it contains no unsafe block.
+// `Builder::spawn_fork` is an `unsafe fn` by design, and its one unsafe block is the fork
+// it asks for, under the contract its `# Safety` section states.
+#![allow(unsafe_code)]
 
 mod current;
 mod error;
@@ -293,7 +295,8 @@ impl Builder {
         R: Serialize + DeserializeOwned,
     {
         let me = self.check()?;
-        let entry = sys::entry(f).map_err(|_| SpawnError::NotInExecutable)?;
+        let entry =
+            sys::entry::<bootstrap::ChildCall, A, R>(f).map_err(|_| SpawnError::NotInExecutable)?;
         let args = codec::encode(&args).map_err(SpawnError::Codec)?;
         let identity = bootstrap::exe_identity()?;
         let cwd = match &self.cwd {
@@ -443,7 +446,7 @@ impl Builder {
                     },
                 );
                 drop((st, me_slot));
-                let setup = sys::setup_forked_child(sys::ForkedChildSetup {
+                let setup = bootstrap::setup_forked_child(bootstrap::ForkedChildSetup {
                     stdio: stdio_child,
                     cwd: self.cwd.clone(),
                     process_group: self.process_group,

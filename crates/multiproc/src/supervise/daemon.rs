@@ -1,10 +1,12 @@
 //! [`daemonize`]: detach a long-running service from its terminal.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::DaemonError;
-use crate::{bootstrap, sys};
+use crate::bootstrap;
+use crate::sys::{self, AsFd, Forked, OwnedFd};
 
 /// How [`daemonize`] sets the service up.
 #[derive(Clone, Debug)]
@@ -133,8 +135,131 @@ pub fn daemonize(options: DaemonOptions) -> Result<Daemon, DaemonError> {
     if bootstrap::initialized() {
         return Err(DaemonError::AfterInit);
     }
-    let lock = sys::detach(&options)?;
+    if !sys::SUPPORTED {
+        return Err(DaemonError::Unsupported);
+    }
+    let lock = detach(&options)?;
     Ok(Daemon {
         pidfile: options.pidfile.zip(lock),
     })
+}
+
+fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> DaemonError {
+    move |source| DaemonError::Io { step, source }
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    sys::set_create_mode(&mut options, 0o640);
+    options.open(path)
+}
+
+/// Runs [`daemonize`]'s steps: the double fork, the new session, directory, umask,
+/// standard streams and the locked pid file. Returns the locked pid file in the daemon;
+/// the original process exits, or returns the error.
+fn detach(options: &DaemonOptions) -> Result<Option<File>, DaemonError> {
+    // Everything that can fail for a reason the caller should see is done here first,
+    // where an error can still be returned.
+    let pidfile = match &options.pidfile {
+        Some(path) => {
+            let mut open = OpenOptions::new();
+            open.read(true).write(true).create(true).truncate(false);
+            sys::set_create_mode(&mut open, 0o644);
+            let mut file = open.open(path).map_err(io_err("open the pid file"))?;
+            if !sys::try_lock_file(&file).map_err(io_err("lock the pid file"))? {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(DaemonError::AlreadyRunning {
+                    path: path.clone(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Some(file)
+        }
+        None => None,
+    };
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(io_err("open /dev/null"))?;
+    let stdout = match &options.stdout {
+        Some(p) => open_log(p).map_err(io_err("open the stdout file"))?,
+        None => null.try_clone().map_err(io_err("open /dev/null"))?,
+    };
+    let stderr = match &options.stderr {
+        Some(p) => open_log(p).map_err(io_err("open the stderr file"))?,
+        None => null.try_clone().map_err(io_err("open /dev/null"))?,
+    };
+    let (status_read, status_write) = sys::pipe().map_err(io_err("make a pipe"))?;
+
+    let Some(forked) = sys::fork_if_single_threaded().map_err(io_err("fork"))? else {
+        return Err(DaemonError::Threads(sys::thread_count().unwrap_or(0)));
+    };
+    if let Forked::Parent(pid) = forked {
+        drop(status_write);
+        // The first child exits as soon as it has forked the daemon.
+        let _ = sys::wait_child(pid);
+        let report = read_report(&status_read);
+        return match report.strip_prefix("ok") {
+            Some(_) => std::process::exit(0),
+            None if report.is_empty() => Err(DaemonError::Io {
+                step: "start the daemon",
+                source: io::Error::other("the daemon ended before it was set up"),
+            }),
+            None => Err(DaemonError::Io {
+                step: "set up the daemon",
+                source: io::Error::other(report),
+            }),
+        };
+    }
+    drop(status_read);
+    // The first child: a new session, without a terminal, then the daemon proper, which
+    // is not a session leader and so can never acquire a controlling terminal.
+    let mut status = status_write;
+    let fail = |status: &mut OwnedFd, what: &str, e: &dyn std::fmt::Display| -> ! {
+        let _ = sys::write_all(status.as_fd(), format!("{what}: {e}").as_bytes());
+        sys::exit_now(1)
+    };
+    if let Err(e) = sys::new_session() {
+        fail(&mut status, "setsid", &e);
+    }
+    match sys::fork_if_single_threaded() {
+        Ok(Some(Forked::Child)) => {}
+        Ok(Some(Forked::Parent(_))) => sys::exit_now(0),
+        Ok(None) => fail(&mut status, "fork", &"the first child has threads"),
+        Err(e) => fail(&mut status, "fork", &e),
+    }
+    if let Err(e) = std::env::set_current_dir(&options.working_dir) {
+        let what = format!("change directory to {}", options.working_dir.display());
+        fail(&mut status, &what, &e);
+    }
+    sys::set_umask(options.umask);
+    if let Err(e) = sys::redirect_stdio(&null, &stdout, &stderr) {
+        fail(&mut status, "redirect the standard streams", &e);
+    }
+    let mut pidfile = pidfile;
+    if let Some(file) = &mut pidfile {
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.write_all(format!("{}\n", sys::getpid()).as_bytes()))
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            fail(&mut status, "write the pid file", &e);
+        }
+    }
+    let _ = sys::write_all(status.as_fd(), b"ok");
+    Ok(pidfile)
+}
+
+/// What the daemon reported on the status pipe: `ok`, or why it failed (empty if it
+/// ended without a word).
+fn read_report(pipe: &OwnedFd) -> String {
+    let mut report = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n @ 1..) = sys::read(pipe.as_fd(), &mut buf) {
+        report.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&report).into_owned()
 }

@@ -1,8 +1,10 @@
-//! Types every backend shares: they describe processes and descriptors, not platforms.
+//! Types every backend shares: they describe processes, descriptors and functions, not
+//! platforms, and name nothing of the layers above.
 
-use crate::bootstrap::messages;
+use std::marker::PhantomData;
 
-use super::OwnedFd;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// How a process ended, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -11,28 +13,6 @@ pub(crate) enum WaitStatus {
     Exited(i32),
     /// Killed by this signal.
     Signaled(i32),
-}
-
-impl WaitStatus {
-    /// Five bytes: a kind byte and the code or signal, for the fork server's status pipe.
-    pub(crate) fn to_bytes(self) -> [u8; 5] {
-        let (kind, value) = match self {
-            WaitStatus::Exited(code) => (0u8, code),
-            WaitStatus::Signaled(sig) => (1u8, sig),
-        };
-        let v = value.to_le_bytes();
-        [kind, v[0], v[1], v[2], v[3]]
-    }
-
-    /// Inverse of [`WaitStatus::to_bytes`].
-    pub(crate) fn from_bytes(b: [u8; 5]) -> Option<Self> {
-        let value = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        match b[0] {
-            0 => Some(WaitStatus::Exited(value)),
-            1 => Some(WaitStatus::Signaled(value)),
-            _ => None,
-        }
-    }
 }
 
 /// What `wait_readable` saw on each descriptor.
@@ -51,13 +31,6 @@ impl Readiness {
     }
 }
 
-/// A function and its typed trampoline, as offsets from an anchor function in the same executable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Entry {
-    pub(crate) trampoline: u64,
-    pub(crate) function: u64,
-}
-
 /// Which side of a fork this is.
 #[derive(Debug)]
 pub(crate) enum Forked {
@@ -65,17 +38,93 @@ pub(crate) enum Forked {
     Child,
 }
 
-/// What a child forked straight from its parent sets up before running its function.
+/// The shape of a call made across processes: what its caller hands the function's
+/// trampoline and gets back. An [`Entry`] is typed by it, so that an entry is only ever
+/// called with the input its trampoline was made for.
+pub(crate) trait Signature: 'static {
+    /// What the call is given.
+    type Input<'a>;
+    /// What the call gives back.
+    type Output;
+}
+
+/// How a named function is run: the seam through which a trampoline reaches the layer
+/// that runs calls (the child's call, a pool worker's task). That layer implements it;
+/// `sys` names no caller.
+pub(crate) trait Caller {
+    /// The signature of the entries this caller makes.
+    type Sig: Signature;
+
+    /// Runs `f` on what `input` holds (decoding its argument, encoding its result).
+    fn call<A, R>(
+        f: fn(A) -> R,
+        input: <Self::Sig as Signature>::Input<'_>,
+    ) -> <Self::Sig as Signature>::Output
+    where
+        A: DeserializeOwned,
+        R: Serialize;
+}
+
+/// A function and its typed trampoline, as offsets from an anchor function in the same
+/// executable; made by `entry`, run by `call`.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) struct Entry<S> {
+    pub(super) trampoline: u64,
+    pub(super) function: u64,
+    #[serde(skip)]
+    pub(super) signature: PhantomData<fn() -> S>,
+}
+
+impl<S> Entry<S> {
+    /// The two offsets, to write into a fixed layout.
+    pub(crate) fn to_words(self) -> [u64; 2] {
+        [self.trampoline, self.function]
+    }
+
+    /// An entry read back from [`to_words`](Self::to_words). Like a decoded entry, it
+    /// is only trusted once the executable's identity has been checked.
+    pub(crate) fn from_words([trampoline, function]: [u64; 2]) -> Self {
+        Entry {
+            trampoline,
+            function,
+            signature: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for Entry<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Entry<S> {}
+
+impl<S> PartialEq for Entry<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_words() == other.to_words()
+    }
+}
+
+impl<S> Eq for Entry<S> {}
+
+impl<S> std::fmt::Debug for Entry<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("trampoline", &self.trampoline)
+            .field("function", &self.function)
+            .finish()
+    }
+}
+
+/// The process has other threads than the caller, so what needs it to have one
+/// (replacing the environment) is not done.
 #[derive(Debug)]
-pub(crate) struct ForkedChildSetup {
-    pub(crate) stdio: [OwnedFd; 3],
-    pub(crate) cwd: Option<std::path::PathBuf>,
-    /// The child leads a new process group.
-    pub(crate) process_group: bool,
-    /// The complete new environment (a block), when the builder changed it.
-    pub(crate) env: Option<messages::Bytes>,
-    /// Ask for `SIGKILL` when the forking thread (the parent's main thread) ends.
-    pub(crate) parent_death: Option<u32>,
-    /// Death pipe to watch on a thread of its own.
-    pub(crate) watchdog: Option<OwnedFd>,
+pub(crate) struct NotSingleThreaded;
+
+impl std::fmt::Display for NotSingleThreaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the process has more than one thread")
+    }
 }

@@ -10,8 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::{CallIo, Invoked};
-use crate::sys::{Entry, Forked, ForkedChildSetup, Readiness, WaitStatus};
+use crate::sys::{Caller, Entry, Forked, NotSingleThreaded, Readiness, Signature, WaitStatus};
 
 /// Processes cannot be started here.
 pub(crate) const SUPPORTED: bool = false;
@@ -61,6 +60,7 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
 // POSIX's traditional numbers, for `Signal`'s constants; nothing is ever sent here.
 pub(crate) const SIGINT: i32 = 2;
+pub(crate) const SIGPIPE: i32 = 13;
 pub(crate) const SIGILL: i32 = 4;
 pub(crate) const SIGABRT: i32 = 6;
 pub(crate) const SIGBUS: i32 = 7;
@@ -126,8 +126,38 @@ pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
 pub(crate) async fn readable_any(_: &[BorrowedFd<'_>], _: Instant) -> io::Result<()> {
     Err(unsupported())
 }
-pub(crate) fn read_status(_: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
+pub(crate) fn read(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<usize> {
     Err(unsupported())
+}
+pub(crate) fn write_all(_: BorrowedFd<'_>, _: &[u8]) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn set_cloexec(_: BorrowedFd<'_>, _: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn renumber(_: Vec<OwnedFd>, _: i32) -> io::Result<Vec<OwnedFd>> {
+    Err(unsupported())
+}
+pub(crate) fn keep_only(_: Vec<OwnedFd>, _: i32) -> io::Result<Vec<OwnedFd>> {
+    Err(unsupported())
+}
+pub(crate) fn leave_open(fd: OwnedFd) {
+    // Nothing can be open here (no process is ever started); dropping closes it.
+    drop(fd);
+}
+pub(crate) fn try_lock_file(_: &std::fs::File) -> io::Result<bool> {
+    Err(unsupported())
+}
+pub(crate) fn redirect_stdio(
+    _: &std::fs::File,
+    _: &std::fs::File,
+    _: &std::fs::File,
+) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn set_create_mode(_: &mut std::fs::OpenOptions, _: u32) {}
+pub(crate) fn path_from_bytes(bytes: Vec<u8>) -> std::path::PathBuf {
+    String::from_utf8_lossy(&bytes).into_owned().into()
 }
 pub(crate) fn file_fd(_file: std::fs::File) -> OwnedFd {
     #[cfg(unix)]
@@ -179,10 +209,36 @@ pub(crate) fn try_reap(_: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     Err(unsupported())
 }
 pub(crate) fn set_name(_: &str) {}
-pub(crate) fn detach(
-    _: &crate::supervise::DaemonOptions,
-) -> Result<Option<std::fs::File>, crate::supervise::DaemonError> {
-    Err(crate::supervise::DaemonError::Unsupported)
+pub(crate) fn set_cmdline(_: &str) {}
+pub(crate) fn thread_count() -> Option<usize> {
+    None
+}
+pub(crate) fn kill_me_with_parent(_: u32) -> io::Result<bool> {
+    Err(unsupported())
+}
+pub(crate) fn clear_parent_death_signal() -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn lead_process_group() -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn kill_self() -> ! {
+    std::process::abort()
+}
+/// A signal's disposition (none exist here).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Disposition;
+pub(crate) fn ignore_signal(_: i32) -> Disposition {
+    Disposition
+}
+pub(crate) fn default_signal(_: i32) {}
+pub(crate) fn restore_signal(_: i32, _: Disposition) {}
+pub(crate) fn new_session() -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn set_umask(_: u32) {}
+pub(crate) fn wait_child(_: u32) -> io::Result<()> {
+    Err(unsupported())
 }
 pub(crate) fn signal_group(_: u32, _: i32) -> io::Result<bool> {
     Err(unsupported())
@@ -190,22 +246,18 @@ pub(crate) fn signal_group(_: u32, _: i32) -> io::Result<bool> {
 pub(crate) fn signal_name(_: i32) -> Option<&'static str> {
     None
 }
-pub(crate) fn exe_file_identity() -> io::Result<[u64; 5]> {
+pub(crate) fn exe_identity() -> io::Result<[u64; 6]> {
     Err(unsupported())
 }
-pub(crate) fn anchor_offset() -> u64 {
-    0
-}
-pub(crate) fn entry<A: DeserializeOwned, R: Serialize>(_: fn(A) -> R) -> Result<Entry, NotInImage> {
+pub(crate) fn entry<C, A, R>(_: fn(A) -> R) -> Result<Entry<C::Sig>, NotInImage>
+where
+    C: Caller,
+    A: DeserializeOwned,
+    R: Serialize,
+{
     Err(NotInImage)
 }
-pub(crate) fn task_entry<A: DeserializeOwned, R: Serialize>(
-    _: fn(A) -> R,
-    _: bool,
-) -> Result<Entry, NotInImage> {
-    Err(NotInImage)
-}
-pub(crate) fn run_task(_: Entry, proof: &SameImage, _: &[u8], _: Vec<OwnedFd>) -> Invoked {
+pub(crate) fn call<S: Signature>(_: Entry<S>, proof: &SameImage, _: S::Input<'_>) -> S::Output {
     match proof.0 {}
 }
 pub(crate) fn fn_offset(_: fn()) -> Result<u64, NotInImage> {
@@ -216,9 +268,6 @@ pub(crate) fn fn_at(_: u64, proof: &SameImage) -> fn() {
 }
 pub(crate) fn verify_image(_: &[u64; 6]) -> Result<SameImage, String> {
     Err(WHY.into())
-}
-pub(crate) fn run_entry(_: Entry, proof: &SameImage, _: &mut dyn CallIo) -> Invoked {
-    match proof.0 {}
 }
 pub(crate) fn take_env(_: &str) -> Option<OsString> {
     None
@@ -246,14 +295,22 @@ pub(crate) fn fork_if_single_threaded() -> io::Result<Option<Forked>> {
 pub(crate) unsafe fn fork_unchecked() -> io::Result<Forked> {
     Err(unsupported())
 }
-pub(crate) fn exec_server(_: OwnedFd, _: OwnedFd) -> io::Result<(u32, OwnedFd)> {
+pub(crate) fn spawn_self(
+    _: &str,
+    _: &[(&str, &str)],
+    _: &[&str],
+    _: &[OwnedFd],
+) -> io::Result<(u32, OwnedFd)> {
     Err(unsupported())
 }
-pub(crate) fn serve(_: OwnedFd, _: Option<OwnedFd>, _: bool) -> ! {
-    std::process::exit(1)
+pub(crate) fn exec_self<'a>(
+    _: &str,
+    _: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> io::Error {
+    unsupported()
 }
-pub(crate) fn setup_forked_child(_: ForkedChildSetup) -> Result<(), String> {
-    Err(WHY.into())
+pub(crate) fn change_env(_: &[(&[u8], Option<&[u8]>)]) -> Result<(), NotSingleThreaded> {
+    Err(NotSingleThreaded)
 }
 pub(crate) fn memfd(_: &str, _: u64) -> io::Result<OwnedFd> {
     Err(unsupported())

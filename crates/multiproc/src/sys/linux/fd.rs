@@ -2,7 +2,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::sys::Readiness;
@@ -267,4 +267,158 @@ pub(crate) fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
 pub(crate) fn abstract_socket_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     use std::os::linux::net::SocketAddrExt;
     std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
+/// Moves `fds` to descriptors `first`, `first + 1`, ... (not close-on-exec), for a
+/// child between `fork` and `exec`: async-signal-safe and allocation-free. Every source
+/// is first duplicated above the targets, so that none is overwritten before it is
+/// copied; the sources stay open (they are close-on-exec).
+pub(super) fn place_raw(fds: &[RawFd], first: RawFd) -> io::Result<()> {
+    let mut high = [0 as RawFd; 8];
+    if fds.len() > high.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    let floor = first + high.len() as RawFd;
+    for (slot, &fd) in high.iter_mut().zip(fds) {
+        // SAFETY: plain descriptor syscall on a descriptor this process owns.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        *slot = dup;
+    }
+    for (i, &fd) in high.iter().take(fds.len()).enumerate() {
+        // SAFETY: as above; `dup2` onto a low descriptor closes whatever was there in this
+        // (child) process only.
+        if unsafe { libc::dup2(fd, first + i as RawFd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes `fds` this process's descriptors `first`, `first + 1`, ... in order (not
+/// close-on-exec), and returns them there; the originals are closed. Whatever was open
+/// at those numbers is closed: the caller owns them (a process setting up its standard
+/// streams and the descriptors its protocol expects).
+pub(crate) fn renumber(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<Vec<OwnedFd>> {
+    let count = fds.len() as RawFd;
+    let floor = first.saturating_add(count).max(16);
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // Above every target, so that no source is overwritten before it is copied.
+        high.push(rustix::io::fcntl_dupfd_cloexec(&fd, floor)?);
+        // The original is closed here.
+    }
+    let mut placed = Vec::with_capacity(high.len());
+    for (i, fd) in high.into_iter().enumerate() {
+        let target = first + i as RawFd;
+        // SAFETY: `dup2` onto `target` closes whatever was open there, which the caller
+        // owns (stated above); the temporary copy `fd` is closed when dropped.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `dup2` just opened `target` as a copy of `fd`; nothing else owns it.
+        placed.push(unsafe { OwnedFd::from_raw_fd(target) });
+    }
+    Ok(placed)
+}
+
+/// Keeps the descriptors below `first`, and `fds` renumbered to `first`, `first + 1`,
+/// ...; closes every other. For a process that starts a life of its own here (a fork
+/// server, a child before its call): a descriptor something else in the process still
+/// owns would be closed under it, so the caller forgets what it inherited first.
+pub(crate) fn keep_only(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<Vec<OwnedFd>> {
+    let count = fds.len() as RawFd;
+    let kept = renumber(fds, first)?;
+    close_from(first + count);
+    Ok(kept)
+}
+
+/// Closes every descriptor from `first` up.
+fn close_from(first: RawFd) {
+    // SAFETY: `close_range` only closes descriptors; the ones it closes are not used
+    // afterwards (`keep_only`'s caller owns nothing at or above `first` any more).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what /proc lists.
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd >= first)
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in open {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// The identity (device, inode) of the file open at descriptor `raw`, which this
+/// process inherited; `None` if nothing is open there.
+pub(crate) fn inherited_fd_id(raw: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: `F_GETFD` only inspects the descriptor table.
+    if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and stays open for the one `fstat`
+    // this borrow lasts: no other thread runs yet when tokens are read, and none closes
+    // descriptors it does not own.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    super::mem::file_id(fd).ok()
+}
+
+/// Takes ownership of a descriptor that this process inherited at a known number.
+pub(crate) fn adopt_inherited_fd(raw: RawFd) -> Option<OwnedFd> {
+    inherited_fd_id(raw)?;
+    // SAFETY: the descriptor is open, and this process was started with it for exactly
+    // this purpose (the token names it and its identity); nothing else in the process
+    // owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(fd.as_fd(), true).ok()?;
+    Some(fd)
+}
+
+/// Gives up ownership of `fd` without closing it: for the standard streams, which stay
+/// open at 0, 1 and 2 for the life of the process.
+pub(crate) fn leave_open(fd: OwnedFd) {
+    let _ = fd.into_raw_fd();
+}
+
+/// Takes an exclusive lock on `file` (`flock`) without waiting: `false` if another
+/// open file description holds one.
+pub(crate) fn try_lock_file(file: &std::fs::File) -> io::Result<bool> {
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes `stdin`, `stdout` and `stderr` this process's descriptors 0, 1 and 2.
+pub(crate) fn redirect_stdio(
+    stdin: &std::fs::File,
+    stdout: &std::fs::File,
+    stderr: &std::fs::File,
+) -> io::Result<()> {
+    rustix::stdio::dup2_stdin(stdin)?;
+    rustix::stdio::dup2_stdout(stdout)?;
+    rustix::stdio::dup2_stderr(stderr)?;
+    Ok(())
+}
+
+/// The permissions a file `options` creates gets (before the umask).
+pub(crate) fn set_create_mode(options: &mut std::fs::OpenOptions, mode: u32) {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.mode(mode);
 }

@@ -4,16 +4,22 @@
 //! that is linked into the same executable. Address-space layout randomisation moves the
 //! whole image, so the offset is the same in every process started from the same file;
 //! the child checks that it runs the same file before it turns an offset back into a
-//! function pointer (see [`verify_image`]).
+//! function pointer (see [`verify_image`]). The one unsafe step is that turn: an
+//! [`Entry`] pairs the function with a trampoline instantiated for its argument and
+//! result types, and the trampoline hands the typed function to the [`Caller`] that made
+//! the entry.
 
 use std::ffi::c_void;
 use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::{CallIo, Invoked};
-use crate::sys::{Entry, OwnedFd};
+use super::proc::exe_file_identity;
+use crate::sys::{Caller, Entry, Signature};
 
 /// The function passed to `spawn` does not live in the main executable (for example, it
 /// is in a shared library loaded at a different address in each process).
@@ -30,8 +36,6 @@ impl fmt::Display for NotInImage {
 /// [`Entry`]: only [`verify_image`] makes one.
 #[derive(Debug)]
 pub(crate) struct SameImage(());
-
-type Trampoline = fn(usize, &mut dyn CallIo) -> Invoked;
 
 #[inline(never)]
 fn anchor() {}
@@ -67,35 +71,70 @@ fn offset(addr: usize) -> Result<u64, NotInImage> {
 
 /// The offset of [`anchor`] from the start of the executable's image: two builds of a
 /// program almost never agree on it, so it joins the file identity as a cheap check.
-pub(crate) fn anchor_offset() -> u64 {
+fn anchor_offset() -> u64 {
     let anchor = anchor_addr();
     object_base(anchor).map_or(0, |base| anchor.wrapping_sub(base) as u64)
 }
 
-fn trampoline<A, R>(function: usize, io: &mut dyn CallIo) -> Invoked
+/// This executable's identity: the file's (device, inode, size, modification time),
+/// plus where the anchor sits in its image. Computed once per process image.
+pub(crate) fn exe_identity() -> io::Result<[u64; 6]> {
+    static IDENTITY: OnceLock<[u64; 6]> = OnceLock::new();
+    if let Some(id) = IDENTITY.get() {
+        return Ok(*id);
+    }
+    let [dev, ino, size, secs, nanos] = exe_file_identity()?;
+    Ok(*IDENTITY.get_or_init(|| [dev, ino, size, secs, nanos, anchor_offset()]))
+}
+
+/// A trampoline of the signature `S`.
+type Trampoline<S> = for<'a> fn(usize, <S as Signature>::Input<'a>) -> <S as Signature>::Output;
+
+fn trampoline<C, A, R>(
+    function: usize,
+    input: <C::Sig as Signature>::Input<'_>,
+) -> <C::Sig as Signature>::Output
 where
+    C: Caller,
     A: DeserializeOwned,
     R: Serialize,
 {
     // SAFETY: `function` is `anchor + offset`, where the offset was computed by `entry`
     // from a `fn(A) -> R` in an executable that `verify_image` found to be this one, and
-    // this trampoline was instantiated for the same `A` and `R` by that same `entry`.
-    // So `function` is the address of a `fn(A) -> R` in this process.
+    // this trampoline was instantiated for the same `C`, `A` and `R` by that same
+    // `entry`. So `function` is the address of a `fn(A) -> R` in this process.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    crate::bootstrap::child::invoke(f, io)
+    C::call(f, input)
 }
 
-/// Names `f` (and the trampoline that decodes its argument and encodes its result).
-pub(crate) fn entry<A, R>(f: fn(A) -> R) -> Result<Entry, NotInImage>
+/// Names `f`, and the trampoline that runs it through the caller `C`.
+pub(crate) fn entry<C, A, R>(f: fn(A) -> R) -> Result<Entry<C::Sig>, NotInImage>
 where
+    C: Caller,
     A: DeserializeOwned,
     R: Serialize,
 {
-    let trampoline: Trampoline = trampoline::<A, R>;
+    let trampoline: Trampoline<C::Sig> = trampoline::<C, A, R>;
     Ok(Entry {
         trampoline: offset(trampoline as usize)?,
         function: offset(f as usize)?,
+        signature: PhantomData,
     })
+}
+
+/// Calls the function an [`Entry`] names, with `input`.
+pub(crate) fn call<S: Signature>(
+    entry: Entry<S>,
+    _proof: &SameImage,
+    input: S::Input<'_>,
+) -> S::Output {
+    let anchor = anchor_addr();
+    let trampoline_addr = anchor.wrapping_add(entry.trampoline as usize);
+    // SAFETY: `_proof` shows this is the executable in which `entry` computed the offset
+    // of a trampoline of the signature `S` (the entry's type says which), so
+    // `anchor + offset` is that trampoline's address here.
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline<S>>(trampoline_addr) };
+    trampoline(anchor.wrapping_add(entry.function as usize), input)
 }
 
 /// Names a plain function (the setup function given to `init_with`).
@@ -111,69 +150,9 @@ pub(crate) fn fn_at(offset: u64, _proof: &SameImage) -> fn() {
     unsafe { std::mem::transmute::<usize, fn()>(addr) }
 }
 
-/// A pool task's trampoline: decodes the argument (or a chunk of them), runs the
-/// function, encodes what it returned.
-type TaskTrampoline = fn(usize, &[u8], Vec<OwnedFd>) -> Invoked;
-
-fn task_trampoline<A, R>(function: usize, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
-where
-    A: DeserializeOwned,
-    R: Serialize,
-{
-    // SAFETY: as in `trampoline`: `task_entry` paired this trampoline, instantiated for
-    // `A` and `R`, with the offset of a `fn(A) -> R`, in an executable `verify_image`
-    // found to be this one.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    crate::pool::worker::run_one(f, bytes, fds)
-}
-
-fn chunk_trampoline<A, R>(function: usize, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
-where
-    A: DeserializeOwned,
-    R: Serialize,
-{
-    // SAFETY: as in `task_trampoline`.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    crate::pool::worker::run_chunk(f, bytes, fds)
-}
-
-/// Names `f` for a pool worker: with `chunked`, for a call on a whole chunk of
-/// arguments (each run on its own, the results collected).
-pub(crate) fn task_entry<A, R>(f: fn(A) -> R, chunked: bool) -> Result<Entry, NotInImage>
-where
-    A: DeserializeOwned,
-    R: Serialize,
-{
-    let trampoline: TaskTrampoline = if chunked {
-        chunk_trampoline::<A, R>
-    } else {
-        task_trampoline::<A, R>
-    };
-    Ok(Entry {
-        trampoline: offset(trampoline as usize)?,
-        function: offset(f as usize)?,
-    })
-}
-
-/// Runs the pool task an [`Entry`] made by [`task_entry`] names.
-pub(crate) fn run_task(
-    entry: Entry,
-    _proof: &SameImage,
-    bytes: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Invoked {
-    let anchor = anchor_addr();
-    let trampoline_addr = anchor.wrapping_add(entry.trampoline as usize);
-    // SAFETY: `_proof` shows this is the executable in which `task_entry` computed the
-    // offset of a `TaskTrampoline`, so `anchor + offset` is that trampoline here.
-    let trampoline = unsafe { std::mem::transmute::<usize, TaskTrampoline>(trampoline_addr) };
-    trampoline(anchor.wrapping_add(entry.function as usize), bytes, fds)
-}
-
 /// Checks that this process runs the executable that `expected` describes.
 pub(crate) fn verify_image(expected: &[u64; 6]) -> Result<SameImage, String> {
-    let actual = crate::bootstrap::exe_identity()
-        .map_err(|e| format!("cannot identify this executable: {e}"))?;
+    let actual = exe_identity().map_err(|e| format!("cannot identify this executable: {e}"))?;
     if &actual != expected {
         return Err(format!(
             "the parent runs a different executable (identity {expected:x?}, this one {actual:x?}); \
@@ -181,14 +160,4 @@ pub(crate) fn verify_image(expected: &[u64; 6]) -> Result<SameImage, String> {
         ));
     }
     Ok(SameImage(()))
-}
-
-/// Calls the function an [`Entry`] names.
-pub(crate) fn run(entry: Entry, _proof: &SameImage, io: &mut dyn CallIo) -> Invoked {
-    let anchor = anchor_addr();
-    let trampoline_addr = anchor.wrapping_add(entry.trampoline as usize);
-    // SAFETY: `_proof` shows this is the executable in which `entry` computed the offset of
-    // a `Trampoline`, so `anchor + offset` is that trampoline's address here.
-    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
-    trampoline(anchor.wrapping_add(entry.function as usize), io)
 }

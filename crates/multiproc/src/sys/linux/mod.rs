@@ -1,66 +1,49 @@
-//! The Linux backend.
+//! The Linux backend: thin safe wrappers, one per system operation, over rustix and (where
+//! rustix has no safe form) libc. Nothing here knows what multiproc builds from them.
 #![allow(unsafe_code)]
 
-mod daemon;
+mod env;
 mod fd;
-mod forkserver;
+mod fork;
 mod image;
-mod launch;
 mod mem;
 mod proc;
 mod sync;
 
-use std::ffi::OsString;
-
 pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-pub(crate) use daemon::detach;
+pub(crate) use env::{change_env, take_env};
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, abstract_socket_addr, borrow_all, dev_null, dup, peek_packet, pipe,
-    poll_now, recv_with_fds, send_packet, send_with_fds, stream_pair, wait_readable, wait_writable,
+    MAX_FDS_PER_MESSAGE, abstract_socket_addr, adopt_inherited_fd, borrow_all, dev_null, dup,
+    inherited_fd_id, keep_only, leave_open, peek_packet, pipe, poll_now, read, recv_with_fds,
+    redirect_stdio, renumber, send_packet, send_with_fds, set_cloexec, set_create_mode,
+    stream_pair, try_lock_file, wait_readable, wait_writable, write_all,
 };
-pub(crate) use forkserver::{read_status, serve};
-pub(crate) use image::run as run_entry;
-pub(crate) use image::{
-    anchor_offset, entry, fn_at, fn_offset, run_task, task_entry, verify_image,
-};
-pub(crate) use launch::{
-    adopt_inherited_fd, exec_server, exit_now, fork_if_single_threaded, fork_unchecked,
-    inherited_fd_id, setup_forked_child,
-};
+pub(crate) use fork::{exec_self, exit_now, fork_if_single_threaded, fork_unchecked, spawn_self};
+pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
 pub(crate) use mem::{
     doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
     shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
 };
 pub(crate) use proc::{
-    SIGKILL, SIGTERM, exe_file_identity, fd_limit, getpid, is_main_thread, pidfd_open,
-    raise_fd_limit, send_signal, set_name, signal_group, signal_name, try_reap,
+    Disposition, SIGKILL, SIGTERM, clear_parent_death_signal, default_signal, fd_limit, getpid,
+    ignore_signal, is_main_thread, kill_me_with_parent, kill_self, lead_process_group, new_session,
+    pidfd_open, raise_fd_limit, restore_signal, send_signal, set_cmdline, set_name, set_umask,
+    signal_group, signal_name, thread_count, try_reap, wait_child,
 };
 pub(crate) use sync::{
     futex_wait, futex_wake, identity_alive, monotonic_ns, process_id, readable_any, thread_identity,
 };
 
-/// Signal numbers for [`crate::Signal`]'s constants.
+/// Signal numbers: for the public `Signal` constants, and the dispositions a fork
+/// server sets.
 pub(crate) const SIGINT: i32 = libc::SIGINT;
+pub(crate) const SIGPIPE: i32 = libc::SIGPIPE;
 pub(crate) const SIGABRT: i32 = libc::SIGABRT;
 pub(crate) const SIGBUS: i32 = libc::SIGBUS;
 pub(crate) const SIGFPE: i32 = libc::SIGFPE;
 pub(crate) const SIGILL: i32 = libc::SIGILL;
 pub(crate) const SIGSEGV: i32 = libc::SIGSEGV;
-
-/// Reads an environment variable and removes it, so that processes this one starts do
-/// not inherit it. The removal happens only while the process has a single thread (as
-/// it does at the top of `main`); otherwise the variable stays, which is harmless since
-/// tokens name the process they are meant for.
-pub(crate) fn take_env(name: &str) -> Option<OsString> {
-    let value = std::env::var_os(name)?;
-    if proc::thread_count() == Some(1) {
-        // SAFETY: the process has one thread, the caller, so nothing reads the
-        // environment concurrently.
-        unsafe { std::env::remove_var(name) };
-    }
-    Some(value)
-}
 
 /// Writes to stderr without taking `std`'s lock on it; errors are ignored (there is
 /// nowhere left to report them).
@@ -102,6 +85,13 @@ pub(crate) fn child_stdio(
 ) {
     let [i, o, e] = fds;
     (i.map(Into::into), o.map(Into::into), e.map(Into::into))
+}
+
+/// A path from the bytes `Path::as_os_str().as_encoded_bytes()` gave (in this process
+/// or another running this executable).
+pub(crate) fn path_from_bytes(bytes: Vec<u8>) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(bytes).into()
 }
 
 /// Logical CPUs this process may run on.

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
@@ -218,24 +218,58 @@ pub(crate) fn exe_file_identity() -> io::Result<[u64; 5]> {
     ])
 }
 
-/// Blocks until the read end of the death pipe reports that every writer is gone, then
-/// kills this process. Runs on its own thread in children that were forked directly by
-/// their parent, where the kernel's parent-death signal would follow the forking thread
-/// rather than the parent process.
-pub(crate) fn spawn_death_watchdog(death: OwnedFd) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("multiproc-watchdog".into())
-        .spawn(move || {
-            loop {
-                match super::fd::wait_readable(&[death.as_fd()], None) {
-                    Ok(r) if r[0].ready() => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
-        })
-        .map(drop)
+/// Kills this process at once (`SIGKILL`).
+pub(crate) fn kill_self() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
+    // SIGKILL cannot be caught; should the kill fail, the process ends anyway.
+    super::fork::exit_now(137)
+}
+
+/// A signal's disposition as [`ignore_signal`] found it, to put back with
+/// [`restore_signal`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Disposition(libc::sighandler_t);
+
+/// Ignores `signal` and returns what its disposition was.
+pub(crate) fn ignore_signal(signal: i32) -> Disposition {
+    // SAFETY: setting a signal to be ignored installs no handler code.
+    Disposition(unsafe { libc::signal(signal, libc::SIG_IGN) })
+}
+
+/// Gives `signal` its default action back.
+pub(crate) fn default_signal(signal: i32) {
+    // SAFETY: the default action is the kernel's; no handler code is installed.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// Puts back a disposition [`ignore_signal`] returned for `signal`.
+pub(crate) fn restore_signal(signal: i32, disposition: Disposition) {
+    // SAFETY: `disposition` is what this program (or the process it was forked from)
+    // had for `signal`: `SIG_DFL`, `SIG_IGN`, or a handler of this same executable
+    // image, so putting it back installs nothing the program did not.
+    unsafe { libc::signal(signal, disposition.0) };
+}
+
+/// Makes this process the leader of a new session, without a controlling terminal.
+pub(crate) fn new_session() -> io::Result<()> {
+    rustix::process::setsid()?;
+    Ok(())
+}
+
+/// Sets this process's file-mode creation mask.
+pub(crate) fn set_umask(mask: u32) {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(mask));
+}
+
+/// Waits for this process's child `pid` to end, and reaps it.
+pub(crate) fn wait_child(pid: u32) -> io::Result<()> {
+    let pid = to_pid(pid)?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(Errno::INTR) => {}
+            other => return other.map(drop).map_err(Into::into),
+        }
+    }
 }
 
 fn to_pid(pid: u32) -> io::Result<Pid> {

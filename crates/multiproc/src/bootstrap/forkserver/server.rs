@@ -1,4 +1,4 @@
-//! The fork server: a single-threaded process that forks children on request.
+//! The fork server's side: a single-threaded process that forks children on request.
 //!
 //! Because it never has a second thread, a child forked from it may do anything (allocate,
 //! take locks) before running its call or executing the program afresh. Its children's
@@ -14,17 +14,11 @@
 //! A spare dies with the server (its parent-death signal is set) until it is assigned.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use super::fd;
-use super::launch::{
-    CHANNEL_FD, DEATH_FD, ServerInfo, become_requested, close_from, exit_now, fork_unchecked,
-    place_raw,
-};
-use super::proc as process;
-use crate::bootstrap::messages::{self, ForkReply, ForkRequest, Refusal};
+use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refusal};
+use crate::bootstrap::setup::{FromServer, become_requested};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
-use crate::sys::{Forked, WaitStatus};
+use crate::sys::{self, AsFd, Forked, OwnedFd};
 use crate::wire::framing::Conn;
 
 /// One child of the server.
@@ -41,9 +35,9 @@ struct Kid {
 /// Runs the fork server on `control` until the parent goes away. Never returns.
 /// `executed`: the server was started by executing the program (rather than forked).
 pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) -> ! {
-    if process::thread_count() != Some(1) {
-        super::write_stderr(b"multiproc: the fork server must be single-threaded; exiting\n");
-        exit_now(BOOTSTRAP_FAILURE);
+    if sys::thread_count() != Some(1) {
+        sys::write_stderr(b"multiproc: the fork server must be single-threaded; exiting\n");
+        sys::exit_now(BOOTSTRAP_FAILURE);
     }
     // Descriptors the parent's state held are closed below with everything else; the
     // copies of that state in this process must forget them rather than close them twice.
@@ -53,27 +47,24 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     let (control, death) = match keep_only(control, death) {
         Ok(kept) => kept,
         Err(e) => {
-            super::write_stderr(format!("multiproc: fork server setup failed: {e}\n").as_bytes());
-            exit_now(BOOTSTRAP_FAILURE)
+            sys::write_stderr(format!("multiproc: fork server setup failed: {e}\n").as_bytes());
+            sys::exit_now(BOOTSTRAP_FAILURE)
         }
     };
-    process::set_name("mp-forkserver");
+    sys::set_name("mp-forkserver");
     if executed {
-        process::set_cmdline("mp-forkserver");
+        sys::set_cmdline("mp-forkserver");
     }
-    // SAFETY: setting signals to be ignored installs no handler code. Ctrl-C goes to the
-    // whole foreground group and the parent decides what it means; the server writes
-    // statuses to pipes whose reader may be gone, whatever the program chose for
-    // SIGPIPE (children get that choice back).
-    let sigpipe = unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN)
-    };
-    super::raise_fd_limit();
+    // Ctrl-C goes to the whole foreground group and the parent decides what it means;
+    // the server writes statuses to pipes whose reader may be gone, whatever the program
+    // chose for SIGPIPE (children get that choice back).
+    sys::ignore_signal(sys::SIGINT);
+    let sigpipe = sys::ignore_signal(sys::SIGPIPE);
+    sys::raise_fd_limit();
     // Never changes in the server; children compare the requested environment with it.
     let env = messages::env_block(std::env::vars_os());
-    let info = ServerInfo {
-        pid: process::getpid(),
+    let info = FromServer {
+        pid: sys::getpid(),
         executed,
         sigpipe,
         env: &env.0,
@@ -90,7 +81,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
             // With a spare to make, only look; a request already waiting goes first.
             let deadline = missing_spare.then(std::time::Instant::now);
-            match fd::wait_readable(&fds, deadline) {
+            match sys::wait_readable(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(_) => break,
             }
@@ -106,12 +97,12 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         // Reap from the end, so that removing keeps the indices of those not yet seen.
         for i in (0..kids.len()).rev() {
             if ready[i + 1].ready()
-                && let Ok(Some(status)) = process::try_reap(kids[i].pidfd.as_fd())
+                && let Ok(Some(status)) = sys::try_reap(kids[i].pidfd.as_fd())
             {
                 let kid = kids.swap_remove(i);
                 if let Some(pipe) = kid.status {
                     // The parent may have stopped listening; nothing to do then.
-                    let _ = fd::write_all(pipe.as_fd(), &status.to_bytes());
+                    let _ = sys::write_all(pipe.as_fd(), &messages::status_to_bytes(status));
                 }
             }
         }
@@ -162,28 +153,28 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         .filter(|k| k.daemon || k.spare.is_some())
         .collect();
     for kid in &doomed {
-        let _ = process::send_signal(kid.pidfd.as_fd(), process::SIGKILL);
+        let _ = sys::send_signal(kid.pidfd.as_fd(), sys::SIGKILL);
     }
     // The parent is gone: the named segments it created and did not unlink go too.
     for t in &tracked {
-        super::mem::shm_unlink_if(&t.name, (t.dev, t.ino));
+        sys::shm_unlink_if(&t.name, (t.dev, t.ino));
     }
     // Reap them (for a second at most), so that none is seen running, re-parented,
     // after this server is gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     for kid in &doomed {
         // A pidfd becomes readable when its process has exited.
-        if fd::wait_readable(&[kid.pidfd.as_fd()], Some(deadline)).is_ok() {
-            let _ = process::try_reap(kid.pidfd.as_fd());
+        if sys::wait_readable(&[kid.pidfd.as_fd()], Some(deadline)).is_ok() {
+            let _ = sys::try_reap(kid.pidfd.as_fd());
         }
     }
-    exit_now(0)
+    sys::exit_now(0)
 }
 
 /// Handles one request: hands it to the spare, or forks a child for it. Returns the
 /// child's pid and a pidfd for the requester.
 fn start_child(
-    info: &ServerInfo<'_>,
+    info: &FromServer<'_>,
     body: &[u8],
     fds: Vec<OwnedFd>,
     death: Option<&OwnedFd>,
@@ -210,23 +201,23 @@ fn start_child(
         {
             kid.status = Some(status);
             kid.daemon = request.daemon;
-            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
+            let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             return Ok((kid.pid, pidfd));
         }
     }
-    // SAFETY: the server is single-threaded (checked when it started; it never creates
-    // threads), so the child is a consistent copy.
-    match unsafe { fork_unchecked() } {
+    // The server is single-threaded (checked when it started; it never creates threads),
+    // so the child is a consistent copy.
+    match sys::fork_if_single_threaded().and_then(single) {
         Err(e) => Err(Refusal::os("fork failed", &e)),
         Ok(Forked::Child) => {
             drop(status);
-            let death = death.and_then(|d| fd::dup(d.as_fd()).ok());
+            let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
             become_requested(info, &request, channel, [stdin, stdout, stderr], death)
         }
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
             let kid = new_kid(pid, Some(status), request.daemon, None)?;
-            let pidfd = fd::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
+            let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             kids.push(kid);
             Ok((pid, pidfd))
         }
@@ -240,7 +231,7 @@ fn new_kid(
     spare: Option<Conn>,
 ) -> Result<Kid, Refusal> {
     // Our own child: it cannot be reaped before we wait, so the pid is still its.
-    let pidfd = process::pidfd_open(pid).map_err(|e| Refusal::os("pidfd_open", &e))?;
+    let pidfd = sys::pidfd_open(pid).map_err(|e| Refusal::os("pidfd_open", &e))?;
     Ok(Kid {
         pid,
         pidfd,
@@ -251,13 +242,12 @@ fn new_kid(
 }
 
 /// Forks a spare child that waits for its assignment.
-fn fork_spare(info: &ServerInfo<'_>, death: Option<&OwnedFd>) -> io::Result<Kid> {
-    let (ours, theirs) = fd::stream_pair()?;
-    // SAFETY: as in `start_child`: the server is single-threaded.
-    match unsafe { fork_unchecked() }? {
+fn fork_spare(info: &FromServer<'_>, death: Option<&OwnedFd>) -> io::Result<Kid> {
+    let (ours, theirs) = sys::stream_pair()?;
+    match sys::fork_if_single_threaded().and_then(single)? {
         Forked::Child => {
             drop(ours);
-            let death = death.and_then(|d| fd::dup(d.as_fd()).ok());
+            let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
             spare(info, theirs, death)
         }
         Forked::Parent(pid) => {
@@ -275,62 +265,49 @@ fn fork_spare(info: &ServerInfo<'_>, death: Option<&OwnedFd>) -> io::Result<Kid>
 
 /// A spare: waits for one assignment, then becomes that child. Exits if the server goes
 /// away or retires it.
-fn spare(info: &ServerInfo<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
-    if !matches!(process::kill_me_with_parent(info.pid), Ok(true)) {
-        exit_now(0);
+fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
+    if !matches!(sys::kill_me_with_parent(info.pid), Ok(true)) {
+        sys::exit_now(0);
     }
     let Ok((control, death)) = keep_only(control, death) else {
-        exit_now(BOOTSTRAP_FAILURE)
+        sys::exit_now(BOOTSTRAP_FAILURE)
     };
-    process::set_name("mp-spare");
+    sys::set_name("mp-spare");
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let frame = match conn.recv(None) {
         Ok(frame) if frame.tag == messages::FORK => frame,
-        _ => exit_now(0),
+        _ => sys::exit_now(0),
     };
     let Ok(request) = postcard::from_bytes::<ForkRequest>(&frame.body) else {
-        exit_now(BOOTSTRAP_FAILURE)
+        sys::exit_now(BOOTSTRAP_FAILURE)
     };
     let Ok([channel, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(frame.fds) else {
-        exit_now(BOOTSTRAP_FAILURE)
+        sys::exit_now(BOOTSTRAP_FAILURE)
     };
     drop(conn);
     become_requested(info, &request, channel, [stdin, stdout, stderr], death)
 }
 
 /// Keeps stdio, `control` and `death`; closes every other descriptor. The kept ones are
-/// renumbered to 3 and 4.
+/// renumbered to CHANNEL_FD and the one after it.
 fn keep_only(control: OwnedFd, death: Option<OwnedFd>) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
-    let has_death = death.is_some();
-    let mut raw = vec![control.into_raw_fd()];
-    if let Some(d) = death {
-        raw.push(d.into_raw_fd());
-    }
-    place_raw(&raw)?;
-    // The originals (unless they were already in place) are closed with the rest.
-    close_from(CHANNEL_FD + if has_death { 2 } else { 1 });
-    // SAFETY: `place_raw` put the connection at CHANNEL_FD; nothing else owns it.
-    let control = unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) };
-    // SAFETY: likewise for the death pipe.
-    let death = has_death.then(|| unsafe { OwnedFd::from_raw_fd(DEATH_FD) });
-    fd::set_cloexec(control.as_fd(), true)?;
+    let mut kept = sys::keep_only(
+        [Some(control), death].into_iter().flatten().collect(),
+        CHANNEL_FD,
+    )?
+    .into_iter();
+    let control = kept
+        .next()
+        .ok_or_else(|| io::Error::other("the connection was not kept"))?;
+    let death = kept.next();
+    sys::set_cloexec(control.as_fd(), true)?;
     if let Some(d) = &death {
-        fd::set_cloexec(d.as_fd(), true)?;
+        sys::set_cloexec(d.as_fd(), true)?;
     }
     Ok((control, death))
 }
 
-/// Reads the status a fork server wrote for a child: five bytes, or `None` at end of
-/// file (the server died before reporting).
-pub(crate) fn read_status(status: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
-    let mut buf = [0u8; 5];
-    let mut got = 0;
-    while got < buf.len() {
-        let n = fd::read(status, &mut buf[got..])?;
-        if n == 0 {
-            return Ok(None);
-        }
-        got += n;
-    }
-    Ok(WaitStatus::from_bytes(buf))
+/// The server forks only while it has one thread, which it always has.
+fn single(forked: Option<Forked>) -> io::Result<Forked> {
+    forked.ok_or_else(|| io::Error::other("the fork server has another thread"))
 }

@@ -1,13 +1,14 @@
-//! The parent's side of the fork server: start it, ask it for children, stop it.
-//!
-//! The server itself (a single-threaded loop that forks) is platform code and lives in
-//! `sys`; the protocol is in `wire` and described in `README.md`.
+//! The parent's side of the fork server: start it, ask it for children, read their
+//! exit statuses, stop it. The protocol is in `messages.rs` and described in
+//! `README.md`.
 
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::messages::{self, ForkReply, ForkRequest};
-use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+use super::server;
+use crate::bootstrap::messages::{self, CHANNEL_FD, DEATH_FD, ForkReply, ForkRequest};
+use crate::bootstrap::{CHILD_TOKEN, SERVER_TOKEN, format_token};
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd, WaitStatus};
 use crate::wire::framing::{Conn, RecvFrameError};
 
 /// How long the server may take to answer a request before it is considered wedged.
@@ -32,7 +33,7 @@ impl ForkServer {
             None => Ok(None),
             Some(sys::Forked::Child) => {
                 drop(ours);
-                sys::serve(theirs, Some(death), false)
+                server::serve(theirs, Some(death), false)
             }
             Some(sys::Forked::Parent(pid)) => {
                 drop(theirs);
@@ -52,7 +53,16 @@ impl ForkServer {
     /// forking it would not be sound).
     pub(crate) fn exec_now(death: OwnedFd) -> io::Result<Self> {
         let (ours, theirs) = sys::stream_pair()?;
-        let (pid, pidfd) = sys::exec_server(theirs, death)?;
+        // `spawn_self` puts the connection at 3 (CHANNEL_FD) and the death pipe at 4
+        // (DEATH_FD); the server knows the token is its own by the connection's identity.
+        let token = format_token(CHANNEL_FD, Some(DEATH_FD), sys::file_id(theirs.as_fd())?);
+        let (pid, pidfd) = sys::spawn_self(
+            // Room for the server's children to put their own names in `ps`.
+            &format!("multiproc-forkserver{:48}", ""),
+            &[(SERVER_TOKEN, &token)],
+            &[CHILD_TOKEN],
+            &[theirs, death],
+        )?;
         tracing::trace!(pid, "fork server started by exec");
         Ok(ForkServer {
             pid,
@@ -130,4 +140,19 @@ pub(crate) fn is_server_gone(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
     )
+}
+
+/// Reads the status a fork server wrote for a child: five bytes, or `None` at end of
+/// file (the server died before reporting).
+pub(crate) fn read_status(status: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = sys::read(status, &mut buf[got..])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        got += n;
+    }
+    Ok(messages::status_from_bytes(buf))
 }

@@ -1,0 +1,9 @@
+//! The fork server: the parent's side (`client.rs`: start it, ask it for children,
+//! stop it) and the server's loop (`server.rs`). The protocol is in `messages.rs` and
+//! described in `README.md`.
+
+mod client;
+mod server;
+
+pub(crate) use client::{ForkServer, is_server_gone, read_status};
+pub(crate) use server::serve;

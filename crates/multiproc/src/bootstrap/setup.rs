@@ -1,0 +1,188 @@
+//! A new child's set-up before it runs its call: signals, parent-death signal, process
+//! group, descriptors, name, directory and environment. For a child of the fork server
+//! ([`become_requested`]) and for one forked straight from its parent
+//! ([`setup_forked_child`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::messages::{self, CHANNEL_FD, DEATH_FD, ForkRequest, Launch};
+use super::{BOOTSTRAP_FAILURE, CHILD_TOKEN, child, fail_on, format_token};
+use crate::sys::{self, AsFd, OwnedFd};
+
+/// What a child of the fork server takes from it.
+pub(crate) struct FromServer<'a> {
+    pub(crate) pid: u32,
+    /// The server was started by executing the program: its command line is its own,
+    /// and each child writes its name there (otherwise children show the program's).
+    pub(crate) executed: bool,
+    /// The program's own SIGPIPE disposition, which the server replaced.
+    pub(crate) sigpipe: sys::Disposition,
+    /// The server's environment, as a block.
+    pub(crate) env: &'a [u8],
+}
+
+/// Turns a fresh child of the fork server (just forked, or a spare just assigned) into
+/// the requested process: signals, parent-death signal, descriptors, name, directory and
+/// environment; then runs the call, or executes the program afresh. `death` is the
+/// parent's death pipe. Never returns.
+pub(crate) fn become_requested(
+    server: &FromServer<'_>,
+    request: &ForkRequest,
+    channel: OwnedFd,
+    stdio: [OwnedFd; 3],
+    death: Option<OwnedFd>,
+) -> ! {
+    // The default action, and the program's own choice for SIGPIPE.
+    sys::default_signal(sys::SIGINT);
+    sys::restore_signal(sys::SIGPIPE, server.sigpipe);
+    // A daemon dies with the server, which dies with the parent; other children do not.
+    let parent_alive = if request.daemon {
+        sys::kill_me_with_parent(server.pid)
+    } else {
+        sys::clear_parent_death_signal().map(|()| true)
+    };
+    if !matches!(parent_alive, Ok(true))
+        || (request.process_group && sys::lead_process_group().is_err())
+    {
+        sys::exit_now(BOOTSTRAP_FAILURE);
+    }
+    // stdin, stdout, stderr at 0 to 2, the channel at CHANNEL_FD, the death pipe at
+    // DEATH_FD; nothing else.
+    let has_death = death.is_some();
+    let mut fds: Vec<OwnedFd> = stdio.into();
+    fds.push(channel);
+    fds.extend(death);
+    let mut kept = match sys::keep_only(fds, 0) {
+        Ok(kept) => kept.into_iter(),
+        Err(e) => {
+            sys::write_stderr(format!("multiproc: child setup failed: {e}\n").as_bytes());
+            sys::exit_now(BOOTSTRAP_FAILURE);
+        }
+    };
+    for stream in kept.by_ref().take(3) {
+        sys::leave_open(stream);
+    }
+    let (Some(channel), death) = (kept.next(), kept.next()) else {
+        sys::exit_now(BOOTSTRAP_FAILURE)
+    };
+    sys::set_name(&request.name);
+    if server.executed {
+        sys::set_cmdline(&request.name);
+    }
+    if let Some(dir) = &request.cwd {
+        let dir = sys::path_from_bytes(dir.0.clone());
+        if let Err(e) = std::env::set_current_dir(&dir) {
+            let why = format!("cannot change directory to {}: {e}", dir.display());
+            fail_on(channel, &why);
+        }
+    }
+    match request.launch {
+        Launch::Fork => {
+            if let Err(e) = replace_env(&request.env.0, Some(server.env)) {
+                fail_on(channel, &format!("cannot set the environment: {e}"));
+            }
+            let _ = sys::set_cloexec(channel.as_fd(), true);
+            if let Some(death) = &death {
+                let _ = sys::set_cloexec(death.as_fd(), true);
+            }
+            child::run_forked(channel, death)
+        }
+        Launch::Exec => {
+            let token = match sys::file_id(channel.as_fd()) {
+                Ok(id) => format_token(CHANNEL_FD, has_death.then_some(DEATH_FD), id),
+                Err(e) => fail_on(channel, &format!("fstat of the call channel: {e}")),
+            };
+            let env = messages::env_entries(&request.env.0)
+                .filter(|(k, _)| *k != CHILD_TOKEN.as_bytes())
+                .chain([(CHILD_TOKEN.as_bytes(), token.as_bytes())]);
+            let why = sys::exec_self(&request.name, env);
+            fail_on(channel, &format!("cannot execute /proc/self/exe: {why}"))
+        }
+    }
+}
+
+/// What a child forked straight from its parent sets up before running its function.
+#[derive(Debug)]
+pub(crate) struct ForkedChildSetup {
+    pub(crate) stdio: [OwnedFd; 3],
+    pub(crate) cwd: Option<PathBuf>,
+    /// The child leads a new process group.
+    pub(crate) process_group: bool,
+    /// The complete new environment (a block), when the builder changed it.
+    pub(crate) env: Option<messages::Bytes>,
+    /// Ask for `SIGKILL` when the forking thread (the parent's main thread) ends.
+    pub(crate) parent_death: Option<u32>,
+    /// Death pipe to watch on a thread of its own.
+    pub(crate) watchdog: Option<OwnedFd>,
+}
+
+/// Sets up a child forked straight from its parent (`Builder::spawn_fork`).
+pub(crate) fn setup_forked_child(setup: ForkedChildSetup) -> Result<(), String> {
+    if let Some(parent) = setup.parent_death
+        && !sys::kill_me_with_parent(parent).map_err(|e| format!("prctl: {e}"))?
+    {
+        return Err("the parent exited during the fork".into());
+    }
+    if setup.process_group {
+        sys::lead_process_group().map_err(|e| format!("setpgid: {e}"))?;
+    }
+    let stdio = sys::renumber(setup.stdio.into(), 0).map_err(|e| format!("stdio setup: {e}"))?;
+    stdio.into_iter().for_each(sys::leave_open);
+    if let Some(dir) = &setup.cwd {
+        std::env::set_current_dir(dir)
+            .map_err(|e| format!("cannot change directory to {}: {e}", dir.display()))?;
+    }
+    if let Some(env) = &setup.env {
+        // The child has only this thread so far (the caller of `spawn_fork` guarantees
+        // that no other thread held the environment at the fork).
+        replace_env(&env.0, None).map_err(|e| format!("cannot set the environment: {e}"))?;
+    }
+    if let Some(death) = setup.watchdog {
+        spawn_death_watchdog(death).map_err(|e| format!("watchdog thread: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Makes the environment exactly `env` (an environment block), touching only the
+/// variables that differ. `current` is this process's environment as a block, when known.
+fn replace_env(env: &[u8], current: Option<&[u8]>) -> Result<(), sys::NotSingleThreaded> {
+    let current = match current {
+        // The usual case: the parent's environment is what the server started with.
+        Some(current) if current == env => return Ok(()),
+        Some(current) => current.to_vec(),
+        None => messages::env_block(std::env::vars_os()).0,
+    };
+    let wanted: BTreeMap<&[u8], &[u8]> = messages::env_entries(env).collect();
+    let had: BTreeMap<&[u8], &[u8]> = messages::env_entries(&current).collect();
+    let removed = had
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .map(|k| (*k, None));
+    let set = wanted
+        .iter()
+        .filter(|(k, v)| had.get(*k) != Some(*v))
+        .map(|(k, v)| (*k, Some(*v)));
+    let changes: Vec<(&[u8], Option<&[u8]>)> = removed.chain(set).collect();
+    sys::change_env(&changes)
+}
+
+/// Blocks until the read end of the death pipe reports that every writer is gone, then
+/// kills this process. Runs on its own thread in children that were forked directly by
+/// their parent, where the kernel's parent-death signal would follow the forking thread
+/// rather than the parent process.
+fn spawn_death_watchdog(death: OwnedFd) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("multiproc-watchdog".into())
+        .spawn(move || {
+            loop {
+                match sys::wait_readable(&[death.as_fd()], None) {
+                    Ok(r) if r[0].ready() => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            sys::kill_self()
+        })
+        .map(drop)
+}

@@ -1,0 +1,110 @@
+//! Starting processes: forking, executing this program again, and exiting a forked
+//! child. How a new child is set up, and what it runs, is `bootstrap`'s.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use super::proc as process;
+use crate::sys::Forked;
+
+/// Forks, but only if the calling thread is the process's only thread: then no other
+/// thread can hold a lock or be mid-update, and none can appear before the fork since
+/// only this thread could create it. `Ok(None)` if the process has other threads.
+pub(crate) fn fork_if_single_threaded() -> io::Result<Option<Forked>> {
+    if process::thread_count() != Some(1) {
+        return Ok(None);
+    }
+    // SAFETY: the process has exactly one thread, the caller, so the child is an exact
+    // copy of a consistent process.
+    unsafe { fork_unchecked() }.map(Some)
+}
+
+/// `fork()`.
+///
+/// # Safety
+///
+/// In the child only the calling thread exists. Anything another thread was doing is
+/// frozen half-done: a lock it held stays locked forever. The caller must ensure that the
+/// child touches no state another thread might have been using at the moment of the
+/// fork (or that there is no other thread).
+pub(crate) unsafe fn fork_unchecked() -> io::Result<Forked> {
+    // SAFETY: `fork` itself is always safe to call; what the child may do afterwards is
+    // the caller's obligation, stated above.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid.unsigned_abs())),
+    }
+}
+
+/// Starts this program afresh (`/proc/self/exe`) as a child of this process, with
+/// `arg0` as its only argument, the environment changed by `set` and `remove`, stdin
+/// from `/dev/null`, and `fds` at descriptors 3, 4, ... in order. Returns its pid and a
+/// pidfd for it.
+pub(crate) fn spawn_self(
+    arg0: &str,
+    set: &[(&str, &str)],
+    remove: &[&str],
+    fds: &[OwnedFd],
+) -> io::Result<(u32, OwnedFd)> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut command = Command::new("/proc/self/exe");
+    command.arg0(arg0).stdin(Stdio::null());
+    for (key, value) in set {
+        command.env(key, value);
+    }
+    for key in remove {
+        command.env_remove(key);
+    }
+    // SAFETY: the closure runs in the forked child before `exec` and calls only
+    // async-signal-safe functions (`fcntl`, `dup2`); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || super::fd::place_raw(&raw, 3));
+    }
+    let child = command.spawn()?;
+    let pid = child.id();
+    // The child cannot be reaped before we wait for it, so `pid` is still its pid.
+    let pidfd = process::pidfd_open(pid)?;
+    Ok((pid, pidfd))
+}
+
+/// Replaces this process with `/proc/self/exe`, run with `argv0` as its only argument
+/// and exactly the environment `env` (`KEY`, `VALUE` pairs as bytes; entries that hold
+/// a NUL are left out). Returns only on failure.
+pub(crate) fn exec_self<'a>(
+    argv0: &str,
+    env: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> io::Error {
+    let argv0 = CString::new(argv0.replace('\0', " ")).unwrap_or_default();
+    let envp: Vec<CString> = env
+        .into_iter()
+        .filter_map(|(k, v)| CString::new([k, b"=", v].concat()).ok())
+        .collect();
+    let argv = [argv0.as_ptr(), std::ptr::null()];
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: every pointer is to a NUL-terminated string kept alive above, and both
+    // arrays end with a null pointer.
+    unsafe {
+        libc::execve(
+            c"/proc/self/exe".as_ptr(),
+            argv.as_ptr(),
+            envp_ptrs.as_ptr(),
+        )
+    };
+    io::Error::last_os_error()
+}
+
+/// Flushes C stdio and exits without running atexit handlers (which belong to the
+/// process this one was forked from).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `fflush(NULL)` flushes every C stream; `_exit` ends the process at once.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(code)
+    }
+}
