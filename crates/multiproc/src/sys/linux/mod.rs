@@ -5,10 +5,10 @@
 mod env;
 mod fd;
 mod fork;
+mod futex;
 mod image;
 mod mem;
 mod proc;
-mod sync;
 
 pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -20,6 +20,9 @@ pub(crate) use fd::{
     stream_pair, try_lock_file, wait_readable, wait_writable, write_all,
 };
 pub(crate) use fork::{exec_self, exit_now, fork_if_single_threaded, fork_unchecked, spawn_self};
+pub(crate) use futex::{
+    futex_wait, futex_wake, identity_alive, monotonic_ns, process_id, readable_any, thread_identity,
+};
 pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
 pub(crate) use mem::{
     doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
@@ -30,9 +33,6 @@ pub(crate) use proc::{
     ignore_signal, is_main_thread, kill_me_with_parent, kill_self, lead_process_group, new_session,
     pidfd_open, raise_fd_limit, restore_signal, send_signal, set_cmdline, set_name, set_umask,
     signal_group, signal_name, thread_count, try_reap, wait_child,
-};
-pub(crate) use sync::{
-    futex_wait, futex_wake, identity_alive, monotonic_ns, process_id, readable_any, thread_identity,
 };
 
 /// Signal numbers: for the public `Signal` constants, and the dispositions a fork

@@ -1,5 +1,6 @@
-//! Waiting across processes: futexes on shared memory, and identities of threads whose
-//! liveness another process can check.
+//! Waiting across processes: futexes on shared memory, the monotonic clock every process
+//! shares, and identities of threads whose liveness another process can check (what
+//! robust process-shared locks are built from).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
