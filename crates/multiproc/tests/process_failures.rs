@@ -61,7 +61,10 @@ fn main() {
                 killed_fork_server_is_replaced,
             ),
             trial("unusable_current_dir", unusable_current_dir),
-            trial("fork_failure_keeps_its_kind", fork_failure_keeps_its_kind),
+            trial(
+                "fork_failures_keep_their_kind_and_leak_nothing",
+                fork_failure_keeps_its_kind,
+            ),
         ],
         helpers,
         Duration::from_secs(600),
@@ -710,6 +713,16 @@ fn helper_fork_limited() {
     }
     first.kill().unwrap();
     let _ = first.join_timeout(T);
+    // A pool that can start one worker of three fails, and leaves no descriptor of the
+    // worker it did start behind (nothing is spawned after it to tidy up).
+    let before = common::fd_count();
+    let pool = multiproc::Pool::new(3);
+    println!(
+        "pool: {} fds {} -> {}",
+        if pool.is_err() { "refused" } else { "started" },
+        before,
+        common::fd_count()
+    );
 }
 
 /// The fork server's failure to fork reaches the caller as an `io::Error` of the
@@ -724,5 +737,12 @@ fn fork_failure_keeps_its_kind() {
     );
     let refused = helper.expect("refused:", T);
     assert!(refused.starts_with("WouldBlock fork failed"), "{refused}");
+    let pool = helper.expect("pool:", T);
+    let fds: Vec<&str> = pool.split_whitespace().collect();
+    assert_eq!(fds[0], "refused", "{pool}");
+    assert_eq!(
+        fds[2], fds[4],
+        "descriptors left by a pool that failed to start: {pool}"
+    );
     assert!(helper.wait(T).success());
 }

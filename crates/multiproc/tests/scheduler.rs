@@ -27,6 +27,10 @@ fn main() {
         trial("cron_across_dst_spring_forward", cron_spring_forward),
         trial("cron_across_dst_fall_back", cron_fall_back),
         trial("misfire_and_coalesce_policies", misfire_and_coalesce),
+        trial(
+            "long_downtime_counted_at_once",
+            long_downtime_counted_at_once,
+        ),
         trial("max_instances_with_slow_job", max_instances_with_slow_job),
         trial("once_in_the_past", once_in_the_past),
         trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
@@ -43,6 +47,7 @@ fn main() {
     tests.extend([
         trial("store_survives_restart", store::survives_restart),
         trial("store_two_schedulers_race", store::two_schedulers_race),
+        trial("store_long_downtime", store::long_downtime_on_a_store),
         trial("store_corrupt_and_foreign", store::corrupt_and_foreign),
         trial(
             "store_changed_schedule_starts_afresh",
@@ -299,6 +304,31 @@ fn misfire_and_coalesce() {
     assert_eq!(missed(&evs), vec![(at(70), 1, at(70), MissReason::TooLate)]);
 }
 
+/// A 1 ms job after a day away: the 86.4 million missed times are one event with the
+/// exact count (they are counted, not walked), and the next run is on the grid.
+fn long_downtime_counted_at_once() {
+    let (s, clock, events) = manual();
+    let ms = |n: i64| t0() + multiproc::chrono::Duration::milliseconds(n);
+    s.add(Job::thread(
+        "fast",
+        Schedule::every(Duration::from_millis(1)),
+        || (),
+    ))
+    .unwrap();
+    assert_eq!(s.next_fire("fast"), Some(ms(1)));
+    // A day later, plus half a millisecond.
+    clock.set(ms(86_400_000) + multiproc::chrono::Duration::microseconds(500));
+    let evs = settle(&s, &events, 1);
+    // Due: 1 ms ..= 86,400,000 ms. Within the grace (one period): the last one, which
+    // runs; the 86,399,999 before it are missed, in one event.
+    assert_eq!(
+        missed(&evs),
+        vec![(ms(1), 86_399_999, ms(86_399_999), MissReason::TooLate)]
+    );
+    assert_eq!(started(&evs), vec![ms(86_400_000)]);
+    assert_eq!(s.next_fire("fast"), Some(ms(86_400_001)));
+}
+
 fn max_instances_with_slow_job() {
     let clock = ManualClock::new(t0());
     let s = Scheduler::builder()
@@ -527,10 +557,16 @@ fn bad_input_clear_errors() {
         Err(ScheduleError::NeverFires(_))
     ));
     assert!(started.elapsed() < T);
-    assert!(matches!(
-        s.add(Job::thread("zero", Schedule::every(Duration::ZERO), || ())),
-        Err(ScheduleError::ZeroInterval)
-    ));
+    for period in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_micros(999),
+    ] {
+        assert!(matches!(
+            s.add(Job::thread("short", Schedule::every(period), || ())),
+            Err(ScheduleError::IntervalTooShort { min, .. }) if min == Schedule::MIN_PERIOD
+        ));
+    }
     assert!(matches!(
         s.add(Job::thread("", Schedule::every(secs(1)), || ())),
         Err(ScheduleError::InvalidArgument(_))
@@ -666,6 +702,38 @@ mod store {
         );
         assert_eq!(started(&evs), vec![at(90)]);
         assert_eq!(s.next_fire("tick"), Some(at(100)));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The same long downtime on a store: one update, not a row per missed time, and
+    /// the times handled are not handled again after a restart.
+    pub fn long_downtime_on_a_store() {
+        let dir = tempdir("downtime");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let ms = |n: i64| t0() + multiproc::chrono::Duration::milliseconds(n);
+        let job = || Job::thread("fast", Schedule::every(Duration::from_millis(1)), || ());
+        {
+            let (s, _events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+        }
+        clock.set(ms(3_600_000) + multiproc::chrono::Duration::microseconds(500));
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            let evs = settle(&s, &events, 1);
+            assert_eq!(
+                missed(&evs),
+                vec![(ms(1), 3_599_999, ms(3_599_999), MissReason::TooLate)]
+            );
+            assert_eq!(started(&evs), vec![ms(3_600_000)]);
+        }
+        // Back at once: nothing is due again, nothing is reported twice.
+        let (s, events) = on_store(&db, &clock);
+        s.add(job()).unwrap();
+        s.run_pending();
+        assert_eq!(events.try_iter().count(), 0);
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -34,6 +34,11 @@ fn main() {
             trial("transient_and_temporary", transient_and_temporary),
             trial("backoff_grows_then_resets", backoff_grows_then_resets),
             trial("sigterm_ignored_group_sigkilled", sigterm_ignored),
+            trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
+            trial(
+                "leader_dies_on_sigterm_member_ignores_it",
+                leader_dies_member_ignores,
+            ),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial("bad_input", bad_input),
             trial("daemonize_pidfile_second_refused", daemonize_pidfile),
@@ -112,6 +117,109 @@ fn ignores_sigterm(ready: String) {
     sleep_forever(());
     // Never reached: the supervisor kills this process group, `sleep` included.
     drop(child.wait());
+}
+
+/// Starts a grandchild in this child's process group (`sleep`, ignoring `SIGTERM` when
+/// `stubborn`), appends its pid to `log`, and returns at once (the supervisor restarts
+/// this child, so every run leaves one grandchild behind unless the group is killed).
+// Never waited for on purpose: the grandchild is left to the group kill, and its zombie
+// to whoever it is re-parented to.
+#[allow(clippy::zombie_processes)]
+fn leaves_grandchild((log, stubborn): (String, bool)) {
+    let script = if stubborn {
+        "trap '' TERM; exec sleep 1000"
+    } else {
+        "exec sleep 1000"
+    };
+    let child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .spawn()
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, format!("{}\n", child.id()).as_bytes()).unwrap();
+}
+
+/// Live members (not zombies) of process group `pgid`.
+fn live_members(pgid: u32) -> usize {
+    common::group_members(pgid)
+        .iter()
+        .filter(|(_, state, _)| *state != 'Z')
+        .count()
+}
+
+fn pids_in(log: &Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+/// A child that returns on its own leaves a grandchild running in its group: the group
+/// is killed after every run (`SIGTERM`), so no orphan piles up across restarts.
+fn exited_child_leaves_no_group() {
+    let dir = tempdir("group-exit");
+    let log = dir.join("grandchildren");
+    std::fs::write(&log, b"").unwrap();
+    let sup = fast()
+        .child(
+            ChildSpec::new(
+                "leaver",
+                leaves_grandchild,
+                (log.to_string_lossy().into_owned(), false),
+            )
+            .shutdown_grace(Duration::from_millis(300)),
+        )
+        .build()
+        .unwrap();
+    assert!(eventually(T, || pids_in(&log).len() >= 5));
+    sup.shutdown().unwrap();
+    let grandchildren = pids_in(&log);
+    for &p in &grandchildren {
+        assert!(wait_gone(p, T), "grandchild {p} outlived its group");
+        assert_eq!(live_members(p), 0);
+        common::reap(p);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The leader dies of `SIGTERM` at once, a member of its group ignores it: `shutdown`
+/// waits out the grace and kills the group, rather than returning when the leader is
+/// gone.
+fn leader_dies_member_ignores() {
+    let dir = tempdir("group-stop");
+    let log = dir.join("grandchildren");
+    std::fs::write(&log, b"").unwrap();
+    let grace = Duration::from_millis(500);
+    let sup = Supervisor::builder()
+        .child(
+            ChildSpec::new(
+                "leader",
+                stays_with_grandchild,
+                log.to_string_lossy().into_owned(),
+            )
+            .shutdown_grace(grace),
+        )
+        .build()
+        .unwrap();
+    let leader = pid_of(&sup, "leader").unwrap();
+    assert!(eventually(T, || pids_in(&log).len() == 1));
+    let grandchild = pids_in(&log)[0];
+    assert_eq!(live_members(leader), 2);
+    let started = Instant::now();
+    sup.shutdown().unwrap();
+    let took = started.elapsed();
+    assert!(took >= grace, "stopped after {took:?}, within the grace");
+    assert!(wait_gone(grandchild, T), "the stubborn member survived");
+    assert_eq!(live_members(leader), 0);
+    common::reap(grandchild);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Starts a grandchild that ignores `SIGTERM`, then waits for ever (dies of `SIGTERM`).
+fn stays_with_grandchild(log: String) {
+    leaves_grandchild((log, true));
+    sleep_forever(());
 }
 
 fn pid_of(sup: &Supervisor, name: &str) -> Option<u32> {

@@ -36,6 +36,8 @@ const STEAL_AFTER: Duration = Duration::from_millis(1);
 /// Consecutive workers that fail to start (or whose initializer fails) before the pool
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
+/// How long a killed worker of a pool that failed to start may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Numbers worker names: `PoolWorker-1`, `PoolWorker-2`, ... across all pools.
 static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
@@ -179,8 +181,25 @@ impl PoolInner {
             changed: Condvar::new(),
         });
         for index in 0..processes {
-            let worker = inner.start_worker(index)?;
-            unpoisoned::lock(&inner.state).workers[index] = Some(worker);
+            match inner.start_worker(index) {
+                Ok(worker) => unpoisoned::lock(&inner.state).workers[index] = Some(worker),
+                Err(e) => {
+                    // The workers already started go with the pool that was never made,
+                    // reaped now rather than holding their descriptors until some later
+                    // spawn prunes them.
+                    let started: Vec<Worker> = unpoisoned::lock(&inner.state)
+                        .workers
+                        .iter_mut()
+                        .filter_map(Option::take)
+                        .collect();
+                    for mut worker in started {
+                        worker.jobs = None;
+                        let _ = worker.handle.kill();
+                        let _ = worker.handle.join_timeout(REAP_TIMEOUT);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let thread = {
             let inner = Arc::clone(&inner);

@@ -300,36 +300,67 @@ impl Shared {
         let Some(js) = st.jobs.get_mut(name) else {
             return 0;
         };
-        let mut dues = Vec::new();
-        let mut next = js.next;
-        while let Some(t) = next {
-            if t > now || dues.len() >= MAX_DUE_PER_PASS {
-                break;
+        let Some(first) = js.next.filter(|&t| t <= now) else {
+            return 0;
+        };
+        // One grace for every due time, where it does not depend on the time: then the
+        // times too late are only counted (arithmetically for an interval), however
+        // long the downtime was.
+        let fixed_grace = match (&js.job.misfire_grace, &js.job.schedule.0) {
+            (Some(g), _) => Some(Some(*g)),
+            (None, schedule::Kind::Every { period, .. }) => Some(Some(*period)),
+            (None, schedule::Kind::Once(_)) => Some(None),
+            (None, schedule::Kind::Cron { .. }) => None,
+        };
+        let late_before = fixed_grace
+            .flatten()
+            .and_then(|g| chrono::Duration::from_std(g).ok())
+            .and_then(|g| now.checked_sub_signed(g));
+        let dues = js
+            .job
+            .schedule
+            .dues(first, now, late_before, MAX_DUE_PER_PASS);
+        js.next = dues.next;
+        let mut too_late = TooLate::default();
+        if let Some(last_late) = dues.last_late {
+            match self.claim_through(name, last_late) {
+                // Another scheduler on the same store handled some of them already.
+                Ok(Some(handled)) if handled >= last_late => {}
+                Ok(Some(handled)) if handled >= first => {
+                    too_late.add_counted(&js.job.schedule, handled, last_late, dues.late);
+                }
+                Ok(_) => too_late.add(first, last_late, dues.late),
+                Err(e) => {
+                    tracing::error!(job = name, "job store failed; due runs not started: {e}");
+                    return 0;
+                }
             }
-            dues.push(t);
-            next = js.job.schedule.next_after(t);
         }
-        if dues.is_empty() {
+        if dues.runnable.is_empty() {
+            self.missed_range(name, &too_late, MissReason::TooLate, now);
             return 0;
         }
-        js.next = next;
-        let claimed = match self.claim(name, &dues) {
+        let claimed = match self.claim(name, &dues.runnable) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(job = name, "job store failed; due runs not started: {e}");
                 return 0;
             }
         };
-        let (mut runnable, mut too_late) = (Vec::new(), Vec::new());
+        let mut runnable = Vec::new();
         for t in claimed {
-            let grace = js.job.misfire_grace.or_else(|| default_grace(&js.job, t));
+            let grace = match fixed_grace {
+                Some(g) => g,
+                None => default_grace(&js.job, t),
+            };
             let late = (now - t).to_std().unwrap_or(Duration::ZERO);
             if grace.is_some_and(|g| late > g) {
-                too_late.push(t);
+                too_late.add(t, t, 1);
             } else {
                 runnable.push(t);
             }
         }
+        self.missed_range(name, &too_late, MissReason::TooLate, now);
         let (run, coalesced) = match js.job.coalesce {
             _ if runnable.is_empty() => (Vec::new(), Vec::new()),
             Coalesce::All => (runnable, Vec::new()),
@@ -353,7 +384,6 @@ impl Shared {
                 to_start.push(t);
             }
         }
-        self.missed(name, &too_late, MissReason::TooLate, now);
         self.missed(name, &coalesced, MissReason::Coalesced, now);
         self.missed(name, &over_max, MissReason::MaxInstances, now);
         let mut started = 0;
@@ -371,6 +401,17 @@ impl Shared {
             }
         }
         started
+    }
+
+    fn missed_range(&self, job: &str, late: &TooLate, reason: MissReason, now: DateTime<Utc>) {
+        if let (Some(first), Some(last)) = (late.first, late.last) {
+            let kind = EventKind::Missed {
+                count: late.count,
+                last,
+                reason,
+            };
+            self.emit(job, first, now, kind);
+        }
     }
 
     fn missed(&self, job: &str, times: &[DateTime<Utc>], reason: MissReason, now: DateTime<Utc>) {
@@ -511,6 +552,21 @@ impl Shared {
 
     /// Which of `dues` this scheduler fires (with a store, another scheduler may have).
     #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    /// Marks every fire time of `name` up to `through` handled (too late to run), in one
+    /// step; returns the last time handled before, if the store knew one.
+    fn claim_through(
+        &self,
+        name: &str,
+        through: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, ScheduleError> {
+        #[cfg(feature = "sqlite")]
+        if let Some(store) = &self.store {
+            return unpoisoned::lock(store).claim_through(name, through);
+        }
+        let _ = (name, through);
+        Ok(None)
+    }
+
     fn claim(
         &self,
         name: &str,
@@ -522,6 +578,42 @@ impl Shared {
         }
         let _ = name;
         Ok(dues.to_vec())
+    }
+}
+
+/// Fire times too late to run, as a count and the first and last of them.
+#[derive(Default)]
+struct TooLate {
+    count: u64,
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+}
+
+impl TooLate {
+    fn add(&mut self, first: DateTime<Utc>, last: DateTime<Utc>, count: u64) {
+        self.count += count;
+        self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        self.last = Some(self.last.map_or(last, |l| l.max(last)));
+    }
+
+    /// Adds the due times after `handled` up to `last`, of `schedule` (another
+    /// scheduler handled those up to `handled`); `at_most` is how many were due.
+    fn add_counted(
+        &mut self,
+        schedule: &Schedule,
+        handled: DateTime<Utc>,
+        last: DateTime<Utc>,
+        at_most: u64,
+    ) {
+        if let Some(first) = schedule.next_after(handled).filter(|&t| t <= last) {
+            let dues = schedule.dues(
+                first,
+                last,
+                Some(last + chrono::Duration::nanoseconds(1)),
+                0,
+            );
+            self.add(first, last, dues.late.min(at_most));
+        }
     }
 }
 

@@ -15,9 +15,16 @@ pub enum ScheduleError {
     /// A time zone that is not in the IANA database.
     #[error("unknown time zone {0:?}")]
     TimeZone(String),
-    /// An interval of zero.
-    #[error("an interval must be longer than zero")]
-    ZeroInterval,
+    /// An interval shorter than [`Schedule::MIN_PERIOD`](crate::sched::Schedule::MIN_PERIOD)
+    /// (zero included): a job cannot run that often, and a scheduler asked to would
+    /// only spin reporting missed runs.
+    #[error("an interval of {period:?} is shorter than the shortest allowed, {min:?}")]
+    IntervalTooShort {
+        /// The interval asked for.
+        period: std::time::Duration,
+        /// The shortest allowed.
+        min: std::time::Duration,
+    },
     /// An interval too long to add to a date.
     #[error("the interval {0:?} is too long")]
     IntervalTooLong(std::time::Duration),

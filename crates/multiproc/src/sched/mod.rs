@@ -181,7 +181,7 @@ impl Scheduler {
     ///
     /// [`ScheduleError::Duplicate`] for a name already scheduled,
     /// [`ScheduleError::NoExecutor`] when the scheduler lacks the pool the job runs on,
-    /// [`ScheduleError::ZeroInterval`] and the other schedule errors, a store error, or
+    /// [`ScheduleError::IntervalTooShort`] and the other schedule errors, a store error, or
     /// [`ScheduleError::ShutDown`].
     pub fn add(&self, job: Job) -> Result<(), ScheduleError> {
         self.shared.add(job)

@@ -76,9 +76,12 @@ impl fmt::Display for Schedule {
 }
 
 impl Schedule {
+    /// The shortest period [`every`](Self::every) accepts: one millisecond.
+    pub const MIN_PERIOD: Duration = Duration::from_millis(1);
+
     /// Every `period`, counted from when the job is added (first fire one period later),
-    /// or from [`starting_at`](Self::starting_at). A zero period is refused when the job
-    /// is added.
+    /// or from [`starting_at`](Self::starting_at). A period shorter than
+    /// [`MIN_PERIOD`](Self::MIN_PERIOD) is refused when the job is added.
     pub fn every(period: Duration) -> Schedule {
         Schedule(Kind::Every {
             period,
@@ -146,8 +149,11 @@ impl Schedule {
     pub(crate) fn resolve(&self, now: DateTime<Utc>) -> Result<Schedule, ScheduleError> {
         match &self.0 {
             Kind::Every { period, start } => {
-                if period.is_zero() {
-                    return Err(ScheduleError::ZeroInterval);
+                if *period < Schedule::MIN_PERIOD {
+                    return Err(ScheduleError::IntervalTooShort {
+                        period: *period,
+                        min: Schedule::MIN_PERIOD,
+                    });
                 }
                 let step = chrono::Duration::from_std(*period)
                     .map_err(|_| ScheduleError::IntervalTooLong(*period))?;
@@ -191,6 +197,68 @@ impl Schedule {
         }
     }
 
+    /// The fire times from `first` (a fire time) up to `now`, split into those before
+    /// `late_before` (only counted: how many, and the last) and the others (listed, at
+    /// most `cap` of them); and the fire time after what was taken. An interval is
+    /// counted arithmetically, however many periods a long downtime spans; cron and
+    /// once schedules are walked (at most one time per second).
+    pub(crate) fn dues(
+        &self,
+        first: DateTime<Utc>,
+        now: DateTime<Utc>,
+        late_before: Option<DateTime<Utc>>,
+        cap: usize,
+    ) -> Dues {
+        let mut dues = Dues {
+            late: 0,
+            last_late: None,
+            runnable: Vec::new(),
+            next: Some(first),
+        };
+        if first > now {
+            return dues;
+        }
+        if let Kind::Every { period, .. } = &self.0
+            && let Ok(step) = chrono::Duration::from_std(*period)
+        {
+            let step = nanos(step);
+            let at = |k: i128| {
+                i64::try_from(k.checked_mul(step)?)
+                    .ok()
+                    .and_then(|n| first.checked_add_signed(chrono::Duration::nanoseconds(n)))
+            };
+            // Times first + k·step for k in 0..total are due.
+            let total = nanos(now - first) / step + 1;
+            let late = match late_before {
+                Some(b) if b > first => ((nanos(b - first) + step - 1) / step).min(total),
+                _ => 0,
+            };
+            let take = (total - late).min(cap as i128);
+            dues.late = u64::try_from(late).unwrap_or(u64::MAX);
+            dues.last_late = (late > 0).then(|| at(late - 1)).flatten();
+            dues.runnable = (late..late + take).filter_map(at).collect();
+            dues.next = at(late + take);
+            return dues;
+        }
+        let mut next = Some(first);
+        while let Some(t) = next {
+            if t > now {
+                break;
+            }
+            if late_before.is_some_and(|b| t < b) {
+                dues.late += 1;
+                dues.last_late = Some(t);
+            } else if dues.runnable.len() < cap {
+                dues.runnable.push(t);
+            } else {
+                break;
+            }
+            next = self.next_after(t);
+        }
+        dues.next = next;
+        dues
+    }
+
     /// Where a `Once` schedule's only time is.
     pub(crate) fn once_at(&self) -> Option<DateTime<Utc>> {
         match &self.0 {
@@ -198,6 +266,18 @@ impl Schedule {
             _ => None,
         }
     }
+}
+
+/// What [`Schedule::dues`] found.
+#[derive(Debug)]
+pub(crate) struct Dues {
+    /// How many due times were too late, and the last of them.
+    pub(crate) late: u64,
+    pub(crate) last_late: Option<DateTime<Utc>>,
+    /// The others, in order.
+    pub(crate) runnable: Vec<DateTime<Utc>>,
+    /// The first fire time not taken.
+    pub(crate) next: Option<DateTime<Utc>>,
 }
 
 fn nanos(d: chrono::Duration) -> i128 {

@@ -180,6 +180,39 @@ impl JobStore {
     /// Claims the fire times in `dues` (ascending) that no scheduler has handled: records
     /// each under the unique (job, time) key and moves the job's last fire time, in one
     /// transaction. Returns the claimed ones.
+    /// Moves the last fire time `name` handled to `through` (when it is earlier), in one
+    /// `BEGIN IMMEDIATE` transaction; returns what it was. Fire times too late to run
+    /// are handled this way, without a row each: a long downtime is one update.
+    pub(super) fn claim_through(
+        &mut self,
+        name: &str,
+        through: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, ScheduleError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT last_fired_ns FROM jobs WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err)?
+            .flatten();
+        let through_ns = to_ns(through)?;
+        if last.is_none_or(|l| l < through_ns) {
+            tx.execute(
+                "UPDATE jobs SET last_fired_ns = ?2 WHERE name = ?1",
+                params![name, through_ns],
+            )
+            .map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)?;
+        Ok(last.map(DateTime::from_timestamp_nanos))
+    }
+
     pub(super) fn claim(
         &mut self,
         name: &str,

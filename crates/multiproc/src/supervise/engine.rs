@@ -22,6 +22,8 @@ use crate::sys;
 
 /// How often the supervisor looks at its children and its orders when nothing happens.
 const TICK: Duration = Duration::from_millis(50);
+/// How often the supervisor looks at a process group it is waiting for.
+const GROUP_POLL: Duration = Duration::from_millis(10);
 
 /// A running child, whatever its return type.
 pub(super) trait Child: Send {
@@ -143,7 +145,16 @@ pub(super) struct Supervising {
     reset_after: Duration,
     /// When recent restarts happened, for the intensity.
     recent: Vec<Instant>,
+    /// Process groups whose leader (a child) has ended while other members live on:
+    /// they got `SIGTERM` and get `SIGKILL` at the end of their grace.
+    lingering: Vec<Lingering>,
     shared: Arc<Shared>,
+}
+
+/// A process group left behind by a child that ended.
+struct Lingering {
+    pgid: u32,
+    kill_at: Instant,
 }
 
 impl Supervising {
@@ -155,6 +166,7 @@ impl Supervising {
             if let Some(gave_up) = self.reap_exits() {
                 break gave_up;
             }
+            self.tend_lingering(false);
             if let Some(gave_up) = self.start_due() {
                 break gave_up;
             }
@@ -170,6 +182,7 @@ impl Supervising {
         };
         let all: Vec<usize> = (0..self.slots.len()).collect();
         self.stop_slots(&all);
+        self.tend_lingering(true);
         if let Outcome::GaveUp { .. } = &outcome {
             let reason = outcome.clone().into_result().err().map(|e| e.to_string());
             tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
@@ -193,6 +206,11 @@ impl Supervising {
                 SlotState::Waiting(at) => Some(at.saturating_duration_since(now)),
                 _ => None,
             })
+            .chain(
+                self.lingering
+                    .iter()
+                    .map(|g| g.kill_at.saturating_duration_since(now)),
+            )
             .min()
             .unwrap_or(TICK);
         let waitables: Vec<&dyn crate::Waitable> = self
@@ -237,9 +255,12 @@ impl Supervising {
             };
             let pid = child.pid();
             slot.child = None;
-            tracing::warn!(child = %slot.spec.name, pid, "child ended: {exit}");
+            let grace = slot.spec.grace;
+            let name = slot.spec.name.clone();
+            tracing::warn!(child = %name, pid, "child ended: {exit}");
+            self.linger(pid, grace);
             self.shared.events.send(SupervisorEvent::Exited {
-                child: slot.spec.name.clone(),
+                child: name,
                 pid,
                 exit: exit.clone(),
             });
@@ -330,15 +351,19 @@ impl Supervising {
     }
 
     /// Stops the running children among `which`, in reverse order, together: `SIGTERM`
-    /// to each process group, then `SIGKILL` to those still running after their grace.
+    /// to each process group, then `SIGKILL` to the groups still alive after their
+    /// grace. A child counts as stopped when its leader has ended and no other member of
+    /// its group lives: a leader that dies on `SIGTERM` does not let a member that
+    /// ignores it outlive the stop.
     fn stop_slots(&mut self, which: &[usize]) {
         let start = Instant::now();
-        let mut stopping: Vec<usize> = Vec::new();
+        // (slot, the group's id, the leader is still to be reaped)
+        let mut stopping: Vec<(usize, u32)> = Vec::new();
         for &i in which.iter().rev() {
             let slot = &mut self.slots[i];
             if let Some(child) = &slot.child {
                 child.signal(sys::SIGTERM);
-                stopping.push(i);
+                stopping.push((i, child.pid()));
             }
             if !matches!(slot.state, SlotState::Done) {
                 slot.state = SlotState::Stopped;
@@ -346,35 +371,84 @@ impl Supervising {
         }
         while !stopping.is_empty() {
             let now = Instant::now();
-            stopping.retain(|&i| {
+            stopping.retain(|&(i, pgid)| {
                 let slot = &mut self.slots[i];
-                let Some(child) = slot.child.as_mut() else {
-                    return false;
-                };
-                if let Some(exit) = child.try_exit() {
-                    slot.last_exit = Some(exit);
-                    slot.child = None;
+                let past_grace = now.duration_since(start) >= slot.spec.grace;
+                if let Some(child) = slot.child.as_mut() {
+                    if let Some(exit) = child.try_exit() {
+                        slot.last_exit = Some(exit);
+                        slot.child = None;
+                    } else if past_grace {
+                        child.signal(sys::SIGKILL);
+                    }
+                }
+                if slot.child.is_some() {
+                    return true;
+                }
+                if !sys::group_alive(pgid) {
                     return false;
                 }
-                if now.duration_since(start) >= slot.spec.grace {
-                    child.signal(sys::SIGKILL);
+                if past_grace {
+                    let _ = sys::signal_group(pgid, sys::SIGKILL);
                 }
                 true
             });
             // Wake when one of them ends, or at the next grace deadline.
             let next_deadline = stopping
                 .iter()
-                .map(|&i| (start + self.slots[i].spec.grace).saturating_duration_since(now))
+                .map(|&(i, _)| (start + self.slots[i].spec.grace).saturating_duration_since(now))
                 .filter(|d| !d.is_zero())
                 .min()
                 .unwrap_or(TICK);
             let waitables: Vec<&dyn crate::Waitable> = stopping
                 .iter()
-                .filter_map(|&i| self.slots[i].child.as_ref().map(|c| c.as_waitable()))
+                .filter_map(|&(i, _)| self.slots[i].child.as_ref().map(|c| c.as_waitable()))
                 .collect();
-            if !waitables.is_empty() {
-                let _ = crate::wait(&waitables, Some(next_deadline.min(TICK)));
+            let timeout = next_deadline.min(GROUP_POLL);
+            if waitables.is_empty() || crate::wait(&waitables, Some(timeout)).is_err() {
+                // Only groups left (a group gives no readiness to wait on): look again soon.
+                thread::sleep(timeout);
             }
+        }
+    }
+
+    /// Child `pgid`'s leader ended; if members of its group live on, they get `SIGTERM`
+    /// now and `SIGKILL` after `grace`.
+    fn linger(&mut self, pgid: u32, grace: Duration) {
+        if sys::group_alive(pgid) && matches!(sys::signal_group(pgid, sys::SIGTERM), Ok(true)) {
+            tracing::debug!(pgid, "child ended; its process group lives on: SIGTERM");
+            self.lingering.push(Lingering {
+                pgid,
+                kill_at: Instant::now() + grace,
+            });
+        }
+    }
+
+    /// Forgets the lingering groups that are gone and kills those past their grace;
+    /// with `finish`, waits until none is left.
+    fn tend_lingering(&mut self, finish: bool) {
+        loop {
+            let now = Instant::now();
+            self.lingering.retain(|g| {
+                if !sys::group_alive(g.pgid) {
+                    return false;
+                }
+                if now >= g.kill_at {
+                    let _ = sys::signal_group(g.pgid, sys::SIGKILL);
+                }
+                true
+            });
+            if !finish || self.lingering.is_empty() {
+                return;
+            }
+            let next = self
+                .lingering
+                .iter()
+                .map(|g| g.kill_at.saturating_duration_since(now))
+                .filter(|d| !d.is_zero())
+                .min()
+                .unwrap_or(GROUP_POLL);
+            thread::sleep(next.min(GROUP_POLL));
         }
     }
 
@@ -443,6 +517,7 @@ impl Supervising {
             backoff: settings.backoff,
             reset_after: settings.reset_after,
             recent: Vec::new(),
+            lingering: Vec::new(),
             shared: Arc::clone(&shared),
         };
         for i in 0..sup.slots.len() {

@@ -149,25 +149,56 @@ pub(crate) fn lead_process_group() -> io::Result<()> {
     Ok(rustix::process::setpgid(None, None)?)
 }
 
-/// Sends `signal` to the process group led by `pid`. Returns `false` (and sends
-/// nothing) when `pid` does not lead a group: the process is gone, or has not made its
-/// group yet.
-pub(crate) fn signal_group(pid: u32, signal: i32) -> io::Result<bool> {
-    let Some(pid) = Pid::from_raw(pid as i32) else {
+/// Sends `signal` to every process of process group `pgid`. Returns `false` (and sends
+/// nothing) when the group has no member: its leader never made it, or every member is
+/// gone. The group outlives its leader while other members remain, and while it does
+/// its id cannot be given to another process.
+pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<bool> {
+    let Some(pgid) = Pid::from_raw(pgid as i32) else {
         return Ok(false);
     };
-    match rustix::process::getpgid(Some(pid)) {
-        Ok(group) if group == pid => {}
-        Ok(_) | Err(Errno::SRCH) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    }
     let signal = Signal::from_named_raw(signal)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a signal number"))?;
-    match rustix::process::kill_process_group(pid, signal) {
+    match rustix::process::kill_process_group(pgid, signal) {
         Ok(()) => Ok(true),
         Err(Errno::SRCH) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether process group `pgid` has a member that has not exited. Zombies (exited, not
+/// yet reaped by whoever their parent is now) do not count; when `/proc` cannot be read,
+/// an existing group counts as alive.
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    let Some(group) = Pid::from_raw(pgid as i32) else {
+        return false;
+    };
+    if let Err(Errno::SRCH) = rustix::process::test_kill_process_group(group) {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return false;
+        };
+        // Fields after the command name: state, parent, process group.
+        let mut fields = stat[close + 1..].split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+        pgrp == Some(pgid) && !matches!(state, "Z" | "X")
+    })
 }
 
 /// Cancels a parent-death signal inherited from the process this one was forked as.
