@@ -12,9 +12,9 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::layout::ChannelHeader;
+use super::layout::{ChannelHeader, LockWords};
 use super::segment::Segment;
 
 /// A record whose payload is the message.
@@ -36,6 +36,28 @@ pub(crate) struct Ring<'a> {
     len: u64,
 }
 
+/// How long to wait for one of the ring's locks. A peer stopped (`SIGSTOP`, a debugger,
+/// a frozen cgroup) while it holds one must not hold up a timed or non-blocking call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LockWait {
+    /// Until then (`None`: as long as it takes).
+    Until(Option<Instant>),
+    /// For a non-blocking call: while the holder runs (it is copying, or preempted),
+    /// at most this long; not at all once it is seen stopped.
+    UnlessStopped(Duration),
+}
+
+impl LockWait {
+    /// Takes `lock`; `None` if the wait ended first. (A holder that died is taken over:
+    /// neither side of the ring needs repair after that, see the channel's README.)
+    fn take(self, lock: &LockWords) -> Option<()> {
+        match self {
+            LockWait::Until(deadline) => lock.lock(deadline).map(drop),
+            LockWait::UnlessStopped(limit) => lock.lock_unless_stopped(limit).map(drop),
+        }
+    }
+}
+
 impl<'a> Ring<'a> {
     /// The ring of `seg`, `len` bytes after its header (validated by the caller).
     pub(crate) fn new(seg: &'a Segment, len: u64) -> Self {
@@ -47,17 +69,15 @@ impl<'a> Ring<'a> {
         self.seg.at(0)
     }
 
-    /// Takes the producers' lock.
-    pub(crate) fn lock_tail(&self, deadline: Option<Instant>) -> Option<Tail<'_, 'a>> {
-        self.header().tail_lock.0.lock(deadline)?;
+    /// Takes the producers' lock, as `wait` says (see [`LockWait`]).
+    pub(crate) fn lock_tail(&self, wait: LockWait) -> Option<Tail<'_, 'a>> {
+        wait.take(&self.header().tail_lock.0)?;
         Some(Tail { ring: self })
     }
 
-    /// Takes the consumers' lock, waiting until `deadline` at most: a consumer stopped
-    /// (`SIGSTOP`, a debugger) while it holds the lock must not hold up a timed or
-    /// non-blocking receive.
-    pub(crate) fn lock_head(&self, deadline: Option<Instant>) -> Option<Head<'_, 'a>> {
-        self.header().head_lock.0.lock(deadline)?;
+    /// Takes the consumers' lock, as `wait` says (see [`LockWait`]).
+    pub(crate) fn lock_head(&self, wait: LockWait) -> Option<Head<'_, 'a>> {
+        wait.take(&self.header().head_lock.0)?;
         Some(Head { ring: self })
     }
 

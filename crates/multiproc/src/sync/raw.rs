@@ -34,6 +34,8 @@ const SPIN: Duration = Duration::from_micros(10);
 /// time, up to `MAX_CHECK`.
 const FIRST_CHECK: Duration = Duration::from_millis(2);
 const MAX_CHECK: Duration = Duration::from_millis(100);
+/// How often [`LockWords::lock_unless_stopped`] looks at whether the holder is stopped.
+const STOP_CHECK: Duration = Duration::from_micros(200);
 
 /// How the lock was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,40 @@ impl LockWords {
                 .ok()
                 .map(|_| Acquired::OwnerDied),
             Err(_) => None,
+        }
+    }
+
+    /// Takes the lock for a call that must not block on a peer that cannot let go:
+    /// waits while the holder runs (it holds the lock for the microseconds a copy takes,
+    /// but may have been preempted), at most `limit`, and gives up as soon as the holder
+    /// is seen stopped (`SIGSTOP`, a debugger, a frozen cgroup). A holder that died is
+    /// taken over, as by [`lock`](Self::lock).
+    pub(crate) fn lock_unless_stopped(&self, limit: Duration) -> Option<Acquired> {
+        let end = Instant::now() + limit;
+        loop {
+            let slice = (Instant::now() + STOP_CHECK).min(end);
+            if let Some(got) = self.lock(Some(slice)) {
+                return Some(got);
+            }
+            let owner = self.state.load(SeqCst);
+            if owner == 0 {
+                continue;
+            }
+            if !sys::identity_alive(owner) {
+                let me = sys::thread_identity();
+                if self
+                    .state
+                    .compare_exchange(owner, me, SeqCst, SeqCst)
+                    .is_ok()
+                {
+                    self.pass_on_wake();
+                    return Some(Acquired::OwnerDied);
+                }
+                continue;
+            }
+            if Instant::now() >= end || sys::identity_stopped(owner) {
+                return None;
+            }
         }
     }
 

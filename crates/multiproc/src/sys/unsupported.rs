@@ -388,6 +388,9 @@ pub(crate) fn process_id() -> u32 {
 pub(crate) fn thread_identity() -> u64 {
     1
 }
+pub(crate) fn identity_stopped(_: u64) -> bool {
+    false
+}
 pub(crate) fn identity_alive(_: u64) -> bool {
     true
 }

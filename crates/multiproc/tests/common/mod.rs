@@ -378,8 +378,13 @@ fn stats() -> Vec<Stat> {
                 .unwrap_or_else(|| panic!("short /proc/{pid}/stat"))
         };
         let state = field().chars().next().unwrap_or('?');
-        let ppid = field().parse().expect("ppid");
-        let pgrp = field().parse().expect("pgrp");
+        let mut number = |what: &str| {
+            let f = field();
+            f.parse::<u32>()
+                .unwrap_or_else(|e| panic!("{what} {f:?} in /proc/{pid}/stat {stat:?}: {e}"))
+        };
+        let ppid = number("ppid");
+        let pgrp = number("pgrp");
         out.push(Stat {
             pid,
             ppid,

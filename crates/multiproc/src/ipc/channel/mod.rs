@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::shm::layout::ChannelHeader;
-use crate::shm::ring::{INLINE, Ring, SIDE, record_len};
+use crate::shm::ring::{INLINE, LockWait, Ring, SIDE, record_len};
 use crate::shm::segment::{Segment, View};
 use crate::sync::raw::{SPIN_ONLY, spin_then_yield, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
@@ -29,17 +29,17 @@ const MAX_RING: usize = 1 << 40;
 /// enough to catch a reply from a peer that is running, short next to a sleep.
 const SPIN: Duration = Duration::from_micros(30);
 /// How long a non-blocking send or receive waits for the producers' or consumers' lock:
-/// long enough for another to copy a small message, short enough that one stopped while
-/// holding it (`SIGSTOP`, a debugger, a frozen cgroup) does not make `try_` calls block.
-const TRY_LOCK_PATIENCE: Duration = Duration::from_micros(100);
+/// while its holder runs: one copying a message holds it for microseconds, but may be
+/// preempted for a time slice or more on a busy machine. A holder seen stopped
+/// (`SIGSTOP`, a debugger, a frozen cgroup) ends the wait at once.
+const TRY_LOCK_PATIENCE: Duration = Duration::from_millis(20);
 
-/// Until when to wait for the producers' or consumers' lock: a non-blocking call waits
-/// [`TRY_LOCK_PATIENCE`] (another side holds it for the microseconds a copy takes), the
-/// others as long as they may wait at all.
-fn lock_deadline(wait: Deadline) -> Option<Instant> {
+/// How to wait for the producers' or consumers' lock: a non-blocking call waits while
+/// the holder runs (see [`TRY_LOCK_PATIENCE`]), the others as long as they may wait.
+fn lock_wait(wait: Deadline) -> LockWait {
     match wait {
-        Deadline::Now => Some(Instant::now() + TRY_LOCK_PATIENCE),
-        _ => wait.instant(),
+        Deadline::Now => LockWait::UnlessStopped(TRY_LOCK_PATIENCE),
+        _ => LockWait::Until(wait.instant()),
     }
 }
 /// The longest a sleeper sleeps before looking again. Doorbells are shared by every
@@ -309,7 +309,7 @@ impl RawSender {
                 let ring = core.ring();
                 // A producer that died holding the lock had published nothing half-way:
                 // taking over needs no repair (see README).
-                let Some(mut tail) = ring.lock_tail(lock_deadline(wait)) else {
+                let Some(mut tail) = ring.lock_tail(lock_wait(wait)) else {
                     return Err(SendFail::Full);
                 };
                 if let Some(mut slot) = tail.reserve(len, core.max_items) {
@@ -358,7 +358,7 @@ impl RawSender {
         loop {
             let sent = {
                 let ring = core.ring();
-                let Some(mut tail) = ring.lock_tail(lock_deadline(wait)) else {
+                let Some(mut tail) = ring.lock_tail(lock_wait(wait)) else {
                     return Err((msg, SendFail::Full));
                 };
                 match tail.reserve(8, core.max_items) {
@@ -575,7 +575,7 @@ impl RawReceiver {
         let taken = {
             // A consumer that died holding the lock had not consumed the record it was
             // reading: it is still there for us (see README).
-            let Some(mut head) = ring.lock_head(lock_deadline(wait)) else {
+            let Some(mut head) = ring.lock_head(lock_wait(wait)) else {
                 return Ok(None);
             };
             loop {

@@ -106,6 +106,15 @@ fn stat_of(tid: u32) -> Option<(char, u64)> {
     Some((state, fields.nth(18)?.parse().ok()?))
 }
 
+/// Whether the thread an identity names is stopped (`SIGSTOP`, a tracer): it holds what
+/// it holds until someone continues it.
+pub(crate) fn identity_stopped(identity: u64) -> bool {
+    matches!(
+        stat_of(identity as u32),
+        Some(('T' | 't', start)) if (start as u32) == (identity >> 32) as u32
+    )
+}
+
 /// Whether the thread an identity names is still alive. `false` is definite (the thread
 /// ended; its id may since belong to another); `true` means it, or a thread with its id
 /// and start time, exists.

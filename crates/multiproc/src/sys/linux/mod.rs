@@ -21,7 +21,8 @@ pub(crate) use fd::{
 };
 pub(crate) use fork::{exec_self, exit_now, fork_if_single_threaded, fork_unchecked, spawn_self};
 pub(crate) use futex::{
-    futex_wait, futex_wake, identity_alive, monotonic_ns, process_id, readable_any, thread_identity,
+    futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
+    readable_any, thread_identity,
 };
 pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
 pub(crate) use mem::{
