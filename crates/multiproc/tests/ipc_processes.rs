@@ -701,22 +701,6 @@ fn fill_forever((q, len): (Queue<Vec<u8>>, usize)) {
     }
 }
 
-/// Sends `signal` to `pid` and waits until its state says it took effect.
-fn stop_or_continue(pid: u32, stop: bool) {
-    let signal = if stop {
-        rustix::process::Signal::STOP
-    } else {
-        rustix::process::Signal::CONT
-    };
-    let p = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(p, signal).expect("signal");
-    assert!(
-        common::eventually(T, || (common::state_of(pid) == 'T') == stop),
-        "process {pid} did not {}",
-        if stop { "stop" } else { "continue" }
-    );
-}
-
 /// How far past its own timeout a call may return on a busy machine (a call held up
 /// by the stopped peer would not return at all until it is continued).
 const SLACK: Duration = Duration::from_secs(2);
@@ -741,13 +725,13 @@ fn stop_rounds(
         while Instant::now() < busy_until {
             std::hint::spin_loop();
         }
-        stop_or_continue(peer, true);
+        common::stop_or_continue(peer, true);
         let started = Instant::now();
         if timed_calls() {
             caught += 1;
         }
         let took = started.elapsed();
-        stop_or_continue(peer, false);
+        common::stop_or_continue(peer, false);
         assert!(
             took < SLACK,
             "timed calls took {took:?} with a stopped peer"

@@ -79,6 +79,50 @@ fn main() {
                 "in_process_server_stop_disconnects_local_clients",
                 in_process_server_stop_disconnects_local_clients,
             ),
+            trial("slowloris_and_bursts", slowloris_and_bursts),
+            trial("handshake_has_one_deadline", handshake_has_one_deadline),
+            trial(
+                "half_open_connections_capped_oldest_dropped",
+                half_open_connections_capped,
+            ),
+            trial(
+                "burst_of_connections_accepted_at_once",
+                burst_of_connections,
+            ),
+            trial(
+                "stopped_server_call_timeout_local",
+                stopped_server_call_timeout_local,
+            ),
+            trial(
+                "stopped_server_call_timeout_tcp",
+                stopped_server_call_timeout_tcp,
+            ),
+            trial(
+                "partitioned_client_lock_released_and_calls_fail",
+                partitioned_client,
+            ),
+            trial("client_refuses_rogue_servers", client_refuses_rogue_servers),
+            trial(
+                "tcp_calls_in_flight_when_server_sigkilled",
+                tcp_calls_in_flight_when_server_sigkilled,
+            ),
+            trial("dropped_objects_are_freed_100k", dropped_objects_are_freed),
+            trial(
+                "object_outlives_creators_proxy_while_another_process_holds_it",
+                object_outlives_creators_proxy,
+            ),
+            trial(
+                "proxy_in_flight_keeps_object_until_received",
+                proxy_in_flight_keeps_object,
+            ),
+            trial(
+                "sigkilled_holder_releases_its_references",
+                sigkilled_holder_releases_references,
+            ),
+            trial(
+                "stored_and_named_objects_stay",
+                stored_and_named_objects_stay,
+            ),
         ],
         helpers,
         Duration::from_secs(600),
@@ -107,6 +151,53 @@ fn helpers(mode: &str) {
             assert_eq!(child.join_timeout(T).unwrap(), 2);
             // The parent's own connection is untouched by the child dropping its copy.
             println!("after fork {:?}", d.insert(3, 3).map(|_| d.len()));
+        }
+        "manager_tcp_1024" => {
+            let m = Manager::builder()
+                .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+                .authkey(SIEGE_KEY)
+                .build()
+                .unwrap();
+            let server = rustix::process::Pid::from_raw(m.server_pid().unwrap() as i32);
+            rustix::process::prlimit(
+                server,
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: Some(1024),
+                    maximum: Some(1024),
+                },
+            )
+            .unwrap();
+            let Address::Tcp(a) = m.address() else {
+                unreachable!()
+            };
+            println!("address {a}");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+        }
+        "manager_partitioned_client" => {
+            // In a network namespace of the test's: connects, holds a lock, and after
+            // the test has cut the link, makes a call.
+            let address: std::net::SocketAddr =
+                std::env::var("MP_TEST_ADDRESS").unwrap().parse().unwrap();
+            let m = Manager::builder()
+                .address(address)
+                .authkey(PARTITION_KEY)
+                // Keepalive, not the call timeout, is what must end the call.
+                .call_timeout(Some(Duration::from_secs(120)))
+                .keepalive(Some(Duration::from_secs(2)))
+                .connect()
+                .unwrap();
+            let lock = m.named("partition").lock().unwrap();
+            let d = m.named("partition-dict").dict::<u8, u8>().unwrap();
+            let _held = lock.lock().unwrap().unwrap();
+            println!("held");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            let t = Instant::now();
+            let r = d.len();
+            println!("after the cut: {r:?} in {} ms", t.elapsed().as_millis());
+            std::thread::sleep(T);
         }
         "manager_owner" => {
             let m = Manager::start().unwrap();
@@ -699,6 +790,32 @@ fn slow_client_does_not_stall_others() {
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// The client's half of the handshake on a raw stream, with the key; panics if refused.
+fn authenticate(s: &mut (impl Read + Write), key: &[u8]) {
+    let hello = read_frame(s).expect("the server's challenge");
+    assert_eq!(&hello[..4], b"MPM1");
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(b"multiproc-manager client v1");
+    mac.update(&hello[4..]);
+    let mut answer = mac.finalize().into_bytes().to_vec();
+    answer.extend([7u8; 32]);
+    answer.extend(fastrand::u64(..).to_le_bytes());
+    write_frame(s, &answer);
+    let ok = read_frame(s).expect("the server's answer");
+    assert_eq!(&ok[..4], b"OKAY");
+}
+
+/// A new, authenticated raw TCP connection to `a`, reads bounded by `wait`.
+fn tcp_authenticated(a: std::net::SocketAddr, key: &[u8], wait: Duration) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&a, wait).expect("connect");
+    // Frames go out in two writes: without this, Nagle's algorithm holds the second
+    // until the first is acknowledged (40 ms with delayed acknowledgements).
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    authenticate(&mut s, key);
+    s
+}
+
 /// An authenticated raw connection to `m`'s server, speaking the handshake by hand.
 fn raw_authenticated(m: &Manager) -> std::os::unix::net::UnixStream {
     let Address::Abstract(name) = m.address() else {
@@ -708,16 +825,7 @@ fn raw_authenticated(m: &Manager) -> std::os::unix::net::UnixStream {
     let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
     let mut s = std::os::unix::net::UnixStream::connect_addr(&a).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    let hello = read_frame(&mut s).unwrap();
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(m.authkey()).unwrap();
-    mac.update(b"multiproc-manager client v1");
-    mac.update(&hello[4..]);
-    let mut answer = mac.finalize().into_bytes().to_vec();
-    answer.extend([7u8; 32]);
-    answer.extend(fastrand::u64(..).to_le_bytes());
-    write_frame(&mut s, &answer);
-    let ok = read_frame(&mut s).unwrap();
-    assert_eq!(&ok[..4], b"OKAY");
+    authenticate(&mut s, m.authkey());
     s
 }
 
@@ -926,4 +1034,685 @@ fn forked_child_leaves_parent_connections_alone() {
     let mut h = Helper::start("manager_fork");
     assert_eq!(h.expect("after fork ", T), "Ok(Ok(3))");
     h.child.wait().unwrap();
+}
+
+/// Median and maximum of some durations.
+fn median_max(mut v: Vec<Duration>) -> (Duration, Duration) {
+    assert!(!v.is_empty(), "no samples");
+    v.sort();
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// How long the slowloris runs.
+const SIEGE: Duration = Duration::from_secs(6);
+
+/// A slowloris on a manager's TCP port: `n` connections that each send one byte of the
+/// handshake every 2 s, reconnecting when the server drops one, until `stop`.
+fn trickle(a: std::net::SocketAddr, n: usize, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let connect = || {
+        let s = TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok()?;
+        s.set_nonblocking(true).ok()?;
+        Some(s)
+    };
+    let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    while !stop.load(Ordering::Relaxed) {
+        for slot in &mut conns {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let alive = slot.as_mut().is_some_and(|s| {
+                let mut sink = [0u8; 64];
+                let open = !matches!(s.read(&mut sink), Ok(0));
+                open && s.write(&[0]).is_ok()
+            });
+            if !alive {
+                *slot = connect();
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Bursts of `n` new connections that say nothing, every 400 ms, each held 1.5 s.
+fn bursts(a: std::net::SocketAddr, n: usize, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let mut held: std::collections::VecDeque<(Instant, Vec<TcpStream>)> = Default::default();
+    while !stop.load(Ordering::Relaxed) {
+        let burst: Vec<_> = (0..n)
+            .filter_map(|_| TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok())
+            .collect();
+        held.push_back((Instant::now(), burst));
+        while held
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_millis(1500))
+        {
+            held.pop_front();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The key of the manager the `manager_tcp_1024` helper serves.
+const SIEGE_KEY: &[u8] = b"siege";
+
+/// A manager on a TCP port whose server may open 1024 descriptors (a common default),
+/// under 600 slow connections and bursts of 200 new ones; a client on an open
+/// connection and new clients measure how long they wait to be served.
+fn slowloris_and_bursts() {
+    use std::sync::atomic::AtomicBool;
+    let mut h = Helper::start("manager_tcp_1024");
+    let a: std::net::SocketAddr = h.expect("address ", T).parse().unwrap();
+    let m = Manager::connect(a, SIEGE_KEY).unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(0, 0).unwrap();
+    let stop = AtomicBool::new(false);
+    let (calls, connects) = std::thread::scope(|s| {
+        s.spawn(|| trickle(a, 600, &stop));
+        s.spawn(|| bursts(a, 200, &stop));
+        // The attackers stop however this thread ends (a failed assertion included).
+        let _stop = StopOnDrop(&stop);
+        let mut calls = Vec::new();
+        let mut connects = Vec::new();
+        let started = Instant::now();
+        let mut i = 0;
+        while started.elapsed() < SIEGE {
+            let t = Instant::now();
+            d.insert(i, i).unwrap();
+            calls.push(t.elapsed());
+            if i % 5 == 0 {
+                // A new connection, its handshake and a ping (this process's client
+                // would reuse an idle connection).
+                let t = Instant::now();
+                let mut fresh = tcp_authenticated(a, SIEGE_KEY, Duration::from_secs(30));
+                write_frame(&mut fresh, &[2]);
+                assert!(read_frame(&mut fresh).is_some(), "no answer to a ping");
+                connects.push(t.elapsed());
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (calls, connects)
+    });
+    drop((d, m));
+    h.send("quit");
+    assert!(h.wait(T).success());
+    let (call_median, call_max) = median_max(calls);
+    let (connect_median, connect_max) = median_max(connects);
+    println!(
+        "under a slowloris of 600 connections and bursts of 200: a call on an open \
+         connection took {call_median:?} (median), {call_max:?} (max); a new connection, \
+         its handshake and a ping took {connect_median:?} (median), {connect_max:?} (max)"
+    );
+    assert!(
+        call_max < Duration::from_secs(2),
+        "a call waited {call_max:?}"
+    );
+    assert!(
+        connect_max < Duration::from_secs(2),
+        "a new client waited {connect_max:?} to be served"
+    );
+}
+
+/// Trickles a handshake answer one byte every 200 ms into a server whose handshakes may
+/// take 1 s in all: it is dropped at the deadline, not kept alive byte by byte.
+fn handshake_has_one_deadline() {
+    let server = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .authkey(b"deadline".to_vec())
+        .handshake_timeout(Duration::from_secs(1))
+        .serve()
+        .unwrap();
+    let Address::Tcp(a) = *server.address() else {
+        unreachable!()
+    };
+    // The deadline runs from the server's accept, a little after this.
+    let t = Instant::now();
+    let mut slow = TcpStream::connect(a).unwrap();
+    slow.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM1");
+    slow.set_nonblocking(true).unwrap();
+    // The answer's frame: its length (72), then the body a byte at a time; 40 of its
+    // 76 bytes are far from a complete answer.
+    let answer: Vec<u8> = [72, 0, 0, 0].into_iter().chain([0; 36]).collect();
+    let mut sent = 0;
+    let dropped = loop {
+        if sent < answer.len() && slow.write(&answer[sent..=sent]).is_err() {
+            break t.elapsed();
+        }
+        sent += 1;
+        let mut byte = [0u8; 1];
+        match slow.read(&mut byte) {
+            Ok(0) => break t.elapsed(),
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break t.elapsed(),
+            _ => {}
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "a handshake trickling a byte every 200 ms was kept for 8 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        dropped >= Duration::from_millis(900),
+        "dropped after {dropped:?}, before its deadline"
+    );
+    // Meanwhile and after, clients are served.
+    let m = server.manager().unwrap();
+    m.dict::<u8, u8>().unwrap().insert(1, 1).unwrap();
+}
+
+/// Past `max_handshakes` connections in their handshake, a new one drops the oldest.
+fn half_open_connections_capped() {
+    let server = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .authkey(b"capped".to_vec())
+        .max_handshakes(4)
+        .serve()
+        .unwrap();
+    let Address::Tcp(a) = *server.address() else {
+        unreachable!()
+    };
+    let open = || {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        // Greeted: the server has accepted it and counts it.
+        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM1");
+        s
+    };
+    let mut silent: Vec<TcpStream> = (0..4).map(|_| open()).collect();
+    // All four are still open.
+    for s in &silent {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a connection under the cap was dropped"
+        );
+        s.set_nonblocking(false).unwrap();
+    }
+    silent.push(open());
+    // The oldest goes.
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(silent[0].read(&mut b), Ok(0) | Err(_)),
+        "the oldest half-open connection was kept past the cap"
+    );
+    // A real client gets in and is served (dropping the next oldest).
+    let m = server.manager().unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(2));
+    drop(silent);
+}
+
+/// A burst of 1000 connections, all queued at once: none waits for the kernel to
+/// retry its handshake (a second, when the queue of connections not yet accepted is
+/// full), and a client that comes after it is served.
+fn burst_of_connections() {
+    let m = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .build()
+        .unwrap();
+    let Address::Tcp(a) = *m.address() else {
+        unreachable!()
+    };
+    let mut slowest = Duration::ZERO;
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        held.push(TcpStream::connect_timeout(&a, T).unwrap());
+        slowest = slowest.max(t.elapsed());
+    }
+    let t = Instant::now();
+    let mut fresh = tcp_authenticated(a, m.authkey(), T);
+    write_frame(&mut fresh, &[2]);
+    assert!(read_frame(&mut fresh).is_some(), "no answer to a ping");
+    let served = t.elapsed();
+    println!(
+        "a burst of 1000 connections: the slowest connected in {slowest:?}; a client after it was served in {served:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(900),
+        "a connection of the burst waited {slowest:?}: its handshake was dropped and retried"
+    );
+    assert!(served < Duration::from_secs(2), "{served:?}");
+    drop(held);
+}
+
+/// Runs `f` on a thread of its own and returns its result, failing the test if it takes
+/// longer than `limit` (the thread is left to finish when what blocks it ends).
+fn within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("a call still waited after {limit:?}"))
+}
+
+/// Continues a stopped process when dropped, whatever the test did.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let p = rustix::process::Pid::from_raw(self.0 as i32).expect("pid");
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::CONT);
+    }
+}
+
+/// A server that is stopped (SIGSTOP: a debugger, Ctrl-Z, a frozen cgroup) answers
+/// nothing; with a call timeout of 1 s, calls fail with `Unresponsive` instead of
+/// hanging, timed calls after their own wait plus the timeout; once it runs again,
+/// calls work.
+fn stopped_server_call_timeout(m: Manager) {
+    let d = m.dict::<u8, u8>().unwrap();
+    let q = m.queue::<u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let server = m.server_pid().unwrap();
+    common::stop_or_continue(server, true);
+    let _resume = Resume(server);
+    let t = Instant::now();
+    let d2 = d.clone();
+    let err = within(Duration::from_secs(10), move || d2.len()).unwrap_err();
+    let waited = t.elapsed();
+    assert!(matches!(err, ManagerError::Unresponsive(_)), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "the call failed after {waited:?}"
+    );
+    let t = Instant::now();
+    let q2 = q.clone();
+    let err = within(Duration::from_secs(10), move || {
+        q2.get_timeout(Duration::from_millis(500))
+    })
+    .unwrap_err();
+    let waited = t.elapsed();
+    assert!(matches!(err, ManagerError::Unresponsive(_)), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(10),
+        "the timed call failed after {waited:?}"
+    );
+    println!("a call to a stopped server failed after {waited:?} ({err})");
+    common::stop_or_continue(server, false);
+    assert_eq!(d.len().unwrap(), 1);
+    q.put(3).unwrap();
+    assert_eq!(q.get_timeout(T).unwrap(), Some(3));
+}
+
+fn stopped_server_call_timeout_local() {
+    stopped_server_call_timeout(
+        Manager::builder()
+            .call_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap(),
+    );
+}
+
+fn stopped_server_call_timeout_tcp() {
+    stopped_server_call_timeout(
+        Manager::builder()
+            .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+            .call_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap(),
+    );
+}
+
+const PARTITION_KEY: &[u8] = b"partition";
+
+/// A client in a network namespace of the test's holds a managed lock; the test cuts
+/// the link. The server's keepalive (2 s) gives the client up, so the lock comes back
+/// with `OwnerDied`; the client's keepalive ends its call with `Disconnected`.
+fn partitioned_client() {
+    let ns = common::TestNetns::new();
+    let m = Manager::builder()
+        .address(std::net::SocketAddr::from((ns.host, 0)))
+        .authkey(PARTITION_KEY)
+        .keepalive(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let lock = m.named("partition").lock().unwrap();
+    let address = m.address().to_string();
+    let address = address.trim_start_matches("tcp://");
+    let mut client = Helper::start_command(
+        "manager_partitioned_client",
+        ns.command(std::env::current_exe().unwrap()),
+        &[("MP_TEST_ADDRESS", address)],
+    );
+    client.expect("held", T);
+    assert!(lock.try_lock().unwrap().is_none(), "the client holds it");
+    ns.cut();
+    client.send("call");
+    let t = Instant::now();
+    let got = lock.lock_timeout(T).unwrap().expect("the lock came back");
+    let released = t.elapsed();
+    assert!(
+        got.is_err(),
+        "the next holder was not told that the owner was given up"
+    );
+    let after = client.expect("after the cut: ", T);
+    println!(
+        "partition: the server gave the client's lock back after {released:?}; the client's call ended with {after}"
+    );
+    assert!(
+        released < Duration::from_secs(20),
+        "the lock came back after {released:?}"
+    );
+    assert!(after.starts_with("Err(Disconnected)"), "{after}");
+    let ms: u64 = after
+        .rsplit(" in ")
+        .next()
+        .and_then(|s| s.trim_end_matches(" ms").parse().ok())
+        .unwrap();
+    assert!(ms < 20_000, "the client's call ended after {ms} ms");
+    drop(client);
+    let name = ns.name.clone();
+    drop(ns);
+    assert!(!common::netns_exists(&name), "the namespace was left");
+}
+
+/// How a rogue server behaves.
+#[derive(Clone, Copy, Debug)]
+enum Rogue {
+    /// Challenges properly, then claims to accept with a proof made without the key.
+    WrongProof,
+    /// Challenges properly, then refuses.
+    Denies,
+    /// Speaks something else.
+    NotAManager,
+    /// Sends its challenge a byte every 200 ms.
+    Trickles,
+    /// Accepts and says nothing.
+    Silent,
+}
+
+/// Serves one connection as `rogue`; whether the client sent anything after the
+/// handshake (it must not).
+fn rogue_serve(mut s: TcpStream, rogue: Rogue) -> bool {
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut hello = b"MPM1".to_vec();
+    hello.extend([9u8; 32]);
+    match rogue {
+        Rogue::NotAManager => {
+            write_frame(&mut s, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+        Rogue::Trickles => {
+            let mut framed = (hello.len() as u32).to_le_bytes().to_vec();
+            framed.extend(&hello);
+            for b in framed {
+                if s.write_all(&[b]).is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Rogue::Silent => {}
+        Rogue::WrongProof | Rogue::Denies => {
+            write_frame(&mut s, &hello);
+            let Some(answer) = read_frame(&mut s) else {
+                return false;
+            };
+            assert_eq!(answer.len(), 72, "the client's answer");
+            if let Rogue::Denies = rogue {
+                write_frame(&mut s, b"DENY");
+            } else {
+                let mut okay = b"OKAY".to_vec();
+                okay.extend([0u8; 32]);
+                write_frame(&mut s, &okay);
+            }
+        }
+    }
+    // The client must hang up without sending a request.
+    read_frame(&mut s).is_some()
+}
+
+/// The client refuses servers that cannot prove they hold the key, or that do not
+/// speak the protocol, within its call timeout, and sends them nothing.
+fn client_refuses_rogue_servers() {
+    for rogue in [
+        Rogue::WrongProof,
+        Rogue::Denies,
+        Rogue::NotAManager,
+        Rogue::Trickles,
+        Rogue::Silent,
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            rogue_serve(s, rogue)
+        });
+        let t = Instant::now();
+        let err = Manager::builder()
+            .address(a)
+            .authkey(b"the real key".to_vec())
+            .call_timeout(Some(Duration::from_secs(2)))
+            .connect()
+            .unwrap_err();
+        let took = t.elapsed();
+        let expected = match rogue {
+            Rogue::WrongProof | Rogue::Denies => matches!(err, ManagerError::Auth(_)),
+            Rogue::NotAManager => matches!(err, ManagerError::Protocol(_)),
+            Rogue::Trickles | Rogue::Silent => matches!(err, ManagerError::Unresponsive(_)),
+        };
+        assert!(expected, "{rogue:?}: {err:?}");
+        assert!(took < Duration::from_secs(10), "{rogue:?}: {took:?}");
+        assert!(
+            !server.join().unwrap(),
+            "{rogue:?}: the client sent a request to a server it should have refused"
+        );
+    }
+}
+
+/// Over TCP, calls in flight (an untimed get blocked in the server, and a stream of
+/// short calls) end in `Disconnected` soon after the server is SIGKILLed.
+fn tcp_calls_in_flight_when_server_sigkilled() {
+    let m = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .build()
+        .unwrap();
+    let q = m.queue::<u8>().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    let q2 = q.clone();
+    let blocked = std::thread::spawn(move || q2.get());
+    let d2 = d.clone();
+    let busy = std::thread::spawn(move || {
+        let mut i = 0;
+        loop {
+            if let Err(e) = d2.insert(i % 64, i) {
+                return e;
+            }
+            i += 1;
+        }
+    });
+    assert!(common::eventually(T, || d.len().unwrap() == 64));
+    let server = m.server_pid().unwrap();
+    // SAFETY: kill(2) on the manager's server, a child this test started.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    let err = blocked.join().unwrap().unwrap_err();
+    assert!(err.is_disconnected(), "{err:?}");
+    let err = busy.join().unwrap();
+    assert!(err.is_disconnected(), "{err:?}");
+    assert!(d.len().unwrap_err().is_disconnected());
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(m);
+    assert!(gone_within(server, Duration::from_secs(5)));
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// Waits until the server holds `n` objects.
+fn await_count(m: &Manager, n: usize) {
+    let mut last = 0;
+    assert!(
+        common::eventually(T, || {
+            last = m.object_count().unwrap();
+            last == n
+        }),
+        "the server holds {last} objects, not {n}"
+    );
+}
+
+/// A loop that creates and drops 100,000 dicts leaves the server as it found it.
+fn dropped_objects_are_freed() {
+    let m = Manager::start().unwrap();
+    let server = m.server_pid().unwrap();
+    // Warm up: the server's own buffers and tables grow once.
+    for _ in 0..1000 {
+        drop(m.dict::<u32, String>().unwrap());
+    }
+    await_count(&m, 0);
+    let before = rss_of(server);
+    let t = Instant::now();
+    for i in 0..100_000u32 {
+        let d = m.dict::<u32, String>().unwrap();
+        if i % 100 == 0 {
+            d.insert(i, "x".repeat(100)).unwrap();
+        }
+    }
+    let took = t.elapsed();
+    await_count(&m, 0);
+    let after = rss_of(server);
+    let grown = after.saturating_sub(before);
+    println!(
+        "100,000 dicts created and dropped in {took:?}: the server's memory went from {} KiB to {} KiB",
+        before / 1024,
+        after / 1024
+    );
+    assert!(grown < 8 << 20, "the server grew by {} KiB", grown / 1024);
+}
+
+/// In a child: holds the dict, says so, waits for the word, then writes to it.
+fn hold_then_write(
+    (d, held, go): (DictProxy<u32, u32>, EventProxy, EventProxy),
+) -> Vec<(u32, u32)> {
+    d.insert(1, 1).unwrap();
+    held.set().unwrap();
+    assert!(go.wait_timeout(T).unwrap());
+    d.insert(2, 2).unwrap();
+    d.items().unwrap()
+}
+
+/// Waits until every reference change this process made so far has reached the server:
+/// one made after them, on the same connection, is seen.
+fn settle(m: &Manager) {
+    let base = m.object_count().unwrap();
+    let marker = m.list::<u8>().unwrap();
+    await_count(m, base + 1);
+    drop(marker);
+    await_count(m, base);
+}
+
+/// A child holding a dict (`hold_then_write`) this process no longer refers to: the
+/// child, the number of objects without the dict, and the events the child waits on
+/// (`.1` lets it go on).
+type HeldByAChild = (
+    multiproc::JoinHandle<Vec<(u32, u32)>>,
+    usize,
+    (EventProxy, EventProxy),
+);
+
+fn dict_held_by_a_child(m: &Manager) -> HeldByAChild {
+    let (held, go) = (m.event().unwrap(), m.event().unwrap());
+    let base = m.object_count().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    let child = multiproc::spawn(hold_then_write, (d.clone(), held.clone(), go.clone())).unwrap();
+    assert!(held.wait_timeout(T).unwrap());
+    drop(d);
+    settle(m);
+    assert_eq!(
+        m.object_count().unwrap(),
+        base + 1,
+        "freed while the child holds it"
+    );
+    (child, base, (held, go))
+}
+
+fn object_outlives_creators_proxy() {
+    let m = Manager::start().unwrap();
+    let (child, base, events) = dict_held_by_a_child(&m);
+    events.1.set().unwrap();
+    assert_eq!(join(child), [(1, 1), (2, 2)]);
+    // The child's process ended: nothing refers to the dict any more.
+    await_count(&m, base);
+}
+
+/// In a child: takes a dict from the queue and writes to it.
+fn take_and_write(q: multiproc::Queue<DictProxy<u32, u32>>) -> Vec<(u32, u32)> {
+    let d = q.get_timeout(T).unwrap();
+    d.insert(5, 5).unwrap();
+    d.items().unwrap()
+}
+
+/// A proxy sent in a message whose sender drops its own before the receiver takes it:
+/// the object waits for the receiver.
+fn proxy_in_flight_keeps_object() {
+    let m = Manager::start().unwrap();
+    let base = m.object_count().unwrap();
+    let q = multiproc::Queue::new().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(4, 4).unwrap();
+    q.put(d).unwrap();
+    // `d` was moved into the message and dropped with it here.
+    settle(&m);
+    assert_eq!(m.object_count().unwrap(), base + 1, "freed while in flight");
+    let child = multiproc::spawn(take_and_write, q.clone()).unwrap();
+    assert_eq!(join(child), [(4, 4), (5, 5)]);
+    await_count(&m, base);
+}
+
+fn sigkilled_holder_releases_references() {
+    let m = Manager::start().unwrap();
+    let (child, base, _events) = dict_held_by_a_child(&m);
+    child.kill().unwrap();
+    // Its connections closed with it: its references went.
+    await_count(&m, base);
+    let _ = join_err(child);
+}
+
+/// A proxy stored inside a managed value, and a named object, stay when every proxy
+/// of them is dropped: the server cannot count references inside stored values, and a
+/// name can be opened again at any time.
+fn stored_and_named_objects_stay() {
+    let m = Manager::start().unwrap();
+    let outer = m.list::<DictProxy<u32, u32>>().unwrap();
+    let inner = m.dict::<u32, u32>().unwrap();
+    inner.insert(1, 10).unwrap();
+    outer.push(inner).unwrap();
+    let named = m.named("kept").dict::<u32, u32>().unwrap();
+    named.insert(2, 20).unwrap();
+    drop(named);
+    settle(&m);
+    let inner = outer.get(0).unwrap().unwrap();
+    assert_eq!(inner.get(&1).unwrap(), Some(10));
+    drop(inner);
+    settle(&m);
+    assert_eq!(outer.get(0).unwrap().unwrap().get(&1).unwrap(), Some(10));
+    let named = m.named("kept").dict::<u32, u32>().unwrap();
+    assert_eq!(named.get(&2).unwrap(), Some(20));
 }

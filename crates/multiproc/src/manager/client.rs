@@ -1,30 +1,69 @@
-//! The client side: one `Client` per (address, key) in a process, holding idle
+//! The client side: one `Client` per (address, key, settings) in a process, holding idle
 //! authenticated connections. A call takes an idle connection (or opens one), so threads
 //! call concurrently and a call that blocks on the server (a lock, a queue get) holds
 //! only its own connection.
+//!
+//! Every call has a deadline (the call timeout, plus the operation's own wait), and TCP
+//! connections have keepalive, so a server that stops answering, or a network that
+//! drops everything, ends a call with an error instead of a hang.
+//!
+//! Changes to the references the process holds (`refs.rs` on the server) queue in an
+//! outbox and travel on a connection of their own, the *anchor*: written without
+//! waiting (a proxy's `Drop` never blocks), never answered, and open as long as the
+//! process holds proxies, so the server counts the process as alive while it does,
+//! whatever happens to the connections calls use.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use super::Address;
 use super::ManagerError;
 use super::local::{self, Local, Slot};
-use super::protocol::{self, FrameError, Framed, Request, Response, Stream};
+use super::protocol::{self, FrameError, Framed, RefOp, Request, Response, Stream, Wait};
 use crate::sync::unpoisoned;
 use crate::wire::codec;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Local connections (on shared-memory channels) a process keeps to one server, at
 /// most: a process whose many threads call at once opens as many connections, and each
 /// local one holds [`local::FDS_PER_LOCAL`] descriptors. Connections past it stay on
 /// the socket.
 const MAX_LOCAL: usize = 16;
+/// Tries to open a connection whose handshake the server cut short (a server dropping
+/// the oldest half-open connections under a flood of them does).
+const OPEN_TRIES: u32 = 3;
+
+/// The default call timeout: how long a call waits for the server's answer beyond the
+/// operation's own wait.
+pub(crate) const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default TCP keepalive: how long a peer that stopped answering is kept.
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// How a client talks to its server. Proxies carry it, so a process that receives one
+/// talks to the server the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct ClientSettings {
+    /// How long a call waits for an answer beyond its own wait (`None`: for ever).
+    pub(crate) call_timeout: Option<Duration>,
+    /// TCP keepalive (`None`: off).
+    pub(crate) keepalive: Option<Duration>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            keepalive: Some(DEFAULT_KEEPALIVE),
+        }
+    }
+}
 
 /// This process's session id (new in a forked child): how the server tells client
-/// processes apart, to release the locks of one that dies.
-fn session() -> u64 {
+/// processes apart, to release the locks and references of one that dies.
+pub(crate) fn session() -> u64 {
     static SESSION: Mutex<Option<(u32, u64)>> = Mutex::new(None);
     let pid = crate::sys::process_id();
     let mut s = unpoisoned::lock(&SESSION);
@@ -55,43 +94,77 @@ pub(crate) fn thread_token() -> u64 {
 pub(crate) struct Client {
     pub(crate) address: Address,
     pub(crate) key: Vec<u8>,
+    pub(crate) settings: ClientSettings,
     /// Idle connections, and the pid that opened them (a forked child must not share
     /// its parent's connections).
     idle: Mutex<(u32, Vec<ClientConn>)>,
     /// Local connections open.
     locals: Arc<AtomicUsize>,
+    /// Reference changes not yet in a frame, and the process they belong to (a forked
+    /// child starts afresh: what it inherited is its parent's to send).
+    queued: Mutex<(u32, Vec<RefOp>)>,
+    /// The connection they go on, and the process it belongs to. Held while it opens
+    /// (which waits for the server); a `Drop` that finds it held leaves its change
+    /// queued for the holder or the next call.
+    anchor: Mutex<(u32, Option<Anchor>)>,
+}
+
+/// When [`Client::flush`] opens an anchor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Never: from `Drop`.
+    Never,
+    /// When there is something to send.
+    IfQueued,
+    /// Now: the process holds a proxy.
+    Always,
+}
+
+/// The connection reference changes travel on (non-blocking once authenticated).
+struct Anchor {
+    stream: Stream,
+    /// The frame being written, and how much of it is written.
+    frame: Vec<u8>,
+    written: usize,
+    /// What that frame holds: sent again on a new anchor if this one breaks half-way.
+    in_frame: Vec<RefOp>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("address", &self.address)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// The process's client for `address` and `key`.
-    pub(crate) fn get(address: &Address, key: &[u8]) -> Arc<Client> {
+    /// The process's client for `address`, `key` and `settings`.
+    pub(crate) fn get(address: &Address, key: &[u8], settings: ClientSettings) -> Arc<Client> {
         static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
         let mut clients = unpoisoned::lock(&CLIENTS);
         clients.retain(|c| c.strong_count() > 0);
         for c in clients.iter().filter_map(Weak::upgrade) {
-            if c.address == *address && c.key == key {
+            if c.address == *address && c.key == key && c.settings == settings {
                 return c;
             }
         }
+        let pid = crate::sys::process_id();
         let c = Arc::new(Client {
             address: address.clone(),
             key: key.to_vec(),
-            idle: Mutex::new((crate::sys::process_id(), Vec::new())),
+            settings,
+            idle: Mutex::new((pid, Vec::new())),
             locals: Arc::new(AtomicUsize::new(0)),
+            queued: Mutex::new((pid, Vec::new())),
+            anchor: Mutex::new((pid, None)),
         });
         clients.push(Arc::downgrade(&c));
         c
     }
 
-    fn checkout(&self) -> Result<ClientConn, ManagerError> {
+    fn checkout(&self, deadline: Option<Instant>) -> Result<ClientConn, ManagerError> {
         {
             let mut idle = unpoisoned::lock(&self.idle);
             let pid = crate::sys::process_id();
@@ -102,7 +175,7 @@ impl Client {
                 return Ok(conn);
             }
         }
-        self.open()
+        self.open(deadline, true)
     }
 
     fn checkin(&self, conn: ClientConn) {
@@ -112,29 +185,70 @@ impl Client {
         }
     }
 
-    /// Opens and authenticates a new connection; over a Unix socket, moves it onto
-    /// shared-memory channels.
-    pub(crate) fn open(&self) -> Result<ClientConn, ManagerError> {
-        let stream = connect(&self.address).map_err(ManagerError::from_io)?;
+    /// Opens and authenticates a new connection, by `deadline` and within the handshake
+    /// timeout; with `local`, over a Unix socket, moves it onto shared-memory channels.
+    fn open(&self, deadline: Option<Instant>, local: bool) -> Result<ClientConn, ManagerError> {
+        let started = Instant::now();
+        let limit = started + protocol::DEFAULT_HANDSHAKE_TIMEOUT;
+        let until = deadline.map_or(limit, |d| d.min(limit));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.try_open(until, local) {
+                // Cut short after connecting: the server may have dropped this
+                // connection to make room under a flood of others. Again, while there
+                // is time.
+                Err(Opening::Cut(_)) if tries < OPEN_TRIES && Instant::now() < until => {}
+                Err(Opening::Cut(e) | Opening::Failed(e)) => {
+                    return Err(match e {
+                        ManagerError::Unresponsive(_) => {
+                            ManagerError::Unresponsive(until.duration_since(started))
+                        }
+                        e => e,
+                    });
+                }
+                Ok(conn) => return Ok(conn),
+            }
+        }
+    }
+
+    fn try_open(&self, until: Instant, local: bool) -> Result<ClientConn, Opening> {
+        let stream =
+            connect(&self.address, until).map_err(|e| Opening::Failed(ManagerError::from_io(e)))?;
+        let failed = |e: io::Error| Opening::Failed(ManagerError::Io(e));
+        if let Err(e) = stream.set_keepalive(self.settings.keepalive) {
+            tracing::debug!("manager: no TCP keepalive: {e}");
+        }
+        // A server that stops reading (stopped, or its buffers full) makes a write wait
+        // no longer than a read would.
+        stream
+            .set_write_timeout(self.settings.call_timeout)
+            .map_err(failed)?;
         let mut framed = Framed::new(stream);
-        framed
-            .stream()
-            .set_read_timeout(Some(protocol::HANDSHAKE_TIMEOUT))
-            .map_err(ManagerError::Io)?;
-        protocol::client_handshake(&mut framed, &self.key, session())?;
-        let slot = self
-            .address
-            .is_local()
+        protocol::client_handshake(&mut framed, &self.key, session(), until).map_err(|e| {
+            if e.is_disconnected() {
+                Opening::Cut(e)
+            } else {
+                Opening::Failed(e)
+            }
+        })?;
+        let slot = (local && self.address.is_local())
             .then(|| Slot::take(&self.locals, MAX_LOCAL))
             .flatten();
         let local = match slot {
-            Some(slot) => local::request(&mut framed)?.map(|l| (l, slot)),
+            Some(slot) => {
+                framed.arm(Some(until)).map_err(|e| {
+                    Opening::Failed(frame_error(e, until.duration_since(Instant::now())))
+                })?;
+                local::request(&mut framed)
+                    .map_err(|e| Opening::Failed(read_timed_out(e)))?
+                    .map(|l| (l, slot))
+            }
             None => None,
         };
         framed
-            .stream()
-            .set_read_timeout(None)
-            .map_err(ManagerError::Io)?;
+            .arm(None)
+            .map_err(|e| Opening::Failed(frame_error(e, Duration::ZERO)))?;
         Ok(ClientConn { framed, local })
     }
 
@@ -148,16 +262,156 @@ impl Client {
         }
     }
 
-    /// Sends `request` and waits for the response; a fault is an error.
+    /// Sends `request` and waits for the response (within the call timeout, plus the
+    /// operation's own wait); a fault is an error. Reference changes queued before it
+    /// go first.
     pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
-        let mut conn = self.checkout()?;
-        let response = conn.call(request)?;
+        self.flush(Open::IfQueued);
+        let wait = match request {
+            Request::Call { op, .. } => op.wait(),
+            _ => Wait::None,
+        };
+        let deadline = match (self.settings.call_timeout, wait) {
+            (None, _) | (_, Wait::Unbounded) => None,
+            (Some(t), Wait::None) => Instant::now().checked_add(t),
+            (Some(t), Wait::Up(w)) => Instant::now().checked_add(t.saturating_add(w)),
+        };
+        let mut conn = self.checkout(deadline)?;
+        // A connection that failed or timed out is dropped, not put back: an answer
+        // that comes late would be read as the next call's.
+        let response = conn.call(request, deadline, self.settings.call_timeout)?;
         self.checkin(conn);
         match response {
             Response::Fault(f) => Err(f.into()),
             r => Ok(r),
         }
     }
+
+    /// Queues reference changes and sends what can go without waiting.
+    pub(crate) fn send_refs(&self, ops: impl IntoIterator<Item = RefOp>) {
+        self.queued().1.extend(ops);
+        self.flush(Open::Never);
+    }
+
+    /// Opens the anchor if there is none, so that reference changes made later (in
+    /// `Drop`, which never opens connections) can go at once.
+    pub(crate) fn anchor(&self) {
+        self.flush(Open::Always);
+    }
+
+    /// The queue, emptied in a forked child.
+    fn queued(&self) -> std::sync::MutexGuard<'_, (u32, Vec<RefOp>)> {
+        let mut queued = unpoisoned::lock(&self.queued);
+        let pid = crate::sys::process_id();
+        if queued.0 != pid {
+            *queued = (pid, Vec::new());
+        }
+        queued
+    }
+
+    /// Writes queued reference changes on the anchor as far as it takes them without
+    /// waiting, opening it first as `open` says (which waits for the server, as a
+    /// call does).
+    fn flush(&self, open: Open) {
+        let mut anchor = match open {
+            Open::Never => match self.anchor.try_lock() {
+                Ok(a) => a,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            },
+            _ => unpoisoned::lock(&self.anchor),
+        };
+        let pid = crate::sys::process_id();
+        if anchor.0 != pid {
+            // The parent's connection: its copy here is closed, the parent's stays.
+            *anchor = (pid, None);
+        }
+        let busy = |a: &Option<Anchor>| a.as_ref().is_some_and(|a| !a.in_frame.is_empty());
+        if !busy(&anchor.1) && self.queued().1.is_empty() && open != Open::Always {
+            return;
+        }
+        if anchor.1.is_none() {
+            if open == Open::Never {
+                return;
+            }
+            match self.open_anchor() {
+                Ok(a) => anchor.1 = Some(a),
+                Err(e) => {
+                    tracing::debug!("manager: cannot open a connection for references: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(a) = anchor.1.as_mut() else {
+            return;
+        };
+        if let Err(e) = self.write_refs(a) {
+            // Broken: what its frame held goes again, on the next anchor (the server
+            // drops a frame cut short).
+            tracing::debug!("manager: the connection for references failed: {e}");
+            let mut again = std::mem::take(&mut a.in_frame);
+            let mut queued = self.queued();
+            again.append(&mut queued.1);
+            queued.1 = again;
+            anchor.1 = None;
+        }
+    }
+
+    /// Writes frames of queued changes until the anchor takes no more or nothing is
+    /// left.
+    fn write_refs(&self, a: &mut Anchor) -> io::Result<()> {
+        loop {
+            if a.in_frame.is_empty() {
+                let ops = std::mem::take(&mut self.queued().1);
+                if ops.is_empty() {
+                    return Ok(());
+                }
+                let encoded =
+                    codec::encode(&Request::Refs(ops.clone())).map_err(io::Error::other)?;
+                a.frame = protocol::frame(&encoded.bytes)?;
+                a.written = 0;
+                a.in_frame = ops;
+            }
+            match (&a.stream).write(&a.frame[a.written..]) {
+                Ok(n) => {
+                    a.written += n;
+                    if a.written == a.frame.len() {
+                        a.in_frame.clear();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn open_anchor(&self) -> Result<Anchor, ManagerError> {
+        let conn = self.open(None, false)?;
+        let stream = conn.framed.into_stream();
+        stream.set_nonblocking(true).map_err(ManagerError::Io)?;
+        Ok(Anchor {
+            stream,
+            frame: Vec::new(),
+            written: 0,
+            in_frame: Vec::new(),
+        })
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The last word on references; what does not go now goes with the session.
+        self.flush(Open::Never);
+    }
+}
+
+/// Why a connection could not be opened.
+enum Opening {
+    /// The server closed it during the handshake.
+    Cut(ManagerError),
+    /// Anything else.
+    Failed(ManagerError),
 }
 
 /// An authenticated connection: its socket, and for a local client the shared-memory
@@ -169,28 +423,61 @@ pub(crate) struct ClientConn {
 }
 
 impl ClientConn {
-    fn call(&mut self, request: &Request) -> Result<Response, ManagerError> {
+    fn call(
+        &mut self,
+        request: &Request,
+        deadline: Option<Instant>,
+        call_timeout: Option<Duration>,
+    ) -> Result<Response, ManagerError> {
+        let waited = call_timeout.unwrap_or_default();
         if let Some((local, _)) = &self.local {
-            return local.call(request);
+            return local.call(request, deadline, waited);
         }
         let conn = &mut self.framed;
-        conn.send(request).map_err(ManagerError::from_io)?;
-        match conn.recv(u32::MAX) {
-            Ok(()) => {}
-            Err(FrameError::Closed) => return Err(ManagerError::Disconnected),
-            Err(FrameError::Oversized(_)) => unreachable!("no frame is over u32::MAX"),
-            Err(FrameError::Io(e)) => return Err(ManagerError::from_io(e)),
-        }
+        conn.send(request).map_err(|e| match e.kind() {
+            // The write timeout: the server does not read.
+            io::ErrorKind::WouldBlock => ManagerError::Unresponsive(waited),
+            _ => ManagerError::from_io(e),
+        })?;
+        conn.recv_by(u32::MAX, deadline)
+            .map_err(|e| frame_error(e, waited))?;
         codec::decode(&conn.body, Vec::new()).map_err(|e| {
             ManagerError::Protocol(format!("the server sent a malformed response: {e}"))
         })
     }
 }
 
-fn connect(address: &Address) -> io::Result<Stream> {
+/// A frame that could not be read, as the caller sees it.
+fn frame_error(e: FrameError, waited: Duration) -> ManagerError {
+    match e {
+        FrameError::Closed => ManagerError::Disconnected,
+        FrameError::Oversized(n) => {
+            ManagerError::Protocol(format!("the server sent a frame of {n} bytes"))
+        }
+        FrameError::Io(e) => ManagerError::from_io(e),
+        FrameError::TimedOut => ManagerError::Unresponsive(waited),
+    }
+}
+
+/// A read that hit the socket's timeout is the server not answering in time.
+fn read_timed_out(e: ManagerError) -> ManagerError {
+    match e {
+        ManagerError::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
+            ManagerError::Unresponsive(Duration::ZERO)
+        }
+        e => e,
+    }
+}
+
+/// A plain connection to `address`, by `until`.
+pub(crate) fn connect(address: &Address, until: Instant) -> io::Result<Stream> {
     match address {
         Address::Tcp(a) => {
-            let s = std::net::TcpStream::connect_timeout(a, CONNECT_TIMEOUT)?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let s = std::net::TcpStream::connect_timeout(a, left)?;
             s.set_nodelay(true)?;
             Ok(Stream::Tcp(s))
         }

@@ -13,6 +13,12 @@ pub enum ManagerError {
     /// call on a proxy of a dead manager returns this promptly.
     #[error("the manager is gone (its server stopped or the connection dropped)")]
     Disconnected,
+    /// The server did not answer within the call timeout (plus the operation's own
+    /// wait): it may be stopped, overloaded, or cut off from this machine. The call may
+    /// or may not have been carried out; the connection it used is closed. Set the
+    /// timeout with [`ManagerBuilder::call_timeout`](crate::manager::ManagerBuilder::call_timeout).
+    #[error("the manager did not answer within {0:?}")]
+    Unresponsive(std::time::Duration),
     /// The server refused this side's key, or could not prove it holds the key.
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -82,8 +88,9 @@ impl ManagerError {
     pub(crate) fn from_io(e: io::Error) -> Self {
         use io::ErrorKind::*;
         match e.kind() {
+            // `TimedOut` is `ETIMEDOUT`: TCP keepalive gave the server up.
             ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe
-            | UnexpectedEof | NotConnected | NotFound => ManagerError::Disconnected,
+            | UnexpectedEof | NotConnected | NotFound | TimedOut => ManagerError::Disconnected,
             _ => ManagerError::Io(e),
         }
     }

@@ -89,6 +89,9 @@ pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> 
             )));
         }
         Err(FrameError::Io(e)) => return Err(ManagerError::from_io(e)),
+        Err(FrameError::TimedOut) => {
+            return Err(ManagerError::Io(std::io::ErrorKind::WouldBlock.into()));
+        }
     };
     match codec::decode::<Offer>(&conn.body, fds) {
         Ok(Ok(mut local)) => {
@@ -150,15 +153,26 @@ pub(crate) fn offer(conn: &mut Framed, allowed: bool) -> std::io::Result<Option<
 }
 
 impl Local {
-    /// The client's side: sends `request` and waits for the response.
-    pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
-        pipe::send(&self.tx, request, Deadline::Never, false).map_err(|(_, f)| match f {
+    /// The client's side: sends `request` and waits for the response until `deadline`
+    /// (`None`: as long as it takes); past it, [`ManagerError::Unresponsive`] with
+    /// `waited`.
+    pub(crate) fn call(
+        &self,
+        request: &Request,
+        deadline: Option<std::time::Instant>,
+        waited: std::time::Duration,
+    ) -> Result<Response, ManagerError> {
+        let deadline = deadline.map_or(Deadline::Never, Deadline::At);
+        pipe::send(&self.tx, request, deadline, false).map_err(|(_, f)| match f {
             Failed::Disconnected => ManagerError::Disconnected,
             Failed::Codec(e) => ManagerError::Codec(e),
             Failed::Io(e) => ManagerError::from_io(e),
-            Failed::Full => ManagerError::Protocol("the request channel stayed full".into()),
+            Failed::Full => ManagerError::Unresponsive(waited),
         })?;
-        pipe::recv::<Response>(&self.rx, Deadline::Never).map_err(|m| match m {
+        pipe::recv::<Response>(&self.rx, deadline).map_err(|m| match m {
+            Missed::Empty if matches!(deadline, Deadline::At(_)) => {
+                ManagerError::Unresponsive(waited)
+            }
             Missed::Empty | Missed::Disconnected => ManagerError::Disconnected,
             Missed::Codec(e) => {
                 ManagerError::Protocol(format!("the server sent a malformed response: {e}"))

@@ -14,12 +14,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod accept;
 mod client;
 mod error;
 mod local;
 mod objects;
 mod protocol;
 mod proxy;
+mod refs;
 mod server;
 
 pub use error::ManagerError;
@@ -30,9 +32,10 @@ pub use proxy::{
 
 use crate::process::{Builder, JoinHandle};
 use crate::wire::codec::{self, Bytes};
-use client::Client;
+use accept::Listener;
+use client::{Client, ClientSettings};
 use protocol::{Kind, Request, Response};
-use server::{Ctor, Listener, Shared};
+use server::{Ctor, ServerSettings, Shared};
 
 /// Where a manager listens.
 ///
@@ -207,14 +210,44 @@ fn ctors<R: Registry>() -> HashMap<String, Ctor> {
     ctors
 }
 
-/// Builds a [`Manager`] (a server process) or a [`Server`] (served by this process).
+/// Builds a [`Manager`]: starts a server process ([`build`](Self::build)), serves from
+/// this process ([`serve`](Self::serve), which gives a [`Server`]), or connects to a
+/// manager served elsewhere ([`connect`](Self::connect)).
 ///
 /// `R` lists the custom types registered with [`register`](Self::register).
-#[must_use = "a builder does nothing until `build` or `serve` is called"]
+///
+/// # Examples
+///
+/// A client that gives up on a server that does not answer within 5 s, and on a peer
+/// that stops answering at the network level within 20 s:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use multiproc::Manager;
+///
+/// let manager = Manager::builder()
+///     .address("tcp://10.0.0.5:5000".parse::<multiproc::manager::Address>()?)
+///     .authkey(b"secret".to_vec())
+///     .call_timeout(Some(Duration::from_secs(5)))
+///     .keepalive(Some(Duration::from_secs(20)))
+///     .connect()?;
+/// let jobs = manager.named("jobs").queue::<String>()?;
+/// match jobs.get_timeout(Duration::from_secs(1)) {
+///     Ok(job) => println!("{job:?}"),
+///     // Waited 1 s for a job, then 5 s for the server's answer.
+///     Err(multiproc::ManagerError::Unresponsive(_)) => eprintln!("the server is stuck"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # Ok::<(), multiproc::ManagerError>(())
+/// ```
+#[must_use = "a builder does nothing until `build`, `serve` or `connect` is called"]
 pub struct ManagerBuilder<R = ()> {
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
     max_frame: u32,
+    client: ClientSettings,
+    handshake_timeout: Duration,
+    max_handshakes: Option<usize>,
     _registry: PhantomData<fn() -> R>,
 }
 
@@ -223,6 +256,10 @@ impl<R> fmt::Debug for ManagerBuilder<R> {
         f.debug_struct("ManagerBuilder")
             .field("address", &self.address)
             .field("max_frame", &self.max_frame)
+            .field("call_timeout", &self.client.call_timeout)
+            .field("keepalive", &self.client.keepalive)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_handshakes", &self.max_handshakes)
             .finish_non_exhaustive()
     }
 }
@@ -233,6 +270,9 @@ impl Default for ManagerBuilder<()> {
             address: None,
             authkey: None,
             max_frame: protocol::DEFAULT_MAX_FRAME,
+            client: ClientSettings::default(),
+            handshake_timeout: protocol::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: None,
             _registry: PhantomData,
         }
     }
@@ -261,13 +301,67 @@ impl<R: Registry> ManagerBuilder<R> {
         self
     }
 
+    /// How long a client's call waits for the server's answer, beyond the operation's
+    /// own wait (the timeout of a `get_timeout`, say), before it fails with
+    /// [`ManagerError::Unresponsive`] (default 30 s; `None`: for ever). Untimed waits
+    /// ([`QueueProxy::get`], [`LockProxy::lock`], ...) wait as long as it takes, as their
+    /// names say; keepalive still ends them when the server's machine stops answering.
+    ///
+    /// It applies to the [`Manager`] this builder gives, and to every proxy made from
+    /// it, in whatever process the proxy is sent to.
+    pub fn call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.client.call_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalive (default 30 s; `None`: off): a peer whose machine stops answering
+    /// (a network partition, a host that died) is given up about this long after it
+    /// last answered. On the client side its calls then fail with
+    /// [`ManagerError::Disconnected`]; on the server side (for [`build`](Self::build)
+    /// and [`serve`](Self::serve)) the client counts as gone, so the managed locks it
+    /// held are released (the next holder gets [`OwnerDied`](crate::OwnerDied)) and
+    /// the objects only it referred to are freed. Unix sockets need none: the kernel
+    /// reports a local peer's death at once.
+    pub fn keepalive(mut self, give_up_after: Option<Duration>) -> Self {
+        self.client.keepalive = give_up_after;
+        self
+    }
+
+    /// How long a new connection has to complete the authentication handshake, in all
+    /// (default 10 s); a client sending its answer a byte at a time gains nothing. For
+    /// a server; a client gives the server as long.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many connections may be in their handshake at once (default: a quarter of
+    /// the descriptor limit, at most 1024): a new connection past it drops the oldest
+    /// one still in its handshake. For a server.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = Some(n);
+        self
+    }
+
     /// Serves objects of type `T` too: [`Manager::object`] makes them.
     pub fn register<T: SharedObject>(self) -> ManagerBuilder<(T, R)> {
         ManagerBuilder {
             address: self.address,
             authkey: self.authkey,
             max_frame: self.max_frame,
+            client: self.client,
+            handshake_timeout: self.handshake_timeout,
+            max_handshakes: self.max_handshakes,
             _registry: PhantomData,
+        }
+    }
+
+    fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            max_frame: self.max_frame,
+            handshake_timeout: self.handshake_timeout,
+            max_handshakes: self.max_handshakes,
+            keepalive: self.client.keepalive,
         }
     }
 
@@ -275,6 +369,18 @@ impl<R: Registry> ManagerBuilder<R> {
         if self.max_frame < 1024 {
             return Err(ManagerError::InvalidArgument(
                 "max_frame must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.handshake_timeout.is_zero() || self.max_handshakes == Some(0) {
+            return Err(ManagerError::InvalidArgument(
+                "the handshake timeout and max_handshakes must be above zero".into(),
+            ));
+        }
+        if self.client.call_timeout.is_some_and(|t| t.is_zero())
+            || self.client.keepalive.is_some_and(|t| t.is_zero())
+        {
+            return Err(ManagerError::InvalidArgument(
+                "a call timeout or keepalive of zero (use None for none)".into(),
             ));
         }
         let key = match &self.authkey {
@@ -315,6 +421,9 @@ impl<R: Registry> ManagerBuilder<R> {
             listener: server::PassedListener(listener),
             key: Bytes(key.clone()),
             max_frame: self.max_frame,
+            handshake_timeout: self.handshake_timeout,
+            max_handshakes: self.max_handshakes,
+            keepalive: self.client.keepalive,
         };
         let child = Builder::new()
             .name("SyncManager")
@@ -325,7 +434,7 @@ impl<R: Registry> ManagerBuilder<R> {
             _ => None,
         };
         let manager = Manager {
-            client: Client::get(&address, &key),
+            client: Client::get(&address, &key, self.client),
             server: Some(child),
             unlink,
         };
@@ -333,12 +442,33 @@ impl<R: Registry> ManagerBuilder<R> {
         Ok(manager)
     }
 
+    /// Connects to a manager served elsewhere, at [`address`](Self::address) (which
+    /// must be set) with [`authkey`](Self::authkey) (which must be set), with the
+    /// client settings of this builder ([`call_timeout`](Self::call_timeout),
+    /// [`keepalive`](Self::keepalive)). Fails with [`ManagerError::Auth`] if the key is
+    /// wrong, [`ManagerError::Disconnected`] if nothing listens there.
+    pub fn connect(self) -> Result<Manager, ManagerError> {
+        let (Some(address), Some(key)) = (&self.address, &self.authkey) else {
+            return Err(ManagerError::InvalidArgument(
+                "connecting needs the server's address and key".into(),
+            ));
+        };
+        self.settings()?;
+        let client = Client::get(address, key, self.client);
+        client.ping()?;
+        Ok(Manager {
+            client,
+            server: None,
+            unlink: None,
+        })
+    }
+
     /// Serves from this process, on background threads, until the [`Server`] is
     /// dropped or shut down: Python's `BaseManager.get_server().serve_forever()`.
     pub fn serve(self) -> Result<Server, ManagerError> {
         let (address, key) = self.settings()?;
         let (listener, address) = Listener::bind(&address).map_err(ManagerError::Io)?;
-        let shared = Shared::new(key.clone(), self.max_frame, ctors::<R>());
+        let shared = Shared::new(key.clone(), self.server_settings(), ctors::<R>());
         let runner = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("multiproc-manager-accept".into())
@@ -347,6 +477,7 @@ impl<R: Registry> ManagerBuilder<R> {
         Ok(Server {
             shared,
             key,
+            client: self.client,
             unlink: match &address {
                 Address::Unix(p) => Some(p.clone()),
                 _ => None,
@@ -363,12 +494,21 @@ struct ServerArgs {
     listener: server::PassedListener,
     key: Bytes,
     max_frame: u32,
+    handshake_timeout: Duration,
+    max_handshakes: Option<usize>,
+    keepalive: Option<Duration>,
 }
 
 fn serve_child<R: Registry>(args: ServerArgs) {
     // Each client connection costs descriptors here.
     crate::sys::raise_fd_limit();
-    let shared = Shared::new(args.key.0, args.max_frame, ctors::<R>());
+    let settings = ServerSettings {
+        max_frame: args.max_frame,
+        handshake_timeout: args.handshake_timeout,
+        max_handshakes: args.max_handshakes,
+        keepalive: args.keepalive,
+    };
+    let shared = Shared::new(args.key.0, settings, ctors::<R>());
     shared.run(&args.listener.0);
 }
 
@@ -559,16 +699,25 @@ impl Manager {
             .serve()
     }
 
-    /// Connects to a manager served elsewhere. Fails with [`ManagerError::Auth`] if the
-    /// key is wrong, [`ManagerError::Disconnected`] if nothing listens there.
+    /// Connects to a manager served elsewhere, with the default call timeout and
+    /// keepalive ([`ManagerBuilder::connect`] sets them). Fails with
+    /// [`ManagerError::Auth`] if the key is wrong, [`ManagerError::Disconnected`] if
+    /// nothing listens there.
     pub fn connect(address: impl Into<Address>, authkey: &[u8]) -> Result<Manager, ManagerError> {
-        let client = Client::get(&address.into(), authkey);
-        client.ping()?;
-        Ok(Manager {
-            client,
-            server: None,
-            unlink: None,
-        })
+        ManagerBuilder::default()
+            .address(address)
+            .authkey(authkey)
+            .connect()
+    }
+
+    /// How many objects the server holds: Python's `_number_of_objects()`. An object
+    /// is freed when no proxy in any process refers to it any more (see the
+    /// [module docs](crate::manager#object-lifetimes)).
+    pub fn object_count(&self) -> Result<usize, ManagerError> {
+        match self.client.call(&Request::Count)? {
+            Response::Len(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            r => Err(proxy::unexpected(r)),
+        }
     }
 
     /// Where the server listens.
@@ -683,6 +832,7 @@ impl Named<'_> {
 pub struct Server {
     shared: Arc<Shared>,
     key: Vec<u8>,
+    client: ClientSettings,
     address: Address,
     unlink: Option<PathBuf>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -702,9 +852,16 @@ impl Server {
         &self.address
     }
 
-    /// A client of this server, to create objects in it.
+    /// A client of this server, to create objects in it (with the builder's call
+    /// timeout and keepalive).
     pub fn manager(&self) -> Result<Manager, ManagerError> {
-        Manager::connect(self.address.clone(), &self.key)
+        let client = Client::get(&self.address, &self.key, self.client);
+        client.ping()?;
+        Ok(Manager {
+            client,
+            server: None,
+            unlink: None,
+        })
     }
 
     /// Blocks this thread while the server serves, until the process ends: Python's
@@ -724,7 +881,10 @@ impl Server {
         };
         self.shared.stop();
         // Wake the accept loop with a connection of our own.
-        let _ = Client::get(&self.address, &self.key).open();
+        let _ = client::connect(
+            &self.address,
+            std::time::Instant::now() + Duration::from_secs(1),
+        );
         let _ = thread.join();
         if let Some(path) = self.unlink.take() {
             let _ = std::fs::remove_file(path);

@@ -13,7 +13,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -25,8 +25,11 @@ use crate::wire::codec::Bytes;
 pub(crate) const HANDSHAKE_MAX: u32 = 256;
 /// The default largest frame after it.
 pub(crate) const DEFAULT_MAX_FRAME: u32 = 64 * 1024 * 1024;
-/// How long either side waits for the other's handshake frames.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long either side gives the other to complete the handshake, in all (not per
+/// byte: a peer that sends one byte at a time gains nothing).
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The body of the client's answer: its proof, its own challenge, its session id.
+const ANSWER_LEN: usize = TAG_LEN + CHALLENGE_LEN + 8;
 
 const HELLO: &[u8; 4] = b"MPM1";
 const ACCEPTED: &[u8; 4] = b"OKAY";
@@ -72,17 +75,51 @@ impl Stream {
         }
     }
 
+    pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(timeout),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Turns on TCP keepalive (see `sys::set_keepalive`); nothing for a Unix socket,
+    /// whose peer is on this machine and whose death the kernel reports.
+    pub(crate) fn set_keepalive(&self, give_up: Option<Duration>) -> io::Result<()> {
+        match (self, give_up) {
+            #[cfg(unix)]
+            (Stream::Tcp(s), Some(d)) => {
+                use std::os::fd::AsFd;
+                crate::sys::set_keepalive(s.as_fd(), d)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The descriptor, to poll.
+    #[cfg(unix)]
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+
     /// Whether the peer has closed its end (or sent bytes nobody asked for) while this
     /// side waits to answer it: for a server blocked on a client's behalf.
     pub(crate) fn peer_gone(&self) -> bool {
         #[cfg(unix)]
         {
-            use std::os::fd::AsFd;
-            let fd = match self {
-                Stream::Tcp(s) => s.as_fd(),
-                Stream::Unix(s) => s.as_fd(),
-            };
-            match crate::sys::poll_now(fd) {
+            match crate::sys::poll_now(self.fd()) {
                 Ok(r) => r.readable || r.hangup,
                 Err(_) => true,
             }
@@ -158,7 +195,13 @@ pub(crate) enum FrameError {
     Oversized(u32),
     /// The stream failed or ended inside a frame.
     Io(io::Error),
+    /// The deadline passed first.
+    TimedOut,
 }
+
+/// Largest piece of a body read at once: an announced length allocates no more than
+/// what has arrived, plus this.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// One end of a framed connection, with a read buffer and a reusable write buffer.
 #[derive(Debug)]
@@ -166,6 +209,8 @@ pub(crate) struct Framed {
     reader: BufReader<Stream>,
     out: Vec<u8>,
     pub(crate) body: Vec<u8>,
+    /// Whether the socket has a read timeout set (for a deadline).
+    timed: bool,
 }
 
 impl Framed {
@@ -174,11 +219,62 @@ impl Framed {
             reader: BufReader::with_capacity(16 * 1024, stream),
             out: Vec::new(),
             body: Vec::new(),
+            timed: false,
+        }
+    }
+
+    /// Makes the socket's reads give up at `deadline` (`None`: never). An error is
+    /// [`FrameError::TimedOut`] if the deadline has passed.
+    pub(crate) fn arm(&mut self, deadline: Option<Instant>) -> Result<(), FrameError> {
+        let timeout = match deadline {
+            None if !self.timed => return Ok(()),
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(FrameError::TimedOut);
+                }
+                // A zero timeout means "none" to the socket.
+                Some(left.max(Duration::from_millis(1)))
+            }
+        };
+        self.stream()
+            .set_read_timeout(timeout)
+            .map_err(FrameError::Io)?;
+        self.timed = timeout.is_some();
+        Ok(())
+    }
+
+    /// One read into `buf`, honouring `deadline` (armed with [`arm`](Self::arm)): a
+    /// read that times out before it is re-armed for what is left.
+    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Result<usize, FrameError> {
+        loop {
+            match self.reader.read(buf) {
+                Ok(n) => {
+                    if deadline.is_some_and(|d| n > 0 && Instant::now() >= d) {
+                        // Bytes trickling in do not stretch the deadline.
+                        return Err(FrameError::TimedOut);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The read timeout (`SO_RCVTIMEO` reports `EAGAIN`); `ETIMEDOUT` is
+                // keepalive giving the peer up, an error like any other.
+                Err(e) if deadline.is_some() && e.kind() == io::ErrorKind::WouldBlock => {
+                    self.arm(deadline)?;
+                }
+                Err(e) => return Err(FrameError::Io(e)),
+            }
         }
     }
 
     pub(crate) fn stream(&self) -> &Stream {
         self.reader.get_ref()
+    }
+
+    /// The stream, for a connection that reads nothing more.
+    pub(crate) fn into_stream(self) -> Stream {
+        self.reader.into_inner()
     }
 
     /// Sends one frame holding `bytes`.
@@ -287,33 +383,62 @@ impl Framed {
         Err(FrameError::Io(io::ErrorKind::Unsupported.into()))
     }
 
-    /// Reads one frame into `self.body`.
+    /// Reads one frame into `self.body`, waiting as long as it takes.
     pub(crate) fn recv(&mut self, max: u32) -> Result<(), FrameError> {
+        self.recv_by(max, None)
+    }
+
+    /// Reads one frame into `self.body`, giving up at `deadline` (`None`: never): the
+    /// whole frame, however slowly its bytes come.
+    pub(crate) fn recv_by(
+        &mut self,
+        max: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(), FrameError> {
+        self.arm(deadline)?;
         let mut len = [0u8; 4];
         let mut got = 0;
         while got < 4 {
-            match self.reader.read(&mut len[got..]) {
-                Ok(0) if got == 0 => return Err(FrameError::Closed),
-                Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FrameError::Io(e)),
+            match self.read_by(&mut len[got..], deadline)? {
+                0 if got == 0 => return Err(FrameError::Closed),
+                0 => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+                n => got += n,
             }
         }
         let len = u32::from_le_bytes(len);
         if len > max {
             return Err(FrameError::Oversized(len));
         }
-        self.body.clear();
-        let read = (&mut self.reader)
-            .take(u64::from(len))
-            .read_to_end(&mut self.body)
-            .map_err(FrameError::Io)?;
-        if read != len as usize {
-            return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+        let len = len as usize;
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        while body.len() < len {
+            let start = body.len();
+            body.resize(start + (len - start).min(READ_CHUNK), 0);
+            let n = self.read_by(&mut body[start..], deadline);
+            match n {
+                Ok(n) if n > 0 => body.truncate(start + n),
+                Ok(_) => {
+                    self.body = body;
+                    return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Err(e) => {
+                    self.body = body;
+                    return Err(e);
+                }
+            }
         }
+        self.body = body;
         Ok(())
     }
+}
+
+/// `bytes` as one frame: its length, then itself.
+pub(crate) fn frame(bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&frame_len(bytes.len())?.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(out)
 }
 
 fn frame_len(len: usize) -> io::Result<u32> {
@@ -351,45 +476,109 @@ pub(crate) enum Refused {
     Broken(String),
 }
 
-/// The server's side: challenge the client, check its proof in constant time, answer
-/// its challenge. Returns the client's session id.
-pub(crate) fn server_handshake(conn: &mut Framed, key: &[u8]) -> Result<u64, Refused> {
-    let broken = |e: &dyn std::fmt::Display| Refused::Broken(e.to_string());
-    let ours = challenge().map_err(|e| broken(&e))?;
-    let mut hello = HELLO.to_vec();
-    hello.extend_from_slice(&ours);
-    conn.send_raw(&hello).map_err(|e| broken(&e))?;
-    conn.recv(HANDSHAKE_MAX)
-        .map_err(|e| broken(&format!("{e:?}")))?;
-    let body = &conn.body;
-    if body.len() != TAG_LEN + CHALLENGE_LEN + 8 {
-        return Err(Refused::Broken(format!(
-            "handshake answer of {} bytes",
-            body.len()
-        )));
-    }
-    let (tag, rest) = body.split_at(TAG_LEN);
-    let (theirs, session) = rest.split_at(CHALLENGE_LEN);
-    // `verify_slice` compares in constant time.
-    if proof(key, CLIENT_LABEL, &ours).verify_slice(tag).is_err() {
-        let _ = conn.send_raw(DENIED);
-        return Err(Refused::BadKey);
-    }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(session);
-    let session = u64::from_le_bytes(id);
-    let answer = proof(key, SERVER_LABEL, theirs).finalize().into_bytes();
-    let mut accepted = ACCEPTED.to_vec();
-    accepted.extend_from_slice(&answer);
-    conn.send_raw(&accepted).map_err(|e| broken(&e))?;
-    Ok(session)
+/// The server's side of one handshake, fed with the bytes of the client's answer as
+/// they arrive (by the accepting thread, which runs many at once without blocking).
+pub(crate) struct Handshake {
+    ours: [u8; CHALLENGE_LEN],
+    /// The answer's frame so far.
+    got: Vec<u8>,
 }
 
-/// The client's side: prove the key, and make the server prove it too.
+/// Where a handshake stands after some bytes.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The answer is not complete yet.
+    More,
+    /// The client holds the key: send `reply`; the connection belongs to `session`.
+    Accepted { session: u64, reply: Vec<u8> },
+    /// The client failed; send `reply` (if any) and close.
+    Refused(Refused, Option<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("got", &self.got.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshake {
+    /// A handshake with a fresh challenge, and the frame to send first.
+    pub(crate) fn start() -> io::Result<(Handshake, Vec<u8>)> {
+        let ours = challenge()?;
+        let mut hello = HELLO.to_vec();
+        hello.extend_from_slice(&ours);
+        let hello = frame(&hello)?;
+        Ok((
+            Handshake {
+                ours,
+                got: Vec::with_capacity(4 + ANSWER_LEN),
+            },
+            hello,
+        ))
+    }
+
+    /// How many more bytes the answer has. The server reads no more than this, so that
+    /// what the client sends after its answer stays in the socket for the connection's
+    /// thread.
+    pub(crate) fn wanted(&self) -> usize {
+        if self.got.len() < 4 {
+            4 - self.got.len()
+        } else {
+            4 + ANSWER_LEN - self.got.len()
+        }
+    }
+
+    /// Takes bytes of the answer (at most [`wanted`](Self::wanted)).
+    pub(crate) fn feed(&mut self, bytes: &[u8], key: &[u8]) -> Step {
+        self.got.extend_from_slice(bytes);
+        if self.got.len() >= 4 {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&self.got[..4]);
+            let len = u32::from_le_bytes(len) as usize;
+            if len != ANSWER_LEN {
+                return Step::Refused(
+                    Refused::Broken(format!("handshake answer of {len} bytes")),
+                    None,
+                );
+            }
+        }
+        if self.got.len() < 4 + ANSWER_LEN {
+            return Step::More;
+        }
+        let body = &self.got[4..];
+        let (tag, rest) = body.split_at(TAG_LEN);
+        let (theirs, session) = rest.split_at(CHALLENGE_LEN);
+        // `verify_slice` compares in constant time.
+        if proof(key, CLIENT_LABEL, &self.ours)
+            .verify_slice(tag)
+            .is_err()
+        {
+            return Step::Refused(Refused::BadKey, frame(DENIED).ok());
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(session);
+        let answer = proof(key, SERVER_LABEL, theirs).finalize().into_bytes();
+        let mut accepted = ACCEPTED.to_vec();
+        accepted.extend_from_slice(&answer);
+        match frame(&accepted) {
+            Ok(reply) => Step::Accepted {
+                session: u64::from_le_bytes(id),
+                reply,
+            },
+            Err(e) => Step::Refused(Refused::Broken(e.to_string()), None),
+        }
+    }
+}
+
+/// The client's side: prove the key, and make the server prove it too, all by
+/// `deadline`.
 pub(crate) fn client_handshake(
     conn: &mut Framed,
     key: &[u8],
     session: u64,
+    deadline: Instant,
 ) -> Result<(), ManagerError> {
     let io = |e: FrameError| match e {
         FrameError::Closed => ManagerError::Disconnected,
@@ -397,8 +586,10 @@ pub(crate) fn client_handshake(
             ManagerError::Protocol(format!("a handshake frame of {n} bytes"))
         }
         FrameError::Io(e) => ManagerError::from_io(e),
+        // The caller knows how long it gave the server.
+        FrameError::TimedOut => ManagerError::Unresponsive(Duration::ZERO),
     };
-    conn.recv(HANDSHAKE_MAX).map_err(io)?;
+    conn.recv_by(HANDSHAKE_MAX, Some(deadline)).map_err(io)?;
     let body = &conn.body;
     if body.len() != HELLO.len() + CHALLENGE_LEN || &body[..4] != HELLO {
         return Err(ManagerError::Protocol(
@@ -415,7 +606,7 @@ pub(crate) fn client_handshake(
     answer.extend_from_slice(&ours);
     answer.extend_from_slice(&session.to_le_bytes());
     conn.send_raw(&answer).map_err(ManagerError::from_io)?;
-    match conn.recv(HANDSHAKE_MAX) {
+    match conn.recv_by(HANDSHAKE_MAX, Some(deadline)) {
         Ok(()) => {}
         // A server that refuses the key may close before the refusal is read.
         Err(FrameError::Closed) => {
@@ -497,6 +688,63 @@ pub(crate) enum Request {
     /// Move this connection onto a pair of shared-memory channels (a Unix socket only;
     /// see `local.rs`). Answered out of band: one frame with descriptors passed along.
     Local,
+    /// Changes to the references this client session holds (see `refs.rs`). Not
+    /// answered: a client sends these from `Drop` and never waits for them.
+    Refs(Vec<RefOp>),
+    /// How many objects the server holds.
+    Count,
+}
+
+impl Request {
+    /// Whether the server answers it.
+    pub(crate) fn answered(&self) -> bool {
+        !matches!(self, Request::Refs(_))
+    }
+}
+
+/// A change to the references a client session holds on objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RefOp {
+    /// The session holds one more reference to `id`. `from`: it came in a proxy that
+    /// session sent, and settles one of that session's proxies in flight.
+    Hold { id: u64, from: Option<u64> },
+    /// The session drops one reference to `id`; `sent` proxies of it that the session
+    /// serialized while it held the reference are in flight, each keeping the object
+    /// until its receiver holds it (or the sending session ends).
+    Release { id: u64, sent: u64 },
+    /// `id` is stored inside a managed value, where the server cannot see it: it is
+    /// kept as long as the server runs.
+    Pin { id: u64 },
+}
+
+/// How long the server may take to answer an operation, beyond the client's call
+/// timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// It answers at once.
+    None,
+    /// It may wait up to this long first (a timed get, acquire, event wait).
+    Up(Duration),
+    /// It may wait as long as it takes (an untimed get, lock, wait).
+    Unbounded,
+}
+
+impl Op {
+    /// How long the server may wait before it answers.
+    pub(crate) fn wait(&self) -> Wait {
+        let timed = |t: &Option<Duration>| t.map_or(Wait::Unbounded, Wait::Up);
+        match self {
+            Op::Put { timeout, .. }
+            | Op::Take { timeout }
+            | Op::Acquire { timeout, .. }
+            | Op::Wait { timeout }
+            | Op::BarrierWait { timeout } => timed(timeout),
+            // After its timeout, a condition's waiter takes the lock back, however long
+            // another holder keeps it.
+            Op::CondWait { .. } => Wait::Unbounded,
+            _ => Wait::None,
+        }
+    }
 }
 
 /// An operation. Keys and values are encoded bytes.

@@ -6,24 +6,38 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::ManagerError;
-use super::client::{Client, thread_token};
-use super::protocol::{Op, Request, Response};
+use super::client::{Client, ClientSettings, session, thread_token};
+use super::protocol::{Op, RefOp, Request, Response};
 use super::{Address, SharedObject};
 use crate::sync::{LockResult, OwnerDied};
 use crate::wire::codec::{self, Bytes};
 
 type Result<T> = std::result::Result<T, ManagerError>;
 
+thread_local! {
+    /// Set while a value is encoded for a manager to store: a proxy inside it is pinned
+    /// (the server cannot look into stored values to count it).
+    static STORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Encodes a value for the server. Handles that carry descriptors (pipes, queues, locks
 /// of this crate) cannot be stored in a manager: their descriptors cannot cross a
 /// socket to another machine.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    struct Storing(bool);
+    impl Drop for Storing {
+        fn drop(&mut self) {
+            STORING.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Storing(STORING.with(|s| s.replace(true)));
     let e = codec::encode(value)?;
     if !e.fds.is_empty() {
         return Err(ManagerError::Codec(crate::wire::codec::CodecError::new(
@@ -61,16 +75,77 @@ pub(crate) fn tag2<K, V>() -> String {
     )
 }
 
+/// A process's reference to an object on its server: proxies share it (a clone costs
+/// nothing), and the server is told when the last one goes.
+///
+/// The reference belongs to the process that made it. A forked child that uses an
+/// inherited proxy takes a reference of its own first (its parent's stays the
+/// parent's), and an inherited reference that is dropped unused tells nobody.
+struct Ref {
+    client: Arc<Client>,
+    id: u64,
+    /// The process whose session holds this reference.
+    pid: AtomicU32,
+    /// Proxies of it this process serialized (for anything but a manager to store):
+    /// each keeps the object alive until its receiver holds it.
+    sent: AtomicU64,
+}
+
+impl Ref {
+    /// A reference the server counted already (a create or an open by name).
+    fn counted(client: Arc<Client>, id: u64) -> Arc<Ref> {
+        // Later releases go out from `Drop`, which never opens connections.
+        client.anchor();
+        Arc::new(Ref {
+            client,
+            id,
+            pid: AtomicU32::new(crate::sys::process_id()),
+            sent: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes sure this process holds the reference: a forked child takes its own.
+    fn adopt(&self) {
+        let pid = crate::sys::process_id();
+        if self.pid.swap(pid, Ordering::Relaxed) != pid {
+            self.sent.store(0, Ordering::Relaxed);
+            self.client.send_refs([RefOp::Hold {
+                id: self.id,
+                from: None,
+            }]);
+        }
+    }
+}
+
+impl Drop for Ref {
+    fn drop(&mut self) {
+        if *self.pid.get_mut() == crate::sys::process_id() {
+            self.client.send_refs([RefOp::Release {
+                id: self.id,
+                sent: *self.sent.get_mut(),
+            }]);
+        }
+    }
+}
+
 /// An object id and the connection to its manager.
 #[derive(Clone)]
 struct Handle {
-    client: Arc<Client>,
-    id: u64,
+    r: Arc<Ref>,
 }
 
 impl Handle {
+    fn id(&self) -> u64 {
+        self.r.id
+    }
+
+    fn client(&self) -> &Client {
+        &self.r.client
+    }
+
     fn call(&self, op: Op) -> Result<Response> {
-        self.client.call(&Request::Call { id: self.id, op })
+        self.r.adopt();
+        self.r.client.call(&Request::Call { id: self.r.id, op })
     }
 
     fn len(&self) -> Result<usize> {
@@ -146,20 +221,41 @@ impl Handle {
     }
 }
 
-/// A proxy's wire form: where its manager is, the key, and the object's id.
+/// A proxy's wire form: where its manager is, the key, how to talk to it, the object's
+/// id, and the session that sent it (none for one stored in a manager, which is
+/// pinned).
 #[derive(Serialize, Deserialize)]
 struct Wire {
     address: Address,
     key: Bytes,
+    settings: ClientSettings,
     id: u64,
+    from: Option<u64>,
 }
 
 impl Serialize for Handle {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.r.adopt();
+        let from = if STORING.with(std::cell::Cell::get) {
+            if !codec::measuring() {
+                self.r.client.send_refs([RefOp::Pin { id: self.r.id }]);
+            }
+            None
+        } else {
+            // Every pass that is sent counts: a proxy encoded twice is two in flight
+            // (the second, never received, keeps the object until this process ends).
+            if !codec::measuring() {
+                self.r.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(session())
+        };
+        let client = &self.r.client;
         Wire {
-            address: self.client.address.clone(),
-            key: Bytes(self.client.key.clone()),
-            id: self.id,
+            address: client.address.clone(),
+            key: Bytes(client.key.clone()),
+            settings: client.settings,
+            id: self.r.id,
+            from,
         }
         .serialize(s)
     }
@@ -168,9 +264,20 @@ impl Serialize for Handle {
 impl<'de> Deserialize<'de> for Handle {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = Wire::deserialize(d)?;
-        Ok(Handle {
-            client: Client::get(&w.address, &w.key.0),
+        let client = Client::get(&w.address, &w.key.0, w.settings);
+        // Sent at the first call (or drop) at the latest: until then the sender's
+        // proxy in flight keeps the object.
+        client.send_refs([RefOp::Hold {
             id: w.id,
+            from: w.from,
+        }]);
+        Ok(Handle {
+            r: Arc::new(Ref {
+                client,
+                id: w.id,
+                pid: AtomicU32::new(crate::sys::process_id()),
+                sent: AtomicU64::new(0),
+            }),
         })
     }
 }
@@ -188,7 +295,7 @@ macro_rules! proxy {
         impl $(<$($t),*>)? $name $(<$($t),*>)? {
             pub(crate) fn new((client, id): (Arc<Client>, u64)) -> Self {
                 $name {
-                    h: Handle { client, id },
+                    h: Handle { r: Ref::counted(client, id) },
                     $(_types: PhantomData::<fn() -> ($($t,)*)>,)?
                 }
             }
@@ -206,8 +313,8 @@ macro_rules! proxy {
         impl $(<$($t),*>)? fmt::Debug for $name $(<$($t),*>)? {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($name))
-                    .field("manager", &self.h.client.address)
-                    .field("id", &self.h.id)
+                    .field("manager", &self.h.client().address)
+                    .field("id", &self.h.id())
                     .finish()
             }
         }
@@ -552,7 +659,7 @@ pub struct ProxyGuard<'a> {
 impl fmt::Debug for ProxyGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyGuard")
-            .field("id", &self.h.id)
+            .field("id", &self.h.id())
             .finish_non_exhaustive()
     }
 }

@@ -1,17 +1,18 @@
-//! The server: accepts connections, authenticates each, and serves each on its own
-//! thread, so a client blocked in a lock or a queue never stalls another.
+//! The server: serves each authenticated connection on its own thread (the accepting
+//! and the handshakes are `accept.rs`'s), so a client blocked in a lock or a queue never
+//! stalls another; and frees the objects no client refers to any more (`refs.rs`).
 
 use std::collections::HashMap;
-use std::io;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::ErasedObject;
+use super::accept::{self, DoorSettings, Listener};
 use super::local::{self, Local, LocalEnd, Slot};
 use super::objects::{Peer, Served};
-use super::protocol::{self, FrameError, Framed, Kind, Refused, Request, Response, Stream};
-use super::{Address, ErasedObject};
+use super::protocol::{self, FrameError, Framed, Kind, RefOp, Request, Response, Stream};
+use super::refs::RefTable;
 use crate::deadline::Deadline;
 use crate::sync::unpoisoned;
 use crate::wire::codec;
@@ -32,66 +33,32 @@ enum Next {
 /// Makes a registered custom object from its encoded initial value.
 pub(crate) type Ctor = fn(&[u8]) -> Result<Box<dyn ErasedObject>, String>;
 
-/// A bound listening socket.
-#[derive(Debug)]
-pub(crate) enum Listener {
-    Tcp(TcpListener),
-    #[cfg(unix)]
-    Unix(std::os::unix::net::UnixListener),
-}
-
-impl Listener {
-    /// Binds `address` (a TCP port of 0 picks a free one); returns the listener and the
-    /// address clients connect to.
-    pub(crate) fn bind(address: &Address) -> io::Result<(Listener, Address)> {
-        match address {
-            Address::Tcp(a) => {
-                let l = TcpListener::bind(a)?;
-                let bound = l.local_addr()?;
-                Ok((Listener::Tcp(l), Address::Tcp(bound)))
-            }
-            #[cfg(unix)]
-            Address::Unix(path) => {
-                let l = std::os::unix::net::UnixListener::bind(path)?;
-                Ok((Listener::Unix(l), address.clone()))
-            }
-            #[cfg(unix)]
-            Address::Abstract(name) => {
-                let a = crate::sys::abstract_socket_addr(name)?;
-                let l = std::os::unix::net::UnixListener::bind_addr(&a)?;
-                Ok((Listener::Unix(l), address.clone()))
-            }
-            #[allow(unreachable_patterns)]
-            _ => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this kind of address is not supported on this platform",
-            )),
-        }
-    }
-
-    fn accept(&self) -> io::Result<Stream> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }
-            #[cfg(unix)]
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
-        }
-    }
+/// How a server serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerSettings {
+    /// The largest request, in bytes.
+    pub(crate) max_frame: u32,
+    /// How long a handshake may take, in all.
+    pub(crate) handshake_timeout: Duration,
+    /// Handshakes in progress at most (`None`: a quarter of the descriptor limit, at
+    /// most 1024).
+    pub(crate) max_handshakes: Option<usize>,
+    /// TCP keepalive for clients' connections.
+    pub(crate) keepalive: Option<Duration>,
 }
 
 /// Everything the connection threads share.
 pub(crate) struct Shared {
     key: Vec<u8>,
     max_frame: u32,
+    door: DoorSettings,
     objects: RwLock<HashMap<u64, Arc<Served>>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
-    /// Live connections per client session: a session whose last connection closes is a
-    /// client that is gone, and its locks are released as "owner died".
-    sessions: Mutex<HashMap<u64, usize>>,
+    /// Live connections per client session, and the references each holds: a session
+    /// whose last connection closes is a client that is gone; its locks are released
+    /// as "owner died", and objects only it referred to are freed.
+    refs: Mutex<RefTable>,
     ctors: HashMap<String, Ctor>,
     conns: Mutex<HashMap<u64, Stream>>,
     next_conn: AtomicU64,
@@ -107,15 +74,35 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Handshakes in progress at most, by default: enough for a burst of clients, and a
+/// quarter of the descriptors at most, so that half-open connections never take the
+/// ones authenticated clients need.
+fn default_max_handshakes() -> usize {
+    crate::sys::fd_limit().map_or(1024, |n| {
+        usize::try_from(n / 4).unwrap_or(1024).clamp(16, 1024)
+    })
+}
+
 impl Shared {
-    pub(crate) fn new(key: Vec<u8>, max_frame: u32, ctors: HashMap<String, Ctor>) -> Arc<Self> {
+    pub(crate) fn new(
+        key: Vec<u8>,
+        settings: ServerSettings,
+        ctors: HashMap<String, Ctor>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             key,
-            max_frame,
+            max_frame: settings.max_frame,
+            door: DoorSettings {
+                handshake_timeout: settings.handshake_timeout,
+                max_handshakes: settings
+                    .max_handshakes
+                    .unwrap_or_else(default_max_handshakes),
+                keepalive: settings.keepalive,
+            },
             objects: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            sessions: Mutex::new(HashMap::new()),
+            refs: Mutex::new(RefTable::default()),
             ctors,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -130,28 +117,17 @@ impl Shared {
 
     /// Accepts and serves connections until [`stop`](Self::stop).
     pub(crate) fn run(self: &Arc<Self>, listener: &Listener) {
-        while !self.stopping.load(Ordering::Acquire) {
-            let stream = match listener.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("manager: accept failed: {e}");
-                    // Out of descriptors, say: let connections end before trying again.
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    continue;
-                }
-            };
-            if self.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            let shared = Arc::clone(self);
-            let spawned = std::thread::Builder::new()
-                .name("multiproc-manager".into())
-                .spawn(move || shared.serve(stream));
-            if let Err(e) = spawned {
-                tracing::warn!("manager: cannot start a connection thread: {e}");
-            }
-        }
+        accept::run(self, listener, self.door);
+    }
+
+    /// Whether the server is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The authentication key.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
     }
 
     /// Stops accepting, and closes every connection.
@@ -162,30 +138,34 @@ impl Shared {
         }
     }
 
-    fn serve(self: Arc<Self>, stream: Stream) {
+    /// Counts a new connection of `session`, before the client is told it is
+    /// authenticated: from then on the client may count on the server knowing it.
+    pub(crate) fn connected(&self, session: u64) {
+        unpoisoned::lock(&self.refs).connected(session);
+    }
+
+    /// Serves an authenticated connection of `session` (counted by
+    /// [`connected`](Self::connected)) on a thread of its own.
+    pub(crate) fn start_session(self: &Arc<Self>, stream: Stream, session: u64) {
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("multiproc-manager".into())
+            .spawn(move || shared.serve(stream, session));
+        if let Err(e) = spawned {
+            tracing::warn!("manager: cannot start a connection thread: {e}");
+            self.session_closed(session);
+        }
+    }
+
+    fn serve(self: Arc<Self>, stream: Stream, session: u64) {
         let peer = stream.peer();
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
             unpoisoned::lock(&self.conns).insert(conn_id, clone);
         }
         let mut conn = Framed::new(stream);
-        let _ = conn
-            .stream()
-            .set_read_timeout(Some(protocol::HANDSHAKE_TIMEOUT));
-        match protocol::server_handshake(&mut conn, &self.key) {
-            Ok(session) => {
-                let _ = conn.stream().set_read_timeout(None);
-                *unpoisoned::lock(&self.sessions).entry(session).or_insert(0) += 1;
-                self.serve_session(&mut conn, session, &peer);
-                self.session_closed(session);
-            }
-            Err(Refused::BadKey) => {
-                tracing::warn!("manager: refused {peer}: wrong authentication key");
-            }
-            Err(Refused::Broken(why)) => {
-                tracing::warn!("manager: handshake with {peer} failed: {why}");
-            }
-        }
+        self.serve_session(&mut conn, session, &peer);
+        self.session_closed(session);
         unpoisoned::lock(&self.conns).remove(&conn_id);
     }
 
@@ -209,6 +189,12 @@ impl Shared {
                         tracing::debug!("manager: connection from {peer} failed: {e}");
                         return;
                     }
+                }
+                continue;
+            }
+            if !request.answered() {
+                if let Request::Refs(ops) = request {
+                    self.apply_refs(session, ops);
                 }
                 continue;
             }
@@ -252,6 +238,8 @@ impl Shared {
                 );
                 return Next::End;
             }
+            // No deadline on the server's reads.
+            Err(FrameError::TimedOut) => return Next::End,
             Err(FrameError::Io(e)) => {
                 if !self.stopping.load(Ordering::Acquire) {
                     tracing::debug!("manager: connection from {peer} failed: {e}");
@@ -287,21 +275,10 @@ impl Shared {
         }
     }
 
-    fn session_closed(&self, session: u64) {
-        let ended = {
-            let mut sessions = unpoisoned::lock(&self.sessions);
-            match sessions.get_mut(&session) {
-                Some(1) => {
-                    sessions.remove(&session);
-                    true
-                }
-                Some(n) => {
-                    *n -= 1;
-                    false
-                }
-                None => false,
-            }
-        };
+    /// A connection of `session` closed: if it was the last, the client is gone.
+    pub(crate) fn session_closed(&self, session: u64) {
+        let (ended, freed) = unpoisoned::lock(&self.refs).disconnected(session);
+        self.free(&freed);
         if ended {
             let objects: Vec<_> = unpoisoned::read(&self.objects)
                 .values()
@@ -314,6 +291,23 @@ impl Shared {
         }
     }
 
+    fn apply_refs(&self, session: u64, ops: Vec<RefOp>) {
+        let freed = unpoisoned::lock(&self.refs).apply(session, ops);
+        self.free(&freed);
+    }
+
+    /// Forgets objects no client refers to any more. A call already running on one
+    /// finishes on its own handle to it.
+    fn free(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut objects = unpoisoned::write(&self.objects);
+        for id in ids {
+            objects.remove(id);
+        }
+    }
+
     fn handle(&self, request: Request, peer: &Peer<'_>) -> Response {
         match request {
             Request::Create {
@@ -321,8 +315,11 @@ impl Shared {
                 name,
                 tag,
                 init,
-            } => self.create(kind, name, tag, &init.0),
+            } => self.create(kind, name, tag, &init.0, peer.session),
             Request::Ping => Response::Unit,
+            Request::Count => Response::Len(unpoisoned::read(&self.objects).len() as u64),
+            // Not answered (see `serve_session`).
+            Request::Refs(_) => Response::Unit,
             // A connection moves once (the first time is answered in `serve_session`).
             Request::Local => Response::Fault(protocol::Fault::Unsupported {
                 op: "moving to shared memory".into(),
@@ -338,14 +335,26 @@ impl Shared {
         }
     }
 
-    fn create(&self, kind: Kind, name: Option<String>, tag: String, init: &[u8]) -> Response {
+    /// Creates an object for `session` (which holds a reference to it), or opens the
+    /// one named `name`.
+    fn create(
+        &self,
+        kind: Kind,
+        name: Option<String>,
+        tag: String,
+        init: &[u8],
+        session: u64,
+    ) -> Response {
         // Held across creation, so two clients creating one name get one object.
         let mut names = unpoisoned::lock(&self.names);
         if let Some(name) = &name
             && let Some(&id) = names.get(name)
         {
             let objects = unpoisoned::read(&self.objects);
-            let o = &objects[&id];
+            // Named objects are pinned: never freed while the server runs.
+            let Some(o) = objects.get(&id) else {
+                return Response::Fault(protocol::Fault::NoSuchObject(id));
+            };
             if o.kind != kind || o.tag != tag {
                 return Response::Fault(protocol::Fault::WrongType {
                     name: name.clone(),
@@ -353,6 +362,7 @@ impl Shared {
                     found: format!("{} of {}", o.kind.name(), o.tag),
                 });
             }
+            unpoisoned::lock(&self.refs).created(id, session, true);
             return Response::Id(id);
         }
         let custom = if kind == Kind::Custom {
@@ -372,6 +382,7 @@ impl Shared {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         unpoisoned::write(&self.objects).insert(id, Arc::new(object));
+        unpoisoned::lock(&self.refs).created(id, session, name.is_some());
         if let Some(name) = name {
             names.insert(name, id);
         }
@@ -412,7 +423,7 @@ impl<'de> serde::Deserialize<'de> for PassedListener {
         #[cfg(unix)]
         {
             Ok(PassedListener(if tcp {
-                Listener::Tcp(TcpListener::from(fd))
+                Listener::Tcp(std::net::TcpListener::from(fd))
             } else {
                 Listener::Unix(std::os::unix::net::UnixListener::from(fd))
             }))

@@ -402,6 +402,12 @@ pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+pub(crate) fn set_keepalive(_: BorrowedFd<'_>, _: std::time::Duration) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn listen_backlog(_: BorrowedFd<'_>) -> io::Result<()> {
+    Err(unsupported())
+}
 #[cfg(unix)]
 pub(crate) fn abstract_socket_addr(_: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     Err(unsupported())

@@ -183,6 +183,24 @@ thread_local! {
     /// Why a handle in the value being decoded refused it (postcard keeps only the fact
     /// that it failed).
     static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether the value being serialized on this thread is only measured (or probed
+    /// for an error message), not sent.
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// For a handle's `Serialize`: whether this serialization only measures the value (or
+/// looks for why it failed), so that a handle counting how often it is sent (a manager
+/// proxy) counts the pass that is really sent only.
+pub(crate) fn measuring() -> bool {
+    MEASURING.with(Cell::get)
+}
+
+/// Runs `f` as a pass that measures, not sends.
+fn measure<R>(f: impl FnOnce() -> R) -> R {
+    let was = MEASURING.with(|m| m.replace(true));
+    let r = f();
+    MEASURING.with(|m| m.set(was));
+    r
 }
 
 /// For a handle's `Deserialize`: fails the decode for the reason given, which
@@ -224,7 +242,7 @@ pub(crate) fn inline_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
     if ENCODING.with(Cell::get) {
         return None;
     }
-    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).ok()
+    measure(|| postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())).ok()
 }
 
 /// Encodes a value that [`inline_len`] measured into `buf`, which must be exactly that
@@ -252,7 +270,7 @@ pub(crate) fn encode_with_prefix<T: Serialize + ?Sized>(
         (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),
         (Err(e), _) => {
             // Postcard drops the message a `Serialize` implementation gives; find it again.
-            let (why, _) = collecting(|| probe::message(value));
+            let (why, _) = collecting(|| measure(|| probe::message(value)));
             let why = why.unwrap_or_else(|| e.to_string());
             Err(CodecError::with_source(
                 format!("cannot encode a `{}`: {why}", std::any::type_name::<T>()),

@@ -188,7 +188,12 @@ impl Helper {
     }
 
     pub fn start_with(mode: &str, exe: std::path::PathBuf, env: &[(&str, &str)]) -> Helper {
-        let mut command = Command::new(exe);
+        Helper::start_command(mode, Command::new(exe), env)
+    }
+
+    /// A helper started by `command` (which runs this test binary in the end: through
+    /// `ip netns exec`, say).
+    pub fn start_command(mode: &str, mut command: Command, env: &[(&str, &str)]) -> Helper {
         command
             .env(HELPER_ENV, mode)
             .envs(env.iter().copied())
@@ -442,6 +447,18 @@ pub fn descendants_of(root: u32) -> Vec<u32> {
     found
 }
 
+/// Stops (`SIGSTOP`) or continues (`SIGCONT`) process `pid`, and waits (a minute at
+/// most) until its state says it took effect.
+pub fn stop_or_continue(pid: u32, stop: bool) {
+    let signal = if stop { Signal::STOP } else { Signal::CONT };
+    rustix::process::kill_process(self::pid(pid), signal).expect("signal");
+    assert!(
+        eventually(Duration::from_secs(60), || (state_of(pid) == 'T') == stop),
+        "process {pid} did not {}",
+        if stop { "stop" } else { "continue" }
+    );
+}
+
 /// Processes with this command name (as `ps` shows it, at most 15 bytes).
 pub fn named(name: &str) -> Vec<u32> {
     let name: String = name.chars().take(15).collect();
@@ -606,4 +623,126 @@ impl Drop for TestCgroup {
             std::fs::remove_dir(&self.path).is_ok()
         });
     }
+}
+
+/// A network namespace made for a test, linked to this one by a veth pair: this side is
+/// `host`, the namespace's side `inside`. Cutting the link (setting this side down)
+/// makes a partition: nothing passes either way, and nothing says so. Deleted when
+/// dropped. Making one needs `CAP_NET_ADMIN` and iproute2 (`ip`): without them the test
+/// fails and says so, it does not skip.
+pub struct TestNetns {
+    pub name: String,
+    host_link: String,
+    pub host: std::net::Ipv4Addr,
+    pub inside: std::net::Ipv4Addr,
+}
+
+impl TestNetns {
+    pub fn new() -> TestNetns {
+        let pid = std::process::id();
+        // Unique among test binaries running at once on this machine: names and
+        // addresses come from the pid.
+        let name = format!("mpt{pid}");
+        let net = [10, 100 + ((pid >> 8) % 150) as u8, (pid % 256) as u8];
+        let ns = TestNetns {
+            host_link: format!("mpt{pid}h"),
+            host: std::net::Ipv4Addr::new(net[0], net[1], net[2], 1),
+            inside: std::net::Ipv4Addr::new(net[0], net[1], net[2], 2),
+            name,
+        };
+        let inside_link = format!("mpt{pid}n");
+        let (host, inside) = (format!("{}/24", ns.host), format!("{}/24", ns.inside));
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &ns.name],
+            &[
+                "link",
+                "add",
+                &ns.host_link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inside_link,
+            ],
+            &["link", "set", &inside_link, "netns", &ns.name],
+            &["addr", "add", &host, "dev", &ns.host_link],
+            &["link", "set", &ns.host_link, "up"],
+            &[
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                &inside,
+                "dev",
+                &inside_link,
+            ],
+            &[
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "link",
+                "set",
+                &inside_link,
+                "up",
+            ],
+            &["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip(step) {
+                panic!(
+                    "this test needs a network namespace it may create (root, or \
+                     CAP_NET_ADMIN, and iproute2 installed: apt-get install iproute2): \
+                     `ip {}` failed: {e}",
+                    step.join(" ")
+                );
+            }
+        }
+        ns
+    }
+
+    /// A command that runs `exe` inside the namespace.
+    pub fn command(&self, exe: std::path::PathBuf) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(exe);
+        c
+    }
+
+    /// Cuts the link: a partition.
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.host_link, "down"]).expect("cut the link");
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both; the namespace goes last.
+        let _ = ip(&["link", "del", &self.host_link]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Runs `ip ARGS`; an error says why it failed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether network namespace `name` exists.
+pub fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/var/run/netns").join(name).exists()
 }

@@ -8,6 +8,7 @@ mod fork;
 mod futex;
 mod image;
 mod mem;
+mod net;
 mod proc;
 
 pub(crate) use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -29,6 +30,7 @@ pub(crate) use mem::{
     doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
     shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
 };
+pub(crate) use net::{listen_backlog, set_keepalive};
 pub(crate) use proc::{
     Disposition, SIGKILL, SIGTERM, clear_parent_death_signal, default_signal, fd_limit, getpid,
     group_alive, ignore_signal, is_main_thread, kill_me_with_parent, kill_self, lead_process_group,

@@ -1,0 +1,335 @@
+//! The door: accepts connections and runs their handshakes, many at once on one thread,
+//! and hands each authenticated connection to a thread of its own.
+//!
+//! A connection still in its handshake costs a descriptor and a few bytes here, never a
+//! thread: the accepting thread polls the listener and every half-open connection, and
+//! reads what each has sent without blocking. Each handshake has one deadline for the
+//! whole of it (a peer that sends a byte at a time gains nothing), and at most
+//! `max_handshakes` are in progress: a new connection past that drops the oldest. A
+//! client that has authenticated is never touched by any of this, so a slowloris or a
+//! burst of connections costs other clients little but the CPU the polling takes.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Address;
+use super::protocol::{Handshake, Refused, Step, Stream};
+use super::server::Shared;
+
+/// Connections accepted at most per turn of the loop, so that handshakes in progress
+/// are read between the connections of a burst.
+const ACCEPT_BATCH: usize = 64;
+/// How long the loop sleeps when it cannot accept for want of descriptors and has no
+/// half-open connection to drop.
+const OUT_OF_DESCRIPTORS: Duration = Duration::from_millis(50);
+/// The longest the loop polls without looking whether the server is stopping.
+const STOP_CHECK: Duration = Duration::from_secs(1);
+
+/// A bound listening socket.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Listener {
+    /// Binds `address` (a TCP port of 0 picks a free one); returns the listener and the
+    /// address clients connect to.
+    pub(crate) fn bind(address: &Address) -> io::Result<(Listener, Address)> {
+        match address {
+            Address::Tcp(a) => {
+                let l = TcpListener::bind(a)?;
+                let bound = l.local_addr()?;
+                Ok((Listener::Tcp(l), Address::Tcp(bound)))
+            }
+            #[cfg(unix)]
+            Address::Unix(path) => {
+                let l = std::os::unix::net::UnixListener::bind(path)?;
+                Ok((Listener::Unix(l), address.clone()))
+            }
+            #[cfg(unix)]
+            Address::Abstract(name) => {
+                let a = crate::sys::abstract_socket_addr(name)?;
+                let l = std::os::unix::net::UnixListener::bind_addr(&a)?;
+                Ok((Listener::Unix(l), address.clone()))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kind of address is not supported on this platform",
+            )),
+        }
+    }
+
+    /// Non-blocking, with the longest queue of connections the system allows.
+    fn prepare(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            match self {
+                Listener::Tcp(l) => {
+                    l.set_nonblocking(true)?;
+                    crate::sys::listen_backlog(l.as_fd())
+                }
+                Listener::Unix(l) => {
+                    l.set_nonblocking(true)?;
+                    crate::sys::listen_backlog(l.as_fd())
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match self {
+                Listener::Tcp(l) => l.set_nonblocking(true),
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
+        }
+    }
+}
+
+/// What the door needs to know.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DoorSettings {
+    /// How long a handshake may take, in all.
+    pub(crate) handshake_timeout: Duration,
+    /// Handshakes in progress at most.
+    pub(crate) max_handshakes: usize,
+    /// TCP keepalive for accepted connections (see `sys::set_keepalive`).
+    pub(crate) keepalive: Option<Duration>,
+}
+
+/// A connection in its handshake.
+struct HalfOpen {
+    stream: Stream,
+    handshake: Handshake,
+    deadline: Instant,
+}
+
+/// What reading a half-open connection came to.
+enum Outcome {
+    /// Nothing more to read now.
+    Waiting,
+    /// Authenticated: send `reply`, and serve it.
+    Accepted { session: u64, reply: Vec<u8> },
+    /// Refused or broken: close it.
+    Closed,
+}
+
+/// Accepts and serves connections until the server stops.
+pub(crate) fn run(shared: &Arc<Shared>, listener: &Listener, settings: DoorSettings) {
+    if let Err(e) = listener.prepare() {
+        tracing::warn!("manager: cannot prepare the listener: {e}");
+    }
+    let mut half_open: VecDeque<HalfOpen> = VecDeque::new();
+    while !shared.stopping() {
+        let now = Instant::now();
+        // Deadlines are in accepting order: the oldest first.
+        while half_open.front().is_some_and(|h| h.deadline <= now) {
+            if let Some(h) = half_open.pop_front() {
+                tracing::debug!(
+                    "manager: {} did not complete its handshake within {:?}",
+                    h.stream.peer(),
+                    settings.handshake_timeout
+                );
+            }
+        }
+        let until = half_open
+            .front()
+            .map_or(now + STOP_CHECK, |h| h.deadline.min(now + STOP_CHECK));
+        let (accept, readable) = match wait(listener, &half_open, until) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("manager: polling connections failed: {e}");
+                std::thread::sleep(OUT_OF_DESCRIPTORS);
+                continue;
+            }
+        };
+        if shared.stopping() {
+            break;
+        }
+        // Handshakes first: they are older than anything waiting to be accepted.
+        let readable = readable.into_iter().chain(std::iter::repeat(false));
+        for (mut h, ready) in std::mem::take(&mut half_open).into_iter().zip(readable) {
+            if !ready {
+                half_open.push_back(h);
+                continue;
+            }
+            match advance(&mut h, shared.key()) {
+                Outcome::Waiting => half_open.push_back(h),
+                Outcome::Closed => {}
+                Outcome::Accepted { session, reply } => {
+                    // Counted before the client hears that it is in: it may open its
+                    // next connection, or drop this one, at once.
+                    shared.connected(session);
+                    match send_now(&h.stream, &reply).and_then(|()| h.stream.set_nonblocking(false))
+                    {
+                        Ok(()) => shared.start_session(h.stream, session),
+                        Err(e) => {
+                            tracing::debug!(
+                                "manager: handshake with {} failed: {e}",
+                                h.stream.peer()
+                            );
+                            shared.session_closed(session);
+                        }
+                    }
+                }
+            }
+        }
+        if accept {
+            accept_some(listener, &mut half_open, settings);
+        }
+    }
+}
+
+/// Polls the listener and every half-open connection until one is readable or `until`:
+/// whether to accept, and which connections to read.
+fn wait(
+    listener: &Listener,
+    half_open: &VecDeque<HalfOpen>,
+    until: Instant,
+) -> io::Result<(bool, Vec<bool>)> {
+    #[cfg(unix)]
+    {
+        let mut fds = Vec::with_capacity(half_open.len() + 1);
+        fds.push(listener.fd());
+        fds.extend(half_open.iter().map(|h| h.stream.fd()));
+        let ready = crate::sys::wait_readable(&fds, Some(until))?;
+        let accept = ready.first().is_some_and(|r| r.ready());
+        Ok((accept, ready.iter().skip(1).map(|r| r.ready()).collect()))
+    }
+    #[cfg(not(unix))]
+    {
+        // Without poll: look at everything after a short nap.
+        let _ = listener;
+        std::thread::sleep(
+            until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(10)),
+        );
+        Ok((true, vec![true; half_open.len()]))
+    }
+}
+
+/// Accepts what is waiting (a batch at most), sends each its challenge, and drops the
+/// oldest half-open connections past the cap.
+fn accept_some(listener: &Listener, half_open: &mut VecDeque<HalfOpen>, settings: DoorSettings) {
+    for _ in 0..ACCEPT_BATCH {
+        let stream = match listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Out of descriptors, say: the connection stays queued, so drop the
+                // oldest handshake to make room, or wait for connections to end.
+                tracing::warn!("manager: accept failed: {e}");
+                if half_open.pop_front().is_none() {
+                    std::thread::sleep(OUT_OF_DESCRIPTORS);
+                }
+                return;
+            }
+        };
+        match greet(stream, settings) {
+            Ok(h) => half_open.push_back(h),
+            Err(e) => tracing::debug!("manager: a new connection failed: {e}"),
+        }
+        while half_open.len() > settings.max_handshakes.max(1) {
+            if let Some(h) = half_open.pop_front() {
+                tracing::debug!(
+                    "manager: dropped {}: {} handshakes in progress",
+                    h.stream.peer(),
+                    settings.max_handshakes
+                );
+            }
+        }
+    }
+}
+
+/// Sets a new connection up and sends it the server's challenge.
+fn greet(stream: Stream, settings: DoorSettings) -> io::Result<HalfOpen> {
+    stream.set_nonblocking(true)?;
+    if let Err(e) = stream.set_keepalive(settings.keepalive) {
+        tracing::debug!("manager: no TCP keepalive: {e}");
+    }
+    let (handshake, hello) = Handshake::start()?;
+    // A new socket's send buffer is empty: the few bytes go at once, or not at all.
+    send_now(&stream, &hello)?;
+    Ok(HalfOpen {
+        stream,
+        handshake,
+        deadline: Instant::now() + settings.handshake_timeout,
+    })
+}
+
+/// Writes `bytes` without waiting; a socket that cannot take them all now is broken.
+fn send_now(stream: &Stream, bytes: &[u8]) -> io::Result<()> {
+    let mut w = stream;
+    match w.write(bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "the peer does not read",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads what a half-open connection has sent, and acts on a complete answer.
+fn advance(h: &mut HalfOpen, key: &[u8]) -> Outcome {
+    let mut buf = [0u8; 128];
+    loop {
+        let want = h.handshake.wanted().min(buf.len());
+        let n = match h.stream.read(&mut buf[..want]) {
+            Ok(0) => return Outcome::Closed,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Waiting,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!("manager: handshake with {} failed: {e}", h.stream.peer());
+                return Outcome::Closed;
+            }
+        };
+        match h.handshake.feed(&buf[..n], key) {
+            Step::More => {}
+            Step::Accepted { session, reply } => return Outcome::Accepted { session, reply },
+            Step::Refused(why, reply) => {
+                if let Some(reply) = reply {
+                    let _ = send_now(&h.stream, &reply);
+                }
+                match why {
+                    Refused::BadKey => tracing::warn!(
+                        "manager: refused {}: wrong authentication key",
+                        h.stream.peer()
+                    ),
+                    Refused::Broken(why) => {
+                        tracing::warn!("manager: handshake with {} failed: {why}", h.stream.peer())
+                    }
+                }
+                return Outcome::Closed;
+            }
+        }
+    }
+}

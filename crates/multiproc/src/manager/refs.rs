@@ -1,0 +1,282 @@
+//! Which client sessions refer to which objects, so that an object no proxy refers to any
+//! more is freed (Python's managers count references on the server too).
+//!
+//! A session is one client process (its id comes with every connection's handshake). The
+//! table counts, per object:
+//!
+//! - **held**: references each session holds. A process holds one per proxy it made or
+//!   received (clones within a process share it: see `proxy.rs`).
+//! - **in flight**: per session, proxies it serialized minus those a receiver has
+//!   settled. The sender reports what it sent when it releases its own reference; a
+//!   receiver settles one when it holds (or drops) what it received. Either may come
+//!   first, so a balance may be negative for a while; only a positive one keeps the
+//!   object.
+//! - **pinned**: a named object, or one stored inside a managed value (which the server
+//!   cannot look into): kept as long as the server runs.
+//!
+//! An object is freed when it is not pinned, no session holds it and no balance is
+//! positive. A session ends when its last connection closes (its process died, or was
+//! cut off until keepalive gave it up): what it held and what it had in flight go with
+//! it.
+
+use std::collections::{HashMap, HashSet};
+
+use super::protocol::RefOp;
+
+/// The references to one object.
+#[derive(Debug, Default)]
+struct Holders {
+    pinned: bool,
+    held: HashMap<u64, u64>,
+    in_flight: HashMap<u64, i64>,
+}
+
+impl Holders {
+    fn unreferenced(&self) -> bool {
+        !self.pinned && self.held.is_empty() && self.in_flight.values().all(|&n| n <= 0)
+    }
+}
+
+/// A live session: its connections, and the objects it has entries for.
+#[derive(Debug, Default)]
+struct Session {
+    connections: usize,
+    objects: HashSet<u64>,
+}
+
+/// The server's reference counts. Every method returns the objects that became
+/// unreferenced: the caller frees them.
+#[derive(Debug, Default)]
+pub(crate) struct RefTable {
+    objects: HashMap<u64, Holders>,
+    sessions: HashMap<u64, Session>,
+}
+
+impl RefTable {
+    /// A connection of `session` was authenticated.
+    pub(crate) fn connected(&mut self, session: u64) {
+        self.sessions.entry(session).or_default().connections += 1;
+    }
+
+    /// A connection of `session` closed. When it was the last, the session is over:
+    /// returns `(true, freed)`.
+    pub(crate) fn disconnected(&mut self, session: u64) -> (bool, Vec<u64>) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return (false, Vec::new());
+        };
+        s.connections = s.connections.saturating_sub(1);
+        if s.connections > 0 {
+            return (false, Vec::new());
+        }
+        let Some(s) = self.sessions.remove(&session) else {
+            return (true, Vec::new());
+        };
+        let mut freed = Vec::new();
+        for id in s.objects {
+            if let Some(h) = self.objects.get_mut(&id) {
+                h.held.remove(&session);
+                h.in_flight.remove(&session);
+                if h.unreferenced() {
+                    self.objects.remove(&id);
+                    freed.push(id);
+                }
+            }
+        }
+        (true, freed)
+    }
+
+    /// `session` created object `id` (and holds a reference to it); `pinned` for a
+    /// named one.
+    pub(crate) fn created(&mut self, id: u64, session: u64, pinned: bool) {
+        let h = self.objects.entry(id).or_default();
+        h.pinned |= pinned;
+        *h.held.entry(session).or_insert(0) += 1;
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.objects.insert(id);
+        }
+    }
+
+    /// `id` has a name (opened by name: kept for good).
+    pub(crate) fn pin(&mut self, id: u64) {
+        if let Some(h) = self.objects.get_mut(&id) {
+            h.pinned = true;
+        }
+    }
+
+    /// Applies what `session` reports.
+    pub(crate) fn apply(&mut self, session: u64, ops: Vec<RefOp>) -> Vec<u64> {
+        let mut freed = Vec::new();
+        for op in ops {
+            match op {
+                RefOp::Hold { id, from } => {
+                    let Some(h) = self.objects.get_mut(&id) else {
+                        // Freed already: the receiver's calls will say so.
+                        continue;
+                    };
+                    // Only a session that is still here has a balance to settle: one
+                    // that ended took its proxies in flight with it.
+                    if let Some(from) = from
+                        && let Some(s) = self.sessions.get_mut(&from)
+                    {
+                        s.objects.insert(id);
+                        let n = h.in_flight.entry(from).or_insert(0);
+                        *n -= 1;
+                        if *n == 0 {
+                            h.in_flight.remove(&from);
+                        }
+                    }
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.objects.insert(id);
+                        *h.held.entry(session).or_insert(0) += 1;
+                    }
+                }
+                RefOp::Release { id, sent } => {
+                    let Some(h) = self.objects.get_mut(&id) else {
+                        continue;
+                    };
+                    if let Some(n) = h.held.get_mut(&session) {
+                        *n -= 1;
+                        if *n == 0 {
+                            h.held.remove(&session);
+                        }
+                    }
+                    if sent > 0 && self.sessions.contains_key(&session) {
+                        let n = h.in_flight.entry(session).or_insert(0);
+                        *n = n.saturating_add(i64::try_from(sent).unwrap_or(i64::MAX));
+                        if *n == 0 {
+                            h.in_flight.remove(&session);
+                        }
+                    }
+                    if h.unreferenced() {
+                        self.objects.remove(&id);
+                        freed.push(id);
+                    }
+                }
+                RefOp::Pin { id } => self.pin(id),
+            }
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u64 = 1;
+    const B: u64 = 2;
+
+    fn table() -> RefTable {
+        let mut t = RefTable::default();
+        t.connected(A);
+        t.connected(B);
+        t
+    }
+
+    #[test]
+    fn created_then_released_is_freed() {
+        let mut t = table();
+        t.created(7, A, false);
+        assert_eq!(t.apply(A, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+        assert!(t.objects.is_empty());
+    }
+
+    #[test]
+    fn a_proxy_in_flight_keeps_the_object_until_held_and_released() {
+        let mut t = table();
+        t.created(7, A, false);
+        // A sent one and let go of its own before B decoded it.
+        assert!(
+            t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }])
+                .is_empty()
+        );
+        assert!(
+            t.apply(
+                B,
+                vec![RefOp::Hold {
+                    id: 7,
+                    from: Some(A)
+                }]
+            )
+            .is_empty()
+        );
+        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+    }
+
+    #[test]
+    fn a_receiver_may_settle_before_the_sender_reports() {
+        let mut t = table();
+        t.created(7, A, false);
+        assert!(
+            t.apply(
+                B,
+                vec![
+                    RefOp::Hold {
+                        id: 7,
+                        from: Some(A)
+                    },
+                    RefOp::Release { id: 7, sent: 0 }
+                ]
+            )
+            .is_empty(),
+            "A still holds it"
+        );
+        assert_eq!(t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }]), [7]);
+    }
+
+    #[test]
+    fn an_ended_session_takes_its_references_and_proxies_in_flight() {
+        let mut t = table();
+        t.created(7, A, false);
+        t.created(8, A, false);
+        assert!(
+            t.apply(A, vec![RefOp::Release { id: 8, sent: 1 }])
+                .is_empty()
+        );
+        t.apply(B, vec![RefOp::Hold { id: 7, from: None }]);
+        let (ended, mut freed) = t.disconnected(A);
+        freed.sort();
+        assert!(ended);
+        assert_eq!(freed, [8], "7 is still B's");
+        // A settlement from the ended session's proxy changes nothing.
+        t.apply(
+            B,
+            vec![RefOp::Hold {
+                id: 7,
+                from: Some(A),
+            }],
+        );
+        assert_eq!(t.objects[&7].held[&B], 2);
+        assert!(t.objects[&7].in_flight.is_empty());
+    }
+
+    #[test]
+    fn pinned_objects_stay() {
+        let mut t = table();
+        t.created(7, A, true);
+        t.created(8, A, false);
+        t.apply(A, vec![RefOp::Pin { id: 8 }]);
+        assert!(
+            t.apply(
+                A,
+                vec![
+                    RefOp::Release { id: 7, sent: 0 },
+                    RefOp::Release { id: 8, sent: 0 }
+                ]
+            )
+            .is_empty()
+        );
+        assert!(t.disconnected(A).1.is_empty());
+        assert!(t.disconnected(B).1.is_empty());
+    }
+
+    #[test]
+    fn a_session_with_connections_left_goes_on() {
+        let mut t = table();
+        t.connected(A);
+        t.created(7, A, false);
+        assert_eq!(t.disconnected(A), (false, Vec::new()));
+        assert_eq!(t.disconnected(A), (true, vec![7]));
+        assert_eq!(t.disconnected(A), (false, Vec::new()), "already over");
+    }
+}
