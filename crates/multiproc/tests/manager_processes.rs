@@ -116,6 +116,10 @@ fn main() {
                 proxy_in_flight_keeps_object,
             ),
             trial(
+                "received_proxy_dropped_unused_settles",
+                received_proxy_dropped_unused,
+            ),
+            trial(
                 "sigkilled_holder_releases_its_references",
                 sigkilled_holder_releases_references,
             ),
@@ -1722,4 +1726,18 @@ fn stored_and_named_objects_stay() {
     assert_eq!(outer.get(0).unwrap().unwrap().get(&1).unwrap(), Some(10));
     let named = m.named("kept").dict::<u32, u32>().unwrap();
     assert_eq!(named.get(&2).unwrap(), Some(20));
+}
+
+/// In a child: never looks at the dict.
+fn ignore_dict(_: DictProxy<u32, u32>) {}
+
+/// A process that receives a proxy and drops it without a call still settles it: the
+/// object goes once the sender drops its own.
+fn received_proxy_dropped_unused() {
+    let m = Manager::start().unwrap();
+    let base = m.object_count().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    join(multiproc::spawn(ignore_dict, d.clone()).unwrap());
+    drop(d);
+    await_count(&m, base);
 }

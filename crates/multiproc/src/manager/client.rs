@@ -112,13 +112,20 @@ pub(crate) struct Client {
 /// When [`Client::flush`] opens an anchor.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {
-    /// Never: from `Drop`.
+    /// Never: from a proxy's `Drop`.
     Never,
-    /// When there is something to send.
+    /// When there is something to send: before a call.
     IfQueued,
     /// Now: the process holds a proxy.
     Always,
+    /// When there is something to send, giving the server a short while: the client
+    /// itself is dropped, and this is the last chance.
+    Last,
 }
+
+/// How long a client being dropped gives its server to take the reference changes it
+/// still has (a process that received proxies and dropped them unused, say).
+const LAST_CHANCE: Duration = Duration::from_secs(1);
 
 /// The connection reference changes travel on (non-blocking once authenticated).
 struct Anchor {
@@ -313,13 +320,19 @@ impl Client {
     /// waiting, opening it first as `open` says (which waits for the server, as a
     /// call does).
     fn flush(&self, open: Open) {
-        let mut anchor = match open {
-            Open::Never => match self.anchor.try_lock() {
-                Ok(a) => a,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            },
-            _ => unpoisoned::lock(&self.anchor),
+        // A thread that holds the anchor (writing, or opening it) sends what is queued
+        // before it lets go, and looks again after: a change queued by a thread that
+        // found the anchor held is sent by the holder. Nobody waits for it.
+        while self.flush_once(open) && !self.queued().1.is_empty() {}
+    }
+
+    /// One turn of [`flush`](Self::flush): false if another thread holds the anchor, or
+    /// there is none to write on.
+    fn flush_once(&self, open: Open) -> bool {
+        let mut anchor = match self.anchor.try_lock() {
+            Ok(a) => a,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
         };
         let pid = crate::sys::process_id();
         if anchor.0 != pid {
@@ -328,23 +341,26 @@ impl Client {
         }
         let busy = |a: &Option<Anchor>| a.as_ref().is_some_and(|a| !a.in_frame.is_empty());
         if !busy(&anchor.1) && self.queued().1.is_empty() && open != Open::Always {
-            return;
+            return true;
         }
         if anchor.1.is_none() {
-            if open == Open::Never {
-                return;
-            }
-            match self.open_anchor() {
+            let deadline = match open {
+                Open::Never => return false,
+                Open::Last => Some(Instant::now() + LAST_CHANCE),
+                Open::IfQueued | Open::Always => None,
+            };
+            match self.open_anchor(deadline) {
                 Ok(a) => anchor.1 = Some(a),
                 Err(e) => {
                     tracing::debug!("manager: cannot open a connection for references: {e}");
-                    return;
+                    return false;
                 }
             }
         }
         let Some(a) = anchor.1.as_mut() else {
-            return;
+            return false;
         };
+        // Written until nothing is queued, or the anchor takes no more.
         if let Err(e) = self.write_refs(a) {
             // Broken: what its frame held goes again, on the next anchor (the server
             // drops a frame cut short).
@@ -354,7 +370,10 @@ impl Client {
             again.append(&mut queued.1);
             queued.1 = again;
             anchor.1 = None;
+            return false;
         }
+        // What the anchor did not take now (its buffer full) waits for the next turn.
+        a.in_frame.is_empty()
     }
 
     /// Writes frames of queued changes until the anchor takes no more or nothing is
@@ -386,8 +405,8 @@ impl Client {
         }
     }
 
-    fn open_anchor(&self) -> Result<Anchor, ManagerError> {
-        let conn = self.open(None, false)?;
+    fn open_anchor(&self, deadline: Option<Instant>) -> Result<Anchor, ManagerError> {
+        let conn = self.open(deadline, false)?;
         let stream = conn.framed.into_stream();
         stream.set_nonblocking(true).map_err(ManagerError::Io)?;
         Ok(Anchor {
@@ -401,8 +420,9 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // The last word on references; what does not go now goes with the session.
-        self.flush(Open::Never);
+        // The last word on references; what does not go now is settled when the
+        // processes that sent the proxies end.
+        self.flush(Open::Last);
     }
 }
 
