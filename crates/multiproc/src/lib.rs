@@ -235,7 +235,9 @@
 //! ```
 //!
 //! A client that dies holding a managed lock releases it (the next holder is told);
-//! a dead server makes every call return [`ManagerError::Disconnected`] at once.
+//! a dead server makes every call return [`ManagerError::Disconnected`] at once, and a
+//! server that stops answering makes calls fail after a timeout. An object is freed
+//! when no proxy in any process refers to it any more.
 //!
 //! # Background work
 //!

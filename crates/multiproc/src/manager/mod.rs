@@ -1,6 +1,43 @@
 //! Managers: shared objects served by a process, over a local socket or TCP.
 //!
 //! See [`Manager`] for the tour, and `README.md` beside this file for the design.
+//!
+//! # Object lifetimes
+//!
+//! An object lives while a proxy of it exists in some process, as in Python: the
+//! server counts, per client process, the proxies that process made or received, and
+//! frees the object when none is left. Clones within a process cost nothing and count
+//! once; dropping the last proxy in a process tells the server without waiting for it.
+//!
+//! - **Proxies in flight.** A proxy serialized into a message ([`spawn`](crate::spawn)
+//!   arguments, a [`Queue`](crate::Queue), a pool task, any serde format) keeps its
+//!   object alive until the receiving process decodes it and holds it (or drops it), even
+//!   if the sender drops its own proxy first. Each encoding counts once, so a message
+//!   encoded but never decoded keeps the object until the sending process ends.
+//! - **A process that ends**, however it ends (`SIGKILL` included), lets go of every
+//!   proxy it held and every proxy it had in flight: the server sees its connections
+//!   close. A client cut off by the network counts as ended once keepalive gives it up.
+//! - **Named objects** ([`Manager::named`]) stay as long as the server runs: any client
+//!   may open the name again at any time.
+//! - **Proxies stored inside managed objects** (a dict of locks, a list of dicts) pin
+//!   their object for as long as the server runs: the server never decodes stored
+//!   values, so it cannot count what they hold. (Python's managers keep such objects
+//!   too.)
+//!
+//! [`Manager::object_count`] tells how many objects a server holds.
+//!
+//! # Slow and lost peers
+//!
+//! A server runs every handshake on one thread, without blocking, under one deadline
+//! for the whole of it ([`ManagerBuilder::handshake_timeout`]), and holds at most
+//! [`ManagerBuilder::max_handshakes`] of them (the oldest is dropped past it): clients
+//! that connect slowly, or never finish, cost the others nothing but a little CPU.
+//! Clients wait for an answer at most the call timeout beyond the operation's own wait
+//! ([`ManagerBuilder::call_timeout`], [`ManagerError::Unresponsive`]), and TCP keepalive
+//! ([`ManagerBuilder::keepalive`]) on both sides gives up a peer whose machine stops
+//! answering: the client's calls fail with [`ManagerError::Disconnected`], and the
+//! server releases the client's locks (the next holder gets
+//! [`OwnerDied`](crate::OwnerDied)) and references.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -303,9 +340,12 @@ impl<R: Registry> ManagerBuilder<R> {
 
     /// How long a client's call waits for the server's answer, beyond the operation's
     /// own wait (the timeout of a `get_timeout`, say), before it fails with
-    /// [`ManagerError::Unresponsive`] (default 30 s; `None`: for ever). Untimed waits
-    /// ([`QueueProxy::get`], [`LockProxy::lock`], ...) wait as long as it takes, as their
-    /// names say; keepalive still ends them when the server's machine stops answering.
+    /// [`ManagerError::Unresponsive`] (default 30 s; `None`: for ever). It covers the
+    /// server's work too (a custom object's handler, a large dict's items). Untimed
+    /// waits ([`QueueProxy::get`], [`LockProxy::lock`], a condition's wait, which takes
+    /// its lock back however long that takes) wait as long as it takes, as their names
+    /// say; keepalive still ends them when the server's machine stops answering, but a
+    /// server process that is stopped (`SIGSTOP`) holds them until it runs again.
     ///
     /// It applies to the [`Manager`] this builder gives, and to every proxy made from
     /// it, in whatever process the proxy is sent to.
@@ -524,7 +564,10 @@ fn serve_child<R: Registry>(args: ServerArgs) {
 /// `d[k] += 1` from many processes does not lose updates; a client that dies holding a
 /// managed lock releases it, and the next holder is told ([`OwnerDied`](crate::OwnerDied));
 /// when the server dies every call returns [`ManagerError::Disconnected`] instead of
-/// hanging.
+/// hanging, and a server that stops answering makes calls fail with
+/// [`ManagerError::Unresponsive`] after the call timeout. Objects are freed when no
+/// proxy in any process refers to them any more (see
+/// [object lifetimes](crate::manager#object-lifetimes)).
 ///
 /// Across machines: serve with [`ManagerBuilder::serve`] (or [`Manager::serve`]) on a TCP
 /// address with a key, and [`Manager::connect`] from elsewhere; [`Manager::named`]
