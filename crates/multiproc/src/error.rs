@@ -106,6 +106,17 @@ impl ExitStatus {
         })
     }
 
+    /// A status known by its parts (an exit code, or else a signal), as a remote peer
+    /// reports it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_parts(code: Option<i32>, signal: Option<i32>) -> Option<Self> {
+        match (code, signal) {
+            (Some(c), _) => Some(ExitStatus(Termination::Code(c))),
+            (None, Some(s)) => Some(ExitStatus(Termination::Signal(Signal(s)))),
+            (None, None) => None,
+        }
+    }
+
     /// The exit code, if the process exited (rather than being killed by a signal).
     pub fn code(self) -> Option<i32> {
         match self.0 {
@@ -720,6 +731,16 @@ pub enum TaskError {
     /// processes cannot be started. Every task fails this way from then on.
     #[error("the pool is broken: {0}")]
     PoolBroken(String),
+    /// The task returned an error value (a cluster task registered as fallible), or
+    /// failed on a remote worker in a way this build has no variant for.
+    #[error("the task failed: {0}")]
+    Failed(String),
+    /// A cluster task was moved to its queue's dead-letter stream: it crashed or lost
+    /// its worker on every delivery up to the cap, or no worker could run it (unknown
+    /// name, other argument or result types, a message over the size cap). Why, with its
+    /// last error.
+    #[error("the task was dead-lettered: {0}")]
+    DeadLettered(String),
 }
 
 impl TaskError {
@@ -729,6 +750,11 @@ impl TaskError {
             TaskError::WorkerDied(status) => *status,
             _ => None,
         }
+    }
+
+    /// Whether the task was dead-lettered ([`TaskError::DeadLettered`]).
+    pub fn is_dead_lettered(&self) -> bool {
+        matches!(self, TaskError::DeadLettered(_))
     }
 
     /// The remote panic, for [`TaskError::Panicked`].

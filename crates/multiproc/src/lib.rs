@@ -295,6 +295,8 @@
 )]
 
 mod bootstrap;
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod error;
 mod hub;
 mod ipc;
@@ -312,6 +314,8 @@ mod sys;
 mod wait;
 
 pub use bootstrap::{Init, init, init_with};
+#[cfg(feature = "redis")]
+pub use cluster::ClusterError;
 pub use error::{
     BarrierError, CodecError, DaemonError, ExitStatus, LockResult, ManagerError, OutOfBounds,
     OverRelease, OwnerDied, PanicLocation, PoolError, ProcessError, RecvError, RecvTimeoutError,
@@ -356,6 +360,13 @@ pub mod fuzzing {
     /// Receives from a channel whose shared memory holds arbitrary bytes.
     pub fn ring(bytes: &[u8]) {
         crate::ipc::channel::corrupt_and_drain(bytes);
+    }
+
+    /// Decodes a cluster task message, outcome and reply from arbitrary bytes, as a
+    /// stream entry written by anyone could hold them.
+    #[cfg(feature = "redis")]
+    pub fn cluster_message(bytes: &[u8]) {
+        crate::cluster::decode_any(bytes);
     }
 }
 pub use process::{

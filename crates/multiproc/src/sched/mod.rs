@@ -65,6 +65,12 @@ use crate::sync::lock;
 /// job after a long downtime) are handled in the passes that follow at once.
 const MAX_DUE_PER_PASS: usize = 10_000;
 
+/// How long a scheduler's leader lease on a cluster lasts without renewal; it is
+/// renewed at every pass, and a scheduler with cluster jobs passes at least every
+/// third of it.
+#[cfg(feature = "redis")]
+const LEADER_LEASE: Duration = Duration::from_secs(3);
+
 /// Builds a [`Scheduler`]: its executors, clock and job store.
 #[derive(Default)]
 pub struct SchedulerBuilder {
@@ -73,6 +79,8 @@ pub struct SchedulerBuilder {
     clock: Clock,
     #[cfg(feature = "sqlite")]
     store: Option<JobStore>,
+    #[cfg(feature = "redis")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl fmt::Debug for SchedulerBuilder {
@@ -95,6 +103,15 @@ impl SchedulerBuilder {
     /// The thread pool that [`Job::thread`] jobs run on.
     pub fn thread_pool(mut self, pool: ThreadPool) -> Self {
         self.threads = Some(pool);
+        self
+    }
+
+    /// The cluster that [`Job::cluster`] jobs are submitted to (feature `redis`). Any
+    /// number of schedulers may target one cluster queue: the one holding its leader
+    /// lease fires the jobs, and each (job, fire time) is submitted once.
+    #[cfg(feature = "redis")]
+    pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -132,6 +149,10 @@ impl SchedulerBuilder {
                 stop: AtomicBool::new(false),
                 #[cfg(feature = "sqlite")]
                 store: self.store.map(Mutex::new),
+                #[cfg(feature = "redis")]
+                cluster: self.cluster,
+                #[cfg(feature = "redis")]
+                id: scheduler_id(),
             }),
             thread: None,
         }
@@ -215,6 +236,8 @@ impl Scheduler {
         let needs = match job.target {
             Target::Process(_) if shared.pool.is_none() => Some("Pool"),
             Target::Thread(_) if shared.threads.is_none() => Some("ThreadPool"),
+            #[cfg(feature = "redis")]
+            Target::Cluster(_) if shared.cluster.is_none() => Some("Cluster"),
             _ => None,
         };
         if let Some(needs) = needs {
@@ -247,6 +270,7 @@ impl Scheduler {
                 job: Job { schedule, ..job },
                 next,
                 running: 0,
+                deferred: Vec::new(),
             },
         );
         drop(st);
@@ -346,6 +370,20 @@ struct Shared {
     stop: AtomicBool,
     #[cfg(feature = "sqlite")]
     store: Option<Mutex<JobStore>>,
+    #[cfg(feature = "redis")]
+    cluster: Option<crate::cluster::Cluster>,
+    /// This scheduler's name for the cluster's leader lease.
+    #[cfg(feature = "redis")]
+    id: String,
+}
+
+/// A random name for a scheduler.
+#[cfg(feature = "redis")]
+fn scheduler_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{hex}", std::process::id())
 }
 
 #[derive(Default)]
@@ -360,6 +398,9 @@ struct JobState {
     job: Job,
     next: Option<DateTime<Utc>>,
     running: usize,
+    /// Due times another scheduler may fire (it held the cluster's leader lease): looked
+    /// at again until this scheduler leads, so none is lost when the leader dies.
+    deferred: Vec<DateTime<Utc>>,
 }
 
 struct Run {
@@ -465,6 +506,14 @@ impl Shared {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Deferred times, and the leader lease, are looked at again soon.
+        #[cfg(feature = "redis")]
+        let wake_at = if self.cluster.is_some() && !st.jobs.is_empty() {
+            let soon = now + chrono::Duration::from_std(LEADER_LEASE / 3).unwrap_or_default();
+            Some(wake_at.map_or(soon, |w| w.min(soon)))
+        } else {
+            wake_at
+        };
         (started, wake_at)
     }
 
@@ -473,7 +522,7 @@ impl Shared {
         let Some(js) = st.jobs.get_mut(name) else {
             return 0;
         };
-        let mut dues = Vec::new();
+        let mut dues = std::mem::take(&mut js.deferred);
         let mut next = js.next;
         while let Some(t) = next {
             if t > now || dues.len() >= MAX_DUE_PER_PASS {
@@ -487,7 +536,13 @@ impl Shared {
         }
         js.next = next;
         let claimed = match self.claim(name, &dues) {
-            Ok(c) => c,
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                // Not ours to fire now (another scheduler leads): kept until the leader
+                // has fired them, in case it dies first.
+                js.deferred = self.unfired(name, dues);
+                return 0;
+            }
             Err(e) => {
                 tracing::error!(job = name, "job store failed; due runs not started: {e}");
                 return 0;
@@ -582,6 +637,19 @@ impl Shared {
                 .as_ref()
                 .ok_or(TaskError::PoolClosed)
                 .and_then(|p| start(p)),
+            #[cfg(feature = "redis")]
+            Target::Cluster(start) => {
+                let run = job::ClusterRun {
+                    job: name,
+                    scheduled,
+                    attempt,
+                    leader: &self.id,
+                };
+                self.cluster
+                    .as_ref()
+                    .ok_or(TaskError::PoolClosed)
+                    .and_then(|c| start(c, &run))
+            }
         };
         self.emit(name, scheduled, now, EventKind::Started { attempt });
         let id = st.next_run;
@@ -682,19 +750,60 @@ impl Shared {
         Ok((fresh, None))
     }
 
-    /// Which of `dues` this scheduler fires (with a store, another scheduler may have).
-    #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    /// The times of `dues` that no scheduler has submitted yet.
+    #[cfg(feature = "redis")]
+    fn unfired(&self, name: &str, dues: Vec<DateTime<Utc>>) -> Vec<DateTime<Utc>> {
+        let Some(cluster) = &self.cluster else {
+            return dues;
+        };
+        let keys: Vec<String> = dues.iter().map(|t| job::cluster_key(name, *t, 1)).collect();
+        match cluster.submitted(&keys) {
+            Ok(done) => dues
+                .into_iter()
+                .zip(done)
+                .filter_map(|(t, done)| (!done).then_some(t))
+                .collect(),
+            Err(_) => dues,
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[allow(clippy::unused_self)]
+    fn unfired(&self, _: &str, dues: Vec<DateTime<Utc>>) -> Vec<DateTime<Utc>> {
+        dues
+    }
+
+    /// Which of `dues` this scheduler fires (with a store, another scheduler may have);
+    /// `None` when another scheduler leads the cluster and the times wait.
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "redis")),
+        allow(clippy::unused_self)
+    )]
     fn claim(
         &self,
         name: &str,
         dues: &[DateTime<Utc>],
-    ) -> Result<Vec<DateTime<Utc>>, ScheduleError> {
+    ) -> Result<Option<Vec<DateTime<Utc>>>, ScheduleError> {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.cluster {
+            match cluster.lead(&self.id, LEADER_LEASE) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(
+                        job = name,
+                        "cannot reach the cluster for the leader lease: {e}"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
-            return lock(store).claim(name, dues);
+            return lock(store).claim(name, dues).map(Some);
         }
         let _ = name;
-        Ok(dues.to_vec())
+        Ok(Some(dues.to_vec()))
     }
 }
 
