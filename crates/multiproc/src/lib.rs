@@ -262,6 +262,18 @@
 //! # }
 //! ```
 //!
+//! # Beyond one machine
+//!
+//! With the `redis` feature, `cluster` gives the pool's surface on Redis Streams, for
+//! workers on many hosts (where Python users move to Celery): declare a task once by
+//! name, run `cluster::Worker` nodes that register its function, and submit from any
+//! `cluster::Cluster` client; the result is the same [`Task`]. A worker that dies or
+//! stalls loses nothing (its tasks are reclaimed when their lease runs out), a task
+//! that keeps crashing ends in a dead-letter stream, and delays and retries live in
+//! Redis.
+//!
+//! The `cluster` module's documentation has the worker and the client side by side.
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the

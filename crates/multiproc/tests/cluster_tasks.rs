@@ -758,3 +758,15 @@ fn two_schedulers_fire_each_time_once() {
     w.join();
     finish(&redis, client(&redis, ns), ns);
 }
+
+/// Every public handle of the cluster crosses threads (checked when this compiles).
+#[allow(dead_code)]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Cluster>();
+    check::<WorkerHandle>();
+    check::<TaskDef<String, Vec<u8>>>();
+    check::<TaskOptions>();
+    check::<ClusterError>();
+    check::<multiproc::cluster::QueueStats>();
+}

@@ -1,6 +1,6 @@
 //! The Pool's surface on Redis Streams (feature `redis`): [`Worker`] nodes on many hosts
-//! run tasks that any [`Cluster`] client submits, with the same [`Task`] handle as the
-//! local pools; Python users know the shape from Celery, RQ and Dramatiq.
+//! run tasks that any [`Cluster`] client submits, with the same [`Task`](crate::Task) handle as
+//! the local pools; Python users know the shape from Celery, RQ and Dramatiq.
 //!
 //! The engine is Redis (6.2 or later, 7.0+ recommended, or Valkey) through the `redis`
 //! crate: a queue is a stream read by a consumer group, delays and retries wait in a
@@ -270,11 +270,11 @@ impl TaskOptions {
         self
     }
 
-    /// How the task is retried when it fails: a panic or a timeout per the policy's
-    /// predicate... on the worker the default predicate applies (a custom `retry_if` is
-    /// code, which does not cross machines): a timed-out task and one registered with
-    /// [`WorkerBuilder::register_fallible`] that returned `Err` are retried; a panic is
-    /// not. A crash of the task's process is redelivered up to the worker's
+    /// How the task is retried when it fails. The policy travels as data, without its
+    /// `retry_if` predicate (code does not cross machines): workers apply the default
+    /// predicate, which retries a timed-out task and a fallible task's `Err`
+    /// ([`WorkerBuilder::register_fallible`]), not a panic. A crash of the task's
+    /// process is redelivered up to the worker's
     /// [`max_deliveries`](WorkerBuilder::max_deliveries) whatever the policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
