@@ -225,6 +225,7 @@ fn main() {
                 "two_schedulers_fire_each_time_once",
                 two_schedulers_fire_each_time_once,
             ),
+            trial("tls_with_a_private_ca", tls_with_a_private_ca),
         ],
         helpers,
         Duration::from_secs(900),
@@ -769,4 +770,103 @@ fn handles_are_send_and_sync() {
     check::<TaskOptions>();
     check::<ClusterError>();
     check::<multiproc::cluster::QueueStats>();
+}
+
+fn tls_with_a_private_ca() {
+    // A CA of the test's own, and a certificate for 127.0.0.1 that it signed.
+    let dir = common::tempdir("tls");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subject = |cn: &str| format!("/CN={cn}");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        &subject("multiproc-test-ca"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &subject("127.0.0.1"),
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    let tls_port = cluster_common::free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    // The system's roots do not know this CA: refused.
+    let e = Cluster::connect(&url).unwrap_err();
+    assert!(e.is_connection(), "{e}");
+    let ns = "tls";
+    let c = Cluster::builder(&url)
+        .namespace(ns)
+        .tls_root_certificates(ca.clone())
+        .build()
+        .unwrap();
+    let w = tasks(Worker::builder(&url))
+        .namespace(ns)
+        .processes(1)
+        .tls_root_certificates(ca)
+        .start()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 5).unwrap(), 25);
+    assert_eq!(c.map(SQUARE, 0..100u64).unwrap()[99], 9801);
+    w.join();
+    let _ = std::fs::remove_dir_all(&dir);
+    finish(&redis, c, ns);
 }

@@ -326,6 +326,7 @@ impl WorkerBuilder {
             events: tx,
             stopping: AtomicBool::new(false),
             quit: AtomicBool::new(false),
+            reader_done: AtomicBool::new(false),
             reader_id: Mutex::new(None),
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             server,
@@ -471,6 +472,8 @@ struct Node {
     stopping: AtomicBool,
     /// Every thread ends.
     quit: AtomicBool,
+    /// The reader has ended (nothing more will be accepted from it).
+    reader_done: AtomicBool,
     reader_id: Mutex<Option<i64>>,
     /// The keeper's connection (the reader and the finisher have their own).
     link: Mutex<Link>,
@@ -595,6 +598,11 @@ impl Node {
 
     /// The reader: takes new entries while there is room.
     fn read(self: Arc<Self>) {
+        self.read_loop();
+        self.reader_done.store(true, Ordering::Release);
+    }
+
+    fn read_loop(&self) {
         let mut link = Link::new(self.server.clone(), self.cfg.block + BLOCK_MARGIN);
         let mut backoff = Duration::from_millis(50);
         let mut fresh = true;
@@ -1094,7 +1102,7 @@ impl Node {
             } else {
                 let since = *stop_at.get_or_insert(now);
                 let empty = lock(&self.state).flights.is_empty();
-                if empty {
+                if empty && self.reader_done.load(Ordering::Acquire) {
                     break;
                 }
                 if now.duration_since(since) >= self.cfg.grace {
