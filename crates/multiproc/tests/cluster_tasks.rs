@@ -226,6 +226,7 @@ fn main() {
                 two_schedulers_fire_each_time_once,
             ),
             trial("tls_with_a_private_ca", tls_with_a_private_ca),
+            trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
         ],
         helpers,
         Duration::from_secs(900),
@@ -868,5 +869,27 @@ fn tls_with_a_private_ca() {
     assert_eq!(c.map(SQUARE, 0..100u64).unwrap()[99], 9801);
     w.join();
     let _ = std::fs::remove_dir_all(&dir);
+    finish(&redis, c, ns);
+}
+
+fn redis_lost_its_data_mid_run() {
+    let mut redis = RedisServer::start();
+    let ns = "wiped";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let tasks = c
+        .submit_batch(SLOW_SQUARE, (0..6u64).map(|x| (x, 3000)))
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight > 0));
+    // Killed and started empty: every task waited for is gone, and says so.
+    redis.restart_empty();
+    for t in tasks {
+        assert!(t.wait_timeout(T), "a task of a wiped server hangs");
+        let e = t.wait().unwrap_err();
+        assert!(e.to_string().contains("lost its data"), "{e}");
+    }
+    // Clients and workers go on with the new server.
+    assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    w.join();
     finish(&redis, c, ns);
 }

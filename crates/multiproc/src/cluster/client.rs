@@ -83,7 +83,8 @@ impl ClusterBuilder {
     /// than 6.2, [`ClusterError::InvalidArgument`] for a bad queue or namespace name.
     pub fn build(self) -> Result<Cluster, ClusterError> {
         let (server, keys) = self.settings.open()?;
-        let conn = server.connect_checked()?;
+        let mut conn = server.connect_checked()?;
+        let epoch = conn::epoch(&mut conn, &keys).map_err(|e| super::error::redis_err(&e))?;
         let inner = Arc::new(ClientInner {
             id: conn::random_hex(8)?,
             namespace: self.settings.namespace.clone(),
@@ -95,7 +96,7 @@ impl ClusterBuilder {
             next: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             receiver_id: Mutex::new(None),
-            queues: Mutex::new(vec![keys]),
+            queues: Mutex::new(vec![(keys, epoch)]),
         });
         let receiver = {
             let inner = Arc::downgrade(&inner);
@@ -146,8 +147,9 @@ pub(crate) struct ClientInner {
     stop: AtomicBool,
     /// The receiver connection's client id (to unblock its `BLPOP`).
     receiver_id: Mutex<Option<i64>>,
-    /// Queues this client has submitted to: the receiver reads their reply lists.
-    queues: Mutex<Vec<Keys>>,
+    /// Queues this client has submitted to (the receiver reads their reply lists), with
+    /// their epoch tokens.
+    queues: Mutex<Vec<(Keys, String)>>,
 }
 
 type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
@@ -491,6 +493,7 @@ impl Cluster {
                 .query(c)
         })?;
         let mut doomed = vec![
+            keys.epoch(),
             keys.stream(),
             keys.delayed(),
             keys.dead(),
@@ -650,8 +653,9 @@ impl ClientInner {
                 max: self.max_message,
             });
         }
-        if !lock(&self.queues).contains(keys) {
-            lock(&self.queues).push(keys.clone());
+        if !lock(&self.queues).iter().any(|(k, _)| k == keys) {
+            let epoch = self.run(|c| conn::epoch(c, keys))?;
+            lock(&self.queues).push((keys.clone(), epoch));
             // The receiver starts reading this queue's reply list too.
             self.unblock_receiver();
         }
@@ -817,8 +821,8 @@ impl ClientInner {
     fn queue_of(&self, list: &str) -> Option<Keys> {
         lock(&self.queues)
             .iter()
-            .find(|k| k.reply(&self.id) == list)
-            .cloned()
+            .find(|(k, _)| k.reply(&self.id) == list)
+            .map(|(k, _)| k.clone())
     }
 
     /// Wakes the receiver's `BLPOP` (to stop, or to read a new queue's list).
@@ -897,6 +901,41 @@ impl ClientInner {
             dead_lettered: conn::int(get(2)).unwrap_or(0).max(0) as u64,
             workers: infos,
         })
+    }
+
+    /// After a reconnection: fails the tasks of queues whose data the server lost
+    /// (their epoch changed), so that nobody waits for them forever.
+    fn check_epochs(&self, link: &mut Link) {
+        let queues = lock(&self.queues).clone();
+        for (keys, known) in queues {
+            let Ok(now) = link.run(|c| conn::epoch(c, &keys)) else {
+                return;
+            };
+            if now == known {
+                continue;
+            }
+            tracing::warn!(
+                queue = keys.queue(),
+                "the Redis server lost its data: failing the tasks waited for"
+            );
+            if let Some(q) = lock(&self.queues).iter_mut().find(|(k, _)| *k == keys) {
+                q.1 = now;
+            }
+            let lost: Vec<String> = lock(&self.pending)
+                .tasks
+                .iter()
+                .filter(|(_, w)| w.keys == keys)
+                .map(|(t, _)| t.clone())
+                .collect();
+            for task in lost {
+                self.deliver(
+                    &task,
+                    Err(TaskError::Failed(
+                        "the Redis server lost its data (it restarted without persistence): the task is gone; submit it again".into(),
+                    )),
+                );
+            }
+        }
     }
 
     /// After a reconnection: outcomes written while this client could not hear.
@@ -1009,6 +1048,9 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             return;
         };
         if inner.stop.load(Ordering::Acquire) {
+            if !delete.is_empty() {
+                let _ = link.run(|c| redis::cmd("UNLINK").arg(&delete).exec(c));
+            }
             return;
         }
         if fresh {
@@ -1018,6 +1060,7 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                     fresh = false;
                     backoff = Duration::from_millis(50);
                     inner.recover(&mut link);
+                    inner.check_epochs(&mut link);
                 }
                 Err(e) => {
                     tracing::debug!("cluster client: cannot reach Redis: {e}");
@@ -1030,7 +1073,7 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
         }
         let lists: Vec<String> = lock(&inner.queues)
             .iter()
-            .map(|k| k.reply(&inner.id))
+            .map(|(k, _)| k.reply(&inner.id))
             .collect();
         let popped: Result<Option<(String, Vec<u8>)>, _> = link.run(|c| {
             redis::cmd("BLPOP")
@@ -1049,16 +1092,25 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 }
             }
             Ok(Some((list, first))) => {
-                let more: Vec<Vec<u8>> = link
-                    .run(|c| {
-                        redis::cmd("LPOP")
-                            .arg(&list)
-                            .arg(1000)
-                            .query::<Option<Vec<Vec<u8>>>>(c)
-                    })
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+                // What else waits, and the outcomes taken before, in one round trip.
+                let mut pipe = redis::pipe();
+                pipe.cmd("LPOP").arg(&list).arg(1000);
+                if !delete.is_empty() {
+                    pipe.cmd("UNLINK").arg(&delete).ignore();
+                }
+                let more: Vec<Vec<u8>> =
+                    match link.run(|c| pipe.query::<(Option<Vec<Vec<u8>>>,)>(c)) {
+                        Ok((more,)) => {
+                            delete.clear();
+                            more.unwrap_or_default()
+                        }
+                        Err(_) => {
+                            // What it popped may be lost: read the outcomes again.
+                            link.reset();
+                            fresh = true;
+                            Vec::new()
+                        }
+                    };
                 for bytes in std::iter::once(first).chain(more) {
                     match Reply::decode(&bytes) {
                         Ok(reply) => {
@@ -1078,16 +1130,6 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                         }
                         Err(e) => {
                             tracing::warn!("cluster client: a reply that does not decode: {e}")
-                        }
-                    }
-                }
-                if !delete.is_empty() {
-                    match link.run(|c| redis::cmd("UNLINK").arg(&delete).exec(c)) {
-                        Ok(()) => delete.clear(),
-                        Err(e) => {
-                            tracing::debug!(
-                                "cluster client: cannot delete taken outcomes yet: {e}"
-                            );
                         }
                     }
                 }

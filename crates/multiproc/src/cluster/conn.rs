@@ -91,6 +91,23 @@ pub(crate) fn random_hex(n: usize) -> Result<String, ClusterError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// The queue's epoch token, set to a fresh one if it has none (see [`Keys::epoch`]).
+pub(crate) fn epoch(conn: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<String> {
+    let mut token = [0u8; 8];
+    let _ = getrandom::fill(&mut token);
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let (epoch,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(keys.epoch())
+        .arg(token)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(keys.epoch())
+        .query(conn)?;
+    Ok(epoch)
+}
+
 /// A Redis server, as a URL names it.
 #[derive(Clone)]
 pub(crate) struct Server {

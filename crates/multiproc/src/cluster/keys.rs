@@ -79,6 +79,12 @@ impl Keys {
         self.key(&format!("cancel:{task}"))
     }
 
+    /// A random token set once by the first client or worker of the queue: when it
+    /// changes, the server lost its data (it restarted without persistence).
+    pub(crate) fn epoch(&self) -> String {
+        self.key("epoch")
+    }
+
     /// The lease of the scheduler that fires jobs into this queue.
     pub(crate) fn leader(&self) -> String {
         self.key("scheduler:leader")

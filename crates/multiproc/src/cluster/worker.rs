@@ -571,8 +571,15 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
         .exec(conn);
     match r {
         Err(e) if !e.to_string().contains("BUSYGROUP") => Err(super::error::redis_err(&e)),
-        _ => Ok(()),
+        _ => conn::epoch(conn, keys)
+            .map(drop)
+            .map_err(|e| super::error::redis_err(&e)),
     }
+}
+
+/// A cluster error back as a Redis error (inside a connection closure).
+fn to_redis(e: ClusterError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "setup", e.to_string()))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -610,7 +617,14 @@ impl Node {
             let room = {
                 let st = lock(&self.state);
                 let room = self.cfg.capacity.saturating_sub(st.flights.len());
-                if room == 0 {
+                // While tasks are held, read when half the prefetch is free: one read
+                // per several tasks, and the pool still has work queued meanwhile.
+                let wanted = if st.flights.is_empty() {
+                    1
+                } else {
+                    self.cfg.capacity.div_ceil(2)
+                };
+                if room < wanted {
                     let _ = self
                         .room
                         .wait_timeout(st, Duration::from_millis(200))
@@ -669,15 +683,8 @@ impl Node {
                     }
                     if e.to_string().contains("NOGROUP") {
                         // The server lost its data (restarted without persistence).
-                        let _ = link.run(|c| {
-                            redis::cmd("XGROUP")
-                                .arg("CREATE")
-                                .arg(self.keys.stream())
-                                .arg(GROUP)
-                                .arg("0")
-                                .arg("MKSTREAM")
-                                .exec(c)
-                        });
+                        tracing::warn!(worker = %self.name, "the queue's group is gone: creating it again");
+                        let _ = link.run(|c| ensure_group(c, &self.keys).map_err(to_redis));
                         continue;
                     }
                     tracing::warn!(worker = %self.name, "reading the queue failed: {e}");

@@ -193,6 +193,13 @@ impl RedisServer {
         self.launch();
     }
 
+    /// Kills the server (`SIGKILL`: its data is gone) and starts an empty one on the same
+    /// port.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
     /// Stops the server (`SIGKILL`: its data is gone) without starting it again.
     pub fn kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
