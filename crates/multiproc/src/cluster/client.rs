@@ -238,9 +238,14 @@ impl Cluster {
     {
         let keys = self.inner.keys_for(opts.queue.as_deref())?;
         let cell = Cell::<R>::new();
-        let prepared = self
-            .inner
-            .prepare(def, &args, &opts, &keys, deliver_into(&cell))?;
+        let prepared = self.inner.prepare(
+            (def.name(), def.schema()),
+            &args,
+            false,
+            &opts,
+            &keys,
+            deliver_into(&cell),
+        )?;
         let local = prepared.local;
         self.inner.send_one(&keys, prepared, &opts)?;
         Ok(self.task(cell, local))
@@ -259,23 +264,80 @@ impl Cluster {
         Ok(self.submit(def, args)?.wait()?)
     }
 
-    /// Runs `def` on every item and returns the results in order. Tasks are sent in
-    /// batches (one round trip per batch).
+    /// Runs `def` on every item and returns the results in order (Python's `map`). The
+    /// items travel in chunks (about 64 of them, at most 1,024 items each), sent in
+    /// batches of one round trip; a worker runs each item of a chunk as its own task of
+    /// its pool.
     ///
     /// # Errors
     ///
     /// A submission error, or the first failure in item order as
-    /// [`ClusterError::Task`] (the other tasks still run).
+    /// [`ClusterError::Task`] (the other items still run). An item that crashes its
+    /// process fails with [`TaskError::WorkerDied`] (items of a chunk are not
+    /// redelivered one by one; a chunk whose worker is lost is).
     pub fn map<A, R, I>(&self, def: TaskDef<A, R>, items: I) -> Result<Vec<R>, ClusterError>
     where
         A: Serialize,
         R: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let tasks = self.submit_batch(def, items)?;
-        let mut out = Vec::with_capacity(tasks.len());
+        let items: Vec<A> = items.into_iter().collect();
+        let chunk = items.len().div_ceil(64).clamp(1, 1024);
+        self.map_chunked(def, items, chunk)
+    }
+
+    /// As [`map`](Self::map), with `chunk_size` items per chunk (Python's `chunksize`;
+    /// 1 sends every item as a task of its own).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    pub fn map_chunked<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+        chunk_size: usize,
+    ) -> Result<Vec<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let keys = self.inner.default_keys.clone();
+        let opts = TaskOptions::new();
+        let mut tasks = Vec::new();
+        let chunks: Vec<&[A]> = items.chunks(chunk_size.max(1)).collect();
+        for batch in chunks.chunks(BATCH) {
+            let mut prepared = Vec::with_capacity(batch.len());
+            for chunk in batch {
+                let cell = Cell::<Vec<Outcome>>::new();
+                let deliver = deliver_into(&cell);
+                match self.inner.prepare(
+                    (def.name(), def.schema()),
+                    chunk,
+                    true,
+                    &opts,
+                    &keys,
+                    deliver,
+                ) {
+                    Ok(p) => {
+                        tasks.push(self.task(cell, p.local));
+                        prepared.push(p);
+                    }
+                    Err(e) => {
+                        self.inner.forget(prepared.iter().map(|p| &p.task));
+                        return Err(e);
+                    }
+                }
+            }
+            self.inner.send_many(&keys, &mut prepared)?;
+        }
+        let mut out = Vec::with_capacity(items.len());
         for t in tasks {
-            out.push(t.wait()?);
+            for outcome in t.wait()? {
+                out.push(outcome.into_result::<R>()?);
+            }
         }
         Ok(out)
     }
@@ -306,10 +368,14 @@ impl Cluster {
             let mut cells = Vec::with_capacity(BATCH);
             for a in items.by_ref().take(BATCH) {
                 let cell = Cell::<R>::new();
-                match self
-                    .inner
-                    .prepare(def, &a, &opts, &keys, deliver_into(&cell))
-                {
+                match self.inner.prepare(
+                    (def.name(), def.schema()),
+                    &a,
+                    false,
+                    &opts,
+                    &keys,
+                    deliver_into(&cell),
+                ) {
                     Ok(p) => {
                         cells.push((p.local, cell));
                         batch.push(p);
@@ -616,10 +682,11 @@ impl ClientInner {
 
     /// Encodes a task and registers its waiter (before it is sent: the reply may come
     /// back before the send returns).
-    fn prepare<A: Serialize, R>(
+    fn prepare<T: Serialize + ?Sized>(
         &self,
-        def: TaskDef<A, R>,
-        args: &A,
+        (name, schema): (&str, u64),
+        args: &T,
+        chunk: bool,
         opts: &TaskOptions,
         keys: &Keys,
         deliver: Deliver,
@@ -637,14 +704,15 @@ impl ClientInner {
         };
         let envelope = Envelope {
             task: task.clone(),
-            name: def.name().to_string(),
-            schema: def.schema(),
+            name: name.to_string(),
+            schema,
             args,
             reply: Some(self.id.clone()),
             attempt: 0,
             lost: 0,
             retry: opts.retry.as_ref().map(RetryWire::from_policy),
             timeout_ms: opts.timeout.map(|t| t.as_millis().max(1) as u64),
+            chunk,
         }
         .encode()?;
         if envelope.len() > self.max_message {
@@ -1233,7 +1301,8 @@ where
                 let deliver: Deliver = Box::new(move |o: Result<Outcome, TaskError>| {
                     let _ = tx.send(o.and_then(Outcome::into_result::<R>));
                 });
-                match inner.prepare(self.def, &a, &opts, &keys, deliver) {
+                let def = (self.def.name(), self.def.schema());
+                match inner.prepare(def, &a, false, &opts, &keys, deliver) {
                     Ok(p) => batch.push(p),
                     Err(e) => {
                         self.failed = Some(e);

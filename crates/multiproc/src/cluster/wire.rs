@@ -41,6 +41,9 @@ pub(crate) struct Envelope {
     pub retry: Option<RetryWire>,
     /// A run that takes longer is stopped and fails with `TimedOut`.
     pub timeout_ms: Option<u64>,
+    /// The argument is a chunk of a `map`: a list of arguments, each run as its own
+    /// pool task; the value is the list of their outcomes.
+    pub chunk: bool,
 }
 
 /// A [`RetryPolicy`] as data (its `retry_if` predicate is code and stays behind: the
@@ -253,6 +256,7 @@ mod tests {
             lost: 1,
             retry: Some(RetryWire::from_policy(&RetryPolicy::attempts(3))),
             timeout_ms: Some(1500),
+            chunk: false,
         }
     }
 

@@ -41,14 +41,87 @@ const PROMOTE_BATCH: usize = 1000;
 /// How often the keeper looks at delays and timeouts.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Starts a code path for one registered task: decodes the argument and submits it to
-/// the pool.
-type Runner = Arc<dyn Fn(&Pool, &[u8]) -> Result<Box<dyn Running>, TaskError> + Send + Sync>;
+/// Starts a run of one registered task: decodes the argument (with `true`: a chunk of
+/// arguments, one pool task each) and submits it to the pool.
+type Runner = Arc<dyn Fn(&Pool, &[u8], bool) -> Result<Box<dyn Running>, TaskError> + Send + Sync>;
+
+/// The runner of `f` (`check` names the `Err` values of a fallible task).
+fn runner<A, R>(f: fn(A) -> R, check: Option<fn(&R) -> Option<String>>) -> Runner
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    Arc::new(move |pool: &Pool, bytes: &[u8], chunk: bool| {
+        if chunk {
+            let items: Vec<A> = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
+            let tasks = items
+                .into_iter()
+                .map(|a| pool.submit(f, a).map(Some))
+                .collect::<Result<Vec<_>, _>>()?;
+            let outs = (0..tasks.len()).map(|_| None).collect();
+            return Ok(Box::new(ChunkRun {
+                tasks,
+                outs,
+                cancelled: false,
+            }) as Box<dyn Running>);
+        }
+        let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
+        let task = pool.submit(f, a)?;
+        Ok(Box::new(Run { task, check }) as Box<dyn Running>)
+    })
+}
+
+/// A chunk of a `map`: one pool task per item; its value is every item's outcome.
+struct ChunkRun<R> {
+    tasks: Vec<Option<Task<R>>>,
+    outs: Vec<Option<Outcome>>,
+    cancelled: bool,
+}
+
+impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
+        for (slot, out) in self.tasks.iter_mut().zip(&mut self.outs) {
+            if let Some(task) = slot
+                && let Poll::Ready(r) = Pin::new(task).poll(cx)
+            {
+                *out = Some(match r {
+                    Ok(v) => wire::encode_value(&v).map_or_else(
+                        |e| Outcome::Failed(Failure::Codec(e.message().into())),
+                        Outcome::Value,
+                    ),
+                    Err(e) => Outcome::Failed(Failure::from_error(&e)),
+                });
+                *slot = None;
+            }
+        }
+        if self.tasks.iter().any(Option::is_some) {
+            return Poll::Pending;
+        }
+        if self.cancelled {
+            return Poll::Ready(Done::Failed(TaskError::Cancelled));
+        }
+        let outs: Vec<&Outcome> = self.outs.iter().flatten().collect();
+        Poll::Ready(match wire::encode_value(&outs) {
+            Ok(bytes) => Done::Value(bytes),
+            Err(e) => Done::Failed(TaskError::Codec(e)),
+        })
+    }
+
+    fn cancel(&mut self) -> bool {
+        // Every item is stopped; the chunk then ends as cancelled.
+        self.cancelled = true;
+        let mut any = false;
+        for t in self.tasks.iter().flatten() {
+            any |= t.cancel();
+        }
+        any
+    }
+}
 
 /// A task running in the pool.
 trait Running: Send {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done>;
-    fn cancel(&self) -> bool;
+    fn cancel(&mut self) -> bool;
 }
 
 /// How a run ended.
@@ -86,7 +159,7 @@ impl<R: Serialize + Send + 'static> Running for Run<R> {
         })
     }
 
-    fn cancel(&self) -> bool {
+    fn cancel(&mut self) -> bool {
         self.task.cancel()
     }
 }
@@ -226,12 +299,7 @@ impl WorkerBuilder {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let runner: Runner = Arc::new(move |pool: &Pool, bytes: &[u8]| {
-            let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
-            let task = pool.submit(f, a)?;
-            Ok(Box::new(Run { task, check: None }) as Box<dyn Running>)
-        });
-        self.tasks.push((def.name(), def.schema(), runner));
+        self.tasks.push((def.name(), def.schema(), runner(f, None)));
         self
     }
 
@@ -248,15 +316,11 @@ impl WorkerBuilder {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + fmt::Display + Send + 'static,
     {
-        let runner: Runner = Arc::new(move |pool: &Pool, bytes: &[u8]| {
-            let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
-            let task = pool.submit(f, a)?;
-            Ok(Box::new(Run {
-                task,
-                check: Some(err_message::<T, E>),
-            }) as Box<dyn Running>)
-        });
-        self.tasks.push((def.name(), def.schema(), runner));
+        self.tasks.push((
+            def.name(),
+            def.schema(),
+            runner(f, Some(err_message::<T, E>)),
+        ));
         self
     }
 
@@ -751,7 +815,7 @@ impl Node {
             return;
         }
         let started = match lock(&self.pool).as_ref() {
-            Some(pool) => runner(pool, &envelope.args),
+            Some(pool) => runner(pool, &envelope.args, envelope.chunk),
             None => Err(TaskError::PoolClosed),
         };
         match started {
