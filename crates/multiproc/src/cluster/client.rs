@@ -1109,6 +1109,8 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     let mut link = Link::new(server.clone(), BLOCK + BLOCK_MARGIN);
     let mut backoff = Duration::from_millis(50);
     let mut fresh = true;
+    // Whether a connection was made before (then the next one recovers).
+    let mut connected_before = false;
     // Outcomes taken whose keys are still to delete (kept across a lost connection).
     let mut delete: Vec<String> = Vec::new();
     loop {
@@ -1127,8 +1129,11 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                     *lock(&inner.receiver_id) = Some(id);
                     fresh = false;
                     backoff = Duration::from_millis(50);
-                    inner.recover(&mut link);
-                    inner.check_epochs(&mut link);
+                    if connected_before {
+                        inner.recover(&mut link);
+                        inner.check_epochs(&mut link);
+                    }
+                    connected_before = true;
                 }
                 Err(e) => {
                     tracing::debug!("cluster client: cannot reach Redis: {e}");
