@@ -227,6 +227,10 @@ fn main() {
             ),
             trial("tls_with_a_private_ca", tls_with_a_private_ca),
             trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
+            trial(
+                "acl_user_and_an_undecodable_result",
+                acl_user_and_an_undecodable_result,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -903,6 +907,57 @@ fn redis_lost_its_data_mid_run() {
     }
     // Clients and workers go on with the new server.
     assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    w.join();
+    finish(&redis, c, ns);
+}
+
+fn acl_user_and_an_undecodable_result() {
+    let redis = RedisServer::start();
+    let ns = "acl";
+    // An ACL user of its own.
+    let r = redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    assert_eq!(r, Resp::Simple("OK".into()));
+    let url = format!("redis://app:app-pass@127.0.0.1:{}", redis.port);
+    let wrong = format!("redis://app:nope@127.0.0.1:{}", redis.port);
+    assert!(matches!(
+        Cluster::connect(&wrong),
+        Err(ClusterError::Auth(_))
+    ));
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    // No worker: the outcome is written by hand, and it is not a u64.
+    let t = c.submit(SQUARE, 3).unwrap();
+    let task = format!("{}-1", c.id());
+    let outcome = [1u8, 0, 2, 0xff, 0xff]; // version, Outcome::Value, 2 bytes of noise
+    let mut reply = vec![1u8, task.len() as u8];
+    reply.extend_from_slice(task.as_bytes());
+    reply.push(outcome.len() as u8);
+    reply.extend_from_slice(&outcome);
+    let mut raw = redis.raw().unwrap();
+    let result = format!("{ns}:{{default}}:result:{task}");
+    let list = format!("{ns}:{{default}}:reply:{}", c.id());
+    raw.call_bytes(&[b"SET", result.as_bytes(), &outcome])
+        .unwrap();
+    raw.call_bytes(&[b"RPUSH", list.as_bytes(), &reply])
+        .unwrap();
+    assert!(t.wait_timeout(T));
+    let e = t.wait().unwrap_err();
+    assert!(matches!(e, TaskError::Codec(_)), "{e}");
+    // The client goes on.
+    let w = tasks(Worker::builder(&url))
+        .namespace(ns)
+        .processes(1)
+        .start()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     w.join();
     finish(&redis, c, ns);
 }
