@@ -536,7 +536,8 @@ impl Shared {
         }
         js.next = next;
         let claimed = match self.claim(name, &dues) {
-            Ok(Some(c)) => c,
+            // (On a cluster, times an earlier leader fired are not fired again.)
+            Ok(Some(c)) => self.unfired(name, c),
             Ok(None) => {
                 // Not ours to fire now (another scheduler leads): kept until the leader
                 // has fired them, in case it dies first.
