@@ -1109,8 +1109,9 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     let mut link = Link::new(server.clone(), BLOCK + BLOCK_MARGIN);
     let mut backoff = Duration::from_millis(50);
     let mut fresh = true;
-    // Whether a connection was made before (then the next one recovers).
-    let mut connected_before = false;
+    // Connections seen: a new one (after the first) recovers, whether it was made
+    // after an error here or transparently inside a call.
+    let mut seen = 0;
     // Outcomes taken whose keys are still to delete (kept across a lost connection).
     let mut delete: Vec<String> = Vec::new();
     loop {
@@ -1129,11 +1130,6 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                     *lock(&inner.receiver_id) = Some(id);
                     fresh = false;
                     backoff = Duration::from_millis(50);
-                    if connected_before {
-                        inner.recover(&mut link);
-                        inner.check_epochs(&mut link);
-                    }
-                    connected_before = true;
                 }
                 Err(e) => {
                     tracing::debug!("cluster client: cannot reach Redis: {e}");
@@ -1143,6 +1139,16 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                     continue;
                 }
             }
+        }
+        if link.connects() != seen {
+            if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
+                *lock(&inner.receiver_id) = Some(id);
+            }
+            if seen > 0 {
+                inner.recover(&mut link);
+                inner.check_epochs(&mut link);
+            }
+            seen = link.connects();
         }
         let lists: Vec<String> = lock(&inner.queues)
             .iter()

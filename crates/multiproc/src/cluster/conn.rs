@@ -234,6 +234,8 @@ pub(crate) struct Link {
     server: Server,
     response: Duration,
     conn: Option<redis::Connection>,
+    /// Connections made so far (a reader notices reconnections by it).
+    connects: u64,
 }
 
 impl Link {
@@ -242,6 +244,7 @@ impl Link {
             server,
             response,
             conn: None,
+            connects: 0,
         }
     }
 
@@ -250,6 +253,7 @@ impl Link {
             server,
             response,
             conn: Some(conn),
+            connects: 1,
         }
     }
 
@@ -266,6 +270,7 @@ impl Link {
             tries += 1;
             if self.conn.is_none() {
                 self.conn = Some(self.server.connect(self.response)?);
+                self.connects += 1;
             }
             let Some(conn) = self.conn.as_mut() else {
                 return Err(ClusterError::Redis("no connection".into()));
@@ -283,6 +288,11 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// How many connections were made so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects
     }
 
     /// Drops the connection (the next call makes a new one).

@@ -677,6 +677,7 @@ impl Node {
         let mut link = Link::new(self.server.clone(), self.cfg.block + BLOCK_MARGIN);
         let mut backoff = Duration::from_millis(50);
         let mut fresh = true;
+        let mut seen = 0;
         while !self.stopping.load(Ordering::Acquire) {
             let room = {
                 let st = lock(&self.state);
@@ -710,6 +711,13 @@ impl Node {
                         continue;
                     }
                 }
+            }
+            if link.connects() != seen {
+                // A new connection (made inside a call): `stop` unblocks it by its id.
+                if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
+                    *lock(&self.reader_id) = Some(id);
+                }
+                seen = link.connects();
             }
             let reply: Result<Value, ClusterError> = link.run(|c| {
                 redis::cmd("XREADGROUP")
