@@ -424,7 +424,11 @@ impl WorkerBuilder {
     /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
     /// [`WorkerHandle::stop`] from another thread): then it takes no more tasks, lets
     /// running ones finish within the grace period (handing the rest back to the
-    /// queue), and returns.
+    /// queue), and returns. A second signal meanwhile exits the process at once (its
+    /// tasks are reclaimed by other workers when their leases run out). Ctrl-C in a
+    /// terminal signals the whole process group, the pool's processes included: their
+    /// running tasks end as crashes and are redelivered; send `SIGTERM` to the worker's
+    /// pid for a clean drain.
     ///
     /// # Errors
     ///
@@ -435,6 +439,12 @@ impl WorkerBuilder {
         let mut ids = Vec::new();
         #[cfg(unix)]
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // The first signal drains; a second one (the flag already set) exits at once.
+            ids.push(signal_hook::flag::register_conditional_shutdown(
+                sig,
+                1,
+                Arc::clone(&flag),
+            )?);
             ids.push(signal_hook::flag::register(sig, Arc::clone(&flag))?);
         }
         while !flag.load(Ordering::Acquire) && !handle.node.stopping.load(Ordering::Acquire) {
