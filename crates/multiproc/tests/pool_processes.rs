@@ -28,6 +28,10 @@ fn main() {
                 map_in_order_with_any_chunking,
             ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
+            trial(
+                "children_of_workers_die_with_the_pool",
+                children_of_workers_die_with_the_pool,
+            ),
             trial("crashes_fail_only_their_task", crashes_fail_only_their_task),
             trial(
                 "retry_policy_reruns_failed_tasks",
@@ -985,4 +989,32 @@ fn no_descriptor_or_mapping_leaks() {
     assert_eq!(v[0], v[1], "descriptors leaked: {line}");
     assert_eq!(v[3], v[4], "mappings leaked: {line}");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// Starts a child (not asked to be a daemon) that would sleep for a minute, and leaves
+/// it running; returns its pid and whether it is a daemon.
+fn start_grandchild(_: ()) -> (u32, bool) {
+    let child = multiproc::Builder::new()
+        .name("grandchild")
+        .spawn(sleep_ms, 60_000)
+        .unwrap();
+    (child.pid(), child.is_daemon())
+}
+
+/// A worker is a daemon process, so its children are daemons too: a task's child does
+/// not outlive the pool (Python refuses daemon processes children instead).
+fn children_of_workers_die_with_the_pool() {
+    let pool = Pool::new(1).unwrap();
+    let (pid, daemon) = pool.apply(start_grandchild, ()).unwrap();
+    assert!(daemon, "a worker's child is a daemon");
+    assert!(
+        !common::wait_gone(pid, Duration::from_millis(200)),
+        "it runs meanwhile"
+    );
+    drop(pool);
+    assert!(
+        common::wait_gone(pid, T),
+        "the worker's child outlived the pool"
+    );
+    common::reap(pid);
 }

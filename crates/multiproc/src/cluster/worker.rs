@@ -513,7 +513,6 @@ impl WorkerHandle {
         self.node.unblock_reader();
         self.node.room.notify_all();
     }
-
 }
 
 /// Dropping the handle shuts the node down and waits for it.
