@@ -501,7 +501,13 @@ fn helper_pool_parent() {
     let pool = Pool::new(3).unwrap();
     let _busy = pool.submit(sleep_ms, 600_000).unwrap();
     let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
-    let server = common::fork_server_of(std::process::id()).unwrap_or(0);
+    let mut server = None;
+    // The server names itself right after it is forked.
+    common::eventually(T, || {
+        server = common::fork_server_of(std::process::id());
+        server.is_some()
+    });
+    let server = server.expect("this process has a fork server");
     println!("pids {} {server}", pids.join(" "));
     std::thread::sleep(Duration::from_secs(600));
 }
@@ -514,16 +520,15 @@ fn parent_sigkilled_takes_workers_along() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 4, "{pids:?}");
-    h.child.kill().unwrap();
-    h.child.wait().unwrap();
+    let tree = h.sigkill();
     let t = Instant::now();
-    for &p in pids.iter().filter(|&&p| p != 0) {
+    for &p in &pids {
         assert!(
             common::wait_gone(p, Duration::from_secs(1).saturating_sub(t.elapsed())),
             "pid {p} outlived its SIGKILLed parent by a second"
         );
-        common::reap(p);
     }
+    assert_eq!(common::reap_all(&tree, T), [], "left running");
 }
 
 /// Counts its run in `runs[i]`, works a little, returns `i`.
@@ -669,18 +674,25 @@ fn tasks_awaited_in_tokio() {
         let crashed = pool.submit(crash, Crash::Abort).unwrap();
         let r = tokio::time::timeout(T, crashed).await.unwrap();
         assert!(matches!(r, Err(TaskError::WorkerDied(_))), "{r:?}");
-        // A slow task does not block the runtime.
-        let slow = pool.submit(sleep_ms, 200).unwrap();
-        let ticks = tokio::spawn(async {
-            let mut n = 0;
+    });
+    // Awaiting a slow task does not block the thread: on a runtime with a single thread,
+    // timer ticks go on while the task is awaited, and end long before it does.
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    one_thread.block_on(async {
+        let mut slow = pool.submit(sleep_ms, 2_000).unwrap();
+        let ticks = async {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                n += 1;
             }
-            n
-        });
-        assert_eq!(tokio::time::timeout(T, slow).await.unwrap().unwrap(), 200);
-        assert_eq!(ticks.await.unwrap(), 5);
+        };
+        tokio::select! {
+            r = &mut slow => panic!("the slow task ({r:?}) ended before 50 ms of ticks"),
+            () = ticks => {}
+        }
+        assert_eq!(tokio::time::timeout(T, slow).await.unwrap().unwrap(), 2_000);
     });
     finish(pool);
 }
@@ -1011,10 +1023,18 @@ fn children_of_workers_die_with_the_pool() {
         !common::wait_gone(pid, Duration::from_millis(200)),
         "it runs meanwhile"
     );
+    // The worker's own fork server and the child come to this process (a subreaper)
+    // when the worker is killed: reaped below.
+    let tree: Vec<u32> = pool
+        .worker_pids()
+        .iter()
+        .flat_map(|&w| common::descendants_of(w))
+        .collect();
+    assert!(tree.contains(&pid));
     drop(pool);
     assert!(
         common::wait_gone(pid, T),
         "the worker's child outlived the pool"
     );
-    common::reap(pid);
+    assert_eq!(common::reap_all(&tree, T), [], "left running");
 }

@@ -294,8 +294,7 @@ fn parent_sigkilled_takes_daemons_along() {
         .collect();
     let (daemons, survivor, server) = (&pids[..4], pids[4], pids[5]);
     // Holding pidfds from before the kill makes "gone" exact even after re-parenting.
-    h.child.kill().unwrap();
-    h.child.wait().unwrap();
+    let tree = h.sigkill();
     let t = Instant::now();
     for &p in daemons.iter().chain([&server]) {
         assert!(
@@ -310,6 +309,8 @@ fn parent_sigkilled_takes_daemons_along() {
         "non-daemon child died"
     );
     common::kill_and_reap(survivor);
+    let others: Vec<u32> = tree.into_iter().filter(|&p| p != survivor).collect();
+    assert_eq!(common::reap_all(&others, T), [], "left running");
 }
 
 fn take_unserializable(_: Unserializable) {}

@@ -413,6 +413,39 @@ fn backoff_grows_then_resets() {
     go.set();
     assert_eq!(delays(&sup, &events, 3), [20, 40, 80]);
     sup.shutdown().unwrap();
+    // The restarts really wait: the time from a crash to the next start, as seen here,
+    // grows with the delays (a lower bound, less 100 ms for this thread's own lateness
+    // in seeing the crash).
+    let go = multiproc::Event::new().unwrap();
+    let sup = Supervisor::builder()
+        .backoff(ms(200), ms(5000))
+        .jitter(Jitter::None)
+        .intensity(100, Duration::from_secs(60))
+        .child(ChildSpec::new("timed crasher", crash_on, go.clone()))
+        .build()
+        .unwrap();
+    let events = sup.events();
+    go.set();
+    let mut crashed_at = None;
+    let mut gaps = Vec::new();
+    while gaps.len() < 3 {
+        match events.recv_timeout(T).expect("an event") {
+            SupervisorEvent::Exited { .. } => crashed_at = Some(Instant::now()),
+            SupervisorEvent::Started { .. } => {
+                if let Some(at) = crashed_at.take() {
+                    gaps.push(at.elapsed());
+                }
+            }
+            _ => {}
+        }
+    }
+    for (gap, delay) in gaps.iter().zip([200, 400, 800]) {
+        assert!(
+            *gap >= ms(delay - 100),
+            "restarted {gap:?} after a crash, the delay was {delay} ms: {gaps:?}"
+        );
+    }
+    sup.shutdown().unwrap();
     // A child that ran longer than `reset_after` before crashing starts from the base.
     let sup = Supervisor::builder()
         .backoff(ms(20), ms(1000))
@@ -425,6 +458,30 @@ fn backoff_grows_then_resets() {
     let events = sup.events();
     assert_eq!(delays(&sup, &events, 3), [20, 20, 20]);
     sup.shutdown().unwrap();
+    // Jitter: `Full` draws each delay from [0, d], `Equal` from [d/2, d], where d is
+    // the delay without jitter (here 20, 40, 80, ... up to 1000 ms).
+    for (jitter, low) in [(Jitter::Full, 0.0), (Jitter::Equal, 0.5)] {
+        let go = multiproc::Event::new().unwrap();
+        let sup = Supervisor::builder()
+            .backoff(ms(20), ms(1000))
+            .jitter(jitter)
+            .intensity(100, Duration::from_secs(60))
+            .child(ChildSpec::new("jittery crasher", crash_on, go.clone()))
+            .build()
+            .unwrap();
+        let events = sup.events();
+        go.set();
+        let got = delays(&sup, &events, 6);
+        sup.shutdown().unwrap();
+        let plain = [20u64, 40, 80, 160, 320, 640];
+        for (d, p) in got.iter().zip(plain) {
+            assert!(
+                (*d as f64) >= low * p as f64 - 1.0 && *d <= p + 1,
+                "{jitter:?}: delay {d} ms outside its range for {p} ms: {got:?}"
+            );
+        }
+        assert_ne!(got, plain, "{jitter:?}: no jitter at all: {got:?}");
+    }
 }
 
 fn sigterm_ignored() {
@@ -471,15 +528,18 @@ fn supervisor_sigkilled() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2);
-    helper.child.kill().unwrap();
-    helper.wait(T);
+    let tree = helper.sigkill();
     for p in pids {
         assert!(
             wait_gone(p, Duration::from_secs(2)),
             "child {p} outlived its SIGKILLed supervisor"
         );
-        common::reap(p);
     }
+    assert_eq!(
+        common::reap_all(&tree, T),
+        Vec::<u32>::new(),
+        "left running"
+    );
 }
 
 fn bad_input() {
