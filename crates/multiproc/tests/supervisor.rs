@@ -646,6 +646,55 @@ fn daemonize_pidfile() {
     common::reap(pid);
     std::mem::forget(cleanup);
     assert!(!pidfile.exists());
+    std::fs::remove_file(dir.join("stop")).unwrap();
+
+    // A daemon SIGKILLed leaves its pid file behind, stale: its lock died with it, so the
+    // next start takes the file over.
+    let started = start().wait_with_output().unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let killed: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cleanup = KillOnDrop(killed);
+    let tree = common::descendants_of(killed);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(killed as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(wait_gone(killed, T));
+    common::reap(killed);
+    std::mem::forget(cleanup);
+    assert_eq!(common::reap_all(&tree, T), Vec::<u32>::new());
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        killed.to_string(),
+        "the killed daemon's pid file stays"
+    );
+    let again = start().wait_with_output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let new: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cleanup = KillOnDrop(new);
+    assert_ne!(new, killed);
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    assert!(wait_gone(new, T));
+    common::reap(new);
+    std::mem::forget(cleanup);
+    assert!(!pidfile.exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
