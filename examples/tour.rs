@@ -8,6 +8,12 @@
 
 #[path = "async_tasks.rs"]
 mod async_tasks;
+#[cfg(feature = "redis")]
+#[path = "cluster_client.rs"]
+mod cluster_client;
+#[cfg(feature = "redis")]
+#[path = "cluster_worker.rs"]
+mod cluster_worker;
 #[path = "daemon_process.rs"]
 mod daemon_process;
 #[path = "daemon_thread.rs"]
@@ -81,6 +87,55 @@ fn daemon_process_demo(_: ()) {
     daemon_process::run();
 }
 
+/// The cluster examples on a throwaway `redis-server` (on a free port, in a temporary
+/// directory, without persistence), when one is installed.
+#[cfg(feature = "redis")]
+fn cluster_demo() {
+    use std::process::{Command, Stdio};
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        println!("skipped: redis-server is not installed (apt-get install -y redis-server)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("multiproc-tour-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while multiproc::cluster::Cluster::connect(&url).is_err() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let worker = multiproc::Builder::new()
+        .name("cluster worker")
+        .spawn(cluster_worker::serve, url.clone())
+        .expect("start the worker");
+    cluster_client::run(&url);
+    worker.terminate().expect("stop the worker");
+    worker.join().expect("the worker");
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(not(feature = "redis"))]
+fn cluster_demo() {
+    println!("skipped: the examples were built without the `redis` feature");
+}
+
 fn main() {
     let _guard = multiproc::init_with(setup);
     let start = Instant::now();
@@ -149,6 +204,11 @@ fn main() {
 
     section("supervised_worker: a crashing worker restarted with backoff, then stopped");
     supervised_worker::run();
+
+    section(
+        "cluster_worker + cluster_client: process_pool on a Redis cluster, a crash dead-lettered",
+    );
+    cluster_demo();
 
     println!("\nTour done in {:.1?}.", start.elapsed());
 }

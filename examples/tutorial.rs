@@ -25,3 +25,28 @@ pub fn paced(secs: f64) -> Duration {
     let pace = f64::from_bits(PACE.load(Ordering::Relaxed));
     Duration::from_secs_f64(secs * pace)
 }
+
+/// The tasks of the cluster examples (`cluster_worker` runs them, `cluster_client`
+/// submits them): declared once, in code both build.
+#[cfg(feature = "redis")]
+pub mod cluster_tasks {
+    use multiproc::cluster::TaskDef;
+
+    /// `x * x`.
+    pub const SQUARE: TaskDef<u64, u64> = TaskDef::new("tutorial.square");
+    /// `x * x`, except that 3 crashes the process it runs in.
+    pub const SQUARE_OR_CRASH: TaskDef<u64, u64> = TaskDef::new("tutorial.square_or_crash");
+
+    pub fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// Squares, except that 3 crashes the process it runs in, as a failed assertion in
+    /// native code would.
+    pub fn square_or_crash(x: u64) -> u64 {
+        if x == 3 {
+            std::process::abort();
+        }
+        x * x
+    }
+}

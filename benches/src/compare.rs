@@ -96,7 +96,8 @@ impl Rate {
         match self {
             Rate::None => String::new(),
             Rate::Ops(what) if per_sec >= 1e6 => format!("{:.2} M {what}/s", per_sec / 1e6),
-            Rate::Ops(what) => format!("{:.0} k {what}/s", per_sec / 1e3),
+            Rate::Ops(what) if per_sec >= 1e3 => format!("{:.0} k {what}/s", per_sec / 1e3),
+            Rate::Ops(what) => format!("{per_sec:.0} {what}/s"),
             Rate::Bytes(n) => format!("{:.2} GB/s", per_sec * n as f64 / 1e9),
         }
     }
@@ -331,6 +332,8 @@ impl MemWorkload {
 #[derive(Debug)]
 pub struct MemGroup {
     pub title: &'static str,
+    /// Task processes per row (for the total column).
+    pub workers: u64,
     /// What each workload does, for the reader.
     pub operation: &'static str,
     pub workloads: Vec<MemWorkload>,
@@ -429,7 +432,7 @@ pub fn mem_report(group: &MemGroup, stats: &[MemStats]) -> String {
         group.operation,
         stats.first().map_or(0, |s| s.runs.len()),
     );
-    let workers = crate::memory::WORKERS as u64;
+    let workers = group.workers;
     let _ = writeln!(
         out,
         "| implementation | parent | one worker | fork server | parent + {workers} workers + server |\n|---|---:|---:|---:|---:|"

@@ -7,12 +7,14 @@
 //! without any library).
 #![allow(unsafe_code)] // `spawn_fork` is unsafe by contract
 
+pub mod cluster;
 pub mod compare;
 pub mod floor;
 pub mod plot;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compare::{Check, Group, Impl, MemGroup, MemWorkload, Rate, Target, Workload};
@@ -803,8 +805,181 @@ pub fn groups(exe: &Path) -> Vec<Group> {
     groups.extend(sync_groups(exe, python));
     groups.extend(pool_groups(python));
     groups.push(manager_group(exe, python));
+    groups.extend(cluster_groups(exe));
     groups
 }
+
+/// The cluster against Celery and RQ on one throwaway `redis-server` (kept alive by the
+/// workloads that use it, stopped when the groups are dropped).
+fn cluster_groups(exe: &Path) -> Vec<Group> {
+    use cluster::peers::{self, Peer};
+    let Some(redis) = cluster::Redis::start() else {
+        eprintln!(
+            "redis-server is not installed (apt-get install -y redis-server): no cluster rows"
+        );
+        return Vec::new();
+    };
+    let peers_ok = peers::venv().is_some();
+    let about = format!(
+        "Redis {} on loopback, started by the benchmark, shared by every row; {} worker processes each: one multiproc worker node with a pool of {}, one Celery worker (`--pool prefork --concurrency {}`), {} RQ workers (each forks a child per job, its design). {}",
+        cluster::Redis::version().unwrap_or_else(|| "?".into()),
+        cluster::PROCESSES,
+        cluster::PROCESSES,
+        cluster::PROCESSES,
+        cluster::PROCESSES,
+        peers::versions().map_or_else(
+            || "Celery and RQ could not be installed: their rows are missing.".to_string(),
+            |v| format!("{v}, installed from PyPI into a venv under target/ by the benchmark."),
+        )
+    );
+    let ours = |f: fn(&Path, &cluster::Redis, u64) -> Duration| {
+        let (exe, redis) = (exe.to_path_buf(), Arc::clone(&redis));
+        move |n| f(&exe, &redis, n)
+    };
+    let peer = |p: Peer, workload: &'static str| {
+        let redis = Arc::clone(&redis);
+        move |n| peers::run(p, &redis, workload, n)
+    };
+    let rtt = |q: f64| {
+        let (exe, redis) = (exe.to_path_buf(), Arc::clone(&redis));
+        move |n| cluster::round_trip(&exe, &redis, n, q)
+    };
+    let mut through = vec![Workload::new(
+        "multiproc Cluster",
+        Impl::Multiproc,
+        10_000,
+        ours(cluster::throughput),
+    )];
+    let mut rtt50 = vec![Workload::new(
+        "multiproc Cluster",
+        Impl::Multiproc,
+        2_000,
+        rtt(0.5),
+    )];
+    let mut rtt99 = vec![Workload::new(
+        "multiproc Cluster",
+        Impl::Multiproc,
+        2_000,
+        rtt(0.99),
+    )];
+    let mut cpu = vec![
+        Workload::new(
+            "multiproc Cluster",
+            Impl::Multiproc,
+            2_000,
+            ours(cluster::cpu),
+        ),
+        Workload::new(
+            "multiproc Pool (local)",
+            Impl::Multiproc,
+            2_000,
+            cluster::local_cpu,
+        ),
+    ];
+    if peers_ok {
+        through.push(Workload::new(
+            CELERY,
+            Impl::Peer,
+            2_000,
+            peer(Peer::Celery, "throughput"),
+        ));
+        through.push(Workload::new(
+            RQ,
+            Impl::Peer,
+            300,
+            peer(Peer::Rq, "throughput"),
+        ));
+        rtt50.push(Workload::new(
+            CELERY,
+            Impl::Peer,
+            300,
+            peer(Peer::Celery, "rtt50"),
+        ));
+        rtt50.push(Workload::new(RQ, Impl::Peer, 100, peer(Peer::Rq, "rtt50")));
+        rtt99.push(Workload::new(
+            CELERY,
+            Impl::Peer,
+            300,
+            peer(Peer::Celery, "rtt99"),
+        ));
+        rtt99.push(Workload::new(RQ, Impl::Peer, 100, peer(Peer::Rq, "rtt99")));
+        cpu.push(Workload::new(
+            CELERY,
+            Impl::Peer,
+            2_000,
+            peer(Peer::Celery, "cpu"),
+        ));
+    }
+    vec![
+        Group {
+            title: "Cluster throughput, trivial tasks",
+            rate: Rate::Ops("tasks"),
+            operation: "one `x * x` task of 10,000 submitted to a Redis queue, then every result gathered (multiproc: `submit_batch` + `Task::wait`; Celery: `delay` + `get`; RQ: `enqueue` + `latest_result`)",
+            bench: "cluster",
+            workloads: through,
+            targets: vec![Target {
+                workload: "multiproc Cluster",
+                text: "≥ 10× Celery's throughput, measured in this run",
+                met: Check::Relative { of: CELERY, ratio: 10.0 },
+            }],
+            pairs: vec![("multiproc Cluster", CELERY), ("multiproc Cluster", RQ)],
+            notes: vec![
+                "Peers run fewer tasks per run (Celery 2,000, RQ 300) to keep the run short; the figure is per task. Workers start fresh for every run and are warmed up (one task, or a 100-item map, round-trips) before the clock starts.".into(),
+                about.clone(),
+            ],
+            headline: vec![("cluster, 10k trivial tasks", "multiproc Cluster", CELERY)],
+        },
+        Group {
+            title: "Cluster round trip, median",
+            rate: Rate::None,
+            operation: "one task submitted and its result waited for, one after the other; the median latency of a run (2,000 round trips for multiproc, 300 for Celery, 100 for RQ)",
+            bench: "cluster",
+            workloads: rtt50,
+            targets: vec![Target {
+                workload: "multiproc Cluster",
+                text: "≤ 1 ms on loopback",
+                met: Check::Median(|d| d <= Duration::from_millis(1)),
+            }],
+            pairs: vec![("multiproc Cluster", CELERY), ("multiproc Cluster", RQ)],
+            notes: vec![about.clone()],
+            headline: vec![("cluster round trip, median", "multiproc Cluster", CELERY)],
+        },
+        Group {
+            title: "Cluster round trip, 99th percentile",
+            rate: Rate::None,
+            operation: "as above; the 99th percentile latency of a run (the table's median is over runs)",
+            bench: "cluster",
+            workloads: rtt99,
+            targets: Vec::new(),
+            pairs: vec![("multiproc Cluster", CELERY), ("multiproc Cluster", RQ)],
+            notes: vec![about.clone()],
+            headline: Vec::new(),
+        },
+        Group {
+            title: "Cluster, 1 ms CPU-bound tasks",
+            rate: Rate::Ops("tasks"),
+            operation: "one task that spins for 1 ms, of 2,000, through the cluster (`Cluster::map`) against the same map on a local `Pool` of the same 2 processes (the ideal is 0.5 ms per task)",
+            bench: "cluster",
+            workloads: cpu,
+            targets: vec![Target {
+                workload: "multiproc Cluster",
+                text: "within 15% of the local Pool",
+                met: Check::Relative { of: "multiproc Pool (local)", ratio: 1.0 / 1.15 },
+            }],
+            pairs: vec![("multiproc Cluster", "multiproc Pool (local)"), ("multiproc Cluster", CELERY)],
+            notes: vec![
+                "On a 2-CPU machine the worker node's pool shares the CPUs with Redis, the node's own threads and the client; the local Pool shares them with the client only.".into(),
+                about,
+            ],
+            headline: vec![("cluster, 1 ms CPU-bound tasks", "multiproc Cluster", "multiproc Pool (local)")],
+        },
+    ]
+}
+
+/// The Celery row's name.
+const CELERY: &str = "Celery 5 (prefork, 2 processes)";
+/// The RQ row's name.
+const RQ: &str = "RQ (2 workers)";
 
 /// The memory comparison: a 4-worker pool of each kind, each in a fresh process.
 pub fn mem_groups(exe: &Path) -> Vec<MemGroup> {
@@ -842,8 +1017,9 @@ pub fn mem_groups(exe: &Path) -> Vec<MemGroup> {
             }));
         }
     }
-    vec![MemGroup {
+    let mut groups = vec![MemGroup {
         title: "Memory: a 4-worker pool",
+        workers: memory::WORKERS as u64,
         operation: "Start a pool of 4 workers, run 1,000 trivial tasks, then ask 16 tasks for their worker's peak; each row runs in a fresh process of its own (`multiproc-bench rss IMPL`, `python/mp_rss.py METHOD`).",
         workloads: w,
         pairs: vec![
@@ -862,7 +1038,46 @@ pub fn mem_groups(exe: &Path) -> Vec<MemGroup> {
             ),
         ],
         headline: vec![("peak RSS of one pool worker", "multiproc Pool (ForkServer)", "CPython Pool (fork)")],
-    }]
+    }];
+    groups.extend(cluster_mem_group(exe));
+    groups
+}
+
+/// Peak memory of a cluster worker node against Celery's and RQ's workers.
+fn cluster_mem_group(exe: &Path) -> Option<MemGroup> {
+    use cluster::peers::{self, Peer};
+    let redis = cluster::Redis::start()?;
+    let mut w = vec![{
+        let (exe, redis) = (exe.to_path_buf(), Arc::clone(&redis));
+        MemWorkload::new(
+            "multiproc Cluster worker node",
+            Impl::Multiproc,
+            move || cluster::node_peaks(&exe, &redis),
+        )
+    }];
+    if peers::venv().is_some() {
+        for (name, p) in [(CELERY, Peer::Celery), (RQ, Peer::Rq)] {
+            let redis = Arc::clone(&redis);
+            w.push(MemWorkload::new(name, Impl::Peer, move || {
+                peers::peaks(p, &redis)
+            }));
+        }
+    }
+    Some(MemGroup {
+        title: "Memory: a cluster worker node",
+        workers: cluster::PROCESSES as u64,
+        operation: "A worker node with 2 task processes runs 1,000 trivial tasks from a Redis queue; then the peaks of its processes are read. multiproc: the node process (parent), one pool process, its fork server. Celery: the main process and one prefork child. RQ: the larger of its two worker processes (its per-job children are gone when measured).",
+        workloads: w,
+        pairs: vec![("multiproc Cluster worker node", CELERY)],
+        notes: vec![
+            "RSS counts shared pages in each process, as a process monitor shows them.".into(),
+        ],
+        headline: vec![(
+            "peak RSS of a cluster node's task process",
+            "multiproc Cluster worker node",
+            CELERY,
+        )],
+    })
 }
 
 fn manager_group(exe: &Path, python: bool) -> Group {

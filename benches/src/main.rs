@@ -18,6 +18,11 @@ fn main() {
         return;
     }
     let _guard = multiproc_bench::init();
+    if first.as_deref() == Some("cluster-worker") {
+        // A cluster worker node for the cluster workloads, until SIGTERM.
+        multiproc_bench::cluster::worker_main(&args.next().unwrap_or_default());
+        return;
+    }
     if first.as_deref() == Some("rss") {
         // A fresh process, so that only the pool is counted.
         multiproc_bench::memory::main(&args.next().unwrap_or_default());

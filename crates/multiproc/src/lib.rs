@@ -272,6 +272,18 @@
 //! # }
 //! ```
 //!
+//! # Beyond one machine
+//!
+//! With the `redis` feature, `cluster` gives the pool's surface on Redis Streams, for
+//! workers on many hosts (where Python users move to Celery): declare a task once by
+//! name, run `cluster::Worker` nodes that register its function, and submit from any
+//! `cluster::Cluster` client; the result is the same [`Task`]. A worker that dies or
+//! stalls loses nothing (its tasks are reclaimed when their lease runs out), a task
+//! that keeps crashing ends in a dead-letter stream, and delays and retries live in
+//! Redis.
+//!
+//! The `cluster` module's documentation has the worker and the client side by side.
+//!
 //! # Life cycle
 //!
 //! Children are named `Process-1`, `Process-2`, ... in start order unless named. When the
@@ -306,6 +318,8 @@
 
 mod bootstrap;
 mod broadcast;
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod deadline;
 mod ipc;
 #[cfg(feature = "log")]
@@ -323,6 +337,8 @@ mod sys;
 mod wire;
 pub use bootstrap::{Init, init, init_with};
 pub use bootstrap::{PanicLocation, RemotePanic};
+#[cfg(feature = "redis")]
+pub use cluster::ClusterError;
 pub use ipc::pipe::{Connection, Iter, Receiver, Sender, TryIter, duplex, pipe};
 pub use ipc::queue::{JoinableQueue, Queue, TaskDoneError};
 pub use ipc::{
@@ -376,9 +392,41 @@ pub mod fuzzing {
     pub fn ring(bytes: &[u8]) {
         crate::ipc::channel::corrupt_and_drain(bytes);
     }
+
+    /// Decodes a cluster task message, outcome and reply from arbitrary bytes, as a
+    /// stream entry written by anyone could hold them.
+    #[cfg(feature = "redis")]
+    pub fn cluster_message(bytes: &[u8]) {
+        crate::cluster::decode_any(bytes);
+    }
 }
 pub use process::{
     Builder, ChildProcess, CurrentProcess, JoinHandle, ParentProcess, StartMethod, Stdio,
     active_children, cpu_count, current_process, get_start_method, parent_process,
     set_start_method, spawn,
 };
+
+/// The net under the unit tests and proptests of this crate (the default harness has
+/// none): past ten minutes the test binary aborts, saying so. It starts before `main`,
+/// in the test process only (never in a process multiproc starts, which must stay
+/// single-threaded until it knows itself).
+#[cfg(test)]
+mod test_watchdog {
+    #[ctor::ctor(unsafe)]
+    fn start() {
+        if [
+            crate::bootstrap::CHILD_TOKEN,
+            crate::bootstrap::SERVER_TOKEN,
+        ]
+        .iter()
+        .any(|token| std::env::var_os(token).is_some())
+        {
+            return;
+        }
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(600));
+            eprintln!("unit tests ran for more than 10 minutes: a wait without a timeout");
+            std::process::abort();
+        });
+    }
+}

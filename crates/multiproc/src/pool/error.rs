@@ -47,6 +47,16 @@ pub enum TaskError {
     /// descriptors).
     #[error("cannot send the task to a worker: {0}")]
     Io(Arc<io::Error>),
+    /// The task returned an error value (a cluster task registered as fallible), or
+    /// failed on a remote worker in a way this build has no variant for.
+    #[error("the task failed: {0}")]
+    Failed(String),
+    /// A cluster task was moved to its queue's dead-letter stream: it crashed or lost
+    /// its worker on every delivery up to the cap, or no worker could run it (unknown
+    /// name, other argument or result types, a message over the size cap). Why, with its
+    /// last error.
+    #[error("the task was dead-lettered: {0}")]
+    DeadLettered(String),
 }
 
 /// Equal when they report the same thing: I/O errors by kind and message (an
@@ -62,7 +72,9 @@ impl PartialEq for TaskError {
             | (PoolClosed, PoolClosed)
             | (NotInExecutable, NotInExecutable) => true,
             (Codec(a), Codec(b)) => a == b,
-            (PoolBroken(a), PoolBroken(b)) => a == b,
+            (PoolBroken(a), PoolBroken(b))
+            | (Failed(a), Failed(b))
+            | (DeadLettered(a), DeadLettered(b)) => a == b,
             (Io(a), Io(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
             _ => false,
         }
@@ -78,6 +90,11 @@ impl TaskError {
             TaskError::WorkerDied(status) => *status,
             _ => None,
         }
+    }
+
+    /// Whether the task was dead-lettered ([`TaskError::DeadLettered`]).
+    pub fn is_dead_lettered(&self) -> bool {
+        matches!(self, TaskError::DeadLettered(_))
     }
 
     /// The remote panic, for [`TaskError::Panicked`].

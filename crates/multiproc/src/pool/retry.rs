@@ -26,8 +26,9 @@ type RetryIf = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 
 /// When a failed task is run again, and after how long: at most `max_attempts` runs in
 /// all, with delays growing from `base` by `factor` up to `max_delay`, randomised by
-/// `jitter`, for the failures `retry_if` accepts (by default a worker that died and a
-/// task that timed out; not a panic, which would most likely happen again).
+/// `jitter`, for the failures `retry_if` accepts (by default a worker that died, a task
+/// that timed out, and a cluster task that returned an error value; not a panic, which
+/// would most likely happen again).
 ///
 /// The delays come from [`backon`]'s exponential schedule.
 ///
@@ -121,6 +122,12 @@ impl RetryPolicy {
         self
     }
 
+    /// Base delay, factor, longest delay and jitter (to send the policy to a worker).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> (Duration, f32, Duration, Jitter) {
+        (self.base, self.factor, self.max_delay, self.jitter)
+    }
+
     /// The most runs of one task.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
@@ -131,7 +138,10 @@ impl RetryPolicy {
         attempts < self.max_attempts
             && match &self.retry_if {
                 Some(f) => f(error),
-                None => matches!(error, TaskError::WorkerDied(_) | TaskError::TimedOut),
+                None => matches!(
+                    error,
+                    TaskError::WorkerDied(_) | TaskError::TimedOut | TaskError::Failed(_)
+                ),
             }
     }
 

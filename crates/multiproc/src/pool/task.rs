@@ -273,7 +273,8 @@ pub(crate) trait Cancel: Send + Sync {
 }
 
 /// The result of a task submitted to a [`Pool`](crate::Pool) or
-/// [`ThreadPool`](crate::ThreadPool): Python's `AsyncResult` and `Future`.
+/// [`ThreadPool`](crate::ThreadPool) (or, with the `redis` feature, to a cluster):
+/// Python's `AsyncResult` and `Future`.
 ///
 /// [`wait`](Task::wait) blocks for it; a `Task` is also a [`Future`], so it can be
 /// awaited under any async runtime. Dropping a `Task` does not cancel it: the task runs

@@ -64,6 +64,17 @@ impl ExitStatus {
         ExitStatus(status)
     }
 
+    /// A status known by its parts (an exit code, or else a signal), as a remote peer
+    /// reports it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_parts(code: Option<i32>, signal: Option<i32>) -> Option<Self> {
+        match (code, signal) {
+            (Some(c), _) => Some(ExitStatus(sys::WaitStatus::Exited(c))),
+            (None, Some(s)) => Some(ExitStatus(sys::WaitStatus::Signaled(s))),
+            (None, None) => None,
+        }
+    }
+
     /// The exit code, if the process exited (rather than being killed by a signal).
     pub fn code(self) -> Option<i32> {
         match self.0 {

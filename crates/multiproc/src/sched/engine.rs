@@ -28,6 +28,12 @@ use crate::sync::unpoisoned;
 /// job after a long downtime) are handled in the passes that follow at once.
 const MAX_DUE_PER_PASS: usize = 10_000;
 
+/// How long a scheduler's leader lease on a cluster lasts without renewal; it is
+/// renewed at every pass, and a scheduler with cluster jobs passes at least every
+/// third of it.
+#[cfg(feature = "redis")]
+const LEADER_LEASE: Duration = Duration::from_secs(3);
+
 /// What the scheduler handle and its thread share.
 pub(super) struct Shared {
     state: Mutex<State>,
@@ -41,6 +47,20 @@ pub(super) struct Shared {
     stop: AtomicBool,
     #[cfg(feature = "sqlite")]
     store: Option<Mutex<JobStore>>,
+    #[cfg(feature = "redis")]
+    cluster: Option<crate::cluster::Cluster>,
+    /// This scheduler's name for the cluster's leader lease.
+    #[cfg(feature = "redis")]
+    id: String,
+}
+
+/// A random name for a scheduler.
+#[cfg(feature = "redis")]
+fn scheduler_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{hex}", std::process::id())
 }
 
 #[derive(Default)]
@@ -55,6 +75,9 @@ struct JobState {
     job: Job,
     next: Option<DateTime<Utc>>,
     running: usize,
+    /// Due times another scheduler may fire (it held the cluster's leader lease): looked
+    /// at again until this scheduler leads, so none is lost when the leader dies.
+    deferred: Vec<DateTime<Utc>>,
 }
 
 struct Run {
@@ -97,6 +120,7 @@ impl Shared {
         pool: Option<Pool>,
         threads: Option<ThreadPool>,
         #[cfg(feature = "sqlite")] store: Option<JobStore>,
+        #[cfg(feature = "redis")] cluster: Option<crate::cluster::Cluster>,
     ) -> Shared {
         let signal = Arc::new(Notifier::default());
         clock.subscribe(&signal);
@@ -111,6 +135,10 @@ impl Shared {
             stop: AtomicBool::new(false),
             #[cfg(feature = "sqlite")]
             store: store.map(Mutex::new),
+            #[cfg(feature = "redis")]
+            cluster,
+            #[cfg(feature = "redis")]
+            id: scheduler_id(),
         }
     }
 
@@ -131,6 +159,8 @@ impl Shared {
         let needs = match job.target {
             Target::Process(_) if shared.pool.is_none() => Some("Pool"),
             Target::Thread(_) if shared.threads.is_none() => Some("ThreadPool"),
+            #[cfg(feature = "redis")]
+            Target::Cluster(_) if shared.cluster.is_none() => Some("Cluster"),
             _ => None,
         };
         if let Some(needs) = needs {
@@ -163,6 +193,7 @@ impl Shared {
                 job: Job { schedule, ..job },
                 next,
                 running: 0,
+                deferred: Vec::new(),
             },
         );
         drop(st);
@@ -284,13 +315,22 @@ impl Shared {
                 started += self.fire_due(&mut st, &name, now);
             }
             // A `once` job that has fired and finished is done.
-            st.jobs.retain(|_, js| js.next.is_some() || js.running > 0);
+            st.jobs
+                .retain(|_, js| js.next.is_some() || js.running > 0 || !js.deferred.is_empty());
         }
         let next_job = st.jobs.values().filter_map(|j| j.next).min();
         let next_timer = st.timers.iter().map(|t| t.at).min();
         let wake_at = match (next_job, next_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        };
+        // Deferred times, and the leader lease, are looked at again soon.
+        #[cfg(feature = "redis")]
+        let wake_at = if self.cluster.is_some() && !st.jobs.is_empty() {
+            let soon = now + chrono::Duration::from_std(LEADER_LEASE / 3).unwrap_or_default();
+            Some(wake_at.map_or(soon, |w| w.min(soon)))
+        } else {
+            wake_at
         };
         (started, wake_at)
     }
@@ -300,9 +340,10 @@ impl Shared {
         let Some(js) = st.jobs.get_mut(name) else {
             return 0;
         };
-        let Some(first) = js.next.filter(|&t| t <= now) else {
+        let first = js.next.filter(|&t| t <= now);
+        if first.is_none() && js.deferred.is_empty() {
             return 0;
-        };
+        }
         // One grace for every due time, where it does not depend on the time: then the
         // times too late are only counted (arithmetically for an interval), however
         // long the downtime was.
@@ -316,13 +357,26 @@ impl Shared {
             .flatten()
             .and_then(|g| chrono::Duration::from_std(g).ok())
             .and_then(|g| now.checked_sub_signed(g));
-        let dues = js
-            .job
-            .schedule
-            .dues(first, now, late_before, MAX_DUE_PER_PASS);
+        let dues = match first {
+            Some(first) => js
+                .job
+                .schedule
+                .dues(first, now, late_before, MAX_DUE_PER_PASS),
+            None => schedule::Dues::none(js.next),
+        };
         js.next = dues.next;
+        // Times kept from passes when another scheduler led the cluster come first.
+        let mut due = mem::take(&mut js.deferred);
+        due.extend(dues.runnable);
+        if !self.leads(name) {
+            // Not ours to fire now: kept until the leader has submitted them, in case it
+            // dies first. (Times too late are the leader's to report.)
+            js.deferred = self.unfired(name, due);
+            return 0;
+        }
+        let due = self.unfired(name, due);
         let mut too_late = TooLate::default();
-        if let Some(last_late) = dues.last_late {
+        if let (Some(first), Some(last_late)) = (first, dues.last_late) {
             match self.claim_through(name, last_late) {
                 // Another scheduler on the same store handled some of them already.
                 Ok(Some(handled)) if handled >= last_late => {}
@@ -336,11 +390,11 @@ impl Shared {
                 }
             }
         }
-        if dues.runnable.is_empty() {
+        if due.is_empty() {
             self.missed_range(name, &too_late, MissReason::TooLate, now);
             return 0;
         }
-        let claimed = match self.claim(name, &dues.runnable) {
+        let claimed = match self.claim(name, &due) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(job = name, "job store failed; due runs not started: {e}");
@@ -450,6 +504,19 @@ impl Shared {
                 .as_ref()
                 .ok_or(TaskError::PoolClosed)
                 .and_then(|p| start(p)),
+            #[cfg(feature = "redis")]
+            Target::Cluster(start) => {
+                let run = super::job::ClusterRun {
+                    job: name,
+                    scheduled,
+                    attempt,
+                    leader: &self.id,
+                };
+                self.cluster
+                    .as_ref()
+                    .ok_or(TaskError::PoolClosed)
+                    .and_then(|c| start(c, &run))
+            }
         };
         self.emit(name, scheduled, now, EventKind::Started { attempt });
         let id = st.next_run;
@@ -552,6 +619,54 @@ impl Shared {
 
     /// Which of `dues` this scheduler fires (with a store, another scheduler may have).
     #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    /// Whether this scheduler fires now: always, but on a cluster only while it holds
+    /// the queue's leader lease (taken or renewed here).
+    #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
+    fn leads(&self, name: &str) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.cluster {
+            return match cluster.lead(&self.id, LEADER_LEASE) {
+                Ok(lead) => lead.is_some(),
+                Err(e) => {
+                    tracing::warn!(
+                        job = name,
+                        "cannot reach the cluster for the leader lease: {e}"
+                    );
+                    false
+                }
+            };
+        }
+        let _ = name;
+        true
+    }
+
+    /// The times of `due` that no scheduler has submitted to the cluster yet (all of
+    /// them without a cluster).
+    #[cfg(feature = "redis")]
+    fn unfired(&self, name: &str, due: Vec<DateTime<Utc>>) -> Vec<DateTime<Utc>> {
+        let Some(cluster) = &self.cluster else {
+            return due;
+        };
+        let keys: Vec<String> = due
+            .iter()
+            .map(|t| super::job::cluster_key(name, *t, 1))
+            .collect();
+        match cluster.submitted(&keys) {
+            Ok(done) => due
+                .into_iter()
+                .zip(done)
+                .filter_map(|(t, done)| (!done).then_some(t))
+                .collect(),
+            Err(_) => due,
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[allow(clippy::unused_self)]
+    fn unfired(&self, _: &str, due: Vec<DateTime<Utc>>) -> Vec<DateTime<Utc>> {
+        due
+    }
+
     /// Marks every fire time of `name` up to `through` handled (too late to run), in one
     /// step; returns the last time handled before, if the store knew one.
     fn claim_through(

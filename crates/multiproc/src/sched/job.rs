@@ -22,11 +22,36 @@ pub(crate) type Running = Pin<Box<dyn Future<Output = Result<(), TaskError>> + S
 /// Starts one run of a job on an executor of type `E`.
 pub(crate) type Start<E> = Arc<dyn Fn(&E) -> Result<Running, TaskError> + Send + Sync>;
 
+/// Starts one run of a cluster job: submitted once per (job, fire time, attempt)
+/// whatever the number of schedulers, and only while this scheduler leads.
+#[cfg(feature = "redis")]
+pub(crate) type ClusterStart = Arc<
+    dyn Fn(&crate::cluster::Cluster, &ClusterRun<'_>) -> Result<Running, TaskError> + Send + Sync,
+>;
+
+/// The idempotency key of one run of a cluster job.
+#[cfg(feature = "redis")]
+pub(crate) fn cluster_key(job: &str, scheduled: DateTime<Utc>, attempt: u32) -> String {
+    format!("sched:{job}:{}:{attempt}", scheduled.timestamp_millis())
+}
+
+/// Which run a [`ClusterStart`] submits.
+#[cfg(feature = "redis")]
+pub(crate) struct ClusterRun<'a> {
+    pub(crate) job: &'a str,
+    pub(crate) scheduled: DateTime<Utc>,
+    pub(crate) attempt: u32,
+    /// The scheduler's id, which must still hold the leader lease.
+    pub(crate) leader: &'a str,
+}
+
 /// Starts one run of a job on its executor.
 #[derive(Clone)]
 pub(crate) enum Target {
     Process(Start<Pool>),
     Thread(Start<ThreadPool>),
+    #[cfg(feature = "redis")]
+    Cluster(ClusterStart),
 }
 
 /// Which of several due runs of one job to start when more than one is due at once
@@ -92,6 +117,8 @@ impl fmt::Debug for Job {
                 &match self.target {
                     Target::Process(_) => "Pool",
                     Target::Thread(_) => "ThreadPool",
+                    #[cfg(feature = "redis")]
+                    Target::Cluster(_) => "Cluster",
                 },
             )
             .field("misfire_grace", &self.misfire_grace)
@@ -146,6 +173,38 @@ impl Job {
             Ok(Box::pin(async move { task.await.map(drop) }))
         };
         Job::with_target(name, schedule, Target::Thread(Arc::new(start)))
+    }
+
+    /// A job that submits `def(args)` to the scheduler's
+    /// [`Cluster`](crate::cluster::Cluster) (feature `redis`), for any worker node to
+    /// run. Any number of schedulers may hold the same job against one Redis: the one
+    /// holding the queue's leader lease fires it, and each (job, fire time) is submitted
+    /// once (an idempotency key checked with the lease in one atomic step), so a fire
+    /// time is neither lost when a leader dies nor run twice.
+    #[cfg(feature = "redis")]
+    pub fn cluster<A, R>(
+        name: impl Into<String>,
+        schedule: Schedule,
+        def: crate::cluster::TaskDef<A, R>,
+        args: A,
+    ) -> Job
+    where
+        A: Serialize + Clone + Send + Sync + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let start = move |cluster: &crate::cluster::Cluster,
+                          run: &ClusterRun<'_>|
+              -> Result<Running, TaskError> {
+            let key = cluster_key(run.job, run.scheduled, run.attempt);
+            let opts = crate::cluster::TaskOptions::new()
+                .idempotency_key(key)
+                .leader(run.leader.to_string());
+            let task = cluster
+                .submit_with(def, args.clone(), opts)
+                .map_err(|e| TaskError::Failed(format!("cannot submit: {e}")))?;
+            Ok(Box::pin(async move { task.await.map(drop) }))
+        };
+        Job::with_target(name, schedule, Target::Cluster(Arc::new(start)))
     }
 
     /// The job's name.

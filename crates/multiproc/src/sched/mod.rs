@@ -63,6 +63,8 @@ pub struct SchedulerBuilder {
     clock: Clock,
     #[cfg(feature = "sqlite")]
     store: Option<JobStore>,
+    #[cfg(feature = "redis")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl fmt::Debug for SchedulerBuilder {
@@ -85,6 +87,15 @@ impl SchedulerBuilder {
     /// The thread pool that [`Job::thread`] jobs run on.
     pub fn thread_pool(mut self, pool: ThreadPool) -> Self {
         self.threads = Some(pool);
+        self
+    }
+
+    /// The cluster that [`Job::cluster`] jobs are submitted to (feature `redis`). Any
+    /// number of schedulers may target one cluster queue: the one holding its leader
+    /// lease fires the jobs, and each (job, fire time) is submitted once.
+    #[cfg(feature = "redis")]
+    pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -115,6 +126,8 @@ impl SchedulerBuilder {
                 self.threads,
                 #[cfg(feature = "sqlite")]
                 self.store,
+                #[cfg(feature = "redis")]
+                self.cluster,
             )),
             thread: None,
         }

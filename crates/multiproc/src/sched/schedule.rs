@@ -280,6 +280,18 @@ pub(crate) struct Dues {
     pub(crate) next: Option<DateTime<Utc>>,
 }
 
+impl Dues {
+    /// Nothing due; the next fire time stays `next`.
+    pub(crate) fn none(next: Option<DateTime<Utc>>) -> Dues {
+        Dues {
+            late: 0,
+            last_late: None,
+            runnable: Vec::new(),
+            next,
+        }
+    }
+}
+
 fn nanos(d: chrono::Duration) -> i128 {
     i128::from(d.num_seconds()) * 1_000_000_000 + i128::from(d.subsec_nanos())
 }

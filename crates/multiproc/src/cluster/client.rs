@@ -1,0 +1,1341 @@
+//! [`Cluster`]: the client. Submits tasks to streams and takes their outcomes from its
+//! reply lists, which a thread of its own reads with `BLPOP` on its own connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
+use super::envelope::{self, Envelope, Failure, Outcome, Reply, RetryWire};
+use super::error::ClusterError;
+use super::keys::{GROUP, Keys};
+use super::scripts;
+use super::{DeadLetter, Delay, QueueStats, TaskDef, TaskOptions, WorkerInfo};
+use crate::pool::Task;
+use crate::pool::TaskError;
+use crate::pool::task::{Cancel, Cell, Sink};
+use crate::sync::unpoisoned::lock;
+
+/// How long the receiver blocks in one `BLPOP`.
+const BLOCK: Duration = Duration::from_secs(2);
+/// Tasks sent per round trip by `map` and `imap`.
+const BATCH: usize = 512;
+
+/// Builds a [`Cluster`] client.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClusterBuilder {
+    settings: Settings,
+}
+
+impl ClusterBuilder {
+    /// The queue tasks go to unless [`TaskOptions::queue`] says otherwise (default
+    /// `"default"`).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.settings.queue = queue.into();
+        self
+    }
+
+    /// The prefix of every key (default `"multiproc"`), so that several applications
+    /// share one Redis.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.settings.namespace = namespace.into();
+        self
+    }
+
+    /// How long outcomes are kept in Redis (default a day). A task's outcome is also
+    /// kept this long for its idempotency key.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.result_ttl = ttl;
+        self
+    }
+
+    /// The largest encoded task accepted (default 64 MiB; workers have their own cap).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.settings.max_message = bytes;
+        self
+    }
+
+    /// How long connecting may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// Trusts these PEM certificates for `rediss://` instead of the system's roots.
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.settings.tls_root = Some(pem.into());
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidUrl`], [`ClusterError::Connect`] (refused, unreachable,
+    /// TLS), [`ClusterError::Auth`], [`ClusterError::Unsupported`] for a server older
+    /// than 6.2, [`ClusterError::InvalidArgument`] for a bad queue or namespace name.
+    pub fn build(self) -> Result<Cluster, ClusterError> {
+        let (server, keys) = self.settings.open()?;
+        let mut conn = server.connect_checked()?;
+        let epoch = conn::epoch(&mut conn, &keys).map_err(|e| super::error::redis_err(&e))?;
+        let inner = Arc::new(ClientInner {
+            id: conn::random_hex(8)?,
+            namespace: self.settings.namespace.clone(),
+            default_keys: keys.clone(),
+            result_ttl: self.settings.result_ttl.as_secs().max(1),
+            max_message: self.settings.max_message,
+            link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
+            pending: Mutex::new(Pending::default()),
+            next: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            receiver_id: Mutex::new(None),
+            queues: Mutex::new(vec![(keys, epoch)]),
+        });
+        let receiver = {
+            let inner = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("multiproc-cluster-replies".into())
+                .spawn(move || receive(&inner, &server))?
+        };
+        Ok(Cluster {
+            inner,
+            receiver: Some(receiver),
+        })
+    }
+}
+
+/// A client of a cluster: submits tasks to Redis queues, for [`Worker`](super::Worker)
+/// nodes anywhere to run, with the surface of [`Pool`](crate::Pool).
+///
+/// Submitting returns the same [`Task`] handle as the local pools. Dropping the client
+/// fails the tasks it still waits for with [`TaskError::PoolClosed`] (the tasks
+/// themselves still run).
+///
+/// See the [module docs](super) for an example.
+pub struct Cluster {
+    inner: Arc<ClientInner>,
+    receiver: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.inner.id)
+            .field("queue", &self.inner.default_keys.queue())
+            .field("waiting_for", &lock(&self.inner.pending).tasks.len())
+            .finish()
+    }
+}
+
+pub(crate) struct ClientInner {
+    id: String,
+    namespace: String,
+    default_keys: Keys,
+    result_ttl: u64,
+    max_message: usize,
+    /// The command connection.
+    link: Mutex<Link>,
+    pending: Mutex<Pending>,
+    next: AtomicU64,
+    stop: AtomicBool,
+    /// The receiver connection's client id (to unblock its `BLPOP`).
+    receiver_id: Mutex<Option<i64>>,
+    /// Queues this client has submitted to (the receiver reads their reply lists), with
+    /// their epoch tokens.
+    queues: Mutex<Vec<(Keys, String)>>,
+}
+
+type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
+
+/// Tasks this client waits for.
+#[derive(Default)]
+struct Pending {
+    /// By task id.
+    tasks: HashMap<String, Waiting>,
+    /// Local handle ids to task ids (for cancel).
+    locals: HashMap<u64, String>,
+}
+
+struct Waiting {
+    keys: Keys,
+    /// Its stream entry, once known.
+    entry: Option<String>,
+    /// Its encoded envelope while it may sit in the delayed set.
+    delayed: Option<Vec<u8>>,
+    /// The outcome is kept for others (an idempotency key): not deleted when taken.
+    keep: bool,
+    delivers: Vec<(u64, Deliver)>,
+}
+
+/// A task encoded for sending.
+struct Prepared {
+    local: u64,
+    task: String,
+    envelope: Vec<u8>,
+}
+
+impl Cluster {
+    /// Connects to the Redis at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterBuilder::build`]; a refused connection fails at once.
+    pub fn connect(url: &str) -> Result<Cluster, ClusterError> {
+        Cluster::builder(url).build()
+    }
+
+    /// A builder for a client with other settings.
+    pub fn builder(url: &str) -> ClusterBuilder {
+        ClusterBuilder {
+            settings: Settings::new(url),
+        }
+    }
+
+    /// This client's id (its reply list's name).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Submits `def(args)` and returns a [`Task`] for its result (Celery's `delay`).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Codec`] if `args` does not encode, [`ClusterError::TooLarge`],
+    /// or a Redis error.
+    #[doc(alias = "delay")]
+    pub fn submit<A, R>(&self, def: TaskDef<A, R>, args: A) -> Result<Task<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.submit_with(def, args, TaskOptions::new())
+    }
+
+    /// As [`submit`](Self::submit), with options: a countdown or eta, a retry policy, a
+    /// timeout, an idempotency key, another queue (Celery's `apply_async`).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ClusterError::InvalidArgument`] for a bad queue
+    /// name or idempotency key.
+    #[doc(alias = "apply_async")]
+    pub fn submit_with<A, R>(
+        &self,
+        def: TaskDef<A, R>,
+        args: A,
+        opts: TaskOptions,
+    ) -> Result<Task<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let keys = self.inner.keys_for(opts.queue.as_deref())?;
+        let cell = Cell::<R>::new();
+        let prepared = self.inner.prepare(
+            (def.name(), def.schema()),
+            &args,
+            false,
+            &opts,
+            &keys,
+            deliver_into(&cell),
+        )?;
+        let local = prepared.local;
+        self.inner.send_one(&keys, prepared, &opts)?;
+        Ok(self.task(cell, local))
+    }
+
+    /// Submits `def(args)` and waits for its result (Python's `apply`).
+    ///
+    /// # Errors
+    ///
+    /// A submission error, or the task's [`TaskError`] as [`ClusterError::Task`].
+    pub fn apply<A, R>(&self, def: TaskDef<A, R>, args: A) -> Result<R, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        Ok(self.submit(def, args)?.wait()?)
+    }
+
+    /// Runs `def` on every item and returns the results in order (Python's `map`). The
+    /// items travel in chunks (about 64 of them, at most 1,024 items each), sent in
+    /// batches of one round trip; a worker runs each item of a chunk as its own task of
+    /// its pool.
+    ///
+    /// # Errors
+    ///
+    /// A submission error, or the first failure in item order as
+    /// [`ClusterError::Task`] (the other items still run). An item that crashes its
+    /// process fails with [`TaskError::WorkerDied`] (items of a chunk are not
+    /// redelivered one by one; a chunk whose worker is lost is).
+    pub fn map<A, R, I>(&self, def: TaskDef<A, R>, items: I) -> Result<Vec<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let chunk = items.len().div_ceil(64).clamp(1, 1024);
+        self.map_chunked(def, items, chunk)
+    }
+
+    /// As [`map`](Self::map), with `chunk_size` items per chunk (Python's `chunksize`;
+    /// 1 sends every item as a task of its own).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    pub fn map_chunked<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+        chunk_size: usize,
+    ) -> Result<Vec<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let keys = self.inner.default_keys.clone();
+        let opts = TaskOptions::new();
+        let mut tasks = Vec::new();
+        let chunks: Vec<&[A]> = items.chunks(chunk_size.max(1)).collect();
+        for batch in chunks.chunks(BATCH) {
+            let mut prepared = Vec::with_capacity(batch.len());
+            for chunk in batch {
+                let cell = Cell::<Vec<Outcome>>::new();
+                let deliver = deliver_into(&cell);
+                match self.inner.prepare(
+                    (def.name(), def.schema()),
+                    chunk,
+                    true,
+                    &opts,
+                    &keys,
+                    deliver,
+                ) {
+                    Ok(p) => {
+                        tasks.push(self.task(cell, p.local));
+                        prepared.push(p);
+                    }
+                    Err(e) => {
+                        self.inner.forget(prepared.iter().map(|p| &p.task));
+                        return Err(e);
+                    }
+                }
+            }
+            self.inner.send_many(&keys, &mut prepared)?;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for t in tasks {
+            for outcome in t.wait()? {
+                out.push(outcome.into_result::<R>()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Submits a task per item in batches (one round trip each) and returns their
+    /// handles in item order.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); the tasks of batches already sent still run.
+    pub fn submit_batch<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+    ) -> Result<Vec<Task<R>>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let keys = self.inner.default_keys.clone();
+        let opts = TaskOptions::new();
+        let mut tasks = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            batch.clear();
+            let mut cells = Vec::with_capacity(BATCH);
+            for a in items.by_ref().take(BATCH) {
+                let cell = Cell::<R>::new();
+                match self.inner.prepare(
+                    (def.name(), def.schema()),
+                    &a,
+                    false,
+                    &opts,
+                    &keys,
+                    deliver_into(&cell),
+                ) {
+                    Ok(p) => {
+                        cells.push((p.local, cell));
+                        batch.push(p);
+                    }
+                    Err(e) => {
+                        self.inner.forget(batch.iter().map(|p| &p.task));
+                        return Err(e);
+                    }
+                }
+            }
+            self.inner.send_many(&keys, &mut batch)?;
+            tasks.extend(
+                cells
+                    .into_iter()
+                    .map(|(local, cell)| self.task(cell, local)),
+            );
+        }
+        Ok(tasks)
+    }
+
+    /// Runs `def` on every item, lazily, with a bounded number of tasks in flight (so
+    /// an endless iterator works); results in item order, each its own `Result`.
+    pub fn imap<A, R, I>(&self, def: TaskDef<A, R>, items: I) -> ClusterImap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        ClusterImap {
+            cluster: self,
+            def,
+            items: items.into_iter(),
+            window: VecDeque::new(),
+            failed: None,
+        }
+    }
+
+    /// As [`imap`](Self::imap), with results in the order tasks finish.
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+    ) -> ClusterImapUnordered<'_, A, R, I::IntoIter>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        ClusterImapUnordered {
+            cluster: self,
+            def,
+            items: items.into_iter(),
+            in_flight: 0,
+            tx,
+            rx,
+            failed: None,
+        }
+    }
+
+    /// The state of the client's queue: waiting, in flight, delayed and dead-lettered
+    /// tasks, and the workers' heartbeats.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error.
+    pub fn stats(&self) -> Result<QueueStats, ClusterError> {
+        self.stats_of(self.inner.default_keys.queue())
+    }
+
+    /// As [`stats`](Self::stats), for another queue.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error, or an invalid queue name.
+    pub fn stats_of(&self, queue: &str) -> Result<QueueStats, ClusterError> {
+        let keys = self.inner.keys_for(Some(queue))?;
+        self.inner.stats(&keys)
+    }
+
+    /// The oldest `limit` messages of the client's queue's dead-letter stream.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
+        let keys = &self.inner.default_keys;
+        let reply: Value = self.inner.run(|c| {
+            redis::cmd("XRANGE")
+                .arg(keys.dead())
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query(c)
+        })?;
+        Ok(conn::array(&reply)
+            .iter()
+            .filter_map(|e| {
+                let [id, fields] = conn::array(e) else {
+                    return None;
+                };
+                let fields = conn::fields(fields);
+                let get = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| *k == name.as_bytes())
+                        .map(|(_, v)| *v)
+                };
+                let envelope =
+                    get(envelope::FIELD).and_then(|m| Envelope::decode(m, usize::MAX).ok());
+                Some(DeadLetter {
+                    id: conn::text(id)?,
+                    reason: get("reason")
+                        .map(|r| String::from_utf8_lossy(r).into_owned())
+                        .unwrap_or_default(),
+                    task: envelope.as_ref().map(|e| e.task.clone()),
+                    name: envelope.map(|e| e.name),
+                })
+            })
+            .collect())
+    }
+
+    /// Puts the dead letter `id` back on the client's queue, its attempts counted
+    /// afresh. Whether there was such a dead letter holding a task.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error.
+    pub fn requeue_dead(&self, id: &str) -> Result<bool, ClusterError> {
+        let keys = &self.inner.default_keys;
+        let reply: Value = self.inner.run(|c| {
+            redis::cmd("XRANGE")
+                .arg(keys.dead())
+                .arg(id)
+                .arg(id)
+                .query(c)
+        })?;
+        let Some(entry) = conn::array(&reply).first() else {
+            return Ok(false);
+        };
+        let fields = conn::array(entry)
+            .get(1)
+            .map(conn::fields)
+            .unwrap_or_default();
+        let Some(mut envelope) = fields
+            .iter()
+            .find(|(k, _)| *k == envelope::FIELD.as_bytes())
+            .and_then(|(_, m)| Envelope::decode(m, usize::MAX).ok())
+        else {
+            return Ok(false);
+        };
+        envelope.attempt = 0;
+        envelope.lost = 0;
+        let bytes = envelope.encode()?;
+        let moved: i64 = self.inner.run(|c| {
+            conn::invoke(
+                c,
+                &scripts::REQUEUE,
+                &[keys.dead(), keys.stream()],
+                &[id.as_bytes(), &bytes],
+            )
+        })?;
+        Ok(moved == 1)
+    }
+
+    /// Deletes a queue from Redis: its stream and consumer group (tasks waiting or
+    /// running included), delayed tasks, dead letters, worker registry, idempotency
+    /// records (and the outcomes they keep), reply lists, and scheduler lease. Other
+    /// outcomes expire by themselves.
+    ///
+    /// # Errors
+    ///
+    /// A Redis error, or an invalid queue name.
+    pub fn delete_queue(&self, queue: &str) -> Result<(), ClusterError> {
+        let keys = self.inner.keys_for(Some(queue))?;
+        let workers: Vec<String> = self.inner.run(|c| {
+            redis::cmd("ZRANGE")
+                .arg(keys.workers())
+                .arg(0)
+                .arg(-1)
+                .query(c)
+        })?;
+        let mut doomed = vec![
+            keys.epoch(),
+            keys.stream(),
+            keys.delayed(),
+            keys.dead(),
+            keys.workers(),
+            keys.leader(),
+            keys.leader_fence(),
+        ];
+        doomed.extend(workers.iter().map(|w| keys.worker(w)));
+        // Idempotency records and the outcomes kept for them; reply lists, waiters and
+        // cancel flags of clients that went away.
+        for pattern in [
+            format!("{}*", keys.idempotency("")),
+            format!("{}*", keys.result("k:")),
+            format!("{}*", keys.reply("")),
+            format!("{}*", keys.waiters("")),
+            format!("{}*", keys.cancel("")),
+        ] {
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = self.inner.run(|c| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(c)
+                })?;
+                doomed.extend(found);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        for chunk in doomed.chunks(500) {
+            self.inner
+                .run(|c| redis::cmd("UNLINK").arg(chunk).exec(c))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the scheduler `id` holds (or now takes) the leader lease of the
+    /// client's queue for `ttl`; its fencing token if it does.
+    pub(crate) fn lead(&self, id: &str, ttl: Duration) -> Result<Option<u64>, ClusterError> {
+        let keys = &self.inner.default_keys;
+        let ms = ttl.as_millis().max(1).to_string();
+        let token: i64 = self.inner.run(|c| {
+            conn::invoke(
+                c,
+                &scripts::LEAD,
+                &[keys.leader(), keys.leader_fence()],
+                &[id.as_bytes(), ms.as_bytes()],
+            )
+        })?;
+        Ok((token > 0).then_some(token as u64))
+    }
+
+    /// Whether tasks with these idempotency keys were submitted (by anyone).
+    pub(crate) fn submitted(&self, keys: &[String]) -> Result<Vec<bool>, ClusterError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = &self.inner.default_keys;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("EXISTS").arg(q.idempotency(k));
+        }
+        self.inner.run(|c| pipe.query(c))
+    }
+
+    fn task<R>(&self, cell: Arc<Cell<R>>, local: u64) -> Task<R> {
+        let canceller: Weak<dyn Cancel> = Arc::downgrade(&self.inner) as Weak<dyn Cancel>;
+        Task::thread(cell, local, Some(canceller))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.unblock_receiver();
+        if let Some(r) = self.receiver.take() {
+            let _ = r.join();
+        }
+        let pending = std::mem::take(&mut *lock(&self.inner.pending));
+        for (_, w) in pending.tasks {
+            for (_, d) in w.delivers {
+                d(Err(TaskError::PoolClosed));
+            }
+        }
+    }
+}
+
+/// A deliverer that decodes an outcome as `R` into `cell`.
+fn deliver_into<R: DeserializeOwned + Send + 'static>(cell: &Arc<Cell<R>>) -> Deliver {
+    let cell = Arc::clone(cell);
+    Box::new(move |outcome: Result<Outcome, TaskError>| {
+        cell.deliver(0, outcome.and_then(Outcome::into_result::<R>));
+    })
+}
+
+impl ClientInner {
+    fn run<T>(
+        &self,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
+        lock(&self.link).run(f)
+    }
+
+    fn keys_for(&self, queue: Option<&str>) -> Result<Keys, ClusterError> {
+        let Some(queue) = queue else {
+            return Ok(self.default_keys.clone());
+        };
+        if queue == self.default_keys.queue() {
+            return Ok(self.default_keys.clone());
+        }
+        conn::check_name("queue", queue)?;
+        Ok(Keys::new(&self.namespace, queue))
+    }
+
+    /// Encodes a task and registers its waiter (before it is sent: the reply may come
+    /// back before the send returns).
+    fn prepare<T: Serialize + ?Sized>(
+        &self,
+        (name, schema): (&str, u64),
+        args: &T,
+        chunk: bool,
+        opts: &TaskOptions,
+        keys: &Keys,
+        deliver: Deliver,
+    ) -> Result<Prepared, ClusterError> {
+        let args = envelope::encode_value(args)?;
+        let local = self.next.fetch_add(1, Ordering::Relaxed);
+        let task = match &opts.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > 512 => {
+                return Err(ClusterError::InvalidArgument(
+                    "an idempotency key has 1 to 512 bytes".into(),
+                ));
+            }
+            Some(k) => format!("k:{k}"),
+            None => format!("{}-{local}", self.id),
+        };
+        let envelope = Envelope {
+            task: task.clone(),
+            name: name.to_string(),
+            schema,
+            args,
+            reply: Some(self.id.clone()),
+            attempt: 0,
+            lost: 0,
+            retry: opts.retry.as_ref().map(RetryWire::from_policy),
+            timeout_ms: opts.timeout.map(|t| t.as_millis().max(1) as u64),
+            chunk,
+        }
+        .encode()?;
+        if envelope.len() > self.max_message {
+            return Err(ClusterError::TooLarge {
+                size: envelope.len(),
+                max: self.max_message,
+            });
+        }
+        if !lock(&self.queues).iter().any(|(k, _)| k == keys) {
+            let epoch = self.run(|c| conn::epoch(c, keys))?;
+            lock(&self.queues).push((keys.clone(), epoch));
+            // The receiver starts reading this queue's reply list too.
+            self.unblock_receiver();
+        }
+        let mut p = lock(&self.pending);
+        p.locals.insert(local, task.clone());
+        let w = p.tasks.entry(task.clone()).or_insert_with(|| Waiting {
+            keys: keys.clone(),
+            entry: None,
+            delayed: None,
+            keep: opts.idempotency_key.is_some(),
+            delivers: Vec::new(),
+        });
+        w.delivers.push((local, deliver));
+        if opts.delay != Delay::Now {
+            w.delayed = Some(envelope.clone());
+        }
+        Ok(Prepared {
+            local,
+            task,
+            envelope,
+        })
+    }
+
+    /// Forgets waiters of tasks that were not sent.
+    fn forget<'a>(&self, tasks: impl Iterator<Item = &'a String>) {
+        let mut p = lock(&self.pending);
+        for t in tasks {
+            if let Some(w) = p.tasks.remove(t) {
+                for (local, _) in w.delivers {
+                    p.locals.remove(&local);
+                }
+            }
+        }
+    }
+
+    fn send_one(
+        &self,
+        keys: &Keys,
+        prepared: Prepared,
+        opts: &TaskOptions,
+    ) -> Result<(), ClusterError> {
+        if opts.delay == Delay::Now && opts.idempotency_key.is_none() && opts.leader.is_none() {
+            let mut batch = vec![prepared];
+            return self.send_many(keys, &mut batch);
+        }
+        let (mode, ms) = match opts.delay {
+            Delay::Now => ("0", 0),
+            Delay::Countdown(d) => ("c", d.as_millis() as u64),
+            Delay::Eta(at) => ("e", at),
+        };
+        let ms = ms.to_string();
+        let ttl = self.result_ttl.to_string();
+        let idem = if opts.idempotency_key.is_some() {
+            "1"
+        } else {
+            "0"
+        };
+        let leader = opts.leader.clone().unwrap_or_default();
+        let reply: Value = self
+            .run(|c| {
+                conn::invoke(
+                    c,
+                    &scripts::SUBMIT,
+                    &[
+                        keys.stream(),
+                        keys.delayed(),
+                        keys.idempotency(prepared.task.trim_start_matches("k:")),
+                        keys.result(&prepared.task),
+                        keys.waiters(&prepared.task),
+                        keys.leader(),
+                    ],
+                    &[
+                        &prepared.envelope,
+                        mode.as_bytes(),
+                        ms.as_bytes(),
+                        idem.as_bytes(),
+                        ttl.as_bytes(),
+                        self.id.as_bytes(),
+                        leader.as_bytes(),
+                    ],
+                )
+            })
+            .inspect_err(|_| self.forget(std::iter::once(&prepared.task)))?;
+        let parts = conn::array(&reply);
+        match parts.first().and_then(conn::int) {
+            Some(1) => {
+                let mut p = lock(&self.pending);
+                if let Some(w) = p.tasks.get_mut(&prepared.task) {
+                    w.entry = parts.get(1).and_then(conn::text);
+                    w.delayed = None;
+                }
+            }
+            Some(0) => {
+                // A duplicate: its outcome now, or later through this client's list.
+                if let Some(outcome) = parts.get(1).and_then(conn::bytes) {
+                    let outcome = Outcome::decode(outcome).map_err(TaskError::Codec);
+                    self.deliver(&prepared.task, outcome);
+                } else {
+                    let mut p = lock(&self.pending);
+                    if let Some(w) = p.tasks.get_mut(&prepared.task) {
+                        w.delayed = None;
+                    }
+                }
+            }
+            Some(3) => {
+                self.forget(std::iter::once(&prepared.task));
+                return Err(ClusterError::InvalidArgument(
+                    "this scheduler no longer holds the leader lease".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends tasks in one round trip (`XADD` each, pipelined).
+    fn send_many(&self, keys: &Keys, batch: &mut [Prepared]) -> Result<(), ClusterError> {
+        let stream = keys.stream();
+        let mut pipe = redis::pipe();
+        for p in batch.iter() {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(envelope::FIELD)
+                .arg(&p.envelope);
+        }
+        let ids: Vec<String> = self
+            .run(|c| pipe.query(c))
+            .inspect_err(|_| self.forget(batch.iter().map(|p| &p.task)))?;
+        let mut pending = lock(&self.pending);
+        for (p, id) in batch.iter().zip(ids) {
+            if let Some(w) = pending.tasks.get_mut(&p.task) {
+                w.entry = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a task's outcome to whoever waits for it. Returns whether the outcome
+    /// should be deleted from Redis (nobody else needs it).
+    fn deliver(&self, task: &str, outcome: Result<Outcome, TaskError>) -> Option<Keys> {
+        let w = {
+            let mut p = lock(&self.pending);
+            let w = p.tasks.remove(task)?;
+            for (local, _) in &w.delivers {
+                p.locals.remove(local);
+            }
+            w
+        };
+        let mut delivers = w.delivers.into_iter().peekable();
+        while let Some((_, d)) = delivers.next() {
+            if delivers.peek().is_some() {
+                d(outcome.clone());
+            } else {
+                d(outcome);
+                break;
+            }
+        }
+        (!w.keep).then_some(w.keys)
+    }
+
+    /// The queue whose reply list is `list`.
+    fn queue_of(&self, list: &str) -> Option<Keys> {
+        lock(&self.queues)
+            .iter()
+            .find(|(k, _)| k.reply(&self.id) == list)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Wakes the receiver's `BLPOP` (to stop, or to read a new queue's list).
+    fn unblock_receiver(&self) {
+        let Some(id) = *lock(&self.receiver_id) else {
+            return;
+        };
+        let _ = self.run(|c| redis::cmd("CLIENT").arg("UNBLOCK").arg(id).exec(c));
+    }
+
+    fn stats(&self, keys: &Keys) -> Result<QueueStats, ClusterError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys.stream())
+            .cmd("ZCARD")
+            .arg(keys.delayed())
+            .cmd("XLEN")
+            .arg(keys.dead())
+            .cmd("ZRANGE")
+            .arg(keys.workers())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .cmd("TIME")
+            .cmd("XLEN")
+            .arg(keys.stream());
+        pipe.ignore_errors();
+        let replies: Vec<Value> = self.run(|c| pipe.query(c))?;
+        let nil = Value::Nil;
+        let get = |i: usize| replies.get(i).unwrap_or(&nil);
+        let (mut waiting, mut in_flight) = (None, 0);
+        for g in conn::array(get(0)) {
+            let f = conn::fields(g);
+            let field = |name: &str| {
+                f.iter()
+                    .find(|(k, _)| *k == name.as_bytes())
+                    .map(|(_, v)| *v)
+            };
+            if field("name") == Some(GROUP.as_bytes()) {
+                in_flight = group_number(g, "pending").unwrap_or(0);
+                waiting = group_number(g, "lag");
+            }
+        }
+        let len = conn::int(get(5)).unwrap_or(0).max(0) as u64;
+        let waiting = waiting.unwrap_or_else(|| len.saturating_sub(in_flight));
+        let time = conn::array(get(4));
+        let now_ms = time.first().and_then(conn::int).unwrap_or(0) * 1000
+            + time.get(1).and_then(conn::int).unwrap_or(0) / 1000;
+        let mut workers = Vec::new();
+        let list = conn::array(get(3));
+        for pair in list.chunks(2) {
+            if let [name, score] = pair
+                && let (Some(name), Some(score)) = (conn::text(name), conn::text(score))
+            {
+                let at = score.parse::<f64>().unwrap_or(0.0) as i64;
+                workers.push((name, Duration::from_millis((now_ms - at).max(0) as u64)));
+            }
+        }
+        workers.sort_by_key(|(_, d)| *d);
+        let mut infos = Vec::with_capacity(workers.len());
+        for (name, since) in workers {
+            let description: Option<String> =
+                self.run(|c| redis::cmd("GET").arg(keys.worker(&name)).query(c))?;
+            infos.push(WorkerInfo {
+                name,
+                description: description.unwrap_or_default(),
+                since_heartbeat: since,
+            });
+        }
+        Ok(QueueStats {
+            queue: keys.queue().to_string(),
+            waiting,
+            in_flight,
+            delayed: conn::int(get(1)).unwrap_or(0).max(0) as u64,
+            dead_lettered: conn::int(get(2)).unwrap_or(0).max(0) as u64,
+            workers: infos,
+        })
+    }
+
+    /// After a reconnection: fails the tasks of queues whose data the server lost
+    /// (their epoch changed), so that nobody waits for them forever.
+    fn check_epochs(&self, link: &mut Link) {
+        let queues = lock(&self.queues).clone();
+        for (keys, known) in queues {
+            let Ok(now) = link.run(|c| conn::epoch(c, &keys)) else {
+                return;
+            };
+            if now == known {
+                continue;
+            }
+            tracing::warn!(
+                queue = keys.queue(),
+                "the Redis server lost its data: failing the tasks waited for"
+            );
+            if let Some(q) = lock(&self.queues).iter_mut().find(|(k, _)| *k == keys) {
+                q.1 = now;
+            }
+            let lost: Vec<String> = lock(&self.pending)
+                .tasks
+                .iter()
+                .filter(|(_, w)| w.keys == keys)
+                .map(|(t, _)| t.clone())
+                .collect();
+            for task in lost {
+                self.deliver(
+                    &task,
+                    Err(TaskError::Failed(
+                        "the Redis server lost its data (it restarted without persistence): the task is gone; submit it again".into(),
+                    )),
+                );
+            }
+        }
+    }
+
+    /// After a reconnection: outcomes written while this client could not hear.
+    fn recover(&self, link: &mut Link) {
+        let waiting: Vec<(String, String)> = lock(&self.pending)
+            .tasks
+            .iter()
+            .map(|(t, w)| (t.clone(), w.keys.result(t)))
+            .collect();
+        for chunk in waiting.chunks(500) {
+            let keys: Vec<&String> = chunk.iter().map(|(_, k)| k).collect();
+            let Ok(found) = link.run(|c| {
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query::<Vec<Option<Vec<u8>>>>(c)
+            }) else {
+                return;
+            };
+            let mut delete = Vec::new();
+            for ((task, key), outcome) in chunk.iter().zip(found) {
+                if let Some(bytes) = outcome
+                    && self
+                        .deliver(task, Outcome::decode(&bytes).map_err(TaskError::Codec))
+                        .is_some()
+                {
+                    delete.push(key.clone());
+                }
+            }
+            if !delete.is_empty() {
+                let _ = link.run(|c| redis::cmd("UNLINK").arg(&delete).exec(c));
+            }
+        }
+    }
+}
+
+fn group_number(group: &Value, name: &str) -> Option<u64> {
+    let pairs: Vec<&Value> = match group {
+        Value::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => conn::array(other).iter().collect(),
+    };
+    pairs.chunks(2).find_map(|c| match c {
+        [k, v] if conn::bytes(k) == Some(name.as_bytes()) => conn::int(v).map(|n| n.max(0) as u64),
+        _ => None,
+    })
+}
+
+impl Cancel for ClientInner {
+    fn cancel(&self, local: u64) -> bool {
+        let (task, keys, entry, delayed) = {
+            let p = lock(&self.pending);
+            let Some(task) = p.locals.get(&local) else {
+                return false;
+            };
+            let Some(w) = p.tasks.get(task) else {
+                return false;
+            };
+            (
+                task.clone(),
+                w.keys.clone(),
+                w.entry.clone(),
+                w.delayed.clone(),
+            )
+        };
+        let Ok(outcome) = Outcome::Failed(Failure::Cancelled).encode() else {
+            return false;
+        };
+        let Ok(reply) = (Reply {
+            task: task.clone(),
+            outcome: outcome.clone(),
+        })
+        .encode() else {
+            return false;
+        };
+        let ttl = self.result_ttl.to_string();
+        let r: Result<i64, _> = self.run(|c| {
+            conn::invoke(
+                c,
+                &scripts::CANCEL,
+                &[
+                    keys.stream(),
+                    keys.delayed(),
+                    keys.cancel(&task),
+                    keys.result(&task),
+                    keys.reply(&self.id),
+                ],
+                &[
+                    GROUP.as_bytes(),
+                    entry.as_deref().unwrap_or("").as_bytes(),
+                    delayed.as_deref().unwrap_or(&[]),
+                    ttl.as_bytes(),
+                    &outcome,
+                    &reply,
+                ],
+            )
+        });
+        matches!(r, Ok(1 | 2))
+    }
+}
+
+/// The receiver thread: reads the reply lists and delivers outcomes; reconnects (and
+/// recovers outcomes it may have missed) after a broken connection.
+fn receive(inner: &Weak<ClientInner>, server: &Server) {
+    let mut link = Link::new(server.clone(), BLOCK + BLOCK_MARGIN);
+    let mut backoff = Duration::from_millis(50);
+    let mut fresh = true;
+    // Connections seen: a new one (after the first) recovers, whether it was made
+    // after an error here or transparently inside a call.
+    let mut seen = 0;
+    // Outcomes taken whose keys are still to delete (kept across a lost connection).
+    let mut delete: Vec<String> = Vec::new();
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.stop.load(Ordering::Acquire) {
+            if !delete.is_empty() {
+                let _ = link.run(|c| redis::cmd("UNLINK").arg(&delete).exec(c));
+            }
+            return;
+        }
+        if fresh {
+            match link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
+                Ok(id) => {
+                    *lock(&inner.receiver_id) = Some(id);
+                    fresh = false;
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::debug!("cluster client: cannot reach Redis: {e}");
+                    drop(inner);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        if link.connects() != seen {
+            if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
+                *lock(&inner.receiver_id) = Some(id);
+            }
+            if seen > 0 {
+                inner.recover(&mut link);
+                inner.check_epochs(&mut link);
+            }
+            seen = link.connects();
+        }
+        let lists: Vec<String> = lock(&inner.queues)
+            .iter()
+            .map(|(k, _)| k.reply(&inner.id))
+            .collect();
+        let popped: Result<Option<(String, Vec<u8>)>, _> = link.run(|c| {
+            redis::cmd("BLPOP")
+                .arg(&lists)
+                .arg(BLOCK.as_secs_f64())
+                .query(c)
+        });
+        match popped {
+            Ok(None) => {
+                if !delete.is_empty()
+                    && link
+                        .run(|c| redis::cmd("UNLINK").arg(&delete).exec(c))
+                        .is_ok()
+                {
+                    delete.clear();
+                }
+            }
+            Ok(Some((list, first))) => {
+                // What else waits, and the outcomes taken before, in one round trip.
+                let mut pipe = redis::pipe();
+                pipe.cmd("LPOP").arg(&list).arg(1000);
+                if !delete.is_empty() {
+                    pipe.cmd("UNLINK").arg(&delete).ignore();
+                }
+                let more: Vec<Vec<u8>> =
+                    match link.run(|c| pipe.query::<(Option<Vec<Vec<u8>>>,)>(c)) {
+                        Ok((more,)) => {
+                            delete.clear();
+                            more.unwrap_or_default()
+                        }
+                        Err(_) => {
+                            // What it popped may be lost: read the outcomes again.
+                            link.reset();
+                            fresh = true;
+                            Vec::new()
+                        }
+                    };
+                for bytes in std::iter::once(first).chain(more) {
+                    match Reply::decode(&bytes) {
+                        Ok(reply) => {
+                            let outcome = Outcome::decode(&reply.outcome).map_err(TaskError::Codec);
+                            match inner.deliver(&reply.task, outcome) {
+                                Some(keys) => delete.push(keys.result(&reply.task)),
+                                // Nobody waits (a dead letter requeued after its client
+                                // gave up on it): its outcome is nobody's either, unless
+                                // an idempotency key keeps it.
+                                None if !reply.task.starts_with("k:") => {
+                                    if let Some(k) = inner.queue_of(&list) {
+                                        delete.push(k.result(&reply.task));
+                                    }
+                                }
+                                None => {}
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("cluster client: a reply that does not decode: {e}")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if inner.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                tracing::debug!("cluster client: reply list read failed: {e}");
+                link.reset();
+                fresh = true;
+            }
+        }
+    }
+}
+
+/// The lazy ordered map of [`Cluster::imap`].
+pub struct ClusterImap<'a, A, R, I> {
+    cluster: &'a Cluster,
+    def: TaskDef<A, R>,
+    items: I,
+    window: VecDeque<Task<R>>,
+    failed: Option<ClusterError>,
+}
+
+impl<A, R, I> fmt::Debug for ClusterImap<'_, A, R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterImap")
+            .field("in_flight", &self.window.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, R, I> Iterator for ClusterImap<'_, A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.window.len() <= BATCH && self.failed.is_none() {
+            let batch: Vec<A> = self
+                .items
+                .by_ref()
+                .take(BATCH * 2 - self.window.len())
+                .collect();
+            if !batch.is_empty() {
+                match self.cluster.submit_batch(self.def, batch) {
+                    Ok(tasks) => self.window.extend(tasks),
+                    Err(e) => self.failed = Some(e),
+                }
+            }
+        }
+        match self.window.pop_front() {
+            Some(t) => Some(t.wait()),
+            None => self
+                .failed
+                .take()
+                .map(|e| Err(TaskError::Failed(format!("cannot submit: {e}")))),
+        }
+    }
+}
+
+/// The lazy unordered map of [`Cluster::imap_unordered`].
+pub struct ClusterImapUnordered<'a, A, R, I> {
+    cluster: &'a Cluster,
+    def: TaskDef<A, R>,
+    items: I,
+    in_flight: usize,
+    tx: crossbeam_channel::Sender<Result<R, TaskError>>,
+    rx: crossbeam_channel::Receiver<Result<R, TaskError>>,
+    failed: Option<ClusterError>,
+}
+
+impl<A, R, I> fmt::Debug for ClusterImapUnordered<'_, A, R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterImapUnordered")
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, R, I> Iterator for ClusterImapUnordered<'_, A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.in_flight <= BATCH && self.failed.is_none() {
+            let inner = &self.cluster.inner;
+            let keys = inner.default_keys.clone();
+            let opts = TaskOptions::new();
+            let mut batch = Vec::new();
+            for a in self.items.by_ref().take(BATCH * 2 - self.in_flight) {
+                let tx = self.tx.clone();
+                let deliver: Deliver = Box::new(move |o: Result<Outcome, TaskError>| {
+                    let _ = tx.send(o.and_then(Outcome::into_result::<R>));
+                });
+                let def = (self.def.name(), self.def.schema());
+                match inner.prepare(def, &a, false, &opts, &keys, deliver) {
+                    Ok(p) => batch.push(p),
+                    Err(e) => {
+                        self.failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                match inner.send_many(&keys, &mut batch) {
+                    Ok(()) => self.in_flight += batch.len(),
+                    Err(e) => self.failed = Some(e),
+                }
+            }
+        }
+        if self.in_flight == 0 {
+            return self
+                .failed
+                .take()
+                .map(|e| Err(TaskError::Failed(format!("cannot submit: {e}"))));
+        }
+        self.in_flight -= 1;
+        Some(self.rx.recv().unwrap_or(Err(TaskError::PoolClosed)))
+    }
+}

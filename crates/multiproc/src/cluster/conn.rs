@@ -1,0 +1,390 @@
+//! Reaching Redis: the URL, connections with their timeouts, reconnection, and reading
+//! replies.
+//!
+//! Every connection has a response timeout, so a server that stops answering (paused,
+//! partitioned) is an error, never a hang; a blocking read (`XREADGROUP BLOCK`,
+//! `BLPOP`) has a connection of its own whose timeout is longer than the block
+//! (redis-rs #453, #806: a shared connection or a shorter timeout breaks both).
+
+use std::time::Duration;
+
+use redis::Value;
+
+use super::error::{ClusterError, redis_err};
+use super::keys::{Keys, valid_name};
+
+/// How long a command may wait for its reply.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a blocking read may wait past its block time before the connection is
+/// considered broken.
+pub(crate) const BLOCK_MARGIN: Duration = Duration::from_secs(5);
+
+/// What a client and a worker both need to reach a queue.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) url: String,
+    pub(crate) queue: String,
+    pub(crate) namespace: String,
+    pub(crate) result_ttl: Duration,
+    pub(crate) max_message: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) tls_root: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &mask(&self.url))
+            .field("queue", &self.queue)
+            .field("namespace", &self.namespace)
+            .field("result_ttl", &self.result_ttl)
+            .field("max_message", &self.max_message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// The defaults: queue `default`, namespace `multiproc`, outcomes kept a day,
+    /// messages up to 64 MiB, a second to connect, the system's TLS roots.
+    pub(crate) fn new(url: &str) -> Settings {
+        Settings {
+            url: url.to_string(),
+            queue: "default".into(),
+            namespace: "multiproc".into(),
+            result_ttl: Duration::from_secs(24 * 3600),
+            max_message: 64 << 20,
+            connect_timeout: Duration::from_secs(1),
+            tls_root: None,
+        }
+    }
+
+    /// Checks the settings and parses the URL.
+    pub(crate) fn open(&self) -> Result<(Server, Keys), ClusterError> {
+        for (what, name) in [("queue", &self.queue), ("namespace", &self.namespace)] {
+            check_name(what, name)?;
+        }
+        if self.result_ttl < Duration::from_secs(1) {
+            return Err(ClusterError::InvalidArgument(
+                "result_ttl must be at least a second".into(),
+            ));
+        }
+        let server = Server::open(&self.url, self.tls_root.as_deref(), self.connect_timeout)?;
+        Ok((server, Keys::new(&self.namespace, &self.queue)))
+    }
+}
+
+/// Refuses a queue or namespace name that would break the key layout.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ClusterError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ClusterError::InvalidArgument(format!(
+            "{what} {name:?}: use 1 to 200 printable characters, without spaces, ':', '{{' or '}}'"
+        )))
+    }
+}
+
+/// `n` random bytes in hex (for client and worker names).
+pub(crate) fn random_hex(n: usize) -> Result<String, ClusterError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| ClusterError::Io(std::io::Error::other(e)))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The queue's epoch token, set to a fresh one if it has none (see [`Keys::epoch`]).
+pub(crate) fn epoch(conn: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<String> {
+    let mut token = [0u8; 8];
+    let _ = getrandom::fill(&mut token);
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let (epoch,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(keys.epoch())
+        .arg(token)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(keys.epoch())
+        .query(conn)?;
+    Ok(epoch)
+}
+
+/// A Redis server, as a URL names it.
+#[derive(Clone)]
+pub(crate) struct Server {
+    client: redis::Client,
+    /// The URL with its password masked, for messages.
+    shown: String,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// The URL with the password (between `:` and `@` after the scheme) masked.
+pub(crate) fn mask(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
+    let creds = &rest[..at];
+    let user = creds.split(':').next().unwrap_or("");
+    let masked = if creds.contains(':') {
+        format!("{user}:***")
+    } else {
+        "***".to_string()
+    };
+    format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+}
+
+impl Server {
+    /// Parses `url` (`redis://[user:password@]host[:port][/db]`, `rediss://...` for
+    /// TLS, `unix:///path` or `redis+unix:///path`), trusting `root_pem` (PEM
+    /// certificates) instead of the system's roots for TLS when given.
+    pub(crate) fn open(
+        url: &str,
+        root_pem: Option<&[u8]>,
+        connect_timeout: Duration,
+    ) -> Result<Server, ClusterError> {
+        let shown = mask(url);
+        let invalid = |reason: String| ClusterError::InvalidUrl {
+            url: shown.clone(),
+            reason,
+        };
+        if redis::parse_redis_url(url).is_none() {
+            return Err(invalid(
+                "expected redis://, rediss://, unix:// or redis+unix://".into(),
+            ));
+        }
+        let client = match root_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Server {
+            client,
+            shown,
+            connect_timeout,
+        })
+    }
+
+    /// A new connection whose replies may take `response` at most.
+    pub(crate) fn connect(&self, response: Duration) -> Result<redis::Connection, ClusterError> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)
+            .map_err(|e| match e.kind() {
+                redis::ErrorKind::AuthenticationFailed => ClusterError::Auth(e.to_string()),
+                _ if e.to_string().contains("WRONGPASS") || e.to_string().contains("NOAUTH") => {
+                    ClusterError::Auth(e.to_string())
+                }
+                _ => ClusterError::Connect {
+                    addr: self.shown.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+        conn.set_read_timeout(Some(response))
+            .and_then(|()| conn.set_write_timeout(Some(RESPONSE_TIMEOUT)))
+            .map_err(|e| redis_err(&e))?;
+        Ok(conn)
+    }
+
+    /// A command connection, after checking that the server is recent enough.
+    pub(crate) fn connect_checked(&self) -> Result<redis::Connection, ClusterError> {
+        let mut conn = self.connect(RESPONSE_TIMEOUT)?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut conn)
+            .map_err(|e| {
+                if e.to_string().contains("NOAUTH") {
+                    ClusterError::Auth(e.to_string())
+                } else {
+                    redis_err(&e)
+                }
+            })?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or("0");
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < (6, 2) {
+            return Err(ClusterError::Unsupported(format!(
+                "version {version}; XAUTOCLAIM and the scripts need Redis 6.2 or later (7.0+ recommended) or Valkey"
+            )));
+        }
+        Ok(conn)
+    }
+}
+
+/// A connection that is made again after it breaks.
+pub(crate) struct Link {
+    server: Server,
+    response: Duration,
+    conn: Option<redis::Connection>,
+    /// Connections made so far (a reader notices reconnections by it).
+    connects: u64,
+}
+
+impl Link {
+    pub(crate) fn new(server: Server, response: Duration) -> Link {
+        Link {
+            server,
+            response,
+            conn: None,
+            connects: 0,
+        }
+    }
+
+    pub(crate) fn with(server: Server, response: Duration, conn: redis::Connection) -> Link {
+        Link {
+            server,
+            response,
+            conn: Some(conn),
+            connects: 1,
+        }
+    }
+
+    /// Runs `f` on the connection (connecting first if needed). A broken connection is
+    /// dropped and `f` runs once more on a new one: a connection that broke while idle
+    /// (the server restarted) costs the caller nothing. (A command whose reply was lost
+    /// may so run twice; everything here is at least once.)
+    pub(crate) fn run<T>(
+        &mut self,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if self.conn.is_none() {
+                self.conn = Some(self.server.connect(self.response)?);
+                self.connects += 1;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(ClusterError::Redis("no connection".into()));
+            };
+            match f(conn) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let broken = broken(&e) || !redis::ConnectionLike::is_open(conn);
+                    if broken {
+                        self.conn = None;
+                    }
+                    if !broken || tries >= 2 || e.is_timeout() {
+                        return Err(redis_err(&e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many connections were made so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects
+    }
+
+    /// Drops the connection (the next call makes a new one).
+    pub(crate) fn reset(&mut self) {
+        self.conn = None;
+    }
+}
+
+/// Whether an error leaves the connection unusable.
+fn broken(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
+/// Runs a script (by its hash, loading it when the server does not know it).
+pub(crate) fn invoke<T: redis::FromRedisValue>(
+    conn: &mut redis::Connection,
+    script: &redis::Script,
+    keys: &[String],
+    args: &[&[u8]],
+) -> redis::RedisResult<T> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    for a in args {
+        inv.arg(*a);
+    }
+    inv.invoke(conn)
+}
+
+/// Reading replies by hand (streams and scripts answer in nested arrays).
+pub(crate) fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+pub(crate) fn text(v: &Value) -> Option<String> {
+    bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+pub(crate) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn array(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+/// A stream entry's fields as pairs (a flat array `[field, value, ...]`, or a map).
+pub(crate) fn fields(v: &Value) -> Vec<(&[u8], &[u8])> {
+    match v {
+        Value::Map(m) => m
+            .iter()
+            .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
+            .collect(),
+        other => array(other)
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => Some((bytes(k)?, bytes(v)?)),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(mask("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(mask("redis://host:6379"), "redis://host:6379");
+        assert_eq!(mask("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+    }
+}

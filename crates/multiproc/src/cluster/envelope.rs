@@ -1,0 +1,312 @@
+//! What travels through Redis: a task's envelope (one stream entry field), its outcome
+//! (the result key's value) and the reply a waiting client is woken with.
+//!
+//! Everything is postcard-encoded serde data with a version byte first: nothing from the
+//! wire names code, and a client and a worker of different versions refuse each other's
+//! messages with an error instead of misreading them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bootstrap::RemotePanic;
+use crate::pool::TaskError;
+use crate::pool::{Jitter, RetryPolicy};
+use crate::process::ExitStatus;
+use crate::wire::codec::{self, CodecError};
+
+/// The version of the envelope, outcome and reply layouts.
+pub(crate) const VERSION: u8 = 1;
+
+/// The stream entry field that holds an envelope.
+pub(crate) const FIELD: &str = "m";
+
+/// One task on its way to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    /// The task's id: the client's id and a sequence number, or `k:` and the
+    /// idempotency key.
+    pub task: String,
+    /// The [`TaskDef`](super::TaskDef) name.
+    pub name: String,
+    /// The hash of the argument and result types the client was built with.
+    pub schema: u64,
+    /// The encoded argument.
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+    /// The client to wake with the outcome (its id), if one waits.
+    pub reply: Option<String>,
+    /// Runs so far that failed (0 for a first run), as the retry policy counts them.
+    pub attempt: u32,
+    /// Deliveries so far whose run crashed its process or lost its worker (the
+    /// delivery cap counts these).
+    pub lost: u32,
+    /// How failed runs are retried.
+    pub retry: Option<RetryWire>,
+    /// A run that takes longer is stopped and fails with `TimedOut`.
+    pub timeout_ms: Option<u64>,
+    /// The argument is a chunk of a `map`: a list of arguments, each run as its own
+    /// pool task; the value is the list of their outcomes.
+    pub chunk: bool,
+}
+
+/// A [`RetryPolicy`] as data (its `retry_if` predicate is code and stays behind: the
+/// worker uses the default predicate).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RetryWire {
+    pub max_attempts: u32,
+    pub base_ms: u64,
+    pub factor: f32,
+    pub max_delay_ms: u64,
+    pub jitter: u8,
+}
+
+impl RetryWire {
+    pub(crate) fn from_policy(p: &RetryPolicy) -> Self {
+        let (base, factor, max_delay, jitter) = p.parts();
+        RetryWire {
+            max_attempts: p.max_attempts(),
+            base_ms: base.as_millis() as u64,
+            factor,
+            max_delay_ms: max_delay.as_millis() as u64,
+            jitter: match jitter {
+                Jitter::None => 0,
+                Jitter::Full => 1,
+                Jitter::Equal => 2,
+            },
+        }
+    }
+
+    pub(crate) fn to_policy(self) -> RetryPolicy {
+        use std::time::Duration;
+        RetryPolicy::attempts(self.max_attempts)
+            .backoff(
+                Duration::from_millis(self.base_ms),
+                self.factor,
+                Duration::from_millis(self.max_delay_ms),
+            )
+            .jitter(match self.jitter {
+                1 => Jitter::Full,
+                2 => Jitter::Equal,
+                _ => Jitter::None,
+            })
+    }
+}
+
+/// How a task ended, as its result key holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The encoded value.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// No value.
+    Failed(Failure),
+}
+
+/// A [`TaskError`] as data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Failure {
+    Panicked(RemotePanic),
+    WorkerDied {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    TimedOut,
+    Cancelled,
+    Codec(String),
+    DeadLettered(String),
+    Other(String),
+}
+
+impl Failure {
+    pub(crate) fn from_error(e: &TaskError) -> Self {
+        match e {
+            TaskError::Panicked(p) => Failure::Panicked(p.clone()),
+            TaskError::WorkerDied(status) => Failure::WorkerDied {
+                code: status.and_then(ExitStatus::code),
+                signal: status.and_then(|s| s.signal()).map(|s| s.as_raw()),
+            },
+            TaskError::TimedOut => Failure::TimedOut,
+            TaskError::Cancelled => Failure::Cancelled,
+            TaskError::Codec(c) => Failure::Codec(c.message().to_string()),
+            TaskError::DeadLettered(why) => Failure::DeadLettered(why.clone()),
+            TaskError::Failed(m) => Failure::Other(m.clone()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+
+    pub(crate) fn into_error(self) -> TaskError {
+        match self {
+            Failure::Panicked(p) => TaskError::Panicked(p),
+            Failure::WorkerDied { code, signal } => {
+                TaskError::WorkerDied(ExitStatus::from_parts(code, signal))
+            }
+            Failure::TimedOut => TaskError::TimedOut,
+            Failure::Cancelled => TaskError::Cancelled,
+            Failure::Codec(m) => TaskError::Codec(CodecError::new(m)),
+            Failure::DeadLettered(why) => TaskError::DeadLettered(why),
+            Failure::Other(m) => TaskError::Failed(m),
+        }
+    }
+}
+
+/// What a waiting client is woken with: the task and its outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Reply {
+    pub task: String,
+    #[serde(with = "serde_bytes")]
+    pub outcome: Vec<u8>,
+}
+
+/// Encodes a value for another machine: handles that carry descriptors (a `Queue`, a
+/// `Lock`) cannot go there.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_after(&[], value)
+}
+
+fn encode_after<T: Serialize + ?Sized>(prefix: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
+    let encoded = codec::encode_with_prefix(prefix, value)?;
+    if !encoded.fds.is_empty() {
+        return Err(CodecError::new(format!(
+            "a `{}` holds a handle (a queue, a lock, shared memory...) that cannot leave this machine",
+            std::any::type_name::<T>()
+        )));
+    }
+    Ok(encoded.bytes)
+}
+
+fn versioned<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_after(&[VERSION], value)
+}
+
+fn unversioned<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::new(format!("an empty {what}"))),
+        Some((&VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|e| CodecError::new(format!("a {what} that does not decode: {e}"))),
+        Some((v, _)) => Err(CodecError::new(format!(
+            "a {what} of layout version {v} (this build reads version {VERSION})"
+        ))),
+    }
+}
+
+impl Envelope {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        versioned(self)
+    }
+
+    /// Decodes an envelope of at most `max` bytes.
+    pub(crate) fn decode(bytes: &[u8], max: usize) -> Result<Envelope, CodecError> {
+        if bytes.len() > max {
+            return Err(CodecError::new(format!(
+                "a message of {} bytes (the cap is {max})",
+                bytes.len()
+            )));
+        }
+        unversioned(bytes, "task message")
+    }
+}
+
+impl Outcome {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        versioned(self)
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Outcome, CodecError> {
+        unversioned(bytes, "task outcome")
+    }
+
+    /// The outcome as the value of type `R`, or its error.
+    pub(crate) fn into_result<R: serde::de::DeserializeOwned>(self) -> Result<R, TaskError> {
+        match self {
+            Outcome::Value(bytes) => codec::decode(&bytes, Vec::new()).map_err(TaskError::Codec),
+            Outcome::Failed(f) => Err(f.into_error()),
+        }
+    }
+}
+
+impl Reply {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        versioned(self)
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Reply, CodecError> {
+        unversioned(bytes, "reply")
+    }
+}
+
+/// Decodes anything a peer could write where an envelope, an outcome or a reply is
+/// expected (the fuzz target's entry point): an error, never a panic.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn decode_any(bytes: &[u8]) {
+    let _ = Envelope::decode(bytes, 1 << 20);
+    if let Ok(o) = Outcome::decode(bytes) {
+        let _ = o.into_result::<(u64, String)>();
+    }
+    let _ = Reply::decode(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            task: "c1-7".into(),
+            name: "demo.square".into(),
+            schema: 0xdead_beef,
+            args: vec![1, 2, 3, 200],
+            reply: Some("c1".into()),
+            attempt: 2,
+            lost: 1,
+            retry: Some(RetryWire::from_policy(&RetryPolicy::attempts(3))),
+            timeout_ms: Some(1500),
+            chunk: false,
+        }
+    }
+
+    #[test]
+    fn envelope_round_trip_and_cap() {
+        let e = envelope();
+        let bytes = e.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes, 1 << 20).unwrap(), e);
+        let err = Envelope::decode(&bytes, 4).unwrap_err();
+        assert!(err.message().contains("cap"), "{err}");
+    }
+
+    #[test]
+    fn wrong_version_and_garbage_are_errors() {
+        let mut bytes = envelope().encode().unwrap();
+        bytes[0] = 9;
+        assert!(
+            Envelope::decode(&bytes, 1 << 20)
+                .unwrap_err()
+                .message()
+                .contains("version 9")
+        );
+        assert!(Envelope::decode(&[], 10).is_err());
+        assert!(Envelope::decode(&[VERSION, 0xff, 0xff], 10).is_err());
+    }
+
+    #[test]
+    fn failures_round_trip() {
+        for e in [
+            TaskError::TimedOut,
+            TaskError::Cancelled,
+            TaskError::DeadLettered("poison".into()),
+            TaskError::Failed("no".into()),
+            TaskError::Codec(CodecError::new("bad")),
+        ] {
+            let o = Outcome::Failed(Failure::from_error(&e));
+            let o = Outcome::decode(&o.encode().unwrap()).unwrap();
+            assert_eq!(o.into_result::<u64>().unwrap_err(), e);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            decode_any(&bytes);
+            let mut versioned = vec![VERSION];
+            versioned.extend_from_slice(&bytes);
+            decode_any(&versioned);
+        }
+    }
+}

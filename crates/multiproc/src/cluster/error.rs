@@ -1,0 +1,83 @@
+//! The cluster's errors: why connecting, submitting or running a worker failed.
+
+use std::io;
+
+use crate::pool::PoolError;
+use crate::wire::codec::CodecError;
+
+/// Why a [`Cluster`](super::Cluster) or [`Worker`](super::Worker) call failed.
+///
+/// A task's own failure is a [`TaskError`](crate::TaskError), returned by its
+/// [`Task`](crate::Task); this is about reaching Redis and the calls themselves.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The URL is not a Redis URL this build can use (`redis://`, `rediss://`,
+    /// `unix://`, `redis+unix://`).
+    #[error("invalid Redis URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL, with any password masked.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server could not be reached (refused, unreachable, timed out, TLS failed).
+    #[error("cannot connect to Redis at {addr}: {reason}")]
+    Connect {
+        /// Where, with any password masked.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the credentials (password or ACL user).
+    #[error("Redis refused the credentials: {0}")]
+    Auth(String),
+    /// A Redis command failed, or the connection broke in the middle of one.
+    #[error("Redis: {0}")]
+    Redis(String),
+    /// The server is older than the cluster needs (Redis 7.0 or Valkey).
+    #[error("the Redis server is too old: {0}")]
+    Unsupported(String),
+    /// A value could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// An encoded task is larger than the configured cap.
+    #[error("the encoded task is {size} bytes; the cap is {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The cap ([`ClusterBuilder::max_message`](super::ClusterBuilder::max_message)).
+        max: usize,
+    },
+    /// A setting is out of range, or two tasks were registered under one name.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The worker's local pool could not be started.
+    #[error("cannot start the worker's pool: {0}")]
+    Pool(#[from] PoolError),
+    /// A task failed (from [`Cluster::apply`](super::Cluster::apply) and
+    /// [`Cluster::map`](super::Cluster::map), which wait for tasks).
+    #[error(transparent)]
+    Task(#[from] crate::TaskError),
+    /// The operating system refused (threads, signals).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl ClusterError {
+    /// Whether the error is about reaching the server (rather than a refused request).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, ClusterError::Connect { .. })
+    }
+}
+
+/// A Redis error as a [`ClusterError`].
+pub(crate) fn redis_err(e: &redis::RedisError) -> ClusterError {
+    match e.kind() {
+        redis::ErrorKind::AuthenticationFailed => ClusterError::Auth(e.to_string()),
+        _ if e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
+            ClusterError::Redis(format!("connection lost: {e}"))
+        }
+        _ => ClusterError::Redis(e.to_string()),
+    }
+}

@@ -1,0 +1,290 @@
+//! The Lua scripts that make each multi-step change atomic on the server: an owner- and
+//! fence-checked finish (ack, result, wake-up) and lease renewal, the reclaim of expired
+//! leases with their delivery counts, the promotion of due delayed tasks, idempotent and
+//! delayed submission, cancellation, the scheduler's leader lease and dead-letter
+//! requeue.
+//!
+//! Times come from Redis `TIME`, never from a machine's clock; every key a script
+//! writes is in its queue's hash slot, passed in `KEYS` (the reply lists of other
+//! clients waiting on an idempotent task are the one exception: their names are only
+//! known inside the script).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Parses `TIME` into milliseconds; shared by the scripts that need the time.
+const NOW: &str = "
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// Whether entry `id` is pending for consumer `me` with delivery count `fence` (0:
+/// any count).
+const OWNED: &str = "
+local function owned(stream, group, id, me, fence)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if p[1] == nil or p[1][2] ~= me then return false end
+  return fence == 0 or tonumber(p[1][4]) == fence
+end
+";
+
+/// Submits a delayed and/or idempotent task.
+///
+/// KEYS: stream, delayed, idempotency record, result, waiters, leader.
+/// ARGV: envelope, delay mode (`0` none, `c` countdown ms, `e` epoch ms), ms,
+/// idempotent (`1`/`0`), ttl s, client id, leader id (`` for none).
+/// Returns `{1, entry id}` (queued), `{2, due ms}` (delayed), `{0}` / `{0, outcome}`
+/// (a duplicate of a known task: its outcome if there is one, else this client now
+/// waits for it too), `{3}` (the caller no longer holds the leader lease).
+pub(crate) static SUBMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}
+if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{3}} end
+if ARGV[4] == '1' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
+    local r = redis.call('GET', KEYS[4])
+    if r then return {{0, r}} end
+    redis.call('SADD', KEYS[5], ARGV[6])
+    redis.call('EXPIRE', KEYS[5], ARGV[5])
+    return {{0}}
+  end
+end
+if ARGV[2] ~= '0' then
+  local now = now_ms()
+  local due = tonumber(ARGV[3])
+  if ARGV[2] == 'c' then due = now + due end
+  if due > now then
+    redis.call('ZADD', KEYS[2], due, ARGV[1])
+    return {{2, tostring(due)}}
+  end
+end
+return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])}}
+"
+    ))
+});
+
+/// Finishes tasks: for each one still owned (consumer and delivery count), writes its
+/// outcome once and wakes its waiters, or schedules its retry, or dead-letters it;
+/// then acks and deletes its entry. Entries no longer owned are left alone (the lease
+/// was lost: another worker has the task).
+///
+/// KEYS: stream, delayed, dead; then per item: result, reply list, waiters, cancel.
+/// ARGV: group, consumer, ttl s, dead-letter cap, reply-list prefix; then per item:
+/// entry id, fence, action (`a` outcome, `r` retry, `d` dead-letter), outcome (`` for
+/// none), reply, retry envelope, retry delay ms, dead-letter reason.
+/// Returns per item 1 (done) or 0 (not owned).
+pub(crate) static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{OWNED}
+local group, me, ttl, cap, rprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local n = (#ARGV - 5) / 8
+local out = {{}}
+local now = nil
+for i = 0, n - 1 do
+  local a = 5 + i * 8
+  local k = 3 + i * 4
+  local id, action = ARGV[a + 1], ARGV[a + 3]
+  if not owned(KEYS[1], group, id, me, tonumber(ARGV[a + 2])) then
+    out[#out + 1] = 0
+  else
+    if action == 'r' then
+      if not now then now = now_ms() end
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[a + 7]), ARGV[a + 6])
+    else
+      if action == 'd' then
+        local e = redis.call('XRANGE', KEYS[1], id, id)
+        local fields = {{'reason', ARGV[a + 8], 'entry', id}}
+        if e[1] then
+          for _, f in ipairs(e[1][2]) do fields[#fields + 1] = f end
+        end
+        redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', unpack(fields))
+      end
+      if ARGV[a + 4] ~= '' and redis.call('SET', KEYS[k + 1], ARGV[a + 4], 'NX', 'EX', ttl) then
+        if ARGV[a + 5] ~= '' then
+          redis.call('RPUSH', KEYS[k + 2], ARGV[a + 5])
+          redis.call('EXPIRE', KEYS[k + 2], ttl)
+          for _, w in ipairs(redis.call('SMEMBERS', KEYS[k + 3])) do
+            local l = rprefix .. w
+            if l ~= KEYS[k + 2] then
+              redis.call('RPUSH', l, ARGV[a + 5])
+              redis.call('EXPIRE', l, ttl)
+            end
+          end
+          redis.call('DEL', KEYS[k + 3])
+        end
+      end
+    end
+    redis.call('DEL', KEYS[k + 4])
+    redis.call('XACK', KEYS[1], group, id)
+    redis.call('XDEL', KEYS[1], id)
+    out[#out + 1] = 1
+  end
+end
+return out
+"
+    ))
+});
+
+/// Renews the leases of a worker's tasks (resets their idle time, which is the lease
+/// clock, without counting a delivery) and records its heartbeat.
+///
+/// KEYS: stream, workers, worker info; then per item: cancel flag.
+/// ARGV: group, consumer, info, info ttl s; then per item: entry id, fence.
+/// Returns per item 1 (kept), 2 (kept, and its client asked to cancel it) or 0 (lost).
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{OWNED}
+local group, me = ARGV[1], ARGV[2]
+redis.call('ZADD', KEYS[2], now_ms(), me)
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+local out = {{}}
+local n = (#ARGV - 4) / 2
+for i = 0, n - 1 do
+  local id = ARGV[5 + 2 * i]
+  if owned(KEYS[1], group, id, me, tonumber(ARGV[6 + 2 * i])) then
+    redis.call('XCLAIM', KEYS[1], group, me, 0, id, 'JUSTID')
+    if redis.call('EXISTS', KEYS[4 + i]) == 1 then out[#out + 1] = 2 else out[#out + 1] = 1 end
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"
+    ))
+});
+
+/// Claims entries whose lease ran out (`XAUTOCLAIM`), with their delivery counts.
+///
+/// KEYS: stream. ARGV: group, consumer, min idle ms, cursor, count.
+/// Returns `{next cursor, {id, fields, deliveries}...}`.
+pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local out = {r[1]}
+for _, e in ipairs(r[2]) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local count = 1
+    if p[1] then count = tonumber(p[1][4]) end
+    out[#out + 1] = {e[1], e[2], count}
+  end
+end
+return out
+",
+    )
+});
+
+/// Moves due delayed tasks to the stream.
+///
+/// KEYS: delayed, stream. ARGV: most to move.
+/// Returns `{moved, ms until the next is due (-1: none)}`.
+pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'm', m)
+  redis.call('ZREM', KEYS[1], m)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
+return {{#due, wait}}
+"
+    ))
+});
+
+/// Cancels a task: one still delayed or not yet delivered is removed and ends
+/// `Cancelled` at once; one running is flagged for its worker.
+///
+/// KEYS: stream, delayed, cancel flag, result, reply list.
+/// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
+/// cancelled outcome, reply.
+/// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal) or 0
+/// (finished already).
+pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "
+local function deliver()
+  if redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[4]) then
+    redis.call('RPUSH', KEYS[5], ARGV[6])
+    redis.call('EXPIRE', KEYS[5], ARGV[4])
+  end
+end
+if ARGV[3] ~= '' and redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then
+  deliver()
+  return 1
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if ARGV[2] ~= '' then
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if p[1] == nil then
+    if redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
+      deliver()
+      return 1
+    end
+    return 0
+  end
+end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+return 2
+",
+    )
+});
+
+/// Takes or keeps the scheduler's leader lease.
+///
+/// KEYS: lease, fence counter. ARGV: scheduler id, ttl ms.
+/// Returns the fencing token (> 0) while the caller leads, else 0.
+pub(crate) static LEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]) or '1')
+end
+if cur then return 0 end
+local f = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return f
+",
+    )
+});
+
+/// Puts a dead letter back on the stream.
+///
+/// KEYS: dead, stream. ARGV: dead-letter id, envelope.
+/// Returns 1, or 0 if there was no such dead letter.
+pub(crate) static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'm', ARGV[2])
+return 1
+",
+    )
+});
+
+/// Removes a consumer that holds no pending entries (a worker that stopped, or one
+/// long dead whose tasks were all reclaimed).
+///
+/// KEYS: stream, workers, worker info. ARGV: group, consumer.
+/// Returns 1 if it was removed, 0 if it still holds entries.
+pub(crate) static RETIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if p[1] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+",
+    )
+});

@@ -1,0 +1,1420 @@
+//! [`Worker`]: a node that reads tasks from a queue's stream and runs them in a local
+//! process [`Pool`].
+//!
+//! Three threads: the reader (`XREADGROUP` on a connection of its own), the finisher
+//! (polls the pool's tasks as futures, woken by them, and finishes them in batches with
+//! one owner-checked script call), and the keeper (renews leases and the heartbeat,
+//! promotes due delayed tasks, reclaims expired leases, stops tasks past their
+//! timeout, retires dead workers). See `README.md` beside this file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use redis::Value;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::TaskDef;
+use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
+use super::envelope::{self, Envelope, Failure, Outcome, Reply};
+use super::error::ClusterError;
+use super::keys::{GROUP, Keys};
+use super::scripts;
+use crate::pool::RetryPolicy;
+use crate::pool::TaskError;
+use crate::pool::{Pool, Task};
+use crate::sync::unpoisoned::lock;
+use crate::wire::codec;
+
+/// Finishes per script call.
+const FINISH_BATCH: usize = 128;
+/// Delayed tasks moved per script call.
+const PROMOTE_BATCH: usize = 1000;
+/// How often the keeper looks at delays and timeouts.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Starts a run of one registered task: decodes the argument (with `true`: a chunk of
+/// arguments, one pool task each) and submits it to the pool.
+type Runner = Arc<dyn Fn(&Pool, &[u8], bool) -> Result<Box<dyn Running>, TaskError> + Send + Sync>;
+
+/// The runner of `f` (`check` names the `Err` values of a fallible task).
+fn runner<A, R>(f: fn(A) -> R, check: Option<fn(&R) -> Option<String>>) -> Runner
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    Arc::new(move |pool: &Pool, bytes: &[u8], chunk: bool| {
+        if chunk {
+            let items: Vec<A> = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
+            let tasks = items
+                .into_iter()
+                .map(|a| pool.submit(f, a).map(Some))
+                .collect::<Result<Vec<_>, _>>()?;
+            let outs = (0..tasks.len()).map(|_| None).collect();
+            return Ok(Box::new(ChunkRun {
+                tasks,
+                outs,
+                cancelled: false,
+            }) as Box<dyn Running>);
+        }
+        let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
+        let task = pool.submit(f, a)?;
+        Ok(Box::new(Run { task, check }) as Box<dyn Running>)
+    })
+}
+
+/// A chunk of a `map`: one pool task per item; its value is every item's outcome.
+struct ChunkRun<R> {
+    tasks: Vec<Option<Task<R>>>,
+    outs: Vec<Option<Outcome>>,
+    cancelled: bool,
+}
+
+impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
+        for (slot, out) in self.tasks.iter_mut().zip(&mut self.outs) {
+            if let Some(task) = slot
+                && let Poll::Ready(r) = Pin::new(task).poll(cx)
+            {
+                *out = Some(match r {
+                    Ok(v) => envelope::encode_value(&v).map_or_else(
+                        |e| Outcome::Failed(Failure::Codec(e.message().into())),
+                        Outcome::Value,
+                    ),
+                    Err(e) => Outcome::Failed(Failure::from_error(&e)),
+                });
+                *slot = None;
+            }
+        }
+        if self.tasks.iter().any(Option::is_some) {
+            return Poll::Pending;
+        }
+        if self.cancelled {
+            return Poll::Ready(Done::Failed(TaskError::Cancelled));
+        }
+        let outs: Vec<&Outcome> = self.outs.iter().flatten().collect();
+        Poll::Ready(match envelope::encode_value(&outs) {
+            Ok(bytes) => Done::Value(bytes),
+            Err(e) => Done::Failed(TaskError::Codec(e)),
+        })
+    }
+
+    fn cancel(&mut self) -> bool {
+        // Every item is stopped; the chunk then ends as cancelled.
+        self.cancelled = true;
+        let mut any = false;
+        for t in self.tasks.iter().flatten() {
+            any |= t.cancel();
+        }
+        any
+    }
+}
+
+/// A task running in the pool.
+trait Running: Send {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done>;
+    fn cancel(&mut self) -> bool;
+}
+
+/// How a run ended.
+enum Done {
+    /// The encoded value.
+    Value(Vec<u8>),
+    /// A fallible task returned `Err`: its message, and the encoded `Err` value.
+    Err {
+        message: String,
+        value: Vec<u8>,
+    },
+    Failed(TaskError),
+}
+
+struct Run<R> {
+    task: Task<R>,
+    /// For a fallible task: the message of an `Err` value.
+    check: Option<fn(&R) -> Option<String>>,
+}
+
+impl<R: Serialize + Send + 'static> Running for Run<R> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
+        Pin::new(&mut self.task).poll(cx).map(|r| match r {
+            Err(e) => Done::Failed(e),
+            Ok(v) => match envelope::encode_value(&v) {
+                Err(e) => Done::Failed(TaskError::Codec(e)),
+                Ok(bytes) => match self.check.and_then(|check| check(&v)) {
+                    Some(message) => Done::Err {
+                        message,
+                        value: bytes,
+                    },
+                    None => Done::Value(bytes),
+                },
+            },
+        })
+    }
+
+    fn cancel(&mut self) -> bool {
+        self.task.cancel()
+    }
+}
+
+fn err_message<T, E: fmt::Display>(r: &Result<T, E>) -> Option<String> {
+    r.as_ref().err().map(ToString::to_string)
+}
+
+/// Builds and starts a worker node ([`Worker::builder`]).
+#[must_use = "a builder does nothing until `run` or `start` is called"]
+pub struct WorkerBuilder {
+    settings: Settings,
+    processes: Option<usize>,
+    lease: Duration,
+    block: Duration,
+    prefetch: Option<usize>,
+    max_deliveries: u32,
+    grace: Duration,
+    dead_letter_cap: usize,
+    tasks: Vec<(&'static str, u64, Runner)>,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("settings", &self.settings)
+            .field("processes", &self.processes)
+            .field("lease", &self.lease)
+            .field("tasks", &self.tasks.iter().map(|t| t.0).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker node of a cluster: see [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker {
+    _private: (),
+}
+
+impl Worker {
+    /// A builder for a node reading from the Redis at `url`.
+    ///
+    /// Defaults: queue `"default"`, namespace `"multiproc"`, as many processes as CPUs,
+    /// a 30 s lease, 3 deliveries before a task that keeps crashing (or losing its
+    /// worker) is dead-lettered, a 30 s grace period to finish running tasks on stop.
+    pub fn builder(url: &str) -> WorkerBuilder {
+        WorkerBuilder {
+            settings: Settings::new(url),
+            processes: None,
+            lease: Duration::from_secs(30),
+            block: Duration::from_secs(1),
+            prefetch: None,
+            max_deliveries: 3,
+            grace: Duration::from_secs(30),
+            dead_letter_cap: 10_000,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// The queue to serve (default `"default"`).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.settings.queue = queue.into();
+        self
+    }
+
+    /// The key namespace (default `"multiproc"`); the clients' must match.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.settings.namespace = namespace.into();
+        self
+    }
+
+    /// Processes of the local pool that runs the tasks (default: the CPUs).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// How long a task stays this worker's without a renewal (default 30 s). The worker
+    /// renews every third of it; another worker reclaims a task whose lease ran out.
+    /// Every worker of a queue should use the same lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Tasks held at once (running, or queued in the local pool; default 4 per process).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Deliveries of a task that crash its process or lose its worker before it is
+    /// dead-lettered (default 3).
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+
+    /// The largest task message accepted (default 64 MiB): a larger one is
+    /// dead-lettered unread.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.settings.max_message = bytes;
+        self
+    }
+
+    /// How long outcomes are kept (default a day).
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.result_ttl = ttl;
+        self
+    }
+
+    /// How long a stopping worker lets running tasks finish before it hands them back
+    /// to the queue (default 30 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The dead-letter stream is trimmed to about this many entries (default 10,000).
+    pub fn dead_letter_cap(mut self, n: usize) -> Self {
+        self.dead_letter_cap = n;
+        self
+    }
+
+    /// Trusts these PEM certificates for `rediss://` instead of the system's roots.
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.settings.tls_root = Some(pem.into());
+        self
+    }
+
+    /// Runs `f` for tasks of `def`: `f(args)` in a process of the local pool, its value
+    /// the task's result.
+    pub fn register<A, R>(mut self, def: TaskDef<A, R>, f: fn(A) -> R) -> Self
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.tasks.push((def.name(), def.schema(), runner(f, None)));
+        self
+    }
+
+    /// As [`register`](Self::register), for a function returning `Result`: an `Err` is
+    /// a failure that the task's retry policy may retry; when it does not, the `Err`
+    /// is the task's result.
+    pub fn register_fallible<A, T, E>(
+        mut self,
+        def: TaskDef<A, Result<T, E>>,
+        f: fn(A) -> Result<T, E>,
+    ) -> Self
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + fmt::Display + Send + 'static,
+    {
+        self.tasks.push((
+            def.name(),
+            def.schema(),
+            runner(f, Some(err_message::<T, E>)),
+        ));
+        self
+    }
+
+    /// Starts the node on threads of its own and returns a handle to shut it down.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidArgument`] for no task, two tasks of one name, a bad
+    /// queue name or setting; the connection errors of
+    /// [`ClusterBuilder::build`](super::ClusterBuilder::build); [`ClusterError::Pool`]
+    /// if the pool cannot start (call [`init`](crate::init) first in `main`).
+    pub fn build(self) -> Result<WorkerHandle, ClusterError> {
+        let invalid = |why: String| Err(ClusterError::InvalidArgument(why));
+        if self.tasks.is_empty() {
+            return invalid("a worker needs at least one registered task".into());
+        }
+        let mut registry = HashMap::new();
+        for (name, schema, runner) in self.tasks {
+            if registry
+                .insert(name.to_string(), (schema, runner))
+                .is_some()
+            {
+                return invalid(format!("the task name {name:?} is registered twice"));
+            }
+        }
+        if self.lease < Duration::from_millis(300) {
+            return invalid("the lease must be at least 300 ms".into());
+        }
+        if self.max_deliveries == 0 {
+            return invalid("max_deliveries must be at least 1".into());
+        }
+        let processes = self.processes.unwrap_or_else(crate::cpu_count).max(1);
+        let capacity = self.prefetch.unwrap_or(processes * 4).max(1);
+        let (server, keys) = self.settings.open()?;
+        let mut conn = server.connect_checked()?;
+        ensure_group(&mut conn, &keys)?;
+        let pool = Pool::builder()
+            .processes(processes)
+            .name(format!("{}-worker", self.settings.queue))
+            .build()?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let name = format!("{host}-{}-{}", std::process::id(), conn::random_hex(4)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let node = Arc::new(Node {
+            cfg: Config {
+                lease: self.lease,
+                block: self.block,
+                capacity,
+                max_deliveries: self.max_deliveries,
+                max_message: self.settings.max_message,
+                result_ttl: self.settings.result_ttl.as_secs().max(1),
+                grace: self.grace,
+                dead_letter_cap: self.dead_letter_cap.max(1),
+                info: format!(
+                    "host={host} pid={} processes={processes}",
+                    std::process::id()
+                ),
+            },
+            name,
+            keys,
+            registry,
+            pool: Mutex::new(Some(pool)),
+            state: Mutex::new(State::default()),
+            room: Condvar::new(),
+            events: tx,
+            stopping: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+            reader_done: AtomicBool::new(false),
+            reader_id: Mutex::new(None),
+            link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
+            server,
+            stop_signal: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        });
+        tracing::info!(worker = %node.name, queue = node.keys.queue(), "cluster worker started");
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f)
+        };
+        let threads = vec![
+            spawn("multiproc-cluster-read", {
+                let node = Arc::clone(&node);
+                Box::new(move || node.read())
+            })?,
+            spawn("multiproc-cluster-finish", {
+                let node = Arc::clone(&node);
+                Box::new(move || node.finish_loop(&rx))
+            })?,
+            spawn("multiproc-cluster-keep", {
+                let node = Arc::clone(&node);
+                Box::new(move || node.keep())
+            })?,
+        ];
+        Ok(WorkerHandle {
+            node,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
+    /// [`WorkerHandle::stop`] from another thread): then it takes no more tasks, lets
+    /// running ones finish within the grace period (handing the rest back to the
+    /// queue), and returns. A second signal meanwhile exits the process at once (its
+    /// tasks are reclaimed by other workers when their leases run out). Ctrl-C in a
+    /// terminal signals the whole process group, the pool's processes included: their
+    /// running tasks end as crashes and are redelivered; send `SIGTERM` to the worker's
+    /// pid for a clean drain.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn run(self) -> Result<(), ClusterError> {
+        let handle = self.build()?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut ids = Vec::new();
+        #[cfg(unix)]
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // The first signal drains; a second one (the flag already set) exits at once.
+            ids.push(signal_hook::flag::register_conditional_shutdown(
+                sig,
+                1,
+                Arc::clone(&flag),
+            )?);
+            ids.push(signal_hook::flag::register(sig, Arc::clone(&flag))?);
+        }
+        while !flag.load(Ordering::Acquire) && !handle.node.stopping.load(Ordering::Acquire) {
+            handle.node.wait_stop(Duration::from_millis(100));
+        }
+        #[cfg(unix)]
+        for id in ids {
+            signal_hook::low_level::unregister(id);
+        }
+        let _ = ids;
+        if flag.load(Ordering::Acquire) {
+            tracing::info!(worker = %handle.node.name, "stop signal: draining");
+        }
+        handle.shutdown(true);
+        Ok(())
+    }
+}
+
+/// Controls a started worker node ([`WorkerBuilder::build`]). Dropping it stops the
+/// node and waits for it, as [`join`](Self::join) does.
+pub struct WorkerHandle {
+    node: Arc<Node>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("name", &self.node.name)
+            .field("in_flight", &lock(&self.node.state).flights.len())
+            .finish()
+    }
+}
+
+impl WorkerHandle {
+    /// The worker's consumer name (as [`Cluster::stats`](super::Cluster::stats) lists
+    /// it).
+    pub fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// Tasks the node holds now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.node.state).flights.len()
+    }
+
+    /// Stops the node: it takes no more tasks, and the running ones finish (within the
+    /// grace period; past it they are killed and handed back to the queue). With
+    /// `wait`, returns once the node has finished (its tasks done or handed back, its
+    /// pool gone); otherwise at once, the rest happening in the background. The
+    /// scheduler's [`shutdown`](crate::Scheduler::shutdown) takes the same flag.
+    pub fn shutdown(&self, wait: bool) {
+        self.stop();
+        if wait {
+            let threads = std::mem::take(&mut *lock(&self.threads));
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.node.stopping.store(true, Ordering::Release);
+        *lock(&self.node.stop_signal) = true;
+        self.node.stop_cv.notify_all();
+        self.node.unblock_reader();
+        self.node.room.notify_all();
+    }
+}
+
+/// Dropping the handle shuts the node down and waits for it.
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.shutdown(true);
+    }
+}
+
+struct Config {
+    lease: Duration,
+    block: Duration,
+    capacity: usize,
+    max_deliveries: u32,
+    max_message: usize,
+    result_ttl: u64,
+    grace: Duration,
+    dead_letter_cap: usize,
+    info: String,
+}
+
+struct Node {
+    cfg: Config,
+    name: String,
+    keys: Keys,
+    registry: HashMap<String, (u64, Runner)>,
+    /// Taken (and dropped) once the node has finished.
+    pool: Mutex<Option<Pool>>,
+    state: Mutex<State>,
+    /// Signalled when a task leaves (room for the reader) and on stop.
+    room: Condvar,
+    events: Sender<Event>,
+    /// Takes no more tasks.
+    stopping: AtomicBool,
+    /// Every thread ends.
+    quit: AtomicBool,
+    /// The reader has ended (nothing more will be accepted from it).
+    reader_done: AtomicBool,
+    reader_id: Mutex<Option<i64>>,
+    /// The keeper's connection (the reader and the finisher have their own).
+    link: Mutex<Link>,
+    server: Server,
+    stop_signal: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    flights: FxHashMap<u64, Flight>,
+    next: u64,
+    /// `XAUTOCLAIM`'s cursor, followed across calls.
+    cursor: Option<String>,
+}
+
+/// A task this node holds.
+struct Flight {
+    entry: String,
+    fence: u64,
+    envelope: Envelope,
+    run: Box<dyn Running>,
+    waker: Waker,
+    deadline: Option<Instant>,
+    end: End,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Runs to its outcome.
+    Normal,
+    /// Its lease was lost: another worker has it; its run is stopped, nothing is written.
+    Lost,
+    /// Stopped past its timeout.
+    TimedOut,
+    /// Stopped because its client cancelled it.
+    Cancelled,
+    /// Stopped because the node stops: back to the queue as it was.
+    HandedBack,
+}
+
+enum Event {
+    /// A task's run may have finished.
+    Wake(u64),
+    /// Finish an entry.
+    Finish(Box<Finish>),
+}
+
+/// What to do with an entry this node holds.
+struct Finish {
+    local: Option<u64>,
+    entry: String,
+    fence: u64,
+    /// The task id, when the entry could be read.
+    task: String,
+    /// The client to wake.
+    client: Option<String>,
+    action: Action,
+    outcome: Option<Vec<u8>>,
+    retry: Option<(Vec<u8>, u64)>,
+    reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Outcome,
+    Retry,
+    Dead,
+}
+
+struct FlightWaker {
+    id: u64,
+    events: Sender<Event>,
+}
+
+impl Wake for FlightWaker {
+    fn wake(self: Arc<Self>) {
+        let _ = self.events.send(Event::Wake(self.id));
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.events.send(Event::Wake(self.id));
+    }
+}
+
+/// Creates the consumer group (at id 0: entries added before any worker existed are
+/// read too) and the stream.
+fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), ClusterError> {
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.stream())
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .exec(conn);
+    match r {
+        Err(e) if !e.to_string().contains("BUSYGROUP") => Err(super::error::redis_err(&e)),
+        _ => conn::epoch(conn, keys)
+            .map(drop)
+            .map_err(|e| super::error::redis_err(&e)),
+    }
+}
+
+/// A cluster error back as a Redis error (inside a connection closure).
+fn to_redis(e: ClusterError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "setup", e.to_string()))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Node {
+    fn wait_stop(&self, timeout: Duration) {
+        let st = lock(&self.stop_signal);
+        if !*st {
+            let _ = self
+                .stop_cv
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn unblock_reader(&self) {
+        if let Some(id) = *lock(&self.reader_id) {
+            let _ = lock(&self.link).run(|c| redis::cmd("CLIENT").arg("UNBLOCK").arg(id).exec(c));
+        }
+    }
+
+    /// The reader: takes new entries while there is room.
+    fn read(self: Arc<Self>) {
+        self.read_loop();
+        self.reader_done.store(true, Ordering::Release);
+    }
+
+    fn read_loop(&self) {
+        let mut link = Link::new(self.server.clone(), self.cfg.block + BLOCK_MARGIN);
+        let mut backoff = Duration::from_millis(50);
+        let mut fresh = true;
+        let mut seen = 0;
+        while !self.stopping.load(Ordering::Acquire) {
+            let room = {
+                let st = lock(&self.state);
+                let room = self.cfg.capacity.saturating_sub(st.flights.len());
+                // While tasks are held, read when half the prefetch is free: one read
+                // per several tasks, and the pool still has work queued meanwhile.
+                let wanted = if st.flights.is_empty() {
+                    1
+                } else {
+                    self.cfg.capacity.div_ceil(2)
+                };
+                if room < wanted {
+                    let _ = self
+                        .room
+                        .wait_timeout(st, Duration::from_millis(200))
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                room
+            };
+            if fresh {
+                match link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
+                    Ok(id) => {
+                        *lock(&self.reader_id) = Some(id);
+                        fresh = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = %self.name, "cannot reach Redis: {e}");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+            if link.connects() != seen {
+                // A new connection (made inside a call): `stop` unblocks it by its id.
+                if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
+                    *lock(&self.reader_id) = Some(id);
+                }
+                seen = link.connects();
+            }
+            let reply: Result<Value, ClusterError> = link.run(|c| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.name)
+                    .arg("COUNT")
+                    .arg(room)
+                    .arg("BLOCK")
+                    .arg(ms(self.cfg.block))
+                    .arg("STREAMS")
+                    .arg(self.keys.stream())
+                    .arg(">")
+                    .query(c)
+            });
+            match reply {
+                Ok(v) => {
+                    backoff = Duration::from_millis(50);
+                    for stream in conn::array(&v) {
+                        let Some(entries) = conn::array(stream).get(1) else {
+                            continue;
+                        };
+                        for e in conn::array(entries) {
+                            if let [id, fields] = conn::array(e)
+                                && let Some(id) = conn::text(id)
+                            {
+                                self.accept(id, fields, 1);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if self.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if e.to_string().contains("NOGROUP") {
+                        // The server lost its data (restarted without persistence).
+                        tracing::warn!(worker = %self.name, "the queue's group is gone: creating it again");
+                        let _ = link.run(|c| ensure_group(c, &self.keys).map_err(to_redis));
+                        continue;
+                    }
+                    tracing::warn!(worker = %self.name, "reading the queue failed: {e}");
+                    link.reset();
+                    fresh = true;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Takes an entry this node now holds (read, or reclaimed with `fence`
+    /// deliveries): starts its task, or dead-letters what cannot run.
+    fn accept(&self, entry: String, fields: &Value, fence: u64) {
+        let fields = conn::fields(fields);
+        let Some((_, message)) = fields
+            .iter()
+            .find(|(k, _)| *k == envelope::FIELD.as_bytes())
+        else {
+            self.dead_letter(
+                entry,
+                fence,
+                None,
+                "a foreign entry (no task message in it)".into(),
+            );
+            return;
+        };
+        let envelope = match Envelope::decode(message, self.cfg.max_message) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(worker = %self.name, %entry, "dead-lettered an unreadable entry: {e}");
+                self.dead_letter(
+                    entry,
+                    fence,
+                    None,
+                    format!("an unreadable task message: {e}"),
+                );
+                return;
+            }
+        };
+        let lost_before = u64::from(envelope.lost) + fence.saturating_sub(1);
+        if lost_before >= u64::from(self.cfg.max_deliveries) {
+            let why = format!(
+                "its worker was lost on each of {lost_before} deliveries (the cap is {})",
+                self.cfg.max_deliveries
+            );
+            self.dead_letter(entry, fence, Some(&envelope), why);
+            return;
+        }
+        let Some((schema, runner)) = self.registry.get(&envelope.name) else {
+            let why = format!(
+                "no worker of this queue runs a task named {:?}",
+                envelope.name
+            );
+            tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
+            self.dead_letter(entry, fence, Some(&envelope), why);
+            return;
+        };
+        if *schema != envelope.schema {
+            let why = format!(
+                "task {:?} was submitted with other argument or result types than the worker's (schema {:016x}, the worker's {:016x}): client and worker were built from different code",
+                envelope.name, envelope.schema, schema
+            );
+            tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
+            self.dead_letter(entry, fence, Some(&envelope), why);
+            return;
+        }
+        let started = match lock(&self.pool).as_ref() {
+            Some(pool) => runner(pool, &envelope.args, envelope.chunk),
+            None => Err(TaskError::PoolClosed),
+        };
+        match started {
+            Ok(run) => {
+                let mut st = lock(&self.state);
+                let id = st.next;
+                st.next += 1;
+                let waker = Waker::from(Arc::new(FlightWaker {
+                    id,
+                    events: self.events.clone(),
+                }));
+                let deadline = envelope
+                    .timeout_ms
+                    .map(|t| Instant::now() + Duration::from_millis(t));
+                st.flights.insert(
+                    id,
+                    Flight {
+                        entry,
+                        fence,
+                        envelope,
+                        run,
+                        waker,
+                        deadline,
+                        end: End::Normal,
+                    },
+                );
+                drop(st);
+                let _ = self.events.send(Event::Wake(id));
+            }
+            Err(e) => {
+                let fin =
+                    self.conclude(&entry, fence, &envelope, Done::Failed(e), End::Normal, None);
+                self.send_finish(fin);
+            }
+        }
+    }
+
+    fn send_finish(&self, fin: Finish) {
+        let _ = self.events.send(Event::Finish(Box::new(fin)));
+    }
+
+    fn dead_letter(&self, entry: String, fence: u64, envelope: Option<&Envelope>, why: String) {
+        let outcome = Outcome::Failed(Failure::DeadLettered(why.clone()))
+            .encode()
+            .ok();
+        self.send_finish(Finish {
+            local: None,
+            entry,
+            fence,
+            task: envelope.map(|e| e.task.clone()).unwrap_or_default(),
+            client: envelope.and_then(|e| e.reply.clone()),
+            action: Action::Dead,
+            outcome: envelope.and(outcome),
+            retry: None,
+            reason: why,
+        });
+    }
+
+    /// What to do with a task whose run ended.
+    fn conclude(
+        &self,
+        entry: &str,
+        fence: u64,
+        env: &Envelope,
+        done: Done,
+        end: End,
+        local: Option<u64>,
+    ) -> Finish {
+        let policy = env
+            .retry
+            .map(|r| r.to_policy())
+            .unwrap_or_else(RetryPolicy::never);
+        let attempts = env.attempt + 1;
+        let mut fin = Finish {
+            local,
+            entry: entry.to_string(),
+            fence,
+            task: env.task.clone(),
+            client: env.reply.clone(),
+            action: Action::Outcome,
+            outcome: None,
+            retry: None,
+            reason: String::new(),
+        };
+        let retry_with = |fin: &mut Finish, next: Envelope, delay: Duration| match next.encode() {
+            Ok(bytes) => {
+                fin.action = Action::Retry;
+                fin.retry = Some((bytes, ms(delay)));
+            }
+            Err(e) => {
+                fin.outcome = Outcome::Failed(Failure::Codec(e.message().into()))
+                    .encode()
+                    .ok();
+            }
+        };
+        if end == End::HandedBack && matches!(done, Done::Failed(TaskError::Cancelled)) {
+            retry_with(&mut fin, env.clone(), Duration::ZERO);
+            return fin;
+        }
+        let value = match done {
+            Done::Value(v) => Outcome::Value(v),
+            Done::Err { message, value } => {
+                let e = TaskError::Failed(message);
+                if policy.should_retry(attempts, &e) {
+                    let next = Envelope {
+                        attempt: attempts,
+                        ..env.clone()
+                    };
+                    retry_with(&mut fin, next, policy.delay(attempts));
+                    return fin;
+                }
+                Outcome::Value(value)
+            }
+            Done::Failed(e) => {
+                let e = match (end, e) {
+                    (End::TimedOut, TaskError::Cancelled) => TaskError::TimedOut,
+                    (_, e) => e,
+                };
+                match e {
+                    TaskError::PoolClosed | TaskError::PoolBroken(_) => {
+                        // Not the task's doing: back to the queue for another node.
+                        retry_with(&mut fin, env.clone(), Duration::ZERO);
+                        return fin;
+                    }
+                    TaskError::Cancelled if end == End::Cancelled => {
+                        Outcome::Failed(Failure::Cancelled)
+                    }
+                    TaskError::WorkerDied(_) => {
+                        let lost = env.lost.saturating_add(fence as u32);
+                        if lost >= self.cfg.max_deliveries {
+                            let why = format!(
+                                "its process died on each of {lost} deliveries (the cap is {}); last: {e}",
+                                self.cfg.max_deliveries
+                            );
+                            tracing::warn!(worker = %self.name, task = %env.task, "dead-lettered: {why}");
+                            fin.action = Action::Dead;
+                            fin.outcome = Outcome::Failed(Failure::DeadLettered(why.clone()))
+                                .encode()
+                                .ok();
+                            fin.reason = why;
+                            return fin;
+                        }
+                        let next = Envelope {
+                            lost,
+                            ..env.clone()
+                        };
+                        let delay = if env.retry.is_some() {
+                            policy.delay(lost)
+                        } else {
+                            Duration::from_millis(100) * lost
+                        };
+                        retry_with(&mut fin, next, delay);
+                        return fin;
+                    }
+                    e if policy.should_retry(attempts, &e) => {
+                        let next = Envelope {
+                            attempt: attempts,
+                            ..env.clone()
+                        };
+                        retry_with(&mut fin, next, policy.delay(attempts));
+                        return fin;
+                    }
+                    e => Outcome::Failed(Failure::from_error(&e)),
+                }
+            }
+        };
+        fin.outcome = Some(value.encode().unwrap_or_else(|e| {
+            Outcome::Failed(Failure::Codec(e.message().into()))
+                .encode()
+                .unwrap_or_default()
+        }));
+        fin
+    }
+
+    /// The finisher: polls woken runs, finishes entries in batches.
+    fn finish_loop(self: Arc<Self>, rx: &Receiver<Event>) {
+        let mut link = Link::new(self.server.clone(), RESPONSE_TIMEOUT);
+        let mut batch: Vec<Finish> = Vec::new();
+        loop {
+            let first = match rx.recv_timeout(TICK) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            for ev in first
+                .into_iter()
+                .chain(rx.try_iter().take(4 * FINISH_BATCH))
+            {
+                match ev {
+                    Event::Finish(f) => batch.push(*f),
+                    Event::Wake(id) => {
+                        if let Some(f) = self.poll(id) {
+                            batch.push(f);
+                        }
+                    }
+                }
+            }
+            while !batch.is_empty() {
+                let n = batch.len().min(FINISH_BATCH);
+                let chunk: Vec<Finish> = batch.drain(..n).collect();
+                if let Err(chunk) = self.flush(&mut link, chunk) {
+                    // Redis is unreachable: keep them, and try again shortly (their
+                    // leases are renewed meanwhile, or reclaimed by others).
+                    batch.splice(0..0, chunk);
+                    std::thread::sleep(Duration::from_millis(200));
+                    if self.quit.load(Ordering::Acquire) {
+                        return;
+                    }
+                    break;
+                }
+            }
+            if self.quit.load(Ordering::Acquire) && batch.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Polls the run of flight `id`; what to finish if it ended.
+    fn poll(&self, id: u64) -> Option<Finish> {
+        let mut st = lock(&self.state);
+        let flight = st.flights.get_mut(&id)?;
+        let waker = flight.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(done) = flight.run.poll(&mut cx) else {
+            return None;
+        };
+        if flight.end == End::Lost {
+            st.flights.remove(&id);
+            drop(st);
+            self.room.notify_all();
+            return None;
+        }
+        let (entry, fence, env, end) = (
+            flight.entry.clone(),
+            flight.fence,
+            flight.envelope.clone(),
+            flight.end,
+        );
+        drop(st);
+        Some(self.conclude(&entry, fence, &env, done, end, Some(id)))
+    }
+
+    /// Runs one `FINISH` call; gives the batch back if Redis cannot be reached.
+    fn flush(&self, link: &mut Link, batch: Vec<Finish>) -> Result<(), Vec<Finish>> {
+        let k = &self.keys;
+        let mut keys = vec![k.stream(), k.delayed(), k.dead()];
+        let ttl = self.cfg.result_ttl.to_string();
+        let cap = self.cfg.dead_letter_cap.to_string();
+        let prefix = k.reply_prefix();
+        let mut args: Vec<Vec<u8>> = vec![
+            GROUP.into(),
+            self.name.clone().into_bytes(),
+            ttl.into_bytes(),
+            cap.into_bytes(),
+            prefix.into_bytes(),
+        ];
+        for f in &batch {
+            keys.push(k.result(&f.task));
+            keys.push(f.client.as_deref().map(|c| k.reply(c)).unwrap_or_default());
+            keys.push(k.waiters(&f.task));
+            keys.push(k.cancel(&f.task));
+            let reply = match (&f.outcome, &f.client) {
+                (Some(o), Some(_)) => Reply {
+                    task: f.task.clone(),
+                    outcome: o.clone(),
+                }
+                .encode()
+                .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let (retry, delay) = f.retry.clone().unwrap_or_default();
+            args.push(f.entry.clone().into_bytes());
+            args.push(f.fence.to_string().into_bytes());
+            args.push(
+                match f.action {
+                    Action::Outcome => "a",
+                    Action::Retry => "r",
+                    Action::Dead => "d",
+                }
+                .into(),
+            );
+            args.push(f.outcome.clone().unwrap_or_default());
+            args.push(reply);
+            args.push(retry);
+            args.push(delay.to_string().into_bytes());
+            args.push(f.reason.clone().into_bytes());
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let r: Result<Vec<i64>, ClusterError> =
+            link.run(|c| conn::invoke(c, &scripts::FINISH, &keys, &refs));
+        match r {
+            Ok(statuses) => {
+                let mut st = lock(&self.state);
+                for (f, status) in batch.iter().zip(statuses) {
+                    if status == 0 {
+                        tracing::debug!(worker = %self.name, entry = %f.entry, "lease lost before the finish; left to its new owner");
+                    }
+                    if let Some(local) = f.local {
+                        st.flights.remove(&local);
+                    }
+                }
+                drop(st);
+                self.room.notify_all();
+                Ok(())
+            }
+            Err(e) if matches!(e, ClusterError::Redis(ref m) if m.starts_with("connection lost")) =>
+            {
+                tracing::warn!(worker = %self.name, "cannot finish tasks now: {e}");
+                Err(batch)
+            }
+            Err(e) => {
+                // Not a connection problem: the entries stay pending and are reclaimed
+                // when their leases run out (at least once still holds).
+                tracing::error!(worker = %self.name, "finishing tasks failed: {e}");
+                let mut st = lock(&self.state);
+                for f in &batch {
+                    if let Some(local) = f.local {
+                        st.flights.remove(&local);
+                    }
+                }
+                drop(st);
+                self.room.notify_all();
+                Ok(())
+            }
+        }
+    }
+
+    /// The keeper: leases, heartbeat, delays, reclaims, timeouts; then the drain.
+    fn keep(self: Arc<Self>) {
+        let period = self.cfg.lease / 3;
+        let mut next_renew = Instant::now();
+        let mut next_reclaim = Instant::now();
+        let mut next_retire = Instant::now() + self.cfg.lease;
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now >= next_renew {
+                if self.renew().is_ok() {
+                    next_renew = now + period;
+                } else {
+                    next_renew = now + Duration::from_millis(500).min(period);
+                }
+            }
+            let _ = self.promote();
+            self.timeouts();
+            if !self.stopping.load(Ordering::Acquire) {
+                if now >= next_reclaim {
+                    let _ = self.reclaim();
+                    next_reclaim = now + period;
+                }
+                if now >= next_retire {
+                    let _ = self.retire_dead();
+                    next_retire = now + self.cfg.lease;
+                }
+            } else {
+                let since = *stop_at.get_or_insert(now);
+                let empty = lock(&self.state).flights.is_empty();
+                if empty && self.reader_done.load(Ordering::Acquire) {
+                    break;
+                }
+                if now.duration_since(since) >= self.cfg.grace {
+                    self.hand_back();
+                }
+            }
+            self.wait_stop(TICK);
+        }
+        self.quit.store(true, Ordering::Release);
+        // Wake the finisher so it ends.
+        let _ = self.events.send(Event::Wake(u64::MAX));
+        let retire = |c: &mut redis::Connection| {
+            conn::invoke::<i64>(
+                c,
+                &scripts::RETIRE,
+                &[
+                    self.keys.stream(),
+                    self.keys.workers(),
+                    self.keys.worker(&self.name),
+                ],
+                &[GROUP.as_bytes(), self.name.as_bytes()],
+            )
+        };
+        if let Err(e) = lock(&self.link).run(retire) {
+            tracing::warn!(worker = %self.name, "could not unregister: {e}");
+        }
+        // The pool goes after the finisher has written the last outcomes.
+        lock(&self.pool).take();
+        tracing::info!(worker = %self.name, "cluster worker stopped");
+    }
+
+    fn run_keeper<T>(
+        &self,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
+        lock(&self.link).run(f)
+    }
+
+    /// Renews every lease (and the heartbeat) in one call per 500 tasks.
+    fn renew(&self) -> Result<(), ClusterError> {
+        let held: Vec<(u64, String, u64, String)> = lock(&self.state)
+            .flights
+            .iter()
+            .filter(|(_, f)| f.end != End::Lost)
+            .map(|(id, f)| (*id, f.entry.clone(), f.fence, f.envelope.task.clone()))
+            .collect();
+        let info_ttl = (ms(self.cfg.lease * 3) / 1000).max(1).to_string();
+        let mut chunks: Vec<&[(u64, String, u64, String)]> = held.chunks(500).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let mut keys = vec![
+                self.keys.stream(),
+                self.keys.workers(),
+                self.keys.worker(&self.name),
+            ];
+            keys.extend(chunk.iter().map(|(_, _, _, t)| self.keys.cancel(t)));
+            let mut args: Vec<Vec<u8>> = vec![
+                GROUP.into(),
+                self.name.clone().into_bytes(),
+                self.cfg.info.clone().into_bytes(),
+                info_ttl.clone().into_bytes(),
+            ];
+            for (_, entry, fence, _) in chunk {
+                args.push(entry.clone().into_bytes());
+                args.push(fence.to_string().into_bytes());
+            }
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let statuses: Vec<i64> =
+                self.run_keeper(|c| conn::invoke(c, &scripts::RENEW, &keys, &refs))?;
+            let mut st = lock(&self.state);
+            for ((id, entry, ..), status) in chunk.iter().zip(statuses) {
+                let Some(f) = st.flights.get_mut(id) else {
+                    continue;
+                };
+                match status {
+                    0 => {
+                        tracing::warn!(worker = %self.name, %entry, "lease lost: stopping the task (another worker has it)");
+                        f.end = End::Lost;
+                        f.run.cancel();
+                    }
+                    2 if f.end == End::Normal => {
+                        f.end = End::Cancelled;
+                        f.run.cancel();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves due delayed tasks (and retries) to the stream.
+    fn promote(&self) -> Result<(), ClusterError> {
+        let limit = PROMOTE_BATCH.to_string();
+        let keys = [self.keys.delayed(), self.keys.stream()];
+        let _: Value =
+            self.run_keeper(|c| conn::invoke(c, &scripts::PROMOTE, &keys, &[limit.as_bytes()]))?;
+        Ok(())
+    }
+
+    /// Stops runs past their timeout.
+    fn timeouts(&self) {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        for f in st.flights.values_mut() {
+            if f.end == End::Normal && f.deadline.is_some_and(|d| now >= d) {
+                f.end = End::TimedOut;
+                f.run.cancel();
+            }
+        }
+    }
+
+    /// Claims entries whose lease ran out, following `XAUTOCLAIM`'s cursor.
+    fn reclaim(&self) -> Result<(), ClusterError> {
+        for _ in 0..16 {
+            let room = self
+                .cfg
+                .capacity
+                .saturating_sub(lock(&self.state).flights.len());
+            if room == 0 || self.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let cursor = lock(&self.state)
+                .cursor
+                .clone()
+                .unwrap_or_else(|| "0-0".into());
+            let min_idle = ms(self.cfg.lease).to_string();
+            let count = room.min(100).to_string();
+            let reply: Value = self.run_keeper(|c| {
+                conn::invoke(
+                    c,
+                    &scripts::RECLAIM,
+                    &[self.keys.stream()],
+                    &[
+                        GROUP.as_bytes(),
+                        self.name.as_bytes(),
+                        min_idle.as_bytes(),
+                        cursor.as_bytes(),
+                        count.as_bytes(),
+                    ],
+                )
+            })?;
+            let parts = conn::array(&reply);
+            let next = parts
+                .first()
+                .and_then(conn::text)
+                .unwrap_or_else(|| "0-0".into());
+            let mut claimed = 0;
+            for e in parts.iter().skip(1) {
+                if let [id, fields, deliveries] = conn::array(e)
+                    && let Some(id) = conn::text(id)
+                {
+                    claimed += 1;
+                    let fence = conn::int(deliveries).unwrap_or(1).max(1) as u64;
+                    tracing::info!(worker = %self.name, entry = %id, deliveries = fence, "reclaimed a task whose lease ran out");
+                    self.accept(id, fields, fence);
+                }
+            }
+            let done = next == "0-0";
+            lock(&self.state).cursor = (!done).then_some(next);
+            if done && claimed == 0 {
+                return Ok(());
+            }
+            if done {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes workers silent for ten leases that hold no tasks any more.
+    fn retire_dead(&self) -> Result<(), ClusterError> {
+        let (list, time): (Vec<(String, f64)>, (i64, i64)) = self.run_keeper(|c| {
+            redis::pipe()
+                .cmd("ZRANGE")
+                .arg(self.keys.workers())
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .cmd("TIME")
+                .query(c)
+        })?;
+        let now = time.0 * 1000 + time.1 / 1000;
+        let silent = ms(self.cfg.lease * 10) as i64;
+        for (name, at) in list {
+            if name != self.name && now - at as i64 > silent {
+                let r: i64 = self.run_keeper(|c| {
+                    conn::invoke(
+                        c,
+                        &scripts::RETIRE,
+                        &[
+                            self.keys.stream(),
+                            self.keys.workers(),
+                            self.keys.worker(&name),
+                        ],
+                        &[GROUP.as_bytes(), name.as_bytes()],
+                    )
+                })?;
+                if r == 1 {
+                    tracing::info!(worker = %self.name, dead = %name, "retired a dead worker");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Past the grace period: stops what still runs and gives it back to the queue.
+    fn hand_back(&self) {
+        let mut st = lock(&self.state);
+        for f in st.flights.values_mut() {
+            if f.end == End::Normal {
+                tracing::info!(worker = %self.name, task = %f.envelope.task, "grace period over: handing the task back");
+                f.end = End::HandedBack;
+                f.run.cancel();
+            }
+        }
+    }
+}

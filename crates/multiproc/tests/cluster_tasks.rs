@@ -1,0 +1,963 @@
+//! The cluster on a real `redis-server` (started by each test): submit, map, imap,
+//! stats, dead letters, retries, delays, schema refusal, corrupt entries, bad URLs and
+//! credentials, idempotency and cancel, and the ugly paths: worker nodes SIGKILLed and
+//! SIGSTOPped past their lease, a node drained by SIGTERM, Redis restarted mid-run.
+//! Each test ends with no key of its namespace left in Redis, and the run with no
+//! process and no server left.
+
+mod cluster_common;
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use cluster_common::{RedisServer, Resp};
+use common::{Helper, trial};
+use multiproc::cluster::{Cluster, TaskDef, TaskOptions, Worker, WorkerBuilder, WorkerHandle};
+use multiproc::{ClusterError, RetryPolicy, TaskError};
+
+const T: Duration = Duration::from_secs(60);
+
+const SQUARE: TaskDef<u64, u64> = TaskDef::new("t.square");
+const SLOW_SQUARE: TaskDef<(u64, u64), u64> = TaskDef::new("t.slow_square");
+const WHO: TaskDef<u64, (u64, String)> = TaskDef::new("t.who");
+const ABORT: TaskDef<u64, u64> = TaskDef::new("t.abort");
+const FLAKY: TaskDef<(String, u32), Result<u32, String>> = TaskDef::new("t.flaky");
+const WHEN: TaskDef<u64, u64> = TaskDef::new("t.when");
+const SPIN: TaskDef<u64, u64> = TaskDef::new("t.spin");
+const RECORD: TaskDef<String, u64> = TaskDef::new("t.record");
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn slow_square((x, ms): (u64, u64)) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x * x
+}
+
+/// The value, and the node that ran it (its `MP_NODE`, inherited by its pool workers).
+fn who(x: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(1500));
+    (x, std::env::var("MP_NODE").unwrap_or_default())
+}
+
+fn abort(_: u64) -> u64 {
+    std::process::abort()
+}
+
+/// Fails until it has run `ok_at` times (counted in a file).
+fn flaky((path, ok_at): (String, u32)) -> Result<u32, String> {
+    let mut n: u32 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    n += 1;
+    std::fs::write(&path, n.to_string()).unwrap();
+    if n >= ok_at {
+        Ok(n)
+    } else {
+        Err(format!("run {n} failed"))
+    }
+}
+
+/// When it ran (ms since the epoch).
+fn when(_: u64) -> u64 {
+    now_ms()
+}
+
+fn spin(ms: u64) -> u64 {
+    let end = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < end {}
+    ms
+}
+
+/// Appends a line to the file `path` (one line per run).
+fn record(path: String) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "run").unwrap();
+    1
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn tasks(b: WorkerBuilder) -> WorkerBuilder {
+    b.register(SQUARE, square)
+        .register(SLOW_SQUARE, slow_square)
+        .register(WHO, who)
+        .register(ABORT, abort)
+        .register_fallible(FLAKY, flaky)
+        .register(WHEN, when)
+        .register(SPIN, spin)
+        .register(RECORD, record)
+}
+
+fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
+    tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(processes)
+        .lease(Duration::from_secs(1))
+        .grace(Duration::from_secs(10))
+        .build()
+        .expect("start worker")
+}
+
+fn client(redis: &RedisServer, ns: &str) -> Cluster {
+    Cluster::builder(&redis.url())
+        .namespace(ns)
+        .build()
+        .expect("connect")
+}
+
+/// A worker node in a process of its own.
+fn node(redis: &RedisServer, ns: &str, name: &str) -> Helper {
+    let h = Helper::start_with(
+        "worker",
+        std::env::current_exe().unwrap(),
+        &[("MP_URL", &redis.url()), ("MP_NS", ns), ("MP_NODE", name)],
+    );
+    h.expect("ready", T);
+    h
+}
+
+/// Ends a test: no outcome, reply list, waiter set or cancel flag is left over (only
+/// the queue's own structures, idempotency records and the outcomes they keep); then
+/// the queue is deleted, and nothing of the namespace is left.
+fn finish(redis: &RedisServer, cluster: Cluster, ns: &str) {
+    let transient = |k: &String| {
+        let rest = k.split("}:").nth(1).unwrap_or("");
+        (rest.starts_with("result:") && !rest.starts_with("result:k:"))
+            || ["reply:", "waiters:", "cancel:"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+    };
+    let prefix = format!("{ns}:");
+    assert!(
+        common::eventually(Duration::from_secs(5), || !redis
+            .keys(&prefix)
+            .iter()
+            .any(transient)),
+        "left over: {:?}",
+        redis
+            .keys(&prefix)
+            .into_iter()
+            .filter(transient)
+            .collect::<Vec<_>>()
+    );
+    cluster.delete_queue("default").expect("delete queue");
+    drop(cluster);
+    assert!(
+        common::eventually(Duration::from_secs(5), || redis.keys(&prefix).is_empty()),
+        "keys left: {:?}",
+        redis.keys(&prefix)
+    );
+}
+
+fn helpers(mode: &str) {
+    if mode == "worker" {
+        let url = std::env::var("MP_URL").unwrap();
+        let ns = std::env::var("MP_NS").unwrap();
+        let handle = tasks(Worker::builder(&url))
+            .namespace(ns)
+            .processes(4)
+            .lease(Duration::from_secs(1))
+            .grace(Duration::from_secs(20));
+        println!("ready");
+        handle.run().expect("worker");
+        println!("stopped");
+    }
+}
+
+fn main() {
+    cluster_common::require_redis();
+    common::main_checked(
+        vec![
+            trial("submit_map_imap_stats", submit_map_imap_stats),
+            trial(
+                "ten_thousand_tasks_sigkill_and_sigstop",
+                ten_thousand_tasks_sigkill_and_sigstop,
+            ),
+            trial(
+                "late_ack_of_paused_node_is_rejected",
+                late_ack_of_paused_node_is_rejected,
+            ),
+            trial(
+                "aborting_task_is_dead_lettered",
+                aborting_task_is_dead_lettered,
+            ),
+            trial("err_is_retried_per_policy", err_is_retried_per_policy),
+            trial(
+                "countdown_and_eta_across_worker_restart",
+                countdown_and_eta_across_worker_restart,
+            ),
+            trial(
+                "other_types_and_unknown_names_refused",
+                other_types_and_unknown_names_refused,
+            ),
+            trial(
+                "corrupt_and_foreign_entries_dead_lettered",
+                corrupt_and_foreign_entries_dead_lettered,
+            ),
+            trial(
+                "bad_urls_ports_and_credentials",
+                bad_urls_ports_and_credentials,
+            ),
+            trial("sigterm_drains_a_worker", sigterm_drains_a_worker),
+            trial("redis_restarted_mid_run", redis_restarted_mid_run),
+            trial(
+                "idempotency_cancel_and_timeout",
+                idempotency_cancel_and_timeout,
+            ),
+            trial(
+                "streams_trimmed_after_100k_tasks",
+                streams_trimmed_after_100k_tasks,
+            ),
+            trial(
+                "two_schedulers_fire_each_time_once",
+                two_schedulers_fire_each_time_once,
+            ),
+            trial("tls_with_a_private_ca", tls_with_a_private_ca),
+            trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
+            trial(
+                "acl_user_and_an_undecodable_result",
+                acl_user_and_an_undecodable_result,
+            ),
+        ],
+        helpers,
+        Duration::from_secs(900),
+        cluster_common::no_server_left,
+    );
+}
+
+fn submit_map_imap_stats() {
+    let redis = RedisServer::start();
+    let ns = "basic";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let t = c.submit(SQUARE, 7).unwrap();
+    assert_eq!(t.wait().unwrap(), 49);
+    assert_eq!(c.apply(SQUARE, 9).unwrap(), 81);
+    let squares = c.map(SQUARE, 0..1000u64).unwrap();
+    assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    for chunk in [1, 7, 5000] {
+        let squares = c.map_chunked(SQUARE, 0..300u64, chunk).unwrap();
+        assert_eq!(squares, (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+    assert!(c.map(SQUARE, Vec::new()).unwrap().is_empty());
+    let lazy: Vec<u64> = c.imap(SQUARE, 0..2000u64).map(Result::unwrap).collect();
+    assert_eq!(lazy, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut un: Vec<u64> = c
+        .imap_unordered(SQUARE, 0..1500u64)
+        .map(Result::unwrap)
+        .collect();
+    un.sort();
+    assert_eq!(un, (0..1500u64).map(|x| x * x).collect::<Vec<_>>());
+    // Awaited under tokio.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = c.submit(SQUARE, 12).unwrap();
+    assert_eq!(rt.block_on(t).unwrap(), 144);
+    let t = c.submit(SLOW_SQUARE, (3, 300)).unwrap();
+    assert!(!t.is_done());
+    assert!(t.wait_timeout(T));
+    assert_eq!(t.wait().unwrap(), 9);
+    // Over the Unix socket too.
+    let u = Cluster::builder(&redis.unix_url())
+        .namespace(ns)
+        .build()
+        .unwrap();
+    assert_eq!(u.apply(SQUARE, 5).unwrap(), 25);
+    let stats = c.stats().unwrap();
+    assert_eq!(stats.waiting, 0);
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.workers.len(), 1, "{stats:?}");
+    assert_eq!(stats.workers[0].name, w.name());
+    assert!(stats.workers[0].description.contains("processes=2"));
+    drop(u);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn ten_thousand_tasks_sigkill_and_sigstop() {
+    let redis = RedisServer::start();
+    let ns = "faults";
+    let mut a = node(&redis, ns, "a");
+    let b = node(&redis, ns, "b");
+    let c = client(&redis, ns);
+    let n = 10_000u64;
+    let tasks = c.submit_batch(SLOW_SQUARE, (0..n).map(|x| (x, 1))).unwrap();
+    let done = |tasks: &[multiproc::Task<u64>]| tasks.iter().filter(|t| t.is_done()).count();
+    assert!(common::eventually(T, || done(&tasks) >= 1500));
+    // Node a dies with tasks in flight; a supervisor would start it again.
+    assert!(c.stats().unwrap().in_flight > 0);
+    let left = a.kill_tree(T);
+    assert!(left.is_empty(), "node a's processes outlived it: {left:?}");
+    let a2 = node(&redis, ns, "a2");
+    assert!(common::eventually(T, || done(&tasks) >= 4000));
+    // Node b is paused well past its lease: a2 takes its tasks; b's late acks bounce.
+    cluster_common::signal(b.child.id(), "-STOP");
+    let before = done(&tasks);
+    // Work goes on without b, its tasks reclaimed once their leases run out.
+    assert!(common::eventually(T, || done(&tasks) >= before + 1000));
+    std::thread::sleep(Duration::from_secs(2));
+    cluster_common::signal(b.child.id(), "-CONT");
+    for (x, t) in tasks.into_iter().enumerate() {
+        assert!(t.wait_timeout(Duration::from_secs(120)), "task {x} hangs");
+        assert_eq!(t.wait().unwrap(), (x as u64) * (x as u64));
+    }
+    let stats = c.stats().unwrap();
+    assert_eq!(
+        (stats.waiting, stats.in_flight, stats.delayed),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.dead_lettered, 0);
+    drop((a2, b));
+    finish(&redis, c, ns);
+}
+
+fn late_ack_of_paused_node_is_rejected() {
+    let redis = RedisServer::start();
+    let ns = "fence";
+    let b = node(&redis, ns, "paused");
+    let c = client(&redis, ns);
+    let t = c.submit(WHO, 1).unwrap();
+    // b holds it; pause b past its lease, with another node ready to reclaim it.
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
+    cluster_common::signal(b.child.id(), "-STOP");
+    let a = node(&redis, ns, "reclaimer");
+    std::thread::sleep(Duration::from_millis(2500));
+    // b's pool finished the run meanwhile; b acks it late, and is refused.
+    cluster_common::signal(b.child.id(), "-CONT");
+    let (x, by) = t.wait().unwrap();
+    assert_eq!(x, 1);
+    assert_eq!(by, "reclaimer", "the paused node's late ack was accepted");
+    drop((a, b));
+    finish(&redis, c, ns);
+}
+
+fn aborting_task_is_dead_lettered() {
+    let redis = RedisServer::start();
+    let ns = "poison";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let e = c.submit(ABORT, 1).unwrap().wait().unwrap_err();
+    assert!(e.is_dead_lettered(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("3 deliveries") && text.contains("SIGABRT"),
+        "{text}"
+    );
+    // The node goes on.
+    assert_eq!(c.apply(SQUARE, 4).unwrap(), 16);
+    // In a map, a crashing item fails alone (chunks are not redelivered item by item).
+    let e = c.map(ABORT, 0..2u64).unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::Task(TaskError::WorkerDied(Some(s))) if s.signal() == Some(multiproc::Signal::ABRT)),
+        "{e}"
+    );
+    let dead = c.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].name.as_deref(), Some("t.abort"));
+    assert!(dead[0].reason.contains("SIGABRT"));
+    assert_eq!(c.stats().unwrap().dead_lettered, 1);
+    // Requeued, it runs (and crashes) again, and is dead-lettered again.
+    assert!(c.requeue_dead(&dead[0].id).unwrap());
+    assert!(!c.requeue_dead(&dead[0].id).unwrap());
+    assert!(common::eventually(T, || c.stats().unwrap().dead_lettered
+        == 1
+        && c.dead_letters(10).unwrap()[0].id != dead[0].id));
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn err_is_retried_per_policy() {
+    let redis = RedisServer::start();
+    let ns = "retry";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let dir = common::tempdir("flaky");
+    let counter = |name: &str| dir.join(name).display().to_string();
+    let fast =
+        RetryPolicy::attempts(3).backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1));
+    // Fails twice, then succeeds on the third and last attempt.
+    let ok = c
+        .submit_with(
+            FLAKY,
+            (counter("a"), 3),
+            TaskOptions::new().retry(fast.clone()),
+        )
+        .unwrap();
+    assert_eq!(ok.wait().unwrap(), Ok(3));
+    // Two attempts only: the second `Err` is the result.
+    let policy =
+        RetryPolicy::attempts(2).backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1));
+    let failed = c
+        .submit_with(FLAKY, (counter("b"), 3), TaskOptions::new().retry(policy))
+        .unwrap();
+    assert_eq!(failed.wait().unwrap(), Err("run 2 failed".to_string()));
+    // No policy: one run.
+    assert_eq!(
+        c.apply(FLAKY, (counter("c"), 3)).unwrap(),
+        Err("run 1 failed".to_string())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn countdown_and_eta_across_worker_restart() {
+    let redis = RedisServer::start();
+    let ns = "delay";
+    let c = client(&redis, ns);
+    let start = now_ms();
+    let soon = c
+        .submit_with(
+            WHEN,
+            0,
+            TaskOptions::new().countdown(Duration::from_millis(1500)),
+        )
+        .unwrap();
+    let eta = SystemTime::now() + Duration::from_millis(2500);
+    let at = c.submit_with(WHEN, 0, TaskOptions::new().eta(eta)).unwrap();
+    assert_eq!(c.stats().unwrap().delayed, 2);
+    // A worker starts and stops before either is due; another takes over.
+    let w1 = worker(&redis, ns, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    w1.shutdown(true);
+    assert!(!soon.is_done() && !at.is_done());
+    let w2 = worker(&redis, ns, 1);
+    let ran = soon.wait().unwrap();
+    assert!(ran >= start + 1500, "ran {} ms early", start + 1500 - ran);
+    let ran = at.wait().unwrap();
+    let due = eta
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(ran >= due, "ran {} ms early", due - ran);
+    w2.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn other_types_and_unknown_names_refused() {
+    let redis = RedisServer::start();
+    let ns = "schema";
+    let w = worker(&redis, ns, 1);
+    let c = client(&redis, ns);
+    // The same name, built with other types on the client's side.
+    const OTHER: TaskDef<String, u64> = TaskDef::new("t.square");
+    let e = c.submit(OTHER, "7".into()).unwrap().wait().unwrap_err();
+    assert!(e.is_dead_lettered(), "{e}");
+    assert!(e.to_string().contains("different code"), "{e}");
+    // A versioned definition differs too.
+    let e = c.submit(SQUARE.version(2), 7).unwrap().wait().unwrap_err();
+    assert!(e.to_string().contains("schema"), "{e}");
+    const UNKNOWN: TaskDef<u64, u64> = TaskDef::new("t.nobody");
+    let e = c.submit(UNKNOWN, 1).unwrap().wait().unwrap_err();
+    assert!(e.to_string().contains("t.nobody"), "{e}");
+    assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    assert_eq!(c.stats().unwrap().dead_lettered, 3);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn corrupt_and_foreign_entries_dead_lettered() {
+    let redis = RedisServer::start();
+    let ns = "corrupt";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .max_message(4096)
+        .build()
+        .unwrap();
+    let c = client(&redis, ns);
+    let stream = format!("{ns}:{{default}}:stream");
+    let mut raw = redis.raw().unwrap();
+    raw.call(&["XADD", &stream, "*", "m", "\x01garbage\x7f"])
+        .unwrap();
+    raw.call(&["XADD", &stream, "*", "celery", "{\"task\": \"x\"}"])
+        .unwrap();
+    raw.call_bytes(&[b"XADD", stream.as_bytes(), b"*", b"m", &[9, 1, 2, 3]])
+        .unwrap();
+    let big = vec![1u8; 10_000];
+    raw.call_bytes(&[b"XADD", stream.as_bytes(), b"*", b"m", &big])
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().dead_lettered == 4));
+    let reasons: Vec<String> = c
+        .dead_letters(10)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.reason)
+        .collect();
+    assert!(reasons[0].contains("unreadable"), "{reasons:?}");
+    assert!(reasons[1].contains("foreign"), "{reasons:?}");
+    assert!(reasons[2].contains("version 9"), "{reasons:?}");
+    assert!(reasons[3].contains("cap"), "{reasons:?}");
+    // The worker goes on.
+    assert_eq!(c.apply(SQUARE, 11).unwrap(), 121);
+    // A client's own cap refuses large tasks before sending them.
+    let small = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .max_message(64)
+        .build()
+        .unwrap();
+    const BIG: TaskDef<Vec<u64>, u64> = TaskDef::new("t.big");
+    assert!(matches!(
+        small.submit(BIG, vec![7; 100]),
+        Err(ClusterError::TooLarge { .. })
+    ));
+    drop(small);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn bad_urls_ports_and_credentials() {
+    // A closed port fails at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Instant::now();
+    let e = Cluster::connect(&format!("redis://127.0.0.1:{port}")).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(e.is_connection(), "{e}");
+    assert!(e.to_string().contains(&port.to_string()), "{e}");
+    for bad in ["http://localhost", "not a url", "redis://[::1"] {
+        assert!(
+            matches!(Cluster::connect(bad), Err(ClusterError::InvalidUrl { .. })),
+            "{bad}"
+        );
+    }
+    let e = Cluster::builder("redis://127.0.0.1:1")
+        .queue("a b")
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, ClusterError::InvalidArgument(_)), "{e}");
+    let e = Worker::builder("redis://127.0.0.1:1").build().unwrap_err();
+    assert!(matches!(e, ClusterError::InvalidArgument(_)), "{e}");
+    let e = Worker::builder("redis://127.0.0.1:1")
+        .register(SQUARE, square)
+        .register(SQUARE, square)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    // A password: wrong, then right (and masked in messages).
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let e = Cluster::connect(&url).unwrap_err();
+    assert!(matches!(e, ClusterError::Auth(_)), "{e}");
+    assert!(!e.to_string().contains("wrong"), "{e}");
+    let e = Cluster::connect(&redis.url()).unwrap_err();
+    assert!(matches!(e, ClusterError::Auth(_)), "{e}");
+    let url = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
+    let c = Cluster::builder(&url).namespace("auth").build().unwrap();
+    let w = tasks(Worker::builder(&url))
+        .namespace("auth")
+        .processes(1)
+        .build()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 6).unwrap(), 36);
+    w.shutdown(true);
+    c.delete_queue("default").unwrap();
+    drop(c);
+    assert!(redis.keys("auth:").is_empty(), "{:?}", redis.keys("auth:"));
+}
+
+fn sigterm_drains_a_worker() {
+    let redis = RedisServer::start();
+    let ns = "drain";
+    let mut n = node(&redis, ns, "drained");
+    let c = client(&redis, ns);
+    let tasks = c
+        .submit_batch(SLOW_SQUARE, (0..8u64).map(|x| (x, 700)))
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight > 0));
+    cluster_common::signal(n.child.id(), "-TERM");
+    n.expect("stopped", T);
+    assert!(n.wait(T).success());
+    // What it held is done (finished in the grace period), nothing is left in flight.
+    let stats = c.stats().unwrap();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    assert!(
+        stats.workers.is_empty(),
+        "the drained worker is still registered: {stats:?}"
+    );
+    let finished = tasks.iter().filter(|t| t.is_done()).count();
+    assert!(finished > 0);
+    // The rest waits in the queue for the next node.
+    let w = worker(&redis, ns, 2);
+    for (x, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.wait().unwrap(), (x * x) as u64);
+    }
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn redis_restarted_mid_run() {
+    let mut redis = RedisServer::start();
+    let ns = "restart";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let tasks = c.submit_batch(SPIN, (0..3000u64).map(|_| 1)).unwrap();
+    assert!(common::eventually(T, || tasks
+        .iter()
+        .filter(|t| t.is_done())
+        .count()
+        > 300));
+    redis.restart();
+    for t in tasks {
+        assert!(
+            t.wait_timeout(Duration::from_secs(120)),
+            "a task hangs after the restart"
+        );
+        assert_eq!(t.wait().unwrap(), 1);
+    }
+    // New work goes through on the new server.
+    assert_eq!(c.apply(SQUARE, 8).unwrap(), 64);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn idempotency_cancel_and_timeout() {
+    let redis = RedisServer::start();
+    let ns = "idem";
+    let c = client(&redis, ns);
+    let c2 = client(&redis, ns);
+    // Submitted twice (by two clients) with one key: it runs once, both get the outcome.
+    let dir = common::tempdir("idem");
+    let path = dir.join("runs").display().to_string();
+    let opts = TaskOptions::new().idempotency_key("job-1");
+    let t1 = c
+        .submit_with(FLAKY, (path.clone(), 1), opts.clone())
+        .unwrap();
+    let t2 = c2
+        .submit_with(FLAKY, (path.clone(), 1), opts.clone())
+        .unwrap();
+    // A delayed task cancelled before its time.
+    let later = c
+        .submit_with(
+            SQUARE,
+            2,
+            TaskOptions::new().countdown(Duration::from_secs(30)),
+        )
+        .unwrap();
+    assert!(later.cancel());
+    assert_eq!(later.wait().unwrap_err(), TaskError::Cancelled);
+    let w = worker(&redis, ns, 2);
+    assert_eq!(t1.wait().unwrap(), Ok(1));
+    assert_eq!(t2.wait().unwrap(), Ok(1));
+    // Once done, the key still answers with the same outcome, without a run.
+    let t3 = c2.submit_with(FLAKY, (path.clone(), 1), opts).unwrap();
+    assert_eq!(t3.wait().unwrap(), Ok(1));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "1");
+    // A running task cancelled: stopped at its worker's next renewal.
+    let long = c.submit(SLOW_SQUARE, (3, 20_000)).unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
+    assert!(long.cancel());
+    assert_eq!(long.wait().unwrap_err(), TaskError::Cancelled);
+    // A timeout stops a task.
+    let slow = c
+        .submit_with(
+            SLOW_SQUARE,
+            (3, 20_000),
+            TaskOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    assert_eq!(slow.wait().unwrap_err(), TaskError::TimedOut);
+    let _ = std::fs::remove_dir_all(&dir);
+    w.shutdown(true);
+    drop(c2);
+    finish(&redis, c, ns);
+}
+
+fn streams_trimmed_after_100k_tasks() {
+    let redis = RedisServer::start();
+    let ns = "trim";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let n = 100_000u64;
+    // One stream entry per task (a map would send chunks).
+    let tasks = c.submit_batch(SQUARE, 0..n).unwrap();
+    for (x, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.wait().unwrap(), (x * x) as u64);
+    }
+    let stream = format!("{ns}:{{default}}:stream");
+    assert_eq!(redis.cmd(&["XLEN", &stream]), Resp::Int(0));
+    let stats = c.stats().unwrap();
+    assert_eq!(
+        (stats.waiting, stats.in_flight, stats.dead_lettered),
+        (0, 0, 0)
+    );
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn two_schedulers_fire_each_time_once() {
+    use multiproc::chrono::{DateTime, Utc};
+    use multiproc::sched::{Coalesce, EventKind, Job, JobEvent, Schedule, Scheduler};
+    let redis = RedisServer::start();
+    let ns = "sched";
+    let w = worker(&redis, ns, 2);
+    let dir = common::tempdir("sched");
+    let path = dir.join("runs").display().to_string();
+    let period = Duration::from_millis(250);
+    // Interval schedules share their start, so both schedulers see the same times.
+    let t0 = Utc::now();
+    let job = || {
+        Job::cluster(
+            "tick",
+            Schedule::every(period).starting_at(t0),
+            RECORD,
+            path.clone(),
+        )
+        .coalesce(Coalesce::All)
+        .max_instances(100)
+        .misfire_grace(Duration::from_secs(60))
+    };
+    let start = || {
+        let s = Scheduler::builder()
+            .cluster(client(&redis, ns))
+            .build()
+            .unwrap();
+        s.add(job()).unwrap();
+        s
+    };
+    let (s1, s2) = (start(), start());
+    let (e1, e2) = (s1.events(), s2.events());
+    std::thread::sleep(Duration::from_secs(3));
+    // Whoever leads is stopped; the other takes over once the lease runs out.
+    let started = |events: &crossbeam_channel::Receiver<JobEvent>| -> Vec<DateTime<Utc>> {
+        events
+            .try_iter()
+            .filter(|e| matches!(e.kind, EventKind::Started { attempt: 1 }))
+            .map(|e| e.scheduled)
+            .collect()
+    };
+    let (a, b) = (started(&e1), started(&e2));
+    let (leader, follower) = if a.len() >= b.len() {
+        (s1, s2)
+    } else {
+        (s2, s1)
+    };
+    leader.shutdown(true);
+    std::thread::sleep(Duration::from_secs(5));
+    follower.shutdown(true);
+    let mut fired = [a, b, started(&e1), started(&e2)].concat();
+    fired.sort();
+    let n = fired.len();
+    fired.dedup();
+    assert_eq!(fired.len(), n, "a fire time was submitted twice");
+    assert!(n >= 20, "only {n} runs in 8 s");
+    // Every time from the first to the last, none lost in the failover.
+    for pair in fired.windows(2) {
+        assert_eq!((pair[1] - pair[0]).to_std().unwrap(), period, "{pair:?}");
+    }
+    // And each ran once.
+    assert!(common::eventually(T, || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == n
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+    w.shutdown(true);
+    finish(&redis, client(&redis, ns), ns);
+}
+
+/// Every public handle of the cluster crosses threads (checked when this compiles).
+#[allow(dead_code)]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Cluster>();
+    check::<WorkerHandle>();
+    check::<TaskDef<String, Vec<u8>>>();
+    check::<TaskOptions>();
+    check::<ClusterError>();
+    check::<multiproc::cluster::QueueStats>();
+}
+
+fn tls_with_a_private_ca() {
+    // A CA of the test's own, and a certificate for 127.0.0.1 that it signed.
+    let dir = common::tempdir("tls");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subject = |cn: &str| format!("/CN={cn}");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        &subject("multiproc-test-ca"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &subject("127.0.0.1"),
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    let tls_port = cluster_common::free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    // The system's roots do not know this CA: refused.
+    let e = Cluster::connect(&url).unwrap_err();
+    assert!(e.is_connection(), "{e}");
+    let ns = "tls";
+    let c = Cluster::builder(&url)
+        .namespace(ns)
+        .tls_root_certificates(ca.clone())
+        .build()
+        .unwrap();
+    let w = tasks(Worker::builder(&url))
+        .namespace(ns)
+        .processes(1)
+        .tls_root_certificates(ca)
+        .build()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 5).unwrap(), 25);
+    assert_eq!(c.map(SQUARE, 0..100u64).unwrap()[99], 9801);
+    w.shutdown(true);
+    let _ = std::fs::remove_dir_all(&dir);
+    finish(&redis, c, ns);
+}
+
+fn redis_lost_its_data_mid_run() {
+    let mut redis = RedisServer::start();
+    let ns = "wiped";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let tasks = c
+        .submit_batch(SLOW_SQUARE, (0..6u64).map(|x| (x, 3000)))
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight > 0));
+    // Killed and started empty: every task waited for is gone, and says so.
+    redis.restart_empty();
+    for t in tasks {
+        assert!(t.wait_timeout(T), "a task of a wiped server hangs");
+        let e = t.wait().unwrap_err();
+        assert!(e.to_string().contains("lost its data"), "{e}");
+    }
+    // Clients and workers go on with the new server.
+    assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+fn acl_user_and_an_undecodable_result() {
+    let redis = RedisServer::start();
+    let ns = "acl";
+    // An ACL user of its own.
+    let r = redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    assert_eq!(r, Resp::Simple("OK".into()));
+    let url = format!("redis://app:app-pass@127.0.0.1:{}", redis.port);
+    let wrong = format!("redis://app:nope@127.0.0.1:{}", redis.port);
+    assert!(matches!(
+        Cluster::connect(&wrong),
+        Err(ClusterError::Auth(_))
+    ));
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    // No worker: the outcome is written by hand, and it is not a u64.
+    let t = c.submit(SQUARE, 3).unwrap();
+    let task = format!("{}-1", c.id());
+    let outcome = [1u8, 0, 2, 0xff, 0xff]; // version, Outcome::Value, 2 bytes of noise
+    let mut reply = vec![1u8, task.len() as u8];
+    reply.extend_from_slice(task.as_bytes());
+    reply.push(outcome.len() as u8);
+    reply.extend_from_slice(&outcome);
+    let mut raw = redis.raw().unwrap();
+    let result = format!("{ns}:{{default}}:result:{task}");
+    let list = format!("{ns}:{{default}}:reply:{}", c.id());
+    raw.call_bytes(&[b"SET", result.as_bytes(), &outcome])
+        .unwrap();
+    raw.call_bytes(&[b"RPUSH", list.as_bytes(), &reply])
+        .unwrap();
+    assert!(t.wait_timeout(T));
+    let e = t.wait().unwrap_err();
+    assert!(matches!(e, TaskError::Codec(_)), "{e}");
+    // The client goes on.
+    let w = tasks(Worker::builder(&url))
+        .namespace(ns)
+        .processes(1)
+        .build()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
