@@ -401,9 +401,9 @@ pub mod fuzzing {
     }
 }
 pub use process::{
-    Builder, ChildProcess, CurrentProcess, JoinHandle, ParentProcess, StartMethod, Stdio,
-    active_children, cpu_count, current_process, get_start_method, parent_process,
-    set_start_method, spawn,
+    Builder, ChildProcess, CurrentProcess, JoinHandle, Limit, Limits, MemoryCap, ParentProcess,
+    StartMethod, Stdio, active_children, cpu_count, current_process, get_start_method,
+    parent_process, set_start_method, spawn,
 };
 
 /// The net under the unit tests and proptests of this crate (the default harness has

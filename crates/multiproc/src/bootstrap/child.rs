@@ -188,6 +188,11 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         fail(&mut conn, &why, executed);
     }
     install_panic_hook();
+    if let Some(limits) = &header.limits
+        && let Err(why) = super::setup::apply_limits(limits)
+    {
+        fail(&mut conn, &why, executed);
+    }
     let span = tracing::info_span!("process", name = %name);
     let mut io = ChildIo {
         conn: &mut conn,

@@ -69,6 +69,24 @@ pub(crate) struct CallHeader {
     pub(crate) depth: u32,
     pub(crate) parent_pid: u32,
     pub(crate) parent_name: String,
+    /// Resource limits the child sets on itself before its function runs.
+    pub(crate) limits: Option<ChildLimits>,
+}
+
+/// Resource limits (`setrlimit`) a child sets on itself before its function runs: the
+/// soft and hard limits both, except for CPU time (see [`ChildLimits::cpu`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ChildLimits {
+    /// Address space beyond what the child has mapped when it sets the limit: a memory
+    /// cap where no cgroup enforces it.
+    pub(crate) memory: Option<u64>,
+    /// Address space, in all.
+    pub(crate) address_space: Option<u64>,
+    /// CPU time from the moment it is set: the soft limit moves (a pool worker moves it
+    /// before each task), and the hard one stays, so that the process may move it.
+    pub(crate) cpu: Option<std::time::Duration>,
+    pub(crate) open_files: Option<u64>,
+    pub(crate) processes: Option<u64>,
 }
 
 /// Encodes the fixed prefix and the header of a call.
@@ -159,6 +177,11 @@ pub(crate) struct ForkRequest {
     /// The complete environment of the child: `KEY=VALUE` entries, each ended by a NUL
     /// (the layout of `environ`, so a child can compare it with its own in one go).
     pub(crate) env: Bytes,
+    /// A memory cap of this many bytes, through a cgroup the server makes for the child.
+    pub(crate) memory_cgroup: Option<u64>,
+    /// The cgroup the child moves itself into before anything else (the server fills
+    /// it in).
+    pub(crate) cgroup: Option<Bytes>,
 }
 
 pub(crate) use crate::wire::codec::Bytes;
@@ -241,23 +264,39 @@ pub(crate) fn decode_panic(body: &[u8]) -> Result<RemotePanic, postcard::Error> 
     postcard::from_bytes(body)
 }
 
-/// A child's exit status as the fork server writes it on the child's status pipe:
-/// five bytes, a kind byte (0: exited, 1: killed) and the code or signal.
-pub(crate) fn status_to_bytes(status: WaitStatus) -> [u8; 5] {
-    let (kind, value) = match status {
+/// How a child of the fork server ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reaped {
+    pub(crate) status: WaitStatus,
+    /// The out-of-memory killer killed a process of its memory cgroup: it went over its
+    /// cap.
+    pub(crate) oom_killed: bool,
+}
+
+/// Bytes of a [`Reaped`] on a status pipe.
+pub(crate) const STATUS_LEN: usize = 6;
+
+/// A child's end as the fork server writes it on the child's status pipe: a kind byte
+/// (0: exited, 1: killed), the code or signal, and a flags byte (1: out-of-memory kill).
+pub(crate) fn status_to_bytes(reaped: Reaped) -> [u8; STATUS_LEN] {
+    let (kind, value) = match reaped.status {
         WaitStatus::Exited(code) => (0u8, code),
         WaitStatus::Signaled(sig) => (1u8, sig),
     };
     let v = value.to_le_bytes();
-    [kind, v[0], v[1], v[2], v[3]]
+    [kind, v[0], v[1], v[2], v[3], u8::from(reaped.oom_killed)]
 }
 
 /// Inverse of [`status_to_bytes`]; `None` for an unknown kind.
-pub(crate) fn status_from_bytes(b: [u8; 5]) -> Option<WaitStatus> {
+pub(crate) fn status_from_bytes(b: [u8; STATUS_LEN]) -> Option<Reaped> {
     let value = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-    match b[0] {
-        0 => Some(WaitStatus::Exited(value)),
-        1 => Some(WaitStatus::Signaled(value)),
-        _ => None,
-    }
+    let status = match b[0] {
+        0 => WaitStatus::Exited(value),
+        1 => WaitStatus::Signaled(value),
+        _ => return None,
+    };
+    Some(Reaped {
+        status,
+        oom_killed: b[5] & 1 != 0,
+    })
 }

@@ -17,7 +17,7 @@ pub(crate) use child::{ChildCall, Invoked, fail_on, run_in_fork};
 pub(crate) use forkserver::{ForkServer, read_status};
 pub(crate) use panic::caught_panic;
 pub use panic::{PanicLocation, RemotePanic};
-pub(crate) use setup::{ForkedChildSetup, setup_forked_child};
+pub(crate) use setup::{ForkedChildSetup, apply_limits, arm_cpu_limit, setup_forked_child};
 
 use crate::shm::{self, named::Tracked};
 use crate::sync::unpoisoned;

@@ -161,6 +161,9 @@ pub(crate) fn payload_message(payload: &(dyn Any + Send)) -> String {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
+    } else if let Some(e) = payload.downcast_ref::<std::io::Error>() {
+        // `std::panic::panic_any(error)`: its own words (and errno) are the message.
+        e.to_string()
     } else {
         "Box<dyn Any>".to_owned()
     }

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::messages::{self, CHANNEL_FD, DEATH_FD, ForkRequest, Launch};
+use super::messages::{self, CHANNEL_FD, ChildLimits, DEATH_FD, ForkRequest, Launch};
 use super::{BOOTSTRAP_FAILURE, CHILD_TOKEN, child, fail_on, format_token};
 use crate::sys::{self, AsFd, OwnedFd};
 
@@ -46,6 +47,15 @@ pub(crate) fn become_requested(
         || (request.process_group && sys::lead_process_group().is_err())
     {
         sys::exit_now(BOOTSTRAP_FAILURE);
+    }
+    // Into the memory cgroup the server made for it, before anything else is charged to
+    // its old one; across `exec` too.
+    if let Some(dir) = &request.cgroup {
+        let dir = sys::path_from_bytes(dir.0.clone());
+        if let Err(e) = sys::join_cgroup(&dir) {
+            let why = format!("cannot join the memory cgroup {}: {e}", dir.display());
+            fail_on(channel, &why);
+        }
     }
     // stdin, stdout, stderr at 0 to 2, the channel at CHANNEL_FD, the death pipe at
     // DEATH_FD; nothing else.
@@ -185,4 +195,49 @@ fn spawn_death_watchdog(death: OwnedFd) -> std::io::Result<()> {
             sys::kill_self()
         })
         .map(drop)
+}
+
+/// Sets the resource limits a child runs under, just before its function: the address
+/// space (the memory cap where no cgroup enforces it: what is mapped now plus the cap),
+/// open files and processes, soft and hard; CPU time last, so that the set-up's own
+/// does not count.
+pub(crate) fn apply_limits(limits: &ChildLimits) -> Result<(), String> {
+    use sys::RlimitKind;
+    let set = |kind: RlimitKind, value: u64, what: &str| {
+        sys::set_rlimit(kind, value, true).map_err(|e| format!("cannot limit {what}: {e}"))
+    };
+    let memory = match limits.memory {
+        Some(extra) => Some(
+            sys::address_space_used()
+                .map_err(|e| format!("cannot measure the address space: {e}"))?
+                .saturating_add(extra),
+        ),
+        None => None,
+    };
+    let space = match (memory, limits.address_space) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(bytes) = space {
+        set(RlimitKind::AddressSpace, bytes, "the address space")?;
+    }
+    if let Some(n) = limits.open_files {
+        set(RlimitKind::OpenFiles, n, "open files")?;
+    }
+    if let Some(n) = limits.processes {
+        set(RlimitKind::Processes, n, "processes")?;
+    }
+    if let Some(cpu) = limits.cpu {
+        arm_cpu_limit(cpu).map_err(|e| format!("cannot limit CPU time: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Lets this process use `limit` more CPU time from now (rounded up to the whole
+/// second `RLIMIT_CPU` counts in), then sends it `SIGXCPU`, which ends it. Only the soft
+/// limit moves: a pool worker moves it again before each task.
+pub(crate) fn arm_cpu_limit(limit: Duration) -> std::io::Result<()> {
+    let until = sys::cpu_time_used().saturating_add(limit);
+    let seconds = until.as_secs() + u64::from(until.subsec_nanos() > 0);
+    sys::set_rlimit(sys::RlimitKind::CpuSeconds, seconds.max(1), false)
 }

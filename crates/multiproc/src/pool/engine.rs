@@ -21,7 +21,7 @@ use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
 use crate::deadline::Deadline;
 use crate::ipc::channel::{self, MAX_SLEEP, RawReceiver, RawSender, Received, RecvFail, SendFail};
-use crate::process::{Builder, JoinHandle, StartMethod};
+use crate::process::{Armed, Builder, JoinHandle, Limits, StartMethod};
 use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, OwnedFd};
 use crate::wire::codec::{CodecError, Encoded};
@@ -52,6 +52,9 @@ pub(super) struct Config {
     pub(super) retry: RetryPolicy,
     pub(super) name: String,
     pub(super) identity: [u64; 6],
+    /// Resource limits of each worker, and what tells a task that ran into one.
+    pub(super) limits: Limits,
+    pub(super) armed: Armed,
 }
 
 /// Everything the pool handle, the engine thread and tasks share.
@@ -517,11 +520,13 @@ impl PoolInner {
             results: self.results_tx.clone(),
             tickets: self.tickets.clone(),
             init,
+            cpu_per_task: self.config.limits.cpu(),
         };
         let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         let mut builder = Builder::new()
             .name(format!("{}-{n}", self.config.name))
-            .daemon(true);
+            .daemon(true)
+            .limits(self.config.limits.clone());
         if let Some(method) = self.config.start_method {
             builder = builder.start_method(method);
         }
@@ -794,7 +799,10 @@ impl PoolInner {
                 None
             }
             kind::PANICKED => Some(match codec_panic(body) {
-                Ok(p) => TaskError::Panicked(p),
+                Ok(p) => match self.config.armed.panicked(&p) {
+                    Some((limit, detail)) => TaskError::LimitExceeded { limit, detail },
+                    None => TaskError::Panicked(p),
+                },
                 Err(e) => TaskError::Codec(e),
             }),
             kind::BAD_ARGS | kind::UNENCODABLE => Some(TaskError::Codec(CodecError::new(text()))),
@@ -902,6 +910,7 @@ impl PoolInner {
                     continue;
                 };
                 let status = w.handle.exit_status();
+                let exceeded = w.handle.record().limit_exceeded();
                 tracing::trace!(pid = w.handle.pid(), ?status, "pool worker ended");
                 let mut unstarted = Vec::new();
                 for &id in &w.in_flight {
@@ -931,7 +940,12 @@ impl PoolInner {
                                 Some((k, KillReason::TimedOut)) if k == id => TaskError::TimedOut,
                                 Some((k, KillReason::Cancelled)) if k == id => TaskError::Cancelled,
                                 Some((_, KillReason::Terminated)) => TaskError::PoolClosed,
-                                _ => TaskError::WorkerDied(status),
+                                _ => match exceeded.clone() {
+                                    Some((limit, detail)) => {
+                                        TaskError::LimitExceeded { limit, detail }
+                                    }
+                                    None => TaskError::WorkerDied(status),
+                                },
                             };
                             let cancelled = matches!(error, TaskError::Cancelled);
                             if cancelled {

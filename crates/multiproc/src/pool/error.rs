@@ -22,6 +22,16 @@ pub enum TaskError {
         None => "how is unknown".to_string(),
     })]
     WorkerDied(Option<ExitStatus>),
+    /// The task ran into a resource limit of its worker
+    /// ([`PoolBuilder::limits`](crate::PoolBuilder::limits)): which, and how that showed.
+    /// A worker the limit ended is replaced.
+    #[error("the task ran into its worker's {limit} limit: {detail}")]
+    LimitExceeded {
+        /// The limit.
+        limit: crate::process::Limit,
+        /// How it showed (the signal that ended the worker, or the task's own report).
+        detail: String,
+    },
     /// The task ran longer than the pool's task timeout; its worker was killed.
     #[error("the task ran longer than the pool's task timeout; its worker was killed")]
     TimedOut,
@@ -75,6 +85,16 @@ impl PartialEq for TaskError {
             (PoolBroken(a), PoolBroken(b))
             | (Failed(a), Failed(b))
             | (DeadLettered(a), DeadLettered(b)) => a == b,
+            (
+                LimitExceeded {
+                    limit: a,
+                    detail: x,
+                },
+                LimitExceeded {
+                    limit: b,
+                    detail: y,
+                },
+            ) => a == b && x == y,
             (Io(a), Io(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
             _ => false,
         }

@@ -25,7 +25,7 @@ pub use task::Task;
 pub use thread::{ThreadPool, ThreadPoolBuilder};
 
 use crate::ipc::channel::Received;
-use crate::process::{SpawnError, StartMethod};
+use crate::process::{Limits, SpawnError, StartMethod};
 use crate::sys;
 use crate::wire::codec::{self, Encoded};
 use engine::{Config, PoolInner};
@@ -45,6 +45,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     retry: RetryPolicy,
     name: String,
+    limits: Limits,
 }
 
 impl Default for PoolBuilder {
@@ -57,6 +58,7 @@ impl Default for PoolBuilder {
             task_timeout: None,
             retry: RetryPolicy::never(),
             name: "PoolWorker".into(),
+            limits: Limits::new(),
         }
     }
 }
@@ -118,6 +120,47 @@ impl PoolBuilder {
         self
     }
 
+    /// Resource limits each worker runs under (see [`Limits`]): memory (a cgroup per
+    /// worker where one can be made), CPU time (counted per task: a worker's allowance
+    /// starts afresh with each task), open files, ... A task that runs into one fails
+    /// with [`TaskError::LimitExceeded`] (not retried by default: it would likely run
+    /// into it again), and a worker a limit ended is replaced; the other tasks go on.
+    ///
+    /// A worker's memory is its own and its tasks' together, one task at a time: what a
+    /// task leaves allocated (a cache in a static) counts against the next.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use multiproc::{Limit, Limits, Pool, TaskError};
+    ///
+    /// fn render(page: u32) -> usize {
+    ///     // ... code that may loop or allocate without bound on some inputs ...
+    ///     page as usize
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let _guard = multiproc::init();
+    /// let pool = Pool::builder()
+    ///     .processes(4)
+    ///     .limits(Limits::new().memory(512 << 20).cpu_time(Duration::from_secs(10)))
+    ///     .build()?;
+    /// for task in (0..100).map(|page| pool.submit(render, page)).collect::<Result<Vec<_>, _>>()? {
+    ///     match task.wait() {
+    ///         Ok(bytes) => println!("{bytes}"),
+    ///         Err(TaskError::LimitExceeded { limit: Limit::Memory, .. }) => eprintln!("too big"),
+    ///         Err(e) => eprintln!("{e}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -147,6 +190,8 @@ impl PoolBuilder {
         if !crate::bootstrap::initialized() {
             return Err(PoolError::Spawn(SpawnError::NotInitialized));
         }
+        // Checked once here, as each worker's start would.
+        let armed = self.limits.plan(false)?.armed;
         let config = Config {
             processes,
             start_method: self.start_method,
@@ -156,6 +201,8 @@ impl PoolBuilder {
             retry: self.retry,
             name: self.name,
             identity: crate::bootstrap::exe_identity()?,
+            limits: self.limits,
+            armed,
         };
         let (inner, engine) = PoolInner::start(config)?;
         Ok(Pool {

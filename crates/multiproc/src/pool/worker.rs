@@ -159,6 +159,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) tickets: Tickets,
     /// The initializer and its encoded argument.
     pub(crate) init: Option<(TaskEntry, Encoded)>,
+    /// CPU time each task may use (the limit moves before each).
+    pub(crate) cpu_per_task: Option<std::time::Duration>,
 }
 
 /// A worker process's function: serves jobs until every job sender is gone.
@@ -169,6 +171,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         results,
         tickets,
         init,
+        cpu_per_task,
     } = args;
     let send = |header: OutcomeHeader, mut out: Encoded| {
         header.write(&mut out.bytes[..OUTCOME_HEADER]);
@@ -226,6 +229,12 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             if !tickets.claim(job.ticket, job.generation, sys::monotonic_ns()) {
                 send(header(kind::CANCELLED), empty());
                 return;
+            }
+            // Each task gets its whole allowance of CPU time, whatever earlier ones used.
+            if let Some(cpu) = cpu_per_task
+                && let Err(e) = crate::bootstrap::arm_cpu_limit(cpu)
+            {
+                tracing::warn!("pool worker: cannot limit CPU time: {e}");
             }
             let ran = panic::catch_unwind(AssertUnwindSafe(|| {
                 sys::call(job.entry, &proof, (&bytes[JOB_HEADER..], fds))

@@ -65,6 +65,15 @@ pub enum ProcessError {
     /// killed (`SIGKILL`, `SIGTERM`).
     #[error("the process was killed by {0}")]
     Signaled(Signal),
+    /// The process ran into one of its resource limits ([`Limits`](crate::Limits)):
+    /// which, and how that showed (the signal that ended it, or its own report).
+    #[error("the process ran into its {limit} limit: {detail}")]
+    LimitExceeded {
+        /// The limit.
+        limit: super::Limit,
+        /// How it showed.
+        detail: String,
+    },
     /// The process ended before its call started, for the reason given.
     #[error("the process was lost before its call started: {0}")]
     Lost(String),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::limits::Armed;
 use super::registry;
 use super::{ExitStatus, ProcessError, Signal};
 use crate::bootstrap::{self, RemotePanic, messages};
@@ -37,6 +38,8 @@ pub(crate) enum Ended {
 struct Status {
     source: StatusSource,
     ended: Option<Ended>,
+    /// The fork server reported an out-of-memory kill in the child's cgroup.
+    oom_killed: bool,
 }
 
 /// What the child sent back.
@@ -115,6 +118,8 @@ pub(crate) struct ChildRecord {
     pidfd: OwnedFd,
     status: Mutex<Status>,
     channel: Mutex<Option<Channel>>,
+    /// The resource limits it runs under.
+    armed: Armed,
 }
 
 impl ChildRecord {
@@ -125,6 +130,7 @@ impl ChildRecord {
         pidfd: OwnedFd,
         source: StatusSource,
         channel: Channel,
+        armed: Armed,
     ) -> Self {
         ChildRecord {
             pid,
@@ -134,8 +140,21 @@ impl ChildRecord {
             status: Mutex::new(Status {
                 source,
                 ended: None,
+                oom_killed: false,
             }),
             channel: Mutex::new(Some(channel)),
+            armed,
+        }
+    }
+
+    /// The resource limit the child ran into, if it ended because of one, and how that
+    /// showed.
+    pub(crate) fn limit_exceeded(&self) -> Option<(super::Limit, String)> {
+        let ended = self.ended()?;
+        let oom_killed = unpoisoned::lock(&self.status).oom_killed;
+        match ended {
+            Ended::Known(status) => self.armed.ended(status, oom_killed),
+            Ended::Unknown => None,
         }
     }
 
@@ -181,7 +200,13 @@ impl ChildRecord {
                 StatusSource::Relay(pipe) => {
                     let reported = matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.ready());
                     if reported || self.exited() {
-                        read_relayed(pipe, &self.pidfd, Some(Instant::now() + RELAY_GRACE))
+                        let pipe = Arc::clone(pipe);
+                        read_relayed(
+                            &pipe,
+                            &self.pidfd,
+                            Some(Instant::now() + RELAY_GRACE),
+                            &mut st.oom_killed,
+                        )
                     } else {
                         None
                     }
@@ -238,7 +263,8 @@ impl ChildRecord {
             if let Some(pipe) = pipe {
                 let mut st = unpoisoned::lock(&self.status);
                 if st.ended.is_none() {
-                    st.ended = read_relayed(&pipe, &self.pidfd, deadline);
+                    let st = &mut *st;
+                    st.ended = read_relayed(&pipe, &self.pidfd, deadline, &mut st.oom_killed);
                 }
             }
         }
@@ -292,11 +318,21 @@ impl ChildRecord {
         let channel = unpoisoned::lock(&self.channel).take();
         registry::remove(self);
         let (started, outcome) = channel.map_or((false, None), |c| (c.started, c.outcome));
+        let exceeded = |(limit, detail)| ProcessError::LimitExceeded { limit, detail };
+        if outcome.is_none()
+            && started
+            && let Some(limit) = self.limit_exceeded()
+        {
+            return Err(exceeded(limit));
+        }
         match outcome {
             Some(Outcome::Returned(body, fds)) => {
                 codec::decode::<R>(&body, fds).map_err(ProcessError::Codec)
             }
-            Some(Outcome::Panicked(p)) => Err(ProcessError::Panicked(p)),
+            Some(Outcome::Panicked(p)) => Err(match self.armed.panicked(&p) {
+                Some(limit) => exceeded(limit),
+                None => ProcessError::Panicked(p),
+            }),
             Some(Outcome::Failed(why)) => Err(ProcessError::Lost(why)),
             Some(Outcome::Unencodable(why)) => Err(ProcessError::Codec(CodecError::new(format!(
                 "the child could not encode its return value: {why}"
@@ -326,11 +362,20 @@ impl ChildRecord {
 /// How long an exited child's status may take to arrive from the fork server.
 const RELAY_GRACE: Duration = Duration::from_secs(1);
 
-/// Reads a relayed status; at end of file (the fork server died before reporting), waits
-/// for the process itself to end and reports `Unknown`.
-fn read_relayed(pipe: &OwnedFd, pidfd: &OwnedFd, deadline: Option<Instant>) -> Option<Ended> {
+/// Reads a relayed status (and whether the out-of-memory killer struck, into
+/// `oom_killed`); at end of file (the fork server died before reporting), waits for the
+/// process itself to end and reports `Unknown`.
+fn read_relayed(
+    pipe: &OwnedFd,
+    pidfd: &OwnedFd,
+    deadline: Option<Instant>,
+    oom_killed: &mut bool,
+) -> Option<Ended> {
     match bootstrap::read_status(pipe.as_fd()) {
-        Ok(Some(t)) => Some(Ended::Known(t)),
+        Ok(Some(reaped)) => {
+            *oom_killed = reaped.oom_killed;
+            Some(Ended::Known(reaped.status))
+        }
         Ok(None) | Err(_) => match sys::wait_readable(&[pidfd.as_fd()], deadline) {
             Ok(r) if r[0].ready() => Some(Ended::Unknown),
             _ => None,

@@ -6,6 +6,7 @@
 mod current;
 mod error;
 mod handle;
+mod limits;
 mod registry;
 mod status;
 
@@ -25,6 +26,8 @@ pub use current::{
 pub(crate) use error::NOT_IN_EXECUTABLE;
 pub use error::{ProcessError, SpawnError};
 pub use handle::{ChildProcess, JoinHandle};
+pub(crate) use limits::Armed;
+pub use limits::{Limit, Limits, MemoryCap};
 pub use status::{ExitStatus, Signal};
 
 use handle::{Channel, ChildRecord, StatusSource};
@@ -196,6 +199,7 @@ pub struct Builder {
     stdin: Option<Stdio>,
     stdout: Option<Stdio>,
     stderr: Option<Stdio>,
+    limits: Limits,
 }
 
 impl Builder {
@@ -282,6 +286,39 @@ impl Builder {
         self
     }
 
+    /// Resource limits the child runs under: memory, CPU time, open files, ... set
+    /// before its function runs (see [`Limits`]). A child that runs into one fails with
+    /// [`ProcessError::LimitExceeded`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use multiproc::{Builder, Limit, Limits, ProcessError};
+    ///
+    /// fn spin(_: ()) {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let _guard = multiproc::init();
+    /// let child = Builder::new()
+    ///     .limits(Limits::new().cpu_time(Duration::from_secs(1)))
+    ///     .spawn(spin, ())?;
+    /// assert!(matches!(
+    ///     child.join(),
+    ///     Err(ProcessError::LimitExceeded { limit: Limit::CpuTime, .. })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Starts a child process that runs `f(args)` and returns its result through the
     /// [`JoinHandle`].
     ///
@@ -301,6 +338,7 @@ impl Builder {
         let me = self.check()?;
         // A daemon's children are daemons (see `daemon`).
         self.daemon |= me.daemon;
+        let limits = self.limits.plan(false)?;
         let entry =
             sys::entry::<bootstrap::ChildCall, A, R>(f).map_err(|_| SpawnError::NotInExecutable)?;
         let args = codec::encode(&args).map_err(SpawnError::Codec)?;
@@ -329,6 +367,7 @@ impl Builder {
             depth: me.depth + 1,
             parent_pid: sys::getpid(),
             parent_name: me.name.clone(),
+            limits: (!self.limits.is_empty()).then(|| limits.child.clone()),
         };
         let prefix = messages::encode_call_prefix(&identity, &header)
             .map_err(|e| SpawnError::Codec(CodecError::with_source(e.to_string(), e)))?;
@@ -343,6 +382,8 @@ impl Builder {
             process_group: self.process_group,
             cwd: cwd.map(messages::path_bytes),
             env: messages::env_block(env),
+            memory_cgroup: limits.cgroup,
+            cgroup: None,
         };
         let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         // A small call fits in the empty socket's buffer: send it now, while the server
@@ -367,6 +408,7 @@ impl Builder {
             pidfd,
             StatusSource::Relay(Arc::new(status_read)),
             Channel::new(conn, false),
+            limits.armed,
         ));
         registry::add(&mut registry::lock(), Arc::clone(&record));
         if !early {
@@ -404,6 +446,7 @@ impl Builder {
         if let Some(dir) = &self.cwd {
             checked_dir(dir)?;
         }
+        let limits = self.limits.plan(true)?;
         let number = bootstrap::next_child_number();
         let name = self
             .name
@@ -465,7 +508,11 @@ impl Builder {
                     parent_death: (self.daemon && forking_thread_is_main).then_some(parent_pid),
                     watchdog,
                 });
-                if let Err(why) = setup {
+                let limited = match setup {
+                    Ok(()) if !self.limits.is_empty() => bootstrap::apply_limits(&limits.child),
+                    other => other,
+                };
+                if let Err(why) = limited {
                     bootstrap::fail_on(theirs, &why);
                 }
                 bootstrap::run_in_fork(theirs, f)
@@ -482,6 +529,7 @@ impl Builder {
                     pidfd,
                     StatusSource::Direct,
                     Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
+                    limits.armed,
                 ));
                 registry::add(&mut children, Arc::clone(&record));
                 drop(children);

@@ -31,6 +31,26 @@ impl Readiness {
     }
 }
 
+/// A resource limit of a process (`setrlimit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RlimitKind {
+    /// `RLIMIT_AS`, in bytes.
+    AddressSpace,
+    /// `RLIMIT_CPU`, in seconds.
+    CpuSeconds,
+    /// `RLIMIT_NOFILE`.
+    OpenFiles,
+    /// `RLIMIT_NPROC`.
+    Processes,
+}
+
+/// Which cgroup hierarchy a memory cgroup is in: they name their files differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum CgroupKind {
+    V1,
+    V2,
+}
+
 /// Which side of a fork this is.
 #[derive(Debug)]
 pub(crate) enum Forked {

@@ -10,7 +10,10 @@ use std::time::Instant;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::sys::{Caller, Entry, Forked, NotSingleThreaded, Readiness, Signature, WaitStatus};
+use crate::sys::{
+    Caller, CgroupKind, Entry, Forked, NotSingleThreaded, Readiness, RlimitKind, Signature,
+    WaitStatus,
+};
 
 /// Processes cannot be started here.
 pub(crate) const SUPPORTED: bool = false;
@@ -410,5 +413,32 @@ pub(crate) fn listen_backlog(_: BorrowedFd<'_>) -> io::Result<()> {
 }
 #[cfg(unix)]
 pub(crate) fn abstract_socket_addr(_: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    Err(unsupported())
+}
+
+pub(crate) const SIGXCPU: i32 = 24;
+pub(crate) const EMFILE: i32 = 24;
+pub(crate) fn set_rlimit(_: RlimitKind, _: u64, _: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn cpu_time_used() -> std::time::Duration {
+    std::time::Duration::ZERO
+}
+pub(crate) fn address_space_used() -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn memory_cgroup_home() -> io::Result<(std::path::PathBuf, CgroupKind)> {
+    Err(unsupported())
+}
+pub(crate) fn make_memory_cgroup(_: &std::path::Path, _: CgroupKind, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn join_cgroup(_: &std::path::Path) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn oom_kills(_: &std::path::Path, _: CgroupKind) -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn remove_cgroup(_: &std::path::Path) -> io::Result<()> {
     Err(unsupported())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::server;
 use crate::bootstrap::messages::{self, CHANNEL_FD, DEATH_FD, ForkReply, ForkRequest};
 use crate::bootstrap::{CHILD_TOKEN, SERVER_TOKEN, format_token};
-use crate::sys::{self, AsFd, BorrowedFd, OwnedFd, WaitStatus};
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::framing::{Conn, RecvFrameError};
 
 /// How long the server may take to answer a request before it is considered wedged.
@@ -142,10 +142,10 @@ pub(crate) fn is_server_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Reads the status a fork server wrote for a child: five bytes, or `None` at end of
-/// file (the server died before reporting).
-pub(crate) fn read_status(status: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
-    let mut buf = [0u8; 5];
+/// Reads the status a fork server wrote for a child, or `None` at end of file (the
+/// server died before reporting).
+pub(crate) fn read_status(status: BorrowedFd<'_>) -> io::Result<Option<messages::Reaped>> {
+    let mut buf = [0u8; messages::STATUS_LEN];
     let mut got = 0;
     while got < buf.len() {
         let n = sys::read(status, &mut buf[got..])?;

@@ -12,8 +12,18 @@
 //! and waits for its assignment. The next request goes to the spare, and the server
 //! forks the following spare after replying, so the fork is off the requester's path.
 //! A spare dies with the server (its parent-death signal is set) until it is assigned.
+//!
+//! A child with a memory cap gets a cgroup of its own, which the server makes before
+//! the child exists and removes once it has reaped the child, after reading from it
+//! whether the out-of-memory killer struck (reported with the exit status). When the
+//! parent goes, the server kills its daemon children and removes their cgroups; a
+//! capped child that is not a daemon (it outlives its parent, as Python's do) keeps the
+//! server until it ends, so that its cgroup is removed too. Cgroups of a server that was
+//! itself killed are removed by the next server that makes one, once they are empty.
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::setup::{FromServer, become_requested};
@@ -30,6 +40,90 @@ struct Kid {
     status: Option<OwnedFd>,
     /// The connection a spare waits on for its assignment; `None` once assigned.
     spare: Option<Conn>,
+    /// Its memory cgroup.
+    cgroup: Option<PathBuf>,
+}
+
+/// Cgroups names start with this, then the server's pid and a number.
+const CGROUP_PREFIX: &str = "multiproc-";
+/// How often the server tries again to remove cgroups that a child's own children
+/// still held when it was reaped.
+const CGROUP_RETRY: Duration = Duration::from_secs(1);
+
+/// The memory cgroups the server makes and removes.
+struct Cgroups {
+    /// Where they are made, and how; found at the first request for one.
+    home: Option<Result<(PathBuf, sys::CgroupKind), String>>,
+    made: u64,
+    /// Cgroups whose child was reaped but which still hold processes (its own
+    /// children, in them too): removed once they are empty.
+    leftover: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn home(&mut self) -> Result<(PathBuf, sys::CgroupKind), String> {
+        self.home
+            .get_or_insert_with(|| {
+                let home = sys::memory_cgroup_home().map_err(|e| e.to_string())?;
+                sweep(&home.0);
+                Ok(home)
+            })
+            .clone()
+    }
+
+    /// Makes a cgroup capped at `bytes`.
+    fn make(&mut self, bytes: u64) -> Result<PathBuf, Refusal> {
+        let (home, kind) = self
+            .home()
+            .map_err(|why| Refusal::other(format!("no memory cgroup can be made: {why}")))?;
+        self.made += 1;
+        let dir = home.join(format!("{CGROUP_PREFIX}{}-{}", sys::getpid(), self.made));
+        sys::make_memory_cgroup(&dir, kind, bytes)
+            .map_err(|e| Refusal::os(&format!("cannot make the cgroup {}", dir.display()), &e))?;
+        Ok(dir)
+    }
+
+    /// Whether the out-of-memory killer struck in `dir`; then removes it (or keeps it
+    /// for later, while processes are in it).
+    fn finish(&mut self, dir: PathBuf) -> bool {
+        let kind = match &self.home {
+            Some(Ok((_, kind))) => *kind,
+            _ => return false,
+        };
+        let oom = sys::oom_kills(&dir, kind).is_ok_and(|n| n > 0);
+        if sys::remove_cgroup(&dir).is_err() {
+            self.leftover.push(dir);
+        }
+        oom
+    }
+
+    /// Removes the leftovers that are empty now.
+    fn retry(&mut self) {
+        self.leftover.retain(|dir| {
+            sys::remove_cgroup(dir).is_err() && matches!(std::fs::exists(dir), Ok(true))
+        });
+    }
+}
+
+/// Removes the empty cgroups of servers that are gone (killed before they could).
+fn sweep(home: &Path) {
+    let Ok(entries) = std::fs::read_dir(home) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CGROUP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != sys::getpid() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = sys::remove_cgroup(&entry.path());
+        }
+    }
 }
 
 /// Runs the fork server on `control` until the parent goes away. Never returns.
@@ -73,14 +167,24 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     let mut kids: Vec<Kid> = Vec::new();
     let mut keep_spare = false;
     let mut tracked: Vec<messages::Tracked> = Vec::new();
+    let mut cgroups = Cgroups {
+        home: None,
+        made: 0,
+        leftover: Vec::new(),
+    };
     loop {
         let missing_spare = keep_spare && !kids.iter().any(|k| k.spare.is_some());
+        cgroups.retry();
         let ready = {
             let mut fds = Vec::with_capacity(kids.len() + 1);
             fds.push(conn.fd());
             fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
             // With a spare to make, only look; a request already waiting goes first.
-            let deadline = missing_spare.then(std::time::Instant::now);
+            let deadline = if missing_spare {
+                Some(Instant::now())
+            } else {
+                (!cgroups.leftover.is_empty()).then(|| Instant::now() + CGROUP_RETRY)
+            };
             match sys::wait_readable(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(_) => break,
@@ -100,10 +204,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
                 && let Ok(Some(status)) = sys::try_reap(kids[i].pidfd.as_fd())
             {
                 let kid = kids.swap_remove(i);
-                if let Some(pipe) = kid.status {
-                    // The parent may have stopped listening; nothing to do then.
-                    let _ = sys::write_all(pipe.as_fd(), &messages::status_to_bytes(status));
-                }
+                report(kid, status, &mut cgroups);
             }
         }
         if ready[0].ready() {
@@ -113,8 +214,14 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             while let Ok(Some(frame)) = next {
                 match frame.tag {
                     messages::FORK => {
-                        let reply =
-                            start_child(&info, &frame.body, frame.fds, death.as_ref(), &mut kids);
+                        let reply = start_child(
+                            &info,
+                            &frame.body,
+                            frame.fds,
+                            death.as_ref(),
+                            &mut kids,
+                            &mut cgroups,
+                        );
                         let (reply, pidfd): (ForkReply, Option<OwnedFd>) = match reply {
                             Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
                             Err(e) => (Err(e), None),
@@ -148,10 +255,9 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             }
         }
     }
-    let doomed: Vec<&Kid> = kids
-        .iter()
-        .filter(|k| k.daemon || k.spare.is_some())
-        .collect();
+    let (doomed, living): (Vec<Kid>, Vec<Kid>) = kids
+        .into_iter()
+        .partition(|k| k.daemon || k.spare.is_some());
     for kid in &doomed {
         let _ = sys::send_signal(kid.pidfd.as_fd(), sys::SIGKILL);
     }
@@ -160,15 +266,50 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         sys::shm_unlink_if(&t.name, (t.dev, t.ino));
     }
     // Reap them (for a second at most), so that none is seen running, re-parented,
-    // after this server is gone.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    for kid in &doomed {
+    // after this server is gone; and remove their cgroups.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for kid in doomed {
         // A pidfd becomes readable when its process has exited.
-        if sys::wait_readable(&[kid.pidfd.as_fd()], Some(deadline)).is_ok() {
-            let _ = sys::try_reap(kid.pidfd.as_fd());
+        if sys::wait_readable(&[kid.pidfd.as_fd()], Some(deadline)).is_ok()
+            && let Ok(Some(status)) = sys::try_reap(kid.pidfd.as_fd())
+        {
+            report(kid, status, &mut cgroups);
         }
     }
+    // Children that outlive their parent and have a cgroup: stay until they end, and
+    // remove it then.
+    let mut living: Vec<Kid> = living.into_iter().filter(|k| k.cgroup.is_some()).collect();
+    while !living.is_empty() {
+        let fds: Vec<_> = living.iter().map(|k| k.pidfd.as_fd()).collect();
+        let Ok(ready) = sys::wait_readable(&fds, None) else {
+            break;
+        };
+        for i in (0..living.len()).rev() {
+            if ready[i].ready()
+                && let Ok(Some(status)) = sys::try_reap(living[i].pidfd.as_fd())
+            {
+                report(living.swap_remove(i), status, &mut cgroups);
+            }
+        }
+    }
+    // What their own children held a moment longer.
+    let deadline = Instant::now() + CGROUP_RETRY;
+    while !cgroups.leftover.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        cgroups.retry();
+    }
     sys::exit_now(0)
+}
+
+/// Reports a reaped child's end on its status pipe, with whether the out-of-memory
+/// killer struck in its cgroup, which goes.
+fn report(kid: Kid, status: sys::WaitStatus, cgroups: &mut Cgroups) {
+    let oom_killed = kid.cgroup.is_some_and(|dir| cgroups.finish(dir));
+    if let Some(pipe) = kid.status {
+        let reaped = messages::Reaped { status, oom_killed };
+        // The parent may have stopped listening; nothing to do then.
+        let _ = sys::write_all(pipe.as_fd(), &messages::status_to_bytes(reaped));
+    }
 }
 
 /// Handles one request: hands it to the spare, or forks a child for it. Returns the
@@ -179,13 +320,62 @@ fn start_child(
     fds: Vec<OwnedFd>,
     death: Option<&OwnedFd>,
     kids: &mut Vec<Kid>,
+    cgroups: &mut Cgroups,
 ) -> Result<(u32, OwnedFd), Refusal> {
-    let request: ForkRequest = postcard::from_bytes(body)
+    let mut request: ForkRequest = postcard::from_bytes(body)
         .map_err(|e| Refusal::other(format!("malformed request: {e}")))?;
     let [channel, status, stdin, stdout, stderr]: [OwnedFd; 5] =
         fds.try_into().map_err(|fds: Vec<OwnedFd>| {
             Refusal::other(format!("request carried {} descriptors, not 5", fds.len()))
         })?;
+    // A capped child's cgroup exists before the child, which joins it first thing.
+    let cgroup = match request.memory_cgroup {
+        Some(bytes) => Some(cgroups.make(bytes)?),
+        None => None,
+    };
+    let with_cgroup;
+    let body = match &cgroup {
+        Some(dir) => {
+            request.cgroup = Some(messages::path_bytes(dir.clone()));
+            with_cgroup = postcard::to_stdvec(&request)
+                .map_err(|e| Refusal::other(format!("request: {e}")))?;
+            &with_cgroup[..]
+        }
+        None => body,
+    };
+    let started = assign_or_fork(
+        info,
+        &request,
+        body,
+        [channel, status, stdin, stdout, stderr],
+        death,
+        kids,
+    );
+    match started {
+        Ok((pid, pidfd)) => {
+            if let Some(kid) = kids.iter_mut().find(|k| k.pid == pid) {
+                kid.cgroup = cgroup;
+            }
+            Ok((pid, pidfd))
+        }
+        Err(e) => {
+            if let Some(dir) = cgroup {
+                cgroups.finish(dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Hands `request` (encoded: `body`) to the spare, or forks a child for it.
+fn assign_or_fork(
+    info: &FromServer<'_>,
+    request: &ForkRequest,
+    body: &[u8],
+    [channel, status, stdin, stdout, stderr]: [OwnedFd; 5],
+    death: Option<&OwnedFd>,
+    kids: &mut Vec<Kid>,
+) -> Result<(u32, OwnedFd), Refusal> {
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
         let mut spare = kid.spare.take();
         let passed = [
@@ -212,7 +402,7 @@ fn start_child(
         Ok(Forked::Child) => {
             drop(status);
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
-            become_requested(info, &request, channel, [stdin, stdout, stderr], death)
+            become_requested(info, request, channel, [stdin, stdout, stderr], death)
         }
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
@@ -238,6 +428,7 @@ fn new_kid(
         daemon,
         status,
         spare,
+        cgroup: None,
     })
 }
 

@@ -7,6 +7,7 @@ mod fd;
 mod fork;
 mod futex;
 mod image;
+mod limits;
 mod mem;
 mod net;
 mod proc;
@@ -26,6 +27,10 @@ pub(crate) use futex::{
     readable_any, thread_identity,
 };
 pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
+pub(crate) use limits::{
+    EMFILE, SIGXCPU, address_space_used, cpu_time_used, join_cgroup, make_memory_cgroup,
+    memory_cgroup_home, oom_kills, remove_cgroup, set_rlimit,
+};
 pub(crate) use mem::{
     doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
     shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,

@@ -1,0 +1,421 @@
+//! Resource limits with real processes: a child and a pool task allocating 2 GiB (and
+//! touching it) under a 256 MiB cap, through a cgroup and through the address-space
+//! fallback; spinning under a 1 s CPU limit (per task in a pool); opening 10,000 files
+//! under a 64-file limit. Each ends with `LimitExceeded` naming the limit, the pool
+//! replaces its worker and runs the next task; other deaths and panics under limits
+//! stay what they are. No cgroup directory is left behind, also when the parent is
+//! SIGKILLed with capped workers running.
+#![allow(unsafe_code)] // a test kills a helper with kill(2)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Helper, trial};
+use multiproc::{Builder, Limit, Limits, MemoryCap, Pool, ProcessError, StartMethod, TaskError};
+
+const T: Duration = Duration::from_secs(60);
+const CAP: u64 = 256 << 20;
+
+fn main() {
+    common::main_checked(
+        vec![
+            trial("spawn_memory_cgroup", spawn_memory_cgroup),
+            trial("spawn_memory_cgroup_exec", spawn_memory_cgroup_exec),
+            trial("spawn_memory_address_space", spawn_memory_address_space),
+            trial("spawn_cpu_time", spawn_cpu_time),
+            trial("spawn_open_files", spawn_open_files),
+            trial(
+                "spawn_other_ends_under_limits_stay_what_they_are",
+                spawn_other_ends_stay,
+            ),
+            trial("pool_memory_cgroup_goes_on", pool_memory_cgroup),
+            trial(
+                "pool_memory_address_space_goes_on",
+                pool_memory_address_space,
+            ),
+            trial("pool_cpu_time_per_task_goes_on", pool_cpu_time),
+            trial("pool_open_files_goes_on", pool_open_files),
+            trial(
+                "no_cgroup_left_when_the_parent_is_sigkilled",
+                no_cgroup_left_when_parent_sigkilled,
+            ),
+            trial("invalid_limits_refused", invalid_limits_refused),
+        ],
+        helpers,
+        Duration::from_secs(600),
+        no_cgroup_left,
+    );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        "capped_pool" => {
+            let pool = Pool::builder()
+                .processes(2)
+                .limits(Limits::new().memory(CAP).memory_cap(MemoryCap::Cgroup))
+                .build()
+                .unwrap();
+            // Both workers up (each answered a task).
+            let pids = pool.map(|_: u8| std::process::id(), [0u8, 1]).unwrap();
+            println!("workers {pids:?}");
+            std::thread::sleep(T);
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// Allocates `bytes` and writes every byte; returns the length.
+fn hog(bytes: usize) -> usize {
+    let mut v: Vec<u8> = Vec::new();
+    v.resize(bytes, 1);
+    v.len()
+}
+
+/// Spins for ever.
+fn spin(_: ()) {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+/// Spins for `ms` of CPU time, and returns how much CPU this process has used in all.
+fn burn(ms: u64) -> Duration {
+    let started = cpu_used();
+    let mut x = 0u64;
+    while cpu_used() - started < Duration::from_millis(ms) {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+    cpu_used()
+}
+
+fn cpu_used() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Opens `n` files at once, the way code that leaks descriptors does.
+fn open_many(n: usize) -> usize {
+    let files: Vec<std::fs::File> = (0..n)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    files.len()
+}
+
+/// Says it runs, then spins for ever.
+fn say_then_spin(running: multiproc::Event) {
+    running.set();
+    spin(())
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn cgroup_cap() -> Limits {
+    Limits::new().memory(CAP).memory_cap(MemoryCap::Cgroup)
+}
+
+fn address_space_cap() -> Limits {
+    Limits::new()
+        .memory(CAP)
+        .memory_cap(MemoryCap::AddressSpace)
+}
+
+fn expect_limit(r: Result<usize, ProcessError>, want: Limit) -> String {
+    match r {
+        Err(ProcessError::LimitExceeded { limit, detail }) if limit == want => detail,
+        other => panic!("expected the {want} limit, got {other:?}"),
+    }
+}
+
+fn spawn_memory(limits: Limits, method: StartMethod) -> String {
+    let mut child = Builder::new()
+        .limits(limits)
+        .start_method(method)
+        .spawn(hog, 2 << 30)
+        .unwrap();
+    let detail = expect_limit(child.join_timeout(T), Limit::Memory);
+    println!("{method:?}: {detail}");
+    detail
+}
+
+fn spawn_memory_cgroup() {
+    let detail = spawn_memory(cgroup_cap(), StartMethod::ForkServer);
+    assert!(detail.contains("out-of-memory killer"), "{detail}");
+    // Under the cap, the same work goes through.
+    let mut child = Builder::new()
+        .limits(cgroup_cap())
+        .spawn(hog, 64 << 20)
+        .unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 64 << 20);
+}
+
+fn spawn_memory_cgroup_exec() {
+    let detail = spawn_memory(cgroup_cap(), StartMethod::Spawn);
+    assert!(detail.contains("out-of-memory killer"), "{detail}");
+}
+
+fn spawn_memory_address_space() {
+    let detail = spawn_memory(address_space_cap(), StartMethod::ForkServer);
+    assert!(detail.contains("address-space"), "{detail}");
+    let mut child = Builder::new()
+        .limits(address_space_cap())
+        .spawn(hog, 64 << 20)
+        .unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 64 << 20);
+}
+
+fn spawn_cpu_time() {
+    let t = Instant::now();
+    let mut child = Builder::new()
+        .limits(Limits::new().cpu_time(Duration::from_secs(1)))
+        .spawn(spin, ())
+        .unwrap();
+    match child.join_timeout(T) {
+        Err(ProcessError::LimitExceeded {
+            limit: Limit::CpuTime,
+            ..
+        }) => {}
+        other => panic!("expected the CPU time limit, got {other:?}"),
+    }
+    println!("a spinning child was stopped after {:?}", t.elapsed());
+}
+
+fn spawn_open_files() {
+    let mut child = Builder::new()
+        .limits(Limits::new().open_files(64))
+        .spawn(open_many, 10_000)
+        .unwrap();
+    let detail = expect_limit(child.join_timeout(T), Limit::OpenFiles);
+    assert!(detail.contains("Too many open files"), "{detail}");
+    // Within the limit, fine.
+    let mut child = Builder::new()
+        .limits(Limits::new().open_files(64))
+        .spawn(open_many, 20)
+        .unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 20);
+}
+
+fn abort_now(_: ()) {
+    std::process::abort()
+}
+
+fn panic_plainly(_: ()) {
+    panic!("nothing to do with limits")
+}
+
+/// Under limits, a death or a panic for another reason is reported as before; without
+/// the open-files limit, running out of descriptors is a plain panic.
+fn spawn_other_ends_stay() {
+    let all = Limits::new()
+        .memory(CAP)
+        .memory_cap(MemoryCap::Cgroup)
+        .cpu_time(Duration::from_secs(30))
+        .open_files(64);
+    let mut child = Builder::new()
+        .limits(all.clone())
+        .spawn(abort_now, ())
+        .unwrap();
+    let r = child.join_timeout(T);
+    assert!(
+        matches!(r, Err(ProcessError::Signaled(s)) if s == multiproc::Signal::ABRT),
+        "{r:?}"
+    );
+    let mut child = Builder::new()
+        .limits(all.clone())
+        .spawn(panic_plainly, ())
+        .unwrap();
+    let r = child.join_timeout(T);
+    assert!(matches!(r, Err(ProcessError::Panicked(_))), "{r:?}");
+    let running = multiproc::Event::new().unwrap();
+    let mut child = Builder::new()
+        .limits(all)
+        .spawn(say_then_spin, running.clone())
+        .unwrap();
+    assert!(running.wait_timeout(T), "the child never ran");
+    child.kill().unwrap();
+    let r = child.join_timeout(T);
+    assert!(
+        matches!(r, Err(ProcessError::Signaled(s)) if s == multiproc::Signal::KILL),
+        "a SIGKILL that was not the out-of-memory killer's: {r:?}"
+    );
+    // Out of descriptors without the limit: the process's own hard limit (lowered here
+    // for the child only) is not multiproc's to report.
+    let mut child = Builder::new()
+        .limits(Limits::new().memory(CAP))
+        .spawn(open_files_under_own_limit, ())
+        .unwrap();
+    let r = child.join_timeout(T);
+    assert!(matches!(r, Err(ProcessError::Panicked(_))), "{r:?}");
+}
+
+fn open_files_under_own_limit(_: ()) -> usize {
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(32),
+            maximum: Some(32),
+        },
+    )
+    .unwrap();
+    open_many(100)
+}
+
+fn expect_task_limit<R: std::fmt::Debug>(r: Result<R, TaskError>, want: Limit) -> String {
+    match r {
+        Err(TaskError::LimitExceeded { limit, detail }) if limit == want => detail,
+        other => panic!("expected the {want} limit, got {other:?}"),
+    }
+}
+
+/// A pool of one worker under `limits`: a task that runs into the limit fails with it,
+/// and the next task runs (on a replacement when the limit ended the worker).
+fn pool_goes_on(limits: Limits, want: Limit, replaced: bool, offend: impl FnOnce(&Pool) -> String) {
+    let pool = Pool::builder().processes(1).limits(limits).build().unwrap();
+    assert_eq!(pool.apply(double, 1).unwrap(), 2);
+    let before = pool.worker_pids();
+    let detail = offend(&pool);
+    println!("{want}: {detail}");
+    assert_eq!(pool.apply(double, 21).unwrap(), 42, "the pool went on");
+    let after = pool.worker_pids();
+    assert_eq!(
+        before != after,
+        replaced,
+        "workers {before:?} then {after:?}"
+    );
+    pool.close();
+    assert!(pool.join_timeout(T));
+}
+
+fn pool_memory_cgroup() {
+    pool_goes_on(cgroup_cap(), Limit::Memory, true, |pool| {
+        expect_task_limit(pool.apply(hog, 2 << 30), Limit::Memory)
+    });
+}
+
+fn pool_memory_address_space() {
+    pool_goes_on(address_space_cap(), Limit::Memory, true, |pool| {
+        expect_task_limit(pool.apply(hog, 2 << 30), Limit::Memory)
+    });
+}
+
+/// The CPU limit counts per task: three tasks of 0.8 s each pass a 1 s limit that
+/// they would not pass together (even with the limit rounded up to whole seconds); a
+/// spinning one does not.
+fn pool_cpu_time() {
+    let limits = Limits::new().cpu_time(Duration::from_secs(1));
+    pool_goes_on(limits, Limit::CpuTime, true, |pool| {
+        let used: Vec<Duration> = (0..3).map(|_| pool.apply(burn, 800).unwrap()).collect();
+        assert!(
+            used[2] > Duration::from_millis(2400),
+            "the worker used {used:?} in all"
+        );
+        expect_task_limit(pool.apply(spin, ()), Limit::CpuTime)
+    });
+}
+
+fn pool_open_files() {
+    // The worker survives its task's panic (its files closed as it unwound).
+    pool_goes_on(
+        Limits::new().open_files(64),
+        Limit::OpenFiles,
+        false,
+        |pool| expect_task_limit(pool.apply(open_many, 10_000), Limit::OpenFiles),
+    );
+}
+
+fn invalid_limits_refused() {
+    let r = Builder::new()
+        .limits(Limits::new().open_files(0))
+        .spawn(double, 1);
+    assert!(r.is_err(), "a limit of zero was taken");
+    let r = Pool::builder()
+        .limits(Limits::new().cpu_time(Duration::ZERO))
+        .build();
+    assert!(r.is_err(), "a limit of zero was taken");
+}
+
+/// A helper with a pool of two capped workers is SIGKILLed: its fork server kills the
+/// workers and removes their cgroups.
+fn no_cgroup_left_when_parent_sigkilled() {
+    let mut h = Helper::start("capped_pool");
+    h.expect("workers ", T);
+    let server = common::fork_server_of(h.child.id()).expect("the helper's fork server");
+    let ours = || cgroups_of(server);
+    assert_eq!(ours().len(), 2, "a cgroup for each worker: {:?}", ours());
+    // SAFETY: kill(2) on the helper this test started.
+    unsafe { libc::kill(h.child.id() as i32, libc::SIGKILL) };
+    h.child.wait().unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || ours().is_empty()),
+        "left: {:?}",
+        ours()
+    );
+    assert!(common::wait_gone(server, Duration::from_secs(10)));
+    common::reap(server);
+}
+
+/// The directory of this process's memory cgroup (v1, or v2 with the memory controller).
+fn cgroup_home() -> PathBuf {
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            return Path::new("/sys/fs/cgroup/memory").join(path);
+        }
+        if controllers.is_empty() {
+            for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+                let dir = Path::new(root).join(path);
+                let enabled =
+                    std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+                if enabled.split_whitespace().any(|c| c == "memory") {
+                    return dir;
+                }
+            }
+        }
+    }
+    panic!("no memory cgroup for this process: these tests need one they may write to (root)");
+}
+
+/// The cgroups fork server `server` made, left now.
+fn cgroups_of(server: u32) -> Vec<String> {
+    let prefix = format!("multiproc-{server}-");
+    std::fs::read_dir(cgroup_home())
+        .expect("read the cgroup directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// The check after every test: no cgroup of this process's fork server is left.
+fn no_cgroup_left() -> common::AfterCheck {
+    // The fork server starts with the first child; make it start now.
+    Builder::new()
+        .spawn(double, 0)
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    let server = common::fork_server_of(std::process::id()).expect("this process's fork server");
+    Box::new(move || {
+        let mut left = Vec::new();
+        if common::eventually(Duration::from_secs(10), || {
+            left = cgroups_of(server);
+            left.is_empty()
+        }) {
+            Ok(())
+        } else {
+            Err(format!(
+                "cgroups left in {}: {left:?}",
+                cgroup_home().display()
+            ))
+        }
+    })
+}
