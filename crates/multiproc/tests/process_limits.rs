@@ -42,6 +42,10 @@ fn main() {
                 no_cgroup_left_when_parent_sigkilled,
             ),
             trial("invalid_limits_refused", invalid_limits_refused),
+            trial(
+                "processes_limit_for_an_unprivileged_user",
+                processes_limit_unprivileged,
+            ),
         ],
         helpers,
         Duration::from_secs(600),
@@ -61,6 +65,20 @@ fn helpers(mode: &str) {
             let pids = pool.map(|_: u8| std::process::id(), [0u8, 1]).unwrap();
             println!("workers {pids:?}");
             std::thread::sleep(T);
+        }
+        "processes_unprivileged" => {
+            // Run as an unprivileged user: RLIMIT_NPROC does not apply to root.
+            for limits in [Limits::new(), Limits::new().processes(1)] {
+                let mut child = Builder::new()
+                    .limits(limits.clone())
+                    .spawn(start_one, ())
+                    .unwrap();
+                println!(
+                    "{:?}: {:?}",
+                    limits.is_empty(),
+                    child.join_timeout(T).unwrap()
+                );
+            }
         }
         other => panic!("unknown helper mode {other}"),
     }
@@ -327,6 +345,31 @@ fn pool_open_files() {
         false,
         |pool| expect_task_limit(pool.apply(open_many, 10_000), Limit::OpenFiles),
     );
+}
+
+/// Starts a process (and its fork server): how that went, as the error's kind.
+fn start_one(_: ()) -> Result<u64, String> {
+    match Builder::new().spawn(double, 21) {
+        Ok(mut child) => child.join_timeout(T).map_err(|e| e.to_string()),
+        Err(multiproc::SpawnError::Io(e)) => Err(format!("{:?}", e.kind())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A child of an unprivileged user under `processes(1)` cannot start one; without the
+/// limit it can.
+fn processes_limit_unprivileged() {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    std::os::unix::process::CommandExt::uid(&mut command, 65534);
+    std::os::unix::process::CommandExt::gid(&mut command, 65534);
+    let mut h = Helper::start_command("processes_unprivileged", command, &[]);
+    assert_eq!(h.expect("true: ", T), "Ok(42)", "without the limit");
+    assert_eq!(
+        h.expect("false: ", T),
+        "Err(\"WouldBlock\")",
+        "under the limit"
+    );
+    assert!(h.wait(T).success());
 }
 
 fn invalid_limits_refused() {
