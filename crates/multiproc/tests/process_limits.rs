@@ -43,6 +43,11 @@ fn main() {
             ),
             trial("invalid_limits_refused", invalid_limits_refused),
             trial(
+                "capped_child_outliving_a_sigkilled_parent_keeps_then_removes_its_cgroup",
+                capped_child_outlives_parent,
+            ),
+            trial("spawn_fork_memory_cap", spawn_fork_memory_cap),
+            trial(
                 "processes_limit_for_an_unprivileged_user",
                 processes_limit_unprivileged,
             ),
@@ -65,6 +70,29 @@ fn helpers(mode: &str) {
             let pids = pool.map(|_: u8| std::process::id(), [0u8, 1]).unwrap();
             println!("workers {pids:?}");
             std::thread::sleep(T);
+        }
+        "capped_child" => {
+            // Not a daemon: it outlives this process, as Python's children do.
+            let child = Builder::new()
+                .limits(cgroup_cap())
+                .spawn(sleep_long, ())
+                .unwrap();
+            println!("child {}", child.pid());
+            std::thread::sleep(T);
+        }
+        "fork_capped" => {
+            // SAFETY: this helper has no thread of its own besides this one, and the
+            // child only allocates.
+            let mut child = unsafe {
+                Builder::new()
+                    .limits(Limits::new().memory(CAP))
+                    .spawn_fork(|| hog(2 << 30))
+            }
+            .unwrap();
+            match child.join_timeout(T) {
+                Err(ProcessError::LimitExceeded { limit, .. }) => println!("limit {limit}"),
+                other => println!("other {other:?}"),
+            }
         }
         "processes_unprivileged" => {
             // Run as an unprivileged user: RLIMIT_NPROC does not apply to root.
@@ -345,6 +373,42 @@ fn pool_open_files() {
         false,
         |pool| expect_task_limit(pool.apply(open_many, 10_000), Limit::OpenFiles),
     );
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(T);
+}
+
+/// A capped child that is not a daemon outlives its SIGKILLed parent: its cgroup stays
+/// while it runs (the fork server stays for it), and goes when it ends.
+fn capped_child_outlives_parent() {
+    let mut h = Helper::start("capped_child");
+    let child: u32 = h.expect("child ", T).parse().unwrap();
+    let server = common::fork_server_of(h.child.id()).expect("the helper's fork server");
+    assert_eq!(cgroups_of(server).len(), 1);
+    // SAFETY: kill(2) on the helper this test started.
+    unsafe { libc::kill(h.child.id() as i32, libc::SIGKILL) };
+    h.child.wait().unwrap();
+    // The server stays for the child (and reaps it).
+    assert!(!common::wait_gone(server, Duration::from_millis(500)));
+    assert_eq!(cgroups_of(server).len(), 1, "removed under a running child");
+    // SAFETY: kill(2) on the helper's child, which this test's helper started.
+    unsafe { libc::kill(child as i32, libc::SIGTERM) };
+    assert!(
+        common::eventually(T, || cgroups_of(server).is_empty()),
+        "left: {:?}",
+        cgroups_of(server)
+    );
+    assert!(common::wait_gone(server, T), "the fork server stayed");
+    common::reap(server);
+}
+
+/// A child forked straight from its parent has no fork server to make a cgroup: its
+/// memory cap is an address-space limit.
+fn spawn_fork_memory_cap() {
+    let mut h = Helper::start("fork_capped");
+    assert_eq!(h.expect("", T), "limit memory");
+    assert!(h.wait(T).success());
 }
 
 /// Starts a process (and its fork server): how that went, as the error's kind.
