@@ -337,6 +337,26 @@ pub(crate) fn map_shared(
 ) -> io::Result<std::ptr::NonNull<u8>> {
     Err(unsupported())
 }
+pub(crate) fn map_shared_at(
+    _: BorrowedFd<'_>,
+    _: u64,
+    _: usize,
+    _: bool,
+) -> io::Result<std::ptr::NonNull<u8>> {
+    Err(unsupported())
+}
+pub(crate) fn memfd_growable(_: &str, _: u64) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn grow(_: BorrowedFd<'_>, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn punch_hole(_: BorrowedFd<'_>, _: u64, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn shrink_sealed(_: BorrowedFd<'_>) -> bool {
+    false
+}
 /// # Safety
 ///
 /// Nothing is ever mapped here; this does nothing.

@@ -26,8 +26,9 @@ pub(crate) use futex::{
 };
 pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
 pub(crate) use mem::{
-    doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
-    shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
+    doorbell, file_id, file_len, fully_sealed, grow, map_shared, map_shared_at, memfd,
+    memfd_growable, packet_pair, punch_hole, ring, sealed_memfd, shm_create, shm_open, shm_unlink,
+    shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
 pub(crate) use proc::{
     Disposition, SIGKILL, SIGTERM, clear_parent_death_signal, default_signal, fd_limit, getpid,
