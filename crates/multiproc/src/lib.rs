@@ -331,6 +331,7 @@ mod shm;
 mod supervise;
 mod sync;
 mod sys;
+mod timer;
 
 mod wire;
 pub use bootstrap::{Init, init, init_with};
@@ -344,11 +345,12 @@ pub use ipc::{
 };
 pub use manager::Manager;
 pub use manager::ManagerError;
+pub use pool::{AsCompleted, Return, as_completed, wait_tasks};
 pub use pool::{
-    Imap, ImapUnordered, Jitter, Pool, PoolBuilder, RetryPolicy, Task, ThreadPool,
-    ThreadPoolBuilder,
+    Executor, Imap, ImapStream, ImapUnordered, Jitter, Pool, PoolBuilder, RetryPolicy, Task,
+    TaskOptions, ThreadImap, ThreadImapStream, ThreadPool, ThreadPoolBuilder,
 };
-pub use pool::{PoolError, TaskError};
+pub use pool::{Failure, PoolError, TaskError};
 pub use process::{ExitStatus, ProcessError, Signal, SpawnError};
 pub use sched::ScheduleError;
 pub use sched::{Job, Schedule, Scheduler};
@@ -368,6 +370,7 @@ pub use sync::lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use sync::semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 pub use sync::value::{Array, ArrayGuard, Value, ValueGuard};
 pub use sync::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, TryLockResult};
+pub use timer::Timer;
 pub use wire::codec::CodecError;
 
 /// The `bytemuck` crate, whose `Pod` types are [`ShmSafe`]: derive `Pod` and `Zeroable`

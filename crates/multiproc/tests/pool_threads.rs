@@ -9,9 +9,11 @@ use multiproc::{PoolError, Task, TaskError, ThreadPool};
 
 const T: Duration = Duration::from_secs(30);
 
-fn get<R>(task: Task<R>) -> Result<R, TaskError> {
-    assert!(task.wait_timeout(T), "a task did not finish within {T:?}");
-    task.wait()
+fn get<R>(mut task: Task<R>) -> Result<R, TaskError> {
+    match task.wait_timeout(T) {
+        Err(TaskError::Timeout) => panic!("a task did not finish within {T:?}"),
+        done => done,
+    }
 }
 
 fn quiet_panics() {
@@ -51,7 +53,7 @@ fn submit_apply_map() {
         pool.map(move |i: usize| w[i].to_uppercase(), 0..3).unwrap(),
         ["A", "B", "C"]
     );
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -86,7 +88,7 @@ fn panics_fail_their_task_only() {
         "two"
     );
     assert_eq!(got[3], Ok(3));
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -122,7 +124,7 @@ fn cancel_queued_not_running() {
     for t in queued {
         assert_eq!(get(t).unwrap_err(), TaskError::Cancelled);
     }
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a cancelled task ran");
 }
 
@@ -158,7 +160,7 @@ fn endless_imap_for_1000_items() {
         "{}",
         pulled.load(Ordering::SeqCst)
     );
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -184,7 +186,7 @@ fn tasks_awaited_in_tokio() {
         }
         assert_eq!(sum, 55);
     });
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -212,7 +214,7 @@ fn close_terminate_and_drop() {
     for (i, t) in tasks.into_iter().enumerate() {
         assert_eq!(get(t).unwrap(), i);
     }
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 
     // terminate: queued tasks fail; the running one finishes.
     let pool = ThreadPool::new(1).unwrap();
@@ -233,7 +235,7 @@ fn close_terminate_and_drop() {
     }
     assert_eq!(get(running).unwrap(), "done");
     assert_eq!(pool.submit(|| 0).unwrap_err(), TaskError::PoolClosed);
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 
     // drop: waits for the running task, fails the queued ones.
     let pool = ThreadPool::new(1).unwrap();
@@ -261,11 +263,14 @@ fn join_timeout_reports_busy_pool() {
     let (tx, rx) = mpsc::channel::<()>();
     let t = pool.submit(move || rx.recv_timeout(T).is_ok()).unwrap();
     let t0 = Instant::now();
-    assert!(!pool.join_timeout(Duration::from_millis(100)));
+    assert!(matches!(
+        pool.join_timeout(Duration::from_millis(100)),
+        Err(PoolError::Timeout)
+    ));
     assert!(t0.elapsed() >= Duration::from_millis(100));
     tx.send(()).unwrap();
     assert!(get(t).unwrap());
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -282,7 +287,7 @@ fn initializer_runs_once_per_thread() {
         .build()
         .unwrap();
     assert_eq!(pool.map(|x: u32| x, 0..100).unwrap().len(), 100);
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
     let mut names = names.lock().unwrap().clone();
     names.sort();
     assert_eq!(names, ["init-0", "init-1", "init-2"]);
@@ -308,7 +313,7 @@ fn failing_initializer_breaks_pool() {
         "{err:?}"
     );
     // Once its threads are gone, the pool says why.
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
     assert!(matches!(pool.submit(|| 1), Err(TaskError::PoolBroken(_))));
 }
 
@@ -318,5 +323,5 @@ fn map_with_progress_bar() {
     let pool = ThreadPool::new(2).unwrap();
     let got = pool.map_with_progress(|x: u64| x + 1, 0..500).unwrap();
     assert_eq!(got, (1..501).collect::<Vec<_>>());
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }

@@ -140,6 +140,18 @@ impl<T: Serialize> Queue<T> {
         })
     }
 
+    /// Puts an item without blocking the thread: the `async` form of [`put`](Self::put)
+    /// (asyncio's `await queue.put(item)`), usable from any async runtime. On a full
+    /// bounded queue it waits on the queue's doorbell, which getters ring when they
+    /// take an item and a putter waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn put_async(&self, value: T) -> Result<(), SendError<T>> {
+        put_async(self.sender(), value, false).await
+    }
+
     /// Puts an item if there is room now (Python's `put_nowait`).
     ///
     /// # Errors
@@ -167,6 +179,22 @@ impl<T: Serialize> Queue<T> {
             Failed::Io(io) => SendTimeoutError::Io(v, io),
         })
     }
+}
+
+async fn put_async<T: Serialize>(
+    tx: Option<&RawSender>,
+    value: T,
+    unfinished: bool,
+) -> Result<(), SendError<T>> {
+    let sent = match tx {
+        Some(tx) => pipe::send_async(tx, value, unfinished).await,
+        None => Err((value, Failed::Disconnected)),
+    };
+    sent.map_err(|(v, e)| match e {
+        Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+        Failed::Codec(c) => SendError::Codec(v, c),
+        Failed::Io(io) => SendError::Io(v, io),
+    })
 }
 
 fn put<T: Serialize>(
@@ -403,6 +431,15 @@ impl<T: Serialize> JoinableQueue<T> {
             Failed::Codec(c) => SendError::Codec(v, c),
             Failed::Io(io) => SendError::Io(v, io),
         })
+    }
+
+    /// As [`Queue::put_async`]; the item counts as an unfinished task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::put`].
+    pub async fn put_async(&self, value: T) -> Result<(), SendError<T>> {
+        put_async(self.queue.sender(), value, true).await
     }
 
     /// As [`Queue::try_put`]; the item counts as an unfinished task.

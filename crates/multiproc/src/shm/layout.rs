@@ -266,6 +266,9 @@ pub(crate) struct EventWords {
     /// 1 when set; waiters sleep on it.
     pub(crate) flag: AtomicU32,
     pub(crate) sleepers: AtomicU32,
+    /// Async waiters (`wait_async`), which poll the event's doorbell instead.
+    pub(crate) async_sleepers: AtomicU32,
+    pub(crate) _reserved: AtomicU32,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.

@@ -10,7 +10,9 @@ use std::time::Instant;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::sys::{Caller, Entry, Forked, NotSingleThreaded, Readiness, Signature, WaitStatus};
+use crate::sys::{
+    Caller, ContextCaller, Entry, Forked, NotSingleThreaded, Readiness, Signature, WaitStatus,
+};
 
 /// Processes cannot be started here.
 pub(crate) const SUPPORTED: bool = false;
@@ -125,6 +127,20 @@ pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
 }
 pub(crate) async fn readable_any(_: &[BorrowedFd<'_>], _: Instant) -> io::Result<()> {
     Err(unsupported())
+}
+/// Nothing can be watched here.
+#[derive(Debug)]
+pub(crate) struct Watched(std::convert::Infallible);
+impl Watched {
+    pub(crate) fn new(_: BorrowedFd<'_>) -> io::Result<Self> {
+        Err(unsupported())
+    }
+    pub(crate) fn poll_readable(
+        &self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.0 {}
+    }
 }
 pub(crate) fn read(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<usize> {
     Err(unsupported())
@@ -255,6 +271,15 @@ pub(crate) fn exe_identity() -> io::Result<[u64; 6]> {
 pub(crate) fn entry<C, A, R>(_: fn(A) -> R) -> Result<Entry<C::Sig>, NotInImage>
 where
     C: Caller,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    Err(NotInImage)
+}
+pub(crate) fn entry_with_context<C, X, A, R>(_: fn(&X, A) -> R) -> Result<Entry<C::Sig>, NotInImage>
+where
+    C: ContextCaller,
+    X: DeserializeOwned + Send + 'static,
     A: DeserializeOwned,
     R: Serialize,
 {

@@ -503,6 +503,19 @@ impl RawSender {
         slept.map_err(SendFail::Io)
     }
 
+    /// Counts the caller among the senders waiting for room, so that receivers ring
+    /// the senders' doorbell; the returned guard uncounts it and silences the bell.
+    pub(crate) fn sleeping(&self) -> SenderSleeping<'_> {
+        self.core.header().sleepers.0.senders.fetch_add(1, SeqCst);
+        SenderSleeping(&self.core)
+    }
+
+    /// What to poll to learn that a send may go through now: the senders' doorbell
+    /// (while the caller is counted as a sleeper) and the receivers' liveness pipe.
+    pub(crate) fn writability(&self) -> [BorrowedFd<'_>; 2] {
+        [self.core.send_bell.as_fd(), self.core.receivers.as_fd()]
+    }
+
     /// Whether every receiver is gone.
     pub(crate) fn is_disconnected(&self) -> bool {
         self.core.header().receivers.load(SeqCst) == 0 || Core::all_gone(&self.core.receivers)
@@ -754,6 +767,17 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
             // A message taken by a consumer that died with it: go on.
             Ok(got.map_or(Step::Again, |msg| Step::Taken(Taken::Side(msg))))
         }
+    }
+}
+
+/// A sender counted among the sleepers (see [`RawSender::sleeping`]).
+#[derive(Debug)]
+pub(crate) struct SenderSleeping<'a>(&'a Core);
+
+impl Drop for SenderSleeping<'_> {
+    fn drop(&mut self) {
+        self.0.header().sleepers.0.senders.fetch_sub(1, SeqCst);
+        sys::silence(self.0.send_bell.as_fd());
     }
 }
 
