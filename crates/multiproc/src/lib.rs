@@ -406,3 +406,28 @@ pub use process::{
     active_children, cpu_count, current_process, get_start_method, parent_process,
     set_start_method, spawn,
 };
+
+/// The net under the unit tests and proptests of this crate (the default harness has
+/// none): past ten minutes the test binary aborts, saying so. It starts before `main`,
+/// in the test process only (never in a process multiproc starts, which must stay
+/// single-threaded until it knows itself).
+#[cfg(test)]
+mod test_watchdog {
+    #[ctor::ctor(unsafe)]
+    fn start() {
+        if [
+            crate::bootstrap::CHILD_TOKEN,
+            crate::bootstrap::SERVER_TOKEN,
+        ]
+        .iter()
+        .any(|token| std::env::var_os(token).is_some())
+        {
+            return;
+        }
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(600));
+            eprintln!("unit tests ran for more than 10 minutes: a wait without a timeout");
+            std::process::abort();
+        });
+    }
+}

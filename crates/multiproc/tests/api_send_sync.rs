@@ -4,6 +4,8 @@
 //! them. Checked when the file compiles: a change that breaks one fails the build.
 #![allow(dead_code)]
 
+mod watchdog;
+
 use multiproc::manager::{
     BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, QueueProxy,
     RLockProxy, SemaphoreProxy, SetProxy, ValueProxy,

@@ -301,8 +301,8 @@ fn ten_thousand_tasks_sigkill_and_sigstop() {
     assert!(common::eventually(T, || done(&tasks) >= 1500));
     // Node a dies with tasks in flight; a supervisor would start it again.
     assert!(c.stats().unwrap().in_flight > 0);
-    common::kill_and_reap(a.child.id());
-    let _ = a.child.wait();
+    let left = a.kill_tree(T);
+    assert!(left.is_empty(), "node a's processes outlived it: {left:?}");
     let a2 = node(&redis, ns, "a2");
     assert!(common::eventually(T, || done(&tasks) >= 4000));
     // Node b is paused well past its lease: a2 takes its tasks; b's late acks bounce.

@@ -1,5 +1,7 @@
 //! The queue against a model: a `VecDeque`, under random sequences of operations.
 
+mod watchdog;
+
 use std::collections::VecDeque;
 
 use multiproc::{Queue, TrySendError};

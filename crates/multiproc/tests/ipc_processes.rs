@@ -28,6 +28,7 @@ fn main() {
             ),
             trial("producers_killed_at_random", producers_killed_at_random),
             trial("consumers_killed_at_random", consumers_killed_at_random),
+            trial("getter_killed_while_blocked", getter_killed_while_blocked),
             trial("one_gib_message", one_gib_message),
             trial("handles_through_a_queue", handles_through_a_queue),
             trial(
@@ -187,7 +188,14 @@ fn no_loss_after(kill: bool) {
     const N: u64 = 10_000;
     let q = Queue::new().unwrap();
     let mut child = multiproc::spawn(put_then_exit, (q.clone(), N, kill)).unwrap();
-    let _ = child.join_timeout(T);
+    // The child really ended as it meant to, right after its last put.
+    match child.join_timeout(T) {
+        Err(multiproc::ProcessError::Signaled(sig)) if kill => {
+            assert_eq!(sig, multiproc::Signal::KILL);
+        }
+        Err(multiproc::ProcessError::Exited(0)) if !kill => {}
+        other => panic!("the producer ended unexpectedly: {other:?}"),
+    }
     for i in 0..N {
         assert_eq!(q.get_timeout(T).unwrap(), i, "item {i} of {N}");
     }
@@ -232,6 +240,21 @@ fn produce_n((q, id, n): (Queue<Item>, u32, u64)) {
     }
 }
 
+/// SIGKILLs a child and checks that the kill is how it ended (or that it never got to
+/// start): one that ended by itself would mean a broken test, not a passing one.
+fn kill_and_check<R: serde::de::DeserializeOwned>(mut child: multiproc::JoinHandle<R>, what: &str) {
+    child.kill().unwrap();
+    let ended = child.join_timeout(T).map(drop);
+    assert!(
+        matches!(
+            ended,
+            Err(multiproc::ProcessError::Signaled(multiproc::Signal::KILL)
+                | multiproc::ProcessError::Lost(_))
+        ),
+        "a {what} ended by itself: {ended:?}"
+    );
+}
+
 fn producers_killed_at_random() {
     let q: Queue<Item> = Queue::bounded(32).unwrap();
     let steady: Vec<_> = (0..2)
@@ -255,9 +278,7 @@ fn producers_killed_at_random() {
     for round in 0..10u32 {
         let doomed = multiproc::spawn(produce_forever, (q.clone(), 100 + round)).unwrap();
         take(&mut per_producer, &q, 20 + (round as usize * 37) % 90);
-        doomed.kill().unwrap();
-        let mut doomed = doomed;
-        let _ = doomed.join_timeout(T);
+        kill_and_check(doomed, "producer");
     }
     // Drain until the steady producers' items have all arrived (the queue is bounded, so
     // they finish only as it is drained); the doomed ones' may have ended early.
@@ -305,9 +326,15 @@ fn consumers_killed_at_random() {
     let note =
         |seen: &mut BTreeMap<u64, u32>, (_, seq): (u32, u64)| *seen.entry(seq).or_default() += 1;
     let mut killed = 0u64;
+    let deadline = Instant::now() + T;
     while (seen.len() as u64) < N - 200 {
-        let mut doomed =
-            multiproc::spawn(consume_until_sentinel, (q.clone(), report.clone())).unwrap();
+        // Bounded: consumers that fail at once would otherwise loop here for ever.
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} items seen after {killed} consumers",
+            seen.len()
+        );
+        let doomed = multiproc::spawn(consume_until_sentinel, (q.clone(), report.clone())).unwrap();
         // Let it take a varying number of items, then kill it wherever it is.
         let until = Instant::now() + Duration::from_millis(20 + (killed * 13) % 40);
         while Instant::now() < until {
@@ -315,8 +342,7 @@ fn consumers_killed_at_random() {
                 note(&mut seen, r);
             }
         }
-        doomed.kill().unwrap();
-        let _ = doomed.join_timeout(T);
+        kill_and_check(doomed, "consumer");
         killed += 1;
     }
     let mut last = multiproc::spawn(consume_until_sentinel, (q.clone(), report.clone())).unwrap();
@@ -815,4 +841,32 @@ fn stopped_consumer_holds_up_no_timed_get() {
 
 fn stopped_producer_holds_up_no_timed_put() {
     stopped_peer_rounds(false);
+}
+
+fn get_one(q: Queue<u64>) -> u64 {
+    q.get().unwrap()
+}
+
+/// A getter SIGKILLed while it sleeps in `get` on an empty queue (seen asleep, not slept
+/// for) takes nothing with it: the next item goes to the next getter, and the queue
+/// works on.
+fn getter_killed_while_blocked() {
+    let q = Queue::<u64>::bounded(4).unwrap();
+    let mut doomed = multiproc::spawn(get_one, q.clone()).unwrap();
+    assert!(common::eventually(T, || common::asleep_in(
+        doomed.pid(),
+        "poll"
+    )));
+    doomed.kill().unwrap();
+    assert!(doomed.join_timeout(T).is_err());
+    let mut next = multiproc::spawn(get_one, q.clone()).unwrap();
+    assert!(common::eventually(T, || common::asleep_in(
+        next.pid(),
+        "poll"
+    )));
+    q.put(42).unwrap();
+    assert_eq!(next.join_timeout(T).unwrap(), 42);
+    q.put(7).unwrap();
+    assert_eq!(q.get_timeout(T).unwrap(), 7);
+    assert!(q.is_empty());
 }

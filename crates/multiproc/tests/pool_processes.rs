@@ -28,6 +28,10 @@ fn main() {
                 map_in_order_with_any_chunking,
             ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
+            trial(
+                "children_of_workers_die_with_the_pool",
+                children_of_workers_die_with_the_pool,
+            ),
             trial("crashes_fail_only_their_task", crashes_fail_only_their_task),
             trial(
                 "retry_policy_reruns_failed_tasks",
@@ -499,7 +503,13 @@ fn helper_pool_parent() {
     let pool = Pool::new(3).unwrap();
     let _busy = pool.submit(sleep_ms, 600_000).unwrap();
     let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
-    let server = common::fork_server_of(std::process::id()).unwrap_or(0);
+    let mut server = None;
+    // The server names itself right after it is forked.
+    common::eventually(T, || {
+        server = common::fork_server_of(std::process::id());
+        server.is_some()
+    });
+    let server = server.expect("this process has a fork server");
     println!("pids {} {server}", pids.join(" "));
     std::thread::sleep(Duration::from_secs(600));
 }
@@ -512,16 +522,15 @@ fn parent_sigkilled_takes_workers_along() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 4, "{pids:?}");
-    h.child.kill().unwrap();
-    h.child.wait().unwrap();
+    let tree = h.sigkill();
     let t = Instant::now();
-    for &p in pids.iter().filter(|&&p| p != 0) {
+    for &p in &pids {
         assert!(
             common::wait_gone(p, Duration::from_secs(1).saturating_sub(t.elapsed())),
             "pid {p} outlived its SIGKILLed parent by a second"
         );
-        common::reap(p);
     }
+    assert_eq!(common::reap_all(&tree, T), [], "left running");
 }
 
 /// Counts its run in `runs[i]`, works a little, returns `i`.
@@ -667,18 +676,25 @@ fn tasks_awaited_in_tokio() {
         let crashed = pool.submit(crash, Crash::Abort).unwrap();
         let r = tokio::time::timeout(T, crashed).await.unwrap();
         assert!(matches!(r, Err(TaskError::WorkerDied(_))), "{r:?}");
-        // A slow task does not block the runtime.
-        let slow = pool.submit(sleep_ms, 200).unwrap();
-        let ticks = tokio::spawn(async {
-            let mut n = 0;
+    });
+    // Awaiting a slow task does not block the thread: on a runtime with a single thread,
+    // timer ticks go on while the task is awaited, and end long before it does.
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    one_thread.block_on(async {
+        let mut slow = pool.submit(sleep_ms, 2_000).unwrap();
+        let ticks = async {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                n += 1;
             }
-            n
-        });
-        assert_eq!(tokio::time::timeout(T, slow).await.unwrap().unwrap(), 200);
-        assert_eq!(ticks.await.unwrap(), 5);
+        };
+        tokio::select! {
+            r = &mut slow => panic!("the slow task ({r:?}) ended before 50 ms of ticks"),
+            () = ticks => {}
+        }
+        assert_eq!(tokio::time::timeout(T, slow).await.unwrap().unwrap(), 2_000);
     });
     finish(pool);
 }
@@ -987,4 +1003,40 @@ fn no_descriptor_or_mapping_leaks() {
     assert_eq!(v[0], v[1], "descriptors leaked: {line}");
     assert_eq!(v[3], v[4], "mappings leaked: {line}");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// Starts a child (not asked to be a daemon) that would sleep for a minute, and leaves
+/// it running; returns its pid and whether it is a daemon.
+fn start_grandchild(_: ()) -> (u32, bool) {
+    let child = multiproc::Builder::new()
+        .name("grandchild")
+        .spawn(sleep_ms, 60_000)
+        .unwrap();
+    (child.pid(), child.is_daemon())
+}
+
+/// A worker is a daemon process, so its children are daemons too: a task's child does
+/// not outlive the pool (Python refuses daemon processes children instead).
+fn children_of_workers_die_with_the_pool() {
+    let pool = Pool::new(1).unwrap();
+    let (pid, daemon) = pool.apply(start_grandchild, ()).unwrap();
+    assert!(daemon, "a worker's child is a daemon");
+    assert!(
+        !common::wait_gone(pid, Duration::from_millis(200)),
+        "it runs meanwhile"
+    );
+    // The worker's own fork server and the child come to this process (a subreaper)
+    // when the worker is killed: reaped below.
+    let tree: Vec<u32> = pool
+        .worker_pids()
+        .iter()
+        .flat_map(|&w| common::descendants_of(w))
+        .collect();
+    assert!(tree.contains(&pid));
+    drop(pool);
+    assert!(
+        common::wait_gone(pid, T),
+        "the worker's child outlived the pool"
+    );
+    assert_eq!(common::reap_all(&tree, T), [], "left running");
 }

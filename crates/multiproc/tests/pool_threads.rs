@@ -1,5 +1,7 @@
 //! The thread pool: the same surface as the process pool, with closures.
 
+mod watchdog;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};

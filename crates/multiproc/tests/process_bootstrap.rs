@@ -36,7 +36,31 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("killed_during_pool_new", "killed_in_pool_new"),
     ("child_building_pool_killed", "child_pool_killed"),
     ("task_that_spawns_killed_by_timeout", "task_timeout_spawner"),
+    (
+        "spawn_child_stalled_before_main_parent_killed",
+        "stalled_child",
+    ),
+    (
+        "exec_fork_server_stalled_before_main_parent_killed",
+        "stalled_server",
+    ),
 ];
+
+/// Set in a process this binary starts: the program's own constructor (which runs
+/// before multiproc's, at its `late` priority) waits until this file exists, so a
+/// process started by exec stalls before it can know what it is.
+const STALL_ENV: &str = "MP_TEST_STALL_UNTIL";
+
+// The program's own code before `main`: a constructor of the test binary.
+#[ctor::ctor(unsafe)]
+fn stall_before_main() {
+    if let Some(file) = std::env::var_os(STALL_ENV) {
+        let until = Instant::now() + SETTLE;
+        while !std::path::Path::new(&file).exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
 
 fn main() {
     let mut tests: Vec<_> = SCENARIOS
@@ -44,6 +68,12 @@ fn main() {
         .map(|&(name, mode)| libtest_mimic::Trial::test(name, move || rounds(mode)))
         .collect();
     tests.push(trial("spawning_after_exit_began_is_refused", exit_refuses));
+    // A daemon child never outlives its parent, SIGKILLed right after starting it: its
+    // group is empty within seconds, 200 times over.
+    tests.push(libtest_mimic::Trial::test(
+        "daemon_then_parent_killed_200_rounds",
+        || rounds_of("daemon_then_killed", 200, Duration::from_secs(5)),
+    ));
     common::main_checked(
         tests,
         helpers,
@@ -54,17 +84,31 @@ fn main() {
 
 /// Runs one scenario [`ROUNDS`] times and checks each round.
 fn rounds(mode: &str) -> Result<(), libtest_mimic::Failed> {
+    rounds_of(mode, ROUNDS, SETTLE)
+}
+
+/// Runs a scenario `n` times; in each round, what the helper started must be gone within
+/// `settle` of the helper's end.
+fn rounds_of(mode: &str, n: usize, settle: Duration) -> Result<(), libtest_mimic::Failed> {
     let dir = tempdir(mode);
-    let result = (0..ROUNDS).try_for_each(|round| one_round(mode, round, &dir));
+    let result = (0..n).try_for_each(|round| one_round(mode, round, &dir, settle));
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(Into::into)
 }
 
-fn one_round(mode: &str, round: usize, dir: &std::path::Path) -> Result<(), String> {
+fn one_round(
+    mode: &str,
+    round: usize,
+    dir: &std::path::Path,
+    settle: Duration,
+) -> Result<(), String> {
     let marker = dir.join(format!("main-{round}"));
+    // Processes of the stall scenarios wait for this file, made once the helper is gone.
+    let release = dir.join(format!("release-{round}"));
     let mut helper = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(HELPER_ENV, mode)
         .env(MAIN_MARKER_ENV, &marker)
+        .env("MP_TEST_RELEASE", &release)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -76,7 +120,8 @@ fn one_round(mode: &str, round: usize, dir: &std::path::Path) -> Result<(), Stri
         let _ = helper.kill();
     }
     let _ = helper.wait();
-    let left = settle_group(group, SETTLE);
+    std::fs::write(&release, b"").map_err(|e| format!("release: {e}"))?;
+    let left = settle_group(group, settle);
     let lines = std::fs::read_to_string(&marker).unwrap_or_default();
     let expected = format!("pre {group}\npost {group}\n");
     if lines != expected {
@@ -95,31 +140,6 @@ fn one_round(mode: &str, round: usize, dir: &std::path::Path) -> Result<(), Stri
         ));
     }
     Ok(())
-}
-
-/// Waits until no process of `group` is left, reaping those re-parented to this process
-/// (a subreaper); after `timeout`, kills the rest and returns what was left.
-fn settle_group(group: u32, timeout: Duration) -> Vec<(u32, char, String)> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let members = group_members(group);
-        for (p, state, _) in &members {
-            if *state == 'Z' {
-                reap(*p);
-            }
-        }
-        let alive: Vec<_> = members.into_iter().filter(|(_, s, _)| *s != 'Z').collect();
-        if alive.is_empty() {
-            return alive;
-        }
-        if Instant::now() >= deadline {
-            for (p, ..) in &alive {
-                kill_and_reap(*p);
-            }
-            return alive;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// `exit_function` has begun (the guard was dropped): a new spawn is refused with
@@ -176,6 +196,15 @@ fn fork_server_pid() -> u32 {
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Whether a fork server started by exec (its command line says so until it renames
+/// itself) is among this process's children.
+fn exec_server_started() -> bool {
+    children_of(std::process::id()).iter().any(|(p, _, _)| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.starts_with(b"multiproc-forkserver"))
+    })
+}
 
 fn helpers(mode: &str) {
     let spawn_exec = || {
@@ -278,6 +307,41 @@ fn helpers(mode: &str) {
                 }
             });
             // Returning ends `main`: the guard's exit work begins.
+        }
+        "stalled_child" => {
+            // A `Spawn` child that stalls before `main` (in the program's own constructor)
+            // while its parent is SIGKILLed; released after: it must run its call (or
+            // find its channel closed) and exit, never `main`.
+            let release = std::env::var("MP_TEST_RELEASE").unwrap();
+            let _child = Builder::new()
+                .start_method(StartMethod::Spawn)
+                .env(STALL_ENV, release)
+                .spawn(noop, ())
+                .expect("spawn");
+            kill_me();
+        }
+        "stalled_server" => {
+            // A fork server started by exec from a threaded parent stalls before `main`
+            // while the parent is SIGKILLed; released after, it must exit, not run `main`.
+            let mut first = spawn_exec();
+            let _ = first.join_timeout(T);
+            kill_and_reap(fork_server_pid());
+            let release = std::env::var("MP_TEST_RELEASE").unwrap();
+            // SAFETY: this helper has one thread so far; the new server inherits this.
+            unsafe { std::env::set_var(STALL_ENV, release) };
+            // The spawn waits for the stalled server: from a thread of its own.
+            std::thread::spawn(|| {
+                let _ = Builder::new().spawn(noop, ());
+            });
+            assert!(eventually(T, exec_server_started));
+            kill_me();
+        }
+        "daemon_then_killed" => {
+            let _child = Builder::new()
+                .daemon(true)
+                .spawn(nap, 60_000)
+                .expect("spawn a daemon");
+            kill_me();
         }
         other => panic!("unknown helper mode {other}"),
     }

@@ -23,6 +23,7 @@ fn main() {
                 "panic_with_message_and_location",
                 panic_with_message_and_location,
             ),
+            trial("panic_backtrace_comes_back", panic_backtrace_comes_back),
             trial("exit_code_is_reported", exit_code_is_reported),
             trial("segfault_is_reported", segfault_is_reported),
             trial("abort_is_reported", abort_is_reported),
@@ -124,6 +125,32 @@ fn panic_with_message_and_location() {
         assert_eq!(loc.line(), line_of("panic!(\"boom {}\", 42)"), "{method}");
         assert!(p.to_string().contains("panicked at"), "{p}");
     });
+}
+
+/// With `RUST_BACKTRACE` set in the child's environment, a panic comes back with its
+/// backtrace, which names the function that panicked (the README's promise); without it,
+/// none is taken. For both start methods, and for a pool task.
+fn panic_backtrace_comes_back() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        for on in [true, false] {
+            let mut b = Builder::new().start_method(method).stderr(Stdio::null());
+            b = if on {
+                b.env("RUST_BACKTRACE", "1")
+            } else {
+                b.env_remove("RUST_BACKTRACE")
+                    .env_remove("RUST_LIB_BACKTRACE")
+            };
+            let r = b.spawn(boom, ()).unwrap().join_timeout(T);
+            let Err(ProcessError::Panicked(p)) = r else {
+                panic!("{method:?}: {r:?}")
+            };
+            match p.backtrace() {
+                Some(bt) if on => assert!(bt.contains("boom"), "{method:?}: {bt}"),
+                None if !on => {}
+                other => panic!("{method:?}, RUST_BACKTRACE {on}: {other:?}"),
+            }
+        }
+    }
 }
 
 /// The line of this file where `needle` first appears.
@@ -294,8 +321,7 @@ fn parent_sigkilled_takes_daemons_along() {
         .collect();
     let (daemons, survivor, server) = (&pids[..4], pids[4], pids[5]);
     // Holding pidfds from before the kill makes "gone" exact even after re-parenting.
-    h.child.kill().unwrap();
-    h.child.wait().unwrap();
+    let tree = h.sigkill();
     let t = Instant::now();
     for &p in daemons.iter().chain([&server]) {
         assert!(
@@ -310,6 +336,8 @@ fn parent_sigkilled_takes_daemons_along() {
         "non-daemon child died"
     );
     common::kill_and_reap(survivor);
+    let others: Vec<u32> = tree.into_iter().filter(|&p| p != survivor).collect();
+    assert_eq!(common::reap_all(&others, T), [], "left running");
 }
 
 fn take_unserializable(_: Unserializable) {}

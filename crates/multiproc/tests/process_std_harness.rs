@@ -3,7 +3,8 @@
 //! libtest's `main` (which would otherwise run every test again in them), and a guard
 //! dropped at the end of one test does not stop the others from spawning.
 
-use std::sync::Once;
+mod watchdog;
+
 use std::time::Duration;
 
 use multiproc::{Builder, Pool, StartMethod};
@@ -14,17 +15,9 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
-/// Initialises multiproc for a test, and aborts the binary if the tests run far past any
-/// reasonable time (every wait below has its own timeout; this is the net under them).
+/// Initialises multiproc for a test (the binary's watchdog, `mod watchdog`, is the net
+/// under the waits).
 fn setup() -> multiproc::Init {
-    static WATCHDOG: Once = Once::new();
-    WATCHDOG.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(300));
-            eprintln!("process_std_harness ran for 300 s; aborting");
-            std::process::abort();
-        });
-    });
     multiproc::init()
 }
 

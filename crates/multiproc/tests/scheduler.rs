@@ -623,6 +623,17 @@ fn background_thread_follows_clock() {
     while times.len() < 3 {
         let e = next(&events);
         if matches!(e.kind, EventKind::Started { .. }) {
+            // Never early, and on time: not a second late (the scheduler sleeps until
+            // the next fire time, not in one-second steps).
+            let late = e.at - e.scheduled;
+            assert!(
+                late >= multiproc::chrono::Duration::zero(),
+                "started {late} early"
+            );
+            assert!(
+                late < multiproc::chrono::Duration::seconds(1),
+                "started {late} late"
+            );
             times.push(e.scheduled);
         }
     }

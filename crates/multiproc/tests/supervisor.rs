@@ -413,6 +413,39 @@ fn backoff_grows_then_resets() {
     go.set();
     assert_eq!(delays(&sup, &events, 3), [20, 40, 80]);
     sup.shutdown().unwrap();
+    // The restarts really wait: the time from a crash to the next start, as seen here,
+    // grows with the delays (a lower bound, less 100 ms for this thread's own lateness
+    // in seeing the crash).
+    let go = multiproc::Event::new().unwrap();
+    let sup = Supervisor::builder()
+        .backoff(ms(200), ms(5000))
+        .jitter(Jitter::None)
+        .intensity(100, Duration::from_secs(60))
+        .child(ChildSpec::new("timed crasher", crash_on, go.clone()))
+        .build()
+        .unwrap();
+    let events = sup.events();
+    go.set();
+    let mut crashed_at = None;
+    let mut gaps = Vec::new();
+    while gaps.len() < 3 {
+        match events.recv_timeout(T).expect("an event") {
+            SupervisorEvent::Exited { .. } => crashed_at = Some(Instant::now()),
+            SupervisorEvent::Started { .. } => {
+                if let Some(at) = crashed_at.take() {
+                    gaps.push(at.elapsed());
+                }
+            }
+            _ => {}
+        }
+    }
+    for (gap, delay) in gaps.iter().zip([200, 400, 800]) {
+        assert!(
+            *gap >= ms(delay - 100),
+            "restarted {gap:?} after a crash, the delay was {delay} ms: {gaps:?}"
+        );
+    }
+    sup.shutdown().unwrap();
     // A child that ran longer than `reset_after` before crashing starts from the base.
     let sup = Supervisor::builder()
         .backoff(ms(20), ms(1000))
@@ -425,6 +458,30 @@ fn backoff_grows_then_resets() {
     let events = sup.events();
     assert_eq!(delays(&sup, &events, 3), [20, 20, 20]);
     sup.shutdown().unwrap();
+    // Jitter: `Full` draws each delay from [0, d], `Equal` from [d/2, d], where d is
+    // the delay without jitter (here 20, 40, 80, ... up to 1000 ms).
+    for (jitter, low) in [(Jitter::Full, 0.0), (Jitter::Equal, 0.5)] {
+        let go = multiproc::Event::new().unwrap();
+        let sup = Supervisor::builder()
+            .backoff(ms(20), ms(1000))
+            .jitter(jitter)
+            .intensity(100, Duration::from_secs(60))
+            .child(ChildSpec::new("jittery crasher", crash_on, go.clone()))
+            .build()
+            .unwrap();
+        let events = sup.events();
+        go.set();
+        let got = delays(&sup, &events, 6);
+        sup.shutdown().unwrap();
+        let plain = [20u64, 40, 80, 160, 320, 640];
+        for (d, p) in got.iter().zip(plain) {
+            assert!(
+                (*d as f64) >= low * p as f64 - 1.0 && *d <= p + 1,
+                "{jitter:?}: delay {d} ms outside its range for {p} ms: {got:?}"
+            );
+        }
+        assert_ne!(got, plain, "{jitter:?}: no jitter at all: {got:?}");
+    }
 }
 
 fn sigterm_ignored() {
@@ -471,15 +528,18 @@ fn supervisor_sigkilled() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2);
-    helper.child.kill().unwrap();
-    helper.wait(T);
+    let tree = helper.sigkill();
     for p in pids {
         assert!(
             wait_gone(p, Duration::from_secs(2)),
             "child {p} outlived its SIGKILLed supervisor"
         );
-        common::reap(p);
     }
+    assert_eq!(
+        common::reap_all(&tree, T),
+        Vec::<u32>::new(),
+        "left running"
+    );
 }
 
 fn bad_input() {
@@ -584,6 +644,55 @@ fn daemonize_pidfile() {
     std::fs::write(dir.join("stop"), b"").unwrap();
     assert!(wait_gone(pid, T));
     common::reap(pid);
+    std::mem::forget(cleanup);
+    assert!(!pidfile.exists());
+    std::fs::remove_file(dir.join("stop")).unwrap();
+
+    // A daemon SIGKILLed leaves its pid file behind, stale: its lock died with it, so the
+    // next start takes the file over.
+    let started = start().wait_with_output().unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let killed: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cleanup = KillOnDrop(killed);
+    let tree = common::descendants_of(killed);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(killed as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(wait_gone(killed, T));
+    common::reap(killed);
+    std::mem::forget(cleanup);
+    assert_eq!(common::reap_all(&tree, T), Vec::<u32>::new());
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        killed.to_string(),
+        "the killed daemon's pid file stays"
+    );
+    let again = start().wait_with_output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let new: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cleanup = KillOnDrop(new);
+    assert_ne!(new, killed);
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    assert!(wait_gone(new, T));
+    common::reap(new);
     std::mem::forget(cleanup);
     assert!(!pidfile.exists());
     std::fs::remove_dir_all(dir).unwrap();

@@ -1,6 +1,8 @@
 //! The same primitives between threads of one process: what Python's `threading`
 //! programs use, with the same robustness (a thread that ends holding a lock).
 
+mod watchdog;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 

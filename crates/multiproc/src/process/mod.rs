@@ -215,6 +215,10 @@ impl Builder {
     /// A daemon child never outlives its parent, however the parent ends (`SIGKILL`
     /// included), and is terminated when the parent exits normally. A non-daemon child is
     /// joined when the parent exits normally, and keeps running if the parent is killed.
+    ///
+    /// A child of a daemon process (a pool worker is one) is always a daemon: it could
+    /// not outlive its parent without outliving its grandparent, whose daemon promise
+    /// covers it. (Python refuses to start children from a daemon process instead.)
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
         self
@@ -295,6 +299,8 @@ impl Builder {
         R: Serialize + DeserializeOwned,
     {
         let me = self.check()?;
+        // A daemon's children are daemons (see `daemon`).
+        self.daemon |= me.daemon;
         let entry =
             sys::entry::<bootstrap::ChildCall, A, R>(f).map_err(|_| SpawnError::NotInExecutable)?;
         let args = codec::encode(&args).map_err(SpawnError::Codec)?;
@@ -393,6 +399,8 @@ impl Builder {
         R: Serialize + DeserializeOwned,
     {
         let me = self.check()?;
+        // A daemon's children are daemons (see `daemon`).
+        self.daemon |= me.daemon;
         if let Some(dir) = &self.cwd {
             checked_dir(dir)?;
         }

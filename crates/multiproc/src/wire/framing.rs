@@ -350,6 +350,12 @@ fn recv_some(
 /// were read. Never panics, never hangs (the writer has closed), allocates at most
 /// what arrived plus one step.
 pub(crate) fn drain(bytes: &[u8], max_body: u64) -> usize {
+    drain_bodies(bytes, max_body).len()
+}
+
+/// As [`drain`], returning the bodies of the frames received.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn drain_bodies(bytes: &[u8], max_body: u64) -> Vec<Vec<u8>> {
     let (a, b) = sys::stream_pair().unwrap();
     let mut b = Conn::new(b, max_body);
     let writer = std::thread::spawn({
@@ -364,9 +370,9 @@ pub(crate) fn drain(bytes: &[u8], max_body: u64) -> usize {
             }
         }
     });
-    let mut frames = 0;
-    while b.recv(None).is_ok() {
-        frames += 1;
+    let mut frames = Vec::new();
+    while let Ok(frame) = b.recv(None) {
+        frames.push(frame.body);
     }
     writer.join().unwrap();
     frames
@@ -449,7 +455,7 @@ mod tests {
 
         #[test]
         fn valid_frames_all_arrive(bodies in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), 0..20)) {
-            proptest::prop_assert_eq!(super::drain(&valid_frames(&bodies), 1 << 20), bodies.len());
+            proptest::prop_assert_eq!(super::drain_bodies(&valid_frames(&bodies), 1 << 20), bodies);
         }
 
         #[test]

@@ -100,12 +100,13 @@ fn sweep() -> bool {
     let me = std::process::id();
     let left = children_of(me);
     for (p, state, comm) in &left {
-        if *state != 'Z' {
-            eprintln!("left behind: pid {p} ({comm}), state {state}");
-        }
+        // A zombie is a child nobody reaped: one of multiproc's own (a fork server, a
+        // `spawn_fork` child) that it forgot, or an orphan a test made and did not reap.
+        // Either way the run left something behind.
+        eprintln!("left behind: pid {p} ({comm}), state {state}");
         kill_and_reap(*p);
     }
-    left.iter().all(|(_, state, _)| *state == 'Z')
+    left.is_empty()
 }
 
 /// Runs in every process, children included: with `MP_TEST_LOGGING` set (which children
@@ -189,6 +190,9 @@ impl Helper {
 
     pub fn start_with(mode: &str, exe: std::path::PathBuf, env: &[(&str, &str)]) -> Helper {
         let mut command = Command::new(exe);
+        // A process group of its own: whatever it starts can be found (and reaped, as
+        // this process is a subreaper) even after it is gone.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         command
             .env(HELPER_ENV, mode)
             .envs(env.iter().copied())
@@ -269,27 +273,96 @@ impl Helper {
             wait_gone(pid, timeout),
             "helper {pid} still running after {timeout:?}"
         );
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        // What it left that has ended (its fork server's spare, say) came to this
+        // process: reap it now. What still runs is the test's to judge.
+        for (p, state, _) in group_members(pid) {
+            if state == 'Z' {
+                reap(p);
+            }
+        }
+        status
     }
 }
 
-impl Drop for Helper {
-    /// Kills the helper and everything it started, and reaps them all: the helper's
-    /// orphans are re-parented to this process (a subreaper), so nothing is left behind
-    /// even when a test fails half-way.
-    fn drop(&mut self) {
-        // Once reaped, the helper's pid may belong to someone else: leave it alone.
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // Not reaped yet, so the pid (and the tree below it) is still the helper's.
-        let pid = self.child.id();
-        let tree = descendants_of(pid);
+impl Helper {
+    /// SIGKILLs the helper and reaps it; returns what it had started (its descendants,
+    /// listed just before the kill), which this process (a subreaper) must reap: see
+    /// [`reap_all`].
+    pub fn sigkill(&mut self) -> Vec<u32> {
+        let tree = descendants_of(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for p in tree {
-            kill_and_reap(p);
+        tree
+    }
+
+    /// [`sigkill`](Self::sigkill), then [`reap_all`] of what the helper started.
+    pub fn kill_tree(&mut self, timeout: Duration) -> Vec<u32> {
+        let tree = self.sigkill();
+        reap_all(&tree, timeout)
+    }
+}
+
+/// Waits for each of `pids` to end on its own (what multiproc promises of daemon
+/// children; at most `timeout` in all, then they are killed) and reaps them: orphans
+/// come to this process, a subreaper. Returns those that had to be killed.
+pub fn reap_all(pids: &[u32], timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    let mut killed = Vec::new();
+    for &p in pids {
+        if !wait_gone(p, deadline.saturating_duration_since(Instant::now())) {
+            killed.push(p);
+            let _ = rustix::process::kill_process(pid(p), Signal::KILL);
+            wait_gone(p, Duration::from_secs(5));
         }
+        reap(p);
+    }
+    killed
+}
+
+impl Drop for Helper {
+    /// Kills the helper and everything it started (its process group), and reaps them
+    /// all: the helper's orphans are re-parented to this process (a subreaper), so
+    /// nothing is left behind even when a test fails half-way.
+    fn drop(&mut self) {
+        // The group's id is the helper's pid; while any member lives, no other process
+        // or group can get it.
+        let group = self.child.id();
+        let _ = rustix::process::kill_process_group(pid(group), Signal::KILL);
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        settle_group(group, Duration::from_secs(10));
+    }
+}
+
+/// Waits until no process of `group` is left, zombies included, reaping those
+/// re-parented to this process (a subreaper); after `timeout`, kills the rest and
+/// returns what was left alive.
+pub fn settle_group(group: u32, timeout: Duration) -> Vec<(u32, char, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let members = group_members(group);
+        for (p, state, _) in &members {
+            if *state == 'Z' {
+                reap(*p);
+            }
+        }
+        // Done when nothing of the group is left, zombies included: a zombie that could
+        // not be reaped yet (it became this process's child a moment later) is reaped on
+        // the next look.
+        if group_members(group).is_empty() {
+            return Vec::new();
+        }
+        let alive: Vec<_> = members.into_iter().filter(|(_, s, _)| *s != 'Z').collect();
+        if Instant::now() >= deadline {
+            for (p, ..) in &alive {
+                kill_and_reap(*p);
+            }
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -312,9 +385,13 @@ fn pid(p: u32) -> Pid {
 
 /// Waits until process `p` has exited (it may remain a zombie), at most `timeout`.
 /// True if it is gone.
+/// Only "no such process" means gone: any other failure to look (out of descriptors,
+/// not permitted) fails the test rather than passing it unchecked.
 pub fn wait_gone(p: u32, timeout: Duration) -> bool {
-    let Ok(fd) = rustix::process::pidfd_open(pid(p), PidfdFlags::empty()) else {
-        return true; // no such process
+    let fd = match rustix::process::pidfd_open(pid(p), PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return true,
+        Err(e) => panic!("cannot watch process {p}: pidfd_open: {e}"),
     };
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
     let t = Timespec {
@@ -378,6 +455,10 @@ fn stats() -> Vec<Stat> {
                 .unwrap_or_else(|| panic!("short /proc/{pid}/stat"))
         };
         let state = field().chars().next().unwrap_or('?');
+        if state == 'X' {
+            // Dead, being reaped this instant: its parent and group read 0 and -1.
+            continue;
+        }
         let mut number = |what: &str| {
             let f = field();
             f.parse::<u32>()
@@ -412,6 +493,22 @@ pub fn state_of(pid: u32) -> char {
         .find(|s| s.pid == pid)
         .unwrap_or_else(|| panic!("no process {pid}"))
         .state
+}
+
+/// Whether process `pid`'s main thread is asleep in the kernel where `/proc/PID/wchan`
+/// names a function containing `place`: `"futex"` for a lock, a semaphore, an event,
+/// a condition or a barrier (`futex_do_wait` or `futex_wait_queue`, by kernel),
+/// `"poll"` for a channel's receiver or sender waiting on its doorbell. Panics if it
+/// cannot look.
+pub fn asleep_in(pid: u32, place: &str) -> bool {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/wchan: {e}"));
+    wchan.contains(place) && state_of(pid) == 'S'
+}
+
+/// [`asleep_in`] a futex.
+pub fn asleep_on_futex(pid: u32) -> bool {
+    asleep_in(pid, "futex")
 }
 
 /// `(pid, state, command name)` of every process in process group `group`, zombies
@@ -463,7 +560,16 @@ pub fn children_of(parent: u32) -> Vec<(u32, char, String)> {
 
 /// Open descriptors of this process.
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count() - 1
+    fds_of(std::process::id())
+}
+
+/// Open descriptors of process `pid` (of this process, less the one reading the list).
+/// Panics if they cannot be read.
+pub fn fds_of(pid: u32) -> usize {
+    let n = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count();
+    if pid == std::process::id() { n - 1 } else { n }
 }
 
 /// The fork server of this process (the child named `mp-forkserver`).
@@ -485,12 +591,14 @@ pub fn map_count() -> usize {
 /// The names in `/dev/shm`.
 pub fn dev_shm() -> std::collections::BTreeSet<String> {
     std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
+        .expect("read /dev/shm: a leak check that cannot look must not pass")
+        .map(|e| {
+            e.expect("read /dev/shm")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Whether `/dev/shm/<name>` exists.

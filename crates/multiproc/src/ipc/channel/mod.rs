@@ -993,16 +993,19 @@ mod tests {
     #[test]
     fn a_small_ring_wraps_around_in_order() {
         let (tx, rx) = channel(MIN_RING, None).unwrap();
+        // Every message, in order, with its exact length and bytes, none twice or lost.
+        let sent = |round: u32| vec![round as u8; (round as usize * 131) % 900];
+        let mut next = 0u32;
         for round in 0..200u32 {
-            let len = (round as usize * 131) % 900;
-            tx.send(msg(vec![round as u8; len]), Deadline::Now, false)
-                .unwrap();
+            tx.send(msg(sent(round)), Deadline::Now, false).unwrap();
             if round % 3 != 0 {
                 continue;
             }
             while let Ok(got) = take(&rx) {
-                assert!(got.iter().all(|&b| b == got.first().copied().unwrap_or(0)));
+                assert_eq!(got, sent(next), "message {next}");
+                next += 1;
             }
+            assert_eq!(next, round + 1, "after round {round}");
         }
         // Items larger than half the ring go to the side socket, in order.
         tx.send(msg(vec![1; 100]), Deadline::Now, false).unwrap();
