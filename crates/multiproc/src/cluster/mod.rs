@@ -25,7 +25,8 @@
 //! # A worker node
 //!
 //! The user's own binary: [`Worker::builder`] names the tasks it runs and
-//! [`WorkerBuilder::run`] serves until `SIGTERM`, `SIGINT` or [`WorkerHandle::stop`].
+//! [`WorkerBuilder::run`] serves until `SIGTERM` or `SIGINT`; [`WorkerBuilder::build`]
+//! starts a node that [`WorkerHandle::shutdown`] stops.
 //! Each task runs in a crash-proof local [`Pool`](crate::Pool): a task that segfaults,
 //! aborts or is killed by the OOM killer fails (and is retried or dead-lettered); the
 //! node goes on.

@@ -440,7 +440,7 @@ impl WorkerBuilder {
     }
 
     /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
-    /// [`WorkerHandle::stop`] from another thread): then it takes no more tasks, lets
+    /// [`WorkerHandle::shutdown`] from another thread): then it takes no more tasks, lets
     /// running ones finish within the grace period (handing the rest back to the
     /// queue), and returns. A second signal meanwhile exits the process at once (its
     /// tasks are reclaimed by other workers when their leases run out). Ctrl-C in a
@@ -482,7 +482,7 @@ impl WorkerBuilder {
 }
 
 /// Controls a started worker node ([`WorkerBuilder::build`]). Dropping it stops the
-/// node and waits for it, as [`join`](Self::join) does.
+/// node and waits for it, as [`shutdown(true)`](Self::shutdown) does.
 pub struct WorkerHandle {
     node: Arc<Node>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,

@@ -653,8 +653,9 @@ impl<R> Task<R> {
     /// `Future.add_done_callback`): when the task finishes, on the thread that delivers
     /// its outcome (the pool's own thread, or a thread waiting on the same pool that
     /// routed it), with no lock of multiproc's held, so the callback may submit tasks or
-    /// wait; or at once, on this thread, if the task has finished already. Callbacks
-    /// run before waiters see the outcome. A callback added after the value was taken
+    /// even wait for one (though the pool's thread delivers nothing else meanwhile:
+    /// keep callbacks short, as Python asks); or at once, on this thread, if the task
+    /// has finished already. Callbacks run before waiters see the outcome. A callback added after the value was taken
     /// by [`wait`](Self::wait) gets [`TaskError::Taken`]. A callback that panics is
     /// reported (a `tracing` warning) and changes nothing else.
     ///
