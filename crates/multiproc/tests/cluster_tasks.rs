@@ -183,6 +183,10 @@ fn main() {
         vec![
             trial("submit_map_imap_stats", submit_map_imap_stats),
             trial(
+                "executor_many_tasks_and_shutdown",
+                executor_many_tasks_and_shutdown,
+            ),
+            trial(
                 "ten_thousand_tasks_sigkill_and_sigstop",
                 ten_thousand_tasks_sigkill_and_sigstop,
             ),
@@ -236,6 +240,67 @@ fn main() {
         Duration::from_secs(900),
         cluster_common::no_server_left,
     );
+}
+
+/// Generic over where it runs (as in the pool tests).
+fn sum_of_squares<E: multiproc::Executor>(ex: &E, f: E::Func<u64, u64>) -> Result<u64, E::Error>
+where
+    E::Func<u64, u64>: Copy,
+{
+    let one = ex.submit(f, 3)?.wait().map_err(E::Error::from)?;
+    let mapped: u64 = ex.map(f, 4..6)?.iter().sum();
+    let lazy: u64 = ex.imap(f, 6..8).map(Result::unwrap).sum();
+    Ok(one + mapped + lazy)
+}
+
+fn local_square(x: u64) -> u64 {
+    x * x
+}
+
+fn executor_many_tasks_and_shutdown() {
+    let redis = RedisServer::start();
+    let ns = "executor";
+    let c = client(&redis, ns);
+    // Queued before any worker starts: they run once one does.
+    let waiting: Vec<_> = (0..3).map(|x| c.submit(SQUARE, x).unwrap()).collect();
+    let w = worker(&redis, ns, 2);
+    assert_eq!(
+        sum_of_squares(&c, SQUARE).unwrap(),
+        (3..8u64).map(|x| x * x).sum::<u64>()
+    );
+    for t in waiting {
+        assert!(t.wait().is_ok());
+    }
+    // Tasks of a cluster and of a local pool, waited for together; a callback.
+    let pool = multiproc::Pool::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let remote = c.submit(SLOW_SQUARE, (5, 400)).unwrap();
+    remote.on_done(move |o| tx.send(o.clone()).unwrap());
+    let tasks = vec![remote, pool.submit(local_square, 6).unwrap()];
+    let order: Vec<(usize, u64)> = multiproc::as_completed(tasks)
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    assert_eq!(order, [(1, 36), (0, 25)]);
+    assert_eq!(rx.recv_timeout(T).unwrap(), Ok(25));
+    let tasks = [
+        c.submit(SLOW_SQUARE, (2, 30_000)).unwrap(),
+        pool.submit(|_: u64| -> u64 { panic!("a local failure") }, 0)
+            .unwrap(),
+    ];
+    let (done, pending) = multiproc::wait_tasks(&tasks, multiproc::Return::FirstException, Some(T));
+    assert_eq!((done, pending), (vec![1], vec![0]));
+    // Shutdown: the slow one is cancelled (stopped at its worker's next renewal); no
+    // new submissions.
+    c.shutdown(true, true);
+    let [slow, _] = tasks;
+    assert_eq!(slow.wait().unwrap_err(), TaskError::Cancelled);
+    assert!(matches!(
+        c.submit(SQUARE, 1),
+        Err(ClusterError::Task(TaskError::PoolClosed))
+    ));
+    pool.join_timeout(T).unwrap();
+    w.shutdown(true);
+    finish(&redis, c, ns);
 }
 
 fn submit_map_imap_stats() {
