@@ -46,6 +46,20 @@ fn main() {
     });
     g.finish();
 
+    let mut g = c.benchmark_group("queue_backlog_1kib");
+    g.throughput(Throughput::Bytes(1 << 10))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("multiproc", |b| {
+        b.iter_custom(|n| ipc::queue_backlog(1 << 10, n))
+    });
+    if py {
+        g.bench_function("cpython", |b| {
+            b.iter_custom(|n| python::run("mp_queue.py", &["1024", "backlog"], n))
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("pipe_round_trip");
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("multiproc", |b| b.iter_custom(ipc::pipe_round_trip));

@@ -54,6 +54,18 @@ fn main() {
     }
     g.finish();
 
+    let mut g = c.benchmark_group("pool_as_completed");
+    g.throughput(Throughput::Elements(1))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("multiproc", |b| b.iter_custom(pool::as_completed));
+    if py {
+        g.bench_function("cpython", |b| {
+            b.iter_custom(|n| python::run("mp_pool.py", &["as_completed"], n))
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("pool_cpu_1ms");
     g.throughput(Throughput::Elements(1))
         .sample_size(10)

@@ -184,7 +184,7 @@ fn main() {
     section("process_pool: five workers square 0..10; a crash fails one task only");
     process_pool::run();
 
-    section("async_tasks: tokio awaits pool tasks and a queue consumer together");
+    section("async_tasks: asyncio programs with tokio alone and with processes");
     async_tasks::run();
 
     section("manager_daemons: five daemons count under a managed lock; the manager stops");

@@ -7,6 +7,8 @@ timed part runs ITERATIONS tasks and the script prints its seconds:
   map1      Pool.map(square, range(N), chunksize=1)
   imap1     list(Pool.imap(square, range(N)))            (chunksize=1)
   executor  ProcessPoolExecutor: N submit() calls, then N result() calls
+  as_completed  ProcessPoolExecutor: N submit() calls, then the results taken with
+            concurrent.futures.as_completed
   cpu       Pool.map of N tasks that each spin for 1 ms, default chunksize
 """
 import concurrent.futures as cf
@@ -32,13 +34,17 @@ def spin_ms(x):
 if __name__ == "__main__":
     mode, n = sys.argv[1], int(sys.argv[2])
     ctx = mp.get_context("fork")
-    if mode == "executor":
+    if mode in ("executor", "as_completed"):
         with cf.ProcessPoolExecutor(PROCESSES, mp_context=ctx) as ex:
             list(ex.map(square, range(100)))
             start = time.perf_counter()
             futures = [ex.submit(square, i) for i in range(n)]
-            for f in futures:
-                f.result()
+            if mode == "as_completed":
+                done = sum(1 for f in cf.as_completed(futures) if f.result() is not None)
+                assert done == n
+            else:
+                for f in futures:
+                    f.result()
             elapsed = time.perf_counter() - start
     else:
         with ctx.Pool(PROCESSES) as pool:

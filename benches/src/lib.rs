@@ -109,6 +109,21 @@ pub mod ipc {
         super::stream_to(consumer, n, |i| q.put(i).expect("put"))
     }
 
+    /// `n` messages of `size` bytes put into an unbounded queue before its consumer
+    /// process starts; the time from the first put until the consumer has taken the
+    /// last and exited.
+    pub fn queue_backlog(size: usize, n: u64) -> Duration {
+        let q = Queue::new().expect("queue");
+        let msg = vec![7u8; size];
+        let start = Instant::now();
+        for _ in 0..n {
+            q.put(ByteBuf::from(msg.clone())).expect("put");
+        }
+        let consumer = multiproc::spawn(get_bytes, (q.clone(), n)).expect("spawn");
+        consumer.join().expect("consumer");
+        start.elapsed()
+    }
+
     /// As [`queue_small`], with messages of `size` bytes (encoded as bytes).
     pub fn queue_bytes(size: usize, n: u64) -> Duration {
         let q = Queue::new().expect("queue");
@@ -439,17 +454,39 @@ pub mod pool {
         )
     }
 
+    /// `n` trivial tasks submitted.
+    fn submit_all(p: &Pool, n: u64) -> Vec<multiproc::Task<u64>> {
+        (0..n)
+            .map(|x| p.submit(square, x).expect("submit"))
+            .collect()
+    }
+
     /// `n` `Pool::submit` calls, then `n` `Task::wait` calls.
     pub fn submit_wait(n: u64) -> Duration {
         timed(
             PROCESSES,
             |p| {
-                let tasks: Vec<_> = (0..n)
-                    .map(|x| p.submit(square, x).expect("submit"))
-                    .collect();
+                let tasks = submit_all(p, n);
                 let mut done = 0;
                 for t in tasks {
                     t.wait().expect("task");
+                    done += 1;
+                }
+                done
+            },
+            n,
+        )
+    }
+
+    /// `n` `Pool::submit` calls, then the results taken as they finish with
+    /// `multiproc::as_completed`.
+    pub fn as_completed(n: u64) -> Duration {
+        timed(
+            PROCESSES,
+            |p| {
+                let mut done = 0;
+                for (_, r) in multiproc::as_completed(submit_all(p, n)) {
+                    r.expect("task");
                     done += 1;
                 }
                 done
@@ -1191,6 +1228,12 @@ fn pool_groups(python: bool) -> Vec<Group> {
             pool::procspawn_submit_wait,
         ),
     ];
+    let mut completed = vec![Workload::new(
+        "multiproc as_completed",
+        Impl::Multiproc,
+        10_000,
+        pool::as_completed,
+    )];
     let mut cpu = vec![
         Workload::new("multiproc Pool::map", Impl::Multiproc, 2_000, |n| {
             pool::cpu_map(pool::PROCESSES, n)
@@ -1229,6 +1272,12 @@ fn pool_groups(python: bool) -> Vec<Group> {
             Impl::Peer,
             5_000,
             py(&["mp_pool.py", "executor"]),
+        ));
+        completed.push(Workload::new(
+            "CPython as_completed",
+            Impl::Peer,
+            10_000,
+            py(&["mp_pool.py", "as_completed"]),
         ));
         cpu.push(Workload::new(
             "CPython Pool.map",
@@ -1300,6 +1349,24 @@ fn pool_groups(python: bool) -> Vec<Group> {
                 cpython.clone(),
             ],
             headline: vec![("submit + wait", "multiproc submit + wait", "CPython ProcessPoolExecutor")],
+        },
+        Group {
+            title: "as_completed over trivial tasks",
+            rate: Rate::Ops("tasks"),
+            operation: "one `x * x` task of 10,000 submitted to a 2-worker process pool, its result taken as it finishes (`as_completed`)",
+            bench: "pool",
+            workloads: completed,
+            targets: vec![Target {
+                workload: "multiproc as_completed",
+                text: "≥ 10× CPython's as_completed",
+                met: Check::Relative { of: "CPython as_completed", ratio: 10.0 },
+            }],
+            pairs: vec![("multiproc as_completed", "CPython as_completed")],
+            notes: vec![
+                "multiproc: `Pool::submit` 10,000 times, then `multiproc::as_completed(tasks)`, which registers one board on the tasks' cells (no thread per task) and takes each outcome as its index is posted. CPython: `ProcessPoolExecutor.submit` 10,000 times, then `concurrent.futures.as_completed`.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("as_completed, 10k tasks", "multiproc as_completed", "CPython as_completed")],
         },
         Group {
             title: "CPU-bound tasks, 1 ms each",
@@ -1466,6 +1533,9 @@ fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
     ]
 }
 
+/// Messages of 1 KiB in the unbounded-queue workload: 100 MiB.
+const BACKLOG: u64 = 100 << 10;
+
 fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
     let floor = |workload: &'static str| {
         let exe = exe.to_path_buf();
@@ -1483,6 +1553,12 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
         Impl::Multiproc,
         500,
         |n| ipc::queue_bytes(1 << 20, n),
+    )];
+    let mut backlog = vec![Workload::new(
+        "multiproc Queue::new()",
+        Impl::Multiproc,
+        BACKLOG,
+        |n| ipc::queue_backlog(1 << 10, n),
     )];
     let mut rtt = vec![Workload::new(
         "multiproc duplex pipe",
@@ -1517,6 +1593,12 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             Impl::Peer,
             300,
             py(&["mp_queue.py", "1048576"]),
+        ));
+        backlog.push(Workload::new(
+            "CPython Queue()",
+            Impl::Peer,
+            BACKLOG,
+            py(&["mp_queue.py", "1024", "backlog"]),
         ));
         rtt.push(Workload::new(
             "CPython Pipe",
@@ -1591,6 +1673,20 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
                 cpython.clone(),
             ],
             headline: vec![("queue, 1 MiB messages", "multiproc Queue", "CPython Queue")],
+        },
+        Group {
+            title: "Unbounded queue, 100 MiB put before the consumer starts",
+            rate: Rate::Bytes(1 << 10),
+            operation: "one 1 KiB message (bytes) of 100 MiB put into an unbounded queue before its consumer process starts, then got by it (timed from the first put until the consumer has the last one)",
+            bench: "ipc",
+            workloads: backlog,
+            targets: Vec::new(),
+            pairs: vec![("multiproc Queue::new()", "CPython Queue()")],
+            notes: vec![
+                "multiproc's `Queue::new()` never makes `put` wait: past its 4 MiB ring, messages go into overflow segments of the same shared memory (4 MiB each, made as needed, given back as the consumer reads them). CPython's `Queue()` buffers in the producer's memory, and its feeder thread writes to a pipe the consumer reads.".into(),
+                cpython.clone(),
+            ],
+            headline: vec![("queue, 100 MiB backlog", "multiproc Queue::new()", "CPython Queue()")],
         },
         Group {
             title: "Pipe round trip",

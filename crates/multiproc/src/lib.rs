@@ -113,10 +113,12 @@
 //! Messages travel through shared memory, without a feeder thread: whatever `put` or
 //! `send` accepted is delivered even if its sender exits or is killed right after, and a
 //! process killed in the middle of a `put` or `get` blocks nobody. When every sender is
-//! gone, receivers get `Disconnected` rather than waiting forever. Every blocking call has
-//! `try_` and `_timeout` forms, and receivers have `async` ones (`recv_async`,
-//! `get_async`) that work under any runtime. [`wait`] blocks until any of several
-//! receivers, queues or processes is ready.
+//! gone, receivers get `Disconnected` rather than waiting forever. `Queue::new()` is
+//! unbounded, as Python's is: its shared memory grows as needed, so `put` never waits;
+//! `Queue::bounded(n)` holds `n` items. Every blocking call has `try_` and `_timeout`
+//! forms, and `async` ones (`recv_async`, `get_async`, `send_async`, `put_async`) that
+//! work under any runtime. [`wait`] blocks until any of several receivers, queues,
+//! processes or tasks is ready.
 //!
 //! Messages are encoded with postcard; encode large byte buffers as bytes
 //! (`#[serde(with = "serde_bytes")]`), since a plain `Vec<u8>` is encoded element by
@@ -199,6 +201,48 @@
 //! ([`TaskError::WorkerDied`], or a retry per the [`RetryPolicy`]); the pool replaces it
 //! and every other task completes. A task past its timeout, or cancelled while running,
 //! is stopped by killing its worker. A panic fails its task; the worker goes on.
+//!
+//! # Executors: many tasks, callbacks, errors of your own
+//!
+//! What `concurrent.futures` and asyncio give Python programs works on tasks of any pool
+//! (and cluster): [`as_completed`] yields each outcome as it finishes, [`wait_tasks`]
+//! returns when the first completes, the first fails or all are done, [`wait`] takes
+//! tasks beside pipes, queues and processes, and [`Task::on_done`] calls back. A
+//! function that returns `Result` is submitted with [`Pool::submit_fallible`]: its `Err`
+//! is the task's failure ([`TaskError::Failed`]), carrying the typed error, and a
+//! [`RetryPolicy`] can retry on it. [`TaskOptions`] give one submission a timeout, a
+//! retry policy or a delay; [`Pool::map_with`] sends a context once per worker; the
+//! [`Executor`] trait lets code run on a [`Pool`], a [`ThreadPool`] or a cluster alike.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use multiproc::{Pool, Return, TaskError};
+//!
+//! fn work(ms: u64) -> Result<u64, String> {
+//!     std::thread::sleep(Duration::from_millis(ms));
+//!     if ms == 0 { Err("nothing to do".to_string()) } else { Ok(ms) }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _guard = multiproc::init();
+//! let pool = Pool::new(4)?;
+//! let tasks = [300, 100, 0, 200]
+//!     .into_iter()
+//!     .map(|ms| pool.submit_fallible(work, ms))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let (done, pending) = multiproc::wait_tasks(&tasks, Return::FirstException, None);
+//! assert_eq!(done, [2]); // the `Err` came first
+//! assert_eq!(pending.len(), 3);
+//! for (i, outcome) in multiproc::as_completed(tasks) {
+//!     match outcome {
+//!         Ok(ms) => println!("task {i}: {ms} ms"),
+//!         Err(TaskError::Failed(f)) => println!("task {i} failed: {}", f.decode::<String>()?),
+//!         Err(e) => println!("task {i}: {e}"),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Managers
 //!
@@ -333,6 +377,7 @@ mod shm;
 mod supervise;
 mod sync;
 mod sys;
+mod timer;
 
 mod wire;
 pub use bootstrap::{Init, init, init_with};
@@ -346,11 +391,12 @@ pub use ipc::{
 };
 pub use manager::Manager;
 pub use manager::ManagerError;
+pub use pool::{AsCompleted, Return, as_completed, wait_tasks};
 pub use pool::{
-    Imap, ImapUnordered, Jitter, Pool, PoolBuilder, RetryPolicy, Task, ThreadPool,
-    ThreadPoolBuilder,
+    Executor, Imap, ImapStream, ImapUnordered, Jitter, Pool, PoolBuilder, RetryPolicy, Task,
+    TaskOptions, ThreadImap, ThreadImapStream, ThreadPool, ThreadPoolBuilder,
 };
-pub use pool::{PoolError, TaskError};
+pub use pool::{Failure, PoolError, TaskError};
 pub use process::{ExitStatus, ProcessError, Signal, SpawnError};
 pub use sched::ScheduleError;
 pub use sched::{Job, Schedule, Scheduler};
@@ -370,6 +416,7 @@ pub use sync::lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use sync::semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 pub use sync::value::{Array, ArrayGuard, Value, ValueGuard};
 pub use sync::{BarrierError, LockResult, OverRelease, OwnerDied, TryLockError, TryLockResult};
+pub use timer::Timer;
 pub use wire::codec::CodecError;
 
 /// The `bytemuck` crate, whose `Pod` types are [`ShmSafe`]: derive `Pod` and `Zeroable`

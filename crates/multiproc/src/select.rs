@@ -1,20 +1,50 @@
-//! [`wait`]: block until any of several receivers, queues or processes is ready
+//! [`wait`]: block until any of several receivers, queues, processes or tasks is ready
 //! (Python's `multiprocessing.connection.wait`). A layer above both `ipc` and
-//! `process`, since it selects over either.
+//! `process`, since it selects over either; tasks (in `pool`, above) come in through
+//! the [`Completion`] seam they implement.
 
 use std::io;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::ipc::channel::{MAX_SLEEP, RawReceiver};
 use crate::ipc::pipe::{Connection, Receiver};
 use crate::ipc::queue::{JoinableQueue, Queue};
 use crate::process::{ChildProcess, JoinHandle};
-use crate::sys::{self, BorrowedFd};
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
+
+/// Told when something it watches completes (a task: `as_completed`, `wait_tasks`,
+/// [`wait`]). Called with no lock held; it must not block.
+pub(crate) trait Watch: Send + Sync {
+    /// What was registered under `key` completed; `failed`: with an error.
+    fn notify(&self, key: usize, failed: bool);
+}
+
+/// Something that completes once and tells its watchers (a task's outcome cell).
+pub(crate) trait Completion: Send + Sync {
+    /// Whether it has completed.
+    fn is_complete(&self) -> bool;
+    /// Registers `watch` under `key`; if it has completed already, says so instead:
+    /// `Some(failed)`.
+    fn watch(&self, watch: Weak<dyn Watch>, key: usize) -> Option<bool>;
+    /// Removes `watch` (registered under any key), if it is still there.
+    fn unwatch(&self, watch: &Weak<dyn Watch>);
+}
+
+/// A doorbell (eventfd) rung when a watched task completes: what `wait` polls for
+/// tasks, one per call.
+struct Bell(OwnedFd);
+
+impl Watch for Bell {
+    fn notify(&self, _key: usize, _failed: bool) {
+        sys::ring(self.0.as_fd());
+    }
+}
 
 /// Something [`wait`] can wait for: a [`Receiver`](crate::Receiver),
 /// [`Connection`](crate::Connection), [`Queue`](crate::Queue),
-/// [`JoinableQueue`](crate::JoinableQueue), [`JoinHandle`](crate::JoinHandle) or
-/// [`ChildProcess`].
+/// [`JoinableQueue`](crate::JoinableQueue), [`JoinHandle`](crate::JoinHandle),
+/// [`ChildProcess`] or [`Task`](crate::Task).
 pub trait Waitable: private::Sealed {}
 
 pub(crate) mod private {
@@ -25,20 +55,35 @@ pub(crate) mod private {
 }
 
 /// What a [`Waitable`] is made of (opaque).
-#[derive(Debug)]
 pub struct Source<'a>(Kind<'a>);
 
-#[derive(Debug)]
 enum Kind<'a> {
     Channel(&'a RawReceiver),
     Process(ChildProcess),
+    Task(&'a dyn Completion),
 }
 
-impl Source<'_> {
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Kind::Channel(rx) => f.debug_tuple("Channel").field(rx).finish(),
+            Kind::Process(p) => f.debug_tuple("Process").field(p).finish(),
+            Kind::Task(_) => f.write_str("Task"),
+        }
+    }
+}
+
+impl<'a> Source<'a> {
+    /// A task's outcome (for the `Waitable` of `pool::Task`).
+    pub(crate) fn task(completion: &'a dyn Completion) -> Self {
+        Source(Kind::Task(completion))
+    }
+
     fn ready(&self) -> bool {
         match &self.0 {
             Kind::Channel(rx) => rx.ready(),
             Kind::Process(p) => !p.is_alive(),
+            Kind::Task(c) => c.is_complete(),
         }
     }
 }
@@ -47,7 +92,8 @@ impl Source<'_> {
 /// limit), and returns the indices of those that are ready (empty on timeout).
 ///
 /// A receiver or queue is ready when a receive would not block: an item is waiting, or
-/// every sender is gone. A process handle is ready when the process has ended.
+/// every sender is gone. A process handle is ready when the process has ended, a
+/// [`Task`](crate::Task) when it has finished (its result is ready, or it failed).
 ///
 /// # Examples
 ///
@@ -69,9 +115,41 @@ impl Source<'_> {
 /// Polling failed (out of memory, or too many objects for the system).
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let sources: Vec<Source<'_>> = objects.iter().map(|o| o.source()).collect();
+    // Tasks ring one doorbell when they finish.
+    let tasks: Vec<&dyn Completion> = sources
+        .iter()
+        .filter_map(|s| match s.0 {
+            Kind::Task(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let bell = if tasks.is_empty() {
+        None
+    } else {
+        let bell: Arc<Bell> = Arc::new(Bell(sys::doorbell()?));
+        let watch = Arc::downgrade(&bell) as Weak<dyn Watch>;
+        for (key, c) in tasks.iter().enumerate() {
+            c.watch(watch.clone(), key);
+        }
+        Some((bell, watch))
+    };
+    let waited = wait_sources(&sources, bell.as_ref().map(|(b, _)| b.0.as_fd()), deadline);
+    if let Some((_, watch)) = &bell {
+        for c in &tasks {
+            c.unwatch(watch);
+        }
+    }
+    waited
+}
+
+fn wait_sources(
+    sources: &[Source<'_>],
+    bell: Option<BorrowedFd<'_>>,
+    deadline: Option<Instant>,
+) -> io::Result<Vec<usize>> {
     loop {
-        let sources: Vec<Source<'_>> = objects.iter().map(|o| o.source()).collect();
-        let ready = ready_indices(&sources);
+        let ready = ready_indices(sources);
         if !ready.is_empty() {
             return Ok(ready);
         }
@@ -85,22 +163,26 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<
             .iter()
             .filter_map(|s| match &s.0 {
                 Kind::Channel(rx) => Some(rx.sleeping()),
-                Kind::Process(_) => None,
+                Kind::Process(_) | Kind::Task(_) => None,
             })
             .collect();
-        let ready = ready_indices(&sources);
+        let ready = ready_indices(sources);
         if !ready.is_empty() {
             return Ok(ready);
         }
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        for s in &sources {
+        let mut fds: Vec<BorrowedFd<'_>> = bell.into_iter().collect();
+        for s in sources {
             match &s.0 {
                 Kind::Channel(rx) => fds.extend(rx.readiness()),
                 Kind::Process(p) => fds.push(p.record.pidfd()),
+                Kind::Task(_) => {}
             }
         }
         let until = deadline.map_or(now + MAX_SLEEP, |d| d.min(now + MAX_SLEEP));
         sys::wait_readable(&fds, Some(until))?;
+        if let Some(bell) = bell {
+            sys::silence(bell);
+        }
     }
 }
 

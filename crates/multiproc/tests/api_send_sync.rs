@@ -84,6 +84,10 @@ fn pool_handles() {
     send_sync::<ThreadPoolBuilder>();
     send_sync::<Task<D>>();
     send_sync::<RetryPolicy>();
+    send_sync::<TaskOptions>();
+    send_sync::<Failure>();
+    send_sync::<AsCompleted<D>>();
+    send_sync::<Timer>();
 }
 
 #[test]

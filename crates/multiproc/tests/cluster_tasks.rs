@@ -183,6 +183,10 @@ fn main() {
         vec![
             trial("submit_map_imap_stats", submit_map_imap_stats),
             trial(
+                "executor_many_tasks_and_shutdown",
+                executor_many_tasks_and_shutdown,
+            ),
+            trial(
                 "ten_thousand_tasks_sigkill_and_sigstop",
                 ten_thousand_tasks_sigkill_and_sigstop,
             ),
@@ -238,6 +242,67 @@ fn main() {
     );
 }
 
+/// Generic over where it runs (as in the pool tests).
+fn sum_of_squares<E: multiproc::Executor>(ex: &E, f: E::Func<u64, u64>) -> Result<u64, E::Error>
+where
+    E::Func<u64, u64>: Copy,
+{
+    let one = ex.submit(f, 3)?.wait().map_err(E::Error::from)?;
+    let mapped: u64 = ex.map(f, 4..6)?.iter().sum();
+    let lazy: u64 = ex.imap(f, 6..8).map(Result::unwrap).sum();
+    Ok(one + mapped + lazy)
+}
+
+fn local_square(x: u64) -> u64 {
+    x * x
+}
+
+fn executor_many_tasks_and_shutdown() {
+    let redis = RedisServer::start();
+    let ns = "executor";
+    let c = client(&redis, ns);
+    // Queued before any worker starts: they run once one does.
+    let waiting: Vec<_> = (0..3).map(|x| c.submit(SQUARE, x).unwrap()).collect();
+    let w = worker(&redis, ns, 2);
+    assert_eq!(
+        sum_of_squares(&c, SQUARE).unwrap(),
+        (3..8u64).map(|x| x * x).sum::<u64>()
+    );
+    for t in waiting {
+        assert!(t.wait().is_ok());
+    }
+    // Tasks of a cluster and of a local pool, waited for together; a callback.
+    let pool = multiproc::Pool::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let remote = c.submit(SLOW_SQUARE, (5, 400)).unwrap();
+    remote.on_done(move |o| tx.send(o.clone()).unwrap());
+    let tasks = vec![remote, pool.submit(local_square, 6).unwrap()];
+    let order: Vec<(usize, u64)> = multiproc::as_completed(tasks)
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    assert_eq!(order, [(1, 36), (0, 25)]);
+    assert_eq!(rx.recv_timeout(T).unwrap(), Ok(25));
+    let tasks = [
+        c.submit(SLOW_SQUARE, (2, 30_000)).unwrap(),
+        pool.submit(|_: u64| -> u64 { panic!("a local failure") }, 0)
+            .unwrap(),
+    ];
+    let (done, pending) = multiproc::wait_tasks(&tasks, multiproc::Return::FirstException, Some(T));
+    assert_eq!((done, pending), (vec![1], vec![0]));
+    // Shutdown: the slow one is cancelled (stopped at its worker's next renewal); no
+    // new submissions.
+    c.shutdown(true, true);
+    let [slow, _] = tasks;
+    assert_eq!(slow.wait().unwrap_err(), TaskError::Cancelled);
+    assert!(matches!(
+        c.submit(SQUARE, 1),
+        Err(ClusterError::Task(TaskError::PoolClosed))
+    ));
+    pool.join_timeout(T).unwrap();
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
 fn submit_map_imap_stats() {
     let redis = RedisServer::start();
     let ns = "basic";
@@ -270,8 +335,8 @@ fn submit_map_imap_stats() {
     assert_eq!(rt.block_on(t).unwrap(), 144);
     let t = c.submit(SLOW_SQUARE, (3, 300)).unwrap();
     assert!(!t.is_done());
-    assert!(t.wait_timeout(T));
-    assert_eq!(t.wait().unwrap(), 9);
+    let mut t = t;
+    assert_eq!(t.wait_timeout(T).unwrap(), 9);
     // Over the Unix socket too.
     let u = Cluster::builder(&redis.unix_url())
         .namespace(ns)
@@ -312,9 +377,11 @@ fn ten_thousand_tasks_sigkill_and_sigstop() {
     assert!(common::eventually(T, || done(&tasks) >= before + 1000));
     std::thread::sleep(Duration::from_secs(2));
     cluster_common::signal(b.child.id(), "-CONT");
-    for (x, t) in tasks.into_iter().enumerate() {
-        assert!(t.wait_timeout(Duration::from_secs(120)), "task {x} hangs");
-        assert_eq!(t.wait().unwrap(), (x as u64) * (x as u64));
+    for (x, mut t) in tasks.into_iter().enumerate() {
+        match t.wait_timeout(Duration::from_secs(120)) {
+            Err(TaskError::Timeout) => panic!("task {x} hangs"),
+            r => assert_eq!(r.unwrap(), (x as u64) * (x as u64)),
+        }
     }
     let stats = c.stats().unwrap();
     assert_eq!(
@@ -393,25 +460,36 @@ fn err_is_retried_per_policy() {
         RetryPolicy::attempts(3).backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1));
     // Fails twice, then succeeds on the third and last attempt.
     let ok = c
-        .submit_with(
+        .submit_fallible_with(
             FLAKY,
             (counter("a"), 3),
             TaskOptions::new().retry(fast.clone()),
         )
         .unwrap();
-    assert_eq!(ok.wait().unwrap(), Ok(3));
-    // Two attempts only: the second `Err` is the result.
+    assert_eq!(ok.wait().unwrap(), 3);
+    // Two attempts only: the second `Err` is the task's failure, carrying the error.
     let policy =
         RetryPolicy::attempts(2).backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1));
     let failed = c
-        .submit_with(FLAKY, (counter("b"), 3), TaskOptions::new().retry(policy))
+        .submit_fallible_with(FLAKY, (counter("b"), 3), TaskOptions::new().retry(policy))
         .unwrap();
-    assert_eq!(failed.wait().unwrap(), Err("run 2 failed".to_string()));
-    // No policy: one run.
-    assert_eq!(
-        c.apply(FLAKY, (counter("c"), 3)).unwrap(),
-        Err("run 1 failed".to_string())
-    );
+    match failed.wait() {
+        Err(TaskError::Failed(f)) => {
+            assert_eq!(f.message(), "run 2 failed");
+            assert_eq!(f.decode::<String>().unwrap(), "run 2 failed");
+            assert_eq!(
+                f.downcast_ref::<String>().map(String::as_str),
+                Some("run 2 failed")
+            );
+            assert!(f.type_name().is_some_and(|t| t.contains("String")), "{f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // No policy: one run. A plain `submit` gets the failure too (never an `Ok(Err)`).
+    match c.submit(FLAKY, (counter("c"), 3)).unwrap().wait() {
+        Err(TaskError::Failed(f)) => assert_eq!(f.message(), "run 1 failed"),
+        other => panic!("{other:?}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
     w.shutdown(true);
     finish(&redis, c, ns);
@@ -618,12 +696,11 @@ fn redis_restarted_mid_run() {
         .count()
         > 300));
     redis.restart();
-    for t in tasks {
-        assert!(
-            t.wait_timeout(Duration::from_secs(120)),
-            "a task hangs after the restart"
-        );
-        assert_eq!(t.wait().unwrap(), 1);
+    for mut t in tasks {
+        match t.wait_timeout(Duration::from_secs(120)) {
+            Err(TaskError::Timeout) => panic!("a task hangs after the restart"),
+            r => assert_eq!(r.unwrap(), 1),
+        }
     }
     // New work goes through on the new server.
     assert_eq!(c.apply(SQUARE, 8).unwrap(), 64);
@@ -900,9 +977,9 @@ fn redis_lost_its_data_mid_run() {
     assert!(common::eventually(T, || c.stats().unwrap().in_flight > 0));
     // Killed and started empty: every task waited for is gone, and says so.
     redis.restart_empty();
-    for t in tasks {
-        assert!(t.wait_timeout(T), "a task of a wiped server hangs");
-        let e = t.wait().unwrap_err();
+    for mut t in tasks {
+        let e = t.wait_timeout(T).unwrap_err();
+        assert!(!e.is_timeout(), "a task of a wiped server hangs");
         assert!(e.to_string().contains("lost its data"), "{e}");
     }
     // Clients and workers go on with the new server.
@@ -936,8 +1013,8 @@ fn acl_user_and_an_undecodable_result() {
     // No worker: the outcome is written by hand, and it is not a u64.
     let t = c.submit(SQUARE, 3).unwrap();
     let task = format!("{}-1", c.id());
-    let outcome = [1u8, 0, 2, 0xff, 0xff]; // version, Outcome::Value, 2 bytes of noise
-    let mut reply = vec![1u8, task.len() as u8];
+    let outcome = [2u8, 0, 2, 0xff, 0xff]; // version, Outcome::Value, 2 bytes of noise
+    let mut reply = vec![2u8, task.len() as u8];
     reply.extend_from_slice(task.as_bytes());
     reply.push(outcome.len() as u8);
     reply.extend_from_slice(&outcome);
@@ -948,8 +1025,8 @@ fn acl_user_and_an_undecodable_result() {
         .unwrap();
     raw.call_bytes(&[b"RPUSH", list.as_bytes(), &reply])
         .unwrap();
-    assert!(t.wait_timeout(T));
-    let e = t.wait().unwrap_err();
+    let mut t = t;
+    let e = t.wait_timeout(T).unwrap_err();
     assert!(matches!(e, TaskError::Codec(_)), "{e}");
     // The client goes on.
     let w = tasks(Worker::builder(&url))

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{Helper, trial};
-use multiproc::{JoinableQueue, Queue, Receiver, RecvError, RecvTimeoutError, Sender};
+use multiproc::{JoinableQueue, Queue, Receiver, RecvError, RecvTimeoutError, Sender, Value};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const T: Duration = Duration::from_secs(60);
@@ -30,6 +30,10 @@ fn main() {
             trial("consumers_killed_at_random", consumers_killed_at_random),
             trial("getter_killed_while_blocked", getter_killed_while_blocked),
             trial("one_gib_message", one_gib_message),
+            trial(
+                "unbounded_queue_takes_a_gib_before_any_consumer",
+                unbounded_queue_takes_a_gib_before_any_consumer,
+            ),
             trial("handles_through_a_queue", handles_through_a_queue),
             trial(
                 "disconnected_when_the_sender_is_killed",
@@ -399,6 +403,107 @@ impl<'de> Deserialize<'de> for ByteBuf {
         }
         d.deserialize_bytes(V)
     }
+}
+
+/// Puts `n` items of 64 KiB, counting in `acked` each put that returned.
+fn produce_counted((q, id, n, acked): (Queue<Item>, u32, u64, Value<u64>)) {
+    for seq in 0..n {
+        q.put(Item {
+            producer: id,
+            seq,
+            pad: ByteBuf(vec![id as u8; 64 << 10]),
+        })
+        .unwrap();
+        acked.store(seq + 1);
+    }
+}
+
+/// Gets until every putter is gone: the items' (producer, seq), and how many were
+/// corrupt.
+fn consume_all(mut q: Queue<Item>) -> (Vec<(u32, u64)>, usize) {
+    q.close();
+    let mut got = Vec::new();
+    let mut corrupt = 0;
+    loop {
+        match q.get_timeout(T) {
+            Ok(item) => {
+                if item.pad.0.len() != 64 << 10
+                    || !item.pad.0.iter().all(|&b| b == item.producer as u8)
+                {
+                    corrupt += 1;
+                }
+                got.push((item.producer, item.seq));
+            }
+            Err(RecvTimeoutError::Disconnected) => return (got, corrupt),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn unbounded_queue_takes_a_gib_before_any_consumer() {
+    // Python's `Queue()`: a program may put everything before it starts a consumer.
+    let q: Queue<Item> = Queue::new().unwrap();
+    let (acked_a, acked_b) = (Value::new(0u64).unwrap(), Value::new(0u64).unwrap());
+    const A: u64 = 12 << 10; // 768 MiB
+    const B: u64 = 8 << 10; // up to 512 MiB; killed about half-way
+    let mut a = multiproc::spawn(produce_counted, (q.clone(), 1, A, acked_a.clone())).unwrap();
+    let b = multiproc::spawn(produce_counted, (q.clone(), 2, B, acked_b.clone())).unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(300), || acked_b.load() >= B / 2),
+        "producer B is stuck at {}",
+        acked_b.load()
+    );
+    kill_and_check(b, "producer");
+    assert_eq!(a.join_timeout(Duration::from_secs(300)).unwrap(), ());
+    let put_b = acked_b.load();
+    assert!(put_b < B, "B finished before it was killed");
+    assert!(
+        (A + put_b) << 16 >= 1 << 30,
+        "only {} MiB were put",
+        (A + put_b) >> 4
+    );
+    // All of it waits in the queue (and perhaps the put B was in when killed).
+    let waiting = q.len() as u64;
+    assert!(
+        waiting == A + put_b || waiting == A + put_b + 1,
+        "{waiting} waiting, {} put",
+        A + put_b
+    );
+    assert_eq!(acked_a.load(), A);
+    // Only now the consumers: four processes drain it all.
+    let consumers: Vec<_> = (0..4)
+        .map(|_| multiproc::spawn(consume_all, q.clone()).unwrap())
+        .collect();
+    let mut q = q;
+    q.close();
+    let mut seen: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    let mut total = 0;
+    for (got, corrupt) in join_all(consumers) {
+        assert_eq!(corrupt, 0, "corrupt items");
+        for (producer, seq) in got {
+            total += 1;
+            assert!(
+                seen.entry(producer).or_default().insert(seq),
+                "producer {producer}'s item {seq} delivered twice"
+            );
+        }
+    }
+    let a_seen = &seen[&1];
+    assert_eq!(a_seen.len() as u64, A, "items of A lost");
+    assert_eq!(a_seen.last(), Some(&(A - 1)));
+    // Every put of B that returned is there; the one it was in when killed may be too.
+    let b_seen = &seen[&2];
+    assert!(
+        (0..put_b).all(|s| b_seen.contains(&s)),
+        "B's acknowledged items lost: {} of {put_b} arrived",
+        b_seen.range(..put_b).count()
+    );
+    assert!(
+        b_seen.iter().all(|&s| s <= put_b),
+        "B's items out of thin air"
+    );
+    assert_eq!(total, a_seen.len() + b_seen.len());
+    assert!(q.is_empty());
 }
 
 fn send_gib(tx: Sender<ByteBuf>) {

@@ -11,9 +11,11 @@ use multiproc::{PoolError, Task, TaskError, ThreadPool};
 
 const T: Duration = Duration::from_secs(30);
 
-fn get<R>(task: Task<R>) -> Result<R, TaskError> {
-    assert!(task.wait_timeout(T), "a task did not finish within {T:?}");
-    task.wait()
+fn get<R>(mut task: Task<R>) -> Result<R, TaskError> {
+    match task.wait_timeout(T) {
+        Err(TaskError::Timeout) => panic!("a task did not finish within {T:?}"),
+        done => done,
+    }
 }
 
 fn quiet_panics() {
@@ -53,7 +55,7 @@ fn submit_apply_map() {
         pool.map(move |i: usize| w[i].to_uppercase(), 0..3).unwrap(),
         ["A", "B", "C"]
     );
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -88,7 +90,7 @@ fn panics_fail_their_task_only() {
         "two"
     );
     assert_eq!(got[3], Ok(3));
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -124,7 +126,7 @@ fn cancel_queued_not_running() {
     for t in queued {
         assert_eq!(get(t).unwrap_err(), TaskError::Cancelled);
     }
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a cancelled task ran");
 }
 
@@ -160,7 +162,7 @@ fn endless_imap_for_1000_items() {
         "{}",
         pulled.load(Ordering::SeqCst)
     );
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -186,7 +188,7 @@ fn tasks_awaited_in_tokio() {
         }
         assert_eq!(sum, 55);
     });
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -214,7 +216,7 @@ fn close_terminate_and_drop() {
     for (i, t) in tasks.into_iter().enumerate() {
         assert_eq!(get(t).unwrap(), i);
     }
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 
     // terminate: queued tasks fail; the running one finishes.
     let pool = ThreadPool::new(1).unwrap();
@@ -235,7 +237,7 @@ fn close_terminate_and_drop() {
     }
     assert_eq!(get(running).unwrap(), "done");
     assert_eq!(pool.submit(|| 0).unwrap_err(), TaskError::PoolClosed);
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 
     // drop: waits for the running task, fails the queued ones.
     let pool = ThreadPool::new(1).unwrap();
@@ -263,11 +265,14 @@ fn join_timeout_reports_busy_pool() {
     let (tx, rx) = mpsc::channel::<()>();
     let t = pool.submit(move || rx.recv_timeout(T).is_ok()).unwrap();
     let t0 = Instant::now();
-    assert!(!pool.join_timeout(Duration::from_millis(100)));
+    assert!(matches!(
+        pool.join_timeout(Duration::from_millis(100)),
+        Err(PoolError::Timeout)
+    ));
     assert!(t0.elapsed() >= Duration::from_millis(100));
     tx.send(()).unwrap();
     assert!(get(t).unwrap());
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 #[test]
@@ -284,7 +289,7 @@ fn initializer_runs_once_per_thread() {
         .build()
         .unwrap();
     assert_eq!(pool.map(|x: u32| x, 0..100).unwrap().len(), 100);
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
     let mut names = names.lock().unwrap().clone();
     names.sort();
     assert_eq!(names, ["init-0", "init-1", "init-2"]);
@@ -310,7 +315,7 @@ fn failing_initializer_breaks_pool() {
         "{err:?}"
     );
     // Once its threads are gone, the pool says why.
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
     assert!(matches!(pool.submit(|| 1), Err(TaskError::PoolBroken(_))));
 }
 
@@ -320,5 +325,5 @@ fn map_with_progress_bar() {
     let pool = ThreadPool::new(2).unwrap();
     let got = pool.map_with_progress(|x: u64| x + 1, 0..500).unwrap();
     assert_eq!(got, (1..501).collect::<Vec<_>>());
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }

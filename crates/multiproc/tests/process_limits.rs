@@ -335,7 +335,7 @@ fn pool_goes_on(limits: Limits, want: Limit, replaced: bool, offend: impl FnOnce
         "workers {before:?} then {after:?}"
     );
     pool.close();
-    assert!(pool.join_timeout(T));
+    pool.join_timeout(T).unwrap();
 }
 
 fn pool_memory_cgroup() {

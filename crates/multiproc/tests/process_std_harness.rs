@@ -42,9 +42,8 @@ fn spawn_method_child_from_a_test() {
 fn pool_from_a_test() {
     let _guard = setup();
     let pool = Pool::new(2).unwrap();
-    let task = pool.submit(square, 5).unwrap();
-    assert!(task.wait_timeout(T));
-    assert_eq!(task.wait().unwrap(), 25);
+    let mut task = pool.submit(square, 5).unwrap();
+    assert_eq!(task.wait_timeout(T).unwrap(), 25);
 }
 
 #[test]

@@ -333,3 +333,51 @@ fn hand_made_shm_safe_type() {
     assert_eq!(v.load(), Pair { a: 1, b: 5 });
     assert_eq!(format!("{v:?}"), "Value { value: Pair { a: 1, b: 5 } }");
 }
+
+#[test]
+fn timer_runs_once_after_its_delay_unless_cancelled() {
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    let fired = multiproc::Timer::spawn(Duration::from_millis(200), move || {
+        tx.send(t0.elapsed()).unwrap();
+    })
+    .unwrap();
+    let after = rx.recv_timeout(T).unwrap();
+    assert!(after >= Duration::from_millis(200), "{after:?}");
+    assert!(common_wait(|| fired.is_finished()));
+    assert!(!fired.cancel(), "too late to cancel");
+    fired.join().unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "ran twice"
+    );
+    // Cancelled before its time: never runs, and its thread ends at once.
+    let (tx, rx) = mpsc::channel::<()>();
+    let never =
+        multiproc::Timer::spawn_named("never".into(), Duration::from_secs(3600), move || {
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+    assert!(never.cancel());
+    assert!(!never.cancel());
+    assert!(never.is_finished());
+    never.join().unwrap();
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    // A panic comes back from join.
+    let panics = multiproc::Timer::spawn(Duration::ZERO, || panic!("timer panic")).unwrap();
+    assert!(common_wait(|| panics.is_finished()));
+    assert!(panics.join().is_err());
+}
+
+/// Polls `cond` every 5 ms for at most `T`.
+fn common_wait(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}

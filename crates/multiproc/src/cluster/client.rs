@@ -12,14 +12,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
-use super::envelope::{self, Envelope, Failure, Outcome, Reply, RetryWire};
+use super::envelope::{self, Envelope, ErrorWire, Outcome, Reply, RetryWire};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
 use super::{DeadLetter, Delay, QueueStats, TaskDef, TaskOptions, WorkerInfo};
 use crate::pool::Task;
-use crate::pool::TaskError;
 use crate::pool::task::{Cancel, Cell, Sink};
+use crate::pool::{Executor, Failure, TaskError};
 use crate::sync::unpoisoned::lock;
 
 /// How long the receiver blocks in one `BLPOP`.
@@ -95,6 +95,7 @@ impl ClusterBuilder {
             pending: Mutex::new(Pending::default()),
             next: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             receiver_id: Mutex::new(None),
             queues: Mutex::new(vec![(keys, epoch)]),
         });
@@ -145,6 +146,8 @@ pub(crate) struct ClientInner {
     pending: Mutex<Pending>,
     next: AtomicU64,
     stop: AtomicBool,
+    /// `shutdown` was called: no more submissions.
+    closed: AtomicBool,
     /// The receiver connection's client id (to unblock its `BLPOP`).
     receiver_id: Mutex<Option<i64>>,
     /// Queues this client has submitted to (the receiver reads their reply lists), with
@@ -245,6 +248,61 @@ impl Cluster {
             &opts,
             &keys,
             deliver_into(&cell),
+        )?;
+        let local = prepared.local;
+        self.inner.send_one(&keys, prepared, &opts)?;
+        Ok(self.task(cell, local))
+    }
+
+    /// Submits a task registered with
+    /// [`register_fallible`](super::WorkerBuilder::register_fallible): its `Err` is the
+    /// task's failure, [`TaskError::Failed`] carrying the error (decoded here, so
+    /// [`Failure::downcast_ref`] finds it too), which its retry policy may retry; its
+    /// `Ok` is the task's value. The same as
+    /// [`Pool::submit_fallible`](crate::Pool::submit_fallible).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn submit_fallible<A, T, E>(
+        &self,
+        def: TaskDef<A, Result<T, E>>,
+        args: A,
+    ) -> Result<Task<T>, ClusterError>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + std::fmt::Display + Send + Sync + 'static,
+    {
+        self.submit_fallible_with(def, args, TaskOptions::new())
+    }
+
+    /// As [`submit_fallible`](Self::submit_fallible), with options (see
+    /// [`submit_with`](Self::submit_with)).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    pub fn submit_fallible_with<A, T, E>(
+        &self,
+        def: TaskDef<A, Result<T, E>>,
+        args: A,
+        opts: TaskOptions,
+    ) -> Result<Task<T>, ClusterError>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        E: DeserializeOwned + std::fmt::Display + Send + Sync + 'static,
+    {
+        let keys = self.inner.keys_for(opts.queue.as_deref())?;
+        let cell = Cell::<T>::new();
+        let prepared = self.inner.prepare(
+            (def.name(), def.schema()),
+            &args,
+            false,
+            &opts,
+            &keys,
+            deliver_fallible::<T, E>(&cell),
         )?;
         let local = prepared.local;
         self.inner.send_one(&keys, prepared, &opts)?;
@@ -632,9 +690,31 @@ impl Cluster {
         self.inner.run(|c| pipe.query(c))
     }
 
+    /// Python's `Executor.shutdown(wait, cancel_futures)`: this client submits nothing
+    /// more (later submissions fail with [`TaskError::PoolClosed`]); with
+    /// `cancel_pending`, every task it still waits for is cancelled (one still queued
+    /// is removed; one a worker runs is stopped at that worker's next lease renewal: a
+    /// client cannot tell the two apart without a round trip per task); with `wait`,
+    /// returns once every task it waits for has its outcome. Workers and other clients
+    /// go on.
+    pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
+        self.inner.closed.store(true, Ordering::Release);
+        if cancel_pending {
+            let locals: Vec<u64> = lock(&self.inner.pending).locals.keys().copied().collect();
+            for local in locals {
+                self.inner.cancel(local);
+            }
+        }
+        if wait {
+            while !lock(&self.inner.pending).tasks.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
     fn task<R>(&self, cell: Arc<Cell<R>>, local: u64) -> Task<R> {
         let canceller: Weak<dyn Cancel> = Arc::downgrade(&self.inner) as Weak<dyn Cancel>;
-        Task::thread(cell, local, Some(canceller))
+        Task::new(cell, local, Some(canceller))
     }
 }
 
@@ -652,6 +732,32 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A deliverer for a fallible task: the `Ok` of its value into `cell`, its failure
+/// with the error decoded as `E` (so that `downcast_ref` finds it).
+fn deliver_fallible<T, E>(cell: &Arc<Cell<T>>) -> Deliver
+where
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + std::fmt::Display + Send + Sync + 'static,
+{
+    let cell = Arc::clone(cell);
+    Box::new(move |outcome: Result<Outcome, TaskError>| {
+        let typed = match outcome.and_then(Outcome::into_result::<Result<T, E>>) {
+            Ok(Ok(v)) => Ok(v),
+            // A worker that registered the function with plain `register` sends its
+            // `Err` as a value.
+            Ok(Err(e)) => Err(TaskError::Failed(
+                Failure::message_only(e.to_string()).with_value(e),
+            )),
+            Err(TaskError::Failed(f)) => Err(TaskError::Failed(match f.decode::<E>() {
+                Ok(e) => f.with_value(e),
+                Err(_) => f,
+            })),
+            Err(e) => Err(e),
+        };
+        cell.deliver(0, typed);
+    })
 }
 
 /// A deliverer that decodes an outcome as `R` into `cell`.
@@ -692,6 +798,9 @@ impl ClientInner {
         keys: &Keys,
         deliver: Deliver,
     ) -> Result<Prepared, ClusterError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ClusterError::Task(TaskError::PoolClosed));
+        }
         let args = envelope::encode_value(args)?;
         let local = self.next.fetch_add(1, Ordering::Relaxed);
         let task = match &opts.idempotency_key {
@@ -999,9 +1108,9 @@ impl ClientInner {
             for task in lost {
                 self.deliver(
                     &task,
-                    Err(TaskError::Failed(
-                        "the Redis server lost its data (it restarted without persistence): the task is gone; submit it again".into(),
-                    )),
+                    Err(TaskError::Failed(Failure::message_only(
+                        "the Redis server lost its data (it restarted without persistence): the task is gone; submit it again",
+                    ))),
                 );
             }
         }
@@ -1068,7 +1177,7 @@ impl Cancel for ClientInner {
                 w.delayed.clone(),
             )
         };
-        let Ok(outcome) = Outcome::Failed(Failure::Cancelled).encode() else {
+        let Ok(outcome) = Outcome::Failed(ErrorWire::Cancelled).encode() else {
             return false;
         };
         let Ok(reply) = (Reply {
@@ -1267,10 +1376,11 @@ where
         }
         match self.window.pop_front() {
             Some(t) => Some(t.wait()),
-            None => self
-                .failed
-                .take()
-                .map(|e| Err(TaskError::Failed(format!("cannot submit: {e}")))),
+            None => self.failed.take().map(|e| {
+                Err(TaskError::Failed(Failure::message_only(format!(
+                    "cannot submit: {e}"
+                ))))
+            }),
         }
     }
 }
@@ -1330,12 +1440,67 @@ where
             }
         }
         if self.in_flight == 0 {
-            return self
-                .failed
-                .take()
-                .map(|e| Err(TaskError::Failed(format!("cannot submit: {e}"))));
+            return self.failed.take().map(|e| {
+                Err(TaskError::Failed(Failure::message_only(format!(
+                    "cannot submit: {e}"
+                ))))
+            });
         }
         self.in_flight -= 1;
         Some(self.rx.recv().unwrap_or(Err(TaskError::PoolClosed)))
+    }
+}
+
+/// The cluster as an [`Executor`]: its tasks are [`TaskDef`]s (a function pointer does not
+/// cross machines), its errors [`ClusterError`]s (it can also fail to reach Redis).
+impl Executor for Cluster {
+    type Func<A, R> = TaskDef<A, R>;
+    type Error = ClusterError;
+
+    fn submit<A, R>(&self, def: TaskDef<A, R>, args: A) -> Result<Task<R>, ClusterError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Cluster::submit(self, def, args)
+    }
+
+    fn submit_with<A, R>(
+        &self,
+        def: TaskDef<A, R>,
+        args: A,
+        opts: TaskOptions,
+    ) -> Result<Task<R>, ClusterError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Cluster::submit_with(self, def, args, opts)
+    }
+
+    fn map<A, R, I>(&self, def: TaskDef<A, R>, items: I) -> Result<Vec<R>, ClusterError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Cluster::map(self, def, items)
+    }
+
+    fn imap<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+    ) -> impl Iterator<Item = Result<R, TaskError>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Cluster::imap(self, def, items)
+    }
+
+    fn shutdown(&self, wait: bool, cancel_pending: bool) {
+        Cluster::shutdown(self, wait, cancel_pending);
     }
 }

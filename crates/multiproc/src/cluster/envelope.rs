@@ -8,13 +8,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::RemotePanic;
-use crate::pool::TaskError;
+use crate::pool::{Failure, TaskError};
 use crate::pool::{Jitter, RetryPolicy};
 use crate::process::ExitStatus;
 use crate::wire::codec::{self, CodecError};
 
-/// The version of the envelope, outcome and reply layouts.
-pub(crate) const VERSION: u8 = 1;
+/// The version of the envelope, outcome and reply layouts. 2: a failure carries the
+/// task's error value (its type name and encoding) besides its text.
+pub(crate) const VERSION: u8 = 2;
 
 /// The stream entry field that holds an envelope.
 pub(crate) const FIELD: &str = "m";
@@ -97,12 +98,12 @@ pub(crate) enum Outcome {
     /// The encoded value.
     Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// No value.
-    Failed(Failure),
+    Failed(ErrorWire),
 }
 
 /// A [`TaskError`] as data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) enum Failure {
+pub(crate) enum ErrorWire {
     Panicked(RemotePanic),
     WorkerDied {
         code: Option<i32>,
@@ -112,37 +113,59 @@ pub(crate) enum Failure {
     Cancelled,
     Codec(String),
     DeadLettered(String),
-    Other(String),
+    /// A fallible task's `Err` (its text, type name and encoding), or another failure
+    /// by its text only.
+    Failed {
+        message: String,
+        type_name: Option<String>,
+        #[serde(with = "serde_bytes")]
+        encoded: Option<Vec<u8>>,
+    },
 }
 
-impl Failure {
+impl ErrorWire {
     pub(crate) fn from_error(e: &TaskError) -> Self {
         match e {
-            TaskError::Panicked(p) => Failure::Panicked(p.clone()),
-            TaskError::WorkerDied(status) => Failure::WorkerDied {
+            TaskError::Panicked(p) => ErrorWire::Panicked(p.clone()),
+            TaskError::WorkerDied(status) => ErrorWire::WorkerDied {
                 code: status.and_then(ExitStatus::code),
                 signal: status.and_then(|s| s.signal()).map(|s| s.as_raw()),
             },
-            TaskError::TimedOut => Failure::TimedOut,
-            TaskError::Cancelled => Failure::Cancelled,
-            TaskError::Codec(c) => Failure::Codec(c.message().to_string()),
-            TaskError::DeadLettered(why) => Failure::DeadLettered(why.clone()),
-            TaskError::Failed(m) => Failure::Other(m.clone()),
-            other => Failure::Other(other.to_string()),
+            TaskError::TimedOut => ErrorWire::TimedOut,
+            TaskError::Cancelled => ErrorWire::Cancelled,
+            TaskError::Codec(c) => ErrorWire::Codec(c.message().to_string()),
+            TaskError::DeadLettered(why) => ErrorWire::DeadLettered(why.clone()),
+            TaskError::Failed(f) => ErrorWire::Failed {
+                message: f.message().to_string(),
+                type_name: f.type_name().map(str::to_string),
+                encoded: f.encoded().map(<[u8]>::to_vec),
+            },
+            other => ErrorWire::Failed {
+                message: other.to_string(),
+                type_name: None,
+                encoded: None,
+            },
         }
     }
 
     pub(crate) fn into_error(self) -> TaskError {
         match self {
-            Failure::Panicked(p) => TaskError::Panicked(p),
-            Failure::WorkerDied { code, signal } => {
+            ErrorWire::Panicked(p) => TaskError::Panicked(p),
+            ErrorWire::WorkerDied { code, signal } => {
                 TaskError::WorkerDied(ExitStatus::from_parts(code, signal))
             }
-            Failure::TimedOut => TaskError::TimedOut,
-            Failure::Cancelled => TaskError::Cancelled,
-            Failure::Codec(m) => TaskError::Codec(CodecError::new(m)),
-            Failure::DeadLettered(why) => TaskError::DeadLettered(why),
-            Failure::Other(m) => TaskError::Failed(m),
+            ErrorWire::TimedOut => TaskError::TimedOut,
+            ErrorWire::Cancelled => TaskError::Cancelled,
+            ErrorWire::Codec(m) => TaskError::Codec(CodecError::new(m)),
+            ErrorWire::DeadLettered(why) => TaskError::DeadLettered(why),
+            ErrorWire::Failed {
+                message,
+                type_name,
+                encoded,
+            } => TaskError::Failed(match encoded {
+                Some(encoded) => Failure::from_parts(message, type_name, encoded),
+                None => Failure::message_only(message),
+            }),
         }
     }
 }
@@ -291,10 +314,11 @@ mod tests {
             TaskError::TimedOut,
             TaskError::Cancelled,
             TaskError::DeadLettered("poison".into()),
-            TaskError::Failed("no".into()),
+            TaskError::Failed(Failure::message_only("no")),
+            TaskError::Failed(Failure::new("typed".to_string()).unwrap()),
             TaskError::Codec(CodecError::new("bad")),
         ] {
-            let o = Outcome::Failed(Failure::from_error(&e));
+            let o = Outcome::Failed(ErrorWire::from_error(&e));
             let o = Outcome::decode(&o.encode().unwrap()).unwrap();
             assert_eq!(o.into_result::<u64>().unwrap_err(), e);
         }

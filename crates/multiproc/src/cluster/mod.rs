@@ -25,7 +25,8 @@
 //! # A worker node
 //!
 //! The user's own binary: [`Worker::builder`] names the tasks it runs and
-//! [`WorkerBuilder::run`] serves until `SIGTERM`, `SIGINT` or [`WorkerHandle::stop`].
+//! [`WorkerBuilder::run`] serves until `SIGTERM` or `SIGINT`; [`WorkerBuilder::build`]
+//! starts a node that [`WorkerHandle::shutdown`] stops.
 //! Each task runs in a crash-proof local [`Pool`](crate::Pool): a task that segfaults,
 //! aborts or is killed by the OOM killer fails (and is retried or dead-lettered); the
 //! node goes on.
@@ -103,7 +104,7 @@ mod worker;
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -111,7 +112,8 @@ pub use client::{Cluster, ClusterBuilder, ClusterImap, ClusterImapUnordered};
 pub use error::ClusterError;
 pub use worker::{Worker, WorkerBuilder, WorkerHandle};
 
-use crate::pool::RetryPolicy;
+pub(crate) use crate::pool::Delay;
+pub use crate::pool::TaskOptions;
 
 #[cfg(fuzzing)]
 pub(crate) use envelope::decode_any;
@@ -194,110 +196,19 @@ impl<A, R> TaskDef<A, R> {
     }
 }
 
-/// When a submitted task runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Delay {
-    Now,
-    /// After this long, by the Redis server's clock.
-    Countdown(Duration),
-    /// At this time (milliseconds since the Unix epoch).
-    Eta(u64),
-}
-
-/// Options of one submission ([`Cluster::submit_with`]): Celery's `apply_async`
-/// options.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use multiproc::RetryPolicy;
-/// use multiproc::cluster::TaskOptions;
-///
-/// let opts = TaskOptions::new()
-///     .countdown(Duration::from_secs(10))
-///     .retry(RetryPolicy::attempts(3))
-///     .timeout(Duration::from_secs(60))
-///     .idempotency_key("invoice-2024-17")
-///     .queue("billing");
-/// # let _ = opts;
-/// ```
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct TaskOptions {
-    pub(crate) delay: Delay,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) idempotency_key: Option<String>,
-    pub(crate) queue: Option<String>,
-    /// Reject the submission unless this scheduler still holds the leader lease.
-    pub(crate) leader: Option<String>,
-}
-
-impl Default for TaskOptions {
-    fn default() -> Self {
-        TaskOptions::new()
-    }
-}
-
+/// The options only a cluster takes (see [`TaskOptions`] for the others).
 impl TaskOptions {
-    /// No delay, no retry, no timeout, no idempotency key, the client's queue.
-    pub fn new() -> Self {
-        TaskOptions {
-            delay: Delay::Now,
-            retry: None,
-            timeout: None,
-            idempotency_key: None,
-            queue: None,
-            leader: None,
-        }
-    }
-
-    /// Runs the task no earlier than `delay` from now, by the Redis server's clock.
-    pub fn countdown(mut self, delay: Duration) -> Self {
-        self.delay = Delay::Countdown(delay);
-        self
-    }
-
-    /// Runs the task no earlier than `at` (a [`SystemTime`] or a
-    /// `chrono::DateTime<Utc>`). A time in the past runs it now.
-    pub fn eta(mut self, at: impl Into<SystemTime>) -> Self {
-        let ms = at
-            .into()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.delay = Delay::Eta(ms);
-        self
-    }
-
-    /// How the task is retried when it fails. The policy travels as data, without its
-    /// `retry_if` predicate (code does not cross machines): workers apply the default
-    /// predicate, which retries a timed-out task and a fallible task's `Err`
-    /// ([`WorkerBuilder::register_fallible`]), not a panic. A crash of the task's
-    /// process is redelivered up to the worker's
-    /// [`max_deliveries`](WorkerBuilder::max_deliveries) whatever the policy.
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
-        self
-    }
-
-    /// A run longer than this is stopped (its process killed) and fails with
-    /// [`TaskError::TimedOut`](crate::TaskError::TimedOut), or is retried per the
-    /// policy.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
     /// Submitting again with the same key (from any client, while the key's record
     /// lives: the result's time to live) does not queue the task again: the new
-    /// [`Task`](crate::Task) gets the first one's outcome.
+    /// [`Task`](crate::Task) gets the first one's outcome. A cluster's option: a local
+    /// pool refuses it.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self
     }
 
-    /// Sends the task to this queue instead of the client's.
+    /// Sends the task to this queue instead of the client's. A cluster's option: a
+    /// local pool refuses it.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = Some(queue.into());
         self

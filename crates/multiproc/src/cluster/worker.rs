@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 
 use super::TaskDef;
 use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
-use super::envelope::{self, Envelope, Failure, Outcome, Reply};
+use super::envelope::{self, Envelope, ErrorWire, Outcome, Reply};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
@@ -45,8 +45,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// arguments, one pool task each) and submits it to the pool.
 type Runner = Arc<dyn Fn(&Pool, &[u8], bool) -> Result<Box<dyn Running>, TaskError> + Send + Sync>;
 
-/// The runner of `f` (`check` names the `Err` values of a fallible task).
-fn runner<A, R>(f: fn(A) -> R, check: Option<fn(&R) -> Option<String>>) -> Runner
+/// Finds the `Err` in a fallible task's value: the failure, as it travels.
+type ErrCheck<R> = fn(&R) -> Option<ErrorWire>;
+
+/// The runner of `f` (`check` finds the `Err` values of a fallible task).
+fn runner<A, R>(f: fn(A) -> R, check: Option<ErrCheck<R>>) -> Runner
 where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
@@ -63,6 +66,7 @@ where
                 tasks,
                 outs,
                 cancelled: false,
+                check,
             }) as Box<dyn Running>);
         }
         let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
@@ -76,6 +80,8 @@ struct ChunkRun<R> {
     tasks: Vec<Option<Task<R>>>,
     outs: Vec<Option<Outcome>>,
     cancelled: bool,
+    /// For a fallible task: an item's `Err` is its failure.
+    check: Option<ErrCheck<R>>,
 }
 
 impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
@@ -85,11 +91,14 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
                 && let Poll::Ready(r) = Pin::new(task).poll(cx)
             {
                 *out = Some(match r {
-                    Ok(v) => envelope::encode_value(&v).map_or_else(
-                        |e| Outcome::Failed(Failure::Codec(e.message().into())),
-                        Outcome::Value,
-                    ),
-                    Err(e) => Outcome::Failed(Failure::from_error(&e)),
+                    Ok(v) => match self.check.and_then(|check| check(&v)) {
+                        Some(failed) => Outcome::Failed(failed),
+                        None => envelope::encode_value(&v).map_or_else(
+                            |e| Outcome::Failed(ErrorWire::Codec(e.message().into())),
+                            Outcome::Value,
+                        ),
+                    },
+                    Err(e) => Outcome::Failed(ErrorWire::from_error(&e)),
                 });
                 *slot = None;
             }
@@ -128,32 +137,26 @@ trait Running: Send {
 enum Done {
     /// The encoded value.
     Value(Vec<u8>),
-    /// A fallible task returned `Err`: its message, and the encoded `Err` value.
-    Err {
-        message: String,
-        value: Vec<u8>,
-    },
+    /// A fallible task returned `Err`: the failure, as it travels.
+    Err(ErrorWire),
     Failed(TaskError),
 }
 
 struct Run<R> {
     task: Task<R>,
-    /// For a fallible task: the message of an `Err` value.
-    check: Option<fn(&R) -> Option<String>>,
+    /// For a fallible task: finds an `Err` value.
+    check: Option<ErrCheck<R>>,
 }
 
 impl<R: Serialize + Send + 'static> Running for Run<R> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
         Pin::new(&mut self.task).poll(cx).map(|r| match r {
             Err(e) => Done::Failed(e),
-            Ok(v) => match envelope::encode_value(&v) {
-                Err(e) => Done::Failed(TaskError::Codec(e)),
-                Ok(bytes) => match self.check.and_then(|check| check(&v)) {
-                    Some(message) => Done::Err {
-                        message,
-                        value: bytes,
-                    },
-                    None => Done::Value(bytes),
+            Ok(v) => match self.check.and_then(|check| check(&v)) {
+                Some(failed) => Done::Err(failed),
+                None => match envelope::encode_value(&v) {
+                    Err(e) => Done::Failed(TaskError::Codec(e)),
+                    Ok(bytes) => Done::Value(bytes),
                 },
             },
         })
@@ -164,8 +167,22 @@ impl<R: Serialize + Send + 'static> Running for Run<R> {
     }
 }
 
-fn err_message<T, E: fmt::Display>(r: &Result<T, E>) -> Option<String> {
-    r.as_ref().err().map(ToString::to_string)
+/// A fallible task's `Err`, as it travels: its text, type name and encoding.
+fn err_of<T, E: Serialize + fmt::Display>(r: &Result<T, E>) -> Option<ErrorWire> {
+    let e = r.as_ref().err()?;
+    let message = e.to_string();
+    Some(match envelope::encode_value(e) {
+        Ok(encoded) => ErrorWire::Failed {
+            message,
+            type_name: Some(std::any::type_name::<E>().to_string()),
+            encoded: Some(encoded),
+        },
+        Err(why) => ErrorWire::Failed {
+            message: format!("{message} (the error does not encode: {why})"),
+            type_name: Some(std::any::type_name::<E>().to_string()),
+            encoded: None,
+        },
+    })
 }
 
 /// Builds and starts a worker node ([`Worker::builder`]).
@@ -304,8 +321,12 @@ impl WorkerBuilder {
     }
 
     /// As [`register`](Self::register), for a function returning `Result`: an `Err` is
-    /// a failure that the task's retry policy may retry; when it does not, the `Err`
-    /// is the task's result.
+    /// the task's failure, [`TaskError::Failed`] carrying the error (its text, type
+    /// name and encoding: [`Failure::decode`](crate::Failure::decode) gets it back),
+    /// which the task's retry policy may retry. Submit such a task with
+    /// [`Cluster::submit_fallible`](super::Cluster::submit_fallible) for a
+    /// `Task<T>`; a plain `submit` gets a `Task<Result<T, E>>` whose value is always
+    /// an `Ok`.
     pub fn register_fallible<A, T, E>(
         mut self,
         def: TaskDef<A, Result<T, E>>,
@@ -316,11 +337,8 @@ impl WorkerBuilder {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + fmt::Display + Send + 'static,
     {
-        self.tasks.push((
-            def.name(),
-            def.schema(),
-            runner(f, Some(err_message::<T, E>)),
-        ));
+        self.tasks
+            .push((def.name(), def.schema(), runner(f, Some(err_of::<T, E>))));
         self
     }
 
@@ -422,7 +440,7 @@ impl WorkerBuilder {
     }
 
     /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
-    /// [`WorkerHandle::stop`] from another thread): then it takes no more tasks, lets
+    /// [`WorkerHandle::shutdown`] from another thread): then it takes no more tasks, lets
     /// running ones finish within the grace period (handing the rest back to the
     /// queue), and returns. A second signal meanwhile exits the process at once (its
     /// tasks are reclaimed by other workers when their leases run out). Ctrl-C in a
@@ -464,7 +482,7 @@ impl WorkerBuilder {
 }
 
 /// Controls a started worker node ([`WorkerBuilder::build`]). Dropping it stops the
-/// node and waits for it, as [`join`](Self::join) does.
+/// node and waits for it, as [`shutdown(true)`](Self::shutdown) does.
 pub struct WorkerHandle {
     node: Arc<Node>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -882,7 +900,7 @@ impl Node {
     }
 
     fn dead_letter(&self, entry: String, fence: u64, envelope: Option<&Envelope>, why: String) {
-        let outcome = Outcome::Failed(Failure::DeadLettered(why.clone()))
+        let outcome = Outcome::Failed(ErrorWire::DeadLettered(why.clone()))
             .encode()
             .ok();
         self.send_finish(Finish {
@@ -930,7 +948,7 @@ impl Node {
                 fin.retry = Some((bytes, ms(delay)));
             }
             Err(e) => {
-                fin.outcome = Outcome::Failed(Failure::Codec(e.message().into()))
+                fin.outcome = Outcome::Failed(ErrorWire::Codec(e.message().into()))
                     .encode()
                     .ok();
             }
@@ -941,8 +959,8 @@ impl Node {
         }
         let value = match done {
             Done::Value(v) => Outcome::Value(v),
-            Done::Err { message, value } => {
-                let e = TaskError::Failed(message);
+            Done::Err(failed) => {
+                let e = failed.clone().into_error();
                 if policy.should_retry(attempts, &e) {
                     let next = Envelope {
                         attempt: attempts,
@@ -951,7 +969,7 @@ impl Node {
                     retry_with(&mut fin, next, policy.delay(attempts));
                     return fin;
                 }
-                Outcome::Value(value)
+                Outcome::Failed(failed)
             }
             Done::Failed(e) => {
                 let e = match (end, e) {
@@ -965,7 +983,7 @@ impl Node {
                         return fin;
                     }
                     TaskError::Cancelled if end == End::Cancelled => {
-                        Outcome::Failed(Failure::Cancelled)
+                        Outcome::Failed(ErrorWire::Cancelled)
                     }
                     TaskError::WorkerDied(_) => {
                         let lost = env.lost.saturating_add(fence as u32);
@@ -976,7 +994,7 @@ impl Node {
                             );
                             tracing::warn!(worker = %self.name, task = %env.task, "dead-lettered: {why}");
                             fin.action = Action::Dead;
-                            fin.outcome = Outcome::Failed(Failure::DeadLettered(why.clone()))
+                            fin.outcome = Outcome::Failed(ErrorWire::DeadLettered(why.clone()))
                                 .encode()
                                 .ok();
                             fin.reason = why;
@@ -1002,12 +1020,12 @@ impl Node {
                         retry_with(&mut fin, next, policy.delay(attempts));
                         return fin;
                     }
-                    e => Outcome::Failed(Failure::from_error(&e)),
+                    e => Outcome::Failed(ErrorWire::from_error(&e)),
                 }
             }
         };
         fin.outcome = Some(value.encode().unwrap_or_else(|e| {
-            Outcome::Failed(Failure::Codec(e.message().into()))
+            Outcome::Failed(ErrorWire::Codec(e.message().into()))
                 .encode()
                 .unwrap_or_default()
         }));

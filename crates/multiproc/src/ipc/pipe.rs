@@ -113,6 +113,24 @@ impl<T: Serialize> Sender<T> {
         })
     }
 
+    /// Sends a message without blocking the thread: the `async` form of
+    /// [`send`](Self::send), usable from any async runtime. It waits for room on the
+    /// pipe's doorbell, which receivers ring when they take a message and a sender
+    /// waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_async(&self, value: T) -> Result<(), SendError<T>> {
+        send_async(&self.raw, value, false)
+            .await
+            .map_err(|(v, e)| match e {
+                Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+                Failed::Codec(c) => SendError::Codec(v, c),
+                Failed::Io(io) => SendError::Io(v, io),
+            })
+    }
+
     /// Sends a message if there is room now.
     ///
     /// # Errors
@@ -178,6 +196,33 @@ pub(crate) fn send<T: Serialize>(
     };
     raw.send(encoded, wait, unfinished)
         .map_err(|(_, e)| (value, fail(e)))
+}
+
+/// Encodes and sends without blocking the thread: waits for room (a bounded channel
+/// that is full, a full side socket) on the senders' doorbell through async-io's
+/// reactor.
+pub(crate) async fn send_async<T: Serialize>(
+    raw: &RawSender,
+    mut value: T,
+    unfinished: bool,
+) -> Result<(), (T, Failed)> {
+    loop {
+        match send(raw, value, Deadline::Now, unfinished) {
+            Err((v, Failed::Full)) => value = v,
+            done => return done,
+        }
+        // Counted among the waiting senders (so receivers ring), try once more, then
+        // wait for the bell, the receivers' end, or the longest sleep.
+        let _sleeping = raw.sleeping();
+        match send(raw, value, Deadline::Now, unfinished) {
+            Err((v, Failed::Full)) => value = v,
+            done => return done,
+        }
+        let until = std::time::Instant::now() + channel::MAX_SLEEP;
+        if let Err(e) = crate::sys::readable_any(&raw.writability(), until).await {
+            return Err((value, Failed::Io(e)));
+        }
+    }
 }
 
 impl<T> Receiver<T> {
@@ -374,6 +419,15 @@ impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
     /// As [`Receiver::recv`].
     pub async fn recv_async(&self) -> Result<R, RecvError> {
         self.rx.recv_async().await
+    }
+
+    /// See [`Sender::send_async`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Sender::send`].
+    pub async fn send_async(&self, value: S) -> Result<(), SendError<S>> {
+        self.tx.send_async(value).await
     }
 
     /// See [`Receiver::try_recv`].

@@ -21,9 +21,11 @@ use crate::sys;
 /// after. A process killed in the middle of a `put` or `get` neither blocks the others
 /// nor corrupts the queue.
 ///
-/// `Queue::new()` holds as much as its 1 MiB buffer holds (items too large for it travel
-/// in shared memory files of their own); when it is full, `put` waits rather than
-/// growing without bound. `bounded(n)` also limits the number of items.
+/// `Queue::new()` is unbounded, as Python's `Queue()` is: `put` never waits. Items go
+/// into a 4 MiB ring in shared memory; when it is full, into overflow segments of the
+/// same memory (4 MiB each, made as needed and given back once read), so a program may
+/// put everything before it starts its consumers. `bounded(n)` holds at most `n`
+/// items, and its `put` waits while it is full.
 ///
 /// # Examples
 ///
@@ -57,13 +59,20 @@ pub struct Queue<T> {
 }
 
 impl<T> Queue<T> {
-    /// A queue without a limit on items (its buffer still applies).
+    /// An unbounded queue (Python's `Queue()`): `put` never waits for room; what is
+    /// put waits in shared memory that grows as needed, up to what the machine's
+    /// memory holds.
     ///
     /// # Errors
     ///
     /// The operating system refused shared memory or descriptors.
     pub fn new() -> std::io::Result<Self> {
-        Self::with(None)
+        let (tx, rx) = channel::unbounded(channel::DEFAULT_RING)?;
+        Ok(Queue {
+            tx: Some(tx),
+            rx,
+            _t: std::marker::PhantomData,
+        })
     }
 
     /// A queue of at most `n` items (at least 1): `put` waits while it is full.
@@ -72,11 +81,7 @@ impl<T> Queue<T> {
     ///
     /// As [`new`](Self::new).
     pub fn bounded(n: usize) -> std::io::Result<Self> {
-        Self::with(Some(n as u64))
-    }
-
-    fn with(max_items: Option<u64>) -> std::io::Result<Self> {
-        let (tx, rx) = channel::channel(channel::DEFAULT_RING, max_items)?;
+        let (tx, rx) = channel::channel(channel::DEFAULT_RING, Some(n as u64))?;
         Ok(Queue {
             tx: Some(tx),
             rx,
@@ -94,8 +99,7 @@ impl<T> Queue<T> {
         self.len() == 0
     }
 
-    /// The most items the queue holds (`None` for `Queue::new()`, limited only by its
-    /// buffer).
+    /// The most items the queue holds (`None` for the unbounded `Queue::new()`).
     pub fn capacity(&self) -> Option<usize> {
         self.rx.capacity()
     }
@@ -122,18 +126,30 @@ impl<T> Queue<T> {
 }
 
 impl<T: Serialize> Queue<T> {
-    /// Puts an item, waiting while the queue is full.
+    /// Puts an item, waiting while a bounded queue is full (an unbounded one never is).
     ///
     /// # Errors
     ///
     /// The item comes back: this handle is closed, it could not be encoded, or the
-    /// system refused.
+    /// system refused (out of memory for an unbounded queue).
     pub fn put(&self, value: T) -> Result<(), SendError<T>> {
         put(self.sender(), value, Deadline::Never, false).map_err(|(v, e)| match e {
             Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
             Failed::Codec(c) => SendError::Codec(v, c),
             Failed::Io(io) => SendError::Io(v, io),
         })
+    }
+
+    /// Puts an item without blocking the thread: the `async` form of [`put`](Self::put)
+    /// (asyncio's `await queue.put(item)`), usable from any async runtime. On a full
+    /// bounded queue it waits on the queue's doorbell, which getters ring when they
+    /// take an item and a putter waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn put_async(&self, value: T) -> Result<(), SendError<T>> {
+        put_async(self.sender(), value, false).await
     }
 
     /// Puts an item if there is room now (Python's `put_nowait`).
@@ -163,6 +179,22 @@ impl<T: Serialize> Queue<T> {
             Failed::Io(io) => SendTimeoutError::Io(v, io),
         })
     }
+}
+
+async fn put_async<T: Serialize>(
+    tx: Option<&RawSender>,
+    value: T,
+    unfinished: bool,
+) -> Result<(), SendError<T>> {
+    let sent = match tx {
+        Some(tx) => pipe::send_async(tx, value, unfinished).await,
+        None => Err((value, Failed::Disconnected)),
+    };
+    sent.map_err(|(v, e)| match e {
+        Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+        Failed::Codec(c) => SendError::Codec(v, c),
+        Failed::Io(io) => SendError::Io(v, io),
+    })
 }
 
 fn put<T: Serialize>(
@@ -399,6 +431,15 @@ impl<T: Serialize> JoinableQueue<T> {
             Failed::Codec(c) => SendError::Codec(v, c),
             Failed::Io(io) => SendError::Io(v, io),
         })
+    }
+
+    /// As [`Queue::put_async`]; the item counts as an unfinished task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::put`].
+    pub async fn put_async(&self, value: T) -> Result<(), SendError<T>> {
+        put_async(self.queue.sender(), value, true).await
     }
 
     /// As [`Queue::try_put`]; the item counts as an unfinished task.

@@ -10,13 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::error::Failure;
 use super::retry::RetryPolicy;
 use super::task::{Cancel, Sink};
 use super::tickets::{TicketState, Tickets};
 use super::worker::TaskEntry;
-use super::worker::{self, JOB_HEADER, JobHeader, OUTCOME_HEADER, OutcomeHeader, WorkerArgs, kind};
+use super::worker::{
+    self, CONTEXT_DROP, CONTEXT_PUT, CONTROL, JOB_HEADER, JobHeader, OUTCOME_HEADER, OutcomeHeader,
+    WorkerArgs, kind,
+};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
 use crate::deadline::Deadline;
@@ -92,6 +96,13 @@ struct State {
     start_failures: u32,
     /// The engine has finished: no tasks, no workers.
     finished: bool,
+    /// Outcomes decided while the lock was held, handed over once it is released
+    /// (`PoolInner::release`): a task's callbacks may call back into the pool.
+    deferred: Vec<Delivery>,
+    /// The contexts of `map_with` calls under way: the control job that gives one to a
+    /// worker (header room included).
+    contexts: FxHashMap<u64, Encoded>,
+    next_context: u64,
 }
 
 impl State {
@@ -109,6 +120,9 @@ impl State {
             broken: None,
             start_failures: 0,
             finished: false,
+            deferred: Vec::new(),
+            contexts: FxHashMap::default(),
+            next_context: 1,
         }
     }
 }
@@ -138,6 +152,8 @@ struct Worker {
     slow: bool,
     /// Tickets of jobs taken back from it: freed when it reports skipping them (or dies).
     stolen: Vec<u32>,
+    /// The `map_with` contexts it was sent.
+    contexts: FxHashSet<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,9 +163,30 @@ enum KillReason {
     Terminated,
 }
 
+/// What one submission asks beyond the pool's settings (`submit_with`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct PerTask {
+    /// Instead of the pool's `task_timeout`.
+    pub(super) timeout: Option<Duration>,
+    /// Instead of the pool's retry policy.
+    pub(super) retry: Option<RetryPolicy>,
+    /// Not before then.
+    pub(super) not_before: Option<Instant>,
+    /// For a fallible task: finds an `Err` in a returned value (the encoded `Result`)
+    /// and makes it a failure.
+    pub(super) fallible: Option<FailureCheck>,
+}
+
+/// Looks at a fallible task's encoded `Result`: the failure, if it is an `Err`.
+pub(super) type FailureCheck = fn(&[u8]) -> Option<Failure>;
+
 /// A task the pool knows about.
 struct TaskRec {
     entry: TaskEntry,
+    /// Its own settings, if any (boxed: most tasks have none).
+    per_task: Option<Box<PerTask>>,
+    /// The `map_with` context its worker needs (0: none).
+    context: u64,
     /// The job, header room included; kept until the task ends, to send it again if its
     /// worker dies before starting it, or to retry it.
     payload: Encoded,
@@ -247,27 +284,51 @@ impl PoolInner {
         payload: Encoded,
         sink: Arc<dyn Sink<Received>>,
         slot: usize,
+        per_task: Option<Box<PerTask>>,
     ) -> Result<u64, TaskError> {
+        let delayed = per_task.as_ref().is_some_and(|p| p.not_before.is_some());
         let mut st = unpoisoned::lock(&self.state);
-        let id = self.register(&mut st, entry, payload, sink, slot)?;
+        let id = self.register(&mut st, (entry, 0), payload, sink, slot, per_task)?;
         self.pump(&mut st);
+        self.release(st);
+        if delayed {
+            // The engine's thread keeps the time.
+            self.ring();
+        }
         Ok(id)
+    }
+
+    /// Releases the state lock, then hands over the outcomes decided under it.
+    fn release(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        let deferred = std::mem::take(&mut st.deferred);
+        drop(st);
+        deliver(deferred);
     }
 
     /// Registers tasks (under one lock) and sends them to workers with room. Returns
     /// their ids, or the error that refused them all.
+    /// `context`: the `map_with` context the jobs run with (0: none; see
+    /// [`add_context`](Self::add_context)).
     pub(super) fn submit_many(
         &self,
-        entry: TaskEntry,
+        (entry, context): (TaskEntry, u64),
         jobs: Vec<(usize, Encoded)>,
         sink: &Arc<dyn Sink<Received>>,
     ) -> Result<Vec<u64>, TaskError> {
         let mut st = unpoisoned::lock(&self.state);
         let mut ids = Vec::with_capacity(jobs.len());
         for (slot, payload) in jobs {
-            ids.push(self.register(&mut st, entry, payload, Arc::clone(sink), slot)?);
+            ids.push(self.register(
+                &mut st,
+                (entry, context),
+                payload,
+                Arc::clone(sink),
+                slot,
+                None,
+            )?);
         }
         self.pump(&mut st);
+        self.release(st);
         Ok(ids)
     }
 
@@ -275,10 +336,11 @@ impl PoolInner {
     fn register(
         &self,
         st: &mut State,
-        entry: TaskEntry,
+        (entry, context): (TaskEntry, u64),
         payload: Encoded,
         sink: Arc<dyn Sink<Received>>,
         slot: usize,
+        per_task: Option<Box<PerTask>>,
     ) -> Result<u64, TaskError> {
         if let Some(why) = &st.broken {
             return Err(TaskError::PoolBroken(why.clone()));
@@ -288,10 +350,13 @@ impl PoolInner {
         }
         let id = st.next_id;
         st.next_id += 1;
+        let not_before = per_task.as_ref().and_then(|p| p.not_before);
         st.tasks.insert(
             id,
             TaskRec {
                 entry,
+                per_task,
+                context,
                 payload,
                 sink,
                 slot,
@@ -301,8 +366,56 @@ impl PoolInner {
                 delivered: false,
             },
         );
-        st.pending.push_back(id);
+        match not_before {
+            Some(at) if at > Instant::now() => st.delayed.push((at, id)),
+            _ => st.pending.push_back(id),
+        }
         Ok(id)
+    }
+
+    /// Registers the context of a `map_with` (its encoding, header room included): its
+    /// chunks name it, and each worker that runs one is sent it first. Its id.
+    pub(super) fn add_context(&self, mut payload: Encoded) -> u64 {
+        let mut st = unpoisoned::lock(&self.state);
+        let id = st.next_context;
+        st.next_context += 1;
+        JobHeader {
+            id,
+            ticket: CONTROL,
+            generation: CONTEXT_PUT,
+            entry: TaskEntry::from_words([0, 0]),
+            context: id,
+        }
+        .write(&mut payload.bytes[..JOB_HEADER]);
+        st.contexts.insert(id, payload);
+        id
+    }
+
+    /// The `map_with` of context `id` is over: workers that have it are told to drop it
+    /// (one whose job channel is full keeps it until it exits).
+    pub(super) fn end_context(&self, id: u64) {
+        let mut st = unpoisoned::lock(&self.state);
+        st.contexts.remove(&id);
+        let mut drop_it = vec![0; JOB_HEADER];
+        JobHeader {
+            id,
+            ticket: CONTROL,
+            generation: CONTEXT_DROP,
+            entry: TaskEntry::from_words([0, 0]),
+            context: id,
+        }
+        .write(&mut drop_it);
+        let drop_it = Encoded {
+            bytes: drop_it,
+            fds: Vec::new(),
+        };
+        for w in st.workers.iter_mut().flatten() {
+            if w.contexts.remove(&id)
+                && let Some(jobs) = &w.jobs
+            {
+                let _ = send_job(jobs, &drop_it);
+            }
+        }
     }
 
     /// Sends pending tasks to workers with room.
@@ -313,6 +426,8 @@ impl PoolInner {
             pending,
             free_tickets,
             generations,
+            deferred,
+            contexts,
             ..
         } = st;
         while let Some(&id) = pending.front() {
@@ -327,6 +442,39 @@ impl PoolInner {
                 free_tickets.push(ticket);
                 continue;
             };
+            if rec.context != 0 && !worker.contexts.contains(&rec.context) {
+                // The worker gets the map's context before its first chunk of it.
+                let Some(put) = contexts.get(&rec.context) else {
+                    // Its map was given up; nobody reads it.
+                    free_tickets.push(ticket);
+                    if let Some(rec) = tasks.remove(&id) {
+                        deferred.push((rec.sink, rec.slot, Err(TaskError::Cancelled)));
+                    }
+                    continue;
+                };
+                let sent = match &worker.jobs {
+                    Some(jobs) => send_job(jobs, put),
+                    None => Err(SendFail::Disconnected),
+                };
+                match sent {
+                    Ok(()) => {
+                        worker.contexts.insert(rec.context);
+                    }
+                    Err(SendFail::Io(e)) => {
+                        free_tickets.push(ticket);
+                        if let Some(rec) = tasks.remove(&id) {
+                            deferred.push((rec.sink, rec.slot, Err(TaskError::Io(Arc::new(e)))));
+                        }
+                        continue;
+                    }
+                    Err(SendFail::Full | SendFail::Disconnected) => {
+                        worker.stalled = true;
+                        free_tickets.push(ticket);
+                        pending.push_front(id);
+                        continue;
+                    }
+                }
+            }
             let generation = {
                 let g = &mut generations[ticket as usize];
                 *g = g.wrapping_add(1).max(1);
@@ -338,6 +486,7 @@ impl PoolInner {
                 ticket,
                 generation,
                 entry: rec.entry,
+                context: rec.context,
             }
             .write(&mut rec.payload.bytes[..JOB_HEADER]);
             let sent = match &worker.jobs {
@@ -365,8 +514,7 @@ impl PoolInner {
                     self.tickets.free(ticket);
                     free_tickets.push(ticket);
                     if let Some(rec) = tasks.remove(&id) {
-                        rec.sink
-                            .deliver(rec.slot, Err(TaskError::Io(std::sync::Arc::new(e))));
+                        deferred.push((rec.sink, rec.slot, Err(TaskError::Io(Arc::new(e)))));
                     }
                 }
                 Err(SendFail::Full | SendFail::Disconnected) => {
@@ -389,8 +537,43 @@ impl PoolInner {
             if let Some(pos) = st.pending.iter().position(|p| p == id) {
                 st.pending.remove(pos);
                 st.tasks.remove(id);
+            } else if let Some(pos) = st.delayed.iter().position(|(_, p)| p == id) {
+                st.delayed.remove(pos);
+                st.tasks.remove(id);
             }
         }
+    }
+
+    /// Cancels every task not yet sent to a worker (Python's `shutdown(cancel_futures=
+    /// True)`): they end as `Cancelled`; running ones go on.
+    pub(super) fn cancel_pending(&self) {
+        let mut st = unpoisoned::lock(&self.state);
+        let mut ids: Vec<u64> = st.pending.drain(..).collect();
+        ids.extend(st.delayed.drain(..).map(|(_, id)| id));
+        for id in ids {
+            if let Some(rec) = st.tasks.remove(&id) {
+                st.deferred
+                    .push((rec.sink, rec.slot, Err(TaskError::Cancelled)));
+            }
+        }
+        // Sent to a worker and not started: its ticket is taken first (the worker then
+        // skips the job and says so, which frees the ticket).
+        let State {
+            tasks, deferred, ..
+        } = &mut *st;
+        for rec in tasks.values_mut() {
+            if rec.delivered {
+                continue;
+            }
+            if let Some((ticket, generation)) = rec.ticket
+                && self.tickets.cancel(ticket, generation) == TicketState::Cancelled
+            {
+                rec.delivered = true;
+                deferred.push((Arc::clone(&rec.sink), rec.slot, Err(TaskError::Cancelled)));
+            }
+        }
+        self.release(st);
+        self.ring();
     }
 
     /// Kills every worker and fails every task.
@@ -410,13 +593,16 @@ impl PoolInner {
                 w.killed_for = w.in_flight.front().map(|&id| (id, KillReason::Terminated));
             }
         }
-        for rec in st.tasks.values_mut() {
+        let State {
+            tasks, deferred, ..
+        } = &mut *st;
+        for rec in tasks.values_mut() {
             if !rec.delivered {
                 rec.delivered = true;
-                rec.sink.deliver(rec.slot, Err(TaskError::PoolClosed));
+                deferred.push((Arc::clone(&rec.sink), rec.slot, Err(TaskError::PoolClosed)));
             }
         }
-        drop(st);
+        self.release(st);
         self.ring();
     }
 
@@ -544,6 +730,7 @@ impl PoolInner {
             retiring: false,
             slow: false,
             stolen: Vec::new(),
+            contexts: FxHashSet::default(),
         })
     }
 }
@@ -551,6 +738,19 @@ impl PoolInner {
 impl Cancel for PoolInner {
     fn help(&self) {
         self.drain_results();
+    }
+
+    fn helps(&self) -> bool {
+        true
+    }
+
+    fn is_running(&self, id: u64) -> bool {
+        let st = unpoisoned::lock(&self.state);
+        st.tasks
+            .get(&id)
+            .filter(|r| !r.delivered)
+            .and_then(|r| r.ticket)
+            .is_some_and(|(t, g)| matches!(self.tickets.state(t, g), TicketState::Running(_)))
     }
 
     fn cancel(&self, id: u64) -> bool {
@@ -567,18 +767,28 @@ impl Cancel for PoolInner {
                 st.pending.retain(|p| *p != id);
                 st.delayed.retain(|(_, p)| *p != id);
                 if let Some(rec) = st.tasks.remove(&id) {
-                    rec.sink.deliver(rec.slot, Err(TaskError::Cancelled));
+                    st.deferred
+                        .push((rec.sink, rec.slot, Err(TaskError::Cancelled)));
                 }
+                self.release(st);
                 true
             }
             (Some(w), Some((ticket, generation))) => {
                 match self.tickets.cancel(ticket, generation) {
                     // Its worker will skip it (and say so, which frees the ticket).
                     TicketState::Cancelled => {
-                        if let Some(rec) = st.tasks.get_mut(&id) {
+                        let State {
+                            tasks, deferred, ..
+                        } = &mut *st;
+                        if let Some(rec) = tasks.get_mut(&id) {
                             rec.delivered = true;
-                            rec.sink.deliver(rec.slot, Err(TaskError::Cancelled));
+                            deferred.push((
+                                Arc::clone(&rec.sink),
+                                rec.slot,
+                                Err(TaskError::Cancelled),
+                            ));
                         }
+                        self.release(st);
                         true
                     }
                     // Running: only killing its worker stops it.
@@ -708,6 +918,7 @@ impl PoolInner {
                     for w in st.workers.iter().flatten() {
                         let _ = w.handle.kill();
                     }
+                    deliveries.append(&mut st.deferred);
                 }
                 deliver(deliveries);
                 return true;
@@ -723,6 +934,7 @@ impl PoolInner {
                     self.route(&mut st, msg, &mut deliveries);
                 }
                 self.pump(&mut st);
+                deliveries.append(&mut st.deferred);
             }
             deliver(deliveries);
         }
@@ -793,10 +1005,13 @@ impl PoolInner {
         }
         let id = header.id;
         let delivered = rec.delivered;
+        let fallible = rec.per_task.as_ref().and_then(|p| p.fallible);
         let error = match header.kind {
             kind::RETURNED => {
                 st.start_failures = 0;
-                None
+                fallible
+                    .and_then(|check| check(body))
+                    .map(TaskError::Failed)
             }
             kind::PANICKED => Some(match codec_panic(body) {
                 Ok(p) => match self.config.armed.panicked(&p) {
@@ -830,8 +1045,13 @@ impl PoolInner {
             return;
         };
         rec.attempts += 1;
-        if !st.terminated && self.config.retry.should_retry(rec.attempts, &error) {
-            let delay = self.config.retry.delay(rec.attempts);
+        let policy = rec
+            .per_task
+            .as_ref()
+            .and_then(|p| p.retry.as_ref())
+            .unwrap_or(&self.config.retry);
+        if !st.terminated && policy.should_retry(rec.attempts, &error) {
+            let delay = policy.delay(rec.attempts);
             tracing::debug!(
                 task = id,
                 attempt = rec.attempts,
@@ -981,6 +1201,7 @@ impl PoolInner {
                 handles.push(w.handle);
             }
             self.pump(&mut st);
+            deliveries.append(&mut st.deferred);
         }
         deliver(deliveries);
         for h in handles {
@@ -1015,9 +1236,8 @@ impl PoolInner {
         if let Some(at) = self.steal(&mut st) {
             next = next.min(at);
         }
-        if let Some(timeout) = self.config.task_timeout {
+        {
             let now_ns = sys::monotonic_ns();
-            let limit = timeout.as_nanos() as u64;
             let State { workers, tasks, .. } = &mut *st;
             for w in workers.iter_mut().flatten() {
                 if w.killed_for.is_some() {
@@ -1026,9 +1246,18 @@ impl PoolInner {
                 let Some(&id) = w.in_flight.front() else {
                     continue;
                 };
-                let Some((ticket, generation)) = tasks.get(&id).and_then(|r| r.ticket) else {
+                let Some(rec) = tasks.get(&id) else {
                     continue;
                 };
+                let timeout = rec
+                    .per_task
+                    .as_ref()
+                    .and_then(|p| p.timeout)
+                    .or(self.config.task_timeout);
+                let (Some(timeout), Some((ticket, generation))) = (timeout, rec.ticket) else {
+                    continue;
+                };
+                let limit = timeout.as_nanos().min(u64::MAX as u128) as u64;
                 let TicketState::Running(started) = self.tickets.state(ticket, generation) else {
                     continue;
                 };
@@ -1047,6 +1276,7 @@ impl PoolInner {
                 }
             }
         }
+        self.release(st);
         next
     }
 
@@ -1077,6 +1307,7 @@ impl PoolInner {
                     }
                     st.workers[i] = Some(worker);
                     self.pump(&mut st);
+                    self.release(st);
                 }
                 Err(e) => {
                     let mut deliveries = Vec::new();

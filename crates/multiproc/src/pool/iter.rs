@@ -1,10 +1,14 @@
-//! [`Imap`] and [`ImapUnordered`]: lazy maps over a pool, with bounded work in flight.
-//! The feeding logic is shared by both pools through [`Backend`].
+//! [`Imap`] and [`ImapUnordered`]: lazy maps over a pool, with bounded work in flight,
+//! as iterators and as async streams ([`ImapStream`]). The feeding logic is shared by
+//! both pools through [`Backend`].
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -111,19 +115,60 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
 
     /// The next outcome: of the oldest slot (`ordered`) or of whichever finished first.
     pub(crate) fn next_outcome(&mut self, ordered: bool) -> Option<Result<B::Raw, TaskError>> {
+        self.next_outcome_until(ordered, None)
+    }
+
+    /// As [`next_outcome`](Self::next_outcome), waiting until `deadline` at most:
+    /// `Some(Err(Timeout))` then, and the outcome stays for the next call.
+    pub(crate) fn next_outcome_until(
+        &mut self,
+        ordered: bool,
+        deadline: Option<Instant>,
+    ) -> Option<Result<B::Raw, TaskError>> {
         self.fill();
         if self.yielded == self.next_slot {
             return None;
         }
         let backend = &self.backend;
-        let (slot, outcome) = self
-            .stream
-            .take(ordered.then_some(self.yielded), &|| backend.help());
+        let Some((slot, outcome)) =
+            self.stream
+                .take_until(ordered.then_some(self.yielded), deadline, &|| {
+                    backend.help()
+                })
+        else {
+            return Some(Err(TaskError::Timeout));
+        };
+        Some(self.yield_slot(slot, outcome))
+    }
+
+    /// The next outcome, for an async consumer: `Pending` (with the waker registered)
+    /// while none is there.
+    pub(crate) fn poll_outcome(
+        &mut self,
+        ordered: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<B::Raw, TaskError>>> {
+        self.fill();
+        if self.yielded == self.next_slot {
+            return Poll::Ready(None);
+        }
+        self.backend.help();
+        match self.stream.poll_take(ordered.then_some(self.yielded), cx) {
+            Poll::Ready((slot, outcome)) => Poll::Ready(Some(self.yield_slot(slot, outcome))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn yield_slot(
+        &mut self,
+        slot: usize,
+        outcome: Result<B::Raw, TaskError>,
+    ) -> Result<B::Raw, TaskError> {
         self.yielded += 1;
         if let Some(pos) = self.handles.iter().position(|&(s, _)| s == slot) {
             self.handles.remove(pos);
         }
-        Some(outcome)
+        outcome
     }
 
     fn in_flight(&self) -> usize {
@@ -163,7 +208,7 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
         let payload = encode_job(&item)?;
         self.pool
             .inner()
-            .submit(entry, payload, stream.clone(), slot)
+            .submit(entry, payload, stream.clone(), slot, None)
     }
 
     fn submit_all(
@@ -190,7 +235,7 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
         }
         let slots: Vec<usize> = jobs.iter().map(|&(s, _)| s).collect();
         let sink: Arc<dyn super::task::Sink<Received>> = stream.clone();
-        match self.pool.inner().submit_many(entry, jobs, &sink) {
+        match self.pool.inner().submit_many((entry, 0), jobs, &sink) {
             Ok(ids) => out.extend(slots.into_iter().zip(ids.into_iter().map(Ok))),
             Err(e) => out.extend(slots.into_iter().map(|s| (s, Err(e.clone())))),
         }
@@ -230,6 +275,53 @@ where
     }
 }
 
+impl<'p, A, R, I, const ORDERED: bool> Imap<'p, A, R, I, ORDERED>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`): `Some(Err(TaskError::Timeout))` if it is not
+    /// there by then, and the iterator goes on (the next call waits for the same item).
+    /// `None` once every item has been yielded.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.feed
+            .next_outcome_until(ORDERED, Instant::now().checked_add(timeout))
+            .map(task::decode_outcome)
+    }
+
+    /// The same map as an async stream (`futures_core::Stream`, which tokio's,
+    /// futures' and smol's stream helpers drive): each result as it is ready, in the
+    /// iterator's order, without blocking the runtime's thread.
+    ///
+    /// ```no_run
+    /// use futures_lite::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let _guard = multiproc::init();
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let total = futures_lite::future::block_on(async {
+    ///     let mut results = pool.imap_unordered(square, 0..100u64).into_stream();
+    ///     let mut total = 0;
+    ///     while let Some(r) = results.next().await {
+    ///         total += r.unwrap();
+    ///     }
+    ///     total
+    /// });
+    /// assert_eq!(total, (0..100u64).map(|x| x * x).sum::<u64>());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn into_stream(self) -> ImapStream<'p, A, R, I, ORDERED> {
+        ImapStream { imap: self }
+    }
+}
+
 impl<A, R, I, const ORDERED: bool> Iterator for Imap<'_, A, R, I, ORDERED>
 where
     A: Serialize,
@@ -239,7 +331,42 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.feed.next_outcome(ORDERED).map(task::decode)
+        self.feed.next_outcome(ORDERED).map(task::decode_outcome)
+    }
+}
+
+/// [`Imap`] or [`ImapUnordered`] as an async stream ([`Imap::into_stream`]).
+pub struct ImapStream<'p, A: Serialize, R, I, const ORDERED: bool = true> {
+    imap: Imap<'p, A, R, I, ORDERED>,
+}
+
+/// Nothing in it is pinned (its parts are moved freely), whatever the input iterator.
+impl<A: Serialize, R, I, const ORDERED: bool> Unpin for ImapStream<'_, A, R, I, ORDERED> {}
+
+impl<A, R, I, const ORDERED: bool> futures_core::Stream for ImapStream<'_, A, R, I, ORDERED>
+where
+    A: Serialize,
+    R: DeserializeOwned,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.imap
+            .feed
+            .poll_outcome(ORDERED, cx)
+            .map(|o| o.map(task::decode_outcome))
+    }
+}
+
+impl<A: Serialize, R, I: Iterator<Item = A>, const ORDERED: bool> fmt::Debug
+    for ImapStream<'_, A, R, I, ORDERED>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImapStream")
+            .field("imap", &self.imap)
+            .finish()
     }
 }
 

@@ -2,13 +2,18 @@
 //! `Pool`/`Executor` surface. See `README.md` beside this file for how the process pool
 //! survives its workers.
 
+mod completion;
 mod engine;
 mod error;
+mod executor;
+mod fallible;
 mod iter;
+mod options;
 mod retry;
 pub(crate) mod task;
 mod thread;
 pub(crate) mod tickets;
+mod timers;
 pub(crate) mod worker;
 
 use std::fmt;
@@ -18,21 +23,26 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use error::{PoolError, TaskError};
-pub use iter::{Imap, ImapUnordered};
+pub use completion::{AsCompleted, Return, as_completed, wait_tasks};
+pub use error::{Failure, PoolError, TaskError};
+pub use executor::Executor;
+pub use iter::{Imap, ImapStream, ImapUnordered};
+#[cfg(feature = "redis")]
+pub(crate) use options::Delay;
+pub use options::TaskOptions;
 pub use retry::{Jitter, RetryPolicy};
 pub use task::Task;
-pub use thread::{ThreadPool, ThreadPoolBuilder};
+pub use thread::{ThreadImap, ThreadImapStream, ThreadPool, ThreadPoolBuilder};
 
 use crate::ipc::channel::Received;
 use crate::process::{Limits, SpawnError, StartMethod};
 use crate::sys;
 use crate::wire::codec::{self, Encoded};
-use engine::{Config, PoolInner};
+use engine::{Config, PerTask, PoolInner};
 pub(crate) use engine::{DEPTH_MAX, DEPTH_MIN};
-use task::{Cancel, Cell, Sink, Slots};
+use task::{Cancel, Cell, FromWorker, Sink, Slots};
 use worker::JOB_HEADER;
-use worker::{Chunk, OneTask, TaskEntry};
+use worker::{Chunk, ChunkWith, OneTask, TaskEntry};
 
 /// Builds a [`Pool`].
 #[derive(Debug)]
@@ -311,17 +321,134 @@ impl Pool {
     ///
     /// [`TaskError::PoolClosed`] after [`close`](Self::close);
     /// [`TaskError::Codec`] if `args` does not encode; [`TaskError::PoolBroken`].
+    #[doc(alias = "apply_async")]
     pub fn submit<A, R>(&self, f: fn(A) -> R, args: A) -> Result<Task<R>, TaskError>
     where
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let entry = entry(f, false)?;
-        let payload = encode_job(&args)?;
-        let cell = Cell::<Received>::new();
-        let id = self.inner.submit(entry, payload, cell.clone(), 0)?;
+        self.submit_task(entry(f, false)?, &args, task::decode::<R>, None)
+    }
+
+    /// As [`submit`](Self::submit), with options of its own: a timeout (the worker is
+    /// killed past it), a retry policy, a delay ([`TaskOptions`]; Celery's
+    /// `apply_async(countdown=..)`). A delayed task waits in the pool, not in a worker.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`TaskError::InvalidArgument`] for a zero timeout or
+    /// a cluster's option (an idempotency key, a queue).
+    pub fn submit_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        opts: TaskOptions,
+    ) -> Result<Task<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let per_task = per_task(&opts, None)?;
+        self.submit_task(entry(f, false)?, &args, task::decode::<R>, per_task)
+    }
+
+    /// Runs a function that fails with its own error: an `Err` is the task's failure,
+    /// [`TaskError::Failed`] carrying the error (its text, its encoding, and the value:
+    /// see [`Failure`]), which the retry policy sees as any other failure (Celery's
+    /// `autoretry_for`; by default [`RetryPolicy`] retries it). An `Ok` is the task's
+    /// value.
+    ///
+    /// ```no_run
+    /// use multiproc::{Pool, RetryPolicy, TaskError, TaskOptions};
+    ///
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    /// struct Busy(u32);
+    ///
+    /// impl std::fmt::Display for Busy {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         write!(f, "busy for {} s", self.0)
+    ///     }
+    /// }
+    ///
+    /// fn fetch(url: String) -> Result<usize, Busy> {
+    ///     if url.is_empty() { Err(Busy(3)) } else { Ok(url.len()) }
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let _guard = multiproc::init();
+    /// let pool = Pool::new(2)?;
+    /// match pool.submit_fallible(fetch, String::new())?.wait() {
+    ///     Err(TaskError::Failed(f)) => assert_eq!(f.decode::<Busy>()?.0, 3),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// // Retried on its own error only when it says it is busy:
+    /// let policy = RetryPolicy::attempts(3).retry_if(|e| {
+    ///     e.failure().is_some_and(|f| f.downcast_ref::<Busy>().is_some())
+    /// });
+    /// let task = pool.submit_fallible_with(fetch, "x".into(), TaskOptions::new().retry(policy))?;
+    /// assert_eq!(task.wait()?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn submit_fallible<A, T, E>(
+        &self,
+        f: fn(A) -> Result<T, E>,
+        args: A,
+    ) -> Result<Task<T>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + std::fmt::Display + Send + Sync + 'static,
+    {
+        self.submit_fallible_with(f, args, TaskOptions::new())
+    }
+
+    /// As [`submit_fallible`](Self::submit_fallible), with options of its own (see
+    /// [`submit_with`](Self::submit_with)).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    pub fn submit_fallible_with<A, T, E>(
+        &self,
+        f: fn(A) -> Result<T, E>,
+        args: A,
+        opts: TaskOptions,
+    ) -> Result<Task<T>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + std::fmt::Display + Send + Sync + 'static,
+    {
+        let per_task = per_task(&opts, Some(fallible::failure_in::<E>))?;
+        self.submit_task(
+            entry(f, false)?,
+            &args,
+            fallible::decode_ok::<T, E>,
+            per_task,
+        )
+    }
+
+    fn submit_task<A: Serialize, R>(
+        &self,
+        entry: TaskEntry,
+        args: &A,
+        decode: fn(Received) -> Result<R, TaskError>,
+        per_task: Option<Box<PerTask>>,
+    ) -> Result<Task<R>, TaskError>
+    where
+        R: Send + 'static,
+    {
+        let payload = encode_job(args)?;
+        let cell = Cell::encoded(decode);
+        let sink: Arc<dyn Sink<Received>> = Arc::new(FromWorker(Arc::clone(&cell)));
+        let id = self.inner.submit(entry, payload, sink, 0, per_task)?;
         let pool: Weak<dyn Cancel> = Arc::downgrade(&self.inner) as Weak<dyn Cancel>;
-        Ok(Task::process(cell, id, pool))
+        Ok(Task::new(cell, id, Some(pool)))
     }
 
     /// Runs `f(args)` in a worker and waits for the result (Python's `apply`).
@@ -332,9 +459,34 @@ impl Pool {
     pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
     where
         A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.submit(f, args)?.wait()
+    }
+
+    /// As [`apply`](Self::apply), waiting at most `timeout` (Python's
+    /// `apply_async(..).get(timeout)`). A task not done by then is cancelled (stopped,
+    /// if it runs): nobody could wait for it any more.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply), plus [`TaskError::Timeout`].
+    pub fn apply_timeout<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        timeout: Duration,
+    ) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut task = self.submit(f, args)?;
+        let out = task.wait_timeout(timeout);
+        if matches!(out, Err(TaskError::Timeout)) {
+            task.cancel();
+        }
+        out
     }
 
     /// Runs `f` on every item, in chunks (Python's default: about four chunks per
@@ -350,9 +502,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunk = items.len().div_ceil(self.processes() * 4).max(1);
-        self.map_chunked(f, items, chunk)
+        self.map_until(f, items, None)
     }
 
     /// As [`map`](Self::map), with `chunk_size` items per task (Python's `chunksize`).
@@ -371,7 +521,45 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        self.map_inner(f, items, chunk_size, &mut |_| {})
+        self.map_inner(f, items, chunk_size, None, &mut |_| {})
+    }
+
+    /// As [`map`](Self::map), waiting at most `timeout` for all the results (Python's
+    /// `map_async(..).get(timeout)`). The chunks not done by then are cancelled
+    /// (stopped, if they run): nobody could read their results any more.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), plus [`TaskError::Timeout`].
+    pub fn map_timeout<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        timeout: Duration,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_until(f, items, Instant::now().checked_add(timeout))
+    }
+
+    /// `map` with the default chunking, waiting until `deadline`.
+    fn map_until<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let chunk = items.len().div_ceil(self.processes() * 4).max(1);
+        self.map_inner(f, items, chunk, deadline, &mut |_| {})
     }
 
     /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr that
@@ -390,7 +578,7 @@ impl Pool {
         let items: Vec<A> = items.into_iter().collect();
         let bar = indicatif::ProgressBar::new(items.len() as u64);
         let chunk = items.len().div_ceil(self.processes() * 4).max(1);
-        let out = self.map_inner(f, items, chunk, &mut |n| bar.inc(n as u64));
+        let out = self.map_inner(f, items, chunk, None, &mut |n| bar.inc(n as u64));
         bar.finish();
         out
     }
@@ -400,6 +588,7 @@ impl Pool {
         f: fn(A) -> R,
         items: I,
         chunk_size: usize,
+        deadline: Option<Instant>,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<R>, TaskError>
     where
@@ -411,7 +600,79 @@ impl Pool {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let entry = entry(f, true)?;
+        self.map_chunks((entry(f, true)?, 0), &items, chunk_size, deadline, progress)
+    }
+
+    /// Runs `f(&ctx, item)` on every item, in chunks, and returns the results in order:
+    /// Python's `functools.partial` or initializer pattern without globals. The context
+    /// is encoded once and sent once to each worker that runs a chunk of the map (not
+    /// once per item or per chunk), and decoded there once; the workers drop it when
+    /// the map is over. Use it for what every call needs and is costly to send: a
+    /// model, a lookup table, a configuration.
+    ///
+    /// ```no_run
+    /// use std::collections::HashMap;
+    ///
+    /// fn price(rates: &HashMap<String, f64>, (currency, amount): (String, f64)) -> f64 {
+    ///     amount * rates.get(&currency).copied().unwrap_or(f64::NAN)
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let _guard = multiproc::init();
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let rates = HashMap::from([("EUR".to_string(), 1.1), ("GBP".to_string(), 1.3)]);
+    /// let orders = vec![("EUR".to_string(), 10.0), ("GBP".to_string(), 2.0)];
+    /// let prices = pool.map_with(rates, price, orders)?;
+    /// assert_eq!(prices, [11.0, 2.6]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map); [`TaskError::Codec`] if the context does not encode (or,
+    /// for every item, does not decode in a worker).
+    pub fn map_with<C, A, R, I>(
+        &self,
+        ctx: C,
+        f: fn(&C, A) -> R,
+        items: I,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        C: Serialize + DeserializeOwned + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entry = sys::entry_with_context::<ChunkWith, C, A, R>(f)
+            .map_err(|_| TaskError::NotInExecutable)?;
+        // A chunk names its context: the worker reads these words as a context entry.
+        let entry = TaskEntry::from_words(entry.to_words());
+        let context = self.inner.add_context(encode_job(&ctx)?);
+        let chunk = items.len().div_ceil(self.processes() * 4).max(1);
+        let out = self.map_chunks((entry, context), &items, chunk, None, &mut |_| {});
+        self.inner.end_context(context);
+        out
+    }
+
+    /// Sends `items` in chunks of `chunk_size` as jobs of `entry` (with `context`, for
+    /// `map_with`) and collects the results in order, until `deadline`.
+    fn map_chunks<A, R>(
+        &self,
+        (entry, context): (TaskEntry, u64),
+        items: &[A],
+        chunk_size: usize,
+        deadline: Option<Instant>,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
         let stream = Slots::<Received>::new();
         let chunks: Vec<&[A]> = items.chunks(chunk_size.max(1)).collect();
         let jobs = chunks
@@ -420,13 +681,20 @@ impl Pool {
             .map(|(slot, chunk)| encode_job(chunk).map(|payload| (slot, payload)))
             .collect::<Result<Vec<_>, _>>()?;
         let sink: Arc<dyn Sink<Received>> = stream.clone();
-        let ids = self.inner.submit_many(entry, jobs, &sink)?;
+        let ids = self.inner.submit_many((entry, context), jobs, &sink)?;
         let mut out = Vec::with_capacity(items.len());
         for slot in 0..chunks.len() {
-            let (_, outcome) = stream.take(Some(slot), &|| {
+            let help = || {
                 self.inner.drain_results();
-            });
-            let results = match task::decode::<Vec<Result<R, crate::RemotePanic>>>(outcome) {
+            };
+            let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &help) else {
+                for &id in &ids[slot..] {
+                    self.inner.cancel(id);
+                }
+                return Err(TaskError::Timeout);
+            };
+            let results = match task::decode_outcome::<Vec<Result<R, crate::RemotePanic>>>(outcome)
+            {
                 Ok(results) => results,
                 Err(e) => {
                     self.inner.discard(&ids[slot..]);
@@ -494,11 +762,36 @@ impl Pool {
         self.inner.wait_finished(None);
     }
 
-    /// As [`join`](Self::join), for at most `timeout`; whether the pool has finished.
-    pub fn join_timeout(&self, timeout: Duration) -> bool {
+    /// As [`join`](Self::join), for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Timeout`] if tasks still run: the pool stays closed and can be
+    /// joined again.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
         self.close();
-        self.inner
+        if self
+            .inner
             .wait_finished(Instant::now().checked_add(timeout))
+        {
+            Ok(())
+        } else {
+            Err(PoolError::Timeout)
+        }
+    }
+
+    /// Python's `Executor.shutdown(wait, cancel_futures)`: closes the pool; with
+    /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (running
+    /// ones finish); with `wait`, waits until every task has finished and every worker
+    /// has exited ([`join`](Self::join)).
+    pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
+        self.close();
+        if cancel_pending {
+            self.inner.cancel_pending();
+        }
+        if wait {
+            self.join();
+        }
     }
 
     /// Stops at once: kills the workers; tasks not finished fail with
@@ -533,6 +826,25 @@ where
         sys::entry::<OneTask, A, R>(f)
     }
     .map_err(|_| TaskError::NotInExecutable)
+}
+
+/// A submission's own settings, for the engine (`None` if it has none).
+fn per_task(
+    opts: &TaskOptions,
+    fallible: Option<engine::FailureCheck>,
+) -> Result<Option<Box<PerTask>>, TaskError> {
+    opts.check_local()?;
+    let per_task = PerTask {
+        timeout: opts.timeout,
+        retry: opts.retry.clone(),
+        not_before: opts.not_before(),
+        fallible,
+    };
+    let plain = per_task.timeout.is_none()
+        && per_task.retry.is_none()
+        && per_task.not_before.is_none()
+        && per_task.fallible.is_none();
+    Ok((!plain).then(|| Box::new(per_task)))
 }
 
 /// Encodes a task's argument after room for the job header.

@@ -1,12 +1,21 @@
-//! [`Task`]: a pool task's eventual result, to wait for or to await; and the sinks the
-//! pools deliver results into.
+//! [`Task`]: a task's eventual result, to wait for, to await, or to be told about; and
+//! the cells and sinks the executors deliver outcomes into.
+//!
+//! Every source of tasks (the process pool, the thread pool, the cluster client) puts
+//! one task's outcome into a [`Cell`] and gives the `Task` a canceller ([`Cancel`]); a
+//! new source is a constructor, and everything that waits (`wait`, `await`,
+//! [`on_done`](Task::on_done), `as_completed`, `wait_tasks`, `multiproc::wait`) works the
+//! same for all of them. A process pool's value arrives encoded and is decoded by
+//! whoever first needs it as an `R`: the thread that takes it, or the one that runs the
+//! callbacks.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -16,6 +25,7 @@ use serde::de::DeserializeOwned;
 use super::TaskError;
 use super::worker::OUTCOME_HEADER;
 use crate::ipc::channel::Received;
+use crate::select::{Completion, Source, Waitable, Watch, private};
 use crate::sync::raw::spin_until;
 use crate::sync::unpoisoned;
 use crate::wire::codec;
@@ -23,6 +33,10 @@ use crate::wire::codec;
 /// How long a waiter spins before it sleeps: results of short tasks often arrive within
 /// it, and then nobody makes a system call.
 const SPIN: Duration = Duration::from_micros(20);
+/// A waiter on a source that routes outcomes on waiting threads too (the process pool)
+/// helps this often while it sleeps: so a wait makes progress even when the pool's own
+/// thread cannot route (it runs a done-callback that waits for another task).
+const HELP_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a pool puts a finished task's outcome.
 pub(crate) trait Sink<T>: Send + Sync {
@@ -37,42 +51,231 @@ pub(crate) trait Sink<T>: Send + Sync {
     }
 }
 
-/// One task's outcome, once it is there.
-pub(crate) struct Cell<T> {
-    state: Mutex<CellState<T>>,
-    ready: Condvar,
-    /// Set once the outcome is in (for waiters that spin without the lock).
-    done: AtomicBool,
+type Callback<R> = Box<dyn FnOnce(&Result<R, TaskError>) + Send>;
+type Decode<R> = fn(Received) -> Result<R, TaskError>;
+
+/// Where a cell stands (its `done` word).
+const PENDING: u8 = 0;
+const SUCCEEDED: u8 = 1;
+const FAILED: u8 = 2;
+const CANCELLED: u8 = 3;
+
+/// A value as a cell holds it.
+enum Held<R> {
+    Value(R),
+    /// As a worker process sent it, decoded when first needed.
+    Encoded(Received),
 }
 
-struct CellState<T> {
-    outcome: Option<Result<T, TaskError>>,
+/// One task's outcome, once it is there.
+pub(crate) struct Cell<R> {
+    state: Mutex<CellState<R>>,
+    ready: Condvar,
+    /// `PENDING` until the outcome is in, then how it ended (for waiters that spin
+    /// without the lock, and for `wait_tasks`' `FirstException`).
+    done: AtomicU8,
+    /// For a value that arrives encoded.
+    decode: Option<Decode<R>>,
+}
+
+struct CellState<R> {
+    outcome: Option<Result<Held<R>, TaskError>>,
+    /// The outcome is out, lent to callbacks that run now (without the lock); it comes
+    /// back when they return.
+    lent: bool,
     /// The outcome was taken by a waiter.
     taken: bool,
     waker: Option<Waker>,
     sleepers: usize,
+    callbacks: Vec<Callback<R>>,
+    watchers: Vec<(Weak<dyn Watch>, usize)>,
 }
 
-impl<T> Cell<T> {
+/// What to do once the lock is released: wake the future, tell the watchers.
+struct Fire {
+    waker: Option<Waker>,
+    watchers: Vec<(Weak<dyn Watch>, usize)>,
+    failed: bool,
+}
+
+impl Fire {
+    fn run(self) {
+        if let Some(w) = self.waker {
+            w.wake();
+        }
+        for (w, key) in self.watchers {
+            if let Some(w) = w.upgrade() {
+                w.notify(key, self.failed);
+            }
+        }
+    }
+}
+
+impl<R> Cell<R> {
+    /// A cell for a value delivered as an `R`.
     pub(crate) fn new() -> Arc<Self> {
+        Self::with(None)
+    }
+
+    /// A cell for a value a worker process sends encoded; `decode` makes the `R`.
+    pub(crate) fn encoded(decode: Decode<R>) -> Arc<Self> {
+        Self::with(Some(decode))
+    }
+
+    fn with(decode: Option<Decode<R>>) -> Arc<Self> {
         Arc::new(Cell {
             state: Mutex::new(CellState {
                 outcome: None,
+                lent: false,
                 taken: false,
                 waker: None,
                 sleepers: 0,
+                callbacks: Vec::new(),
+                watchers: Vec::new(),
             }),
             ready: Condvar::new(),
-            done: AtomicBool::new(false),
+            done: AtomicU8::new(PENDING),
+            decode,
         })
     }
 
-    fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+    fn lock(&self) -> MutexGuard<'_, CellState<R>> {
+        unpoisoned::lock(&self.state)
     }
 
-    /// Waits until the outcome is there (or `deadline` passes); whether it is.
-    fn wait_until(&self, deadline: Option<Instant>, help: &dyn Fn()) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire) != PENDING
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.done.load(Ordering::Acquire) == CANCELLED
+    }
+
+    fn resolve(&self, held: Result<Held<R>, TaskError>) -> Result<R, TaskError> {
+        match held? {
+            Held::Value(v) => Ok(v),
+            Held::Encoded(received) => match self.decode {
+                Some(decode) => decode(received),
+                None => Err(TaskError::Codec(crate::CodecError::new(
+                    "an encoded result for a task that expects a value",
+                ))),
+            },
+        }
+    }
+
+    /// Stores the first outcome and says who to tell.
+    fn store(&self, st: &mut CellState<R>, outcome: Result<Held<R>, TaskError>) -> Fire {
+        let code = match &outcome {
+            Ok(_) => SUCCEEDED,
+            Err(TaskError::Cancelled) => CANCELLED,
+            Err(_) => FAILED,
+        };
+        st.outcome = Some(outcome);
+        self.done.store(code, Ordering::Release);
+        if st.sleepers > 0 {
+            self.ready.notify_all();
+        }
+        Fire {
+            waker: st.waker.take(),
+            watchers: std::mem::take(&mut st.watchers),
+            failed: code != SUCCEEDED,
+        }
+    }
+
+    /// Delivers the outcome (the first one wins). Callbacks run first, on this thread,
+    /// without any lock of the cell held; the task counts as done once they return.
+    fn put(&self, outcome: Result<Held<R>, TaskError>) {
+        let mut st = self.lock();
+        if self.is_done() || st.lent || st.taken {
+            return;
+        }
+        if st.callbacks.is_empty() {
+            let fire = self.store(&mut st, outcome);
+            drop(st);
+            fire.run();
+            return;
+        }
+        st.lent = true;
+        let callbacks = std::mem::take(&mut st.callbacks);
+        drop(st);
+        let value = self.resolve(outcome);
+        self.run_lent(value, callbacks, true);
+    }
+
+    /// Runs callbacks with the outcome lent to them (and any added meanwhile), then
+    /// puts it back: as the first delivery (`first`) or after a late `on_done`.
+    fn run_lent(&self, value: Result<R, TaskError>, mut callbacks: Vec<Callback<R>>, first: bool) {
+        loop {
+            for cb in callbacks {
+                run_callback(cb, &value);
+            }
+            let mut st = self.lock();
+            if !st.callbacks.is_empty() {
+                callbacks = std::mem::take(&mut st.callbacks);
+                continue;
+            }
+            st.lent = false;
+            let held = value.map(Held::Value);
+            let fire = if first {
+                self.store(&mut st, held)
+            } else {
+                st.outcome = Some(held);
+                if st.sleepers > 0 {
+                    self.ready.notify_all();
+                }
+                Fire {
+                    waker: st.waker.take(),
+                    watchers: Vec::new(),
+                    failed: false,
+                }
+            };
+            drop(st);
+            fire.run();
+            return;
+        }
+    }
+
+    /// Runs `cb` once with the outcome: when it arrives, or now (on this thread) if it
+    /// is there already. A value already taken by a waiter is reported as `Taken`.
+    fn on_done(&self, cb: Callback<R>) {
+        let mut st = self.lock();
+        if !self.is_done() || st.lent {
+            st.callbacks.push(cb);
+            return;
+        }
+        let Some(held) = st.outcome.take() else {
+            drop(st);
+            run_callback(cb, &Err(TaskError::Taken));
+            return;
+        };
+        st.lent = true;
+        drop(st);
+        let value = self.resolve(held);
+        self.run_lent(value, vec![cb], false);
+    }
+
+    /// Registers `watch` to be told (under `key`) when the task finishes; if it has,
+    /// says so at once instead: `Some(failed)`.
+    pub(crate) fn watch(&self, watch: Weak<dyn Watch>, key: usize) -> Option<bool> {
+        let mut st = self.lock();
+        let code = self.done.load(Ordering::Acquire);
+        if code != PENDING {
+            return Some(code != SUCCEEDED);
+        }
+        st.watchers.push((watch, key));
+        None
+    }
+
+    /// Removes `watch`, if it is still registered.
+    pub(crate) fn unwatch(&self, watch: &Weak<dyn Watch>) {
+        self.lock()
+            .watchers
+            .retain(|(w, _)| !Weak::ptr_eq(w, watch));
+    }
+
+    /// Waits until the outcome is there (or `deadline` passes); whether it is. `help`
+    /// is called while spinning, and, with `helping`, every `HELP_EVERY` of sleep.
+    fn wait_until(&self, deadline: Option<Instant>, help: &dyn Fn(), helping: bool) -> bool {
         let spin_end = Instant::now() + SPIN;
         let done = || {
             help();
@@ -81,46 +284,82 @@ impl<T> Cell<T> {
         if spin_until(spin_end.min(deadline.unwrap_or(spin_end)), done) {
             return true;
         }
-        let mut st = unpoisoned::lock(&self.state);
+        let mut st = self.lock();
         loop {
-            if st.outcome.is_some() || st.taken {
+            if self.is_done() {
                 return true;
             }
+            let until = match (helping, deadline) {
+                (false, d) => d,
+                (true, None) => Some(Instant::now() + HELP_EVERY),
+                (true, Some(d)) => Some(d.min(Instant::now() + HELP_EVERY)),
+            };
+            st.sleepers += 1;
+            st = match unpoisoned::wait_until(&self.ready, st, until) {
+                Ok(st) | Err(st) => st,
+            };
+            st.sleepers -= 1;
+            if self.is_done() {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            if helping {
+                drop(st);
+                help();
+                st = self.lock();
+            }
+        }
+    }
+
+    /// Takes the outcome, waiting for it until `deadline`.
+    fn take(
+        &self,
+        deadline: Option<Instant>,
+        help: &dyn Fn(),
+        helping: bool,
+    ) -> Result<R, TaskError> {
+        if !self.wait_until(deadline, help, helping) {
+            return Err(TaskError::Timeout);
+        }
+        let mut st = self.lock();
+        loop {
+            if let Some(outcome) = st.outcome.take() {
+                st.taken = true;
+                drop(st);
+                return self.resolve(outcome);
+            }
+            if st.taken {
+                return Err(TaskError::Taken);
+            }
+            // Lent to callbacks (or, never, not there yet): they give it back.
             st.sleepers += 1;
             st = match unpoisoned::wait_until(&self.ready, st, deadline) {
                 Ok(st) => st,
                 Err(mut st) => {
                     st.sleepers -= 1;
-                    return false;
+                    if st.outcome.is_none() && !st.taken {
+                        return Err(TaskError::Timeout);
+                    }
+                    st
                 }
             };
             st.sleepers -= 1;
         }
     }
 
-    /// Takes the outcome, waiting for it.
-    fn take(&self, help: &dyn Fn()) -> Result<T, TaskError> {
-        loop {
-            self.wait_until(None, help);
-            let mut st = unpoisoned::lock(&self.state);
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<R, TaskError>> {
+        let mut st = self.lock();
+        if !st.lent {
             if let Some(outcome) = st.outcome.take() {
                 st.taken = true;
-                return outcome;
+                drop(st);
+                return Poll::Ready(self.resolve(outcome));
             }
             if st.taken {
-                return Err(TaskError::PoolClosed);
+                return Poll::Ready(Err(TaskError::Taken));
             }
-        }
-    }
-
-    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<T, TaskError>> {
-        let mut st = unpoisoned::lock(&self.state);
-        if let Some(outcome) = st.outcome.take() {
-            st.taken = true;
-            return Poll::Ready(outcome);
-        }
-        if st.taken {
-            return Poll::Ready(Err(TaskError::PoolClosed));
         }
         match &st.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -130,23 +369,42 @@ impl<T> Cell<T> {
     }
 }
 
-impl<T: Send> Sink<T> for Cell<T> {
-    fn deliver(&self, _slot: usize, outcome: Result<T, TaskError>) {
-        let waker = {
-            let mut st = unpoisoned::lock(&self.state);
-            if st.outcome.is_some() || st.taken {
-                return;
-            }
-            st.outcome = Some(outcome);
-            self.done.store(true, Ordering::Release);
-            if st.sleepers > 0 {
-                self.ready.notify_all();
-            }
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+/// Runs a done-callback; a panic in it is reported and goes no further (it must not
+/// take down the pool's thread that delivered the outcome).
+fn run_callback<R>(cb: Callback<R>, value: &Result<R, TaskError>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| cb(value))) {
+        let caught = crate::bootstrap::caught_panic(&*payload);
+        tracing::warn!("a task's done-callback panicked: {caught}");
+    }
+}
+
+impl<R: Send> Completion for Cell<R> {
+    fn is_complete(&self) -> bool {
+        self.is_done()
+    }
+
+    fn watch(&self, watch: Weak<dyn Watch>, key: usize) -> Option<bool> {
+        Cell::watch(self, watch, key)
+    }
+
+    fn unwatch(&self, watch: &Weak<dyn Watch>) {
+        Cell::unwatch(self, watch);
+    }
+}
+
+impl<R: Send> Sink<R> for Cell<R> {
+    fn deliver(&self, _slot: usize, outcome: Result<R, TaskError>) {
+        self.put(outcome.map(Held::Value));
+    }
+}
+
+/// The sink of one process-pool task: the worker's encoded result goes into the task's
+/// cell as it is, decoded when first needed.
+pub(crate) struct FromWorker<R>(pub(crate) Arc<Cell<R>>);
+
+impl<R: Send> Sink<Received> for FromWorker<R> {
+    fn deliver(&self, _slot: usize, outcome: Result<Received, TaskError>) {
+        self.0.put(outcome.map(Held::Encoded));
     }
 }
 
@@ -164,6 +422,8 @@ struct StreamState<T> {
     /// In arrival order, for unordered ones.
     arrived: VecDeque<usize>,
     sleepers: usize,
+    /// An async consumer to wake.
+    waker: Option<Waker>,
 }
 
 impl<T> Slots<T> {
@@ -173,6 +433,7 @@ impl<T> Slots<T> {
                 by_slot: FxHashMap::default(),
                 arrived: VecDeque::new(),
                 sleepers: 0,
+                waker: None,
             }),
             ready: Condvar::new(),
             delivered: AtomicUsize::new(0),
@@ -180,18 +441,23 @@ impl<T> Slots<T> {
     }
 
     /// Takes the outcome of `slot` (or, with `None`, of whichever slot finished first),
-    /// waiting for it; while it spins, it calls `help` (which may deliver outcomes).
-    pub(crate) fn take(
+    /// waiting for it until `deadline` at most (`None` then); while it spins, it calls
+    /// `help` (which may deliver outcomes).
+    pub(crate) fn take_until(
         &self,
         slot: Option<usize>,
+        deadline: Option<Instant>,
         help: &dyn Fn(),
-    ) -> (usize, Result<T, TaskError>) {
+    ) -> Option<(usize, Result<T, TaskError>)> {
         let mut spun = false;
         loop {
             let seen = self.delivered.load(Ordering::Acquire);
             let mut st = unpoisoned::lock(&self.state);
             if let Some(found) = Self::take_locked(&mut st, slot) {
-                return found;
+                return Some(found);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
             }
             if !spun {
                 // Spin (without the lock) until something new is delivered.
@@ -202,19 +468,39 @@ impl<T> Slots<T> {
                     help();
                     self.delivered.load(Ordering::Acquire) != seen
                 };
-                if spin_until(end, arrived) {
+                if spin_until(deadline.map_or(end, |d| d.min(end)), arrived) {
                     spun = false;
                 }
                 continue;
             }
             st.sleepers += 1;
-            let mut st = unpoisoned::wait(&self.ready, st);
+            let mut st = match unpoisoned::wait_until(&self.ready, st, deadline) {
+                Ok(st) | Err(st) => st,
+            };
             st.sleepers -= 1;
             if let Some(found) = Self::take_locked(&mut st, slot) {
-                return found;
+                return Some(found);
             }
             spun = false;
         }
+    }
+
+    /// Takes the outcome of `slot` (or of whichever finished first) if it is there;
+    /// otherwise the task's waker is woken when an outcome arrives.
+    pub(crate) fn poll_take(
+        &self,
+        slot: Option<usize>,
+        cx: &mut Context<'_>,
+    ) -> Poll<(usize, Result<T, TaskError>)> {
+        let mut st = unpoisoned::lock(&self.state);
+        if let Some(found) = Self::take_locked(&mut st, slot) {
+            return Poll::Ready(found);
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     fn take_locked(
@@ -260,41 +546,52 @@ impl<T> Slots<T> {
         if st.sleepers > 0 {
             self.ready.notify_all();
         }
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
-/// Something that can cancel its tasks by id: a pool.
+/// What a task's source does for its handle: a pool, a thread pool's job, a cluster
+/// client.
 pub(crate) trait Cancel: Send + Sync {
     /// Cancels task `id`; whether it will end as `Cancelled`.
     fn cancel(&self, id: u64) -> bool;
 
+    /// Whether task `id` is running now (not queued, not finished). Sources that
+    /// cannot tell say no.
+    fn is_running(&self, _id: u64) -> bool {
+        false
+    }
+
     /// Called by a thread waiting for a task: may deliver outcomes.
     fn help(&self) {}
+
+    /// Whether [`help`](Self::help) does something (a waiter then also helps while it
+    /// sleeps, now and then).
+    fn helps(&self) -> bool {
+        false
+    }
 }
 
 /// The result of a task submitted to a [`Pool`](crate::Pool) or
 /// [`ThreadPool`](crate::ThreadPool) (or, with the `redis` feature, to a cluster):
-/// Python's `AsyncResult` and `Future`.
+/// Python's `AsyncResult` and `concurrent.futures.Future`.
 ///
-/// [`wait`](Task::wait) blocks for it; a `Task` is also a [`Future`], so it can be
-/// awaited under any async runtime. Dropping a `Task` does not cancel it: the task runs
-/// and its result is thrown away.
+/// [`wait`](Task::wait) blocks for it and [`wait_timeout`](Task::wait_timeout) for at
+/// most a while; a `Task` is also a [`Future`], so it can be awaited under any async
+/// runtime; [`on_done`](Task::on_done) runs a callback with the outcome; and many tasks
+/// are waited for together with [`as_completed`](crate::as_completed),
+/// [`wait_tasks`](crate::wait_tasks) or [`wait`](crate::wait). Dropping a `Task` does
+/// not cancel it: the task runs and its result is thrown away.
 #[must_use = "a task's result or error is only seen through its Task"]
 pub struct Task<R> {
-    inner: Inner<R>,
+    cell: Arc<Cell<R>>,
     id: u64,
-    pool: Option<Weak<dyn Cancel>>,
+    source: Option<Weak<dyn Cancel>>,
 }
-
-enum Inner<R> {
-    /// Encoded by a worker process; decoded by whoever takes it, with the function
-    /// chosen when the task was submitted (where `R` was known to decode).
-    Process(Arc<Cell<Received>>, Decode<R>),
-    /// A thread pool's value.
-    Thread(Arc<Cell<R>>),
-}
-
-type Decode<R> = fn(Result<Received, TaskError>) -> Result<R, TaskError>;
 
 impl<R> fmt::Debug for Task<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -306,47 +603,36 @@ impl<R> fmt::Debug for Task<R> {
 }
 
 impl<R> Task<R> {
-    pub(crate) fn process(cell: Arc<Cell<Received>>, id: u64, pool: Weak<dyn Cancel>) -> Self
-    where
-        R: DeserializeOwned,
-    {
-        Task {
-            inner: Inner::Process(cell, decode::<R>),
-            id,
-            pool: Some(pool),
-        }
+    /// A task whose outcome `cell` receives; `source` cancels it (by `id`), says
+    /// whether it runs, and may help a waiter by delivering outcomes.
+    pub(crate) fn new(cell: Arc<Cell<R>>, id: u64, source: Option<Weak<dyn Cancel>>) -> Self {
+        Task { cell, id, source }
     }
 
-    pub(crate) fn thread(cell: Arc<Cell<R>>, id: u64, pool: Option<Weak<dyn Cancel>>) -> Self {
-        Task {
-            inner: Inner::Thread(cell),
-            id,
-            pool,
-        }
+    pub(crate) fn cell(&self) -> &Arc<Cell<R>> {
+        &self.cell
     }
 
     /// Whether the task has finished (its result is ready, or it failed).
     pub fn is_done(&self) -> bool {
-        match &self.inner {
-            Inner::Process(c, _) => c.is_done(),
-            Inner::Thread(c) => c.is_done(),
-        }
+        self.cell.is_done()
     }
 
-    /// Waits at most `timeout` for the task to finish; whether it has. The result is
-    /// then taken with [`wait`](Self::wait) (Python's `AsyncResult.wait(timeout)`).
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now().checked_add(timeout);
-        let pool = self.helper();
-        let help = || {
-            if let Some(p) = &pool {
-                p.help();
-            }
-        };
-        match &self.inner {
-            Inner::Process(c, _) => c.wait_until(deadline, &help),
-            Inner::Thread(c) => c.wait_until(deadline, &help),
-        }
+    /// Whether the task ended cancelled (Python's `Future.cancelled()`).
+    pub fn is_cancelled(&self) -> bool {
+        self.cell.is_cancelled()
+    }
+
+    /// Whether the task is running now: started, not finished (Python's
+    /// `Future.running()`). A cluster client does not follow its tasks' runs on their
+    /// workers and says no until they finish.
+    pub fn is_running(&self) -> bool {
+        !self.is_done()
+            && self
+                .source
+                .as_ref()
+                .and_then(Weak::upgrade)
+                .is_some_and(|s| s.is_running(self.id))
     }
 
     /// Cancels the task: one still queued is removed; one a worker process is running
@@ -357,10 +643,38 @@ impl<R> Task<R> {
         if self.is_done() {
             return false;
         }
-        self.pool
+        self.source
             .as_ref()
             .and_then(Weak::upgrade)
             .is_some_and(|p| p.cancel(self.id))
+    }
+
+    /// Runs `callback` once with the task's outcome (Python's
+    /// `Future.add_done_callback`): when the task finishes, on the thread that delivers
+    /// its outcome (the pool's own thread, or a thread waiting on the same pool that
+    /// routed it), with no lock of multiproc's held, so the callback may submit tasks or
+    /// even wait for one (though the pool's thread delivers nothing else meanwhile:
+    /// keep callbacks short, as Python asks); or at once, on this thread, if the task
+    /// has finished already. Callbacks run before waiters see the outcome. A callback added after the value was taken
+    /// by [`wait`](Self::wait) gets [`TaskError::Taken`]. A callback that panics is
+    /// reported (a `tracing` warning) and changes nothing else.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let pool = multiproc::ThreadPool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let task = pool.submit(|| 6 * 7)?;
+    /// task.on_done(move |outcome| tx.send(*outcome.as_ref().unwrap()).unwrap());
+    /// assert_eq!(rx.recv()?, 42);
+    /// assert_eq!(task.wait()?, 42); // the value is still there
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "add_done_callback")]
+    pub fn on_done(&self, callback: impl FnOnce(&Result<R, TaskError>) + Send + 'static) {
+        self.cell.on_done(Box::new(callback));
     }
 
     /// Waits for the task and returns its result.
@@ -369,32 +683,40 @@ impl<R> Task<R> {
     ///
     /// The [`TaskError`] the task ended with.
     pub fn wait(self) -> Result<R, TaskError> {
-        let pool = self.helper();
-        let help = || {
-            if let Some(p) = &pool {
-                p.help();
-            }
-        };
-        match &self.inner {
-            Inner::Process(c, decode) => decode(c.take(&help)),
-            Inner::Thread(c) => c.take(&help),
-        }
+        self.take(None)
     }
 
-    /// The process pool, which a waiter helps by routing outcomes itself.
-    fn helper(&self) -> Option<Arc<dyn Cancel>> {
-        match self.inner {
-            Inner::Process(..) => self.pool.as_ref().and_then(Weak::upgrade),
-            Inner::Thread(_) => None,
-        }
+    /// Waits at most `timeout` for the task and returns its result (Python's
+    /// `Future.result(timeout)`). On [`TaskError::Timeout`] the task goes on and this
+    /// handle can wait again.
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::Timeout`]; the [`TaskError`] the task ended with; after a result
+    /// was returned, [`TaskError::Taken`].
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<R, TaskError> {
+        self.take(Instant::now().checked_add(timeout))
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> Result<R, TaskError> {
+        let source = self.helper();
+        let help = || {
+            if let Some(s) = &source {
+                s.help();
+            }
+        };
+        let helping = source.as_ref().is_some_and(|s| s.helps());
+        self.cell.take(deadline, &help, helping)
+    }
+
+    /// The source, which a waiter helps by routing outcomes itself.
+    pub(crate) fn helper(&self) -> Option<Arc<dyn Cancel>> {
+        self.source.as_ref().and_then(Weak::upgrade)
     }
 }
 
 /// Decodes a worker's result.
-pub(crate) fn decode<R: DeserializeOwned>(
-    outcome: Result<Received, TaskError>,
-) -> Result<R, TaskError> {
-    let received = outcome?;
+pub(crate) fn decode<R: DeserializeOwned>(received: Received) -> Result<R, TaskError> {
     let bytes = received
         .bytes
         .get(OUTCOME_HEADER..)
@@ -402,13 +724,74 @@ pub(crate) fn decode<R: DeserializeOwned>(
     codec::decode::<R>(bytes, received.fds).map_err(TaskError::Codec)
 }
 
+/// Decodes a worker's outcome, or passes its error on.
+pub(crate) fn decode_outcome<R: DeserializeOwned>(
+    outcome: Result<Received, TaskError>,
+) -> Result<R, TaskError> {
+    decode(outcome?)
+}
+
+impl<R: Send> private::Sealed for Task<R> {
+    fn source(&self) -> Source<'_> {
+        Source::task(&*self.cell)
+    }
+}
+
+impl<R: Send> Waitable for Task<R> {}
+
 impl<R> Future for Task<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &self.get_mut().inner {
-            Inner::Process(c, decode) => c.poll_take(cx).map(*decode),
-            Inner::Thread(c) => c.poll_take(cx),
-        }
+        self.cell.poll_take(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn callbacks_run_once_before_and_after_delivery() {
+        let cell = Cell::<u32>::new();
+        let task = Task::new(cell.clone(), 0, None);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&runs);
+        task.on_done(move |o| {
+            assert_eq!(o.as_ref().ok(), Some(&7));
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        cell.deliver(0, Ok(7));
+        cell.deliver(0, Ok(8)); // a second delivery is ignored
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let r = Arc::clone(&runs);
+        task.on_done(move |o| {
+            assert_eq!(o.as_ref().ok(), Some(&7));
+            r.fetch_add(10, Ordering::SeqCst);
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 11);
+        let mut task = task;
+        assert_eq!(task.wait_timeout(Duration::ZERO), Ok(7));
+        assert_eq!(task.wait_timeout(Duration::ZERO), Err(TaskError::Taken));
+        let r = Arc::clone(&runs);
+        task.on_done(move |o| {
+            assert_eq!(o, &Err(TaskError::Taken));
+            r.fetch_add(100, Ordering::SeqCst);
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 111);
+    }
+
+    #[test]
+    fn a_timeout_leaves_the_task_usable() {
+        let cell = Cell::<u32>::new();
+        let mut task = Task::new(cell.clone(), 0, None);
+        assert_eq!(
+            task.wait_timeout(Duration::from_millis(10)),
+            Err(TaskError::Timeout)
+        );
+        cell.deliver(0, Err(TaskError::Cancelled));
+        assert!(task.is_cancelled());
+        assert_eq!(task.wait(), Err(TaskError::Cancelled));
     }
 }

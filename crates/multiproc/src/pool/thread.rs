@@ -3,15 +3,22 @@
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
+use super::fallible;
 use super::iter::{Backend, Feed};
+use super::retry::RetryPolicy;
 use super::task::{Cancel, Cell, Sink, Slots};
-use super::{DEPTH_MIN, Task};
+use super::timers::Timers;
+use super::{DEPTH_MIN, Task, TaskOptions};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
 use crate::sync::unpoisoned;
@@ -26,6 +33,9 @@ static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 type Job = Box<dyn FnOnce(Option<TaskError>) + Send>;
 
 type Init = Arc<dyn Fn() + Send + Sync>;
+
+/// What a task of `submit_with` runs, again on a retry.
+type Work<T> = Box<dyn FnMut() -> Result<T, TaskError> + Send>;
 
 /// Builds a [`ThreadPool`].
 #[must_use = "a builder does nothing until `build` is called"]
@@ -98,9 +108,12 @@ impl ThreadPoolBuilder {
             state: Mutex::new(State {
                 live: 0,
                 terminated: false,
+                closing: false,
+                held: 0,
                 broken: None,
             }),
             exited: Condvar::new(),
+            timers: Timers::new(format!("{prefix}-timers")),
         });
         let mut handles = Vec::with_capacity(threads);
         for index in 0..threads {
@@ -141,11 +154,18 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a thread exits.
     exited: Condvar,
+    /// Delays, retry delays and timeouts of `submit_with` tasks.
+    timers: Timers,
 }
 
 struct State {
     live: usize,
     terminated: bool,
+    /// Closed while tasks of `submit_with` may still be queued (after a delay or a
+    /// failed run): the queue closes when the last of them is done.
+    closing: bool,
+    /// Tasks of `submit_with` not finished yet.
+    held: usize,
     broken: Option<String>,
 }
 
@@ -198,6 +218,32 @@ impl Shared {
         }
     }
 
+    /// Why a new task is refused.
+    fn closed_error(&self) -> TaskError {
+        match &unpoisoned::lock(&self.state).broken {
+            Some(why) => TaskError::PoolBroken(why.clone()),
+            None => TaskError::PoolClosed,
+        }
+    }
+
+    /// Queues a job. `fresh`: a new submission, refused while the pool closes (a
+    /// delayed or retried one is already counted and still goes in).
+    fn send(&self, job: Job, fresh: bool) -> Result<(), Box<(Job, TaskError)>> {
+        if fresh && unpoisoned::lock(&self.state).closing {
+            return Err(Box::new((job, self.closed_error())));
+        }
+        let tx = unpoisoned::lock(&self.tx);
+        match &*tx {
+            Some(tx) => tx
+                .send(job)
+                .map_err(|e| Box::new((e.0, TaskError::PoolClosed))),
+            None => {
+                drop(tx);
+                Err(Box::new((job, self.closed_error())))
+            }
+        }
+    }
+
     /// Queues `work`, whose outcome goes to `sink` under `slot`. Returns what cancels it
     /// while it is queued.
     fn push<T, W>(
@@ -210,35 +256,74 @@ impl Shared {
         T: Send + 'static,
         W: FnOnce() -> Result<T, TaskError> + Send + 'static,
     {
-        let ctl = Arc::new(Ctl {
-            state: AtomicU8::new(QUEUED),
-            sink,
-            slot,
-        });
+        let ctl = Ctl::new(sink, slot);
         let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
         let job: Job = Box::new(move |refused| {
             if let Some(e) = refused {
                 ctl.finish(Err(e));
-            } else if ctl
-                .state
-                .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            } else if ctl.start() {
                 let outcome = work();
-                ctl.state.store(DONE, Ordering::Release);
-                ctl.sink.deliver(ctl.slot, outcome);
+                ctl.complete(outcome);
             }
         });
-        let tx = unpoisoned::lock(&self.tx);
-        match &*tx {
-            Some(tx) => {
-                tx.send(job).map_err(|_| TaskError::PoolClosed)?;
-                Ok(handle)
+        self.send(job, true).map_err(|refused| refused.1)?;
+        Ok(handle)
+    }
+
+    /// Queues a task of `submit_with`: run at its time, timed out, retried.
+    fn push_with<T: Send + 'static>(
+        self: &Arc<Self>,
+        sink: Arc<dyn Sink<T>>,
+        work: Work<T>,
+        opts: &TaskOptions,
+    ) -> Result<Weak<dyn Cancel>, TaskError> {
+        opts.check_local()?;
+        {
+            let mut st = unpoisoned::lock(&self.state);
+            if st.closing || st.terminated || st.broken.is_some() {
+                drop(st);
+                return Err(self.closed_error());
             }
-            None => Err(match &unpoisoned::lock(&self.state).broken {
-                Some(why) => TaskError::PoolBroken(why.clone()),
-                None => TaskError::PoolClosed,
-            }),
+            st.held += 1;
+        }
+        let ctl = Ctl::new(sink, 0);
+        let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
+        let run = Run {
+            ctl,
+            work,
+            retry: opts.retry.clone(),
+            timeout: opts.timeout,
+            attempts: 0,
+            pool: Arc::downgrade(self),
+        };
+        match opts.not_before() {
+            Some(at) => run.queue_at(self, at),
+            None => run.queue_now(self),
+        }
+        Ok(handle)
+    }
+
+    /// A task of `submit_with` is done for good: the queue may close now.
+    fn release(&self) {
+        let close = {
+            let mut st = unpoisoned::lock(&self.state);
+            st.held -= 1;
+            st.closing && st.held == 0
+        };
+        if close {
+            unpoisoned::lock(&self.tx).take();
+        }
+    }
+
+    /// Refuses new tasks; queued ones still run, then the threads exit.
+    fn close(&self) {
+        let now = {
+            let mut st = unpoisoned::lock(&self.state);
+            st.closing = true;
+            st.held == 0
+        };
+        if now {
+            unpoisoned::lock(&self.tx).take();
         }
     }
 
@@ -259,30 +344,159 @@ const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 
-/// One queued job's state, shared by the job and its [`Task`] (for `cancel`).
+/// One job's state, shared by the job and its [`Task`] (for `cancel`).
 struct Ctl<T> {
     state: AtomicU8,
+    /// Which run of the task this is (for a timeout set by an earlier run).
+    run: AtomicU32,
     sink: Arc<dyn Sink<T>>,
     slot: usize,
 }
 
 impl<T> Ctl<T> {
+    fn new(sink: Arc<dyn Sink<T>>, slot: usize) -> Arc<Self> {
+        Arc::new(Ctl {
+            state: AtomicU8::new(QUEUED),
+            run: AtomicU32::new(0),
+            sink,
+            slot,
+        })
+    }
+
+    fn swap(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Starts a run; false if the job was cancelled (or failed) meanwhile.
+    fn start(&self) -> bool {
+        self.swap(QUEUED, RUNNING)
+    }
+
     /// Ends a job that has not started with `outcome`; whether it had not started.
     fn finish(&self, outcome: Result<T, TaskError>) -> bool {
-        let won = self
-            .state
-            .compare_exchange(QUEUED, DONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        let won = self.swap(QUEUED, DONE);
         if won {
             self.sink.deliver(self.slot, outcome);
         }
         won
+    }
+
+    /// Ends a run with its outcome, unless the task ended otherwise meanwhile (it timed
+    /// out).
+    fn complete(&self, outcome: Result<T, TaskError>) {
+        if self.swap(RUNNING, DONE) {
+            self.sink.deliver(self.slot, outcome);
+        }
+    }
+
+    /// The timeout of run `run` is up: the task ends as timed out if that run still
+    /// goes on.
+    fn time_out(&self, run: u32) {
+        if self.run.load(Ordering::Acquire) == run && self.swap(RUNNING, DONE) {
+            self.sink.deliver(self.slot, Err(TaskError::TimedOut));
+        }
     }
 }
 
 impl<T: Send> Cancel for Ctl<T> {
     fn cancel(&self, _id: u64) -> bool {
         self.finish(Err(TaskError::Cancelled))
+    }
+
+    fn is_running(&self, _id: u64) -> bool {
+        self.state.load(Ordering::Acquire) == RUNNING
+    }
+}
+
+/// A task of `submit_with`, between its runs.
+struct Run<T> {
+    ctl: Arc<Ctl<T>>,
+    work: Work<T>,
+    retry: Option<RetryPolicy>,
+    timeout: Option<Duration>,
+    /// Runs so far that failed.
+    attempts: u32,
+    pool: Weak<Shared>,
+}
+
+impl<T: Send + 'static> Run<T> {
+    /// Queues the next run now.
+    fn queue_now(self, shared: &Shared) {
+        let job: Job = Box::new(move |refused| self.go(refused));
+        if let Err(refused) = shared.send(job, false) {
+            let (job, e) = *refused;
+            job(Some(e));
+        }
+    }
+
+    /// Queues the next run at `at` (on the pool's timer thread).
+    fn queue_at(self, shared: &Shared, at: Instant) {
+        let pool = self.pool.clone();
+        let action = Box::new(move |stopping: bool| match pool.upgrade() {
+            Some(shared) if !stopping => self.queue_now(&shared),
+            _ => self.fail(TaskError::PoolClosed),
+        });
+        if let Err(e) = shared.timers.at(at, action) {
+            tracing::warn!("a thread pool's timer thread could not start: {e}");
+        }
+    }
+
+    /// Ends the task unrun (queued or waiting to be) with `error`.
+    fn fail(self, error: TaskError) {
+        self.ctl.finish(Err(error));
+        if let Some(shared) = self.pool.upgrade() {
+            shared.release();
+        }
+    }
+
+    /// A job's body: runs the work once, then ends the task or queues a retry.
+    fn go(mut self, refused: Option<TaskError>) {
+        if let Some(e) = refused {
+            return self.fail(e);
+        }
+        let Some(shared) = self.pool.upgrade() else {
+            return self.fail(TaskError::PoolClosed);
+        };
+        if !self.ctl.start() {
+            // Cancelled while it waited.
+            return shared.release();
+        }
+        let run = self.attempts + 1;
+        self.ctl.run.store(run, Ordering::Release);
+        if let Some(timeout) = self.timeout {
+            let ctl = Arc::downgrade(&self.ctl);
+            let at = Instant::now() + timeout;
+            let action = Box::new(move |stopping: bool| {
+                if let (false, Some(ctl)) = (stopping, ctl.upgrade()) {
+                    ctl.time_out(run);
+                }
+            });
+            if let Err(e) = shared.timers.at(at, action) {
+                tracing::warn!("a thread pool's timer thread could not start: {e}");
+            }
+        }
+        let outcome = catch_panic(&mut self.work).and_then(|r| r);
+        if let Err(e) = &outcome {
+            let policy = self.retry.as_ref();
+            // A run that timed out still holds its thread: it is not run again.
+            if !matches!(e, TaskError::TimedOut)
+                && policy.is_some_and(|p| p.should_retry(run, e))
+                && self.ctl.swap(RUNNING, QUEUED)
+            {
+                let delay = policy.map_or(Duration::ZERO, |p| p.delay(run));
+                tracing::debug!(attempt = run, ?delay, "retrying a thread pool task: {e}");
+                self.attempts = run;
+                return if delay.is_zero() {
+                    self.queue_now(&shared)
+                } else {
+                    self.queue_at(&shared, Instant::now() + delay)
+                };
+            }
+        }
+        self.ctl.complete(outcome);
+        shared.release();
     }
 }
 
@@ -311,8 +525,9 @@ fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, TaskError> {
 /// Tasks are closures (`FnOnce` for [`submit`](Self::submit), `Fn` shared by every
 /// item for the maps); nothing is encoded. A panic fails its task with
 /// [`TaskError::Panicked`] and the thread goes on. Threads cannot be killed, so unlike
-/// [`Pool`](crate::Pool) a running task cannot be cancelled or timed out, and a crash
-/// takes the whole process: use [`Pool`](crate::Pool) for code that may crash or hang.
+/// [`Pool`](crate::Pool) a running task cannot be cancelled, and one that times out
+/// ([`TaskOptions::timeout`]) runs on unread; a crash takes the whole process: use
+/// [`Pool`](crate::Pool) for code that may crash or hang.
 ///
 /// Dropping the pool fails the tasks still queued with [`TaskError::PoolClosed`] and
 /// waits for the running ones (their threads cannot be stopped). Call
@@ -378,6 +593,7 @@ impl ThreadPool {
     /// [`TaskError::PoolClosed`] after [`close`](Self::close) or
     /// [`terminate`](Self::terminate); [`TaskError::PoolBroken`] after an initializer
     /// failed.
+    #[doc(alias = "apply_async")]
     pub fn submit<R, F>(&self, f: F) -> Result<Task<R>, TaskError>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -385,7 +601,72 @@ impl ThreadPool {
     {
         let cell = Cell::<R>::new();
         let handle = self.shared.push(cell.clone(), 0, move || catch_panic(f))?;
-        Ok(Task::thread(cell, 0, Some(handle)))
+        Ok(Task::new(cell, 0, Some(handle)))
+    }
+
+    /// As [`submit`](Self::submit), with options of its own ([`TaskOptions`]): a delay,
+    /// a retry policy, a timeout. A retry runs `f` again, so it is `FnMut`. A task
+    /// that times out ends as [`TaskError::TimedOut`] at once, but its thread cannot be
+    /// stopped: the closure runs on and its value is dropped (and such a run is not
+    /// retried). Delays and timeouts are kept by one timer thread per pool, started
+    /// with the first.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`TaskError::InvalidArgument`] for a zero timeout or
+    /// a cluster's option.
+    pub fn submit_with<R, F>(&self, mut f: F, opts: TaskOptions) -> Result<Task<R>, TaskError>
+    where
+        F: FnMut() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let cell = Cell::<R>::new();
+        let work: Work<R> = Box::new(move || Ok(f()));
+        let handle = self.shared.push_with(cell.clone(), work, &opts)?;
+        Ok(Task::new(cell, 0, Some(handle)))
+    }
+
+    /// Runs a closure that fails with its own error: an `Err` is the task's failure,
+    /// [`TaskError::Failed`], carrying the error (see [`Failure`](crate::Failure):
+    /// `downcast_ref` finds the value, `decode` its encoding). The same as
+    /// [`Pool::submit_fallible`](crate::Pool::submit_fallible), for closures.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub fn submit_fallible<T, E, F>(&self, f: F) -> Result<Task<T>, TaskError>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Serialize + DeserializeOwned + fmt::Display + Send + Sync + 'static,
+    {
+        let cell = Cell::<T>::new();
+        let run = move || catch_panic(f).and_then(|r| r.map_err(fallible::failed));
+        let handle = self.shared.push(cell.clone(), 0, run)?;
+        Ok(Task::new(cell, 0, Some(handle)))
+    }
+
+    /// As [`submit_fallible`](Self::submit_fallible), with options of its own (see
+    /// [`submit_with`](Self::submit_with)): the retry policy sees the `Err` as
+    /// [`TaskError::Failed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_with`](Self::submit_with).
+    pub fn submit_fallible_with<T, E, F>(
+        &self,
+        mut f: F,
+        opts: TaskOptions,
+    ) -> Result<Task<T>, TaskError>
+    where
+        F: FnMut() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Serialize + DeserializeOwned + fmt::Display + Send + Sync + 'static,
+    {
+        let cell = Cell::<T>::new();
+        let work: Work<T> = Box::new(move || f().map_err(fallible::failed));
+        let handle = self.shared.push_with(cell.clone(), work, &opts)?;
+        Ok(Task::new(cell, 0, Some(handle)))
     }
 
     /// Runs `f` on a pool thread and waits for its result (Python's `apply`).
@@ -401,6 +682,25 @@ impl ThreadPool {
         self.submit(f)?.wait()
     }
 
+    /// As [`apply`](Self::apply), waiting at most `timeout`. A task still queued then
+    /// is cancelled; one running cannot be stopped and runs on, unread.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply), plus [`TaskError::Timeout`].
+    pub fn apply_timeout<R, F>(&self, f: F, timeout: Duration) -> Result<R, TaskError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut task = self.submit(f)?;
+        let out = task.wait_timeout(timeout);
+        if matches!(out, Err(TaskError::Timeout)) {
+            task.cancel();
+        }
+        out
+    }
+
     /// Runs `f` on every item, in chunks (about four per thread), and returns the results
     /// in order.
     ///
@@ -414,9 +714,69 @@ impl ThreadPool {
         R: Send + 'static,
         I: IntoIterator<Item = T>,
     {
+        self.map_until(f, items, None)
+    }
+
+    /// As [`map`](Self::map), waiting at most `timeout` for all the results. Chunks
+    /// still queued then are cancelled; running ones cannot be stopped and run on,
+    /// unread.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), plus [`TaskError::Timeout`].
+    pub fn map_timeout<T, R, F, I>(
+        &self,
+        f: F,
+        items: I,
+        timeout: Duration,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        F: Fn(T) -> R + Send + Sync + 'static,
+        T: Send + 'static,
+        R: Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.map_until(f, items, Instant::now().checked_add(timeout))
+    }
+
+    /// `map` with the default chunking, waiting until `deadline`.
+    fn map_until<T, R, F, I>(
+        &self,
+        f: F,
+        items: I,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        F: Fn(T) -> R + Send + Sync + 'static,
+        T: Send + 'static,
+        R: Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
         let items: Vec<T> = items.into_iter().collect();
         let chunk = items.len().div_ceil(self.threads * 4).max(1);
-        self.map_inner(f, items, chunk, &mut |_| {})
+        self.map_inner(f, items, chunk, deadline, &mut |_| {})
+    }
+
+    /// As [`map`](Self::map), with a context every call gets by reference (Python's
+    /// `functools.partial`, or an initializer that sets a global): `f(&ctx, item)`.
+    /// On threads the context is shared, not copied; [`Pool::map_with`] sends it once to
+    /// each worker process.
+    ///
+    /// [`Pool::map_with`]: crate::Pool::map_with
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    pub fn map_with<C, T, R, F, I>(&self, ctx: C, f: F, items: I) -> Result<Vec<R>, TaskError>
+    where
+        C: Send + Sync + 'static,
+        F: Fn(&C, T) -> R + Send + Sync + 'static,
+        T: Send + 'static,
+        R: Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        let ctx = Arc::new(ctx);
+        self.map(move |item| f(&ctx, item), items)
     }
 
     /// As [`map`](Self::map), with `chunk_size` items per task.
@@ -436,7 +796,7 @@ impl ThreadPool {
         R: Send + 'static,
         I: IntoIterator<Item = T>,
     {
-        self.map_inner(f, items, chunk_size, &mut |_| {})
+        self.map_inner(f, items, chunk_size, None, &mut |_| {})
     }
 
     /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr.
@@ -455,7 +815,7 @@ impl ThreadPool {
         let items: Vec<T> = items.into_iter().collect();
         let bar = indicatif::ProgressBar::new(items.len() as u64);
         let chunk = items.len().div_ceil(self.threads * 4).max(1);
-        let out = self.map_inner(f, items, chunk, &mut |n| bar.inc(n as u64));
+        let out = self.map_inner(f, items, chunk, None, &mut |n| bar.inc(n as u64));
         bar.finish();
         out
     }
@@ -465,6 +825,7 @@ impl ThreadPool {
         f: F,
         items: I,
         chunk_size: usize,
+        deadline: Option<Instant>,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<R>, TaskError>
     where
@@ -491,7 +852,11 @@ impl ThreadPool {
         }
         let mut out = Vec::new();
         for slot in 0..handles.len() {
-            match stream.take(Some(slot), &|| {}).1 {
+            let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &|| {}) else {
+                cancel_all(&handles[slot..]);
+                return Err(TaskError::Timeout);
+            };
+            match outcome {
                 Ok(results) => {
                     progress(results.len());
                     out.extend(results);
@@ -507,65 +872,36 @@ impl ThreadPool {
 
     /// Runs `f` on every item, one task each, lazily with bounded work in flight (an
     /// endless iterator works); results in item order (Python's `imap`).
-    pub fn imap<'p, T, R, F, I>(
-        &'p self,
-        f: F,
-        items: I,
-    ) -> impl Iterator<Item = Result<R, TaskError>> + 'p
+    pub fn imap<T, R, F, I>(&self, f: F, items: I) -> ThreadImap<'_, T, R, I::IntoIter>
     where
         F: Fn(T) -> R + Send + Sync + 'static,
         T: Send + 'static,
         R: Send + 'static,
         I: IntoIterator<Item = T>,
-        I::IntoIter: 'p,
     {
-        self.lazy(f, items.into_iter(), true)
+        ThreadImap::new(self, Arc::new(f), items.into_iter())
     }
 
     /// As [`imap`](Self::imap), with results in the order tasks finish (Python's
     /// `imap_unordered`).
-    pub fn imap_unordered<'p, T, R, F, I>(
-        &'p self,
+    pub fn imap_unordered<T, R, F, I>(
+        &self,
         f: F,
         items: I,
-    ) -> impl Iterator<Item = Result<R, TaskError>> + 'p
+    ) -> ThreadImap<'_, T, R, I::IntoIter, false>
     where
         F: Fn(T) -> R + Send + Sync + 'static,
         T: Send + 'static,
         R: Send + 'static,
         I: IntoIterator<Item = T>,
-        I::IntoIter: 'p,
     {
-        self.lazy(f, items.into_iter(), false)
+        ThreadImap::new(self, Arc::new(f), items.into_iter())
     }
 
-    fn lazy<T, R, F, I>(&self, f: F, items: I, ordered: bool) -> Lazy<ThreadBackend<'_, F, R>, T, I>
-    where
-        F: Fn(T) -> R + Send + Sync + 'static,
-        T: Send + 'static,
-        R: Send + 'static,
-        I: Iterator<Item = T>,
-    {
-        Lazy {
-            feed: Feed::new(self.backend(f), items),
-            ordered,
-        }
-    }
-
-    fn backend<T, R, F>(&self, f: F) -> ThreadBackend<'_, F, R>
-    where
-        F: Fn(T) -> R + Send + Sync + 'static,
-    {
-        ThreadBackend {
-            pool: self,
-            f: Arc::new(f),
-            _result: std::marker::PhantomData,
-        }
-    }
-
-    /// Refuses new tasks; queued ones still run, then the threads exit.
+    /// Refuses new tasks; queued ones still run (and delayed or retried ones of
+    /// [`submit_with`](Self::submit_with)), then the threads exit.
     pub fn close(&self) {
-        unpoisoned::lock(&self.shared.tx).take();
+        self.shared.close();
     }
 
     /// Closes the pool and waits until every task has finished and every thread has
@@ -576,20 +912,43 @@ impl ThreadPool {
         self.reap();
     }
 
-    /// As [`join`](Self::join), for at most `timeout`; whether the pool has finished.
-    pub fn join_timeout(&self, timeout: Duration) -> bool {
+    /// As [`join`](Self::join), for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Timeout`] if tasks still run: the pool stays closed and can be
+    /// joined again.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
         self.close();
-        let done = self.shared.wait_exited(Instant::now().checked_add(timeout));
-        if done {
+        if self.shared.wait_exited(Instant::now().checked_add(timeout)) {
             self.reap();
+            Ok(())
+        } else {
+            Err(PoolError::Timeout)
         }
-        done
     }
 
     /// Refuses new tasks and fails the queued ones with [`TaskError::PoolClosed`].
     /// Running tasks finish (threads cannot be stopped).
     pub fn terminate(&self) {
         self.shared.fail_all(None);
+        self.shared.timers.stop();
+    }
+
+    /// Python's `Executor.shutdown(wait, cancel_futures)`: closes the pool; with
+    /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (running
+    /// ones finish); with `wait`, waits until every task has finished and every thread
+    /// has exited ([`join`](Self::join)).
+    pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
+        self.close();
+        if cancel_pending {
+            while let Ok(job) = self.shared.rx.try_recv() {
+                job(Some(TaskError::Cancelled));
+            }
+        }
+        if wait {
+            self.join();
+        }
     }
 
     fn reap(&self) {
@@ -615,16 +974,17 @@ fn cancel_all(handles: &[Weak<dyn Cancel>]) {
     }
 }
 
+/// A shared closure of a lazy map.
+type MapFn<T, R> = Arc<dyn Fn(T) -> R + Send + Sync>;
+
 /// Feeds a thread pool: one job per item, running a shared closure.
-struct ThreadBackend<'p, F, R> {
+struct ThreadBackend<'p, T, R> {
     pool: &'p ThreadPool,
-    f: Arc<F>,
-    _result: std::marker::PhantomData<fn() -> R>,
+    f: MapFn<T, R>,
 }
 
-impl<T, R, F> Backend<T> for ThreadBackend<'_, F, R>
+impl<T, R> Backend<T> for ThreadBackend<'_, T, R>
 where
-    F: Fn(T) -> R + Send + Sync + 'static,
     T: Send + 'static,
     R: Send + 'static,
 {
@@ -652,16 +1012,105 @@ where
     }
 }
 
-/// The iterator of [`ThreadPool::imap`] and [`ThreadPool::imap_unordered`].
-struct Lazy<B: Backend<T>, T, I> {
-    feed: Feed<B, T, I>,
-    ordered: bool,
+/// The iterator of [`ThreadPool::imap`] (and, with `ORDERED = false`, of
+/// [`ThreadPool::imap_unordered`]): each item's own result.
+pub struct ThreadImap<'p, T, R, I, const ORDERED: bool = true>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    feed: Feed<ThreadBackend<'p, T, R>, T, I>,
 }
 
-impl<B: Backend<T>, T, I: Iterator<Item = T>> Iterator for Lazy<B, T, I> {
-    type Item = Result<B::Raw, TaskError>;
+impl<'p, T, R, I, const ORDERED: bool> ThreadImap<'p, T, R, I, ORDERED>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    I: Iterator<Item = T>,
+{
+    fn new(pool: &'p ThreadPool, f: MapFn<T, R>, items: I) -> Self {
+        ThreadImap {
+            feed: Feed::new(ThreadBackend { pool, f }, items),
+        }
+    }
+
+    /// The next result, waiting at most `timeout`: `Some(Err(TaskError::Timeout))` if
+    /// it is not there by then, and the iterator goes on.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.feed
+            .next_outcome_until(ORDERED, Instant::now().checked_add(timeout))
+    }
+
+    /// The same map as an async stream (see [`Imap::into_stream`](crate::Imap::into_stream)).
+    pub fn into_stream(self) -> ThreadImapStream<'p, T, R, I, ORDERED> {
+        ThreadImapStream { imap: self }
+    }
+}
+
+impl<T, R, I, const ORDERED: bool> Iterator for ThreadImap<'_, T, R, I, ORDERED>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    I: Iterator<Item = T>,
+{
+    type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.feed.next_outcome(self.ordered)
+        self.feed.next_outcome(ORDERED)
+    }
+}
+
+impl<T, R, I, const ORDERED: bool> fmt::Debug for ThreadImap<'_, T, R, I, ORDERED>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(if ORDERED {
+            "ThreadImap"
+        } else {
+            "ThreadImapUnordered"
+        })
+        .finish_non_exhaustive()
+    }
+}
+
+/// [`ThreadImap`] as an async stream ([`ThreadImap::into_stream`]).
+pub struct ThreadImapStream<'p, T, R, I, const ORDERED: bool = true>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    imap: ThreadImap<'p, T, R, I, ORDERED>,
+}
+
+/// Nothing in it is pinned (its parts are moved freely), whatever the input iterator.
+impl<T, R, I, const ORDERED: bool> Unpin for ThreadImapStream<'_, T, R, I, ORDERED>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+}
+
+impl<T, R, I, const ORDERED: bool> futures_core::Stream for ThreadImapStream<'_, T, R, I, ORDERED>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    I: Iterator<Item = T>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().imap.feed.poll_outcome(ORDERED, cx)
+    }
+}
+
+impl<T, R, I, const ORDERED: bool> fmt::Debug for ThreadImapStream<'_, T, R, I, ORDERED>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadImapStream").finish_non_exhaustive()
     }
 }

@@ -4,13 +4,20 @@
 //! `cancel` that came first), runs it, and sends the outcome on the pool's results
 //! channel, shared by all workers. A panic is caught and reported; the worker goes on.
 //!
-//! A job is `JOB_HEADER` bytes (task id, ticket, ticket generation, entry) and the
-//! encoded argument; an outcome is `OUTCOME_HEADER` bytes (task id, ticket, kind) and a
-//! body that depends on the kind. Both are filled in place: the argument and the result
-//! are encoded after room left for the header, so nothing is copied to add it.
+//! A job is `JOB_HEADER` bytes (task id, ticket, ticket generation, entry, context) and
+//! the encoded argument; an outcome is `OUTCOME_HEADER` bytes (task id, ticket, kind)
+//! and a body that depends on the kind. Both are filled in place: the argument and the
+//! result are encoded after room left for the header, so nothing is copied to add it.
+//!
+//! A `map_with` sends its context once to each worker that runs a chunk of it: a
+//! control job (ticket `CONTROL`) before the first such chunk, which the worker keeps,
+//! decoded on first use, until a second control job drops it. Its chunks name the
+//! context in the header and run through a [`ChunkWith`] entry.
 
+use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +26,7 @@ use crate::bootstrap::RemotePanic;
 use crate::bootstrap::{Invoked, caught_panic};
 use crate::deadline::Deadline;
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail};
-use crate::sys::{self, Caller, Entry, OwnedFd, Signature};
+use crate::sys::{self, Caller, ContextCaller, Entry, OwnedFd, Signature};
 use crate::wire::codec::CodecError;
 use crate::wire::codec::{self, Encoded};
 
@@ -68,8 +75,72 @@ impl Caller for Chunk {
     }
 }
 
+/// A chunk of a `map_with`: the chunk's encoded arguments, their descriptors, and the
+/// context this worker keeps for the map.
+#[derive(Debug)]
+pub(crate) struct ContextSig;
+
+impl Signature for ContextSig {
+    type Input<'a> = (&'a [u8], Vec<OwnedFd>, &'a mut ContextSlot);
+    type Output = Invoked;
+}
+
+/// The function of a `map_with`, named for its workers.
+pub(crate) type ContextEntry = Entry<ContextSig>;
+
+/// A map's context as a worker keeps it: as it came, then decoded on first use.
+#[derive(Debug, Default)]
+pub(crate) struct ContextSlot {
+    encoded: Option<(Vec<u8>, Vec<OwnedFd>)>,
+    decoded: Option<Result<Box<dyn Any + Send>, crate::CodecError>>,
+}
+
+/// Runs a chunk of a `map_with` ([`run_chunk_with`]).
+#[derive(Debug)]
+pub(crate) struct ChunkWith;
+
+impl ContextCaller for ChunkWith {
+    type Sig = ContextSig;
+
+    fn call<X, A, R>(
+        f: fn(&X, A) -> R,
+        (bytes, fds, slot): (&[u8], Vec<OwnedFd>, &mut ContextSlot),
+    ) -> Invoked
+    where
+        X: DeserializeOwned + Send + 'static,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        if slot.decoded.is_none() {
+            let (bytes, fds) = slot.encoded.take().unwrap_or_default();
+            slot.decoded =
+                Some(codec::decode::<X>(&bytes, fds).map(|x| Box::new(x) as Box<dyn Any + Send>));
+        }
+        let ctx = match &slot.decoded {
+            Some(Ok(ctx)) => match ctx.downcast_ref::<X>() {
+                Some(ctx) => ctx,
+                None => {
+                    return Invoked::BadArgs(CodecError::new(
+                        "the map's context is of another type",
+                    ));
+                }
+            },
+            Some(Err(e)) => return Invoked::BadArgs(e.clone()),
+            None => return Invoked::BadArgs(CodecError::new("the map's context is missing")),
+        };
+        run_chunk(|a| f(ctx, a), bytes, fds)
+    }
+}
+
 /// Bytes before a job's argument.
-pub(crate) const JOB_HEADER: usize = 32;
+pub(crate) const JOB_HEADER: usize = 40;
+/// The ticket of a control job (not a task): `generation` says what it does, `context`
+/// which context.
+pub(crate) const CONTROL: u32 = u32::MAX;
+/// Control: keep the job's body as context `context`.
+pub(crate) const CONTEXT_PUT: u32 = 1;
+/// Control: drop context `context`.
+pub(crate) const CONTEXT_DROP: u32 = 2;
 /// Bytes before an outcome's body.
 pub(crate) const OUTCOME_HEADER: usize = 16;
 
@@ -96,7 +167,10 @@ pub(crate) struct JobHeader {
     pub(crate) id: u64,
     pub(crate) ticket: u32,
     pub(crate) generation: u32,
+    /// For a chunk of a `map_with` (`context` not 0), the words of a `ContextEntry`.
     pub(crate) entry: TaskEntry,
+    /// The `map_with` context the job runs with (0: none).
+    pub(crate) context: u64,
 }
 
 impl JobHeader {
@@ -107,6 +181,7 @@ impl JobHeader {
         let [trampoline, function] = self.entry.to_words();
         buf[16..24].copy_from_slice(&trampoline.to_le_bytes());
         buf[24..32].copy_from_slice(&function.to_le_bytes());
+        buf[32..40].copy_from_slice(&self.context.to_le_bytes());
     }
 
     pub(crate) fn read(buf: &[u8]) -> Option<JobHeader> {
@@ -119,6 +194,7 @@ impl JobHeader {
                 u64::from_le_bytes(h[16..24].try_into().ok()?),
                 u64::from_le_bytes(h[24..32].try_into().ok()?),
             ]),
+            context: u64::from_le_bytes(h[32..40].try_into().ok()?),
         })
     }
 }
@@ -216,11 +292,27 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             return;
         }
     }
+    let mut contexts: FxHashMap<u64, ContextSlot> = FxHashMap::default();
     loop {
         let mut serve = |bytes: &[u8], fds: Vec<OwnedFd>| {
             let Some(job) = JobHeader::read(bytes) else {
                 return;
             };
+            if job.ticket == CONTROL {
+                match job.generation {
+                    CONTEXT_PUT => {
+                        let slot = ContextSlot {
+                            encoded: Some((bytes[JOB_HEADER..].to_vec(), fds)),
+                            decoded: None,
+                        };
+                        contexts.insert(job.context, slot);
+                    }
+                    _ => {
+                        contexts.remove(&job.context);
+                    }
+                }
+                return;
+            }
             let header = |kind| OutcomeHeader {
                 id: job.id,
                 ticket: job.ticket,
@@ -237,7 +329,17 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 tracing::warn!("pool worker: cannot limit CPU time: {e}");
             }
             let ran = panic::catch_unwind(AssertUnwindSafe(|| {
-                sys::call(job.entry, &proof, (&bytes[JOB_HEADER..], fds))
+                if job.context == 0 {
+                    return sys::call(job.entry, &proof, (&bytes[JOB_HEADER..], fds));
+                }
+                // The pool sends a map's context before its first chunk to a worker.
+                let Some(slot) = contexts.get_mut(&job.context) else {
+                    return Invoked::BadArgs(CodecError::new(
+                        "the map's context did not reach this worker",
+                    ));
+                };
+                let entry = ContextEntry::from_words(job.entry.to_words());
+                sys::call(entry, &proof, (&bytes[JOB_HEADER..], fds, slot))
             }));
             match ran {
                 Ok(Invoked::Returned(out)) => send(header(kind::RETURNED), out),
@@ -295,7 +397,7 @@ where
 
 /// Runs a chunk of tasks: decodes a sequence of arguments and calls `f` on each, a
 /// panic failing only its own item; the result is the sequence of outcomes.
-fn run_chunk<A, R>(f: fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
+fn run_chunk<A, R>(f: impl Fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
 where
     A: DeserializeOwned,
     R: Serialize,

@@ -1,8 +1,11 @@
 //! `JoinHandle` and what the parent keeps about each child.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -184,6 +187,20 @@ impl ChildRecord {
                 tracing::trace!(pid = self.pid, "call not delivered: {e}");
             }
         }
+    }
+
+    /// What to watch, from a future, to learn that joining may have progressed: the
+    /// pidfd (the process ended), the fork server's status pipe, and the call channel
+    /// (a large result is only sent as it is read).
+    fn watchers(&self) -> std::io::Result<Vec<sys::Watched>> {
+        let mut out = vec![sys::Watched::new(self.pidfd.as_fd())?];
+        if let StatusSource::Relay(pipe) = &unpoisoned::lock(&self.status).source {
+            out.push(sys::Watched::new(pipe.as_fd())?);
+        }
+        if let Some(ch) = unpoisoned::lock(&self.channel).as_ref() {
+            out.push(sys::Watched::new(ch.conn.fd())?);
+        }
+        Ok(out)
     }
 
     /// Drops the parent's end of the call channel (nobody will read the result).
@@ -395,6 +412,8 @@ pub struct JoinHandle<R> {
     stdout: Option<std::process::ChildStdout>,
     stderr: Option<std::process::ChildStderr>,
     joined: bool,
+    /// Registered with the async reactor the first time the handle is polled.
+    watchers: Option<Vec<sys::Watched>>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -417,6 +436,7 @@ impl<R> JoinHandle<R> {
             stdout,
             stderr,
             joined: false,
+            watchers: None,
             _result: PhantomData,
         }
     }
@@ -526,6 +546,69 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             self.joined = true;
         }
         result
+    }
+}
+
+/// A `JoinHandle` is a future of the join's result, under any async runtime: it is woken
+/// by the process's pidfd (and by its result channel, which a large result fills as it
+/// is read) through async-io's reactor, which runs on a thread of its own when no smol
+/// executor drives it. No thread waits per child.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let _guard = multiproc::init();
+/// let child = multiproc::spawn(|x: u64| x * 2, 21)?;
+/// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+/// assert_eq!(runtime.block_on(child)?, 42);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Polled after it returned its result, it returns [`ProcessError::Joined`].
+impl<R: DeserializeOwned> Future for JoinHandle<R> {
+    type Output = Result<R, ProcessError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Nothing in a handle is pinned: it is moved freely.
+        let this = self.get_mut();
+        loop {
+            match this.join_until(Some(Instant::now())) {
+                Err(ProcessError::Timeout) => {}
+                done => return Poll::Ready(done),
+            }
+            if this.watchers.is_none() {
+                match this.record.watchers() {
+                    Ok(w) => this.watchers = Some(w),
+                    Err(e) => return Poll::Ready(Err(ProcessError::Io(e))),
+                }
+            }
+            let mut woken = false;
+            for w in this.watchers.iter().flatten() {
+                match w.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => woken = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ProcessError::Io(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !woken {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// The process's pidfd (Python's `Process.sentinel`): readable once the process has
+/// ended, to poll or register with an event loop of your own.
+impl<R> AsFd for JoinHandle<R> {
+    fn as_fd(&self) -> sys::BorrowedFd<'_> {
+        self.record.pidfd()
+    }
+}
+
+/// The process's pidfd (Python's `Process.sentinel`), as for [`JoinHandle`].
+impl AsFd for ChildProcess {
+    fn as_fd(&self) -> sys::BorrowedFd<'_> {
+        self.record.pidfd()
     }
 }
 

@@ -199,9 +199,11 @@ impl Job {
             let opts = crate::cluster::TaskOptions::new()
                 .idempotency_key(key)
                 .leader(run.leader.to_string());
-            let task = cluster
-                .submit_with(def, args.clone(), opts)
-                .map_err(|e| TaskError::Failed(format!("cannot submit: {e}")))?;
+            let task = cluster.submit_with(def, args.clone(), opts).map_err(|e| {
+                TaskError::Failed(crate::pool::Failure::message_only(format!(
+                    "cannot submit: {e}"
+                )))
+            })?;
             Ok(Box::pin(async move { task.await.map(drop) }))
         };
         Job::with_target(name, schedule, Target::Cluster(Arc::new(start)))

@@ -48,6 +48,12 @@ pub(crate) struct Produced {
     /// consumers' cache line only when these say the ring might be full.
     pub(crate) seen_head: AtomicU64,
     pub(crate) seen_taken: AtomicU64,
+    /// The ring producers write to: 0 for the channel's own, `k` for overflow segment
+    /// `k` (an unbounded channel's).
+    pub(crate) ring: AtomicU64,
+    /// While a producer moves to another ring: 1 + the ring it leaves, whose link record
+    /// is written but may not be published yet (see `Overflow`); 0 otherwise.
+    pub(crate) leaving: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.
@@ -64,6 +70,9 @@ pub(crate) struct Consumed {
     /// The producers' `tail` as last seen: consumers look at the producers' cache line
     /// only when this says the ring might be empty.
     pub(crate) seen_tail: AtomicU64,
+    /// The ring consumers read from: 0 for the channel's own, `k` for overflow segment
+    /// `k`.
+    pub(crate) ring: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.
@@ -87,9 +96,66 @@ pub(crate) struct Sleepers {
 // SAFETY: `repr(C)`, made only of atomics.
 unsafe impl SharedWords for Sleepers {}
 
-/// The head of a channel's segment; the ring of messages follows at `RING_OFFSET`.
+/// Overflow segments that an unbounded channel keeps freed: reused before the file grows.
+/// `warm` ones still have their memory (a producer that cycles through a few segments
+/// does not fault their pages in again); the bits of `cold` mark ones whose memory was
+/// given back.
+pub(crate) const WARM_SEGMENTS: usize = 4;
+pub(crate) const COLD_WORDS: usize = 384;
+/// The most overflow segments an unbounded channel has (one bit each in `cold`).
+pub(crate) const MAX_SEGMENTS: u64 = (COLD_WORDS * 64) as u64;
+
+/// An unbounded channel's overflow: the segments its file holds after the ring, and a
+/// producer's move from one ring to another in progress (written before it publishes
+/// the link record, so that a producer that dies half-way is finished by the next).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Overflow {
+    /// Segments the file has room for (1 to `made`).
+    pub(crate) made: AtomicU64,
+    /// The move in progress (`Produced::leaving` says whether there is one): where the
+    /// link record starts in the ring left, where it ends, and the ring moved to.
+    pub(crate) link_at: AtomicU64,
+    pub(crate) link_end: AtomicU64,
+    pub(crate) link_to: AtomicU64,
+    /// Freed segments with their memory (0: an empty place).
+    pub(crate) warm: [AtomicU64; WARM_SEGMENTS],
+    /// Freed segments without it: bit `k - 1`.
+    pub(crate) cold: [AtomicU64; COLD_WORDS],
+}
+
+// SAFETY: `repr(C)`, made only of atomics.
+unsafe impl SharedWords for Overflow {}
+
+/// The head of an overflow segment (its first page); its ring follows.
 #[repr(C)]
 #[derive(Debug, Default)]
+pub(crate) struct SegmentHeader {
+    /// `MPSEG001` once initialised by the producer that made or reused it.
+    pub(crate) magic: AtomicU64,
+    /// Its number, `k`.
+    pub(crate) index: AtomicU64,
+    /// Its ring's positions (only `tail`, `seen_head`, `head` and `seen_tail` are used;
+    /// item counts are the channel's).
+    pub(crate) produced: CacheLine<Produced>,
+    pub(crate) consumed: CacheLine<Consumed>,
+}
+
+// SAFETY: `repr(C)`, made only of atomics and other `SharedWords`.
+unsafe impl SharedWords for SegmentHeader {}
+
+impl SegmentHeader {
+    /// `MPSEG001`.
+    pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPSEG001");
+    /// Where the segment's ring starts.
+    pub(crate) const RING_OFFSET: usize = 4096;
+}
+
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= SegmentHeader::RING_OFFSET);
+
+/// The head of a channel's segment; the ring of messages follows at `RING_OFFSET`.
+#[repr(C)]
+#[derive(Debug)]
 pub(crate) struct ChannelHeader {
     pub(crate) magic: AtomicU64,
     /// Size of the ring in bytes (a multiple of 8).
@@ -107,6 +173,9 @@ pub(crate) struct ChannelHeader {
     pub(crate) produced: CacheLine<Produced>,
     pub(crate) consumed: CacheLine<Consumed>,
     pub(crate) sleepers: CacheLine<Sleepers>,
+    /// 1 for an unbounded channel (its ring overflows into segments), 0 otherwise.
+    pub(crate) growable: AtomicU64,
+    pub(crate) overflow: CacheLine<Overflow>,
 }
 
 // SAFETY: `repr(C)`, made only of atomics and other `SharedWords`.
@@ -197,6 +266,9 @@ pub(crate) struct EventWords {
     /// 1 when set; waiters sleep on it.
     pub(crate) flag: AtomicU32,
     pub(crate) sleepers: AtomicU32,
+    /// Async waiters (`wait_async`), which poll the event's doorbell instead.
+    pub(crate) async_sleepers: AtomicU32,
+    pub(crate) _reserved: AtomicU32,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.

@@ -27,26 +27,49 @@ unsafe impl SharedWords for AtomicU64 {}
 
 /// A shared mapping of an anonymous memory file (memfd): it exists while a process maps
 /// it or holds its descriptor, and vanishes with the last one, however that process
-/// ends. Its size is sealed, so no process can shrink it under another's mapping.
+/// ends. Its size is sealed, so no process can shrink it under another's mapping. The
+/// mapped bytes are reached through its [`Region`].
 pub(crate) struct Segment {
     fd: OwnedFd,
+    region: Region,
+}
+
+/// Mapped shared bytes: a whole segment, or a range of a memory file mapped apart (an
+/// unbounded channel's overflow). Unmapped when dropped; holds no descriptor.
+pub(crate) struct Region {
     ptr: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the mapping stays valid for the segment's life wherever it is used from, and
-// the segment hands out only `&` references to `SharedWords` (atomics) and copies made
+// SAFETY: the mapping stays valid for the region's life wherever it is used from, and
+// the region hands out only `&` references to `SharedWords` (atomics) and copies made
 // through raw pointers.
-unsafe impl Send for Segment {}
+unsafe impl Send for Region {}
 // SAFETY: as above: nothing in it needs exclusive access.
-unsafe impl Sync for Segment {}
+unsafe impl Sync for Region {}
 
 impl fmt::Debug for Segment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Segment")
             .field("fd", &self.fd)
+            .field("len", &self.region.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region")
             .field("len", &self.len)
             .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Segment {
+    type Target = Region;
+
+    fn deref(&self) -> &Region {
+        &self.region
     }
 }
 
@@ -76,6 +99,32 @@ impl Segment {
         Self::map(fd, len)
     }
 
+    /// A new segment of `len` bytes, zeroed, whose file may grow (never shrink) past
+    /// what is mapped: an unbounded channel's.
+    pub(crate) fn create_growable(name: &str, len: usize) -> io::Result<Self> {
+        let fd = sys::memfd_growable(name, len as u64)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps the first `len` bytes of a growable segment received from another process.
+    /// Refuses one that could shrink, or is shorter than `len`.
+    pub(crate) fn open_growable(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        if !sys::shrink_sealed(fd.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory that may shrink",
+            ));
+        }
+        let actual = sys::file_len(fd.as_fd())?;
+        if actual < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared memory of {actual} bytes, expected at least {len}"),
+            ));
+        }
+        Self::map(fd, len)
+    }
+
     /// Maps a named segment (which cannot be sealed: see `shm::named`) of `len` bytes.
     pub(crate) fn map_named(fd: OwnedFd, len: usize) -> io::Result<Self> {
         Self::map(fd, len)
@@ -83,14 +132,34 @@ impl Segment {
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
         let ptr = sys::map_shared(fd.as_fd(), len, true)?;
-        Ok(Segment { fd, ptr, len })
+        Ok(Segment {
+            fd,
+            region: Region { ptr, len },
+        })
+    }
+
+    /// Maps `len` bytes of this segment's file from `offset` (a multiple of the page
+    /// size), checking that the file is that long; it must not shrink (a growable
+    /// segment's cannot).
+    pub(crate) fn map_range(&self, offset: u64, len: usize) -> io::Result<Region> {
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > sys::file_len(self.fd.as_fd()).unwrap_or(0)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a range past the end of the shared memory",
+            ));
+        }
+        let ptr = sys::map_shared_at(self.fd.as_fd(), offset, len, true)?;
+        Ok(Region { ptr, len })
     }
 
     /// The memory file, to pass to another process.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
 
+impl Region {
     /// Its size in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -177,10 +246,10 @@ impl Segment {
     }
 }
 
-impl Drop for Segment {
+impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`; every reference into it borrows `self`,
-        // so none is left.
+        // SAFETY: the mapping made in `Segment::map` or `map_range`; every reference
+        // into it borrows `self`, so none is left.
         unsafe { sys::unmap(self.ptr, self.len) };
     }
 }

@@ -3,15 +3,22 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::lock::object_handle;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::raw::wait_for;
 use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::EventWords;
-use crate::shm::object::{Kind, Object, Shape};
-use crate::sys;
+use crate::shm::object::{Elem, Kind, Object, Shape};
+use crate::sys::{self, AsFd, OwnedFd};
+use crate::wire::codec;
+
+/// The longest an async waiter sleeps before it looks again: the doorbell is shared by
+/// every async waiter, and one that silences it can, in a narrow window, leave another
+/// asleep while the flag is up.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// A flag that processes and threads can wait on: Python's `Event`.
 ///
@@ -40,9 +47,61 @@ use crate::sys;
 #[derive(Clone)]
 pub struct Event {
     obj: Arc<Object>,
+    /// Rung by `set` when an async waiter sleeps (an eventfd, shared by every process
+    /// holding the event: it travels with the handle).
+    bell: Arc<OwnedFd>,
 }
 
-object_handle!(Event, Kind::Event);
+/// How an event travels: the shared object and its doorbell.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    obj: ObjectOut<'a>,
+    bell: u32,
+}
+
+struct ObjectOut<'a>(&'a Object);
+
+impl Serialize for ObjectOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    obj: ObjectIn,
+    bell: u32,
+}
+
+struct ObjectIn(Object);
+
+impl<'de> Deserialize<'de> for ObjectIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d, Kind::Event, Elem::NONE).map(ObjectIn)
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bell = codec::pass_fd(self.bell.as_fd()).map_err(serde::ser::Error::custom)?;
+        WireOut {
+            obj: ObjectOut(&self.obj),
+            bell,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = WireIn::deserialize(d)?;
+        let bell = codec::take_fd(wire.bell).map_err(codec::refuse)?;
+        Ok(Event {
+            obj: Arc::new(wire.obj.0),
+            bell: Arc::new(bell),
+        })
+    }
+}
 
 impl Event {
     /// A new event, not set.
@@ -54,6 +113,7 @@ impl Event {
         let shape = Shape::plain(Kind::Event, std::mem::size_of::<EventWords>());
         Ok(Event {
             obj: Arc::new(Object::new(shape, |_| {})?),
+            bell: Arc::new(sys::doorbell().map_err(ShmError::Io)?),
         })
     }
 
@@ -64,8 +124,13 @@ impl Event {
     /// Raises the flag and wakes every waiter.
     pub fn set(&self) {
         let w = self.words();
-        if w.flag.swap(1, SeqCst) == 0 && w.sleepers.load(SeqCst) > 0 {
-            sys::futex_wake(&w.flag, u32::MAX);
+        if w.flag.swap(1, SeqCst) == 0 {
+            if w.sleepers.load(SeqCst) > 0 {
+                sys::futex_wake(&w.flag, u32::MAX);
+            }
+            if w.async_sleepers.load(SeqCst) > 0 {
+                sys::ring(self.bell.as_fd());
+            }
         }
     }
 
@@ -89,9 +154,55 @@ impl Event {
         self.wait_until(Deadline::after(timeout))
     }
 
+    /// Waits until the flag is raised without blocking the thread: the `async` form of
+    /// [`wait`](Self::wait), usable from any async runtime. It sleeps on the event's
+    /// doorbell (an eventfd `set` rings when an async waiter sleeps), through
+    /// async-io's reactor.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let _guard = multiproc::init();
+    /// let ready = multiproc::Event::new()?;
+    /// let child = multiproc::spawn(|e: multiproc::Event| e.set(), ready.clone())?;
+    /// futures_lite::future::block_on(ready.wait_async())?;
+    /// child.join()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The reactor could not watch the doorbell (out of descriptors).
+    pub async fn wait_async(&self) -> std::io::Result<()> {
+        let w = self.words();
+        loop {
+            if self.is_set() {
+                return Ok(());
+            }
+            // Counted first, then a last look: `set` raises the flag, then looks at the
+            // count (both sequentially consistent), so one of us sees the other.
+            let _counted = Counted(&w.async_sleepers);
+            w.async_sleepers.fetch_add(1, SeqCst);
+            if self.is_set() {
+                return Ok(());
+            }
+            sys::readable_any(&[self.bell.as_fd()], Instant::now() + MAX_SLEEP).await?;
+            sys::silence(self.bell.as_fd());
+        }
+    }
+
     fn wait_until(&self, wait: Deadline) -> bool {
         let w = self.words();
         wait_for(&w.flag, 0, &w.sleepers, wait.instant(), || self.is_set())
+    }
+}
+
+/// An async waiter counted; uncounted when it stops waiting (or is dropped).
+struct Counted<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 

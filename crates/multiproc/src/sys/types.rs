@@ -85,6 +85,25 @@ pub(crate) trait Caller {
         R: Serialize;
 }
 
+/// How a named function that takes a context by reference is run (a `map` whose every
+/// call gets `&X`): as [`Caller`], for a `fn(&X, A) -> R`. The context is kept by the
+/// layer that runs the calls; `X` is `'static` so that it can keep it as `dyn Any`.
+pub(crate) trait ContextCaller {
+    /// The signature of the entries this caller makes.
+    type Sig: Signature;
+
+    /// Runs `f` on what `input` holds (the context, the arguments), giving back what
+    /// came of it.
+    fn call<X, A, R>(
+        f: fn(&X, A) -> R,
+        input: <Self::Sig as Signature>::Input<'_>,
+    ) -> <Self::Sig as Signature>::Output
+    where
+        X: DeserializeOwned + Send + 'static,
+        A: DeserializeOwned,
+        R: Serialize;
+}
+
 /// A function and its typed trampoline, as offsets from an anchor function in the same
 /// executable; made by `entry`, run by `call`.
 #[derive(Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::sys::{
-    Caller, CgroupKind, Entry, Forked, NotSingleThreaded, Readiness, RlimitKind, Signature,
-    WaitStatus,
+    Caller, CgroupKind, ContextCaller, Entry, Forked, NotSingleThreaded, Readiness, RlimitKind,
+    Signature, WaitStatus,
 };
 
 /// Processes cannot be started here.
@@ -128,6 +128,20 @@ pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
 }
 pub(crate) async fn readable_any(_: &[BorrowedFd<'_>], _: Instant) -> io::Result<()> {
     Err(unsupported())
+}
+/// Nothing can be watched here.
+#[derive(Debug)]
+pub(crate) struct Watched(std::convert::Infallible);
+impl Watched {
+    pub(crate) fn new(_: BorrowedFd<'_>) -> io::Result<Self> {
+        Err(unsupported())
+    }
+    pub(crate) fn poll_readable(
+        &self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.0 {}
+    }
 }
 pub(crate) fn read(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<usize> {
     Err(unsupported())
@@ -263,6 +277,15 @@ where
 {
     Err(NotInImage)
 }
+pub(crate) fn entry_with_context<C, X, A, R>(_: fn(&X, A) -> R) -> Result<Entry<C::Sig>, NotInImage>
+where
+    C: ContextCaller,
+    X: DeserializeOwned + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    Err(NotInImage)
+}
 pub(crate) fn call<S: Signature>(_: Entry<S>, proof: &SameImage, _: S::Input<'_>) -> S::Output {
     match proof.0 {}
 }
@@ -339,6 +362,26 @@ pub(crate) fn map_shared(
     _: bool,
 ) -> io::Result<std::ptr::NonNull<u8>> {
     Err(unsupported())
+}
+pub(crate) fn map_shared_at(
+    _: BorrowedFd<'_>,
+    _: u64,
+    _: usize,
+    _: bool,
+) -> io::Result<std::ptr::NonNull<u8>> {
+    Err(unsupported())
+}
+pub(crate) fn memfd_growable(_: &str, _: u64) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn grow(_: BorrowedFd<'_>, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn punch_hole(_: BorrowedFd<'_>, _: u64, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn shrink_sealed(_: BorrowedFd<'_>) -> bool {
+    false
 }
 /// # Safety
 ///

@@ -1,18 +1,19 @@
 //! The shared channel under pipes and queues; the protocol is in `README.md` here.
 
+mod overflow;
 mod side;
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::fence;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::shm::layout::ChannelHeader;
-use crate::shm::ring::{INLINE, LockWait, Ring, SIDE, record_len};
+use crate::shm::ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, Slot, Tail, record_len};
 use crate::shm::segment::{Segment, View};
 use crate::sync::raw::{SPIN_ONLY, spin_then_yield, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
@@ -103,6 +104,12 @@ struct Core {
     seg: Segment,
     ring_len: u64,
     max_items: u64,
+    /// An unbounded channel: a full ring overflows into segments of the same file
+    /// (`overflow.rs`).
+    growable: bool,
+    /// The overflow segments this process's producers and consumers last used, mapped.
+    write_map: Mutex<overflow::Mapped>,
+    read_map: Mutex<overflow::Mapped>,
     /// Producers ring it when consumers sleep.
     recv_bell: OwnedFd,
     /// Consumers ring it when producers sleep.
@@ -196,13 +203,35 @@ pub(crate) struct RawReceiver {
 
 /// A new channel with a ring of `ring` bytes holding at most `max_items` messages.
 pub(crate) fn channel(ring: usize, max_items: Option<u64>) -> io::Result<(RawSender, RawReceiver)> {
-    let ring_len = ring.clamp(MIN_RING, MAX_RING).next_multiple_of(8);
-    let seg = Segment::create("multiproc-channel", ChannelHeader::RING_OFFSET + ring_len)?;
+    make(ring, max_items, false)
+}
+
+/// A new unbounded channel: a ring of `ring` bytes (rounded up to whole pages) that
+/// overflows into segments of the same memory file, so a send never waits for room.
+pub(crate) fn unbounded(ring: usize) -> io::Result<(RawSender, RawReceiver)> {
+    make(ring, None, true)
+}
+
+fn make(
+    ring: usize,
+    max_items: Option<u64>,
+    growable: bool,
+) -> io::Result<(RawSender, RawReceiver)> {
+    let mut ring_len = ring.clamp(MIN_RING, MAX_RING).next_multiple_of(8);
+    let len = ChannelHeader::RING_OFFSET + ring_len;
+    let seg = if growable {
+        // Segments are mapped one by one: each starts on a page.
+        ring_len = ring_len.next_multiple_of(overflow::PAGE);
+        Segment::create_growable("multiproc-queue", ChannelHeader::RING_OFFSET + ring_len)?
+    } else {
+        Segment::create("multiproc-channel", len)?
+    };
     let h: &ChannelHeader = seg.at(0);
     h.ring_len.store(ring_len as u64, Relaxed);
     h.max_items
         .store(max_items.unwrap_or(u64::MAX).max(1), Relaxed);
     h.receivers.store(1, Relaxed);
+    h.growable.store(u64::from(growable), Relaxed);
     h.magic.store(ChannelHeader::MAGIC, Release);
     let (side_rx, side_tx) = sys::packet_pair()?;
     let (senders, sender_token) = sys::pipe()?;
@@ -210,6 +239,9 @@ pub(crate) fn channel(ring: usize, max_items: Option<u64>) -> io::Result<(RawSen
     let core = Arc::new(Core {
         ring_len: ring_len as u64,
         max_items: max_items.unwrap_or(u64::MAX).max(1),
+        growable,
+        write_map: Mutex::default(),
+        read_map: Mutex::default(),
         seg,
         recv_bell: sys::doorbell()?,
         send_bell: sys::doorbell()?,
@@ -236,8 +268,42 @@ impl Core {
         self.seg.at(0)
     }
 
+    /// The channel's own ring.
     fn ring(&self) -> Ring<'_> {
-        Ring::new(&self.seg, self.ring_len)
+        let h = self.header();
+        Ring::new(
+            &self.seg,
+            ChannelHeader::RING_OFFSET,
+            self.ring_len,
+            (&h.produced.0, &h.consumed.0),
+            h,
+        )
+    }
+
+    /// Whether a message is published and not taken (in any ring).
+    fn has_data(&self) -> bool {
+        if self.growable {
+            let h = self.header();
+            h.produced.0.items.load(Acquire) != h.consumed.0.items.load(Acquire)
+        } else {
+            self.ring().has_data()
+        }
+    }
+
+    /// Runs `write` on room for a record of `len` payload bytes in the ring producers
+    /// write to (in an unbounded channel, moving on to an overflow segment when it is
+    /// full). `Ok(None)`: no room (a bounded channel is full).
+    fn write_slot<R>(
+        &self,
+        tail: &mut Tail<'_>,
+        len: usize,
+        write: impl FnOnce(Slot<'_, '_>) -> R,
+    ) -> io::Result<Option<R>> {
+        if self.growable {
+            return self.write_growable(tail, len, write).map(Some);
+        }
+        let ring = self.ring();
+        Ok(ring.reserve(tail, len, self.max_items, 0).map(write))
     }
 
     /// After publishing: ring the receivers' bell if one sleeps. A receiver going to
@@ -306,22 +372,31 @@ impl RawSender {
         }
         loop {
             {
-                let ring = core.ring();
                 // A producer that died holding the lock had published nothing half-way:
-                // taking over needs no repair (see README).
-                let Some(mut tail) = ring.lock_tail(lock_wait(wait)) else {
+                // taking over needs no repair, but for a move between rings of an
+                // unbounded channel, which the next producer finishes (see README).
+                let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
                     return Err(SendFail::Full);
                 };
-                if let Some(mut slot) = tail.reserve(len, core.max_items) {
+                let written = core.write_slot(&mut tail, len, |mut slot| {
                     if !fill(slot.payload()) {
+                        return false;
+                    }
+                    slot.publish(INLINE, unfinished);
+                    true
+                });
+                match written.map_err(SendFail::Io)? {
+                    Some(true) => {
+                        drop(tail);
+                        core.wake_receivers();
+                        return Ok(());
+                    }
+                    Some(false) => {
                         return Err(SendFail::Io(io::Error::other(
                             "the message changed size while it was written",
                         )));
                     }
-                    slot.publish(INLINE, unfinished);
-                    drop(tail);
-                    core.wake_receivers();
-                    return Ok(());
+                    None => {}
                 }
             }
             self.full(len, wait)?;
@@ -357,25 +432,21 @@ impl RawSender {
         };
         loop {
             let sent = {
-                let ring = core.ring();
-                let Some(mut tail) = ring.lock_tail(lock_wait(wait)) else {
+                let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
                     return Err((msg, SendFail::Full));
                 };
-                match tail.reserve(8, core.max_items) {
-                    None => None,
-                    Some(mut slot) => {
-                        let h = core.header();
-                        let id = h.produced.0.next_side_id.load(Relaxed);
-                        match out.send(core.side_tx.as_fd(), id, &msg) {
-                            Ok(()) => {
-                                h.produced.0.next_side_id.store(id + 1, Relaxed);
-                                slot.payload().copy_from_slice(&id.to_le_bytes());
-                                slot.publish(SIDE, unfinished);
-                                Some(Ok(()))
-                            }
-                            Err(e) => Some(Err(e)),
-                        }
-                    }
+                let written = core.write_slot(&mut tail, 8, |mut slot| {
+                    let h = core.header();
+                    let id = h.produced.0.next_side_id.load(Relaxed);
+                    out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
+                        h.produced.0.next_side_id.store(id + 1, Relaxed);
+                        slot.payload().copy_from_slice(&id.to_le_bytes());
+                        slot.publish(SIDE, unfinished);
+                    })
+                });
+                match written {
+                    Ok(sent) => sent,
+                    Err(e) => return Err((msg, SendFail::Io(e))),
                 }
             };
             match sent {
@@ -432,6 +503,19 @@ impl RawSender {
         slept.map_err(SendFail::Io)
     }
 
+    /// Counts the caller among the senders waiting for room, so that receivers ring
+    /// the senders' doorbell; the returned guard uncounts it and silences the bell.
+    pub(crate) fn sleeping(&self) -> SenderSleeping<'_> {
+        self.core.header().sleepers.0.senders.fetch_add(1, SeqCst);
+        SenderSleeping(&self.core)
+    }
+
+    /// What to poll to learn that a send may go through now: the senders' doorbell
+    /// (while the caller is counted as a sleeper) and the receivers' liveness pipe.
+    pub(crate) fn writability(&self) -> [BorrowedFd<'_>; 2] {
+        [self.core.send_bell.as_fd(), self.core.receivers.as_fd()]
+    }
+
     /// Whether every receiver is gone.
     pub(crate) fn is_disconnected(&self) -> bool {
         self.core.header().receivers.load(SeqCst) == 0 || Core::all_gone(&self.core.receivers)
@@ -486,25 +570,22 @@ impl RawReceiver {
             }
             // A message is there but another consumer holds the lock (it may be stopped
             // in the middle of copying one out): the time is up.
-            if wait.passed() && core.ring().has_data() {
+            if wait.passed() && core.has_data() {
                 return Err(RecvFail::Empty);
             }
             if matches!(wait, Deadline::Now) {
                 // As crossbeam does: an empty channel with no senders is disconnected.
-                return Err(
-                    if Core::all_gone(&core.senders) && !core.ring().has_data() {
-                        RecvFail::Disconnected
-                    } else {
-                        RecvFail::Empty
-                    },
-                );
+                return Err(if Core::all_gone(&core.senders) && !core.has_data() {
+                    RecvFail::Disconnected
+                } else {
+                    RecvFail::Empty
+                });
             }
-            let ring = core.ring();
             let spin_end = Instant::now() + SPIN;
             if spin_then_yield(
                 self.spin,
                 wait.instant().map_or(spin_end, |d| d.min(spin_end)),
-                || ring.has_data(),
+                || core.has_data(),
             ) {
                 continue;
             }
@@ -513,7 +594,7 @@ impl RawReceiver {
                 if let Some(r) = self.try_take(wait, decode)? {
                     return Ok(r);
                 }
-                if !ring.has_data() {
+                if !core.has_data() {
                     return Err(RecvFail::Disconnected);
                 }
             }
@@ -521,7 +602,7 @@ impl RawReceiver {
                 return Err(RecvFail::Empty);
             }
             h.sleepers.0.receivers.fetch_add(1, SeqCst);
-            let slept = if ring.has_data() {
+            let slept = if core.has_data() {
                 Ok(())
             } else {
                 core.sleep(&core.recv_bell, &core.senders, wait)
@@ -569,38 +650,22 @@ impl RawReceiver {
     /// could not be had within `wait`.
     fn take_next(&self, wait: Deadline) -> Result<Option<Taken>, RecvFail> {
         let core = &*self.core;
-        let ring = core.ring();
-        let broken =
-            |why: String| RecvFail::Broken(format!("the channel's ring is corrupt: {why}"));
         let taken = {
             // A consumer that died holding the lock had not consumed the record it was
             // reading: it is still there for us (see README).
-            let Some(mut head) = ring.lock_head(lock_wait(wait)) else {
+            let Some(mut head) = Head::lock(core.header(), lock_wait(wait)) else {
                 return Ok(None);
             };
-            loop {
-                let Some(record) = head.next().map_err(broken)? else {
-                    break None;
-                };
-                match record.kind {
-                    INLINE => {
-                        let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-                        buf.clear();
-                        buf.extend_from_slice(record.payload());
-                        record.consume();
-                        break Some(Taken::Inline(buf));
-                    }
-                    _ => {
-                        let id = match <[u8; 8]>::try_from(record.payload()) {
-                            Ok(id) => u64::from_le_bytes(id),
-                            Err(_) => return Err(broken("a side record of the wrong size".into())),
-                        };
-                        let got = side::fetch(core.side_rx.as_fd(), id)?;
-                        record.consume();
-                        // A message taken by a consumer that died with it: go on.
-                        if let Some(msg) = got {
-                            break Some(Taken::Side(msg));
-                        }
+            if core.growable {
+                core.take_growable(&mut head)?
+            } else {
+                let ring = core.ring();
+                loop {
+                    match take_record(core, &ring, &mut head)? {
+                        Step::Taken(t) => break Some(t),
+                        Step::Empty => break None,
+                        Step::Again => {}
+                        Step::Link(..) => return Err(broken("a link in a bounded channel")),
                     }
                 }
             }
@@ -639,7 +704,7 @@ impl RawReceiver {
 
     /// Whether a receive would not block: a message is waiting, or the senders are gone.
     pub(crate) fn ready(&self) -> bool {
-        self.core.ring().has_data() || self.senders_gone()
+        self.core.has_data() || self.senders_gone()
     }
 
     /// Counts the caller among the sleepers, so that senders ring the doorbell; the
@@ -647,6 +712,72 @@ impl RawReceiver {
     pub(crate) fn sleeping(&self) -> Sleeping<'_> {
         self.core.header().sleepers.0.receivers.fetch_add(1, SeqCst);
         Sleeping(&self.core)
+    }
+}
+
+/// A channel that does not follow the protocol.
+fn broken(why: &str) -> RecvFail {
+    RecvFail::Broken(format!("the channel's ring is corrupt: {why}"))
+}
+
+/// What one look at a ring's next record gave.
+enum Step {
+    Taken(Taken),
+    /// The ring is empty.
+    Empty,
+    /// A record whose message a consumer that died had taken: look again.
+    Again,
+    /// A link record (its payload: ring, resume position), left in the ring.
+    Link(u64, u64),
+}
+
+/// Takes the next record of `ring` (under the consumers' lock `head`).
+fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step, RecvFail> {
+    let Some(record) = ring.next(head).map_err(|why| broken(&why))? else {
+        return Ok(Step::Empty);
+    };
+    match record.kind {
+        INLINE => {
+            let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            buf.clear();
+            buf.extend_from_slice(record.payload());
+            record.consume();
+            Ok(Step::Taken(Taken::Inline(buf)))
+        }
+        LINK => {
+            let word = |at: usize| {
+                record
+                    .payload()
+                    .get(at..at + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_le_bytes)
+            };
+            match (word(0), word(8)) {
+                (Some(to), Some(resume)) => Ok(Step::Link(to, resume)),
+                _ => Err(broken("a link record of the wrong size")),
+            }
+        }
+        _ => {
+            let id = match <[u8; 8]>::try_from(record.payload()) {
+                Ok(id) => u64::from_le_bytes(id),
+                Err(_) => return Err(broken("a side record of the wrong size")),
+            };
+            let got = side::fetch(core.side_rx.as_fd(), id)?;
+            record.consume();
+            // A message taken by a consumer that died with it: go on.
+            Ok(got.map_or(Step::Again, |msg| Step::Taken(Taken::Side(msg))))
+        }
+    }
+}
+
+/// A sender counted among the sleepers (see [`RawSender::sleeping`]).
+#[derive(Debug)]
+pub(crate) struct SenderSleeping<'a>(&'a Core);
+
+impl Drop for SenderSleeping<'_> {
+    fn drop(&mut self) {
+        self.0.header().sleepers.0.senders.fetch_sub(1, SeqCst);
+        sys::silence(self.0.send_bell.as_fd());
     }
 }
 
@@ -666,6 +797,8 @@ impl Drop for Sleeping<'_> {
 #[derive(Serialize, Deserialize)]
 struct WireHandle {
     segment_len: u64,
+    /// An unbounded channel (whose file grows).
+    growable: bool,
     fds: [u32; 8],
 }
 
@@ -690,6 +823,7 @@ fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::
     }
     WireHandle {
         segment_len: core.seg.len() as u64,
+        growable: core.growable,
         fds: indices,
     }
     .serialize(s)
@@ -720,12 +854,20 @@ fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), 
                 .contains(&l)
         })
         .ok_or_else(|| codec::refuse::<D::Error>("a channel segment of an impossible size"))?;
-    let seg = Segment::open(seg, len).map_err(codec::refuse)?;
+    let growable = wire.growable;
+    let seg = if growable {
+        Segment::open_growable(seg, len)
+    } else {
+        Segment::open(seg, len)
+    }
+    .map_err(codec::refuse)?;
     let h: &ChannelHeader = seg.at(0);
     let ring_len = h.ring_len.load(Acquire);
     if h.magic.load(Acquire) != ChannelHeader::MAGIC
         || ring_len as usize + ChannelHeader::RING_OFFSET != len
         || !ring_len.is_multiple_of(8)
+        || h.growable.load(Acquire) != u64::from(growable)
+        || (growable && !ring_len.is_multiple_of(overflow::PAGE as u64))
     {
         return Err(codec::refuse::<D::Error>("not a multiproc channel"));
     }
@@ -735,6 +877,9 @@ fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), 
             seg,
             ring_len,
             max_items,
+            growable,
+            write_map: Mutex::default(),
+            read_map: Mutex::default(),
             recv_bell,
             send_bell,
             side_tx,
@@ -782,18 +927,32 @@ impl<'de> Deserialize<'de> for RawReceiver {
 
 /// Writes `bytes` over a live channel's ring (and, from its first 16 bytes, its tail
 /// and head counters), then receives until the channel stops answering. For fuzzing:
-/// whatever another process writes, this must not panic, fault or hang.
+/// whatever another process writes, this must not panic, fault or hang. With an odd
+/// first byte the channel is an unbounded one that has overflowed into segments (its
+/// links and the producers' and consumers' ring numbers are overwritten too).
 #[cfg(any(test, fuzzing))]
 pub(crate) fn corrupt_and_drain(bytes: &[u8]) {
-    let Ok((tx, rx)) = channel(MIN_RING, None) else {
+    let growable = bytes.first().is_some_and(|b| b & 1 == 1);
+    let made = if growable {
+        unbounded(MIN_RING)
+    } else {
+        channel(MIN_RING, None)
+    };
+    let Ok((tx, rx)) = made else {
         return;
     };
     let fill = |i: u8| Encoded {
         bytes: vec![i; i as usize * 40],
         fds: Vec::new(),
     };
-    for i in 0..12u8 {
-        let _ = tx.send(fill(i), Deadline::Now, false);
+    for i in 0..if growable { 40u8 } else { 12 } {
+        let _ = tx.send(fill(i % 12), Deadline::Now, false);
+    }
+    if growable && bytes.len() >= 32 {
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let h = rx.core.header();
+        h.produced.0.ring.store(word(16) % 8, SeqCst);
+        h.consumed.0.ring.store(word(24) % 8, SeqCst);
     }
     let core = &rx.core;
     let (counters, ring) = bytes.split_at(bytes.len().min(16));
@@ -859,8 +1018,140 @@ mod tests {
         assert_eq!(order[order.len() - 3..], [(1, 100), (2, 3000), (3, 100)]);
     }
 
+    /// A message of `len` bytes numbered `n` (its first 4 bytes).
+    fn numbered(n: u32, len: usize) -> Encoded {
+        let mut bytes = vec![(n % 251) as u8; len.max(4)];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        msg(bytes)
+    }
+
+    fn number(bytes: &[u8]) -> u32 {
+        u32::from_le_bytes(bytes[..4].try_into().unwrap())
+    }
+
+    #[test]
+    fn an_unbounded_channel_takes_many_rings_and_gives_them_back() {
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        // Ten rings' worth before anyone reads: a send never waits.
+        for n in 0..400u32 {
+            tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+        }
+        let o = &rx.core.header().overflow.0;
+        let made = o.made.load(SeqCst);
+        assert!(made >= 9, "{made} segments for ten rings' worth");
+        assert_eq!(rx.len(), 400);
+        for n in 0..400u32 {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+        // The next send finds the channel's own ring empty and goes back to it, and so
+        // does the next receive; the segments are free for the next burst.
+        tx.send(numbered(7, 100), Deadline::Now, false).unwrap();
+        assert_eq!(rx.core.header().produced.0.ring.load(SeqCst), 0);
+        assert_eq!(number(&take(&rx).unwrap()), 7);
+        assert_eq!(rx.core.header().consumed.0.ring.load(SeqCst), 0);
+        for n in 0..400u32 {
+            tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+        }
+        assert_eq!(o.made.load(SeqCst), made, "freed segments are reused");
+        for n in 0..400u32 {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+    }
+
+    /// Sends 300 messages on `tx`, the thread dying (keeping the producers' lock) at
+    /// `step` of the first move between rings; the messages whose send returned are
+    /// all received, in order, by a consumer that may itself die at its move (`4`).
+    fn a_death_mid_move(step: u32, consumer_dies: bool) {
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let dying = tx.clone();
+        let sent = std::thread::spawn(move || {
+            overflow::DIE_AT.with(|d| d.set(step));
+            crate::shm::ring::KEEP_LOCKS.with(|k| k.set(true));
+            let mut sent = 0;
+            for n in 0..300u32 {
+                if dying.send(numbered(n, 100), Deadline::Now, false).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        })
+        .join()
+        .unwrap();
+        assert!(sent < 300, "the producer should have died");
+        // The next producer takes over the lock and finishes the move.
+        for n in sent..300 {
+            tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+        }
+        let mut got = Vec::new();
+        if consumer_dies {
+            let dying = rx.clone();
+            got = std::thread::spawn(move || {
+                overflow::DIE_AT.with(|d| d.set(4));
+                crate::shm::ring::KEEP_LOCKS.with(|k| k.set(true));
+                let mut got = Vec::new();
+                while let Ok(bytes) = take(&dying) {
+                    got.push(number(&bytes));
+                }
+                got
+            })
+            .join()
+            .unwrap();
+        }
+        while let Ok(bytes) = take(&rx) {
+            got.push(number(&bytes));
+        }
+        assert_eq!(got, (0..300).collect::<Vec<_>>(), "step {step}");
+    }
+
+    #[test]
+    fn a_producer_that_dies_moving_between_rings_loses_nothing() {
+        for step in 1..=3 {
+            a_death_mid_move(step, false);
+        }
+    }
+
+    #[test]
+    fn a_consumer_that_dies_moving_between_rings_loses_nothing() {
+        a_death_mid_move(0, true);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// An unbounded channel against a `VecDeque`: any sends (small, ring-sized, and
+        /// some larger than half a ring, which go on the side) and receives, in any
+        /// order.
+        #[test]
+        fn an_unbounded_channel_is_a_fifo(ops in prop::collection::vec((any::<bool>(), 0usize..2040, 1usize..40), 1..60)) {
+            let (tx, rx) = unbounded(MIN_RING).unwrap();
+            let mut model = std::collections::VecDeque::new();
+            let mut n = 0u32;
+            for (put, len, count) in ops {
+                for _ in 0..count {
+                    if put {
+                        // Every 50th goes on the side (whose socket holds a few dozen).
+                        let len = if n % 50 == 49 { 3000 } else { len };
+                        let sent = tx.send(numbered(n, len), Deadline::Now, false);
+                        prop_assert!(sent.is_ok(), "send {n} of {len} bytes failed");
+                        model.push_back((n, len.max(4)));
+                        n += 1;
+                    } else {
+                        match take(&rx) {
+                            Ok(bytes) => prop_assert_eq!(Some((number(&bytes), bytes.len())), model.pop_front()),
+                            Err(RecvFail::Empty) => prop_assert!(model.is_empty()),
+                            Err(e) => prop_assert!(false, "{e:?}"),
+                        }
+                    }
+                }
+                prop_assert_eq!(rx.len(), model.len());
+            }
+            while let Some(expected) = model.pop_front() {
+                let bytes = take(&rx).unwrap();
+                prop_assert_eq!((number(&bytes), bytes.len()), expected);
+            }
+        }
 
         /// The fuzz target's property: arbitrary bytes over the ring and its counters.
         #[test]

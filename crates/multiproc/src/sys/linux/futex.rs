@@ -139,6 +139,28 @@ pub(crate) fn identity_alive(identity: u64) -> bool {
     }
 }
 
+/// A descriptor registered with async-io's reactor, to poll for readability from a
+/// `Future` (a process's pidfd, its result channel). A duplicate is registered, left in
+/// the blocking mode the original has: only readiness is asked, nothing is read
+/// through it.
+#[derive(Debug)]
+pub(crate) struct Watched(async_io::Async<std::os::fd::OwnedFd>);
+
+impl Watched {
+    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Self> {
+        async_io::Async::new_nonblocking(super::fd::dup(fd)?).map(Watched)
+    }
+
+    /// Ready once the descriptor is readable (or hung up); otherwise the task's waker
+    /// is woken when it becomes so.
+    pub(crate) fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.poll_readable(cx)
+    }
+}
+
 /// Waits, without blocking the thread, until one of `fds` is readable (or hung up) or
 /// `until` passes. Works under any async runtime: async-io's reactor drives itself when
 /// no smol executor does.

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::proc::exe_file_identity;
-use crate::sys::{Caller, Entry, Signature};
+use crate::sys::{Caller, ContextCaller, Entry, Signature};
 
 /// The function passed to `spawn` does not live in the main executable (for example, it
 /// is in a shared library loaded at a different address in each process).
@@ -115,6 +115,40 @@ where
     R: Serialize,
 {
     let trampoline: Trampoline<C::Sig> = trampoline::<C, A, R>;
+    Ok(Entry {
+        trampoline: offset(trampoline as usize)?,
+        function: offset(f as usize)?,
+        signature: PhantomData,
+    })
+}
+
+fn trampoline_with_context<C, X, A, R>(
+    function: usize,
+    input: <C::Sig as Signature>::Input<'_>,
+) -> <C::Sig as Signature>::Output
+where
+    C: ContextCaller,
+    X: DeserializeOwned + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: as in `trampoline`: `function` is the address of a `fn(&X, A) -> R` in
+    // this process (same executable, checked), and this trampoline was instantiated
+    // for the same `C`, `X`, `A` and `R` by `entry_with_context`.
+    let f = unsafe { std::mem::transmute::<usize, fn(&X, A) -> R>(function) };
+    C::call(f, input)
+}
+
+/// Names `f`, a function that takes a context by reference, and the trampoline that
+/// runs it through the caller `C`.
+pub(crate) fn entry_with_context<C, X, A, R>(f: fn(&X, A) -> R) -> Result<Entry<C::Sig>, NotInImage>
+where
+    C: ContextCaller,
+    X: DeserializeOwned + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let trampoline: Trampoline<C::Sig> = trampoline_with_context::<C, X, A, R>;
     Ok(Entry {
         trampoline: offset(trampoline as usize)?,
         function: offset(f as usize)?,

@@ -21,6 +21,42 @@ pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// An anonymous shared-memory file of `len` bytes that may grow but never shrink (an
+/// unbounded channel's): mappings of the bytes it has can never fault.
+pub(crate) fn memfd_growable(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// Makes the file behind `fd` `len` bytes long, if it is shorter.
+pub(crate) fn grow(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    if file_len(fd)? < len {
+        rustix::fs::ftruncate(fd, len)?;
+    }
+    Ok(())
+}
+
+/// Frees the memory of `len` bytes at `offset` of a memory file, keeping its size (the
+/// range reads as zeros afterwards).
+pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    rustix::fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )?;
+    Ok(())
+}
+
+/// Whether the memfd cannot shrink (so a mapping of the bytes it has cannot turn into
+/// SIGBUS), growing or not.
+pub(crate) fn shrink_sealed(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK))
+}
+
 /// The size of the file behind `fd`.
 pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::fs::fstat(fd)?.st_size as u64)
@@ -65,6 +101,16 @@ pub(crate) fn map_shared(
     len: usize,
     writable: bool,
 ) -> io::Result<NonNull<u8>> {
+    map_shared_at(fd, 0, len, writable)
+}
+
+/// Maps `len` bytes of `fd` from `offset` (a multiple of the page size), shared.
+pub(crate) fn map_shared_at(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    writable: bool,
+) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
     }
@@ -81,7 +127,7 @@ pub(crate) fn map_shared(
             },
             MapFlags::SHARED,
             fd,
-            0,
+            offset,
         )
     }?;
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))

@@ -23,17 +23,20 @@ pub(crate) use fd::{
 };
 pub(crate) use fork::{exec_self, exit_now, fork_if_single_threaded, fork_unchecked, spawn_self};
 pub(crate) use futex::{
-    futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
+    Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
     readable_any, thread_identity,
 };
-pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
+pub(crate) use image::{
+    call, entry, entry_with_context, exe_identity, fn_at, fn_offset, verify_image,
+};
 pub(crate) use limits::{
     EMFILE, SIGXCPU, address_space_used, cpu_time_used, join_cgroup, make_memory_cgroup,
     memory_cgroup_home, oom_kills, remove_cgroup, set_rlimit,
 };
 pub(crate) use mem::{
-    doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
-    shm_create, shm_open, shm_unlink, shm_unlink_if, silence, size_sealed, unmap,
+    doorbell, file_id, file_len, fully_sealed, grow, map_shared, map_shared_at, memfd,
+    memfd_growable, packet_pair, punch_hole, ring, sealed_memfd, shm_create, shm_open, shm_unlink,
+    shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
 pub(crate) use net::{listen_backlog, set_keepalive};
 pub(crate) use proc::{

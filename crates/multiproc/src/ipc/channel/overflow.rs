@@ -1,0 +1,388 @@
+//! An unbounded channel's overflow: when its ring is full, producers go on in overflow
+//! segments of the same memory file (which grows; it cannot shrink), linked by link
+//! records; consumers follow the links, and free each segment they leave. The
+//! protocol, and what a process that dies half-way leaves, is in `README.md` here.
+
+use std::io;
+use std::sync::MutexGuard;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+
+use super::{Core, RecvFail, Step, Taken, broken, take_record};
+use crate::shm::layout::{ChannelHeader, MAX_SEGMENTS, SegmentHeader};
+use crate::shm::ring::{Head, LINK, LINK_PAYLOAD, Ring, Slot, Tail, link_room};
+use crate::shm::segment::Region;
+use crate::sync::unpoisoned;
+use crate::sys;
+
+/// Overflow segments are mapped one by one, so each starts on a page.
+pub(super) const PAGE: usize = 4096;
+
+/// Overflow segments a process keeps mapped per side (producers, consumers): the
+/// segments in use and the freed ones about to be reused stay mapped, so that a segment
+/// is mapped (and its pages entered in this process's tables) once, not at each reuse.
+const MAPPED: usize = 8;
+
+/// The overflow segments one side of this process has mapped, most recent last.
+#[derive(Debug, Default)]
+pub(super) struct Mapped {
+    segments: Vec<(u64, Region)>,
+}
+
+impl Core {
+    /// The distance from one overflow segment to the next: a header page and a ring.
+    fn stride(&self) -> u64 {
+        SegmentHeader::RING_OFFSET as u64 + self.ring_len
+    }
+
+    /// Where overflow segment `k` (from 1) starts in the file.
+    fn segment_offset(&self, k: u64) -> Option<u64> {
+        let first = ChannelHeader::RING_OFFSET as u64 + self.ring_len;
+        k.checked_sub(1)?
+            .checked_mul(self.stride())?
+            .checked_add(first)
+    }
+
+    /// Maps overflow segment `k`, which must exist.
+    fn map_segment(&self, k: u64) -> io::Result<Region> {
+        let made = self.header().overflow.0.made.load(Acquire);
+        let offset = self
+            .segment_offset(k)
+            .filter(|_| (1..=made.min(MAX_SEGMENTS)).contains(&k))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("overflow segment {k} does not exist ({made} made)"),
+                )
+            })?;
+        self.seg.map_range(offset, self.stride() as usize)
+    }
+
+    /// Segment `k`, from `cache` (which then keeps it) or mapped now.
+    fn segment<'m>(&self, cache: &'m mut MutexGuard<'_, Mapped>, k: u64) -> io::Result<&'m Region> {
+        let segments = &mut cache.segments;
+        match segments.iter().position(|(i, _)| *i == k) {
+            Some(at) if at + 1 == segments.len() => {}
+            Some(at) => {
+                let found = segments.remove(at);
+                segments.push(found);
+            }
+            None => {
+                let region = self.map_segment(k)?;
+                if segments.len() >= MAPPED {
+                    segments.remove(0);
+                }
+                segments.push((k, region));
+            }
+        }
+        segments
+            .last()
+            .map(|(_, r)| r)
+            .ok_or_else(|| io::Error::other("no overflow segment mapped"))
+    }
+
+    /// The ring of a mapped overflow segment.
+    fn segment_ring<'r>(&'r self, region: &'r Region) -> Ring<'r> {
+        let sh: &SegmentHeader = region.at(0);
+        Ring::new(
+            region,
+            SegmentHeader::RING_OFFSET,
+            self.ring_len,
+            (&sh.produced.0, &sh.consumed.0),
+            self.header(),
+        )
+    }
+
+    /// The ring `k` (0: the channel's own), mapped through `cache`.
+    fn ring_at<'r>(
+        &'r self,
+        cache: &'r mut MutexGuard<'_, Mapped>,
+        k: u64,
+    ) -> io::Result<Ring<'r>> {
+        if k == 0 {
+            return Ok(self.ring());
+        }
+        let region = self.segment(cache, k)?;
+        Ok(self.segment_ring(region))
+    }
+
+    /// [`write_slot`](Core::write_slot) of an unbounded channel: room in the ring
+    /// producers write to, moving to a new overflow segment when it is full, and back to
+    /// the channel's own ring once consumers have emptied it.
+    pub(super) fn write_growable<R>(
+        &self,
+        tail: &mut Tail<'_>,
+        len: usize,
+        write: impl FnOnce(Slot<'_, '_>) -> R,
+    ) -> io::Result<R> {
+        let p = &self.header().produced.0;
+        if tail.took_over && p.leaving.load(Acquire) != 0 {
+            self.finish_move(tail, &mut unpoisoned::lock(&self.write_map))?;
+        }
+        // Room for a link record (and a wrap marker before it) stays free in every
+        // ring, so a producer can always leave.
+        let keep = 2 * link_room();
+        // The hot path: the channel's own ring has room.
+        if p.ring.load(Relaxed) == 0
+            && let Some(slot) = self.ring().reserve(tail, len, u64::MAX, keep)
+        {
+            return Ok(write(slot));
+        }
+        let mut cache = unpoisoned::lock(&self.write_map);
+        loop {
+            let w = p.ring.load(Relaxed);
+            if w != 0 && !self.ring().has_data() {
+                // Consumers have emptied the channel's own ring: back to it, after
+                // whatever is in the segments.
+                let resume = self.ring().tail();
+                self.move_to(tail, &mut cache, w, 0, resume)?;
+                continue;
+            }
+            let ring = self.ring_at(&mut cache, w)?;
+            if let Some(slot) = ring.reserve(tail, len, u64::MAX, keep) {
+                return Ok(write(slot));
+            }
+            let next = self.take_segment(tail, &mut cache)?;
+            self.move_to(tail, &mut cache, w, next, 0)?;
+        }
+    }
+
+    /// Moves the producers from ring `from` to ring `to`: a link record in `from` says
+    /// where readers go on (`resume`: where in the channel's own ring). The move is
+    /// recorded before the link is published, so that a producer that dies half-way is
+    /// finished by the next ([`finish_move`](Self::finish_move)).
+    fn move_to(
+        &self,
+        tail: &mut Tail<'_>,
+        cache: &mut MutexGuard<'_, Mapped>,
+        from: u64,
+        to: u64,
+        resume: u64,
+    ) -> io::Result<()> {
+        let h = self.header();
+        let (p, o) = (&h.produced.0, &h.overflow.0);
+        let ring = self.ring_at(cache, from)?;
+        let Some(mut slot) = ring.reserve(tail, LINK_PAYLOAD, u64::MAX, 0) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no room left for a link record: the channel's memory was overwritten",
+            ));
+        };
+        let payload = slot.payload();
+        payload[..8].copy_from_slice(&to.to_le_bytes());
+        payload[8..16].copy_from_slice(&resume.to_le_bytes());
+        let (at, end) = slot.stage_link();
+        o.link_at.store(at, Relaxed);
+        o.link_end.store(end, Relaxed);
+        o.link_to.store(to, Relaxed);
+        p.leaving.store(from + 1, Release);
+        die_here(1)?;
+        p.ring.store(to, Release);
+        die_here(2)?;
+        ring.set_tail(tail, end);
+        die_here(3)?;
+        p.leaving.store(0, Release);
+        Ok(())
+    }
+
+    /// Finishes the move of a producer that died in it (taken over with the lock):
+    /// publishes its link record unless it was, and moves on as it would have.
+    fn finish_move(
+        &self,
+        tail: &mut Tail<'_>,
+        cache: &mut MutexGuard<'_, Mapped>,
+    ) -> io::Result<()> {
+        let h = self.header();
+        let (p, o) = (&h.produced.0, &h.overflow.0);
+        let from = p.leaving.load(Acquire) - 1;
+        let (at, end, to) = (
+            o.link_at.load(Relaxed),
+            o.link_end.load(Relaxed),
+            o.link_to.load(Relaxed),
+        );
+        let ring = self.ring_at(cache, from)?;
+        if ring.tail() == at {
+            ring.set_tail(tail, end);
+        }
+        p.ring.store(to, Release);
+        p.leaving.store(0, Release);
+        tracing::debug!(
+            from,
+            to,
+            "finished the move between rings of a producer that died"
+        );
+        Ok(())
+    }
+
+    /// A segment for producers to move to: a freed one (with its memory first), or a
+    /// new one at the end of the file. Its ring is emptied.
+    fn take_segment(
+        &self,
+        tail: &mut Tail<'_>,
+        cache: &mut MutexGuard<'_, Mapped>,
+    ) -> io::Result<u64> {
+        let o = &self.header().overflow.0;
+        let made = o.made.load(Acquire);
+        let valid = |k: u64| (1..=made).contains(&k);
+        let mut found = o
+            .warm
+            .iter()
+            .map(|slot| slot.swap(0, AcqRel))
+            .find(|&k| valid(k));
+        if found.is_none() {
+            found = o.cold.iter().enumerate().find_map(|(i, word)| {
+                let bits = word.load(Acquire);
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros();
+                let was = word.fetch_and(!(1 << bit), AcqRel);
+                let k = i as u64 * 64 + u64::from(bit) + 1;
+                (was & (1 << bit) != 0 && valid(k)).then_some(k)
+            });
+        }
+        let k = match found {
+            Some(k) => k,
+            None => {
+                let k = made + 1;
+                let end = self
+                    .segment_offset(k)
+                    .filter(|_| k <= MAX_SEGMENTS)
+                    .and_then(|at| at.checked_add(self.stride()))
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::OutOfMemory,
+                            format!(
+                                "an unbounded queue holds at most {MAX_SEGMENTS} overflow segments of {} bytes",
+                                self.ring_len
+                            ),
+                        )
+                    })?;
+                sys::grow(self.seg.fd(), end)?;
+                o.made.store(k, Release);
+                k
+            }
+        };
+        let region = self.segment(cache, k)?;
+        let sh: &SegmentHeader = region.at(0);
+        self.segment_ring(region).reset(tail);
+        sh.index.store(k, Relaxed);
+        sh.magic.store(SegmentHeader::MAGIC, Release);
+        Ok(k)
+    }
+
+    /// Frees segment `k`, which no producer or consumer uses any more: kept with its
+    /// memory for reuse while few are, otherwise its memory is given back.
+    fn release_segment(&self, k: u64) {
+        let o = &self.header().overflow.0;
+        if o.warm
+            .iter()
+            .any(|slot| slot.compare_exchange(0, k, AcqRel, Acquire).is_ok())
+        {
+            return;
+        }
+        if let Some(at) = self.segment_offset(k)
+            && let Err(e) = sys::punch_hole(self.seg.fd(), at, self.stride())
+        {
+            tracing::debug!("cannot free an overflow segment's memory: {e}");
+        }
+        let i = (k - 1) as usize;
+        if let Some(word) = o.cold.get(i / 64) {
+            word.fetch_or(1 << (i % 64), AcqRel);
+        }
+    }
+
+    /// [`take_next`](super::RawReceiver) of an unbounded channel: the next message,
+    /// following links from ring to ring (under the consumers' lock `head`).
+    pub(super) fn take_growable(&self, head: &mut Head<'_>) -> Result<Option<Taken>, RecvFail> {
+        let c = &self.header().consumed.0;
+        if head.took_over && c.ring.load(Acquire) != 0 {
+            self.skip_left_link(head);
+        }
+        // The hot path: reading the channel's own ring, which holds the next record.
+        if c.ring.load(Relaxed) == 0 {
+            match take_record(self, &self.ring(), head)? {
+                Step::Taken(t) => return Ok(Some(t)),
+                Step::Empty => return Ok(None),
+                Step::Again | Step::Link(..) => {}
+            }
+        }
+        let mut cache = unpoisoned::lock(&self.read_map);
+        loop {
+            let r = c.ring.load(Relaxed);
+            let ring = if r == 0 {
+                self.ring()
+            } else {
+                let region = self.segment(&mut cache, r).map_err(RecvFail::Io)?;
+                let sh: &SegmentHeader = region.at(0);
+                if sh.magic.load(Acquire) != SegmentHeader::MAGIC || sh.index.load(Acquire) != r {
+                    return Err(broken("an overflow segment that was not made as one"));
+                }
+                self.segment_ring(region)
+            };
+            match take_record(self, &ring, head)? {
+                Step::Taken(t) => return Ok(Some(t)),
+                Step::Empty => return Ok(None),
+                Step::Again => {}
+                Step::Link(0, resume) => {
+                    // Back to the channel's own ring, where producers went on.
+                    let own = self.ring();
+                    if r == 0
+                        || resume < own.head()
+                        || resume > own.tail()
+                        || !resume.is_multiple_of(8)
+                    {
+                        return Err(broken("a link back to a place outside the ring"));
+                    }
+                    own.set_head(head, resume);
+                    c.ring.store(0, Release);
+                    self.release_segment(r);
+                }
+                Step::Link(to, _) => {
+                    let made = self.header().overflow.0.made.load(Acquire);
+                    if to == r || to > made {
+                        return Err(broken("a link to an overflow segment that does not exist"));
+                    }
+                    // Where to read is recorded before the link is consumed: a consumer
+                    // that dies in between leaves the link in the channel's own ring,
+                    // which the next one skips (`skip_left_link`).
+                    c.ring.store(to, Release);
+                    die_here(4).map_err(RecvFail::Io)?;
+                    if r == 0 {
+                        let own = self.ring();
+                        own.set_head(head, own.head() + link_room());
+                    } else {
+                        self.release_segment(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After taking over from a consumer that died reading overflow segments: the link
+    /// it followed out of the channel's own ring may still be there; skip it.
+    fn skip_left_link(&self, head: &mut Head<'_>) {
+        let own = self.ring();
+        if let Ok(Some(record)) = own.next(head)
+            && record.kind == LINK
+        {
+            record.skip();
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// For tests: the step of a move between rings at which this thread "dies" (stops,
+    /// keeping the channel's lock, as a killed process would).
+    pub(super) static DIE_AT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Stops here if a test asked this thread to die at `step`.
+fn die_here(step: u32) -> io::Result<()> {
+    #[cfg(test)]
+    if DIE_AT.with(std::cell::Cell::get) == step {
+        return Err(io::Error::other(format!("died at step {step}")));
+    }
+    let _ = step;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! [`Timers`]: one thread that runs actions at given times, for a thread pool's delayed
+//! tasks, retry delays and task timeouts (the process pool's engine thread keeps its
+//! own time). The thread starts with the first action and ends when the pool stops.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::sync::unpoisoned;
+
+/// Something to do at a time. Called with `false` at its time, or with `true` when the
+/// timers stop first (the pool is going away): it must then only let go of what it
+/// holds, failing what it would have started.
+pub(crate) type Action = Box<dyn FnOnce(bool) + Send>;
+
+struct Entry {
+    at: Instant,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    /// The earliest first (`BinaryHeap` is a max-heap).
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    heap: BinaryHeap<Entry>,
+    seq: u64,
+    stopped: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// A timer thread for one pool.
+pub(crate) struct Timers {
+    shared: Arc<Shared>,
+    name: String,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Timers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timers").field("name", &self.name).finish()
+    }
+}
+
+impl Timers {
+    pub(crate) fn new(name: String) -> Self {
+        Timers {
+            shared: Arc::default(),
+            name,
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Runs `action` at `at` (at once if that has passed). After [`stop`](Self::stop),
+    /// the action runs at once as stopping (`true`).
+    ///
+    /// # Errors
+    ///
+    /// The timer thread could not be started; the action was run as stopping.
+    pub(crate) fn at(&self, at: Instant, action: Action) -> io::Result<()> {
+        {
+            let mut st = unpoisoned::lock(&self.shared.state);
+            if st.stopped {
+                drop(st);
+                action(true);
+                return Ok(());
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            st.heap.push(Entry { at, seq, action });
+        }
+        self.shared.changed.notify_all();
+        let mut thread = unpoisoned::lock(&self.thread);
+        if thread.is_none() {
+            let shared = Arc::clone(&self.shared);
+            match std::thread::Builder::new()
+                .name(self.name.clone())
+                .spawn(move || run(&shared))
+            {
+                Ok(handle) => *thread = Some(handle),
+                Err(e) => {
+                    drop(thread);
+                    self.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops: every action not yet run runs now as stopping, and the thread ends.
+    pub(crate) fn stop(&self) {
+        let left: Vec<Entry> = {
+            let mut st = unpoisoned::lock(&self.shared.state);
+            st.stopped = true;
+            std::mem::take(&mut st.heap).into_vec()
+        };
+        self.shared.changed.notify_all();
+        for e in left {
+            (e.action)(true);
+        }
+        let thread = unpoisoned::lock(&self.thread).take();
+        if let Some(t) = thread
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Timers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut st = unpoisoned::lock(&shared.state);
+    loop {
+        if st.stopped {
+            return;
+        }
+        let now = Instant::now();
+        if st.heap.peek().is_some_and(|e| e.at <= now) {
+            let mut due = Vec::new();
+            while st.heap.peek().is_some_and(|e| e.at <= now) {
+                if let Some(e) = st.heap.pop() {
+                    due.push(e.action);
+                }
+            }
+            drop(st);
+            for action in due {
+                action(false);
+            }
+            st = unpoisoned::lock(&shared.state);
+            continue;
+        }
+        let next = st.heap.peek().map(|e| e.at);
+        st = match unpoisoned::wait_until(&shared.changed, st, next) {
+            Ok(st) | Err(st) => st,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn actions_run_in_time_order_and_stop_runs_the_rest_as_stopping() {
+        let timers = Timers::new("timers-test".into());
+        let (tx, rx) = mpsc::channel();
+        let now = Instant::now();
+        for (n, ms) in [(2, 30u64), (1, 10), (3, 50)] {
+            let tx = tx.clone();
+            timers
+                .at(
+                    now + Duration::from_millis(ms),
+                    Box::new(move |early| tx.send((n, early)).unwrap()),
+                )
+                .unwrap();
+        }
+        let tx2 = tx.clone();
+        timers
+            .at(
+                now + Duration::from_secs(3600),
+                Box::new(move |early| tx2.send((9, early)).unwrap()),
+            )
+            .unwrap();
+        let got: Vec<_> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, [(1, false), (2, false), (3, false)]);
+        timers.stop();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (9, true));
+    }
+}

@@ -1,0 +1,154 @@
+//! [`Timer`]: run a function once after a delay, on a thread of its own, unless
+//! cancelled first (Python's `threading.Timer`). std has threads and sleeps but nothing
+//! that can be called off while it waits.
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::sync::unpoisoned;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Cancelled,
+    Running,
+    Finished,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Runs a function once after a delay, on a thread of its own, unless
+/// [`cancel`](Self::cancel)led before: Python's `threading.Timer` (which starts with
+/// `start()`; this one starts when made).
+///
+/// Dropping the handle does not cancel the timer, as dropping a
+/// [`std::thread::JoinHandle`] does not stop its thread.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::mpsc;
+/// use std::time::Duration;
+/// use multiproc::Timer;
+///
+/// let (tx, rx) = mpsc::channel();
+/// let hello = Timer::spawn(Duration::from_millis(10), move || tx.send("hello").unwrap())?;
+/// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, "hello");
+///
+/// let never = Timer::spawn(Duration::from_secs(3600), || unreachable!())?;
+/// assert!(never.cancel()); // called off before it ran
+/// never.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Timer {
+    shared: Arc<Shared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl fmt::Debug for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timer")
+            .field("state", &*unpoisoned::lock(&self.shared.state))
+            .finish()
+    }
+}
+
+impl Timer {
+    /// Runs `f` on a new thread (named `Timer`) once `delay` has passed.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be started.
+    pub fn spawn(delay: Duration, f: impl FnOnce() + Send + 'static) -> io::Result<Timer> {
+        Timer::spawn_named("Timer".into(), delay, f)
+    }
+
+    /// As [`spawn`](Self::spawn), with a name for the thread.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be started.
+    pub fn spawn_named(
+        name: String,
+        delay: Duration,
+        f: impl FnOnce() + Send + 'static,
+    ) -> io::Result<Timer> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::Waiting),
+            changed: Condvar::new(),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(&shared, delay, f))?
+        };
+        Ok(Timer { shared, thread })
+    }
+
+    /// Calls the timer off if it has not started `f` yet: whether it did (then `f`
+    /// never runs).
+    pub fn cancel(&self) -> bool {
+        let mut st = unpoisoned::lock(&self.shared.state);
+        if *st != State::Waiting {
+            return false;
+        }
+        *st = State::Cancelled;
+        self.shared.changed.notify_all();
+        true
+    }
+
+    /// Whether the timer is done: `f` returned (or panicked), or it was cancelled.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            *unpoisoned::lock(&self.shared.state),
+            State::Finished | State::Cancelled
+        )
+    }
+
+    /// Waits for the timer's thread: until `f` has run, or at once for a cancelled
+    /// timer (its thread ends when it sees the cancel).
+    ///
+    /// # Errors
+    ///
+    /// `f` panicked: the panic's payload, as [`std::thread::JoinHandle::join`] gives it.
+    pub fn join(self) -> std::thread::Result<()> {
+        self.thread.join()
+    }
+}
+
+fn run(shared: &Shared, delay: Duration, f: impl FnOnce()) {
+    let deadline = Instant::now().checked_add(delay);
+    let mut st = unpoisoned::lock(&shared.state);
+    while *st == State::Waiting {
+        st = match unpoisoned::wait_until(&shared.changed, st, deadline) {
+            Ok(st) => st,
+            Err(mut st) => {
+                if *st == State::Waiting {
+                    *st = State::Running;
+                }
+                st
+            }
+        };
+    }
+    if *st != State::Running {
+        return;
+    }
+    drop(st);
+    /// Marks the timer finished however `f` ends.
+    struct Done<'a>(&'a Shared);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            *unpoisoned::lock(&self.0.state) = State::Finished;
+            self.0.changed.notify_all();
+        }
+    }
+    let _done = Done(shared);
+    f();
+}
