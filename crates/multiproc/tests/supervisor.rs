@@ -126,6 +126,15 @@ fn ignores_sigterm(ready: String) {
 // to whoever it is re-parented to.
 #[allow(clippy::zombie_processes)]
 fn leaves_grandchild((log, stubborn): (String, bool)) {
+    // The child's process group first: a grandchild killed between its fork and its
+    // write below is still found (and reaped) through its group.
+    let mut groups = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(format!("{log}.groups"))
+        .unwrap();
+    let group = rustix::process::getpgrp().as_raw_nonzero().get();
+    std::io::Write::write_all(&mut groups, format!("{group}\n").as_bytes()).unwrap();
     let script = if stubborn {
         "trap '' TERM; exec sleep 1000"
     } else {
@@ -179,6 +188,15 @@ fn exited_child_leaves_no_group() {
         assert!(wait_gone(p, T), "grandchild {p} outlived its group");
         assert_eq!(live_members(p), 0);
         common::reap(p);
+    }
+    // Every run's group is gone, a grandchild killed before it was logged included
+    // (its zombie came to this process, a subreaper, and is reaped here).
+    for group in pids_in(&log.with_extension("groups")) {
+        assert_eq!(
+            common::settle_group(group, T),
+            Vec::new(),
+            "group {group} outlived its run"
+        );
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -663,6 +681,12 @@ fn daemonize_pidfile() {
         .unwrap();
     let cleanup = KillOnDrop(killed);
     let tree = common::descendants_of(killed);
+    // Its fork server's spare child may be forked after that look: it is in the
+    // daemon's process group, which is settled below.
+    let group = rustix::process::getpgid(rustix::process::Pid::from_raw(killed as i32))
+        .unwrap()
+        .as_raw_nonzero()
+        .get() as u32;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(killed as i32).unwrap(),
         rustix::process::Signal::KILL,
@@ -672,6 +696,7 @@ fn daemonize_pidfile() {
     common::reap(killed);
     std::mem::forget(cleanup);
     assert_eq!(common::reap_all(&tree, T), Vec::<u32>::new());
+    assert_eq!(common::settle_group(group, T), Vec::new(), "left running");
     assert_eq!(
         std::fs::read_to_string(&pidfile).unwrap().trim(),
         killed.to_string(),
