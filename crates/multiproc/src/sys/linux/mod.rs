@@ -24,6 +24,9 @@ pub(crate) use futex::{
     futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
     readable_any, thread_identity,
 };
+// For the job store's owners (feature `sqlite`).
+#[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
+pub(crate) use futex::{boot_id, process_identity};
 pub(crate) use image::{call, entry, exe_identity, fn_at, fn_offset, verify_image};
 pub(crate) use mem::{
     doorbell, file_id, file_len, fully_sealed, map_shared, memfd, packet_pair, ring, sealed_memfd,
