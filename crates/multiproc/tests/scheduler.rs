@@ -2,7 +2,8 @@
 //! daylight-saving changes in a real time zone, misfire and coalesce policies,
 //! max_instances with a slow job, retries (a worker process that dies included), bad
 //! input, and (feature `sqlite`) the job store across a restart, with two schedulers
-//! racing, and corrupt.
+//! racing, corrupt, of the earlier layout, and with its scheduler's process SIGKILLed at
+//! random moments over many restarts (no time runs twice, none is lost unreported).
 
 mod common;
 
@@ -53,13 +54,44 @@ fn main() {
             "store_changed_schedule_starts_afresh",
             store::changed_schedule,
         ),
+        trial(
+            "store_claimed_never_started_is_due_again",
+            store::claimed_never_started_is_due_again,
+        ),
+        trial(
+            "store_live_scheduler_keeps_its_claims",
+            store::live_scheduler_keeps_its_claims,
+        ),
+        trial(
+            "store_started_run_is_reported_interrupted",
+            store::started_run_is_reported_interrupted,
+        ),
+        trial("store_layout_1_is_upgraded", store::layout_1_is_upgraded),
+        trial(
+            "store_reported_time_is_reported_again_not_run",
+            store::reported_time_is_reported_again_not_run,
+        ),
+        trial(
+            "store_scheduler_killed_at_random_moments",
+            store::killed_at_random_moments,
+        ),
     ]);
     common::main_checked(
         tests,
-        |_| {},
+        helpers,
         Duration::from_secs(300),
         common::no_new_dev_shm,
     );
+}
+
+fn helpers(mode: &str) {
+    match mode {
+        #[cfg(feature = "sqlite")]
+        "store_scheduler" => store::helper_store_scheduler(),
+        #[cfg(feature = "sqlite")]
+        "store_report_then_hang" => store::helper_report_then_hang(),
+        other => panic!("unknown helper mode {other}"),
+    }
 }
 
 fn t0() -> DateTime<Utc> {
@@ -829,5 +861,543 @@ mod store {
         assert_eq!(s.next_fire("tick"), Some(at(107)));
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A scheduler gone (here: dropped) while a run it claimed waited for its jitter:
+    /// the next scheduler on the store runs the time if it is within the misfire grace,
+    /// and reports it too late otherwise. Nothing is lost.
+    pub fn claimed_never_started_is_due_again() {
+        let dir = tempdir("unstarted");
+        let db = dir.join("jobs.db");
+        let job = || tick_job().jitter(secs(5)).misfire_grace(secs(25));
+        let claim_and_go = |clock: &ManualClock| {
+            let (s, events) = on_store(&db, clock);
+            s.add(job()).unwrap();
+            clock.set(at(10));
+            s.run_pending();
+            let evs: Vec<_> = events.try_iter().collect();
+            assert!(evs.is_empty(), "claimed, waiting for its jitter: {evs:?}");
+        };
+        // Back within the grace: the time runs, late.
+        let clock = ManualClock::new(t0());
+        claim_and_go(&clock);
+        clock.set(at(13));
+        let (s, events) = on_store(&db, &clock);
+        s.add(job()).unwrap();
+        s.run_pending(); // handed to its jitter again, from 13 s
+        clock.set(at(18)); // past the longest jitter
+        let evs = settle(&s, &events, 1);
+        assert_eq!(started(&evs), vec![at(10)]);
+        assert!(missed(&evs).is_empty(), "{evs:?}");
+        drop(s);
+        // Back too late: reported with the other times too late, and the rest run as
+        // the job says (the latest; the others coalesced).
+        std::fs::remove_file(&db).unwrap();
+        let clock = ManualClock::new(t0());
+        claim_and_go(&clock);
+        clock.set(at(50));
+        let (s, events) = on_store(&db, &clock);
+        s.add(job()).unwrap();
+        s.run_pending();
+        clock.set(at(55));
+        let evs = settle(&s, &events, 1);
+        assert_eq!(
+            missed(&evs),
+            vec![
+                (at(10), 2, at(20), MissReason::TooLate),
+                (at(30), 2, at(40), MissReason::Coalesced)
+            ]
+        );
+        assert_eq!(started(&evs), vec![at(50)]);
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A scheduler that adds the job while the one that claimed a time is alive leaves
+    /// the claim alone: the time starts once, by its owner.
+    pub fn live_scheduler_keeps_its_claims() {
+        let dir = tempdir("live-owner");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let job = || tick_job().jitter(secs(5)).misfire_grace(secs(25));
+        let (a, ea) = on_store(&db, &clock);
+        a.add(job()).unwrap();
+        clock.set(at(10));
+        a.run_pending();
+        let (b, eb) = on_store(&db, &clock);
+        b.add(job()).unwrap();
+        clock.set(at(16));
+        b.run_pending();
+        let evs = settle(&a, &ea, 1);
+        assert_eq!(started(&evs), vec![at(10)]);
+        let from_b: Vec<_> = eb.try_iter().collect();
+        assert!(
+            from_b.is_empty(),
+            "the live owner's claim was taken: {from_b:?}"
+        );
+        drop((a, b));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A run whose outcome its scheduler never saw (dropped with the run in flight) is
+    /// reported interrupted by the next scheduler on the store, once, and not run again.
+    pub fn started_run_is_reported_interrupted() {
+        let dir = tempdir("interrupted");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let runs = Arc::new(AtomicU32::new(0));
+        let job = || {
+            let runs = Arc::clone(&runs);
+            Job::thread("tick", Schedule::every(secs(10)), move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            clock.set(at(10));
+            assert_eq!(s.run_pending(), 1);
+            assert_eq!(
+                started(&events.try_iter().collect::<Vec<_>>()),
+                vec![at(10)]
+            );
+            assert!(eventually(T, || runs.load(Ordering::SeqCst) == 1));
+            // Dropped without a pass that would see the run end.
+        }
+        clock.set(at(12));
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            let evs: Vec<_> = events.try_iter().collect();
+            assert_eq!(evs.len(), 1, "{evs:?}");
+            assert!(matches!(evs[0].kind, EventKind::Interrupted) && evs[0].scheduled == at(10));
+            s.run_pending();
+            assert!(
+                events.try_iter().next().is_none(),
+                "nothing more is due at 12 s"
+            );
+            clock.set(at(20));
+            assert_eq!(started(&settle(&s, &events, 1)), vec![at(20)]);
+        }
+        // Reported once: the scheduler that reported it settled it.
+        let (s, events) = on_store(&db, &clock);
+        s.add(job()).unwrap();
+        s.run_pending();
+        let evs: Vec<_> = events.try_iter().collect();
+        assert!(evs.is_empty(), "{evs:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "10 s ran once, and 20 s");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Helper mode: a scheduler on the store `MP_DB`, by a manual clock at 20 s, with a
+    /// job every 10 s whose runs never end and that allows one at a time: 10 s starts,
+    /// 20 s is reported missed (max_instances). Then it waits to be killed, before the
+    /// pass that would settle the report.
+    pub fn helper_report_then_hang() {
+        let clock = ManualClock::new(t0());
+        let s = Scheduler::builder()
+            .thread_pool(ThreadPool::new(1).unwrap())
+            .clock(clock.clone())
+            .store(JobStore::open(std::env::var("MP_DB").unwrap()).unwrap())
+            .build_manual();
+        let events = s.events();
+        let job = Job::thread("tick", Schedule::every(secs(10)), || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .misfire_grace(secs(100))
+        .max_instances(1)
+        .coalesce(Coalesce::All);
+        s.add(job).unwrap();
+        clock.set(at(20));
+        s.run_pending();
+        let evs: Vec<_> = events.try_iter().collect();
+        assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
+        assert_eq!(
+            missed(&evs),
+            vec![(at(20), 1, at(20), MissReason::MaxInstances)]
+        );
+        println!("reported");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// A scheduler killed after it reported a time missed, before the report was
+    /// settled in the store: the next scheduler on the store reports the time again (the
+    /// first report may not have reached anyone) and does not run it; the run that was
+    /// in flight is reported interrupted.
+    pub fn reported_time_is_reported_again_not_run() {
+        let dir = TempDir(tempdir("reported"));
+        let db = dir.0.join("jobs.db");
+        let mut h = common::Helper::start_with(
+            "store_report_then_hang",
+            std::env::current_exe().unwrap(),
+            &[("MP_DB", db.to_str().unwrap())],
+        );
+        h.expect("reported", T);
+        let left = h.kill_tree(T);
+        assert!(left.is_empty(), "left running after the kill: {left:?}");
+        let clock = ManualClock::new(at(25));
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job().misfire_grace(secs(100))).unwrap();
+        s.run_pending();
+        let evs: Vec<_> = events.try_iter().collect();
+        assert_eq!(
+            missed(&evs),
+            vec![(at(20), 1, at(20), MissReason::MaxInstances)]
+        );
+        let interrupted: Vec<_> = evs
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Interrupted))
+            .map(|e| e.scheduled)
+            .collect();
+        assert_eq!(interrupted, vec![at(10)]);
+        assert!(started(&evs).is_empty(), "a reported time ran: {evs:?}");
+        clock.set(at(30));
+        assert_eq!(started(&settle(&s, &events, 1)), vec![at(30)]);
+        drop(s);
+        // Both settled: a third scheduler has nothing to report.
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job().misfire_grace(secs(100))).unwrap();
+        s.run_pending();
+        let evs: Vec<_> = events.try_iter().collect();
+        assert!(evs.is_empty(), "{evs:?}");
+    }
+
+    /// A store of the first layout (no state per fire record) is upgraded when opened
+    /// and resumes where it stood; a store of a later layout is refused.
+    pub fn layout_1_is_upgraded() {
+        let dir = tempdir("layout1");
+        let db = dir.join("jobs.db");
+        {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE jobs (name TEXT PRIMARY KEY, schedule TEXT NOT NULL,
+                     start_ns INTEGER, last_fired_ns INTEGER);
+                 CREATE TABLE fires (job TEXT NOT NULL, scheduled_ns INTEGER NOT NULL,
+                     PRIMARY KEY (job, scheduled_ns));
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            let ns = |t: DateTime<Utc>| t.timestamp_nanos_opt().unwrap();
+            conn.execute(
+                "INSERT INTO jobs VALUES ('tick', ?1, ?2, ?3)",
+                rusqlite::params![Schedule::every(secs(10)).to_string(), ns(t0()), ns(at(30))],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO fires VALUES ('tick', ?1)", [ns(at(30))])
+                .unwrap();
+        }
+        let clock = ManualClock::new(at(45));
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(tick_job()).unwrap();
+            assert_eq!(started(&settle(&s, &events, 1)), vec![at(40)]);
+        }
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let unsettled: i64 = conn
+            .query_row("SELECT count(*) FROM fires WHERE state < 2", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(unsettled, 0, "the old record counts as settled");
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        drop(conn);
+        match JobStore::open(&db) {
+            Err(ScheduleError::Store(why)) => {
+                assert!(why.contains("unknown layout version 3"), "{why}");
+            }
+            other => panic!("a later layout was opened: {other:?}"),
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The random-kill test's job: every 40 ms, each run waits 30 ms of jitter (so a
+    /// claimed time often waits to be handed over when the kill lands) and takes 25 ms
+    /// on the single thread of its pool (so started runs often wait or run then).
+    const PERIOD: Duration = Duration::from_millis(40);
+    const JITTER: Duration = Duration::from_millis(30);
+    const WORK: Duration = Duration::from_millis(25);
+    const GRACE: Duration = Duration::from_millis(250);
+
+    /// Appends one line (one write, to a file opened for appending: lines of processes
+    /// never mix, and a kill never leaves half a line).
+    fn append(file: &std::fs::File, line: String) {
+        use std::io::Write;
+        (&*file).write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    fn ns(t: DateTime<Utc>) -> i64 {
+        t.timestamp_nanos_opt().unwrap()
+    }
+
+    /// Helper mode: a scheduler on the store `MP_DB` with one job whose run appends
+    /// `ran TIME` to `MP_OUT`; every event is appended there too, after each pass and
+    /// before the next (the store settles a time's record a pass after its event, so
+    /// no report is lost to a kill). Runs until killed, or for `MP_RUN_MS` and then
+    /// stops cleanly.
+    pub fn helper_store_scheduler() {
+        let var = |name: &str| std::env::var(name).unwrap();
+        let out = Arc::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(var("MP_OUT"))
+                .unwrap(),
+        );
+        let epoch = DateTime::from_timestamp_nanos(var("MP_EPOCH_NS").parse().unwrap());
+        let run_for = Duration::from_millis(var("MP_RUN_MS").parse().unwrap());
+        let s = Scheduler::builder()
+            .thread_pool(ThreadPool::new(1).unwrap())
+            .store(JobStore::open(var("MP_DB")).unwrap())
+            .build_manual();
+        let events = s.events();
+        let log = |events: &Receiver<JobEvent>| {
+            for e in events.try_iter() {
+                let t = ns(e.scheduled);
+                let line = match e.kind {
+                    EventKind::Missed {
+                        count,
+                        last,
+                        reason,
+                    } => format!("missed {t} {count} {} {reason:?}", ns(last)),
+                    EventKind::Interrupted => format!("interrupted {t}"),
+                    EventKind::Started { attempt } => format!("started {t} {attempt}"),
+                    other => format!("event {t} {other:?}"),
+                };
+                append(&out, line);
+            }
+        };
+        let file = Arc::clone(&out);
+        let job = Job::thread_with(
+            "tick",
+            Schedule::every(PERIOD).starting_at(epoch),
+            move |run| {
+                std::thread::sleep(WORK);
+                append(&file, format!("ran {}", ns(run.scheduled)));
+            },
+        )
+        .jitter(JITTER)
+        .misfire_grace(GRACE)
+        .coalesce(Coalesce::All)
+        .max_instances(3);
+        s.add(job).unwrap();
+        log(&events);
+        println!("ready {}", ns(Utc::now()));
+        let begun = std::time::Instant::now();
+        while run_for.is_zero() || begun.elapsed() < run_for {
+            s.run_pending();
+            log(&events);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        s.shutdown(true);
+        log(&events);
+        println!("done");
+    }
+
+    /// Removes a directory when dropped, whatever the test did.
+    struct TempDir(std::path::PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A scheduler process SIGKILLed at random moments, 40 times, each time restarted
+    /// on the same store; then one that runs and stops cleanly. No fire time ran twice,
+    /// and every fire time up to the last restart was run or reported (missed, or
+    /// interrupted: started, outcome unknown).
+    pub fn killed_at_random_moments() {
+        let dir = TempDir(tempdir("kills"));
+        let db = dir.0.join("jobs.db");
+        let out = dir.0.join("out.log");
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let epoch = ns(Utc::now()) + 100_000_000;
+        let exe = std::env::current_exe().unwrap();
+        let start = |run_ms: u64| {
+            let env = [
+                ("MP_DB", db.to_str().unwrap().to_string()),
+                ("MP_OUT", out.to_str().unwrap().to_string()),
+                ("MP_EPOCH_NS", epoch.to_string()),
+                ("MP_RUN_MS", run_ms.to_string()),
+            ];
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            common::Helper::start_with("store_scheduler", exe.clone(), &env)
+        };
+        // What each kill left behind, read from the store: the times claimed and neither
+        // started nor reported (the window this is about) and how far the log had got;
+        // how many runs were started and not settled; how many reports not settled.
+        let (mut claimed_at_kill, mut unsettled, mut reports) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..40 {
+            let mut h = start(0);
+            h.expect("ready", T);
+            std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+            let left = h.kill_tree(T);
+            assert!(left.is_empty(), "left running after the kill: {left:?}");
+            let logged = std::fs::read_to_string(&out).unwrap().len();
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let times_in = |states: &str| -> Vec<i64> {
+                let mut q = conn
+                    .prepare(&format!(
+                        "SELECT scheduled_ns FROM fires WHERE state IN ({states})"
+                    ))
+                    .unwrap();
+                q.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            };
+            claimed_at_kill.push((times_in("0"), logged));
+            unsettled.push(times_in("1").len());
+            reports.push(times_in("3, 4, 5").len());
+            drop(conn);
+            std::thread::sleep(Duration::from_millis(rng.u64(0..300)));
+        }
+        let mut h = start(1500);
+        let last_restart: i64 = h.expect("ready ", T).parse().unwrap();
+        h.expect("done", T);
+        assert!(h.wait(T).success(), "{}", h.stderr_now());
+
+        /// What a stretch of the log says: each run (how many times), the runs reported
+        /// interrupted, the missed reports (first, count, last).
+        #[derive(Default)]
+        struct Log {
+            ran: std::collections::BTreeMap<i64, u32>,
+            interrupted: std::collections::BTreeSet<i64>,
+            missed: Vec<(i64, u64, i64)>,
+        }
+        impl Log {
+            fn read(text: &str) -> Log {
+                let mut log = Log::default();
+                for line in text.lines() {
+                    let f: Vec<&str> = line.split(' ').collect();
+                    match f[0] {
+                        "ran" => *log.ran.entry(f[1].parse().unwrap()).or_default() += 1,
+                        "interrupted" => {
+                            log.interrupted.insert(f[1].parse().unwrap());
+                        }
+                        "missed" => log.missed.push((
+                            f[1].parse().unwrap(),
+                            f[2].parse().unwrap(),
+                            f[3].parse().unwrap(),
+                        )),
+                        _ => {}
+                    }
+                }
+                log
+            }
+            fn reported_missed(&self, t: i64) -> bool {
+                self.missed
+                    .iter()
+                    .any(|&(first, _, last)| first <= t && t <= last)
+            }
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        let log = Log::read(&text);
+        let context = format!(
+            "seed {seed}; claimed, not started, per kill {:?}; started, not settled, per \
+             kill {unsettled:?}; reported, not settled, per kill {reports:?}",
+            claimed_at_kill
+                .iter()
+                .map(|(c, _)| c.len())
+                .collect::<Vec<_>>()
+        );
+        let twice: Vec<_> = log.ran.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "ran more than once: {twice:?}; {context}");
+        let period = PERIOD.as_nanos() as i64;
+        let due: Vec<i64> = (0..)
+            .map(|k| epoch + k * period)
+            .take_while(|&t| t <= last_restart)
+            .collect();
+        let unaccounted: Vec<i64> = due
+            .iter()
+            .copied()
+            .filter(|t| !log.ran.contains_key(t) && !log.interrupted.contains(t))
+            .collect();
+        let lost: Vec<i64> = unaccounted
+            .iter()
+            .copied()
+            .filter(|&t| !log.reported_missed(t))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} due times neither ran nor were reported: {lost:?}; {context}",
+            lost.len(),
+            due.len()
+        );
+        let reported: u64 = log.missed.iter().map(|m| m.1).sum();
+        assert!(
+            reported >= unaccounted.len() as u64,
+            "{} times reported missed, {} not run; {context}",
+            reported,
+            unaccounted.len()
+        );
+        // The kills in the window: a time claimed, neither started nor reported. Such a
+        // time had not run when the kill landed, and a later scheduler ran it, or
+        // reported it missed, or started it and was killed in turn.
+        let (mut kills_in_window, mut window_ran, mut window_missed, mut window_interrupted) =
+            (0, 0, 0, 0);
+        for (claimed, logged) in &claimed_at_kill {
+            let before = Log::read(&text[..*logged]);
+            let after = Log::read(&text[*logged..]);
+            if !claimed.is_empty() {
+                kills_in_window += 1;
+            }
+            for &t in claimed {
+                assert!(
+                    !before.ran.contains_key(&t),
+                    "{t} ran and was still claimed, not started; {context}"
+                );
+                if after.ran.contains_key(&t) {
+                    window_ran += 1;
+                } else if after.reported_missed(t) {
+                    window_missed += 1;
+                } else if after.interrupted.contains(&t) {
+                    // Started by the next scheduler, which was killed in turn.
+                    window_interrupted += 1;
+                } else {
+                    let history: Vec<&str> = text
+                        .lines()
+                        .filter(|l| l.contains(&t.to_string()))
+                        .collect();
+                    panic!(
+                        "{t}, claimed when its scheduler was killed (log at {logged}), was \
+                         lost: {history:?}; {context}"
+                    );
+                }
+            }
+        }
+        let kills_unsettled = unsettled.iter().filter(|&&n| n > 0).count();
+        let kills_reporting = reports.iter().filter(|&&n| n > 0).count();
+        println!(
+            "{} due times: {} ran, {} more reported interrupted, {} reported missed; of 40 \
+             kills, {kills_in_window} landed between a claim and its start (their {} times: \
+             {window_ran} run by a later scheduler, {window_missed} reported missed, \
+             {window_interrupted} started by one killed in turn), \
+             {kills_unsettled} between a start and its settling, {kills_reporting} between \
+             a report and its settling ({context})",
+            due.len(),
+            due.iter().filter(|t| log.ran.contains_key(t)).count(),
+            due.iter()
+                .filter(|t| !log.ran.contains_key(t) && log.interrupted.contains(t))
+                .count(),
+            unaccounted.len(),
+            window_ran + window_missed + window_interrupted,
+        );
+        assert!(
+            kills_in_window > 0,
+            "no kill landed in the window: {context}"
+        );
+        assert!(kills_unsettled > 0, "no kill left a started run: {context}");
     }
 }

@@ -77,6 +77,19 @@ fn main() {
                 named_segments_of_a_killed_creator_are_removed,
             ),
             trial(
+                "creator_and_its_fork_server_killed_together",
+                creator_and_its_fork_server_killed_together,
+            ),
+            trial("creator_process_group_killed", creator_process_group_killed),
+            trial(
+                "segment_tracker_killed_is_replaced",
+                segment_tracker_killed_is_replaced,
+            ),
+            trial(
+                "normal_exit_leaves_no_segment_tracker",
+                normal_exit_leaves_no_segment_tracker,
+            ),
+            trial(
                 "opener_exiting_keeps_the_segment",
                 opener_exiting_keeps_the_segment,
             ),
@@ -99,6 +112,7 @@ fn main() {
 fn helpers(mode: &str) {
     match mode {
         "create_named_then_wait" => helper_create_named_then_wait(),
+        "tracked_segments" => helper_tracked_segments(),
         "leaks" => helper_leaks(),
         other => panic!("unknown helper mode {other}"),
     }
@@ -786,6 +800,180 @@ fn named_segments_of_a_killed_creator_are_removed() {
     assert!(gone, "the killed creator's segments are still in /dev/shm");
     value.store(6);
     assert_eq!(value.load(), 6);
+}
+
+/// How long a dead creator's segments may take to be removed.
+const CLEANUP: Duration = Duration::from_secs(10);
+
+/// Helper mode: says `ready`, then takes commands on stdin: `create` makes a named
+/// segment (kept) and prints `created NAME`; `exit` returns from `main` normally with
+/// the segments still alive (their handles forgotten), for the exit work to remove.
+fn helper_tracked_segments() {
+    let mut kept = Vec::new();
+    println!("ready");
+    for line in std::io::stdin().lines() {
+        match line.unwrap().as_str() {
+            "create" => {
+                let name = unique("tracked");
+                kept.push(SharedMemory::create(&name, 4096).unwrap());
+                println!("created {name}");
+            }
+            "exit" => {
+                std::mem::forget(kept);
+                return;
+            }
+            other => panic!("unknown command {other}"),
+        }
+    }
+}
+
+/// A tracked-segments helper that has created `n` named segments, and their names.
+fn creator_of(n: usize) -> (Helper, Vec<String>) {
+    let mut h = Helper::start("tracked_segments");
+    h.expect("ready", T);
+    let names = (0..n)
+        .map(|_| {
+            h.send("create");
+            h.expect("created ", T)
+        })
+        .collect();
+    (h, names)
+}
+
+/// The segment trackers (running) below process `root`.
+fn trackers_of(root: u32) -> Vec<u32> {
+    let below = common::descendants_of(root);
+    common::named("mp-shmtracker")
+        .into_iter()
+        .filter(|p| below.contains(p))
+        .collect()
+}
+
+/// The one tracker below `root`, once it has named itself (it is forked before the
+/// creation returns, and names itself a moment later); `None` if none shows up.
+fn tracker_of(root: u32) -> Option<u32> {
+    let mut found = Vec::new();
+    common::eventually(T, || {
+        found = trackers_of(root);
+        !found.is_empty()
+    });
+    assert!(found.len() <= 1, "more than one tracker: {found:?}");
+    found.first().copied()
+}
+
+/// Whether process `pid` is a segment tracker, running or a zombie.
+fn is_tracker(pid: u32) -> bool {
+    common::processes()
+        .iter()
+        .any(|(p, _, _, comm)| *p == pid && comm == "mp-shmtracker")
+}
+
+fn sigkill(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+}
+
+fn all_gone(names: &[String]) -> bool {
+    common::eventually(CLEANUP, || names.iter().all(|n| !common::shm_exists(n)))
+}
+
+/// Kills the creator (with `kill`, given its pid), then checks that its segments are
+/// removed within [`CLEANUP`] and that whatever it started ends on its own: this
+/// process, a subreaper, reaps it; what does not end is killed, and fails the test.
+fn killed_creator_cleans_up(mut h: Helper, names: &[String], kill: impl FnOnce(u32)) {
+    let creator = h.child.id();
+    let tree = common::descendants_of(creator);
+    kill(creator);
+    let _ = h.child.wait();
+    let gone = all_gone(names);
+    let left = common::reap_all(&tree, T);
+    assert!(gone, "segments left in /dev/shm: {names:?}");
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// `kill -9 -PGID`.
+fn kill_group(leader: u32) {
+    let group = rustix::process::Pid::from_raw(leader as i32).unwrap();
+    rustix::process::kill_process_group(group, rustix::process::Signal::KILL).unwrap();
+}
+
+/// `kill -9 SERVER CREATOR`: the fork server first, so that it cannot clean up after a
+/// creator that outlived it by an instant (it used to be the one that unlinked).
+fn creator_and_its_fork_server_killed_together() {
+    let (h, names) = creator_of(2);
+    let server = common::fork_server_of(h.child.id()).expect("the creator's fork server");
+    killed_creator_cleans_up(h, &names, |creator| {
+        sigkill(server);
+        sigkill(creator);
+    });
+}
+
+/// `kill -9 -PGID` of the creator's process group: creator, fork server, spare and
+/// daemon children at once. The tracker, in a session of its own, is not hit.
+fn creator_process_group_killed() {
+    let (h, names) = creator_of(3);
+    // Once the tracker shows up, it is among what must end on its own.
+    let _ = tracker_of(h.child.id());
+    killed_creator_cleans_up(h, &names, kill_group);
+}
+
+/// A tracker killed while its creator lives is replaced when the creator next creates
+/// a segment, and the new one learns every segment: both are removed when the creator
+/// is killed later.
+fn segment_tracker_killed_is_replaced() {
+    let (mut h, mut names) = creator_of(1);
+    let creator = h.child.id();
+    let first = tracker_of(creator).expect("a tracker for the creator");
+    sigkill(first);
+    // Its parent, the fork server, reaps it: not even a zombie is left.
+    assert!(
+        common::eventually(T, || !is_tracker(first)),
+        "the killed tracker was not reaped"
+    );
+    assert!(
+        common::shm_exists(&names[0]),
+        "a dead tracker removed a live segment"
+    );
+    h.send("create");
+    names.push(h.expect("created ", T));
+    let second = tracker_of(creator).expect("the tracker was not replaced");
+    assert_ne!(second, first);
+    killed_creator_cleans_up(h, &names, kill_group);
+}
+
+/// Creates a named segment and returns with it alive.
+fn create_and_forget(name: String) {
+    std::mem::forget(SharedMemory::create(&name, 4096).unwrap());
+}
+
+/// A creator that returns from `main` with segments still alive: its exit work has the
+/// tracker remove them and waits for it, so neither a tracker nor a zombie is left. The
+/// same for a child whose function returns (the run's final sweep finds any process
+/// it left).
+fn normal_exit_leaves_no_segment_tracker() {
+    let name = unique("child-forgot");
+    multiproc::spawn(create_and_forget, name.clone())
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    assert!(!common::shm_exists(&name), "a child's exit left {name}");
+
+    let (mut h, names) = creator_of(2);
+    let creator = h.child.id();
+    let tracker = tracker_of(creator).expect("a tracker for the creator");
+    h.send("exit");
+    let status = h.wait(T);
+    assert!(status.success(), "{status:?}: {}", h.stderr_now());
+    // At once: the exit waited for the tracker, and the fork server reaped it.
+    assert!(
+        !is_tracker(tracker),
+        "the tracker outlived its creator (running, or a zombie nobody reaped)"
+    );
+    let kept: Vec<_> = names.iter().filter(|n| common::shm_exists(n)).collect();
+    assert!(
+        kept.is_empty(),
+        "left in /dev/shm after a normal exit: {kept:?}"
+    );
 }
 
 fn open_and_exit(name: String) -> u64 {

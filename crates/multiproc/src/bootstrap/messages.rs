@@ -35,11 +35,16 @@ pub(crate) const FORK: u8 = 16;
 /// Fork server → parent: an encoded [`ForkReply`]; with `Ok`, one descriptor: a pidfd.
 pub(crate) const FORKED: u8 = 17;
 
-/// Parent → fork server: remember a named shared-memory segment this process created;
-/// unlink it when this process is gone. Body: an encoded [`Tracked`].
+/// Parent → its segment tracker: remember a named shared-memory segment this process
+/// created; unlink it when this process is gone. Body: an encoded [`Tracked`].
 pub(crate) const TRACK: u8 = 18;
-/// Parent → fork server: forget a segment (its creator unlinked it). Body: as `TRACK`.
+/// Parent → its segment tracker: forget a segment (its creator unlinked it). Body: as
+/// `TRACK`.
 pub(crate) const UNTRACK: u8 = 19;
+/// Parent → fork server: fork a segment tracker for this process. No body; one
+/// descriptor: the tracker's end of its connection to the parent. The reply is
+/// [`FORKED`] (the tracker's pid and a pidfd for it).
+pub(crate) const START_TRACKER: u8 = 20;
 
 pub(crate) use crate::shm::named::Tracked;
 

@@ -7,6 +7,7 @@ mod forkserver;
 pub(crate) mod messages;
 mod panic;
 mod setup;
+mod tracker;
 
 use std::ffi::OsString;
 use std::io;
@@ -18,6 +19,7 @@ pub(crate) use forkserver::{ForkServer, read_status};
 pub(crate) use panic::caught_panic;
 pub use panic::{PanicLocation, RemotePanic};
 pub(crate) use setup::{ForkedChildSetup, apply_limits, arm_cpu_limit, setup_forked_child};
+use tracker::SegmentTracker;
 
 use crate::shm::{self, named::Tracked};
 use crate::sync::unpoisoned;
@@ -61,11 +63,17 @@ pub(crate) fn at_exit_handle_children(f: fn()) {
 
 /// Runs when the process that called `init` exits, and when a child's function returns:
 /// from now on no process is started; the children are handled (daemons terminated, the
-/// others joined), then the fork server is stopped. Doing it again does nothing.
+/// others joined), the segment tracker unlinks what this process created and did not
+/// unlink, and exits; then the fork server is stopped (and reaps the tracker). Doing it
+/// again does nothing.
 pub(crate) fn exit_function() {
     begin_exit();
     if let Some(handle_children) = HANDLE_CHILDREN.get() {
         handle_children();
+    }
+    let tracker = state().tracker.take();
+    if let Some(tracker) = tracker {
+        tracker.finish();
     }
     let server = state().server.take();
     if let Some(server) = server {
@@ -115,15 +123,19 @@ pub(crate) struct State {
     /// This process's death pipe: children hold the read end; the write end lives only
     /// here, so it hangs up exactly when this process is gone.
     pub(crate) death: Option<(OwnedFd, OwnedFd)>,
-    /// Named segments this process created and has not unlinked: its fork server
-    /// unlinks them if this process dies first.
+    /// Named segments this process created and has not unlinked: its segment tracker
+    /// unlinks them if this process dies first. Kept here to be replayed to a tracker
+    /// that replaces a dead one.
     pub(crate) tracked: Vec<Tracked>,
+    /// The segment tracker, started when this process first creates a named segment.
+    pub(crate) tracker: Option<SegmentTracker>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     server: None,
     death: None,
     tracked: Vec::new(),
+    tracker: None,
 });
 
 static ME: Mutex<Option<Arc<Me>>> = Mutex::new(None);
@@ -403,6 +415,7 @@ pub(crate) fn become_child(st: &mut State, me_slot: &mut Option<Arc<Me>>, me: Me
     st.server = None;
     st.death = None;
     st.tracked.clear();
+    st.tracker = None;
     *me_slot = Some(Arc::new(me));
     // A child may start children of its own, whether or not `init` ran in this image
     // (an executed child recognised itself before `main`).
@@ -428,6 +441,7 @@ pub(crate) fn forget_inherited_state() {
     let mut st = state();
     std::mem::forget(st.server.take());
     std::mem::forget(st.death.take());
+    std::mem::forget(st.tracker.take());
 }
 
 /// This process's description.
@@ -466,19 +480,14 @@ fn server_call<T>(
                 ));
             }
             let death = death_read_end(st)?;
-            let mut server = ForkServer::exec_now(death)?;
-            // A new server must learn what the one it replaces was tracking.
-            for tracked in &st.tracked {
-                server.send_tracked(messages::TRACK, tracked)?;
-            }
-            st.server = Some(server);
+            st.server = Some(ForkServer::exec_now(death)?);
         }
         let Some(server) = st.server.as_mut() else {
             continue;
         };
         match f(server) {
             Ok(v) => return Ok(v),
-            Err(e) if forkserver::is_server_gone(&e) => {
+            Err(e) if forkserver::is_peer_gone(&e) => {
                 // Reap it now: a server that died must not stay a zombie, holding its
                 // descriptors, until the next spawn.
                 if let Some(old) = st.server.take() {
@@ -494,17 +503,19 @@ fn server_call<T>(
     Err(io::Error::other("the fork server keeps failing"))
 }
 
-/// Has this process's fork server unlink the named segment `tracked` if this process
-/// dies without doing it. Best effort: without `init()` there is no server to ask.
+/// Has this process's segment tracker unlink the named segment `tracked` if this
+/// process dies without doing it, starting the tracker if there is none (or it died).
+/// Best effort: without `init()` there is no fork server to start one, and none is
+/// started once the exit work has begun.
 fn track(tracked: Tracked) {
     if !initialized() {
         return;
     }
     let mut st = state();
-    if let Err(e) = server_call(&mut st, |s| s.send_tracked(messages::TRACK, &tracked)) {
+    st.tracked.push(tracked.clone());
+    if let Err(e) = tell_tracker(&mut st, messages::TRACK, &tracked) {
         tracing::trace!("cannot track {:?}: {e}", tracked.name);
     }
-    st.tracked.push(tracked);
 }
 
 /// Undoes [`track`]: the segment was unlinked by its creator.
@@ -512,9 +523,28 @@ fn untrack(tracked: &Tracked) {
     let mut st = state();
     let before = st.tracked.len();
     st.tracked.retain(|t| t != tracked);
-    if st.tracked.len() != before
-        && let Some(server) = st.server.as_mut()
-    {
-        let _ = server.send_tracked(messages::UNTRACK, tracked);
+    if st.tracked.len() != before {
+        let _ = tell_tracker(&mut st, messages::UNTRACK, tracked);
     }
+}
+
+/// Sends `TRACK` or `UNTRACK` to the tracker. A tracker found dead is replaced for a
+/// `TRACK` (a new one learns the whole list, this segment included); an `UNTRACK` needs
+/// none.
+fn tell_tracker(st: &mut State, tag: u8, tracked: &Tracked) -> io::Result<()> {
+    if let Some(tracker) = st.tracker.as_mut() {
+        match tracker.send(tag, tracked) {
+            Ok(()) => return Ok(()),
+            // Dead (killed): its server reaps it; a new one is started below.
+            Err(e) if forkserver::is_peer_gone(&e) => st.tracker = None,
+            Err(e) => return Err(e),
+        }
+    }
+    if tag != messages::TRACK || exiting() {
+        return Ok(());
+    }
+    let list = st.tracked.clone();
+    let tracker = server_call(st, |server| SegmentTracker::start(server, &list))?;
+    st.tracker = Some(tracker);
+    Ok(())
 }

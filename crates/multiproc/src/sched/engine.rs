@@ -7,14 +7,14 @@ use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use indexmap::IndexMap;
 
 use super::clock::{Clock, Notifier};
-use super::job::{Coalesce, EventKind, Job, JobEvent, MissReason, Running, Target};
+use super::job::{Coalesce, EventKind, Job, JobEvent, MissReason, RunContext, Running, Target};
 use super::schedule::{self, Schedule};
 #[cfg(feature = "sqlite")]
 use super::store::JobStore;
@@ -27,6 +27,11 @@ use crate::sync::unpoisoned;
 /// At most this many due times of one job are looked at in one pass; more (a per-second
 /// job after a long downtime) are handled in the passes that follow at once.
 const MAX_DUE_PER_PASS: usize = 10_000;
+
+/// How long after its event a fire time's record is settled in the job store: the time
+/// a subscriber on another thread has to take the event before a crash would no longer
+/// have the next scheduler report the time again.
+const SETTLE_AFTER: Duration = Duration::from_millis(100);
 
 /// How long a scheduler's leader lease on a cluster lasts without renewal; it is
 /// renewed at every pass, and a scheduler with cluster jobs passes at least every
@@ -69,6 +74,9 @@ struct State {
     runs: HashMap<u64, Run>,
     timers: Vec<Timer>,
     next_run: u64,
+    /// Fire times handled (their run ended, or they were reported), with when: settled
+    /// in the job store [`SETTLE_AFTER`] later. Empty without a store.
+    settle: Vec<(String, DateTime<Utc>, Instant)>,
 }
 
 struct JobState {
@@ -78,6 +86,59 @@ struct JobState {
     /// Due times another scheduler may fire (it held the cluster's leader lease): looked
     /// at again until this scheduler leads, so none is lost when the leader dies.
     deferred: Vec<DateTime<Utc>>,
+    /// Times a scheduler on the same store claimed and never started before it was gone:
+    /// claimed by this one now, and handled as due at the next pass.
+    recovered: Vec<DateTime<Utc>>,
+}
+
+/// Where a job stands when it is added (from the store, if there is one).
+pub(super) struct Loaded {
+    /// The schedule (an interval keeps its stored start).
+    pub(super) schedule: Schedule,
+    /// The last fire time handled.
+    pub(super) last: Option<DateTime<Utc>>,
+    /// What schedulers on the store that are gone left unfinished.
+    pub(super) orphans: Orphans,
+}
+
+/// What a scheduler records in its store of a fire time it claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mark {
+    /// The run is about to be handed to the executor.
+    Started,
+    /// The time is about to be reported missed, for this reason.
+    Reported(MissReason),
+    /// The run ended, or the report is out.
+    Settled,
+}
+
+/// The fire times of a job that schedulers on the same store left unfinished when they
+/// were gone (killed, or dropped), now this scheduler's.
+#[derive(Debug, Default)]
+pub(super) struct Orphans {
+    /// Claimed, never started: due.
+    pub(super) unstarted: Vec<DateTime<Utc>>,
+    /// Started, outcome never recorded: reported interrupted, not run again.
+    pub(super) interrupted: Vec<DateTime<Utc>>,
+    /// Being reported missed: reported again, not run.
+    pub(super) reported: Vec<Report>,
+}
+
+/// Which of the times too late after a downtime a scheduler reports (the first, and how
+/// many), given the last time handled before (see `JobStore::claim_through`).
+pub(super) type LateRange<'a> = &'a dyn Fn(Option<DateTime<Utc>>) -> Option<(DateTime<Utc>, u64)>;
+
+/// Fire times reported missed (a record of them in a job store).
+#[derive(Debug)]
+pub(super) struct Report {
+    /// The first of them.
+    pub(super) first: DateTime<Utc>,
+    /// The last of them (the record's time).
+    pub(super) last: DateTime<Utc>,
+    /// How many.
+    pub(super) count: u64,
+    /// Why they were missed.
+    pub(super) reason: MissReason,
 }
 
 struct Run {
@@ -176,7 +237,11 @@ impl Shared {
         }
         let key = job.schedule.to_string();
         let fresh = job.schedule.resolve(now)?;
-        let (schedule, last_fired) = shared.load(&job.name, &key, fresh)?;
+        let Loaded {
+            schedule,
+            last: last_fired,
+            orphans,
+        } = shared.load(&job.name, &key, fresh)?;
         let next = match (last_fired, schedule.once_at()) {
             (Some(last), _) => schedule.next_after(last),
             (None, Some(at)) => Some(at),
@@ -187,6 +252,24 @@ impl Shared {
         };
         tracing::debug!(job = %job.name, schedule = %schedule, "job added");
         let name = job.name.clone();
+        for &t in &orphans.interrupted {
+            shared.emit(&name, t, now, EventKind::Interrupted);
+        }
+        shared.settle_later(&mut st, &name, &orphans.interrupted);
+        for reason in [
+            MissReason::TooLate,
+            MissReason::Coalesced,
+            MissReason::MaxInstances,
+        ] {
+            let mut range = TooLate::default();
+            let mut times = Vec::new();
+            for r in orphans.reported.iter().filter(|r| r.reason == reason) {
+                range.add(r.first, r.last, r.count);
+                times.push(r.last);
+            }
+            shared.missed_range(&name, &range, reason, now);
+            shared.settle_later(&mut st, &name, &times);
+        }
         st.jobs.insert(
             name,
             JobState {
@@ -194,6 +277,7 @@ impl Shared {
                 next,
                 running: 0,
                 deferred: Vec::new(),
+                recovered: orphans.unstarted,
             },
         );
         drop(st);
@@ -283,6 +367,9 @@ impl Shared {
                 last,
                 reason,
             } => tracing::warn!(job, %scheduled, count, %last, ?reason, "runs missed"),
+            EventKind::Interrupted => {
+                tracing::warn!(job, %scheduled, "run interrupted: its outcome was never recorded");
+            }
         }
         self.events.send(JobEvent {
             job: job.to_string(),
@@ -297,6 +384,7 @@ impl Shared {
     pub(super) fn process(self: &Arc<Self>, fire: bool) -> (usize, Option<DateTime<Utc>>) {
         let now = self.clock.now();
         let mut st = unpoisoned::lock(&self.state);
+        self.flush_settled(&mut st, false);
         let woken = mem::take(&mut *unpoisoned::lock(&self.woken));
         for id in woken {
             self.poll_run(&mut st, id, now);
@@ -307,7 +395,27 @@ impl Shared {
                 .into_iter()
                 .partition(|t| t.at <= now);
             st.timers = later;
+            // A job removed while its run waited: the time is done with.
+            let (due, orphaned): (Vec<Timer>, Vec<Timer>) =
+                due.into_iter().partition(|t| st.jobs.contains_key(&t.job));
+            for t in orphaned {
+                self.settle_later(&mut st, &t.job, &[t.scheduled]);
+            }
+            // A first attempt (it waited for its jitter) is recorded as started before
+            // it is handed over; a retry's run was already.
+            let firsts: Vec<(String, DateTime<Utc>, Mark)> = due
+                .iter()
+                .filter(|t| t.attempt == 1)
+                .map(|t| (t.job.clone(), t.scheduled, Mark::Started))
+                .collect();
+            let marked = self.mark(&firsts, "due runs not started");
             for t in due {
+                if t.attempt == 1 && !marked {
+                    if let Some(js) = st.jobs.get_mut(&t.job) {
+                        js.running = js.running.saturating_sub(1);
+                    }
+                    continue;
+                }
                 started += self.launch(&mut st, &t.job, t.scheduled, t.attempt, now);
             }
             let names: Vec<String> = st.jobs.keys().cloned().collect();
@@ -320,10 +428,11 @@ impl Shared {
         }
         let next_job = st.jobs.values().filter_map(|j| j.next).min();
         let next_timer = st.timers.iter().map(|t| t.at).min();
-        let wake_at = match (next_job, next_timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Records waiting to be settled, and times recovered from a store, are looked
+        // at again soon.
+        let soon = (!st.settle.is_empty() || st.jobs.values().any(|j| !j.recovered.is_empty()))
+            .then(|| now + chrono::Duration::from_std(SETTLE_AFTER).unwrap_or_default());
+        let wake_at = [next_job, next_timer, soon].into_iter().flatten().min();
         // Deferred times, and the leader lease, are looked at again soon.
         #[cfg(feature = "redis")]
         let wake_at = if self.cluster.is_some() && !st.jobs.is_empty() {
@@ -341,7 +450,7 @@ impl Shared {
             return 0;
         };
         let first = js.next.filter(|&t| t <= now);
-        if first.is_none() && js.deferred.is_empty() {
+        if first.is_none() && js.deferred.is_empty() && js.recovered.is_empty() {
             return 0;
         }
         // One grace for every due time, where it does not depend on the time: then the
@@ -376,32 +485,56 @@ impl Shared {
         }
         let due = self.unfired(name, due);
         let mut too_late = TooLate::default();
+        // Times too late handled without a record each (a downtime): one record of
+        // those this scheduler reports, so that a successor reports them if it dies
+        // before its report is out.
+        let mut range_at = None;
         if let (Some(first), Some(last_late)) = (first, dues.last_late) {
-            match self.claim_through(name, last_late) {
-                // Another scheduler on the same store handled some of them already.
-                Ok(Some(handled)) if handled >= last_late => {}
-                Ok(Some(handled)) if handled >= first => {
-                    too_late.add_counted(&js.job.schedule, handled, last_late, dues.late);
+            let schedule = &js.job.schedule;
+            let range = |handled: Option<DateTime<Utc>>| {
+                let mut range = TooLate::default();
+                match handled {
+                    // Another scheduler on the same store handled some of them already.
+                    Some(handled) if handled >= last_late => {}
+                    Some(handled) if handled >= first => {
+                        range.add_counted(schedule, handled, last_late, dues.late);
+                    }
+                    _ => range.add(first, last_late, dues.late),
                 }
-                Ok(_) => too_late.add(first, last_late, dues.late),
+                range.first.map(|f| (f, range.count))
+            };
+            match self.claim_through(name, last_late, &range) {
+                Ok(Some((first, count))) => {
+                    too_late.add(first, last_late, count);
+                    range_at = Some(last_late);
+                }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(job = name, "job store failed; due runs not started: {e}");
                     return 0;
                 }
             }
         }
-        if due.is_empty() {
+        if due.is_empty() && js.recovered.is_empty() {
             self.missed_range(name, &too_late, MissReason::TooLate, now);
+            self.settle_later(st, name, &range_at.into_iter().collect::<Vec<_>>());
             return 0;
         }
-        let claimed = match self.claim(name, &due) {
+        let mut claimed = match self.claim(name, &due) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(job = name, "job store failed; due runs not started: {e}");
+                self.missed_range(name, &too_late, MissReason::TooLate, now);
+                self.settle_later(st, name, &range_at.into_iter().collect::<Vec<_>>());
                 return 0;
             }
         };
+        // Times an earlier scheduler claimed and never started are due like the others.
+        claimed.append(&mut js.recovered);
+        claimed.sort_unstable();
+        claimed.dedup();
         let mut runnable = Vec::new();
+        let mut claimed_late = Vec::new();
         for t in claimed {
             let grace = match fixed_grace {
                 Some(g) => g,
@@ -410,11 +543,11 @@ impl Shared {
             let late = (now - t).to_std().unwrap_or(Duration::ZERO);
             if grace.is_some_and(|g| late > g) {
                 too_late.add(t, t, 1);
+                claimed_late.push(t);
             } else {
                 runnable.push(t);
             }
         }
-        self.missed_range(name, &too_late, MissReason::TooLate, now);
         let (run, coalesced) = match js.job.coalesce {
             _ if runnable.is_empty() => (Vec::new(), Vec::new()),
             Coalesce::All => (runnable, Vec::new()),
@@ -438,8 +571,36 @@ impl Shared {
                 to_start.push(t);
             }
         }
+        // Recorded before they are reported, or handed over (a first attempt that waits
+        // for its jitter is recorded when it is handed over): a scheduler that dies
+        // after this never has them run again, and has the next one report them.
+        let starting: &[DateTime<Utc>] = if jitter.is_zero() { &to_start } else { &[] };
+        let mut marks = Vec::new();
+        for (times, mark) in [
+            (&claimed_late[..], Mark::Reported(MissReason::TooLate)),
+            (&coalesced[..], Mark::Reported(MissReason::Coalesced)),
+            (&over_max[..], Mark::Reported(MissReason::MaxInstances)),
+            (starting, Mark::Started),
+        ] {
+            marks.extend(times.iter().map(|&t| (name.to_string(), t, mark)));
+        }
+        let marked = self.mark(&marks, "due runs not started");
+        self.missed_range(name, &too_late, MissReason::TooLate, now);
         self.missed(name, &coalesced, MissReason::Coalesced, now);
         self.missed(name, &over_max, MissReason::MaxInstances, now);
+        let reported: Vec<DateTime<Utc>> = claimed_late
+            .into_iter()
+            .chain(range_at)
+            .chain(coalesced)
+            .chain(over_max)
+            .collect();
+        self.settle_later(st, name, &reported);
+        if jitter.is_zero() && !marked {
+            if let Some(js) = st.jobs.get_mut(name) {
+                js.running = js.running.saturating_sub(to_start.len());
+            }
+            return 0;
+        }
         let mut started = 0;
         for t in to_start {
             if jitter.is_zero() {
@@ -493,17 +654,18 @@ impl Shared {
             // Removed while its run waited for its jitter or retry.
             return 0;
         };
+        let run = RunContext::new(name, scheduled, attempt);
         let task = match &js.job.target {
             Target::Process(start) => self
                 .pool
                 .as_ref()
                 .ok_or(TaskError::PoolClosed)
-                .and_then(|p| start(p)),
+                .and_then(|p| start(p, &run)),
             Target::Thread(start) => self
                 .threads
                 .as_ref()
                 .ok_or(TaskError::PoolClosed)
-                .and_then(|p| start(p)),
+                .and_then(|p| start(p, &run)),
             #[cfg(feature = "redis")]
             Target::Cluster(start) => {
                 let run = super::job::ClusterRun {
@@ -573,6 +735,7 @@ impl Shared {
                 if let Some(js) = js {
                     js.running = js.running.saturating_sub(1);
                 }
+                self.settle_later(st, name, &[scheduled]);
             }
             Err(error) => {
                 let retry = js.as_ref().and_then(|js| {
@@ -594,8 +757,12 @@ impl Shared {
                         scheduled,
                         attempt: attempt + 1,
                     }),
-                    (_, Some(js)) => js.running = js.running.saturating_sub(1),
-                    (_, None) => {}
+                    (_, js) => {
+                        if let Some(js) = js {
+                            js.running = js.running.saturating_sub(1);
+                        }
+                        self.settle_later(st, name, &[scheduled]);
+                    }
                 }
             }
         }
@@ -603,22 +770,78 @@ impl Shared {
 
     /// The job's fire times handled by an earlier run of the program, from the store.
     #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
-    fn load(
-        &self,
-        name: &str,
-        key: &str,
-        fresh: Schedule,
-    ) -> Result<(Schedule, Option<DateTime<Utc>>), ScheduleError> {
+    fn load(&self, name: &str, key: &str, fresh: Schedule) -> Result<Loaded, ScheduleError> {
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
             return unpoisoned::lock(store).load(name, key, fresh);
         }
         let _ = (name, key);
-        Ok((fresh, None))
+        Ok(Loaded {
+            schedule: fresh,
+            last: None,
+            orphans: Orphans::default(),
+        })
     }
 
-    /// Which of `dues` this scheduler fires (with a store, another scheduler may have).
+    /// Records `marks` (job, time, how far it got) in the store, if there is one, in
+    /// one transaction. False if the store failed (said in a `tracing` error, with
+    /// `unless`, what does not happen then): runs about to start must not start, and
+    /// stay claimed for a scheduler that comes after.
     #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    fn mark(&self, marks: &[(String, DateTime<Utc>, Mark)], unless: &str) -> bool {
+        #[cfg(feature = "sqlite")]
+        if let Some(store) = &self.store
+            && !marks.is_empty()
+            && let Err(e) = unpoisoned::lock(store).mark(marks)
+        {
+            tracing::error!("job store failed; {unless}: {e}");
+            return false;
+        }
+        let _ = (marks, unless);
+        true
+    }
+
+    /// Queues `times` of job `name` to be settled in the store (their run ended, or
+    /// they were reported): after [`SETTLE_AFTER`], so that subscribers have taken the
+    /// event first.
+    #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    fn settle_later(&self, st: &mut State, name: &str, times: &[DateTime<Utc>]) {
+        #[cfg(feature = "sqlite")]
+        if self.store.is_some() {
+            let at = Instant::now();
+            st.settle
+                .extend(times.iter().map(|&t| (name.to_string(), t, at)));
+        }
+        let _ = (st, name, times);
+    }
+
+    /// Settles in the store the records queued at least [`SETTLE_AFTER`] ago (`all`:
+    /// every one). Those the store fails to take wait for the next pass.
+    #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    fn flush_settled(&self, st: &mut State, all: bool) {
+        if st.settle.is_empty() {
+            return;
+        }
+        // One instant for choosing and for forgetting: a record that ripens while the
+        // store writes is settled at the next pass, not forgotten.
+        let now = Instant::now();
+        let ripe = |at: &Instant| all || now.saturating_duration_since(*at) >= SETTLE_AFTER;
+        let marks: Vec<_> = st
+            .settle
+            .iter()
+            .filter(|(_, _, at)| ripe(at))
+            .map(|(job, t, _)| (job.clone(), *t, Mark::Settled))
+            .collect();
+        if self.mark(&marks, "records not settled yet") {
+            st.settle.retain(|(_, _, at)| !ripe(at));
+        }
+    }
+
+    /// Settles every record still queued: the scheduler is stopping.
+    pub(super) fn flush(&self) {
+        self.flush_settled(&mut unpoisoned::lock(&self.state), true);
+    }
+
     /// Whether this scheduler fires now: always, but on a cluster only while it holds
     /// the queue's leader lease (taken or renewed here).
     #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
@@ -668,18 +891,20 @@ impl Shared {
     }
 
     /// Marks every fire time of `name` up to `through` handled (too late to run), in one
-    /// step; returns the last time handled before, if the store knew one.
+    /// step; returns those this scheduler reports (the first, and how many), as `range`
+    /// finds them from the last time handled before, if the store knew one.
     fn claim_through(
         &self,
         name: &str,
         through: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, ScheduleError> {
+        range: LateRange<'_>,
+    ) -> Result<Option<(DateTime<Utc>, u64)>, ScheduleError> {
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
-            return unpoisoned::lock(store).claim_through(name, through);
+            return unpoisoned::lock(store).claim_through(name, through, range);
         }
         let _ = (name, through);
-        Ok(None)
+        Ok(range(None))
     }
 
     fn claim(

@@ -20,7 +20,35 @@ use crate::pool::{Pool, ThreadPool};
 pub(crate) type Running = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
 
 /// Starts one run of a job on an executor of type `E`.
-pub(crate) type Start<E> = Arc<dyn Fn(&E) -> Result<Running, TaskError> + Send + Sync>;
+pub(crate) type Start<E> = Arc<dyn Fn(&E, &RunContext) -> Result<Running, TaskError> + Send + Sync>;
+
+/// Which run a job's function is called for: given to the function of a
+/// [`Job::thread_with`] job.
+///
+/// The fire time is what a run records to tell, later, whether it happened: after a
+/// crash, the scheduler reports a run whose outcome it never recorded
+/// [`Interrupted`](EventKind::Interrupted) (it may or may not have finished).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunContext {
+    /// The job's name.
+    pub job: String,
+    /// The fire time the run is for: the schedule's, whatever the run's jitter or
+    /// lateness.
+    pub scheduled: DateTime<Utc>,
+    /// Which attempt of the run (from 1; above 1 for a retry).
+    pub attempt: u32,
+}
+
+impl RunContext {
+    pub(crate) fn new(job: &str, scheduled: DateTime<Utc>, attempt: u32) -> RunContext {
+        RunContext {
+            job: job.to_string(),
+            scheduled,
+            attempt,
+        }
+    }
+}
 
 /// Starts one run of a cluster job: submitted once per (job, fire time, attempt)
 /// whatever the number of schedulers, and only while this scheduler leads.
@@ -152,7 +180,7 @@ impl Job {
         A: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let start = move |pool: &Pool| -> Result<Running, TaskError> {
+        let start = move |pool: &Pool, _: &RunContext| -> Result<Running, TaskError> {
             let task = pool.submit(f, args.clone())?;
             Ok(Box::pin(async move { task.await.map(drop) }))
         };
@@ -166,10 +194,32 @@ impl Job {
         F: Fn() -> R + Send + Sync + 'static,
         R: Send + 'static,
     {
+        Job::thread_with(name, schedule, move |_| f())
+    }
+
+    /// Like [`thread`](Self::thread), and `f` is told which run it is for: the job, the
+    /// fire time, the attempt (a [`RunContext`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::sched::{Job, Schedule};
+    ///
+    /// let job = Job::thread_with("report", Schedule::every(Duration::from_secs(60)), |run| {
+    ///     println!("the report due at {} (attempt {})", run.scheduled, run.attempt);
+    /// });
+    /// assert_eq!(job.name(), "report");
+    /// ```
+    pub fn thread_with<R, F>(name: impl Into<String>, schedule: Schedule, f: F) -> Job
+    where
+        F: Fn(RunContext) -> R + Send + Sync + 'static,
+        R: Send + 'static,
+    {
         let f = Arc::new(f);
-        let start = move |pool: &ThreadPool| -> Result<Running, TaskError> {
-            let f = Arc::clone(&f);
-            let task = pool.submit(move || f())?;
+        let start = move |pool: &ThreadPool, run: &RunContext| -> Result<Running, TaskError> {
+            let (f, run) = (Arc::clone(&f), run.clone());
+            let task = pool.submit(move || f(run))?;
             Ok(Box::pin(async move { task.await.map(drop) }))
         };
         Job::with_target(name, schedule, Target::Thread(Arc::new(start)))
@@ -302,6 +352,11 @@ pub enum EventKind {
         /// Why.
         reason: MissReason,
     },
+    /// A run that a scheduler on the same job store started, and whose outcome it never
+    /// recorded: its process ended first (killed, say), or it was dropped with the run
+    /// in flight. The run may or may not have finished; it is not run again. Reported
+    /// by the next scheduler that adds the job on the store (feature `sqlite`).
+    Interrupted,
 }
 
 /// An event of a job's life, from [`Scheduler::events`](super::Scheduler::events).

@@ -48,7 +48,7 @@ use crossbeam_channel::Receiver;
 pub use self::clock::{Clock, ManualClock};
 use self::engine::Shared;
 pub use self::error::ScheduleError;
-pub use self::job::{Coalesce, EventKind, Job, JobEvent, MissReason};
+pub use self::job::{Coalesce, EventKind, Job, JobEvent, MissReason, RunContext};
 pub use self::schedule::Schedule;
 #[cfg(feature = "sqlite")]
 pub use self::store::JobStore;
@@ -259,5 +259,8 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.stop_thread();
+        // What was reported is settled in the store; runs still in flight stay
+        // started, and the next scheduler on the store reports them interrupted.
+        self.shared.flush();
     }
 }

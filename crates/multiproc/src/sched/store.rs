@@ -1,22 +1,37 @@
 //! [`JobStore`]: a SQLite file that keeps each job's schedule and last fire time, so a
 //! restarted scheduler resumes where it stopped and two schedulers on one file never
 //! fire the same (job, time) twice.
+//!
+//! Each fire time a scheduler takes for a run is a record, `claimed` by it (its owner:
+//! this boot of the machine, its process's identity, and the store's number in the
+//! process), then `started` just before its run is handed to the executor (or
+//! `reported`, with its reason, just before it is reported missed), then `settled` once
+//! the run ended or the report was out. A scheduler that adds a job takes over the
+//! records of owners that are gone: times claimed and never started are due again; runs
+//! started and never settled are reported interrupted; times reported and never settled
+//! are reported again. Nothing started or reported is run again.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::ScheduleError;
+use super::engine::{LateRange, Loaded, Mark, Orphans, Report};
 use super::schedule::{Kind, Schedule};
+use super::{MissReason, ScheduleError};
+use crate::sync::unpoisoned;
+use crate::sys;
 
-/// The layout version this code writes (SQLite's `user_version`).
-const VERSION: i64 = 1;
+/// The layout version this code writes (SQLite's `user_version`). Version 1 (no state
+/// and no owner per fire record) is upgraded in place when opened.
+const VERSION: i64 = 2;
 
-/// How many fire records a job keeps (the unique key guards recent times; older ones are
-/// behind every scheduler's last fire time anyway).
+/// How many settled fire records a job keeps (the unique key guards recent times; older
+/// ones are behind every scheduler's last fire time anyway).
 const KEEP_FIRES: i64 = 1_000;
 
 const SCHEMA: &str = "
@@ -29,9 +44,85 @@ CREATE TABLE jobs (
 CREATE TABLE fires (
     job TEXT NOT NULL,
     scheduled_ns INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 2,
+    owner TEXT,
+    first_ns INTEGER,
+    count INTEGER,
     PRIMARY KEY (job, scheduled_ns)
 );
 ";
+
+/// From layout 1. Its records were handled as that version handled them (run, reported,
+/// or lost with a killed process; it could not tell), so they are settled.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE fires ADD COLUMN state INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE fires ADD COLUMN owner TEXT;
+ALTER TABLE fires ADD COLUMN first_ns INTEGER;
+ALTER TABLE fires ADD COLUMN count INTEGER;
+";
+
+/// A fire record's state: taken by a scheduler, its run not handed to an executor yet.
+const CLAIMED: i64 = 0;
+/// Its run was handed to an executor; its outcome is not recorded yet.
+const STARTED: i64 = 1;
+/// Its run ended, or its report (missed, interrupted) is out: nothing more to do.
+const SETTLED: i64 = 2;
+/// About to be reported missed, too late (then settled once the report is out). A
+/// record of times too late handled without a record each (a downtime) is at the last
+/// of them, with the first (`first_ns`) and how many (`count`).
+const REPORTED_TOO_LATE: i64 = 3;
+/// About to be reported missed, coalesced.
+const REPORTED_COALESCED: i64 = 4;
+/// About to be reported missed, over `max_instances`.
+const REPORTED_MAX_INSTANCES: i64 = 5;
+
+impl Mark {
+    fn state(self) -> i64 {
+        match self {
+            Mark::Started => STARTED,
+            Mark::Reported(MissReason::TooLate) => REPORTED_TOO_LATE,
+            Mark::Reported(MissReason::Coalesced) => REPORTED_COALESCED,
+            Mark::Reported(MissReason::MaxInstances) => REPORTED_MAX_INSTANCES,
+            Mark::Settled => SETTLED,
+        }
+    }
+}
+
+/// The stores open in this process, by number: an owner in this process is alive while
+/// its store is open.
+static OPEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+/// A new store's number, and its name for its claims: `BOOT/PROCESS/NUMBER`.
+fn new_owner() -> (u64, String) {
+    let number = NEXT_STORE.fetch_add(1, Ordering::Relaxed);
+    unpoisoned::lock(&OPEN).push(number);
+    let owner = format!("{}/{}/{number}", sys::boot_id(), sys::process_identity());
+    (number, owner)
+}
+
+/// Whether the owner of a claim is gone: of another boot, a process that ended, or a
+/// store of this process that was closed. An owner that does not parse was not written
+/// by this code and counts as gone. Where processes cannot be checked (not Linux),
+/// another process counts as alive: its claims are never taken.
+fn owner_gone(owner: &str) -> bool {
+    let mut parts = owner.split('/');
+    let (Some(boot), Some(process), Some(number), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return true;
+    };
+    let (Ok(process), Ok(number)) = (process.parse::<u64>(), number.parse::<u64>()) else {
+        return true;
+    };
+    if boot != sys::boot_id() {
+        return true;
+    }
+    if process == sys::process_identity() {
+        return !unpoisoned::lock(&OPEN).contains(&number);
+    }
+    !sys::identity_alive(process)
+}
 
 fn store_err(e: rusqlite::Error) -> ScheduleError {
     ScheduleError::Store(e.to_string())
@@ -57,11 +148,37 @@ fn from_ns(ns: i64) -> DateTime<Utc> {
 /// a unique (job, time) key in the same transaction that moves the job's last fire time,
 /// so two schedulers sharing the file never both fire one (job, time).
 ///
+/// A scheduler killed at any moment neither runs a time twice nor loses one silently.
+/// Each fire time's record says how far it got: claimed, then started (written just
+/// before its run is handed to the pool) or reported (written just before it is
+/// reported [`Missed`](super::EventKind::Missed), with the reason; the times too late
+/// after a downtime are one record, with the first time and the count), then settled
+/// (the run ended, or the event was sent). The next scheduler that adds the job on the
+/// same file, once the one that claimed them is gone (its process ended, or its store
+/// was dropped), runs the times claimed but never started if they are within the job's
+/// misfire grace (otherwise reports them missed as usual), reports the runs started
+/// but never settled [`Interrupted`](super::EventKind::Interrupted) (they may or may
+/// not have finished, and are not run again), and reports the reported times again.
+/// A record is settled 100 ms after its event was sent, so a subscriber has the time to
+/// take the event; a scheduler killed in between has the next one report the time
+/// again (an event may be repeated, a run never). Liveness is checked on this machine
+/// (process identity and boot id): share a store file between machines and a claim of
+/// the other machine's scheduler is never taken over.
+///
+/// The file's layout is version 2. A file of version 1 (multiproc before fire records
+/// had a state) is upgraded in place when opened: its records count as settled, since
+/// that version could not tell. A file of a later version is refused with
+/// [`ScheduleError::Store`] rather than misread.
+///
 /// Jobs themselves (their functions) are code, not data: the program adds them again at
 /// each start, and the store supplies where their schedules stand.
 pub struct JobStore {
     conn: Connection,
     path: PathBuf,
+    /// This store's number among those open in this process.
+    number: u64,
+    /// Whose claims this store's are.
+    owner: String,
 }
 
 impl fmt::Debug for JobStore {
@@ -72,27 +189,43 @@ impl fmt::Debug for JobStore {
     }
 }
 
+impl Drop for JobStore {
+    fn drop(&mut self) {
+        // Its claims may be taken over by a store opened after it.
+        unpoisoned::lock(&OPEN).retain(|&n| n != self.number);
+    }
+}
+
 impl JobStore {
-    /// Opens the store at `path`, creating it if there is no file.
+    /// Opens the store at `path`, creating it if there is no file. A store written by an
+    /// earlier version of multiproc (layout 1) is upgraded in place: its fire records
+    /// count as settled, and that version refuses the file from then on ("unknown
+    /// layout version 2").
     ///
     /// # Errors
     ///
     /// [`ScheduleError::Store`]: the file cannot be opened, is not a SQLite database
-    /// (corrupt), or is a database of something else.
+    /// (corrupt), is a database of something else, or was written by a later version of
+    /// multiproc (an unknown layout version).
     pub fn open(path: impl AsRef<Path>) -> Result<JobStore, ScheduleError> {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path).map_err(store_err)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(store_err)?;
-        let mut store = JobStore { conn, path };
+        let (number, owner) = new_owner();
+        let mut store = JobStore {
+            conn,
+            path,
+            number,
+            owner,
+        };
         store.prepare()?;
         Ok(store)
     }
 
     fn prepare(&mut self) -> Result<(), ScheduleError> {
-        let bad = |why: &str| {
-            ScheduleError::Store(format!("{} is not a job store: {why}", self.path.display()))
-        };
+        let path = self.path.display().to_string();
+        let bad = |why: &str| ScheduleError::Store(format!("{path} is not a job store: {why}"));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -103,35 +236,55 @@ impl JobStore {
         let tables: i64 = tx
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
             .map_err(|e| bad(&e.to_string()))?;
+        // The tables and columns a layout's queries need are there.
+        let check = |tx: &Transaction<'_>, columns: &str| {
+            tx.query_row(
+                &format!(
+                    "SELECT count(*), {columns} FROM jobs JOIN fires ON fires.job = jobs.name"
+                ),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| bad(&e.to_string()))
+        };
         match (version, tables) {
             (0, 0) => {
                 tx.execute_batch(SCHEMA).map_err(store_err)?;
                 tx.pragma_update(None, "user_version", VERSION)
                     .map_err(store_err)?;
             }
+            (1, _) => {
+                check(&tx, "max(scheduled_ns), max(last_fired_ns)")?;
+                tx.execute_batch(UPGRADE_FROM_1).map_err(store_err)?;
+                tx.pragma_update(None, "user_version", VERSION)
+                    .map_err(store_err)?;
+            }
             (VERSION, _) => {
-                tx.query_row(
-                    "SELECT count(*) FROM jobs JOIN fires ON fires.job = jobs.name",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(|e| bad(&e.to_string()))?;
+                check(&tx, "max(state), max(owner), max(first_ns), max(count)")?;
             }
             (0, _) => return Err(bad("it holds other tables")),
-            (v, _) => return Err(bad(&format!("unknown layout version {v}"))),
+            (v, _) => {
+                return Err(bad(&format!(
+                    "unknown layout version {v} (written by a later version of multiproc?)"
+                )));
+            }
         }
         tx.commit().map_err(store_err)
     }
 
-    /// Where job `name` stands: its schedule (an interval keeps its stored start) and the
-    /// last fire time handled; records `fresh` if the store does not know the job under
-    /// the schedule `key`.
+    /// Where job `name` stands: its schedule (an interval keeps its stored start), the
+    /// last fire time handled, and the records of schedulers that are gone, now this
+    /// store's (see [`Orphans`]); records `fresh` if the store does not know the job
+    /// under the schedule `key`. A changed schedule starts afresh: its old records are
+    /// deleted, once the runs started under it and the reports made under it that were
+    /// never settled are taken (to be reported); times claimed under it and never
+    /// started go with it.
     pub(super) fn load(
         &mut self,
         name: &str,
         key: &str,
         fresh: Schedule,
-    ) -> Result<(Schedule, Option<DateTime<Utc>>), ScheduleError> {
+    ) -> Result<Loaded, ScheduleError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -144,6 +297,7 @@ impl JobStore {
             )
             .optional()
             .map_err(store_err)?;
+        let orphans = take_orphans(&tx, name, &self.owner)?;
         let result = match row {
             Some((stored, start, last)) if stored == key => {
                 let schedule = match (fresh.0, start) {
@@ -153,7 +307,11 @@ impl JobStore {
                     }),
                     (kind, _) => Schedule(kind),
                 };
-                (schedule, last.map(from_ns))
+                Loaded {
+                    schedule,
+                    last: last.map(from_ns),
+                    orphans,
+                }
             }
             _ => {
                 let start = match &fresh.0 {
@@ -170,49 +328,70 @@ impl JobStore {
                 .map_err(store_err)?;
                 tx.execute("DELETE FROM fires WHERE job = ?1", params![name])
                     .map_err(store_err)?;
-                (fresh, None)
+                Loaded {
+                    schedule: fresh,
+                    last: None,
+                    orphans: Orphans {
+                        unstarted: Vec::new(),
+                        ..orphans
+                    },
+                }
             }
         };
         tx.commit().map_err(store_err)?;
         Ok(result)
     }
 
-    /// Claims the fire times in `dues` (ascending) that no scheduler has handled: records
-    /// each under the unique (job, time) key and moves the job's last fire time, in one
-    /// transaction. Returns the claimed ones.
     /// Moves the last fire time `name` handled to `through` (when it is earlier), in one
-    /// `BEGIN IMMEDIATE` transaction; returns what it was. Fire times too late to run
-    /// are handled this way, without a row each: a long downtime is one update.
+    /// `BEGIN IMMEDIATE` transaction. Fire times too late to run are handled this way,
+    /// without a record each: a long downtime is one update. `range` says, from the last
+    /// fire time handled before, which of them this store reports (the first, and how
+    /// many): they are recorded, in the same transaction, as one record at `through`,
+    /// reported (see [`REPORTED_TOO_LATE`]). Returns that range.
     pub(super) fn claim_through(
         &mut self,
         name: &str,
         through: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, ScheduleError> {
+        range: LateRange<'_>,
+    ) -> Result<Option<(DateTime<Utc>, u64)>, ScheduleError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(store_err)?;
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT last_fired_ns FROM jobs WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(store_err)?
-            .flatten();
+        let last = last_fired(&tx, name)?;
         let through_ns = to_ns(through)?;
-        if last.is_none_or(|l| l < through_ns) {
+        if last.is_some_and(|l| l >= through_ns) {
+            // Another scheduler on the store handled them all.
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE jobs SET last_fired_ns = ?2 WHERE name = ?1",
+            params![name, through_ns],
+        )
+        .map_err(store_err)?;
+        let reported = range(last.map(from_ns));
+        if let Some((first, count)) = reported {
             tx.execute(
-                "UPDATE jobs SET last_fired_ns = ?2 WHERE name = ?1",
-                params![name, through_ns],
+                "INSERT OR REPLACE INTO fires (job, scheduled_ns, state, owner, first_ns, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    name,
+                    through_ns,
+                    REPORTED_TOO_LATE,
+                    self.owner,
+                    to_ns(first)?,
+                    i64::try_from(count).unwrap_or(i64::MAX)
+                ],
             )
             .map_err(store_err)?;
         }
         tx.commit().map_err(store_err)?;
-        Ok(last.map(DateTime::from_timestamp_nanos))
+        Ok(reported)
     }
 
+    /// Claims the fire times in `dues` (ascending) that no scheduler has handled: records
+    /// each, claimed by this store, under the unique (job, time) key and moves the job's
+    /// last fire time, in one transaction. Returns the claimed ones.
     pub(super) fn claim(
         &mut self,
         name: &str,
@@ -222,27 +401,26 @@ impl JobStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(store_err)?;
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT last_fired_ns FROM jobs WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(store_err)?
-            .flatten();
+        let last = last_fired(&tx, name)?;
         let mut claimed = Vec::new();
         let mut newest = last;
         {
             let mut insert = tx
-                .prepare_cached("INSERT OR IGNORE INTO fires (job, scheduled_ns) VALUES (?1, ?2)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO fires (job, scheduled_ns, state, owner)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(store_err)?;
             for &t in dues {
                 let ns = to_ns(t)?;
                 if last.is_some_and(|l| ns <= l) {
                     continue;
                 }
-                if insert.execute(params![name, ns]).map_err(store_err)? == 1 {
+                if insert
+                    .execute(params![name, ns, CLAIMED, self.owner])
+                    .map_err(store_err)?
+                    == 1
+                {
                     claimed.push(t);
                 }
                 newest = Some(newest.map_or(ns, |n| n.max(ns)));
@@ -254,13 +432,112 @@ impl JobStore {
         )
         .map_err(store_err)?;
         tx.execute(
-            "DELETE FROM fires WHERE job = ?1 AND scheduled_ns < (
+            "DELETE FROM fires WHERE job = ?1 AND state = ?3 AND scheduled_ns < (
                  SELECT scheduled_ns FROM fires WHERE job = ?1
                  ORDER BY scheduled_ns DESC LIMIT 1 OFFSET ?2)",
-            params![name, KEEP_FIRES],
+            params![name, KEEP_FIRES, SETTLED],
         )
         .map_err(store_err)?;
         tx.commit().map_err(store_err)?;
         Ok(claimed)
     }
+
+    /// Records how far the runs of this store's claims got, in one transaction: each
+    /// `(job, time, mark)`.
+    pub(super) fn mark(
+        &mut self,
+        marks: &[(String, DateTime<Utc>, Mark)],
+    ) -> Result<(), ScheduleError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE fires SET state = ?3 WHERE job = ?1 AND scheduled_ns = ?2 AND owner = ?4",
+                )
+                .map_err(store_err)?;
+            for (job, t, mark) in marks {
+                update
+                    .execute(params![job, to_ns(*t)?, mark.state(), self.owner])
+                    .map_err(store_err)?;
+            }
+        }
+        tx.commit().map_err(store_err)
+    }
+}
+
+/// The last fire time job `name` handled, as nanoseconds.
+fn last_fired(tx: &Transaction<'_>, name: &str) -> Result<Option<i64>, ScheduleError> {
+    Ok(tx
+        .query_row(
+            "SELECT last_fired_ns FROM jobs WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)?
+        .flatten())
+}
+
+/// Takes over job `name`'s records whose owner is gone, for `owner`: returns them by
+/// state, each list ascending.
+fn take_orphans(tx: &Transaction<'_>, name: &str, owner: &str) -> Result<Orphans, ScheduleError> {
+    type Row = (i64, i64, Option<String>, Option<i64>, Option<i64>);
+    let open: Vec<Row> = {
+        let mut query = tx
+            .prepare_cached(
+                "SELECT scheduled_ns, state, owner, first_ns, count FROM fires
+                 WHERE job = ?1 AND state <> ?2 AND owner IS NOT ?3 ORDER BY scheduled_ns",
+            )
+            .map_err(store_err)?;
+        query
+            .query_map(params![name, SETTLED, owner], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(store_err)?
+            .collect::<Result<_, _>>()
+            .map_err(store_err)?
+    };
+    let mut gone: Vec<(String, bool)> = Vec::new();
+    let mut orphans = Orphans::default();
+    let mut take = tx
+        .prepare_cached("UPDATE fires SET owner = ?3 WHERE job = ?1 AND scheduled_ns = ?2")
+        .map_err(store_err)?;
+    for (ns, state, by, first, count) in open {
+        let by = by.unwrap_or_default();
+        let is_gone = match gone.iter().find(|(o, _)| *o == by) {
+            Some((_, g)) => *g,
+            None => {
+                let g = owner_gone(&by);
+                gone.push((by, g));
+                g
+            }
+        };
+        if !is_gone {
+            continue;
+        }
+        take.execute(params![name, ns, owner]).map_err(store_err)?;
+        let t = from_ns(ns);
+        let mut report = |reason| {
+            let first = first.map_or(t, from_ns);
+            let count = count.map_or(1, |c| u64::try_from(c).unwrap_or(0));
+            orphans.reported.push(Report {
+                first,
+                last: t,
+                count,
+                reason,
+            });
+        };
+        match state {
+            CLAIMED => orphans.unstarted.push(t),
+            REPORTED_TOO_LATE => report(MissReason::TooLate),
+            REPORTED_COALESCED => report(MissReason::Coalesced),
+            REPORTED_MAX_INSTANCES => report(MissReason::MaxInstances),
+            // Started (or a state this code does not write): it may have run.
+            _ => orphans.interrupted.push(t),
+        }
+    }
+    Ok(orphans)
 }

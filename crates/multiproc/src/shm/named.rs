@@ -2,13 +2,15 @@
 //! that use it unless someone unlinks it.
 //!
 //! The creator unlinks the name when its handle is dropped, and reports it to the
-//! [`Tracker`] that `init()` installs (the fork server), which unlinks it if the creator
-//! dies first (the server notices when its connection to the creator hangs up, however
-//! the creator ended). The tracker is a hook rather than a call into `bootstrap`, which
-//! sits above this layer; without `init()` there is none, and nothing is tracked. Only the creator's
-//! death unlinks: a process that merely opened a segment never removes it, and the
-//! server checks that the name still refers to the file it was told about, so it never
-//! removes a segment created later under the same name.
+//! [`Tracker`] that `init()` installs, which hands it to the creator's segment tracker:
+//! a process of its own session that unlinks it if the creator ends first, however it
+//! ends (killed alone, with its fork server, or with its whole process group; see
+//! `bootstrap/README.md`). The tracker is a hook rather than a call into `bootstrap`,
+//! which sits above this layer; without `init()` there is none, and nothing is tracked.
+//! Only the creator's end unlinks: a process that merely opened a segment never removes
+//! it, and the tracker checks that the name still refers to the file it was told about,
+//! so it never removes a segment created later under the same name. A kill of every
+//! process of the creator's cgroup takes the tracker too, and leaves the names.
 //!
 //! A named file cannot be sealed: any process of the same user may truncate it, and
 //! touching a mapping past the new end faults (`SIGBUS`). Sizes are checked when a

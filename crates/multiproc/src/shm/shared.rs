@@ -21,10 +21,14 @@ use crate::wire::codec;
 /// A *named* segment ([`create`](SharedMemory::create)) is `/dev/shm/<name>`, which any
 /// process of the same user can [`open`](SharedMemory::open), Python's
 /// `SharedMemory(name=...)` included. Its creator removes the name when its last handle
-/// is dropped, and if it dies first, multiproc removes the name on its behalf: its fork
-/// server does, which needs [`init`](crate::init) in the creating program and survives
-/// anything but being killed itself (as by `kill -9` of the whole process group). A
-/// process that only opened a segment never removes it.
+/// is dropped, and if it ends first (it returns from `main` with handles left, or it is
+/// killed, alone, with its fork server, or with its whole process group), multiproc
+/// removes the name on its behalf: a small tracker process of its own session does,
+/// started when the creator first creates a named segment, which needs
+/// [`init`](crate::init) in the creating program. Only a kill of every process of the
+/// program's cgroup (a container stop, `systemctl kill`) takes the tracker too and
+/// leaves the name, as it would with CPython. A process that only opened a segment never
+/// removes it.
 ///
 /// The bytes have no lock: [`read`](SharedMemory::read) and
 /// [`write`](SharedMemory::write) copy ranges, and coordinating writers is up to the

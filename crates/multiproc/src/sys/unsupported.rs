@@ -440,6 +440,14 @@ pub(crate) fn identity_stopped(_: u64) -> bool {
 pub(crate) fn identity_alive(_: u64) -> bool {
     true
 }
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn process_identity() -> u64 {
+    u64::from(std::process::id())
+}
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn boot_id() -> String {
+    String::new()
+}
 pub(crate) fn monotonic_ns() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64

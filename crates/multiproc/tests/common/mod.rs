@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -333,12 +334,32 @@ impl Drop for Helper {
         // The group's id is the helper's pid; while any member lives, no other process
         // or group can get it.
         let group = self.child.id();
+        // Descendants outside the group (a segment tracker leads a session of its own)
+        // end on their own once the helper is gone; held by pidfd, so that a pid reused
+        // meanwhile is never mistaken for one of them.
+        let below = descendants_of(group);
+        let outside: Vec<_> = stats()
+            .into_iter()
+            .filter(|s| s.pgrp != group && below.contains(&s.pid))
+            .filter_map(|s| rustix::process::pidfd_open(pid(s.pid), PidfdFlags::empty()).ok())
+            .collect();
         let _ = rustix::process::kill_process_group(pid(group), Signal::KILL);
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         settle_group(group, Duration::from_secs(10));
+        for fd in outside {
+            if !pidfd_exited(&fd, Duration::from_secs(10)) {
+                let _ = rustix::process::pidfd_send_signal(&fd, Signal::KILL);
+                pidfd_exited(&fd, Duration::from_secs(5));
+            }
+            // Reaped here if it became this process's child (a subreaper's).
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(fd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+            );
+        }
     }
 }
 
@@ -398,7 +419,12 @@ pub fn wait_gone(p: u32, timeout: Duration) -> bool {
         Err(rustix::io::Errno::SRCH) => return true,
         Err(e) => panic!("cannot watch process {p}: pidfd_open: {e}"),
     };
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    pidfd_exited(&fd, timeout)
+}
+
+/// Waits until the process a pidfd refers to has exited, at most `timeout`.
+fn pidfd_exited(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
     let t = Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos() as i64,

@@ -80,6 +80,18 @@ impl ForkServer {
     ) -> io::Result<(u32, OwnedFd)> {
         let body = postcard::to_stdvec(request).map_err(io::Error::other)?;
         self.conn.send(messages::FORK, &[&body], fds)?;
+        self.forked()
+    }
+
+    /// Asks for a segment tracker for this process, connected to it through `socket`
+    /// (the tracker's end). Returns the tracker's pid and a pidfd for it.
+    pub(crate) fn start_tracker(&mut self, socket: BorrowedFd<'_>) -> io::Result<(u32, OwnedFd)> {
+        self.conn.send(messages::START_TRACKER, &[], &[socket])?;
+        self.forked()
+    }
+
+    /// Reads the server's answer to a request: `FORKED`, with a pid and a pidfd.
+    fn forked(&mut self) -> io::Result<(u32, OwnedFd)> {
         let frame = self
             .conn
             .recv(Some(Instant::now() + REPLY_TIMEOUT))
@@ -109,13 +121,6 @@ impl ForkServer {
         Ok((pid, pidfd))
     }
 
-    /// Tells the server to unlink a named segment when this process is gone (`TRACK`),
-    /// or to forget it (`UNTRACK`).
-    pub(crate) fn send_tracked(&mut self, tag: u8, tracked: &messages::Tracked) -> io::Result<()> {
-        let body = postcard::to_stdvec(tracked).map_err(io::Error::other)?;
-        self.conn.send(tag, &[&body], &[])
-    }
-
     /// Closes the connection, which tells the server to exit (killing any daemon children
     /// it still has), and reaps it.
     pub(crate) fn shut_down(self) {
@@ -134,8 +139,9 @@ impl ForkServer {
     }
 }
 
-/// Whether a request failed because the server is gone (so a new one should be started).
-pub(crate) fn is_server_gone(e: &io::Error) -> bool {
+/// Whether a message failed because the process at the other end is gone (the fork
+/// server or the segment tracker: a new one should be started).
+pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected

@@ -20,6 +20,10 @@
 //! capped child that is not a daemon (it outlives its parent, as Python's do) keeps the
 //! server until it ends, so that its cgroup is removed too. Cgroups of a server that was
 //! itself killed are removed by the next server that makes one, once they are empty.
+//!
+//! On request it also forks the parent's segment tracker (`tracker.rs`), which it reaps
+//! like any child but neither kills nor waits for at its end, beyond a second when the
+//! parent is already gone: the tracker must outlive it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::setup::{FromServer, become_requested};
-use crate::bootstrap::{self, BOOTSTRAP_FAILURE};
+use crate::bootstrap::{self, BOOTSTRAP_FAILURE, tracker};
 use crate::sys::{self, AsFd, Forked, OwnedFd};
 use crate::wire::framing::Conn;
 
@@ -40,6 +44,8 @@ struct Kid {
     status: Option<OwnedFd>,
     /// The connection a spare waits on for its assignment; `None` once assigned.
     spare: Option<Conn>,
+    /// The parent's segment tracker: never killed by this server, which it outlives.
+    tracker: bool,
     /// Its memory cgroup.
     cgroup: Option<PathBuf>,
 }
@@ -166,7 +172,6 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let mut kids: Vec<Kid> = Vec::new();
     let mut keep_spare = false;
-    let mut tracked: Vec<messages::Tracked> = Vec::new();
     let mut cgroups = Cgroups {
         home: None,
         made: 0,
@@ -214,7 +219,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             while let Ok(Some(frame)) = next {
                 match frame.tag {
                     messages::FORK => {
-                        let reply = start_child(
+                        let started = start_child(
                             &info,
                             &frame.body,
                             frame.fds,
@@ -222,26 +227,17 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
                             &mut kids,
                             &mut cgroups,
                         );
-                        let (reply, pidfd): (ForkReply, Option<OwnedFd>) = match reply {
-                            Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
-                            Err(e) => (Err(e), None),
-                        };
-                        let body = postcard::to_stdvec(&reply).unwrap_or_default();
-                        let fds: Vec<_> = pidfd.iter().map(AsFd::as_fd).collect();
-                        if let Err(e) = conn.send(messages::FORKED, &[&body], &fds) {
+                        if let Err(e) = answer(&mut conn, started) {
                             next = Err(e.into());
                             break;
                         }
                         keep_spare = true;
                     }
-                    messages::TRACK => {
-                        if let Ok(t) = postcard::from_bytes::<messages::Tracked>(&frame.body) {
-                            tracked.push(t);
-                        }
-                    }
-                    messages::UNTRACK => {
-                        if let Ok(t) = postcard::from_bytes::<messages::Tracked>(&frame.body) {
-                            tracked.retain(|x| *x != t);
+                    messages::START_TRACKER => {
+                        let started = start_tracker(&info, frame.fds, death.as_ref(), &mut kids);
+                        if let Err(e) = answer(&mut conn, started) {
+                            next = Err(e.into());
+                            break;
                         }
                     }
                     _ => {}
@@ -261,10 +257,6 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     for kid in &doomed {
         let _ = sys::send_signal(kid.pidfd.as_fd(), sys::SIGKILL);
     }
-    // The parent is gone: the named segments it created and did not unlink go too.
-    for t in &tracked {
-        sys::shm_unlink_if(&t.name, (t.dev, t.ino));
-    }
     // Reap them (for a second at most), so that none is seen running, re-parented,
     // after this server is gone; and remove their cgroups.
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -275,6 +267,20 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         {
             report(kid, status, &mut cgroups);
         }
+    }
+    // The tracker is not this server's to stop. After a normal exit the parent waited
+    // for it, and it is reaped here; when the parent is gone it is finishing its work
+    // (unlinking what the parent left) and gets the same second, so that it is reaped
+    // here rather than re-parented. One still running after that lives on.
+    let parent_gone = death
+        .as_ref()
+        .is_some_and(|d| sys::poll_now(d.as_fd()).is_ok_and(|r| r.ready()));
+    let tracker_deadline = Instant::now() + Duration::from_secs(1);
+    for kid in living.iter().filter(|k| k.tracker) {
+        if parent_gone {
+            let _ = sys::wait_readable(&[kid.pidfd.as_fd()], Some(tracker_deadline));
+        }
+        let _ = sys::try_reap(kid.pidfd.as_fd());
     }
     // Children that outlive their parent and have a cgroup: stay until they end, and
     // remove it then.
@@ -310,6 +316,18 @@ fn report(kid: Kid, status: sys::WaitStatus, cgroups: &mut Cgroups) {
         // The parent may have stopped listening; nothing to do then.
         let _ = sys::write_all(pipe.as_fd(), &messages::status_to_bytes(reaped));
     }
+}
+
+/// Answers a request with `FORKED`: the new process's pid and a pidfd for it, or why
+/// there is none.
+fn answer(conn: &mut Conn, started: Result<(u32, OwnedFd), Refusal>) -> io::Result<()> {
+    let (reply, pidfd): (ForkReply, Option<OwnedFd>) = match started {
+        Ok((pid, pidfd)) => (Ok(pid), Some(pidfd)),
+        Err(e) => (Err(e), None),
+    };
+    let body = postcard::to_stdvec(&reply).unwrap_or_default();
+    let fds: Vec<_> = pidfd.iter().map(AsFd::as_fd).collect();
+    conn.send(messages::FORKED, &[&body], &fds)
 }
 
 /// Handles one request: hands it to the spare, or forks a child for it. Returns the
@@ -429,7 +447,40 @@ fn new_kid(
         status,
         spare,
         cgroup: None,
+        tracker: false,
     })
+}
+
+/// Forks the parent's segment tracker on its end of the connection (`fds`, one
+/// descriptor). Returns its pid and a pidfd for the parent.
+fn start_tracker(
+    info: &FromServer<'_>,
+    fds: Vec<OwnedFd>,
+    death: Option<&OwnedFd>,
+    kids: &mut Vec<Kid>,
+) -> Result<(u32, OwnedFd), Refusal> {
+    let [socket]: [OwnedFd; 1] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+        Refusal::other(format!(
+            "tracker request carried {} descriptors, not 1",
+            fds.len()
+        ))
+    })?;
+    // Single-threaded, as for any child: the tracker is a consistent copy.
+    match sys::fork_if_single_threaded().and_then(single) {
+        Err(e) => Err(Refusal::os("fork failed", &e)),
+        Ok(Forked::Child) => {
+            let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
+            tracker::serve(socket, death, info.executed)
+        }
+        Ok(Forked::Parent(pid)) => {
+            drop(socket);
+            let mut kid = new_kid(pid, None, false, None)?;
+            kid.tracker = true;
+            let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
+            kids.push(kid);
+            Ok((pid, pidfd))
+        }
+    }
 }
 
 /// Forks a spare child that waits for its assignment.
@@ -481,7 +532,10 @@ fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
 
 /// Keeps stdio, `control` and `death`; closes every other descriptor. The kept ones are
 /// renumbered to CHANNEL_FD and the one after it.
-fn keep_only(control: OwnedFd, death: Option<OwnedFd>) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
+pub(crate) fn keep_only(
+    control: OwnedFd,
+    death: Option<OwnedFd>,
+) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
     let mut kept = sys::keep_only(
         [Some(control), death].into_iter().flatten().collect(),
         CHANNEL_FD,

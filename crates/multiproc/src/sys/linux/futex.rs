@@ -93,6 +93,26 @@ fn register_fork_handler() {
     });
 }
 
+/// This process's identity, in the form [`thread_identity`] gives (its main thread's:
+/// the process id and its start time), which any process on the machine can check with
+/// [`identity_alive`]. Not cached: for records that outlive a call, not for hot paths.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn process_identity() -> u64 {
+    let pid = process_id();
+    let start = start_time(pid).unwrap_or(0);
+    (u64::from(start as u32) << 32) | u64::from(pid)
+}
+
+/// What names this boot of the machine (`/proc/sys/kernel/random/boot_id`): an identity
+/// recorded before a reboot names no live process, whatever its numbers. Empty if it
+/// cannot be read.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// The start time of thread `tid`, from `/proc/<tid>/stat` (field 22).
 fn start_time(tid: u32) -> Option<u64> {
     stat_of(tid).map(|(_, start)| start)

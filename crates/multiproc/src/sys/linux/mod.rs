@@ -26,6 +26,9 @@ pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
     readable_any, thread_identity,
 };
+// For the job store's owners (feature `sqlite`).
+#[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
+pub(crate) use futex::{boot_id, process_identity};
 pub(crate) use image::{
     call, entry, entry_with_context, exe_identity, fn_at, fn_offset, verify_image,
 };
