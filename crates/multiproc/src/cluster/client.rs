@@ -723,7 +723,7 @@ impl Drop for Cluster {
         self.inner.stop.store(true, Ordering::Release);
         self.inner.unblock_receiver();
         if let Some(r) = self.receiver.take() {
-            let _ = r.join();
+            crate::sync::unpoisoned::join(r);
         }
         let pending = std::mem::take(&mut *lock(&self.inner.pending));
         for (_, w) in pending.tasks {

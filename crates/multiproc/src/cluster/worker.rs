@@ -519,7 +519,7 @@ impl WorkerHandle {
         if wait {
             let threads = std::mem::take(&mut *lock(&self.threads));
             for t in threads {
-                let _ = t.join();
+                crate::sync::unpoisoned::join(t);
             }
         }
     }

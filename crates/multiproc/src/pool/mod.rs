@@ -809,7 +809,7 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.inner.terminate();
         if let Some(engine) = self.engine.take() {
-            let _ = engine.join();
+            crate::sync::unpoisoned::join(engine);
         }
     }
 }

@@ -953,7 +953,7 @@ impl ThreadPool {
 
     fn reap(&self) {
         for handle in unpoisoned::lock(&self.handles).drain(..) {
-            let _ = handle.join();
+            unpoisoned::join(handle);
         }
     }
 }

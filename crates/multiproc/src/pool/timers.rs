@@ -127,10 +127,8 @@ impl Timers {
             (e.action)(true);
         }
         let thread = unpoisoned::lock(&self.thread).take();
-        if let Some(t) = thread
-            && t.thread().id() != std::thread::current().id()
-        {
-            let _ = t.join();
+        if let Some(t) = thread {
+            crate::sync::unpoisoned::join(t);
         }
     }
 }

@@ -251,7 +251,7 @@ impl Scheduler {
     fn stop_thread(&mut self) {
         self.shared.stop();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            crate::sync::unpoisoned::join(thread);
         }
     }
 }

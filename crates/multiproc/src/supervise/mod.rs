@@ -413,7 +413,7 @@ impl Supervisor {
     fn stop_now(&mut self) {
         self.shared.stop();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            crate::sync::unpoisoned::join(thread);
         }
     }
 }

@@ -57,3 +57,13 @@ pub(crate) fn wait_until<'a, T>(
         }
     }
 }
+
+/// Joins `thread`, unless it is the calling thread (an object dropped by its own
+/// thread, the last reference going with a task, say): that one is detached, as joining
+/// it would fail (`EDEADLK`, a panic in std). A panic in the joined thread is not
+/// passed on.
+pub(crate) fn join<T>(thread: std::thread::JoinHandle<T>) {
+    if thread.thread().id() != std::thread::current().id() {
+        let _ = thread.join();
+    }
+}
