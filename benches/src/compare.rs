@@ -204,8 +204,12 @@ fn find<'a>(stats: &'a [Stats], name: &str) -> Option<&'a Stats> {
     stats.iter().find(|s| s.name == name)
 }
 
-/// The markdown section for a group.
-pub fn report(group: &Group, stats: &[Stats]) -> String {
+/// Under load, every multiproc row is to stay this many times faster than CPython's.
+pub const BUSY_VS_CPYTHON: f64 = 10.0;
+
+/// The markdown section for a group; `busy`: measured under load, with the targets of
+/// that mode (≥ [`BUSY_VS_CPYTHON`]× CPython, never slower than a plain-kernel floor).
+pub fn report(group: &Group, stats: &[Stats], busy: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## {}\n", group.title);
     let _ = writeln!(
@@ -293,10 +297,40 @@ pub fn report(group: &Group, stats: &[Stats]) -> String {
             );
         }
     }
+    if busy {
+        out.push_str(&busy_targets(group, stats));
+    }
     for note in &group.notes {
         let _ = writeln!(out, "- {note}");
     }
     out.push('\n');
+    out
+}
+
+/// The targets of a run under load, for each of the group's pairs: a multiproc row
+/// against CPython at least [`BUSY_VS_CPYTHON`] times as fast, against a floor not
+/// slower.
+fn busy_targets(group: &Group, stats: &[Stats]) -> String {
+    let mut out = String::new();
+    for (ours, theirs) in &group.pairs {
+        let (Some(a), Some(b)) = (find(stats, ours), find(stats, theirs)) else {
+            continue;
+        };
+        let r = b.median().as_secs_f64() / a.median().as_secs_f64();
+        let (text, met) = match b.kind {
+            Impl::Peer if b.name.starts_with("CPython") => (
+                format!("≥ {BUSY_VS_CPYTHON:.0}× {theirs}"),
+                r >= BUSY_VS_CPYTHON,
+            ),
+            Impl::Floor => (format!("not slower than {theirs}"), r >= 1.0),
+            _ => continue,
+        };
+        let verdict = if met { "met" } else { "**missed**" };
+        let _ = writeln!(
+            out,
+            "- Target under load for {ours}: {text} — {verdict} ({r:.1}×)."
+        );
+    }
     out
 }
 
@@ -511,6 +545,7 @@ pub fn run_all(
     runs: usize,
     header: &str,
     plot: &str,
+    busy: bool,
 ) -> Outcome {
     let started = Instant::now();
     let mut body = String::new();
@@ -519,7 +554,7 @@ pub fn run_all(
     for g in groups {
         eprintln!("{}", g.title);
         let stats = run_group(g, runs);
-        body.push_str(&report(g, &stats));
+        body.push_str(&report(g, &stats, busy));
         for (ours, theirs) in &g.pairs {
             if let (Some(a), Some(b)) = (find(&stats, ours), find(&stats, theirs)) {
                 ratios.push(Ratio {
@@ -583,8 +618,51 @@ pub fn run_all(
 
 /// Replaces the lines between `<!-- bench:start -->` and `<!-- bench:end -->` in `text`.
 pub fn splice(text: &str, table: &str) -> Option<String> {
-    let start = text.find("<!-- bench:start -->")?;
-    let end = text.find("<!-- bench:end -->")?;
-    let after_start = start + "<!-- bench:start -->".len();
-    (after_start <= end).then(|| format!("{}\n{table}{}", &text[..after_start], &text[end..]))
+    splice_between(text, "bench", table)
+}
+
+/// Replaces what lies between `<!-- {tag}:start -->` and `<!-- {tag}:end -->` in
+/// `text`; `None` if the markers are not both there, in that order.
+pub fn splice_between(text: &str, tag: &str, with: &str) -> Option<String> {
+    let (open, close) = (
+        format!("<!-- {tag}:start -->"),
+        format!("<!-- {tag}:end -->"),
+    );
+    let start = text.find(&open)?;
+    let end = text.find(&close)?;
+    let after_start = start + open.len();
+    (after_start <= end).then(|| format!("{}\n{with}{}", &text[..after_start], &text[end..]))
+}
+
+/// What lies between `<!-- {tag}:start -->` and `<!-- {tag}:end -->` in `text`, the
+/// markers included.
+pub fn section<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let (open, close) = (
+        format!("<!-- {tag}:start -->"),
+        format!("<!-- {tag}:end -->"),
+    );
+    let start = text.find(&open)?;
+    let end = text[start..].find(&close)? + start + close.len();
+    Some(&text[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_and_finds_sections() {
+        let text = "a\n<!-- x:start -->\nold\n<!-- x:end -->\nb\n";
+        let new = splice_between(text, "x", "new\n").unwrap();
+        assert_eq!(new, "a\n<!-- x:start -->\nnew\n<!-- x:end -->\nb\n");
+        assert_eq!(
+            section(&new, "x"),
+            Some("<!-- x:start -->\nnew\n<!-- x:end -->")
+        );
+        assert_eq!(section(text, "y"), None);
+        assert_eq!(
+            splice_between("<!-- x:end --><!-- x:start -->", "x", ""),
+            None
+        );
+    }
 }

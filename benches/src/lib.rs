@@ -7,6 +7,7 @@
 //! without any library).
 #![allow(unsafe_code)] // `spawn_fork` is unsafe by contract
 
+pub mod busy;
 pub mod cluster;
 pub mod compare;
 pub mod floor;

@@ -5,7 +5,14 @@
 //! cargo run --release -p multiproc-bench -- --compare            # writes BENCHMARKS.md
 //! cargo run --release -p multiproc-bench -- --compare --runs 3 --out /tmp/b.md
 //! cargo run --release -p multiproc-bench -- --compare --only lock   # some groups only
+//! cargo run --release -p multiproc-bench -- --compare --busy        # under load
 //! ```
+//!
+//! `--busy` runs the same workloads while one busy-looping process per CPU but one
+//! keeps the machine loaded (as an unrelated job would), and writes its tables into
+//! the "Under load" part of `BENCHMARKS.md` (between `<!-- busy:start -->` and
+//! `<!-- busy:end -->`), with its own plot, `BENCHMARKS-busy.svg`; a plain run keeps
+//! that part as it was.
 
 use std::path::PathBuf;
 
@@ -15,6 +22,11 @@ fn main() {
     if first.as_deref() == Some("floor") {
         // Before `init`: a process with nothing else in it.
         multiproc_bench::floor::main(args);
+        return;
+    }
+    if first.as_deref() == Some("busy") {
+        // A load for `--busy`: spins until its parent is gone.
+        multiproc_bench::busy::spin_until_orphaned();
         return;
     }
     let _guard = multiproc_bench::init();
@@ -32,6 +44,7 @@ fn main() {
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     let mut compare = false;
     let mut only: Option<String> = None;
+    let mut busy = false;
     let mut rest: Vec<String> = first.into_iter().chain(args).collect();
     rest.reverse();
     while let Some(arg) = rest.pop() {
@@ -40,16 +53,19 @@ fn main() {
             "--runs" => runs = rest.pop().and_then(|n| n.parse().ok()).unwrap_or(runs),
             "--out" => out = rest.pop().map(PathBuf::from).unwrap_or(out),
             "--only" => only = rest.pop(),
+            "--busy" => busy = true,
             other => {
                 eprintln!(
-                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--runs N] [--out FILE] [--only TEXT]"
+                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--busy] [--runs N] [--out FILE] [--only TEXT]"
                 );
                 std::process::exit(2);
             }
         }
     }
     if !compare {
-        eprintln!("usage: multiproc-bench --compare [--runs N] [--out FILE] [--only TEXT]");
+        eprintln!(
+            "usage: multiproc-bench --compare [--busy] [--runs N] [--out FILE] [--only TEXT]"
+        );
         std::process::exit(2);
     }
     let exe = std::env::current_exe().expect("own path");
@@ -64,16 +80,36 @@ fn main() {
             out = std::env::temp_dir().join("multiproc-bench-partial.md");
         }
     }
-    let header = multiproc_bench::header(runs);
+    // Under load: the report is one part of the file at `out`, the plot its own.
+    let load = busy.then(multiproc_bench::busy::Load::start);
+    let header = match &load {
+        Some(load) => multiproc_bench::busy::header(runs, load.processes()),
+        None => multiproc_bench::header(runs),
+    };
     // The plot lies beside the report, which shows it by its file name.
-    let plot = out.with_extension("svg");
+    let plot = if busy {
+        out.with_file_name(format!(
+            "{}-busy.svg",
+            out.file_stem()
+                .map_or("BENCHMARKS".into(), |s| s.to_string_lossy())
+        ))
+    } else {
+        out.with_extension("svg")
+    };
     let plot_name = plot.file_name().map_or_else(
         || "BENCHMARKS.svg".into(),
         |n| n.to_string_lossy().into_owned(),
     );
     let outcome =
-        multiproc_bench::compare::run_all(&groups, &mem_groups, runs, &header, &plot_name);
-    std::fs::write(&out, &outcome.report).expect("write the report");
+        multiproc_bench::compare::run_all(&groups, &mem_groups, runs, &header, &plot_name, busy);
+    drop(load);
+    let previous = std::fs::read_to_string(&out).unwrap_or_default();
+    let report = if busy {
+        multiproc_bench::busy::place(&previous, &outcome.report)
+    } else {
+        multiproc_bench::busy::keep(&previous, outcome.report.clone())
+    };
+    std::fs::write(&out, &report).expect("write the report");
     eprintln!("wrote {}", out.display());
     multiproc_bench::plot::ratios(&outcome.ratios, &plot).expect("draw the plot");
     eprintln!("wrote {}", plot.display());
@@ -81,11 +117,13 @@ fn main() {
     if only.is_some() {
         return;
     }
-    // The README quotes the headline numbers of this same run.
+    // The README quotes the headline numbers of this same run (under load: its own
+    // table).
     let readme = out.with_file_name("README.md");
+    let tag = if busy { "bench-busy" } else { "bench" };
     if let Some(updated) = std::fs::read_to_string(&readme)
         .ok()
-        .and_then(|text| multiproc_bench::compare::splice(&text, &summary))
+        .and_then(|text| multiproc_bench::compare::splice_between(&text, tag, &summary))
     {
         std::fs::write(&readme, updated).expect("update the README");
         eprintln!("updated the summary in {}", readme.display());
