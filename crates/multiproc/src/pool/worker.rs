@@ -396,7 +396,7 @@ where
 }
 
 /// Runs a chunk of tasks: decodes a sequence of arguments and calls `f` on each, a
-/// panic failing only its own item; the result is the sequence of outcomes.
+/// panic failing only its own item; the result is the values and the first panic.
 fn run_chunk<A, R>(f: impl Fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
 where
     A: DeserializeOwned,
@@ -406,14 +406,22 @@ where
         Ok(args) => args,
         Err(e) => return Invoked::BadArgs(e),
     };
-    let results: Vec<Result<R, RemotePanic>> = args
-        .into_iter()
-        .map(|arg| {
-            panic::catch_unwind(AssertUnwindSafe(|| f(arg)))
-                .map_err(|payload| caught_panic(&*payload))
-        })
-        .collect();
-    match codec::encode_with_prefix(&[0; OUTCOME_HEADER], &results) {
+    // The values up to the first panic, and that panic: all the caller uses (a map
+    // fails with its first panic in item order). Later items still run.
+    let mut values: Vec<R> = Vec::with_capacity(args.len());
+    let mut first_panic: Option<RemotePanic> = None;
+    for arg in args {
+        match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
+            Ok(value) if first_panic.is_none() => values.push(value),
+            Ok(_) => {}
+            Err(payload) => {
+                first_panic.get_or_insert_with(|| caught_panic(&*payload));
+            }
+        }
+    }
+    // The values, then the first panic: no `Result` per item (each as large as a
+    // panic report, and a tag on the wire).
+    match codec::encode_with_prefix(&[0; OUTCOME_HEADER], &(values, first_panic)) {
         Ok(out) => Invoked::Returned(out),
         Err(e) => Invoked::Unencodable(e),
     }

@@ -287,10 +287,23 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, CodecError> {
-    let what = std::any::type_name::<T>();
+    decode_seed(std::marker::PhantomData::<T>, bytes, fds)
+}
+
+/// As [`decode`], through a `seed` (which may, say, push what it decodes into a vector
+/// of the caller's rather than build a value of its own).
+pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+    fds: Vec<OwnedFd>,
+) -> Result<S::Value, CodecError> {
+    let what = std::any::type_name::<S::Value>();
     let outer = INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()));
     let outer_why = REFUSED.with(|r| r.borrow_mut().take());
-    let result = postcard::take_from_bytes(bytes);
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let result = seed
+        .deserialize(&mut de)
+        .and_then(|value| de.finalize().map(|rest| (value, rest)));
     INCOMING.with(|i| *i.borrow_mut() = outer);
     let why = REFUSED.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer_why));
     let (value, rest) = result.map_err(|e| {
