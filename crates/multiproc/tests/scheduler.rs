@@ -946,10 +946,17 @@ mod store {
         let db = dir.join("jobs.db");
         let clock = ManualClock::new(t0());
         let runs = Arc::new(AtomicU32::new(0));
+        // The first run is held (for a second at most) past its scheduler's drop, so
+        // that it is still in flight when the scheduler settles what it saw end.
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let job = || {
-            let runs = Arc::clone(&runs);
+            let (runs, hold) = (Arc::clone(&runs), Arc::clone(&hold));
             Job::thread("tick", Schedule::every(secs(10)), move || {
                 runs.fetch_add(1, Ordering::SeqCst);
+                let until = std::time::Instant::now() + Duration::from_secs(1);
+                while hold.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             })
         };
         {
@@ -962,8 +969,9 @@ mod store {
                 vec![at(10)]
             );
             assert!(eventually(T, || runs.load(Ordering::SeqCst) == 1));
-            // Dropped without a pass that would see the run end.
+            // Dropped without a pass that would see the run end, and before it ends.
         }
+        hold.store(false, Ordering::SeqCst);
         clock.set(at(12));
         {
             let (s, events) = on_store(&db, &clock);

@@ -1,11 +1,10 @@
 //! Shared memory, raw: segments (anonymous and named), the layout of every shared
-//! structure, the channel's ring, shared objects, typed copies, and `SharedMemory`.
+//! structure (the channel ring's included), shared objects, typed copies, and `SharedMemory`.
 
 mod error;
 pub(crate) mod layout;
 pub(crate) mod named;
 pub(crate) mod object;
-pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod shared;
 pub(crate) mod typed;

@@ -1,6 +1,7 @@
 //! The shared channel under pipes and queues; the protocol is in `README.md` here.
 
 mod overflow;
+mod ring;
 mod side;
 
 use std::fmt;
@@ -13,11 +14,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::shm::layout::ChannelHeader;
-use crate::shm::ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, Slot, Tail, record_len};
 use crate::shm::segment::{Segment, View};
 use crate::sync::raw::{SPIN_ONLY, spin_then_yield, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec::{self, Encoded};
+use ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, Slot, Tail, record_len};
 
 /// Bytes of ring a channel gets unless told otherwise. Messages up to half of it travel
 /// in the ring; larger ones in a memory file of their own.
@@ -1067,7 +1068,7 @@ mod tests {
         let dying = tx.clone();
         let sent = std::thread::spawn(move || {
             overflow::DIE_AT.with(|d| d.set(step));
-            crate::shm::ring::KEEP_LOCKS.with(|k| k.set(true));
+            ring::KEEP_LOCKS.with(|k| k.set(true));
             let mut sent = 0;
             for n in 0..300u32 {
                 if dying.send(numbered(n, 100), Deadline::Now, false).is_err() {
@@ -1089,7 +1090,7 @@ mod tests {
             let dying = rx.clone();
             got = std::thread::spawn(move || {
                 overflow::DIE_AT.with(|d| d.set(4));
-                crate::shm::ring::KEEP_LOCKS.with(|k| k.set(true));
+                ring::KEEP_LOCKS.with(|k| k.set(true));
                 let mut got = Vec::new();
                 while let Ok(bytes) = take(&dying) {
                     got.push(number(&bytes));

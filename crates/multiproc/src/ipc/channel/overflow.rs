@@ -7,9 +7,9 @@ use std::io;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
+use super::ring::{Head, LINK, LINK_PAYLOAD, Ring, Slot, Tail, link_room};
 use super::{Core, RecvFail, Step, Taken, broken, take_record};
 use crate::shm::layout::{ChannelHeader, MAX_SEGMENTS, SegmentHeader};
-use crate::shm::ring::{Head, LINK, LINK_PAYLOAD, Ring, Slot, Tail, link_room};
 use crate::shm::segment::Region;
 use crate::sync::unpoisoned;
 use crate::sys;

@@ -120,7 +120,7 @@ fn start_time(tid: u32) -> Option<u64> {
 
 /// The state letter (field 3) and start time (field 22) of thread `tid`.
 fn stat_of(tid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    let stat = super::proc::read_proc(&format!("/proc/{tid}/stat"))?;
     let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
     Some((state, fields.nth(18)?.parse().ok()?))

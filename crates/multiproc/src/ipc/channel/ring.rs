@@ -17,8 +17,8 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
-use super::layout::{ChannelHeader, Consumed, LockWords, Produced};
-use super::segment::Region;
+use crate::shm::layout::{ChannelHeader, Consumed, LockWords, Produced};
+use crate::shm::segment::Region;
 use crate::sync::raw::Acquired;
 
 /// A record whose payload is the message.
