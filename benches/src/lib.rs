@@ -805,6 +805,14 @@ pub fn groups(exe: &Path) -> Vec<Group> {
                 text: "≤ 3 ms",
                 met: Check::Median(|d| d <= Duration::from_millis(3)),
             },
+            Target {
+                workload: "multiproc ForkServer",
+                text: "≤ 1.5× the fork + exit + wait floor of this run",
+                met: Check::Relative {
+                    of: "fork + exit + wait",
+                    ratio: 1.0 / 1.5,
+                },
+            },
         ],
         pairs: vec![
             ("multiproc ForkServer", "CPython forkserver"),
@@ -1168,6 +1176,14 @@ fn manager_group(exe: &Path, python: bool) -> Group {
                 text: "≥ 310 k ops/s (10× the 31 k ops/s CPython did on the machine the goal was set on)",
                 met: Check::Median(|d| d.as_secs_f64() <= 1.0 / 310e3),
             },
+            Target {
+                workload: "multiproc Manager, Unix socket",
+                text: "≥ 25× CPython's Manager dict, measured in this run",
+                met: Check::Relative {
+                    of: "CPython Manager().dict()",
+                    ratio: 25.0,
+                },
+            },
         ],
         pairs: vec![
             ("multiproc Manager, Unix socket", "CPython Manager().dict()"),
@@ -1294,11 +1310,18 @@ fn pool_groups(python: bool) -> Vec<Group> {
             operation: "one item of a 100,000-item map of `x * x` over 2 workers, results collected in order",
             bench: "pool",
             workloads: map,
-            targets: vec![Target {
-                workload: "multiproc Pool::map",
-                text: "≥ 2× CPython's Pool.map",
-                met: Check::Relative { of: "CPython Pool.map", ratio: 2.0 },
-            }],
+            targets: vec![
+                Target {
+                    workload: "multiproc Pool::map",
+                    text: "≥ 10× CPython's Pool.map, measured in this run",
+                    met: Check::Relative { of: "CPython Pool.map", ratio: 10.0 },
+                },
+                Target {
+                    workload: "multiproc Pool::map",
+                    text: "≤ 35 ns per item on 2 workers",
+                    met: Check::Median(|d| d <= Duration::from_nanos(35)),
+                },
+            ],
             pairs: vec![
                 ("multiproc Pool::map", "CPython Pool.map"),
                 ("multiproc Pool::map", "rayon par_iter (2 threads)"),

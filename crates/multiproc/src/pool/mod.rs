@@ -675,13 +675,28 @@ impl Pool {
     {
         let stream = Slots::<Received>::new();
         let chunks: Vec<&[A]> = items.chunks(chunk_size.max(1)).collect();
-        let jobs = chunks
-            .iter()
-            .enumerate()
-            .map(|(slot, chunk)| encode_job(chunk).map(|payload| (slot, payload)))
-            .collect::<Result<Vec<_>, _>>()?;
         let sink: Arc<dyn Sink<Received>> = stream.clone();
-        let ids = self.inner.submit_many((entry, context), jobs, &sink)?;
+        // Submitted as they are encoded, in batches of 1, 2, 4, ... chunks: the workers
+        // start on the first chunk while the rest are encoded, and a map of many small
+        // chunks still takes the pool's lock only a few dozen times.
+        let mut ids = Vec::with_capacity(chunks.len());
+        let mut batch = 1;
+        while ids.len() < chunks.len() {
+            let from = ids.len();
+            let to = (from + batch).min(chunks.len());
+            let submitted = (from..to)
+                .map(|slot| encode_job(chunks[slot]).map(|payload| (slot, payload)))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|jobs| self.inner.submit_many((entry, context), jobs, &sink));
+            match submitted {
+                Ok(more) => ids.extend(more),
+                Err(e) => {
+                    self.inner.discard(&ids);
+                    return Err(e);
+                }
+            }
+            batch *= 2;
+        }
         let mut out = Vec::with_capacity(items.len());
         for slot in 0..chunks.len() {
             let help = || {
