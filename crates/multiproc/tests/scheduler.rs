@@ -948,15 +948,16 @@ mod store {
         let runs = Arc::new(AtomicU32::new(0));
         // The first run is held (for a second at most) past its scheduler's drop, so
         // that it is still in flight when the scheduler settles what it saw end.
-        let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hold = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
         let job = || {
             let (runs, hold) = (Arc::clone(&runs), Arc::clone(&hold));
             Job::thread("tick", Schedule::every(secs(10)), move || {
                 runs.fetch_add(1, Ordering::SeqCst);
-                let until = std::time::Instant::now() + Duration::from_secs(1);
-                while hold.load(Ordering::SeqCst) && std::time::Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                let (held, released) = &*hold;
+                let held = held.lock().unwrap();
+                let _ = released
+                    .wait_timeout_while(held, Duration::from_secs(1), |held| *held)
+                    .unwrap();
             })
         };
         {
@@ -971,7 +972,8 @@ mod store {
             assert!(eventually(T, || runs.load(Ordering::SeqCst) == 1));
             // Dropped without a pass that would see the run end, and before it ends.
         }
-        hold.store(false, Ordering::SeqCst);
+        *hold.0.lock().unwrap() = false;
+        hold.1.notify_all();
         clock.set(at(12));
         {
             let (s, events) = on_store(&db, &clock);

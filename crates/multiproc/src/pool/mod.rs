@@ -489,8 +489,10 @@ impl Pool {
         out
     }
 
-    /// Runs `f` on every item, in chunks (Python's default: about four chunks per
-    /// worker), and returns the results in order.
+    /// Runs `f` on every item, in chunks (about sixteen per worker: more than Python's
+    /// four, so that the workers start sooner and the parent decodes one chunk while
+    /// they run the next; see [`map_chunked`](Self::map_chunked) to choose), and
+    /// returns the results in order.
     ///
     /// # Errors
     ///
@@ -558,7 +560,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let items: Vec<A> = items.into_iter().collect();
-        let chunk = items.len().div_ceil(self.processes() * 4).max(1);
+        let chunk = default_chunk(items.len(), self.processes());
         self.map_inner(f, items, chunk, deadline, &mut |_| {})
     }
 
@@ -577,7 +579,7 @@ impl Pool {
     {
         let items: Vec<A> = items.into_iter().collect();
         let bar = indicatif::ProgressBar::new(items.len() as u64);
-        let chunk = items.len().div_ceil(self.processes() * 4).max(1);
+        let chunk = default_chunk(items.len(), self.processes());
         let out = self.map_inner(f, items, chunk, None, &mut |n| bar.inc(n as u64));
         bar.finish();
         out
@@ -653,7 +655,7 @@ impl Pool {
         // A chunk names its context: the worker reads these words as a context entry.
         let entry = TaskEntry::from_words(entry.to_words());
         let context = self.inner.add_context(encode_job(&ctx)?);
-        let chunk = items.len().div_ceil(self.processes() * 4).max(1);
+        let chunk = default_chunk(items.len(), self.processes());
         let out = self.map_chunks((entry, context), &items, chunk, None, &mut |_| {});
         self.inner.end_context(context);
         out
@@ -835,6 +837,15 @@ impl Drop for Pool {
 }
 
 /// The function's entry for workers.
+/// Items per chunk when a map does not say: about sixteen chunks per worker. Python's
+/// four left the workers waiting while the parent encoded the first chunk and the parent
+/// decoding the last while the workers idled: 100,000 trivial tasks on 2 workers took
+/// 25 ns per item in chunks of 12,500 and 11–14 ns in chunks of 3,125 (a loop of maps,
+/// medians of 40). Tasks that take long are balanced better too.
+fn default_chunk(items: usize, processes: usize) -> usize {
+    items.div_ceil(processes.max(1) * 16).max(1)
+}
+
 fn entry<A, R>(f: fn(A) -> R, chunked: bool) -> Result<TaskEntry, TaskError>
 where
     A: DeserializeOwned,
