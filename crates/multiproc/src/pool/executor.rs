@@ -189,13 +189,9 @@ impl Executor for ThreadPool {
                 let args = match (first.take(), &again) {
                     (Some(a), _) => a,
                     (None, Some(encoded)) => {
-                        let fds = encoded
-                            .fds
-                            .iter()
-                            .map(|fd| crate::sys::dup(crate::sys::AsFd::as_fd(fd)))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| ArgsError(e.to_string()))?;
-                        codec::decode(&encoded.bytes, fds).map_err(|e| ArgsError(e.to_string()))?
+                        let copy = encoded.try_clone().map_err(|e| ArgsError(e.to_string()))?;
+                        codec::decode(&copy.bytes, copy.fds)
+                            .map_err(|e| ArgsError(e.to_string()))?
                     }
                     (None, None) => return Err(ArgsError("no argument left for a retry".into())),
                 };
