@@ -743,6 +743,30 @@ fn timed_command(command: &mut Command) -> Duration {
     Duration::from_secs_f64(secs)
 }
 
+/// The workloads `multiproc-bench loop NAME N` runs on their own, for a profiler
+/// (`perf record`, `perf sched record`, `strace -f`): one run of `n` operations.
+pub const LOOPS: &[&str] = &[
+    "spawn", "queue", "backlog", "pipe", "event", "barrier", "map", "imap", "submit", "manager",
+];
+
+/// One run of the workload `name` (one of [`LOOPS`]) with `n` operations; `None` for an
+/// unknown name.
+pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
+    Some(match name {
+        "spawn" => spawn::multiproc(StartMethod::ForkServer, n),
+        "queue" => ipc::queue_small(n),
+        "backlog" => ipc::queue_backlog(1024, n),
+        "pipe" => ipc::pipe_round_trip(n),
+        "event" => sync::event_handoff(n),
+        "barrier" => sync::barrier_rounds(n),
+        "map" => pool::map(n),
+        "imap" => pool::imap_one_by_one(n),
+        "submit" => pool::submit_wait(n),
+        "manager" => manager::dict_set_get(false, n),
+        _ => return None,
+    })
+}
+
 /// Every group of the side-by-side comparison. `exe` is the `multiproc-bench` binary
 /// (for the kernel floor).
 pub fn groups(exe: &Path) -> Vec<Group> {
@@ -1790,4 +1814,29 @@ fn locked_version(name: &str) -> Option<String> {
     let needle = format!("name = \"{name}\"\nversion = \"");
     let at = lock.find(&needle)? + needle.len();
     Some(lock[at..].split('"').next()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `multiproc-bench loop` runs what it names, and refuses a name it does not know.
+    #[test]
+    fn a_loop_runs_its_workload() {
+        let _guard = init();
+        assert!(run_loop("no such workload", 1).is_none());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for name in ["spawn", "pipe", "event", "queue"] {
+                let took = run_loop(name, 20);
+                tx.send((name, took)).expect("send");
+            }
+        });
+        for _ in 0..4 {
+            let (name, took) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a loop of 20 operations within a minute");
+            assert!(took.is_some_and(|d| d > Duration::ZERO), "{name}: {took:?}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! cargo run --release -p multiproc-bench -- --compare --runs 3 --out /tmp/b.md
 //! cargo run --release -p multiproc-bench -- --compare --only lock   # some groups only
 //! cargo run --release -p multiproc-bench -- --compare --busy        # under load
+//! cargo run --release -p multiproc-bench -- loop spawn 300          # one workload alone
 //! ```
 //!
 //! `--busy` runs the same workloads while one busy-looping process per CPU but one
@@ -33,6 +34,26 @@ fn main() {
     if first.as_deref() == Some("cluster-worker") {
         // A cluster worker node for the cluster workloads, until SIGTERM.
         multiproc_bench::cluster::worker_main(&args.next().unwrap_or_default());
+        return;
+    }
+    if first.as_deref() == Some("loop") {
+        // One workload alone, for a profiler: `perf sched record -- multiproc-bench loop
+        // spawn 300` shows where a spawn's time goes.
+        let name = args.next().unwrap_or_default();
+        let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+        match multiproc_bench::run_loop(&name, n) {
+            Some(d) => println!(
+                "{name}: {:.1} ns per operation",
+                d.as_nanos() as f64 / n as f64
+            ),
+            None => {
+                eprintln!(
+                    "usage: multiproc-bench loop {{{}}} N",
+                    multiproc_bench::LOOPS.join("|")
+                );
+                std::process::exit(2);
+            }
+        }
         return;
     }
     if first.as_deref() == Some("rss") {
