@@ -1,6 +1,7 @@
 //! The same primitives between threads of one process: what Python's `threading`
 //! programs use, with the same robustness (a thread that ends holding a lock).
 
+mod common;
 mod watchdog;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -345,7 +346,7 @@ fn timer_runs_once_after_its_delay_unless_cancelled() {
     .unwrap();
     let after = rx.recv_timeout(T).unwrap();
     assert!(after >= Duration::from_millis(200), "{after:?}");
-    assert!(common_wait(|| fired.is_finished()));
+    assert!(common::eventually(T, || fired.is_finished()));
     assert!(!fired.cancel(), "too late to cancel");
     fired.join().unwrap();
     assert!(
@@ -366,18 +367,6 @@ fn timer_runs_once_after_its_delay_unless_cancelled() {
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
     // A panic comes back from join.
     let panics = multiproc::Timer::spawn(Duration::ZERO, || panic!("timer panic")).unwrap();
-    assert!(common_wait(|| panics.is_finished()));
+    assert!(common::eventually(T, || panics.is_finished()));
     assert!(panics.join().is_err());
-}
-
-/// Polls `cond` every 5 ms for at most `T`.
-fn common_wait(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
 }
