@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::cluster::{Cluster, TaskDef, Worker};
 
-use crate::memory::{Peaks, peak_kib};
+use crate::memory::{Peaks, children, comm, peak_kib};
 use crate::pool;
 
 /// The trivial task.
@@ -230,23 +230,6 @@ pub fn node_peaks(exe: &Path, redis: &Redis) -> Peaks {
         worker,
         server: server.map(|s| peak_kib(&s)),
     }
-}
-
-fn children(pid: &str) -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| c.split_whitespace().map(String::from).collect::<Vec<_>>())
-        .collect()
-}
-
-fn comm(pid: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Celery and RQ, through `python/cluster_peers.py` in a venv of their own.

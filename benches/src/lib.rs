@@ -646,7 +646,8 @@ pub mod memory {
         println!("{} {} {}", peak_kib("self"), show(worker), show(server));
     }
 
-    fn children(pid: &str) -> Vec<String> {
+    /// The children of process `pid` (from each of its threads' `children` list).
+    pub(crate) fn children(pid: &str) -> Vec<String> {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Vec::new();
         };
@@ -657,7 +658,8 @@ pub mod memory {
             .collect()
     }
 
-    fn comm(pid: &str) -> String {
+    /// The name of process `pid` (empty once it is gone).
+    pub(crate) fn comm(pid: &str) -> String {
         std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim().to_string())
             .unwrap_or_default()
