@@ -79,13 +79,7 @@ impl LockWords {
                 continue;
             }
             if !sys::identity_alive(owner) {
-                let me = sys::thread_identity();
-                if self
-                    .state
-                    .compare_exchange(owner, me, SeqCst, SeqCst)
-                    .is_ok()
-                {
-                    self.pass_on_wake();
+                if self.take_from_dead(owner, sys::thread_identity()) {
                     return Some(Acquired::OwnerDied);
                 }
                 continue;
@@ -133,12 +127,7 @@ impl LockWords {
             let now = Instant::now();
             if now >= next_check {
                 if owner != me && !sys::identity_alive(owner) {
-                    if self
-                        .state
-                        .compare_exchange(owner, me, SeqCst, SeqCst)
-                        .is_ok()
-                    {
-                        self.pass_on_wake();
+                    if self.take_from_dead(owner, me) {
                         return Some(Acquired::OwnerDied);
                     }
                     continue;
@@ -162,6 +151,19 @@ impl LockWords {
             }
             self.sleepers.fetch_sub(1, SeqCst);
         }
+    }
+
+    /// Swaps the identity of `owner`, a thread seen dead, for `me`; whether this thread
+    /// won the lock that way (another waiter may have been first).
+    fn take_from_dead(&self, owner: u64, me: u64) -> bool {
+        let won = self
+            .state
+            .compare_exchange(owner, me, SeqCst, SeqCst)
+            .is_ok();
+        if won {
+            self.pass_on_wake();
+        }
+        won
     }
 
     /// After taking the lock on the sleeping path: if others still sleep, the next
