@@ -1217,8 +1217,8 @@ fn manager_group(exe: &Path, python: bool) -> Group {
             ("multiproc Manager, Unix socket", "pipe ping-pong"),
         ],
         notes: vec![
-            "Every operation is a request and a response between a client process and the server process (a thread per connection there), as in CPython; the floor is one round trip between two processes over a pipe, with nothing decoded or stored.".into(),
-            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run; over TCP, requests and responses are frames on the socket. Two clients and two connection threads share two CPUs here: waiters yield the CPU rather than spin.".into(),
+            "Every operation is a request and a response between a client process and the server process, as in CPython; the floor is one round trip between two processes over a pipe, with nothing decoded or stored.".into(),
+            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run, and one server thread (the dispatcher) serves both clients' requests; over TCP, requests and responses are frames on the socket, a server thread per connection. Waiters spin for the answer only while spinning pays off, and yield the CPU otherwise.".into(),
             python::version().map_or_else(
                 || "python3 was not found: the CPython row is missing.".to_string(),
                 |v| format!("CPython: {v}, `fork` context."),

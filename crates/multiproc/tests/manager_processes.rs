@@ -40,6 +40,10 @@ fn main() {
                 "client_sigkilled_holding_lock",
                 client_sigkilled_holding_lock,
             ),
+            trial(
+                "client_sigkilled_holding_lock_while_others_keep_calling",
+                client_sigkilled_holding_lock_while_others_call,
+            ),
             trial("server_sigkilled_under_load", server_sigkilled_under_load),
             trial(
                 "owner_sigkilled_takes_server_along",
@@ -470,6 +474,46 @@ fn client_sigkilled_holding_lock() {
     drop(guard);
     // Only the next holder is told.
     assert!(lock.lock().unwrap().is_ok());
+    let _ = join_err(child);
+}
+
+/// As above, while two threads of this process keep calling without a pause, so that
+/// the server never waits for a request: the dead client is still noticed, its lock
+/// released and the next holder told.
+fn client_sigkilled_holding_lock_while_others_call() {
+    let m = Manager::start().unwrap();
+    let lock = m.lock().unwrap();
+    let held = m.event().unwrap();
+    let d = m.dict::<u64, u64>().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..2)
+        .map(|k| {
+            let (d, stop) = (d.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let end = Instant::now() + Duration::from_secs(60);
+                let mut calls = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && Instant::now() < end
+                    && calls < 50_000_000
+                {
+                    d.insert(k, calls).unwrap();
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let child = multiproc::spawn(hold_lock_forever, (lock.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T).unwrap());
+    child.kill().unwrap();
+    let got = lock.lock_timeout(T).unwrap().expect("the lock came back");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls: Vec<u64> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        got.is_err(),
+        "the next holder was not told that the owner died"
+    );
+    assert!(calls.iter().all(|&n| n > 0), "calls: {calls:?}");
     let _ = join_err(child);
 }
 

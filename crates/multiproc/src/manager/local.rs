@@ -29,6 +29,13 @@ use crate::wire::codec;
 /// larger ones (a big dict's `items`, say) in a memory file of their own.
 const RING: usize = 256 * 1024;
 
+/// The most a client waiting for its response spins before it yields between looks:
+/// the server's dispatcher answers a quick request within a microsecond or two while it
+/// runs on another CPU, and a client that yields at once gives up its CPU every call.
+/// The spin adapts: while the dispatcher does not answer within it (it waits for this
+/// client's CPU), the client yields at once.
+const CLIENT_SPIN: std::time::Duration = std::time::Duration::from_micros(3);
+
 /// One side's ends of the two channels: the client sends requests and receives
 /// responses, the server the other way round.
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,7 +102,7 @@ pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> 
     };
     match codec::decode::<Offer>(&conn.body, fds) {
         Ok(Ok(mut local)) => {
-            local.rx.yield_at_once();
+            local.rx.spin_adaptively(CLIENT_SPIN);
             Ok(Some(local))
         }
         Ok(Err(why)) => {
@@ -109,14 +116,12 @@ pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> 
 }
 
 /// The server's side of [`Request::Local`]: makes the channels and passes the client's
-/// ends; or answers why not (`allowed` false: it has as many local connections as it
-/// takes on) and returns `Ok(None)`. An error is a connection that failed.
-pub(crate) fn offer(conn: &mut Framed, allowed: bool) -> std::io::Result<Option<Local>> {
+/// ends; or answers why not (`refused`: the reason the server takes on no more local
+/// connections) and returns `Ok(None)`. An error is a connection that failed.
+pub(crate) fn offer(conn: &mut Framed, refused: Option<&str>) -> std::io::Result<Option<Local>> {
     let made = (|| {
-        if !allowed {
-            return Err(std::io::Error::other(
-                "the server has as many local connections as its descriptor limit allows",
-            ));
+        if let Some(why) = refused {
+            return Err(std::io::Error::other(why.to_owned()));
         }
         if !conn.stream().passes_descriptors() {
             return Err(std::io::Error::other("the connection is not a Unix socket"));
@@ -128,11 +133,10 @@ pub(crate) fn offer(conn: &mut Framed, allowed: bool) -> std::io::Result<Option<
             rx: responses,
         }))
         .map_err(std::io::Error::other)?;
-        let mut ours = Local {
+        let ours = Local {
             tx: outgoing,
             rx: incoming,
         };
-        ours.rx.yield_at_once();
         Ok::<_, std::io::Error>((ours, theirs))
     })();
     match made {
@@ -181,6 +185,11 @@ impl Local {
         })
     }
 
+    /// The server's side: whether a request is waiting (one look at shared memory).
+    pub(crate) fn has_request(&self) -> bool {
+        self.rx.has_message()
+    }
+
     /// The server's side: the next request, or `Ok(None)` if none came within `wait`.
     /// A request over `max` bytes, or one that does not decode, ends the connection.
     pub(crate) fn next_request(
@@ -210,6 +219,42 @@ impl Local {
     /// The server's side: sends a response; false if the client is gone.
     pub(crate) fn respond(&self, response: &Response) -> bool {
         pipe::send(&self.tx, response, Deadline::Never, false).is_ok()
+    }
+
+    /// The server's side: sends a response if there is room for it now. `Err(Some(_))`:
+    /// no room (a client that sends without reading its answers), the response back;
+    /// `Err(None)`: the client is gone.
+    pub(crate) fn respond_now(&self, response: Response) -> Result<(), Option<Response>> {
+        match pipe::send(&self.tx, response, Deadline::Now, false) {
+            Ok(()) => Ok(()),
+            Err((response, Failed::Full)) => Err(Some(response)),
+            Err(_) => Err(None),
+        }
+    }
+
+    /// What to poll, while counted among the sleepers (see [`sleeping`](Self::sleeping)),
+    /// to learn that a request came or the client went.
+    pub(crate) fn readiness(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        self.rx.readiness()
+    }
+
+    /// Counts the caller among the request channel's sleepers until the guard drops,
+    /// so that the client rings its doorbell.
+    pub(crate) fn sleeping(&self) -> channel::Sleeping<'_> {
+        self.rx.sleeping()
+    }
+
+    /// For tests: the client's side of a call that never reads its answer; false if
+    /// there was no room for it.
+    #[cfg(test)]
+    pub(crate) fn send_only(&self, request: &Request) -> bool {
+        pipe::send(&self.tx, request, Deadline::Now, false).is_ok()
+    }
+
+    /// For tests: answers waiting to be read.
+    #[cfg(test)]
+    pub(crate) fn answers_waiting(&self) -> usize {
+        self.rx.len()
     }
 
     /// The server's side: whether the client dropped its end.

@@ -53,6 +53,7 @@ use serde::{Deserialize, Serialize};
 
 mod accept;
 mod client;
+mod dispatch;
 mod error;
 mod local;
 mod objects;

@@ -8,6 +8,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ pub(crate) struct Served {
     pub(crate) tag: String,
     state: Mutex<State>,
     changed: Condvar,
+    /// Operations waiting on `changed`, counted under the `state` lock: a change
+    /// notifies only when one waits (a notification is a system call).
+    waiters: AtomicUsize,
 }
 
 /// A lock's ownership: Lock, RLock and a Condition's lock.
@@ -151,11 +155,20 @@ impl Served {
             tag,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         unpoisoned::lock(&self.state)
+    }
+
+    /// Wakes the operations waiting for a change, if any (call after changing the
+    /// state under its lock).
+    fn notify(&self) {
+        if self.waiters.load(Relaxed) > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Waits until `attempt` gives a value, the timeout passes, or the client goes.
@@ -169,7 +182,7 @@ impl Served {
         let mut state = self.state();
         loop {
             if let Some(v) = attempt(&mut state) {
-                self.changed.notify_all();
+                self.notify();
                 return Blocked::Done(v);
             }
             let mut slice = SLICE;
@@ -180,7 +193,11 @@ impl Served {
                 }
                 slice = slice.min(left);
             }
+            // Counted before the lock is let go in the wait, uncounted once it is held
+            // again: whoever changes the state under the lock after this sees the count.
+            self.waiters.fetch_add(1, Relaxed);
             state = unpoisoned::wait_timeout(&self.changed, state, slice);
+            self.waiters.fetch_sub(1, Relaxed);
             if (peer.gone)() {
                 return Blocked::Gone;
             }
@@ -200,7 +217,7 @@ impl Served {
             lock.count = 0;
             lock.died = true;
             drop(state);
-            self.changed.notify_all();
+            self.notify();
         }
     }
 
@@ -258,7 +275,7 @@ impl Served {
         match applied {
             Ok(Applied { response, changed }) => {
                 if changed {
-                    self.changed.notify_all();
+                    self.notify();
                 }
                 response
             }
@@ -318,7 +335,7 @@ impl Served {
             *next_ticket += 1;
             waiting.push_back(ticket);
             drop(state);
-            self.changed.notify_all();
+            self.notify();
             (ticket, saved)
         };
         let woken = self.block(peer, timeout, |s| match s {
@@ -380,7 +397,7 @@ impl Served {
                 *count = 0;
                 *generation += 1;
                 drop(state);
-                self.changed.notify_all();
+                self.notify();
                 return Response::Arrived(index);
             }
             (*generation, index)
@@ -418,7 +435,7 @@ impl Served {
                     }
                     *broken = true;
                 }
-                self.changed.notify_all();
+                self.notify();
                 Response::TimedOut
             }
         }

@@ -695,13 +695,6 @@ pub(crate) enum Request {
     Count,
 }
 
-impl Request {
-    /// Whether the server answers it.
-    pub(crate) fn answered(&self) -> bool {
-        !matches!(self, Request::Refs(_))
-    }
-}
-
 /// A change to the references a client session holds on objects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum RefOp {

@@ -1,34 +1,22 @@
 //! The server: serves each authenticated connection on its own thread (the accepting
 //! and the handshakes are `accept.rs`'s), so a client blocked in a lock or a queue never
-//! stalls another; and frees the objects no client refers to any more (`refs.rs`).
+//! stalls another; local connections' quick requests go through the dispatcher
+//! (`dispatch.rs`); and frees the objects no client refers to any more (`refs.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::ErasedObject;
 use super::accept::{self, DoorSettings, Listener};
-use super::local::{self, Local, LocalEnd, Slot};
+use super::dispatch::{Dispatcher, Handoff, Joined};
+use super::local::{self, Local, Slot};
 use super::objects::{Peer, Served};
 use super::protocol::{self, FrameError, Framed, Kind, RefOp, Request, Response, Stream};
 use super::refs::RefTable;
-use crate::deadline::Deadline;
 use crate::sync::unpoisoned;
 use crate::wire::codec;
-
-/// How often a connection thread waiting on a local client's channel looks whether the
-/// server is stopping.
-const STOP_CHECK: Duration = Duration::from_millis(100);
-
-/// What a connection thread does next.
-enum Next {
-    Request(Request),
-    /// Nothing came yet (a local connection): look again.
-    Idle,
-    /// The connection is over.
-    End,
-}
 
 /// Makes a registered custom object from its encoded initial value.
 pub(crate) type Ctor = fn(&[u8]) -> Result<Box<dyn ErasedObject>, String>;
@@ -65,6 +53,9 @@ pub(crate) struct Shared {
     /// Local connections open, and how many the descriptor limit allows.
     locals: Arc<AtomicUsize>,
     max_locals: usize,
+    /// Started with the first local connection; `None` if its thread could not start
+    /// (connections then stay on their sockets).
+    dispatcher: OnceLock<Option<Dispatcher>>,
     stopping: AtomicBool,
 }
 
@@ -111,6 +102,7 @@ impl Shared {
             max_locals: crate::sys::fd_limit().map_or(usize::MAX, |n| {
                 usize::try_from(n / 2).unwrap_or(usize::MAX) / local::FDS_PER_LOCAL
             }),
+            dispatcher: OnceLock::new(),
             stopping: AtomicBool::new(false),
         })
     }
@@ -130,12 +122,33 @@ impl Shared {
         &self.key
     }
 
+    /// The largest request, in bytes.
+    pub(crate) fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
     /// Stops accepting, and closes every connection.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         for stream in unpoisoned::lock(&self.conns).values() {
             stream.shutdown();
         }
+        if let Some(Some(d)) = self.dispatcher.get() {
+            d.wake();
+        }
+    }
+
+    /// The dispatcher, started on first use.
+    fn dispatcher(self: &Arc<Self>) -> Option<&Dispatcher> {
+        self.dispatcher
+            .get_or_init(|| {
+                Dispatcher::start(self)
+                    .inspect_err(|e| {
+                        tracing::warn!("manager: cannot start the dispatcher thread: {e}");
+                    })
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Counts a new connection of `session`, before the client is told it is
@@ -169,108 +182,123 @@ impl Shared {
         unpoisoned::lock(&self.conns).remove(&conn_id);
     }
 
-    fn serve_session(&self, conn: &mut Framed, session: u64, peer: &str) {
-        let mut local: Option<(Local, Slot)> = None;
+    fn serve_session(self: &Arc<Self>, conn: &mut Framed, session: u64, peer: &str) {
         loop {
-            let request = match &local {
-                None => self.next_on_socket(conn, peer),
-                Some((l, _)) => self.next_local(l, peer),
+            let Some(request) = self.next_on_socket(conn, peer) else {
+                return;
             };
-            let request = match request {
-                Next::Request(r) => r,
-                Next::Idle => continue,
-                Next::End => return,
-            };
-            if matches!(request, Request::Local) && local.is_none() {
+            if matches!(request, Request::Local) {
                 let slot = Slot::take(&self.locals, self.max_locals);
-                match local::offer(conn, slot.is_some()) {
-                    Ok(l) => local = l.zip(slot),
+                let refused = if slot.is_none() {
+                    Some("the server has as many local connections as its descriptor limit allows")
+                } else if self.dispatcher().is_none() {
+                    Some("the server could not start its dispatcher thread")
+                } else {
+                    None
+                };
+                match local::offer(conn, refused) {
+                    Ok(Some(l)) => return self.serve_local(conn, l, session, peer),
+                    Ok(None) => continue,
                     Err(e) => {
                         tracing::debug!("manager: connection from {peer} failed: {e}");
                         return;
                     }
                 }
+            }
+            if let Request::Refs(ops) = request {
+                self.apply_refs(session, ops);
                 continue;
             }
-            if !request.answered() {
-                if let Request::Refs(ops) = request {
-                    self.apply_refs(session, ops);
-                }
-                continue;
-            }
-            let response = {
-                let gone = || {
-                    conn.stream().peer_gone()
-                        || local.as_ref().is_some_and(|(l, _)| l.client_gone())
-                };
-                self.handle(
-                    request,
-                    &Peer {
-                        session,
-                        gone: &gone,
-                    },
-                )
-            };
+            let gone = || conn.stream().peer_gone();
+            let response = self.handle(
+                request,
+                &Peer {
+                    session,
+                    gone: &gone,
+                },
+            );
             if self.stopping.load(Ordering::Acquire) {
                 // A call that waited until the server stopped: its caller reads that
                 // the server is gone, not a timeout.
                 return;
             }
-            let sent = match &local {
-                None => conn.send(&response).is_ok(),
-                Some((l, _)) => l.respond(&response),
-            };
-            if !sent {
+            if conn.send(&response).is_err() {
                 return;
             }
         }
     }
 
-    /// The next request on the socket.
-    fn next_on_socket(&self, conn: &mut Framed, peer: &str) -> Next {
+    /// A local connection: the dispatcher serves it, and lends it back to this thread
+    /// for each request that may take long (see `dispatch.rs`). The socket stays open,
+    /// unread, to learn that the client died while such a request waits.
+    fn serve_local(self: &Arc<Self>, conn: &Framed, local: Local, session: u64, peer: &str) {
+        let Some(dispatcher) = self.dispatcher() else {
+            return;
+        };
+        let (thread, handoffs) = crossbeam_channel::bounded(1);
+        let joined = Joined::new(local, session, peer, thread);
+        if dispatcher.join(joined).is_err() {
+            return;
+        }
+        // Ends (and the connection with it) when the dispatcher ends it or is gone.
+        while let Ok(handoff) = handoffs.recv() {
+            let joined = match handoff {
+                Handoff::Serve(joined, request) => {
+                    let response = {
+                        let gone = || conn.stream().peer_gone() || joined.local.client_gone();
+                        self.handle(
+                            request,
+                            &Peer {
+                                session,
+                                gone: &gone,
+                            },
+                        )
+                    };
+                    if self.stopping.load(Ordering::Acquire) || !joined.local.respond(&response) {
+                        return;
+                    }
+                    joined
+                }
+                Handoff::Answer(joined, response) => {
+                    if !joined.local.respond(&response) {
+                        return;
+                    }
+                    joined
+                }
+                Handoff::End => return,
+            };
+            if self.stopping.load(Ordering::Acquire) || dispatcher.join(joined).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The next request on the socket; `None` when the connection is over.
+    fn next_on_socket(&self, conn: &mut Framed, peer: &str) -> Option<Request> {
         match conn.recv(self.max_frame) {
             Ok(()) => {}
-            Err(FrameError::Closed) => return Next::End,
+            Err(FrameError::Closed) => return None,
             Err(FrameError::Oversized(n)) => {
                 tracing::warn!(
                     "manager: closing {peer}: a frame of {n} bytes is over the limit of {}",
                     self.max_frame
                 );
-                return Next::End;
+                return None;
             }
             // No deadline on the server's reads.
-            Err(FrameError::TimedOut) => return Next::End,
+            Err(FrameError::TimedOut) => return None,
             Err(FrameError::Io(e)) => {
                 if !self.stopping.load(Ordering::Acquire) {
                     tracing::debug!("manager: connection from {peer} failed: {e}");
                 }
-                return Next::End;
+                return None;
             }
         }
         match codec::decode(&conn.body, Vec::new()) {
-            Ok(r) => Next::Request(r),
+            Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!("manager: closing {peer}: malformed request: {e}");
-                Next::End
-            }
-        }
-    }
-
-    /// The next request on a local connection's channel; `Idle` now and then while
-    /// none comes, so that a stopping server ends the connection.
-    fn next_local(&self, local: &Local, peer: &str) -> Next {
-        let next = local.next_request(self.max_frame, Deadline::after(STOP_CHECK));
-        if self.stopping.load(Ordering::Acquire) {
-            // Not served: the client reads that the server is gone.
-            return Next::End;
-        }
-        match next {
-            Ok(Some(r)) => Next::Request(r),
-            Ok(None) => Next::Idle,
-            Err(LocalEnd::Closed) => Next::End,
-            Err(LocalEnd::Refused(why)) => {
-                tracing::warn!("manager: closing {peer}: {why}");
-                Next::End
+                None
             }
         }
     }
@@ -291,7 +319,7 @@ impl Shared {
         }
     }
 
-    fn apply_refs(&self, session: u64, ops: Vec<RefOp>) {
+    pub(crate) fn apply_refs(&self, session: u64, ops: Vec<RefOp>) {
         let freed = unpoisoned::lock(&self.refs).apply(session, ops);
         self.free(&freed);
     }
@@ -308,7 +336,7 @@ impl Shared {
         }
     }
 
-    fn handle(&self, request: Request, peer: &Peer<'_>) -> Response {
+    pub(crate) fn handle(&self, request: Request, peer: &Peer<'_>) -> Response {
         match request {
             Request::Create {
                 kind,
@@ -318,7 +346,7 @@ impl Shared {
             } => self.create(kind, name, tag, &init.0, peer.session),
             Request::Ping => Response::Unit,
             Request::Count => Response::Len(unpoisoned::read(&self.objects).len() as u64),
-            // Not answered (see `serve_session`).
+            // Not answered (see `serve_session` and the dispatcher).
             Request::Refs(_) => Response::Unit,
             // A connection moves once (the first time is answered in `serve_session`).
             Request::Local => Response::Fault(protocol::Fault::Unsupported {

@@ -21,8 +21,8 @@
 //! that takes the lock after sleeping raises `wake` again if others still sleep, so
 //! that its release wakes the next one.
 
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 pub(crate) use crate::shm::layout::LockWords;
@@ -283,11 +283,7 @@ pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool 
 
 /// As [`spin_until`], spinning only for `spin` before it yields (zero: yields between
 /// all looks, for waiters that expect more busy threads than CPUs).
-pub(crate) fn spin_then_yield(
-    spin: Duration,
-    deadline: Instant,
-    mut done: impl FnMut() -> bool,
-) -> bool {
+fn spin_then_yield(spin: Duration, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
     if !spin.is_zero() {
         let spin_end = deadline.min(Instant::now() + spin);
         let mut i: u32 = 0;
@@ -310,6 +306,78 @@ pub(crate) fn spin_then_yield(
             return false;
         }
         std::thread::yield_now();
+    }
+}
+
+/// A spin that learns whether spinning pays off, as glibc's adaptive mutexes do: a
+/// waiter spins (without yielding) up to its budget; a wait the spin ended sets the
+/// budget to twice what that wait took (within bounds), a spin that ran out halves it,
+/// down to nothing (yield at once). While spins keep running out, one wait in [`AdaptiveSpin::PROBE_EVERY`] spins
+/// a little anyway, to notice that the peer has a CPU again.
+///
+/// Spinning pays off only while the awaited thread runs on another CPU: then it answers
+/// within a microsecond or two. When it waits for this very CPU (a busy machine, more
+/// threads than CPUs), every nanosecond spun delays it.
+#[derive(Debug)]
+pub(crate) struct AdaptiveSpin {
+    /// The most to spin, in nanoseconds.
+    max: u64,
+    /// The current budget, in nanoseconds.
+    budget: AtomicU64,
+    waits: AtomicU32,
+}
+
+impl AdaptiveSpin {
+    /// While spins run out, one wait in this many probes.
+    pub(crate) const PROBE_EVERY: u32 = 16;
+    /// How long a probe spins at most, in nanoseconds (a quarter of the most if less):
+    /// a peer that runs answers within it.
+    const PROBE_NANOS: u64 = 2_000;
+
+    /// A spin of at most `max`, starting at the most.
+    pub(crate) fn new(max: Duration) -> Self {
+        let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        AdaptiveSpin {
+            max,
+            budget: AtomicU64::new(max),
+            waits: AtomicU32::new(0),
+        }
+    }
+
+    /// Waits until `done` or `deadline`: spins up to the budget, then yields between
+    /// looks. True if `done`.
+    pub(crate) fn wait(&self, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+        let waits = self.waits.fetch_add(1, Relaxed);
+        let mut budget = self.budget.load(Relaxed);
+        if budget == 0 && waits.is_multiple_of(Self::PROBE_EVERY) {
+            budget = (self.max / 4).min(Self::PROBE_NANOS);
+        }
+        if budget > 0 {
+            let start = Instant::now();
+            let spin_end = deadline.min(start + Duration::from_nanos(budget));
+            let mut i: u32 = 0;
+            loop {
+                if done() {
+                    let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.budget.store(
+                        took.saturating_mul(2)
+                            .clamp(Self::PROBE_NANOS.min(self.max), self.max),
+                        Relaxed,
+                    );
+                    return true;
+                }
+                i = i.wrapping_add(1);
+                if i.is_multiple_of(16) && Instant::now() >= spin_end {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            // Below a tenth of a microsecond a spin catches nothing: yield at once.
+            let halved = budget / 2;
+            self.budget
+                .store(if halved < 100 { 0 } else { halved }, Relaxed);
+        }
+        spin_then_yield(Duration::ZERO, deadline, done)
     }
 }
 
@@ -378,5 +446,42 @@ mod tests {
         lock.unlock();
         assert_eq!(lock.try_lock(), Some(Acquired::Clean));
         lock.unlock();
+    }
+
+    /// Spins that run out shrink the budget to nothing; then one wait in
+    /// `PROBE_EVERY` spins anyway, and a probe that is answered brings spinning back.
+    #[test]
+    fn adaptive_spin_learns_whether_spinning_pays() {
+        let spin = AdaptiveSpin::new(Duration::from_micros(3));
+        assert_eq!(spin.budget.load(Relaxed), 3_000);
+        // A peer that never answers: each spin runs out and halves the budget.
+        for _ in 0..8 {
+            assert!(!spin.wait(Instant::now(), || false));
+        }
+        assert_eq!(spin.budget.load(Relaxed), 0);
+        // Answered at the second look: without a budget that look comes after a yield
+        // and teaches nothing, until a probe catches the answer while spinning.
+        let mut waits = 0;
+        while spin.budget.load(Relaxed) == 0 {
+            waits += 1;
+            assert!(
+                waits <= AdaptiveSpin::PROBE_EVERY,
+                "no probe in {waits} waits"
+            );
+            let mut looks = 0;
+            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || {
+                looks += 1;
+                looks > 1
+            }));
+        }
+        assert!(waits >= 1);
+        // Twice what the wait took, at least the probe's length, at most the most.
+        let budget = spin.budget.load(Relaxed);
+        assert!((750..=3_000).contains(&budget), "{budget}");
+        // Answered at once: it stays a spinner.
+        for _ in 0..100 {
+            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || true));
+        }
+        assert!(spin.budget.load(Relaxed) >= 750);
     }
 }

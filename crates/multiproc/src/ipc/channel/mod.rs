@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::shm::layout::ChannelHeader;
 use crate::shm::segment::{Segment, View};
-use crate::sync::raw::{SPIN_ONLY, spin_then_yield, spin_until};
+use crate::sync::raw::{AdaptiveSpin, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec::{self, Encoded};
 use ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, Slot, Tail, record_len};
@@ -197,9 +197,9 @@ pub(crate) struct RawSender {
 pub(crate) struct RawReceiver {
     core: Arc<Core>,
     _token: Arc<Token>,
-    /// How long a receive spins before it yields between looks (this handle only; it
-    /// does not travel).
-    spin: Duration,
+    /// How a receive spins before it yields between looks, if not as [`spin_until`]
+    /// does (this handle and its clones only; it does not travel).
+    adaptive: Option<Arc<AdaptiveSpin>>,
 }
 
 /// A new channel with a ring of `ring` bytes holding at most `max_items` messages.
@@ -259,7 +259,7 @@ fn make(
         RawReceiver {
             _token: Token::receiver(receiver_token, &core),
             core,
-            spin: SPIN_ONLY,
+            adaptive: None,
         },
     ))
 }
@@ -550,11 +550,16 @@ thread_local! {
 }
 
 impl RawReceiver {
-    /// Makes receives on this handle yield the CPU between all looks, rather than spin
-    /// first: for a receiver that expects more busy threads than CPUs (a manager's
-    /// connection threads and their clients).
-    pub(crate) fn yield_at_once(&mut self) {
-        self.spin = Duration::ZERO;
+    /// Makes receives on this handle spin up to `max` before they yield between looks,
+    /// as long as spinning pays off (see [`AdaptiveSpin`]): for a receiver whose peer
+    /// answers within a microsecond or two while it runs (a manager's client).
+    pub(crate) fn spin_adaptively(&mut self, max: Duration) {
+        self.adaptive = Some(Arc::new(AdaptiveSpin::new(max)));
+    }
+
+    /// Whether a message is waiting: one look at shared memory, no system call.
+    pub(crate) fn has_message(&self) -> bool {
+        self.core.has_data()
     }
 
     /// Receives a message, waiting as `wait` allows, and hands it to `decode`.
@@ -583,11 +588,12 @@ impl RawReceiver {
                 });
             }
             let spin_end = Instant::now() + SPIN;
-            if spin_then_yield(
-                self.spin,
-                wait.instant().map_or(spin_end, |d| d.min(spin_end)),
-                || core.has_data(),
-            ) {
+            let until = wait.instant().map_or(spin_end, |d| d.min(spin_end));
+            let came = match &self.adaptive {
+                Some(spin) => spin.wait(until, || core.has_data()),
+                None => spin_until(until, || core.has_data()),
+            };
+            if came {
                 continue;
             }
             if Core::all_gone(&core.senders) {
@@ -921,7 +927,7 @@ impl<'de> Deserialize<'de> for RawReceiver {
         Ok(RawReceiver {
             _token: Token::receiver(token, &core),
             core,
-            spin: SPIN_ONLY,
+            adaptive: None,
         })
     }
 }
