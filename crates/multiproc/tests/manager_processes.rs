@@ -46,6 +46,10 @@ fn main() {
             ),
             trial("server_sigkilled_under_load", server_sigkilled_under_load),
             trial(
+                "server_descriptor_table_sized_at_start",
+                server_descriptor_table_sized_at_start,
+            ),
+            trial(
                 "owner_sigkilled_takes_server_along",
                 owner_sigkilled_takes_server,
             ),
@@ -515,6 +519,31 @@ fn client_sigkilled_holding_lock_while_others_call() {
     );
     assert!(calls.iter().all(|&n| n > 0), "calls: {calls:?}");
     let _ = join_err(child);
+}
+
+/// The server child sizes its descriptor table before it starts threads: grown later,
+/// past 64 descriptors (a client's fourth local connection or so), the kernel would make
+/// the call that opens the 65th wait for an RCU grace period, 12-30 ms.
+fn server_descriptor_table_sized_at_start() {
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let size: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize in /proc/PID/status");
+    let limit = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .expect("the server's descriptor limit");
+    assert!(size >= limit.min(4096), "FDSize {size}, limit {limit}");
 }
 
 fn join_err<R: serde::de::DeserializeOwned>(

@@ -541,8 +541,10 @@ struct ServerArgs {
 }
 
 fn serve_child<R: Registry>(args: ServerArgs) {
-    // Each client connection costs descriptors here.
+    // Each client connection costs descriptors here (a local one about 18); sized now,
+    // while this process has one thread, the table does not grow under a connection.
     crate::sys::raise_fd_limit();
+    crate::sys::reserve_fd_table(4096);
     let settings = ServerSettings {
         max_frame: args.max_frame,
         handshake_timeout: args.handshake_timeout,

@@ -425,6 +425,7 @@ pub(crate) fn futex_wait(_: &std::sync::atomic::AtomicU32, _: u32, _: Option<std
 }
 pub(crate) fn futex_wake(_: &std::sync::atomic::AtomicU32, _: u32) {}
 pub(crate) fn raise_fd_limit() {}
+pub(crate) fn reserve_fd_table(_: u64) {}
 pub(crate) fn fd_limit() -> Option<u64> {
     None
 }

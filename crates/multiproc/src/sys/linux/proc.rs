@@ -35,6 +35,22 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// Grows this process's descriptor table to hold `n` descriptors (fewer if its limit is
+/// lower), for a process about to start threads that will open many. The kernel grows
+/// the table as descriptors are opened, doubling it past 64, 128, ...; in a process with
+/// threads each growth waits for an RCU grace period (12–30 ms measured here), which
+/// lands on whichever call opens that descriptor. With one thread, it costs nothing.
+pub(crate) fn reserve_fd_table(n: u64) {
+    let top = fd_limit().map_or(n, |limit| limit.min(n));
+    let Ok(min) = rustix::fd::RawFd::try_from(top.saturating_sub(1)) else {
+        return;
+    };
+    if let Ok(null) = super::fd::dev_null() {
+        // Dropped at once: the table keeps its size.
+        let _ = rustix::io::fcntl_dupfd_cloexec(&null, min);
+    }
+}
+
 /// The most descriptors this process may have open (its soft limit); `None`: no limit.
 pub(crate) fn fd_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
