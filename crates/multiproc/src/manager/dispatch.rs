@@ -11,7 +11,6 @@
 //! dispatcher on its own CPU answers each client without a switch. See
 //! `manager/README.md`.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use super::protocol::{Op, Request, Response};
 use super::server::Shared;
 use crate::deadline::Deadline;
 use crate::sync::raw::AdaptiveSpin;
-use crate::sys;
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 
 /// How long the dispatcher looks again and again, after the last request it served,
 /// before it sleeps: long enough to catch a client's next call while the client runs,

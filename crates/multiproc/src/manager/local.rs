@@ -234,7 +234,7 @@ impl Local {
 
     /// What to poll, while counted among the sleepers (see [`sleeping`](Self::sleeping)),
     /// to learn that a request came or the client went.
-    pub(crate) fn readiness(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+    pub(crate) fn readiness(&self) -> [crate::sys::BorrowedFd<'_>; 2] {
         self.rx.readiness()
     }
 
