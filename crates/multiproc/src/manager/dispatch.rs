@@ -244,22 +244,29 @@ fn serve_round(shared: &Shared, conns: &mut Vec<Joined>) -> bool {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match request {
             Request::Refs(ops) => {
                 shared.apply_refs(joined.session, ops);
-                None
+                Ok(None)
             }
             request => {
                 let gone = || joined.local.client_gone();
-                Some(shared.handle(
-                    request,
-                    &Peer {
-                        session: joined.session,
-                        gone: &gone,
-                    },
-                ))
+                shared
+                    .handle_now(
+                        request,
+                        &Peer {
+                            session: joined.session,
+                            gone: &gone,
+                        },
+                    )
+                    .map(Some)
             }
         }));
         let answered = match outcome {
-            Ok(None) => Ok(()),
-            Ok(Some(response)) => joined.local.respond_now(response),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(response))) => joined.local.respond_now(response),
+            // Its object is busy (another operation holds it): served on its thread.
+            Ok(Err(request)) => {
+                hand(conns.swap_remove(i), |j| Handoff::Serve(j, request));
+                continue;
+            }
             Err(_) => {
                 tracing::error!("manager: closing {}: serving it panicked", joined.peer);
                 Err(None)

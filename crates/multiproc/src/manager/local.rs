@@ -36,6 +36,10 @@ const RING: usize = 256 * 1024;
 /// client's CPU), the client yields at once.
 const CLIENT_SPIN: std::time::Duration = std::time::Duration::from_micros(3);
 
+/// How often a server thread waiting for room to answer a client that does not read
+/// looks whether the server stops.
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One side's ends of the two channels: the client sends requests and receives
 /// responses, the server the other way round.
 #[derive(Debug, Serialize, Deserialize)]
@@ -216,9 +220,17 @@ impl Local {
         }
     }
 
-    /// The server's side: sends a response; false if the client is gone.
-    pub(crate) fn respond(&self, response: &Response) -> bool {
-        pipe::send(&self.tx, response, Deadline::Never, false).is_ok()
+    /// The server's side: sends a response, waiting for room as long as it takes, or
+    /// until `stopping` says the server stops; false if it was not sent (the client is
+    /// gone, or the server stops).
+    pub(crate) fn respond(&self, response: &Response, stopping: impl Fn() -> bool) -> bool {
+        loop {
+            match pipe::send(&self.tx, response, Deadline::after(STOP_CHECK), false) {
+                Ok(()) => return true,
+                Err((_, Failed::Full)) if !stopping() => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// The server's side: sends a response if there is room for it now. `Err(Some(_))`:

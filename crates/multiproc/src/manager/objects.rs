@@ -9,7 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use indexmap::{IndexMap, IndexSet};
@@ -269,7 +269,37 @@ impl Served {
             Op::BarrierWait { timeout } => return self.barrier_wait(timeout, peer),
             _ => {}
         }
-        let mut state = self.state();
+        self.apply_locked(self.state(), op, peer)
+    }
+
+    /// As [`call`](Self::call), for a caller that must not wait for the object's lock
+    /// (the dispatcher, which serves every local client): `Err(op)` back while another
+    /// operation holds it (one copying a big dict's items, say).
+    pub(crate) fn try_call(&self, op: Op, peer: &Peer<'_>) -> Result<Response, Op> {
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(op),
+        };
+        if matches!(
+            op,
+            Op::Acquire { .. }
+                | Op::Take { .. }
+                | Op::Put { .. }
+                | Op::Wait { .. }
+                | Op::CondWait { .. }
+                | Op::BarrierWait { .. }
+        ) {
+            // These take the lock themselves, and hold it only to look: their waits
+            // are on the condvar.
+            drop(state);
+            return Ok(self.call(op, peer));
+        }
+        Ok(self.apply_locked(state, op, peer))
+    }
+
+    /// A non-blocking operation, under the object's lock.
+    fn apply_locked(&self, mut state: MutexGuard<'_, State>, op: Op, peer: &Peer<'_>) -> Response {
         let applied = apply(&mut state, op, peer.session);
         drop(state);
         match applied {
@@ -802,5 +832,40 @@ impl<T: SharedObject> ErasedObject for T {
         let response = self.handle(request);
         let encoded = codec::encode(&response).map_err(|e| e.to_string())?;
         Ok(encoded.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatcher's way in: while another operation holds the object, the
+    /// operation comes back (to be served on its connection's thread) instead of
+    /// waiting; once the object is free it is served.
+    #[test]
+    fn try_call_gives_the_operation_back_while_the_object_is_held() {
+        let served = Served::new(Kind::Dict, String::new(), &[], None).unwrap();
+        let gone = || false;
+        let peer = Peer {
+            session: 1,
+            gone: &gone,
+        };
+        let held = served.state();
+        for op in [
+            Op::Len,
+            Op::Take {
+                timeout: Some(Duration::ZERO),
+            },
+        ] {
+            match served.try_call(op, &peer) {
+                Err(Op::Len | Op::Take { .. }) => {}
+                other => panic!("served while held: {other:?}"),
+            }
+        }
+        drop(held);
+        assert!(matches!(
+            served.try_call(Op::Len, &peer),
+            Ok(Response::Len(0))
+        ));
     }
 }

@@ -177,7 +177,14 @@ impl Shared {
             unpoisoned::lock(&self.conns).insert(conn_id, clone);
         }
         let mut conn = Framed::new(stream);
-        self.serve_session(&mut conn, session, &peer);
+        // A panic (a registered type's constructor, say) ends this connection, and the
+        // session is told, so that its locks are released as for any connection.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve_session(&mut conn, session, &peer);
+        }));
+        if served.is_err() {
+            tracing::error!("manager: closing {peer}: serving it panicked");
+        }
         self.session_closed(session);
         unpoisoned::lock(&self.conns).remove(&conn_id);
     }
@@ -254,13 +261,13 @@ impl Shared {
                             },
                         )
                     };
-                    if self.stopping.load(Ordering::Acquire) || !joined.local.respond(&response) {
+                    if self.stopping() || !joined.local.respond(&response, || self.stopping()) {
                         return;
                     }
                     joined
                 }
                 Handoff::Answer(joined, response) => {
-                    if !joined.local.respond(&response) {
+                    if !joined.local.respond(&response, || self.stopping()) {
                         return;
                     }
                     joined
@@ -333,6 +340,25 @@ impl Shared {
         let mut objects = unpoisoned::write(&self.objects);
         for id in ids {
             objects.remove(id);
+        }
+    }
+
+    /// As [`handle`](Self::handle), for the dispatcher, which must not wait for an
+    /// object's lock: `Err(request)` back while another operation holds it.
+    pub(crate) fn handle_now(
+        &self,
+        request: Request,
+        peer: &Peer<'_>,
+    ) -> Result<Response, Request> {
+        match request {
+            Request::Call { id, op } => {
+                let object = unpoisoned::read(&self.objects).get(&id).cloned();
+                match object {
+                    Some(o) => o.try_call(op, peer).map_err(|op| Request::Call { id, op }),
+                    None => Ok(Response::Fault(protocol::Fault::NoSuchObject(id))),
+                }
+            }
+            request => Ok(self.handle(request, peer)),
         }
     }
 

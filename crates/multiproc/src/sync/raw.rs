@@ -349,7 +349,8 @@ impl AdaptiveSpin {
     pub(crate) fn wait(&self, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
         let waits = self.waits.fetch_add(1, Relaxed);
         let mut budget = self.budget.load(Relaxed);
-        if budget == 0 && waits.is_multiple_of(Self::PROBE_EVERY) {
+        let probe = budget == 0 && waits.is_multiple_of(Self::PROBE_EVERY);
+        if probe {
             budget = (self.max / 4).min(Self::PROBE_NANOS);
         }
         if budget > 0 {
@@ -372,10 +373,11 @@ impl AdaptiveSpin {
                 }
                 std::hint::spin_loop();
             }
-            // Below a tenth of a microsecond a spin catches nothing: yield at once.
+            // A probe that caught nothing leaves it at nothing; below a tenth of a
+            // microsecond a spin catches nothing either: yield at once.
             let halved = budget / 2;
             self.budget
-                .store(if halved < 100 { 0 } else { halved }, Relaxed);
+                .store(if probe || halved < 100 { 0 } else { halved }, Relaxed);
         }
         spin_then_yield(Duration::ZERO, deadline, done)
     }
@@ -459,6 +461,11 @@ mod tests {
             assert!(!spin.wait(Instant::now(), || false));
         }
         assert_eq!(spin.budget.load(Relaxed), 0);
+        // Probes that catch nothing leave it at nothing.
+        for _ in 0..3 * AdaptiveSpin::PROBE_EVERY {
+            assert!(!spin.wait(Instant::now(), || false));
+            assert_eq!(spin.budget.load(Relaxed), 0);
+        }
         // Answered at the second look: without a budget that look comes after a yield
         // and teaches nothing, until a probe catches the answer while spinning.
         let mut waits = 0;
