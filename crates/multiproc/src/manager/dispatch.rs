@@ -38,8 +38,8 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 /// A local connection while the dispatcher serves it.
 pub(crate) struct Joined {
     pub(crate) local: Local,
-    pub(crate) session: u64,
-    pub(crate) peer: String,
+    session: u64,
+    peer: String,
     /// Its connection thread, waiting for a request to serve or for the end.
     thread: Sender<Handoff>,
 }
@@ -318,13 +318,10 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::super::protocol::{self, Framed, Request};
-    use super::super::{Manager, client, local};
+    use super::super::{DictProxy, Manager, Server, client, local};
 
-    /// A client that sends requests and never reads the answers fills its answer
-    /// channel: the dispatcher lends that connection to its thread to wait for room, and
-    /// goes on serving everyone else.
-    #[test]
-    fn a_client_that_reads_no_answers_stalls_no_one() {
+    /// An in-process server, a client of it, and a dict holding one entry.
+    fn served_dict() -> (Server, Manager, DictProxy<u32, u32>) {
         let server = Manager::builder()
             .call_timeout(Some(Duration::from_secs(30)))
             .serve()
@@ -332,13 +329,52 @@ mod tests {
         let m = server.manager().unwrap();
         let d = m.dict::<u32, u32>().unwrap();
         d.insert(0, 0).unwrap();
+        (server, m, d)
+    }
 
+    /// A local connection of `m`'s, opened by hand.
+    fn raw_local(m: &Manager) -> (Framed, local::Local) {
         let until = Instant::now() + Duration::from_secs(30);
         let mut framed = Framed::new(client::connect(m.address(), until).unwrap());
         protocol::client_handshake(&mut framed, m.authkey(), client::session(), until).unwrap();
-        let rude = local::request(&mut framed)
+        let l = local::request(&mut framed)
             .unwrap()
             .expect("a local connection");
+        (framed, l)
+    }
+
+    /// Bytes that are no request, on a local connection: the dispatcher closes that
+    /// connection (and only it) and serves the others.
+    #[test]
+    fn a_malformed_request_closes_only_its_connection() {
+        let (_server, m, d) = served_dict();
+        let (framed, rude) = raw_local(&m);
+        assert!(!rude.server_gone());
+        assert!(rude.send_raw(&[0xff; 9]));
+        let until = Instant::now() + Duration::from_secs(10);
+        while !rude.server_gone() && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        assert!(rude.server_gone(), "the connection was not closed");
+        assert_eq!(
+            rude.answers_waiting(),
+            0,
+            "a malformed request was answered"
+        );
+        d.insert(1, 1).unwrap();
+        assert_eq!(d.len().unwrap(), 2);
+        drop((framed, rude));
+    }
+
+    /// A client that sends requests and never reads the answers fills its answer
+    /// channel: the dispatcher lends that connection to its thread to wait for room, and
+    /// goes on serving everyone else.
+    #[test]
+    fn a_client_that_reads_no_answers_stalls_no_one() {
+        let (_server, m, d) = served_dict();
+
+        let until = Instant::now() + Duration::from_secs(30);
+        let (framed, rude) = raw_local(&m);
         // Until its requests stop going in: the server stopped taking them, since its
         // answer channel is full.
         let mut sent = 0u32;

@@ -249,32 +249,27 @@ impl Shared {
         }
         // Ends (and the connection with it) when the dispatcher ends it or is gone.
         while let Ok(handoff) = handoffs.recv() {
-            let joined = match handoff {
+            let (joined, response) = match handoff {
                 Handoff::Serve(joined, request) => {
-                    let response = {
-                        let gone = || conn.stream().peer_gone() || joined.local.client_gone();
-                        self.handle(
-                            request,
-                            &Peer {
-                                session,
-                                gone: &gone,
-                            },
-                        )
-                    };
-                    if self.stopping() || !joined.local.respond(&response, || self.stopping()) {
-                        return;
-                    }
-                    joined
+                    let gone = || conn.stream().peer_gone() || joined.local.client_gone();
+                    let response = self.handle(
+                        request,
+                        &Peer {
+                            session,
+                            gone: &gone,
+                        },
+                    );
+                    (joined, response)
                 }
-                Handoff::Answer(joined, response) => {
-                    if !joined.local.respond(&response, || self.stopping()) {
-                        return;
-                    }
-                    joined
-                }
+                Handoff::Answer(joined, response) => (joined, response),
                 Handoff::End => return,
             };
-            if self.stopping.load(Ordering::Acquire) || dispatcher.join(joined).is_err() {
+            // A call that waited until the server stopped is not answered (its caller
+            // reads that the server is gone), as on a socket.
+            if self.stopping()
+                || !joined.local.respond(&response, || self.stopping())
+                || dispatcher.join(joined).is_err()
+            {
                 return;
             }
         }
