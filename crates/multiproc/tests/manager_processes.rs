@@ -1,6 +1,7 @@
 //! Managers with real processes: every proxy type between processes, atomic updates from
 //! four processes, the remote pair over TCP with the right and a wrong key, a client
-//! SIGKILLed holding a managed lock, the server SIGKILLed under load, a SIGKILLed owner,
+//! SIGKILLed holding a managed lock or while its call waits, the server SIGKILLed under
+//! load, a SIGKILLed owner,
 //! and fuzzed frames against a live server; the shared-memory transport of local clients
 //! with large and oversized requests, raw peers that ask for it and vanish, many threads
 //! at once, and an in-process server that stops. After each test no server process is
@@ -43,6 +44,10 @@ fn main() {
             trial(
                 "client_sigkilled_holding_lock_while_others_keep_calling",
                 client_sigkilled_holding_lock_while_others_call,
+            ),
+            trial(
+                "client_sigkilled_while_its_call_waits_leaves_nothing",
+                client_sigkilled_while_its_call_waits,
             ),
             trial("server_sigkilled_under_load", server_sigkilled_under_load),
             trial(
@@ -519,6 +524,46 @@ fn client_sigkilled_holding_lock_while_others_call() {
     );
     assert!(calls.iter().all(|&n| n > 0), "calls: {calls:?}");
     let _ = join_err(child);
+}
+
+fn get_forever(q: QueueProxy<u8>) {
+    let _ = q.get();
+}
+
+fn tasks_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/task: {e}"))
+        .count()
+}
+
+/// A client SIGKILLed while its queue get waits in the server (lent by the dispatcher
+/// to its connection's thread): that thread ends, and the server's descriptors and
+/// threads go back to what they were; the get took nothing.
+fn client_sigkilled_while_its_call_waits() {
+    let m = Manager::start().unwrap();
+    let q = m.queue::<u8>().unwrap();
+    let server = m.server_pid().unwrap();
+    q.put(1).unwrap();
+    assert_eq!(q.get_timeout(T).unwrap(), Some(1));
+    let (fds, tasks) = (common::fds_of(server), tasks_of(server));
+    let child = multiproc::spawn(get_forever, q.clone()).unwrap();
+    // Its connections (a local one waiting in the get, and its anchor) are in place.
+    assert!(
+        common::eventually(T, || common::fds_of(server) > fds
+            && tasks_of(server) > tasks),
+        "the child never connected"
+    );
+    child.kill().unwrap();
+    let _ = join_err(child);
+    assert!(
+        common::eventually(T, || common::fds_of(server) <= fds
+            && tasks_of(server) <= tasks),
+        "the server kept {} descriptors (from {fds}) and {} threads (from {tasks})",
+        common::fds_of(server),
+        tasks_of(server)
+    );
+    q.put(2).unwrap();
+    assert_eq!(q.get_timeout(T).unwrap(), Some(2));
 }
 
 /// The server child sizes its descriptor table before it starts threads: grown later,

@@ -263,6 +263,25 @@ impl Local {
         pipe::send(&self.tx, request, Deadline::Now, false).is_ok()
     }
 
+    /// For tests: sends `bytes` as a request, whatever they are; false if there was no
+    /// room.
+    #[cfg(test)]
+    pub(crate) fn send_raw(&self, bytes: &[u8]) -> bool {
+        let mut fill = |buf: &mut [u8]| {
+            buf.copy_from_slice(bytes);
+            true
+        };
+        self.tx
+            .send_inline(bytes.len(), &mut fill, Deadline::Now, false)
+            .is_ok()
+    }
+
+    /// For tests: whether the server dropped its end (closed the connection).
+    #[cfg(test)]
+    pub(crate) fn server_gone(&self) -> bool {
+        self.rx.senders_gone()
+    }
+
     /// For tests: answers waiting to be read.
     #[cfg(test)]
     pub(crate) fn answers_waiting(&self) -> usize {
