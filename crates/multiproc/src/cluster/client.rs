@@ -1081,13 +1081,15 @@ impl ClientInner {
         })
     }
 
-    /// After a reconnection: fails the tasks of queues whose data the server lost
-    /// (their epoch changed), so that nobody waits for them forever.
-    fn check_epochs(&self, link: &mut Link) {
+    /// On every connection of the receiver, its first included: fails the tasks of
+    /// queues whose data the server lost (their epoch changed since the queue was first
+    /// used), so that nobody waits for them forever. False if an epoch could not be read
+    /// (to be looked at again).
+    fn check_epochs(&self, link: &mut Link) -> bool {
         let queues = lock(&self.queues).clone();
         for (keys, known) in queues {
             let Ok(now) = link.run(|c| conn::epoch(c, &keys)) else {
-                return;
+                return false;
             };
             if now == known {
                 continue;
@@ -1114,6 +1116,7 @@ impl ClientInner {
                 );
             }
         }
+        true
     }
 
     /// After a reconnection: outcomes written while this client could not hear.
@@ -1224,6 +1227,8 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     let mut seen = 0;
     // Outcomes taken whose keys are still to delete (kept across a lost connection).
     let mut delete: Vec<String> = Vec::new();
+    // Whether the epochs are still to be checked on the current connection.
+    let mut epochs_due = false;
     loop {
         let Some(inner) = inner.upgrade() else {
             return;
@@ -1256,9 +1261,15 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             }
             if seen > 0 {
                 inner.recover(&mut link);
-                inner.check_epochs(&mut link);
             }
             seen = link.connects();
+            // The first connection too: this thread may first connect after a server
+            // that lost its data came back (a slow start on a busy machine), and the
+            // epochs known from submitting are older than that.
+            epochs_due = true;
+        }
+        if epochs_due && inner.check_epochs(&mut link) {
+            epochs_due = false;
         }
         let lists: Vec<String> = lock(&inner.queues)
             .iter()
