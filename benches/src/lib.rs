@@ -437,6 +437,21 @@ pub mod pool {
         timed(processes, |p| p.map(square, 0..n).expect("map").len(), n)
     }
 
+    /// Maps of 100,000 trivial tasks one after another on one pool, `n` items in all:
+    /// the steady state of [`map`], long enough for a profiler.
+    pub fn maps_of_100k(n: u64) -> Duration {
+        let maps = n.div_ceil(100_000);
+        timed(
+            PROCESSES,
+            |p| {
+                (0..maps)
+                    .map(|_| p.map(square, 0..100_000u64).expect("map").len())
+                    .sum()
+            },
+            maps * 100_000,
+        )
+    }
+
     /// `Pool::imap` of `n` trivial tasks, one task per item.
     pub fn imap_one_by_one(n: u64) -> Duration {
         timed(
@@ -748,7 +763,8 @@ fn timed_command(command: &mut Command) -> Duration {
 /// The workloads `multiproc-bench loop NAME N` runs on their own, for a profiler
 /// (`perf record`, `perf sched record`, `strace -f`): one run of `n` operations.
 pub const LOOPS: &[&str] = &[
-    "spawn", "queue", "backlog", "pipe", "event", "barrier", "map", "imap", "submit", "manager",
+    "spawn", "queue", "backlog", "pipe", "event", "barrier", "map", "maps", "imap", "submit",
+    "manager",
 ];
 
 /// One run of the workload `name` (one of [`LOOPS`]) with `n` operations; `None` for an
@@ -762,6 +778,7 @@ pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
         "event" => sync::event_handoff(n),
         "barrier" => sync::barrier_rounds(n),
         "map" => pool::map(n),
+        "maps" => pool::maps_of_100k(n),
         "imap" => pool::imap_one_by_one(n),
         "submit" => pool::submit_wait(n),
         "manager" => manager::dict_set_get(false, n),

@@ -195,7 +195,54 @@ fn map_in_order_with_any_chunking() {
     assert_eq!(pool.map_chunked(square, 0..3, 0).unwrap(), [0, 1, 4]);
     let words = vec!["a".to_string(), "bc".into(), String::new()];
     assert_eq!(pool.map(shout, words).unwrap(), ["A", "BC", ""]);
+    // Items are taken from the iterator as chunks are sent: one that does not know
+    // its length, or says a wrong one, still has every item mapped, and only those.
+    let evens: Vec<u64> = (0..2000u64).filter(|x| x % 2 == 0).map(|x| x * x).collect();
+    assert_eq!(
+        pool.map(square, (0..2000).filter(|x| x % 2 == 0)).unwrap(),
+        evens
+    );
+    for claim in [0, 10, 5000, usize::MAX - 1, usize::MAX] {
+        let items = Claims {
+            items: 0..1000,
+            claim,
+        };
+        assert_eq!(pool.map(square, items).unwrap(), want, "claiming {claim}");
+        let items = Claims {
+            items: 0..1000,
+            claim,
+        };
+        assert_eq!(
+            pool.map_chunked(square, items, 3).unwrap(),
+            want,
+            "claiming {claim}"
+        );
+    }
+    // Many more chunks than are sent ahead of the results taken, by count and by size.
+    let many: Vec<u64> = (0..20_000u64).map(|x| x * x).collect();
+    assert_eq!(pool.map_chunked(square, 0..20_000, 1).unwrap(), many);
+    let big: Vec<String> = (0..48).map(|i| "x".repeat(100_000 + i)).collect();
+    let shouted: Vec<String> = big.iter().map(|s| s.to_uppercase()).collect();
+    assert_eq!(pool.map_chunked(shout, big, 1).unwrap(), shouted);
     finish(pool);
+}
+
+/// An iterator that says it has `claim` items, whatever it has.
+struct Claims {
+    items: std::ops::Range<u64>,
+    claim: usize,
+}
+
+impl Iterator for Claims {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        self.items.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claim, Some(self.claim))
+    }
 }
 
 static GREETING: OnceLock<String> = OnceLock::new();

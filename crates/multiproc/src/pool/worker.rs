@@ -421,7 +421,10 @@ where
     }
     // The values, then the first panic: no `Result` per item (each as large as a
     // panic report, and a tag on the wire).
-    match codec::encode_with_prefix(&[0; OUTCOME_HEADER], &(values, first_panic)) {
+    // Results often take about the room their arguments took: start there (within
+    // reason) rather than grow the buffer from nothing.
+    let expect = bytes.len().min(1 << 20);
+    match codec::encode_sized(&[0; OUTCOME_HEADER], &(values, first_panic), expect) {
         Ok(out) => Invoked::Returned(out),
         Err(e) => Invoked::Unencodable(e),
     }

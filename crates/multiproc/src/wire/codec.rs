@@ -264,7 +264,18 @@ pub(crate) fn encode_with_prefix<T: Serialize + ?Sized>(
 ) -> Result<Encoded, CodecError> {
     // Room for a small value past the prefix: growing from exactly the prefix would
     // reallocate on the first byte.
-    let mut buf = Vec::with_capacity(prefix.len() + 64);
+    encode_sized(prefix, value, 64)
+}
+
+/// As [`encode_with_prefix`], into a buffer with room for `expect` bytes after the
+/// prefix to begin with (the size of a similar value encoded before: growing a buffer
+/// as it fills copies a large value about twice over).
+pub(crate) fn encode_sized<T: Serialize + ?Sized>(
+    prefix: &[u8],
+    value: &T,
+    expect: usize,
+) -> Result<Encoded, CodecError> {
+    let mut buf = Vec::with_capacity(prefix.len() + expect);
     buf.extend_from_slice(prefix);
     match collecting(|| postcard::to_extend(value, buf)) {
         (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),

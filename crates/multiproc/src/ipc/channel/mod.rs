@@ -1025,6 +1025,47 @@ mod tests {
         assert_eq!(order[order.len() - 3..], [(1, 100), (2, 3000), (3, 100)]);
     }
 
+    /// Where the producers are in the ring (bytes from its start).
+    fn ring_position(rx: &RawReceiver) -> u64 {
+        rx.core.header().produced.0.tail.load(SeqCst) % rx.core.ring_len
+    }
+
+    #[test]
+    fn a_ring_whose_consumer_keeps_up_stays_in_its_first_pages() {
+        let (tx, rx) = channel(DEFAULT_RING, None).unwrap();
+        // 8 MiB through a 4 MiB ring, each message taken before the next is sent.
+        let mut furthest = 0;
+        for n in 0..8192u32 {
+            let len = 64 + (n as usize * 97) % 1900;
+            tx.send(numbered(n, len), Deadline::Now, false).unwrap();
+            furthest = furthest.max(ring_position(&rx));
+            let got = take(&rx).unwrap();
+            assert_eq!((number(&got), got.len()), (n, len), "message {n}");
+            assert!(
+                got[4..].iter().all(|&b| b == (n % 251) as u8),
+                "message {n}"
+            );
+        }
+        let hot = 64 << 10;
+        assert!(
+            furthest <= hot + 4096 + 2048,
+            "the producers went {furthest} bytes into the ring"
+        );
+        // A consumer that falls behind: the ring fills past the first pages, in order.
+        for n in 0..1000u32 {
+            tx.send(numbered(n, 1000), Deadline::Now, false).unwrap();
+        }
+        assert!(
+            ring_position(&rx) > hot,
+            "a ring that is not empty does not start over"
+        );
+        for n in 0..1000u32 {
+            let got = take(&rx).unwrap();
+            assert_eq!((number(&got), got.len()), (n, 1000));
+        }
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+    }
+
     /// A message of `len` bytes numbered `n` (its first 4 bytes).
     fn numbered(n: u32, len: usize) -> Encoded {
         let mut bytes = vec![(n % 251) as u8; len.max(4)];
@@ -1153,6 +1194,40 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(rx.len(), model.len());
+            }
+            while let Some(expected) = model.pop_front() {
+                let bytes = take(&rx).unwrap();
+                prop_assert_eq!((number(&bytes), bytes.len()), expected);
+            }
+        }
+
+        /// A bounded channel against a `VecDeque`, with a ring large enough to start
+        /// over when it is empty: any sends and receives, in any order, the records
+        /// wrapping at the end and starting over early mixed.
+        #[test]
+        fn a_ring_that_starts_over_early_is_a_fifo(ops in prop::collection::vec((any::<bool>(), 0usize..40_000, 1usize..12), 1..80)) {
+            let (tx, rx) = channel(256 << 10, None).unwrap();
+            let mut model = std::collections::VecDeque::new();
+            let mut n = 0u32;
+            for (put, len, count) in ops {
+                for _ in 0..count {
+                    if put {
+                        match tx.send(numbered(n, len), Deadline::Now, false) {
+                            Ok(()) => {
+                                model.push_back((n, len.max(4)));
+                                n += 1;
+                            }
+                            Err((_, SendFail::Full)) => prop_assert!(!model.is_empty()),
+                            Err((_, e)) => prop_assert!(false, "send {n} of {len} bytes: {e:?}"),
+                        }
+                    } else {
+                        match take(&rx) {
+                            Ok(bytes) => prop_assert_eq!(Some((number(&bytes), bytes.len())), model.pop_front()),
+                            Err(RecvFail::Empty) => prop_assert!(model.is_empty()),
+                            Err(e) => prop_assert!(false, "{e:?}"),
+                        }
+                    }
+                }
             }
             while let Some(expected) = model.pop_front() {
                 let bytes = take(&rx).unwrap();

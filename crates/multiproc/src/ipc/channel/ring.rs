@@ -33,6 +33,11 @@ pub(crate) const LINK: u32 = 4;
 /// A link record's payload.
 pub(crate) const LINK_PAYLOAD: usize = 16;
 const HEADER: u64 = 8;
+/// Bytes of a ring used before an empty ring starts over (see [`Ring::reserve`]).
+const HOT: u64 = 64 << 10;
+/// The page size the rewinding above counts in (a larger page only makes it look
+/// more often).
+const PAGE: u64 = 4096;
 
 /// Bytes a record with a payload of `len` takes.
 pub(crate) fn record_len(len: usize) -> u64 {
@@ -243,13 +248,29 @@ impl<'a> Ring<'a> {
         let items = counts.items.load(Relaxed);
         let rec = record_len(len);
         let pos = from % self.len;
-        let skip = if rec <= self.len - pos {
+        let mut skip = if rec <= self.len - pos {
             0
         } else {
             self.len - pos
         };
         if rec + keep > self.len {
             return None;
+        }
+        // An empty ring starts over at its beginning once the producers are past the
+        // first `HOT` bytes, as if the end had come: a channel whose consumers keep up
+        // keeps using the same few pages, which stay in the cache and stay mapped (a
+        // fresh page of a shared mapping costs a fault in each process that touches
+        // it), instead of streaming through the whole ring. Looked at only when a
+        // record reaches into a new page, so a steady stream of small records reads
+        // the consumers' line once per page, and taken only when the record fits
+        // before the position it leaves.
+        if skip == 0
+            && pos >= HOT
+            && rec <= pos
+            && (pos.is_multiple_of(PAGE) || pos % PAGE + rec > PAGE)
+            && self.empty_at(from)
+        {
+            skip = self.len - pos;
         }
         // The consumers' counters live on their cache line; look at them only when the
         // copies on ours say there might be no room.
@@ -277,6 +298,18 @@ impl<'a> Ring<'a> {
             at: from + skip,
             len,
         })
+    }
+
+    /// Whether consumers have taken everything up to `tail` (the producers' position,
+    /// under their lock).
+    fn empty_at(&self, tail: u64) -> bool {
+        let p = self.produced;
+        if p.seen_head.load(Relaxed) == tail {
+            return true;
+        }
+        let head = self.consumed.head.load(Acquire);
+        p.seen_head.store(head, Relaxed);
+        head == tail
     }
 
     /// The next record at the consumers' position, if there is one; wrap markers are
