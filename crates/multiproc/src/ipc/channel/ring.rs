@@ -263,10 +263,13 @@ impl<'a> Ring<'a> {
         // it), instead of streaming through the whole ring. Looked at only when a
         // record reaches into a new page, so a steady stream of small records reads
         // the consumers' line once per page, and taken only when the record fits
-        // before the position it leaves.
+        // before the position it leaves. Records over half of `HOT` go on as they
+        // did: for 1 MiB messages, writing over the pages the consumer had just read
+        // measured 10–15% slower than moving on to others.
         if skip == 0
             && pos >= HOT
             && rec <= pos
+            && rec <= HOT / 2
             && (pos.is_multiple_of(PAGE) || pos % PAGE + rec > PAGE)
             && self.empty_at(from)
         {
