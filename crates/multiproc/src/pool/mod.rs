@@ -776,6 +776,10 @@ impl Pool {
             // and moving it over was most of a map's time, in page faults as much as
             // in copies).
             let before = out.len();
+            // The slots this chunk's values go to, faulted in at once if they are fresh.
+            let spare = out.spare_capacity_mut();
+            let fill = expected.min(spare.len());
+            sys::prefault(&mut spare[..fill]);
             match task::decode_chunk_into(outcome, &mut out) {
                 Ok(None) if out.len() - before == expected => progress(expected),
                 Ok(None) => {
