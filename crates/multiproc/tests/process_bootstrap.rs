@@ -68,6 +68,10 @@ fn main() {
         .map(|&(name, mode)| libtest_mimic::Trial::test(name, move || rounds(mode)))
         .collect();
     tests.push(trial("spawning_after_exit_began_is_refused", exit_refuses));
+    tests.push(trial(
+        "descriptor_table_has_room_from_init",
+        descriptor_table_has_room,
+    ));
     // A daemon child never outlives its parent, SIGKILLed right after starting it: its
     // group is empty within seconds, 200 times over.
     tests.push(libtest_mimic::Trial::test(
@@ -144,6 +148,25 @@ fn one_round(
 
 /// `exit_function` has begun (the guard was dropped): a new spawn is refused with
 /// `SpawnError::Exiting`, and no fork server is started for it.
+/// `init()`, run while the process had one thread, gave its descriptor table room for
+/// 1,024 descriptors (or its limit): growing it later, with threads, would stall the
+/// call that opens the 65th, 129th, ... descriptor for an RCU grace period.
+fn descriptor_table_has_room() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let size: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize in /proc/self/status");
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    assert!(
+        size >= limit.min(1024),
+        "FDSize {size} with a limit of {limit}"
+    );
+}
+
 fn exit_refuses() {
     let mut helper = Helper::start("spawn_after_exit");
     assert_eq!(helper.expect("refused:", T), "Exiting");

@@ -270,6 +270,10 @@ pub(crate) fn started_by_multiproc() -> bool {
     })
 }
 
+/// Descriptors the parent's table has room for from `init()` on (or its limit, if
+/// lower).
+const DESCRIPTOR_ROOM: u64 = 1024;
+
 fn init_inner(setup: Option<fn()>) -> Init {
     let _ = SETUP.set(setup);
     if INITIALIZED.swap(true, Ordering::SeqCst) {
@@ -286,6 +290,13 @@ fn init_inner(setup: Option<fn()>) -> Init {
         Ok(Some(server)) => state().server = Some(server),
         Ok(None) => {}
         Err(e) => tracing::trace!("fork server not started at init: {e}"),
+    }
+    // Room for 1,024 descriptors now, while the table can grow for nothing: once the
+    // process has threads (a pool's engine, a manager's client), each growth of the
+    // table past 64, 128, ... descriptors waits for an RCU grace period, 12–30 ms
+    // measured, on whichever call opens that descriptor (a pool's 13th worker, say).
+    if sys::thread_count() == Some(1) {
+        sys::reserve_fd_table(DESCRIPTOR_ROOM);
     }
     OWNER_PID.store(sys::getpid(), Ordering::SeqCst);
     sys::at_exit(exit_hook);
