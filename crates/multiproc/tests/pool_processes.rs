@@ -218,7 +218,15 @@ fn map_in_order_with_any_chunking() {
             "claiming {claim}"
         );
     }
-    // Many more chunks than are sent ahead of the results taken, by count and by size.
+    // An iterator that panics after some chunks went out: the map unwinds, and the
+    // pool goes on.
+    let panics = (0..50_000u64).inspect(|&x| assert!(x != 30_000, "the iterator panics"));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.map_chunked(square, panics, 100)
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(pool.map(square, 0..1000).unwrap(), want);
+    // Many chunks, and chunks of a few large items.
     let many: Vec<u64> = (0..20_000u64).map(|x| x * x).collect();
     assert_eq!(pool.map_chunked(square, 0..20_000, 1).unwrap(), many);
     let big: Vec<String> = (0..48).map(|i| "x".repeat(100_000 + i)).collect();

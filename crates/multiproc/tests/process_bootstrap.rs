@@ -146,8 +146,6 @@ fn one_round(
     Ok(())
 }
 
-/// `exit_function` has begun (the guard was dropped): a new spawn is refused with
-/// `SpawnError::Exiting`, and no fork server is started for it.
 /// `init()`, run while the process had one thread, gave its descriptor table room for
 /// 1,024 descriptors (or its limit): growing it later, with threads, would stall the
 /// call that opens the 65th, 129th, ... descriptor for an RCU grace period.
@@ -167,6 +165,8 @@ fn descriptor_table_has_room() {
     );
 }
 
+/// `exit_function` has begun (the guard was dropped): a new spawn is refused with
+/// `SpawnError::Exiting`, and no fork server is started for it.
 fn exit_refuses() {
     let mut helper = Helper::start("spawn_after_exit");
     assert_eq!(helper.expect("refused:", T), "Exiting");

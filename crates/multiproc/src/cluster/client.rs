@@ -1082,24 +1082,40 @@ impl ClientInner {
     }
 
     /// On every connection of the receiver, its first included: fails the tasks of
-    /// queues whose data the server lost (their epoch changed since the queue was first
-    /// used), so that nobody waits for them forever. False if an epoch could not be read
-    /// (to be looked at again).
+    /// queues whose data the server lost (their epoch changed, or is gone, since the
+    /// queue was first used), so that nobody waits for them forever. False if an epoch
+    /// could not be read (to be looked at again).
+    ///
+    /// It only reads the epoch: a queue deleted meanwhile (`delete_queue`) must not get
+    /// one back from a receiver that happens to connect just then. A queue whose epoch
+    /// is gone is forgotten here, and the next submission to it starts it afresh.
     fn check_epochs(&self, link: &mut Link) -> bool {
         let queues = lock(&self.queues).clone();
         for (keys, known) in queues {
-            let Ok(now) = link.run(|c| conn::epoch(c, &keys)) else {
+            let Ok(now) = link.run(|c| {
+                redis::cmd("GET")
+                    .arg(keys.epoch())
+                    .query::<Option<String>>(c)
+            }) else {
                 return false;
             };
-            if now == known {
+            if now.as_ref() == Some(&known) {
                 continue;
             }
             tracing::warn!(
                 queue = keys.queue(),
                 "the Redis server lost its data: failing the tasks waited for"
             );
-            if let Some(q) = lock(&self.queues).iter_mut().find(|(k, _)| *k == keys) {
-                q.1 = now;
+            {
+                let mut queues = lock(&self.queues);
+                match now {
+                    Some(now) => {
+                        if let Some(q) = queues.iter_mut().find(|(k, _)| *k == keys) {
+                            q.1 = now;
+                        }
+                    }
+                    None => queues.retain(|(k, _)| *k != keys),
+                }
             }
             let lost: Vec<String> = lock(&self.pending)
                 .tasks

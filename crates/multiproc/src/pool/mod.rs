@@ -653,9 +653,15 @@ impl Pool {
         // A chunk names its context: the worker reads these words as a context entry.
         let entry = TaskEntry::from_words(entry.to_words());
         let context = self.inner.add_context(encode_job(&ctx)?);
-        let out = self.map_items((entry, context), items, None, None, &mut |_| {});
-        self.inner.end_context(context);
-        out
+        // Dropped by the workers however the map ends, by an unwind too.
+        struct Ends<'a>(&'a PoolInner, u64);
+        impl Drop for Ends<'_> {
+            fn drop(&mut self) {
+                self.0.end_context(self.1);
+            }
+        }
+        let _ends = Ends(&self.inner, context);
+        self.map_items((entry, context), items, None, None, &mut |_| {})
     }
 
     /// Sends the items in chunks of `chunk_size` (by default chosen for how many there
@@ -663,14 +669,11 @@ impl Pool {
     /// results in order, until `deadline`.
     ///
     /// Each chunk is taken from the iterator into one reused vector, encoded, and
-    /// dropped, and only a window of chunks is encoded ahead of the results taken: the
-    /// items are never all held at once, nor all their encodings, and the memory of a
-    /// chunk whose results came back serves the next one. (For 100,000 `u64`s,
-    /// collecting the items and encoding every chunk up front cost the parent about
-    /// 1.6 MB of fresh pages, 400 page faults, per map.) `len` only sizes the chunks:
-    /// an iterator that yields more or fewer items than it said still has every item
-    /// mapped, and only those. An iterator that does not know its length (a filter)
-    /// is collected first.
+    /// dropped: the items are never all held at once (for 100,000 `u64`s, collecting
+    /// them first cost the parent 800 KB of fresh pages, about 200 page faults, per
+    /// map). The length the iterator gives only sizes the chunks: one that yields more
+    /// or fewer items than it said still has every item mapped, and only those. An
+    /// iterator that does not know its length (a filter) is collected first.
     fn map_items<A, R>(
         &self,
         (entry, context): (TaskEntry, u64),
@@ -700,78 +703,63 @@ impl Pool {
             .max(1);
         let stream = Slots::<Received>::new();
         let sink: Arc<dyn Sink<Received>> = stream.clone();
-        let window = Window::new(self.processes());
-        // Per chunk submitted: its task, its item count, its encoded size.
-        let mut ids = Vec::new();
-        let mut sizes: Vec<(usize, usize)> = Vec::new();
-        let mut chunk: Vec<A> = Vec::with_capacity(chunk_size.min(1 << 16));
-        let mut out = Vec::new();
-        // A length that the iterator got wrong is no reason to fail.
-        let _ = out.try_reserve(len);
-        let (mut taken, mut ahead_bytes) = (0, 0);
-        // Submitted in batches of 1, 2, 4, ... chunks: the workers start on the first
-        // chunk while the next are encoded, and a map of many small chunks still takes
-        // the pool's lock only a few dozen times.
+        // The tasks submitted; those not yet sent to a worker are taken back if this
+        // returns early, or unwinds (from the iterator, say).
+        let mut ids = Submitted {
+            inner: &self.inner,
+            ids: Vec::new(),
+            from: 0,
+        };
+        // Per chunk: its item count.
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut chunk: Vec<A> = Vec::with_capacity(chunk_size.min(len).min(1 << 16));
+        // Submitted as they are encoded, in batches of 1, 2, 4, ... chunks: the workers
+        // start on the first chunk while the rest are encoded, and a map of many small
+        // chunks still takes the pool's lock only a few dozen times.
         let mut batch = 1;
         let mut more = true;
-        loop {
-            let ahead = ids.len() - taken;
-            if more && !window.half_full(ahead, ahead_bytes) {
-                let mut jobs = Vec::with_capacity(batch);
-                while more && jobs.len() < batch && !window.full(ahead + jobs.len(), ahead_bytes) {
-                    // One by one: `extend` would reserve what the iterator claims.
-                    for item in items.by_ref().take(chunk_size) {
-                        chunk.push(item);
-                    }
-                    // A short chunk means the iterator said `None`: nothing follows.
-                    more = chunk.len() == chunk_size;
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    // Sized as the chunk before, with room to spare.
-                    let expect = sizes.last().map_or(64, |&(_, bytes)| bytes + bytes / 8);
-                    match codec::encode_sized(&[0; JOB_HEADER], chunk.as_slice(), expect)
-                        .map_err(TaskError::Codec)
-                    {
-                        Ok(payload) => {
-                            ahead_bytes += payload.bytes.len();
-                            sizes.push((chunk.len(), payload.bytes.len()));
-                            jobs.push((sizes.len() - 1, payload));
-                        }
-                        Err(e) => {
-                            self.inner.discard(&ids[taken..]);
-                            return Err(e);
-                        }
-                    }
-                    chunk.clear();
+        let mut expect = 64;
+        while more {
+            let mut jobs = Vec::with_capacity(batch);
+            while more && jobs.len() < batch {
+                // One by one: `extend` would reserve what the iterator claims.
+                for item in items.by_ref().take(chunk_size) {
+                    chunk.push(item);
                 }
-                if !jobs.is_empty() {
-                    match self.inner.submit_many((entry, context), jobs, &sink) {
-                        Ok(submitted) => ids.extend(submitted),
-                        Err(e) => {
-                            self.inner.discard(&ids[taken..]);
-                            return Err(e);
-                        }
-                    }
-                    batch *= 2;
-                    continue;
+                // A short chunk means the iterator said `None`: nothing follows.
+                more = chunk.len() == chunk_size;
+                if chunk.is_empty() {
+                    break;
                 }
+                // Sized as the chunk before, with room to spare.
+                let payload = codec::encode_sized(&[0; JOB_HEADER], chunk.as_slice(), expect)
+                    .map_err(TaskError::Codec)?;
+                expect = payload.bytes.len() + payload.bytes.len() / 8;
+                jobs.push((sizes.len(), payload));
+                sizes.push(chunk.len());
+                chunk.clear();
             }
-            let Some(&(expected, bytes)) = sizes.get(taken) else {
-                break;
-            };
-            let slot = taken;
+            if !jobs.is_empty() {
+                let submitted = self.inner.submit_many((entry, context), jobs, &sink)?;
+                ids.ids.extend(submitted);
+            }
+            batch *= 2;
+        }
+        drop(chunk);
+        let mut out = Vec::new();
+        // A length that the iterator got wrong is no reason to fail.
+        let _ = out.try_reserve(sizes.iter().sum());
+        for (slot, &expected) in sizes.iter().enumerate() {
+            ids.from = slot;
             let help = || {
                 self.inner.drain_results();
             };
             let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &help) else {
-                for &id in &ids[slot..] {
+                for &id in &ids.ids[slot..] {
                     self.inner.cancel(id);
                 }
                 return Err(TaskError::Timeout);
             };
-            taken += 1;
-            ahead_bytes -= bytes;
             // Straight into `out`: no vector per chunk (for trivial tasks, building one
             // and moving it over was most of a map's time, in page faults as much as
             // in copies).
@@ -780,25 +768,18 @@ impl Pool {
             let spare = out.spare_capacity_mut();
             let fill = expected.min(spare.len());
             sys::prefault(&mut spare[..fill]);
-            match task::decode_chunk_into(outcome, &mut out) {
-                Ok(None) if out.len() - before == expected => progress(expected),
-                Ok(None) => {
-                    self.inner.discard(&ids[slot..]);
+            match task::decode_chunk_into(outcome, &mut out)? {
+                None if out.len() - before == expected => progress(expected),
+                None => {
                     return Err(TaskError::Codec(crate::CodecError::new(format!(
                         "a chunk of {expected} items came back with {} results",
                         out.len() - before
                     ))));
                 }
-                Ok(Some(panic)) => {
-                    self.inner.discard(&ids[slot..]);
-                    return Err(TaskError::Panicked(panic));
-                }
-                Err(e) => {
-                    self.inner.discard(&ids[slot..]);
-                    return Err(e);
-                }
+                Some(panic) => return Err(TaskError::Panicked(panic)),
             }
         }
+        ids.from = sizes.len();
         Ok(out)
     }
 
@@ -901,42 +882,32 @@ impl Drop for Pool {
     }
 }
 
-/// The function's entry for workers.
+/// The tasks of a map: those from `from` on that are not yet sent to a worker are
+/// taken back when it is dropped (the map returned early, or unwound).
+struct Submitted<'a> {
+    inner: &'a PoolInner,
+    ids: Vec<u64>,
+    from: usize,
+}
+
+impl Drop for Submitted<'_> {
+    fn drop(&mut self) {
+        if let Some(left) = self.ids.get(self.from..).filter(|l| !l.is_empty()) {
+            self.inner.discard(left);
+        }
+    }
+}
+
 /// Items per chunk when a map does not say: about sixteen chunks per worker. Python's
 /// four left the workers waiting while the parent encoded the first chunk and the parent
 /// decoding the last while the workers idled: 100,000 trivial tasks on 2 workers took
 /// 25 ns per item in chunks of 12,500 and 11–14 ns in chunks of 3,125 (a loop of maps,
 /// medians of 40). Tasks that take long are balanced better too.
-/// How far a map encodes ahead of the results it has taken: at least four chunks per
-/// worker and 256 KiB of encoded chunks (enough to keep every worker busy while the
-/// parent decodes), refilled once it is down to half of both.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    chunks: usize,
-}
-
-impl Window {
-    const BYTES: usize = 256 << 10;
-
-    fn new(processes: usize) -> Window {
-        Window {
-            chunks: 4 * processes.max(1),
-        }
-    }
-
-    fn full(self, chunks: usize, bytes: usize) -> bool {
-        chunks >= self.chunks && bytes >= Self::BYTES
-    }
-
-    fn half_full(self, chunks: usize, bytes: usize) -> bool {
-        chunks >= self.chunks / 2 && bytes >= Self::BYTES / 2
-    }
-}
-
 fn default_chunk(items: usize, processes: usize) -> usize {
     items.div_ceil(processes.max(1) * 16).max(1)
 }
 
+/// The function's entry for workers.
 fn entry<A, R>(f: fn(A) -> R, chunked: bool) -> Result<TaskEntry, TaskError>
 where
     A: DeserializeOwned,

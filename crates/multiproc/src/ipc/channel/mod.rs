@@ -1165,6 +1165,60 @@ mod tests {
         a_death_mid_move(0, true);
     }
 
+    /// A consumer dies moving from one overflow segment to the next, after the producers
+    /// went back to the channel's own ring, where their first record follows a wrap
+    /// marker: the consumer that takes over reads everything, in order.
+    #[test]
+    fn a_consumer_that_dies_between_segments_after_producers_came_back_loses_nothing() {
+        for ring in [16 << 10, 256 << 10] {
+            let (tx, rx) = unbounded(ring).unwrap();
+            // The channel's own ring and more than one overflow segment's worth.
+            let per_ring = (ring / 1008) as u32;
+            let total = per_ring * 2 + per_ring / 2;
+            for n in 0..total {
+                tx.send(numbered(n, 1000), Deadline::Now, false).unwrap();
+            }
+            let h = rx.core.header();
+            assert!(h.overflow.0.made.load(SeqCst) >= 2, "ring {ring}");
+            // One consumer reads the own ring and into the first segment.
+            let mut next = 0;
+            while next < per_ring + per_ring / 4 {
+                assert_eq!(number(&take(&rx).unwrap()), next, "ring {ring}");
+                next += 1;
+            }
+            assert_ne!(h.consumed.0.ring.load(SeqCst), 0, "ring {ring}");
+            // Another reads on and dies moving to the next segment, holding the lock.
+            let dying = rx.clone();
+            let got = std::thread::spawn(move || {
+                overflow::DIE_AT.with(|d| d.set(4));
+                ring::KEEP_LOCKS.with(|k| k.set(true));
+                let mut got = Vec::new();
+                while let Ok(bytes) = take(&dying) {
+                    got.push(number(&bytes));
+                }
+                got
+            })
+            .join()
+            .unwrap();
+            assert_eq!(got, (next..next + got.len() as u32).collect::<Vec<_>>());
+            next += got.len() as u32;
+            // The own ring is empty: the producers go back to it, and the first record
+            // there does not fit before the ring's end.
+            for n in total..total + 5 {
+                tx.send(numbered(n, 1000), Deadline::Now, false).unwrap();
+            }
+            assert_eq!(h.produced.0.ring.load(SeqCst), 0, "ring {ring}");
+            while next < total + 5 {
+                match take(&rx) {
+                    Ok(bytes) => assert_eq!(number(&bytes), next, "ring {ring}"),
+                    Err(e) => panic!("ring {ring}, message {next}: {e:?}"),
+                }
+                next += 1;
+            }
+            assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 

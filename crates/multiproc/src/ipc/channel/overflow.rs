@@ -359,10 +359,12 @@ impl Core {
     }
 
     /// After taking over from a consumer that died reading overflow segments: the link
-    /// it followed out of the channel's own ring may still be there; skip it.
+    /// it followed out of the channel's own ring may still be there; skip it. Anything
+    /// else is left where it is, wrap markers before it included: producers that came
+    /// back to the own ring link back to the position before them.
     fn skip_left_link(&self, head: &mut Head<'_>) {
         let own = self.ring();
-        if let Ok(Some(record)) = own.next(head)
+        if let Ok(Some(record)) = own.peek(head)
             && record.kind == LINK
         {
             record.skip();

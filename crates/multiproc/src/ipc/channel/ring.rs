@@ -8,7 +8,8 @@
 //! record is `[len u32][kind u32][payload, padded to 8]`. `tail` and `head` count bytes
 //! ever written and consumed; a position in a ring is the count modulo its size. A
 //! record that would run past the end is preceded by a `WRAP` marker covering the rest
-//! of the ring. Producers advance `tail` only once a record is complete, and consumers
+//! of the ring, as is a small record that starts an empty ring over early (see
+//! [`Ring::reserve`]). Producers advance `tail` only once a record is complete, and consumers
 //! advance `head` only once they are done with one, so a process that dies in between
 //! leaves the ring as it was before it started. Item counts are the channel's, across
 //! its rings.
@@ -316,14 +317,34 @@ impl<'a> Ring<'a> {
     }
 
     /// The next record at the consumers' position, if there is one; wrap markers are
-    /// skipped. An error means the shared memory does not follow the protocol.
+    /// skipped (the consumers' position moves past them). An error means the shared
+    /// memory does not follow the protocol.
     pub(crate) fn next<'h>(
         &'h self,
+        lock: &'h mut Head<'_>,
+    ) -> Result<Option<Record<'h, 'a>>, String> {
+        self.find(lock, true)
+    }
+
+    /// As [`next`](Self::next), leaving the consumers' position where it is (before any
+    /// wrap marker) unless the record found is consumed or skipped: for a look that may
+    /// leave the record where it is. (Producers may have seen a position moved past a
+    /// marker, and it could not be moved back.)
+    pub(crate) fn peek<'h>(
+        &'h self,
+        lock: &'h mut Head<'_>,
+    ) -> Result<Option<Record<'h, 'a>>, String> {
+        self.find(lock, false)
+    }
+
+    fn find<'h>(
+        &'h self,
         _lock: &'h mut Head<'_>,
+        pass_wraps: bool,
     ) -> Result<Option<Record<'h, 'a>>, String> {
         let c = self.consumed;
+        let mut head = c.head.load(Relaxed);
         loop {
-            let head = c.head.load(Relaxed);
             let mut tail = c.seen_tail.load(Relaxed);
             if head == tail || tail < head {
                 tail = self.produced.tail.load(Acquire);
@@ -349,7 +370,10 @@ impl<'a> Ring<'a> {
                 return Err("a record overruns the ring".into());
             }
             if kind == WRAP {
-                c.head.store(head + size, Release);
+                head += size;
+                if pass_wraps {
+                    c.head.store(head, Release);
+                }
                 continue;
             }
             return Ok(Some(Record {
