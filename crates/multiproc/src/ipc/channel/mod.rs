@@ -1134,23 +1134,29 @@ mod tests {
         }
         let mut got = Vec::new();
         if consumer_dies {
-            let dying = rx.clone();
-            got = std::thread::spawn(move || {
-                overflow::DIE_AT.with(|d| d.set(4));
-                ring::KEEP_LOCKS.with(|k| k.set(true));
-                let mut got = Vec::new();
-                while let Ok(bytes) = take(&dying) {
-                    got.push(number(&bytes));
-                }
-                got
-            })
-            .join()
-            .unwrap();
+            got = receive_until_dying(&rx);
         }
         while let Ok(bytes) = take(&rx) {
             got.push(number(&bytes));
         }
         assert_eq!(got, (0..300).collect::<Vec<_>>(), "step {step}");
+    }
+
+    /// A consumer on another thread that receives until it dies (keeping the
+    /// consumers' lock) at its first move between rings; what it received.
+    fn receive_until_dying(rx: &RawReceiver) -> Vec<u32> {
+        let dying = rx.clone();
+        std::thread::spawn(move || {
+            overflow::DIE_AT.with(|d| d.set(4));
+            ring::KEEP_LOCKS.with(|k| k.set(true));
+            let mut got = Vec::new();
+            while let Ok(bytes) = take(&dying) {
+                got.push(number(&bytes));
+            }
+            got
+        })
+        .join()
+        .unwrap()
     }
 
     #[test]
@@ -1188,18 +1194,7 @@ mod tests {
             }
             assert_ne!(h.consumed.0.ring.load(SeqCst), 0, "ring {ring}");
             // Another reads on and dies moving to the next segment, holding the lock.
-            let dying = rx.clone();
-            let got = std::thread::spawn(move || {
-                overflow::DIE_AT.with(|d| d.set(4));
-                ring::KEEP_LOCKS.with(|k| k.set(true));
-                let mut got = Vec::new();
-                while let Ok(bytes) = take(&dying) {
-                    got.push(number(&bytes));
-                }
-                got
-            })
-            .join()
-            .unwrap();
+            let got = receive_until_dying(&rx);
             assert_eq!(got, (next..next + got.len() as u32).collect::<Vec<_>>());
             next += got.len() as u32;
             // The own ring is empty: the producers go back to it, and the first record
