@@ -1221,8 +1221,12 @@ mod tests {
         /// some larger than half a ring, which go on the side) and receives, in any
         /// order.
         #[test]
-        fn an_unbounded_channel_is_a_fifo(ops in prop::collection::vec((any::<bool>(), 0usize..2040, 1usize..40), 1..60)) {
-            let (tx, rx) = unbounded(MIN_RING).unwrap();
+        fn an_unbounded_channel_is_a_fifo(
+            ring in prop_oneof![Just(MIN_RING), Just(256 << 10)],
+            ops in prop::collection::vec((any::<bool>(), 0usize..2040, 1usize..40), 1..60),
+        ) {
+            // (The larger ring starts over early when empty, between overflows.)
+            let (tx, rx) = unbounded(ring).unwrap();
             let mut model = std::collections::VecDeque::new();
             let mut n = 0u32;
             for (put, len, count) in ops {
