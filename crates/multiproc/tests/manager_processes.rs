@@ -545,7 +545,8 @@ fn client_sigkilled_while_its_call_waits() {
     let server = m.server_pid().unwrap();
     q.put(1).unwrap();
     assert_eq!(q.get_timeout(T).unwrap(), Some(1));
-    let (fds, tasks) = (common::fds_of(server), tasks_of(server));
+    let fds = common::settled(|| common::fds_of(server));
+    let tasks = common::settled(|| tasks_of(server));
     let child = multiproc::spawn(get_forever, q.clone()).unwrap();
     // Its connections (a local one waiting in the get, and its anchor) are in place.
     assert!(
@@ -1078,7 +1079,7 @@ fn local_requested_raw_then_dropped() {
     let d = m.dict::<u32, u32>().unwrap();
     d.insert(0, 0).unwrap();
     let server = m.server_pid().unwrap();
-    let before = common::fds_of(server);
+    let before = common::settled(|| common::fds_of(server));
     for round in 0..20 {
         let mut s = raw_authenticated(&m);
         // `Request::Local`: answered with descriptors, which a plain read discards.

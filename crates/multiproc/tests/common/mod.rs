@@ -615,6 +615,24 @@ pub fn fds_of(pid: u32) -> usize {
     if pid == std::process::id() { n - 1 } else { n }
 }
 
+/// A count that has stopped moving (`count` gave the same three times, 50 ms apart;
+/// at most 5 s): a baseline of descriptors or threads taken while a connection's
+/// thread in another process is still starting would be one short.
+pub fn settled(count: impl Fn() -> usize) -> usize {
+    let mut last = count();
+    let mut same = 0;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = count();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        if same == 2 {
+            break;
+        }
+    }
+    last
+}
+
 /// The fork server of this process (the child named `mp-forkserver`).
 pub fn fork_server_of(parent: u32) -> Option<u32> {
     children_of(parent)
