@@ -732,9 +732,9 @@ impl Pool {
                     break;
                 }
                 // Sized as the chunk before, with room to spare.
-                let payload = codec::encode_sized(&[0; JOB_HEADER], chunk.as_slice(), expect)
-                    .map_err(TaskError::Codec)?;
-                expect = payload.bytes.len() + payload.bytes.len() / 8;
+                let payload = encode_job_sized(chunk.as_slice(), expect)?;
+                let took = payload.bytes.len() - JOB_HEADER;
+                expect = took + took / 8;
                 jobs.push((sizes.len(), payload));
                 sizes.push(chunk.len());
                 chunk.clear();
@@ -755,9 +755,11 @@ impl Pool {
                 self.inner.drain_results();
             };
             let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &help) else {
+                // Cancelled, running ones stopped: nothing left for the guard to take back.
                 for &id in &ids.ids[slot..] {
                     self.inner.cancel(id);
                 }
+                ids.from = ids.ids.len();
                 return Err(TaskError::Timeout);
             };
             // Straight into `out`: no vector per chunk (for trivial tasks, building one
@@ -942,5 +944,11 @@ fn per_task(
 
 /// Encodes a task's argument after room for the job header.
 fn encode_job<A: Serialize + ?Sized>(args: &A) -> Result<Encoded, TaskError> {
-    codec::encode_with_prefix(&[0; JOB_HEADER], args).map_err(TaskError::Codec)
+    encode_job_sized(args, 64)
+}
+
+/// As [`encode_job`], in a buffer with room for `expect` bytes of argument to begin
+/// with.
+fn encode_job_sized<A: Serialize + ?Sized>(args: &A, expect: usize) -> Result<Encoded, TaskError> {
+    codec::encode_sized(&[0; JOB_HEADER], args, expect).map_err(TaskError::Codec)
 }
