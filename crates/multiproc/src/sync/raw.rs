@@ -276,7 +276,9 @@ pub(crate) const SPIN_ONLY: Duration = Duration::from_micros(1);
 /// For the first microsecond it only spins: a peer running on another CPU answers
 /// within that. Then it yields the CPU between looks, since the peer may be waiting for
 /// this very CPU: with more busy threads than CPUs, a waiter that spins without
-/// yielding can burn its whole spin while the thread it waits for cannot run.
+/// yielding can burn its whole spin while the thread it waits for cannot run. It yields
+/// only while the thread's [budget for yields](crowding) lasts: without it, it returns
+/// after that first microsecond, and the caller sleeps.
 pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool {
     spin_then_yield(SPIN_ONLY, deadline, done)
 }
@@ -284,28 +286,151 @@ pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool 
 /// As [`spin_until`], spinning only for `spin` before it yields (zero: yields between
 /// all looks, for waiters that expect more busy threads than CPUs).
 fn spin_then_yield(spin: Duration, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    if !spin.is_zero() {
-        let spin_end = deadline.min(Instant::now() + spin);
-        let mut i: u32 = 0;
-        loop {
-            if done() {
-                return true;
-            }
-            i = i.wrapping_add(1);
-            if i.is_multiple_of(16) && Instant::now() >= spin_end {
-                break;
-            }
-            std::hint::spin_loop();
-        }
+    let start = Instant::now();
+    let crowded = crowding::seen(start);
+    let spin = if crowded { spin.min(SPIN_ONLY) } else { spin };
+    if !spin.is_zero() && spin_for(start, deadline.min(start + spin), &mut done) {
+        return true;
     }
+    if crowded {
+        return done();
+    }
+    let mut before = Instant::now();
     loop {
         if done() {
             return true;
         }
-        if Instant::now() >= deadline {
+        if before >= deadline {
             return false;
         }
         std::thread::yield_now();
+        let after = Instant::now();
+        if crowding::yielded(before, after) {
+            // Another job had this CPU for a slice: the next yield would likely give it
+            // away again; sleeping instead lets the waker's wake-up put this thread back.
+            return done();
+        }
+        before = after;
+    }
+}
+
+/// Spins (without yielding) until `done` or `end`; true if `done`. A look at the clock
+/// every 16 looks at `done`; a gap between two that shows that the thread was
+/// preempted ends the spin (the peer has likely answered, or will not soon).
+fn spin_for(start: Instant, end: Instant, done: &mut impl FnMut() -> bool) -> bool {
+    let mut last = start;
+    let mut i: u32 = 0;
+    loop {
+        if done() {
+            return true;
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(16) {
+            let now = Instant::now();
+            if now >= end || crowding::preempted(last, now) {
+                return false;
+            }
+            last = now;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// How much of its time a thread may lose to yields that give its CPU away for a whole
+/// time slice: a token bucket per thread.
+///
+/// A yield pays off when nothing else wants the CPU (it returns at once) or when the
+/// thread waited for is the one that gets it (it returns once the peer is done with its
+/// turn, having saved both a sleep and a wake-up). It costs dearly when another job
+/// wants the CPU too: that job then runs for its whole time slice (milliseconds under
+/// EEVDF, which moves the yielder's deadline a slice later), while a thread that slept
+/// on its futex or doorbell instead would have been put back by its waker's wake-up
+/// within microseconds. On a machine with more busy threads than CPUs every wait that
+/// yields then costs a slice: a manager round trip took 1.3 to 1.8 ms instead of tens
+/// of microseconds. Which of the two a yield meets shows only afterwards, in how long
+/// it took, and a long yield may still have gone to a thread of the same program that
+/// used the slice well (two clients of one manager sharing a CPU): so a thread keeps
+/// a budget for yields that took a slice (`GAVE_AWAY`): it fills at a quarter of the
+/// time that passes, up to 16 ms, and each such yield is taken from it. While the
+/// budget is spent the thread's waits do not yield at all: they spin for at most
+/// [`SPIN_ONLY`], then sleep. A thread so loses at most about a quarter of its time
+/// (after the first 16 ms) to yields that went elsewhere, instead of every wait
+/// costing a slice. A long yield also ends the wait that made it: the next would most
+/// likely give the CPU away again.
+pub(crate) mod crowding {
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// A gap longer than this between two looks at the clock, in a spin or across one
+    /// yield, means another thread had the CPU (a yield that finds nothing else to run
+    /// returns within microseconds, one that switches to the peer waited for returns
+    /// once the peer is done with its turn).
+    const PREEMPTED: Duration = Duration::from_micros(200);
+    /// A yield that took longer than this gave the CPU away for a time slice.
+    const GAVE_AWAY: Duration = Duration::from_millis(1);
+    /// The budget fills at one part in this many of the time that passes...
+    const SHARE: u64 = 4;
+    /// ...up to this many nanoseconds.
+    const BURST: i64 = 16_000_000;
+
+    thread_local! {
+        /// The budget, in nanoseconds, as of `FILLED`.
+        static BUDGET: Cell<i64> = const { Cell::new(BURST) };
+        /// When the budget was last filled, in nanoseconds after `BASE`.
+        static FILLED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn nanos(at: Instant) -> u64 {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the calling thread's budget for yields is spent at `now`: its waits
+    /// should not yield.
+    #[inline]
+    pub(crate) fn seen(now: Instant) -> bool {
+        let budget = BUDGET.get();
+        if budget >= BURST {
+            return false;
+        }
+        let now = nanos(now);
+        let earned = now.saturating_sub(FILLED.get()) / SHARE;
+        let budget = budget
+            .saturating_add(i64::try_from(earned).unwrap_or(i64::MAX))
+            .min(BURST);
+        BUDGET.set(budget);
+        FILLED.set(now);
+        budget <= 0
+    }
+
+    /// Whether a thread that looked at the clock at `before` and again at `after` was
+    /// kept off its CPU in between (then it should sleep rather than yield again).
+    #[inline]
+    pub(crate) fn preempted(before: Instant, after: Instant) -> bool {
+        after.saturating_duration_since(before) >= PREEMPTED
+    }
+
+    /// Takes a yield that ran from `before` to `after` from the budget if it gave the
+    /// CPU away for long; true if it did.
+    #[inline]
+    pub(crate) fn yielded(before: Instant, after: Instant) -> bool {
+        let took = after.saturating_duration_since(before);
+        if took < GAVE_AWAY {
+            return false;
+        }
+        charge(after, took);
+        true
+    }
+
+    #[cold]
+    fn charge(now: Instant, took: Duration) {
+        // Filled up to `now` first (an untouched full budget has no fill time).
+        let _ = seen(now);
+        FILLED.set(nanos(now));
+        let took = i64::try_from(took.as_nanos()).unwrap_or(i64::MAX);
+        BUDGET.set(BUDGET.get().saturating_sub(took));
     }
 }
 
@@ -356,22 +481,14 @@ impl AdaptiveSpin {
         if budget > 0 {
             let start = Instant::now();
             let spin_end = deadline.min(start + Duration::from_nanos(budget));
-            let mut i: u32 = 0;
-            loop {
-                if done() {
-                    let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    self.budget.store(
-                        took.saturating_mul(2)
-                            .clamp(Self::PROBE_NANOS.min(self.max), self.max),
-                        Relaxed,
-                    );
-                    return true;
-                }
-                i = i.wrapping_add(1);
-                if i.is_multiple_of(16) && Instant::now() >= spin_end {
-                    break;
-                }
-                std::hint::spin_loop();
+            if spin_for(start, spin_end, &mut done) {
+                let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.budget.store(
+                    took.saturating_mul(2)
+                        .clamp(Self::PROBE_NANOS.min(self.max), self.max),
+                    Relaxed,
+                );
+                return true;
             }
             // A probe that caught nothing leaves it at nothing; below a tenth of a
             // microsecond a spin catches nothing either: yield at once.
@@ -448,6 +565,47 @@ mod tests {
         lock.unlock();
         assert_eq!(lock.try_lock(), Some(Acquired::Clean));
         lock.unlock();
+    }
+
+    /// Yields that took a slice are taken from the thread's budget; once it is spent the
+    /// thread's waits stop yielding (they return to their caller, to sleep), and the
+    /// budget fills again at a quarter of the time that passes.
+    #[test]
+    fn yields_that_give_the_cpu_away_use_up_a_budget() {
+        // A thread of its own: the budget is per thread.
+        std::thread::spawn(|| {
+            let ms = Duration::from_millis;
+            // Instants ahead of now: the budget's clock may have started just now.
+            let t0 = Instant::now() + Duration::from_secs(1);
+            assert!(!crowding::seen(t0));
+            assert!(!crowding::yielded(t0, t0 + Duration::from_micros(900)));
+            assert!(crowding::yielded(t0, t0 + ms(10)));
+            assert!(!crowding::seen(t0 + ms(10)), "6 ms are left");
+            // 5 ms earned over the 20, 20 taken: 9 ms short.
+            assert!(crowding::yielded(t0 + ms(10), t0 + ms(30)));
+            assert!(crowding::seen(t0 + ms(30)));
+            assert!(
+                crowding::seen(t0 + ms(66)),
+                "36 ms earn the 9 back, no more"
+            );
+            assert!(!crowding::seen(t0 + ms(70)));
+
+            // Spent: a wait no longer yields until its deadline, but still sees `done`.
+            assert!(crowding::yielded(t0 + ms(70), t0 + ms(100)));
+            let start = Instant::now();
+            assert!(!spin_until(start + Duration::from_secs(5), || false));
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "a thread without a budget yielded until the deadline"
+            );
+            assert!(spin_until(start + Duration::from_secs(5), || true));
+            let spin = AdaptiveSpin::new(Duration::from_micros(3));
+            let start = Instant::now();
+            assert!(!spin.wait(start + Duration::from_secs(5), || false));
+            assert!(start.elapsed() < Duration::from_secs(2));
+        })
+        .join()
+        .unwrap();
     }
 
     /// Spins that run out shrink the budget to nothing; then one wait in
