@@ -91,6 +91,13 @@ pub(crate) struct Sleepers {
     pub(crate) joiners: AtomicU32,
     /// Bumped when the unfinished count reaches zero; joiners wait on it.
     pub(crate) join_epoch: AtomicU32,
+    /// Consumers napping on `recv_seq`, a futex word producers bump (and wake) after
+    /// publishing while one naps.
+    pub(crate) recv_nappers: AtomicU32,
+    pub(crate) recv_seq: AtomicU32,
+    /// Producers napping on `send_seq`, bumped by consumers that made room.
+    pub(crate) send_nappers: AtomicU32,
+    pub(crate) send_seq: AtomicU32,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.

@@ -273,29 +273,29 @@ pub(crate) const SPIN_ONLY: Duration = Duration::from_micros(1);
 /// Spins until `done` or `deadline`; true if `done`. How waiters wait a little before
 /// they sleep.
 ///
-/// For the first microsecond it only spins: a peer running on another CPU answers
-/// within that. Then it yields the CPU between looks, since the peer may be waiting for
-/// this very CPU: with more busy threads than CPUs, a waiter that spins without
-/// yielding can burn its whole spin while the thread it waits for cannot run. It yields
-/// only while the thread's [budget for yields](crowding) lasts: without it, it returns
-/// after that first microsecond, and the caller sleeps.
+/// For up to a microsecond it only spins: a peer running on another CPU answers within
+/// that. As long as spinning pays off, that is: the calling thread's [`AdaptiveSpin`]
+/// learns when its spins keep running out (its peers wait for its very CPU: two
+/// processes passing messages on one CPU while another job has the other, say), and
+/// then it does not spin at all. Then it yields the CPU between looks, since the peer
+/// may be waiting for this very CPU: with more busy threads than CPUs, a waiter that
+/// spins without yielding can burn its whole spin while the thread it waits for cannot
+/// run. It yields only while the thread's [budget for yields](crowding) lasts: without
+/// it, it returns, and the caller sleeps.
 pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool {
-    spin_then_yield(SPIN_ONLY, deadline, done)
+    thread_local! {
+        static SPIN: AdaptiveSpin = const { AdaptiveSpin::per_thread() };
+    }
+    SPIN.with(|spin| spin.wait(deadline, done))
 }
 
-/// As [`spin_until`], spinning only for `spin` before it yields (zero: yields between
-/// all looks, for waiters that expect more busy threads than CPUs).
-fn spin_then_yield(spin: Duration, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    let crowded = crowding::seen(start);
-    let spin = if crowded { spin.min(SPIN_ONLY) } else { spin };
-    if !spin.is_zero() && spin_for(start, deadline.min(start + spin), &mut done) {
-        return true;
-    }
-    if crowded {
+/// Yields between looks at `done` until it is true (true) or `deadline` passes (false),
+/// while the thread's [budget for yields](crowding) lasts (one look only without it).
+fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    let mut before = Instant::now();
+    if crowding::seen(before) {
         return done();
     }
-    let mut before = Instant::now();
     loop {
         if done() {
             return true;
@@ -447,6 +447,8 @@ pub(crate) mod crowding {
 pub(crate) struct AdaptiveSpin {
     /// The most to spin, in nanoseconds.
     max: u64,
+    /// How long a probe spins, in nanoseconds.
+    probe: u64,
     /// The current budget, in nanoseconds.
     budget: AtomicU64,
     waits: AtomicU32,
@@ -464,7 +466,21 @@ impl AdaptiveSpin {
         let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
         AdaptiveSpin {
             max,
+            probe: (max / 4).min(Self::PROBE_NANOS),
             budget: AtomicU64::new(max),
+            waits: AtomicU32::new(0),
+        }
+    }
+
+    /// The spin of [`spin_until`], one per thread: at most [`SPIN_ONLY`], and a probe
+    /// as long (a peer on another CPU answers within a few hundred nanoseconds: a
+    /// shorter probe would rarely catch it).
+    const fn per_thread() -> Self {
+        const MAX: u64 = SPIN_ONLY.as_nanos() as u64;
+        AdaptiveSpin {
+            max: MAX,
+            probe: MAX,
+            budget: AtomicU64::new(MAX),
             waits: AtomicU32::new(0),
         }
     }
@@ -472,22 +488,32 @@ impl AdaptiveSpin {
     /// Waits until `done` or `deadline`: spins up to the budget, then yields between
     /// looks. True if `done`.
     pub(crate) fn wait(&self, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-        let waits = self.waits.fetch_add(1, Relaxed);
-        let mut budget = self.budget.load(Relaxed);
-        let probe = budget == 0 && waits.is_multiple_of(Self::PROBE_EVERY);
+        let stored = self.budget.load(Relaxed);
+        let mut budget = stored;
+        // Counted only while there is no budget: the waits between probes.
+        let probe = budget == 0
+            && self
+                .waits
+                .fetch_add(1, Relaxed)
+                .is_multiple_of(Self::PROBE_EVERY);
         if probe {
-            budget = (self.max / 4).min(Self::PROBE_NANOS);
+            budget = self.probe;
         }
         if budget > 0 {
             let start = Instant::now();
             let spin_end = deadline.min(start + Duration::from_nanos(budget));
             if spin_for(start, spin_end, &mut done) {
-                let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.budget.store(
-                    took.saturating_mul(2)
-                        .clamp(Self::PROBE_NANOS.min(self.max), self.max),
-                    Relaxed,
-                );
+                let least = Self::PROBE_NANOS.min(self.max);
+                let next = if least == self.max {
+                    // Nothing to measure: any answer sets the most.
+                    self.max
+                } else {
+                    let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    took.saturating_mul(2).clamp(least, self.max)
+                };
+                if next != stored {
+                    self.budget.store(next, Relaxed);
+                }
                 return true;
             }
             // A probe that caught nothing leaves it at nothing; below a tenth of a
@@ -496,7 +522,7 @@ impl AdaptiveSpin {
             self.budget
                 .store(if probe || halved < 100 { 0 } else { halved }, Relaxed);
         }
-        spin_then_yield(Duration::ZERO, deadline, done)
+        yield_until(deadline, done)
     }
 }
 
@@ -648,5 +674,27 @@ mod tests {
             assert!(spin.wait(Instant::now() + Duration::from_secs(5), || true));
         }
         assert!(spin.budget.load(Relaxed) >= 750);
+
+        // The per-thread spin probes for as long as it may spin at most: an answer
+        // caught by a probe brings the whole budget back.
+        let spin = AdaptiveSpin::per_thread();
+        for _ in 0..8 {
+            assert!(!spin.wait(Instant::now(), || false));
+        }
+        assert_eq!(spin.budget.load(Relaxed), 0);
+        let mut waits = 0;
+        while spin.budget.load(Relaxed) == 0 {
+            waits += 1;
+            assert!(
+                waits <= AdaptiveSpin::PROBE_EVERY,
+                "no probe in {waits} waits"
+            );
+            let mut looks = 0;
+            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || {
+                looks += 1;
+                looks > 1
+            }));
+        }
+        assert_eq!(spin.budget.load(Relaxed), SPIN_ONLY.as_nanos() as u64);
     }
 }

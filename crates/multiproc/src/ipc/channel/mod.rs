@@ -7,7 +7,7 @@ mod side;
 use std::fmt;
 use std::io;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::fence;
+use std::sync::atomic::{AtomicU32, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,21 @@ fn lock_wait(wait: Deadline) -> LockWait {
 /// asleep while an item waits (the resetter always takes it, so nothing is lost); this
 /// bounds what such a sleeper oversleeps.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How long a blocking receive (or a send waiting for room) first naps on a futex word
+/// in the channel's header, before it sleeps on the doorbell. A nap is one system call
+/// for the sleeper and one for its waker; the doorbell is three (a `ppoll` of the bell
+/// and the other side's liveness pipe, a `read` to reset the bell, a `write` to ring
+/// it), with a look at the liveness pipe before. What the doorbell adds is noticing at
+/// once that the other side is gone; a nap notices it when it ends, this much later at
+/// most. Sleeps are mostly short in a conversation (a reply, a worker's next task), and
+/// then the nap is all there is.
+const NAP: Duration = Duration::from_millis(5);
+
+/// When a nap that starts now ends, for a wait that ends at `wait`.
+fn nap_until(wait: Deadline) -> Instant {
+    let end = Instant::now() + NAP;
+    wait.instant().map_or(end, |d| d.min(end))
+}
 
 pub(crate) use crate::deadline::Deadline;
 
@@ -307,20 +322,25 @@ impl Core {
         Ok(ring.reserve(tail, len, self.max_items, 0).map(write))
     }
 
-    /// After publishing: ring the receivers' bell if one sleeps. A receiver going to
-    /// sleep counts itself, then looks at `tail`; we published `tail`, then look at the
-    /// count (both sequentially consistent), so one of us sees the other.
+    /// After publishing: wakes a napping receiver and rings the receivers' bell if one
+    /// sleeps. A receiver going to sleep counts itself, then looks at `tail`; we
+    /// published `tail`, then look at the counts (both sequentially consistent), so one
+    /// of us sees the other.
     fn wake_receivers(&self) {
         fence(SeqCst);
-        if self.header().sleepers.0.receivers.load(SeqCst) > 0 {
+        let s = &self.header().sleepers.0;
+        wake_nappers(&s.recv_nappers, &s.recv_seq);
+        if s.receivers.load(SeqCst) > 0 {
             sys::ring(self.recv_bell.as_fd());
         }
     }
 
-    /// After consuming: ring the senders' bell if one sleeps (as above).
+    /// After consuming: the same for the senders.
     fn wake_senders(&self) {
         fence(SeqCst);
-        if self.header().sleepers.0.senders.load(SeqCst) > 0 {
+        let s = &self.header().sleepers.0;
+        wake_nappers(&s.send_nappers, &s.send_seq);
+        if s.senders.load(SeqCst) > 0 {
             sys::ring(self.send_bell.as_fd());
         }
     }
@@ -338,6 +358,19 @@ impl Core {
         matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.hangup)
     }
 
+    /// Naps on the futex word `seq`, counted in `nappers`, until `ready()` (looked at
+    /// after counting in), a waker bumps the word, or `until`.
+    fn nap(nappers: &AtomicU32, seq: &AtomicU32, until: Instant, ready: impl Fn() -> bool) {
+        let seen = seq.load(SeqCst);
+        nappers.fetch_add(1, SeqCst);
+        if !ready()
+            && let Some(left) = until.checked_duration_since(Instant::now())
+        {
+            sys::futex_wait(seq, seen, Some(left));
+        }
+        nappers.fetch_sub(1, SeqCst);
+    }
+
     /// Sleeps on a doorbell until it rings, the other side is all gone, the wait ends,
     /// or `MAX_SLEEP` passes.
     fn sleep(&self, bell: &OwnedFd, other_side: &OwnedFd, wait: Deadline) -> io::Result<()> {
@@ -346,6 +379,16 @@ impl Core {
         sys::wait_readable(&[bell.as_fd(), other_side.as_fd()], Some(until))?;
         sys::silence(bell.as_fd());
         Ok(())
+    }
+}
+
+/// Wakes one thread napping on `seq` (see [`Core::nap`]), if `nappers` counts one: one,
+/// since each message (or each message's room) is for one of them; a napper that wakes
+/// to find it taken naps again.
+fn wake_nappers(nappers: &AtomicU32, seq: &AtomicU32) {
+    if nappers.load(SeqCst) > 0 {
+        seq.fetch_add(1, SeqCst);
+        sys::futex_wake(seq, 1);
     }
 }
 
@@ -493,7 +536,18 @@ impl RawSender {
         if spin_until(wait.instant().map_or(spin_end, |d| d.min(spin_end)), room) {
             return Ok(());
         }
-        let sleepers = &core.header().sleepers.0.senders;
+        let s = &core.header().sleepers.0;
+        Core::nap(&s.send_nappers, &s.send_seq, nap_until(wait), room);
+        if room() {
+            return Ok(());
+        }
+        if Core::all_gone(&core.receivers) {
+            return Err(SendFail::Disconnected);
+        }
+        if wait.passed() {
+            return Err(SendFail::Full);
+        }
+        let sleepers = &s.senders;
         sleepers.fetch_add(1, SeqCst);
         let slept = if room() {
             Ok(())
@@ -570,6 +624,7 @@ impl RawReceiver {
     ) -> Result<R, RecvFail> {
         let core = &*self.core;
         let h = core.header();
+        let mut napped = false;
         loop {
             if let Some(r) = self.try_take(wait, decode)? {
                 return Ok(r);
@@ -594,6 +649,15 @@ impl RawReceiver {
                 None => spin_until(until, || core.has_data()),
             };
             if came {
+                continue;
+            }
+            if !napped {
+                // Once per receive, before the doorbell: see `NAP`.
+                napped = true;
+                let s = &h.sleepers.0;
+                Core::nap(&s.recv_nappers, &s.recv_seq, nap_until(wait), || {
+                    core.has_data()
+                });
                 continue;
             }
             if Core::all_gone(&core.senders) {
