@@ -634,6 +634,26 @@ mod tests {
         .unwrap();
     }
 
+    /// Waits on `spin` for an answer that comes at the second look until the budget is
+    /// back: without a budget that look comes after a yield and teaches nothing, until
+    /// a probe catches the answer while spinning. Returns the waits it took.
+    fn waits_until_a_probe_answers(spin: &AdaptiveSpin) -> u32 {
+        let mut waits = 0;
+        while spin.budget.load(Relaxed) == 0 {
+            waits += 1;
+            assert!(
+                waits <= AdaptiveSpin::PROBE_EVERY,
+                "no probe in {waits} waits"
+            );
+            let mut looks = 0;
+            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || {
+                looks += 1;
+                looks > 1
+            }));
+        }
+        waits
+    }
+
     /// Spins that run out shrink the budget to nothing; then one wait in
     /// `PROBE_EVERY` spins anyway, and a probe that is answered brings spinning back.
     #[test]
@@ -650,21 +670,7 @@ mod tests {
             assert!(!spin.wait(Instant::now(), || false));
             assert_eq!(spin.budget.load(Relaxed), 0);
         }
-        // Answered at the second look: without a budget that look comes after a yield
-        // and teaches nothing, until a probe catches the answer while spinning.
-        let mut waits = 0;
-        while spin.budget.load(Relaxed) == 0 {
-            waits += 1;
-            assert!(
-                waits <= AdaptiveSpin::PROBE_EVERY,
-                "no probe in {waits} waits"
-            );
-            let mut looks = 0;
-            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || {
-                looks += 1;
-                looks > 1
-            }));
-        }
+        let waits = waits_until_a_probe_answers(&spin);
         assert!(waits >= 1);
         // Twice what the wait took, at least the probe's length, at most the most.
         let budget = spin.budget.load(Relaxed);
@@ -682,19 +688,7 @@ mod tests {
             assert!(!spin.wait(Instant::now(), || false));
         }
         assert_eq!(spin.budget.load(Relaxed), 0);
-        let mut waits = 0;
-        while spin.budget.load(Relaxed) == 0 {
-            waits += 1;
-            assert!(
-                waits <= AdaptiveSpin::PROBE_EVERY,
-                "no probe in {waits} waits"
-            );
-            let mut looks = 0;
-            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || {
-                looks += 1;
-                looks > 1
-            }));
-        }
+        waits_until_a_probe_answers(&spin);
         assert_eq!(spin.budget.load(Relaxed), SPIN_ONLY.as_nanos() as u64);
     }
 }
