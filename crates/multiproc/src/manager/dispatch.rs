@@ -189,7 +189,7 @@ fn run(shared: &Shared, inbox: &Receiver<Joined>, wake: BorrowedFd<'_>) {
         }
         if now.duration_since(last_served) < SPIN {
             let came = spin.wait(last_served + SPIN, || {
-                !inbox.is_empty() || conns.iter().any(|c| c.local.has_request())
+                conns.iter().any(|c| c.local.has_request()) || !inbox.is_empty()
             });
             if came {
                 continue;

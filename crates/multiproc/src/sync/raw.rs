@@ -67,7 +67,19 @@ impl LockWords {
     /// but may have been preempted), at most `limit`, and gives up as soon as the holder
     /// is seen stopped (`SIGSTOP`, a debugger, a frozen cgroup). A holder that died is
     /// taken over, as by [`lock`](Self::lock).
+    #[inline]
     pub(crate) fn lock_unless_stopped(&self, limit: Duration) -> Option<Acquired> {
+        // Free (the usual case): taken without a look at the clock.
+        let me = sys::thread_identity();
+        if self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
+            return Some(Acquired::Clean);
+        }
+        self.lock_unless_stopped_contended(limit)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_unless_stopped_contended(&self, limit: Duration) -> Option<Acquired> {
         let end = Instant::now() + limit;
         loop {
             let slice = (Instant::now() + STOP_CHECK).min(end);
