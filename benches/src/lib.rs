@@ -1236,7 +1236,7 @@ fn manager_group(exe: &Path, python: bool) -> Group {
         ],
         notes: vec![
             "Every operation is a request and a response between a client process and the server process, as in CPython; the floor is one round trip between two processes over a pipe, with nothing decoded or stored.".into(),
-            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run, and one server thread (the dispatcher) serves both clients' requests; over TCP, requests and responses are frames on the socket, a server thread per connection. Waiters spin for the answer only while spinning pays off, and yield the CPU otherwise.".into(),
+            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run, and one server thread (the dispatcher) serves both clients' requests; over TCP, requests and responses are frames on the socket, a server thread per connection. Waiters spin for the answer only while spinning pays off, and yield the CPU otherwise, as long as their yields do not hand it to another job for whole time slices; then they sleep at once.".into(),
             python::version().map_or_else(
                 || "python3 was not found: the CPython row is missing.".to_string(),
                 |v| format!("CPython: {v}, `fork` context."),
@@ -1579,7 +1579,7 @@ fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
                 ("multiproc Event", "futex hand-off"),
             ],
             notes: vec![
-                "A waiter spins for 10 µs before it sleeps on a futex, so a hand-off between two busy processes usually costs no system call; the floor sleeps in the kernel every time.".into(),
+                "A waiter looks for up to 10 µs before it sleeps on a futex (spinning while that pays off, then yielding the CPU while yields do not hand it to another job for a whole time slice), so a hand-off between two busy processes usually costs no system call; the floor sleeps in the kernel every time.".into(),
                 cpython.clone(),
             ],
             headline: vec![("event set → wake", "multiproc Event", "CPython Event")],
@@ -1773,7 +1773,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
                 ("multiproc duplex pipe", "pipe ping-pong"),
             ],
             notes: vec![
-                "Both sides spin for 30 µs before sleeping, so two processes that keep talking never enter the kernel; the floor sleeps in `read` each time.".into(),
+                "Both sides look for the next message for up to 30 µs before sleeping (spinning while that pays off, then yielding the CPU while yields do not hand it to another job for a whole time slice), so two processes that keep talking never enter the kernel; the floor sleeps in `read` each time.".into(),
                 cpython,
             ],
             headline: vec![("pipe round trip", "multiproc duplex pipe", "CPython Pipe")],
