@@ -843,13 +843,17 @@ fn two_schedulers_fire_each_time_once() {
         assert_eq!((pair[1] - pair[0]).to_std().unwrap(), period, "{pair:?}");
     }
     // And each ran once.
-    assert!(common::eventually(T, || {
+    let runs = || {
         std::fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
             .count()
-            == n
-    }));
+    };
+    assert!(
+        common::eventually(T, || runs() == n),
+        "{} runs recorded for {n} fire times started",
+        runs()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     w.shutdown(true);
     finish(&redis, client(&redis, ns), ns);
