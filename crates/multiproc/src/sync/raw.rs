@@ -442,7 +442,9 @@ pub(crate) mod crowding {
         let _ = seen(now);
         FILLED.set(nanos(now));
         let took = i64::try_from(took.as_nanos()).unwrap_or(i64::MAX);
-        BUDGET.set(BUDGET.get().saturating_sub(took));
+        // No lower than one burst short: a thread stopped for seconds in a yield (a
+        // debugger, `SIGSTOP`) earns its yields back within a few tens of milliseconds.
+        BUDGET.set(BUDGET.get().saturating_sub(took).max(-BURST));
     }
 }
 
@@ -641,6 +643,14 @@ mod tests {
             let start = Instant::now();
             assert!(!spin.wait(start + Duration::from_secs(5), || false));
             assert!(start.elapsed() < Duration::from_secs(2));
+
+            // A yield that lasted 10 s (a stopped process) takes at most one burst more
+            // than the budget has: 64 ms earn it back, not 40 s.
+            let t1 = t0 + Duration::from_secs(2);
+            assert!(crowding::yielded(t1, t1 + Duration::from_secs(10)));
+            let t2 = t1 + Duration::from_secs(10);
+            assert!(crowding::seen(t2 + ms(60)));
+            assert!(!crowding::seen(t2 + ms(68)));
         })
         .join()
         .unwrap();

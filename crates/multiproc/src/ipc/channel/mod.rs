@@ -53,10 +53,11 @@ pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// in the channel's header, before it sleeps on the doorbell. A nap is one system call
 /// for the sleeper and one for its waker; the doorbell is three (a `ppoll` of the bell
 /// and the other side's liveness pipe, a `read` to reset the bell, a `write` to ring
-/// it), with a look at the liveness pipe before. What the doorbell adds is noticing at
-/// once that the other side is gone; a nap notices it when it ends, this much later at
-/// most. Sleeps are mostly short in a conversation (a reply, a worker's next task), and
-/// then the nap is all there is.
+/// it). Both come after a look at the other side's liveness pipe (a channel whose other
+/// side is all gone says so at once). What the doorbell adds is noticing at once that
+/// the other side goes while the sleeper waits; a nap notices it when it ends, this much
+/// later at most. Sleeps are mostly short in a conversation (a reply, a worker's next
+/// task), and then the nap is all there is.
 const NAP: Duration = Duration::from_millis(5);
 
 /// When a nap that starts now ends, for a wait that ends at `wait`.
@@ -329,7 +330,7 @@ impl Core {
     fn wake_receivers(&self) {
         fence(SeqCst);
         let s = &self.header().sleepers.0;
-        wake_nappers(&s.recv_nappers, &s.recv_seq);
+        wake_nappers(&s.recv_nappers, &s.recv_seq, 1);
         if s.receivers.load(SeqCst) > 0 {
             sys::ring(self.recv_bell.as_fd());
         }
@@ -339,7 +340,7 @@ impl Core {
     fn wake_senders(&self) {
         fence(SeqCst);
         let s = &self.header().sleepers.0;
-        wake_nappers(&s.send_nappers, &s.send_seq);
+        wake_nappers(&s.send_nappers, &s.send_seq, u32::MAX);
         if s.senders.load(SeqCst) > 0 {
             sys::ring(self.send_bell.as_fd());
         }
@@ -359,16 +360,17 @@ impl Core {
     }
 
     /// Naps on the futex word `seq`, counted in `nappers`, until `ready()` (looked at
-    /// after counting in), a waker bumps the word, or `until`.
-    fn nap(nappers: &AtomicU32, seq: &AtomicU32, until: Instant, ready: impl Fn() -> bool) {
+    /// after counting in), a waker bumps the word, or `until`. True if `ready()` was
+    /// true at once or a waker bumped the word meanwhile.
+    fn nap(nappers: &AtomicU32, seq: &AtomicU32, until: Instant, ready: impl Fn() -> bool) -> bool {
         let seen = seq.load(SeqCst);
         nappers.fetch_add(1, SeqCst);
-        if !ready()
-            && let Some(left) = until.checked_duration_since(Instant::now())
-        {
+        let ready_now = ready();
+        if !ready_now && let Some(left) = until.checked_duration_since(Instant::now()) {
             sys::futex_wait(seq, seen, Some(left));
         }
         nappers.fetch_sub(1, SeqCst);
+        ready_now || seq.load(SeqCst) != seen
     }
 
     /// Sleeps on a doorbell until it rings, the other side is all gone, the wait ends,
@@ -382,13 +384,14 @@ impl Core {
     }
 }
 
-/// Wakes one thread napping on `seq` (see [`Core::nap`]), if `nappers` counts one: one,
-/// since each message (or each message's room) is for one of them; a napper that wakes
-/// to find it taken naps again.
-fn wake_nappers(nappers: &AtomicU32, seq: &AtomicU32) {
+/// Wakes up to `n` threads napping on `seq` (see [`Core::nap`]), if `nappers` counts
+/// one. Receivers are woken one per message (a napper that wakes to find the message
+/// taken looks again, then sleeps); senders all at once, since the room one take made
+/// may serve several of them, or not the one woken.
+fn wake_nappers(nappers: &AtomicU32, seq: &AtomicU32, n: u32) {
     if nappers.load(SeqCst) > 0 {
         seq.fetch_add(1, SeqCst);
-        sys::futex_wake(seq, 1);
+        sys::futex_wake(seq, n);
     }
 }
 
@@ -537,8 +540,9 @@ impl RawSender {
             return Ok(());
         }
         let s = &core.header().sleepers.0;
-        Core::nap(&s.send_nappers, &s.send_seq, nap_until(wait), room);
-        if room() {
+        // Woken: a consumer took something. The caller tries its write again (`room`
+        // asks for more than a write needs, to be sure).
+        if Core::nap(&s.send_nappers, &s.send_seq, nap_until(wait), room) || room() {
             return Ok(());
         }
         if Core::all_gone(&core.receivers) {
@@ -651,15 +655,6 @@ impl RawReceiver {
             if came {
                 continue;
             }
-            if !napped {
-                // Once per receive, before the doorbell: see `NAP`.
-                napped = true;
-                let s = &h.sleepers.0;
-                Core::nap(&s.recv_nappers, &s.recv_seq, nap_until(wait), || {
-                    core.has_data()
-                });
-                continue;
-            }
             if Core::all_gone(&core.senders) {
                 // Whatever they sent before they went is still ours.
                 if let Some(r) = self.try_take(wait, decode)? {
@@ -671,6 +666,15 @@ impl RawReceiver {
             }
             if wait.passed() {
                 return Err(RecvFail::Empty);
+            }
+            if !napped {
+                // Once per receive, before the doorbell: see `NAP`.
+                napped = true;
+                let s = &h.sleepers.0;
+                Core::nap(&s.recv_nappers, &s.recv_seq, nap_until(wait), || {
+                    core.has_data()
+                });
+                continue;
             }
             h.sleepers.0.receivers.fetch_add(1, SeqCst);
             let slept = if core.has_data() {
