@@ -291,7 +291,7 @@ impl Framed {
         self.out.clear();
         self.out.extend_from_slice(&[0; 4]);
         let out = std::mem::take(&mut self.out);
-        self.out = postcard::to_extend(value, out)
+        self.out = crate::wire::encoder::to_vec(value, out)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let len = frame_len(self.out.len() - 4)?;
         self.out[..4].copy_from_slice(&len.to_le_bytes());

@@ -1,9 +1,10 @@
-//! The codec: serde with postcard.
+//! The codec: serde with postcard's format.
 //!
 //! Every value that crosses a process boundary goes through here, so the format can be
 //! changed in one place. Postcard is compact, has a documented stable wire format, and
 //! its decoder returns errors (never panics) on malformed input and bounds its
-//! preallocation by what the input can hold.
+//! preallocation by what the input can hold. Values are written by our own encoder
+//! (see `wire/encoder.rs` for why) and read by postcard's decoder.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
 
+use super::encoder;
 use crate::sys::{self, BorrowedFd, OwnedFd};
 
 /// A value could not be encoded or decoded for another process.
@@ -183,8 +185,7 @@ thread_local! {
     /// Why a handle in the value being decoded refused it (postcard keeps only the fact
     /// that it failed).
     static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
-    /// Whether the value being serialized on this thread is only measured (or probed
-    /// for an error message), not sent.
+    /// Whether the value being serialized on this thread is only measured, not sent.
     static MEASURING: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -242,14 +243,14 @@ pub(crate) fn inline_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
     if ENCODING.with(Cell::get) {
         return None;
     }
-    measure(|| postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())).ok()
+    measure(|| encoder::len_of(value)).ok()
 }
 
 /// Encodes a value that [`inline_len`] measured into `buf`, which must be exactly that
 /// long. False if it did not fit exactly (its encoding changed meanwhile).
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> bool {
     let len = buf.len();
-    matches!(postcard::to_slice(value, buf), Ok(out) if out.len() == len)
+    matches!(encoder::to_slice(value, buf), Ok(n) if n == len)
 }
 
 /// Encodes a value.
@@ -277,17 +278,12 @@ pub(crate) fn encode_sized<T: Serialize + ?Sized>(
 ) -> Result<Encoded, CodecError> {
     let mut buf = Vec::with_capacity(prefix.len() + expect);
     buf.extend_from_slice(prefix);
-    match collecting(|| postcard::to_extend(value, buf)) {
+    match collecting(|| encoder::to_vec(value, buf)) {
         (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),
-        (Err(e), _) => {
-            // Postcard drops the message a `Serialize` implementation gives; find it again.
-            let (why, _) = collecting(|| measure(|| probe::message(value)));
-            let why = why.unwrap_or_else(|| e.to_string());
-            Err(CodecError::with_source(
-                format!("cannot encode a `{}`: {why}", std::any::type_name::<T>()),
-                e,
-            ))
-        }
+        (Err(e), _) => Err(CodecError::with_source(
+            format!("cannot encode a `{}`: {e}", std::any::type_name::<T>()),
+            e,
+        )),
     }
 }
 
@@ -372,154 +368,6 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
             .ok_or_else(|| format!("descriptor {index} is missing from the message")),
         None => Err("multiproc handles can only be received through multiproc".into()),
     })
-}
-
-/// A serializer that writes nothing and keeps the first custom error message: run on
-/// the failure path only, to recover what the real encoder threw away.
-mod probe {
-    use std::fmt;
-
-    use serde::ser::{self, Serialize};
-
-    pub(super) fn message<T: Serialize + ?Sized>(value: &T) -> Option<String> {
-        value.serialize(Probe).err().map(|e| e.0)
-    }
-
-    #[derive(Debug)]
-    pub(super) struct Message(String);
-
-    impl fmt::Display for Message {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-
-    impl std::error::Error for Message {}
-
-    impl ser::Error for Message {
-        fn custom<T: fmt::Display>(msg: T) -> Self {
-            Message(msg.to_string())
-        }
-    }
-
-    struct Probe;
-
-    type R = Result<(), Message>;
-
-    macro_rules! accept {
-        ($($name:ident($($arg:ty),*);)*) => {
-            $(fn $name(self, $(_: $arg),*) -> R { Ok(()) })*
-        };
-    }
-
-    impl ser::Serializer for Probe {
-        type Ok = ();
-        type Error = Message;
-        type SerializeSeq = Probe;
-        type SerializeTuple = Probe;
-        type SerializeTupleStruct = Probe;
-        type SerializeTupleVariant = Probe;
-        type SerializeMap = Probe;
-        type SerializeStruct = Probe;
-        type SerializeStructVariant = Probe;
-
-        accept! {
-            serialize_bool(bool); serialize_i8(i8); serialize_i16(i16); serialize_i32(i32);
-            serialize_i64(i64); serialize_i128(i128); serialize_u8(u8); serialize_u16(u16);
-            serialize_u32(u32); serialize_u64(u64); serialize_u128(u128); serialize_f32(f32);
-            serialize_f64(f64); serialize_char(char); serialize_str(&str);
-            serialize_bytes(&[u8]); serialize_none(); serialize_unit();
-            serialize_unit_struct(&'static str);
-            serialize_unit_variant(&'static str, u32, &'static str);
-        }
-
-        fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> R {
-            v.serialize(Probe)
-        }
-        fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> R {
-            v.serialize(Probe)
-        }
-        fn serialize_newtype_variant<T: Serialize + ?Sized>(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            v: &T,
-        ) -> R {
-            v.serialize(Probe)
-        }
-        fn serialize_seq(self, _: Option<usize>) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-        fn serialize_tuple(self, _: usize) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-        fn serialize_tuple_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-        fn serialize_map(self, _: Option<usize>) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-        fn serialize_struct_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Probe, Message> {
-            Ok(Probe)
-        }
-    }
-
-    macro_rules! compound {
-        ($($trait:ident :: $method:ident ($($key:ty),*);)*) => {$(
-            impl ser::$trait for Probe {
-                type Ok = ();
-                type Error = Message;
-                fn $method<T: Serialize + ?Sized>(&mut self, $(_: $key,)* v: &T) -> R {
-                    v.serialize(Probe)
-                }
-                fn end(self) -> R {
-                    Ok(())
-                }
-            }
-        )*};
-    }
-
-    compound! {
-        SerializeSeq::serialize_element();
-        SerializeTuple::serialize_element();
-        SerializeTupleStruct::serialize_field();
-        SerializeTupleVariant::serialize_field();
-        SerializeStruct::serialize_field(&'static str);
-        SerializeStructVariant::serialize_field(&'static str);
-    }
-
-    impl ser::SerializeMap for Probe {
-        type Ok = ();
-        type Error = Message;
-        fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> R {
-            k.serialize(Probe)
-        }
-        fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R {
-            v.serialize(Probe)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

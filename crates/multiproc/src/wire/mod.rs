@@ -4,4 +4,5 @@
 //! protocol, pools and managers are built on; they import nothing but `sys`.
 
 pub(crate) mod codec;
+pub(crate) mod encoder;
 pub(crate) mod framing;
