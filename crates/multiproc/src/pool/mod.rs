@@ -677,7 +677,7 @@ impl Pool {
     fn map_items<A, R>(
         &self,
         (entry, context): (TaskEntry, u64),
-        mut items: impl Iterator<Item = A>,
+        items: impl Iterator<Item = A>,
         chunk_size: Option<usize>,
         deadline: Option<Instant>,
         progress: &mut dyn FnMut(usize),
@@ -710,46 +710,30 @@ impl Pool {
             ids: Vec::new(),
             from: 0,
         };
-        // Per chunk: its item count.
-        let mut sizes: Vec<usize> = Vec::new();
-        let mut chunk: Vec<A> = Vec::with_capacity(chunk_size.min(len).min(1 << 16));
-        // Submitted as they are encoded, in batches of 1, 2, 4, ... chunks: the workers
-        // start on the first chunk while the rest are encoded, and a map of many small
-        // chunks still takes the pool's lock only a few dozen times.
-        let mut batch = 1;
-        let mut more = true;
-        let mut expect = 64;
-        while more {
-            let mut jobs = Vec::with_capacity(batch);
-            while more && jobs.len() < batch {
-                // One by one: `extend` would reserve what the iterator claims.
-                for item in items.by_ref().take(chunk_size) {
-                    chunk.push(item);
-                }
-                // A short chunk means the iterator said `None`: nothing follows.
-                more = chunk.len() == chunk_size;
-                if chunk.is_empty() {
-                    break;
-                }
-                // Sized as the chunk before, with room to spare.
-                let payload = encode_job_sized(chunk.as_slice(), expect)?;
-                let took = payload.bytes.len() - JOB_HEADER;
-                expect = took + took / 8;
-                jobs.push((sizes.len(), payload));
-                sizes.push(chunk.len());
-                chunk.clear();
-            }
-            if !jobs.is_empty() {
-                let submitted = self.inner.submit_many((entry, context), jobs, &sink)?;
-                ids.ids.extend(submitted);
-            }
-            batch *= 2;
-        }
-        drop(chunk);
+        let mut feed = Feed {
+            items,
+            chunk: Vec::with_capacity(chunk_size.min(len).min(1 << 16)),
+            chunk_size,
+            more: true,
+            expect: 64,
+            sizes: Vec::new(),
+            ahead: 0,
+            batch: 1,
+            workers: self.processes().max(1),
+        };
         let mut out = Vec::new();
         // A length that the iterator got wrong is no reason to fail.
-        let _ = out.try_reserve(sizes.iter().sum());
-        for (slot, &expected) in sizes.iter().enumerate() {
+        let _ = out.try_reserve(len);
+        let mut slot = 0;
+        loop {
+            feed.top_up(slot, &mut |jobs| {
+                let submitted = self.inner.submit_many((entry, context), jobs, &sink)?;
+                ids.ids.extend(submitted);
+                Ok(())
+            })?;
+            let Some(&(expected, bytes)) = feed.sizes.get(slot) else {
+                break;
+            };
             ids.from = slot;
             let help = || {
                 self.inner.drain_results();
@@ -762,6 +746,7 @@ impl Pool {
                 ids.from = ids.ids.len();
                 return Err(TaskError::Timeout);
             };
+            feed.ahead -= bytes;
             // Straight into `out`: no vector per chunk (for trivial tasks, building one
             // and moving it over was most of a map's time, in page faults as much as
             // in copies).
@@ -780,8 +765,9 @@ impl Pool {
                 }
                 Some(panic) => return Err(TaskError::Panicked(panic)),
             }
+            slot += 1;
         }
-        ids.from = sizes.len();
+        ids.from = feed.sizes.len();
         Ok(out)
     }
 
@@ -886,6 +872,90 @@ impl Drop for Pool {
 
 /// The tasks of a map: those from `from` on that are not yet sent to a worker are
 /// taken back when it is dropped (the map returned early, or unwound).
+/// A map's chunks, taken from its iterator, encoded and submitted as the map goes:
+/// enough ahead of the results that every worker has the next chunk waiting, and no
+/// more. Encoding every chunk first held them all at once (a 100,000-item map of
+/// `u64`s: 32 buffers, 300 KB, and as much again of results waiting to be decoded),
+/// and a parent whose heap had not grown that far before paid a page fault for each
+/// fresh page, on the path every result waits on; a few chunks ahead reuse the same
+/// few buffers.
+struct Feed<I, A> {
+    items: I,
+    /// The chunk being filled (reused).
+    chunk: Vec<A>,
+    chunk_size: usize,
+    /// Whether the iterator may have more.
+    more: bool,
+    /// Bytes to allocate for the next chunk's encoding: the last one's, and some.
+    expect: usize,
+    /// Per chunk submitted: its item count and encoded size.
+    sizes: Vec<(usize, usize)>,
+    /// Encoded bytes of the chunks submitted and not yet decoded.
+    ahead: usize,
+    /// Chunks to encode before the next submission: 1, 2, 4, ... so that the workers
+    /// start on the first chunk while the next are encoded, and a map of many small
+    /// chunks takes the pool's lock only a few dozen times.
+    batch: usize,
+    workers: usize,
+}
+
+/// Encoded bytes a map keeps ahead of its results, at least (see [`Feed`]).
+const MAP_AHEAD: usize = 64 << 10;
+
+impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
+    /// Whether chunk `next` (the next to decode) leaves too little ahead: fewer than
+    /// two chunks per worker, or half of [`MAP_AHEAD`].
+    fn low(&self, next: usize) -> bool {
+        self.more && (self.sizes.len() - next < 2 * self.workers || self.ahead < MAP_AHEAD / 2)
+    }
+
+    /// Whether enough is ahead of chunk `next` again: four chunks per worker and
+    /// [`MAP_AHEAD`] bytes.
+    fn full(&self, next: usize) -> bool {
+        !self.more || (self.sizes.len() - next >= 4 * self.workers && self.ahead >= MAP_AHEAD)
+    }
+
+    /// Encodes and submits chunks, if what is ahead of chunk `next` ran low, until it
+    /// is full again (or the items end).
+    fn top_up(
+        &mut self,
+        next: usize,
+        submit: &mut dyn FnMut(Vec<(usize, Encoded)>) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        if !self.low(next) {
+            return Ok(());
+        }
+        while !self.full(next) {
+            let mut jobs = Vec::with_capacity(self.batch);
+            while jobs.len() < self.batch && !self.full(next) {
+                // One by one: `extend` would reserve what the iterator claims.
+                for item in self.items.by_ref().take(self.chunk_size) {
+                    self.chunk.push(item);
+                }
+                // A short chunk means the iterator said `None`: nothing follows.
+                self.more = self.chunk.len() == self.chunk_size;
+                if self.chunk.is_empty() {
+                    break;
+                }
+                // Sized as the chunk before, with room to spare.
+                let payload = encode_job_sized(self.chunk.as_slice(), self.expect)?;
+                let took = payload.bytes.len() - JOB_HEADER;
+                self.expect = took + took / 8;
+                jobs.push((self.sizes.len(), payload));
+                self.sizes.push((self.chunk.len(), took));
+                self.ahead += took;
+                self.chunk.clear();
+            }
+            if jobs.is_empty() {
+                break;
+            }
+            submit(jobs)?;
+            self.batch *= 2;
+        }
+        Ok(())
+    }
+}
+
 struct Submitted<'a> {
     inner: &'a PoolInner,
     ids: Vec<u64>,
@@ -951,4 +1021,86 @@ fn encode_job<A: Serialize + ?Sized>(args: &A) -> Result<Encoded, TaskError> {
 /// with.
 fn encode_job_sized<A: Serialize + ?Sized>(args: &A, expect: usize) -> Result<Encoded, TaskError> {
     codec::encode_sized(&[0; JOB_HEADER], args, expect).map_err(TaskError::Codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a feed of `n` `u64`s in chunks of `chunk` to its end, taking results one by
+    /// one as a map does; returns, per submission, the chunks it held and how far
+    /// ahead of the next result the feed was once it was done.
+    fn drive(n: u64, chunk: usize, workers: usize) -> Vec<(Vec<usize>, usize, usize)> {
+        let mut feed = Feed {
+            items: 0..n,
+            chunk: Vec::new(),
+            chunk_size: chunk,
+            more: true,
+            expect: 64,
+            sizes: Vec::new(),
+            ahead: 0,
+            batch: 1,
+            workers,
+        };
+        let mut log = Vec::new();
+        let mut next = 0;
+        let mut taken = 0u64;
+        let mut chunks = 0;
+        loop {
+            let mut batches = Vec::new();
+            feed.top_up(next, &mut |jobs| {
+                // Every item exactly once, in order, each chunk in its slot.
+                for (slot, payload) in &jobs {
+                    let items: Vec<u64> =
+                        codec::decode(&payload.bytes[JOB_HEADER..], Vec::new()).unwrap();
+                    assert_eq!(*slot, chunks);
+                    chunks += 1;
+                    assert_eq!(items.first().copied(), Some(taken));
+                    taken += items.len() as u64;
+                }
+                batches.push(jobs.len());
+                Ok(())
+            })
+            .unwrap();
+            if !batches.is_empty() {
+                log.push((batches, feed.sizes.len() - next, feed.ahead));
+            }
+            let Some(&(_, bytes)) = feed.sizes.get(next) else {
+                break;
+            };
+            feed.ahead -= bytes;
+            next += 1;
+        }
+        assert_eq!(taken, n);
+        assert_eq!(feed.ahead, 0);
+        log
+    }
+
+    #[test]
+    fn a_map_feeds_chunks_a_bounded_way_ahead_of_its_results() {
+        // 100,000 small items in 32 chunks of about 10 KB: the first submission holds
+        // one chunk, the next two, ... until four chunks per worker and `MAP_AHEAD`
+        // bytes are out; then top-ups come once fewer than two per worker or half the
+        // bytes are left, never all 32 at once.
+        let log = drive(100_000, 3125, 2);
+        let (first, ahead, bytes) = &log[0];
+        assert_eq!(first[..3], [1, 2, 4], "{log:?}");
+        assert!(*ahead >= 8 && *bytes >= MAP_AHEAD, "{log:?}");
+        assert!(*ahead < 32, "everything was encoded at once: {log:?}");
+        assert!(log.len() > 2, "{log:?}");
+        for (_, ahead, bytes) in &log[1..log.len() - 1] {
+            assert!(*ahead >= 8 && *bytes >= MAP_AHEAD, "{log:?}");
+        }
+        // Tiny chunks: the bytes decide, and a top-up is one batch of many chunks, not
+        // a lock per chunk.
+        let log = drive(20_000, 1, 2);
+        let submissions: usize = log.iter().map(|(b, _, _)| b.len()).sum();
+        assert!(
+            submissions < 200,
+            "{submissions} submissions for 20,000 chunks"
+        );
+        // Fewer items than one chunk, and none at all.
+        assert_eq!(drive(5, 3125, 2), [(vec![1], 1, 6)]);
+        assert!(drive(0, 3125, 2).is_empty());
+    }
 }
