@@ -27,6 +27,10 @@ fn main() {
                 "map_in_order_with_any_chunking",
                 map_in_order_with_any_chunking,
             ),
+            trial(
+                "outcomes_are_routed_during_and_after_maps",
+                outcomes_are_routed_during_and_after_maps,
+            ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
                 "children_of_workers_die_with_the_pool",
@@ -232,6 +236,52 @@ fn map_in_order_with_any_chunking() {
     let big: Vec<String> = (0..48).map(|i| "x".repeat(100_000 + i)).collect();
     let shouted: Vec<String> = big.iter().map(|s| s.to_uppercase()).collect();
     assert_eq!(pool.map_chunked(shout, big, 1).unwrap(), shouted);
+    finish(pool);
+}
+
+/// A map's caller routes outcomes itself while it waits, and the pool's own thread
+/// leaves them to it; once the map is over (or its caller sleeps) the pool's thread
+/// must route again. A task nobody waits for shows whether it does: its callback runs
+/// only when its outcome is routed.
+fn outcomes_are_routed_during_and_after_maps() {
+    let pool = Pool::new(2).unwrap();
+    let want: Vec<u64> = (0..200_000u64).map(|x| x * x).collect();
+    let callback = |pool: &Pool, x: u64| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.submit(square, x)
+            .unwrap()
+            .on_done(move |r| tx.send(r.clone()).unwrap());
+        rx
+    };
+    // After a map.
+    assert_eq!(pool.map(square, 0..200_000).unwrap(), want);
+    assert_eq!(callback(&pool, 7).recv_timeout(T).unwrap(), Ok(49));
+    // During maps on other threads, some of them sleeping for slow chunks, and after
+    // a map that failed and one that timed out.
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..3 {
+                    assert_eq!(pool.map(square, 0..200_000).unwrap(), want);
+                }
+            });
+        }
+        s.spawn(|| {
+            let slow = pool.map_chunked(sleep_ms, [30u64; 8], 1).unwrap();
+            assert_eq!(slow, [30; 8]);
+        });
+        for x in 0..20u64 {
+            let rx = callback(&pool, x);
+            assert_eq!(rx.recv_timeout(T).unwrap(), Ok(x * x));
+        }
+    });
+    assert!(pool.map(panicky, [1, 13, 2]).is_err());
+    assert_eq!(callback(&pool, 8).recv_timeout(T).unwrap(), Ok(64));
+    assert!(matches!(
+        pool.map_timeout(sleep_ms, [2000u64; 4], Duration::from_millis(50)),
+        Err(TaskError::Timeout)
+    ));
+    assert_eq!(callback(&pool, 9).recv_timeout(T).unwrap(), Ok(81));
     finish(pool);
 }
 

@@ -724,6 +724,7 @@ impl Pool {
         let mut out = Vec::new();
         // A length that the iterator got wrong is no reason to fail.
         let _ = out.try_reserve(len);
+        let helper = self.inner.helper();
         let mut slot = 0;
         loop {
             feed.top_up(slot, &mut |jobs| {
@@ -735,10 +736,7 @@ impl Pool {
                 break;
             };
             ids.from = slot;
-            let help = || {
-                self.inner.drain_results();
-            };
-            let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &help) else {
+            let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &helper) else {
                 // Cancelled, running ones stopped: nothing left for the guard to take back.
                 for &id in &ids.ids[slot..] {
                     self.inner.cancel(id);

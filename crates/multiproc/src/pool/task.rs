@@ -30,6 +30,21 @@ use crate::sync::raw::spin_until;
 use crate::sync::unpoisoned;
 use crate::wire::codec;
 
+/// A waiter's part in routing outcomes: what it does while it spins, and when it stops
+/// and starts doing so (see `PoolInner::helper`). A plain closure only routes.
+pub(crate) trait Help {
+    /// Routes the outcomes waiting, if this waiter can.
+    fn help(&self);
+    /// The waiter is about to sleep (`false`), or is back (`true`).
+    fn helping(&self, _on: bool) {}
+}
+
+impl<F: Fn()> Help for F {
+    fn help(&self) {
+        self();
+    }
+}
+
 /// How long a waiter spins before it sleeps: results of short tasks often arrive within
 /// it, and then nobody makes a system call.
 const SPIN: Duration = Duration::from_micros(20);
@@ -447,7 +462,7 @@ impl<T> Slots<T> {
         &self,
         slot: Option<usize>,
         deadline: Option<Instant>,
-        help: &dyn Fn(),
+        help: &dyn Help,
     ) -> Option<(usize, Result<T, TaskError>)> {
         let mut spun = false;
         loop {
@@ -465,7 +480,7 @@ impl<T> Slots<T> {
                 spun = true;
                 let end = Instant::now() + SPIN;
                 let arrived = || {
-                    help();
+                    help.help();
                     self.delivered.load(Ordering::Acquire) != seen
                 };
                 if spin_until(deadline.map_or(end, |d| d.min(end)), arrived) {
@@ -474,10 +489,12 @@ impl<T> Slots<T> {
                 continue;
             }
             st.sleepers += 1;
+            help.helping(false);
             let mut st = match unpoisoned::wait_until(&self.ready, st, deadline) {
                 Ok(st) | Err(st) => st,
             };
             st.sleepers -= 1;
+            help.helping(true);
             if let Some(found) = Self::take_locked(&mut st, slot) {
                 return Some(found);
             }
