@@ -31,6 +31,10 @@ fn main() {
                 "outcomes_are_routed_during_and_after_maps",
                 outcomes_are_routed_during_and_after_maps,
             ),
+            trial(
+                "a_map_called_before_close_ends",
+                a_map_called_before_close_ends,
+            ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
                 "children_of_workers_die_with_the_pool",
@@ -283,6 +287,48 @@ fn outcomes_are_routed_during_and_after_maps() {
     ));
     assert_eq!(callback(&pool, 9).recv_timeout(T).unwrap(), Ok(81));
     finish(pool);
+}
+
+/// Sets `started`, then takes 10 ms to return the length.
+fn started_then_len((started, s): (Event, String)) -> usize {
+    started.set();
+    std::thread::sleep(Duration::from_millis(10));
+    s.len()
+}
+
+/// A map feeds its chunks as it goes: one called before `close` still runs to its end
+/// (as in Python), and the pool finishes after it; `terminate` ends one.
+fn a_map_called_before_close_ends() {
+    // 40 chunks of 30 KB that take 10 ms each on 2 workers: more than a map keeps
+    // ahead of its results, so most are submitted after the close.
+    let lens: Vec<usize> = (0..40).map(|i| 30_000 + i).collect();
+    for terminate in [false, true] {
+        let pool = Pool::new(2).unwrap();
+        let started = Event::new().unwrap();
+        let items: Vec<(Event, String)> = lens
+            .iter()
+            .map(|&n| (started.clone(), "x".repeat(n)))
+            .collect();
+        std::thread::scope(|s| {
+            let mapping = s.spawn(|| pool.map_chunked(started_then_len, items, 1));
+            assert!(started.wait_timeout(T), "the map did not start");
+            if terminate {
+                pool.terminate();
+                assert!(mapping.join().unwrap().is_err());
+                return;
+            }
+            pool.close();
+            assert!(matches!(pool.submit(square, 1), Err(TaskError::PoolClosed)));
+            assert!(matches!(
+                pool.map(square, [1, 2]),
+                Err(TaskError::PoolClosed)
+            ));
+            let joined = pool.join_timeout(T);
+            assert_eq!(mapping.join().unwrap().unwrap(), lens);
+            joined.expect("the pool did not finish after the map");
+        });
+        finish(pool);
+    }
 }
 
 /// An iterator that says it has `claim` items, whatever it has.

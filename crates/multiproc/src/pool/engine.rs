@@ -105,6 +105,8 @@ struct State {
     /// worker (header room included).
     contexts: FxHashMap<u64, Encoded>,
     next_context: u64,
+    /// Maps under way (see [`PoolInner::open_map`]).
+    open_maps: usize,
 }
 
 impl State {
@@ -125,6 +127,7 @@ impl State {
             deferred: Vec::new(),
             contexts: FxHashMap::default(),
             next_context: 1,
+            open_maps: 0,
         }
     }
 }
@@ -280,6 +283,18 @@ impl PoolInner {
         self.ring();
     }
 
+    /// A map starting: until the guard is dropped, its chunks are accepted even after
+    /// the pool is closed, and a closed pool does not finish. A map feeds its chunks as
+    /// it goes (`Feed` in `pool/mod.rs`); one called before `close` still runs to its
+    /// end, as Python's does (its task handler feeds a map's chunks after `close`
+    /// too). `terminate` ends it.
+    pub(super) fn open_map(&self) -> Result<OpenMap<'_>, TaskError> {
+        let mut st = unpoisoned::lock(&self.state);
+        refuses(&st, false)?;
+        st.open_maps += 1;
+        Ok(OpenMap(self))
+    }
+
     /// Registers a task and sends it to a worker if one has room. Returns its id.
     pub(super) fn submit(
         &self,
@@ -291,6 +306,7 @@ impl PoolInner {
     ) -> Result<u64, TaskError> {
         let delayed = per_task.as_ref().is_some_and(|p| p.not_before.is_some());
         let mut st = unpoisoned::lock(&self.state);
+        refuses(&st, false)?;
         let id = self.register(&mut st, (entry, 0), payload, sink, slot, per_task)?;
         self.pump(&mut st);
         self.release(st);
@@ -312,13 +328,17 @@ impl PoolInner {
     /// their ids, or the error that refused them all.
     /// `context`: the `map_with` context the jobs run with (0: none; see
     /// [`add_context`](Self::add_context)).
+    /// `in_map`: the jobs are chunks of a map under way (the caller holds an
+    /// [`OpenMap`]), accepted after a `close`.
     pub(super) fn submit_many(
         &self,
         (entry, context): (TaskEntry, u64),
         jobs: Vec<(usize, Encoded)>,
         sink: &Arc<dyn Sink<Received>>,
+        in_map: bool,
     ) -> Result<Vec<u64>, TaskError> {
         let mut st = unpoisoned::lock(&self.state);
+        refuses(&st, in_map)?;
         let mut ids = Vec::with_capacity(jobs.len());
         for (slot, payload) in jobs {
             ids.push(self.register(
@@ -345,12 +365,6 @@ impl PoolInner {
         slot: usize,
         per_task: Option<Box<PerTask>>,
     ) -> Result<u64, TaskError> {
-        if let Some(why) = &st.broken {
-            return Err(TaskError::PoolBroken(why.clone()));
-        }
-        if st.closed {
-            return Err(TaskError::PoolClosed);
-        }
         let id = st.next_id;
         st.next_id += 1;
         let not_before = per_task.as_ref().and_then(|p| p.not_before);
@@ -866,6 +880,34 @@ fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<(), SendFail> {
     jobs.send(copy, Deadline::Now, false).map_err(|(_, e)| e)
 }
 
+/// Why the pool takes no new tasks, if it takes none: it gave up, or it is closed (but
+/// for the chunks of a map under way, `in_map`, until it is terminated).
+fn refuses(st: &State, in_map: bool) -> Result<(), TaskError> {
+    if let Some(why) = &st.broken {
+        return Err(TaskError::PoolBroken(why.clone()));
+    }
+    if st.closed && (st.terminated || !in_map) {
+        return Err(TaskError::PoolClosed);
+    }
+    Ok(())
+}
+
+/// A map under way ([`PoolInner::open_map`]).
+pub(super) struct OpenMap<'a>(&'a PoolInner);
+
+impl Drop for OpenMap<'_> {
+    fn drop(&mut self) {
+        let mut st = unpoisoned::lock(&self.0.state);
+        st.open_maps -= 1;
+        let last = st.open_maps == 0 && st.closed;
+        drop(st);
+        if last {
+            // A closed pool may finish now.
+            self.0.ring();
+        }
+    }
+}
+
 /// A thread routing outcomes while it waits ([`PoolInner::helper`]).
 pub(super) struct Helper<'a> {
     inner: &'a PoolInner,
@@ -897,6 +939,10 @@ impl Drop for Helper<'_> {
     }
 }
 
+/// While a map's caller routes outcomes, the engine thread still drains the results
+/// channel this often: for other tasks' waiters and callbacks while that caller
+/// encodes or decodes its own chunks (or runs a callback that waits).
+const HELPED_NAP: Duration = Duration::from_millis(1);
 /// How long the engine thread spins for outcomes before it sleeps.
 const SPIN: Duration = Duration::from_micros(20);
 /// While outcomes keep it busy, the engine thread still looks for dead workers this often.
@@ -1382,7 +1428,7 @@ impl PoolInner {
     /// pool has finished (no workers left, and nothing more will come).
     fn finish_if_done(&self) -> bool {
         let mut st = unpoisoned::lock(&self.state);
-        let idle = st.tasks.is_empty() && st.pending.is_empty();
+        let idle = st.tasks.is_empty() && st.pending.is_empty() && st.open_maps == 0;
         if st.closed && (idle || st.terminated) {
             for w in st.workers.iter_mut().flatten() {
                 w.jobs = None;
@@ -1402,6 +1448,11 @@ impl PoolInner {
         // A waiting thread routes the outcomes (see `helper`): it wakes this one when it
         // stops.
         let helped = self.helpers.load(Ordering::SeqCst) > 0;
+        let until = if helped {
+            until.min(Instant::now() + HELPED_NAP)
+        } else {
+            until
+        };
         let mut sleeping = None;
         if !helped {
             let spin_end = Instant::now() + SPIN;

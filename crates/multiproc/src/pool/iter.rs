@@ -235,7 +235,11 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
         }
         let slots: Vec<usize> = jobs.iter().map(|&(s, _)| s).collect();
         let sink: Arc<dyn super::task::Sink<Received>> = stream.clone();
-        match self.pool.inner().submit_many((entry, 0), jobs, &sink) {
+        match self
+            .pool
+            .inner()
+            .submit_many((entry, 0), jobs, &sink, false)
+        {
             Ok(ids) => out.extend(slots.into_iter().zip(ids.into_iter().map(Ok))),
             Err(e) => out.extend(slots.into_iter().map(|s| (s, Err(e.clone())))),
         }

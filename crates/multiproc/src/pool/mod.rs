@@ -710,6 +710,8 @@ impl Pool {
             ids: Vec::new(),
             from: 0,
         };
+        // Its chunks go on after a `close` (not after a `terminate`).
+        let _open = self.inner.open_map()?;
         let mut feed = Feed {
             items,
             chunk: Vec::with_capacity(chunk_size.min(len).min(1 << 16)),
@@ -727,15 +729,17 @@ impl Pool {
         let helper = self.inner.helper();
         let mut slot = 0;
         loop {
+            ids.from = slot;
             feed.top_up(slot, &mut |jobs| {
-                let submitted = self.inner.submit_many((entry, context), jobs, &sink)?;
+                let submitted = self
+                    .inner
+                    .submit_many((entry, context), jobs, &sink, true)?;
                 ids.ids.extend(submitted);
                 Ok(())
             })?;
             let Some(&(expected, bytes)) = feed.sizes.get(slot) else {
                 break;
             };
-            ids.from = slot;
             let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &helper) else {
                 // Cancelled, running ones stopped: nothing left for the guard to take back.
                 for &id in &ids.ids[slot..] {
@@ -868,8 +872,6 @@ impl Drop for Pool {
     }
 }
 
-/// The tasks of a map: those from `from` on that are not yet sent to a worker are
-/// taken back when it is dropped (the map returned early, or unwound).
 /// A map's chunks, taken from its iterator, encoded and submitted as the map goes:
 /// enough ahead of the results that every worker has the next chunk waiting, and no
 /// more. Encoding every chunk first held them all at once (a 100,000-item map of
@@ -954,6 +956,8 @@ impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
     }
 }
 
+/// The tasks of a map: those from `from` on that are not yet sent to a worker are
+/// taken back when it is dropped (the map returned early, or unwound).
 struct Submitted<'a> {
     inner: &'a PoolInner,
     ids: Vec<u64>,

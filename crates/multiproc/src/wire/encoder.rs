@@ -337,7 +337,11 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
         Ok(self)
     }
     fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Done {
-        self.serialize_str(&value.to_string())
+        // (`to_string` would panic on a `Display` that fails.)
+        let mut text = String::new();
+        fmt::write(&mut text, format_args!("{value}"))
+            .map_err(|_| EncodeError("a `Display` implementation failed".into()))?;
+        self.serialize_str(&text)
     }
 }
 
@@ -527,6 +531,22 @@ mod tests {
             }
         }
         same_as_postcard(&Shown(42));
+        // A `Display` that fails is an error, as in postcard, not a panic.
+        struct Fails;
+        impl fmt::Display for Fails {
+            fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+                Err(fmt::Error)
+            }
+        }
+        struct ShownFailing;
+        impl Serialize for ShownFailing {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&Fails)
+            }
+        }
+        assert!(to_vec(&ShownFailing, Vec::new()).is_err());
+        assert!(len_of(&ShownFailing).is_err());
+        assert!(postcard::to_allocvec(&ShownFailing).is_err());
     }
 
     #[test]
