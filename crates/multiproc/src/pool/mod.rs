@@ -809,6 +809,11 @@ impl Pool {
     }
 
     /// Refuses new tasks; those already submitted run to the end, then the workers exit.
+    /// A `map` called before counts as submitted whole: its chunks go on being sent as
+    /// it needs them, and the pool finishes after it, as in Python. An `imap`'s items
+    /// not yet sent fail with [`TaskError::PoolClosed`]: it sends them only as its
+    /// results are consumed, so a pool held open for it would make a `join` called
+    /// before they are consumed wait forever.
     pub fn close(&self) {
         self.inner.close();
     }
