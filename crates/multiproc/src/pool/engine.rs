@@ -629,11 +629,12 @@ impl PoolInner {
     }
 
     /// Makes the calling thread, which is about to wait for a map's results, route the
-    /// outcomes itself while it spins. Meanwhile the engine thread leaves the result
-    /// channel alone (it neither spins on it nor sleeps on it, so workers need not wake
-    /// it and it takes no CPU from them): a map of 32 chunks had it woken for each
-    /// outcome, to find that the waiting thread had mostly routed it already. Once the
-    /// last helper sleeps or leaves, the engine is woken to watch the channel again.
+    /// outcomes itself while it spins. Meanwhile the engine thread neither spins on the
+    /// result channel nor sleeps on its doorbell (so workers need not wake it and it
+    /// takes no CPU from them), draining it only every [`HELPED_NAP`]: a map of 32
+    /// chunks had it woken for each outcome, to find that the waiting thread had mostly
+    /// routed it already. Once the last helper sleeps or leaves, the engine is woken to
+    /// watch the channel again.
     pub(super) fn helper(&self) -> Helper<'_> {
         self.helpers.fetch_add(1, Ordering::SeqCst);
         Helper {
