@@ -787,7 +787,17 @@ fn two_schedulers_fire_each_time_once() {
     use multiproc::sched::{Coalesce, EventKind, Job, JobEvent, Schedule, Scheduler};
     let redis = RedisServer::start();
     let ns = "sched";
-    let w = worker(&redis, ns, 2);
+    // The claim here is the schedulers' (each fire time submitted once), so the worker's
+    // task lease is long: with the 1 s lease of the other tests, a starved machine could
+    // let a lease run out after a run and before its ack, and the cluster would then run
+    // that task again (at least once, as its own tests show).
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(2)
+        .lease(Duration::from_secs(30))
+        .grace(Duration::from_secs(10))
+        .build()
+        .expect("start worker");
     let dir = common::tempdir("sched");
     let path = dir.join("runs").display().to_string();
     let period = Duration::from_millis(250);
@@ -804,16 +814,17 @@ fn two_schedulers_fire_each_time_once() {
         .max_instances(100)
         .misfire_grace(Duration::from_secs(60))
     };
+    // Subscribed before the job is added: its first time, t0, is due at once.
     let start = || {
         let s = Scheduler::builder()
             .cluster(client(&redis, ns))
             .build()
             .unwrap();
+        let events = s.events();
         s.add(job()).unwrap();
-        s
+        (s, events)
     };
-    let (s1, s2) = (start(), start());
-    let (e1, e2) = (s1.events(), s2.events());
+    let ((s1, e1), (s2, e2)) = (start(), start());
     std::thread::sleep(Duration::from_secs(3));
     // Whoever leads is stopped; the other takes over once the lease runs out.
     let started = |events: &crossbeam_channel::Receiver<JobEvent>| -> Vec<DateTime<Utc>> {
@@ -838,7 +849,13 @@ fn two_schedulers_fire_each_time_once() {
     fired.dedup();
     assert_eq!(fired.len(), n, "a fire time was submitted twice");
     assert!(n >= 20, "only {n} runs in 8 s");
-    // Every time from the first to the last, none lost in the failover.
+    // Every time from the first (t0, to the millisecond a fire time keeps) to the last,
+    // none lost in the failover.
+    assert_eq!(
+        fired[0].timestamp_millis(),
+        t0.timestamp_millis(),
+        "the first time was not fired"
+    );
     for pair in fired.windows(2) {
         assert_eq!((pair[1] - pair[0]).to_std().unwrap(), period, "{pair:?}");
     }

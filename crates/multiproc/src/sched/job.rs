@@ -230,7 +230,9 @@ impl Job {
     /// run. Any number of schedulers may hold the same job against one Redis: the one
     /// holding the queue's leader lease fires it, and each (job, fire time) is submitted
     /// once (an idempotency key checked with the lease in one atomic step), so a fire
-    /// time is neither lost when a leader dies nor run twice.
+    /// time is neither lost when a leader dies nor submitted twice. Its task then runs
+    /// at least once, as every cluster task does: a run whose worker lost the task's
+    /// lease (died, hung, or was paused past it) runs again.
     #[cfg(feature = "redis")]
     pub fn cluster<A, R>(
         name: impl Into<String>,
