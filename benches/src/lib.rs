@@ -1738,6 +1738,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             ],
             notes: vec![
                 "The messages are `serde_bytes::ByteBuf`: a plain `Vec<u8>` is encoded element by element, about 30 times slower (see `crates/multiproc/src/ipc/channel/README.md`). ipc-channel's row uses its `IpcBytesSender`, which sends raw bytes without serde.".into(),
+                "The queue is `Queue::new()` (unbounded): a `put` that finds its 4 MiB ring full gives the consumer up to 1 ms to make room there before it overflows into segments, so a consumer that keeps up reads memory it has just read; each message is a copy of one buffer (`put` takes it by value), the consumer's a new `ByteBuf`.".into(),
                 cpython.clone(),
             ],
             headline: vec![("queue, 1 MiB messages", "multiproc Queue", "CPython Queue")],
@@ -1751,7 +1752,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             targets: Vec::new(),
             pairs: vec![("multiproc Queue::new()", "CPython Queue()")],
             notes: vec![
-                "multiproc's `Queue::new()` never makes `put` wait: past its 4 MiB ring, messages go into overflow segments of the same shared memory (4 MiB each, made as needed, given back as the consumer reads them). CPython's `Queue()` buffers in the producer's memory, and its feeder thread writes to a pipe the consumer reads.".into(),
+                "multiproc's `Queue::new()` never makes `put` wait for room (it gives the consumer 1 ms, once, before it leaves its ring): past its 4 MiB ring, messages go into overflow segments of the same shared memory (4 MiB each, made as needed, given back as the consumer reads them). CPython's `Queue()` buffers in the producer's memory, and its feeder thread writes to a pipe the consumer reads.".into(),
                 cpython.clone(),
             ],
             headline: vec![("queue, 100 MiB backlog", "multiproc Queue::new()", "CPython Queue()")],

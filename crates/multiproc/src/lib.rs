@@ -114,7 +114,8 @@
 //! `send` accepted is delivered even if its sender exits or is killed right after, and a
 //! process killed in the middle of a `put` or `get` blocks nobody. When every sender is
 //! gone, receivers get `Disconnected` rather than waiting forever. `Queue::new()` is
-//! unbounded, as Python's is: its shared memory grows as needed, so `put` never waits;
+//! unbounded, as Python's is: its shared memory grows as needed, so `put` never waits
+//! for room (a full ring gives consumers a millisecond to make some before it grows);
 //! `Queue::bounded(n)` holds `n` items. Every blocking call has `try_` and `_timeout`
 //! forms, and `async` ones (`recv_async`, `get_async`, `send_async`, `put_async`) that
 //! work under any runtime. [`wait`] blocks until any of several receivers, queues,

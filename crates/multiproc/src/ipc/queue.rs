@@ -21,11 +21,14 @@ use crate::sys;
 /// after. A process killed in the middle of a `put` or `get` neither blocks the others
 /// nor corrupts the queue.
 ///
-/// `Queue::new()` is unbounded, as Python's `Queue()` is: `put` never waits. Items go
-/// into a 4 MiB ring in shared memory; when it is full, into overflow segments of the
-/// same memory (4 MiB each, made as needed and given back once read), so a program may
-/// put everything before it starts its consumers. `bounded(n)` holds at most `n`
-/// items, and its `put` waits while it is full.
+/// `Queue::new()` is unbounded, as Python's `Queue()` is: `put` never waits for room.
+/// Items go into a 4 MiB ring in shared memory; when it is full, into overflow segments
+/// of the same memory (4 MiB each, made as needed and given back once read), so a
+/// program may put everything before it starts its consumers. A blocking `put` that
+/// finds the ring full first gives the consumers up to a millisecond to make room in it
+/// (consumers that keep up then read from memory they have just read, not from new
+/// pages); `try_put` and `put_async` go on at once. `bounded(n)` holds at most `n` items, and its
+/// `put` waits while it is full.
 ///
 /// # Examples
 ///
@@ -59,9 +62,10 @@ pub struct Queue<T> {
 }
 
 impl<T> Queue<T> {
-    /// An unbounded queue (Python's `Queue()`): `put` never waits for room; what is
-    /// put waits in shared memory that grows as needed, up to what the machine's
-    /// memory holds.
+    /// An unbounded queue (Python's `Queue()`): `put` never waits for room (at most a
+    /// millisecond for consumers to make some in its ring, see [`Queue`]); what is put
+    /// waits in shared memory that grows as needed, up to what the machine's memory
+    /// holds.
     ///
     /// # Errors
     ///

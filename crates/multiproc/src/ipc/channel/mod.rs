@@ -59,6 +59,20 @@ pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// later at most. Sleeps are mostly short in a conversation (a reply, a worker's next
 /// task), and then the nap is all there is.
 const NAP: Duration = Duration::from_millis(5);
+/// How long a message for an unbounded channel whose own ring is full waits for
+/// consumers to make room before it goes to an overflow segment (see
+/// [`RawSender::room_soon`]).
+const OVERFLOW_WAIT: Duration = Duration::from_millis(1);
+
+/// How long a send to an unbounded channel whose own ring is full waits for consumers to
+/// make room there (see [`RawSender::room_soon`]): `None` for a non-blocking send.
+fn overflow_wait_until(wait: Deadline) -> Option<Instant> {
+    let until = Instant::now().checked_add(OVERFLOW_WAIT)?;
+    match wait {
+        Deadline::Now => None,
+        _ => Some(wait.instant().map_or(until, |d| d.min(until))),
+    }
+}
 
 /// When a nap that starts now ends, for a wait that ends at `wait`.
 fn nap_until(wait: Deadline) -> Instant {
@@ -224,7 +238,8 @@ pub(crate) fn channel(ring: usize, max_items: Option<u64>) -> io::Result<(RawSen
 }
 
 /// A new unbounded channel: a ring of `ring` bytes (rounded up to whole pages) that
-/// overflows into segments of the same memory file, so a send never waits for room.
+/// overflows into segments of the same memory file, so a send never waits for room
+/// (a blocking one gives consumers [`OVERFLOW_WAIT`] to make some in the ring first).
 pub(crate) fn unbounded(ring: usize) -> io::Result<(RawSender, RawReceiver)> {
     make(ring, None, true)
 }
@@ -314,10 +329,11 @@ impl Core {
         &self,
         tail: &mut Tail<'_>,
         len: usize,
+        may_overflow: bool,
         write: impl FnOnce(Slot<'_, '_>) -> R,
     ) -> io::Result<Option<R>> {
         if self.growable {
-            return self.write_growable(tail, len, write).map(Some);
+            return self.write_growable(tail, len, may_overflow, write);
         }
         let ring = self.ring();
         Ok(ring.reserve(tail, len, self.max_items, 0).map(write))
@@ -417,6 +433,10 @@ impl RawSender {
         if self.receivers_gone() {
             return Err(SendFail::Disconnected);
         }
+        // An unbounded channel overflows only once consumers have had a moment to make
+        // room in its own ring (see `room_soon`), until `patience`.
+        let mut may_overflow = false;
+        let mut patience = None;
         loop {
             {
                 // A producer that died holding the lock had published nothing half-way:
@@ -425,7 +445,7 @@ impl RawSender {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
                     return Err(SendFail::Full);
                 };
-                let written = core.write_slot(&mut tail, len, |mut slot| {
+                let written = core.write_slot(&mut tail, len, may_overflow, |mut slot| {
                     if !fill(slot.payload()) {
                         return false;
                     }
@@ -446,8 +466,38 @@ impl RawSender {
                     None => {}
                 }
             }
-            self.full(len, wait)?;
+            if core.growable {
+                let until = *patience.get_or_insert_with(|| overflow_wait_until(wait));
+                may_overflow = !until.is_some_and(|until| self.room_soon(until));
+            } else {
+                self.full(len, wait)?;
+            }
         }
+    }
+
+    /// An unbounded channel's own ring is full: waits until a consumer takes a message
+    /// (true: the caller tries the ring again) or `until` passes (false: the message
+    /// goes to an overflow segment). Consumers that keep up make room within
+    /// [`OVERFLOW_WAIT`], and the message stays in the ring's memory, which they have
+    /// just read (an overflow segment's pages may have to be faulted in, and a producer
+    /// that runs far ahead of its consumers evicts what they are about to read from the
+    /// caches); consumers that do not cost the producer this wait once per fill of the
+    /// ring.
+    fn room_soon(&self, until: Instant) -> bool {
+        let core = &*self.core;
+        let ring = core.ring();
+        let head = ring.head();
+        let taken = || ring.head() != head;
+        let spin_end = Instant::now() + SPIN;
+        if spin_until(spin_end.min(until), taken) {
+            return true;
+        }
+        let s = &core.header().sleepers.0;
+        // Each take by a consumer ends a nap.
+        while !taken() && Instant::now() < until {
+            Core::nap(&s.send_nappers, &s.send_seq, until, taken);
+        }
+        taken()
     }
 
     /// Sends an encoded message: in the ring if it fits and carries no descriptors, on
@@ -482,7 +532,7 @@ impl RawSender {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
                     return Err((msg, SendFail::Full));
                 };
-                let written = core.write_slot(&mut tail, 8, |mut slot| {
+                let written = core.write_slot(&mut tail, 8, true, |mut slot| {
                     let h = core.header();
                     let id = h.produced.0.next_side_id.load(Relaxed);
                     out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
@@ -1141,10 +1191,87 @@ mod tests {
         u32::from_le_bytes(bytes[..4].try_into().unwrap())
     }
 
+    /// Fills an unbounded channel's own ring with `len`-byte messages numbered from 0,
+    /// up to the last one it takes without overflowing; returns how many.
+    fn fill_own_ring(tx: &RawSender, len: usize) -> u32 {
+        let core = &*tx.core;
+        let mut n = 0;
+        loop {
+            let mut tail = Tail::lock(core.header(), LockWait::Until(None)).unwrap();
+            let m = numbered(n, len);
+            let written = core
+                .write_slot(&mut tail, len, false, |mut slot| {
+                    slot.payload().copy_from_slice(&m.bytes);
+                    slot.publish(INLINE, false);
+                })
+                .unwrap();
+            if written.is_none() {
+                return n;
+            }
+            n += 1;
+        }
+    }
+
+    #[test]
+    fn an_unbounded_channel_gives_its_consumers_a_moment_before_it_overflows() {
+        // Nobody takes anything: a blocking send waits `OVERFLOW_WAIT`, then overflows.
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let full = fill_own_ring(&tx, 100);
+        assert!(full > 10, "{full} messages in a 4 KiB ring");
+        let o = &rx.core.header().overflow.0;
+        let start = Instant::now();
+        tx.send(numbered(full, 100), Deadline::Never, false)
+            .unwrap();
+        assert!(start.elapsed() >= OVERFLOW_WAIT, "{:?}", start.elapsed());
+        assert_eq!(o.made.load(SeqCst), 1);
+        for n in 0..=full {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+
+        // A consumer that starts taking messages once the sender waits: the message goes
+        // into the room it made, no segment is made. The consumer must act within the
+        // wait, which a loaded machine may not let it do every time: one of 20 tries will.
+        let stayed = (0..20).any(|_| {
+            let (tx, rx) = unbounded(MIN_RING).unwrap();
+            let full = fill_own_ring(&tx, 100);
+            let h = rx.core.header();
+            let sent = std::sync::atomic::AtomicBool::new(false);
+            let mut got = std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    let end = Instant::now() + Duration::from_secs(5);
+                    while h.sleepers.0.send_nappers.load(SeqCst) == 0 && Instant::now() < end {
+                        std::thread::yield_now();
+                    }
+                    let mut got = Vec::new();
+                    while !sent.load(SeqCst) && Instant::now() < end {
+                        if let Ok(m) = take(&rx) {
+                            got.push(number(&m));
+                        }
+                    }
+                    got
+                });
+                tx.send(numbered(full, 100), Deadline::Never, false)
+                    .unwrap();
+                sent.store(true, SeqCst);
+                consumer.join().unwrap()
+            });
+            while let Ok(m) = take(&rx) {
+                got.push(number(&m));
+            }
+            assert_eq!(got, (0..=full).collect::<Vec<_>>());
+            h.overflow.0.made.load(SeqCst) == 0
+        });
+        assert!(
+            stayed,
+            "every send overflowed although a consumer made room"
+        );
+    }
+
     #[test]
     fn an_unbounded_channel_takes_many_rings_and_gives_them_back() {
         let (tx, rx) = unbounded(MIN_RING).unwrap();
-        // Ten rings' worth before anyone reads: a send never waits.
+        // Ten rings' worth before anyone reads: a non-blocking send never waits.
         for n in 0..400u32 {
             tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
         }

@@ -106,14 +106,16 @@ impl Core {
     }
 
     /// [`write_slot`](Core::write_slot) of an unbounded channel: room in the ring
-    /// producers write to, moving to a new overflow segment when it is full, and back to
+    /// producers write to, moving to a new overflow segment when it is full (`None`
+    /// instead when that ring is the channel's own and not `may_overflow`), and back to
     /// the channel's own ring once consumers have emptied it.
     pub(super) fn write_growable<R>(
         &self,
         tail: &mut Tail<'_>,
         len: usize,
+        may_overflow: bool,
         write: impl FnOnce(Slot<'_, '_>) -> R,
-    ) -> io::Result<R> {
+    ) -> io::Result<Option<R>> {
         let p = &self.header().produced.0;
         if tail.took_over && p.leaving.load(Acquire) != 0 {
             self.finish_move(tail, &mut unpoisoned::lock(&self.write_map))?;
@@ -122,10 +124,13 @@ impl Core {
         // ring, so a producer can always leave.
         let keep = 2 * link_room();
         // The hot path: the channel's own ring has room.
-        if p.ring.load(Relaxed) == 0
-            && let Some(slot) = self.ring().reserve(tail, len, u64::MAX, keep)
-        {
-            return Ok(write(slot));
+        if p.ring.load(Relaxed) == 0 {
+            if let Some(slot) = self.ring().reserve(tail, len, u64::MAX, keep) {
+                return Ok(Some(write(slot)));
+            }
+            if !may_overflow {
+                return Ok(None);
+            }
         }
         let mut cache = unpoisoned::lock(&self.write_map);
         loop {
@@ -139,7 +144,7 @@ impl Core {
             }
             let ring = self.ring_at(&mut cache, w)?;
             if let Some(slot) = ring.reserve(tail, len, u64::MAX, keep) {
-                return Ok(write(slot));
+                return Ok(Some(write(slot)));
             }
             let next = self.take_segment(tail, &mut cache)?;
             self.move_to(tail, &mut cache, w, next, 0)?;
