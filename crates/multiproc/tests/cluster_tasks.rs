@@ -274,7 +274,7 @@ fn executor_many_tasks_and_shutdown() {
     // Tasks of a cluster and of a local pool, waited for together; a callback.
     let pool = multiproc::Pool::new(1).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let remote = c.submit(SLOW_SQUARE, (5, 400)).unwrap();
+    let remote = c.submit(SLOW_SQUARE, (5, 2000)).unwrap();
     remote.on_done(move |o| tx.send(o.clone()).unwrap());
     let tasks = vec![remote, pool.submit(local_square, 6).unwrap()];
     let order: Vec<(usize, u64)> = multiproc::as_completed(tasks)
@@ -333,7 +333,7 @@ fn submit_map_imap_stats() {
         .unwrap();
     let t = c.submit(SQUARE, 12).unwrap();
     assert_eq!(rt.block_on(t).unwrap(), 144);
-    let t = c.submit(SLOW_SQUARE, (3, 300)).unwrap();
+    let t = c.submit(SLOW_SQUARE, (3, 2000)).unwrap();
     assert!(!t.is_done());
     let mut t = t;
     assert_eq!(t.wait_timeout(T).unwrap(), 9);
@@ -404,8 +404,20 @@ fn late_ack_of_paused_node_is_rejected() {
     assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
     cluster_common::signal(b.child.id(), "-STOP");
     let a = node(&redis, ns, "reclaimer");
-    std::thread::sleep(Duration::from_millis(2500));
-    // b's pool finished the run meanwhile; b acks it late, and is refused.
+    // a reclaims it once b's lease has run out (its delivery count goes to 2), and b's
+    // pool has finished the run meanwhile; b acks it late, and is refused.
+    let stream = format!("{ns}:{{default}}:stream");
+    let deliveries = || match redis.cmd(&["XPENDING", &stream, "workers", "-", "+", "1"]) {
+        Resp::Array(entries) => match entries.first() {
+            Some(Resp::Array(entry)) => entry.get(3).map_or(0, Resp::int),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    assert!(
+        common::eventually(T, || deliveries() >= 2),
+        "the paused node's task was not reclaimed"
+    );
     cluster_common::signal(b.child.id(), "-CONT");
     let (x, by) = t.wait().unwrap();
     assert_eq!(x, 1);
@@ -504,20 +516,21 @@ fn countdown_and_eta_across_worker_restart() {
         .submit_with(
             WHEN,
             0,
-            TaskOptions::new().countdown(Duration::from_millis(1500)),
+            TaskOptions::new().countdown(Duration::from_millis(6000)),
         )
         .unwrap();
-    let eta = SystemTime::now() + Duration::from_millis(2500);
+    let eta = SystemTime::now() + Duration::from_millis(7000);
     let at = c.submit_with(WHEN, 0, TaskOptions::new().eta(eta)).unwrap();
     assert_eq!(c.stats().unwrap().delayed, 2);
-    // A worker starts and stops before either is due; another takes over.
+    // A worker starts and stops before either is due (seconds ahead, so that a slow
+    // start on a loaded machine does not reach them); another takes over.
     let w1 = worker(&redis, ns, 1);
     std::thread::sleep(Duration::from_millis(500));
     w1.shutdown(true);
     assert!(!soon.is_done() && !at.is_done());
     let w2 = worker(&redis, ns, 1);
     let ran = soon.wait().unwrap();
-    assert!(ran >= start + 1500, "ran {} ms early", start + 1500 - ran);
+    assert!(ran >= start + 6000, "ran {} ms early", start + 6000 - ran);
     let ran = at.wait().unwrap();
     let due = eta
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -599,7 +599,7 @@ fn wait_for_receivers_and_processes() {
     let (tx_a, rx_a) = multiproc::pipe::<u32>().unwrap();
     let (_tx_b, rx_b) = multiproc::pipe::<u32>().unwrap();
     let q = Queue::<u8>::new().unwrap();
-    let sleeper = multiproc::spawn(sleep_ms, 300).unwrap();
+    let sleeper = multiproc::spawn(sleep_ms, 2000).unwrap();
     // Nothing ready: times out.
     let t = Instant::now();
     assert!(

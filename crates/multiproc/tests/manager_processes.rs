@@ -651,8 +651,8 @@ fn owner_sigkilled_takes_server() {
     assert!(!gone_within(server, Duration::ZERO));
     let tree = h.sigkill();
     assert!(
-        gone_within(server, Duration::from_secs(1)),
-        "the manager outlived its SIGKILLed owner by a second"
+        gone_within(server, Duration::from_secs(5)),
+        "the manager outlived its SIGKILLed owner by 5 seconds"
     );
     assert_eq!(common::reap_all(&tree, T), [], "left running");
 }

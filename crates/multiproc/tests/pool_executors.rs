@@ -201,8 +201,10 @@ fn wait_tasks_first_exception_and_the_rest() {
         slow.cancel();
     }
     // FirstCompleted, AllCompleted, and a timeout that leaves tasks pending.
+    // (The slow one sleeps long enough to be pending still however late this thread
+    // runs.)
     let tasks = [
-        p.submit(sleep_ms, 600).unwrap(),
+        p.submit(sleep_ms, 3000).unwrap(),
         p.submit(sleep_ms, 0).unwrap(),
     ];
     let (done, pending) = multiproc::wait_tasks(&tasks, Return::FirstCompleted, Some(T));
@@ -230,7 +232,7 @@ fn tasks_in_multiproc_wait() {
     let p = pool(2);
     let q: Queue<u32> = Queue::new().unwrap();
     let slow = p.submit(sleep_ms, 30_000).unwrap();
-    let quick = p.submit(sleep_ms, 300).unwrap();
+    let quick = p.submit(sleep_ms, 2000).unwrap();
     // Nothing ready yet within 50 ms.
     assert!(
         multiproc::wait(&[&slow, &quick, &q], Some(Duration::from_millis(50)))
@@ -241,7 +243,7 @@ fn tasks_in_multiproc_wait() {
     q.put(1).unwrap();
     let ready = multiproc::wait(&[&slow, &quick, &q], Some(T)).unwrap();
     assert_eq!(ready, [1, 2]);
-    assert_eq!(get(quick).unwrap(), 300);
+    assert_eq!(get(quick).unwrap(), 2000);
     assert!(slow.cancel());
     assert_eq!(multiproc::wait(&[&slow], Some(T)).unwrap(), [0]);
     finish(p);
@@ -280,7 +282,7 @@ fn callbacks_run_exactly_once() {
     assert_eq!(get(t1).unwrap(), 200);
     assert_eq!(get(t2).unwrap(), 200);
     // Cancelled while queued: once, with `Cancelled`.
-    let blocker = tp.submit(|| sleep_ms(500)).unwrap();
+    let blocker = tp.submit(|| sleep_ms(3000)).unwrap();
     let queued = tp.submit(|| 1u64).unwrap();
     queued.on_done(count("cancelled"));
     assert!(queued.cancel());
@@ -317,7 +319,7 @@ fn callbacks_run_exactly_once() {
     t.on_done(|_| panic!("a callback that panics"));
     assert_eq!(sub_rx.recv_timeout(T).unwrap().unwrap(), 256);
     assert_eq!(get(t).unwrap(), 16);
-    assert_eq!(get(blocker).unwrap(), 500);
+    assert_eq!(get(blocker).unwrap(), 3000);
     // Taken first, then a callback: it is told so.
     let t = tp.submit(|| 5u64).unwrap();
     let mut t = t;
@@ -474,13 +476,13 @@ fn err_retried_then_reported_typed() {
 fn timeouts_leave_handles_usable() {
     let p = pool(2);
     // A task: Timeout, then its value, then Taken.
-    let mut t = p.submit(sleep_ms, 400).unwrap();
+    let mut t = p.submit(sleep_ms, 2000).unwrap();
     assert_eq!(
         t.wait_timeout(Duration::from_millis(50)),
         Err(TaskError::Timeout)
     );
     assert!(!t.is_done());
-    assert_eq!(t.wait_timeout(T), Ok(400));
+    assert_eq!(t.wait_timeout(T), Ok(2000));
     assert_eq!(t.wait_timeout(T), Err(TaskError::Taken));
     // apply_timeout gives up on (and stops) a task past its time.
     let pids = p.worker_pids();
@@ -499,17 +501,17 @@ fn timeouts_leave_handles_usable() {
         Err(TaskError::Timeout)
     );
     assert_eq!(p.map_timeout(square, 0..10, T).unwrap().len(), 10);
-    let mut it = p.imap(sleep_ms, [400, 0]);
+    let mut it = p.imap(sleep_ms, [2000, 0]);
     assert_eq!(
         it.next_timeout(Duration::from_millis(50)),
         Some(Err(TaskError::Timeout))
     );
-    assert_eq!(it.next_timeout(T), Some(Ok(400)));
+    assert_eq!(it.next_timeout(T), Some(Ok(2000)));
     assert_eq!(it.next_timeout(T), Some(Ok(0)));
     assert_eq!(it.next_timeout(T), None);
     drop(it);
     // join_timeout: a timeout error that leaves the pool closed and joinable.
-    let _busy = p.submit(sleep_ms, 500).unwrap();
+    let _busy = p.submit(sleep_ms, 2000).unwrap();
     assert!(matches!(
         p.join_timeout(Duration::from_millis(50)),
         Err(PoolError::Timeout)
@@ -518,13 +520,13 @@ fn timeouts_leave_handles_usable() {
     finish(p);
     // Threads.
     let tp = ThreadPool::new(1).unwrap();
-    let mut t = tp.submit(|| sleep_ms(300)).unwrap();
+    let mut t = tp.submit(|| sleep_ms(2000)).unwrap();
     assert!(
         t.wait_timeout(Duration::from_millis(20))
             .unwrap_err()
             .is_timeout()
     );
-    assert_eq!(t.wait_timeout(T), Ok(300));
+    assert_eq!(t.wait_timeout(T), Ok(2000));
     assert_eq!(
         tp.apply_timeout(|| sleep_ms(300), Duration::from_millis(20)),
         Err(TaskError::Timeout)

@@ -677,8 +677,8 @@ fn parent_sigkilled_takes_workers_along() {
     let t = Instant::now();
     for &p in &pids {
         assert!(
-            common::wait_gone(p, Duration::from_secs(1).saturating_sub(t.elapsed())),
-            "pid {p} outlived its SIGKILLed parent by a second"
+            common::wait_gone(p, Duration::from_secs(5).saturating_sub(t.elapsed())),
+            "pid {p} outlived its SIGKILLed parent by 5 seconds"
         );
     }
     assert_eq!(common::reap_all(&tree, T), [], "left running");

@@ -64,6 +64,8 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 
 /// Awaits `quick` and a child killed meanwhile, on whatever runtime drives it.
 async fn quick_and_killed() {
+    // Timed from before the spawn: the child's 300 ms may start before `spawn` returns.
+    let t0 = Instant::now();
     let quick = multiproc::spawn(after_ms, 300).unwrap();
     let doomed = multiproc::spawn(forever, ()).unwrap();
     let killer = doomed.process();
@@ -71,7 +73,6 @@ async fn quick_and_killed() {
         async_io::Timer::after(Duration::from_millis(100)).await;
         killer.kill().unwrap();
     };
-    let t0 = Instant::now();
     let ((q, d), ()) = within(futures_lite::future::zip(
         futures_lite::future::zip(quick, doomed),
         kill,
@@ -178,8 +179,8 @@ fn put_async_wakes_when_room_frees() {
     let q: Queue<u32> = Queue::bounded(2).unwrap();
     q.put(1).unwrap();
     q.put(2).unwrap();
-    let getter = multiproc::spawn(slow_getter, (q.clone(), 300, 4)).unwrap();
     let t0 = Instant::now();
+    let getter = multiproc::spawn(slow_getter, (q.clone(), 300, 4)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -222,8 +223,8 @@ fn set_after((e, ms): (Event, u64)) {
 
 fn event_wait_async_across_processes() {
     let e = Event::new().unwrap();
-    let setter = multiproc::spawn(set_after, (e.clone(), 200)).unwrap();
     let t0 = Instant::now();
+    let setter = multiproc::spawn(set_after, (e.clone(), 200)).unwrap();
     async_io::block_on(within(e.wait_async())).unwrap();
     assert!(e.is_set());
     assert!(t0.elapsed() >= Duration::from_millis(150));

@@ -325,8 +325,8 @@ fn parent_sigkilled_takes_daemons_along() {
     let t = Instant::now();
     for &p in daemons.iter().chain([&server]) {
         assert!(
-            common::wait_gone(p, Duration::from_secs(1).saturating_sub(t.elapsed())),
-            "pid {p} outlived its SIGKILLed parent by a second"
+            common::wait_gone(p, Duration::from_secs(5).saturating_sub(t.elapsed())),
+            "pid {p} outlived its SIGKILLed parent by 5 seconds"
         );
         common::reap(p);
     }

@@ -86,6 +86,38 @@ fn crash_on(go: multiproc::Event) {
     std::process::abort();
 }
 
+/// Crashes once `go` is set while the marker file exists, removing it; runs for good once
+/// it is gone.
+fn crash_once_on((marker, go): (String, multiproc::Event)) {
+    if std::fs::remove_file(&marker).is_ok() {
+        go.wait();
+        std::process::abort();
+    }
+    sleep_forever(());
+}
+
+/// Appends when it starts (`CLOCK_MONOTONIC`, in nanoseconds: one clock for every
+/// process) to `file`, then crashes once `go` is set.
+fn note_start_crash_on((file, go): (String, multiproc::Event)) {
+    use std::io::Write;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let nanos = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file)
+        .unwrap();
+    writeln!(f, "{nanos}").unwrap();
+    drop(f);
+    go.wait();
+    std::process::abort();
+}
+
 fn crash_after_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
     std::process::abort();
@@ -303,14 +335,21 @@ fn one_for_one() {
 /// Children a, b (crashes once), c: which were restarted when b crashed.
 fn strategy_run(strategy: Strategy) -> [bool; 3] {
     let dir = tempdir("strategy");
+    // b crashes once the pids before are read.
+    let go = multiproc::Event::new().unwrap();
     let sup = fast()
         .strategy(strategy)
         .child(ChildSpec::new("a", sleep_forever, ()))
-        .child(ChildSpec::new("b", crash_once, (marker(&dir, "b"), 200)))
+        .child(ChildSpec::new(
+            "b",
+            crash_once_on,
+            (marker(&dir, "b"), go.clone()),
+        ))
         .child(ChildSpec::new("c", sleep_forever, ()))
         .build()
         .unwrap();
     let before: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|n| pid_of(&sup, n)).collect();
+    go.set();
     assert!(eventually(T, || restarts_of(&sup, "b") == 1
         && ["a", "b", "c"].iter().all(|n| pid_of(&sup, n).is_some())));
     let after: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|n| pid_of(&sup, n)).collect();
@@ -332,15 +371,18 @@ fn rest_for_one() {
 }
 
 fn intensity_exceeded() {
+    // The crasher crashes once this test listens and knows steady's pid.
+    let go = multiproc::Event::new().unwrap();
     let sup = Supervisor::builder()
         .backoff(Duration::from_millis(1), Duration::from_millis(1))
         .intensity(3, Duration::from_secs(10))
         .child(ChildSpec::new("steady", sleep_forever, ()))
-        .child(ChildSpec::new("crasher", crash_after_ms, 0))
+        .child(ChildSpec::new("crasher", crash_on, go.clone()))
         .build()
         .unwrap();
     let events = sup.events();
     let steady = pid_of(&sup, "steady").unwrap();
+    go.set();
     match sup.wait_timeout(T) {
         Err(SupervisorError::Intensity {
             restarts: 4,
@@ -431,39 +473,45 @@ fn backoff_grows_then_resets() {
     go.set();
     assert_eq!(delays(&sup, &events, 3), [20, 40, 80]);
     sup.shutdown().unwrap();
-    // The restarts really wait: the time from a crash to the next start, as seen here,
-    // grows with the delays (a lower bound, less 100 ms for this thread's own lateness
-    // in seeing the crash).
+    // The restarts really wait: each start comes at least its delay after the one
+    // before (which crashed at once), as the children themselves note the times.
     let go = multiproc::Event::new().unwrap();
+    let dir = tempdir("backoff");
+    let starts = dir.join("starts").display().to_string();
     let sup = Supervisor::builder()
         .backoff(ms(200), ms(5000))
         .jitter(Jitter::None)
         .intensity(100, Duration::from_secs(60))
-        .child(ChildSpec::new("timed crasher", crash_on, go.clone()))
+        .child(ChildSpec::new(
+            "timed crasher",
+            note_start_crash_on,
+            (starts.clone(), go.clone()),
+        ))
         .build()
         .unwrap();
-    let events = sup.events();
     go.set();
-    let mut crashed_at = None;
-    let mut gaps = Vec::new();
-    while gaps.len() < 3 {
-        match events.recv_timeout(T).expect("an event") {
-            SupervisorEvent::Exited { .. } => crashed_at = Some(Instant::now()),
-            SupervisorEvent::Started { .. } => {
-                if let Some(at) = crashed_at.take() {
-                    gaps.push(at.elapsed());
-                }
-            }
-            _ => {}
-        }
-    }
+    let noted = || -> Vec<u64> {
+        std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    assert!(eventually(T, || noted().len() >= 4));
+    sup.shutdown().unwrap();
+    let noted = noted();
+    let gaps: Vec<Duration> = noted
+        .windows(2)
+        .take(3)
+        .map(|w| Duration::from_nanos(w[1] - w[0]))
+        .collect();
     for (gap, delay) in gaps.iter().zip([200, 400, 800]) {
         assert!(
-            *gap >= ms(delay - 100),
-            "restarted {gap:?} after a crash, the delay was {delay} ms: {gaps:?}"
+            *gap >= ms(delay),
+            "started {gap:?} after the start before, the delay was {delay} ms: {gaps:?}"
         );
     }
-    sup.shutdown().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
     // A child that ran longer than `reset_after` before crashing starts from the base.
     let sup = Supervisor::builder()
         .backoff(ms(20), ms(1000))

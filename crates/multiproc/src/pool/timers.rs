@@ -177,7 +177,9 @@ mod tests {
     fn actions_run_in_time_order_and_stop_runs_the_rest_as_stopping() {
         let timers = Timers::new("timers-test".into());
         let (tx, rx) = mpsc::channel();
-        let now = Instant::now();
+        // Far enough ahead that all three are in before the first is due, however late
+        // this thread runs.
+        let now = Instant::now() + Duration::from_secs(2);
         for (n, ms) in [(2, 30u64), (1, 10), (3, 50)] {
             let tx = tx.clone();
             timers
