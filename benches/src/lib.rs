@@ -763,8 +763,8 @@ fn timed_command(command: &mut Command) -> Duration {
 /// The workloads `multiproc-bench loop NAME N` runs on their own, for a profiler
 /// (`perf record`, `perf sched record`, `strace -f`): one run of `n` operations.
 pub const LOOPS: &[&str] = &[
-    "spawn", "queue", "queue1m", "backlog", "pipe", "event", "barrier", "map", "maps", "imap",
-    "submit", "manager",
+    "spawn", "queue", "queue1m", "backlog", "pipe", "event", "barrier", "lock", "map", "maps",
+    "imap", "submit", "manager",
 ];
 
 /// One run of the workload `name` (one of [`LOOPS`]) with `n` operations; `None` for an
@@ -778,6 +778,7 @@ pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
         "pipe" => ipc::pipe_round_trip(n),
         "event" => sync::event_handoff(n),
         "barrier" => sync::barrier_rounds(n),
+        "lock" => sync::lock_counter(n),
         "map" => pool::map(n),
         "maps" => pool::maps_of_100k(n),
         "imap" => pool::imap_one_by_one(n),
