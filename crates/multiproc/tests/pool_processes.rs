@@ -1148,7 +1148,7 @@ fn helper_leaks() {
 }
 
 fn no_descriptor_or_mapping_leaks() {
-    let mut h = Helper::start("leaks");
+    let mut h = Helper::start_counting_mappings("leaks");
     let line = h.expect("fds ", Duration::from_secs(300));
     let v: Vec<&str> = line.split(' ').collect();
     assert_eq!(v[0], v[1], "descriptors leaked: {line}");

@@ -1143,7 +1143,7 @@ fn helper_leaks() {
 }
 
 fn no_descriptor_or_mapping_leaks() {
-    let mut h = Helper::start("leaks");
+    let mut h = Helper::start_counting_mappings("leaks");
     let line = h.expect("fds ", Duration::from_secs(120));
     let parts: Vec<&str> = line.split(' ').collect();
     assert_eq!(parts[0], parts[1], "descriptors leaked: {line}");

@@ -189,6 +189,17 @@ impl Helper {
         Helper::start_with(mode, std::env::current_exe().unwrap(), &[])
     }
 
+    /// A helper that counts its own mappings before and after some work: with one
+    /// malloc arena, so that a thread that happens to find the arenas busy does not add
+    /// one (two mappings that stay for the life of the process, and are no leak).
+    pub fn start_counting_mappings(mode: &str) -> Helper {
+        Helper::start_with(
+            mode,
+            std::env::current_exe().unwrap(),
+            &[("MALLOC_ARENA_MAX", "1")],
+        )
+    }
+
     pub fn start_with(mode: &str, exe: std::path::PathBuf, env: &[(&str, &str)]) -> Helper {
         Helper::start_command(mode, Command::new(exe), env)
     }
