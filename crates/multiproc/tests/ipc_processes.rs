@@ -818,15 +818,15 @@ fn no_descriptor_leaks() {
 }
 
 /// Takes items for ever (until killed).
-fn drain_forever(q: Queue<Vec<u8>>) {
+fn drain_forever(q: Queue<ByteBuf>) {
     loop {
         let _ = q.get();
     }
 }
 
 /// Puts copies of one item for ever (until killed).
-fn fill_forever((q, len): (Queue<Vec<u8>>, usize)) {
-    let item = vec![7u8; len];
+fn fill_forever((q, len): (Queue<ByteBuf>, usize)) {
+    let item = ByteBuf(vec![7u8; len]);
     loop {
         let _ = q.put(item.clone());
     }
@@ -876,7 +876,16 @@ fn stop_rounds(
 /// timed and non-blocking calls on that side must return in time.
 fn stopped_peer_rounds(stop_consumer: bool) {
     for len in [16usize, 1 << 20] {
-        let q = Queue::<Vec<u8>>::new().unwrap();
+        // Items are bytes, copied in and out of the ring in one block, so that a side
+        // spends much of its time in its lock (a `Vec<u8>` is coded byte by byte,
+        // outside it). A consumer to catch in its lock must always have items to copy
+        // out: a bounded queue kept full by the producer. A producer to catch in its
+        // lock must always have room: an unbounded queue.
+        let q = if stop_consumer {
+            Queue::<ByteBuf>::bounded(64).unwrap()
+        } else {
+            Queue::<ByteBuf>::new().unwrap()
+        };
         let consumer = multiproc::spawn(drain_forever, q.clone()).unwrap();
         let producer = multiproc::spawn(fill_forever, (q.clone(), len)).unwrap();
         let peer = if stop_consumer {
@@ -900,8 +909,8 @@ fn stopped_peer_rounds(stop_consumer: bool) {
             } else {
                 // The running consumer keeps room: only the producers' lock can be in
                 // the way.
-                let timed = q.put_timeout(vec![2u8; len], timeout).is_err();
-                let tried = q.try_put(vec![3u8; len]).is_err();
+                let timed = q.put_timeout(ByteBuf(vec![2u8; len]), timeout).is_err();
+                let tried = q.try_put(ByteBuf(vec![3u8; len])).is_err();
                 (timed, tried)
             };
             assert!(t0.elapsed() < timeout + SLACK);
