@@ -763,8 +763,20 @@ fn timed_command(command: &mut Command) -> Duration {
 /// The workloads `multiproc-bench loop NAME N` runs on their own, for a profiler
 /// (`perf record`, `perf sched record`, `strace -f`): one run of `n` operations.
 pub const LOOPS: &[&str] = &[
-    "spawn", "queue", "queue1m", "backlog", "pipe", "event", "barrier", "lock", "map", "maps",
-    "imap", "submit", "manager",
+    "spawn",
+    "spawn_fork",
+    "queue",
+    "queue1m",
+    "backlog",
+    "pipe",
+    "event",
+    "barrier",
+    "lock",
+    "map",
+    "maps",
+    "imap",
+    "submit",
+    "manager",
 ];
 
 /// One run of the workload `name` (one of [`LOOPS`]) with `n` operations; `None` for an
@@ -772,6 +784,7 @@ pub const LOOPS: &[&str] = &[
 pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
     Some(match name {
         "spawn" => spawn::multiproc(StartMethod::ForkServer, n),
+        "spawn_fork" => spawn::multiproc_fork(n),
         "queue" => ipc::queue_small(n),
         "queue1m" => ipc::queue_bytes(1 << 20, n),
         "backlog" => ipc::queue_backlog(1024, n),

@@ -42,6 +42,10 @@ fn main() {
                 spawns_leave_no_zombie_process_or_fd,
             ),
             trial("environment_and_directory", environment_and_directory),
+            trial(
+                "children_follow_the_parents_directory",
+                children_follow_the_parents_directory,
+            ),
             trial("piped_stdio", piped_stdio),
             trial("stdout_to_file", stdout_to_file),
             trial("logging_names_processes", logging_names_processes),
@@ -81,6 +85,7 @@ fn helpers(mode: &str) {
         "daemon_at_exit" => helper_daemon_at_exit(),
         "leaks" => helper_leaks(),
         "logging" => helper_logging(),
+        "directories" => helper_directories(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -515,6 +520,58 @@ fn environment_and_directory() {
         let env = child.join_timeout(T).unwrap();
         assert_eq!((env.set.as_deref(), env.path), (Some("only"), None));
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn marker_here(_: ()) -> Option<String> {
+    std::fs::read_to_string("marker").ok()
+}
+
+/// Started in a directory holding `marker` ("old"), where its fork server starts too.
+fn helper_directories() {
+    let methods = [StartMethod::ForkServer, StartMethod::Spawn];
+    let marker = |what: &str| {
+        for method in methods {
+            let found = Builder::new()
+                .start_method(method)
+                .spawn(marker_here, ())
+                .unwrap()
+                .join_timeout(T)
+                .unwrap();
+            println!("{what} {found:?}");
+        }
+    };
+    marker("same");
+    // The same path, but another directory: the server's is gone.
+    let dir = std::env::current_dir().unwrap();
+    std::fs::remove_file("marker").unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("marker"), "new").unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    marker("remade");
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("marker"), "sub").unwrap();
+    std::env::set_current_dir(&sub).unwrap();
+    marker("other");
+}
+
+/// A child starts in its parent's directory as it is at the spawn: the fork server's
+/// while the parent is still there, another one after the parent moved, even one of the
+/// same name as the server's.
+fn children_follow_the_parents_directory() {
+    let dir = common::tempdir("directories");
+    std::fs::write(dir.join("marker"), "old").unwrap();
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.current_dir(&dir);
+    let mut h = Helper::start_command("directories", command, &[]);
+    for (what, found) in [("same", "old"), ("remade", "new"), ("other", "sub")] {
+        for _method in 0..2 {
+            assert_eq!(h.expect(&format!("{what} "), T), format!("Some({found:?})"));
+        }
+    }
+    assert!(h.wait(T).success());
     let _ = std::fs::remove_dir_all(dir);
 }
 

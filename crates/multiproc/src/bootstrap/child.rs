@@ -177,7 +177,10 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
             },
         );
     }
-    sys::set_name(&name);
+    // A child of the fork server was named before it was handed its call.
+    if executed == Origin::Executed {
+        sys::set_name(&name);
+    }
     if let Some(setup) = setup
         && let Err(payload) = panic::catch_unwind(setup)
     {
@@ -187,7 +190,11 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         );
         fail(&mut conn, &why, executed);
     }
-    install_panic_hook();
+    // A child of the fork server has the hook the server installed, unless a setup
+    // function (which may set hooks of its own) ran first.
+    if executed != Origin::Server || setup.is_some() {
+        install_panic_hook();
+    }
     if let Some(limits) = &header.limits
         && let Err(why) = super::setup::apply_limits(limits)
     {

@@ -345,10 +345,11 @@ impl Builder {
         let identity = bootstrap::exe_identity()?;
         let cwd = match &self.cwd {
             Some(dir) => Some(checked_dir(dir)?),
-            // The parent's directory now (it may have changed since the server started).
-            None => std::env::current_dir().ok(),
+            // The parent's directory at the fork (below).
+            None => None,
         };
-        let env = self.environment();
+        let explicit_cwd = cwd.is_some();
+        let env = self.environment_block();
         let number = bootstrap::next_child_number();
         let name = self
             .name
@@ -375,13 +376,13 @@ impl Builder {
         let (ours, theirs) = sys::stream_pair()?;
         let (status_read, status_write) = sys::pipe()?;
         let (stdio_child, stdio_parent) = self.resolve_stdio()?;
-        let request = messages::ForkRequest {
+        let mut request = messages::ForkRequest {
             launch,
             name: name.clone(),
             daemon: self.daemon,
             process_group: self.process_group,
             cwd: cwd.map(messages::path_bytes),
-            env: messages::env_block(env),
+            env,
             memory_cgroup: limits.cgroup,
             cgroup: None,
         };
@@ -394,6 +395,15 @@ impl Builder {
             conn.send(messages::CALL, &[&prefix, &args.bytes], &fds)?;
         }
         let (pid, pidfd) = bootstrap::with_server(|server| {
+            // The parent's directory now (it may have changed since the server started),
+            // unless that is the server's, which the child inherits.
+            if !explicit_cwd {
+                request.cwd = if server.shares_cwd() {
+                    None
+                } else {
+                    std::env::current_dir().ok().map(messages::path_bytes)
+                };
+            }
             let mut fds = vec![theirs.as_fd(), status_write.as_fd()];
             fds.extend(stdio_child.iter().map(AsFd::as_fd));
             server.fork(&request, &fds)
@@ -454,7 +464,10 @@ impl Builder {
             .unwrap_or_else(|| default_name(&me, number));
         let (ours, theirs) = sys::stream_pair()?;
         let (stdio_child, stdio_parent) = self.resolve_stdio()?;
-        let env = self.environment();
+        // Built before the fork (the child must not read the environment another thread
+        // may be changing), and only when the builder changes it: otherwise the child
+        // keeps the copy it was forked with.
+        let env = (self.env_clear || !self.env.is_empty()).then(|| self.environment_block());
         let parent_pid = sys::getpid();
         let forking_thread_is_main = sys::is_main_thread();
         // Unflushed output would be written twice, once by each process.
@@ -501,7 +514,7 @@ impl Builder {
                     stdio: stdio_child,
                     cwd: self.cwd.clone(),
                     process_group: self.process_group,
-                    env: (self.env_clear || !self.env.is_empty()).then(|| messages::env_block(env)),
+                    env,
                     // The parent-death signal follows the forking thread, not the parent
                     // process; only the main thread lives as long as the process. A
                     // watchdog on the death pipe covers every case.
@@ -555,6 +568,17 @@ impl Builder {
             return Err(SpawnError::TooDeep { limit: MAX_DEPTH });
         }
         Ok(me)
+    }
+
+    /// The child's complete environment, encoded as a fork request carries it.
+    fn environment_block(&self) -> messages::Bytes {
+        if self.env_clear || !self.env.is_empty() {
+            return messages::env_block(self.environment());
+        }
+        messages::env_block(
+            std::env::vars_os()
+                .filter(|(k, _)| k != bootstrap::CHILD_TOKEN && k != bootstrap::SERVER_TOKEN),
+        )
     }
 
     /// The child's complete environment.

@@ -34,6 +34,10 @@ pub(crate) const HEADER_LEN: usize = 16;
 /// Bytes read at a time while looking for headers (bodies are read into their own
 /// buffers), and the largest step a body grows by.
 const CHUNK: usize = 8 * 1024;
+/// What a connection reads into at first: its buffer doubles, up to `CHUNK`, each
+/// time a read fills it. A process that receives one message (a child its call, a
+/// fork server's spare its assignment) writes no more memory than that message needs.
+const FIRST_CHUNK: usize = 256;
 const BODY_STEP: usize = 16 * 1024 * 1024;
 
 /// One received frame.
@@ -140,10 +144,14 @@ struct Pending {
 pub(crate) struct Conn {
     fd: OwnedFd,
     max_body: u64,
-    /// Bytes received but not yet part of a frame.
+    /// Bytes received but not yet part of a frame: `buf[start..end]`. Zeroed once when
+    /// it grows, not at each receive, which writes only the bytes that arrive: in a
+    /// process forked from this one's owner each page written is a page copied.
     buf: Vec<u8>,
-    /// Start of the unconsumed part of `buf`.
     start: usize,
+    end: usize,
+    /// The last read filled the buffer: grow it before the next.
+    filled: bool,
     fds: VecDeque<OwnedFd>,
     pending: Option<Pending>,
 }
@@ -164,6 +172,8 @@ impl Conn {
             max_body,
             buf: Vec::new(),
             start: 0,
+            end: 0,
+            filled: false,
             fds: VecDeque::new(),
             pending: None,
         }
@@ -200,15 +210,28 @@ impl Conn {
             tag,
         }
         .encode();
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
-        slices.push(IoSlice::new(&header));
-        slices.extend(
-            parts
-                .iter()
-                .filter(|p| !p.is_empty())
-                .map(|p| IoSlice::new(p)),
-        );
-        let mut slices = &mut slices[..];
+        // The header and up to `INLINE_PARTS - 1` parts on the stack, more in a vector.
+        const INLINE_PARTS: usize = 4;
+        let parts = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p));
+        let mut inline = [IoSlice::new(&[]); INLINE_PARTS];
+        let mut spilled: Vec<IoSlice<'_>>;
+        let mut slices: &mut [IoSlice<'_>] = if parts.clone().count() < INLINE_PARTS {
+            inline[0] = IoSlice::new(&header);
+            let mut n = 1;
+            for part in parts {
+                inline[n] = part;
+                n += 1;
+            }
+            &mut inline[..n]
+        } else {
+            spilled = std::iter::once(IoSlice::new(&header))
+                .chain(parts)
+                .collect();
+            &mut spilled[..]
+        };
         let mut first = true;
         while !slices.is_empty() {
             let passed: &[BorrowedFd<'_>] = if first { fds } else { &[] };
@@ -241,7 +264,7 @@ impl Conn {
     /// Takes a complete frame out of what has been received, if there is one.
     fn parse(&mut self) -> Result<Option<Frame>, RecvFrameError> {
         if self.pending.is_none() {
-            let avail = &self.buf[self.start..];
+            let avail = &self.buf[self.start..self.end];
             if avail.len() < HEADER_LEN {
                 return Ok(None);
             }
@@ -251,15 +274,15 @@ impl Conn {
             self.start += HEADER_LEN;
             // Bounded by what has arrived or by one step, not by what the header claims.
             let len = usize::try_from(header.len).unwrap_or(usize::MAX);
-            let have = (self.buf.len() - self.start).min(len);
+            let have = (self.end - self.start).min(len);
             let mut body = Vec::with_capacity(have.max(len.min(BODY_STEP)));
             body.extend_from_slice(&self.buf[self.start..self.start + have]);
             self.start += have;
             self.pending = Some(Pending { header, body });
         }
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
         let complete = matches!(&self.pending, Some(p) if p.body.len() as u64 == p.header.len);
         if !complete {
@@ -296,19 +319,25 @@ impl Conn {
             p.body.truncate(old + n);
             got?
         } else {
+            // Only part of a header is left (a whole one would have been parsed).
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
-            let old = self.buf.len();
-            self.buf.resize(old + CHUNK, 0);
-            let got = recv_some(&self.fd, &mut self.buf[old..], &mut self.fds, deadline);
-            let n = *got.as_ref().unwrap_or(&0);
-            self.buf.truncate(old + n);
-            got?
+            if self.buf.is_empty() {
+                self.buf = vec![0; FIRST_CHUNK];
+            } else if self.filled && self.buf.len() < CHUNK {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let room = self.buf.len() - self.end;
+            let n = recv_some(&self.fd, &mut self.buf[self.end..], &mut self.fds, deadline)?;
+            self.filled = n == room;
+            self.end += n;
+            n
         };
         if n == 0 {
-            let mid_frame = self.pending.is_some() || self.buf.len() > self.start;
+            let mid_frame = self.pending.is_some() || self.end > self.start;
             return Err(if mid_frame {
                 RecvFrameError::Truncated
             } else {
@@ -400,6 +429,26 @@ mod tests {
         let f = b.recv(None).unwrap();
         assert_eq!((f.tag, f.body.len()), (3, 100_000));
         assert!(f.body.iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn the_buffer_starts_small_and_grows_while_reads_fill_it() {
+        let (mut a, mut b) = pair();
+        a.send(9, &[b"one"], &[]).unwrap();
+        assert_eq!(&b.recv(None).unwrap().body[..], b"one");
+        assert_eq!(b.buf.len(), FIRST_CHUNK);
+        // Many frames in one write: each read fills the buffer, which doubles up to
+        // `CHUNK`.
+        let bodies: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let bytes = valid_frames(&bodies);
+        let mut sent = 0;
+        while sent < bytes.len() {
+            sent += sys::send_with_fds(a.fd(), &[IoSlice::new(&bytes[sent..])], &[]).unwrap();
+        }
+        for body in &bodies {
+            assert_eq!(&b.recv(None).unwrap().body, body);
+        }
+        assert_eq!(b.buf.len(), CHUNK);
     }
 
     #[test]

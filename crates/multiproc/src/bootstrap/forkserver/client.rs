@@ -22,6 +22,9 @@ pub(crate) struct ForkServer {
     pid: u32,
     pidfd: OwnedFd,
     conn: Conn,
+    /// The directory the server runs in (this process's when it started it), which
+    /// its children inherit: device and inode.
+    cwd: Option<(u64, u64)>,
 }
 
 impl ForkServer {
@@ -29,6 +32,7 @@ impl ForkServer {
     /// `death` is the read end of this process's death pipe, for the server's children.
     pub(crate) fn fork_now(death: OwnedFd) -> io::Result<Option<Self>> {
         let (ours, theirs) = sys::stream_pair()?;
+        let cwd = sys::cwd_id().ok();
         match sys::fork_if_single_threaded()? {
             None => Ok(None),
             Some(sys::Forked::Child) => {
@@ -44,6 +48,7 @@ impl ForkServer {
                     pid,
                     pidfd,
                     conn: Conn::new(ours, messages::MAX_CONTROL),
+                    cwd,
                 }))
             }
         }
@@ -53,6 +58,7 @@ impl ForkServer {
     /// forking it would not be sound).
     pub(crate) fn exec_now(death: OwnedFd) -> io::Result<Self> {
         let (ours, theirs) = sys::stream_pair()?;
+        let cwd = sys::cwd_id().ok();
         // `spawn_self` puts the connection at 3 (CHANNEL_FD) and the death pipe at 4
         // (DEATH_FD); the server knows the token is its own by the connection's identity.
         let token = format_token(CHANNEL_FD, Some(DEATH_FD), sys::file_id(theirs.as_fd())?);
@@ -68,7 +74,14 @@ impl ForkServer {
             pid,
             pidfd,
             conn: Conn::new(ours, messages::MAX_CONTROL),
+            cwd,
         })
+    }
+
+    /// Whether this process is in the directory the server runs in (the same one, not
+    /// merely one of the same name): its children need not change directory.
+    pub(crate) fn shares_cwd(&self) -> bool {
+        self.cwd.is_some() && sys::cwd_id().ok() == self.cwd
     }
 
     /// Asks for a child. `fds`: the child's call channel, the status pipe's write end,
@@ -124,7 +137,9 @@ impl ForkServer {
     /// Closes the connection, which tells the server to exit (killing any daemon children
     /// it still has), and reaps it.
     pub(crate) fn shut_down(self) {
-        let ForkServer { pid, pidfd, conn } = self;
+        let ForkServer {
+            pid, pidfd, conn, ..
+        } = self;
         drop(conn);
         let deadline = Instant::now() + EXIT_GRACE;
         let exited = sys::wait_readable(&[pidfd.as_fd()], Some(deadline))

@@ -163,6 +163,12 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     sys::raise_fd_limit();
     // Never changes in the server; children compare the requested environment with it.
     let env = messages::env_block(std::env::vars_os());
+    // Computed once here, so that each child (an image of this process) finds it cached
+    // when it checks the parent's executable against its own: a `stat` of
+    // `/proc/self/exe` and a walk of the loader's tables fewer per child.
+    let _ = sys::exe_identity();
+    // Likewise the panic hook that records a child's panics for its report.
+    crate::bootstrap::panic::install_panic_hook();
     let info = FromServer {
         pid: sys::getpid(),
         executed,

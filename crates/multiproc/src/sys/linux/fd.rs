@@ -55,6 +55,28 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
     Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
+/// Room for the control message of the most descriptors one message carries: on the
+/// stack, so that sending allocates nothing.
+const RIGHTS_SPACE: [MaybeUninit<u8>; rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))] =
+    [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+
+/// The control message passing `fds` (none if empty), in `space`.
+fn rights<'a>(
+    space: &'a mut [MaybeUninit<u8>],
+    fds: &'a [BorrowedFd<'a>],
+) -> io::Result<SendAncillaryBuffer<'a, 'a, 'a>> {
+    let len = if fds.is_empty() {
+        0
+    } else {
+        rustix::cmsg_space!(ScmRights(fds.len()))
+    };
+    let mut control = SendAncillaryBuffer::new(&mut space[..len]);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("descriptor control buffer too small"));
+    }
+    Ok(control)
+}
+
 /// Sends `bufs` (and, with the first byte, `fds`) on a socket. Returns the number of bytes
 /// written, which may be short; never raises `SIGPIPE`.
 pub(crate) fn send_with_fds(
@@ -73,11 +95,8 @@ pub(crate) fn send_with_fds(
             format!("at most {MAX_FDS_PER_MESSAGE} descriptors fit in one message"),
         ));
     }
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("descriptor control buffer too small"));
-    }
+    let mut space = RIGHTS_SPACE;
+    let mut control = rights(&mut space, fds)?;
     retry(|| rustix::net::sendmsg(sock, bufs, &mut control, SendFlags::NOSIGNAL))
 }
 
@@ -117,11 +136,8 @@ pub(crate) fn send_packet(
     bufs: &[IoSlice<'_>],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("descriptor control buffer too small"));
-    }
+    let mut space = RIGHTS_SPACE;
+    let mut control = rights(&mut space, fds)?;
     retry(|| {
         rustix::net::sendmsg(
             sock,

@@ -218,6 +218,12 @@ pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
+/// The device and inode of this process's current directory.
+pub(crate) fn cwd_id() -> io::Result<(u64, u64)> {
+    let st = rustix::fs::stat(".")?;
+    Ok((st.st_dev, st.st_ino))
+}
+
 /// Unlinks the segment `name` if it is still the file `id` (not one created since under
 /// the same name).
 pub(crate) fn shm_unlink_if(name: &str, id: (u64, u64)) {

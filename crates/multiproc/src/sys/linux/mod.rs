@@ -37,7 +37,7 @@ pub(crate) use limits::{
     memory_cgroup_home, oom_kills, remove_cgroup, set_rlimit,
 };
 pub(crate) use mem::{
-    doorbell, file_id, file_len, fully_sealed, grow, map_shared, map_shared_at, memfd,
+    cwd_id, doorbell, file_id, file_len, fully_sealed, grow, map_shared, map_shared_at, memfd,
     memfd_growable, packet_pair, prefault, punch_hole, ring, sealed_memfd, shm_create, shm_open,
     shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };

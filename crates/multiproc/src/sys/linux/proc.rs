@@ -1,7 +1,7 @@
 //! Processes: pids, pidfds, signals, exit statuses, names, threads and the executable's
 //! identity.
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -148,9 +148,14 @@ pub(crate) fn set_name(name: &str) {
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    if let Ok(name) = CString::new(&name[..end]) {
+    // On the stack: a child names itself before it has allocated anything, and every
+    // page a forked child writes is a page copied.
+    let mut buf = [0u8; 16];
+    buf[..end].copy_from_slice(&name.as_bytes()[..end]);
+    // A name holding a NUL is left unset, like one that cannot be a C string.
+    if let Ok(name) = CStr::from_bytes_with_nul(&buf[..=end]) {
         // Naming is cosmetic: a failure changes nothing else.
-        let _ = rustix::thread::set_name(&name);
+        let _ = rustix::thread::set_name(name);
     }
 }
 
