@@ -131,22 +131,30 @@ pub(crate) struct State {
     pub(crate) tracker: Option<SegmentTracker>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
-    server: None,
-    death: None,
-    tracked: Vec::new(),
-    tracker: None,
-});
+/// This process's state and description, side by side: a child locks both as it starts,
+/// and each page a forked child writes is a page copied.
+struct Statics {
+    state: Mutex<State>,
+    me: Mutex<Option<Arc<Me>>>,
+}
 
-static ME: Mutex<Option<Arc<Me>>> = Mutex::new(None);
+static STATICS: Statics = Statics {
+    state: Mutex::new(State {
+        server: None,
+        death: None,
+        tracked: Vec::new(),
+        tracker: None,
+    }),
+    me: Mutex::new(None),
+};
 
 pub(crate) fn state() -> MutexGuard<'static, State> {
-    unpoisoned::lock(&STATE)
+    unpoisoned::lock(&STATICS.state)
 }
 
 /// The lock on this process's description; hold it only to read or replace the `Arc`.
 pub(crate) fn me_lock() -> MutexGuard<'static, Option<Arc<Me>>> {
-    unpoisoned::lock(&ME)
+    unpoisoned::lock(&STATICS.me)
 }
 
 /// Starts multiproc in this process. Call it early in `main`, before spawning anything.

@@ -189,6 +189,16 @@ thread_local! {
     static MEASURING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Touches this thread's coding state, so that the thread-locals that need a destructor
+/// are registered. The fork server calls it once: the children it forks inherit the
+/// registration rather than each making it (a walk of the loader's tables) on its first
+/// encode and decode.
+pub(crate) fn register_thread_state() {
+    OUTGOING.with(|_| ());
+    INCOMING.with(|_| ());
+    REFUSED.with(|_| ());
+}
+
 /// For a handle's `Serialize`: whether this serialization only measures the value (or
 /// looks for why it failed), so that a handle counting how often it is sent (a manager
 /// proxy) counts the pass that is really sent only.
