@@ -28,6 +28,30 @@ fn fork_server_child_from_a_test() {
     assert_eq!(child.join_timeout(T).unwrap(), 49);
 }
 
+fn boom(x: u64) -> u64 {
+    panic!("boom {x}")
+}
+
+/// Without a setup function, a child of the fork server records its panic through the
+/// hook the server installed: the report has the panic's location.
+#[test]
+fn a_child_panic_comes_back_with_its_location() {
+    let _guard = setup();
+    let mut child = Builder::new()
+        .stderr(multiproc::Stdio::null())
+        .spawn(boom, 3)
+        .unwrap();
+    let Err(multiproc::ProcessError::Panicked(p)) = child.join_timeout(T) else {
+        panic!("the child did not report a panic")
+    };
+    assert_eq!(p.message(), "boom 3");
+    let location = p.location().expect("the panic's location");
+    assert!(
+        location.file().ends_with("process_std_harness.rs"),
+        "{location}"
+    );
+}
+
 #[test]
 fn spawn_method_child_from_a_test() {
     let _guard = setup();

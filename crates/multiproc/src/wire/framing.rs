@@ -31,13 +31,14 @@ use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 const MAGIC: [u8; 4] = *b"MPF1";
 /// Size of a frame header.
 pub(crate) const HEADER_LEN: usize = 16;
-/// Bytes read at a time while looking for headers (bodies are read into their own
-/// buffers), and the largest step a body grows by.
+/// The most bytes read at a time while looking for headers (bodies are read into their
+/// own buffers).
 const CHUNK: usize = 8 * 1024;
 /// What a connection reads into at first: its buffer doubles, up to `CHUNK`, each
 /// time a read fills it. A process that receives one message (a child its call, a
 /// fork server's spare its assignment) writes no more memory than that message needs.
 const FIRST_CHUNK: usize = 256;
+/// The largest step a body's buffer grows by while it arrives.
 const BODY_STEP: usize = 16 * 1024 * 1024;
 
 /// One received frame.
@@ -436,6 +437,11 @@ mod tests {
         let (mut a, mut b) = pair();
         a.send(9, &[b"one"], &[]).unwrap();
         assert_eq!(&b.recv(None).unwrap().body[..], b"one");
+        // Frames that arrive one at a time never fill it.
+        for i in 0..20u8 {
+            a.send(i, &[&[i; 100]], &[]).unwrap();
+            assert_eq!(b.recv(None).unwrap().body, [i; 100]);
+        }
         assert_eq!(b.buf.len(), FIRST_CHUNK);
         // Many frames in one write: each read fills the buffer, which doubles up to
         // `CHUNK`.

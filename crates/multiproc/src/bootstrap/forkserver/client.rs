@@ -70,6 +70,9 @@ impl ForkServer {
             &[theirs, death],
         )?;
         tracing::trace!(pid, "fork server started by exec");
+        // Another thread may have changed directory while the server started: then which
+        // directory the server got is not known, and children always change to theirs.
+        let cwd = cwd.filter(|&before| sys::cwd_id().ok() == Some(before));
         Ok(ForkServer {
             pid,
             pidfd,

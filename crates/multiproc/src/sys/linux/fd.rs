@@ -65,6 +65,12 @@ fn rights<'a>(
     space: &'a mut [MaybeUninit<u8>],
     fds: &'a [BorrowedFd<'a>],
 ) -> io::Result<SendAncillaryBuffer<'a, 'a, 'a>> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_FDS_PER_MESSAGE} descriptors fit in one message"),
+        ));
+    }
     let len = if fds.is_empty() {
         0
     } else {
@@ -88,12 +94,6 @@ pub(crate) fn send_with_fds(
         return retry(|| {
             rustix::net::sendmsg(sock, bufs, &mut Default::default(), SendFlags::NOSIGNAL)
         });
-    }
-    if fds.len() > MAX_FDS_PER_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("at most {MAX_FDS_PER_MESSAGE} descriptors fit in one message"),
-        ));
     }
     let mut space = RIGHTS_SPACE;
     let mut control = rights(&mut space, fds)?;
