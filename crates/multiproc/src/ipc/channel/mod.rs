@@ -64,10 +64,23 @@ const NAP: Duration = Duration::from_millis(5);
 /// [`RawSender::room_soon`]).
 const OVERFLOW_WAIT: Duration = Duration::from_millis(1);
 
+#[cfg(test)]
+thread_local! {
+    /// `OVERFLOW_WAIT` for sends from this thread: a test that needs a consumer to act
+    /// within the wait makes it long enough for a loaded machine.
+    static OVERFLOW_WAIT_HERE: std::cell::Cell<Duration> = const {
+        std::cell::Cell::new(OVERFLOW_WAIT)
+    };
+}
+
 /// How long a send to an unbounded channel whose own ring is full waits for consumers to
 /// make room there (see [`RawSender::room_soon`]): `None` for a non-blocking send.
 fn overflow_wait_until(wait: Deadline) -> Option<Instant> {
-    let until = Instant::now().checked_add(OVERFLOW_WAIT)?;
+    #[cfg(test)]
+    let overflow_wait = OVERFLOW_WAIT_HERE.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    let overflow_wait = OVERFLOW_WAIT;
+    let until = Instant::now().checked_add(overflow_wait)?;
     match wait {
         Deadline::Now => None,
         _ => Some(wait.instant().map_or(until, |d| d.min(until))),
@@ -1230,41 +1243,43 @@ mod tests {
         assert!(matches!(take(&rx), Err(RecvFail::Empty)));
 
         // A consumer that starts taking messages once the sender waits: the message goes
-        // into the room it made, no segment is made. The consumer must act within the
-        // wait, which a loaded machine may not let it do every time: one of 20 tries will.
-        let stayed = (0..20).any(|_| {
-            let (tx, rx) = unbounded(MIN_RING).unwrap();
-            let full = fill_own_ring(&tx, 100);
-            let h = rx.core.header();
-            let sent = std::sync::atomic::AtomicBool::new(false);
-            let mut got = std::thread::scope(|s| {
-                let consumer = s.spawn(|| {
-                    let end = Instant::now() + Duration::from_secs(5);
-                    while h.sleepers.0.send_nappers.load(SeqCst) == 0 && Instant::now() < end {
-                        std::thread::yield_now();
+        // into the room it made, no segment is made. The wait is long here, so that a
+        // loaded machine cannot keep the consumer off a CPU for all of it.
+        OVERFLOW_WAIT_HERE.with(|w| w.set(Duration::from_secs(10)));
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let full = fill_own_ring(&tx, 100);
+        let h = rx.core.header();
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let (mut got, waited) = std::thread::scope(|s| {
+            let consumer = s.spawn(|| {
+                let end = Instant::now() + Duration::from_secs(20);
+                while h.sleepers.0.send_nappers.load(SeqCst) == 0 && Instant::now() < end {
+                    std::thread::yield_now();
+                }
+                let waited = h.sleepers.0.send_nappers.load(SeqCst) > 0;
+                let mut got = Vec::new();
+                while !sent.load(SeqCst) && Instant::now() < end {
+                    if let Ok(m) = take(&rx) {
+                        got.push(number(&m));
                     }
-                    let mut got = Vec::new();
-                    while !sent.load(SeqCst) && Instant::now() < end {
-                        if let Ok(m) = take(&rx) {
-                            got.push(number(&m));
-                        }
-                    }
-                    got
-                });
-                tx.send(numbered(full, 100), Deadline::Never, false)
-                    .unwrap();
-                sent.store(true, SeqCst);
-                consumer.join().unwrap()
+                }
+                (got, waited)
             });
-            while let Ok(m) = take(&rx) {
-                got.push(number(&m));
-            }
-            assert_eq!(got, (0..=full).collect::<Vec<_>>());
-            h.overflow.0.made.load(SeqCst) == 0
+            tx.send(numbered(full, 100), Deadline::Never, false)
+                .unwrap();
+            sent.store(true, SeqCst);
+            consumer.join().unwrap()
         });
-        assert!(
-            stayed,
-            "every send overflowed although a consumer made room"
+        OVERFLOW_WAIT_HERE.with(|w| w.set(OVERFLOW_WAIT));
+        assert!(waited, "the sender never waited for room");
+        while let Ok(m) = take(&rx) {
+            got.push(number(&m));
+        }
+        assert_eq!(got, (0..=full).collect::<Vec<_>>());
+        assert_eq!(
+            h.overflow.0.made.load(SeqCst),
+            0,
+            "the send overflowed although a consumer made room"
         );
     }
 
