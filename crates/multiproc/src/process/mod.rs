@@ -343,11 +343,8 @@ impl Builder {
             sys::entry::<bootstrap::ChildCall, A, R>(f).map_err(|_| SpawnError::NotInExecutable)?;
         let args = codec::encode(&args).map_err(SpawnError::Codec)?;
         let identity = bootstrap::exe_identity()?;
-        let cwd = match &self.cwd {
-            Some(dir) => Some(checked_dir(dir)?),
-            // The parent's directory at the fork (below).
-            None => None,
-        };
+        // Without one set here, the parent's directory at the fork (below).
+        let cwd = self.cwd.as_ref().map(checked_dir).transpose()?;
         let explicit_cwd = cwd.is_some();
         let env = self.environment_block();
         let number = bootstrap::next_child_number();
