@@ -115,10 +115,10 @@ pub mod ipc {
     /// last and exited.
     pub fn queue_backlog(size: usize, n: u64) -> Duration {
         let q = Queue::new().expect("queue");
-        let msg = vec![7u8; size];
+        let msg = ByteBuf::from(vec![7u8; size]);
         let start = Instant::now();
         for _ in 0..n {
-            q.put(ByteBuf::from(msg.clone())).expect("put");
+            q.put_ref(&msg).expect("put");
         }
         let consumer = multiproc::spawn(get_bytes, (q.clone(), n)).expect("spawn");
         consumer.join().expect("consumer");
@@ -129,10 +129,8 @@ pub mod ipc {
     pub fn queue_bytes(size: usize, n: u64) -> Duration {
         let q = Queue::new().expect("queue");
         let consumer = multiproc::spawn(get_bytes, (q.clone(), n)).expect("spawn");
-        let msg = vec![7u8; size];
-        super::stream_to(consumer, n, |_| {
-            q.put(ByteBuf::from(msg.clone())).expect("put");
-        })
+        let msg = ByteBuf::from(vec![7u8; size]);
+        super::stream_to(consumer, n, |_| q.put_ref(&msg).expect("put"))
     }
 
     fn pong(conn: Connection<u64, u64>) {
@@ -1752,7 +1750,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             ],
             notes: vec![
                 "The messages are `serde_bytes::ByteBuf`: a plain `Vec<u8>` is encoded element by element, about 30 times slower (see `crates/multiproc/src/ipc/channel/README.md`). ipc-channel's row uses its `IpcBytesSender`, which sends raw bytes without serde.".into(),
-                "The queue is `Queue::new()` (unbounded): a `put` that finds its 4 MiB ring full gives the consumer up to 1 ms to make room there before it overflows into segments, so a consumer that keeps up reads memory it has just read; each message is a copy of one buffer (`put` takes it by value), the consumer's a new `ByteBuf`.".into(),
+                "The queue is `Queue::new()` (unbounded): a `put` that finds its 4 MiB ring full gives the consumer up to 1 ms to make room there before it overflows into segments, so a consumer that keeps up reads memory it has just read; the producer puts one buffer again and again with `put_ref`, which encodes it straight into the shared memory (as CPython's `put` pickles the same object and ipc-channel's `send` takes a slice); the consumer gets a new `ByteBuf` each time.".into(),
                 cpython.clone(),
             ],
             headline: vec![("queue, 1 MiB messages", "multiproc Queue", "CPython Queue")],

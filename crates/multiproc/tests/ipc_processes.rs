@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{Helper, trial};
-use multiproc::{JoinableQueue, Queue, Receiver, RecvError, RecvTimeoutError, Sender, Value};
+use multiproc::{
+    JoinableQueue, Queue, Receiver, RecvError, RecvTimeoutError, SendError, Sender, Value,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const T: Duration = Duration::from_secs(60);
@@ -35,6 +37,10 @@ fn main() {
                 unbounded_queue_takes_a_gib_before_any_consumer,
             ),
             trial("handles_through_a_queue", handles_through_a_queue),
+            trial(
+                "put_ref_and_send_ref_keep_the_item",
+                put_ref_and_send_ref_keep_the_item,
+            ),
             trial(
                 "disconnected_when_the_sender_is_killed",
                 disconnected_when_the_sender_is_killed,
@@ -546,6 +552,63 @@ fn handles_through_a_queue() {
     outer.put(inner.clone()).unwrap();
     assert_eq!(inner.get_timeout(T).unwrap(), 42);
     child.join_timeout(T).unwrap();
+}
+
+/// Each item's length and a sum of its bytes, for `n` items got from `q`.
+fn lengths_and_sums((q, n): (Queue<String>, usize)) -> Vec<(usize, u64)> {
+    (0..n)
+        .map(|_| length_and_sum(&q.get_timeout(T).unwrap()))
+        .collect()
+}
+
+fn length_and_sum(s: &str) -> (usize, u64) {
+    (s.len(), s.bytes().map(u64::from).sum())
+}
+
+/// `put_ref` and `send_ref` send a copy of an item the caller keeps, as Python's `put`
+/// does: small items inline, a large one (past what the ring takes inline) out of line,
+/// each again and again; a consumer process gets every copy intact. A closed handle
+/// gives the reference back.
+fn put_ref_and_send_ref_keep_the_item() {
+    let small = "a small item".to_string();
+    let big: String = (0..5 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let q = Queue::new().unwrap();
+    let mut child = multiproc::spawn(lengths_and_sums, (q.clone(), 6)).unwrap();
+    for _ in 0..3 {
+        q.put_ref(&small).unwrap();
+        q.put_ref(&big).unwrap();
+    }
+    let got = child.join_timeout(T).unwrap();
+    let want = [length_and_sum(&small), length_and_sum(&big)].repeat(3);
+    assert_eq!(got, want);
+    assert_eq!(big.len(), 5 << 20, "the caller keeps its item");
+
+    let (tx, rx) = multiproc::pipe::<String>().unwrap();
+    tx.send_ref(&big).unwrap();
+    tx.send_ref(&small).unwrap();
+    assert_eq!(rx.recv_timeout(T).unwrap(), big);
+    assert_eq!(rx.recv_timeout(T).unwrap(), small);
+
+    let jq = JoinableQueue::new().unwrap();
+    jq.put_ref(&small).unwrap();
+    assert_eq!(jq.unfinished(), 1);
+    assert_eq!(jq.get_timeout(T).unwrap(), small);
+    jq.task_done().unwrap();
+    assert!(jq.join_timeout(T));
+
+    let mut closed = q.clone();
+    closed.close();
+    match closed.put_ref(&small) {
+        Err(SendError::Disconnected(back)) => assert!(std::ptr::eq(back, &small)),
+        other => panic!("a closed handle put: {other:?}"),
+    }
+    drop(rx);
+    assert!(matches!(
+        tx.send_ref(&small),
+        Err(SendError::Disconnected(_))
+    ));
 }
 
 fn send_then_hang(tx: Sender<u32>) {

@@ -106,11 +106,18 @@ impl<T: Serialize> Sender<T> {
     /// The message comes back: every receiver is gone, it could not be encoded, or the
     /// system refused.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
-        send(&self.raw, value, Deadline::Never, false).map_err(|(v, e)| match e {
-            Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
-            Failed::Codec(c) => SendError::Codec(v, c),
-            Failed::Io(io) => SendError::Io(v, io),
-        })
+        send_error(send(&self.raw, value, Deadline::Never, false))
+    }
+
+    /// Sends a copy of a message the caller keeps: it is encoded straight into the
+    /// pipe's shared memory, so a large one is not cloned first. Waits as
+    /// [`send`](Self::send) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); the error holds the reference.
+    pub fn send_ref<'v>(&self, value: &'v T) -> Result<(), SendError<&'v T>> {
+        send_error(send(&self.raw, value, Deadline::Never, false))
     }
 
     /// Sends a message without blocking the thread: the `async` form of
@@ -122,13 +129,7 @@ impl<T: Serialize> Sender<T> {
     ///
     /// As [`send`](Self::send).
     pub async fn send_async(&self, value: T) -> Result<(), SendError<T>> {
-        send_async(&self.raw, value, false)
-            .await
-            .map_err(|(v, e)| match e {
-                Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
-                Failed::Codec(c) => SendError::Codec(v, c),
-                Failed::Io(io) => SendError::Io(v, io),
-            })
+        send_error(send_async(&self.raw, value, false).await)
     }
 
     /// Sends a message if there is room now.
@@ -172,6 +173,15 @@ pub(crate) enum Failed {
 ///
 /// A message without descriptors that fits in the ring is serialized straight into
 /// it (its size is measured first); others are encoded and go through the side socket.
+/// The error of a send that may wait as long as it takes, from what [`send`] returned.
+pub(super) fn send_error<V>(sent: Result<(), (V, Failed)>) -> Result<(), SendError<V>> {
+    sent.map_err(|(v, e)| match e {
+        Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
+        Failed::Codec(c) => SendError::Codec(v, c),
+        Failed::Io(io) => SendError::Io(v, io),
+    })
+}
+
 pub(crate) fn send<T: Serialize>(
     raw: &RawSender,
     value: T,

@@ -137,11 +137,19 @@ impl<T: Serialize> Queue<T> {
     /// The item comes back: this handle is closed, it could not be encoded, or the
     /// system refused (out of memory for an unbounded queue).
     pub fn put(&self, value: T) -> Result<(), SendError<T>> {
-        put(self.sender(), value, Deadline::Never, false).map_err(|(v, e)| match e {
-            Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
-            Failed::Codec(c) => SendError::Codec(v, c),
-            Failed::Io(io) => SendError::Io(v, io),
-        })
+        pipe::send_error(put(self.sender(), value, Deadline::Never, false))
+    }
+
+    /// Puts a copy of an item the caller keeps, as Python's `put` does: the item is
+    /// encoded straight into the queue's shared memory, so a large one (a buffer that
+    /// is sent again and again, say) is not cloned first. Waits as [`put`](Self::put)
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put); the error holds the reference.
+    pub fn put_ref<'v>(&self, value: &'v T) -> Result<(), SendError<&'v T>> {
+        pipe::send_error(put(self.sender(), value, Deadline::Never, false))
     }
 
     /// Puts an item without blocking the thread: the `async` form of [`put`](Self::put)
@@ -194,11 +202,7 @@ async fn put_async<T: Serialize>(
         Some(tx) => pipe::send_async(tx, value, unfinished).await,
         None => Err((value, Failed::Disconnected)),
     };
-    sent.map_err(|(v, e)| match e {
-        Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
-        Failed::Codec(c) => SendError::Codec(v, c),
-        Failed::Io(io) => SendError::Io(v, io),
-    })
+    pipe::send_error(sent)
 }
 
 fn put<T: Serialize>(
@@ -430,11 +434,16 @@ impl<T: Serialize> JoinableQueue<T> {
     ///
     /// As [`Queue::put`].
     pub fn put(&self, value: T) -> Result<(), SendError<T>> {
-        put(self.queue.sender(), value, Deadline::Never, true).map_err(|(v, e)| match e {
-            Failed::Full | Failed::Disconnected => SendError::Disconnected(v),
-            Failed::Codec(c) => SendError::Codec(v, c),
-            Failed::Io(io) => SendError::Io(v, io),
-        })
+        pipe::send_error(put(self.queue.sender(), value, Deadline::Never, true))
+    }
+
+    /// As [`Queue::put_ref`]; the item counts as an unfinished task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::put`].
+    pub fn put_ref<'v>(&self, value: &'v T) -> Result<(), SendError<&'v T>> {
+        pipe::send_error(put(self.queue.sender(), value, Deadline::Never, true))
     }
 
     /// As [`Queue::put_async`]; the item counts as an unfinished task.

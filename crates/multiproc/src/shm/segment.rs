@@ -140,8 +140,9 @@ impl Segment {
 
     /// Maps `len` bytes of this segment's file from `offset` (a multiple of the page
     /// size), checking that the file is that long; it must not shrink (a growable
-    /// segment's cannot).
-    pub(crate) fn map_range(&self, offset: u64, len: usize) -> io::Result<Region> {
+    /// segment's cannot). With `populate`, its pages are all entered in this process's
+    /// page tables now (see [`sys::map_shared_at`]).
+    pub(crate) fn map_range(&self, offset: u64, len: usize, populate: bool) -> io::Result<Region> {
         let end = offset.checked_add(len as u64);
         if end.is_none_or(|end| end > sys::file_len(self.fd.as_fd()).unwrap_or(0)) {
             return Err(io::Error::new(
@@ -149,7 +150,7 @@ impl Segment {
                 "a range past the end of the shared memory",
             ));
         }
-        let ptr = sys::map_shared_at(self.fd.as_fd(), offset, len, true)?;
+        let ptr = sys::map_shared_at(self.fd.as_fd(), offset, len, true, populate)?;
         Ok(Region { ptr, len })
     }
 

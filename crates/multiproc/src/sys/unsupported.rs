@@ -368,6 +368,7 @@ pub(crate) fn map_shared_at(
     _: u64,
     _: usize,
     _: bool,
+    _: bool,
 ) -> io::Result<std::ptr::NonNull<u8>> {
     Err(unsupported())
 }
