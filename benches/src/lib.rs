@@ -372,13 +372,28 @@ pub mod manager {
         }
     }
 
+    /// How the clients reach the manager.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Transport {
+        /// A Unix socket (the default address): calls go through shared memory.
+        Unix,
+        /// A TCP address on loopback: the clients find the server on their machine and
+        /// move onto shared memory as well (the default).
+        Tcp,
+        /// A TCP address on loopback with the local transport off: every call is a
+        /// frame on the socket each way, as for a client on another machine.
+        TcpSocket,
+    }
+
     /// Two processes each do `n / 2` dict operations (alternately a set and a get of
     /// one of 100 keys) on a manager's dict: the time from the go until both are joined.
-    /// Over a local Unix socket, or over TCP loopback when `tcp`.
-    pub fn dict_set_get(tcp: bool, n: u64) -> Duration {
+    pub fn dict_set_get(transport: Transport, n: u64) -> Duration {
         let mut builder = Manager::builder();
+        let tcp = transport != Transport::Unix;
         if tcp {
-            builder = builder.address("127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr"));
+            builder = builder
+                .address("127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr"))
+                .local_transport(transport == Transport::Tcp);
         }
         let (m, _server) = if tcp {
             let server = builder.serve().expect("serve");
@@ -775,6 +790,8 @@ pub const LOOPS: &[&str] = &[
     "imap",
     "submit",
     "manager",
+    "manager_tcp",
+    "manager_tcp_socket",
 ];
 
 /// One run of the workload `name` (one of [`LOOPS`]) with `n` operations; `None` for an
@@ -794,7 +811,9 @@ pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
         "maps" => pool::maps_of_100k(n),
         "imap" => pool::imap_one_by_one(n),
         "submit" => pool::submit_wait(n),
-        "manager" => manager::dict_set_get(false, n),
+        "manager" => manager::dict_set_get(manager::Transport::Unix, n),
+        "manager_tcp" => manager::dict_set_get(manager::Transport::Tcp, n),
+        "manager_tcp_socket" => manager::dict_set_get(manager::Transport::TcpSocket, n),
         _ => return None,
     })
 }
@@ -1188,13 +1207,19 @@ fn manager_group(exe: &Path, python: bool) -> Group {
             "multiproc Manager, Unix socket",
             Impl::Multiproc,
             40_000,
-            |n| manager::dict_set_get(false, n),
+            |n| manager::dict_set_get(manager::Transport::Unix, n),
         ),
         Workload::new(
             "multiproc Manager, TCP loopback",
             Impl::Multiproc,
             40_000,
-            |n| manager::dict_set_get(true, n),
+            |n| manager::dict_set_get(manager::Transport::Tcp, n),
+        ),
+        Workload::new(
+            "multiproc Manager, TCP loopback, socket only",
+            Impl::Multiproc,
+            40_000,
+            |n| manager::dict_set_get(manager::Transport::TcpSocket, n),
         ),
     ];
     if python {
@@ -1244,11 +1269,15 @@ fn manager_group(exe: &Path, python: bool) -> Group {
         pairs: vec![
             ("multiproc Manager, Unix socket", "CPython Manager().dict()"),
             ("multiproc Manager, TCP loopback", "CPython Manager().dict()"),
+            (
+                "multiproc Manager, TCP loopback, socket only",
+                "CPython Manager().dict()",
+            ),
             ("multiproc Manager, Unix socket", "pipe ping-pong"),
         ],
         notes: vec![
             "Every operation is a request and a response between a client process and the server process, as in CPython; the floor is one round trip between two processes over a pipe, with nothing decoded or stored.".into(),
-            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run, and one server thread (the dispatcher) serves both clients' requests; over TCP, requests and responses are frames on the socket, a server thread per connection. Waiters spin for the answer only while spinning pays off, and yield the CPU otherwise, as long as their yields do not hand it to another job for whole time slices; then they sleep at once.".into(),
+            "Over the Unix socket, each connection moves onto two shared-memory channels after the handshake, so an operation makes no system call while both sides run, and one server thread (the dispatcher) serves both clients' requests. Over TCP, the server tells each client the name of the listener it keeps beside the TCP one in the abstract socket namespace; a client on the same machine connects there and moves onto channels as well (`TCP loopback`). With `local_transport(false)` (`socket only`, what a client on another machine gets), requests and responses are frames on the socket, a server thread per connection. Waiters spin for the answer only while spinning pays off, and yield the CPU otherwise, as long as their yields do not hand it to another job for whole time slices; then they sleep at once.".into(),
             python::version().map_or_else(
                 || "python3 was not found: the CPython row is missing.".to_string(),
                 |v| format!("CPython: {v}, `fork` context."),

@@ -62,6 +62,10 @@ fn main() {
                 "remote_tcp_right_and_wrong_key",
                 remote_tcp_right_and_wrong_key,
             ),
+            trial(
+                "tcp_clients_on_this_machine_use_shared_memory",
+                tcp_clients_on_this_machine_use_shared_memory,
+            ),
             trial("unix_socket_file_removed", unix_socket_file_removed),
             trial("custom_objects", custom_objects),
             trial("named_objects_and_types", named_objects_and_types),
@@ -717,6 +721,95 @@ fn remote_tcp_right_and_wrong_key() {
             .unwrap_err()
             .is_disconnected()
     );
+}
+
+/// Client processes of a manager at a TCP address on this machine move onto shared
+/// memory (their connections hold the channels' memory files) and get the same answers;
+/// with the local transport off they stay on the socket. The server's nearby listener
+/// goes with it.
+fn tcp_clients_on_this_machine_use_shared_memory() {
+    let key = b"a manager on this machine".to_vec();
+    let m = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .authkey(key.clone())
+        .build()
+        .unwrap();
+    let address = m.address().clone();
+    let server = m.server_pid().unwrap();
+    let nearby = || abstract_names_of(server);
+    assert_eq!(nearby().len(), 1, "{:?}", nearby());
+    for (i, local) in [true, false, true].into_iter().enumerate() {
+        let kid = multiproc::spawn(memfds_over_tcp, (address.clone(), key.clone(), local)).unwrap();
+        let (memfds, total) = join(kid);
+        assert_eq!(total, i as u64 + 1, "local transport {local}");
+        if local {
+            assert!(
+                memfds >= 2,
+                "{memfds} memory files: the client stayed on TCP"
+            );
+        } else {
+            assert_eq!(memfds, 0, "the local transport is off");
+        }
+    }
+    m.shutdown();
+    assert!(gone_within(server, T), "the server is still there");
+}
+
+/// Connects to the manager at `address`, adds one to a named counter, and says how many
+/// memory files the connection opened, and the counter.
+fn memfds_over_tcp((address, key, local): (Address, Vec<u8>, bool)) -> (usize, u64) {
+    let before = memfds();
+    let m = Manager::builder()
+        .address(address)
+        .authkey(key)
+        .local_transport(local)
+        .connect()
+        .unwrap();
+    let d = m.named("tcp").dict::<String, u64>().unwrap();
+    let total = d
+        .update_with("n".to_string(), |n| n.unwrap_or(0) + 1)
+        .unwrap();
+    let memfds = memfds() - before;
+    assert_eq!(d.get("n").unwrap(), Some(total));
+    (memfds, total)
+}
+
+/// This process's descriptors that are memory files.
+fn memfds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.to_string_lossy().starts_with("/memfd:"))
+        .count()
+}
+
+/// The abstract socket names process `pid` listens on (from `/proc/net/unix`, whose
+/// inodes are matched against the process's descriptors).
+fn abstract_names_of(pid: u32) -> Vec<String> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|p| {
+                    let p = p.to_string_lossy().into_owned();
+                    Some(p.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode Path; listening: St 01, flags 10000.
+            (f.len() == 8
+                && f[5] == "01"
+                && f[3] == "00010000"
+                && inodes.contains(&f[6].to_string()))
+            .then(|| f[7].to_owned())
+            .filter(|p| p.starts_with('@'))
+        })
+        .collect()
 }
 
 fn address_of(a: std::net::SocketAddr) -> Address {

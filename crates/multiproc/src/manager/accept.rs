@@ -89,6 +89,35 @@ impl Listener {
         }
     }
 
+    /// For a TCP listener on Linux, a second one in the abstract socket namespace under
+    /// a fresh name, and that name: a client on this machine that connected over TCP
+    /// is told the name and moves to it, and from there onto shared-memory channels
+    /// (see `local.rs`). `None` for other listeners, or when it cannot be bound.
+    pub(crate) fn nearby(&self) -> Option<(Listener, Vec<u8>)> {
+        #[cfg(target_os = "linux")]
+        if let Listener::Tcp(_) = self {
+            let mut tag = [0u8; 8];
+            if let Err(e) = getrandom::fill(&mut tag) {
+                tracing::debug!("manager: no nearby listener: {e}");
+                return None;
+            }
+            let name = format!(
+                "multiproc-manager-{}-{:016x}",
+                crate::sys::process_id(),
+                u64::from_le_bytes(tag)
+            )
+            .into_bytes();
+            return match Listener::bind(&Address::Abstract(name.clone())) {
+                Ok((l, _)) => Some((l, name)),
+                Err(e) => {
+                    tracing::debug!("manager: no nearby listener: {e}");
+                    None
+                }
+            };
+        }
+        None
+    }
+
     #[cfg(unix)]
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
@@ -139,10 +168,12 @@ enum Outcome {
     Closed,
 }
 
-/// Accepts and serves connections until the server stops.
-pub(crate) fn run(shared: &Arc<Shared>, listener: &Listener, settings: DoorSettings) {
-    if let Err(e) = listener.prepare() {
-        tracing::warn!("manager: cannot prepare the listener: {e}");
+/// Accepts and serves connections on `listeners` until the server stops.
+pub(crate) fn run(shared: &Arc<Shared>, listeners: &[&Listener], settings: DoorSettings) {
+    for listener in listeners {
+        if let Err(e) = listener.prepare() {
+            tracing::warn!("manager: cannot prepare the listener: {e}");
+        }
     }
     let mut half_open: VecDeque<HalfOpen> = VecDeque::new();
     while !shared.stopping() {
@@ -160,7 +191,7 @@ pub(crate) fn run(shared: &Arc<Shared>, listener: &Listener, settings: DoorSetti
         let until = half_open
             .front()
             .map_or(now + STOP_CHECK, |h| h.deadline.min(now + STOP_CHECK));
-        let (accept, readable) = match wait(listener, &half_open, until) {
+        let (accept, readable) = match wait(listeners, &half_open, until) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("manager: polling connections failed: {e}");
@@ -199,38 +230,40 @@ pub(crate) fn run(shared: &Arc<Shared>, listener: &Listener, settings: DoorSetti
                 }
             }
         }
-        if accept {
+        for (listener, _) in listeners.iter().zip(accept).filter(|(_, ready)| *ready) {
             accept_some(listener, &mut half_open, settings);
         }
     }
 }
 
-/// Polls the listener and every half-open connection until one is readable or `until`:
-/// whether to accept, and which connections to read.
+/// Polls the listeners and every half-open connection until one is readable or
+/// `until`: on which listeners to accept, and which connections to read.
 fn wait(
-    listener: &Listener,
+    listeners: &[&Listener],
     half_open: &VecDeque<HalfOpen>,
     until: Instant,
-) -> io::Result<(bool, Vec<bool>)> {
+) -> io::Result<(Vec<bool>, Vec<bool>)> {
     #[cfg(unix)]
     {
-        let mut fds = Vec::with_capacity(half_open.len() + 1);
-        fds.push(listener.fd());
+        let mut fds = Vec::with_capacity(listeners.len() + half_open.len());
+        fds.extend(listeners.iter().map(|l| l.fd()));
         fds.extend(half_open.iter().map(|h| h.stream.fd()));
-        let ready = crate::sys::wait_readable(&fds, Some(until))?;
-        let accept = ready.first().is_some_and(|r| r.ready());
-        Ok((accept, ready.iter().skip(1).map(|r| r.ready()).collect()))
+        let ready: Vec<bool> = crate::sys::wait_readable(&fds, Some(until))?
+            .iter()
+            .map(|r| r.ready())
+            .collect();
+        let (accept, readable) = ready.split_at(listeners.len().min(ready.len()));
+        Ok((accept.to_vec(), readable.to_vec()))
     }
     #[cfg(not(unix))]
     {
         // Without poll: look at everything after a short nap.
-        let _ = listener;
         std::thread::sleep(
             until
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(10)),
         );
-        Ok((true, vec![true; half_open.len()]))
+        Ok((vec![true; listeners.len()], vec![true; half_open.len()]))
     }
 }
 

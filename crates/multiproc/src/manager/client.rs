@@ -14,7 +14,7 @@
 //! whatever happens to the connections calls use.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Address;
 use super::ManagerError;
-use super::local::{self, Local, Slot};
+use super::local::{self, Answer, Local, Slot};
 use super::protocol::{self, FrameError, Framed, RefOp, Request, Response, Stream, Wait};
 use crate::sync::unpoisoned;
 use crate::wire::codec;
@@ -50,6 +50,9 @@ pub(crate) struct ClientSettings {
     pub(crate) call_timeout: Option<Duration>,
     /// TCP keepalive (`None`: off).
     pub(crate) keepalive: Option<Duration>,
+    /// Whether connections move onto shared-memory channels when the server is on
+    /// this machine.
+    pub(crate) local_transport: bool,
 }
 
 impl Default for ClientSettings {
@@ -57,6 +60,7 @@ impl Default for ClientSettings {
         ClientSettings {
             call_timeout: Some(DEFAULT_CALL_TIMEOUT),
             keepalive: Some(DEFAULT_KEEPALIVE),
+            local_transport: true,
         }
     }
 }
@@ -100,6 +104,9 @@ pub(crate) struct Client {
     idle: Mutex<(u32, Vec<ClientConn>)>,
     /// Local connections open.
     locals: Arc<AtomicUsize>,
+    /// Whether the server's nearby listener could not be reached: the server is on
+    /// another machine, and connections stay on TCP.
+    far: AtomicBool,
     /// Reference changes not yet in a frame, and the process they belong to (a forked
     /// child starts afresh: what it inherited is its parent's to send).
     queued: Mutex<(u32, Vec<RefOp>)>,
@@ -164,6 +171,7 @@ impl Client {
             settings,
             idle: Mutex::new((pid, Vec::new())),
             locals: Arc::new(AtomicUsize::new(0)),
+            far: AtomicBool::new(false),
             queued: Mutex::new((pid, Vec::new())),
             anchor: Mutex::new((pid, None)),
         });
@@ -219,9 +227,38 @@ impl Client {
         }
     }
 
+    /// [`open`](Self::open) once. A TCP connection whose server says it has a nearby
+    /// listener (it is on this machine, or may be) moves there: that connection is
+    /// opened and moved onto channels, and the TCP one closes. If the nearby listener
+    /// cannot be reached (the server is on another machine, or in another network
+    /// namespace), this client stays on TCP and does not look for it again.
     fn try_open(&self, until: Instant, local: bool) -> Result<ClientConn, Opening> {
+        let (conn, nearby) = self.try_open_at(&self.address, until, local)?;
+        let Some(name) = nearby else {
+            return Ok(conn);
+        };
+        match self.try_open_at(&Address::Abstract(name), until, true) {
+            Ok((near, _)) if near.local.is_some() => Ok(near),
+            Ok(_) => Ok(conn),
+            Err(Opening::Cut(e) | Opening::Failed(e)) => {
+                tracing::debug!("manager: staying on TCP: the server's nearby listener: {e}");
+                self.far.store(true, Relaxed);
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Connects to `address` and authenticates; with `local`, asks for the local
+    /// transport: the connection, and the name of the server's nearby listener if it
+    /// answered with one.
+    fn try_open_at(
+        &self,
+        address: &Address,
+        until: Instant,
+        local: bool,
+    ) -> Result<(ClientConn, Option<Vec<u8>>), Opening> {
         let stream =
-            connect(&self.address, until).map_err(|e| Opening::Failed(ManagerError::from_io(e)))?;
+            connect(address, until).map_err(|e| Opening::Failed(ManagerError::from_io(e)))?;
         let failed = |e: io::Error| Opening::Failed(ManagerError::Io(e));
         if let Err(e) = stream.set_keepalive(self.settings.keepalive) {
             tracing::debug!("manager: no TCP keepalive: {e}");
@@ -239,24 +276,39 @@ impl Client {
                 Opening::Failed(e)
             }
         })?;
-        let slot = (local && self.address.is_local())
-            .then(|| Slot::take(&self.locals, MAX_LOCAL))
-            .flatten();
-        let local = match slot {
-            Some(slot) => {
+        let (mut channels, mut nearby) = (None, None);
+        if local && self.settings.local_transport {
+            // Over TCP the server's answer is at best where to go; the channels come
+            // on the connection made there.
+            let over_tcp = !address.is_local();
+            let slot = if over_tcp {
+                None
+            } else {
+                Slot::take(&self.locals, MAX_LOCAL)
+            };
+            if slot.is_some() || (over_tcp && !self.far.load(Relaxed)) {
                 framed.arm(Some(until)).map_err(|e| {
                     Opening::Failed(frame_error(e, until.duration_since(Instant::now())))
                 })?;
-                local::request(&mut framed)
+                match local::request(&mut framed, until)
                     .map_err(|e| Opening::Failed(read_timed_out(e)))?
-                    .map(|l| (l, slot))
+                {
+                    Answer::Channels(l) => channels = slot.map(|slot| (l, slot)),
+                    Answer::Nearby(name) => nearby = Some(name),
+                    Answer::Socket => {}
+                }
             }
-            None => None,
-        };
+        }
         framed
             .arm(None)
             .map_err(|e| Opening::Failed(frame_error(e, Duration::ZERO)))?;
-        Ok(ClientConn { framed, local })
+        Ok((
+            ClientConn {
+                framed,
+                local: channels,
+            },
+            nearby,
+        ))
     }
 
     /// Checks that the server answers.
@@ -515,5 +567,117 @@ pub(crate) fn connect(address: &Address, until: Instant) -> io::Result<Stream> {
             io::ErrorKind::Unsupported,
             "this kind of address is not supported on this platform",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+
+    use super::super::accept::Listener;
+    use super::super::protocol::{Request, Response};
+    use super::super::server::{ServerSettings, Shared};
+    use super::{Address, Client, ClientSettings};
+
+    const T: Duration = Duration::from_secs(30);
+
+    /// An in-process server on a TCP port of loopback, telling clients that its nearby
+    /// listener is at `advertised` if given; stopped and joined when dropped.
+    struct TcpServer {
+        shared: Arc<Shared>,
+        address: Address,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl TcpServer {
+        fn start(advertised: Option<&[u8]>) -> TcpServer {
+            let (listener, address) =
+                Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap())).unwrap();
+            let shared = Shared::new(
+                b"key".to_vec(),
+                ServerSettings {
+                    max_frame: 1 << 20,
+                    handshake_timeout: T,
+                    max_handshakes: None,
+                    keepalive: None,
+                },
+                HashMap::new(),
+            );
+            if let Some(name) = advertised {
+                shared.advertise(name);
+            }
+            let runner = Arc::clone(&shared);
+            let thread = std::thread::spawn(move || runner.run(&listener));
+            TcpServer {
+                shared,
+                address,
+                thread: Some(thread),
+            }
+        }
+
+        fn client(&self, local_transport: bool) -> Arc<Client> {
+            let settings = ClientSettings {
+                local_transport,
+                ..ClientSettings::default()
+            };
+            Client::get(&self.address, b"key", settings)
+        }
+    }
+
+    impl Drop for TcpServer {
+        fn drop(&mut self) {
+            self.shared.stop();
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    fn ping(c: &Client, conn: &mut super::ClientConn) {
+        let answer = conn.call(
+            &Request::Ping,
+            Some(Instant::now() + T),
+            c.settings.call_timeout,
+        );
+        assert!(matches!(answer, Ok(Response::Unit)), "{answer:?}");
+    }
+
+    /// A client of a TCP address whose server is on this machine moves to the server's
+    /// nearby listener and onto shared-memory channels; with the local transport off,
+    /// it stays on TCP.
+    #[test]
+    fn a_tcp_client_on_the_servers_machine_moves_onto_channels() {
+        let server = TcpServer::start(None);
+        let c = server.client(true);
+        let mut conn = c.open(Some(Instant::now() + T), true).unwrap();
+        assert!(conn.local.is_some(), "the connection stayed on TCP");
+        assert!(matches!(conn.framed.stream(), super::Stream::Unix(_)));
+        ping(&c, &mut conn);
+        assert!(!c.far.load(Relaxed));
+
+        let c = server.client(false);
+        let mut conn = c.open(Some(Instant::now() + T), true).unwrap();
+        assert!(conn.local.is_none(), "the local transport is off");
+        assert!(matches!(conn.framed.stream(), super::Stream::Tcp(_)));
+        ping(&c, &mut conn);
+    }
+
+    /// A client that cannot reach the nearby listener the server names (as on another
+    /// machine) stays on TCP, calls as well, and does not look for it again.
+    #[test]
+    fn a_tcp_client_that_cannot_reach_the_nearby_listener_stays_on_tcp() {
+        let server = TcpServer::start(Some(b"multiproc-test-a-listener-nowhere"));
+        let c = server.client(true);
+        let mut conn = c.open(Some(Instant::now() + T), true).unwrap();
+        assert!(conn.local.is_none());
+        assert!(matches!(conn.framed.stream(), super::Stream::Tcp(_)));
+        assert!(c.far.load(Relaxed), "the client would look again");
+        ping(&c, &mut conn);
+        let mut again = c.open(Some(Instant::now() + T), true).unwrap();
+        assert!(again.local.is_none());
+        ping(&c, &mut again);
     }
 }

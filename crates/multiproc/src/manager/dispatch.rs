@@ -337,10 +337,10 @@ mod tests {
         let until = Instant::now() + Duration::from_secs(30);
         let mut framed = Framed::new(client::connect(m.address(), until).unwrap());
         protocol::client_handshake(&mut framed, m.authkey(), client::session(), until).unwrap();
-        let l = local::request(&mut framed)
-            .unwrap()
-            .expect("a local connection");
-        (framed, l)
+        match local::request(&mut framed, until).unwrap() {
+            local::Answer::Channels(l) => (framed, l),
+            _ => panic!("no local connection"),
+        }
     }
 
     /// Bytes that are no request, on a local connection: the dispatcher closes that

@@ -10,12 +10,18 @@
 //! the client has gone. Either side learns that the other died from the channels' own
 //! liveness pipes, which the kernel closes with the process.
 //!
+//! Over TCP, descriptors cannot travel: a server on a TCP address answers with the name
+//! of the listener it keeps beside the TCP one in the abstract socket namespace (see
+//! `accept.rs`), and a client on the same machine connects there, asks again, and
+//! leaves the TCP connection.
+//!
 //! A server that cannot make the channels (out of memory or descriptors, or a platform
 //! without them) answers with its reason instead, and the connection goes on over the
 //! socket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,8 +81,28 @@ impl Drop for Slot {
     }
 }
 
-/// What the server answers to [`Request::Local`]: the client's ends, or why not.
-type Offer = Result<Local, String>;
+/// What the server answers to [`Request::Local`].
+#[derive(Serialize, Deserialize)]
+enum Offer {
+    /// The client's ends of the channels.
+    Channels(Local),
+    /// Over TCP: the name of the server's listener in the abstract socket namespace,
+    /// where a client on this machine connects to get the channels.
+    Nearby(Vec<u8>),
+    /// Why the connection stays on the socket.
+    Refused(String),
+}
+
+/// What the client got for [`Request::Local`].
+pub(crate) enum Answer {
+    /// The channels: the connection moves onto them.
+    Channels(Local),
+    /// The name of the server's listener in the abstract socket namespace; this
+    /// connection stays on the socket.
+    Nearby(Vec<u8>),
+    /// The connection stays on the socket.
+    Socket,
+}
 
 /// Why a local connection ended on the server's side.
 #[derive(Debug)]
@@ -88,10 +114,17 @@ pub(crate) enum LocalEnd {
 }
 
 /// The client's side: asks for the channels on a connection that has just been
-/// authenticated. `None` when the server serves this connection over the socket.
-pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> {
+/// authenticated.
+pub(crate) fn request(conn: &mut Framed, until: Instant) -> Result<Answer, ManagerError> {
     conn.send(&Request::Local).map_err(ManagerError::from_io)?;
-    let fds = match conn.recv_passed(super::protocol::HANDSHAKE_MAX) {
+    let max = super::protocol::HANDSHAKE_MAX;
+    let got = if conn.stream().passes_descriptors() {
+        conn.recv_passed(max)
+    } else {
+        // Over TCP: no descriptors, at most the name of the nearby listener.
+        conn.recv_by(max, Some(until)).map(|()| Vec::new())
+    };
+    let fds = match got {
         Ok(fds) => fds,
         Err(FrameError::Closed) => return Err(ManagerError::Disconnected),
         Err(FrameError::Oversized(n)) => {
@@ -105,13 +138,14 @@ pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> 
         }
     };
     match codec::decode::<Offer>(&conn.body, fds) {
-        Ok(Ok(mut local)) => {
+        Ok(Offer::Channels(mut local)) => {
             local.rx.spin_adaptively(CLIENT_SPIN);
-            Ok(Some(local))
+            Ok(Answer::Channels(local))
         }
-        Ok(Err(why)) => {
+        Ok(Offer::Nearby(name)) => Ok(Answer::Nearby(name)),
+        Ok(Offer::Refused(why)) => {
             tracing::debug!("manager: staying on the socket: the server says {why}");
-            Ok(None)
+            Ok(Answer::Socket)
         }
         Err(e) => Err(ManagerError::Protocol(format!(
             "the server's answer to a request for the local transport: {e}"
@@ -120,19 +154,28 @@ pub(crate) fn request(conn: &mut Framed) -> Result<Option<Local>, ManagerError> 
 }
 
 /// The server's side of [`Request::Local`]: makes the channels and passes the client's
-/// ends; or answers why not (`refused`: the reason the server takes on no more local
-/// connections) and returns `Ok(None)`. An error is a connection that failed.
-pub(crate) fn offer(conn: &mut Framed, refused: Option<&str>) -> std::io::Result<Option<Local>> {
+/// ends; over TCP, tells the client `nearby` (the name of the server's listener in the
+/// abstract socket namespace, if it has one); or answers why not (`refused`: the reason
+/// the server takes on no more local connections). `Ok(None)`: the connection stays on
+/// the socket. An error is a connection that failed.
+pub(crate) fn offer(
+    conn: &mut Framed,
+    refused: Option<&str>,
+    nearby: Option<&[u8]>,
+) -> std::io::Result<Option<Local>> {
     let made = (|| {
         if let Some(why) = refused {
             return Err(std::io::Error::other(why.to_owned()));
         }
         if !conn.stream().passes_descriptors() {
-            return Err(std::io::Error::other("the connection is not a Unix socket"));
+            return match nearby {
+                Some(name) => Ok(Err(name)),
+                None => Err(std::io::Error::other("the connection is not a Unix socket")),
+            };
         }
         let (requests, incoming) = channel::channel(RING, None)?;
         let (outgoing, responses) = channel::channel(RING, None)?;
-        let theirs = codec::encode(&Offer::Ok(Local {
+        let theirs = codec::encode(&Offer::Channels(Local {
             tx: requests,
             rx: responses,
         }))
@@ -141,10 +184,16 @@ pub(crate) fn offer(conn: &mut Framed, refused: Option<&str>) -> std::io::Result
             tx: outgoing,
             rx: incoming,
         };
-        Ok::<_, std::io::Error>((ours, theirs))
+        Ok::<_, std::io::Error>(Ok((ours, theirs)))
     })();
     match made {
-        Ok((ours, theirs)) => {
+        Ok(Err(name)) => {
+            let answer =
+                codec::encode(&Offer::Nearby(name.to_vec())).map_err(std::io::Error::other)?;
+            conn.send_raw(&answer.bytes)?;
+            Ok(None)
+        }
+        Ok(Ok((ours, theirs))) => {
             conn.send_passing(&theirs.bytes, &crate::sys::borrow_all(&theirs.fds))?;
             // `theirs` (the duplicates this process made to send) closes here: from
             // now on the client's process alone holds its ends.
@@ -153,7 +202,7 @@ pub(crate) fn offer(conn: &mut Framed, refused: Option<&str>) -> std::io::Result
         Err(e) => {
             let why = format!("no shared-memory channels: {e}");
             tracing::debug!("manager: {why}");
-            let answer = codec::encode(&Offer::Err(why)).map_err(std::io::Error::other)?;
+            let answer = codec::encode(&Offer::Refused(why)).map_err(std::io::Error::other)?;
             conn.send_raw(&answer.bytes)?;
             Ok(None)
         }

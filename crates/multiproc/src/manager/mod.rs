@@ -296,6 +296,7 @@ impl<R> fmt::Debug for ManagerBuilder<R> {
             .field("max_frame", &self.max_frame)
             .field("call_timeout", &self.client.call_timeout)
             .field("keepalive", &self.client.keepalive)
+            .field("local_transport", &self.client.local_transport)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_handshakes", &self.max_handshakes)
             .finish_non_exhaustive()
@@ -365,6 +366,23 @@ impl<R: Registry> ManagerBuilder<R> {
     /// reports a local peer's death at once.
     pub fn keepalive(mut self, give_up_after: Option<Duration>) -> Self {
         self.client.keepalive = give_up_after;
+        self
+    }
+
+    /// Whether a client on the same machine as its server moves its connections onto
+    /// shared-memory channels (default: yes). Over a Unix socket the server passes the
+    /// channels at once; over TCP a server tells the client the name of a listener it
+    /// keeps beside its TCP one in Linux's abstract socket namespace, and a client that
+    /// can connect there (it is on the same machine, in the same network namespace)
+    /// does, and moves. A call then makes no system call while both sides run, several
+    /// times faster than a frame on a TCP socket each way (`BENCHMARKS.md`, "Manager
+    /// dict operations"). Off, every call is a frame on the socket, as it is for a
+    /// client on another machine.
+    ///
+    /// It applies to the [`Manager`] this builder gives, and to every proxy made from
+    /// it, in whatever process the proxy is sent to.
+    pub fn local_transport(mut self, on: bool) -> Self {
+        self.client.local_transport = on;
         self
     }
 
@@ -576,7 +594,8 @@ fn serve_child<R: Registry>(args: ServerArgs) {
 /// address with a key, and [`Manager::connect`] from elsewhere; [`Manager::named`]
 /// gives objects names that other clients open.
 ///
-/// On one machine (a Unix socket, the default), each connection moves onto a pair of
+/// On one machine (a Unix socket, the default, or a TCP address whose server turns out
+/// to be on this machine, see [`ManagerBuilder::local_transport`]), each connection moves onto a pair of
 /// shared-memory channels once authenticated, so a call costs no system call while both
 /// sides run: two processes sharing a dict do more than ten times as many operations
 /// per second as with Python's manager on the same machine (`BENCHMARKS.md`). A process

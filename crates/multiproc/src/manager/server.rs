@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// Started with the first local connection; `None` if its thread could not start
     /// (connections then stay on their sockets).
     dispatcher: OnceLock<Option<Dispatcher>>,
+    /// The name of the nearby listener beside a TCP one, told to clients that ask for
+    /// the local transport over TCP.
+    nearby: OnceLock<Vec<u8>>,
     stopping: AtomicBool,
 }
 
@@ -103,13 +106,31 @@ impl Shared {
                 usize::try_from(n / 2).unwrap_or(usize::MAX) / local::FDS_PER_LOCAL
             }),
             dispatcher: OnceLock::new(),
+            nearby: OnceLock::new(),
             stopping: AtomicBool::new(false),
         })
     }
 
     /// Accepts and serves connections until [`stop`](Self::stop).
+    /// A TCP listener gets a nearby one beside it (see [`Listener::nearby`]), which
+    /// closes when this returns.
     pub(crate) fn run(self: &Arc<Self>, listener: &Listener) {
-        accept::run(self, listener, self.door);
+        let nearby = listener.nearby();
+        let mut listeners = vec![listener];
+        if let Some((l, name)) = &nearby {
+            let _ = self.nearby.set(name.clone());
+            listeners.push(l);
+        }
+        accept::run(self, &listeners, self.door);
+    }
+
+    /// For tests: tells clients over TCP that the nearby listener is at `name` (one
+    /// that does not exist, say) instead of where [`run`](Self::run) puts it.
+    #[cfg(test)]
+    pub(crate) fn advertise(&self, name: &[u8]) {
+        self.nearby
+            .set(name.to_vec())
+            .expect("advertised before the server runs");
     }
 
     /// Whether the server is stopping.
@@ -203,7 +224,7 @@ impl Shared {
                 } else {
                     None
                 };
-                match local::offer(conn, refused) {
+                match local::offer(conn, refused, self.nearby.get().map(Vec::as_slice)) {
                     Ok(Some(l)) => return self.serve_local(conn, l, session, peer),
                     Ok(None) => continue,
                     Err(e) => {
