@@ -1,6 +1,11 @@
 //! A manager served over TCP, and two client processes that share its objects: one puts
 //! jobs in a queue, the other takes them and writes results in a dict.
 //!
+//! The clients here run on the server's machine: once they have authenticated over TCP,
+//! the server names a listener of its own in Linux's abstract socket namespace, and they
+//! move there and onto shared memory. A client on another machine cannot reach that name
+//! and stays on TCP; the code is the same either way.
+//!
 //! The Python program (three programs in Python's documentation; one here):
 //!
 //! ```python

@@ -580,7 +580,7 @@ mod tests {
     use super::super::accept::Listener;
     use super::super::protocol::{Request, Response};
     use super::super::server::{ServerSettings, Shared};
-    use super::{Address, Client, ClientSettings};
+    use super::{Address, Client, ClientSettings, ManagerError};
 
     const T: Duration = Duration::from_secs(30);
 
@@ -663,6 +663,28 @@ mod tests {
         assert!(conn.local.is_none(), "the local transport is off");
         assert!(matches!(conn.framed.stream(), super::Stream::Tcp(_)));
         ping(&c, &mut conn);
+    }
+
+    /// The nearby listener asks for the key as the TCP one does: a client with another
+    /// key is refused there too.
+    #[test]
+    fn the_nearby_listener_refuses_a_wrong_key() {
+        let server = TcpServer::start(None);
+        // Bound by the accept thread as it starts; a client's first connection waits
+        // for it.
+        let c = server.client(true);
+        drop(c.open(Some(Instant::now() + T), true).unwrap());
+        let name = server.shared.nearby_name().expect("a nearby listener");
+        let nearby = Address::Abstract(name);
+        let stranger = Client::get(&nearby, b"not the key", ClientSettings::default());
+        match stranger.open(Some(Instant::now() + T), true) {
+            Err(ManagerError::Auth(_)) => {}
+            other => panic!("a wrong key on the nearby listener: {other:?}"),
+        }
+        let friend = Client::get(&nearby, b"key", ClientSettings::default());
+        let mut conn = friend.open(Some(Instant::now() + T), true).unwrap();
+        assert!(conn.local.is_some());
+        ping(&friend, &mut conn);
     }
 
     /// A client that cannot reach the nearby listener the server names (as on another

@@ -133,6 +133,12 @@ impl Shared {
             .expect("advertised before the server runs");
     }
 
+    /// For tests: the name of the nearby listener, once [`run`](Self::run) has bound it.
+    #[cfg(test)]
+    pub(crate) fn nearby_name(&self) -> Option<Vec<u8>> {
+        self.nearby.get().cloned()
+    }
+
     /// Whether the server is stopping.
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
