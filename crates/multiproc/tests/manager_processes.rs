@@ -115,6 +115,10 @@ fn main() {
                 stopped_server_call_timeout_tcp,
             ),
             trial(
+                "stopped_server_call_timeout_tcp_socket_only",
+                stopped_server_call_timeout_tcp_socket_only,
+            ),
+            trial(
                 "partitioned_client_lock_released_and_calls_fail",
                 partitioned_client,
             ),
@@ -122,6 +126,10 @@ fn main() {
             trial(
                 "tcp_calls_in_flight_when_server_sigkilled",
                 tcp_calls_in_flight_when_server_sigkilled,
+            ),
+            trial(
+                "tcp_socket_only_calls_in_flight_when_server_sigkilled",
+                tcp_socket_only_calls_in_flight_when_server_sigkilled,
             ),
             trial("dropped_objects_are_freed_100k", dropped_objects_are_freed),
             trial(
@@ -702,7 +710,7 @@ fn remote_tcp_right_and_wrong_key() {
     let mut raw = TcpStream::connect(a).unwrap();
     raw.set_read_timeout(Some(T)).unwrap();
     let hello = read_frame(&mut raw).unwrap();
-    assert_eq!(&hello[..4], b"MPM1");
+    assert_eq!(&hello[..4], b"MPM2");
     write_frame(&mut raw, &[0u8; 72]);
     assert_eq!(read_frame(&mut raw).as_deref(), Some(&b"DENY"[..]));
     // Then a perfectly formed request to create a named list: refused by a closed door.
@@ -736,8 +744,8 @@ fn tcp_clients_on_this_machine_use_shared_memory() {
         .unwrap();
     let address = m.address().clone();
     let server = m.server_pid().unwrap();
-    let nearby = || abstract_names_of(server);
-    assert_eq!(nearby().len(), 1, "{:?}", nearby());
+    let names = abstract_names_of(server);
+    assert_eq!(names.len(), 1, "{names:?}");
     for (i, local) in [true, false, true].into_iter().enumerate() {
         let kid = multiproc::spawn(memfds_over_tcp, (address.clone(), key.clone(), local)).unwrap();
         let (memfds, total) = join(kid);
@@ -753,6 +761,11 @@ fn tcp_clients_on_this_machine_use_shared_memory() {
     }
     m.shutdown();
     assert!(gone_within(server, T), "the server is still there");
+    assert!(
+        !abstract_listeners().contains(&names[0]),
+        "{} is still bound",
+        names[0]
+    );
 }
 
 /// Connects to the manager at `address`, adds one to a named counter, and says how many
@@ -769,7 +782,7 @@ fn memfds_over_tcp((address, key, local): (Address, Vec<u8>, bool)) -> (usize, u
     let total = d
         .update_with("n".to_string(), |n| n.unwrap_or(0) + 1)
         .unwrap();
-    let memfds = memfds() - before;
+    let memfds = memfds().saturating_sub(before);
     assert_eq!(d.get("n").unwrap(), Some(total));
     (memfds, total)
 }
@@ -796,18 +809,32 @@ fn abstract_names_of(pid: u32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
+    abstract_listening_sockets()
+        .into_iter()
+        .filter(|(inode, _)| inodes.contains(inode))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// The names of every listening socket in the abstract namespace.
+fn abstract_listeners() -> Vec<String> {
+    abstract_listening_sockets()
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// Inode and name of every listening socket in the abstract namespace, from
+/// `/proc/net/unix` (Num RefCount Protocol Flags Type St Inode Path; a listening one
+/// has flags 10000 and state 01).
+fn abstract_listening_sockets() -> Vec<(String, String)> {
     std::fs::read_to_string("/proc/net/unix")
         .unwrap()
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            // Num RefCount Protocol Flags Type St Inode Path; listening: St 01, flags 10000.
-            (f.len() == 8
-                && f[5] == "01"
-                && f[3] == "00010000"
-                && inodes.contains(&f[6].to_string()))
-            .then(|| f[7].to_owned())
-            .filter(|p| p.starts_with('@'))
+            (f.len() == 8 && f[5] == "01" && f[3] == "00010000" && f[7].starts_with('@'))
+                .then(|| (f[6].to_owned(), f[7].to_owned()))
         })
         .collect()
 }
@@ -1010,7 +1037,7 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// The client's half of the handshake on a raw stream, with the key; panics if refused.
 fn authenticate(s: &mut (impl Read + Write), key: &[u8]) {
     let hello = read_frame(s).expect("the server's challenge");
-    assert_eq!(&hello[..4], b"MPM1");
+    assert_eq!(&hello[..4], b"MPM2");
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
     mac.update(b"multiproc-manager client v1");
     mac.update(&hello[4..]);
@@ -1417,7 +1444,7 @@ fn handshake_has_one_deadline() {
     let t = Instant::now();
     let mut slow = TcpStream::connect(a).unwrap();
     slow.set_read_timeout(Some(T)).unwrap();
-    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM1");
+    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM2");
     slow.set_nonblocking(true).unwrap();
     // The answer's frame: its length (72), then the body a byte at a time; 40 of its
     // 76 bytes are far from a complete answer.
@@ -1466,7 +1493,7 @@ fn half_open_connections_capped() {
         let mut s = TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(T)).unwrap();
         // Greeted: the server has accepted it and counts it.
-        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM1");
+        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM2");
         s
     };
     let mut silent: Vec<TcpStream> = (0..4).map(|_| open()).collect();
@@ -1603,11 +1630,23 @@ fn stopped_server_call_timeout_local() {
     );
 }
 
+/// Over TCP from this machine: the calls go through shared memory.
 fn stopped_server_call_timeout_tcp() {
+    stopped_server_call_timeout_over_tcp(true);
+}
+
+/// Over TCP with the local transport off: the calls are frames on the socket, as from
+/// another machine.
+fn stopped_server_call_timeout_tcp_socket_only() {
+    stopped_server_call_timeout_over_tcp(false);
+}
+
+fn stopped_server_call_timeout_over_tcp(local_transport: bool) {
     stopped_server_call_timeout(
         Manager::builder()
             .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
             .call_timeout(Some(Duration::from_secs(1)))
+            .local_transport(local_transport)
             .build()
             .unwrap(),
     );
@@ -1686,7 +1725,7 @@ enum Rogue {
 fn rogue_serve(mut s: TcpStream, rogue: Rogue) -> bool {
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    let mut hello = b"MPM1".to_vec();
+    let mut hello = b"MPM2".to_vec();
     hello.extend([9u8; 32]);
     match rogue {
         Rogue::NotAManager => {
@@ -1761,10 +1800,20 @@ fn client_refuses_rogue_servers() {
 }
 
 /// Over TCP, calls in flight (an untimed get blocked in the server, and a stream of
-/// short calls) end in `Disconnected` soon after the server is SIGKILLed.
+/// short calls) end in `Disconnected` soon after the server is SIGKILLed: from this
+/// machine (through shared memory), and with the local transport off (on the socket).
 fn tcp_calls_in_flight_when_server_sigkilled() {
+    calls_in_flight_over_tcp_when_server_sigkilled(true);
+}
+
+fn tcp_socket_only_calls_in_flight_when_server_sigkilled() {
+    calls_in_flight_over_tcp_when_server_sigkilled(false);
+}
+
+fn calls_in_flight_over_tcp_when_server_sigkilled(local_transport: bool) {
     let m = Manager::builder()
         .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .local_transport(local_transport)
         .build()
         .unwrap();
     let q = m.queue::<u8>().unwrap();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Address;
+use super::local::Nearby;
 use super::protocol::{Handshake, Refused, Step, Stream};
 use super::server::Shared;
 
@@ -93,7 +94,7 @@ impl Listener {
     /// a fresh name, and that name: a client on this machine that connected over TCP
     /// is told the name and moves to it, and from there onto shared-memory channels
     /// (see `local.rs`). `None` for other listeners, or when it cannot be bound.
-    pub(crate) fn nearby(&self) -> Option<(Listener, Vec<u8>)> {
+    pub(crate) fn nearby(&self) -> Option<(Listener, Nearby)> {
         #[cfg(target_os = "linux")]
         if let Listener::Tcp(_) = self {
             let mut tag = [0u8; 8];
@@ -108,7 +109,14 @@ impl Listener {
             )
             .into_bytes();
             return match Listener::bind(&Address::Abstract(name.clone())) {
-                Ok((l, _)) => Some((l, name)),
+                Ok((l, _)) => Some((
+                    l,
+                    Nearby {
+                        name,
+                        pid: crate::sys::process_id(),
+                        uid: crate::sys::user_id(),
+                    },
+                )),
                 Err(e) => {
                     tracing::debug!("manager: no nearby listener: {e}");
                     None

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Address;
 use super::ManagerError;
-use super::local::{self, Answer, Local, Slot};
+use super::local::{self, Answer, Local, Nearby, Slot};
 use super::protocol::{self, FrameError, Framed, RefOp, Request, Response, Stream, Wait};
 use crate::sync::unpoisoned;
 use crate::wire::codec;
@@ -231,34 +231,56 @@ impl Client {
     /// listener (it is on this machine, or may be) moves there: that connection is
     /// opened and moved onto channels, and the TCP one closes. If the nearby listener
     /// cannot be reached (the server is on another machine, or in another network
-    /// namespace), this client stays on TCP and does not look for it again.
+    /// namespace) or is not the server's process, or the server has none, this client
+    /// stays on TCP and does not look for it again; if the move fails otherwise (the
+    /// server busy with handshakes, say), this connection stays on TCP.
     fn try_open(&self, until: Instant, local: bool) -> Result<ClientConn, Opening> {
-        let (conn, nearby) = self.try_open_at(&self.address, until, local)?;
-        let Some(name) = nearby else {
+        let (conn, nearby) = self.try_open_at(&self.address, None, until, local)?;
+        let Some(near) = nearby else {
             return Ok(conn);
         };
-        match self.try_open_at(&Address::Abstract(name), until, true) {
-            Ok((near, _)) if near.local.is_some() => Ok(near),
+        let address = Address::Abstract(near.name.clone());
+        match self.try_open_at(&address, Some(&near), until, true) {
+            Ok((moved, _)) if moved.local.is_some() => Ok(moved),
             Ok(_) => Ok(conn),
             Err(Opening::Cut(e) | Opening::Failed(e)) => {
-                tracing::debug!("manager: staying on TCP: the server's nearby listener: {e}");
-                self.far.store(true, Relaxed);
+                tracing::debug!("manager: this connection stays on TCP: {e}");
                 Ok(conn)
             }
         }
     }
 
-    /// Connects to `address` and authenticates; with `local`, asks for the local
-    /// transport: the connection, and the name of the server's nearby listener if it
-    /// answered with one.
+    /// Connects to `address` and authenticates, first checking that the process there
+    /// is `expected` (the server's nearby listener); with `local`, asks for the local
+    /// transport: the connection, and the server's nearby listener if it answered with
+    /// one.
     fn try_open_at(
         &self,
         address: &Address,
+        expected: Option<&Nearby>,
         until: Instant,
         local: bool,
-    ) -> Result<(ClientConn, Option<Vec<u8>>), Opening> {
-        let stream =
-            connect(address, until).map_err(|e| Opening::Failed(ManagerError::from_io(e)))?;
+    ) -> Result<(ClientConn, Option<Nearby>), Opening> {
+        let stream = connect(address, until).map_err(|e| {
+            if expected.is_some() && unreachable(&e) {
+                self.go_far(&format!("its nearby listener cannot be reached: {e}"));
+            }
+            Opening::Failed(ManagerError::from_io(e))
+        })?;
+        if let Some(near) = expected {
+            let found = stream.peer_credentials();
+            if !matches!(found, Ok(ids) if ids == (near.pid, near.uid)) {
+                let why = match found {
+                    Ok((pid, uid)) => format!(
+                        "process {pid} of user {uid} listens at its nearby name, not the server (process {} of user {})",
+                        near.pid, near.uid
+                    ),
+                    Err(e) => format!("no credentials at its nearby name: {e}"),
+                };
+                self.go_far(&why);
+                return Err(Opening::Failed(ManagerError::Protocol(why)));
+            }
+        }
         let failed = |e: io::Error| Opening::Failed(ManagerError::Io(e));
         if let Err(e) = stream.set_keepalive(self.settings.keepalive) {
             tracing::debug!("manager: no TCP keepalive: {e}");
@@ -277,26 +299,27 @@ impl Client {
             }
         })?;
         let (mut channels, mut nearby) = (None, None);
-        if local && self.settings.local_transport {
-            // Over TCP the server's answer is at best where to go; the channels come
-            // on the connection made there.
-            let over_tcp = !address.is_local();
-            let slot = if over_tcp {
-                None
-            } else {
-                Slot::take(&self.locals, MAX_LOCAL)
-            };
-            if slot.is_some() || (over_tcp && !self.far.load(Relaxed)) {
-                framed.arm(Some(until)).map_err(|e| {
-                    Opening::Failed(frame_error(e, until.duration_since(Instant::now())))
-                })?;
-                match local::request(&mut framed, until)
-                    .map_err(|e| Opening::Failed(read_timed_out(e)))?
-                {
-                    Answer::Channels(l) => channels = slot.map(|slot| (l, slot)),
-                    Answer::Nearby(name) => nearby = Some(name),
-                    Answer::Socket => {}
-                }
+        // Over TCP the server's answer is at best where to go, and the channels come on
+        // the connection made there, which takes a slot of its own: this one only
+        // checks that one is free.
+        let over_tcp = !address.is_local();
+        let slot =
+            (local && self.settings.local_transport && !(over_tcp && self.far.load(Relaxed)))
+                .then(|| Slot::take(&self.locals, MAX_LOCAL))
+                .flatten();
+        if let Some(slot) = slot {
+            framed.arm(Some(until)).map_err(|e| {
+                Opening::Failed(frame_error(e, until.duration_since(Instant::now())))
+            })?;
+            match local::request(&mut framed, until)
+                .map_err(|e| Opening::Failed(read_timed_out(e)))?
+            {
+                Answer::Channels(l) if !over_tcp => channels = Some((l, slot)),
+                Answer::Channels(_) => {}
+                Answer::Nearby(near) if over_tcp => nearby = Some(near),
+                Answer::Nearby(_) => {}
+                Answer::Socket if over_tcp => self.go_far("it has no nearby listener"),
+                Answer::Socket => {}
             }
         }
         framed
@@ -309,6 +332,13 @@ impl Client {
             },
             nearby,
         ))
+    }
+
+    /// This client stays on TCP from now on, for `why`.
+    fn go_far(&self, why: &str) {
+        if !self.far.swap(true, Relaxed) {
+            tracing::debug!("manager: staying on TCP to {}: {why}", self.address);
+        }
     }
 
     /// Checks that the server answers.
@@ -478,6 +508,18 @@ impl Drop for Client {
     }
 }
 
+/// Whether connecting failed because nothing listens there (or cannot, on this
+/// platform), rather than for a reason that may pass.
+fn unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Unsupported
+            | io::ErrorKind::PermissionDenied
+    )
+}
+
 /// Why a connection could not be opened.
 enum Opening {
     /// The server closed it during the handshake.
@@ -570,7 +612,7 @@ pub(crate) fn connect(address: &Address, until: Instant) -> io::Result<Stream> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -580,12 +622,12 @@ mod tests {
     use super::super::accept::Listener;
     use super::super::protocol::{Request, Response};
     use super::super::server::{ServerSettings, Shared};
-    use super::{Address, Client, ClientSettings, ManagerError};
+    use super::{Address, Client, ClientSettings, ManagerError, Nearby};
 
     const T: Duration = Duration::from_secs(30);
 
     /// An in-process server on a TCP port of loopback, telling clients that its nearby
-    /// listener is at `advertised` if given; stopped and joined when dropped.
+    /// listener is `advertised` if given; stopped and joined when dropped.
     struct TcpServer {
         shared: Arc<Shared>,
         address: Address,
@@ -593,7 +635,7 @@ mod tests {
     }
 
     impl TcpServer {
-        fn start(advertised: Option<&[u8]>) -> TcpServer {
+        fn start(advertised: Option<Nearby>) -> TcpServer {
             let (listener, address) =
                 Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap())).unwrap();
             let shared = Shared::new(
@@ -606,8 +648,8 @@ mod tests {
                 },
                 HashMap::new(),
             );
-            if let Some(name) = advertised {
-                shared.advertise(name);
+            if let Some(nearby) = advertised {
+                shared.advertise(nearby);
             }
             let runner = Arc::clone(&shared);
             let thread = std::thread::spawn(move || runner.run(&listener));
@@ -674,7 +716,7 @@ mod tests {
         // for it.
         let c = server.client(true);
         drop(c.open(Some(Instant::now() + T), true).unwrap());
-        let name = server.shared.nearby_name().expect("a nearby listener");
+        let name = server.shared.nearby().expect("a nearby listener").name;
         let nearby = Address::Abstract(name);
         let stranger = Client::get(&nearby, b"not the key", ClientSettings::default());
         match stranger.open(Some(Instant::now() + T), true) {
@@ -691,7 +733,42 @@ mod tests {
     /// machine) stays on TCP, calls as well, and does not look for it again.
     #[test]
     fn a_tcp_client_that_cannot_reach_the_nearby_listener_stays_on_tcp() {
-        let server = TcpServer::start(Some(b"multiproc-test-a-listener-nowhere"));
+        let server = TcpServer::start(Some(Nearby {
+            name: b"multiproc-test-a-listener-nowhere".to_vec(),
+            pid: crate::sys::process_id(),
+            uid: crate::sys::user_id(),
+        }));
+        stays_on_tcp(&server);
+    }
+
+    /// A client that finds another process at the nearby name than the server said
+    /// (one that bound the name to relay the handshake and read the calls, say) does
+    /// not talk to it: it stays on TCP.
+    #[test]
+    fn a_tcp_client_talks_to_no_impostor_at_the_nearby_name() {
+        let name = format!("multiproc-test-impostor-{}", std::process::id()).into_bytes();
+        let (impostor, _) = Listener::bind(&Address::Abstract(name.clone())).unwrap();
+        let server = TcpServer::start(Some(Nearby {
+            name,
+            pid: crate::sys::process_id() + 1,
+            uid: crate::sys::user_id(),
+        }));
+        stays_on_tcp(&server);
+        // Nothing was said to the impostor: it has a connection waiting, no bytes.
+        let Listener::Unix(l) = impostor else {
+            unreachable!("an abstract listener is a Unix socket")
+        };
+        l.set_nonblocking(true).unwrap();
+        let (mut s, _) = l.accept().expect("the client connected, then left");
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(std::io::Read::read(&mut s, &mut buf), Ok(0)),
+            "the client said something"
+        );
+    }
+
+    fn stays_on_tcp(server: &TcpServer) {
         let c = server.client(true);
         let mut conn = c.open(Some(Instant::now() + T), true).unwrap();
         assert!(conn.local.is_none());

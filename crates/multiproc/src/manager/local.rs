@@ -81,14 +81,26 @@ impl Drop for Slot {
     }
 }
 
+/// A server's nearby listener: its name in the abstract socket namespace, and who
+/// listens there (the server's process and user ids), which a client checks on the
+/// connection it makes there (`SO_PEERCRED`) before it says anything: another process
+/// of the client's network namespace could have bound the same name, to relay the
+/// handshake and read the calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Nearby {
+    pub(crate) name: Vec<u8>,
+    pub(crate) pid: u32,
+    pub(crate) uid: u32,
+}
+
 /// What the server answers to [`Request::Local`].
 #[derive(Serialize, Deserialize)]
 enum Offer {
     /// The client's ends of the channels.
     Channels(Local),
-    /// Over TCP: the name of the server's listener in the abstract socket namespace,
-    /// where a client on this machine connects to get the channels.
-    Nearby(Vec<u8>),
+    /// Over TCP: the server's listener in the abstract socket namespace, where a
+    /// client on this machine connects to get the channels.
+    Nearby(Nearby),
     /// Why the connection stays on the socket.
     Refused(String),
 }
@@ -97,9 +109,8 @@ enum Offer {
 pub(crate) enum Answer {
     /// The channels: the connection moves onto them.
     Channels(Local),
-    /// The name of the server's listener in the abstract socket namespace; this
-    /// connection stays on the socket.
-    Nearby(Vec<u8>),
+    /// The server's nearby listener; this connection stays on the socket.
+    Nearby(Nearby),
     /// The connection stays on the socket.
     Socket,
 }
@@ -142,7 +153,7 @@ pub(crate) fn request(conn: &mut Framed, until: Instant) -> Result<Answer, Manag
             local.rx.spin_adaptively(CLIENT_SPIN);
             Ok(Answer::Channels(local))
         }
-        Ok(Offer::Nearby(name)) => Ok(Answer::Nearby(name)),
+        Ok(Offer::Nearby(nearby)) => Ok(Answer::Nearby(nearby)),
         Ok(Offer::Refused(why)) => {
             tracing::debug!("manager: staying on the socket: the server says {why}");
             Ok(Answer::Socket)
@@ -161,7 +172,7 @@ pub(crate) fn request(conn: &mut Framed, until: Instant) -> Result<Answer, Manag
 pub(crate) fn offer(
     conn: &mut Framed,
     refused: Option<&str>,
-    nearby: Option<&[u8]>,
+    nearby: Option<&Nearby>,
 ) -> std::io::Result<Option<Local>> {
     let made = (|| {
         if let Some(why) = refused {
@@ -169,7 +180,7 @@ pub(crate) fn offer(
         }
         if !conn.stream().passes_descriptors() {
             return match nearby {
-                Some(name) => Ok(Err(name)),
+                Some(nearby) => Ok(Err(nearby)),
                 None => Err(std::io::Error::other("the connection is not a Unix socket")),
             };
         }
@@ -187,9 +198,9 @@ pub(crate) fn offer(
         Ok::<_, std::io::Error>(Ok((ours, theirs)))
     })();
     match made {
-        Ok(Err(name)) => {
+        Ok(Err(nearby)) => {
             let answer =
-                codec::encode(&Offer::Nearby(name.to_vec())).map_err(std::io::Error::other)?;
+                codec::encode(&Offer::Nearby(nearby.clone())).map_err(std::io::Error::other)?;
             conn.send_raw(&answer.bytes)?;
             Ok(None)
         }

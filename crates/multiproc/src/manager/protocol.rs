@@ -31,7 +31,7 @@ pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body of the client's answer: its proof, its own challenge, its session id.
 const ANSWER_LEN: usize = TAG_LEN + CHALLENGE_LEN + 8;
 
-const HELLO: &[u8; 4] = b"MPM1";
+const HELLO: &[u8; 4] = b"MPM2";
 const ACCEPTED: &[u8; 4] = b"OKAY";
 const DENIED: &[u8; 4] = b"DENY";
 /// Labels bound into each side's proof, so a proof can never be replayed the other way.
@@ -148,6 +148,18 @@ impl Stream {
         match self {
             Stream::Tcp(_) => None,
             Stream::Unix(s) => Some(s),
+        }
+    }
+
+    /// The process and user ids at the other end of a Unix socket.
+    pub(crate) fn peer_credentials(&self) -> io::Result<(u32, u32)> {
+        match self {
+            Stream::Tcp(_) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(unix)]
+            Stream::Unix(s) => {
+                use std::os::fd::AsFd;
+                crate::sys::peer_credentials(s.as_fd())
+            }
         }
     }
 

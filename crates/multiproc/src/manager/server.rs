@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::ErasedObject;
 use super::accept::{self, DoorSettings, Listener};
 use super::dispatch::{Dispatcher, Handoff, Joined};
-use super::local::{self, Local, Slot};
+use super::local::{self, Local, Nearby, Slot};
 use super::objects::{Peer, Served};
 use super::protocol::{self, FrameError, Framed, Kind, RefOp, Request, Response, Stream};
 use super::refs::RefTable;
@@ -58,7 +58,7 @@ pub(crate) struct Shared {
     dispatcher: OnceLock<Option<Dispatcher>>,
     /// The name of the nearby listener beside a TCP one, told to clients that ask for
     /// the local transport over TCP.
-    nearby: OnceLock<Vec<u8>>,
+    nearby: OnceLock<Nearby>,
     stopping: AtomicBool,
 }
 
@@ -117,8 +117,8 @@ impl Shared {
     pub(crate) fn run(self: &Arc<Self>, listener: &Listener) {
         let nearby = listener.nearby();
         let mut listeners = vec![listener];
-        if let Some((l, name)) = &nearby {
-            let _ = self.nearby.set(name.clone());
+        if let Some((l, near)) = &nearby {
+            let _ = self.nearby.set(near.clone());
             listeners.push(l);
         }
         accept::run(self, &listeners, self.door);
@@ -127,15 +127,15 @@ impl Shared {
     /// For tests: tells clients over TCP that the nearby listener is at `name` (one
     /// that does not exist, say) instead of where [`run`](Self::run) puts it.
     #[cfg(test)]
-    pub(crate) fn advertise(&self, name: &[u8]) {
+    pub(crate) fn advertise(&self, nearby: Nearby) {
         self.nearby
-            .set(name.to_vec())
+            .set(nearby)
             .expect("advertised before the server runs");
     }
 
     /// For tests: the name of the nearby listener, once [`run`](Self::run) has bound it.
     #[cfg(test)]
-    pub(crate) fn nearby_name(&self) -> Option<Vec<u8>> {
+    pub(crate) fn nearby(&self) -> Option<Nearby> {
         self.nearby.get().cloned()
     }
 
@@ -222,15 +222,22 @@ impl Shared {
                 return;
             };
             if matches!(request, Request::Local) {
-                let slot = Slot::take(&self.locals, self.max_locals);
-                let refused = if slot.is_none() {
+                // Over TCP the answer is at most where to go: no slot is taken and no
+                // dispatcher started for it.
+                let over_unix = conn.stream().passes_descriptors();
+                let slot = over_unix
+                    .then(|| Slot::take(&self.locals, self.max_locals))
+                    .flatten();
+                let refused = if !over_unix {
+                    None
+                } else if slot.is_none() {
                     Some("the server has as many local connections as its descriptor limit allows")
                 } else if self.dispatcher().is_none() {
                     Some("the server could not start its dispatcher thread")
                 } else {
                     None
                 };
-                match local::offer(conn, refused, self.nearby.get().map(Vec::as_slice)) {
+                match local::offer(conn, refused, self.nearby.get()) {
                     Ok(Some(l)) => return self.serve_local(conn, l, session, peer),
                     Ok(None) => continue,
                     Err(e) => {

@@ -468,6 +468,9 @@ pub(crate) fn set_keepalive(_: BorrowedFd<'_>, _: std::time::Duration) -> io::Re
 pub(crate) fn listen_backlog(_: BorrowedFd<'_>) -> io::Result<()> {
     Err(unsupported())
 }
+pub(crate) fn peer_credentials(_: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    Err(unsupported())
+}
 #[cfg(unix)]
 pub(crate) fn abstract_socket_addr(_: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     Err(unsupported())

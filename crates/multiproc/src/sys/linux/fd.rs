@@ -279,6 +279,22 @@ pub(crate) fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
     fds.iter().map(AsFd::as_fd).collect()
 }
 
+/// The process id and user id of the process at the other end of a connected Unix
+/// socket, as of when it connected (`SO_PEERCRED`; the pid as this process's pid
+/// namespace sees it).
+pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    Ok((
+        cred.pid.as_raw_nonzero().get().unsigned_abs(),
+        cred.uid.as_raw(),
+    ))
+}
+
+/// This process's real user id.
+pub(crate) fn user_id() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
 /// A socket address in Linux's abstract namespace: no file, gone with its last socket.
 pub(crate) fn abstract_socket_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     use std::os::linux::net::SocketAddrExt;
