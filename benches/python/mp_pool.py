@@ -1,8 +1,9 @@
 """CPython's multiprocessing.Pool and ProcessPoolExecutor on the workloads of benches/pool.rs.
 
-Usage: python3 mp_pool.py MODE ITERATIONS
-A pool of 2 worker processes (`fork` context) is started and warmed up first; then the
-timed part runs ITERATIONS tasks and the script prints its seconds:
+Usage: python3 mp_pool.py MODE [PROCESSES] ITERATIONS
+A pool of PROCESSES worker processes (2 by default; `fork` context) is started and
+warmed up first; then the timed part runs ITERATIONS tasks and the script prints its
+seconds:
   map       Pool.map(square, range(N)) with the default chunksize
   map1      Pool.map(square, range(N), chunksize=1)
   imap1     list(Pool.imap(square, range(N)))            (chunksize=1)
@@ -32,7 +33,9 @@ def spin_ms(x):
 
 
 if __name__ == "__main__":
-    mode, n = sys.argv[1], int(sys.argv[2])
+    mode, n = sys.argv[1], int(sys.argv[-1])
+    if len(sys.argv) > 3:
+        PROCESSES = int(sys.argv[2])
     ctx = mp.get_context("fork")
     if mode in ("executor", "as_completed"):
         with cf.ProcessPoolExecutor(PROCESSES, mp_context=ctx) as ex:

@@ -69,51 +69,70 @@ pub fn spin_until_orphaned() {
 
 /// The report's header under load.
 pub fn header(runs: usize, load: usize) -> String {
+    part_header(
+        runs,
+        "Under load",
+        "--busy",
+        &format!(
+            "and wrote this part of the file, while {load} busy-looping process{} kept \
+             {load} of the CPUs taken (an unrelated job on the same machine). Every \
+             peer ran under the same load.",
+            if load == 1 { "" } else { "es" }
+        ),
+    )
+}
+
+/// The header of a part of the file written by a run of its own: the plain header with
+/// `title`, the command with `flag`, and `wrote` for what the run did; the machine's
+/// table stays.
+pub fn part_header(runs: usize, title: &str, flag: &str, wrote: &str) -> String {
     let plain = crate::header(runs);
     let mut lines: Vec<&str> = plain.lines().collect();
-    // The title and the command are those of this mode; the machine's table stays.
     lines.retain(|l| !l.starts_with("# Benchmarks"));
     let body = lines
         .join("\n")
         .replace(
             "cargo run --release -p multiproc-bench -- --compare\n",
-            "cargo run --release -p multiproc-bench -- --compare --busy\n",
+            &format!("cargo run --release -p multiproc-bench -- --compare {flag}\n"),
         )
-        .replace(
-            "and wrote this file.",
-            &format!(
-                "and wrote this part of the file, while {load} busy-looping process{} kept \
-                 {load} of the CPUs taken (an unrelated job on the same machine). Every \
-                 peer ran under the same load.",
-                if load == 1 { "" } else { "es" }
-            ),
-        );
-    format!("# Under load\n{body}\n")
+        .replace("and wrote this file.", wrote);
+    format!("# {title}\n{body}\n")
 }
+
+/// The parts of `BENCHMARKS.md` that runs of their own write (`--busy`, `--scaling`),
+/// in the order they follow the plain run's report.
+pub const PARTS: [&str; 2] = ["busy", "scaling"];
 
 /// The file `previous` with its "Under load" part replaced by `busy` (appended when it
 /// has none yet).
 pub fn place(previous: &str, busy: &str) -> String {
-    let part = busy;
-    splice_between(previous, "busy", part).unwrap_or_else(|| {
+    place_part(previous, "busy", busy)
+}
+
+/// The file `previous` with its part `tag` (one of [`PARTS`]) replaced by `part`
+/// (appended when it has none yet).
+pub fn place_part(previous: &str, tag: &str, part: &str) -> String {
+    splice_between(previous, tag, part).unwrap_or_else(|| {
         let mut text = previous.to_string();
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        format!("{text}\n<!-- busy:start -->\n{part}<!-- busy:end -->\n")
+        format!("{text}\n<!-- {tag}:start -->\n{part}<!-- {tag}:end -->\n")
     })
 }
 
-/// A plain run's `report`, followed by the "Under load" part of `previous`, if it has
-/// one.
+/// A plain run's `report`, followed by the parts of `previous` that other runs wrote
+/// ("Under load", "Scaling"), those it has.
 pub fn keep(previous: &str, mut report: String) -> String {
-    if let Some(part) = section(previous, "busy") {
-        if !report.ends_with('\n') {
+    for tag in PARTS {
+        if let Some(part) = section(previous, tag) {
+            if !report.ends_with('\n') {
+                report.push('\n');
+            }
+            report.push('\n');
+            report.push_str(part);
             report.push('\n');
         }
-        report.push('\n');
-        report.push_str(part);
-        report.push('\n');
     }
     report
 }
@@ -138,5 +157,29 @@ mod tests {
         assert!(plain.starts_with("# Benchmarks\nquiet again\n"), "{plain}");
         assert!(plain.contains("<!-- busy:start -->\n# Under load\ntwo\n<!-- busy:end -->"));
         assert_eq!(keep("no part", "r\n".into()), "r\n");
+    }
+
+    #[test]
+    fn every_run_keeps_the_parts_it_does_not_write() {
+        let scaled = place_part(
+            &place("# Benchmarks\nquiet\n", "# Under load\none\n"),
+            "scaling",
+            "# Scaling\nsixteen\n",
+        );
+        let busy_again = place(&scaled, "# Under load\ntwo\n");
+        assert!(
+            busy_again.contains("sixteen") && busy_again.contains("two"),
+            "{busy_again}"
+        );
+        let plain = keep(&busy_again, "# Benchmarks\nquiet again\n".into());
+        let (busy_at, scaling_at) = (
+            plain.find("<!-- busy:start -->").unwrap(),
+            plain.find("<!-- scaling:start -->").unwrap(),
+        );
+        assert!(
+            plain.starts_with("# Benchmarks\nquiet again\n") && busy_at < scaling_at,
+            "{plain}"
+        );
+        assert!(plain.contains("two") && plain.contains("sixteen") && !plain.contains("one"));
     }
 }

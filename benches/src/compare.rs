@@ -111,7 +111,7 @@ pub struct Group {
     pub rate: Rate,
     /// What one operation is, for the reader.
     pub operation: &'static str,
-    /// The `cargo bench` target with the same workloads.
+    /// The `cargo bench` target with the same workloads (empty: none).
     pub bench: &'static str,
     pub workloads: Vec<Workload>,
     pub targets: Vec<Target>,
@@ -212,13 +212,19 @@ pub const BUSY_VS_CPYTHON: f64 = 10.0;
 pub fn report(group: &Group, stats: &[Stats], busy: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## {}\n", group.title);
+    let criterion = if group.bench.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Criterion bench with the same workloads: `cargo bench -p multiproc-bench --bench {}`.",
+            group.bench
+        )
+    };
     let _ = writeln!(
         out,
-        "One operation: {}. Time per operation over each run; {} runs each, interleaved. \
-         Criterion bench with the same workloads: `cargo bench -p multiproc-bench --bench {}`.\n",
+        "One operation: {}. Time per operation over each run; {} runs each, interleaved.{criterion}\n",
         group.operation,
         stats.first().map_or(0, |s| s.runs.len()),
-        group.bench
     );
     let first = stats.iter().find(|s| s.kind == Impl::Multiproc);
     let base = first.map(|s| s.name).unwrap_or_default();

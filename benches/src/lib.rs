@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod compare;
 pub mod floor;
 pub mod plot;
+pub mod scaling;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,7 +88,7 @@ pub mod spawn {
 /// Queues and pipes between two processes.
 pub mod ipc {
     use super::*;
-    use multiproc::{Connection, Queue};
+    use multiproc::{Connection, Event, Queue, Semaphore};
     use serde_bytes::ByteBuf;
 
     fn get_small((q, n): (Queue<u64>, u64)) {
@@ -137,6 +138,31 @@ pub mod ipc {
         while let Ok(x) = conn.recv() {
             conn.send(x + 1).expect("send");
         }
+    }
+
+    /// One side of [`queue_mpmc`]: puts `n` small items (a producer) or gets `n`.
+    fn mpmc_side(((q, producer), ready, go, n): ((Queue<u64>, bool), Semaphore, Event, u64)) {
+        ready.release();
+        go.wait();
+        for i in 0..n {
+            if producer {
+                q.put(i).expect("put");
+            } else {
+                q.get().expect("get");
+            }
+        }
+    }
+
+    /// `n` small items through one queue from `processes` producer processes to as many
+    /// consumer processes (each moves `n / processes`): the time from the go, given when
+    /// all have started, until all are joined.
+    pub fn queue_mpmc(processes: usize, n: u64) -> Duration {
+        let q = Queue::new().expect("queue");
+        let each = n / processes as u64;
+        let sides = (0..2 * processes)
+            .map(|i| (q.clone(), i % 2 == 0))
+            .collect();
+        super::all_on_go(mpmc_side, sides, each)
     }
 
     /// `n` round trips of a small message over a duplex pipe to a child process.
@@ -267,12 +293,24 @@ pub fn two_on_go<A: Clone + serde::Serialize + serde::de::DeserializeOwned>(
     arg: &A,
     n: u64,
 ) -> Duration {
+    all_on_go(f, vec![arg.clone(), arg.clone()], n)
+}
+
+/// Starts a child running `f((arg, ready, go, n))` for each of `args`, waits until
+/// every one has released `ready`, and returns the time from setting `go` until all
+/// are joined.
+pub fn all_on_go<A: Clone + serde::Serialize + serde::de::DeserializeOwned>(
+    f: fn((A, multiproc::Semaphore, multiproc::Event, u64)),
+    args: Vec<A>,
+    n: u64,
+) -> Duration {
     let ready = multiproc::Semaphore::new(0).expect("semaphore");
     let go = multiproc::Event::new().expect("event");
-    let kids: Vec<_> = (0..2)
-        .map(|_| multiproc::spawn(f, (arg.clone(), ready.clone(), go.clone(), n)).expect("spawn"))
+    let kids: Vec<_> = args
+        .into_iter()
+        .map(|arg| multiproc::spawn(f, (arg, ready.clone(), go.clone(), n)).expect("spawn"))
         .collect();
-    for _ in 0..2 {
+    for _ in 0..kids.len() {
         ready.acquire().forget();
     }
     // The clock starts before the go, not after this process is scheduled again.
@@ -467,8 +505,13 @@ pub mod pool {
 
     /// `Pool::imap` of `n` trivial tasks, one task per item.
     pub fn imap_one_by_one(n: u64) -> Duration {
+        imap_on(PROCESSES, n)
+    }
+
+    /// As [`imap_one_by_one`], with `processes` workers.
+    pub fn imap_on(processes: usize, n: u64) -> Duration {
         timed(
-            PROCESSES,
+            processes,
             |p| p.imap(square, 0..n).inspect(|r| assert!(r.is_ok())).count(),
             n,
         )
@@ -492,8 +535,13 @@ pub mod pool {
 
     /// `n` `Pool::submit` calls, then `n` `Task::wait` calls.
     pub fn submit_wait(n: u64) -> Duration {
+        submit_wait_on(PROCESSES, n)
+    }
+
+    /// As [`submit_wait`], with `processes` workers.
+    pub fn submit_wait_on(processes: usize, n: u64) -> Duration {
         timed(
-            PROCESSES,
+            processes,
             |p| {
                 let tasks = submit_all(p, n);
                 let mut done = 0;
@@ -537,7 +585,12 @@ pub mod pool {
 
     /// rayon's parallel map of `n` trivial tasks.
     pub fn rayon_map(n: u64) -> Duration {
-        rayon_run(PROCESSES, n, square)
+        rayon_map_on(PROCESSES, n)
+    }
+
+    /// As [`rayon_map`], on `threads` threads.
+    pub fn rayon_map_on(threads: usize, n: u64) -> Duration {
+        rayon_run(threads, n, square)
     }
 
     fn rayon_run(threads: usize, n: u64, f: fn(u64) -> u64) -> Duration {

@@ -6,6 +6,7 @@
 //! cargo run --release -p multiproc-bench -- --compare --runs 3 --out /tmp/b.md
 //! cargo run --release -p multiproc-bench -- --compare --only lock   # some groups only
 //! cargo run --release -p multiproc-bench -- --compare --busy        # under load
+//! cargo run --release -p multiproc-bench -- --compare --scaling     # 1 to 16 processes
 //! cargo run --release -p multiproc-bench -- loop spawn 300          # one workload alone
 //! ```
 //!
@@ -14,6 +15,12 @@
 //! the "Under load" part of `BENCHMARKS.md` (between `<!-- busy:start -->` and
 //! `<!-- busy:end -->`), with its own plot, `BENCHMARKS-busy.svg`; a plain run keeps
 //! that part as it was.
+//!
+//! `--scaling` runs the pools and a many-to-many queue at 1, 2, 4, 8 and 16 processes
+//! beside CPython and rayon (see `src/scaling.rs`) into the "Scaling with processes"
+//! part (`<!-- scaling:start -->` ... `<!-- scaling:end -->`, plot
+//! `BENCHMARKS-scaling.svg`). It writes `BENCHMARKS.md` only on a machine with 16 CPUs
+//! or more; elsewhere it runs the counts the machine has CPUs for, into `--out`'s file.
 
 use std::path::PathBuf;
 
@@ -66,6 +73,7 @@ fn main() {
     let mut compare = false;
     let mut only: Option<String> = None;
     let mut busy = false;
+    let mut scaling = false;
     let mut rest: Vec<String> = first.into_iter().chain(args).collect();
     rest.reverse();
     while let Some(arg) = rest.pop() {
@@ -75,9 +83,10 @@ fn main() {
             "--out" => out = rest.pop().map(PathBuf::from).unwrap_or(out),
             "--only" => only = rest.pop(),
             "--busy" => busy = true,
+            "--scaling" => scaling = true,
             other => {
                 eprintln!(
-                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--busy] [--runs N] [--out FILE] [--only TEXT]"
+                    "unknown argument {other:?}\nusage: multiproc-bench --compare [--busy | --scaling] [--runs N] [--out FILE] [--only TEXT]"
                 );
                 std::process::exit(2);
             }
@@ -85,13 +94,33 @@ fn main() {
     }
     if !compare {
         eprintln!(
-            "usage: multiproc-bench --compare [--busy] [--runs N] [--out FILE] [--only TEXT]"
+            "usage: multiproc-bench --compare [--busy | --scaling] [--runs N] [--out FILE] [--only TEXT]"
         );
         std::process::exit(2);
     }
+    if busy && scaling {
+        eprintln!("--busy and --scaling are runs of their own: one at a time");
+        std::process::exit(2);
+    }
     let exe = std::env::current_exe().expect("own path");
-    let mut groups = multiproc_bench::groups(&exe);
-    let mut mem_groups = multiproc_bench::mem_groups(&exe);
+    let counts = multiproc_bench::scaling::counts();
+    let (mut groups, mut mem_groups) = if scaling {
+        let cpus = multiproc_bench::scaling::cpus();
+        if cpus < multiproc_bench::scaling::CPUS && out.ends_with("BENCHMARKS.md") {
+            eprintln!(
+                "--scaling writes BENCHMARKS.md only on a machine with {} CPUs or more \
+                 (this one has {cpus}); name a file with --out to run it here",
+                multiproc_bench::scaling::CPUS
+            );
+            std::process::exit(2);
+        }
+        (multiproc_bench::scaling::groups(&counts), Vec::new())
+    } else {
+        (
+            multiproc_bench::groups(&exe),
+            multiproc_bench::mem_groups(&exe),
+        )
+    };
     if let Some(only) = &only {
         // A partial run is for looking at, not for the report or the README.
         let only = only.to_lowercase();
@@ -105,17 +134,24 @@ fn main() {
     let load = busy.then(multiproc_bench::busy::Load::start);
     let header = match &load {
         Some(load) => multiproc_bench::busy::header(runs, load.processes()),
+        None if scaling => multiproc_bench::scaling::header(runs, &counts),
         None => multiproc_bench::header(runs),
     };
     // The plot lies beside the report, which shows it by its file name.
-    let plot = if busy {
-        out.with_file_name(format!(
-            "{}-busy.svg",
+    let part = if busy {
+        Some("busy")
+    } else if scaling {
+        Some("scaling")
+    } else {
+        None
+    };
+    let plot = match part {
+        Some(part) => out.with_file_name(format!(
+            "{}-{part}.svg",
             out.file_stem()
                 .map_or("BENCHMARKS".into(), |s| s.to_string_lossy())
-        ))
-    } else {
-        out.with_extension("svg")
+        )),
+        None => out.with_extension("svg"),
     };
     let plot_name = plot.file_name().map_or_else(
         || "BENCHMARKS.svg".into(),
@@ -125,17 +161,17 @@ fn main() {
         multiproc_bench::compare::run_all(&groups, &mem_groups, runs, &header, &plot_name, busy);
     drop(load);
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
-    let report = if busy {
-        multiproc_bench::busy::place(&previous, &outcome.report)
-    } else {
-        multiproc_bench::busy::keep(&previous, outcome.report.clone())
+    let report = match part {
+        Some(part) => multiproc_bench::busy::place_part(&previous, part, &outcome.report),
+        None => multiproc_bench::busy::keep(&previous, outcome.report.clone()),
     };
     std::fs::write(&out, &report).expect("write the report");
     eprintln!("wrote {}", out.display());
     multiproc_bench::plot::ratios(&outcome.ratios, &plot).expect("draw the plot");
     eprintln!("wrote {}", plot.display());
     let summary = outcome.summary;
-    if only.is_some() {
+    if only.is_some() || scaling {
+        // The README's summaries are those of the plain and busy runs.
         return;
     }
     // The README quotes the headline numbers of this same run (under load: its own
