@@ -503,11 +503,16 @@ fn stats() -> Vec<Stat> {
         }
         let mut number = |what: &str| {
             let f = field();
-            f.parse::<u32>()
+            f.parse::<i64>()
                 .unwrap_or_else(|e| panic!("{what} {f:?} in /proc/{pid}/stat {stat:?}: {e}"))
         };
         let ppid = number("ppid");
         let pgrp = number("pgrp");
+        let (Ok(ppid), Ok(pgrp)) = (u32::try_from(ppid), u32::try_from(pgrp)) else {
+            // A zombie released this instant (its ids already detached) can still read
+            // `Z` with parent 0 and group -1: gone, as an `X` is.
+            continue;
+        };
         out.push(Stat {
             pid,
             ppid,
