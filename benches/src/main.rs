@@ -106,10 +106,19 @@ fn main() {
     let counts = multiproc_bench::scaling::counts();
     let (mut groups, mut mem_groups) = if scaling {
         let cpus = multiproc_bench::scaling::cpus();
-        if cpus < multiproc_bench::scaling::CPUS && out.ends_with("BENCHMARKS.md") {
+        // The repository's report, not a file of the same name elsewhere (`--only`
+        // writes elsewhere anyway, below).
+        let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            a.canonicalize()
+                .ok()
+                .zip(b.canonicalize().ok())
+                .is_some_and(|(a, b)| a == b)
+        };
+        if cpus < multiproc_bench::scaling::CPUS && only.is_none() && same(&out, &report) {
             eprintln!(
                 "--scaling writes BENCHMARKS.md only on a machine with {} CPUs or more \
-                 (this one has {cpus}); name a file with --out to run it here",
+                 (this one has {cpus}); name another file with --out to run it here",
                 multiproc_bench::scaling::CPUS
             );
             std::process::exit(2);

@@ -110,7 +110,9 @@ pub fn groups(counts: &[usize]) -> Vec<Group> {
             iters: 400_000,
             ours: "multiproc Queue",
             run: ipc::queue_mpmc,
-            cpython: Some(("CPython Queue", "mp_queue.py", &["0", "mpmc"], 40_000)),
+            // As many items as multiproc's: fewer would leave CPython's share of each
+            // of 32 processes small beside its start-up and exit.
+            cpython: Some(("CPython Queue", "mp_queue.py", &["0", "mpmc"], 400_000)),
             rayon: false,
             count: producers_and_consumers,
         },
@@ -152,14 +154,16 @@ fn group(shape: Shape, counts: &[usize], python: bool) -> Group {
         }
     }
     let mut notes = vec![format!(
-        "Processes: {} here, each count in a pool (or queue) of its own, started and warmed up before the clock starts; the first multiproc row is the base of the ratio column.",
+        "Processes: {} here; the first multiproc row is the base of the ratio column.",
         list(counts)
     )];
-    if shape.title.contains("queue") {
-        notes.push(
-            "N + N processes: N producers and N consumers share the queue; each moves the same share of the items.".into(),
-        );
-    }
+    notes.push(if shape.title.contains("queue") {
+        "N + N processes: N producers and N consumers share a queue of their own, started before the go that starts the clock; each moves the same share of the items. At the largest count there are twice as many processes as CPUs.".into()
+    } else if shape.rayon {
+        "Each count is a pool of its own, started and warmed up (100 tasks) before the clock starts; rayon's pool is built before the clock starts, and not warmed up.".into()
+    } else {
+        "Each count is a pool of its own, started and warmed up (100 tasks) before the clock starts.".into()
+    });
     notes.push(python::version().map_or_else(
         || "python3 was not found: the CPython rows are missing.".to_string(),
         |v| format!("CPython: {v}, `fork` context."),

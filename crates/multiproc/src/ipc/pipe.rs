@@ -111,11 +111,14 @@ impl<T: Serialize> Sender<T> {
 
     /// Sends a copy of a message the caller keeps: it is encoded straight into the
     /// pipe's shared memory, so a large one is not cloned first. Waits as
-    /// [`send`](Self::send) does.
+    /// [`send`](Self::send) does. A handle in the message (a `Sender`, a `Queue`) is
+    /// sent as a copy too, as by `clone` then `send`: the caller's stays open.
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send); the error holds the reference.
+    /// As [`send`](Self::send); the error holds the reference (so it borrows the
+    /// message: `map_err` it, or take [`SendError::into_inner`], to return it further
+    /// than the message lives).
     pub fn send_ref<'v>(&self, value: &'v T) -> Result<(), SendError<&'v T>> {
         send_error(send(&self.raw, value, Deadline::Never, false))
     }
@@ -169,10 +172,6 @@ pub(crate) enum Failed {
     Io(std::io::Error),
 }
 
-/// Encodes and sends; `unfinished` counts the message for `JoinableQueue::join`.
-///
-/// A message without descriptors that fits in the ring is serialized straight into
-/// it (its size is measured first); others are encoded and go through the side socket.
 /// The error of a send that may wait as long as it takes, from what [`send`] returned.
 pub(super) fn send_error<V>(sent: Result<(), (V, Failed)>) -> Result<(), SendError<V>> {
     sent.map_err(|(v, e)| match e {
@@ -182,6 +181,10 @@ pub(super) fn send_error<V>(sent: Result<(), (V, Failed)>) -> Result<(), SendErr
     })
 }
 
+/// Encodes and sends; `unfinished` counts the message for `JoinableQueue::join`.
+///
+/// A message without descriptors that fits in the ring is serialized straight into
+/// it (its size is measured first); others are encoded and go through the side socket.
 pub(crate) fn send<T: Serialize>(
     raw: &RawSender,
     value: T,

@@ -143,11 +143,14 @@ impl<T: Serialize> Queue<T> {
     /// Puts a copy of an item the caller keeps, as Python's `put` does: the item is
     /// encoded straight into the queue's shared memory, so a large one (a buffer that
     /// is sent again and again, say) is not cloned first. Waits as [`put`](Self::put)
-    /// does.
+    /// does. A handle in the item (a `Sender`, a `Queue`) is put as a copy too, as by
+    /// `clone` then `put`: the caller's stays open.
     ///
     /// # Errors
     ///
-    /// As [`put`](Self::put); the error holds the reference.
+    /// As [`put`](Self::put); the error holds the reference (so it borrows the item:
+    /// `map_err` it, or take [`SendError::into_inner`](crate::SendError::into_inner),
+    /// to return it further than the item lives).
     pub fn put_ref<'v>(&self, value: &'v T) -> Result<(), SendError<&'v T>> {
         pipe::send_error(put(self.sender(), value, Deadline::Never, false))
     }

@@ -42,11 +42,9 @@ impl Core {
             .checked_add(first)
     }
 
-    /// Maps overflow segment `k`, which must exist. Its pages are entered in this
-    /// process's tables at once: producers fill a segment from start to end and
-    /// consumers read it so, and one system call for its 1025 pages costs less than a
-    /// fault per page (28,000 faults and 6% of the time of a 100 MiB backlog).
-    fn map_segment(&self, k: u64) -> io::Result<Region> {
+    /// Maps overflow segment `k`, which must exist; with `populate`, its pages are
+    /// entered in this process's tables at once (allocated where the file has none).
+    fn map_segment(&self, k: u64, populate: bool) -> io::Result<Region> {
         let made = self.header().overflow.0.made.load(Acquire);
         let offset = self
             .segment_offset(k)
@@ -57,11 +55,17 @@ impl Core {
                     format!("overflow segment {k} does not exist ({made} made)"),
                 )
             })?;
-        self.seg.map_range(offset, self.stride() as usize, true)
+        self.seg.map_range(offset, self.stride() as usize, populate)
     }
 
-    /// Segment `k`, from `cache` (which then keeps it) or mapped now.
-    fn segment<'m>(&self, cache: &'m mut MutexGuard<'_, Mapped>, k: u64) -> io::Result<&'m Region> {
+    /// Segment `k`, from `cache` (which then keeps it) or mapped now (`populate`d, see
+    /// [`map_segment`](Self::map_segment)).
+    fn segment<'m>(
+        &self,
+        cache: &'m mut MutexGuard<'_, Mapped>,
+        k: u64,
+        populate: bool,
+    ) -> io::Result<&'m Region> {
         let segments = &mut cache.segments;
         match segments.iter().position(|(i, _)| *i == k) {
             Some(at) if at + 1 == segments.len() => {}
@@ -70,7 +74,7 @@ impl Core {
                 segments.push(found);
             }
             None => {
-                let region = self.map_segment(k)?;
+                let region = self.map_segment(k, populate)?;
                 if segments.len() >= MAPPED {
                     segments.remove(0);
                 }
@@ -104,7 +108,7 @@ impl Core {
         if k == 0 {
             return Ok(self.ring());
         }
-        let region = self.segment(cache, k)?;
+        let region = self.segment(cache, k, false)?;
         Ok(self.segment_ring(region))
     }
 
@@ -270,7 +274,12 @@ impl Core {
                 k
             }
         };
-        let region = self.segment(cache, k)?;
+        // The producers are about to fill it from start to end: its pages are entered
+        // at once, one system call for its 1025 pages instead of a fault each (100 MiB
+        // put before the consumer starts: 28,000 faults gone, 15% less time on an idle
+        // machine, 6% with one busy loop). Consumers read with the kernel's fault-around
+        // (16 pages a fault) and map without it.
+        let region = self.segment(cache, k, true)?;
         let sh: &SegmentHeader = region.at(0);
         self.segment_ring(region).reset(tail);
         sh.index.store(k, Relaxed);
@@ -320,7 +329,7 @@ impl Core {
             let ring = if r == 0 {
                 self.ring()
             } else {
-                let region = self.segment(&mut cache, r).map_err(RecvFail::Io)?;
+                let region = self.segment(&mut cache, r, false).map_err(RecvFail::Io)?;
                 let sh: &SegmentHeader = region.at(0);
                 if sh.magic.load(Acquire) != SegmentHeader::MAGIC || sh.index.load(Acquire) != r {
                     return Err(broken("an overflow segment that was not made as one"));
