@@ -18,7 +18,8 @@ pub fn main(mut args: impl Iterator<Item = String>) {
         "pipe-ping-pong" => return println!("{}", pipe_ping_pong(iters)),
         "mutex-counter" => return println!("{}", mutex_counter(false, iters)),
         "robust-mutex-counter" => return println!("{}", mutex_counter(true, iters)),
-        "futex-ping-pong" => return println!("{}", futex_ping_pong(iters)),
+        "futex-ping-pong" => return println!("{}", ping_pong(true, iters)),
+        "yield-ping-pong" => return println!("{}", ping_pong(false, iters)),
         "pthread-barrier" => return println!("{}", pthread_barrier(iters)),
         other => {
             eprintln!("unknown workload {other:?}");
@@ -245,9 +246,13 @@ fn mutex_counter(robust: bool, iters: u64) -> f64 {
     elapsed
 }
 
-/// Two processes hand a turn back and forth `iters` times through a futex word,
-/// sleeping in the kernel for each turn: the floor of a sleeping hand-off.
-fn futex_ping_pong(iters: u64) -> f64 {
+/// Two processes hand a turn back and forth `iters` times through a word of shared
+/// memory. With `sleep`, each waits for its turn asleep on the word (a futex): the floor
+/// of a sleeping hand-off. Without, each looks at the word with `sched_yield` between
+/// looks: the floor of a hand-off that never sleeps, which two processes sharing one
+/// CPU pay as a context switch each way (`taskset -c 0 multiproc-bench floor
+/// yield-ping-pong N`), and two on CPUs of their own as a system call.
+fn ping_pong(sleep: bool, iters: u64) -> f64 {
     use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
     let turn = shared::<AtomicU32>();
     // SAFETY: the word lives in the shared mapping for the whole process.
@@ -257,6 +262,10 @@ fn futex_ping_pong(iters: u64) -> f64 {
         let now = turn.load(SeqCst);
         if now == want {
             return;
+        }
+        if !sleep {
+            std::thread::yield_now();
+            continue;
         }
         // SAFETY: FUTEX_WAIT on a word of shared memory, which stays mapped.
         unsafe {
@@ -271,8 +280,10 @@ fn futex_ping_pong(iters: u64) -> f64 {
     };
     let hand = |to: u32| {
         turn.store(to, SeqCst);
-        // SAFETY: FUTEX_WAKE on the same word.
-        unsafe { libc::syscall(libc::SYS_futex, turn.as_ptr(), libc::FUTEX_WAKE, 1) };
+        if sleep {
+            // SAFETY: FUTEX_WAKE on the same word.
+            unsafe { libc::syscall(libc::SYS_futex, turn.as_ptr(), libc::FUTEX_WAKE, 1) };
+        }
     };
     let child = fork_running(|| {
         for i in 0..=rounds {

@@ -271,10 +271,16 @@ impl Client {
             let found = stream.peer_credentials();
             if !matches!(found, Ok(ids) if ids == (near.pid, near.uid)) {
                 let why = match found {
-                    Ok((pid, uid)) => format!(
-                        "process {pid} of user {uid} listens at its nearby name, not the server (process {} of user {})",
-                        near.pid, near.uid
-                    ),
+                    Ok((pid, uid)) => {
+                        let why = format!(
+                            "process {pid} of user {uid} listens at its nearby name, not the server (process {} of user {})",
+                            near.pid, near.uid
+                        );
+                        // Another process took the name (or the server is in another
+                        // pid namespace): worth an operator's look.
+                        tracing::warn!("manager: staying on TCP to {}: {why}", self.address);
+                        why
+                    }
                     Err(e) => format!("no credentials at its nearby name: {e}"),
                 };
                 self.go_far(&why);
