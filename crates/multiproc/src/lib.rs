@@ -121,9 +121,9 @@
 //! work under any runtime. [`wait`] blocks until any of several receivers, queues,
 //! processes or tasks is ready.
 //!
-//! Messages are encoded with postcard; encode large byte buffers as bytes
-//! (`#[serde(with = "serde_bytes")]`), since a plain `Vec<u8>` is encoded element by
-//! element.
+//! Messages are encoded with serde, in postcard's format with integers written whole;
+//! encode large byte buffers as bytes (`#[serde(with = "serde_bytes")]`), since a plain
+//! `Vec<u8>` is encoded element by element.
 //!
 //! # Locks and shared memory
 //!
@@ -434,6 +434,20 @@ pub mod fuzzing {
     /// Decodes frames from arbitrary bytes, as a peer could send them.
     pub fn frames(bytes: &[u8]) {
         crate::wire::framing::drain(bytes, 1 << 20);
+    }
+
+    /// Decodes arbitrary bytes as values of several types with multiproc's decoder:
+    /// types the format shares with postcard against postcard's decoder (a panic where
+    /// the two read them differently), types with wide integers on their own (a panic
+    /// if the decoder panics, or reads more than it would write).
+    pub fn decode(bytes: &[u8]) {
+        use crate::wire::decoder::{check_against_postcard as same, check_whole as whole};
+        same::<(bool, i8, u8, f32, f64, char, String)>(bytes);
+        same::<(Vec<u8>, Option<bool>, Result<u8, String>)>(bytes);
+        same::<std::collections::BTreeMap<String, Vec<Option<i8>>>>(bytes);
+        whole::<(u16, i32, i64, i128, u128, usize)>(bytes);
+        whole::<Vec<(u64, Option<i16>)>>(bytes);
+        whole::<Result<std::collections::BTreeMap<u32, String>, i64>>(bytes);
     }
 
     /// Receives from a channel whose shared memory holds arbitrary bytes.

@@ -1047,8 +1047,8 @@ fn acl_user_and_an_undecodable_result() {
     // No worker: the outcome is written by hand, and it is not a u64.
     let t = c.submit(SQUARE, 3).unwrap();
     let task = format!("{}-1", c.id());
-    let outcome = [2u8, 0, 2, 0xff, 0xff]; // version, Outcome::Value, 2 bytes of noise
-    let mut reply = vec![2u8, task.len() as u8];
+    let outcome = [3u8, 0, 2, 0xff, 0xff]; // layout version 3, Outcome::Value, 2 bytes of noise
+    let mut reply = vec![3u8, task.len() as u8];
     reply.extend_from_slice(task.as_bytes());
     reply.push(outcome.len() as u8);
     reply.extend_from_slice(&outcome);

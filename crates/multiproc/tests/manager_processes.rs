@@ -710,12 +710,12 @@ fn remote_tcp_right_and_wrong_key() {
     let mut raw = TcpStream::connect(a).unwrap();
     raw.set_read_timeout(Some(T)).unwrap();
     let hello = read_frame(&mut raw).unwrap();
-    assert_eq!(&hello[..4], b"MPM2");
+    assert_eq!(&hello[..4], b"MPM3");
     write_frame(&mut raw, &[0u8; 72]);
     assert_eq!(read_frame(&mut raw).as_deref(), Some(&b"DENY"[..]));
     // Then a perfectly formed request to create a named list: refused by a closed door.
     let mut request = Vec::new();
-    postcard_create_list(&mut request, "intruder");
+    encoded_create_list(&mut request, "intruder");
     let _ = raw.write_all(&(request.len() as u32).to_le_bytes());
     let _ = raw.write_all(&request);
     assert_eq!(read_frame(&mut raw), None, "the connection stays open");
@@ -843,9 +843,10 @@ fn address_of(a: std::net::SocketAddr) -> Address {
     Address::Tcp(a)
 }
 
-/// `Request::Create { kind: List, name: Some(name), tag: "", init: [] }` in postcard:
-/// variant 0, kind 1, Some, the name, an empty tag, empty init.
-fn postcard_create_list(out: &mut Vec<u8>, name: &str) {
+/// `Request::Create { kind: List, name: Some(name), tag: "", init: [] }` in multiproc's
+/// format (no integer here is wider than a byte): variant 0, kind 1, Some, the name, an
+/// empty tag, empty init.
+fn encoded_create_list(out: &mut Vec<u8>, name: &str) {
     out.extend([0, 1, 1, name.len() as u8]);
     out.extend(name.as_bytes());
     out.extend([0, 0]);
@@ -1037,7 +1038,7 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// The client's half of the handshake on a raw stream, with the key; panics if refused.
 fn authenticate(s: &mut (impl Read + Write), key: &[u8]) {
     let hello = read_frame(s).expect("the server's challenge");
-    assert_eq!(&hello[..4], b"MPM2");
+    assert_eq!(&hello[..4], b"MPM3");
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
     mac.update(b"multiproc-manager client v1");
     mac.update(&hello[4..]);
@@ -1444,7 +1445,7 @@ fn handshake_has_one_deadline() {
     let t = Instant::now();
     let mut slow = TcpStream::connect(a).unwrap();
     slow.set_read_timeout(Some(T)).unwrap();
-    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM2");
+    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM3");
     slow.set_nonblocking(true).unwrap();
     // The answer's frame: its length (72), then the body a byte at a time; 40 of its
     // 76 bytes are far from a complete answer.
@@ -1493,7 +1494,7 @@ fn half_open_connections_capped() {
         let mut s = TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(T)).unwrap();
         // Greeted: the server has accepted it and counts it.
-        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM2");
+        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM3");
         s
     };
     let mut silent: Vec<TcpStream> = (0..4).map(|_| open()).collect();
@@ -1725,7 +1726,7 @@ enum Rogue {
 fn rogue_serve(mut s: TcpStream, rogue: Rogue) -> bool {
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    let mut hello = b"MPM2".to_vec();
+    let mut hello = b"MPM3".to_vec();
     hello.extend([9u8; 32]);
     match rogue {
         Rogue::NotAManager => {

@@ -1,9 +1,10 @@
 //! What travels through Redis: a task's envelope (one stream entry field), its outcome
 //! (the result key's value) and the reply a waiting client is woken with.
 //!
-//! Everything is postcard-encoded serde data with a version byte first: nothing from the
-//! wire names code, and a client and a worker of different versions refuse each other's
-//! messages with an error instead of misreading them.
+//! Everything is serde data in multiproc's format (`wire/encoder.rs`) with a version
+//! byte first: nothing from the wire names code, and a client and a worker of
+//! different versions refuse each other's messages with an error instead of misreading
+//! them.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +15,9 @@ use crate::process::ExitStatus;
 use crate::wire::codec::{self, CodecError};
 
 /// The version of the envelope, outcome and reply layouts. 2: a failure carries the
-/// task's error value (its type name and encoding) besides its text.
-pub(crate) const VERSION: u8 = 2;
+/// task's error value (its type name and encoding) besides its text. 3: integers wider
+/// than a byte are written whole, little-endian (they were varints).
+pub(crate) const VERSION: u8 = 3;
 
 /// The stream entry field that holds an envelope.
 pub(crate) const FIELD: &str = "m";
@@ -202,8 +204,10 @@ fn versioned<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 fn unversioned<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::new(format!("an empty {what}"))),
-        Some((&VERSION, body)) => postcard::from_bytes(body)
-            .map_err(|e| CodecError::new(format!("a {what} that does not decode: {e}"))),
+        Some((&VERSION, body)) => {
+            codec::decode_seed(std::marker::PhantomData::<T>, body, Vec::new())
+                .map_err(|e| CodecError::new(format!("a {what} that does not decode: {e}")))
+        }
         Some((v, _)) => Err(CodecError::new(format!(
             "a {what} of layout version {v} (this build reads version {VERSION})"
         ))),

@@ -6,10 +6,11 @@
 //! `max_frame`. Bodies are read as their bytes arrive, so a peer that announces a huge
 //! frame and sends nothing makes the reader allocate nothing.
 //!
-//! Requests and responses are postcard-encoded enums of plain data: values are opaque
-//! byte strings to the server (it compares keys by their encoding and never decodes a
-//! user's value), so nothing a peer sends can make the server construct an object or run
-//! code beyond the fixed operations below and the custom types registered with it.
+//! Requests and responses are enums of plain data in multiproc's format
+//! (`wire/encoder.rs`): values are opaque byte strings to the server (it compares keys
+//! by their encoding and never decodes a user's value), so nothing a peer sends can make
+//! the server construct an object or run code beyond the fixed operations below and the
+//! custom types registered with it.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -31,7 +32,7 @@ pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body of the client's answer: its proof, its own challenge, its session id.
 const ANSWER_LEN: usize = TAG_LEN + CHALLENGE_LEN + 8;
 
-const HELLO: &[u8; 4] = b"MPM2";
+const HELLO: &[u8; 4] = b"MPM3";
 const ACCEPTED: &[u8; 4] = b"OKAY";
 const DENIED: &[u8; 4] = b"DENY";
 /// Labels bound into each side's proof, so a proof can never be replayed the other way.
@@ -298,7 +299,7 @@ impl Framed {
         (self.reader.get_ref()).write_all(&self.out)
     }
 
-    /// Sends one frame holding `value`, postcard-encoded.
+    /// Sends one frame holding `value`, encoded.
     pub(crate) fn send<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
         self.out.clear();
         self.out.extend_from_slice(&[0; 4]);

@@ -3,7 +3,7 @@
 //!
 //! A worker process runs the function like any other and sends the encoded `Result`;
 //! the pool's engine, which knows the task is fallible, looks at the first byte (the
-//! variant: postcard writes `Ok` as 0 and `Err` as 1, a single varint byte) and, for an
+//! variant: the format writes `Ok` as 0 and `Err` as 1, a single varint byte) and, for an
 //! `Err`, decodes the `E` that follows to keep its text, its encoding and the value. So
 //! the retry policy sees the failure where it sees any other, and nothing changes in
 //! the worker.
@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn postcard_writes_the_variant_as_one_byte() {
+    fn the_variant_is_one_byte() {
         let ok: Result<u64, String> = Ok(7);
         let err: Result<u64, String> = Err("no".into());
         let ok = codec::encode(&ok).unwrap().bytes;

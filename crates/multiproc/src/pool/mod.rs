@@ -1085,7 +1085,7 @@ mod tests {
 
     #[test]
     fn a_map_feeds_chunks_a_bounded_way_ahead_of_its_results() {
-        // 100,000 small items in 32 chunks of about 10 KB: the first submission holds
+        // 100,000 `u64`s in 32 chunks of 25 KB: the first submission holds
         // one chunk, the next two, ... until four chunks per worker and `MAP_AHEAD`
         // bytes are out; then top-ups come once fewer than two per worker or half the
         // bytes are left, never all 32 at once.
@@ -1106,8 +1106,8 @@ mod tests {
             submissions < 200,
             "{submissions} submissions for 20,000 chunks"
         );
-        // Fewer items than one chunk, and none at all.
-        assert_eq!(drive(5, 3125, 2), [(vec![1], 1, 6)]);
+        // Fewer items than one chunk (a length byte and five `u64`s), and none at all.
+        assert_eq!(drive(5, 3125, 2), [(vec![1], 1, 1 + 5 * 8)]);
         assert!(drive(0, 3125, 2).is_empty());
     }
 }

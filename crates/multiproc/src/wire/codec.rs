@@ -1,10 +1,11 @@
-//! The codec: serde with postcard's format.
+//! The codec: serde in multiproc's format, descriptors carried alongside.
 //!
 //! Every value that crosses a process boundary goes through here, so the format can be
-//! changed in one place. Postcard is compact, has a documented stable wire format, and
-//! its decoder returns errors (never panics) on malformed input and bounds its
-//! preallocation by what the input can hold. Values are written by our own encoder
-//! (see `wire/encoder.rs` for why) and read by postcard's decoder.
+//! changed in one place. It is postcard 1.x's documented format with integers wider
+//! than a byte written whole (`wire/encoder.rs` says why), written and read by an
+//! encoder and a decoder of our own (`wire/decoder.rs`), held against postcard's in
+//! tests and fuzzing. The decoder returns errors (never panics) on malformed input and
+//! bounds its preallocation by what the input can hold.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -13,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
 
+use super::decoder::Decoder;
 use super::encoder;
 use crate::sys::{self, BorrowedFd, OwnedFd};
 
@@ -182,9 +184,6 @@ thread_local! {
     static ENCODING: Cell<bool> = const { Cell::new(false) };
     /// Descriptors of the value being decoded on this thread, if one is.
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
-    /// Why a handle in the value being decoded refused it (postcard keeps only the fact
-    /// that it failed).
-    static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
     /// Whether the value being serialized on this thread is only measured, not sent.
     static MEASURING: Cell<bool> = const { Cell::new(false) };
 }
@@ -196,7 +195,6 @@ thread_local! {
 pub(crate) fn register_thread_state() {
     OUTGOING.with(|_| ());
     INCOMING.with(|_| ());
-    REFUSED.with(|_| ());
 }
 
 /// For a handle's `Serialize`: whether this serialization only measures the value (or
@@ -217,12 +215,7 @@ fn measure<R>(f: impl FnOnce() -> R) -> R {
 /// For a handle's `Deserialize`: fails the decode for the reason given, which
 /// [`decode`] reports.
 pub(crate) fn refuse<E: serde::de::Error>(why: impl std::fmt::Display) -> E {
-    let why = why.to_string();
-    let e = E::custom(&why);
-    REFUSED.with(|r| {
-        r.borrow_mut().get_or_insert(why);
-    });
-    e
+    E::custom(why)
 }
 
 /// Runs `f` with an empty outgoing-descriptor list, returning what it collected (and
@@ -316,17 +309,12 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
 ) -> Result<S::Value, CodecError> {
     let what = std::any::type_name::<S::Value>();
     let outer = INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()));
-    let outer_why = REFUSED.with(|r| r.borrow_mut().take());
-    let mut de = postcard::Deserializer::from_bytes(bytes);
-    let result = seed
-        .deserialize(&mut de)
-        .and_then(|value| de.finalize().map(|rest| (value, rest)));
+    let mut de = Decoder::new(bytes);
+    let result = seed.deserialize(&mut de);
     INCOMING.with(|i| *i.borrow_mut() = outer);
-    let why = REFUSED.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer_why));
-    let (value, rest) = result.map_err(|e| {
-        let why = why.unwrap_or_else(|| e.to_string());
-        CodecError::with_source(format!("cannot decode a `{what}`: {why}"), e)
-    })?;
+    let value =
+        result.map_err(|e| CodecError::with_source(format!("cannot decode a `{what}`: {e}"), e))?;
+    let rest = de.rest();
     if !rest.is_empty() {
         return Err(CodecError::new(format!(
             "cannot decode a `{what}`: {} bytes left over, so the sender's type differs",

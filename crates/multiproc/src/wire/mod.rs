@@ -4,5 +4,8 @@
 //! protocol, pools and managers are built on; they import nothing but `sys`.
 
 pub(crate) mod codec;
+pub(crate) mod decoder;
 pub(crate) mod encoder;
 pub(crate) mod framing;
+#[cfg(test)]
+mod samples;

@@ -1,0 +1,690 @@
+//! The decoder: multiproc's wire format (see `wire/encoder.rs`), read by a
+//! deserializer of our own.
+//!
+//! It reads what the encoder writes: postcard 1.x's format with integers wider than a
+//! byte whole and little-endian. It accepts and refuses what postcard does wherever the
+//! two formats agree (the tests and the `decode` fuzz target hold it against postcard on
+//! types with no such integers): a length or variant index longer than its type allows,
+//! or whose last byte carries bits the type has no room for, is refused; a `char` is a
+//! string of at most four bytes whose first character is taken; a sequence's length
+//! sizes nothing when fewer bytes are left than it claims; `deserialize_any`,
+//! `deserialize_identifier` and `deserialize_ignored_any` are refused, since the format
+//! records no types or names. Unlike postcard's, a `Deserialize` implementation's own
+//! error comes back with its message.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+
+/// A decode failed: the bytes ended early or hold something the type cannot be, or a
+/// `Deserialize` implementation refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DecodeError(Cow<'static, str>);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl de::Error for DecodeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DecodeError(Cow::Owned(msg.to_string()))
+    }
+}
+
+const fn fails(why: &'static str) -> DecodeError {
+    DecodeError(Cow::Borrowed(why))
+}
+
+const END: DecodeError = fails("the bytes end in the middle of the value");
+const BAD_VARINT: DecodeError =
+    fails("a length or variant index is encoded longer than its type allows");
+const BAD_BOOL: DecodeError = fails("a bool is neither 0 nor 1");
+const BAD_CHAR: DecodeError = fails("a char is not a valid character");
+const BAD_UTF8: DecodeError = fails("a string is not valid UTF-8");
+const BAD_OPTION: DecodeError = fails("an option's tag is neither 0 nor 1");
+const NO_TYPES: DecodeError = fails(
+    "the type asks what the bytes hold (`deserialize_any`: untagged or internally tagged \
+     enums, flattened structs, self-describing values), and this format does not record it",
+);
+const NO_SKIPPING: DecodeError = fails(
+    "the type asks to skip a value or to read a field's name, and this format records \
+     neither where a value ends nor names",
+);
+
+/// Reads values from the front of a byte slice.
+pub(crate) struct Decoder<'de> {
+    input: &'de [u8],
+}
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+impl<'de> Decoder<'de> {
+    pub(crate) fn new(input: &'de [u8]) -> Self {
+        Decoder { input }
+    }
+
+    /// The bytes not decoded yet.
+    pub(crate) fn rest(&self) -> &'de [u8] {
+        self.input
+    }
+
+    #[inline]
+    fn byte(&mut self) -> Result<u8> {
+        let (&b, rest) = self.input.split_first().ok_or(END)?;
+        self.input = rest;
+        Ok(b)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'de [u8]> {
+        if self.input.len() < n {
+            return Err(END);
+        }
+        let (taken, rest) = self.input.split_at(n);
+        self.input = rest;
+        Ok(taken)
+    }
+
+    #[inline(always)]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let (a, rest) = self.input.split_first_chunk::<N>().ok_or(END)?;
+        self.input = rest;
+        Ok(*a)
+    }
+
+    /// A LEB128 varint of at most `max` bytes (`max` ≤ 10), the last of which may be at
+    /// most `last`: postcard's bounds for a `u32` (5, 0x0f) and a `u64` (10, 0x01).
+    #[inline(always)]
+    fn varint(&mut self, max: usize, last: u8) -> Result<u64> {
+        let input = self.input;
+        let window = input.get(..max).unwrap_or(input);
+        let mut out = 0u64;
+        for (i, &b) in window.iter().enumerate() {
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                if i == max - 1 && b > last {
+                    return Err(BAD_VARINT);
+                }
+                self.input = &input[i + 1..];
+                return Ok(out);
+            }
+        }
+        Err(if window.len() == max { BAD_VARINT } else { END })
+    }
+
+    /// A variant index.
+    fn varint_u32(&mut self) -> Result<u32> {
+        self.varint(5, 0x0f).map(|v| v as u32)
+    }
+
+    /// A length, written as a `u64` varint; on a 32-bit target one that does not fit
+    /// is refused as too long.
+    fn varint_usize(&mut self) -> Result<usize> {
+        usize::try_from(self.varint(10, 0x01)?).map_err(|_| BAD_VARINT)
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+        Err(NO_TYPES)
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.byte()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            _ => Err(BAD_BOOL),
+        }
+    }
+
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i8(self.byte()? as i8)
+    }
+
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i16(i16::from_le_bytes(self.array()?))
+    }
+
+    #[inline]
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i32(i32::from_le_bytes(self.array()?))
+    }
+
+    #[inline]
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i64(i64::from_le_bytes(self.array()?))
+    }
+
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i128(i128::from_le_bytes(self.array()?))
+    }
+
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u8(self.byte()?)
+    }
+
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u16(u16::from_le_bytes(self.array()?))
+    }
+
+    #[inline]
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u32(u32::from_le_bytes(self.array()?))
+    }
+
+    #[inline]
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u64(u64::from_le_bytes(self.array()?))
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u128(u128::from_le_bytes(self.array()?))
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_f32(f32::from_le_bytes(self.array()?))
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_f64(f64::from_le_bytes(self.array()?))
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.varint_usize()?;
+        if len > 4 {
+            return Err(BAD_CHAR);
+        }
+        let c = std::str::from_utf8(self.take(len)?)
+            .ok()
+            .and_then(|s| s.chars().next())
+            .ok_or(BAD_CHAR)?;
+        visitor.visit_char(c)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.varint_usize()?;
+        let s = std::str::from_utf8(self.take(len)?).map_err(|_| BAD_UTF8)?;
+        visitor.visit_borrowed_str(s)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.varint_usize()?;
+        visitor.visit_borrowed_bytes(self.take(len)?)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_bytes(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.byte()? {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            _ => Err(BAD_OPTION),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_unit()
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_unit()
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let left = self.varint_usize()?;
+        visitor.visit_seq(Elements { de: self, left })
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+        visitor.visit_seq(Elements {
+            de: self,
+            left: len,
+        })
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value> {
+        self.deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let left = self.varint_usize()?;
+        visitor.visit_map(Elements { de: self, left })
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        self.deserialize_tuple(fields.len(), visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_enum(self)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+        Err(NO_SKIPPING)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+        Err(NO_SKIPPING)
+    }
+}
+
+/// The elements of a sequence, tuple or struct, or the entries of a map: `left` more.
+struct Elements<'a, 'de> {
+    de: &'a mut Decoder<'de>,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+    type Error = DecodeError;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    /// The count the sender wrote, unless fewer bytes are left than that (as postcard:
+    /// a length no input could hold must not size an allocation).
+    fn size_hint(&self) -> Option<usize> {
+        (self.de.input.len() >= self.left).then_some(self.left)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
+    type Error = DecodeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        seed.deserialize(&mut *self.de)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        (self.de.input.len() >= self.left).then_some(self.left)
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+    type Variant = Self;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self)> {
+        let index = self.varint_u32()?;
+        let v = seed.deserialize(IntoDeserializer::<DecodeError>::into_deserializer(index))?;
+        Ok((v, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+
+    fn unit_variant(self) -> Result<()> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value> {
+        seed.deserialize(self)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+        de::Deserializer::deserialize_tuple(self, len, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        de::Deserializer::deserialize_tuple(self, fields.len(), visitor)
+    }
+}
+
+/// Decodes a `T` with both postcard and [`Decoder`] and panics where they disagree:
+/// one accepts what the other refuses, or they read different values or leave
+/// different remainders. `T` must be a type the two formats agree on: one with no
+/// integer wider than a byte. For the tests and the `decode` fuzz target.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn check_against_postcard<T>(bytes: &[u8])
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + fmt::Debug,
+{
+    let theirs = postcard::take_from_bytes::<T>(bytes);
+    let mut de = Decoder::new(bytes);
+    let ours = T::deserialize(&mut de).map(|v| (v, de.rest()));
+    match (theirs, ours) {
+        (Ok((a, rest_a)), Ok((b, rest_b))) => {
+            // Compared by encoding: floats may be NaN, which equals nothing.
+            assert_eq!(
+                postcard::to_allocvec(&a).expect("re-encode"),
+                postcard::to_allocvec(&b).expect("re-encode"),
+                "{bytes:?}: postcard read {a:?}, the decoder {b:?}"
+            );
+            assert_eq!(rest_a.len(), rest_b.len(), "{bytes:?}: remainders differ");
+        }
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("{bytes:?}: postcard {a:?}, the decoder {b:?}"),
+    }
+}
+
+/// Decodes a `T`, which may hold integers of any width, from arbitrary bytes: it may be
+/// refused, never a panic; what is read encodes to as many bytes as it was read from,
+/// when the bytes hold no varint or `char` written longer than it needs. For the
+/// tests and the `decode` fuzz target.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn check_whole<T: serde::de::DeserializeOwned + serde::Serialize>(bytes: &[u8]) {
+    let mut de = Decoder::new(bytes);
+    if let Ok(value) = T::deserialize(&mut de) {
+        let read = bytes.len() - de.rest().len();
+        let again = super::encoder::to_vec(&value, Vec::new()).expect("re-encode");
+        assert!(
+            again.len() <= read,
+            "{bytes:?}: read {read} bytes, wrote {}",
+            again.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::wire::codec::Bytes;
+    use crate::wire::encoder;
+    use crate::wire::samples::{Plain, Shape, Wide, edges, sample, wide};
+    use proptest::prelude::*;
+
+    fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, usize)> {
+        let mut de = Decoder::new(bytes);
+        let v = T::deserialize(&mut de)?;
+        Ok((v, de.rest().len()))
+    }
+
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        encoder::to_vec(value, Vec::new()).unwrap()
+    }
+
+    /// Any variant index, as an enum's visitor sees it.
+    #[derive(Debug, Serialize)]
+    struct Variant(u32);
+
+    impl<'de> Deserialize<'de> for Variant {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Variant;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an enum")
+                }
+                fn visit_enum<A: de::EnumAccess<'de>>(
+                    self,
+                    a: A,
+                ) -> std::result::Result<Variant, A::Error> {
+                    let (index, rest) = a.variant::<u32>()?;
+                    de::VariantAccess::unit_variant(rest)?;
+                    Ok(Variant(index))
+                }
+            }
+            d.deserialize_enum("Variant", &[], V)
+        }
+    }
+
+    /// Whole integers of every width at the edges read back; cut short, they are
+    /// refused.
+    #[test]
+    fn wide_integers_read_back_and_short_ones_are_refused() {
+        fn each<T: serde::de::DeserializeOwned + Serialize + PartialEq + fmt::Debug>(v: T) {
+            let bytes = encode(&v);
+            assert_eq!(decode::<T>(&bytes).unwrap(), (v, 0));
+            for cut in 0..bytes.len() {
+                assert_eq!(decode::<T>(&bytes[..cut]).unwrap_err(), END);
+            }
+        }
+        for e in edges() {
+            each(e);
+            each(e as i128);
+            each(e as u64);
+            each(e as usize);
+            each((e as i64).wrapping_neg());
+            each(e as u32);
+            each(e as i32);
+            each(e as u16);
+            each(e as i16);
+        }
+    }
+
+    /// Variant indices at every varint boundary (read into any enum's visitor), as
+    /// written and with each of their bytes cut off or a continuation bit added: read
+    /// as postcard reads them.
+    #[test]
+    fn varints_at_every_boundary_read_as_postcard_reads_them() {
+        for e in edges() {
+            let index = u64::try_from(e).unwrap_or(u64::MAX);
+            let bytes = postcard::to_allocvec(&index).unwrap();
+            let mut longer = bytes.clone();
+            *longer.last_mut().unwrap() |= 0x80;
+            let mut cases = vec![bytes.clone()];
+            cases.extend((0..bytes.len()).map(|cut| bytes[..cut].to_vec()));
+            for extra in [0x00, 0x01, 0x02, 0x03, 0x04, 0x0f, 0x10, 0x7f] {
+                let mut b = longer.clone();
+                b.push(extra);
+                cases.push(b);
+            }
+            for b in &cases {
+                let theirs = postcard::from_bytes::<u32>(b);
+                let ours = decode::<Variant>(b).map(|(v, _)| v.0);
+                assert_eq!(theirs.ok(), ours.ok(), "{b:?}");
+            }
+        }
+        // Lengths: ten bytes at most, the tenth holding one bit.
+        assert_eq!(decode::<Bytes>(&[0xff; 11]).unwrap_err(), BAD_VARINT);
+        assert_eq!(decode::<Bytes>(&[0xff; 3]).unwrap_err(), END);
+        let mut top = [0xff; 10];
+        top[9] = 0x01;
+        assert_eq!(decode::<Bytes>(&top).unwrap_err(), END);
+        top[9] = 0x02;
+        assert_eq!(decode::<Bytes>(&top).unwrap_err(), BAD_VARINT);
+        assert_eq!(
+            decode::<Bytes>(&[0x82, 0x00, 7, 8]).unwrap(),
+            (Bytes(vec![7, 8]), 0)
+        );
+    }
+
+    #[test]
+    fn odd_bytes_read_as_postcard_reads_them() {
+        let cases: &[&[u8]] = &[
+            &[],
+            &[2],
+            &[0xff],
+            &[5, b'a', b'b', b'c', b'd', b'e'],
+            &[2, b'a', b'b'],
+            &[2, 0xc3, 0xa9],
+            &[1, 0xc3],
+            &[4, 0xf0, 0x9f, 0x98, 0x80],
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+        ];
+        for bytes in cases {
+            check_against_postcard::<bool>(bytes);
+            check_against_postcard::<char>(bytes);
+            check_against_postcard::<String>(bytes);
+            check_against_postcard::<Option<u8>>(bytes);
+            check_against_postcard::<Vec<i8>>(bytes);
+            check_against_postcard::<(f32, u8)>(bytes);
+            check_against_postcard::<Shape<u8>>(bytes);
+            check_against_postcard::<std::result::Result<u8, String>>(bytes);
+        }
+    }
+
+    #[test]
+    fn strings_and_bytes_are_borrowed_from_the_input() {
+        let bytes = encode(&("héllo", Bytes(vec![1, 2])));
+        let ((s, b), left) = decode::<(&str, &[u8])>(&bytes).unwrap();
+        assert_eq!((s, b, left), ("héllo", &[1u8, 2][..], 0));
+        assert!(bytes.as_ptr_range().contains(&s.as_ptr()));
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_message_and_self_describing_types_are_refused() {
+        struct Refuses;
+        impl<'de> Deserialize<'de> for Refuses {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                _: D,
+            ) -> std::result::Result<Self, D::Error> {
+                Err(de::Error::custom("not today"))
+            }
+        }
+        let e = decode::<(u8, Refuses)>(&[1]).map(|_| ()).unwrap_err();
+        assert_eq!(e.to_string(), "not today");
+
+        #[derive(Deserialize, Debug)]
+        #[serde(untagged)]
+        #[allow(dead_code)]
+        enum Either {
+            N(u8),
+            S(String),
+        }
+        assert_eq!(decode::<Either>(&[1]).unwrap_err(), NO_TYPES);
+        assert_eq!(
+            decode::<serde::de::IgnoredAny>(&[1]).unwrap_err(),
+            NO_SKIPPING
+        );
+    }
+
+    #[test]
+    fn a_length_no_input_could_hold_sizes_nothing() {
+        // u64::MAX elements claimed, two bytes given: an error, not an allocation.
+        let mut bytes = postcard::to_allocvec(&u64::MAX).unwrap();
+        bytes.extend([1, 2]);
+        check_against_postcard::<Vec<u8>>(&bytes);
+        check_against_postcard::<std::collections::BTreeMap<u8, u8>>(&bytes);
+        assert_eq!(decode::<Vec<u64>>(&bytes).unwrap_err(), END);
+
+        // What a visitor that trusts the hint (to size an allocation) is told.
+        struct Hint(Option<usize>);
+        impl<'de> Deserialize<'de> for Hint {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Hint;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a sequence")
+                    }
+                    fn visit_seq<A: de::SeqAccess<'de>>(
+                        self,
+                        s: A,
+                    ) -> std::result::Result<Hint, A::Error> {
+                        Ok(Hint(s.size_hint()))
+                    }
+                }
+                d.deserialize_seq(V)
+            }
+        }
+        let hint = |bytes: &[u8]| decode::<Hint>(bytes).unwrap().0.0;
+        assert_eq!(hint(&bytes), None);
+        assert_eq!(hint(&[2, 7, 8]), Some(2));
+        assert_eq!(hint(&[3, 7, 8]), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever postcard wrote of a value the two formats agree on, the decoder
+        /// reads as postcard reads it, and so it does every prefix of it and the bytes
+        /// with one of them changed.
+        #[test]
+        fn reads_plain_values_as_postcard_does(value in sample::<u8>(), at in any::<prop::sample::Index>(), to in any::<u8>()) {
+            let bytes = postcard::to_allocvec(&value).unwrap();
+            let (back, left) = decode::<Plain>(&bytes).unwrap();
+            prop_assert_eq!(left, 0);
+            prop_assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes.clone());
+            check_against_postcard::<Plain>(&bytes);
+            let i = at.index(bytes.len());
+            check_against_postcard::<Plain>(&bytes[..i]);
+            let mut changed = bytes.clone();
+            changed[i] = to;
+            check_against_postcard::<Plain>(&changed);
+        }
+
+        /// Arbitrary bytes: the same value, remainder or refusal as postcard.
+        #[test]
+        fn arbitrary_bytes_read_as_postcard_reads_them(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            check_against_postcard::<Plain>(&bytes);
+            check_against_postcard::<Vec<Shape<u8>>>(&bytes);
+            check_against_postcard::<(Option<bool>, char, String)>(&bytes);
+            check_whole::<Wide>(&bytes);
+            check_whole::<(u16, i32, i64, i128, u128, usize)>(&bytes);
+            check_whole::<Vec<(u64, Option<i16>)>>(&bytes);
+        }
+
+        /// Any value with wide integers reads back whole; every prefix of it is refused
+        /// and one byte changed is read or refused, never a panic.
+        #[test]
+        fn wide_values_read_back(value in wide(), at in any::<prop::sample::Index>(), to in any::<u8>()) {
+            let bytes = encode(&value);
+            let (back, left) = decode::<Wide>(&bytes).unwrap();
+            prop_assert_eq!(left, 0);
+            prop_assert_eq!(encode(&back), bytes.clone());
+            let i = at.index(bytes.len());
+            prop_assert!(decode::<Wide>(&bytes[..i]).is_err());
+            let mut changed = bytes.clone();
+            changed[i] = to;
+            let _ = decode::<Wide>(&changed);
+        }
+    }
+}
