@@ -281,7 +281,8 @@ impl Failure {
         self.type_name.as_deref()
     }
 
-    /// The error's serde encoding (postcard), if it has one.
+    /// The error's serde encoding in multiproc's format (postcard's, with integers wider
+    /// than a byte written whole), if it has one: [`decode`](Self::decode) reads it.
     pub fn encoded(&self) -> Option<&[u8]> {
         self.encoded.as_deref()
     }

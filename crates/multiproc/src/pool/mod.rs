@@ -897,15 +897,20 @@ struct Feed<I, A> {
     sizes: Vec<(usize, usize)>,
     /// Encoded bytes of the chunks submitted and not yet decoded.
     ahead: usize,
-    /// Chunks to encode before the next submission: 1, 2, 4, ... so that the workers
-    /// start on the first chunk while the next are encoded, and a map of many small
-    /// chunks takes the pool's lock only a few dozen times.
+    /// Chunks to encode before the next submission: 1, 2, 4, ... up to [`MAX_BATCH`],
+    /// so that the workers start on the first chunk while the next are encoded, and a
+    /// map of many small chunks takes the pool's lock only once per few thousand.
     batch: usize,
     workers: usize,
 }
 
 /// Encoded bytes a map keeps ahead of its results, at least (see [`Feed`]).
 const MAP_AHEAD: usize = 64 << 10;
+/// The most chunks one submission of a map holds (see [`Feed`]): a top-up is at most
+/// [`MAP_AHEAD`] bytes, so a map of tiny chunks reaches this, and growing on would only
+/// grow the vector each submission is gathered in (doubling once per top-up, it once
+/// asked for 30 GB in a map of a million one-item chunks).
+const MAX_BATCH: usize = 4096;
 
 impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
     /// Whether chunk `next` (the next to decode) leaves too little ahead: fewer than
@@ -955,7 +960,7 @@ impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
                 break;
             }
             submit(jobs)?;
-            self.batch *= 2;
+            self.batch = (self.batch * 2).min(MAX_BATCH);
         }
         Ok(())
     }
@@ -1106,6 +1111,17 @@ mod tests {
             submissions < 200,
             "{submissions} submissions for 20,000 chunks"
         );
+        // A million tiny chunks: each top-up is a batch of thousands (the bytes bound
+        // it), and the batch stops growing (it doubled at every top-up, and the vector
+        // gathering a submission was allocated for the whole batch: this ran out of
+        // memory).
+        let log = drive(1_000_000, 1, 2);
+        let largest = log.iter().flat_map(|(b, _, _)| b).max().copied();
+        assert!(
+            largest.is_some_and(|n| n > 1000 && n <= MAX_BATCH),
+            "{largest:?}"
+        );
+        assert!(log.len() < 1000, "{} submissions", log.len());
         // Fewer items than one chunk (a length byte and five `u64`s), and none at all.
         assert_eq!(drive(5, 3125, 2), [(vec![1], 1, 1 + 5 * 8)]);
         assert!(drive(0, 3125, 2).is_empty());

@@ -122,10 +122,14 @@ impl<'de> Decoder<'de> {
         self.varint(5, 0x0f).map(|v| v as u32)
     }
 
-    /// A length, written as a `u64` varint; on a 32-bit target one that does not fit
-    /// is refused as too long.
+    /// A length: a `usize` varint, read as postcard reads one (at most 10 bytes on a
+    /// 64-bit target, 5 on a 32-bit one).
     fn varint_usize(&mut self) -> Result<usize> {
-        usize::try_from(self.varint(10, 0x01)?).map_err(|_| BAD_VARINT)
+        #[cfg(target_pointer_width = "64")]
+        let v = self.varint(10, 0x01)?;
+        #[cfg(not(target_pointer_width = "64"))]
+        let v = self.varint(5, 0x0f)?;
+        usize::try_from(v).map_err(|_| BAD_VARINT)
     }
 }
 

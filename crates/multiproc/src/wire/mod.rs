@@ -1,5 +1,5 @@
-//! The wire: how values and messages cross a process boundary. The codec (serde with
-//! postcard, descriptors carried alongside) and framing (length-prefixed frames over a
+//! The wire: how values and messages cross a process boundary. The codec (serde in
+//! multiproc's format, descriptors carried alongside) and framing (length-prefixed frames over a
 //! Unix stream socket) are the foundation that channels, shared objects, the bootstrap
 //! protocol, pools and managers are built on; they import nothing but `sys`.
 
