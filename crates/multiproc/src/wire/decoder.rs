@@ -6,7 +6,7 @@
 //! two formats agree (the tests and the `decode` fuzz target hold it against postcard on
 //! types with no such integers): a length or variant index longer than its type allows,
 //! or whose last byte carries bits the type has no room for, is refused; a `char` is a
-//! string of at most four bytes whose first character is taken; a sequence's length
+//! string of at most four bytes holding exactly one character; a sequence's length
 //! sizes nothing when fewer bytes are left than it claims; `deserialize_any`,
 //! `deserialize_identifier` and `deserialize_ignored_any` are refused, since the format
 //! records no types or names. Unlike postcard's, a `Deserialize` implementation's own
@@ -44,7 +44,7 @@ const END: DecodeError = fails("the bytes end in the middle of the value");
 const BAD_VARINT: DecodeError =
     fails("a length or variant index is encoded longer than its type allows");
 const BAD_BOOL: DecodeError = fails("a bool is neither 0 nor 1");
-const BAD_CHAR: DecodeError = fails("a char is not a valid character");
+const BAD_CHAR: DecodeError = fails("a char is not exactly one valid character");
 const BAD_UTF8: DecodeError = fails("a string is not valid UTF-8");
 const BAD_OPTION: DecodeError = fails("an option's tag is neither 0 nor 1");
 const NO_TYPES: DecodeError = fails(
@@ -209,11 +209,14 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         if len > 4 {
             return Err(BAD_CHAR);
         }
-        let c = std::str::from_utf8(self.take(len)?)
-            .ok()
-            .and_then(|s| s.chars().next())
-            .ok_or(BAD_CHAR)?;
-        visitor.visit_char(c)
+        // Exactly one character (postcard 1.1 took the first of several).
+        let mut chars = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| BAD_CHAR)?
+            .chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => visitor.visit_char(c),
+            _ => Err(BAD_CHAR),
+        }
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -426,7 +429,7 @@ where
 
 /// Decodes a `T`, which may hold integers of any width, from arbitrary bytes: it may be
 /// refused, never a panic; what is read encodes to as many bytes as it was read from,
-/// when the bytes hold no varint or `char` written longer than it needs. For the
+/// when the bytes hold no varint written longer than it needs. For the
 /// tests and the `decode` fuzz target.
 #[cfg(any(test, fuzzing))]
 pub(crate) fn check_whole<T: serde::de::DeserializeOwned + serde::Serialize>(bytes: &[u8]) {
