@@ -281,34 +281,68 @@ mod tests {
         pages.iter().all(|p| p & 1 == 1)
     }
 
+    /// An anonymous private mapping of `len` bytes (base-size pages) of its own: a
+    /// vector's allocation could come from heap memory that another test running in
+    /// this process touched and freed (the allocator serves large blocks from its heap
+    /// once a large block was freed).
+    struct Fresh(*mut libc::c_void, usize);
+
+    impl Fresh {
+        fn new(len: usize) -> Fresh {
+            // SAFETY: a new anonymous mapping; nothing else refers to it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+            // SAFETY: the mapping just made; the advice changes no byte.
+            unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+            Fresh(p, len)
+        }
+
+        fn slots(&mut self) -> &mut [std::mem::MaybeUninit<u64>] {
+            // SAFETY: the mapping is `len` bytes, page-aligned, readable and writable,
+            // and borrowed mutably through `self` for the slice's lifetime.
+            unsafe { std::slice::from_raw_parts_mut(self.0.cast(), self.1 / 8) }
+        }
+    }
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, no longer borrowed.
+            unsafe { libc::munmap(self.0, self.1) };
+        }
+    }
+
     #[test]
     fn prefault_brings_pages_in_and_changes_nothing() {
-        // Fresh pages of its own (a mapping this large comes from mmap), in pages of
-        // the base size whatever the system does with transparent huge pages.
-        let mut v: Vec<u64> = Vec::with_capacity(1 << 20);
-        let spare = v.spare_capacity_mut();
-        let from = (spare.as_ptr() as usize).next_multiple_of(4096);
-        // SAFETY: a page-aligned range inside the vector's allocation; the advice
-        // changes no byte.
-        unsafe { libc::madvise(from as *mut libc::c_void, 4 << 20, libc::MADV_NOHUGEPAGE) };
+        let mut fresh = Fresh::new(8 << 20);
+        let spare = fresh.slots();
         for (i, slot) in spare.iter_mut().enumerate().step_by(777) {
             slot.write(i as u64 ^ 0x5a5a);
         }
-        let start = (spare.as_ptr() as usize).next_multiple_of(4096) + 64 * 4096;
+        // The writes, 6,216 bytes apart, skip about one page in three.
+        let start = spare.as_ptr() as usize + 64 * 4096;
         assert!(
             !resident(start, 16 * 4096),
             "untouched pages are not yet there"
         );
         prefault(spare);
         assert!(resident(start, 16 * 4096), "prefaulted pages are there");
-        for (i, slot) in v.spare_capacity_mut().iter().enumerate().step_by(777) {
+        for (i, slot) in fresh.slots().iter().enumerate().step_by(777) {
             // SAFETY: written above.
             assert_eq!(unsafe { slot.assume_init() }, i as u64 ^ 0x5a5a);
         }
         // Fewer than four whole pages: left alone.
-        let mut small: Vec<u64> = Vec::with_capacity(1 << 20);
-        let spare = &mut small.spare_capacity_mut()[..1024];
-        let at = (spare.as_ptr() as usize).next_multiple_of(4096);
+        let mut small = Fresh::new(1 << 20);
+        let spare = &mut small.slots()[..1024];
+        let at = spare.as_ptr() as usize;
         prefault(spare);
         assert!(!resident(at, 4096), "a small range is not populated");
     }
