@@ -439,7 +439,8 @@ pub mod fuzzing {
     /// Decodes arbitrary bytes as values of several types with multiproc's decoder:
     /// types the format shares with postcard against postcard's decoder (a panic where
     /// the two read them differently), types with wide integers on their own (a panic
-    /// if the decoder panics, or reads more than it would write).
+    /// if the decoder panics, or reads a value that encodes to more bytes than it was
+    /// read from).
     pub fn decode(bytes: &[u8]) {
         use crate::wire::decoder::{check_against_postcard as same, check_whole as whole};
         same::<(bool, i8, u8, f32, f64, char, String)>(bytes);

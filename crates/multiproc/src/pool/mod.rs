@@ -880,7 +880,8 @@ impl Drop for Pool {
 /// A map's chunks, taken from its iterator, encoded and submitted as the map goes:
 /// enough ahead of the results that every worker has the next chunk waiting, and no
 /// more. Encoding every chunk first held them all at once (a 100,000-item map of
-/// `u64`s: 32 buffers, 300 KB, and as much again of results waiting to be decoded),
+/// `u64`s: 32 buffers, 300 KB as varints, 800 KB written whole, and as much again of
+/// results waiting to be decoded),
 /// and a parent whose heap had not grown that far before paid a page fault for each
 /// fresh page, on the path every result waits on; a few chunks ahead reuse the same
 /// few buffers.
@@ -906,10 +907,11 @@ struct Feed<I, A> {
 
 /// Encoded bytes a map keeps ahead of its results, at least (see [`Feed`]).
 const MAP_AHEAD: usize = 64 << 10;
-/// The most chunks one submission of a map holds (see [`Feed`]): a top-up is at most
-/// [`MAP_AHEAD`] bytes, so a map of tiny chunks reaches this, and growing on would only
-/// grow the vector each submission is gathered in (doubling once per top-up, it once
-/// asked for 30 GB in a map of a million one-item chunks).
+/// The most chunks one submission of a map holds (see [`Feed`]). A top-up of tiny
+/// chunks stops at [`MAP_AHEAD`] bytes, a few thousand chunks, so the batch, which
+/// doubles once per submission, would only grow on: with no cap it reached 2^29 in a
+/// map of 100,000 one-item chunks, and the vector gathering a submission, sized for the
+/// batch, asked for 30 GB.
 const MAX_BATCH: usize = 4096;
 
 impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
@@ -936,7 +938,8 @@ impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
             return Ok(());
         }
         while !self.full(next) {
-            let mut jobs = Vec::with_capacity(self.batch);
+            // Sized for what a top-up of tiny chunks holds at most, not the batch.
+            let mut jobs = Vec::with_capacity(self.batch.min(MAX_BATCH / 8));
             while jobs.len() < self.batch && !self.full(next) {
                 // One by one: `extend` would reserve what the iterator claims.
                 for item in self.items.by_ref().take(self.chunk_size) {
