@@ -12,32 +12,17 @@
 //! records no types or names. Unlike postcard's, a `Deserialize` implementation's own
 //! error comes back with its message.
 
-use std::borrow::Cow;
+#[cfg(any(test, fuzzing))]
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
 /// A decode failed: the bytes ended early or hold something the type cannot be, or a
 /// `Deserialize` implementation refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DecodeError(Cow<'static, str>);
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-impl de::Error for DecodeError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        DecodeError(Cow::Owned(msg.to_string()))
-    }
-}
+pub(crate) type DecodeError = super::WireError;
 
 const fn fails(why: &'static str) -> DecodeError {
-    DecodeError(Cow::Borrowed(why))
+    DecodeError::fixed(why)
 }
 
 const END: DecodeError = fails("the bytes end in the middle of the value");

@@ -31,25 +31,10 @@ use serde::ser::{self, Serialize};
 
 /// An encode failed: a `Serialize` implementation refused, a sequence did not say its
 /// length, or the value did not fit the slice it was written into.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct EncodeError(String);
-
-impl fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for EncodeError {}
-
-impl ser::Error for EncodeError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        EncodeError(msg.to_string())
-    }
-}
+pub(crate) type EncodeError = super::WireError;
 
 fn full() -> EncodeError {
-    EncodeError("the value does not fit the room given for it".into())
+    EncodeError::fixed("the value does not fit the room given for it")
 }
 
 /// Appends `value`'s encoding to `out`.
@@ -211,7 +196,7 @@ struct Encoder<O>(O);
 impl<O: Output> Encoder<O> {
     fn len(&mut self, len: Option<usize>) -> Result<(), EncodeError> {
         let len = len.ok_or_else(|| {
-            EncodeError("a sequence or map that does not say its length cannot be encoded".into())
+            EncodeError::fixed("a sequence or map that does not say its length cannot be encoded")
         })?;
         self.0.varint(len as u64)
     }
@@ -363,7 +348,7 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
         // (`to_string` would panic on a `Display` that fails.)
         let mut text = String::new();
         fmt::write(&mut text, format_args!("{value}"))
-            .map_err(|_| EncodeError("a `Display` implementation failed".into()))?;
+            .map_err(|_| EncodeError::fixed("a `Display` implementation failed"))?;
         self.serialize_str(&text)
     }
 }
