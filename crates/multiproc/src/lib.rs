@@ -123,7 +123,11 @@
 //!
 //! Messages are encoded with serde, in postcard's format with integers written whole;
 //! encode large byte buffers as bytes (`#[serde(with = "serde_bytes")]`), since a plain
-//! `Vec<u8>` is encoded element by element.
+//! `Vec<u8>` is encoded element by element. A value may nest 1024 levels deep (a
+//! recursive list or tree: each sequence, map, tuple, struct, enum, present option and
+//! newtype is a level) and hold 2^24 elements that take no bytes (`()`, empty structs);
+//! past either, decoding fails with an error that says which, so that bytes from a
+//! broken or hostile peer cannot run a stack out or loop for ever.
 //!
 //! # Locks and shared memory
 //!

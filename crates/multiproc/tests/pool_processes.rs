@@ -55,6 +55,10 @@ fn main() {
             ),
             trial("max_tasks_per_child_recycles", max_tasks_per_child_recycles),
             trial(
+                "oversized_shapes_fail_the_task",
+                oversized_shapes_fail_the_task,
+            ),
+            trial(
                 "short_tasks_do_not_wait_behind_long_ones",
                 short_tasks_do_not_wait_behind_long_ones,
             ),
@@ -880,6 +884,57 @@ fn take_undecodable(_: Undecodable) -> u32 {
 
 fn give_undecodable(_: ()) -> Undecodable {
     Undecodable
+}
+
+/// A list through `Box`: one level of nesting per node.
+#[derive(Debug, Serialize, Deserialize)]
+enum Chain {
+    End,
+    Link(Box<Chain>),
+}
+
+impl Chain {
+    fn of(links: usize) -> Chain {
+        (0..links).fold(Chain::End, |c, _| Chain::Link(Box::new(c)))
+    }
+}
+
+fn chain_length(mut c: Chain) -> usize {
+    let mut n = 0;
+    while let Chain::Link(inner) = c {
+        c = *inner;
+        n += 1;
+    }
+    n
+}
+
+fn count_units(v: Vec<()>) -> usize {
+    v.len()
+}
+
+/// Values past the format's limits (nesting deeper than 1024 levels; more than 2^24
+/// elements that take no bytes) fail their task with a reason; the worker decodes
+/// nothing unbounded and lives on.
+fn oversized_shapes_fail_the_task() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.worker_pids();
+    assert_eq!(pool.apply(chain_length, Chain::of(1000)).unwrap(), 1000);
+    let err = pool.apply(chain_length, Chain::of(2000)).unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("deeper than 1024 levels")),
+        "{err}"
+    );
+    assert_eq!(pool.apply(count_units, vec![(); 1 << 24]).unwrap(), 1 << 24);
+    let err = pool
+        .apply(count_units, vec![(); (1 << 24) + 1])
+        .unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("take no bytes")),
+        "{err}"
+    );
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    assert_eq!(pool.worker_pids(), worker);
+    finish(pool);
 }
 
 fn codec_failures_fail_the_task() {

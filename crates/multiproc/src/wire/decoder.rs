@@ -10,7 +10,9 @@
 //! sizes nothing when fewer bytes are left than it claims; `deserialize_any`,
 //! `deserialize_identifier` and `deserialize_ignored_any` are refused, since the format
 //! records no types or names. Unlike postcard's, a `Deserialize` implementation's own
-//! error comes back with its message.
+//! error comes back with its message, and what a decode may cost is bounded whatever the
+//! bytes say: values nest at most [`MAX_DEPTH`] levels, and sequences and maps hold at
+//! most [`MAX_EMPTY`] elements that take no bytes.
 
 #[cfg(any(test, fuzzing))]
 use std::fmt;
@@ -41,16 +43,66 @@ const NO_SKIPPING: DecodeError = fails(
      neither where a value ends nor names",
 );
 
+const TOO_DEEP: DecodeError = fails(
+    "the value nests deeper than 1024 levels (sequences, maps, tuples, structs, enums, \
+     options and newtypes within one another)",
+);
+const TOO_MANY_EMPTY: DecodeError = fails(
+    "the sequences and maps hold more than 16,777,216 elements that take no bytes \
+     (unit values, empty structs or arrays)",
+);
+
+/// How deeply values may nest: each sequence, map, tuple, struct, enum, present option
+/// and newtype counts a level. Only a recursive type (a list or tree through `Box`,
+/// `Vec` or `Option`) nests without a bound, and decoding it recurses, a frame or two
+/// per level; the format costs a byte or so per level, so without a limit a short
+/// message from a broken or hostile peer would run any stack out (a crash, not an
+/// error). Derived `Deserialize` code takes 100–150 bytes of stack per level (measured
+/// for recursive enums and structs, debug and release builds), so 1024 levels fit in a
+/// few hundred KiB of a thread's 2 MiB.
+pub(crate) const MAX_DEPTH: u32 = 1024;
+/// How many elements of sequences and maps may take no bytes in one value: each other
+/// element takes at least a byte, but a `Vec<()>` may claim any length in a few bytes,
+/// and decoding it would loop that many times.
+pub(crate) const MAX_EMPTY: u32 = 1 << 24;
+
 /// Reads values from the front of a byte slice.
 pub(crate) struct Decoder<'de> {
     input: &'de [u8],
+    /// Levels of nesting still allowed.
+    depth: u32,
+    /// Elements that take no bytes still allowed.
+    empty: u32,
 }
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
 impl<'de> Decoder<'de> {
     pub(crate) fn new(input: &'de [u8]) -> Self {
-        Decoder { input }
+        Decoder {
+            input,
+            depth: MAX_DEPTH,
+            empty: MAX_EMPTY,
+        }
+    }
+
+    /// Runs `f` one level deeper; refused past [`MAX_DEPTH`].
+    #[inline(always)]
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let Some(left) = self.depth.checked_sub(1) else {
+            return Err(TOO_DEEP);
+        };
+        self.depth = left;
+        let out = f(self);
+        self.depth = left + 1;
+        out
+    }
+
+    /// Counts an element that took no bytes; refused past [`MAX_EMPTY`].
+    #[cold]
+    fn took_nothing(&mut self) -> Result<()> {
+        self.empty = self.empty.checked_sub(1).ok_or(TOO_MANY_EMPTY)?;
+        Ok(())
     }
 
     /// The bytes not decoded yet.
@@ -226,7 +278,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.byte()? {
             0 => visitor.visit_none(),
-            1 => visitor.visit_some(self),
+            1 => self.nested(|de| visitor.visit_some(de)),
             _ => Err(BAD_OPTION),
         }
     }
@@ -248,19 +300,24 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         _: &'static str,
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_newtype_struct(self)
+        self.nested(|de| visitor.visit_newtype_struct(de))
     }
 
     #[inline]
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let left = self.varint_usize()?;
-        visitor.visit_seq(Elements { de: self, left })
+        self.nested(|de| {
+            let left = de.varint_usize()?;
+            visitor.visit_seq(Elements::<true> { de, left, mark: 0 })
+        })
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(Elements {
-            de: self,
-            left: len,
+        self.nested(|de| {
+            visitor.visit_seq(Elements::<false> {
+                de,
+                left: len,
+                mark: 0,
+            })
         })
     }
 
@@ -274,8 +331,10 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let left = self.varint_usize()?;
-        visitor.visit_map(Elements { de: self, left })
+        self.nested(|de| {
+            let left = de.varint_usize()?;
+            visitor.visit_map(Elements::<true> { de, left, mark: 0 })
+        })
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -293,7 +352,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         _: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_enum(self)
+        self.nested(|de| visitor.visit_enum(de))
     }
 
     fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
@@ -306,12 +365,16 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 }
 
 /// The elements of a sequence, tuple or struct, or the entries of a map: `left` more.
-struct Elements<'a, 'de> {
+/// `COUNTED`: the count came from the bytes (a sequence or a map, not a tuple or struct),
+/// so elements that take no bytes are counted against [`MAX_EMPTY`].
+struct Elements<'a, 'de, const COUNTED: bool> {
     de: &'a mut Decoder<'de>,
     left: usize,
+    /// Bytes left when the current map entry began.
+    mark: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+impl<'de, const COUNTED: bool> de::SeqAccess<'de> for Elements<'_, 'de, COUNTED> {
     type Error = DecodeError;
 
     #[inline]
@@ -320,7 +383,12 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        let before = self.de.input.len();
+        let value = seed.deserialize(&mut *self.de)?;
+        if COUNTED && self.de.input.len() == before {
+            self.de.took_nothing()?;
+        }
+        Ok(Some(value))
     }
 
     /// The count the sender wrote, unless fewer bytes are left than that (as postcard:
@@ -330,7 +398,7 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
     }
 }
 
-impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
+impl<'de, const COUNTED: bool> de::MapAccess<'de> for Elements<'_, 'de, COUNTED> {
     type Error = DecodeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
@@ -338,11 +406,16 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
+        self.mark = self.de.input.len();
         seed.deserialize(&mut *self.de).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
-        seed.deserialize(&mut *self.de)
+        let value = seed.deserialize(&mut *self.de)?;
+        if self.de.input.len() == self.mark {
+            self.de.took_nothing()?;
+        }
+        Ok(value)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -700,5 +773,165 @@ mod tests {
             changed[i] = to;
             let _ = decode::<Wide>(&changed);
         }
+    }
+
+    /// Records how far down the stack it was decoded.
+    #[derive(Debug, Serialize)]
+    struct Probe;
+
+    thread_local! {
+        static LOWEST: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+
+    impl<'de> Deserialize<'de> for Probe {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            let here = 0u8;
+            let at = std::ptr::addr_of!(here) as usize;
+            LOWEST.with(|l| l.set(l.get().min(at)));
+            <()>::deserialize(d).map(|()| Probe)
+        }
+    }
+
+    /// A level per node: the enum.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum List {
+        Nil(Probe),
+        Cons(Box<List>),
+    }
+
+    /// Two levels per node: the struct and the present option.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Node(Option<Box<Node>>, Probe);
+
+    /// A sequence's or map's length, as the encoder writes it.
+    fn length(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out
+    }
+
+    /// `n` nested nodes of a [`List`]: `n + 1` levels.
+    fn list_bytes(n: usize) -> Vec<u8> {
+        let mut bytes = vec![1u8; n];
+        bytes.push(0);
+        bytes
+    }
+
+    /// Decodes `bytes` as a `T`; whether it was accepted, and how much stack it took.
+    fn stack_used<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (bool, usize) {
+        let top = 0u8;
+        let top = std::ptr::addr_of!(top) as usize;
+        LOWEST.with(|l| l.set(usize::MAX));
+        let ok = decode::<T>(bytes).is_ok();
+        (ok, top.saturating_sub(LOWEST.with(|l| l.get())))
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_fits_a_threads_stack() {
+        let depth = MAX_DEPTH as usize;
+        // Exactly the limit: accepted, in well under a thread's 2 MiB of stack.
+        let (ok, used) = stack_used::<List>(&list_bytes(depth - 1));
+        assert!(ok);
+        assert!(
+            used < 512 * 1024,
+            "{used} bytes of stack for {depth} levels"
+        );
+        let mut node = vec![1u8; depth / 2 - 1];
+        node.push(0);
+        let (ok, used) = stack_used::<Node>(&node);
+        assert!(ok);
+        assert!(
+            used < 512 * 1024,
+            "{used} bytes of stack for {depth} levels"
+        );
+        // One more: refused, with the reason.
+        let err = decode::<List>(&list_bytes(depth)).unwrap_err();
+        assert_eq!(err, TOO_DEEP);
+        assert!(
+            err.to_string()
+                .contains(&format!("deeper than {depth} levels"))
+        );
+        let mut node = vec![1u8; depth / 2];
+        node.push(0);
+        assert_eq!(decode::<Node>(&node).unwrap_err(), TOO_DEEP);
+        // Ten million levels in ten megabytes: refused, not a stack overflow.
+        assert_eq!(
+            decode::<List>(&list_bytes(10_000_000)).unwrap_err(),
+            TOO_DEEP
+        );
+        // Levels are counted down a path, not across siblings: many lists side by side,
+        // each as deep as allowed under the vector, decode.
+        let mut many = length(1000);
+        for _ in 0..1000 {
+            many.extend(list_bytes(depth - 2));
+        }
+        let (lists, rest) = decode::<Vec<List>>(&many).unwrap();
+        assert_eq!((lists.len(), rest), (1000, 0));
+        // And what encodes within the limit decodes back.
+        let mut deep = List::Nil(Probe);
+        for _ in 0..depth - 1 {
+            deep = List::Cons(Box::new(deep));
+        }
+        assert_eq!(encode(&deep), list_bytes(depth - 1));
+    }
+
+    #[test]
+    fn elements_that_take_no_bytes_are_bounded() {
+        let most = MAX_EMPTY as usize;
+        // A `Vec<()>` claiming the largest length: refused after `MAX_EMPTY` elements,
+        // rather than looping for ever (a decode that does not end fails the wait).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(decode::<Vec<()>>(&length(usize::MAX)).map(|_| ()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the decode ends")
+            .unwrap_err();
+        assert_eq!(err, TOO_MANY_EMPTY);
+        assert!(err.to_string().contains("16,777,216"), "{err}");
+        assert_eq!(1 << 24, most);
+        // Exactly the limit decodes; one more does not, also when spread over several
+        // sequences, or over a map's entries.
+        assert_eq!(
+            decode::<Vec<()>>(&encode(&vec![(); most])).unwrap().0.len(),
+            most
+        );
+        assert_eq!(
+            decode::<Vec<()>>(&encode(&vec![(); most + 1])).unwrap_err(),
+            TOO_MANY_EMPTY
+        );
+        let halves = vec![vec![[0u8; 0]; most / 2], vec![[0u8; 0]; most / 2 + 1]];
+        assert_eq!(
+            decode::<Vec<Vec<[u8; 0]>>>(&encode(&halves)).unwrap_err(),
+            TOO_MANY_EMPTY
+        );
+        assert_eq!(
+            decode::<std::collections::BTreeMap<(), ()>>(&length(usize::MAX)).unwrap_err(),
+            TOO_MANY_EMPTY
+        );
+        // An entry whose key takes no bytes but whose value does counts nothing.
+        let mut bytes = length(most + 1);
+        bytes.extend(std::iter::repeat_n(7u8, most + 1));
+        assert_eq!(
+            decode::<std::collections::BTreeMap<(), u8>>(&bytes)
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
+        // Fields that take no bytes in elements that do are not counted: a struct with
+        // a unit field, a tuple with a marker.
+        assert_eq!(
+            decode::<Vec<(u8, ())>>(&encode(&vec![(1u8, ()); most + 1]))
+                .unwrap()
+                .0
+                .len(),
+            most + 1
+        );
     }
 }
