@@ -444,7 +444,7 @@ pub mod fuzzing {
     /// types the format shares with postcard against postcard's decoder (a panic where
     /// the two read them differently), types with wide integers on their own (a panic
     /// if the decoder panics, or reads a value that encodes to more bytes than it was
-    /// read from).
+    /// read from, or overflows its stack on a recursive type).
     pub fn decode(bytes: &[u8]) {
         use crate::wire::decoder::{check_against_postcard as same, check_whole as whole};
         same::<(bool, i8, u8, f32, f64, char, String)>(bytes);
@@ -453,6 +453,7 @@ pub mod fuzzing {
         whole::<(u16, i32, i64, i128, u128, usize)>(bytes);
         whole::<Vec<(u64, Option<i16>)>>(bytes);
         whole::<Result<std::collections::BTreeMap<u32, String>, i64>>(bytes);
+        whole::<crate::wire::decoder::Tree>(bytes);
     }
 
     /// Receives from a channel whose shared memory holds arbitrary bytes.

@@ -25,6 +25,23 @@ const FLAKY: TaskDef<(String, u32), Result<u32, String>> = TaskDef::new("t.flaky
 const WHEN: TaskDef<u64, u64> = TaskDef::new("t.when");
 const SPIN: TaskDef<u64, u64> = TaskDef::new("t.spin");
 const RECORD: TaskDef<String, u64> = TaskDef::new("t.record");
+const CHAIN: TaskDef<Chain, u64> = TaskDef::new("t.chain");
+
+/// A list through `Box`: one level of nesting per link.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Chain {
+    End,
+    Link(Box<Chain>),
+}
+
+fn chain_length(mut c: Chain) -> u64 {
+    let mut n = 0;
+    while let Chain::Link(inner) = c {
+        c = *inner;
+        n += 1;
+    }
+    n
+}
 
 fn square(x: u64) -> u64 {
     x * x
@@ -99,6 +116,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(WHEN, when)
         .register(SPIN, spin)
         .register(RECORD, record)
+        .register(CHAIN, chain_length)
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
@@ -559,6 +577,13 @@ fn other_types_and_unknown_names_refused() {
     assert!(e.to_string().contains("t.nobody"), "{e}");
     assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
     assert_eq!(c.stats().unwrap().dead_lettered, 3);
+    // An argument nested deeper than the format allows (a short message could otherwise
+    // run the node's stack out): the task fails with the reason, and the node goes on.
+    let chain = |links: usize| (0..links).fold(Chain::End, |c, _| Chain::Link(Box::new(c)));
+    assert_eq!(c.apply(CHAIN, chain(1000)).unwrap(), 1000);
+    let e = c.submit(CHAIN, chain(2000)).unwrap().wait().unwrap_err();
+    assert!(e.to_string().contains("deeper than 1024 levels"), "{e}");
+    assert_eq!(c.apply(SQUARE, 4).unwrap(), 16);
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -503,6 +503,19 @@ pub(crate) fn check_whole<T: serde::de::DeserializeOwned + serde::Serialize>(byt
     }
 }
 
+/// A recursive type, for the tests and the `decode` fuzz target: arbitrary bytes may
+/// nest it as deep as they like, and claim any number of empty elements, so decoding it
+/// reaches both of the decoder's limits.
+#[cfg(any(test, fuzzing))]
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub(crate) enum Tree {
+    Leaf(u64),
+    Node(Vec<Tree>),
+    Maybe(Option<Box<Tree>>),
+    Wrapped(Box<(Tree, u8)>),
+    Units(Vec<()>),
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};
@@ -757,6 +770,7 @@ mod tests {
             check_whole::<Wide>(&bytes);
             check_whole::<(u16, i32, i64, i128, u128, usize)>(&bytes);
             check_whole::<Vec<(u64, Option<i16>)>>(&bytes);
+            check_whole::<Tree>(&bytes);
         }
 
         /// Any value with wide integers reads back whole; every prefix of it is refused
