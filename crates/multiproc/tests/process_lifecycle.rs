@@ -19,6 +19,10 @@ fn main() {
         vec![
             trial("round_trip_nested_structs", round_trip_nested_structs),
             trial("round_trip_64_mib", round_trip_64_mib),
+            trial(
+                "joining_a_long_child_costs_no_cpu",
+                joining_a_long_child_costs_no_cpu,
+            ),
             trial("each_start_method_works", each_start_method_works),
             trial(
                 "exec_child_never_sees_user_argv",
@@ -418,6 +422,63 @@ fn daemon_terminated_at_exit() {
 
 fn square(x: u64) -> u64 {
     x * x
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the clock's value into `t`, which lives on this stack frame.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Quick children teach the spawn path's waits to look for their answers before they
+/// sleep; the join of a child that runs for a while still sleeps, and costs the waiting
+/// thread next to no CPU (at most the 2 ms a look lasts), with each start method.
+fn joining_a_long_child_costs_no_cpu() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        for i in 0..30 {
+            let mut child = Builder::new()
+                .start_method(method)
+                .spawn(square, i)
+                .unwrap();
+            assert_eq!(child.join_timeout(T).unwrap(), i * i);
+        }
+        joined_with_little_cpu(
+            Builder::new()
+                .start_method(method)
+                .spawn(nap, 1500)
+                .unwrap(),
+        );
+    }
+    for i in 0..30 {
+        // SAFETY: the closure computes and returns; it takes no lock that another test
+        // thread could hold at the fork.
+        let mut child = unsafe { Builder::new().spawn_fork(move || square(i)) }.unwrap();
+        assert_eq!(child.join_timeout(T).unwrap(), i * i);
+    }
+    // SAFETY: the closure sleeps and returns; it takes no lock.
+    joined_with_little_cpu(unsafe { Builder::new().spawn_fork(|| nap(1500)) }.unwrap());
+}
+
+/// Joins a child that naps for 1.5 s; the join takes this thread under 100 ms of CPU.
+fn joined_with_little_cpu(mut child: multiproc::JoinHandle<u64>) {
+    let before = thread_cpu();
+    assert_eq!(child.join_timeout(T).unwrap(), 1500);
+    let used = thread_cpu() - before;
+    assert!(
+        used < Duration::from_millis(100),
+        "{used:?} of CPU to wait 1.5 s"
+    );
 }
 
 fn helper_leaks() {

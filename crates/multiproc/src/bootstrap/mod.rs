@@ -4,6 +4,7 @@
 
 pub(crate) mod child;
 mod forkserver;
+pub(crate) mod looking;
 pub(crate) mod messages;
 mod panic;
 mod setup;

@@ -393,7 +393,8 @@ pub(crate) mod crowding {
         static FILLED: Cell<u64> = const { Cell::new(0) };
     }
 
-    fn nanos(at: Instant) -> u64 {
+    /// Nanoseconds from a point fixed for the process (and its forks) to `at`.
+    pub(crate) fn nanos(at: Instant) -> u64 {
         static BASE: OnceLock<Instant> = OnceLock::new();
         let base = *BASE.get_or_init(Instant::now);
         u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
@@ -537,6 +538,159 @@ impl AdaptiveSpin {
                 .store(if probe || halved < 100 { 0 } else { halved }, Relaxed);
         }
         yield_until(deadline, done)
+    }
+}
+
+/// A wait that looks again and again for its answer, yielding the CPU between looks,
+/// before the caller sleeps, for as long as that has been paying off: for answers that
+/// usually come within tens or hundreds of microseconds (the fork server's reply to a
+/// spawn, a child's result and exit status after a quick call, a spare child's
+/// assignment). A sleep makes the answerer wake the waiter, which on an idle CPU costs
+/// the time that CPU takes to come out of idle (tens of microseconds on a virtual
+/// machine) on top of the switch; a waiter that still runs sees the answer at once.
+///
+/// It learns from every wait how long the answer took, whether it was seen while
+/// looking or after a sleep: an answer that came within half of `most` sets the budget
+/// to twice what it took (at least `least`); a longer one sets it to nothing, so that a
+/// waiter for answers that take long (a child that runs for a while) sleeps at once
+/// and loses no CPU. It starts at nothing: the first wait sleeps and measures. A look
+/// that runs out makes the next 2 waits sleep at once, then 4 after the next one, up to
+/// 64: answers that have become slow cost few looks.
+///
+/// Looking pays off only while there is a CPU to spare. On a machine whose CPUs are all
+/// busy, a yield can hand the CPU to another job for its whole time slice (milliseconds),
+/// where a sleeper would have been woken within microseconds: a yield that
+/// [gave the CPU away](crowding::yielded) ends the wait's looking, and no wait of this
+/// process looks for [`AdaptiveLook::BACK_OFF`] after that; nor while the thread's
+/// [budget for yields](crowding) is spent. (A fork inherits the back-off.)
+#[derive(Debug)]
+pub(crate) struct AdaptiveLook {
+    least: u64,
+    most: u64,
+    /// How long the next wait looks, in nanoseconds.
+    budget: AtomicU64,
+    /// Looks in a row that ran out.
+    strikes: AtomicU32,
+    /// Waits still to sleep at once after the last look that ran out.
+    skip: AtomicU32,
+}
+
+/// Until when (nanoseconds on [`crowding`]'s clock) no wait of this process looks: a
+/// look saw the CPUs all taken.
+static LOOK_AGAIN_AT: AtomicU64 = AtomicU64::new(0);
+
+/// A wait begun by [`AdaptiveLook::look`]: whether the answer was seen while looking,
+/// and when the wait began (to learn from with [`AdaptiveLook::answered`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look {
+    pub(crate) found: bool,
+    start: Instant,
+}
+
+impl AdaptiveLook {
+    /// How long no wait looks after one saw the CPUs all taken.
+    pub(crate) const BACK_OFF: Duration = Duration::from_millis(200);
+
+    pub(crate) const fn new(least: Duration, most: Duration) -> Self {
+        AdaptiveLook {
+            least: least.as_nanos() as u64,
+            most: most.as_nanos() as u64,
+            budget: AtomicU64::new(0),
+            strikes: AtomicU32::new(0),
+            skip: AtomicU32::new(0),
+        }
+    }
+
+    /// Looks at `done` until it is true, the budget runs out, `deadline` passes or a
+    /// yield shows the CPUs all taken.
+    pub(crate) fn look(&self, deadline: Option<Instant>, mut done: impl FnMut() -> bool) -> Look {
+        let start = Instant::now();
+        let mut look = Look {
+            found: false,
+            start,
+        };
+        let budget = self.budget.load(Relaxed);
+        if budget == 0
+            || crowding::nanos(start) < LOOK_AGAIN_AT.load(Relaxed)
+            || crowding::seen(start)
+        {
+            return look;
+        }
+        let skip = self.skip.load(Relaxed);
+        if skip > 0 {
+            self.skip.store(skip - 1, Relaxed);
+            return look;
+        }
+        let end = start + Duration::from_nanos(budget);
+        let end = deadline.map_or(end, |d| d.min(end));
+        let mut before = start;
+        loop {
+            if done() {
+                look.found = true;
+                if self.strikes.load(Relaxed) != 0 {
+                    self.strikes.store(0, Relaxed);
+                }
+                return look;
+            }
+            if before >= end {
+                // Ran out: sleep at once for the next 2, 4, ... 64 waits.
+                let strikes = (self.strikes.load(Relaxed) + 1).min(6);
+                self.strikes.store(strikes, Relaxed);
+                self.skip.store(1 << strikes, Relaxed);
+                return look;
+            }
+            std::thread::yield_now();
+            let after = Instant::now();
+            if crowding::yielded(before, after) {
+                // Another job had this CPU for a time slice: sleep from now on, for a
+                // while.
+                self.budget.store(0, Relaxed);
+                let again = crowding::nanos(after) + Self::BACK_OFF.as_nanos() as u64;
+                LOOK_AGAIN_AT.store(again, Relaxed);
+                look.found = done();
+                return look;
+            }
+            before = after;
+        }
+    }
+
+    /// The answer the wait `look` began for is here (seen while looking or after a
+    /// sleep): learns how long it took.
+    pub(crate) fn answered(&self, look: Look) {
+        self.took(look.start.elapsed());
+    }
+
+    /// Learns that an answer took `took` (nothing while the process backs off).
+    pub(crate) fn took(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let next = if took <= self.most / 2
+            && crowding::nanos(Instant::now()) >= LOOK_AGAIN_AT.load(Relaxed)
+        {
+            (took * 2).clamp(self.least, self.most)
+        } else {
+            0
+        };
+        if self.budget.load(Relaxed) != next {
+            self.budget.store(next, Relaxed);
+        }
+    }
+
+    /// How long the next wait looks.
+    #[cfg(test)]
+    pub(crate) fn budget(&self) -> Duration {
+        Duration::from_nanos(self.budget.load(Relaxed))
+    }
+
+    /// For tests: when the process last backed off (0: never, or reset).
+    #[cfg(test)]
+    pub(crate) fn back_off_mark() -> u64 {
+        LOOK_AGAIN_AT.load(Relaxed)
+    }
+
+    /// For tests: forgets a back-off.
+    #[cfg(test)]
+    pub(crate) fn reset_back_off() {
+        LOOK_AGAIN_AT.store(0, Relaxed);
     }
 }
 
@@ -712,5 +866,75 @@ mod tests {
         assert_eq!(spin.budget.load(Relaxed), 0);
         waits_until_a_probe_answers(&spin);
         assert_eq!(spin.budget.load(Relaxed), SPIN_ONLY.as_nanos() as u64);
+    }
+
+    /// One run of the look's story; false if the process backed off meanwhile (a yield
+    /// gave the CPU away for a slice on a busy machine), which changes what looks do.
+    fn adaptive_look_story() -> bool {
+        let us = Duration::from_micros;
+        AdaptiveLook::reset_back_off();
+        let look = AdaptiveLook::new(us(20), Duration::from_millis(2));
+        let looks = std::cell::Cell::new(0u32);
+        let seen = &looks;
+        let counting = |answer: bool| {
+            move || {
+                seen.set(seen.get() + 1);
+                answer
+            }
+        };
+        // It starts at nothing: the first wait sleeps at once and measures.
+        assert!(!look.look(None, counting(true)).found);
+        assert_eq!(looks.get(), 0);
+        // Answers within half of the most: twice what they took, at least the least.
+        look.took(us(5));
+        assert_eq!(look.budget(), us(20));
+        look.took(us(300));
+        assert_eq!(look.budget(), us(600));
+        // Slower ones: nothing.
+        look.took(us(1001));
+        assert_eq!(look.budget(), Duration::ZERO);
+        // An answer seen while looking sets the budget from how long it took.
+        look.took(us(500));
+        let found = look.look(None, counting(true));
+        assert!(found.found && looks.get() == 1);
+        look.answered(found);
+        assert!(look.budget() >= us(20) && look.budget() < us(1000));
+        // A look that runs out (a yield between looks): the next 2 waits sleep at
+        // once, then 4 after the next that runs out; one that finds its answer ends
+        // that.
+        look.took(us(50));
+        let start = Instant::now();
+        assert!(!look.look(None, counting(false)).found);
+        assert!(start.elapsed() >= us(100));
+        for skipped in [2, 4] {
+            let before = looks.get();
+            for _ in 0..skipped {
+                assert!(!look.look(None, counting(true)).found);
+            }
+            assert_eq!(looks.get(), before, "{skipped} waits sleep at once");
+            assert!(!look.look(None, counting(false)).found);
+            assert!(looks.get() > before);
+        }
+        for _ in 0..8 {
+            look.look(None, counting(true));
+        }
+        assert!(look.look(None, counting(true)).found, "found again");
+        assert!(look.look(None, counting(true)).found, "and no more skips");
+        // A deadline bounds a look.
+        look.took(us(900));
+        let start = Instant::now();
+        let l = look.look(Some(start + us(50)), counting(false));
+        assert!(!l.found && start.elapsed() < us(1800));
+        AdaptiveLook::back_off_mark() == 0
+    }
+
+    #[test]
+    fn adaptive_look_learns_how_long_answers_take() {
+        // A yield that gives the CPU away for a slice (another job on a busy machine)
+        // makes the process back off and the story differ: told again, up to 5 times.
+        assert!(
+            (0..5).any(|_| adaptive_look_story()),
+            "backed off every time"
+        );
     }
 }

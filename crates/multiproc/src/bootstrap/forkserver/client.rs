@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::server;
 use crate::bootstrap::messages::{self, CHANNEL_FD, DEATH_FD, ForkReply, ForkRequest};
-use crate::bootstrap::{CHILD_TOKEN, SERVER_TOKEN, format_token};
+use crate::bootstrap::{CHILD_TOKEN, SERVER_TOKEN, format_token, looking};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::framing::{Conn, RecvFrameError};
 
@@ -108,10 +108,9 @@ impl ForkServer {
 
     /// Reads the server's answer to a request: `FORKED`, with a pid and a pidfd.
     fn forked(&mut self) -> io::Result<(u32, OwnedFd)> {
-        let frame = self
-            .conn
-            .recv(Some(Instant::now() + REPLY_TIMEOUT))
-            .map_err(|e| match e {
+        let deadline = Some(Instant::now() + REPLY_TIMEOUT);
+        let frame =
+            looking::recv(&mut self.conn, deadline, &looking::FORKED).map_err(|e| match e {
                 RecvFrameError::Closed | RecvFrameError::Truncated => {
                     io::Error::new(io::ErrorKind::BrokenPipe, "the fork server exited")
                 }

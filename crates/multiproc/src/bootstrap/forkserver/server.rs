@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::setup::{FromServer, become_requested};
-use crate::bootstrap::{self, BOOTSTRAP_FAILURE, tracker};
+use crate::bootstrap::{self, BOOTSTRAP_FAILURE, looking, tracker};
 use crate::sys::{self, AsFd, Forked, OwnedFd};
 use crate::wire::framing::Conn;
 
@@ -44,6 +44,8 @@ struct Kid {
     status: Option<OwnedFd>,
     /// The connection a spare waits on for its assignment; `None` once assigned.
     spare: Option<Conn>,
+    /// When it was forked.
+    forked_at: Instant,
     /// The parent's segment tracker: never killed by this server, which it outlives.
     tracker: bool,
     /// Its memory cgroup.
@@ -415,6 +417,9 @@ fn assign_or_fork(
             .as_mut()
             .map(|s| s.send(messages::FORK, &[body], &passed))
         {
+            // How long spares wait for their assignments: the next one looks for its
+            // own that long before it sleeps.
+            looking::ASSIGNMENT.took(kid.forked_at.elapsed());
             kid.status = Some(status);
             kid.daemon = request.daemon;
             let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
@@ -454,6 +459,7 @@ fn new_kid(
         daemon,
         status,
         spare,
+        forked_at: Instant::now(),
         cgroup: None,
         tracker: false,
     })
@@ -524,6 +530,7 @@ fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
     };
     sys::set_name("mp-spare");
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
+    looking::look_only(conn.fd(), &looking::ASSIGNMENT);
     let frame = match conn.recv(None) {
         Ok(frame) if frame.tag == messages::FORK => frame,
         _ => sys::exit_now(0),
