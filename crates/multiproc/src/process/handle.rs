@@ -73,6 +73,7 @@ impl Channel {
         Channel {
             conn,
             started,
+            // Only a forked child runs its call at once: the others are the server's.
             looks: !started,
             closed: false,
             outcome: None,
