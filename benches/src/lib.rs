@@ -1890,7 +1890,8 @@ pub fn header(runs: usize) -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = command_line("uname", &["-sr"]);
-    let rustc = command_line("rustc", &["--version"]);
+    // The compiler that built this binary, which may run where none is installed.
+    let rustc = env!("MULTIPROC_BENCH_RUSTC");
     let python = python::version().unwrap_or_else(|| "not found".into());
     let [procspawn, ipc_channel, rayon] = ["procspawn", "ipc-channel", "rayon"]
         .map(|c| locked_version(c).unwrap_or_else(|| "?".into()));
