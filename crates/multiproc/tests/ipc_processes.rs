@@ -59,6 +59,10 @@ fn main() {
                 bounded_queue_blocks_the_producer,
             ),
             trial(
+                "a_used_bounded_queue_takes_its_items_before_any_consumer",
+                a_used_bounded_queue_takes_its_items_before_any_consumer,
+            ),
+            trial(
                 "mismatched_types_are_decode_errors",
                 mismatched_types_are_decode_errors,
             ),
@@ -741,6 +745,45 @@ fn bounded_queue_blocks_the_producer() {
     q.put_timeout(3, T).unwrap();
     q.put_timeout(4, T).unwrap();
     assert_eq!(child.join_timeout(T).unwrap(), vec![1, 2, 3, 4]);
+}
+
+/// An item of 4 KB numbered `i`.
+fn block(i: u32) -> ByteBuf {
+    ByteBuf(vec![i as u8; 4000])
+}
+
+fn put_blocks((q, from, n): (Queue<ByteBuf>, u32, u32)) {
+    for i in from..from + n {
+        q.put_timeout(block(i), T).unwrap();
+    }
+}
+
+/// A bounded queue that has been used holds as many items before any consumer comes
+/// as a new one: items put while nobody reads fit up to its bound (within its 4 MiB of
+/// memory), whether or not the queue's memory has just started over at its beginning
+/// (which happens once an empty queue is past its first 64 KiB). Before, that start-over
+/// left room for about 16 such items until a consumer came by: `try_put` said full, and
+/// a producer that puts its items and exits before the consumer starts waited forever.
+fn a_used_bounded_queue_takes_its_items_before_any_consumer() {
+    let q = Queue::<ByteBuf>::bounded(1000).unwrap();
+    // Used, each item taken at once, until its memory is past the first 64 KiB.
+    for i in 0..17 {
+        q.put(block(i)).unwrap();
+        assert_eq!(q.get_timeout(T).unwrap(), block(i));
+    }
+    // 300 items (about 1.2 MB), the first of which starts the memory over.
+    for i in 0..300 {
+        if let Err(e) = q.try_put(block(i)) {
+            panic!("item {i} of 300 refused: {e}");
+        }
+    }
+    // 200 more from a process that exits before anything is taken.
+    let mut child = multiproc::spawn(put_blocks, (q.clone(), 300, 200)).unwrap();
+    child.join_timeout(T).unwrap();
+    for i in 0..500 {
+        assert_eq!(q.get_timeout(T).unwrap(), block(i), "item {i}");
+    }
+    assert!(q.try_get().is_err(), "nothing more was put");
 }
 
 /// Serializes as a string; insists on a number when deserialized.

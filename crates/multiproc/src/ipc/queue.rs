@@ -79,7 +79,10 @@ impl<T> Queue<T> {
         })
     }
 
-    /// A queue of at most `n` items (at least 1): `put` waits while it is full.
+    /// A queue of at most `n` items (at least 1): `put` waits while it is full. Its
+    /// items are kept in one 4 MiB ring (an item of over 2 MiB travels beside it, and
+    /// takes a few bytes there), so items that together need more also make `put`
+    /// wait, before `n` are queued.
     ///
     /// # Errors
     ///

@@ -349,7 +349,7 @@ impl Core {
             return self.write_growable(tail, len, may_overflow, write);
         }
         let ring = self.ring();
-        Ok(ring.reserve(tail, len, self.max_items, 0).map(write))
+        Ok(ring.reserve(tail, len, self.max_items, 0, true).map(write))
     }
 
     /// After publishing: wakes a napping receiver and rings the receivers' bell if one
@@ -1191,6 +1191,45 @@ mod tests {
             assert_eq!((number(&got), got.len()), (n, 1000));
         }
         assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+    }
+
+    /// A ring that starts over at its beginning keeps all of its room: a burst sent
+    /// right after (no consumer reading) fits as it would anywhere else, in a channel
+    /// bounded by items and in one that is not.
+    #[test]
+    fn a_ring_that_starts_over_keeps_all_its_room() {
+        for bound in [Some(1000), None] {
+            let (tx, rx) = channel(DEFAULT_RING, bound).unwrap();
+            // Small messages, each taken at once, until the producers are past the
+            // first pages, with the ring empty.
+            let mut n = 0u32;
+            while ring_position(&rx) < (64 << 10) {
+                tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+                take(&rx).unwrap();
+                n += 1;
+                assert!(n < 100_000, "the producers never got past the first pages");
+            }
+            let before = ring_position(&rx);
+            // The first message of the burst reaches into a new page: the ring starts
+            // over. 1000 messages, about 1 MB of a 4 MiB ring, without a consumer.
+            for k in 0..1000u32 {
+                let len = if k == 0 { 4000 } else { 1000 };
+                if let Err((_, e)) = tx.send(numbered(k, len), Deadline::Now, false) {
+                    panic!("{bound:?}: message {k} refused ({e:?}), the burst began at {before}");
+                }
+                if k == 0 {
+                    assert!(
+                        ring_position(&rx) < 8192,
+                        "{bound:?}: the ring did not start over"
+                    );
+                }
+            }
+            for k in 0..1000u32 {
+                let got = take(&rx).unwrap();
+                assert_eq!(number(&got), k, "{bound:?}");
+            }
+            assert!(matches!(take(&rx), Err(RecvFail::Empty)), "{bound:?}");
+        }
     }
 
     /// A message of `len` bytes numbered `n` (its first 4 bytes).

@@ -9,7 +9,7 @@
 //! ever written and consumed; a position in a ring is the count modulo its size. A
 //! record that would run past the end is preceded by a `WRAP` marker covering the rest
 //! of the ring, as is a small record that starts an empty ring over early (see
-//! [`Ring::reserve`]). Producers advance `tail` only once a record is complete, and consumers
+//! [`Ring::reserve`]; there the producer may pass the marker for the consumers). Producers advance `tail` only once a record is complete, and consumers
 //! advance `head` only once they are done with one, so a process that dies in between
 //! leaves the ring as it was before it started. Item counts are the channel's, across
 //! its rings.
@@ -236,12 +236,15 @@ impl<'a> Ring<'a> {
 
     /// Reserves a record with a payload of `len` bytes, if the ring has room for it
     /// and `keep` bytes more, and the channel holds fewer than `max_items` items.
+    /// `only_ring`: the channel has no other ring (no overflow segments), so its
+    /// consumers never leave this one.
     pub(crate) fn reserve<'t>(
         &'t self,
         _lock: &'t mut Tail<'_>,
         len: usize,
         max_items: u64,
         keep: u64,
+        only_ring: bool,
     ) -> Option<Slot<'t, 'a>> {
         let p = self.produced;
         let counts = &self.chan.produced.0;
@@ -267,6 +270,7 @@ impl<'a> Ring<'a> {
         // before the position it leaves. Records over half of `HOT` go on as they
         // did: for 1 MiB messages, writing over the pages the consumer had just read
         // measured 10–15% slower than moving on to others.
+        let mut start_over = false;
         if skip == 0
             && pos >= HOT
             && rec <= pos
@@ -275,6 +279,7 @@ impl<'a> Ring<'a> {
             && self.empty_at(from)
         {
             skip = self.len - pos;
+            start_over = true;
         }
         // The consumers' counters live on their cache line; look at them only when the
         // copies on ours say there might be no room.
@@ -296,12 +301,37 @@ impl<'a> Ring<'a> {
         if skip > 0 {
             self.write_header(from, 0, WRAP);
         }
+        if start_over && only_ring {
+            self.pass_marker(from, from + skip);
+        }
         Some(Slot {
             ring: self,
             from,
             at: from + skip,
             len,
         })
+    }
+
+    /// Moves the positions of an empty ring that starts over (under the producers'
+    /// lock) past the wrap marker at `at`, to `to`, as its consumers would once they
+    /// read on. Until they did, the rest of the ring counted as taken: a burst sent
+    /// before a consumer came by found room only in the ring's first pages, so a
+    /// bounded channel refused (or its `put` waited for a consumer) when it held 62 of
+    /// its 1000 items of 1 KB. Only where consumers never leave the ring (a link from
+    /// an overflow segment may name a position before the marker), and only if their
+    /// lock is free now; a consumer that holds it passes the marker itself. The marker
+    /// is published before it is passed, so a producer that dies in between leaves
+    /// one for the consumers.
+    fn pass_marker(&self, at: u64, to: u64) {
+        let Some(_consumers) = Head::lock(self.chan, LockWait::UnlessStopped(Duration::ZERO))
+        else {
+            return;
+        };
+        if self.consumed.head.load(Acquire) == at {
+            self.produced.tail.store(to, Release);
+            self.consumed.head.store(to, Release);
+            self.produced.seen_head.store(to, Relaxed);
+        }
     }
 
     /// Whether consumers have taken everything up to `tail` (the producers' position,
