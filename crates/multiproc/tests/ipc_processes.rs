@@ -754,7 +754,9 @@ fn block(i: u32) -> ByteBuf {
 
 fn put_blocks((q, from, n): (Queue<ByteBuf>, u32, u32)) {
     for i in from..from + n {
-        q.put_timeout(block(i), T).unwrap();
+        if let Err(e) = q.put_timeout(block(i), Duration::from_secs(10)) {
+            panic!("item {i} waited 10 s for room: {e}");
+        }
     }
 }
 
@@ -762,8 +764,9 @@ fn put_blocks((q, from, n): (Queue<ByteBuf>, u32, u32)) {
 /// as a new one: items put while nobody reads fit up to its bound (within its 4 MiB of
 /// memory), whether or not the queue's memory has just started over at its beginning
 /// (which happens once an empty queue is past its first 64 KiB). Before, that start-over
-/// left room for about 16 such items until a consumer came by: `try_put` said full, and
-/// a producer that puts its items and exits before the consumer starts waited forever.
+/// left room for about 16 such items until a consumer came by: a producer that puts
+/// its items and exits before the consumer starts waited for room forever, and
+/// `try_put` said full.
 fn a_used_bounded_queue_takes_its_items_before_any_consumer() {
     let q = Queue::<ByteBuf>::bounded(1000).unwrap();
     // Used, each item taken at once, until its memory is past the first 64 KiB.
@@ -771,15 +774,18 @@ fn a_used_bounded_queue_takes_its_items_before_any_consumer() {
         q.put(block(i)).unwrap();
         assert_eq!(q.get_timeout(T).unwrap(), block(i));
     }
-    // 300 items (about 1.2 MB), the first of which starts the memory over.
-    for i in 0..300 {
+    // A process puts 300 items (about 1.2 MB; its first starts the memory over) and
+    // exits before anything is taken.
+    let mut child = multiproc::spawn(put_blocks, (q.clone(), 0, 300)).unwrap();
+    if let Err(e) = child.join_timeout(T) {
+        panic!("the producer did not finish: {e}");
+    }
+    // 200 more without waiting.
+    for i in 300..500 {
         if let Err(e) = q.try_put(block(i)) {
-            panic!("item {i} of 300 refused: {e}");
+            panic!("item {i} refused: {e}");
         }
     }
-    // 200 more from a process that exits before anything is taken.
-    let mut child = multiproc::spawn(put_blocks, (q.clone(), 300, 200)).unwrap();
-    child.join_timeout(T).unwrap();
     for i in 0..500 {
         assert_eq!(q.get_timeout(T).unwrap(), block(i), "item {i}");
     }
