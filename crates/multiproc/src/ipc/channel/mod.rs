@@ -349,7 +349,9 @@ impl Core {
             return self.write_growable(tail, len, may_overflow, write);
         }
         let ring = self.ring();
-        Ok(ring.reserve(tail, len, self.max_items, 0, true).map(write))
+        Ok(ring
+            .reserve(tail, len, self.max_items, 0, Some(0))
+            .map(write))
     }
 
     /// After publishing: wakes a napping receiver and rings the receivers' bell if one
@@ -1195,11 +1197,18 @@ mod tests {
 
     /// A ring that starts over at its beginning keeps all of its room: a burst sent
     /// right after (no consumer reading) fits as it would anywhere else, in a channel
-    /// bounded by items and in one that is not.
+    /// bounded by items, in one that is not, and in an unbounded one (which stays in
+    /// its own ring rather than moving to an overflow segment).
     #[test]
     fn a_ring_that_starts_over_keeps_all_its_room() {
-        for bound in [Some(1000), None] {
-            let (tx, rx) = channel(DEFAULT_RING, bound).unwrap();
+        type Make = fn() -> io::Result<(RawSender, RawReceiver)>;
+        let kinds: [(&str, Make); 3] = [
+            ("bounded", || channel(DEFAULT_RING, Some(1000))),
+            ("plain", || channel(DEFAULT_RING, None)),
+            ("unbounded", || unbounded(DEFAULT_RING)),
+        ];
+        for (kind, make) in kinds {
+            let (tx, rx) = make().unwrap();
             // Small messages, each taken at once, until the producers are past the
             // first pages, with the ring empty.
             let mut n = 0u32;
@@ -1207,7 +1216,10 @@ mod tests {
                 tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
                 take(&rx).unwrap();
                 n += 1;
-                assert!(n < 100_000, "the producers never got past the first pages");
+                assert!(
+                    n < 100_000,
+                    "{kind}: the producers never got past the first pages"
+                );
             }
             let before = ring_position(&rx);
             // The first message of the burst reaches into a new page: the ring starts
@@ -1215,20 +1227,22 @@ mod tests {
             for k in 0..1000u32 {
                 let len = if k == 0 { 4000 } else { 1000 };
                 if let Err((_, e)) = tx.send(numbered(k, len), Deadline::Now, false) {
-                    panic!("{bound:?}: message {k} refused ({e:?}), the burst began at {before}");
+                    panic!("{kind}: message {k} refused ({e:?}), the burst began at {before}");
                 }
                 if k == 0 {
                     assert!(
                         ring_position(&rx) < 8192,
-                        "{bound:?}: the ring did not start over"
+                        "{kind}: the ring did not start over"
                     );
                 }
             }
+            let ring = rx.core.header().produced.0.ring.load(SeqCst);
+            assert_eq!(ring, 0, "{kind}: the burst moved to an overflow segment");
             for k in 0..1000u32 {
                 let got = take(&rx).unwrap();
-                assert_eq!(number(&got), k, "{bound:?}");
+                assert_eq!(number(&got), k, "{kind}");
             }
-            assert!(matches!(take(&rx), Err(RecvFail::Empty)), "{bound:?}");
+            assert!(matches!(take(&rx), Err(RecvFail::Empty)), "{kind}");
         }
     }
 

@@ -236,15 +236,16 @@ impl<'a> Ring<'a> {
 
     /// Reserves a record with a payload of `len` bytes, if the ring has room for it
     /// and `keep` bytes more, and the channel holds fewer than `max_items` items.
-    /// `only_ring`: the channel has no other ring (no overflow segments), so its
-    /// consumers never leave this one.
+    /// `consumers_on`: this ring's number in the channel (0: the channel's own), if an
+    /// empty ring that starts over may pass its wrap marker for the consumers while
+    /// they read it (see [`Ring::pass_marker`]).
     pub(crate) fn reserve<'t>(
         &'t self,
         _lock: &'t mut Tail<'_>,
         len: usize,
         max_items: u64,
         keep: u64,
-        only_ring: bool,
+        consumers_on: Option<u64>,
     ) -> Option<Slot<'t, 'a>> {
         let p = self.produced;
         let counts = &self.chan.produced.0;
@@ -301,8 +302,8 @@ impl<'a> Ring<'a> {
         if skip > 0 {
             self.write_header(from, 0, WRAP);
         }
-        if start_over && only_ring {
-            self.pass_marker(from, from + skip);
+        if let Some(ring) = consumers_on.filter(|_| start_over) {
+            self.pass_marker(from, from + skip, ring);
         }
         Some(Slot {
             ring: self,
@@ -317,17 +318,19 @@ impl<'a> Ring<'a> {
     /// read on. Until they did, the rest of the ring counted as taken: a burst sent
     /// before a consumer came by found room only in the ring's first pages, so a
     /// bounded channel refused (or its `put` waited for a consumer) when it held 62 of
-    /// its 1000 items of 1 KB. Only where consumers never leave the ring (a link from
-    /// an overflow segment may name a position before the marker), and only if their
-    /// lock is free now; a consumer that holds it passes the marker itself. The marker
-    /// is published before it is passed, so a producer that dies in between leaves
-    /// one for the consumers.
-    fn pass_marker(&self, at: u64, to: u64) {
+    /// its 1000 items of 1 KB, and an unbounded one moved to an overflow segment. Only
+    /// while the consumers read this ring (number `ring`): a consumer still in an
+    /// overflow segment may come back through a link that names a position before the
+    /// marker. And only if their lock is free now; a consumer that holds it passes the
+    /// marker itself. The marker is published before it is passed, so a producer that
+    /// dies in between leaves one for the consumers.
+    fn pass_marker(&self, at: u64, to: u64, ring: u64) {
         let Some(_consumers) = Head::lock(self.chan, LockWait::UnlessStopped(Duration::ZERO))
         else {
             return;
         };
-        if self.consumed.head.load(Acquire) == at {
+        if self.chan.consumed.0.ring.load(Acquire) == ring && self.consumed.head.load(Acquire) == at
+        {
             self.produced.tail.store(to, Release);
             self.consumed.head.store(to, Release);
             self.produced.seen_head.store(to, Relaxed);
