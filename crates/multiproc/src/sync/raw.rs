@@ -47,6 +47,16 @@ pub(crate) enum Acquired {
 }
 
 impl LockWords {
+    /// Takes the lock only if it is free: one whose holder died is left for a caller
+    /// that takes it over and knows it did ([`try_lock`](Self::try_lock),
+    /// [`lock`](Self::lock)).
+    #[inline]
+    pub(crate) fn try_lock_free(&self) -> bool {
+        self.state
+            .compare_exchange(0, sys::thread_identity(), SeqCst, SeqCst)
+            .is_ok()
+    }
+
     /// Takes the lock if it is free, or held by a thread that no longer exists.
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<Acquired> {

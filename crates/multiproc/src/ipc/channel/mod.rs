@@ -1246,6 +1246,52 @@ mod tests {
         }
     }
 
+    /// A producer that starts an empty ring over does not take the consumers' lock from
+    /// a consumer that died holding it: the next consumer takes it over and learns
+    /// that its predecessor died (an unbounded channel's consumer then repairs a move
+    /// between rings that it left half-done).
+    #[test]
+    fn a_start_over_leaves_a_dead_consumers_lock_to_the_next_consumer() {
+        let (tx, rx) = channel(DEFAULT_RING, Some(1000)).unwrap();
+        let mut n = 0u32;
+        while ring_position(&rx) < (64 << 10) {
+            tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+            take(&rx).unwrap();
+            n += 1;
+            assert!(n < 100_000, "the producers never got past the first pages");
+        }
+        // A consumer dies holding the consumers' lock.
+        let dying = rx.clone();
+        std::thread::spawn(move || {
+            ring::KEEP_LOCKS.with(|k| k.set(true));
+            let held = Head::lock(dying.core.header(), LockWait::Until(None));
+            assert!(held.is_some());
+        })
+        .join()
+        .unwrap();
+        // A burst whose first message starts the ring over.
+        for k in 0..10u32 {
+            tx.send(
+                numbered(k, if k == 0 { 4000 } else { 1000 }),
+                Deadline::Now,
+                false,
+            )
+            .unwrap();
+            if k == 0 {
+                assert!(ring_position(&rx) < 8192, "the ring did not start over");
+            }
+        }
+        let next = Head::lock(rx.core.header(), LockWait::Until(None)).unwrap();
+        assert!(
+            next.took_over,
+            "the next consumer was not told that the last one died"
+        );
+        drop(next);
+        for k in 0..10u32 {
+            assert_eq!(number(&take(&rx).unwrap()), k);
+        }
+    }
+
     /// A message of `len` bytes numbered `n` (its first 4 bytes).
     fn numbered(n: u32, len: usize) -> Encoded {
         let mut bytes = vec![(n % 251) as u8; len.max(4)];

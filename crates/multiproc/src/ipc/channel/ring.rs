@@ -143,6 +143,17 @@ impl<'a> Head<'a> {
         let took_over = wait.take(&chan.head_lock.0)?;
         Some(Head { chan, took_over })
     }
+
+    /// Takes the consumers' lock if it is free now; not from a consumer that died
+    /// holding it, whose successor must know (an unbounded channel's consumer repairs a
+    /// move between rings left half-done).
+    fn try_free(chan: &'a ChannelHeader) -> Option<Self> {
+        // Built only once the lock is ours: dropping a guard releases the lock.
+        chan.head_lock.0.try_lock_free().then(|| Head {
+            chan,
+            took_over: false,
+        })
+    }
 }
 
 impl Drop for Head<'_> {
@@ -321,12 +332,12 @@ impl<'a> Ring<'a> {
     /// its 1000 items of 1 KB, and an unbounded one moved to an overflow segment. Only
     /// while the consumers read this ring (number `ring`): a consumer still in an
     /// overflow segment may come back through a link that names a position before the
-    /// marker. And only if their lock is free now; a consumer that holds it passes the
-    /// marker itself. The marker is published before it is passed, so a producer that
-    /// dies in between leaves one for the consumers.
+    /// marker. And only if their lock is free now: a consumer that holds it passes the
+    /// marker itself, and one that died holding it is taken over by the next. The
+    /// marker is published before it is passed, so a producer that dies in between
+    /// leaves one for the consumers.
     fn pass_marker(&self, at: u64, to: u64, ring: u64) {
-        let Some(_consumers) = Head::lock(self.chan, LockWait::UnlessStopped(Duration::ZERO))
-        else {
+        let Some(_consumers) = Head::try_free(self.chan) else {
             return;
         };
         if self.chan.consumed.0.ring.load(Acquire) == ring && self.consumed.head.load(Acquire) == at
