@@ -9,10 +9,11 @@
 //! ever written and consumed; a position in a ring is the count modulo its size. A
 //! record that would run past the end is preceded by a `WRAP` marker covering the rest
 //! of the ring, as is a small record that starts an empty ring over early (see
-//! [`Ring::reserve`]; there the producer may pass the marker for the consumers). Producers advance `tail` only once a record is complete, and consumers
-//! advance `head` only once they are done with one, so a process that dies in between
-//! leaves the ring as it was before it started. Item counts are the channel's, across
-//! its rings.
+//! [`Ring::reserve`]; there the producer may pass the marker for the consumers).
+//! Producers advance `tail` only once a record is complete, and consumers advance
+//! `head` only once they are done with one, so a process that dies in between leaves
+//! the ring as it was before it started. Item counts are the channel's, across its
+//! rings.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
