@@ -76,7 +76,11 @@ pub fn header(runs: usize, load: usize) -> String {
         &format!(
             "and wrote this part of the file, while {load} busy-looping process{} kept \
              {load} of the CPUs taken (an unrelated job on the same machine). Every \
-             peer ran under the same load.",
+             peer ran under the same load. Rows marked *(bound on one CPU)* are two \
+             processes kept on one CPU that pass the turn back and forth with \
+             `sched_yield` and do nothing else: what a hand-off costs when the two \
+             take turns on one CPU, as two processes that talk do when the other \
+             CPUs are taken.",
             if load == 1 { "" } else { "es" }
         ),
     )

@@ -20,6 +20,11 @@ pub enum Impl {
     Peer,
     /// The same operation in plain system calls: what no library can beat.
     Floor,
+    /// Under load only (`--busy`): the least the operation can cost when its processes
+    /// take turns on one CPU, as they do there: bare `sched_yield` switches between two
+    /// processes kept on one CPU. No target is set against it; a missed target against
+    /// CPython says what it would take, beside it.
+    OneCpu,
 }
 
 /// One implementation of a group's operation.
@@ -149,9 +154,13 @@ impl Stats {
 }
 
 /// Runs a group: one warm-up run of each workload, then `runs` rounds in turn.
-pub fn run_group(group: &Group, runs: usize) -> Vec<Stats> {
-    let mut stats: Vec<Stats> = group
+pub fn run_group(group: &Group, runs: usize, busy: bool) -> Vec<Stats> {
+    let workloads: Vec<&Workload> = group
         .workloads
+        .iter()
+        .filter(|w| busy || w.kind != Impl::OneCpu)
+        .collect();
+    let mut stats: Vec<Stats> = workloads
         .iter()
         .map(|w| Stats {
             name: w.name,
@@ -159,11 +168,11 @@ pub fn run_group(group: &Group, runs: usize) -> Vec<Stats> {
             runs: Vec::with_capacity(runs),
         })
         .collect();
-    for w in &group.workloads {
+    for w in &workloads {
         (w.run)(w.iters.div_ceil(10).max(1));
     }
     for round in 0..runs {
-        for (w, s) in group.workloads.iter().zip(&mut stats) {
+        for (w, s) in workloads.iter().zip(&mut stats) {
             let elapsed = (w.run)(w.iters);
             s.runs
                 .push(elapsed / u32::try_from(w.iters).unwrap_or(u32::MAX));
@@ -253,6 +262,7 @@ pub fn report(group: &Group, stats: &[Stats], busy: bool) -> String {
             Impl::Multiproc => format!("**{}**", s.name),
             Impl::Peer => s.name.to_string(),
             Impl::Floor => format!("{} *(floor)*", s.name),
+            Impl::OneCpu => format!("{} *(bound on one CPU)*", s.name),
         };
         let rate = if matches!(group.rate, Rate::None) {
             String::new()
@@ -318,6 +328,7 @@ pub fn report(group: &Group, stats: &[Stats], busy: bool) -> String {
 /// slower.
 fn busy_targets(group: &Group, stats: &[Stats]) -> String {
     let mut out = String::new();
+    let one_cpu = stats.iter().find(|s| s.kind == Impl::OneCpu);
     for (ours, theirs) in &group.pairs {
         let (Some(a), Some(b)) = (find(stats, ours), find(stats, theirs)) else {
             continue;
@@ -332,9 +343,20 @@ fn busy_targets(group: &Group, stats: &[Stats]) -> String {
             _ => continue,
         };
         let verdict = if met { "met" } else { "**missed**" };
+        // The target in time per operation, beside the bare switches of the run.
+        let need = b.median().div_f64(BUSY_VS_CPYTHON);
+        let beyond = match one_cpu {
+            Some(bound) if !met && b.kind == Impl::Peer => format!(
+                " {BUSY_VS_CPYTHON:.0}× would be {} per operation, against {} for the bare switches alone (the row *bound on one CPU*)",
+                fmt_duration(need),
+                fmt_duration(bound.median())
+            ),
+            _ => String::new(),
+        };
+        let end = if beyond.is_empty() { "" } else { ";" };
         let _ = writeln!(
             out,
-            "- Target under load for {ours}: {text} — {verdict} ({r:.1}×)."
+            "- Target under load for {ours}: {text} — {verdict} ({r:.1}×){end}{beyond}."
         );
     }
     out
@@ -480,7 +502,7 @@ pub fn mem_report(group: &MemGroup, stats: &[MemStats]) -> String {
     for s in stats {
         let name = match s.kind {
             Impl::Multiproc => format!("**{}**", s.name),
-            Impl::Peer | Impl::Floor => s.name.to_string(),
+            Impl::Peer | Impl::Floor | Impl::OneCpu => s.name.to_string(),
         };
         let _ = writeln!(
             out,
@@ -559,7 +581,7 @@ pub fn run_all(
     let mut summary = String::from("| | multiproc | peer | ratio |\n|---|---:|---:|---:|\n");
     for g in groups {
         eprintln!("{}", g.title);
-        let stats = run_group(g, runs);
+        let stats = run_group(g, runs, busy);
         body.push_str(&report(g, &stats, busy));
         for (ours, theirs) in &g.pairs {
             if let (Some(a), Some(b)) = (find(&stats, ours), find(&stats, theirs)) {
@@ -669,6 +691,63 @@ mod tests {
         assert_eq!(
             splice_between("<!-- x:end --><!-- x:start -->", "x", ""),
             None
+        );
+    }
+
+    /// A group with a multiproc row, a CPython row and a bound on one CPU, each taking
+    /// `ns` nanoseconds per operation.
+    fn hand_off(ns: [u64; 3]) -> Group {
+        let row = |ns: u64| move |n: u64| Duration::from_nanos(ns * n);
+        Group {
+            title: "Hand-off",
+            rate: Rate::None,
+            operation: "one hand-off",
+            bench: "",
+            workloads: vec![
+                Workload::new("multiproc Event", Impl::Multiproc, 10, row(ns[0])),
+                Workload::new("CPython Event", Impl::Peer, 10, row(ns[1])),
+                Workload::new("bare switches", Impl::OneCpu, 10, row(ns[2])),
+            ],
+            targets: Vec::new(),
+            pairs: vec![("multiproc Event", "CPython Event")],
+            notes: Vec::new(),
+            headline: Vec::new(),
+        }
+    }
+
+    /// The bound on one CPU is measured and shown under load only; a missed target
+    /// against CPython states the time per operation it needs beside the bound, a met
+    /// one does not.
+    #[test]
+    fn the_bound_on_one_cpu_shows_under_load_only() {
+        let missed = hand_off([1_000, 7_000, 900]);
+        let quiet = run_group(&missed, 1, false);
+        assert_eq!(
+            quiet.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["multiproc Event", "CPython Event"]
+        );
+        assert!(!report(&missed, &quiet, false).contains("bound on one CPU"));
+
+        let busy = run_group(&missed, 1, true);
+        assert_eq!(busy.len(), 3);
+        let text = report(&missed, &busy, true);
+        assert!(
+            text.contains("| bare switches *(bound on one CPU)* | 900 ns |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "≥ 10× CPython Event — **missed** (7.0×); 10× would be 700 ns per operation, \
+                 against 900 ns for the bare switches alone"
+            ),
+            "{text}"
+        );
+
+        let met = hand_off([500, 7_000, 900]);
+        let text = report(&met, &run_group(&met, 1, true), true);
+        assert!(
+            text.contains("≥ 10× CPython Event — met (14.0×).\n"),
+            "{text}"
         );
     }
 }

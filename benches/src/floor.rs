@@ -20,6 +20,10 @@ pub fn main(mut args: impl Iterator<Item = String>) {
         "robust-mutex-counter" => return println!("{}", mutex_counter(true, iters)),
         "futex-ping-pong" => return println!("{}", ping_pong(true, iters)),
         "yield-ping-pong" => return println!("{}", ping_pong(false, iters)),
+        "yield-ping-pong-one-cpu" => {
+            stay_on_this_cpu();
+            return println!("{}", ping_pong(false, iters));
+        }
         "pthread-barrier" => return println!("{}", pthread_barrier(iters)),
         other => {
             eprintln!("unknown workload {other:?}");
@@ -246,12 +250,36 @@ fn mutex_counter(robust: bool, iters: u64) -> f64 {
     elapsed
 }
 
+/// Keeps this process (and the children it forks) on the CPU it runs on now: two
+/// processes that take turns on one CPU, as the two of a hand-off do on a machine
+/// whose other CPUs are taken.
+fn stay_on_this_cpu() {
+    // SAFETY: plain system calls on this process, with a set built by the libc macros.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Two processes hand a turn back and forth `iters` times through a word of shared
 /// memory. With `sleep`, each waits for its turn asleep on the word (a futex): the floor
 /// of a sleeping hand-off. Without, each looks at the word with `sched_yield` between
 /// looks: the floor of a hand-off that never sleeps, which two processes sharing one
-/// CPU pay as a context switch each way (`taskset -c 0 multiproc-bench floor
-/// yield-ping-pong N`), and two on CPUs of their own as a system call.
+/// CPU pay as a context switch each way (`multiproc-bench floor yield-ping-pong-one-cpu
+/// N`), and two on CPUs of their own as a system call.
 fn ping_pong(sleep: bool, iters: u64) -> f64 {
     use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
     let turn = shared::<AtomicU32>();

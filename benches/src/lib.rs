@@ -1618,6 +1618,12 @@ fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
         40_000,
         floor("futex-ping-pong"),
     ));
+    event.push(Workload::new(
+        "sched_yield hand-off, two processes on one CPU",
+        Impl::OneCpu,
+        40_000,
+        floor("yield-ping-pong-one-cpu"),
+    ));
     barrier.push(Workload::new(
         "pthread barrier, process-shared",
         Impl::Floor,
@@ -1787,6 +1793,16 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
         Impl::Floor,
         50_000,
         floor("pipe-ping-pong"),
+    ));
+    rtt.push(Workload::new(
+        "sched_yield round trip, two processes on one CPU",
+        Impl::OneCpu,
+        50_000,
+        {
+            let exe = exe.to_path_buf();
+            // Two hand-offs per round trip.
+            move |n| spawn::floor(&exe, "yield-ping-pong-one-cpu", 2 * n)
+        },
     ));
     let cpython = python::version().map_or_else(
         || "python3 was not found: the CPython rows are missing.".to_string(),
