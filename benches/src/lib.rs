@@ -1799,9 +1799,9 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
         Impl::OneCpu,
         50_000,
         {
-            let exe = exe.to_path_buf();
+            let hand_offs = floor("yield-ping-pong-one-cpu");
             // Two hand-offs per round trip.
-            move |n| spawn::floor(&exe, "yield-ping-pong-one-cpu", 2 * n)
+            move |n| hand_offs(2 * n)
         },
     ));
     let cpython = python::version().map_or_else(
