@@ -25,6 +25,7 @@ const FLAKY: TaskDef<(String, u32), Result<u32, String>> = TaskDef::new("t.flaky
 const WHEN: TaskDef<u64, u64> = TaskDef::new("t.when");
 const SPIN: TaskDef<u64, u64> = TaskDef::new("t.spin");
 const RECORD: TaskDef<String, u64> = TaskDef::new("t.record");
+const RECORD_SLOW: TaskDef<(String, u64), u64> = TaskDef::new("t.record_slow");
 const CHAIN: TaskDef<Chain, u64> = TaskDef::new("t.chain");
 
 /// A list through `Box`: one level of nesting per link.
@@ -100,6 +101,13 @@ fn record(path: String) -> u64 {
     1
 }
 
+/// As [`record`], then sleeps `ms` milliseconds.
+fn record_slow((path, ms): (String, u64)) -> u64 {
+    record(path);
+    std::thread::sleep(Duration::from_millis(ms));
+    1
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -116,6 +124,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(WHEN, when)
         .register(SPIN, spin)
         .register(RECORD, record)
+        .register(RECORD_SLOW, record_slow)
         .register(CHAIN, chain_length)
 }
 
@@ -236,8 +245,16 @@ fn main() {
             trial("sigterm_drains_a_worker", sigterm_drains_a_worker),
             trial("redis_restarted_mid_run", redis_restarted_mid_run),
             trial(
+                "outcomes_of_tasks_that_end_while_redis_is_down_are_kept",
+                outcomes_of_tasks_that_end_while_redis_is_down_are_kept,
+            ),
+            trial(
                 "idempotency_cancel_and_timeout",
                 idempotency_cancel_and_timeout,
+            ),
+            trial(
+                "idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first",
+                idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first,
             ),
             trial(
                 "streams_trimmed_after_100k_tasks",
@@ -252,6 +269,10 @@ fn main() {
             trial(
                 "acl_user_and_an_undecodable_result",
                 acl_user_and_an_undecodable_result,
+            ),
+            trial(
+                "a_reply_read_that_keeps_failing_backs_off",
+                a_reply_read_that_keeps_failing_backs_off,
             ),
         ],
         helpers,
@@ -623,6 +644,13 @@ fn corrupt_and_foreign_entries_dead_lettered() {
     assert!(reasons[3].contains("cap"), "{reasons:?}");
     // The worker goes on.
     assert_eq!(c.apply(SQUARE, 11).unwrap(), 121);
+    // A task over the worker's cap from a client with a larger one: dead-lettered, and
+    // its client is told rather than left waiting.
+    let mut over = c.submit(RECORD, "x".repeat(6000)).unwrap();
+    match over.wait_timeout(T) {
+        Err(TaskError::DeadLettered(why)) => assert!(why.contains("cap"), "{why}"),
+        other => panic!("a task over the worker's cap: {other:?}"),
+    }
     // A client's own cap refuses large tasks before sending them.
     let small = Cluster::builder(&redis.url())
         .namespace(ns)
@@ -743,6 +771,95 @@ fn redis_restarted_mid_run() {
     // New work goes through on the new server.
     assert_eq!(c.apply(SQUARE, 8).unwrap(), 64);
     w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// Tasks that end while the server is down (for less than a lease) run once: their
+/// outcomes wait in the worker until the server is back, rather than being dropped and
+/// their tasks run again once the lease lapses.
+fn outcomes_of_tasks_that_end_while_redis_is_down_are_kept() {
+    let mut redis = RedisServer::start();
+    let ns = "down";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(2)
+        .lease(Duration::from_secs(5))
+        .grace(Duration::from_secs(10))
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let dir = common::tempdir("down");
+    let paths: Vec<String> = (0..2)
+        .map(|i| dir.join(format!("run{i}")).to_string_lossy().into_owned())
+        .collect();
+    let tasks = c
+        .submit_batch(RECORD_SLOW, paths.iter().map(|p| (p.clone(), 700)))
+        .unwrap();
+    // Both started; they end about 700 ms later, with the server down.
+    assert!(common::eventually(T, || paths
+        .iter()
+        .all(|p| std::path::Path::new(p).exists())));
+    redis.restart_after(Duration::from_millis(2500));
+    for mut t in tasks {
+        assert_eq!(t.wait_timeout(T).unwrap(), 1);
+    }
+    for p in &paths {
+        let runs = std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!(
+            runs, 1,
+            "{p}: a task that ended while Redis was down ran {runs} times"
+        );
+    }
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One idempotency key given to tasks of two queues is two tasks, each with its own
+/// outcome; a repeat submission that fails (the server is down) leaves the first
+/// submission's handle waiting for its outcome; a cancel reaches every client waiting.
+fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
+    let mut redis = RedisServer::start();
+    let ns = "idemq";
+    let c = client(&redis, ns);
+    let key = TaskOptions::new().idempotency_key("order-1");
+    let a = c.submit_with(SQUARE, 3, key.clone().queue("qa")).unwrap();
+    let b = c.submit_with(SQUARE, 4, key.clone().queue("qb")).unwrap();
+    let first = c.submit_with(SQUARE, 5, key.clone()).unwrap();
+    redis.stop_keeping_data();
+    assert!(c.submit_with(SQUARE, 5, key.clone()).is_err());
+    redis.start_again();
+    // A task cancelled while another client waits for it with its key: both are told.
+    let c2 = client(&redis, ns);
+    let later = TaskOptions::new()
+        .idempotency_key("later")
+        .countdown(Duration::from_secs(60));
+    let mut mine = c.submit_with(SQUARE, 6, later.clone()).unwrap();
+    let mut theirs = c2.submit_with(SQUARE, 6, later).unwrap();
+    assert!(mine.cancel());
+    assert_eq!(mine.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(theirs.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    drop(c2);
+    let workers: Vec<WorkerHandle> = ["qa", "qb", "default"]
+        .into_iter()
+        .map(|q| {
+            tasks(Worker::builder(&redis.url()))
+                .namespace(ns)
+                .queue(q)
+                .processes(1)
+                .build()
+                .expect("start worker")
+        })
+        .collect();
+    let (mut a, mut b, mut first) = (a, b, first);
+    assert_eq!(a.wait_timeout(T).unwrap(), 9);
+    assert_eq!(b.wait_timeout(T).unwrap(), 16);
+    assert_eq!(first.wait_timeout(T).unwrap(), 25);
+    for w in workers {
+        w.shutdown(true);
+    }
+    c.delete_queue("qa").unwrap();
+    c.delete_queue("qb").unwrap();
     finish(&redis, c, ns);
 }
 
@@ -1047,11 +1164,10 @@ fn redis_lost_its_data_mid_run() {
     finish(&redis, c, ns);
 }
 
-fn acl_user_and_an_undecodable_result() {
-    let redis = RedisServer::start();
-    let ns = "acl";
-    // An ACL user of its own.
-    let r = redis.cmd(&[
+/// Makes the ACL user `app` (password `app-pass`), allowed everything but what `less`
+/// takes away; returns a URL that logs in as it.
+fn acl_user(redis: &RedisServer, less: &[&str]) -> String {
+    let mut args = vec![
         "ACL",
         "SETUSER",
         "app",
@@ -1060,9 +1176,17 @@ fn acl_user_and_an_undecodable_result() {
         "~*",
         "&*",
         "+@all",
-    ]);
-    assert_eq!(r, Resp::Simple("OK".into()));
-    let url = format!("redis://app:app-pass@127.0.0.1:{}", redis.port);
+    ];
+    args.extend_from_slice(less);
+    assert_eq!(redis.cmd(&args), Resp::Simple("OK".into()));
+    format!("redis://app:app-pass@127.0.0.1:{}", redis.port)
+}
+
+fn acl_user_and_an_undecodable_result() {
+    let redis = RedisServer::start();
+    let ns = "acl";
+    // An ACL user of its own.
+    let url = acl_user(&redis, &[]);
     let wrong = format!("redis://app:nope@127.0.0.1:{}", redis.port);
     assert!(matches!(
         Cluster::connect(&wrong),
@@ -1095,5 +1219,32 @@ fn acl_user_and_an_undecodable_result() {
         .unwrap();
     assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A client whose reads of its reply list keep failing while the server accepts its
+/// connections (here an ACL user that may not `BLPOP`) tries again less and less often
+/// rather than connecting again and again at once.
+fn a_reply_read_that_keeps_failing_backs_off() {
+    let redis = RedisServer::start();
+    let ns = "noblpop";
+    let url = acl_user(&redis, &["-blpop"]);
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    // No worker: the client only waits for the reply.
+    let t = c.submit(SQUARE, 3).unwrap();
+    let connections = || {
+        let info = redis.cmd(&["INFO", "stats"]).text();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("INFO stats")
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = connections();
+    std::thread::sleep(Duration::from_secs(3));
+    let made = connections() - before;
+    // About one a doubling wait (0.05 s, 0.1 s, ... then every 2 s): a handful.
+    assert!(made <= 20, "{made} connections in 3 s");
+    drop(t);
     finish(&redis, c, ns);
 }

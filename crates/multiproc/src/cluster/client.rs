@@ -24,6 +24,8 @@ use crate::sync::unpoisoned::lock;
 
 /// How long the receiver blocks in one `BLPOP`.
 const BLOCK: Duration = Duration::from_secs(2);
+/// How soon the receiver looks again when there is no reply list to read.
+const IDLE_LOOK: Duration = Duration::from_millis(100);
 /// Tasks sent per round trip by `map` and `imap`.
 const BATCH: usize = 512;
 
@@ -160,10 +162,18 @@ type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
 /// Tasks this client waits for.
 #[derive(Default)]
 struct Pending {
-    /// By task id.
-    tasks: HashMap<String, Waiting>,
-    /// Local handle ids to task ids (for cancel).
-    locals: HashMap<u64, String>,
+    /// By queue and task id.
+    tasks: HashMap<TaskKey, Waiting>,
+    /// Local handle ids to their tasks (for cancel).
+    locals: HashMap<u64, TaskKey>,
+}
+
+/// A task waited for: its queue's name and its id. An idempotency key names a task of
+/// one queue: the same key given to tasks of two queues is two tasks.
+type TaskKey = (String, String);
+
+fn task_key(keys: &Keys, task: &str) -> TaskKey {
+    (keys.queue().to_owned(), task.to_owned())
 }
 
 struct Waiting {
@@ -384,7 +394,7 @@ impl Cluster {
                         prepared.push(p);
                     }
                     Err(e) => {
-                        self.inner.forget(prepared.iter().map(|p| &p.task));
+                        self.inner.forget(&keys, prepared.iter());
                         return Err(e);
                     }
                 }
@@ -439,7 +449,7 @@ impl Cluster {
                         batch.push(p);
                     }
                     Err(e) => {
-                        self.inner.forget(batch.iter().map(|p| &p.task));
+                        self.inner.forget(&keys, batch.iter());
                         return Err(e);
                     }
                 }
@@ -838,14 +848,17 @@ impl ClientInner {
             self.unblock_receiver();
         }
         let mut p = lock(&self.pending);
-        p.locals.insert(local, task.clone());
-        let w = p.tasks.entry(task.clone()).or_insert_with(|| Waiting {
-            keys: keys.clone(),
-            entry: None,
-            delayed: None,
-            keep: opts.idempotency_key.is_some(),
-            delivers: Vec::new(),
-        });
+        p.locals.insert(local, task_key(keys, &task));
+        let w = p
+            .tasks
+            .entry(task_key(keys, &task))
+            .or_insert_with(|| Waiting {
+                keys: keys.clone(),
+                entry: None,
+                delayed: None,
+                keep: opts.idempotency_key.is_some(),
+                delivers: Vec::new(),
+            });
         w.delivers.push((local, deliver));
         if opts.delay != Delay::Now {
             w.delayed = Some(envelope.clone());
@@ -857,13 +870,18 @@ impl ClientInner {
         })
     }
 
-    /// Forgets waiters of tasks that were not sent.
-    fn forget<'a>(&self, tasks: impl Iterator<Item = &'a String>) {
+    /// Forgets the handles of tasks of `keys`' queue that were not sent (and only
+    /// theirs: a handle of an earlier submission with the same idempotency key still
+    /// waits).
+    fn forget<'a>(&self, keys: &Keys, sent: impl Iterator<Item = &'a Prepared>) {
         let mut p = lock(&self.pending);
-        for t in tasks {
-            if let Some(w) = p.tasks.remove(t) {
-                for (local, _) in w.delivers {
-                    p.locals.remove(&local);
+        for prepared in sent {
+            p.locals.remove(&prepared.local);
+            let key = task_key(keys, &prepared.task);
+            if let Some(w) = p.tasks.get_mut(&key) {
+                w.delivers.retain(|(local, _)| *local != prepared.local);
+                if w.delivers.is_empty() {
+                    p.tasks.remove(&key);
                 }
             }
         }
@@ -916,12 +934,12 @@ impl ClientInner {
                     ],
                 )
             })
-            .inspect_err(|_| self.forget(std::iter::once(&prepared.task)))?;
+            .inspect_err(|_| self.forget(keys, std::iter::once(&prepared)))?;
         let parts = conn::array(&reply);
         match parts.first().and_then(conn::int) {
             Some(1) => {
                 let mut p = lock(&self.pending);
-                if let Some(w) = p.tasks.get_mut(&prepared.task) {
+                if let Some(w) = p.tasks.get_mut(&task_key(keys, &prepared.task)) {
                     w.entry = parts.get(1).and_then(conn::text);
                     w.delayed = None;
                 }
@@ -930,16 +948,16 @@ impl ClientInner {
                 // A duplicate: its outcome now, or later through this client's list.
                 if let Some(outcome) = parts.get(1).and_then(conn::bytes) {
                     let outcome = Outcome::decode(outcome).map_err(TaskError::Codec);
-                    self.deliver(&prepared.task, outcome);
+                    self.deliver(keys, &prepared.task, outcome);
                 } else {
                     let mut p = lock(&self.pending);
-                    if let Some(w) = p.tasks.get_mut(&prepared.task) {
+                    if let Some(w) = p.tasks.get_mut(&task_key(keys, &prepared.task)) {
                         w.delayed = None;
                     }
                 }
             }
             Some(3) => {
-                self.forget(std::iter::once(&prepared.task));
+                self.forget(keys, std::iter::once(&prepared));
                 return Err(ClusterError::InvalidArgument(
                     "this scheduler no longer holds the leader lease".into(),
                 ));
@@ -962,22 +980,27 @@ impl ClientInner {
         }
         let ids: Vec<String> = self
             .run(|c| pipe.query(c))
-            .inspect_err(|_| self.forget(batch.iter().map(|p| &p.task)))?;
+            .inspect_err(|_| self.forget(keys, batch.iter()))?;
         let mut pending = lock(&self.pending);
         for (p, id) in batch.iter().zip(ids) {
-            if let Some(w) = pending.tasks.get_mut(&p.task) {
+            if let Some(w) = pending.tasks.get_mut(&task_key(keys, &p.task)) {
                 w.entry = Some(id);
             }
         }
         Ok(())
     }
 
-    /// Hands a task's outcome to whoever waits for it. Returns whether the outcome
-    /// should be deleted from Redis (nobody else needs it).
-    fn deliver(&self, task: &str, outcome: Result<Outcome, TaskError>) -> Option<Keys> {
+    /// Hands the outcome of `task` of `keys`' queue to whoever waits for it. Returns
+    /// whether the outcome should be deleted from Redis (nobody else needs it).
+    fn deliver(
+        &self,
+        keys: &Keys,
+        task: &str,
+        outcome: Result<Outcome, TaskError>,
+    ) -> Option<Keys> {
         let w = {
             let mut p = lock(&self.pending);
-            let w = p.tasks.remove(task)?;
+            let w = p.tasks.remove(&task_key(keys, task))?;
             for (local, _) in &w.delivers {
                 p.locals.remove(local);
             }
@@ -1121,10 +1144,11 @@ impl ClientInner {
                 .tasks
                 .iter()
                 .filter(|(_, w)| w.keys == keys)
-                .map(|(t, _)| t.clone())
+                .map(|((_, t), _)| t.clone())
                 .collect();
             for task in lost {
                 self.deliver(
+                    &keys,
                     &task,
                     Err(TaskError::Failed(Failure::message_only(
                         "the Redis server lost its data (it restarted without persistence): the task is gone; submit it again",
@@ -1137,13 +1161,13 @@ impl ClientInner {
 
     /// After a reconnection: outcomes written while this client could not hear.
     fn recover(&self, link: &mut Link) {
-        let waiting: Vec<(String, String)> = lock(&self.pending)
+        let waiting: Vec<(Keys, String, String)> = lock(&self.pending)
             .tasks
             .iter()
-            .map(|(t, w)| (t.clone(), w.keys.result(t)))
+            .map(|((_, t), w)| (w.keys.clone(), t.clone(), w.keys.result(t)))
             .collect();
         for chunk in waiting.chunks(500) {
-            let keys: Vec<&String> = chunk.iter().map(|(_, k)| k).collect();
+            let keys: Vec<&String> = chunk.iter().map(|(_, _, k)| k).collect();
             let Ok(found) = link.run(|c| {
                 redis::cmd("MGET")
                     .arg(&keys)
@@ -1152,10 +1176,14 @@ impl ClientInner {
                 return;
             };
             let mut delete = Vec::new();
-            for ((task, key), outcome) in chunk.iter().zip(found) {
+            for ((queue, task, key), outcome) in chunk.iter().zip(found) {
                 if let Some(bytes) = outcome
                     && self
-                        .deliver(task, Outcome::decode(&bytes).map_err(TaskError::Codec))
+                        .deliver(
+                            queue,
+                            task,
+                            Outcome::decode(&bytes).map_err(TaskError::Codec),
+                        )
                         .is_some()
                 {
                     delete.push(key.clone());
@@ -1183,14 +1211,14 @@ impl Cancel for ClientInner {
     fn cancel(&self, local: u64) -> bool {
         let (task, keys, entry, delayed) = {
             let p = lock(&self.pending);
-            let Some(task) = p.locals.get(&local) else {
+            let Some(key) = p.locals.get(&local) else {
                 return false;
             };
-            let Some(w) = p.tasks.get(task) else {
+            let Some(w) = p.tasks.get(key) else {
                 return false;
             };
             (
-                task.clone(),
+                key.1.clone(),
                 w.keys.clone(),
                 w.entry.clone(),
                 w.delayed.clone(),
@@ -1217,6 +1245,7 @@ impl Cancel for ClientInner {
                     keys.cancel(&task),
                     keys.result(&task),
                     keys.reply(&self.id),
+                    keys.waiters(&task),
                 ],
                 &[
                     GROUP.as_bytes(),
@@ -1225,6 +1254,7 @@ impl Cancel for ClientInner {
                     ttl.as_bytes(),
                     &outcome,
                     &reply,
+                    keys.reply_prefix().as_bytes(),
                 ],
             )
         });
@@ -1237,6 +1267,8 @@ impl Cancel for ClientInner {
 fn receive(inner: &Weak<ClientInner>, server: &Server) {
     let mut link = Link::new(server.clone(), BLOCK + BLOCK_MARGIN);
     let mut backoff = Duration::from_millis(50);
+    // The wait after a failed read of the reply lists, doubled while they keep failing.
+    let mut failing = Duration::from_millis(50);
     let mut fresh = true;
     // Connections seen: a new one (after the first) recovers, whether it was made
     // after an error here or transparently inside a call.
@@ -1291,6 +1323,13 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             .iter()
             .map(|(k, _)| k.reply(&inner.id))
             .collect();
+        if lists.is_empty() {
+            // No queue to read from yet (or none whose data the server still has):
+            // look again shortly rather than send a `BLPOP` with no list.
+            drop(inner);
+            std::thread::sleep(IDLE_LOOK);
+            continue;
+        }
         let popped: Result<Option<(String, Vec<u8>)>, _> = link.run(|c| {
             redis::cmd("BLPOP")
                 .arg(&lists)
@@ -1327,19 +1366,20 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                             Vec::new()
                         }
                     };
+                // The queue whose list it came from (one this client reads).
+                let queue = inner.queue_of(&list);
                 for bytes in std::iter::once(first).chain(more) {
                     match Reply::decode(&bytes) {
                         Ok(reply) => {
+                            let Some(queue) = &queue else { continue };
                             let outcome = Outcome::decode(&reply.outcome).map_err(TaskError::Codec);
-                            match inner.deliver(&reply.task, outcome) {
+                            match inner.deliver(queue, &reply.task, outcome) {
                                 Some(keys) => delete.push(keys.result(&reply.task)),
                                 // Nobody waits (a dead letter requeued after its client
                                 // gave up on it): its outcome is nobody's either, unless
                                 // an idempotency key keeps it.
                                 None if !reply.task.starts_with("k:") => {
-                                    if let Some(k) = inner.queue_of(&list) {
-                                        delete.push(k.result(&reply.task));
-                                    }
+                                    delete.push(queue.result(&reply.task));
                                 }
                                 None => {}
                             }
@@ -1357,8 +1397,16 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 tracing::debug!("cluster client: reply list read failed: {e}");
                 link.reset();
                 fresh = true;
+                // An error that lasts while the server still accepts connections (it
+                // is loading its data, the user may not read lists) must not make this
+                // a loop of connections: wait longer each time, up to 2 s.
+                drop(inner);
+                std::thread::sleep(failing);
+                failing = (failing * 2).min(Duration::from_secs(2));
+                continue;
             }
         }
+        failing = Duration::from_millis(50);
     }
 }
 

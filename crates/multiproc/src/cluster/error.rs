@@ -35,6 +35,11 @@ pub enum ClusterError {
     /// A Redis command failed, or the connection broke in the middle of one.
     #[error("Redis: {0}")]
     Redis(String),
+    /// The server is reachable but cannot serve for now: it is loading its data after a
+    /// restart, is a replica that became read-only in a failover, is out of memory or
+    /// is busy running a script. The same call may succeed later.
+    #[error("Redis cannot serve now: {0}")]
+    Unavailable(String),
     /// The server is older than the cluster needs (Redis 7.0 or Valkey).
     #[error("the Redis server is too old: {0}")]
     Unsupported(String),
@@ -69,14 +74,36 @@ impl ClusterError {
     pub fn is_connection(&self) -> bool {
         matches!(self, ClusterError::Connect { .. })
     }
+
+    /// Whether the same call may succeed later: the server could not be reached, the
+    /// connection broke, or the server cannot serve for now.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            ClusterError::Connect { .. } | ClusterError::Unavailable(_) => true,
+            ClusterError::Redis(m) => m.starts_with(LOST),
+            _ => false,
+        }
+    }
 }
+
+/// How the message of a connection that broke mid-command starts.
+const LOST: &str = "connection lost: ";
 
 /// A Redis error as a [`ClusterError`].
 pub(crate) fn redis_err(e: &redis::RedisError) -> ClusterError {
     match e.kind() {
         redis::ErrorKind::AuthenticationFailed => ClusterError::Auth(e.to_string()),
         _ if e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
-            ClusterError::Redis(format!("connection lost: {e}"))
+            ClusterError::Redis(format!("{LOST}{e}"))
+        }
+        // LOADING, TRYAGAIN, MASTERDOWN, CLUSTERDOWN and READONLY, as redis-rs sorts
+        // them; BUSY (a script runs too long) and OOM, which it leaves unsorted.
+        _ if matches!(
+            e.retry_method(),
+            redis::RetryMethod::WaitAndRetry | redis::RetryMethod::RefreshSlotsAndRetry
+        ) || matches!(e.code(), Some("BUSY" | "OOM")) =>
+        {
+            ClusterError::Unavailable(e.to_string())
         }
         _ => ClusterError::Redis(e.to_string()),
     }

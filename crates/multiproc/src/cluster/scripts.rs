@@ -202,11 +202,12 @@ return {{#due, wait}}
 /// Cancels a task: one still delayed or not yet delivered is removed and ends
 /// `Cancelled` at once; one running is flagged for its worker.
 ///
-/// KEYS: stream, delayed, cancel flag, result, reply list.
+/// KEYS: stream, delayed, cancel flag, result, reply list, waiters.
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
-/// cancelled outcome, reply.
+/// cancelled outcome, reply, reply-list prefix.
 /// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal) or 0
-/// (finished already).
+/// (finished already). A cancelled task's outcome goes to every client waiting for it
+/// (those that submitted it again with its idempotency key), as a finish's does.
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
@@ -214,6 +215,14 @@ local function deliver()
   if redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[4]) then
     redis.call('RPUSH', KEYS[5], ARGV[6])
     redis.call('EXPIRE', KEYS[5], ARGV[4])
+    for _, w in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+      local l = ARGV[7] .. w
+      if l ~= KEYS[5] then
+        redis.call('RPUSH', l, ARGV[6])
+        redis.call('EXPIRE', l, ARGV[4])
+      end
+    end
+    redis.call('DEL', KEYS[6])
   end
 end
 if ARGV[3] ~= '' and redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then

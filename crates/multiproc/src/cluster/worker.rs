@@ -820,10 +820,16 @@ impl Node {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(worker = %self.name, %entry, "dead-lettered an unreadable entry: {e}");
+                // A message over this worker's cap (from a client with a larger one)
+                // is in memory already: read it anyway, to tell its client why it does
+                // not run rather than leave it waiting.
+                let over = (message.len() > self.cfg.max_message)
+                    .then(|| Envelope::decode(message, message.len()).ok())
+                    .flatten();
                 self.dead_letter(
                     entry,
                     fence,
-                    None,
+                    over.as_ref(),
                     format!("an unreadable task message: {e}"),
                 );
                 return;
@@ -1163,8 +1169,9 @@ impl Node {
                 self.room.notify_all();
                 Ok(())
             }
-            Err(e) if matches!(e, ClusterError::Redis(ref m) if m.starts_with("connection lost")) =>
-            {
+            // Redis is down, restarting or loading its data: the outcomes are kept and
+            // sent again (an entry reclaimed meanwhile is left to its new owner).
+            Err(e) if e.is_transient() => {
                 tracing::warn!(worker = %self.name, "cannot finish tasks now: {e}");
                 Err(batch)
             }

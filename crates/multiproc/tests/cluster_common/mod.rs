@@ -188,8 +188,24 @@ impl RedisServer {
 
     /// Stops the server keeping its data, and starts it again on the same port.
     pub fn restart(&mut self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// As [`restart`](Self::restart), leaving the server down for `down` first.
+    pub fn restart_after(&mut self, down: Duration) {
+        self.stop_keeping_data();
+        std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Stops the server, keeping its data for [`start_again`](Self::start_again).
+    pub fn stop_keeping_data(&mut self) {
         let _ = self.raw().and_then(|mut c| c.call(&["SHUTDOWN", "SAVE"]));
         self.reap();
+    }
+
+    /// Starts the server again on the same port, with the data it kept.
+    pub fn start_again(&mut self) {
         self.launch();
     }
 
