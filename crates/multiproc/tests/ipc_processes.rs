@@ -21,6 +21,10 @@ fn main() {
             trial("four_by_four_exactly_once", four_by_four_exactly_once),
             trial("consumer_killed_mid_stream", consumer_killed_mid_stream),
             trial(
+                "a_coding_panic_leaves_no_descriptor_behind",
+                a_coding_panic_leaves_no_descriptor_behind,
+            ),
+            trial(
                 "producer_exits_right_after_put",
                 producer_exits_right_after_put,
             ),
@@ -1079,4 +1083,63 @@ fn getter_killed_while_blocked() {
     q.put(7).unwrap();
     assert_eq!(q.get_timeout(T).unwrap(), 7);
     assert!(q.is_empty());
+}
+
+/// Encodes as nothing but a panic.
+struct Boom;
+
+impl Serialize for Boom {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("Boom does not encode")
+    }
+}
+
+/// Encodes as a byte; decoding it panics.
+struct BadDecode;
+
+impl Serialize for BadDecode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(0)
+    }
+}
+
+impl<'de> Deserialize<'de> for BadDecode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u8::deserialize(d)?;
+        panic!("BadDecode does not decode")
+    }
+}
+
+/// A `Serialize` or `Deserialize` that panics in the middle of a value that carries a
+/// handle leaves no copy of the handle's descriptors behind on the thread: once every
+/// sender is gone, the receiver is told so, and the next encode on the thread is whole.
+fn a_coding_panic_leaves_no_descriptor_behind() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let (tx, rx) = multiproc::pipe::<u8>().unwrap();
+    let q: Queue<(Sender<u8>, Boom)> = Queue::new().unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| q.put((tx, Boom)))).is_err());
+    assert!(matches!(
+        rx.recv_timeout(T),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    let (tx, rx) = multiproc::pipe::<u8>().unwrap();
+    let q: Queue<(BadDecode, Sender<u8>)> = Queue::new().unwrap();
+    q.put((BadDecode, tx)).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| q.get())).is_err());
+    assert!(matches!(
+        rx.recv_timeout(T),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    // The thread encodes and decodes handles as before.
+    let (tx, rx) = multiproc::pipe::<u8>().unwrap();
+    let q: Queue<Sender<u8>> = Queue::new().unwrap();
+    q.put(tx).unwrap();
+    let tx = q.get_timeout(T).unwrap();
+    tx.send(5).unwrap();
+    assert!(matches!(rx.recv_timeout(T), Ok(5)));
+    drop(tx);
+    assert!(matches!(
+        rx.recv_timeout(T),
+        Err(RecvTimeoutError::Disconnected)
+    ));
 }

@@ -37,6 +37,14 @@ fn main() {
             ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
+                "a_result_whose_decode_panics_fails_its_task_only",
+                a_result_whose_decode_panics_fails_its_task_only,
+            ),
+            trial(
+                "endless_retry_delays_and_countdowns_and_too_many_workers",
+                endless_retry_delays_and_countdowns_and_too_many_workers,
+            ),
+            trial(
                 "children_of_workers_die_with_the_pool",
                 children_of_workers_die_with_the_pool,
             ),
@@ -1127,6 +1135,87 @@ fn terminate_and_drop_leave_nothing() {
     }
 }
 
+/// A result type whose `Deserialize` panics on 666.
+#[derive(Debug, Serialize)]
+struct Picky(u64);
+
+impl<'de> Deserialize<'de> for Picky {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        assert!(v != 666, "cannot decode 666");
+        Ok(Picky(v))
+    }
+}
+
+fn picky(x: u64) -> Picky {
+    Picky(x)
+}
+
+/// A result that panics as it is decoded is its task's error, whether it is decoded on
+/// the pool's own thread (for a done-callback) or on the waiting one; the pool goes on.
+fn a_result_whose_decode_panics_fails_its_task_only() {
+    let pool = Pool::new(2).unwrap();
+    let panicked = |r: &Result<Picky, TaskError>| matches!(r, Err(TaskError::Codec(e)) if e.to_string().contains("cannot decode 666"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.submit(picky, 666)
+        .unwrap()
+        .on_done(move |r| tx.send(panicked(r)).unwrap());
+    assert_eq!(rx.recv_timeout(T), Ok(true));
+    let got = get(pool.submit(picky, 666).unwrap());
+    assert!(panicked(&got), "{got:?}");
+    // The pool's thread still routes outcomes and replaces a crashed worker.
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.submit(picky, 7)
+        .unwrap()
+        .on_done(move |r| tx.send(r.as_ref().map(|p| p.0).ok()).unwrap());
+    assert_eq!(rx.recv_timeout(T), Ok(Some(7)));
+    let err = get(pool.submit(crash, Crash::Segfault).unwrap()).unwrap_err();
+    assert!(matches!(err, TaskError::WorkerDied(_)), "{err:?}");
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+    finish(pool);
+}
+
+/// Waits too long for the clock are waits, not panics nor no wait at all: a retry
+/// policy whose delay is `Duration::MAX` and a countdown of `Duration::MAX` hold their
+/// task back (until the pool is terminated), and the pool goes on; a worker count
+/// whose bookkeeping would overflow is refused.
+fn endless_retry_delays_and_countdowns_and_too_many_workers() {
+    let pool = Pool::new(2).unwrap();
+    let endless = RetryPolicy::attempts(3).backoff(Duration::MAX, 2.0, Duration::MAX);
+    let mut retried = pool
+        .submit_with(
+            crash,
+            Crash::Abort,
+            multiproc::TaskOptions::new().retry(endless),
+        )
+        .unwrap();
+    let mut later = pool
+        .submit_with(
+            square,
+            4,
+            multiproc::TaskOptions::new().countdown(Duration::MAX),
+        )
+        .unwrap();
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+    let err = get(pool.submit(crash, Crash::Segfault).unwrap()).unwrap_err();
+    assert!(matches!(err, TaskError::WorkerDied(_)), "{err:?}");
+    assert_eq!(
+        retried
+            .wait_timeout(Duration::from_millis(300))
+            .unwrap_err(),
+        TaskError::Timeout
+    );
+    assert_eq!(
+        later.wait_timeout(Duration::from_millis(300)).unwrap_err(),
+        TaskError::Timeout
+    );
+    pool.terminate();
+    assert_eq!(get(retried).unwrap_err(), TaskError::PoolClosed);
+    assert_eq!(get(later).unwrap_err(), TaskError::PoolClosed);
+    let err = Pool::builder().processes(usize::MAX).build().unwrap_err();
+    assert!(matches!(err, PoolError::InvalidArgument(_)), "{err:?}");
+}
+
 fn fail_init(_: ()) {
     panic!("no database here");
 }
@@ -1148,6 +1237,23 @@ fn failing_initializer_breaks_pool() {
         Err(TaskError::PoolBroken(_))
     ));
     pool.join_timeout(T).unwrap();
+    // One whose initializer exits cleanly breaks as well, rather than starting workers
+    // again and again.
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(exit_init, ())
+        .build()
+        .unwrap();
+    let err = get(pool.submit(square, 2).unwrap()).unwrap_err();
+    let TaskError::PoolBroken(why) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(why.contains("before taking any task"), "{why}");
+    pool.join_timeout(T).unwrap();
+}
+
+fn exit_init(_: ()) {
+    std::process::exit(0);
 }
 
 fn spawn_start_method() {

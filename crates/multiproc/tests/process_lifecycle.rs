@@ -796,14 +796,15 @@ fn active_children_and_status() {
     let view = a.process();
     assert_eq!((view.name(), view.pid()), ("active-a", a.pid()));
     a.terminate().unwrap();
-    let status = view.wait(Some(T)).unwrap().unwrap();
+    // A timeout too long to add to the clock is no timeout (here and for `join_timeout`).
+    let status = view.wait(Some(Duration::MAX)).unwrap().unwrap();
     assert_eq!(status.signal(), Some(multiproc::Signal::TERM));
     assert!(!a.is_alive());
     assert_eq!(a.exit_status(), Some(status));
     assert!(matches!(a.join(), Err(ProcessError::Signaled(s)) if s == multiproc::Signal::TERM));
     b.kill().unwrap();
     assert!(
-        matches!(b.join_timeout(T), Err(ProcessError::Signaled(s)) if s == multiproc::Signal::KILL)
+        matches!(b.join_timeout(Duration::MAX), Err(ProcessError::Signaled(s)) if s == multiproc::Signal::KILL)
     );
     let pids: Vec<u32> = multiproc::active_children()
         .iter()

@@ -159,6 +159,8 @@ struct Worker {
     stolen: Vec<u32>,
     /// The `map_with` contexts it was sent.
     contexts: FxHashSet<u64>,
+    /// It reported that it could not get ready (counted then, not again as it ends).
+    failed_to_start: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,7 +214,9 @@ impl PoolInner {
         config: Config,
     ) -> Result<(Arc<PoolInner>, std::thread::JoinHandle<()>), PoolError> {
         let processes = config.processes;
-        let capacity = processes * DEPTH_MAX;
+        let capacity = processes.checked_mul(DEPTH_MAX).ok_or_else(|| {
+            PoolError::InvalidArgument(format!("{processes} worker processes are too many"))
+        })?;
         let tickets =
             Tickets::new(capacity).map_err(|e| PoolError::Io(std::io::Error::other(e)))?;
         let (results_tx, results_rx) = channel::channel(channel::DEFAULT_RING, None)?;
@@ -769,6 +773,7 @@ impl PoolInner {
             slow: false,
             stolen: Vec::new(),
             contexts: FxHashSet::default(),
+            failed_to_start: false,
         })
     }
 }
@@ -1051,6 +1056,14 @@ impl PoolInner {
         if header.kind == kind::INIT_FAILED {
             let why = text();
             tracing::trace!("a pool worker could not start: {why}");
+            if let Some(w) = st
+                .workers
+                .iter_mut()
+                .flatten()
+                .find(|w| u64::from(w.handle.pid()) == header.id)
+            {
+                w.failed_to_start = true;
+            }
             self.start_failed(st, why, out);
             return;
         }
@@ -1162,7 +1175,9 @@ impl PoolInner {
             if delay.is_zero() {
                 st.pending.push_front(id);
             } else {
-                st.delayed.push((Instant::now() + delay, id));
+                // A delay too long for the clock (a policy's `Duration::MAX`) waits as
+                // long as the clock allows.
+                st.delayed.push((super::options::later(delay), id));
             }
             return;
         }
@@ -1283,11 +1298,14 @@ impl PoolInner {
                 for id in unstarted.into_iter().rev() {
                     st.pending.push_front(id);
                 }
-                // A worker that died before taking any task did not start properly.
+                // A worker that died before taking any task did not start properly,
+                // also one that exited cleanly while it was still wanted (its
+                // initializer called `exit(0)`): only a worker being retired may.
                 if w.assigned == 0
                     && w.killed_for.is_none()
                     && !st.terminated
-                    && status.is_none_or(|s| !s.success())
+                    && !w.failed_to_start
+                    && (w.jobs.is_some() || status.is_none_or(|s| !s.success()))
                 {
                     let why = format!(
                         "a worker ended before taking any task ({})",

@@ -113,11 +113,13 @@ impl TaskOptions {
     pub(crate) fn not_before(&self) -> Option<Instant> {
         match self.delay {
             Delay::Now => None,
-            Delay::Countdown(d) => Instant::now().checked_add(d),
+            // A wait too long for the clock waits as long as the clock allows (a
+            // century), rather than not at all.
+            Delay::Countdown(d) => Some(later(d)),
             Delay::Eta(ms) => {
                 let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
                 let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                (!left.is_zero()).then(|| Instant::now() + left)
+                (!left.is_zero()).then(|| later(left))
             }
         }
     }
@@ -138,4 +140,13 @@ impl TaskOptions {
         }
         Ok(())
     }
+}
+
+/// The longest wait kept as asked: a century (the clock may not reach `Duration::MAX`).
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `wait` from now, or as long as the clock allows.
+pub(crate) fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait.min(FOREVER)).unwrap_or(now)
 }

@@ -170,7 +170,16 @@ impl<R> Cell<R> {
         match held? {
             Held::Value(v) => Ok(v),
             Held::Encoded(received) => match self.decode {
-                Some(decode) => decode(received),
+                // A result type's `Deserialize` that panics is this task's error, not
+                // the end of the thread that decodes (the pool's, for a callback).
+                Some(decode) => {
+                    catch_unwind(AssertUnwindSafe(|| decode(received))).unwrap_or_else(|payload| {
+                        let caught = crate::bootstrap::caught_panic(&*payload);
+                        Err(TaskError::Codec(crate::CodecError::new(format!(
+                            "decoding the result panicked: {caught}"
+                        ))))
+                    })
+                }
                 None => Err(TaskError::Codec(crate::CodecError::new(
                     "an encoded result for a task that expects a value",
                 ))),

@@ -156,7 +156,8 @@ pub(crate) mod kind {
     pub(crate) const UNENCODABLE: u8 = 4;
     /// The ticket was cancelled before the worker could start the job.
     pub(crate) const CANCELLED: u8 = 5;
-    /// The worker could not get ready (its initializer failed); the body is the reason.
+    /// The worker could not get ready (its initializer failed); the body is the reason,
+    /// the header's id the worker's pid.
     /// It exits after sending this.
     pub(crate) const INIT_FAILED: u8 = 6;
 }
@@ -259,7 +260,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         bytes.extend_from_slice(why.as_bytes());
         (
             OutcomeHeader {
-                id: 0,
+                // No task's: the worker's own pid, so the pool knows which one failed.
+                id: u64::from(sys::getpid()),
                 ticket: u32::MAX,
                 kind,
             },

@@ -80,19 +80,25 @@ impl Channel {
         }
     }
 
-    /// Reads what the child sends until its outcome arrives or it hangs up.
-    fn pump(&mut self, deadline: Option<Instant>) -> Result<(), ProcessError> {
+    /// Reads what the child sends until its outcome arrives, it hangs up or it ends
+    /// (`pidfd`: a process it forked may hold a copy of the channel).
+    fn pump(
+        &mut self,
+        deadline: Option<Instant>,
+        pidfd: sys::BorrowedFd<'_>,
+    ) -> Result<(), ProcessError> {
         while self.outcome.is_none() && !self.closed {
             let look = if self.started {
                 &looking::OUTCOME
             } else {
                 &looking::STARTED
             };
-            let got = if self.looks {
-                looking::recv(&mut self.conn, deadline, look)
-            } else {
-                self.conn.recv(deadline)
-            };
+            let got = looking::recv_from_child(
+                &mut self.conn,
+                deadline,
+                self.looks.then_some(look),
+                pidfd,
+            );
             let frame = match got {
                 Ok(frame) => frame,
                 Err(RecvFrameError::Timeout) => return Err(ProcessError::Timeout),
@@ -340,7 +346,7 @@ impl ChildRecord {
     fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
         let has_outcome = match unpoisoned::lock(&self.channel).as_mut() {
             Some(ch) => {
-                ch.pump(deadline)?;
+                ch.pump(deadline, self.pidfd.as_fd())?;
                 ch.outcome.is_some()
             }
             None => false,
@@ -555,7 +561,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// As for [`join`](Self::join), plus `Timeout`; after a result has been returned,
     /// [`ProcessError::Joined`].
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
-        self.join_until(Some(Instant::now() + timeout))
+        // A timeout too long to add to the clock is no timeout.
+        self.join_until(Instant::now().checked_add(timeout))
     }
 
     fn join_until(&mut self, deadline: Option<Instant>) -> Result<R, ProcessError> {
@@ -693,7 +700,7 @@ impl ChildProcess {
     /// [`ProcessError::Timeout`] if it is still running; [`ProcessError::Io`] if waiting
     /// failed.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, ProcessError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         Ok(match self.record.wait(deadline)? {
             Ended::Known(t) => Some(ExitStatus::from_sys(t)),
             Ended::Unknown => None,

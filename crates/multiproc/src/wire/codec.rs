@@ -206,10 +206,15 @@ pub(crate) fn measuring() -> bool {
 
 /// Runs `f` as a pass that measures, not sends.
 fn measure<R>(f: impl FnOnce() -> R) -> R {
-    let was = MEASURING.with(|m| m.replace(true));
-    let r = f();
-    MEASURING.with(|m| m.set(was));
-    r
+    /// Puts the flag back, also when `f` unwinds (a `Serialize` that panics).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MEASURING.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(MEASURING.with(|m| m.replace(true)));
+    f()
 }
 
 /// For a handle's `Deserialize`: fails the decode for the reason given, which
@@ -228,11 +233,37 @@ fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 }
 
 fn with_outgoing<R>(sink: Outgoing, f: impl FnOnce() -> R) -> (R, Outgoing) {
-    let outer = OUTGOING.with(|o| o.borrow_mut().replace(sink));
-    let was = ENCODING.with(|e| e.replace(true));
+    /// Puts back the state of the encode in progress around this one (if any), also
+    /// when `f` unwinds (a `Serialize` that panics): the descriptors collected so far
+    /// are closed then, not left for the next encode on this thread.
+    struct Restore {
+        outer: Option<Option<Outgoing>>,
+        was: bool,
+    }
+    impl Restore {
+        /// The collected sink, with the outer state put back.
+        fn finish(&mut self) -> Option<Outgoing> {
+            let outer = self.outer.take()?;
+            OUTGOING.with(|o| {
+                o.try_borrow_mut()
+                    .ok()
+                    .and_then(|mut o| std::mem::replace(&mut *o, outer))
+            })
+        }
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            drop(self.finish());
+            ENCODING.with(|e| e.set(self.was));
+        }
+    }
+    let mut restore = Restore {
+        outer: Some(OUTGOING.with(|o| o.borrow_mut().replace(sink))),
+        was: ENCODING.with(|e| e.replace(true)),
+    };
     let r = f();
-    ENCODING.with(|e| e.set(was));
-    let sink = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer));
+    let sink = restore.finish();
+    drop(restore);
     (r, sink.unwrap_or(Outgoing::Count(0)))
 }
 
@@ -307,11 +338,29 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
     bytes: &'de [u8],
     fds: Vec<OwnedFd>,
 ) -> Result<S::Value, CodecError> {
+    /// Puts back the descriptors of the decode in progress around this one (if any),
+    /// also when a `Deserialize` unwinds: those this decode did not hand out are closed
+    /// then, not left for the next decode on this thread.
+    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                INCOMING.with(|i| {
+                    if let Ok(mut i) = i.try_borrow_mut() {
+                        *i = outer;
+                    }
+                });
+            }
+        }
+    }
     let what = std::any::type_name::<S::Value>();
-    let outer = INCOMING.with(|i| i.borrow_mut().replace(fds.into_iter().map(Some).collect()));
+    let restore =
+        Restore(Some(INCOMING.with(|i| {
+            i.borrow_mut().replace(fds.into_iter().map(Some).collect())
+        })));
     let mut de = Decoder::new(bytes);
     let result = seed.deserialize(&mut de);
-    INCOMING.with(|i| *i.borrow_mut() = outer);
+    drop(restore);
     let value =
         result.map_err(|e| CodecError::with_source(format!("cannot decode a `{what}`: {e}"), e))?;
     let rest = de.rest();
