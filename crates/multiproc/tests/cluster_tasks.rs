@@ -694,6 +694,12 @@ fn bad_urls_ports_and_credentials() {
     assert!(matches!(e, ClusterError::InvalidArgument(_)), "{e}");
     let e = Worker::builder("redis://127.0.0.1:1")
         .register(SQUARE, square)
+        .lease(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("at most one day"), "{e}");
+    let e = Worker::builder("redis://127.0.0.1:1")
+        .register(SQUARE, square)
         .register(SQUARE, square)
         .build()
         .unwrap_err();
@@ -824,7 +830,7 @@ fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
     let c = client(&redis, ns);
     let key = TaskOptions::new().idempotency_key("order-1");
     let a = c.submit_with(SQUARE, 3, key.clone().queue("qa")).unwrap();
-    let b = c.submit_with(SQUARE, 4, key.clone().queue("qb")).unwrap();
+    let b = c.submit_with(SQUARE, 4, key.clone().queue("q[a]")).unwrap();
     let first = c.submit_with(SQUARE, 5, key.clone()).unwrap();
     redis.stop_keeping_data();
     assert!(c.submit_with(SQUARE, 5, key.clone()).is_err());
@@ -840,7 +846,7 @@ fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
     assert_eq!(mine.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
     assert_eq!(theirs.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
     drop(c2);
-    let workers: Vec<WorkerHandle> = ["qa", "qb", "default"]
+    let workers: Vec<WorkerHandle> = ["qa", "q[a]", "default"]
         .into_iter()
         .map(|q| {
             tasks(Worker::builder(&redis.url()))
@@ -858,8 +864,12 @@ fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
     for w in workers {
         w.shutdown(true);
     }
+    // A queue's name is matched literally: deleting `q[a]` leaves `qa`'s keys.
+    c.delete_queue("q[a]").unwrap();
+    let qa = format!("{ns}:{{qa}}:");
+    assert!(!redis.keys(&qa).is_empty());
+    assert!(redis.keys(&format!("{ns}:{{q[a]}}:")).is_empty());
     c.delete_queue("qa").unwrap();
-    c.delete_queue("qb").unwrap();
     finish(&redis, c, ns);
 }
 

@@ -639,13 +639,17 @@ impl Cluster {
         doomed.extend(workers.iter().map(|w| keys.worker(w)));
         // Idempotency records and the outcomes kept for them; reply lists, waiters and
         // cancel flags of clients that went away.
+        // The names are matched literally: a queue's name may hold `*`, `?`, `[`, `]`
+        // (`jobs[1]` must not match `jobs1`'s keys).
         for pattern in [
-            format!("{}*", keys.idempotency("")),
-            format!("{}*", keys.result("k:")),
-            format!("{}*", keys.reply("")),
-            format!("{}*", keys.waiters("")),
-            format!("{}*", keys.cancel("")),
-        ] {
+            keys.idempotency(""),
+            keys.result("k:"),
+            keys.reply(""),
+            keys.waiters(""),
+            keys.cancel(""),
+        ]
+        .map(|prefix| format!("{}*", glob_literal(&prefix)))
+        {
             let mut cursor = 0u64;
             loop {
                 let (next, found): (u64, Vec<String>) = self.inner.run(|c| {
@@ -831,7 +835,7 @@ impl ClientInner {
             attempt: 0,
             lost: 0,
             retry: opts.retry.as_ref().map(RetryWire::from_policy),
-            timeout_ms: opts.timeout.map(|t| t.as_millis().max(1) as u64),
+            timeout_ms: opts.timeout.map(|t| millis(t).max(1)),
             chunk,
         }
         .encode()?;
@@ -899,7 +903,7 @@ impl ClientInner {
         }
         let (mode, ms) = match opts.delay {
             Delay::Now => ("0", 0),
-            Delay::Countdown(d) => ("c", d.as_millis() as u64),
+            Delay::Countdown(d) => ("c", millis(d)),
             Delay::Eta(at) => ("e", at),
         };
         let ms = ms.to_string();
@@ -1578,4 +1582,21 @@ impl Executor for Cluster {
     fn shutdown(&self, wait: bool, cancel_pending: bool) {
         Cluster::shutdown(self, wait, cancel_pending);
     }
+}
+
+/// `s` as a `SCAN MATCH` pattern that matches it and nothing else.
+fn glob_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `d` in whole milliseconds, at most `u64::MAX` (not wrapped).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

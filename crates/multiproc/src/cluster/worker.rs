@@ -256,9 +256,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long a task stays this worker's without a renewal (default 30 s). The worker
-    /// renews every third of it; another worker reclaims a task whose lease ran out.
-    /// Every worker of a queue should use the same lease.
+    /// How long a task stays this worker's without a renewal (default 30 s; 300 ms to
+    /// one day). The worker renews every third of it; another worker reclaims a task
+    /// whose lease ran out. Every worker of a queue should use the same lease.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -366,6 +366,9 @@ impl WorkerBuilder {
         }
         if self.lease < Duration::from_millis(300) {
             return invalid("the lease must be at least 300 ms".into());
+        }
+        if self.lease > Duration::from_secs(24 * 3600) {
+            return invalid("the lease must be at most one day".into());
         }
         if self.max_deliveries == 0 {
             return invalid("max_deliveries must be at least 1".into());
@@ -787,7 +790,14 @@ impl Node {
                     if e.to_string().contains("NOGROUP") {
                         // The server lost its data (restarted without persistence).
                         tracing::warn!(worker = %self.name, "the queue's group is gone: creating it again");
-                        let _ = link.run(|c| ensure_group(c, &self.keys).map_err(to_redis));
+                        if link
+                            .run(|c| ensure_group(c, &self.keys).map_err(to_redis))
+                            .is_err()
+                        {
+                            // The server refuses (out of memory, say): not again at once.
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
                         continue;
                     }
                     tracing::warn!(worker = %self.name, "reading the queue failed: {e}");

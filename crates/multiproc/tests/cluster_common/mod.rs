@@ -168,7 +168,15 @@ impl RedisServer {
         let mut c = self.raw().unwrap();
         let mut out = Vec::new();
         let mut cursor = "0".to_string();
-        let pattern = format!("{prefix}*");
+        // The prefix literally (a queue's name may hold glob characters).
+        let literal: String = prefix
+            .chars()
+            .flat_map(|c| {
+                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\').then_some('\\');
+                escape.into_iter().chain([c])
+            })
+            .collect();
+        let pattern = format!("{literal}*");
         loop {
             let r = c
                 .call(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
