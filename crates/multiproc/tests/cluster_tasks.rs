@@ -1249,8 +1249,12 @@ fn a_reply_read_that_keeps_failing_backs_off() {
             .and_then(|n| n.trim().parse::<u64>().ok())
             .expect("INFO stats")
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // The reader has failed and connected again at least once.
+    let start = connections();
+    assert!(common::eventually(T, || connections() > start));
     let before = connections();
+    // The window the connections are counted over (the measurement, not a wait for an
+    // event).
     std::thread::sleep(Duration::from_secs(3));
     let made = connections() - before;
     // About one a doubling wait (0.05 s, 0.1 s, ... then every 2 s): a handful.
