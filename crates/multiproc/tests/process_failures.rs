@@ -26,6 +26,10 @@ fn main() {
             trial("panic_backtrace_comes_back", panic_backtrace_comes_back),
             trial("exit_code_is_reported", exit_code_is_reported),
             trial("segfault_is_reported", segfault_is_reported),
+            trial(
+                "a_crash_is_reported_while_a_process_it_forked_lives",
+                a_crash_is_reported_while_a_process_it_forked_lives,
+            ),
             trial("abort_is_reported", abort_is_reported),
             trial("killed_from_outside", killed_from_outside),
             trial("join_timeout_then_kill", join_timeout_then_kill),
@@ -182,6 +186,70 @@ fn segfault_is_reported() {
             "{method}: {r:?}"
         );
     });
+}
+
+/// Forks a process that holds a copy of everything open here (the call's channel
+/// included) and sleeps for 20 s; says its pid in `pid`; then crashes.
+fn fork_then_segfault(pid: multiproc::Value<u32>) -> u32 {
+    // SAFETY: the forked process only sleeps and exits, with plain system calls.
+    match unsafe { libc::fork() } {
+        // SAFETY: plain system calls in the forked process, which then ends.
+        0 => unsafe {
+            libc::sleep(20);
+            libc::_exit(0)
+        },
+        forked => *pid.lock().unwrap() = forked as u32,
+    }
+    segfault(())
+}
+
+/// A child that crashed is reported at once, though a process it forked (without
+/// executing anything) still holds a copy of its channel to the parent.
+fn a_crash_is_reported_while_a_process_it_forked_lives() {
+    for method in ["ForkServer", "Spawn", "fork"] {
+        let pid = multiproc::Value::new(0u32).unwrap();
+        let start = Instant::now();
+        let mut child = match method {
+            "ForkServer" | "Spawn" => Builder::new()
+                .start_method(if method == "Spawn" {
+                    StartMethod::Spawn
+                } else {
+                    StartMethod::ForkServer
+                })
+                .stderr(Stdio::null())
+                .spawn(fork_then_segfault, pid.clone())
+                .unwrap(),
+            _ => {
+                let pid = pid.clone();
+                // SAFETY: the closure takes only multiproc's own lock, in the child.
+                unsafe {
+                    Builder::new()
+                        .stderr(Stdio::null())
+                        .spawn_fork(move || fork_then_segfault(pid))
+                }
+                .unwrap()
+            }
+        };
+        let r = child.join_timeout(T);
+        assert!(
+            matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::SEGV),
+            "{method}: {r:?}"
+        );
+        let took = start.elapsed();
+        let forked = *pid.lock().unwrap();
+        assert!(forked > 0, "{method}: no process was forked");
+        // SAFETY: a plain signal to the process this test's child forked.
+        unsafe { libc::kill(forked as i32, libc::SIGKILL) };
+        assert!(common::wait_gone(forked, Duration::from_secs(10)));
+        // Orphaned, it may have come to this process (the tests' harness is a
+        // subreaper): reap it then (`ECHILD` otherwise).
+        // SAFETY: waits for that one pid only.
+        unsafe { libc::waitpid(forked as i32, std::ptr::null_mut(), 0) };
+        assert!(
+            took < Duration::from_secs(10),
+            "{method}: the join took {took:?}, waiting for the forked process"
+        );
+    }
 }
 
 fn abort(_: ()) -> u32 {

@@ -167,13 +167,22 @@ fn leaves_grandchild((log, stubborn): (String, bool)) {
         .unwrap();
     let group = rustix::process::getpgrp().as_raw_nonzero().get();
     std::io::Write::write_all(&mut groups, format!("{group}\n").as_bytes()).unwrap();
-    let script = if stubborn {
-        "trap '' TERM; exec sleep 1000"
-    } else {
-        "exec sleep 1000"
-    };
+    if stubborn {
+        // The grandchild logs itself once it ignores `SIGTERM`: a stop that came
+        // between its start and its `trap` would end it before the test's grace begins.
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                "trap '' TERM; echo $$ >> \"$1\"; exec sleep 1000",
+                "sh",
+                &log,
+            ])
+            .spawn()
+            .unwrap();
+        return;
+    }
     let child = std::process::Command::new("sh")
-        .args(["-c", script])
+        .args(["-c", "exec sleep 1000"])
         .spawn()
         .unwrap();
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();

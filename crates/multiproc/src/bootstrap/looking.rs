@@ -60,6 +60,40 @@ pub(crate) fn recv(
     Ok(frame)
 }
 
+/// The next frame a child sends on `conn`, looking for it as `look` says (if at all)
+/// before sleeping until `deadline`. `ended` is the child's pidfd: once the child has
+/// ended with nothing left to read, the channel counts as closed
+/// ([`RecvFrameError::Closed`]) even while a process it forked holds a copy of it.
+pub(crate) fn recv_from_child(
+    conn: &mut Conn,
+    deadline: Option<Instant>,
+    look: Option<&AdaptiveLook>,
+    ended: BorrowedFd<'_>,
+) -> Result<Frame, RecvFrameError> {
+    if let Some(frame) = conn.buffered_frame()? {
+        return Ok(frame);
+    }
+    let fd = conn.fd();
+    let looked = look.map(|l| (l, l.look(deadline, || readable_now(fd))));
+    if !looked.is_some_and(|(_, l)| l.found) {
+        // What a child sent is in the socket before it ends: a readable pidfd and an
+        // empty socket mean nothing more will come from it.
+        let ready = sys::wait_readable(&[fd, ended], deadline).map_err(RecvFrameError::Io)?;
+        if !ready[0].ready() {
+            return Err(if ready[1].ready() {
+                RecvFrameError::Closed
+            } else {
+                RecvFrameError::Timeout
+            });
+        }
+    }
+    let frame = conn.recv(deadline)?;
+    if let Some((look, looked)) = looked {
+        look.answered(looked);
+    }
+    Ok(frame)
+}
+
 /// Waits until `fd` is readable (true) or `deadline` passes (false), looking as `look`
 /// says before sleeping.
 pub(crate) fn readable(

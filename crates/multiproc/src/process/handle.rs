@@ -80,19 +80,25 @@ impl Channel {
         }
     }
 
-    /// Reads what the child sends until its outcome arrives or it hangs up.
-    fn pump(&mut self, deadline: Option<Instant>) -> Result<(), ProcessError> {
+    /// Reads what the child sends until its outcome arrives, it hangs up or it ends
+    /// (`pidfd`: a process it forked may hold a copy of the channel).
+    fn pump(
+        &mut self,
+        deadline: Option<Instant>,
+        pidfd: sys::BorrowedFd<'_>,
+    ) -> Result<(), ProcessError> {
         while self.outcome.is_none() && !self.closed {
             let look = if self.started {
                 &looking::OUTCOME
             } else {
                 &looking::STARTED
             };
-            let got = if self.looks {
-                looking::recv(&mut self.conn, deadline, look)
-            } else {
-                self.conn.recv(deadline)
-            };
+            let got = looking::recv_from_child(
+                &mut self.conn,
+                deadline,
+                self.looks.then_some(look),
+                pidfd,
+            );
             let frame = match got {
                 Ok(frame) => frame,
                 Err(RecvFrameError::Timeout) => return Err(ProcessError::Timeout),
@@ -340,7 +346,7 @@ impl ChildRecord {
     fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
         let has_outcome = match unpoisoned::lock(&self.channel).as_mut() {
             Some(ch) => {
-                ch.pump(deadline)?;
+                ch.pump(deadline, self.pidfd.as_fd())?;
                 ch.outcome.is_some()
             }
             None => false,
