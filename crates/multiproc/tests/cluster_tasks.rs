@@ -274,6 +274,10 @@ fn main() {
                 "a_reply_read_that_keeps_failing_backs_off",
                 a_reply_read_that_keeps_failing_backs_off,
             ),
+            trial(
+                "a_worker_whose_pool_broke_hands_back_and_stops",
+                a_worker_whose_pool_broke_hands_back_and_stops,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -1260,5 +1264,74 @@ fn a_reply_read_that_keeps_failing_backs_off() {
     // About one a doubling wait (0.05 s, 0.1 s, ... then every 2 s): a handful.
     assert!(made <= 20, "{made} connections in 3 s");
     drop(t);
+    finish(&redis, c, ns);
+}
+
+/// A worker node whose local pool gave up (its processes kept ending before they took a
+/// task) hands the task it took back to the queue, uncounted, stops taking tasks and
+/// says why, instead of taking the same task again and again; another node runs it.
+fn a_worker_whose_pool_broke_hands_back_and_stops() {
+    let redis = RedisServer::start();
+    let (ns, queue) = ("broke", "breaking");
+    let one_process_node = || {
+        tasks(Worker::builder(&redis.url()))
+            .namespace(ns)
+            .queue(queue)
+            .processes(1)
+            .lease(Duration::from_secs(1))
+            .build()
+            .expect("start worker")
+    };
+    let w = one_process_node();
+    // Its pool's processes are named after the queue; each killed before it takes a
+    // task is a start that failed, and the pool gives up after a few in a row.
+    let me = std::process::id();
+    let mut killed = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    while killed.len() < 3 && start.elapsed() < T {
+        let ours = common::descendants_of(me);
+        for p in common::named("breaking-worker-0") {
+            if ours.contains(&p) && killed.insert(p) {
+                common::kill_and_reap(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(killed.len(), 3, "the pool started too few processes");
+    let c = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .queue(queue)
+        .build()
+        .expect("connect");
+    let mut task = c.submit(SQUARE, 9).unwrap();
+    assert!(
+        common::eventually(T, || w.broken().is_some()),
+        "the node did not notice its pool broke"
+    );
+    let why = w.broken().unwrap();
+    assert!(why.contains("before taking any task"), "{why}");
+    // Stopped: it holds nothing, takes nothing again, and is unregistered; the task
+    // waits in the queue (handed back as a retry due at once, which the next node
+    // moves to the stream).
+    assert!(
+        common::eventually(T, || {
+            let s = c.stats().unwrap();
+            s.workers.is_empty() && s.in_flight == 0 && s.waiting + s.delayed == 1
+        }),
+        "{:?}",
+        c.stats()
+    );
+    for _ in 0..20 {
+        let s = c.stats().unwrap();
+        assert_eq!((s.in_flight, s.waiting + s.delayed), (0, 1), "{s:?}");
+        assert_eq!(w.in_flight(), 0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.shutdown(true);
+    let healthy = one_process_node();
+    assert_eq!(task.wait_timeout(T).unwrap(), 81);
+    assert!(c.dead_letters(10).unwrap().is_empty());
+    healthy.shutdown(true);
+    c.delete_queue(queue).expect("delete queue");
     finish(&redis, c, ns);
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -410,6 +410,8 @@ impl WorkerBuilder {
             room: Condvar::new(),
             events: tx,
             stopping: AtomicBool::new(false),
+            broken: Mutex::new(None),
+            unsent: AtomicUsize::new(0),
             quit: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
             reader_id: Mutex::new(None),
@@ -480,7 +482,10 @@ impl WorkerBuilder {
             tracing::info!(worker = %handle.node.name, "stop signal: draining");
         }
         handle.shutdown(true);
-        Ok(())
+        match handle.broken() {
+            Some(why) => Err(ClusterError::PoolBroken(why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -527,12 +532,17 @@ impl WorkerHandle {
         }
     }
 
+    /// Why the node stopped on its own, if it did: its local pool gave up (its
+    /// processes kept ending before they took a task, or could not be started). It
+    /// then takes no more tasks and hands those it holds back to the queue, uncounted,
+    /// for other workers; [`Worker::run`] returns [`ClusterError::PoolBroken`].
+    pub fn broken(&self) -> Option<String> {
+        lock(&self.node.broken).clone()
+    }
+
     fn stop(&self) {
-        self.node.stopping.store(true, Ordering::Release);
-        *lock(&self.node.stop_signal) = true;
-        self.node.stop_cv.notify_all();
+        self.node.request_stop();
         self.node.unblock_reader();
-        self.node.room.notify_all();
     }
 }
 
@@ -568,6 +578,12 @@ struct Node {
     events: Sender<Event>,
     /// Takes no more tasks.
     stopping: AtomicBool,
+    /// Why the local pool gave up, once it has: the node stopped on its own.
+    broken: Mutex<Option<String>>,
+    /// Finishes of tasks that never became flights (refused, dead-lettered, failed at
+    /// once) not yet sent: the node unregisters only after them, since `RETIRE` keeps
+    /// a consumer that still holds entries.
+    unsent: AtomicUsize,
     /// Every thread ends.
     quit: AtomicBool,
     /// The reader has ended (nothing more will be accepted from it).
@@ -685,6 +701,27 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Node {
+    /// Takes no more tasks, and wakes whoever waits for the stop.
+    fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        *lock(&self.stop_signal) = true;
+        self.stop_cv.notify_all();
+        self.room.notify_all();
+    }
+
+    /// The local pool gave up: no task can run here any more. The node stops as on
+    /// shutdown (the reader sees it within its block time); what it holds fails with
+    /// the same error and goes back to the queue.
+    fn broke(&self, why: &str) {
+        let mut broken = lock(&self.broken);
+        if broken.is_none() {
+            tracing::error!(worker = %self.name, "the worker's pool broke, stopping: {why}");
+            *broken = Some(why.to_string());
+        }
+        drop(broken);
+        self.request_stop();
+    }
+
     fn wait_stop(&self, timeout: Duration) {
         let st = lock(&self.stop_signal);
         if !*st {
@@ -912,7 +949,27 @@ impl Node {
     }
 
     fn send_finish(&self, fin: Finish) {
-        let _ = self.events.send(Event::Finish(Box::new(fin)));
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        if self.events.send(Event::Finish(Box::new(fin))).is_err() {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `batch` was sent (or will never be): its entries are no longer held.
+    fn sent(&self, batch: &[Finish]) {
+        let mut st = lock(&self.state);
+        let mut unsent = 0;
+        for f in batch {
+            match f.local {
+                Some(local) => {
+                    st.flights.remove(&local);
+                }
+                None => unsent += 1,
+            }
+        }
+        drop(st);
+        self.unsent.fetch_sub(unsent, Ordering::AcqRel);
+        self.room.notify_all();
     }
 
     fn dead_letter(&self, entry: String, fence: u64, envelope: Option<&Envelope>, why: String) {
@@ -994,6 +1051,9 @@ impl Node {
                 };
                 match e {
                     TaskError::PoolClosed | TaskError::PoolBroken(_) => {
+                        if let TaskError::PoolBroken(why) = &e {
+                            self.broke(why);
+                        }
                         // Not the task's doing: back to the queue for another node.
                         retry_with(&mut fin, env.clone(), Duration::ZERO);
                         return fin;
@@ -1166,17 +1226,12 @@ impl Node {
             link.run(|c| conn::invoke(c, &scripts::FINISH, &keys, &refs));
         match r {
             Ok(statuses) => {
-                let mut st = lock(&self.state);
                 for (f, status) in batch.iter().zip(statuses) {
                     if status == 0 {
                         tracing::debug!(worker = %self.name, entry = %f.entry, "lease lost before the finish; left to its new owner");
                     }
-                    if let Some(local) = f.local {
-                        st.flights.remove(&local);
-                    }
                 }
-                drop(st);
-                self.room.notify_all();
+                self.sent(&batch);
                 Ok(())
             }
             // Redis is down, restarting or loading its data: the outcomes are kept and
@@ -1189,14 +1244,7 @@ impl Node {
                 // Not a connection problem: the entries stay pending and are reclaimed
                 // when their leases run out (at least once still holds).
                 tracing::error!(worker = %self.name, "finishing tasks failed: {e}");
-                let mut st = lock(&self.state);
-                for f in &batch {
-                    if let Some(local) = f.local {
-                        st.flights.remove(&local);
-                    }
-                }
-                drop(st);
-                self.room.notify_all();
+                self.sent(&batch);
                 Ok(())
             }
         }
@@ -1231,12 +1279,19 @@ impl Node {
                 }
             } else {
                 let since = *stop_at.get_or_insert(now);
-                let empty = lock(&self.state).flights.is_empty();
-                if empty && self.reader_done.load(Ordering::Acquire) {
+                let held = lock(&self.state).flights.len() + self.unsent.load(Ordering::Acquire);
+                if held == 0 && self.reader_done.load(Ordering::Acquire) {
                     break;
                 }
-                if now.duration_since(since) >= self.cfg.grace {
+                let stopping_for = now.duration_since(since);
+                if stopping_for >= self.cfg.grace {
                     self.hand_back();
+                }
+                // What is still held then cannot reach the server (it is down): its
+                // leases lapse and other workers run those tasks again.
+                if stopping_for >= self.cfg.grace.saturating_add(self.cfg.lease) {
+                    tracing::warn!(worker = %self.name, held, "stopping without sending the outcomes of tasks it held: the server cannot be reached");
+                    break;
                 }
             }
             self.wait_stop(TICK);
