@@ -278,6 +278,10 @@ fn main() {
                 "a_worker_whose_pool_broke_hands_back_and_stops",
                 a_worker_whose_pool_broke_hands_back_and_stops,
             ),
+            trial(
+                "a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease",
+                a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -1334,4 +1338,44 @@ fn a_worker_whose_pool_broke_hands_back_and_stops() {
     healthy.shutdown(true);
     c.delete_queue(queue).expect("delete queue");
     finish(&redis, c, ns);
+}
+
+/// A worker stopped while the server is down does not wait for it for ever: a lease
+/// after its grace it ends without the outcome it could not send, and the task runs
+/// again once the server is back (at least once).
+fn a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease() {
+    let mut redis = RedisServer::start();
+    let ns = "stopdown";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .grace(Duration::from_millis(300))
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let dir = common::tempdir("stopdown");
+    let path = dir.join("runs").to_string_lossy().into_owned();
+    let mut task = c.submit(RECORD_SLOW, (path.clone(), 2000)).unwrap();
+    assert!(common::eventually(T, || std::path::Path::new(&path).exists()));
+    redis.stop_keeping_data();
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stopper = std::thread::spawn(move || {
+        w.shutdown(true);
+        let _ = tx.send(());
+    });
+    let stopped = rx.recv_timeout(Duration::from_secs(20));
+    let took = started.elapsed();
+    redis.start_again();
+    stopper.join().unwrap();
+    assert!(stopped.is_ok(), "the stop waited for the server");
+    let w = worker(&redis, ns, 1);
+    assert_eq!(task.wait_timeout(T).unwrap(), 1);
+    let runs = std::fs::read_to_string(&path).unwrap().lines().count();
+    assert_eq!(runs, 2, "the task handed back unsent ran {runs} times");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
 }
