@@ -279,6 +279,10 @@ fn main() {
                 a_worker_whose_pool_broke_hands_back_and_stops,
             ),
             trial(
+                "a_task_timeout_counts_its_run_not_its_wait",
+                a_task_timeout_counts_its_run_not_its_wait,
+            ),
+            trial(
                 "a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease",
                 a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease,
             ),
@@ -1378,4 +1382,28 @@ fn a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease() {
     w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A task's timeout counts from when a process starts it: the time it waited on its
+/// worker node, behind a longer task, is not part of it.
+fn a_task_timeout_counts_its_run_not_its_wait() {
+    let redis = RedisServer::start();
+    let ns = "timeout-wait";
+    let w = worker(&redis, ns, 1);
+    let c = client(&redis, ns);
+    let long = c.submit(SLOW_SQUARE, (3, 1500)).unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
+    let quick = c
+        .submit_with(
+            SQUARE,
+            4,
+            TaskOptions::new().timeout(Duration::from_millis(500)),
+        )
+        .unwrap();
+    // Both on the node, the quick one waiting for the only process.
+    assert!(common::eventually(T, || w.in_flight() == 2));
+    assert_eq!(quick.wait().unwrap(), 16);
+    assert_eq!(long.wait().unwrap(), 9);
+    w.shutdown(true);
+    finish(&redis, c, ns);
 }

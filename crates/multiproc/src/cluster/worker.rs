@@ -30,7 +30,7 @@ use super::keys::{GROUP, Keys};
 use super::scripts;
 use crate::pool::RetryPolicy;
 use crate::pool::TaskError;
-use crate::pool::{Pool, Task};
+use crate::pool::{Pool, Task, TaskOptions};
 use crate::sync::unpoisoned::lock;
 use crate::wire::codec;
 
@@ -42,8 +42,14 @@ const PROMOTE_BATCH: usize = 1000;
 const TICK: Duration = Duration::from_millis(100);
 
 /// Starts a run of one registered task: decodes the argument (with `true`: a chunk of
-/// arguments, one pool task each) and submits it to the pool.
-type Runner = Arc<dyn Fn(&Pool, &[u8], bool) -> Result<Box<dyn Running>, TaskError> + Send + Sync>;
+/// arguments, one pool task each) and submits it to the pool, with the task's timeout
+/// (the pool counts it from when a process starts the run, not while the task waits in
+/// the node's local queue).
+type Runner = Arc<
+    dyn Fn(&Pool, &[u8], bool, Option<Duration>) -> Result<Box<dyn Running>, TaskError>
+        + Send
+        + Sync,
+>;
 
 /// Finds the `Err` in a fallible task's value: the failure, as it travels.
 type ErrCheck<R> = fn(&R) -> Option<ErrorWire>;
@@ -54,25 +60,31 @@ where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    Arc::new(move |pool: &Pool, bytes: &[u8], chunk: bool| {
-        if chunk {
-            let items: Vec<A> = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
-            let tasks = items
-                .into_iter()
-                .map(|a| pool.submit(f, a).map(Some))
-                .collect::<Result<Vec<_>, _>>()?;
-            let outs = (0..tasks.len()).map(|_| None).collect();
-            return Ok(Box::new(ChunkRun {
-                tasks,
-                outs,
-                cancelled: false,
-                check,
-            }) as Box<dyn Running>);
-        }
-        let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
-        let task = pool.submit(f, a)?;
-        Ok(Box::new(Run { task, check }) as Box<dyn Running>)
-    })
+    Arc::new(
+        move |pool: &Pool, bytes: &[u8], chunk: bool, timeout: Option<Duration>| {
+            let submit = |a: A| match timeout {
+                Some(t) => pool.submit_with(f, a, TaskOptions::new().timeout(t)),
+                None => pool.submit(f, a),
+            };
+            if chunk {
+                let items: Vec<A> = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
+                let tasks = items
+                    .into_iter()
+                    .map(|a| submit(a).map(Some))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let outs = (0..tasks.len()).map(|_| None).collect();
+                return Ok(Box::new(ChunkRun {
+                    tasks,
+                    outs,
+                    cancelled: false,
+                    check,
+                }) as Box<dyn Running>);
+            }
+            let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
+            let task = submit(a)?;
+            Ok(Box::new(Run { task, check }) as Box<dyn Running>)
+        },
+    )
 }
 
 /// A chunk of a `map`: one pool task per item; its value is every item's outcome.
@@ -611,7 +623,6 @@ struct Flight {
     envelope: Envelope,
     run: Box<dyn Running>,
     waker: Waker,
-    deadline: Option<Instant>,
     end: End,
 }
 
@@ -621,8 +632,6 @@ enum End {
     Normal,
     /// Its lease was lost: another worker has it; its run is stopped, nothing is written.
     Lost,
-    /// Stopped past its timeout.
-    TimedOut,
     /// Stopped because its client cancelled it.
     Cancelled,
     /// Stopped because the node stops: back to the queue as it was.
@@ -910,7 +919,12 @@ impl Node {
             return;
         }
         let started = match lock(&self.pool).as_ref() {
-            Some(pool) => runner(pool, &envelope.args, envelope.chunk),
+            Some(pool) => runner(
+                pool,
+                &envelope.args,
+                envelope.chunk,
+                envelope.timeout_ms.map(Duration::from_millis),
+            ),
             None => Err(TaskError::PoolClosed),
         };
         match started {
@@ -922,9 +936,6 @@ impl Node {
                     id,
                     events: self.events.clone(),
                 }));
-                let deadline = envelope
-                    .timeout_ms
-                    .map(|t| Instant::now() + Duration::from_millis(t));
                 st.flights.insert(
                     id,
                     Flight {
@@ -933,7 +944,6 @@ impl Node {
                         envelope,
                         run,
                         waker,
-                        deadline,
                         end: End::Normal,
                     },
                 );
@@ -1045,10 +1055,6 @@ impl Node {
                 Outcome::Failed(failed)
             }
             Done::Failed(e) => {
-                let e = match (end, e) {
-                    (End::TimedOut, TaskError::Cancelled) => TaskError::TimedOut,
-                    (_, e) => e,
-                };
                 match e {
                     TaskError::PoolClosed | TaskError::PoolBroken(_) => {
                         if let TaskError::PoolBroken(why) = &e {
@@ -1267,7 +1273,6 @@ impl Node {
                 }
             }
             let _ = self.promote();
-            self.timeouts();
             if !self.stopping.load(Ordering::Acquire) {
                 if now >= next_reclaim {
                     let _ = self.reclaim();
@@ -1388,18 +1393,6 @@ impl Node {
         let _: Value =
             self.run_keeper(|c| conn::invoke(c, &scripts::PROMOTE, &keys, &[limit.as_bytes()]))?;
         Ok(())
-    }
-
-    /// Stops runs past their timeout.
-    fn timeouts(&self) {
-        let now = Instant::now();
-        let mut st = lock(&self.state);
-        for f in st.flights.values_mut() {
-            if f.end == End::Normal && f.deadline.is_some_and(|d| now >= d) {
-                f.end = End::TimedOut;
-                f.run.cancel();
-            }
-        }
     }
 
     /// Claims entries whose lease ran out, following `XAUTOCLAIM`'s cursor.
