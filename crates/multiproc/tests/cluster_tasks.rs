@@ -279,6 +279,10 @@ fn main() {
                 a_worker_whose_pool_broke_hands_back_and_stops,
             ),
             trial(
+                "an_idempotency_record_lapses_with_its_outcome",
+                an_idempotency_record_lapses_with_its_outcome,
+            ),
+            trial(
                 "a_task_timeout_counts_its_run_not_its_wait",
                 a_task_timeout_counts_its_run_not_its_wait,
             ),
@@ -1406,4 +1410,72 @@ fn a_task_timeout_counts_its_run_not_its_wait() {
     assert_eq!(long.wait().unwrap(), 9);
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// An idempotency record and the outcome it stands for lapse together: a repeat made
+/// after a short-lived outcome is gone runs the task again instead of waiting for ever
+/// on the record; a repeat made after the record lapsed while the first run went on
+/// runs again and is answered, though the first run's outcome was written first.
+fn an_idempotency_record_lapses_with_its_outcome() {
+    let redis = RedisServer::start();
+    let ns = "idemttl";
+    let second = Duration::from_secs(1);
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(2)
+        .result_ttl(second)
+        .build()
+        .expect("start worker");
+    let dir = common::tempdir("idemttl");
+    let runs = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let gone = |key: &str| {
+        let key = key.to_string();
+        common::eventually(T, || {
+            !redis
+                .keys(&format!("{ns}:"))
+                .iter()
+                .any(|k| k.ends_with(&key))
+        })
+    };
+    // The client keeps records a minute; the worker keeps outcomes a second.
+    let c = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .result_ttl(Duration::from_secs(60))
+        .build()
+        .expect("connect");
+    let key = TaskOptions::new().idempotency_key("short-outcome");
+    let mut first = c.submit_with(RECORD, path("a"), key.clone()).unwrap();
+    assert_eq!(first.wait_timeout(T).unwrap(), 1);
+    assert!(gone("result:k:short-outcome"));
+    let mut repeat = c.submit_with(RECORD, path("a"), key).unwrap();
+    assert_eq!(repeat.wait_timeout(T).unwrap(), 1);
+    assert_eq!(runs("a"), 2);
+    // Records of a second, from two clients; the first run outlives its record.
+    let short = |_: ()| {
+        Cluster::builder(&redis.url())
+            .namespace(ns)
+            .result_ttl(second)
+            .build()
+            .expect("connect")
+    };
+    let (c1, c2) = (short(()), short(()));
+    let key = TaskOptions::new().idempotency_key("long-run");
+    let mut first = c1
+        .submit_with(RECORD_SLOW, (path("b"), 2500), key.clone())
+        .unwrap();
+    assert!(common::eventually(T, || runs("b") == 1));
+    assert!(gone("idem:long-run"));
+    let mut repeat = c2.submit_with(RECORD_SLOW, (path("b"), 100), key).unwrap();
+    assert_eq!(first.wait_timeout(T).unwrap(), 1);
+    assert_eq!(repeat.wait_timeout(T).unwrap(), 1);
+    assert_eq!(runs("b"), 2);
+    w.shutdown(true);
+    drop((c1, c2));
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -199,9 +199,12 @@ impl<A, R> TaskDef<A, R> {
 /// The options only a cluster takes (see [`TaskOptions`] for the others).
 impl TaskOptions {
     /// Submitting again with the same key (from any client, while the key's record
-    /// lives: the result's time to live) does not queue the task again: the new
-    /// [`Task`](crate::Task) gets the first one's outcome. A cluster's option: a local
-    /// pool refuses it.
+    /// or the first one's outcome lives: the submitting client's result time to live
+    /// from submission, and the record lapses with the outcome) does not queue the
+    /// task again: the new [`Task`](crate::Task) gets the first one's outcome. Once
+    /// both are gone (or the record lapsed while the first run went on), a repeat runs
+    /// the task again and gets its own outcome. A cluster's option: a local pool
+    /// refuses it.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self

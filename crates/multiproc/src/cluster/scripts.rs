@@ -38,15 +38,16 @@ end
 /// idempotent (`1`/`0`), ttl s, client id, leader id (`` for none).
 /// Returns `{1, entry id}` (queued), `{2, due ms}` (delayed), `{0}` / `{0, outcome}`
 /// (a duplicate of a known task: its outcome if there is one, else this client now
-/// waits for it too), `{3}` (the caller no longer holds the leader lease).
+/// waits for it too), `{3}` (the caller no longer holds the leader lease). An outcome
+/// still kept answers a repeat even after the record lapsed.
 pub(crate) static SUBMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}
 if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{3}} end
 if ARGV[4] == '1' then
+  local r = redis.call('GET', KEYS[4])
+  if r then return {{0, r}} end
   if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
-    local r = redis.call('GET', KEYS[4])
-    if r then return {{0, r}} end
     redis.call('SADD', KEYS[5], ARGV[6])
     redis.call('EXPIRE', KEYS[5], ARGV[5])
     return {{0}}
@@ -71,7 +72,14 @@ return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])}}
 /// then acks and deletes its entry. Entries no longer owned are left alone (the lease
 /// was lost: another worker has the task).
 ///
-/// KEYS: stream, delayed, dead; then per item: result, reply list, waiters, cancel.
+/// An idempotent task's record is made to lapse with its outcome: a repeat then finds
+/// the outcome, or (both gone) runs the task again, never a record whose task will not
+/// answer. A run of an idempotent task whose outcome was already written (a repeat
+/// made after the record lapsed while the first run went on) still answers its own
+/// client and those waiting with it.
+///
+/// KEYS: stream, delayed, dead; then per item: result, reply list, waiters, cancel,
+/// idempotency record (`` for none).
 /// ARGV: group, consumer, ttl s, dead-letter cap, reply-list prefix; then per item:
 /// entry id, fence, action (`a` outcome, `r` retry, `d` dead-letter), outcome (`` for
 /// none), reply, retry envelope, retry delay ms, dead-letter reason.
@@ -83,9 +91,21 @@ local group, me, ttl, cap, rprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local n = (#ARGV - 5) / 8
 local out = {{}}
 local now = nil
+local function answer(list, waiters, reply)
+  redis.call('RPUSH', list, reply)
+  redis.call('EXPIRE', list, ttl)
+  for _, w in ipairs(redis.call('SMEMBERS', waiters)) do
+    local l = rprefix .. w
+    if l ~= list then
+      redis.call('RPUSH', l, reply)
+      redis.call('EXPIRE', l, ttl)
+    end
+  end
+  redis.call('DEL', waiters)
+end
 for i = 0, n - 1 do
   local a = 5 + i * 8
-  local k = 3 + i * 4
+  local k = 3 + i * 5
   local id, action = ARGV[a + 1], ARGV[a + 3]
   if not owned(KEYS[1], group, id, me, tonumber(ARGV[a + 2])) then
     out[#out + 1] = 0
@@ -102,18 +122,13 @@ for i = 0, n - 1 do
         end
         redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', unpack(fields))
       end
-      if ARGV[a + 4] ~= '' and redis.call('SET', KEYS[k + 1], ARGV[a + 4], 'NX', 'EX', ttl) then
-        if ARGV[a + 5] ~= '' then
-          redis.call('RPUSH', KEYS[k + 2], ARGV[a + 5])
-          redis.call('EXPIRE', KEYS[k + 2], ttl)
-          for _, w in ipairs(redis.call('SMEMBERS', KEYS[k + 3])) do
-            local l = rprefix .. w
-            if l ~= KEYS[k + 2] then
-              redis.call('RPUSH', l, ARGV[a + 5])
-              redis.call('EXPIRE', l, ttl)
-            end
-          end
-          redis.call('DEL', KEYS[k + 3])
+      if ARGV[a + 4] ~= '' then
+        local record = KEYS[k + 5]
+        if redis.call('SET', KEYS[k + 1], ARGV[a + 4], 'NX', 'EX', ttl) then
+          if record ~= '' then redis.call('EXPIRE', record, ttl) end
+          if ARGV[a + 5] ~= '' then answer(KEYS[k + 2], KEYS[k + 3], ARGV[a + 5]) end
+        elseif record ~= '' and ARGV[a + 5] ~= '' then
+          answer(KEYS[k + 2], KEYS[k + 3], ARGV[a + 5])
         end
       end
     end

@@ -1201,6 +1201,12 @@ impl Node {
             keys.push(f.client.as_deref().map(|c| k.reply(c)).unwrap_or_default());
             keys.push(k.waiters(&f.task));
             keys.push(k.cancel(&f.task));
+            keys.push(
+                f.task
+                    .strip_prefix("k:")
+                    .map(|key| k.idempotency(key))
+                    .unwrap_or_default(),
+            );
             let reply = match (&f.outcome, &f.client) {
                 (Some(o), Some(_)) => Reply {
                     task: f.task.clone(),
