@@ -283,6 +283,10 @@ fn main() {
                 an_idempotency_record_lapses_with_its_outcome,
             ),
             trial(
+                "a_cancel_reaches_a_task_retried_since_it_was_submitted",
+                a_cancel_reaches_a_task_retried_since_it_was_submitted,
+            ),
+            trial(
                 "a_task_timeout_counts_its_run_not_its_wait",
                 a_task_timeout_counts_its_run_not_its_wait,
             ),
@@ -1476,6 +1480,66 @@ fn an_idempotency_record_lapses_with_its_outcome() {
     assert_eq!(runs("b"), 2);
     w.shutdown(true);
     drop((c1, c2));
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A task retried since it was submitted (its client no longer knows where it is) can
+/// still be cancelled: waiting for its retry's time, it is removed and ends
+/// `Cancelled` at once; back in the queue, it is flagged and its worker ends it
+/// `Cancelled` without running it again.
+fn a_cancel_reaches_a_task_retried_since_it_was_submitted() {
+    let redis = RedisServer::start();
+    let ns = "cancelretry";
+    // One task at a time, so that a retry can wait in the queue behind a long task.
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .prefetch(1)
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let dir = common::tempdir("cancelretry");
+    let runs = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let retried = |delay: Duration| {
+        TaskOptions::new().retry(RetryPolicy::attempts(3).backoff(delay, 1.0, delay))
+    };
+    // Waiting a minute for its second attempt.
+    let a = dir.join("a").to_string_lossy().into_owned();
+    let mut waiting = c
+        .submit_with(FLAKY, (a.clone(), 3), retried(Duration::from_secs(60)))
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().delayed == 1));
+    assert!(
+        waiting.cancel(),
+        "a task waiting for its retry was not cancelled"
+    );
+    assert_eq!(waiting.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(runs(&a), 1);
+    // Back in the queue for its second attempt, behind a long task.
+    let b = dir.join("b").to_string_lossy().into_owned();
+    let mut queued = c
+        .submit_with(FLAKY, (b.clone(), 3), retried(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(common::eventually(T, || runs(&b) == 1));
+    let long = c.submit(SLOW_SQUARE, (2, 5000)).unwrap();
+    assert!(common::eventually(T, || {
+        let s = c.stats().unwrap();
+        s.in_flight == 1 && s.waiting == 1 && s.delayed == 0
+    }));
+    assert!(
+        queued.cancel(),
+        "a retried task in the queue was not cancelled"
+    );
+    assert_eq!(queued.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(runs(&b), 1, "the cancelled task ran again");
+    assert_eq!(long.wait().unwrap(), 4);
+    w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1250,6 +1250,7 @@ impl Cancel for ClientInner {
                     keys.result(&task),
                     keys.reply(&self.id),
                     keys.waiters(&task),
+                    keys.retry(&task),
                 ],
                 &[
                     GROUP.as_bytes(),

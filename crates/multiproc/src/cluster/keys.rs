@@ -74,6 +74,12 @@ impl Keys {
         self.key(&format!("idem:{key}"))
     }
 
+    /// Where a task that is to run again waits: its member of the delayed set (the
+    /// envelope of its next attempt), while it waits there.
+    pub(crate) fn retry(&self, task: &str) -> String {
+        self.key(&format!("retry:{task}"))
+    }
+
     /// Set when a running task should be stopped.
     pub(crate) fn cancel(&self, task: &str) -> String {
         self.key(&format!("cancel:{task}"))

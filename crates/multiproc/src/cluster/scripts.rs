@@ -78,8 +78,11 @@ return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])}}
 /// made after the record lapsed while the first run went on) still answers its own
 /// client and those waiting with it.
 ///
+/// A retry's delayed member is recorded under the task (`retry:<task>`, for as long as
+/// it may wait there) so that a cancel finds it; any other end deletes that record.
+///
 /// KEYS: stream, delayed, dead; then per item: result, reply list, waiters, cancel,
-/// idempotency record (`` for none).
+/// idempotency record (`` for none), retry record.
 /// ARGV: group, consumer, ttl s, dead-letter cap, reply-list prefix; then per item:
 /// entry id, fence, action (`a` outcome, `r` retry, `d` dead-letter), outcome (`` for
 /// none), reply, retry envelope, retry delay ms, dead-letter reason.
@@ -105,15 +108,18 @@ local function answer(list, waiters, reply)
 end
 for i = 0, n - 1 do
   local a = 5 + i * 8
-  local k = 3 + i * 5
+  local k = 3 + i * 6
   local id, action = ARGV[a + 1], ARGV[a + 3]
   if not owned(KEYS[1], group, id, me, tonumber(ARGV[a + 2])) then
     out[#out + 1] = 0
   else
     if action == 'r' then
       if not now then now = now_ms() end
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[a + 7]), ARGV[a + 6])
+      local delay = tonumber(ARGV[a + 7])
+      redis.call('ZADD', KEYS[2], now + delay, ARGV[a + 6])
+      redis.call('SET', KEYS[k + 6], ARGV[a + 6], 'PX', delay + ttl * 1000)
     else
+      redis.call('DEL', KEYS[k + 6])
       if action == 'd' then
         local e = redis.call('XRANGE', KEYS[1], id, id)
         local fields = {{'reason', ARGV[a + 8], 'entry', id}}
@@ -214,10 +220,13 @@ return {{#due, wait}}
     ))
 });
 
-/// Cancels a task: one still delayed or not yet delivered is removed and ends
-/// `Cancelled` at once; one running is flagged for its worker.
+/// Cancels a task: one still delayed (a countdown, or a retry waiting for its time) or
+/// not yet delivered is removed and ends `Cancelled` at once; one held by a worker, or
+/// whose entry the client no longer knows (it was retried or redelivered since), is
+/// flagged for its worker (which also looks for the flag before it runs a retried or
+/// redelivered task).
 ///
-/// KEYS: stream, delayed, cancel flag, result, reply list, waiters.
+/// KEYS: stream, delayed, cancel flag, result, reply list, waiters, retry record.
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
 /// cancelled outcome, reply, reply-list prefix.
 /// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal) or 0
@@ -244,15 +253,18 @@ if ARGV[3] ~= '' and redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then
   deliver()
   return 1
 end
+local retry = redis.call('GET', KEYS[7])
+if retry and redis.call('ZREM', KEYS[2], retry) == 1 then
+  redis.call('DEL', KEYS[7])
+  deliver()
+  return 1
+end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if ARGV[2] ~= '' then
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-  if p[1] == nil then
-    if redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
-      deliver()
-      return 1
-    end
-    return 0
+  if p[1] == nil and redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
+    deliver()
+    return 1
   end
 end
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])

@@ -918,6 +918,14 @@ impl Node {
             self.dead_letter(entry, fence, Some(&envelope), why);
             return;
         }
+        // A client that cancels a task retried or redelivered since it submitted it no
+        // longer knows its entry and can only flag it: looked for before it runs.
+        if (envelope.attempt > 0 || lost_before > 0) && self.flagged(&envelope.task) {
+            let done = Done::Failed(TaskError::Cancelled);
+            let fin = self.conclude(&entry, fence, &envelope, done, End::Cancelled, None);
+            self.send_finish(fin);
+            return;
+        }
         let started = match lock(&self.pool).as_ref() {
             Some(pool) => runner(
                 pool,
@@ -956,6 +964,13 @@ impl Node {
                 self.send_finish(fin);
             }
         }
+    }
+
+    /// Whether a client asked to cancel `task` (a server that cannot say: no).
+    fn flagged(&self, task: &str) -> bool {
+        let key = self.keys.cancel(task);
+        self.run_keeper(|c| redis::cmd("EXISTS").arg(&key).query::<bool>(c))
+            .unwrap_or(false)
     }
 
     fn send_finish(&self, fin: Finish) {
@@ -1207,6 +1222,7 @@ impl Node {
                     .map(|key| k.idempotency(key))
                     .unwrap_or_default(),
             );
+            keys.push(k.retry(&f.task));
             let reply = match (&f.outcome, &f.client) {
                 (Some(o), Some(_)) => Reply {
                     task: f.task.clone(),
