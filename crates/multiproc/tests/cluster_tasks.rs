@@ -1190,6 +1190,15 @@ fn redis_lost_its_data_mid_run() {
     }
     // Clients and workers go on with the new server.
     assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    // A task sent to the new server before the client noticed the loss is not counted
+    // among those lost: only tasks sent under the old epoch are.
+    let mut old = c.submit(SLOW_SQUARE, (7, 3000)).unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight > 0));
+    redis.restart_empty();
+    let mut new = c.submit(SLOW_SQUARE, (8, 500)).unwrap();
+    let e = old.wait_timeout(T).unwrap_err();
+    assert!(e.to_string().contains("lost its data"), "{e}");
+    assert_eq!(new.wait_timeout(T).unwrap(), 64);
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -100,6 +100,7 @@ impl ClusterBuilder {
             closed: AtomicBool::new(false),
             receiver_id: Mutex::new(None),
             queues: Mutex::new(vec![(keys, epoch)]),
+            epochs_stale: AtomicBool::new(false),
         });
         let receiver = {
             let inner = Arc::downgrade(&inner);
@@ -153,8 +154,11 @@ pub(crate) struct ClientInner {
     /// The receiver connection's client id (to unblock its `BLPOP`).
     receiver_id: Mutex<Option<i64>>,
     /// Queues this client has submitted to (the receiver reads their reply lists), with
-    /// their epoch tokens.
+    /// their epoch tokens as last seen.
     queues: Mutex<Vec<(Keys, String)>>,
+    /// A submission saw another epoch token than the one last seen: the receiver
+    /// looks at the epochs again.
+    epochs_stale: AtomicBool,
 }
 
 type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
@@ -182,6 +186,9 @@ struct Waiting {
     entry: Option<String>,
     /// Its encoded envelope while it may sit in the delayed set.
     delayed: Option<Vec<u8>>,
+    /// The queue's epoch token it was sent under, once sent: a server that lost its
+    /// data since (another token) lost the task.
+    epoch: Option<String>,
     /// The outcome is kept for others (an idempotency key): not deleted when taken.
     keep: bool,
     delivers: Vec<(u64, Deliver)>,
@@ -860,6 +867,7 @@ impl ClientInner {
                 keys: keys.clone(),
                 entry: None,
                 delayed: None,
+                epoch: None,
                 keep: opts.idempotency_key.is_some(),
                 delivers: Vec::new(),
             });
@@ -926,6 +934,7 @@ impl ClientInner {
                         keys.result(&prepared.task),
                         keys.waiters(&prepared.task),
                         keys.leader(),
+                        keys.epoch(),
                     ],
                     &[
                         &prepared.envelope,
@@ -935,11 +944,15 @@ impl ClientInner {
                         ttl.as_bytes(),
                         self.id.as_bytes(),
                         leader.as_bytes(),
+                        conn::epoch_token().as_bytes(),
                     ],
                 )
             })
             .inspect_err(|_| self.forget(keys, std::iter::once(&prepared)))?;
         let parts = conn::array(&reply);
+        if let Some(epoch) = parts.get(2).and_then(conn::text) {
+            self.sent_under(keys, std::slice::from_ref(&prepared), epoch);
+        }
         match parts.first().and_then(conn::int) {
             Some(1) => {
                 let mut p = lock(&self.pending);
@@ -950,7 +963,8 @@ impl ClientInner {
             }
             Some(0) => {
                 // A duplicate: its outcome now, or later through this client's list.
-                if let Some(outcome) = parts.get(1).and_then(conn::bytes) {
+                if let Some(outcome) = parts.get(1).and_then(conn::bytes).filter(|b| !b.is_empty())
+                {
                     let outcome = Outcome::decode(outcome).map_err(TaskError::Codec);
                     self.deliver(keys, &prepared.task, outcome);
                 } else {
@@ -971,10 +985,12 @@ impl ClientInner {
         Ok(())
     }
 
-    /// Sends tasks in one round trip (`XADD` each, pipelined).
+    /// Sends tasks in one round trip (`XADD` each, pipelined, after reading the queue's
+    /// epoch token).
     fn send_many(&self, keys: &Keys, batch: &mut [Prepared]) -> Result<(), ClusterError> {
         let stream = keys.stream();
         let mut pipe = redis::pipe();
+        conn::with_epoch(&mut pipe, keys);
         for p in batch.iter() {
             pipe.cmd("XADD")
                 .arg(&stream)
@@ -982,16 +998,44 @@ impl ClientInner {
                 .arg(envelope::FIELD)
                 .arg(&p.envelope);
         }
-        let ids: Vec<String> = self
+        let mut replies: Vec<String> = self
             .run(|c| pipe.query(c))
             .inspect_err(|_| self.forget(keys, batch.iter()))?;
-        let mut pending = lock(&self.pending);
-        for (p, id) in batch.iter().zip(ids) {
-            if let Some(w) = pending.tasks.get_mut(&task_key(keys, &p.task)) {
-                w.entry = Some(id);
+        let ids = replies.split_off(1.min(replies.len()));
+        {
+            let mut pending = lock(&self.pending);
+            for (p, id) in batch.iter().zip(ids) {
+                if let Some(w) = pending.tasks.get_mut(&task_key(keys, &p.task)) {
+                    w.entry = Some(id);
+                }
             }
         }
+        if let Some(epoch) = replies.pop() {
+            self.sent_under(keys, batch, epoch);
+        }
         Ok(())
+    }
+
+    /// Records the epoch token `batch` was sent under; a token other than the one last
+    /// seen for the queue means the server lost its data since: the receiver then fails
+    /// the tasks sent under an older one (only it decides, against the token it reads
+    /// then, so that a late answer from before the loss cannot fail newer tasks).
+    fn sent_under(&self, keys: &Keys, batch: &[Prepared], epoch: String) {
+        let changed = lock(&self.queues)
+            .iter()
+            .any(|(k, known)| k == keys && *known != epoch);
+        {
+            let mut pending = lock(&self.pending);
+            for p in batch {
+                if let Some(w) = pending.tasks.get_mut(&task_key(keys, &p.task)) {
+                    w.epoch = Some(epoch.clone());
+                }
+            }
+        }
+        if changed {
+            self.epochs_stale.store(true, Ordering::Release);
+            self.unblock_receiver();
+        }
     }
 
     /// Hands the outcome of `task` of `keys`' queue to whoever waits for it. Returns
@@ -1108,10 +1152,12 @@ impl ClientInner {
         })
     }
 
-    /// On every connection of the receiver, its first included: fails the tasks of
-    /// queues whose data the server lost (their epoch changed, or is gone, since the
-    /// queue was first used), so that nobody waits for them forever. False if an epoch
-    /// could not be read (to be looked at again).
+    /// On every connection of the receiver, its first included, and when a submission
+    /// saw a new token: fails the tasks of queues whose data the server lost (sent
+    /// under another epoch token than the queue's now, or the queue has none), so that
+    /// nobody waits for them forever. Tasks sent under the token read now, and those
+    /// whose sending has not returned yet, are left waiting. False if an epoch could not
+    /// be read (to be looked at again).
     ///
     /// It only reads the epoch: a queue deleted meanwhile (`delete_queue`) must not get
     /// one back from a receiver that happens to connect just then. A queue whose epoch
@@ -1126,19 +1172,12 @@ impl ClientInner {
             }) else {
                 return false;
             };
-            if now.as_ref() == Some(&known) {
-                continue;
-            }
-            tracing::warn!(
-                queue = keys.queue(),
-                "the Redis server lost its data: failing the tasks waited for"
-            );
-            {
+            if now.as_ref() != Some(&known) {
                 let mut queues = lock(&self.queues);
-                match now {
+                match &now {
                     Some(now) => {
                         if let Some(q) = queues.iter_mut().find(|(k, _)| *k == keys) {
-                            q.1 = now;
+                            q.1 = now.clone();
                         }
                     }
                     None => queues.retain(|(k, _)| *k != keys),
@@ -1147,9 +1186,19 @@ impl ClientInner {
             let lost: Vec<String> = lock(&self.pending)
                 .tasks
                 .iter()
-                .filter(|(_, w)| w.keys == keys)
+                .filter(|(_, w)| {
+                    w.keys == keys && w.epoch.as_ref().is_some_and(|e| Some(e) != now.as_ref())
+                })
                 .map(|((_, t), _)| t.clone())
                 .collect();
+            if lost.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                queue = keys.queue(),
+                tasks = lost.len(),
+                "the Redis server lost its data: failing the tasks waited for"
+            );
             for task in lost {
                 self.deliver(
                     &keys,
@@ -1319,6 +1368,9 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             // The first connection too: this thread may first connect after a server
             // that lost its data came back (a slow start on a busy machine), and the
             // epochs known from submitting are older than that.
+            epochs_due = true;
+        }
+        if inner.epochs_stale.swap(false, Ordering::AcqRel) {
             epochs_due = true;
         }
         if epochs_due && inner.check_epochs(&mut link) {

@@ -93,19 +93,29 @@ pub(crate) fn random_hex(n: usize) -> Result<String, ClusterError> {
 
 /// The queue's epoch token, set to a fresh one if it has none (see [`Keys::epoch`]).
 pub(crate) fn epoch(conn: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<String> {
-    let mut token = [0u8; 8];
-    let _ = getrandom::fill(&mut token);
-    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-    let (epoch,): (String,) = redis::pipe()
-        .cmd("SET")
+    let mut pipe = redis::pipe();
+    with_epoch(&mut pipe, keys);
+    let (epoch,): (String,) = pipe.query(conn)?;
+    Ok(epoch)
+}
+
+/// Adds to `pipe` what sets the queue's epoch token if it has none, then reads it (one
+/// reply: the token).
+pub(crate) fn with_epoch(pipe: &mut redis::Pipeline, keys: &Keys) {
+    pipe.cmd("SET")
         .arg(keys.epoch())
-        .arg(token)
+        .arg(epoch_token())
         .arg("NX")
         .ignore()
         .cmd("GET")
-        .arg(keys.epoch())
-        .query(conn)?;
-    Ok(epoch)
+        .arg(keys.epoch());
+}
+
+/// A fresh epoch token (random).
+pub(crate) fn epoch_token() -> String {
+    let mut token = [0u8; 8];
+    let _ = getrandom::fill(&mut token);
+    token.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A Redis server, as a URL names it.

@@ -33,24 +33,29 @@ end
 
 /// Submits a delayed and/or idempotent task.
 ///
-/// KEYS: stream, delayed, idempotency record, result, waiters, leader.
+/// KEYS: stream, delayed, idempotency record, result, waiters, leader, epoch.
 /// ARGV: envelope, delay mode (`0` none, `c` countdown ms, `e` epoch ms), ms,
-/// idempotent (`1`/`0`), ttl s, client id, leader id (`` for none).
-/// Returns `{1, entry id}` (queued), `{2, due ms}` (delayed), `{0}` / `{0, outcome}`
-/// (a duplicate of a known task: its outcome if there is one, else this client now
-/// waits for it too), `{3}` (the caller no longer holds the leader lease). An outcome
-/// still kept answers a repeat even after the record lapsed.
+/// idempotent (`1`/`0`), ttl s, client id, leader id (`` for none), a fresh epoch
+/// token (set if the queue has none).
+/// Returns `{1, entry id, epoch}` (queued), `{2, due ms, epoch}` (delayed),
+/// `{0, '', epoch}` / `{0, outcome, epoch}` (a duplicate of a known task: its outcome
+/// if there is one, else this client now waits for it too), `{3, '', epoch}` (the
+/// caller no longer holds the leader lease); `epoch` is the queue's epoch token the
+/// task was submitted under. An outcome still kept answers a repeat even after the
+/// record lapsed.
 pub(crate) static SUBMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}
-if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{3}} end
+redis.call('SET', KEYS[7], ARGV[8], 'NX')
+local epoch = redis.call('GET', KEYS[7])
+if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{3, '', epoch}} end
 if ARGV[4] == '1' then
   local r = redis.call('GET', KEYS[4])
-  if r then return {{0, r}} end
+  if r then return {{0, r, epoch}} end
   if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
     redis.call('SADD', KEYS[5], ARGV[6])
     redis.call('EXPIRE', KEYS[5], ARGV[5])
-    return {{0}}
+    return {{0, '', epoch}}
   end
 end
 if ARGV[2] ~= '0' then
@@ -59,10 +64,10 @@ if ARGV[2] ~= '0' then
   if ARGV[2] == 'c' then due = now + due end
   if due > now then
     redis.call('ZADD', KEYS[2], due, ARGV[1])
-    return {{2, tostring(due)}}
+    return {{2, tostring(due), epoch}}
   end
 end
-return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])}}
+return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]), epoch}}
 "
     ))
 });
