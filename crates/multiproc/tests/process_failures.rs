@@ -30,6 +30,10 @@ fn main() {
                 "a_crash_is_reported_while_a_process_it_forked_lives",
                 a_crash_is_reported_while_a_process_it_forked_lives,
             ),
+            trial(
+                "a_kill_mid_result_is_reported_while_a_process_it_forked_lives",
+                a_kill_mid_result_is_reported_while_a_process_it_forked_lives,
+            ),
             trial("abort_is_reported", abort_is_reported),
             trial("killed_from_outside", killed_from_outside),
             trial("join_timeout_then_kill", join_timeout_then_kill),
@@ -191,6 +195,13 @@ fn segfault_is_reported() {
 /// Forks a process that holds a copy of everything open here (the call's channel
 /// included) and sleeps for 20 s; says its pid in `pid`; then crashes.
 fn fork_then_segfault(pid: multiproc::Value<u32>) -> u32 {
+    fork_sleeper(&pid);
+    segfault(())
+}
+
+/// Forks a process that holds a copy of everything open here and sleeps for 20 s;
+/// says its pid in `pid`.
+fn fork_sleeper(pid: &multiproc::Value<u32>) {
     // SAFETY: the forked process only sleeps and exits, with plain system calls.
     match unsafe { libc::fork() } {
         // SAFETY: plain system calls in the forked process, which then ends.
@@ -200,7 +211,19 @@ fn fork_then_segfault(pid: multiproc::Value<u32>) -> u32 {
         },
         forked => *pid.lock().unwrap() = forked as u32,
     }
-    segfault(())
+}
+
+/// Ends the process [`fork_sleeper`] forked (its pid in `pid`) and reaps it.
+fn end_sleeper(pid: &multiproc::Value<u32>, what: &str) {
+    let forked = *pid.lock().unwrap();
+    assert!(forked > 0, "{what}: no process was forked");
+    // SAFETY: a plain signal to the process this test's child forked.
+    unsafe { libc::kill(forked as i32, libc::SIGKILL) };
+    assert!(common::wait_gone(forked, Duration::from_secs(10)));
+    // Orphaned, it may have come to this process (the tests' harness is a
+    // subreaper): reap it then (`ECHILD` otherwise).
+    // SAFETY: waits for that one pid only.
+    unsafe { libc::waitpid(forked as i32, std::ptr::null_mut(), 0) };
 }
 
 /// A child that crashed is reported at once, though a process it forked (without
@@ -236,20 +259,51 @@ fn a_crash_is_reported_while_a_process_it_forked_lives() {
             "{method}: {r:?}"
         );
         let took = start.elapsed();
-        let forked = *pid.lock().unwrap();
-        assert!(forked > 0, "{method}: no process was forked");
-        // SAFETY: a plain signal to the process this test's child forked.
-        unsafe { libc::kill(forked as i32, libc::SIGKILL) };
-        assert!(common::wait_gone(forked, Duration::from_secs(10)));
-        // Orphaned, it may have come to this process (the tests' harness is a
-        // subreaper): reap it then (`ECHILD` otherwise).
-        // SAFETY: waits for that one pid only.
-        unsafe { libc::waitpid(forked as i32, std::ptr::null_mut(), 0) };
+        end_sleeper(&pid, method);
         assert!(
             took < Duration::from_secs(10),
             "{method}: the join took {took:?}, waiting for the forked process"
         );
     }
+}
+
+/// Forks a process as [`fork_then_segfault`] does, then returns 64 MiB: more than the
+/// channel holds, so the child blocks sending it until its parent reads.
+fn fork_then_return_much(pid: multiproc::Value<u32>) -> Vec<u8> {
+    fork_sleeper(&pid);
+    vec![7; 64 << 20]
+}
+
+/// A child killed in the middle of sending its result is reported as killed, though a
+/// process it forked still holds the channel: the join does not wait for the rest of a
+/// message that will never come.
+fn a_kill_mid_result_is_reported_while_a_process_it_forked_lives() {
+    let pid = multiproc::Value::new(0u32).unwrap();
+    let mut child = Builder::new()
+        .stderr(Stdio::null())
+        .spawn(fork_then_return_much, pid.clone())
+        .unwrap();
+    // Blocked on the full channel, its result part sent.
+    let sending = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/wchan"))
+            .is_ok_and(|w| w.contains("unix_stream") || w.contains("sock"))
+            && common::state_of(p) == 'S'
+    };
+    assert!(
+        common::eventually(T, || sending(child.pid())),
+        "the child never blocked sending (wchan {:?})",
+        std::fs::read_to_string(format!("/proc/{}/wchan", child.pid()))
+    );
+    let start = Instant::now();
+    child.kill().unwrap();
+    let r = child.join_timeout(T);
+    let took = start.elapsed();
+    end_sleeper(&pid, "ForkServer");
+    assert!(
+        matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::KILL),
+        "{r:?}"
+    );
+    assert!(took < Duration::from_secs(10), "the join took {took:?}");
 }
 
 fn abort(_: ()) -> u32 {

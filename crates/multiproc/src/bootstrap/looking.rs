@@ -62,8 +62,9 @@ pub(crate) fn recv(
 
 /// The next frame a child sends on `conn`, looking for it as `look` says (if at all)
 /// before sleeping until `deadline`. `ended` is the child's pidfd: once the child has
-/// ended with nothing left to read, the channel counts as closed
-/// ([`RecvFrameError::Closed`]) even while a process it forked holds a copy of it.
+/// ended with no whole frame left to read, the channel counts as closed
+/// ([`RecvFrameError::Closed`]) even while a process it forked holds a copy of it
+/// (a frame cut short by the child's death included).
 pub(crate) fn recv_from_child(
     conn: &mut Conn,
     deadline: Option<Instant>,
@@ -73,25 +74,38 @@ pub(crate) fn recv_from_child(
     if let Some(frame) = conn.buffered_frame()? {
         return Ok(frame);
     }
-    let fd = conn.fd();
-    let looked = look.map(|l| (l, l.look(deadline, || readable_now(fd))));
-    if !looked.is_some_and(|(_, l)| l.found) {
-        // What a child sent is in the socket before it ends: a readable pidfd and an
-        // empty socket mean nothing more will come from it.
-        let ready = sys::wait_readable(&[fd, ended], deadline).map_err(RecvFrameError::Io)?;
-        if !ready[0].ready() {
-            return Err(if ready[1].ready() {
-                RecvFrameError::Closed
-            } else {
-                RecvFrameError::Timeout
-            });
+    let mut looked = {
+        let fd = conn.fd();
+        look.map(|l| (l, l.look(deadline, || readable_now(fd))))
+    };
+    let mut readable = looked.is_some_and(|(_, l)| l.found);
+    loop {
+        if !readable {
+            // What a child sent is in the socket before it ends: a readable pidfd and
+            // an empty socket mean nothing more will come from it.
+            let ready =
+                sys::wait_readable(&[conn.fd(), ended], deadline).map_err(RecvFrameError::Io)?;
+            if !ready[0].ready() {
+                return Err(if ready[1].ready() {
+                    RecvFrameError::Closed
+                } else {
+                    RecvFrameError::Timeout
+                });
+            }
+        }
+        // What is there now, without waiting: a frame still incomplete is waited for
+        // above, with the pidfd, rather than in the read.
+        match conn.recv(Some(Instant::now())) {
+            Ok(frame) => {
+                if let Some((look, looked)) = looked.take() {
+                    look.answered(looked);
+                }
+                return Ok(frame);
+            }
+            Err(RecvFrameError::Timeout) => readable = false,
+            Err(e) => return Err(e),
         }
     }
-    let frame = conn.recv(deadline)?;
-    if let Some((look, looked)) = looked {
-        look.answered(looked);
-    }
-    Ok(frame)
 }
 
 /// Waits until `fd` is readable (true) or `deadline` passes (false), looking as `look`
