@@ -852,6 +852,10 @@ fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
     let a = c.submit_with(SQUARE, 3, key.clone().queue("qa")).unwrap();
     let b = c.submit_with(SQUARE, 4, key.clone().queue("q[a]")).unwrap();
     let first = c.submit_with(SQUARE, 5, key.clone()).unwrap();
+    // A key that looks like a task's id is a key of its own.
+    let mut prefixed = c
+        .submit_with(SQUARE, 10, TaskOptions::new().idempotency_key("k:order-1"))
+        .unwrap();
     redis.stop_keeping_data();
     assert!(c.submit_with(SQUARE, 5, key.clone()).is_err());
     redis.start_again();
@@ -881,6 +885,7 @@ fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
     assert_eq!(a.wait_timeout(T).unwrap(), 9);
     assert_eq!(b.wait_timeout(T).unwrap(), 16);
     assert_eq!(first.wait_timeout(T).unwrap(), 25);
+    assert_eq!(prefixed.wait_timeout(T).unwrap(), 100);
     for w in workers {
         w.shutdown(true);
     }

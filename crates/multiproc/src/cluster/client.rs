@@ -1,7 +1,7 @@
 //! [`Cluster`]: the client. Submits tasks to streams and takes their outcomes from its
 //! reply lists, which a thread of its own reads with `BLPOP` on its own connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -930,7 +930,9 @@ impl ClientInner {
                     &[
                         keys.stream(),
                         keys.delayed(),
-                        keys.idempotency(prepared.task.trim_start_matches("k:")),
+                        keys.idempotency(
+                            prepared.task.strip_prefix("k:").unwrap_or(&prepared.task),
+                        ),
                         keys.result(&prepared.task),
                         keys.waiters(&prepared.task),
                         keys.leader(),
@@ -1021,9 +1023,17 @@ impl ClientInner {
     /// the tasks sent under an older one (only it decides, against the token it reads
     /// then, so that a late answer from before the loss cannot fail newer tasks).
     fn sent_under(&self, keys: &Keys, batch: &[Prepared], epoch: String) {
-        let changed = lock(&self.queues)
-            .iter()
-            .any(|(k, known)| k == keys && *known != epoch);
+        let changed = {
+            let mut queues = lock(&self.queues);
+            match queues.iter().find(|(k, _)| k == keys) {
+                Some((_, known)) => *known != epoch,
+                None => {
+                    // Forgotten meanwhile (the receiver found no token): read again.
+                    queues.push((keys.clone(), epoch.clone()));
+                    true
+                }
+            }
+        };
         {
             let mut pending = lock(&self.pending);
             for p in batch {
@@ -1153,11 +1163,13 @@ impl ClientInner {
     }
 
     /// On every connection of the receiver, its first included, and when a submission
-    /// saw a new token: fails the tasks of queues whose data the server lost (sent
-    /// under another epoch token than the queue's now, or the queue has none), so that
-    /// nobody waits for them forever. Tasks sent under the token read now, and those
-    /// whose sending has not returned yet, are left waiting. False if an epoch could not
-    /// be read (to be looked at again).
+    /// saw a new token: fails the tasks of queues whose data the server lost, so that
+    /// nobody waits for them forever. A token known before the server is asked (the
+    /// queue's, or one a waiting task was sent under) and other than the one it
+    /// answers (or it has none) is gone for good, and so are the tasks sent under it.
+    /// Tokens learnt after asking are not judged here (they may be newer than the
+    /// answer); a submission that learns one other than the queue's asks for another
+    /// look. False if an epoch could not be read (to be looked at again).
     ///
     /// It only reads the epoch: a queue deleted meanwhile (`delete_queue`) must not get
     /// one back from a receiver that happens to connect just then. A queue whose epoch
@@ -1165,6 +1177,13 @@ impl ClientInner {
     fn check_epochs(&self, link: &mut Link) -> bool {
         let queues = lock(&self.queues).clone();
         for (keys, known) in queues {
+            let before: HashSet<String> = lock(&self.pending)
+                .tasks
+                .values()
+                .filter(|w| w.keys == keys)
+                .filter_map(|w| w.epoch.clone())
+                .chain(std::iter::once(known.clone()))
+                .collect();
             let Ok(now) = link.run(|c| {
                 redis::cmd("GET")
                     .arg(keys.epoch())
@@ -1173,21 +1192,25 @@ impl ClientInner {
                 return false;
             };
             if now.as_ref() != Some(&known) {
+                // Unless a submission has seen a token meanwhile (it asks for a look).
                 let mut queues = lock(&self.queues);
-                match &now {
-                    Some(now) => {
-                        if let Some(q) = queues.iter_mut().find(|(k, _)| *k == keys) {
-                            q.1 = now.clone();
+                if let Some(i) = queues.iter().position(|(k, t)| *k == keys && *t == known) {
+                    match &now {
+                        Some(now) => queues[i].1 = now.clone(),
+                        None => {
+                            queues.remove(i);
                         }
                     }
-                    None => queues.retain(|(k, _)| *k != keys),
                 }
             }
             let lost: Vec<String> = lock(&self.pending)
                 .tasks
                 .iter()
                 .filter(|(_, w)| {
-                    w.keys == keys && w.epoch.as_ref().is_some_and(|e| Some(e) != now.as_ref())
+                    w.keys == keys
+                        && w.epoch
+                            .as_ref()
+                            .is_some_and(|e| before.contains(e) && Some(e) != now.as_ref())
                 })
                 .map(|((_, t), _)| t.clone())
                 .collect();

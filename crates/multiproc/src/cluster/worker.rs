@@ -78,6 +78,7 @@ where
                     outs,
                     cancelled: false,
                     check,
+                    unrunnable: None,
                 }) as Box<dyn Running>);
             }
             let a: A = codec::decode(bytes, Vec::new()).map_err(TaskError::Codec)?;
@@ -94,6 +95,9 @@ struct ChunkRun<R> {
     cancelled: bool,
     /// For a fallible task: an item's `Err` is its failure.
     check: Option<ErrCheck<R>>,
+    /// The pool could not run an item (it broke, or closed): the chunk is handed back
+    /// as a whole rather than finished with those items failed.
+    unrunnable: Option<TaskError>,
 }
 
 impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
@@ -110,6 +114,12 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
                             Outcome::Value,
                         ),
                     },
+                    Err(e @ (TaskError::PoolBroken(_) | TaskError::PoolClosed)) => {
+                        // Not the item's doing: the whole chunk goes back (below).
+                        let failed = Outcome::Failed(ErrorWire::from_error(&e));
+                        self.unrunnable.get_or_insert(e);
+                        failed
+                    }
                     Err(e) => Outcome::Failed(ErrorWire::from_error(&e)),
                 });
                 *slot = None;
@@ -117,6 +127,9 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
         }
         if self.tasks.iter().any(Option::is_some) {
             return Poll::Pending;
+        }
+        if let Some(e) = self.unrunnable.take() {
+            return Poll::Ready(Done::Failed(e));
         }
         if self.cancelled {
             return Poll::Ready(Done::Failed(TaskError::Cancelled));
@@ -547,7 +560,7 @@ impl WorkerHandle {
     /// Why the node stopped on its own, if it did: its local pool gave up (its
     /// processes kept ending before they took a task, or could not be started). It
     /// then takes no more tasks and hands those it holds back to the queue, uncounted,
-    /// for other workers; [`Worker::run`] returns [`ClusterError::PoolBroken`].
+    /// for other workers; [`WorkerBuilder::run`] returns [`ClusterError::PoolBroken`].
     pub fn broken(&self) -> Option<String> {
         lock(&self.node.broken).clone()
     }
