@@ -1463,6 +1463,9 @@ impl PoolInner {
 
     /// Sleeps until an outcome arrives, a worker ends, the pool is told something, or
     /// `until`. Whether a worker may have ended.
+    // On other targets nothing can be watched (an uninhabited readiness): what follows
+    // the wait is unreachable there, and the compiler says `sleeping` is unread.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_assignments))]
     fn sleep(&self, until: Instant) -> bool {
         // A waiting thread routes the outcomes (see `helper`): it wakes this one when it
         // stops.
