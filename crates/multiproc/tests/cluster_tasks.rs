@@ -27,6 +27,7 @@ const SPIN: TaskDef<u64, u64> = TaskDef::new("t.spin");
 const RECORD: TaskDef<String, u64> = TaskDef::new("t.record");
 const RECORD_SLOW: TaskDef<(String, u64), u64> = TaskDef::new("t.record_slow");
 const CHAIN: TaskDef<Chain, u64> = TaskDef::new("t.chain");
+const FLAKY_SLOW: TaskDef<(String, u32, u64), Result<u32, String>> = TaskDef::new("t.flaky_slow");
 
 /// A list through `Box`: one level of nesting per link.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -126,6 +127,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(RECORD, record)
         .register(RECORD_SLOW, record_slow)
         .register(CHAIN, chain_length)
+        .register_fallible(FLAKY_SLOW, flaky_slow)
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
@@ -277,6 +279,34 @@ fn main() {
             trial(
                 "a_worker_whose_pool_broke_hands_back_and_stops",
                 a_worker_whose_pool_broke_hands_back_and_stops,
+            ),
+            trial(
+                "cancel_of_a_running_task_survives_its_retry",
+                cancel_of_a_running_task_survives_its_retry,
+            ),
+            trial(
+                "cancel_of_a_promoted_countdown_task_before_it_runs",
+                cancel_of_a_promoted_countdown_task_before_it_runs,
+            ),
+            trial(
+                "cancel_after_the_same_client_repeats_an_idempotent_countdown",
+                cancel_after_the_same_client_repeats_an_idempotent_countdown,
+            ),
+            trial(
+                "delete_queue_removes_retry_records",
+                delete_queue_removes_retry_records,
+            ),
+            trial(
+                "delete_queue_fails_the_deleting_clients_handles",
+                delete_queue_fails_the_deleting_clients_handles,
+            ),
+            trial(
+                "cancel_of_a_handed_back_countdown_task",
+                cancel_of_a_handed_back_countdown_task,
+            ),
+            trial(
+                "redis_restarted_empty_while_submitting",
+                redis_restarted_empty_while_submitting,
             ),
             trial(
                 "an_idempotency_record_lapses_with_its_outcome",
@@ -1370,40 +1400,56 @@ fn a_worker_whose_pool_broke_hands_back_and_stops() {
 /// after its grace it ends without the outcome it could not send, and the task runs
 /// again once the server is back (at least once).
 fn a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease() {
-    let mut redis = RedisServer::start();
-    let ns = "stopdown";
-    let w = tasks(Worker::builder(&redis.url()))
-        .namespace(ns)
-        .processes(1)
-        .lease(Duration::from_secs(1))
-        .grace(Duration::from_millis(300))
-        .build()
-        .expect("start worker");
-    let c = client(&redis, ns);
-    let dir = common::tempdir("stopdown");
-    let path = dir.join("runs").to_string_lossy().into_owned();
-    let mut task = c.submit(RECORD_SLOW, (path.clone(), 2000)).unwrap();
-    assert!(common::eventually(T, || std::path::Path::new(&path).exists()));
-    redis.stop_keeping_data();
-    let started = Instant::now();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stopper = std::thread::spawn(move || {
+    // Down: connections are refused at once. Paused (`SIGSTOP`): the server accepts
+    // them and never answers, so each call waits for its response timeout.
+    for paused in [false, true] {
+        let mut redis = RedisServer::start();
+        let ns = "stopdown";
+        let w = tasks(Worker::builder(&redis.url()))
+            .namespace(ns)
+            .processes(1)
+            .lease(Duration::from_secs(1))
+            .grace(Duration::from_millis(300))
+            .build()
+            .expect("start worker");
+        let c = client(&redis, ns);
+        let dir = common::tempdir("stopdown");
+        let path = dir.join("runs").to_string_lossy().into_owned();
+        let mut task = c.submit(RECORD_SLOW, (path.clone(), 2000)).unwrap();
+        assert!(common::eventually(T, || std::path::Path::new(&path).exists()));
+        if paused {
+            redis.pause();
+        } else {
+            redis.stop_keeping_data();
+        }
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopper = std::thread::spawn(move || {
+            w.shutdown(true);
+            let _ = tx.send(());
+        });
+        let stopped = rx.recv_timeout(Duration::from_secs(20));
+        let took = started.elapsed();
+        if paused {
+            redis.resume();
+        } else {
+            redis.start_again();
+        }
+        stopper.join().unwrap();
+        assert!(
+            stopped.is_ok(),
+            "the stop waited for the server (paused: {paused})"
+        );
+        // The grace, a lease, and a blocked read's block (1 s) and margin (5 s).
+        assert!(took < Duration::from_secs(8), "paused: {paused}: {took:?}");
+        let w = worker(&redis, ns, 1);
+        assert_eq!(task.wait_timeout(T).unwrap(), 1);
+        let runs = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(runs, 2, "the task handed back unsent ran {runs} times");
         w.shutdown(true);
-        let _ = tx.send(());
-    });
-    let stopped = rx.recv_timeout(Duration::from_secs(20));
-    let took = started.elapsed();
-    redis.start_again();
-    stopper.join().unwrap();
-    assert!(stopped.is_ok(), "the stop waited for the server");
-    let w = worker(&redis, ns, 1);
-    assert_eq!(task.wait_timeout(T).unwrap(), 1);
-    let runs = std::fs::read_to_string(&path).unwrap().lines().count();
-    assert_eq!(runs, 2, "the task handed back unsent ran {runs} times");
-    assert!(took < Duration::from_secs(20), "{took:?}");
-    w.shutdown(true);
-    finish(&redis, c, ns);
-    let _ = std::fs::remove_dir_all(&dir);
+        finish(&redis, c, ns);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// A task's timeout counts from when a process starts it: the time it waited on its
@@ -1556,4 +1602,288 @@ fn a_cancel_reaches_a_task_retried_since_it_was_submitted() {
     w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Counts its runs in `path`, sleeps `ms`, then fails until it has run `ok_at` times.
+fn flaky_slow((path, ok_at, ms): (String, u32, u64)) -> Result<u32, String> {
+    let mut n: u32 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    n += 1;
+    std::fs::write(&path, n.to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    if n >= ok_at {
+        Ok(n)
+    } else {
+        Err(format!("run {n} failed"))
+    }
+}
+
+/// A node with the default 30 s lease (renewals every 10 s), one process, one task at
+/// a time.
+fn one_at_a_time(redis: &RedisServer, ns: &str) -> WorkerHandle {
+    tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .prefetch(1)
+        .grace(Duration::from_secs(5))
+        .build()
+        .expect("start worker")
+}
+
+/// Runs recorded in `p` (one line each).
+fn runs(p: &str) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// The count a [`flaky_slow`] run left in `p`.
+fn counter(p: &str) -> u32 {
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A running task is cancelled (`cancel` says it will end `Cancelled`); its attempt then
+/// fails and is retried before the worker's next renewal. The retry must not run: the
+/// cancel was acknowledged.
+fn cancel_of_a_running_task_survives_its_retry() {
+    let redis = RedisServer::start();
+    let ns = "adv-cancel-retry";
+    let w = one_at_a_time(&redis, ns);
+    let c = client(&redis, ns);
+    let dir = common::tempdir("adv-cancel-retry");
+    let p = dir.join("n").to_string_lossy().into_owned();
+    let policy = RetryPolicy::attempts(3).backoff(
+        Duration::from_millis(300),
+        1.0,
+        Duration::from_millis(300),
+    );
+    let mut t = c
+        .submit_fallible_with(
+            FLAKY_SLOW,
+            (p.clone(), 2, 1500),
+            TaskOptions::new().retry(policy),
+        )
+        .unwrap();
+    assert!(common::eventually(T, || counter(&p) == 1), "never started");
+    assert!(t.cancel(), "cancel of a running task refused");
+    let r = t.wait_timeout(T);
+    let n = counter(&p) as usize;
+    cancelled_and_clean((&redis, w, c, ns, &dir), r, n, 1);
+}
+
+/// Ends a cancel test: stops the worker, checks that nothing transient is left and
+/// deletes the queue; then asserts the task ended `Cancelled` after `expected` runs.
+fn cancelled_and_clean<R: std::fmt::Debug + PartialEq>(
+    (redis, w, c, ns, dir): (&RedisServer, WorkerHandle, Cluster, &str, &std::path::Path),
+    r: Result<R, TaskError>,
+    ran: usize,
+    expected: usize,
+) {
+    w.shutdown(true);
+    finish(redis, c, ns);
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(
+        r,
+        Err(TaskError::Cancelled),
+        "cancel() returned true, yet the task ended otherwise ({ran} runs)"
+    );
+    assert_eq!(ran, expected, "the cancelled task ran again");
+}
+
+/// A countdown task whose time came (moved to the stream) but that no worker took yet
+/// is cancelled: it must not run.
+fn cancel_of_a_promoted_countdown_task_before_it_runs() {
+    let redis = RedisServer::start();
+    let ns = "adv-cancel-promoted";
+    let w = one_at_a_time(&redis, ns);
+    let c = client(&redis, ns);
+    let dir = common::tempdir("adv-cancel-promoted");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    // The only process is busy for 3 s.
+    let mut long = c.submit(SLOW_SQUARE, (2, 3000)).unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
+    let mut t = c
+        .submit_with(
+            RECORD,
+            p.clone(),
+            TaskOptions::new().countdown(Duration::from_millis(200)),
+        )
+        .unwrap();
+    // Promoted: waiting in the stream, not delayed any more, not taken.
+    assert!(common::eventually(T, || {
+        let s = c.stats().unwrap();
+        s.delayed == 0 && s.waiting == 1
+    }));
+    assert!(t.cancel(), "cancel of a waiting task refused");
+    let r = t.wait_timeout(T);
+    assert_eq!(long.wait_timeout(T).unwrap(), 4);
+    // Give a run the time to happen, if it does.
+    std::thread::sleep(Duration::from_millis(500));
+    let n = runs(&p);
+    cancelled_and_clean((&redis, w, c, ns, &dir), r, n, 0);
+}
+
+/// One client submits an idempotent countdown task twice (two handles, one task), then
+/// cancels: the task is still delayed, so it must end `Cancelled` at once (README:
+/// "a delayed task is removed from the sorted set").
+fn cancel_after_the_same_client_repeats_an_idempotent_countdown() {
+    let redis = RedisServer::start();
+    let ns = "adv-idem-countdown";
+    let c = client(&redis, ns);
+    let opts = TaskOptions::new()
+        .idempotency_key("later")
+        .countdown(Duration::from_secs(60));
+    let mut first = c.submit_with(SQUARE, 6, opts.clone()).unwrap();
+    let mut second = c.submit_with(SQUARE, 6, opts).unwrap();
+    assert_eq!(c.stats().unwrap().delayed, 1);
+    assert!(first.cancel(), "cancel refused");
+    let r1 = first.wait_timeout(Duration::from_secs(3));
+    let r2 = second.wait_timeout(Duration::from_secs(1));
+    let delayed = c.stats().unwrap().delayed;
+    assert_eq!(
+        r1,
+        Err(TaskError::Cancelled),
+        "the cancelled delayed task did not end (still delayed: {delayed})"
+    );
+    assert_eq!(r2, Err(TaskError::Cancelled));
+    assert_eq!(delayed, 0, "the cancelled task is still in the delayed set");
+    finish(&redis, c, ns);
+}
+
+/// A task waiting for its retry has a `retry:` record; `delete_queue` must remove it
+/// with everything else of the queue.
+fn delete_queue_removes_retry_records() {
+    let redis = RedisServer::start();
+    let ns = "adv-delete-retry";
+    let w = one_at_a_time(&redis, ns);
+    let c = client(&redis, ns);
+    let dir = common::tempdir("adv-delete-retry");
+    let p = dir.join("n").to_string_lossy().into_owned();
+    let policy =
+        RetryPolicy::attempts(3).backoff(Duration::from_secs(60), 1.0, Duration::from_secs(60));
+    let t = c
+        .submit_fallible_with(FLAKY_SLOW, (p, 3, 0), TaskOptions::new().retry(policy))
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().delayed == 1));
+    w.shutdown(true);
+    drop(t);
+    let prefix = format!("{ns}:");
+    c.delete_queue("default").unwrap();
+    let left = redis.keys(&prefix);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(left.is_empty(), "keys left after delete_queue: {left:?}");
+}
+
+/// `delete_queue` drops the queue's waiting tasks; a handle of the very client that
+/// deleted it must not wait for ever.
+fn delete_queue_fails_the_deleting_clients_handles() {
+    let redis = RedisServer::start();
+    let ns = "adv-delete-wait";
+    let c = client(&redis, ns);
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    c.delete_queue("default").unwrap();
+    let r = t.wait_timeout(Duration::from_secs(8));
+    finish(&redis, c, ns);
+    assert!(
+        !matches!(r, Err(TaskError::Timeout)),
+        "a handle of a task whose queue was deleted hangs: {r:?}"
+    );
+}
+
+/// A countdown task handed back by a stopping worker (the same envelope, attempt 0) is
+/// cancelled once back in the queue; the next worker must not run it to its value
+/// (README: "stopped at its next worker's first renewal").
+fn cancel_of_a_handed_back_countdown_task() {
+    let redis = RedisServer::start();
+    let ns = "adv-handback";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .prefetch(1)
+        .grace(Duration::from_millis(200))
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let mut t = c
+        .submit_with(
+            SLOW_SQUARE,
+            (3, 3000),
+            TaskOptions::new().countdown(Duration::from_millis(100)),
+        )
+        .unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
+    w.shutdown(true);
+    let s = c.stats().unwrap();
+    assert!(t.cancel(), "cancel refused");
+    let w = one_at_a_time(&redis, ns);
+    let r = t.wait_timeout(T);
+    w.shutdown(true);
+    assert_eq!(
+        r,
+        Err(TaskError::Cancelled),
+        "cancel() returned true; stats after the stop: {s:?}"
+    );
+    finish(&redis, c, ns);
+}
+
+/// The server restarts empty while another thread keeps submitting: every handle ends
+/// (its value, or "lost its data"), none hangs, and none ends with a wrong value.
+fn redis_restarted_empty_while_submitting() {
+    let mut redis = RedisServer::start();
+    let ns = "adv-wipe";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(2)
+        .lease(Duration::from_secs(1))
+        .build()
+        .expect("start worker");
+    let c = std::sync::Arc::new(client(&redis, ns));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitter = {
+        let c = c.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut handles = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let opts = if i.is_multiple_of(3) {
+                    TaskOptions::new().idempotency_key(format!("w{i}"))
+                } else if i % 3 == 1 {
+                    TaskOptions::new().countdown(Duration::from_millis(50))
+                } else {
+                    TaskOptions::new()
+                };
+                if let Ok(h) = c.submit_with(SLOW_SQUARE, (i, 20), opts) {
+                    handles.push((i, h));
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            handles
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    redis.restart_empty();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let handles = submitter.join().unwrap();
+    let (mut ok, mut lost, mut bad) = (0, 0, Vec::new());
+    for (i, mut h) in handles {
+        match h.wait_timeout(T) {
+            Ok(v) if v == i * i => ok += 1,
+            Err(e) if e.to_string().contains("lost its data") => lost += 1,
+            other => bad.push((i, format!("{other:?}"))),
+        }
+    }
+    w.shutdown(true);
+    let c = std::sync::Arc::try_unwrap(c).unwrap();
+    assert!(bad.is_empty(), "ok {ok}, lost {lost}, bad: {bad:?}");
+    assert!(ok > 0);
+    finish(&redis, c, ns);
 }

@@ -620,7 +620,10 @@ impl Cluster {
     /// Deletes a queue from Redis: its stream and consumer group (tasks waiting or
     /// running included), delayed tasks, dead letters, worker registry, idempotency
     /// records (and the outcomes they keep), reply lists, and scheduler lease. Other
-    /// outcomes expire by themselves.
+    /// outcomes expire by themselves. This client's handles of the queue's tasks that
+    /// have no outcome yet fail ([`TaskError::Failed`]: the queue was deleted); other
+    /// clients are not told here: they learn it when they next reconnect or submit to the
+    /// queue (its epoch token is gone), and until then their handles wait.
     ///
     /// # Errors
     ///
@@ -654,6 +657,7 @@ impl Cluster {
             keys.reply(""),
             keys.waiters(""),
             keys.cancel(""),
+            keys.retry(""),
         ]
         .map(|prefix| format!("{}*", glob_literal(&prefix)))
         {
@@ -678,6 +682,22 @@ impl Cluster {
         for chunk in doomed.chunks(500) {
             self.inner
                 .run(|c| redis::cmd("UNLINK").arg(chunk).exec(c))?;
+        }
+        // This client's own handles of the queue's tasks would wait for ever.
+        let gone: Vec<String> = lock(&self.inner.pending)
+            .tasks
+            .iter()
+            .filter(|(_, w)| w.keys == keys)
+            .map(|((_, t), _)| t.clone())
+            .collect();
+        for task in gone {
+            self.inner.deliver(
+                &keys,
+                &task,
+                Err(TaskError::Failed(Failure::message_only(
+                    "its queue was deleted (Cluster::delete_queue)",
+                ))),
+            );
         }
         Ok(())
     }
@@ -871,8 +891,11 @@ impl ClientInner {
                 keep: opts.idempotency_key.is_some(),
                 delivers: Vec::new(),
             });
+        // A repeat of an idempotent task by the same client shares the first's entry:
+        // its delayed member stays the first's (the repeat adds none).
+        let fresh = w.delivers.is_empty();
         w.delivers.push((local, deliver));
-        if opts.delay != Delay::Now {
+        if fresh && opts.delay != Delay::Now {
             w.delayed = Some(envelope.clone());
         }
         Ok(Prepared {
@@ -971,7 +994,9 @@ impl ClientInner {
                     self.deliver(keys, &prepared.task, outcome);
                 } else {
                     let mut p = lock(&self.pending);
-                    if let Some(w) = p.tasks.get_mut(&task_key(keys, &prepared.task)) {
+                    if let Some(w) = p.tasks.get_mut(&task_key(keys, &prepared.task))
+                        && w.delivers.len() == 1
+                    {
                         w.delayed = None;
                     }
                 }

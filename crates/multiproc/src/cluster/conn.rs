@@ -300,6 +300,33 @@ impl Link {
         }
     }
 
+    /// As [`run`](Self::run), waiting at most `response` for each reply (a server that
+    /// is paused holds a call for the whole response timeout otherwise).
+    pub(crate) fn run_within<T>(
+        &mut self,
+        response: Duration,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
+        let normal = self.response;
+        if response >= normal {
+            return self.run(f);
+        }
+        // As `Server::connect` sets them: the response timeout for reads, the usual one
+        // for writes.
+        let set = |conn: &Option<redis::Connection>, read: Duration, write: Duration| {
+            if let Some(c) = conn {
+                let _ = c.set_read_timeout(Some(read));
+                let _ = c.set_write_timeout(Some(write));
+            }
+        };
+        self.response = response;
+        set(&self.conn, response, response);
+        let r = self.run(f);
+        self.response = normal;
+        set(&self.conn, normal, RESPONSE_TIMEOUT);
+        r
+    }
+
     /// How many connections were made so far.
     pub(crate) fn connects(&self) -> u64 {
         self.connects

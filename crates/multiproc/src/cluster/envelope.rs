@@ -22,6 +22,10 @@ pub(crate) const VERSION: u8 = 3;
 /// The stream entry field that holds an envelope.
 pub(crate) const FIELD: &str = "m";
 
+/// The stream field that marks an entry moved there from the delayed set (a countdown,
+/// an eta, a retry, a task handed back).
+pub(crate) const PROMOTED: &str = "p";
+
 /// One task on its way to a worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Envelope {

@@ -143,7 +143,8 @@ for i = 0, n - 1 do
         end
       end
     end
-    redis.call('DEL', KEYS[k + 4])
+    -- A cancel flag outlives a retry: the next attempt is stopped before it runs.
+    if action ~= 'r' then redis.call('DEL', KEYS[k + 4]) end
     redis.call('XACK', KEYS[1], group, id)
     redis.call('XDEL', KEYS[1], id)
     out[#out + 1] = 1
@@ -204,7 +205,9 @@ return out
     )
 });
 
-/// Moves due delayed tasks to the stream.
+/// Moves due delayed tasks to the stream, marked as having waited there (field `p`):
+/// their clients may no longer know their entries, so a cancel of one is only a flag,
+/// which a worker looks for before it runs such a task.
 ///
 /// KEYS: delayed, stream. ARGV: most to move.
 /// Returns `{moved, ms until the next is due (-1: none)}`.
@@ -214,7 +217,7 @@ pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, m in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'm', m)
+  redis.call('XADD', KEYS[2], '*', 'm', m, 'p', '1')
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

@@ -436,6 +436,7 @@ impl WorkerBuilder {
             events: tx,
             stopping: AtomicBool::new(false),
             broken: Mutex::new(None),
+            stop_by: Mutex::new(None),
             unsent: AtomicUsize::new(0),
             quit: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
@@ -605,6 +606,8 @@ struct Node {
     stopping: AtomicBool,
     /// Why the local pool gave up, once it has: the node stopped on its own.
     broken: Mutex<Option<String>>,
+    /// When a stop ends whatever the server does (a grace and a lease after it began).
+    stop_by: Mutex<Option<Instant>>,
     /// Finishes of tasks that never became flights (refused, dead-lettered, failed at
     /// once) not yet sent: the node unregisters only after them, since `RETIRE` keeps
     /// a consumer that still holds entries.
@@ -723,6 +726,17 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Node {
+    /// How long to wait for a reply: the response timeout, or less once the stop's end
+    /// is near (a server that does not answer holds each call that long).
+    fn response(&self) -> Duration {
+        match *lock(&self.stop_by) {
+            Some(by) => by
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(200), RESPONSE_TIMEOUT),
+            None => RESPONSE_TIMEOUT,
+        }
+    }
+
     /// Takes no more tasks, and wakes whoever waits for the stop.
     fn request_stop(&self) {
         self.stopping.store(true, Ordering::Release);
@@ -756,7 +770,12 @@ impl Node {
 
     fn unblock_reader(&self) {
         if let Some(id) = *lock(&self.reader_id) {
-            let _ = lock(&self.link).run(|c| redis::cmd("CLIENT").arg("UNBLOCK").arg(id).exec(c));
+            // A courtesy (the reader sees the stop within its block time anyway): not
+            // worth the whole response timeout of a server that does not answer.
+            let within = self.response().min(Duration::from_secs(1));
+            let _ = lock(&self.link).run_within(within, |c| {
+                redis::cmd("CLIENT").arg("UNBLOCK").arg(id).exec(c)
+            });
         }
     }
 
@@ -931,9 +950,13 @@ impl Node {
             self.dead_letter(entry, fence, Some(&envelope), why);
             return;
         }
-        // A client that cancels a task retried or redelivered since it submitted it no
-        // longer knows its entry and can only flag it: looked for before it runs.
-        if (envelope.attempt > 0 || lost_before > 0) && self.flagged(&envelope.task) {
+        // A client that cancels a task that waited in the delayed set (a countdown, a
+        // retry, a task handed back) or was redelivered no longer knows its entry and
+        // can only flag it: looked for before it runs.
+        let promoted = fields
+            .iter()
+            .any(|(k, _)| *k == envelope::PROMOTED.as_bytes());
+        if (promoted || envelope.attempt > 0 || lost_before > 0) && self.flagged(&envelope.task) {
             let done = Done::Failed(TaskError::Cancelled);
             let fin = self.conclude(&entry, fence, &envelope, done, End::Cancelled, None);
             self.send_finish(fin);
@@ -1263,8 +1286,9 @@ impl Node {
             args.push(f.reason.clone().into_bytes());
         }
         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let r: Result<Vec<i64>, ClusterError> =
-            link.run(|c| conn::invoke(c, &scripts::FINISH, &keys, &refs));
+        let r: Result<Vec<i64>, ClusterError> = link.run_within(self.response(), |c| {
+            conn::invoke(c, &scripts::FINISH, &keys, &refs)
+        });
         match r {
             Ok(statuses) => {
                 for (f, status) in batch.iter().zip(statuses) {
@@ -1307,7 +1331,9 @@ impl Node {
                     next_renew = now + Duration::from_millis(500).min(period);
                 }
             }
-            let _ = self.promote();
+            if !self.stopping.load(Ordering::Acquire) {
+                let _ = self.promote();
+            }
             if !self.stopping.load(Ordering::Acquire) {
                 if now >= next_reclaim {
                     let _ = self.reclaim();
@@ -1318,7 +1344,11 @@ impl Node {
                     next_retire = now + self.cfg.lease;
                 }
             } else {
-                let since = *stop_at.get_or_insert(now);
+                let since = *stop_at.get_or_insert_with(|| {
+                    *lock(&self.stop_by) =
+                        Some(now + self.cfg.grace.saturating_add(self.cfg.lease));
+                    now
+                });
                 let held = lock(&self.state).flights.len() + self.unsent.load(Ordering::Acquire);
                 if held == 0 && self.reader_done.load(Ordering::Acquire) {
                     break;
@@ -1351,7 +1381,7 @@ impl Node {
                 &[GROUP.as_bytes(), self.name.as_bytes()],
             )
         };
-        if let Err(e) = lock(&self.link).run(retire) {
+        if let Err(e) = lock(&self.link).run_within(self.response(), retire) {
             tracing::warn!(worker = %self.name, "could not unregister: {e}");
         }
         // The pool goes after the finisher has written the last outcomes.
@@ -1363,7 +1393,7 @@ impl Node {
         &self,
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, ClusterError> {
-        lock(&self.link).run(f)
+        lock(&self.link).run_within(self.response(), f)
     }
 
     /// Renews every lease (and the heartbeat) in one call per 500 tasks.
