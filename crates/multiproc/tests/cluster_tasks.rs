@@ -1722,8 +1722,12 @@ fn cancel_of_a_promoted_countdown_task_before_it_runs() {
     assert!(t.cancel(), "cancel of a waiting task refused");
     let r = t.wait_timeout(T);
     assert_eq!(long.wait_timeout(T).unwrap(), 4);
-    // Give a run the time to happen, if it does.
-    std::thread::sleep(Duration::from_millis(500));
+    // The worker has taken the entry and finished it (a run, if there was one, is
+    // recorded by then).
+    assert!(common::eventually(T, || {
+        let s = c.stats().unwrap();
+        s.waiting == 0 && s.in_flight == 0 && w.in_flight() == 0
+    }));
     let n = runs(&p);
     cancelled_and_clean((&redis, w, c, ns, &dir), r, n, 0);
 }
@@ -1845,9 +1849,9 @@ fn redis_restarted_empty_while_submitting() {
         .expect("start worker");
     let c = std::sync::Arc::new(client(&redis, ns));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let submitter = {
-        let c = c.clone();
-        let stop = stop.clone();
+        let (c, stop, sent) = (c.clone(), stop.clone(), sent.clone());
         std::thread::spawn(move || {
             let mut handles = Vec::new();
             let mut i = 0u64;
@@ -1861,16 +1865,26 @@ fn redis_restarted_empty_while_submitting() {
                 };
                 if let Ok(h) = c.submit_with(SLOW_SQUARE, (i, 20), opts) {
                     handles.push((i, h));
+                    sent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 }
                 i += 1;
+                // A steady stream rather than a burst: submissions keep coming while
+                // the server goes and comes back.
                 std::thread::sleep(Duration::from_millis(5));
             }
             handles
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
+    let sent_by =
+        |n: u64| common::eventually(T, || sent.load(std::sync::atomic::Ordering::Acquire) >= n);
+    // Tasks queued and running when the server loses its data, and more sent after.
+    assert!(sent_by(60), "the submissions did not start");
     redis.restart_empty();
-    std::thread::sleep(Duration::from_millis(1500));
+    let after = sent.load(std::sync::atomic::Ordering::Acquire);
+    assert!(
+        sent_by(after + 60),
+        "no submission went through after the restart"
+    );
     stop.store(true, std::sync::atomic::Ordering::Release);
     let handles = submitter.join().unwrap();
     let (mut ok, mut lost, mut bad) = (0, 0, Vec::new());
