@@ -301,6 +301,10 @@ fn main() {
                 delete_queue_fails_the_deleting_clients_handles,
             ),
             trial(
+                "delete_queue_fails_other_clients_handles",
+                delete_queue_fails_other_clients_handles,
+            ),
+            trial(
                 "cancel_of_a_handed_back_countdown_task",
                 cancel_of_a_handed_back_countdown_task,
             ),
@@ -1798,6 +1802,30 @@ fn delete_queue_fails_the_deleting_clients_handles() {
         !matches!(r, Err(TaskError::Timeout)),
         "a handle of a task whose queue was deleted hangs: {r:?}"
     );
+}
+
+/// `delete_queue` by one client: another client's handle of a task in that queue fails
+/// within seconds, saying why, though nothing breaks its connections and it submits
+/// nothing more.
+fn delete_queue_fails_other_clients_handles() {
+    let redis = RedisServer::start();
+    let ns = "adv-delete-other";
+    let deleter = client(&redis, ns);
+    let waiter = client(&redis, ns);
+    let mut t = waiter.submit(SQUARE, 3).unwrap();
+    deleter.delete_queue("default").unwrap();
+    let started = Instant::now();
+    let r = t.wait_timeout(Duration::from_secs(15));
+    let took = started.elapsed();
+    drop(waiter);
+    finish(&redis, deleter, ns);
+    match r {
+        Err(TaskError::Failed(f)) => assert!(
+            f.to_string().contains("deleted"),
+            "the failure does not say why: {f}"
+        ),
+        other => panic!("the handle of a task whose queue was deleted: {other:?} after {took:?}"),
+    }
 }
 
 /// A countdown task handed back by a stopping worker (the same envelope, attempt 0) is

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 use serde::Serialize;
@@ -26,6 +26,11 @@ use crate::sync::unpoisoned::lock;
 const BLOCK: Duration = Duration::from_secs(2);
 /// How soon the receiver looks again when there is no reply list to read.
 const IDLE_LOOK: Duration = Duration::from_millis(100);
+/// How often the receiver reads the epoch tokens of its queues while it waits for
+/// tasks, though nothing said they changed: a queue deleted by another client
+/// (`delete_queue`), or flushed or evicted from a server that kept running, breaks no
+/// connection and is not seen by a submission that does not come.
+const EPOCH_LOOK: Duration = Duration::from_secs(3);
 /// Tasks sent per round trip by `map` and `imap`.
 const BATCH: usize = 512;
 
@@ -621,9 +626,10 @@ impl Cluster {
     /// running included), delayed tasks, dead letters, worker registry, idempotency
     /// records (and the outcomes they keep), reply lists, and scheduler lease. Other
     /// outcomes expire by themselves. This client's handles of the queue's tasks that
-    /// have no outcome yet fail ([`TaskError::Failed`]: the queue was deleted); other
-    /// clients are not told here: they learn it when they next reconnect or submit to the
-    /// queue (its epoch token is gone), and until then their handles wait.
+    /// have no outcome yet fail ([`TaskError::Failed`]: the queue was deleted) at once;
+    /// other clients' handles fail the same way within a few seconds (each client's
+    /// result reader looks at the epoch tokens of its queues every 3 s while it waits
+    /// for tasks, and a token that is gone fails the tasks sent under it).
     ///
     /// # Errors
     ///
@@ -1187,8 +1193,8 @@ impl ClientInner {
         })
     }
 
-    /// On every connection of the receiver, its first included, and when a submission
-    /// saw a new token: fails the tasks of queues whose data the server lost, so that
+    /// On every connection of the receiver, its first included, when a submission saw
+    /// a new token, and every [`EPOCH_LOOK`] while tasks are waited for: fails the tasks of queues whose data the server lost, so that
     /// nobody waits for them forever. A token known before the server is asked (the
     /// queue's, or one a waiting task was sent under) and other than the one it
     /// answers (or it has none) is gone for good, and so are the tasks sent under it.
@@ -1245,14 +1251,14 @@ impl ClientInner {
             tracing::warn!(
                 queue = keys.queue(),
                 tasks = lost.len(),
-                "the Redis server lost its data: failing the tasks waited for"
+                "the Redis server lost the queue's data: failing the tasks waited for"
             );
             for task in lost {
                 self.deliver(
                     &keys,
                     &task,
                     Err(TaskError::Failed(Failure::message_only(
-                        "the Redis server lost its data (it restarted without persistence): the task is gone; submit it again",
+                        "the Redis server lost its data for this queue (it restarted without persistence, or the queue was deleted, flushed or evicted): the task is gone; submit it again",
                     ))),
                 );
             }
@@ -1379,6 +1385,7 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     let mut delete: Vec<String> = Vec::new();
     // Whether the epochs are still to be checked on the current connection.
     let mut epochs_due = false;
+    let mut last_look = Instant::now();
     loop {
         let Some(inner) = inner.upgrade() else {
             return;
@@ -1421,8 +1428,12 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
         if inner.epochs_stale.swap(false, Ordering::AcqRel) {
             epochs_due = true;
         }
+        if last_look.elapsed() >= EPOCH_LOOK && !lock(&inner.pending).tasks.is_empty() {
+            epochs_due = true;
+        }
         if epochs_due && inner.check_epochs(&mut link) {
             epochs_due = false;
+            last_look = Instant::now();
         }
         let lists: Vec<String> = lock(&inner.queues)
             .iter()
