@@ -110,6 +110,10 @@ pub(crate) struct Client {
     /// Reference changes not yet in a frame, and the process they belong to (a forked
     /// child starts afresh: what it inherited is its parent's to send).
     queued: Mutex<(u32, Vec<RefOp>)>,
+    /// Set (under the `queued` lock) when changes are queued, cleared (under it and the
+    /// anchor's) when none is queued or half-written: a call looks at the anchor only
+    /// while it is set, and otherwise takes no lock for it.
+    refs_due: AtomicBool,
     /// The connection they go on, and the process it belongs to. Held while it opens
     /// (which waits for the server); a `Drop` that finds it held leaves its change
     /// queued for the holder or the next call.
@@ -173,6 +177,7 @@ impl Client {
             locals: Arc::new(AtomicUsize::new(0)),
             far: AtomicBool::new(false),
             queued: Mutex::new((pid, Vec::new())),
+            refs_due: AtomicBool::new(false),
             anchor: Mutex::new((pid, None)),
         });
         clients.push(Arc::downgrade(&c));
@@ -361,7 +366,9 @@ impl Client {
     /// operation's own wait); a fault is an error. Reference changes queued before it
     /// go first.
     pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
-        self.flush(Open::IfQueued);
+        if self.refs_due.load(Ordering::Acquire) {
+            self.flush(Open::IfQueued);
+        }
         let wait = match request {
             Request::Call { op, .. } => op.wait(),
             _ => Wait::None,
@@ -384,7 +391,13 @@ impl Client {
 
     /// Queues reference changes and sends what can go without waiting.
     pub(crate) fn send_refs(&self, ops: impl IntoIterator<Item = RefOp>) {
-        self.queued().1.extend(ops);
+        {
+            let mut queued = self.queued();
+            queued.1.extend(ops);
+            if !queued.1.is_empty() {
+                self.refs_due.store(true, Ordering::Release);
+            }
+        }
         self.flush(Open::Never);
     }
 
@@ -428,8 +441,14 @@ impl Client {
             *anchor = (pid, None);
         }
         let busy = |a: &Option<Anchor>| a.as_ref().is_some_and(|a| !a.in_frame.is_empty());
-        if !busy(&anchor.1) && self.queued().1.is_empty() && open != Open::Always {
-            return true;
+        if !busy(&anchor.1) {
+            let queued = self.queued();
+            if queued.1.is_empty() {
+                self.refs_due.store(false, Ordering::Release);
+                if open != Open::Always {
+                    return true;
+                }
+            }
         }
         if anchor.1.is_none() {
             let deadline = match open {
@@ -457,6 +476,7 @@ impl Client {
             let mut queued = self.queued();
             again.append(&mut queued.1);
             queued.1 = again;
+            self.refs_due.store(true, Ordering::Release);
             anchor.1 = None;
             return false;
         }

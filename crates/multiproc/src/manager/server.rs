@@ -17,6 +17,7 @@ use super::protocol::{self, FrameError, Framed, Kind, RefOp, Request, Response, 
 use super::refs::RefTable;
 use crate::sync::unpoisoned;
 use crate::wire::codec;
+use rustc_hash::FxHashMap;
 
 /// Makes a registered custom object from its encoded initial value.
 pub(crate) type Ctor = fn(&[u8]) -> Result<Box<dyn ErasedObject>, String>;
@@ -40,7 +41,7 @@ pub(crate) struct Shared {
     key: Vec<u8>,
     max_frame: u32,
     door: DoorSettings,
-    objects: RwLock<HashMap<u64, Arc<Served>>>,
+    objects: RwLock<FxHashMap<u64, Arc<Served>>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     /// Live connections per client session, and the references each holds: a session
@@ -93,7 +94,7 @@ impl Shared {
                     .unwrap_or_else(default_max_handshakes),
                 keepalive: settings.keepalive,
             },
-            objects: RwLock::new(HashMap::new()),
+            objects: RwLock::new(FxHashMap::default()),
             names: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             refs: Mutex::new(RefTable::default()),
