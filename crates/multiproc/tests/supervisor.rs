@@ -34,6 +34,8 @@ fn main() {
             trial("transient_and_temporary", transient_and_temporary),
             trial("backoff_grows_then_resets", backoff_grows_then_resets),
             trial("sigterm_ignored_group_sigkilled", sigterm_ignored),
+            trial("grace_and_timeout_of_duration_max", duration_max),
+            trial("failed_restarts_grow_the_backoff", failed_restarts_back_off),
             trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
             trial(
                 "leader_dies_on_sigterm_member_ignores_it",
@@ -595,6 +597,92 @@ fn sigterm_ignored() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `Duration::MAX` means "never": a grace that never ends (the stop waits for the
+/// child, here one that ends on `SIGTERM`) and a wait without a timeout. Neither may
+/// panic the supervisor (which left `shutdown` waiting for ever).
+fn duration_max() {
+    let sup = Supervisor::builder()
+        .child(ChildSpec::new("plain", sleep_forever, ()).shutdown_grace(Duration::MAX))
+        .build()
+        .unwrap();
+    let child = pid_of(&sup, "plain").unwrap();
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || done_tx.send(sup.shutdown()).unwrap());
+    let stopped = done.recv_timeout(T).expect("shutdown never returned");
+    assert!(stopped.is_ok(), "{stopped:?}");
+    assert!(wait_gone(child, T));
+
+    let sup = Supervisor::builder()
+        .child(ChildSpec::new("once", returns, ()).restart(Restart::Temporary))
+        .build()
+        .unwrap();
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sup.wait_timeout(Duration::MAX).map_err(|e| e.to_string())
+        }));
+        done_tx
+            .send(r.map_err(|_| "wait_timeout panicked"))
+            .unwrap();
+    });
+    let waited = done.recv_timeout(T).expect("wait_timeout never returned");
+    assert_eq!(waited, Ok(Ok(())));
+}
+
+/// Set by the test once the first start went through: the argument then refuses to be
+/// encoded, so each restart fails to start.
+static REFUSE_ENCODING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[derive(Clone, serde::Deserialize)]
+struct EncodesUntilTold(u64);
+
+impl serde::Serialize for EncodesUntilTold {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if REFUSE_ENCODING.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(serde::ser::Error::custom("told to refuse"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+fn crash_after((ms,): (EncodesUntilTold,)) {
+    crash_after_ms(ms.0);
+}
+
+/// A child that ran long enough to reset the backoff crashes, and then every restart
+/// fails to start: each failed start counts as a child that failed at once, so the
+/// delays grow (they stayed at the base, the old start time resetting them each time).
+fn failed_restarts_back_off() {
+    let ms = Duration::from_millis;
+    let sup = Supervisor::builder()
+        .backoff(ms(100), ms(5000))
+        .jitter(Jitter::None)
+        .reset_after(ms(50))
+        .intensity(20, Duration::from_secs(60))
+        .child(ChildSpec::new(
+            "flaky",
+            crash_after,
+            (EncodesUntilTold(300),),
+        ))
+        .build()
+        .unwrap();
+    let events = sup.events();
+    REFUSE_ENCODING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut delays = Vec::new();
+    while delays.len() < 4 {
+        match events.recv_timeout(T).expect("an event") {
+            SupervisorEvent::Restarting { after, .. } => {
+                delays.push((after.as_secs_f64() * 1000.0).round() as u64);
+            }
+            SupervisorEvent::Started { .. } => panic!("a restart started despite its arguments"),
+            _ => {}
+        }
+    }
+    sup.shutdown().unwrap();
+    REFUSE_ENCODING.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(delays, [100, 200, 400, 800]);
+}
+
 fn supervisor_sigkilled() {
     let mut helper = Helper::start("supervisor");
     let pids: Vec<u32> = helper
@@ -636,15 +724,18 @@ fn bad_input() {
     ));
 }
 
-/// The daemon helper: daemonizes with a pid file in `dir`, then runs until `dir/stop`
-/// appears (or a minute passes), printing to its log.
+/// The daemon helper, started in `dir`: daemonizes with a pid file named relative to
+/// `dir` and `dir/work` as its working directory, then runs until `dir/stop` appears
+/// (or a minute passes), printing to its log.
 fn daemon_main(dir: PathBuf) {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
     let daemon = match daemonize(
         DaemonOptions::new()
-            .pidfile(dir.join("pid"))
+            .pidfile("pid")
             .stdout(dir.join("out.log"))
             .stderr(dir.join("err.log"))
-            .working_dir(&dir),
+            .working_dir(&work),
     ) {
         Ok(d) => d,
         Err(e) => {
@@ -660,8 +751,9 @@ fn daemon_main(dir: PathBuf) {
         .get();
     let child = multiproc::spawn(returns, ()).unwrap().join().unwrap();
     println!(
-        "daemon {me} session {sid} cwd {} child {child}",
-        std::env::current_dir().unwrap().display()
+        "daemon {me} session {sid} cwd {} child {child} pidfile {}",
+        std::env::current_dir().unwrap().display(),
+        daemon.pidfile().unwrap().display()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !dir.join("stop").exists() && Instant::now() < deadline {
@@ -675,6 +767,7 @@ fn daemonize_pidfile() {
     let start = || {
         std::process::Command::new(std::env::current_exe().unwrap())
             .env(DAEMON_ENV, &dir)
+            .current_dir(&dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -706,7 +799,16 @@ fn daemonize_pidfile() {
     // A new session, not led by the daemon (it can never get a terminal back).
     let sid: u32 = log.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert_ne!(sid, pid);
-    assert!(log.contains(&format!("cwd {}", dir.display())), "{log}");
+    assert!(
+        log.contains(&format!("cwd {}", dir.join("work").display())),
+        "{log}"
+    );
+    // The pid file's name was relative to where the daemon was started, not to its
+    // working directory.
+    assert!(
+        log.contains(&format!("pidfile {}", pidfile.display())),
+        "{log}"
+    );
     // A second copy is refused, and says who runs.
     let second = start().wait_with_output().unwrap();
     assert_eq!(second.status.code(), Some(3));

@@ -40,7 +40,9 @@ impl DaemonOptions {
 
     /// Writes the daemon's pid to `path` and holds a lock on it for the daemon's life, so
     /// that a second copy refuses to start ([`DaemonError::AlreadyRunning`]). The file is
-    /// removed when the [`Daemon`] is dropped.
+    /// removed when the [`Daemon`] is dropped. A relative path is taken from the
+    /// directory `daemonize` is called in, not from the daemon's
+    /// [`working_dir`](Self::working_dir).
     pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Self {
         self.pidfile = Some(path.into());
         self
@@ -78,7 +80,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// The pid file, if there is one.
+    /// The pid file (its absolute path), if there is one.
     pub fn pidfile(&self) -> Option<&Path> {
         self.pidfile.as_ref().map(|(p, _)| p.as_path())
     }
@@ -87,7 +89,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some((path, _lock)) = self.pidfile.take() {
-            // Removed while the lock is still held, so no second copy can take it between.
+            // Removed while the lock is still held. A copy that opened the file before
+            // and takes the lock after finds the name gone or another file's, and
+            // starts over on the file now there (see `lock_pidfile`).
             let _ = std::fs::remove_file(path);
         }
     }
@@ -138,9 +142,48 @@ pub fn daemonize(options: DaemonOptions) -> Result<Daemon, DaemonError> {
     if !sys::SUPPORTED {
         return Err(DaemonError::Unsupported);
     }
-    let lock = detach(&options)?;
     Ok(Daemon {
-        pidfile: options.pidfile.zip(lock),
+        pidfile: detach(&options)?,
+    })
+}
+
+/// How often [`lock_pidfile`] starts over on a pid file replaced under it before it
+/// gives up.
+const PIDFILE_TRIES: u32 = 10;
+
+/// Opens and locks the pid file at `path`, made absolute (the daemon changes directory,
+/// and removes the file by this name when it ends). A copy that ends removes its pid
+/// file while it holds the lock; one that opened the file before that and locks it
+/// after holds a file no longer at `path`, and starts over on the file there now.
+fn lock_pidfile(path: &Path) -> Result<(PathBuf, File), DaemonError> {
+    let path = std::path::absolute(path).map_err(io_err("find the pid file"))?;
+    for _ in 0..PIDFILE_TRIES {
+        let mut open = OpenOptions::new();
+        open.read(true).write(true).create(true).truncate(false);
+        sys::set_create_mode(&mut open, 0o644);
+        let mut file = open.open(&path).map_err(io_err("open the pid file"))?;
+        if !sys::try_lock_file(&file).map_err(io_err("lock the pid file"))? {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(DaemonError::AlreadyRunning {
+                path,
+                pid: text.trim().parse().ok(),
+            });
+        }
+        let locked = sys::file_id(file.as_fd()).map_err(io_err("lock the pid file"))?;
+        match sys::path_id(&path) {
+            Ok(now) if now == locked => return Ok((path, file)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("lock the pid file")(e)),
+        }
+    }
+    Err(DaemonError::Io {
+        step: "lock the pid file",
+        source: io::Error::other(format!(
+            "{} was replaced {PIDFILE_TRIES} times while it was being locked",
+            path.display()
+        )),
     })
 }
 
@@ -158,25 +201,11 @@ fn open_log(path: &Path) -> io::Result<File> {
 /// Runs [`daemonize`]'s steps: the double fork, the new session, directory, umask,
 /// standard streams and the locked pid file. Returns the locked pid file in the daemon;
 /// the original process exits, or returns the error.
-fn detach(options: &DaemonOptions) -> Result<Option<File>, DaemonError> {
+fn detach(options: &DaemonOptions) -> Result<Option<(PathBuf, File)>, DaemonError> {
     // Everything that can fail for a reason the caller should see is done here first,
     // where an error can still be returned.
     let pidfile = match &options.pidfile {
-        Some(path) => {
-            let mut open = OpenOptions::new();
-            open.read(true).write(true).create(true).truncate(false);
-            sys::set_create_mode(&mut open, 0o644);
-            let mut file = open.open(path).map_err(io_err("open the pid file"))?;
-            if !sys::try_lock_file(&file).map_err(io_err("lock the pid file"))? {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(DaemonError::AlreadyRunning {
-                    path: path.clone(),
-                    pid: text.trim().parse().ok(),
-                });
-            }
-            Some(file)
-        }
+        Some(path) => Some(lock_pidfile(path)?),
         None => None,
     };
     let null = File::options()
@@ -240,7 +269,7 @@ fn detach(options: &DaemonOptions) -> Result<Option<File>, DaemonError> {
         fail(&mut status, "redirect the standard streams", &e);
     }
     let mut pidfile = pidfile;
-    if let Some(file) = &mut pidfile {
+    if let Some((_, file)) = &mut pidfile {
         let written = file
             .set_len(0)
             .and_then(|()| file.write_all(format!("{}\n", sys::getpid()).as_bytes()))

@@ -75,6 +75,14 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
     }
 }
 
+/// `now + delay`, or for a delay too long to add to the clock, a time that does not
+/// come (a century on).
+fn later(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// How the supervisor ended, kept so that every waiter gets it.
 #[derive(Clone)]
 enum Outcome {
@@ -154,7 +162,8 @@ pub(super) struct Supervising {
 /// A process group left behind by a child that ended.
 struct Lingering {
     pgid: u32,
-    kill_at: Instant,
+    /// `None`: a grace too long to add to the clock, which never ends.
+    kill_at: Option<Instant>,
 }
 
 impl Supervising {
@@ -209,7 +218,8 @@ impl Supervising {
             .chain(
                 self.lingering
                     .iter()
-                    .map(|g| g.kill_at.saturating_duration_since(now)),
+                    .filter_map(|g| g.kill_at)
+                    .map(|at| at.saturating_duration_since(now)),
             )
             .min()
             .unwrap_or(TICK);
@@ -319,7 +329,7 @@ impl Supervising {
                 continue;
             }
             s.restarts += 1;
-            s.state = SlotState::Waiting(now + delay);
+            s.state = SlotState::Waiting(later(now, delay));
         }
         tracing::info!(child = %name, ?delay, "restarting");
         self.shared.events.send(SupervisorEvent::Restarting {
@@ -337,6 +347,9 @@ impl Supervising {
                 continue;
             }
             if let Err(e) = self.spawn(i) {
+                // A start that failed is a child that failed at once: the backoff grows
+                // (it is reset only by a child that ran for `reset_after`).
+                self.slots[i].started = now;
                 let exit = ChildExit {
                     normal: false,
                     status: None,
@@ -394,9 +407,11 @@ impl Supervising {
                 true
             });
             // Wake when one of them ends, or at the next grace deadline.
+            // A grace too long to add to the clock never ends.
             let next_deadline = stopping
                 .iter()
-                .map(|&(i, _)| (start + self.slots[i].spec.grace).saturating_duration_since(now))
+                .filter_map(|&(i, _)| start.checked_add(self.slots[i].spec.grace))
+                .map(|end| end.saturating_duration_since(now))
                 .filter(|d| !d.is_zero())
                 .min()
                 .unwrap_or(TICK);
@@ -419,7 +434,7 @@ impl Supervising {
             tracing::debug!(pgid, "child ended; its process group lives on: SIGTERM");
             self.lingering.push(Lingering {
                 pgid,
-                kill_at: Instant::now() + grace,
+                kill_at: Instant::now().checked_add(grace),
             });
         }
     }
@@ -433,7 +448,7 @@ impl Supervising {
                 if !sys::group_alive(g.pgid) {
                     return false;
                 }
-                if now >= g.kill_at {
+                if g.kill_at.is_some_and(|at| now >= at) {
                     let _ = sys::signal_group(g.pgid, sys::SIGKILL);
                 }
                 true
@@ -444,7 +459,8 @@ impl Supervising {
             let next = self
                 .lingering
                 .iter()
-                .map(|g| g.kill_at.saturating_duration_since(now))
+                .filter_map(|g| g.kill_at)
+                .map(|at| at.saturating_duration_since(now))
                 .filter(|d| !d.is_zero())
                 .min()
                 .unwrap_or(GROUP_POLL);

@@ -385,7 +385,8 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// [`SupervisorError::Intensity`] if it gave up; a start failure of a restart.
+    /// [`SupervisorError::Intensity`] if it gave up: children ended (or failed to start
+    /// again) more often than the intensity allows.
     pub fn wait(&self) -> Result<(), SupervisorError> {
         self.shared.wait(None)
     }
@@ -396,7 +397,8 @@ impl Supervisor {
     ///
     /// As [`wait`](Self::wait), and [`SupervisorError::Timeout`] if it still runs.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), SupervisorError> {
-        self.shared.wait(Some(Instant::now() + timeout))
+        // A timeout too long to add to the clock is no timeout.
+        self.shared.wait(Instant::now().checked_add(timeout))
     }
 
     /// Stops every child (in reverse start order, each gracefully) and the supervisor.

@@ -403,6 +403,9 @@ pub(crate) fn file_id(_: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 pub(crate) fn cwd_id() -> io::Result<(u64, u64)> {
     Err(unsupported())
 }
+pub(crate) fn path_id(_: &std::path::Path) -> io::Result<(u64, u64)> {
+    Err(unsupported())
+}
 pub(crate) fn shm_unlink_if(_: &str, _: (u64, u64)) {}
 pub(crate) fn prefault<T>(_: &mut [std::mem::MaybeUninit<T>]) {}
 pub(crate) fn doorbell() -> io::Result<OwnedFd> {

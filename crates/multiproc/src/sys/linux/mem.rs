@@ -228,7 +228,12 @@ pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 
 /// The device and inode of this process's current directory.
 pub(crate) fn cwd_id() -> io::Result<(u64, u64)> {
-    let st = rustix::fs::stat(".")?;
+    path_id(std::path::Path::new("."))
+}
+
+/// The device and inode of the file at `path` (its links followed).
+pub(crate) fn path_id(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::stat(path)?;
     Ok((st.st_dev, st.st_ino))
 }
 
