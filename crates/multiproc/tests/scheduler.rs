@@ -43,6 +43,7 @@ fn main() {
             background_thread_follows_clock,
         ),
         trial("remove_and_shutdown_wait", remove_and_shutdown_wait),
+        trial("a_job_added_again_is_another_job", added_again),
     ];
     #[cfg(feature = "sqlite")]
     tests.extend([
@@ -701,6 +702,108 @@ fn remove_and_shutdown_wait() {
         *done.lock().unwrap(),
         "shutdown(true) waits for runs in flight"
     );
+}
+
+/// A job removed and added again under its name is a new job: a run of the old one
+/// that ends does not free an instance of the new one (`max_instances`), and a retry
+/// of the old one does not run the new one's function.
+fn added_again() {
+    let (s, clock, events) = manual();
+    let wait_for = |want: &dyn Fn(&JobEvent) -> bool| -> JobEvent {
+        let mut seen = Vec::new();
+        let mut found = None;
+        let hit = eventually(T, || {
+            s.run_pending();
+            for e in events.try_iter() {
+                if found.is_none() && want(&e) {
+                    found = Some(e);
+                } else {
+                    seen.push(e);
+                }
+            }
+            found.is_some()
+        });
+        assert!(hit, "not seen; events: {seen:?}");
+        found.unwrap()
+    };
+    let (old_go, old_wait) = crossbeam_channel::unbounded::<()>();
+    s.add(
+        Job::thread("x", Schedule::every(secs(10)), move || {
+            old_wait.recv_timeout(T).expect("released");
+        })
+        .max_instances(1),
+    )
+    .unwrap();
+    clock.set(at(10));
+    wait_for(&|e| matches!(e.kind, EventKind::Started { .. }) && e.scheduled == at(10));
+    assert!(s.remove("x"));
+    let (new_go, new_wait) = crossbeam_channel::unbounded::<()>();
+    let new_runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&new_runs);
+    s.add(
+        Job::thread("x", Schedule::every(secs(10)), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            new_wait.recv_timeout(T).expect("released");
+        })
+        .max_instances(1),
+    )
+    .unwrap();
+    clock.set(at(20));
+    wait_for(&|e| matches!(e.kind, EventKind::Started { .. }) && e.scheduled == at(20));
+    // The old run ends while the new one runs: the new job still holds its instance.
+    old_go.send(()).unwrap();
+    wait_for(&|e| matches!(e.kind, EventKind::Succeeded { .. }) && e.scheduled == at(10));
+    assert_eq!(s.jobs()[0].running, 1, "{:?}", s.jobs());
+    clock.set(at(30));
+    let e = wait_for(&|e| e.scheduled == at(30));
+    assert!(
+        matches!(
+            e.kind,
+            EventKind::Missed {
+                reason: MissReason::MaxInstances,
+                ..
+            }
+        ),
+        "the new job ran twice at once: {e:?}"
+    );
+    new_go.send(()).unwrap();
+    wait_for(&|e| matches!(e.kind, EventKind::Succeeded { .. }) && e.scheduled == at(20));
+    assert!(s.remove("x"));
+
+    // An old run's retry, due after the job was added again, does not run.
+    s.add(
+        Job::thread("y", Schedule::every(secs(100)), || -> u32 {
+            panic!("fails")
+        })
+        .retry(
+            RetryPolicy::attempts(3)
+                .backoff(secs(5), 1.0, secs(5))
+                .retry_if(|e| matches!(e, TaskError::Panicked(_))),
+        ),
+    )
+    .unwrap();
+    // Added at 30 s: it first fires at 130 s, and retries 5 s after.
+    clock.set(at(130));
+    wait_for(&|e| matches!(e.kind, EventKind::Failed { .. }) && e.scheduled == at(130));
+    assert!(s.remove("y"));
+    let y_runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&y_runs);
+    s.add(Job::thread("y", Schedule::every(secs(1000)), move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    }))
+    .unwrap();
+    clock.set(at(140));
+    s.run_pending();
+    std::thread::sleep(Duration::from_millis(100));
+    s.run_pending();
+    let late: Vec<JobEvent> = events.try_iter().collect();
+    assert_eq!(
+        y_runs.load(Ordering::SeqCst),
+        0,
+        "the old job's retry ran the new job's function: {late:?}"
+    );
+    assert_eq!(new_runs.load(Ordering::SeqCst), 1);
+    s.shutdown(true);
 }
 
 #[cfg(feature = "sqlite")]

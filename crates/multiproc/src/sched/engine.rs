@@ -68,19 +68,43 @@ fn scheduler_id() -> String {
     format!("{}-{hex}", std::process::id())
 }
 
+/// `now + delay`, or for a delay past what the calendar holds, its end (a time that
+/// does not come).
+fn later(now: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 #[derive(Default)]
 struct State {
     jobs: IndexMap<String, JobState>,
     runs: HashMap<u64, Run>,
     timers: Vec<Timer>,
     next_run: u64,
+    /// The number the next job added gets: a job removed and added again under its
+    /// name is another job, and the runs, retries and jitter waits of the one before
+    /// are not the new one's.
+    next_gen: u64,
     /// Fire times handled (their run ended, or they were reported), with when: settled
     /// in the job store [`SETTLE_AFTER`] later. Empty without a store.
     settle: Vec<(String, DateTime<Utc>, Instant)>,
 }
 
+impl State {
+    /// Job `name`, if it is the one numbered `generation` (not one removed since).
+    fn job(&mut self, name: &str, generation: u64) -> Option<&mut JobState> {
+        self.jobs
+            .get_mut(name)
+            .filter(|js| js.generation == generation)
+    }
+}
+
 struct JobState {
     job: Job,
+    /// Which job of this name it is (see `State::next_gen`).
+    generation: u64,
     next: Option<DateTime<Utc>>,
     running: usize,
     /// Due times another scheduler may fire (it held the cluster's leader lease): looked
@@ -143,6 +167,7 @@ pub(super) struct Report {
 
 struct Run {
     job: String,
+    generation: u64,
     scheduled: DateTime<Utc>,
     attempt: u32,
     task: Running,
@@ -153,6 +178,7 @@ struct Run {
 struct Timer {
     at: DateTime<Utc>,
     job: String,
+    generation: u64,
     scheduled: DateTime<Utc>,
     attempt: u32,
 }
@@ -270,10 +296,13 @@ impl Shared {
             shared.missed_range(&name, &range, reason, now);
             shared.settle_later(&mut st, &name, &times);
         }
+        let generation = st.next_gen;
+        st.next_gen += 1;
         st.jobs.insert(
             name,
             JobState {
                 job: Job { schedule, ..job },
+                generation,
                 next,
                 running: 0,
                 deferred: Vec::new(),
@@ -395,9 +424,11 @@ impl Shared {
                 .into_iter()
                 .partition(|t| t.at <= now);
             st.timers = later;
-            // A job removed while its run waited: the time is done with.
-            let (due, orphaned): (Vec<Timer>, Vec<Timer>) =
-                due.into_iter().partition(|t| st.jobs.contains_key(&t.job));
+            // A job removed while its run waited (another of its name may have been
+            // added since): the time is done with.
+            let (due, orphaned): (Vec<Timer>, Vec<Timer>) = due
+                .into_iter()
+                .partition(|t| st.job(&t.job, t.generation).is_some());
             for t in orphaned {
                 self.settle_later(&mut st, &t.job, &[t.scheduled]);
             }
@@ -411,12 +442,12 @@ impl Shared {
             let marked = self.mark(&firsts, "due runs not started");
             for t in due {
                 if t.attempt == 1 && !marked {
-                    if let Some(js) = st.jobs.get_mut(&t.job) {
+                    if let Some(js) = st.job(&t.job, t.generation) {
                         js.running = js.running.saturating_sub(1);
                     }
                     continue;
                 }
-                started += self.launch(&mut st, &t.job, t.scheduled, t.attempt, now);
+                started += self.launch(&mut st, &t.job, t.generation, t.scheduled, t.attempt, now);
             }
             let names: Vec<String> = st.jobs.keys().cloned().collect();
             for name in names {
@@ -449,6 +480,7 @@ impl Shared {
         let Some(js) = st.jobs.get_mut(name) else {
             return 0;
         };
+        let generation = js.generation;
         let first = js.next.filter(|&t| t <= now);
         if first.is_none() && js.deferred.is_empty() && js.recovered.is_empty() {
             return 0;
@@ -604,12 +636,13 @@ impl Shared {
         let mut started = 0;
         for t in to_start {
             if jitter.is_zero() {
-                started += self.launch(st, name, t, 1, now);
+                started += self.launch(st, name, generation, t, 1, now);
             } else {
                 let delay = jitter.mul_f64(fastrand::f64());
                 st.timers.push(Timer {
-                    at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    at: later(now, delay),
                     job: name.to_string(),
+                    generation,
                     scheduled: t,
                     attempt: 1,
                 });
@@ -646,11 +679,12 @@ impl Shared {
         self: &Arc<Self>,
         st: &mut State,
         name: &str,
+        generation: u64,
         scheduled: DateTime<Utc>,
         attempt: u32,
         now: DateTime<Utc>,
     ) -> usize {
-        let Some(js) = st.jobs.get(name) else {
+        let Some(js) = st.job(name, generation) else {
             // Removed while its run waited for its jitter or retry.
             return 0;
         };
@@ -693,6 +727,7 @@ impl Shared {
                     id,
                     Run {
                         job: name.to_string(),
+                        generation,
                         scheduled,
                         attempt,
                         task,
@@ -701,7 +736,7 @@ impl Shared {
                 );
                 self.poll_run(st, id, now);
             }
-            Err(e) => self.finished(st, name, scheduled, attempt, Err(e), now),
+            Err(e) => self.finished(st, name, generation, scheduled, attempt, Err(e), now),
         }
         1
     }
@@ -715,20 +750,32 @@ impl Shared {
         if let Poll::Ready(outcome) = run.task.as_mut().poll(&mut cx)
             && let Some(run) = st.runs.remove(&id)
         {
-            self.finished(st, &run.job, run.scheduled, run.attempt, outcome, now);
+            self.finished(
+                st,
+                &run.job,
+                run.generation,
+                run.scheduled,
+                run.attempt,
+                outcome,
+                now,
+            );
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn finished(
         &self,
         st: &mut State,
         name: &str,
+        generation: u64,
         scheduled: DateTime<Utc>,
         attempt: u32,
         outcome: Result<(), TaskError>,
         now: DateTime<Utc>,
     ) {
-        let js = st.jobs.get_mut(name);
+        // A run of a job removed since (another of its name may have been added) is
+        // not retried, and holds none of the new job's instances.
+        let js = st.job(name, generation);
         match outcome {
             Ok(()) => {
                 self.emit(name, scheduled, now, EventKind::Succeeded { attempt });
@@ -752,8 +799,9 @@ impl Shared {
                 self.emit(name, scheduled, now, kind);
                 match (retry, js) {
                     (Some(delay), Some(_)) => st.timers.push(Timer {
-                        at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        at: later(now, delay),
                         job: name.to_string(),
+                        generation,
                         scheduled,
                         attempt: attempt + 1,
                     }),

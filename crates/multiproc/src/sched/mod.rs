@@ -200,7 +200,10 @@ impl Scheduler {
         self.shared.add(job)
     }
 
-    /// Unschedules the job named `name`; runs in flight finish. Whether it was there.
+    /// Unschedules the job named `name`; runs in flight finish, and are not retried;
+    /// runs waiting for their jitter do not start. A job added later under the same
+    /// name is another job: the old one's runs hold none of its instances
+    /// (`max_instances`). Whether it was there.
     pub fn remove(&self, name: &str) -> bool {
         self.shared.remove(name)
     }
