@@ -76,6 +76,10 @@ fn main() {
             "store_scheduler_killed_at_random_moments",
             store::killed_at_random_moments,
         ),
+        trial(
+            "store_busy_runs_wait_for_it",
+            store::busy_store_runs_wait_for_it,
+        ),
     ]);
     common::main_checked(
         tests,
@@ -823,6 +827,30 @@ mod store {
 
     fn tick_job() -> Job {
         Job::thread("tick", Schedule::every(secs(10)), || ())
+    }
+
+    /// A store that cannot be written (another process holds its lock past the busy
+    /// timeout) when a time is due: the time waits for it, and runs once it answers,
+    /// rather than being dropped without an event.
+    pub fn busy_store_runs_wait_for_it() {
+        let dir = tempdir("busy");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job()).unwrap();
+        let blocker = rusqlite::Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        clock.set(at(10));
+        assert_eq!(s.run_pending(), 0, "ran without its record");
+        assert!(events.try_iter().next().is_none());
+        blocker.execute_batch("COMMIT").unwrap();
+        drop(blocker);
+        clock.set(at(11));
+        let evs = settle(&s, &events, 1);
+        assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
+        assert_eq!(s.next_fire("tick"), Some(at(20)));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     pub fn survives_restart() {

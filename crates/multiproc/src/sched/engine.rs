@@ -113,6 +113,9 @@ struct JobState {
     /// Times a scheduler on the same store claimed and never started before it was gone:
     /// claimed by this one now, and handled as due at the next pass.
     recovered: Vec<DateTime<Utc>>,
+    /// The job store failed on this job's due times: they wait (in `next`, `deferred` or
+    /// `recovered`) and are looked at again then, not before.
+    store_retry_at: Option<DateTime<Utc>>,
 }
 
 /// Where a job stands when it is added (from the store, if there is one).
@@ -307,6 +310,7 @@ impl Shared {
                 running: 0,
                 deferred: Vec::new(),
                 recovered: orphans.unstarted,
+                store_retry_at: None,
             },
         );
         drop(st);
@@ -420,10 +424,10 @@ impl Shared {
         }
         let mut started = 0;
         if fire {
-            let (due, later): (Vec<Timer>, Vec<Timer>) = mem::take(&mut st.timers)
+            let (due, waiting): (Vec<Timer>, Vec<Timer>) = mem::take(&mut st.timers)
                 .into_iter()
                 .partition(|t| t.at <= now);
-            st.timers = later;
+            st.timers = waiting;
             // A job removed while its run waited (another of its name may have been
             // added since): the time is done with.
             let (due, orphaned): (Vec<Timer>, Vec<Timer>) = due
@@ -439,12 +443,14 @@ impl Shared {
                 .filter(|t| t.attempt == 1)
                 .map(|t| (t.job.clone(), t.scheduled, Mark::Started))
                 .collect();
-            let marked = self.mark(&firsts, "due runs not started");
+            let marked = self.mark(&firsts, "due runs wait for it");
             for t in due {
                 if t.attempt == 1 && !marked {
-                    if let Some(js) = st.job(&t.job, t.generation) {
-                        js.running = js.running.saturating_sub(1);
-                    }
+                    // The store failed: the run waits for it (holding its instance).
+                    st.timers.push(Timer {
+                        at: later(now, SETTLE_AFTER),
+                        ..t
+                    });
                     continue;
                 }
                 started += self.launch(&mut st, &t.job, t.generation, t.scheduled, t.attempt, now);
@@ -454,10 +460,23 @@ impl Shared {
                 started += self.fire_due(&mut st, &name, now);
             }
             // A `once` job that has fired and finished is done.
-            st.jobs
-                .retain(|_, js| js.next.is_some() || js.running > 0 || !js.deferred.is_empty());
+            st.jobs.retain(|_, js| {
+                js.next.is_some()
+                    || js.running > 0
+                    || !js.deferred.is_empty()
+                    || !js.recovered.is_empty()
+            });
         }
-        let next_job = st.jobs.values().filter_map(|j| j.next).min();
+        // A job whose store failed is looked at again when it said, not before.
+        let next_job = st
+            .jobs
+            .values()
+            .filter_map(|j| match (j.next, j.store_retry_at) {
+                (Some(next), Some(retry)) => Some(next.max(retry)),
+                (next, None) => next,
+                (None, retry) => retry,
+            })
+            .min();
         let next_timer = st.timers.iter().map(|t| t.at).min();
         // Records waiting to be settled, and times recovered from a store, are looked
         // at again soon.
@@ -480,7 +499,12 @@ impl Shared {
         let Some(js) = st.jobs.get_mut(name) else {
             return 0;
         };
+        if js.store_retry_at.is_some_and(|at| now < at) {
+            return 0;
+        }
+        js.store_retry_at = None;
         let generation = js.generation;
+        let deferred_before = js.deferred.clone();
         let first = js.next.filter(|&t| t <= now);
         if first.is_none() && js.deferred.is_empty() && js.recovered.is_empty() {
             return 0;
@@ -542,7 +566,12 @@ impl Shared {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(job = name, "job store failed; due runs not started: {e}");
+                    // Everything stays as it was, to be looked at again shortly: the
+                    // times are run or reported once the store answers.
+                    tracing::error!(job = name, "job store failed; due runs wait for it: {e}");
+                    js.next = Some(first);
+                    js.deferred = deferred_before;
+                    js.store_retry_at = Some(later(now, SETTLE_AFTER));
                     return 0;
                 }
             }
@@ -555,7 +584,9 @@ impl Shared {
         let mut claimed = match self.claim(name, &due) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(job = name, "job store failed; due runs not started: {e}");
+                tracing::error!(job = name, "job store failed; due runs wait for it: {e}");
+                js.deferred = due;
+                js.store_retry_at = Some(later(now, SETTLE_AFTER));
                 self.missed_range(name, &too_late, MissReason::TooLate, now);
                 self.settle_later(st, name, &range_at.into_iter().collect::<Vec<_>>());
                 return 0;
@@ -616,7 +647,7 @@ impl Shared {
         ] {
             marks.extend(times.iter().map(|&t| (name.to_string(), t, mark)));
         }
-        let marked = self.mark(&marks, "due runs not started");
+        let marked = self.mark(&marks, "due runs wait for it");
         self.missed_range(name, &too_late, MissReason::TooLate, now);
         self.missed(name, &coalesced, MissReason::Coalesced, now);
         self.missed(name, &over_max, MissReason::MaxInstances, now);
@@ -628,8 +659,11 @@ impl Shared {
             .collect();
         self.settle_later(st, name, &reported);
         if jitter.is_zero() && !marked {
+            // Claimed, not started: they wait for the store, as times recovered do.
             if let Some(js) = st.jobs.get_mut(name) {
                 js.running = js.running.saturating_sub(to_start.len());
+                js.recovered.extend(to_start);
+                js.store_retry_at = Some(later(now, SETTLE_AFTER));
             }
             return 0;
         }
@@ -833,8 +867,8 @@ impl Shared {
 
     /// Records `marks` (job, time, how far it got) in the store, if there is one, in
     /// one transaction. False if the store failed (said in a `tracing` error, with
-    /// `unless`, what does not happen then): runs about to start must not start, and
-    /// stay claimed for a scheduler that comes after.
+    /// `unless`, what does not happen then): runs about to start must not start; they
+    /// stay claimed, and wait for the store (or a scheduler that comes after).
     #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
     fn mark(&self, marks: &[(String, DateTime<Utc>, Mark)], unless: &str) -> bool {
         #[cfg(feature = "sqlite")]

@@ -163,7 +163,13 @@ fn from_ns(ns: i64) -> DateTime<Utc> {
 /// take the event; a scheduler killed in between has the next one report the time
 /// again (an event may be repeated, a run never). Liveness is checked on this machine
 /// (process identity and boot id): share a store file between machines and a claim of
-/// the other machine's scheduler is never taken over.
+/// the other machine's scheduler is never taken over. Schedulers sharing a file on one
+/// machine must see one another's processes (one PID namespace): one in another
+/// container would take the other's live claims for a dead owner's.
+///
+/// A store that fails (locked by another process past its 10 s busy timeout, a full
+/// disk) holds the times it could not record: they wait, are looked at again every
+/// 100 ms, and run (or are reported missed, past their grace) once it answers.
 ///
 /// The file's layout is version 2. A file of version 1 (multiproc before fire records
 /// had a state) is upgraded in place when opened: its records count as settled, since
