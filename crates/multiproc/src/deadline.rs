@@ -40,3 +40,18 @@ impl Deadline {
         }
     }
 }
+
+/// The longest wait kept as asked: a century (the clock may not reach `Duration::MAX`).
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `wait` after `from`, or as long as the clock allows: a wait too long to add to the
+/// clock (`Duration::MAX`, "never") is kept as a century, where `Instant + Duration`
+/// would panic.
+pub(crate) fn later_than(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait.min(FOREVER)).unwrap_or(from)
+}
+
+/// `wait` from now, as [`later_than`] says.
+pub(crate) fn later(wait: Duration) -> Instant {
+    later_than(Instant::now(), wait)
+}

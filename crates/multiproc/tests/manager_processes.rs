@@ -1004,6 +1004,13 @@ fn bad_input_clear_errors() {
     // A semaphore never goes below zero; waits time out instead of hanging.
     let sem = m.semaphore(0).unwrap();
     assert!(!sem.acquire_timeout(Duration::from_millis(10)).unwrap());
+    // A timeout too long to add to the clock waits as long as it takes (the server's
+    // connection thread panicked on it, and the call failed).
+    let sem = m.semaphore(1).unwrap();
+    assert!(sem.acquire_timeout(Duration::MAX).unwrap());
+    let q = m.queue::<u8>().unwrap();
+    q.put(4).unwrap();
+    assert_eq!(q.get_timeout(Duration::MAX).unwrap(), Some(4));
 }
 
 fn slow_client_does_not_stall_others() {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use multiproc::{PoolError, Task, TaskError, ThreadPool};
+use multiproc::{PoolError, RetryPolicy, Task, TaskError, TaskOptions, ThreadPool};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -257,6 +257,48 @@ fn close_terminate_and_drop() {
     drop(pool);
     assert_eq!(finished.load(Ordering::SeqCst), 1);
     assert_eq!(get(queued).unwrap_err(), TaskError::PoolClosed);
+}
+
+/// `Duration::MAX` as a timeout is no timeout and as a retry delay waits "for ever"
+/// (both panicked a pool thread, and waits for the task hung); `shutdown` with
+/// `cancel_pending` cancels the tasks waiting for a countdown or a retry, at once.
+#[test]
+fn duration_max_and_shutdown_cancels_waiting_tasks() {
+    let pool = ThreadPool::new(1).unwrap();
+    let t = pool
+        .submit_with(|| 7, TaskOptions::new().timeout(Duration::MAX))
+        .unwrap();
+    assert_eq!(get(t).unwrap(), 7);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let retried = pool
+        .submit_fallible_with(
+            move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                Err::<u32, String>("not yet".into())
+            },
+            TaskOptions::new().retry(RetryPolicy::attempts(2).backoff(
+                Duration::MAX,
+                1.0,
+                Duration::MAX,
+            )),
+        )
+        .unwrap();
+    let counting_down = pool
+        .submit_with(|| 1, TaskOptions::new().countdown(Duration::from_secs(30)))
+        .unwrap();
+    // The first attempt has run and failed, and its retry waits.
+    let t0 = Instant::now();
+    while runs.load(Ordering::SeqCst) == 0 && t0.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let t0 = Instant::now();
+    pool.shutdown(true, true);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(get(counting_down).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(get(retried).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[test]

@@ -25,6 +25,7 @@ fn main() {
             trial("spawn_memory_cgroup_exec", spawn_memory_cgroup_exec),
             trial("spawn_memory_address_space", spawn_memory_address_space),
             trial("spawn_cpu_time", spawn_cpu_time),
+            trial("cpu_time_of_duration_max_is_no_limit", cpu_time_max),
             trial("spawn_open_files", spawn_open_files),
             trial(
                 "spawn_other_ends_under_limits_stay_what_they_are",
@@ -230,6 +231,16 @@ fn spawn_cpu_time() {
         other => panic!("expected the CPU time limit, got {other:?}"),
     }
     println!("a spinning child was stopped after {:?}", t.elapsed());
+}
+
+/// `cpu_time(Duration::MAX)` is no limit (it wrapped to a limit of one second).
+fn cpu_time_max() {
+    let mut child = Builder::new()
+        .limits(Limits::new().cpu_time(Duration::MAX))
+        .spawn(burn, 1500)
+        .unwrap();
+    let used = child.join_timeout(T).expect("the child was stopped");
+    assert!(used >= Duration::from_millis(1500), "{used:?}");
 }
 
 fn spawn_open_files() {

@@ -238,6 +238,9 @@ pub(crate) fn apply_limits(limits: &ChildLimits) -> Result<(), String> {
 /// limit moves: a pool worker moves it again before each task.
 pub(crate) fn arm_cpu_limit(limit: Duration) -> std::io::Result<()> {
     let until = sys::cpu_time_used().saturating_add(limit);
-    let seconds = until.as_secs() + u64::from(until.subsec_nanos() > 0);
+    // A limit too large to count (`Duration::MAX`) saturates: no limit.
+    let seconds = until
+        .as_secs()
+        .saturating_add(u64::from(until.subsec_nanos() > 0));
     sys::set_rlimit(sys::RlimitKind::CpuSeconds, seconds.max(1), false)
 }

@@ -321,7 +321,7 @@ fn greet(stream: Stream, settings: DoorSettings) -> io::Result<HalfOpen> {
     Ok(HalfOpen {
         stream,
         handshake,
-        deadline: Instant::now() + settings.handshake_timeout,
+        deadline: crate::deadline::later(settings.handshake_timeout),
     })
 }
 

@@ -183,7 +183,8 @@ impl Served {
         timeout: Option<Duration>,
         mut attempt: impl FnMut(&mut State) -> Option<T>,
     ) -> Blocked<T> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A client's timeout too long to add to the clock waits a century.
+        let deadline = timeout.map(crate::deadline::later);
         let mut state = self.state();
         loop {
             if let Some(v) = attempt(&mut state) {

@@ -142,11 +142,4 @@ impl TaskOptions {
     }
 }
 
-/// The longest wait kept as asked: a century (the clock may not reach `Duration::MAX`).
-pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// `wait` from now, or as long as the clock allows.
-pub(crate) fn later(wait: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(wait.min(FOREVER)).unwrap_or(now)
-}
+pub(crate) use crate::deadline::later;

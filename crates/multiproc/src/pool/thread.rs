@@ -110,6 +110,7 @@ impl ThreadPoolBuilder {
                 terminated: false,
                 closing: false,
                 held: 0,
+                cancel_pending: false,
                 broken: None,
             }),
             exited: Condvar::new(),
@@ -166,6 +167,9 @@ struct State {
     closing: bool,
     /// Tasks of `submit_with` not finished yet.
     held: usize,
+    /// `shutdown` cancels the tasks not started: those waiting for a delay, and retries
+    /// due from now on, end as cancelled.
+    cancel_pending: bool,
     broken: Option<String>,
 }
 
@@ -206,6 +210,11 @@ impl Shared {
         while let Ok(job) = self.rx.try_recv() {
             job(self.refusal());
         }
+    }
+
+    /// Whether `shutdown` cancelled the tasks not started.
+    fn cancels_pending(&self) -> bool {
+        unpoisoned::lock(&self.state).cancel_pending
     }
 
     /// Why jobs are no longer run, if they are not.
@@ -424,6 +433,9 @@ struct Run<T> {
 impl<T: Send + 'static> Run<T> {
     /// Queues the next run now.
     fn queue_now(self, shared: &Shared) {
+        if shared.cancels_pending() {
+            return self.fail(TaskError::Cancelled);
+        }
         let job: Job = Box::new(move |refused| self.go(refused));
         if let Err(refused) = shared.send(job, false) {
             let (job, e) = *refused;
@@ -433,12 +445,16 @@ impl<T: Send + 'static> Run<T> {
 
     /// Queues the next run at `at` (on the pool's timer thread).
     fn queue_at(self, shared: &Shared, at: Instant) {
+        if shared.cancels_pending() {
+            return self.fail(TaskError::Cancelled);
+        }
         let pool = self.pool.clone();
         let action = Box::new(move |stopping: bool| match pool.upgrade() {
             Some(shared) if !stopping => self.queue_now(&shared),
+            Some(shared) if shared.cancels_pending() => self.fail(TaskError::Cancelled),
             _ => self.fail(TaskError::PoolClosed),
         });
-        if let Err(e) = shared.timers.at(at, action) {
+        if let Err(e) = shared.timers.at(at, true, action) {
             tracing::warn!("a thread pool's timer thread could not start: {e}");
         }
     }
@@ -467,13 +483,13 @@ impl<T: Send + 'static> Run<T> {
         self.ctl.run.store(run, Ordering::Release);
         if let Some(timeout) = self.timeout {
             let ctl = Arc::downgrade(&self.ctl);
-            let at = Instant::now() + timeout;
+            let at = super::options::later(timeout);
             let action = Box::new(move |stopping: bool| {
                 if let (false, Some(ctl)) = (stopping, ctl.upgrade()) {
                     ctl.time_out(run);
                 }
             });
-            if let Err(e) = shared.timers.at(at, action) {
+            if let Err(e) = shared.timers.at(at, false, action) {
                 tracing::warn!("a thread pool's timer thread could not start: {e}");
             }
         }
@@ -491,7 +507,7 @@ impl<T: Send + 'static> Run<T> {
                 return if delay.is_zero() {
                     self.queue_now(&shared)
                 } else {
-                    self.queue_at(&shared, Instant::now() + delay)
+                    self.queue_at(&shared, super::options::later(delay))
                 };
             }
         }
@@ -942,9 +958,11 @@ impl ThreadPool {
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
         if cancel_pending {
+            unpoisoned::lock(&self.shared.state).cancel_pending = true;
             while let Ok(job) = self.shared.rx.try_recv() {
                 job(Some(TaskError::Cancelled));
             }
+            self.shared.timers.cancel_starts();
         }
         if wait {
             self.join();

@@ -19,6 +19,9 @@ pub(crate) type Action = Box<dyn FnOnce(bool) + Send>;
 struct Entry {
     at: Instant,
     seq: u64,
+    /// A task's start after a delay (a countdown, a retry's), which
+    /// [`cancel_starts`](Timers::cancel_starts) runs early; not a timeout.
+    start: bool,
     action: Action,
 }
 
@@ -79,12 +82,13 @@ impl Timers {
     }
 
     /// Runs `action` at `at` (at once if that has passed). After [`stop`](Self::stop),
-    /// the action runs at once as stopping (`true`).
+    /// the action runs at once as stopping (`true`). `start`: the action starts a task
+    /// (see [`cancel_starts`](Self::cancel_starts)).
     ///
     /// # Errors
     ///
     /// The timer thread could not be started; the action was run as stopping.
-    pub(crate) fn at(&self, at: Instant, action: Action) -> io::Result<()> {
+    pub(crate) fn at(&self, at: Instant, start: bool, action: Action) -> io::Result<()> {
         {
             let mut st = unpoisoned::lock(&self.shared.state);
             if st.stopped {
@@ -94,7 +98,12 @@ impl Timers {
             }
             st.seq += 1;
             let seq = st.seq;
-            st.heap.push(Entry { at, seq, action });
+            st.heap.push(Entry {
+                at,
+                seq,
+                start,
+                action,
+            });
         }
         self.shared.changed.notify_all();
         let mut thread = unpoisoned::lock(&self.thread);
@@ -113,6 +122,23 @@ impl Timers {
             }
         }
         Ok(())
+    }
+
+    /// Runs every action that starts a task now, as stopping (the tasks are cancelled);
+    /// the others (timeouts) keep their times.
+    pub(crate) fn cancel_starts(&self) {
+        let starts: Vec<Entry> = {
+            let mut st = unpoisoned::lock(&self.shared.state);
+            let (starts, others): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
+                .into_iter()
+                .partition(|e| e.start);
+            st.heap = others.into();
+            starts
+        };
+        self.shared.changed.notify_all();
+        for e in starts {
+            (e.action)(true);
+        }
     }
 
     /// Stops: every action not yet run runs now as stopping, and the thread ends.
@@ -185,6 +211,7 @@ mod tests {
             timers
                 .at(
                     now + Duration::from_millis(ms),
+                    false,
                     Box::new(move |early| tx.send((n, early)).unwrap()),
                 )
                 .unwrap();
@@ -193,9 +220,21 @@ mod tests {
         timers
             .at(
                 now + Duration::from_secs(3600),
+                false,
                 Box::new(move |early| tx2.send((9, early)).unwrap()),
             )
             .unwrap();
+        let tx3 = tx.clone();
+        timers
+            .at(
+                now + Duration::from_secs(3600),
+                true,
+                Box::new(move |early| tx3.send((8, early)).unwrap()),
+            )
+            .unwrap();
+        // Starts are cancelled early; timeouts keep their times.
+        timers.cancel_starts();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (8, true));
         let got: Vec<_> = (0..3)
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();

@@ -75,14 +75,6 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
     }
 }
 
-/// `now + delay`, or for a delay too long to add to the clock, a time that does not
-/// come (a century on).
-fn later(now: Instant, delay: Duration) -> Instant {
-    now.checked_add(delay)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
-        .unwrap_or(now)
-}
-
 /// How the supervisor ended, kept so that every waiter gets it.
 #[derive(Clone)]
 enum Outcome {
@@ -329,7 +321,7 @@ impl Supervising {
                 continue;
             }
             s.restarts += 1;
-            s.state = SlotState::Waiting(later(now, delay));
+            s.state = SlotState::Waiting(crate::deadline::later_than(now, delay));
         }
         tracing::info!(child = %name, ?delay, "restarting");
         self.shared.events.send(SupervisorEvent::Restarting {
