@@ -72,6 +72,10 @@ fn main() {
             ),
             trial("cancel_queued_and_running", cancel_queued_and_running),
             trial(
+                "cancel_as_a_task_ends_spares_the_next",
+                cancel_as_a_task_ends_spares_the_next,
+            ),
+            trial(
                 "parent_sigkilled_takes_workers_along",
                 parent_sigkilled_takes_workers_along,
             ),
@@ -659,6 +663,40 @@ fn cancel_queued_and_running() {
     assert!(multiproc::wait(&[&done], Some(T)).unwrap() == [0]);
     assert!(!done.cancel());
     assert_eq!(done.wait().unwrap(), 4);
+    finish(pool);
+}
+
+/// A cancel that comes just as its task ends (its outcome not yet routed) must not kill
+/// the worker's next task: either the cancel wins (the task ends `Cancelled`) or the task
+/// does (its value, and `cancel` says false); the next task is never hit.
+fn cancel_as_a_task_ends_spares_the_next() {
+    let pool = Pool::new(1).unwrap();
+    let started = Instant::now();
+    let (mut rounds, mut cancelled, mut ended) = (0u64, 0, 0);
+    while rounds < 400 && started.elapsed() < Duration::from_secs(20) {
+        rounds += 1;
+        let a = pool.submit(square, 3).unwrap();
+        let b = pool.submit(sleep_ms, 2).unwrap();
+        // Cancels at moments spread over the first 300 µs of `a`'s life.
+        let pause = Duration::from_micros(rounds * 37 % 300);
+        let spin = Instant::now();
+        while spin.elapsed() < pause {
+            std::hint::spin_loop();
+        }
+        let took = a.cancel();
+        let outcome = get(a);
+        match (took, &outcome) {
+            (true, Err(TaskError::Cancelled)) => cancelled += 1,
+            (false, Ok(9)) => ended += 1,
+            _ => panic!("round {rounds}: cancel said {took}, the task ended {outcome:?}"),
+        }
+        assert_eq!(
+            get(b),
+            Ok(2),
+            "round {rounds}: the next task was hit by a cancel meant for the one before"
+        );
+    }
+    println!("{rounds} rounds: {cancelled} cancelled, {ended} ended first");
     finish(pool);
 }
 

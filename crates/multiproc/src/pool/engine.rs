@@ -793,7 +793,12 @@ impl Cancel for PoolInner {
             .get(&id)
             .filter(|r| !r.delivered)
             .and_then(|r| r.ticket)
-            .is_some_and(|(t, g)| matches!(self.tickets.state(t, g), TicketState::Running(_)))
+            .is_some_and(|(t, g)| {
+                matches!(
+                    self.tickets.state(t, g),
+                    TicketState::Running(_) | TicketState::Finished(_) | TicketState::Killing
+                )
+            })
     }
 
     fn cancel(&self, id: u64) -> bool {
@@ -834,10 +839,13 @@ impl Cancel for PoolInner {
                         self.release(st);
                         true
                     }
-                    // Running: only killing its worker stops it.
+                    // Running: only killing its worker stops it, unless it ends first
+                    // (then its outcome is on its way, and the worker may be running
+                    // its next task).
                     TicketState::Running(_) => {
                         if let Some(Some(worker)) = st.workers.get_mut(w)
                             && worker.killed_for.is_none()
+                            && self.tickets.kill(ticket, generation) == TicketState::Killing
                         {
                             worker.killed_for = Some((id, KillReason::Cancelled));
                             let _ = worker.handle.kill();
@@ -847,7 +855,10 @@ impl Cancel for PoolInner {
                         }
                         false
                     }
-                    TicketState::Queued | TicketState::Other => false,
+                    TicketState::Queued
+                    | TicketState::Finished(_)
+                    | TicketState::Killing
+                    | TicketState::Other => false,
                 }
             }
         }
@@ -1086,7 +1097,7 @@ impl PoolInner {
         let service_ns = match rec.ticket {
             Some((ticket, generation)) => {
                 let started = match self.tickets.state(ticket, generation) {
-                    TicketState::Running(t) if t > 0 => Some(t),
+                    TicketState::Running(t) | TicketState::Finished(t) if t > 0 => Some(t),
                     _ => None,
                 };
                 self.tickets.free(ticket);
@@ -1386,6 +1397,10 @@ impl PoolInner {
                 }
                 let ran = now_ns.saturating_sub(started);
                 if ran >= limit {
+                    if self.tickets.kill(ticket, generation) != TicketState::Killing {
+                        // It ended just now: its outcome is on its way.
+                        continue;
+                    }
                     tracing::debug!(task = id, pid = w.handle.pid(), "task timed out");
                     w.killed_for = Some((id, KillReason::TimedOut));
                     let _ = w.handle.kill();

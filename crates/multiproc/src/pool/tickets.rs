@@ -1,6 +1,11 @@
 //! The ticket table: one slot per task in flight, shared by the pool and its workers,
 //! that decides who gets a task: the worker that starts it, or a `cancel` that comes
-//! first. Both compare-and-swap the slot from *queued*, so exactly one wins.
+//! first. Both compare-and-swap the slot from *queued*, so exactly one wins. A task
+//! that runs ends the same way: its worker swaps *running* for *finished* as it sends
+//! the outcome, and a cancel or a timeout swaps *running* for *killing* before it kills
+//! the worker; a worker that loses exits rather than start its next task, and a kill
+//! that loses is not made (the outcome is on its way), so a kill meant for one task
+//! never lands on the next.
 //!
 //! A slot's word is `generation << 8 | state`. The pool bumps the generation each time
 //! it hands the slot to a new task, and a job names the generation it was queued with,
@@ -20,6 +25,8 @@ const FREE: u64 = 0;
 const QUEUED: u64 = 1;
 const RUNNING: u64 = 2;
 const CANCELLED: u64 = 3;
+const FINISHED: u64 = 4;
+const KILLING: u64 = 5;
 
 /// Where a task stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +37,10 @@ pub(crate) enum TicketState {
     Running(u64),
     /// Cancelled before it started.
     Cancelled,
+    /// Ended, started at this time (ns): its outcome is on its way.
+    Finished(u64),
+    /// Its worker is being killed for it (a cancel or a timeout).
+    Killing,
     /// The slot holds another generation, or nothing.
     Other,
 }
@@ -108,6 +119,8 @@ impl Tickets {
             QUEUED => TicketState::Queued,
             RUNNING => TicketState::Running(s.started_ns.load(SeqCst)),
             CANCELLED => TicketState::Cancelled,
+            FINISHED => TicketState::Finished(s.started_ns.load(SeqCst)),
+            KILLING => TicketState::Killing,
             _ => TicketState::Other,
         }
     }
@@ -133,6 +146,44 @@ impl Tickets {
             s.started_ns.store(now_ns.max(1), SeqCst);
         }
         ok
+    }
+}
+
+impl Tickets {
+    /// Worker: the task of `generation` in slot `i` ended, and its outcome goes out now.
+    /// False if the pool is killing this worker for it (then the worker must not start
+    /// another task).
+    pub(crate) fn finish(&self, i: u32, generation: u32) -> bool {
+        let Some(s) = self.slot(i) else {
+            return true;
+        };
+        match s.state.compare_exchange(
+            word(generation, RUNNING),
+            word(generation, FINISHED),
+            SeqCst,
+            SeqCst,
+        ) {
+            Ok(_) => true,
+            Err(w) => w != word(generation, KILLING),
+        }
+    }
+
+    /// Pool: about to kill the worker running the task of `generation` in slot `i`.
+    /// Returns where the task stands afterwards: `Killing` if it still ran (the kill
+    /// may go ahead), `Finished` if it has just ended (it must not).
+    pub(crate) fn kill(&self, i: u32, generation: u32) -> TicketState {
+        let Some(s) = self.slot(i) else {
+            return TicketState::Other;
+        };
+        match s.state.compare_exchange(
+            word(generation, RUNNING),
+            word(generation, KILLING),
+            SeqCst,
+            SeqCst,
+        ) {
+            Ok(_) => TicketState::Killing,
+            Err(_) => self.state(i, generation),
+        }
     }
 }
 

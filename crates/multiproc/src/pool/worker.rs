@@ -343,6 +343,12 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 let entry = ContextEntry::from_words(job.entry.to_words());
                 sys::call(entry, &proof, (&bytes[JOB_HEADER..], fds, slot))
             }));
+            if !tickets.finish(job.ticket, job.generation) {
+                // The pool is killing this worker for this task (a cancel or a timeout
+                // that came as it ended): it must not start the next one, which the
+                // kill would fail.
+                sys::exit_now(0);
+            }
             match ran {
                 Ok(Invoked::Returned(out)) => send(header(kind::RETURNED), out),
                 Ok(Invoked::BadArgs(e)) => send(header(kind::BAD_ARGS), message(&e)),
