@@ -544,6 +544,21 @@ fn task_timeout_kills_and_replaces() {
     assert!(common::eventually(T, || pool.worker_pids().len() == 2));
     let after = pool.worker_pids();
     assert!(after.iter().any(|p| !before.contains(p)));
+    // In a map each item is a task: chunks of 20 items of 50 ms (a second each) are
+    // within a 300 ms timeout; an item that hangs is stopped.
+    let items = vec![50u64; 40];
+    assert_eq!(
+        pool.map_chunked(sleep_ms, items.clone(), 20).unwrap(),
+        items
+    );
+    let t0 = Instant::now();
+    let mut hanging = vec![10u64; 10];
+    hanging[5] = 30_000;
+    assert_eq!(
+        pool.map_chunked(sleep_ms, hanging, 10).unwrap_err(),
+        TaskError::TimedOut
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     finish(pool);
 }
 

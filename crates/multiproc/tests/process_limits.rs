@@ -372,6 +372,11 @@ fn pool_cpu_time() {
             used[2] > Duration::from_millis(2400),
             "the worker used {used:?} in all"
         );
+        // In a map, each item is a task: three items of 600 ms in one chunk.
+        let used = pool
+            .map_chunked(burn, [600u64; 3], 3)
+            .expect("a chunk within the limit per item");
+        assert_eq!(used.len(), 3);
         expect_task_limit(pool.apply(spin, ()), Limit::CpuTime)
     });
 }

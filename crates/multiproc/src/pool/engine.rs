@@ -749,6 +749,7 @@ impl PoolInner {
             tickets: self.tickets.clone(),
             init,
             cpu_per_task: self.config.limits.cpu(),
+            timed: self.config.task_timeout.is_some(),
         };
         let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         let mut builder = Builder::new()

@@ -113,6 +113,8 @@ impl PoolBuilder {
 
     /// A task that runs longer is stopped by killing its worker (which is replaced);
     /// it fails with [`TaskError::TimedOut`], or is retried if the retry policy says so.
+    /// In a map, each item is a task: the timeout counts from the item's start, not
+    /// from its chunk's (so it does not depend on the chunk size).
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -132,7 +134,8 @@ impl PoolBuilder {
 
     /// Resource limits each worker runs under (see [`Limits`]): memory (a cgroup per
     /// worker where one can be made), CPU time (counted per task: a worker's allowance
-    /// starts afresh with each task), open files, ... A task that runs into one fails
+    /// starts afresh with each task, and with each item of a map), open files, ... A
+    /// task that runs into one fails
     /// with [`TaskError::LimitExceeded`] (not retried by default: it would likely run
     /// into it again), and a worker a limit ended is replaced; the other tasks go on.
     ///

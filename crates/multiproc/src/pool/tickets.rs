@@ -168,6 +168,17 @@ impl Tickets {
         }
     }
 
+    /// Worker: the task of `generation` in slot `i` (a map's chunk) starts its next
+    /// item at `now_ns`: the pool's timeout counts from there, so that it applies to
+    /// each item rather than to the chunk.
+    pub(crate) fn restart_clock(&self, i: u32, generation: u32, now_ns: u64) {
+        if let Some(s) = self.slot(i)
+            && s.state.load(SeqCst) == word(generation, RUNNING)
+        {
+            s.started_ns.store(now_ns.max(1), SeqCst);
+        }
+    }
+
     /// Pool: about to kill the worker running the task of `generation` in slot `i`.
     /// Returns where the task stands afterwards: `Killing` if it still ran (the kill
     /// may go ahead), `Finished` if it has just ended (it must not).

@@ -238,6 +238,44 @@ pub(crate) struct WorkerArgs {
     pub(crate) init: Option<(TaskEntry, Encoded)>,
     /// CPU time each task may use (the limit moves before each).
     pub(crate) cpu_per_task: Option<std::time::Duration>,
+    /// Whether the pool times its tasks (`task_timeout`): a map's chunk then restarts
+    /// its ticket's clock at each item.
+    pub(crate) timed: bool,
+}
+
+/// Whether this worker counts a chunk's time limits (the pool's timeout, the CPU
+/// limit) per item: set once, when the worker starts. A plain flag, so that an
+/// untimed map's items pay one load for it.
+static PER_ITEM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    /// The chunk being run, when limits count per item: its ticket, and the CPU time
+    /// each item may use.
+    static CHUNK: std::cell::RefCell<Option<ChunkClock>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What restarts a chunk's limits at each of its items.
+struct ChunkClock {
+    tickets: Tickets,
+    ticket: u32,
+    generation: u32,
+    cpu: Option<std::time::Duration>,
+}
+
+/// A chunk's next item starts (after the first): its limits start again.
+fn next_item() {
+    CHUNK.with(|c| {
+        if let Some(clock) = &*c.borrow() {
+            clock
+                .tickets
+                .restart_clock(clock.ticket, clock.generation, sys::monotonic_ns());
+            if let Some(cpu) = clock.cpu
+                && let Err(e) = crate::bootstrap::arm_cpu_limit(cpu)
+            {
+                tracing::warn!("pool worker: cannot limit CPU time: {e}");
+            }
+        }
+    });
 }
 
 /// A worker process's function: serves jobs until every job sender is gone.
@@ -249,7 +287,12 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         tickets,
         init,
         cpu_per_task,
+        timed,
     } = args;
+    PER_ITEM.store(
+        timed || cpu_per_task.is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let send = |header: OutcomeHeader, mut out: Encoded| {
         header.write(&mut out.bytes[..OUTCOME_HEADER]);
         // A pool that is gone reads nothing more; the worker ends with the next receive.
@@ -329,6 +372,16 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 && let Err(e) = crate::bootstrap::arm_cpu_limit(cpu)
             {
                 tracing::warn!("pool worker: cannot limit CPU time: {e}");
+            }
+            if PER_ITEM.load(std::sync::atomic::Ordering::Relaxed) {
+                CHUNK.with(|c| {
+                    *c.borrow_mut() = Some(ChunkClock {
+                        tickets: tickets.clone(),
+                        ticket: job.ticket,
+                        generation: job.generation,
+                        cpu: cpu_per_task,
+                    });
+                });
             }
             let ran = panic::catch_unwind(AssertUnwindSafe(|| {
                 if job.context == 0 {
@@ -418,14 +471,24 @@ where
     // fails with its first panic in item order). Later items still run.
     let mut values: Vec<R> = Vec::with_capacity(args.len());
     let mut first_panic: Option<RemotePanic> = None;
-    for arg in args {
-        match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
-            Ok(value) if first_panic.is_none() => values.push(value),
-            Ok(_) => {}
-            Err(payload) => {
-                first_panic.get_or_insert_with(|| caught_panic(&*payload));
-            }
+    let mut run = |arg| match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
+        Ok(value) if first_panic.is_none() => values.push(value),
+        Ok(_) => {}
+        Err(payload) => {
+            first_panic.get_or_insert_with(|| caught_panic(&*payload));
         }
+    };
+    let mut args = args.into_iter();
+    if let Some(first) = args.next() {
+        run(first);
+    }
+    if PER_ITEM.load(std::sync::atomic::Ordering::Relaxed) {
+        for arg in args {
+            next_item();
+            run(arg);
+        }
+    } else {
+        args.for_each(run);
     }
     // The values, then the first panic: no `Result` per item (each as large as a
     // panic report, and a tag on the wire).
