@@ -7,8 +7,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{Helper, Unserializable, trial};
@@ -302,6 +302,26 @@ fn outcomes_are_routed_during_and_after_maps() {
         Err(TaskError::Timeout)
     ));
     assert_eq!(callback(&pool, 9).recv_timeout(T).unwrap(), Ok(81));
+    // A done-callback (run by the pool's own thread) that maps, and one that waits for
+    // tasks with `as_completed`: both route outcomes themselves while they wait.
+    let pool = Arc::new(pool);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = Arc::clone(&pool);
+    pool.submit(square, 2).unwrap().on_done(move |_| {
+        let mapped = p.map_chunked(sleep_ms, [10u64; 4], 1);
+        let tasks: Vec<_> = (0..3).map(|x| p.submit(square, x).unwrap()).collect();
+        let mut done: Vec<u64> = multiproc::as_completed(tasks)
+            .map(|(_, r)| r.unwrap())
+            .collect();
+        done.sort_unstable();
+        tx.send((mapped, done)).unwrap();
+    });
+    let (mapped, done) = rx.recv_timeout(T).expect("the callback's map never ended");
+    assert_eq!(mapped.unwrap(), [10; 4]);
+    assert_eq!(done, [0, 1, 4]);
+    // The pool's thread drops the callback (and its handle of the pool) once it ran.
+    assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
+    let pool = Arc::into_inner(pool).expect("the callback let go of the pool");
     finish(pool);
 }
 

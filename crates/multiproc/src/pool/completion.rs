@@ -65,10 +65,28 @@ impl Board {
             if let Some(found) = q.pop_front() {
                 return Some(found);
             }
-            q = match unpoisoned::wait_until(&self.posted, q, deadline) {
+            // Woken by a post, or every `HELP_EVERY` to route outcomes itself: a pool's
+            // own thread may be the one waiting here (a done-callback).
+            let until = crate::deadline::later(super::task::HELP_EVERY);
+            q = match unpoisoned::wait_until(
+                &self.posted,
+                q,
+                Some(deadline.map_or(until, |d| d.min(until))),
+            ) {
                 Ok(q) => q,
-                Err(mut q) => return q.pop_front(),
+                Err(mut q) => {
+                    if let Some(found) = q.pop_front() {
+                        return Some(found);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return None;
+                    }
+                    q
+                }
             };
+            drop(q);
+            help();
+            q = unpoisoned::lock(&self.finished);
         }
     }
 }

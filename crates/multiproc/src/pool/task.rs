@@ -51,7 +51,7 @@ const SPIN: Duration = Duration::from_micros(20);
 /// A waiter on a source that routes outcomes on waiting threads too (the process pool)
 /// helps this often while it sleeps: so a wait makes progress even when the pool's own
 /// thread cannot route (it runs a done-callback that waits for another task).
-const HELP_EVERY: Duration = Duration::from_millis(10);
+pub(crate) const HELP_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a pool puts a finished task's outcome.
 pub(crate) trait Sink<T>: Send + Sync {
@@ -499,7 +499,14 @@ impl<T> Slots<T> {
             }
             st.sleepers += 1;
             help.helping(false);
-            let mut st = match unpoisoned::wait_until(&self.ready, st, deadline) {
+            // Woken by an outcome, or every `HELP_EVERY` to route outcomes itself: the
+            // pool's own thread may be the one waiting here (a done-callback that maps).
+            let until = crate::deadline::later(HELP_EVERY);
+            let mut st = match unpoisoned::wait_until(
+                &self.ready,
+                st,
+                deadline.map(|d| d.min(until)).or(Some(until)),
+            ) {
                 Ok(st) | Err(st) => st,
             };
             st.sleepers -= 1;
@@ -507,6 +514,8 @@ impl<T> Slots<T> {
             if let Some(found) = Self::take_locked(&mut st, slot) {
                 return Some(found);
             }
+            drop(st);
+            help.help();
             spun = false;
         }
     }
