@@ -291,6 +291,30 @@ fn barrier_party_thread_that_ends_breaks_it() {
     });
 }
 
+/// A reset right after a generation passed leaves that generation's result alone: a
+/// party released but not yet awake still passes (it read `Broken`, its slot freed).
+#[test]
+fn barrier_reset_right_after_a_pass() {
+    let barrier = Barrier::new(2).unwrap();
+    for round in 0..50 {
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| barrier.wait_timeout(T));
+            let t0 = Instant::now();
+            while barrier.n_waiting() == 0 {
+                assert!(t0.elapsed() < T, "the other party never came");
+                std::thread::yield_now();
+            }
+            assert!(barrier.wait_timeout(T).is_ok());
+            barrier.reset();
+            let passed = waiter.join().unwrap();
+            assert!(
+                passed.is_ok(),
+                "round {round}: a reset turned a pass into {passed:?}"
+            );
+        });
+    }
+}
+
 #[test]
 fn barrier_refuses_extra_threads() {
     let barrier = Barrier::new(1).unwrap();

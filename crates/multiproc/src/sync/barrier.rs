@@ -195,7 +195,12 @@ impl Barrier {
             self.break_locked();
         }
         for slot in self.slots() {
-            if slot.waiting.load(SeqCst) == 0 {
+            // A party released (or broken) but not yet awake to read how its wait
+            // ended keeps its slot, so that it reads its own outcome (a reset right
+            // after a generation passed turned its pass into `Broken`).
+            let unread = matches!(slot.outcome.load(SeqCst), PASSED | BROKEN)
+                && sys::identity_alive(slot.identity.load(SeqCst));
+            if slot.waiting.load(SeqCst) == 0 && !unread {
                 slot.identity.store(0, SeqCst);
             }
         }
@@ -243,6 +248,22 @@ impl Barrier {
             self.lock_state_by(by)
         };
         loop {
+            if w.broken.load(SeqCst) != 0 {
+                // Broken: under the state lock (the generation moved too), or by a
+                // timed wait that could not take it (a holder stopped), which only
+                // raised the flag and woke the sleepers.
+                let Some(_state) = self.lock_state_by(Some(Instant::now() + LATE_LOCK_PATIENCE))
+                else {
+                    slot.waiting.store(0, SeqCst);
+                    return Err(BarrierError::Broken);
+                };
+                if let Some(result) = self.outcome(slot, me, parties) {
+                    return result;
+                }
+                self.break_locked();
+                slot.outcome.store(PENDING, SeqCst);
+                return Err(BarrierError::Broken);
+            }
             if moved() {
                 let Some(_state) = lock_in_time() else {
                     return Err(self.time_out_unlocked(Some(slot)));
@@ -260,21 +281,39 @@ impl Barrier {
                     return result;
                 }
                 self.break_locked();
+                slot.outcome.store(PENDING, SeqCst);
                 return Err(BarrierError::Timeout);
             }
             if now >= next_check {
-                let Some(_state) = lock_in_time() else {
-                    return Err(self.time_out_unlocked(Some(slot)));
+                // An untimed wait gives a holder that does not let go (stopped) until the
+                // next check, and looks again then: meanwhile it must still see the flag
+                // a timed wait that could not lock raises.
+                let by = match deadline {
+                    Some(_) => None,
+                    None => Some(now + check_every),
                 };
-                if let Some(result) = self.outcome(slot, me, parties) {
-                    return result;
-                }
-                if self.a_party_died() {
-                    self.break_locked();
-                    return Err(BarrierError::Broken);
+                let locked = match by {
+                    None => lock_in_time(),
+                    by => self.lock_state_by(by),
+                };
+                match locked {
+                    Some(_state) => {
+                        if let Some(result) = self.outcome(slot, me, parties) {
+                            return result;
+                        }
+                        if self.a_party_died() {
+                            self.break_locked();
+                            slot.outcome.store(PENDING, SeqCst);
+                            return Err(BarrierError::Broken);
+                        }
+                    }
+                    None if deadline.is_some() => {
+                        return Err(self.time_out_unlocked(Some(slot)));
+                    }
+                    None => {}
                 }
                 check_every = (check_every * 2).min(MAX_CHECK);
-                next_check = now + check_every;
+                next_check = Instant::now() + check_every;
             }
             let wake_at = deadline.map_or(next_check, |d| d.min(next_check));
             w.sleepers.fetch_add(1, SeqCst);
@@ -313,14 +352,17 @@ impl Barrier {
             // A reset freed the slot after breaking this wait.
             return Some(Err(BarrierError::Broken));
         }
-        match slot.outcome.load(SeqCst) {
-            PASSED => Some(Ok(BarrierWaitResult {
+        // Read once: a reset may free the slot from now on.
+        let result = match slot.outcome.load(SeqCst) {
+            PASSED => Ok(BarrierWaitResult {
                 index: slot.index.load(SeqCst) as usize,
                 parties,
-            })),
-            BROKEN => Some(Err(BarrierError::Broken)),
-            _ => None,
-        }
+            }),
+            BROKEN => Err(BarrierError::Broken),
+            _ => return None,
+        };
+        slot.outcome.store(PENDING, SeqCst);
+        Some(result)
     }
 
     /// Whether a known party that is not waiting has died (under the state lock).
@@ -384,6 +426,11 @@ impl Barrier {
         if let Some(slot) = slot {
             slot.waiting.store(0, SeqCst);
         }
+        // The waiters look at the flag when they wake: wake them now (one about to
+        // sleep sees it at its next liveness check, within `MAX_CHECK`).
+        if w.sleepers.load(SeqCst) > 0 {
+            sys::futex_wake(&w.generation, u32::MAX);
+        }
         BarrierError::Timeout
     }
 }
@@ -404,5 +451,42 @@ impl fmt::Debug for Barrier {
             .field("n_waiting", &self.n_waiting())
             .field("broken", &self.is_broken())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn until(what: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !what() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "timed out");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A timed wait that cannot take the state lock (its holder stopped) breaks the
+    /// barrier without it: the parties already waiting must learn it, not sleep on.
+    #[test]
+    fn a_timed_wait_that_cannot_lock_ends_the_other_waits() {
+        let b = Barrier::new(3).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = b.clone();
+        // Not joined: a waiter that never ends must fail this test, not hang it.
+        std::thread::spawn(move || tx.send(waiting.wait()).unwrap());
+        until(|| b.n_waiting() == 1);
+        // The stopped holder.
+        assert!(b.words().lock.lock(None).is_some());
+        let timed = b.clone();
+        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(10)));
+        assert_eq!(timed.join().unwrap().err(), Some(BarrierError::Timeout));
+        let ended = rx.recv_timeout(Duration::from_secs(10));
+        b.words().lock.unlock();
+        assert_eq!(
+            ended.map(|r| r.err()),
+            Ok(Some(BarrierError::Broken)),
+            "the waiting party did not learn that the barrier broke"
+        );
     }
 }
