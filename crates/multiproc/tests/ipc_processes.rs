@@ -79,6 +79,10 @@ fn main() {
                 "stopped_producer_holds_up_no_timed_put",
                 stopped_producer_holds_up_no_timed_put,
             ),
+            trial(
+                "send_to_a_dead_receiver_with_a_full_side_socket",
+                send_to_a_dead_receiver_with_a_full_side_socket,
+            ),
             trial("no_descriptor_leaks", no_descriptor_leaks),
         ],
         helpers,
@@ -94,6 +98,44 @@ fn helpers(mode: &str) {
 }
 
 /// Joins every handle, within `T` each.
+/// Holds a pipe's receiving end and reads nothing, until killed.
+fn hold_receiver(rx: Receiver<multiproc::Lock>) {
+    let _rx = rx;
+    std::thread::sleep(T);
+}
+
+/// Messages that carry handles travel on the channel's side socket. A send that waits
+/// for room there ends with `Disconnected` once the receivers are gone, instead of
+/// waiting for ever (nobody will read the socket again).
+fn send_to_a_dead_receiver_with_a_full_side_socket() {
+    let (tx, rx) = multiproc::pipe::<multiproc::Lock>().unwrap();
+    let mut child = multiproc::spawn(hold_receiver, rx).unwrap();
+    let mut sent = 0u32;
+    loop {
+        match tx.send_timeout(multiproc::Lock::new().unwrap(), Duration::from_millis(50)) {
+            Ok(()) => sent += 1,
+            Err(multiproc::SendTimeoutError::Timeout(_)) => break,
+            Err(e) => panic!("after {sent} sends: {e}"),
+        }
+        assert!(sent < 100_000, "the side socket never filled");
+    }
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = tx.send(multiproc::Lock::new().unwrap());
+        done_tx.send(r.map_err(|e| e.to_string())).unwrap();
+    });
+    assert!(
+        done.recv_timeout(Duration::from_millis(200)).is_err(),
+        "a send went through a full socket"
+    );
+    child.kill().unwrap();
+    assert!(child.join_timeout(T).is_err());
+    let r = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a send to a receiver that died waited for ever");
+    assert!(r.is_err(), "{r:?} after {sent} sends");
+}
+
 fn join_all<R: serde::de::DeserializeOwned>(handles: Vec<multiproc::JoinHandle<R>>) -> Vec<R> {
     handles
         .into_iter()

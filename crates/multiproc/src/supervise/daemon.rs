@@ -170,7 +170,7 @@ fn lock_pidfile(path: &Path) -> Result<(PathBuf, File), DaemonError> {
                 pid: text.trim().parse().ok(),
             });
         }
-        let locked = sys::file_id(file.as_fd()).map_err(io_err("lock the pid file"))?;
+        let locked = sys::open_file_id(&file).map_err(io_err("lock the pid file"))?;
         match sys::path_id(&path) {
             Ok(now) if now == locked => return Ok((path, file)),
             Ok(_) => {}

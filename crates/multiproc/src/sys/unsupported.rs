@@ -403,6 +403,9 @@ pub(crate) fn file_id(_: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 pub(crate) fn cwd_id() -> io::Result<(u64, u64)> {
     Err(unsupported())
 }
+pub(crate) fn open_file_id(_: &std::fs::File) -> io::Result<(u64, u64)> {
+    Err(unsupported())
+}
 pub(crate) fn path_id(_: &std::path::Path) -> io::Result<(u64, u64)> {
     Err(unsupported())
 }
@@ -426,7 +429,11 @@ pub(crate) fn send_packet(
 pub(crate) fn peek_packet(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<Option<usize>> {
     Err(unsupported())
 }
-pub(crate) fn wait_writable(_: BorrowedFd<'_>, _: Option<Instant>) -> io::Result<bool> {
+pub(crate) fn wait_writable(
+    _: BorrowedFd<'_>,
+    _: BorrowedFd<'_>,
+    _: Option<Instant>,
+) -> io::Result<bool> {
     Err(unsupported())
 }
 pub(crate) fn futex_wait(_: &std::sync::atomic::AtomicU32, _: u32, _: Option<std::time::Duration>) {

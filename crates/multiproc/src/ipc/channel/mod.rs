@@ -566,12 +566,20 @@ impl RawSender {
                     core.wake_receivers();
                     return Ok(());
                 }
-                // The side socket is full: wait for it without the lock.
+                // The side socket is full: wait for it without the lock, or until every
+                // receiver is gone (none will ever read it again).
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if wait.passed() {
                         return Err((msg, SendFail::Full));
                     }
-                    if let Err(e) = sys::wait_writable(core.side_tx.as_fd(), wait.instant()) {
+                    if Core::all_gone(&core.receivers) {
+                        return Err((msg, SendFail::Disconnected));
+                    }
+                    if let Err(e) = sys::wait_writable(
+                        core.side_tx.as_fd(),
+                        core.receivers.as_fd(),
+                        wait.instant(),
+                    ) {
                         return Err((msg, SendFail::Io(e)));
                     }
                 }

@@ -160,9 +160,17 @@ pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
     }
 }
 
-/// Waits until `fd` can be written, or `deadline` passes. True if writable.
-pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
-    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+/// Waits until `fd` can be written, `gone` (the other end's liveness pipe) hangs up, or
+/// `deadline` passes. True if writable.
+pub(crate) fn wait_writable(
+    fd: BorrowedFd<'_>,
+    gone: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    let mut fds = [
+        PollFd::new(&fd, PollFlags::OUT),
+        PollFd::new(&gone, PollFlags::IN),
+    ];
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());

@@ -231,6 +231,11 @@ pub(crate) fn cwd_id() -> io::Result<(u64, u64)> {
     path_id(std::path::Path::new("."))
 }
 
+/// The device and inode of an open file.
+pub(crate) fn open_file_id(file: &std::fs::File) -> io::Result<(u64, u64)> {
+    file_id(std::os::fd::AsFd::as_fd(file))
+}
+
 /// The device and inode of the file at `path` (its links followed).
 pub(crate) fn path_id(path: &std::path::Path) -> io::Result<(u64, u64)> {
     let st = rustix::fs::stat(path)?;

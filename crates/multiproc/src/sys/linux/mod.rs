@@ -38,8 +38,8 @@ pub(crate) use limits::{
 };
 pub(crate) use mem::{
     cwd_id, doorbell, file_id, file_len, fully_sealed, grow, map_shared, map_shared_at, memfd,
-    memfd_growable, packet_pair, path_id, prefault, punch_hole, ring, sealed_memfd, shm_create,
-    shm_open, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
+    memfd_growable, open_file_id, packet_pair, path_id, prefault, punch_hole, ring, sealed_memfd,
+    shm_create, shm_open, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
 pub(crate) use net::{listen_backlog, set_keepalive};
 pub(crate) use proc::{
