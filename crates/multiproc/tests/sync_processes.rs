@@ -1034,6 +1034,40 @@ fn named_value_layout_is_checked() {
     );
     drop(arr);
 
+    // A header rewritten by someone else to describe data over the lock's words (of the
+    // right total size), or a Value of two elements: refused, not mapped.
+    use std::os::unix::fs::FileExt;
+    let at_dev_shm = |name: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(std::path::Path::new("/dev/shm").join(name))
+            .unwrap()
+    };
+    let word = |n: u64| n.to_le_bytes();
+    let over_name = unique("overlap");
+    let over = Value::create_named(&over_name, 7u64).unwrap();
+    let file = at_dev_shm(&over_name);
+    let size = file.metadata().unwrap().len();
+    // `ObjectHeader`: the length at byte 40, the data's offset at 48; words from 128.
+    file.write_all_at(&word((size - 128) / 8), 40).unwrap();
+    file.write_all_at(&word(128), 48).unwrap();
+    mismatch(
+        Value::<u64>::open_named(&over_name).map(drop),
+        "corrupt header",
+    );
+    drop(over);
+    let two_name = unique("two");
+    let two = Value::create_named(&two_name, 7u64).unwrap();
+    let file = at_dev_shm(&two_name);
+    file.set_len(file.metadata().unwrap().len() + 8).unwrap();
+    file.write_all_at(&word(2), 40).unwrap();
+    mismatch(
+        Value::<u64>::open_named(&two_name).map(drop),
+        "holding 2 elements",
+    );
+    drop(two);
+
     assert!(matches!(
         Value::<u64>::open_named(&unique("missing")),
         Err(ShmError::NotFound(_))

@@ -38,6 +38,24 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The fewest bytes of words an object of this kind has: a header that claims
+    /// fewer would have the object's words overlap its data, or run past the segment.
+    fn min_words(self) -> usize {
+        use crate::shm::layout::{
+            BarrierWords, ConditionWords, EventWords, MutexWords, SemaphoreWords,
+        };
+        match self {
+            Kind::Lock | Kind::RLock | Kind::Value | Kind::Array => {
+                std::mem::size_of::<MutexWords>()
+            }
+            Kind::Semaphore => std::mem::size_of::<SemaphoreWords>(),
+            Kind::Event => std::mem::size_of::<EventWords>(),
+            Kind::Condition => std::mem::size_of::<ConditionWords>(),
+            Kind::Barrier => std::mem::size_of::<BarrierWords>(),
+            Kind::Tickets => 0,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Lock => "Lock",
@@ -312,6 +330,16 @@ impl Object {
             elem,
             len,
         };
+        if words < kind.min_words() {
+            return Err(mismatch(
+                &what,
+                format!(
+                    "a corrupt header ({words} bytes of words, a {} has {})",
+                    kind.name(),
+                    kind.min_words()
+                ),
+            ));
+        }
         let expected = shape
             .size()
             .ok()

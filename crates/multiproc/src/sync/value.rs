@@ -119,7 +119,14 @@ impl<T: ShmSafe> Value<T> {
     /// [`ShmError::NotFound`]; [`ShmError::Mismatch`] if the segment is not a `Value`
     /// of a `T`, or not of the size its header describes.
     pub fn open_named(name: &str) -> Result<Value<T>, ShmError> {
-        Value::adopt(Object::open_named(name, Kind::Value, Elem::of::<T>())?)
+        let obj = Object::open_named(name, Kind::Value, Elem::of::<T>())?;
+        if obj.len() != 1 {
+            return Err(ShmError::Mismatch {
+                what: name.to_string(),
+                why: format!("a Value segment holding {} elements", obj.len()),
+            });
+        }
+        Value::adopt(obj)
     }
 
     fn adopt(obj: Object) -> Result<Value<T>, ShmError> {
