@@ -1011,6 +1011,14 @@ fn bad_input_clear_errors() {
     let q = m.queue::<u8>().unwrap();
     q.put(4).unwrap();
     assert_eq!(q.get_timeout(Duration::MAX).unwrap(), Some(4));
+    // A server whose handshakes may take for ever (its accepting thread panicked).
+    let server = Manager::builder()
+        .handshake_timeout(Duration::MAX)
+        .serve()
+        .unwrap();
+    let d = server.manager().unwrap().dict::<u8, u8>().unwrap();
+    d.insert(1, 2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(2));
 }
 
 fn slow_client_does_not_stall_others() {
