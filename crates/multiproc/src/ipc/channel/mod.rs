@@ -1008,7 +1008,10 @@ fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), 
     let h: &ChannelHeader = seg.at(0);
     let ring_len = h.ring_len.load(Acquire);
     if h.magic.load(Acquire) != ChannelHeader::MAGIC
-        || ring_len as usize + ChannelHeader::RING_OFFSET != len
+        || usize::try_from(ring_len)
+            .ok()
+            .and_then(|r| r.checked_add(ChannelHeader::RING_OFFSET))
+            != Some(len)
         || !ring_len.is_multiple_of(8)
         || h.growable.load(Acquire) != u64::from(growable)
         || (growable && !ring_len.is_multiple_of(overflow::PAGE as u64))
@@ -1599,6 +1602,27 @@ mod tests {
                 let bytes = take(&rx).unwrap();
                 prop_assert_eq!((number(&bytes), bytes.len()), expected);
             }
+        }
+
+        /// Positions near the top of the counter's range, with a record that reaches past
+        /// it: refused as corrupt, not an arithmetic overflow (a panic where overflow is
+        /// checked, as in tests and fuzzing).
+        #[test]
+        fn positions_at_the_end_of_the_range_never_overflow(growable in any::<bool>(), back in 1u64..512) {
+            // The consumers' position `8 * back` bytes short of the counter's end, at
+            // the ring's start, and there a record as long as the ring.
+            let head = u64::MAX - (MIN_RING as u64 - 1);
+            let tail = head + 8 * back - 1;
+            // The first byte of the counters picks the kind of channel (odd: unbounded).
+            let tail = if growable { tail | 1 } else { tail & !1 };
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&tail.to_le_bytes());
+            bytes.extend_from_slice(&head.to_le_bytes());
+            let mut ring = vec![0u8; MIN_RING];
+            ring[..4].copy_from_slice(&(MIN_RING as u32 - 8).to_le_bytes());
+            ring[4..8].copy_from_slice(&INLINE.to_le_bytes());
+            bytes.extend_from_slice(&ring);
+            corrupt_and_drain(&bytes);
         }
 
         /// The fuzz target's property: arbitrary bytes over the ring and its counters.

@@ -199,7 +199,10 @@ impl<'a> Ring<'a> {
         let items = self.chan.produced.0.items.load(Acquire);
         let taken = self.chan.consumed.0.items.load(Acquire);
         items.saturating_sub(taken) < max_items
-            && (tail + 2 * record_len(payload)).saturating_sub(head) <= self.len
+            && tail
+                .saturating_add(2 * record_len(payload))
+                .saturating_sub(head)
+                <= self.len
     }
 
     /// The producers' position (under the tail lock, or as a hint).
@@ -298,7 +301,7 @@ impl<'a> Ring<'a> {
         // copies on ours say there might be no room.
         let fits = |head: u64, taken: u64| {
             items.saturating_sub(taken) < max_items
-                && (from + skip + rec + keep).saturating_sub(head) <= self.len
+                && from.saturating_add(skip + rec + keep).saturating_sub(head) <= self.len
         };
         if !fits(p.seen_head.load(Relaxed), counts.seen_taken.load(Relaxed)) {
             let (head, taken) = (
@@ -411,7 +414,9 @@ impl<'a> Ring<'a> {
                 INLINE | SIDE | LINK => record_len(len),
                 other => return Err(format!("unknown record kind {other}")),
             };
-            if pos + size > self.len || head + size > tail {
+            // (`tail - head` cannot underflow: checked above; `head + size` could
+            // overflow on positions another process wrote.)
+            if pos + size > self.len || size > tail - head {
                 return Err("a record overruns the ring".into());
             }
             if kind == WRAP {
@@ -468,7 +473,7 @@ impl Slot<'_, '_> {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         let items = &h.produced.0.items;
-        items.store(items.load(Relaxed) + 1, Release);
+        items.store(items.load(Relaxed).wrapping_add(1), Release);
         ring.produced
             .tail
             .store(self.at + record_len(self.len), Release);
@@ -508,7 +513,7 @@ impl Record<'_, '_> {
     /// Done with this record: frees its room, one item less.
     pub(crate) fn consume(self) {
         let items = &self.ring.chan.consumed.0.items;
-        items.store(items.load(Relaxed) + 1, Release);
+        items.store(items.load(Relaxed).wrapping_add(1), Release);
         self.skip();
     }
 
