@@ -69,6 +69,10 @@ fn main() {
                 "killed_fork_server_is_replaced",
                 killed_fork_server_is_replaced,
             ),
+            trial(
+                "stopped_fork_server_is_replaced",
+                stopped_fork_server_is_replaced,
+            ),
             trial("unusable_current_dir", unusable_current_dir),
             trial(
                 "fork_failures_keep_their_kind_and_leak_nothing",
@@ -85,6 +89,7 @@ fn helpers(mode: &str) {
         "doomed_parent" => helper_doomed_parent(),
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
+        "server_stopped" => helper_server_stopped(),
         "main" => println!("main ran"),
         "fork_limited" => helper_fork_limited(),
         other => panic!("unknown helper mode {other}"),
@@ -822,6 +827,55 @@ fn killed_fork_server_is_replaced() {
     assert_eq!(h.expect("after ", T), "Ok(1)");
     assert_eq!(h.expect("running ", T), "Ok(400)");
     assert_eq!(h.expect("daemon_gone ", T), "true");
+    assert_eq!(h.expect("new_server ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn own_pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn helper_server_stopped() {
+    let me = std::process::id();
+    multiproc::spawn(answer, 1).unwrap().join().unwrap();
+    let server = common::fork_server_of(me).unwrap();
+    // SAFETY: kill(2) on this process's own fork server.
+    unsafe { libc::kill(server as i32, libc::SIGSTOP) };
+    let started = Instant::now();
+    let r = multiproc::spawn(own_pid, ());
+    println!(
+        "stalled {} {}",
+        r.map(|_| "spawned")
+            .unwrap_or_else(|e| if e.to_string().contains("did not answer") {
+                "timed out"
+            } else {
+                "failed otherwise"
+            }),
+        started.elapsed() < Duration::from_secs(40)
+    );
+    // The stopped server's answer, were it to come, must not be read as the next
+    // spawn's: the next spawn goes to a new server, and gets its own child's pid.
+    let h = multiproc::spawn(own_pid, ()).unwrap();
+    let pid = h.pid();
+    println!("own_pid {}", h.join().unwrap() == pid);
+    println!(
+        "new_server {}",
+        common::fork_server_of(me).is_some_and(|s| s != server)
+    );
+    // Gone whatever the outcome (SIGKILL ends a stopped process too).
+    common::kill_and_reap(server);
+}
+
+/// A fork server that stops answering (`SIGSTOP`, a machine starved for memory): the
+/// spawn waiting for it fails after the reply timeout, and the server is replaced, so
+/// that its late answer is never taken for the next spawn's.
+fn stopped_fork_server_is_replaced() {
+    let mut h = Helper::start("server_stopped");
+    assert_eq!(
+        h.expect("stalled ", Duration::from_secs(60)),
+        "timed out true"
+    );
+    assert_eq!(h.expect("own_pid ", Duration::from_secs(60)), "true");
     assert_eq!(h.expect("new_server ", T), "true");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }

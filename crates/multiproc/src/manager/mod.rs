@@ -388,7 +388,7 @@ impl<R: Registry> ManagerBuilder<R> {
 
     /// How long a new connection has to complete the authentication handshake, in all
     /// (default 10 s); a client sending its answer a byte at a time gains nothing. For
-    /// a server; a client gives the server as long.
+    /// a server (a client gives any server 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self

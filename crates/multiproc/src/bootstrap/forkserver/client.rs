@@ -118,13 +118,15 @@ impl ForkServer {
                     io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer")
                 }
                 RecvFrameError::Io(e) => e,
-                RecvFrameError::Corrupt(why) => io::Error::other(format!("fork server: {why}")),
+                RecvFrameError::Corrupt(why) => {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("fork server: {why}"))
+                }
             })?;
         if frame.tag != messages::FORKED {
-            return Err(io::Error::other(format!(
-                "fork server answered with message tag {}",
-                frame.tag
-            )));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("fork server answered with message tag {}", frame.tag),
+            ));
         }
         let reply: ForkReply = postcard::from_bytes(&frame.body).map_err(io::Error::other)?;
         let pid = reply.map_err(messages::Refusal::into_io)?;
@@ -162,6 +164,16 @@ pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// Whether a request failed with its answer not read whole (none came in time, or a
+/// corrupt one): the connection is out of step with the server, and must not be used
+/// again.
+pub(crate) fn is_out_of_step(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
     )
 }
 
