@@ -124,6 +124,10 @@ fn main() {
             ),
             trial("client_refuses_rogue_servers", client_refuses_rogue_servers),
             trial(
+                "slow_constructor_stalls_no_create",
+                slow_constructor_stalls_no_create,
+            ),
+            trial(
                 "tcp_calls_in_flight_when_server_sigkilled",
                 tcp_calls_in_flight_when_server_sigkilled,
             ),
@@ -927,6 +931,44 @@ impl SharedObject for NotRegistered {
         NotRegistered
     }
     fn handle(&mut self, _: ()) {}
+}
+
+/// A registered type whose constructor takes its time.
+struct SlowStart;
+
+impl SharedObject for SlowStart {
+    /// Says it started by creating the file, then takes this long.
+    type Init = (String, u64);
+    type Request = ();
+    type Response = ();
+    fn new((started, ms): (String, u64)) -> Self {
+        std::fs::write(started, b"").unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        SlowStart
+    }
+    fn handle(&mut self, _: ()) {}
+}
+
+/// A slow constructor holds up no other client's creations (they all waited for it).
+fn slow_constructor_stalls_no_create() {
+    let m = Manager::builder().register::<SlowStart>().build().unwrap();
+    let dir = common::tempdir("slow-ctor");
+    let marker = dir.join("started");
+    std::thread::scope(|s| {
+        let init = (marker.display().to_string(), 3000);
+        let slow = s.spawn(|| m.object::<SlowStart>(init).map(drop));
+        assert!(common::eventually(T, || marker.exists()), "never started");
+        let started = Instant::now();
+        let d = m.dict::<u8, u8>().unwrap();
+        let took = started.elapsed();
+        d.insert(1, 1).unwrap();
+        assert!(
+            took < Duration::from_secs(1),
+            "a dict's creation took {took:?}"
+        );
+        slow.join().unwrap().unwrap();
+    });
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn take_tickets(t: ObjectProxy<Tickets>) -> Vec<u64> {

@@ -429,9 +429,11 @@ impl Shared {
         init: &[u8],
         session: u64,
     ) -> Response {
-        // Held across creation, so two clients creating one name get one object.
-        let mut names = unpoisoned::lock(&self.names);
-        if let Some(name) = &name
+        // Held across the creation of a named object, so two clients creating one name
+        // get one object; an unnamed one (the usual case) waits for no one's
+        // constructor.
+        let mut names = name.as_ref().map(|_| unpoisoned::lock(&self.names));
+        if let (Some(name), Some(names)) = (&name, &names)
             && let Some(&id) = names.get(name)
         {
             let objects = unpoisoned::read(&self.objects);
@@ -467,7 +469,7 @@ impl Shared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         unpoisoned::write(&self.objects).insert(id, Arc::new(object));
         unpoisoned::lock(&self.refs).created(id, session, name.is_some());
-        if let Some(name) = name {
+        if let (Some(name), Some(names)) = (name, names.as_mut()) {
             names.insert(name, id);
         }
         Response::Id(id)
