@@ -1396,7 +1396,7 @@ impl PoolInner {
                     next = next.min(now + Duration::from_millis(1));
                     continue;
                 }
-                let ran = now_ns.saturating_sub(started);
+                let ran = now_ns.saturating_sub(self.tickets.timed_from(ticket, started));
                 if ran >= limit {
                     if self.tickets.kill(ticket, generation) != TicketState::Killing {
                         // It ended just now: its outcome is on its way.

@@ -78,6 +78,7 @@ impl Tickets {
     pub(crate) fn queue(&self, i: u32, generation: u32) {
         if let Some(s) = self.slot(i) {
             s.started_ns.store(0, SeqCst);
+            s.item_ns.store(0, SeqCst);
             s.state.store(word(generation, QUEUED), SeqCst);
         }
     }
@@ -175,8 +176,15 @@ impl Tickets {
         if let Some(s) = self.slot(i)
             && s.state.load(SeqCst) == word(generation, RUNNING)
         {
-            s.started_ns.store(now_ns.max(1), SeqCst);
+            s.item_ns.store(now_ns.max(1), SeqCst);
         }
+    }
+
+    /// When what the pool's timeout counts from started, for a task that runs since
+    /// `started`: its current item's start, for a map's chunk past its first item.
+    pub(crate) fn timed_from(&self, i: u32, started: u64) -> u64 {
+        self.slot(i)
+            .map_or(started, |s| s.item_ns.load(SeqCst).max(started))
     }
 
     /// Pool: about to kill the worker running the task of `generation` in slot `i`.

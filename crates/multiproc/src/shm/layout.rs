@@ -344,6 +344,9 @@ pub(crate) struct TicketWords {
     pub(crate) state: AtomicU64,
     /// When a worker started it (`CLOCK_MONOTONIC`, nanoseconds).
     pub(crate) started_ns: AtomicU64,
+    /// When the item of a map's chunk that runs now started (0 before the second): the
+    /// pool's timeout counts from it, its service time and stealing from `started_ns`.
+    pub(crate) item_ns: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.
