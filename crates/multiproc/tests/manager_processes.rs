@@ -127,6 +127,7 @@ fn main() {
                 "slow_constructor_stalls_no_create",
                 slow_constructor_stalls_no_create,
             ),
+            trial("connect_to_a_full_queue_ends", connect_to_a_full_queue_ends),
             trial(
                 "tcp_calls_in_flight_when_server_sigkilled",
                 tcp_calls_in_flight_when_server_sigkilled,
@@ -947,6 +948,34 @@ impl SharedObject for SlowStart {
         SlowStart
     }
     fn handle(&mut self, _: ()) {}
+}
+
+/// A server that takes no new connections (stopped; here a listener that never
+/// accepts, its queue full): connecting ends with an error, not a wait without end.
+fn connect_to_a_full_queue_ends() {
+    let dir = common::tempdir("full-queue");
+    let path = dir.join("full.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // A queue of one connection, taken by the first.
+    rustix::net::listen(&listener, 0).unwrap();
+    let _first = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let address = Address::Unix(path.clone());
+    std::thread::spawn(move || {
+        let r = Manager::builder()
+            .address(address)
+            .authkey(b"key".to_vec())
+            .call_timeout(Some(Duration::from_secs(2)))
+            .connect()
+            .map(drop);
+        tx.send(r.map_err(|e| e.to_string())).unwrap();
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("connecting waited for ever");
+    assert!(r.is_err(), "{r:?}");
+    drop(listener);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A slow constructor holds up no other client's creations (they all waited for it).

@@ -41,7 +41,7 @@ pub(crate) use mem::{
     memfd_growable, open_file_id, packet_pair, path_id, prefault, punch_hole, ring, sealed_memfd,
     shm_create, shm_open, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
-pub(crate) use net::{listen_backlog, set_keepalive};
+pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
 pub(crate) use proc::{
     Disposition, SIGKILL, SIGTERM, clear_parent_death_signal, default_signal, fd_limit, getpid,
     group_alive, ignore_signal, is_main_thread, kill_me_with_parent, kill_self, lead_process_group,

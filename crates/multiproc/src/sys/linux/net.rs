@@ -1,10 +1,60 @@
-//! Socket options of TCP connections and listeners.
+//! Socket options of TCP connections and listeners, and connecting Unix sockets.
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
 use rustix::net::sockopt;
+
+/// Where a Unix stream socket connects: a path, or a name in the abstract namespace.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UnixTarget<'a> {
+    Path(&'a std::path::Path),
+    Abstract(&'a [u8]),
+}
+
+/// Connects a Unix stream socket to `target`, giving up at `until`. A plain `connect`
+/// to a listener whose queue of connections not yet accepted is full (its server
+/// stopped, or not accepting) waits without end; a non-blocking one says so at once
+/// (`EAGAIN`) and is tried again, more and more seldom, until `until`.
+pub(crate) fn connect_unix(
+    target: UnixTarget<'_>,
+    until: Instant,
+) -> io::Result<std::os::unix::net::UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = match target {
+        UnixTarget::Path(path) => SocketAddrUnix::new(path)?,
+        UnixTarget::Abstract(name) => SocketAddrUnix::new_abstract_name(name)?,
+    };
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match rustix::net::connect(&sock, &addr) {
+            Ok(()) => break,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the server takes no new connections (its queue stays full)",
+                    ));
+                }
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::io::ioctl_fionbio(&sock, false)?;
+    Ok(std::os::unix::net::UnixStream::from(sock))
+}
 
 /// Turns on TCP keepalive so that a peer that stops answering (a partition, a host that
 /// is gone) is given up about `give_up` after it last answered: probes start after half
