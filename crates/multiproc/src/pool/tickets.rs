@@ -93,16 +93,8 @@ impl Tickets {
     /// Pool: cancels the task in slot `i` unless it has started. Returns where it
     /// stands afterwards: `Cancelled` if this call (or an earlier one) won.
     pub(crate) fn cancel(&self, i: u32, generation: u32) -> TicketState {
-        let Some(s) = self.slot(i) else {
-            return TicketState::Other;
-        };
-        match s.state.compare_exchange(
-            word(generation, QUEUED),
-            word(generation, CANCELLED),
-            SeqCst,
-            SeqCst,
-        ) {
-            Ok(_) => TicketState::Cancelled,
+        match self.swap(i, generation, QUEUED, CANCELLED) {
+            Ok(()) => TicketState::Cancelled,
             Err(_) => self.state(i, generation),
         }
     }
@@ -134,15 +126,7 @@ impl Tickets {
         };
         // The start time follows the claim: a reader that sees the task running with a
         // start time of 0 takes it as started just now.
-        let ok = s
-            .state
-            .compare_exchange(
-                word(generation, QUEUED),
-                word(generation, RUNNING),
-                SeqCst,
-                SeqCst,
-            )
-            .is_ok();
+        let ok = self.swap(i, generation, QUEUED, RUNNING).is_ok();
         if ok {
             s.started_ns.store(now_ns.max(1), SeqCst);
         }
@@ -155,17 +139,9 @@ impl Tickets {
     /// False if the pool is killing this worker for it (then the worker must not start
     /// another task).
     pub(crate) fn finish(&self, i: u32, generation: u32) -> bool {
-        let Some(s) = self.slot(i) else {
-            return true;
-        };
-        match s.state.compare_exchange(
-            word(generation, RUNNING),
-            word(generation, FINISHED),
-            SeqCst,
-            SeqCst,
-        ) {
-            Ok(_) => true,
-            Err(w) => w != word(generation, KILLING),
+        match self.swap(i, generation, RUNNING, FINISHED) {
+            Ok(()) => true,
+            Err(w) => w != Some(word(generation, KILLING)),
         }
     }
 
@@ -191,18 +167,22 @@ impl Tickets {
     /// Returns where the task stands afterwards: `Killing` if it still ran (the kill
     /// may go ahead), `Finished` if it has just ended (it must not).
     pub(crate) fn kill(&self, i: u32, generation: u32) -> TicketState {
-        let Some(s) = self.slot(i) else {
-            return TicketState::Other;
-        };
-        match s.state.compare_exchange(
-            word(generation, RUNNING),
-            word(generation, KILLING),
-            SeqCst,
-            SeqCst,
-        ) {
-            Ok(_) => TicketState::Killing,
+        match self.swap(i, generation, RUNNING, KILLING) {
+            Ok(()) => TicketState::Killing,
             Err(_) => self.state(i, generation),
         }
+    }
+}
+
+impl Tickets {
+    /// Moves the task of `generation` in slot `i` from state `from` to `to`, if it is
+    /// there; otherwise the word found (`None`: no such slot).
+    fn swap(&self, i: u32, generation: u32, from: u64, to: u64) -> Result<(), Option<u64>> {
+        let s = self.slot(i).ok_or(None)?;
+        s.state
+            .compare_exchange(word(generation, from), word(generation, to), SeqCst, SeqCst)
+            .map(drop)
+            .map_err(Some)
     }
 }
 
