@@ -442,6 +442,14 @@ pub mod manager {
         let d = m.dict::<u64, u64>().expect("dict");
         two_on_go(set_get, &d, n / 2)
     }
+
+    /// As [`dict_set_get`] over a Unix socket, with one client process: one client's
+    /// round trip, without a second client taking turns with it for a CPU.
+    pub fn dict_set_get_one_client(n: u64) -> Duration {
+        let m = Manager::builder().build().expect("start");
+        let d = m.dict::<u64, u64>().expect("dict");
+        all_on_go(set_get, vec![d], n)
+    }
 }
 
 /// Pools: maps, lazy maps, submit + wait, CPU-bound tasks; against rayon and procspawn.
@@ -843,6 +851,7 @@ pub const LOOPS: &[&str] = &[
     "imap",
     "submit",
     "manager",
+    "manager_one",
     "manager_tcp",
     "manager_tcp_socket",
 ];
@@ -865,6 +874,7 @@ pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
         "imap" => pool::imap_one_by_one(n),
         "submit" => pool::submit_wait(n),
         "manager" => manager::dict_set_get(manager::Transport::Unix, n),
+        "manager_one" => manager::dict_set_get_one_client(n),
         "manager_tcp" => manager::dict_set_get(manager::Transport::Tcp, n),
         "manager_tcp_socket" => manager::dict_set_get(manager::Transport::TcpSocket, n),
         _ => return None,
