@@ -54,6 +54,12 @@ pub(crate) struct Produced {
     /// While a producer moves to another ring: 1 + the ring it leaves, whose link record
     /// is written but may not be published yet (see `Overflow`); 0 otherwise.
     pub(crate) leaving: AtomicU64,
+    /// While a producer publishes a record (written whole): the `tail` it moves the
+    /// ring producers write to on to, and the item count it sets; 0 otherwise. A
+    /// producer that takes the lock over from one that died finishes the publish
+    /// (`Ring::finish_publish`), so that the count and the records agree.
+    pub(crate) publishing_tail: AtomicU64,
+    pub(crate) publishing_items: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.
@@ -73,6 +79,10 @@ pub(crate) struct Consumed {
     /// The ring consumers read from: 0 for the channel's own, `k` for overflow segment
     /// `k`.
     pub(crate) ring: AtomicU64,
+    /// While a consumer consumes a record: the `head` it moves the ring consumers read
+    /// from on to, and the item count it sets; 0 otherwise (see `publishing_tail`).
+    pub(crate) consuming_head: AtomicU64,
+    pub(crate) consuming_items: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.

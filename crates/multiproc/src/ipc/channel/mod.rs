@@ -349,6 +349,9 @@ impl Core {
             return self.write_growable(tail, len, may_overflow, write);
         }
         let ring = self.ring();
+        if tail.took_over {
+            ring.finish_publish(tail);
+        }
         Ok(ring
             .reserve(tail, len, self.max_items, 0, Some(0))
             .map(write))
@@ -454,9 +457,9 @@ impl RawSender {
         let mut patience = None;
         loop {
             {
-                // A producer that died holding the lock had published nothing half-way:
-                // taking over needs no repair, but for a move between rings of an
-                // unbounded channel, which the next producer finishes (see README).
+                // A producer that died holding the lock may have left a publish or an
+                // unbounded channel's move between rings half-done: the next producer
+                // finishes it (see README).
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
                     return Err(SendFail::Full);
                 };
@@ -796,7 +799,8 @@ impl RawReceiver {
         let core = &*self.core;
         let taken = {
             // A consumer that died holding the lock had not consumed the record it was
-            // reading: it is still there for us (see README).
+            // reading (it is still there for us), or was consuming it (we finish
+            // that; see README).
             let Some(mut head) = Head::lock(core.header(), lock_wait(wait)) else {
                 return Ok(None);
             };
@@ -804,6 +808,9 @@ impl RawReceiver {
                 core.take_growable(&mut head)?
             } else {
                 let ring = core.ring();
+                if head.took_over {
+                    ring.finish_consume(&head);
+                }
                 loop {
                     match take_record(core, &ring, &mut head)? {
                         Step::Taken(t) => break Some(t),
@@ -1473,6 +1480,65 @@ mod tests {
         })
         .join()
         .unwrap()
+    }
+
+    /// A producer that dies publishing (between the item count and the position), then
+    /// a consumer that dies consuming: the next ones finish what each began, and the
+    /// counts agree with the records after (an empty channel says so; a bounded one
+    /// keeps its whole bound).
+    #[test]
+    fn a_death_mid_publish_or_mid_consume_leaves_the_counts_right() {
+        for growable in [false, true] {
+            let (tx, rx) = if growable {
+                unbounded(MIN_RING)
+            } else {
+                channel(MIN_RING, Some(3))
+            }
+            .unwrap();
+            let dying = tx.clone();
+            std::thread::spawn(move || {
+                ring::DIES_IN.with(|d| d.set(ring::DIES_PUBLISHING));
+                ring::KEEP_LOCKS.with(|k| k.set(true));
+                dying.send(numbered(0, 100), Deadline::Now, false).unwrap();
+            })
+            .join()
+            .unwrap();
+            for n in 1..3 {
+                tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+            }
+            assert_eq!(rx.len(), 3, "unbounded: {growable}");
+            let dying = rx.clone();
+            let first = std::thread::spawn(move || {
+                ring::DIES_IN.with(|d| d.set(ring::DIES_CONSUMING));
+                ring::KEEP_LOCKS.with(|k| k.set(true));
+                number(&take(&dying).unwrap())
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                first, 0,
+                "the dead producer's message, unbounded: {growable}"
+            );
+            for n in 1..3 {
+                assert_eq!(number(&take(&rx).unwrap()), n, "unbounded: {growable}");
+            }
+            assert!(
+                matches!(take(&rx), Err(RecvFail::Empty)),
+                "unbounded: {growable}"
+            );
+            assert_eq!(rx.len(), 0, "unbounded: {growable}");
+            assert!(!rx.ready(), "unbounded: {growable}");
+            for n in 0..3 {
+                tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+            }
+            if !growable {
+                assert!(matches!(
+                    tx.send(numbered(3, 100), Deadline::Now, false),
+                    Err((_, SendFail::Full))
+                ));
+            }
+            assert_eq!(rx.len(), 3, "unbounded: {growable}");
+        }
     }
 
     #[test]

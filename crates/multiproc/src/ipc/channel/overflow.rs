@@ -124,8 +124,13 @@ impl Core {
         write: impl FnOnce(Slot<'_, '_>) -> R,
     ) -> io::Result<Option<R>> {
         let p = &self.header().produced.0;
-        if tail.took_over && p.leaving.load(Acquire) != 0 {
-            self.finish_move(tail, &mut unpoisoned::lock(&self.write_map))?;
+        if tail.took_over {
+            let mut cache = unpoisoned::lock(&self.write_map);
+            if p.leaving.load(Acquire) != 0 {
+                self.finish_move(tail, &mut cache)?;
+            }
+            let w = p.ring.load(Relaxed);
+            self.ring_at(&mut cache, w)?.finish_publish(tail);
         }
         // Room for a link record (and a wrap marker before it) stays free in every
         // ring, so a producer can always leave.
@@ -312,8 +317,17 @@ impl Core {
     /// following links from ring to ring (under the consumers' lock `head`).
     pub(super) fn take_growable(&self, head: &mut Head<'_>) -> Result<Option<Taken>, RecvFail> {
         let c = &self.header().consumed.0;
-        if head.took_over && c.ring.load(Acquire) != 0 {
-            self.skip_left_link(head);
+        if head.took_over {
+            let r = c.ring.load(Acquire);
+            if r == 0 {
+                self.ring().finish_consume(head);
+            } else {
+                let mut cache = unpoisoned::lock(&self.read_map);
+                let region = self.segment(&mut cache, r, false).map_err(RecvFail::Io)?;
+                self.segment_ring(region).finish_consume(head);
+                drop(cache);
+                self.skip_left_link(head);
+            }
         }
         // The hot path: reading the channel's own ring, which holds the next record.
         if c.ring.load(Relaxed) == 0 {

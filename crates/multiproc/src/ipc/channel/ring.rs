@@ -16,6 +16,7 @@
 //! rings.
 #![allow(unsafe_code)]
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,26 @@ thread_local! {
     /// For tests: guards dropped on this thread keep their lock, as a process killed
     /// while holding it would.
     pub(crate) static KEEP_LOCKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// For tests: where in a publish or a consume this thread "dies" (stops there,
+    /// keeping its lock, see [`KEEP_LOCKS`]), between the item count and the position.
+    pub(crate) static DIES_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+pub(crate) const DIES_PUBLISHING: u32 = 1;
+pub(crate) const DIES_CONSUMING: u32 = 2;
+
+/// Whether a test asked this thread to die at `point`.
+fn dies_at(point: u32) -> bool {
+    #[cfg(test)]
+    if DIES_IN.with(std::cell::Cell::get) == point {
+        return true;
+    }
+    let _ = point;
+    false
 }
 
 /// Whether a guard dropped now lets its lock go (always, but in tests that kill).
@@ -235,6 +256,46 @@ impl<'a> Ring<'a> {
         ] {
             w.store(0, Release);
         }
+    }
+
+    /// After taking over the producers' lock from a producer that died (this ring
+    /// being the one producers write to): finishes the publish it was in, if any. Its
+    /// record was written whole before the publish began.
+    pub(crate) fn finish_publish(&self, _lock: &Tail<'_>) {
+        if self.published().finish() {
+            tracing::debug!("finished the publish of a producer that died");
+        }
+    }
+
+    /// After taking over the consumers' lock from a consumer that died (this ring
+    /// being the one consumers read from): finishes the consume it was in, if any (it
+    /// had the message).
+    pub(crate) fn finish_consume(&self, _lock: &Head<'_>) {
+        if self.consumed().finish() {
+            tracing::debug!("finished the consume of a consumer that died");
+        }
+    }
+
+    /// The producers' item count and this ring's `tail`, with their log.
+    fn published(&self) -> Counted<'a> {
+        let p = &self.chan.produced.0;
+        Counted::new(
+            &p.publishing_tail,
+            &p.publishing_items,
+            &p.items,
+            &self.produced.tail,
+        )
+    }
+
+    /// The consumers' item count and this ring's `head`, with their log.
+    fn consumed(&self) -> Counted<'a> {
+        let c = &self.chan.consumed.0;
+        Counted::new(
+            &c.consuming_head,
+            &c.consuming_items,
+            &c.items,
+            &self.consumed.head,
+        )
     }
 
     /// The payload area of a record at `at` (a byte count), `len` bytes long.
@@ -472,11 +533,11 @@ impl Slot<'_, '_> {
             h.unfinished
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        let items = &h.produced.0.items;
-        items.store(items.load(Relaxed).wrapping_add(1), Release);
-        ring.produced
-            .tail
-            .store(self.at + record_len(self.len), Release);
+        // The count, then the position: a producer that dies between the two would
+        // leave the count one ahead of the records for good, so both are logged first
+        // and the next producer finishes what the log says ([`Ring::finish_publish`]).
+        ring.published()
+            .advance(self.at + record_len(self.len), DIES_PUBLISHING);
     }
 
     /// Writes a link record (its payload filled) without publishing it: where the
@@ -485,6 +546,60 @@ impl Slot<'_, '_> {
     pub(crate) fn stage_link(self) -> (u64, u64) {
         self.ring.write_header(self.at, self.len as u32, LINK);
         (self.from, self.at + record_len(self.len))
+    }
+}
+
+/// One side's item count and ring position, which move together (a record published
+/// or consumed), and the log that makes the move whole: the position and count it moves
+/// to are written first and cleared last, so that whoever takes the side's lock over
+/// from a process that died in between finishes the move ([`Counted::finish`]).
+struct Counted<'a> {
+    log_pos: &'a AtomicU64,
+    log_items: &'a AtomicU64,
+    items: &'a AtomicU64,
+    pos: &'a AtomicU64,
+}
+
+impl<'a> Counted<'a> {
+    fn new(
+        log_pos: &'a AtomicU64,
+        log_items: &'a AtomicU64,
+        items: &'a AtomicU64,
+        pos: &'a AtomicU64,
+    ) -> Self {
+        Counted {
+            log_pos,
+            log_items,
+            items,
+            pos,
+        }
+    }
+
+    /// One item more, the position at `to` (under the side's lock). A record ends past
+    /// the ring's start, so `to` is never 0, which means "no move" in the log.
+    fn advance(&self, to: u64, dies: u32) {
+        let items = self.items.load(Relaxed).wrapping_add(1);
+        self.log_items.store(items, Relaxed);
+        self.log_pos.store(to, Release);
+        self.items.store(items, Release);
+        if dies_at(dies) {
+            return;
+        }
+        self.pos.store(to, Release);
+        self.log_pos.store(0, Release);
+    }
+
+    /// Finishes a move that the log says was begun (either store may have been made);
+    /// whether there was one.
+    fn finish(&self) -> bool {
+        let to = self.log_pos.load(Acquire);
+        if to == 0 {
+            return false;
+        }
+        self.items.store(self.log_items.load(Acquire), Release);
+        self.pos.store(to, Release);
+        self.log_pos.store(0, Release);
+        true
     }
 }
 
@@ -510,11 +625,12 @@ impl Record<'_, '_> {
         unsafe { std::slice::from_raw_parts(ring.mem.ptr(offset), self.len) }
     }
 
-    /// Done with this record: frees its room, one item less.
+    /// Done with this record: frees its room, one item less (logged first, as
+    /// [`Slot::publish`] does; see [`Ring::finish_consume`]).
     pub(crate) fn consume(self) {
-        let items = &self.ring.chan.consumed.0.items;
-        items.store(items.load(Relaxed).wrapping_add(1), Release);
-        self.skip();
+        self.ring
+            .consumed()
+            .advance(self.at + record_len(self.len), DIES_CONSUMING);
     }
 
     /// Done with this link record: frees its room (a link is not an item).
