@@ -32,19 +32,21 @@ impl Watch for Board {
 }
 
 impl Board {
-    /// Registers on every task; the ones finished already are posted at once.
+    /// Registers on every task; the ones finished already are posted at once, in
+    /// index order, before any that finishes meanwhile: the board is held throughout
+    /// (a finishing task posts after its cell's lock is let go, so holding the board
+    /// while taking a cell's lock cannot deadlock with it).
     fn watch_all<'t, R: 't>(
         self: &Arc<Self>,
         tasks: impl Iterator<Item = (usize, &'t Task<R>)>,
     ) -> Weak<dyn Watch> {
         let watch = Arc::downgrade(self) as Weak<dyn Watch>;
-        let mut early = Vec::new();
+        let mut finished = unpoisoned::lock(&self.finished);
         for (i, t) in tasks {
             if let Some(failed) = t.cell().watch(watch.clone(), i) {
-                early.push((i, failed));
+                finished.push_back((i, failed));
             }
         }
-        unpoisoned::lock(&self.finished).extend(early);
         watch
     }
 
@@ -294,4 +296,47 @@ pub fn wait_tasks<R>(
     }
     let (done, pending): (Vec<usize>, Vec<usize>) = (0..tasks.len()).partition(|&i| done[i]);
     (done, pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::task::{Cell, Sink};
+    use std::sync::mpsc;
+
+    /// Tasks finished before the call are posted first, in index order, even when
+    /// another task finishes while the board registers on the rest (it was posted
+    /// before them).
+    #[test]
+    fn tasks_finished_before_come_first_in_index_order() {
+        let cells: Vec<_> = (0..4).map(|_| Cell::<u32>::new()).collect();
+        let tasks: Vec<_> = cells
+            .iter()
+            .map(|c| Task::new(Arc::clone(c), 0, None))
+            .collect();
+        for (i, c) in cells.iter().enumerate().skip(1) {
+            c.deliver(0, Ok(i as u32));
+        }
+        let board = Arc::new(Board::default());
+        let mut finisher = None;
+        let registering = tasks.iter().enumerate().inspect(|&(i, _)| {
+            if i == 1 {
+                // Task 0 is registered: it finishes on another thread now, and is
+                // given a moment to post (where the board lets it).
+                let (done_tx, done_rx) = mpsc::channel();
+                let c = Arc::clone(&cells[0]);
+                finisher = Some(std::thread::spawn(move || {
+                    c.deliver(0, Ok(0));
+                    let _ = done_tx.send(());
+                }));
+                let _ = done_rx.recv_timeout(Duration::from_millis(200));
+            }
+        });
+        board.watch_all(registering);
+        finisher.unwrap().join().unwrap();
+        let order: Vec<usize> = std::iter::from_fn(|| board.next(Some(Instant::now()), &|| {}))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(order, [1, 2, 3, 0]);
+    }
 }
