@@ -71,12 +71,12 @@ pub(crate) struct Feed<B: Backend<A>, A, I> {
 }
 
 impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
-    pub(crate) fn new(backend: B, input: I) -> Self {
+    pub(crate) fn new(backend: B, input: I, ordered: bool) -> Self {
         Feed {
             backend,
             input,
             input_done: false,
-            stream: Slots::new(),
+            stream: Slots::new(ordered),
             handles: VecDeque::new(),
             next_slot: 0,
             yielded: 0,
@@ -273,7 +273,7 @@ where
 {
     pub(super) fn new(pool: &'p Pool, entry: Result<TaskEntry, TaskError>, input: I) -> Self {
         Imap {
-            feed: Feed::new(ProcessBackend { pool, entry }, input),
+            feed: Feed::new(ProcessBackend { pool, entry }, input, ORDERED),
             _result: PhantomData,
         }
     }

@@ -704,7 +704,7 @@ impl Pool {
         let chunk_size = chunk_size
             .unwrap_or_else(|| default_chunk(len, self.processes()))
             .max(1);
-        let stream = Slots::<Received>::new();
+        let stream = Slots::<Received>::new(true);
         let sink: Arc<dyn Sink<Received>> = stream.clone();
         // The tasks submitted; those not yet sent to a worker are taken back if this
         // returns early, or unwinds (from the iterator, say).

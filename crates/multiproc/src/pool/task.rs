@@ -434,6 +434,9 @@ impl<R: Send> Sink<Received> for FromWorker<R> {
 
 /// Outcomes of many tasks (`map`, `imap`), by slot.
 pub(crate) struct Slots<T> {
+    /// Whether consumers take by slot (then nothing is kept in arrival order: an
+    /// endless ordered `imap` would keep a word per item it ever had).
+    ordered: bool,
     state: Mutex<StreamState<T>>,
     ready: Condvar,
     /// Outcomes delivered so far (for waiters that spin without the lock).
@@ -443,7 +446,7 @@ pub(crate) struct Slots<T> {
 struct StreamState<T> {
     /// By slot, for ordered consumers.
     by_slot: FxHashMap<usize, Result<T, TaskError>>,
-    /// In arrival order, for unordered ones.
+    /// In arrival order, for unordered ones (empty for ordered ones).
     arrived: VecDeque<usize>,
     sleepers: usize,
     /// An async consumer to wake.
@@ -451,8 +454,10 @@ struct StreamState<T> {
 }
 
 impl<T> Slots<T> {
-    pub(crate) fn new() -> Arc<Self> {
+    /// Outcomes for consumers that take them by slot (`ordered`) or as they arrive.
+    pub(crate) fn new(ordered: bool) -> Arc<Self> {
         Arc::new(Slots {
+            ordered,
             state: Mutex::new(StreamState {
                 by_slot: FxHashMap::default(),
                 arrived: VecDeque::new(),
@@ -573,7 +578,7 @@ impl<T> Slots<T> {
         let mut n = 0;
         for (slot, outcome) in outcomes {
             n += 1;
-            if st.by_slot.insert(slot, outcome).is_none() {
+            if st.by_slot.insert(slot, outcome).is_none() && !self.ordered {
                 st.arrived.push_back(slot);
             }
         }
@@ -888,6 +893,27 @@ mod tests {
             r.fetch_add(100, Ordering::SeqCst);
         });
         assert_eq!(runs.load(Ordering::SeqCst), 111);
+    }
+
+    /// Outcomes taken leave nothing behind, taken by slot or as they arrive: an endless
+    /// ordered `imap` kept a word per item it ever had in the arrival queue, which only
+    /// unordered takes emptied.
+    #[test]
+    fn slots_keep_nothing_once_taken() {
+        for ordered in [true, false] {
+            let slots = Slots::<u32>::new(ordered);
+            for i in 0..10_000 {
+                slots.deliver(i, Ok(i as u32));
+                let taken = slots.take_until(ordered.then_some(i), None, &|| {});
+                assert_eq!(taken, Some((i, Ok(i as u32))));
+            }
+            let st = unpoisoned::lock(&slots.state);
+            assert_eq!(
+                (st.by_slot.len(), st.arrived.len()),
+                (0, 0),
+                "ordered: {ordered}"
+            );
+        }
     }
 
     #[test]
