@@ -259,6 +259,61 @@ fn close_terminate_and_drop() {
     assert_eq!(get(queued).unwrap_err(), TaskError::PoolClosed);
 }
 
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// A pool dropped by one of its own tasks (which held the last handle), or joined
+/// from one: the task finishes (its `Drop` and `join` waited for the calling thread
+/// itself, for ever), and the pool's threads still end.
+#[test]
+fn a_pool_dropped_or_joined_by_its_own_task() {
+    let pool = Arc::new(
+        ThreadPool::builder()
+            .threads(2)
+            .name("selfdrop")
+            .build()
+            .unwrap(),
+    );
+    let last = Arc::clone(&pool);
+    let task = pool
+        .submit(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(last);
+            "dropped"
+        })
+        .unwrap();
+    drop(pool);
+    assert_eq!(get(task).unwrap(), "dropped");
+    let until = Instant::now() + T;
+    while threads_named("selfdrop") > 0 {
+        assert!(Instant::now() < until, "the pool's threads did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let pool = Arc::new(ThreadPool::new(2).unwrap());
+    let p = Arc::clone(&pool);
+    let task = pool
+        .submit(move || {
+            let timed = p.join_timeout(Duration::from_secs(1));
+            p.join();
+            timed
+        })
+        .unwrap();
+    let timed = get(task).unwrap();
+    assert!(
+        matches!(timed, Err(PoolError::InvalidArgument(_))),
+        "{timed:?}"
+    );
+    assert_eq!(pool.submit(|| 0).unwrap_err(), TaskError::PoolClosed);
+    pool.join_timeout(T).unwrap();
+}
+
 /// `Duration::MAX` as a timeout is no timeout and as a retry delay waits "for ever"
 /// (both panicked a pool thread, and waits for the task hung); `shutdown` with
 /// `cancel_pending` cancels the tasks waiting for a countdown or a retry, at once.

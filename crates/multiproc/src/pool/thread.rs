@@ -147,6 +147,12 @@ impl ThreadPoolBuilder {
     }
 }
 
+thread_local! {
+    /// On a pool's thread, that pool ([`Shared::id`]); 0 elsewhere. Waiting for the
+    /// pool's threads to exit from one of them would wait for itself.
+    static ON_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What the pool handle and its threads share.
 struct Shared {
     /// `None` once closed: the threads exit when the queue is empty.
@@ -176,6 +182,7 @@ struct State {
 impl Shared {
     /// A thread's life: the initializer, then jobs until the queue closes.
     fn serve(&self, init: Option<Init>) {
+        ON_POOL.with(|p| p.set(self.id()));
         let init_ok = match init {
             None => true,
             Some(init) => match catch_panic(|| init()) {
@@ -336,6 +343,16 @@ impl Shared {
         }
     }
 
+    /// Who this pool is, for [`ON_POOL`].
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Whether the calling thread is one of this pool's (a task of it runs there).
+    fn on_own_thread(&self) -> bool {
+        ON_POOL.with(std::cell::Cell::get) == self.id()
+    }
+
     /// Waits until every thread has exited, or `deadline`; whether they have.
     fn wait_exited(&self, deadline: Option<Instant>) -> bool {
         let mut st = unpoisoned::lock(&self.state);
@@ -398,6 +415,11 @@ impl<T> Ctl<T> {
         if self.swap(RUNNING, DONE) {
             self.sink.deliver(self.slot, outcome);
         }
+    }
+
+    /// Whether run `run` of the task may still be going on (its timeout then matters).
+    fn runs(&self, run: u32) -> bool {
+        self.run.load(Ordering::Acquire) == run && self.state.load(Ordering::Acquire) != DONE
     }
 
     /// The timeout of run `run` is up: the task ends as timed out if that run still
@@ -475,21 +497,25 @@ impl<T: Send + 'static> Run<T> {
         let Some(shared) = self.pool.upgrade() else {
             return self.fail(TaskError::PoolClosed);
         };
+        // The run is numbered before it starts: the timer of the run before, firing
+        // between the two, would otherwise time this one out.
+        let run = self.attempts + 1;
+        self.ctl.run.store(run, Ordering::Release);
         if !self.ctl.start() {
             // Cancelled while it waited.
             return shared.release();
         }
-        let run = self.attempts + 1;
-        self.ctl.run.store(run, Ordering::Release);
         if let Some(timeout) = self.timeout {
             let ctl = Arc::downgrade(&self.ctl);
             let at = super::options::later(timeout);
+            let watched = ctl.clone();
+            let live = Box::new(move || watched.upgrade().is_some_and(|c| c.runs(run)));
             let action = Box::new(move |stopping: bool| {
                 if let (false, Some(ctl)) = (stopping, ctl.upgrade()) {
                     ctl.time_out(run);
                 }
             });
-            if let Err(e) = shared.timers.at(at, false, action) {
+            if let Err(e) = shared.timers.at_while(at, false, action, Some(live)) {
                 tracing::warn!("a thread pool's timer thread could not start: {e}");
             }
         }
@@ -851,7 +877,7 @@ impl ThreadPool {
         I: IntoIterator<Item = T>,
     {
         let f = Arc::new(f);
-        let stream = Slots::<Vec<R>>::new();
+        let stream = Slots::<Vec<R>>::new(true);
         let mut input = items.into_iter().peekable();
         let mut handles = Vec::new();
         while input.peek().is_some() {
@@ -922,8 +948,14 @@ impl ThreadPool {
 
     /// Closes the pool and waits until every task has finished and every thread has
     /// exited.
+    ///
+    /// Called from one of the pool's own tasks, it only closes the pool: the task
+    /// calling it is one that has not finished, and waiting for it would wait for ever.
     pub fn join(&self) {
         self.close();
+        if self.shared.on_own_thread() {
+            return;
+        }
         self.shared.wait_exited(None);
         self.reap();
     }
@@ -933,9 +965,17 @@ impl ThreadPool {
     /// # Errors
     ///
     /// [`PoolError::Timeout`] if tasks still run: the pool stays closed and can be
-    /// joined again.
+    /// joined again. [`PoolError::InvalidArgument`] if called from one of the pool's
+    /// own tasks (which has not finished: the wait could only time out); the pool is
+    /// closed.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
         self.close();
+        if self.shared.on_own_thread() {
+            return Err(PoolError::InvalidArgument(
+                "join_timeout called from one of the pool's own tasks, which would wait for itself"
+                    .into(),
+            ));
+        }
         if self.shared.wait_exited(Instant::now().checked_add(timeout)) {
             self.reap();
             Ok(())
@@ -954,7 +994,7 @@ impl ThreadPool {
     /// Python's `Executor.shutdown(wait, cancel_futures)`: closes the pool; with
     /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (running
     /// ones finish); with `wait`, waits until every task has finished and every thread
-    /// has exited ([`join`](Self::join)).
+    /// has exited ([`join`](Self::join); not from one of the pool's own tasks).
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
         if cancel_pending {
@@ -977,8 +1017,14 @@ impl ThreadPool {
 }
 
 impl Drop for ThreadPool {
+    /// Fails the queued tasks and waits for the running ones to finish; dropped by
+    /// one of the pool's own tasks (holding the last handle), it waits for none: the
+    /// threads end on their own once their tasks are done.
     fn drop(&mut self) {
         self.terminate();
+        if self.shared.on_own_thread() {
+            return;
+        }
         self.shared.wait_exited(None);
         self.reap();
     }
@@ -1048,7 +1094,7 @@ where
 {
     fn new(pool: &'p ThreadPool, f: MapFn<T, R>, items: I) -> Self {
         ThreadImap {
-            feed: Feed::new(ThreadBackend { pool, f }, items),
+            feed: Feed::new(ThreadBackend { pool, f }, items, ORDERED),
         }
     }
 

@@ -16,6 +16,13 @@ use crate::sync::unpoisoned;
 /// holds, failing what it would have started.
 pub(crate) type Action = Box<dyn FnOnce(bool) + Send>;
 
+/// Whether an action still has something to do: a timeout whose task ended need not
+/// wait for its time in the heap (see [`Timers::at_while`]).
+pub(crate) type Live = Box<dyn Fn() -> bool + Send>;
+
+/// Entries the heap holds before it is first swept of those no longer live.
+const SWEEP_FROM: usize = 1024;
+
 struct Entry {
     at: Instant,
     seq: u64,
@@ -23,6 +30,7 @@ struct Entry {
     /// [`cancel_starts`](Timers::cancel_starts) runs early; not a timeout.
     start: bool,
     action: Action,
+    live: Option<Live>,
 }
 
 impl PartialEq for Entry {
@@ -49,6 +57,9 @@ impl Ord for Entry {
 #[derive(Default)]
 struct State {
     heap: BinaryHeap<Entry>,
+    /// The heap's size after its last sweep: the next comes at twice that (so that a
+    /// sweep's cost is spread over as many entries as it looks at).
+    swept: usize,
     seq: u64,
     stopped: bool,
 }
@@ -89,6 +100,20 @@ impl Timers {
     ///
     /// The timer thread could not be started; the action was run as stopping.
     pub(crate) fn at(&self, at: Instant, start: bool, action: Action) -> io::Result<()> {
+        self.at_while(at, start, action, None)
+    }
+
+    /// As [`at`](Self::at), for an action that `live` may say, any time before, has
+    /// nothing left to do: it is then dropped unrun when the heap is next swept. A
+    /// task's timeout is one: without this, a million quick tasks with an hour's
+    /// timeout each kept their entries (and what they hold) for that hour.
+    pub(crate) fn at_while(
+        &self,
+        at: Instant,
+        start: bool,
+        action: Action,
+        live: Option<Live>,
+    ) -> io::Result<()> {
         {
             let mut st = unpoisoned::lock(&self.shared.state);
             if st.stopped {
@@ -103,7 +128,13 @@ impl Timers {
                 seq,
                 start,
                 action,
+                live,
             });
+            if st.heap.len() >= 2 * st.swept.max(SWEEP_FROM) {
+                st.heap
+                    .retain(|e| e.live.as_ref().is_none_or(|live| live()));
+                st.swept = st.heap.len();
+            }
         }
         self.shared.changed.notify_all();
         let mut thread = unpoisoned::lock(&self.thread);
@@ -241,5 +272,33 @@ mod tests {
         assert_eq!(got, [(1, false), (2, false), (3, false)]);
         timers.stop();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (9, true));
+    }
+
+    /// Entries whose action has nothing left to do are swept from the heap unrun, and
+    /// the heap stays small however many come; a live one stays and runs.
+    #[test]
+    fn ended_entries_are_swept_unrun() {
+        let timers = Timers::new("timers-sweep".into());
+        let (tx, rx) = mpsc::channel();
+        let soon = Instant::now() + Duration::from_millis(200);
+        let first = tx.clone();
+        let action = Box::new(move |early| first.send(("live", early)).unwrap());
+        timers
+            .at_while(soon, false, action, Some(Box::new(|| true)))
+            .unwrap();
+        let far = Instant::now() + Duration::from_secs(3600);
+        for _ in 0..100_000 {
+            let tx = tx.clone();
+            let action = Box::new(move |early| tx.send(("ended", early)).unwrap());
+            timers
+                .at_while(far, false, action, Some(Box::new(|| false)))
+                .unwrap();
+            assert!(unpoisoned::lock(&timers.shared.state).heap.len() < 2 * SWEEP_FROM);
+        }
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got, ("live", false));
+        timers.stop();
+        let unswept = rx.try_iter().filter(|&(what, _)| what == "ended").count();
+        assert!(unswept < 2 * SWEEP_FROM, "{unswept} ended entries ran");
     }
 }
