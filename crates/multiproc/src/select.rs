@@ -16,7 +16,8 @@ use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 /// Told when something it watches completes (a task: `as_completed`, `wait_tasks`,
 /// [`wait`]). Called with no lock held; it must not block.
 pub(crate) trait Watch: Send + Sync {
-    /// What was registered under `key` completed; `failed`: with an error.
+    /// What was registered under `key` completed; `failed`: with an error (a
+    /// cancellation is not one).
     fn notify(&self, key: usize, failed: bool);
 }
 

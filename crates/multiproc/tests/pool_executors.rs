@@ -224,6 +224,16 @@ fn wait_tasks_first_exception_and_the_rest() {
     ];
     let (done, _) = multiproc::wait_tasks(&tasks, Return::FirstException, Some(T));
     assert_eq!(done, [0, 1]);
+    // A cancelled task has not failed (as in Python): FirstException still waits.
+    let one = ThreadPool::new(1).unwrap();
+    let tasks = [
+        one.submit(|| sleep_ms(300)).unwrap(),
+        one.submit(|| sleep_ms(0)).unwrap(),
+    ];
+    assert!(tasks[1].cancel());
+    let (done, pending) = multiproc::wait_tasks(&tasks, Return::FirstException, Some(T));
+    assert_eq!((done, pending), (vec![0, 1], vec![]));
+    one.join_timeout(T).unwrap();
     finish(p);
     tp.join_timeout(T).unwrap();
 }

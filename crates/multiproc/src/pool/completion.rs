@@ -225,7 +225,8 @@ impl<R> fmt::Debug for AsCompleted<R> {
 pub enum Return {
     /// When any task finishes.
     FirstCompleted,
-    /// When any task fails (or, if none does, when all have finished).
+    /// When any task fails (or, if none does, when all have finished). A cancelled
+    /// task has not failed, as in Python.
     FirstException,
     /// When every task has finished.
     AllCompleted,

@@ -202,7 +202,7 @@ impl<R> Cell<R> {
         Fire {
             waker: st.waker.take(),
             watchers: std::mem::take(&mut st.watchers),
-            failed: code != SUCCEEDED,
+            failed: code == FAILED,
         }
     }
 
@@ -284,7 +284,7 @@ impl<R> Cell<R> {
         let mut st = self.lock();
         let code = self.done.load(Ordering::Acquire);
         if code != PENDING {
-            return Some(code != SUCCEEDED);
+            return Some(code == FAILED);
         }
         st.watchers.push((watch, key));
         None
