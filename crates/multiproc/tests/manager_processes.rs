@@ -146,6 +146,10 @@ fn main() {
                 proxy_in_flight_keeps_object,
             ),
             trial(
+                "relayed_proxy_outlives_the_relay",
+                relayed_proxy_outlives_the_relay,
+            ),
+            trial(
                 "received_proxy_dropped_unused_settles",
                 received_proxy_dropped_unused,
             ),
@@ -2061,6 +2065,36 @@ fn proxy_in_flight_keeps_object() {
     assert_eq!(m.object_count().unwrap(), base + 1, "freed while in flight");
     let child = multiproc::spawn(take_and_write, q.clone()).unwrap();
     assert_eq!(join(child), [(4, 4), (5, 5)]);
+    await_count(&m, base);
+}
+
+type DictQueue = multiproc::Queue<DictProxy<u32, u32>>;
+
+/// In a child: passes the dict it takes from one queue on to another, and ends (its
+/// last proxy dropped, its connections closed).
+fn relay_dict((from, to): (DictQueue, DictQueue)) {
+    let d = from.get_timeout(T).unwrap();
+    to.put(d).unwrap();
+}
+
+/// A proxy relayed by a process that then lets go of its last proxy: the object waits
+/// for the one who takes it next (it was freed when the relaying process closed its
+/// connections, taken for its death).
+fn relayed_proxy_outlives_the_relay() {
+    let m = Manager::start().unwrap();
+    let base = m.object_count().unwrap();
+    let (q1, q2) = (
+        multiproc::Queue::new().unwrap(),
+        multiproc::Queue::new().unwrap(),
+    );
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(4, 4).unwrap();
+    q1.put(d).unwrap();
+    join(multiproc::spawn(relay_dict, (q1.clone(), q2.clone())).unwrap());
+    settle(&m);
+    let d = q2.get_timeout(T).unwrap();
+    assert_eq!(d.items().unwrap(), [(4, 4)]);
+    drop(d);
     await_count(&m, base);
 }
 

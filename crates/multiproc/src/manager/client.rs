@@ -529,7 +529,17 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         // The last word on references; what does not go now is settled when the
-        // processes that sent the proxies end.
+        // processes that sent the proxies end. It ends with `Leave` (this process lets
+        // go on purpose: proxies it sent stay until received), where there is a word
+        // to say or a connection to say it on.
+        let pid = crate::sys::process_id();
+        let anchored = matches!(&*unpoisoned::lock(&self.anchor), (p, Some(_)) if *p == pid);
+        {
+            let mut queued = self.queued();
+            if anchored || !queued.1.is_empty() {
+                queued.1.push(RefOp::Leave);
+            }
+        }
         self.flush(Open::Last);
     }
 }

@@ -721,6 +721,10 @@ pub(crate) enum RefOp {
     /// `id` is stored inside a managed value, where the server cannot see it: it is
     /// kept as long as the server runs.
     Pin { id: u64 },
+    /// The session's process lets go of the server on purpose (its last proxy is
+    /// dropped) and lives on: when its connections close, its proxies in flight stay
+    /// until their receivers settle them (a process that dies takes them with it).
+    Leave,
 }
 
 /// How long the server may take to answer an operation, beyond the client's call

@@ -17,7 +17,11 @@
 //! An object is freed when it is not pinned, no session holds it and no balance is
 //! positive. A session ends when its last connection closes (its process died, or was
 //! cut off until keepalive gave it up): what it held and what it had in flight go with
-//! it.
+//! it. A process that lets go on purpose (its last proxy dropped: `RefOp::Leave` before
+//! its connections close) lives on, and may have relayed a proxy it received: its
+//! balances in flight stay, the session kept with no connection until receivers have
+//! settled them all (a proxy never received then keeps its object while the server
+//! runs, as one held would).
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,11 +41,15 @@ impl Holders {
     }
 }
 
-/// A live session: its connections, and the objects it has entries for.
+/// A live session: its connections, and the objects it has entries for. One that left
+/// on purpose and has proxies in flight stays, without connections, until they are
+/// settled.
 #[derive(Debug, Default)]
 struct Session {
     connections: usize,
     objects: HashSet<u64>,
+    /// Its process said it lets go on purpose (`RefOp::Leave`).
+    leaving: bool,
 }
 
 /// The server's reference counts. Every method returns the objects that became
@@ -55,7 +63,9 @@ pub(crate) struct RefTable {
 impl RefTable {
     /// A connection of `session` was authenticated.
     pub(crate) fn connected(&mut self, session: u64) {
-        self.sessions.entry(session).or_default().connections += 1;
+        let s = self.sessions.entry(session).or_default();
+        s.connections += 1;
+        s.leaving = false;
     }
 
     /// A connection of `session` closed. When it was the last, the session is over:
@@ -68,13 +78,18 @@ impl RefTable {
         if s.connections > 0 {
             return (false, Vec::new());
         }
-        let Some(s) = self.sessions.remove(&session) else {
+        let Some(mut s) = self.sessions.remove(&session) else {
             return (true, Vec::new());
         };
         let mut freed = Vec::new();
-        for id in s.objects {
+        let mut in_flight = HashSet::new();
+        for id in s.objects.drain() {
             if let Some(h) = self.objects.get_mut(&id) {
                 h.held.remove(&session);
+                if s.leaving && h.in_flight.get(&session).is_some_and(|&n| n > 0) {
+                    in_flight.insert(id);
+                    continue;
+                }
                 h.in_flight.remove(&session);
                 if h.unreferenced() {
                     self.objects.remove(&id);
@@ -82,7 +97,24 @@ impl RefTable {
                 }
             }
         }
+        if !in_flight.is_empty() {
+            s.objects = in_flight;
+            self.sessions.insert(session, s);
+        }
         (true, freed)
+    }
+
+    /// A session that left (no connection) and whose proxies of `id` in flight are all
+    /// settled: it has no entry there any more, and goes once it has none anywhere.
+    fn settled(&mut self, session: u64, id: u64) {
+        if let Some(s) = self.sessions.get_mut(&session)
+            && s.connections == 0
+        {
+            s.objects.remove(&id);
+            if s.objects.is_empty() {
+                self.sessions.remove(&session);
+            }
+        }
     }
 
     /// `session` created object `id` (and holds a reference to it); `pinned` for a
@@ -118,13 +150,24 @@ impl RefTable {
                     if let Some(from) = from
                         && let Some(s) = self.sessions.get_mut(&from)
                     {
-                        s.objects.insert(id);
+                        let left = s.connections == 0;
+                        if !left {
+                            s.objects.insert(id);
+                        }
                         let n = h.in_flight.entry(from).or_insert(0);
                         *n -= 1;
-                        if *n == 0 {
+                        if *n <= 0 && left {
+                            // A session that left reported all it sent: nothing more
+                            // to settle there.
+                            h.in_flight.remove(&from);
+                            self.settled(from, id);
+                        } else if *n == 0 {
                             h.in_flight.remove(&from);
                         }
                     }
+                    let Some(h) = self.objects.get_mut(&id) else {
+                        continue;
+                    };
                     if let Some(s) = self.sessions.get_mut(&session) {
                         s.objects.insert(id);
                         *h.held.entry(session).or_insert(0) += 1;
@@ -153,6 +196,11 @@ impl RefTable {
                     }
                 }
                 RefOp::Pin { id } => self.pin(id),
+                RefOp::Leave => {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.leaving = true;
+                    }
+                }
             }
         }
         freed
@@ -278,5 +326,52 @@ mod tests {
         assert_eq!(t.disconnected(A), (false, Vec::new()));
         assert_eq!(t.disconnected(A), (true, vec![7]));
         assert_eq!(t.disconnected(A), (false, Vec::new()), "already over");
+    }
+
+    /// A session that leaves on purpose (its process lives on) keeps the object its
+    /// proxy in flight refers to until the receiver settles it; then the session goes.
+    #[test]
+    fn a_session_that_leaves_keeps_what_it_relayed_until_received() {
+        const C: u64 = 3;
+        let mut t = table();
+        t.connected(C);
+        t.created(7, A, false);
+        t.created(8, A, false);
+        // A sends 7 to B, which relays it to C and leaves; 8 it sends nowhere.
+        assert!(
+            t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }])
+                .is_empty()
+        );
+        let hold = |from| RefOp::Hold { id: 7, from };
+        assert!(t.apply(B, vec![hold(Some(A))]).is_empty());
+        let ops = vec![RefOp::Release { id: 7, sent: 1 }, RefOp::Leave];
+        assert!(t.apply(B, ops).is_empty());
+        assert_eq!(t.disconnected(B), (true, Vec::new()), "7 is in flight to C");
+        assert!(t.sessions.contains_key(&B));
+        assert!(t.apply(C, vec![hold(Some(B))]).is_empty());
+        assert!(!t.sessions.contains_key(&B), "B's balances are settled");
+        assert_eq!(t.apply(C, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+        assert_eq!(t.disconnected(A), (true, vec![8]));
+    }
+
+    /// A session whose connections close without `Leave` (its process died) takes its
+    /// proxies in flight with it; one that comes back after leaving is live again.
+    #[test]
+    fn a_session_that_dies_or_comes_back_is_not_leaving() {
+        let mut t = table();
+        t.created(7, A, false);
+        t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }]);
+        assert_eq!(t.disconnected(A), (true, vec![7]));
+
+        t.connected(A);
+        t.created(8, A, false);
+        t.apply(A, vec![RefOp::Release { id: 8, sent: 1 }, RefOp::Leave]);
+        t.connected(A);
+        assert_eq!(t.disconnected(A), (false, Vec::new()));
+        assert_eq!(
+            t.disconnected(A),
+            (true, vec![8]),
+            "it came back: not leaving"
+        );
     }
 }
