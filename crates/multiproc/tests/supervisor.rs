@@ -41,6 +41,7 @@ fn main() {
                 "leader_dies_on_sigterm_member_ignores_it",
                 leader_dies_member_ignores,
             ),
+            trial("supervising_thread_panics", supervising_thread_panics),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial("bad_input", bad_input),
             trial("daemonize_pidfile_second_refused", daemonize_pidfile),
@@ -681,6 +682,53 @@ fn failed_restarts_back_off() {
     sup.shutdown().unwrap();
     REFUSE_ENCODING.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(delays, [100, 200, 400, 800]);
+}
+
+/// Set by the test once the first start went through: cloning the argument (which a
+/// restart does, on the supervising thread) then panics.
+static PANIC_ON_CLONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClonesUntilTold(u64);
+
+impl Clone for ClonesUntilTold {
+    fn clone(&self) -> Self {
+        assert!(
+            !PANIC_ON_CLONE.load(std::sync::atomic::Ordering::SeqCst),
+            "told to panic"
+        );
+        ClonesUntilTold(self.0)
+    }
+}
+
+fn crash_after_clonable(ms: ClonesUntilTold) {
+    crash_after_ms(ms.0);
+}
+
+/// A panic on the supervising thread (a restart clones the child's arguments there):
+/// the supervisor ends with it, having stopped every child, and waiters get it (they
+/// waited for ever for the thread that was gone).
+fn supervising_thread_panics() {
+    let sup = Supervisor::builder()
+        .child(ChildSpec::new("steady", sleep_forever, ()))
+        .child(ChildSpec::new(
+            "crashy",
+            crash_after_clonable,
+            ClonesUntilTold(100),
+        ))
+        .build()
+        .unwrap();
+    let steady = pid_of(&sup, "steady").unwrap();
+    PANIC_ON_CLONE.store(true, std::sync::atomic::Ordering::SeqCst);
+    let waited = sup.wait_timeout(T);
+    PANIC_ON_CLONE.store(false, std::sync::atomic::Ordering::SeqCst);
+    match &waited {
+        Err(SupervisorError::Panicked(why)) => assert!(why.contains("told to panic"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!sup.is_running());
+    assert!(wait_gone(steady, T), "a child outlived its supervisor");
+    assert!(matches!(sup.shutdown(), Err(SupervisorError::Panicked(_))));
 }
 
 fn supervisor_sigkilled() {

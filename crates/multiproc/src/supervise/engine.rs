@@ -2,6 +2,7 @@
 //! its thread share, and the supervising loop (children started, their exits reaped,
 //! restarts per policy and strategy within the intensity, backoff, graceful stops).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -79,6 +80,8 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
 #[derive(Clone)]
 enum Outcome {
     Stopped,
+    /// The supervising thread panicked (the message).
+    Panicked(String),
     GaveUp {
         restarts: u32,
         max: u32,
@@ -92,6 +95,7 @@ impl Outcome {
     fn into_result(self) -> Result<(), SupervisorError> {
         match self {
             Outcome::Stopped => Ok(()),
+            Outcome::Panicked(why) => Err(SupervisorError::Panicked(why)),
             Outcome::GaveUp {
                 restarts,
                 max,
@@ -159,8 +163,26 @@ struct Lingering {
 }
 
 impl Supervising {
+    /// The supervising thread: supervises until told to stop, every child is done or
+    /// intensity is exceeded, then stops every child and tells the waiters. A panic
+    /// there (user code runs on it: a restart clones and encodes the child's
+    /// arguments) ends it the same way, with the panic as the outcome: waiters must
+    /// not wait for a thread that is gone, nor children outlive their supervisor.
     fn run(mut self) {
-        let outcome = loop {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.supervise()))
+            .unwrap_or_else(|p| Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string()));
+        let ended = catch_unwind(AssertUnwindSafe(|| self.end(&outcome)));
+        let outcome = match ended {
+            Ok(()) => outcome,
+            Err(p) => Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string()),
+        };
+        *unpoisoned::lock(&self.shared.outcome) = Some(outcome);
+        self.shared.done.notify_all();
+    }
+
+    /// Supervises until the supervisor ends; how.
+    fn supervise(&mut self) -> Outcome {
+        loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 break Outcome::Stopped;
             }
@@ -180,11 +202,15 @@ impl Supervising {
                 break Outcome::Stopped;
             }
             self.sleep();
-        };
+        }
+    }
+
+    /// Stops every child and says how the supervisor ended.
+    fn end(&mut self, outcome: &Outcome) {
         let all: Vec<usize> = (0..self.slots.len()).collect();
         self.stop_slots(&all);
         self.tend_lingering(true);
-        if let Outcome::GaveUp { .. } = &outcome {
+        if let Outcome::GaveUp { .. } | Outcome::Panicked(_) = outcome {
             let reason = outcome.clone().into_result().err().map(|e| e.to_string());
             tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
             self.shared.events.send(SupervisorEvent::GaveUp {
@@ -193,8 +219,6 @@ impl Supervising {
         }
         self.publish();
         self.shared.events.send(SupervisorEvent::Stopped);
-        *unpoisoned::lock(&self.shared.outcome) = Some(outcome);
-        self.shared.done.notify_all();
     }
 
     /// Sleeps until a child ends, a restart is due, or a tick passes.

@@ -39,6 +39,11 @@ pub enum SupervisorError {
     /// The wait timed out; the supervisor runs on.
     #[error("timed out")]
     Timeout,
+    /// Code run on the supervising thread panicked (a child's arguments' `Clone` or
+    /// `Serialize`, when a restart encodes them): every child was stopped, and the
+    /// supervisor ended.
+    #[error("the supervising thread panicked: {0}")]
+    Panicked(String),
 }
 
 /// Why [`daemonize`](crate::daemonize) failed.
