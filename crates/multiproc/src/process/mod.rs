@@ -531,7 +531,7 @@ impl Builder {
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.
-                let pidfd = sys::pidfd_open(pid)?;
+                let pidfd = sys::child_pidfd(pid)?;
                 let record = Arc::new(ChildRecord::new(
                     pid,
                     name,

@@ -216,7 +216,7 @@ pub(crate) fn getpid() -> u32 {
 pub(crate) fn is_main_thread() -> bool {
     true
 }
-pub(crate) fn pidfd_open(_: u32) -> io::Result<OwnedFd> {
+pub(crate) fn child_pidfd(_: u32) -> io::Result<OwnedFd> {
     Err(unsupported())
 }
 pub(crate) fn send_signal(_: BorrowedFd<'_>, _: i32) -> io::Result<()> {

@@ -42,7 +42,7 @@ impl ForkServer {
             Some(sys::Forked::Parent(pid)) => {
                 drop(theirs);
                 drop(death);
-                let pidfd = sys::pidfd_open(pid)?;
+                let pidfd = sys::child_pidfd(pid)?;
                 tracing::trace!(pid, "fork server forked");
                 Ok(Some(ForkServer {
                     pid,

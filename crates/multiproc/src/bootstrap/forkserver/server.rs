@@ -452,7 +452,7 @@ fn new_kid(
     spare: Option<Conn>,
 ) -> Result<Kid, Refusal> {
     // Our own child: it cannot be reaped before we wait, so the pid is still its.
-    let pidfd = sys::pidfd_open(pid).map_err(|e| Refusal::os("pidfd_open", &e))?;
+    let pidfd = sys::child_pidfd(pid).map_err(|e| Refusal::os("pidfd_open", &e))?;
     Ok(Kid {
         pid,
         pidfd,

@@ -68,7 +68,7 @@ pub(crate) fn spawn_self(
     let child = command.spawn()?;
     let pid = child.id();
     // The child cannot be reaped before we wait for it, so `pid` is still its pid.
-    let pidfd = process::pidfd_open(pid)?;
+    let pidfd = process::child_pidfd(pid)?;
     Ok((pid, pidfd))
 }
 

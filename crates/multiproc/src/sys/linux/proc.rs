@@ -106,9 +106,22 @@ pub(crate) fn read_proc(path: &str) -> Option<String> {
 }
 
 /// Opens a pidfd for `pid`.
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid = to_pid(pid)?;
     Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Opens a pidfd for `pid`, a child of this process not yet reaped (so the pid is still
+/// its). If none can be had (no descriptor left), the child is killed and reaped before
+/// the error returns: a child nobody can wait for would run on unseen, and stay a
+/// zombie.
+pub(crate) fn child_pidfd(pid: u32) -> io::Result<OwnedFd> {
+    pidfd_open(pid).inspect_err(|_| {
+        if let Ok(p) = to_pid(pid) {
+            let _ = rustix::process::kill_process(p, Signal::KILL);
+            let _ = wait_child(pid);
+        }
+    })
 }
 
 /// Sends `signal` through a pidfd. A process that has already exited is not an error.
@@ -364,4 +377,80 @@ fn to_pid(pid: u32) -> io::Result<Pid> {
         .ok()
         .and_then(Pid::from_raw)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(unsafe_code)]
+    use super::*;
+    use crate::sys::Forked;
+
+    /// A child whose pidfd cannot be opened (no descriptor left) is killed and reaped:
+    /// it ran on, unseen and never reaped. Run in a forked process of its own (the
+    /// limit on descriptors is the process's), which does only system calls.
+    #[test]
+    fn a_child_without_a_pidfd_is_killed_and_reaped() {
+        // SAFETY: the child makes system calls only (no allocation, no lock) and ends
+        // with `_exit`.
+        match unsafe { super::super::fork::fork_unchecked() }.unwrap() {
+            Forked::Child => {
+                let code = (|| {
+                    // SAFETY: as above; the sleeper pauses until it is killed.
+                    let sleeper = match unsafe { super::super::fork::fork_unchecked() } {
+                        Ok(Forked::Child) => loop {
+                            // SAFETY: `pause` only waits for a signal.
+                            unsafe { libc::pause() };
+                        },
+                        Ok(Forked::Parent(pid)) => pid,
+                        Err(_) => return 2,
+                    };
+                    let kill = || {
+                        // SAFETY: kills and reaps our own child.
+                        unsafe { libc::kill(sleeper as i32, libc::SIGKILL) };
+                        let _ = wait_child(sleeper);
+                    };
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    // SAFETY: a valid `rlimit` to fill, then to set for this process.
+                    let set = unsafe {
+                        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+                            limit.rlim_cur = 0;
+                            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+                        }
+                    };
+                    if !set {
+                        kill();
+                        return 3;
+                    }
+                    if child_pidfd(sleeper).is_ok() {
+                        kill();
+                        return 4;
+                    }
+                    // Reaped: no child of that pid is left to wait for.
+                    // SAFETY: `waitpid` with a null status pointer.
+                    let left = unsafe {
+                        libc::waitpid(sleeper as i32, std::ptr::null_mut(), libc::WNOHANG)
+                    };
+                    if left != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::ECHILD)
+                    {
+                        kill();
+                        return 5;
+                    }
+                    0
+                })();
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(code) }
+            }
+            Forked::Parent(pid) => {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                let waited = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+                assert_eq!(waited, pid as i32);
+                assert!(libc::WIFEXITED(status), "status {status}");
+                assert_eq!(libc::WEXITSTATUS(status), 0, "step that failed");
+            }
+        }
+    }
 }
