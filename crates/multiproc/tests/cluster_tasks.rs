@@ -328,6 +328,10 @@ fn main() {
                 "a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease",
                 a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease,
             ),
+            trial(
+                "a_worker_with_an_endless_grace_stops",
+                a_worker_with_an_endless_grace_stops,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -1927,5 +1931,30 @@ fn redis_restarted_empty_while_submitting() {
     let c = std::sync::Arc::try_unwrap(c).unwrap();
     assert!(bad.is_empty(), "ok {ok}, lost {lost}, bad: {bad:?}");
     assert!(ok > 0);
+    finish(&redis, c, ns);
+}
+
+/// `grace(Duration::MAX)` ("never kill running tasks"): a stop ends once nothing runs
+/// (the deadline of the stop, the grace and a lease after it began, overflowed the
+/// clock: the keeper thread panicked and the stop waited for ever).
+fn a_worker_with_an_endless_grace_stops() {
+    let redis = RedisServer::start();
+    let ns = "grace-max";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .grace(Duration::MAX)
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        w.shutdown(true);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "a worker with grace(Duration::MAX) did not stop"
+    );
     finish(&redis, c, ns);
 }

@@ -28,6 +28,7 @@ use super::envelope::{self, Envelope, ErrorWire, Outcome, Reply};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
+use crate::deadline;
 use crate::pool::RetryPolicy;
 use crate::pool::TaskError;
 use crate::pool::{Pool, Task, TaskOptions};
@@ -316,7 +317,7 @@ impl WorkerBuilder {
     }
 
     /// How long a stopping worker lets running tasks finish before it hands them back
-    /// to the queue (default 30 s).
+    /// to the queue (default 30 s; `Duration::MAX`: never, the stop waits for them).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -1345,8 +1346,12 @@ impl Node {
                 }
             } else {
                 let since = *stop_at.get_or_insert_with(|| {
-                    *lock(&self.stop_by) =
-                        Some(now + self.cfg.grace.saturating_add(self.cfg.lease));
+                    // A grace of `Duration::MAX` (never kill running tasks) ends a
+                    // century on: `Instant + Duration::MAX` would panic this thread.
+                    *lock(&self.stop_by) = Some(deadline::later_than(
+                        now,
+                        self.cfg.grace.saturating_add(self.cfg.lease),
+                    ));
                     now
                 });
                 let held = lock(&self.state).flights.len() + self.unsent.load(Ordering::Acquire);
