@@ -332,6 +332,10 @@ fn main() {
                 "a_worker_with_an_endless_grace_stops",
                 a_worker_with_an_endless_grace_stops,
             ),
+            trial(
+                "an_attempt_count_at_its_end_is_finished",
+                an_attempt_count_at_its_end_is_finished,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -1956,5 +1960,58 @@ fn a_worker_with_an_endless_grace_stops() {
         rx.recv_timeout(Duration::from_secs(30)).is_ok(),
         "a worker with grace(Duration::MAX) did not stop"
     );
+    finish(&redis, c, ns);
+}
+
+/// A message whose attempt count is at the end of its range (the wire is not trusted)
+/// is run and finished: counting one more attempt overflowed, which panicked the
+/// worker's finisher thread, and no outcome was sent again.
+fn an_attempt_count_at_its_end_is_finished() {
+    let redis = RedisServer::start();
+    let ns = "attempt-max";
+    let c = client(&redis, ns);
+    // A countdown task waits in the delayed set as its envelope: taken out, its attempt
+    // count set to u32::MAX, and put in the stream.
+    let mut t = c
+        .submit_with(
+            SQUARE,
+            3,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let delayed = format!("{ns}:{{default}}:delayed");
+    let stream = format!("{ns}:{{default}}:stream");
+    let mut raw = redis.raw().unwrap();
+    let members = raw.call(&["ZRANGE", &delayed, "0", "-1"]).unwrap();
+    let Resp::Array(members) = members else {
+        panic!("ZRANGE: {members:?}")
+    };
+    let Some(Resp::Bulk(Some(original))) = members.first().cloned() else {
+        panic!("no delayed envelope: {members:?}")
+    };
+    // The attempt count (4 bytes) follows the reply field: the client's id, after its
+    // length (the task's id, earlier, holds it too).
+    let id = c.id().as_bytes();
+    let at = original
+        .windows(id.len())
+        .rposition(|w| w == id)
+        .expect("the client's id in the envelope")
+        + id.len();
+    let mut envelope = original.clone();
+    envelope[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    raw.call_bytes(&[b"ZREM", delayed.as_bytes(), &original])
+        .unwrap();
+    raw.call_bytes(&[b"XADD", stream.as_bytes(), b"*", b"m", &envelope])
+        .unwrap();
+    let w = worker(&redis, ns, 1);
+    assert_eq!(t.wait_timeout(Duration::from_secs(10)), Ok(9));
+    // The worker goes on.
+    assert_eq!(
+        c.submit(SQUARE, 4)
+            .unwrap()
+            .wait_timeout(Duration::from_secs(10)),
+        Ok(16)
+    );
+    w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -1065,7 +1065,9 @@ impl Node {
             .retry
             .map(|r| r.to_policy())
             .unwrap_or_else(RetryPolicy::never);
-        let attempts = env.attempt + 1;
+        // The count comes from the wire: one at the end of its range stays there rather
+        // than overflow (a panic of the finisher where overflow is checked).
+        let attempts = env.attempt.saturating_add(1);
         let mut fin = Finish {
             local,
             entry: entry.to_string(),
