@@ -336,6 +336,14 @@ fn main() {
                 "an_attempt_count_at_its_end_is_finished",
                 an_attempt_count_at_its_end_is_finished,
             ),
+            trial(
+                "endless_ttls_and_caps_are_kept_as_redis_allows",
+                endless_ttls_and_caps_are_kept_as_redis_allows,
+            ),
+            trial(
+                "a_refused_finish_holds_back_none_of_its_batch",
+                a_refused_finish_holds_back_none_of_its_batch,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -2014,4 +2022,116 @@ fn an_attempt_count_at_its_end_is_finished() {
     );
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// Settings that read as "for ever" are what Redis accepts: outcomes kept
+/// `Duration::MAX`, a dead-letter stream capped at `usize::MAX`, a retry delay of
+/// `Duration::MAX` (Redis refused the finish of every task of the batch, which were
+/// dropped, and their clients waited; a client's own `result_ttl(Duration::MAX)` made
+/// an idempotent submission and a cancel fail).
+fn endless_ttls_and_caps_are_kept_as_redis_allows() {
+    let redis = RedisServer::start();
+    let ns = "endless";
+    // The default lease (30 s): a task whose finish Redis refused would end only after it.
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .result_ttl(Duration::MAX)
+        .dead_letter_cap(usize::MAX)
+        .build()
+        .expect("start worker");
+    let c = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .result_ttl(Duration::MAX)
+        .build()
+        .expect("connect");
+    let ten = Duration::from_secs(10);
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    assert_eq!(t.wait_timeout(ten), Ok(9));
+    let mut t = c
+        .submit_with(SQUARE, 4, TaskOptions::new().idempotency_key("forever"))
+        .unwrap();
+    assert_eq!(t.wait_timeout(ten), Ok(16));
+    let mut later = c
+        .submit_with(
+            SQUARE,
+            5,
+            TaskOptions::new().countdown(Duration::from_secs(60)),
+        )
+        .unwrap();
+    assert!(later.cancel(), "cancel of a delayed task refused");
+    assert_eq!(later.wait_timeout(ten), Err(TaskError::Cancelled));
+    let mut dead = c.submit(ABORT, 0).unwrap();
+    assert!(matches!(
+        dead.wait_timeout(T),
+        Err(TaskError::DeadLettered(_))
+    ));
+    assert_eq!(c.stats().unwrap().dead_lettered, 1);
+    // A failed run retried never: it waits in the delayed set, and a cancel ends it.
+    let dir = common::tempdir("endless");
+    let p = dir.join("n").to_string_lossy().into_owned();
+    let never = RetryPolicy::attempts(2).backoff(Duration::MAX, 1.0, Duration::MAX);
+    let mut retried = c
+        .submit_fallible_with(FLAKY, (p.clone(), 2), TaskOptions::new().retry(never))
+        .unwrap();
+    assert!(
+        common::eventually(ten, || c.stats().unwrap().delayed == 1),
+        "the retry was not scheduled: {:?}",
+        c.stats()
+    );
+    assert!(
+        retried.cancel(),
+        "cancel of a task waiting for its retry refused"
+    );
+    assert_eq!(retried.wait_timeout(ten), Err(TaskError::Cancelled));
+    assert_eq!(counter(&p), 1);
+    assert_eq!(c.stats().unwrap().delayed, 0);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+/// A task of a batch whose finish Redis refuses (a key of another type where its
+/// waiters' set goes) holds back none of the others: they are finished one at a time
+/// (the whole batch was left to run again once its leases lapsed).
+fn a_refused_finish_holds_back_none_of_its_batch() {
+    let redis = RedisServer::start();
+    let ns = "refused";
+    let c = client(&redis, ns);
+    // Sent before any worker runs: read together, finished in batches.
+    let handles = c.submit_batch(SQUARE, 0..200u64).unwrap();
+    // A task's id is its client's id and a count from 1.
+    let mut raw = redis.raw().unwrap();
+    let poisoned: Vec<String> = (1..=200)
+        .step_by(10)
+        .map(|i| format!("{ns}:{{default}}:waiters:{}-{i}", c.id()))
+        .collect();
+    for key in &poisoned {
+        raw.call(&["SET", key, "x"]).unwrap();
+    }
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(2)
+        .prefetch(200)
+        .lease(Duration::from_secs(30))
+        .build()
+        .expect("start worker");
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut late = Vec::new();
+    for (x, mut t) in handles.into_iter().enumerate() {
+        let r = t.wait_timeout(until.saturating_duration_since(Instant::now()));
+        if r != Ok((x * x) as u64) {
+            late.push((x, r));
+        }
+    }
+    w.shutdown(true);
+    for key in &poisoned {
+        raw.call(&["DEL", key]).unwrap();
+    }
+    finish(&redis, c, ns);
+    assert!(
+        late.is_empty(),
+        "{} tasks not answered in time, the first: {:?}",
+        late.len(),
+        &late[..late.len().min(5)]
+    );
 }

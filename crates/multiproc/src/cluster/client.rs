@@ -56,8 +56,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// How long outcomes are kept in Redis (default a day). A task's outcome is also
-    /// kept this long for its idempotency key.
+    /// How long outcomes are kept in Redis (default a day; at least a second, at most a
+    /// century: `Duration::MAX` keeps them a century, the longest expiry Redis is
+    /// given). A task's outcome is also kept this long for its idempotency key.
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.settings.result_ttl = ttl;
         self
@@ -96,7 +97,7 @@ impl ClusterBuilder {
             id: conn::random_hex(8)?,
             namespace: self.settings.namespace.clone(),
             default_keys: keys.clone(),
-            result_ttl: self.settings.result_ttl.as_secs().max(1),
+            result_ttl: self.settings.result_ttl_secs(),
             max_message: self.settings.max_message,
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             pending: Mutex::new(Pending::default()),

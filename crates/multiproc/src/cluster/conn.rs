@@ -12,6 +12,7 @@ use redis::Value;
 
 use super::error::{ClusterError, redis_err};
 use super::keys::{Keys, valid_name};
+use crate::deadline;
 
 /// How long a command may wait for its reply.
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +57,13 @@ impl Settings {
             connect_timeout: Duration::from_secs(1),
             tls_root: None,
         }
+    }
+
+    /// How long outcomes are kept, in seconds, as Redis takes it: a century at most
+    /// (`Duration::MAX`, "for ever", is past the range of Redis's expiry times, which
+    /// then refuses the command).
+    pub(crate) fn result_ttl_secs(&self) -> u64 {
+        self.result_ttl.min(deadline::FOREVER).as_secs().max(1)
     }
 
     /// Checks the settings and parses the URL.

@@ -310,7 +310,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long outcomes are kept (default a day).
+    /// How long outcomes are kept (default a day; at least a second, at most a century:
+    /// `Duration::MAX` keeps them a century, the longest expiry Redis is given).
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.settings.result_ttl = ttl;
         self
@@ -323,7 +324,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// The dead-letter stream is trimmed to about this many entries (default 10,000).
+    /// The dead-letter stream is trimmed to about this many entries (default 10,000; at
+    /// most `i64::MAX`, the largest count Redis takes, which `usize::MAX` becomes).
     pub fn dead_letter_cap(mut self, n: usize) -> Self {
         self.dead_letter_cap = n;
         self
@@ -420,9 +422,12 @@ impl WorkerBuilder {
                 capacity,
                 max_deliveries: self.max_deliveries,
                 max_message: self.settings.max_message,
-                result_ttl: self.settings.result_ttl.as_secs().max(1),
+                result_ttl: self.settings.result_ttl_secs(),
                 grace: self.grace,
-                dead_letter_cap: self.dead_letter_cap.max(1),
+                // `MAXLEN` takes a signed 64-bit count.
+                dead_letter_cap: self
+                    .dead_letter_cap
+                    .clamp(1, usize::try_from(i64::MAX).unwrap_or(usize::MAX)),
                 info: format!(
                     "host={host} pid={} processes={processes}",
                     std::process::id()
@@ -1082,7 +1087,9 @@ impl Node {
         let retry_with = |fin: &mut Finish, next: Envelope, delay: Duration| match next.encode() {
             Ok(bytes) => {
                 fin.action = Action::Retry;
-                fin.retry = Some((bytes, ms(delay)));
+                // A delay of `Duration::MAX` (never) waits a century: Redis refuses an
+                // expiry past the range of its clock.
+                fin.retry = Some((bytes, ms(delay.min(deadline::FOREVER))));
             }
             Err(e) => {
                 fin.outcome = Outcome::Failed(ErrorWire::Codec(e.message().into()))
@@ -1308,10 +1315,29 @@ impl Node {
                 tracing::warn!(worker = %self.name, "cannot finish tasks now: {e}");
                 Err(batch)
             }
+            // Not a connection problem, and maybe one item's (a key of another type where
+            // it writes): each is finished on its own, so that one does not hold back
+            // the rest. Items the failed call finished already are no longer owned, and
+            // are left alone.
+            Err(e) if batch.len() > 1 => {
+                let n = batch.len();
+                tracing::warn!(worker = %self.name, "finishing {n} tasks together failed, now one at a time: {e}");
+                let mut kept = Vec::new();
+                for f in batch {
+                    if !kept.is_empty() {
+                        // The server became unreachable: the rest waits for it too.
+                        kept.push(f);
+                    } else if let Err(back) = self.flush(link, vec![f]) {
+                        kept.extend(back);
+                    }
+                }
+                if kept.is_empty() { Ok(()) } else { Err(kept) }
+            }
             Err(e) => {
-                // Not a connection problem: the entries stay pending and are reclaimed
-                // when their leases run out (at least once still holds).
-                tracing::error!(worker = %self.name, "finishing tasks failed: {e}");
+                // The entry stays pending and is reclaimed when its lease runs out (at
+                // least once still holds).
+                let entries: Vec<&str> = batch.iter().map(|f| f.entry.as_str()).collect();
+                tracing::error!(worker = %self.name, ?entries, "finishing a task failed: {e}");
                 self.sent(&batch);
                 Ok(())
             }
