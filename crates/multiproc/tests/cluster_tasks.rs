@@ -203,6 +203,10 @@ fn helpers(mode: &str) {
         println!("ready");
         handle.run().expect("worker");
         println!("stopped");
+        if std::env::var_os("MP_LINGER").is_some() {
+            // For a test to signal the process once `run` has returned.
+            std::thread::sleep(Duration::from_secs(60));
+        }
     }
 }
 
@@ -343,6 +347,14 @@ fn main() {
             trial(
                 "a_refused_finish_holds_back_none_of_its_batch",
                 a_refused_finish_holds_back_none_of_its_batch,
+            ),
+            trial(
+                "a_second_signal_ends_a_draining_worker",
+                a_second_signal_ends_a_draining_worker,
+            ),
+            trial(
+                "a_signal_after_run_ends_the_process",
+                a_signal_after_run_ends_the_process,
             ),
         ],
         helpers,
@@ -2134,4 +2146,67 @@ fn a_refused_finish_holds_back_none_of_its_batch() {
         late.len(),
         &late[..late.len().min(5)]
     );
+}
+
+/// A worker run with `run()` drains on `SIGTERM`; a second `SIGTERM` meanwhile ends it
+/// at once (the signal was ignored: the drain went on for its whole grace).
+fn a_second_signal_ends_a_draining_worker() {
+    use std::os::unix::process::ExitStatusExt;
+    let redis = RedisServer::start();
+    let ns = "second-signal";
+    let mut n = node(&redis, ns, "twice");
+    let c = client(&redis, ns);
+    let _held = c.submit(SLOW_SQUARE, (3, 60_000)).unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 1));
+    let pid = n.child.id();
+    cluster_common::signal(pid, "-TERM");
+    // It drains (its task runs a minute, its grace is 20 s).
+    assert!(
+        !common::wait_gone(pid, Duration::from_millis(200)),
+        "the first SIGTERM ended the worker"
+    );
+    cluster_common::signal(pid, "-TERM");
+    // Not after the node's grace of 20 s.
+    let status = n.wait(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    // Its pool's processes end with it.
+    let left = common::settle_group(pid, Duration::from_secs(10));
+    assert!(left.is_empty(), "left running: {left:?}");
+    drop(n);
+    finish(&redis, c, ns);
+}
+
+/// Once `run` has returned, `SIGTERM` ends the process as by default (it was ignored:
+/// the worker's handlers were removed, which leaves a signal ignored).
+fn a_signal_after_run_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let redis = RedisServer::start();
+    let ns = "after-run";
+    let mut n = common::Helper::start_with(
+        "worker",
+        std::env::current_exe().unwrap(),
+        &[
+            ("MP_URL", &redis.url()),
+            ("MP_NS", ns),
+            ("MP_NODE", "lingering"),
+            ("MP_LINGER", "1"),
+        ],
+    );
+    n.expect("ready", T);
+    let c = client(&redis, ns);
+    // Serving (registered as a worker of the queue), then drained.
+    assert!(common::eventually(T, || !c
+        .stats()
+        .unwrap()
+        .workers
+        .is_empty()));
+    let pid = n.child.id();
+    cluster_common::signal(pid, "-TERM");
+    n.expect("stopped", T);
+    cluster_common::signal(pid, "-TERM");
+    // Not after its minute of sleep.
+    let status = n.wait(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    drop(n);
+    finish(&redis, c, ns);
 }

@@ -479,44 +479,91 @@ impl WorkerBuilder {
     /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
     /// [`WorkerHandle::shutdown`] from another thread): then it takes no more tasks, lets
     /// running ones finish within the grace period (handing the rest back to the
-    /// queue), and returns. A second signal meanwhile exits the process at once (its
-    /// tasks are reclaimed by other workers when their leases run out). Ctrl-C in a
-    /// terminal signals the whole process group, the pool's processes included: their
-    /// running tasks end as crashes and are redelivered; send `SIGTERM` to the worker's
-    /// pid for a clean drain.
+    /// queue), and returns. A second signal meanwhile ends the process at once, as the
+    /// signal's default action does (its tasks are reclaimed by other workers when
+    /// their leases run out). Once `run` has returned, the two signals end the process
+    /// as by default again. Ctrl-C in a terminal signals the whole process group, the
+    /// pool's processes included: their running tasks end as crashes and are
+    /// redelivered; send `SIGTERM` to the worker's pid for a clean drain.
     ///
     /// # Errors
     ///
-    /// As [`build`](Self::build).
+    /// As [`build`](Self::build); an I/O error if the signal handlers cannot be
+    /// installed.
     pub fn run(self) -> Result<(), ClusterError> {
-        let handle = self.build()?;
-        let flag = Arc::new(AtomicBool::new(false));
-        let mut ids = Vec::new();
+        // Before the node takes tasks: a signal then drains them.
         #[cfg(unix)]
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            // The first signal drains; a second one (the flag already set) exits at once.
-            ids.push(signal_hook::flag::register_conditional_shutdown(
-                sig,
-                1,
-                Arc::clone(&flag),
-            )?);
-            ids.push(signal_hook::flag::register(sig, Arc::clone(&flag))?);
-        }
+        let (flag, _serving) = stop_signals::serve()?;
+        #[cfg(not(unix))]
+        let flag = AtomicBool::new(false);
+        let handle = self.build()?;
         while !flag.load(Ordering::Acquire) && !handle.node.stopping.load(Ordering::Acquire) {
             handle.node.wait_stop(Duration::from_millis(100));
         }
-        #[cfg(unix)]
-        for id in ids {
-            signal_hook::low_level::unregister(id);
-        }
-        let _ = ids;
         if flag.load(Ordering::Acquire) {
             tracing::info!(worker = %handle.node.name, "stop signal: draining");
         }
+        // The signals' handling stays as it is through the drain (`_serving`).
         handle.shutdown(true);
         match handle.broken() {
             Some(why) => Err(ClusterError::PoolBroken(why)),
             None => Ok(()),
+        }
+    }
+}
+
+/// `SIGTERM` and `SIGINT` for [`WorkerBuilder::run`]. Their actions are registered once
+/// per process and kept: signal-hook cannot give a signal its default disposition back
+/// (unregistering the last action leaves the signal ignored). The first action emulates
+/// the default (ends the process by the signal) when the flag is set; the second sets
+/// the flag. Outside `run` the flag stays set, so the signals end the process as if no
+/// handler were installed; while a `run` serves it starts cleared, so the first signal
+/// only sets it (a drain), and the next ends the process.
+#[cfg(unix)]
+mod stop_signals {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use crate::sync::unpoisoned::lock;
+
+    /// The flag, and how many `run`s serve now.
+    static SIGNALS: Mutex<Option<(Arc<AtomicBool>, usize)>> = Mutex::new(None);
+
+    /// While it lives, a signal drains the node(s) `run` serves.
+    pub(super) struct Serving(());
+
+    /// Signals now drain (the flag is set when one came) until the [`Serving`] drops.
+    pub(super) fn serve() -> std::io::Result<(Arc<AtomicBool>, Serving)> {
+        let mut signals = lock(&SIGNALS);
+        let (flag, runs) = match &mut *signals {
+            Some(s) => s,
+            None => {
+                // Set until a `run` serves: the default action, as before.
+                let flag = Arc::new(AtomicBool::new(true));
+                for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                    // In this order: the default's action looks at the flag before this
+                    // signal sets it.
+                    signal_hook::flag::register_conditional_default(sig, Arc::clone(&flag))?;
+                    signal_hook::flag::register(sig, Arc::clone(&flag))?;
+                }
+                signals.insert((flag, 0))
+            }
+        };
+        if *runs == 0 {
+            flag.store(false, Ordering::SeqCst);
+        }
+        *runs += 1;
+        Ok((Arc::clone(flag), Serving(())))
+    }
+
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            if let Some((flag, runs)) = &mut *lock(&SIGNALS) {
+                *runs -= 1;
+                if *runs == 0 {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            }
         }
     }
 }
