@@ -356,6 +356,10 @@ fn main() {
                 "a_signal_after_run_ends_the_process",
                 a_signal_after_run_ends_the_process,
             ),
+            trial(
+                "a_repeat_outlives_its_waiter_set",
+                a_repeat_outlives_its_waiter_set,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -2209,4 +2213,38 @@ fn a_signal_after_run_ends_the_process() {
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
     drop(n);
     finish(&redis, c, ns);
+}
+
+/// Two clients whose outcomes and records last a second submit one idempotency key;
+/// the task runs 3 s. The second joined the task's waiters, whose set lapsed with its
+/// TTL before the task ended: it must still get the outcome (it waited for ever).
+fn a_repeat_outlives_its_waiter_set() {
+    let redis = RedisServer::start();
+    let ns = "idem-waiters";
+    let w = worker(&redis, ns, 1);
+    let short = || {
+        Cluster::builder(&redis.url())
+            .namespace(ns)
+            .result_ttl(Duration::from_secs(1))
+            .build()
+            .expect("connect")
+    };
+    let (a, b) = (short(), short());
+    let dir = common::tempdir("idem-waiters");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    let key = TaskOptions::new().idempotency_key("slow");
+    let mut first = a
+        .submit_with(RECORD_SLOW, (p.clone(), 3000), key.clone())
+        .unwrap();
+    let mut repeat = b.submit_with(RECORD_SLOW, (p.clone(), 3000), key).unwrap();
+    assert_eq!(first.wait_timeout(T), Ok(1));
+    let r = repeat.wait_timeout(Duration::from_secs(15));
+    let ran = runs(&p);
+    w.shutdown(true);
+    drop((a, b));
+    let c = client(&redis, ns);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(ran, 1, "the repeat did not join the task");
+    assert_eq!(r, Ok(1), "the repeat's handle");
 }

@@ -197,6 +197,10 @@ struct Waiting {
     epoch: Option<String>,
     /// The outcome is kept for others (an idempotency key): not deleted when taken.
     keep: bool,
+    /// Submitted with its key while the task had no outcome yet: its wake-up comes
+    /// through the task's waiters set, which may lapse before the task ends, so its
+    /// result key is also read every [`EPOCH_LOOK`].
+    joined: bool,
     delivers: Vec<(u64, Deliver)>,
 }
 
@@ -896,6 +900,7 @@ impl ClientInner {
                 delayed: None,
                 epoch: None,
                 keep: opts.idempotency_key.is_some(),
+                joined: false,
                 delivers: Vec::new(),
             });
         // A repeat of an idempotent task by the same client shares the first's entry:
@@ -1001,10 +1006,11 @@ impl ClientInner {
                     self.deliver(keys, &prepared.task, outcome);
                 } else {
                     let mut p = lock(&self.pending);
-                    if let Some(w) = p.tasks.get_mut(&task_key(keys, &prepared.task))
-                        && w.delivers.len() == 1
-                    {
-                        w.delayed = None;
+                    if let Some(w) = p.tasks.get_mut(&task_key(keys, &prepared.task)) {
+                        w.joined = true;
+                        if w.delivers.len() == 1 {
+                            w.delayed = None;
+                        }
                     }
                 }
             }
@@ -1269,9 +1275,23 @@ impl ClientInner {
 
     /// After a reconnection: outcomes written while this client could not hear.
     fn recover(&self, link: &mut Link) {
+        self.read_outcomes(link, |_| true);
+    }
+
+    /// With each look at the epochs: outcomes of the idempotent tasks this client
+    /// joined, whose waiters set (the wake-up's one way to it) may have lapsed before
+    /// the task ended.
+    fn recover_joined(&self, link: &mut Link) {
+        self.read_outcomes(link, |w| w.joined);
+    }
+
+    /// Reads the result keys of the tasks waited for that `which` picks, and delivers
+    /// the outcomes found.
+    fn read_outcomes(&self, link: &mut Link, which: impl Fn(&Waiting) -> bool) {
         let waiting: Vec<(Keys, String, String)> = lock(&self.pending)
             .tasks
             .iter()
+            .filter(|(_, w)| which(w))
             .map(|((_, t), w)| (w.keys.clone(), t.clone(), w.keys.result(t)))
             .collect();
         for chunk in waiting.chunks(500) {
@@ -1435,6 +1455,7 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
         if epochs_due && inner.check_epochs(&mut link) {
             epochs_due = false;
             last_look = Instant::now();
+            inner.recover_joined(&mut link);
         }
         let lists: Vec<String> = lock(&inner.queues)
             .iter()

@@ -42,7 +42,9 @@ end
 /// if there is one, else this client now waits for it too), `{3, '', epoch}` (the
 /// caller no longer holds the leader lease); `epoch` is the queue's epoch token the
 /// task was submitted under. An outcome still kept answers a repeat even after the
-/// record lapsed.
+/// record lapsed. A duplicate joins the task's waiters, whose set then lives at least as
+/// long as the record and this client's TTL (it is never shortened); a task may still
+/// outlive it, so the client also reads the task's result key while it waits.
 pub(crate) static SUBMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}
@@ -54,7 +56,11 @@ if ARGV[4] == '1' then
   if r then return {{0, r, epoch}} end
   if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
     redis.call('SADD', KEYS[5], ARGV[6])
-    redis.call('EXPIRE', KEYS[5], ARGV[5])
+    -- Never shortened (by a client that keeps outcomes less long than others): as long
+    -- as it had, as the record, as this client's TTL, whichever is longest.
+    local keep = math.max(redis.call('PTTL', KEYS[5]), redis.call('PTTL', KEYS[3]),
+      tonumber(ARGV[5]) * 1000)
+    redis.call('PEXPIRE', KEYS[5], keep)
     return {{0, '', epoch}}
   end
 end
