@@ -360,6 +360,10 @@ fn main() {
                 "a_repeat_outlives_its_waiter_set",
                 a_repeat_outlives_its_waiter_set,
             ),
+            trial(
+                "a_cancel_that_said_true_wins_over_the_tasks_end",
+                a_cancel_that_said_true_wins_over_the_tasks_end,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -2247,4 +2251,23 @@ fn a_repeat_outlives_its_waiter_set() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(ran, 1, "the repeat did not join the task");
     assert_eq!(r, Ok(1), "the repeat's handle");
+}
+
+/// `cancel()` said true for a running task that then ended before its worker's next
+/// renewal (which stops it): the task must end `Cancelled`, as a pool's does (it ended
+/// with its value).
+fn a_cancel_that_said_true_wins_over_the_tasks_end() {
+    let redis = RedisServer::start();
+    let ns = "cancel-true";
+    // Renewals every 10 s: the task ends long before the next one.
+    let w = one_at_a_time(&redis, ns);
+    let c = client(&redis, ns);
+    let dir = common::tempdir("cancel-true");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    let mut t = c.submit(RECORD_SLOW, (p.clone(), 1500)).unwrap();
+    assert!(common::eventually(T, || runs(&p) == 1), "never started");
+    assert!(t.cancel(), "cancel of a running task refused");
+    let r = t.wait_timeout(T);
+    let n = runs(&p);
+    cancelled_and_clean((&redis, w, c, ns, &dir), r, n, 1);
 }

@@ -1387,7 +1387,19 @@ impl Cancel for ClientInner {
                 ],
             )
         });
-        matches!(r, Ok(1 | 2))
+        match r {
+            Ok(1) => true,
+            Ok(2) => {
+                // Its outcome came while the cancel was on its way, and its result key
+                // was taken already: the flag would outlive the task (`Task::cancel`
+                // then says false, the outcome being another).
+                if !lock(&self.pending).locals.contains_key(&local) {
+                    let _ = self.run(|c| redis::cmd("DEL").arg(keys.cancel(&task)).exec(c));
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }
 

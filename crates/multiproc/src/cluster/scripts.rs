@@ -92,17 +92,24 @@ return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]), epoch}}
 /// A retry's delayed member is recorded under the task (`retry:<task>`, for as long as
 /// it may wait there) so that a cancel finds it; any other end deletes that record.
 ///
+/// A task whose cancel flag is set (a cancel that returned true while it ran, or
+/// waited where its client could not remove it) ends `Cancelled`, however its run
+/// ended (a value, a failure, a retry, a dead letter): the cancel wins, as a pool's
+/// does when it comes first.
+///
 /// KEYS: stream, delayed, dead; then per item: result, reply list, waiters, cancel,
 /// idempotency record (`` for none), retry record.
-/// ARGV: group, consumer, ttl s, dead-letter cap, reply-list prefix; then per item:
-/// entry id, fence, action (`a` outcome, `r` retry, `d` dead-letter), outcome (`` for
-/// none), reply, retry envelope, retry delay ms, dead-letter reason.
+/// ARGV: group, consumer, ttl s, dead-letter cap, reply-list prefix, the cancelled
+/// outcome; then per item: entry id, fence, action (`a` outcome, `r` retry, `d`
+/// dead-letter), outcome (`` for none), reply, retry envelope, retry delay ms,
+/// dead-letter reason, reply if cancelled.
 /// Returns per item 1 (done) or 0 (not owned).
 pub(crate) static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{OWNED}
 local group, me, ttl, cap, rprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local n = (#ARGV - 5) / 8
+local cancelled = ARGV[6]
+local n = (#ARGV - 6) / 9
 local out = {{}}
 local now = nil
 local function answer(list, waiters, reply)
@@ -118,12 +125,15 @@ local function answer(list, waiters, reply)
   redis.call('DEL', waiters)
 end
 for i = 0, n - 1 do
-  local a = 5 + i * 8
+  local a = 6 + i * 9
   local k = 3 + i * 6
-  local id, action = ARGV[a + 1], ARGV[a + 3]
+  local id, action, outcome, reply = ARGV[a + 1], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if not owned(KEYS[1], group, id, me, tonumber(ARGV[a + 2])) then
     out[#out + 1] = 0
   else
+    if cancelled ~= '' and redis.call('EXISTS', KEYS[k + 4]) == 1 then
+      action, outcome, reply = 'a', cancelled, ARGV[a + 9]
+    end
     if action == 'r' then
       if not now then now = now_ms() end
       local delay = tonumber(ARGV[a + 7])
@@ -139,17 +149,16 @@ for i = 0, n - 1 do
         end
         redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', unpack(fields))
       end
-      if ARGV[a + 4] ~= '' then
+      if outcome ~= '' then
         local record = KEYS[k + 5]
-        if redis.call('SET', KEYS[k + 1], ARGV[a + 4], 'NX', 'EX', ttl) then
+        if redis.call('SET', KEYS[k + 1], outcome, 'NX', 'EX', ttl) then
           if record ~= '' then redis.call('EXPIRE', record, ttl) end
-          if ARGV[a + 5] ~= '' then answer(KEYS[k + 2], KEYS[k + 3], ARGV[a + 5]) end
-        elseif record ~= '' and ARGV[a + 5] ~= '' then
-          answer(KEYS[k + 2], KEYS[k + 3], ARGV[a + 5])
+          if reply ~= '' then answer(KEYS[k + 2], KEYS[k + 3], reply) end
+        elseif record ~= '' and reply ~= '' then
+          answer(KEYS[k + 2], KEYS[k + 3], reply)
         end
       end
     end
-    -- A cancel flag outlives a retry: the next attempt is stopped before it runs.
     if action ~= 'r' then redis.call('DEL', KEYS[k + 4]) end
     redis.call('XACK', KEYS[1], group, id)
     redis.call('XDEL', KEYS[1], id)
@@ -243,8 +252,8 @@ return {{#due, wait}}
 /// KEYS: stream, delayed, cancel flag, result, reply list, waiters, retry record.
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
 /// cancelled outcome, reply, reply-list prefix.
-/// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal) or 0
-/// (finished already). A cancelled task's outcome goes to every client waiting for it
+/// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal, and ended
+/// `Cancelled` by `FINISH` if its run ends before) or 0 (finished already). A cancelled task's outcome goes to every client waiting for it
 /// (those that submitted it again with its idempotency key), as a finish's does.
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

@@ -1297,12 +1297,17 @@ impl Node {
         let ttl = self.cfg.result_ttl.to_string();
         let cap = self.cfg.dead_letter_cap.to_string();
         let prefix = k.reply_prefix();
+        // What a task whose client cancelled it ends with, however its run ended.
+        let cancelled = Outcome::Failed(ErrorWire::Cancelled)
+            .encode()
+            .unwrap_or_default();
         let mut args: Vec<Vec<u8>> = vec![
             GROUP.into(),
             self.name.clone().into_bytes(),
             ttl.into_bytes(),
             cap.into_bytes(),
             prefix.into_bytes(),
+            cancelled.clone(),
         ];
         for f in &batch {
             keys.push(k.result(&f.task));
@@ -1316,15 +1321,16 @@ impl Node {
                     .unwrap_or_default(),
             );
             keys.push(k.retry(&f.task));
-            let reply = match (&f.outcome, &f.client) {
-                (Some(o), Some(_)) => Reply {
+            let reply_with = |outcome: &[u8]| match &f.client {
+                Some(_) => Reply {
                     task: f.task.clone(),
-                    outcome: o.clone(),
+                    outcome: outcome.to_vec(),
                 }
                 .encode()
                 .unwrap_or_default(),
-                _ => Vec::new(),
+                None => Vec::new(),
             };
+            let reply = f.outcome.as_deref().map(reply_with).unwrap_or_default();
             let (retry, delay) = f.retry.clone().unwrap_or_default();
             args.push(f.entry.clone().into_bytes());
             args.push(f.fence.to_string().into_bytes());
@@ -1341,6 +1347,7 @@ impl Node {
             args.push(retry);
             args.push(delay.to_string().into_bytes());
             args.push(f.reason.clone().into_bytes());
+            args.push(reply_with(&cancelled));
         }
         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         let r: Result<Vec<i64>, ClusterError> = link.run_within(self.response(), |c| {

@@ -677,16 +677,22 @@ impl<R> Task<R> {
 
     /// Cancels the task: one still queued is removed; one a worker process is running
     /// is stopped by killing that worker (the pool replaces it). A thread pool cannot
-    /// stop a running task. Returns whether the task will end as
-    /// [`TaskError::Cancelled`].
+    /// stop a running task. A cluster stops a running task at its worker's next lease
+    /// renewal, and one that ends before then ends cancelled all the same (its value or
+    /// failure is dropped), as a pool's does when the cancel comes first. Returns
+    /// whether the task will end as [`TaskError::Cancelled`].
     pub fn cancel(&self) -> bool {
         if self.is_done() {
             return false;
         }
-        self.source
+        let cancelled = self
+            .source
             .as_ref()
             .and_then(Weak::upgrade)
-            .is_some_and(|p| p.cancel(self.id))
+            .is_some_and(|p| p.cancel(self.id));
+        // An outcome that came while the cancel was on its way (to a cluster's server)
+        // is the task's.
+        cancelled && (!self.is_done() || self.is_cancelled())
     }
 
     /// Runs `callback` once with the task's outcome (Python's
