@@ -153,14 +153,41 @@ impl RetryPolicy {
             .with_max_delay(self.max_delay)
             .without_max_times()
             .build();
-        let computed = schedule
-            .take(retry.max(1) as usize)
-            .last()
-            .unwrap_or(self.base);
+        // Stepped through until the schedule stops growing (at its most, or a factor
+        // that does not grow it): a retry number from a message (a cluster task's
+        // attempt count) may be billions.
+        let mut computed = self.base;
+        for (i, d) in schedule.take(retry.max(1) as usize).enumerate() {
+            let settled = i > 0 && d <= computed;
+            computed = d;
+            if settled || d >= self.max_delay {
+                break;
+            }
+        }
         match self.jitter {
             Jitter::None => computed,
             Jitter::Full => computed.mul_f64(fastrand::f64()),
             Jitter::Equal => computed / 2 + (computed / 2).mul_f64(fastrand::f64()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A retry number in the billions (from a message) costs no more than a small one,
+    /// and gives the schedule's most; a factor that does not grow it gives the base.
+    #[test]
+    fn a_huge_retry_number_is_quick() {
+        let ms = Duration::from_millis;
+        let policy = RetryPolicy::attempts(u32::MAX).backoff(ms(10), 2.0, ms(60_000));
+        let t = std::time::Instant::now();
+        assert_eq!(policy.delay(u32::MAX), ms(60_000));
+        assert_eq!(policy.delay(1), ms(10));
+        assert!((ms(39)..ms(41)).contains(&policy.delay(3)));
+        let flat = policy.clone().backoff(ms(10), 1.0, ms(60_000));
+        assert_eq!(flat.delay(u32::MAX), ms(10));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
 }
