@@ -200,6 +200,14 @@ fn helpers(mode: &str) {
             .processes(4)
             .lease(Duration::from_secs(1))
             .grace(Duration::from_secs(20));
+        if std::env::var_os("MP_IGNORE_INT").is_some() {
+            // As `nohup` leaves it (for SIGHUP) and shells do for background jobs.
+            #[allow(unsafe_code)]
+            // SAFETY: ignoring a signal installs no handler code.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_IGN)
+            };
+        }
         println!("ready");
         handle.run().expect("worker");
         println!("stopped");
@@ -2185,7 +2193,8 @@ fn a_second_signal_ends_a_draining_worker() {
 }
 
 /// Once `run` has returned, `SIGTERM` ends the process as by default (it was ignored:
-/// the worker's handlers were removed, which leaves a signal ignored).
+/// the worker's handlers were removed, which leaves a signal ignored), and `SIGINT`,
+/// which the program ignored before `run`, stays ignored.
 fn a_signal_after_run_ends_the_process() {
     use std::os::unix::process::ExitStatusExt;
     let redis = RedisServer::start();
@@ -2198,6 +2207,7 @@ fn a_signal_after_run_ends_the_process() {
             ("MP_NS", ns),
             ("MP_NODE", "lingering"),
             ("MP_LINGER", "1"),
+            ("MP_IGNORE_INT", "1"),
         ],
     );
     n.expect("ready", T);
@@ -2211,6 +2221,11 @@ fn a_signal_after_run_ends_the_process() {
     let pid = n.child.id();
     cluster_common::signal(pid, "-TERM");
     n.expect("stopped", T);
+    cluster_common::signal(pid, "-INT");
+    assert!(
+        !common::wait_gone(pid, Duration::from_millis(300)),
+        "SIGINT, ignored before run, ended the process after it"
+    );
     cluster_common::signal(pid, "-TERM");
     // Not after its minute of sleep.
     let status = n.wait(Duration::from_secs(10));

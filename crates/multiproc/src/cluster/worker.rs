@@ -479,10 +479,11 @@ impl WorkerBuilder {
     /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
     /// [`WorkerHandle::shutdown`] from another thread): then it takes no more tasks, lets
     /// running ones finish within the grace period (handing the rest back to the
-    /// queue), and returns. A second signal meanwhile ends the process at once, as the
-    /// signal's default action does (its tasks are reclaimed by other workers when
-    /// their leases run out). Once `run` has returned, the two signals end the process
-    /// as by default again. Ctrl-C in a terminal signals the whole process group, the
+    /// queue), and returns. A second signal once the drain has begun (within 100 ms of
+    /// the first) ends the process at once, as the signal's default action does (its
+    /// tasks are reclaimed by other workers when their leases run out). Once `run` has
+    /// returned, a signal that had its default action before `run` ends the process as
+    /// by default again; one the program ignored (`nohup`) or handled stays so. Ctrl-C in a terminal signals the whole process group, the
     /// pool's processes included: their running tasks end as crashes and are
     /// redelivered; send `SIGTERM` to the worker's pid for a clean drain.
     ///
@@ -502,6 +503,8 @@ impl WorkerBuilder {
         }
         if flag.load(Ordering::Acquire) {
             tracing::info!(worker = %handle.node.name, "stop signal: draining");
+            #[cfg(unix)]
+            _serving.arm();
         }
         // The signals' handling stays as it is through the drain (`_serving`).
         handle.shutdown(true);
@@ -513,55 +516,99 @@ impl WorkerBuilder {
 }
 
 /// `SIGTERM` and `SIGINT` for [`WorkerBuilder::run`]. Their actions are registered once
-/// per process and kept: signal-hook cannot give a signal its default disposition back
-/// (unregistering the last action leaves the signal ignored). The first action emulates
-/// the default (ends the process by the signal) when the flag is set; the second sets
-/// the flag. Outside `run` the flag stays set, so the signals end the process as if no
-/// handler were installed; while a `run` serves it starts cleared, so the first signal
-/// only sets it (a drain), and the next ends the process.
+/// per process and kept: signal-hook cannot give a signal its disposition back
+/// (unregistering the last action leaves it ignored). Per signal, an action that
+/// emulates the default (ends the process by the signal) while the signal's `kill`
+/// flag is set, then one that sets the `stop` flag. While a `run` serves, the `kill`
+/// flags are clear, so a signal only stops (a drain); once `run` sees the stop, it sets
+/// them, so the next signal ends the process. Outside `run`, a signal's `kill` flag is
+/// set only if the signal had its default action before the first `run`: a process
+/// that ignored it (`nohup`) or handled it (its handler is called by signal-hook before
+/// these actions) keeps doing so.
 #[cfg(unix)]
 mod stop_signals {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     use crate::sync::unpoisoned::lock;
+    use crate::sys;
 
-    /// The flag, and how many `run`s serve now.
-    static SIGNALS: Mutex<Option<(Arc<AtomicBool>, usize)>> = Mutex::new(None);
+    const SIGNALS: [i32; 2] = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT];
+
+    struct Flags {
+        stop: Arc<AtomicBool>,
+        /// Per signal: its `kill` flag, and whether it had its default action.
+        kill: [(Arc<AtomicBool>, bool); 2],
+        /// `run`s serving now.
+        runs: usize,
+    }
+
+    impl Flags {
+        /// The `kill` flags as they are outside `run`.
+        fn outside_run(&self) {
+            for (kill, was_default) in &self.kill {
+                kill.store(*was_default, Ordering::SeqCst);
+            }
+        }
+    }
+
+    static FLAGS: Mutex<Option<Flags>> = Mutex::new(None);
 
     /// While it lives, a signal drains the node(s) `run` serves.
     pub(super) struct Serving(());
 
-    /// Signals now drain (the flag is set when one came) until the [`Serving`] drops.
-    pub(super) fn serve() -> std::io::Result<(Arc<AtomicBool>, Serving)> {
-        let mut signals = lock(&SIGNALS);
-        let (flag, runs) = match &mut *signals {
-            Some(s) => s,
-            None => {
-                // Set until a `run` serves: the default action, as before.
-                let flag = Arc::new(AtomicBool::new(true));
-                for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                    // In this order: the default's action looks at the flag before this
-                    // signal sets it.
-                    signal_hook::flag::register_conditional_default(sig, Arc::clone(&flag))?;
-                    signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    impl Serving {
+        /// A stop signal came: the next one ends the process.
+        pub(super) fn arm(&self) {
+            if let Some(flags) = &*lock(&FLAGS) {
+                for (kill, _) in &flags.kill {
+                    kill.store(true, Ordering::SeqCst);
                 }
-                signals.insert((flag, 0))
+            }
+        }
+    }
+
+    /// Signals now drain (the returned flag is set when one came) until the [`Serving`]
+    /// drops.
+    pub(super) fn serve() -> std::io::Result<(Arc<AtomicBool>, Serving)> {
+        let mut flags = lock(&FLAGS);
+        let flags = match &mut *flags {
+            Some(f) => f,
+            None => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let kill = SIGNALS.map(|sig| {
+                    (
+                        Arc::new(AtomicBool::new(false)),
+                        sys::signal_is_default(sig),
+                    )
+                });
+                for (sig, (kill, _)) in SIGNALS.iter().zip(&kill) {
+                    signal_hook::flag::register_conditional_default(*sig, Arc::clone(kill))?;
+                    signal_hook::flag::register(*sig, Arc::clone(&stop))?;
+                }
+                flags.insert(Flags {
+                    stop,
+                    kill,
+                    runs: 0,
+                })
             }
         };
-        if *runs == 0 {
-            flag.store(false, Ordering::SeqCst);
+        if flags.runs == 0 {
+            flags.stop.store(false, Ordering::SeqCst);
+            for (kill, _) in &flags.kill {
+                kill.store(false, Ordering::SeqCst);
+            }
         }
-        *runs += 1;
-        Ok((Arc::clone(flag), Serving(())))
+        flags.runs += 1;
+        Ok((Arc::clone(&flags.stop), Serving(())))
     }
 
     impl Drop for Serving {
         fn drop(&mut self) {
-            if let Some((flag, runs)) = &mut *lock(&SIGNALS) {
-                *runs -= 1;
-                if *runs == 0 {
-                    flag.store(true, Ordering::SeqCst);
+            if let Some(flags) = &mut *lock(&FLAGS) {
+                flags.runs -= 1;
+                if flags.runs == 0 {
+                    flags.outside_run();
                 }
             }
         }

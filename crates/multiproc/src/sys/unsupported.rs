@@ -249,6 +249,9 @@ pub(crate) fn ignore_signal(_: i32) -> Disposition {
     Disposition
 }
 pub(crate) fn default_signal(_: i32) {}
+pub(crate) fn signal_is_default(_: i32) -> bool {
+    false
+}
 pub(crate) fn restore_signal(_: i32, _: Disposition) {}
 pub(crate) fn new_session() -> io::Result<()> {
     Err(unsupported())

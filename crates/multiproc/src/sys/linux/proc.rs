@@ -336,6 +336,16 @@ pub(crate) fn ignore_signal(signal: i32) -> Disposition {
     Disposition(unsafe { libc::signal(signal, libc::SIG_IGN) })
 }
 
+/// Whether `signal` has its default action now (no handler, not ignored).
+pub(crate) fn signal_is_default(signal: i32) -> bool {
+    // SAFETY: `sigaction` with no new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_DFL
+    }
+}
+
 /// Gives `signal` its default action back.
 pub(crate) fn default_signal(signal: i32) {
     // SAFETY: the default action is the kernel's; no handler code is installed.
