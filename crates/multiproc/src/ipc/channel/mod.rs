@@ -823,6 +823,17 @@ impl RawReceiver {
         };
         if taken.is_some() {
             core.wake_senders();
+        } else if core.growable && core.has_data() {
+            // The counts say a message waits, and the rings hold none: the producer
+            // publishing it may have died between the two (it has a lock to take
+            // over then; a live one's is not waited for). Nothing else would finish
+            // that publish before the next send, and a receiver would spin.
+            if let Some(mut tail) =
+                Tail::lock(core.header(), LockWait::UnlessStopped(Duration::ZERO))
+                && tail.took_over
+            {
+                core.finish_dead_producer(&mut tail).map_err(RecvFail::Io)?;
+            }
         }
         Ok(taken)
     }
@@ -1539,6 +1550,32 @@ mod tests {
             }
             assert_eq!(rx.len(), 3, "unbounded: {growable}");
         }
+    }
+
+    /// The last producer of an unbounded channel dies publishing, and no other sends:
+    /// a receiver finishes the publish and gets the message (it spun until its
+    /// deadline: the counts said a message waited, the ring held none), then sees the
+    /// channel empty.
+    #[test]
+    fn a_receiver_finishes_the_publish_of_the_last_producer_that_died() {
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        std::thread::spawn(move || {
+            ring::DIES_IN.with(|d| d.set(ring::DIES_PUBLISHING));
+            ring::KEEP_LOCKS.with(|k| k.set(true));
+            tx.send(numbered(7, 100), Deadline::Now, false).unwrap();
+        })
+        .join()
+        .unwrap();
+        let wait = Deadline::after(Duration::from_secs(10));
+        let got = rx.recv_with(wait, &mut |bytes, _| bytes.to_vec()).unwrap();
+        assert_eq!(number(&got), 7);
+        assert!(!rx.core.has_data(), "the dead producer's message was taken");
+        let t = Instant::now();
+        let empty = rx.recv_with(Deadline::after(Duration::from_millis(50)), &mut |b, _| {
+            b.len()
+        });
+        assert!(matches!(empty, Err(RecvFail::Disconnected)), "{empty:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -125,12 +125,7 @@ impl Core {
     ) -> io::Result<Option<R>> {
         let p = &self.header().produced.0;
         if tail.took_over {
-            let mut cache = unpoisoned::lock(&self.write_map);
-            if p.leaving.load(Acquire) != 0 {
-                self.finish_move(tail, &mut cache)?;
-            }
-            let w = p.ring.load(Relaxed);
-            self.ring_at(&mut cache, w)?.finish_publish(tail);
+            self.finish_dead_producer(tail)?;
         }
         // Room for a link record (and a wrap marker before it) stays free in every
         // ring, so a producer can always leave.
@@ -161,6 +156,19 @@ impl Core {
             let next = self.take_segment(tail, &mut cache)?;
             self.move_to(tail, &mut cache, w, next, 0)?;
         }
+    }
+
+    /// After taking the producers' lock over from a producer that died: finishes the
+    /// move between rings or the publish it was in, if any.
+    pub(super) fn finish_dead_producer(&self, tail: &mut Tail<'_>) -> io::Result<()> {
+        let p = &self.header().produced.0;
+        let mut cache = unpoisoned::lock(&self.write_map);
+        if p.leaving.load(Acquire) != 0 {
+            self.finish_move(tail, &mut cache)?;
+        }
+        let w = p.ring.load(Relaxed);
+        self.ring_at(&mut cache, w)?.finish_publish(tail);
+        Ok(())
     }
 
     /// Moves the producers from ring `from` to ring `to`: a link record in `from` says
