@@ -150,6 +150,10 @@ fn main() {
                 relayed_proxy_outlives_the_relay,
             ),
             trial(
+                "a_relay_killed_after_one_of_its_clients_left",
+                a_relay_killed_after_one_of_its_clients_left,
+            ),
+            trial(
                 "received_proxy_dropped_unused_settles",
                 received_proxy_dropped_unused,
             ),
@@ -2095,6 +2099,56 @@ fn relayed_proxy_outlives_the_relay() {
     let d = q2.get_timeout(T).unwrap();
     assert_eq!(d.items().unwrap(), [(4, 4)]);
     drop(d);
+    await_count(&m, base);
+}
+
+/// In a child: holds `other` (a proxy of another client of the same server: other
+/// settings), relays the dict from one queue to another and drops it, says so, and
+/// waits to be killed.
+fn relay_then_hold(
+    ((from, to), other, relayed): ((DictQueue, DictQueue), ListProxy<u8>, EventProxy),
+) {
+    // The other client's connection, opened first: the `set` below reuses it (a new
+    // connection says the process is back).
+    assert!(!relayed.is_set().unwrap());
+    let d = from.get_timeout(T).unwrap();
+    to.put(d).unwrap();
+    relayed.set().unwrap();
+    std::thread::sleep(T);
+    drop(other);
+}
+
+/// A process with two clients of one server (two settings) drops the last proxy of
+/// one, then is SIGKILLed: the proxy it relayed and nobody took goes with it (the
+/// first client's drop said the process left on purpose, which kept it for good).
+fn a_relay_killed_after_one_of_its_clients_left() {
+    let m = Manager::start().unwrap();
+    let slow = Manager::builder()
+        .address(m.address().clone())
+        .authkey(m.authkey().to_vec())
+        .call_timeout(Some(Duration::from_secs(77)))
+        .connect()
+        .unwrap();
+    let relayed = slow.event().unwrap();
+    let other = slow.list::<u8>().unwrap();
+    let base = m.object_count().unwrap();
+    let (q1, q2) = (
+        multiproc::Queue::new().unwrap(),
+        multiproc::Queue::new().unwrap(),
+    );
+    q1.put(m.dict::<u32, u32>().unwrap()).unwrap();
+    let child = multiproc::spawn(
+        relay_then_hold,
+        ((q1.clone(), q2.clone()), other.clone(), relayed.clone()),
+    )
+    .unwrap();
+    assert!(relayed.wait_timeout(T).unwrap());
+    settle(&m);
+    assert_eq!(m.object_count().unwrap(), base + 1, "freed in flight");
+    child.kill().unwrap();
+    let _ = join_err(child);
+    // Never taken: the message goes with its queue.
+    drop((q1, q2));
     await_count(&m, base);
 }
 

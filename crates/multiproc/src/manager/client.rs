@@ -160,13 +160,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// The process's client for `address`, `key` and `settings`.
     pub(crate) fn get(address: &Address, key: &[u8], settings: ClientSettings) -> Arc<Client> {
-        static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
+        // The clients looked at are let go after the lock: one whose last handle is
+        // dropped meanwhile would run its `Drop`, which takes the lock, here.
+        let live = live_clients();
         let mut clients = unpoisoned::lock(&CLIENTS);
-        clients.retain(|c| c.strong_count() > 0);
-        for c in clients.iter().filter_map(Weak::upgrade) {
-            if c.address == *address && c.key == key && c.settings == settings {
-                return c;
-            }
+        if let Some(c) = live
+            .iter()
+            .find(|c| c.address == *address && c.key == key && c.settings == settings)
+        {
+            return Arc::clone(c);
         }
         let pid = crate::sys::process_id();
         let c = Arc::new(Client {
@@ -526,17 +528,30 @@ impl Client {
     }
 }
 
+/// This process's clients (one per server, key and settings).
+static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
+
+/// The clients alive now (the dead ones' entries removed): to look at, and to drop
+/// without the lock held.
+fn live_clients() -> Vec<Arc<Client>> {
+    let mut clients = unpoisoned::lock(&CLIENTS);
+    clients.retain(|c| c.strong_count() > 0);
+    clients.iter().filter_map(Weak::upgrade).collect()
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         // The last word on references; what does not go now is settled when the
         // processes that sent the proxies end. It ends with `Leave` (this process lets
         // go on purpose: proxies it sent stay until received), where there is a word
         // to say or a connection to say it on.
+        // The session is the process's: only its last client of this server leaves.
         let pid = crate::sys::process_id();
         let anchored = matches!(&*unpoisoned::lock(&self.anchor), (p, Some(_)) if *p == pid);
+        let last = !live_clients().iter().any(|c| c.address == self.address);
         {
             let mut queued = self.queued();
-            if anchored || !queued.1.is_empty() {
+            if last && (anchored || !queued.1.is_empty()) {
                 queued.1.push(RefOp::Leave);
             }
         }
