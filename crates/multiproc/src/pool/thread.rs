@@ -372,25 +372,43 @@ const DONE: u8 = 2;
 
 /// One job's state, shared by the job and its [`Task`] (for `cancel`).
 struct Ctl<T> {
+    progress: Arc<Progress>,
+    sink: Arc<dyn Sink<T>>,
+    slot: usize,
+}
+
+/// Where a job is, apart from its outcome: what a timer looks at to learn whether its
+/// timeout still matters, without holding (and maybe dropping, under the timers' lock)
+/// the job and what it delivers to.
+#[derive(Debug)]
+struct Progress {
     state: AtomicU8,
     /// Which run of the task this is (for a timeout set by an earlier run).
     run: AtomicU32,
-    sink: Arc<dyn Sink<T>>,
-    slot: usize,
+}
+
+impl Progress {
+    /// Whether run `run` of the task may still be going on (its timeout then matters).
+    fn runs(&self, run: u32) -> bool {
+        self.run.load(Ordering::Acquire) == run && self.state.load(Ordering::Acquire) != DONE
+    }
 }
 
 impl<T> Ctl<T> {
     fn new(sink: Arc<dyn Sink<T>>, slot: usize) -> Arc<Self> {
         Arc::new(Ctl {
-            state: AtomicU8::new(QUEUED),
-            run: AtomicU32::new(0),
+            progress: Arc::new(Progress {
+                state: AtomicU8::new(QUEUED),
+                run: AtomicU32::new(0),
+            }),
             sink,
             slot,
         })
     }
 
     fn swap(&self, from: u8, to: u8) -> bool {
-        self.state
+        self.progress
+            .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
@@ -417,15 +435,10 @@ impl<T> Ctl<T> {
         }
     }
 
-    /// Whether run `run` of the task may still be going on (its timeout then matters).
-    fn runs(&self, run: u32) -> bool {
-        self.run.load(Ordering::Acquire) == run && self.state.load(Ordering::Acquire) != DONE
-    }
-
     /// The timeout of run `run` is up: the task ends as timed out if that run still
     /// goes on.
     fn time_out(&self, run: u32) {
-        if self.run.load(Ordering::Acquire) == run && self.swap(RUNNING, DONE) {
+        if self.progress.run.load(Ordering::Acquire) == run && self.swap(RUNNING, DONE) {
             self.sink.deliver(self.slot, Err(TaskError::TimedOut));
         }
     }
@@ -437,7 +450,7 @@ impl<T: Send> Cancel for Ctl<T> {
     }
 
     fn is_running(&self, _id: u64) -> bool {
-        self.state.load(Ordering::Acquire) == RUNNING
+        self.progress.state.load(Ordering::Acquire) == RUNNING
     }
 }
 
@@ -500,7 +513,7 @@ impl<T: Send + 'static> Run<T> {
         // The run is numbered before it starts: the timer of the run before, firing
         // between the two, would otherwise time this one out.
         let run = self.attempts + 1;
-        self.ctl.run.store(run, Ordering::Release);
+        self.ctl.progress.run.store(run, Ordering::Release);
         if !self.ctl.start() {
             // Cancelled while it waited.
             return shared.release();
@@ -508,8 +521,8 @@ impl<T: Send + 'static> Run<T> {
         if let Some(timeout) = self.timeout {
             let ctl = Arc::downgrade(&self.ctl);
             let at = super::options::later(timeout);
-            let watched = ctl.clone();
-            let live = Box::new(move || watched.upgrade().is_some_and(|c| c.runs(run)));
+            let progress = Arc::clone(&self.ctl.progress);
+            let live = Box::new(move || progress.runs(run));
             let action = Box::new(move |stopping: bool| {
                 if let (false, Some(ctl)) = (stopping, ctl.upgrade()) {
                     ctl.time_out(run);

@@ -104,7 +104,8 @@ impl Timers {
     }
 
     /// As [`at`](Self::at), for an action that `live` may say, any time before, has
-    /// nothing left to do: it is then dropped unrun when the heap is next swept. A
+    /// nothing left to do: it is then dropped unrun when the heap is next swept (after
+    /// the lock is let go; `live` itself is called under it, and must only look). A
     /// task's timeout is one: without this, a million quick tasks with an hour's
     /// timeout each kept their entries (and what they hold) for that hour.
     pub(crate) fn at_while(
@@ -114,6 +115,7 @@ impl Timers {
         action: Action,
         live: Option<Live>,
     ) -> io::Result<()> {
+        let mut swept = Vec::new();
         {
             let mut st = unpoisoned::lock(&self.shared.state);
             if st.stopped {
@@ -131,11 +133,16 @@ impl Timers {
                 live,
             });
             if st.heap.len() >= 2 * st.swept.max(SWEEP_FROM) {
-                st.heap
-                    .retain(|e| e.live.as_ref().is_none_or(|live| live()));
+                let (keep, ended): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
+                    .into_iter()
+                    .partition(|e| e.live.as_ref().is_none_or(|live| live()));
+                st.heap = keep.into();
                 st.swept = st.heap.len();
+                swept = ended;
             }
         }
+        // What the ended actions hold goes here, without the lock.
+        drop(swept);
         self.shared.changed.notify_all();
         let mut thread = unpoisoned::lock(&self.thread);
         if thread.is_none() {
@@ -300,5 +307,39 @@ mod tests {
         timers.stop();
         let unswept = rx.try_iter().filter(|&(what, _)| what == "ended").count();
         assert!(unswept < 2 * SWEEP_FROM, "{unswept} ended entries ran");
+    }
+
+    /// A swept action is dropped after the lock is let go: what it holds may use the
+    /// timers in its `Drop` (a dropped task's result could; it deadlocked).
+    #[test]
+    fn swept_actions_are_dropped_outside_the_lock() {
+        struct Again(Arc<Timers>, mpsc::Sender<()>);
+        impl Drop for Again {
+            fn drop(&mut self) {
+                self.0.at(Instant::now(), false, Box::new(|_| {})).unwrap();
+                let _ = self.1.send(());
+            }
+        }
+        let timers = Arc::new(Timers::new("timers-reenter".into()));
+        let (tx, rx) = mpsc::channel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let again = Again(Arc::clone(&timers), tx);
+        let action = Box::new(move |_| drop(again));
+        timers
+            .at_while(far, false, action, Some(Box::new(|| false)))
+            .unwrap();
+        // Enough more for a sweep, on a thread of their own (one that deadlocks is
+        // left behind, not waited for).
+        let more = Arc::clone(&timers);
+        let filler = std::thread::spawn(move || {
+            for _ in 0..2 * SWEEP_FROM {
+                let ended = Some(Box::new(|| false) as Live);
+                more.at_while(far, false, Box::new(|_| {}), ended).unwrap();
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the swept action's drop never ran");
+        filler.join().unwrap();
+        timers.stop();
     }
 }
