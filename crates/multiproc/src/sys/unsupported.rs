@@ -249,6 +249,7 @@ pub(crate) fn ignore_signal(_: i32) -> Disposition {
     Disposition
 }
 pub(crate) fn default_signal(_: i32) {}
+#[cfg(feature = "redis")]
 pub(crate) fn signal_is_default(_: i32) -> bool {
     false
 }

@@ -42,12 +42,15 @@ pub(crate) use mem::{
     shm_create, shm_open, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
 pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
+/// For the cluster worker's signal handling.
+#[cfg(feature = "redis")]
+pub(crate) use proc::signal_is_default;
 pub(crate) use proc::{
     Disposition, SIGKILL, SIGTERM, child_pidfd, clear_parent_death_signal, default_signal,
     fd_limit, getpid, group_alive, ignore_signal, is_main_thread, kill_me_with_parent, kill_self,
     lead_process_group, new_session, raise_fd_limit, reserve_fd_table, restore_signal, send_signal,
-    set_cmdline, set_name, set_umask, signal_group, signal_is_default, signal_name, thread_count,
-    try_reap, wait_child,
+    set_cmdline, set_name, set_umask, signal_group, signal_name, thread_count, try_reap,
+    wait_child,
 };
 
 /// Signal numbers: for the public `Signal` constants, and the dispositions a fork

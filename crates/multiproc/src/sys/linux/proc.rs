@@ -337,6 +337,7 @@ pub(crate) fn ignore_signal(signal: i32) -> Disposition {
 }
 
 /// Whether `signal` has its default action now (no handler, not ignored).
+#[cfg(feature = "redis")]
 pub(crate) fn signal_is_default(signal: i32) -> bool {
     // SAFETY: `sigaction` with no new action only reads the current one into `old`.
     unsafe {
