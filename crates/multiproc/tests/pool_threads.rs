@@ -280,15 +280,24 @@ fn a_pool_dropped_or_joined_by_its_own_task() {
             .build()
             .unwrap(),
     );
+    // A thread names itself once it runs: wait until both are seen.
+    let until = Instant::now() + T;
+    while threads_named("selfdrop") < 2 {
+        assert!(Instant::now() < until, "the pool's threads are not seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let last = Arc::clone(&pool);
+    let (go, ready) = mpsc::channel::<()>();
     let task = pool
         .submit(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            // Once this process's handle is gone: the task's is the last.
+            ready.recv_timeout(T).unwrap();
             drop(last);
             "dropped"
         })
         .unwrap();
     drop(pool);
+    go.send(()).unwrap();
     assert_eq!(get(task).unwrap(), "dropped");
     let until = Instant::now() + T;
     while threads_named("selfdrop") > 0 {

@@ -1493,6 +1493,18 @@ mod tests {
         .unwrap()
     }
 
+    /// Runs `f` on a thread that "dies" at `point` of a publish or a consume (it stops
+    /// there, keeping the channel's lock), and returns what `f` returned.
+    fn dying_at<R: Send + 'static>(point: u32, f: impl FnOnce() -> R + Send + 'static) -> R {
+        std::thread::spawn(move || {
+            ring::DIES_IN.with(|d| d.set(point));
+            ring::KEEP_LOCKS.with(|k| k.set(true));
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
     /// A producer that dies publishing (between the item count and the position), then
     /// a consumer that dies consuming: the next ones finish what each began, and the
     /// counts agree with the records after (an empty channel says so; a bounded one
@@ -1507,25 +1519,15 @@ mod tests {
             }
             .unwrap();
             let dying = tx.clone();
-            std::thread::spawn(move || {
-                ring::DIES_IN.with(|d| d.set(ring::DIES_PUBLISHING));
-                ring::KEEP_LOCKS.with(|k| k.set(true));
+            dying_at(ring::DIES_PUBLISHING, move || {
                 dying.send(numbered(0, 100), Deadline::Now, false).unwrap();
-            })
-            .join()
-            .unwrap();
+            });
             for n in 1..3 {
                 tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
             }
             assert_eq!(rx.len(), 3, "unbounded: {growable}");
             let dying = rx.clone();
-            let first = std::thread::spawn(move || {
-                ring::DIES_IN.with(|d| d.set(ring::DIES_CONSUMING));
-                ring::KEEP_LOCKS.with(|k| k.set(true));
-                number(&take(&dying).unwrap())
-            })
-            .join()
-            .unwrap();
+            let first = dying_at(ring::DIES_CONSUMING, move || number(&take(&dying).unwrap()));
             assert_eq!(
                 first, 0,
                 "the dead producer's message, unbounded: {growable}"
@@ -1559,13 +1561,9 @@ mod tests {
     #[test]
     fn a_receiver_finishes_the_publish_of_the_last_producer_that_died() {
         let (tx, rx) = unbounded(MIN_RING).unwrap();
-        std::thread::spawn(move || {
-            ring::DIES_IN.with(|d| d.set(ring::DIES_PUBLISHING));
-            ring::KEEP_LOCKS.with(|k| k.set(true));
+        dying_at(ring::DIES_PUBLISHING, move || {
             tx.send(numbered(7, 100), Deadline::Now, false).unwrap();
-        })
-        .join()
-        .unwrap();
+        });
         let wait = Deadline::after(Duration::from_secs(10));
         let got = rx.recv_with(wait, &mut |bytes, _| bytes.to_vec()).unwrap();
         assert_eq!(number(&got), 7);
