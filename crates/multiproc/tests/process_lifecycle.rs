@@ -483,9 +483,23 @@ fn joined_with_little_cpu(mut child: multiproc::JoinHandle<u64>) {
 
 fn helper_leaks() {
     let me = std::process::id();
-    // Warm up: the fork server and the death pipe exist from the first spawn on.
-    multiproc::spawn(square, 1).unwrap().join().unwrap();
+    // Warm up: the fork server and the death pipe exist from the first spawn on, the
+    // spare from the second.
+    for i in 0..2 {
+        multiproc::spawn(square, i).unwrap().join().unwrap();
+    }
     let fds = common::fd_count();
+    let server = common::fork_server_of(me).expect("fork server");
+    let spare_ready = || {
+        common::eventually(
+            Duration::from_secs(5),
+            || matches!(common::children_of(server).as_slice(), [(_, 'S', name)] if name == "mp-spare"),
+        )
+    };
+    // The server's own: stdio, its connection, the death pipe, the spare's pidfd and
+    // connection, and the connection the last assignment went on (kept until the next).
+    spare_ready();
+    let server_fds = common::fds_of(server);
     for i in 0..200u64 {
         let method = if i % 10 == 0 {
             StartMethod::Spawn
@@ -503,17 +517,19 @@ fn helper_leaks() {
         let child = multiproc::spawn(|()| -> u8 { std::process::exit(7) }, ()).unwrap();
         assert!(matches!(child.join(), Err(ProcessError::Exited(7))));
     }
-    let server = common::fork_server_of(me).expect("fork server");
+    assert_eq!(
+        common::fork_server_of(me),
+        Some(server),
+        "the fork server changed"
+    );
     let mine: Vec<_> = common::children_of(me);
     // The server forks its next spare after the last spawn, asynchronously, and the
     // spare then names itself and sleeps: give it the time to (a missing spare then
     // shows as `[]`, more than one as a leak).
-    common::eventually(
-        Duration::from_secs(5),
-        || matches!(common::children_of(server).as_slice(), [(_, 'S', name)] if name == "mp-spare"),
-    );
+    spare_ready();
     let servers: Vec<_> = common::children_of(server);
     println!("fds {fds} {}", common::fd_count());
+    println!("server_fds {server_fds} {}", common::fds_of(server));
     println!("children {mine:?}");
     println!("server_children {servers:?}");
 }
@@ -523,6 +539,12 @@ fn spawns_leave_no_zombie_process_or_fd() {
     let fds = h.expect("fds ", Duration::from_secs(120));
     let (before, after) = fds.split_once(' ').unwrap();
     assert_eq!(before, after, "descriptor count changed across 220 spawns");
+    let server_fds = h.expect("server_fds ", T);
+    let (before, after) = server_fds.split_once(' ').unwrap();
+    assert_eq!(
+        before, after,
+        "the fork server's descriptor count changed across 220 spawns"
+    );
     let children = h.expect("children ", T);
     // Only the fork server remains, and it is not a zombie.
     assert!(
