@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::channel::{self, Deadline, RawReceiver, RawSender};
 use super::pipe::{self, Failed, Missed};
 use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
+use crate::shm::layout::ChannelHeader;
 use crate::sys;
 
 /// A queue that any number of threads and processes put into and get from (Python's
@@ -321,6 +322,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// A [`Queue`] that also counts unfinished tasks (Python's `JoinableQueue`): every `put`
 /// adds one, every [`task_done`](Self::task_done) removes one, and
 /// [`join`](Self::join) waits until none is left.
+///
+/// A producer killed in the middle of a `put` adds a task exactly when its item is
+/// in the queue for consumers to get (the next `put` or `get` finishes a put that was
+/// half-way), so `join` never waits for a task that nobody can get. A consumer that
+/// dies between `get` and `task_done` leaves its task unfinished, as in Python: `join`
+/// then waits, and [`join_timeout`](Self::join_timeout) bounds the wait.
 pub struct JoinableQueue<T> {
     queue: Queue<T>,
 }
@@ -370,7 +377,7 @@ impl<T> JoinableQueue<T> {
 
     /// Tasks put and not yet marked done.
     pub fn unfinished(&self) -> u64 {
-        self.queue.rx.header().unfinished.load(SeqCst)
+        unfinished(self.queue.rx.header())
     }
 
     /// Marks one task done (one item that a `get` returned has been processed).
@@ -380,17 +387,21 @@ impl<T> JoinableQueue<T> {
     /// [`TaskDoneError`] if no task was unfinished.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
         let h = self.queue.rx.header();
-        let mut n = h.unfinished.load(SeqCst);
+        let mut done = h.tasks_done.load(SeqCst);
         loop {
-            if n == 0 {
+            // Tasks put only grow, so a count read after `done` is at least `done`.
+            if h.produced.0.tasks.load(SeqCst) <= done {
                 return Err(TaskDoneError);
             }
-            match h.unfinished.compare_exchange(n, n - 1, SeqCst, SeqCst) {
+            match h
+                .tasks_done
+                .compare_exchange(done, done + 1, SeqCst, SeqCst)
+            {
                 Ok(_) => break,
-                Err(now) => n = now,
+                Err(now) => done = now,
             }
         }
-        if n == 1 {
+        if unfinished(h) == 0 {
             h.sleepers.0.join_epoch.fetch_add(1, SeqCst);
             if h.sleepers.0.joiners.load(SeqCst) > 0 {
                 sys::futex_wake(&h.sleepers.0.join_epoch, u32::MAX);
@@ -414,7 +425,7 @@ impl<T> JoinableQueue<T> {
         let h = self.queue.rx.header();
         loop {
             let epoch = h.sleepers.0.join_epoch.load(SeqCst);
-            if h.unfinished.load(SeqCst) == 0 {
+            if unfinished(h) == 0 {
                 return true;
             }
             let left = match deadline {
@@ -425,12 +436,19 @@ impl<T> JoinableQueue<T> {
                 None => None,
             };
             h.sleepers.0.joiners.fetch_add(1, SeqCst);
-            if h.unfinished.load(SeqCst) != 0 {
+            if unfinished(h) != 0 {
                 sys::futex_wait(&h.sleepers.0.join_epoch, epoch, left);
             }
             h.sleepers.0.joiners.fetch_sub(1, SeqCst);
         }
     }
+}
+
+/// Tasks put and not yet marked done on the channel of `h`: done read first, so that
+/// the count put, read after, is at least that.
+fn unfinished(h: &ChannelHeader) -> u64 {
+    let done = h.tasks_done.load(SeqCst);
+    h.produced.0.tasks.load(SeqCst).saturating_sub(done)
 }
 
 impl<T: Serialize> JoinableQueue<T> {

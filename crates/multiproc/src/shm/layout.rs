@@ -60,6 +60,13 @@ pub(crate) struct Produced {
     /// (`Ring::finish_publish`), so that the count and the records agree.
     pub(crate) publishing_tail: AtomicU64,
     pub(crate) publishing_items: AtomicU64,
+    /// Tasks ever put (`JoinableQueue`: items that count until marked done), set with
+    /// the item count by the publish that adds one; and, while such a publish is in
+    /// progress, the count it sets (0 otherwise). An absolute count, logged like the
+    /// item count, so that a producer that dies publishing leaves it right: one more
+    /// exactly when its record is published.
+    pub(crate) tasks: AtomicU64,
+    pub(crate) publishing_tasks: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.
@@ -99,7 +106,7 @@ pub(crate) struct Sleepers {
     pub(crate) senders: AtomicU32,
     /// Processes waiting in `JoinableQueue::join`.
     pub(crate) joiners: AtomicU32,
-    /// Bumped when the unfinished count reaches zero; joiners wait on it.
+    /// Bumped when the tasks unfinished reach zero; joiners wait on it.
     pub(crate) join_epoch: AtomicU32,
     /// Consumers napping on `recv_seq`, a futex word producers bump (and wake) after
     /// publishing while one naps.
@@ -179,8 +186,9 @@ pub(crate) struct ChannelHeader {
     pub(crate) ring_len: AtomicU64,
     /// Most items the channel holds at once (`u64::MAX`: as many as fit).
     pub(crate) max_items: AtomicU64,
-    /// Items put but not yet marked done (`JoinableQueue`).
-    pub(crate) unfinished: AtomicU64,
+    /// Tasks marked done (`JoinableQueue`); never more than `produced.tasks`, and the
+    /// tasks unfinished are the difference.
+    pub(crate) tasks_done: AtomicU64,
     /// Receiving handles: one per process holding one, plus one per handle in flight to
     /// another process. Zero means no receiver can exist; a process killed while holding
     /// one leaves it counted, so non-zero only means "maybe".

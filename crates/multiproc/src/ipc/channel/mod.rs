@@ -326,6 +326,12 @@ impl Core {
     }
 
     /// Whether a message is published and not taken (in any ring).
+    /// Whether a producer is in the middle of a publish (its log is written), or died
+    /// there.
+    fn publishing(&self) -> bool {
+        self.header().produced.0.publishing_tail.load(Acquire) != 0
+    }
+
     fn has_data(&self) -> bool {
         if self.growable {
             let h = self.header();
@@ -823,16 +829,22 @@ impl RawReceiver {
         };
         if taken.is_some() {
             core.wake_senders();
-        } else if core.growable && core.has_data() {
-            // The counts say a message waits, and the rings hold none: the producer
-            // publishing it may have died between the two (it has a lock to take
-            // over then; a live one's is not waited for). Nothing else would finish
-            // that publish before the next send, and a receiver would spin.
+        } else if core.publishing() {
+            // A producer is publishing a message, which is not in the ring yet: it may
+            // have died half-way (it has a lock to take over then; a live one's is not
+            // waited for). Nothing else would finish that publish before the next
+            // send: an unbounded channel's counts would say a message waits, and a
+            // receiver would spin; a `JoinableQueue`'s task would count, and `join`
+            // would wait, for a message that nobody can get.
             if let Some(mut tail) =
                 Tail::lock(core.header(), LockWait::UnlessStopped(Duration::ZERO))
                 && tail.took_over
             {
-                core.finish_dead_producer(&mut tail).map_err(RecvFail::Io)?;
+                if core.growable {
+                    core.finish_dead_producer(&mut tail).map_err(RecvFail::Io)?;
+                } else {
+                    core.ring().finish_publish(&tail);
+                }
             }
         }
         Ok(taken)
@@ -1512,12 +1524,7 @@ mod tests {
     #[test]
     fn a_death_mid_publish_or_mid_consume_leaves_the_counts_right() {
         for growable in [false, true] {
-            let (tx, rx) = if growable {
-                unbounded(MIN_RING)
-            } else {
-                channel(MIN_RING, Some(3))
-            }
-            .unwrap();
+            let (tx, rx) = bounded_or_not(growable);
             let dying = tx.clone();
             dying_at(ring::DIES_PUBLISHING, move || {
                 dying.send(numbered(0, 100), Deadline::Now, false).unwrap();
@@ -1554,26 +1561,78 @@ mod tests {
         }
     }
 
-    /// The last producer of an unbounded channel dies publishing, and no other sends:
-    /// a receiver finishes the publish and gets the message (it spun until its
-    /// deadline: the counts said a message waited, the ring held none), then sees the
-    /// channel empty.
+    /// An unbounded channel, or one bounded to 3 items.
+    fn bounded_or_not(growable: bool) -> (RawSender, RawReceiver) {
+        if growable {
+            unbounded(MIN_RING)
+        } else {
+            channel(MIN_RING, Some(3))
+        }
+        .unwrap()
+    }
+
+    /// Tasks put and not marked done (`JoinableQueue`), as the channel counts them.
+    fn tasks(rx: &RawReceiver) -> u64 {
+        let h = rx.header();
+        h.produced.0.tasks.load(SeqCst) - h.tasks_done.load(SeqCst)
+    }
+
+    /// Producers that die publishing a task (`JoinableQueue`): one that dies before its
+    /// publish changed anything counts no task (it counted one, for good: `join` then
+    /// waited for ever for a task no consumer could get), and one that dies between the
+    /// counts and the position counts it once its publish is finished by the next.
+    #[test]
+    fn a_producer_that_dies_publishing_a_task_counts_it_only_with_its_message() {
+        for growable in [false, true] {
+            let (tx, rx) = bounded_or_not(growable);
+            let dying = tx.clone();
+            dying_at(ring::DIES_BEFORE_PUBLISHING, move || {
+                dying.send(numbered(0, 100), Deadline::Now, true).unwrap();
+            });
+            tx.send(numbered(1, 100), Deadline::Now, true).unwrap();
+            assert_eq!(tasks(&rx), 1, "unbounded: {growable}");
+            let dying = tx.clone();
+            dying_at(ring::DIES_PUBLISHING, move || {
+                dying.send(numbered(2, 100), Deadline::Now, true).unwrap();
+            });
+            tx.send(numbered(3, 100), Deadline::Now, false).unwrap();
+            assert_eq!(tasks(&rx), 2, "unbounded: {growable}");
+            let got: Vec<u32> = (0..3).map(|_| number(&take(&rx).unwrap())).collect();
+            assert_eq!(got, [1, 2, 3], "unbounded: {growable}");
+            assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+        }
+    }
+
+    /// The last producer of a channel dies publishing a task, and no other sends: a
+    /// receiver finishes the publish and gets the message, then sees the channel empty.
+    /// Before, an unbounded channel's receiver spun until its deadline (the counts said
+    /// a message waited, the ring held none), and a bounded one's found it empty, with
+    /// the task counted for good once the dead producer had counted it.
     #[test]
     fn a_receiver_finishes_the_publish_of_the_last_producer_that_died() {
-        let (tx, rx) = unbounded(MIN_RING).unwrap();
-        dying_at(ring::DIES_PUBLISHING, move || {
-            tx.send(numbered(7, 100), Deadline::Now, false).unwrap();
-        });
-        let wait = Deadline::after(Duration::from_secs(10));
-        let got = rx.recv_with(wait, &mut |bytes, _| bytes.to_vec()).unwrap();
-        assert_eq!(number(&got), 7);
-        assert!(!rx.core.has_data(), "the dead producer's message was taken");
-        let t = Instant::now();
-        let empty = rx.recv_with(Deadline::after(Duration::from_millis(50)), &mut |b, _| {
-            b.len()
-        });
-        assert!(matches!(empty, Err(RecvFail::Disconnected)), "{empty:?}");
-        assert!(t.elapsed() < Duration::from_secs(5));
+        for growable in [false, true] {
+            let (tx, rx) = bounded_or_not(growable);
+            dying_at(ring::DIES_PUBLISHING, move || {
+                tx.send(numbered(7, 100), Deadline::Now, true).unwrap();
+            });
+            let wait = Deadline::after(Duration::from_secs(10));
+            let got = rx.recv_with(wait, &mut |bytes, _| bytes.to_vec()).unwrap();
+            assert_eq!(number(&got), 7, "unbounded: {growable}");
+            assert!(
+                !rx.core.has_data(),
+                "the dead producer's message was taken, unbounded: {growable}"
+            );
+            assert_eq!(tasks(&rx), 1, "unbounded: {growable}");
+            let t = Instant::now();
+            let empty = rx.recv_with(Deadline::after(Duration::from_millis(50)), &mut |b, _| {
+                b.len()
+            });
+            assert!(
+                matches!(empty, Err(RecvFail::Disconnected)),
+                "{empty:?}, unbounded: {growable}"
+            );
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
     }
 
     #[test]

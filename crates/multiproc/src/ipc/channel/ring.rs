@@ -17,7 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
 use crate::shm::layout::{ChannelHeader, Consumed, LockWords, Produced};
@@ -123,6 +123,8 @@ thread_local! {
 
 pub(crate) const DIES_PUBLISHING: u32 = 1;
 pub(crate) const DIES_CONSUMING: u32 = 2;
+/// Before a publish has changed anything (its record written whole).
+pub(crate) const DIES_BEFORE_PUBLISHING: u32 = 3;
 
 /// Whether a test asked this thread to die at `point`.
 fn dies_at(point: u32) -> bool {
@@ -285,6 +287,7 @@ impl<'a> Ring<'a> {
             &p.items,
             &self.produced.tail,
         )
+        .with_tasks(&p.publishing_tasks, &p.tasks)
     }
 
     /// The consumers' item count and this ring's `head`, with their log.
@@ -524,20 +527,19 @@ impl Slot<'_, '_> {
         unsafe { std::slice::from_raw_parts_mut(ring.mem.ptr(offset), self.len) }
     }
 
-    /// Publishes the record (its payload must be filled) as `kind`, one item more.
-    pub(crate) fn publish(self, kind: u32, unfinished: bool) {
+    /// Publishes the record (its payload must be filled) as `kind`, one item more; with
+    /// `task`, one task more too (`JoinableQueue`).
+    pub(crate) fn publish(self, kind: u32, task: bool) {
         let ring = self.ring;
-        let h = ring.chan;
         ring.write_header(self.at, self.len as u32, kind);
-        if unfinished {
-            h.unfinished
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if dies_at(DIES_BEFORE_PUBLISHING) {
+            return;
         }
-        // The count, then the position: a producer that dies between the two would
-        // leave the count one ahead of the records for good, so both are logged first
-        // and the next producer finishes what the log says ([`Ring::finish_publish`]).
+        // The counts, then the position: a producer that dies between them would leave
+        // the counts one ahead of the records for good, so they are logged first and
+        // the next producer finishes what the log says ([`Ring::finish_publish`]).
         ring.published()
-            .advance(self.at + record_len(self.len), DIES_PUBLISHING);
+            .advance(self.at + record_len(self.len), task, DIES_PUBLISHING);
     }
 
     /// Writes a link record (its payload filled) without publishing it: where the
@@ -552,12 +554,15 @@ impl Slot<'_, '_> {
 /// One side's item count and ring position, which move together (a record published
 /// or consumed), and the log that makes the move whole: the position and count it moves
 /// to are written first and cleared last, so that whoever takes the side's lock over
-/// from a process that died in between finishes the move ([`Counted::finish`]).
+/// from a process that died in between finishes the move ([`Counted::finish`]). The
+/// producers' side also counts tasks (`JoinableQueue`), logged the same way.
 struct Counted<'a> {
     log_pos: &'a AtomicU64,
     log_items: &'a AtomicU64,
     items: &'a AtomicU64,
     pos: &'a AtomicU64,
+    /// The task count's log and the count.
+    tasks: Option<(&'a AtomicU64, &'a AtomicU64)>,
 }
 
 impl<'a> Counted<'a> {
@@ -572,18 +577,45 @@ impl<'a> Counted<'a> {
             log_items,
             items,
             pos,
+            tasks: None,
         }
     }
 
-    /// One item more, the position at `to` (under the side's lock). A record ends past
-    /// the ring's start, so `to` is never 0, which means "no move" in the log.
-    fn advance(&self, to: u64, dies: u32) {
+    fn with_tasks(self, log_tasks: &'a AtomicU64, tasks: &'a AtomicU64) -> Self {
+        Counted {
+            tasks: Some((log_tasks, tasks)),
+            ..self
+        }
+    }
+
+    /// One item more (and with `task`, one task more), the position at `to` (under the
+    /// side's lock). A record ends past the ring's start, so `to` is never 0, which
+    /// means "no move" in the log; a task count set is at least 1, so 0 there means
+    /// "unchanged".
+    fn advance(&self, to: u64, task: bool, dies: u32) {
         let items = self.items.load(Relaxed).wrapping_add(1);
         self.log_items.store(items, Relaxed);
+        let tasks = match self.tasks {
+            Some((log_tasks, tasks)) => {
+                let n = if task {
+                    tasks.load(Relaxed).wrapping_add(1).max(1)
+                } else {
+                    0
+                };
+                log_tasks.store(n, Relaxed);
+                Some((tasks, n))
+            }
+            None => None,
+        };
         self.log_pos.store(to, Release);
         self.items.store(items, Release);
         if dies_at(dies) {
             return;
+        }
+        if let Some((tasks, n)) = tasks
+            && n != 0
+        {
+            tasks.store(n, SeqCst);
         }
         self.pos.store(to, Release);
         self.log_pos.store(0, Release);
@@ -597,6 +629,12 @@ impl<'a> Counted<'a> {
             return false;
         }
         self.items.store(self.log_items.load(Acquire), Release);
+        if let Some((log_tasks, tasks)) = self.tasks {
+            let n = log_tasks.load(Acquire);
+            if n != 0 {
+                tasks.store(n, SeqCst);
+            }
+        }
         self.pos.store(to, Release);
         self.log_pos.store(0, Release);
         true
@@ -630,7 +668,7 @@ impl Record<'_, '_> {
     pub(crate) fn consume(self) {
         self.ring
             .consumed()
-            .advance(self.at + record_len(self.len), DIES_CONSUMING);
+            .advance(self.at + record_len(self.len), false, DIES_CONSUMING);
     }
 
     /// Done with this link record: frees its room (a link is not an item).
