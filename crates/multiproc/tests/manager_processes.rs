@@ -49,6 +49,10 @@ fn main() {
                 "client_sigkilled_while_its_call_waits_leaves_nothing",
                 client_sigkilled_while_its_call_waits,
             ),
+            trial(
+                "a_notification_to_a_sigkilled_waiter_passes_on",
+                notification_to_a_sigkilled_waiter_passes_on,
+            ),
             trial("server_sigkilled_under_load", server_sigkilled_under_load),
             trial(
                 "server_descriptor_table_sized_at_start",
@@ -590,6 +594,54 @@ fn client_sigkilled_while_its_call_waits() {
     );
     q.put(2).unwrap();
     assert_eq!(q.get_timeout(T).unwrap(), Some(2));
+}
+
+/// Waits on `c` once `waiting` is set (with the condition's lock held, so that whoever
+/// takes the lock next finds this wait queued); whether it was notified within `T`.
+fn cond_wait_once((c, waiting): (ConditionProxy, EventProxy)) -> bool {
+    let mut g = c.acquire().unwrap().unwrap();
+    waiting.set().unwrap();
+    g.wait_timeout(T).unwrap()
+}
+
+/// Starts a process waiting on `c`; returns once its wait is queued (it let the lock
+/// go, which only its wait does).
+fn queued_waiter(m: &Manager, c: &ConditionProxy) -> multiproc::JoinHandle<bool> {
+    let waiting = m.event().unwrap();
+    let h = multiproc::spawn(cond_wait_once, (c.clone(), waiting.clone())).unwrap();
+    assert!(waiting.wait_timeout(T).unwrap());
+    // The waiter holds the lock until its wait lets it go (were it to die holding
+    // it, this would say so).
+    drop(c.acquire().unwrap().expect("the waiter let the lock go"));
+    h
+}
+
+/// Processes wait on a condition and one of them is SIGKILLed: a notification it took
+/// goes on to the next waiter, which acts on it (before, that waiter waited out its
+/// timeout). Once with the waiter killed after it was notified, before it took the lock
+/// back (it can never act on it); once killed before `notify(1)`, which comes before
+/// the server has seen it die (it looks every 50 ms) and so picks it.
+fn notification_to_a_sigkilled_waiter_passes_on() {
+    let m = Manager::start().unwrap();
+    let c = m.condition().unwrap();
+    let waiters: Vec<_> = (0..4).map(|_| queued_waiter(&m, &c)).collect();
+    let [first, second, third, fourth] = <[_; 4]>::try_from(waiters).unwrap();
+    let t = Instant::now();
+    {
+        let g = c.acquire().unwrap().unwrap();
+        assert_eq!(g.notify(1).unwrap(), 1);
+        first.kill().unwrap();
+        let _ = join_err(first);
+    }
+    assert!(join(second), "the next waiter was not notified");
+    third.kill().unwrap();
+    let _ = join_err(third);
+    {
+        let g = c.acquire().unwrap().unwrap();
+        assert_eq!(g.notify(1).unwrap(), 1);
+    }
+    assert!(join(fourth), "the live waiter was not notified");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
 /// The server child sizes its descriptor table before it starts threads: grown later,

@@ -483,11 +483,8 @@ fn joined_with_little_cpu(mut child: multiproc::JoinHandle<u64>) {
 
 fn helper_leaks() {
     let me = std::process::id();
-    // Warm up: the fork server and the death pipe exist from the first spawn on, the
-    // spare from the second.
-    for i in 0..2 {
-        multiproc::spawn(square, i).unwrap().join().unwrap();
-    }
+    // Warm up: the fork server and the death pipe exist from the first spawn on.
+    multiproc::spawn(square, 1).unwrap().join().unwrap();
     let fds = common::fd_count();
     let server = common::fork_server_of(me).expect("fork server");
     let spare_ready = || {
@@ -496,9 +493,17 @@ fn helper_leaks() {
             || matches!(common::children_of(server).as_slice(), [(_, 'S', name)] if name == "mp-spare"),
         )
     };
-    // The server's own: stdio, its connection, the death pipe, the spare's pidfd and
-    // connection, and the connection the last assignment went on (kept until the next).
-    spare_ready();
+    // A spawn that goes to the spare (a request that comes before the server has
+    // forked its next spare is forked on demand instead). The server then holds its
+    // own: stdio, its connection, the death pipe, the next spare's pidfd and
+    // connection, and the connection that spawn's assignment went on (kept until the
+    // next assignment).
+    let spawn_to_spare = || {
+        assert!(spare_ready(), "no spare");
+        multiproc::spawn(square, 2).unwrap().join().unwrap();
+        assert!(spare_ready(), "no spare after the spawn");
+    };
+    spawn_to_spare();
     let server_fds = common::fds_of(server);
     for i in 0..200u64 {
         let method = if i % 10 == 0 {
@@ -522,11 +527,11 @@ fn helper_leaks() {
         Some(server),
         "the fork server changed"
     );
-    let mine: Vec<_> = common::children_of(me);
-    // The server forks its next spare after the last spawn, asynchronously, and the
-    // spare then names itself and sleeps: give it the time to (a missing spare then
+    // The server forks its next spare after each spawn, asynchronously, and the
+    // spare then names itself and sleeps: this waits for it (a missing spare then
     // shows as `[]`, more than one as a leak).
-    spare_ready();
+    spawn_to_spare();
+    let mine: Vec<_> = common::children_of(me);
     let servers: Vec<_> = common::children_of(server);
     println!("fds {fds} {}", common::fd_count());
     println!("server_fds {server_fds} {}", common::fds_of(server));

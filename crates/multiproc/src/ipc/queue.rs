@@ -323,9 +323,9 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// adds one, every [`task_done`](Self::task_done) removes one, and
 /// [`join`](Self::join) waits until none is left.
 ///
-/// A producer killed in the middle of a `put` adds a task exactly when its item is
-/// in the queue for consumers to get (the next `put` or `get` finishes a put that was
-/// half-way), so `join` never waits for a task that nobody can get. A consumer that
+/// A producer killed in the middle of a `put` adds its task only with its item: either
+/// neither counts, or the next `put` or `get` finishes the put that was half-way and
+/// both are there, so `join` never waits for a task that nobody can get. A consumer that
 /// dies between `get` and `task_done` leaves its task unfinished, as in Python: `join`
 /// then waits, and [`join_timeout`](Self::join_timeout) bounds the wait.
 pub struct JoinableQueue<T> {

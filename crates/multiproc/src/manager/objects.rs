@@ -394,6 +394,9 @@ impl Served {
             }
         };
         if matches!(woken, Blocked::Gone) {
+            if notified {
+                self.pass_on_notification();
+            }
             return Response::TimedOut;
         }
         let back = self.block(peer, None, |s| match s {
@@ -408,7 +411,29 @@ impl Served {
         match back {
             Blocked::Done(true) => Response::Fault(Fault::OwnerDied),
             Blocked::Done(false) => Response::Bool(notified),
-            Blocked::TimedOut | Blocked::Gone => Response::TimedOut,
+            Blocked::TimedOut | Blocked::Gone => {
+                if notified {
+                    self.pass_on_notification();
+                }
+                Response::TimedOut
+            }
+        }
+    }
+
+    /// A waiter whose client is gone had been notified: the notification goes to the
+    /// next waiter instead, so that `notify(n)` wakes `n` clients that can act on it.
+    /// (A client's death is seen by the thread serving its wait within `SLICE`; a
+    /// notification sent to it before then would otherwise be lost.)
+    fn pass_on_notification(&self) {
+        let mut state = self.state();
+        if let State::Condition {
+            waiting, notified, ..
+        } = &mut *state
+            && let Some(next) = waiting.pop_front()
+        {
+            notified.insert(next);
+            drop(state);
+            self.notify();
         }
     }
 
