@@ -597,11 +597,12 @@ fn client_sigkilled_while_its_call_waits() {
 }
 
 /// Waits on `c` once `waiting` is set (with the condition's lock held, so that whoever
-/// takes the lock next finds this wait queued); whether it was notified within `T`.
+/// takes the lock next finds this wait queued); whether it was notified within 20 s
+/// (well within the test's joins).
 fn cond_wait_once((c, waiting): (ConditionProxy, EventProxy)) -> bool {
     let mut g = c.acquire().unwrap().unwrap();
     waiting.set().unwrap();
-    g.wait_timeout(T).unwrap()
+    g.wait_timeout(Duration::from_secs(20)).unwrap()
 }
 
 /// Starts a process waiting on `c`; returns once its wait is queued (it let the lock
@@ -620,12 +621,14 @@ fn queued_waiter(m: &Manager, c: &ConditionProxy) -> multiproc::JoinHandle<bool>
 /// goes on to the next waiter, which acts on it (before, that waiter waited out its
 /// timeout). Once with the waiter killed after it was notified, before it took the lock
 /// back (it can never act on it); once killed before `notify(1)`, which comes before
-/// the server has seen it die (it looks every 50 ms) and so picks it.
+/// the server has seen it die (it looks every 50 ms) and so picks it. And a
+/// notification goes on only to a process that was waiting when it was made: a waiter
+/// killed after `notify_all` woke it does not wake the notifier's own wait after it.
 fn notification_to_a_sigkilled_waiter_passes_on() {
     let m = Manager::start().unwrap();
     let c = m.condition().unwrap();
-    let waiters: Vec<_> = (0..4).map(|_| queued_waiter(&m, &c)).collect();
-    let [first, second, third, fourth] = <[_; 4]>::try_from(waiters).unwrap();
+    let waiters: Vec<_> = (0..5).map(|_| queued_waiter(&m, &c)).collect();
+    let [first, second, third, fourth, fifth] = <[_; 5]>::try_from(waiters).unwrap();
     let t = Instant::now();
     {
         let g = c.acquire().unwrap().unwrap();
@@ -642,6 +645,14 @@ fn notification_to_a_sigkilled_waiter_passes_on() {
     }
     assert!(join(fourth), "the live waiter was not notified");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let mut g = c.acquire().unwrap().unwrap();
+    assert_eq!(g.notify_all().unwrap(), 1);
+    fifth.kill().unwrap();
+    let _ = join_err(fifth);
+    assert!(
+        !g.wait_timeout(Duration::from_millis(300)).unwrap(),
+        "the notifier's own wait took the notification it made"
+    );
 }
 
 /// The server child sizes its descriptor table before it starts threads: grown later,

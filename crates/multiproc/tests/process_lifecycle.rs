@@ -504,7 +504,9 @@ fn helper_leaks() {
         assert!(spare_ready(), "no spare after the spawn");
     };
     spawn_to_spare();
-    let server_fds = common::fds_of(server);
+    // Settled: the server closes a reaped child's descriptors after it reports its
+    // status, which `join` need not wait for.
+    let server_fds = common::settled(|| common::fds_of(server));
     for i in 0..200u64 {
         let method = if i % 10 == 0 {
             StartMethod::Spawn
@@ -534,6 +536,9 @@ fn helper_leaks() {
     let mine: Vec<_> = common::children_of(me);
     let servers: Vec<_> = common::children_of(server);
     println!("fds {fds} {}", common::fd_count());
+    common::eventually(Duration::from_secs(5), || {
+        common::fds_of(server) == server_fds
+    });
     println!("server_fds {server_fds} {}", common::fds_of(server));
     println!("children {mine:?}");
     println!("server_children {servers:?}");

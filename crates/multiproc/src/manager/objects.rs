@@ -6,7 +6,7 @@
 //! connected: a client that dies while the server waits for it releases its server
 //! thread within a slice, and a waiter never holds anything on a dead client's behalf.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
@@ -80,7 +80,10 @@ enum State {
         lock: Owned,
         next_ticket: u64,
         waiting: VecDeque<u64>,
-        notified: HashSet<u64>,
+        /// Tickets notified and not yet woken, each with the first ticket that was not
+        /// yet waiting when it was notified (a notification passed on from a waiter
+        /// whose client is gone goes only to a ticket before that).
+        notified: HashMap<u64, u64>,
     },
     Barrier {
         parties: u64,
@@ -137,7 +140,7 @@ impl Served {
                 lock: Owned::default(),
                 next_ticket: 0,
                 waiting: VecDeque::new(),
-                notified: HashSet::new(),
+                notified: HashMap::new(),
             },
             Kind::Barrier => {
                 let parties: u64 = init(kind, init_bytes)?;
@@ -375,11 +378,12 @@ impl Served {
             (ticket, saved)
         };
         let woken = self.block(peer, timeout, |s| match s {
-            State::Condition { notified, .. } => notified.remove(&ticket).then_some(()),
-            _ => Some(()),
+            State::Condition { notified, .. } => notified.remove(&ticket).map(Some),
+            _ => Some(None),
         });
+        // The horizon of the notification this wait took, if it took one.
         let notified = match woken {
-            Blocked::Done(()) => true,
+            Blocked::Done(horizon) => horizon,
             Blocked::TimedOut | Blocked::Gone => {
                 if let State::Condition {
                     waiting, notified, ..
@@ -389,14 +393,12 @@ impl Served {
                     // A notification that raced the timeout still counts.
                     notified.remove(&ticket)
                 } else {
-                    false
+                    None
                 }
             }
         };
         if matches!(woken, Blocked::Gone) {
-            if notified {
-                self.pass_on_notification();
-            }
+            self.pass_on_notification(notified);
             return Response::TimedOut;
         }
         let back = self.block(peer, None, |s| match s {
@@ -409,29 +411,45 @@ impl Served {
             _ => Some(false),
         });
         match back {
-            Blocked::Done(true) => Response::Fault(Fault::OwnerDied),
-            Blocked::Done(false) => Response::Bool(notified),
-            Blocked::TimedOut | Blocked::Gone => {
-                if notified {
-                    self.pass_on_notification();
+            // A client gone by the time the lock was taken back for it (the wait
+            // looks for the lock before it looks at the client) lets it go again, as
+            // it had it in the wait, with whatever a dead owner left said for the next.
+            Blocked::Done(died) if (peer.gone)() => {
+                if let State::Condition { lock, .. } = &mut *self.state()
+                    && lock.owner == Some(me)
+                {
+                    lock.owner = None;
+                    lock.count = 0;
+                    lock.died |= died;
                 }
+                self.notify();
+                self.pass_on_notification(notified);
+                Response::TimedOut
+            }
+            Blocked::Done(true) => Response::Fault(Fault::OwnerDied),
+            Blocked::Done(false) => Response::Bool(notified.is_some()),
+            Blocked::TimedOut | Blocked::Gone => {
+                self.pass_on_notification(notified);
                 Response::TimedOut
             }
         }
     }
 
-    /// A waiter whose client is gone had been notified: the notification goes to the
-    /// next waiter instead, so that `notify(n)` wakes `n` clients that can act on it.
-    /// (A client's death is seen by the thread serving its wait within `SLICE`; a
-    /// notification sent to it before then would otherwise be lost.)
-    fn pass_on_notification(&self) {
+    /// A waiter whose client is gone had taken a notification (made when the tickets
+    /// before `horizon` were waiting): it goes to the next waiter of those instead, so
+    /// that `notify(n)` wakes `n` clients that can act on it, and none that began
+    /// waiting after it. (A client's death is seen by the thread serving its wait
+    /// within `SLICE`; a notification sent to it before then would otherwise be lost.)
+    fn pass_on_notification(&self, horizon: Option<u64>) {
+        let Some(horizon) = horizon else { return };
         let mut state = self.state();
         if let State::Condition {
             waiting, notified, ..
         } = &mut *state
+            && waiting.front().is_some_and(|&next| next < horizon)
             && let Some(next) = waiting.pop_front()
         {
-            notified.insert(next);
+            notified.insert(next, horizon);
             drop(state);
             self.notify();
         }
@@ -578,10 +596,10 @@ fn apply(state: &mut State, op: Op, session: u64) -> Handled {
         State::Event(e) => event(e, op),
         State::Condition {
             lock,
+            next_ticket,
             waiting,
             notified,
-            ..
-        } => condition(lock, waiting, notified, op, session),
+        } => condition(lock, *next_ticket, waiting, notified, op, session),
         State::Barrier {
             parties,
             count,
@@ -803,8 +821,9 @@ fn event(e: &mut bool, op: Op) -> Handled {
 
 fn condition(
     lock: &mut Owned,
+    next_ticket: u64,
     waiting: &mut VecDeque<u64>,
-    notified: &mut HashSet<u64>,
+    notified: &mut HashMap<u64, u64>,
     op: Op,
     session: u64,
 ) -> Handled {
@@ -816,7 +835,7 @@ fn condition(
             let mut woke = 0;
             while woke < n {
                 let Some(t) = waiting.pop_front() else { break };
-                notified.insert(t);
+                notified.insert(t, next_ticket);
                 woke += 1;
             }
             Ok(Applied::wrote_if(woke > 0, Response::Len(woke)))
