@@ -1634,7 +1634,15 @@ mod tests {
             dying_at(ring::DIES_PUBLISHING, move || {
                 tx.send(numbered(7, 100), Deadline::Now, true).unwrap();
             });
-            // At the first look, which does not wait.
+            // A joined thread is still a task for a moment (it is told to its joiner
+            // before it has left the kernel); once it is gone, the first look, which
+            // does not wait, finishes its publish and has the message.
+            let holder = rx.header().tail_lock.0.state.load(SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while crate::sys::identity_alive(holder) {
+                assert!(Instant::now() < deadline, "the dead thread still lives");
+                std::thread::yield_now();
+            }
             let got = take(&rx).unwrap();
             assert_eq!(number(&got), 7, "unbounded: {growable}");
             assert!(
