@@ -1535,6 +1535,15 @@ mod tests {
         .unwrap()
     }
 
+    /// Sends message `n` (a task, with `task`) from a thread of its own (holding a
+    /// sender of its own) that dies at `point` of the publish.
+    fn send_dying(tx: &RawSender, point: u32, n: u32, task: bool) {
+        let dying = tx.clone();
+        dying_at(point, move || {
+            dying.send(numbered(n, 100), Deadline::Now, task).unwrap();
+        });
+    }
+
     /// A producer that dies publishing (between the item count and the position), then
     /// a consumer that dies consuming: the next ones finish what each began, and the
     /// counts agree with the records after (an empty channel says so; a bounded one
@@ -1543,10 +1552,7 @@ mod tests {
     fn a_death_mid_publish_or_mid_consume_leaves_the_counts_right() {
         for growable in [false, true] {
             let (tx, rx) = bounded_or_not(growable);
-            let dying = tx.clone();
-            dying_at(ring::DIES_PUBLISHING, move || {
-                dying.send(numbered(0, 100), Deadline::Now, false).unwrap();
-            });
+            send_dying(&tx, ring::DIES_PUBLISHING, 0, false);
             for n in 1..3 {
                 tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
             }
@@ -1603,16 +1609,10 @@ mod tests {
     fn a_producer_that_dies_publishing_a_task_counts_it_only_with_its_message() {
         for growable in [false, true] {
             let (tx, rx) = bounded_or_not(growable);
-            let dying = tx.clone();
-            dying_at(ring::DIES_BEFORE_PUBLISHING, move || {
-                dying.send(numbered(0, 100), Deadline::Now, true).unwrap();
-            });
+            send_dying(&tx, ring::DIES_BEFORE_PUBLISHING, 0, true);
             tx.send(numbered(1, 100), Deadline::Now, true).unwrap();
             assert_eq!(tasks(&rx), 1, "unbounded: {growable}");
-            let dying = tx.clone();
-            dying_at(ring::DIES_PUBLISHING, move || {
-                dying.send(numbered(2, 100), Deadline::Now, true).unwrap();
-            });
+            send_dying(&tx, ring::DIES_PUBLISHING, 2, true);
             tx.send(numbered(3, 100), Deadline::Now, false).unwrap();
             assert_eq!(tasks(&rx), 2, "unbounded: {growable}");
             let got: Vec<u32> = (0..3).map(|_| number(&take(&rx).unwrap())).collect();
@@ -1631,9 +1631,8 @@ mod tests {
     fn a_receiver_finishes_the_publish_of_the_last_producer_that_died() {
         for growable in [false, true] {
             let (tx, rx) = bounded_or_not(growable);
-            dying_at(ring::DIES_PUBLISHING, move || {
-                tx.send(numbered(7, 100), Deadline::Now, true).unwrap();
-            });
+            send_dying(&tx, ring::DIES_PUBLISHING, 7, true);
+            drop(tx);
             // A joined thread is still a task for a moment (it is told to its joiner
             // before it has left the kernel); once it is gone, the first look, which
             // does not wait, finishes its publish and has the message.
