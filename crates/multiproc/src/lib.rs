@@ -30,7 +30,8 @@
 //! [`spawn`] runs a function in a new process and returns a [`JoinHandle`]; `join`
 //! returns the function's value. Arguments and results are serde values, so anything
 //! `Serialize + Deserialize` crosses over; a closure that captures nothing is a function
-//! too.
+//! too. A value's `Serialize` may run twice for one send (small values are measured,
+//! then written straight into place), so it should have no side effects.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -725,7 +725,12 @@ fn map_with_sends_the_context_once_per_worker() {
     let out = p.map_with(table, scale, 0..1000).unwrap();
     assert_eq!(out, (0..1000).map(|x| x * 3 + 10_000).collect::<Vec<_>>());
     // Encoded once, sent to (and decoded once by) each worker that ran a chunk: two.
-    assert_eq!(ENCODES.load(Ordering::SeqCst) - before, 1);
+    // (`Serialize` runs once more, to measure: the codec writes a small value without
+    // descriptors straight into a buffer of its size, and finds out by measuring it;
+    // this one, with a handle in it and over 4 KiB, then goes the general way.) Not once
+    // per chunk: there are dozens.
+    let encodes = ENCODES.load(Ordering::SeqCst) - before;
+    assert!((1..=2).contains(&encodes), "serialized {encodes} times");
     let n = decodes.load();
     assert!((1..=2).contains(&n), "decoded {n} times");
     // Again on the same workers: a new map, a new context, dropped after.

@@ -186,6 +186,9 @@ thread_local! {
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
     /// Whether the value being serialized on this thread is only measured, not sent.
     static MEASURING: Cell<bool> = const { Cell::new(false) };
+    /// Whether the value being decoded on this thread came with no descriptors (then
+    /// `INCOMING` is not set up for it: see [`decode_seed`]).
+    static NO_FDS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Touches this thread's coding state, so that the thread-locals that need a destructor
@@ -310,6 +313,17 @@ pub(crate) fn encode_sized<T: Serialize + ?Sized>(
     value: &T,
     expect: usize,
 ) -> Result<Encoded, CodecError> {
+    // A caller that expects a large value (one like it was) goes the general way at
+    // once, without measuring the first `PLAIN_MOST` bytes for nothing.
+    if let Some(bytes) = (expect <= PLAIN_MOST)
+        .then(|| encode_plain(prefix, value))
+        .flatten()
+    {
+        return Ok(Encoded {
+            bytes,
+            fds: Vec::new(),
+        });
+    }
     let mut buf = Vec::with_capacity(prefix.len() + expect);
     buf.extend_from_slice(prefix);
     match collecting(|| encoder::to_vec(value, buf)) {
@@ -319,6 +333,33 @@ pub(crate) fn encode_sized<T: Serialize + ?Sized>(
             e,
         )),
     }
+}
+
+/// The most bytes [`encode_plain`] measures before it leaves a value to the general
+/// path.
+const PLAIN_MOST: usize = 4096;
+
+/// `prefix` and the encoding of a small value that holds no descriptor, or `None`. The
+/// general path sets up, and takes down, this thread's list for the descriptors of
+/// handles in the value (two thread-locals behind `RefCell`s and a guard for unwinds:
+/// about as long as encoding a small value itself). A value that measures at most
+/// [`PLAIN_MOST`] bytes with no list set up has no such handle (theirs refuses to
+/// encode without one), so it is written straight into a buffer of its size, as a
+/// pipe's message is written into the ring ([`inline_len`]); measurements are in the
+/// channel README ("Codec"). `None` for a larger value (measuring it whole first could cost as much as writing
+/// it), one that refuses, and within another encode (whose list a handle must join). A
+/// value whose encoding changes between the passes (its `Serialize` reads state that
+/// changes) is written as the second pass finds it; one that refuses only in the second
+/// pass goes the general way, a third pass, as a message that no longer fits a pipe's
+/// ring does.
+fn encode_plain<T: Serialize + ?Sized>(prefix: &[u8], value: &T) -> Option<Vec<u8>> {
+    if ENCODING.with(Cell::get) {
+        return None;
+    }
+    let len = measure(|| encoder::len_up_to(value, PLAIN_MOST))?;
+    let mut buf = Vec::with_capacity(prefix.len() + len);
+    buf.extend_from_slice(prefix);
+    encoder::to_vec(value, buf).ok()
 }
 
 /// Decodes a value of type `T`, handing `fds` to the handles in it; trailing bytes are
@@ -353,14 +394,28 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
             }
         }
     }
+    /// Puts back whether the decode around this one had descriptors.
+    struct RestoreNoFds(bool);
+    impl Drop for RestoreNoFds {
+        fn drop(&mut self) {
+            NO_FDS.with(|n| n.set(self.0));
+        }
+    }
     let what = std::any::type_name::<S::Value>();
-    let restore =
-        Restore(Some(INCOMING.with(|i| {
-            i.borrow_mut().replace(fds.into_iter().map(Some).collect())
-        })));
     let mut de = Decoder::new(bytes);
-    let result = seed.deserialize(&mut de);
-    drop(restore);
+    // Most messages carry no descriptor: a flag then says so to any handle in it (it
+    // finds its descriptor missing), which costs a tenth of setting up the list.
+    let result = if fds.is_empty() {
+        let _no_fds = RestoreNoFds(NO_FDS.with(|n| n.replace(true)));
+        seed.deserialize(&mut de)
+    } else {
+        let _no_fds = RestoreNoFds(NO_FDS.with(|n| n.replace(false)));
+        let _restore =
+            Restore(Some(INCOMING.with(|i| {
+                i.borrow_mut().replace(fds.into_iter().map(Some).collect())
+            })));
+        seed.deserialize(&mut de)
+    };
     let value =
         result.map_err(|e| CodecError::with_source(format!("cannot decode a `{what}`: {e}"), e))?;
     let rest = de.rest();
@@ -408,13 +463,20 @@ pub(crate) fn sending() -> bool {
 /// For a handle's `Deserialize`: takes the descriptor at `index` of the value being
 /// decoded. Each index can be taken once.
 pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
+    if NO_FDS.with(Cell::get) {
+        return Err(missing_fd(index));
+    }
     INCOMING.with(|i| match i.borrow_mut().as_mut() {
         Some(list) => list
             .get_mut(index as usize)
             .and_then(Option::take)
-            .ok_or_else(|| format!("descriptor {index} is missing from the message")),
+            .ok_or_else(|| missing_fd(index)),
         None => Err("multiproc handles can only be received through multiproc".into()),
     })
+}
+
+fn missing_fd(index: u32) -> String {
+    format!("descriptor {index} is missing from the message")
 }
 
 #[cfg(test)]
@@ -442,6 +504,162 @@ mod tests {
         assert!(take_fd(0).is_err());
         let (index, fds) = collecting(|| pass_fd(sys::AsFd::as_fd(&r)));
         assert_eq!((index, fds.len()), (Ok(0), 1));
+    }
+
+    /// A descriptor in a value, as a handle carries one.
+    #[derive(Debug)]
+    struct Fd(OwnedFd);
+
+    impl Serialize for Fd {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            pass_fd(sys::AsFd::as_fd(&self.0))
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Fd {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let index = u32::deserialize(d)?;
+            take_fd(index).map(Fd).map_err(serde::de::Error::custom)
+        }
+    }
+
+    /// Whether `a` and `b` are the same open file.
+    fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+        let (a, b) = (rustix::fs::fstat(a).unwrap(), rustix::fs::fstat(b).unwrap());
+        (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    }
+
+    /// A small value with a descriptor in it is not written the short way (measured
+    /// without a descriptor list, it refuses): its descriptor travels with it.
+    #[test]
+    fn a_small_value_with_a_descriptor_carries_it() {
+        let (r, _w) = sys::pipe().unwrap();
+        let value = (7u8, Fd(sys::dup(sys::AsFd::as_fd(&r)).unwrap()));
+        let encoded = encode(&value).unwrap();
+        assert_eq!(encoded.fds.len(), 1);
+        let (n, fd) = decode::<(u8, Fd)>(&encoded.bytes, encoded.fds).unwrap();
+        assert_eq!(n, 7);
+        assert!(same_file(&fd.0, &r));
+        let plain = encode(&(7u8, 9u64)).unwrap();
+        assert!(plain.fds.is_empty());
+        assert_eq!(
+            decode::<(u8, u64)>(&plain.bytes, plain.fds).unwrap(),
+            (7, 9)
+        );
+    }
+
+    /// A message that says it holds a descriptor and came without any fails to decode,
+    /// saying so.
+    #[test]
+    fn a_descriptor_missing_from_a_message_is_an_error() {
+        let (r, _w) = sys::pipe().unwrap();
+        let encoded = encode(&Fd(r)).unwrap();
+        let e = decode::<Fd>(&encoded.bytes, Vec::new()).unwrap_err();
+        assert!(e.message().contains("descriptor 0 is missing"), "{e}");
+    }
+
+    /// A value whose `Deserialize` decodes another message (without descriptors) while
+    /// its own message's descriptors wait: the inner decode finds its descriptor
+    /// missing, and takes none of the outer message's.
+    #[test]
+    fn a_decode_without_descriptors_inside_one_with_them_takes_none_of_theirs() {
+        #[derive(Debug)]
+        struct DecodesInner(Result<Fd, CodecError>);
+        impl<'de> serde::Deserialize<'de> for DecodesInner {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let inner = Bytes::deserialize(d)?;
+                Ok(DecodesInner(decode::<Fd>(&inner.0, Vec::new())))
+            }
+        }
+        let (r, _w) = sys::pipe().unwrap();
+        let inner = encode(&Fd(sys::dup(sys::AsFd::as_fd(&r)).unwrap())).unwrap();
+        let outer = encode(&(
+            Bytes(inner.bytes),
+            Fd(sys::dup(sys::AsFd::as_fd(&r)).unwrap()),
+        ))
+        .unwrap();
+        assert_eq!(outer.fds.len(), 1);
+        let (nested, fd) = decode::<(DecodesInner, Fd)>(&outer.bytes, outer.fds).unwrap();
+        let e = nested.0.unwrap_err();
+        assert!(e.message().contains("descriptor 0 is missing"), "{e}");
+        assert!(same_file(&fd.0, &r));
+    }
+
+    /// The other way round: a message without descriptors whose `Deserialize` decodes
+    /// one with a descriptor gets it there, and its own handle, after that decode,
+    /// still finds its descriptor missing.
+    #[test]
+    fn a_decode_with_descriptors_inside_one_without_them_leaves_it_without() {
+        #[derive(Debug)]
+        struct DecodesInner;
+        impl<'de> serde::Deserialize<'de> for DecodesInner {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let inner = Bytes::deserialize(d)?;
+                let (r, _w) = sys::pipe().unwrap();
+                decode::<Fd>(&inner.0, vec![r])
+                    .map(|_: Fd| DecodesInner)
+                    .map_err(|e| serde::de::Error::custom(format!("the inner decode: {e}")))
+            }
+        }
+        let (r, _w) = sys::pipe().unwrap();
+        let inner = encode(&Fd(sys::dup(sys::AsFd::as_fd(&r)).unwrap())).unwrap();
+        let outer = encode(&(Bytes(inner.bytes), Fd(r))).unwrap();
+        let e = decode::<(DecodesInner, Fd)>(&outer.bytes, Vec::new()).unwrap_err();
+        assert!(!e.message().contains("the inner decode"), "{e}");
+        assert!(e.message().contains("descriptor 0 is missing"), "{e}");
+    }
+
+    /// A value whose encoding changes from one pass to the next (its `Serialize` sees
+    /// state that changes) still comes out whole: as the pass that wrote it saw it.
+    #[test]
+    fn a_value_whose_encoding_changes_between_passes_comes_out_whole() {
+        struct Grows(std::cell::Cell<usize>);
+        impl Serialize for Grows {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.set(self.0.get() + 1);
+                vec![1u8; self.0.get()].serialize(s)
+            }
+        }
+        let value = Grows(std::cell::Cell::new(0));
+        let encoded = encode(&value).unwrap();
+        let passes = value.0.get();
+        assert!(passes >= 2, "{passes} passes");
+        assert_eq!(
+            decode::<Vec<u8>>(&encoded.bytes, encoded.fds).unwrap(),
+            vec![1u8; passes]
+        );
+    }
+
+    /// Measuring up to a limit stops soon after the limit, however long the value.
+    #[test]
+    fn measuring_up_to_a_limit_stops_there() {
+        struct Counted<'a>(&'a std::cell::Cell<usize>, usize);
+        impl Serialize for Counted<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(self.1))?;
+                for i in 0..self.1 {
+                    self.0.set(self.0.get() + 1);
+                    seq.serialize_element(&(i as u64))?;
+                }
+                seq.end()
+            }
+        }
+        let looked = std::cell::Cell::new(0);
+        assert_eq!(encoder::len_up_to(&Counted(&looked, 1_000_000), 800), None);
+        assert!(looked.get() <= 101, "{} elements measured", looked.get());
+        let small = Counted(&looked, 10);
+        assert_eq!(
+            encoder::len_up_to(&small, 800),
+            encoder::len_of(&small).ok()
+        );
+        let big = encode(&Counted(&looked, 100_000)).unwrap();
+        assert_eq!(
+            decode::<Vec<u64>>(&big.bytes, big.fds).unwrap().len(),
+            100_000
+        );
     }
 
     #[test]

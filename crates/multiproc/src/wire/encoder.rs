@@ -54,6 +54,14 @@ pub(crate) fn len_of<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeEr
     Ok(enc.0.0)
 }
 
+/// The length of `value`'s encoding if it is at most `most` bytes; `None` if longer
+/// (found without measuring the rest) or if the value refuses to be encoded.
+pub(crate) fn len_up_to<T: Serialize + ?Sized>(value: &T, most: usize) -> Option<usize> {
+    let mut enc = Encoder(CountUpTo { n: 0, most });
+    value.serialize(&mut enc).ok()?;
+    Some(enc.0.n)
+}
+
 /// Writes `value`'s encoding at the start of `buf`; how many bytes it took.
 pub(crate) fn to_slice<T: Serialize + ?Sized>(
     value: &T,
@@ -158,6 +166,37 @@ impl Output for Count {
         let bits = 64 - (v | 1).leading_zeros() as usize;
         self.0 += bits.div_ceil(7);
         Ok(())
+    }
+}
+
+/// Counts, failing once past `most`.
+struct CountUpTo {
+    n: usize,
+    most: usize,
+}
+
+impl CountUpTo {
+    fn add(&mut self, n: usize) -> Result<(), EncodeError> {
+        self.n += n;
+        if self.n > self.most {
+            return Err(full());
+        }
+        Ok(())
+    }
+}
+
+impl Output for CountUpTo {
+    fn byte(&mut self, _: u8) -> Result<(), EncodeError> {
+        self.add(1)
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        self.add(b.len())
+    }
+
+    fn varint(&mut self, v: u64) -> Result<(), EncodeError> {
+        let bits = 64 - (v | 1).leading_zeros() as usize;
+        self.add(bits.div_ceil(7))
     }
 }
 

@@ -682,7 +682,7 @@ impl RawSender {
 
 thread_local! {
     /// Where a consumer copies a message out of the ring before decoding it, reused.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl RawReceiver {
@@ -780,7 +780,7 @@ impl RawReceiver {
                 let r = decode(&buf, Vec::new());
                 // Back for the next message (a decoder that received on this thread in
                 // the meantime found the cell empty and used a buffer of its own).
-                SCRATCH.with(|s| *s.borrow_mut() = buf);
+                SCRATCH.with(|s| s.set(buf));
                 r
             }
             Taken::Side(msg) => decode(&msg.bytes, msg.fds),
@@ -930,7 +930,7 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
     };
     match record.kind {
         INLINE => {
-            let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            let mut buf = SCRATCH.with(std::cell::Cell::take);
             buf.clear();
             buf.extend_from_slice(record.payload());
             record.consume();
