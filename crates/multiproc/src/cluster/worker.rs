@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -816,6 +816,26 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
     }
 }
 
+/// How long a stop waits for the keeper's connection to send `CLIENT UNBLOCK` on it:
+/// longer than a call to a server that answers takes, far shorter than the reader's
+/// block.
+const UNBLOCK_WAIT: Duration = Duration::from_millis(100);
+
+/// `m` locked, if it can be within `wait` (looking every millisecond).
+fn lock_within<T>(m: &Mutex<T>, wait: Duration) -> Option<MutexGuard<'_, T>> {
+    let until = Instant::now() + wait;
+    loop {
+        match m.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
 /// A cluster error back as a Redis error (inside a connection closure).
 fn to_redis(e: ClusterError) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "setup", e.to_string()))
@@ -826,14 +846,33 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Node {
-    /// How long to wait for a reply: the response timeout, or less once the stop's end
-    /// is near (a server that does not answer holds each call that long).
+    /// How long to wait for a reply: the response timeout, or a lease if that is
+    /// shorter, or less once the stop's end is near (a server that does not answer
+    /// holds each call that long). A lease at most, because a call that began just
+    /// before a stop (the keeper's next call, due as the server was paused) holds the
+    /// stop until it ends, and the stop is to end within a grace and a lease. What a
+    /// call given up on leaves is safe: a renewal or a promotion that the server ran
+    /// anyway is done, and a finish sent again is refused by its fence (its outcome is
+    /// not written twice). A reclaim is not given up on that soon (see
+    /// [`full_response`](Self::full_response)).
     fn response(&self) -> Duration {
+        self.response_within(RESPONSE_TIMEOUT.min(self.cfg.lease))
+    }
+
+    /// As [`response`](Self::response), with the whole response timeout before a stop:
+    /// for a reclaim, whose entries the server moves to this worker (counting a
+    /// delivery each) as it runs it; a reply given up on would leave them unrenewed for
+    /// a lease, to be claimed again with one delivery more.
+    fn full_response(&self) -> Duration {
+        self.response_within(RESPONSE_TIMEOUT)
+    }
+
+    fn response_within(&self, most: Duration) -> Duration {
         match *lock(&self.stop_by) {
             Some(by) => by
                 .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(200), RESPONSE_TIMEOUT),
-            None => RESPONSE_TIMEOUT,
+                .clamp(Duration::from_millis(200).min(most), most),
+            None => most,
         }
     }
 
@@ -871,9 +910,14 @@ impl Node {
     fn unblock_reader(&self) {
         if let Some(id) = *lock(&self.reader_id) {
             // A courtesy (the reader sees the stop within its block time anyway): not
-            // worth the whole response timeout of a server that does not answer.
+            // worth the whole response timeout of a server that does not answer, nor
+            // waiting long for the keeper's call on this connection to end (one sent
+            // to a paused server holds it for its response timeout).
             let within = self.response().min(Duration::from_secs(1));
-            let _ = lock(&self.link).run_within(within, |c| {
+            let Some(mut link) = lock_within(&self.link, UNBLOCK_WAIT) else {
+                return;
+            };
+            let _ = link.run_within(within, |c| {
                 redis::cmd("CLIENT").arg("UNBLOCK").arg(id).exec(c)
             });
         }
@@ -1610,7 +1654,7 @@ impl Node {
                 .unwrap_or_else(|| "0-0".into());
             let min_idle = ms(self.cfg.lease).to_string();
             let count = room.min(100).to_string();
-            let reply: Value = self.run_keeper(|c| {
+            let reply: Value = lock(&self.link).run_within(self.full_response(), |c| {
                 conn::invoke(
                     c,
                     &scripts::RECLAIM,
