@@ -912,7 +912,7 @@ impl Node {
             // A courtesy (the reader sees the stop within its block time anyway): not
             // worth the whole response timeout of a server that does not answer, nor
             // waiting long for the keeper's call on this connection to end (one sent
-            // to a paused server holds it for its response timeout).
+            // to a paused server holds it until its reply times out).
             let within = self.response().min(Duration::from_secs(1));
             let Some(mut link) = lock_within(&self.link, UNBLOCK_WAIT) else {
                 return;

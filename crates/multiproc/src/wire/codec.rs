@@ -346,8 +346,9 @@ const PLAIN_MOST: usize = 4096;
 /// [`PLAIN_MOST`] bytes with no list set up has no such handle (theirs refuses to
 /// encode without one), so it is written straight into a buffer of its size, as a
 /// pipe's message is written into the ring ([`inline_len`]); measurements are in the
-/// channel README ("Codec"). `None` for a larger value (measuring it whole first could cost as much as writing
-/// it), one that refuses, and within another encode (whose list a handle must join). A
+/// channel README ("Codec"). `None` for a larger value (measuring it whole first could
+/// cost as much as writing it), one that refuses, and within another encode (whose
+/// list a handle must join). A
 /// value whose encoding changes between the passes (its `Serialize` reads state that
 /// changes) is written as the second pass finds it; one that refuses only in the second
 /// pass goes the general way, a third pass, as a message that no longer fits a pipe's
@@ -404,7 +405,7 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
     let what = std::any::type_name::<S::Value>();
     let mut de = Decoder::new(bytes);
     // Most messages carry no descriptor: a flag then says so to any handle in it (it
-    // finds its descriptor missing), which costs a tenth of setting up the list.
+    // finds its descriptor missing), which costs far less than setting up the list.
     let result = if fds.is_empty() {
         let _no_fds = RestoreNoFds(NO_FDS.with(|n| n.replace(true)));
         seed.deserialize(&mut de)

@@ -163,10 +163,15 @@ impl Output for Count {
     }
 
     fn varint(&mut self, v: u64) -> Result<(), EncodeError> {
-        let bits = 64 - (v | 1).leading_zeros() as usize;
-        self.0 += bits.div_ceil(7);
+        self.0 += varint_len(v);
         Ok(())
     }
+}
+
+/// Bytes `v` takes as a LEB128 varint.
+fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 /// Counts, failing once past `most`.
@@ -195,8 +200,7 @@ impl Output for CountUpTo {
     }
 
     fn varint(&mut self, v: u64) -> Result<(), EncodeError> {
-        let bits = 64 - (v | 1).leading_zeros() as usize;
-        self.add(bits.div_ceil(7))
+        self.add(varint_len(v))
     }
 }
 
