@@ -42,6 +42,10 @@ fn main() {
             ),
             trial("daemon_terminated_at_exit", daemon_terminated_at_exit),
             trial(
+                "children_keep_the_cpu_mask_on_a_busy_machine",
+                children_keep_the_cpu_mask_on_a_busy_machine,
+            ),
+            trial(
                 "spawns_leave_no_zombie_process_or_fd",
                 spawns_leave_no_zombie_process_or_fd,
             ),
@@ -542,6 +546,51 @@ fn helper_leaks() {
     println!("server_fds {server_fds} {}", common::fds_of(server));
     println!("children {mine:?}");
     println!("server_children {servers:?}");
+}
+
+/// The CPUs this process may run on, as the kernel lists them.
+fn cpus_allowed() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// While another job keeps CPUs busy, the fork server forks its spares held to its own
+/// CPU for a while (its spares would otherwise wait behind that job); the hold ends as
+/// the fork does, so every child runs where its parent may.
+fn children_keep_the_cpu_mask_on_a_busy_machine() {
+    let mask = cpus_allowed();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..cpus.saturating_sub(1).max(1))
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let until = Instant::now() + T;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut masks = Vec::new();
+    for _ in 0..300 {
+        let mut child = multiproc::spawn(|()| cpus_allowed(), ()).unwrap();
+        masks.push(child.join_timeout(T).unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+    let held = masks.iter().filter(|m| **m != mask).count();
+    assert_eq!(
+        held, 0,
+        "{held} of 300 children kept another mask than {mask}: {masks:?}"
+    );
 }
 
 fn spawns_leave_no_zombie_process_or_fd() {

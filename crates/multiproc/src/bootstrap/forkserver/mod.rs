@@ -3,6 +3,7 @@
 //! described in `README.md`.
 
 mod client;
+mod placement;
 mod server;
 
 pub(crate) use client::{ForkServer, is_out_of_step, is_peer_gone, read_status};

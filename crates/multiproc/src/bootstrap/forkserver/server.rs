@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::setup::{FromServer, become_requested};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE, looking, tracker};
+
+use super::placement::Placement;
 use crate::sys::{self, AsFd, Forked, OwnedFd};
 use crate::wire::framing::Conn;
 
@@ -46,10 +48,20 @@ struct Kid {
     spare: Option<Conn>,
     /// When it was forked.
     forked_at: Instant,
+    /// Forked held to the server's CPU (see [`Placement`]).
+    pinned: bool,
     /// The parent's segment tracker: never killed by this server, which it outlives.
     tracker: bool,
     /// Its memory cgroup.
     cgroup: Option<PathBuf>,
+}
+
+/// What the server keeps about its spares besides the children themselves.
+struct Spares {
+    /// The connection the last assignment went on (see [`assign_or_fork`]).
+    retired: Option<Conn>,
+    /// Where the next spare runs.
+    placement: Placement,
 }
 
 /// Cgroups names start with this, then the server's pid and a number.
@@ -181,7 +193,10 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     };
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let mut kids: Vec<Kid> = Vec::new();
-    let mut retired = None;
+    let mut spares = Spares {
+        retired: None,
+        placement: Placement::new(),
+    };
     let mut keep_spare = false;
     let mut cgroups = Cgroups {
         home: None,
@@ -207,7 +222,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             }
         };
         if missing_spare && !ready.iter().any(|r| r.ready()) {
-            match fork_spare(&info, death.as_ref()) {
+            match fork_spare(&info, death.as_ref(), &mut spares.placement) {
                 Ok(kid) => kids.push(kid),
                 // Requests are forked on demand until a spare can be made.
                 Err(_) => keep_spare = false,
@@ -236,7 +251,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
                             frame.fds,
                             death.as_ref(),
                             &mut kids,
-                            &mut retired,
+                            &mut spares,
                             &mut cgroups,
                         );
                         if let Err(e) = answer(&mut conn, started) {
@@ -350,7 +365,7 @@ fn start_child(
     fds: Vec<OwnedFd>,
     death: Option<&OwnedFd>,
     kids: &mut Vec<Kid>,
-    retired: &mut Option<Conn>,
+    spares: &mut Spares,
     cgroups: &mut Cgroups,
 ) -> Result<(u32, OwnedFd), Refusal> {
     let mut request: ForkRequest = postcard::from_bytes(body)
@@ -381,7 +396,7 @@ fn start_child(
         [channel, status, stdin, stdout, stderr],
         death,
         kids,
-        retired,
+        spares,
     );
     match started {
         Ok((pid, pidfd)) => {
@@ -401,7 +416,7 @@ fn start_child(
 
 /// Hands `request` (encoded: `body`) to the spare, or forks a child for it.
 ///
-/// The connection an assignment went on is kept (in `retired`) until the next
+/// The connection an assignment went on is kept (in `spares.retired`) until the next
 /// assignment, and closed before that is sent. Closing a Unix socket while a descriptor
 /// of one is in flight anywhere (this assignment's channel, until the spare has read
 /// it; or the next request's, which a parent that has joined its child may have sent
@@ -415,9 +430,9 @@ fn assign_or_fork(
     [channel, status, stdin, stdout, stderr]: [OwnedFd; 5],
     death: Option<&OwnedFd>,
     kids: &mut Vec<Kid>,
-    retired: &mut Option<Conn>,
+    spares: &mut Spares,
 ) -> Result<(u32, OwnedFd), Refusal> {
-    drop(retired.take());
+    drop(spares.retired.take());
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
         let mut spare = kid.spare.take();
         let passed = [
@@ -433,8 +448,10 @@ fn assign_or_fork(
         {
             // How long spares wait for their assignments: the next one looks for its
             // own that long before it sleeps.
-            looking::ASSIGNMENT.took(kid.forked_at.elapsed());
-            *retired = spare;
+            let waited = kid.forked_at.elapsed();
+            looking::ASSIGNMENT.took(waited);
+            spares.placement.assigned(kid.pid, kid.pinned, waited);
+            spares.retired = spare;
             kid.status = Some(status);
             kid.daemon = request.daemon;
             let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
@@ -475,6 +492,7 @@ fn new_kid(
         status,
         spare,
         forked_at: Instant::now(),
+        pinned: false,
         cgroup: None,
         tracker: false,
     })
@@ -513,30 +531,53 @@ fn start_tracker(
 }
 
 /// Forks a spare child that waits for its assignment.
-fn fork_spare(info: &FromServer<'_>, death: Option<&OwnedFd>) -> io::Result<Kid> {
+fn fork_spare(
+    info: &FromServer<'_>,
+    death: Option<&OwnedFd>,
+    placement: &mut Placement,
+) -> io::Result<Kid> {
     let (ours, theirs) = sys::stream_pair()?;
-    match sys::fork_if_single_threaded().and_then(single)? {
+    // Held to this CPU for the fork only: the spare inherits the hold and both let go
+    // at once (the spare stays where it is put, until it next sleeps).
+    let pinned = if placement.pin_next() {
+        sys::pin_here()
+    } else {
+        None
+    };
+    let forked = sys::fork_if_single_threaded().and_then(single);
+    if let Some(mask) = &pinned {
+        sys::unpin(mask);
+    }
+    match forked? {
         Forked::Child => {
             drop(ours);
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
-            spare(info, theirs, death)
+            spare(info, theirs, death, placement)
         }
         Forked::Parent(pid) => {
             drop(theirs);
-            new_kid(
+            let mut kid = new_kid(
                 pid,
                 None,
                 false,
                 Some(Conn::new(ours, messages::MAX_CONTROL)),
             )
-            .map_err(Refusal::into_io)
+            .map_err(Refusal::into_io)?;
+            kid.pinned = pinned.is_some();
+            Ok(kid)
         }
     }
 }
 
 /// A spare: waits for one assignment, then becomes that child. Exits if the server goes
 /// away or retires it.
-fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
+fn spare(
+    info: &FromServer<'_>,
+    control: OwnedFd,
+    death: Option<OwnedFd>,
+    placement: &Placement,
+) -> ! {
+    placement.started();
     if !matches!(sys::kill_me_with_parent(info.pid), Ok(true)) {
         sys::exit_now(0);
     }

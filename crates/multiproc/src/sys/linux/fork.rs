@@ -22,6 +22,21 @@ pub(crate) fn fork_if_single_threaded() -> io::Result<Option<Forked>> {
     unsafe { fork_unchecked() }.map(Some)
 }
 
+/// The calling thread's CPU mask, with the thread held to the CPU it runs on now; `None`
+/// (nothing changed) if either call fails. Give the mask back with [`unpin`].
+pub(crate) fn pin_here() -> Option<rustix::thread::CpuSet> {
+    let mask = rustix::thread::sched_getaffinity(None).ok()?;
+    let mut here = rustix::thread::CpuSet::new();
+    here.set(rustix::thread::sched_getcpu());
+    rustix::thread::sched_setaffinity(None, &here).ok()?;
+    Some(mask)
+}
+
+/// Gives the calling thread back the mask [`pin_here`] took.
+pub(crate) fn unpin(mask: &rustix::thread::CpuSet) {
+    let _ = rustix::thread::sched_setaffinity(None, mask);
+}
+
 /// `fork()`.
 ///
 /// # Safety
@@ -106,5 +121,33 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe {
         libc::fflush(std::ptr::null_mut());
         libc::_exit(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_holds_the_thread_to_its_cpu_and_unpinning_restores_its_mask() {
+        // A thread of its own: the mask is per thread.
+        std::thread::spawn(|| {
+            let before = rustix::thread::sched_getaffinity(None).expect("mask");
+            let mask = pin_here().expect("pinned");
+            assert_eq!(mask, before, "pin_here gives back the mask it replaced");
+            let held = rustix::thread::sched_getaffinity(None).expect("mask");
+            assert_eq!(held.count(), 1, "held to one CPU");
+            let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
+                .find(|&c| held.is_set(c))
+                .expect("a CPU");
+            assert!(before.is_set(cpu), "held to a CPU of its own mask");
+            unpin(&mask);
+            assert_eq!(
+                rustix::thread::sched_getaffinity(None).expect("mask"),
+                before
+            );
+        })
+        .join()
+        .expect("thread");
     }
 }

@@ -21,7 +21,9 @@ pub(crate) use fd::{
     recv_with_fds, redirect_stdio, renumber, send_packet, send_with_fds, set_cloexec,
     set_create_mode, stream_pair, try_lock_file, user_id, wait_readable, wait_writable, write_all,
 };
-pub(crate) use fork::{exec_self, exit_now, fork_if_single_threaded, fork_unchecked, spawn_self};
+pub(crate) use fork::{
+    exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self, unpin,
+};
 pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
     readable_any, thread_identity,
@@ -39,7 +41,8 @@ pub(crate) use limits::{
 pub(crate) use mem::{
     cwd_id, doorbell, file_id, file_len, fully_sealed, grow, map_shared, map_shared_at, memfd,
     memfd_growable, open_file_id, packet_pair, path_id, prefault, punch_hole, ring, sealed_memfd,
-    shm_create, shm_open, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
+    shared_word, shm_create, shm_open, shm_unlink, shm_unlink_if, shrink_sealed, silence,
+    size_sealed, unmap,
 };
 pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
 /// For the cluster worker's signal handling.
