@@ -329,6 +329,10 @@ pub fn report(group: &Group, stats: &[Stats], busy: bool) -> String {
 fn busy_targets(group: &Group, stats: &[Stats]) -> String {
     let mut out = String::new();
     let one_cpu = stats.iter().find(|s| s.kind == Impl::OneCpu);
+    let fastest_floor = stats
+        .iter()
+        .filter(|s| s.kind == Impl::Floor)
+        .min_by_key(|s| s.median());
     for (ours, theirs) in &group.pairs {
         let (Some(a), Some(b)) = (find(stats, ours), find(stats, theirs)) else {
             continue;
@@ -351,7 +355,16 @@ fn busy_targets(group: &Group, stats: &[Stats]) -> String {
                 fmt_duration(need),
                 fmt_duration(bound.median())
             ),
-            _ => String::new(),
+            // A target under the time of the kernel floor itself.
+            _ => match fastest_floor {
+                Some(floor) if !met && b.kind == Impl::Peer && floor.median() > need => format!(
+                    " {BUSY_VS_CPYTHON:.0}× would be {} per operation, under the {} of {} itself",
+                    fmt_duration(need),
+                    fmt_duration(floor.median()),
+                    floor.name
+                ),
+                _ => String::new(),
+            },
         };
         let end = if beyond.is_empty() { "" } else { ";" };
         let _ = writeln!(
@@ -713,6 +726,47 @@ mod tests {
             notes: Vec::new(),
             headline: Vec::new(),
         }
+    }
+
+    /// A missed target against CPython that would take less time per operation than a
+    /// floor of the group says so; one the floor leaves room for does not.
+    #[test]
+    fn a_target_under_the_floor_says_so() {
+        let row = |ns: u64| move |n: u64| Duration::from_nanos(ns * n);
+        let group = |ours: u64| Group {
+            title: "Dict",
+            rate: Rate::None,
+            operation: "one operation",
+            bench: "",
+            workloads: vec![
+                Workload::new("multiproc socket", Impl::Multiproc, 10, row(ours)),
+                Workload::new("CPython dict", Impl::Peer, 10, row(60_000)),
+                Workload::new("pipe ping-pong", Impl::Floor, 10, row(8_000)),
+            ],
+            targets: Vec::new(),
+            pairs: vec![("multiproc socket", "CPython dict")],
+            notes: Vec::new(),
+            headline: Vec::new(),
+        };
+        let missed = group(20_000);
+        let text = report(&missed, &run_group(&missed, 1, true), true);
+        assert!(
+            text.contains(
+                "≥ 10× CPython dict — **missed** (3.0×); 10× would be 6.00 µs per operation, \
+                 under the 8.00 µs of pipe ping-pong itself."
+            ),
+            "{text}"
+        );
+        let quick = Group {
+            workloads: vec![
+                Workload::new("multiproc socket", Impl::Multiproc, 10, row(20_000)),
+                Workload::new("CPython dict", Impl::Peer, 10, row(60_000)),
+                Workload::new("pipe ping-pong", Impl::Floor, 10, row(5_000)),
+            ],
+            ..group(0)
+        };
+        let text = report(&quick, &run_group(&quick, 1, true), true);
+        assert!(text.contains("— **missed** (3.0×).\n"), "{text}");
     }
 
     /// The bound on one CPU is measured and shown under load only; a missed target
