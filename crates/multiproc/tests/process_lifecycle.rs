@@ -46,6 +46,10 @@ fn main() {
                 children_keep_the_cpu_mask_on_a_busy_machine,
             ),
             trial(
+                "children_of_held_spares_keep_the_cpu_mask",
+                children_of_held_spares_keep_the_cpu_mask,
+            ),
+            trial(
                 "spawns_leave_no_zombie_process_or_fd",
                 spawns_leave_no_zombie_process_or_fd,
             ),
@@ -92,6 +96,7 @@ fn helpers(mode: &str) {
         "exit_call_joins" => helper_exit_joins(true),
         "daemon_at_exit" => helper_daemon_at_exit(),
         "leaks" => helper_leaks(),
+        "held_spares" => helper_held_spares(),
         "logging" => helper_logging(),
         "directories" => helper_directories(),
         other => panic!("unknown helper mode {other}"),
@@ -563,10 +568,23 @@ fn cpus_allowed() -> String {
 /// CPU for a while (its spares would otherwise wait behind that job); the hold ends as
 /// the fork does, so every child runs where its parent may.
 fn children_keep_the_cpu_mask_on_a_busy_machine() {
+    /// Stops the busy threads also when the test fails.
+    struct Busy(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        Vec<std::thread::JoinHandle<()>>,
+    );
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            for b in self.1.drain(..) {
+                let _ = b.join();
+            }
+        }
+    }
     let mask = cpus_allowed();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let busy: Vec<_> = (0..cpus.saturating_sub(1).max(1))
+    let threads = (0..cpus.saturating_sub(1).max(1))
         .map(|_| {
             let stop = std::sync::Arc::clone(&stop);
             std::thread::spawn(move || {
@@ -577,20 +595,44 @@ fn children_keep_the_cpu_mask_on_a_busy_machine() {
             })
         })
         .collect();
-    let mut masks = Vec::new();
-    for _ in 0..300 {
-        let mut child = multiproc::spawn(|()| cpus_allowed(), ()).unwrap();
-        masks.push(child.join_timeout(T).unwrap());
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for b in busy {
-        b.join().unwrap();
-    }
+    let busy = Busy(stop, threads);
+    let masks = children_masks(300);
+    drop(busy);
     let held = masks.iter().filter(|m| **m != mask).count();
     assert_eq!(
         held, 0,
         "{held} of 300 children kept another mask than {mask}: {masks:?}"
     );
+}
+
+/// The CPU masks of `n` children spawned one after another.
+fn children_masks(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let mut child = multiproc::spawn(|()| cpus_allowed(), ()).unwrap();
+            child.join_timeout(T).unwrap()
+        })
+        .collect()
+}
+
+/// As [`children_keep_the_cpu_mask_on_a_busy_machine`], with every spare held (a
+/// setting of builds with debug assertions), so that the held path runs on any machine.
+fn children_of_held_spares_keep_the_cpu_mask() {
+    let exe = std::env::current_exe().unwrap();
+    let h = Helper::start_with("held_spares", exe, &[("MULTIPROC_TEST_HOLD_SPARES", "1")]);
+    let mask = h.expect("mask ", T);
+    let children = h.expect("children ", T);
+    let masks: Vec<&str> = children.split(';').collect();
+    assert_eq!(masks.len(), 50);
+    assert!(
+        masks.iter().all(|m| *m == mask),
+        "parent {mask}, children {masks:?}"
+    );
+}
+
+fn helper_held_spares() {
+    println!("mask {}", cpus_allowed());
+    println!("children {}", children_masks(50).join(";"));
 }
 
 fn spawns_leave_no_zombie_process_or_fd() {

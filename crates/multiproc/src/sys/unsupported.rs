@@ -360,13 +360,15 @@ pub(crate) fn size_sealed(_: BorrowedFd<'_>) -> bool {
 pub(crate) fn fully_sealed(_: BorrowedFd<'_>) -> bool {
     false
 }
-pub(crate) fn shared_word() -> io::Result<&'static std::sync::atomic::AtomicU32> {
+pub(crate) fn shared_word() -> io::Result<&'static std::sync::atomic::AtomicU64> {
     Err(unsupported())
 }
 pub(crate) fn pin_here() -> Option<()> {
     None
 }
-pub(crate) fn unpin(_: &()) {}
+pub(crate) fn unpin(_: &()) -> bool {
+    true
+}
 pub(crate) fn map_shared(
     _: BorrowedFd<'_>,
     _: usize,

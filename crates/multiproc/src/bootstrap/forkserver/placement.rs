@@ -9,18 +9,21 @@
 //! spawn it is given by that wait (`perf sched timehist` of `multiproc-bench loop
 //! spawn` under one busy loop on 2 CPUs: about one spare in three waited 1–3 ms).
 //!
-//! So each spare notes, in a word it shares with the server, that it has run; a spare
-//! found not to have run [`STARVED`] after its fork counts as starved. Two starved
-//! among the last 16 spares forked the kernel's way, and the next [`PINNED_FORKS`]
-//! spares are forked held to the server's CPU: the server holds itself there for the
-//! fork, the spare inherits the hold, and both let go at once, so the spare stays where
-//! it was put until it first sleeps and is free from then on. After those, spares go
-//! the kernel's way again, and the count starts over. On an idle machine the kernel's
-//! way is the better one (it spreads a spare's start-up and the previous child's run
-//! over two CPUs: holding every spare measured 7–23% slower there), and spares starve
-//! there rarely (a few in 2,000 spawns, never two within 16).
+//! So the server numbers its spares, and each spare, as it first runs, raises a word it
+//! shares with the server to its number (never lowers it: a spare that runs late
+//! cannot hide that a later one ran). A spare whose assignment comes [`STARVED`] or
+//! more after its fork and finds the word below its number had not run: it starved.
+//! Two starved among the last 16 spares placed by the kernel and assigned, and the
+//! next [`PINNED_FORKS`] spares are forked held to the server's CPU: the server holds
+//! itself there for the fork and lets go as the fork returns; the spare inherits the
+//! hold and lets go as it first runs, by then queued on the server's CPU, where it runs
+//! once the server sleeps (unless the kernel's balancing moves it first). After those,
+//! spares go the kernel's way again, and the count starts over. On an idle machine the
+//! kernel's way is the better one (it spreads a spare's start-up and the previous
+//! child's run over two CPUs: holding every spare measured 7–23% slower there), and
+//! spares starve there rarely (a few in 2,000 spawns, never two within 16).
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::sys;
@@ -35,29 +38,47 @@ const STARVED_TO_PIN: u32 = 2;
 
 /// The server's record of where its spares run.
 pub(super) struct Placement {
-    /// The pid of the last spare that ran, shared with the spares (`None` if the
+    /// The highest number of a spare that ran, shared with the spares (`None` if the
     /// memory could not be had: spares then always go the kernel's way).
-    started: Option<&'static AtomicU32>,
+    started: Option<&'static AtomicU64>,
+    /// The number of the last spare forked.
+    spares: u64,
     /// Forks still to hold to the server's CPU.
     pin_left: u32,
-    /// The last 16 spares forked the kernel's way, the latest in the lowest bit: 1 for
-    /// one that starved.
+    /// The last 16 spares placed by the kernel and assigned, the latest in the lowest
+    /// bit: 1 for one that starved.
     history: u16,
+    /// Every spare is held (a test's setting, see [`Placement::new`]).
+    always: bool,
+    /// Holding failed to end once: no spare is held again.
+    gave_up: bool,
 }
 
 impl Placement {
     /// In the server, before it forks: maps the shared word (a page of its own, which
-    /// every process the server forks keeps mapped).
+    /// every process the server forks keeps mapped). In a build with debug assertions,
+    /// `MULTIPROC_TEST_HOLD_SPARES` in the environment holds every spare, so that tests
+    /// can check the held path on any machine.
     pub(super) fn new() -> Placement {
         Placement {
             started: sys::shared_word().ok(),
+            spares: 0,
             pin_left: 0,
             history: 0,
+            always: cfg!(debug_assertions)
+                && std::env::var_os("MULTIPROC_TEST_HOLD_SPARES").is_some(),
+            gave_up: false,
         }
     }
 
     /// Whether the next spare is forked held to the server's CPU.
     pub(super) fn pin_next(&mut self) -> bool {
+        if self.gave_up {
+            return false;
+        }
+        if self.always {
+            return true;
+        }
         if self.pin_left == 0 {
             return false;
         }
@@ -65,23 +86,35 @@ impl Placement {
         true
     }
 
-    /// In a spare, first thing: it has run.
-    pub(super) fn started(&self) {
+    /// Holding failed to end (the server could not let go): no more holds.
+    pub(super) fn give_up(&mut self) {
+        self.gave_up = true;
+    }
+
+    /// Numbers the next spare.
+    pub(super) fn next_spare(&mut self) -> u64 {
+        self.spares += 1;
+        self.spares
+    }
+
+    /// In the spare numbered `seq`, first thing: it has run.
+    pub(super) fn started(&self, seq: u64) {
         if let Some(w) = self.started {
-            w.store(sys::getpid(), Relaxed);
+            w.fetch_max(seq, Relaxed);
         }
     }
 
-    /// The spare `pid` (forked held, if `pinned`) got its assignment `waited` after
-    /// its fork.
-    pub(super) fn assigned(&mut self, pid: u32, pinned: bool, waited: Duration) {
+    /// The spare numbered `seq` (forked held, if `pinned`) got its assignment `waited`
+    /// after its fork. (The server forks a spare only once the last one is assigned,
+    /// so no later spare has run yet.)
+    pub(super) fn assigned(&mut self, seq: u64, pinned: bool, waited: Duration) {
         let Some(w) = self.started else { return };
         if !pinned {
-            self.learn(waited >= STARVED && w.load(Relaxed) != pid);
+            self.learn(waited >= STARVED && w.load(Relaxed) < seq);
         }
     }
 
-    /// Learns whether a spare forked the kernel's way starved.
+    /// Learns whether a spare placed by the kernel starved.
     fn learn(&mut self, starved: bool) {
         self.history = (self.history << 1) | u16::from(starved);
         if self.history.count_ones() >= STARVED_TO_PIN {
@@ -95,11 +128,14 @@ impl Placement {
 mod tests {
     use super::*;
 
-    fn fresh(started: Option<&'static AtomicU32>) -> Placement {
+    fn fresh(started: Option<&'static AtomicU64>) -> Placement {
         Placement {
             started,
+            spares: 0,
             pin_left: 0,
             history: 0,
+            always: false,
+            gave_up: false,
         }
     }
 
@@ -134,27 +170,58 @@ mod tests {
 
     #[test]
     fn held_spares_teach_nothing() {
-        let mut p = fresh(Some(Box::leak(Box::new(AtomicU32::new(0)))));
+        let mut p = fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))));
         // Held spares that had not run: ignored.
-        for pid in 1..10 {
-            p.assigned(pid, true, Duration::from_millis(5));
+        for _ in 0..10 {
+            let seq = p.next_spare();
+            p.assigned(seq, true, Duration::from_millis(5));
         }
         assert!(!p.pin_next());
         // Spares the kernel placed that had not run after 5 ms: two pin.
-        p.assigned(11, false, Duration::from_millis(5));
-        p.assigned(12, false, Duration::from_millis(5));
+        for _ in 0..2 {
+            let seq = p.next_spare();
+            p.assigned(seq, false, Duration::from_millis(5));
+        }
         assert!(p.pin_next());
     }
 
     #[test]
     fn a_spare_that_ran_or_was_assigned_early_did_not_starve() {
-        let w: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
-        let mut p = fresh(Some(w));
-        for pid in 1..40 {
-            w.store(pid, Relaxed);
-            p.assigned(pid, false, Duration::from_millis(5));
-            p.assigned(pid + 1000, false, Duration::from_micros(100));
+        let mut p = fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))));
+        for _ in 0..40 {
+            let ran = p.next_spare();
+            p.started(ran);
+            p.assigned(ran, false, Duration::from_millis(5));
+            let early = p.next_spare();
+            p.assigned(early, false, Duration::from_micros(100));
         }
+        assert!(!p.pin_next());
+    }
+
+    /// A starved spare that runs after the next one has run does not make the next one
+    /// look starved.
+    #[test]
+    fn a_late_start_hides_no_later_one() {
+        let mut p = fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))));
+        let starved = p.next_spare();
+        p.assigned(starved, false, Duration::from_millis(1));
+        let next = p.next_spare();
+        p.started(next);
+        p.started(starved);
+        p.assigned(next, false, Duration::from_millis(1));
+        // One starved spare alone holds nothing.
+        assert!(!p.pin_next());
+    }
+
+    #[test]
+    fn giving_up_ends_holding() {
+        let mut p = fresh(None);
+        p.always = true;
+        assert!(p.pin_next());
+        p.give_up();
+        assert!(!p.pin_next());
+        p.learn(true);
+        p.learn(true);
         assert!(!p.pin_next());
     }
 }

@@ -50,6 +50,8 @@ struct Kid {
     forked_at: Instant,
     /// Forked held to the server's CPU (see [`Placement`]).
     pinned: bool,
+    /// A spare's number in the server's count of spares (see [`Placement`]).
+    seq: u64,
     /// The parent's segment tracker: never killed by this server, which it outlives.
     tracker: bool,
     /// Its memory cgroup.
@@ -450,7 +452,7 @@ fn assign_or_fork(
             // own that long before it sleeps.
             let waited = kid.forked_at.elapsed();
             looking::ASSIGNMENT.took(waited);
-            spares.placement.assigned(kid.pid, kid.pinned, waited);
+            spares.placement.assigned(kid.seq, kid.pinned, waited);
             spares.retired = spare;
             kid.status = Some(status);
             kid.daemon = request.daemon;
@@ -493,6 +495,7 @@ fn new_kid(
         spare,
         forked_at: Instant::now(),
         pinned: false,
+        seq: 0,
         cgroup: None,
         tracker: false,
     })
@@ -537,22 +540,34 @@ fn fork_spare(
     placement: &mut Placement,
 ) -> io::Result<Kid> {
     let (ours, theirs) = sys::stream_pair()?;
-    // Held to this CPU for the fork only: the spare inherits the hold and both let go
-    // at once (the spare stays where it is put, until it next sleeps).
+    // Held to this CPU for the fork only: the server lets go as the fork returns, the
+    // spare as it first runs (see `placement.rs`).
     let pinned = if placement.pin_next() {
         sys::pin_here()
     } else {
         None
     };
+    let seq = placement.next_spare();
     let forked = sys::fork_if_single_threaded().and_then(single);
-    if let Some(mask) = &pinned {
-        sys::unpin(mask);
+    let child = matches!(forked, Ok(Forked::Child));
+    if child {
+        placement.started(seq);
+    }
+    if let Some(mask) = &pinned
+        && !sys::unpin(mask)
+    {
+        if child {
+            // A spare that cannot let go dies unassigned; the server reaps it and
+            // forks another.
+            sys::exit_now(0);
+        }
+        placement.give_up();
     }
     match forked? {
         Forked::Child => {
             drop(ours);
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
-            spare(info, theirs, death, placement)
+            spare(info, theirs, death)
         }
         Forked::Parent(pid) => {
             drop(theirs);
@@ -564,6 +579,7 @@ fn fork_spare(
             )
             .map_err(Refusal::into_io)?;
             kid.pinned = pinned.is_some();
+            kid.seq = seq;
             Ok(kid)
         }
     }
@@ -571,13 +587,7 @@ fn fork_spare(
 
 /// A spare: waits for one assignment, then becomes that child. Exits if the server goes
 /// away or retires it.
-fn spare(
-    info: &FromServer<'_>,
-    control: OwnedFd,
-    death: Option<OwnedFd>,
-    placement: &Placement,
-) -> ! {
-    placement.started();
+fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
     if !matches!(sys::kill_me_with_parent(info.pid), Ok(true)) {
         sys::exit_now(0);
     }

@@ -32,9 +32,16 @@ pub(crate) fn pin_here() -> Option<rustix::thread::CpuSet> {
     Some(mask)
 }
 
-/// Gives the calling thread back the mask [`pin_here`] took.
-pub(crate) fn unpin(mask: &rustix::thread::CpuSet) {
-    let _ = rustix::thread::sched_setaffinity(None, mask);
+/// Gives the calling thread back the mask [`pin_here`] took; failing that (its cpuset
+/// shrank meanwhile, say), every CPU, which the kernel narrows to those the thread may
+/// use. False if the thread is still held.
+pub(crate) fn unpin(mask: &rustix::thread::CpuSet) -> bool {
+    if rustix::thread::sched_setaffinity(None, mask).is_ok() {
+        return true;
+    }
+    let mut every = rustix::thread::CpuSet::new();
+    (0..rustix::thread::CpuSet::MAX_CPU).for_each(|c| every.set(c));
+    rustix::thread::sched_setaffinity(None, &every).is_ok()
 }
 
 /// `fork()`.

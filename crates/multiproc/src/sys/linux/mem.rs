@@ -279,12 +279,12 @@ pub(crate) fn prefault<T>(spare: &mut [std::mem::MaybeUninit<T>]) {
 
 /// A word in a page of memory shared with every process this one forks from now on;
 /// it stays mapped for the life of the process (and of its forks).
-pub(crate) fn shared_word() -> io::Result<&'static std::sync::atomic::AtomicU32> {
+pub(crate) fn shared_word() -> io::Result<&'static std::sync::atomic::AtomicU64> {
     let fd = memfd("multiproc-shared-word", 4096)?;
     let page = map_shared(fd.as_fd(), 4096, true)?;
     // SAFETY: a fresh, page-aligned, zeroed, read-write mapping that is never unmapped,
     // so the reference is valid forever; other processes reach it only through atomics.
-    Ok(unsafe { &*page.as_ptr().cast::<std::sync::atomic::AtomicU32>() })
+    Ok(unsafe { &*page.as_ptr().cast::<std::sync::atomic::AtomicU64>() })
 }
 
 #[cfg(test)]
