@@ -293,6 +293,10 @@ fn main() {
                 a_worker_whose_pool_broke_hands_back_and_stops,
             ),
             trial(
+                "a_stop_unregisters_past_a_slow_reply",
+                a_stop_unregisters_past_a_slow_reply,
+            ),
+            trial(
                 "cancel_of_a_running_task_survives_its_retry",
                 cancel_of_a_running_task_survives_its_retry,
             ),
@@ -1444,6 +1448,46 @@ fn a_worker_whose_pool_broke_hands_back_and_stops() {
     finish(&redis, c, ns);
 }
 
+/// A stop whose unregistering is answered late (the server held every write for a while)
+/// tries again rather than leaving the node listed among the queue's workers, where no
+/// other node is there to retire it.
+fn a_stop_unregisters_past_a_slow_reply() {
+    let redis = RedisServer::start();
+    let ns = "slowretire";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    assert!(
+        common::eventually(T, || c.stats().is_ok_and(|s| s.workers.len() == 1)),
+        "{:?}",
+        c.stats()
+    );
+    // Writes (scripts among them) wait 4 s: longer than the reader's block (it then
+    // ends, and the node unregisters) and the lease (how long the node's calls wait
+    // for a reply while it runs) together.
+    redis.cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stopper = std::thread::spawn(move || {
+        w.shutdown(true);
+        let _ = tx.send(());
+    });
+    let stopped = rx.recv_timeout(Duration::from_secs(20));
+    stopper.join().unwrap();
+    assert!(stopped.is_ok(), "the stop did not end");
+    assert!(
+        common::eventually(Duration::from_secs(5), || c
+            .stats()
+            .is_ok_and(|s| s.workers.is_empty())),
+        "{:?}",
+        c.stats()
+    );
+    finish(&redis, c, ns);
+}
+
 /// A worker stopped while the server is down does not wait for it for ever: a lease
 /// after its grace it ends without the outcome it could not send, and the task runs
 /// again once the server is back (at least once).
@@ -2185,6 +2229,11 @@ fn a_second_signal_ends_a_draining_worker() {
         !common::wait_gone(pid, Duration::from_millis(200)),
         "the first SIGTERM ended the worker"
     );
+    // Waiting for its task, not spinning: under a tenth of the time in CPU.
+    let (cpu, started) = (cpu_of(pid), Instant::now());
+    std::thread::sleep(Duration::from_millis(1500));
+    let (used, took) = (cpu_of(pid) - cpu, started.elapsed());
+    assert!(used < took / 10, "{used:?} of CPU in {took:?} of draining");
     cluster_common::signal(pid, "-TERM");
     // Not after the node's grace of 20 s.
     let status = n.wait(Duration::from_secs(10));
@@ -2194,6 +2243,17 @@ fn a_second_signal_ends_a_draining_worker() {
     assert!(left.is_empty(), "left running: {left:?}");
     drop(n);
     finish(&redis, c, ns);
+}
+
+/// The CPU time process `pid`'s threads have used (`/proc/PID/schedstat` counts the
+/// main thread's; each thread's is under `task/`).
+fn cpu_of(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .map(|s| Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap()))
+        .sum()
 }
 
 /// Once `run` has returned, `SIGTERM` ends the process as by default (it was ignored:

@@ -816,6 +816,30 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
     }
 }
 
+/// How long a stopping node waits before it tries again to unregister.
+const RETIRE_AGAIN: Duration = Duration::from_millis(100);
+
+/// Runs `retire` (given how long to wait for its reply: the whole response timeout while
+/// `by` is far, what is left until it near the end, `least` at least) until it answers
+/// 1 (unregistered), or until trying again would pass `by`; at least once. The last
+/// answer.
+fn retire_until(
+    by: Instant,
+    least: Duration,
+    mut retire: impl FnMut(Duration) -> Result<i64, ClusterError>,
+) -> Result<i64, ClusterError> {
+    loop {
+        let within = by
+            .saturating_duration_since(Instant::now())
+            .clamp(least, RESPONSE_TIMEOUT.max(least));
+        let answer = retire(within);
+        if matches!(answer, Ok(1)) || Instant::now() + RETIRE_AGAIN >= by {
+            return answer;
+        }
+        std::thread::sleep(RETIRE_AGAIN);
+    }
+}
+
 /// How long a stop waits for the keeper's connection to send `CLIENT UNBLOCK` on it:
 /// longer than a call to a server that answers takes, far shorter than the reader's
 /// block.
@@ -927,6 +951,8 @@ impl Node {
     fn read(self: Arc<Self>) {
         self.read_loop();
         self.reader_done.store(true, Ordering::Release);
+        // A stopping keeper waits on `room` for the last of what the node holds.
+        self.room.notify_all();
     }
 
     fn read_loop(&self) {
@@ -1527,8 +1553,11 @@ impl Node {
                     ));
                     now
                 });
+                // The reader's end first: what it left unsent before it ended is
+                // counted by then.
+                let reader_done = self.reader_done.load(Ordering::Acquire);
                 let held = lock(&self.state).flights.len() + self.unsent.load(Ordering::Acquire);
-                if held == 0 && self.reader_done.load(Ordering::Acquire) {
+                if held == 0 && reader_done {
                     break;
                 }
                 let stopping_for = now.duration_since(since);
@@ -1542,12 +1571,37 @@ impl Node {
                     break;
                 }
             }
-            self.wait_stop(TICK);
+            if self.stopping.load(Ordering::Acquire) {
+                // Until a task leaves or the reader ends (`wait_stop` returns at once
+                // once the stop is signalled).
+                let st = lock(&self.state);
+                let _ = self
+                    .room
+                    .wait_timeout(st, TICK)
+                    .unwrap_or_else(PoisonError::into_inner);
+            } else {
+                self.wait_stop(TICK);
+            }
         }
         self.quit.store(true, Ordering::Release);
         // Wake the finisher so it ends.
         let _ = self.events.send(Event::Wake(u64::MAX));
-        let retire = |c: &mut redis::Connection| {
+        self.unregister();
+        // The pool goes after the finisher has written the last outcomes.
+        lock(&self.pool).take();
+        tracing::info!(worker = %self.name, "cluster worker stopped");
+    }
+
+    /// Removes the node from the queue's workers. Tried again (a reply that did not
+    /// come in time, or entries the finisher is still acknowledging) for a response
+    /// timeout at most and not past the stop's end, and once at least: a node left
+    /// registered stays listed until another node finds its heartbeat gone, and there
+    /// may be none.
+    fn unregister(&self) {
+        let by = lock(&self.stop_by)
+            .unwrap_or_else(Instant::now)
+            .min(Instant::now() + RESPONSE_TIMEOUT);
+        let mut retire = |c: &mut redis::Connection| {
             conn::invoke::<i64>(
                 c,
                 &scripts::RETIRE,
@@ -1559,12 +1613,16 @@ impl Node {
                 &[GROUP.as_bytes(), self.name.as_bytes()],
             )
         };
-        if let Err(e) = lock(&self.link).run_within(self.response(), retire) {
-            tracing::warn!(worker = %self.name, "could not unregister: {e}");
+        let tried = retire_until(by, self.response(), |within| {
+            lock(&self.link).run_within(within, &mut retire)
+        });
+        match tried {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(worker = %self.name, "not unregistered: it still holds entries, which other workers reclaim")
+            }
+            Err(e) => tracing::warn!(worker = %self.name, "could not unregister: {e}"),
         }
-        // The pool goes after the finisher has written the last outcomes.
-        lock(&self.pool).take();
-        tracing::info!(worker = %self.name, "cluster worker stopped");
     }
 
     fn run_keeper<T>(
@@ -1742,5 +1800,53 @@ impl Node {
                 f.run.cancel();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `retire_until` against answers given in turn (the last one repeated);
+    /// returns its result and the reply waits it asked for.
+    fn retire_with(
+        by: Instant,
+        answers: &[Result<i64, &str>],
+    ) -> (Result<i64, ClusterError>, Vec<Duration>) {
+        let mut asked = Vec::new();
+        let r = retire_until(by, Duration::from_millis(200), |within| {
+            let i = asked.len().min(answers.len() - 1);
+            asked.push(within);
+            answers[i].map_err(|e| ClusterError::Redis(e.into()))
+        });
+        (r, asked)
+    }
+
+    #[test]
+    fn unregistering_is_tried_again_after_a_late_reply_or_held_entries() {
+        let by = Instant::now() + Duration::from_secs(30);
+        let (r, asked) = retire_with(by, &[Err("timed out"), Ok(0), Ok(1)]);
+        assert!(matches!(r, Ok(1)));
+        assert_eq!(asked.len(), 3);
+        // Far from the stop's end: the whole response timeout for each reply.
+        assert!(asked.iter().all(|w| *w == RESPONSE_TIMEOUT), "{asked:?}");
+    }
+
+    #[test]
+    fn unregistering_ends_by_the_stops_end_and_is_tried_once_past_it() {
+        let start = Instant::now();
+        let (r, asked) = retire_with(start + Duration::from_millis(350), &[Ok(0)]);
+        assert!(matches!(r, Ok(0)));
+        assert!((2..=5).contains(&asked.len()), "{asked:?}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        // Near the end, what is left of it (the least wait at least).
+        assert!(
+            asked.iter().all(|w| *w <= Duration::from_millis(350)),
+            "{asked:?}"
+        );
+
+        let (r, asked) = retire_with(Instant::now(), &[Err("refused")]);
+        assert!(r.is_err());
+        assert_eq!(asked, [Duration::from_millis(200)]);
     }
 }
