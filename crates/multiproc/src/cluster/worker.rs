@@ -819,21 +819,19 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
 /// How long a stopping node waits before it tries again to unregister.
 const RETIRE_AGAIN: Duration = Duration::from_millis(100);
 
-/// Runs `retire` (given how long to wait for its reply: the whole response timeout while
-/// `by` is far, what is left until it near the end, `least` at least) until it answers
-/// 1 (unregistered), or until trying again would pass `by`; at least once. The last
-/// answer.
+/// Runs `retire` (given how long to wait for its reply: what is left until `by`, within
+/// 200 ms and the response timeout) until it answers, or until trying again would pass
+/// `by`; at least once. Its answer, or the last error.
 fn retire_until(
     by: Instant,
-    least: Duration,
     mut retire: impl FnMut(Duration) -> Result<i64, ClusterError>,
 ) -> Result<i64, ClusterError> {
     loop {
         let within = by
             .saturating_duration_since(Instant::now())
-            .clamp(least, RESPONSE_TIMEOUT.max(least));
+            .clamp(Duration::from_millis(200), RESPONSE_TIMEOUT);
         let answer = retire(within);
-        if matches!(answer, Ok(1)) || Instant::now() + RETIRE_AGAIN >= by {
+        if answer.is_ok() || Instant::now() + RETIRE_AGAIN >= by {
             return answer;
         }
         std::thread::sleep(RETIRE_AGAIN);
@@ -1592,11 +1590,10 @@ impl Node {
         tracing::info!(worker = %self.name, "cluster worker stopped");
     }
 
-    /// Removes the node from the queue's workers. Tried again (a reply that did not
-    /// come in time, or entries the finisher is still acknowledging) for a response
-    /// timeout at most and not past the stop's end, and once at least: a node left
-    /// registered stays listed until another node finds its heartbeat gone, and there
-    /// may be none.
+    /// Removes the node from the queue's workers. Tried again while it fails (no reply
+    /// in time, no connection) for a response timeout at most and until the stop's end
+    /// (the last try waits 200 ms at least), and once at least: a node left registered
+    /// stays listed until another node finds its heartbeat gone, and there may be none.
     fn unregister(&self) {
         let by = lock(&self.stop_by)
             .unwrap_or_else(Instant::now)
@@ -1613,7 +1610,7 @@ impl Node {
                 &[GROUP.as_bytes(), self.name.as_bytes()],
             )
         };
-        let tried = retire_until(by, self.response(), |within| {
+        let tried = retire_until(by, |within| {
             lock(&self.link).run_within(within, &mut retire)
         });
         match tried {
@@ -1814,7 +1811,7 @@ mod tests {
         answers: &[Result<i64, &str>],
     ) -> (Result<i64, ClusterError>, Vec<Duration>) {
         let mut asked = Vec::new();
-        let r = retire_until(by, Duration::from_millis(200), |within| {
+        let r = retire_until(by, |within| {
             let i = asked.len().min(answers.len() - 1);
             asked.push(within);
             answers[i].map_err(|e| ClusterError::Redis(e.into()))
@@ -1823,25 +1820,32 @@ mod tests {
     }
 
     #[test]
-    fn unregistering_is_tried_again_after_a_late_reply_or_held_entries() {
+    fn unregistering_is_tried_again_while_it_fails() {
         let by = Instant::now() + Duration::from_secs(30);
-        let (r, asked) = retire_with(by, &[Err("timed out"), Ok(0), Ok(1)]);
+        let (r, asked) = retire_with(by, &[Err("timed out"), Err("refused"), Ok(1)]);
         assert!(matches!(r, Ok(1)));
         assert_eq!(asked.len(), 3);
         // Far from the stop's end: the whole response timeout for each reply.
         assert!(asked.iter().all(|w| *w == RESPONSE_TIMEOUT), "{asked:?}");
+        // An answer, 0 (entries still held) included, is final.
+        let (r, asked) = retire_with(by, &[Ok(0), Ok(1)]);
+        assert!(matches!(r, Ok(0)));
+        assert_eq!(asked.len(), 1);
     }
 
     #[test]
     fn unregistering_ends_by_the_stops_end_and_is_tried_once_past_it() {
         let start = Instant::now();
-        let (r, asked) = retire_with(start + Duration::from_millis(350), &[Ok(0)]);
-        assert!(matches!(r, Ok(0)));
-        assert!((2..=5).contains(&asked.len()), "{asked:?}");
+        let by = start + Duration::from_millis(350);
+        let (r, asked) = retire_with(by, &[Err("refused")]);
+        assert!(r.is_err());
+        assert!((1..=4).contains(&asked.len()), "{asked:?}");
         assert!(start.elapsed() < Duration::from_secs(2));
-        // Near the end, what is left of it (the least wait at least).
+        // Near the end, what is left of it, 200 ms at least.
         assert!(
-            asked.iter().all(|w| *w <= Duration::from_millis(350)),
+            asked
+                .iter()
+                .all(|w| (Duration::from_millis(200)..=Duration::from_millis(350)).contains(w)),
             "{asked:?}"
         );
 
