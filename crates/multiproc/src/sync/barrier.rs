@@ -35,6 +35,9 @@ const MAX_CHECK: Duration = Duration::from_millis(100);
 /// holder of a lock that is merely busy lets go within microseconds.
 const LATE_LOCK_PATIENCE: Duration = Duration::from_millis(1);
 
+/// How long a wait that finds every slot taken looks again before it refuses (see
+/// `wait_until`).
+const ENDING_PARTY: Duration = Duration::from_millis(20);
 const PENDING: u32 = 0;
 const PASSED: u32 = 1;
 const BROKEN: u32 = 2;
@@ -164,7 +167,8 @@ impl Barrier {
     ///
     /// [`BarrierError::Broken`] if the barrier is or becomes broken while waiting;
     /// [`BarrierError::TooManyParties`] if more live threads than the barrier's parties
-    /// use it.
+    /// use it (after looking again for 20 ms: a thread that has just ended, joined,
+    /// stays known to the kernel for a moment).
     pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
         self.wait_until(None)
     }
@@ -211,14 +215,27 @@ impl Barrier {
         let w = self.words();
         let parties = self.parties();
         let me = sys::thread_identity();
-        let Some(state) = self.lock_state_by(deadline) else {
-            return Err(self.time_out_unlocked(None));
-        };
-        if w.broken.load(SeqCst) != 0 {
-            return Err(BarrierError::Broken);
-        }
-        let Some(slot) = self.claim(me) else {
-            return Err(BarrierError::TooManyParties);
+        let mut patience: Option<Instant> = None;
+        let (state, slot) = loop {
+            let Some(state) = self.lock_state_by(deadline) else {
+                return Err(self.time_out_unlocked(None));
+            };
+            if w.broken.load(SeqCst) != 0 {
+                return Err(BarrierError::Broken);
+            }
+            if let Some(slot) = self.claim(me) {
+                break (state, slot);
+            }
+            // Every slot taken. A party whose thread has just ended (joined, say) is
+            // still known to the kernel for a moment, and its slot is freed only once
+            // it is gone: look again for a while before refusing.
+            let now = Instant::now();
+            let end = *patience.get_or_insert(now + ENDING_PARTY);
+            if now >= end || deadline.is_some_and(|d| now >= d) {
+                return Err(BarrierError::TooManyParties);
+            }
+            drop(state);
+            std::thread::sleep(Duration::from_micros(100));
         };
         let index = w.arrived.fetch_add(1, SeqCst);
         if index as usize + 1 >= parties {
