@@ -139,6 +139,19 @@ mod tests {
         }
     }
 
+    /// A placement with a shared word of its own.
+    fn watched() -> Placement {
+        fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))))
+    }
+
+    /// Forks `n` spares (held, if `pinned`) and assigns each 5 ms on, none having run.
+    fn assign_unstarted(p: &mut Placement, n: usize, pinned: bool) {
+        for _ in 0..n {
+            let seq = p.next_spare();
+            p.assigned(seq, pinned, Duration::from_millis(5));
+        }
+    }
+
     /// A placement that saw a starved spare, `apart` that did not, and another starved.
     fn starved_twice(apart: usize) -> Placement {
         let mut p = fresh(None);
@@ -170,24 +183,18 @@ mod tests {
 
     #[test]
     fn held_spares_teach_nothing() {
-        let mut p = fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))));
+        let mut p = watched();
         // Held spares that had not run: ignored.
-        for _ in 0..10 {
-            let seq = p.next_spare();
-            p.assigned(seq, true, Duration::from_millis(5));
-        }
+        assign_unstarted(&mut p, 10, true);
         assert!(!p.pin_next());
         // Spares the kernel placed that had not run after 5 ms: two pin.
-        for _ in 0..2 {
-            let seq = p.next_spare();
-            p.assigned(seq, false, Duration::from_millis(5));
-        }
+        assign_unstarted(&mut p, 2, false);
         assert!(p.pin_next());
     }
 
     #[test]
     fn a_spare_that_ran_or_was_assigned_early_did_not_starve() {
-        let mut p = fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))));
+        let mut p = watched();
         for _ in 0..40 {
             let ran = p.next_spare();
             p.started(ran);
@@ -202,7 +209,7 @@ mod tests {
     /// look starved.
     #[test]
     fn a_late_start_hides_no_later_one() {
-        let mut p = fresh(Some(Box::leak(Box::new(AtomicU64::new(0)))));
+        let mut p = watched();
         let starved = p.next_spare();
         p.assigned(starved, false, Duration::from_millis(1));
         let next = p.next_spare();

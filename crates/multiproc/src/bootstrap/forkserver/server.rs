@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refusal};
 use crate::bootstrap::setup::{FromServer, become_requested};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE, looking, tracker};
-
-use super::placement::Placement;
 use crate::sys::{self, AsFd, Forked, OwnedFd};
 use crate::wire::framing::Conn;
+
+use super::placement::Placement;
 
 /// One child of the server.
 struct Kid {

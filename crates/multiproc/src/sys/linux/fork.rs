@@ -148,7 +148,7 @@ mod tests {
                 .find(|&c| held.is_set(c))
                 .expect("a CPU");
             assert!(before.is_set(cpu), "held to a CPU of its own mask");
-            unpin(&mask);
+            assert!(unpin(&mask), "let go");
             assert_eq!(
                 rustix::thread::sched_getaffinity(None).expect("mask"),
                 before
