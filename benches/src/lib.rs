@@ -1566,6 +1566,11 @@ fn pool_groups(python: bool) -> Vec<Group> {
     ]
 }
 
+/// Increments per run of the lock-protected counter (multiproc and the pthread floors):
+/// enough that the run (20–30 ms) measures the lock rather than the start and the join
+/// of its two processes, which under load add a millisecond or more to any run.
+const LOCK_INCREMENTS: u64 = 2_000_000;
+
 fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
     let floor = |workload: &'static str| {
         let exe = exe.to_path_buf();
@@ -1575,7 +1580,7 @@ fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
     let mut lock = vec![Workload::new(
         "multiproc Value::lock",
         Impl::Multiproc,
-        200_000,
+        LOCK_INCREMENTS,
         sync::lock_counter,
     )];
     let mut event = vec![Workload::new(
@@ -1613,13 +1618,13 @@ fn sync_groups(exe: &Path, python: bool) -> Vec<Group> {
     lock.push(Workload::new(
         "pthread mutex, process-shared",
         Impl::Floor,
-        200_000,
+        LOCK_INCREMENTS,
         floor("mutex-counter"),
     ));
     lock.push(Workload::new(
         "pthread mutex, process-shared, robust",
         Impl::Floor,
-        200_000,
+        LOCK_INCREMENTS,
         floor("robust-mutex-counter"),
     ));
     event.push(Workload::new(
