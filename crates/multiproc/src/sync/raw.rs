@@ -311,29 +311,84 @@ pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool 
     SPIN.with(|spin| spin.wait(deadline, done))
 }
 
-/// Yields between looks at `done` until it is true (true) or `deadline` passes (false),
-/// while the thread's [budget for yields](crowding) lasts (one look only without it).
-fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+/// A yield that returns within this came straight back: nothing else wanted the CPU
+/// (an empty `sched_yield` takes 0.5 to 1 µs on the machine of `BENCHMARKS.md`; one that
+/// runs another thread takes two switches and that thread's turn).
+const CAME_BACK: Duration = Duration::from_micros(2);
+
+/// How [`yield_until`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Yields {
+    /// `done` was seen true.
+    found: bool,
+    /// When the wait for it began.
+    began: Instant,
+    /// Every yield came straight back (see [`CAME_BACK`]), and there was at least one:
+    /// this CPU had nothing else to run while the thread waited.
+    idle: bool,
+}
+
+/// Yields between looks at `done` until it is true or `deadline` passes, while the
+/// thread's [budget for yields](crowding) lasts (one look only without it).
+fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> Yields {
     let mut before = Instant::now();
     if crowding::seen(before) {
-        return done();
+        return Yields {
+            found: done(),
+            began: before,
+            idle: false,
+        };
     }
+    let began = before;
+    let mut yields = 0u32;
+    let mut idle = true;
     loop {
         if done() {
-            return true;
+            return Yields {
+                found: true,
+                began,
+                idle: idle && yields > 0,
+            };
         }
         if before >= deadline {
-            return false;
+            return Yields {
+                found: false,
+                began,
+                idle: false,
+            };
         }
-        std::thread::yield_now();
+        yield_cpu();
+        yields += 1;
         let after = Instant::now();
         if crowding::yielded(before, after) {
             // Another job had this CPU for a slice: the next yield would likely give it
             // away again; sleeping instead lets the waker's wake-up put this thread back.
-            return done();
+            return Yields {
+                found: done(),
+                began,
+                idle: false,
+            };
         }
+        idle &= after.saturating_duration_since(before) < CAME_BACK;
         before = after;
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What [`yield_cpu`] does on this thread instead of yielding, for tests that need
+    /// a yield to find the CPU free, or taken.
+    static TEST_YIELD: std::cell::Cell<Option<fn()>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives the CPU to another thread that wants it, if any.
+#[inline]
+fn yield_cpu() {
+    #[cfg(test)]
+    if let Some(instead) = TEST_YIELD.with(std::cell::Cell::get) {
+        return instead();
+    }
+    std::thread::yield_now();
 }
 
 /// Spins (without yielding) until `done` or `end`; true if `done`. A look at the clock
@@ -462,12 +517,23 @@ pub(crate) mod crowding {
 /// A spin that learns whether spinning pays off, as glibc's adaptive mutexes do: a
 /// waiter spins (without yielding) up to its budget; a wait the spin ended sets the
 /// budget to twice what that wait took (within bounds), a spin that ran out halves it,
-/// down to nothing (yield at once). While spins keep running out, one wait in [`AdaptiveSpin::PROBE_EVERY`] spins
-/// a little anyway, to notice that the peer has a CPU again.
+/// down to nothing (yield at once). While spins keep running out, one wait in
+/// [`AdaptiveSpin::PROBE_EVERY`] spins a little anyway, to notice that the peer has a
+/// CPU again. An answer seen between yields that each found nothing else to run on
+/// this CPU (see [`CAME_BACK`]) counts as one the spin ended: spinning there costs no
+/// other thread anything.
 ///
 /// Spinning pays off only while the awaited thread runs on another CPU: then it answers
 /// within a microsecond or two. When it waits for this very CPU (a busy machine, more
 /// threads than CPUs), every nanosecond spun delays it.
+///
+/// Learning from free yields keeps two spinning peers from settling into yielding at
+/// each other. Once one stalls (an interrupt, a kernel thread), the other's spins run
+/// out and shrink to nothing, its answers then come a yield's round trip later (about
+/// a microsecond here), so the first one's spins run out too, and a probe (a quarter of
+/// the most) rarely outlasts the other side's yield. A manager client alone with its
+/// server on two CPUs stayed in that state for whole runs (5 runs of 11 on one day):
+/// 4 to 9 µs a call and 2 to 7 yields a call, against 1.3 to 1.7 µs.
 #[derive(Debug)]
 pub(crate) struct AdaptiveSpin {
     /// The most to spin, in nanoseconds.
@@ -524,21 +590,12 @@ impl AdaptiveSpin {
         if probe {
             budget = self.probe;
         }
+        let mut start = None;
         if budget > 0 {
-            let start = Instant::now();
+            let start = *start.insert(Instant::now());
             let spin_end = deadline.min(start + Duration::from_nanos(budget));
             if spin_for(start, spin_end, &mut done) {
-                let least = Self::PROBE_NANOS.min(self.max);
-                let next = if least == self.max {
-                    // Nothing to measure: any answer sets the most.
-                    self.max
-                } else {
-                    let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    took.saturating_mul(2).clamp(least, self.max)
-                };
-                if next != stored {
-                    self.budget.store(next, Relaxed);
-                }
+                self.learn(stored, || start.elapsed());
                 return true;
             }
             // A probe that caught nothing leaves it at nothing; below a tenth of a
@@ -547,7 +604,36 @@ impl AdaptiveSpin {
             self.budget
                 .store(if probe || halved < 100 { 0 } else { halved }, Relaxed);
         }
-        yield_until(deadline, done)
+        let yields = yield_until(deadline, done);
+        if yields.found && yields.idle {
+            // Nothing else wanted this CPU while the answer came: spinning would have
+            // seen it sooner than a yield's round trip through the kernel, at no other
+            // thread's cost (a yield that finds nothing else to run keeps the CPU as
+            // busy as a spin does).
+            let began = start.unwrap_or(yields.began);
+            self.learn(self.budget.load(Relaxed), || began.elapsed());
+        }
+        yields.found
+    }
+
+    /// Sets the budget after an answer that spinning would have caught at no other
+    /// thread's cost: twice what it took (`took`, read only if it matters), within
+    /// bounds. `stored` is the budget as it was read.
+    #[inline]
+    fn learn(&self, stored: u64, took: impl FnOnce() -> Duration) {
+        let least = Self::PROBE_NANOS.min(self.max);
+        let next = if least == self.max {
+            // Nothing to measure: any answer sets the most.
+            self.max
+        } else {
+            u64::try_from(took().as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(2)
+                .clamp(least, self.max)
+        };
+        if next != stored {
+            self.budget.store(next, Relaxed);
+        }
     }
 }
 
@@ -821,9 +907,11 @@ mod tests {
     }
 
     /// Waits on `spin` for an answer that comes at the second look until the budget is
-    /// back: without a budget that look comes after a yield and teaches nothing, until
-    /// a probe catches the answer while spinning. Returns the waits it took.
+    /// back: without a budget that look comes after a yield, here one that gives the
+    /// CPU away (which teaches nothing), until a probe catches the answer while
+    /// spinning. Returns the waits it took.
     fn waits_until_a_probe_answers(spin: &AdaptiveSpin) -> u32 {
+        TEST_YIELD.with(|y| y.set(Some(|| std::thread::sleep(Duration::from_micros(50)))));
         let mut waits = 0;
         while spin.budget.load(Relaxed) == 0 {
             waits += 1;
@@ -837,6 +925,7 @@ mod tests {
                 looks > 1
             }));
         }
+        TEST_YIELD.with(|y| y.set(None));
         waits
     }
 
@@ -876,6 +965,55 @@ mod tests {
         assert_eq!(spin.budget.load(Relaxed), 0);
         waits_until_a_probe_answers(&spin);
         assert_eq!(spin.budget.load(Relaxed), SPIN_ONLY.as_nanos() as u64);
+    }
+
+    /// An answer that a spin did not wait for (no budget) but that came while this
+    /// thread's yields found its CPU free brings spinning back: nothing else wanted the
+    /// CPU, so a spin would have cost no one anything and seen the answer sooner. One
+    /// that came while yields gave the CPU away teaches nothing.
+    #[test]
+    fn an_answer_between_free_yields_brings_spinning_back() {
+        std::thread::spawn(|| {
+            // Whether the answer, seen at the third look (after two yields, each doing
+            // `yield_does`), brought the budget back from nothing.
+            let learned = |yield_does: fn()| {
+                let spin = AdaptiveSpin::new(Duration::from_micros(3));
+                for _ in 0..8 {
+                    assert!(!spin.wait(Instant::now(), || false));
+                }
+                assert_eq!(spin.budget.load(Relaxed), 0);
+                // Not a probe: the next wait does not spin.
+                spin.waits.store(1, Relaxed);
+                TEST_YIELD.with(|y| y.set(Some(yield_does)));
+                let mut looks = 0;
+                let found = spin.wait(Instant::now() + Duration::from_secs(5), || {
+                    looks += 1;
+                    looks > 2
+                });
+                TEST_YIELD.with(|y| y.set(None));
+                assert!(found);
+                assert_eq!(looks, 3);
+                spin.budget.load(Relaxed)
+            };
+            // A yield that finds nothing else to run returns at once; one that ran
+            // another thread returns after its turn. A preemption in the middle of a
+            // free yield makes it look taken: a few tries.
+            let free = (0..20)
+                .map(|_| learned(|| {}))
+                .find(|&budget| budget > 0)
+                .expect("free yields never brought spinning back");
+            // Twice what it took (three looks), at least the least.
+            assert_eq!(free, AdaptiveSpin::PROBE_NANOS.min(3_000));
+            for _ in 0..5 {
+                assert_eq!(
+                    learned(|| std::thread::sleep(Duration::from_micros(50))),
+                    0,
+                    "a yield that gave the CPU away taught the spin"
+                );
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     /// One run of the look's story; false if the process backed off meanwhile (a yield
