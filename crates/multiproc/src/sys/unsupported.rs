@@ -484,6 +484,9 @@ pub(crate) fn monotonic_ns() -> u64 {
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+pub(crate) fn involuntary_switches() -> Option<u64> {
+    None
+}
 
 pub(crate) fn set_keepalive(_: BorrowedFd<'_>, _: std::time::Duration) -> io::Result<()> {
     Err(unsupported())

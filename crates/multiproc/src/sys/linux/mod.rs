@@ -119,3 +119,15 @@ pub(crate) fn path_from_bytes(bytes: Vec<u8>) -> std::path::PathBuf {
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// How many times the kernel has taken the CPU from the calling thread while it could
+/// still run: preemptions, and `sched_yield` calls that ran another thread
+/// (`ru_nivcsw` of `getrusage(RUSAGE_THREAD)`); `None` if the kernel does not say.
+pub(crate) fn involuntary_switches() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills the `rusage` it is pointed at, which lives for the call.
+    let filled = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } == 0;
+    // SAFETY: zeroed, and filled by the kernel when it succeeded.
+    let usage = unsafe { usage.assume_init() };
+    filled.then(|| u64::try_from(usage.ru_nivcsw).unwrap_or(0))
+}
