@@ -131,3 +131,52 @@ pub(crate) fn involuntary_switches() -> Option<u64> {
     let usage = unsafe { usage.assume_init() };
     filled.then(|| u64::try_from(usage.ru_nivcsw).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    /// A `sched_yield` that runs another thread on the same CPU is counted against the
+    /// thread that yielded (what `AdaptiveSpin` asks before it learns from yields).
+    #[test]
+    fn a_yield_that_runs_another_thread_counts_as_an_involuntary_switch() {
+        // A thread of its own: the mask and the count are per thread.
+        std::thread::spawn(|| {
+            let mask = pin_here().expect("pinned");
+            let here = rustix::thread::sched_getaffinity(None).expect("mask");
+            let started = Arc::new(AtomicBool::new(false));
+            let stop = Arc::new(AtomicBool::new(false));
+            let rival = {
+                let (started, stop) = (started.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    rustix::thread::sched_setaffinity(None, &here).expect("pin the rival");
+                    started.store(true, SeqCst);
+                    while !stop.load(SeqCst) {
+                        std::thread::yield_now();
+                    }
+                })
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !started.load(SeqCst) {
+                assert!(std::time::Instant::now() < deadline, "the rival never ran");
+                std::thread::yield_now();
+            }
+            let before = involuntary_switches().expect("counted");
+            for _ in 0..200 {
+                std::thread::yield_now();
+            }
+            let after = involuntary_switches().expect("counted");
+            stop.store(true, SeqCst);
+            rival.join().expect("rival");
+            assert!(unpin(&mask), "let go");
+            assert!(
+                after >= before + 20,
+                "200 yields to a rival on the same CPU, {before} → {after} switches"
+            );
+        })
+        .join()
+        .expect("thread");
+    }
+}
