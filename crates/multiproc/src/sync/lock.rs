@@ -88,10 +88,12 @@ impl Lock {
         new_mutex(Kind::Lock).map(|obj| Lock { obj })
     }
 
+    #[inline]
     pub(crate) fn words(&self) -> &MutexWords {
         self.obj.words()
     }
 
+    #[inline]
     fn guard<'a>(&'a self, held: Held<'a>) -> LockGuard<'a> {
         LockGuard {
             held,
@@ -110,6 +112,7 @@ impl Lock {
     ///
     /// If the calling thread holds the lock already: that would never end. Use
     /// [`RLock`] where a thread must take a lock again.
+    #[inline]
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {
         mutex::lock(self.words(), false, |held| self.guard(held))
     }
@@ -202,6 +205,7 @@ impl RLock {
         new_mutex(Kind::RLock).map(|obj| RLock { obj })
     }
 
+    #[inline]
     fn words(&self) -> &MutexWords {
         self.obj.words()
     }
@@ -212,6 +216,7 @@ impl RLock {
     ///
     /// [`OwnerDied`](crate::OwnerDied) (holding the guard) if the previous owner died
     /// holding the lock; the count of its holds is forgotten.
+    #[inline]
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
         mutex::lock(self.words(), true, RLockGuard::new)
     }
@@ -267,6 +272,7 @@ pub struct RLockGuard<'a> {
 }
 
 impl<'a> RLockGuard<'a> {
+    #[inline]
     fn new(held: Held<'a>) -> Self {
         RLockGuard { _held: held }
     }

@@ -136,6 +136,7 @@ impl<T: ShmSafe> Value<T> {
         })
     }
 
+    #[inline]
     fn words(&self) -> &MutexWords {
         self.obj.words()
     }
@@ -150,6 +151,7 @@ impl<T: ShmSafe> Value<T> {
     /// # Panics
     ///
     /// If the calling thread holds the lock already.
+    #[inline]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         mutex::lock(self.words(), false, |held| ValueGuard::new(self.data, held))
     }
@@ -246,6 +248,7 @@ pub struct ValueGuard<'a, T: ShmSafe> {
 }
 
 impl<'a, T: ShmSafe> ValueGuard<'a, T> {
+    #[inline]
     fn new(ptr: NonNull<T>, held: Held<'a>) -> Self {
         ValueGuard {
             ptr,
@@ -380,6 +383,7 @@ impl<T: ShmSafe> Array<T> {
         })
     }
 
+    #[inline]
     fn words(&self) -> &MutexWords {
         self.obj.words()
     }
@@ -404,6 +408,7 @@ impl<T: ShmSafe> Array<T> {
     /// # Panics
     ///
     /// If the calling thread holds the lock already.
+    #[inline]
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
         mutex::lock(self.words(), false, |held| {
             ArrayGuard::new(self.data, self.len(), held)
@@ -522,6 +527,7 @@ pub struct ArrayGuard<'a, T: ShmSafe> {
 }
 
 impl<'a, T: ShmSafe> ArrayGuard<'a, T> {
+    #[inline]
     fn new(ptr: NonNull<T>, len: usize, held: Held<'a>) -> Self {
         ArrayGuard {
             ptr,
