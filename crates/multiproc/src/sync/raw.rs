@@ -639,13 +639,12 @@ impl AdaptiveSpin {
         }
         let yields = yield_until(deadline, done);
         if stored == 0 && yields.found && yields.idle && no_switch_since_last_asked() {
-            // A wait that began without a budget (one that had some lets it run out
-            // first, asking the kernel once rather than at every wait). Nothing else
-            // wanted this CPU while the answer came (the yields came back at once, and
-            // none ran another thread): a spin would have cost no other
-            // thread anything (a yield that finds nothing else to run keeps the CPU as
-            // busy as a spin does), and sees an answer as soon as it comes, where a
-            // yield sees it a round trip through the kernel later.
+            // Nothing else wanted this CPU while the answer came (the yields came back
+            // at once, and none ran another thread): a spin would have cost no other
+            // thread anything, since a yield that finds nothing to run keeps the CPU as
+            // busy, and it sees the answer a kernel round trip sooner. Only a wait that
+            // began without a budget asks the kernel: one with a budget lets it run
+            // out first, so the question is asked once per run-out, not per wait.
             let began = start.unwrap_or(yields.began);
             self.learn(self.budget.load(Relaxed), || began.elapsed());
         }
