@@ -329,6 +329,9 @@ struct Yields {
     /// Every yield came back within [`CAME_BACK`], and there was at least one: this CPU
     /// likely had nothing else to run while the thread waited.
     idle: bool,
+    /// `done` was seen after a yield that ran another thread for a while (not for a time
+    /// slice): likely the very thread waited for, on this CPU.
+    handed: bool,
 }
 
 /// Yields between looks at `done` until it is true or `deadline` passes, while the
@@ -340,6 +343,7 @@ fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> Yields {
             found: done(),
             began: before,
             idle: false,
+            handed: false,
         };
     }
     let began = before;
@@ -351,6 +355,7 @@ fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> Yields {
                 found: true,
                 began,
                 idle: idle && yields > 0,
+                handed: !idle,
             };
         }
         if before >= deadline {
@@ -358,6 +363,7 @@ fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> Yields {
                 found: false,
                 began,
                 idle: false,
+                handed: false,
             };
         }
         yield_cpu();
@@ -370,6 +376,7 @@ fn yield_until(deadline: Instant, mut done: impl FnMut() -> bool) -> Yields {
                 found: done(),
                 began,
                 idle: false,
+                handed: false,
             };
         }
         idle &= after.saturating_duration_since(before) < CAME_BACK;
@@ -385,6 +392,10 @@ thread_local! {
     /// What [`no_switch_since_last_asked`] reads on this thread instead of the kernel's
     /// count, for tests.
     static TEST_SWITCHES: std::cell::Cell<Option<SwitchCount>> =
+        const { std::cell::Cell::new(None) };
+    /// What a spin does on this thread instead of looking for an idle CPU and moving
+    /// there.
+    static TEST_MOVE: std::cell::Cell<Option<fn()>> =
         const { std::cell::Cell::new(None) };
 }
 
@@ -408,6 +419,14 @@ fn no_switch_since_last_asked() -> bool {
     #[cfg(not(test))]
     let now = sys::involuntary_switches();
     now.is_some() && LAST.with(|last| last.replace(now)) == now
+}
+
+/// Moves the calling thread to another CPU if one looks idle.
+fn move_to_an_idle_cpu() {
+    if sys::idle_cpu_beside_a_shared_one() {
+        // Nothing changes if it cannot (one CPU allowed, a call refused).
+        let _ = sys::move_off_this_cpu();
+    }
 }
 
 /// Gives the CPU to another thread that wants it, if any.
@@ -575,6 +594,15 @@ pub(crate) struct AdaptiveSpin {
     /// The current budget, in nanoseconds.
     budget: AtomicU64,
     waits: AtomicU32,
+    /// Waits in a row answered right after a yield that ran another thread.
+    handed: AtomicU32,
+    /// How many such waits make the thread look for an idle CPU to move to, before
+    /// [`AdaptiveSpin::offset`].
+    move_after: AtomicU32,
+    /// How many times it looked.
+    asked: AtomicU32,
+    /// When it last looked, in nanoseconds of the monotonic clock.
+    asked_at: AtomicU64,
 }
 
 impl AdaptiveSpin {
@@ -583,6 +611,27 @@ impl AdaptiveSpin {
     /// How long a probe spins at most, in nanoseconds (a quarter of the most if less):
     /// a peer that runs answers within it.
     const PROBE_NANOS: u64 = 2_000;
+    /// After this many waits in a row answered right after a yield that ran another
+    /// thread, the thread moves to another CPU if one looks idle.
+    ///
+    /// Such answers mean that the thread waited for runs on this very CPU: the two pass
+    /// the CPU back and forth with each yield. On a busy machine that is the cheapest
+    /// hand-off there is. With an idle CPU beside them it is a trap: two processes that
+    /// both stay runnable (they yield, they never sleep) look to the kernel's load
+    /// balancer like tasks that just ran, whose caches are warm, and it left them
+    /// sharing one CPU for 10 to 25 ms (`multiproc-bench loop event 40000`, one run in
+    /// three or four, most often just after the child started), each hand-off a switch
+    /// (about 3 µs) instead of a cache line's move (50 to 250 ns). Sleeping instead of
+    /// yielding now and then did not get them apart: the kernel woke the sleeper on the
+    /// CPU it slept on. So the thread asks the kernel whether some CPU is likely idle
+    /// ([`sys::idle_cpu_beside_a_shared_one`], one read of `/proc/loadavg`) and, if so,
+    /// moves itself off this one ([`sys::move_off_this_cpu`]). Each look, whether the
+    /// thread moved or not, doubles the count for the next one, up to
+    /// [`Self::MOVE_AFTER`] × 1024, until a second passes without a look.
+    const MOVE_AFTER: u32 = 64;
+    /// A look for an idle CPU this long ago is forgotten: the next comes after
+    /// [`Self::MOVE_AFTER`] such waits again.
+    const FORGET_MOVES: Duration = Duration::from_secs(1);
 
     /// A spin of at most `max`, starting at the most.
     pub(crate) fn new(max: Duration) -> Self {
@@ -592,6 +641,10 @@ impl AdaptiveSpin {
             probe: (max / 4).min(Self::PROBE_NANOS),
             budget: AtomicU64::new(max),
             waits: AtomicU32::new(0),
+            handed: AtomicU32::new(0),
+            move_after: AtomicU32::new(Self::MOVE_AFTER),
+            asked: AtomicU32::new(0),
+            asked_at: AtomicU64::new(0),
         }
     }
 
@@ -605,6 +658,10 @@ impl AdaptiveSpin {
             probe: MAX,
             budget: AtomicU64::new(MAX),
             waits: AtomicU32::new(0),
+            handed: AtomicU32::new(0),
+            move_after: AtomicU32::new(Self::MOVE_AFTER),
+            asked: AtomicU32::new(0),
+            asked_at: AtomicU64::new(0),
         }
     }
 
@@ -628,6 +685,7 @@ impl AdaptiveSpin {
             let spin_end = deadline.min(start + Duration::from_nanos(budget));
             if spin_for(start, spin_end, &mut done) {
                 self.learn(stored, || start.elapsed());
+                self.not_handed();
                 return true;
             }
             // A probe that caught nothing leaves it at nothing; below a tenth of a
@@ -638,6 +696,19 @@ impl AdaptiveSpin {
                 .store(if probe || halved < 100 { 0 } else { halved }, Relaxed);
         }
         let yields = yield_until(deadline, done);
+        if yields.handed {
+            let handed = self.handed.load(Relaxed) + 1;
+            if handed == 1 {
+                self.forget_old_moves();
+            }
+            if handed >= self.move_after.load(Relaxed).saturating_add(self.offset()) {
+                self.move_off_a_shared_cpu();
+            } else {
+                self.handed.store(handed, Relaxed);
+            }
+        } else if yields.idle {
+            self.not_handed();
+        }
         if stored == 0 && yields.found && yields.idle && no_switch_since_last_asked() {
             // Nothing else wanted this CPU while the answer came (the yields came back
             // at once, and none ran another thread): a spin would have cost no other
@@ -649,6 +720,61 @@ impl AdaptiveSpin {
             self.learn(self.budget.load(Relaxed), || began.elapsed());
         }
         yields.found
+    }
+
+    /// The thread and the one it waits for have been taking turns on one CPU: moves
+    /// to another if one looks idle (see [`Self::MOVE_AFTER`]).
+    #[cold]
+    #[inline(never)]
+    fn move_off_a_shared_cpu(&self) {
+        self.handed.store(0, Relaxed);
+        self.asked.fetch_add(1, Relaxed);
+        self.asked_at.store(sys::monotonic_ns(), Relaxed);
+        #[cfg(test)]
+        match TEST_MOVE.with(std::cell::Cell::get) {
+            Some(instead) => instead(),
+            None => move_to_an_idle_cpu(),
+        }
+        #[cfg(not(test))]
+        move_to_an_idle_cpu();
+        // Moved or not, twice as many such waits before the next look: a move that
+        // did not last (three processes taking turns on two CPUs, say) would
+        // otherwise be tried again and again.
+        let after = self
+            .move_after
+            .load(Relaxed)
+            .saturating_mul(2)
+            .min(Self::MOVE_AFTER << 10);
+        self.move_after.store(after, Relaxed);
+    }
+
+    /// Starts the count of waits before a look for an idle CPU over from
+    /// [`Self::MOVE_AFTER`] if the last look was long ago ([`Self::FORGET_MOVES`]).
+    #[cold]
+    #[inline(never)]
+    fn forget_old_moves(&self) {
+        let since = sys::monotonic_ns().saturating_sub(self.asked_at.load(Relaxed));
+        if u128::from(since) >= Self::FORGET_MOVES.as_nanos() {
+            self.move_after.store(Self::MOVE_AFTER, Relaxed);
+        }
+    }
+
+    /// Below [`Self::MOVE_AFTER`], and different for each thread and each time it looks:
+    /// two threads taking turns count the same waits, and if both moved at once they
+    /// could end up sharing the other CPU.
+    fn offset(&self) -> u32 {
+        let mixed = (sys::thread_identity() ^ u64::from(self.asked.load(Relaxed)))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> 58) as u32 % Self::MOVE_AFTER
+    }
+
+    /// An answer came while this thread ran (a spin, a yield that found nothing else
+    /// to run): the thread it waits for has a CPU of its own.
+    #[inline]
+    fn not_handed(&self) {
+        if self.handed.load(Relaxed) != 0 {
+            self.handed.store(0, Relaxed);
+        }
     }
 
     /// Sets the budget after an answer caught by a spin, or seen between yields on a CPU
@@ -1087,6 +1213,91 @@ mod tests {
                 assert_eq!(learned(|| {}).unwrap_or(0), 0);
             }
             TEST_SWITCHES.with(|c| c.set(None));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Waits answered right after a yield that ran another thread (the peer, on this
+    /// very CPU), many in a row, make the thread look for an idle CPU to move to; each
+    /// look halves how often it looks, until a second passes without one. An answer
+    /// that comes while the thread runs starts the count over.
+    #[test]
+    fn taking_turns_on_one_cpu_moves_the_thread_if_another_is_idle() {
+        thread_local! {
+            static YIELDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            static ASKED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        // The peer ran while this thread yielded, and answered.
+        fn peer_answered() {
+            taken_yield();
+            YIELDED.set(true);
+        }
+        std::thread::spawn(|| {
+            let spin = AdaptiveSpin::new(Duration::from_micros(3));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // One wait with no budget (not a probe), whose answer comes after the yield,
+            // again until it counts: on a loaded machine a yield held up past a
+            // millisecond, or a spent budget for yields, leaves it uncounted.
+            let handed_wait = |spin: &AdaptiveSpin| loop {
+                assert!(Instant::now() < deadline, "no wait was counted");
+                let (before, asked) = (spin.handed.load(Relaxed), ASKED.get());
+                spin.budget.store(0, Relaxed);
+                spin.waits.store(1, Relaxed);
+                TEST_YIELD.with(|y| y.set(Some(peer_answered)));
+                spin.wait(Instant::now() + Duration::from_secs(5), || {
+                    YIELDED.replace(false)
+                });
+                TEST_YIELD.with(|y| y.set(None));
+                if spin.handed.load(Relaxed) != before || ASKED.get() != asked {
+                    return before;
+                }
+            };
+            // Waits until the spin looks for an idle CPU: the count it had reached.
+            let until_asked = |spin: &AdaptiveSpin| {
+                let asked = ASKED.get();
+                loop {
+                    let before = handed_wait(spin);
+                    if ASKED.get() > asked {
+                        assert_eq!(spin.handed.load(Relaxed), 0);
+                        return before + 1;
+                    }
+                }
+            };
+            let most = AdaptiveSpin::MOVE_AFTER;
+            let threshold = |spin: &AdaptiveSpin| spin.move_after.load(Relaxed) + spin.offset();
+
+            // An answer caught by a spin: the peer has a CPU of its own.
+            for _ in 0..10 {
+                handed_wait(&spin);
+            }
+            assert!(spin.handed.load(Relaxed) > 0);
+            spin.budget.store(3_000, Relaxed);
+            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || true));
+            assert_eq!(spin.handed.load(Relaxed), 0);
+
+            // Asked after MOVE_AFTER, then after twice as many, four times, eight times
+            // (each plus the thread's offset for that time): whether the thread moved
+            // or not, since a move may not last.
+            TEST_MOVE.with(|m| m.set(Some(|| ASKED.set(ASKED.get() + 1))));
+            for base in [most, 2 * most, 4 * most, 8 * most] {
+                assert_eq!(spin.move_after.load(Relaxed), base);
+                assert!(spin.offset() < most);
+                let expected = threshold(&spin);
+                assert_eq!(until_asked(&spin), expected);
+            }
+            assert_eq!(spin.move_after.load(Relaxed), 16 * most);
+            // A look a second ago is forgotten, at the first such wait after it.
+            let long_ago = sys::monotonic_ns() - 1_000_000_000;
+            spin.asked_at.store(long_ago, Relaxed);
+            handed_wait(&spin);
+            assert_eq!(spin.move_after.load(Relaxed), most);
+            assert_eq!(spin.handed.load(Relaxed), 1);
+            spin.asked_at.store(sys::monotonic_ns(), Relaxed);
+            let expected = threshold(&spin);
+            assert_eq!(until_asked(&spin), expected);
+            assert_eq!(spin.move_after.load(Relaxed), 2 * most);
+            TEST_MOVE.with(|m| m.set(None));
         })
         .join()
         .unwrap();

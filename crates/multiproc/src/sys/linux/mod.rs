@@ -132,11 +132,89 @@ pub(crate) fn involuntary_switches() -> Option<u64> {
     filled.then(|| u64::try_from(usage.ru_nivcsw).unwrap_or(0))
 }
 
+/// Whether some CPU is likely idle while the calling thread shares its CPU with another
+/// runnable thread: the kernel's count of runnable tasks (`/proc/loadavg`, all CPUs)
+/// is no more than the number of online CPUs, so with two of them on this one, another
+/// has none. `false` if the kernel does not say.
+pub(crate) fn idle_cpu_beside_a_shared_one() -> bool {
+    // SAFETY: `sysconf` reads a value and has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    match (proc::read_proc("/proc/loadavg"), u64::try_from(online)) {
+        (Some(loadavg), Ok(online)) => runnable_at_most(&loadavg, online),
+        _ => false,
+    }
+}
+
+/// Whether `/proc/loadavg`'s count of runnable tasks is known and at most `n`.
+fn runnable_at_most(loadavg: &str, n: u64) -> bool {
+    // "0.12 0.34 0.56 2/345 6789": runnable/all after the three averages.
+    loadavg
+        .split_ascii_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(runnable, _)| runnable.parse::<u64>().ok())
+        .is_some_and(|runnable| runnable <= n)
+}
+
+/// Moves the calling thread off the CPU it runs on, onto another it may use (the kernel
+/// picks which), then gives it back its CPU mask, which does not move it back. The CPU
+/// it left and the one it ran on while the mask left that one out; `None` (nothing
+/// changed) if it may use no other CPU or a call failed.
+pub(crate) fn move_off_this_cpu() -> Option<(usize, usize)> {
+    let mask = rustix::thread::sched_getaffinity(None).ok()?;
+    let here = rustix::thread::sched_getcpu();
+    let mut elsewhere = mask;
+    elsewhere.unset(here);
+    if elsewhere.count() == 0 {
+        return None;
+    }
+    rustix::thread::sched_setaffinity(None, &elsewhere).ok()?;
+    let there = rustix::thread::sched_getcpu();
+    unpin(&mask);
+    Some((here, there))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    #[test]
+    fn the_runnable_count_is_read_from_loadavg() {
+        assert!(runnable_at_most("0.52 0.58 0.59 2/467 123\n", 2));
+        assert!(runnable_at_most("0.52 0.58 0.59 1/467 123\n", 2));
+        assert!(!runnable_at_most("2.01 1.50 1.20 3/467 123\n", 2));
+        assert!(!runnable_at_most("", 2));
+        assert!(!runnable_at_most("0.52 0.58 0.59 x/467 123", 2));
+        // What this kernel writes parses (whatever the count is now).
+        let text = proc::read_proc("/proc/loadavg").expect("/proc/loadavg");
+        assert!(runnable_at_most(&text, u64::MAX), "{text}");
+    }
+
+    /// A thread moved off its CPU runs elsewhere while its mask leaves that CPU out, and
+    /// keeps the mask it had.
+    #[test]
+    fn a_thread_moved_off_its_cpu_runs_elsewhere_and_keeps_its_mask() {
+        std::thread::spawn(|| {
+            let mask = rustix::thread::sched_getaffinity(None).expect("mask");
+            match move_off_this_cpu() {
+                Some((here, there)) => {
+                    assert_ne!(here, there);
+                    assert!(mask.is_set(there), "moved outside the mask");
+                }
+                None => assert_eq!(mask.count(), 1, "not moved with CPUs to spare"),
+            }
+            let now = rustix::thread::sched_getaffinity(None).expect("mask");
+            let max = rustix::thread::CpuSet::MAX_CPU;
+            assert!(
+                (0..max).all(|c| now.is_set(c) == mask.is_set(c)),
+                "mask changed"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     /// A `sched_yield` that runs another thread on the same CPU is counted against the
     /// thread that yielded (what `AdaptiveSpin` asks before it learns from yields).
