@@ -39,9 +39,15 @@ pub(crate) fn unpin(mask: &rustix::thread::CpuSet) -> bool {
     if rustix::thread::sched_setaffinity(None, mask).is_ok() {
         return true;
     }
+    rustix::thread::sched_setaffinity(None, &every_cpu()).is_ok()
+}
+
+/// A mask of every CPU there can be: set as a thread's mask, the kernel narrows it to
+/// those the thread may use (its cpuset's), now and as they change.
+pub(crate) fn every_cpu() -> rustix::thread::CpuSet {
     let mut every = rustix::thread::CpuSet::new();
     (0..rustix::thread::CpuSet::MAX_CPU).for_each(|c| every.set(c));
-    rustix::thread::sched_setaffinity(None, &every).is_ok()
+    every
 }
 
 /// `fork()`.

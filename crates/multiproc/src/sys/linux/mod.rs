@@ -22,7 +22,8 @@ pub(crate) use fd::{
     set_create_mode, stream_pair, try_lock_file, user_id, wait_readable, wait_writable, write_all,
 };
 pub(crate) use fork::{
-    exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self, unpin,
+    every_cpu, exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self,
+    unpin,
 };
 pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
@@ -137,12 +138,16 @@ pub(crate) fn involuntary_switches() -> Option<u64> {
 /// is no more than the number of online CPUs, so with two of them on this one, another
 /// has none. `false` if the kernel does not say.
 pub(crate) fn idle_cpu_beside_a_shared_one() -> bool {
-    // SAFETY: `sysconf` reads a value and has no preconditions.
-    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    match (proc::read_proc("/proc/loadavg"), u64::try_from(online)) {
-        (Some(loadavg), Ok(online)) => runnable_at_most(&loadavg, online),
+    match (proc::read_proc("/proc/loadavg"), online_cpus()) {
+        (Some(loadavg), Some(online)) => runnable_at_most(&loadavg, online),
         _ => false,
     }
+}
+
+/// How many CPUs are online.
+fn online_cpus() -> Option<u64> {
+    // SAFETY: `sysconf` reads a value and has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).ok()
 }
 
 /// Whether `/proc/loadavg`'s count of runnable tasks is known and at most `n`.
@@ -156,22 +161,38 @@ fn runnable_at_most(loadavg: &str, n: u64) -> bool {
         .is_some_and(|runnable| runnable <= n)
 }
 
-/// Moves the calling thread off the CPU it runs on, onto another it may use (the kernel
-/// picks which), then gives it back its CPU mask, which does not move it back. The CPU
-/// it left and the one it ran on while the mask left that one out; `None` (nothing
-/// changed) if it may use no other CPU or a call failed.
+/// Moves the calling thread off the CPU it runs on, onto another (the kernel picks
+/// which), if it may run on every online CPU: a thread that its program, `taskset` or a
+/// cpuset keeps to some CPUs is left where it is. Its mask leaves out its CPU for one
+/// call, then is set to every CPU (the kernel narrows that to the cpuset's, now and as
+/// it changes), which is what it had, and which does not move it back; if the mask was
+/// changed in between (another thread, `taskset -p`), that change stands. The CPU it
+/// left and the one it ran on while its mask left that one out; `None` (nothing
+/// changed) if it may not run everywhere, there is no other CPU, or a call failed.
 pub(crate) fn move_off_this_cpu() -> Option<(usize, usize)> {
     let mask = rustix::thread::sched_getaffinity(None).ok()?;
+    let online = online_cpus()?;
+    if online < 2 || u64::from(mask.count()) != online {
+        return None;
+    }
     let here = rustix::thread::sched_getcpu();
     let mut elsewhere = mask;
     elsewhere.unset(here);
-    if elsewhere.count() == 0 {
-        return None;
-    }
     rustix::thread::sched_setaffinity(None, &elsewhere).ok()?;
     let there = rustix::thread::sched_getcpu();
-    unpin(&mask);
+    let now = rustix::thread::sched_getaffinity(None);
+    if now.is_ok_and(|now| same_cpus(&now, &elsewhere))
+        && rustix::thread::sched_setaffinity(None, &every_cpu()).is_err()
+    {
+        // Not left out of its CPU for good.
+        let _ = rustix::thread::sched_setaffinity(None, &mask);
+    }
     Some((here, there))
+}
+
+/// Whether two masks name the same CPUs.
+fn same_cpus(a: &rustix::thread::CpuSet, b: &rustix::thread::CpuSet) -> bool {
+    (0..rustix::thread::CpuSet::MAX_CPU).all(|c| a.is_set(c) == b.is_set(c))
 }
 
 #[cfg(test)]
@@ -198,19 +219,28 @@ mod tests {
     fn a_thread_moved_off_its_cpu_runs_elsewhere_and_keeps_its_mask() {
         std::thread::spawn(|| {
             let mask = rustix::thread::sched_getaffinity(None).expect("mask");
+            let online = online_cpus().expect("online CPUs");
+            let everywhere = online >= 2 && u64::from(mask.count()) == online;
             match move_off_this_cpu() {
                 Some((here, there)) => {
+                    assert!(everywhere, "moved a thread kept to some CPUs");
                     assert_ne!(here, there);
                     assert!(mask.is_set(there), "moved outside the mask");
                 }
-                None => assert_eq!(mask.count(), 1, "not moved with CPUs to spare"),
+                None => assert!(!everywhere, "not moved with CPUs to spare"),
             }
             let now = rustix::thread::sched_getaffinity(None).expect("mask");
-            let max = rustix::thread::CpuSet::MAX_CPU;
-            assert!(
-                (0..max).all(|c| now.is_set(c) == mask.is_set(c)),
-                "mask changed"
-            );
+            assert!(same_cpus(&now, &mask), "mask changed");
+
+            // A thread kept to some CPUs stays where it is, with its mask.
+            if mask.count() >= 2 {
+                let mut kept = mask;
+                kept.unset(rustix::thread::sched_getcpu());
+                rustix::thread::sched_setaffinity(None, &kept).expect("keep");
+                assert_eq!(move_off_this_cpu(), None);
+                let now = rustix::thread::sched_getaffinity(None).expect("mask");
+                assert!(same_cpus(&now, &kept), "mask changed");
+            }
         })
         .join()
         .unwrap();
