@@ -32,11 +32,14 @@ pub(crate) fn pin_here() -> Option<rustix::thread::CpuSet> {
     Some(mask)
 }
 
-/// Gives the calling thread back the mask [`pin_here`] took; failing that (its cpuset
-/// shrank meanwhile, say), every CPU, which the kernel narrows to those the thread may
-/// use. False if the thread is still held.
+/// Gives the calling thread back the mask [`pin_here`] took: every CPU if it named
+/// every online one (a copy would keep the thread, and the children it forks, off CPUs
+/// its cpuset gains later), that mask otherwise; failing that (its cpuset shrank
+/// meanwhile, say), every CPU, which the kernel narrows to those the thread may use.
+/// False if the thread is still held.
 pub(crate) fn unpin(mask: &rustix::thread::CpuSet) -> bool {
-    if rustix::thread::sched_setaffinity(None, mask).is_ok() {
+    let everywhere = super::online_cpus() == Some(u64::from(mask.count()));
+    if !everywhere && rustix::thread::sched_setaffinity(None, mask).is_ok() {
         return true;
     }
     rustix::thread::sched_setaffinity(None, &every_cpu()).is_ok()
@@ -44,7 +47,7 @@ pub(crate) fn unpin(mask: &rustix::thread::CpuSet) -> bool {
 
 /// A mask of every CPU there can be: set as a thread's mask, the kernel narrows it to
 /// those the thread may use (its cpuset's), now and as they change.
-pub(crate) fn every_cpu() -> rustix::thread::CpuSet {
+fn every_cpu() -> rustix::thread::CpuSet {
     let mut every = rustix::thread::CpuSet::new();
     (0..rustix::thread::CpuSet::MAX_CPU).for_each(|c| every.set(c));
     every

@@ -22,8 +22,7 @@ pub(crate) use fd::{
     set_create_mode, stream_pair, try_lock_file, user_id, wait_readable, wait_writable, write_all,
 };
 pub(crate) use fork::{
-    every_cpu, exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self,
-    unpin,
+    exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self, unpin,
 };
 pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
@@ -145,7 +144,7 @@ pub(crate) fn idle_cpu_beside_a_shared_one() -> bool {
 }
 
 /// How many CPUs are online.
-fn online_cpus() -> Option<u64> {
+pub(crate) fn online_cpus() -> Option<u64> {
     // SAFETY: `sysconf` reads a value and has no preconditions.
     u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).ok()
 }
@@ -181,11 +180,9 @@ pub(crate) fn move_off_this_cpu() -> Option<(usize, usize)> {
     rustix::thread::sched_setaffinity(None, &elsewhere).ok()?;
     let there = rustix::thread::sched_getcpu();
     let now = rustix::thread::sched_getaffinity(None);
-    if now.is_ok_and(|now| same_cpus(&now, &elsewhere))
-        && rustix::thread::sched_setaffinity(None, &every_cpu()).is_err()
-    {
-        // Not left out of its CPU for good.
-        let _ = rustix::thread::sched_setaffinity(None, &mask);
+    if now.is_ok_and(|now| same_cpus(&now, &elsewhere)) {
+        // Every CPU, which it had.
+        unpin(&mask);
     }
     Some((here, there))
 }
