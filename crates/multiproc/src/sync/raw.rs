@@ -423,10 +423,9 @@ fn no_switch_since_last_asked() -> bool {
 
 /// Moves the calling thread to another CPU if one looks idle.
 fn move_to_an_idle_cpu() {
-    if sys::idle_cpu_beside_a_shared_one() {
-        // Nothing changes if it cannot (one CPU allowed, a call refused).
-        let _ = sys::move_off_this_cpu();
-    }
+    // Nothing changes if none looks idle, the thread is kept to some CPUs, or a call
+    // is refused.
+    let _ = sys::move_to_an_idle_cpu();
 }
 
 /// Gives the CPU to another thread that wants it, if any.
@@ -625,13 +624,21 @@ impl AdaptiveSpin {
     /// (about 3 µs) instead of a cache line's move (50 to 250 ns). Sleeping instead of
     /// yielding now and then did not get them apart: the kernel woke the sleeper on the
     /// CPU it slept on. So the thread asks the kernel whether some CPU is likely idle
-    /// ([`sys::idle_cpu_beside_a_shared_one`], one read of `/proc/loadavg`) and, if so,
-    /// moves itself off this one ([`sys::move_off_this_cpu`]; only a thread that may run
-    /// on every CPU: one kept to some is left where it is). Each look, whether the
+    /// (one read of `/proc/loadavg`) and, if so, moves itself off this one
+    /// ([`sys::move_to_an_idle_cpu`]; only a thread that may run on every CPU: one kept
+    /// to some is left where it is). It does so as its next wait begins, when its own
+    /// message is out and the peer, left alone on the old CPU, can answer it at once:
+    /// moved at the end of a wait instead, before answering, the thread kept the peer
+    /// waiting through the move (tens of microseconds), the peer slept, and the
+    /// thread's wake-up brought it to the new CPU too (`perf record -e
+    /// sched:sched_migrate_task`, in the benchmark's event group). Each look, whether the
     /// thread moved or not, doubles the count for the next one, up to
     /// [`Self::MOVE_AFTER`] × 1024; a run of such waits that begins a second or more
     /// after the last look starts from [`Self::MOVE_AFTER`] again.
     const MOVE_AFTER: u32 = 64;
+    /// What `handed` holds once the count is reached: the next wait looks for an idle
+    /// CPU as it begins.
+    const MOVE_DUE: u32 = u32::MAX;
     /// A look for an idle CPU this long ago is forgotten: the next comes after
     /// [`Self::MOVE_AFTER`] such waits again.
     const FORGET_MOVES: Duration = Duration::from_secs(1);
@@ -671,6 +678,9 @@ impl AdaptiveSpin {
     /// Waits until `done` or `deadline`: spins up to the budget, then yields between
     /// looks. True if `done`.
     pub(crate) fn wait(&self, deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+        if self.handed.load(Relaxed) == Self::MOVE_DUE {
+            self.move_off_a_shared_cpu();
+        }
         let stored = self.budget.load(Relaxed);
         let mut budget = stored;
         // Counted only while there is no budget: the waits between probes.
@@ -700,15 +710,14 @@ impl AdaptiveSpin {
         }
         let yields = yield_until(deadline, done);
         if yields.handed {
-            let handed = self.handed.load(Relaxed) + 1;
+            // (Saturating: the clones of a channel's receiver share one spin.)
+            let handed = self.handed.load(Relaxed).saturating_add(1);
             if handed == 1 {
                 self.forget_old_moves();
             }
-            if handed >= self.move_after.load(Relaxed).saturating_add(self.offset()) {
-                self.move_off_a_shared_cpu();
-            } else {
-                self.handed.store(handed, Relaxed);
-            }
+            let due = handed >= self.move_after.load(Relaxed).saturating_add(self.offset());
+            self.handed
+                .store(if due { Self::MOVE_DUE } else { handed }, Relaxed);
         } else {
             self.not_handed();
         }
@@ -1260,13 +1269,18 @@ mod tests {
                     return before;
                 }
             };
-            // Waits until the spin looks for an idle CPU: the count it had reached.
+            // Waits until the spin looks for an idle CPU: the count it had reached. It
+            // looks as the wait after the one that reached the count begins.
             let until_asked = |spin: &AdaptiveSpin| {
                 let asked = ASKED.get();
                 loop {
                     let before = handed_wait(spin);
-                    if ASKED.get() > asked {
-                        assert_eq!(spin.handed.load(Relaxed), 0);
+                    assert_eq!(ASKED.get(), asked, "looked before the count was reached");
+                    if spin.handed.load(Relaxed) == AdaptiveSpin::MOVE_DUE {
+                        handed_wait(spin);
+                        assert_eq!(ASKED.get(), asked + 1);
+                        // The count starts over, with that wait.
+                        assert!(spin.handed.load(Relaxed) <= 1);
                         return before + 1;
                     }
                 }
@@ -1308,7 +1322,10 @@ mod tests {
                 spin.asked_at.store(never, Relaxed);
             }
             assert_eq!(spin.move_after.load(Relaxed), 16 * most);
-            // A look a second ago is forgotten, at the first such wait after it.
+            // A look a second ago is forgotten, at the first such wait of a run.
+            spin.budget.store(3_000, Relaxed);
+            assert!(spin.wait(Instant::now() + Duration::from_secs(5), || true));
+            assert_eq!(spin.handed.load(Relaxed), 0);
             let long_ago = sys::monotonic_ns().saturating_sub(1_000_000_000);
             spin.asked_at.store(long_ago, Relaxed);
             handed_wait(&spin);

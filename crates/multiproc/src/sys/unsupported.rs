@@ -452,10 +452,7 @@ pub(crate) fn wait_writable(
 pub(crate) fn futex_wait(_: &std::sync::atomic::AtomicU32, _: u32, _: Option<std::time::Duration>) {
 }
 pub(crate) fn futex_wake(_: &std::sync::atomic::AtomicU32, _: u32) {}
-pub(crate) fn idle_cpu_beside_a_shared_one() -> bool {
-    false
-}
-pub(crate) fn move_off_this_cpu() -> Option<(usize, usize)> {
+pub(crate) fn move_to_an_idle_cpu() -> Option<(usize, usize)> {
     None
 }
 pub(crate) fn raise_fd_limit() {}

@@ -22,7 +22,8 @@ pub(crate) use fd::{
     set_create_mode, stream_pair, try_lock_file, user_id, wait_readable, wait_writable, write_all,
 };
 pub(crate) use fork::{
-    exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self, unpin,
+    every_cpu, exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self,
+    unpin,
 };
 pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
@@ -132,15 +133,27 @@ pub(crate) fn involuntary_switches() -> Option<u64> {
     filled.then(|| u64::try_from(usage.ru_nivcsw).unwrap_or(0))
 }
 
-/// Whether some CPU is likely idle while the calling thread shares its CPU with another
-/// runnable thread: the kernel's count of runnable tasks (`/proc/loadavg`, all CPUs)
-/// is no more than the number of online CPUs, so with two of them on this one, another
-/// has none. `false` if the kernel does not say.
-pub(crate) fn idle_cpu_beside_a_shared_one() -> bool {
-    match (proc::read_proc("/proc/loadavg"), online_cpus()) {
-        (Some(loadavg), Some(online)) => runnable_at_most(&loadavg, online),
-        _ => false,
-    }
+/// Moves the calling thread off the CPU it runs on, onto another (the kernel picks
+/// which), if another CPU is likely idle while this one is shared and the thread may run
+/// on every online CPU. "Likely idle": the kernel's count of runnable tasks
+/// (`/proc/loadavg`, all CPUs) is no more than the number of online CPUs, so with two of
+/// them on this one, another has none. A thread that its program, `taskset` or a cpuset
+/// keeps to some CPUs is left where it is (there the system-wide count would not say
+/// whether one of its CPUs is idle). See [`move_off`] for the move; `None` if nothing
+/// moved.
+pub(crate) fn move_to_an_idle_cpu() -> Option<(usize, usize)> {
+    let (mask, online) = free_to_move()?;
+    let loadavg = proc::read_proc("/proc/loadavg")?;
+    runnable_at_most(&loadavg, online).then_some(())?;
+    move_off(&mask)
+}
+
+/// The calling thread's mask and the number of online CPUs, if it may run on every one
+/// of them and there are two or more.
+fn free_to_move() -> Option<(rustix::thread::CpuSet, u64)> {
+    let online = online_cpus()?;
+    let mask = rustix::thread::sched_getaffinity(None).ok()?;
+    (online >= 2 && u64::from(mask.count()) == online).then_some((mask, online))
 }
 
 /// How many CPUs are online.
@@ -160,29 +173,24 @@ fn runnable_at_most(loadavg: &str, n: u64) -> bool {
         .is_some_and(|runnable| runnable <= n)
 }
 
-/// Moves the calling thread off the CPU it runs on, onto another (the kernel picks
-/// which), if it may run on every online CPU: a thread that its program, `taskset` or a
-/// cpuset keeps to some CPUs is left where it is. Its mask leaves out its CPU for one
-/// call, then is set to every CPU (the kernel narrows that to the cpuset's, now and as
-/// it changes), which is what it had, and which does not move it back; if the mask was
-/// changed in between (another thread, `taskset -p`), that change stands. The CPU it
-/// left and the one it ran on while its mask left that one out; `None` (nothing
-/// changed) if it may not run everywhere, there is no other CPU, or a call failed.
-pub(crate) fn move_off_this_cpu() -> Option<(usize, usize)> {
-    let mask = rustix::thread::sched_getaffinity(None).ok()?;
-    let online = online_cpus()?;
-    if online < 2 || u64::from(mask.count()) != online {
-        return None;
-    }
+/// Moves the calling thread, whose mask `mask` names every online CPU, off the CPU it
+/// runs on: its mask leaves that CPU out for one call, then is set to every CPU (the
+/// kernel narrows that to the cpuset's, now and as it changes), which is what it had,
+/// and which does not move it back; if the mask was changed in between (another
+/// thread, `taskset -p`), that change stands. The CPU it left and the one it ran on
+/// while its mask left that one out; `None` if a call failed.
+fn move_off(mask: &rustix::thread::CpuSet) -> Option<(usize, usize)> {
     let here = rustix::thread::sched_getcpu();
-    let mut elsewhere = mask;
+    let mut elsewhere = *mask;
     elsewhere.unset(here);
     rustix::thread::sched_setaffinity(None, &elsewhere).ok()?;
     let there = rustix::thread::sched_getcpu();
     let now = rustix::thread::sched_getaffinity(None);
-    if now.is_ok_and(|now| same_cpus(&now, &elsewhere)) {
-        // Every CPU, which it had.
-        unpin(&mask);
+    if now.is_ok_and(|now| same_cpus(&now, &elsewhere))
+        && rustix::thread::sched_setaffinity(None, &every_cpu()).is_err()
+    {
+        // Not left out of its CPU for good.
+        let _ = rustix::thread::sched_setaffinity(None, mask);
     }
     Some((here, there))
 }
@@ -218,7 +226,7 @@ mod tests {
             let mask = rustix::thread::sched_getaffinity(None).expect("mask");
             let online = online_cpus().expect("online CPUs");
             let everywhere = online >= 2 && u64::from(mask.count()) == online;
-            match move_off_this_cpu() {
+            match free_to_move().and_then(|(mask, _)| move_off(&mask)) {
                 Some((here, there)) => {
                     assert!(everywhere, "moved a thread kept to some CPUs");
                     assert_ne!(here, there);
@@ -234,7 +242,8 @@ mod tests {
                 let mut kept = mask;
                 kept.unset(rustix::thread::sched_getcpu());
                 rustix::thread::sched_setaffinity(None, &kept).expect("keep");
-                assert_eq!(move_off_this_cpu(), None);
+                assert!(free_to_move().is_none());
+                assert_eq!(move_to_an_idle_cpu(), None);
                 let now = rustix::thread::sched_getaffinity(None).expect("mask");
                 assert!(same_cpus(&now, &kept), "mask changed");
             }
