@@ -240,7 +240,7 @@ pub(crate) fn wait_for(
     if ready() {
         return true;
     }
-    let spin_end = Instant::now() + SPIN;
+    let spin_end = Instant::now() + look_time();
     if spin_until(deadline.map_or(spin_end, |d| d.min(spin_end)), &mut ready) {
         return true;
     }
@@ -305,11 +305,37 @@ pub(crate) const SPIN_ONLY: Duration = Duration::from_micros(1);
 /// run. It yields only while the thread's [budget for yields](crowding) lasts: without
 /// it, it returns, and the caller sleeps.
 pub(crate) fn spin_until(deadline: Instant, done: impl FnMut() -> bool) -> bool {
-    thread_local! {
-        static SPIN: AdaptiveSpin = const { AdaptiveSpin::per_thread() };
-    }
-    SPIN.with(|spin| spin.wait(deadline, done))
+    THREAD_SPIN.with(|spin| spin.wait(deadline, done))
 }
+
+thread_local! {
+    /// The spin of [`spin_until`].
+    static THREAD_SPIN: AdaptiveSpin = const { AdaptiveSpin::per_thread() };
+}
+
+/// How long a wait of [`wait_for`] looks for its answer before it sleeps: [`SPIN`], or
+/// [`AFTER_TURNS`] while the thread's last waits were answered after yields that ran
+/// another thread (it and its peer were taking turns on one CPU).
+///
+/// When one of two peers taking turns on a CPU moves to another (see
+/// [`AdaptiveSpin::MOVE_AFTER`]), the move takes tens of microseconds (the other CPU
+/// may have to come out of idle), and the one left behind, which answers at once and
+/// then waits, would sleep after 10 µs. The mover's wake-up then brought it to the
+/// mover's new CPU (on this virtual machine the kernel does not wake a task onto a CPU
+/// whose virtual CPU the host has descheduled, as an idle one is), and the two shared
+/// a CPU again (`perf record -e sched:sched_wakeup,sched:sched_migrate_task`, the
+/// benchmark's event group).
+fn look_time() -> Duration {
+    let turns = THREAD_SPIN.with(|spin| spin.handed.load(Relaxed));
+    if turns >= AdaptiveSpin::TURNS_SEEN {
+        AFTER_TURNS
+    } else {
+        SPIN
+    }
+}
+
+/// How long [`wait_for`] looks while the thread has been taking turns on one CPU.
+const AFTER_TURNS: Duration = Duration::from_micros(200);
 
 /// A yield that returns within this likely came straight back, having found nothing
 /// else to run: on the 2-CPU machine of `BENCHMARKS.md` an empty `sched_yield` took
@@ -636,6 +662,9 @@ impl AdaptiveSpin {
     /// [`Self::MOVE_AFTER`] × 1024; a run of such waits that begins a second or more
     /// after the last look starts from [`Self::MOVE_AFTER`] again.
     const MOVE_AFTER: u32 = 64;
+    /// Waits in a row answered after a yield that ran another thread from which
+    /// [`look_time`] looks longer.
+    const TURNS_SEEN: u32 = 8;
     /// What `handed` holds once the count is reached: the next wait looks for an idle
     /// CPU as it begins.
     const MOVE_DUE: u32 = u32::MAX;
@@ -1336,6 +1365,30 @@ mod tests {
             assert_eq!(until_asked(&spin), expected);
             assert_eq!(spin.move_after.load(Relaxed), 2 * most);
             TEST_MOVE.with(|m| m.set(None));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A wait looks longer before it sleeps while the thread has been taking turns on
+    /// one CPU with its peer (its last waits answered after yields that ran another
+    /// thread), and as long as ever otherwise.
+    #[test]
+    fn a_wait_looks_longer_after_taking_turns() {
+        std::thread::spawn(|| {
+            assert_eq!(look_time(), SPIN);
+            let turns = |n| THREAD_SPIN.with(|spin| spin.handed.store(n, Relaxed));
+            turns(AdaptiveSpin::TURNS_SEEN - 1);
+            assert_eq!(look_time(), SPIN);
+            turns(AdaptiveSpin::TURNS_SEEN);
+            assert_eq!(look_time(), AFTER_TURNS);
+            turns(AdaptiveSpin::MOVE_DUE);
+            assert_eq!(look_time(), AFTER_TURNS);
+            // An answer caught by a spin ends the run, and the long looks with it.
+            THREAD_SPIN.with(|spin| spin.budget.store(1_000, Relaxed));
+            assert!(spin_until(Instant::now() + Duration::from_secs(5), || true));
+            assert_eq!(look_time(), SPIN);
+            assert!(AFTER_TURNS > SPIN);
         })
         .join()
         .unwrap();
