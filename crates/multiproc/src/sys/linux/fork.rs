@@ -47,7 +47,7 @@ pub(crate) fn unpin(mask: &rustix::thread::CpuSet) -> bool {
 
 /// A mask of every CPU there can be: set as a thread's mask, the kernel narrows it to
 /// those the thread may use (its cpuset's), now and as they change.
-pub(crate) fn every_cpu() -> rustix::thread::CpuSet {
+fn every_cpu() -> rustix::thread::CpuSet {
     let mut every = rustix::thread::CpuSet::new();
     (0..rustix::thread::CpuSet::MAX_CPU).for_each(|c| every.set(c));
     every

@@ -22,8 +22,7 @@ pub(crate) use fd::{
     set_create_mode, stream_pair, try_lock_file, user_id, wait_readable, wait_writable, write_all,
 };
 pub(crate) use fork::{
-    every_cpu, exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self,
-    unpin,
+    exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self, unpin,
 };
 pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
@@ -174,9 +173,9 @@ fn runnable_at_most(loadavg: &str, n: u64) -> bool {
 }
 
 /// Moves the calling thread, whose mask `mask` names every online CPU, off the CPU it
-/// runs on: its mask leaves that CPU out for one call, then is set to every CPU (the
-/// kernel narrows that to the cpuset's, now and as it changes), which is what it had,
-/// and which does not move it back; if the mask was changed in between (another
+/// runs on: its mask leaves that CPU out for one call, then is given back as [`unpin`]
+/// gives it (every CPU, which the kernel narrows to the cpuset's, now and as it
+/// changes), which does not move it back; if the mask was changed in between (another
 /// thread, `taskset -p`), that change stands. The CPU it left and the one it ran on
 /// while its mask left that one out; `None` if a call failed.
 fn move_off(mask: &rustix::thread::CpuSet) -> Option<(usize, usize)> {
@@ -186,11 +185,8 @@ fn move_off(mask: &rustix::thread::CpuSet) -> Option<(usize, usize)> {
     rustix::thread::sched_setaffinity(None, &elsewhere).ok()?;
     let there = rustix::thread::sched_getcpu();
     let now = rustix::thread::sched_getaffinity(None);
-    if now.is_ok_and(|now| same_cpus(&now, &elsewhere))
-        && rustix::thread::sched_setaffinity(None, &every_cpu()).is_err()
-    {
-        // Not left out of its CPU for good.
-        let _ = rustix::thread::sched_setaffinity(None, mask);
+    if now.is_ok_and(|now| same_cpus(&now, &elsewhere)) {
+        unpin(mask);
     }
     Some((here, there))
 }
