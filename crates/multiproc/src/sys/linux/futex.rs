@@ -115,15 +115,41 @@ pub(crate) fn boot_id() -> String {
 
 /// The start time of thread `tid`, from `/proc/<tid>/stat` (field 22).
 fn start_time(tid: u32) -> Option<u64> {
-    stat_of(tid).map(|(_, start)| start)
+    stat_of(tid).map(|s| s.start)
 }
 
-/// The state letter (field 3) and start time (field 22) of thread `tid`.
-fn stat_of(tid: u32) -> Option<(char, u64)> {
+/// The kernel's flag for a task in its exit (`PF_EXITING`, `include/linux/sched.h`): set
+/// as the exit begins, before the task gives back its memory and its descriptors; the
+/// task runs none of its own code from then on.
+const PF_EXITING: u64 = 0x4;
+
+/// What `/proc/TID/stat` says of a thread.
+struct Stat {
+    /// The state letter (field 3).
+    state: char,
+    /// Whether the thread has begun to exit (field 9, the flags, has `PF_EXITING`).
+    exiting: bool,
+    /// The start time (field 22).
+    start: u64,
+}
+
+/// What `/proc/TID/stat` says of thread `tid` (`None`: no such thread, or unreadable).
+fn stat_of(tid: u32) -> Option<Stat> {
     let stat = super::proc::read_proc(&format!("/proc/{tid}/stat"))?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<Stat> {
+    // The name (field 2) may hold spaces and parentheses: fields 3 on follow the last ')'.
     let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
+    let flags: u64 = fields.nth(5)?.parse().ok()?;
+    let start = fields.nth(12)?.parse().ok()?;
+    Some(Stat {
+        state,
+        exiting: flags & PF_EXITING != 0,
+        start,
+    })
 }
 
 /// Whether the thread an identity names is stopped (`SIGSTOP`, a tracer): it holds what
@@ -131,7 +157,7 @@ fn stat_of(tid: u32) -> Option<(char, u64)> {
 pub(crate) fn identity_stopped(identity: u64) -> bool {
     matches!(
         stat_of(identity as u32),
-        Some(('T' | 't', start)) if (start as u32) == (identity >> 32) as u32
+        Some(Stat { state: 'T' | 't', start, .. }) if (start as u32) == (identity >> 32) as u32
     )
 }
 
@@ -151,9 +177,13 @@ pub(crate) fn identity_alive(identity: u64) -> bool {
         return false;
     }
     match stat_of(tid) {
-        // A zombie (or a task being reaped) is dead, even before its parent reaps it.
-        Some(('Z' | 'X', _)) => false,
-        Some((_, start)) => (start as u32) == (identity >> 32) as u32,
+        // A zombie (or a task being reaped) is dead, even before its parent reaps it; so
+        // is one whose exit has begun (a killed process giving back a large address
+        // space takes a while): it will not let go of anything it holds.
+        Some(Stat {
+            state: 'Z' | 'X', ..
+        }) => false,
+        Some(Stat { exiting, start, .. }) => !exiting && (start as u32) == (identity >> 32) as u32,
         // It exists but /proc is unreadable (another pid namespace, hidepid): trust it.
         None => true,
     }
@@ -212,4 +242,135 @@ pub(crate) fn monotonic_ns() -> u64 {
     (t.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(t.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::wait_readable;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    #[test]
+    fn a_threads_stat_line_is_read_past_its_name() {
+        // A name may hold spaces and parentheses; the fields after it are counted from
+        // the last ')'.
+        let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194628 90 0 0 0 1 2 0 0 20 0 1 0 \
+                    123456 1000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        let stat = parse_stat(line).expect("parses");
+        assert_eq!(stat.state, 'S');
+        assert!(stat.exiting, "4194628 = 0x400044 has PF_EXITING");
+        assert_eq!(stat.start, 123_456);
+        let line = line.replace("4194628", "4194624");
+        assert!(!parse_stat(&line).expect("parses").exiting);
+        assert!(parse_stat("4242 (cut short) S 1 2").is_none());
+        // What this kernel writes parses: this thread runs, and its start time is the
+        // one in its identity.
+        let me = thread_identity();
+        let stat = stat_of(me as u32).expect("this thread's stat");
+        assert!(!stat.exiting);
+        assert_eq!(stat.start as u32, (me >> 32) as u32);
+        assert!(identity_alive(me));
+    }
+
+    /// A child, killed and reaped (within 10 s) when dropped.
+    struct Child(libc::pid_t);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+            let until = Instant::now() + Duration::from_secs(10);
+            // SAFETY: reaps our own child, without blocking.
+            while unsafe { libc::waitpid(self.0, std::ptr::null_mut(), libc::WNOHANG) } == 0
+                && Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// A process whose exit has begun lets go of nothing more: it counts as dead before
+    /// it is a zombie. A killed process gives its memory back before it becomes one,
+    /// and a lock it held must not wait for that: here 64 MiB in small pages, some
+    /// milliseconds. A test kept off the CPU for all of them misses the exit, and tries
+    /// again with another child (5 times at most).
+    #[test]
+    fn a_process_whose_exit_has_begun_is_not_alive() {
+        for _ in 0..5 {
+            if exit_seen_as_death() {
+                return;
+            }
+        }
+        panic!("5 children were zombies before their exit could be seen");
+    }
+
+    /// Kills a child with 64 MiB of its own and looks at it during its exit: false if it
+    /// was a zombie before its exit was seen.
+    fn exit_seen_as_death() -> bool {
+        const SIZE: usize = 64 << 20;
+        let (ready_read, ready_write) = rustix::pipe::pipe().expect("pipe");
+        // SAFETY: the child only makes system calls (async-signal-safe), writes to
+        // memory it mapped, and waits to be killed.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                let memory = libc::mmap(
+                    std::ptr::null_mut(),
+                    SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if memory == libc::MAP_FAILED {
+                    libc::_exit(1);
+                }
+                libc::madvise(memory, SIZE, libc::MADV_NOHUGEPAGE);
+                for page in (0..SIZE).step_by(4096) {
+                    memory.cast::<u8>().add(page).write_volatile(1);
+                }
+                libc::write(ready_write.as_raw_fd(), [1u8].as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let _child = Child(pid);
+        drop(ready_write);
+        let ready = wait_readable(
+            &[ready_read.as_fd()],
+            Some(Instant::now() + Duration::from_secs(10)),
+        )
+        .expect("poll");
+        assert!(
+            ready[0].ready(),
+            "the child did not fill its memory within 10 s"
+        );
+        let start = start_time(pid as u32).expect("the child's start time");
+        let identity = (u64::from(start as u32) << 32) | u64::from(pid as u32);
+        assert!(identity_alive(identity), "a running child is alive");
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let until = Instant::now() + Duration::from_secs(10);
+        let in_exit = |stat: &Option<Stat>| matches!(stat, Some(s) if s.exiting && !matches!(s.state, 'Z' | 'X'));
+        loop {
+            let before = stat_of(pid as u32);
+            assert!(before.is_some(), "the child is there until it is reaped");
+            if in_exit(&before) {
+                let alive = identity_alive(identity);
+                // Still in its exit after the look: what the look saw was the exit.
+                if in_exit(&stat_of(pid as u32)) {
+                    assert!(!alive, "a process in its exit is not alive");
+                    assert!(!identity_stopped(identity));
+                    return true;
+                }
+            }
+            if matches!(before, Some(Stat { state: 'Z', .. })) {
+                return false;
+            }
+            assert!(Instant::now() < until, "the child did not exit within 10 s");
+        }
+    }
 }
