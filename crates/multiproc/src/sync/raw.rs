@@ -1146,6 +1146,10 @@ mod tests {
     /// `PROBE_EVERY` spins anyway, and a probe that is answered brings spinning back.
     #[test]
     fn adaptive_spin_learns_whether_spinning_pays() {
+        told_undisturbed(adaptive_spin_story);
+    }
+
+    fn adaptive_spin_story() {
         let spin = AdaptiveSpin::new(Duration::from_micros(3));
         assert_eq!(spin.budget.load(Relaxed), 3_000);
         // A peer that never answers: each spin runs out and halves the budget.
@@ -1394,9 +1398,9 @@ mod tests {
         .unwrap();
     }
 
-    /// One run of the look's story; false if the process backed off meanwhile (a yield
-    /// gave the CPU away for a slice on a busy machine), which changes what looks do.
-    fn adaptive_look_story() -> bool {
+    /// One run of the look's story (a process that backs off meanwhile, because a
+    /// yield gave the CPU away for a slice, tells it differently).
+    fn adaptive_look_story() {
         let us = Duration::from_micros;
         AdaptiveLook::reset_back_off();
         let look = AdaptiveLook::new(us(20), Duration::from_millis(2));
@@ -1451,22 +1455,45 @@ mod tests {
         let start = Instant::now();
         let l = look.look(Some(start + us(50)), counting(false));
         assert!(!l.found && start.elapsed() < us(1800));
-        AdaptiveLook::back_off_mark() == 0
     }
 
     #[test]
     fn adaptive_look_learns_how_long_answers_take() {
-        // A yield that gives the CPU away for a slice (another job on a busy machine)
-        // makes the process back off and the story differ: told again, up to 5 times.
-        // A failure without a back-off is a failure.
-        for _ in 0..5 {
-            match std::panic::catch_unwind(adaptive_look_story) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(_) if AdaptiveLook::back_off_mark() != 0 => {}
-                Err(panic) => std::panic::resume_unwind(panic),
+        told_undisturbed(adaptive_look_story);
+    }
+
+    /// Tells `story`, a test that measures time, until the scheduler leaves it alone.
+    /// The scheduler can spoil such a story: a yield that gives the CPU away for a
+    /// slice makes the process back off (and looks differ), a thread kept off its CPU
+    /// between two steps finds an answer slower than it was, and one whose budget for
+    /// yields is spent stops yielding. Each try runs on a thread of its own (a fresh
+    /// budget, see `crowding`); one that was disturbed (a back-off, or an involuntary
+    /// switch counted for its thread) is told again, for up to 20 s. A failure of a try
+    /// that was not disturbed is a failure.
+    fn told_undisturbed(story: fn()) {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (told, disturbed) = std::thread::spawn(move || {
+                AdaptiveLook::reset_back_off();
+                let switches = sys::involuntary_switches();
+                let told = std::panic::catch_unwind(story);
+                let disturbed =
+                    AdaptiveLook::back_off_mark() != 0 || sys::involuntary_switches() != switches;
+                (told, disturbed)
+            })
+            .join()
+            .expect("the story's thread");
+            match told {
+                Ok(()) if !disturbed => return,
+                Err(panic) if !disturbed => std::panic::resume_unwind(panic),
+                _ => {}
             }
+            assert!(
+                Instant::now() < until,
+                "all {tries} tries were disturbed by the scheduler"
+            );
         }
-        panic!("backed off every time");
     }
 }

@@ -528,8 +528,7 @@ mod tests {
 
     /// Whether `a` and `b` are the same open file.
     fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
-        let (a, b) = (rustix::fs::fstat(a).unwrap(), rustix::fs::fstat(b).unwrap());
-        (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        sys::file_id(sys::AsFd::as_fd(a)).unwrap() == sys::file_id(sys::AsFd::as_fd(b)).unwrap()
     }
 
     /// A small value with a descriptor in it is not written the short way (measured
