@@ -258,7 +258,7 @@ mod tests {
                     123456 1000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
         let stat = parse_stat(line).expect("parses");
         assert_eq!(stat.state, 'S');
-        assert!(stat.exiting, "4194628 = 0x400044 has PF_EXITING");
+        assert!(stat.exiting, "4194628 = 0x400144 has PF_EXITING");
         assert_eq!(stat.start, 123_456);
         let line = line.replace("4194628", "4194624");
         assert!(!parse_stat(&line).expect("parses").exiting);
@@ -308,7 +308,8 @@ mod tests {
     /// was a zombie before its exit was seen.
     fn exit_seen_as_death() -> bool {
         const SIZE: usize = 64 << 20;
-        let (ready_read, ready_write) = rustix::pipe::pipe().expect("pipe");
+        let (ready_read, ready_write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
         // SAFETY: the child only makes system calls (async-signal-safe), writes to
         // memory it mapped, and waits to be killed.
         let pid = unsafe { libc::fork() };
@@ -316,6 +317,11 @@ mod tests {
         if pid == 0 {
             // SAFETY: as above.
             unsafe {
+                // Other tests' descriptors (their channels' ends) are not this child's
+                // to keep open while it lives.
+                let keep = ready_write.as_raw_fd() as libc::c_uint;
+                libc::syscall(libc::SYS_close_range, 3, keep - 1, 0);
+                libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
                 let memory = libc::mmap(
                     std::ptr::null_mut(),
                     SIZE,
@@ -347,6 +353,12 @@ mod tests {
         assert!(
             ready[0].ready(),
             "the child did not fill its memory within 10 s"
+        );
+        let mut byte = [0u8];
+        assert_eq!(
+            rustix::io::read(&ready_read, &mut byte).ok(),
+            Some(1),
+            "the child could not map its memory"
         );
         let start = start_time(pid as u32).expect("the child's start time");
         let identity = (u64::from(start as u32) << 32) | u64::from(pid as u32);
