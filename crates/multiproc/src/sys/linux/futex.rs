@@ -272,20 +272,15 @@ mod tests {
         assert!(identity_alive(me));
     }
 
-    /// A child, killed and reaped (within 10 s) when dropped.
-    struct Child(libc::pid_t);
+    /// A child (its pidfd), killed and reaped (within 10 s) when dropped.
+    struct Child(std::os::fd::OwnedFd);
 
     impl Drop for Child {
         fn drop(&mut self) {
-            // SAFETY: signals our own child.
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
+            let _ = crate::sys::send_signal(self.0.as_fd(), crate::sys::SIGKILL);
             let until = Instant::now() + Duration::from_secs(10);
-            // SAFETY: reaps our own child, without blocking.
-            while unsafe { libc::waitpid(self.0, std::ptr::null_mut(), libc::WNOHANG) } == 0
-                && Instant::now() < until
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            let _ = wait_readable(&[self.0.as_fd()], Some(until));
+            let _ = crate::sys::try_reap(self.0.as_fd());
         }
     }
 
@@ -343,7 +338,7 @@ mod tests {
                 }
             }
         }
-        let _child = Child(pid);
+        let child = Child(crate::sys::child_pidfd(pid as u32).expect("the child's pidfd"));
         drop(ready_write);
         let ready = wait_readable(
             &[ready_read.as_fd()],
@@ -363,8 +358,7 @@ mod tests {
         let start = start_time(pid as u32).expect("the child's start time");
         let identity = (u64::from(start as u32) << 32) | u64::from(pid as u32);
         assert!(identity_alive(identity), "a running child is alive");
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        crate::sys::send_signal(child.0.as_fd(), crate::sys::SIGKILL).expect("SIGKILL");
         let until = Instant::now() + Duration::from_secs(10);
         let in_exit = |stat: &Option<Stat>| matches!(stat, Some(s) if s.exiting && !matches!(s.state, 'Z' | 'X'));
         loop {
