@@ -337,6 +337,10 @@ fn main() {
                 a_cancel_reaches_a_task_retried_since_it_was_submitted,
             ),
             trial(
+                "a_cancel_by_a_client_that_keeps_outcomes_less_long",
+                a_cancel_by_a_client_that_keeps_outcomes_less_long,
+            ),
+            trial(
                 "a_task_timeout_counts_its_run_not_its_wait",
                 a_task_timeout_counts_its_run_not_its_wait,
             ),
@@ -1698,6 +1702,90 @@ fn a_cancel_reaches_a_task_retried_since_it_was_submitted() {
     assert_eq!(long.wait().unwrap(), 4);
     w.shutdown(true);
     finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An idempotent task made by a client that keeps outcomes an hour, and cancelled by one
+/// that keeps them a second. Cancelled while it waits for a retry, its record lapses
+/// with the cancel's outcome, so that a repeat after both are gone runs the task again
+/// (rather than joining a task that will never answer). Cancelled while it waits for its
+/// time, where the second client cannot reach it, the flag that stops it lives as long
+/// as the record, beyond the second client's second: it never runs.
+fn a_cancel_by_a_client_that_keeps_outcomes_less_long() {
+    let redis = RedisServer::start();
+    let ns = "cancelttl";
+    let w = worker(&redis, ns, 1);
+    let keeping = |ttl: Duration| {
+        Cluster::builder(&redis.url())
+            .namespace(ns)
+            .result_ttl(ttl)
+            .build()
+            .expect("connect")
+    };
+    let (long, short) = (
+        keeping(Duration::from_secs(3600)),
+        keeping(Duration::from_secs(1)),
+    );
+    let dir = common::tempdir("cancelttl");
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let runs = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let record = |key: &str| format!("{ns}:{{default}}:idem:{key}");
+    // Waiting a minute for its second attempt.
+    let key = TaskOptions::new().idempotency_key("retrying");
+    let retried = key.clone().retry(RetryPolicy::attempts(3).backoff(
+        Duration::from_secs(60),
+        1.0,
+        Duration::from_secs(60),
+    ));
+    let mut first = long.submit_with(FLAKY, (path("a"), 3), retried).unwrap();
+    assert!(common::eventually(T, || long.stats().unwrap().delayed == 1));
+    let mut repeat = short
+        .submit_with(FLAKY, (path("a"), 3), key.clone())
+        .unwrap();
+    assert!(
+        repeat.cancel(),
+        "a task waiting for its retry was not cancelled"
+    );
+    assert_eq!(repeat.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(first.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    let Resp::Int(left) = redis.cmd(&["PTTL", &record("retrying")]) else {
+        panic!("PTTL did not answer with a number");
+    };
+    assert!(
+        left <= 1000,
+        "the record outlives the cancel's outcome: {left} ms left"
+    );
+    // Both gone: a repeat runs the task again, and is answered.
+    assert!(common::eventually(T, || {
+        redis.cmd(&["EXISTS", &record("retrying")]) == Resp::Int(0)
+    }));
+    let mut again = long.submit_with(FLAKY, (path("b"), 1), key).unwrap();
+    assert_eq!(again.wait_timeout(T).unwrap(), Ok(1));
+    // Waiting three seconds for its time; the second client's handle knows no member of
+    // the delayed set (the first client's is another envelope), so its cancel is a flag.
+    let key = TaskOptions::new().idempotency_key("later");
+    let mut first = long
+        .submit_with(
+            RECORD,
+            path("c"),
+            key.clone().countdown(Duration::from_secs(3)),
+        )
+        .unwrap();
+    let mut repeat = short.submit_with(RECORD, path("c"), key).unwrap();
+    assert!(
+        repeat.cancel(),
+        "a task waiting for its time was not cancelled"
+    );
+    assert_eq!(repeat.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(first.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(runs("c"), 0, "a cancelled task ran");
+    w.shutdown(true);
+    drop(short);
+    finish(&redis, long, ns);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

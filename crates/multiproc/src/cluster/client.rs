@@ -88,7 +88,7 @@ impl ClusterBuilder {
     ///
     /// [`ClusterError::InvalidUrl`], [`ClusterError::Connect`] (refused, unreachable,
     /// TLS), [`ClusterError::Auth`], [`ClusterError::Unsupported`] for a server older
-    /// than 6.2, [`ClusterError::InvalidArgument`] for a bad queue or namespace name.
+    /// than 7.0, [`ClusterError::InvalidArgument`] for a bad queue or namespace name.
     pub fn build(self) -> Result<Cluster, ClusterError> {
         let (server, keys) = self.settings.open()?;
         let mut conn = server.connect_checked()?;
@@ -1375,6 +1375,9 @@ impl Cancel for ClientInner {
                     keys.reply(&self.id),
                     keys.waiters(&task),
                     keys.retry(&task),
+                    task.strip_prefix("k:")
+                        .map(|k| keys.idempotency(k))
+                        .unwrap_or_default(),
                 ],
                 &[
                     GROUP.as_bytes(),

@@ -236,11 +236,17 @@ impl Server {
             .find_map(|l| l.strip_prefix("redis_version:"))
             .map(str::trim)
             .unwrap_or("0");
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if (major, minor) < (6, 2) {
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        // 7.0: an error a script's command raises (OOM, BUSY) reaches the caller with its
+        // own code, which tells a server that cannot serve for now from a broken call;
+        // 6.2 wraps it in a generic script error.
+        if major < 7 {
             return Err(ClusterError::Unsupported(format!(
-                "version {version}; XAUTOCLAIM and the scripts need Redis 6.2 or later (7.0+ recommended) or Valkey"
+                "version {version}; the cluster needs Redis 7.0 or later, or Valkey"
             )));
         }
         Ok(conn)

@@ -2,7 +2,7 @@
 //! run tasks that any [`Cluster`] client submits, with the same [`Task`](crate::Task) handle as
 //! the local pools; Python users know the shape from Celery, RQ and Dramatiq.
 //!
-//! The engine is Redis (6.2 or later, 7.0+ recommended, or Valkey) through the `redis`
+//! The engine is Redis (7.0 or later, or Valkey) through the `redis`
 //! crate: a queue is a stream read by a consumer group, delays and retries wait in a
 //! sorted set, results are keys written once. multiproc adds no broker of its own.
 //! How it works, and why, is in `README.md` beside this file.

@@ -44,7 +44,9 @@ end
 /// task was submitted under. An outcome still kept answers a repeat even after the
 /// record lapsed. A duplicate joins the task's waiters, whose set then lives at least as
 /// long as the record and this client's TTL (it is never shortened); a task may still
-/// outlive it, so the client also reads the task's result key while it waits.
+/// outlive it, so the client also reads the task's result key while it waits. The
+/// client that made the record is a waiter too: a cancel by another client answers
+/// every waiter, and only the set names the first one.
 pub(crate) static SUBMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}
@@ -54,15 +56,14 @@ if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{3, '', 
 if ARGV[4] == '1' then
   local r = redis.call('GET', KEYS[4])
   if r then return {{0, r, epoch}} end
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
-    redis.call('SADD', KEYS[5], ARGV[6])
-    -- Never shortened (by a client that keeps outcomes less long than others): as long
-    -- as it had, as the record, as this client's TTL, whichever is longest.
-    local keep = math.max(redis.call('PTTL', KEYS[5]), redis.call('PTTL', KEYS[3]),
-      tonumber(ARGV[5]) * 1000)
-    redis.call('PEXPIRE', KEYS[5], keep)
-    return {{0, '', epoch}}
-  end
+  local made = redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5])
+  redis.call('SADD', KEYS[5], ARGV[6])
+  -- Never shortened (by a client that keeps outcomes less long than others): as long
+  -- as it had, as the record, as this client's TTL, whichever is longest.
+  local keep = math.max(redis.call('PTTL', KEYS[5]), redis.call('PTTL', KEYS[3]),
+    tonumber(ARGV[5]) * 1000)
+  redis.call('PEXPIRE', KEYS[5], keep)
+  if not made then return {{0, '', epoch}} end
 end
 if ARGV[2] ~= '0' then
   local now = now_ms()
@@ -249,12 +250,21 @@ return {{#due, wait}}
 /// flagged for its worker (which also looks for the flag before it runs a retried or
 /// redelivered task).
 ///
-/// KEYS: stream, delayed, cancel flag, result, reply list, waiters, retry record.
+/// KEYS: stream, delayed, cancel flag, result, reply list, waiters, retry record,
+/// idempotency record (`` for none).
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
 /// cancelled outcome, reply, reply-list prefix.
 /// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal, and ended
-/// `Cancelled` by `FINISH` if its run ends before) or 0 (finished already). A cancelled task's outcome goes to every client waiting for it
-/// (those that submitted it again with its idempotency key), as a finish's does.
+/// `Cancelled` by `FINISH` if its run ends before) or 0 (finished already). A cancelled
+/// task's outcome goes to every client waiting for it (those that submitted it again
+/// with its idempotency key), as a finish's does.
+///
+/// As with `FINISH`, an idempotency record lapses with the outcome a cancel writes
+/// (the record may have been made by a client that keeps outcomes longer than this
+/// one: a repeat after the outcome is gone would otherwise find a record whose task
+/// will never answer). A flag lives as long as the record at least: the task it
+/// stops may be one another client made, still waiting for its time, which only the
+/// record's life bounds.
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
@@ -270,6 +280,7 @@ local function deliver()
       end
     end
     redis.call('DEL', KEYS[6])
+    if KEYS[8] ~= '' then redis.call('EXPIRE', KEYS[8], ARGV[4]) end
   end
 end
 if ARGV[3] ~= '' and redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then
@@ -290,7 +301,9 @@ if ARGV[2] ~= '' then
     return 1
   end
 end
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+local life = tonumber(ARGV[4]) * 1000
+if KEYS[8] ~= '' then life = math.max(life, redis.call('PTTL', KEYS[8])) end
+redis.call('SET', KEYS[3], '1', 'PX', life)
 return 2
 ",
     )
