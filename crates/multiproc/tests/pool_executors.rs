@@ -41,6 +41,10 @@ fn main() {
                 err_retried_then_reported_typed,
             ),
             trial(
+                "an_error_types_own_panic_fails_its_task_not_the_pool",
+                an_error_types_own_panic_fails_its_task_not_the_pool,
+            ),
+            trial(
                 "timeouts_leave_handles_usable",
                 timeouts_leave_handles_usable,
             ),
@@ -408,6 +412,90 @@ fn flaky((runs, ok_at): (Value<u64>, u64)) -> Result<u64, Flaky> {
         _ if n >= ok_at => Ok(n),
         _ => Err(Flaky::Busy(n)),
     }
+}
+
+/// A task's error type whose own code panics on some values: its `Deserialize` on 13,
+/// its `Display` on 14.
+#[derive(Debug, PartialEq, Serialize)]
+struct Touchy(u64);
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        assert!(v != 13, "Touchy rejects 13");
+        Ok(Touchy(v))
+    }
+}
+
+impl fmt::Display for Touchy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        assert!(self.0 != 14, "Touchy cannot show 14");
+        write!(f, "touchy {}", self.0)
+    }
+}
+
+fn touchy(x: u64) -> Result<u64, Touchy> {
+    Err(Touchy(x))
+}
+
+fn abort_worker(_: u64) -> u64 {
+    std::process::abort()
+}
+
+/// An error type's `Deserialize` and `Display`, and a retry policy's `retry_if`, are the
+/// user's code, run on the pool's own thread (the one that routes every outcome, runs
+/// timeouts and replaces dead workers) or the waiting caller's: a panic in them fails
+/// that task, with the panic's text, and the pool goes on.
+fn an_error_types_own_panic_fails_its_task_not_the_pool() {
+    let failure = |r: Result<u64, TaskError>| match r {
+        Err(TaskError::Failed(f)) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    let p = pool(2);
+    let f = failure(get(p.submit_fallible(touchy, 13).unwrap()));
+    assert!(
+        f.message().contains("decoding the task's error panicked")
+            && f.message().contains("Touchy rejects 13"),
+        "{}",
+        f.message()
+    );
+    let f = failure(get(p.submit_fallible(touchy, 14).unwrap()));
+    assert!(
+        f.message().contains("Touchy cannot show 14"),
+        "{}",
+        f.message()
+    );
+    assert_eq!(f.downcast_ref::<Touchy>(), Some(&Touchy(14)));
+    let breaks = || {
+        RetryPolicy::attempts(3)
+            .backoff(Duration::from_millis(10), 1.0, Duration::from_millis(10))
+            .retry_if(|_| panic!("retry_if breaks"))
+    };
+    let opts = TaskOptions::new().retry(breaks());
+    let f = failure(get(p.submit_fallible_with(touchy, 5, opts).unwrap()));
+    assert_eq!(f.downcast_ref::<Touchy>(), Some(&Touchy(5)));
+    // The pool's thread is still there: it reports a dead worker and enforces a timeout.
+    assert!(matches!(
+        get(p.submit(abort_worker, 0).unwrap()),
+        Err(TaskError::WorkerDied(_))
+    ));
+    let opts = TaskOptions::new().timeout(Duration::from_millis(200));
+    let t = p.submit_with(sleep_ms, 20_000, opts).unwrap();
+    assert_eq!(get(t), Err(TaskError::TimedOut));
+    finish(p);
+    // Threads: the same policy fails the task with its error, and the pool joins.
+    let tp = ThreadPool::new(2).unwrap();
+    let t = tp
+        .submit_fallible_with(
+            || Err::<u64, _>(Flaky::Busy(1)),
+            TaskOptions::new().retry(breaks()),
+        )
+        .unwrap();
+    match get(t) {
+        Err(TaskError::Failed(f)) => assert_eq!(f.downcast_ref::<Flaky>(), Some(&Flaky::Busy(1))),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    tp.join_timeout(T).unwrap();
 }
 
 fn busy_only(e: &TaskError) -> bool {

@@ -73,12 +73,14 @@ pub enum TaskError {
     /// last error.
     #[error("the task was dead-lettered: {0}")]
     DeadLettered(String),
-    /// A wait with a timeout ran out of time ([`Task::wait_timeout`]); the task goes on
-    /// and its handle can be waited for again. (Not to be confused with
-    /// [`TimedOut`](Self::TimedOut): the task itself ran too long.)
+    /// A wait with a timeout ran out of time. After [`Task::wait_timeout`] the task goes
+    /// on and its handle can be waited for again; after a pool's `apply_timeout` or
+    /// `map_timeout`, which leave nothing to wait with, what had not finished was
+    /// cancelled. (Not to be confused with [`TimedOut`](Self::TimedOut): the task itself
+    /// ran too long.)
     ///
     /// [`Task::wait_timeout`]: crate::Task::wait_timeout
-    #[error("the wait timed out; the task goes on")]
+    #[error("the wait timed out")]
     Timeout,
     /// The task's result was already taken by an earlier wait.
     #[error("the task's result was already taken")]
@@ -135,7 +137,7 @@ impl TaskError {
         }
     }
 
-    /// Whether a wait ran out of time ([`TaskError::Timeout`]): the task goes on.
+    /// Whether a wait ran out of time ([`TaskError::Timeout`]).
     pub fn is_timeout(&self) -> bool {
         matches!(self, TaskError::Timeout)
     }

@@ -8,7 +8,9 @@
 //! the retry policy sees the failure where it sees any other, and nothing changes in
 //! the worker.
 
+use std::any::type_name;
 use std::fmt::Display;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,19 +32,39 @@ pub(crate) trait TaskErrorValue:
 
 impl<E: Serialize + DeserializeOwned + Display + Send + Sync + 'static> TaskErrorValue for E {}
 
+/// Runs an error type's own code (`Deserialize`, `Display`, `Serialize`), which may
+/// panic, where a panic would otherwise end a pool's thread (its engine's, which routes
+/// every task's outcome, or a caller's wait): the panic comes back as text.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let caught = crate::bootstrap::caught_panic(&*payload);
+        format!("{what} panicked: {caught}")
+    })
+}
+
+/// The error's `Display` text; if that panics, its type and the panic.
+fn describe<E: Display>(e: &E) -> String {
+    guarded("its `Display`", || e.to_string())
+        .unwrap_or_else(|why| format!("an error of type `{}` ({why})", type_name::<E>()))
+}
+
 /// Finds the `Err` in a fallible task's encoded `Result<T, E>` (a `FailureCheck`).
 pub(crate) fn failure_in<E: TaskErrorValue>(body: &[u8]) -> Option<Failure> {
     let (&ERR, encoded) = body.split_first()? else {
         return None;
     };
-    Some(match codec::decode::<E>(encoded, Vec::new()) {
-        Ok(e) => Failure::from_parts(
-            e.to_string(),
-            Some(std::any::type_name::<E>().to_string()),
+    let decoded = guarded("decoding the task's error", || {
+        codec::decode::<E>(encoded, Vec::new())
+    });
+    Some(match decoded {
+        Ok(Ok(e)) => Failure::from_parts(
+            describe(&e),
+            Some(type_name::<E>().to_string()),
             encoded.to_vec(),
         )
         .with_value(e),
-        Err(why) => Failure::message_only(format!("the task's error does not decode: {why}")),
+        Ok(Err(why)) => Failure::message_only(format!("the task's error does not decode: {why}")),
+        Err(panicked) => Failure::message_only(panicked),
     })
 }
 
@@ -55,11 +77,16 @@ pub(crate) fn decode_ok<T: DeserializeOwned, E: TaskErrorValue>(
 
 /// The failure a thread pool's task (or any local code) returned.
 pub(crate) fn failed<E: TaskErrorValue>(e: E) -> TaskError {
-    let message = e.to_string();
-    TaskError::Failed(match Failure::new(e) {
-        Ok(f) => f,
-        Err(why) => Failure::message_only(format!("{message} (the error does not encode: {why})")),
-    })
+    let message = describe(&e);
+    TaskError::Failed(
+        match guarded("encoding the task's error", || Failure::new(e)) {
+            Ok(Ok(f)) => f,
+            Ok(Err(why)) => {
+                Failure::message_only(format!("{message} (the error does not encode: {why})"))
+            }
+            Err(panicked) => Failure::message_only(format!("{message} ({panicked})")),
+        },
+    )
 }
 
 #[cfg(test)]

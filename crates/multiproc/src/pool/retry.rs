@@ -1,6 +1,7 @@
 //! [`RetryPolicy`]: when and after how long a failed task runs again.
 
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +117,8 @@ impl RetryPolicy {
     }
 
     /// Which failures are retried (instead of the default: a worker that died and a task
-    /// that timed out).
+    /// that timed out). A predicate that panics counts as `false`: the failure stands,
+    /// and the panic is logged (it runs on the pool's own thread, which it must not end).
     pub fn retry_if(mut self, f: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
         self.retry_if = Some(Arc::new(f));
         self
@@ -137,7 +139,13 @@ impl RetryPolicy {
     pub fn should_retry(&self, attempts: u32, error: &TaskError) -> bool {
         attempts < self.max_attempts
             && match &self.retry_if {
-                Some(f) => f(error),
+                Some(f) => catch_unwind(AssertUnwindSafe(|| f(error))).unwrap_or_else(|payload| {
+                    let caught = crate::bootstrap::caught_panic(&*payload);
+                    tracing::warn!(
+                        "a retry policy's retry_if panicked, so the failure stands: {caught}"
+                    );
+                    false
+                }),
                 None => matches!(
                     error,
                     TaskError::WorkerDied(_) | TaskError::TimedOut | TaskError::Failed(_)
