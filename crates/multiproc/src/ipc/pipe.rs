@@ -30,9 +30,11 @@ pub struct Receiver<T> {
 /// Creates a pipe: what the [`Sender`] sends, the [`Receiver`] receives, in order, between
 /// any threads and processes that hold them.
 ///
-/// Messages travel through shared memory; large ones (and ones that carry other
-/// multiproc handles) through a side socket, with large bodies in a sealed memory file.
-/// A message whose `send` returned `Ok` is delivered even if its sender exits or is
+/// Messages travel through shared memory (a 4 MiB ring, which bounds what waits in the
+/// pipe: `send` waits while it is full); large ones (and ones that carry other
+/// multiproc handles) through a side socket, with large bodies in a sealed memory file,
+/// each holding room in the ring for its bytes, up to 2 MiB (so at most two messages of
+/// over 2 MiB wait at once). A message whose `send` returned `Ok` is delivered even if its sender exits or is
 /// killed right after; when every sender is gone, receivers get `Disconnected` once the
 /// pipe is empty.
 ///

@@ -81,9 +81,10 @@ impl<T> Queue<T> {
     }
 
     /// A queue of at most `n` items (at least 1): `put` waits while it is full. Its
-    /// items are kept in one 4 MiB ring (an item of over 2 MiB travels beside it, and
-    /// takes a few bytes there), so items that together need more also make `put`
-    /// wait, before `n` are queued.
+    /// items are kept in one 4 MiB ring (an item of over 2 MiB travels beside it, in a
+    /// memory file of its own, and holds 2 MiB of the ring meanwhile), so items that
+    /// together need more also make `put` wait, before `n` are queued: at most two
+    /// items of over 2 MiB wait at once.
     ///
     /// # Errors
     ///

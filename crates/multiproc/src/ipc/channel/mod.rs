@@ -363,6 +363,22 @@ impl Core {
             .map(write))
     }
 
+    /// The payload of the ring record that keeps the place of a side message of
+    /// `bytes` bytes: its id (8 bytes) and, in a bounded channel, room for as many of its
+    /// bytes as half the ring holds. The side socket's kernel buffer counts messages (a
+    /// few hundred), not the sizes of the memory files they carry, so without that
+    /// room a pipe whose receiver stopped reading took hundreds of 16 MiB messages
+    /// (gigabytes of shared memory) before a send waited; now a bounded channel holds at
+    /// most two messages larger than half its ring (an unbounded one is unbounded).
+    fn side_record_len(&self, bytes: usize) -> usize {
+        if self.growable {
+            return 8;
+        }
+        let most = usize::try_from((self.ring_len / 2).saturating_sub(ring::HEADER) / 8 * 8)
+            .unwrap_or(usize::MAX);
+        bytes.min(most).max(8)
+    }
+
     /// After publishing: wakes a napping receiver and rings the receivers' bell if one
     /// sleeps. A receiver going to sleep counts itself, then looks at `tail`; we
     /// published `tail`, then look at the counts (both sequentially consistent), so one
@@ -551,17 +567,18 @@ impl RawSender {
             Ok(out) => out,
             Err(e) => return Err((msg, SendFail::Io(e))),
         };
+        let held = core.side_record_len(msg.bytes.len());
         loop {
             let sent = {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
                     return Err((msg, SendFail::Full));
                 };
-                let written = core.write_slot(&mut tail, 8, true, |mut slot| {
+                let written = core.write_slot(&mut tail, held, true, |mut slot| {
                     let h = core.header();
                     let id = h.produced.0.next_side_id.load(Relaxed);
                     out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
                         h.produced.0.next_side_id.store(id + 1, Relaxed);
-                        slot.payload().copy_from_slice(&id.to_le_bytes());
+                        slot.payload()[..8].copy_from_slice(&id.to_le_bytes());
                         slot.publish(SIDE, unfinished);
                     })
                 });
@@ -594,7 +611,7 @@ impl RawSender {
                 }
                 Some(Err(e)) => return Err((msg, SendFail::Io(e))),
                 None => {
-                    if let Err(e) = self.full(8, wait) {
+                    if let Err(e) = self.full(held, wait) {
                         return Err((msg, e));
                     }
                 }
@@ -950,9 +967,10 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
             }
         }
         _ => {
-            let id = match <[u8; 8]>::try_from(record.payload()) {
-                Ok(id) => u64::from_le_bytes(id),
-                Err(_) => return Err(broken("a side record of the wrong size")),
+            // The id, then the room the message holds (see `Core::side_record_len`).
+            let id = match record.payload().get(..8).map(<[u8; 8]>::try_from) {
+                Some(Ok(id)) => u64::from_le_bytes(id),
+                _ => return Err(broken("a side record of the wrong size")),
             };
             let got = side::fetch(core.side_rx.as_fd(), id)?;
             record.consume();
@@ -1183,6 +1201,42 @@ mod tests {
 
     fn take(rx: &RawReceiver) -> Result<Vec<u8>, RecvFail> {
         rx.recv_with(Deadline::Now, &mut |bytes, _| bytes.to_vec())
+    }
+
+    /// A message on the side socket (larger than half the ring) holds room in a bounded
+    /// channel's ring as its bytes would, up to half of it: two wait at most, whatever
+    /// their number could be in the socket (each holds a memory file of its size).
+    /// An unbounded channel takes them on.
+    #[test]
+    fn a_bounded_channel_counts_side_messages_by_their_size() {
+        let big = MIN_RING * 3;
+        let (tx, rx) = channel(MIN_RING, None).unwrap();
+        let mut sent = 0u32;
+        while sent < 10 && tx.send(numbered(sent, big), Deadline::Now, false).is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, 2, "side messages a bounded channel took at once");
+        assert!(matches!(
+            tx.send(numbered(sent, big), Deadline::Now, false),
+            Err((_, SendFail::Full))
+        ));
+        // Small ones still fit beside them only once a big one is taken.
+        assert_eq!(number(&take(&rx).unwrap()), 0);
+        tx.send(numbered(2, big), Deadline::Now, false).unwrap();
+        tx.send(numbered(3, 100), Deadline::Now, false).unwrap_err();
+        let got: Vec<(u32, usize)> = (0..2)
+            .map(|_| take(&rx).map(|b| (number(&b), b.len())).unwrap())
+            .collect();
+        assert_eq!(got, [(1, big), (2, big)]);
+        tx.send(numbered(3, 100), Deadline::Now, false).unwrap();
+        assert_eq!(number(&take(&rx).unwrap()), 3);
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        for n in 0..10 {
+            tx.send(numbered(n, big), Deadline::Now, false).unwrap();
+        }
+        for n in 0..10 {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ const WRAP: u32 = 3;
 pub(crate) const LINK: u32 = 4;
 /// A link record's payload.
 pub(crate) const LINK_PAYLOAD: usize = 16;
-const HEADER: u64 = 8;
+pub(crate) const HEADER: u64 = 8;
 /// Bytes of a ring used before an empty ring starts over (see [`Ring::reserve`]).
 const HOT: u64 = 64 << 10;
 /// The page size the rewinding above counts in (a larger page only makes it look
