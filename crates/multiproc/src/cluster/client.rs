@@ -235,10 +235,14 @@ impl Cluster {
 
     /// Submits `def(args)` and returns a [`Task`] for its result (Celery's `delay`).
     ///
+    /// A task is delivered at least once: a submission whose connection broke before
+    /// the server's reply came is sent again, and may so queue the task twice (give a
+    /// task with side effects an idempotency key, see [`TaskOptions`]).
+    ///
     /// # Errors
     ///
     /// [`ClusterError::Codec`] if `args` does not encode, [`ClusterError::TooLarge`],
-    /// or a Redis error.
+    /// or a Redis error (after which the task may still have been queued).
     #[doc(alias = "delay")]
     pub fn submit<A, R>(&self, def: TaskDef<A, R>, args: A) -> Result<Task<R>, ClusterError>
     where
