@@ -786,7 +786,7 @@ fn remote_tcp_right_and_wrong_key() {
     let mut raw = TcpStream::connect(a).unwrap();
     raw.set_read_timeout(Some(T)).unwrap();
     let hello = read_frame(&mut raw).unwrap();
-    assert_eq!(&hello[..4], b"MPM3");
+    assert_eq!(&hello[..4], b"MPM4");
     write_frame(&mut raw, &[0u8; 72]);
     assert_eq!(read_frame(&mut raw).as_deref(), Some(&b"DENY"[..]));
     // Then a perfectly formed request to create a named list: refused by a closed door.
@@ -1195,7 +1195,7 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// The client's half of the handshake on a raw stream, with the key; panics if refused.
 fn authenticate(s: &mut (impl Read + Write), key: &[u8]) {
     let hello = read_frame(s).expect("the server's challenge");
-    assert_eq!(&hello[..4], b"MPM3");
+    assert_eq!(&hello[..4], b"MPM4");
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
     mac.update(b"multiproc-manager client v1");
     mac.update(&hello[4..]);
@@ -1337,19 +1337,32 @@ fn managers_come_and_go() {
     println!("fds {fds} {}", common::fd_count());
 }
 
+/// Requests larger than half a local connection's ring, and larger than the server
+/// takes: the server told the client its `max_frame` as it connected, so such a call
+/// fails in the client, saying why, with nothing executed, and the next call is served
+/// (on the local transport and on the socket alone).
 fn local_big_and_oversized_requests() {
-    let m = Manager::builder().max_frame(512 * 1024).build().unwrap();
-    let d = m.dict::<u8, Vec<u8>>().unwrap();
-    // Larger than half a local connection's ring: out of line, both ways.
-    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
-    d.insert(1, big.clone()).unwrap();
-    assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
-    // Over the server's limit: that connection is closed, nothing is executed...
-    let err = d.insert(2, vec![7; 1024 * 1024]).unwrap_err();
-    assert!(err.is_disconnected(), "{err}");
-    // ... and the next call opens a new one.
-    assert_eq!(d.keys().unwrap(), [1]);
-    assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+    for local in [true, false] {
+        let m = Manager::builder()
+            .max_frame(512 * 1024)
+            .local_transport(local)
+            .build()
+            .unwrap();
+        let d = m.dict::<u8, Vec<u8>>().unwrap();
+        // Larger than half a local connection's ring: out of line, both ways.
+        let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+        d.insert(1, big.clone()).unwrap();
+        assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+        match d.insert(2, vec![7; 1024 * 1024]).unwrap_err() {
+            ManagerError::InvalidArgument(why) => assert!(
+                why.contains("max_frame") && why.contains("524288"),
+                "local {local}: {why}"
+            ),
+            other => panic!("local {local}: {other}"),
+        }
+        assert_eq!(d.keys().unwrap(), [1], "local {local}");
+        assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+    }
 }
 
 fn local_requested_raw_then_dropped() {
@@ -1602,7 +1615,7 @@ fn handshake_has_one_deadline() {
     let t = Instant::now();
     let mut slow = TcpStream::connect(a).unwrap();
     slow.set_read_timeout(Some(T)).unwrap();
-    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM3");
+    assert_eq!(&read_frame(&mut slow).unwrap()[..4], b"MPM4");
     slow.set_nonblocking(true).unwrap();
     // The answer's frame: its length (72), then the body a byte at a time; 40 of its
     // 76 bytes are far from a complete answer.
@@ -1651,7 +1664,7 @@ fn half_open_connections_capped() {
         let mut s = TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(T)).unwrap();
         // Greeted: the server has accepted it and counts it.
-        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM3");
+        assert_eq!(&read_frame(&mut s).unwrap()[..4], b"MPM4");
         s
     };
     let mut silent: Vec<TcpStream> = (0..4).map(|_| open()).collect();
@@ -1883,7 +1896,7 @@ enum Rogue {
 fn rogue_serve(mut s: TcpStream, rogue: Rogue) -> bool {
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    let mut hello = b"MPM3".to_vec();
+    let mut hello = b"MPM4".to_vec();
     hello.extend([9u8; 32]);
     match rogue {
         Rogue::NotAManager => {
@@ -1911,6 +1924,7 @@ fn rogue_serve(mut s: TcpStream, rogue: Rogue) -> bool {
             } else {
                 let mut okay = b"OKAY".to_vec();
                 okay.extend([0u8; 32]);
+                okay.extend(1024u32.to_le_bytes());
                 write_frame(&mut s, &okay);
             }
         }

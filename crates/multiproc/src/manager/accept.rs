@@ -217,7 +217,7 @@ pub(crate) fn run(shared: &Arc<Shared>, listeners: &[&Listener], settings: DoorS
                 half_open.push_back(h);
                 continue;
             }
-            match advance(&mut h, shared.key()) {
+            match advance(&mut h, shared.key(), shared.max_frame()) {
                 Outcome::Waiting => half_open.push_back(h),
                 Outcome::Closed => {}
                 Outcome::Accepted { session, reply } => {
@@ -339,7 +339,7 @@ fn send_now(stream: &Stream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Reads what a half-open connection has sent, and acts on a complete answer.
-fn advance(h: &mut HalfOpen, key: &[u8]) -> Outcome {
+fn advance(h: &mut HalfOpen, key: &[u8], max_frame: u32) -> Outcome {
     let mut buf = [0u8; 128];
     loop {
         let want = h.handshake.wanted().min(buf.len());
@@ -353,7 +353,7 @@ fn advance(h: &mut HalfOpen, key: &[u8]) -> Outcome {
                 return Outcome::Closed;
             }
         };
-        match h.handshake.feed(&buf[..n], key) {
+        match h.handshake.feed(&buf[..n], key, max_frame) {
             Step::More => {}
             Step::Accepted { session, reply } => return Outcome::Accepted { session, reply },
             Step::Refused(why, reply) => {

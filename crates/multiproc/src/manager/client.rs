@@ -25,7 +25,7 @@ use super::ManagerError;
 use super::local::{self, Answer, Local, Nearby, Slot};
 use super::protocol::{self, FrameError, Framed, RefOp, Request, Response, Stream, Wait};
 use crate::sync::unpoisoned;
-use crate::wire::codec;
+use crate::wire::{codec, encoder};
 
 /// Local connections (on shared-memory channels) a process keeps to one server, at
 /// most: a process whose many threads call at once opens as many connections, and each
@@ -304,13 +304,14 @@ impl Client {
             .set_write_timeout(self.settings.call_timeout)
             .map_err(failed)?;
         let mut framed = Framed::new(stream);
-        protocol::client_handshake(&mut framed, &self.key, session(), until).map_err(|e| {
-            if e.is_disconnected() {
-                Opening::Cut(e)
-            } else {
-                Opening::Failed(e)
-            }
-        })?;
+        let max_frame = protocol::client_handshake(&mut framed, &self.key, session(), until)
+            .map_err(|e| {
+                if e.is_disconnected() {
+                    Opening::Cut(e)
+                } else {
+                    Opening::Failed(e)
+                }
+            })?;
         let (mut channels, mut nearby) = (None, None);
         // Over TCP the server's answer is at best where to go, and the channels come on
         // the connection made there, which takes a slot of its own: this one only
@@ -342,6 +343,7 @@ impl Client {
             ClientConn {
                 framed,
                 local: channels,
+                max_frame,
             },
             nearby,
         ))
@@ -585,6 +587,8 @@ enum Opening {
 pub(crate) struct ClientConn {
     framed: Framed,
     local: Option<(Local, Slot)>,
+    /// The largest request the server takes (its `max_frame`, told in the handshake).
+    max_frame: u32,
 }
 
 impl ClientConn {
@@ -595,6 +599,17 @@ impl ClientConn {
         call_timeout: Option<Duration>,
     ) -> Result<Response, ManagerError> {
         let waited = call_timeout.unwrap_or_default();
+        // A larger request would make the server drop the connection, which would say
+        // nothing of why. (One that does not encode fails below, with its reason.)
+        let most = usize::try_from(self.max_frame).unwrap_or(usize::MAX);
+        if encoder::len_up_to(request, most).is_none()
+            && let Ok(size) = encoder::len_of(request)
+        {
+            return Err(ManagerError::InvalidArgument(format!(
+                "a request of {size} bytes is larger than the manager takes (its max_frame, {} bytes)",
+                self.max_frame
+            )));
+        }
         if let Some((local, _)) = &self.local {
             return local.call(request, deadline, waited);
         }

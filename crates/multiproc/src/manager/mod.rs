@@ -333,8 +333,10 @@ impl<R: Registry> ManagerBuilder<R> {
         self
     }
 
-    /// The largest request the server accepts, in bytes (default 64 MiB). A client that
-    /// sends a larger one is disconnected.
+    /// The largest request the server accepts, in bytes (default 64 MiB). The server
+    /// tells each client as it connects, and a call whose request is larger fails in the
+    /// client with [`ManagerError::InvalidArgument`], saying so, before anything is sent
+    /// (the connection stays usable); a peer that sends one anyway is disconnected.
     pub fn max_frame(mut self, bytes: u32) -> Self {
         self.max_frame = bytes;
         self

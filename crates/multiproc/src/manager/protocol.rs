@@ -32,7 +32,7 @@ pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body of the client's answer: its proof, its own challenge, its session id.
 const ANSWER_LEN: usize = TAG_LEN + CHALLENGE_LEN + 8;
 
-const HELLO: &[u8; 4] = b"MPM3";
+const HELLO: &[u8; 4] = b"MPM4";
 const ACCEPTED: &[u8; 4] = b"OKAY";
 const DENIED: &[u8; 4] = b"DENY";
 /// Labels bound into each side's proof, so a proof can never be replayed the other way.
@@ -543,8 +543,10 @@ impl Handshake {
         }
     }
 
-    /// Takes bytes of the answer (at most [`wanted`](Self::wanted)).
-    pub(crate) fn feed(&mut self, bytes: &[u8], key: &[u8]) -> Step {
+    /// Takes bytes of the answer (at most [`wanted`](Self::wanted)). The acceptance
+    /// tells the client `max_frame`, the largest request this server takes, so that a
+    /// larger one fails in the client with its size rather than as a dropped connection.
+    pub(crate) fn feed(&mut self, bytes: &[u8], key: &[u8], max_frame: u32) -> Step {
         self.got.extend_from_slice(bytes);
         if self.got.len() >= 4 {
             let mut len = [0u8; 4];
@@ -575,6 +577,7 @@ impl Handshake {
         let answer = proof(key, SERVER_LABEL, theirs).finalize().into_bytes();
         let mut accepted = ACCEPTED.to_vec();
         accepted.extend_from_slice(&answer);
+        accepted.extend_from_slice(&max_frame.to_le_bytes());
         match frame(&accepted) {
             Ok(reply) => Step::Accepted {
                 session: u64::from_le_bytes(id),
@@ -586,13 +589,13 @@ impl Handshake {
 }
 
 /// The client's side: prove the key, and make the server prove it too, all by
-/// `deadline`.
+/// `deadline`. Returns the largest request the server takes (its `max_frame`).
 pub(crate) fn client_handshake(
     conn: &mut Framed,
     key: &[u8],
     session: u64,
     deadline: Instant,
-) -> Result<(), ManagerError> {
+) -> Result<u32, ManagerError> {
     let io = |e: FrameError| match e {
         FrameError::Closed => ManagerError::Disconnected,
         FrameError::Oversized(n) => {
@@ -633,18 +636,18 @@ pub(crate) fn client_handshake(
     if body.as_slice() == DENIED {
         return Err(ManagerError::Auth("the server refused the key".into()));
     }
-    if body.len() != ACCEPTED.len() + TAG_LEN || &body[..4] != ACCEPTED {
+    if body.len() != ACCEPTED.len() + TAG_LEN + 4 || &body[..4] != ACCEPTED {
         return Err(ManagerError::Protocol("unexpected handshake answer".into()));
     }
-    if proof(key, SERVER_LABEL, &ours)
-        .verify_slice(&body[4..])
-        .is_err()
-    {
+    let (tag, max_frame) = body[4..].split_at(TAG_LEN);
+    if proof(key, SERVER_LABEL, &ours).verify_slice(tag).is_err() {
         return Err(ManagerError::Auth(
             "the server could not prove it holds the key".into(),
         ));
     }
-    Ok(())
+    let mut max = [0u8; 4];
+    max.copy_from_slice(max_frame);
+    Ok(u32::from_le_bytes(max))
 }
 
 /// What a served object is.
