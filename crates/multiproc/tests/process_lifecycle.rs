@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{Helper, trial};
-use multiproc::{Builder, ProcessError, StartMethod, Stdio};
+use multiproc::{Builder, ProcessError, SpawnError, StartMethod, Stdio};
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
@@ -704,6 +704,22 @@ fn environment_and_directory() {
         let env = child.join_timeout(T).unwrap();
         assert_eq!((env.set.as_deref(), env.path), (Some("only"), None));
     }
+    // Variables an environment cannot hold are refused, not dropped from the child's
+    // without a word (spawn_fork checks the same, before it forks).
+    for (key, value) in [
+        ("A=B", "1"),
+        ("", "1"),
+        ("NUL\0KEY", "1"),
+        ("NUL_VALUE", "a\0b"),
+    ] {
+        match Builder::new().env(key, value).spawn(env_report, ()) {
+            Err(SpawnError::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{key:?}: {e}");
+            }
+            Err(e) => panic!("{key:?}: {e}"),
+            Ok(mut child) => panic!("{key:?} was accepted: {:?}", child.join_timeout(T)),
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -739,11 +755,34 @@ fn helper_directories() {
     std::fs::write(sub.join("marker"), "sub").unwrap();
     std::env::set_current_dir(&sub).unwrap();
     marker("other");
+    // A directory removed under the parent: it has no path to give the child, which
+    // must not start in the server's directory without a word.
+    std::fs::remove_file(sub.join("marker")).unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+    for method in methods {
+        let spawned = Builder::new()
+            .start_method(method)
+            .spawn(marker_here, ())
+            .map(|mut child| child.join_timeout(T));
+        match spawned {
+            Err(multiproc::SpawnError::Io(e)) => println!("removed {:?}", e.kind()),
+            other => println!("removed {other:?}"),
+        }
+    }
+    // Given a directory, it starts there.
+    let found = Builder::new()
+        .current_dir(&dir)
+        .spawn(marker_here, ())
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    println!("given {found:?}");
 }
 
 /// A child starts in its parent's directory as it is at the spawn: the fork server's
 /// while the parent is still there, another one after the parent moved, even one of the
-/// same name as the server's.
+/// same name as the server's; a spawn from a directory removed meanwhile fails
+/// (`NotFound`) unless the child is given one.
 fn children_follow_the_parents_directory() {
     let dir = common::tempdir("directories");
     std::fs::write(dir.join("marker"), "old").unwrap();
@@ -755,6 +794,10 @@ fn children_follow_the_parents_directory() {
             assert_eq!(h.expect(&format!("{what} "), T), format!("Some({found:?})"));
         }
     }
+    for _method in 0..2 {
+        assert_eq!(h.expect("removed ", T), "NotFound");
+    }
+    assert_eq!(h.expect("given ", T), "Some(\"new\")");
     assert!(h.wait(T).success());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -18,6 +18,9 @@ use multiproc::{
 
 const T: Duration = Duration::from_secs(30);
 const DAEMON_ENV: &str = "MULTIPROC_TEST_DAEMON";
+/// With [`DAEMON_ENV`]: the step the daemon helper is to fail at (`working_dir`: a
+/// working directory that does not exist; `log`: a stdout file it cannot open).
+const DAEMON_FAIL_ENV: &str = "MULTIPROC_TEST_DAEMON_FAIL";
 
 fn main() {
     // The daemon helper must daemonize before `init`, so it runs before the harness.
@@ -45,6 +48,10 @@ fn main() {
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial("bad_input", bad_input),
             trial("daemonize_pidfile_second_refused", daemonize_pidfile),
+            trial(
+                "a_failed_daemonize_leaves_no_pid_file",
+                a_failed_daemonize_leaves_no_pid_file,
+            ),
         ],
         helpers,
         Duration::from_secs(300),
@@ -776,12 +783,18 @@ fn bad_input() {
 /// `dir` and `dir/work` as its working directory, then runs until `dir/stop` appears
 /// (or a minute passes), printing to its log.
 fn daemon_main(dir: PathBuf) {
-    let work = dir.join("work");
+    let mut work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
+    let mut out = dir.join("out.log");
+    match std::env::var(DAEMON_FAIL_ENV).as_deref() {
+        Ok("working_dir") => work = dir.join("missing"),
+        Ok("log") => out = dir.join("missing").join("out.log"),
+        _ => {}
+    }
     let daemon = match daemonize(
         DaemonOptions::new()
             .pidfile("pid")
-            .stdout(dir.join("out.log"))
+            .stdout(out)
             .stderr(dir.join("err.log"))
             .working_dir(&work),
     ) {
@@ -927,6 +940,31 @@ fn daemonize_pidfile() {
     common::reap(new);
     std::mem::forget(cleanup);
     assert!(!pidfile.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A daemon whose set-up fails (before its fork: a log it cannot open; in the daemon: a
+/// working directory that does not exist) reports why, and leaves no pid file (it was
+/// left behind, empty, for a script to read as a pid).
+fn a_failed_daemonize_leaves_no_pid_file() {
+    let dir = tempdir("daemonfail");
+    for (step, said) in [
+        ("log", "open the stdout file"),
+        ("working_dir", "change directory"),
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(DAEMON_ENV, &dir)
+            .env(DAEMON_FAIL_ENV, step)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{step}: {err}");
+        assert!(err.contains(said), "{step}: {err}");
+        assert!(!dir.join("pid").exists(), "{step}: the pid file was left");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -12,7 +12,7 @@ mod status;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -243,7 +243,9 @@ impl Builder {
         self
     }
 
-    /// Sets an environment variable for the child.
+    /// Sets an environment variable for the child. A name that is empty or holds `=` or a
+    /// NUL byte, or a value that holds a NUL byte, makes the spawn fail with
+    /// [`SpawnError::Io`] (`InvalidInput`), as [`std::process::Command`] does.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), Some(value.into())));
         self
@@ -398,7 +400,18 @@ impl Builder {
                 request.cwd = if server.shares_cwd() {
                     None
                 } else {
-                    std::env::current_dir().ok().map(messages::path_bytes)
+                    // A directory removed since the parent entered it has no path to
+                    // give: said, rather than the child starting in the server's.
+                    let here = std::env::current_dir().map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "the parent's directory has no path to give the child \
+                                 ({e}; removed?): give it one with Builder::current_dir"
+                            ),
+                        )
+                    })?;
+                    Some(messages::path_bytes(here))
                 };
             }
             let mut fds = vec![theirs.as_fd(), status_write.as_fd()];
@@ -563,6 +576,23 @@ impl Builder {
         let me = bootstrap::me();
         if me.depth >= MAX_DEPTH {
             return Err(SpawnError::TooDeep { limit: MAX_DEPTH });
+        }
+        // A variable the environment cannot hold would be dropped from the child's
+        // without a word; refused here instead, as `std::process::Command` refuses it.
+        for (key, value) in &self.env {
+            let k = key.as_encoded_bytes();
+            let bad_value = value
+                .as_ref()
+                .is_some_and(|v| v.as_encoded_bytes().contains(&0));
+            if k.is_empty() || k.contains(&b'=') || k.contains(&0) || bad_value {
+                return Err(SpawnError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the environment variable {key:?} cannot be set: a name must be \
+                         non-empty and hold no '=' or NUL byte, a value no NUL byte"
+                    ),
+                )));
+            }
         }
         Ok(me)
     }

@@ -152,8 +152,10 @@ impl SchedulerBuilder {
 
 /// Runs [`Job`]s on their [`Schedule`]s; see the [module docs](self).
 ///
-/// Dropping the scheduler stops it and drops its pools, which ends runs in flight; use
-/// [`shutdown`](Self::shutdown) to let them finish.
+/// Dropping the scheduler stops it and drops its pools, which ends the runs in flight on
+/// its process pool (their workers are killed); a run on its thread pool cannot be
+/// stopped (a thread cannot be killed), and dropping waits for it, as dropping a
+/// [`ThreadPool`] does. Use [`shutdown`](Self::shutdown) to let runs finish.
 pub struct Scheduler {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -243,7 +245,9 @@ impl Scheduler {
     }
 
     /// Stops firing jobs. With `wait`, first waits for runs in flight to finish (retries
-    /// not yet started are dropped). Then the pools are dropped.
+    /// not yet started are dropped). Then the pools are dropped: runs still in flight on
+    /// the process pool end with their workers; those on the thread pool are waited for
+    /// (see [`Scheduler`]).
     pub fn shutdown(mut self, wait: bool) {
         self.stop_thread();
         if wait {

@@ -102,7 +102,8 @@ impl Drop for Daemon {
 /// again (so it can never get one), then changes directory, sets the umask, points stdin
 /// at `/dev/null` and stdout and stderr at the given files, and writes and locks the
 /// pid file. The original process exits with status 0 once the daemon is set up, or
-/// returns the error if setting it up failed; in the daemon, this returns.
+/// returns the error if setting it up failed (and removes the pid file it had made);
+/// in the daemon, this returns.
 ///
 /// Call it first in `main`, before [`init`](crate::init): the daemon then starts its
 /// own fork server, and its children are ordinary multiproc children. In a process that
@@ -142,9 +143,7 @@ pub fn daemonize(options: DaemonOptions) -> Result<Daemon, DaemonError> {
     if !sys::SUPPORTED {
         return Err(DaemonError::Unsupported);
     }
-    Ok(Daemon {
-        pidfile: detach(&options)?,
-    })
+    detach(&options)
 }
 
 /// How often [`lock_pidfile`] starts over on a pid file replaced under it before it
@@ -199,14 +198,19 @@ fn open_log(path: &Path) -> io::Result<File> {
 }
 
 /// Runs [`daemonize`]'s steps: the double fork, the new session, directory, umask,
-/// standard streams and the locked pid file. Returns the locked pid file in the daemon;
-/// the original process exits, or returns the error.
-fn detach(options: &DaemonOptions) -> Result<Option<(PathBuf, File)>, DaemonError> {
+/// standard streams and the locked pid file. Returns the daemon (with its locked pid
+/// file) in the daemon; the original process exits, or returns the error.
+fn detach(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
     // Everything that can fail for a reason the caller should see is done here first,
-    // where an error can still be returned.
-    let pidfile = match &options.pidfile {
-        Some(path) => Some(lock_pidfile(path)?),
-        None => None,
+    // where an error can still be returned. The pid file is the daemon's from the
+    // moment it is locked: a step that fails in this process drops it, which removes
+    // the file (still locked), as the daemon's end does; a failed start leaves no empty
+    // pid file behind. (The forked processes end with `exit_now`, which drops nothing.)
+    let mut daemon = Daemon {
+        pidfile: match &options.pidfile {
+            Some(path) => Some(lock_pidfile(path)?),
+            None => None,
+        },
     };
     let null = File::options()
         .read(true)
@@ -268,8 +272,7 @@ fn detach(options: &DaemonOptions) -> Result<Option<(PathBuf, File)>, DaemonErro
     if let Err(e) = sys::redirect_stdio(&null, &stdout, &stderr) {
         fail(&mut status, "redirect the standard streams", &e);
     }
-    let mut pidfile = pidfile;
-    if let Some((_, file)) = &mut pidfile {
+    if let Some((_, file)) = &mut daemon.pidfile {
         let written = file
             .set_len(0)
             .and_then(|()| file.write_all(format!("{}\n", sys::getpid()).as_bytes()))
@@ -279,7 +282,7 @@ fn detach(options: &DaemonOptions) -> Result<Option<(PathBuf, File)>, DaemonErro
         }
     }
     let _ = sys::write_all(status.as_fd(), b"ok");
-    Ok(pidfile)
+    Ok(daemon)
 }
 
 /// What the daemon reported on the status pipe: `ok`, or why it failed (empty if it

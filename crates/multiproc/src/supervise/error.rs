@@ -11,7 +11,7 @@ pub enum SupervisorError {
     /// Children crashed more often than the intensity allows: the supervisor stopped
     /// every child and gave up.
     #[error(
-        "{restarts} restarts within {period:?} (the most allowed is {max}); last: {child} ({exit})"
+        "{restarts} restarts needed within {period:?}, at most {max} allowed; the last for {child} ({exit})"
     )]
     Intensity {
         /// Restarts counted in the period, the one refused included.
