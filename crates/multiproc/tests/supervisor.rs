@@ -786,10 +786,16 @@ fn daemon_main(dir: PathBuf) {
     let mut work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let mut out = dir.join("out.log");
-    match std::env::var(DAEMON_FAIL_ENV).as_deref() {
+    let failing = std::env::var(DAEMON_FAIL_ENV);
+    match failing.as_deref() {
         Ok("working_dir") => work = dir.join("missing"),
         Ok("log") => out = dir.join("missing").join("out.log"),
         _ => {}
+    }
+    if failing.is_ok() {
+        // The daemon that fails is an orphan by then (its parent, the first child, has
+        // exited): held here, where it is reaped below, rather than by the test.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     }
     let daemon = match daemonize(
         DaemonOptions::new()
@@ -801,6 +807,19 @@ fn daemon_main(dir: PathBuf) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("daemonize: {e}");
+            // A daemon that failed after its fork ended as an orphan; it becomes this
+            // process's child (the subreaper) a moment after its report, with no event
+            // that says when: looked for, for at most 10 s.
+            if failing.as_deref() == Ok("working_dir") {
+                let until = Instant::now() + Duration::from_secs(10);
+                while !matches!(
+                    rustix::process::wait(rustix::process::WaitOptions::NOHANG),
+                    Ok(Some(_))
+                ) && Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             std::process::exit(3);
         }
     };
