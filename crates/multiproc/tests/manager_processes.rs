@@ -38,6 +38,10 @@ fn main() {
             ),
             trial("locks_semaphores_conditions_barriers", locks_and_friends),
             trial(
+                "many_references_received_under_a_small_max_frame",
+                many_references_received_under_a_small_max_frame,
+            ),
+            trial(
                 "client_sigkilled_holding_lock",
                 client_sigkilled_holding_lock,
             ),
@@ -1363,6 +1367,29 @@ fn local_big_and_oversized_requests() {
         assert_eq!(d.keys().unwrap(), [1], "local {local}");
         assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
     }
+}
+
+fn append_to_each(lists: Vec<ListProxy<u8>>) -> usize {
+    for l in &lists {
+        l.push(1).unwrap();
+    }
+    lists.len()
+}
+
+/// Hundreds of proxies received at once by a child, from a server that takes frames of
+/// 1 KiB at most: the child's reference changes, queued as it decodes them, go in as
+/// many frames as they need. (One frame of them all made the server close the
+/// connection, and the same frame went again, for ever: the server never learnt that
+/// the child held them, and kept them, as proxies in flight, after the child ended.)
+fn many_references_received_under_a_small_max_frame() {
+    let m = Manager::builder().max_frame(1024).build().unwrap();
+    let base = m.object_count().unwrap();
+    let lists: Vec<_> = (0..300).map(|_| m.list::<u8>().unwrap()).collect();
+    await_count(&m, base + 300);
+    let child = multiproc::spawn(append_to_each, lists.clone()).unwrap();
+    drop(lists);
+    assert_eq!(join(child), 300);
+    await_count(&m, base);
 }
 
 fn local_requested_raw_then_dropped() {

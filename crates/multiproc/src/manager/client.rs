@@ -146,6 +146,9 @@ struct Anchor {
     written: usize,
     /// What that frame holds: sent again on a new anchor if this one breaks half-way.
     in_frame: Vec<RefOp>,
+    /// The most changes one frame holds: the server's `max_frame` would refuse more
+    /// (it closes the connection, and the same frame would go again, for ever).
+    most_ops: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -493,7 +496,14 @@ impl Client {
     fn write_refs(&self, a: &mut Anchor) -> io::Result<()> {
         loop {
             if a.in_frame.is_empty() {
-                let ops = std::mem::take(&mut self.queued().1);
+                // The first changes queued, as many as a frame holds; the rest stay
+                // queued, in order, for the next frames.
+                let ops = {
+                    let mut queued = self.queued();
+                    let n = queued.1.len().min(a.most_ops);
+                    let rest = queued.1.split_off(n);
+                    std::mem::replace(&mut queued.1, rest)
+                };
                 if ops.is_empty() {
                     return Ok(());
                 }
@@ -519,6 +529,7 @@ impl Client {
 
     fn open_anchor(&self, deadline: Option<Instant>) -> Result<Anchor, ManagerError> {
         let conn = self.open(deadline, false)?;
+        let most_ops = refs_per_frame(conn.max_frame);
         let stream = conn.framed.into_stream();
         stream.set_nonblocking(true).map_err(ManagerError::Io)?;
         Ok(Anchor {
@@ -526,8 +537,35 @@ impl Client {
             frame: Vec::new(),
             written: 0,
             in_frame: Vec::new(),
+            most_ops,
         })
     }
+}
+
+/// How many reference changes fit in one frame of at most `max_frame` bytes: the
+/// request's own bytes and its list's length counted at their largest, each change at
+/// the largest a change encodes to. At least one (a server takes at least 1024 bytes).
+fn refs_per_frame(max_frame: u32) -> usize {
+    let largest = [
+        RefOp::Hold {
+            id: u64::MAX,
+            from: Some(u64::MAX),
+        },
+        RefOp::Release {
+            id: u64::MAX,
+            sent: u64::MAX,
+        },
+        RefOp::Pin { id: u64::MAX },
+    ]
+    .iter()
+    .filter_map(|op| encoder::len_of(op).ok())
+    .max()
+    .unwrap_or(32);
+    let overhead = encoder::len_of(&Request::Refs(Vec::new())).unwrap_or(16) + 16;
+    let room = usize::try_from(max_frame)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(overhead);
+    (room / largest.max(1)).max(1)
 }
 
 /// This process's clients (one per server, key and settings).

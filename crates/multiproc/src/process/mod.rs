@@ -245,13 +245,15 @@ impl Builder {
 
     /// Sets an environment variable for the child. A name that is empty or holds `=` or a
     /// NUL byte, or a value that holds a NUL byte, makes the spawn fail with
-    /// [`SpawnError::Io`] (`InvalidInput`), as [`std::process::Command`] does.
+    /// [`SpawnError::Io`] (`InvalidInput`) rather than vanish from the child's
+    /// environment ([`std::process::Command`] refuses NUL bytes likewise).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), Some(value.into())));
         self
     }
 
-    /// Removes an environment variable for the child.
+    /// Removes an environment variable for the child (a name [`env`](Self::env) would
+    /// refuse fails the spawn the same way).
     pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
         self.env.push((key.into(), None));
         self
@@ -578,7 +580,8 @@ impl Builder {
             return Err(SpawnError::TooDeep { limit: MAX_DEPTH });
         }
         // A variable the environment cannot hold would be dropped from the child's
-        // without a word; refused here instead, as `std::process::Command` refuses it.
+        // without a word; refused here instead (`std::process::Command` refuses NUL
+        // bytes likewise). Names given to `env_remove` are held to the same rule.
         for (key, value) in &self.env {
             let k = key.as_encoded_bytes();
             let bad_value = value

@@ -563,11 +563,20 @@ impl RawSender {
         if self.receivers_gone() {
             return Err((msg, SendFail::Disconnected));
         }
+        let held = core.side_record_len(msg.bytes.len());
+        // A send that may not wait, to a bounded channel without room for the record:
+        // refused before the message is copied into a memory file, which would be
+        // thrown away (the pool's engine tries its workers this way).
+        if matches!(wait, Deadline::Now)
+            && !core.growable
+            && !core.ring().has_room(held, core.max_items)
+        {
+            return Err((msg, SendFail::Full));
+        }
         let mut out = match side::Outgoing::prepare(&msg) {
             Ok(out) => out,
             Err(e) => return Err((msg, SendFail::Io(e))),
         };
-        let held = core.side_record_len(msg.bytes.len());
         loop {
             let sent = {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {

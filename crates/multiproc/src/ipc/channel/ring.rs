@@ -26,7 +26,8 @@ use crate::sync::raw::Acquired;
 
 /// A record whose payload is the message.
 pub(crate) const INLINE: u32 = 1;
-/// A record whose payload is the id of a message on the side socket.
+/// A record whose payload starts with the id of a message on the side socket (in a
+/// bounded channel the rest is room the message holds, never written or read).
 pub(crate) const SIDE: u32 = 2;
 const WRAP: u32 = 3;
 /// A record that sends readers to another ring (an unbounded channel's overflow): its
@@ -215,17 +216,25 @@ impl<'a> Ring<'a> {
         self.produced.tail.load(Acquire) != self.consumed.head.load(Acquire)
     }
 
-    /// Whether a record of `payload` bytes would fit now (a hint, for waiting).
+    /// Whether a record of `payload` bytes would fit now, with the skip to the ring's
+    /// start that [`reserve`](Self::reserve) would make (a hint, read without the
+    /// producers' lock: for waiting, and for a send that may not wait). A record of half
+    /// the ring (a message on the side socket holds that much) fits as soon as half is
+    /// free, not only once the ring is empty, as twice its size asked before.
     pub(crate) fn has_room(&self, payload: usize, max_items: u64) -> bool {
         let tail = self.produced.tail.load(Acquire);
         let head = self.consumed.head.load(Acquire);
         let items = self.chan.produced.0.items.load(Acquire);
         let taken = self.chan.consumed.0.items.load(Acquire);
+        let rec = record_len(payload);
+        let pos = tail % self.len;
+        let skip = if rec <= self.len - pos {
+            0
+        } else {
+            self.len - pos
+        };
         items.saturating_sub(taken) < max_items
-            && tail
-                .saturating_add(2 * record_len(payload))
-                .saturating_sub(head)
-                <= self.len
+            && tail.saturating_add(skip + rec).saturating_sub(head) <= self.len
     }
 
     /// The producers' position (under the tail lock, or as a hint).

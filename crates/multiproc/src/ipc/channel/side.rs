@@ -1,6 +1,7 @@
 //! The side socket: messages that carry descriptors, or that are too large for the ring
-//! (their bytes then travel in a sealed memory file). A 16-byte record in the ring keeps
-//! each one's place, so order is kept. See `README.md` for how a producer or consumer
+//! (their bytes then travel in a sealed memory file). A record in the ring keeps each
+//! one's place, so order is kept: its id, and in a bounded channel room for the
+//! message's bytes up to half the ring (see `Core::side_record_len`). See `README.md` for how a producer or consumer
 //! that dies half-way is handled.
 
 use std::io::{self, IoSlice};
