@@ -241,9 +241,10 @@ impl Server {
             .next()
             .and_then(|p| p.parse::<u32>().ok())
             .unwrap_or(0);
-        // 7.0: an error a script's command raises (OOM, BUSY) reaches the caller with its
-        // own code, which tells a server that cannot serve for now from a broken call;
-        // 6.2 wraps it in a generic script error.
+        // The contract and the tests are Redis 7.0's (and Valkey's, which reports 7.2):
+        // how an error a script's command raises (OOM, BUSY) reaches the caller, which
+        // tells a server that cannot serve for now from a broken call, is checked there
+        // only. An older server is refused rather than trusted to behave alike.
         if major < 7 {
             return Err(ClusterError::Unsupported(format!(
                 "version {version}; the cluster needs Redis 7.0 or later, or Valkey"
