@@ -792,10 +792,20 @@ fn daemon_main(dir: PathBuf) {
         Ok("log") => out = dir.join("missing").join("out.log"),
         _ => {}
     }
+    // SIGCHLD held pending, to wait for below.
+    // SAFETY: plain calls on a local signal set; this process has one thread.
+    let sigchld = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    };
     if failing.is_ok() {
         // The daemon that fails is an orphan by then (its parent, the first child, has
         // exited): held here, where it is reaped below, rather than by the test.
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+        // SAFETY: blocks SIGCHLD for this (only) thread; the set is initialised above.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigchld, std::ptr::null_mut()) };
     }
     let daemon = match daemonize(
         DaemonOptions::new()
@@ -808,16 +818,25 @@ fn daemon_main(dir: PathBuf) {
         Err(e) => {
             eprintln!("daemonize: {e}");
             // A daemon that failed after its fork ended as an orphan; it becomes this
-            // process's child (the subreaper) a moment after its report, with no event
-            // that says when: looked for, for at most 10 s.
+            // process's child (the subreaper) a moment after its report, and the kernel
+            // says so with a SIGCHLD (pending since it is blocked): waited for, for at
+            // most 10 s, then reaped.
             if failing.as_deref() == Ok("working_dir") {
                 let until = Instant::now() + Duration::from_secs(10);
                 while !matches!(
                     rustix::process::wait(rustix::process::WaitOptions::NOHANG),
                     Ok(Some(_))
-                ) && Instant::now() < until
-                {
-                    std::thread::sleep(Duration::from_millis(1));
+                ) {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let timeout = libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+                    };
+                    // SAFETY: a blocked signal's set and a timeout, both initialised.
+                    unsafe { libc::sigtimedwait(&sigchld, std::ptr::null_mut(), &timeout) };
                 }
             }
             std::process::exit(3);
