@@ -143,6 +143,13 @@ pub(crate) fn install_panic_hook() {
 
 /// What this process knows of a panic it caught: the message, and the location and
 /// backtrace the hook recorded (if this is a child, where the hook is installed).
+/// Runs `f` (the user's code, on a thread of multiproc's own or one that waits on its
+/// behalf); a panic comes back as the report [`caught_panic`] makes of it.
+pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemotePanic> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| caught_panic(&*payload))
+}
+
 pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> RemotePanic {
     let (message, location, backtrace) = LAST_PANIC
         .with(|p| p.borrow_mut().take())

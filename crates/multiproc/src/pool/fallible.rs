@@ -10,7 +10,6 @@
 
 use std::any::type_name;
 use std::fmt::Display;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,10 +35,7 @@ impl<E: Serialize + DeserializeOwned + Display + Send + Sync + 'static> TaskErro
 /// panic, where a panic would otherwise end a pool's thread (its engine's, which routes
 /// every task's outcome, or a caller's wait): the panic comes back as text.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let caught = crate::bootstrap::caught_panic(&*payload);
-        format!("{what} panicked: {caught}")
-    })
+    crate::bootstrap::catching(f).map_err(|caught| format!("{what} panicked: {caught}"))
 }
 
 /// The error's `Display` text; if that panics, its type and the panic.

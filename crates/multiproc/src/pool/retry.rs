@@ -1,7 +1,6 @@
 //! [`RetryPolicy`]: when and after how long a failed task runs again.
 
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,8 +138,7 @@ impl RetryPolicy {
     pub fn should_retry(&self, attempts: u32, error: &TaskError) -> bool {
         attempts < self.max_attempts
             && match &self.retry_if {
-                Some(f) => catch_unwind(AssertUnwindSafe(|| f(error))).unwrap_or_else(|payload| {
-                    let caught = crate::bootstrap::caught_panic(&*payload);
+                Some(f) => crate::bootstrap::catching(|| f(error)).unwrap_or_else(|caught| {
                     tracing::warn!(
                         "a retry policy's retry_if panicked, so the failure stands: {caught}"
                     );

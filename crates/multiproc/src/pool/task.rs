@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -173,8 +172,7 @@ impl<R> Cell<R> {
                 // A result type's `Deserialize` that panics is this task's error, not
                 // the end of the thread that decodes (the pool's, for a callback).
                 Some(decode) => {
-                    catch_unwind(AssertUnwindSafe(|| decode(received))).unwrap_or_else(|payload| {
-                        let caught = crate::bootstrap::caught_panic(&*payload);
+                    crate::bootstrap::catching(|| decode(received)).unwrap_or_else(|caught| {
                         Err(TaskError::Codec(crate::CodecError::new(format!(
                             "decoding the result panicked: {caught}"
                         ))))
@@ -396,8 +394,7 @@ impl<R> Cell<R> {
 /// Runs a done-callback; a panic in it is reported and goes no further (it must not
 /// take down the pool's thread that delivered the outcome).
 fn run_callback<R>(cb: Callback<R>, value: &Result<R, TaskError>) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| cb(value))) {
-        let caught = crate::bootstrap::caught_panic(&*payload);
+    if let Err(caught) = crate::bootstrap::catching(|| cb(value)) {
         tracing::warn!("a task's done-callback panicked: {caught}");
     }
 }

@@ -2,7 +2,6 @@
 //! `multiprocessing.dummy.Pool` and `ThreadPoolExecutor`).
 
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -557,8 +556,7 @@ impl<T: Send + 'static> Run<T> {
 
 /// Runs `f`, turning a panic into [`TaskError::Panicked`] (named after this thread).
 fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, TaskError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let caught = crate::bootstrap::caught_panic(&*payload);
+    crate::bootstrap::catching(f).map_err(|caught| {
         let thread = std::thread::current();
         TaskError::Panicked(RemotePanic::new(
             format!(
