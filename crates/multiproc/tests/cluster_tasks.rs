@@ -357,6 +357,10 @@ fn main() {
                 an_attempt_count_at_its_end_is_finished,
             ),
             trial(
+                "clients_and_workers_of_other_layout_versions_are_answered",
+                clients_and_workers_of_other_layout_versions_are_answered,
+            ),
+            trial(
                 "endless_ttls_and_caps_are_kept_as_redis_allows",
                 endless_ttls_and_caps_are_kept_as_redis_allows,
             ),
@@ -1325,19 +1329,8 @@ fn acl_user_and_an_undecodable_result() {
     let c = Cluster::builder(&url).namespace(ns).build().unwrap();
     // No worker: the outcome is written by hand, and it is not a u64.
     let t = c.submit(SQUARE, 3).unwrap();
-    let task = format!("{}-1", c.id());
-    let outcome = [3u8, 0, 2, 0xff, 0xff]; // layout version 3, Outcome::Value, 2 bytes of noise
-    let mut reply = vec![3u8, task.len() as u8];
-    reply.extend_from_slice(task.as_bytes());
-    reply.push(outcome.len() as u8);
-    reply.extend_from_slice(&outcome);
-    let mut raw = redis.raw().unwrap();
-    let result = format!("{ns}:{{default}}:result:{task}");
-    let list = format!("{ns}:{{default}}:reply:{}", c.id());
-    raw.call_bytes(&[b"SET", result.as_bytes(), &outcome])
-        .unwrap();
-    raw.call_bytes(&[b"RPUSH", list.as_bytes(), &reply])
-        .unwrap();
+    // Layout version 4, Outcome::Value, 2 bytes of noise.
+    answer_by_hand(&redis, ns, &c, 1, &[4, 0, 2, 0xff, 0xff]);
     let mut t = t;
     let e = t.wait_timeout(T).unwrap_err();
     assert!(matches!(e, TaskError::Codec(_)), "{e}");
@@ -1350,6 +1343,23 @@ fn acl_user_and_an_undecodable_result() {
     assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// Writes `outcome` (its layout version first) as the outcome of client `c`'s `n`th
+/// task of the default queue, and wakes `c` with a reply of the same version.
+fn answer_by_hand(redis: &RedisServer, ns: &str, c: &Cluster, n: u64, outcome: &[u8]) {
+    let task = format!("{}-{n}", c.id());
+    let mut reply = vec![outcome[0], task.len() as u8];
+    reply.extend_from_slice(task.as_bytes());
+    reply.push(outcome.len() as u8);
+    reply.extend_from_slice(outcome);
+    let mut raw = redis.raw().unwrap();
+    let result = format!("{ns}:{{default}}:result:{task}");
+    let list = format!("{ns}:{{default}}:reply:{}", c.id());
+    raw.call_bytes(&[b"SET", result.as_bytes(), outcome])
+        .unwrap();
+    raw.call_bytes(&[b"RPUSH", list.as_bytes(), &reply])
+        .unwrap();
 }
 
 /// A client whose reads of its reply list keep failing while the server accepts its
@@ -2136,6 +2146,64 @@ fn a_worker_with_an_endless_grace_stops() {
     finish(&redis, c, ns);
 }
 
+/// A client and a worker built with different layout versions (a deploy that updates
+/// one before the other) answer each other's tasks with an error that names the
+/// versions: a worker that cannot read a task message tells its client why, from the
+/// addressee that every message since version 4 begins with, and a client that cannot
+/// read a reply finds the outcome of the task it names. Both waited before (the worker
+/// dead-lettered the message without answering; the client dropped the reply).
+fn clients_and_workers_of_other_layout_versions_are_answered() {
+    let redis = RedisServer::start();
+    let ns = "versions";
+    let c = client(&redis, ns);
+    let mut raw = redis.raw().unwrap();
+    let delayed = format!("{ns}:{{default}}:delayed");
+    let stream = format!("{ns}:{{default}}:stream");
+    // A message from a newer client: a countdown task's envelope, taken out of the
+    // delayed set, its version byte raised and its body cut short, in the stream.
+    let mut t = c
+        .submit_with(
+            SQUARE,
+            3,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let Resp::Array(members) = raw.call(&["ZRANGE", &delayed, "0", "-1"]).unwrap() else {
+        panic!("ZRANGE failed")
+    };
+    let Some(Resp::Bulk(Some(original))) = members.first().cloned() else {
+        panic!("no delayed envelope: {members:?}")
+    };
+    let mut newer = original.clone();
+    newer[0] = 5;
+    newer.truncate(newer.len() - 3);
+    raw.call_bytes(&[b"ZREM", delayed.as_bytes(), &original])
+        .unwrap();
+    raw.call_bytes(&[b"XADD", stream.as_bytes(), b"*", b"m", &newer])
+        .unwrap();
+    let w = worker(&redis, ns, 1);
+    match t.wait_timeout(Duration::from_secs(10)) {
+        Err(TaskError::DeadLettered(why)) => {
+            assert!(why.contains("layout version 5"), "{why}")
+        }
+        other => panic!("a task message of a newer layout: {other:?}"),
+    }
+    assert_eq!(c.stats().unwrap().dead_lettered, 1);
+    w.shutdown(true);
+    // A reply from a newer worker: its outcome and its reply, written by hand.
+    let mut t = c.submit(SQUARE, 4).unwrap();
+    answer_by_hand(&redis, ns, &c, 2, &[5, 0, 8, 16, 0, 0, 0, 0, 0, 0, 0]);
+    match t.wait_timeout(Duration::from_secs(10)) {
+        Err(TaskError::Codec(e)) => assert!(e.to_string().contains("layout version 5"), "{e}"),
+        other => panic!("a reply of a newer layout: {other:?}"),
+    }
+    // The stream still holds the task of 4, which no worker took: one does now.
+    let w = worker(&redis, ns, 1);
+    assert_eq!(c.apply(SQUARE, 5).unwrap(), 25);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
 /// A message whose attempt count is at the end of its range (the wire is not trusted)
 /// is run and finished: counting one more attempt overflowed, which panicked the
 /// worker's finisher thread, and no outcome was sent again.
@@ -2162,14 +2230,14 @@ fn an_attempt_count_at_its_end_is_finished() {
     let Some(Resp::Bulk(Some(original))) = members.first().cloned() else {
         panic!("no delayed envelope: {members:?}")
     };
-    // The attempt count (4 bytes) follows the reply field: the client's id, after its
-    // length (the task's id, earlier, holds it too).
-    let id = c.id().as_bytes();
+    // The attempt count (4 bytes) follows the argument: 3, a u64 written whole,
+    // little-endian (only fields of zeros come after it).
+    let arg = 3u64.to_le_bytes();
     let at = original
-        .windows(id.len())
-        .rposition(|w| w == id)
-        .expect("the client's id in the envelope")
-        + id.len();
+        .windows(arg.len())
+        .rposition(|w| w == arg)
+        .expect("the argument in the envelope")
+        + arg.len();
     let mut envelope = original.clone();
     envelope[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     raw.call_bytes(&[b"ZREM", delayed.as_bytes(), &original])

@@ -1525,6 +1525,7 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                     };
                 // The queue whose list it came from (one this client reads).
                 let queue = inner.queue_of(&list);
+                let mut unreadable = false;
                 for bytes in std::iter::once(first).chain(more) {
                     match Reply::decode(&bytes) {
                         Ok(reply) => {
@@ -1542,9 +1543,16 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                             }
                         }
                         Err(e) => {
-                            tracing::warn!("cluster client: a reply that does not decode: {e}")
+                            tracing::warn!("cluster client: a reply that does not decode: {e}");
+                            unreadable = true;
                         }
                     }
+                }
+                // A reply this build cannot read (from a worker of another version)
+                // still names a task that has ended: the result keys say which, and
+                // their outcomes (or why they do not decode) go to their waiters.
+                if unreadable {
+                    inner.recover(&mut link);
                 }
             }
             Err(e) => {

@@ -16,8 +16,12 @@ use crate::wire::codec::{self, CodecError};
 
 /// The version of the envelope, outcome and reply layouts. 2: a failure carries the
 /// task's error value (its type name and encoding) besides its text. 3: integers wider
-/// than a byte are written whole, little-endian (they were varints).
-pub(crate) const VERSION: u8 = 3;
+/// than a byte are written whole, little-endian (they were varints). 4: an envelope
+/// begins with its [`Addressee`], in a layout every later version keeps.
+pub(crate) const VERSION: u8 = 4;
+
+/// The first version whose envelopes begin with an [`Addressee`].
+const ADDRESSED_SINCE: u8 = 4;
 
 /// The stream entry field that holds an envelope.
 pub(crate) const FIELD: &str = "m";
@@ -27,7 +31,12 @@ pub(crate) const FIELD: &str = "m";
 pub(crate) const PROMOTED: &str = "p";
 
 /// One task on its way to a worker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Encoded as the version byte, the [`Addressee`] (the task's id and the client to
+/// wake), then the other fields in multiproc's format. The first two parts keep their
+/// layout across versions, so that a worker that cannot read the rest (an envelope of
+/// another version, or a corrupt one) can still answer the task's client.
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Envelope {
     /// The task's id: the client's id and a sequence number, or `k:` and the
     /// idempotency key.
@@ -37,7 +46,6 @@ pub(crate) struct Envelope {
     /// The hash of the argument and result types the client was built with.
     pub schema: u64,
     /// The encoded argument.
-    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// The client to wake with the outcome (its id), if one waits.
     pub reply: Option<String>,
@@ -218,9 +226,108 @@ fn unversioned<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T,
     }
 }
 
+/// The fields of an [`Envelope`] after its addressee, in order.
+type Body = (
+    String,
+    u64,
+    serde_bytes::ByteBuf,
+    u32,
+    u32,
+    Option<RetryWire>,
+    Option<u64>,
+    bool,
+);
+
+/// Who a task's outcome is for: the task's id and the client waiting for it (if one
+/// does). Every envelope since version 4 begins with it, written the same way: after
+/// the version byte, the id's length (4 bytes, little-endian) and its UTF-8 bytes, then
+/// the client's id likewise, or the length `u32::MAX` for none.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Addressee {
+    pub task: String,
+    pub reply: Option<String>,
+}
+
+const NO_REPLY: u32 = u32::MAX;
+
+impl Addressee {
+    /// Reads the addressee at the start of an envelope of any version from 4 on;
+    /// returns it and the bytes after it.
+    pub(crate) fn read(bytes: &[u8]) -> Result<(Addressee, &[u8]), CodecError> {
+        let bad = |why: &str| CodecError::new(format!("a task message whose addressee {why}"));
+        let Some((&version, rest)) = bytes.split_first() else {
+            return Err(CodecError::new("an empty task message"));
+        };
+        if version < ADDRESSED_SINCE {
+            return Err(CodecError::new(format!(
+                "a task message of layout version {version} (this build reads version {VERSION})"
+            )));
+        }
+        fn text<'a>(
+            bytes: &'a [u8],
+            bad: &dyn Fn(&str) -> CodecError,
+        ) -> Result<(Option<String>, &'a [u8]), CodecError> {
+            let (len, rest) = bytes
+                .split_first_chunk::<4>()
+                .ok_or_else(|| bad("is cut short"))?;
+            let len = u32::from_le_bytes(*len);
+            if len == NO_REPLY {
+                return Ok((None, rest));
+            }
+            let len = len as usize;
+            if len > rest.len() {
+                return Err(bad("is cut short"));
+            }
+            let (text, rest) = rest.split_at(len);
+            let text = std::str::from_utf8(text).map_err(|_| bad("is not UTF-8"))?;
+            Ok((Some(text.to_string()), rest))
+        }
+        let (task, rest) = text(rest, &bad)?;
+        let task = task.ok_or_else(|| bad("has no task id"))?;
+        let (reply, rest) = text(rest, &bad)?;
+        Ok((Addressee { task, reply }, rest))
+    }
+
+    fn write(task: &str, reply: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + task.len() + reply.map_or(0, str::len));
+        out.push(VERSION);
+        out.extend_from_slice(&(task.len() as u32).to_le_bytes());
+        out.extend_from_slice(task.as_bytes());
+        match reply {
+            Some(r) => {
+                out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                out.extend_from_slice(r.as_bytes());
+            }
+            None => out.extend_from_slice(&NO_REPLY.to_le_bytes()),
+        }
+        out
+    }
+}
+
 impl Envelope {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        versioned(self)
+        // Ids are made by clients and are far shorter; a length of 4 GiB would not fit
+        // the layout (and is over any message cap).
+        if self.task.len() >= NO_REPLY as usize
+            || self
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.len() >= NO_REPLY as usize)
+        {
+            return Err(CodecError::new("a task or client id over 4 GiB"));
+        }
+        let head = Addressee::write(&self.task, self.reply.as_deref());
+        let body = (
+            &self.name,
+            self.schema,
+            serde_bytes::Bytes::new(&self.args),
+            self.attempt,
+            self.lost,
+            &self.retry,
+            self.timeout_ms,
+            self.chunk,
+        );
+        encode_after(&head, &body)
     }
 
     /// Decodes an envelope of at most `max` bytes.
@@ -231,7 +338,38 @@ impl Envelope {
                 bytes.len()
             )));
         }
-        unversioned(bytes, "task message")
+        if let Some(&v) = bytes.first()
+            && v != VERSION
+        {
+            return Err(CodecError::new(format!(
+                "a task message of layout version {v} (this build reads version {VERSION})"
+            )));
+        }
+        let (to, body) = Addressee::read(bytes)?;
+        let (name, schema, args, attempt, lost, retry, timeout_ms, chunk): Body =
+            codec::decode(body, Vec::new()).map_err(|e| {
+                CodecError::new(format!("a task message that does not decode: {e}"))
+            })?;
+        Ok(Envelope {
+            task: to.task,
+            name,
+            schema,
+            args: args.into_vec(),
+            reply: to.reply,
+            attempt,
+            lost,
+            retry,
+            timeout_ms,
+            chunk,
+        })
+    }
+
+    /// Who its outcome is for.
+    pub(crate) fn addressee(&self) -> Addressee {
+        Addressee {
+            task: self.task.clone(),
+            reply: self.reply.clone(),
+        }
     }
 }
 
@@ -268,6 +406,7 @@ impl Reply {
 #[cfg(any(fuzzing, test))]
 pub(crate) fn decode_any(bytes: &[u8]) {
     let _ = Envelope::decode(bytes, 1 << 20);
+    let _ = Addressee::read(bytes);
     if let Ok(o) = Outcome::decode(bytes) {
         let _ = o.into_result::<(u64, String)>();
     }
@@ -314,6 +453,35 @@ mod tests {
         );
         assert!(Envelope::decode(&[], 10).is_err());
         assert!(Envelope::decode(&[VERSION, 0xff, 0xff], 10).is_err());
+    }
+
+    #[test]
+    fn the_addressee_is_read_from_any_later_version() {
+        let e = envelope();
+        let mut bytes = e.encode().unwrap();
+        bytes[0] = 200;
+        bytes.truncate(bytes.len() - 2);
+        let err = Envelope::decode(&bytes, 1 << 20).unwrap_err();
+        assert!(err.message().contains("version 200"), "{err}");
+        assert_eq!(Addressee::read(&bytes).unwrap().0, e.addressee());
+        // No client waits.
+        let quiet = Envelope {
+            reply: None,
+            ..e.clone()
+        };
+        let bytes = quiet.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes, 1 << 20).unwrap(), quiet);
+        assert_eq!(Addressee::read(&bytes).unwrap().0.reply, None);
+        // Before version 4 there is none; one cut short or not UTF-8 is an error.
+        let mut old = e.encode().unwrap();
+        old[0] = 3;
+        assert!(Addressee::read(&old).is_err());
+        let good = e.encode().unwrap();
+        assert!(Addressee::read(&good[..7]).is_err());
+        let mut bad = good.clone();
+        bad[5] = 0xff;
+        assert!(Addressee::read(&bad).is_err());
+        assert!(Addressee::read(&[]).is_err());
     }
 
     #[test]

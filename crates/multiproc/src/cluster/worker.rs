@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 
 use super::TaskDef;
 use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
-use super::envelope::{self, Envelope, ErrorWire, Outcome, Reply};
+use super::envelope::{self, Addressee, Envelope, ErrorWire, Outcome, Reply};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
@@ -1076,18 +1076,12 @@ impl Node {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(worker = %self.name, %entry, "dead-lettered an unreadable entry: {e}");
-                // A message over this worker's cap (from a client with a larger one)
-                // is in memory already: read it anyway, to tell its client why it does
-                // not run rather than leave it waiting.
-                let over = (message.len() > self.cfg.max_message)
-                    .then(|| Envelope::decode(message, message.len()).ok())
-                    .flatten();
-                self.dead_letter(
-                    entry,
-                    fence,
-                    over.as_ref(),
-                    format!("an unreadable task message: {e}"),
-                );
+                // The message is in memory already, over this worker's cap or not (from
+                // a client with a larger one), and of this layout version or another:
+                // its addressee tells whom to answer with why it does not run, rather
+                // than leave its client waiting.
+                let to = Addressee::read(message).ok().map(|(to, _)| to);
+                self.dead_letter(entry, fence, to, format!("an unreadable task message: {e}"));
                 return;
             }
         };
@@ -1097,7 +1091,7 @@ impl Node {
                 "its worker was lost on each of {lost_before} deliveries (the cap is {})",
                 self.cfg.max_deliveries
             );
-            self.dead_letter(entry, fence, Some(&envelope), why);
+            self.dead_letter(entry, fence, Some(envelope.addressee()), why);
             return;
         }
         let Some((schema, runner)) = self.registry.get(&envelope.name) else {
@@ -1106,7 +1100,7 @@ impl Node {
                 envelope.name
             );
             tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
-            self.dead_letter(entry, fence, Some(&envelope), why);
+            self.dead_letter(entry, fence, Some(envelope.addressee()), why);
             return;
         };
         if *schema != envelope.schema {
@@ -1115,7 +1109,7 @@ impl Node {
                 envelope.name, envelope.schema, schema
             );
             tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
-            self.dead_letter(entry, fence, Some(&envelope), why);
+            self.dead_letter(entry, fence, Some(envelope.addressee()), why);
             return;
         }
         // A client that cancels a task that waited in the delayed set (a countdown, a
@@ -1201,18 +1195,24 @@ impl Node {
         self.room.notify_all();
     }
 
-    fn dead_letter(&self, entry: String, fence: u64, envelope: Option<&Envelope>, why: String) {
+    /// Moves an entry to the dead letters; a task whose addressee is known (`to`) is
+    /// answered with `why`.
+    fn dead_letter(&self, entry: String, fence: u64, to: Option<Addressee>, why: String) {
         let outcome = Outcome::Failed(ErrorWire::DeadLettered(why.clone()))
             .encode()
             .ok();
+        let (task, client, outcome) = match to {
+            Some(to) => (to.task, to.reply, outcome),
+            None => (String::new(), None, None),
+        };
         self.send_finish(Finish {
             local: None,
             entry,
             fence,
-            task: envelope.map(|e| e.task.clone()).unwrap_or_default(),
-            client: envelope.and_then(|e| e.reply.clone()),
+            task,
+            client,
             action: Action::Dead,
-            outcome: envelope.and(outcome),
+            outcome,
             retry: None,
             reason: why,
         });
