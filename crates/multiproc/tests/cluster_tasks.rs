@@ -361,6 +361,10 @@ fn main() {
                 clients_and_workers_of_other_layout_versions_are_answered,
             ),
             trial(
+                "a_shorter_lease_does_not_take_a_longer_ones_tasks",
+                a_shorter_lease_does_not_take_a_longer_ones_tasks,
+            ),
+            trial(
                 "endless_ttls_and_caps_are_kept_as_redis_allows",
                 endless_ttls_and_caps_are_kept_as_redis_allows,
             ),
@@ -2143,6 +2147,55 @@ fn a_worker_with_an_endless_grace_stops() {
         rx.recv_timeout(Duration::from_secs(30)).is_ok(),
         "a worker with grace(Duration::MAX) did not stop"
     );
+    finish(&redis, c, ns);
+}
+
+/// Workers of one queue with different leases: one with a lease of 3 s renews its
+/// task every second, and one with a lease of 300 ms took it from it after 300 ms idle
+/// (the task ran twice, the first run stopped as "lease lost"). Tasks are now taken
+/// back after the longest lease among the queue's live workers.
+fn a_shorter_lease_does_not_take_a_longer_ones_tasks() {
+    let redis = RedisServer::start();
+    let ns = "leases";
+    let long = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let c = client(&redis, ns);
+    let dir = common::tempdir("leases");
+    let path = dir.join("runs").to_string_lossy().into_owned();
+    let mut t = c.submit(RECORD_SLOW, (path.clone(), 2500)).unwrap();
+    assert!(common::eventually(T, || std::path::Path::new(&path).exists()));
+    let short = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(t.wait_timeout(T), Ok(1));
+    let runs = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the task ran {} times",
+        runs.lines().count()
+    );
+    let described: Vec<String> = c
+        .stats()
+        .unwrap()
+        .workers
+        .into_iter()
+        .map(|w| w.description)
+        .collect();
+    assert!(
+        described.iter().any(|d| d.ends_with("lease_ms=3000"))
+            && described.iter().any(|d| d.ends_with("lease_ms=300")),
+        "{described:?}"
+    );
+    short.shutdown(true);
+    long.shutdown(true);
     finish(&redis, c, ns);
 }
 

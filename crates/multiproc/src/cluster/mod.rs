@@ -247,7 +247,7 @@ pub struct QueueStats {
 pub struct WorkerInfo {
     /// Its consumer name (host, pid and a random part).
     pub name: String,
-    /// What it says about itself: `host=... pid=... processes=...`.
+    /// What it says about itself: `host=... pid=... processes=... lease_ms=...`.
     pub description: String,
     /// How long ago its last heartbeat was, by the server's clock. A worker renews
     /// every third of its lease; one silent for much longer is dead or paused.

@@ -284,7 +284,9 @@ impl WorkerBuilder {
 
     /// How long a task stays this worker's without a renewal (default 30 s; 300 ms to
     /// one day). The worker renews every third of it; another worker reclaims a task
-    /// whose lease ran out. Every worker of a queue should use the same lease.
+    /// whose lease ran out. Workers of a queue with different leases take tasks back
+    /// only after the longest of them (a warning says so): a shorter one would take
+    /// tasks that a worker with a longer lease still holds.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -395,7 +397,7 @@ impl WorkerBuilder {
         if self.lease < Duration::from_millis(300) {
             return invalid("the lease must be at least 300 ms".into());
         }
-        if self.lease > Duration::from_secs(24 * 3600) {
+        if self.lease > MAX_LEASE {
             return invalid("the lease must be at most one day".into());
         }
         if self.max_deliveries == 0 {
@@ -429,8 +431,9 @@ impl WorkerBuilder {
                     .dead_letter_cap
                     .clamp(1, usize::try_from(i64::MAX).unwrap_or(usize::MAX)),
                 info: format!(
-                    "host={host} pid={} processes={processes}",
-                    std::process::id()
+                    "host={host} pid={} processes={processes} lease_ms={}",
+                    std::process::id(),
+                    ms(self.lease)
                 ),
             },
             name,
@@ -730,6 +733,8 @@ struct State {
     next: u64,
     /// `XAUTOCLAIM`'s cursor, followed across calls.
     cursor: Option<String>,
+    /// The longest lease of another live worker of the queue, as last seen.
+    longest_other: Duration,
 }
 
 /// A task this node holds.
@@ -861,6 +866,19 @@ fn lock_within<T>(m: &Mutex<T>, wait: Duration) -> Option<MutexGuard<'_, T>> {
 /// A cluster error back as a Redis error (inside a connection closure).
 fn to_redis(e: ClusterError) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "setup", e.to_string()))
+}
+
+/// The longest lease a worker may have.
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// The lease a worker's description gives (`lease_ms=`), at most [`MAX_LEASE`].
+fn described_lease(info: &str) -> Option<Duration> {
+    let ms = info
+        .split(' ')
+        .find_map(|part| part.strip_prefix("lease_ms="))?
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_millis(ms).min(MAX_LEASE))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -1693,8 +1711,46 @@ impl Node {
         Ok(())
     }
 
+    /// The idle time after which this worker takes an entry: the longest lease among
+    /// the queue's live workers, its own included (their descriptions say theirs). A
+    /// worker with a shorter lease would otherwise take the tasks that one with a
+    /// longer lease holds, and renews less often, while they run.
+    fn reclaim_after(&self) -> Result<Duration, ClusterError> {
+        let names: Vec<String> = self.run_keeper(|c| {
+            redis::cmd("ZRANGE")
+                .arg(self.keys.workers())
+                .arg(0)
+                .arg(-1)
+                .query(c)
+        })?;
+        let others: Vec<String> = names
+            .iter()
+            .filter(|n| **n != self.name)
+            .map(|n| self.keys.worker(n))
+            .collect();
+        let mut longest = Duration::ZERO;
+        for chunk in others.chunks(500) {
+            let infos: Vec<Option<String>> =
+                self.run_keeper(|c| redis::cmd("MGET").arg(chunk).query(c))?;
+            for lease in infos.iter().flatten().filter_map(|i| described_lease(i)) {
+                longest = longest.max(lease);
+            }
+        }
+        let mut st = lock(&self.state);
+        if longest > self.cfg.lease && longest != st.longest_other {
+            tracing::warn!(
+                worker = %self.name,
+                "another worker of this queue has a lease of {longest:?}, this one {:?}: tasks are taken back after the longest",
+                self.cfg.lease
+            );
+        }
+        st.longest_other = longest;
+        Ok(longest.max(self.cfg.lease))
+    }
+
     /// Claims entries whose lease ran out, following `XAUTOCLAIM`'s cursor.
     fn reclaim(&self) -> Result<(), ClusterError> {
+        let mut after = None;
         for _ in 0..16 {
             let room = self
                 .cfg
@@ -1707,7 +1763,11 @@ impl Node {
                 .cursor
                 .clone()
                 .unwrap_or_else(|| "0-0".into());
-            let min_idle = ms(self.cfg.lease).to_string();
+            let after = match after {
+                Some(after) => after,
+                None => *after.insert(self.reclaim_after()?),
+            };
+            let min_idle = ms(after).to_string();
             let count = room.min(100).to_string();
             let reply: Value = lock(&self.link).run_within(self.full_response(), |c| {
                 conn::invoke(
@@ -1803,6 +1863,19 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_described_lease_is_read_and_bounded() {
+        let d = |s: &str| described_lease(s);
+        assert_eq!(
+            d("host=a pid=1 processes=2 lease_ms=3000"),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(d("host=a pid=1 processes=2"), None);
+        assert_eq!(d("lease_ms=soon"), None);
+        assert_eq!(d("lease_ms=-5"), None);
+        assert_eq!(d(&format!("lease_ms={}", u64::MAX)), Some(MAX_LEASE));
+    }
 
     /// Runs `retire_until` against answers given in turn (the last one repeated);
     /// returns its result and the reply waits it asked for.
