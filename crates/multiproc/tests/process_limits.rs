@@ -23,6 +23,10 @@ fn main() {
         vec![
             trial("spawn_memory_cgroup", spawn_memory_cgroup),
             trial("spawn_memory_cgroup_exec", spawn_memory_cgroup_exec),
+            trial(
+                "spawn_memory_cgroup_too_small_to_start",
+                spawn_memory_cgroup_too_small_to_start,
+            ),
             trial("spawn_memory_address_space", spawn_memory_address_space),
             trial("spawn_cpu_time", spawn_cpu_time),
             trial("cpu_time_of_duration_max_is_no_limit", cpu_time_max),
@@ -200,6 +204,43 @@ fn spawn_memory_cgroup() {
         .spawn(hog, 64 << 20)
         .unwrap();
     assert_eq!(child.join_timeout(T).unwrap(), 64 << 20);
+}
+
+/// A cap too small for the child to start at all (one byte) is still the memory limit
+/// (it read as a process lost before its call started), and says its size.
+fn spawn_memory_cgroup_too_small_to_start() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .limits(Limits::new().memory(1).memory_cap(MemoryCap::Cgroup))
+            .start_method(method)
+            .spawn(double, 1)
+            .unwrap();
+        let detail = match child.join_timeout(T) {
+            Err(ProcessError::LimitExceeded {
+                limit: Limit::Memory,
+                detail,
+            }) => detail,
+            other => panic!("{method:?}: expected the memory limit, got {other:?}"),
+        };
+        assert!(detail.contains("out-of-memory killer"), "{detail}");
+        assert!(detail.contains("cap of 1 bytes"), "{detail}");
+    }
+    // A pool whose workers cannot start under it is broken, and says why.
+    let pool = Pool::builder()
+        .processes(1)
+        .limits(Limits::new().memory(1).memory_cap(MemoryCap::Cgroup))
+        .build()
+        .unwrap();
+    match pool.submit(double, 1).unwrap().wait_timeout(T) {
+        Err(TaskError::PoolBroken(why)) => {
+            assert!(
+                why.contains("memory limit") && why.contains("cap of 1 bytes"),
+                "{why}"
+            )
+        }
+        other => panic!("a pool of workers that cannot start: {other:?}"),
+    }
+    pool.join_timeout(T).unwrap();
 }
 
 fn spawn_memory_cgroup_exec() {

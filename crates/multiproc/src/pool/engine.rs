@@ -1306,23 +1306,31 @@ impl PoolInner {
                         }
                     }
                 }
+                // Every task it was ever sent is still waiting to start.
+                let took_none = w.assigned == unstarted.len() as u64;
                 // In their original order, ahead of tasks submitted since.
                 for id in unstarted.into_iter().rev() {
                     st.pending.push_front(id);
                 }
-                // A worker that died before taking any task did not start properly,
-                // also one that exited cleanly while it was still wanted (its
-                // initializer called `exit(0)`): only a worker being retired may.
-                if w.assigned == 0
+                // A worker that died before taking any task did not start properly (also
+                // one that was sent tasks it never began: they would go to its successor,
+                // which dies the same way, for ever), also one that exited cleanly while
+                // it was still wanted (its initializer called `exit(0)`): only a worker
+                // being retired may.
+                if took_none
                     && w.killed_for.is_none()
                     && !st.terminated
                     && !w.failed_to_start
                     && (w.jobs.is_some() || status.is_none_or(|s| !s.success()))
                 {
-                    let why = format!(
-                        "a worker ended before taking any task ({})",
-                        status.map_or_else(|| "unknown status".into(), |s| s.to_string())
-                    );
+                    // A memory cap too small for a worker's start-up says so.
+                    let how = match &exceeded {
+                        Some((limit, detail)) if *limit == crate::process::Limit::Memory => {
+                            format!("its {limit} limit: {detail}")
+                        }
+                        _ => status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
+                    };
+                    let why = format!("a worker ended before taking any task ({how})");
                     self.start_failed(&mut st, why, &mut deliveries);
                 }
                 for ticket in w.stolen {

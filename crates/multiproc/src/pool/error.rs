@@ -49,8 +49,10 @@ pub enum TaskError {
     /// The pool was closed or terminated before the task could run.
     #[error("the pool is closed")]
     PoolClosed,
-    /// The pool cannot keep workers: its initializer fails in every new worker, or
-    /// processes cannot be started. Every task fails this way from then on.
+    /// The pool cannot keep workers: its initializer fails in every new worker, a
+    /// worker ends before it begins any task it was given (a memory cap too small for
+    /// its start-up, say), or processes cannot be started. Every task fails this way
+    /// from then on.
     #[error("the pool is broken: {0}")]
     PoolBroken(String),
     /// The function is not part of the main executable (it lives in a shared library),

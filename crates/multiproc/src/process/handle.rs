@@ -363,9 +363,11 @@ impl ChildRecord {
         registry::remove(self);
         let (started, outcome) = channel.map_or((false, None), |c| (c.started, c.outcome));
         let exceeded = |(limit, detail)| ProcessError::LimitExceeded { limit, detail };
+        // A memory cap too small for the child's own start-up is the cap's doing too;
+        // other limits count only once the call has started.
         if outcome.is_none()
-            && started
             && let Some(limit) = self.limit_exceeded()
+            && (started || limit.0 == super::Limit::Memory)
         {
             return Err(exceeded(limit));
         }

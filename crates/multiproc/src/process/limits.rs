@@ -278,6 +278,19 @@ pub(crate) struct Armed {
     pub(crate) open_files: bool,
 }
 
+/// A size in bytes as people read it: MiB, or KiB or bytes below one MiB.
+struct Mib(u64);
+
+impl std::fmt::Display for Mib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            b if b >= 1 << 20 => write!(f, "{:.0} MiB", b as f64 / (1024.0 * 1024.0)),
+            b if b >= 1 << 10 => write!(f, "{:.0} KiB", b as f64 / 1024.0),
+            b => write!(f, "{b} bytes"),
+        }
+    }
+}
+
 impl Armed {
     /// The limit a process that ended with `status` ran into, if any, and how it shows;
     /// `oom_killed`: its cgroup's out-of-memory killer struck.
@@ -285,13 +298,13 @@ impl Armed {
         let WaitStatus::Signaled(signal) = status else {
             return None;
         };
-        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        let mib = |bytes: u64| Mib(bytes);
         match (signal, self.memory) {
             (s, Some(MemoryArmed::Cgroup(bytes))) if s == sys::SIGKILL && oom_killed => {
                 return Some((
                     Limit::Memory,
                     format!(
-                        "killed by the out-of-memory killer at its cgroup's cap of {:.0} MiB",
+                        "killed by the out-of-memory killer at its cgroup's cap of {}",
                         mib(bytes)
                     ),
                 ));
@@ -301,7 +314,7 @@ impl Armed {
                     Limit::Memory,
                     format!(
                         "aborted under the address-space limit that caps its memory at \
-                         {:.0} MiB more than it had mapped (an allocation failed)",
+                         {} more than it had mapped (an allocation failed)",
                         mib(bytes)
                     ),
                 ));
