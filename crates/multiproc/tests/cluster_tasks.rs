@@ -2150,17 +2150,19 @@ fn a_worker_with_an_endless_grace_stops() {
     finish(&redis, c, ns);
 }
 
-/// Workers of one queue with different leases: one with a lease of 3 s renews its
-/// task every second, and one with a lease of 300 ms took it from it after 300 ms idle
-/// (the task ran twice, the first run stopped as "lease lost"). Tasks are now taken
-/// back after the longest lease among the queue's live workers.
+/// Workers of one queue with different leases: one with a lease of 15 s renews its
+/// task every 5 s, and one with a lease of 300 ms took it from it after 300 ms idle
+/// (the task ran twice, the first run stopped as "lease lost"), and retired it as dead
+/// once it was silent for 3 s between renewals. Tasks are now taken back after the
+/// longest lease among the queue's live workers, and a worker is not retired while its
+/// heartbeat key (three of its own leases long) lives.
 fn a_shorter_lease_does_not_take_a_longer_ones_tasks() {
     let redis = RedisServer::start();
     let ns = "leases";
     let long = tasks(Worker::builder(&redis.url()))
         .namespace(ns)
         .processes(1)
-        .lease(Duration::from_secs(3))
+        .lease(Duration::from_secs(15))
         .build()
         .unwrap();
     let c = client(&redis, ns);
@@ -2190,10 +2192,17 @@ fn a_shorter_lease_does_not_take_a_longer_ones_tasks() {
         .map(|w| w.description)
         .collect();
     assert!(
-        described.iter().any(|d| d.ends_with("lease_ms=3000"))
+        described.iter().any(|d| d.ends_with("lease_ms=15000"))
             && described.iter().any(|d| d.ends_with("lease_ms=300")),
         "{described:?}"
     );
+    // Through more than one of the long worker's renewal periods, it stays listed.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(6) {
+        let workers = c.stats().unwrap().workers.len();
+        assert_eq!(workers, 2, "a live worker was retired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     short.shutdown(true);
     long.shutdown(true);
     finish(&redis, c, ns);

@@ -283,7 +283,9 @@ impl Addressee {
             Ok((Some(text.to_string()), rest))
         }
         let (task, rest) = text(rest, &bad)?;
-        let task = task.ok_or_else(|| bad("has no task id"))?;
+        let task = task
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("has no task id"))?;
         let (reply, rest) = text(rest, &bad)?;
         Ok((Addressee { task, reply }, rest))
     }
@@ -482,6 +484,9 @@ mod tests {
         bad[5] = 0xff;
         assert!(Addressee::read(&bad).is_err());
         assert!(Addressee::read(&[]).is_err());
+        // No task id, or an empty one.
+        assert!(Addressee::read(&[4, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(Addressee::read(&[4, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]

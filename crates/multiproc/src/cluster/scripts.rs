@@ -199,15 +199,27 @@ return out
     ))
 });
 
-/// Claims entries whose lease ran out (`XAUTOCLAIM`), with their delivery counts.
+/// Claims entries whose lease ran out (`XAUTOCLAIM`), with their delivery counts. An
+/// entry's lease is the longest among the queue's live workers: the claimer's own, or
+/// one another's heartbeat key describes (`lease_ms=`, at most a day), so that a worker
+/// with a shorter lease does not take the tasks of one that renews less often.
 ///
-/// KEYS: stream. ARGV: group, consumer, min idle ms, cursor, count.
-/// Returns `{next cursor, {id, fields, deliveries}...}`.
+/// KEYS: stream, workers. ARGV: group, consumer, own lease ms, cursor, count, the
+/// prefix of the workers' heartbeat keys.
+/// Returns `{next cursor, the lease used (ms), {id, fields, deliveries}...}`.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local out = {r[1]}
+local idle = tonumber(ARGV[3])
+for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if name ~= ARGV[2] then
+    local info = redis.call('GET', ARGV[6] .. name)
+    local lease = info and tonumber(string.match(info, 'lease_ms=(%d+)'))
+    if lease and lease > idle then idle = math.min(lease, 86400000) end
+  end
+end
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], idle, ARGV[4], 'COUNT', ARGV[5])
+local out = {r[1], idle}
 for _, e in ipairs(r[2]) do
   if e[2] then
     local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
@@ -344,13 +356,17 @@ return 1
 });
 
 /// Removes a consumer that holds no pending entries (a worker that stopped, or one
-/// long dead whose tasks were all reclaimed).
+/// long dead whose tasks were all reclaimed). Another's (`ARGV[3]` = `1`) only once its
+/// heartbeat key is gone: that lives three of its own leases, which may be longer than
+/// the retiring worker's.
 ///
-/// KEYS: stream, workers, worker info. ARGV: group, consumer.
-/// Returns 1 if it was removed, 0 if it still holds entries.
+/// KEYS: stream, workers, worker info. ARGV: group, consumer, another's (`1`) or its own
+/// (`0`).
+/// Returns 1 if it was removed, 0 if it still holds entries or lives.
 pub(crate) static RETIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if p[1] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])

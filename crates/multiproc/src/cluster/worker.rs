@@ -733,7 +733,7 @@ struct State {
     next: u64,
     /// `XAUTOCLAIM`'s cursor, followed across calls.
     cursor: Option<String>,
-    /// The longest lease of another live worker of the queue, as last seen.
+    /// The lease the last reclaim went by (the longest of the queue's live workers').
     longest_other: Duration,
 }
 
@@ -868,18 +868,8 @@ fn to_redis(e: ClusterError) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "setup", e.to_string()))
 }
 
-/// The longest lease a worker may have.
+/// The longest lease a worker may have (`RECLAIM` bounds the leases it reads likewise).
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
-
-/// The lease a worker's description gives (`lease_ms=`), at most [`MAX_LEASE`].
-fn described_lease(info: &str) -> Option<Duration> {
-    let ms = info
-        .split(' ')
-        .find_map(|part| part.strip_prefix("lease_ms="))?
-        .parse::<u64>()
-        .ok()?;
-    Some(Duration::from_millis(ms).min(MAX_LEASE))
-}
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -1625,7 +1615,7 @@ impl Node {
                     self.keys.workers(),
                     self.keys.worker(&self.name),
                 ],
-                &[GROUP.as_bytes(), self.name.as_bytes()],
+                &[GROUP.as_bytes(), self.name.as_bytes(), b"0"],
             )
         };
         let tried = retire_until(by, |within| {
@@ -1711,46 +1701,8 @@ impl Node {
         Ok(())
     }
 
-    /// The idle time after which this worker takes an entry: the longest lease among
-    /// the queue's live workers, its own included (their descriptions say theirs). A
-    /// worker with a shorter lease would otherwise take the tasks that one with a
-    /// longer lease holds, and renews less often, while they run.
-    fn reclaim_after(&self) -> Result<Duration, ClusterError> {
-        let names: Vec<String> = self.run_keeper(|c| {
-            redis::cmd("ZRANGE")
-                .arg(self.keys.workers())
-                .arg(0)
-                .arg(-1)
-                .query(c)
-        })?;
-        let others: Vec<String> = names
-            .iter()
-            .filter(|n| **n != self.name)
-            .map(|n| self.keys.worker(n))
-            .collect();
-        let mut longest = Duration::ZERO;
-        for chunk in others.chunks(500) {
-            let infos: Vec<Option<String>> =
-                self.run_keeper(|c| redis::cmd("MGET").arg(chunk).query(c))?;
-            for lease in infos.iter().flatten().filter_map(|i| described_lease(i)) {
-                longest = longest.max(lease);
-            }
-        }
-        let mut st = lock(&self.state);
-        if longest > self.cfg.lease && longest != st.longest_other {
-            tracing::warn!(
-                worker = %self.name,
-                "another worker of this queue has a lease of {longest:?}, this one {:?}: tasks are taken back after the longest",
-                self.cfg.lease
-            );
-        }
-        st.longest_other = longest;
-        Ok(longest.max(self.cfg.lease))
-    }
-
     /// Claims entries whose lease ran out, following `XAUTOCLAIM`'s cursor.
     fn reclaim(&self) -> Result<(), ClusterError> {
-        let mut after = None;
         for _ in 0..16 {
             let room = self
                 .cfg
@@ -1763,23 +1715,20 @@ impl Node {
                 .cursor
                 .clone()
                 .unwrap_or_else(|| "0-0".into());
-            let after = match after {
-                Some(after) => after,
-                None => *after.insert(self.reclaim_after()?),
-            };
-            let min_idle = ms(after).to_string();
+            let lease = ms(self.cfg.lease).to_string();
             let count = room.min(100).to_string();
             let reply: Value = lock(&self.link).run_within(self.full_response(), |c| {
                 conn::invoke(
                     c,
                     &scripts::RECLAIM,
-                    &[self.keys.stream()],
+                    &[self.keys.stream(), self.keys.workers()],
                     &[
                         GROUP.as_bytes(),
                         self.name.as_bytes(),
-                        min_idle.as_bytes(),
+                        lease.as_bytes(),
                         cursor.as_bytes(),
                         count.as_bytes(),
+                        self.keys.worker("").as_bytes(),
                     ],
                 )
             })?;
@@ -1788,8 +1737,21 @@ impl Node {
                 .first()
                 .and_then(conn::text)
                 .unwrap_or_else(|| "0-0".into());
+            let used = parts.get(1).and_then(conn::int).unwrap_or(0).max(0) as u64;
+            let used = Duration::from_millis(used);
+            {
+                let mut st = lock(&self.state);
+                if used > self.cfg.lease && used != st.longest_other {
+                    tracing::warn!(
+                        worker = %self.name,
+                        "another worker of this queue has a lease of {used:?}, this one {:?}: tasks are taken back after the longest",
+                        self.cfg.lease
+                    );
+                }
+                st.longest_other = used;
+            }
             let mut claimed = 0;
-            for e in parts.iter().skip(1) {
+            for e in parts.iter().skip(2) {
                 if let [id, fields, deliveries] = conn::array(e)
                     && let Some(id) = conn::text(id)
                 {
@@ -1811,7 +1773,8 @@ impl Node {
         Ok(())
     }
 
-    /// Removes workers silent for ten leases that hold no tasks any more.
+    /// Removes workers silent for ten leases that hold no tasks any more, once their
+    /// heartbeat keys (three of their own leases long) are gone too.
     fn retire_dead(&self) -> Result<(), ClusterError> {
         let (list, time): (Vec<(String, f64)>, (i64, i64)) = self.run_keeper(|c| {
             redis::pipe()
@@ -1836,7 +1799,7 @@ impl Node {
                             self.keys.workers(),
                             self.keys.worker(&name),
                         ],
-                        &[GROUP.as_bytes(), name.as_bytes()],
+                        &[GROUP.as_bytes(), name.as_bytes(), b"1"],
                     )
                 })?;
                 if r == 1 {
@@ -1863,19 +1826,6 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_described_lease_is_read_and_bounded() {
-        let d = |s: &str| described_lease(s);
-        assert_eq!(
-            d("host=a pid=1 processes=2 lease_ms=3000"),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(d("host=a pid=1 processes=2"), None);
-        assert_eq!(d("lease_ms=soon"), None);
-        assert_eq!(d("lease_ms=-5"), None);
-        assert_eq!(d(&format!("lease_ms={}", u64::MAX)), Some(MAX_LEASE));
-    }
 
     /// Runs `retire_until` against answers given in turn (the last one repeated);
     /// returns its result and the reply waits it asked for.
