@@ -37,6 +37,10 @@ fn main() {
             ),
             trial("pool_memory_cgroup_goes_on", pool_memory_cgroup),
             trial(
+                "pool_memory_cgroup_context_too_large",
+                pool_memory_cgroup_context_too_large,
+            ),
+            trial(
                 "pool_memory_address_space_goes_on",
                 pool_memory_address_space,
             ),
@@ -394,6 +398,37 @@ fn pool_memory_cgroup() {
     pool_goes_on(cgroup_cap(), Limit::Memory, true, |pool| {
         expect_task_limit(pool.apply(hog, 2 << 30), Limit::Memory)
     });
+}
+
+#[allow(clippy::ptr_arg)] // `map_with` hands the context as `&C`.
+fn context_len(ctx: &Vec<u8>, x: u64) -> u64 {
+    ctx.len() as u64 + x
+}
+
+/// A `map_with` context too large for the workers' memory cap: each worker is killed
+/// copying it, before it can begin a task. The map fails with the limit once three
+/// workers died that way, and the pool goes on (workers died one after the other, for
+/// ever, and the map never returned).
+fn pool_memory_cgroup_context_too_large() {
+    let limits = Limits::new().memory(64 << 20).memory_cap(MemoryCap::Cgroup);
+    let pool = std::sync::Arc::new(Pool::builder().processes(2).limits(limits).build().unwrap());
+    assert_eq!(pool.apply(double, 1).unwrap(), 2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mapper = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(pool.map_with(vec![1u8; 160 << 20], context_len, 0..4u64));
+        })
+    };
+    let r = rx
+        .recv_timeout(T)
+        .expect("the map did not return: its workers died for ever");
+    mapper.join().unwrap();
+    let detail = expect_task_limit(r, Limit::Memory);
+    assert!(detail.contains("64 MiB"), "{detail}");
+    assert_eq!(pool.apply(double, 21).unwrap(), 42, "the pool went on");
+    pool.close();
+    pool.join_timeout(T).unwrap();
 }
 
 fn pool_memory_address_space() {

@@ -161,6 +161,8 @@ struct Worker {
     contexts: FxHashSet<u64>,
     /// It reported that it could not get ready (counted then, not again as it ends).
     failed_to_start: bool,
+    /// It reported that it is ready (its initializer returned).
+    ready: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +186,14 @@ pub(super) struct PerTask {
     pub(super) fallible: Option<FailureCheck>,
 }
 
+/// The worker with process id `pid` (reports about a worker itself carry its pid).
+fn worker_with_pid(st: &mut State, pid: u64) -> Option<&mut Worker> {
+    st.workers
+        .iter_mut()
+        .flatten()
+        .find(|w| u64::from(w.handle.pid()) == pid)
+}
+
 /// Looks at a fallible task's encoded `Result`: the failure, if it is an `Err`.
 pub(super) type FailureCheck = fn(&[u8]) -> Option<Failure>;
 
@@ -205,6 +215,8 @@ struct TaskRec {
     ticket: Option<(u32, u32)>,
     /// Its outcome was delivered already (cancelled); only the ticket is left to free.
     delivered: bool,
+    /// Ready workers that died while it was the next task they were to begin.
+    lost_unstarted: u32,
 }
 
 impl PoolInner {
@@ -385,6 +397,7 @@ impl PoolInner {
                 worker: None,
                 ticket: None,
                 delivered: false,
+                lost_unstarted: 0,
             },
         );
         match not_before {
@@ -775,6 +788,7 @@ impl PoolInner {
             stolen: Vec::new(),
             contexts: FxHashSet::default(),
             failed_to_start: false,
+            ready: false,
         })
     }
 }
@@ -1065,15 +1079,16 @@ impl PoolInner {
         };
         let body = &msg.bytes[OUTCOME_HEADER..];
         let text = || String::from_utf8_lossy(body).into_owned();
+        if header.kind == kind::READY {
+            if let Some(w) = worker_with_pid(st, header.id) {
+                w.ready = true;
+            }
+            return;
+        }
         if header.kind == kind::INIT_FAILED {
             let why = text();
             tracing::trace!("a pool worker could not start: {why}");
-            if let Some(w) = st
-                .workers
-                .iter_mut()
-                .flatten()
-                .find(|w| u64::from(w.handle.pid()) == header.id)
-            {
+            if let Some(w) = worker_with_pid(st, header.id) {
                 w.failed_to_start = true;
             }
             self.start_failed(st, why, out);
@@ -1306,20 +1321,40 @@ impl PoolInner {
                         }
                     }
                 }
-                // Every task it was ever sent is still waiting to start.
-                let took_none = w.assigned == unstarted.len() as u64;
+                let blameless = w.killed_for.is_none() && !st.terminated;
+                // A ready worker that died before beginning the next task it was sent:
+                // that task may be what kills it (a message too large for its memory
+                // cap, say). Sent to as many workers as a pool may fail to start, it
+                // fails, rather than go from one dying worker to the next for ever.
+                if w.ready
+                    && blameless
+                    && let Some(&next) = unstarted.first()
+                    && let Some(rec) = st.tasks.get_mut(&next)
+                {
+                    rec.lost_unstarted += 1;
+                    if rec.lost_unstarted >= MAX_START_FAILURES {
+                        unstarted.remove(0);
+                        let error = match exceeded.clone() {
+                            Some((limit, detail)) => TaskError::LimitExceeded { limit, detail },
+                            None => TaskError::WorkerDied(status),
+                        };
+                        tracing::warn!(
+                            "a task failed: {MAX_START_FAILURES} workers died before they could begin it ({error})"
+                        );
+                        self.fail_or_retry(&mut st, next, error, &mut deliveries);
+                    }
+                }
                 // In their original order, ahead of tasks submitted since.
                 for id in unstarted.into_iter().rev() {
                     st.pending.push_front(id);
                 }
-                // A worker that died before taking any task did not start properly (also
-                // one that was sent tasks it never began: they would go to its successor,
-                // which dies the same way, for ever), also one that exited cleanly while
+                // A worker that died before it was ready, or before it was sent any task,
+                // did not start properly (the tasks it was sent would go to a successor
+                // that dies the same way, for ever); also one that exited cleanly while
                 // it was still wanted (its initializer called `exit(0)`): only a worker
                 // being retired may.
-                if took_none
-                    && w.killed_for.is_none()
-                    && !st.terminated
+                if (!w.ready || w.assigned == 0)
+                    && blameless
                     && !w.failed_to_start
                     && (w.jobs.is_some() || status.is_none_or(|s| !s.success()))
                 {

@@ -160,6 +160,9 @@ pub(crate) mod kind {
     /// the header's id the worker's pid.
     /// It exits after sending this.
     pub(crate) const INIT_FAILED: u8 = 6;
+    /// The worker is ready (its initializer, if any, returned); the header's id is the
+    /// worker's pid.
+    pub(crate) const READY: u8 = 7;
 }
 
 /// The fixed part of a job.
@@ -298,7 +301,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         // A pool that is gone reads nothing more; the worker ends with the next receive.
         let _ = results.send(out, Deadline::Never, false);
     };
-    let failed = |kind: u8, why: &str| {
+    let report = |kind: u8, why: &str| {
         let mut bytes = vec![0; OUTCOME_HEADER];
         bytes.extend_from_slice(why.as_bytes());
         (
@@ -317,7 +320,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let proof = match sys::verify_image(&identity) {
         Ok(proof) => proof,
         Err(why) => {
-            let (h, out) = failed(kind::INIT_FAILED, &why);
+            let (h, out) = report(kind::INIT_FAILED, &why);
             send(h, out);
             return;
         }
@@ -332,11 +335,13 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             Err(payload) => Some(caught_panic(&*payload).to_string()),
         };
         if let Some(why) = why {
-            let (h, out) = failed(kind::INIT_FAILED, &format!("the initializer failed: {why}"));
+            let (h, out) = report(kind::INIT_FAILED, &format!("the initializer failed: {why}"));
             send(h, out);
             return;
         }
     }
+    let (h, out) = report(kind::READY, "");
+    send(h, out);
     let mut contexts: FxHashMap<u64, ContextSlot> = FxHashMap::default();
     loop {
         let mut serve = |bytes: &[u8], fds: Vec<OwnedFd>| {

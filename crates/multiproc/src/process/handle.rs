@@ -363,11 +363,12 @@ impl ChildRecord {
         registry::remove(self);
         let (started, outcome) = channel.map_or((false, None), |c| (c.started, c.outcome));
         let exceeded = |(limit, detail)| ProcessError::LimitExceeded { limit, detail };
-        // A memory cap too small for the child's own start-up is the cap's doing too;
-        // other limits count only once the call has started.
+        // A memory cap too small for the child's own start-up is the cap's doing too, as
+        // its cgroup's out-of-memory count shows; other ends count only once the call
+        // has started (an abort before it need not be an allocation that failed).
         if outcome.is_none()
             && let Some(limit) = self.limit_exceeded()
-            && (started || limit.0 == super::Limit::Memory)
+            && (started || unpoisoned::lock(&self.status).oom_killed)
         {
             return Err(exceeded(limit));
         }
