@@ -19,6 +19,14 @@ fn main() {
         vec![
             trial("lock_owner_killed_holding_it", lock_owner_killed_holding_it),
             trial(
+                "short_timeouts_find_a_dead_owner",
+                short_timeouts_find_a_dead_owner,
+            ),
+            trial(
+                "an_event_pulse_releases_its_waiters",
+                an_event_pulse_releases_its_waiters,
+            ),
+            trial(
                 "rlock_owner_killed_holding_it",
                 rlock_owner_killed_holding_it,
             ),
@@ -184,6 +192,60 @@ fn lock_owner_killed_holding_it() {
     assert!(!lock.is_locked());
 }
 
+/// Timeouts shorter than a sleeper's first look at the owner (2 ms): a poll with
+/// `lock_timeout(1 ms)` or `Duration::ZERO` met `WouldBlock` for ever when the owner
+/// had died; it now finds the death at its deadline.
+fn short_timeouts_find_a_dead_owner() {
+    let lock = Lock::new().unwrap();
+    let held = Event::new().unwrap();
+    let mut child = multiproc::spawn(hold_lock, (lock.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T));
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+    drop(owner_died(lock.lock_timeout(Duration::from_millis(1))));
+    drop(clean(lock.lock_timeout(Duration::from_millis(1))));
+    let v = Value::new([0u64; 2]).unwrap();
+    let held = Event::new().unwrap();
+    let mut child = multiproc::spawn(half_update, (v.clone(), held.clone())).unwrap();
+    assert!(held.wait_timeout(T));
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+    assert_eq!(*owner_died(v.lock_timeout(Duration::ZERO)), [1, 0]);
+}
+
+/// Waits for `go` after saying it is about to; whether it was raised.
+fn wait_for_go((go, waiting): (Event, Event)) -> bool {
+    waiting.set();
+    go.wait_timeout(Duration::from_secs(20))
+}
+
+/// A `set` then `clear` while a process sleeps in `wait`: the waiter returns, as
+/// Python's `threading.Event.wait` does (it saw the flag down when it woke, and slept
+/// on).
+fn an_event_pulse_releases_its_waiters() {
+    let go = Event::new().unwrap();
+    let waiting = Event::new().unwrap();
+    let mut child = multiproc::spawn(wait_for_go, (go.clone(), waiting.clone())).unwrap();
+    assert!(waiting.wait_timeout(T));
+    assert!(common::eventually(T, || common::asleep_on_futex(
+        child.pid()
+    )));
+    let pulsed = Instant::now();
+    go.set();
+    go.clear();
+    assert!(child.join_timeout(T).unwrap(), "the waiter timed out");
+    assert!(
+        pulsed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        pulsed.elapsed()
+    );
+    assert!(!go.is_set());
+    // A wait that begins after the pulse waits for the next raising.
+    assert!(!go.wait_timeout(Duration::from_millis(20)));
+    go.set();
+    assert!(go.wait_timeout(Duration::ZERO));
+}
+
 fn hold_rlock((lock, held): (RLock, Event)) {
     let _a = lock.lock().unwrap();
     let _b = lock.lock().unwrap();
@@ -228,6 +290,8 @@ fn value_owner_killed_holding_its_lock() {
     // `load` cannot say the owner died: it reads what it left and keeps the news for
     // the next `lock`.
     assert_eq!(v.load(), [1, 0]);
+    // Nor can its debug print (it took the news away: the next lock was clean).
+    assert_eq!(format!("{v:?}"), "Value { value: [1, 0] }");
     let mut g = owner_died(v.lock_timeout(T));
     assert_eq!(*g, [1, 0]);
     g[1] = 1;

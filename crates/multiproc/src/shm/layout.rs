@@ -288,7 +288,8 @@ unsafe impl SharedWords for SemaphoreWords {}
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct EventWords {
-    /// 1 when set; waiters sleep on it.
+    /// Bit 0: set. The bits above count the times it was raised, so that a waiter
+    /// sees a `set` that a `clear` undid before it woke. Waiters sleep on it.
     pub(crate) flag: AtomicU32,
     pub(crate) sleepers: AtomicU32,
     /// Async waiters (`wait_async`), which poll the event's doorbell instead.

@@ -15,6 +15,9 @@ use crate::shm::object::{Elem, Kind, Object, Shape};
 use crate::sys::{self, AsFd, OwnedFd};
 use crate::wire::codec;
 
+/// The flag word's bit that says it is raised.
+const SET: u32 = 1;
+
 /// The longest an async waiter sleeps before it looks again: the doorbell is shared by
 /// every async waiter, and one that silences it can, in a narrow window, leave another
 /// asleep while the flag is up.
@@ -23,7 +26,9 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// A flag that processes and threads can wait on: Python's `Event`.
 ///
 /// [`set`](Event::set) raises it and wakes every waiter; [`clear`](Event::clear) lowers
-/// it; [`wait`](Event::wait) returns once it is raised.
+/// it; [`wait`](Event::wait) returns once it is raised, also when it was lowered again
+/// before the waiter woke (a `set` then `clear` releases the waiters of the moment, as
+/// Python's `threading.Event` does).
 ///
 /// # Examples
 ///
@@ -124,7 +129,11 @@ impl Event {
     /// Raises the flag and wakes every waiter.
     pub fn set(&self) {
         let w = self.words();
-        if w.flag.swap(1, SeqCst) == 0 {
+        // Raised, and counted as one more raising (the count wraps).
+        let raised = w.flag.fetch_update(SeqCst, SeqCst, |v| {
+            (v & SET == 0).then_some(((v >> 1).wrapping_add(1) << 1) | SET)
+        });
+        if raised.is_ok() {
             if w.sleepers.load(SeqCst) > 0 {
                 sys::futex_wake(&w.flag, u32::MAX);
             }
@@ -136,22 +145,29 @@ impl Event {
 
     /// Lowers the flag.
     pub fn clear(&self) {
-        self.words().flag.store(0, SeqCst);
+        self.words().flag.fetch_and(!SET, SeqCst);
     }
 
     /// Whether the flag is raised.
     pub fn is_set(&self) -> bool {
-        self.words().flag.load(SeqCst) != 0
+        self.words().flag.load(SeqCst) & SET != 0
     }
 
-    /// Waits until the flag is raised.
+    /// Waits until the flag is raised (or was raised since the wait began).
     pub fn wait(&self) {
         while !self.wait_until(Deadline::Never) {}
     }
 
-    /// Waits at most `timeout` for the flag; whether it is raised.
+    /// Waits at most `timeout` for the flag; whether it is raised, or was raised since
+    /// the wait began.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(Deadline::after(timeout))
+    }
+
+    /// Whether the flag is raised, or was raised since it read `since`.
+    fn raised_since(&self, since: u32) -> bool {
+        let now = self.words().flag.load(SeqCst);
+        now & SET != 0 || now != since
     }
 
     /// Waits until the flag is raised without blocking the thread: the `async` form of
@@ -175,15 +191,16 @@ impl Event {
     /// The reactor could not watch the doorbell (out of descriptors).
     pub async fn wait_async(&self) -> std::io::Result<()> {
         let w = self.words();
+        let since = w.flag.load(SeqCst);
         loop {
-            if self.is_set() {
+            if self.raised_since(since) {
                 return Ok(());
             }
             // Counted first, then a last look: `set` raises the flag, then looks at the
             // count (both sequentially consistent), so one of us sees the other.
             let _counted = Counted(&w.async_sleepers);
             w.async_sleepers.fetch_add(1, SeqCst);
-            if self.is_set() {
+            if self.raised_since(since) {
                 return Ok(());
             }
             sys::readable_any(&[self.bell.as_fd()], Instant::now() + MAX_SLEEP).await?;
@@ -193,7 +210,12 @@ impl Event {
 
     fn wait_until(&self, wait: Deadline) -> bool {
         let w = self.words();
-        wait_for(&w.flag, 0, &w.sleepers, wait.instant(), || self.is_set())
+        // The kernel sleeps only while the word is what it was: a raising since (even
+        // one lowered again) changes it.
+        let since = w.flag.load(SeqCst);
+        wait_for(&w.flag, since, &w.sleepers, wait.instant(), None, || {
+            self.raised_since(since)
+        })
     }
 }
 

@@ -131,7 +131,17 @@ pub(crate) fn take_forever(words: &MutexWords, reentrant: bool) -> Got<'_> {
 /// one, it is kept for the next [`take`].
 #[inline]
 pub(crate) fn take_quietly(words: &MutexWords) -> Held<'_> {
-    match take_forever(words, false) {
+    keep_death(words, take_forever(words, false))
+}
+
+/// [`take_quietly`] if the lock is free now (or its holder died); `None` if it is held.
+pub(crate) fn try_take_quietly(words: &MutexWords) -> Option<Held<'_>> {
+    take(words, false, Deadline::Now).map(|got| keep_death(words, got))
+}
+
+/// The hold, with an owner's death kept for the next [`take`] to report.
+fn keep_death<'a>(words: &'a MutexWords, got: Got<'a>) -> Held<'a> {
+    match got {
         Got::Clean(held) => held,
         Got::OwnerDied(held) => {
             words.died.store(1, SeqCst);

@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 pub(crate) use crate::shm::layout::LockWords;
 use crate::sys;
 
+/// How long a sleeper whose waker wakes only one sleeper sleeps at most before it looks
+/// again (see [`wait_for`]).
+pub(crate) const RECHECK: Duration = Duration::from_millis(100);
+
 /// How long a waiter spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(10);
 /// When a sleeper first checks that the owner still lives; then twice as long each
@@ -158,7 +162,16 @@ impl LockWords {
                 next_check = now + check_every;
             }
             let wake_at = match deadline {
-                Some(d) if now >= d => return None,
+                // At its deadline a waiter looks at the owner once more: a wait shorter
+                // than the first check (a poll with a timeout of 1 ms, say) would
+                // otherwise never find a dead owner.
+                Some(d) if now >= d => {
+                    if owner != me && !sys::identity_alive(owner) && self.take_from_dead(owner, me)
+                    {
+                        return Some(Acquired::OwnerDied);
+                    }
+                    return None;
+                }
                 Some(d) => d.min(next_check),
                 None => next_check,
             };
@@ -230,11 +243,16 @@ impl LockWords {
 /// `deadline` passes, sleeping on the futex `word` while it holds `idle`, counted in
 /// `sleepers`. Whoever changes `word` away from `idle` must then wake the word if
 /// `sleepers` is non-zero. Spins briefly first. Returns the last `ready()`.
+///
+/// `recheck`: the longest one sleep lasts before `ready()` is asked again. For words
+/// whose waker wakes one sleeper: the kernel may pick one that a signal is killing, and
+/// its wake-up is then lost to the others ([`RECHECK`]).
 pub(crate) fn wait_for(
     word: &AtomicU32,
     idle: u32,
     sleepers: &AtomicU32,
     deadline: Option<Instant>,
+    recheck: Option<Duration>,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     if ready() {
@@ -251,6 +269,10 @@ pub(crate) fn wait_for(
                 _ => return ready(),
             },
             None => None,
+        };
+        let timeout = match (timeout, recheck) {
+            (Some(t), Some(r)) => Some(t.min(r)),
+            (t, r) => t.or(r),
         };
         // Counted before the kernel compares the word: a waker that changes the word
         // after that comparison sees the count and wakes us. All SeqCst.

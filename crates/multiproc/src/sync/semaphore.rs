@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::OverRelease;
 use super::lock::object_handle;
-use super::raw::wait_for;
+use super::raw::{RECHECK, wait_for};
 use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::SemaphoreWords;
@@ -239,7 +239,15 @@ fn try_take(w: &SemaphoreWords) -> bool {
 
 /// Takes a permit, waiting as `wait` says; whether it got one.
 fn take(w: &SemaphoreWords, wait: Deadline) -> bool {
-    wait_for(&w.value, 0, &w.sleepers, wait.instant(), || try_take(w))
+    // A release wakes one sleeper: one being killed may take the wake-up with it.
+    wait_for(
+        &w.value,
+        0,
+        &w.sleepers,
+        wait.instant(),
+        Some(RECHECK),
+        || try_take(w),
+    )
 }
 
 /// Adds a permit unless the count is at its bound; wakes a sleeper.

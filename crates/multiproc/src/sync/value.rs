@@ -213,9 +213,10 @@ impl<T: ShmSafe> Value<T> {
 impl<T: ShmSafe + fmt::Debug> fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Value");
-        match self.try_lock() {
-            Ok(g) => d.field("value", &*g),
-            Err(_) => d.field("value", &format_args!("<locked>")),
+        // Read without taking an owner's death from the next `lock`, which reports it.
+        match mutex::try_take_quietly(self.words()) {
+            Some(held) => d.field("value", &*ValueGuard::new(self.data, held)),
+            None => d.field("value", &format_args!("<locked>")),
         };
         d.finish()
     }
