@@ -192,24 +192,29 @@ fn lock_owner_killed_holding_it() {
     assert!(!lock.is_locked());
 }
 
+/// Runs `f` in a child with `handle` and an event it raises once it holds the handle's
+/// lock; SIGKILLs it then.
+fn killed_holding<H>(f: fn((H, Event)), handle: H)
+where
+    H: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let held = Event::new().unwrap();
+    let mut child = multiproc::spawn(f, (handle, held.clone())).unwrap();
+    assert!(held.wait_timeout(T));
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+}
+
 /// Timeouts shorter than a sleeper's first look at the owner (2 ms): a poll with
 /// `lock_timeout(1 ms)` or `Duration::ZERO` met `WouldBlock` for ever when the owner
 /// had died; it now finds the death at its deadline.
 fn short_timeouts_find_a_dead_owner() {
     let lock = Lock::new().unwrap();
-    let held = Event::new().unwrap();
-    let mut child = multiproc::spawn(hold_lock, (lock.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(T));
-    child.kill().unwrap();
-    let _ = child.join_timeout(T);
+    killed_holding(hold_lock, lock.clone());
     drop(owner_died(lock.lock_timeout(Duration::from_millis(1))));
     drop(clean(lock.lock_timeout(Duration::from_millis(1))));
     let v = Value::new([0u64; 2]).unwrap();
-    let held = Event::new().unwrap();
-    let mut child = multiproc::spawn(half_update, (v.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(T));
-    child.kill().unwrap();
-    let _ = child.join_timeout(T);
+    killed_holding(half_update, v.clone());
     assert_eq!(*owner_died(v.lock_timeout(Duration::ZERO)), [1, 0]);
 }
 
@@ -282,11 +287,7 @@ fn half_update((v, held): (Value<[u64; 2]>, Event)) {
 
 fn value_owner_killed_holding_its_lock() {
     let v = Value::new([0u64; 2]).unwrap();
-    let held = Event::new().unwrap();
-    let mut child = multiproc::spawn(half_update, (v.clone(), held.clone())).unwrap();
-    assert!(held.wait_timeout(T));
-    child.kill().unwrap();
-    let _ = child.join_timeout(T);
+    killed_holding(half_update, v.clone());
     // `load` cannot say the owner died: it reads what it left and keeps the news for
     // the next `lock`.
     assert_eq!(v.load(), [1, 0]);
