@@ -112,7 +112,10 @@ impl<T: ShmSafe> Value<T> {
     }
 
     /// Opens the value in the named segment `name`, created by
-    /// [`create_named`](Self::create_named) in any process.
+    /// [`create_named`](Self::create_named) in any process of the same PID namespace:
+    /// the lock knows its holder by thread id, so a process of another namespace (a
+    /// container that shares `/dev/shm` but not process ids) would take a live
+    /// holder's lock as a dead one's.
     ///
     /// # Errors
     ///
@@ -368,7 +371,8 @@ impl<T: ShmSafe> Array<T> {
         )?)
     }
 
-    /// Opens the array in the named segment `name`.
+    /// Opens the array in the named segment `name` (within one PID namespace, as
+    /// [`Value::open_named`]).
     ///
     /// # Errors
     ///
