@@ -25,6 +25,10 @@ fn main() {
             ),
             trial("panic_backtrace_comes_back", panic_backtrace_comes_back),
             trial("exit_code_is_reported", exit_code_is_reported),
+            trial(
+                "exit_codes_with_sigchld_ignored",
+                exit_codes_with_sigchld_ignored,
+            ),
             trial("segfault_is_reported", segfault_is_reported),
             trial(
                 "a_crash_is_reported_while_a_process_it_forked_lives",
@@ -92,6 +96,7 @@ fn helpers(mode: &str) {
         "server_stopped" => helper_server_stopped(),
         "main" => println!("main ran"),
         "fork_limited" => helper_fork_limited(),
+        "sigchld_ignored" => helper_sigchld_ignored(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -174,6 +179,52 @@ fn line_of(needle: &str) -> u32 {
 
 fn exit3(_: ()) -> u32 {
     std::process::exit(3)
+}
+
+/// Started with SIGCHLD ignored (a disposition a program can inherit across `exec`):
+/// each start method's child exits with 3, and the child's own disposition is the
+/// program's.
+fn helper_sigchld_ignored() {
+    each_method(exit3, |method, r| println!("{method} {r:?}"));
+    let mut child = multiproc::spawn(sigchld_ignored, ()).unwrap();
+    println!("inherited {:?}", child.join_timeout(T));
+}
+
+/// Whether this process ignores SIGCHLD.
+fn sigchld_ignored(_: ()) -> bool {
+    // SAFETY: `sigaction` with no new action only reads the current one.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// With SIGCHLD ignored the kernel reaps children itself: the fork server took it from
+/// the program, so it found no status to report, spun on the child's pidfd and never
+/// answered (`join_timeout` read the status pipe without a timeout and hung); a
+/// `spawn_fork` child's end was never seen (its `join_timeout` timed out, and the
+/// program hung at exit). The server now gives SIGCHLD its default action (its children
+/// get the program's back), and a forked child whose status the kernel took is `Lost`.
+fn exit_codes_with_sigchld_ignored() {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    // SAFETY: `signal` is async-signal-safe; it runs in the child before its exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut h = Helper::start_command("sigchld_ignored", command, &[]);
+    assert_eq!(h.expect("ForkServer ", T), "Err(Exited(3))");
+    assert_eq!(h.expect("Spawn ", T), "Err(Exited(3))");
+    let fork = h.expect("fork ", T);
+    assert!(
+        fork.starts_with("Err(Lost(") && fork.contains("ignores SIGCHLD"),
+        "{fork}"
+    );
+    assert_eq!(h.expect("inherited ", T), "Ok(true)");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 
 fn exit_code_is_reported() {

@@ -19,6 +19,8 @@ pub(crate) struct FromServer<'a> {
     pub(crate) executed: bool,
     /// The program's own SIGPIPE disposition, which the server replaced.
     pub(crate) sigpipe: sys::Disposition,
+    /// The program's own SIGCHLD disposition, which the server replaced.
+    pub(crate) sigchld: sys::Disposition,
     /// The server's environment, as a block.
     pub(crate) env: &'a [u8],
 }
@@ -34,9 +36,10 @@ pub(crate) fn become_requested(
     stdio: [OwnedFd; 3],
     death: Option<OwnedFd>,
 ) -> ! {
-    // The default action, and the program's own choice for SIGPIPE.
+    // The default action, and the program's own choices for SIGPIPE and SIGCHLD.
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
+    sys::restore_signal(sys::SIGCHLD, server.sigchld);
     // A daemon dies with the server, which dies with the parent; other children do not.
     let parent_alive = if request.daemon {
         sys::kill_me_with_parent(server.pid)

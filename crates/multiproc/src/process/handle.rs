@@ -249,10 +249,14 @@ impl ChildRecord {
                         None
                     }
                 }
-                StatusSource::Direct => sys::try_reap(self.pidfd.as_fd())
-                    .ok()
-                    .flatten()
-                    .map(Ended::Known),
+                // A child that has ended but cannot be waited for was reaped by the
+                // kernel (this program ignores SIGCHLD) or by a handler of its own:
+                // how it ended is lost.
+                StatusSource::Direct => match sys::try_reap(self.pidfd.as_fd()) {
+                    Ok(status) => status.map(Ended::Known),
+                    Err(_) if self.exited() => Some(Ended::Unknown),
+                    Err(_) => None,
+                },
             };
         }
         st.ended
@@ -399,7 +403,13 @@ impl ChildRecord {
                     ExitStatus::from_sys(t)
                 )),
                 Some(Ended::Unknown) | None => ProcessError::Lost(
-                    "the fork server died, so how the process ended is unknown".into(),
+                    if matches!(unpoisoned::lock(&self.status).source, StatusSource::Direct) {
+                        "the process ended, but its status was taken before it could be read \
+                         (this program ignores SIGCHLD, or a handler of its own reaps children)"
+                    } else {
+                        "the fork server died, so how the process ended is unknown"
+                    }
+                    .into(),
                 ),
             }),
         }
@@ -418,6 +428,11 @@ fn read_relayed(
     deadline: Option<Instant>,
     oom_killed: &mut bool,
 ) -> Option<Ended> {
+    // Nothing to read yet (a server that has not reaped the child, or cannot): no
+    // answer by the deadline, rather than a read that waits as long as the server.
+    if !matches!(sys::wait_readable(&[pipe.as_fd()], deadline), Ok(r) if r[0].ready()) {
+        return None;
+    }
     match bootstrap::read_status(pipe.as_fd()) {
         Ok(Some(reaped)) => {
             *oom_killed = reaped.oom_killed;

@@ -64,6 +64,7 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 // POSIX's traditional numbers, for `Signal`'s constants; nothing is ever sent here.
 pub(crate) const SIGINT: i32 = 2;
 pub(crate) const SIGPIPE: i32 = 13;
+pub(crate) const SIGCHLD: i32 = 17;
 pub(crate) const SIGILL: i32 = 4;
 pub(crate) const SIGABRT: i32 = 6;
 pub(crate) const SIGBUS: i32 = 7;
@@ -248,7 +249,9 @@ pub(crate) struct Disposition;
 pub(crate) fn ignore_signal(_: i32) -> Disposition {
     Disposition
 }
-pub(crate) fn default_signal(_: i32) {}
+pub(crate) fn default_signal(_: i32) -> Disposition {
+    Disposition
+}
 #[cfg(feature = "redis")]
 pub(crate) fn signal_is_default(_: i32) -> bool {
     false

@@ -176,6 +176,11 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     // chose for SIGPIPE (children get that choice back).
     sys::ignore_signal(sys::SIGINT);
     let sigpipe = sys::ignore_signal(sys::SIGPIPE);
+    // The server reaps its children through their pidfds: with SIGCHLD ignored (a
+    // disposition a program can inherit across `exec`), or a handler of the program's
+    // that reaps, the kernel or the handler would take their statuses first, and none
+    // would be reported (children get the program's choice back).
+    let sigchld = sys::default_signal(sys::SIGCHLD);
     sys::raise_fd_limit();
     // Never changes in the server; children compare the requested environment with it.
     let env = messages::env_block(std::env::vars_os());
@@ -191,6 +196,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         pid: sys::getpid(),
         executed,
         sigpipe,
+        sigchld,
         env: &env.0,
     };
     let mut conn = Conn::new(control, messages::MAX_CONTROL);

@@ -60,6 +60,7 @@ pub(crate) use proc::{
 /// server sets.
 pub(crate) const SIGINT: i32 = libc::SIGINT;
 pub(crate) const SIGPIPE: i32 = libc::SIGPIPE;
+pub(crate) const SIGCHLD: i32 = libc::SIGCHLD;
 pub(crate) const SIGABRT: i32 = libc::SIGABRT;
 pub(crate) const SIGBUS: i32 = libc::SIGBUS;
 pub(crate) const SIGFPE: i32 = libc::SIGFPE;

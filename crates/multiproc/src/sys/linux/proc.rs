@@ -347,10 +347,11 @@ pub(crate) fn signal_is_default(signal: i32) -> bool {
     }
 }
 
-/// Gives `signal` its default action back.
-pub(crate) fn default_signal(signal: i32) {
+/// Gives `signal` its default action back; returns the one it had, for
+/// [`restore_signal`].
+pub(crate) fn default_signal(signal: i32) -> Disposition {
     // SAFETY: the default action is the kernel's; no handler code is installed.
-    unsafe { libc::signal(signal, libc::SIG_DFL) };
+    Disposition(unsafe { libc::signal(signal, libc::SIG_DFL) })
 }
 
 /// Puts back a disposition [`ignore_signal`] returned for `signal`.
