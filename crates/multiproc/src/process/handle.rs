@@ -27,6 +27,9 @@ pub(crate) enum StatusSource {
     Relay(Arc<OwnedFd>),
     /// A direct child of this process (forked by `spawn_fork`): reaped through its pidfd.
     Direct,
+    /// Its fork server is gone (the status pipe reached its end): its pidfd says when it
+    /// ends, and how is unknown.
+    Orphaned,
 }
 
 /// How a child ended, as far as the parent can tell.
@@ -210,6 +213,21 @@ impl ChildRecord {
         }
     }
 
+    /// Whether its status still comes through the fork server's pipe. Reads what the
+    /// pipe holds first, without waiting: the status, or the end that says the server
+    /// died.
+    fn relay_open(&self) -> bool {
+        let mut st = unpoisoned::lock(&self.status);
+        let StatusSource::Relay(pipe) = &st.source else {
+            return false;
+        };
+        if st.ended.is_none() && matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.ready()) {
+            let pipe = Arc::clone(pipe);
+            st.ended = self.relayed(&mut st, &pipe, Some(Instant::now()));
+        }
+        matches!(st.source, StatusSource::Relay(_))
+    }
+
     /// What to watch, from a future, to learn that joining may have progressed: the
     /// pidfd (the process ended), the fork server's status pipe, and the call channel
     /// (a large result is only sent as it is read).
@@ -239,16 +257,13 @@ impl ChildRecord {
                     let reported = matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.ready());
                     if reported || self.exited() {
                         let pipe = Arc::clone(pipe);
-                        read_relayed(
-                            &pipe,
-                            &self.pidfd,
-                            Some(Instant::now() + RELAY_GRACE),
-                            &mut st.oom_killed,
-                        )
+                        let grace = Some(Instant::now() + RELAY_GRACE);
+                        self.relayed(&mut st, &pipe, grace)
                     } else {
                         None
                     }
                 }
+                StatusSource::Orphaned => self.exited().then_some(Ended::Unknown),
                 // A child that has ended but cannot be waited for was reaped by the
                 // kernel (this program ignores SIGCHLD) or by a handler of its own:
                 // how it ended is lost.
@@ -260,6 +275,27 @@ impl ChildRecord {
             };
         }
         st.ended
+    }
+
+    /// Reads the status the fork server relays through `pipe`, waiting until `deadline`
+    /// for it; at the pipe's end (the server died before reporting) the child is
+    /// orphaned from then on, and its end, once its pidfd shows it, is `Unknown`.
+    fn relayed(&self, st: &mut Status, pipe: &OwnedFd, deadline: Option<Instant>) -> Option<Ended> {
+        // Nothing to read yet (a server that has not reaped the child, or cannot): no
+        // answer by the deadline, rather than a read that waits as long as the server.
+        if !matches!(sys::wait_readable(&[pipe.as_fd()], deadline), Ok(r) if r[0].ready()) {
+            return None;
+        }
+        match bootstrap::read_status(pipe.as_fd()) {
+            Ok(Some(reaped)) => {
+                st.oom_killed = reaped.oom_killed;
+                Some(Ended::Known(reaped.status))
+            }
+            Ok(None) | Err(_) => {
+                st.source = StatusSource::Orphaned;
+                self.exited().then_some(Ended::Unknown)
+            }
+        }
     }
 
     /// Whether the process has exited (reported or not).
@@ -292,7 +328,7 @@ impl ChildRecord {
             }
             let pipe = match &unpoisoned::lock(&self.status).source {
                 StatusSource::Relay(pipe) => Some(Arc::clone(pipe)),
-                StatusSource::Direct => None,
+                StatusSource::Direct | StatusSource::Orphaned => None,
             };
             let fd = match &pipe {
                 Some(pipe) => pipe.as_fd(),
@@ -311,8 +347,7 @@ impl ChildRecord {
             if let Some(pipe) = pipe {
                 let mut st = unpoisoned::lock(&self.status);
                 if st.ended.is_none() {
-                    let st = &mut *st;
-                    st.ended = read_relayed(&pipe, &self.pidfd, deadline, &mut st.oom_killed);
+                    st.ended = self.relayed(&mut st, &pipe, deadline);
                 }
             }
         }
@@ -419,32 +454,6 @@ impl ChildRecord {
 /// How long an exited child's status may take to arrive from the fork server.
 const RELAY_GRACE: Duration = Duration::from_secs(1);
 
-/// Reads a relayed status (and whether the out-of-memory killer struck, into
-/// `oom_killed`); at end of file (the fork server died before reporting), waits for the
-/// process itself to end and reports `Unknown`.
-fn read_relayed(
-    pipe: &OwnedFd,
-    pidfd: &OwnedFd,
-    deadline: Option<Instant>,
-    oom_killed: &mut bool,
-) -> Option<Ended> {
-    // Nothing to read yet (a server that has not reaped the child, or cannot): no
-    // answer by the deadline, rather than a read that waits as long as the server.
-    if !matches!(sys::wait_readable(&[pipe.as_fd()], deadline), Ok(r) if r[0].ready()) {
-        return None;
-    }
-    match bootstrap::read_status(pipe.as_fd()) {
-        Ok(Some(reaped)) => {
-            *oom_killed = reaped.oom_killed;
-            Some(Ended::Known(reaped.status))
-        }
-        Ok(None) | Err(_) => match sys::wait_readable(&[pidfd.as_fd()], deadline) {
-            Ok(r) if r[0].ready() => Some(Ended::Unknown),
-            _ => None,
-        },
-    }
-}
-
 /// An owned permission to join a child process: the process counterpart of
 /// [`std::thread::JoinHandle`].
 ///
@@ -458,7 +467,8 @@ pub struct JoinHandle<R> {
     stderr: Option<std::process::ChildStderr>,
     joined: bool,
     /// Registered with the async reactor the first time the handle is polled.
-    watchers: Option<Vec<sys::Watched>>,
+    /// With whether the fork server's status pipe is among them.
+    watchers: Option<(Vec<sys::Watched>, bool)>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -622,14 +632,21 @@ impl<R: DeserializeOwned> Future for JoinHandle<R> {
                 Err(ProcessError::Timeout) => {}
                 done => return Poll::Ready(done),
             }
+            // A status pipe that reached its end (the server died) is readable for good:
+            // watched no more once the record has seen that.
+            if this.watchers.as_ref().is_some_and(|(_, relay)| *relay) && !this.record.relay_open()
+            {
+                this.watchers = None;
+            }
             if this.watchers.is_none() {
+                let relay = this.record.relay_open();
                 match this.record.watchers() {
-                    Ok(w) => this.watchers = Some(w),
+                    Ok(w) => this.watchers = Some((w, relay)),
                     Err(e) => return Poll::Ready(Err(ProcessError::Io(e))),
                 }
             }
             let mut woken = false;
-            for w in this.watchers.iter().flatten() {
+            for w in this.watchers.iter().flat_map(|(w, _)| w) {
                 match w.poll_readable(cx) {
                     Poll::Ready(Ok(())) => woken = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(ProcessError::Io(e))),
