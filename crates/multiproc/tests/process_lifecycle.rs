@@ -533,6 +533,15 @@ fn helper_leaks() {
         let child = multiproc::spawn(|()| -> u8 { std::process::exit(7) }, ()).unwrap();
         assert!(matches!(child.join(), Err(ProcessError::Exited(7))));
     }
+    // A handle dropped unjoined while a view of it lives, the view dropped after a
+    // spawn that could not forget the child yet: a later spawn forgets it (its pidfd
+    // and status pipe were kept until exit).
+    let h = multiproc::spawn(square, 3).unwrap();
+    let view = h.process();
+    drop(h);
+    assert!(common::eventually(T, || !view.is_alive()));
+    multiproc::spawn(square, 4).unwrap().join().unwrap();
+    drop(view);
     assert_eq!(
         common::fork_server_of(me),
         Some(server),

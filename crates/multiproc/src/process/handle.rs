@@ -147,6 +147,9 @@ pub(crate) struct ChildRecord {
     channel: Mutex<Option<Channel>>,
     /// The resource limits it runs under.
     armed: Armed,
+    /// Its handle was dropped unjoined: the registry forgets it once it has ended and
+    /// nothing else (a [`ChildProcess`]) holds it.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 impl ChildRecord {
@@ -171,7 +174,13 @@ impl ChildRecord {
             }),
             channel: Mutex::new(Some(channel)),
             armed,
+            detached: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether its handle was dropped unjoined.
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The resource limit the child ran into, if it ended because of one, and how that
@@ -680,6 +689,9 @@ impl<R> Drop for JoinHandle<R> {
         if !self.joined {
             // The result will never be read: let a child blocked on sending it go.
             self.record.close_channel();
+            self.record
+                .detached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             registry::detached();
         }
     }

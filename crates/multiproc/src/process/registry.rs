@@ -14,7 +14,8 @@ use crate::sys;
 const DAEMON_GRACE: Duration = Duration::from_secs(1);
 
 static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
-/// Records whose handle was dropped unjoined: pruned once they end.
+/// Records whose handle was dropped unjoined: pruned once they end and nothing else
+/// holds them.
 static DETACHED: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) fn lock() -> MutexGuard<'static, Vec<Arc<ChildRecord>>> {
@@ -26,10 +27,9 @@ pub(crate) fn lock() -> MutexGuard<'static, Vec<Arc<ChildRecord>>> {
 pub(crate) fn add(children: &mut Vec<Arc<ChildRecord>>, record: Arc<ChildRecord>) {
     if DETACHED.load(Ordering::Relaxed) > 0 {
         children.retain(|c| Arc::strong_count(c) > 1 || c.ended().is_none());
-        let left = children
-            .iter()
-            .filter(|c| Arc::strong_count(c) == 1)
-            .count();
+        // Still detached: those running, and those a `ChildProcess` still holds (it
+        // may be dropped later, with no word to the registry).
+        let left = children.iter().filter(|c| c.is_detached()).count();
         DETACHED.store(left, Ordering::Relaxed);
     }
     children.push(record);
