@@ -1349,6 +1349,18 @@ fn acl_user_and_an_undecodable_result() {
     finish(&redis, c, ns);
 }
 
+/// The envelope of the one task waiting in the delayed set `delayed`.
+fn delayed_envelope(raw: &mut cluster_common::Raw, delayed: &str) -> Vec<u8> {
+    let members = raw.call(&["ZRANGE", delayed, "0", "-1"]).unwrap();
+    let Resp::Array(members) = members else {
+        panic!("ZRANGE: {members:?}")
+    };
+    let Some(Resp::Bulk(Some(original))) = members.first().cloned() else {
+        panic!("no delayed envelope: {members:?}")
+    };
+    original
+}
+
 /// Writes `outcome` (its layout version first) as the outcome of client `c`'s `n`th
 /// task of the default queue, and wakes `c` with a reply of the same version.
 fn answer_by_hand(redis: &RedisServer, ns: &str, c: &Cluster, n: u64, outcome: &[u8]) {
@@ -2205,6 +2217,7 @@ fn a_shorter_lease_does_not_take_a_longer_ones_tasks() {
     }
     short.shutdown(true);
     long.shutdown(true);
+    let _ = std::fs::remove_dir_all(&dir);
     finish(&redis, c, ns);
 }
 
@@ -2230,12 +2243,7 @@ fn clients_and_workers_of_other_layout_versions_are_answered() {
             TaskOptions::new().countdown(Duration::from_secs(3600)),
         )
         .unwrap();
-    let Resp::Array(members) = raw.call(&["ZRANGE", &delayed, "0", "-1"]).unwrap() else {
-        panic!("ZRANGE failed")
-    };
-    let Some(Resp::Bulk(Some(original))) = members.first().cloned() else {
-        panic!("no delayed envelope: {members:?}")
-    };
+    let original = delayed_envelope(&mut raw, &delayed);
     let mut newer = original.clone();
     newer[0] = 5;
     newer.truncate(newer.len() - 3);
@@ -2285,13 +2293,7 @@ fn an_attempt_count_at_its_end_is_finished() {
     let delayed = format!("{ns}:{{default}}:delayed");
     let stream = format!("{ns}:{{default}}:stream");
     let mut raw = redis.raw().unwrap();
-    let members = raw.call(&["ZRANGE", &delayed, "0", "-1"]).unwrap();
-    let Resp::Array(members) = members else {
-        panic!("ZRANGE: {members:?}")
-    };
-    let Some(Resp::Bulk(Some(original))) = members.first().cloned() else {
-        panic!("no delayed envelope: {members:?}")
-    };
+    let original = delayed_envelope(&mut raw, &delayed);
     // The attempt count (4 bytes) follows the argument: 3, a u64 written whole,
     // little-endian (only fields of zeros come after it).
     let arg = 3u64.to_le_bytes();

@@ -881,7 +881,7 @@ fn helper_server_killed() {
         // SAFETY: `getrusage` writes into the struct it is given.
         let u = unsafe {
             let mut u: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_SELF, &mut u);
+            assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut u), 0, "getrusage");
             u
         };
         let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;

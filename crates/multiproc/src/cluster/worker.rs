@@ -734,7 +734,7 @@ struct State {
     /// `XAUTOCLAIM`'s cursor, followed across calls.
     cursor: Option<String>,
     /// The lease the last reclaim went by (the longest of the queue's live workers').
-    longest_other: Duration,
+    reclaim_lease: Duration,
 }
 
 /// A task this node holds.
@@ -1741,14 +1741,14 @@ impl Node {
             let used = Duration::from_millis(used);
             {
                 let mut st = lock(&self.state);
-                if used > self.cfg.lease && used != st.longest_other {
+                if used > self.cfg.lease && used != st.reclaim_lease {
                     tracing::warn!(
                         worker = %self.name,
                         "another worker of this queue has a lease of {used:?}, this one {:?}: tasks are taken back after the longest",
                         self.cfg.lease
                     );
                 }
-                st.longest_other = used;
+                st.reclaim_lease = used;
             }
             let mut claimed = 0;
             for e in parts.iter().skip(2) {
