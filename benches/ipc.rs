@@ -58,6 +58,9 @@ fn main() {
             b.iter_custom(|n| python::run("mp_queue.py", &["1024", "backlog"], n))
         });
     }
+    g.bench_function("floor_shared_memory", |b| {
+        b.iter_custom(|n| spawn::floor(floor, "shm-backlog-1k", n))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("pipe_round_trip");

@@ -25,6 +25,7 @@ pub fn main(mut args: impl Iterator<Item = String>) {
             return println!("{}", ping_pong(false, iters));
         }
         "pthread-barrier" => return println!("{}", pthread_barrier(iters)),
+        "shm-backlog-1k" => return println!("{}", shm_backlog(1 << 10, iters)),
         other => {
             eprintln!("unknown workload {other:?}");
             std::process::exit(2);
@@ -120,6 +121,87 @@ fn pipe_ping_pong(iters: u64) -> f64 {
     unsafe { libc::close(to_child) };
     wait(pid);
     elapsed
+}
+
+/// Bytes of shared memory the backlog floor maps at a time.
+const SEGMENT: usize = 4 << 20;
+
+/// `iters` messages of `size` bytes copied one by one into new shared memory (memfds
+/// of [`SEGMENT`] bytes, mapped with `MAP_POPULATE`), then a forked child maps each
+/// memfd, copies the messages out one by one and closes it (freeing its pages): the
+/// kernel's cost of holding a backlog in shared memory until a new process reads it.
+/// Returns seconds from the first copy until the child is reaped.
+fn shm_backlog(size: usize, iters: u64) -> f64 {
+    let per_segment = (SEGMENT / size) as u64;
+    let msg = vec![7u8; size];
+    let start = Instant::now();
+    let mut segments = Vec::new();
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(per_segment);
+        left -= n;
+        // SAFETY: a new memfd of our own, mapped whole, written within its length,
+        // unmapped before its descriptor is kept.
+        unsafe {
+            let fd = libc::memfd_create(c"floor".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0, "memfd_create failed");
+            assert_eq!(libc::ftruncate(fd, SEGMENT as libc::off_t), 0, "ftruncate");
+            let at = map(fd);
+            for i in 0..n as usize {
+                std::ptr::copy_nonoverlapping(msg.as_ptr(), at.add(i * size), size);
+            }
+            libc::munmap(at.cast(), SEGMENT);
+            segments.push((fd, n));
+        }
+    }
+    let reader = fork_running(|| {
+        let mut buf = vec![0u8; size];
+        let mut sum = 0u64;
+        for &(fd, n) in &segments {
+            // SAFETY: maps a memfd the parent filled; reads within its length; the
+            // descriptor is this process's own copy.
+            unsafe {
+                let at = map(fd);
+                for i in 0..n as usize {
+                    std::ptr::copy_nonoverlapping(at.add(i * size), buf.as_mut_ptr(), size);
+                    sum += u64::from(std::hint::black_box(&buf)[size - 1]);
+                }
+                libc::munmap(at.cast(), SEGMENT);
+                libc::close(fd);
+            }
+        }
+        if sum != 7 * iters {
+            // SAFETY: ends the child, telling the parent it read other bytes.
+            unsafe { libc::_exit(3) };
+        }
+    });
+    for &(fd, _) in &segments {
+        // SAFETY: our own descriptors; the child holds the last copies.
+        unsafe { libc::close(fd) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing its status into a local.
+    assert_eq!(unsafe { libc::waitpid(reader, &mut status, 0) }, reader);
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(status, 0, "the floor's reader read other bytes or died");
+    elapsed
+}
+
+/// Maps [`SEGMENT`] bytes of `fd` shared, read and write, its pages populated.
+fn map(fd: libc::c_int) -> *mut u8 {
+    // SAFETY: a fresh mapping chosen by the kernel of a descriptor the caller owns.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SEGMENT,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(at, libc::MAP_FAILED, "mmap failed");
+    at.cast()
 }
 
 fn pipe() -> (libc::c_int, libc::c_int) {
