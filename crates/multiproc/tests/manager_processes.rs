@@ -115,6 +115,10 @@ fn main() {
                 burst_of_connections,
             ),
             trial(
+                "a_received_proxy_calls_a_stopped_server_within_its_timeout",
+                received_proxy_calls_a_stopped_server_within_its_timeout,
+            ),
+            trial(
                 "stopped_server_call_timeout_local",
                 stopped_server_call_timeout_local,
             ),
@@ -476,6 +480,11 @@ fn locks_and_friends() {
         ManagerError::Timeout
     ));
     assert!(b.is_broken().unwrap());
+    assert_eq!(
+        b.n_waiting().unwrap(),
+        0,
+        "parties said to wait at a broken barrier"
+    );
     assert!(matches!(b.wait().unwrap_err(), ManagerError::BrokenBarrier));
 
     // Condition: a waiter in another process is woken by notify_all.
@@ -1817,6 +1826,39 @@ fn stopped_server_call_timeout(m: Manager) {
     assert_eq!(d.len().unwrap(), 1);
     q.put(3).unwrap();
     assert_eq!(q.get_timeout(T).unwrap(), Some(3));
+}
+
+/// The first call of a process that received a proxy (`d.len()`, 1 s call timeout),
+/// and the seconds it took: the reference it holds is told to the server on a
+/// connection opened before the call, which then failed.
+fn first_call_timed(d: DictProxy<u8, u8>) -> (f64, String) {
+    let t = Instant::now();
+    let got = d.len();
+    (t.elapsed().as_secs_f64(), format!("{got:?}"))
+}
+
+/// A process receives a proxy while the server is stopped: its first call must fail
+/// within the call timeout (1 s), opening the connection for its references included
+/// (that took the 10 s handshake timeout, plus the call's own second, on every call).
+fn received_proxy_calls_a_stopped_server_within_its_timeout() {
+    let m = Manager::builder()
+        .call_timeout(Some(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    let server = m.server_pid().unwrap();
+    common::stop_or_continue(server, true);
+    let _resume = Resume(server);
+    let mut child = multiproc::spawn(first_call_timed, d.clone()).unwrap();
+    let (took, got) = child.join_timeout(T).unwrap();
+    assert!(got.contains("Unresponsive"), "the call returned {got}");
+    assert!(
+        took < 5.0,
+        "the first call of a process that received a proxy failed after {took:.1} s"
+    );
+    common::stop_or_continue(server, false);
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.len().unwrap(), 1);
 }
 
 fn stopped_server_call_timeout_local() {

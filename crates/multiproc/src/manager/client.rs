@@ -125,8 +125,9 @@ pub(crate) struct Client {
 enum Open {
     /// Never: from a proxy's `Drop`.
     Never,
-    /// When there is something to send: before a call.
-    IfQueued,
+    /// When there is something to send: before a call, by its deadline (`None`: the
+    /// handshake timeout).
+    IfQueued(Option<Instant>),
     /// Now: the process holds a proxy.
     Always,
     /// When there is something to send, giving the server a short while: the client
@@ -373,9 +374,6 @@ impl Client {
     /// operation's own wait); a fault is an error. Reference changes queued before it
     /// go first.
     pub(crate) fn call(&self, request: &Request) -> Result<Response, ManagerError> {
-        if self.refs_due.load(Ordering::Acquire) {
-            self.flush(Open::IfQueued);
-        }
         let wait = match request {
             Request::Call { op, .. } => op.wait(),
             _ => Wait::None,
@@ -385,6 +383,10 @@ impl Client {
             (Some(t), Wait::None) => Instant::now().checked_add(t),
             (Some(t), Wait::Up(w)) => Instant::now().checked_add(t.saturating_add(w)),
         };
+        // Opening the anchor for them counts against the call's own deadline.
+        if self.refs_due.load(Ordering::Acquire) {
+            self.flush(Open::IfQueued(deadline));
+        }
         let mut conn = self.checkout(deadline)?;
         // A connection that failed or timed out is dropped, not put back: an answer
         // that comes late would be read as the next call's.
@@ -461,7 +463,8 @@ impl Client {
             let deadline = match open {
                 Open::Never => return false,
                 Open::Last => Some(Instant::now() + LAST_CHANCE),
-                Open::IfQueued | Open::Always => None,
+                Open::IfQueued(deadline) => deadline,
+                Open::Always => None,
             };
             match self.open_anchor(deadline) {
                 Ok(a) => anchor.1 = Some(a),

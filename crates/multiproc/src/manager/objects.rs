@@ -851,9 +851,11 @@ fn barrier(parties: u64, count: u64, broken: &mut bool, op: Op) -> Handled {
             *broken = true;
             Applied::wrote(R::Unit)
         }
+        // As Python's `n_waiting`: nobody waits at a broken barrier (those that did
+        // have been told, and later waits fail at once).
         Op::BarrierState => Applied::read(R::BarrierState {
             parties,
-            waiting: count,
+            waiting: if *broken { 0 } else { count },
             broken: *broken,
         }),
         op => return Err(unfit(&op)),

@@ -957,7 +957,7 @@ impl BarrierProxy {
         Ok(self.state()?.0 as usize)
     }
 
-    /// How many parties wait now.
+    /// How many parties wait now (0 once the barrier is broken, as in Python).
     pub fn n_waiting(&self) -> Result<usize> {
         Ok(self.state()?.1 as usize)
     }
