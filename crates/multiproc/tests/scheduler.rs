@@ -80,6 +80,11 @@ fn main() {
             "store_busy_runs_wait_for_it",
             store::busy_store_runs_wait_for_it,
         ),
+        trial("store_forgets_a_removed_job", store::forgets_a_removed_job),
+        trial(
+            "store_cron_job_down_before_its_first_fire",
+            store::cron_down_before_its_first_fire,
+        ),
     ]);
     common::main_checked(
         tests,
@@ -830,6 +835,27 @@ mod store {
         Job::thread("tick", Schedule::every(secs(10)), || ())
     }
 
+    /// A store in a new directory named for `name`, and a scheduler on it whose
+    /// [`tick_job`] ran at 10 s: the directory, the store's file, the clock, and the
+    /// scheduler with its events.
+    fn ticked_at_10(
+        name: &str,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        ManualClock,
+        (Scheduler, Receiver<JobEvent>),
+    ) {
+        let dir = tempdir(name);
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job()).unwrap();
+        clock.set(at(10));
+        assert_eq!(started(&settle(&s, &events, 1)), vec![at(10)]);
+        (dir, db, clock, (s, events))
+    }
+
     /// A store that cannot be written (another process holds its lock past the busy
     /// timeout) when a time is due: the time waits for it, and runs once it answers,
     /// rather than being dropped without an event.
@@ -850,6 +876,63 @@ mod store {
         let evs = settle(&s, &events, 1);
         assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
         assert_eq!(s.next_fire("tick"), Some(at(20)));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A job removed and added again under its name is another job on a store too: it
+    /// starts a period after it is added, with nothing of the old one's due (its row
+    /// was kept: the old job's times since its last run were reported missed and one
+    /// ran at once), and a restart resumes the new one.
+    pub fn forgets_a_removed_job() {
+        let (dir, db, clock, (s, events)) = ticked_at_10("removed");
+        assert!(s.remove("tick"));
+        clock.set(at(55));
+        s.add(tick_job()).unwrap();
+        assert_eq!(s.next_fire("tick"), Some(at(65)), "{:?}", s.jobs());
+        assert_eq!(s.run_pending(), 0);
+        let evs: Vec<JobEvent> = events.try_iter().collect();
+        assert!(evs.is_empty(), "the old job's times: {evs:?}");
+        clock.set(at(65));
+        assert_eq!(started(&settle(&s, &events, 1)), vec![at(65)]);
+        drop((s, events));
+        clock.set(at(70));
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job()).unwrap();
+        assert_eq!(s.next_fire("tick"), Some(at(75)));
+        assert!(events.try_iter().next().is_none());
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An hourly cron job whose program stops before its first fire time, and is back
+    /// three and a half hours later: the times due while it was down are handled by its
+    /// policies (the latest runs, the others are reported coalesced), not skipped
+    /// without a word (it resumed from the time of the restart).
+    pub fn cron_down_before_its_first_fire() {
+        let dir = tempdir("cron-first");
+        let db = dir.join("jobs.db");
+        let hours = |h: i64| t0() + multiproc::chrono::Duration::hours(h);
+        let clock = ManualClock::new(at(10));
+        let job = || {
+            Job::thread("hourly", Schedule::cron("0 * * * *").unwrap(), || ())
+                .misfire_grace(Duration::from_secs(4 * 3600))
+        };
+        {
+            let (s, _events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            assert_eq!(s.next_fire("hourly"), Some(hours(1)));
+        }
+        clock.set(hours(3) + multiproc::chrono::Duration::minutes(30));
+        let (s, events) = on_store(&db, &clock);
+        s.add(job()).unwrap();
+        let evs = settle(&s, &events, 1);
+        assert_eq!(started(&evs), vec![hours(3)], "{evs:?}");
+        assert_eq!(
+            missed(&evs),
+            vec![(hours(1), 2, hours(2), MissReason::Coalesced)]
+        );
+        assert_eq!(s.next_fire("hourly"), Some(hours(4)));
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -978,15 +1061,8 @@ mod store {
     }
 
     pub fn changed_schedule() {
-        let dir = tempdir("changed");
-        let db = dir.join("jobs.db");
-        let clock = ManualClock::new(t0());
-        {
-            let (s, events) = on_store(&db, &clock);
-            s.add(tick_job()).unwrap();
-            clock.set(at(10));
-            assert_eq!(started(&settle(&s, &events, 1)), vec![at(10)]);
-        }
+        let (dir, db, clock, first) = ticked_at_10("changed");
+        drop(first);
         clock.set(at(100));
         let (s, events) = on_store(&db, &clock);
         s.add(Job::thread("tick", Schedule::every(secs(7)), || ()))

@@ -124,6 +124,9 @@ pub(super) struct Loaded {
     pub(super) schedule: Schedule,
     /// The last fire time handled.
     pub(super) last: Option<DateTime<Utc>>,
+    /// When the job was first added (with no fire time handled since, a job that is not
+    /// an interval is due from then: a downtime before its first fire is not lost).
+    pub(super) since: DateTime<Utc>,
     /// What schedulers on the store that are gone left unfinished.
     pub(super) orphans: Orphans,
 }
@@ -269,14 +272,15 @@ impl Shared {
         let Loaded {
             schedule,
             last: last_fired,
+            since,
             orphans,
-        } = shared.load(&job.name, &key, fresh)?;
+        } = shared.load(&job.name, &key, fresh, now)?;
         let next = match (last_fired, schedule.once_at()) {
             (Some(last), _) => schedule.next_after(last),
             (None, Some(at)) => Some(at),
             (None, None) => match &schedule.0 {
                 schedule::Kind::Every { start, .. } => *start,
-                _ => schedule.next_after(now),
+                _ => schedule.next_after(since),
             },
         };
         tracing::debug!(job = %job.name, schedule = %schedule, "job added");
@@ -318,12 +322,23 @@ impl Shared {
         Ok(())
     }
 
-    /// Unschedules a job; whether it was there.
+    /// Unschedules a job, forgetting it in the store too (a job added later under its
+    /// name is another job); whether it was there.
     pub(super) fn remove(&self, name: &str) -> bool {
         let removed = unpoisoned::lock(&self.state)
             .jobs
             .shift_remove(name)
             .is_some();
+        #[cfg(feature = "sqlite")]
+        if removed
+            && let Some(store) = &self.store
+            && let Err(e) = unpoisoned::lock(store).forget(name)
+        {
+            tracing::error!(
+                job = name,
+                "job store failed; the removed job stays in it: {e}"
+            );
+        }
         self.signal.notify();
         removed
     }
@@ -852,15 +867,22 @@ impl Shared {
 
     /// The job's fire times handled by an earlier run of the program, from the store.
     #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
-    fn load(&self, name: &str, key: &str, fresh: Schedule) -> Result<Loaded, ScheduleError> {
+    fn load(
+        &self,
+        name: &str,
+        key: &str,
+        fresh: Schedule,
+        now: DateTime<Utc>,
+    ) -> Result<Loaded, ScheduleError> {
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
-            return unpoisoned::lock(store).load(name, key, fresh);
+            return unpoisoned::lock(store).load(name, key, fresh, now);
         }
         let _ = (name, key);
         Ok(Loaded {
             schedule: fresh,
             last: None,
+            since: now,
             orphans: Orphans::default(),
         })
     }

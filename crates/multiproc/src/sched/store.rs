@@ -290,6 +290,7 @@ impl JobStore {
         name: &str,
         key: &str,
         fresh: Schedule,
+        now: DateTime<Utc>,
     ) -> Result<Loaded, ScheduleError> {
         let tx = self
             .conn
@@ -316,13 +317,18 @@ impl JobStore {
                 Loaded {
                     schedule,
                     last: last.map(from_ns),
+                    // A job stored by an earlier version has no start unless it is an
+                    // interval: it is due from now, as it was then.
+                    since: start.map_or(now, from_ns),
                     orphans,
                 }
             }
             _ => {
+                // An interval's start; for other jobs, when they were added, which a
+                // restart before their first fire time resumes from.
                 let start = match &fresh.0 {
-                    Kind::Every { start: Some(s), .. } => Some(to_ns(*s)?),
-                    _ => None,
+                    Kind::Every { start: Some(s), .. } => to_ns(*s)?,
+                    _ => to_ns(now)?,
                 };
                 tx.execute(
                     "INSERT INTO jobs (name, schedule, start_ns, last_fired_ns)
@@ -337,6 +343,7 @@ impl JobStore {
                 Loaded {
                     schedule: fresh,
                     last: None,
+                    since: now,
                     orphans: Orphans {
                         unstarted: Vec::new(),
                         ..orphans
@@ -346,6 +353,24 @@ impl JobStore {
         };
         tx.commit().map_err(store_err)?;
         Ok(result)
+    }
+
+    /// Forgets job `name` (it was removed): its row and its fire records, but the
+    /// records of runs that other schedulers on the store started and have not
+    /// settled, which they still settle (or a scheduler after them reports).
+    pub(super) fn forget(&mut self, name: &str) -> Result<(), ScheduleError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])
+            .map_err(store_err)?;
+        tx.execute(
+            "DELETE FROM fires WHERE job = ?1 AND (state = ?2 OR owner IS ?3)",
+            params![name, SETTLED, self.owner],
+        )
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)
     }
 
     /// Moves the last fire time `name` handled to `through` (when it is earlier), in one
