@@ -205,8 +205,8 @@ impl Scheduler {
     /// Unschedules the job named `name`; runs in flight finish, and are not retried;
     /// runs waiting for their jitter do not start. A job added later under the same
     /// name is another job: the old one's runs hold none of its instances
-    /// (`max_instances`), and on a job store it starts
-    /// afresh (the store forgets the removed job). Whether it was there.
+    /// (`max_instances`), and on a job store it starts afresh (the store forgets the
+    /// removed job). Whether it was there.
     pub fn remove(&self, name: &str) -> bool {
         self.shared.remove(name)
     }
