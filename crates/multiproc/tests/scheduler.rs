@@ -32,6 +32,10 @@ fn main() {
             "long_downtime_counted_at_once",
             long_downtime_counted_at_once,
         ),
+        trial(
+            "backlog_longer_than_a_pass_runs_once",
+            backlog_longer_than_a_pass_runs_once,
+        ),
         trial("max_instances_with_slow_job", max_instances_with_slow_job),
         trial("once_in_the_past", once_in_the_past),
         trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
@@ -369,6 +373,50 @@ fn long_downtime_counted_at_once() {
     );
     assert_eq!(started(&evs), vec![ms(86_400_000)]);
     assert_eq!(s.next_fire("fast"), Some(ms(86_400_001)));
+}
+
+/// More due times than the scheduler takes in one pass (10,000), all within the grace:
+/// a coalescing job still runs once, for the latest (or earliest) time of them all, and
+/// every other time is reported coalesced, none twice.
+fn backlog_longer_than_a_pass_runs_once() {
+    let (s, clock, events) = manual();
+    let day = secs(86_400);
+    let every = || Schedule::every(secs(1));
+    s.add(Job::thread("latest", every(), || ()).misfire_grace(day))
+        .unwrap();
+    s.add(
+        Job::thread("earliest", every(), || ())
+            .misfire_grace(day)
+            .coalesce(Coalesce::Earliest),
+    )
+    .unwrap();
+    // Due: 1 ..= 25,000 s, three passes' worth.
+    clock.set(at(25_000));
+    let mut evs = settle(&s, &events, 2);
+    s.run_pending();
+    evs.extend(events.try_iter());
+    for (job, ran, first_coalesced, last_coalesced) in [
+        ("latest", at(25_000), at(1), at(24_999)),
+        ("earliest", at(1), at(2), at(25_000)),
+    ] {
+        let of: Vec<JobEvent> = evs.iter().filter(|e| e.job == job).cloned().collect();
+        assert_eq!(started(&of), vec![ran], "{job}: {of:?}");
+        let coalesced = missed(&of);
+        assert!(
+            coalesced.iter().all(|m| m.3 == MissReason::Coalesced),
+            "{job}: {coalesced:?}"
+        );
+        // Consecutive ranges, from the first coalesced time to the last, with no gap
+        // and no time twice.
+        let mut expect = first_coalesced;
+        for &(first, count, last, _) in &coalesced {
+            assert_eq!(first, expect, "{job}: {coalesced:?}");
+            assert_eq!(last, first + secs(count - 1), "{job}: {coalesced:?}");
+            expect = last + secs(1);
+        }
+        assert_eq!(expect, last_coalesced + secs(1), "{job}: {coalesced:?}");
+        assert_eq!(s.next_fire(job), Some(at(25_001)));
+    }
 }
 
 fn max_instances_with_slow_job() {

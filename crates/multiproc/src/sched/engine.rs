@@ -116,6 +116,10 @@ struct JobState {
     /// The job store failed on this job's due times: they wait (in `next`, `deferred` or
     /// `recovered`) and are looked at again then, not before.
     store_retry_at: Option<DateTime<Utc>>,
+    /// A pass found more due times than it takes (`MAX_DUE_PER_PASS`) and one of them
+    /// started: the passes that take the rest coalesce them as well (`Coalesce::Earliest`
+    /// runs one time of the whole backlog, not one a pass).
+    ran_in_backlog: bool,
 }
 
 /// Where a job stands when it is added (from the store, if there is one).
@@ -315,6 +319,7 @@ impl Shared {
                 deferred: Vec::new(),
                 recovered: orphans.unstarted,
                 store_retry_at: None,
+                ran_in_backlog: false,
             },
         );
         drop(st);
@@ -545,6 +550,10 @@ impl Shared {
             None => schedule::Dues::none(js.next),
         };
         js.next = dues.next;
+        // The cap stopped this pass short of `now`: more due times follow at once.
+        let backlog = js.next.is_some_and(|t| t <= now);
+        let ran_before = js.ran_in_backlog;
+        js.ran_in_backlog = backlog && ran_before;
         // Times kept from passes when another scheduler led the cluster come first.
         let mut due = mem::take(&mut js.deferred);
         due.extend(dues.runnable);
@@ -626,18 +635,23 @@ impl Shared {
                 runnable.push(t);
             }
         }
+        // A backlog longer than a pass is coalesced as one: the earliest time of its
+        // first pass runs, or the latest of its last, and no other.
         let (run, coalesced) = match js.job.coalesce {
             _ if runnable.is_empty() => (Vec::new(), Vec::new()),
             Coalesce::All => (runnable, Vec::new()),
+            Coalesce::Earliest if ran_before => (Vec::new(), runnable),
             Coalesce::Earliest => {
                 let rest = runnable.split_off(1);
                 (runnable, rest)
             }
+            Coalesce::Latest if backlog => (Vec::new(), runnable),
             Coalesce::Latest => {
                 let last = runnable.pop().into_iter().collect();
                 (last, runnable)
             }
         };
+        js.ran_in_backlog = backlog && (ran_before || !run.is_empty());
         let (max, jitter) = (js.job.max_instances, js.job.jitter);
         let mut over_max = Vec::new();
         let mut to_start = Vec::new();
