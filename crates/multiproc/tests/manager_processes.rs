@@ -408,6 +408,11 @@ fn barrier_party(b: BarrierProxy) -> usize {
     b.wait_timeout(T).unwrap()
 }
 
+/// How a wait ended: the party's index, or the error's text.
+fn barrier_outcome(b: BarrierProxy) -> Result<usize, String> {
+    b.wait_timeout(T).map_err(|e| e.to_string())
+}
+
 fn cond_waiter((c, ready): (ConditionProxy, ValueProxy<bool>)) -> bool {
     let mut g = c.acquire().unwrap().unwrap();
     let deadline = Instant::now() + T;
@@ -486,6 +491,27 @@ fn locks_and_friends() {
         "parties said to wait at a broken barrier"
     );
     assert!(matches!(b.wait().unwrap_err(), ManagerError::BrokenBarrier));
+    // Reset: whole again; a party waiting at that moment is told it broke, and a new
+    // round of parties passes.
+    b.reset().unwrap();
+    assert!(!b.is_broken().unwrap());
+    let waiting = multiproc::spawn(barrier_outcome, b.clone()).unwrap();
+    assert!(
+        common::eventually(T, || b.n_waiting().unwrap() == 1),
+        "the party never waited"
+    );
+    b.reset().unwrap();
+    let told = join(waiting).unwrap_err();
+    assert!(told.contains("broken"), "{told}");
+    assert_eq!(b.n_waiting().unwrap(), 0);
+    let kids: Vec<_> = (0..2)
+        .map(|_| multiproc::spawn(barrier_outcome, b.clone()).unwrap())
+        .collect();
+    let mut idx = vec![b.wait_timeout(T).unwrap()];
+    idx.extend(kids.into_iter().map(|k| join(k).unwrap()));
+    idx.sort();
+    assert_eq!(idx, [0, 1, 2]);
+    assert!(!b.is_broken().unwrap());
 
     // Condition: a waiter in another process is woken by notify_all.
     let c = m.condition().unwrap();

@@ -87,9 +87,15 @@ enum State {
     },
     Barrier {
         parties: u64,
+        /// Parties that arrived in this generation.
         count: u64,
         generation: u64,
         broken: bool,
+        /// Parties of this generation still waiting for it to end.
+        blocked: u64,
+        /// Generations ended by a reset, with how many of their parties have yet to
+        /// read that (their waits end broken).
+        reset: Vec<(u64, u64)>,
     },
     Custom(Box<dyn ErasedObject>),
 }
@@ -152,6 +158,8 @@ impl Served {
                     count: 0,
                     generation: 0,
                     broken: false,
+                    blocked: 0,
+                    reset: Vec::new(),
                 }
             }
             Kind::Custom => {
@@ -463,6 +471,8 @@ impl Served {
                 count,
                 generation,
                 broken,
+                blocked,
+                ..
             } = &mut *state
             else {
                 return self.unsupported("wait");
@@ -474,48 +484,56 @@ impl Served {
             *count += 1;
             if *count == *parties {
                 *count = 0;
+                *blocked = 0;
                 *generation += 1;
                 drop(state);
                 self.notify();
                 return Response::Arrived(index);
             }
+            *blocked += 1;
             (*generation, index)
         };
-        let r = self.block(peer, timeout, |s| match s {
+        // How this party's wait ended, once it has: `Some(true)` passed, `Some(false)`
+        // broken (or reset). Counted out of the generation's waiting parties.
+        let ended = |s: &mut State, giving_up: bool| match s {
             State::Barrier {
                 generation: g,
                 broken,
+                blocked,
+                reset,
                 ..
             } => {
                 if *g != generation {
-                    Some(true)
-                } else if *broken {
+                    let Some(at) = reset.iter().position(|&(r, _)| r == generation) else {
+                        return Some(true);
+                    };
+                    reset[at].1 -= 1;
+                    if reset[at].1 == 0 {
+                        reset.swap_remove(at);
+                    }
+                    Some(false)
+                } else if *broken || giving_up {
+                    *blocked -= 1;
+                    // A waiter that gives up (or whose client died) breaks the barrier
+                    // for the others, as a thread barrier does.
+                    *broken = true;
                     Some(false)
                 } else {
                     None
                 }
             }
             _ => Some(false),
-        });
-        match r {
+        };
+        match self.block(peer, timeout, |s| ended(s, false)) {
             Blocked::Done(true) => Response::Arrived(index),
             Blocked::Done(false) => Response::Fault(Fault::BrokenBarrier),
             Blocked::TimedOut | Blocked::Gone => {
-                // A waiter that gives up (or whose client died) breaks the barrier for
-                // the others, as a thread barrier does.
-                if let State::Barrier {
-                    generation: g,
-                    broken,
-                    ..
-                } = &mut *self.state()
-                {
-                    if *g != generation {
-                        return Response::Arrived(index);
-                    }
-                    *broken = true;
-                }
+                let passed = ended(&mut self.state(), true);
                 self.notify();
-                Response::TimedOut
+                match passed {
+                    Some(true) => Response::Arrived(index),
+                    _ => Response::TimedOut,
+                }
             }
         }
     }
@@ -603,9 +621,11 @@ fn apply(state: &mut State, op: Op, session: u64) -> Handled {
         State::Barrier {
             parties,
             count,
+            generation,
             broken,
-            ..
-        } => barrier(*parties, *count, broken, op),
+            blocked,
+            reset,
+        } => barrier(*parties, count, generation, broken, blocked, reset, op),
         State::Custom(obj) => custom(obj.as_mut(), op),
     }
 }
@@ -844,18 +864,38 @@ fn condition(
     }
 }
 
-fn barrier(parties: u64, count: u64, broken: &mut bool, op: Op) -> Handled {
+fn barrier(
+    parties: u64,
+    count: &mut u64,
+    generation: &mut u64,
+    broken: &mut bool,
+    blocked: &mut u64,
+    reset: &mut Vec<(u64, u64)>,
+    op: Op,
+) -> Handled {
     use Response as R;
     Ok(match op {
         Op::Abort => {
             *broken = true;
             Applied::wrote(R::Unit)
         }
+        // As Python's `reset`: the parties waiting now are told the barrier broke, and
+        // it starts afresh, whole, for the next ones.
+        Op::Reset => {
+            if *blocked > 0 {
+                reset.push((*generation, *blocked));
+            }
+            *generation += 1;
+            *count = 0;
+            *blocked = 0;
+            *broken = false;
+            Applied::wrote(R::Unit)
+        }
         // As Python's `n_waiting`: nobody waits at a broken barrier (those that did
         // have been told, and later waits fail at once).
         Op::BarrierState => Applied::read(R::BarrierState {
             parties,
-            waiting: if *broken { 0 } else { count },
+            waiting: if *broken { 0 } else { *count },
             broken: *broken,
         }),
         op => return Err(unfit(&op)),

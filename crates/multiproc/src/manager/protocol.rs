@@ -856,6 +856,8 @@ pub(crate) enum Op {
     BarrierState,
     /// Custom object: its request, encoded.
     Custom(Bytes),
+    /// Barrier: back to its initial state (waits in progress end broken).
+    Reset,
 }
 
 /// A response to a request.

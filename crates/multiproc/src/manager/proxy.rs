@@ -911,7 +911,7 @@ proxy! {
     ///
     /// A party that times out, or whose process dies while waiting, breaks the barrier
     /// for the others: they get [`ManagerError::BrokenBarrier`] rather than waiting for
-    /// ever.
+    /// ever, and so does every later wait until the barrier is [`reset`](Self::reset).
     BarrierProxy
 }
 
@@ -936,9 +936,16 @@ impl BarrierProxy {
     }
 
     /// Breaks the barrier: current and future waiters get
-    /// [`ManagerError::BrokenBarrier`].
+    /// [`ManagerError::BrokenBarrier`], until [`reset`](Self::reset).
     pub fn abort(&self) -> Result<()> {
         self.h.unit(Op::Abort)
+    }
+
+    /// Returns the barrier to its initial state, as Python's `reset`: the parties
+    /// waiting now get [`ManagerError::BrokenBarrier`], and a broken barrier works
+    /// again for the parties that wait next.
+    pub fn reset(&self) -> Result<()> {
+        self.h.unit(Op::Reset)
     }
 
     fn state(&self) -> Result<(u64, u64, bool)> {
