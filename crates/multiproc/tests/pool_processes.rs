@@ -67,6 +67,10 @@ fn main() {
                 oversized_shapes_fail_the_task,
             ),
             trial(
+                "a_result_that_cannot_be_sent_fails_its_task",
+                a_result_that_cannot_be_sent_fails_its_task,
+            ),
+            trial(
                 "short_tasks_do_not_wait_behind_long_ones",
                 short_tasks_do_not_wait_behind_long_ones,
             ),
@@ -1013,6 +1017,43 @@ fn oversized_shapes_fail_the_task() {
         matches!(&err, TaskError::Codec(e) if e.to_string().contains("take no bytes")),
         "{err}"
     );
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    assert_eq!(pool.worker_pids(), worker);
+    finish(pool);
+}
+
+/// Leaves the worker no free descriptor (at most 256 are open), then returns `size`
+/// bytes: a result over 2 MiB travels in a memory file of its own, which cannot be made.
+fn big_result_without_descriptors(size: usize) -> Vec<u8> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        // Left open on purpose, until the worker exits.
+        std::mem::forget(f);
+    }
+    vec![7; size]
+}
+
+fn a_result_that_cannot_be_sent_fails_its_task() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.worker_pids();
+    let err = get(pool
+        .submit(big_result_without_descriptors, 3 << 20)
+        .unwrap())
+    .unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Codec(e) if e.to_string().contains("could not be sent")),
+        "{err}"
+    );
+    // The worker lives on; small results need no descriptor.
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
     assert_eq!(pool.worker_pids(), worker);
     finish(pool);

@@ -25,7 +25,7 @@ use super::tickets::Tickets;
 use crate::bootstrap::RemotePanic;
 use crate::bootstrap::{Invoked, caught_panic};
 use crate::deadline::Deadline;
-use crate::ipc::channel::{RawReceiver, RawSender, RecvFail};
+use crate::ipc::channel::{RawReceiver, RawSender, RecvFail, SendFail};
 use crate::sys::{self, Caller, ContextCaller, Entry, OwnedFd, Signature};
 use crate::wire::codec::CodecError;
 use crate::wire::codec::{self, Encoded};
@@ -298,8 +298,31 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     );
     let send = |header: OutcomeHeader, mut out: Encoded| {
         header.write(&mut out.bytes[..OUTCOME_HEADER]);
-        // A pool that is gone reads nothing more; the worker ends with the next receive.
-        let _ = results.send(out, Deadline::Never, false);
+        let why = match results.send(out, Deadline::Never, false) {
+            // A pool that is gone reads nothing more; the worker ends with the next
+            // receive.
+            Ok(()) | Err((_, SendFail::Disconnected)) => return,
+            Err((_, SendFail::Io(e))) => e.to_string(),
+            Err((_, SendFail::Full)) => "the results channel is full".to_string(),
+        };
+        // The outcome could not go (a big result needs a descriptor of its own, and
+        // the task left none free, say): the task fails with why, in a few bytes that
+        // need nothing. A worker that cannot send even that ends, and the pool reports
+        // its task's worker died; its task must not wait for ever.
+        let mut bytes = vec![0; OUTCOME_HEADER];
+        bytes.extend_from_slice(format!("the task's outcome could not be sent: {why}").as_bytes());
+        OutcomeHeader {
+            kind: kind::UNENCODABLE,
+            ..header
+        }
+        .write(&mut bytes[..OUTCOME_HEADER]);
+        let failed = Encoded {
+            bytes,
+            fds: Vec::new(),
+        };
+        if results.send(failed, Deadline::Never, false).is_err() {
+            sys::exit_now(1);
+        }
     };
     let report = |kind: u8, why: &str| {
         let mut bytes = vec![0; OUTCOME_HEADER];
