@@ -75,6 +75,10 @@ pub(crate) struct PoolInner {
     changed: Condvar,
     /// Threads routing outcomes themselves while they wait (see [`PoolInner::helper`]).
     helpers: AtomicUsize,
+    /// Held from taking outcomes off the channel until they are routed, and by `reap`
+    /// while it settles dead workers' tasks: an outcome another thread has taken but not
+    /// yet routed is routed first, rather than its task failed as its worker's death.
+    routing: Mutex<()>,
 }
 
 struct State {
@@ -241,6 +245,7 @@ impl PoolInner {
             state: Mutex::new(State::new(processes, capacity)),
             changed: Condvar::new(),
             helpers: AtomicUsize::new(0),
+            routing: Mutex::new(()),
         });
         for index in 0..processes {
             match inner.start_worker(index) {
@@ -982,6 +987,14 @@ const REAP_EVERY: Duration = Duration::from_millis(20);
 /// After a worker failed to start, the next attempt waits this long.
 const START_RETRY: Duration = Duration::from_millis(100);
 
+/// What a batch of outcomes taken off the channel held.
+enum Drained {
+    Some,
+    Nothing,
+    /// The channel failed; the pool gave up.
+    Broken,
+}
+
 /// An outcome to hand to its task once the state lock is released.
 type Delivery = (Arc<dyn Sink<Received>>, usize, Result<Received, TaskError>);
 
@@ -1016,60 +1029,69 @@ impl PoolInner {
     pub(super) fn drain_results(&self) -> bool {
         let mut any = false;
         loop {
-            let mut batch = Vec::new();
-            let mut corrupt = None;
-            while batch.len() < 256 {
-                match self.results_rx.try_recv_owned() {
-                    Ok(Some(msg)) => batch.push(msg),
-                    Ok(None) | Err(RecvFail::Empty | RecvFail::Disconnected) => break,
-                    Err(RecvFail::Broken(why)) => {
-                        corrupt = Some(why);
-                        break;
-                    }
-                    Err(RecvFail::Io(e)) => {
-                        corrupt = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            if let Some(why) = corrupt {
-                // Workers share this channel and something scribbled over it (a task's
-                // memory corruption, most likely): no outcome can be trusted to arrive
-                // any more. Waiting would hang every task, so the pool fails them all.
-                let mut deliveries = Vec::new();
-                {
-                    let mut st = unpoisoned::lock(&self.state);
-                    for msg in batch {
-                        self.route(&mut st, msg, &mut deliveries);
-                    }
-                    self.give_up(
-                        &mut st,
-                        format!("the workers' result channel failed: {why}"),
-                        &mut deliveries,
-                    );
-                    for w in st.workers.iter().flatten() {
-                        let _ = w.handle.kill();
-                    }
-                    deliveries.append(&mut st.deferred);
-                }
-                deliver(deliveries);
-                return true;
-            }
-            if batch.is_empty() {
-                return any;
-            }
-            any = true;
             let mut deliveries = Vec::new();
-            {
-                let mut st = unpoisoned::lock(&self.state);
-                for msg in batch {
-                    self.route(&mut st, msg, &mut deliveries);
-                }
-                self.pump(&mut st);
-                deliveries.append(&mut st.deferred);
-            }
+            let drained = {
+                let _routing = unpoisoned::lock(&self.routing);
+                self.route_batch(&mut deliveries)
+            };
+            // Outside both locks: a task's callbacks may call back into the pool.
             deliver(deliveries);
+            match drained {
+                Drained::Some => any = true,
+                Drained::Nothing => return any,
+                Drained::Broken => return true,
+            }
         }
+    }
+
+    /// Takes up to 256 outcomes off the channel and routes them; called with `routing`
+    /// held.
+    fn route_batch(&self, deliveries: &mut Vec<Delivery>) -> Drained {
+        let mut batch = Vec::new();
+        let mut corrupt = None;
+        while batch.len() < 256 {
+            match self.results_rx.try_recv_owned() {
+                Ok(Some(msg)) => batch.push(msg),
+                Ok(None) | Err(RecvFail::Empty | RecvFail::Disconnected) => break,
+                Err(RecvFail::Broken(why)) => {
+                    corrupt = Some(why);
+                    break;
+                }
+                Err(RecvFail::Io(e)) => {
+                    corrupt = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(why) = corrupt {
+            // Workers share this channel and something scribbled over it (a task's
+            // memory corruption, most likely): no outcome can be trusted to arrive any
+            // more. Waiting would hang every task, so the pool fails them all.
+            let mut st = unpoisoned::lock(&self.state);
+            for msg in batch {
+                self.route(&mut st, msg, deliveries);
+            }
+            self.give_up(
+                &mut st,
+                format!("the workers' result channel failed: {why}"),
+                deliveries,
+            );
+            for w in st.workers.iter().flatten() {
+                let _ = w.handle.kill();
+            }
+            deliveries.append(&mut st.deferred);
+            return Drained::Broken;
+        }
+        if batch.is_empty() {
+            return Drained::Nothing;
+        }
+        let mut st = unpoisoned::lock(&self.state);
+        for msg in batch {
+            self.route(&mut st, msg, deliveries);
+        }
+        self.pump(&mut st);
+        deliveries.append(&mut st.deferred);
+        Drained::Some
     }
 
     /// Handles one outcome.
@@ -1262,9 +1284,11 @@ impl PoolInner {
         if dead.is_empty() {
             return;
         }
-        // Outcomes a dead worker sent before it died are credited first.
-        self.drain_results();
+        // Outcomes a dead worker sent before it died are credited first, those on the
+        // channel and those another thread is routing (it holds `routing` until done).
+        let routing = unpoisoned::lock(&self.routing);
         let mut deliveries = Vec::new();
+        while let Drained::Some = self.route_batch(&mut deliveries) {}
         let mut handles = Vec::new();
         {
             let mut st = unpoisoned::lock(&self.state);
@@ -1377,6 +1401,7 @@ impl PoolInner {
             self.pump(&mut st);
             deliveries.append(&mut st.deferred);
         }
+        drop(routing);
         deliver(deliveries);
         for h in handles {
             // Dead already: this only reaps it.
