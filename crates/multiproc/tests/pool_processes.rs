@@ -50,6 +50,10 @@ fn main() {
             ),
             trial("crashes_fail_only_their_task", crashes_fail_only_their_task),
             trial(
+                "a_stopped_or_starting_worker_holds_no_tasks",
+                a_stopped_or_starting_worker_holds_no_tasks,
+            ),
+            trial(
                 "retry_policy_reruns_failed_tasks",
                 retry_policy_reruns_failed_tasks,
             ),
@@ -418,6 +422,62 @@ fn submit_apply_and_initializer() {
         let (word, pid) = g.split_once(" from ").unwrap();
         assert_eq!(word, "hello");
         assert!(pids.contains(&pid.parse().unwrap()), "{g} vs {pids:?}");
+    }
+    finish(pool);
+}
+
+/// The first worker to start waits in its initializer until `release` is set.
+fn first_waits((started, release): (Value<u32>, Event)) {
+    let n = {
+        let mut g = started.lock().unwrap_or_else(OwnerDied::into_inner);
+        *g += 1;
+        *g
+    };
+    if n == 1 {
+        release.wait_timeout(T);
+    }
+}
+
+/// Tasks sent to a worker that does not begin them (stopped by SIGSTOP, or its
+/// initializer still running) go to the worker that is idle, and the other worker
+/// takes tasks again once it runs.
+fn a_stopped_or_starting_worker_holds_no_tasks() {
+    let quick = Duration::from_secs(10);
+    let all_done = |pool: &Pool| {
+        let tasks: Vec<_> = (0..40u64)
+            .map(|x| pool.submit(square, x).unwrap())
+            .collect();
+        for (x, mut t) in (0..40u64).zip(tasks) {
+            assert_eq!(t.wait_timeout(quick), Ok(x * x), "task {x}");
+        }
+    };
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    let stopped = pool.worker_pids()[0];
+    common::stop_or_continue(stopped, true);
+    assert!(common::eventually(T, || common::state_of(stopped) == 'T'));
+    all_done(&pool);
+    common::stop_or_continue(stopped, false);
+    let serves = |pool: &Pool, worker: u32| {
+        common::eventually(T, || {
+            let tasks: Vec<_> = (0..20).map(|_| pool.submit(pid, ()).unwrap()).collect();
+            tasks.into_iter().any(|t| get(t) == Ok(worker))
+        })
+    };
+    assert!(serves(&pool, stopped), "the resumed worker gets no task");
+    finish(pool);
+
+    let release = Event::new().unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(first_waits, (Value::new(0u32).unwrap(), release.clone()))
+        .build()
+        .unwrap();
+    all_done(&pool);
+    release.set();
+    let pids = pool.worker_pids();
+    for p in pids {
+        assert!(serves(&pool, p), "worker {p} gets no task");
     }
     finish(pool);
 }

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -37,6 +37,9 @@ const DEPTH_TARGET: Duration = Duration::from_micros(200);
 /// A worker whose task has run this long while another worker idles gives its queued
 /// tasks to the idle one (so a short task never waits behind a long one).
 const STEAL_AFTER: Duration = Duration::from_millis(1);
+/// How long a worker may hold a task it has not begun, while another worker idles,
+/// before its tasks go to that one (it is stopped, or its initializer still runs).
+const STALL_AFTER: Duration = Duration::from_millis(20);
 /// Consecutive workers that fail to start (or whose initializer fails) before the pool
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
@@ -75,10 +78,11 @@ pub(crate) struct PoolInner {
     changed: Condvar,
     /// Threads routing outcomes themselves while they wait (see [`PoolInner::helper`]).
     helpers: AtomicUsize,
-    /// Held from taking outcomes off the channel until they are routed, and by `reap`
-    /// while it settles dead workers' tasks: an outcome another thread has taken but not
-    /// yet routed is routed first, rather than its task failed as its worker's death.
-    routing: Mutex<()>,
+    /// Held (shared) from taking outcomes off the channel until they are routed, and
+    /// (exclusive) by `reap` while it settles dead workers' tasks: an outcome another
+    /// thread has taken but not yet routed is routed first, rather than its task failed
+    /// as its worker's death. Threads that route do not wait for each other.
+    routing: RwLock<()>,
 }
 
 struct State {
@@ -167,6 +171,8 @@ struct Worker {
     failed_to_start: bool,
     /// It reported that it is ready (its initializer returned).
     ready: bool,
+    /// The first task it holds, seen not yet begun, and when that was first seen.
+    unstarted_front: Option<(u64, Instant)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,7 +251,7 @@ impl PoolInner {
             state: Mutex::new(State::new(processes, capacity)),
             changed: Condvar::new(),
             helpers: AtomicUsize::new(0),
-            routing: Mutex::new(()),
+            routing: RwLock::new(()),
         });
         for index in 0..processes {
             match inner.start_worker(index) {
@@ -701,29 +707,42 @@ impl PoolInner {
         let mut taken = Vec::new();
         let State { workers, tasks, .. } = st;
         for w in workers.iter_mut().flatten() {
-            if w.in_flight.len() < 2 || w.killed_for.is_some() {
+            if w.in_flight.is_empty() || w.killed_for.is_some() {
                 continue;
             }
             let front = tasks.get(&w.in_flight[0]).and_then(|r| r.ticket);
             let Some((ticket, generation)) = front else {
                 continue;
             };
-            let TicketState::Running(started) = self.tickets.state(ticket, generation) else {
-                continue;
+            // How long it has been at its first task, how long it may be before its
+            // tasks go to the idle worker, and how many it keeps: the one it runs, or
+            // none.
+            let (waited, limit, keep) = match self.tickets.state(ticket, generation) {
+                TicketState::Running(_) if w.in_flight.len() < 2 => continue,
+                TicketState::Running(0) => (0, limit, 1),
+                TicketState::Running(started) => (now_ns.saturating_sub(started), limit, 1),
+                // It has not begun the first task it holds (a worker that is free begins
+                // the next at once): it is stopped (SIGSTOP), still starting (a slow
+                // initializer), or long off the CPU.
+                TicketState::Queued => {
+                    let front = w.in_flight[0];
+                    let since = match w.unstarted_front {
+                        Some((id, since)) if id == front => since,
+                        _ => w.unstarted_front.insert((front, now)).1,
+                    };
+                    let waited = now.saturating_duration_since(since).as_nanos() as u64;
+                    (waited, STALL_AFTER.as_nanos() as u64, 0)
+                }
+                _ => continue,
             };
-            let ran = if started == 0 {
-                0
-            } else {
-                now_ns.saturating_sub(started)
-            };
-            if ran < limit {
-                let at = now + Duration::from_nanos(limit - ran);
+            if waited < limit {
+                let at = now + Duration::from_nanos(limit - waited);
                 next = Some(next.map_or(at, |n| n.min(at)));
                 continue;
             }
             w.slow = true;
-            while w.in_flight.len() > 1 {
-                let id = w.in_flight[1];
+            while w.in_flight.len() > keep {
+                let id = w.in_flight[keep];
                 let Some(rec) = tasks.get_mut(&id) else {
                     break;
                 };
@@ -734,7 +753,7 @@ impl PoolInner {
                     // It started: the long task is over.
                     break;
                 }
-                w.in_flight.remove(1);
+                w.in_flight.remove(keep);
                 w.stolen.push(ticket);
                 w.assigned -= 1;
                 rec.ticket = None;
@@ -794,6 +813,7 @@ impl PoolInner {
             contexts: FxHashSet::default(),
             failed_to_start: false,
             ready: false,
+            unstarted_front: None,
         })
     }
 }
@@ -1029,9 +1049,14 @@ impl PoolInner {
     pub(super) fn drain_results(&self) -> bool {
         let mut any = false;
         loop {
+            // Nothing to route: the common case of a thread that helps while it waits,
+            // without touching `routing`, which the engine thread uses as well.
+            if self.results_rx.len() == 0 {
+                return any;
+            }
             let mut deliveries = Vec::new();
             let drained = {
-                let _routing = unpoisoned::lock(&self.routing);
+                let _routing = unpoisoned::read(&self.routing);
                 self.route_batch(&mut deliveries)
             };
             // Outside both locks: a task's callbacks may call back into the pool.
@@ -1045,7 +1070,7 @@ impl PoolInner {
     }
 
     /// Takes up to 256 outcomes off the channel and routes them; called with `routing`
-    /// held.
+    /// held (either way).
     fn route_batch(&self, deliveries: &mut Vec<Delivery>) -> Drained {
         let mut batch = Vec::new();
         let mut corrupt = None;
@@ -1104,6 +1129,7 @@ impl PoolInner {
         if header.kind == kind::READY {
             if let Some(w) = worker_with_pid(st, header.id) {
                 w.ready = true;
+                w.slow = false;
             }
             return;
         }
@@ -1122,6 +1148,9 @@ impl PoolInner {
             for w in st.workers.iter_mut().flatten() {
                 if let Some(pos) = w.stolen.iter().position(|&t| t == header.ticket) {
                     w.stolen.swap_remove(pos);
+                    // Heard from: it takes tasks again (all of them may have been taken
+                    // back, and it has no other outcome to report).
+                    w.slow = false;
                     self.tickets.free(header.ticket);
                     st.free_tickets.push(header.ticket);
                     break;
@@ -1286,7 +1315,7 @@ impl PoolInner {
         }
         // Outcomes a dead worker sent before it died are credited first, those on the
         // channel and those another thread is routing (it holds `routing` until done).
-        let routing = unpoisoned::lock(&self.routing);
+        let routing = unpoisoned::write(&self.routing);
         let mut deliveries = Vec::new();
         while let Drained::Some = self.route_batch(&mut deliveries) {}
         let mut handles = Vec::new();
