@@ -93,6 +93,10 @@ fn main() {
             ),
             trial("endless_imap_for_1000_items", endless_imap_for_1000_items),
             trial(
+                "a_dropped_imap_runs_no_more_items",
+                a_dropped_imap_runs_no_more_items,
+            ),
+            trial(
                 "imap_yields_each_failure_in_place",
                 imap_yields_each_failure_in_place,
             ),
@@ -943,6 +947,44 @@ fn crash_at_three(x: u32) -> u32 {
         panic!("five");
     }
     x
+}
+
+/// Item 0 says it started and waits for `release`; every item counts its run.
+fn counted_run((runs, started, release, x): (Value<u32>, Event, Event, u64)) -> u64 {
+    if x == 0 {
+        started.set();
+        release.wait_timeout(T);
+    }
+    *runs.lock().unwrap_or_else(OwnerDied::into_inner) += 1;
+    x
+}
+
+/// Dropping an `imap` drops the items not begun, also those already sent to a worker
+/// (which holds the next one or more while it runs one).
+fn a_dropped_imap_runs_no_more_items() {
+    let pool = Pool::new(1).unwrap();
+    let (runs, started, release) = (
+        Value::new(0u32).unwrap(),
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+    );
+    let items = (0..20u64).map(|x| (runs.clone(), started.clone(), release.clone(), x));
+    let mut it = pool.imap(counted_run, items);
+    assert_eq!(
+        it.next_timeout(Duration::from_millis(1)),
+        Some(Err(TaskError::Timeout))
+    );
+    assert!(started.wait_timeout(T), "item 0 never started");
+    drop(it);
+    release.set();
+    // The worker has finished item 0 when a task sent after it returns.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert_eq!(
+        *runs.lock().unwrap(),
+        1,
+        "items ran after the imap was dropped"
+    );
+    finish(pool);
 }
 
 fn imap_yields_each_failure_in_place() {

@@ -574,8 +574,9 @@ impl PoolInner {
         }
     }
 
-    /// Removes tasks nobody will read (a `map` that failed half-way): queued ones are
-    /// dropped; running ones finish and their results are thrown away.
+    /// Removes tasks nobody will read (a `map` that failed half-way, an `imap` dropped):
+    /// queued ones are dropped, those sent to a worker and not begun are skipped by it;
+    /// running ones finish and their results are thrown away.
     pub(super) fn discard(&self, ids: &[u64]) {
         let mut st = unpoisoned::lock(&self.state);
         for id in ids {
@@ -585,6 +586,14 @@ impl PoolInner {
             } else if let Some(pos) = st.delayed.iter().position(|(_, p)| p == id) {
                 st.delayed.remove(pos);
                 st.tasks.remove(id);
+            } else if let Some(rec) = st.tasks.get_mut(id)
+                && !rec.delivered
+                && let Some((ticket, generation)) = rec.ticket
+                && self.tickets.cancel(ticket, generation) == TicketState::Cancelled
+            {
+                // Sent to a worker and not started: it skips the job and says so, which
+                // frees the ticket and the record.
+                rec.delivered = true;
             }
         }
     }
