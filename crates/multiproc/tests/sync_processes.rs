@@ -1,6 +1,7 @@
 //! Locks, events, barriers and shared memory between real processes, including the
 //! ugly paths: owners SIGKILLed while holding a lock, a barrier party killed, creators
 //! of named segments killed. Nothing may be left in `/dev/shm` afterwards.
+#![allow(unsafe_code)] // a child lowers its descriptor limit with `setrlimit`
 
 mod common;
 
@@ -18,6 +19,10 @@ fn main() {
     common::main_checked(
         vec![
             trial("lock_owner_killed_holding_it", lock_owner_killed_holding_it),
+            trial(
+                "an_owner_out_of_descriptors_is_alive",
+                an_owner_out_of_descriptors_is_alive,
+            ),
             trial(
                 "short_timeouts_find_a_dead_owner",
                 short_timeouts_find_a_dead_owner,
@@ -190,6 +195,57 @@ fn lock_owner_killed_holding_it() {
     drop(clean(lock.try_lock()));
     drop(lock.lock().unwrap());
     assert!(!lock.is_locked());
+}
+
+/// With every descriptor it may open in use (so that nothing under `/proc` can be
+/// read), a new thread takes the lock, says so, and holds it until `release`.
+fn hold_lock_out_of_descriptors((lock, held, release): (Lock, Event, Event)) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let mut open = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        open.push(f);
+    }
+    std::thread::spawn(move || {
+        let _g = lock.lock().unwrap();
+        held.set();
+        assert!(release.wait_timeout(T));
+    })
+    .join()
+    .unwrap();
+    drop(open);
+}
+
+/// A lock's owner is alive however little it can do: one that could not read its own
+/// start time (no descriptor free) was taken for dead by the first waiter that looked,
+/// which then held the lock with it.
+fn an_owner_out_of_descriptors_is_alive() {
+    let lock = Lock::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut child = multiproc::spawn(
+        hold_lock_out_of_descriptors,
+        (lock.clone(), held.clone(), release.clone()),
+    )
+    .unwrap();
+    assert!(held.wait_timeout(T));
+    // Long enough for the waiter to look at the owner many times.
+    let r = lock.lock_timeout(Duration::from_millis(300));
+    assert!(
+        matches!(r, Err(TryLockError::WouldBlock)),
+        "a live owner's lock was taken: {:?}",
+        r.map(|_| ())
+    );
+    release.set();
+    drop(clean(lock.lock_timeout(T)));
+    child.join_timeout(T).unwrap();
 }
 
 /// Runs `f` in a child with `handle` and an event it raises once it holds the handle's

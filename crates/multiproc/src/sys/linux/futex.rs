@@ -79,6 +79,9 @@ fn compute_identity(forks: u64) -> u64 {
         .as_raw_nonzero()
         .get()
         .unsigned_abs();
+    // Unreadable (no descriptor free, say): the start is left unknown (0), which
+    // `identity_alive` takes as "any thread of this id". Cached all the same: a thread
+    // keeps one identity (a re-entrant lock compares it with its owner's).
     let start = start_time(tid).unwrap_or(0);
     let identity = (u64::from(start as u32) << 32) | u64::from(tid);
     IDENTITY.with(|c| c.set((identity, forks)));
@@ -157,7 +160,8 @@ fn parse_stat(stat: &str) -> Option<Stat> {
 pub(crate) fn identity_stopped(identity: u64) -> bool {
     matches!(
         stat_of(identity as u32),
-        Some(Stat { state: 'T' | 't', start, .. }) if (start as u32) == (identity >> 32) as u32
+        Some(Stat { state: 'T' | 't', start, .. })
+            if (identity >> 32) == 0 || (start as u32) == (identity >> 32) as u32
     )
 }
 
@@ -183,7 +187,10 @@ pub(crate) fn identity_alive(identity: u64) -> bool {
         Some(Stat {
             state: 'Z' | 'X', ..
         }) => false,
-        Some(Stat { exiting, start, .. }) => !exiting && (start as u32) == (identity >> 32) as u32,
+        // A recorded start of 0 is one its thread could not read: the id alone decides.
+        Some(Stat { exiting, start, .. }) => {
+            !exiting && ((identity >> 32) == 0 || (start as u32) == (identity >> 32) as u32)
+        }
         // It exists but /proc is unreadable (another pid namespace, hidepid): trust it.
         None => true,
     }
