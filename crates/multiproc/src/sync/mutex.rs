@@ -108,8 +108,10 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Deadline) -> Optio
     if reentrant {
         words.count.store(1, Relaxed);
     }
-    let died = got == Acquired::OwnerDied
-        || (words.died.load(Relaxed) != 0 && words.died.swap(0, SeqCst) != 0);
+    // The flag is taken either way: left set beside a death the raw lock reports, it
+    // would report a death again to a later owner that met none.
+    let kept = words.died.load(Relaxed) != 0 && words.died.swap(0, SeqCst) != 0;
+    let died = got == Acquired::OwnerDied || kept;
     Some(if died {
         Got::OwnerDied(held())
     } else {
