@@ -228,6 +228,42 @@ fn condition_wait_times_out() {
     assert!(!cond.get_lock().is_locked());
 }
 
+/// Two timed waiters, one notification: one is notified, the other times out and says
+/// so (it said it was notified, as the sequence had moved).
+#[test]
+fn condition_timeout_goes_to_the_waiter_not_notified() {
+    let cond = Condition::new().unwrap();
+    let waiting = AtomicU32::new(0);
+    let timeout = Duration::from_millis(600);
+    let outcomes: Vec<(bool, Duration)> = std::thread::scope(|s| {
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let g = cond.lock().unwrap();
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    let t = Instant::now();
+                    let (g, r) = cond.wait_timeout(g, timeout).unwrap();
+                    drop(g);
+                    (r.timed_out(), t.elapsed())
+                })
+            })
+            .collect();
+        let until = Instant::now() + T;
+        while waiting.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < until, "the waiters never waited");
+            std::thread::yield_now();
+        }
+        // Both wait once the lock is free again.
+        let g = cond.lock().unwrap();
+        cond.notify();
+        drop(g);
+        waiters.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let timed_out: Vec<_> = outcomes.iter().filter(|o| o.0).collect();
+    assert_eq!(timed_out.len(), 1, "{outcomes:?}");
+    assert!(timed_out[0].1 >= timeout, "{outcomes:?}");
+}
+
 #[test]
 fn conditions_share_a_lock() {
     let lock = Lock::new().unwrap();

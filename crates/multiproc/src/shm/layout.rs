@@ -307,6 +307,9 @@ pub(crate) struct ConditionWords {
     /// Bumped by every notification; waiters sleep on it.
     pub(crate) seq: AtomicU32,
     pub(crate) waiters: AtomicU32,
+    /// Waiters notified and not yet awake to it: each wakes and takes one, and one still
+    /// there long after (its waiter was killed as it woke) goes to another waiter.
+    pub(crate) unclaimed: AtomicU32,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.

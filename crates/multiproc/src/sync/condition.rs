@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{Lock, LockGuard};
-use super::raw::Acquired;
+use super::raw::{Acquired, RECHECK};
 use super::{LockResult, OwnerDied, TryLockResult};
 use crate::deadline::Deadline;
 use crate::shm::ShmError;
@@ -224,7 +224,12 @@ impl Condition {
     fn wake(&self, n: u32) {
         let w = self.words();
         w.seq.fetch_add(1, SeqCst);
-        if w.waiters.load(SeqCst) > 0 {
+        let waiters = w.waiters.load(SeqCst);
+        if waiters > 0 {
+            // One claim per waiter this wakes, never more than there are waiters.
+            let _ = w.unclaimed.fetch_update(SeqCst, SeqCst, |u| {
+                Some(u.saturating_add(n).min(waiters.max(u)))
+            });
             sys::futex_wake(&w.seq, n);
         }
     }
@@ -245,14 +250,47 @@ impl Condition {
         // kernel's comparison catches).
         w.waiters.fetch_add(1, SeqCst);
         let count = guard.held.release_all();
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if timeout.is_none_or(|t| !t.is_zero()) {
-            sys::futex_wait(&w.seq, seq, timeout);
-        }
+        // Woken, or the sequence moved before this waiter slept: notified (it takes a
+        // claim). The whole timeout slept: timed out, even if others were notified
+        // meanwhile. In between, it looks every `RECHECK`: a claim still there although
+        // the sequence moved since it began belongs to a waiter that was woken and then
+        // killed before it could take it, and this one takes it instead; without that, a
+        // notification would be lost to the waiters left.
+        let claim = || {
+            w.unclaimed
+                .fetch_update(SeqCst, SeqCst, |u| u.checked_sub(1))
+                .is_ok()
+        };
+        let mut seen = seq;
+        let timed_out = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                break true;
+            }
+            let nap = left.map_or(RECHECK, |l| l.min(RECHECK));
+            if !sys::futex_wait(&w.seq, seen, Some(nap)) {
+                claim();
+                break false;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break true;
+            }
+            let now = w.seq.load(SeqCst);
+            if now != seq && claim() {
+                break false;
+            }
+            seen = now;
+        };
         w.waiters.fetch_sub(1, SeqCst);
-        let timed_out = WaitTimeoutResult(
-            deadline.is_some_and(|d| Instant::now() >= d) && w.seq.load(SeqCst) == seq,
-        );
+        if timed_out {
+            // Claims no waiter is left to take (notified as it timed out) go, so that no
+            // later waiter takes one for a notification before its time.
+            let waiters = w.waiters.load(SeqCst);
+            let _ = w
+                .unclaimed
+                .fetch_update(SeqCst, SeqCst, |u| (u > waiters).then_some(waiters));
+        }
+        let timed_out = WaitTimeoutResult(timed_out);
         let got = loop {
             if let Some(got) = guard.held.retake(count, Deadline::Never) {
                 break got;

@@ -10,13 +10,18 @@ use rustix::thread::futex;
 
 /// Sleeps while `*word == expected`, until woken, `timeout` passes (`None`: no limit), or
 /// a spurious wake-up. The word may live in memory shared with other processes.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
     let ts = timeout.map(|t| futex::Timespec {
         tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
         tv_nsec: t.subsec_nanos().into(),
     });
-    // EAGAIN (the word changed), ETIMEDOUT and EINTR all mean: look again.
-    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+    // EAGAIN (the word changed), ETIMEDOUT and EINTR all mean: look again. Whether it
+    // slept the whole timeout (a sleeper that a waker took off the queue gets 0, not
+    // ETIMEDOUT, even if its timeout ran out meanwhile) is returned.
+    matches!(
+        futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()),
+        Err(Errno::TIMEDOUT)
+    )
 }
 
 /// Wakes up to `n` sleepers on `word` (in any process); `u32::MAX` wakes them all.
