@@ -35,6 +35,10 @@ fn main() {
             ),
             trial("tasks_in_multiproc_wait", tasks_in_multiproc_wait),
             trial("callbacks_run_exactly_once", callbacks_run_exactly_once),
+            trial(
+                "a_callback_on_the_pools_thread_may_wait",
+                a_callback_on_the_pools_thread_may_wait,
+            ),
             trial("task_state_running_cancelled", task_state_running_cancelled),
             trial(
                 "err_retried_then_reported_typed",
@@ -347,6 +351,43 @@ fn callbacks_run_exactly_once() {
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
     assert_eq!(runs.load(Ordering::SeqCst), 7);
     tp.join_timeout(T).unwrap();
+    finish(Arc::into_inner(p).expect("no other handle"));
+}
+
+/// A callback run by the pool's own thread waits for tasks that need what only that
+/// thread did: a new worker (each retires after one task), a countdown; and a `join`
+/// there cannot wait for itself.
+fn a_callback_on_the_pools_thread_may_wait() {
+    let p = Arc::new(
+        Pool::builder()
+            .processes(1)
+            .max_tasks_per_child(1)
+            .build()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let inner = Arc::clone(&p);
+    // Nobody waits for `t`: its outcome is routed, and the callback run, by the pool's
+    // thread.
+    let t = p.submit(square, 3).unwrap();
+    t.on_done(move |o| {
+        let x = *o.as_ref().unwrap();
+        let mut next = inner.submit(square, x).unwrap();
+        let again = next.wait_timeout(T);
+        let later = TaskOptions::new().countdown(Duration::from_millis(50));
+        let mut delayed = inner.submit_with(square, 2, later).unwrap();
+        let delayed = delayed.wait_timeout(T);
+        let joined = inner.join_timeout(T);
+        tx.send((again, delayed, joined)).unwrap();
+    });
+    let (again, delayed, joined) = rx.recv_timeout(T + T + T).expect("the callback ended");
+    assert_eq!(again, Ok(81));
+    assert_eq!(delayed, Ok(4));
+    assert!(
+        matches!(joined, Err(PoolError::InvalidArgument(_))),
+        "{joined:?}"
+    );
+    drop(t);
     finish(Arc::into_inner(p).expect("no other handle"));
 }
 

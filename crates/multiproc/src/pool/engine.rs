@@ -7,7 +7,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -83,6 +84,8 @@ pub(crate) struct PoolInner {
     /// thread has taken but not yet routed is routed first, rather than its task failed
     /// as its worker's death. Threads that route do not wait for each other.
     routing: RwLock<()>,
+    /// The engine thread, once it runs.
+    engine_thread: OnceLock<ThreadId>,
 }
 
 struct State {
@@ -252,6 +255,7 @@ impl PoolInner {
             changed: Condvar::new(),
             helpers: AtomicUsize::new(0),
             routing: RwLock::new(()),
+            engine_thread: OnceLock::new(),
         });
         for index in 0..processes {
             match inner.start_worker(index) {
@@ -686,6 +690,13 @@ impl PoolInner {
         }
     }
 
+    /// Whether the calling thread is the engine's (a callback it runs).
+    pub(super) fn on_engine_thread(&self) -> bool {
+        self.engine_thread
+            .get()
+            .is_some_and(|&id| id == std::thread::current().id())
+    }
+
     /// Waits until the engine has finished (no tasks, no workers), or `deadline`.
     pub(super) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
         let mut st = unpoisoned::lock(&self.state);
@@ -829,6 +840,14 @@ impl PoolInner {
 
 impl Cancel for PoolInner {
     fn help(&self) {
+        if self.on_engine_thread() {
+            // A callback the engine thread runs waits for a task: what the engine does
+            // besides routing is done here too, or a task needing it (a new worker, a
+            // retry or countdown that comes due, a timeout) would wait for ever.
+            self.reap();
+            self.timers();
+            self.replace_workers();
+        }
         self.drain_results();
     }
 
@@ -1029,6 +1048,7 @@ type Delivery = (Arc<dyn Sink<Received>>, usize, Result<Received, TaskError>);
 
 /// The engine's thread.
 fn run(inner: &Arc<PoolInner>) {
+    let _ = inner.engine_thread.set(std::thread::current().id());
     let mut last_reap = Instant::now();
     let mut reap_now = true;
     // After a worker failed to start: when to try again.

@@ -823,8 +823,14 @@ impl Pool {
 
     /// Closes the pool and waits until every task has finished and every worker has
     /// exited.
+    ///
+    /// Called from a callback the pool's own thread runs, it only closes the pool: that
+    /// thread finishes it, and cannot while it waits.
     pub fn join(&self) {
         self.close();
+        if self.inner.on_engine_thread() {
+            return;
+        }
         self.inner.wait_finished(None);
     }
 
@@ -833,9 +839,17 @@ impl Pool {
     /// # Errors
     ///
     /// [`PoolError::Timeout`] if tasks still run: the pool stays closed and can be
-    /// joined again.
+    /// joined again. [`PoolError::InvalidArgument`] if called from a callback the pool's
+    /// own thread runs (the wait could only time out); the pool is closed.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
         self.close();
+        if self.inner.on_engine_thread() {
+            return Err(PoolError::InvalidArgument(
+                "join_timeout called from a callback run by the pool's own thread, which \
+                 finishes the pool and would wait for itself"
+                    .into(),
+            ));
+        }
         if self
             .inner
             .wait_finished(Instant::now().checked_add(timeout))
