@@ -217,7 +217,11 @@ impl Barrier {
         let me = sys::thread_identity();
         let mut patience: Option<Instant> = None;
         let (state, slot) = loop {
-            let Some(state) = self.lock_state_by(deadline) else {
+            // A party whose deadline is (nearly) up still arrives: the state's lock may be
+            // held a moment by a waiter looking at the other parties, and a timeout spent
+            // on that would break the barrier for parties that were all there.
+            let by = deadline.map(|d| d.max(Instant::now() + LATE_LOCK_PATIENCE));
+            let Some(state) = self.lock_state_by(by) else {
                 return Err(self.time_out_unlocked(None));
             };
             if w.broken.load(SeqCst) != 0 {
