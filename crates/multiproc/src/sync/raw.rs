@@ -170,6 +170,13 @@ impl LockWords {
                     {
                         return Some(Acquired::OwnerDied);
                     }
+                    // This waiter may be the one an unlock woke, whose lock another thread
+                    // took first: the wake-up passes on to the sleepers left, or they
+                    // would sleep until their next look although the lock comes free.
+                    self.pass_on_wake();
+                    if self.state.load(SeqCst) == 0 {
+                        self.wake_one();
+                    }
                     return None;
                 }
                 Some(d) => d.min(next_check),
