@@ -452,12 +452,7 @@ pub(crate) fn wait_writable(
 ) -> io::Result<bool> {
     Err(unsupported())
 }
-pub(crate) fn futex_wait(
-    _: &std::sync::atomic::AtomicU32,
-    _: u32,
-    _: Option<std::time::Duration>,
-) -> bool {
-    true
+pub(crate) fn futex_wait(_: &std::sync::atomic::AtomicU32, _: u32, _: Option<std::time::Duration>) {
 }
 pub(crate) fn futex_wake(_: &std::sync::atomic::AtomicU32, _: u32) {}
 pub(crate) fn move_to_an_idle_cpu() -> Option<(usize, usize)> {

@@ -10,18 +10,13 @@ use rustix::thread::futex;
 
 /// Sleeps while `*word == expected`, until woken, `timeout` passes (`None`: no limit), or
 /// a spurious wake-up. The word may live in memory shared with other processes.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     let ts = timeout.map(|t| futex::Timespec {
         tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
         tv_nsec: t.subsec_nanos().into(),
     });
-    // EAGAIN (the word changed), ETIMEDOUT and EINTR all mean: look again. Whether it
-    // slept the whole timeout (a sleeper that a waker took off the queue gets 0, not
-    // ETIMEDOUT, even if its timeout ran out meanwhile) is returned.
-    matches!(
-        futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()),
-        Err(Errno::TIMEDOUT)
-    )
+    // EAGAIN (the word changed), ETIMEDOUT and EINTR all mean: look again.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
 /// Wakes up to `n` sleepers on `word` (in any process); `u32::MAX` wakes them all.
@@ -84,10 +79,10 @@ fn compute_identity(forks: u64) -> u64 {
         .as_raw_nonzero()
         .get()
         .unsigned_abs();
-    // Unreadable (no descriptor free, say): the start is left unknown (0), which
+    // Unreadable (no descriptor free, say): the start is recorded as unknown, which
     // `identity_alive` takes as "any thread of this id". Cached all the same: a thread
     // keeps one identity (a re-entrant lock compares it with its owner's).
-    let start = start_time(tid).unwrap_or(0);
+    let start = start_time(tid).unwrap_or(UNKNOWN_START.into());
     let identity = (u64::from(start as u32) << 32) | u64::from(tid);
     IDENTITY.with(|c| c.set((identity, forks)));
     identity
@@ -160,13 +155,26 @@ fn parse_stat(stat: &str) -> Option<Stat> {
     })
 }
 
+/// The start an identity records when its thread could not read its own (every
+/// descriptor in use). Not 0: an identity some bytes of garbage wrote over the low half
+/// of a lock word (the high half left 0) would then name any live thread of that id, a
+/// kernel thread or init say, for ever.
+const UNKNOWN_START: u32 = u32::MAX;
+
+/// Whether a thread that started at `start` (clock ticks) is the one `identity` names,
+/// as far as its recorded start tells (an unknown one: any thread of its id is).
+fn same_start(identity: u64, start: u64) -> bool {
+    let recorded = (identity >> 32) as u32;
+    recorded == UNKNOWN_START || recorded == start as u32
+}
+
 /// Whether the thread an identity names is stopped (`SIGSTOP`, a tracer): it holds what
 /// it holds until someone continues it.
 pub(crate) fn identity_stopped(identity: u64) -> bool {
     matches!(
         stat_of(identity as u32),
         Some(Stat { state: 'T' | 't', start, .. })
-            if (identity >> 32) == 0 || (start as u32) == (identity >> 32) as u32
+            if same_start(identity, start)
     )
 }
 
@@ -192,10 +200,7 @@ pub(crate) fn identity_alive(identity: u64) -> bool {
         Some(Stat {
             state: 'Z' | 'X', ..
         }) => false,
-        // A recorded start of 0 is one its thread could not read: the id alone decides.
-        Some(Stat { exiting, start, .. }) => {
-            !exiting && ((identity >> 32) == 0 || (start as u32) == (identity >> 32) as u32)
-        }
+        Some(Stat { exiting, start, .. }) => !exiting && same_start(identity, start),
         // It exists but /proc is unreadable (another pid namespace, hidepid): trust it.
         None => true,
     }
