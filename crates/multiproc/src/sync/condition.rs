@@ -244,18 +244,21 @@ impl Condition {
             "Condition::wait with the guard of another lock"
         );
         let w = self.words();
-        let seq = w.seq.load(SeqCst);
-        // Counted before the lock is released: a notifier that takes the lock after
-        // that sees us (and one that does not hold the lock changes `seq`, which the
-        // kernel's comparison catches).
+        // Counted before the sequence is read, and both before the lock is released: a
+        // notifier that takes the lock after that sees us, and one that does not hold
+        // the lock either moved the sequence before we read it (its notification is
+        // before this wait) or sees us counted, and leaves a claim.
         w.waiters.fetch_add(1, SeqCst);
+        let seq = w.seq.load(SeqCst);
         let count = guard.held.release_all();
-        // Woken, or the sequence moved before this waiter slept: notified (it takes a
-        // claim). The whole timeout slept: timed out, even if others were notified
-        // meanwhile. In between, it looks every `RECHECK`: a claim still there although
-        // the sequence moved since it began belongs to a waiter that was woken and then
-        // killed before it could take it, and this one takes it instead; without that, a
-        // notification would be lost to the waiters left.
+        // Notified when it takes a claim, which a notification leaves for each waiter it
+        // is for, once the sequence has moved since the wait began: woken by it, or
+        // finding it moved before it slept, or at a look every `RECHECK` (a claim still
+        // there then belongs to a waiter that was woken and then killed before it took
+        // it; without the look, that notification would be lost to the waiters left). A
+        // wake-up that finds no claim (it went to another waiter, or a signal) sleeps
+        // again. Timed out when the whole timeout passed without a claim, whether or not
+        // others were notified meanwhile.
         let claim = || {
             w.unclaimed
                 .fetch_update(SeqCst, SeqCst, |u| u.checked_sub(1))
@@ -268,13 +271,7 @@ impl Condition {
                 break true;
             }
             let nap = left.map_or(RECHECK, |l| l.min(RECHECK));
-            if !sys::futex_wait(&w.seq, seen, Some(nap)) {
-                claim();
-                break false;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break true;
-            }
+            sys::futex_wait(&w.seq, seen, Some(nap));
             let now = w.seq.load(SeqCst);
             if now != seq && claim() {
                 break false;
