@@ -595,6 +595,7 @@ impl Shared {
                     tracing::error!(job = name, "job store failed; due runs wait for it: {e}");
                     js.next = Some(first);
                     js.deferred = deferred_before;
+                    js.ran_in_backlog = ran_before;
                     js.store_retry_at = Some(later(now, SETTLE_AFTER));
                     return 0;
                 }
@@ -610,6 +611,7 @@ impl Shared {
             Err(e) => {
                 tracing::error!(job = name, "job store failed; due runs wait for it: {e}");
                 js.deferred = due;
+                js.ran_in_backlog = ran_before;
                 js.store_retry_at = Some(later(now, SETTLE_AFTER));
                 self.missed_range(name, &too_late, MissReason::TooLate, now);
                 self.settle_later(st, name, &range_at.into_iter().collect::<Vec<_>>());
