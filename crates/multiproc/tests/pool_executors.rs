@@ -354,6 +354,12 @@ fn callbacks_run_exactly_once() {
     finish(Arc::into_inner(p).expect("no other handle"));
 }
 
+/// 3, once `go` is set.
+fn three_after(go: Event) -> u64 {
+    assert!(go.wait_timeout(T));
+    3
+}
+
 /// A callback run by the pool's own thread waits for tasks that need what only that
 /// thread did: a new worker (each retires after one task), a countdown; and a `join`
 /// there cannot wait for itself.
@@ -368,8 +374,9 @@ fn a_callback_on_the_pools_thread_may_wait() {
     let (tx, rx) = mpsc::channel();
     let inner = Arc::clone(&p);
     // Nobody waits for `t`: its outcome is routed, and the callback run, by the pool's
-    // thread.
-    let t = p.submit(square, 3).unwrap();
+    // thread (`t` ends only after the callback is added).
+    let go = Event::new().unwrap();
+    let t = p.submit(three_after, go.clone()).unwrap();
     t.on_done(move |o| {
         let x = *o.as_ref().unwrap();
         let mut next = inner.submit(square, x).unwrap();
@@ -380,8 +387,9 @@ fn a_callback_on_the_pools_thread_may_wait() {
         let joined = inner.join_timeout(T);
         tx.send((again, delayed, joined)).unwrap();
     });
+    go.set();
     let (again, delayed, joined) = rx.recv_timeout(T + T + T).expect("the callback ended");
-    assert_eq!(again, Ok(81));
+    assert_eq!(again, Ok(9));
     assert_eq!(delayed, Ok(4));
     assert!(
         matches!(joined, Err(PoolError::InvalidArgument(_))),

@@ -86,6 +86,10 @@ pub(crate) struct PoolInner {
     routing: RwLock<()>,
     /// The engine thread, once it runs.
     engine_thread: OnceLock<ThreadId>,
+    /// After a worker failed to start: when to try again (monotonic ns; 0: at once).
+    retry_start_at: AtomicU64,
+    /// When a callback of the engine thread last did the engine's chores (`help`).
+    chores_at: AtomicU64,
 }
 
 struct State {
@@ -256,6 +260,8 @@ impl PoolInner {
             helpers: AtomicUsize::new(0),
             routing: RwLock::new(()),
             engine_thread: OnceLock::new(),
+            retry_start_at: AtomicU64::new(0),
+            chores_at: AtomicU64::new(0),
         });
         for index in 0..processes {
             match inner.start_worker(index) {
@@ -727,10 +733,19 @@ impl PoolInner {
         let mut taken = Vec::new();
         let State { workers, tasks, .. } = st;
         for w in workers.iter_mut().flatten() {
-            if w.in_flight.is_empty() || w.killed_for.is_some() {
+            if w.killed_for.is_some() {
                 continue;
             }
-            let front = tasks.get(&w.in_flight[0]).and_then(|r| r.ticket);
+            // Its first task that is still wanted: those before it were cancelled (or
+            // dropped with their `imap`) before they began, and it skips them.
+            let Some(front_at) = w
+                .in_flight
+                .iter()
+                .position(|id| tasks.get(id).is_some_and(|r| !r.delivered))
+            else {
+                continue;
+            };
+            let front = tasks.get(&w.in_flight[front_at]).and_then(|r| r.ticket);
             let Some((ticket, generation)) = front else {
                 continue;
             };
@@ -738,20 +753,22 @@ impl PoolInner {
             // tasks go to the idle worker, and how many it keeps: the one it runs, or
             // none.
             let (waited, limit, keep) = match self.tickets.state(ticket, generation) {
-                TicketState::Running(_) if w.in_flight.len() < 2 => continue,
-                TicketState::Running(0) => (0, limit, 1),
-                TicketState::Running(started) => (now_ns.saturating_sub(started), limit, 1),
+                TicketState::Running(_) if w.in_flight.len() < front_at + 2 => continue,
+                TicketState::Running(0) => (0, limit, front_at + 1),
+                TicketState::Running(started) => {
+                    (now_ns.saturating_sub(started), limit, front_at + 1)
+                }
                 // It has not begun the first task it holds (a worker that is free begins
                 // the next at once): it is stopped (SIGSTOP), still starting (a slow
                 // initializer), or long off the CPU.
                 TicketState::Queued => {
-                    let front = w.in_flight[0];
+                    let front = w.in_flight[front_at];
                     let since = match w.unstarted_front {
                         Some((id, since)) if id == front => since,
                         _ => w.unstarted_front.insert((front, now)).1,
                     };
                     let waited = now.saturating_duration_since(since).as_nanos() as u64;
-                    (waited, STALL_AFTER.as_nanos() as u64, 0)
+                    (waited, STALL_AFTER.as_nanos() as u64, front_at)
                 }
                 _ => continue,
             };
@@ -761,19 +778,23 @@ impl PoolInner {
                 continue;
             }
             w.slow = true;
-            while w.in_flight.len() > keep {
-                let id = w.in_flight[keep];
+            let mut at = keep;
+            while at < w.in_flight.len() {
+                let id = w.in_flight[at];
                 let Some(rec) = tasks.get_mut(&id) else {
-                    break;
+                    at += 1;
+                    continue;
                 };
                 let (Some((ticket, generation)), false) = (rec.ticket, rec.delivered) else {
-                    break;
+                    // Cancelled before it began: the worker skips it.
+                    at += 1;
+                    continue;
                 };
                 if self.tickets.cancel(ticket, generation) != TicketState::Cancelled {
                     // It started: the long task is over.
                     break;
                 }
-                w.in_flight.remove(keep);
+                w.in_flight.remove(at);
                 w.stolen.push(ticket);
                 w.assigned -= 1;
                 rec.ticket = None;
@@ -842,11 +863,17 @@ impl Cancel for PoolInner {
     fn help(&self) {
         if self.on_engine_thread() {
             // A callback the engine thread runs waits for a task: what the engine does
-            // besides routing is done here too, or a task needing it (a new worker, a
-            // retry or countdown that comes due, a timeout) would wait for ever.
-            self.reap();
-            self.timers();
-            self.replace_workers();
+            // besides routing is done here too (once a millisecond at most), or a task
+            // needing it (a new worker, a retry or countdown that comes due, a timeout)
+            // would wait for ever.
+            let now = sys::monotonic_ns();
+            let last = self.chores_at.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= CHORES_EVERY.as_nanos() as u64 {
+                self.chores_at.store(now, Ordering::Relaxed);
+                self.reap();
+                self.timers();
+                self.replace_workers_when_due();
+            }
         }
         self.drain_results();
     }
@@ -1034,6 +1061,8 @@ const SPIN: Duration = Duration::from_micros(20);
 const REAP_EVERY: Duration = Duration::from_millis(20);
 /// After a worker failed to start, the next attempt waits this long.
 const START_RETRY: Duration = Duration::from_millis(100);
+/// How often a callback of the engine thread that waits does the engine's chores.
+const CHORES_EVERY: Duration = Duration::from_millis(1);
 
 /// What a batch of outcomes taken off the channel held.
 enum Drained {
@@ -1051,8 +1080,6 @@ fn run(inner: &Arc<PoolInner>) {
     let _ = inner.engine_thread.set(std::thread::current().id());
     let mut last_reap = Instant::now();
     let mut reap_now = true;
-    // After a worker failed to start: when to try again.
-    let mut retry_start: Option<Instant> = None;
     loop {
         let busy = inner.drain_results();
         if reap_now || last_reap.elapsed() >= REAP_EVERY {
@@ -1060,9 +1087,7 @@ fn run(inner: &Arc<PoolInner>) {
             last_reap = Instant::now();
         }
         let next_timer = inner.timers();
-        if retry_start.is_none_or(|t| Instant::now() >= t) {
-            retry_start = (!inner.replace_workers()).then(|| Instant::now() + START_RETRY);
-        }
+        let retry_start = inner.replace_workers_when_due();
         if inner.finish_if_done() {
             return;
         }
@@ -1542,6 +1567,23 @@ impl PoolInner {
     }
 
     /// Starts workers for empty slots. False if one failed to start.
+    /// [`replace_workers`](Self::replace_workers), unless a worker failed to start less
+    /// than `START_RETRY` ago; when to try again, if one did.
+    fn replace_workers_when_due(&self) -> Option<Instant> {
+        let now = sys::monotonic_ns();
+        let at = self.retry_start_at.load(Ordering::SeqCst);
+        if now < at {
+            return Some(Instant::now() + Duration::from_nanos(at - now));
+        }
+        if self.replace_workers() {
+            self.retry_start_at.store(0, Ordering::SeqCst);
+            return None;
+        }
+        let again = now + START_RETRY.as_nanos() as u64;
+        self.retry_start_at.store(again, Ordering::SeqCst);
+        Some(Instant::now() + START_RETRY)
+    }
+
     fn replace_workers(&self) -> bool {
         let missing: Vec<usize> = {
             let st = unpoisoned::lock(&self.state);
@@ -1565,6 +1607,15 @@ impl PoolInner {
                         drop(st);
                         let _ = h.join_timeout(Duration::from_secs(5));
                         return true;
+                    }
+                    if st.workers[i].is_some() {
+                        // Filled meanwhile, by a callback of this pool's thread that
+                        // waited for a task and replaced workers itself (see `help`).
+                        drop(st);
+                        let _ = worker.handle.kill();
+                        let mut h = worker.handle;
+                        let _ = h.join_timeout(Duration::from_secs(5));
+                        continue;
                     }
                     st.workers[i] = Some(worker);
                     self.pump(&mut st);
