@@ -118,6 +118,9 @@ impl RetryPolicy {
     /// Which failures are retried (instead of the default: a worker that died and a task
     /// that timed out). A predicate that panics counts as `false`: the failure stands,
     /// and the panic is logged (it runs on the pool's own thread, which it must not end).
+    /// It may run while the executor holds a lock of its own (a process pool's state):
+    /// it must decide from the error alone, and not call into that executor (a submit, a
+    /// wait), which would wait for the lock for ever.
     pub fn retry_if(mut self, f: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
         self.retry_if = Some(Arc::new(f));
         self
