@@ -111,6 +111,10 @@ fn main() {
                 half_open_connections_capped,
             ),
             trial(
+                "a_handshake_dropped_to_make_room_is_tried_again",
+                a_dropped_handshake_is_tried_again,
+            ),
+            trial(
                 "burst_of_connections_accepted_at_once",
                 burst_of_connections,
             ),
@@ -1741,16 +1745,21 @@ fn half_open_connections_capped() {
         s.set_nonblocking(false).unwrap();
     }
     silent.push(open());
-    // The oldest goes (closed by the server, not a read that timed out).
-    let mut b = [0u8; 1];
+    // The oldest goes (told why, then closed by the server: not a read that timed out).
     silent[0]
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    assert_eq!(
+        read_frame(&mut silent[0]).as_deref(),
+        Some(&b"BUSY"[..]),
+        "the oldest half-open connection was kept past the cap, or not told why it went"
+    );
+    let mut b = [0u8; 1];
     let read = silent[0].read(&mut b);
     assert!(
         matches!(&read, Ok(0))
             || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the oldest half-open connection was kept past the cap: {read:?}"
+        "the oldest half-open connection was not closed: {read:?}"
     );
     // A real client gets in and is served (dropping the next oldest).
     let m = server.manager().unwrap();
@@ -1758,6 +1767,66 @@ fn half_open_connections_capped() {
     d.insert(1, 2).unwrap();
     assert_eq!(d.get(&1).unwrap(), Some(2));
     drop(silent);
+}
+
+/// A client whose handshake the server drops to make room (it says `BUSY` once the
+/// client has answered, then closes) tries again and gets in: it took the close for a
+/// refused key, and failed with `Auth`. A relay between them does the dropping, then
+/// passes the next connections through.
+fn a_dropped_handshake_is_tried_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .authkey(b"again".to_vec())
+        .serve()
+        .unwrap();
+    let Address::Tcp(real) = *server.address() else {
+        unreachable!()
+    };
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = relay.local_addr().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let relaying = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let (mut c, _) = relay.accept().unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            let mut s = TcpStream::connect(real).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            write_frame(&mut c, &read_frame(&mut s).expect("the server's challenge"));
+            assert!(read_frame(&mut c).is_some(), "the client did not answer");
+            write_frame(&mut c, b"BUSY");
+            drop((c, s));
+            let mut pipes = Vec::new();
+            for c in relay.incoming() {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let c = c.unwrap();
+                let s = TcpStream::connect(real).unwrap();
+                for (mut from, mut to) in [(c.try_clone().unwrap(), s.try_clone().unwrap()), (s, c)]
+                {
+                    from.set_read_timeout(Some(T)).unwrap();
+                    pipes.push(std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    }));
+                }
+            }
+            for p in pipes {
+                p.join().unwrap();
+            }
+        })
+    };
+    let m = Manager::connect(at, b"again").expect("the client tried again");
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 7).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(7));
+    drop((d, m));
+    done.store(true, Ordering::SeqCst);
+    drop(TcpStream::connect(at).unwrap());
+    relaying.join().unwrap();
 }
 
 /// A burst of 1000 connections, all queued at once: none waits for the kernel to

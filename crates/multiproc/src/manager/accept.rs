@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::Address;
 use super::local::Nearby;
-use super::protocol::{Handshake, Refused, Step, Stream};
+use super::protocol::{self, Handshake, Refused, Step, Stream};
 use super::server::Shared;
 
 /// Connections accepted at most per turn of the loop, so that handshakes in progress
@@ -287,8 +287,9 @@ fn accept_some(listener: &Listener, half_open: &mut VecDeque<HalfOpen>, settings
                 // Out of descriptors, say: the connection stays queued, so drop the
                 // oldest handshake to make room, or wait for connections to end.
                 tracing::warn!("manager: accept failed: {e}");
-                if half_open.pop_front().is_none() {
-                    std::thread::sleep(OUT_OF_DESCRIPTORS);
+                match half_open.pop_front() {
+                    Some(h) => drop_busy(h),
+                    None => std::thread::sleep(OUT_OF_DESCRIPTORS),
                 }
                 return;
             }
@@ -304,9 +305,17 @@ fn accept_some(listener: &Listener, half_open: &mut VecDeque<HalfOpen>, settings
                     h.stream.peer(),
                     settings.max_handshakes
                 );
+                drop_busy(h);
             }
         }
     }
+}
+
+/// Closes a handshake dropped to make room, telling its client so if its socket takes
+/// the few bytes at once: a client that answered then tries again, rather than take the
+/// close for a refusal of its key.
+fn drop_busy(h: HalfOpen) {
+    let _ = send_now(&h.stream, &protocol::busy_frame());
 }
 
 /// Sets a new connection up and sends it the server's challenge.

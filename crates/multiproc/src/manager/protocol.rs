@@ -35,6 +35,15 @@ const ANSWER_LEN: usize = TAG_LEN + CHALLENGE_LEN + 8;
 const HELLO: &[u8; 4] = b"MPM4";
 const ACCEPTED: &[u8; 4] = b"OKAY";
 const DENIED: &[u8; 4] = b"DENY";
+/// Sent to a connection the server drops in its handshake to make room for others (a
+/// flood of connections): the client tries again, rather than take the close for a
+/// refusal of its key.
+const BUSY: &[u8; 4] = b"BUSY";
+
+/// The frame that tells a client its handshake was dropped to make room (see `BUSY`).
+pub(crate) fn busy_frame() -> Vec<u8> {
+    frame(BUSY).unwrap_or_default()
+}
 /// Labels bound into each side's proof, so a proof can never be replayed the other way.
 const CLIENT_LABEL: &[u8] = b"multiproc-manager client v1";
 const SERVER_LABEL: &[u8] = b"multiproc-manager server v1";
@@ -635,6 +644,10 @@ pub(crate) fn client_handshake(
     let body = &conn.body;
     if body.as_slice() == DENIED {
         return Err(ManagerError::Auth("the server refused the key".into()));
+    }
+    if body.as_slice() == BUSY {
+        // Dropped to make room for other handshakes: cut short, and tried again.
+        return Err(ManagerError::Disconnected);
     }
     if body.len() != ACCEPTED.len() + TAG_LEN + 4 || &body[..4] != ACCEPTED {
         return Err(ManagerError::Protocol("unexpected handshake answer".into()));
