@@ -1127,20 +1127,8 @@ fn oversized_shapes_fail_the_task() {
 /// Leaves the worker no free descriptor (at most 256 are open), then returns `size`
 /// bytes: a result over 2 MiB travels in a memory file of its own, which cannot be made.
 fn big_result_without_descriptors(size: usize) -> Vec<u8> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain calls on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.min(256);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    while let Ok(f) = std::fs::File::open("/dev/null") {
-        // Left open on purpose, until the worker exits.
-        std::mem::forget(f);
-    }
+    // Left open on purpose, until the worker exits.
+    std::mem::forget(common::use_up_descriptors());
     vec![7; size]
 }
 

@@ -1,7 +1,6 @@
 //! Locks, events, barriers and shared memory between real processes, including the
 //! ugly paths: owners SIGKILLed while holding a lock, a barrier party killed, creators
 //! of named segments killed. Nothing may be left in `/dev/shm` afterwards.
-#![allow(unsafe_code)] // a child lowers its descriptor limit with `setrlimit`
 
 mod common;
 
@@ -200,20 +199,7 @@ fn lock_owner_killed_holding_it() {
 /// With every descriptor it may open in use (so that nothing under `/proc` can be
 /// read), a new thread takes the lock, says so, and holds it until `release`.
 fn hold_lock_out_of_descriptors((lock, held, release): (Lock, Event, Event)) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain calls on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.min(256);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    let mut open = Vec::new();
-    while let Ok(f) = std::fs::File::open("/dev/null") {
-        open.push(f);
-    }
+    let open = common::use_up_descriptors();
     std::thread::spawn(move || {
         let _g = lock.lock().unwrap();
         held.set();

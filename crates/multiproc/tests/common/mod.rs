@@ -914,3 +914,26 @@ fn ip(args: &[&str]) -> Result<(), String> {
 pub fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/var/run/netns").join(name).exists()
 }
+
+/// Lowers this process's descriptor limit to at most 256 and opens `/dev/null` until no
+/// descriptor is left: what a process that leaked every descriptor it may have meets.
+/// The descriptors opened are returned (dropping them frees them).
+#[allow(dead_code, unsafe_code)]
+pub fn use_up_descriptors() -> Vec<std::fs::File> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let mut open = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        open.push(f);
+    }
+    assert!(!open.is_empty(), "no descriptor could be opened at all");
+    open
+}
