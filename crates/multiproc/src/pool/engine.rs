@@ -155,8 +155,10 @@ struct Worker {
     jobs: Option<RawSender>,
     /// Tasks sent to it, in order, not yet finished.
     in_flight: VecDeque<u64>,
-    /// Tasks ever sent to it.
+    /// Tasks sent to it and not taken back.
     assigned: u64,
+    /// It was sent a task (whether or not it was taken back since).
+    sent: bool,
     /// How many tasks it may hold.
     depth: usize,
     /// Smoothed time from dispatch to result, in ns.
@@ -554,6 +556,7 @@ impl PoolInner {
                     rec.ticket = Some((ticket, generation));
                     worker.in_flight.push_back(id);
                     worker.assigned += 1;
+                    worker.sent = true;
                     if self
                         .config
                         .max_tasks_per_child
@@ -760,7 +763,22 @@ impl PoolInner {
                 }
                 // It has not begun the first task it holds (a worker that is free begins
                 // the next at once): it is stopped (SIGSTOP), still starting (a slow
-                // initializer), or long off the CPU.
+                // initializer), or waiting for something else (a lock held by a stopped
+                // worker). One that is ready, holds nothing before it, and is running or
+                // faulting in pages is on its way there, reading a large job or a map's
+                // context: that job may be what kills it (too large for a memory cap),
+                // and the death must count against the job, not go unnoticed as the job
+                // moves on.
+                TicketState::Queued
+                    if w.ready
+                        && front_at == 0
+                        && matches!(sys::process_state(w.handle.pid()), Some('R' | 'D')) =>
+                {
+                    w.unstarted_front = None;
+                    let at = now + STALL_AFTER;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    continue;
+                }
                 TicketState::Queued => {
                     let front = w.in_flight[front_at];
                     let since = match w.unstarted_front {
@@ -844,6 +862,7 @@ impl PoolInner {
             jobs: Some(jobs_tx),
             in_flight: VecDeque::new(),
             assigned: 0,
+            sent: false,
             depth: DEPTH_MIN,
             turnaround_ns: 0.0,
             killed_for: None,
@@ -1460,7 +1479,7 @@ impl PoolInner {
                 // that dies the same way, for ever); also one that exited cleanly while
                 // it was still wanted (its initializer called `exit(0)`): only a worker
                 // being retired may.
-                if (!w.ready || w.assigned == 0)
+                if (!w.ready || !w.sent)
                     && blameless
                     && !w.failed_to_start
                     && (w.jobs.is_some() || status.is_none_or(|s| !s.success()))

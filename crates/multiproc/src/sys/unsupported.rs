@@ -267,6 +267,9 @@ pub(crate) fn wait_child(_: u32) -> io::Result<()> {
 pub(crate) fn group_alive(_: u32) -> bool {
     false
 }
+pub(crate) fn process_state(_: u32) -> Option<char> {
+    None
+}
 pub(crate) fn signal_group(_: u32, _: i32) -> io::Result<bool> {
     Err(unsupported())
 }

@@ -256,18 +256,35 @@ pub(crate) fn group_alive(pgid: u32) -> bool {
         else {
             return false;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        let Some(close) = stat.rfind(')') else {
+        let Some(stat) = stat_after_name(pid) else {
             return false;
         };
         // Fields after the command name: state, parent, process group.
-        let mut fields = stat[close + 1..].split_whitespace();
+        let mut fields = stat.split_whitespace();
         let state = fields.next().unwrap_or("Z");
         let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
         pgrp == Some(pgid) && !matches!(state, "Z" | "X")
     })
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses
+/// and may hold anything), its state first; `None` if the process is gone.
+fn stat_after_name(pid: u32) -> Option<String> {
+    let mut stat = read_proc(&format!("/proc/{pid}/stat"))?;
+    let close = stat.rfind(')')?;
+    stat.drain(..=close);
+    Some(stat)
+}
+
+/// The state letter procfs gives process `pid` (`R` running or runnable, `D` in an
+/// uninterruptible wait such as a page fault under memory pressure, `S` asleep, `T`
+/// stopped, `Z` a zombie), or `None` if it cannot be read.
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    stat_after_name(pid)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Cancels a parent-death signal inherited from the process this one was forked as.
