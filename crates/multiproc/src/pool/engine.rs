@@ -764,29 +764,30 @@ impl PoolInner {
                 // It has not begun the first task it holds (a worker that is free begins
                 // the next at once): it is stopped (SIGSTOP), still starting (a slow
                 // initializer), or waiting for something else (a lock held by a stopped
-                // worker). One that is ready, holds nothing before it, and is running or
-                // faulting in pages is on its way there, reading a large job or a map's
-                // context: that job may be what kills it (too large for a memory cap),
-                // and the death must count against the job, not go unnoticed as the job
-                // moves on.
-                TicketState::Queued
-                    if w.ready
-                        && front_at == 0
-                        && matches!(sys::process_state(w.handle.pid()), Some('R' | 'D')) =>
-                {
-                    w.unstarted_front = None;
-                    let at = now + STALL_AFTER;
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                    continue;
-                }
+                // worker).
                 TicketState::Queued => {
                     let front = w.in_flight[front_at];
                     let since = match w.unstarted_front {
                         Some((id, since)) if id == front => since,
                         _ => w.unstarted_front.insert((front, now)).1,
                     };
+                    let stall = STALL_AFTER.as_nanos() as u64;
                     let waited = now.saturating_duration_since(since).as_nanos() as u64;
-                    (waited, STALL_AFTER.as_nanos() as u64, front_at)
+                    // One that is ready, holds nothing before it, and is running or
+                    // faulting in pages is on its way there, reading a large job or a
+                    // map's context: that job may be what kills it (too large for a
+                    // memory cap), and the death must count against the job, not go
+                    // unnoticed as the job moves on. Looked at once a stall is long.
+                    let on_its_way = waited >= stall
+                        && w.ready
+                        && front_at == 0
+                        && matches!(sys::process_state(w.handle.pid()), Some('R' | 'D'));
+                    if on_its_way {
+                        w.unstarted_front = Some((front, now));
+                        (0, stall, front_at)
+                    } else {
+                        (waited, stall, front_at)
+                    }
                 }
                 _ => continue,
             };
