@@ -74,6 +74,10 @@ fn main() {
                 killed_fork_server_is_replaced,
             ),
             trial(
+                "spare_handed_a_request_outlives_its_server",
+                spare_handed_a_request_outlives_its_server,
+            ),
+            trial(
                 "stopped_fork_server_is_replaced",
                 stopped_fork_server_is_replaced,
             ),
@@ -94,6 +98,7 @@ fn helpers(mode: &str) {
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
         "server_stopped" => helper_server_stopped(),
+        "spare_server_killed" => helper_spare_server_killed(),
         "main" => println!("main ran"),
         "fork_limited" => helper_fork_limited(),
         "sigchld_ignored" => helper_sigchld_ignored(),
@@ -922,6 +927,43 @@ fn killed_fork_server_is_replaced() {
     assert_eq!(h.expect("longer ", T), "Ok(3000)");
     assert_eq!(h.expect("daemon_gone ", T), "true");
     assert_eq!(h.expect("new_server ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn helper_spare_server_killed() {
+    let me = std::process::id();
+    multiproc::spawn(answer, 1).unwrap().join().unwrap();
+    let server = common::fork_server_of(me).unwrap();
+    // The spare the server forked after that request, held still: the next request is
+    // handed to it, and its server is killed before it reads the request.
+    let mut spare = None;
+    let found = common::eventually(T, || {
+        spare = common::children_of(server)
+            .into_iter()
+            .find(|(_, state, name)| *state != 'Z' && name == "mp-spare")
+            .map(|(pid, ..)| pid);
+        spare.is_some()
+    });
+    assert!(found, "no spare");
+    let spare = spare.unwrap();
+    common::stop_or_continue(spare, true);
+    assert!(common::eventually(T, || common::state_of(spare) == 'T'));
+    let mut child = multiproc::spawn(answer, 7).unwrap();
+    println!("handed {}", child.pid() == spare);
+    common::kill_and_reap(server);
+    common::stop_or_continue(spare, false);
+    println!(
+        "joined {:?}",
+        child.join_timeout(T).map_err(|e| e.to_string())
+    );
+}
+
+/// A spare handed a request just before its fork server is killed becomes the child all
+/// the same (it died with the server: the child was lost before its call started).
+fn spare_handed_a_request_outlives_its_server() {
+    let mut h = Helper::start("spare_server_killed");
+    assert_eq!(h.expect("handed ", T), "true");
+    assert_eq!(h.expect("joined ", T), "Ok(\"7 from Process-2\")");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

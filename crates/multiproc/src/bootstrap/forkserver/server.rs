@@ -593,10 +593,12 @@ fn fork_spare(
 
 /// A spare: waits for one assignment, then becomes that child. Exits if the server goes
 /// away or retires it.
+///
+/// It sets no parent-death signal: one set here would kill a spare that the server hands
+/// a request and that dies before the spare clears it (a child meant to outlive the
+/// server, lost before its call started). The server's end of `control` closes as the
+/// server dies, which ends the spare's wait.
 fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
-    if !matches!(sys::kill_me_with_parent(info.pid), Ok(true)) {
-        sys::exit_now(0);
-    }
     let Ok((control, death)) = keep_only(control, death) else {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };
