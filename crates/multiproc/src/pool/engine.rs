@@ -516,6 +516,8 @@ impl PoolInner {
                 match sent {
                     Ok(()) => {
                         worker.contexts.insert(rec.context);
+                        // Reading it may be what kills the worker: not a failed start.
+                        worker.sent = true;
                     }
                     Err(SendFail::Io(e)) => {
                         free_tickets.push(ticket);
@@ -777,14 +779,16 @@ impl PoolInner {
                     // faulting in pages is on its way there, reading a large job or a
                     // map's context: that job may be what kills it (too large for a
                     // memory cap), and the death must count against the job, not go
-                    // unnoticed as the job moves on. Looked at once a stall is long.
+                    // unnoticed as the job moves on. It keeps that one (the tasks
+                    // behind it go), and is looked at again a stall later. Looked at
+                    // once a stall is long.
                     let on_its_way = waited >= stall
                         && w.ready
                         && front_at == 0
                         && matches!(sys::process_state(w.handle.pid()), Some('R' | 'D'));
                     if on_its_way {
                         w.unstarted_front = Some((front, now));
-                        (0, stall, front_at)
+                        (waited, stall, front_at + 1)
                     } else {
                         (waited, stall, front_at)
                     }
