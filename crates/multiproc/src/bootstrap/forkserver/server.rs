@@ -11,7 +11,8 @@
 //! done the work every child does after a fork (descriptors closed, pages faulted in)
 //! and waits for its assignment. The next request goes to the spare, and the server
 //! forks the following spare after replying, so the fork is off the requester's path.
-//! A spare dies with the server (its parent-death signal is set) until it is assigned.
+//! A spare exits when the server dies (its socket to the server closes) until it is
+//! assigned.
 //!
 //! A child with a memory cap gets a cgroup of its own, which the server makes before
 //! the child exists and removes once it has reaped the child, after reading from it
