@@ -115,6 +115,10 @@ fn main() {
                 a_dropped_handshake_is_tried_again,
             ),
             trial(
+                "a_handshake_closed_without_a_word_is_tried_again",
+                a_handshake_closed_without_a_word_is_tried_again,
+            ),
+            trial(
                 "burst_of_connections_accepted_at_once",
                 burst_of_connections,
             ),
@@ -1774,6 +1778,19 @@ fn half_open_connections_capped() {
 /// refused key, and failed with `Auth`. A relay between them does the dropping, then
 /// passes the next connections through.
 fn a_dropped_handshake_is_tried_again() {
+    handshake_cut_then_relayed(Some(b"BUSY"));
+}
+
+/// The same, with the handshake closed without a word after the client answered (a
+/// server that stopped, or dropped it as its deadline passed): not a refused key
+/// either (a wrong key is told `DENY`).
+fn a_handshake_closed_without_a_word_is_tried_again() {
+    handshake_cut_then_relayed(None);
+}
+
+/// A client's first handshake, through a relay that answers the client's answer with
+/// `first` (if any) and closes; the next connections go through to the server.
+fn handshake_cut_then_relayed(first: Option<&'static [u8]>) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let server = Manager::builder()
@@ -1796,7 +1813,9 @@ fn a_dropped_handshake_is_tried_again() {
             s.set_read_timeout(Some(T)).unwrap();
             write_frame(&mut c, &read_frame(&mut s).expect("the server's challenge"));
             assert!(read_frame(&mut c).is_some(), "the client did not answer");
-            write_frame(&mut c, b"BUSY");
+            if let Some(first) = first {
+                write_frame(&mut c, first);
+            }
             drop((c, s));
             let mut pipes = Vec::new();
             for c in relay.incoming() {

@@ -633,12 +633,11 @@ pub(crate) fn client_handshake(
     conn.send_raw(&answer).map_err(ManagerError::from_io)?;
     match conn.recv_by(HANDSHAKE_MAX, Some(deadline)) {
         Ok(()) => {}
-        // A server that refuses the key may close before the refusal is read.
-        Err(FrameError::Closed) => {
-            return Err(ManagerError::Auth(
-                "the server closed the connection (wrong key?)".into(),
-            ));
-        }
+        // A server that refuses the key says so before it closes (`DENIED`, a few
+        // bytes into an empty socket buffer). A close without a word is a handshake
+        // cut short: a server that stopped, or dropped it (its deadline passed, or to
+        // make room): tried again, as after `BUSY`.
+        Err(FrameError::Closed) => return Err(ManagerError::Disconnected),
         Err(e) => return Err(io(e)),
     }
     let body = &conn.body;
