@@ -1063,7 +1063,24 @@ fn stopped_peer_rounds(stop_consumer: bool) {
                 let waiting = !q.is_empty();
                 let timed = q.get_timeout(timeout).is_err();
                 let tried = q.try_get().is_err();
-                (waiting && timed, tried)
+                // An async get under a timeout returns too (it gave the runtime its
+                // thread back): on a thread of its own, so that one that never yields
+                // fails the test rather than hang it.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let q2 = q.clone();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    let got = runtime
+                        .block_on(async { tokio::time::timeout(timeout, q2.get_async()).await });
+                    let _ = tx.send(got.is_err());
+                });
+                let awaited = rx
+                    .recv_timeout(timeout + SLACK)
+                    .expect("an async get held up by a stopped consumer never returned");
+                (waiting && timed, tried && awaited)
             } else {
                 // The running consumer keeps room: only the producers' lock can be in
                 // the way.

@@ -282,8 +282,14 @@ pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Deadline) -> Re
     }
 }
 
+/// How long an async receive waits before it looks again at a message it could not
+/// take (another receiver holds the lock, or a producer is half-way through publishing
+/// it, both perhaps stopped).
+const HELD_UP: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Receives and decodes without blocking the thread.
 pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result<T, Missed> {
+    let mut looked_again = false;
     loop {
         match recv(raw, Deadline::Now) {
             Err(Missed::Empty) => {}
@@ -291,11 +297,22 @@ pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result
         }
         // Counted among the sleepers (so senders ring), look once more, then wait.
         let _sleeping = raw.sleeping();
+        let now = std::time::Instant::now();
         if raw.ready() {
+            // Come as it looked: once more at once. Still there and not to be had, it
+            // waits a moment, giving the executor its thread back (looking again and
+            // again, the future never returned while a stopped process held the
+            // message up, and froze a single-threaded runtime).
+            if !std::mem::replace(&mut looked_again, true) {
+                continue;
+            }
+            crate::sys::readable_any(&[], now + HELD_UP)
+                .await
+                .map_err(Missed::Io)?;
             continue;
         }
-        let until = std::time::Instant::now() + channel::MAX_SLEEP;
-        crate::sys::readable_any(&raw.readiness(), until)
+        looked_again = false;
+        crate::sys::readable_any(&raw.readiness(), now + channel::MAX_SLEEP)
             .await
             .map_err(Missed::Io)?;
     }
