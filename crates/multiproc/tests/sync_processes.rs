@@ -89,6 +89,10 @@ fn main() {
                 named_segments_of_a_killed_creator_are_removed,
             ),
             trial(
+                "a_segment_opened_as_its_creator_sizes_it",
+                a_segment_opened_as_its_creator_sizes_it,
+            ),
+            trial(
                 "creator_and_its_fork_server_killed_together",
                 creator_and_its_fork_server_killed_together,
             ),
@@ -864,6 +868,36 @@ fn shared_memory_anonymous_and_named() {
         SharedMemory::open(&name),
         Err(ShmError::NotFound(_))
     ));
+}
+
+/// A named segment opened between its creation and its sizing (its creator's two
+/// steps) is waited for: it opened as empty, and failed. One that stays empty is
+/// refused after a second.
+fn a_segment_opened_as_its_creator_sizes_it() {
+    let name = unique("sizing");
+    let path = std::path::Path::new("/dev/shm").join(&name);
+    let file = std::fs::File::create(&path).unwrap();
+    let sizer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        file.set_len(8192).unwrap();
+    });
+    let opened = SharedMemory::open(&name).map(|shm| shm.len());
+    sizer.join().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(opened.unwrap(), 8192);
+
+    let name = unique("empty");
+    let path = std::path::Path::new("/dev/shm").join(&name);
+    std::fs::File::create(&path).unwrap();
+    let started = std::time::Instant::now();
+    let opened = SharedMemory::open(&name);
+    let took = started.elapsed();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        matches!(&opened, Err(ShmError::Mismatch { why, .. }) if why.contains("empty")),
+        "{opened:?}"
+    );
+    assert!(took < T, "an empty segment's open took {took:?}");
 }
 
 /// Holds a segment until killed.

@@ -173,9 +173,20 @@ pub(crate) fn open(name: &str) -> Result<(OwnedFd, usize, Name), ShmError> {
         io::ErrorKind::NotFound => ShmError::NotFound(bare.to_string()),
         _ => ShmError::from(e),
     })?;
-    let len = size_of(fd.as_fd(), bare)?;
+    let mut len = size_of(fd.as_fd(), bare)?;
+    // A creator sizes its segment right after creating it: an opener that comes in
+    // between finds it empty, and waits for the size as it waits for an object's
+    // header (an empty segment is refused after that).
+    let until = std::time::Instant::now() + BEING_CREATED;
+    while len == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        len = size_of(fd.as_fd(), bare)?;
+    }
     Ok((fd, len, Name::borrowed(bare.to_string())))
 }
+
+/// How long an opener waits for a segment's creator to size it and write its header.
+pub(crate) const BEING_CREATED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The size of a segment, as a mappable length.
 pub(crate) fn size_of(fd: BorrowedFd<'_>, what: &str) -> Result<usize, ShmError> {

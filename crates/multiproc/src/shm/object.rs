@@ -267,7 +267,7 @@ impl Object {
         }
         let seg = Segment::map_named(fd, len)?;
         // The creator may be initialising it right now.
-        let until = Instant::now() + Duration::from_secs(1);
+        let until = Instant::now() + named::BEING_CREATED;
         while seg.at::<ObjectHeader>(0).magic.load(Acquire) == 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -96,7 +96,8 @@ impl SharedMemory {
     /// # Errors
     ///
     /// [`ShmError::NotFound`], [`ShmError::InvalidName`], or [`ShmError::Mismatch`] if
-    /// the segment is empty.
+    /// the segment is empty (after waiting up to a second for a creator that has just
+    /// made it to give it its size).
     pub fn open(name: &str) -> Result<SharedMemory, ShmError> {
         let (fd, size, name) = named::open(name)?;
         if size == 0 {
