@@ -162,6 +162,14 @@ impl Shape {
                 self.elem.size
             ))
         };
+        // A mapping is aligned to a page: data aligned to more could not be placed.
+        if self.elem.align > MAX_ALIGN {
+            return Err(ShmError::InvalidArgument(format!(
+                "elements aligned to {} bytes: shared memory aligns data to {MAX_ALIGN} bytes \
+                 at most",
+                self.elem.align
+            )));
+        }
         let offset = self.data_offset().ok_or_else(too_big)?;
         let total = self
             .elem
@@ -173,6 +181,10 @@ impl Shape {
         Ok((offset, total))
     }
 }
+
+/// The most an element may be aligned to: the smallest page (every mapping starts on
+/// one).
+const MAX_ALIGN: usize = 4096;
 
 /// A mapped shared object.
 pub(crate) struct Object {
@@ -466,6 +478,40 @@ mod tests {
     use super::*;
     use crate::{Array, Barrier, Lock, Value};
     use proptest::prelude::*;
+
+    /// Elements aligned to more than a page.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(8192))]
+    struct OverAligned([u8; 8192]);
+    // SAFETY: bytes only, no padding (size 8192 at alignment 8192), valid for any bits.
+    #[allow(unsafe_code)]
+    unsafe impl bytemuck::Zeroable for OverAligned {}
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe impl bytemuck::Pod for OverAligned {}
+
+    /// A type aligned to more than a page is refused with why (it panicked, "misaligned
+    /// shared data", wherever the mapping fell short of its alignment).
+    #[test]
+    #[allow(unsafe_code)]
+    fn elements_aligned_past_a_page_are_refused() {
+        let why = |r: Result<(), ShmError>| match r {
+            Err(ShmError::InvalidArgument(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let big = OverAligned([1; 8192]);
+        assert!(why(Value::new(big).map(drop)).contains("aligned to 8192 bytes"));
+        assert!(why(Array::<OverAligned>::new(3).map(drop)).contains("4096 bytes at most"));
+        #[derive(Clone, Copy)]
+        #[repr(C, align(4096))]
+        struct PageAligned([u8; 4096]);
+        // SAFETY: as for `OverAligned`.
+        unsafe impl bytemuck::Zeroable for PageAligned {}
+        // SAFETY: as above.
+        unsafe impl bytemuck::Pod for PageAligned {}
+        let v = Value::new(PageAligned([2; 4096])).unwrap();
+        assert_eq!(v.lock().unwrap().0[4095], 2);
+    }
 
     /// Sends a handle through the codec, as to another process.
     fn resend<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {

@@ -32,6 +32,10 @@ use super::object::{Elem, Kind, Object, Shape};
 /// # }
 /// ```
 ///
+/// A type aligned to more than 4096 bytes (a page, where every mapping starts) cannot be
+/// placed: creating a `Value` or `Array` of it fails with
+/// [`ShmError::InvalidArgument`](crate::ShmError::InvalidArgument).
+///
 /// # Safety
 ///
 /// Implement it only for types that are valid for every bit pattern (a process that
