@@ -895,6 +895,17 @@ fn mismatched_types_are_decode_errors() {
         Err(multiproc::TryRecvError::Codec(_))
     ));
     assert!(b_rx.try_recv().unwrap_err().is_empty());
+
+    // A joinable queue's item that does not decode was taken, and is still a task to
+    // mark done.
+    let jq = JoinableQueue::<Lopsided>::new().unwrap();
+    jq.put(Lopsided).unwrap();
+    assert!(matches!(jq.get_timeout(T), Err(RecvTimeoutError::Codec(_))));
+    assert_eq!(jq.unfinished(), 1);
+    assert!(!jq.join_timeout(Duration::from_millis(20)));
+    jq.task_done().unwrap();
+    assert!(jq.join_timeout(T));
+    assert!(jq.try_get().unwrap_err().is_empty());
 }
 
 fn send_later((tx, n): (Sender<u32>, u32)) {

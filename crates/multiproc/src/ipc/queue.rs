@@ -512,6 +512,11 @@ impl<T: Serialize> JoinableQueue<T> {
 impl<T: DeserializeOwned> JoinableQueue<T> {
     /// As [`Queue::get`].
     ///
+    /// An item taken that does not decode ([`RecvError::Codec`], and the `Codec` errors
+    /// of the other gets) was taken all the same and still counts as unfinished, as in
+    /// Python: mark it done with [`task_done`](Self::task_done) once it is dealt with,
+    /// or [`join`](Self::join) waits for it for ever.
+    ///
     /// # Errors
     ///
     /// As [`Queue::get`].
