@@ -103,6 +103,12 @@ impl<T> Sender<T> {
 impl<T: Serialize> Sender<T> {
     /// Sends a message, waiting while the pipe is full.
     ///
+    /// Receivers dropped or closed are seen at once. Receivers whose processes were
+    /// killed cannot say so: a send finds out from the kernel once every 1024 sends of
+    /// the thread and whenever it would wait, so a few sends into a pipe nobody reads
+    /// any more can still succeed ([`is_disconnected`](Self::is_disconnected) asks the
+    /// kernel each time).
+    ///
     /// # Errors
     ///
     /// The message comes back: every receiver is gone, it could not be encoded, or the
