@@ -288,11 +288,6 @@ pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Deadline) -> Re
     }
 }
 
-/// How long an async receive waits before it looks again at a message it could not
-/// take (another receiver holds the lock, or a producer is half-way through publishing
-/// it, both perhaps stopped).
-const HELD_UP: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// Receives and decodes without blocking the thread.
 pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result<T, Missed> {
     let mut looked_again = false;
@@ -312,7 +307,7 @@ pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result
             if !std::mem::replace(&mut looked_again, true) {
                 continue;
             }
-            crate::sys::readable_any(&[], now + HELD_UP)
+            crate::sys::readable_any(&[], now + channel::HELD_UP)
                 .await
                 .map_err(Missed::Io)?;
             continue;

@@ -49,6 +49,10 @@ fn lock_wait(wait: Deadline) -> LockWait {
 /// asleep while an item waits (the resetter always takes it, so nothing is lost); this
 /// bounds what such a sleeper oversleeps.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How long a receiver sleeps between looks at a message it cannot have yet (a producer
+/// is half-way through publishing it, or another receiver holds the consumers' lock,
+/// either perhaps stopped), once looking for it for [`SPIN`] did not get it.
+pub(crate) const HELD_UP: Duration = Duration::from_millis(1);
 /// How long a blocking receive (or a send waiting for room) first naps on a futex word
 /// in the channel's header, before it sleeps on the doorbell. A nap is one system call
 /// for the sleeper and one for its waker; the doorbell is three (a `ppoll` of the bell
@@ -733,6 +737,7 @@ impl RawReceiver {
         let core = &*self.core;
         let h = core.header();
         let mut napped = false;
+        let mut held_up_since = None::<Instant>;
         loop {
             if let Some(r) = self.try_take(wait, decode)? {
                 return Ok(r);
@@ -749,6 +754,23 @@ impl RawReceiver {
                 } else {
                     RecvFail::Empty
                 });
+            }
+            if core.has_data() {
+                // Counted, and not to be had: a live producer is half-way through its
+                // publish (an unbounded channel counts the message first), or a consumer
+                // holds the lock. Looked at again and again for a moment, then between
+                // sleeps: a producer stopped there kept the receiver spinning, a whole
+                // CPU, for as long as it stayed stopped.
+                let since = *held_up_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= SPIN {
+                    let left = wait.instant().map_or(HELD_UP, |d| {
+                        d.saturating_duration_since(Instant::now()).min(HELD_UP)
+                    });
+                    std::thread::sleep(left);
+                    continue;
+                }
+            } else {
+                held_up_since = None;
             }
             let spin_end = Instant::now() + SPIN;
             let until = wait.instant().map_or(spin_end, |d| d.min(spin_end));
@@ -1682,6 +1704,57 @@ mod tests {
             assert_eq!(got, [1, 2, 3], "unbounded: {growable}");
             assert!(matches!(take(&rx), Err(RecvFail::Empty)));
         }
+    }
+
+    /// A live producer stopped half-way through a publish (its lock is not taken over)
+    /// holds up a receiver of an unbounded channel, whose counts say a message waits:
+    /// the receiver waits out its timeout mostly asleep (it spun, a whole CPU, for as
+    /// long as the producer stayed stopped), and gets the message once the producer is
+    /// gone and its publish finished.
+    #[test]
+    fn a_receiver_held_up_by_a_stopped_publish_sleeps() {
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        let (resume, resumed) = std::sync::mpsc::channel::<()>();
+        let producer = {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                ring::DIES_IN.with(|d| d.set(ring::DIES_PUBLISHING));
+                ring::KEEP_LOCKS.with(|k| k.set(true));
+                tx.send(numbered(5, 100), Deadline::Now, false).unwrap();
+                stopped_tx.send(()).unwrap();
+                let _ = resumed.recv_timeout(Duration::from_secs(60));
+            })
+        };
+        stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(rx.core.has_data(), "the message is counted");
+        let cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let before = cpu();
+        let held = rx.recv_with(Deadline::after(Duration::from_millis(400)), &mut |b, _| {
+            b.to_vec()
+        });
+        let used = cpu() - before;
+        assert!(matches!(held, Err(RecvFail::Empty)), "{held:?}");
+        assert!(
+            used < Duration::from_millis(200),
+            "a receive held up for 400 ms used {used:?} of CPU"
+        );
+        resume.send(()).unwrap();
+        producer.join().unwrap();
+        let holder = rx.header().tail_lock.0.state.load(SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::sys::identity_alive(holder) {
+            assert!(
+                Instant::now() < deadline,
+                "the producer's thread still lives"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(number(&take(&rx).unwrap()), 5);
+        drop(tx);
     }
 
     /// The last producer of a channel dies publishing a task, and no other sends: a
