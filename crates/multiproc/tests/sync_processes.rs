@@ -877,12 +877,28 @@ fn a_segment_opened_as_its_creator_sizes_it() {
     let name = unique("sizing");
     let path = std::path::Path::new("/dev/shm").join(&name);
     let file = std::fs::File::create(&path).unwrap();
-    let sizer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        file.set_len(8192).unwrap();
-    });
-    let opened = SharedMemory::open(&name).map(|shm| shm.len());
-    sizer.join().unwrap();
+    // The opener, on a thread of its own, finds the segment empty; it is sized once
+    // the opener is seen asleep (waiting for the size) or has returned.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let opener = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            SharedMemory::open(&name).map(|shm| shm.len())
+        })
+    };
+    let tid = tid_rx.recv_timeout(T).unwrap();
+    let asleep = || {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat[stat.rfind(')')? + 1..].trim_start().starts_with('S')))
+            .unwrap_or(false)
+    };
+    assert!(common::eventually(T, || asleep() || opener.is_finished()));
+    file.set_len(8192).unwrap();
+    let opened = opener.join().unwrap();
     std::fs::remove_file(&path).unwrap();
     assert_eq!(opened.unwrap(), 8192);
 
