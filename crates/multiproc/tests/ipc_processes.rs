@@ -83,6 +83,10 @@ fn main() {
                 "send_to_a_dead_receiver_with_a_full_side_socket",
                 send_to_a_dead_receiver_with_a_full_side_socket,
             ),
+            trial(
+                "a_large_message_waits_for_a_free_descriptor",
+                a_large_message_waits_for_a_free_descriptor,
+            ),
             trial("no_descriptor_leaks", no_descriptor_leaks),
         ],
         helpers,
@@ -976,6 +980,35 @@ fn helper_leaks() {
     let before = common::fd_count();
     run(50);
     println!("fds {before} {}", common::fd_count());
+}
+
+/// With no descriptor free, gets from `q` once (what it says), then, with descriptors
+/// again, takes two messages: their lengths.
+fn get_out_of_descriptors(q: Queue<String>) -> (String, usize, usize) {
+    let open = common::use_up_descriptors();
+    let first = match q.get_timeout(T) {
+        Ok(s) => format!("a message of {} bytes", s.len()),
+        Err(e) => format!("{e:?}"),
+    };
+    drop(open);
+    let a = q.get_timeout(T).map_or(0, |s| s.len());
+    let b = q.get_timeout(T).map_or(0, |s| s.len());
+    (first, a, b)
+}
+
+/// A message too large for the ring travels in a memory file of its own, whose
+/// descriptor the receiver must take in. A receiver with no descriptor free is told so,
+/// and the message waits for its next get: it was taken off the socket, its file lost,
+/// and the next get skipped it as the leftover of a dead consumer.
+fn a_large_message_waits_for_a_free_descriptor() {
+    let q = Queue::new().unwrap();
+    q.put("x".repeat(3 << 20)).unwrap();
+    q.put("y".repeat(10)).unwrap();
+    let mut child = multiproc::spawn(get_out_of_descriptors, q.clone()).unwrap();
+    let (first, a, b) = child.join_timeout(T).unwrap();
+    assert!(first.contains("Too many open files"), "{first}");
+    assert_eq!((a, b), (3 << 20, 10), "the first get said {first}");
+    assert!(q.is_empty());
 }
 
 fn no_descriptor_leaks() {

@@ -100,7 +100,10 @@ pub enum RecvError {
     /// another process corrupted the channel's shared memory.
     #[error("{0}")]
     Codec(CodecError),
-    /// The operating system refused.
+    /// The operating system refused: `EMFILE` (or `ENFILE`) when the next message
+    /// carries descriptors (handles, or its bytes in a memory file of their own when it
+    /// is larger than half the channel's ring) and this process has no room for them.
+    /// That message stays, for the next receive.
     #[error(transparent)]
     Io(io::Error),
 }
@@ -119,7 +122,10 @@ pub enum TryRecvError {
     /// As [`RecvError::Codec`].
     #[error("{0}")]
     Codec(CodecError),
-    /// The operating system refused.
+    /// The operating system refused: `EMFILE` (or `ENFILE`) when the next message
+    /// carries descriptors (handles, or its bytes in a memory file of their own when it
+    /// is larger than half the channel's ring) and this process has no room for them.
+    /// That message stays, for the next receive.
     #[error(transparent)]
     Io(io::Error),
 }
@@ -138,7 +144,10 @@ pub enum RecvTimeoutError {
     /// As [`RecvError::Codec`].
     #[error("{0}")]
     Codec(CodecError),
-    /// The operating system refused.
+    /// The operating system refused: `EMFILE` (or `ENFILE`) when the next message
+    /// carries descriptors (handles, or its bytes in a memory file of their own when it
+    /// is larger than half the channel's ring) and this process has no room for them.
+    /// That message stays, for the next receive.
     #[error(transparent)]
     Io(io::Error),
 }

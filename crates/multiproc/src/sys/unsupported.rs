@@ -445,6 +445,9 @@ pub(crate) fn send_packet(
 ) -> io::Result<usize> {
     Err(unsupported())
 }
+pub(crate) fn room_for_descriptors(_: BorrowedFd<'_>, _: usize) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn peek_packet(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<Option<usize>> {
     Err(unsupported())
 }

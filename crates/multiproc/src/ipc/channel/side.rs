@@ -11,7 +11,8 @@ use crate::shm::segment::View;
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec::Encoded;
 
-/// Side message header: id (u64), payload length (u64), mode (u8), padding.
+/// Side message header: id (u64), payload length (u64), mode (u8), the number of
+/// descriptors passed with it (u8; 0 from a sender that did not say), padding.
 const HEADER: usize = 24;
 /// Payload bytes carried in the message itself (mode `IN_MESSAGE`); more go in a memfd.
 const IN_MESSAGE_MAX: usize = 32 * 1024;
@@ -54,6 +55,8 @@ impl Outgoing {
             passed.push(memfd.as_fd());
         }
         passed.extend(msg.fds.iter().map(AsFd::as_fd));
+        // At most `MAX_FDS_PER_MESSAGE` (253), which `send_packet` checks.
+        self.header[17] = u8::try_from(passed.len()).unwrap_or(u8::MAX);
         let body: &[u8] = if self.inline { &msg.bytes } else { &[] };
         sys::send_packet(
             sock,
@@ -67,7 +70,9 @@ impl Outgoing {
 /// Takes message `id` from the side socket. Messages before it are orphans (their
 /// producer died before publishing their record) and are dropped; if the next message
 /// is a later one, or there is none, message `id` was taken by a consumer that died,
-/// and `Ok(None)` says so.
+/// and `Ok(None)` says so. A process without room for the message's descriptors gets
+/// `EMFILE` (or `ENFILE`) and the message stays for the next receive: taken, it would
+/// have lost them (its bytes too, if they travel in a memory file).
 pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, RecvFail> {
     loop {
         let mut header = [0u8; HEADER];
@@ -95,6 +100,10 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
         }
         if got > id {
             return Ok(None);
+        }
+        let passed = usize::from(header[17]).max(usize::from(mode == IN_MEMFD));
+        if passed > 0 {
+            sys::room_for_descriptors(sock, passed).map_err(RecvFail::Io)?;
         }
         let body = if mode == IN_MESSAGE { len as usize } else { 0 };
         let mut buf = vec![0u8; HEADER + body];

@@ -129,6 +129,20 @@ pub(crate) fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// Whether this process could take in `n` more descriptors now: `Err` (`EMFILE` or
+/// `ENFILE`) if not. A message's passed descriptors are installed as it is received,
+/// and those that find no room are closed by the kernel, the message taken all the
+/// same: a receiver asks this first and leaves the message where it is. Another thread
+/// may take the room between the question and the receive. `fd` is duplicated `n` times
+/// to find out, and the duplicates closed.
+pub(crate) fn room_for_descriptors(fd: BorrowedFd<'_>, n: usize) -> io::Result<()> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(rustix::io::fcntl_dupfd_cloexec(fd, 0)?);
+    }
+    Ok(())
+}
+
 /// Sends one message on a sequenced-packet socket without blocking: `WouldBlock` when
 /// the socket's buffer is full.
 pub(crate) fn send_packet(
