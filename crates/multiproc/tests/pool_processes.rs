@@ -75,6 +75,10 @@ fn main() {
                 a_result_that_cannot_be_sent_fails_its_task,
             ),
             trial(
+                "a_result_waits_for_a_free_descriptor",
+                a_result_waits_for_a_free_descriptor,
+            ),
+            trial(
                 "short_tasks_do_not_wait_behind_long_ones",
                 short_tasks_do_not_wait_behind_long_ones,
             ),
@@ -1147,6 +1151,65 @@ fn a_result_that_cannot_be_sent_fails_its_task() {
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
     assert_eq!(pool.worker_pids(), worker);
     finish(pool);
+}
+
+/// Waits for `go`, says it is about to return on `returned`, then returns `size` bytes
+/// (over 2 MiB: in a memory file of its own).
+fn big_result_on((go, returned, size): (Event, Event, usize)) -> Vec<u8> {
+    assert!(go.wait_timeout(T));
+    returned.set();
+    vec![7; size]
+}
+
+/// A pool in a process of its own that uses up its descriptors while a large result
+/// comes back: what the task's wait said then, the result's length once descriptors
+/// are free again, and a task after it. With `for_good`, descriptors stay used up
+/// until the task is done: what it ended with.
+fn pool_out_of_descriptors((size, for_good): (usize, bool)) -> (String, usize, u64) {
+    let pool = Pool::new(1).unwrap();
+    let (go, returned) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut task = pool
+        .submit(big_result_on, (go.clone(), returned.clone(), size))
+        .unwrap();
+    let open = common::use_up_descriptors();
+    go.set();
+    assert!(returned.wait_timeout(T));
+    if for_good {
+        let ended = format!("{:?}", get(task).map(|v| v.len()));
+        drop(open);
+        pool.terminate();
+        return (ended, 0, 0);
+    }
+    // Long enough for the result to arrive and be tried many times.
+    let meanwhile = match task.wait_timeout(Duration::from_millis(500)) {
+        Err(TaskError::Timeout) => "waiting".to_owned(),
+        other => format!("{:?}", other.map(|v| v.len())),
+    };
+    drop(open);
+    let len = get(task).map_or(0, |v| v.len());
+    let after = pool.apply(square, 5).unwrap_or(0);
+    finish(pool);
+    (meanwhile, len, after)
+}
+
+/// A result too large for the ring travels in a memory file of its own, which the
+/// pool's process must take in: while that process has no descriptor free, the result
+/// waits, and it is delivered once one is. The pool gave up at once (the result lost,
+/// every task failed with `PoolBroken`).
+fn a_result_waits_for_a_free_descriptor() {
+    let mut child = multiproc::spawn(pool_out_of_descriptors, (3 << 20, false)).unwrap();
+    let (meanwhile, len, after) = child.join_timeout(T).unwrap();
+    assert_eq!(meanwhile, "waiting");
+    assert_eq!((len, after), (3 << 20, 25));
+
+    // For good (5 s): the pool gives up, saying why, rather than keep its tasks
+    // waiting for ever.
+    let mut child = multiproc::spawn(pool_out_of_descriptors, (3 << 20, true)).unwrap();
+    let (ended, ..) = child.join_timeout(T).unwrap();
+    assert!(
+        ended.contains("PoolBroken") && ended.contains("no descriptor free for 5s"),
+        "{ended}"
+    );
 }
 
 fn codec_failures_fail_the_task() {

@@ -90,6 +90,9 @@ pub(crate) struct PoolInner {
     retry_start_at: AtomicU64,
     /// When a callback of the engine thread last did the engine's chores (`help`).
     chores_at: AtomicU64,
+    /// While an outcome waits for room for its descriptors (see [`NO_ROOM_RETRY`]):
+    /// when to try to take it again (monotonic ns; 0: none waits).
+    no_room_retry_at: AtomicU64,
 }
 
 struct State {
@@ -113,6 +116,8 @@ struct State {
     start_failures: u32,
     /// The engine has finished: no tasks, no workers.
     finished: bool,
+    /// Since when the next outcome has waited for room for its descriptors.
+    no_room_since: Option<Instant>,
     /// Outcomes decided while the lock was held, handed over once it is released
     /// (`PoolInner::release`): a task's callbacks may call back into the pool.
     deferred: Vec<Delivery>,
@@ -139,6 +144,7 @@ impl State {
             broken: None,
             start_failures: 0,
             finished: false,
+            no_room_since: None,
             deferred: Vec::new(),
             contexts: FxHashMap::default(),
             next_context: 1,
@@ -264,6 +270,7 @@ impl PoolInner {
             engine_thread: OnceLock::new(),
             retry_start_at: AtomicU64::new(0),
             chores_at: AtomicU64::new(0),
+            no_room_retry_at: AtomicU64::new(0),
         });
         for index in 0..processes {
             match inner.start_worker(index) {
@@ -1087,11 +1094,21 @@ const REAP_EVERY: Duration = Duration::from_millis(20);
 const START_RETRY: Duration = Duration::from_millis(100);
 /// How often a callback of the engine thread that waits does the engine's chores.
 const CHORES_EVERY: Duration = Duration::from_millis(1);
+/// An outcome that carries a descriptor (a result too large for the ring travels in a
+/// memory file of its own) cannot be taken while this process has no descriptor free:
+/// it stays in the channel, and is tried again this often...
+const NO_ROOM_RETRY: Duration = Duration::from_millis(10);
+/// ...for this long, after which the pool gives up (every task fails with
+/// `PoolBroken`, saying why), as it does after workers that cannot be started.
+const NO_ROOM_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a batch of outcomes taken off the channel held.
 enum Drained {
     Some,
     Nothing,
+    /// The next outcome waits for room for its descriptors; those before it (if the
+    /// flag says so) were routed.
+    Held(bool),
     /// The channel failed; the pool gave up.
     Broken,
 }
@@ -1132,6 +1149,10 @@ impl PoolInner {
             if self.results_rx.len() == 0 {
                 return any;
             }
+            let retry_at = self.no_room_retry_at.load(Ordering::Relaxed);
+            if retry_at != 0 && sys::monotonic_ns() < retry_at {
+                return any;
+            }
             let mut deliveries = Vec::new();
             let drained = {
                 let _routing = unpoisoned::read(&self.routing);
@@ -1142,6 +1163,7 @@ impl PoolInner {
             match drained {
                 Drained::Some => any = true,
                 Drained::Nothing => return any,
+                Drained::Held(routed) => return any || routed,
                 Drained::Broken => return true,
             }
         }
@@ -1152,6 +1174,7 @@ impl PoolInner {
     fn route_batch(&self, deliveries: &mut Vec<Delivery>) -> Drained {
         let mut batch = Vec::new();
         let mut corrupt = None;
+        let mut no_room = false;
         while batch.len() < 256 {
             match self.results_rx.try_recv_owned() {
                 Ok(Some(msg)) => batch.push(msg),
@@ -1160,11 +1183,18 @@ impl PoolInner {
                     corrupt = Some(why);
                     break;
                 }
+                Err(RecvFail::Io(e)) if sys::out_of_descriptors(&e) => {
+                    no_room = true;
+                    break;
+                }
                 Err(RecvFail::Io(e)) => {
                     corrupt = Some(e.to_string());
                     break;
                 }
             }
+        }
+        if corrupt.is_none() {
+            corrupt = self.note_room(no_room);
         }
         if let Some(why) = corrupt {
             // Workers share this channel and something scribbled over it (a task's
@@ -1186,7 +1216,11 @@ impl PoolInner {
             return Drained::Broken;
         }
         if batch.is_empty() {
-            return Drained::Nothing;
+            return if no_room {
+                Drained::Held(false)
+            } else {
+                Drained::Nothing
+            };
         }
         let mut st = unpoisoned::lock(&self.state);
         for msg in batch {
@@ -1194,7 +1228,45 @@ impl PoolInner {
         }
         self.pump(&mut st);
         deliveries.append(&mut st.deferred);
-        Drained::Some
+        if no_room {
+            Drained::Held(true)
+        } else {
+            Drained::Some
+        }
+    }
+
+    /// Keeps the count of how long the next outcome has waited for room for its
+    /// descriptors (`no_room`: it still does); the reason to give up once that is
+    /// [`NO_ROOM_PATIENCE`].
+    fn note_room(&self, no_room: bool) -> Option<String> {
+        if !no_room {
+            if self.no_room_retry_at.load(Ordering::Relaxed) != 0 {
+                self.no_room_retry_at.store(0, Ordering::Relaxed);
+                unpoisoned::lock(&self.state).no_room_since = None;
+            }
+            return None;
+        }
+        let since = {
+            let mut st = unpoisoned::lock(&self.state);
+            *st.no_room_since.get_or_insert_with(|| {
+                tracing::warn!(
+                    "pool: no descriptor free in this process to take a worker's result \
+                     in; it waits (for {NO_ROOM_PATIENCE:?} at most)"
+                );
+                Instant::now()
+            })
+        };
+        if since.elapsed() >= NO_ROOM_PATIENCE {
+            return Some(format!(
+                "this process has had no descriptor free for {NO_ROOM_PATIENCE:?} to take \
+                 a worker's result in (a large result travels in a memory file of its own): \
+                 close descriptors, or raise the limit (`ulimit -n`)"
+            ));
+        }
+        let retry = u64::try_from(NO_ROOM_RETRY.as_nanos()).unwrap_or(u64::MAX);
+        self.no_room_retry_at
+            .store(sys::monotonic_ns().saturating_add(retry), Ordering::Relaxed);
+        None
     }
 
     /// Handles one outcome.
@@ -1692,8 +1764,17 @@ impl PoolInner {
         } else {
             until
         };
+        // An outcome that waits for room for its descriptors is looked at again on
+        // a timer, not when the channel is ready: it is.
+        let held = self.no_room_retry_at.load(Ordering::Relaxed) != 0;
+        let until = if held {
+            until.min(Instant::now() + NO_ROOM_RETRY)
+        } else {
+            until
+        };
+        let watch = !helped && !held;
         let mut sleeping = None;
-        if !helped {
+        if watch {
             let spin_end = Instant::now() + SPIN;
             // (The pool holds a sender itself: the senders are never all gone.)
             if crate::sync::raw::spin_until(spin_end, || self.results_rx.len() > 0) {
@@ -1713,7 +1794,7 @@ impl PoolInner {
             .map(|w| Arc::clone(w.handle.record()))
             .collect();
         let mut fds = vec![self.bell.as_fd()];
-        if !helped {
+        if watch {
             fds.extend(self.results_rx.readiness());
         }
         let first_worker = fds.len();

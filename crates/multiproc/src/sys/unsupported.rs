@@ -445,6 +445,9 @@ pub(crate) fn send_packet(
 ) -> io::Result<usize> {
     Err(unsupported())
 }
+pub(crate) fn out_of_descriptors(_: &io::Error) -> bool {
+    false
+}
 pub(crate) fn room_for_descriptors(_: BorrowedFd<'_>, _: usize) -> io::Result<()> {
     Err(unsupported())
 }

@@ -143,6 +143,11 @@ pub(crate) fn room_for_descriptors(fd: BorrowedFd<'_>, n: usize) -> io::Result<(
     Ok(())
 }
 
+/// Whether `e` says that no descriptor was free (in this process, or in the system).
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// Sends one message on a sequenced-packet socket without blocking: `WouldBlock` when
 /// the socket's buffer is full.
 pub(crate) fn send_packet(
