@@ -86,6 +86,7 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
         };
         let (got, len, mode) = (word(0), word(8), header[16]);
         let valid = n >= HEADER
+            && usize::from(header[17]) <= sys::MAX_FDS_PER_MESSAGE
             && match mode {
                 IN_MESSAGE => len as usize <= IN_MESSAGE_MAX,
                 IN_MEMFD => true,
