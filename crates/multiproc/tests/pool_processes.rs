@@ -1153,59 +1153,160 @@ fn a_result_that_cannot_be_sent_fails_its_task() {
     finish(pool);
 }
 
-/// Waits for `go`, says it is about to return on `returned`, then returns `size` bytes
-/// (over 2 MiB: in a memory file of its own).
-fn big_result_on((go, returned, size): (Event, Event, usize)) -> Vec<u8> {
+/// Sets `started` (if any), waits for `go`, then returns `size` bytes (over 2 MiB: in a
+/// memory file of its own) and `locks` new locks (a descriptor each).
+fn big_result_on(
+    (started, go, size, locks): (Option<Event>, Event, usize, usize),
+) -> (Vec<u8>, Vec<multiproc::Lock>) {
+    if let Some(started) = started {
+        started.set();
+    }
     assert!(go.wait_timeout(T));
-    returned.set();
-    vec![7; size]
+    let locks = (0..locks)
+        .map(|_| multiproc::Lock::new().unwrap())
+        .collect();
+    (vec![7; size], locks)
+}
+
+/// Sets `e`; with `die`, then ends the worker.
+fn set_event((e, die): (Event, bool)) {
+    e.set();
+    if die {
+        std::process::exit(3);
+    }
+}
+
+/// What happens to a pool's large result while the pool's process has no descriptor
+/// free.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+enum NoRoom {
+    /// Descriptors are freed after half a second.
+    ForAWhile,
+    /// As `ForAWhile`, and the worker dies right after sending the result.
+    WorkerDies,
+    /// Descriptors stay used up until the task is done, and the result carries 100
+    /// more descriptors than its memory file (more than the pool frees as it gives
+    /// up).
+    ForGood,
 }
 
 /// A pool in a process of its own that uses up its descriptors while a large result
-/// comes back: what the task's wait said then, the result's length once descriptors
-/// are free again, and a task after it. With `for_good`, descriptors stay used up
-/// until the task is done: what it ended with.
-fn pool_out_of_descriptors((size, for_good): (usize, bool)) -> (String, usize, u64) {
+/// comes back: what the task's wait said then (for `ForGood`: what the task ended
+/// with), the result's length once descriptors are free again, how the next task
+/// ended, and a task after them.
+fn pool_out_of_descriptors((size, how): (usize, NoRoom)) -> (String, usize, String, u64) {
     let pool = Pool::new(1).unwrap();
-    let (go, returned) = (Event::new().unwrap(), Event::new().unwrap());
+    let (go, sent) = (Event::new().unwrap(), Event::new().unwrap());
+    let locks = if let NoRoom::ForGood = how { 100 } else { 0 };
     let mut task = pool
-        .submit(big_result_on, (go.clone(), returned.clone(), size))
+        .submit(big_result_on, (None, go.clone(), size, locks))
         .unwrap();
+    // The worker begins this one once it has sent the first one's result.
+    let die = matches!(how, NoRoom::WorkerDies);
+    let next = pool.submit(set_event, (sent.clone(), die)).unwrap();
     let open = common::use_up_descriptors();
     go.set();
-    assert!(returned.wait_timeout(T));
-    if for_good {
-        let ended = format!("{:?}", get(task).map(|v| v.len()));
-        drop(open);
+    assert!(sent.wait_timeout(T));
+    if let NoRoom::ForGood = how {
+        let ended = format!("{:?}", get(task).map(|v| v.0.len() + v.1.len()));
+        // The pool gave up, which closed some descriptors of its own: used up again,
+        // the result still cannot be taken, and the pool's thread leaves it (it tried
+        // again and again, a whole CPU's worth).
+        let mut more = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            more.push(f);
+        }
+        // (Read with no descriptor: `/proc` cannot be opened now.)
+        let cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let before = cpu();
+        std::thread::sleep(Duration::from_millis(500));
+        let used = cpu() - before;
+        assert!(
+            used < Duration::from_millis(200),
+            "{used:?} of CPU in 500 ms"
+        );
+        drop((open, more));
         pool.terminate();
-        return (ended, 0, 0);
+        return (ended, 0, String::new(), 0);
     }
-    // Long enough for the result to arrive and be tried many times.
+    // Long enough for the result to be tried many times (and a dead worker seen).
     let meanwhile = match task.wait_timeout(Duration::from_millis(500)) {
         Err(TaskError::Timeout) => "waiting".to_owned(),
-        other => format!("{:?}", other.map(|v| v.len())),
+        other => format!("{:?}", other.map(|v| v.0.len() + v.1.len())),
     };
     drop(open);
-    let len = get(task).map_or(0, |v| v.len());
+    let len = get(task).map_or(0, |v| v.0.len() + v.1.len());
+    let next = format!("{:?}", get(next));
     let after = pool.apply(square, 5).unwrap_or(0);
     finish(pool);
-    (meanwhile, len, after)
+    (meanwhile, len, next, after)
+}
+
+/// Two results that carry one lock and 50 locks (a descriptor each) come back while a
+/// pool's process has no descriptor free; 4 s later one descriptor is freed (room for
+/// the first result's lock, not for the second's), 2 s after that all of them. What
+/// each task ended with (the second: also what it said after those 2 s).
+fn pool_out_of_descriptors_one_at_a_time(_: ()) -> (String, String) {
+    let pool = Pool::new(1).unwrap();
+    let (go, started) = (Event::new().unwrap(), Event::new().unwrap());
+    let first = pool
+        .submit(big_result_on, (None, go.clone(), 0, 1))
+        .unwrap();
+    // Begun once the first result is sent; its own is sent at once.
+    let mut second = pool
+        .submit(big_result_on, (Some(started.clone()), go.clone(), 0, 50))
+        .unwrap();
+    let mut open = common::use_up_descriptors();
+    go.set();
+    assert!(started.wait_timeout(T));
+    std::thread::sleep(Duration::from_secs(4));
+    drop(open.pop());
+    // Past the 5 s the first result waited: the second one has waited 2 s.
+    let meanwhile = match second.wait_timeout(Duration::from_secs(2)) {
+        Err(TaskError::Timeout) => "waiting".to_owned(),
+        other => format!("{:?}", other.map(|v| v.1.len())),
+    };
+    drop(open);
+    let first = format!("{:?}", get(first).map(|v| v.1.len()));
+    let second = format!("{meanwhile}, then {:?}", get(second).map(|v| v.1.len()));
+    finish(pool);
+    (first, second)
 }
 
 /// A result too large for the ring travels in a memory file of its own, which the
 /// pool's process must take in: while that process has no descriptor free, the result
-/// waits, and it is delivered once one is. The pool gave up at once (the result lost,
-/// every task failed with `PoolBroken`).
+/// waits, and it is delivered once one is, also when its worker died in the meantime.
+/// The pool gave up at once (the result lost, every task failed with `PoolBroken`).
 fn a_result_waits_for_a_free_descriptor() {
-    let mut child = multiproc::spawn(pool_out_of_descriptors, (3 << 20, false)).unwrap();
-    let (meanwhile, len, after) = child.join_timeout(T).unwrap();
+    let run = |how| {
+        let mut child = multiproc::spawn(pool_out_of_descriptors, (3 << 20, how)).unwrap();
+        child.join_timeout(T).unwrap()
+    };
+    let (meanwhile, len, next, after) = run(NoRoom::ForAWhile);
     assert_eq!(meanwhile, "waiting");
-    assert_eq!((len, after), (3 << 20, 25));
+    assert_eq!((len, next.as_str(), after), (3 << 20, "Ok(())", 25));
+
+    // Its worker's death is settled once the result is in: the result counts.
+    let (meanwhile, len, next, after) = run(NoRoom::WorkerDies);
+    assert_eq!(meanwhile, "waiting");
+    assert_eq!((len, after), (3 << 20, 25), "next: {next}");
+    assert!(next.contains("WorkerDied"), "{next}");
+
+    // The 5 s are counted from the last result taken: results that get through one by
+    // one keep the pool going.
+    let mut child = multiproc::spawn(pool_out_of_descriptors_one_at_a_time, ()).unwrap();
+    let (first, second) = child.join_timeout(T).unwrap();
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("Ok(1)", "waiting, then Ok(50)")
+    );
 
     // For good (5 s): the pool gives up, saying why, rather than keep its tasks
     // waiting for ever.
-    let mut child = multiproc::spawn(pool_out_of_descriptors, (3 << 20, true)).unwrap();
-    let (ended, ..) = child.join_timeout(T).unwrap();
+    let (ended, ..) = run(NoRoom::ForGood);
     assert!(
         ended.contains("PoolBroken") && ended.contains("no descriptor free for 5s"),
         "{ended}"

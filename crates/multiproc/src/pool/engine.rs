@@ -6,7 +6,7 @@
 //! How it survives its workers is in `README.md` beside this file.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -91,8 +91,13 @@ pub(crate) struct PoolInner {
     /// When a callback of the engine thread last did the engine's chores (`help`).
     chores_at: AtomicU64,
     /// While an outcome waits for room for its descriptors (see [`NO_ROOM_RETRY`]):
-    /// when to try to take it again (monotonic ns; 0: none waits).
+    /// when to try to take it again (monotonic ns; 0: none waits). Set and cleared
+    /// under the state lock, with `State::no_room_since`.
     no_room_retry_at: AtomicU64,
+    /// The results channel failed and the pool gave up: nothing is taken off it any
+    /// more (what is there can be neither trusted nor taken, and its tasks have
+    /// failed).
+    channel_failed: AtomicBool,
 }
 
 struct State {
@@ -271,6 +276,7 @@ impl PoolInner {
             retry_start_at: AtomicU64::new(0),
             chores_at: AtomicU64::new(0),
             no_room_retry_at: AtomicU64::new(0),
+            channel_failed: AtomicBool::new(false),
         });
         for index in 0..processes {
             match inner.start_worker(index) {
@@ -1094,12 +1100,15 @@ const REAP_EVERY: Duration = Duration::from_millis(20);
 const START_RETRY: Duration = Duration::from_millis(100);
 /// How often a callback of the engine thread that waits does the engine's chores.
 const CHORES_EVERY: Duration = Duration::from_millis(1);
-/// An outcome that carries a descriptor (a result too large for the ring travels in a
-/// memory file of its own) cannot be taken while this process has no descriptor free:
-/// it stays in the channel, and is tried again this often...
+/// An outcome that carries descriptors (a result too large for the ring travels in a
+/// memory file of its own, handles in a result as descriptors) cannot be taken while
+/// this process has no room for them: it stays in the channel, and is tried again this
+/// often...
 const NO_ROOM_RETRY: Duration = Duration::from_millis(10);
-/// ...for this long, after which the pool gives up (every task fails with
-/// `PoolBroken`, saying why), as it does after workers that cannot be started.
+/// ...for this long (counted again from each outcome taken), after which the pool
+/// gives up (every task fails with `PoolBroken`, saying why), as it does after workers
+/// that cannot be started. Meanwhile dead workers are settled only once the outcome is
+/// taken: it may be one of theirs.
 const NO_ROOM_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a batch of outcomes taken off the channel held.
@@ -1146,11 +1155,17 @@ impl PoolInner {
         loop {
             // Nothing to route: the common case of a thread that helps while it waits,
             // without touching `routing`, which the engine thread uses as well.
+            let retry_at = self.no_room_retry_at.load(Ordering::Relaxed);
             if self.results_rx.len() == 0 {
+                if retry_at != 0 {
+                    // Another thread took the outcome that waited.
+                    self.note_room(false, true);
+                }
                 return any;
             }
-            let retry_at = self.no_room_retry_at.load(Ordering::Relaxed);
-            if retry_at != 0 && sys::monotonic_ns() < retry_at {
+            if self.channel_failed.load(Ordering::Relaxed)
+                || (retry_at != 0 && sys::monotonic_ns() < retry_at)
+            {
                 return any;
             }
             let mut deliveries = Vec::new();
@@ -1194,7 +1209,7 @@ impl PoolInner {
             }
         }
         if corrupt.is_none() {
-            corrupt = self.note_room(no_room);
+            corrupt = self.note_room(no_room, !batch.is_empty());
         }
         if let Some(why) = corrupt {
             // Workers share this channel and something scribbled over it (a task's
@@ -1204,6 +1219,7 @@ impl PoolInner {
             for msg in batch {
                 self.route(&mut st, msg, deliveries);
             }
+            self.channel_failed.store(true, Ordering::Relaxed);
             self.give_up(
                 &mut st,
                 format!("the workers' result channel failed: {why}"),
@@ -1236,36 +1252,41 @@ impl PoolInner {
     }
 
     /// Keeps the count of how long the next outcome has waited for room for its
-    /// descriptors (`no_room`: it still does); the reason to give up once that is
+    /// descriptors (`no_room`: it still does; `took`: outcomes before it were taken,
+    /// so the wait starts over); the reason to give up once that is
     /// [`NO_ROOM_PATIENCE`].
-    fn note_room(&self, no_room: bool) -> Option<String> {
-        if !no_room {
-            if self.no_room_retry_at.load(Ordering::Relaxed) != 0 {
-                self.no_room_retry_at.store(0, Ordering::Relaxed);
-                unpoisoned::lock(&self.state).no_room_since = None;
-            }
+    fn note_room(&self, no_room: bool, took: bool) -> Option<String> {
+        if !no_room && self.no_room_retry_at.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let since = {
-            let mut st = unpoisoned::lock(&self.state);
-            *st.no_room_since.get_or_insert_with(|| {
-                tracing::warn!(
-                    "pool: no descriptor free in this process to take a worker's result \
-                     in; it waits (for {NO_ROOM_PATIENCE:?} at most)"
-                );
-                Instant::now()
-            })
-        };
+        let mut st = unpoisoned::lock(&self.state);
+        if !no_room {
+            st.no_room_since = None;
+            self.no_room_retry_at.store(0, Ordering::Relaxed);
+            return None;
+        }
+        if took {
+            st.no_room_since = None;
+        }
+        let since = *st.no_room_since.get_or_insert_with(|| {
+            tracing::warn!(
+                "pool: no descriptor free in this process to take a worker's result in; \
+                 it waits (for {NO_ROOM_PATIENCE:?} at most)"
+            );
+            Instant::now()
+        });
         if since.elapsed() >= NO_ROOM_PATIENCE {
             return Some(format!(
                 "this process has had no descriptor free for {NO_ROOM_PATIENCE:?} to take \
-                 a worker's result in (a large result travels in a memory file of its own): \
-                 close descriptors, or raise the limit (`ulimit -n`)"
+                 a worker's result in (a result over 2 MiB travels in a memory file of its \
+                 own, handles in it as descriptors): close descriptors, or raise the limit \
+                 (`ulimit -n`)"
             ));
         }
         let retry = u64::try_from(NO_ROOM_RETRY.as_nanos()).unwrap_or(u64::MAX);
         self.no_room_retry_at
             .store(sys::monotonic_ns().saturating_add(retry), Ordering::Relaxed);
+        drop(st);
         None
     }
 
@@ -1467,7 +1488,21 @@ impl PoolInner {
         // channel and those another thread is routing (it holds `routing` until done).
         let routing = unpoisoned::write(&self.routing);
         let mut deliveries = Vec::new();
-        while let Drained::Some = self.route_batch(&mut deliveries) {}
+        let held = loop {
+            match self.route_batch(&mut deliveries) {
+                Drained::Some => {}
+                Drained::Held(_) => break true,
+                Drained::Nothing | Drained::Broken => break false,
+            }
+        };
+        if held {
+            // One of them may be the outcome that waits for room for its descriptors:
+            // the dead are settled once it is taken (or the pool has given up), as the
+            // engine looks again.
+            drop(routing);
+            deliver(deliveries);
+            return;
+        }
         let mut handles = Vec::new();
         {
             let mut st = unpoisoned::lock(&self.state);
@@ -1772,7 +1807,7 @@ impl PoolInner {
         } else {
             until
         };
-        let watch = !helped && !held;
+        let watch = !helped && !held && !self.channel_failed.load(Ordering::Relaxed);
         let mut sleeping = None;
         if watch {
             let spin_end = Instant::now() + SPIN;
