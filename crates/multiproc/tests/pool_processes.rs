@@ -1184,6 +1184,9 @@ enum NoRoom {
     ForAWhile,
     /// As `ForAWhile`, and the worker dies right after sending the result.
     WorkerDies,
+    /// The pool is terminated while the result waits (which carries 100 descriptors
+    /// more than its memory file, as for `ForGood`): how long that took.
+    Terminated,
     /// Descriptors stay used up until the task is done, and the result carries 100
     /// more descriptors than its memory file (more than the pool frees as it gives
     /// up).
@@ -1197,16 +1200,41 @@ enum NoRoom {
 fn pool_out_of_descriptors((size, how): (usize, NoRoom)) -> (String, usize, String, u64) {
     let pool = Pool::new(1).unwrap();
     let (go, sent) = (Event::new().unwrap(), Event::new().unwrap());
-    let locks = if let NoRoom::ForGood = how { 100 } else { 0 };
+    let locks = if let NoRoom::ForGood | NoRoom::Terminated = how {
+        100
+    } else {
+        0
+    };
     let mut task = pool
         .submit(big_result_on, (None, go.clone(), size, locks))
         .unwrap();
     // The worker begins this one once it has sent the first one's result.
     let die = matches!(how, NoRoom::WorkerDies);
     let next = pool.submit(set_event, (sent.clone(), die)).unwrap();
+    // The process's CPU time (read with no descriptor: `/proc` cannot be opened while
+    // they are used up).
+    let cpu = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
     let open = common::use_up_descriptors();
     go.set();
     assert!(sent.wait_timeout(T));
+    if let NoRoom::Terminated = how {
+        // Let the result be tried once at least.
+        let _ = task.wait_timeout(Duration::from_millis(100));
+        let t = Instant::now();
+        pool.terminate();
+        let joined = pool.join_timeout(T);
+        let took = t.elapsed();
+        drop(open);
+        return (
+            format!("{joined:?} in {} ms", took.as_millis()),
+            0,
+            String::new(),
+            0,
+        );
+    }
     if let NoRoom::ForGood = how {
         let ended = format!("{:?}", get(task).map(|v| v.0.len() + v.1.len()));
         // The pool gave up, which closed some descriptors of its own: used up again,
@@ -1216,11 +1244,6 @@ fn pool_out_of_descriptors((size, how): (usize, NoRoom)) -> (String, usize, Stri
         while let Ok(f) = std::fs::File::open("/dev/null") {
             more.push(f);
         }
-        // (Read with no descriptor: `/proc` cannot be opened now.)
-        let cpu = || {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-        };
         let before = cpu();
         std::thread::sleep(Duration::from_millis(500));
         let used = cpu() - before;
@@ -1232,11 +1255,18 @@ fn pool_out_of_descriptors((size, how): (usize, NoRoom)) -> (String, usize, Stri
         pool.terminate();
         return (ended, 0, String::new(), 0);
     }
-    // Long enough for the result to be tried many times (and a dead worker seen).
+    // Long enough for the result to be tried many times (and a dead worker seen), on a
+    // timer: the pool's thread does not spin.
+    let before = cpu();
     let meanwhile = match task.wait_timeout(Duration::from_millis(500)) {
         Err(TaskError::Timeout) => "waiting".to_owned(),
         other => format!("{:?}", other.map(|v| v.0.len() + v.1.len())),
     };
+    let used = cpu() - before;
+    assert!(
+        used < Duration::from_millis(200),
+        "{used:?} of CPU in 500 ms"
+    );
     drop(open);
     let len = get(task).map_or(0, |v| v.0.len() + v.1.len());
     let next = format!("{:?}", get(next));
@@ -1246,9 +1276,9 @@ fn pool_out_of_descriptors((size, how): (usize, NoRoom)) -> (String, usize, Stri
 }
 
 /// Two results that carry one lock and 50 locks (a descriptor each) come back while a
-/// pool's process has no descriptor free; 4 s later one descriptor is freed (room for
-/// the first result's lock, not for the second's), 2 s after that all of them. What
-/// each task ended with (the second: also what it said after those 2 s).
+/// pool's process has no descriptor free; 2.5 s later one descriptor is freed (room for
+/// the first result's lock, not for the second's), 3.5 s after that all of them. What
+/// each task ended with (the second: also what it said after those 3.5 s).
 fn pool_out_of_descriptors_one_at_a_time(_: ()) -> (String, String) {
     let pool = Pool::new(1).unwrap();
     let (go, started) = (Event::new().unwrap(), Event::new().unwrap());
@@ -1262,10 +1292,11 @@ fn pool_out_of_descriptors_one_at_a_time(_: ()) -> (String, String) {
     let mut open = common::use_up_descriptors();
     go.set();
     assert!(started.wait_timeout(T));
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(2500));
     drop(open.pop());
-    // Past the 5 s the first result waited: the second one has waited 2 s.
-    let meanwhile = match second.wait_timeout(Duration::from_secs(2)) {
+    // Past the 5 s the first result would have waited: the second one has waited
+    // 3.5 s.
+    let meanwhile = match second.wait_timeout(Duration::from_millis(3500)) {
         Err(TaskError::Timeout) => "waiting".to_owned(),
         other => format!("{:?}", other.map(|v| v.1.len())),
     };
@@ -1303,6 +1334,16 @@ fn a_result_waits_for_a_free_descriptor() {
         (first.as_str(), second.as_str()),
         ("Ok(1)", "waiting, then Ok(50)")
     );
+
+    // Terminated meanwhile: its tasks are decided, its dead settled at once (it waited
+    // for the 5 s to pass, spinning).
+    let (joined, ..) = run(NoRoom::Terminated);
+    let ms: u64 = joined
+        .strip_prefix("Ok(()) in ")
+        .and_then(|s| s.strip_suffix(" ms"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{joined}"));
+    assert!(ms < 2_000, "{joined}");
 
     // For good (5 s): the pool gives up, saying why, rather than keep its tasks
     // waiting for ever.

@@ -94,6 +94,9 @@ pub(crate) struct PoolInner {
     /// when to try to take it again (monotonic ns; 0: none waits). Set and cleared
     /// under the state lock, with `State::no_room_since`.
     no_room_retry_at: AtomicU64,
+    /// While an outcome waits for room: when an outcome was last taken off the channel
+    /// (monotonic ns), by whichever thread; the wait is counted from then.
+    last_taken: AtomicU64,
     /// The results channel failed and the pool gave up: nothing is taken off it any
     /// more (what is there can be neither trusted nor taken, and its tasks have
     /// failed).
@@ -121,8 +124,9 @@ struct State {
     start_failures: u32,
     /// The engine has finished: no tasks, no workers.
     finished: bool,
-    /// Since when the next outcome has waited for room for its descriptors.
-    no_room_since: Option<Instant>,
+    /// Since when the next outcome has waited for room for its descriptors (monotonic
+    /// ns).
+    no_room_since: Option<u64>,
     /// Outcomes decided while the lock was held, handed over once it is released
     /// (`PoolInner::release`): a task's callbacks may call back into the pool.
     deferred: Vec<Delivery>,
@@ -276,6 +280,7 @@ impl PoolInner {
             retry_start_at: AtomicU64::new(0),
             chores_at: AtomicU64::new(0),
             no_room_retry_at: AtomicU64::new(0),
+            last_taken: AtomicU64::new(0),
             channel_failed: AtomicBool::new(false),
         });
         for index in 0..processes {
@@ -1159,7 +1164,7 @@ impl PoolInner {
             if self.results_rx.len() == 0 {
                 if retry_at != 0 {
                     // Another thread took the outcome that waited.
-                    self.note_room(false, true);
+                    self.note_room(false);
                 }
                 return any;
             }
@@ -1187,12 +1192,21 @@ impl PoolInner {
     /// Takes up to 256 outcomes off the channel and routes them; called with `routing`
     /// held (either way).
     fn route_batch(&self, deliveries: &mut Vec<Delivery>) -> Drained {
+        if self.channel_failed.load(Ordering::Relaxed) {
+            return Drained::Broken;
+        }
         let mut batch = Vec::new();
         let mut corrupt = None;
         let mut no_room = false;
         while batch.len() < 256 {
             match self.results_rx.try_recv_owned() {
-                Ok(Some(msg)) => batch.push(msg),
+                Ok(Some(msg)) => {
+                    if self.no_room_retry_at.load(Ordering::Relaxed) != 0 {
+                        self.last_taken
+                            .store(sys::monotonic_ns(), Ordering::Relaxed);
+                    }
+                    batch.push(msg);
+                }
                 Ok(None) | Err(RecvFail::Empty | RecvFail::Disconnected) => break,
                 Err(RecvFail::Broken(why)) => {
                     corrupt = Some(why);
@@ -1209,7 +1223,7 @@ impl PoolInner {
             }
         }
         if corrupt.is_none() {
-            corrupt = self.note_room(no_room, !batch.is_empty());
+            corrupt = self.note_room(no_room);
         }
         if let Some(why) = corrupt {
             // Workers share this channel and something scribbled over it (a task's
@@ -1220,6 +1234,8 @@ impl PoolInner {
                 self.route(&mut st, msg, deliveries);
             }
             self.channel_failed.store(true, Ordering::Relaxed);
+            st.no_room_since = None;
+            self.no_room_retry_at.store(0, Ordering::Relaxed);
             self.give_up(
                 &mut st,
                 format!("the workers' result channel failed: {why}"),
@@ -1252,10 +1268,10 @@ impl PoolInner {
     }
 
     /// Keeps the count of how long the next outcome has waited for room for its
-    /// descriptors (`no_room`: it still does; `took`: outcomes before it were taken,
-    /// so the wait starts over); the reason to give up once that is
+    /// descriptors (`no_room`: it still does), from when it began to wait or an
+    /// outcome was last taken; the reason to give up once that is
     /// [`NO_ROOM_PATIENCE`].
-    fn note_room(&self, no_room: bool, took: bool) -> Option<String> {
+    fn note_room(&self, no_room: bool) -> Option<String> {
         if !no_room && self.no_room_retry_at.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -1265,17 +1281,18 @@ impl PoolInner {
             self.no_room_retry_at.store(0, Ordering::Relaxed);
             return None;
         }
-        if took {
-            st.no_room_since = None;
-        }
+        let now = sys::monotonic_ns();
         let since = *st.no_room_since.get_or_insert_with(|| {
             tracing::warn!(
                 "pool: no descriptor free in this process to take a worker's result in; \
                  it waits (for {NO_ROOM_PATIENCE:?} at most)"
             );
-            Instant::now()
+            now
         });
-        if since.elapsed() >= NO_ROOM_PATIENCE {
+        // Another thread may have taken one since (and not said so yet).
+        let since = since.max(self.last_taken.load(Ordering::Relaxed));
+        let patience = u64::try_from(NO_ROOM_PATIENCE.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(since) >= patience {
             return Some(format!(
                 "this process has had no descriptor free for {NO_ROOM_PATIENCE:?} to take \
                  a worker's result in (a result over 2 MiB travels in a memory file of its \
@@ -1285,7 +1302,7 @@ impl PoolInner {
         }
         let retry = u64::try_from(NO_ROOM_RETRY.as_nanos()).unwrap_or(u64::MAX);
         self.no_room_retry_at
-            .store(sys::monotonic_ns().saturating_add(retry), Ordering::Relaxed);
+            .store(now.saturating_add(retry), Ordering::Relaxed);
         drop(st);
         None
     }
@@ -1495,13 +1512,20 @@ impl PoolInner {
                 Drained::Nothing | Drained::Broken => break false,
             }
         };
+        // One of the dead may have sent the outcome that waits for room for its
+        // descriptors: they are settled once it is taken, as the engine looks again;
+        // at once if every task is decided already (the pool was terminated, or gave
+        // up).
         if held {
-            // One of them may be the outcome that waits for room for its descriptors:
-            // the dead are settled once it is taken (or the pool has given up), as the
-            // engine looks again.
-            drop(routing);
-            deliver(deliveries);
-            return;
+            let decided = {
+                let st = unpoisoned::lock(&self.state);
+                st.terminated || st.broken.is_some()
+            };
+            if !decided {
+                drop(routing);
+                deliver(deliveries);
+                return;
+            }
         }
         let mut handles = Vec::new();
         {
@@ -1833,7 +1857,11 @@ impl PoolInner {
             fds.extend(self.results_rx.readiness());
         }
         let first_worker = fds.len();
-        fds.extend(records.iter().map(|r| r.pidfd()));
+        // While an outcome waits for room, dead workers are settled only once it is
+        // taken: their pidfds, readable for good, would end every sleep at once.
+        if !held {
+            fds.extend(records.iter().map(|r| r.pidfd()));
+        }
         let ready = sys::wait_readable(&fds, Some(until)).unwrap_or_default();
         drop(sleeping);
         sys::silence(self.bell.as_fd());
