@@ -1282,7 +1282,7 @@ fn pool_out_of_descriptors((size, how): (usize, NoRoom)) -> (String, usize, Stri
 fn pool_out_of_descriptors_one_at_a_time(_: ()) -> (String, String) {
     let pool = Pool::new(1).unwrap();
     let (go, started) = (Event::new().unwrap(), Event::new().unwrap());
-    let first = pool
+    let mut first = pool
         .submit(big_result_on, (None, go.clone(), 0, 1))
         .unwrap();
     // Begun once the first result is sent; its own is sent at once.
@@ -1292,7 +1292,11 @@ fn pool_out_of_descriptors_one_at_a_time(_: ()) -> (String, String) {
     let mut open = common::use_up_descriptors();
     go.set();
     assert!(started.wait_timeout(T));
-    std::thread::sleep(Duration::from_millis(2500));
+    // Nothing can be taken yet.
+    assert!(matches!(
+        first.wait_timeout(Duration::from_millis(2500)),
+        Err(TaskError::Timeout)
+    ));
     drop(open.pop());
     // Past the 5 s the first result would have waited: the second one has waited
     // 3.5 s.
