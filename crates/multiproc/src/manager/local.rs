@@ -26,6 +26,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::ManagerError;
+use super::client::CallDeadline;
 use super::protocol::{FrameError, Framed, Request, Response};
 use crate::ipc::channel::{self, Deadline, RawReceiver, RawSender, RecvFail};
 use crate::ipc::pipe::{self, Failed, Missed};
@@ -223,20 +224,26 @@ pub(crate) fn offer(
 impl Local {
     /// The client's side: sends `request` and waits for the response until `deadline`
     /// (`None`: as long as it takes); past it, [`ManagerError::Unresponsive`] with
-    /// `waited`.
+    /// `waited`. The deadline is asked for only if the request has to wait for room,
+    /// or once it is sent (see [`CallDeadline`]).
     pub(crate) fn call(
         &self,
         request: &Request,
-        deadline: Option<std::time::Instant>,
+        deadline: &CallDeadline,
         waited: std::time::Duration,
     ) -> Result<Response, ManagerError> {
-        let deadline = deadline.map_or(Deadline::Never, Deadline::At);
-        pipe::send(&self.tx, request, deadline, false).map_err(|(_, f)| match f {
+        let by = || deadline.get().map_or(Deadline::Never, Deadline::At);
+        let sent = match pipe::send(&self.tx, request, Deadline::Now, false) {
+            Err((_, Failed::Full)) => pipe::send(&self.tx, request, by(), false),
+            sent => sent,
+        };
+        sent.map_err(|(_, f)| match f {
             Failed::Disconnected => ManagerError::Disconnected,
             Failed::Codec(e) => ManagerError::Codec(e),
             Failed::Io(e) => ManagerError::from_io(e),
             Failed::Full => ManagerError::Unresponsive(waited),
         })?;
+        let deadline = by();
         pipe::recv::<Response>(&self.rx, deadline).map_err(|m| match m {
             Missed::Empty if matches!(deadline, Deadline::At(_)) => {
                 ManagerError::Unresponsive(waited)

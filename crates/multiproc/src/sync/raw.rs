@@ -493,21 +493,39 @@ fn yield_cpu() {
     std::thread::yield_now();
 }
 
-/// Spins (without yielding) until `done` or `end`; true if `done`. A look at the clock
-/// every 16 looks at `done`; a gap between two that shows that the thread was
-/// preempted ends the spin (the peer has likely answered, or will not soon).
-fn spin_for(start: Instant, end: Instant, done: &mut impl FnMut() -> bool) -> bool {
+/// Spins (without yielding) until `done` or `end`; if `done`, about how long that took
+/// (see below). A look at the clock every 16 looks at `done`; a gap between two that
+/// shows that the thread was preempted ends the spin (the peer has likely answered, or
+/// will not soon).
+///
+/// The time is not read again once `done`: a look at the clock costs about 30 ns on a
+/// virtual machine, and every hand-off that a spin catches would pay it on its path
+/// (`multiproc-bench loop manager_one`: three such looks in each round trip, the
+/// client's and the server's). It is the time at the last look scaled by the looks at
+/// `done` since, or nothing if `done` came before the first look (16 looks at most: a
+/// few hundred nanoseconds, under the least that [`AdaptiveSpin`] learns). A thread kept
+/// off its CPU after its last look (for less than the gap that ends a spin) is estimated
+/// short by its absence, which errs toward a shorter spin next time.
+fn spin_for(start: Instant, end: Instant, done: &mut impl FnMut() -> bool) -> Option<Duration> {
     let mut last = start;
     let mut i: u32 = 0;
     loop {
         if done() {
-            return true;
+            let at_last = i - i % 16;
+            if at_last == 0 {
+                return Some(Duration::ZERO);
+            }
+            let spent = last.saturating_duration_since(start);
+            let took = spent.as_nanos().saturating_mul(u128::from(i)) / u128::from(at_last);
+            return Some(Duration::from_nanos(
+                u64::try_from(took).unwrap_or(u64::MAX),
+            ));
         }
         i = i.wrapping_add(1);
         if i.is_multiple_of(16) {
             let now = Instant::now();
             if now >= end || crowding::preempted(last, now) {
-                return false;
+                return None;
             }
             last = now;
         }
@@ -754,8 +772,8 @@ impl AdaptiveSpin {
         if budget > 0 {
             let start = *start.insert(Instant::now());
             let spin_end = deadline.min(start + Duration::from_nanos(budget));
-            if spin_for(start, spin_end, &mut done) {
-                self.learn(stored, || start.elapsed());
+            if let Some(took) = spin_for(start, spin_end, &mut done) {
+                self.learn(stored, || took);
                 self.not_handed();
                 return true;
             }
@@ -1169,6 +1187,37 @@ mod tests {
         }
         TEST_YIELD.with(|y| y.set(None));
         waits
+    }
+
+    /// A spin that catches its answer says about how long it took without a look at
+    /// the clock after it: an answer there at once took nothing; one that comes 50 µs
+    /// in is estimated at no more than the time that passed (give or take the 16 looks
+    /// between two looks at the clock) and, unless the thread was kept off its CPU after
+    /// its last look at the clock, at no less than 40 µs. (A spin preempted for long
+    /// ends without an answer.)
+    #[test]
+    fn a_spin_estimates_how_long_its_answer_took() {
+        let start = Instant::now();
+        assert_eq!(
+            spin_for(start, start + Duration::from_secs(5), &mut || true),
+            Some(Duration::ZERO)
+        );
+        let mut close = 0;
+        for _ in 0..20 {
+            let start = Instant::now();
+            let at = start + Duration::from_micros(50);
+            let took = spin_for(start, start + Duration::from_secs(5), &mut || {
+                Instant::now() >= at
+            });
+            let passed = start.elapsed();
+            let Some(took) = took else { continue };
+            assert!(
+                took <= passed.mul_f64(1.5),
+                "an answer after {passed:?} estimated at {took:?}"
+            );
+            close += usize::from(took >= Duration::from_micros(40));
+        }
+        assert!(close > 0, "no estimate of 20 came near 50 µs");
     }
 
     /// Spins that run out shrink the budget to nothing; then one wait in

@@ -744,7 +744,7 @@ impl RawReceiver {
             }
             // A message is there but another consumer holds the lock (it may be stopped
             // in the middle of copying one out): the time is up.
-            if wait.passed() && core.has_data() {
+            if core.has_data() && wait.passed() {
                 return Err(RecvFail::Empty);
             }
             if matches!(wait, Deadline::Now) {
