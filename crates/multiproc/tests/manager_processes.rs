@@ -139,6 +139,10 @@ fn main() {
                 stopped_server_call_timeout_tcp_socket_only,
             ),
             trial(
+                "a_blocked_write_counts_against_the_call_timeout",
+                a_blocked_write_counts_against_the_call_timeout,
+            ),
+            trial(
                 "partitioned_client_lock_released_and_calls_fail",
                 partitioned_client,
             ),
@@ -2004,6 +2008,50 @@ fn stopped_server_call_timeout_over_tcp(local_transport: bool) {
             .build()
             .unwrap(),
     );
+}
+
+/// A call on a socket whose request takes a while to write counts that time against
+/// its deadline: a `put_timeout` of 40 MiB (more than a loopback socket's buffers
+/// take) with a wait of its own of 2 s and a call timeout of 3 s (5 s in all), to a
+/// server stopped for 2.5 s (the write stalls for less than the call timeout), then let
+/// run for 1 s (it reads the request and waits for room in the queue), then stopped
+/// again, fails with `Unresponsive` about 5 s after the call began (plus the time to
+/// encode the item), not 5 s after its write ended (7.5 s). Once the server runs again,
+/// the queue works.
+fn a_blocked_write_counts_against_the_call_timeout() {
+    let m = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .call_timeout(Some(Duration::from_secs(3)))
+        .local_transport(false)
+        .build()
+        .unwrap();
+    let q = m.bounded_queue::<Vec<u8>>(1).unwrap();
+    q.put(vec![1]).unwrap();
+    let server = m.server_pid().unwrap();
+    common::stop_or_continue(server, true);
+    let _resume = Resume(server);
+    let q2 = q.clone();
+    let call = std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = q2.put_timeout(vec![7u8; 40 << 20], Duration::from_secs(2));
+        (got, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    common::stop_or_continue(server, false);
+    std::thread::sleep(Duration::from_secs(1));
+    common::stop_or_continue(server, true);
+    let (got, waited) = within(Duration::from_secs(30), move || call.join().unwrap());
+    assert!(
+        matches!(got, Err(ManagerError::Unresponsive(_))),
+        "{got:?} after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(6300),
+        "the call failed after {waited:?}, past its 5 s"
+    );
+    println!("a call whose write was held up failed after {waited:?}");
+    common::stop_or_continue(server, false);
+    assert_eq!(q.get_timeout(T).unwrap(), Some(vec![1]));
 }
 
 const PARTITION_KEY: &[u8] = b"partition";

@@ -121,10 +121,11 @@ pub(crate) struct Client {
 }
 
 /// A call's deadline (`None`: none), read from the clock when first asked for. A call
-/// that finds an idle connection with room for its request asks only once the request
-/// is sent, while the server works on it: a look at the clock costs about 30 ns on a
-/// virtual machine, which every call would otherwise add to its round trip
-/// (`multiproc-bench loop manager_one`).
+/// over shared-memory channels that finds an idle connection with room for its request
+/// asks only once the request is sent, while the server works on it: a look at the
+/// clock costs about 30 ns on a virtual machine, which every call would otherwise add
+/// to its round trip (`multiproc-bench loop manager_one`). A call on a socket asks
+/// before it writes (a write may block).
 pub(crate) struct CallDeadline {
     timeout: Option<Duration>,
     at: std::cell::OnceCell<Option<Instant>>,
@@ -681,13 +682,16 @@ impl ClientConn {
         if let Some((local, _)) = &self.local {
             return local.call(request, deadline, waited);
         }
+        // Read before the send: a write that blocks (a server that does not read) counts
+        // against the deadline.
+        let deadline = deadline.get();
         let conn = &mut self.framed;
         conn.send(request).map_err(|e| match e.kind() {
             // The write timeout: the server does not read.
             io::ErrorKind::WouldBlock => ManagerError::Unresponsive(waited),
             _ => ManagerError::from_io(e),
         })?;
-        conn.recv_by(u32::MAX, deadline.get())
+        conn.recv_by(u32::MAX, deadline)
             .map_err(|e| frame_error(e, waited))?;
         codec::decode(&conn.body, Vec::new()).map_err(|e| {
             ManagerError::Protocol(format!("the server sent a malformed response: {e}"))

@@ -503,7 +503,8 @@ fn yield_cpu() {
 /// (`multiproc-bench loop manager_one`: three such looks in each round trip, the
 /// client's and the server's). It is the time at the last look scaled by the looks at
 /// `done` since, or nothing if `done` came before the first look (16 looks at most: a
-/// few hundred nanoseconds, under the least that [`AdaptiveSpin`] learns). A thread kept
+/// few hundred nanoseconds for a look at one channel, under the least that
+/// [`AdaptiveSpin`] learns; the spin runs those 16 looks whatever its budget). A thread kept
 /// off its CPU after its last look (for less than the gap that ends a spin) is estimated
 /// short by its absence, which errs toward a shorter spin next time.
 fn spin_for(start: Instant, end: Instant, done: &mut impl FnMut() -> bool) -> Option<Duration> {
