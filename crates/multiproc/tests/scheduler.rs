@@ -38,6 +38,10 @@ fn main() {
         ),
         trial("max_instances_with_slow_job", max_instances_with_slow_job),
         trial("once_in_the_past", once_in_the_past),
+        trial(
+            "interval_starting_in_the_past",
+            interval_starting_in_the_past,
+        ),
         trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
         trial("retry_after_panics", retry_after_panics),
         trial("retry_after_worker_died", retry_after_worker_died),
@@ -490,6 +494,27 @@ fn once_in_the_past() {
     // Done: a once job leaves the scheduler after its run.
     s.run_pending();
     assert!(s.jobs().is_empty(), "{:?}", s.jobs());
+}
+
+/// An interval whose start is already past when the job is added: its times since then
+/// are late runs, as a past `once` is. The last (5 s late, within the default grace of
+/// one period) runs at once; the ten before it are reported missed, in one event; the
+/// next is on the start's grid.
+fn interval_starting_in_the_past() {
+    let (s, _clock, events) = manual();
+    s.add(Job::thread(
+        "tick",
+        Schedule::every(secs(10)).starting_at(at(-105)),
+        || (),
+    ))
+    .unwrap();
+    let evs = settle(&s, &events, 1);
+    assert_eq!(started(&evs), vec![at(-5)]);
+    assert_eq!(
+        missed(&evs),
+        vec![(at(-105), 10, at(-15), MissReason::TooLate)]
+    );
+    assert_eq!(s.next_fire("tick"), Some(at(5)));
 }
 
 fn jitter_delays_the_start_only() {

@@ -91,6 +91,14 @@ impl Schedule {
 
     /// For [`every`](Self::every): fire at `start`, then every period after it.
     /// Other schedules are returned unchanged.
+    ///
+    /// A start already past when the job is added makes the times since then late runs,
+    /// as for [`once`](Self::once): those within the job's
+    /// [`misfire_grace`](crate::sched::Job::misfire_grace) (one period unless set) run
+    /// at once, coalesced as the job says, and the older ones are reported
+    /// [`Missed`](crate::sched::EventKind::Missed) (`TooLate`), all in one event. (Python's
+    /// APScheduler skips them without a word.) To start on the grid without them, give
+    /// a start that is not past.
     pub fn starting_at(self, start: impl Into<DateTime<Utc>>) -> Schedule {
         match self.0 {
             Kind::Every { period, .. } => Schedule(Kind::Every {
