@@ -50,6 +50,14 @@ fn main() {
                 children_of_held_spares_keep_the_cpu_mask,
             ),
             trial(
+                "children_run_the_code_from_huge_pages",
+                children_run_the_code_from_huge_pages,
+            ),
+            trial(
+                "children_keep_the_code_pages_when_told",
+                children_keep_the_code_pages_when_told,
+            ),
+            trial(
                 "spawns_leave_no_zombie_process_or_fd",
                 spawns_leave_no_zombie_process_or_fd,
             ),
@@ -97,6 +105,7 @@ fn helpers(mode: &str) {
         "daemon_at_exit" => helper_daemon_at_exit(),
         "leaks" => helper_leaks(),
         "held_spares" => helper_held_spares(),
+        "code_layout" => helper_code_layout(),
         "logging" => helper_logging(),
         "directories" => helper_directories(),
         other => panic!("unknown helper mode {other}"),
@@ -642,6 +651,158 @@ fn children_of_held_spares_keep_the_cpu_mask() {
 fn helper_held_spares() {
     println!("mask {}", cpus_allowed());
     println!("children {}", children_masks(50).join(";"));
+}
+
+/// How a process maps the program's code: where the program file's executable pieces
+/// and the anonymous executable blocks between them span, how many pieces, how many
+/// bytes of blocks, how many kB of those on huge pages, and whether every block holds
+/// the file's bytes for its place.
+#[derive(Debug, Serialize, Deserialize)]
+struct CodeLayout {
+    span: (u64, u64),
+    pieces: usize,
+    moved: u64,
+    huge_kb: u64,
+    same_bytes: bool,
+}
+
+/// What this process's `/proc/self/smaps` says of the program's code.
+fn code_layout() -> CodeLayout {
+    use std::os::unix::fs::FileExt;
+    struct Map {
+        lo: u64,
+        hi: u64,
+        offset: u64,
+        path: String,
+        huge_kb: u64,
+    }
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let exe = exe.to_str().unwrap();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut code: Vec<Map> = Vec::new();
+    let mut current_is_code = false;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        if let Some((lo, hi)) = fields[0].split_once('-')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            current_is_code = fields[1] == "r-xp";
+            if current_is_code {
+                code.push(Map {
+                    lo,
+                    hi,
+                    offset: u64::from_str_radix(fields[2], 16).unwrap(),
+                    path: fields.get(5..).map(|p| p.join(" ")).unwrap_or_default(),
+                    huge_kb: 0,
+                });
+            }
+        } else if current_is_code && fields[0] == "AnonHugePages:" {
+            code.last_mut().unwrap().huge_kb = fields[1].parse().unwrap();
+        }
+    }
+    let pieces: Vec<&Map> = code.iter().filter(|m| m.path == exe).collect();
+    let file = std::fs::File::open(exe).unwrap();
+    let mut layout = CodeLayout {
+        span: (
+            pieces.iter().map(|m| m.lo).min().unwrap(),
+            pieces.iter().map(|m| m.hi).max().unwrap(),
+        ),
+        pieces: pieces.len(),
+        moved: 0,
+        huge_kb: 0,
+        same_bytes: true,
+    };
+    for block in code.iter().filter(|m| m.path.is_empty()) {
+        // The file's offset for the block's start, from the piece next to it.
+        let offset = if let Some(p) = pieces.iter().find(|p| p.hi == block.lo) {
+            p.offset + (p.hi - p.lo)
+        } else if let Some(p) = pieces.iter().find(|p| p.lo == block.hi) {
+            p.offset - (block.hi - block.lo)
+        } else {
+            continue;
+        };
+        let len = usize::try_from(block.hi - block.lo).unwrap();
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, offset).unwrap();
+        // SAFETY: a mapping of this process, readable, listed a moment ago, never unmapped.
+        let here = unsafe { std::slice::from_raw_parts(block.lo as *const u8, len) };
+        layout.same_bytes &= here == bytes;
+        layout.moved += block.hi - block.lo;
+        layout.huge_kb += block.huge_kb;
+        layout.span = (layout.span.0.min(block.lo), layout.span.1.max(block.hi));
+    }
+    layout
+}
+
+/// Prints the code layout of the fifth child of a fork server that has just started.
+fn helper_code_layout() {
+    let layouts: Vec<CodeLayout> = (0..5)
+        .map(|_| {
+            let mut child = multiproc::spawn(|()| code_layout(), ()).unwrap();
+            child.join_timeout(T).unwrap()
+        })
+        .collect();
+    let l = &layouts[4];
+    println!(
+        "layout {} {} {} {} {} {}",
+        l.span.0, l.span.1, l.pieces, l.moved, l.huge_kb, l.same_bytes
+    );
+}
+
+/// The layout a helper process's fork server gives its children, with `env` set.
+fn helper_layout(env: &[(&str, &str)]) -> CodeLayout {
+    let exe = std::env::current_exe().unwrap();
+    let mut h = Helper::start_with("code_layout", exe, env);
+    let line = h.expect("layout ", T);
+    assert!(h.wait(T).success());
+    let f: Vec<&str> = line.split(' ').collect();
+    CodeLayout {
+        span: (f[0].parse().unwrap(), f[1].parse().unwrap()),
+        pieces: f[2].parse().unwrap(),
+        moved: f[3].parse().unwrap(),
+        huge_kb: f[4].parse().unwrap(),
+        same_bytes: f[5].parse().unwrap(),
+    }
+}
+
+/// The fork server puts every whole 2 MiB block of the program's code on huge pages
+/// (where the kernel has them to give) before its first spare: its children run the
+/// same bytes at the same addresses, without a page fault per 64 KiB of code.
+fn children_run_the_code_from_huge_pages() {
+    const HUGE: u64 = 2 << 20;
+    let l = helper_layout(&[]);
+    let whole = (l.span.1 / HUGE * HUGE).saturating_sub(l.span.0.next_multiple_of(HUGE));
+    assert!(l.same_bytes, "{l:?}");
+    if huge_pages_expected() {
+        assert_eq!(l.moved, whole, "{l:?}");
+    }
+    assert!(l.moved == 0 || l.moved == whole, "{l:?}");
+    assert_eq!(l.huge_kb, l.moved / 1024, "{l:?}");
+    // The ends that fill no whole block stay the file's: one piece before and one after
+    // the blocks, unless the code starts or ends at a block's edge.
+    if l.moved == 0 {
+        assert_eq!(l.pieces, 1, "{l:?}");
+    } else {
+        assert!(l.pieces <= 2, "{l:?}");
+    }
+}
+
+/// With `MULTIPROC_HUGE_CODE=0`, the code stays where it was loaded (for profilers,
+/// which name functions from the file a mapping comes from).
+fn children_keep_the_code_pages_when_told() {
+    let l = helper_layout(&[("MULTIPROC_HUGE_CODE", "0")]);
+    assert_eq!((l.pieces, l.moved, l.huge_kb), (1, 0, 0), "{l:?}");
+}
+
+/// Whether this kernel should give huge pages on request: it has `MADV_COLLAPSE`
+/// (6.1) and transparent huge pages not switched off.
+fn huge_pages_expected() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    (major, minor) >= (6, 1) && enabled.is_ok_and(|e| !e.contains("[never]"))
 }
 
 fn spawns_leave_no_zombie_process_or_fd() {

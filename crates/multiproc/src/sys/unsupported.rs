@@ -543,3 +543,6 @@ pub(crate) fn oom_kills(_: &std::path::Path, _: CgroupKind) -> io::Result<u64> {
 pub(crate) fn remove_cgroup(_: &std::path::Path) -> io::Result<()> {
     Err(unsupported())
 }
+pub(crate) fn code_on_huge_pages() -> io::Result<usize> {
+    Ok(0)
+}

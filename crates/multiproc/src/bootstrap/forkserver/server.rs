@@ -67,6 +67,11 @@ struct Spares {
     placement: Placement,
 }
 
+/// Set to `0`, the fork server leaves its code on the pages it was loaded on, so that
+/// profilers name the functions its children run in every part of it (see
+/// [`sys::code_on_huge_pages`]).
+pub(crate) const HUGE_CODE_VAR: &str = "MULTIPROC_HUGE_CODE";
+
 /// Cgroups names start with this, then the server's pid and a number.
 const CGROUP_PREFIX: &str = "multiproc-";
 /// How often the server tries again to remove cgroups that a child's own children
@@ -207,6 +212,8 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         placement: Placement::new(),
     };
     let mut keep_spare = false;
+    // Whether the code was put on huge pages (or left where it is for good).
+    let mut code_placed = false;
     let mut cgroups = Cgroups {
         home: None,
         made: 0,
@@ -231,6 +238,17 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             }
         };
         if missing_spare && !ready.iter().any(|r| r.ready()) {
+            // Before the first spare (after the first child, whose start it would
+            // delay by about a millisecond): every child forked from now on runs its
+            // code from huge pages, without a page fault per 64 KiB of it, and unmaps it
+            // at its exit in a few steps (DESIGN.md, "Where a spawn's time goes").
+            if !code_placed {
+                code_placed = true;
+                if std::env::var_os(HUGE_CODE_VAR).is_none_or(|v| v != "0") {
+                    let _ = sys::code_on_huge_pages();
+                }
+                continue;
+            }
             match fork_spare(&info, death.as_ref(), &mut spares.placement) {
                 Ok(kid) => kids.push(kid),
                 // Requests are forked on demand until a spare can be made.
