@@ -85,6 +85,10 @@ fn main() {
                 shared_memory_anonymous_and_named,
             ),
             trial(
+                "a_named_segment_larger_than_dev_shm_is_an_error",
+                a_named_segment_larger_than_dev_shm_is_an_error,
+            ),
+            trial(
                 "named_segments_of_a_killed_creator_are_removed",
                 named_segments_of_a_killed_creator_are_removed,
             ),
@@ -130,6 +134,7 @@ fn helpers(mode: &str) {
         "create_named_then_wait" => helper_create_named_then_wait(),
         "tracked_segments" => helper_tracked_segments(),
         "leaks" => helper_leaks(),
+        "small_dev_shm" => helper_small_dev_shm(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -797,6 +802,94 @@ fn array_of_100m_f64_written_in_halves() {
 
 fn write_greeting(shm: SharedMemory) {
     shm.write(0, b"hello").unwrap();
+}
+
+/// A `/dev/shm` of 1 MiB (a container's is 64 MiB by default): a named segment that does
+/// not fit is refused when it is created, with the room there is, instead of handing out
+/// memory whose first touch past the room is a `SIGBUS`; one that fits has every byte.
+/// Nothing is left there. The helper runs in a mount namespace of its own, with a tmpfs
+/// of its own on `/dev/shm` (both gone with it).
+fn a_named_segment_larger_than_dev_shm_is_an_error() {
+    let mut h = Helper::start("small_dev_shm");
+    let big = h.expect("big ", T);
+    assert!(
+        big.starts_with("refused StorageFull")
+            && big.contains("no room for 4194304 bytes in /dev/shm")
+            && big.contains("of its 1048576 are free"),
+        "{big}"
+    );
+    assert_eq!(h.expect("first ", T), "written");
+    let second = h.expect("second ", T);
+    assert!(second.starts_with("refused StorageFull"), "{second}");
+    assert_eq!(h.expect("left ", T), "mptest-first");
+    assert_eq!(h.expect("after ", T), "");
+    assert!(h.wait(T).success());
+}
+
+/// Makes this process's `/dev/shm` a tmpfs of `size` bytes of its own, in a mount
+/// namespace of its own (as root, or as any user where user namespaces are allowed).
+#[allow(unsafe_code)]
+fn private_dev_shm(size: usize) {
+    let fail = |what: &str| -> ! {
+        panic!(
+            "{what}: {} (this test needs root or unprivileged user namespaces)",
+            std::io::Error::last_os_error()
+        )
+    };
+    // SAFETY: system calls that change only this process's namespaces and mounts, with
+    // valid C strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            let (uid, gid) = (libc::getuid(), libc::getgid());
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                fail("unshare");
+            }
+            std::fs::write("/proc/self/setgroups", "deny").unwrap();
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).unwrap();
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).unwrap();
+        }
+        let none = std::ptr::null();
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(c"none".as_ptr(), c"/".as_ptr(), none, flags, none.cast()) != 0 {
+            fail("making mounts private");
+        }
+        let options = std::ffi::CString::new(format!("size={size}")).unwrap();
+        let (tmpfs, at) = (c"tmpfs".as_ptr(), c"/dev/shm".as_ptr());
+        if libc::mount(tmpfs, at, tmpfs, 0, options.as_ptr().cast()) != 0 {
+            fail("mounting a tmpfs on /dev/shm");
+        }
+    }
+}
+
+fn helper_small_dev_shm() {
+    private_dev_shm(1 << 20);
+    let outcome = |r: Result<SharedMemory, ShmError>| match r {
+        Ok(_) => "created".to_string(),
+        Err(ShmError::Io(e)) => format!("refused {:?} {e}", e.kind()),
+        Err(e) => format!("refused otherwise: {e}"),
+    };
+    println!(
+        "big {}",
+        outcome(SharedMemory::create("mptest-big", 4 << 20))
+    );
+    let first = SharedMemory::create("mptest-first", 600 << 10).unwrap();
+    first.write(0, &vec![7; first.len()]).unwrap();
+    println!("first written");
+    println!(
+        "second {}",
+        outcome(SharedMemory::create("mptest-second", 600 << 10))
+    );
+    let names = |()| {
+        let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names.join(",")
+    };
+    println!("left {}", names(()));
+    drop(first);
+    println!("after {}", names(()));
 }
 
 fn open_and_write(name: String) {

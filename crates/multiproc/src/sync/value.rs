@@ -100,7 +100,8 @@ impl<T: ShmSafe> Value<T> {
     /// # Errors
     ///
     /// [`ShmError::AlreadyExists`], [`ShmError::InvalidName`], or if the segment cannot
-    /// be created.
+    /// be created: one that does not fit in `/dev/shm` is [`ShmError::Io`] of kind
+    /// `StorageFull` (see [`SharedMemory::create`](crate::SharedMemory::create)).
     pub fn create_named(name: &str, value: T) -> Result<Value<T>, ShmError> {
         Value::adopt(Object::create_named(
             name,

@@ -198,11 +198,46 @@ pub(crate) fn shm_create(name: &str, len: u64) -> io::Result<OwnedFd> {
         shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
         rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
     )?;
-    if let Err(e) = rustix::fs::ftruncate(&fd, len) {
+    if let Err(e) = rustix::fs::ftruncate(&fd, len)
+        .map_err(io::Error::from)
+        .and_then(|()| reserve_dev_shm(fd.as_fd(), len))
+    {
         let _ = shm::unlink(name);
-        return Err(e.into());
+        return Err(e);
     }
     Ok(fd)
+}
+
+/// Takes the memory of a named segment of `len` bytes now. `/dev/shm` is a file system
+/// of limited size (half the memory by default; 64 MiB in a Docker container), and a
+/// file only sized there gets its pages as processes first touch them: one that finds
+/// the file system full then is a `SIGBUS` in whichever process touched it, long after
+/// the segment was made. Allocated at creation, a segment that does not fit is an error
+/// of its creator's instead. (Files elsewhere, such as the memfds of anonymous segments,
+/// are limited only by the memory itself.)
+fn reserve_dev_shm(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    match rustix::fs::fallocate(fd, FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) => Ok(()),
+        // A file system that cannot allocate ahead: the pages come as they are touched.
+        Err(Errno::OPNOTSUPP) => Ok(()),
+        Err(Errno::NOSPC) => {
+            let room = rustix::fs::fstatvfs(fd)
+                .map(|v| {
+                    let (free, size) = (v.f_bavail * v.f_frsize, v.f_blocks * v.f_frsize);
+                    format!(" ({free} bytes of its {size} are free)")
+                })
+                .unwrap_or_default();
+            Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "no room for {len} bytes in /dev/shm{room}; a container's /dev/shm is \
+                     small unless made larger (Docker: --shm-size)"
+                ),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens the existing named segment `/dev/shm/<name>` for reading and writing.
