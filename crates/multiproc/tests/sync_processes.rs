@@ -89,6 +89,10 @@ fn main() {
                 a_named_segment_larger_than_dev_shm_is_an_error,
             ),
             trial(
+                "a_creator_killed_while_taking_the_memory_leaves_nothing",
+                a_creator_killed_while_taking_the_memory_leaves_nothing,
+            ),
+            trial(
                 "named_segments_of_a_killed_creator_are_removed",
                 named_segments_of_a_killed_creator_are_removed,
             ),
@@ -135,6 +139,7 @@ fn helpers(mode: &str) {
         "tracked_segments" => helper_tracked_segments(),
         "leaks" => helper_leaks(),
         "small_dev_shm" => helper_small_dev_shm(),
+        "reserving_creator" => helper_reserving_creator(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -826,13 +831,47 @@ fn a_named_segment_larger_than_dev_shm_is_an_error() {
     assert!(h.wait(T).success());
 }
 
+/// A named segment takes its memory when it is created (2 GiB: most of a second), and
+/// is tracked before: a creator SIGKILLed meanwhile, its segment still empty, leaves no
+/// name and no memory behind.
+fn a_creator_killed_while_taking_the_memory_leaves_nothing() {
+    let name = unique("reserving");
+    let exe = std::env::current_exe().unwrap();
+    let mut h = Helper::start_with("reserving_creator", exe, &[("MPTEST_SHM_NAME", &name)]);
+    assert_eq!(h.expect("creating", T), "");
+    let path = std::path::Path::new("/dev/shm").join(&name);
+    // Killed once its memory is being taken: the segment has blocks, and no size yet.
+    let seen = common::eventually(T, || {
+        std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::blocks(&m) > 0)
+    });
+    let size = std::fs::metadata(&path).map(|m| m.len());
+    let tree = h.sigkill();
+    let gone = common::eventually(CLEANUP, || !path.exists());
+    for p in tree {
+        common::kill_and_reap(p);
+    }
+    assert!(seen, "the segment never appeared, or never took memory");
+    assert_eq!(size.ok(), Some(0), "killed after the segment was complete");
+    assert!(gone, "the killed creator's segment is still in /dev/shm");
+}
+
+fn helper_reserving_creator() {
+    let name = std::env::var("MPTEST_SHM_NAME").unwrap();
+    println!("creating");
+    let shm = SharedMemory::create(&name, 2 << 30).unwrap();
+    println!("created");
+    std::thread::sleep(Duration::from_secs(3600));
+    drop(shm);
+}
+
 /// Makes this process's `/dev/shm` a tmpfs of `size` bytes of its own, in a mount
 /// namespace of its own (as root, or as any user where user namespaces are allowed).
 #[allow(unsafe_code)]
 fn private_dev_shm(size: usize) {
     let fail = |what: &str| -> ! {
         panic!(
-            "{what}: {} (this test needs root or unprivileged user namespaces)",
+            "{what}: {} (this test needs root with CAP_SYS_ADMIN, or unprivileged user \
+             namespaces in a process of one thread)",
             std::io::Error::last_os_error()
         )
     };

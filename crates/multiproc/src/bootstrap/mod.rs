@@ -233,7 +233,11 @@ enum Token {
 pub(crate) fn run_if_started() {
     // Before anything forks or runs a call: every process of the program (children and
     // the fork server included) reports the named segments it creates to its server.
-    shm::named::set_tracker(shm::named::Tracker { track, untrack });
+    shm::named::set_tracker(shm::named::Tracker {
+        prepare: prepare_tracking,
+        track,
+        untrack,
+    });
     match read_token(CHILD_TOKEN) {
         Token::Mine(channel, death) => child::run_exec(channel, death),
         Token::Broken(why) => abandon(&why),
@@ -532,6 +536,24 @@ fn server_call<T>(
         }
     }
     Err(io::Error::other("the fork server keeps failing"))
+}
+
+/// A segment is about to be created here: the tracker is started now if there is none,
+/// so that telling it of the segment is one message, sent right after the segment
+/// exists (a creator killed before that leaves its segment behind).
+fn prepare_tracking() {
+    if !initialized() || exiting() {
+        return;
+    }
+    let mut st = state();
+    if st.tracker.is_none() {
+        let list = st.tracked.clone();
+        match server_call(&mut st, |server| SegmentTracker::start(server, &list)) {
+            Ok(tracker) => st.tracker = Some(tracker),
+            // Tried again when the segment is tracked.
+            Err(e) => tracing::trace!("cannot start the segment tracker: {e}"),
+        }
+    }
 }
 
 /// Has this process's segment tracker unlink the named segment `tracked` if this

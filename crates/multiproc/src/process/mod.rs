@@ -45,12 +45,13 @@ use crate::wire::framing::Conn;
 /// the program's state as it was at that point (statics at their initial values), not as
 /// a copy of the parent's memory, so it is safe whatever threads the parent runs.
 ///
-/// The fork server keeps the part of the program's code that fills whole 2 MiB blocks
-/// on huge pages (the same bytes at the same addresses), so that its children run that
-/// code without a page fault per 64 KiB of it. A profiler attached to the program after
-/// it started (`perf record -p`) sees that code as anonymous memory (`[JIT]`); one that
-/// starts the program names its functions as usual. `MULTIPROC_HUGE_CODE=0` in the
-/// environment keeps the code where it was loaded.
+/// On x86-64 the fork server keeps the part of the program's code that fills whole
+/// 2 MiB blocks on huge pages (the same bytes at the same addresses), so that its
+/// children run that code without a page fault per 64 KiB of it. A profiler attached to
+/// the program after it started (`perf record -p`) sees that code as anonymous memory
+/// (`[JIT]`), and uprobes placed there afterwards do not fire in the children; a
+/// profiler that starts the program names its functions as usual.
+/// `MULTIPROC_HUGE_CODE=0` in the environment keeps the code where it was loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StartMethod {

@@ -12,13 +12,15 @@
 //! so it never removes a segment created later under the same name. A kill of every
 //! process of the creator's cgroup takes the tracker too, and leaves the names.
 //!
-//! A new segment's memory is allocated when it is created (`fallocate`): `/dev/shm` is
-//! a tmpfs of limited size, and a file only sized there would get its pages as they are
-//! first touched, a `SIGBUS` in the toucher once the file system is full. Allocated
-//! ahead, a segment that does not fit is its creator's error. The cost moves from the
-//! first touches to the creation (`fallocate -l 1G` on `/dev/shm` takes about 0.4 s on
-//! the benchmark's machine, an only sized file nothing), and a segment that is never
-//! touched all through still takes all its memory.
+//! A new segment's memory is allocated when it is created (`sys::shm_reserve`), and
+//! its size set once it all is: `/dev/shm` is a tmpfs of limited size, and a file only
+//! sized there would get its pages as they are first touched, a `SIGBUS` in the toucher
+//! once the file system is full. Allocated ahead, a segment that does not fit is its
+//! creator's error. The cost moves from the first touches to the creation (`fallocate
+//! -l 1G` on `/dev/shm` takes about 0.4 s on the benchmark's machine, an only sized file
+//! nothing), and a segment that is never touched all through still takes all its
+//! memory. The name is tracked before the memory is taken, so that a creator killed
+//! meanwhile leaves nothing behind.
 //!
 //! A named file cannot be sealed: any process of the same user may truncate it, and
 //! touching a mapping past the new end faults (`SIGBUS`). Sizes are checked when a
@@ -49,6 +51,8 @@ pub(crate) struct Tracked {
 /// be unlinked on its behalf if it dies first.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tracker {
+    /// A segment is about to be created here.
+    pub(crate) prepare: fn(),
     /// A segment was created here.
     pub(crate) track: fn(Tracked),
     /// A segment created here was unlinked here.
@@ -146,7 +150,11 @@ pub(crate) fn validate(name: &str) -> Result<&str, ShmError> {
 /// Creates the segment `name` of `len` bytes; this process becomes its creator.
 pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError> {
     let bare = validate(name)?;
-    let fd = sys::shm_create(bare, len as u64).map_err(|e| match e.kind() {
+    let tracker = TRACKER.get();
+    if let Some(tracker) = tracker {
+        (tracker.prepare)();
+    }
+    let fd = sys::shm_create(bare).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => ShmError::AlreadyExists(bare.to_string()),
         _ => ShmError::from(e),
     })?;
@@ -162,8 +170,17 @@ pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError
         dev,
         ino,
     };
-    if let Some(tracker) = TRACKER.get() {
+    // Tracked before its memory is taken (which takes a while for a large segment), so
+    // that a creator killed meanwhile leaves nothing behind.
+    if let Some(tracker) = tracker {
         (tracker.track)(tracked.clone());
+    }
+    if let Err(e) = sys::shm_reserve(fd.as_fd(), len as u64) {
+        sys::shm_unlink_if(bare, (dev, ino));
+        if let Some(tracker) = tracker {
+            (tracker.untrack)(&tracked);
+        }
+        return Err(e.into());
     }
     Ok((
         fd,
@@ -182,13 +199,20 @@ pub(crate) fn open(name: &str) -> Result<(OwnedFd, usize, Name), ShmError> {
         _ => ShmError::from(e),
     })?;
     let mut len = size_of(fd.as_fd(), bare)?;
-    // A creator sizes its segment right after creating it: an opener that comes in
-    // between finds it empty, and waits for the size as it waits for an object's
-    // header (an empty segment is refused after that).
-    let until = std::time::Instant::now() + BEING_CREATED;
+    // A creator sizes its segment once it has taken all its memory: an opener that
+    // comes in between finds it empty, and waits for the size as it waits for an
+    // object's header, for as long as the memory taken keeps growing and a while after
+    // (an empty segment is refused after that).
+    let mut until = std::time::Instant::now() + BEING_CREATED;
+    let mut taken = sys::file_allocated(fd.as_fd()).unwrap_or(0);
     while len == 0 && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(1));
         len = size_of(fd.as_fd(), bare)?;
+        let now_taken = sys::file_allocated(fd.as_fd()).unwrap_or(0);
+        if now_taken > taken {
+            taken = now_taken;
+            until = std::time::Instant::now() + BEING_CREATED;
+        }
     }
     Ok((fd, len, Name::borrowed(bare.to_string())))
 }

@@ -83,12 +83,14 @@ impl SharedMemory {
     ///
     /// [`ShmError::AlreadyExists`], [`ShmError::InvalidName`],
     /// [`ShmError::InvalidArgument`] for a size of 0, or if the segment cannot be
-    /// created. Its memory is taken here, all of it: a segment that does not fit in
-    /// `/dev/shm` (a file system of limited size: 64 MiB in a Docker container unless
-    /// `--shm-size` says otherwise) is [`ShmError::Io`] of kind
+    /// created. Its memory is taken here, all of it (`/dev/shm` is a tmpfs): a segment
+    /// that does not fit there (a file system of limited size: 64 MiB in a Docker
+    /// container unless `--shm-size` says otherwise) is [`ShmError::Io`] of kind
     /// [`StorageFull`](std::io::ErrorKind::StorageFull), saying how much room there is,
-    /// rather than a `SIGBUS` in whichever process first touches a page past the room
-    /// (what a segment only sized, as Python's `SharedMemory` makes it, gives).
+    /// and one that a memory limit refuses is of kind
+    /// [`OutOfMemory`](std::io::ErrorKind::OutOfMemory), rather than a `SIGBUS` in
+    /// whichever process first touches a page past the room (what a segment only sized,
+    /// as Python's `SharedMemory` makes it, gives).
     pub fn create(name: &str, size: usize) -> Result<SharedMemory, ShmError> {
         check_size(size)?;
         let (fd, name) = named::create(name, size)?;

@@ -407,7 +407,13 @@ pub(crate) fn shrink_sealed(_: BorrowedFd<'_>) -> bool {
 ///
 /// Nothing is ever mapped here; this does nothing.
 pub(crate) unsafe fn unmap(_: std::ptr::NonNull<u8>, _: usize) {}
-pub(crate) fn shm_create(_: &str, _: u64) -> io::Result<OwnedFd> {
+pub(crate) fn shm_create(_: &str) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn shm_reserve(_: BorrowedFd<'_>, _: u64) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn file_allocated(_: BorrowedFd<'_>) -> io::Result<u64> {
     Err(unsupported())
 }
 pub(crate) fn shm_open(_: &str) -> io::Result<OwnedFd> {

@@ -189,55 +189,66 @@ pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// Creates the named POSIX shared-memory segment `/dev/shm/<name>` of `len` bytes,
-/// readable and writable by this user only. Fails if it exists.
-pub(crate) fn shm_create(name: &str, len: u64) -> io::Result<OwnedFd> {
+/// Creates the named POSIX shared-memory segment `/dev/shm/<name>`, empty (see
+/// [`shm_reserve`]), readable and writable by this user only. Fails if it exists.
+pub(crate) fn shm_create(name: &str) -> io::Result<OwnedFd> {
     use rustix::shm;
-    let fd = shm::open(
+    Ok(shm::open(
         name,
         shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
         rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-    )?;
-    if let Err(e) = rustix::fs::ftruncate(&fd, len)
-        .map_err(io::Error::from)
-        .and_then(|()| reserve_dev_shm(fd.as_fd(), len))
-    {
-        let _ = shm::unlink(name);
-        return Err(e);
-    }
-    Ok(fd)
+    )?)
 }
 
-/// Takes the memory of a named segment of `len` bytes now. `/dev/shm` is a file system
-/// of limited size (half the memory by default; 64 MiB in a Docker container), and a
-/// file only sized there gets its pages as processes first touch them: one that finds
-/// the file system full then is a `SIGBUS` in whichever process touched it, long after
-/// the segment was made. Allocated at creation, a segment that does not fit is an error
-/// of its creator's instead. (Files elsewhere, such as the memfds of anonymous segments,
-/// are limited only by the memory itself.)
-fn reserve_dev_shm(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+/// How much of a named segment [`shm_reserve`] allocates at a time: a signal that
+/// arrives meanwhile makes the kernel undo the piece it was allocating (`EINTR`), and
+/// the piece is allocated again; at about 0.4 ms a MiB, a piece takes a few ms.
+const RESERVE_PIECE: u64 = 8 << 20;
+
+/// Gives the empty named segment behind `fd` its `len` bytes, with all their memory
+/// taken now, and its size set only once they are all there (an opener waits while a
+/// segment is empty). `/dev/shm` is a file system of limited size (half the memory by
+/// default; 64 MiB in a Docker container), and a file only sized there gets its pages as
+/// processes first touch them: one that finds the file system full then is a `SIGBUS`
+/// in whichever process touched it, long after the segment was made. Allocated ahead, a
+/// segment that does not fit is its creator's error instead (`StorageFull`, saying how
+/// much room there is; `OutOfMemory` where a memory limit refuses it). A file system
+/// that cannot allocate ahead gets its size alone. (The memfds of anonymous segments
+/// live on no such file system, and are limited only by the memory itself.)
+pub(crate) fn shm_reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     use rustix::fs::FallocateFlags;
-    match rustix::fs::fallocate(fd, FallocateFlags::KEEP_SIZE, 0, len) {
-        Ok(()) => Ok(()),
-        // A file system that cannot allocate ahead: the pages come as they are touched.
-        Err(Errno::OPNOTSUPP) => Ok(()),
-        Err(Errno::NOSPC) => {
-            let room = rustix::fs::fstatvfs(fd)
-                .map(|v| {
-                    let (free, size) = (v.f_bavail * v.f_frsize, v.f_blocks * v.f_frsize);
-                    format!(" ({free} bytes of its {size} are free)")
-                })
-                .unwrap_or_default();
-            Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "no room for {len} bytes in /dev/shm{room}; a container's /dev/shm is \
-                     small unless made larger (Docker: --shm-size)"
-                ),
-            ))
+    let mut at = 0;
+    while at < len {
+        let piece = RESERVE_PIECE.min(len - at);
+        match rustix::fs::fallocate(fd, FallocateFlags::KEEP_SIZE, at, piece) {
+            Ok(()) => at += piece,
+            Err(Errno::INTR) => {}
+            Err(Errno::OPNOTSUPP) => break,
+            Err(Errno::NOSPC) => {
+                let room = rustix::fs::fstatvfs(fd)
+                    .map(|v| {
+                        let (free, size) = (v.f_bavail * v.f_frsize, v.f_blocks * v.f_frsize);
+                        format!(" ({free} bytes of its {size} are free)")
+                    })
+                    .unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "no room for {len} bytes in /dev/shm{room}; a container's /dev/shm is \
+                         small unless made larger (Docker: --shm-size)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
+    rustix::fs::ftruncate(fd, len)?;
+    Ok(())
+}
+
+/// How many bytes of memory or disk the file behind `fd` has allocated.
+pub(crate) fn file_allocated(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_blocks as u64 * 512)
 }
 
 /// Opens the existing named segment `/dev/shm/<name>` for reading and writing.
@@ -324,12 +335,13 @@ pub(crate) fn shared_word() -> io::Result<&'static std::sync::atomic::AtomicU64>
 
 /// The executable mapping of a file that holds the code of this function (the program's
 /// own code, or that of the shared library multiproc was linked into), as `[start,
-/// end)`, read from `/proc/self/maps`; `None` if that code is not mapped from a file
-/// (a process forked from one whose code was moved already).
-fn own_code_range() -> Option<(usize, usize)> {
+/// end)`, and how many mappings this process has, read from `/proc/self/maps`; `None`
+/// if that code is not mapped from a file (a process forked from one whose code was
+/// moved already).
+fn own_code_range() -> Option<((usize, usize), usize)> {
     let here = code_on_huge_pages as fn() -> io::Result<usize> as usize;
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
+    let range = maps.lines().find_map(|line| {
         let mut fields = line.split_ascii_whitespace();
         let (range, perms) = (fields.next()?, fields.next()?);
         let inode = fields.nth(2)?;
@@ -339,13 +351,38 @@ fn own_code_range() -> Option<(usize, usize)> {
             usize::from_str_radix(hi, 16).ok()?,
         );
         (perms.starts_with("r-x") && inode != "0" && (lo..hi).contains(&here)).then_some((lo, hi))
-    })
+    })?;
+    Some((range, maps.lines().count()))
 }
 
-/// Huge pages are 2 MiB on x86-64 and on arm64 with 4 KiB pages, the kernels this targets.
+/// Whether no page of the mapping that starts at `lo` differs from its file: none is a
+/// private copy (`Anonymous: 0 kB` in `/proc/self/smaps`), as a breakpoint or a uprobe
+/// written into the code would make one. Such a page must not be copied: the kernel
+/// knows a uprobe's trap only in the file's mapping, and one met elsewhere is a
+/// `SIGTRAP` that ends the process.
+fn code_is_the_files(lo: usize) -> bool {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return false;
+    };
+    let head = format!("{lo:x}-");
+    smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
+        .take_while(|l| {
+            l.split_ascii_whitespace()
+                .next()
+                .is_some_and(|f| f.ends_with(':'))
+        })
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .is_some_and(|kb| kb.trim() == "0 kB")
+}
+
+/// Huge pages are 2 MiB on x86-64, the one architecture this moves code on.
 const HUGE_PAGE: usize = 2 << 20;
 
 /// `MADV_COLLAPSE` (Linux 6.1): make a range one huge page each 2 MiB, now, or fail.
+/// (Not in the `libc` crate for every C library it binds.)
 const MADV_COLLAPSE: libc::c_int = 25;
 
 /// Puts the part of this program's code that fills whole 2 MiB blocks of the address
@@ -353,30 +390,52 @@ const MADV_COLLAPSE: libc::c_int = 25;
 /// and executable, never writable. A process forked afterwards maps that code with one
 /// page-table entry per block, copied by `fork`, instead of taking a page fault per
 /// 64 KiB it runs and unmapping each page again as it exits. Returns how many bytes
-/// moved: 0 when no whole block lies in the code, or when the kernel cannot give huge
-/// pages for it now (the code is then left as it was).
+/// moved: 0 when no whole block lies in the code, when the kernel cannot give huge
+/// pages for it now, when a page of it was written (a breakpoint, a uprobe), or on an
+/// architecture other than x86-64 (arm64's branch target protection is a property of
+/// the file's mapping, which a copy would drop); the code is then left as it was.
 ///
 /// Costs: 2 MiB of memory per block, for the life of this process (its forks share
-/// it); profilers that name functions from the file a mapping comes from (`perf`) see
-/// that code as anonymous memory in this process and its forks.
+/// it), and in core dumps; a profiler that reads this process's mappings after the move
+/// (`perf record -p`) sees that code as anonymous memory, and uprobes placed in it
+/// afterwards do not fire in this process or its forks.
+///
+/// Only for a process with one thread (the fork server): see `to_huge_pages`.
 pub(crate) fn code_on_huge_pages() -> io::Result<usize> {
-    let Some((lo, hi)) = own_code_range() else {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(0);
+    }
+    let Some(((lo, hi), mappings)) = own_code_range() else {
         return Ok(0);
     };
-    // SAFETY: `[lo, hi)` is this program's code, mapped readable and never written; the
-    // bytes moved are the same at the same addresses (see `to_huge_pages`).
-    unsafe { to_huge_pages(lo, hi) }
+    // The move unmaps the code first, then moves the copy there; it fails in between
+    // (leaving no code where the thread returns to) if the process is near its limit of
+    // mappings, so that limit is kept well away from.
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|l| l.trim().parse::<usize>().ok());
+    if limit.is_none_or(|limit| mappings + 64 > limit) {
+        return Ok(0);
+    }
+    // SAFETY: `[lo, hi)` is this program's code, mapped readable and never written;
+    // this process runs one thread; the bytes moved are the file's (checked after the
+    // copy, in `to_huge_pages`), the same at the same addresses.
+    unsafe { to_huge_pages(lo, hi, || code_is_the_files(lo)) }
 }
 
 /// Replaces the whole 2 MiB blocks of the mapped range `[lo, hi)` by huge pages of
-/// anonymous memory holding the same bytes, read-only and executable. Returns how many
-/// bytes moved, or the error that left the range as it was.
+/// anonymous memory holding the same bytes, read-only and executable, if `copy_ok`
+/// says, once they are copied, that the copy may serve. Returns how many bytes moved,
+/// or the error that left the range as it was.
 ///
 /// # Safety
 /// `[lo, hi)` is mapped and readable, and nothing writes to it. Whatever runs or reads
 /// there must be indifferent to the pages under it being replaced by others holding the
-/// same bytes (the move is one system call: there is no moment without them).
-unsafe fn to_huge_pages(lo: usize, hi: usize) -> io::Result<usize> {
+/// same bytes: the move is one system call, but the kernel unmaps the range before it
+/// moves the copy there, so no other thread may run or read there meanwhile, and the
+/// move failing in between (for want of kernel memory, or at the limit of mappings)
+/// leaves nothing there.
+unsafe fn to_huge_pages(lo: usize, hi: usize, copy_ok: impl FnOnce() -> bool) -> io::Result<usize> {
     let (start, end) = (lo.next_multiple_of(HUGE_PAGE), hi / HUGE_PAGE * HUGE_PAGE);
     if end <= start {
         return Ok(0);
@@ -408,6 +467,9 @@ unsafe fn to_huge_pages(lo: usize, hi: usize) -> io::Result<usize> {
         rustix::mm::madvise(copy, len, rustix::mm::Advice::LinuxHugepage)
             .map_err(|e| give_up(e.into()))?;
         std::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>(), len);
+        if !copy_ok() {
+            return Err(give_up(io::Error::other("the code is not the file's")));
+        }
         // Huge pages for all of it, or none: 4 KiB anonymous pages of code would cost
         // every fork a copy of each page's entry, and every exit an unmapping of each.
         if libc::madvise(copy, len, MADV_COLLAPSE) != 0 {
@@ -558,7 +620,8 @@ mod tests {
         use std::os::fd::AsRawFd;
         // Three pages before a 2 MiB boundary to two past the second boundary after it:
         // two whole blocks, and ends that cannot move.
-        let (before, after) = (3 * 4096, 2 * 4096);
+        let page = rustix::param::page_size();
+        let (before, after) = (3 * page, 2 * page);
         let len = before + 2 * HUGE_PAGE + after;
         let mut exe = std::fs::File::open("/proc/self/exe").unwrap();
         let mut contents = vec![0; len];
@@ -579,37 +642,80 @@ mod tests {
             )
         };
         assert_eq!(mapped as usize, lo, "mmap: {}", io::Error::last_os_error());
+        let whole_file = |what: &str| {
+            let (head, huge) = smaps_entry(lo);
+            assert!(
+                head.starts_with(&format!("{lo:x}-{:x} ", lo + len)) && head.contains('/'),
+                "{what}: {head}"
+            );
+            assert_eq!(huge, 0, "{what}");
+        };
+        assert!(code_is_the_files(lo));
+        // A copy refused once made (the code was written meanwhile) leaves all as it was.
         // SAFETY: a mapping of this test's own, read-only, which nothing runs.
-        let moved = unsafe { to_huge_pages(lo, lo + len) };
+        let refused = unsafe { to_huge_pages(lo, lo + len, || false) };
+        assert!(refused.is_err());
+        whole_file("after a refused copy");
+        // SAFETY: as above.
+        let moved = unsafe { to_huge_pages(lo, lo + len, || true) };
         // SAFETY: still mapped, with the same bytes whether they moved or not.
         let now = unsafe { std::slice::from_raw_parts(lo as *const u8, len) };
         assert!(now == contents, "the bytes changed");
-        let (head, _) = smaps_entry(lo);
-        assert!(
-            head.contains("/"),
-            "the unaligned start stays the file's: {head}"
-        );
         match moved {
             Ok(n) => {
                 assert_eq!(n, 2 * HUGE_PAGE);
+                let (head, _) = smaps_entry(lo);
+                assert!(
+                    head.starts_with(&format!("{lo:x}-{block:x} ")) && head.contains('/'),
+                    "the unaligned start stays the file's: {head}"
+                );
                 let (head, huge) = smaps_entry(block);
                 assert!(head.contains(" r-xp ") && !head.contains('/'), "{head}");
                 assert_eq!(huge, 4096, "{head}");
                 let (head, _) = smaps_entry(block + 2 * HUGE_PAGE);
                 assert!(
-                    head.contains("/"),
+                    head.contains('/'),
                     "the unaligned end stays the file's: {head}"
                 );
             }
             Err(e) => {
                 assert!(!kernel_collapses(), "no huge pages: {e}");
-                let (head, huge) = smaps_entry(lo);
-                assert!(
-                    head.starts_with(&format!("{lo:x}-{:x} ", lo + len)),
-                    "{head}"
-                );
-                assert_eq!(huge, 0);
+                whole_file("after a failed move");
             }
+        }
+    }
+
+    /// A page of code written in this process (as a breakpoint or a uprobe writes one)
+    /// is told apart from code that is all the file's.
+    #[test]
+    fn written_code_is_not_the_files() {
+        use std::os::fd::AsRawFd;
+        let page = rustix::param::page_size();
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        // SAFETY: a new private mapping of the file; written below, then unmapped.
+        unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                4 * page,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                exe.as_raw_fd(),
+                0,
+            );
+            assert_ne!(at, libc::MAP_FAILED);
+            assert!(code_is_the_files(at as usize));
+            assert_eq!(
+                libc::mprotect(at, 4 * page, libc::PROT_READ | libc::PROT_WRITE),
+                0
+            );
+            let byte = at.cast::<u8>().add(page);
+            byte.write(byte.read() ^ 0xff);
+            assert_eq!(
+                libc::mprotect(at, 4 * page, libc::PROT_READ | libc::PROT_EXEC),
+                0
+            );
+            assert!(!code_is_the_files(at as usize));
+            libc::munmap(at, 4 * page);
         }
     }
 }
