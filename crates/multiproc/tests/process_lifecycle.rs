@@ -778,7 +778,15 @@ fn helper_layout(env: &[(&str, &str)]) -> CodeLayout {
 /// fault per 64 KiB of code. (`CODE_PAD` makes this program's code hold such blocks.)
 fn children_run_the_code_from_huge_pages() {
     const HUGE: u64 = 2 << 20;
-    let l = helper_layout(&[]);
+    // A kernel short of free huge pages at that moment (its memory fragmented) leaves
+    // the code where it is: three fork servers, one after another, are given the chance.
+    let mut l = helper_layout(&[]);
+    for _ in 0..2 {
+        if l.moved > 0 || !huge_pages_expected() {
+            break;
+        }
+        l = helper_layout(&[]);
+    }
     let whole = (l.span.1 / HUGE * HUGE).saturating_sub(l.span.0.next_multiple_of(HUGE));
     assert!(whole >= HUGE, "no whole block in the code: {l:?}");
     assert!(l.same_bytes, "{l:?}");

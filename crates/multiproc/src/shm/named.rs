@@ -20,7 +20,7 @@
 //! -l 1G` on `/dev/shm` takes about 0.4 s on the benchmark's machine, an only sized file
 //! nothing), and a segment that is never touched all through still takes all its
 //! memory. The name is tracked before the memory is taken, so that a creator killed
-//! meanwhile leaves nothing behind.
+//! meanwhile leaves nothing behind (as tracked segments go: see above).
 //!
 //! A named file cannot be sealed: any process of the same user may truncate it, and
 //! touching a mapping past the new end faults (`SIGBUS`). Sizes are checked when a

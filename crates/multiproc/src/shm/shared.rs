@@ -87,10 +87,11 @@ impl SharedMemory {
     /// that does not fit there (a file system of limited size: 64 MiB in a Docker
     /// container unless `--shm-size` says otherwise) is [`ShmError::Io`] of kind
     /// [`StorageFull`](std::io::ErrorKind::StorageFull), saying how much room there is,
-    /// and one that a memory limit refuses is of kind
-    /// [`OutOfMemory`](std::io::ErrorKind::OutOfMemory), rather than a `SIGBUS` in
-    /// whichever process first touches a page past the room (what a segment only sized,
-    /// as Python's `SharedMemory` makes it, gives).
+    /// rather than a `SIGBUS` in whichever process first touches a page past the room
+    /// (what a segment only sized, as Python's `SharedMemory` makes it, gives). Where the
+    /// memory itself runs short, the kernel's answer (an error of kind
+    /// [`OutOfMemory`](std::io::ErrorKind::OutOfMemory), or a memory cgroup's OOM killer)
+    /// comes here too.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory, ShmError> {
         check_size(size)?;
         let (fd, name) = named::create(name, size)?;

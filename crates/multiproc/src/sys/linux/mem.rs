@@ -200,10 +200,16 @@ pub(crate) fn shm_create(name: &str) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// How much of a named segment [`shm_reserve`] allocates at a time: a signal that
-/// arrives meanwhile makes the kernel undo the piece it was allocating (`EINTR`), and
-/// the piece is allocated again; at about 0.4 ms a MiB, a piece takes a few ms.
+/// How much of a named segment [`shm_reserve`] allocates at a time (at about 0.4 ms a
+/// MiB, a few ms): a signal that arrives meanwhile may make the kernel undo the piece it
+/// was allocating (`EINTR`; tmpfs has done so for any signal, Linux 6.18 did not for a
+/// handled one here), and the piece is tried again at half the size, down to
+/// [`RESERVE_PIECE_LEAST`], so that signals coming faster than a piece takes (a
+/// profiler's timer) cannot keep it from ever being done.
 const RESERVE_PIECE: u64 = 8 << 20;
+
+/// The smallest piece [`shm_reserve`] allocates at a time, but the last.
+const RESERVE_PIECE_LEAST: u64 = 64 << 10;
 
 /// Gives the empty named segment behind `fd` its `len` bytes, with all their memory
 /// taken now, and its size set only once they are all there (an opener waits while a
@@ -212,17 +218,21 @@ const RESERVE_PIECE: u64 = 8 << 20;
 /// processes first touch them: one that finds the file system full then is a `SIGBUS`
 /// in whichever process touched it, long after the segment was made. Allocated ahead, a
 /// segment that does not fit is its creator's error instead (`StorageFull`, saying how
-/// much room there is; `OutOfMemory` where a memory limit refuses it). A file system
+/// much room there is); where the memory itself runs short, the kernel's answer (an
+/// `OutOfMemory` error, or a memory cgroup's OOM killer) comes at creation too. A file system
 /// that cannot allocate ahead gets its size alone. (The memfds of anonymous segments
 /// live on no such file system, and are limited only by the memory itself.)
 pub(crate) fn shm_reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     use rustix::fs::FallocateFlags;
-    let mut at = 0;
+    let (mut at, mut size) = (0, RESERVE_PIECE);
     while at < len {
-        let piece = RESERVE_PIECE.min(len - at);
+        let piece = size.min(len - at);
         match rustix::fs::fallocate(fd, FallocateFlags::KEEP_SIZE, at, piece) {
-            Ok(()) => at += piece,
-            Err(Errno::INTR) => {}
+            Ok(()) => {
+                at += piece;
+                size = (size * 2).min(RESERVE_PIECE);
+            }
+            Err(Errno::INTR) => size = (size / 2).max(RESERVE_PIECE_LEAST),
             Err(Errno::OPNOTSUPP) => break,
             Err(Errno::NOSPC) => {
                 let room = rustix::fs::fstatvfs(fd)
@@ -364,7 +374,8 @@ fn code_is_the_files(lo: usize) -> bool {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return false;
     };
-    let head = format!("{lo:x}-");
+    // The kernel writes addresses with at least 8 hex digits.
+    let head = format!("{lo:08x}-");
     smaps
         .lines()
         .skip_while(|l| !l.starts_with(&head))
@@ -402,12 +413,17 @@ const MADV_COLLAPSE: libc::c_int = 25;
 ///
 /// Only for a process with one thread (the fork server): see `to_huge_pages`.
 pub(crate) fn code_on_huge_pages() -> io::Result<usize> {
-    if !cfg!(target_arch = "x86_64") {
+    if !cfg!(target_arch = "x86_64") || super::thread_count() != Some(1) {
         return Ok(0);
     }
     let Some(((lo, hi), mappings)) = own_code_range() else {
         return Ok(0);
     };
+    // Looked at before the copy and after it: a trap written and taken away again
+    // between the two looks would not show in the second alone.
+    if !code_is_the_files(lo) {
+        return Ok(0);
+    }
     // The move unmaps the code first, then moves the copy there; it fails in between
     // (leaving no code where the thread returns to) if the process is near its limit of
     // mappings, so that limit is kept well away from.
@@ -601,7 +617,7 @@ mod tests {
     /// line and its `AnonHugePages` in kB.
     fn smaps_entry(start: usize) -> (String, u64) {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let head = format!("{start:x}-");
+        let head = format!("{start:08x}-");
         let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
         let header = lines.next().unwrap().to_owned();
         let huge = lines
