@@ -219,9 +219,9 @@ const RESERVE_PIECE_LEAST: u64 = 64 << 10;
 /// in whichever process touched it, long after the segment was made. Allocated ahead, a
 /// segment that does not fit is its creator's error instead (`StorageFull`, saying how
 /// much room there is); where the memory itself runs short, the kernel's answer (an
-/// `OutOfMemory` error, or a memory cgroup's OOM killer) comes at creation too. A file system
-/// that cannot allocate ahead gets its size alone. (The memfds of anonymous segments
-/// live on no such file system, and are limited only by the memory itself.)
+/// `OutOfMemory` error, or a memory cgroup's OOM killer) comes at creation too. A file
+/// system that cannot allocate ahead gets its size alone. (The memfds of anonymous
+/// segments live on no such file system, and are limited only by the memory itself.)
 pub(crate) fn shm_reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     use rustix::fs::FallocateFlags;
     let (mut at, mut size) = (0, RESERVE_PIECE);
