@@ -1214,6 +1214,7 @@ pub fn mem_groups(exe: &Path) -> Vec<MemGroup> {
         ],
         notes: vec![
             "RSS counts pages shared between processes (a forked worker's copy-on-write pages, the binary's code) in each of them, so the last column overstates what the machine spends; it is the figure a process monitor shows.".into(),
+            "The fork server moves the whole 2 MiB blocks of the program's code onto huge pages before it forks its workers (docs/DESIGN.md, \"Where a spawn's time goes\"): each process it forks counts such a block whole in its resident set, though all share one copy, and the server's peak includes the copy it made (`MULTIPROC_HUGE_CODE=0` keeps the code where it was loaded).".into(),
             "multiproc's fork server starts with `multiproc::init()` whichever start method a pool uses: Spawn workers are exec'd from it. The parent here is the `multiproc-bench` binary, which links procspawn, rayon and ipc-channel as well.".into(),
             "rayon runs its tasks on threads in the parent: it has no worker process to measure.".into(),
             python::version().map_or_else(
@@ -1254,7 +1255,7 @@ fn cluster_mem_group(exe: &Path) -> Option<MemGroup> {
         workloads: w,
         pairs: vec![("multiproc Cluster worker node", CELERY)],
         notes: vec![
-            "RSS counts shared pages in each process, as a process monitor shows them.".into(),
+            "RSS counts shared pages in each process, as a process monitor shows them: the worker's and the fork server's include a block of the program's code on huge pages (see the pool's memory section).".into(),
         ],
         headline: vec![(
             "peak RSS of a cluster node's task process",

@@ -47,7 +47,10 @@ use crate::wire::framing::Conn;
 ///
 /// On x86-64 the fork server keeps the part of the program's code that fills whole
 /// 2 MiB blocks on huge pages (the same bytes at the same addresses), so that its
-/// children run that code without a page fault per 64 KiB of it. A profiler attached to
+/// children run that code without a page fault per 64 KiB of it. Each child counts such
+/// a block whole in its resident set (RSS), though all share one copy: a pool worker of
+/// a program with 4 MiB of code peaks about 1.3 MiB higher than with the code left in
+/// place, the fork server about 3.4 MiB (the copy it made). A profiler attached to
 /// the program after it started (`perf record -p`) sees that code as anonymous memory
 /// (`[JIT]`), and uprobes placed there afterwards do not fire in the children; a
 /// profiler that starts the program names its functions as usual.
