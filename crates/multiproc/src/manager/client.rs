@@ -256,7 +256,7 @@ impl Client {
                 Err(Opening::Cut(e) | Opening::Failed(e)) => {
                     return Err(match e {
                         ManagerError::Unresponsive(_) => {
-                            ManagerError::Unresponsive(until.duration_since(started))
+                            ManagerError::Unresponsive(whole_ms(until.duration_since(started)))
                         }
                         e => e,
                     });
@@ -699,6 +699,14 @@ impl ClientConn {
     }
 }
 
+/// `d` to the nearest millisecond: the time an opening was given, as a user set it. A
+/// call's deadline is read a moment before the opening starts, so the time left is the
+/// call timeout less a few hundred nanoseconds ("1.49999987s" for 1.5 s).
+fn whole_ms(d: Duration) -> Duration {
+    let ms = d.as_nanos().saturating_add(500_000) / 1_000_000;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 /// A frame that could not be read, as the caller sees it.
 fn frame_error(e: FrameError, waited: Duration) -> ManagerError {
     match e {
@@ -828,6 +836,28 @@ mod tests {
             c.settings.call_timeout,
         );
         assert!(matches!(answer, Ok(Response::Unit)), "{answer:?}");
+    }
+
+    /// A server that takes the connection and never answers it: the opening fails at
+    /// its deadline with `Unresponsive`, which names the time it was given as it was
+    /// set, not that less the moment before the opening started.
+    #[test]
+    fn an_unanswered_opening_names_the_time_it_was_given() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = Address::Tcp(silent.local_addr().unwrap());
+        let c = Client::get(&address, b"key", ClientSettings::default());
+        let t = Instant::now();
+        match c.open(Some(Instant::now() + Duration::from_millis(300)), true) {
+            Err(e @ ManagerError::Unresponsive(_)) => {
+                assert_eq!(e.to_string(), "the manager did not answer within 300ms");
+            }
+            other => panic!("opening to a silent server: {other:?}"),
+        }
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(290) && waited < T,
+            "gave up after {waited:?}"
+        );
     }
 
     /// A client of a TCP address whose server is on this machine moves to the server's
