@@ -1017,6 +1017,12 @@ fn idempotency_cancel_and_timeout() {
         .unwrap();
     assert!(later.cancel());
     assert_eq!(later.wait().unwrap_err(), TaskError::Cancelled);
+    // A queued task cancelled before any worker has made the queue's consumer group:
+    // removed, never run.
+    let never = dir.join("never").display().to_string();
+    let queued = c.submit(FLAKY, (never.clone(), 1)).unwrap();
+    assert!(queued.cancel(), "a queued task before any worker");
+    assert_eq!(queued.wait().unwrap_err(), TaskError::Cancelled);
     let w = worker(&redis, ns, 2);
     assert_eq!(t1.wait().unwrap(), Ok(1));
     assert_eq!(t2.wait().unwrap(), Ok(1));
@@ -1038,6 +1044,11 @@ fn idempotency_cancel_and_timeout() {
         )
         .unwrap();
     assert_eq!(slow.wait().unwrap_err(), TaskError::TimedOut);
+    // By now the worker has long taken everything the stream held.
+    assert!(
+        !std::path::Path::new(&never).exists(),
+        "the cancelled task ran"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     w.shutdown(true);
     drop(c2);

@@ -257,7 +257,8 @@ return {{#due, wait}}
 });
 
 /// Cancels a task: one still delayed (a countdown, or a retry waiting for its time) or
-/// not yet delivered is removed and ends `Cancelled` at once; one held by a worker, or
+/// not yet delivered (before any worker made the queue's group too) is removed and ends
+/// `Cancelled` at once; one held by a worker, or
 /// whose entry the client no longer knows (it was retried or redelivered since), is
 /// flagged for its worker (which also looks for the flag before it runs a retried or
 /// redelivered task).
@@ -307,7 +308,12 @@ if retry and redis.call('ZREM', KEYS[2], retry) == 1 then
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if ARGV[2] ~= '' then
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if type(p) == 'table' and p.err then
+    -- No worker has made the group yet: nothing of the stream is delivered.
+    if string.sub(p.err, 1, 7) ~= 'NOGROUP' then return redis.error_reply(p.err) end
+    p = {}
+  end
   if p[1] == nil and redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
     deliver()
     return 1
