@@ -28,6 +28,7 @@ const RECORD: TaskDef<String, u64> = TaskDef::new("t.record");
 const RECORD_SLOW: TaskDef<(String, u64), u64> = TaskDef::new("t.record_slow");
 const CHAIN: TaskDef<Chain, u64> = TaskDef::new("t.chain");
 const FLAKY_SLOW: TaskDef<(String, u32, u64), Result<u32, String>> = TaskDef::new("t.flaky_slow");
+const BYTES: TaskDef<u64, Vec<u8>> = TaskDef::new("t.bytes");
 
 /// A list through `Box`: one level of nesting per link.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -58,6 +59,11 @@ fn slow_square((x, ms): (u64, u64)) -> u64 {
 fn who(x: u64) -> (u64, String) {
     std::thread::sleep(Duration::from_millis(1500));
     (x, std::env::var("MP_NODE").unwrap_or_default())
+}
+
+/// `n` bytes.
+fn bytes(n: u64) -> Vec<u8> {
+    vec![7; usize::try_from(n).unwrap()]
 }
 
 fn abort(_: u64) -> u64 {
@@ -128,6 +134,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(RECORD_SLOW, record_slow)
         .register(CHAIN, chain_length)
         .register_fallible(FLAKY_SLOW, flaky_slow)
+        .register(BYTES, bytes)
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
@@ -192,6 +199,21 @@ fn finish(redis: &RedisServer, cluster: Cluster, ns: &str) {
 }
 
 fn helpers(mode: &str) {
+    if mode == "panicking_worker" {
+        // A node one of whose threads panics (`MULTIPROC_TEST_PANIC`, debug builds).
+        let w = tasks(Worker::builder(&std::env::var("MP_URL").unwrap()))
+            .namespace(std::env::var("MP_NS").unwrap())
+            .processes(1)
+            .lease(Duration::from_secs(1))
+            .grace(Duration::from_secs(2))
+            .build()
+            .expect("worker");
+        assert!(common::eventually(T, || w.broken().is_some()));
+        println!("broken: {}", w.broken().unwrap_or_default());
+        drop(w);
+        println!("dropped");
+        return;
+    }
     if mode == "worker" {
         let url = std::env::var("MP_URL").unwrap();
         let ns = std::env::var("MP_NS").unwrap();
@@ -257,6 +279,10 @@ fn main() {
                 bad_urls_ports_and_credentials,
             ),
             trial("sigterm_drains_a_worker", sigterm_drains_a_worker),
+            trial(
+                "a_node_whose_thread_panics_stops",
+                a_node_whose_thread_panics_stops,
+            ),
             trial("redis_restarted_mid_run", redis_restarted_mid_run),
             trial(
                 "outcomes_of_tasks_that_end_while_redis_is_down_are_kept",
@@ -756,8 +782,72 @@ fn corrupt_and_foreign_entries_dead_lettered() {
     assert!(reasons[1].contains("foreign"), "{reasons:?}");
     assert!(reasons[2].contains("version 9"), "{reasons:?}");
     assert!(reasons[3].contains("cap"), "{reasons:?}");
+    // A foreign entry of 5,000 fields (more values than Lua unpacks at once): dead-
+    // lettered with its first 500 fields, and gone from the stream.
+    let mut wide: Vec<String> = vec!["XADD".into(), stream.clone(), "*".into()];
+    for i in 0..5000 {
+        wide.push(format!("f{i}"));
+        wide.push("v".into());
+    }
+    let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+    raw.call(&wide).unwrap();
+    assert!(common::eventually(T, || c.stats().unwrap().dead_lettered == 5));
+    let dead = c.dead_letters(10).unwrap();
+    assert!(dead[4].reason.contains("foreign"), "{:?}", dead[4].reason);
+    let dead_key = format!("{ns}:{{default}}:dead");
+    fn words(r: &Resp, out: &mut Vec<String>) {
+        match r {
+            Resp::Array(a) => a.iter().for_each(|x| words(x, out)),
+            other => out.push(other.text()),
+        }
+    }
+    let mut last = Vec::new();
+    words(
+        &redis.cmd(&["XREVRANGE", &dead_key, "+", "-", "COUNT", "1"]),
+        &mut last,
+    );
+    // The entry's id, then reason, entry and its 1,000 first, then how many more.
+    assert_eq!(
+        last.len(),
+        1 + 4 + 1000 + 2,
+        "{:?}",
+        &last[..8.min(last.len())]
+    );
+    assert_eq!(last[last.len() - 2..], ["truncated", "9000"]);
+    assert!(common::eventually(T, || redis.cmd(&["XLEN", &stream]) == Resp::Int(0)));
     // The worker goes on.
     assert_eq!(c.apply(SQUARE, 11).unwrap(), 121);
+    // A member of the workers' set that another writer scored `-inf`: listed as silent
+    // for as long as can be, then retired by the worker (in builds that check for
+    // overflow, both panicked on its age).
+    let workers = format!("{ns}:{{default}}:workers");
+    redis.cmd(&["ZADD", &workers, "-inf", "ghost"]);
+    let stats = c.stats().unwrap();
+    let ghost = stats.workers.iter().find(|w| w.name == "ghost");
+    assert!(
+        ghost.is_some_and(|g| g.since_heartbeat > Duration::from_secs(3600 * 24 * 365)),
+        "{stats:?}"
+    );
+    assert!(common::eventually(T, || c
+        .stats()
+        .unwrap()
+        .workers
+        .iter()
+        .all(|w| w.name != "ghost")));
+    assert!(w.broken().is_none());
+    // A result over the worker's cap fails its task, saying so, and the worker goes on
+    // (one over what Redis takes in a command kept the worker's finishes failing).
+    match c.apply(BYTES, 10_000) {
+        Err(ClusterError::Task(TaskError::Codec(e))) => {
+            assert!(e.to_string().contains("the worker's cap is 4096"), "{e}");
+        }
+        other => panic!(
+            "a result over the worker's cap: {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+    assert_eq!(c.apply(BYTES, 100).unwrap(), vec![7; 100]);
+    assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     // A task over the worker's cap from a client with a larger one: dead-lettered, and
     // its client is told rather than left waiting.
     let mut over = c.submit(RECORD, "x".repeat(6000)).unwrap();
@@ -867,6 +957,39 @@ fn sigterm_drains_a_worker() {
         assert_eq!(t.wait().unwrap(), (x * x) as u64);
     }
     w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A node whose reader, finisher or keeper thread panics (a bug) stops as one whose
+/// pool broke does: it says why, and its handle's drop returns, the node gone from the
+/// queue's workers (a dead keeper left its drop waiting for ever).
+fn a_node_whose_thread_panics_stops() {
+    if !cfg!(debug_assertions) {
+        panic!("MULTIPROC_TEST_PANIC sets off panics only in builds with debug assertions");
+    }
+    let redis = RedisServer::start();
+    let ns = "panics";
+    let c = client(&redis, ns);
+    for role in ["reader", "finisher", "keeper"] {
+        let mut h = Helper::start_with(
+            "panicking_worker",
+            std::env::current_exe().unwrap(),
+            &[
+                ("MP_URL", &redis.url()),
+                ("MP_NS", ns),
+                ("MULTIPROC_TEST_PANIC", role),
+            ],
+        );
+        let why = h.expect("broken: ", T);
+        assert!(
+            why.contains(&format!("its {role} thread panicked")),
+            "{why}"
+        );
+        h.expect("dropped", T);
+        assert!(h.wait(T).success());
+        let stats = c.stats().unwrap();
+        assert!(stats.workers.is_empty(), "{role}: {stats:?}");
+    }
     finish(&redis, c, ns);
 }
 

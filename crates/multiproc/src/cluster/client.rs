@@ -1180,7 +1180,8 @@ impl ClientInner {
                 && let (Some(name), Some(score)) = (conn::text(name), conn::text(score))
             {
                 let at = score.parse::<f64>().unwrap_or(0.0) as i64;
-                workers.push((name, Duration::from_millis((now_ms - at).max(0) as u64)));
+                let since = now_ms.saturating_sub(at).max(0);
+                workers.push((name, Duration::from_millis(since as u64)));
             }
         }
         workers.sort_by_key(|(_, d)| *d);

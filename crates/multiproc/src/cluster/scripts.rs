@@ -146,7 +146,15 @@ for i = 0, n - 1 do
         local e = redis.call('XRANGE', KEYS[1], id, id)
         local fields = {{'reason', ARGV[a + 8], 'entry', id}}
         if e[1] then
-          for _, f in ipairs(e[1][2]) do fields[#fields + 1] = f end
+          -- At most 1,000 of its fields and values: Lua unpacks no more than about
+          -- 8,000 values, and an entry another program wrote may hold more.
+          local f = e[1][2]
+          local m = math.min(#f, 1000)
+          for j = 1, m do fields[#fields + 1] = f[j] end
+          if m < #f then
+            fields[#fields + 1] = 'truncated'
+            fields[#fields + 1] = tostring(#f - m)
+          end
         end
         redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', unpack(fields))
       end

@@ -37,6 +37,12 @@ use crate::wire::codec;
 
 /// Finishes per script call.
 const FINISH_BATCH: usize = 128;
+/// The most bytes of outcomes and retried tasks one script call carries past its first
+/// finish (an outcome goes twice: as the result and in its client's reply). A call is one
+/// command, and Redis closes the connection of a client whose command outgrows its query
+/// buffer (1 GB by default): a batch of large outcomes would then fail again at every
+/// try.
+const FINISH_BYTES: usize = 64 << 20;
 /// Delayed tasks moved per script call.
 const PROMOTE_BATCH: usize = 1000;
 /// How often the keeper looks at delays and timeouts.
@@ -306,7 +312,11 @@ impl WorkerBuilder {
     }
 
     /// The largest task message accepted (default 64 MiB): a larger one is
-    /// dead-lettered unread.
+    /// dead-lettered unread. Also the largest outcome sent: a task whose result (or a
+    /// map chunk whose results together) encode larger fails with
+    /// [`TaskError::Codec`](crate::TaskError::Codec) saying so. Redis itself takes no
+    /// value over its `proto-max-bulk-len` (512 MB by default), and an outcome goes to it
+    /// twice in one command: keep this well under 256 MiB.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.settings.max_message = bytes;
         self
@@ -456,23 +466,38 @@ impl WorkerBuilder {
             stop_cv: Condvar::new(),
         });
         tracing::info!(worker = %node.name, queue = node.keys.queue(), "cluster worker started");
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f)
+        let start = |role: Role, body: Box<dyn FnOnce(Arc<Node>) + Send>| {
+            let node = Arc::clone(&node);
+            std::thread::Builder::new()
+                .name(format!("multiproc-cluster-{}", role.name()))
+                .spawn(move || {
+                    let run = Arc::clone(&node);
+                    node.guarded(role, move || body(run));
+                })
         };
-        let threads = vec![
-            spawn("multiproc-cluster-read", {
-                let node = Arc::clone(&node);
-                Box::new(move || node.read())
-            })?,
-            spawn("multiproc-cluster-finish", {
-                let node = Arc::clone(&node);
-                Box::new(move || node.finish_loop(&rx))
-            })?,
-            spawn("multiproc-cluster-keep", {
-                let node = Arc::clone(&node);
-                Box::new(move || node.keep())
-            })?,
-        ];
+        // The reader, which takes tasks, starts last: if the system refuses a thread,
+        // the node has taken nothing, and those started end at once.
+        let mut threads = Vec::with_capacity(3);
+        let started = start(Role::Finisher, Box::new(move |n| n.finish_loop(&rx)))
+            .and_then(|t| {
+                threads.push(t);
+                start(Role::Keeper, Box::new(Node::keep))
+            })
+            .and_then(|t| {
+                threads.push(t);
+                start(Role::Reader, Box::new(Node::read))
+            });
+        match started {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                node.reader_done.store(true, Ordering::Release);
+                node.request_stop();
+                for t in threads {
+                    crate::sync::unpoisoned::join(t);
+                }
+                return Err(e.into());
+            }
+        }
         Ok(WorkerHandle {
             node,
             threads: Mutex::new(threads),
@@ -779,6 +804,51 @@ struct Finish {
     outcome: Option<Vec<u8>>,
     retry: Option<(Vec<u8>, u64)>,
     reason: String,
+}
+
+impl Finish {
+    /// About how many bytes it adds to a `FINISH` call.
+    fn size(&self) -> usize {
+        let outcome = self.outcome.as_ref().map_or(0, Vec::len);
+        let retry = self.retry.as_ref().map_or(0, |(r, _)| r.len());
+        outcome.saturating_mul(2).saturating_add(retry)
+    }
+}
+
+/// How many of the finishes at the front of `batch` go in one `FINISH` call: at most
+/// [`FINISH_BATCH`], and no more than [`FINISH_BYTES`] past the first.
+fn batch_len(batch: &[Finish]) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for f in batch.iter().take(FINISH_BATCH) {
+        bytes = bytes.saturating_add(f.size());
+        if n > 0 && bytes > FINISH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The node's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Takes tasks from the stream.
+    Reader,
+    /// Sends outcomes.
+    Finisher,
+    /// Renews leases, reclaims, promotes delayed tasks, and ends the node.
+    Keeper,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Finisher => "finisher",
+            Role::Keeper => "keeper",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1337,11 +1407,25 @@ impl Node {
                 }
             }
         };
-        fin.outcome = Some(value.encode().unwrap_or_else(|e| {
-            Outcome::Failed(ErrorWire::Codec(e.message().into()))
+        let failed = |why: String| {
+            Outcome::Failed(ErrorWire::Codec(why))
                 .encode()
                 .unwrap_or_default()
-        }));
+        };
+        let encoded = value
+            .encode()
+            .unwrap_or_else(|e| failed(e.message().into()));
+        // Over the cap, an outcome would make its finish (and the others sent with it)
+        // too large for Redis to take, again at every try.
+        fin.outcome = Some(if encoded.len() > self.cfg.max_message {
+            failed(format!(
+                "its outcome encodes to {} bytes; the worker's cap is {} (WorkerBuilder::max_message)",
+                encoded.len(),
+                self.cfg.max_message
+            ))
+        } else {
+            encoded
+        });
         fin
     }
 
@@ -1369,7 +1453,7 @@ impl Node {
                 }
             }
             while !batch.is_empty() {
-                let n = batch.len().min(FINISH_BATCH);
+                let n = batch_len(&batch);
                 let chunk: Vec<Finish> = batch.drain(..n).collect();
                 if let Err(chunk) = self.flush(&mut link, chunk) {
                     // Redis is unreachable: keep them, and try again shortly (their
@@ -1589,6 +1673,12 @@ impl Node {
                 self.wait_stop(TICK);
             }
         }
+        self.end();
+    }
+
+    /// The node's last steps, once nothing is held (or a stop gave up on it): the
+    /// finisher ends, the node leaves the queue's workers, the pool goes.
+    fn end(&self) {
         self.quit.store(true, Ordering::Release);
         // Wake the finisher so it ends.
         let _ = self.events.send(Event::Wake(u64::MAX));
@@ -1596,6 +1686,43 @@ impl Node {
         // The pool goes after the finisher has written the last outcomes.
         lock(&self.pool).take();
         tracing::info!(worker = %self.name, "cluster worker stopped");
+    }
+
+    /// Runs `body`, the loop of the node's thread `role`. A panic there (a bug) stops
+    /// the node as a broken pool does ([`WorkerHandle::broken`] says why), and does the
+    /// part of the stop that thread would have done: without its keeper or reader, a
+    /// node would never end, and its handle's drop would wait for it for ever.
+    fn guarded(&self, role: Role, body: impl FnOnce()) {
+        let run = || {
+            // In a build with debug assertions, `MULTIPROC_TEST_PANIC=<role>` in the
+            // environment makes that thread of every node panic as it starts, so that
+            // tests can see the node end all the same.
+            if cfg!(debug_assertions)
+                && std::env::var_os("MULTIPROC_TEST_PANIC").is_some_and(|r| r == role.name())
+            {
+                panic!("MULTIPROC_TEST_PANIC={}", role.name());
+            }
+            body();
+        };
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) else {
+            return;
+        };
+        let why = crate::bootstrap::payload_message(payload.as_ref());
+        self.broke(&format!("its {} thread panicked: {why}", role.name()));
+        match role {
+            Role::Reader => {
+                self.reader_done.store(true, Ordering::Release);
+                self.room.notify_all();
+            }
+            // Outcomes it had not sent are lost: their leases lapse and other workers
+            // run those tasks again; the keeper gives up on them after the grace and a
+            // lease, as it does when the server cannot be reached.
+            Role::Finisher => {}
+            Role::Keeper => {
+                // Running tasks are left to finish or be reclaimed: none is renewed.
+                self.end();
+            }
+        }
     }
 
     /// Removes the node from the queue's workers. Tried again while it fails (no reply
@@ -1789,7 +1916,9 @@ impl Node {
         let now = time.0 * 1000 + time.1 / 1000;
         let silent = ms(self.cfg.lease * 10) as i64;
         for (name, at) in list {
-            if name != self.name && now - at as i64 > silent {
+            // A score another writer set (`-inf`, say) is as old as can be, not an
+            // overflow.
+            if name != self.name && now.saturating_sub(at as i64) > silent {
                 let r: i64 = self.run_keeper(|c| {
                     conn::invoke(
                         c,
@@ -1840,6 +1969,39 @@ mod tests {
             answers[i].map_err(|e| ClusterError::Redis(e.into()))
         });
         (r, asked)
+    }
+
+    fn finish_of(outcome: usize) -> Finish {
+        Finish {
+            local: None,
+            entry: String::new(),
+            fence: 1,
+            task: String::new(),
+            client: None,
+            action: Action::Outcome,
+            outcome: Some(vec![0; outcome]),
+            retry: None,
+            reason: String::new(),
+        }
+    }
+
+    /// A `FINISH` call takes up to 128 finishes, and no more bytes than
+    /// `FINISH_BYTES` past its first: a large outcome goes alone, and one larger
+    /// still goes all the same (its task's worker capped it).
+    #[test]
+    fn finishes_are_sent_in_batches_bounded_in_bytes() {
+        let small: Vec<Finish> = (0..300).map(|_| finish_of(100)).collect();
+        assert_eq!(batch_len(&small), FINISH_BATCH);
+        assert_eq!(batch_len(&small[..5]), 5);
+        assert_eq!(batch_len(&[]), 0);
+        // Each counts twice: half the bytes a call carries.
+        let big = FINISH_BYTES / 4;
+        let mixed = vec![finish_of(big), finish_of(10), finish_of(big)];
+        assert_eq!(batch_len(&mixed), 2);
+        let two_big = vec![finish_of(big), finish_of(big), finish_of(10)];
+        assert_eq!(batch_len(&two_big), 2);
+        let huge = vec![finish_of(FINISH_BYTES), finish_of(10)];
+        assert_eq!(batch_len(&huge), 1);
     }
 
     #[test]
