@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub(crate) use child::{ChildCall, Invoked, fail_on, run_in_fork};
 pub(crate) use forkserver::{ForkServer, read_status};
+#[cfg(feature = "redis")]
+pub(crate) use panic::payload_message;
 pub use panic::{PanicLocation, RemotePanic};
-pub(crate) use panic::{catching, caught_panic, payload_message};
+pub(crate) use panic::{catching, caught_panic};
 pub(crate) use setup::{ForkedChildSetup, apply_limits, arm_cpu_limit, setup_forked_child};
 use tracker::SegmentTracker;
 
