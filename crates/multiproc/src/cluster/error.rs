@@ -60,10 +60,11 @@ pub enum ClusterError {
     /// The worker's local pool could not be started.
     #[error("cannot start the worker's pool: {0}")]
     Pool(#[from] PoolError),
-    /// The worker's local pool gave up while the node ran (its processes kept ending
-    /// before they took a task, or could not be started): the node handed its tasks
-    /// back to the queue and stopped ([`WorkerHandle::broken`](super::WorkerHandle::broken)).
-    #[error("the worker's pool broke: {0}")]
+    /// The worker stopped on its own while the node ran: its local pool gave up (its
+    /// processes kept ending before they took a task, or could not be started), or one
+    /// of the node's threads panicked (a bug). The node handed its tasks back to the
+    /// queue and stopped ([`WorkerHandle::broken`](super::WorkerHandle::broken)).
+    #[error("the worker stopped on its own: {0}")]
     PoolBroken(String),
     /// A task failed (from [`Cluster::apply`](super::Cluster::apply) and
     /// [`Cluster::map`](super::Cluster::map), which wait for tasks).

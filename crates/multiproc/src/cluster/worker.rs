@@ -459,6 +459,7 @@ impl WorkerBuilder {
             unsent: AtomicUsize::new(0),
             quit: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
+            finisher_gone: AtomicBool::new(false),
             reader_id: Mutex::new(None),
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             server,
@@ -492,6 +493,10 @@ impl WorkerBuilder {
             Err(e) => {
                 node.reader_done.store(true, Ordering::Release);
                 node.request_stop();
+                if threads.len() < 2 {
+                    // No keeper to end the node: the finisher waits for its end.
+                    node.end();
+                }
                 for t in threads {
                     crate::sync::unpoisoned::join(t);
                 }
@@ -687,9 +692,11 @@ impl WorkerHandle {
     }
 
     /// Why the node stopped on its own, if it did: its local pool gave up (its
-    /// processes kept ending before they took a task, or could not be started). It
-    /// then takes no more tasks and hands those it holds back to the queue, uncounted,
-    /// for other workers; [`WorkerBuilder::run`] returns [`ClusterError::PoolBroken`].
+    /// processes kept ending before they took a task, or could not be started), or one
+    /// of its threads panicked (a bug). It then takes no more tasks and hands those it
+    /// holds back to the queue, uncounted, for other workers (those it cannot hand back
+    /// are run again elsewhere once their leases lapse); [`WorkerBuilder::run`] returns
+    /// [`ClusterError::PoolBroken`].
     pub fn broken(&self) -> Option<String> {
         lock(&self.node.broken).clone()
     }
@@ -744,6 +751,8 @@ struct Node {
     quit: AtomicBool,
     /// The reader has ended (nothing more will be accepted from it).
     reader_done: AtomicBool,
+    /// The finisher panicked: what the node holds will not be finished by it.
+    finisher_gone: AtomicBool,
     reader_id: Mutex<Option<i64>>,
     /// The keeper's connection (the reader and the finisher have their own).
     link: Mutex<Link>,
@@ -848,6 +857,18 @@ impl Role {
             Role::Finisher => "finisher",
             Role::Keeper => "keeper",
         }
+    }
+}
+
+/// In a build with debug assertions, `MULTIPROC_TEST_PANIC=<role>` in the environment
+/// makes that thread of every node panic: the reader as it starts, the finisher at the
+/// first task that ends, the keeper once the node is registered; so that tests can see
+/// the node end all the same.
+fn test_panic(role: Role) {
+    if cfg!(debug_assertions)
+        && std::env::var_os("MULTIPROC_TEST_PANIC").is_some_and(|r| r == role.name())
+    {
+        panic!("MULTIPROC_TEST_PANIC={}", role.name());
     }
 }
 
@@ -988,9 +1009,15 @@ impl Node {
     /// shutdown (the reader sees it within its block time); what it holds fails with
     /// the same error and goes back to the queue.
     fn broke(&self, why: &str) {
+        self.stop_broken(&format!("its pool broke: {why}"));
+    }
+
+    /// The node cannot go on (`why`): it stops on its own, and says why
+    /// ([`WorkerHandle::broken`]).
+    fn stop_broken(&self, why: &str) {
         let mut broken = lock(&self.broken);
         if broken.is_none() {
-            tracing::error!(worker = %self.name, "the worker's pool broke, stopping: {why}");
+            tracing::error!(worker = %self.name, "the worker stops on its own: {why}");
             *broken = Some(why.to_string());
         }
         drop(broken);
@@ -1447,6 +1474,7 @@ impl Node {
                     Event::Finish(f) => batch.push(*f),
                     Event::Wake(id) => {
                         if let Some(f) = self.poll(id) {
+                            test_panic(Role::Finisher);
                             batch.push(f);
                         }
                     }
@@ -1616,6 +1644,7 @@ impl Node {
             let now = Instant::now();
             if now >= next_renew {
                 if self.renew().is_ok() {
+                    test_panic(Role::Keeper);
                     next_renew = now + period;
                 } else {
                     next_renew = now + Duration::from_millis(500).min(period);
@@ -1647,7 +1676,9 @@ impl Node {
                 // counted by then.
                 let reader_done = self.reader_done.load(Ordering::Acquire);
                 let held = lock(&self.state).flights.len() + self.unsent.load(Ordering::Acquire);
-                if held == 0 && reader_done {
+                // Without its finisher, what the node holds never leaves: its leases
+                // lapse, and other workers run those tasks again.
+                if reader_done && (held == 0 || self.finisher_gone.load(Ordering::Acquire)) {
                     break;
                 }
                 let stopping_for = now.duration_since(since);
@@ -1689,18 +1720,13 @@ impl Node {
     }
 
     /// Runs `body`, the loop of the node's thread `role`. A panic there (a bug) stops
-    /// the node as a broken pool does ([`WorkerHandle::broken`] says why), and does the
-    /// part of the stop that thread would have done: without its keeper or reader, a
-    /// node would never end, and its handle's drop would wait for it for ever.
+    /// the node ([`WorkerHandle::broken`] says why), and does the part of the stop that
+    /// thread would have done: without its keeper or reader, a node would never end,
+    /// and its handle's drop would wait for it for ever.
     fn guarded(&self, role: Role, body: impl FnOnce()) {
         let run = || {
-            // In a build with debug assertions, `MULTIPROC_TEST_PANIC=<role>` in the
-            // environment makes that thread of every node panic as it starts, so that
-            // tests can see the node end all the same.
-            if cfg!(debug_assertions)
-                && std::env::var_os("MULTIPROC_TEST_PANIC").is_some_and(|r| r == role.name())
-            {
-                panic!("MULTIPROC_TEST_PANIC={}", role.name());
+            if role == Role::Reader {
+                test_panic(role);
             }
             body();
         };
@@ -1708,18 +1734,34 @@ impl Node {
             return;
         };
         let why = crate::bootstrap::payload_message(payload.as_ref());
-        self.broke(&format!("its {} thread panicked: {why}", role.name()));
+        self.stop_broken(&format!("its {} thread panicked: {why}", role.name()));
         match role {
             Role::Reader => {
                 self.reader_done.store(true, Ordering::Release);
                 self.room.notify_all();
             }
             // Outcomes it had not sent are lost: their leases lapse and other workers
-            // run those tasks again; the keeper gives up on them after the grace and a
-            // lease, as it does when the server cannot be reached.
-            Role::Finisher => {}
+            // run those tasks again. The keeper ends the node once the reader has.
+            Role::Finisher => {
+                self.finisher_gone.store(true, Ordering::Release);
+                self.room.notify_all();
+            }
             Role::Keeper => {
-                // Running tasks are left to finish or be reclaimed: none is renewed.
+                // The reader's end first (it sees the stop within its block time), so
+                // that nothing is taken after the pool has gone. Running tasks end with
+                // the pool; no lease is renewed, and other workers run them again once
+                // theirs lapse.
+                self.unblock_reader();
+                let until = Instant::now() + self.cfg.block + RESPONSE_TIMEOUT;
+                let mut st = lock(&self.state);
+                while !self.reader_done.load(Ordering::Acquire) && Instant::now() < until {
+                    st = self
+                        .room
+                        .wait_timeout(st, TICK)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                drop(st);
                 self.end();
             }
         }
