@@ -286,6 +286,10 @@ fn main() {
                 "a_node_whose_thread_panics_stops",
                 a_node_whose_thread_panics_stops,
             ),
+            trial(
+                "an_outcome_over_what_the_server_takes_fails_its_task",
+                an_outcome_over_what_the_server_takes_fails_its_task,
+            ),
             trial("redis_restarted_mid_run", redis_restarted_mid_run),
             trial(
                 "outcomes_of_tasks_that_end_while_redis_is_down_are_kept",
@@ -1021,6 +1025,58 @@ fn a_node_whose_thread_panics_stops() {
         let stats = c.stats().unwrap();
         assert!(stats.workers.is_empty(), "{stats:?}");
     }
+    finish(&redis, c, ns);
+}
+
+/// A server that takes smaller values than the worker's `max_message` lets through
+/// (`proto-max-bulk-len` lowered to 1 MB, before the worker starts or while it runs): a
+/// task whose outcome it would refuse fails at once, saying so. Sent, that outcome
+/// closed the connection: a small one's task ran again and again until dead-lettered
+/// as a lost worker's, a large one's was sent again for ever.
+fn an_outcome_over_what_the_server_takes_fails_its_task() {
+    fn refused(c: &Cluster, len: u64) {
+        match c.submit(BYTES, len).unwrap().wait_timeout(T) {
+            Err(TaskError::Codec(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!("its outcome encodes to {}", len / 100))
+                        && e.contains("the server takes at most")
+                        && e.contains("proto-max-bulk-len"),
+                    "{e}"
+                );
+            }
+            other => panic!(
+                "an outcome of {len} bytes the server refuses: {:?}",
+                other.map(|v| v.len())
+            ),
+        }
+    }
+    let redis = RedisServer::start_with(&["--proto-max-bulk-len", "1mb"]);
+    let ns = "bulk";
+    let w = worker(&redis, ns, 1);
+    let c = client(&redis, ns);
+    let mut small = c.submit(SQUARE, 3).unwrap();
+    refused(&c, 2_000_000);
+    refused(&c, 30_000_000);
+    assert_eq!(small.wait_timeout(T).unwrap(), 9);
+    assert_eq!(c.apply(BYTES, 100_000).unwrap(), vec![7; 100_000]);
+    let stats = c.stats().unwrap();
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    w.shutdown(true);
+    finish(&redis, c, ns);
+
+    // Lowered while the worker runs: it reads the limits again as it renews its
+    // leases (every third of a lease, a second here).
+    let redis = RedisServer::start();
+    let w = worker(&redis, ns, 1);
+    let c = client(&redis, ns);
+    assert_eq!(c.apply(BYTES, 2_000_000).unwrap().len(), 2_000_000);
+    redis.cmd(&["CONFIG", "SET", "proto-max-bulk-len", "1mb"]);
+    std::thread::sleep(Duration::from_secs(2));
+    refused(&c, 30_000_000);
+    assert_eq!(c.apply(SQUARE, 4).unwrap(), 16);
+    assert!(w.broken().is_none());
+    w.shutdown(true);
     finish(&redis, c, ns);
 }
 

@@ -314,9 +314,12 @@ impl WorkerBuilder {
     /// The largest task message accepted (default 64 MiB): a larger one is
     /// dead-lettered unread. Also the largest outcome sent: a task whose result (or a
     /// map chunk whose results together) encode larger fails with
-    /// [`TaskError::Codec`](crate::TaskError::Codec) saying so. Redis itself takes no
-    /// value over its `proto-max-bulk-len` (512 MB by default), and an outcome goes to it
-    /// twice in one command: keep this well under 256 MiB.
+    /// [`TaskError::Codec`](crate::TaskError::Codec) saying so. So does one over what
+    /// the server takes: no value over its `proto-max-bulk-len` (512 MB by default), no
+    /// command over its `client-query-buffer-limit` (1 GB), and an outcome goes to it
+    /// twice in one command. The worker reads both limits as it starts and as it renews
+    /// its leases (Redis's defaults where `CONFIG GET` is not allowed): about 480 MiB by
+    /// default.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.settings.max_message = bytes;
         self
@@ -418,6 +421,7 @@ impl WorkerBuilder {
         let (server, keys) = self.settings.open()?;
         let mut conn = server.connect_checked()?;
         ensure_group(&mut conn, &keys)?;
+        let server_cap = server_outcome_cap(&mut conn).unwrap_or(DEFAULT_OUTCOME_CAP);
         let pool = Pool::builder()
             .processes(processes)
             .name(format!("{}-worker", self.settings.queue))
@@ -460,6 +464,7 @@ impl WorkerBuilder {
             quit: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
             finisher_gone: AtomicBool::new(false),
+            server_cap: AtomicUsize::new(server_cap),
             reader_id: Mutex::new(None),
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             server,
@@ -753,6 +758,9 @@ struct Node {
     reader_done: AtomicBool,
     /// The finisher panicked: what the node holds will not be finished by it.
     finisher_gone: AtomicBool,
+    /// The largest outcome the server takes in a finish (see [`server_outcome_cap`]),
+    /// read again as the leases are renewed.
+    server_cap: AtomicUsize,
     reader_id: Mutex<Option<i64>>,
     /// The keeper's connection (the reader and the finisher have their own).
     link: Mutex<Link>,
@@ -909,6 +917,50 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
         _ => conn::epoch(conn, keys)
             .map(drop)
             .map_err(|e| super::error::redis_err(&e)),
+    }
+}
+
+/// What the server's limits leave for one outcome in a `FINISH` call: each value is at
+/// most its `proto-max-bulk-len` (an outcome goes as itself and inside its reply), and
+/// the whole call at most its `client-query-buffer-limit` (two copies of the first
+/// outcome, then up to [`FINISH_BYTES`] of others). A command over either is refused
+/// and its connection closed: a worker would take that for a server it cannot reach,
+/// and send the outcome again for ever. An error if `CONFIG GET` fails (renamed, or not
+/// allowed to the user); Redis's defaults for a limit it does not name.
+fn server_outcome_cap(conn: &mut redis::Connection) -> redis::RedisResult<usize> {
+    let limits: HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .arg("client-query-buffer-limit")
+        .query(conn)?;
+    let limit = |name: &str, default: usize| {
+        limits
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    Ok(outcome_cap(
+        limit("proto-max-bulk-len", DEFAULT_BULK),
+        limit("client-query-buffer-limit", DEFAULT_QUERY),
+    ))
+}
+
+/// Redis's default `proto-max-bulk-len` and `client-query-buffer-limit`.
+const DEFAULT_BULK: usize = 512 << 20;
+const DEFAULT_QUERY: usize = 1 << 30;
+/// What those leave for an outcome.
+const DEFAULT_OUTCOME_CAP: usize = outcome_cap(DEFAULT_BULK, DEFAULT_QUERY);
+
+/// The largest outcome a server with these limits takes, besides the task id and the
+/// other arguments a finish sends with it (64 KiB left for them).
+const fn outcome_cap(bulk: usize, query: usize) -> usize {
+    const ROOM: usize = 64 << 10;
+    let per_value = bulk.saturating_sub(ROOM);
+    let per_call = query.saturating_sub(FINISH_BYTES + ROOM) / 2;
+    if per_value < per_call {
+        per_value
+    } else {
+        per_call
     }
 }
 
@@ -1444,11 +1496,18 @@ impl Node {
             .unwrap_or_else(|e| failed(e.message().into()));
         // Over the cap, an outcome would make its finish (and the others sent with it)
         // too large for Redis to take, again at every try.
+        let server_cap = self.server_cap.load(Ordering::Relaxed);
         fin.outcome = Some(if encoded.len() > self.cfg.max_message {
             failed(format!(
                 "its outcome encodes to {} bytes; the worker's cap is {} (WorkerBuilder::max_message)",
                 encoded.len(),
                 self.cfg.max_message
+            ))
+        } else if encoded.len() > server_cap {
+            failed(format!(
+                "its outcome encodes to {} bytes; the server takes at most {server_cap} \
+                 (its proto-max-bulk-len and client-query-buffer-limit)",
+                encoded.len(),
             ))
         } else {
             encoded
@@ -1633,6 +1692,22 @@ impl Node {
         }
     }
 
+    /// Reads again what the server's limits leave for an outcome
+    /// ([`server_outcome_cap`]); a short wait, and the last value kept if the server
+    /// does not answer in time (a call waiting on it would hold the keeper).
+    fn read_server_cap(&self) {
+        let within = self.response().min(Duration::from_millis(200));
+        let Some(mut link) = lock_within(&self.link, UNBLOCK_WAIT) else {
+            return;
+        };
+        let cap = match link.run_within(within, server_outcome_cap) {
+            Ok(cap) => cap,
+            Err(e) if e.is_transient() => return,
+            Err(_) => DEFAULT_OUTCOME_CAP,
+        };
+        self.server_cap.store(cap, Ordering::Relaxed);
+    }
+
     /// The keeper: leases, heartbeat, delays, reclaims, timeouts; then the drain.
     fn keep(self: Arc<Self>) {
         let period = self.cfg.lease / 3;
@@ -1645,6 +1720,9 @@ impl Node {
             if now >= next_renew {
                 if self.renew().is_ok() {
                     test_panic(Role::Keeper);
+                    if !self.stopping.load(Ordering::Acquire) {
+                        self.read_server_cap();
+                    }
                     next_renew = now + period;
                 } else {
                     next_renew = now + Duration::from_millis(500).min(period);
@@ -2030,6 +2108,18 @@ mod tests {
     /// A `FINISH` call takes up to 128 finishes, and no more bytes than
     /// `FINISH_BYTES` past its first: a large outcome goes alone, and one larger
     /// still goes all the same (its task's worker capped it).
+    #[test]
+    fn an_outcome_leaves_room_in_both_of_the_servers_limits() {
+        // Redis's defaults: the whole call's (1 GB) is the tighter.
+        let cap = DEFAULT_OUTCOME_CAP;
+        assert_eq!(cap, ((1 << 30) - FINISH_BYTES - (64 << 10)) / 2);
+        assert!(2 * cap + FINISH_BYTES < 1 << 30);
+        // A value's limit lowered to 1 MB.
+        assert_eq!(outcome_cap(1 << 20, 1 << 30), (1 << 20) - (64 << 10));
+        // Limits smaller than the room: nothing fits.
+        assert_eq!(outcome_cap(1000, 1000), 0);
+    }
+
     #[test]
     fn finishes_are_sent_in_batches_bounded_in_bytes() {
         let small: Vec<Finish> = (0..300).map(|_| finish_of(100)).collect();
