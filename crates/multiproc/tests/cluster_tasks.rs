@@ -1071,8 +1071,22 @@ fn an_outcome_over_what_the_server_takes_fails_its_task() {
     let w = worker(&redis, ns, 1);
     let c = client(&redis, ns);
     assert_eq!(c.apply(BYTES, 2_000_000).unwrap().len(), 2_000_000);
+    let config_reads = || {
+        let stats = redis.cmd(&["INFO", "commandstats"]).text();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_config|get:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     redis.cmd(&["CONFIG", "SET", "proto-max-bulk-len", "1mb"]);
-    std::thread::sleep(Duration::from_secs(2));
+    // Two reads since (the keeper's, one after the other): the first one's answer is
+    // in use.
+    let before = config_reads();
+    assert!(
+        common::eventually(T, || config_reads() >= before + 2),
+        "the worker does not read the server's limits again"
+    );
     refused(&c, 30_000_000);
     assert_eq!(c.apply(SQUARE, 4).unwrap(), 16);
     assert!(w.broken().is_none());
@@ -1559,13 +1573,26 @@ fn acl_user_and_an_undecodable_result() {
     let mut t = t;
     let e = t.wait_timeout(T).unwrap_err();
     assert!(matches!(e, TaskError::Codec(_)), "{e}");
-    // The client goes on.
+    // The client goes on. A worker whose user may not run CONFIG goes by Redis's
+    // default limits, and asks for them once, not at every renewal.
+    acl_user(&redis, &["-config"]);
     let w = tasks(Worker::builder(&url))
         .namespace(ns)
         .processes(1)
+        .lease(Duration::from_secs(1))
         .build()
         .unwrap();
     assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
+    assert_eq!(c.apply(BYTES, 2_000_000).unwrap().len(), 2_000_000);
+    // Renewals every third of a second meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = redis.cmd(&["INFO", "commandstats"]).text();
+    let refused = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_config|get:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(refused, Some(1), "{stats}");
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -62,8 +62,10 @@ pub enum ClusterError {
     Pool(#[from] PoolError),
     /// The worker stopped on its own while the node ran: its local pool gave up (its
     /// processes kept ending before they took a task, or could not be started), or one
-    /// of the node's threads panicked (a bug). The node handed its tasks back to the
-    /// queue and stopped ([`WorkerHandle::broken`](super::WorkerHandle::broken)).
+    /// of the node's threads panicked (a bug). The node stopped, its tasks handed back
+    /// to the queue, or where that could not be done (a thread gone) run again
+    /// elsewhere once their leases lapse
+    /// ([`WorkerHandle::broken`](super::WorkerHandle::broken)).
     #[error("the worker stopped on its own: {0}")]
     PoolBroken(String),
     /// A task failed (from [`Cluster::apply`](super::Cluster::apply) and

@@ -37,8 +37,9 @@ use crate::wire::codec;
 
 /// Finishes per script call.
 const FINISH_BATCH: usize = 128;
-/// The most bytes of outcomes and retried tasks one script call carries past its first
-/// finish (an outcome goes twice: as the result and in its client's reply). A call is one
+/// The most bytes of outcomes and retried tasks one script call carries, unless its
+/// first finish alone is larger (an outcome goes twice: as the result and in its
+/// client's reply), and less where the server's query buffer is smaller. A call is one
 /// command, and Redis closes the connection of a client whose command outgrows its query
 /// buffer (1 GB by default): a batch of large outcomes would then fail again at every
 /// try.
@@ -318,8 +319,8 @@ impl WorkerBuilder {
     /// the server takes: no value over its `proto-max-bulk-len` (512 MB by default), no
     /// command over its `client-query-buffer-limit` (1 GB), and an outcome goes to it
     /// twice in one command. The worker reads both limits as it starts and as it renews
-    /// its leases (Redis's defaults where `CONFIG GET` is not allowed): about 480 MiB by
-    /// default.
+    /// its leases (Redis's defaults where `CONFIG GET` is not allowed): just under
+    /// 512 MiB by default.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.settings.max_message = bytes;
         self
@@ -421,7 +422,12 @@ impl WorkerBuilder {
         let (server, keys) = self.settings.open()?;
         let mut conn = server.connect_checked()?;
         ensure_group(&mut conn, &keys)?;
-        let server_cap = server_outcome_cap(&mut conn).unwrap_or(DEFAULT_OUTCOME_CAP);
+        // Redis's defaults until the server says (and for good where it will not).
+        let (limits, refused) = match server_limits(&mut conn) {
+            Ok(Some(limits)) => (limits, false),
+            Ok(None) => (Limits::DEFAULT, true),
+            Err(_) => (Limits::DEFAULT, false),
+        };
         let pool = Pool::builder()
             .processes(processes)
             .name(format!("{}-worker", self.settings.queue))
@@ -464,7 +470,9 @@ impl WorkerBuilder {
             quit: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
             finisher_gone: AtomicBool::new(false),
-            server_cap: AtomicUsize::new(server_cap),
+            server_cap: AtomicUsize::new(limits.outcome),
+            server_call: AtomicUsize::new(limits.call),
+            config_refused: AtomicBool::new(refused),
             reader_id: Mutex::new(None),
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             server,
@@ -758,9 +766,13 @@ struct Node {
     reader_done: AtomicBool,
     /// The finisher panicked: what the node holds will not be finished by it.
     finisher_gone: AtomicBool,
-    /// The largest outcome the server takes in a finish (see [`server_outcome_cap`]),
-    /// read again as the leases are renewed.
+    /// The largest outcome the server takes in a finish, and the most a call may carry
+    /// ([`Limits`]), read again as the leases are renewed.
     server_cap: AtomicUsize,
+    server_call: AtomicUsize,
+    /// The server refused to say its limits (`CONFIG` not allowed, or renamed): not
+    /// asked again.
+    config_refused: AtomicBool,
     reader_id: Mutex<Option<i64>>,
     /// The keeper's connection (the reader and the finisher have their own).
     link: Mutex<Link>,
@@ -833,13 +845,13 @@ impl Finish {
 }
 
 /// How many of the finishes at the front of `batch` go in one `FINISH` call: at most
-/// [`FINISH_BATCH`], and no more than [`FINISH_BYTES`] past the first.
-fn batch_len(batch: &[Finish]) -> usize {
+/// [`FINISH_BATCH`], and no more than `budget` bytes unless the first alone is larger.
+fn batch_len(batch: &[Finish], budget: usize) -> usize {
     let mut bytes = 0usize;
     let mut n = 0;
     for f in batch.iter().take(FINISH_BATCH) {
         bytes = bytes.saturating_add(f.size());
-        if n > 0 && bytes > FINISH_BYTES {
+        if n > 0 && bytes > budget {
             break;
         }
         n += 1;
@@ -920,48 +932,66 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
     }
 }
 
-/// What the server's limits leave for one outcome in a `FINISH` call: each value is at
-/// most its `proto-max-bulk-len` (an outcome goes as itself and inside its reply), and
-/// the whole call at most its `client-query-buffer-limit` (two copies of the first
-/// outcome, then up to [`FINISH_BYTES`] of others). A command over either is refused
-/// and its connection closed: a worker would take that for a server it cannot reach,
-/// and send the outcome again for ever. An error if `CONFIG GET` fails (renamed, or not
-/// allowed to the user); Redis's defaults for a limit it does not name.
-fn server_outcome_cap(conn: &mut redis::Connection) -> redis::RedisResult<usize> {
-    let limits: HashMap<String, String> = redis::cmd("CONFIG")
+/// What the server's limits leave for a `FINISH` call: each value is at most its
+/// `proto-max-bulk-len` (an outcome goes as itself and inside its reply), and the whole
+/// call at most its `client-query-buffer-limit`. A command over either is refused and
+/// its connection closed: a worker would take that for a server it cannot reach, and
+/// send the outcome again for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Limits {
+    /// The largest outcome: one value, and twice it in one call.
+    outcome: usize,
+    /// The most bytes one call carries.
+    call: usize,
+}
+
+impl Limits {
+    /// Redis's defaults: 512 MB per value, 1 GB per command.
+    const DEFAULT: Limits = Limits::of(512 << 20, 1 << 30);
+
+    /// What a server with these limits leaves, besides the task ids, entry ids and
+    /// keys a finish sends with its outcome (64 KiB left for them).
+    const fn of(bulk: usize, query: usize) -> Limits {
+        const ROOM: usize = 64 << 10;
+        let per_value = bulk.saturating_sub(ROOM);
+        let call = query.saturating_sub(ROOM);
+        Limits {
+            outcome: if per_value < call / 2 {
+                per_value
+            } else {
+                call / 2
+            },
+            call,
+        }
+    }
+}
+
+/// The server's [`Limits`] (`CONFIG GET`); `None` if it refuses to say (the command not
+/// allowed to the user, or renamed), Redis's defaults for a limit it does not name.
+fn server_limits(conn: &mut redis::Connection) -> redis::RedisResult<Option<Limits>> {
+    let limits: HashMap<String, String> = match redis::cmd("CONFIG")
         .arg("GET")
         .arg("proto-max-bulk-len")
         .arg("client-query-buffer-limit")
-        .query(conn)?;
+        .query(conn)
+    {
+        Ok(limits) => limits,
+        // An error reply that is not the server being busy or loading: a refusal.
+        Err(e) if e.code().is_some() && !super::error::redis_err(&e).is_transient() => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let limit = |name: &str, default: usize| {
         limits
             .get(name)
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
     };
-    Ok(outcome_cap(
-        limit("proto-max-bulk-len", DEFAULT_BULK),
-        limit("client-query-buffer-limit", DEFAULT_QUERY),
-    ))
-}
-
-/// Redis's default `proto-max-bulk-len` and `client-query-buffer-limit`.
-const DEFAULT_BULK: usize = 512 << 20;
-const DEFAULT_QUERY: usize = 1 << 30;
-/// What those leave for an outcome.
-const DEFAULT_OUTCOME_CAP: usize = outcome_cap(DEFAULT_BULK, DEFAULT_QUERY);
-
-/// The largest outcome a server with these limits takes, besides the task id and the
-/// other arguments a finish sends with it (64 KiB left for them).
-const fn outcome_cap(bulk: usize, query: usize) -> usize {
-    const ROOM: usize = 64 << 10;
-    let per_value = bulk.saturating_sub(ROOM);
-    let per_call = query.saturating_sub(FINISH_BYTES + ROOM) / 2;
-    if per_value < per_call {
-        per_value
-    } else {
-        per_call
-    }
+    Ok(Some(Limits::of(
+        limit("proto-max-bulk-len", 512 << 20),
+        limit("client-query-buffer-limit", 1 << 30),
+    )))
 }
 
 /// How long a stopping node waits before it tries again to unregister.
@@ -1155,6 +1185,10 @@ impl Node {
                     *lock(&self.reader_id) = Some(id);
                 }
                 seen = link.connects();
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                // Seen while reconnecting: no block time more.
+                break;
             }
             let reply: Result<Value, ClusterError> = link.run(|c| {
                 redis::cmd("XREADGROUP")
@@ -1495,19 +1529,13 @@ impl Node {
             .encode()
             .unwrap_or_else(|e| failed(e.message().into()));
         // Over the cap, an outcome would make its finish (and the others sent with it)
-        // too large for Redis to take, again at every try.
-        let server_cap = self.server_cap.load(Ordering::Relaxed);
+        // too large for Redis to take, again at every try (what the server itself
+        // takes is checked as the finish is sent: see `flush`).
         fin.outcome = Some(if encoded.len() > self.cfg.max_message {
             failed(format!(
                 "its outcome encodes to {} bytes; the worker's cap is {} (WorkerBuilder::max_message)",
                 encoded.len(),
                 self.cfg.max_message
-            ))
-        } else if encoded.len() > server_cap {
-            failed(format!(
-                "its outcome encodes to {} bytes; the server takes at most {server_cap} \
-                 (its proto-max-bulk-len and client-query-buffer-limit)",
-                encoded.len(),
             ))
         } else {
             encoded
@@ -1540,7 +1568,8 @@ impl Node {
                 }
             }
             while !batch.is_empty() {
-                let n = batch_len(&batch);
+                let budget = FINISH_BYTES.min(self.server_call.load(Ordering::Relaxed));
+                let n = batch_len(&batch, budget);
                 let chunk: Vec<Finish> = batch.drain(..n).collect();
                 if let Err(chunk) = self.flush(&mut link, chunk) {
                     // Redis is unreachable: keep them, and try again shortly (their
@@ -1585,7 +1614,25 @@ impl Node {
     }
 
     /// Runs one `FINISH` call; gives the batch back if Redis cannot be reached.
-    fn flush(&self, link: &mut Link, batch: Vec<Finish>) -> Result<(), Vec<Finish>> {
+    fn flush(&self, link: &mut Link, mut batch: Vec<Finish>) -> Result<(), Vec<Finish>> {
+        // An outcome over what the server takes now fails its task in its place: sent,
+        // it would close the connection at every try, those sent with it held too.
+        // Checked at every try: a finish kept while the server could not be reached
+        // meets the limits read since.
+        let server_cap = self.server_cap.load(Ordering::Relaxed);
+        for f in &mut batch {
+            let len = f.outcome.as_ref().map_or(0, Vec::len);
+            if f.action == Action::Outcome && len > server_cap {
+                f.outcome = Some(
+                    Outcome::Failed(ErrorWire::Codec(format!(
+                        "its outcome encodes to {len} bytes; the server takes at most \
+                         {server_cap} (its proto-max-bulk-len and client-query-buffer-limit)"
+                    )))
+                    .encode()
+                    .unwrap_or_default(),
+                );
+            }
+        }
         let k = &self.keys;
         let mut keys = vec![k.stream(), k.delayed(), k.dead()];
         let ttl = self.cfg.result_ttl.to_string();
@@ -1692,20 +1739,27 @@ impl Node {
         }
     }
 
-    /// Reads again what the server's limits leave for an outcome
-    /// ([`server_outcome_cap`]); a short wait, and the last value kept if the server
-    /// does not answer in time (a call waiting on it would hold the keeper).
-    fn read_server_cap(&self) {
+    /// Reads the server's [`Limits`] again: a short wait, and the last ones kept if the
+    /// server does not answer in time (a call waiting on it would hold the keeper);
+    /// Redis's defaults, for good, if it refuses to say.
+    fn read_server_limits(&self) {
+        if self.config_refused.load(Ordering::Relaxed) {
+            return;
+        }
         let within = self.response().min(Duration::from_millis(200));
         let Some(mut link) = lock_within(&self.link, UNBLOCK_WAIT) else {
             return;
         };
-        let cap = match link.run_within(within, server_outcome_cap) {
-            Ok(cap) => cap,
-            Err(e) if e.is_transient() => return,
-            Err(_) => DEFAULT_OUTCOME_CAP,
+        let limits = match link.run_within(within, server_limits) {
+            Ok(Some(limits)) => limits,
+            Ok(None) => {
+                self.config_refused.store(true, Ordering::Relaxed);
+                Limits::DEFAULT
+            }
+            Err(_) => return,
         };
-        self.server_cap.store(cap, Ordering::Relaxed);
+        self.server_cap.store(limits.outcome, Ordering::Relaxed);
+        self.server_call.store(limits.call, Ordering::Relaxed);
     }
 
     /// The keeper: leases, heartbeat, delays, reclaims, timeouts; then the drain.
@@ -1721,7 +1775,7 @@ impl Node {
                 if self.renew().is_ok() {
                     test_panic(Role::Keeper);
                     if !self.stopping.load(Ordering::Acquire) {
-                        self.read_server_cap();
+                        self.read_server_limits();
                     }
                     next_renew = now + period;
                 } else {
@@ -2105,35 +2159,45 @@ mod tests {
         }
     }
 
-    /// A `FINISH` call takes up to 128 finishes, and no more bytes than
-    /// `FINISH_BYTES` past its first: a large outcome goes alone, and one larger
-    /// still goes all the same (its task's worker capped it).
     #[test]
     fn an_outcome_leaves_room_in_both_of_the_servers_limits() {
-        // Redis's defaults: the whole call's (1 GB) is the tighter.
-        let cap = DEFAULT_OUTCOME_CAP;
-        assert_eq!(cap, ((1 << 30) - FINISH_BYTES - (64 << 10)) / 2);
-        assert!(2 * cap + FINISH_BYTES < 1 << 30);
+        const ROOM: usize = 64 << 10;
+        // Redis's defaults: the value's limit is the tighter.
+        let d = Limits::DEFAULT;
+        assert_eq!(d.outcome, (512 << 20) - ROOM);
+        assert_eq!(d.call, (1 << 30) - ROOM);
         // A value's limit lowered to 1 MB.
-        assert_eq!(outcome_cap(1 << 20, 1 << 30), (1 << 20) - (64 << 10));
+        assert_eq!(Limits::of(1 << 20, 1 << 30).outcome, (1 << 20) - ROOM);
+        // A command's lowered to 32 MB: an outcome goes twice in it, and batches are
+        // no larger.
+        let l = Limits::of(512 << 20, 32 << 20);
+        assert_eq!(l.outcome, ((32 << 20) - ROOM) / 2);
+        assert_eq!(l.call, (32 << 20) - ROOM);
         // Limits smaller than the room: nothing fits.
-        assert_eq!(outcome_cap(1000, 1000), 0);
+        assert_eq!(Limits::of(1000, 1000).outcome, 0);
     }
 
+    /// A `FINISH` call takes up to 128 finishes, and no more bytes than its budget
+    /// unless its first alone is larger: a large outcome goes alone, and one larger
+    /// still goes all the same (its task's worker capped it).
     #[test]
     fn finishes_are_sent_in_batches_bounded_in_bytes() {
         let small: Vec<Finish> = (0..300).map(|_| finish_of(100)).collect();
-        assert_eq!(batch_len(&small), FINISH_BATCH);
-        assert_eq!(batch_len(&small[..5]), 5);
-        assert_eq!(batch_len(&[]), 0);
+        let budget = FINISH_BYTES;
+        assert_eq!(batch_len(&small, budget), FINISH_BATCH);
+        assert_eq!(batch_len(&small[..5], budget), 5);
+        assert_eq!(batch_len(&[], budget), 0);
         // Each counts twice: half the bytes a call carries.
         let big = FINISH_BYTES / 4;
         let mixed = vec![finish_of(big), finish_of(10), finish_of(big)];
-        assert_eq!(batch_len(&mixed), 2);
+        assert_eq!(batch_len(&mixed, budget), 2);
         let two_big = vec![finish_of(big), finish_of(big), finish_of(10)];
-        assert_eq!(batch_len(&two_big), 2);
+        assert_eq!(batch_len(&two_big, budget), 2);
         let huge = vec![finish_of(FINISH_BYTES), finish_of(10)];
-        assert_eq!(batch_len(&huge), 1);
+        assert_eq!(batch_len(&huge, budget), 1);
+        // A smaller budget (a server's lowered query buffer).
+        assert_eq!(batch_len(&two_big, big), 1);
+        assert_eq!(batch_len(&small, 1000), 5);
     }
 
     #[test]
