@@ -1060,6 +1060,14 @@ fn an_outcome_over_what_the_server_takes_fails_its_task() {
     refused(&c, 30_000_000);
     assert_eq!(small.wait_timeout(T).unwrap(), 9);
     assert_eq!(c.apply(BYTES, 100_000).unwrap(), vec![7; 100_000]);
+    // A task larger than the server takes is refused as one over the client's cap
+    // (sent, it closed the connection: "connection lost").
+    match c.submit(RECORD, "x".repeat(2_000_000)) {
+        Err(ClusterError::TooLarge { size, max }) => {
+            assert!(size > 2_000_000 && max < 1 << 20, "{size} {max}");
+        }
+        other => panic!("a task over the server's limit: {:?}", other.map(|_| ())),
+    }
     let stats = c.stats().unwrap();
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     w.shutdown(true);

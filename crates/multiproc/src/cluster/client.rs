@@ -65,6 +65,9 @@ impl ClusterBuilder {
     }
 
     /// The largest encoded task accepted (default 64 MiB; workers have their own cap).
+    /// A server that takes smaller values (its `proto-max-bulk-len` and
+    /// `client-query-buffer-limit`, read as the client connects) lowers it to what it
+    /// takes.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.settings.max_message = bytes;
         self
@@ -93,12 +96,18 @@ impl ClusterBuilder {
         let (server, keys) = self.settings.open()?;
         let mut conn = server.connect_checked()?;
         let epoch = conn::epoch(&mut conn, &keys).map_err(|e| super::error::redis_err(&e))?;
+        // A task larger than the server takes would close the connection: refused
+        // here, as one over `max_message` is (Redis's defaults where it does not say).
+        let limits = conn::server_limits(&mut conn)
+            .ok()
+            .flatten()
+            .unwrap_or(conn::Limits::DEFAULT);
         let inner = Arc::new(ClientInner {
             id: conn::random_hex(8)?,
             namespace: self.settings.namespace.clone(),
             default_keys: keys.clone(),
             result_ttl: self.settings.result_ttl_secs(),
-            max_message: self.settings.max_message,
+            max_message: self.settings.max_message.min(limits.outcome),
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             pending: Mutex::new(Pending::default()),
             next: AtomicU64::new(1),

@@ -6,6 +6,7 @@
 //! `BLPOP`) has a connection of its own whose timeout is longer than the block
 //! (redis-rs #453, #806: a shared connection or a shorter timeout breaks both).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::Value;
@@ -97,6 +98,69 @@ pub(crate) fn random_hex(n: usize) -> Result<String, ClusterError> {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).map_err(|e| ClusterError::Io(std::io::Error::other(e)))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// What the server's limits leave for a call: each value is at most its
+/// `proto-max-bulk-len` (a task goes as one; an outcome as itself and inside its
+/// reply), and the whole call at most its `client-query-buffer-limit`. A command over
+/// either is refused and its connection closed: a worker would take that for a server
+/// it cannot reach, and send the outcome again for ever; a client would report a lost
+/// connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The largest task or outcome: one value, and twice it in one call.
+    pub(crate) outcome: usize,
+    /// The most bytes one call carries.
+    pub(crate) call: usize,
+}
+
+impl Limits {
+    /// Redis's defaults: 512 MB per value, 1 GB per command.
+    pub(crate) const DEFAULT: Limits = Limits::of(512 << 20, 1 << 30);
+
+    /// What a server with these limits leaves, besides the task ids, entry ids and
+    /// keys a finish sends with its outcome (64 KiB left for them).
+    pub(crate) const fn of(bulk: usize, query: usize) -> Limits {
+        const ROOM: usize = 64 << 10;
+        let per_value = bulk.saturating_sub(ROOM);
+        let call = query.saturating_sub(ROOM);
+        Limits {
+            outcome: if per_value < call / 2 {
+                per_value
+            } else {
+                call / 2
+            },
+            call,
+        }
+    }
+}
+
+/// The server's [`Limits`] (`CONFIG GET`); `None` if it refuses to say (the command not
+/// allowed to the user, or renamed), Redis's defaults for a limit it does not name.
+pub(crate) fn server_limits(conn: &mut redis::Connection) -> redis::RedisResult<Option<Limits>> {
+    let limits: HashMap<String, String> = match redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .arg("client-query-buffer-limit")
+        .query(conn)
+    {
+        Ok(limits) => limits,
+        // An error reply that is not the server being busy or loading: a refusal.
+        Err(e) if e.code().is_some() && !redis_err(&e).is_transient() => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let limit = |name: &str, default: usize| {
+        limits
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    Ok(Some(Limits::of(
+        limit("proto-max-bulk-len", 512 << 20),
+        limit("client-query-buffer-limit", 1 << 30),
+    )))
 }
 
 /// The queue's epoch token, set to a fresh one if it has none (see [`Keys::epoch`]).

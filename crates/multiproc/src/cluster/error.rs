@@ -51,7 +51,8 @@ pub enum ClusterError {
     TooLarge {
         /// Its size.
         size: usize,
-        /// The cap ([`ClusterBuilder::max_message`](super::ClusterBuilder::max_message)).
+        /// The cap ([`ClusterBuilder::max_message`](super::ClusterBuilder::max_message),
+        /// or less where the server takes no larger value).
         max: usize,
     },
     /// A setting is out of range, or two tasks were registered under one name.

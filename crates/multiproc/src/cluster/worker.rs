@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TaskDef;
-use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
+use super::conn::{self, BLOCK_MARGIN, Limits, Link, RESPONSE_TIMEOUT, Server, Settings};
 use super::envelope::{self, Addressee, Envelope, ErrorWire, Outcome, Reply};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
@@ -423,7 +423,7 @@ impl WorkerBuilder {
         let mut conn = server.connect_checked()?;
         ensure_group(&mut conn, &keys)?;
         // Redis's defaults until the server says (and for good where it will not).
-        let (limits, refused) = match server_limits(&mut conn) {
+        let (limits, refused) = match conn::server_limits(&mut conn) {
             Ok(Some(limits)) => (limits, false),
             Ok(None) => (Limits::DEFAULT, true),
             Err(_) => (Limits::DEFAULT, false),
@@ -930,68 +930,6 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
             .map(drop)
             .map_err(|e| super::error::redis_err(&e)),
     }
-}
-
-/// What the server's limits leave for a `FINISH` call: each value is at most its
-/// `proto-max-bulk-len` (an outcome goes as itself and inside its reply), and the whole
-/// call at most its `client-query-buffer-limit`. A command over either is refused and
-/// its connection closed: a worker would take that for a server it cannot reach, and
-/// send the outcome again for ever.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Limits {
-    /// The largest outcome: one value, and twice it in one call.
-    outcome: usize,
-    /// The most bytes one call carries.
-    call: usize,
-}
-
-impl Limits {
-    /// Redis's defaults: 512 MB per value, 1 GB per command.
-    const DEFAULT: Limits = Limits::of(512 << 20, 1 << 30);
-
-    /// What a server with these limits leaves, besides the task ids, entry ids and
-    /// keys a finish sends with its outcome (64 KiB left for them).
-    const fn of(bulk: usize, query: usize) -> Limits {
-        const ROOM: usize = 64 << 10;
-        let per_value = bulk.saturating_sub(ROOM);
-        let call = query.saturating_sub(ROOM);
-        Limits {
-            outcome: if per_value < call / 2 {
-                per_value
-            } else {
-                call / 2
-            },
-            call,
-        }
-    }
-}
-
-/// The server's [`Limits`] (`CONFIG GET`); `None` if it refuses to say (the command not
-/// allowed to the user, or renamed), Redis's defaults for a limit it does not name.
-fn server_limits(conn: &mut redis::Connection) -> redis::RedisResult<Option<Limits>> {
-    let limits: HashMap<String, String> = match redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("proto-max-bulk-len")
-        .arg("client-query-buffer-limit")
-        .query(conn)
-    {
-        Ok(limits) => limits,
-        // An error reply that is not the server being busy or loading: a refusal.
-        Err(e) if e.code().is_some() && !super::error::redis_err(&e).is_transient() => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let limit = |name: &str, default: usize| {
-        limits
-            .get(name)
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
-    };
-    Ok(Some(Limits::of(
-        limit("proto-max-bulk-len", 512 << 20),
-        limit("client-query-buffer-limit", 1 << 30),
-    )))
 }
 
 /// How long a stopping node waits before it tries again to unregister.
@@ -1750,7 +1688,7 @@ impl Node {
         let Some(mut link) = lock_within(&self.link, UNBLOCK_WAIT) else {
             return;
         };
-        let limits = match link.run_within(within, server_limits) {
+        let limits = match link.run_within(within, conn::server_limits) {
             Ok(Some(limits)) => limits,
             Ok(None) => {
                 self.config_refused.store(true, Ordering::Relaxed);
