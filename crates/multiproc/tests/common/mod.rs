@@ -80,6 +80,7 @@ pub fn main_checked(
         let _ = child.kill();
     }
     drop(_guard);
+    remove_tempdirs();
     if !left.is_empty() && !args.list {
         std::process::exit(101);
     }
@@ -709,6 +710,26 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes the temporary directories this process made ([`tempdir`]) that are still
+/// there: a test that failed half-way did not get to remove its own.
+fn remove_tempdirs() {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        // `multiproc-test-{tag}-{pid}-{n}`; a tag may hold dashes.
+        let pid = name.rsplit('-').nth(1);
+        if name.starts_with("multiproc-test-") && pid == Some(me.as_str()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A cgroup made for a test under this process's own cgroup of one controller (`pids`,
