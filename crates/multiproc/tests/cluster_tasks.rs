@@ -1079,14 +1079,7 @@ fn an_outcome_over_what_the_server_takes_fails_its_task() {
     let w = worker(&redis, ns, 1);
     let c = client(&redis, ns);
     assert_eq!(c.apply(BYTES, 2_000_000).unwrap().len(), 2_000_000);
-    let config_reads = || {
-        let stats = redis.cmd(&["INFO", "commandstats"]).text();
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_config|get:calls="))
-            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let config_reads = || config_get_stat(&redis, "calls").unwrap_or(0);
     redis.cmd(&["CONFIG", "SET", "proto-max-bulk-len", "1mb"]);
     // Two reads since (the keeper's, one after the other): the first one's answer is
     // in use.
@@ -1547,6 +1540,19 @@ fn redis_lost_its_data_mid_run() {
 
 /// Makes the ACL user `app` (password `app-pass`), allowed everything but what `less`
 /// takes away; returns a URL that logs in as it.
+/// `field` (`calls`, `rejected_calls`) of `CONFIG GET` in the server's command
+/// statistics; `None` before the command was first seen.
+fn config_get_stat(redis: &RedisServer, field: &str) -> Option<u64> {
+    let stats = redis.cmd(&["INFO", "commandstats"]).text();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_config|get:"))?
+        .split(',')
+        .find_map(|f| f.strip_prefix(field)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
 fn acl_user(redis: &RedisServer, less: &[&str]) -> String {
     let mut args = vec![
         "ACL",
@@ -1592,15 +1598,19 @@ fn acl_user_and_an_undecodable_result() {
         .unwrap();
     assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     assert_eq!(c.apply(BYTES, 2_000_000).unwrap().len(), 2_000_000);
-    // Renewals every third of a second meanwhile.
-    std::thread::sleep(Duration::from_millis(1500));
-    let stats = redis.cmd(&["INFO", "commandstats"]).text();
-    let refused = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_config|get:"))
-        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert_eq!(refused, Some(1), "{stats}");
+    // Two renewals more (each moves the node's score in the workers' set), each
+    // followed by the read of the limits a refusal must stop.
+    let name = c.stats().unwrap().workers[0].name.clone();
+    let workers = format!("{ns}:{{default}}:workers");
+    let mut scores = std::collections::HashSet::new();
+    assert!(
+        common::eventually(T, || {
+            scores.insert(redis.cmd(&["ZSCORE", &workers, &name]).text());
+            scores.len() >= 3
+        }),
+        "the worker does not renew"
+    );
+    assert_eq!(config_get_stat(&redis, "rejected_calls"), Some(1));
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -844,6 +844,14 @@ impl Finish {
     }
 }
 
+/// The encoded outcome of a task whose result cannot be sent (`why`): it fails with
+/// [`TaskError::Codec`].
+fn codec_failure(why: String) -> Vec<u8> {
+    Outcome::Failed(ErrorWire::Codec(why))
+        .encode()
+        .unwrap_or_default()
+}
+
 /// How many of the finishes at the front of `batch` go in one `FINISH` call: at most
 /// [`FINISH_BATCH`], and no more than `budget` bytes unless the first alone is larger.
 fn batch_len(batch: &[Finish], budget: usize) -> usize {
@@ -1458,19 +1466,14 @@ impl Node {
                 }
             }
         };
-        let failed = |why: String| {
-            Outcome::Failed(ErrorWire::Codec(why))
-                .encode()
-                .unwrap_or_default()
-        };
         let encoded = value
             .encode()
-            .unwrap_or_else(|e| failed(e.message().into()));
+            .unwrap_or_else(|e| codec_failure(e.message().into()));
         // Over the cap, an outcome would make its finish (and the others sent with it)
         // too large for Redis to take, again at every try (what the server itself
         // takes is checked as the finish is sent: see `flush`).
         fin.outcome = Some(if encoded.len() > self.cfg.max_message {
-            failed(format!(
+            codec_failure(format!(
                 "its outcome encodes to {} bytes; the worker's cap is {} (WorkerBuilder::max_message)",
                 encoded.len(),
                 self.cfg.max_message
@@ -1561,14 +1564,10 @@ impl Node {
         for f in &mut batch {
             let len = f.outcome.as_ref().map_or(0, Vec::len);
             if f.action == Action::Outcome && len > server_cap {
-                f.outcome = Some(
-                    Outcome::Failed(ErrorWire::Codec(format!(
-                        "its outcome encodes to {len} bytes; the server takes at most \
-                         {server_cap} (its proto-max-bulk-len and client-query-buffer-limit)"
-                    )))
-                    .encode()
-                    .unwrap_or_default(),
-                );
+                f.outcome = Some(codec_failure(format!(
+                    "its outcome encodes to {len} bytes; the server takes at most \
+                     {server_cap} (its proto-max-bulk-len and client-query-buffer-limit)"
+                )));
             }
         }
         let k = &self.keys;
