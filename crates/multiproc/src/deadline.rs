@@ -15,11 +15,11 @@ pub(crate) enum Deadline {
 }
 
 impl Deadline {
-    /// From a timeout; one too long to represent waits as long as it takes.
+    /// From a timeout; one too long to represent waits a century (see [`later`]). It is
+    /// never `Never`: a timed wait stays one (a `lock_timeout` by the thread that holds
+    /// a lock returns at once, where the untimed `lock` would wait for ever).
     pub(crate) fn after(t: Duration) -> Self {
-        Instant::now()
-            .checked_add(t)
-            .map_or(Deadline::Never, Deadline::At)
+        Deadline::At(later(t))
     }
 
     /// The deadline as an instant: now for `Now`, none for `Never`.

@@ -69,6 +69,14 @@ fn relocking_a_lock_is_refused() {
     let t = Instant::now();
     assert!(lock.lock_timeout(T).unwrap_err().is_would_block());
     assert!(t.elapsed() < T / 2, "waited for a lock it holds itself");
+    // A timeout too long for the clock is still a timed wait: refused, not a panic.
+    for long in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        assert!(lock.lock_timeout(long).unwrap_err().is_would_block());
+        let v = Value::new(0u32).unwrap();
+        let held = v.lock().unwrap();
+        assert!(v.lock_timeout(long).unwrap_err().is_would_block());
+        drop(held);
+    }
     let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(lock.lock())));
     assert!(
         again.is_err(),
