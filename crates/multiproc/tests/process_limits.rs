@@ -32,6 +32,10 @@ fn main() {
             trial("cpu_time_of_duration_max_is_no_limit", cpu_time_max),
             trial("spawn_open_files", spawn_open_files),
             trial(
+                "children_get_the_parents_open_files_limit",
+                children_get_the_parents_open_files_limit,
+            ),
+            trial(
                 "spawn_other_ends_under_limits_stay_what_they_are",
                 spawn_other_ends_stay,
             ),
@@ -301,6 +305,54 @@ fn spawn_open_files() {
         .spawn(open_many, 20)
         .unwrap();
     assert_eq!(child.join_timeout(T).unwrap(), 20);
+}
+
+/// The soft and hard limits on open descriptors of the calling process.
+fn open_files_limit() -> (u64, u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+    (l.rlim_cur, l.rlim_max)
+}
+
+fn soft_open_files(_: ()) -> u64 {
+    open_files_limit().0
+}
+
+/// The fork server raises its own soft limit on descriptors to the hard one; its
+/// children (forked or executed afresh) get the parent's, as a child of a plain fork
+/// would (a `select`-based library, or a program that closes every descriptor up to the
+/// limit, depends on it).
+fn children_get_the_parents_open_files_limit() {
+    let (soft, hard) = open_files_limit();
+    // Below the hard limit, so that the server's raised one differs (a step down of
+    // one, where the parent's already equals the hard limit: nothing else here needs
+    // that last descriptor).
+    let ours = if soft >= hard { hard - 1 } else { soft };
+    let set = |cur| {
+        let l = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) }, 0);
+    };
+    set(ours);
+    let seen: Vec<u64> = [StartMethod::ForkServer, StartMethod::Spawn]
+        .into_iter()
+        .map(|method| {
+            let mut child = Builder::new()
+                .start_method(method)
+                .spawn(soft_open_files, ())
+                .unwrap();
+            child.join_timeout(T).unwrap()
+        })
+        .collect();
+    set(soft);
+    assert_eq!(seen, [ours, ours], "children's soft limits (hard {hard})");
 }
 
 fn abort_now(_: ()) {

@@ -187,6 +187,9 @@ pub(crate) struct ForkRequest {
     /// The cgroup the child moves itself into before anything else (the server fills
     /// it in).
     pub(crate) cgroup: Option<Bytes>,
+    /// The parent's soft limit on open descriptors (`None`: unlimited or unknown): the
+    /// child gets it back, where the server raised its own to the hard limit.
+    pub(crate) open_files: Option<u64>,
 }
 
 pub(crate) use crate::wire::codec::Bytes;

@@ -40,6 +40,8 @@ pub(crate) fn become_requested(
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
+    // The parent's limit on open descriptors, not the one the server raised for itself.
+    sys::set_fd_limit(request.open_files);
     // A daemon dies with the server, which dies with the parent; other children do not.
     let parent_alive = if request.daemon {
         sys::kill_me_with_parent(server.pid)

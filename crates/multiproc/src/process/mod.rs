@@ -397,6 +397,7 @@ impl Builder {
             env,
             memory_cgroup: limits.cgroup,
             cgroup: None,
+            open_files: sys::fd_limit(),
         };
         let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         // A small call fits in the empty socket's buffer: send it now, while the server

@@ -474,6 +474,8 @@ pub(crate) fn move_to_an_idle_cpu() -> Option<(usize, usize)> {
     None
 }
 pub(crate) fn raise_fd_limit() {}
+
+pub(crate) fn set_fd_limit(_soft: Option<u64>) {}
 pub(crate) fn reserve_fd_table(_: u64) {}
 pub(crate) fn fd_limit() -> Option<u64> {
     None

@@ -35,6 +35,22 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// Sets this process's soft limit on open descriptors to `soft` (`None`: unlimited),
+/// within its hard limit; nothing if it is that already.
+pub(crate) fn set_fd_limit(soft: Option<u64>) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let soft = match (soft, limit.maximum) {
+        (Some(s), Some(max)) => Some(s.min(max)),
+        (s, None) => s,
+        (None, max) => max,
+    };
+    if limit.current != soft {
+        limit.current = soft;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 /// Grows this process's descriptor table to hold `n` descriptors (fewer if its limit is
 /// lower), for a process about to start threads that will open many. The kernel grows
 /// the table as descriptors are opened, doubling it past 64, 128, ...; in a process with
