@@ -85,7 +85,11 @@ pub(crate) fn recv_from_child(
             // an empty socket mean nothing more will come from it.
             let ready =
                 sys::wait_readable(&[conn.fd(), ended], deadline).map_err(RecvFrameError::Io)?;
-            if !ready[0].ready() {
+            // One look at both is not one moment: the socket may have been seen empty
+            // just before the child sent its last frame and ended. Once it has ended,
+            // the socket holds all it will: looked at again, it tells.
+            let sent = ready[0].ready() || (ready[1].ready() && readable_now(conn.fd()));
+            if !sent {
                 return Err(if ready[1].ready() {
                     RecvFrameError::Closed
                 } else {
