@@ -365,6 +365,52 @@ fn duration_max_and_shutdown_cancels_waiting_tasks() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// A task cancelled while it waits for its countdown or for a retry is done: `join`
+/// returns at once rather than when its time would have come.
+#[test]
+fn cancelled_waiting_tasks_do_not_hold_join() {
+    let pool = ThreadPool::new(1).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let mut retried = pool
+        .submit_fallible_with(
+            move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                Err::<u32, String>("not yet".into())
+            },
+            TaskOptions::new().retry(RetryPolicy::attempts(2).backoff(
+                Duration::from_secs(3600),
+                1.0,
+                Duration::from_secs(3600),
+            )),
+        )
+        .unwrap();
+    let mut counting_down = pool
+        .submit_with(
+            || 1,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    // The first attempt has run and failed, and its retry waits.
+    let t0 = Instant::now();
+    while runs.load(Ordering::SeqCst) == 0 && t0.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(counting_down.cancel());
+    assert!(retried.cancel());
+    let t0 = Instant::now();
+    pool.join_timeout(Duration::from_secs(10))
+        .expect("join with only cancelled tasks left");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(
+        counting_down.wait_timeout(T).unwrap_err(),
+        TaskError::Cancelled
+    );
+    assert_eq!(retried.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn join_timeout_reports_busy_pool() {
     let pool = ThreadPool::new(1).unwrap();

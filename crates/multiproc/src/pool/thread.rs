@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -301,7 +301,7 @@ impl Shared {
             }
             st.held += 1;
         }
-        let ctl = Ctl::new(sink, 0);
+        let ctl = Ctl::held(sink, self);
         let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
         let run = Run {
             ctl,
@@ -374,6 +374,10 @@ struct Ctl<T> {
     progress: Arc<Progress>,
     sink: Arc<dyn Sink<T>>,
     slot: usize,
+    /// A task of `submit_with` still counted among those that keep the pool's queue
+    /// open (see [`Ctl::let_go`]).
+    held: AtomicBool,
+    pool: Weak<Shared>,
 }
 
 /// Where a job is, apart from its outcome: what a timer looks at to learn whether its
@@ -402,7 +406,32 @@ impl<T> Ctl<T> {
             }),
             sink,
             slot,
+            held: AtomicBool::new(false),
+            pool: Weak::new(),
         })
+    }
+
+    /// A task of `submit_with`, counted among those that keep `pool`'s queue open
+    /// until it is done for good.
+    fn held(sink: Arc<dyn Sink<T>>, pool: &Arc<Shared>) -> Arc<Self> {
+        let mut ctl = Ctl::new(sink, 0);
+        if let Some(c) = Arc::get_mut(&mut ctl) {
+            c.held = AtomicBool::new(true);
+            c.pool = Arc::downgrade(pool);
+        }
+        ctl
+    }
+
+    /// The task is done for good (or cancelled, though a run or a timer still holds
+    /// its work): the pool no longer waits for it. Once, whichever comes first: a
+    /// task cancelled while it waits for its start (`countdown`, `eta`) or for a retry
+    /// would otherwise keep `join` waiting until that time.
+    fn let_go(&self) {
+        if self.held.swap(false, Ordering::AcqRel)
+            && let Some(shared) = self.pool.upgrade()
+        {
+            shared.release();
+        }
     }
 
     fn swap(&self, from: u8, to: u8) -> bool {
@@ -445,7 +474,11 @@ impl<T> Ctl<T> {
 
 impl<T: Send> Cancel for Ctl<T> {
     fn cancel(&self, _id: u64) -> bool {
-        self.finish(Err(TaskError::Cancelled))
+        let cancelled = self.finish(Err(TaskError::Cancelled));
+        if cancelled {
+            self.let_go();
+        }
+        cancelled
     }
 
     fn is_running(&self, _id: u64) -> bool {
@@ -496,9 +529,7 @@ impl<T: Send + 'static> Run<T> {
     /// Ends the task unrun (queued or waiting to be) with `error`.
     fn fail(self, error: TaskError) {
         self.ctl.finish(Err(error));
-        if let Some(shared) = self.pool.upgrade() {
-            shared.release();
-        }
+        self.ctl.let_go();
     }
 
     /// A job's body: runs the work once, then ends the task or queues a retry.
@@ -515,7 +546,7 @@ impl<T: Send + 'static> Run<T> {
         self.ctl.progress.run.store(run, Ordering::Release);
         if !self.ctl.start() {
             // Cancelled while it waited.
-            return shared.release();
+            return self.ctl.let_go();
         }
         if let Some(timeout) = self.timeout {
             let ctl = Arc::downgrade(&self.ctl);
@@ -550,7 +581,7 @@ impl<T: Send + 'static> Run<T> {
             }
         }
         self.ctl.complete(outcome);
-        shared.release();
+        self.ctl.let_go();
     }
 }
 
