@@ -588,9 +588,15 @@ impl RawSender {
                 };
                 let written = core.write_slot(&mut tail, held, true, |mut slot| {
                     let h = core.header();
+                    // The number is taken before the message is sent: a producer that
+                    // dies once it is on the socket, before its record is published,
+                    // leaves an orphan that the next number's fetch drops. Taken after,
+                    // the next producer would reuse the number, and the orphan would be
+                    // delivered as that producer's message, and its own dropped. A
+                    // number whose send failed is never published: a gap, harmless.
                     let id = h.produced.0.next_side_id.load(Relaxed);
+                    h.produced.0.next_side_id.store(id + 1, Relaxed);
                     out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
-                        h.produced.0.next_side_id.store(id + 1, Relaxed);
                         slot.payload()[..8].copy_from_slice(&id.to_le_bytes());
                         slot.publish(SIDE, unfinished);
                     })
