@@ -74,6 +74,10 @@ fn main() {
                 killed_fork_server_is_replaced,
             ),
             trial(
+                "a_server_dying_before_its_answer_fails_the_spawn_once",
+                server_dying_unanswered,
+            ),
+            trial(
                 "spare_handed_a_request_outlives_its_server",
                 spare_handed_a_request_outlives_its_server,
             ),
@@ -97,6 +101,7 @@ fn helpers(mode: &str) {
         "doomed_parent" => helper_doomed_parent(),
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
+        "server_dies_unanswered" => helper_server_dies_unanswered(),
         "server_stopped" => helper_server_stopped(),
         "spare_server_killed" => helper_spare_server_killed(),
         "main" => println!("main ran"),
@@ -927,6 +932,47 @@ fn killed_fork_server_is_replaced() {
     assert_eq!(h.expect("longer ", T), "Ok(3000)");
     assert_eq!(h.expect("daemon_gone ", T), "true");
     assert_eq!(h.expect("new_server ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// The fork server dies after it served a spawn's request, before its answer (a debug
+/// build's server does so for a child whose environment names a file it can create in
+/// `MULTIPROC_TEST_DIE_UNANSWERED`).
+fn helper_server_dies_unanswered() {
+    let dir = common::tempdir("unanswered");
+    let mark = dir.join("died");
+    let spawned = Builder::new()
+        .env("MULTIPROC_TEST_DIE_UNANSWERED", &mark)
+        .spawn(answer, 1);
+    println!(
+        "spawn {}",
+        match &spawned {
+            Ok(_) => "Ok".to_string(),
+            Err(e) => format!("Err {e}"),
+        }
+    );
+    println!("server_died {}", mark.exists());
+    let mut after = multiproc::spawn(answer, 2).unwrap();
+    println!(
+        "after {}",
+        after.join_timeout(T).unwrap_or_else(|e| e.to_string())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request the server may have served is not sent again to a new server: that would
+/// start a second process on the same channel (the first one, already started, taking
+/// the call, and the join waiting for the second for ever). The spawn fails, saying the
+/// process may have started; the next spawn gets a new server.
+fn server_dying_unanswered() {
+    let mut h = Helper::start("server_dies_unanswered");
+    let spawn = h.expect("spawn ", T);
+    assert!(
+        spawn.starts_with("Err") && spawn.contains("exited before answering"),
+        "{spawn}"
+    );
+    assert_eq!(h.expect("server_died ", T), "true");
+    assert!(h.expect("after ", T).starts_with("2 from "));
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

@@ -523,6 +523,14 @@ fn server_call<T>(
                     return Err(e);
                 }
             }
+            Err(e) if forkserver::is_answer_lost(&e) => {
+                // Not asked again: the request may have been served (see
+                // `is_answer_lost`). The next request starts a new server.
+                if let Some(old) = st.server.take() {
+                    old.shut_down();
+                }
+                return Err(e);
+            }
             Err(e) if forkserver::is_out_of_step(&e) => {
                 // No answer in time (the server stopped or starved), or half of one: its
                 // answer may still come, and would be read as the next request's (a

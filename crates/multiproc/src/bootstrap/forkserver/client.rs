@@ -111,9 +111,13 @@ impl ForkServer {
         let deadline = Some(Instant::now() + REPLY_TIMEOUT);
         let frame =
             looking::recv(&mut self.conn, deadline, &looking::FORKED).map_err(|e| match e {
-                RecvFrameError::Closed | RecvFrameError::Truncated => {
-                    io::Error::new(io::ErrorKind::BrokenPipe, "the fork server exited")
-                }
+                // The request was sent: the server may have acted on it (a child
+                // forked, or a spare handed it) before it died. Asked again of a new
+                // server, it would start a second process on the same channel.
+                RecvFrameError::Closed | RecvFrameError::Truncated => io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the fork server exited before answering (the process may have started)",
+                ),
                 RecvFrameError::Timeout => {
                     io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer")
                 }
@@ -160,11 +164,20 @@ impl ForkServer {
 
 /// Whether a message failed because the process at the other end is gone (the fork
 /// server or the segment tracker: a new one should be started).
+///
+/// Not once a request was sent and its answer did not come whole because the server
+/// died ([`is_answer_lost`]): that request is not sent again.
 pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
     )
+}
+
+/// Whether the server died after a request reached it, before its answer: the request
+/// may have been served.
+pub(crate) fn is_answer_lost(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ConnectionAborted
 }
 
 /// Whether a request failed with its answer not read whole (none came in time, or a

@@ -281,6 +281,10 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
                             &mut spares,
                             &mut cgroups,
                         );
+                        if cfg!(debug_assertions) && started.is_ok() && dies_unanswered(&frame.body)
+                        {
+                            sys::exit_now(BOOTSTRAP_FAILURE);
+                        }
                         if let Err(e) = answer(&mut conn, started) {
                             next = Err(e.into());
                             break;
@@ -359,6 +363,30 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         cgroups.retry();
     }
     sys::exit_now(0)
+}
+
+/// In builds with debug assertions, for tests: whether the server is to die now, having
+/// served the request `body` but before answering it (a server killed at that moment),
+/// because the child's environment names, in `MULTIPROC_TEST_DIE_UNANSWERED`, a file
+/// that this server can create (so that one server dies, and a request sent again to
+/// another is answered).
+fn dies_unanswered(body: &[u8]) -> bool {
+    const VAR: &[u8] = b"MULTIPROC_TEST_DIE_UNANSWERED=";
+    let Ok(request) = postcard::from_bytes::<ForkRequest>(body) else {
+        return false;
+    };
+    request
+        .env
+        .0
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(VAR))
+        .is_some_and(|path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(sys::path_from_bytes(path.to_vec()))
+                .is_ok()
+        })
 }
 
 /// Reports a reaped child's end on its status pipe, with whether the out-of-memory
