@@ -501,12 +501,12 @@ impl Shared {
         // Records waiting to be settled, and times recovered from a store, are looked
         // at again soon.
         let soon = (!st.settle.is_empty() || st.jobs.values().any(|j| !j.recovered.is_empty()))
-            .then(|| now + chrono::Duration::from_std(SETTLE_AFTER).unwrap_or_default());
+            .then(|| later(now, SETTLE_AFTER));
         let wake_at = [next_job, next_timer, soon].into_iter().flatten().min();
         // Deferred times, and the leader lease, are looked at again soon.
         #[cfg(feature = "redis")]
         let wake_at = if self.cluster.is_some() && !st.jobs.is_empty() {
-            let soon = now + chrono::Duration::from_std(LEADER_LEASE / 3).unwrap_or_default();
+            let soon = later(now, LEADER_LEASE / 3);
             Some(wake_at.map_or(soon, |w| w.min(soon)))
         } else {
             wake_at
