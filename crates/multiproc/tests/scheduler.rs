@@ -45,6 +45,10 @@ fn main() {
         trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
         trial("retry_after_panics", retry_after_panics),
         trial("retry_after_worker_died", retry_after_worker_died),
+        trial(
+            "a_panic_launching_a_run_fails_that_run_only",
+            panic_launching_a_run,
+        ),
         trial("bad_input_clear_errors", bad_input_clear_errors),
         trial(
             "background_thread_follows_clock",
@@ -653,6 +657,74 @@ fn retry_after_worker_died() {
     assert!(matches!(kinds[3], EventKind::Succeeded { attempt: 2 }));
     s.shutdown(true);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Job arguments whose `Clone` panics the first time (the scheduler clones them on its
+/// own thread, as it hands each run to the pool).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsOnce(u32);
+
+static CLONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Clone for PanicsOnce {
+    fn clone(&self) -> Self {
+        if !CLONED.swap(true, Ordering::SeqCst) {
+            panic!("refusing the first clone");
+        }
+        PanicsOnce(self.0)
+    }
+}
+
+fn unwrap_panics_once(p: PanicsOnce) -> u32 {
+    p.0
+}
+
+/// A panic in the user's code that the scheduler's thread runs to launch a run (the
+/// arguments' `Clone` or `Serialize`) fails that run with `Panicked`; the scheduler's
+/// thread goes on, and the job's next time runs (its instance was given back).
+fn panic_launching_a_run() {
+    let clock = ManualClock::new(t0());
+    let s = Scheduler::builder()
+        .pool(Pool::new(1).unwrap())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let events = s.events();
+    s.add(
+        Job::process(
+            "touchy",
+            Schedule::every(secs(10)),
+            unwrap_panics_once,
+            PanicsOnce(5),
+        )
+        .max_instances(1),
+    )
+    .unwrap();
+    clock.set(at(10));
+    assert!(matches!(
+        next(&events).kind,
+        EventKind::Started { attempt: 1 }
+    ));
+    match next(&events).kind {
+        EventKind::Failed { error, .. } => assert!(
+            matches!(&*error, TaskError::Panicked(p) if p.message().contains("refusing the first clone")),
+            "{error}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    clock.set(at(20));
+    let kinds: Vec<EventKind> = (0..2).map(|_| next(&events).kind).collect();
+    assert!(
+        matches!(
+            kinds[..],
+            [
+                EventKind::Started { attempt: 1 },
+                EventKind::Succeeded { attempt: 1 }
+            ]
+        ),
+        "{kinds:?}"
+    );
+    s.shutdown(true);
 }
 
 fn bad_input_clear_errors() {

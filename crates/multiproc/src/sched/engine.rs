@@ -754,7 +754,10 @@ impl Shared {
             return 0;
         };
         let run = RunContext::new(name, scheduled, attempt);
-        let task = match &js.job.target {
+        // The user's code runs here (the arguments' `Clone` and `Serialize`): a panic
+        // fails this run, as one in the run itself does, rather than ending the
+        // scheduler's thread (no job would fire again) with the run's instance held.
+        let launched = crate::bootstrap::catching(|| match &js.job.target {
             Target::Process(start) => self
                 .pool
                 .as_ref()
@@ -778,7 +781,8 @@ impl Shared {
                     .ok_or(TaskError::PoolClosed)
                     .and_then(|c| start(c, &run))
             }
-        };
+        });
+        let task = launched.unwrap_or_else(|caught| Err(TaskError::Panicked(caught)));
         self.emit(name, scheduled, now, EventKind::Started { attempt });
         let id = st.next_run;
         st.next_run += 1;
