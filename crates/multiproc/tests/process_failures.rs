@@ -965,6 +965,9 @@ fn helper_server_dies_unanswered() {
 /// the call, and the join waiting for the second for ever). The spawn fails, saying the
 /// process may have started; the next spawn gets a new server.
 fn server_dying_unanswered() {
+    if !cfg!(debug_assertions) {
+        panic!("MULTIPROC_TEST_DIE_UNANSWERED is read only in builds with debug assertions");
+    }
     let mut h = Helper::start("server_dies_unanswered");
     let spawn = h.expect("spawn ", T);
     assert!(

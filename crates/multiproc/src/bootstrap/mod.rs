@@ -548,6 +548,19 @@ fn server_call<T>(
     Err(io::Error::other("the fork server keeps failing"))
 }
 
+/// Starts a segment tracker. Unlike a spawn's, a request whose answer was lost is asked
+/// again of a new server: a tracker the dead server may have started has its own
+/// connection, which this side closes, and it exits with nothing to unlink.
+fn start_tracker(server: &mut ForkServer, list: &[Tracked]) -> io::Result<SegmentTracker> {
+    SegmentTracker::start(server, list).map_err(|e| {
+        if forkserver::is_answer_lost(&e) {
+            io::Error::new(io::ErrorKind::BrokenPipe, e.to_string())
+        } else {
+            e
+        }
+    })
+}
+
 /// A segment is about to be created here: the tracker is started now if there is none,
 /// so that telling it of the segment is one message, sent right after the segment
 /// exists (a creator killed before that leaves its segment behind).
@@ -558,7 +571,7 @@ fn prepare_tracking() {
     let mut st = state();
     if st.tracker.is_none() {
         let list = st.tracked.clone();
-        match server_call(&mut st, |server| SegmentTracker::start(server, &list)) {
+        match server_call(&mut st, |server| start_tracker(server, &list)) {
             Ok(tracker) => st.tracker = Some(tracker),
             // Tried again when the segment is tracked.
             Err(e) => tracing::trace!("cannot start the segment tracker: {e}"),
@@ -607,7 +620,7 @@ fn tell_tracker(st: &mut State, tag: u8, tracked: &Tracked) -> io::Result<()> {
         return Ok(());
     }
     let list = st.tracked.clone();
-    let tracker = server_call(st, |server| SegmentTracker::start(server, &list))?;
+    let tracker = server_call(st, |server| start_tracker(server, &list))?;
     st.tracker = Some(tracker);
     Ok(())
 }

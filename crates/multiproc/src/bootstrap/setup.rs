@@ -40,8 +40,6 @@ pub(crate) fn become_requested(
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
-    // The parent's limit on open descriptors, not the one the server raised for itself.
-    sys::set_fd_limit(request.open_files);
     // A daemon dies with the server, which dies with the parent; other children do not.
     let parent_alive = if request.daemon {
         sys::kill_me_with_parent(server.pid)
@@ -81,6 +79,10 @@ pub(crate) fn become_requested(
     let (Some(channel), death) = (kept.next(), kept.next()) else {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };
+    // The parent's limit on open descriptors, not the one the server raised for itself:
+    // once only the child's own are left (the server's table may hold more than the
+    // parent's limit, and renumbering the kept ones needs free numbers).
+    sys::set_fd_limit(request.open_files);
     sys::set_name(&request.name);
     if server.executed {
         sys::set_cmdline(&request.name);
