@@ -69,6 +69,10 @@ fn main() {
         .collect();
     tests.push(trial("spawning_after_exit_began_is_refused", exit_refuses));
     tests.push(trial(
+        "children_of_an_executed_server_ignore_sigpipe_as_their_parent",
+        children_ignore_sigpipe,
+    ));
+    tests.push(trial(
         "descriptor_table_has_room_from_init",
         descriptor_table_has_room,
     ));
@@ -219,6 +223,36 @@ fn fork_server_pid() -> u32 {
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Whether this process ignores SIGPIPE.
+fn sigpipe_ignored(_: ()) -> bool {
+    // SAFETY: `sigaction` with no new action only reads the current one.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Whether this process and a child it spawns ignore SIGPIPE: the child comes from a
+/// fork server that this process starts by executing the program (its own server is
+/// its parent's).
+fn sigpipe_ignored_here_and_below(_: ()) -> (bool, Result<bool, String>) {
+    let below = multiproc::spawn(sigpipe_ignored, ())
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| c.join_timeout(T).map_err(|e| e.to_string()));
+    (sigpipe_ignored(()), below)
+}
+
+/// A Rust program ignores SIGPIPE (a write to a closed pipe is an error, not death);
+/// so do its children, and theirs, whose fork server was started by executing the
+/// program (`Command` gives the new program SIGPIPE's default action, and the server
+/// passed that on: a child writing to a closed pipe was killed by SIGPIPE).
+fn children_ignore_sigpipe() {
+    assert!(sigpipe_ignored(()), "the test program ignores SIGPIPE");
+    let mut child = multiproc::spawn(sigpipe_ignored_here_and_below, ()).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), (true, Ok(true)));
+}
 
 /// Whether a fork server started by exec (its command line says so until it renames
 /// itself) is among this process's children.

@@ -190,6 +190,10 @@ pub(crate) struct ForkRequest {
     /// The parent's soft limit on open descriptors (`None`: unlimited or unknown): the
     /// child gets it back, where the server raised its own to the hard limit.
     pub(crate) open_files: Option<u64>,
+    /// The parent ignores SIGPIPE (as Rust programs do): so does the child, also where
+    /// the server was started by executing the program (`Command` gave it SIGPIPE's
+    /// default action, which is all the server could pass on).
+    pub(crate) sigpipe_ignored: bool,
 }
 
 pub(crate) use crate::wire::codec::Bytes;

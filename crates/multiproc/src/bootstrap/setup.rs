@@ -39,6 +39,9 @@ pub(crate) fn become_requested(
     // The default action, and the program's own choices for SIGPIPE and SIGCHLD.
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
+    if request.sigpipe_ignored {
+        sys::ignore_signal(sys::SIGPIPE);
+    }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
     // A daemon dies with the server, which dies with the parent; other children do not.
     let parent_alive = if request.daemon {

@@ -398,6 +398,7 @@ impl Builder {
             memory_cgroup: limits.cgroup,
             cgroup: None,
             open_files: sys::fd_limit(),
+            sigpipe_ignored: sys::signal_is_ignored(sys::SIGPIPE),
         };
         let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         // A small call fits in the empty socket's buffer: send it now, while the server

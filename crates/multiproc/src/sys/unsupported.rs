@@ -257,6 +257,9 @@ pub(crate) fn signal_is_default(_: i32) -> bool {
     false
 }
 pub(crate) fn restore_signal(_: i32, _: Disposition) {}
+pub(crate) fn signal_is_ignored(_: i32) -> bool {
+    false
+}
 pub(crate) fn new_session() -> io::Result<()> {
     Err(unsupported())
 }

@@ -49,6 +49,7 @@ pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
 /// For the cluster worker's signal handling.
 #[cfg(feature = "redis")]
 pub(crate) use proc::signal_is_default;
+pub(crate) use proc::signal_is_ignored;
 pub(crate) use proc::{
     Disposition, SIGKILL, SIGTERM, child_pidfd, clear_parent_death_signal, default_signal,
     fd_limit, getpid, group_alive, ignore_signal, is_main_thread, kill_me_with_parent, kill_self,

@@ -372,11 +372,20 @@ pub(crate) fn ignore_signal(signal: i32) -> Disposition {
 /// Whether `signal` has its default action now (no handler, not ignored).
 #[cfg(feature = "redis")]
 pub(crate) fn signal_is_default(signal: i32) -> bool {
+    signal_action(signal) == Some(libc::SIG_DFL)
+}
+
+/// Whether `signal` is ignored now.
+pub(crate) fn signal_is_ignored(signal: i32) -> bool {
+    signal_action(signal) == Some(libc::SIG_IGN)
+}
+
+/// The action `signal` has now (`SIG_DFL`, `SIG_IGN` or a handler's address).
+fn signal_action(signal: i32) -> Option<libc::sighandler_t> {
     // SAFETY: `sigaction` with no new action only reads the current one into `old`.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
-            && old.sa_sigaction == libc::SIG_DFL
+        (libc::sigaction(signal, std::ptr::null(), &mut old) == 0).then_some(old.sa_sigaction)
     }
 }
 
