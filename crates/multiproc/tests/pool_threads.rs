@@ -372,10 +372,12 @@ fn cancelled_waiting_tasks_do_not_hold_join() {
     let pool = ThreadPool::new(1).unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&runs);
+    let (ran_tx, ran_rx) = mpsc::channel::<()>();
     let mut retried = pool
         .submit_fallible_with(
             move || {
                 r.fetch_add(1, Ordering::SeqCst);
+                let _ = ran_tx.send(());
                 Err::<u32, String>("not yet".into())
             },
             TaskOptions::new().retry(RetryPolicy::attempts(2).backoff(
@@ -391,10 +393,12 @@ fn cancelled_waiting_tasks_do_not_hold_join() {
             TaskOptions::new().countdown(Duration::from_secs(3600)),
         )
         .unwrap();
-    // The first attempt has run and failed, and its retry waits.
+    // The first attempt has run (and fails as it returns; a cancel while it still runs
+    // would be refused, so the test waits for the run's end before cancelling).
+    ran_rx.recv_timeout(T).expect("the first attempt ran");
     let t0 = Instant::now();
-    while runs.load(Ordering::SeqCst) == 0 && t0.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(5));
+    while retried.is_running() && t0.elapsed() < T {
+        std::thread::yield_now();
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert!(counting_down.cancel());
