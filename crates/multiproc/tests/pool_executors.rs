@@ -58,6 +58,10 @@ fn main() {
                 map_with_sends_the_context_once_per_worker,
             ),
             trial("one_executor_trait", one_executor_trait),
+            trial(
+                "a_retried_runs_receiver_keeps_its_pipe_connected",
+                a_retried_runs_receiver_keeps_its_pipe_connected,
+            ),
             trial("shutdown_cancels_pending", shutdown_cancels_pending),
             trial("imap_as_a_stream", imap_as_a_stream),
             trial(
@@ -973,6 +977,69 @@ fn one_executor_trait() {
     Executor::shutdown(&tp, true, false);
     Executor::shutdown(&p, true, false);
     assert_eq!(p.submit(square, 1).unwrap_err(), TaskError::PoolClosed);
+    finish(p);
+}
+
+/// Runs so far, the run to read on, the event it sets then, what it reads.
+type LateRun = (Value<u64>, u64, Event, multiproc::Receiver<u64>);
+
+/// Panics on its runs before run `ok_at` (counted in `runs`); that run says it started
+/// and returns the next value through `rx`.
+fn reads_on_a_late_run((runs, ok_at, started, rx): LateRun) -> u64 {
+    let n = {
+        let mut g = runs.lock().unwrap_or_else(|d| d.into_inner());
+        *g += 1;
+        *g
+    };
+    assert!(n >= ok_at, "run {n} fails");
+    started.set();
+    rx.recv_timeout(T).expect("a value within T")
+}
+
+/// Each run of a retried task gets its argument decoded again from one encoding; a
+/// receiver in it keeps its pipe connected while a run holds it, and once the task is
+/// over (its last receiver gone) the pipe is disconnected. Before, every decode took over
+/// the single count the encoding added: the third run on threads (the second on
+/// processes) found a sender told the pipe had no receiver.
+fn a_retried_runs_receiver_keeps_its_pipe_connected() {
+    fn check<E: Executor>(ex: &E, f: E::Func<LateRun, u64>, ok_at: u64)
+    where
+        E::Func<LateRun, u64>: Copy,
+    {
+        let runs = Value::new(0u64).unwrap();
+        let started = Event::new().unwrap();
+        let (tx, rx) = multiproc::pipe::<u64>().unwrap();
+        let opts = TaskOptions::new().retry(
+            RetryPolicy::attempts(3)
+                .backoff(Duration::from_millis(1), 1.0, Duration::from_millis(1))
+                .retry_if(|_| true),
+        );
+        let t =
+            Executor::submit_with(ex, f, (runs.clone(), ok_at, started.clone(), rx), opts).unwrap();
+        assert!(started.wait_timeout(T), "run {ok_at} started");
+        tx.try_send(7).expect("the running task holds the receiver");
+        assert_eq!(get(t).unwrap(), 7);
+        assert_eq!(runs.load(), ok_at);
+        // Its last receiver is gone once the task's record is: no count is left over.
+        let t0 = Instant::now();
+        while tx.try_send(8).is_ok() && t0.elapsed() < T {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            matches!(
+                tx.try_send(9),
+                Err(multiproc::TrySendError::Disconnected(9))
+            ),
+            "the pipe still counts a receiver after the task (run {ok_at})"
+        );
+    }
+    let p = pool(1);
+    let tp = ThreadPool::new(1).unwrap();
+    for ok_at in [2, 3] {
+        check(&p, reads_on_a_late_run, ok_at);
+        check(&tp, reads_on_a_late_run, ok_at);
+    }
+    Executor::shutdown(&tp, true, false);
     finish(p);
 }
 

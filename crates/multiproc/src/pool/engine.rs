@@ -29,7 +29,7 @@ use crate::ipc::channel::{self, MAX_SLEEP, RawReceiver, RawSender, Received, Rec
 use crate::process::{Armed, Builder, JoinHandle, Limits, StartMethod};
 use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, OwnedFd};
-use crate::wire::codec::{CodecError, Encoded};
+use crate::wire::codec::{CodecError, Encoded, Kept};
 /// Jobs a worker holds at least (one running, one waiting), and at most.
 pub(crate) const DEPTH_MIN: usize = 2;
 pub(crate) const DEPTH_MAX: usize = 128;
@@ -54,7 +54,7 @@ static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 pub(super) struct Config {
     pub(super) processes: usize,
     pub(super) start_method: Option<StartMethod>,
-    pub(super) init: Option<(TaskEntry, Encoded)>,
+    pub(super) init: Option<(TaskEntry, Kept)>,
     pub(super) max_tasks_per_child: Option<u64>,
     pub(super) task_timeout: Option<Duration>,
     pub(super) retry: RetryPolicy,
@@ -132,7 +132,7 @@ struct State {
     deferred: Vec<Delivery>,
     /// The contexts of `map_with` calls under way: the control job that gives one to a
     /// worker (header room included).
-    contexts: FxHashMap<u64, Encoded>,
+    contexts: FxHashMap<u64, Kept>,
     next_context: u64,
     /// Maps under way (see [`PoolInner::open_map`]).
     open_maps: usize,
@@ -240,7 +240,7 @@ struct TaskRec {
     context: u64,
     /// The job, header room included; kept until the task ends, to send it again if its
     /// worker dies before starting it, or to retry it.
-    payload: Encoded,
+    payload: Kept,
     sink: Arc<dyn Sink<Received>>,
     slot: usize,
     /// Runs so far that ended in failure.
@@ -431,7 +431,7 @@ impl PoolInner {
                 entry,
                 per_task,
                 context,
-                payload,
+                payload: Kept::new(payload),
                 sink,
                 slot,
                 attempts: 0,
@@ -462,7 +462,7 @@ impl PoolInner {
             context: id,
         }
         .write(&mut payload.bytes[..JOB_HEADER]);
-        st.contexts.insert(id, payload);
+        st.contexts.insert(id, Kept::new(payload));
         id
     }
 
@@ -480,10 +480,7 @@ impl PoolInner {
             context: id,
         }
         .write(&mut drop_it);
-        let drop_it = Encoded {
-            bytes: drop_it,
-            fds: Vec::new(),
-        };
+        let drop_it = Encoded::plain(drop_it);
         for w in st.workers.iter_mut().flatten() {
             if w.contexts.remove(&id)
                 && let Some(jobs) = &w.jobs
@@ -1031,7 +1028,10 @@ fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<(), SendFail> {
         return jobs.send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false);
     }
     let copy = payload.try_clone().map_err(SendFail::Io)?;
-    jobs.send(copy, Deadline::Now, false).map_err(|(_, e)| e)
+    jobs.send(copy, Deadline::Now, false).map_err(|(copy, e)| {
+        copy.discard();
+        e
+    })
 }
 
 /// Why the pool takes no new tasks, if it takes none: it gave up, or it is closed (but

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Pool, Task, TaskError, TaskOptions, ThreadPool};
-use crate::wire::codec;
+use crate::wire::codec::{self, Kept};
 
 /// Where tasks run: a [`Pool`] of processes, a [`ThreadPool`], or (feature `redis`) a
 /// `cluster::Cluster` of machines; Python's `concurrent.futures.Executor`.
@@ -179,7 +179,7 @@ impl Executor for ThreadPool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let again = match &opts.retry {
-            Some(_) => Some(codec::encode(&args).map_err(TaskError::Codec)?),
+            Some(_) => Some(Kept::new(codec::encode(&args).map_err(TaskError::Codec)?)),
             None => None,
         };
         let mut first = Some(args);

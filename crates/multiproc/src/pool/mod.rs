@@ -37,7 +37,7 @@ pub use thread::{ThreadImap, ThreadImapStream, ThreadPool, ThreadPoolBuilder};
 use crate::ipc::channel::Received;
 use crate::process::{Limits, SpawnError, StartMethod};
 use crate::sys;
-use crate::wire::codec::{self, Encoded};
+use crate::wire::codec::{self, Encoded, Kept};
 use engine::{Config, PerTask, PoolInner};
 pub(crate) use engine::{DEPTH_MAX, DEPTH_MIN};
 use task::{Cancel, Cell, FromWorker, Sink, Slots};
@@ -50,7 +50,7 @@ use worker::{Chunk, ChunkWith, OneTask, TaskEntry};
 pub struct PoolBuilder {
     processes: Option<usize>,
     start_method: Option<StartMethod>,
-    init: Option<Result<(TaskEntry, Encoded), PoolError>>,
+    init: Option<Result<(TaskEntry, Kept), PoolError>>,
     max_tasks_per_child: Option<u64>,
     task_timeout: Option<Duration>,
     retry: RetryPolicy,
@@ -98,7 +98,7 @@ impl PoolBuilder {
         self.init = Some(match sys::entry::<OneTask, A, ()>(f) {
             Err(_) => Err(PoolError::Spawn(SpawnError::NotInExecutable)),
             Ok(entry) => codec::encode(&args)
-                .map(|arg| (entry, arg))
+                .map(|arg| (entry, Kept::new(arg)))
                 .map_err(|e| PoolError::InvalidArgument(format!("initializer: {e}"))),
         });
         self

@@ -316,10 +316,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             ..header
         }
         .write(&mut bytes[..OUTCOME_HEADER]);
-        let failed = Encoded {
-            bytes,
-            fds: Vec::new(),
-        };
+        let failed = Encoded::plain(bytes);
         if results.send(failed, Deadline::Never, false).is_err() {
             sys::exit_now(1);
         }
@@ -334,10 +331,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 ticket: u32::MAX,
                 kind,
             },
-            Encoded {
-                bytes,
-                fds: Vec::new(),
-            },
+            Encoded::plain(bytes),
         )
     };
     let proof = match sys::verify_image(&identity) {
@@ -451,19 +445,13 @@ pub(crate) fn worker_main(args: WorkerArgs) {
 }
 
 fn empty() -> Encoded {
-    Encoded {
-        bytes: vec![0; OUTCOME_HEADER],
-        fds: Vec::new(),
-    }
+    Encoded::plain(vec![0; OUTCOME_HEADER])
 }
 
 fn message(e: &CodecError) -> Encoded {
     let mut bytes = vec![0; OUTCOME_HEADER];
     bytes.extend_from_slice(e.message().as_bytes());
-    Encoded {
-        bytes,
-        fds: Vec::new(),
-    }
+    Encoded::plain(bytes)
 }
 
 /// Runs one task: decodes its argument, calls `f`, encodes the result after room for

@@ -81,14 +81,34 @@ impl std::error::Error for CodecError {
 }
 
 /// An encoded value: its bytes and the descriptors that travel with it.
+///
+/// A handle that is counted in shared memory while it exists (a channel's receiving
+/// end: its senders see "disconnected" when the count falls to 0) adds one count as it
+/// is encoded, for the copy on its way; the decode that makes that copy takes the count
+/// over. One encoding holds one count for one decode: a copy made with
+/// [`try_clone`](Self::try_clone) adds its own, and an encoding kept to be copied (sent
+/// or decoded more than once) is held in a [`Kept`], which gives its count back when
+/// dropped. `counts` names what this encoding added, in this process (empty for one
+/// that came from another process).
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
     pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) counts: Counts,
 }
 
 impl Encoded {
-    /// A copy, with duplicates of the descriptors.
+    /// An encoding with no descriptors (so no counted handle).
+    pub(crate) fn plain(bytes: Vec<u8>) -> Encoded {
+        Encoded {
+            bytes,
+            fds: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// A copy, with duplicates of the descriptors and counts of its own for the decode
+    /// it is for.
     pub(crate) fn try_clone(&self) -> std::io::Result<Encoded> {
         let mut fds = Vec::with_capacity(self.fds.len());
         for fd in &self.fds {
@@ -97,7 +117,88 @@ impl Encoded {
         Ok(Encoded {
             bytes: self.bytes.clone(),
             fds,
+            counts: self.counts.again(),
         })
+    }
+
+    /// Drops an encoding that no decode will see (a send that failed), giving back the
+    /// counts it holds.
+    pub(crate) fn discard(self) {
+        self.counts.give_back();
+    }
+}
+
+/// A count kept in shared memory while a handle exists (a channel's receivers): an
+/// encoding of the handle holds one for the decode it is on its way to.
+pub(crate) trait InFlight: Send + Sync {
+    fn add(&self);
+    fn give_back(&self);
+}
+
+/// The counts an encoding holds (see [`Encoded`]).
+#[derive(Default, Clone)]
+pub(crate) struct Counts(Vec<Arc<dyn InFlight>>);
+
+impl Counts {
+    /// As many counts again, for another copy.
+    fn again(&self) -> Counts {
+        for c in &self.0 {
+            c.add();
+        }
+        self.clone()
+    }
+
+    fn give_back(self) {
+        for c in &self.0 {
+            c.give_back();
+        }
+    }
+}
+
+impl fmt::Debug for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Counts({})", self.0.len())
+    }
+}
+
+/// An encoding kept to be sent or decoded more than once (a pool's job, kept until the
+/// task ends to send it again; a retried argument): every use is a
+/// [`try_clone`](Encoded::try_clone) with counts of its own, and the encoding's own
+/// counts are given back when it is dropped, in the process that made it.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    encoded: Encoded,
+    pid: u32,
+}
+
+impl Kept {
+    pub(crate) fn new(encoded: Encoded) -> Kept {
+        Kept {
+            encoded,
+            pid: sys::process_id(),
+        }
+    }
+}
+
+impl std::ops::Deref for Kept {
+    type Target = Encoded;
+    fn deref(&self) -> &Encoded {
+        &self.encoded
+    }
+}
+
+impl std::ops::DerefMut for Kept {
+    fn deref_mut(&mut self) -> &mut Encoded {
+        &mut self.encoded
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // A forked child that drops a copy it inherited gives nothing back.
+        if self.pid == sys::process_id() {
+            std::mem::take(&mut self.encoded.counts).give_back();
+        }
     }
 }
 
@@ -127,6 +228,7 @@ impl<'de> serde::Deserialize<'de> for Encoded {
         Ok(Encoded {
             bytes: bytes.0,
             fds,
+            counts: Counts::default(),
         })
     }
 }
@@ -171,8 +273,8 @@ impl<'de> serde::Deserialize<'de> for Bytes {
 
 /// Where a handle's descriptors go while a value is encoded on this thread.
 enum Outgoing {
-    /// Into the message.
-    Collect(Vec<OwnedFd>),
+    /// Into the message (with the counts its handles added: see [`Encoded`]).
+    Collect(Vec<OwnedFd>, Counts),
     /// Nowhere: only counted (measuring a value, or writing one known to have none).
     Count(usize),
 }
@@ -228,17 +330,18 @@ pub(crate) fn refuse<E: serde::de::Error>(why: impl std::fmt::Display) -> E {
 
 /// Runs `f` with an empty outgoing-descriptor list, returning what it collected (and
 /// restoring any list of an encode in progress around it).
-fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    match with_outgoing(Outgoing::Collect(Vec::new()), f) {
-        (r, Outgoing::Collect(fds)) => (r, fds),
-        (r, Outgoing::Count(_)) => (r, Vec::new()),
+fn collecting<R>(f: impl FnOnce() -> R) -> (R, (Vec<OwnedFd>, Counts)) {
+    match with_outgoing(Outgoing::Collect(Vec::new(), Counts::default()), f) {
+        (r, Outgoing::Collect(fds, counts)) => (r, (fds, counts)),
+        (r, Outgoing::Count(_)) => (r, Default::default()),
     }
 }
 
 fn with_outgoing<R>(sink: Outgoing, f: impl FnOnce() -> R) -> (R, Outgoing) {
     /// Puts back the state of the encode in progress around this one (if any), also
     /// when `f` unwinds (a `Serialize` that panics): the descriptors collected so far
-    /// are closed then, not left for the next encode on this thread.
+    /// are closed then, not left for the next encode on this thread, and the counts
+    /// added are given back.
     struct Restore {
         outer: Option<Option<Outgoing>>,
         was: bool,
@@ -256,7 +359,9 @@ fn with_outgoing<R>(sink: Outgoing, f: impl FnOnce() -> R) -> (R, Outgoing) {
     }
     impl Drop for Restore {
         fn drop(&mut self) {
-            drop(self.finish());
+            if let Some(Outgoing::Collect(_, counts)) = self.finish() {
+                counts.give_back();
+            }
             ENCODING.with(|e| e.set(self.was));
         }
     }
@@ -319,19 +424,19 @@ pub(crate) fn encode_sized<T: Serialize + ?Sized>(
         .then(|| encode_plain(prefix, value))
         .flatten()
     {
-        return Ok(Encoded {
-            bytes,
-            fds: Vec::new(),
-        });
+        return Ok(Encoded::plain(bytes));
     }
     let mut buf = Vec::with_capacity(prefix.len() + expect);
     buf.extend_from_slice(prefix);
     match collecting(|| encoder::to_vec(value, buf)) {
-        (Ok(bytes), fds) => Ok(Encoded { bytes, fds }),
-        (Err(e), _) => Err(CodecError::with_source(
-            format!("cannot encode a `{}`: {e}", std::any::type_name::<T>()),
-            e,
-        )),
+        (Ok(bytes), (fds, counts)) => Ok(Encoded { bytes, fds, counts }),
+        (Err(e), (_, counts)) => {
+            counts.give_back();
+            Err(CodecError::with_source(
+                format!("cannot encode a `{}`: {e}", std::any::type_name::<T>()),
+                e,
+            ))
+        }
     }
 }
 
@@ -438,12 +543,12 @@ pub(crate) fn pass_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
             *n += 1;
             Ok((*n - 1) as u32)
         }
-        Some(Outgoing::Collect(list)) if list.len() < sys::MAX_FDS_PER_MESSAGE => {
+        Some(Outgoing::Collect(list, _)) if list.len() < sys::MAX_FDS_PER_MESSAGE => {
             let dup = sys::dup(fd).map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
             list.push(dup);
             Ok((list.len() - 1) as u32)
         }
-        Some(Outgoing::Collect(_)) => Err(format!(
+        Some(Outgoing::Collect(..)) => Err(format!(
             "a message can carry at most {} descriptors",
             sys::MAX_FDS_PER_MESSAGE
         )),
@@ -455,10 +560,15 @@ pub(crate) fn pass_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
     })
 }
 
-/// Whether the value being encoded on this thread is really being sent (its
-/// descriptors collected), rather than measured.
-pub(crate) fn sending() -> bool {
-    OUTGOING.with(|o| matches!(*o.borrow(), Some(Outgoing::Collect(_))))
+/// For a counted handle's `Serialize`: when the value is really being sent, adds one
+/// count for the copy on its way, held by the encoding (see [`Encoded`]).
+pub(crate) fn count_in_flight(count: Arc<dyn InFlight>) {
+    OUTGOING.with(|o| {
+        if let Some(Outgoing::Collect(_, counts)) = o.borrow_mut().as_mut() {
+            count.add();
+            counts.0.push(count);
+        }
+    })
 }
 
 /// For a handle's `Deserialize`: takes the descriptor at `index` of the value being
@@ -503,7 +613,7 @@ mod tests {
         let (r, _w) = sys::pipe().unwrap();
         assert!(pass_fd(sys::AsFd::as_fd(&r)).is_err());
         assert!(take_fd(0).is_err());
-        let (index, fds) = collecting(|| pass_fd(sys::AsFd::as_fd(&r)));
+        let (index, (fds, _)) = collecting(|| pass_fd(sys::AsFd::as_fd(&r)));
         assert_eq!((index, fds.len()), (Ok(0), 1));
     }
 

@@ -1017,6 +1017,16 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
     }
 }
 
+/// A receiver's count, held by an encoding of it on its way (see [`Encoded`]).
+impl codec::InFlight for Core {
+    fn add(&self) {
+        self.header().receivers.fetch_add(1, SeqCst);
+    }
+    fn give_back(&self) {
+        self.header().receivers.fetch_sub(1, SeqCst);
+    }
+}
+
 /// A sender counted among the sleepers (see [`RawSender::sleeping`]).
 #[derive(Debug)]
 pub(crate) struct SenderSleeping<'a>(&'a Core);
@@ -1050,9 +1060,10 @@ struct WireHandle {
 }
 
 fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::Ok, S::Error> {
-    if token.counted.is_some() && codec::sending() {
-        // The handle in flight counts as a receiver until the other side takes it over.
-        core.header().receivers.fetch_add(1, SeqCst);
+    if let Some(counted) = &token.counted {
+        // The handle in flight counts as a receiver until the decode that makes its
+        // copy takes the count over.
+        codec::count_in_flight(Arc::clone(counted) as Arc<dyn codec::InFlight>);
     }
     let fds = [
         core.seg.fd(),
@@ -1191,10 +1202,7 @@ pub(crate) fn corrupt_and_drain(bytes: &[u8]) {
     let Ok((tx, rx)) = made else {
         return;
     };
-    let fill = |i: u8| Encoded {
-        bytes: vec![i; i as usize * 40],
-        fds: Vec::new(),
-    };
+    let fill = |i: u8| Encoded::plain(vec![i; i as usize * 40]);
     for i in 0..if growable { 40u8 } else { 12 } {
         let _ = tx.send(fill(i % 12), Deadline::Now, false);
     }
@@ -1230,10 +1238,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn msg(bytes: Vec<u8>) -> Encoded {
-        Encoded {
-            bytes,
-            fds: Vec::new(),
-        }
+        Encoded::plain(bytes)
     }
 
     fn take(rx: &RawReceiver) -> Result<Vec<u8>, RecvFail> {
