@@ -153,6 +153,21 @@ fn panic_with_message_and_location() {
         assert_eq!(loc.line(), line_of("panic!(\"boom {}\", 42)"), "{method}");
         assert!(p.to_string().contains("panicked at"), "{p}");
     });
+    // A panic the child caught itself does not stand in for the one that ends it.
+    each_method(rethrows_another, |method, r| {
+        let Err(ProcessError::Panicked(p)) = r else {
+            panic!("{method}: {r:?}")
+        };
+        assert_eq!(p.message(), "second", "{method}");
+        assert_eq!(p.location(), None, "{method}: resume_unwind has none");
+    });
+}
+
+/// Catches a panic of its own, then unwinds with another payload (no hook runs for it).
+fn rethrows_another(_: ()) -> u32 {
+    let caught = std::panic::catch_unwind(|| panic!("first"));
+    assert!(caught.is_err());
+    std::panic::resume_unwind(Box::new("second"))
 }
 
 /// With `RUST_BACKTRACE` set in the child's environment, a panic comes back with its

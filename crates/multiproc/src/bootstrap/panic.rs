@@ -84,7 +84,9 @@ impl RemotePanic {
         &self.message
     }
 
-    /// Where it panicked.
+    /// Where it panicked: `None` for an unwind begun with
+    /// [`resume_unwind`](std::panic::resume_unwind) (no panic hook runs for it, and a
+    /// panic caught earlier does not stand in for it).
     pub fn location(&self) -> Option<&PanicLocation> {
         self.location.as_ref()
     }
@@ -151,9 +153,14 @@ pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemotePanic> {
 }
 
 pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> RemotePanic {
+    // The hook's record is this panic's only if it says what the payload says: a panic
+    // the user's code caught itself leaves a record behind, and an unwind begun with
+    // `resume_unwind` runs no hook.
+    let message = payload_message(payload);
     let (message, location, backtrace) = LAST_PANIC
         .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| (payload_message(payload), None, None));
+        .filter(|(recorded, _, _)| *recorded == message)
+        .unwrap_or((message, None, None));
     RemotePanic::new(
         super::me().name.clone(),
         sys::getpid(),
