@@ -93,29 +93,44 @@ impl Mark {
 static OPEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
 
-/// A new store's number, and its name for its claims: `BOOT/PROCESS/NUMBER`.
+/// A new store's number, and its name for its claims: `MACHINE/BOOT/PROCESS/NUMBER`.
 fn new_owner() -> (u64, String) {
     let number = NEXT_STORE.fetch_add(1, Ordering::Relaxed);
     unpoisoned::lock(&OPEN).push(number);
-    let owner = format!("{}/{}/{number}", sys::boot_id(), sys::process_identity());
+    let owner = format!(
+        "{}/{}/{}/{number}",
+        sys::machine_id(),
+        sys::boot_id(),
+        sys::process_identity()
+    );
     (number, owner)
 }
 
-/// Whether the owner of a claim is gone: of another boot, a process that ended, or a
-/// store of this process that was closed. An owner that does not parse was not written
-/// by this code and counts as gone. Where processes cannot be checked (not Linux),
-/// another process counts as alive: its claims are never taken.
+/// Whether the owner of a claim is gone: of another boot of this machine, a process
+/// that ended, or a store of this process that was closed. An owner on another machine
+/// (a file shared between machines) is never taken for gone: this machine cannot check
+/// it. An owner that does not parse was not written by this code and counts as gone;
+/// one without a machine (`BOOT/PROCESS/NUMBER`, as earlier versions wrote) is taken to
+/// be of this machine. Where processes cannot be checked (not Linux), another process
+/// counts as alive: its claims are never taken.
 fn owner_gone(owner: &str) -> bool {
-    let mut parts = owner.split('/');
-    let (Some(boot), Some(process), Some(number), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return true;
+    owner_gone_on(owner, &sys::machine_id(), &sys::boot_id())
+}
+
+fn owner_gone_on(owner: &str, machine: &str, this_boot: &str) -> bool {
+    let parts: Vec<&str> = owner.split('/').collect();
+    let (owner_machine, boot, process, number) = match parts[..] {
+        [m, b, p, n] => (m, b, p, n),
+        [b, p, n] => (machine, b, p, n),
+        _ => return true,
     };
     let (Ok(process), Ok(number)) = (process.parse::<u64>(), number.parse::<u64>()) else {
         return true;
     };
-    if boot != sys::boot_id() {
+    if owner_machine != machine {
+        return false;
+    }
+    if boot != this_boot {
         return true;
     }
     if process == sys::process_identity() {
@@ -571,4 +586,47 @@ fn take_orphans(tx: &Transaction<'_>, name: &str, owner: &str) -> Result<Orphans
         }
     }
     Ok(orphans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claims are taken from owners gone on this machine only: another boot of it, a
+    /// process that ended, a closed store of this process; never from another machine
+    /// sharing the file, whatever its boot and processes.
+    #[test]
+    fn owners_on_another_machine_are_never_gone() {
+        let (machine, boot) = ("m1", "b1");
+        let me = sys::process_identity();
+        let dead = u64::MAX;
+        let gone = |owner: &str| owner_gone_on(owner, machine, boot);
+        assert!(
+            gone(&format!("m1/b0/{me}/1")),
+            "another boot of this machine"
+        );
+        assert!(gone(&format!("m1/b1/{dead}/1")), "a process that ended");
+        assert!(
+            gone(&format!("m1/b1/{me}/{dead}")),
+            "a store never opened here"
+        );
+        assert!(
+            !gone(&format!("m2/b0/{me}/1")),
+            "another machine, another boot"
+        );
+        assert!(
+            !gone(&format!("m2/b1/{dead}/1")),
+            "another machine's process"
+        );
+        // Written without a machine: this machine's.
+        assert!(gone(&format!("b0/{me}/1")));
+        assert!(gone(&format!("b1/{dead}/1")));
+        assert!(gone("not an owner"));
+        assert!(gone("m1/b1/x/1"));
+        // Its own store, open: alive.
+        let (number, owner) = new_owner();
+        assert!(!owner_gone(&owner), "{owner}");
+        unpoisoned::lock(&OPEN).retain(|&n| n != number);
+        assert!(owner_gone(&owner), "{owner}, closed");
+    }
 }

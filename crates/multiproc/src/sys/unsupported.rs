@@ -503,6 +503,9 @@ pub(crate) fn process_identity() -> u64 {
 pub(crate) fn boot_id() -> String {
     String::new()
 }
+pub(crate) fn machine_id() -> String {
+    String::new()
+}
 pub(crate) fn monotonic_ns() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64

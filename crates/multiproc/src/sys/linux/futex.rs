@@ -106,6 +106,22 @@ pub(crate) fn process_identity() -> u64 {
     (u64::from(start as u32) << 32) | u64::from(pid)
 }
 
+/// What names this machine across boots: its `machine-id` (systemd's
+/// `/etc/machine-id`, or D-Bus's copy), else its host name. Empty if none can be read.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn machine_id() -> String {
+    [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/hostname",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .map(|s| s.trim().replace('/', "_"))
+    .find(|s| !s.is_empty())
+    .unwrap_or_default()
+}
+
 /// What names this boot of the machine (`/proc/sys/kernel/random/boot_id`): an identity
 /// recorded before a reboot names no live process, whatever its numbers. Empty if it
 /// cannot be read.

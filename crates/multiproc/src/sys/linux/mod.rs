@@ -31,7 +31,7 @@ pub(crate) use futex::{
 };
 // For the job store's owners (feature `sqlite`).
 #[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
-pub(crate) use futex::{boot_id, process_identity};
+pub(crate) use futex::{boot_id, machine_id, process_identity};
 pub(crate) use image::{
     call, entry, entry_with_context, exe_identity, fn_at, fn_offset, verify_image,
 };
