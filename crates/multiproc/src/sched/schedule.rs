@@ -197,8 +197,7 @@ impl Schedule {
                 }
                 let step = nanos(chrono::Duration::from_std(*period).ok()?);
                 let k = nanos(t - start) / step + 1;
-                let offset = i64::try_from(k.checked_mul(step)?).ok()?;
-                start.checked_add_signed(chrono::Duration::nanoseconds(offset))
+                plus_nanos(start, k.checked_mul(step)?)
             }
             Kind::Cron { cron, tz, .. } => cron_next(cron, tz, t),
             Kind::Once(at) => (*at > t).then_some(*at),
@@ -230,11 +229,7 @@ impl Schedule {
             && let Ok(step) = chrono::Duration::from_std(*period)
         {
             let step = nanos(step);
-            let at = |k: i128| {
-                i64::try_from(k.checked_mul(step)?)
-                    .ok()
-                    .and_then(|n| first.checked_add_signed(chrono::Duration::nanoseconds(n)))
-            };
+            let at = |k: i128| plus_nanos(first, k.checked_mul(step)?);
             // Times first + k·step for k in 0..total are due.
             let total = nanos(now - first) / step + 1;
             let late = match late_before {
@@ -304,6 +299,15 @@ fn nanos(d: chrono::Duration) -> i128 {
     i128::from(d.num_seconds()) * 1_000_000_000 + i128::from(d.subsec_nanos())
 }
 
+/// `t` plus `n` nanoseconds (which may be more than an `i64` of them holds: an
+/// interval started over 292 years ago), or `None` past the calendar's end.
+fn plus_nanos(t: DateTime<Utc>, n: i128) -> Option<DateTime<Utc>> {
+    let secs = i64::try_from(n.div_euclid(1_000_000_000)).ok()?;
+    let sub = n.rem_euclid(1_000_000_000) as i64;
+    t.checked_add_signed(chrono::Duration::try_seconds(secs)?)?
+        .checked_add_signed(chrono::Duration::nanoseconds(sub))
+}
+
 /// The first time after `t` that `cron` names in `tz`. croner resolves a wall-clock time
 /// that happens twice to its first occurrence; from a `t` inside the second one that
 /// can be at or before `t`, so the search moves on to the later occurrence, or past it.
@@ -329,4 +333,31 @@ fn cron_next(cron: &Cron, tz: &Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
             .unwrap_or_else(|| later + chrono::Duration::seconds(1));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// An interval started centuries ago (more nanoseconds than an `i64` holds) still
+    /// has its next fire time on its grid, and its downtime's times are counted.
+    #[test]
+    fn an_interval_started_centuries_ago_keeps_firing() {
+        let start = Utc.with_ymd_and_hms(1600, 1, 1, 0, 0, 0).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 4, 10, 30, 0).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let s = Schedule::every(hour)
+            .starting_at(start)
+            .resolve(now)
+            .unwrap();
+        let next = s.next_after(now).expect("a next fire time");
+        assert_eq!(next, Utc.with_ymd_and_hms(2026, 12, 4, 11, 0, 0).unwrap());
+        let dues = s.dues(start, now, Some(now - chrono::Duration::hours(2)), 8);
+        let hours = (now - start).num_hours() as u64;
+        assert_eq!(dues.late + dues.runnable.len() as u64, hours + 1);
+        assert_eq!(dues.runnable.len(), 2, "{dues:?}");
+        assert_eq!(dues.last_late, Some(now - chrono::Duration::minutes(150)));
+        assert_eq!(dues.next, Some(next));
+    }
 }
