@@ -173,6 +173,7 @@ impl<T: Serialize> Sender<T> {
 }
 
 /// Why a typed send failed, before it becomes the caller's error type.
+#[derive(Debug)]
 pub(crate) enum Failed {
     Full,
     Disconnected,
@@ -205,11 +206,19 @@ pub(crate) fn send<T: Serialize>(
         SendFail::Io(e) => Failed::Io(e),
     };
     if let Some(len) = codec::inline_len(&value).filter(|&len| raw.fits_inline(len)) {
-        let mut fill = |buf: &mut [u8]| codec::encode_into(&value, buf);
-        return match raw.send_inline(len, &mut fill, wait, unfinished) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((value, fail(e))),
+        // A value whose encoding changed size since it was measured (its `Serialize`
+        // reads state another thread changes) goes the general way, encoded once.
+        let resized = std::cell::Cell::new(false);
+        let mut fill = |buf: &mut [u8]| {
+            let fits = codec::encode_into(&value, buf);
+            resized.set(!fits);
+            fits
         };
+        match raw.send_inline(len, &mut fill, wait, unfinished) {
+            Ok(()) => return Ok(()),
+            Err(SendFail::Io(_)) if resized.get() => {}
+            Err(e) => return Err((value, fail(e))),
+        }
     }
     let encoded = match codec::encode(&value) {
         Ok(e) => e,
@@ -579,5 +588,33 @@ impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (tx, rx) = <(Sender<S>, Receiver<R>)>::deserialize(d)?;
         Ok(Connection { tx, rx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Serializes as one more byte each time.
+    struct Growing(AtomicUsize);
+
+    impl Serialize for Growing {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            s.collect_seq(std::iter::repeat_n(7u8, n))
+        }
+    }
+
+    /// A value whose encoding changes size between its measure and its write is sent
+    /// as the write found it, not failed.
+    #[test]
+    fn a_value_that_changes_size_as_it_is_written_is_sent() {
+        let (tx, rx) = pipe::<Vec<u8>>().unwrap();
+        send(&tx.raw, Growing(AtomicUsize::new(3)), Deadline::Now, false)
+            .map_err(|(_, e)| e)
+            .expect("sent");
+        let got = rx.try_recv().unwrap();
+        assert!(got.len() > 3 && got.iter().all(|&b| b == 7), "{got:?}");
     }
 }

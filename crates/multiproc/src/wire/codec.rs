@@ -389,7 +389,8 @@ pub(crate) fn inline_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
 }
 
 /// Encodes a value that [`inline_len`] measured into `buf`, which must be exactly that
-/// long. False if it did not fit exactly (its encoding changed meanwhile).
+/// long. False if it did not fit exactly (its encoding changed meanwhile): a pipe's send
+/// then leaves the slot unsent and encodes the value the general way.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> bool {
     let len = buf.len();
     matches!(encoder::to_slice(value, buf), Ok(n) if n == len)
