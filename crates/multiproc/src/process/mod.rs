@@ -456,6 +456,13 @@ impl Builder {
     /// (Python's `fork` start method). The child sees a copy of the parent's memory,
     /// so `f` may capture anything; only its return value travels back.
     ///
+    /// As with any fork, the child also holds copies of the parent's open descriptors,
+    /// multiproc's included, until it exits: the ends of the parent's pipes and queues,
+    /// and its manager connections, count as open while the child lives. If the parent
+    /// dies first, the other side of such a pipe is not told it is disconnected, and a
+    /// manager server does not end the parent's session (nor free the locks it held)
+    /// until the child exits too. A [`daemon`](Self::daemon) child ends with its parent.
+    ///
     /// # Safety
     ///
     /// Only the calling thread exists in the child. If another thread of this process
