@@ -62,6 +62,10 @@ fn main() {
                 "a_retried_runs_receiver_keeps_its_pipe_connected",
                 a_retried_runs_receiver_keeps_its_pipe_connected,
             ),
+            trial(
+                "a_taken_back_tasks_receiver_leaves_no_count",
+                a_taken_back_tasks_receiver_leaves_no_count,
+            ),
             trial("shutdown_cancels_pending", shutdown_cancels_pending),
             trial("imap_as_a_stream", imap_as_a_stream),
             trial(
@@ -1021,17 +1025,7 @@ fn a_retried_runs_receiver_keeps_its_pipe_connected() {
         assert_eq!(get(t).unwrap(), 7);
         assert_eq!(runs.load(), ok_at);
         // Its last receiver is gone once the task's record is: no count is left over.
-        let t0 = Instant::now();
-        while tx.try_send(8).is_ok() && t0.elapsed() < T {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        assert!(
-            matches!(
-                tx.try_send(9),
-                Err(multiproc::TrySendError::Disconnected(9))
-            ),
-            "the pipe still counts a receiver after the task (run {ok_at})"
-        );
+        no_receiver_left(&tx, &format!("after the task (run {ok_at})"));
     }
     let p = pool(1);
     let tp = ThreadPool::new(1).unwrap();
@@ -1040,6 +1034,89 @@ fn a_retried_runs_receiver_keeps_its_pipe_connected() {
         check(&tp, reads_on_a_late_run, ok_at);
     }
     Executor::shutdown(&tp, true, false);
+    finish(p);
+}
+
+/// Every receiver of `tx`'s pipe is gone (within `T`): a send says so at once, rather
+/// than find one still counted.
+fn no_receiver_left(tx: &multiproc::Sender<u64>, what: &str) {
+    let t0 = Instant::now();
+    while tx.try_send(8).is_ok() && t0.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        matches!(
+            tx.try_send(9),
+            Err(multiproc::TrySendError::Disconnected(9))
+        ),
+        "the pipe still counts a receiver {what}"
+    );
+}
+
+/// Says it started, then waits for `go`.
+fn started_then_wait((started, go): (Event, Event)) -> bool {
+    started.set();
+    go.wait_timeout(T)
+}
+
+/// Says it started, then returns the next value through `rx`.
+fn started_then_read((started, rx): (Event, multiproc::Receiver<u64>)) -> u64 {
+    started.set();
+    rx.recv_timeout(T).expect("a value within T")
+}
+
+/// A task with a receiver in its argument, taken back from a worker busy with a long
+/// task and run by another: the copy the busy worker skips gives its count back, so once
+/// the task is over the pipe has no receiver left (a send says so at once).
+fn a_taken_back_tasks_receiver_leaves_no_count() {
+    let p = pool(2);
+    let (started1, go1, started2, go2) = (
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+    );
+    // One long task on each worker.
+    let long1 = p
+        .submit(started_then_wait, (started1.clone(), go1.clone()))
+        .unwrap();
+    assert!(started1.wait_timeout(T));
+    let long2 = p
+        .submit(started_then_wait, (started2.clone(), go2.clone()))
+        .unwrap();
+    assert!(started2.wait_timeout(T));
+    // Queued behind the first; taken back when the second worker is free.
+    let (tx, rx) = multiproc::pipe::<u64>().unwrap();
+    let started = Event::new().unwrap();
+    let reader = p.submit(started_then_read, (started.clone(), rx)).unwrap();
+    go2.set();
+    assert!(get(long2).unwrap());
+    assert!(started.wait_timeout(T), "the task was taken back and run");
+    tx.send(5).unwrap();
+    assert_eq!(get(reader).unwrap(), 5);
+    // The busy worker skips its copy once its long task ends.
+    go1.set();
+    assert!(get(long1).unwrap());
+    no_receiver_left(&tx, "after the task");
+    finish(p);
+    // The same, for a copy lost with a worker killed before it began the task: the task
+    // runs on the next worker, and nothing is left counted.
+    let p = pool(1);
+    let (started1, go1) = (Event::new().unwrap(), Event::new().unwrap());
+    let long = p
+        .submit(started_then_wait, (started1.clone(), go1))
+        .unwrap();
+    assert!(started1.wait_timeout(T));
+    let (tx, rx) = multiproc::pipe::<u64>().unwrap();
+    let started = Event::new().unwrap();
+    let reader = p.submit(started_then_read, (started.clone(), rx)).unwrap();
+    let pid = p.worker_pids()[0];
+    common::sigkill(pid);
+    assert!(matches!(get(long), Err(TaskError::WorkerDied(_))));
+    assert!(started.wait_timeout(T), "the task ran on the next worker");
+    tx.send(6).unwrap();
+    assert_eq!(get(reader).unwrap(), 6);
+    no_receiver_left(&tx, "after a worker died with its copy");
     finish(p);
 }
 

@@ -199,14 +199,14 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
 }
 
 fn encode_after<T: Serialize + ?Sized>(prefix: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
-    let encoded = codec::encode_with_prefix(prefix, value)?;
-    if !encoded.fds.is_empty() {
-        return Err(CodecError::new(format!(
-            "a `{}` holds a handle (a queue, a lock, shared memory...) that cannot leave this machine",
-            std::any::type_name::<T>()
-        )));
-    }
-    Ok(encoded.bytes)
+    codec::encode_with_prefix(prefix, value)?
+        .into_plain()
+        .ok_or_else(|| {
+            CodecError::new(format!(
+                "a `{}` holds a handle (a queue, a lock, shared memory...) that cannot leave this machine",
+                std::any::type_name::<T>()
+            ))
+        })
 }
 
 fn versioned<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {

@@ -224,8 +224,10 @@ pub(crate) fn send<T: Serialize>(
         Ok(e) => e,
         Err(e) => return Err((value, Failed::Codec(e))),
     };
-    raw.send(encoded, wait, unfinished)
-        .map_err(|(_, e)| (value, fail(e)))
+    raw.send(encoded, wait, unfinished).map_err(|(encoded, e)| {
+        encoded.discard();
+        (value, fail(e))
+    })
 }
 
 /// Encodes and sends without blocking the thread: waits for room (a bounded channel

@@ -38,8 +38,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
         }
     }
     let _restore = Storing(STORING.with(|s| s.replace(true)));
-    let e = codec::encode(value)?;
-    if !e.fds.is_empty() {
+    let Some(bytes) = codec::encode(value)?.into_plain() else {
         return Err(ManagerError::Codec(crate::wire::codec::CodecError::new(
             format!(
                 "a `{}` holds descriptors (a pipe, queue or lock of this crate), which a \
@@ -47,8 +46,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
                 std::any::type_name::<T>()
             ),
         )));
-    }
-    Ok(Bytes(e.bytes))
+    };
+    Ok(Bytes(bytes))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &Bytes) -> Result<T> {

@@ -29,7 +29,7 @@ use crate::ipc::channel::{self, MAX_SLEEP, RawReceiver, RawSender, Received, Rec
 use crate::process::{Armed, Builder, JoinHandle, Limits, StartMethod};
 use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, OwnedFd};
-use crate::wire::codec::{CodecError, Encoded, Kept};
+use crate::wire::codec::{CodecError, Counts, Encoded, Kept};
 /// Jobs a worker holds at least (one running, one waiting), and at most.
 pub(crate) const DEPTH_MIN: usize = 2;
 pub(crate) const DEPTH_MAX: usize = 128;
@@ -188,7 +188,8 @@ struct Worker {
     /// taken back, and it gets no more until it reports.
     slow: bool,
     /// Tickets of jobs taken back from it: freed when it reports skipping them (or dies).
-    stolen: Vec<u32>,
+    /// With the counts of the copies it holds (see `TaskRec::transit`).
+    stolen: Vec<(u32, Counts)>,
     /// The `map_with` contexts it was sent.
     contexts: FxHashSet<u64>,
     /// It reported that it could not get ready (counted then, not again as it ends).
@@ -251,6 +252,10 @@ struct TaskRec {
     delivered: bool,
     /// Ready workers that died while it was the next task they were to begin.
     lost_unstarted: u32,
+    /// The counts (see [`Encoded`]) the copy of its job sent to its worker holds, while
+    /// that worker may still skip the copy without decoding it (the task was taken back
+    /// or cancelled before it began, or the worker died first): they come back then.
+    transit: Counts,
 }
 
 impl PoolInner {
@@ -363,7 +368,10 @@ impl PoolInner {
     ) -> Result<u64, TaskError> {
         let delayed = per_task.as_ref().is_some_and(|p| p.not_before.is_some());
         let mut st = unpoisoned::lock(&self.state);
-        refuses(&st, false)?;
+        if let Err(e) = refuses(&st, false) {
+            payload.discard();
+            return Err(e);
+        }
         let id = self.register(&mut st, (entry, 0), payload, sink, slot, per_task)?;
         self.pump(&mut st);
         self.release(st);
@@ -395,7 +403,10 @@ impl PoolInner {
         in_map: bool,
     ) -> Result<Vec<u64>, TaskError> {
         let mut st = unpoisoned::lock(&self.state);
-        refuses(&st, in_map)?;
+        if let Err(e) = refuses(&st, in_map) {
+            jobs.into_iter().for_each(|(_, job)| job.discard());
+            return Err(e);
+        }
         let mut ids = Vec::with_capacity(jobs.len());
         for (slot, payload) in jobs {
             ids.push(self.register(
@@ -439,6 +450,7 @@ impl PoolInner {
                 ticket: None,
                 delivered: false,
                 lost_unstarted: 0,
+                transit: Counts::default(),
             },
         );
         match not_before {
@@ -529,7 +541,7 @@ impl PoolInner {
                     None => Err(SendFail::Disconnected),
                 };
                 match sent {
-                    Ok(()) => {
+                    Ok(_) => {
                         worker.contexts.insert(rec.context);
                         // Reading it may be what kills the worker: not a failed start.
                         worker.sent = true;
@@ -568,7 +580,8 @@ impl PoolInner {
                 None => Err(SendFail::Disconnected),
             };
             match sent {
-                Ok(()) => {
+                Ok(transit) => {
+                    rec.transit = transit;
                     rec.worker = Some(w);
                     rec.ticket = Some((ticket, generation));
                     worker.in_flight.push_back(id);
@@ -833,7 +846,7 @@ impl PoolInner {
                     break;
                 }
                 w.in_flight.remove(at);
-                w.stolen.push(ticket);
+                w.stolen.push((ticket, std::mem::take(&mut rec.transit)));
                 w.assigned -= 1;
                 rec.ticket = None;
                 rec.worker = None;
@@ -1019,19 +1032,26 @@ fn pick_worker(workers: &[Option<Worker>]) -> Option<usize> {
 
 /// Sends a job without giving it up: straight from its buffer into the ring when it can,
 /// otherwise a copy (with duplicated descriptors) on the side.
-fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<(), SendFail> {
+/// The counts the copy sent holds (see `TaskRec::transit`).
+fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<Counts, SendFail> {
     if payload.fds.is_empty() && jobs.fits_inline(payload.bytes.len()) {
         let mut fill = |buf: &mut [u8]| {
             buf.copy_from_slice(&payload.bytes);
             true
         };
-        return jobs.send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false);
+        return jobs
+            .send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false)
+            .map(|()| Counts::default());
     }
     let copy = payload.try_clone().map_err(SendFail::Io)?;
-    jobs.send(copy, Deadline::Now, false).map_err(|(copy, e)| {
-        copy.discard();
-        e
-    })
+    let counts = copy.counts.clone();
+    match jobs.send(copy, Deadline::Now, false) {
+        Ok(()) => Ok(counts),
+        Err((copy, e)) => {
+            copy.discard();
+            Err(e)
+        }
+    }
 }
 
 /// Why the pool takes no new tasks, if it takes none: it gave up, or it is closed (but
@@ -1334,8 +1354,9 @@ impl PoolInner {
         if current.is_none_or(|(ticket, _)| ticket != header.ticket) {
             // A job taken back from a slow worker, which skipped it: free its ticket.
             for w in st.workers.iter_mut().flatten() {
-                if let Some(pos) = w.stolen.iter().position(|&t| t == header.ticket) {
-                    w.stolen.swap_remove(pos);
+                if let Some(pos) = w.stolen.iter().position(|&(t, _)| t == header.ticket) {
+                    // Skipped, not decoded: the copy's counts come back.
+                    w.stolen.swap_remove(pos).1.give_back();
                     // Heard from: it takes tasks again (all of them may have been taken
                     // back, and it has no other outcome to report).
                     w.slow = false;
@@ -1349,6 +1370,11 @@ impl PoolInner {
         let Some(rec) = st.tasks.get_mut(&header.id) else {
             return;
         };
+        // Begun (its copy decoded), or skipped: its counts are taken over, or come back.
+        let transit = std::mem::take(&mut rec.transit);
+        if header.kind == kind::CANCELLED {
+            transit.give_back();
+        }
         let service_ns = match rec.ticket {
             Some((ticket, generation)) => {
                 let started = match self.tickets.state(ticket, generation) {
@@ -1543,6 +1569,7 @@ impl PoolInner {
                         continue;
                     };
                     rec.worker = None;
+                    let transit = std::mem::take(&mut rec.transit);
                     let ticket = rec.ticket.take();
                     let delivered = rec.delivered;
                     let state = match ticket {
@@ -1554,6 +1581,10 @@ impl PoolInner {
                         }
                         None => TicketState::Other,
                     };
+                    // A copy it never began was never decoded.
+                    if state == TicketState::Queued {
+                        transit.give_back();
+                    }
                     if delivered {
                         st.tasks.remove(&id);
                         continue;
@@ -1630,7 +1661,8 @@ impl PoolInner {
                     let why = format!("a worker ended before taking any task ({how})");
                     self.start_failed(&mut st, why, &mut deliveries);
                 }
-                for ticket in w.stolen {
+                for (ticket, transit) in w.stolen {
+                    transit.give_back();
                     self.tickets.free(ticket);
                     st.free_tickets.push(ticket);
                 }

@@ -232,17 +232,16 @@ impl Failure {
     where
         E: Serialize + fmt::Display + Send + Sync + 'static,
     {
-        let encoded = codec::encode(&error)?;
-        if !encoded.fds.is_empty() {
+        let Some(encoded) = codec::encode(&error)?.into_plain() else {
             return Err(CodecError::new(format!(
                 "a task's error of type `{}` holds a handle (a queue, a lock...): it must be plain data",
                 std::any::type_name::<E>()
             )));
-        }
+        };
         Ok(Failure {
             message: error.to_string(),
             type_name: Some(std::any::type_name::<E>().to_string()),
-            encoded: Some(encoded.bytes.into()),
+            encoded: Some(encoded.into()),
             value: Some(Arc::new(error)),
         })
     }

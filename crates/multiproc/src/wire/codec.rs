@@ -126,6 +126,17 @@ impl Encoded {
     pub(crate) fn discard(self) {
         self.counts.give_back();
     }
+
+    /// Its bytes, if it holds no descriptors (plain data, for where handles cannot go:
+    /// a manager, another machine); otherwise `None`, and the encoding is discarded.
+    pub(crate) fn into_plain(self) -> Option<Vec<u8>> {
+        if self.fds.is_empty() {
+            Some(self.bytes)
+        } else {
+            self.discard();
+            None
+        }
+    }
 }
 
 /// A count kept in shared memory while a handle exists (a channel's receivers): an
@@ -148,7 +159,8 @@ impl Counts {
         self.clone()
     }
 
-    fn give_back(self) {
+    /// Gives the counts back (the copy they were for will not be decoded).
+    pub(crate) fn give_back(self) {
         for c in &self.0 {
             c.give_back();
         }
@@ -203,7 +215,10 @@ impl Drop for Kept {
 }
 
 /// An encoded value travels inside another one as its bytes and its descriptors, each
-/// descriptor through the outer message's list (as handles' descriptors do).
+/// descriptor through the outer message's list (as handles' descriptors do). Its counts
+/// (see [`Encoded`]) go with it, not added to the outer encoding's: an outer encoding
+/// that holds one must be decoded once at most (a worker's start arguments are), or be
+/// made again for each use.
 impl Serialize for Encoded {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;

@@ -456,9 +456,14 @@ pub fn reap(p: u32) {
     let _ = rustix::process::waitpid(Some(pid(p)), WaitOptions::NOHANG);
 }
 
+/// Sends SIGKILL to `p`, a process this test started (directly or not).
+pub fn sigkill(p: u32) {
+    let _ = rustix::process::kill_process(pid(p), Signal::KILL);
+}
+
 /// Kills `p` (if it still exists) and reaps it if it is ours.
 pub fn kill_and_reap(p: u32) {
-    let _ = rustix::process::kill_process(pid(p), Signal::KILL);
+    sigkill(p);
     wait_gone(p, Duration::from_secs(5));
     reap(p);
 }
