@@ -1358,8 +1358,11 @@ impl PoolInner {
                     // Skipped, not decoded: the copy's counts come back.
                     w.stolen.swap_remove(pos).1.give_back();
                     // Heard from: it takes tasks again (all of them may have been taken
-                    // back, and it has no other outcome to report).
+                    // back, and it has no other outcome to report), and it has read a job
+                    // (its ring has room again: a send refused as the ring was full of
+                    // such skipped jobs is not held against it for good).
                     w.slow = false;
+                    w.stalled = false;
                     self.tickets.free(header.ticket);
                     st.free_tickets.push(header.ticket);
                     break;
