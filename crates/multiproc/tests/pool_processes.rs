@@ -88,6 +88,10 @@ fn main() {
                 cancel_as_a_task_ends_spares_the_next,
             ),
             trial(
+                "a_new_workers_ready_report_is_not_lost",
+                a_new_workers_ready_report_is_not_lost,
+            ),
+            trial(
                 "parent_sigkilled_takes_workers_along",
                 parent_sigkilled_takes_workers_along,
             ),
@@ -141,6 +145,7 @@ fn helpers(mode: &str) {
     match mode {
         "pool_parent" => helper_pool_parent(),
         "leaks" => helper_leaks(),
+        "aborting_tasks" => helper_aborting_tasks(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -820,6 +825,44 @@ fn helper_pool_parent() {
     let server = server.expect("this process has a fork server");
     println!("pids {} {server}", pids.join(" "));
     std::thread::sleep(Duration::from_secs(600));
+}
+
+fn aborts(_: u32) -> u32 {
+    std::process::abort()
+}
+
+/// Six tasks that each abort their worker, on a pool of one, each waited for (so that
+/// this thread routes outcomes too); prints how each ended.
+fn helper_aborting_tasks() {
+    let p = Pool::new(1).unwrap();
+    let tasks: Vec<_> = (0..6).map(|i| p.submit(aborts, i).unwrap()).collect();
+    let ends: Vec<String> = tasks
+        .into_iter()
+        .map(|t| match get(t) {
+            Err(TaskError::WorkerDied(_)) => "died".to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    println!("ends {}", ends.join(","));
+    finish(p);
+}
+
+/// A new worker's first report (that it is ready) is not lost when a thread waiting for
+/// a task routes it before the engine has put the worker in its table (the engine is
+/// held there for 100 ms by a debug-build hook): each task that kills its worker fails
+/// alone, rather than count as a worker that failed to start, three of which made the
+/// pool give up.
+fn a_new_workers_ready_report_is_not_lost() {
+    if !cfg!(debug_assertions) {
+        panic!("this test needs debug assertions (the pool's start-delay hook)");
+    }
+    let mut h = Helper::start_with(
+        "aborting_tasks",
+        std::env::current_exe().unwrap(),
+        &[("MULTIPROC_TEST_WORKER_START_DELAY_MS", "100")],
+    );
+    assert_eq!(h.expect("ends ", T), "died,died,died,died,died,died");
+    assert!(h.wait(T).success());
 }
 
 fn parent_sigkilled_takes_workers_along() {

@@ -229,6 +229,20 @@ fn worker_with_pid(st: &mut State, pid: u64) -> Option<&mut Worker> {
         .find(|w| u64::from(w.handle.pid()) == pid)
 }
 
+/// Debug builds only, for a test: how long the engine waits between starting a worker
+/// and putting it in its table (`MULTIPROC_TEST_WORKER_START_DELAY_MS`), so that the
+/// worker's first report arrives meanwhile.
+fn test_start_delay() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms = std::env::var("MULTIPROC_TEST_WORKER_START_DELAY_MS").ok()?;
+        ms.parse().ok().map(Duration::from_millis)
+    })
+}
+
 /// Looks at a fallible task's encoded `Result`: the failure, if it is an `Err`.
 pub(super) type FailureCheck = fn(&[u8]) -> Option<Failure>;
 
@@ -1788,10 +1802,20 @@ impl PoolInner {
                 .collect()
         };
         for i in missing {
+            // A new worker's first report (it is ready, or its initializer failed) must
+            // find it in the table: a thread routing outcomes while it waits could take
+            // that report before the worker is put there, and it would be lost (a
+            // worker never marked ready that dies in a task counts as one that failed
+            // to start; three make the pool give up). No outcome is routed meanwhile.
+            let routing = unpoisoned::write(&self.routing);
             match self.start_worker(i) {
                 Ok(worker) => {
+                    if let Some(delay) = test_start_delay() {
+                        std::thread::sleep(delay);
+                    }
                     let mut st = unpoisoned::lock(&self.state);
                     if st.terminated {
+                        drop(routing);
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
                         drop(st);
@@ -1801,17 +1825,19 @@ impl PoolInner {
                     if st.workers[i].is_some() {
                         // Filled meanwhile, by a callback of this pool's thread that
                         // waited for a task and replaced workers itself (see `help`).
-                        drop(st);
+                        drop((st, routing));
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
                         let _ = h.join_timeout(Duration::from_secs(5));
                         continue;
                     }
                     st.workers[i] = Some(worker);
+                    drop(routing);
                     self.pump(&mut st);
                     self.release(st);
                 }
                 Err(e) => {
+                    drop(routing);
                     let mut deliveries = Vec::new();
                     self.start_failed(
                         &mut unpoisoned::lock(&self.state),
