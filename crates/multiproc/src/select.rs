@@ -83,7 +83,10 @@ impl<'a> Source<'a> {
     fn ready(&self) -> bool {
         match &self.0 {
             Kind::Channel(rx) => rx.ready(),
-            Kind::Process(p) => !p.is_alive(),
+            Kind::Process(p) => {
+                p.record.take_outcome_now();
+                !p.is_alive()
+            }
             Kind::Task(c) => c.is_complete(),
         }
     }
@@ -93,7 +96,9 @@ impl<'a> Source<'a> {
 /// limit), and returns the indices of those that are ready (empty on timeout).
 ///
 /// A receiver or queue is ready when a receive would not block: an item is waiting, or
-/// every sender is gone. A process handle is ready when the process has ended, a
+/// every sender is gone. A process handle is ready when the process has ended (a child
+/// whose result is larger than its channel's buffer sends it only as it is read: the
+/// wait reads it meanwhile, for the join to return), a
 /// [`Task`](crate::Task) when it has finished (its result is ready, or it failed).
 ///
 /// # Examples
@@ -149,6 +154,15 @@ fn wait_sources(
     bell: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> io::Result<Vec<usize>> {
+    // The call channels of processes whose outcome is still to come: read as it comes
+    // (see `ChildRecord::take_outcome_now`), watched until it is in.
+    let outcomes: Vec<(&ChildProcess, OwnedFd)> = sources
+        .iter()
+        .filter_map(|s| match &s.0 {
+            Kind::Process(p) => p.record.outcome_watch().map(|fd| (p, fd)),
+            _ => None,
+        })
+        .collect();
     loop {
         let ready = ready_indices(sources);
         if !ready.is_empty() {
@@ -179,6 +193,12 @@ fn wait_sources(
                 Kind::Task(_) => {}
             }
         }
+        fds.extend(
+            outcomes
+                .iter()
+                .filter(|(p, _)| p.record.take_outcome_now())
+                .map(|(_, fd)| fd.as_fd()),
+        );
         let until = deadline.map_or(now + MAX_SLEEP, |d| d.min(now + MAX_SLEEP));
         sys::wait_readable(&fds, Some(until))?;
         if let Some(bell) = bell {

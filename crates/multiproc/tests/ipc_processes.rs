@@ -742,6 +742,30 @@ fn wait_for_receivers_and_processes() {
     assert_eq!(multiproc::wait(&[&rx_a, &rx_b], Some(T)).unwrap(), vec![0]);
     let mut sleeper = sleeper;
     sleeper.join_timeout(T).unwrap();
+    // A child returning more than its channel's buffer holds sends it only as it is
+    // read: the wait reads it meanwhile, so the child ends and the wait says so (for
+    // each start method); the join then has it.
+    for method in [
+        multiproc::StartMethod::ForkServer,
+        multiproc::StartMethod::Spawn,
+    ] {
+        let mut big = multiproc::Builder::new()
+            .start_method(method)
+            .spawn(bytes_of, 4 << 20)
+            .unwrap();
+        assert_eq!(
+            multiproc::wait(&[&big], Some(Duration::from_secs(20))).unwrap(),
+            vec![0],
+            "{method:?}: the child never ended"
+        );
+        assert!(!big.is_alive());
+        let back = big.join_timeout(T).unwrap();
+        assert!(back.len() == 4 << 20 && back.iter().all(|&b| b == 7));
+    }
+}
+
+fn bytes_of(n: usize) -> Vec<u8> {
+    vec![7; n]
 }
 
 fn work_and_mark_done(q: JoinableQueue<u32>) -> u32 {

@@ -462,6 +462,21 @@ fn transient_and_temporary() {
         .build()
         .unwrap();
     sup.wait_timeout(T).unwrap();
+
+    // So does one whose child returns more than its channel's buffer holds (sent only
+    // as it is read: the supervisor reads it, rather than wait for an exit that never
+    // comes).
+    let sup = fast()
+        .child(ChildSpec::new("returns a lot", returns_bytes, 4 << 20).restart(Restart::Temporary))
+        .build()
+        .unwrap();
+    sup.wait_timeout(T)
+        .expect("the child with a large result ended");
+    assert!(sup.status()[0].last_exit.as_ref().unwrap().normal);
+}
+
+fn returns_bytes(n: usize) -> Vec<u8> {
+    vec![7; n]
 }
 
 fn backoff_grows_then_resets() {

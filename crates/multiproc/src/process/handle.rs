@@ -251,6 +251,36 @@ impl ChildRecord {
         Ok(out)
     }
 
+    /// A duplicate of the call channel's descriptor while the outcome is still to come,
+    /// for a wait to watch (see [`take_outcome_now`](Self::take_outcome_now)).
+    pub(crate) fn outcome_watch(&self) -> Option<OwnedFd> {
+        let channel = self.channel.try_lock().ok()?;
+        let ch = channel.as_ref()?;
+        (ch.outcome.is_none() && !ch.closed)
+            .then(|| sys::dup(ch.conn.fd()).ok())
+            .flatten()
+    }
+
+    /// Reads what the call channel holds now, without waiting: a result larger than the
+    /// socket's buffer is only sent as it is read, so a child returning one does not
+    /// end until someone reads. Whether the outcome is still to come. A thread that
+    /// joins meanwhile reads it (the channel is busy then): nothing is done.
+    pub(crate) fn take_outcome_now(&self) -> bool {
+        let Ok(mut channel) = self.channel.try_lock() else {
+            return false;
+        };
+        let Some(ch) = channel.as_mut() else {
+            return false;
+        };
+        if ch.outcome.is_none()
+            && !ch.closed
+            && matches!(sys::poll_now(ch.conn.fd()), Ok(r) if r.ready())
+        {
+            let _ = ch.pump(Some(Instant::now()), self.pidfd.as_fd());
+        }
+        ch.outcome.is_none() && !ch.closed
+    }
+
     /// Drops the parent's end of the call channel (nobody will read the result).
     pub(crate) fn close_channel(&self) {
         drop(unpoisoned::lock(&self.channel).take());
