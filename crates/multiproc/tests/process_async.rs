@@ -26,6 +26,10 @@ fn main() {
                 join_handles_awaited_under_async_io,
             ),
             trial("a_large_result_awaited", a_large_result_awaited),
+            trial(
+                "an_awaited_handle_sleeps_while_its_child_exits",
+                an_awaited_handle_sleeps_while_its_child_exits,
+            ),
             trial("pidfd_as_sentinel", pidfd_as_sentinel),
             trial(
                 "put_async_wakes_when_room_frees",
@@ -143,6 +147,41 @@ fn a_large_result_awaited() {
 }
 
 /// Whether `fd` becomes readable within `ms`.
+/// Returns 7 once it has started a child of its own (not a daemon) that sleeps `ms`: its
+/// exit, after its result is sent, joins that child.
+fn returns_then_joins(ms: u64) -> u32 {
+    multiproc::Builder::new()
+        .daemon(false)
+        .spawn(after_ms, ms)
+        .unwrap();
+    7
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A handle awaited while its child, its result sent, still exits (joining a child of
+/// its own for 3 s) sleeps: the result channel, at its end and so readable for good, is
+/// watched no more once the outcome is in. It woke the task again and again, spinning.
+fn an_awaited_handle_sleeps_while_its_child_exits() {
+    let c = multiproc::spawn(returns_then_joins, 3000).unwrap();
+    let t0 = Instant::now();
+    let cpu0 = thread_cpu();
+    assert_eq!(async_io::block_on(within(c)).unwrap(), 7);
+    let (cpu, wall) = (thread_cpu() - cpu0, t0.elapsed());
+    assert!(
+        wall >= Duration::from_secs(2),
+        "joined before the exit: {wall:?}"
+    );
+    assert!(
+        cpu < Duration::from_millis(500),
+        "the await took {cpu:?} of CPU in {wall:?}"
+    );
+}
+
 fn readable(fd: std::os::fd::BorrowedFd<'_>, ms: i32) -> bool {
     use rustix::event::{PollFd, PollFlags, poll};
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];

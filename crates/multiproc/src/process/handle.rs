@@ -239,16 +239,30 @@ impl ChildRecord {
 
     /// What to watch, from a future, to learn that joining may have progressed: the
     /// pidfd (the process ended), the fork server's status pipe, and the call channel
-    /// (a large result is only sent as it is read).
-    fn watchers(&self) -> std::io::Result<Vec<sys::Watched>> {
+    /// while the outcome is still to come (a large result is only sent as it is read;
+    /// once the outcome is in, the channel, at its end, would be readable for good).
+    /// Whether the channel is among them.
+    fn watchers(&self) -> std::io::Result<(Vec<sys::Watched>, bool)> {
         let mut out = vec![sys::Watched::new(self.pidfd.as_fd())?];
         if let StatusSource::Relay(pipe) = &unpoisoned::lock(&self.status).source {
             out.push(sys::Watched::new(pipe.as_fd())?);
         }
-        if let Some(ch) = unpoisoned::lock(&self.channel).as_ref() {
+        let mut channel = false;
+        if let Some(ch) = unpoisoned::lock(&self.channel).as_ref()
+            && ch.outcome.is_none()
+            && !ch.closed
+        {
             out.push(sys::Watched::new(ch.conn.fd())?);
+            channel = true;
         }
-        Ok(out)
+        Ok((out, channel))
+    }
+
+    /// Whether the outcome is still to come through the call channel.
+    fn outcome_pending(&self) -> bool {
+        unpoisoned::lock(&self.channel)
+            .as_ref()
+            .is_some_and(|ch| ch.outcome.is_none() && !ch.closed)
     }
 
     /// A duplicate of the call channel's descriptor while the outcome is still to come,
@@ -493,6 +507,16 @@ impl ChildRecord {
 /// How long an exited child's status may take to arrive from the fork server.
 const RELAY_GRACE: Duration = Duration::from_secs(1);
 
+/// What an awaited handle watches (see `ChildRecord::watchers`), and which of those
+/// can stay readable for good: the fork server's status pipe once it has ended, the call
+/// channel once the outcome is in. Either is watched no more then.
+#[derive(Debug)]
+struct Watchers {
+    fds: Vec<sys::Watched>,
+    relay: bool,
+    channel: bool,
+}
+
 /// An owned permission to join a child process: the process counterpart of
 /// [`std::thread::JoinHandle`].
 ///
@@ -506,8 +530,7 @@ pub struct JoinHandle<R> {
     stderr: Option<std::process::ChildStderr>,
     joined: bool,
     /// Registered with the async reactor the first time the handle is polled.
-    /// With whether the fork server's status pipe is among them.
-    watchers: Option<(Vec<sys::Watched>, bool)>,
+    watchers: Option<Watchers>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -673,19 +696,27 @@ impl<R: DeserializeOwned> Future for JoinHandle<R> {
             }
             // A status pipe that reached its end (the server died) is readable for good:
             // watched no more once the record has seen that.
-            if this.watchers.as_ref().is_some_and(|(_, relay)| *relay) && !this.record.relay_open()
-            {
+            if this.watchers.as_ref().is_some_and(|w| {
+                (w.relay && !this.record.relay_open())
+                    || (w.channel && !this.record.outcome_pending())
+            }) {
                 this.watchers = None;
             }
             if this.watchers.is_none() {
                 let relay = this.record.relay_open();
                 match this.record.watchers() {
-                    Ok(w) => this.watchers = Some((w, relay)),
+                    Ok((fds, channel)) => {
+                        this.watchers = Some(Watchers {
+                            fds,
+                            relay,
+                            channel,
+                        })
+                    }
                     Err(e) => return Poll::Ready(Err(ProcessError::Io(e))),
                 }
             }
             let mut woken = false;
-            for w in this.watchers.iter().flat_map(|(w, _)| w) {
+            for w in this.watchers.iter().flat_map(|w| &w.fds) {
                 match w.poll_readable(cx) {
                     Poll::Ready(Ok(())) => woken = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(ProcessError::Io(e))),
