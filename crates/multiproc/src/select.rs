@@ -154,15 +154,6 @@ fn wait_sources(
     bell: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> io::Result<Vec<usize>> {
-    // The call channels of processes whose outcome is still to come: read as it comes
-    // (see `ChildRecord::take_outcome_now`), watched until it is in.
-    let outcomes: Vec<(&ChildProcess, OwnedFd)> = sources
-        .iter()
-        .filter_map(|s| match &s.0 {
-            Kind::Process(p) => p.record.outcome_watch().map(|fd| (p, fd)),
-            _ => None,
-        })
-        .collect();
     loop {
         let ready = ready_indices(sources);
         if !ready.is_empty() {
@@ -193,12 +184,16 @@ fn wait_sources(
                 Kind::Task(_) => {}
             }
         }
-        fds.extend(
-            outcomes
-                .iter()
-                .filter(|(p, _)| p.record.take_outcome_now())
-                .map(|(_, fd)| fd.as_fd()),
-        );
+        // The call channels of processes whose outcome is still to come, for this
+        // sleep: read as it comes (see `ChildRecord::take_outcome_now`).
+        let outcomes: Vec<OwnedFd> = sources
+            .iter()
+            .filter_map(|s| match &s.0 {
+                Kind::Process(p) => p.record.outcome_watch(),
+                _ => None,
+            })
+            .collect();
+        fds.extend(outcomes.iter().map(AsFd::as_fd));
         let until = deadline.map_or(now + MAX_SLEEP, |d| d.min(now + MAX_SLEEP));
         sys::wait_readable(&fds, Some(until))?;
         if let Some(bell) = bell {

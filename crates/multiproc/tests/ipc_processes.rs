@@ -87,6 +87,14 @@ fn main() {
                 "a_large_message_waits_for_a_free_descriptor",
                 a_large_message_waits_for_a_free_descriptor,
             ),
+            trial(
+                "a_failed_spawn_gives_back_its_receivers_count",
+                a_failed_spawn_gives_back_its_receivers_count,
+            ),
+            trial(
+                "a_wait_lets_go_of_a_dropped_handles_channel",
+                a_wait_lets_go_of_a_dropped_handles_channel,
+            ),
             trial("no_descriptor_leaks", no_descriptor_leaks),
         ],
         helpers,
@@ -766,6 +774,45 @@ fn wait_for_receivers_and_processes() {
 
 fn bytes_of(n: usize) -> Vec<u8> {
     vec![7; n]
+}
+
+fn recv_one(rx: multiproc::Receiver<u32>) -> u32 {
+    rx.recv_timeout(T).unwrap_or(0)
+}
+
+/// A spawn that fails once its arguments are encoded gives back the count a receiver
+/// in them added: the pipe, whose only receiver that was, is disconnected at once.
+fn a_failed_spawn_gives_back_its_receivers_count() {
+    let (tx, rx) = multiproc::pipe::<u32>().unwrap();
+    let spawned = multiproc::Builder::new()
+        .current_dir("/nonexistent/multiproc-test")
+        .spawn(recv_one, rx);
+    assert!(spawned.is_err());
+    assert!(
+        matches!(
+            tx.try_send(1),
+            Err(multiproc::TrySendError::Disconnected(1))
+        ),
+        "the failed spawn left a receiver counted"
+    );
+}
+
+/// A wait on a child's view, while the child sends a large result, does not keep the
+/// result's channel open once the handle is dropped unjoined: the child, no longer
+/// read, is let go (its send fails) and ends, and the wait says so.
+fn a_wait_lets_go_of_a_dropped_handles_channel() {
+    let big = multiproc::spawn(bytes_of, 256 << 20).unwrap();
+    let view = big.process();
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        waiting_tx.send(()).unwrap();
+        multiproc::wait(&[&view], Some(Duration::from_secs(30))).unwrap()
+    });
+    waiting_rx.recv_timeout(T).unwrap();
+    // Time for the wait to be reading (256 MiB takes it far longer than this).
+    std::thread::sleep(Duration::from_millis(200));
+    drop(big);
+    assert_eq!(waiter.join().unwrap(), vec![0], "the child never ended");
 }
 
 fn work_and_mark_done(q: JoinableQueue<u32>) -> u32 {

@@ -1065,6 +1065,18 @@ fn started_then_read((started, rx): (Event, multiproc::Receiver<u64>)) -> u64 {
     rx.recv_timeout(T).expect("a value within T")
 }
 
+/// A pool of one worker, running a task that waits (within `T`) for an event nobody
+/// sets.
+fn busy_pool_of_one() -> (Pool, Task<bool>) {
+    let p = pool(1);
+    let started = Event::new().unwrap();
+    let long = p
+        .submit(started_then_wait, (started.clone(), Event::new().unwrap()))
+        .unwrap();
+    assert!(started.wait_timeout(T));
+    (p, long)
+}
+
 /// A task with a receiver in its argument, taken back from a worker busy with a long
 /// task and run by another: the copy the busy worker skips gives its count back, so once
 /// the task is over the pipe has no receiver left (a send says so at once).
@@ -1101,12 +1113,7 @@ fn a_taken_back_tasks_receiver_leaves_no_count() {
     finish(p);
     // The same, for a copy lost with a worker killed before it began the task: the task
     // runs on the next worker, and nothing is left counted.
-    let p = pool(1);
-    let (started1, go1) = (Event::new().unwrap(), Event::new().unwrap());
-    let long = p
-        .submit(started_then_wait, (started1.clone(), go1))
-        .unwrap();
-    assert!(started1.wait_timeout(T));
+    let (p, long) = busy_pool_of_one();
     let (tx, rx) = multiproc::pipe::<u64>().unwrap();
     let started = Event::new().unwrap();
     let reader = p.submit(started_then_read, (started.clone(), rx)).unwrap();
@@ -1117,6 +1124,18 @@ fn a_taken_back_tasks_receiver_leaves_no_count() {
     tx.send(6).unwrap();
     assert_eq!(get(reader).unwrap(), 6);
     no_receiver_left(&tx, "after a worker died with its copy");
+    finish(p);
+    // And for a copy cancelled before its worker began it, the worker then killed.
+    let (p, long) = busy_pool_of_one();
+    let (tx, rx) = multiproc::pipe::<u64>().unwrap();
+    let reader = p
+        .submit(started_then_read, (Event::new().unwrap(), rx))
+        .unwrap();
+    assert!(reader.cancel(), "queued behind the long task");
+    common::sigkill(p.worker_pids()[0]);
+    assert!(matches!(get(long), Err(TaskError::WorkerDied(_))));
+    assert_eq!(get(reader).unwrap_err(), TaskError::Cancelled);
+    no_receiver_left(&tx, "after a worker died with a cancelled copy");
     finish(p);
 }
 

@@ -885,6 +885,9 @@ impl PoolInner {
             Some((entry, arg)) => Some((*entry, arg.try_clone()?)),
             None => None,
         };
+        // The initializer argument's copy holds counts of its own (see `Encoded`), which
+        // travel inside the worker's arguments: a start that fails gives them back.
+        let init_counts = init.as_ref().map(|(_, arg)| arg.counts.clone());
         let args = WorkerArgs {
             identity: self.config.identity,
             jobs: jobs_rx,
@@ -902,7 +905,13 @@ impl PoolInner {
         if let Some(method) = self.config.start_method {
             builder = builder.start_method(method);
         }
-        let handle = builder.spawn(worker::worker_main, args)?;
+        let handle = match builder.spawn(worker::worker_main, args) {
+            Ok(handle) => handle,
+            Err(e) => {
+                init_counts.into_iter().for_each(Counts::give_back);
+                return Err(e.into());
+            }
+        };
         tracing::trace!(pid = handle.pid(), index, "pool worker started");
         Ok(Worker {
             handle,
@@ -1598,8 +1607,9 @@ impl PoolInner {
                         }
                         None => TicketState::Other,
                     };
-                    // A copy it never began was never decoded.
-                    if state == TicketState::Queued {
+                    // A copy it never began (or that was cancelled before it began)
+                    // was never decoded.
+                    if matches!(state, TicketState::Queued | TicketState::Cancelled) {
                         transit.give_back();
                     }
                     if delivered {

@@ -84,11 +84,14 @@ impl Channel {
     }
 
     /// Reads what the child sends until its outcome arrives, it hangs up or it ends
-    /// (`pidfd`: a process it forked may hold a copy of the channel).
+    /// (`pidfd`: a process it forked may hold a copy of the channel). `learn`: a join
+    /// waiting for the outcome, whose looks teach the shared look budgets; a read of
+    /// what is there now (a `wait`) teaches them nothing.
     fn pump(
         &mut self,
         deadline: Option<Instant>,
         pidfd: sys::BorrowedFd<'_>,
+        learn: bool,
     ) -> Result<(), ProcessError> {
         while self.outcome.is_none() && !self.closed {
             let look = if self.started {
@@ -99,7 +102,7 @@ impl Channel {
             let got = looking::recv_from_child(
                 &mut self.conn,
                 deadline,
-                self.looks.then_some(look),
+                (self.looks && learn).then_some(look),
                 pidfd,
             );
             let frame = match got {
@@ -266,7 +269,9 @@ impl ChildRecord {
     }
 
     /// A duplicate of the call channel's descriptor while the outcome is still to come,
-    /// for a wait to watch (see [`take_outcome_now`](Self::take_outcome_now)).
+    /// for a wait to watch while it sleeps, then close (see
+    /// [`take_outcome_now`](Self::take_outcome_now)): held longer, it would keep the
+    /// channel open after the handle dropped it to let a child blocked on sending go.
     pub(crate) fn outcome_watch(&self) -> Option<OwnedFd> {
         let channel = self.channel.try_lock().ok()?;
         let ch = channel.as_ref()?;
@@ -290,7 +295,7 @@ impl ChildRecord {
             && !ch.closed
             && matches!(sys::poll_now(ch.conn.fd()), Ok(r) if r.ready())
         {
-            let _ = ch.pump(Some(Instant::now()), self.pidfd.as_fd());
+            let _ = ch.pump(Some(Instant::now()), self.pidfd.as_fd(), false);
         }
         ch.outcome.is_none() && !ch.closed
     }
@@ -438,7 +443,7 @@ impl ChildRecord {
     fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
         let has_outcome = match unpoisoned::lock(&self.channel).as_mut() {
             Some(ch) => {
-                ch.pump(deadline, self.pidfd.as_fd())?;
+                ch.pump(deadline, self.pidfd.as_fd(), true)?;
                 ch.outcome.is_some()
             }
             None => false,

@@ -35,7 +35,7 @@ use handle::{Channel, ChildRecord, StatusSource};
 use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, messages};
 use crate::sys::{self, AsFd, OwnedFd};
 use crate::wire::codec;
-use crate::wire::codec::CodecError;
+use crate::wire::codec::{CodecError, Kept};
 use crate::wire::framing::Conn;
 
 /// How a child process is started.
@@ -356,7 +356,9 @@ impl Builder {
         let limits = self.limits.plan(false)?;
         let entry =
             sys::entry::<bootstrap::ChildCall, A, R>(f).map_err(|_| SpawnError::NotInExecutable)?;
-        let args = codec::encode(&args).map_err(SpawnError::Codec)?;
+        // Until the call is on its way, the arguments' counts (a receiver's: see
+        // `Encoded`) are the parent's: a spawn that fails gives them back.
+        let args = Kept::new(codec::encode(&args).map_err(SpawnError::Codec)?);
         let identity = bootstrap::exe_identity()?;
         // Without one set here, the parent's directory at the fork (below).
         let cwd = self.cwd.as_ref().map(checked_dir).transpose()?;
@@ -449,6 +451,7 @@ impl Builder {
         if !early {
             record.send_call(&[&prefix, &args.bytes], &args.fds);
         }
+        args.hand_over();
         Ok(JoinHandle::new(record, stdio_parent))
     }
 

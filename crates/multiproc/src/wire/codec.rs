@@ -192,6 +192,14 @@ impl Kept {
     }
 }
 
+impl Kept {
+    /// The copy this encoding was made for is on its way to its one decode (a child's
+    /// call, sent): its counts go with it.
+    pub(crate) fn hand_over(mut self) {
+        drop(std::mem::take(&mut self.encoded.counts));
+    }
+}
+
 impl std::ops::Deref for Kept {
     type Target = Encoded;
     fn deref(&self) -> &Encoded {
