@@ -11,6 +11,7 @@ use super::channel::{self, Deadline, RawReceiver, RawSender};
 use super::pipe::{self, Failed, Missed};
 use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::shm::layout::ChannelHeader;
+use crate::sync::raw::RECHECK;
 use crate::sys;
 
 /// A queue that any number of threads and processes put into and get from (Python's
@@ -25,7 +26,10 @@ use crate::sys;
 /// `Queue::new()` is unbounded, as Python's `Queue()` is: `put` never waits for room.
 /// Items go into a 4 MiB ring in shared memory; when it is full, into overflow segments
 /// of the same memory (4 MiB each, made as needed and given back once read), so a
-/// program may put everything before it starts its consumers. A blocking `put` that
+/// program may put everything before it starts its consumers. The exception: items that
+/// travel beside the ring, on the queue's socket (those over 2 MiB, and those carrying
+/// handles such as an `Event`, a `Lock` or a `Sender`), wait once its kernel buffer (a
+/// few hundred of them) is full, until a consumer takes one. A blocking `put` that
 /// finds the ring full first gives the consumers up to a millisecond to make room in it
 /// (consumers that keep up then read from memory they have just read, not from new
 /// pages); `try_put` and `put_async` go on at once. `bounded(n)` holds at most `n` items, and its
@@ -438,7 +442,10 @@ impl<T> JoinableQueue<T> {
             };
             h.sleepers.0.joiners.fetch_add(1, SeqCst);
             if unfinished(h) != 0 {
-                sys::futex_wait(&h.sleepers.0.join_epoch, epoch, left);
+                // A look every `RECHECK`: a `task_done` killed between counting the last
+                // task done and waking the joiners leaves them asleep otherwise.
+                let nap = left.map_or(RECHECK, |l| l.min(RECHECK));
+                sys::futex_wait(&h.sleepers.0.join_epoch, epoch, Some(nap));
             }
             h.sleepers.0.joiners.fetch_sub(1, SeqCst);
         }

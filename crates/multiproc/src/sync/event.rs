@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::raw::wait_for;
+use super::raw::{RECHECK, wait_for};
 use crate::deadline::Deadline;
 use crate::shm::ShmError;
 use crate::shm::layout::EventWords;
@@ -211,11 +211,17 @@ impl Event {
     fn wait_until(&self, wait: Deadline) -> bool {
         let w = self.words();
         // The kernel sleeps only while the word is what it was: a raising since (even
-        // one lowered again) changes it.
+        // one lowered again) changes it. A look every `RECHECK`: a `set` killed between
+        // raising the flag and waking the sleepers leaves them asleep otherwise.
         let since = w.flag.load(SeqCst);
-        wait_for(&w.flag, since, &w.sleepers, wait.instant(), None, || {
-            self.raised_since(since)
-        })
+        wait_for(
+            &w.flag,
+            since,
+            &w.sleepers,
+            wait.instant(),
+            Some(RECHECK),
+            || self.raised_since(since),
+        )
     }
 }
 
