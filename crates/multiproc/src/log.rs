@@ -53,8 +53,11 @@ where
 /// `{process name}: {message}` (Python's `logging.basicConfig(level=logging.DEBUG,
 /// format='%(processName)s: %(message)s')`). Does nothing if a subscriber is already set.
 ///
-/// multiproc's own events (children started, joined, terminated) are at `TRACE`, below
-/// this, as Python keeps `multiprocessing`'s own logging below `DEBUG`.
+/// multiproc's own routine events (children started, joined, terminated, a supervised
+/// child that returned) are at `TRACE`, below this, as Python keeps `multiprocessing`'s
+/// own logging below `DEBUG`; what went wrong and what is done about it (a supervised
+/// child that crashed, its restart, a pool or supervisor that gives up) is at `WARN`,
+/// `INFO` or `ERROR`, and shows.
 pub fn init() {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()

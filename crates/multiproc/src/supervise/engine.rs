@@ -258,7 +258,7 @@ impl Supervising {
                 source,
             })?;
         let pid = child.pid();
-        tracing::debug!(child = %slot.spec.name, pid, "child started");
+        tracing::trace!(child = %slot.spec.name, pid, "child started");
         slot.child = Some(child);
         slot.state = SlotState::Running;
         slot.started = Instant::now();
@@ -283,7 +283,11 @@ impl Supervising {
             slot.child = None;
             let grace = slot.spec.grace;
             let name = slot.spec.name.clone();
-            tracing::warn!(child = %name, pid, "child ended: {exit}");
+            if exit.normal {
+                tracing::trace!(child = %name, pid, "child ended: {exit}");
+            } else {
+                tracing::warn!(child = %name, pid, "child ended: {exit}");
+            }
             self.linger(pid, grace);
             self.shared.events.send(SupervisorEvent::Exited {
                 child: name,
@@ -447,7 +451,7 @@ impl Supervising {
     /// now and `SIGKILL` after `grace`.
     fn linger(&mut self, pgid: u32, grace: Duration) {
         if sys::group_alive(pgid) && matches!(sys::signal_group(pgid, sys::SIGTERM), Ok(true)) {
-            tracing::debug!(pgid, "child ended; its process group lives on: SIGTERM");
+            tracing::trace!(pgid, "child ended; its process group lives on: SIGTERM");
             self.lingering.push(Lingering {
                 pgid,
                 kill_at: Instant::now().checked_add(grace),
