@@ -9,7 +9,7 @@ mod common;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::trial;
+use common::{Helper, trial};
 use multiproc::{Event, ProcessError, Queue, Signal};
 
 const T: Duration = Duration::from_secs(60);
@@ -30,6 +30,10 @@ fn main() {
                 "an_awaited_handle_sleeps_while_its_child_exits",
                 an_awaited_handle_sleeps_while_its_child_exits,
             ),
+            trial(
+                "an_awaited_crash_waits_asleep_for_its_status",
+                an_awaited_crash_waits_asleep_for_its_status,
+            ),
             trial("pidfd_as_sentinel", pidfd_as_sentinel),
             trial(
                 "put_async_wakes_when_room_frees",
@@ -40,7 +44,10 @@ fn main() {
                 event_wait_async_across_processes,
             ),
         ],
-        |mode| panic!("unknown helper mode {mode}"),
+        |mode| match mode {
+            "stopped_relay" => helper_stopped_relay(),
+            _ => panic!("unknown helper mode {mode}"),
+        },
         Duration::from_secs(600),
         common::no_new_dev_shm,
     );
@@ -180,6 +187,77 @@ fn an_awaited_handle_sleeps_while_its_child_exits() {
         cpu < Duration::from_millis(500),
         "the await took {cpu:?} of CPU in {wall:?}"
     );
+}
+
+fn set_then_forever(started: Event) {
+    started.set();
+    forever(());
+}
+
+/// Continues a stopped fork server when dropped, a failed assertion included.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        common::stop_or_continue(self.0, false);
+    }
+}
+
+/// A child killed while its fork server is stopped: it has exited (its pidfd says so),
+/// and its status, the join's answer, comes only once the server runs again. The
+/// awaited handle sleeps meanwhile, on the server's status pipe: other futures on the
+/// same thread run (a poll that waited for the status held the thread until the server
+/// answered), and the wait takes no CPU (the pidfd, readable for good, is not watched).
+fn helper_stopped_relay() {
+    let started = Event::new().unwrap();
+    let child = multiproc::spawn(set_then_forever, started.clone()).unwrap();
+    assert!(started.wait_timeout(T), "the child never started");
+    let server = common::fork_server_of(std::process::id()).unwrap();
+    common::stop_or_continue(server, true);
+    let resume = Resume(server);
+    child.process().kill().unwrap();
+    assert!(readable(child.as_fd(), 60_000), "the child never exited");
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let resumer = std::thread::spawn({
+        let stopped = stopped.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            stopped.store(false, std::sync::atomic::Ordering::SeqCst);
+            drop(resume);
+        }
+    });
+    let ticks = std::cell::Cell::new(0u32);
+    let cpu0 = thread_cpu();
+    let (joined, ()) = async_io::block_on(within(futures_lite::future::zip(child, async {
+        while stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            async_io::Timer::after(Duration::from_millis(50)).await;
+            ticks.set(ticks.get() + 1);
+        }
+    })));
+    let cpu = thread_cpu() - cpu0;
+    resumer.join().unwrap();
+    assert!(
+        matches!(joined, Err(ProcessError::Signaled(s)) if s == Signal::KILL),
+        "{joined:?}"
+    );
+    // About 30 ticks of 50 ms in the 1.5 s; none where the handle's poll held the
+    // thread until the server answered.
+    assert!(
+        ticks.get() >= 5,
+        "{} ticks while the server was stopped",
+        ticks.get()
+    );
+    assert!(
+        cpu < Duration::from_millis(500),
+        "the await took {cpu:?} of CPU"
+    );
+    println!("done true");
+}
+
+fn an_awaited_crash_waits_asleep_for_its_status() {
+    let mut h = Helper::start("stopped_relay");
+    assert_eq!(h.expect("done ", T), "true", "{}", h.stderr_now());
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 
 fn readable(fd: std::os::fd::BorrowedFd<'_>, ms: i32) -> bool {

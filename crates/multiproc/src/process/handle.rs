@@ -245,20 +245,31 @@ impl ChildRecord {
     /// while the outcome is still to come (a large result is only sent as it is read;
     /// once the outcome is in, the channel, at its end, would be readable for good).
     /// Whether the channel is among them.
+    ///
+    /// Without an outcome, joining needs the exit status, and a relayed status comes
+    /// after the exit: the pidfd, readable for good from the exit on, is left out then,
+    /// so that a future waiting for a status the server has yet to send sleeps.
     fn watchers(&self) -> std::io::Result<(Vec<sys::Watched>, bool)> {
-        let mut out = vec![sys::Watched::new(self.pidfd.as_fd())?];
-        if let StatusSource::Relay(pipe) = &unpoisoned::lock(&self.status).source {
-            out.push(sys::Watched::new(pipe.as_fd())?);
+        let mut out = Vec::with_capacity(3);
+        let relay = match &unpoisoned::lock(&self.status).source {
+            StatusSource::Relay(pipe) => {
+                out.push(sys::Watched::new(pipe.as_fd())?);
+                true
+            }
+            StatusSource::Direct | StatusSource::Orphaned => false,
+        };
+        let channel = unpoisoned::lock(&self.channel);
+        let pending = channel
+            .as_ref()
+            .is_some_and(|ch| ch.outcome.is_none() && !ch.closed);
+        let outcome_in = channel.as_ref().is_some_and(|ch| ch.outcome.is_some());
+        if !relay || pending || outcome_in {
+            out.push(sys::Watched::new(self.pidfd.as_fd())?);
         }
-        let mut channel = false;
-        if let Some(ch) = unpoisoned::lock(&self.channel).as_ref()
-            && ch.outcome.is_none()
-            && !ch.closed
-        {
+        if let Some(ch) = channel.as_ref().filter(|_| pending) {
             out.push(sys::Watched::new(ch.conn.fd())?);
-            channel = true;
         }
-        Ok((out, channel))
+        Ok((out, pending))
     }
 
     /// Whether the outcome is still to come through the call channel.
@@ -308,6 +319,13 @@ impl ChildRecord {
     /// How the child ended, if it has. Does not block while it runs; once it has exited,
     /// waits (briefly) for the fork server to report its status.
     pub(crate) fn ended(&self) -> Option<Ended> {
+        self.ended_by(Instant::now() + RELAY_GRACE)
+    }
+
+    /// How the child ended, if it has and its status is in by `by`: an exited child's
+    /// status relayed by the fork server is waited for until then, no longer (`by` in
+    /// the past: only what is there now).
+    pub(crate) fn ended_by(&self, by: Instant) -> Option<Ended> {
         let mut st = unpoisoned::lock(&self.status);
         if st.ended.is_none() {
             st.ended = match &st.source {
@@ -315,8 +333,7 @@ impl ChildRecord {
                     let reported = matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.ready());
                     if reported || self.exited() {
                         let pipe = Arc::clone(pipe);
-                        let grace = Some(Instant::now() + RELAY_GRACE);
-                        self.relayed(&mut st, &pipe, grace)
+                        self.relayed(&mut st, &pipe, Some(by))
                     } else {
                         None
                     }
@@ -378,7 +395,9 @@ impl ChildRecord {
     /// Waits until the child has ended (and is reaped), or `deadline` passes.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<Ended, ProcessError> {
         loop {
-            if let Some(ended) = self.ended() {
+            // What is in now: a status still on its way is waited for below, without
+            // the status lock held (a `wait` under a runtime's poll never sleeps).
+            if let Some(ended) = self.ended_by(Instant::now()) {
                 return Ok(ended);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -26,7 +26,7 @@ pub(crate) fn lock() -> MutexGuard<'static, Vec<Arc<ChildRecord>>> {
 /// that starts children and never joins them does not accumulate records.
 pub(crate) fn add(children: &mut Vec<Arc<ChildRecord>>, record: Arc<ChildRecord>) {
     if DETACHED.load(Ordering::Relaxed) > 0 {
-        children.retain(|c| Arc::strong_count(c) > 1 || c.ended().is_none());
+        children.retain(|c| Arc::strong_count(c) > 1 || c.ended_by(Instant::now()).is_none());
         // Still detached: those running, and those a `ChildProcess` still holds (it
         // may be dropped later, with no word to the registry).
         let left = children.iter().filter(|c| c.is_detached()).count();
