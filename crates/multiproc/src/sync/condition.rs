@@ -279,14 +279,15 @@ impl Condition {
             seen = now;
         };
         w.waiters.fetch_sub(1, SeqCst);
-        if timed_out {
-            // Claims no waiter is left to take (notified as it timed out) go, so that no
-            // later waiter takes one for a notification before its time.
-            let waiters = w.waiters.load(SeqCst);
-            let _ = w
-                .unclaimed
-                .fetch_update(SeqCst, SeqCst, |u| (u > waiters).then_some(waiters));
-        }
+        // Claims no waiter is left to take (one notified as it timed out) go, so that no
+        // later waiter takes one for a notification before its time. Every waiter
+        // trims as it leaves, not only one that timed out: a waiter that timed out
+        // while another, notified, had taken its claim but was still counted, left one
+        // claim too many, which the waiter counted last has to take away.
+        let waiters = w.waiters.load(SeqCst);
+        let _ = w
+            .unclaimed
+            .fetch_update(SeqCst, SeqCst, |u| (u > waiters).then_some(waiters));
         let timed_out = WaitTimeoutResult(timed_out);
         let got = loop {
             if let Some(got) = guard.held.retake(count, Deadline::Never) {
