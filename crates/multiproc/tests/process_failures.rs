@@ -1096,8 +1096,7 @@ fn sleep_ms(ms: u64) {
 /// In a cgroup that allows this process, its fork server and one child: the second
 /// child cannot be forked.
 fn helper_fork_limited() {
-    let cgroup = std::env::var("MP_TEST_CGROUP").unwrap();
-    let cgroup = std::path::Path::new(&cgroup);
+    let cgroup = common::TestCgroup::of_helper();
     let mut server = None;
     // The server names itself right after it is forked.
     common::eventually(T, || {
@@ -1134,11 +1133,7 @@ fn helper_fork_limited() {
 /// text only.
 fn fork_failure_keeps_its_kind() {
     let cgroup = common::TestCgroup::new("pids", "fork");
-    let mut helper = Helper::start_with(
-        "fork_limited",
-        std::env::current_exe().unwrap(),
-        &[("MP_TEST_CGROUP", cgroup.path.to_str().unwrap())],
-    );
+    let mut helper = Helper::start_for("fork_limited", &cgroup);
     let refused = helper.expect("refused:", T);
     assert!(refused.starts_with("WouldBlock fork failed"), "{refused}");
     let pool = helper.expect("pool:", T);

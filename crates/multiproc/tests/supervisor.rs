@@ -47,6 +47,10 @@ fn main() {
             trial("supervising_thread_panics", supervising_thread_panics),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial("bad_input", bad_input),
+            trial(
+                "no_thread_for_the_supervisor_leaves_no_child",
+                no_thread_leaves_no_child,
+            ),
             trial("daemonize_pidfile_second_refused", daemonize_pidfile),
             trial(
                 "a_failed_daemonize_leaves_no_pid_file",
@@ -80,6 +84,7 @@ fn helpers(mode: &str) {
             println!("children {}", pids.join(" "));
             std::thread::sleep(T);
         }
+        "thread_limited" => helper_thread_limited(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -792,6 +797,38 @@ fn bad_input() {
         daemonize(DaemonOptions::new()),
         Err(multiproc::DaemonError::AfterInit)
     ));
+}
+
+/// In a cgroup that allows it no more threads than it has (its fork server left
+/// outside, so that children can still be forked): a supervisor whose thread cannot be
+/// started fails, and no child it was to supervise is left running.
+fn helper_thread_limited() {
+    let cgroup = common::TestCgroup::of_helper();
+    multiproc::spawn(|(): ()| (), ()).unwrap().join().unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap().count();
+    std::fs::write(cgroup.join("pids.max"), tasks.to_string()).unwrap();
+    let built = Supervisor::builder()
+        .child(ChildSpec::new("unwatched-a", sleep_forever, ()))
+        .child(ChildSpec::new("unwatched-b", sleep_forever, ()))
+        .build();
+    match built {
+        Err(e) => println!("refused: {e}"),
+        Ok(_) => println!("refused: no, it started"),
+    }
+    println!(
+        "left: {}",
+        common::named("unwatched-a").len() + common::named("unwatched-b").len()
+    );
+}
+
+fn no_thread_leaves_no_child() {
+    let cgroup = common::TestCgroup::new("pids", "supthread");
+    let mut h = Helper::start_for("thread_limited", &cgroup);
+    let refused = h.expect("refused: ", T);
+    assert!(refused.contains("supervisor thread"), "{refused}");
+    assert_eq!(h.expect("left: ", T), "0", "{}", h.stderr_now());
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 
 /// The daemon helper, started in `dir`: daemonizes with a pid file named relative to

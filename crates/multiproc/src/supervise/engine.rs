@@ -521,7 +521,7 @@ pub(super) struct Settings {
 }
 
 impl Supervising {
-    /// Starts every child, in order, and the supervising thread. Returns the state the
+    /// Starts the supervising thread, then every child, in order. Returns the state the
     /// handle shares and the thread to join.
     pub(super) fn start(
         children: Vec<ChildSpec>,
@@ -556,17 +556,34 @@ impl Supervising {
             lingering: Vec::new(),
             shared: Arc::clone(&shared),
         };
+        // The thread is started first, and handed the supervisor once every child has
+        // started: a thread that cannot be started then leaves no child unsupervised.
+        let (hand_over, handed) = std::sync::mpsc::sync_channel::<Supervising>(1);
+        let thread = thread::Builder::new()
+            .name("multiproc-supervisor".into())
+            .spawn(move || {
+                if let Ok(sup) = handed.recv() {
+                    sup.run();
+                }
+            })
+            .map_err(|e| SupervisorError::InvalidArgument(format!("supervisor thread: {e}")))?;
         for i in 0..sup.slots.len() {
             if let Err(e) = sup.spawn(i) {
                 sup.stop_slots(&(0..i).collect::<Vec<_>>());
+                drop(hand_over);
+                let _ = thread.join();
                 return Err(e);
             }
         }
         sup.publish();
-        let thread = thread::Builder::new()
-            .name("multiproc-supervisor".into())
-            .spawn(move || sup.run())
-            .map_err(|e| SupervisorError::InvalidArgument(format!("supervisor thread: {e}")))?;
+        if let Err(std::sync::mpsc::SendError(mut sup)) = hand_over.send(sup) {
+            // Only a thread that ended without taking it gives the supervisor back.
+            sup.stop_slots(&(0..sup.slots.len()).collect::<Vec<_>>());
+            let _ = thread.join();
+            return Err(SupervisorError::InvalidArgument(
+                "the supervisor thread ended before it started".into(),
+            ));
+        }
         Ok((shared, thread))
     }
 }

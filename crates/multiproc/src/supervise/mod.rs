@@ -277,11 +277,12 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Starts every child, in order, and the supervising thread.
+    /// Starts the supervising thread, then every child, in order.
     ///
     /// # Errors
     ///
-    /// [`SupervisorError::InvalidArgument`] for no children or two of one name;
+    /// [`SupervisorError::InvalidArgument`] for no children or two of one name, or a
+    /// supervising thread that cannot be started (then no child is);
     /// [`SupervisorError::Spawn`] if a child cannot be started (those already started
     /// are stopped again).
     pub fn build(self) -> Result<Supervisor, SupervisorError> {

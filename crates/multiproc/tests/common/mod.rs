@@ -205,6 +205,16 @@ impl Helper {
         Helper::start_command(mode, Command::new(exe), env)
     }
 
+    /// A helper told (in `MP_TEST_CGROUP`) of `cgroup`, to move itself or its processes
+    /// into: see [`TestCgroup::of_helper`].
+    pub fn start_for(mode: &str, cgroup: &TestCgroup) -> Helper {
+        Helper::start_with(
+            mode,
+            std::env::current_exe().unwrap(),
+            &[(CGROUP_ENV, cgroup.path.to_str().unwrap())],
+        )
+    }
+
     /// A helper started by `command` (which runs this test binary in the end: through
     /// `ip netns exec`, say).
     pub fn start_command(mode: &str, mut command: Command, env: &[(&str, &str)]) -> Helper {
@@ -808,7 +818,15 @@ impl TestCgroup {
     pub fn add(&self, pid: u32) {
         self.set("cgroup.procs", &pid.to_string());
     }
+
+    /// In a helper started by [`Helper::start_for`]: the cgroup it was told of.
+    pub fn of_helper() -> std::path::PathBuf {
+        std::path::PathBuf::from(std::env::var(CGROUP_ENV).expect(CGROUP_ENV))
+    }
 }
+
+/// Where [`Helper::start_for`] names the cgroup.
+const CGROUP_ENV: &str = "MP_TEST_CGROUP";
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
