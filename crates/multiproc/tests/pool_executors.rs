@@ -69,6 +69,10 @@ fn main() {
             trial("shutdown_cancels_pending", shutdown_cancels_pending),
             trial("imap_as_a_stream", imap_as_a_stream),
             trial(
+                "a_streams_poll_runs_no_other_tasks_callbacks",
+                a_streams_poll_runs_no_other_tasks_callbacks,
+            ),
+            trial(
                 "no_descriptor_or_mapping_leaks",
                 no_descriptor_or_mapping_leaks,
             ),
@@ -1198,6 +1202,62 @@ fn imap_as_a_stream() {
     );
     assert_eq!(got, [true, true, false, true]);
     tp.join_timeout(T).unwrap();
+    finish(p);
+}
+
+/// A stream's poll routes no outcome itself (the pool's thread does, and wakes it):
+/// routing runs the callbacks of the tasks routed, which may wait for anything, and on
+/// the runtime's thread they held up every task it runs. Tasks with callbacks finish
+/// while a stream is polled; none of their callbacks runs on the polling thread.
+fn a_streams_poll_runs_no_other_tasks_callbacks() {
+    use futures_lite::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let p = pool(2);
+    // Where each callback ran, and whether the stream was being polled then (one
+    // registered on a task already done runs at once, on this thread).
+    let ran_on = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let streaming = std::sync::Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..300u64)
+        .map(|x| {
+            let t = p.submit(square, x).unwrap();
+            let (ran_on, streaming) = (ran_on.clone(), streaming.clone());
+            t.on_done(move |_| {
+                let polled = streaming.load(Ordering::SeqCst);
+                ran_on
+                    .lock()
+                    .unwrap()
+                    .push((std::thread::current().id(), polled));
+            });
+            t
+        })
+        .collect();
+    streaming.store(true, Ordering::SeqCst);
+    let got = futures_lite::future::block_on(async {
+        let mut s = p.imap_unordered(square, 0..3000u64).into_stream();
+        let mut n = 0;
+        while let Some(r) = s.next().await {
+            r.unwrap();
+            n += 1;
+        }
+        n
+    });
+    streaming.store(false, Ordering::SeqCst);
+    assert_eq!(got, 3000);
+    for t in tasks {
+        get(t).unwrap();
+    }
+    let ran_on = ran_on.lock().unwrap();
+    assert_eq!(ran_on.len(), 300);
+    let here = std::thread::current().id();
+    assert_eq!(
+        ran_on
+            .iter()
+            .filter(|&&(id, polled)| polled && id == here)
+            .count(),
+        0,
+        "callbacks run by the stream's poll"
+    );
+    drop(ran_on);
     finish(p);
 }
 

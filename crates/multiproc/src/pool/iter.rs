@@ -142,7 +142,10 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
     }
 
     /// The next outcome, for an async consumer: `Pending` (with the waker registered)
-    /// while none is there.
+    /// while none is there. The pool's thread routes the outcomes and wakes the task:
+    /// a poll routes none itself, as a blocking `next` does, for routing runs the
+    /// callbacks of the tasks it routes, whatever they wait for, on the runtime's
+    /// thread.
     pub(crate) fn poll_outcome(
         &mut self,
         ordered: bool,
@@ -152,7 +155,6 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
         if self.yielded == self.next_slot {
             return Poll::Ready(None);
         }
-        self.backend.help();
         match self.stream.poll_take(ordered.then_some(self.yielded), cx) {
             Poll::Ready((slot, outcome)) => Poll::Ready(Some(self.yield_slot(slot, outcome))),
             Poll::Pending => Poll::Pending,
