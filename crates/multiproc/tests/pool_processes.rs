@@ -92,6 +92,10 @@ fn main() {
                 a_new_workers_ready_report_is_not_lost,
             ),
             trial(
+                "a_submit_and_a_wait_keep_their_time_while_a_worker_is_replaced",
+                a_submit_and_a_wait_keep_their_time_while_a_worker_is_replaced,
+            ),
+            trial(
                 "parent_sigkilled_takes_workers_along",
                 parent_sigkilled_takes_workers_along,
             ),
@@ -146,6 +150,7 @@ fn helpers(mode: &str) {
         "pool_parent" => helper_pool_parent(),
         "leaks" => helper_leaks(),
         "aborting_tasks" => helper_aborting_tasks(),
+        "stopped_server" => helper_stopped_server(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -852,6 +857,66 @@ fn helper_aborting_tasks() {
 /// held there for 100 ms by a debug-build hook): each task that kills its worker fails
 /// alone, rather than count as a worker that failed to start, three of which made the
 /// pool give up.
+/// A worker killed while the fork server is stopped: its end is relayed, and its
+/// replacement forked, only once the server runs again. The pool's thread waits for
+/// both, but holds nothing a caller needs meanwhile: a `submit` returns at once, and a
+/// task's `wait_timeout` (which routes outcomes while it waits) by its timeout. The
+/// thread waited for the relay (a second per look, two looks) under the lock that
+/// `submit` takes, and for the replacement's start (30 s) under the one that routing
+/// takes.
+fn helper_stopped_server() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(get(pool.submit(sleep_ms, 0).unwrap()).unwrap(), 0);
+    let mut busy = pool.submit(sleep_ms, 3_000).unwrap();
+    let server = common::fork_server_of(std::process::id()).unwrap();
+    let resume = common::stopped(server);
+    let pids = pool.worker_pids();
+    common::sigkill(pids[0]);
+    // Long enough for the pool's thread to find the worker dead and start waiting.
+    std::thread::sleep(Duration::from_millis(100));
+    let submit_and_wait = || {
+        let t0 = Instant::now();
+        let mut queued = pool.submit(sleep_ms, 0).unwrap();
+        let waited = queued.wait_timeout(Duration::from_millis(200));
+        (queued, waited, t0.elapsed())
+    };
+    // While the pool's thread waits for the relay, then (2 s on: two looks of a
+    // second) for the replacement's start.
+    let (first, waited, took) = submit_and_wait();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (second, waited_again, took_again) = submit_and_wait();
+    println!(
+        "waited {} ms, then {} ms",
+        took.as_millis(),
+        took_again.as_millis()
+    );
+    drop(resume);
+    for (task, waited) in [(first, waited), (second, waited_again)] {
+        match waited {
+            Err(TaskError::Timeout) => assert_eq!(get(task).unwrap(), 0),
+            done => assert_eq!(done.unwrap(), 0),
+        }
+    }
+    // The killed worker may have held the busy task: it failed then.
+    let _ = busy.wait_timeout(T);
+    finish(pool);
+}
+
+fn a_submit_and_a_wait_keep_their_time_while_a_worker_is_replaced() {
+    let mut h = Helper::start("stopped_server");
+    let line = h.expect("waited ", T);
+    let ms: Vec<u128> = line
+        .split(' ')
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    assert_eq!(ms.len(), 2, "{line}");
+    assert!(
+        ms.iter().all(|&ms| ms < 1000),
+        "a submit and a wait of 200 ms took {line}"
+    );
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
 fn a_new_workers_ready_report_is_not_lost() {
     if !cfg!(debug_assertions) {
         panic!("this test needs debug assertions (the pool's start-delay hook)");

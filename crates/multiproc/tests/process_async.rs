@@ -194,15 +194,6 @@ fn set_then_forever(started: Event) {
     forever(());
 }
 
-/// Continues a stopped fork server when dropped, a failed assertion included.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        common::stop_or_continue(self.0, false);
-    }
-}
-
 /// A child killed while its fork server is stopped: it has exited (its pidfd says so),
 /// and its status, the join's answer, comes only once the server runs again. The
 /// awaited handle sleeps meanwhile, on the server's status pipe: other futures on the
@@ -213,8 +204,7 @@ fn helper_stopped_relay() {
     let child = multiproc::spawn(set_then_forever, started.clone()).unwrap();
     assert!(started.wait_timeout(T), "the child never started");
     let server = common::fork_server_of(std::process::id()).unwrap();
-    common::stop_or_continue(server, true);
-    let resume = Resume(server);
+    let resume = common::stopped(server);
     child.process().kill().unwrap();
     assert!(readable(child.as_fd(), 60_000), "the child never exited");
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));

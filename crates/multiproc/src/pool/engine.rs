@@ -136,7 +136,23 @@ struct State {
     next_context: u64,
     /// Maps under way (see [`PoolInner::open_map`]).
     open_maps: usize,
+    /// First reports of workers not yet in the table, by pid (see [`Early`]).
+    early: Vec<(u64, Early)>,
 }
+
+/// A new worker's first report, routed before the worker was put in the table (a thread
+/// routing outcomes while it waits can take it as the worker starts): kept until the
+/// worker is, rather than lost. A worker never marked ready that dies in a task counts
+/// as one that failed to start, and three make the pool give up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Early {
+    Ready,
+    InitFailed,
+}
+
+/// The most early reports kept: those of workers that never made it into the table (a
+/// pool terminated meanwhile) go first.
+const EARLY_KEPT: usize = 64;
 
 impl State {
     fn new(processes: usize, tickets: usize) -> Self {
@@ -158,6 +174,7 @@ impl State {
             contexts: FxHashMap::default(),
             next_context: 1,
             open_maps: 0,
+            early: Vec::new(),
         }
     }
 }
@@ -198,6 +215,29 @@ struct Worker {
     ready: bool,
     /// The first task it holds, seen not yet begun, and when that was first seen.
     unstarted_front: Option<(u64, Instant)>,
+}
+
+impl Worker {
+    /// Takes in its first report.
+    fn heard(&mut self, report: Early) {
+        match report {
+            Early::Ready => {
+                self.ready = true;
+                self.slow = false;
+            }
+            Early::InitFailed => self.failed_to_start = true,
+        }
+    }
+}
+
+impl State {
+    /// Keeps the first report of a worker not yet in the table.
+    fn keep_early(&mut self, pid: u64, report: Early) {
+        if self.early.len() >= EARLY_KEPT {
+            self.early.remove(0);
+        }
+        self.early.push((pid, report));
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1358,17 +1398,18 @@ impl PoolInner {
         let body = &msg.bytes[OUTCOME_HEADER..];
         let text = || String::from_utf8_lossy(body).into_owned();
         if header.kind == kind::READY {
-            if let Some(w) = worker_with_pid(st, header.id) {
-                w.ready = true;
-                w.slow = false;
+            match worker_with_pid(st, header.id) {
+                Some(w) => w.heard(Early::Ready),
+                None => st.keep_early(header.id, Early::Ready),
             }
             return;
         }
         if header.kind == kind::INIT_FAILED {
             let why = text();
             tracing::trace!("a pool worker could not start: {why}");
-            if let Some(w) = worker_with_pid(st, header.id) {
-                w.failed_to_start = true;
+            match worker_with_pid(st, header.id) {
+                Some(w) => w.heard(Early::InitFailed),
+                None => st.keep_early(header.id, Early::InitFailed),
             }
             self.start_failed(st, why, out);
             return;
@@ -1542,16 +1583,26 @@ impl PoolInner {
     /// Replaces workers that have died: their unstarted tasks go to other workers,
     /// their running task fails (or is retried).
     fn reap(&self) {
-        let dead: Vec<usize> = {
+        let (dead, records): (Vec<usize>, Vec<_>) = {
             let st = unpoisoned::lock(&self.state);
             st.workers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, w)| w.as_ref().filter(|w| !w.handle.is_alive()).map(|_| i))
-                .collect()
+                .filter_map(|(i, w)| {
+                    w.as_ref()
+                        .filter(|w| !w.handle.is_alive())
+                        .map(|w| (i, Arc::clone(w.handle.record())))
+                })
+                .unzip()
         };
         if dead.is_empty() {
             return;
+        }
+        // How each ended, relayed by the fork server just after the exit, is waited for
+        // here (a second at most), before the locks: threads routing outcomes, and an
+        // async consumer's poll, take them. Read under them below, it is there.
+        for record in records {
+            let _ = record.exit_status();
         }
         // Outcomes a dead worker sent before it died are credited first, those on the
         // channel and those another thread is routing (it holds `routing` until done).
@@ -1812,12 +1863,9 @@ impl PoolInner {
                 .collect()
         };
         for i in missing {
-            // A new worker's first report (it is ready, or its initializer failed) must
-            // find it in the table: a thread routing outcomes while it waits could take
-            // that report before the worker is put there, and it would be lost (a
-            // worker never marked ready that dies in a task counts as one that failed
-            // to start; three make the pool give up). No outcome is routed meanwhile.
-            let routing = unpoisoned::write(&self.routing);
+            // Outcomes are routed meanwhile (a start is a fork-server round trip, or an
+            // exec): a first report that comes before the worker is in the table is
+            // kept for it (see `Early`).
             match self.start_worker(i) {
                 Ok(worker) => {
                     if let Some(delay) = test_start_delay() {
@@ -1825,7 +1873,6 @@ impl PoolInner {
                     }
                     let mut st = unpoisoned::lock(&self.state);
                     if st.terminated {
-                        drop(routing);
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
                         drop(st);
@@ -1835,19 +1882,25 @@ impl PoolInner {
                     if st.workers[i].is_some() {
                         // Filled meanwhile, by a callback of this pool's thread that
                         // waited for a task and replaced workers itself (see `help`).
-                        drop((st, routing));
+                        drop(st);
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
                         let _ = h.join_timeout(Duration::from_secs(5));
                         continue;
                     }
+                    let mut worker = worker;
+                    let pid = u64::from(worker.handle.pid());
+                    st.early.retain(|&(p, report)| {
+                        if p == pid {
+                            worker.heard(report);
+                        }
+                        p != pid
+                    });
                     st.workers[i] = Some(worker);
-                    drop(routing);
                     self.pump(&mut st);
                     self.release(st);
                 }
                 Err(e) => {
-                    drop(routing);
                     let mut deliveries = Vec::new();
                     self.start_failed(
                         &mut unpoisoned::lock(&self.state),

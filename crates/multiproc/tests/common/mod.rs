@@ -614,6 +614,22 @@ pub fn stop_or_continue(pid: u32, stop: bool) {
     );
 }
 
+/// Stops (`SIGSTOP`) process `pid` until the guard is dropped (a failed assertion
+/// included), which continues it.
+pub fn stopped(pid: u32) -> Stopped {
+    stop_or_continue(pid, true);
+    Stopped(pid)
+}
+
+/// See [`stopped`].
+pub struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        stop_or_continue(self.0, false);
+    }
+}
+
 /// Processes with this command name (as `ps` shows it, at most 15 bytes).
 pub fn named(name: &str) -> Vec<u32> {
     let name: String = name.chars().take(15).collect();
