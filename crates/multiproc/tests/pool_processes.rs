@@ -862,8 +862,7 @@ fn helper_aborting_tasks() {
 /// both, but holds nothing a caller needs meanwhile: a `submit` returns at once, and a
 /// task's `wait_timeout` (which routes outcomes while it waits) by its timeout. The
 /// thread waited for the relay (a second per look, two looks) under the lock that
-/// `submit` takes, and for the replacement's start (30 s) under the one that routing
-/// takes.
+/// `submit` takes, and for the replacement's start under the one that routing takes.
 fn helper_stopped_server() {
     let pool = Pool::new(2).unwrap();
     assert_eq!(get(pool.submit(sleep_ms, 0).unwrap()).unwrap(), 0);
@@ -880,10 +879,11 @@ fn helper_stopped_server() {
         let waited = queued.wait_timeout(Duration::from_millis(200));
         (queued, waited, t0.elapsed())
     };
-    // While the pool's thread waits for the relay, then (2 s on: two looks of a
-    // second) for the replacement's start.
+    // While the pool's thread waits for the relay (a second), then once it has given
+    // up on it and settles the dead worker (which waited a second more for the
+    // status, under the locks), then starts its replacement.
     let (first, waited, took) = submit_and_wait();
-    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::sleep(Duration::from_millis(1_300));
     let (second, waited_again, took_again) = submit_and_wait();
     println!(
         "waited {} ms, then {} ms",

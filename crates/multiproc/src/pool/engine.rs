@@ -1600,7 +1600,8 @@ impl PoolInner {
         }
         // How each ended, relayed by the fork server just after the exit, is waited for
         // here (a second at most), before the locks: threads routing outcomes, and an
-        // async consumer's poll, take them. Read under them below, it is there.
+        // async consumer's poll, take them. Read under them below, what is in by then
+        // is used (a status still not relayed is not waited for again).
         for record in records {
             let _ = record.exit_status();
         }
@@ -1637,8 +1638,10 @@ impl PoolInner {
                 let Some(w) = st.workers[i].take() else {
                     continue;
                 };
-                let status = w.handle.exit_status();
-                let exceeded = w.handle.record().limit_exceeded();
+                // Read above, outside the locks: what is in by now.
+                let now = Instant::now();
+                let status = w.handle.record().exit_status_by(now);
+                let exceeded = w.handle.record().limit_exceeded_by(now);
                 tracing::trace!(pid = w.handle.pid(), ?status, "pool worker ended");
                 let mut unstarted = Vec::new();
                 for &id in &w.in_flight {

@@ -189,7 +189,13 @@ impl ChildRecord {
     /// The resource limit the child ran into, if it ended because of one, and how that
     /// showed.
     pub(crate) fn limit_exceeded(&self) -> Option<(super::Limit, String)> {
-        let ended = self.ended()?;
+        self.limit_exceeded_by(Instant::now() + RELAY_GRACE)
+    }
+
+    /// As [`limit_exceeded`](Self::limit_exceeded), waiting for a relayed status until
+    /// `by` at most (see [`ended_by`](Self::ended_by)).
+    pub(crate) fn limit_exceeded_by(&self, by: Instant) -> Option<(super::Limit, String)> {
+        let ended = self.ended_by(by)?;
         let oom_killed = unpoisoned::lock(&self.status).oom_killed;
         match ended {
             Ended::Known(status) => self.armed.ended(status, oom_killed),
@@ -452,7 +458,13 @@ impl ChildRecord {
     }
 
     pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
-        match self.ended()? {
+        self.exit_status_by(Instant::now() + RELAY_GRACE)
+    }
+
+    /// As [`exit_status`](Self::exit_status), waiting for a relayed status until `by`
+    /// at most (see [`ended_by`](Self::ended_by)).
+    pub(crate) fn exit_status_by(&self, by: Instant) -> Option<ExitStatus> {
+        match self.ended_by(by)? {
             Ended::Known(t) => Some(ExitStatus::from_sys(t)),
             Ended::Unknown => None,
         }
