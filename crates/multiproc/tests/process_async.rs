@@ -199,6 +199,8 @@ fn set_then_forever(started: Event) {
 /// awaited handle sleeps meanwhile, on the server's status pipe: other futures on the
 /// same thread run (a poll that waited for the status held the thread until the server
 /// answered), and the wait takes no CPU (the pidfd, readable for good, is not watched).
+/// A thread asking for the status meanwhile waits for it without holding up the
+/// handle's other calls (`is_alive`, `terminate`), which waited for that thread.
 fn helper_stopped_relay() {
     let started = Event::new().unwrap();
     let child = multiproc::spawn(set_then_forever, started.clone()).unwrap();
@@ -207,6 +209,25 @@ fn helper_stopped_relay() {
     let resume = common::stopped(server);
     child.process().kill().unwrap();
     assert!(readable(child.as_fd(), 60_000), "the child never exited");
+    // A thread asking how it ended waits (a second) for the status; meanwhile the
+    // handle's other calls do not wait for that thread.
+    std::thread::scope(|s| {
+        let asking = s.spawn(|| child.exit_status());
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = Instant::now();
+        assert!(!child.is_alive());
+        child.terminate().unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "is_alive and terminate took {took:?}"
+        );
+        assert_eq!(
+            asking.join().unwrap(),
+            None,
+            "a status while the server is stopped"
+        );
+    });
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let resumer = std::thread::spawn({
         let stopped = stopped.clone();

@@ -332,15 +332,22 @@ impl ChildRecord {
     /// status relayed by the fork server is waited for until then, no longer (`by` in
     /// the past: only what is there now).
     pub(crate) fn ended_by(&self, by: Instant) -> Option<Ended> {
-        let mut st = unpoisoned::lock(&self.status);
-        if st.ended.is_none() {
+        let waiting_on = {
+            let mut st = unpoisoned::lock(&self.status);
+            if st.ended.is_some() {
+                return st.ended;
+            }
+            let mut waiting_on = None;
             st.ended = match &st.source {
                 StatusSource::Relay(pipe) => {
+                    let pipe = Arc::clone(pipe);
                     let reported = matches!(sys::poll_now(pipe.as_fd()), Ok(r) if r.ready());
-                    if reported || self.exited() {
-                        let pipe = Arc::clone(pipe);
-                        self.relayed(&mut st, &pipe, Some(by))
+                    if reported {
+                        self.relayed(&mut st, &pipe, Some(Instant::now()))
                     } else {
+                        if self.exited() && by > Instant::now() {
+                            waiting_on = Some(pipe);
+                        }
                         None
                     }
                 }
@@ -353,6 +360,26 @@ impl ChildRecord {
                     Err(_) if self.exited() => Some(Ended::Unknown),
                     Err(_) => None,
                 },
+            };
+            match waiting_on {
+                Some(pipe) => pipe,
+                None => return st.ended,
+            }
+        };
+        // Exited, its status not yet relayed: waited for without the lock, which
+        // `is_alive`, `kill` and the rest take (a server that is stopped or slow would
+        // hold them all).
+        let _ = sys::wait_readable(&[waiting_on.as_fd()], Some(by));
+        let mut st = unpoisoned::lock(&self.status);
+        if st.ended.is_none() {
+            st.ended = match &st.source {
+                StatusSource::Relay(pipe) => {
+                    let pipe = Arc::clone(pipe);
+                    self.relayed(&mut st, &pipe, Some(Instant::now()))
+                }
+                // Another thread saw the server die meanwhile.
+                StatusSource::Orphaned => self.exited().then_some(Ended::Unknown),
+                StatusSource::Direct => None,
             };
         }
         st.ended
