@@ -279,15 +279,23 @@ impl Condition {
             seen = now;
         };
         w.waiters.fetch_sub(1, SeqCst);
-        // Claims no waiter is left to take (one notified as it timed out) go, so that no
-        // later waiter takes one for a notification before its time. Every waiter
-        // trims as it leaves, not only one that timed out: a waiter that timed out
-        // while another, notified, had taken its claim but was still counted, left one
-        // claim too many, which the waiter counted last has to take away.
-        let waiters = w.waiters.load(SeqCst);
-        let _ = w
-            .unclaimed
-            .fetch_update(SeqCst, SeqCst, |u| (u > waiters).then_some(waiters));
+        if timed_out {
+            // Claims no waiter is left to take (notified as it timed out) go, so that no
+            // later waiter takes one for a notification before its time. The count is
+            // read for each try: a waiter that came meanwhile, and the claim a
+            // notification left it, change `unclaimed`, which fails the try and makes it
+            // read the count again (read once before, the trim could take that claim
+            // away, and the new waiter slept through its notification). A claim can
+            // still be left over (the count read includes a notified waiter that has
+            // taken its claim and not yet left): a later wait then ends without a
+            // notification, which waits allow. Trimming as every waiter leaves would
+            // take it away, but could also take a new waiter's, where a notification
+            // left `unclaimed` as it was.
+            let _ = w.unclaimed.fetch_update(SeqCst, SeqCst, |u| {
+                let waiters = w.waiters.load(SeqCst);
+                (u > waiters).then_some(waiters)
+            });
+        }
         let timed_out = WaitTimeoutResult(timed_out);
         let got = loop {
             if let Some(got) = guard.held.retake(count, Deadline::Never) {
