@@ -1211,35 +1211,44 @@ fn imap_as_a_stream() {
 /// while a stream is polled; none of their callbacks runs on the polling thread.
 fn a_streams_poll_runs_no_other_tasks_callbacks() {
     use futures_lite::StreamExt;
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicBool, Ordering};
+    thread_local! {
+        /// Set while a callback is registered: one registered on a task already done
+        /// runs at once, on the registering thread, and is not the poll's doing.
+        static REGISTERING: Cell<bool> = const { Cell::new(false) };
+    }
     let p = pool(2);
-    // Where each callback ran, and whether the stream was being polled then (one
-    // registered on a task already done runs at once, on this thread).
+    // Where each callback ran, and whether the stream was being polled then.
     let ran_on = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let streaming = std::sync::Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..300u64)
-        .map(|x| {
-            let t = p.submit(square, x).unwrap();
-            let (ran_on, streaming) = (ran_on.clone(), streaming.clone());
-            t.on_done(move |_| {
-                let polled = streaming.load(Ordering::SeqCst);
-                ran_on
-                    .lock()
-                    .unwrap()
-                    .push((std::thread::current().id(), polled));
-            });
-            t
-        })
-        .collect();
-    streaming.store(true, Ordering::SeqCst);
-    let got = futures_lite::future::block_on(async {
+    let streaming = std::sync::Arc::new(AtomicBool::new(true));
+    let submit = |x: u64| {
+        let t = p.submit(square, x).unwrap();
+        let (ran_on, streaming) = (ran_on.clone(), streaming.clone());
+        REGISTERING.with(|r| r.set(true));
+        t.on_done(move |_| {
+            let polled = streaming.load(Ordering::SeqCst) && !REGISTERING.with(Cell::get);
+            ran_on
+                .lock()
+                .unwrap()
+                .push((std::thread::current().id(), polled));
+        });
+        REGISTERING.with(|r| r.set(false));
+        t
+    };
+    // Tasks with callbacks submitted as the stream's items come, so that they finish
+    // while it is polled.
+    let (got, tasks) = futures_lite::future::block_on(async {
         let mut s = p.imap_unordered(square, 0..3000u64).into_stream();
-        let mut n = 0;
+        let (mut n, mut tasks) = (0, Vec::new());
         while let Some(r) = s.next().await {
             r.unwrap();
             n += 1;
+            if n % 10 == 0 && tasks.len() < 300 {
+                tasks.extend((0..10).map(submit));
+            }
         }
-        n
+        (n, tasks)
     });
     streaming.store(false, Ordering::SeqCst);
     assert_eq!(got, 3000);
@@ -1248,6 +1257,10 @@ fn a_streams_poll_runs_no_other_tasks_callbacks() {
     }
     let ran_on = ran_on.lock().unwrap();
     assert_eq!(ran_on.len(), 300);
+    assert!(
+        ran_on.iter().any(|&(_, polled)| polled),
+        "no task finished while the stream was polled"
+    );
     let here = std::thread::current().id();
     assert_eq!(
         ran_on

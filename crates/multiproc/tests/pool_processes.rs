@@ -328,8 +328,9 @@ fn outcomes_are_routed_during_and_after_maps() {
         Err(TaskError::Timeout)
     ));
     assert_eq!(callback(&pool, 9).recv_timeout(T).unwrap(), Ok(81));
-    // A done-callback (run by the pool's own thread) that maps, and one that waits for
-    // tasks with `as_completed`: both route outcomes themselves while they wait.
+    // A done-callback (run by the pool's own thread) that maps, one that waits for
+    // tasks with `as_completed`, and one that awaits a stream: all route outcomes
+    // themselves while they wait.
     let pool = Arc::new(pool);
     let (tx, rx) = std::sync::mpsc::channel();
     let p = Arc::clone(&pool);
@@ -340,11 +341,15 @@ fn outcomes_are_routed_during_and_after_maps() {
             .map(|(_, r)| r.unwrap())
             .collect();
         done.sort_unstable();
-        tx.send((mapped, done)).unwrap();
+        let streamed: Vec<u64> = futures_lite::future::block_on(futures_lite::StreamExt::collect(
+            futures_lite::StreamExt::map(p.imap(square, 0..5u64).into_stream(), |r| r.unwrap()),
+        ));
+        tx.send((mapped, done, streamed)).unwrap();
     });
-    let (mapped, done) = rx.recv_timeout(T).expect("the callback's map never ended");
+    let (mapped, done, streamed) = rx.recv_timeout(T).expect("the callback's map never ended");
     assert_eq!(mapped.unwrap(), [10; 4]);
     assert_eq!(done, [0, 1, 4]);
+    assert_eq!(streamed, [0, 1, 4, 9, 16]);
     // The pool's thread drops the callback (and its handle of the pool) once it ran.
     assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
     let pool = Arc::into_inner(pool).expect("the callback let go of the pool");
@@ -852,11 +857,6 @@ fn helper_aborting_tasks() {
     finish(p);
 }
 
-/// A new worker's first report (that it is ready) is not lost when a thread waiting for
-/// a task routes it before the engine has put the worker in its table (the engine is
-/// held there for 100 ms by a debug-build hook): each task that kills its worker fails
-/// alone, rather than count as a worker that failed to start, three of which made the
-/// pool give up.
 /// A worker killed while the fork server is stopped: its end is relayed, and its
 /// replacement forked, only once the server runs again. The pool's thread waits for
 /// both, but holds nothing a caller needs meanwhile: a `submit` returns at once, and a
@@ -917,6 +917,11 @@ fn a_submit_and_a_wait_keep_their_time_while_a_worker_is_replaced() {
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 
+/// A new worker's first report (that it is ready) is not lost when a thread waiting for
+/// a task routes it before the engine has put the worker in its table (the engine is
+/// held there for 100 ms by a debug-build hook): each task that kills its worker fails
+/// alone, rather than count as a worker that failed to start, three of which made the
+/// pool give up.
 fn a_new_workers_ready_report_is_not_lost() {
     if !cfg!(debug_assertions) {
         panic!("this test needs debug assertions (the pool's start-delay hook)");

@@ -136,8 +136,9 @@ struct State {
     next_context: u64,
     /// Maps under way (see [`PoolInner::open_map`]).
     open_maps: usize,
-    /// First reports of workers not yet in the table, by pid (see [`Early`]).
-    early: Vec<(u64, Early)>,
+    /// First reports of workers not yet in the table, by pid, and when they were
+    /// routed (see [`Early`]).
+    early: Vec<(u64, Early, Instant)>,
 }
 
 /// A new worker's first report, routed before the worker was put in the table (a thread
@@ -236,7 +237,20 @@ impl State {
         if self.early.len() >= EARLY_KEPT {
             self.early.remove(0);
         }
-        self.early.push((pid, report));
+        self.early.push((pid, report, Instant::now()));
+    }
+
+    /// Takes the early reports of the worker `pid`, started at `began`: those routed
+    /// before then were another process's, which had the pid before it.
+    fn take_early(&mut self, pid: u64, began: Instant) -> Vec<Early> {
+        let mut taken = Vec::new();
+        self.early.retain(|&(p, report, at)| {
+            if p == pid && at >= began {
+                taken.push(report);
+            }
+            p != pid
+        });
+        taken
     }
 }
 
@@ -737,6 +751,7 @@ impl PoolInner {
         st.closed = true;
         st.pending.clear();
         st.delayed.clear();
+        st.early.clear();
         for w in st.workers.iter_mut().flatten() {
             w.jobs = None;
             let _ = w.handle.kill();
@@ -1563,6 +1578,7 @@ impl PoolInner {
         }
         tracing::warn!("the pool gives up: {why}");
         st.broken = Some(why.clone());
+        st.early.clear();
         st.pending.clear();
         st.delayed.clear();
         for (_, rec) in st.tasks.drain() {
@@ -1869,12 +1885,14 @@ impl PoolInner {
             // Outcomes are routed meanwhile (a start is a fork-server round trip, or an
             // exec): a first report that comes before the worker is in the table is
             // kept for it (see `Early`).
+            let began = Instant::now();
             match self.start_worker(i) {
                 Ok(worker) => {
                     if let Some(delay) = test_start_delay() {
                         std::thread::sleep(delay);
                     }
                     let mut st = unpoisoned::lock(&self.state);
+                    let early = st.take_early(u64::from(worker.handle.pid()), began);
                     if st.terminated {
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
@@ -1892,13 +1910,7 @@ impl PoolInner {
                         continue;
                     }
                     let mut worker = worker;
-                    let pid = u64::from(worker.handle.pid());
-                    st.early.retain(|&(p, report)| {
-                        if p == pid {
-                            worker.heard(report);
-                        }
-                        p != pid
-                    });
+                    early.into_iter().for_each(|report| worker.heard(report));
                     st.workers[i] = Some(worker);
                     self.pump(&mut st);
                     self.release(st);

@@ -55,6 +55,12 @@ pub(crate) trait Backend<A> {
 
     /// Called while waiting for an outcome: may deliver outcomes.
     fn help(&self) {}
+
+    /// Whether the calling thread is the one that routes outcomes when nobody else
+    /// does (a callback the pool's thread runs).
+    fn routes_here(&self) -> bool {
+        false
+    }
 }
 
 /// What both iterators share: the input, the tasks in flight, their outcomes.
@@ -145,7 +151,8 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
     /// while none is there. The pool's thread routes the outcomes and wakes the task:
     /// a poll routes none itself, as a blocking `next` does, for routing runs the
     /// callbacks of the tasks it routes, whatever they wait for, on the runtime's
-    /// thread.
+    /// thread; unless it is polled on the pool's thread (in a callback): nothing else
+    /// routes then, and the poll waits for the outcome, routing, as `next` does.
     pub(crate) fn poll_outcome(
         &mut self,
         ordered: bool,
@@ -154,6 +161,11 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
         self.fill();
         if self.yielded == self.next_slot {
             return Poll::Ready(None);
+        }
+        if self.backend.routes_here() {
+            // Nobody else routes while this thread waits, and nobody would wake it: the
+            // outcome is waited for here, routing as a blocking `next` does.
+            return Poll::Ready(self.next_outcome_until(ordered, None));
         }
         match self.stream.poll_take(ordered.then_some(self.yielded), cx) {
             Poll::Ready((slot, outcome)) => Poll::Ready(Some(self.yield_slot(slot, outcome))),
@@ -254,6 +266,10 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
 
     fn help(&self) {
         self.pool.inner().drain_results();
+    }
+
+    fn routes_here(&self) -> bool {
+        self.pool.inner().on_engine_thread()
     }
 }
 
