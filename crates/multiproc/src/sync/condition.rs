@@ -279,29 +279,27 @@ impl Condition {
             seen = now;
         };
         w.waiters.fetch_sub(1, SeqCst);
+        let got = loop {
+            if let Some(got) = guard.held.retake(count, Deadline::Never) {
+                break got;
+            }
+        };
         if timed_out {
             // Claims no waiter is left to take (notified as it timed out) go, so that no
-            // later waiter takes one for a notification before its time. The count is
-            // read for each try: a waiter that came meanwhile, and the claim a
-            // notification left it, change `unclaimed`, which fails the try and makes it
-            // read the count again (read once before, the trim could take that claim
-            // away, and the new waiter slept through its notification). A claim can
-            // still be left over (the count read includes a notified waiter that has
-            // taken its claim and not yet left): a later wait then ends without a
-            // notification, which waits allow. Trimming as every waiter leaves would
-            // take it away, but could also take a new waiter's, where a notification
-            // left `unclaimed` as it was.
+            // later waiter takes one for a notification before its time. Trimmed with
+            // the lock held again: waiters are counted only under it, so the count can
+            // fall meanwhile but not rise, and no claim a notification left a waiter
+            // still counted goes (trimmed before, a waiter that came between the count's
+            // read and the update could lose its claim, and sleep through its
+            // notification). A claim can still be left over (the count includes a
+            // notified waiter that has taken its claim and not yet left): a later wait
+            // then ends without a notification, which waits allow.
             let _ = w.unclaimed.fetch_update(SeqCst, SeqCst, |u| {
                 let waiters = w.waiters.load(SeqCst);
                 (u > waiters).then_some(waiters)
             });
         }
         let timed_out = WaitTimeoutResult(timed_out);
-        let got = loop {
-            if let Some(got) = guard.held.retake(count, Deadline::Never) {
-                break got;
-            }
-        };
         match got {
             Acquired::Clean => Ok((guard, timed_out)),
             Acquired::OwnerDied => Err(OwnerDied::new((guard, timed_out))),
