@@ -344,12 +344,19 @@ fn outcomes_are_routed_during_and_after_maps() {
         let streamed: Vec<u64> = futures_lite::future::block_on(futures_lite::StreamExt::collect(
             futures_lite::StreamExt::map(p.imap(square, 0..5u64).into_stream(), |r| r.unwrap()),
         ));
-        tx.send((mapped, done, streamed)).unwrap();
+        // A worker that dies: reaped and replaced by the waiting callback itself.
+        let crashed: Vec<String> = p
+            .imap(crash, [Crash::Exit(3)])
+            .map(|r| format!("{r:?}"))
+            .collect();
+        tx.send((mapped, done, streamed, crashed)).unwrap();
     });
-    let (mapped, done, streamed) = rx.recv_timeout(T).expect("the callback's map never ended");
+    let (mapped, done, streamed, crashed) =
+        rx.recv_timeout(T).expect("the callback's map never ended");
     assert_eq!(mapped.unwrap(), [10; 4]);
     assert_eq!(done, [0, 1, 4]);
     assert_eq!(streamed, [0, 1, 4, 9, 16]);
+    assert!(crashed[0].starts_with("Err(WorkerDied"), "{crashed:?}");
     // The pool's thread drops the callback (and its handle of the pool) once it ran.
     assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
     let pool = Arc::into_inner(pool).expect("the callback let go of the pool");

@@ -1169,7 +1169,8 @@ pub(super) struct Helper<'a> {
 
 impl Help for Helper<'_> {
     fn help(&self) {
-        self.inner.drain_results();
+        // On the pool's own thread (in a callback), the engine's other chores too.
+        Cancel::help(self.inner);
     }
 
     fn helping(&self, on: bool) {

@@ -265,7 +265,8 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
     }
 
     fn help(&self) {
-        self.pool.inner().drain_results();
+        // On the pool's own thread (in a callback), the engine's other chores too.
+        super::task::Cancel::help(&**self.pool.inner());
     }
 
     fn routes_here(&self) -> bool {
