@@ -629,7 +629,12 @@ impl Drop for Stopped {
         // Never a panic here (it may run as a failed assertion unwinds): a process that
         // cannot be continued has gone.
         let _ = rustix::process::kill_process(pid(self.0), Signal::CONT);
-        let _ = eventually(Duration::from_secs(60), || state_of(self.0) != 'T');
+        let _ = eventually(Duration::from_secs(60), || {
+            processes()
+                .iter()
+                .find(|(p, ..)| *p == self.0)
+                .is_none_or(|(_, _, state, _)| *state != 'T')
+        });
     }
 }
 
