@@ -61,6 +61,10 @@ fn main() {
             ),
             trial("corrupt_bytes_from_child", corrupt_bytes_from_child),
             trial(
+                "out_of_descriptors_spawns_fail_and_results_are_lost_saying_why",
+                out_of_descriptors,
+            ),
+            trial(
                 "forged_call_messages_are_refused",
                 forged_call_messages_are_refused,
             ),
@@ -1144,4 +1148,100 @@ fn fork_failure_keeps_its_kind() {
         "descriptors left by a pool that failed to start: {pool}"
     );
     assert!(helper.wait(T).success());
+}
+
+/// Marks that it ran by creating `path`, then answers 7.
+fn mark(path: String) -> u32 {
+    std::fs::write(&path, b"ran").unwrap();
+    7
+}
+
+/// A result that passes a descriptor (the pipe's end).
+fn a_pipe_end(_: ()) -> multiproc::Sender<u8> {
+    multiproc::pipe::<u8>().unwrap().0
+}
+
+/// In a process of its own (its descriptor limit lowered): spawns with no descriptor
+/// free but 1, 2, … 8 of them. Each either runs its call or fails saying that
+/// descriptors ran out, and then starts nothing; with descriptors again, spawning works.
+/// Then joins, with none free, a child whose result passes a descriptor: the result is
+/// lost, and said to be. Returns how many free descriptors the spawns needed.
+fn spawns_out_of_descriptors(dir: String) -> usize {
+    // The fork server is started first: its start needs descriptors of its own.
+    let first = multiproc::spawn(mark, format!("{dir}/first")).unwrap();
+    assert_eq!(first.join().unwrap(), 7);
+    let mut ran = Vec::new();
+    for free in 1..=16 {
+        let mut open = common::use_up_descriptors();
+        open.truncate(open.len().saturating_sub(free));
+        let spawned = multiproc::spawn(mark, format!("{dir}/{free}"));
+        drop(open);
+        match spawned {
+            Ok(mut child) => {
+                assert_eq!(child.join_timeout(T).unwrap(), 7, "{free} free");
+                ran.push(free);
+            }
+            Err(e) => assert!(
+                e.to_string().contains("Too many open files"),
+                "{free} descriptors free: {e}"
+            ),
+        }
+    }
+    let needed = *ran
+        .first()
+        .expect("no spawn worked with 16 descriptors free");
+    assert_eq!(ran, (needed..=16).collect::<Vec<_>>(), "spawns that worked");
+    assert!(
+        needed > 1,
+        "a spawn needs descriptors, yet one worked with 1 free"
+    );
+    let last = multiproc::spawn(mark, format!("{dir}/last")).unwrap();
+    assert_eq!(last.join().unwrap(), 7);
+    // A spawn that failed started nothing: no call marked its file. A call started
+    // anyway would have run by now, or within this wait.
+    let marks = || {
+        let mut m: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<usize>().is_ok())
+            .collect();
+        m.sort_by_key(|n| n.parse::<usize>().unwrap());
+        m
+    };
+    let want: Vec<String> = ran.iter().map(|n| n.to_string()).collect();
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        assert_eq!(marks(), want, "calls that ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut child = multiproc::spawn(a_pipe_end, ()).unwrap();
+    let open = common::use_up_descriptors();
+    let joined = child.join_timeout(T);
+    drop(open);
+    match joined {
+        Err(ProcessError::Codec(e)) => {
+            let e = e.to_string();
+            assert!(e.contains("return value could not be received"), "{e}");
+            assert!(e.contains("Too many open files"), "{e}");
+        }
+        other => panic!("a result passing a descriptor, none free: {other:?}"),
+    }
+    needed
+}
+
+/// Out of descriptors, a spawn fails before anything starts, saying so (not after its
+/// child started, having found no room for the child's pidfd), and the fork server goes
+/// on; a result that passes a descriptor is lost, said so, rather than the child seeming
+/// to have exited without one.
+fn out_of_descriptors() {
+    let dir = common::tempdir("no-descriptors");
+    let mut child = multiproc::spawn(
+        spawns_out_of_descriptors,
+        dir.to_string_lossy().into_owned(),
+    )
+    .unwrap();
+    let needed = child.join_timeout(T).unwrap();
+    println!("a spawn needed {needed} free descriptors");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -55,6 +55,8 @@ enum Outcome {
     Panicked(RemotePanic),
     Failed(String),
     Unencodable(String),
+    /// What the child sent could not be taken in here.
+    Unreceivable(String),
     Corrupt(String),
 }
 
@@ -110,6 +112,14 @@ impl Channel {
                 Err(RecvFrameError::Timeout) => return Err(ProcessError::Timeout),
                 Err(RecvFrameError::Corrupt(why)) => {
                     self.outcome = Some(Outcome::Corrupt(why));
+                    self.closed = true;
+                    break;
+                }
+                // What the child sent carried descriptors, and none was free here to
+                // take them in: its outcome is lost, and said to be, rather than the
+                // child seeming to have ended without one.
+                Err(RecvFrameError::Io(e)) if sys::descriptors_lost(&e) => {
+                    self.outcome = Some(Outcome::Unreceivable(e.to_string()));
                     self.closed = true;
                     break;
                 }
@@ -541,6 +551,9 @@ impl ChildRecord {
             )))),
             Some(Outcome::Corrupt(why)) => Err(ProcessError::Codec(CodecError::new(format!(
                 "the child sent a corrupt message: {why}"
+            )))),
+            Some(Outcome::Unreceivable(why)) => Err(ProcessError::Codec(CodecError::new(format!(
+                "the child's return value could not be received: {why}"
             )))),
             None => Err(match ended {
                 Some(Ended::Known(WaitStatus::Exited(code))) if started => {

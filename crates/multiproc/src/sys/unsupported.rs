@@ -118,6 +118,12 @@ pub(crate) fn recv_with_fds(
 ) -> io::Result<usize> {
     Err(unsupported())
 }
+pub(crate) fn descriptors_lost(_: &io::Error) -> bool {
+    false
+}
+pub(crate) fn lost_descriptors_error() -> io::Error {
+    unsupported()
+}
 pub(crate) fn wait_readable(
     _: &[BorrowedFd<'_>],
     _: Option<Instant>,

@@ -163,6 +163,9 @@ pub(crate) struct Conn {
     filled: bool,
     fds: VecDeque<OwnedFd>,
     pending: Option<Pending>,
+    /// A receive lost the descriptors passed with what it read, and the bytes with
+    /// them: where the next frame starts is not known, and nothing more is read.
+    lost: bool,
 }
 
 impl fmt::Debug for Conn {
@@ -185,6 +188,7 @@ impl Conn {
             filled: false,
             fds: VecDeque::new(),
             pending: None,
+            lost: false,
         }
     }
 
@@ -255,12 +259,19 @@ impl Conn {
     }
 
     /// Receives the next frame, waiting until `deadline` (`None`: as long as it takes).
+    /// A connection whose receive lost descriptors (no descriptor was free to take them
+    /// in) fails every later receive the same way.
     pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame, RecvFrameError> {
         loop {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
             }
-            self.fill(deadline)?;
+            if let Err(e) = self.fill(deadline) {
+                if matches!(&e, RecvFrameError::Io(e) if sys::descriptors_lost(e)) {
+                    self.lost = true;
+                }
+                return Err(e);
+            }
         }
     }
 
@@ -272,6 +283,9 @@ impl Conn {
 
     /// Takes a complete frame out of what has been received, if there is one.
     fn parse(&mut self) -> Result<Option<Frame>, RecvFrameError> {
+        if self.lost {
+            return Err(RecvFrameError::Io(sys::lost_descriptors_error()));
+        }
         if self.pending.is_none() {
             let avail = &self.buf[self.start..self.end];
             if avail.len() < HEADER_LEN {

@@ -95,14 +95,30 @@ impl ForkServer {
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<(u32, OwnedFd)> {
         let body = postcard::to_stdvec(request).map_err(io::Error::other)?;
-        self.conn.send(messages::FORK, &[&body], fds)?;
-        self.forked()
+        self.ask(messages::FORK, &body, fds)
     }
 
     /// Asks for a segment tracker for this process, connected to it through `socket`
     /// (the tracker's end). Returns the tracker's pid and a pidfd for it.
     pub(crate) fn start_tracker(&mut self, socket: BorrowedFd<'_>) -> io::Result<(u32, OwnedFd)> {
-        self.conn.send(messages::START_TRACKER, &[], &[socket])?;
+        self.ask(messages::START_TRACKER, &[], &[socket])
+    }
+
+    /// Sends a request that starts a process and reads the answer. A descriptor is
+    /// held from before the request until its answer is read, for the pidfd the answer
+    /// passes: a process with none free is told so before anything starts, where an
+    /// answer whose pidfd found no room would leave a process started that the request
+    /// said had failed (another thread may still take the descriptor meanwhile; the
+    /// answer then fails, and the server is replaced, see `is_out_of_step`).
+    fn ask(&mut self, tag: u8, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<(u32, OwnedFd)> {
+        let room = sys::dup(self.conn.fd()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("no descriptor free for the new process's pidfd: {e}"),
+            )
+        })?;
+        self.conn.send(tag, &[body], fds)?;
+        drop(room);
         self.forked()
     }
 
@@ -180,14 +196,14 @@ pub(crate) fn is_answer_lost(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::ConnectionAborted
 }
 
-/// Whether a request failed with its answer not read whole (none came in time, or a
-/// corrupt one): the connection is out of step with the server, and must not be used
+/// Whether a request failed with its answer not read whole (none came in time, a
+/// corrupt one, or one whose pidfd found no descriptor free, its bytes lost with it): the connection is out of step with the server, and must not be used
 /// again.
 pub(crate) fn is_out_of_step(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
-    )
+    ) || sys::descriptors_lost(e)
 }
 
 /// Reads the status a fork server wrote for a child, or `None` at end of file (the

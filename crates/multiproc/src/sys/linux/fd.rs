@@ -124,9 +124,38 @@ pub(crate) fn recv_with_fds(
         }
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(io::Error::other("passed descriptors were truncated"));
+        return Err(lost_descriptors_error());
     }
     Ok(msg.bytes)
+}
+
+/// A receive whose passed descriptors found no room in this process (or no room in its
+/// control buffer): the kernel closed those that did not fit, and the bytes the receive
+/// took off the socket are gone with its answer.
+#[derive(Debug)]
+struct DescriptorsLost;
+
+impl std::fmt::Display for DescriptorsLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "descriptors passed with a message were lost: this process had no descriptor \
+             free to take them in (Too many open files)",
+        )
+    }
+}
+
+impl std::error::Error for DescriptorsLost {}
+
+/// The error of a receive that lost the descriptors passed with it.
+pub(crate) fn lost_descriptors_error() -> io::Error {
+    io::Error::other(DescriptorsLost)
+}
+
+/// Whether `e` is a receive that lost the descriptors passed with it
+/// ([`recv_with_fds`]): what it read is lost too, so a stream it read from is out of
+/// step.
+pub(crate) fn descriptors_lost(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|e| e.is::<DescriptorsLost>())
 }
 
 /// Whether this process could take in `n` more descriptors now: `Err` (`EMFILE` or
