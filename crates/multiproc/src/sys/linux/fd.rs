@@ -390,26 +390,7 @@ pub(super) fn place_raw(fds: &[RawFd], first: RawFd) -> io::Result<()> {
 /// at those numbers is closed: the caller owns them (a process setting up its standard
 /// streams and the descriptors its protocol expects).
 pub(crate) fn renumber(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<Vec<OwnedFd>> {
-    let count = fds.len() as RawFd;
-    let floor = first.saturating_add(count).max(16);
-    let mut high = Vec::with_capacity(fds.len());
-    for fd in fds {
-        // Above every target, so that no source is overwritten before it is copied.
-        high.push(rustix::io::fcntl_dupfd_cloexec(&fd, floor)?);
-        // The original is closed here.
-    }
-    let mut placed = Vec::with_capacity(high.len());
-    for (i, fd) in high.into_iter().enumerate() {
-        let target = first + i as RawFd;
-        // SAFETY: `dup2` onto `target` closes whatever was open there, which the caller
-        // owns (stated above); the temporary copy `fd` is closed when dropped.
-        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `dup2` just opened `target` as a copy of `fd`; nothing else owns it.
-        placed.push(unsafe { OwnedFd::from_raw_fd(target) });
-    }
-    Ok(placed)
+    place(fds, first, false)
 }
 
 /// Keeps the descriptors below `first`, and `fds` renumbered to `first`, `first + 1`,
@@ -418,9 +399,76 @@ pub(crate) fn renumber(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<Vec<OwnedF
 /// owns would be closed under it, so the caller forgets what it inherited first.
 pub(crate) fn keep_only(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<Vec<OwnedFd>> {
     let count = fds.len() as RawFd;
-    let kept = renumber(fds, first)?;
+    let kept = place(fds, first, true)?;
     close_from(first + count);
     Ok(kept)
+}
+
+/// Moves each of `fds` to its number (`first + i`) straight, with one `dup2`, where no
+/// other still to move is there; one already there stays (made inheritable). Moves that
+/// wait on each other in a cycle are broken by copying one source above every target.
+/// A child's set-up moves five descriptors this way with five or so system calls,
+/// against four each when every one went above the targets first. `closing_above`:
+/// sources at or above the last target are left open, for the caller to close with
+/// the rest.
+fn place(fds: Vec<OwnedFd>, first: RawFd, closing_above: bool) -> io::Result<Vec<OwnedFd>> {
+    let count = fds.len();
+    let end = first.saturating_add(count as RawFd);
+    let target = |i: usize| first + i as RawFd;
+    let mut pending: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut placed: Vec<Option<OwnedFd>> = (0..count).map(|_| None).collect();
+    let release = |fd: OwnedFd| {
+        if closing_above && fd.as_raw_fd() >= end {
+            // Closed with the rest by the caller's `close_range`.
+            let _ = fd.into_raw_fd();
+        }
+    };
+    loop {
+        let mut moved = false;
+        for i in 0..count {
+            let Some(src) = pending[i].as_ref() else {
+                continue;
+            };
+            let to = target(i);
+            if src.as_raw_fd() == to {
+                set_cloexec(src.as_fd(), false)?;
+                placed[i] = pending[i].take();
+                moved = true;
+                continue;
+            }
+            // Another source is still at `to`: it moves first.
+            if pending
+                .iter()
+                .flatten()
+                .any(|other| other.as_raw_fd() == to)
+            {
+                continue;
+            }
+            // SAFETY: `dup2` onto `to` closes whatever was open there, which the caller
+            // owns (stated above) and which is no source still to move (checked).
+            if unsafe { libc::dup2(src.as_raw_fd(), to) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `dup2` just opened `to` as a copy of `src`; nothing else owns it.
+            placed[i] = Some(unsafe { OwnedFd::from_raw_fd(to) });
+            if let Some(src) = pending[i].take() {
+                release(src);
+            }
+            moved = true;
+        }
+        if pending.iter().all(Option::is_none) {
+            break;
+        }
+        if !moved {
+            // Only cycles are left: one source goes above every target.
+            let i = pending.iter().position(Option::is_some).unwrap_or(0);
+            if let Some(src) = pending[i].take() {
+                let high = rustix::io::fcntl_dupfd_cloexec(&src, end.max(16))?;
+                pending[i] = Some(high);
+            }
+        }
+    }
+    Ok(placed.into_iter().flatten().collect())
 }
 
 /// Closes every descriptor from `first` up.
@@ -509,4 +557,58 @@ pub(crate) fn redirect_stdio(
 pub(crate) fn set_create_mode(options: &mut std::fs::OpenOptions, mode: u32) {
     use std::os::unix::fs::OpenOptionsExt;
     options.mode(mode);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file open at `raw` (device, inode), if any.
+    fn id_at(raw: RawFd) -> Option<(u64, u64)> {
+        inherited_fd_id(raw)
+    }
+
+    fn cloexec_at(raw: RawFd) -> bool {
+        // SAFETY: `F_GETFD` only inspects the descriptor table.
+        unsafe { libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    /// A new descriptor (a pipe's read end) at exactly `raw`.
+    fn open_at(raw: RawFd) -> OwnedFd {
+        let (r, _w) = pipe().unwrap();
+        // SAFETY: the test owns the numbers from 300 up, which nothing else uses.
+        let got = unsafe { libc::dup3(r.as_raw_fd(), raw, libc::O_CLOEXEC) };
+        assert_eq!(got, raw);
+        // SAFETY: just opened there, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(raw) }
+    }
+
+    /// Sources at `at` go to 300, 301, ...: each lands on its own target, inheritable,
+    /// and every source that is not a target is closed.
+    fn check(at: &[RawFd]) {
+        let fds: Vec<OwnedFd> = at.iter().map(|&raw| open_at(raw)).collect();
+        let ids: Vec<_> = at.iter().map(|&raw| id_at(raw).unwrap()).collect();
+        let placed = renumber(fds, 300).unwrap();
+        for (i, fd) in placed.iter().enumerate() {
+            let to = 300 + i as RawFd;
+            assert_eq!(fd.as_raw_fd(), to, "{at:?}");
+            assert_eq!(id_at(to), Some(ids[i]), "{at:?}: descriptor {i}");
+            assert!(!cloexec_at(to), "{at:?}: {to} is close-on-exec");
+        }
+        for &raw in at {
+            if !(300..300 + at.len() as RawFd).contains(&raw) {
+                assert_eq!(id_at(raw), None, "{at:?}: source {raw} left open");
+            }
+        }
+    }
+
+    #[test]
+    fn renumber_moves_each_straight_and_breaks_cycles() {
+        check(&[310, 311, 312]); // apart from the targets
+        check(&[300, 311, 302]); // some already in place
+        check(&[301, 300]); // a swap
+        check(&[301, 302, 300]); // a three-cycle
+        check(&[301, 310, 300, 303]); // a chain into a cycle, one in place
+        check(&[302, 300, 301, 320, 304]); // as a child's set-up receives them
+    }
 }
