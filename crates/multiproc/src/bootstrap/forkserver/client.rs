@@ -197,8 +197,8 @@ pub(crate) fn is_answer_lost(e: &io::Error) -> bool {
 }
 
 /// Whether a request failed with its answer not read whole (none came in time, a
-/// corrupt one, or one whose pidfd found no descriptor free, its bytes lost with it): the connection is out of step with the server, and must not be used
-/// again.
+/// corrupt one, or one whose pidfd found no descriptor free, its bytes lost with it):
+/// the connection is out of step with the server, and must not be used again.
 pub(crate) fn is_out_of_step(e: &io::Error) -> bool {
     matches!(
         e.kind(),
