@@ -56,9 +56,14 @@ impl ClusterBuilder {
         self
     }
 
-    /// How long outcomes are kept in Redis (default a day; at least a second, at most a
-    /// century: `Duration::MAX` keeps them a century, the longest expiry Redis is
-    /// given). A task's outcome is also kept this long for its idempotency key.
+    /// How long what this client writes is kept in Redis (default a day; at least a
+    /// second, at most a century: `Duration::MAX` keeps it a century, the longest expiry
+    /// Redis is given): the record of an idempotency key (how long a repeat of the key
+    /// finds the first task), the outcome of a task cancelled before it ran and the flag
+    /// a cancel leaves. The outcome of a task that ran is kept as long as the worker that
+    /// ran it says ([`WorkerBuilder::result_ttl`](crate::cluster::WorkerBuilder::result_ttl)):
+    /// a client that cannot reach the server for longer than that finds it gone, and
+    /// its `Task` gets no answer (a `wait` without a timeout waits for ever).
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.settings.result_ttl = ttl;
         self

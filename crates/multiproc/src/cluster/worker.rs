@@ -4,8 +4,9 @@
 //! Three threads: the reader (`XREADGROUP` on a connection of its own), the finisher
 //! (polls the pool's tasks as futures, woken by them, and finishes them in batches with
 //! one owner-checked script call), and the keeper (renews leases and the heartbeat,
-//! promotes due delayed tasks, reclaims expired leases, stops tasks past their
-//! timeout, retires dead workers). See `README.md` beside this file.
+//! promotes due delayed tasks, reclaims expired leases, retires dead workers). A task's
+//! timeout is the pool's to keep: each goes to it with its own. See `README.md` beside
+//! this file.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,7 +47,7 @@ const FINISH_BATCH: usize = 128;
 const FINISH_BYTES: usize = 64 << 20;
 /// Delayed tasks moved per script call.
 const PROMOTE_BATCH: usize = 1000;
-/// How often the keeper looks at delays and timeouts.
+/// How often the keeper looks at delays, leases and the stop.
 const TICK: Duration = Duration::from_millis(100);
 
 /// Starts a run of one registered task: decodes the argument (with `true`: a chunk of
@@ -326,8 +327,11 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long outcomes are kept (default a day; at least a second, at most a century:
-    /// `Duration::MAX` keeps them a century, the longest expiry Redis is given).
+    /// How long the outcomes of the tasks this worker runs are kept (default a day; at
+    /// least a second, at most a century: `Duration::MAX` keeps them a century, the
+    /// longest expiry Redis is given): a client that cannot reach the server for longer
+    /// than that finds its outcome gone (the client's own `result_ttl` covers what the
+    /// client writes: idempotency records, cancels).
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.settings.result_ttl = ttl;
         self
@@ -1699,7 +1703,7 @@ impl Node {
         self.server_call.store(limits.call, Ordering::Relaxed);
     }
 
-    /// The keeper: leases, heartbeat, delays, reclaims, timeouts; then the drain.
+    /// The keeper: leases, heartbeat, delays, reclaims; then the drain.
     fn keep(self: Arc<Self>) {
         let period = self.cfg.lease / 3;
         let mut next_renew = Instant::now();
