@@ -300,6 +300,10 @@ fn main() {
                 idempotency_cancel_and_timeout,
             ),
             trial(
+                "a_queued_idempotent_task_cancelled_by_a_client_that_joined_it_never_runs",
+                a_joined_idempotent_task_cancelled_while_queued,
+            ),
+            trial(
                 "idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first",
                 idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first,
             ),
@@ -2207,6 +2211,36 @@ fn cancel_of_a_promoted_countdown_task_before_it_runs() {
     }));
     let n = runs(&p);
     cancelled_and_clean((&redis, w, c, ns, &dir), r, n, 0);
+}
+
+/// One client submits an idempotent task while no worker runs; another submits the same
+/// key (it joins the task, and does not know its stream entry) and cancels it: the
+/// cancel is accepted, so the task must never run, and both clients are told
+/// `Cancelled` once a worker reads it.
+fn a_joined_idempotent_task_cancelled_while_queued() {
+    let redis = RedisServer::start();
+    let ns = "idem-joined-cancel";
+    let c = client(&redis, ns);
+    let c2 = client(&redis, ns);
+    let dir = common::tempdir("idem-joined-cancel");
+    let path = dir.join("runs").display().to_string();
+    let opts = TaskOptions::new().idempotency_key("joined");
+    let mut first = c
+        .submit_with(FLAKY, (path.clone(), 1), opts.clone())
+        .unwrap();
+    let mut joined = c2.submit_with(FLAKY, (path.clone(), 1), opts).unwrap();
+    assert!(joined.cancel(), "the cancel was refused");
+    let w = worker(&redis, ns, 1);
+    assert_eq!(first.wait_timeout(T), Err(TaskError::Cancelled));
+    assert_eq!(joined.wait_timeout(T), Err(TaskError::Cancelled));
+    assert!(
+        std::fs::read_to_string(&path).is_err(),
+        "the cancelled task ran"
+    );
+    drop(w);
+    finish(&redis, c, ns);
+    drop(c2);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// One client submits an idempotent countdown task twice (two handles, one task), then

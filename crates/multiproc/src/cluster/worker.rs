@@ -1255,11 +1255,16 @@ impl Node {
         }
         // A client that cancels a task that waited in the delayed set (a countdown, a
         // retry, a task handed back) or was redelivered no longer knows its entry and
-        // can only flag it: looked for before it runs.
+        // can only flag it: looked for before it runs. So can a client that joined an
+        // idempotent task another submitted (it never knew the entry): every idempotent
+        // task is looked for.
         let promoted = fields
             .iter()
             .any(|(k, _)| *k == envelope::PROMOTED.as_bytes());
-        if (promoted || envelope.attempt > 0 || lost_before > 0) && self.flagged(&envelope.task) {
+        let idempotent = envelope.task.starts_with("k:");
+        if (promoted || idempotent || envelope.attempt > 0 || lost_before > 0)
+            && self.flagged(&envelope.task)
+        {
             let done = Done::Failed(TaskError::Cancelled);
             let fin = self.conclude(&entry, fence, &envelope, done, End::Cancelled, None);
             self.send_finish(fin);
