@@ -1162,14 +1162,14 @@ fn a_pipe_end(_: ()) -> multiproc::Sender<u8> {
 }
 
 /// In a process of its own (its descriptor limit lowered): spawns with no descriptor
-/// free but 1, 2, … 8 of them. Each either runs its call or fails saying that
+/// free but 1, 2, … 16 of them. Each either runs its call or fails saying that
 /// descriptors ran out, and then starts nothing; with descriptors again, spawning works.
 /// Then joins, with none free, a child whose result passes a descriptor: the result is
 /// lost, and said to be. Returns how many free descriptors the spawns needed.
 fn spawns_out_of_descriptors(dir: String) -> usize {
     // The fork server is started first: its start needs descriptors of its own.
-    let first = multiproc::spawn(mark, format!("{dir}/first")).unwrap();
-    assert_eq!(first.join().unwrap(), 7);
+    let mut first = multiproc::spawn(mark, format!("{dir}/first")).unwrap();
+    assert_eq!(first.join_timeout(T).unwrap(), 7);
     let mut ran = Vec::new();
     for free in 1..=16 {
         let mut open = common::use_up_descriptors();
@@ -1195,8 +1195,8 @@ fn spawns_out_of_descriptors(dir: String) -> usize {
         needed > 1,
         "a spawn needs descriptors, yet one worked with 1 free"
     );
-    let last = multiproc::spawn(mark, format!("{dir}/last")).unwrap();
-    assert_eq!(last.join().unwrap(), 7);
+    let mut last = multiproc::spawn(mark, format!("{dir}/last")).unwrap();
+    assert_eq!(last.join_timeout(T).unwrap(), 7);
     // A spawn that failed started nothing: no call marked its file. A call started
     // anyway would have run by now, or within this wait.
     let marks = || {
