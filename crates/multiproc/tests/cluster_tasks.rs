@@ -29,6 +29,7 @@ const RECORD_SLOW: TaskDef<(String, u64), u64> = TaskDef::new("t.record_slow");
 const CHAIN: TaskDef<Chain, u64> = TaskDef::new("t.chain");
 const FLAKY_SLOW: TaskDef<(String, u32, u64), Result<u32, String>> = TaskDef::new("t.flaky_slow");
 const BYTES: TaskDef<u64, Vec<u8>> = TaskDef::new("t.bytes");
+const LEN: TaskDef<Vec<u8>, u64> = TaskDef::new("t.len");
 
 /// A list through `Box`: one level of nesting per link.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -64,6 +65,10 @@ fn who(x: u64) -> (u64, String) {
 /// `n` bytes.
 fn bytes(n: u64) -> Vec<u8> {
     vec![7; usize::try_from(n).unwrap()]
+}
+
+fn len(v: Vec<u8>) -> u64 {
+    v.len() as u64
 }
 
 fn abort(_: u64) -> u64 {
@@ -135,6 +140,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(CHAIN, chain_length)
         .register_fallible(FLAKY_SLOW, flaky_slow)
         .register(BYTES, bytes)
+        .register(LEN, len)
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
@@ -248,6 +254,10 @@ fn main() {
     common::main_checked(
         vec![
             trial("submit_map_imap_stats", submit_map_imap_stats),
+            trial(
+                "imap_items_that_cannot_be_submitted_fail_alone",
+                imap_items_that_cannot_be_submitted_fail_alone,
+            ),
             trial(
                 "executor_many_tasks_and_shutdown",
                 executor_many_tasks_and_shutdown,
@@ -489,6 +499,45 @@ fn executor_many_tasks_and_shutdown() {
         Err(ClusterError::Task(TaskError::PoolClosed))
     ));
     pool.join_timeout(T).unwrap();
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// An item over the client's cap, taken by `imap` after a batch of others was sent,
+/// yields its own error in its place; every other item's result comes, in order.
+fn imap_items_that_cannot_be_submitted_fail_alone() {
+    let redis = RedisServer::start();
+    let ns = "imap_refused";
+    let w = worker(&redis, ns, 2);
+    let c = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .max_message(200)
+        .build()
+        .unwrap();
+    let too_big = |i: usize| i == 700 || i == 1500;
+    let items = || (0..2000).map(|i| vec![1u8; if too_big(i) { 1000 } else { i % 8 }]);
+    let check = |i: usize, r: &Result<u64, TaskError>| match r {
+        Err(e) if too_big(i) => {
+            assert!(e.to_string().contains("cap"), "item {i}: {e}");
+        }
+        Ok(n) if !too_big(i) => assert_eq!(*n, (i % 8) as u64, "item {i}"),
+        other => panic!("item {i}: {other:?}"),
+    };
+    let ordered: Vec<_> = c.imap(LEN, items()).collect();
+    assert_eq!(ordered.len(), 2000);
+    for (i, r) in ordered.iter().enumerate() {
+        check(i, r);
+    }
+    let unordered: Vec<_> = c.imap_unordered(LEN, items()).collect();
+    assert_eq!(unordered.len(), 2000);
+    let failed = unordered.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failed, 2, "{:?}", unordered.iter().find(|r| r.is_err()));
+    let sum: u64 = unordered.iter().filter_map(|r| r.as_ref().ok()).sum();
+    let expected: u64 = (0..2000)
+        .filter(|&i| !too_big(i))
+        .map(|i| (i % 8) as u64)
+        .sum();
+    assert_eq!(sum, expected);
     w.shutdown(true);
     finish(&redis, c, ns);
 }

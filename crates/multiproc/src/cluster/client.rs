@@ -183,6 +183,10 @@ pub(crate) struct ClientInner {
 
 type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
 
+/// An item of a windowed map: its local id and what the map keeps for it, or why it was
+/// not submitted.
+type Submitted<X> = Result<(u64, X), TaskError>;
+
 /// Tasks this client waits for.
 #[derive(Default)]
 struct Pending {
@@ -501,6 +505,11 @@ impl Cluster {
 
     /// Runs `def` on every item, lazily, with a bounded number of tasks in flight (so
     /// an endless iterator works); results in item order, each its own `Result`.
+    ///
+    /// An item that cannot be submitted yields its own error in its place: one that
+    /// does not encode, or is over the cap, alone (the items after it go on); where a
+    /// batch cannot be sent (Redis unreachable), each of its items, and the iterator
+    /// ends after them, taking no more items.
     pub fn imap<A, R, I>(&self, def: TaskDef<A, R>, items: I) -> ClusterImap<'_, A, R, I::IntoIter>
     where
         A: Serialize,
@@ -512,7 +521,7 @@ impl Cluster {
             def,
             items: items.into_iter(),
             window: VecDeque::new(),
-            failed: None,
+            taking: true,
         }
     }
 
@@ -535,8 +544,63 @@ impl Cluster {
             in_flight: 0,
             tx,
             rx,
-            failed: None,
+            taking: true,
         }
+    }
+
+    /// Takes items and submits them as one batch, for the maps that keep a window of
+    /// tasks in flight: per item, in order, its local id and what `make` gave it, or
+    /// why it was not submitted. An item that does not encode, or is over the cap,
+    /// fails alone; a batch that cannot be sent fails whole, and `false` is returned
+    /// with it (the maps take no more items then).
+    fn submit_window<A: Serialize, X>(
+        &self,
+        def: (&str, u64),
+        items: impl Iterator<Item = A>,
+        mut make: impl FnMut() -> (Deliver, X),
+    ) -> (Vec<Submitted<X>>, bool) {
+        let inner = &self.inner;
+        let keys = &inner.default_keys;
+        let opts = TaskOptions::new();
+        let refused = |e: &ClusterError| {
+            TaskError::Failed(Failure::message_only(format!("cannot submit: {e}")))
+        };
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        let mut sent = Vec::new();
+        let mut fatal = None;
+        for a in items {
+            let (deliver, x) = make();
+            match inner.prepare(def, &a, false, &opts, keys, deliver) {
+                Ok(p) => {
+                    sent.push(out.len());
+                    out.push(Ok((p.local, x)));
+                    batch.push(p);
+                }
+                Err(e @ (ClusterError::Codec(_) | ClusterError::TooLarge { .. })) => {
+                    out.push(Err(refused(&e)));
+                }
+                Err(e) => {
+                    out.push(Err(refused(&e)));
+                    fatal = Some(e);
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            return (out, fatal.is_none());
+        }
+        match fatal {
+            // `send_many` forgets the batch's handles when it fails.
+            None => fatal = inner.send_many(keys, &mut batch).err(),
+            Some(_) => inner.forget(keys, batch.iter()),
+        }
+        if let Some(e) = &fatal {
+            for i in sent {
+                out[i] = Err(refused(e));
+            }
+        }
+        (out, fatal.is_none())
     }
 
     /// The state of the client's queue: waiting, in flight, delayed and dead-lettered
@@ -1595,8 +1659,10 @@ pub struct ClusterImap<'a, A, R, I> {
     cluster: &'a Cluster,
     def: TaskDef<A, R>,
     items: I,
-    window: VecDeque<Task<R>>,
-    failed: Option<ClusterError>,
+    /// In item order: each item's task, or why it was not submitted.
+    window: VecDeque<Result<Task<R>, TaskError>>,
+    /// Whether items are still taken (no batch failed to be sent).
+    taking: bool,
 }
 
 impl<A, R, I> fmt::Debug for ClusterImap<'_, A, R, I> {
@@ -1616,27 +1682,24 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.window.len() <= BATCH && self.failed.is_none() {
-            let batch: Vec<A> = self
-                .items
-                .by_ref()
-                .take(BATCH * 2 - self.window.len())
-                .collect();
-            if !batch.is_empty() {
-                match self.cluster.submit_batch(self.def, batch) {
-                    Ok(tasks) => self.window.extend(tasks),
-                    Err(e) => self.failed = Some(e),
-                }
-            }
+        // Refilled a batch at a time once half the window is consumed.
+        while self.taking && self.window.len() <= BATCH {
+            let take = BATCH.min(BATCH * 2 - self.window.len());
+            let def = (self.def.name(), self.def.schema());
+            let (submitted, ok) =
+                self.cluster
+                    .submit_window(def, self.items.by_ref().take(take), || {
+                        let cell = Cell::<R>::new();
+                        (deliver_into(&cell), cell)
+                    });
+            self.taking = ok && submitted.len() == take;
+            self.window.extend(
+                submitted
+                    .into_iter()
+                    .map(|s| s.map(|(local, cell)| self.cluster.task(cell, local))),
+            );
         }
-        match self.window.pop_front() {
-            Some(t) => Some(t.wait()),
-            None => self.failed.take().map(|e| {
-                Err(TaskError::Failed(Failure::message_only(format!(
-                    "cannot submit: {e}"
-                ))))
-            }),
-        }
+        Some(self.window.pop_front()?.and_then(Task::wait))
     }
 }
 
@@ -1645,10 +1708,12 @@ pub struct ClusterImapUnordered<'a, A, R, I> {
     cluster: &'a Cluster,
     def: TaskDef<A, R>,
     items: I,
+    /// Outcomes still to be received (each submitted task's, and each refused item's).
     in_flight: usize,
     tx: crossbeam_channel::Sender<Result<R, TaskError>>,
     rx: crossbeam_channel::Receiver<Result<R, TaskError>>,
-    failed: Option<ClusterError>,
+    /// Whether items are still taken (no batch failed to be sent).
+    taking: bool,
 }
 
 impl<A, R, I> fmt::Debug for ClusterImapUnordered<'_, A, R, I> {
@@ -1668,38 +1733,26 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.in_flight <= BATCH && self.failed.is_none() {
-            let inner = &self.cluster.inner;
-            let keys = inner.default_keys.clone();
-            let opts = TaskOptions::new();
-            let mut batch = Vec::new();
-            for a in self.items.by_ref().take(BATCH * 2 - self.in_flight) {
-                let tx = self.tx.clone();
-                let deliver: Deliver = Box::new(move |o: Result<Outcome, TaskError>| {
-                    let _ = tx.send(o.and_then(Outcome::into_result::<R>));
-                });
-                let def = (self.def.name(), self.def.schema());
-                match inner.prepare(def, &a, false, &opts, &keys, deliver) {
-                    Ok(p) => batch.push(p),
-                    Err(e) => {
-                        self.failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                match inner.send_many(&keys, &mut batch) {
-                    Ok(()) => self.in_flight += batch.len(),
-                    Err(e) => self.failed = Some(e),
-                }
+        while self.taking && self.in_flight <= BATCH {
+            let take = BATCH.min(BATCH * 2 - self.in_flight);
+            let def = (self.def.name(), self.def.schema());
+            let (submitted, ok) =
+                self.cluster
+                    .submit_window(def, self.items.by_ref().take(take), || {
+                        let tx = self.tx.clone();
+                        let deliver: Deliver = Box::new(move |o: Result<Outcome, TaskError>| {
+                            let _ = tx.send(o.and_then(Outcome::into_result::<R>));
+                        });
+                        (deliver, ())
+                    });
+            self.taking = ok && submitted.len() == take;
+            self.in_flight += submitted.len();
+            for refused in submitted.into_iter().filter_map(Result::err) {
+                let _ = self.tx.send(Err(refused));
             }
         }
         if self.in_flight == 0 {
-            return self.failed.take().map(|e| {
-                Err(TaskError::Failed(Failure::message_only(format!(
-                    "cannot submit: {e}"
-                ))))
-            });
+            return None;
         }
         self.in_flight -= 1;
         Some(self.rx.recv().unwrap_or(Err(TaskError::PoolClosed)))
