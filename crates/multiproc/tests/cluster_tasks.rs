@@ -30,6 +30,7 @@ const CHAIN: TaskDef<Chain, u64> = TaskDef::new("t.chain");
 const FLAKY_SLOW: TaskDef<(String, u32, u64), Result<u32, String>> = TaskDef::new("t.flaky_slow");
 const BYTES: TaskDef<u64, Vec<u8>> = TaskDef::new("t.bytes");
 const LEN: TaskDef<Vec<u8>, u64> = TaskDef::new("t.len");
+const HANG_FAIL: TaskDef<String, Result<u32, String>> = TaskDef::new("t.hang_fail");
 
 /// A list through `Box`: one level of nesting per link.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -69,6 +70,25 @@ fn bytes(n: u64) -> Vec<u8> {
 
 fn len(v: Vec<u8>) -> u64 {
     v.len() as u64
+}
+
+/// Counts its runs in the file `path`: an odd run hangs (for its node to be killed), an
+/// even one fails; from the fourth on they succeed.
+fn hang_fail(path: String) -> Result<u32, String> {
+    let n = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&path, n.to_string()).unwrap();
+    match n {
+        4.. => Ok(n),
+        _ if n % 2 == 1 => {
+            std::thread::sleep(Duration::from_secs(600));
+            Ok(n)
+        }
+        _ => Err(format!("run {n} failed")),
+    }
 }
 
 fn abort(_: u64) -> u64 {
@@ -141,6 +161,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register_fallible(FLAKY_SLOW, flaky_slow)
         .register(BYTES, bytes)
         .register(LEN, len)
+        .register_fallible(HANG_FAIL, hang_fail)
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
@@ -226,11 +247,14 @@ fn helpers(mode: &str) {
     if mode == "worker" {
         let url = std::env::var("MP_URL").unwrap();
         let ns = std::env::var("MP_NS").unwrap();
-        let handle = tasks(Worker::builder(&url))
+        let mut handle = tasks(Worker::builder(&url))
             .namespace(ns)
             .processes(4)
             .lease(Duration::from_secs(1))
             .grace(Duration::from_secs(20));
+        if let Ok(n) = std::env::var("MP_MAX_DELIVERIES") {
+            handle = handle.max_deliveries(n.parse().unwrap());
+        }
         if std::env::var_os("MP_IGNORE_INT").is_some() {
             // As `nohup` leaves it (for SIGHUP) and shells do for background jobs.
             #[allow(unsafe_code)]
@@ -257,6 +281,10 @@ fn main() {
             trial(
                 "imap_items_that_cannot_be_submitted_fail_alone",
                 imap_items_that_cannot_be_submitted_fail_alone,
+            ),
+            trial(
+                "deliveries_lost_before_a_retry_still_count",
+                deliveries_lost_before_a_retry_still_count,
             ),
             trial(
                 "executor_many_tasks_and_shutdown",
@@ -633,6 +661,69 @@ fn ten_thousand_tasks_sigkill_and_sigstop() {
     finish(&redis, c, ns);
 }
 
+/// A task whose node is lost, that then fails and is retried, and whose node is lost
+/// again has lost two deliveries: with `max_deliveries(2)` it is dead-lettered then,
+/// not run a fourth time (the retry carries the losses of the entry before it).
+fn deliveries_lost_before_a_retry_still_count() {
+    let redis = RedisServer::start();
+    let ns = "lost_retry";
+    let c = client(&redis, ns);
+    let dir = common::tempdir("lost_retry");
+    let path = dir.join("runs");
+    let runs = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let node = |name: &str| {
+        let h = Helper::start_with(
+            "worker",
+            std::env::current_exe().unwrap(),
+            &[
+                ("MP_URL", &redis.url()),
+                ("MP_NS", ns),
+                ("MP_NODE", name),
+                ("MP_MAX_DELIVERIES", "2"),
+            ],
+        );
+        h.expect("ready", T);
+        h
+    };
+    let retry =
+        RetryPolicy::attempts(5).backoff(Duration::from_millis(10), 1.0, Duration::from_millis(10));
+    let mut t = c
+        .submit_with(
+            HANG_FAIL,
+            path.to_str().unwrap().to_string(),
+            TaskOptions::new().retry(retry),
+        )
+        .unwrap();
+    // Run 1 hangs: its node dies (one delivery lost).
+    let mut a = node("a");
+    assert!(common::eventually(T, || runs() == 1));
+    assert!(a.kill_tree(T).is_empty());
+    // Node b takes it back once its lease ran out: run 2 fails and is retried; run 3,
+    // the retry, hangs, and b dies too (a second delivery lost).
+    let mut b = node("b");
+    assert!(common::eventually(T, || runs() == 3), "runs: {}", runs());
+    assert!(b.kill_tree(T).is_empty());
+    let c2 = node("c");
+    match t.wait_timeout(T) {
+        Err(TaskError::DeadLettered(why)) => {
+            assert!(why.contains("2 deliveries"), "{why}");
+        }
+        other => panic!(
+            "a task that lost two deliveries: {other:?} (runs: {})",
+            runs()
+        ),
+    }
+    assert_eq!(runs(), 3);
+    drop(c2);
+    finish(&redis, c, ns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn late_ack_of_paused_node_is_rejected() {
     let redis = RedisServer::start();
     let ns = "fence";
@@ -796,6 +887,8 @@ fn other_types_and_unknown_names_refused() {
     const UNKNOWN: TaskDef<u64, u64> = TaskDef::new("t.nobody");
     let e = c.submit(UNKNOWN, 1).unwrap().wait().unwrap_err();
     assert!(e.to_string().contains("t.nobody"), "{e}");
+    // Which worker refused it, in case the queue's workers are not all alike.
+    assert!(e.to_string().contains(w.name()), "{e}");
     assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
     assert_eq!(c.stats().unwrap().dead_lettered, 3);
     // An argument nested deeper than the format allows (a short message could otherwise

@@ -307,7 +307,7 @@ impl WorkerBuilder {
     }
 
     /// Deliveries of a task that crash its process or lose its worker before it is
-    /// dead-lettered (default 3).
+    /// dead-lettered (default 3), counted over all its retries and hand-backs.
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n;
         self
@@ -1236,9 +1236,13 @@ impl Node {
             return;
         }
         let Some((schema, runner)) = self.registry.get(&envelope.name) else {
+            // A queue's workers register the same tasks: one that has no such task
+            // speaks for all of them (and a task new to some of them, in a rolling
+            // upgrade, is dead-lettered where it lands on an old one; it can be
+            // requeued once they are all upgraded).
             let why = format!(
-                "no worker of this queue runs a task named {:?}",
-                envelope.name
+                "worker {:?} of this queue runs no task named {:?} (a queue's workers are to register the same tasks)",
+                self.name, envelope.name
             );
             tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
             self.dead_letter(entry, fence, Some(envelope.addressee()), why);
@@ -1381,6 +1385,12 @@ impl Node {
         // The count comes from the wire: one at the end of its range stays there rather
         // than overflow (a panic of the finisher where overflow is checked).
         let attempts = env.attempt.saturating_add(1);
+        // Deliveries lost before this one: the envelope's (of the entries before it)
+        // and this entry's own earlier ones (each reclaim of it counted one). A
+        // retry or a hand-back is a new entry, so it carries them in its envelope.
+        let lost = env
+            .lost
+            .saturating_add(u32::try_from(fence.saturating_sub(1)).unwrap_or(u32::MAX));
         let mut fin = Finish {
             local,
             entry: entry.to_string(),
@@ -1392,21 +1402,29 @@ impl Node {
             retry: None,
             reason: String::new(),
         };
-        let retry_with = |fin: &mut Finish, next: Envelope, delay: Duration| match next.encode() {
-            Ok(bytes) => {
-                fin.action = Action::Retry;
-                // A delay of `Duration::MAX` (never) waits a century: Redis refuses an
-                // expiry past the range of its clock.
-                fin.retry = Some((bytes, ms(delay.min(deadline::FOREVER))));
-            }
-            Err(e) => {
-                fin.outcome = Outcome::Failed(ErrorWire::Codec(e.message().into()))
-                    .encode()
-                    .ok();
-            }
-        };
+        // The task again, as a new entry: `attempt` runs counted, `lost` deliveries lost.
+        let retry_with =
+            |fin: &mut Finish, attempt: u32, lost: u32, delay: Duration| match (Envelope {
+                attempt,
+                lost,
+                ..env.clone()
+            })
+            .encode()
+            {
+                Ok(bytes) => {
+                    fin.action = Action::Retry;
+                    // A delay of `Duration::MAX` (never) waits a century: Redis refuses an
+                    // expiry past the range of its clock.
+                    fin.retry = Some((bytes, ms(delay.min(deadline::FOREVER))));
+                }
+                Err(e) => {
+                    fin.outcome = Outcome::Failed(ErrorWire::Codec(e.message().into()))
+                        .encode()
+                        .ok();
+                }
+            };
         if end == End::HandedBack && matches!(done, Done::Failed(TaskError::Cancelled)) {
-            retry_with(&mut fin, env.clone(), Duration::ZERO);
+            retry_with(&mut fin, env.attempt, lost, Duration::ZERO);
             return fin;
         }
         let value = match done {
@@ -1414,11 +1432,7 @@ impl Node {
             Done::Err(failed) => {
                 let e = failed.clone().into_error();
                 if policy.should_retry(attempts, &e) {
-                    let next = Envelope {
-                        attempt: attempts,
-                        ..env.clone()
-                    };
-                    retry_with(&mut fin, next, policy.delay(attempts));
+                    retry_with(&mut fin, attempts, lost, policy.delay(attempts));
                     return fin;
                 }
                 Outcome::Failed(failed)
@@ -1430,14 +1444,14 @@ impl Node {
                             self.broke(why);
                         }
                         // Not the task's doing: back to the queue for another node.
-                        retry_with(&mut fin, env.clone(), Duration::ZERO);
+                        retry_with(&mut fin, env.attempt, lost, Duration::ZERO);
                         return fin;
                     }
                     TaskError::Cancelled if end == End::Cancelled => {
                         Outcome::Failed(ErrorWire::Cancelled)
                     }
                     TaskError::WorkerDied(_) => {
-                        let lost = env.lost.saturating_add(fence as u32);
+                        let lost = lost.saturating_add(1);
                         if lost >= self.cfg.max_deliveries {
                             let why = format!(
                                 "its process died on each of {lost} deliveries (the cap is {}); last: {e}",
@@ -1451,24 +1465,16 @@ impl Node {
                             fin.reason = why;
                             return fin;
                         }
-                        let next = Envelope {
-                            lost,
-                            ..env.clone()
-                        };
                         let delay = if env.retry.is_some() {
                             policy.delay(lost)
                         } else {
                             Duration::from_millis(100) * lost
                         };
-                        retry_with(&mut fin, next, delay);
+                        retry_with(&mut fin, env.attempt, lost, delay);
                         return fin;
                     }
                     e if policy.should_retry(attempts, &e) => {
-                        let next = Envelope {
-                            attempt: attempts,
-                            ..env.clone()
-                        };
-                        retry_with(&mut fin, next, policy.delay(attempts));
+                        retry_with(&mut fin, attempts, lost, policy.delay(attempts));
                         return fin;
                     }
                     e => Outcome::Failed(ErrorWire::from_error(&e)),
@@ -1997,12 +2003,10 @@ impl Node {
                 }
                 st.reclaim_lease = used;
             }
-            let mut claimed = 0;
             for e in parts.iter().skip(2) {
                 if let [id, fields, deliveries] = conn::array(e)
                     && let Some(id) = conn::text(id)
                 {
-                    claimed += 1;
                     let fence = conn::int(deliveries).unwrap_or(1).max(1) as u64;
                     tracing::info!(worker = %self.name, entry = %id, deliveries = fence, "reclaimed a task whose lease ran out");
                     self.accept(id, fields, fence);
@@ -2010,9 +2014,6 @@ impl Node {
             }
             let done = next == "0-0";
             lock(&self.state).cursor = (!done).then_some(next);
-            if done && claimed == 0 {
-                return Ok(());
-            }
             if done {
                 return Ok(());
             }
