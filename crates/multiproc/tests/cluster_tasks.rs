@@ -287,6 +287,10 @@ fn main() {
                 deliveries_lost_before_a_retry_still_count,
             ),
             trial(
+                "imap_items_whose_send_lost_only_its_reply_yield_once",
+                imap_items_whose_send_lost_only_its_reply_yield_once,
+            ),
+            trial(
                 "executor_many_tasks_and_shutdown",
                 executor_many_tasks_and_shutdown,
             ),
@@ -568,6 +572,229 @@ fn imap_items_that_cannot_be_submitted_fail_alone() {
     assert_eq!(sum, expected);
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// A TCP proxy to Redis for a client under test. While armed, it passes a connection's
+/// `XADD`s on to the server, keeps the server's answers from the client, waits until
+/// the server has answered every one and `settled` holds (at most 30 s), and closes
+/// the connection: the send failed for the client, and the server took it.
+struct ReplyDroppingProxy {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReplyDroppingProxy {
+    fn start(upstream: u16, settled: fn(&mut cluster_common::Raw) -> bool) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (armed2, stop2) = (armed.clone(), stop.clone());
+        let accept = std::thread::spawn(move || {
+            let mut threads = Vec::new();
+            while !stop2.load(SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(e) => panic!("proxy accept: {e}"),
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let tick = Some(Duration::from_millis(50));
+                client.set_read_timeout(tick).unwrap();
+                server.set_read_timeout(tick).unwrap();
+                // Bytes of answers kept from the client (`$`, one per bulk answer).
+                let swallowed = Arc::new(AtomicUsize::new(0));
+                let swallowing = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (armed, stop) = (armed2.clone(), stop2.clone());
+                let (sw, swn) = (swallowing.clone(), swallowed.clone());
+                threads.push(std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut ticks = 0;
+                    let mut xadds = 0;
+                    loop {
+                        let n = match proxy_read(&mut c_in, &s_out, &mut buf, &stop) {
+                            None => return,
+                            Some(Some(n)) => n,
+                            Some(None) => {
+                                if sw.load(SeqCst) {
+                                    // Poisoned: closed once the server answered every
+                                    // `XADD` and the tasks settled (`settled` asks
+                                    // the server directly), or after 30 s.
+                                    let answered = swn.load(SeqCst) >= xadds;
+                                    let settled = || {
+                                        cluster_common::raw_at(upstream)
+                                            .is_ok_and(|mut r| settled(&mut r))
+                                    };
+                                    ticks += 1;
+                                    if answered && settled() || ticks > 30_000 / 50 {
+                                        std::thread::sleep(Duration::from_millis(200));
+                                        let _ = c_in.shutdown(std::net::Shutdown::Both);
+                                        let _ = s_out.shutdown(std::net::Shutdown::Both);
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
+                        };
+                        let chunk = &buf[..n];
+                        let has_xadd = chunk.windows(4).any(|w| w == b"XADD");
+                        if !sw.load(SeqCst)
+                            && has_xadd
+                            && armed
+                                .fetch_update(SeqCst, SeqCst, |a| a.checked_sub(1))
+                                .is_ok()
+                        {
+                            sw.store(true, SeqCst);
+                        }
+                        if sw.load(SeqCst) {
+                            xadds += chunk.windows(4).filter(|w| *w == b"XADD").count();
+                        }
+                        if s_out.write_all(chunk).is_err() {
+                            return;
+                        }
+                    }
+                }));
+                let (mut s_in, mut c_out) = (server, client);
+                let stop = stop2.clone();
+                threads.push(std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Some(read) = proxy_read(&mut s_in, &c_out, &mut buf, &stop) {
+                        let Some(n) = read else { continue };
+                        if swallowing.load(SeqCst) {
+                            let answers = buf[..n].iter().filter(|b| **b == b'$').count();
+                            swallowed.fetch_add(answers, SeqCst);
+                        } else if c_out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        ReplyDroppingProxy {
+            port,
+            armed,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The next `n` connections that send `XADD`s lose their answers.
+    fn arm(&self, n: usize) {
+        self.armed.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many of those are still to come.
+    fn armed(&self) -> usize {
+        self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One read of a proxied socket, waiting at most its read timeout: `Some(Some(n))`
+/// bytes, `Some(None)` none yet, `None` at its end (passed on to `to`), on an error or
+/// once `stop` is set.
+fn proxy_read(
+    from: &mut std::net::TcpStream,
+    to: &std::net::TcpStream,
+    buf: &mut [u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<Option<usize>> {
+    use std::io::{ErrorKind, Read};
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    match from.read(buf) {
+        Ok(0) => {
+            let _ = to.shutdown(std::net::Shutdown::Write);
+            None
+        }
+        Ok(n) => Some(Some(n)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Some(None),
+        Err(_) => None,
+    }
+}
+
+impl Drop for ReplyDroppingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A batch that the server took but whose answer the client lost (its connection
+/// closed, twice: the client sends once more) fails for the client; tasks of it whose
+/// outcomes came meanwhile yield them, once each, and the maps go on with the items
+/// after it.
+fn imap_items_whose_send_lost_only_its_reply_yield_once() {
+    let redis = RedisServer::start();
+    let ns = "imap_lost_reply";
+    let w = worker(&redis, ns, 2);
+    // Settled: nothing waiting or held, and every outcome taken from its reply list.
+    fn settled(r: &mut cluster_common::Raw) -> bool {
+        let stream = "imap_lost_reply:{default}:stream";
+        let mut ask = |args: &[&str]| r.call(args).unwrap_or(Resp::Error(String::new()));
+        let waiting = ask(&["XLEN", stream]).int();
+        let held = match ask(&["XPENDING", stream, "workers"]) {
+            Resp::Array(a) => a.first().map_or(-1, Resp::int),
+            _ => -1,
+        };
+        let replies = match ask(&["KEYS", "imap_lost_reply:*}:reply:*"]) {
+            Resp::Array(a) => a.len(),
+            _ => 1,
+        };
+        waiting == 0 && held == 0 && replies == 0
+    }
+    let proxy = ReplyDroppingProxy::start(redis.port, settled);
+    let c = Cluster::builder(&proxy.url())
+        .namespace(ns)
+        .build()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    proxy.arm(2);
+    let ordered: Vec<u64> = c.imap(SQUARE, 0..1000u64).map(Result::unwrap).collect();
+    assert_eq!(ordered, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(
+        proxy.armed(),
+        0,
+        "a send and its repeat were to lose their answers"
+    );
+    proxy.arm(2);
+    let mut unordered: Vec<u64> = c
+        .imap_unordered(SQUARE, 0..1000u64)
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(
+        proxy.armed(),
+        0,
+        "a send and its repeat were to lose their answers"
+    );
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    drop(proxy);
 }
 
 fn submit_map_imap_stats() {

@@ -506,10 +506,11 @@ impl Cluster {
     /// Runs `def` on every item, lazily, with a bounded number of tasks in flight (so
     /// an endless iterator works); results in item order, each its own `Result`.
     ///
-    /// An item that cannot be submitted yields its own error in its place: one that
-    /// does not encode, or is over the cap, alone (the items after it go on); where a
-    /// batch cannot be sent (Redis unreachable), each of its items, and the iterator
-    /// ends after them, taking no more items.
+    /// An item that cannot be submitted yields its own error in its place, and the
+    /// items after it go on, as in [`Pool::imap`](crate::Pool::imap): one that does
+    /// not encode, or is over the cap, fails alone; where a batch cannot be sent
+    /// (Redis unreachable), each of its items fails (unless its outcome came anyway:
+    /// the server took the batch and only its reply was lost).
     pub fn imap<A, R, I>(&self, def: TaskDef<A, R>, items: I) -> ClusterImap<'_, A, R, I::IntoIter>
     where
         A: Serialize,
@@ -549,16 +550,17 @@ impl Cluster {
     }
 
     /// Takes items and submits them as one batch, for the maps that keep a window of
-    /// tasks in flight: per item, in order, its local id and what `make` gave it, or
-    /// why it was not submitted. An item that does not encode, or is over the cap,
-    /// fails alone; a batch that cannot be sent fails whole, and `false` is returned
-    /// with it (the maps take no more items then).
+    /// tasks in flight: per item taken, in order, its local id and what `make` gave
+    /// it, or why it was not submitted. An item that does not encode, or is over the
+    /// cap, fails alone; where the batch cannot be sent (or the client is closed), each
+    /// of its items fails, unless its outcome came already (the server took the batch
+    /// and only its reply was lost).
     fn submit_window<A: Serialize, X>(
         &self,
         def: (&str, u64),
         items: impl Iterator<Item = A>,
         mut make: impl FnMut() -> (Deliver, X),
-    ) -> (Vec<Submitted<X>>, bool) {
+    ) -> Vec<Submitted<X>> {
         let inner = &self.inner;
         let keys = &inner.default_keys;
         let opts = TaskOptions::new();
@@ -570,6 +572,11 @@ impl Cluster {
         let mut sent = Vec::new();
         let mut fatal = None;
         for a in items {
+            if let Some(e) = &fatal {
+                // Not tried: it would fail as the one before did (and wait as long).
+                out.push(Err(refused(e)));
+                continue;
+            }
             let (deliver, x) = make();
             match inner.prepare(def, &a, false, &opts, keys, deliver) {
                 Ok(p) => {
@@ -583,24 +590,33 @@ impl Cluster {
                 Err(e) => {
                     out.push(Err(refused(&e)));
                     fatal = Some(e);
-                    break;
                 }
             }
         }
         if batch.is_empty() {
-            return (out, fatal.is_none());
+            return out;
         }
-        match fatal {
-            // `send_many` forgets the batch's handles when it fails.
-            None => fatal = inner.send_many(keys, &mut batch).err(),
+        let waited = match fatal {
+            None => match inner.send_many_or_forget(keys, &mut batch) {
+                Ok(()) => return out,
+                Err(failed) => {
+                    let (e, waited) = *failed;
+                    fatal = Some(e);
+                    waited
+                }
+            },
             Some(_) => inner.forget(keys, batch.iter()),
-        }
+        };
         if let Some(e) = &fatal {
-            for i in sent {
-                out[i] = Err(refused(e));
+            // A task whose outcome came already keeps it: its handle has it, or its
+            // deliverer sent it.
+            for (i, waited) in sent.into_iter().zip(waited) {
+                if waited {
+                    out[i] = Err(refused(e));
+                }
             }
         }
-        (out, fatal.is_none())
+        out
     }
 
     /// The state of the client's queue: waiting, in flight, delayed and dead-lettered
@@ -1001,19 +1017,26 @@ impl ClientInner {
 
     /// Forgets the handles of tasks of `keys`' queue that were not sent (and only
     /// theirs: a handle of an earlier submission with the same idempotency key still
-    /// waits).
-    fn forget<'a>(&self, keys: &Keys, sent: impl Iterator<Item = &'a Prepared>) {
+    /// waits). Says for each whether it still waited: one whose send failed after the
+    /// server took it (its reply was lost) may have had its outcome already.
+    fn forget<'a>(&self, keys: &Keys, sent: impl Iterator<Item = &'a Prepared>) -> Vec<bool> {
         let mut p = lock(&self.pending);
+        let mut waited = Vec::new();
         for prepared in sent {
             p.locals.remove(&prepared.local);
             let key = task_key(keys, &prepared.task);
+            let mut found = false;
             if let Some(w) = p.tasks.get_mut(&key) {
+                let before = w.delivers.len();
                 w.delivers.retain(|(local, _)| *local != prepared.local);
+                found = w.delivers.len() < before;
                 if w.delivers.is_empty() {
                     p.tasks.remove(&key);
                 }
             }
+            waited.push(found);
         }
+        waited
     }
 
     fn send_one(
@@ -1067,7 +1090,9 @@ impl ClientInner {
                     ],
                 )
             })
-            .inspect_err(|_| self.forget(keys, std::iter::once(&prepared)))?;
+            .inspect_err(|_| {
+                self.forget(keys, std::iter::once(&prepared));
+            })?;
         let parts = conn::array(&reply);
         if let Some(epoch) = parts.get(2).and_then(conn::text) {
             self.sent_under(keys, std::slice::from_ref(&prepared), epoch);
@@ -1110,6 +1135,17 @@ impl ClientInner {
     /// Sends tasks in one round trip (`XADD` each, pipelined, after reading the queue's
     /// epoch token).
     fn send_many(&self, keys: &Keys, batch: &mut [Prepared]) -> Result<(), ClusterError> {
+        self.send_many_or_forget(keys, batch)
+            .map_err(|failed| failed.0)
+    }
+
+    /// As [`send_many`](Self::send_many); a failure also says, per task, whether its
+    /// handle still waited when it was forgotten (see [`forget`](Self::forget)).
+    fn send_many_or_forget(
+        &self,
+        keys: &Keys,
+        batch: &mut [Prepared],
+    ) -> Result<(), Box<(ClusterError, Vec<bool>)>> {
         let stream = keys.stream();
         let mut pipe = redis::pipe();
         conn::with_epoch(&mut pipe, keys);
@@ -1122,7 +1158,7 @@ impl ClientInner {
         }
         let mut replies: Vec<String> = self
             .run(|c| pipe.query(c))
-            .inspect_err(|_| self.forget(keys, batch.iter()))?;
+            .map_err(|e| Box::new((e, self.forget(keys, batch.iter()))))?;
         let ids = replies.split_off(1.min(replies.len()));
         {
             let mut pending = lock(&self.pending);
@@ -1661,7 +1697,7 @@ pub struct ClusterImap<'a, A, R, I> {
     items: I,
     /// In item order: each item's task, or why it was not submitted.
     window: VecDeque<Result<Task<R>, TaskError>>,
-    /// Whether items are still taken (no batch failed to be sent).
+    /// Whether the input may hold more items.
     taking: bool,
 }
 
@@ -1682,17 +1718,17 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Refilled a batch at a time once half the window is consumed.
+        // Refilled a batch at a time while half the window or more is free.
         while self.taking && self.window.len() <= BATCH {
-            let take = BATCH.min(BATCH * 2 - self.window.len());
+            let take = BATCH;
             let def = (self.def.name(), self.def.schema());
-            let (submitted, ok) =
-                self.cluster
-                    .submit_window(def, self.items.by_ref().take(take), || {
-                        let cell = Cell::<R>::new();
-                        (deliver_into(&cell), cell)
-                    });
-            self.taking = ok && submitted.len() == take;
+            let submitted = self
+                .cluster
+                .submit_window(def, self.items.by_ref().take(take), || {
+                    let cell = Cell::<R>::new();
+                    (deliver_into(&cell), cell)
+                });
+            self.taking = submitted.len() == take;
             self.window.extend(
                 submitted
                     .into_iter()
@@ -1712,7 +1748,7 @@ pub struct ClusterImapUnordered<'a, A, R, I> {
     in_flight: usize,
     tx: crossbeam_channel::Sender<Result<R, TaskError>>,
     rx: crossbeam_channel::Receiver<Result<R, TaskError>>,
-    /// Whether items are still taken (no batch failed to be sent).
+    /// Whether the input may hold more items.
     taking: bool,
 }
 
@@ -1734,18 +1770,18 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.taking && self.in_flight <= BATCH {
-            let take = BATCH.min(BATCH * 2 - self.in_flight);
+            let take = BATCH;
             let def = (self.def.name(), self.def.schema());
-            let (submitted, ok) =
-                self.cluster
-                    .submit_window(def, self.items.by_ref().take(take), || {
-                        let tx = self.tx.clone();
-                        let deliver: Deliver = Box::new(move |o: Result<Outcome, TaskError>| {
-                            let _ = tx.send(o.and_then(Outcome::into_result::<R>));
-                        });
-                        (deliver, ())
+            let submitted = self
+                .cluster
+                .submit_window(def, self.items.by_ref().take(take), || {
+                    let tx = self.tx.clone();
+                    let deliver: Deliver = Box::new(move |o: Result<Outcome, TaskError>| {
+                        let _ = tx.send(o.and_then(Outcome::into_result::<R>));
                     });
-            self.taking = ok && submitted.len() == take;
+                    (deliver, ())
+                });
+            self.taking = submitted.len() == take;
             self.in_flight += submitted.len();
             for refused in submitted.into_iter().filter_map(Result::err) {
                 let _ = self.tx.send(Err(refused));

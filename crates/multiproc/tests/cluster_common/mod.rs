@@ -146,12 +146,7 @@ impl RedisServer {
 
     /// A plain connection for the test's own commands.
     pub fn raw(&self) -> std::io::Result<Raw> {
-        let s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut raw = Raw {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-        };
+        let mut raw = raw_at(self.port)?;
         if let Some(i) = self.extra.iter().position(|a| a == "--requirepass") {
             raw.call(&["AUTH", &self.extra[i + 1]])?;
         }
@@ -278,6 +273,16 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A plain connection to the server on `port` of this host (without credentials).
+pub fn raw_at(port: u16) -> std::io::Result<Raw> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(Raw {
+        r: BufReader::new(s.try_clone()?),
+        w: s,
+    })
 }
 
 /// A RESP reply.
