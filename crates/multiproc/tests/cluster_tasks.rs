@@ -287,6 +287,10 @@ fn main() {
                 deliveries_lost_before_a_retry_still_count,
             ),
             trial(
+                "a_dead_consumers_tasks_behind_a_long_pending_list_move_on_in_a_lease",
+                a_dead_consumers_tasks_behind_a_long_pending_list_move_on,
+            ),
+            trial(
                 "imap_items_whose_send_lost_only_its_reply_yield_once",
                 imap_items_whose_send_lost_only_its_reply_yield_once,
             ),
@@ -949,6 +953,87 @@ fn deliveries_lost_before_a_retry_still_count() {
     drop(c2);
     finish(&redis, c, ns);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The tasks of a consumer that died (it read them and was never heard of again) come
+/// after 10,000 entries another worker holds and renews: a worker with room for one
+/// task runs them within a few leases, not after a walk through the whole pending
+/// list ten entries a call.
+fn a_dead_consumers_tasks_behind_a_long_pending_list_move_on() {
+    let redis = RedisServer::start();
+    let ns = "reclaim_far";
+    let lease = Duration::from_secs(2);
+    let c = client(&redis, ns);
+    // A worker holding 10,000 tasks (one running, the rest its prefetch: it reads them
+    // all at once, and has no room left), renewing their leases.
+    let held = 10_000;
+    let long = c
+        .submit_batch(SLOW_SQUARE, (0..held as u64).map(|x| (x, 600_000)))
+        .unwrap();
+    let a = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .prefetch(held)
+        .lease(lease)
+        .grace(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        common::eventually(T, || {
+            let s = c.stats().unwrap();
+            s.in_flight == held as u64 && s.waiting == 0
+        }),
+        "{:?}",
+        c.stats()
+    );
+    // Three tasks read by a consumer that dies at once (their entries come after the
+    // 10,000 held).
+    let ghost: Vec<_> = (0..3).map(|x| c.submit(SQUARE, x).unwrap()).collect();
+    let stream = format!("{ns}:{{default}}:stream");
+    let read = redis.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "ghost",
+        "COUNT",
+        "3",
+        "STREAMS",
+        &stream,
+        ">",
+    ]);
+    let entries = match &read {
+        Resp::Array(streams) => match streams.first() {
+            Some(Resp::Array(stream)) => match stream.get(1) {
+                Some(Resp::Array(entries)) => entries.len(),
+                _ => 0,
+            },
+            _ => 0,
+        },
+        _ => 0,
+    };
+    assert_eq!(entries, 3, "{read:?}");
+    let read_at = Instant::now();
+    let b = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .prefetch(1)
+        .lease(lease)
+        .build()
+        .unwrap();
+    for (x, mut t) in ghost.into_iter().enumerate() {
+        assert_eq!(t.wait_timeout(T).unwrap(), (x * x) as u64);
+    }
+    let took = read_at.elapsed();
+    // Within a lease and a few renewal periods of becoming idle (each period spent
+    // walking 160 entries of the list would take 63 of them, 40 s).
+    assert!(
+        took < lease * 5,
+        "the dead consumer's tasks ran after {took:?}"
+    );
+    b.shutdown(true);
+    a.shutdown(true);
+    drop(long);
+    finish(&redis, c, ns);
 }
 
 fn late_ack_of_paused_node_is_rejected() {

@@ -207,33 +207,38 @@ return out
     ))
 });
 
-/// Claims entries whose lease ran out (`XAUTOCLAIM`), with their delivery counts. An
-/// entry's lease is the longest among the queue's live workers: the claimer's own, or
-/// one another's heartbeat key describes (`lease_ms=`, at most a day), so that a worker
-/// with a shorter lease does not take the tasks of one that renews less often.
+/// Claims entries whose lease ran out, with their delivery counts. An entry's lease is
+/// the longest among the queue's live workers: the claimer's own, or one another's
+/// heartbeat key describes (`lease_ms=`, at most a day), so that a worker with a
+/// shorter lease does not take the tasks of one that renews less often.
 ///
-/// KEYS: stream, workers. ARGV: group, consumer, own lease ms, cursor, count, the
-/// prefix of the workers' heartbeat keys.
-/// Returns `{next cursor, the lease used (ms), {id, fields, deliveries}...}`.
+/// `XPENDING … IDLE` finds them wherever they are in the pending list, the server
+/// walking the whole list if it must; `XAUTOCLAIM` looks at ten entries for each it may
+/// claim, so a worker with room for one task walked a long list ten entries a call,
+/// and a dead worker's tasks behind another's 10,000 waited 63 renewal periods. An
+/// entry deleted meanwhile is dropped from the pending list by `XCLAIM` and not
+/// returned.
+///
+/// KEYS: stream, workers. ARGV: group, consumer, own lease ms, count, the prefix of
+/// the workers' heartbeat keys.
+/// Returns `{the lease used (ms), {id, fields, deliveries}...}`.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
 local idle = tonumber(ARGV[3])
 for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if name ~= ARGV[2] then
-    local info = redis.call('GET', ARGV[6] .. name)
+    local info = redis.call('GET', ARGV[5] .. name)
     local lease = info and tonumber(string.match(info, 'lease_ms=(%d+)'))
     if lease and lease > idle then idle = math.min(lease, 86400000) end
   end
 end
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], idle, ARGV[4], 'COUNT', ARGV[5])
-local out = {r[1], idle}
-for _, e in ipairs(r[2]) do
-  if e[2] then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-    local count = 1
-    if p[1] then count = tonumber(p[1][4]) end
-    out[#out + 1] = {e[1], e[2], count}
+local out = {idle}
+local due = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', idle, '-', '+', tonumber(ARGV[4]))
+for _, p in ipairs(due) do
+  local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], idle, p[1])[1]
+  if e and e[2] then
+    out[#out + 1] = {e[1], e[2], tonumber(p[4]) + 1}
   end
 end
 return out

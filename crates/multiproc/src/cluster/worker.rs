@@ -789,8 +789,6 @@ struct Node {
 struct State {
     flights: FxHashMap<u64, Flight>,
     next: u64,
-    /// `XAUTOCLAIM`'s cursor, followed across calls.
-    cursor: Option<String>,
     /// The lease the last reclaim went by (the longest of the queue's live workers').
     reclaim_lease: Duration,
 }
@@ -1229,7 +1227,7 @@ impl Node {
         let lost_before = u64::from(envelope.lost) + fence.saturating_sub(1);
         if lost_before >= u64::from(self.cfg.max_deliveries) {
             let why = format!(
-                "its worker was lost on each of {lost_before} deliveries (the cap is {})",
+                "{lost_before} deliveries were lost, its worker lost or its process dead (the cap is {})",
                 self.cfg.max_deliveries
             );
             self.dead_letter(entry, fence, Some(envelope.addressee()), why);
@@ -1454,7 +1452,7 @@ impl Node {
                         let lost = lost.saturating_add(1);
                         if lost >= self.cfg.max_deliveries {
                             let why = format!(
-                                "its process died on each of {lost} deliveries (the cap is {}); last: {e}",
+                                "{lost} deliveries were lost, its process dead or its worker lost (the cap is {}); last: {e}",
                                 self.cfg.max_deliveries
                             );
                             tracing::warn!(worker = %self.name, task = %env.task, "dead-lettered: {why}");
@@ -1954,7 +1952,7 @@ impl Node {
         Ok(())
     }
 
-    /// Claims entries whose lease ran out, following `XAUTOCLAIM`'s cursor.
+    /// Claims entries whose lease ran out, as many as there is room for.
     fn reclaim(&self) -> Result<(), ClusterError> {
         for _ in 0..16 {
             let room = self
@@ -1964,12 +1962,8 @@ impl Node {
             if room == 0 || self.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let cursor = lock(&self.state)
-                .cursor
-                .clone()
-                .unwrap_or_else(|| "0-0".into());
             let lease = ms(self.cfg.lease).to_string();
-            let count = room.min(100).to_string();
+            let count = room.min(100);
             let reply: Value = lock(&self.link).run_within(self.full_response(), |c| {
                 conn::invoke(
                     c,
@@ -1979,18 +1973,13 @@ impl Node {
                         GROUP.as_bytes(),
                         self.name.as_bytes(),
                         lease.as_bytes(),
-                        cursor.as_bytes(),
-                        count.as_bytes(),
+                        count.to_string().as_bytes(),
                         self.keys.worker("").as_bytes(),
                     ],
                 )
             })?;
             let parts = conn::array(&reply);
-            let next = parts
-                .first()
-                .and_then(conn::text)
-                .unwrap_or_else(|| "0-0".into());
-            let used = parts.get(1).and_then(conn::int).unwrap_or(0).max(0) as u64;
+            let used = parts.first().and_then(conn::int).unwrap_or(0).max(0) as u64;
             let used = Duration::from_millis(used);
             {
                 let mut st = lock(&self.state);
@@ -2003,7 +1992,8 @@ impl Node {
                 }
                 st.reclaim_lease = used;
             }
-            for e in parts.iter().skip(2) {
+            let claimed = parts.len().saturating_sub(1);
+            for e in parts.iter().skip(1) {
                 if let [id, fields, deliveries] = conn::array(e)
                     && let Some(id) = conn::text(id)
                 {
@@ -2012,9 +2002,7 @@ impl Node {
                     self.accept(id, fields, fence);
                 }
             }
-            let done = next == "0-0";
-            lock(&self.state).cursor = (!done).then_some(next);
-            if done {
+            if claimed < count {
                 return Ok(());
             }
         }
