@@ -358,6 +358,10 @@ fn main() {
                 streams_trimmed_after_100k_tasks,
             ),
             trial(
+                "local_jobs_run_on_every_scheduler_of_a_cluster",
+                local_jobs_run_on_every_scheduler_of_a_cluster,
+            ),
+            trial(
                 "two_schedulers_fire_each_time_once",
                 two_schedulers_fire_each_time_once,
             ),
@@ -1758,6 +1762,48 @@ fn streams_trimmed_after_100k_tasks() {
     );
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// Schedulers sharing a cluster lead its jobs one at a time; a job that runs in the
+/// program's own thread pool is each scheduler's own, and runs on every one of them.
+fn local_jobs_run_on_every_scheduler_of_a_cluster() {
+    use multiproc::sched::{EventKind, Job, Schedule, Scheduler};
+    let redis = RedisServer::start();
+    let ns = "sched_local";
+    let start = || {
+        let s = Scheduler::builder()
+            .cluster(client(&redis, ns))
+            .thread_pool(multiproc::ThreadPool::new(1).unwrap())
+            .build()
+            .unwrap();
+        let events = s.events();
+        s.add(Job::thread(
+            "local",
+            Schedule::every(Duration::from_millis(100)),
+            || (),
+        ))
+        .unwrap();
+        (s, events)
+    };
+    let ((s1, e1), (s2, e2)) = (start(), start());
+    let ran = |events: &crossbeam_channel::Receiver<multiproc::sched::JobEvent>| {
+        events
+            .try_iter()
+            .filter(|e| matches!(e.kind, EventKind::Succeeded { .. }))
+            .count()
+    };
+    let (mut a, mut b) = (0, 0);
+    assert!(
+        common::eventually(T, || {
+            a += ran(&e1);
+            b += ran(&e2);
+            a >= 5 && b >= 5
+        }),
+        "runs of the local job: {a} and {b}"
+    );
+    s1.shutdown(true);
+    s2.shutdown(true);
+    finish(&redis, client(&redis, ns), ns);
 }
 
 fn two_schedulers_fire_each_time_once() {

@@ -557,9 +557,29 @@ impl Shared {
         // Times kept from passes when another scheduler led the cluster come first.
         let mut due = mem::take(&mut js.deferred);
         due.extend(dues.runnable);
-        if !self.leads(name) {
+        // A cluster job is fired by the scheduler that leads the cluster; a job that
+        // runs in this program's own pools is this scheduler's, whatever it leads.
+        #[cfg(feature = "redis")]
+        let led = matches!(js.job.target, Target::Cluster(_));
+        #[cfg(not(feature = "redis"))]
+        let led = false;
+        if led && !self.leads(name) {
             // Not ours to fire now: kept until the leader has submitted them, in case it
-            // dies first. (Times too late are the leader's to report.)
+            // dies first, while they may still run. Times too late are the leader's to
+            // report; and those it reported missed (over `max_instances`, coalesced)
+            // are never submitted, so a follower that kept them for longer would keep
+            // more with each pass.
+            let job = &js.job;
+            due.retain(|&t| {
+                let grace = match fixed_grace {
+                    Some(g) => g,
+                    None => default_grace(job, t),
+                };
+                grace.is_none_or(|g| (now - t).to_std().unwrap_or(Duration::ZERO) <= g)
+            });
+            // A grace longer than the cap of a pass keeps the latest times only.
+            let over = due.len().saturating_sub(MAX_DUE_PER_PASS);
+            due.drain(..over);
             js.deferred = self.unfired(name, due);
             return 0;
         }

@@ -92,7 +92,9 @@ impl SchedulerBuilder {
 
     /// The cluster that [`Job::cluster`] jobs are submitted to (feature `redis`). Any
     /// number of schedulers may target one cluster queue: the one holding its leader
-    /// lease fires the jobs, and each (job, fire time) is submitted once.
+    /// lease fires the cluster jobs, and each (job, fire time) is submitted once. Jobs
+    /// that run in the program's own pools ([`Job::process`], [`Job::thread`]) are
+    /// each scheduler's own, and run on every one.
     #[cfg(feature = "redis")]
     pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
         self.cluster = Some(cluster);
