@@ -37,6 +37,14 @@ fn main() {
             trial("transient_and_temporary", transient_and_temporary),
             trial("backoff_grows_then_resets", backoff_grows_then_resets),
             trial("sigterm_ignored_group_sigkilled", sigterm_ignored),
+            trial(
+                "children_stop_in_reverse_order_one_after_another",
+                children_stop_in_reverse_order,
+            ),
+            trial(
+                "a_stop_while_siblings_stop_for_a_restart_starts_nothing",
+                a_stop_during_a_restart_starts_nothing,
+            ),
             trial("grace_and_timeout_of_duration_max", duration_max),
             trial("failed_restarts_grow_the_backoff", failed_restarts_back_off),
             trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
@@ -131,6 +139,45 @@ fn note_start_crash_on((file, go): (String, multiproc::Event)) {
     drop(f);
     go.wait();
     std::process::abort();
+}
+
+/// Appends a line `name what` to the file `log` (in one write: processes that note at
+/// once do not mix their lines).
+fn note(log: &str, name: &str, what: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .unwrap();
+    f.write_all(format!("{name} {what}\n").as_bytes()).unwrap();
+}
+
+/// Notes its start in `log`, waits for `SIGTERM`, notes it, takes `ms` to stop and
+/// notes that it is gone.
+fn notes_its_stop((log, name, ms): (String, String, u64)) {
+    // SAFETY: `set` is a signal set this function owns; blocking a signal and waiting
+    // for it runs no handler.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        note(&log, &name, "start");
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+    note(&log, &name, "term");
+    std::thread::sleep(Duration::from_millis(ms));
+    note(&log, &name, "gone");
+}
+
+/// Notes its start in `log` and runs until killed, ignoring `SIGTERM`.
+fn notes_start_ignores_sigterm(log: String) {
+    // SAFETY: setting a signal's disposition to "ignore" runs no code of ours.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    note(&log, "stubborn", "start");
+    sleep_forever(());
 }
 
 fn crash_after_ms(ms: u64) {
@@ -622,6 +669,66 @@ fn sigterm_ignored() {
         "the child's process group was killed"
     );
     common::reap(grandchild);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Children stop in reverse start order, each once the one after it is gone: the
+/// first, which the second may need while it stops, is still there then.
+fn children_stop_in_reverse_order() {
+    let dir = tempdir("order");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let child = |name: &str, ms: u64| {
+        ChildSpec::new(name, notes_its_stop, (log.clone(), name.to_string(), ms))
+    };
+    let sup = Supervisor::builder()
+        .child(child("first", 0))
+        .child(child("second", 300))
+        .build()
+        .unwrap();
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(eventually(T, || lines().matches(" start").count() == 2));
+    sup.shutdown().unwrap();
+    let stops: Vec<String> = lines()
+        .lines()
+        .filter(|l| !l.ends_with(" start"))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        stops,
+        ["second term", "second gone", "first term", "first gone"]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A stop asked for while a one-for-all supervisor stops the siblings of a child that
+/// crashed (one ignores `SIGTERM`: that takes its grace) starts none of them again.
+fn a_stop_during_a_restart_starts_nothing() {
+    let dir = tempdir("stop_restart");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .strategy(Strategy::OneForAll)
+        .child(
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
+                .shutdown_grace(Duration::from_millis(800)),
+        )
+        .child(ChildSpec::new("crasher", crash_on, go.clone()))
+        .build()
+        .unwrap();
+    let starts = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(" start")
+            .count()
+    };
+    assert!(eventually(T, || starts() == 1));
+    let stubborn = pid_of(&sup, "stubborn").unwrap();
+    go.set();
+    // The crash is seen and the stubborn sibling is being stopped (its grace runs).
+    std::thread::sleep(Duration::from_millis(300));
+    sup.shutdown().unwrap();
+    assert!(wait_gone(stubborn, T));
+    assert_eq!(starts(), 1, "a child started after the stop was asked for");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

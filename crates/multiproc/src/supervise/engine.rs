@@ -189,6 +189,11 @@ impl Supervising {
             if let Some(gave_up) = self.reap_exits() {
                 break gave_up;
             }
+            // A stop asked for while an exit was handled (stopping the siblings of a
+            // child that ended takes up to their grace) starts nothing more.
+            if self.shared.stop.load(Ordering::Acquire) {
+                break Outcome::Stopped;
+            }
             self.tend_lingering(false);
             if let Some(gave_up) = self.start_due() {
                 break gave_up;
@@ -383,66 +388,64 @@ impl Supervising {
         None
     }
 
-    /// Stops the running children among `which`, in reverse order, together: `SIGTERM`
-    /// to each process group, then `SIGKILL` to the groups still alive after their
-    /// grace. A child counts as stopped when its leader has ended and no other member of
-    /// its group lives: a leader that dies on `SIGTERM` does not let a member that
-    /// ignores it outlive the stop.
+    /// Stops the running children among `which` in reverse order, one after another
+    /// (as Erlang's supervisors do): a child that the ones before it depend on is still
+    /// there while they stop.
     fn stop_slots(&mut self, which: &[usize]) {
-        let start = Instant::now();
-        // (slot, the group's id, the leader is still to be reaped)
-        let mut stopping: Vec<(usize, u32)> = Vec::new();
         for &i in which.iter().rev() {
-            let slot = &mut self.slots[i];
-            if let Some(child) = &slot.child {
-                child.signal(sys::SIGTERM);
-                stopping.push((i, child.pid()));
-            }
-            if !matches!(slot.state, SlotState::Done) {
-                slot.state = SlotState::Stopped;
-            }
+            self.stop_slot(i);
         }
-        while !stopping.is_empty() {
+    }
+
+    /// Stops the child of slot `i` if it runs: `SIGTERM` to its process group, then
+    /// `SIGKILL` to the group if it is still alive after the child's grace. A child
+    /// counts as stopped when its leader has ended and no other member of its group
+    /// lives: a leader that dies on `SIGTERM` does not let a member that ignores it
+    /// outlive the stop.
+    fn stop_slot(&mut self, i: usize) {
+        let start = Instant::now();
+        let slot = &mut self.slots[i];
+        if !matches!(slot.state, SlotState::Done) {
+            slot.state = SlotState::Stopped;
+        }
+        let Some(pgid) = slot.child.as_ref().map(|child| {
+            child.signal(sys::SIGTERM);
+            child.pid()
+        }) else {
+            return;
+        };
+        // A grace too long to add to the clock never ends.
+        let kill_at = start.checked_add(slot.spec.grace);
+        loop {
             let now = Instant::now();
-            stopping.retain(|&(i, pgid)| {
-                let slot = &mut self.slots[i];
-                let past_grace = now.duration_since(start) >= slot.spec.grace;
-                if let Some(child) = slot.child.as_mut() {
-                    if let Some(exit) = child.try_exit() {
-                        slot.last_exit = Some(exit);
-                        slot.child = None;
-                    } else if past_grace {
-                        child.signal(sys::SIGKILL);
-                    }
+            let past_grace = kill_at.is_some_and(|at| now >= at);
+            if let Some(child) = slot.child.as_mut() {
+                if let Some(exit) = child.try_exit() {
+                    slot.last_exit = Some(exit);
+                    slot.child = None;
+                } else if past_grace {
+                    child.signal(sys::SIGKILL);
                 }
-                if slot.child.is_some() {
-                    return true;
-                }
+            }
+            if slot.child.is_none() {
                 if !sys::group_alive(pgid) {
-                    return false;
+                    return;
                 }
                 if past_grace {
                     let _ = sys::signal_group(pgid, sys::SIGKILL);
                 }
-                true
-            });
-            // Wake when one of them ends, or at the next grace deadline.
-            // A grace too long to add to the clock never ends.
-            let next_deadline = stopping
-                .iter()
-                .filter_map(|&(i, _)| start.checked_add(self.slots[i].spec.grace))
-                .map(|end| end.saturating_duration_since(now))
+            }
+            // Wake when the child ends, or at the grace's end.
+            let timeout = kill_at
+                .map(|at| at.saturating_duration_since(now))
                 .filter(|d| !d.is_zero())
-                .min()
-                .unwrap_or(TICK);
-            let waitables: Vec<&dyn crate::Waitable> = stopping
-                .iter()
-                .filter_map(|&(i, _)| self.slots[i].child.as_ref().map(|c| c.as_waitable()))
-                .collect();
-            let timeout = next_deadline.min(GROUP_POLL);
-            if waitables.is_empty() || crate::wait(&waitables, Some(timeout)).is_err() {
-                // Only groups left (a group gives no readiness to wait on): look again soon.
-                thread::sleep(timeout);
+                .unwrap_or(TICK)
+                .min(GROUP_POLL);
+            match slot.child.as_ref() {
+                Some(child) if crate::wait(&[child.as_waitable()], Some(timeout)).is_ok() => {}
+                // Only the group left (a group gives no readiness to wait on): look
+                // again soon.
+                _ => thread::sleep(timeout),
             }
         }
     }
