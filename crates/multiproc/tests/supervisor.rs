@@ -54,6 +54,10 @@ fn main() {
             ),
             trial("supervising_thread_panics", supervising_thread_panics),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
+            trial(
+                "a_process_that_exits_stops_its_supervisors_children_and_their_groups",
+                supervisor_process_exits,
+            ),
             trial("bad_input", bad_input),
             trial(
                 "no_thread_for_the_supervisor_leaves_no_child",
@@ -74,9 +78,16 @@ fn main() {
 fn helpers(mode: &str) {
     match mode {
         "supervisor" => {
+            let ready = std::env::temp_dir()
+                .join(format!("multiproc-test-grandchild-{}", std::process::id()));
             let sup = Supervisor::builder()
                 .child(ChildSpec::new("steady", sleep_forever, ()))
                 .child(ChildSpec::new("flaky", crash_after_ms, 100))
+                .child(ChildSpec::new(
+                    "parent",
+                    starts_a_grandchild,
+                    ready.to_string_lossy().into_owned(),
+                ))
                 .backoff(Duration::from_millis(10), Duration::from_millis(20))
                 .intensity(1000, Duration::from_secs(1))
                 .build()
@@ -90,7 +101,35 @@ fn helpers(mode: &str) {
                 })
                 .collect();
             println!("children {}", pids.join(" "));
+            assert!(eventually(T, || std::fs::read_to_string(&ready)
+                .is_ok_and(|s| s.ends_with('\n'))));
+            let grandchild = std::fs::read_to_string(&ready).unwrap();
+            std::fs::remove_file(&ready).unwrap();
+            println!("grandchild {}", grandchild.trim());
             std::thread::sleep(T);
+        }
+        "supervisor_exits" => {
+            // A program that exits with its supervisor still running.
+            let ready = std::env::temp_dir()
+                .join(format!("multiproc-test-grandchild-{}", std::process::id()));
+            let sup = Supervisor::builder()
+                .child(ChildSpec::new(
+                    "parent",
+                    starts_a_grandchild,
+                    ready.to_string_lossy().into_owned(),
+                ))
+                .build()
+                .unwrap();
+            assert!(eventually(T, || std::fs::read_to_string(&ready)
+                .is_ok_and(|s| s.ends_with('\n'))));
+            let grandchild = std::fs::read_to_string(&ready).unwrap();
+            std::fs::remove_file(&ready).unwrap();
+            println!(
+                "pids {} {}",
+                pid_of(&sup, "parent").unwrap(),
+                grandchild.trim()
+            );
+            std::process::exit(0);
         }
         "thread_limited" => helper_thread_limited(),
         other => panic!("unknown helper mode {other}"),
@@ -101,6 +140,20 @@ fn sleep_forever(_: ()) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Starts a grandchild in its process group (`sleep`), writes its pid to `ready` and
+/// runs until stopped.
+// Never waited for on purpose: the grandchild is left to the group kill, and its zombie
+// to whoever it is re-parented to.
+#[allow(clippy::zombie_processes)]
+fn starts_a_grandchild(ready: String) {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(&ready, format!("{}\n", child.id())).unwrap();
+    sleep_forever(());
 }
 
 /// Crashes once `go` is set (at once, every run after the first).
@@ -872,7 +925,12 @@ fn supervisor_sigkilled() {
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), 3);
+    let grandchild: u32 = helper
+        .expect("grandchild", T)
+        .trim_start_matches("grandchild ")
+        .parse()
+        .unwrap();
     let tree = helper.sigkill();
     for p in pids {
         assert!(
@@ -880,10 +938,47 @@ fn supervisor_sigkilled() {
             "child {p} outlived its SIGKILLed supervisor"
         );
     }
+    // What a child started in its process group goes with it.
+    let gone = wait_gone(grandchild, Duration::from_secs(2));
+    if !gone {
+        common::kill_and_reap(grandchild);
+    }
+    assert!(
+        gone,
+        "a child's own child outlived the SIGKILLed supervisor"
+    );
     assert_eq!(
         common::reap_all(&tree, T),
         Vec::<u32>::new(),
         "left running"
+    );
+}
+
+/// A program that exits (`std::process::exit`) with a supervisor running ends its
+/// children, and what they started in their process groups.
+fn supervisor_process_exits() {
+    let mut helper = Helper::start("supervisor_exits");
+    let pids: Vec<u32> = helper
+        .expect("pids", T)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(helper.wait(T).success());
+    let left: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| !wait_gone(p, Duration::from_secs(2)))
+        .collect();
+    for &p in &left {
+        common::kill_and_reap(p);
+    }
+    // The grandchild was re-parented to this process (a subreaper).
+    for &p in &pids {
+        common::reap(p);
+    }
+    assert!(
+        left.is_empty(),
+        "outlived the program: {left:?} of {pids:?}"
     );
 }
 

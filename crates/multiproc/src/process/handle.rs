@@ -155,6 +155,8 @@ pub(crate) struct ChildRecord {
     pid: u32,
     name: String,
     daemon: bool,
+    /// It leads a process group of its own (`Builder::process_group`).
+    group: bool,
     pidfd: OwnedFd,
     status: Mutex<Status>,
     channel: Mutex<Option<Channel>>,
@@ -179,6 +181,7 @@ impl ChildRecord {
             pid,
             name,
             daemon,
+            group: false,
             pidfd,
             status: Mutex::new(Status {
                 source,
@@ -189,6 +192,17 @@ impl ChildRecord {
             armed,
             detached: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Notes whether it leads a process group of its own.
+    pub(crate) fn leading_group(mut self, group: bool) -> Self {
+        self.group = group;
+        self
+    }
+
+    /// Whether it leads a process group of its own.
+    pub(crate) fn leads_group(&self) -> bool {
+        self.group
     }
 
     /// Whether its handle was dropped unjoined.

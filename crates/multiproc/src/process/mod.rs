@@ -243,6 +243,12 @@ impl Builder {
     /// and every process it starts can be signalled together, as a
     /// [`Supervisor`](crate::Supervisor) does when it stops a child. The group is made
     /// before the child's function runs.
+    ///
+    /// A daemon child that leads a group takes the group along when the parent exits,
+    /// and, started by the fork server (the default start method), when the parent is
+    /// killed: what it started in the group does not outlive the parent either. One
+    /// forked straight from the parent ([`spawn_fork`](Self::spawn_fork)) is killed by
+    /// the kernel when the parent is, and the rest of its group lives on.
     pub fn process_group(mut self, new_group: bool) -> Self {
         self.process_group = new_group;
         self
@@ -438,15 +444,18 @@ impl Builder {
         drop((theirs, status_write, stdio_child));
         tracing::trace!(pid, name = %name, ?launch, "spawned");
 
-        let record = Arc::new(ChildRecord::new(
-            pid,
-            name,
-            self.daemon,
-            pidfd,
-            StatusSource::Relay(Arc::new(status_read)),
-            Channel::new(conn, false),
-            limits.armed,
-        ));
+        let record = Arc::new(
+            ChildRecord::new(
+                pid,
+                name,
+                self.daemon,
+                pidfd,
+                StatusSource::Relay(Arc::new(status_read)),
+                Channel::new(conn, false),
+                limits.armed,
+            )
+            .leading_group(self.process_group),
+        );
         registry::add(&mut registry::lock(), Arc::clone(&record));
         if !early {
             record.send_call(&[&prefix, &args.bytes], &args.fds);
@@ -570,15 +579,18 @@ impl Builder {
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.
                 let pidfd = sys::child_pidfd(pid)?;
-                let record = Arc::new(ChildRecord::new(
-                    pid,
-                    name,
-                    self.daemon,
-                    pidfd,
-                    StatusSource::Direct,
-                    Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
-                    limits.armed,
-                ));
+                let record = Arc::new(
+                    ChildRecord::new(
+                        pid,
+                        name,
+                        self.daemon,
+                        pidfd,
+                        StatusSource::Direct,
+                        Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
+                        limits.armed,
+                    )
+                    .leading_group(self.process_group),
+                );
                 registry::add(&mut children, Arc::clone(&record));
                 drop(children);
                 Ok(JoinHandle::new(record, stdio_parent))

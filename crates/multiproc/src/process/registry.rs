@@ -61,13 +61,21 @@ pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
 fn exit_function() {
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
+    // A daemon that leads a process group takes what it started in the group along
+    // (its group's id is its pid, which no other process gets while the group lives).
+    let signal = |child: &ChildRecord, signal: i32| {
+        if child.leads_group() {
+            let _ = sys::signal_group(child.pid(), signal);
+        }
+        let _ = child.signal(signal);
+    };
     for child in &daemons {
         tracing::trace!(
             pid = child.pid(),
             name = child.name(),
             "terminating daemon at exit"
         );
-        let _ = child.signal(sys::SIGTERM);
+        signal(child, sys::SIGTERM);
     }
     for child in &others {
         // A child blocked on sending a result nobody can read any more must not hold up
@@ -83,8 +91,21 @@ fn exit_function() {
         child.close_channel();
         if child.wait(Some(deadline)).is_err() {
             tracing::trace!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
-            let _ = child.signal(sys::SIGKILL);
+            signal(child, sys::SIGKILL);
             let _ = child.wait(None);
+        }
+    }
+    // Members of their groups that outlive them (ignoring `SIGTERM`), after the grace.
+    if daemons.iter().any(|c| c.leads_group()) {
+        while daemons
+            .iter()
+            .any(|c| c.leads_group() && sys::group_alive(c.pid()))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for child in daemons.iter().filter(|c| c.leads_group()) {
+            let _ = sys::signal_group(child.pid(), sys::SIGKILL);
         }
     }
 }

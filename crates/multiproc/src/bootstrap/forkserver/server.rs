@@ -43,6 +43,8 @@ struct Kid {
     pid: u32,
     pidfd: OwnedFd,
     daemon: bool,
+    /// It leads a process group of its own (`Builder::process_group`).
+    group: bool,
     /// Where to report its exit; `None` while it is a spare.
     status: Option<OwnedFd>,
     /// The connection a spare waits on for its assignment; `None` once assigned.
@@ -313,6 +315,12 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         .into_iter()
         .partition(|k| k.daemon || k.spare.is_some());
     for kid in &doomed {
+        // A daemon that leads a process group takes what it started in the group
+        // along (a server it runs, say), as a stop by its supervisor would. Its group's
+        // id is its pid, which no other process can have before it is reaped here.
+        if kid.group {
+            let _ = sys::signal_group(kid.pid, sys::SIGKILL);
+        }
         let _ = sys::send_signal(kid.pidfd.as_fd(), sys::SIGKILL);
     }
     // Reap them (for a second at most), so that none is seen running, re-parented,
@@ -509,6 +517,7 @@ fn assign_or_fork(
             spares.retired = spare;
             kid.status = Some(status);
             kid.daemon = request.daemon;
+            kid.group = request.process_group;
             let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             return Ok((kid.pid, pidfd));
         }
@@ -524,7 +533,8 @@ fn assign_or_fork(
         }
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
-            let kid = new_kid(pid, Some(status), request.daemon, None)?;
+            let mut kid = new_kid(pid, Some(status), request.daemon, None)?;
+            kid.group = request.process_group;
             let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             kids.push(kid);
             Ok((pid, pidfd))
@@ -544,6 +554,7 @@ fn new_kid(
         pid,
         pidfd,
         daemon,
+        group: false,
         status,
         spare,
         forked_at: Instant::now(),
