@@ -36,6 +36,10 @@ fn main() {
             "backlog_longer_than_a_pass_runs_once",
             backlog_longer_than_a_pass_runs_once,
         ),
+        trial(
+            "one_run_pending_handles_a_backlog_longer_than_a_pass",
+            one_run_pending_handles_a_backlog_longer_than_a_pass,
+        ),
         trial("max_instances_with_slow_job", max_instances_with_slow_job),
         trial("once_in_the_past", once_in_the_past),
         trial(
@@ -429,6 +433,20 @@ fn backlog_longer_than_a_pass_runs_once() {
         assert_eq!(expect, last_coalesced + secs(1), "{job}: {coalesced:?}");
         assert_eq!(s.next_fire(job), Some(at(25_001)));
     }
+}
+
+/// One `run_pending` handles everything due: a backlog of 25,000 times (three passes'
+/// worth) runs its latest time at once, as a manual scheduler called once a minute
+/// expects.
+fn one_run_pending_handles_a_backlog_longer_than_a_pass() {
+    let (s, clock, events) = manual();
+    s.add(Job::thread("latest", Schedule::every(secs(1)), || ()).misfire_grace(secs(86_400)))
+        .unwrap();
+    clock.set(at(25_000));
+    assert_eq!(s.run_pending(), 1);
+    let evs = settle(&s, &events, 1);
+    assert_eq!(started(&evs), vec![at(25_000)], "{evs:?}");
+    assert_eq!(s.next_fire("latest"), Some(at(25_001)));
 }
 
 fn max_instances_with_slow_job() {

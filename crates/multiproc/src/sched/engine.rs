@@ -28,6 +28,9 @@ use crate::sync::unpoisoned;
 /// job after a long downtime) are handled in the passes that follow at once.
 const MAX_DUE_PER_PASS: usize = 10_000;
 
+/// Passes of one [`Shared::run_pending`] at most.
+const MAX_PASSES: usize = 1_000;
+
 /// How long after its event a fire time's record is settled in the job store: the time
 /// a subscriber on another thread has to take the event before a crash would no longer
 /// have the next scheduler report the time again.
@@ -390,6 +393,22 @@ impl Shared {
             }
             self.signal.wait(Duration::from_millis(100));
         }
+    }
+
+    /// Handles everything due by the clock now: a backlog longer than a pass can take
+    /// (`MAX_DUE_PER_PASS` times of a job) takes several, one after another (at most
+    /// `MAX_PASSES`, 10 million times of a job). Returns how many runs started.
+    pub(super) fn run_pending(self: &Arc<Self>) -> usize {
+        let mut started = 0;
+        for _ in 0..MAX_PASSES {
+            let now = self.clock.now();
+            let (n, wake_at) = self.process(true);
+            started += n;
+            if wake_at.is_none_or(|at| at > now) {
+                break;
+            }
+        }
+        started
     }
 
     pub(super) fn run(self: Arc<Self>) {

@@ -234,7 +234,7 @@ impl Scheduler {
     /// [`SchedulerBuilder::build_manual`] fires only here; on one with a thread of its own
     /// this is a way to know that everything due by now has been handled.
     pub fn run_pending(&self) -> usize {
-        self.shared.process(true).0
+        self.shared.run_pending()
     }
 
     /// The process pool jobs run on, if any.
