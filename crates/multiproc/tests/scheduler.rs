@@ -47,6 +47,10 @@ fn main() {
             interval_starting_in_the_past,
         ),
         trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
+        trial(
+            "runs_waiting_for_jitter_or_retry_at_shutdown_are_reported",
+            runs_waiting_at_shutdown_are_reported,
+        ),
         trial("retry_after_panics", retry_after_panics),
         trial("retry_after_worker_died", retry_after_worker_died),
         trial(
@@ -565,6 +569,59 @@ fn jitter_delays_the_start_only() {
     );
     assert_eq!(start.at, at(150));
     assert_eq!(s.next_fire("spread"), Some(at(200)));
+}
+
+/// A run waiting for its jitter and a failed run waiting for its retry when the
+/// scheduler shuts down are each reported missed, not dropped without a word.
+fn runs_waiting_at_shutdown_are_reported() {
+    let (s, clock, events) = manual();
+    s.add(Job::thread("spread", Schedule::every(secs(100)), || ()).jitter(secs(50)))
+        .unwrap();
+    s.add(
+        Job::thread("failing", Schedule::every(secs(100)), || -> () {
+            panic!("fails");
+        })
+        .retry(
+            RetryPolicy::attempts(3)
+                .backoff(secs(30), 1.0, secs(30))
+                .retry_if(|e| matches!(e, TaskError::Panicked(_))),
+        ),
+    )
+    .unwrap();
+    clock.set(at(100));
+    // The failing run fails once and waits for its retry; the other waits out its jitter.
+    let mut evs = Vec::new();
+    assert!(eventually(T, || {
+        s.run_pending();
+        evs.extend(events.try_iter());
+        evs.iter()
+            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
+    }));
+    s.shutdown(true);
+    evs.extend(events.try_iter());
+    let mut shut: Vec<(String, DateTime<Utc>)> = evs
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Missed {
+                    count: 1,
+                    reason: MissReason::ShutDown,
+                    ..
+                }
+            )
+        })
+        .map(|e| (e.job.clone(), e.scheduled))
+        .collect();
+    shut.sort();
+    assert_eq!(
+        shut,
+        [
+            ("failing".to_string(), at(100)),
+            ("spread".to_string(), at(100))
+        ],
+        "{evs:?}"
+    );
 }
 
 fn retry_after_panics() {

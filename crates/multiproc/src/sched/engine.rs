@@ -1005,8 +1005,23 @@ impl Shared {
         self.flush_settled(&mut unpoisoned::lock(&self.state), true);
     }
 
-    /// Whether this scheduler fires now: always, but on a cluster only while it holds
-    /// the queue's leader lease (taken or renewed here).
+    /// Reports the runs that wait for their jitter or their retry as missed: the
+    /// scheduler is going away and will not start them.
+    pub(super) fn drop_waiting(&self) {
+        let timers = mem::take(&mut unpoisoned::lock(&self.state).timers);
+        let now = self.clock.now();
+        for t in timers {
+            let kind = EventKind::Missed {
+                count: 1,
+                last: t.scheduled,
+                reason: MissReason::ShutDown,
+            };
+            self.emit(&t.job, t.scheduled, now, kind);
+        }
+    }
+
+    /// Whether this scheduler fires a cluster job now: while it holds the queue's
+    /// leader lease (taken or renewed here); always without a cluster.
     #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
     fn leads(&self, name: &str) -> bool {
         #[cfg(feature = "redis")]

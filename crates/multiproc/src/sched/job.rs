@@ -318,6 +318,11 @@ pub enum MissReason {
     Coalesced,
     /// The job had `max_instances` runs in flight.
     MaxInstances,
+    /// The scheduler shut down (or was dropped) while the run waited for its jitter, or
+    /// a failed run for its retry. With a job store, a scheduler that adds the job on
+    /// the store later may still run it (a waiting first attempt), or reports it
+    /// [`Interrupted`](EventKind::Interrupted) (a waiting retry).
+    ShutDown,
 }
 
 /// What happened to a job.

@@ -247,8 +247,9 @@ impl Scheduler {
         self.shared.threads.as_ref()
     }
 
-    /// Stops firing jobs. With `wait`, first waits for runs in flight to finish (retries
-    /// not yet started are dropped). Then the pools are dropped: runs still in flight on
+    /// Stops firing jobs. With `wait`, first waits for runs in flight to finish (runs
+    /// that wait for their jitter or retry are not started: each is reported
+    /// [`Missed`](EventKind::Missed) with [`MissReason::ShutDown`]). Then the pools are dropped: runs still in flight on
     /// the process pool end with their workers; those on the thread pool are waited for
     /// (see [`Scheduler`]).
     pub fn shutdown(mut self, wait: bool) {
@@ -272,5 +273,7 @@ impl Drop for Scheduler {
         // What was reported is settled in the store; runs still in flight stay
         // started, and the next scheduler on the store reports them interrupted.
         self.shared.flush();
+        // Runs waiting for their jitter or retry will not start here: said so.
+        self.shared.drop_waiting();
     }
 }

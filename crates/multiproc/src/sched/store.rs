@@ -83,6 +83,9 @@ impl Mark {
             Mark::Reported(MissReason::TooLate) => REPORTED_TOO_LATE,
             Mark::Reported(MissReason::Coalesced) => REPORTED_COALESCED,
             Mark::Reported(MissReason::MaxInstances) => REPORTED_MAX_INSTANCES,
+            // Never marked: a shutdown leaves its record as it was, for the next
+            // scheduler on the store.
+            Mark::Reported(MissReason::ShutDown) => CLAIMED,
             Mark::Settled => SETTLED,
         }
     }
