@@ -84,6 +84,10 @@ fn main() {
             store::live_scheduler_keeps_its_claims,
         ),
         trial(
+            "store_a_live_scheduler_takes_over_what_a_gone_one_left",
+            store::live_scheduler_takes_over_what_a_gone_one_left,
+        ),
+        trial(
             "store_started_run_is_reported_interrupted",
             store::started_run_is_reported_interrupted,
         ),
@@ -1387,6 +1391,51 @@ mod store {
             "the live owner's claim was taken: {from_b:?}"
         );
         drop((a, b));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A scheduler sharing its store with one that goes (dropped here; killed alike)
+    /// while a time it claimed waits for its jitter runs that time, without the job
+    /// being added again.
+    pub fn live_scheduler_takes_over_what_a_gone_one_left() {
+        let dir = tempdir("adopt");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let job = || tick_job().jitter(secs(3)).misfire_grace(secs(25));
+        let (a, ea) = on_store(&db, &clock);
+        a.add(job()).unwrap();
+        let (b, eb) = on_store(&db, &clock);
+        b.add(job()).unwrap();
+        clock.set(at(10));
+        a.run_pending();
+        b.run_pending();
+        assert_eq!(
+            a.jobs()[0].running,
+            1,
+            "a claimed 10 s and waits out its jitter"
+        );
+        assert_eq!(b.jobs()[0].running, 0);
+        drop(a);
+        assert!(
+            ea.try_iter().any(|e| matches!(
+                e.kind,
+                EventKind::Missed {
+                    reason: MissReason::ShutDown,
+                    ..
+                }
+            )),
+            "a said it did not start 10 s"
+        );
+        clock.set(at(16));
+        // b takes a's claim over within seconds, and waits out its own jitter for it.
+        assert!(eventually(T, || {
+            b.run_pending();
+            b.jobs()[0].running == 1
+        }));
+        clock.set(at(19));
+        let evs = settle(&b, &eb, 1);
+        assert_eq!(started(&evs), vec![at(10)]);
+        drop(b);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

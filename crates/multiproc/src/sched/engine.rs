@@ -31,6 +31,11 @@ const MAX_DUE_PER_PASS: usize = 10_000;
 /// Passes of one [`Shared::run_pending`] at most.
 const MAX_PASSES: usize = 1_000;
 
+/// How often a scheduler with a job store looks for the records of schedulers gone
+/// from it.
+#[cfg(feature = "sqlite")]
+const ADOPT_EVERY: Duration = Duration::from_secs(5);
+
 /// How long after its event a fire time's record is settled in the job store: the time
 /// a subscriber on another thread has to take the event before a crash would no longer
 /// have the next scheduler report the time again.
@@ -93,6 +98,9 @@ struct State {
     /// Fire times handled (their run ended, or they were reported), with when: settled
     /// in the job store [`SETTLE_AFTER`] later. Empty without a store.
     settle: Vec<(String, DateTime<Utc>, Instant)>,
+    /// When the records of schedulers gone from the job store were last looked for.
+    #[cfg(feature = "sqlite")]
+    adopted_at: Option<Instant>,
 }
 
 impl State {
@@ -292,24 +300,7 @@ impl Shared {
         };
         tracing::debug!(job = %job.name, schedule = %schedule, "job added");
         let name = job.name.clone();
-        for &t in &orphans.interrupted {
-            shared.emit(&name, t, now, EventKind::Interrupted);
-        }
-        shared.settle_later(&mut st, &name, &orphans.interrupted);
-        for reason in [
-            MissReason::TooLate,
-            MissReason::Coalesced,
-            MissReason::MaxInstances,
-        ] {
-            let mut range = TooLate::default();
-            let mut times = Vec::new();
-            for r in orphans.reported.iter().filter(|r| r.reason == reason) {
-                range.add(r.first, r.last, r.count);
-                times.push(r.last);
-            }
-            shared.missed_range(&name, &range, reason, now);
-            shared.settle_later(&mut st, &name, &times);
-        }
+        let recovered = shared.report_orphans(&mut st, &name, orphans, now);
         let generation = st.next_gen;
         st.next_gen += 1;
         st.jobs.insert(
@@ -320,7 +311,7 @@ impl Shared {
                 next,
                 running: 0,
                 deferred: Vec::new(),
-                recovered: orphans.unstarted,
+                recovered,
                 store_retry_at: None,
                 ran_in_backlog: false,
             },
@@ -457,6 +448,9 @@ impl Shared {
         let now = self.clock.now();
         let mut st = unpoisoned::lock(&self.state);
         self.flush_settled(&mut st, false);
+        if fire {
+            self.adopt_orphans(&mut st, now);
+        }
         let woken = mem::take(&mut *unpoisoned::lock(&self.woken));
         for id in woken {
             self.poll_run(&mut st, id, now);
@@ -522,6 +516,14 @@ impl Shared {
         let soon = (!st.settle.is_empty() || st.jobs.values().any(|j| !j.recovered.is_empty()))
             .then(|| later(now, SETTLE_AFTER));
         let wake_at = [next_job, next_timer, soon].into_iter().flatten().min();
+        // The records of schedulers gone from the store are looked for again soon.
+        #[cfg(feature = "sqlite")]
+        let wake_at = if self.store.is_some() && !st.jobs.is_empty() {
+            let soon = later(now, ADOPT_EVERY);
+            Some(wake_at.map_or(soon, |w| w.min(soon)))
+        } else {
+            wake_at
+        };
         // Deferred times, and the leader lease, are looked at again soon.
         #[cfg(feature = "redis")]
         let wake_at = if self.cluster.is_some() && !st.jobs.is_empty() {
@@ -1001,6 +1003,68 @@ impl Shared {
     }
 
     /// Settles every record still queued: the scheduler is stopping.
+    /// Reports what other schedulers on the store left of job `name` when they were
+    /// gone (runs interrupted, reports not settled); returns the times they claimed
+    /// and never started, due now.
+    fn report_orphans(
+        &self,
+        st: &mut State,
+        name: &str,
+        orphans: Orphans,
+        now: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        for &t in &orphans.interrupted {
+            self.emit(name, t, now, EventKind::Interrupted);
+        }
+        self.settle_later(st, name, &orphans.interrupted);
+        for reason in [
+            MissReason::TooLate,
+            MissReason::Coalesced,
+            MissReason::MaxInstances,
+        ] {
+            let mut range = TooLate::default();
+            let mut times = Vec::new();
+            for r in orphans.reported.iter().filter(|r| r.reason == reason) {
+                range.add(r.first, r.last, r.count);
+                times.push(r.last);
+            }
+            self.missed_range(name, &range, reason, now);
+            self.settle_later(st, name, &times);
+        }
+        orphans.unstarted
+    }
+
+    /// Every [`ADOPT_EVERY`], takes over the records that schedulers gone from the job
+    /// store left (killed, or dropped with runs in flight), as adding a job does: a
+    /// scheduler that shares its store with one that died handles what that one left
+    /// without waiting for a job to be added again.
+    #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    fn adopt_orphans(&self, st: &mut State, now: DateTime<Utc>) {
+        #[cfg(feature = "sqlite")]
+        if let Some(store) = &self.store {
+            let due = st.adopted_at.is_none_or(|at| at.elapsed() >= ADOPT_EVERY);
+            if !due || st.jobs.is_empty() {
+                return;
+            }
+            st.adopted_at = Some(Instant::now());
+            let names: Vec<String> = st.jobs.keys().cloned().collect();
+            let adopted = match unpoisoned::lock(store).adopt(&names) {
+                Ok(adopted) => adopted,
+                Err(e) => {
+                    tracing::warn!("job store failed while looking for orphaned runs: {e}");
+                    return;
+                }
+            };
+            for (name, orphans) in adopted {
+                let recovered = self.report_orphans(st, &name, orphans, now);
+                if let Some(js) = st.jobs.get_mut(&name) {
+                    js.recovered.extend(recovered);
+                }
+            }
+        }
+        let _ = (st, now);
+    }
+
     pub(super) fn flush(&self) {
         self.flush_settled(&mut unpoisoned::lock(&self.state), true);
     }

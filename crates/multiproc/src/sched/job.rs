@@ -284,8 +284,9 @@ impl Job {
         self
     }
 
-    /// How many runs of this job may be in flight at once (at least 1; default 1). A due
-    /// run beyond it is reported [`Missed`](EventKind::Missed) with
+    /// How many runs of this job may be in flight at once (at least 1; default 1), in
+    /// the scheduler that holds it (schedulers sharing a job store count their own). A
+    /// due run beyond it is reported [`Missed`](EventKind::Missed) with
     /// [`MissReason::MaxInstances`].
     pub fn max_instances(mut self, n: usize) -> Job {
         self.max_instances = n;
@@ -362,7 +363,8 @@ pub enum EventKind {
     /// A run that a scheduler on the same job store started, and whose outcome it never
     /// recorded: its process ended first (killed, say), or it was dropped with the run
     /// in flight. The run may or may not have finished; it is not run again. Reported
-    /// by the next scheduler that adds the job on the store (feature `sqlite`).
+    /// by the next scheduler that adds the job on the store, or within seconds by one
+    /// sharing the store that has the job (feature `sqlite`).
     Interrupted,
 }
 

@@ -7,7 +7,8 @@
 //! program down with a `JobStore` (feature `sqlite`) keeping its jobs) starts if
 //! it is within the job's misfire grace, and is reported
 //! [`Missed`](EventKind::Missed) otherwise; several due runs coalesce as the job says;
-//! a job never has more than `max_instances` runs in flight; failed runs retry per a
+//! a job never has more than `max_instances` runs in flight (in one scheduler:
+//! schedulers sharing a job store count their own); failed runs retry per a
 //! [`RetryPolicy`](crate::RetryPolicy). Every run and every miss is an event on
 //! [`Scheduler::events`] and a `tracing` event: nothing is dropped silently.
 //!

@@ -373,6 +373,30 @@ impl JobStore {
         Ok(result)
     }
 
+    /// Takes over the records of jobs `names` whose owners are gone (see
+    /// [`Orphans`]), in one transaction; the jobs that had any, with them.
+    pub(super) fn adopt(
+        &mut self,
+        names: &[String],
+    ) -> Result<Vec<(String, Orphans)>, ScheduleError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let mut adopted = Vec::new();
+        for name in names {
+            let orphans = take_orphans(&tx, name, &self.owner)?;
+            if !(orphans.unstarted.is_empty()
+                && orphans.interrupted.is_empty()
+                && orphans.reported.is_empty())
+            {
+                adopted.push((name.clone(), orphans));
+            }
+        }
+        tx.commit().map_err(store_err)?;
+        Ok(adopted)
+    }
+
     /// Forgets job `name` (it was removed): its row and its fire records, but the
     /// records of runs that other schedulers on the store started and have not
     /// settled, which they still settle (or a scheduler after them reports).
