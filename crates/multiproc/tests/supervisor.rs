@@ -35,6 +35,10 @@ fn main() {
             trial("rest_for_one_restarts_the_rest", rest_for_one),
             trial("intensity_exceeded_gives_up", intensity_exceeded),
             trial("transient_and_temporary", transient_and_temporary),
+            trial(
+                "a_fallible_child_that_returns_err_ended_abnormally",
+                a_fallible_child_that_returns_err_ended_abnormally,
+            ),
             trial("backoff_grows_then_resets", backoff_grows_then_resets),
             trial("sigterm_ignored_group_sigkilled", sigterm_ignored),
             trial(
@@ -532,6 +536,35 @@ fn intensity_exceeded() {
             .iter()
             .all(|c| !matches!(c.state, ChildState::Running { .. }))
     );
+}
+
+/// Returns an error while the marker file exists (removing it), then `Ok(7)`.
+fn errs_once(marker: String) -> Result<u32, String> {
+    if std::fs::remove_file(&marker).is_ok() {
+        return Err("not yet".into());
+    }
+    Ok(7)
+}
+
+/// A transient child made with `new_fallible` whose function returns `Err` is
+/// restarted (an abnormal end), and done once it returns `Ok`; one made with `new` is
+/// done whatever its function returns.
+fn a_fallible_child_that_returns_err_ended_abnormally() {
+    let dir = tempdir("fallible");
+    let sup = fast()
+        .child(
+            ChildSpec::new_fallible("fallible", errs_once, marker(&dir, "f"))
+                .restart(Restart::Transient),
+        )
+        .child(ChildSpec::new("plain", errs_once, marker(&dir, "p")).restart(Restart::Transient))
+        .build()
+        .unwrap();
+    sup.wait_timeout(T).expect("both children done");
+    let st = sup.status();
+    assert_eq!((st[0].restarts, st[1].restarts), (1, 0));
+    assert!(st[0].last_exit.as_ref().unwrap().normal);
+    assert!(st[1].last_exit.as_ref().unwrap().normal);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn transient_and_temporary() {

@@ -41,23 +41,7 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
     }
 
     fn try_exit(&mut self) -> Option<ChildExit> {
-        if self.is_alive() {
-            return None;
-        }
-        let status = self.exit_status();
-        match self.join_timeout(Duration::ZERO) {
-            Err(ProcessError::Timeout) => None,
-            Ok(_) | Err(ProcessError::Exited(0)) => Some(ChildExit {
-                normal: true,
-                status,
-                reason: "returned".into(),
-            }),
-            Err(e) => Some(ChildExit {
-                normal: false,
-                status,
-                reason: e.to_string(),
-            }),
-        }
+        exit_of(self, |_| Ok(()))
     }
 
     fn signal(&self, signal: i32) {
@@ -73,6 +57,61 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
 
     fn as_waitable(&self) -> &dyn crate::Waitable {
         self
+    }
+}
+
+/// How the child of `handle` ended, once it has (without blocking): normally if its
+/// function returned a value `judge` accepts (or it exited with status 0 before
+/// returning one); otherwise why.
+fn exit_of<R: DeserializeOwned + Send + 'static>(
+    handle: &mut JoinHandle<R>,
+    judge: impl FnOnce(R) -> Result<(), String>,
+) -> Option<ChildExit> {
+    if handle.is_alive() {
+        return None;
+    }
+    let status = handle.exit_status();
+    let (normal, reason) = match handle.join_timeout(Duration::ZERO) {
+        Err(ProcessError::Timeout) => return None,
+        Ok(value) => match judge(value) {
+            Ok(()) => (true, "returned".to_string()),
+            Err(why) => (false, why),
+        },
+        Err(ProcessError::Exited(0)) => (true, "returned".to_string()),
+        Err(e) => (false, e.to_string()),
+    };
+    Some(ChildExit {
+        normal,
+        status,
+        reason,
+    })
+}
+
+/// The child of [`ChildSpec::new_fallible`]: its function returning `Err` is an
+/// abnormal end.
+pub(super) struct Fallible<T, E>(pub(super) JoinHandle<Result<T, E>>);
+
+impl<T, E> Child for Fallible<T, E>
+where
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + std::fmt::Display + Send + 'static,
+{
+    fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
+    fn try_exit(&mut self) -> Option<ChildExit> {
+        exit_of(&mut self.0, |r| {
+            r.map(drop).map_err(|e| format!("returned an error: {e}"))
+        })
+    }
+
+    fn signal(&self, signal: i32) {
+        Child::signal(&self.0, signal);
+    }
+
+    fn as_waitable(&self) -> &dyn crate::Waitable {
+        &self.0
     }
 }
 

@@ -19,7 +19,7 @@ pub use self::daemon::{Daemon, DaemonOptions, daemonize};
 use self::engine::{Child, Settings, Shared, Supervising};
 pub use self::error::{DaemonError, SupervisorError};
 use crate::pool::{Jitter, RetryPolicy};
-use crate::process::{Builder, ExitStatus, SpawnError};
+use crate::process::{Builder, ExitStatus, JoinHandle, SpawnError};
 
 /// When a child that ended is started again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -28,8 +28,9 @@ pub enum Restart {
     /// Always (the default): a service that should never stop.
     #[default]
     Permanent,
-    /// Only if it ended abnormally: a panic, a signal, a non-zero exit. A child whose
-    /// function returned (or that called `exit(0)`) is done.
+    /// Only if it ended abnormally: a panic, a signal, a non-zero exit, or (made with
+    /// [`ChildSpec::new_fallible`]) its function returning `Err`. A child whose function
+    /// returned otherwise (or that called `exit(0)`) is done.
     Transient,
     /// Never: a one-off job run under supervision for its clean stop.
     Temporary,
@@ -77,6 +78,23 @@ impl fmt::Debug for ChildSpec {
     }
 }
 
+/// Starts `f(args)` in a daemon child that leads its own process group, as `wrap` makes
+/// it a [`Child`].
+fn starter<A, R>(f: fn(A) -> R, args: A, wrap: fn(JoinHandle<R>) -> Box<dyn Child>) -> Start
+where
+    A: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    Arc::new(move |name: &str| -> Result<Box<dyn Child>, SpawnError> {
+        let handle = Builder::new()
+            .name(name)
+            .daemon(true)
+            .process_group(true)
+            .spawn(f, args.clone())?;
+        Ok(wrap(handle))
+    })
+}
+
 impl ChildSpec {
     /// A child named `name` (also its process name) running `f(args)`; permanent, with
     /// 5 seconds to stop after `SIGTERM`.
@@ -85,20 +103,38 @@ impl ChildSpec {
         A: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let start = move |name: &str| -> Result<Box<dyn Child>, SpawnError> {
-            let handle = Builder::new()
-                .name(name)
-                .daemon(true)
-                .process_group(true)
-                .spawn(f, args.clone())?;
-            Ok(Box::new(handle))
-        };
+        ChildSpec::with_start(name.into(), starter(f, args, |handle| Box::new(handle)))
+    }
+
+    /// Permanent, with 5 seconds to stop after `SIGTERM`.
+    fn with_start(name: String, start: Start) -> ChildSpec {
         ChildSpec {
-            name: name.into(),
-            start: Arc::new(start),
+            name,
+            start,
             restart: Restart::Permanent,
             grace: Duration::from_secs(5),
         }
+    }
+
+    /// As [`new`](Self::new), for a function that returns a `Result`: one that returns
+    /// `Err` ended abnormally (a [`Restart::Transient`] child is restarted, and the
+    /// restart counts towards the intensity), as a crash does; `Ok` is a normal end.
+    /// A child made with [`new`](Self::new) ends normally whatever its function
+    /// returns.
+    pub fn new_fallible<A, T, E>(
+        name: impl Into<String>,
+        f: fn(A) -> Result<T, E>,
+        args: A,
+    ) -> ChildSpec
+    where
+        A: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + fmt::Display + Send + 'static,
+    {
+        ChildSpec::with_start(
+            name.into(),
+            starter(f, args, |handle| Box::new(engine::Fallible(handle))),
+        )
     }
 
     /// When the child restarts.
