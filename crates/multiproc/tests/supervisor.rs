@@ -57,6 +57,10 @@ fn main() {
                 leader_dies_member_ignores,
             ),
             trial("supervising_thread_panics", supervising_thread_panics),
+            trial(
+                "a_panic_while_building_stops_the_children_started",
+                a_panic_while_building_stops_the_children_started,
+            ),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial(
                 "a_process_that_exits_stops_its_supervisors_children_and_their_groups",
@@ -923,6 +927,50 @@ impl Clone for ClonesUntilTold {
 
 fn crash_after_clonable(ms: ClonesUntilTold) {
     crash_after_ms(ms.0);
+}
+
+/// Arguments whose `Clone` panics.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsWhenCloned;
+
+impl Clone for PanicsWhenCloned {
+    fn clone(&self) -> Self {
+        panic!("cannot be cloned")
+    }
+}
+
+fn never_runs(_: PanicsWhenCloned) {}
+
+/// A panic in the user's code as `build` starts the children (the second child's
+/// arguments cannot be cloned) fails the build, the first child stopped: it was left
+/// running, with no supervisor.
+fn a_panic_while_building_stops_the_children_started() {
+    // Found by its name (a child's process is named after it).
+    let name = "bpanic-first";
+    let built = Supervisor::builder()
+        .child(ChildSpec::new(name, sleep_forever, ()))
+        .child(ChildSpec::new(
+            "bpanic-second",
+            never_runs,
+            PanicsWhenCloned,
+        ))
+        .build();
+    match built {
+        Err(SupervisorError::Panicked(why)) => assert!(why.contains("cloned"), "{why}"),
+        other => panic!("a build whose start panicked: {:?}", other.map(|_| ())),
+    }
+    let running = || {
+        common::processes()
+            .into_iter()
+            .filter(|p| p.3 == name && p.2 != 'Z')
+            .map(|p| p.0)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(T, || running().is_empty()),
+        "the first child outlived the failed build: {:?}",
+        running()
+    );
 }
 
 /// A panic on the supervising thread (a restart clones the child's arguments there):

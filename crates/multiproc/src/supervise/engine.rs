@@ -213,7 +213,12 @@ impl Supervising {
         let ended = catch_unwind(AssertUnwindSafe(|| self.end(&outcome)));
         let outcome = match ended {
             Ok(()) => outcome,
-            Err(p) => Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string()),
+            Err(p) => {
+                // The stop was cut short (user code runs there too: a child's return
+                // value is decoded): what it had not stopped is killed, runs no code.
+                self.kill_all();
+                Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string())
+            }
         };
         *unpoisoned::lock(&self.shared.outcome) = Some(outcome);
         self.shared.done.notify_all();
@@ -427,6 +432,19 @@ impl Supervising {
         None
     }
 
+    /// Kills every child still running, and its process group, and the groups still
+    /// lingering, without waiting (and without decoding anything).
+    fn kill_all(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(child) = slot.child.take() {
+                child.signal(sys::SIGKILL);
+            }
+        }
+        for l in self.lingering.drain(..) {
+            let _ = sys::signal_group(l.pgid, sys::SIGKILL);
+        }
+    }
+
     /// Stops the running children among `which` in reverse order, one after another
     /// (as Erlang's supervisors do): a child that the ones before it depend on is still
     /// there while they stop.
@@ -610,7 +628,15 @@ impl Supervising {
             })
             .map_err(|e| SupervisorError::InvalidArgument(format!("supervisor thread: {e}")))?;
         for i in 0..sup.slots.len() {
-            if let Err(e) = sup.spawn(i) {
+            // User code runs here (the arguments' `Clone` and `Serialize`): a panic
+            // fails the build as a failed start does, the children started before it
+            // stopped, rather than leave them running with no supervisor.
+            let started = catch_unwind(AssertUnwindSafe(|| sup.spawn(i))).unwrap_or_else(|p| {
+                Err(SupervisorError::Panicked(
+                    crate::bootstrap::caught_panic(&*p).to_string(),
+                ))
+            });
+            if let Err(e) = started {
                 sup.stop_slots(&(0..i).collect::<Vec<_>>());
                 drop(hand_over);
                 let _ = thread.join();
