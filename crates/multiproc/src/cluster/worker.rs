@@ -1721,8 +1721,15 @@ impl Node {
         let mut stop_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            // Whether the server answered this round's calls: a reclaim, which waits
+            // the whole response timeout for its reply, is not started at a server
+            // that just failed to answer one (paused, or gone), so that a stop begun
+            // meanwhile is not held that long.
+            let mut answering = true;
             if now >= next_renew {
-                if self.renew().is_ok() {
+                let renewed = self.renew();
+                answering = !matches!(&renewed, Err(e) if e.is_transient());
+                if renewed.is_ok() {
                     test_panic(Role::Keeper);
                     if !self.stopping.load(Ordering::Acquire) {
                         self.read_server_limits();
@@ -1732,11 +1739,11 @@ impl Node {
                     next_renew = now + Duration::from_millis(500).min(period);
                 }
             }
-            if !self.stopping.load(Ordering::Acquire) {
-                let _ = self.promote();
+            if !self.stopping.load(Ordering::Acquire) && answering {
+                answering = !matches!(self.promote(), Err(e) if e.is_transient());
             }
             if !self.stopping.load(Ordering::Acquire) {
-                if now >= next_reclaim {
+                if now >= next_reclaim && answering {
                     let _ = self.reclaim();
                     next_reclaim = now + period;
                 }
