@@ -47,6 +47,10 @@ const SETTLE_AFTER: Duration = Duration::from_millis(100);
 #[cfg(feature = "redis")]
 const LEADER_LEASE: Duration = Duration::from_secs(3);
 
+/// How long a follower keeps a cluster job's due times that no scheduler has submitted
+/// (see [`Shared::fire_due`]): ten leases.
+const FOLLOWER_KEEPS: Duration = Duration::from_secs(30);
+
 /// What the scheduler handle and its thread share.
 pub(super) struct Shared {
     state: Mutex<State>,
@@ -392,10 +396,10 @@ impl Shared {
     pub(super) fn run_pending(self: &Arc<Self>) -> usize {
         let mut started = 0;
         for _ in 0..MAX_PASSES {
-            let now = self.clock.now();
             let (n, wake_at) = self.process(true);
             started += n;
-            if wake_at.is_none_or(|at| at > now) {
+            // Read after the pass: a clock stepped back meanwhile has nothing due.
+            if wake_at.is_none_or(|at| at > self.clock.now()) {
                 break;
             }
         }
@@ -586,19 +590,15 @@ impl Shared {
         let led = false;
         if led && !self.leads(name) {
             // Not ours to fire now: kept until the leader has submitted them, in case it
-            // dies first, while they may still run. Times too late are the leader's to
-            // report; and those it reported missed (over `max_instances`, coalesced)
-            // are never submitted, so a follower that kept them for longer would keep
-            // more with each pass.
-            let job = &js.job;
-            due.retain(|&t| {
-                let grace = match fixed_grace {
-                    Some(g) => g,
-                    None => default_grace(job, t),
-                };
-                grace.is_none_or(|g| (now - t).to_std().unwrap_or(Duration::ZERO) <= g)
-            });
-            // A grace longer than the cap of a pass keeps the latest times only.
+            // dies first. A live leader handles each due time (submits it, or reports
+            // it missed) in the pass that renews its lease, within a lease of the time
+            // at most; so a time older than a few leases was the leader's, submitted
+            // or reported, while the lease stayed held by another. Those are let go:
+            // times a leader reported missed are never submitted, and a follower that
+            // kept them would keep more with each pass. A leader that died leaves
+            // younger ones, which this scheduler runs or reports once it leads.
+            due.retain(|&t| (now - t).to_std().unwrap_or(Duration::ZERO) <= FOLLOWER_KEEPS);
+            // A job due more often than a pass can look at keeps the latest times only.
             let over = due.len().saturating_sub(MAX_DUE_PER_PASS);
             due.drain(..over);
             js.deferred = self.unfired(name, due);
@@ -1002,7 +1002,6 @@ impl Shared {
         }
     }
 
-    /// Settles every record still queued: the scheduler is stopping.
     /// Reports what other schedulers on the store left of job `name` when they were
     /// gone (runs interrupted, reports not settled); returns the times they claimed
     /// and never started, due now.
@@ -1065,6 +1064,7 @@ impl Shared {
         let _ = (st, now);
     }
 
+    /// Settles every record still queued: the scheduler is stopping.
     pub(super) fn flush(&self) {
         self.flush_settled(&mut unpoisoned::lock(&self.state), true);
     }

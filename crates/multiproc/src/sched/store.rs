@@ -379,6 +379,33 @@ impl JobStore {
         &mut self,
         names: &[String],
     ) -> Result<Vec<(String, Orphans)>, ScheduleError> {
+        // Looked for first without taking the file's write lock (that every scheduler
+        // sharing the file would take every few seconds), which is taken only when a
+        // gone owner left something.
+        let owners: Vec<(String, String)> = {
+            let mut query = self
+                .conn
+                .prepare_cached(
+                    "SELECT DISTINCT job, owner FROM fires WHERE state <> ?1 AND owner IS NOT ?2",
+                )
+                .map_err(store_err)?;
+            query
+                .query_map(params![SETTLED, self.owner], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                })
+                .map_err(store_err)?
+                .collect::<Result<_, _>>()
+                .map_err(store_err)?
+        };
+        if !owners
+            .iter()
+            .any(|(job, owner)| names.contains(job) && owner_gone(owner))
+        {
+            return Ok(Vec::new());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
