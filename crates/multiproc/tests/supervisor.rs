@@ -813,9 +813,12 @@ fn a_stop_during_a_restart_starts_nothing() {
     };
     assert!(eventually(T, || starts() == 1));
     let stubborn = pid_of(&sup, "stubborn").unwrap();
+    let crasher = pid_of(&sup, "crasher").unwrap();
     go.set();
-    // The crash is seen and the stubborn sibling is being stopped (its grace runs).
-    std::thread::sleep(Duration::from_millis(300));
+    // The crash is seen (within the supervisor's 50 ms look) and the stubborn sibling
+    // is being stopped: its 800 ms grace runs.
+    assert!(wait_gone(crasher, T));
+    std::thread::sleep(Duration::from_millis(250));
     sup.shutdown().unwrap();
     assert!(wait_gone(stubborn, T));
     assert_eq!(starts(), 1, "a child started after the stop was asked for");

@@ -61,21 +61,24 @@ pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
 fn exit_function() {
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
-    // A daemon that leads a process group takes what it started in the group along
-    // (its group's id is its pid, which no other process gets while the group lives).
-    let signal = |child: &ChildRecord, signal: i32| {
-        if child.leads_group() {
-            let _ = sys::signal_group(child.pid(), signal);
-        }
-        let _ = child.signal(signal);
-    };
+    // A daemon that leads a process group takes what it started in the group along.
+    // Its group's id is its pid, which no other process gets while the daemon or its
+    // group lives: only the groups of daemons running now are signalled.
+    let groups: Vec<u32> = daemons
+        .iter()
+        .filter(|c| c.leads_group() && c.is_alive())
+        .map(|c| c.pid())
+        .collect();
     for child in &daemons {
         tracing::trace!(
             pid = child.pid(),
             name = child.name(),
             "terminating daemon at exit"
         );
-        signal(child, sys::SIGTERM);
+        if groups.contains(&child.pid()) {
+            let _ = sys::signal_group(child.pid(), sys::SIGTERM);
+        }
+        let _ = child.signal(sys::SIGTERM);
     }
     for child in &others {
         // A child blocked on sending a result nobody can read any more must not hold up
@@ -91,21 +94,20 @@ fn exit_function() {
         child.close_channel();
         if child.wait(Some(deadline)).is_err() {
             tracing::trace!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
-            signal(child, sys::SIGKILL);
+            if groups.contains(&child.pid()) {
+                let _ = sys::signal_group(child.pid(), sys::SIGKILL);
+            }
+            let _ = child.signal(sys::SIGKILL);
             let _ = child.wait(None);
         }
     }
     // Members of their groups that outlive them (ignoring `SIGTERM`), after the grace.
-    if daemons.iter().any(|c| c.leads_group()) {
-        while daemons
-            .iter()
-            .any(|c| c.leads_group() && sys::group_alive(c.pid()))
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for child in daemons.iter().filter(|c| c.leads_group()) {
-            let _ = sys::signal_group(child.pid(), sys::SIGKILL);
+    while groups.iter().any(|&g| sys::group_alive(g)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for &g in &groups {
+        if sys::group_alive(g) {
+            let _ = sys::signal_group(g, sys::SIGKILL);
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::sys;
 const TICK: Duration = Duration::from_millis(50);
 /// How often the supervisor looks at a process group it is waiting for.
 const GROUP_POLL: Duration = Duration::from_millis(10);
+/// How long a stop waits for a process group to end once it was sent `SIGKILL`.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A running child, whatever its return type.
 pub(super) trait Child: Send {
@@ -476,6 +478,17 @@ impl Supervising {
         loop {
             let now = Instant::now();
             let past_grace = kill_at.is_some_and(|at| now >= at);
+            // A member that `SIGKILL` does not end (one the supervisor may not signal,
+            // or stuck in the kernel) is left behind, said so, rather than hold the
+            // stop of every other child for ever.
+            if kill_at.is_some_and(|at| now >= at + KILL_WAIT) {
+                tracing::warn!(
+                    child = %slot.spec.name,
+                    pgid,
+                    "the child's process group outlives SIGKILL; left behind"
+                );
+                return;
+            }
             if let Some(child) = slot.child.as_mut() {
                 if let Some(exit) = child.try_exit() {
                     slot.last_exit = Some(exit);
@@ -526,6 +539,14 @@ impl Supervising {
             let now = Instant::now();
             self.lingering.retain(|g| {
                 if !sys::group_alive(g.pgid) {
+                    return false;
+                }
+                if g.kill_at.is_some_and(|at| now >= at + KILL_WAIT) {
+                    // As in `stop_slot`: what `SIGKILL` does not end is left behind.
+                    tracing::warn!(
+                        pgid = g.pgid,
+                        "a process group outlives SIGKILL; left behind"
+                    );
                     return false;
                 }
                 if g.kill_at.is_some_and(|at| now >= at) {
