@@ -61,12 +61,13 @@ pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
 fn exit_function() {
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
-    // A daemon that leads a process group takes what it started in the group along.
-    // Its group's id is its pid, which no other process gets while the daemon or its
-    // group lives: only the groups of daemons running now are signalled.
-    let groups: Vec<u32> = daemons
+    // A daemon that leads a process group takes what it started in the group along
+    // (members that outlived a leader that ended too). Its group's id is its pid,
+    // which no other process gets while the daemon or a member of its group lives:
+    // only groups seen alive are signalled, and one seen gone is not signalled again.
+    let mut groups: Vec<u32> = daemons
         .iter()
-        .filter(|c| c.leads_group() && c.is_alive())
+        .filter(|c| c.leads_group() && sys::group_alive(c.pid()))
         .map(|c| c.pid())
         .collect();
     for child in &daemons {
@@ -102,12 +103,14 @@ fn exit_function() {
         }
     }
     // Members of their groups that outlive them (ignoring `SIGTERM`), after the grace.
-    while groups.iter().any(|&g| sys::group_alive(g)) && Instant::now() < deadline {
+    loop {
+        groups.retain(|&g| sys::group_alive(g));
+        if groups.is_empty() || Instant::now() >= deadline {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     for &g in &groups {
-        if sys::group_alive(g) {
-            let _ = sys::signal_group(g, sys::SIGKILL);
-        }
+        let _ = sys::signal_group(g, sys::SIGKILL);
     }
 }

@@ -396,10 +396,13 @@ impl Shared {
     pub(super) fn run_pending(self: &Arc<Self>) -> usize {
         let mut started = 0;
         for _ in 0..MAX_PASSES {
+            let before = self.clock.now();
             let (n, wake_at) = self.process(true);
             started += n;
-            // Read after the pass: a clock stepped back meanwhile has nothing due.
-            if wake_at.is_none_or(|at| at > self.clock.now()) {
+            // Due by the time the pass began (a backlog), and still by the clock after
+            // it: a pass that took long (a server that does not answer) does not make
+            // what it set for later due, nor does a clock stepped back.
+            if wake_at.is_none_or(|at| at > before.min(self.clock.now())) {
                 break;
             }
         }
@@ -588,16 +591,20 @@ impl Shared {
         let led = matches!(js.job.target, Target::Cluster(_));
         #[cfg(not(feature = "redis"))]
         let led = false;
-        if led && !self.leads(name) {
+        let lead = if led { self.leads(name) } else { Some(true) };
+        if lead != Some(true) {
             // Not ours to fire now: kept until the leader has submitted them, in case it
             // dies first. A live leader handles each due time (submits it, or reports
             // it missed) in the pass that renews its lease, within a lease of the time
-            // at most; so a time older than a few leases was the leader's, submitted
-            // or reported, while the lease stayed held by another. Those are let go:
-            // times a leader reported missed are never submitted, and a follower that
-            // kept them would keep more with each pass. A leader that died leaves
-            // younger ones, which this scheduler runs or reports once it leads.
-            due.retain(|&t| (now - t).to_std().unwrap_or(Duration::ZERO) <= FOLLOWER_KEEPS);
+            // at most; so a time older than a few leases, while another scheduler
+            // holds the lease, was the leader's, submitted or reported. Those are let
+            // go: times a leader reported missed are never submitted, and a follower
+            // that kept them would keep more with each pass. A leader that died leaves
+            // younger ones, which this scheduler runs or reports once it leads. While
+            // the cluster cannot say who leads (Redis unreachable), every time is kept.
+            if lead == Some(false) {
+                due.retain(|&t| (now - t).to_std().unwrap_or(Duration::ZERO) <= FOLLOWER_KEEPS);
+            }
             // A job due more often than a pass can look at keeps the latest times only.
             let over = due.len().saturating_sub(MAX_DUE_PER_PASS);
             due.drain(..over);
@@ -1084,25 +1091,26 @@ impl Shared {
         }
     }
 
-    /// Whether this scheduler fires a cluster job now: while it holds the queue's
-    /// leader lease (taken or renewed here); always without a cluster.
+    /// Whether this scheduler fires a cluster job now: `Some(true)` while it holds the
+    /// queue's leader lease (taken or renewed here), `Some(false)` while another
+    /// scheduler does, `None` when the cluster cannot say; always without a cluster.
     #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
-    fn leads(&self, name: &str) -> bool {
+    fn leads(&self, name: &str) -> Option<bool> {
         #[cfg(feature = "redis")]
         if let Some(cluster) = &self.cluster {
             return match cluster.lead(&self.id, LEADER_LEASE) {
-                Ok(lead) => lead.is_some(),
+                Ok(lead) => Some(lead.is_some()),
                 Err(e) => {
                     tracing::warn!(
                         job = name,
                         "cannot reach the cluster for the leader lease: {e}"
                     );
-                    false
+                    None
                 }
             };
         }
         let _ = name;
-        true
+        Some(true)
     }
 
     /// The times of `due` that no scheduler has submitted to the cluster yet (all of

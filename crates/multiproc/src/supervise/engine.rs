@@ -481,12 +481,18 @@ impl Supervising {
             // A member that `SIGKILL` does not end (one the supervisor may not signal,
             // or stuck in the kernel) is left behind, said so, rather than hold the
             // stop of every other child for ever.
-            if kill_at.is_some_and(|at| now >= at + KILL_WAIT) {
+            if kill_at
+                .and_then(|at| at.checked_add(KILL_WAIT))
+                .is_some_and(|at| now >= at)
+            {
                 tracing::warn!(
                     child = %slot.spec.name,
                     pgid,
                     "the child's process group outlives SIGKILL; left behind"
                 );
+                // Its handle goes with it: the slot is free for a new start, and the
+                // old process's end, whenever it comes, is not taken for the new one's.
+                slot.child = None;
                 return;
             }
             if let Some(child) = slot.child.as_mut() {
@@ -541,7 +547,10 @@ impl Supervising {
                 if !sys::group_alive(g.pgid) {
                     return false;
                 }
-                if g.kill_at.is_some_and(|at| now >= at + KILL_WAIT) {
+                if g.kill_at
+                    .and_then(|at| at.checked_add(KILL_WAIT))
+                    .is_some_and(|at| now >= at)
+                {
                     // As in `stop_slot`: what `SIGKILL` does not end is left behind.
                     tracing::warn!(
                         pgid = g.pgid,
