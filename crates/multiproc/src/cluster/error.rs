@@ -87,8 +87,15 @@ impl ClusterError {
     /// Whether the same call may succeed later: the server could not be reached, the
     /// connection broke, or the server cannot serve for now.
     pub(crate) fn is_transient(&self) -> bool {
+        self.is_unanswered() || matches!(self, ClusterError::Unavailable(_))
+    }
+
+    /// Whether the server did not answer: it could not be reached, the connection
+    /// broke, or the reply did not come in time (not a refusal such as out of memory,
+    /// which refuses some commands and serves others).
+    pub(crate) fn is_unanswered(&self) -> bool {
         match self {
-            ClusterError::Connect { .. } | ClusterError::Unavailable(_) => true,
+            ClusterError::Connect { .. } => true,
             ClusterError::Redis(m) => m.starts_with(LOST),
             _ => false,
         }

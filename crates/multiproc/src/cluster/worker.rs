@@ -1728,7 +1728,7 @@ impl Node {
             let mut answering = true;
             if now >= next_renew {
                 let renewed = self.renew();
-                answering = !matches!(&renewed, Err(e) if e.is_transient());
+                answering = !matches!(&renewed, Err(e) if e.is_unanswered());
                 if renewed.is_ok() {
                     test_panic(Role::Keeper);
                     if !self.stopping.load(Ordering::Acquire) {
@@ -1740,7 +1740,7 @@ impl Node {
                 }
             }
             if !self.stopping.load(Ordering::Acquire) && answering {
-                answering = !matches!(self.promote(), Err(e) if e.is_transient());
+                answering = !matches!(self.promote(), Err(e) if e.is_unanswered());
             }
             if !self.stopping.load(Ordering::Acquire) {
                 if now >= next_reclaim && answering {
