@@ -444,17 +444,13 @@ impl Builder {
         drop((theirs, status_write, stdio_child));
         tracing::trace!(pid, name = %name, ?launch, "spawned");
 
-        let record = Arc::new(
-            ChildRecord::new(
-                pid,
-                name,
-                self.daemon,
-                pidfd,
-                StatusSource::Relay(Arc::new(status_read)),
-                Channel::new(conn, false),
-                limits.armed,
-            )
-            .leading_group(self.process_group),
+        let record = self.record(
+            pid,
+            name,
+            pidfd,
+            StatusSource::Relay(Arc::new(status_read)),
+            Channel::new(conn, false),
+            limits.armed,
         );
         registry::add(&mut registry::lock(), Arc::clone(&record));
         if !early {
@@ -462,6 +458,23 @@ impl Builder {
         }
         args.hand_over();
         Ok(JoinHandle::new(record, stdio_parent))
+    }
+
+    /// The registry's record of a child this builder started, with the builder's
+    /// daemon and process-group settings.
+    fn record(
+        &self,
+        pid: u32,
+        name: String,
+        pidfd: OwnedFd,
+        source: StatusSource,
+        channel: Channel,
+        armed: Armed,
+    ) -> Arc<ChildRecord> {
+        Arc::new(
+            ChildRecord::new(pid, name, self.daemon, pidfd, source, channel, armed)
+                .leading_group(self.process_group),
+        )
     }
 
     /// Starts a child by forking this process directly, running `f` in the copy
@@ -579,17 +592,13 @@ impl Builder {
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.
                 let pidfd = sys::child_pidfd(pid)?;
-                let record = Arc::new(
-                    ChildRecord::new(
-                        pid,
-                        name,
-                        self.daemon,
-                        pidfd,
-                        StatusSource::Direct,
-                        Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
-                        limits.armed,
-                    )
-                    .leading_group(self.process_group),
+                let record = self.record(
+                    pid,
+                    name,
+                    pidfd,
+                    StatusSource::Direct,
+                    Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
+                    limits.armed,
                 );
                 registry::add(&mut children, Arc::clone(&record));
                 drop(children);
