@@ -962,6 +962,13 @@ fn a_panic_while_building_stops_the_children_started() {
         Err(SupervisorError::Panicked(why)) => assert!(why.contains("cloned"), "{why}"),
         other => panic!("a build whose start panicked: {:?}", other.map(|_| ())),
     }
+    // The listing must see processes at all (this one), or an empty one proves nothing.
+    assert!(
+        common::processes()
+            .iter()
+            .any(|p| p.0 == std::process::id()),
+        "cannot list processes"
+    );
     let running = || {
         common::processes()
             .into_iter()
