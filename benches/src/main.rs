@@ -16,7 +16,8 @@
 //! `<!-- busy:end -->`), with its own plot, `BENCHMARKS-busy.svg`; a plain run keeps
 //! that part as it was.
 //!
-//! `--scaling` runs the pools and a many-to-many queue at 1, 2, 4, 8 and 16 processes
+//! `--scaling` runs the pools (trivial and 1 ms CPU-bound maps, `imap`, `submit`) and a
+//! many-to-many queue at 1, 2, 4, 8 and 16 processes
 //! beside CPython and rayon (see `src/scaling.rs`) into the "Scaling with processes"
 //! part (`<!-- scaling:start -->` ... `<!-- scaling:end -->`, plot
 //! `BENCHMARKS-scaling.svg`). It writes `BENCHMARKS.md` only on a machine with 16 CPUs

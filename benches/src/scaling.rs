@@ -1,6 +1,7 @@
-//! `--compare --scaling`: how `Pool::map`, `Pool::imap`, `submit` + `wait` and a queue
-//! with many producers and consumers scale with their processes, at 1, 2, 4, 8 and 16,
-//! side by side with CPython (and rayon for the map) at the same counts.
+//! `--compare --scaling`: how `Pool::map` (of trivial tasks and of 1 ms CPU-bound ones),
+//! `Pool::imap`, `submit` + `wait` and a queue with many producers and consumers scale
+//! with their processes, at 1, 2, 4, 8 and 16, side by side with CPython (and rayon for
+//! the maps) at the same counts.
 //!
 //! It is meant for a machine with at least [`CPUS`] CPUs: only there does it write its
 //! part of `BENCHMARKS.md` (between `<!-- scaling:start -->` and
@@ -52,7 +53,8 @@ struct Shape {
     run: fn(usize, u64) -> std::time::Duration,
     /// CPython's script and arguments before the process count, and its iterations.
     cpython: Option<(&'static str, &'static str, &'static [&'static str], u64)>,
-    rayon: bool,
+    /// rayon's version of the workload, on a pool of as many threads.
+    rayon: Option<fn(usize, u64) -> std::time::Duration>,
     /// How a row names its count.
     count: fn(usize) -> String,
 }
@@ -76,7 +78,17 @@ pub fn groups(counts: &[usize]) -> Vec<Group> {
             ours: "multiproc Pool::map",
             run: pool::map_on,
             cpython: Some(("CPython Pool.map", "mp_pool.py", &["map"], 100_000)),
-            rayon: true,
+            rayon: Some(pool::rayon_map_on),
+            count: processes,
+        },
+        Shape {
+            title: "Scaling: Pool map, 1 ms CPU-bound tasks",
+            operation: "one task of a 2,000-task map of tasks that each spin for 1 ms, default chunking (ideal: 1 ms divided by the processes)",
+            iters: 2_000,
+            ours: "multiproc Pool::map",
+            run: pool::cpu_map,
+            cpython: Some(("CPython Pool.map", "mp_pool.py", &["cpu"], 2_000)),
+            rayon: Some(pool::rayon_cpu),
             count: processes,
         },
         Shape {
@@ -86,7 +98,7 @@ pub fn groups(counts: &[usize]) -> Vec<Group> {
             ours: "multiproc Pool::imap",
             run: pool::imap_on,
             cpython: Some(("CPython Pool.imap", "mp_pool.py", &["imap1"], 5_000)),
-            rayon: false,
+            rayon: None,
             count: processes,
         },
         Shape {
@@ -101,7 +113,7 @@ pub fn groups(counts: &[usize]) -> Vec<Group> {
                 &["executor"],
                 5_000,
             )),
-            rayon: false,
+            rayon: None,
             count: processes,
         },
         Shape {
@@ -113,7 +125,7 @@ pub fn groups(counts: &[usize]) -> Vec<Group> {
             // As many items as multiproc's: fewer would leave CPython's share of each
             // of 32 processes small beside its start-up and exit.
             cpython: Some(("CPython Queue", "mp_queue.py", &["0", "mpmc"], 400_000)),
-            rayon: false,
+            rayon: None,
             count: producers_and_consumers,
         },
     ];
@@ -135,10 +147,10 @@ fn group(shape: Shape, counts: &[usize], python: bool) -> Group {
             shape.iters,
             move |n| run(p, n),
         ));
-        if shape.rayon {
+        if let Some(rayon) = shape.rayon {
             let theirs = name(format!("rayon par_iter, {}", plural(p, "thread")));
             workloads.push(Workload::new(theirs, Impl::Peer, shape.iters, move |n| {
-                pool::rayon_map_on(p, n)
+                rayon(p, n)
             }));
             pairs.push((ours, theirs));
         }
@@ -159,7 +171,7 @@ fn group(shape: Shape, counts: &[usize], python: bool) -> Group {
     )];
     notes.push(if shape.title.contains("queue") {
         "N + N processes: N producers and N consumers share a queue of their own, started before the go that starts the clock; each moves the same share of the items. At the largest count there are twice as many processes as CPUs.".into()
-    } else if shape.rayon {
+    } else if shape.rayon.is_some() {
         "Each count is a pool of its own, started and warmed up (100 tasks) before the clock starts; rayon's pool is built before the clock starts, and not warmed up.".into()
     } else {
         "Each count is a pool of its own, started and warmed up (100 tasks) before the clock starts.".into()
