@@ -40,6 +40,10 @@ fn main() {
             "one_run_pending_handles_a_backlog_longer_than_a_pass",
             one_run_pending_handles_a_backlog_longer_than_a_pass,
         ),
+        trial(
+            "run_pending_does_not_chase_a_clock_that_moves_during_its_passes",
+            run_pending_does_not_chase_a_moving_clock,
+        ),
         trial("max_instances_with_slow_job", max_instances_with_slow_job),
         trial("once_in_the_past", once_in_the_past),
         trial(
@@ -455,6 +459,40 @@ fn one_run_pending_handles_a_backlog_longer_than_a_pass() {
     let evs = settle(&s, &events, 1);
     assert_eq!(started(&evs), vec![at(25_000)], "{evs:?}");
     assert_eq!(s.next_fire("latest"), Some(at(25_001)));
+}
+
+/// A pass that takes longer than a job's period (a store or a cluster slow to answer)
+/// is not repeated: `run_pending` handles what was due when it was called and returns,
+/// however far the clock moves while it works. Here another thread moves the clock a
+/// second at a time without pause, so every pass ends with the next time of an
+/// every-second job already due: a `run_pending` that looked only at the clock after
+/// each pass ran one more pass, and started one more run, up to its 1,000 passes.
+fn run_pending_does_not_chase_a_moving_clock() {
+    use std::sync::atomic::AtomicBool;
+    let (s, clock, events) = manual();
+    s.add(Job::thread("tick", Schedule::every(secs(1)), || ()).max_instances(10_000))
+        .unwrap();
+    clock.set(at(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mover = {
+        let (clock, stop) = (clock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < T {
+                clock.advance(secs(1));
+            }
+        })
+    };
+    let started = s.run_pending();
+    stop.store(true, Ordering::Relaxed);
+    mover.join().unwrap();
+    // One pass: the time due when it began, and at most one more that came due before
+    // it read the clock (the others it finds too late, with a one-second grace).
+    assert!(
+        (1..=2).contains(&started),
+        "run_pending started {started} runs"
+    );
+    drop(events);
 }
 
 fn max_instances_with_slow_job() {
