@@ -128,6 +128,18 @@ fn main() {
                 terminate_and_drop_leave_nothing,
             ),
             trial(
+                "terminate_lets_go_of_the_tasks_no_worker_holds",
+                terminate_lets_go_of_the_tasks_no_worker_holds,
+            ),
+            trial(
+                "idle_workers_killed_one_after_another_are_only_replaced",
+                idle_workers_killed_one_after_another_are_only_replaced,
+            ),
+            trial(
+                "a_running_task_of_a_dropped_imap_is_not_retried",
+                a_running_task_of_a_dropped_imap_is_not_retried,
+            ),
+            trial(
                 "failing_initializer_breaks_pool",
                 failing_initializer_breaks_pool,
             ),
@@ -1673,6 +1685,100 @@ fn terminate_and_drop_leave_nothing() {
             "worker {p} left"
         );
     }
+}
+
+fn event_then_sleep((_, ms): (Event, u64)) -> u64 {
+    sleep_ms(ms)
+}
+
+/// `terminate` lets go of the tasks no worker holds at once, with their arguments (the
+/// descriptors of the shared memory they carry), not when the pool is dropped: a
+/// terminated pool kept alive held every queued task's arguments.
+fn terminate_lets_go_of_the_tasks_no_worker_holds() {
+    let pool = Pool::new(1).unwrap();
+    let running = running_task(&pool);
+    let before = common::settled(common::fd_count);
+    let queued: Vec<Task<u64>> = (0..20)
+        .map(|_| {
+            pool.submit(event_then_sleep, (Event::new().unwrap(), 30_000))
+                .unwrap()
+        })
+        .collect();
+    let held = common::settled(common::fd_count);
+    assert!(
+        held >= before + 20,
+        "20 queued tasks with an Event each hold {} descriptors more",
+        held - before
+    );
+    pool.terminate();
+    for t in queued.into_iter().chain([running]) {
+        assert_eq!(get(t).unwrap_err(), TaskError::PoolClosed);
+    }
+    let after = common::settled(common::fd_count);
+    assert!(
+        after <= before,
+        "a terminated pool holds {} descriptors more than before its tasks were queued",
+        after - before
+    );
+    pool.join_timeout(T).unwrap();
+}
+
+/// Idle workers killed from outside (an operator, the OOM killer), one after another,
+/// are replaced, and the pool goes on: a worker that ends idle long after it started
+/// is no failed start (three of those broke the pool, every later task failing with
+/// `PoolBroken`, although no task had failed).
+fn idle_workers_killed_one_after_another_are_only_replaced() {
+    let pool = Pool::new(2).unwrap();
+    for round in 0..4 {
+        let pids = pool.worker_pids();
+        assert_eq!(pids.len(), 2, "round {round}: {pids:?}");
+        // Ready, and idle past the time a worker that did not start properly dies in.
+        std::thread::sleep(Duration::from_millis(1_300));
+        let victim = pids[round % 2];
+        // SAFETY: signals a worker of this pool, which reaps it.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        let replaced = common::eventually(T, || {
+            let now = pool.worker_pids();
+            now.len() == 2 && !now.contains(&victim)
+        });
+        assert!(
+            replaced,
+            "round {round}: worker {victim} was not replaced: {:?}",
+            pool.worker_pids()
+        );
+    }
+    assert_eq!(get(pool.submit(square, 3).unwrap()).unwrap(), 9);
+    finish(pool);
+}
+
+/// Counts its run, then (when `die`) sleeps a little and aborts.
+fn count_then_abort((runs, die): (Value<u32>, bool)) -> u32 {
+    if !die {
+        return 0;
+    }
+    *runs.lock().unwrap_or_else(OwnerDied::into_inner) += 1;
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::abort();
+}
+
+/// A task running when its `imap` is dropped finishes, and a failure is its end even
+/// under a retry policy: nobody reads it. It was retried, running (with its side
+/// effects) as often as the policy allowed, and `join` waited for all of that.
+fn a_running_task_of_a_dropped_imap_is_not_retried() {
+    let policy =
+        RetryPolicy::attempts(3).backoff(Duration::from_millis(10), 1.0, Duration::from_millis(10));
+    let pool = Pool::builder().processes(2).retry(policy).build().unwrap();
+    let runs = Value::new(0u32).unwrap();
+    let items = vec![(Value::new(0u32).unwrap(), false), (runs.clone(), true)];
+    let mut results = pool.imap(count_then_abort, items);
+    assert_eq!(results.next().map(Result::unwrap), Some(0));
+    let begun = common::eventually(T, || {
+        *runs.lock().unwrap_or_else(OwnerDied::into_inner) >= 1
+    });
+    assert!(begun, "the second task never began");
+    drop(results);
+    finish(pool);
+    assert_eq!(*runs.lock().unwrap_or_else(OwnerDied::into_inner), 1);
 }
 
 /// A result type whose `Deserialize` panics on 666.

@@ -44,6 +44,11 @@ const STALL_AFTER: Duration = Duration::from_millis(20);
 /// Consecutive workers that fail to start (or whose initializer fails) before the pool
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
+/// A ready worker that ends this soon after it said so, before it was sent any task,
+/// did not start properly (something its initializer set going kills it); one that
+/// ends later, idle, was ended from outside (an operator, the OOM killer) and is only
+/// replaced.
+const START_WINDOW: Duration = Duration::from_secs(1);
 /// How long a killed worker of a pool that failed to start may take to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -214,6 +219,8 @@ struct Worker {
     failed_to_start: bool,
     /// It reported that it is ready (its initializer returned).
     ready: bool,
+    /// When it reported so.
+    ready_at: Option<Instant>,
     /// The first task it holds, seen not yet begun, and when that was first seen.
     unstarted_front: Option<(u64, Instant)>,
 }
@@ -224,6 +231,7 @@ impl Worker {
         match report {
             Early::Ready => {
                 self.ready = true;
+                self.ready_at = Some(Instant::now());
                 self.slow = false;
             }
             Early::InitFailed => self.failed_to_start = true,
@@ -318,6 +326,9 @@ struct TaskRec {
     ticket: Option<(u32, u32)>,
     /// Its outcome was delivered already (cancelled); only the ticket is left to free.
     delivered: bool,
+    /// Nobody will read its outcome (its `map` failed, its `imap` was dropped) while it
+    /// ran: a failed run is not retried.
+    discarded: bool,
     /// Ready workers that died while it was the next task they were to begin.
     lost_unstarted: u32,
     /// The counts (see [`Encoded`]) the copy of its job sent to its worker holds, while
@@ -517,6 +528,7 @@ impl PoolInner {
                 worker: None,
                 ticket: None,
                 delivered: false,
+                discarded: false,
                 lost_unstarted: 0,
                 transit: Counts::default(),
             },
@@ -705,6 +717,9 @@ impl PoolInner {
                 // Sent to a worker and not started: it skips the job and says so, which
                 // frees the ticket and the record.
                 rec.delivered = true;
+            } else if let Some(rec) = st.tasks.get_mut(id) {
+                // Running: it finishes, and a failure is its end.
+                rec.discarded = true;
             }
         }
     }
@@ -749,8 +764,8 @@ impl PoolInner {
         }
         st.terminated = true;
         st.closed = true;
-        st.pending.clear();
-        st.delayed.clear();
+        let mut never_sent: Vec<u64> = st.pending.drain(..).collect();
+        never_sent.extend(st.delayed.drain(..).map(|(_, id)| id));
         st.early.clear();
         for w in st.workers.iter_mut().flatten() {
             w.jobs = None;
@@ -762,6 +777,15 @@ impl PoolInner {
         let State {
             tasks, deferred, ..
         } = &mut *st;
+        // Tasks no worker holds: their records (and arguments) go now, not with the
+        // pool; those sent to a worker go once it is reaped.
+        for id in never_sent {
+            if let Some(rec) = tasks.remove(&id)
+                && !rec.delivered
+            {
+                deferred.push((rec.sink, rec.slot, Err(TaskError::PoolClosed)));
+            }
+        }
         for rec in tasks.values_mut() {
             if !rec.delivered {
                 rec.delivered = true;
@@ -984,6 +1008,7 @@ impl PoolInner {
             contexts: FxHashSet::default(),
             failed_to_start: false,
             ready: false,
+            ready_at: None,
             unstarted_front: None,
         })
     }
@@ -1539,7 +1564,7 @@ impl PoolInner {
             .as_ref()
             .and_then(|p| p.retry.as_ref())
             .unwrap_or(&self.config.retry);
-        if !st.terminated && policy.should_retry(rec.attempts, &error) {
+        if !st.terminated && !rec.discarded && policy.should_retry(rec.attempts, &error) {
             let delay = policy.delay(rec.attempts);
             tracing::debug!(
                 task = id,
@@ -1739,12 +1764,14 @@ impl PoolInner {
                 for id in unstarted.into_iter().rev() {
                     st.pending.push_front(id);
                 }
-                // A worker that died before it was ready, or before it was sent any task,
-                // did not start properly (the tasks it was sent would go to a successor
-                // that dies the same way, for ever); also one that exited cleanly while
-                // it was still wanted (its initializer called `exit(0)`): only a worker
-                // being retired may.
-                if (!w.ready || !w.sent)
+                // A worker that died before it was ready, or soon after it, before it was
+                // sent any task, did not start properly (the tasks it was sent would go
+                // to a successor that dies the same way, for ever); also one that exited
+                // cleanly while it was still wanted (its initializer called `exit(0)`):
+                // only a worker being retired may. An idle worker killed later is only
+                // replaced: three such kills must not break the pool.
+                let soon = w.ready_at.is_none_or(|at| at.elapsed() < START_WINDOW);
+                if (!w.ready || (!w.sent && soon))
                     && blameless
                     && !w.failed_to_start
                     && (w.jobs.is_some() || status.is_none_or(|s| !s.success()))
