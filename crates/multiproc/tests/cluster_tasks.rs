@@ -2677,12 +2677,17 @@ fn cancelled_and_clean<R: std::fmt::Debug + PartialEq>(
 }
 
 /// A countdown task whose time came (moved to the stream) but that no worker took yet
-/// is cancelled: it must not run.
+/// is cancelled: it must not run. Its client keeps outcomes 1 s, and the task waits
+/// 3 s more: the flag that stops it lived as long as an outcome, and the task ran.
 fn cancel_of_a_promoted_countdown_task_before_it_runs() {
     let redis = RedisServer::start();
     let ns = "adv-cancel-promoted";
     let w = one_at_a_time(&redis, ns);
-    let c = client(&redis, ns);
+    let c = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .result_ttl(Duration::from_secs(1))
+        .build()
+        .expect("connect");
     let dir = common::tempdir("adv-cancel-promoted");
     let p = dir.join("runs").to_string_lossy().into_owned();
     // The only process is busy for 3 s.

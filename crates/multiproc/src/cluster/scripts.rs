@@ -288,11 +288,15 @@ return {{#due, wait}}
 /// As with `FINISH`, an idempotency record lapses with the outcome a cancel writes
 /// (the record may have been made by a client that keeps outcomes longer than this
 /// one: a repeat after the outcome is gone would otherwise find a record whose task
-/// will never answer). A flag lives as long as the record at least: the task it
-/// stops may be one another client made, still waiting for its time, which only the
-/// record's life bounds.
+/// will never answer). A flag lives as long as the record at least, and
+/// [`CANCEL_FLAG_LIFE`] at least: the task it stops may still wait for its time (a
+/// countdown another client made) or in a backlog, which no outcome's life bounds,
+/// and a flag that lapsed first would let it run after its cancel was accepted. The
+/// flag goes when the task ends (`FINISH`), so its life matters only for a task that
+/// never ends (its queue deleted) or one that had ended, its outcome gone, when it was
+/// cancelled.
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         "
 local function deliver()
   if redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[4]) then
@@ -325,20 +329,25 @@ if ARGV[2] ~= '' then
   if type(p) == 'table' and p.err then
     -- No worker has made the group yet: nothing of the stream is delivered.
     if string.sub(p.err, 1, 7) ~= 'NOGROUP' then return redis.error_reply(p.err) end
-    p = {}
+    p = {{}}
   end
   if p[1] == nil and redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
     deliver()
     return 1
   end
 end
-local life = tonumber(ARGV[4]) * 1000
+local life = math.max(tonumber(ARGV[4]) * 1000, {flag_ms})
 if KEYS[8] ~= '' then life = math.max(life, redis.call('PTTL', KEYS[8])) end
 redis.call('SET', KEYS[3], '1', 'PX', life)
 return 2
 ",
-    )
+        flag_ms = CANCEL_FLAG_LIFE.as_millis()
+    ))
 });
+
+/// The shortest life of a cancel flag (see [`CANCEL`]).
+pub(crate) const CANCEL_FLAG_LIFE: std::time::Duration =
+    std::time::Duration::from_secs(30 * 86_400);
 
 /// Takes or keeps the scheduler's leader lease.
 ///
