@@ -312,6 +312,10 @@ fn main() {
             ),
             trial("err_is_retried_per_policy", err_is_retried_per_policy),
             trial(
+                "a_requeued_idempotent_task_answers_with_its_new_outcome",
+                a_requeued_idempotent_task_answers_with_its_new_outcome,
+            ),
+            trial(
                 "countdown_and_eta_across_worker_restart",
                 countdown_and_eta_across_worker_restart,
             ),
@@ -1103,6 +1107,36 @@ fn aborting_task_is_dead_lettered() {
     assert!(common::eventually(T, || c.stats().unwrap().dead_lettered
         == 1
         && c.dead_letters(10).unwrap()[0].id != dead[0].id));
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// An idempotent task dead-lettered by a worker that lacks it (a rolling upgrade), then
+/// requeued once a worker that has it runs: a repeat of its key gets the new run's
+/// outcome. The dead letter's outcome was kept for the key, the new one dropped, and
+/// every repeat for a day got the dead letter.
+fn a_requeued_idempotent_task_answers_with_its_new_outcome() {
+    let redis = RedisServer::start();
+    let ns = "idem-requeue";
+    let c = client(&redis, ns);
+    let old = Worker::builder(&redis.url())
+        .namespace(ns)
+        .processes(1)
+        .register(WHO, who)
+        .build()
+        .expect("start worker");
+    let opts = TaskOptions::new().idempotency_key("upgrade");
+    let mut first = c.submit_with(SQUARE, 3, opts.clone()).unwrap();
+    let e = first.wait_timeout(T).unwrap_err();
+    assert!(e.is_dead_lettered(), "{e}");
+    old.shutdown(true);
+    let w = worker(&redis, ns, 1);
+    let dead = c.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(c.requeue_dead(&dead[0].id).unwrap());
+    // Joins the requeued run, or finds its outcome.
+    let mut again = c.submit_with(SQUARE, 3, opts).unwrap();
+    assert_eq!(again.wait_timeout(T), Ok(9));
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -683,7 +683,10 @@ impl Cluster {
     }
 
     /// Puts the dead letter `id` back on the client's queue, its attempts counted
-    /// afresh. Whether there was such a dead letter holding a task.
+    /// afresh. Whether there was such a dead letter holding a task. An idempotent
+    /// task's kept outcome (the dead letter) is dropped and its idempotency record made
+    /// anew for this client's `result_ttl`: repeats of its key join the new run and get
+    /// its outcome.
     ///
     /// # Errors
     ///
@@ -714,12 +717,23 @@ impl Cluster {
         envelope.attempt = 0;
         envelope.lost = 0;
         let bytes = envelope.encode()?;
+        let record = envelope
+            .task
+            .strip_prefix("k:")
+            .map(|k| keys.idempotency(k))
+            .unwrap_or_default();
+        let ttl = self.inner.result_ttl.to_string();
         let moved: i64 = self.inner.run(|c| {
             conn::invoke(
                 c,
                 &scripts::REQUEUE,
-                &[keys.dead(), keys.stream()],
-                &[id.as_bytes(), &bytes],
+                &[
+                    keys.dead(),
+                    keys.stream(),
+                    keys.result(&envelope.task),
+                    record.clone(),
+                ],
+                &[id.as_bytes(), &bytes, ttl.as_bytes()],
             )
         })?;
         Ok(moved == 1)

@@ -369,14 +369,22 @@ return f
     )
 });
 
-/// Puts a dead letter back on the stream.
+/// Puts a dead letter back on the stream. An idempotent task's kept outcome (the dead
+/// letter's) goes, and its record is made anew for `ttl`: the new run's outcome is
+/// then written and answers the repeats, which join the run meanwhile (the old outcome
+/// stayed, so the new one was dropped and repeats got the dead letter).
 ///
-/// KEYS: dead, stream. ARGV: dead-letter id, envelope.
+/// KEYS: dead, stream, the task's result, its idempotency record (`` for none).
+/// ARGV: dead-letter id, envelope, ttl s.
 /// Returns 1, or 0 if there was no such dead letter.
 pub(crate) static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if KEYS[4] ~= '' then
+  redis.call('DEL', KEYS[3])
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+end
 redis.call('XADD', KEYS[2], '*', 'm', ARGV[2])
 return 1
 ",
