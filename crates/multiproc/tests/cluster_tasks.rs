@@ -312,6 +312,10 @@ fn main() {
             ),
             trial("err_is_retried_per_policy", err_is_retried_per_policy),
             trial(
+                "a_requeue_whose_reply_was_lost_says_it_requeued",
+                a_requeue_whose_reply_was_lost_says_it_requeued,
+            ),
+            trial(
                 "a_requeued_idempotent_task_answers_with_its_new_outcome",
                 a_requeued_idempotent_task_answers_with_its_new_outcome,
             ),
@@ -587,9 +591,10 @@ fn imap_items_that_cannot_be_submitted_fail_alone() {
 }
 
 /// A TCP proxy to Redis for a client under test. While armed, it passes a connection's
-/// `XADD`s on to the server, keeps the server's answers from the client, waits until
-/// the server has answered every one and `settled` holds (at most 30 s), and closes
-/// the connection: the send failed for the client, and the server took it.
+/// `XADD`s (or the requests that hold another needle) on to the server, keeps the
+/// server's answers from the client, waits until the server has answered every one
+/// and `settled` holds (at most 30 s), and closes the connection: the send failed for
+/// the client, and the server took it.
 struct ReplyDroppingProxy {
     port: u16,
     armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -599,6 +604,17 @@ struct ReplyDroppingProxy {
 
 impl ReplyDroppingProxy {
     fn start(upstream: u16, settled: fn(&mut cluster_common::Raw) -> bool) -> Self {
+        Self::start_for(upstream, b"XADD", b'$', settled)
+    }
+
+    /// As [`start`](Self::start), for requests holding `needle`, whose answers begin
+    /// with `mark` (`$` a bulk string, `:` an integer).
+    fn start_for(
+        upstream: u16,
+        needle: &'static [u8],
+        mark: u8,
+        settled: fn(&mut cluster_common::Raw) -> bool,
+    ) -> Self {
         use std::net::{TcpListener, TcpStream};
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -624,7 +640,7 @@ impl ReplyDroppingProxy {
                 let tick = Some(Duration::from_millis(50));
                 client.set_read_timeout(tick).unwrap();
                 server.set_read_timeout(tick).unwrap();
-                // Bytes of answers kept from the client (`$`, one per bulk answer).
+                // Answers kept from the client (their first bytes, `mark`).
                 let swallowed = Arc::new(AtomicUsize::new(0));
                 let swallowing = Arc::new(AtomicBool::new(false));
                 let (mut c_in, mut s_out) =
@@ -662,9 +678,9 @@ impl ReplyDroppingProxy {
                             }
                         };
                         let chunk = &buf[..n];
-                        let has_xadd = chunk.windows(4).any(|w| w == b"XADD");
+                        let has_needle = chunk.windows(needle.len()).any(|w| w == needle);
                         if !sw.load(SeqCst)
-                            && has_xadd
+                            && has_needle
                             && armed
                                 .fetch_update(SeqCst, SeqCst, |a| a.checked_sub(1))
                                 .is_ok()
@@ -672,7 +688,7 @@ impl ReplyDroppingProxy {
                             sw.store(true, SeqCst);
                         }
                         if sw.load(SeqCst) {
-                            xadds += chunk.windows(4).filter(|w| *w == b"XADD").count();
+                            xadds += chunk.windows(needle.len()).filter(|w| *w == needle).count();
                         }
                         if s_out.write_all(chunk).is_err() {
                             return;
@@ -687,7 +703,7 @@ impl ReplyDroppingProxy {
                     while let Some(read) = proxy_read(&mut s_in, &c_out, &mut buf, &stop) {
                         let Some(n) = read else { continue };
                         if swallowing.load(SeqCst) {
-                            let answers = buf[..n].iter().filter(|b| **b == b'$').count();
+                            let answers = buf[..n].iter().filter(|b| **b == mark).count();
                             swallowed.fetch_add(answers, SeqCst);
                         } else if c_out.write_all(&buf[..n]).is_err() {
                             return;
@@ -711,7 +727,7 @@ impl ReplyDroppingProxy {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// The next `n` connections that send `XADD`s lose their answers.
+    /// The next `n` connections that send `XADD`s (the needle) lose their answers.
     fn arm(&self, n: usize) {
         self.armed.store(n, std::sync::atomic::Ordering::SeqCst);
     }
@@ -1137,6 +1153,55 @@ fn a_requeued_idempotent_task_answers_with_its_new_outcome() {
     // Joins the requeued run, or finds its outcome.
     let mut again = c.submit_with(SQUARE, 3, opts).unwrap();
     assert_eq!(again.wait_timeout(T), Ok(9));
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A requeue whose reply is lost with its connection (the client sends it again on a
+/// new one) says it requeued: its repeat found the dead letter gone and said there was
+/// no such dead letter, although the task was back on the queue.
+fn a_requeue_whose_reply_was_lost_says_it_requeued() {
+    let redis = RedisServer::start();
+    let ns = "requeue_lost_reply";
+    fn settled(r: &mut cluster_common::Raw) -> bool {
+        r.call(&["XLEN", "requeue_lost_reply:{default}:dead"])
+            .is_ok_and(|n| n.int() == 0)
+    }
+    let proxy = ReplyDroppingProxy::start_for(redis.port, b"requeued:", b':', settled);
+    let c = Cluster::builder(&proxy.url())
+        .namespace(ns)
+        .build()
+        .unwrap();
+    // Two dead letters: tasks the only worker does not run.
+    let old = Worker::builder(&redis.url())
+        .namespace(ns)
+        .processes(1)
+        .register(WHO, who)
+        .build()
+        .expect("start worker");
+    for x in [2, 3] {
+        let e = c.submit(SQUARE, x).unwrap().wait_timeout(T).unwrap_err();
+        assert!(e.is_dead_lettered(), "{e}");
+    }
+    old.shutdown(true);
+    let dead = c.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    // The first requeue loads the script into the server; the second loses its answer.
+    assert!(c.requeue_dead(&dead[0].id).unwrap());
+    proxy.arm(1);
+    assert!(
+        c.requeue_dead(&dead[1].id).unwrap(),
+        "a requeue sent again said there was no such dead letter"
+    );
+    assert_eq!(proxy.armed(), 0, "the requeue was to lose its answer");
+    assert!(!c.requeue_dead(&dead[1].id).unwrap(), "requeued twice");
+    let s = c.stats().unwrap();
+    assert_eq!((s.waiting, s.dead_lettered), (2, 0), "{s:?}");
+    let w = worker(&redis, ns, 1);
+    assert!(common::eventually(T, || {
+        let s = c.stats().unwrap();
+        s.waiting == 0 && s.in_flight == 0
+    }));
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -683,7 +683,9 @@ impl Cluster {
     }
 
     /// Puts the dead letter `id` back on the client's queue, its attempts counted
-    /// afresh. Whether there was such a dead letter holding a task. An idempotent
+    /// afresh. Whether there was such a dead letter holding a task (also when the
+    /// requeue is sent again on a new connection, its reply lost with the first, and
+    /// finds the dead letter it moved gone). An idempotent
     /// task's kept outcome (the dead letter) is dropped and its idempotency record made
     /// anew for this client's `result_ttl`: repeats of its key join the new run and get
     /// its outcome.
@@ -723,6 +725,7 @@ impl Cluster {
             .map(|k| keys.idempotency(k))
             .unwrap_or_default();
         let ttl = self.inner.result_ttl.to_string();
+        let token = conn::random_hex(16)?;
         let moved: i64 = self.inner.run(|c| {
             conn::invoke(
                 c,
@@ -732,8 +735,9 @@ impl Cluster {
                     keys.stream(),
                     keys.result(&envelope.task),
                     record.clone(),
+                    keys.requeued(id),
                 ],
-                &[id.as_bytes(), &bytes, ttl.as_bytes()],
+                &[id.as_bytes(), &bytes, ttl.as_bytes(), token.as_bytes()],
             )
         })?;
         Ok(moved == 1)
@@ -771,7 +775,7 @@ impl Cluster {
         ];
         doomed.extend(workers.iter().map(|w| keys.worker(w)));
         // Idempotency records and the outcomes kept for them; reply lists, waiters and
-        // cancel flags of clients that went away.
+        // cancel flags of clients that went away; requeue markers.
         // The names are matched literally: a queue's name may hold `*`, `?`, `[`, `]`
         // (`jobs[1]` must not match `jobs1`'s keys).
         for pattern in [
@@ -781,6 +785,7 @@ impl Cluster {
             keys.waiters(""),
             keys.cancel(""),
             keys.retry(""),
+            keys.requeued(""),
         ]
         .map(|prefix| format!("{}*", glob_literal(&prefix)))
         {

@@ -80,6 +80,13 @@ impl Keys {
         self.key(&format!("retry:{task}"))
     }
 
+    /// Set for a while by a requeue of the dead letter `id`, to the requeue's token: a
+    /// requeue sent again (its reply lost with its connection) finds it and says it
+    /// requeued.
+    pub(crate) fn requeued(&self, id: &str) -> String {
+        self.key(&format!("requeued:{id}"))
+    }
+
     /// Set when a running task should be stopped.
     pub(crate) fn cancel(&self, task: &str) -> String {
         self.key(&format!("cancel:{task}"))

@@ -374,13 +374,24 @@ return f
 /// then written and answers the repeats, which join the run meanwhile (the old outcome
 /// stayed, so the new one was dropped and repeats got the dead letter).
 ///
-/// KEYS: dead, stream, the task's result, its idempotency record (`` for none).
-/// ARGV: dead-letter id, envelope, ttl s.
+///
+/// The requeue's token is kept for 10 minutes: the same requeue sent again on a new
+/// connection (the reply to the first was lost with its connection) finds the dead
+/// letter gone and its own token, and says it requeued, where it said there was no such
+/// dead letter (a requeue by hand after that ran the task twice).
+///
+/// KEYS: dead, stream, the task's result, its idempotency record (`` for none), the
+/// requeue marker.
+/// ARGV: dead-letter id, envelope, ttl s, token.
 /// Returns 1, or 0 if there was no such dead letter.
 pub(crate) static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('GET', KEYS[5]) == ARGV[4] then return 1 end
+  return 0
+end
+redis.call('SET', KEYS[5], ARGV[4], 'EX', 600)
 if KEYS[4] ~= '' then
   redis.call('DEL', KEYS[3])
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
