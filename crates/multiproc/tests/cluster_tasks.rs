@@ -428,6 +428,10 @@ fn main() {
                 an_idempotency_record_lapses_with_its_outcome,
             ),
             trial(
+                "a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task",
+                a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task,
+            ),
+            trial(
                 "a_cancel_reaches_a_task_retried_since_it_was_submitted",
                 a_cancel_reaches_a_task_retried_since_it_was_submitted,
             ),
@@ -2476,6 +2480,51 @@ fn a_task_timeout_counts_its_run_not_its_wait() {
 /// after a short-lived outcome is gone runs the task again instead of waiting for ever
 /// on the record; a repeat made after the record lapsed while the first run went on
 /// runs again and is answered, though the first run's outcome was written first.
+/// An idempotent task with a countdown longer than its client's `result_ttl`: a repeat
+/// of its key while it waits joins it. The record lived the TTL from submission, so the
+/// repeat made another task, and both ran.
+fn a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task() {
+    let redis = RedisServer::start();
+    let ns = "idem-countdown";
+    let w = worker(&redis, ns, 1);
+    let short = || {
+        Cluster::builder(&redis.url())
+            .namespace(ns)
+            .result_ttl(Duration::from_secs(1))
+            .build()
+            .expect("connect")
+    };
+    let (c, c2) = (short(), short());
+    let dir = common::tempdir("idem-countdown");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    let opts = TaskOptions::new().idempotency_key("later");
+    let mut first = c
+        .submit_with(
+            RECORD,
+            p.clone(),
+            opts.clone().countdown(Duration::from_millis(2_500)),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Another client's repeat (the same client's would be the same delayed member).
+    let mut again = c2
+        .submit_with(
+            RECORD,
+            p.clone(),
+            opts.countdown(Duration::from_millis(2_500)),
+        )
+        .unwrap();
+    assert_eq!(first.wait_timeout(T), Ok(1));
+    assert_eq!(again.wait_timeout(T), Ok(1));
+    // A second task would have run by now (its countdown began 1.5 s later).
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert_eq!(runs(&p), 1, "the repeat ran the task again");
+    w.shutdown(true);
+    drop(c2);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn an_idempotency_record_lapses_with_its_outcome() {
     let redis = RedisServer::start();
     let ns = "idemttl";

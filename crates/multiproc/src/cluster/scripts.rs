@@ -37,6 +37,8 @@ end
 /// ARGV: envelope, delay mode (`0` none, `c` countdown ms, `e` epoch ms), ms,
 /// idempotent (`1`/`0`), ttl s, client id, leader id (`` for none), a fresh epoch
 /// token (set if the queue has none).
+/// An idempotency record lives the TTL from the task's time (its countdown or eta
+/// included).
 /// Returns `{1, entry id, epoch}` (queued), `{2, due ms, epoch}` (delayed),
 /// `{0, '', epoch}` / `{0, outcome, epoch}` (a duplicate of a known task: its outcome
 /// if there is one, else this client now waits for it too), `{3, '', epoch}` (the
@@ -56,7 +58,12 @@ if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[7] then return {{3, '', 
 if ARGV[4] == '1' then
   local r = redis.call('GET', KEYS[4])
   if r then return {{0, r, epoch}} end
-  local made = redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5])
+  -- The record lives the TTL from the task's time: a repeat during a countdown or
+  -- until an eta longer than the TTL joins the task rather than make another.
+  local life = tonumber(ARGV[5]) * 1000
+  if ARGV[2] == 'c' then life = life + tonumber(ARGV[3]) end
+  if ARGV[2] == 'e' then life = life + math.max(0, tonumber(ARGV[3]) - now_ms()) end
+  local made = redis.call('SET', KEYS[3], '1', 'NX', 'PX', life)
   redis.call('SADD', KEYS[5], ARGV[6])
   -- Never shortened (by a client that keeps outcomes less long than others): as long
   -- as it had, as the record, as this client's TTL, whichever is longest.
