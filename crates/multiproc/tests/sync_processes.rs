@@ -72,6 +72,10 @@ fn main() {
                 barrier_timeout_breaks_it_until_reset,
             ),
             trial(
+                "barrier_new_processes_each_phase",
+                barrier_new_processes_each_phase,
+            ),
+            trial(
                 "barrier_party_stopped_holding_its_lock",
                 barrier_party_stopped_holding_its_lock,
             ),
@@ -702,6 +706,41 @@ fn barrier_party_killed_breaks_it() {
         c.kill().unwrap();
         let _ = c.join_timeout(T);
     }
+}
+
+/// Sleeps `ms`, then waits once; panics afterwards when told to.
+fn phase_party((barrier, ms, panic): (Barrier, u64, bool)) -> Result<usize, BarrierError> {
+    std::thread::sleep(Duration::from_millis(ms));
+    let r = barrier.wait_timeout(T).map(|r| r.index());
+    assert!(!panic, "a party panics after its wait");
+    r
+}
+
+/// New processes each phase, as with Python's `Barrier`: a party whose function
+/// returned left, and the one that takes its place may come late (the first waiter
+/// took the ended process for a party that died, and the barrier broke). One that
+/// panics after its wait died: the next phase breaks.
+fn barrier_new_processes_each_phase() {
+    let barrier = Barrier::new(3).unwrap();
+    let join = |mut h: multiproc::JoinHandle<Result<usize, BarrierError>>| {
+        h.join_timeout(T).expect("a party did not end")
+    };
+    for phase in 0..3 {
+        let early = multiproc::spawn(phase_party, (barrier.clone(), 0, false)).unwrap();
+        let late = multiproc::spawn(phase_party, (barrier.clone(), 200, false)).unwrap();
+        assert!(barrier.wait_timeout(T).is_ok(), "phase {phase}");
+        assert!(join(early).is_ok(), "phase {phase}");
+        assert!(join(late).is_ok(), "phase {phase}");
+    }
+    let mut panics = multiproc::spawn(phase_party, (barrier.clone(), 0, true)).unwrap();
+    let passes = multiproc::spawn(phase_party, (barrier.clone(), 0, false)).unwrap();
+    assert!(barrier.wait_timeout(T).is_ok());
+    assert!(join(passes).is_ok());
+    assert!(panics.join_timeout(T).is_err(), "the party did not panic");
+    // A new party comes, but the one that panicked is a party that died.
+    let next = multiproc::spawn(phase_party, (barrier.clone(), 0, false)).unwrap();
+    assert_eq!(barrier.wait_timeout(T), Err(BarrierError::Broken));
+    assert_eq!(join(next), Err(BarrierError::Broken));
 }
 
 fn wait_once(barrier: Barrier) -> Result<usize, BarrierError> {

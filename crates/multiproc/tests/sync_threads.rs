@@ -315,24 +315,52 @@ fn barrier_four_threads_thousand_rounds() {
     assert_eq!(leaders.load(Ordering::SeqCst), 1000);
 }
 
+/// A party thread that panics after a generation died: the others get `Broken` in the
+/// next one rather than wait for it.
 #[test]
-fn barrier_party_thread_that_ends_breaks_it() {
+fn barrier_party_thread_that_panics_breaks_it() {
     let barrier = Barrier::new(3).unwrap();
     std::thread::scope(|s| {
         let stays = s.spawn(|| {
             barrier.wait_timeout(T).unwrap();
             barrier.wait_timeout(T)
         });
-        let leaves = s.spawn(|| {
+        let panics = s.spawn(|| {
             barrier.wait_timeout(T).unwrap();
+            panic!("a party panics");
         });
         barrier.wait_timeout(T).unwrap();
-        leaves.join().unwrap();
+        assert!(panics.join().is_err());
         let t = Instant::now();
         assert_eq!(barrier.wait_timeout(T), Err(BarrierError::Broken));
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(stays.join().unwrap(), Err(BarrierError::Broken));
     });
+}
+
+/// New threads each round, as Python allows: a party thread that returned left, and
+/// the one that takes its place may come late. The first waiter took the ended
+/// thread for a party that died, and the barrier broke.
+#[test]
+fn barrier_new_threads_each_round() {
+    let barrier = Barrier::new(2).unwrap();
+    for round in 0..3 {
+        std::thread::scope(|s| {
+            let late = s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                barrier.wait_timeout(T)
+            });
+            assert!(barrier.wait_timeout(T).is_ok(), "round {round}");
+            assert!(late.join().unwrap().is_ok(), "round {round}");
+        });
+        // And a thread of this round that passes alone with the main thread.
+        std::thread::scope(|s| {
+            s.spawn(|| barrier.wait_timeout(T).unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+            barrier.wait_timeout(T).unwrap();
+        });
+    }
+    assert!(!barrier.is_broken());
 }
 
 /// A reset right after a generation passed leaves that generation's result alone: a

@@ -283,8 +283,11 @@ fn report(why: &str) {
     sys::write_stderr(line.as_bytes());
 }
 
-/// Joins this child's own children, flushes, exits.
+/// Joins this child's own children, flushes, exits. A child whose function returned
+/// leaves the barriers it waited on (see `sync::barrier`); one that failed stays a
+/// party that died.
 fn finish(code: i32, origin: Origin) -> ! {
+    crate::sync::barrier::process_ends(code == 0);
     super::exit_function();
     exit(code, origin)
 }

@@ -11,10 +11,18 @@
 //! that will never arrive, so the barrier breaks. A thread that has never waited has no
 //! slot yet, so a party that dies before its first wait cannot be told from one that is
 //! slow; `wait_timeout` covers that case.
+//!
+//! A party that ends on purpose leaves instead: a thread that ends without a panic, and
+//! a process whose function returned (or that exits with status 0), frees its slots
+//! (each thread keeps the list of its slots, see `Claims`), so that a new thread or
+//! process can take its place in a later generation (a process started per phase, a
+//! scope of threads per round) without the barrier breaking. Only a party killed,
+//! crashed or panicking is a party that died.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use super::BarrierError;
@@ -35,6 +43,10 @@ const MAX_CHECK: Duration = Duration::from_millis(100);
 /// holder of a lock that is merely busy lets go within microseconds.
 const LATE_LOCK_PATIENCE: Duration = Duration::from_millis(1);
 
+/// How long a party that ends gives a barrier's state lock held by another (stopped)
+/// before it leaves its slot claimed.
+const LEAVE_PATIENCE: Duration = Duration::from_millis(100);
+
 /// How long a wait that finds every slot taken looks again before it refuses (see
 /// `wait_until`).
 const ENDING_PARTY: Duration = Duration::from_millis(20);
@@ -49,10 +61,14 @@ const BROKEN: u32 = 2;
 /// A barrier breaks when it is [`abort`](Barrier::abort)ed, when a wait times out, or
 /// when a party dies (see below); every current and later wait then fails with
 /// [`BarrierError::Broken`] until [`reset`](Barrier::reset). A party is known to the
-/// barrier once it has waited on it; if a known party dies before arriving, the others
-/// get `Broken` instead of waiting forever. A party that dies before its first wait
-/// cannot be told from a slow one: use [`wait_timeout`](Barrier::wait_timeout) where
-/// that matters.
+/// barrier once it has waited on it; if a known party dies before arriving (its process
+/// killed or crashed, its thread ended by a panic), the others get `Broken` instead of
+/// waiting forever. A party that ends on purpose (a thread that returns, a child
+/// process whose function returned) leaves: another thread or process may take its
+/// place, as in Python, where any threads may be the parties of each generation (a
+/// process started per phase). A party that dies before its first wait cannot be told
+/// from a slow one, nor one that left from one that comes late: use
+/// [`wait_timeout`](Barrier::wait_timeout) where that matters.
 ///
 /// # Examples
 ///
@@ -215,7 +231,11 @@ impl Barrier {
         let w = self.words();
         let parties = self.parties();
         let me = sys::thread_identity();
+        // A thread that waits again goes on after any panic it caught.
+        let _ = PANICKED.try_with(|p| p.set(false));
         let mut patience: Option<Instant> = None;
+        // A slot this thread took now: remembered once the state lock is let go.
+        let mut claimed = None;
         let (state, slot) = loop {
             // A party whose deadline is (nearly) up still arrives: the state's lock may be
             // held a moment by a waiter looking at the other parties, and a timeout spent
@@ -227,7 +247,10 @@ impl Barrier {
             if w.broken.load(SeqCst) != 0 {
                 return Err(BarrierError::Broken);
             }
-            if let Some(slot) = self.claim(me) {
+            if let Some((slot, new)) = self.claim(me) {
+                if new {
+                    claimed = slot_index(self, slot);
+                }
                 break (state, slot);
             }
             // Every slot taken. A party whose thread has just ended (joined, say) is
@@ -246,6 +269,9 @@ impl Barrier {
             // The last to arrive: release everyone.
             self.end_generation(PASSED);
             drop(state);
+            if let Some(i) = claimed {
+                remember_claim(&self.obj, i, me);
+            }
             return Ok(BarrierWaitResult {
                 index: index as usize,
                 parties,
@@ -256,6 +282,9 @@ impl Barrier {
         slot.waiting.store(1, SeqCst);
         let generation = w.generation.load(SeqCst);
         drop(state);
+        if let Some(i) = claimed {
+            remember_claim(&self.obj, i, me);
+        }
 
         let moved = || w.generation.load(SeqCst) != generation;
         let spin_end = Instant::now() + SPIN;
@@ -347,19 +376,41 @@ impl Barrier {
         }
     }
 
-    /// The slot of the thread `me`: the one it claimed before, else a free one, else
-    /// one whose thread died while not waiting (a party replaced by another thread).
-    fn claim(&self, me: u64) -> Option<&BarrierSlot> {
+    /// The slot of the thread `me`: the one it claimed before, else a free one (one
+    /// never claimed, or left), else one whose thread died while not waiting (a party
+    /// replaced by another thread: taken last, so that a death stays in view while
+    /// there is room); and whether it is new to `me`.
+    fn claim(&self, me: u64) -> Option<(&BarrierSlot, bool)> {
         if let Some(mine) = self.slots().find(|s| s.identity.load(SeqCst) == me) {
-            return Some(mine);
+            return Some((mine, false));
         }
-        let slot = self.slots().find(|s| {
-            let owner = s.identity.load(SeqCst);
-            owner == 0 || (s.waiting.load(SeqCst) == 0 && !sys::identity_alive(owner))
-        })?;
+        let slot = self
+            .slots()
+            .find(|s| s.identity.load(SeqCst) == 0)
+            .or_else(|| {
+                self.slots().find(|s| {
+                    s.waiting.load(SeqCst) == 0 && !sys::identity_alive(s.identity.load(SeqCst))
+                })
+            })?;
         slot.identity.store(me, SeqCst);
         slot.waiting.store(0, SeqCst);
-        Some(slot)
+        Some((slot, true))
+    }
+
+    /// Frees slot `index` if the thread `me` holds it and is not waiting: the party
+    /// leaves (its thread ends on purpose). A state lock that is not let go within
+    /// `LEAVE_PATIENCE` (its holder stopped) leaves the slot claimed.
+    fn leave(&self, index: usize, me: u64) {
+        let Some(_state) = self.lock_state_by(Some(Instant::now() + LEAVE_PATIENCE)) else {
+            return;
+        };
+        if let Some(slot) = self.slots().nth(index)
+            && slot.identity.load(SeqCst) == me
+            && slot.waiting.load(SeqCst) == 0
+        {
+            slot.outcome.store(PENDING, SeqCst);
+            slot.identity.store(0, SeqCst);
+        }
     }
 
     /// How this thread's wait ended, if it has (under the state lock).
@@ -453,6 +504,97 @@ impl Barrier {
             sys::futex_wake(&w.generation, u32::MAX);
         }
         BarrierError::Timeout
+    }
+}
+
+/// The position of `slot` among the barrier's slots.
+fn slot_index(barrier: &Barrier, slot: &BarrierSlot) -> Option<usize> {
+    barrier.slots().position(|s| std::ptr::eq(s, slot))
+}
+
+/// A slot a thread claimed: freed when the thread ends on purpose.
+struct Claim {
+    obj: Arc<Object>,
+    index: usize,
+    me: u64,
+    /// The process that claimed it (a child forked from this thread has a copy of its
+    /// list, and must not free its parent's slots).
+    pid: u32,
+}
+
+impl Claim {
+    fn leave(self) {
+        if self.pid == sys::process_id() {
+            Barrier { obj: self.obj }.leave(self.index, self.me);
+        }
+    }
+}
+
+/// The slots a thread claimed, freed when the thread ends without a panic.
+struct Claims(RefCell<Vec<Claim>>);
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let claims = std::mem::take(self.0.get_mut());
+        if PANICKED.with(Cell::get) {
+            return;
+        }
+        for claim in claims {
+            claim.leave();
+        }
+    }
+}
+
+thread_local! {
+    static CLAIMS: Claims = const { Claims(RefCell::new(Vec::new())) };
+    /// This thread panicked (set by a panic hook installed with the first claim): its
+    /// slots stay claimed when it ends, and the other parties learn it died.
+    static PANICKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Notes that this thread claimed slot `index` of `obj`; lets go of the claims on
+/// barriers this process no longer has a handle to (their slots are freed).
+fn remember_claim(obj: &Arc<Object>, index: usize, me: u64) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = PANICKED.try_with(|p| p.set(true));
+            previous(info);
+        }));
+    });
+    let orphans = CLAIMS
+        .try_with(|c| {
+            let mut claims = c.0.borrow_mut();
+            let (orphans, kept): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut *claims)
+                .into_iter()
+                .partition(|c| Arc::strong_count(&c.obj) == 1);
+            *claims = kept;
+            claims.push(Claim {
+                obj: Arc::clone(obj),
+                index,
+                me,
+                pid: sys::process_id(),
+            });
+            orphans
+        })
+        .unwrap_or_default();
+    for claim in orphans {
+        claim.leave();
+    }
+}
+
+/// The process ends: with `normally` (its function returned), the slots of this
+/// thread leave their barriers; otherwise they stay claimed, and the other parties
+/// learn it died. (A process ends without running the thread's destructors.)
+pub(crate) fn process_ends(normally: bool) {
+    let claims = CLAIMS
+        .try_with(|c| std::mem::take(&mut *c.0.borrow_mut()))
+        .unwrap_or_default();
+    if normally && !PANICKED.try_with(Cell::get).unwrap_or(true) {
+        for claim in claims {
+            claim.leave();
+        }
     }
 }
 
