@@ -1130,6 +1130,29 @@ fn helper_fork_limited() {
         before,
         common::fd_count()
     );
+    drop(pool);
+    // A manager whose server cannot start leaves no socket file at its address (a
+    // second build there failed with `AddrInUse`).
+    let mut sleeper = None;
+    common::eventually(T, || {
+        sleeper = multiproc::spawn(sleep_ms, 30_000).ok();
+        sleeper.is_some()
+    });
+    let mut sleeper = sleeper.expect("a process started");
+    let dir = common::tempdir("manager-refused");
+    let path = dir.join("m.sock");
+    let built = multiproc::Manager::builder()
+        .address(multiproc::manager::Address::Unix(path.clone()))
+        .build();
+    println!(
+        "manager: {} socket left {}",
+        if built.is_err() { "refused" } else { "started" },
+        path.exists()
+    );
+    drop(built);
+    sleeper.kill().unwrap();
+    let _ = sleeper.join_timeout(T);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The fork server's failure to fork reaches the caller as an `io::Error` of the
@@ -1147,6 +1170,8 @@ fn fork_failure_keeps_its_kind() {
         fds[2], fds[4],
         "descriptors left by a pool that failed to start: {pool}"
     );
+    let manager = helper.expect("manager:", T);
+    assert_eq!(manager, "refused socket left false");
     assert!(helper.wait(T).success());
 }
 

@@ -486,13 +486,24 @@ impl<R: Registry> ManagerBuilder<R> {
             max_handshakes: self.max_handshakes,
             keepalive: self.client.keepalive,
         };
-        let child = Builder::new()
-            .name("SyncManager")
-            .daemon(true)
-            .spawn(serve_child::<R>, args)?;
         let unlink = match &address {
             Address::Unix(p) => Some(p.clone()),
             _ => None,
+        };
+        let child = match Builder::new()
+            .name("SyncManager")
+            .daemon(true)
+            .spawn(serve_child::<R>, args)
+        {
+            Ok(child) => child,
+            Err(e) => {
+                // The socket file is this build's: a later one at the same address
+                // would find it and fail with `AddrInUse`.
+                if let Some(path) = &unlink {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e.into());
+            }
         };
         let manager = Manager {
             client: Client::get(&address, &key, self.client),
