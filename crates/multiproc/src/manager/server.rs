@@ -202,7 +202,14 @@ impl Shared {
         let peer = stream.peer();
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
-            unpoisoned::lock(&self.conns).insert(conn_id, clone);
+            let mut conns = unpoisoned::lock(&self.conns);
+            // A stop that looked at the connections before this one was listed: it is
+            // closed here (else its thread, and the objects, stay until the client
+            // closes it).
+            if self.stopping() {
+                clone.shutdown();
+            }
+            conns.insert(conn_id, clone);
         }
         let mut conn = Framed::new(stream);
         // A panic (a registered type's constructor, say) ends this connection, and the
