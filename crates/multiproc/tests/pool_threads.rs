@@ -483,3 +483,57 @@ fn map_with_progress_bar() {
     assert_eq!(got, (1..501).collect::<Vec<_>>());
     pool.join_timeout(T).unwrap();
 }
+
+/// A timed-out task's done-callback may wait for another task of the pool that starts
+/// on a timer (a countdown): the callback ran on the pool's one timer thread, which
+/// that start waited for, and neither ever went on.
+#[test]
+fn a_timed_out_tasks_callback_may_wait_for_a_countdown_task() {
+    let pool = ThreadPool::new(4).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let slow = pool
+        .submit_with(
+            move || {
+                let _ = release_rx.recv_timeout(T);
+            },
+            TaskOptions::new().timeout(Duration::from_millis(10)),
+        )
+        .unwrap();
+    let mut later = pool
+        .submit_with(
+            || 7,
+            TaskOptions::new().countdown(Duration::from_millis(200)),
+        )
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    slow.on_done(move |outcome| {
+        let timed_out = matches!(outcome, Err(TaskError::TimedOut));
+        let _ = tx.send((timed_out, later.wait_timeout(T)));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    drop(release_tx);
+    assert_eq!(got, Ok((true, Ok(7))));
+    pool.join_timeout(T).unwrap();
+}
+
+/// A cancelled countdown task lets go of its closure (and what it captured) at the
+/// cancel, not at its time: it was kept in the timers until then (an hour here).
+#[test]
+fn a_cancelled_countdown_task_lets_go_of_its_closure() {
+    let pool = ThreadPool::new(2).unwrap();
+    let guard = Arc::new(());
+    let held = Arc::clone(&guard);
+    let task = pool
+        .submit_with(
+            move || {
+                let _ = &held;
+                1
+            },
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    assert!(task.cancel());
+    drop(task);
+    assert_eq!(Arc::strong_count(&guard), 1, "the closure is still held");
+    pool.join_timeout(T).unwrap();
+}

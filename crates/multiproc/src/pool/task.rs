@@ -63,6 +63,11 @@ pub(crate) trait Sink<T>: Send + Sync {
             self.deliver(slot, outcome);
         }
     }
+
+    /// Whether a delivery now would run done-callbacks (user code, which may wait).
+    fn has_callbacks(&self) -> bool {
+        false
+    }
 }
 
 type Callback<R> = Box<dyn FnOnce(&Result<R, TaskError>) + Send>;
@@ -416,6 +421,10 @@ impl<R: Send> Completion for Cell<R> {
 impl<R: Send> Sink<R> for Cell<R> {
     fn deliver(&self, _slot: usize, outcome: Result<R, TaskError>) {
         self.put(outcome.map(Held::Value));
+    }
+
+    fn has_callbacks(&self) -> bool {
+        !self.lock().callbacks.is_empty()
     }
 }
 

@@ -462,11 +462,27 @@ impl<T> Ctl<T> {
             self.sink.deliver(self.slot, outcome);
         }
     }
+}
 
+impl<T: Send + 'static> Ctl<T> {
     /// The timeout of run `run` is up: the task ends as timed out if that run still
-    /// goes on.
+    /// goes on. It is the pool's timer thread that calls this, which every delay,
+    /// retry and timeout of the pool waits for: done-callbacks (user code, which may
+    /// wait, for a countdown task of the same pool, say) run on a thread of their own.
     fn time_out(&self, run: u32) {
         if self.progress.run.load(Ordering::Acquire) == run && self.swap(RUNNING, DONE) {
+            if self.sink.has_callbacks() {
+                let (sink, slot) = (Arc::clone(&self.sink), self.slot);
+                let spawned = std::thread::Builder::new()
+                    .name("mp-timed-out".into())
+                    .spawn(move || sink.deliver(slot, Err(TaskError::TimedOut)));
+                match spawned {
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(
+                        "cannot start a thread for a timed-out task's callbacks, which run on the timer thread: {e}"
+                    ),
+                }
+            }
             self.sink.deliver(self.slot, Err(TaskError::TimedOut));
         }
     }
@@ -477,6 +493,11 @@ impl<T: Send> Cancel for Ctl<T> {
         let cancelled = self.finish(Err(TaskError::Cancelled));
         if cancelled {
             self.let_go();
+            // A task waiting for its time (a countdown, a retry's delay) holds an entry
+            // of the timers, with its closure.
+            if let Some(shared) = self.pool.upgrade() {
+                shared.timers.ended();
+            }
         }
         cancelled
     }
@@ -516,12 +537,15 @@ impl<T: Send + 'static> Run<T> {
             return self.fail(TaskError::Cancelled);
         }
         let pool = self.pool.clone();
+        // Cancelled meanwhile: the entry, and the closure it holds, may go unrun.
+        let progress = Arc::clone(&self.ctl.progress);
+        let live = Box::new(move || progress.state.load(Ordering::Acquire) != DONE);
         let action = Box::new(move |stopping: bool| match pool.upgrade() {
             Some(shared) if !stopping => self.queue_now(&shared),
             Some(shared) if shared.cancels_pending() => self.fail(TaskError::Cancelled),
             _ => self.fail(TaskError::PoolClosed),
         });
-        if let Err(e) = shared.timers.at(at, true, action) {
+        if let Err(e) = shared.timers.at_while(at, true, action, Some(live)) {
             tracing::warn!("a thread pool's timer thread could not start: {e}");
         }
     }

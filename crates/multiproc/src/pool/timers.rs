@@ -60,6 +60,8 @@ struct State {
     /// The heap's size after its last sweep: the next comes at twice that (so that a
     /// sweep's cost is spread over as many entries as it looks at).
     swept: usize,
+    /// Entries said to have ended (see [`Timers::ended`]) since the last sweep.
+    ended: usize,
     seq: u64,
     stopped: bool,
 }
@@ -68,6 +70,18 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+}
+
+/// Takes the entries whose `live` says they have nothing left to do out of the heap
+/// (for the caller to drop once the lock is let go).
+fn sweep(st: &mut State) -> Vec<Entry> {
+    let (keep, ended): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
+        .into_iter()
+        .partition(|e| e.live.as_ref().is_none_or(|live| live()));
+    st.heap = keep.into();
+    st.swept = st.heap.len();
+    st.ended = 0;
+    ended
 }
 
 /// A timer thread for one pool.
@@ -99,6 +113,7 @@ impl Timers {
     /// # Errors
     ///
     /// The timer thread could not be started; the action was run as stopping.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn at(&self, at: Instant, start: bool, action: Action) -> io::Result<()> {
         self.at_while(at, start, action, None)
     }
@@ -133,12 +148,7 @@ impl Timers {
                 live,
             });
             if st.heap.len() >= 2 * st.swept.max(SWEEP_FROM) {
-                let (keep, ended): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
-                    .into_iter()
-                    .partition(|e| e.live.as_ref().is_none_or(|live| live()));
-                st.heap = keep.into();
-                st.swept = st.heap.len();
-                swept = ended;
+                swept = sweep(&mut st);
             }
         }
         // What the ended actions hold goes here, without the lock.
@@ -160,6 +170,23 @@ impl Timers {
             }
         }
         Ok(())
+    }
+
+    /// An entry's `live` now says it has nothing left to do (its task was cancelled):
+    /// the heap is swept once such entries are half of it, so that what they hold (a
+    /// task's closure, and what it captured) goes soon after the cancel, not at the
+    /// entry's time (a day's countdown), while a sweep's cost is spread over the cancels
+    /// that called for it.
+    pub(crate) fn ended(&self) {
+        let swept = {
+            let mut st = unpoisoned::lock(&self.shared.state);
+            st.ended += 1;
+            if st.ended * 2 < st.heap.len() {
+                return;
+            }
+            sweep(&mut st)
+        };
+        drop(swept);
     }
 
     /// Runs every action that starts a task now, as stopping (the tasks are cancelled);
