@@ -13,11 +13,18 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Parses `TIME` into milliseconds; shared by the scripts that need the time.
+/// Parses `TIME` into milliseconds; shared by the scripts that need the time. And
+/// `int`, which writes a number a script computed as the integer a command expects:
+/// Redis 7.2.0 to 7.2.4 pass a Lua number to a command in its shortest form, `1e+08`
+/// for 100,000,000, which `PX`, `PEXPIRE`, `IDLE` and `COUNT` refuse (Redis's issue
+/// 13113).
 const NOW: &str = "
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function int(x)
+  return string.format('%d', x)
 end
 ";
 
@@ -63,13 +70,13 @@ if ARGV[4] == '1' then
   local life = tonumber(ARGV[5]) * 1000
   if ARGV[2] == 'c' then life = life + tonumber(ARGV[3]) end
   if ARGV[2] == 'e' then life = life + math.max(0, tonumber(ARGV[3]) - now_ms()) end
-  local made = redis.call('SET', KEYS[3], '1', 'NX', 'PX', life)
+  local made = redis.call('SET', KEYS[3], '1', 'NX', 'PX', int(life))
   redis.call('SADD', KEYS[5], ARGV[6])
   -- Never shortened (by a client that keeps outcomes less long than others): as long
   -- as it had, as the record, as this client's TTL, whichever is longest.
   local keep = math.max(redis.call('PTTL', KEYS[5]), redis.call('PTTL', KEYS[3]),
     tonumber(ARGV[5]) * 1000)
-  redis.call('PEXPIRE', KEYS[5], keep)
+  redis.call('PEXPIRE', KEYS[5], int(keep))
   if not made then return {{0, '', epoch}} end
 end
 if ARGV[2] ~= '0' then
@@ -146,7 +153,7 @@ for i = 0, n - 1 do
       if not now then now = now_ms() end
       local delay = tonumber(ARGV[a + 7])
       redis.call('ZADD', KEYS[2], now + delay, ARGV[a + 6])
-      redis.call('SET', KEYS[k + 6], ARGV[a + 6], 'PX', delay + ttl * 1000)
+      redis.call('SET', KEYS[k + 6], ARGV[a + 6], 'PX', int(delay + ttl * 1000))
     else
       redis.call('DEL', KEYS[k + 6])
       if action == 'd' then
@@ -230,8 +237,8 @@ return out
 /// the workers' heartbeat keys.
 /// Returns `{the lease used (ms), {id, fields, deliveries}...}`.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "
+    Script::new(&format!(
+        "{NOW}
 local idle = tonumber(ARGV[3])
 for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if name ~= ARGV[2] then
@@ -240,17 +247,17 @@ for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     if lease and lease > idle then idle = math.min(lease, 86400000) end
   end
 end
-local out = {idle}
-local due = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', idle, '-', '+', tonumber(ARGV[4]))
+local out = {{idle}}
+local due = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', int(idle), '-', '+', ARGV[4])
 for _, p in ipairs(due) do
-  local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], idle, p[1])[1]
+  local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], int(idle), p[1])[1]
   if e and e[2] then
-    out[#out + 1] = {e[1], e[2], tonumber(p[4]) + 1}
+    out[#out + 1] = {{e[1], e[2], tonumber(p[4]) + 1}}
   end
 end
 return out
-",
-    )
+"
+    ))
 });
 
 /// Moves due delayed tasks to the stream, marked as having waited there (field `p`):
@@ -263,7 +270,7 @@ pub(crate) static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 for _, m in ipairs(due) do
   redis.call('XADD', KEYS[2], '*', 'm', m, 'p', '1')
   redis.call('ZREM', KEYS[1], m)
@@ -304,7 +311,7 @@ return {{#due, wait}}
 /// cancelled.
 pub(crate) static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "
+        "{NOW}
 local function deliver()
   if redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[4]) then
     redis.call('RPUSH', KEYS[5], ARGV[6])
@@ -343,9 +350,13 @@ if ARGV[2] ~= '' then
     return 1
   end
 end
+-- An idempotent task whose record and outcome are both gone is unknown here: it ended
+-- long ago (a flag would cancel the next run of its key), or waits where a repeat would
+-- run it again anyway.
+if KEYS[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 0 then return 0 end
 local life = math.max(tonumber(ARGV[4]) * 1000, {flag_ms})
 if KEYS[8] ~= '' then life = math.max(life, redis.call('PTTL', KEYS[8])) end
-redis.call('SET', KEYS[3], '1', 'PX', life)
+redis.call('SET', KEYS[3], '1', 'PX', int(life))
 return 2
 ",
         flag_ms = CANCEL_FLAG_LIFE.as_millis()
