@@ -68,7 +68,10 @@ const BROKEN: u32 = 2;
 /// place, as in Python, where any threads may be the parties of each generation (a
 /// process started per phase). A party that dies before its first wait cannot be told
 /// from a slow one, nor one that left from one that comes late: use
-/// [`wait_timeout`](Barrier::wait_timeout) where that matters.
+/// [`wait_timeout`](Barrier::wait_timeout) where that matters. (A thread's panic is
+/// seen by a panic hook the barrier installs, in front of the one in place then; a hook
+/// set later that does not call the one before it hides panics from the barrier, whose
+/// panicking parties then count as having left.)
 ///
 /// # Examples
 ///
@@ -231,8 +234,9 @@ impl Barrier {
         let w = self.words();
         let parties = self.parties();
         let me = sys::thread_identity();
-        // A thread that waits again goes on after any panic it caught.
-        let _ = PANICKED.try_with(|p| p.set(false));
+        // A thread that waits again goes on after any panic it caught (one that waits
+        // as it unwinds, in a guard's `drop`, is ending by that panic).
+        let _ = PANICKED.try_with(|p| p.set(std::thread::panicking()));
         let mut patience: Option<Instant> = None;
         // A slot this thread took now: remembered once the state lock is let go.
         let mut claimed = None;
@@ -556,18 +560,25 @@ thread_local! {
 /// barriers this process no longer has a handle to (their slots are freed).
 fn remember_claim(obj: &Arc<Object>, index: usize, me: u64) {
     static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let _ = PANICKED.try_with(|p| p.set(true));
-            previous(info);
-        }));
-    });
+    // A thread that unwinds may not change the hook (it would abort): a later claim
+    // installs it.
+    if !std::thread::panicking() {
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let _ = PANICKED.try_with(|p| p.set(true));
+                previous(info);
+            }));
+        });
+    }
     let orphans = CLAIMS
         .try_with(|c| {
             let mut claims = c.0.borrow_mut();
+            // Orphans: barriers this process has no handle to any more. A claim of the
+            // same barrier made before (a `reset` freed this thread's slot) is replaced.
             let (orphans, kept): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut *claims)
                 .into_iter()
+                .filter(|c| !Arc::ptr_eq(&c.obj, obj))
                 .partition(|c| Arc::strong_count(&c.obj) == 1);
             *claims = kept;
             claims.push(Claim {
@@ -584,14 +595,15 @@ fn remember_claim(obj: &Arc<Object>, index: usize, me: u64) {
     }
 }
 
-/// The process ends: with `normally` (its function returned), the slots of this
-/// thread leave their barriers; otherwise they stay claimed, and the other parties
-/// learn it died. (A process ends without running the thread's destructors.)
+/// The process ends: with `normally` (its function returned, whatever panics it
+/// caught), the slots of this thread leave their barriers; otherwise they stay
+/// claimed, and the other parties learn it died. (A process ends without running the
+/// thread's destructors.)
 pub(crate) fn process_ends(normally: bool) {
     let claims = CLAIMS
         .try_with(|c| std::mem::take(&mut *c.0.borrow_mut()))
         .unwrap_or_default();
-    if normally && !PANICKED.try_with(Cell::get).unwrap_or(true) {
+    if normally {
         for claim in claims {
             claim.leave();
         }
