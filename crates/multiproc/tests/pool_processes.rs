@@ -140,6 +140,10 @@ fn main() {
                 a_running_task_of_a_dropped_imap_is_not_retried,
             ),
             trial(
+                "idle_workers_that_crash_late_still_break_the_pool",
+                idle_workers_that_crash_late_still_break_the_pool,
+            ),
+            trial(
                 "failing_initializer_breaks_pool",
                 failing_initializer_breaks_pool,
             ),
@@ -1751,13 +1755,45 @@ fn idle_workers_killed_one_after_another_are_only_replaced() {
     finish(pool);
 }
 
-/// Counts its run, then (when `die`) sleeps a little and aborts.
-fn count_then_abort((runs, die): (Value<u32>, bool)) -> u32 {
+/// An initializer that sets going what ends its worker a while later.
+fn abort_in_1200_ms(_: ()) {
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(1_200));
+        std::process::abort();
+    });
+}
+
+/// Idle workers that crash of themselves, even well after they started, count as
+/// workers that did not start properly: three in a row break the pool rather than be
+/// started again for ever (only kills from outside are forgiven).
+fn idle_workers_that_crash_late_still_break_the_pool() {
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(abort_in_1200_ms, ())
+        .build()
+        .unwrap();
+    let broken = common::eventually(T, || {
+        std::thread::sleep(Duration::from_millis(100));
+        pool.worker_pids().is_empty()
+    });
+    assert!(
+        broken,
+        "workers that kept crashing were started again for ever"
+    );
+    assert!(
+        matches!(pool.submit(square, 2), Err(TaskError::PoolBroken(_))),
+        "the pool did not give up"
+    );
+    drop(pool);
+}
+
+/// Counts its run, then (when `die`) waits for `go` and aborts.
+fn count_then_abort((runs, die, go): (Value<u32>, bool, Event)) -> u32 {
     if !die {
         return 0;
     }
     *runs.lock().unwrap_or_else(OwnerDied::into_inner) += 1;
-    std::thread::sleep(Duration::from_millis(300));
+    go.wait_timeout(T);
     std::process::abort();
 }
 
@@ -1769,7 +1805,11 @@ fn a_running_task_of_a_dropped_imap_is_not_retried() {
         RetryPolicy::attempts(3).backoff(Duration::from_millis(10), 1.0, Duration::from_millis(10));
     let pool = Pool::builder().processes(2).retry(policy).build().unwrap();
     let runs = Value::new(0u32).unwrap();
-    let items = vec![(Value::new(0u32).unwrap(), false), (runs.clone(), true)];
+    let go = Event::new().unwrap();
+    let items = vec![
+        (Value::new(0u32).unwrap(), false, go.clone()),
+        (runs.clone(), true, go.clone()),
+    ];
     let mut results = pool.imap(count_then_abort, items);
     assert_eq!(results.next().map(Result::unwrap), Some(0));
     let begun = common::eventually(T, || {
@@ -1777,6 +1817,8 @@ fn a_running_task_of_a_dropped_imap_is_not_retried() {
     });
     assert!(begun, "the second task never began");
     drop(results);
+    // Its worker dies now, while nobody reads its outcome.
+    go.set();
     finish(pool);
     assert_eq!(*runs.lock().unwrap_or_else(OwnerDied::into_inner), 1);
 }

@@ -1768,10 +1768,16 @@ impl PoolInner {
                 // sent any task, did not start properly (the tasks it was sent would go
                 // to a successor that dies the same way, for ever); also one that exited
                 // cleanly while it was still wanted (its initializer called `exit(0)`):
-                // only a worker being retired may. An idle worker killed later is only
-                // replaced: three such kills must not break the pool.
+                // only a worker being retired may. An idle worker killed from outside
+                // (`SIGKILL`, `SIGTERM`) later is only replaced: three such kills must
+                // not break the pool; one that crashes or exits of itself, however late,
+                // counts (else a worker whose initializer set something going that ends
+                // it a while later would be started again for ever).
                 let soon = w.ready_at.is_none_or(|at| at.elapsed() < START_WINDOW);
-                if (!w.ready || (!w.sent && soon))
+                let killed = status
+                    .and_then(|s| s.signal())
+                    .is_some_and(|sig| sig == crate::Signal::KILL || sig == crate::Signal::TERM);
+                if (!w.ready || (!w.sent && (soon || !killed)))
                     && blameless
                     && !w.failed_to_start
                     && (w.jobs.is_some() || status.is_none_or(|s| !s.success()))
