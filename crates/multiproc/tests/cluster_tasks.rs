@@ -432,6 +432,10 @@ fn main() {
                 a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task,
             ),
             trial(
+                "a_running_idempotent_task_that_outlived_its_record_is_cancelled",
+                a_running_idempotent_task_that_outlived_its_record_is_cancelled,
+            ),
+            trial(
                 "a_cancel_reaches_a_task_retried_since_it_was_submitted",
                 a_cancel_reaches_a_task_retried_since_it_was_submitted,
             ),
@@ -2521,6 +2525,40 @@ fn a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task() {
     assert_eq!(runs(&p), 1, "the repeat ran the task again");
     w.shutdown(true);
     drop(c2);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An idempotent task that runs longer than its record lives (its client keeps outcomes
+/// 1 s, it runs 3 s) is cancelled while it runs: a worker holds it, so it is no task
+/// long ended whose flag would cancel the next run of its key.
+fn a_running_idempotent_task_that_outlived_its_record_is_cancelled() {
+    let redis = RedisServer::start();
+    let ns = "idem-cancel-running";
+    let w = worker(&redis, ns, 1);
+    let c = Cluster::builder(&redis.url())
+        .namespace(ns)
+        .result_ttl(Duration::from_secs(1))
+        .build()
+        .expect("connect");
+    let dir = common::tempdir("idem-cancel-running");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    let mut t = c
+        .submit_with(
+            RECORD_SLOW,
+            (p.clone(), 3_000),
+            TaskOptions::new().idempotency_key("long"),
+        )
+        .unwrap();
+    assert!(
+        common::eventually(T, || runs(&p) == 1),
+        "the task never ran"
+    );
+    // Its record is gone by now.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(t.cancel(), "the cancel of a running task was refused");
+    assert_eq!(t.wait_timeout(T), Err(TaskError::Cancelled));
+    w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);
 }

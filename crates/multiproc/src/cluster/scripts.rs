@@ -295,7 +295,8 @@ return {{#due, wait}}
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
 /// cancelled outcome, reply, reply-list prefix.
 /// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal, and ended
-/// `Cancelled` by `FINISH` if its run ends before) or 0 (finished already). A cancelled
+/// `Cancelled` by `FINISH` if its run ends before) or 0 (finished already, or an
+/// idempotent task no worker is seen to hold whose record and outcome are gone). A cancelled
 /// task's outcome goes to every client waiting for it (those that submitted it again
 /// with its idempotency key), as a finish's does.
 ///
@@ -338,6 +339,7 @@ if retry and redis.call('ZREM', KEYS[2], retry) == 1 then
   return 1
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local held = false
 if ARGV[2] ~= '' then
   local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
   if type(p) == 'table' and p.err then
@@ -345,15 +347,16 @@ if ARGV[2] ~= '' then
     if string.sub(p.err, 1, 7) ~= 'NOGROUP' then return redis.error_reply(p.err) end
     p = {{}}
   end
-  if p[1] == nil and redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
+  held = p[1] ~= nil
+  if not held and redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then
     deliver()
     return 1
   end
 end
--- An idempotent task whose record and outcome are both gone is unknown here: it ended
--- long ago (a flag would cancel the next run of its key), or waits where a repeat would
--- run it again anyway.
-if KEYS[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 0 then return 0 end
+-- An idempotent task that no worker is seen to hold, whose record and outcome are both
+-- gone, is unknown here: it ended long ago (a flag would cancel the next run of its
+-- key), or waits where a repeat would run it again anyway.
+if not held and KEYS[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 0 then return 0 end
 local life = math.max(tonumber(ARGV[4]) * 1000, {flag_ms})
 if KEYS[8] ~= '' then life = math.max(life, redis.call('PTTL', KEYS[8])) end
 redis.call('SET', KEYS[3], '1', 'PX', int(life))
