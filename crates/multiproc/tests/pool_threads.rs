@@ -537,3 +537,30 @@ fn a_cancelled_countdown_task_lets_go_of_its_closure() {
     assert_eq!(Arc::strong_count(&guard), 1, "the closure is still held");
     pool.join_timeout(T).unwrap();
 }
+
+/// `join` returns once a timed-out task's done-callbacks have run too (they run on a
+/// thread of their own, off the pool's timer thread).
+#[test]
+fn join_waits_for_a_timed_out_tasks_callbacks() {
+    let pool = ThreadPool::new(2).unwrap();
+    let task = pool
+        .submit_with(
+            || std::thread::sleep(Duration::from_millis(100)),
+            TaskOptions::new().timeout(Duration::from_millis(10)),
+        )
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&ran);
+    task.on_done(move |outcome| {
+        std::thread::sleep(Duration::from_millis(300));
+        if matches!(outcome, Err(TaskError::TimedOut)) {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    pool.join_timeout(T).unwrap();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "join returned before the callback ran"
+    );
+}

@@ -1769,14 +1769,21 @@ impl PoolInner {
                 // to a successor that dies the same way, for ever); also one that exited
                 // cleanly while it was still wanted (its initializer called `exit(0)`):
                 // only a worker being retired may. An idle worker killed from outside
-                // (`SIGKILL`, `SIGTERM`) later is only replaced: three such kills must
+                // (`SIGKILL`, `SIGTERM`, `SIGINT`) later is only replaced: three such kills must
                 // not break the pool; one that crashes or exits of itself, however late,
                 // counts (else a worker whose initializer set something going that ends
                 // it a while later would be started again for ever).
                 let soon = w.ready_at.is_none_or(|at| at.elapsed() < START_WINDOW);
-                let killed = status
-                    .and_then(|s| s.signal())
-                    .is_some_and(|sig| sig == crate::Signal::KILL || sig == crate::Signal::TERM);
+                // Not its own memory cap (a worker that grows until it kills itself would
+                // be started again for ever); a status not relayed in time (the OOM
+                // killer's doing, most likely) counts as a kill.
+                let killed = exceeded.is_none()
+                    && status.is_none_or(|s| {
+                        s.signal().is_some_and(|sig| {
+                            [crate::Signal::KILL, crate::Signal::TERM, crate::Signal::INT]
+                                .contains(&sig)
+                        })
+                    });
                 if (!w.ready || (!w.sent && (soon || !killed)))
                     && blameless
                     && !w.failed_to_start

@@ -63,11 +63,6 @@ pub(crate) trait Sink<T>: Send + Sync {
             self.deliver(slot, outcome);
         }
     }
-
-    /// Whether a delivery now would run done-callbacks (user code, which may wait).
-    fn has_callbacks(&self) -> bool {
-        false
-    }
 }
 
 type Callback<R> = Box<dyn FnOnce(&Result<R, TaskError>) + Send>;
@@ -422,10 +417,6 @@ impl<R: Send> Sink<R> for Cell<R> {
     fn deliver(&self, _slot: usize, outcome: Result<R, TaskError>) {
         self.put(outcome.map(Held::Value));
     }
-
-    fn has_callbacks(&self) -> bool {
-        !self.lock().callbacks.is_empty()
-    }
 }
 
 /// The sink of one process-pool task: the worker's encoded result goes into the task's
@@ -704,7 +695,8 @@ impl<R> Task<R> {
     /// Runs `callback` once with the task's outcome (Python's
     /// `Future.add_done_callback`): when the task finishes, on the thread that delivers
     /// its outcome (the pool's own thread, or a thread waiting on the same pool that
-    /// routed it), with no lock of multiproc's held, so the callback may submit tasks or
+    /// routed it; a thread pool's task that timed out, a thread of its own), with no
+    /// lock of multiproc's held, so the callback may submit tasks or
     /// even wait for one (though the pool's thread delivers nothing else meanwhile:
     /// keep callbacks short, as Python asks); or at once, on this thread, if the task
     /// has finished already. Callbacks run before waiters see the outcome. A callback added after the value was taken

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -114,6 +114,7 @@ impl ThreadPoolBuilder {
             }),
             exited: Condvar::new(),
             timers: Timers::new(format!("{prefix}-timers")),
+            detached: Mutex::new(Vec::new()),
         });
         let mut handles = Vec::with_capacity(threads);
         for index in 0..threads {
@@ -162,6 +163,9 @@ struct Shared {
     exited: Condvar,
     /// Delays, retry delays and timeouts of `submit_with` tasks.
     timers: Timers,
+    /// Threads that deliver timed-out tasks' outcomes (see [`Ctl::time_out`]), joined
+    /// with the pool's own.
+    detached: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 struct State {
@@ -276,7 +280,7 @@ impl Shared {
         let job: Job = Box::new(move |refused| {
             if let Some(e) = refused {
                 ctl.finish(Err(e));
-            } else if ctl.start() {
+            } else if ctl.start(1) {
                 let outcome = work();
                 ctl.complete(outcome);
             }
@@ -352,6 +356,36 @@ impl Shared {
         ON_POOL.with(std::cell::Cell::get) == self.id()
     }
 
+    /// Runs `job` on a thread of its own, counted as one of the pool's (a `join` from
+    /// there does not wait for itself) and joined with them; at once if no thread can
+    /// be started.
+    fn detach(&self, job: impl FnOnce() + Send + 'static) {
+        let id = self.id();
+        let job = Arc::new(Mutex::new(Some(job)));
+        let theirs = Arc::clone(&job);
+        let spawned = std::thread::Builder::new()
+            .name("mp-timed-out".into())
+            .spawn(move || {
+                ON_POOL.with(|p| p.set(id));
+                if let Some(job) = unpoisoned::lock(&theirs).take() {
+                    job();
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                let mut detached = unpoisoned::lock(&self.detached);
+                detached.retain(|h| !h.is_finished());
+                detached.push(handle);
+            }
+            Err(e) => {
+                tracing::warn!("a thread pool delivers a timeout on its timer thread: {e}");
+                if let Some(job) = unpoisoned::lock(&job).take() {
+                    job();
+                }
+            }
+        }
+    }
+
     /// Waits until every thread has exited, or `deadline`; whether they have.
     fn wait_exited(&self, deadline: Option<Instant>) -> bool {
         let mut st = unpoisoned::lock(&self.state);
@@ -383,27 +417,50 @@ struct Ctl<T> {
 /// Where a job is, apart from its outcome: what a timer looks at to learn whether its
 /// timeout still matters, without holding (and maybe dropping, under the timers' lock)
 /// the job and what it delivers to.
+///
+/// The state (`QUEUED`, `RUNNING`, `DONE`) and which run of the task this is (for a
+/// timeout set by an earlier run) are one word, changed together: a timeout of run 1
+/// that read the run apart from the state could end run 2, started in between, as
+/// timed out.
 #[derive(Debug)]
-struct Progress {
-    state: AtomicU8,
-    /// Which run of the task this is (for a timeout set by an earlier run).
-    run: AtomicU32,
-}
+struct Progress(AtomicU64);
 
 impl Progress {
+    fn new() -> Progress {
+        Progress(AtomicU64::new(u64::from(QUEUED)))
+    }
+
+    fn split(word: u64) -> (u32, u8) {
+        ((word >> 8) as u32, word as u8)
+    }
+
+    fn state(&self) -> u8 {
+        Progress::split(self.0.load(Ordering::Acquire)).1
+    }
+
     /// Whether run `run` of the task may still be going on (its timeout then matters).
     fn runs(&self, run: u32) -> bool {
-        self.run.load(Ordering::Acquire) == run && self.state.load(Ordering::Acquire) != DONE
+        let (now, state) = Progress::split(self.0.load(Ordering::Acquire));
+        now == run && state != DONE
+    }
+
+    /// Moves the state from `from` to `to` if `run` (any run: `None`) is the current
+    /// one, making `set_run` (if any) the current run; whether it did.
+    fn change(&self, run: Option<u32>, from: u8, to: u8, set_run: Option<u32>) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let (now, state) = Progress::split(word);
+                (state == from && run.is_none_or(|r| r == now))
+                    .then(|| u64::from(set_run.unwrap_or(now)) << 8 | u64::from(to))
+            })
+            .is_ok()
     }
 }
 
 impl<T> Ctl<T> {
     fn new(sink: Arc<dyn Sink<T>>, slot: usize) -> Arc<Self> {
         Arc::new(Ctl {
-            progress: Arc::new(Progress {
-                state: AtomicU8::new(QUEUED),
-                run: AtomicU32::new(0),
-            }),
+            progress: Arc::new(Progress::new()),
             sink,
             slot,
             held: AtomicBool::new(false),
@@ -435,15 +492,12 @@ impl<T> Ctl<T> {
     }
 
     fn swap(&self, from: u8, to: u8) -> bool {
-        self.progress
-            .state
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.progress.change(None, from, to, None)
     }
 
-    /// Starts a run; false if the job was cancelled (or failed) meanwhile.
-    fn start(&self) -> bool {
-        self.swap(QUEUED, RUNNING)
+    /// Starts run `run`; false if the job was cancelled (or failed) meanwhile.
+    fn start(&self, run: u32) -> bool {
+        self.progress.change(None, QUEUED, RUNNING, Some(run))
     }
 
     /// Ends a job that has not started with `outcome`; whether it had not started.
@@ -467,23 +521,17 @@ impl<T> Ctl<T> {
 impl<T: Send + 'static> Ctl<T> {
     /// The timeout of run `run` is up: the task ends as timed out if that run still
     /// goes on. It is the pool's timer thread that calls this, which every delay,
-    /// retry and timeout of the pool waits for: done-callbacks (user code, which may
-    /// wait, for a countdown task of the same pool, say) run on a thread of their own.
+    /// retry and timeout of the pool waits for: the outcome is delivered (and the
+    /// done-callbacks, user code that may wait, for a countdown task of the same pool,
+    /// say, run) on a thread of its own, which the pool's `join` and drop wait for.
     fn time_out(&self, run: u32) {
-        if self.progress.run.load(Ordering::Acquire) == run && self.swap(RUNNING, DONE) {
-            if self.sink.has_callbacks() {
-                let (sink, slot) = (Arc::clone(&self.sink), self.slot);
-                let spawned = std::thread::Builder::new()
-                    .name("mp-timed-out".into())
-                    .spawn(move || sink.deliver(slot, Err(TaskError::TimedOut)));
-                match spawned {
-                    Ok(_) => return,
-                    Err(e) => tracing::warn!(
-                        "cannot start a thread for a timed-out task's callbacks, which run on the timer thread: {e}"
-                    ),
-                }
+        if self.progress.change(Some(run), RUNNING, DONE, None) {
+            let (sink, slot) = (Arc::clone(&self.sink), self.slot);
+            let deliver = move || sink.deliver(slot, Err(TaskError::TimedOut));
+            match self.pool.upgrade() {
+                Some(shared) => shared.detach(deliver),
+                None => deliver(),
             }
-            self.sink.deliver(self.slot, Err(TaskError::TimedOut));
         }
     }
 }
@@ -503,7 +551,7 @@ impl<T: Send> Cancel for Ctl<T> {
     }
 
     fn is_running(&self, _id: u64) -> bool {
-        self.progress.state.load(Ordering::Acquire) == RUNNING
+        self.progress.state() == RUNNING
     }
 }
 
@@ -539,7 +587,7 @@ impl<T: Send + 'static> Run<T> {
         let pool = self.pool.clone();
         // Cancelled meanwhile: the entry, and the closure it holds, may go unrun.
         let progress = Arc::clone(&self.ctl.progress);
-        let live = Box::new(move || progress.state.load(Ordering::Acquire) != DONE);
+        let live = Box::new(move || progress.state() != DONE);
         let action = Box::new(move |stopping: bool| match pool.upgrade() {
             Some(shared) if !stopping => self.queue_now(&shared),
             Some(shared) if shared.cancels_pending() => self.fail(TaskError::Cancelled),
@@ -564,11 +612,10 @@ impl<T: Send + 'static> Run<T> {
         let Some(shared) = self.pool.upgrade() else {
             return self.fail(TaskError::PoolClosed);
         };
-        // The run is numbered before it starts: the timer of the run before, firing
-        // between the two, would otherwise time this one out.
+        // Numbered as it starts, in one change: the timer of the run before cannot time
+        // this one out.
         let run = self.attempts + 1;
-        self.ctl.progress.run.store(run, Ordering::Release);
-        if !self.ctl.start() {
+        if !self.ctl.start(run) {
             // Cancelled while it waited.
             return self.ctl.let_go();
         }
@@ -1077,6 +1124,11 @@ impl ThreadPool {
 
     fn reap(&self) {
         for handle in unpoisoned::lock(&self.handles).drain(..) {
+            unpoisoned::join(handle);
+        }
+        // Taken out first: a delivery may end a task whose callback drops the pool.
+        let detached = std::mem::take(&mut *unpoisoned::lock(&self.shared.detached));
+        for handle in detached {
             unpoisoned::join(handle);
         }
     }
