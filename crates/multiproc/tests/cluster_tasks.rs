@@ -436,6 +436,10 @@ fn main() {
                 a_running_idempotent_task_that_outlived_its_record_is_cancelled,
             ),
             trial(
+                "a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks",
+                a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks,
+            ),
+            trial(
                 "a_cancel_reaches_a_task_retried_since_it_was_submitted",
                 a_cancel_reaches_a_task_retried_since_it_was_submitted,
             ),
@@ -2558,6 +2562,37 @@ fn a_running_idempotent_task_that_outlived_its_record_is_cancelled() {
     std::thread::sleep(Duration::from_millis(1_500));
     assert!(t.cancel(), "the cancel of a running task was refused");
     assert_eq!(t.wait_timeout(T), Err(TaskError::Cancelled));
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server down (restarted with its data) for longer than a lease while a node runs a
+/// task: once it answers again, the node renews its lease before it looks for lapsed
+/// ones, and does not take its own running task back from itself (it ran it a second
+/// time, and with `max_deliveries(1)` dead-lettered it as a task whose delivery was
+/// lost).
+fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks() {
+    let mut redis = RedisServer::start();
+    let ns = "pause-own-reclaim";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let dir = common::tempdir("pause-own-reclaim");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    let mut t = c.submit(RECORD_SLOW, (p.clone(), 4_000)).unwrap();
+    assert!(
+        common::eventually(T, || runs(&p) == 1),
+        "the task never ran"
+    );
+    redis.restart_after(Duration::from_millis(2_500));
+    assert_eq!(t.wait_timeout(T), Ok(1));
+    assert_eq!(runs(&p), 1, "the task ran again");
     w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);

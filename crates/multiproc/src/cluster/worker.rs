@@ -1719,6 +1719,11 @@ impl Node {
         let mut next_reclaim = Instant::now();
         let mut next_retire = Instant::now() + self.cfg.lease;
         let mut stop_at: Option<Instant> = None;
+        // The last renewal went through: this node's own entries are not idle. After
+        // one that failed (the server paused or gone longer than a lease), a reclaim
+        // before the next renewal would take this node's running tasks back from
+        // itself, run them twice, and spend their deliveries.
+        let mut renewed_last = true;
         loop {
             let now = Instant::now();
             // Whether the server answered this round's calls: a reclaim, which waits
@@ -1729,6 +1734,7 @@ impl Node {
             if now >= next_renew {
                 let renewed = self.renew();
                 answering = !matches!(&renewed, Err(e) if e.is_unanswered());
+                renewed_last = renewed.is_ok();
                 if renewed.is_ok() {
                     test_panic(Role::Keeper);
                     if !self.stopping.load(Ordering::Acquire) {
@@ -1743,7 +1749,7 @@ impl Node {
                 answering = !matches!(self.promote(), Err(e) if e.is_unanswered());
             }
             if !self.stopping.load(Ordering::Acquire) {
-                if now >= next_reclaim && answering {
+                if now >= next_reclaim && answering && renewed_last {
                     let _ = self.reclaim();
                     next_reclaim = now + period;
                 }
