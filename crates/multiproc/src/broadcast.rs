@@ -2,15 +2,22 @@
 
 use std::sync::Mutex;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::sync::unpoisoned;
 
-/// Every subscriber gets every event sent after it subscribed. A subscriber whose
-/// receiver was dropped is forgotten at the next event, so nobody reading costs nothing.
+/// The most events a subscriber that does not read keeps: later ones are dropped for
+/// it (a warning says so, once per run of drops), rather than grow without bound (a job
+/// every millisecond makes 2,000 events a second).
+pub(crate) const KEPT: usize = 100_000;
+
+/// Every subscriber gets every event sent after it subscribed, while it keeps fewer than
+/// [`KEPT`] unread. A subscriber whose receiver was dropped is forgotten at the next
+/// event, so nobody reading costs nothing.
 #[derive(Debug)]
 pub(crate) struct Broadcast<E> {
-    subscribers: Mutex<Vec<Sender<E>>>,
+    /// Each subscriber, and how many events it missed since it last had room.
+    subscribers: Mutex<Vec<(Sender<E>, u64)>>,
 }
 
 impl<E: Clone> Broadcast<E> {
@@ -21,13 +28,59 @@ impl<E: Clone> Broadcast<E> {
     }
 
     pub(crate) fn subscribe(&self) -> Receiver<E> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        unpoisoned::lock(&self.subscribers).push(tx);
+        let (tx, rx) = crossbeam_channel::bounded(KEPT);
+        unpoisoned::lock(&self.subscribers).push((tx, 0));
         rx
     }
 
     pub(crate) fn send(&self, event: E) {
         let mut subs = unpoisoned::lock(&self.subscribers);
-        subs.retain(|tx| tx.send(event.clone()).is_ok());
+        subs.retain_mut(|(tx, missed)| match tx.try_send(event.clone()) {
+            Ok(()) => {
+                if *missed > 0 {
+                    tracing::warn!(
+                        missed = *missed,
+                        "an event subscriber that did not read missed events"
+                    );
+                    *missed = 0;
+                }
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                if *missed == 0 {
+                    tracing::warn!(
+                        kept = KEPT,
+                        "an event subscriber does not read: later events are dropped for it"
+                    );
+                }
+                *missed += 1;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscriber that does not read keeps `KEPT` events, not every one; once it
+    /// reads, it gets the later ones again; a dropped one is forgotten.
+    #[test]
+    fn an_unread_subscriber_keeps_a_bounded_backlog() {
+        let b = Broadcast::new();
+        let idle = b.subscribe();
+        let gone = b.subscribe();
+        drop(gone);
+        for i in 0..KEPT + 10 {
+            b.send(i);
+        }
+        assert_eq!(idle.len(), KEPT);
+        assert_eq!(unpoisoned::lock(&b.subscribers).len(), 1);
+        assert_eq!(idle.recv().unwrap(), 0);
+        b.send(usize::MAX);
+        assert_eq!(idle.len(), KEPT);
+        assert_eq!(idle.try_iter().last(), Some(usize::MAX));
     }
 }

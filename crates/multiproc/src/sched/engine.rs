@@ -328,10 +328,11 @@ impl Shared {
     /// Unschedules a job, forgetting it in the store too (a job added later under its
     /// name is another job); whether it was there.
     pub(super) fn remove(&self, name: &str) -> bool {
-        let removed = unpoisoned::lock(&self.state)
-            .jobs
-            .shift_remove(name)
-            .is_some();
+        // The state stays locked while the store forgets the job (as `add` holds it
+        // while the store loads one): an `add` of the same name in between would find
+        // the old row, and then lose its own records to the `forget`.
+        let mut st = unpoisoned::lock(&self.state);
+        let removed = st.jobs.shift_remove(name).is_some();
         #[cfg(feature = "sqlite")]
         if removed
             && let Some(store) = &self.store
@@ -342,6 +343,7 @@ impl Shared {
                 "job store failed; the removed job stays in it: {e}"
             );
         }
+        drop(st);
         self.signal.notify();
         removed
     }
@@ -507,11 +509,14 @@ impl Shared {
                     || !js.recovered.is_empty()
             });
         }
-        // A job whose store failed is looked at again when it said, not before.
+        // A job whose store failed is looked at again when it said, not before (and
+        // then, with due times kept waiting for it, not later either: a claim that
+        // failed left its next time in the future).
         let next_job = st
             .jobs
             .values()
             .filter_map(|j| match (j.next, j.store_retry_at) {
+                (Some(_), Some(retry)) if !j.deferred.is_empty() => Some(retry),
                 (Some(next), Some(retry)) => Some(next.max(retry)),
                 (next, None) => next,
                 (None, retry) => retry,

@@ -225,7 +225,9 @@ impl Scheduler {
     }
 
     /// A stream of every job event from now on. Each call makes a new subscriber; a
-    /// dropped receiver costs nothing.
+    /// dropped receiver costs nothing. One that is not read keeps at most 100,000
+    /// events: later ones are dropped for it (with a warning) until it reads again,
+    /// rather than grow without bound.
     pub fn events(&self) -> Receiver<JobEvent> {
         self.shared.subscribe()
     }

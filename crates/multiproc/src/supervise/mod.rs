@@ -407,7 +407,9 @@ impl Supervisor {
         self.shared.status()
     }
 
-    /// A stream of what the supervisor does from now on.
+    /// A stream of what the supervisor does from now on. One that is not read keeps at
+    /// most 100,000 events: later ones are dropped for it (with a warning) until it
+    /// reads again.
     pub fn events(&self) -> Receiver<SupervisorEvent> {
         self.shared.subscribe()
     }
