@@ -301,6 +301,10 @@ impl WorkerBuilder {
     }
 
     /// Tasks held at once (running, or queued in the local pool; default 4 per process).
+    /// A read of new tasks and a reclaim of lapsed ones (every third of a lease) each
+    /// take what room there is, and may meet: the node then holds up to twice this for
+    /// as long as those tasks take. (Reserving the room for the read, which blocks up
+    /// to a second waiting for tasks, would leave an idle worker none to reclaim with.)
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
