@@ -619,6 +619,10 @@ fn runs_waiting_at_shutdown_are_reported() {
     let (s, clock, events) = manual();
     s.add(Job::thread("spread", Schedule::every(secs(100)), || ()).jitter(secs(50)))
         .unwrap();
+    // Removed while its run waits for its jitter: that run was done with at the
+    // removal, and is no run the shutdown missed.
+    s.add(Job::thread("removed", Schedule::every(secs(100)), || ()).jitter(secs(50)))
+        .unwrap();
     s.add(
         Job::thread("failing", Schedule::every(secs(100)), || -> () {
             panic!("fails");
@@ -639,6 +643,7 @@ fn runs_waiting_at_shutdown_are_reported() {
         evs.iter()
             .any(|e| matches!(e.kind, EventKind::Failed { .. }))
     }));
+    assert!(s.remove("removed"));
     s.shutdown(true);
     evs.extend(events.try_iter());
     let mut shut: Vec<(String, DateTime<Utc>)> = evs

@@ -1084,7 +1084,16 @@ impl Shared {
     /// Reports the runs that wait for their jitter or their retry as missed: the
     /// scheduler is going away and will not start them.
     pub(super) fn drop_waiting(&self) {
-        let timers = mem::take(&mut unpoisoned::lock(&self.state).timers);
+        let timers = {
+            let mut st = unpoisoned::lock(&self.state);
+            let timers = mem::take(&mut st.timers);
+            // Those of a job removed since were done with at its removal (its waiting
+            // runs do not start): no shutdown to report for them.
+            timers
+                .into_iter()
+                .filter(|t| st.job(&t.job, t.generation).is_some())
+                .collect::<Vec<_>>()
+        };
         let now = self.clock.now();
         for t in timers {
             let kind = EventKind::Missed {
