@@ -1723,11 +1723,12 @@ impl Node {
         let mut next_reclaim = Instant::now();
         let mut next_retire = Instant::now() + self.cfg.lease;
         let mut stop_at: Option<Instant> = None;
-        // The last renewal went through: this node's own entries are not idle. After
-        // one that failed (the server paused or gone longer than a lease), a reclaim
-        // before the next renewal would take this node's running tasks back from
-        // itself, run them twice, and spend their deliveries.
-        let mut renewed_last = true;
+        // The server answered the last renewal. After one it did not answer (paused or
+        // gone, maybe longer than a lease), a reclaim before the next renewal would take
+        // this node's running tasks back from itself, run them twice, and spend their
+        // deliveries. (One it refused, out of memory, does not hold reclaims back: the
+        // server still serves `XCLAIM`, and dead workers' tasks are to move on.)
+        let mut renewal_answered = true;
         loop {
             let now = Instant::now();
             // Whether the server answered this round's calls: a reclaim, which waits
@@ -1738,7 +1739,7 @@ impl Node {
             if now >= next_renew {
                 let renewed = self.renew();
                 answering = !matches!(&renewed, Err(e) if e.is_unanswered());
-                renewed_last = renewed.is_ok();
+                renewal_answered = answering;
                 if renewed.is_ok() {
                     test_panic(Role::Keeper);
                     if !self.stopping.load(Ordering::Acquire) {
@@ -1753,7 +1754,7 @@ impl Node {
                 answering = !matches!(self.promote(), Err(e) if e.is_unanswered());
             }
             if !self.stopping.load(Ordering::Acquire) {
-                if now >= next_reclaim && answering && renewed_last {
+                if now >= next_reclaim && answering && renewal_answered {
                     let _ = self.reclaim();
                     next_reclaim = now + period;
                 }
