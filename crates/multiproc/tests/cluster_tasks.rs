@@ -440,6 +440,10 @@ fn main() {
                 a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks,
             ),
             trial(
+                "a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks",
+                a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks,
+            ),
+            trial(
                 "a_cancel_reaches_a_task_retried_since_it_was_submitted",
                 a_cancel_reaches_a_task_retried_since_it_was_submitted,
             ),
@@ -2591,6 +2595,36 @@ fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks(
         "the task never ran"
     );
     redis.restart_after(Duration::from_millis(2_500));
+    assert_eq!(t.wait_timeout(T), Ok(1));
+    assert_eq!(runs(&p), 1, "the task ran again");
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// As above, with a server out of memory for longer than a lease: it refuses the
+/// renewals (writes) and still serves the reclaim's `XCLAIM`.
+fn a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks() {
+    let redis = RedisServer::start();
+    let ns = "oom-own-reclaim";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let dir = common::tempdir("oom-own-reclaim");
+    let p = dir.join("runs").to_string_lossy().into_owned();
+    let mut t = c.submit(RECORD_SLOW, (p.clone(), 4_000)).unwrap();
+    assert!(
+        common::eventually(T, || runs(&p) == 1),
+        "the task never ran"
+    );
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
     assert_eq!(t.wait_timeout(T), Ok(1));
     assert_eq!(runs(&p), 1, "the task ran again");
     w.shutdown(true);

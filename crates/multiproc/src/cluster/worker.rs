@@ -1723,12 +1723,12 @@ impl Node {
         let mut next_reclaim = Instant::now();
         let mut next_retire = Instant::now() + self.cfg.lease;
         let mut stop_at: Option<Instant> = None;
-        // The server answered the last renewal. After one it did not answer (paused or
-        // gone, maybe longer than a lease), a reclaim before the next renewal would take
-        // this node's running tasks back from itself, run them twice, and spend their
-        // deliveries. (One it refused, out of memory, does not hold reclaims back: the
-        // server still serves `XCLAIM`, and dead workers' tasks are to move on.)
-        let mut renewal_answered = true;
+        // The last renewal went through. After one that did not (the server paused or
+        // gone, or out of memory, refusing it while it still serves `XCLAIM`), a reclaim
+        // before the next renewal would take this node's running tasks back from itself
+        // once they had been a lease without one, run them twice, and spend their
+        // deliveries: it waits for a renewal, unless the node holds nothing.
+        let mut renewed_last = true;
         loop {
             let now = Instant::now();
             // Whether the server answered this round's calls: a reclaim, which waits
@@ -1739,7 +1739,7 @@ impl Node {
             if now >= next_renew {
                 let renewed = self.renew();
                 answering = !matches!(&renewed, Err(e) if e.is_unanswered());
-                renewal_answered = answering;
+                renewed_last = renewed.is_ok();
                 if renewed.is_ok() {
                     test_panic(Role::Keeper);
                     if !self.stopping.load(Ordering::Acquire) {
@@ -1754,7 +1754,10 @@ impl Node {
                 answering = !matches!(self.promote(), Err(e) if e.is_unanswered());
             }
             if !self.stopping.load(Ordering::Acquire) {
-                if now >= next_reclaim && answering && renewal_answered {
+                if now >= next_reclaim
+                    && answering
+                    && (renewed_last || lock(&self.state).flights.is_empty())
+                {
                     let _ = self.reclaim();
                     next_reclaim = now + period;
                 }
