@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::sync::unpoisoned;
 
@@ -28,25 +28,18 @@ impl<E: Clone> Broadcast<E> {
     }
 
     pub(crate) fn subscribe(&self) -> Receiver<E> {
-        let (tx, rx) = crossbeam_channel::bounded(KEPT);
+        // Unbounded, and held to `KEPT` here (sends happen under the lock, and the
+        // receiver only empties it): a bounded channel would take its whole room at
+        // once, megabytes per subscriber.
+        let (tx, rx) = crossbeam_channel::unbounded();
         unpoisoned::lock(&self.subscribers).push((tx, 0));
         rx
     }
 
     pub(crate) fn send(&self, event: E) {
         let mut subs = unpoisoned::lock(&self.subscribers);
-        subs.retain_mut(|(tx, missed)| match tx.try_send(event.clone()) {
-            Ok(()) => {
-                if *missed > 0 {
-                    tracing::warn!(
-                        missed = *missed,
-                        "an event subscriber that did not read missed events"
-                    );
-                    *missed = 0;
-                }
-                true
-            }
-            Err(TrySendError::Full(_)) => {
+        subs.retain_mut(|(tx, missed)| {
+            if tx.len() >= KEPT {
                 if *missed == 0 {
                     tracing::warn!(
                         kept = KEPT,
@@ -54,9 +47,22 @@ impl<E: Clone> Broadcast<E> {
                     );
                 }
                 *missed += 1;
-                true
+                // Kept: a receiver dropped meanwhile empties the channel (crossbeam
+                // discards what a channel without receivers holds), and the next send
+                // finds it gone.
+                return true;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            if tx.send(event.clone()).is_err() {
+                return false;
+            }
+            if *missed > 0 {
+                tracing::warn!(
+                    missed = *missed,
+                    "an event subscriber that did not read missed events"
+                );
+                *missed = 0;
+            }
+            true
         });
     }
 }
@@ -82,5 +88,12 @@ mod tests {
         b.send(usize::MAX);
         assert_eq!(idle.len(), KEPT);
         assert_eq!(idle.try_iter().last(), Some(usize::MAX));
+        // One dropped while full is forgotten at the next event.
+        for i in 0..KEPT {
+            b.send(i);
+        }
+        drop(idle);
+        b.send(0);
+        assert!(unpoisoned::lock(&b.subscribers).is_empty());
     }
 }
