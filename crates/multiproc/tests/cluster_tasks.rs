@@ -2488,10 +2488,6 @@ fn a_task_timeout_counts_its_run_not_its_wait() {
     finish(&redis, c, ns);
 }
 
-/// An idempotency record and the outcome it stands for lapse together: a repeat made
-/// after a short-lived outcome is gone runs the task again instead of waiting for ever
-/// on the record; a repeat made after the record lapsed while the first run went on
-/// runs again and is answered, though the first run's outcome was written first.
 /// An idempotent task with a countdown longer than its client's `result_ttl`: a repeat
 /// of its key while it waits joins it. The record lived the TTL from submission, so the
 /// repeat made another task, and both ran.
@@ -2499,14 +2495,7 @@ fn a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task() {
     let redis = RedisServer::start();
     let ns = "idem-countdown";
     let w = worker(&redis, ns, 1);
-    let short = || {
-        Cluster::builder(&redis.url())
-            .namespace(ns)
-            .result_ttl(Duration::from_secs(1))
-            .build()
-            .expect("connect")
-    };
-    let (c, c2) = (short(), short());
+    let (c, c2) = (short_lived(&redis, ns), short_lived(&redis, ns));
     let dir = common::tempdir("idem-countdown");
     let p = dir.join("runs").to_string_lossy().into_owned();
     let opts = TaskOptions::new().idempotency_key("later");
@@ -2528,8 +2517,12 @@ fn a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task() {
         .unwrap();
     assert_eq!(first.wait_timeout(T), Ok(1));
     assert_eq!(again.wait_timeout(T), Ok(1));
-    // A second task would have run by now (its countdown began 1.5 s later).
-    std::thread::sleep(Duration::from_millis(2_000));
+    // A second task (its countdown began 1.5 s later) would be delayed, queued or
+    // running until it had run.
+    assert!(common::eventually(T, || {
+        let s = c.stats().unwrap();
+        s.delayed == 0 && s.waiting == 0 && s.in_flight == 0 && w.in_flight() == 0
+    }));
     assert_eq!(runs(&p), 1, "the repeat ran the task again");
     w.shutdown(true);
     drop(c2);
@@ -2544,11 +2537,7 @@ fn a_running_idempotent_task_that_outlived_its_record_is_cancelled() {
     let redis = RedisServer::start();
     let ns = "idem-cancel-running";
     let w = worker(&redis, ns, 1);
-    let c = Cluster::builder(&redis.url())
-        .namespace(ns)
-        .result_ttl(Duration::from_secs(1))
-        .build()
-        .expect("connect");
+    let c = short_lived(&redis, ns);
     let dir = common::tempdir("idem-cancel-running");
     let p = dir.join("runs").to_string_lossy().into_owned();
     let mut t = c
@@ -2577,36 +2566,26 @@ fn a_running_idempotent_task_that_outlived_its_record_is_cancelled() {
 /// time, and with `max_deliveries(1)` dead-lettered it as a task whose delivery was
 /// lost).
 fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks() {
-    let mut redis = RedisServer::start();
-    let ns = "pause-own-reclaim";
-    let w = tasks(Worker::builder(&redis.url()))
-        .namespace(ns)
-        .processes(1)
-        .lease(Duration::from_secs(1))
-        .max_deliveries(1)
-        .build()
-        .expect("start worker");
-    let c = client(&redis, ns);
-    let dir = common::tempdir("pause-own-reclaim");
-    let p = dir.join("runs").to_string_lossy().into_owned();
-    let mut t = c.submit(RECORD_SLOW, (p.clone(), 4_000)).unwrap();
-    assert!(
-        common::eventually(T, || runs(&p) == 1),
-        "the task never ran"
-    );
-    redis.restart_after(Duration::from_millis(2_500));
-    assert_eq!(t.wait_timeout(T), Ok(1));
-    assert_eq!(runs(&p), 1, "the task ran again");
-    w.shutdown(true);
-    finish(&redis, c, ns);
-    let _ = std::fs::remove_dir_all(&dir);
+    keeps_its_running_task_through("down-own-reclaim", |redis| {
+        redis.restart_after(Duration::from_millis(2_500));
+    });
 }
 
 /// As above, with a server out of memory for longer than a lease: it refuses the
 /// renewals (writes) and still serves the reclaim's `XCLAIM`.
 fn a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks() {
-    let redis = RedisServer::start();
-    let ns = "oom-own-reclaim";
+    keeps_its_running_task_through("oom-own-reclaim", |redis| {
+        redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+        // Longer than the node's lease.
+        std::thread::sleep(Duration::from_millis(2_500));
+        redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    });
+}
+
+/// A node with a 1 s lease and `max_deliveries(1)` runs a 4 s task through
+/// `disrupt`; the task must end well, run once.
+fn keeps_its_running_task_through(ns: &str, disrupt: impl FnOnce(&mut RedisServer)) {
+    let mut redis = RedisServer::start();
     let w = tasks(Worker::builder(&redis.url()))
         .namespace(ns)
         .processes(1)
@@ -2615,16 +2594,14 @@ fn a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks() {
         .build()
         .expect("start worker");
     let c = client(&redis, ns);
-    let dir = common::tempdir("oom-own-reclaim");
+    let dir = common::tempdir(ns);
     let p = dir.join("runs").to_string_lossy().into_owned();
     let mut t = c.submit(RECORD_SLOW, (p.clone(), 4_000)).unwrap();
     assert!(
         common::eventually(T, || runs(&p) == 1),
         "the task never ran"
     );
-    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
-    std::thread::sleep(Duration::from_millis(2_500));
-    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    disrupt(&mut redis);
     assert_eq!(t.wait_timeout(T), Ok(1));
     assert_eq!(runs(&p), 1, "the task ran again");
     w.shutdown(true);
@@ -2632,6 +2609,19 @@ fn a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client whose outcomes (and idempotency records) last a second.
+fn short_lived(redis: &RedisServer, ns: &str) -> Cluster {
+    Cluster::builder(&redis.url())
+        .namespace(ns)
+        .result_ttl(Duration::from_secs(1))
+        .build()
+        .expect("connect")
+}
+
+/// An idempotency record and the outcome it stands for lapse together: a repeat made
+/// after a short-lived outcome is gone runs the task again instead of waiting for ever
+/// on the record; a repeat made after the record lapsed while the first run went on
+/// runs again and is answered, though the first run's outcome was written first.
 fn an_idempotency_record_lapses_with_its_outcome() {
     let redis = RedisServer::start();
     let ns = "idemttl";
@@ -2938,11 +2928,7 @@ fn cancel_of_a_promoted_countdown_task_before_it_runs() {
     let redis = RedisServer::start();
     let ns = "adv-cancel-promoted";
     let w = one_at_a_time(&redis, ns);
-    let c = Cluster::builder(&redis.url())
-        .namespace(ns)
-        .result_ttl(Duration::from_secs(1))
-        .build()
-        .expect("connect");
+    let c = short_lived(&redis, ns);
     let dir = common::tempdir("adv-cancel-promoted");
     let p = dir.join("runs").to_string_lossy().into_owned();
     // The only process is busy for 3 s.
@@ -3589,14 +3575,7 @@ fn a_repeat_outlives_its_waiter_set() {
     let redis = RedisServer::start();
     let ns = "idem-waiters";
     let w = worker(&redis, ns, 1);
-    let short = || {
-        Cluster::builder(&redis.url())
-            .namespace(ns)
-            .result_ttl(Duration::from_secs(1))
-            .build()
-            .expect("connect")
-    };
-    let (a, b) = (short(), short());
+    let (a, b) = (short_lived(&redis, ns), short_lived(&redis, ns));
     let dir = common::tempdir("idem-waiters");
     let p = dir.join("runs").to_string_lossy().into_owned();
     let key = TaskOptions::new().idempotency_key("slow");
