@@ -49,6 +49,10 @@ fn main() {
             ),
             trial("daemon_terminated_at_exit", daemon_terminated_at_exit),
             trial(
+                "daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it",
+                daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it,
+            ),
+            trial(
                 "children_keep_the_cpu_mask_on_a_busy_machine",
                 children_keep_the_cpu_mask_on_a_busy_machine,
             ),
@@ -110,6 +114,7 @@ fn helpers(mode: &str) {
         "exit_joins" => helper_exit_joins(false),
         "exit_call_joins" => helper_exit_joins(true),
         "daemon_at_exit" => helper_daemon_at_exit(),
+        "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
         "leaks" => helper_leaks(),
         "held_spares" => helper_held_spares(),
         "code_layout" => helper_code_layout(),
@@ -437,6 +442,55 @@ fn daemon_terminated_at_exit() {
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "exit waited for the daemon"
+    );
+    assert!(
+        common::wait_gone(child, Duration::from_secs(5)),
+        "daemon survived its parent's exit"
+    );
+    common::reap(child);
+}
+
+fn ignore_sigterm_then_sleep(ready: multiproc::Event) {
+    // SAFETY: no other thread of this child handles signals.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    ready.set();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn helper_daemon_joined_at_exit() {
+    let ready = multiproc::Event::new().unwrap();
+    let child = Builder::new()
+        .daemon(true)
+        .spawn(ignore_sigterm_then_sleep, ready.clone())
+        .unwrap();
+    assert!(ready.wait_timeout(T), "the daemon did not start");
+    let pid = child.pid();
+    std::thread::spawn(move || {
+        let _ = child.join();
+    });
+    // Time for the thread to be in its join (holding the child's channel) as the exit
+    // begins.
+    std::thread::sleep(Duration::from_millis(200));
+    println!("child {pid}");
+}
+
+/// A daemon that ignores `SIGTERM` gets its `SIGKILL` after the grace even while another
+/// thread of the exiting process joins it (the exit used to wait for that join's lock:
+/// for the daemon to end on its own).
+fn daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it() {
+    let mut h = Helper::start("daemon_joined_at_exit");
+    let child: u32 = h.expect("child ", T).parse().unwrap();
+    let started = Instant::now();
+    if !common::wait_gone(h.child.id(), Duration::from_secs(10)) {
+        h.kill_tree(T);
+        common::kill_and_reap(child);
+        panic!("the exit waited for a daemon that ignores SIGTERM");
+    }
+    let status = h.wait(T);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the daemon ended before the grace: did it ignore SIGTERM?"
     );
     assert!(
         common::wait_gone(child, Duration::from_secs(5)),

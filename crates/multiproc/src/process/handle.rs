@@ -346,6 +346,20 @@ impl ChildRecord {
         drop(unpoisoned::lock(&self.channel).take());
     }
 
+    /// As [`close_channel`](Self::close_channel), unless a thread holds the channel: one
+    /// that joins the child holds it until the child has sent its outcome or ended, and
+    /// reads what the child sends meanwhile, so the child is not held up by a send
+    /// nobody reads. The exit's clean-up, which must not wait for such a join (a daemon
+    /// that ignores `SIGTERM` would otherwise never get its `SIGKILL`).
+    pub(crate) fn close_channel_unless_read(&self) {
+        let mut channel = match self.channel.try_lock() {
+            Ok(channel) => channel,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        drop(channel.take());
+    }
+
     /// How the child ended, if it has. Does not block while it runs; once it has exited,
     /// waits (briefly) for the fork server to report its status.
     pub(crate) fn ended(&self) -> Option<Ended> {

@@ -92,7 +92,7 @@ fn exit_function() {
     }
     let deadline = Instant::now() + DAEMON_GRACE;
     for child in &daemons {
-        child.close_channel();
+        child.close_channel_unless_read();
         if child.wait(Some(deadline)).is_err() {
             tracing::trace!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
             if groups.contains(&child.pid()) {
