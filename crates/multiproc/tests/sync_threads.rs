@@ -387,6 +387,89 @@ fn barrier_reset_right_after_a_pass() {
     }
 }
 
+/// Descriptors of barriers this process holds.
+fn barrier_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("multiproc-Barrier"))
+        .count()
+}
+
+/// Two long-lived threads wait on a fresh barrier each round, every other handle
+/// dropped: nothing of the barriers stays. Each thread's claim kept its barrier mapped
+/// (and its descriptor open) until the thread ended.
+#[test]
+fn barrier_per_round_between_long_lived_threads_keeps_nothing() {
+    let (acks, acked) = std::sync::mpsc::channel();
+    let parties: Vec<_> = (0..2)
+        .map(|_| {
+            let (tx, rx) = std::sync::mpsc::channel::<Barrier>();
+            let acks = acks.clone();
+            let thread = std::thread::spawn(move || {
+                for barrier in rx {
+                    let passed = barrier.wait_timeout(T).is_ok();
+                    drop(barrier);
+                    acks.send(passed).unwrap();
+                }
+            });
+            (tx, thread)
+        })
+        .collect();
+    let before = barrier_fds();
+    for round in 0..300 {
+        let barrier = Barrier::new(2).unwrap();
+        for (tx, _) in &parties {
+            tx.send(barrier.clone()).unwrap();
+        }
+        drop(barrier);
+        for _ in &parties {
+            assert_eq!(acked.recv_timeout(T), Ok(true), "round {round}");
+        }
+    }
+    let after = barrier_fds();
+    for (tx, thread) in parties {
+        drop(tx);
+        thread.join().unwrap();
+    }
+    // (Other tests of this binary hold a few barriers of their own meanwhile.)
+    assert!(
+        after < before + 50,
+        "{before} barrier descriptors before 300 rounds, {after} after"
+    );
+}
+
+/// A party that came by a second handle to its barrier (received again, here through a
+/// queue) stays a party when its first handle is dropped: its death breaks the barrier.
+/// Its slot was freed as it claimed one on another barrier, and the other party waited
+/// in vain.
+#[test]
+fn barrier_party_with_a_handle_received_again_is_still_known_when_it_dies() {
+    let barrier = Barrier::new(2).unwrap();
+    let queue = multiproc::Queue::<Barrier>::new().unwrap();
+    std::thread::scope(|s| {
+        let party = s.spawn(|| {
+            let first = queue.get_timeout(T).unwrap();
+            first.wait_timeout(T).unwrap();
+            drop(first);
+            let again = queue.get_timeout(T).unwrap();
+            Barrier::new(1).unwrap().wait_timeout(T).unwrap();
+            drop(again);
+            panic!("the party dies");
+        });
+        queue.put(barrier.clone()).unwrap();
+        barrier.wait_timeout(T).unwrap();
+        queue.put(barrier.clone()).unwrap();
+        assert!(party.join().is_err());
+    });
+    let t = Instant::now();
+    assert_eq!(
+        barrier.wait_timeout(Duration::from_secs(5)),
+        Err(BarrierError::Broken)
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
 #[test]
 fn barrier_refuses_extra_threads() {
     let barrier = Barrier::new(1).unwrap();

@@ -14,23 +14,25 @@
 //!
 //! A party that ends on purpose leaves instead: a thread that ends without a panic, and
 //! a process whose function returned (or that exits with status 0), frees its slots
-//! (each thread keeps the list of its slots, see `Claims`), so that a new thread or
-//! process can take its place in a later generation (a process started per phase, a
-//! scope of threads per round) without the barrier breaking. Only a party killed,
-//! crashed or panicking is a party that died.
+//! (the process keeps the list of its threads' slots, see `CLAIMS`), so that a new
+//! thread or process can take its place in a later generation (a process started per
+//! phase, a scope of threads per round) without the barrier breaking. So does a
+//! process that lets go of its last handle to the barrier: its threads that waited on
+//! it leave (all the handles of a process share one mapping, see `Held`). Only a party
+//! killed, crashed or panicking is a party that died.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
 
 use super::BarrierError;
-use super::lock::object_handle;
 use super::raw::{Acquired, spin_until};
+use super::unpoisoned;
 use crate::shm::ShmError;
 use crate::shm::layout::{BarrierSlot, BarrierWords, ObjectHeader};
-use crate::shm::object::{Kind, Object, Shape};
+use crate::shm::object::{Elem, Kind, Object, Shape};
 use crate::sys;
 
 /// How long a waiter spins before it sleeps.
@@ -95,10 +97,59 @@ const BROKEN: u32 = 2;
 /// ```
 #[derive(Clone)]
 pub struct Barrier {
-    obj: Arc<Object>,
+    held: Arc<Held>,
 }
 
-object_handle!(Barrier, Kind::Barrier);
+impl serde::Serialize for Barrier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.held.core.obj.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Barrier {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d, Kind::Barrier, Elem::NONE).map(Barrier::hold)
+    }
+}
+
+/// A barrier's mapping, and what works on its shared state.
+struct Core {
+    obj: Object,
+}
+
+/// This process's hold on a barrier: every handle to the barrier in the process shares
+/// it (a handle received where one is open already takes that one's, see [`OPEN`]), so
+/// that it ends with the process's last handle, and a thread's slot is known by its
+/// barrier however the thread came by its handle. As it ends, the threads of this
+/// process that waited on the barrier leave it: without a handle they cannot wait on it
+/// again (one received later claims a slot anew).
+struct Held {
+    core: Core,
+    key: Option<SegmentKey>,
+}
+
+/// A segment's device and inode.
+type SegmentKey = (u64, u64);
+
+/// The barriers open in this process, by their segment.
+static OPEN: Mutex<Vec<(SegmentKey, Weak<Held>)>> = Mutex::new(Vec::new());
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let this: *const Held = self;
+        if self.key.is_some() {
+            unpoisoned::lock(&OPEN).retain(|(_, h)| !std::ptr::eq(h.as_ptr(), this));
+        }
+        // A thread that drops the handle as it unwinds is a party that dies: its slot
+        // stays claimed.
+        let dying = std::thread::panicking().then(sys::thread_identity);
+        for claim in take_claims(|c| std::ptr::eq(c.held.as_ptr(), this)) {
+            if Some(claim.me) != dying {
+                self.core.leave(claim.index, claim.me);
+            }
+        }
+    }
+}
 
 /// How a [`Barrier::wait`] ended when the barrier was passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -144,9 +195,87 @@ impl Barrier {
                 .parties
                 .store(parties as u32, SeqCst);
         })?;
-        Ok(Barrier { obj: Arc::new(obj) })
+        Ok(Barrier::hold(obj))
     }
 
+    /// The handle to `obj`: this process's hold on the barrier if it has one already.
+    fn hold(obj: Object) -> Barrier {
+        let key = sys::file_id(obj.data().0.fd()).ok();
+        let mut open = unpoisoned::lock(&OPEN);
+        open.retain(|(_, h)| h.strong_count() > 0);
+        let here = key.and_then(|key| {
+            open.iter()
+                .filter(|(k, _)| *k == key)
+                .find_map(|(_, h)| h.upgrade())
+        });
+        if let Some(held) = here {
+            return Barrier { held };
+        }
+        let held = Arc::new(Held {
+            core: Core { obj },
+            key,
+        });
+        if let Some(key) = key {
+            open.push((key, Arc::downgrade(&held)));
+        }
+        Barrier { held }
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> usize {
+        self.held.core.parties()
+    }
+
+    /// How many parties are waiting now.
+    pub fn n_waiting(&self) -> usize {
+        self.held.core.words().arrived.load(SeqCst) as usize
+    }
+
+    /// Whether the barrier is broken.
+    pub fn is_broken(&self) -> bool {
+        self.held.core.words().broken.load(SeqCst) != 0
+    }
+
+    /// Waits until every party has called `wait`.
+    ///
+    /// # Errors
+    ///
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken while waiting;
+    /// [`BarrierError::TooManyParties`] if more live threads than the barrier's parties
+    /// use it (after looking again for 20 ms: a thread that has just ended, joined,
+    /// stays known to the kernel for a moment).
+    pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
+        self.held.core.wait_until(&self.held, None)
+    }
+
+    /// As [`wait`](Self::wait), for at most `timeout`; if it passes, the barrier breaks
+    /// (as in Python) and this wait fails with [`BarrierError::Timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait), and `Timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<BarrierWaitResult, BarrierError> {
+        self.held
+            .core
+            .wait_until(&self.held, Instant::now().checked_add(timeout))
+    }
+
+    /// Breaks the barrier: current and later waits fail with `Broken` until
+    /// [`reset`](Self::reset).
+    pub fn abort(&self) {
+        let core = &self.held.core;
+        let _state = core.lock_state();
+        core.break_locked();
+    }
+
+    /// Returns the barrier to its initial state: waits in progress fail with `Broken`,
+    /// later ones work. Parties that died are forgotten.
+    pub fn reset(&self) {
+        self.held.core.reset();
+    }
+}
+
+impl Core {
     fn words(&self) -> &BarrierWords {
         self.obj.words()
     }
@@ -166,52 +295,11 @@ impl Barrier {
     }
 
     /// The number of parties.
-    pub fn parties(&self) -> usize {
+    fn parties(&self) -> usize {
         self.words().parties.load(SeqCst) as usize
     }
 
-    /// How many parties are waiting now.
-    pub fn n_waiting(&self) -> usize {
-        self.words().arrived.load(SeqCst) as usize
-    }
-
-    /// Whether the barrier is broken.
-    pub fn is_broken(&self) -> bool {
-        self.words().broken.load(SeqCst) != 0
-    }
-
-    /// Waits until every party has called `wait`.
-    ///
-    /// # Errors
-    ///
-    /// [`BarrierError::Broken`] if the barrier is or becomes broken while waiting;
-    /// [`BarrierError::TooManyParties`] if more live threads than the barrier's parties
-    /// use it (after looking again for 20 ms: a thread that has just ended, joined,
-    /// stays known to the kernel for a moment).
-    pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
-        self.wait_until(None)
-    }
-
-    /// As [`wait`](Self::wait), for at most `timeout`; if it passes, the barrier breaks
-    /// (as in Python) and this wait fails with [`BarrierError::Timeout`].
-    ///
-    /// # Errors
-    ///
-    /// As [`wait`](Self::wait), and `Timeout`.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<BarrierWaitResult, BarrierError> {
-        self.wait_until(Instant::now().checked_add(timeout))
-    }
-
-    /// Breaks the barrier: current and later waits fail with `Broken` until
-    /// [`reset`](Self::reset).
-    pub fn abort(&self) {
-        let _state = self.lock_state();
-        self.break_locked();
-    }
-
-    /// Returns the barrier to its initial state: waits in progress fail with `Broken`,
-    /// later ones work. Parties that died are forgotten.
-    pub fn reset(&self) {
+    fn reset(&self) {
         let _state = self.lock_state();
         let w = self.words();
         if w.arrived.load(SeqCst) > 0 {
@@ -230,7 +318,11 @@ impl Barrier {
         w.broken.store(0, SeqCst);
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<BarrierWaitResult, BarrierError> {
+    fn wait_until(
+        &self,
+        held: &Arc<Held>,
+        deadline: Option<Instant>,
+    ) -> Result<BarrierWaitResult, BarrierError> {
         let w = self.words();
         let parties = self.parties();
         let me = sys::thread_identity();
@@ -274,7 +366,7 @@ impl Barrier {
             self.end_generation(PASSED);
             drop(state);
             if let Some(i) = claimed {
-                remember_claim(&self.obj, i, me);
+                remember_claim(held, i, me);
             }
             return Ok(BarrierWaitResult {
                 index: index as usize,
@@ -287,7 +379,7 @@ impl Barrier {
         let generation = w.generation.load(SeqCst);
         drop(state);
         if let Some(i) = claimed {
-            remember_claim(&self.obj, i, me);
+            remember_claim(held, i, me);
         }
 
         let moved = || w.generation.load(SeqCst) != generation;
@@ -512,35 +604,52 @@ impl Barrier {
 }
 
 /// The position of `slot` among the barrier's slots.
-fn slot_index(barrier: &Barrier, slot: &BarrierSlot) -> Option<usize> {
+fn slot_index(barrier: &Core, slot: &BarrierSlot) -> Option<usize> {
     barrier.slots().position(|s| std::ptr::eq(s, slot))
 }
 
-/// A slot a thread claimed: freed when the thread ends on purpose.
+/// A slot a thread of this process claimed: freed when the thread ends on purpose, or
+/// when the process lets go of its last handle to the barrier.
 struct Claim {
-    obj: Arc<Object>,
+    held: Weak<Held>,
     index: usize,
     me: u64,
-    /// The process that claimed it (a child forked from this thread has a copy of its
+    /// The process that claimed it (a child forked from this one has a copy of the
     /// list, and must not free its parent's slots).
     pid: u32,
 }
 
 impl Claim {
     fn leave(self) {
-        if self.pid == sys::process_id() {
-            Barrier { obj: self.obj }.leave(self.index, self.me);
+        if let Some(held) = self.held.upgrade() {
+            held.core.leave(self.index, self.me);
         }
     }
 }
 
-/// The slots a thread claimed, freed when the thread ends without a panic.
-struct Claims(RefCell<Vec<Claim>>);
+/// The slots this process's threads claimed, as long as they are parties.
+static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
 
-impl Drop for Claims {
+/// Takes this process's claims that `which` picks off the list (and forgets those of the
+/// process it was forked from).
+fn take_claims(which: impl Fn(&Claim) -> bool) -> Vec<Claim> {
+    let pid = sys::process_id();
+    let mut claims = unpoisoned::lock(&CLAIMS);
+    claims.retain(|c| c.pid == pid);
+    let (taken, kept) = std::mem::take(&mut *claims).into_iter().partition(which);
+    *claims = kept;
+    taken
+}
+
+/// A thread that claimed a slot: as it ends (its thread-locals dropped), its slots
+/// leave their barriers, unless it panicked.
+struct ThreadEnd(Cell<u64>);
+
+impl Drop for ThreadEnd {
     fn drop(&mut self) {
-        let claims = std::mem::take(self.0.get_mut());
-        if PANICKED.with(Cell::get) {
+        let me = self.0.get();
+        let claims = take_claims(|c| c.me == me);
+        if PANICKED.try_with(Cell::get).unwrap_or(false) {
             return;
         }
         for claim in claims {
@@ -550,15 +659,14 @@ impl Drop for Claims {
 }
 
 thread_local! {
-    static CLAIMS: Claims = const { Claims(RefCell::new(Vec::new())) };
+    static THREAD_END: ThreadEnd = const { ThreadEnd(Cell::new(0)) };
     /// This thread panicked (set by a panic hook installed with the first claim): its
     /// slots stay claimed when it ends, and the other parties learn it died.
     static PANICKED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Notes that this thread claimed slot `index` of `obj`; lets go of the claims on
-/// barriers this process no longer has a handle to (their slots are freed).
-fn remember_claim(obj: &Arc<Object>, index: usize, me: u64) {
+/// Notes that this thread (`me`) claimed slot `index` of `held`'s barrier.
+fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
     static HOOK: Once = Once::new();
     // A thread that unwinds may not change the hook (it would abort): a later claim
     // installs it.
@@ -571,28 +679,22 @@ fn remember_claim(obj: &Arc<Object>, index: usize, me: u64) {
             }));
         });
     }
-    let orphans = CLAIMS
-        .try_with(|c| {
-            let mut claims = c.0.borrow_mut();
-            // Orphans: barriers this process has no handle to any more. A claim of the
-            // same barrier made before (a `reset` freed this thread's slot) is replaced.
-            let (orphans, kept): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut *claims)
-                .into_iter()
-                .filter(|c| !Arc::ptr_eq(&c.obj, obj))
-                .partition(|c| Arc::strong_count(&c.obj) == 1);
-            *claims = kept;
-            claims.push(Claim {
-                obj: Arc::clone(obj),
-                index,
-                me,
-                pid: sys::process_id(),
-            });
-            orphans
-        })
-        .unwrap_or_default();
-    for claim in orphans {
-        claim.leave();
-    }
+    // (A thread whose thread-locals are already gone keeps its claim until the
+    // process lets go of the barrier.)
+    let _ = THREAD_END.try_with(|end| end.0.set(me));
+    let pid = sys::process_id();
+    let mut claims = unpoisoned::lock(&CLAIMS);
+    // A claim of the same barrier made before (a `reset` freed this thread's slot) is
+    // replaced.
+    claims.retain(|c| {
+        c.pid == pid && !(c.me == me && std::ptr::eq(c.held.as_ptr(), Arc::as_ptr(held)))
+    });
+    claims.push(Claim {
+        held: Arc::downgrade(held),
+        index,
+        me,
+        pid,
+    });
 }
 
 /// The process ends: with `normally` (its function returned, whatever panics it
@@ -600,9 +702,8 @@ fn remember_claim(obj: &Arc<Object>, index: usize, me: u64) {
 /// claimed, and the other parties learn it died. (A process ends without running the
 /// thread's destructors.)
 pub(crate) fn process_ends(normally: bool) {
-    let claims = CLAIMS
-        .try_with(|c| std::mem::take(&mut *c.0.borrow_mut()))
-        .unwrap_or_default();
+    let me = sys::thread_identity();
+    let claims = take_claims(|c| c.me == me);
     if normally {
         for claim in claims {
             claim.leave();
@@ -611,7 +712,7 @@ pub(crate) fn process_ends(normally: bool) {
 }
 
 /// The barrier's state lock, held; released when dropped.
-struct StateGuard<'a>(&'a Barrier);
+struct StateGuard<'a>(&'a Core);
 
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
@@ -652,12 +753,12 @@ mod tests {
         std::thread::spawn(move || tx.send(waiting.wait()).unwrap());
         until(|| b.n_waiting() == 1);
         // The stopped holder.
-        assert!(b.words().lock.lock(None).is_some());
+        assert!(b.held.core.words().lock.lock(None).is_some());
         let timed = b.clone();
         let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(10)));
         assert_eq!(timed.join().unwrap().err(), Some(BarrierError::Timeout));
         let ended = rx.recv_timeout(Duration::from_secs(10));
-        b.words().lock.unlock();
+        b.held.core.words().lock.unlock();
         assert_eq!(
             ended.map(|r| r.err()),
             Ok(Some(BarrierError::Broken)),
