@@ -516,6 +516,56 @@ fn a_timed_out_tasks_callback_may_wait_for_a_countdown_task() {
     pool.join_timeout(T).unwrap();
 }
 
+/// `terminate` leaves the timeouts of running tasks in force, and fails a task waiting
+/// for its countdown at once, and one given a countdown later (by a retry) as it comes:
+/// the timeouts were turned off, and the wait for a hung task never returned.
+#[test]
+fn terminate_keeps_the_timeouts_of_running_tasks() {
+    let pool = ThreadPool::new(2).unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let started = started_tx.clone();
+    let mut hung = pool
+        .submit_with(
+            move || {
+                started.send(()).unwrap();
+                let _ = release_rx.recv_timeout(T);
+            },
+            TaskOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let failing = pool
+        .submit_fallible_with(
+            move || {
+                let _ = started_tx.send(());
+                std::thread::sleep(Duration::from_millis(100));
+                Err::<u32, String>("again".into())
+            },
+            TaskOptions::new().retry(RetryPolicy::attempts(2).backoff(hour, 1.0, hour)),
+        )
+        .unwrap();
+    let mut delayed = pool
+        .submit_with(|| 7, TaskOptions::new().countdown(hour))
+        .unwrap();
+    for _ in 0..2 {
+        started_rx.recv_timeout(T).unwrap();
+    }
+    pool.terminate();
+    assert_eq!(
+        delayed.wait_timeout(Duration::from_secs(5)),
+        Err(TaskError::PoolClosed)
+    );
+    let t = Instant::now();
+    let timed_out = hung.wait_timeout(Duration::from_secs(5));
+    let failed = get(failing);
+    drop(release_tx);
+    assert_eq!(timed_out, Err(TaskError::TimedOut));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(failed, Err(TaskError::PoolClosed));
+    pool.join_timeout(T).unwrap();
+}
+
 /// A cancelled countdown task lets go of its closure (and what it captured) at the
 /// cancel, not at its time: it was kept in the timers until then (an hour here).
 #[test]

@@ -1097,11 +1097,13 @@ impl ThreadPool {
         }
     }
 
-    /// Refuses new tasks and fails the queued ones with [`TaskError::PoolClosed`].
-    /// Running tasks finish (threads cannot be stopped).
+    /// Refuses new tasks and fails the queued ones (and those waiting for their
+    /// countdown or a retry) with [`TaskError::PoolClosed`]. Running tasks finish
+    /// (threads cannot be stopped); one whose timeout passes still ends as
+    /// [`TaskError::TimedOut`] then, its closure running on.
     pub fn terminate(&self) {
         self.shared.fail_all(None);
-        self.shared.timers.stop();
+        self.shared.timers.refuse_starts();
     }
 
     /// Python's `Executor.shutdown(wait, cancel_futures)`: closes the pool; with

@@ -64,6 +64,9 @@ struct State {
     ended: usize,
     seq: u64,
     stopped: bool,
+    /// Actions that start a task run at once as stopping (see
+    /// [`Timers::refuse_starts`]).
+    starts_refused: bool,
 }
 
 #[derive(Default)]
@@ -133,7 +136,7 @@ impl Timers {
         let mut swept = Vec::new();
         {
             let mut st = unpoisoned::lock(&self.shared.state);
-            if st.stopped {
+            if st.stopped || (start && st.starts_refused) {
                 drop(st);
                 action(true);
                 return Ok(());
@@ -204,6 +207,13 @@ impl Timers {
         for e in starts {
             (e.action)(true);
         }
+    }
+
+    /// As [`cancel_starts`](Self::cancel_starts), and so for every action that starts
+    /// a task given later; the timeouts of tasks that run keep their times.
+    pub(crate) fn refuse_starts(&self) {
+        unpoisoned::lock(&self.shared.state).starts_refused = true;
+        self.cancel_starts();
     }
 
     /// Stops: every action not yet run runs now as stopping, and the thread ends.
