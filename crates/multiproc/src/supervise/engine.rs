@@ -203,6 +203,16 @@ struct Lingering {
     kill_at: Option<Instant>,
 }
 
+/// When the lingering groups next need looking at: at the end of a grace, and every
+/// [`GROUP_POLL`] once it has passed (killed, they are waited for until gone or
+/// [`KILL_WAIT`] has passed; a wait of nothing spun the thread through that time).
+fn lingering_due(lingering: &[Lingering], now: Instant) -> impl Iterator<Item = Duration> + '_ {
+    lingering.iter().filter_map(|g| g.kill_at).map(move |at| {
+        let left = at.saturating_duration_since(now);
+        if left.is_zero() { GROUP_POLL } else { left }
+    })
+}
+
 impl Supervising {
     /// The supervising thread: supervises until told to stop, every child is done or
     /// intensity is exceeded, then stops every child and tells the waiters. A panic
@@ -282,12 +292,7 @@ impl Supervising {
                 SlotState::Waiting(at) => Some(at.saturating_duration_since(now)),
                 _ => None,
             })
-            .chain(
-                self.lingering
-                    .iter()
-                    .filter_map(|g| g.kill_at)
-                    .map(|at| at.saturating_duration_since(now)),
-            )
+            .chain(lingering_due(&self.lingering, now))
             .min()
             .unwrap_or(TICK);
         let waitables: Vec<&dyn crate::Waitable> = self
@@ -719,5 +724,24 @@ impl Shared {
                 Err(_) => return Err(SupervisorError::Timeout),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group killed and not yet gone is looked at every `GROUP_POLL`, not at once.
+    #[test]
+    fn a_killed_group_is_polled_not_spun_on() {
+        let now = Instant::now();
+        let group = |kill_at| Lingering { pgid: 1, kill_at };
+        let lingering = [
+            group(now.checked_sub(Duration::from_secs(1))),
+            group(Some(now + Duration::from_secs(3))),
+            group(None),
+        ];
+        let due: Vec<_> = lingering_due(&lingering, now).collect();
+        assert_eq!(due, [GROUP_POLL, Duration::from_secs(3)]);
     }
 }
