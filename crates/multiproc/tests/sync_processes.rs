@@ -844,6 +844,10 @@ fn array_of_100m_f64_written_in_halves() {
     }
 }
 
+fn give_back(shm: SharedMemory) -> SharedMemory {
+    shm
+}
+
 fn write_greeting(shm: SharedMemory) {
     shm.write(0, b"hello").unwrap();
 }
@@ -1047,9 +1051,27 @@ fn shared_memory_anonymous_and_named() {
         Err(ShmError::AlreadyExists(_))
     ));
     let clone = named.clone();
+    // A handle that comes back from a child, and one opened by name here, are the
+    // creator's too: the name stays while any of them lives.
+    let back = multiproc::spawn(give_back, named.clone())
+        .unwrap()
+        .join_timeout(T)
+        .unwrap();
+    let opened = SharedMemory::open(&name).unwrap();
+    assert!(back.is_creator() && opened.is_creator());
     drop(named);
     assert!(common::shm_exists(&name), "unlinked while a handle is left");
     drop(clone);
+    assert!(
+        common::shm_exists(&name),
+        "unlinked while a handle that came back is left"
+    );
+    drop(back);
+    assert!(
+        common::shm_exists(&name),
+        "unlinked while a handle opened by name is left"
+    );
+    drop(opened);
     assert!(
         !common::shm_exists(&name),
         "the creator's drop did not unlink"

@@ -1,7 +1,9 @@
 //! Named segments: POSIX shared memory (`/dev/shm/<name>`), which outlives the processes
 //! that use it unless someone unlinks it.
 //!
-//! The creator unlinks the name when its handle is dropped, and reports it to the
+//! The creator unlinks the name when its last handle is dropped (all its handles to the
+//! segment share one `Creator`, those that come back to it and those it opens by name
+//! too), and reports it to the
 //! [`Tracker`] that `init()` installs, which hands it to the creator's segment tracker:
 //! a process of its own session that unlinks it if the creator ends first, however it
 //! ends (killed alone, with its fork server, or with its whole process group; see
@@ -29,12 +31,13 @@
 
 use std::fmt;
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde::{Deserialize, Serialize};
 
 use super::ShmError;
 use super::segment::Segment;
+use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 
 /// A named segment this process created, as a tracker is told of it: the name, and the
@@ -69,12 +72,38 @@ pub(crate) fn set_tracker(tracker: Tracker) {
 /// Longest name: `NAME_MAX` less room for the `/dev/shm/` file's name rules.
 const MAX_NAME: usize = 255;
 
-/// A segment's name, and whether this process created it (and so unlinks it on drop).
+/// A segment's name, and whether this process created it (and so unlinks it once its
+/// last handle here is dropped).
 pub(crate) struct Name {
     name: String,
-    /// `Some` in the creating process: the pid that created it (a forked copy of this
-    /// value in a child must not unlink) and the file's identity.
-    creator: Option<(u32, Tracked)>,
+    /// `Some` in the creating process, shared by every handle to the segment there.
+    creator: Option<Arc<Creator>>,
+}
+
+/// A segment this process created: unlinked as the last of its handles here goes. A
+/// handle to it that comes back (a child returns it, a queue or the manager passes it
+/// along) or is opened by name here shares it, found in [`CREATED`]: the name stays
+/// while any handle here lives.
+struct Creator {
+    /// The pid that created it (a forked copy of this value in a child must not unlink).
+    pid: u32,
+    tracked: Tracked,
+}
+
+/// The segments this process created that it still has handles to.
+static CREATED: Mutex<Vec<Weak<Creator>>> = Mutex::new(Vec::new());
+
+impl Drop for Creator {
+    fn drop(&mut self) {
+        let this: *const Creator = self;
+        unpoisoned::lock(&CREATED).retain(|c| !std::ptr::eq(c.as_ptr(), this));
+        if self.pid == sys::getpid() {
+            sys::shm_unlink_if(&self.tracked.name, (self.tracked.dev, self.tracked.ino));
+            if let Some(tracker) = TRACKER.get() {
+                (tracker.untrack)(&self.tracked);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Name {
@@ -92,32 +121,27 @@ impl Name {
         &self.name
     }
 
-    /// A name learned from another process: never unlinked from here.
-    pub(crate) fn borrowed(name: String) -> Self {
-        Name {
-            name,
-            creator: None,
-        }
+    /// The name of a segment received or opened here, mapped through `fd`: this
+    /// process's creator's if it created the segment (the same file, and it still has
+    /// a handle to it), else a name never unlinked from here.
+    pub(crate) fn received(name: String, fd: BorrowedFd<'_>) -> Self {
+        let pid = sys::getpid();
+        let creator = sys::file_id(fd).ok().and_then(|(dev, ino)| {
+            let created = unpoisoned::lock(&CREATED);
+            created.iter().filter_map(Weak::upgrade).find(|c| {
+                c.pid == pid
+                    && c.tracked.name == name
+                    && (c.tracked.dev, c.tracked.ino) == (dev, ino)
+            })
+        });
+        Name { name, creator }
     }
 
     /// Whether this process created the segment.
     pub(crate) fn is_creator(&self) -> bool {
         self.creator
             .as_ref()
-            .is_some_and(|(pid, _)| *pid == sys::getpid())
-    }
-}
-
-impl Drop for Name {
-    fn drop(&mut self) {
-        if let Some((pid, tracked)) = &self.creator
-            && *pid == sys::getpid()
-        {
-            sys::shm_unlink_if(&tracked.name, (tracked.dev, tracked.ino));
-            if let Some(tracker) = TRACKER.get() {
-                (tracker.untrack)(tracked);
-            }
-        }
+            .is_some_and(|c| c.pid == sys::getpid())
     }
 }
 
@@ -182,11 +206,20 @@ pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError
         }
         return Err(e.into());
     }
+    let creator = Arc::new(Creator {
+        pid: sys::getpid(),
+        tracked,
+    });
+    {
+        let mut created = unpoisoned::lock(&CREATED);
+        created.retain(|c| c.strong_count() > 0);
+        created.push(Arc::downgrade(&creator));
+    }
     Ok((
         fd,
         Name {
             name: bare.to_string(),
-            creator: Some((sys::getpid(), tracked)),
+            creator: Some(creator),
         },
     ))
 }
@@ -214,7 +247,8 @@ pub(crate) fn open(name: &str) -> Result<(OwnedFd, usize, Name), ShmError> {
             until = std::time::Instant::now() + BEING_CREATED;
         }
     }
-    Ok((fd, len, Name::borrowed(bare.to_string())))
+    let name = Name::received(bare.to_string(), fd.as_fd());
+    Ok((fd, len, name))
 }
 
 /// How long an opener waits for a segment's creator to size it and write its header.

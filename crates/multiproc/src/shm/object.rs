@@ -443,7 +443,8 @@ impl Object {
             .filter(|&s| s >= ObjectHeader::WORDS_OFFSET)
             .ok_or_else(|| codec::refuse::<D::Error>("a shared object of an impossible size"))?;
         let seg = named::map_received(fd, size, wire.name.as_deref()).map_err(codec::refuse)?;
-        Object::validate(seg, kind, elem, wire.name.map(Name::borrowed)).map_err(codec::refuse)
+        let name = wire.name.map(|name| Name::received(name, seg.fd()));
+        Object::validate(seg, kind, elem, name).map_err(codec::refuse)
     }
 }
 

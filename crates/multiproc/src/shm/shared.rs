@@ -21,7 +21,8 @@ use crate::wire::codec;
 /// A *named* segment ([`create`](SharedMemory::create)) is `/dev/shm/<name>`, which any
 /// process of the same user can [`open`](SharedMemory::open), Python's
 /// `SharedMemory(name=...)` included. Its creator removes the name when its last handle
-/// is dropped, and if it ends first (it returns from `main` with handles left, or it is
+/// is dropped (handles that come back to it, from a child or through a queue, and those
+/// it opens by name count too), and if it ends first (it returns from `main` with handles left, or it is
 /// killed, alone, with its fork server, or with its whole process group), multiproc
 /// removes the name on its behalf: a small tracker process of its own session does,
 /// started when the creator first creates a named segment, which needs
@@ -267,6 +268,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
                 codec::refuse::<D::Error>("a shared-memory segment of an impossible size")
             })?;
         let seg = named::map_received(fd, size, wire.name.as_deref()).map_err(codec::refuse)?;
-        Ok(SharedMemory::adopt(seg, wire.name.map(Name::borrowed)))
+        let name = wire.name.map(|name| Name::received(name, seg.fd()));
+        Ok(SharedMemory::adopt(seg, name))
     }
 }
