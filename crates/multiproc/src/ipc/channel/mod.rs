@@ -949,8 +949,13 @@ impl RawReceiver {
     }
 
     /// Whether a receive would not block: a message is waiting, or the senders are gone.
+    /// A producer that died publishing left its message out of the ring, where only a
+    /// receive finishes the publish: this finishes it too (a wait for readiness slept
+    /// by it while another sender lived).
     pub(crate) fn ready(&self) -> bool {
-        self.core.has_data() || self.senders_gone()
+        self.core.has_data()
+            || self.senders_gone()
+            || (self.core.publishing() && self.finish_dead_publish().unwrap_or(true))
     }
 
     /// Counts the caller among the sleepers, so that senders ring the doorbell; the
@@ -1667,6 +1672,12 @@ mod tests {
                 "unbounded: {growable}"
             );
             assert_eq!(rx.len(), 0, "unbounded: {growable}");
+            assert!(!rx.ready(), "unbounded: {growable}");
+            // A death mid-publish with the channel empty: a wait for readiness sees the
+            // message (it is not waiting for the next receive to finish the publish).
+            send_dying(&tx, ring::DIES_PUBLISHING, 9, false);
+            assert!(rx.ready(), "unbounded: {growable}");
+            assert_eq!(number(&take(&rx).unwrap()), 9, "unbounded: {growable}");
             assert!(!rx.ready(), "unbounded: {growable}");
             for n in 0..3 {
                 tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
