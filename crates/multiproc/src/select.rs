@@ -30,7 +30,17 @@ pub(crate) trait Completion: Send + Sync {
     fn watch(&self, watch: Weak<dyn Watch>, key: usize) -> Option<bool>;
     /// Removes `watch` (registered under any key), if it is still there.
     fn unwatch(&self, watch: &Weak<dyn Watch>);
+    /// Routes the outcomes waiting at its source, if the source routes on the threads
+    /// that wait too (a process pool: on its own thread, in a callback, nothing else
+    /// does); whether it does. A wait then helps every [`HELP_EVERY`] of its sleep.
+    fn help(&self) -> bool {
+        false
+    }
 }
+
+/// How often a wait for tasks whose source routes outcomes on waiting threads helps it
+/// while it sleeps.
+const HELP_EVERY: Duration = Duration::from_millis(10);
 
 /// A doorbell (eventfd) rung when a watched task completes: what `wait` polls for
 /// tasks, one per call.
@@ -172,6 +182,10 @@ fn wait_sources(
                 Kind::Process(_) | Kind::Task(_) => None,
             })
             .collect();
+        let helped = sources
+            .iter()
+            .filter(|s| matches!(&s.0, Kind::Task(c) if c.help()))
+            .count();
         let ready = ready_indices(sources);
         if !ready.is_empty() {
             return Ok(ready);
@@ -194,7 +208,8 @@ fn wait_sources(
             })
             .collect();
         fds.extend(outcomes.iter().map(AsFd::as_fd));
-        let until = deadline.map_or(now + MAX_SLEEP, |d| d.min(now + MAX_SLEEP));
+        let most = if helped > 0 { HELP_EVERY } else { MAX_SLEEP };
+        let until = deadline.map_or(now + most, |d| d.min(now + most));
         sys::wait_readable(&fds, Some(until))?;
         if let Some(bell) = bell {
             sys::silence(bell);

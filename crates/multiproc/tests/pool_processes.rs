@@ -365,14 +365,40 @@ fn outcomes_are_routed_during_and_after_maps() {
             .imap(crash, [Crash::Exit(3)])
             .map(|r| format!("{r:?}"))
             .collect();
-        tx.send((mapped, done, streamed, crashed)).unwrap();
+        // A task awaited, one waited for with `multiproc::wait`, and tasks of two pools
+        // waited for together, the thread pool's first.
+        let awaited = futures_lite::future::block_on(p.submit(square, 6).unwrap());
+        let mut selected = p.submit(square, 7).unwrap();
+        let ready = multiproc::wait(&[&selected], Some(Duration::from_secs(10)));
+        let selected = (ready.unwrap(), selected.wait_timeout(T));
+        let threads = multiproc::ThreadPool::new(1).unwrap();
+        let mixed = [
+            threads
+                .submit(|| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    0u64
+                })
+                .unwrap(),
+            p.submit(square, 8).unwrap(),
+        ];
+        let both = multiproc::wait_tasks(
+            &mixed,
+            multiproc::Return::AllCompleted,
+            Some(Duration::from_secs(10)),
+        );
+        let others = (awaited, selected, both);
+        tx.send((mapped, done, streamed, crashed, others)).unwrap();
     });
-    let (mapped, done, streamed, crashed) =
+    let (mapped, done, streamed, crashed, others) =
         rx.recv_timeout(T).expect("the callback's map never ended");
     assert_eq!(mapped.unwrap(), [10; 4]);
     assert_eq!(done, [0, 1, 4]);
     assert_eq!(streamed, [0, 1, 4, 9, 16]);
     assert!(crashed[0].starts_with("Err(WorkerDied"), "{crashed:?}");
+    let (awaited, selected, both) = others;
+    assert_eq!(awaited, Ok(36));
+    assert_eq!(selected, (vec![0], Ok(49)));
+    assert_eq!(both, (vec![0, 1], vec![]));
     // The pool's thread drops the callback (and its handle of the pool) once it ran.
     assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
     let pool = Arc::into_inner(pool).expect("the callback let go of the pool");

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::task::Cancel;
+use super::task::Helpers;
 use super::{Task, TaskError};
 use crate::select::Watch;
 use crate::sync::raw::spin_until;
@@ -126,13 +126,13 @@ where
             .filter_map(|(i, t)| t.as_ref().map(|t| (i, t))),
     );
     let left = tasks.len();
-    let helper = tasks.iter().flatten().find_map(Task::helper);
+    let helpers = Helpers::of(tasks.iter().flatten());
     AsCompleted {
         tasks,
         board,
         watch,
         left,
-        helper,
+        helpers,
     }
 }
 
@@ -145,9 +145,9 @@ pub struct AsCompleted<R> {
     board: Arc<Board>,
     watch: Weak<dyn Watch>,
     left: usize,
-    /// The source of the first task, helped while waiting (a process pool routes
-    /// outcomes on the waiting thread too).
-    helper: Option<Arc<dyn Cancel>>,
+    /// The tasks' sources that route outcomes on the waiting thread too (process
+    /// pools), helped while waiting.
+    helpers: Helpers,
 }
 
 impl<R> AsCompleted<R> {
@@ -172,12 +172,8 @@ impl<R> AsCompleted<R> {
             if self.left == 0 {
                 return Ok(None);
             }
-            let helper = &self.helper;
-            let help = || {
-                if let Some(h) = helper {
-                    h.help();
-                }
-            };
+            let helpers = &self.helpers;
+            let help = || helpers.help();
             let Some((i, _)) = self.board.next(deadline, &help) else {
                 return Err(TaskError::Timeout);
             };
@@ -262,12 +258,8 @@ pub fn wait_tasks<R>(
     let mut done = vec![false; tasks.len()];
     let mut count = 0;
     let mut failed = false;
-    let helper = tasks.iter().find_map(Task::helper);
-    let help = || {
-        if let Some(h) = &helper {
-            h.help();
-        }
-    };
+    let helpers = Helpers::of(tasks);
+    let help = || helpers.help();
     loop {
         let satisfied = match return_when {
             Return::FirstCompleted => count > 0,

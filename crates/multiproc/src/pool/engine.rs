@@ -1037,6 +1037,10 @@ impl Cancel for PoolInner {
         true
     }
 
+    fn routes_here(&self) -> bool {
+        self.on_engine_thread()
+    }
+
     fn is_running(&self, id: u64) -> bool {
         let st = unpoisoned::lock(&self.state);
         st.tasks

@@ -413,6 +413,31 @@ impl<R: Send> Completion for Cell<R> {
     }
 }
 
+/// A task's completion, helping its source (see [`Completion::help`]).
+impl<R: Send> Completion for Task<R> {
+    fn is_complete(&self) -> bool {
+        self.cell.is_done()
+    }
+
+    fn watch(&self, watch: Weak<dyn Watch>, key: usize) -> Option<bool> {
+        self.cell.watch(watch, key)
+    }
+
+    fn unwatch(&self, watch: &Weak<dyn Watch>) {
+        self.cell.unwatch(watch);
+    }
+
+    fn help(&self) -> bool {
+        match self.helper() {
+            Some(source) if source.helps() => {
+                source.help();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 impl<R: Send> Sink<R> for Cell<R> {
     fn deliver(&self, _slot: usize, outcome: Result<R, TaskError>) {
         self.put(outcome.map(Held::Value));
@@ -610,6 +635,38 @@ pub(crate) trait Cancel: Send + Sync {
     /// sleeps, now and then).
     fn helps(&self) -> bool {
         false
+    }
+
+    /// Whether the calling thread is the source's own (a callback it runs): nothing
+    /// else routes its outcomes while this thread waits, nor wakes it.
+    fn routes_here(&self) -> bool {
+        false
+    }
+}
+
+/// The sources of some tasks that route outcomes on the threads waiting for them (each
+/// once): what a wait for any of the tasks helps. A wait in a callback on one pool's
+/// own thread for tasks of several pools must help that one, whichever task comes
+/// first.
+pub(crate) struct Helpers(Vec<Arc<dyn Cancel>>);
+
+impl Helpers {
+    pub(crate) fn of<'t, R: 't>(tasks: impl IntoIterator<Item = &'t Task<R>>) -> Self {
+        let mut all: Vec<Arc<dyn Cancel>> = Vec::new();
+        for source in tasks.into_iter().filter_map(Task::helper) {
+            let same =
+                |a: &Arc<dyn Cancel>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(&source));
+            if source.helps() && !all.iter().any(same) {
+                all.push(source);
+            }
+        }
+        Helpers(all)
+    }
+
+    pub(crate) fn help(&self) {
+        for source in &self.0 {
+            source.help();
+        }
     }
 }
 
@@ -850,7 +907,7 @@ pub(crate) fn decode_outcome<R: DeserializeOwned>(
 
 impl<R: Send> private::Sealed for Task<R> {
     fn source(&self) -> Source<'_> {
-        Source::task(&*self.cell)
+        Source::task(self)
     }
 }
 
@@ -860,6 +917,12 @@ impl<R> Future for Task<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.helper().is_some_and(|source| source.routes_here()) {
+            // Polled on the pool's own thread (in a callback): nobody else routes the
+            // outcome while it waits, and nobody would wake it. The outcome is waited
+            // for here, routing, as `wait` does.
+            return Poll::Ready(self.take(None));
+        }
         self.cell.poll_take(cx)
     }
 }
