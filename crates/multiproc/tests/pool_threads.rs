@@ -415,6 +415,32 @@ fn cancelled_waiting_tasks_do_not_hold_join() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// A cancelled countdown task's callback may join the pool (it runs on the thread that
+/// cancels): the join waited for the very task it ran for, and the cancel never
+/// returned.
+#[test]
+fn a_cancelled_tasks_callback_may_join_the_pool() {
+    let pool = Arc::new(ThreadPool::new(1).unwrap());
+    let waiting = pool
+        .submit_with(
+            || 1,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let p = Arc::clone(&pool);
+    waiting.on_done(move |outcome| {
+        let t0 = Instant::now();
+        let joined = p.join_timeout(Duration::from_secs(10));
+        let _ = tx.send((outcome.clone(), joined, t0.elapsed()));
+    });
+    assert!(waiting.cancel());
+    let (outcome, joined, took) = rx.recv_timeout(T).unwrap();
+    assert_eq!(outcome, Err(TaskError::Cancelled));
+    assert!(joined.is_ok(), "{joined:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
 #[test]
 fn join_timeout_reports_busy_pool() {
     let pool = ThreadPool::new(1).unwrap();

@@ -500,10 +500,14 @@ impl<T> Ctl<T> {
         self.progress.change(None, QUEUED, RUNNING, Some(run))
     }
 
-    /// Ends a job that has not started with `outcome`; whether it had not started.
+    /// Ends a job that has not started with `outcome`; whether it had not started. The
+    /// pool lets go of the task before its callbacks run (they run on the thread that
+    /// cancels, or on the timer thread): one that joins the pool would otherwise wait
+    /// for the very task it runs for.
     fn finish(&self, outcome: Result<T, TaskError>) -> bool {
         let won = self.swap(QUEUED, DONE);
         if won {
+            self.let_go();
             self.sink.deliver(self.slot, outcome);
         }
         won
@@ -540,7 +544,6 @@ impl<T: Send> Cancel for Ctl<T> {
     fn cancel(&self, _id: u64) -> bool {
         let cancelled = self.finish(Err(TaskError::Cancelled));
         if cancelled {
-            self.let_go();
             // A task waiting for its time (a countdown, a retry's delay) holds an entry
             // of the timers, with its closure.
             if let Some(shared) = self.pool.upgrade() {
