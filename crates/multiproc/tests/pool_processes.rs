@@ -32,6 +32,10 @@ fn main() {
                 outcomes_are_routed_during_and_after_maps,
             ),
             trial(
+                "a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it",
+                a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it,
+            ),
+            trial(
                 "a_map_called_before_close_ends",
                 a_map_called_before_close_ends,
             ),
@@ -198,6 +202,49 @@ fn square(x: u64) -> u64 {
 
 fn pid(_: ()) -> u32 {
     std::process::id()
+}
+
+/// A callback that joins the pool, run by a thread whose `map` of the pool is under way
+/// (it routes outcomes as it waits), only closes it, as on the pool's own thread: the
+/// join waited for the map, and the map for the callback. The pool's own thread is kept
+/// busy in another callback meanwhile, so that the mapping thread routes the outcome;
+/// rounds go on until a callback ran there.
+fn a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it() {
+    let me = std::thread::current().id();
+    let mut on_the_mapper = 0;
+    for round in 0..20 {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+        pool.submit(square, 1).unwrap().on_done(move |_| {
+            let _ = busy_tx.send(());
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        busy_rx
+            .recv_timeout(T)
+            .expect("the first callback never ran");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = Arc::clone(&pool);
+        pool.submit(sleep_ms, 5).unwrap().on_done(move |_| {
+            let mapper = std::thread::current().id() == me;
+            let joined = p.join_timeout(Duration::from_secs(5));
+            let _ = tx.send((mapper, format!("{joined:?}")));
+        });
+        let mapped = pool.map_chunked(sleep_ms, [20u64; 8], 1);
+        assert_eq!(mapped, Ok(vec![20; 8]), "round {round}");
+        let (mapper, joined) = rx.recv_timeout(T).expect("the callback never ran");
+        assert!(
+            joined.starts_with("Err(InvalidArgument"),
+            "round {round}: {joined}"
+        );
+        // The callback let go of its handle as it ended.
+        assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
+        finish(Arc::into_inner(pool).unwrap());
+        on_the_mapper += usize::from(mapper);
+        if on_the_mapper > 0 {
+            return;
+        }
+    }
+    panic!("in 20 rounds, no callback ran on the mapping thread");
 }
 
 fn sleep_ms(ms: u64) -> u64 {

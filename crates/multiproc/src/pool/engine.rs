@@ -433,7 +433,23 @@ impl PoolInner {
         let mut st = unpoisoned::lock(&self.state);
         refuses(&st, false)?;
         st.open_maps += 1;
+        drop(st);
+        let _ = MAPPING.try_with(|m| m.borrow_mut().push(self.addr()));
         Ok(OpenMap(self))
+    }
+
+    fn addr(&self) -> usize {
+        std::ptr::from_ref(self).addr()
+    }
+
+    /// Whether a wait for the pool to finish would wait for the calling thread itself:
+    /// it is the pool's own thread (in a callback), or it runs a callback while its own
+    /// `map` of the pool is open (a map's caller routes outcomes as it waits).
+    pub(super) fn finishing_waits_for_caller(&self) -> bool {
+        self.on_engine_thread()
+            || MAPPING
+                .try_with(|m| m.borrow().contains(&self.addr()))
+                .unwrap_or(false)
     }
 
     /// Registers a task and sends it to a worker if one has room. Returns its id.
@@ -1176,8 +1192,21 @@ fn refuses(st: &State, in_map: bool) -> Result<(), TaskError> {
 /// A map under way ([`PoolInner::open_map`]).
 pub(super) struct OpenMap<'a>(&'a PoolInner);
 
+thread_local! {
+    /// The pools (by address) whose `map` this thread is in: a `join` in a callback it
+    /// runs meanwhile would wait for that map.
+    static MAPPING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Drop for OpenMap<'_> {
     fn drop(&mut self) {
+        let addr = self.0.addr();
+        let _ = MAPPING.try_with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some(i) = m.iter().rposition(|&a| a == addr) {
+                m.swap_remove(i);
+            }
+        });
         let mut st = unpoisoned::lock(&self.0.state);
         st.open_maps -= 1;
         let last = st.open_maps == 0 && st.closed;

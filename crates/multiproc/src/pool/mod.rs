@@ -825,10 +825,12 @@ impl Pool {
     /// exited.
     ///
     /// Called from a callback the pool's own thread runs, it only closes the pool: that
-    /// thread finishes it, and cannot while it waits.
+    /// thread finishes it, and cannot while it waits. So too from a callback run by a
+    /// thread whose `map` of this pool is under way (it routes outcomes while it waits,
+    /// running their callbacks): the pool finishes only after that map.
     pub fn join(&self) {
         self.close();
-        if self.inner.on_engine_thread() {
+        if self.inner.finishing_waits_for_caller() {
             return;
         }
         self.inner.wait_finished(None);
@@ -840,13 +842,14 @@ impl Pool {
     ///
     /// [`PoolError::Timeout`] if tasks still run: the pool stays closed and can be
     /// joined again. [`PoolError::InvalidArgument`] if called from a callback the pool's
-    /// own thread runs (the wait could only time out); the pool is closed.
+    /// own thread runs, or one run by a thread inside a `map` of this pool (the wait
+    /// could only time out); the pool is closed.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
         self.close();
-        if self.inner.on_engine_thread() {
+        if self.inner.finishing_waits_for_caller() {
             return Err(PoolError::InvalidArgument(
-                "join_timeout called from a callback run by the pool's own thread, which \
-                 finishes the pool and would wait for itself"
+                "join_timeout called from a callback run by the pool's own thread, or by a \
+                 thread inside a map of the pool, which the pool's end would wait for"
                     .into(),
             ));
         }
