@@ -441,6 +441,34 @@ fn a_cancelled_tasks_callback_may_join_the_pool() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// A join on another thread waits for a cancelled task's callbacks, which run on the
+/// thread that cancels: "every task has finished" holds when it returns.
+#[test]
+fn join_waits_for_a_cancelled_tasks_callbacks() {
+    let pool = ThreadPool::new(1).unwrap();
+    let waiting = pool
+        .submit_with(
+            || 1,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let called = Arc::new(AtomicUsize::new(0));
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let c = Arc::clone(&called);
+    waiting.on_done(move |_| {
+        let _ = inside_tx.send(());
+        std::thread::sleep(Duration::from_millis(300));
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    std::thread::scope(|s| {
+        let cancelling = s.spawn(|| waiting.cancel());
+        inside_rx.recv_timeout(T).unwrap();
+        pool.join_timeout(T).unwrap();
+        assert_eq!(called.load(Ordering::SeqCst), 1, "join returned first");
+        assert!(cancelling.join().unwrap());
+    });
+}
+
 #[test]
 fn join_timeout_reports_busy_pool() {
     let pool = ThreadPool::new(1).unwrap();

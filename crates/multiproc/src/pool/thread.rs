@@ -387,6 +387,23 @@ impl Shared {
     }
 
     /// Waits until every thread has exited, or `deadline`; whether they have.
+    /// Lets go of the tasks of this pool whose outcome the calling thread is delivering
+    /// (a `join` in one's callback: see [`DELIVERING`]).
+    fn let_go_deliveries_here(&self) {
+        let here: Vec<Arc<Hold>> = DELIVERING
+            .try_with(|d| {
+                d.borrow()
+                    .iter()
+                    .filter(|h| std::ptr::eq(h.pool.as_ptr(), self))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for hold in here {
+            hold.let_go();
+        }
+    }
+
     fn wait_exited(&self, deadline: Option<Instant>) -> bool {
         let mut st = unpoisoned::lock(&self.state);
         while st.live > 0 {
@@ -408,10 +425,60 @@ struct Ctl<T> {
     progress: Arc<Progress>,
     sink: Arc<dyn Sink<T>>,
     slot: usize,
-    /// A task of `submit_with` still counted among those that keep the pool's queue
-    /// open (see [`Ctl::let_go`]).
+    /// A task of `submit_with`: counted among those that keep the pool's queue open
+    /// until it is let go (see [`Ctl::let_go`]).
+    hold: Option<Arc<Hold>>,
+}
+
+/// A task's place among those that keep its pool's queue open.
+struct Hold {
     held: AtomicBool,
     pool: Weak<Shared>,
+}
+
+impl Hold {
+    /// Once, whoever calls first.
+    fn let_go(&self) {
+        if self.held.swap(false, Ordering::AcqRel)
+            && let Some(shared) = self.pool.upgrade()
+        {
+            shared.release();
+        }
+    }
+}
+
+thread_local! {
+    /// The held tasks whose outcome this thread is delivering (their callbacks run):
+    /// a `join` in a callback lets them go first, as it would otherwise wait for the
+    /// very task it runs for.
+    static DELIVERING: std::cell::RefCell<Vec<Arc<Hold>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A delivery under way on this thread (see [`DELIVERING`]), until dropped.
+struct Delivering(Option<Arc<Hold>>);
+
+impl Delivering {
+    fn enter(hold: Option<&Arc<Hold>>) -> Self {
+        let hold = hold.filter(|h| h.held.load(Ordering::Acquire)).cloned();
+        if let Some(h) = &hold {
+            let _ = DELIVERING.try_with(|d| d.borrow_mut().push(Arc::clone(h)));
+        }
+        Delivering(hold)
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            let _ = DELIVERING.try_with(|d| {
+                let mut d = d.borrow_mut();
+                if let Some(i) = d.iter().rposition(|x| Arc::ptr_eq(x, h)) {
+                    d.remove(i);
+                }
+            });
+        }
+    }
 }
 
 /// Where a job is, apart from its outcome: what a timer looks at to learn whether its
@@ -463,8 +530,7 @@ impl<T> Ctl<T> {
             progress: Arc::new(Progress::new()),
             sink,
             slot,
-            held: AtomicBool::new(false),
-            pool: Weak::new(),
+            hold: None,
         })
     }
 
@@ -473,10 +539,17 @@ impl<T> Ctl<T> {
     fn held(sink: Arc<dyn Sink<T>>, pool: &Arc<Shared>) -> Arc<Self> {
         let mut ctl = Ctl::new(sink, 0);
         if let Some(c) = Arc::get_mut(&mut ctl) {
-            c.held = AtomicBool::new(true);
-            c.pool = Arc::downgrade(pool);
+            c.hold = Some(Arc::new(Hold {
+                held: AtomicBool::new(true),
+                pool: Arc::downgrade(pool),
+            }));
         }
         ctl
+    }
+
+    /// The pool of a task of `submit_with`.
+    fn pool(&self) -> Option<Arc<Shared>> {
+        self.hold.as_ref().and_then(|h| h.pool.upgrade())
     }
 
     /// The task is done for good (or cancelled, though a run or a timer still holds
@@ -484,10 +557,8 @@ impl<T> Ctl<T> {
     /// task cancelled while it waits for its start (`countdown`, `eta`) or for a retry
     /// would otherwise keep `join` waiting until that time.
     fn let_go(&self) {
-        if self.held.swap(false, Ordering::AcqRel)
-            && let Some(shared) = self.pool.upgrade()
-        {
-            shared.release();
+        if let Some(hold) = &self.hold {
+            hold.let_go();
         }
     }
 
@@ -500,14 +571,13 @@ impl<T> Ctl<T> {
         self.progress.change(None, QUEUED, RUNNING, Some(run))
     }
 
-    /// Ends a job that has not started with `outcome`; whether it had not started. The
-    /// pool lets go of the task before its callbacks run (they run on the thread that
-    /// cancels, or on the timer thread): one that joins the pool would otherwise wait
-    /// for the very task it runs for.
+    /// Ends a job that has not started with `outcome`; whether it had not started. Its
+    /// callbacks run on the calling thread (one that cancels, the timer thread), where
+    /// a `join` lets go of the task first (see [`DELIVERING`]).
     fn finish(&self, outcome: Result<T, TaskError>) -> bool {
         let won = self.swap(QUEUED, DONE);
         if won {
-            self.let_go();
+            let _delivering = Delivering::enter(self.hold.as_ref());
             self.sink.deliver(self.slot, outcome);
         }
         won
@@ -532,7 +602,7 @@ impl<T: Send + 'static> Ctl<T> {
         if self.progress.change(Some(run), RUNNING, DONE, None) {
             let (sink, slot) = (Arc::clone(&self.sink), self.slot);
             let deliver = move || sink.deliver(slot, Err(TaskError::TimedOut));
-            match self.pool.upgrade() {
+            match self.pool() {
                 Some(shared) => shared.detach(deliver),
                 None => deliver(),
             }
@@ -544,9 +614,10 @@ impl<T: Send> Cancel for Ctl<T> {
     fn cancel(&self, _id: u64) -> bool {
         let cancelled = self.finish(Err(TaskError::Cancelled));
         if cancelled {
+            self.let_go();
             // A task waiting for its time (a countdown, a retry's delay) holds an entry
             // of the timers, with its closure.
-            if let Some(shared) = self.pool.upgrade() {
+            if let Some(shared) = self.pool() {
                 shared.timers.ended();
             }
         }
@@ -1068,6 +1139,7 @@ impl ThreadPool {
     /// Called from one of the pool's own tasks, it only closes the pool: the task
     /// calling it is one that has not finished, and waiting for it would wait for ever.
     pub fn join(&self) {
+        self.shared.let_go_deliveries_here();
         self.close();
         if self.shared.on_own_thread() {
             return;
@@ -1085,6 +1157,7 @@ impl ThreadPool {
     /// own tasks (which has not finished: the wait could only time out); the pool is
     /// closed.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
+        self.shared.let_go_deliveries_here();
         self.close();
         if self.shared.on_own_thread() {
             return Err(PoolError::InvalidArgument(
