@@ -36,6 +36,11 @@ pub(crate) trait Completion: Send + Sync {
     fn help(&self) -> bool {
         false
     }
+    /// Who [`help`](Self::help) helps (its source's address), if anyone: a wait helps
+    /// each source once.
+    fn helper_key(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// How often a wait for tasks whose source routes outcomes on waiting threads helps it
@@ -164,7 +169,21 @@ fn wait_sources(
     bell: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> io::Result<Vec<usize>> {
+    // One task of each source that routes outcomes on waiting threads: helped each
+    // round (routing may finish the tasks waited for).
+    let mut keys = Vec::new();
+    let helpers: Vec<&dyn Completion> = sources
+        .iter()
+        .filter_map(|s| match &s.0 {
+            Kind::Task(c) => c.helper_key().filter(|k| !keys.contains(k)).map(|k| {
+                keys.push(k);
+                *c
+            }),
+            _ => None,
+        })
+        .collect();
     loop {
+        let helped = helpers.iter().filter(|c| c.help()).count();
         let ready = ready_indices(sources);
         if !ready.is_empty() {
             return Ok(ready);
@@ -182,10 +201,6 @@ fn wait_sources(
                 Kind::Process(_) | Kind::Task(_) => None,
             })
             .collect();
-        let helped = sources
-            .iter()
-            .filter(|s| matches!(&s.0, Kind::Task(c) if c.help()))
-            .count();
         let ready = ready_indices(sources);
         if !ready.is_empty() {
             return Ok(ready);

@@ -436,6 +436,12 @@ impl<R: Send> Completion for Task<R> {
             _ => false,
         }
     }
+
+    fn helper_key(&self) -> Option<usize> {
+        self.helper()
+            .filter(|source| source.helps())
+            .map(|source| Arc::as_ptr(&source).cast::<()>().addr())
+    }
 }
 
 impl<R: Send> Sink<R> for Cell<R> {
@@ -920,8 +926,15 @@ impl<R> Future for Task<R> {
         if self.helper().is_some_and(|source| source.routes_here()) {
             // Polled on the pool's own thread (in a callback): nobody else routes the
             // outcome while it waits, and nobody would wake it. The outcome is waited
-            // for here, routing, as `wait` does.
-            return Poll::Ready(self.take(None));
+            // for here, routing, as `wait` does, a while at a time: the executor gets
+            // its thread back in between (a timeout, another branch of a `select!`).
+            return match self.take(Some(Instant::now() + HELP_EVERY)) {
+                Err(TaskError::Timeout) if !self.cell.is_done() => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                done => Poll::Ready(done),
+            };
         }
         self.cell.poll_take(cx)
     }
