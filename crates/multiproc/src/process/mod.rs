@@ -536,11 +536,17 @@ impl Builder {
         let death = bootstrap::death_read_end(&mut st)?;
         let mut children = registry::lock();
         let mut me_slot = bootstrap::me_lock();
+        // Last: they are leaves (no other lock is taken while one is held).
+        let statics = (
+            crate::sync::barrier::lock_for_fork(),
+            crate::shm::named::lock_for_fork(),
+        );
         // SAFETY: the caller upholds the contract stated in `# Safety`; multiproc's own
         // state is consistent because its locks are held.
         let forked = unsafe { sys::fork_unchecked() }?;
         match forked {
             sys::Forked::Child => {
+                drop(statics);
                 drop(ours);
                 // This process's children are the parent's; forget them without touching
                 // them (their descriptors here are copies).
@@ -588,6 +594,7 @@ impl Builder {
                 bootstrap::run_in_fork(theirs, f)
             }
             sys::Forked::Parent(pid) => {
+                drop(statics);
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.

@@ -93,6 +93,12 @@ struct Creator {
 /// The segments this process created that it still has handles to.
 static CREATED: Mutex<Vec<Weak<Creator>>> = Mutex::new(Vec::new());
 
+/// The list of segments this process created, held across a fork (`spawn_fork`), so
+/// that it is not copied held mid-update by another thread.
+pub(crate) fn lock_for_fork() -> impl Sized {
+    unpoisoned::lock(&CREATED)
+}
+
 impl Drop for Creator {
     fn drop(&mut self) {
         let this: *const Creator = self;
@@ -127,8 +133,14 @@ impl Name {
     pub(crate) fn received(name: String, fd: BorrowedFd<'_>) -> Self {
         let pid = sys::getpid();
         let creator = sys::file_id(fd).ok().and_then(|(dev, ino)| {
-            let created = unpoisoned::lock(&CREATED);
-            created.iter().filter_map(Weak::upgrade).find(|c| {
+            // Taken out before they are looked at: the last handle of another segment
+            // may go meanwhile, and the one taken here with it, whose drop takes the
+            // lock.
+            let live: Vec<Arc<Creator>> = unpoisoned::lock(&CREATED)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            live.into_iter().find(|c| {
                 c.pid == pid
                     && c.tracked.name == name
                     && (c.tracked.dev, c.tracked.ino) == (dev, ino)

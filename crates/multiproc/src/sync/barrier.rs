@@ -70,7 +70,9 @@ const BROKEN: u32 = 2;
 /// place, as in Python, where any threads may be the parties of each generation (a
 /// process started per phase). A party that dies before its first wait cannot be told
 /// from a slow one, nor one that left from one that comes late: use
-/// [`wait_timeout`](Barrier::wait_timeout) where that matters. (A thread's panic is
+/// [`wait_timeout`](Barrier::wait_timeout) where that matters. The threads of a process
+/// that drops its last handle to the barrier leave it too (they could not wait on it
+/// again; one that receives a handle later is a party anew). (A thread's panic is
 /// seen by a panic hook the barrier installs, in front of the one in place then; a hook
 /// set later that does not call the one before it hides panics from the barrier, whose
 /// panicking parties then count as having left.)
@@ -137,13 +139,29 @@ static OPEN: Mutex<Vec<(SegmentKey, Weak<Held>)>> = Mutex::new(Vec::new());
 impl Drop for Held {
     fn drop(&mut self) {
         let this: *const Held = self;
-        if self.key.is_some() {
-            unpoisoned::lock(&OPEN).retain(|(_, h)| !std::ptr::eq(h.as_ptr(), this));
+        // A handle received as this one went (too late to take it) holds the barrier
+        // anew: the claims move to it, as their threads may wait through it.
+        let successor = self.key.and_then(|key| {
+            let mut open = unpoisoned::lock(&OPEN);
+            open.retain(|(_, h)| !std::ptr::eq(h.as_ptr(), this));
+            open.iter()
+                .filter(|(k, _)| *k == key)
+                .find_map(|(_, h)| h.upgrade())
+        });
+        let claims = take_claims(|c| std::ptr::eq(c.held.as_ptr(), this));
+        if let Some(successor) = &successor {
+            let mut list = unpoisoned::lock(&CLAIMS);
+            list.extend(claims.into_iter().map(|c| Claim {
+                held: Arc::downgrade(successor),
+                ..c
+            }));
+            drop(list);
+            return;
         }
         // A thread that drops the handle as it unwinds is a party that dies: its slot
         // stays claimed.
         let dying = std::thread::panicking().then(sys::thread_identity);
-        for claim in take_claims(|c| std::ptr::eq(c.held.as_ptr(), this)) {
+        for claim in claims {
             if Some(claim.me) != dying {
                 self.core.leave(claim.index, claim.me);
             }
@@ -629,6 +647,13 @@ impl Claim {
 
 /// The slots this process's threads claimed, as long as they are parties.
 static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
+
+/// The barriers' process-wide lists, held across a fork (`spawn_fork`), so that none is
+/// copied held mid-update by another thread: the child, which takes its claims off the
+/// list as it ends, would wait for ever.
+pub(crate) fn lock_for_fork() -> impl Sized {
+    (unpoisoned::lock(&OPEN), unpoisoned::lock(&CLAIMS))
+}
 
 /// Takes this process's claims that `which` picks off the list (and forgets those of the
 /// process it was forked from).
