@@ -488,8 +488,9 @@ fn daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it() {
     }
     let status = h.wait(T);
     assert!(status.success(), "{status:?}");
+    // (The grace began as the line was written; read here a little later.)
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        started.elapsed() >= Duration::from_millis(500),
         "the daemon ended before the grace: did it ignore SIGTERM?"
     );
     assert!(
