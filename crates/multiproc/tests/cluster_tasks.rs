@@ -444,6 +444,14 @@ fn main() {
                 a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks,
             ),
             trial(
+                "a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task",
+                a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task,
+            ),
+            trial(
+                "a_server_refusing_writes_keeps_finished_outcomes",
+                a_server_refusing_writes_keeps_finished_outcomes,
+            ),
+            trial(
                 "a_cancel_reaches_a_task_retried_since_it_was_submitted",
                 a_cancel_reaches_a_task_retried_since_it_was_submitted,
             ),
@@ -1766,6 +1774,14 @@ fn idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first() {
     assert_eq!(mine.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
     assert_eq!(theirs.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
     drop(c2);
+    // A countdown too long to count in milliseconds is a century, as on a pool (the
+    // record's life overflowed in the script, and the submission failed).
+    let never = TaskOptions::new()
+        .idempotency_key("never")
+        .countdown(Duration::MAX);
+    let mut never = c.submit_with(SQUARE, 7, never).unwrap();
+    assert!(never.cancel());
+    assert_eq!(never.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
     let workers: Vec<WorkerHandle> = ["qa", "q[a]", "default"]
         .into_iter()
         .map(|q| {
@@ -2566,7 +2582,7 @@ fn a_running_idempotent_task_that_outlived_its_record_is_cancelled() {
 /// time, and with `max_deliveries(1)` dead-lettered it as a task whose delivery was
 /// lost).
 fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks() {
-    keeps_its_running_task_through("down-own-reclaim", |redis| {
+    keeps_its_running_task_through("down-own-reclaim", false, |redis| {
         redis.restart_after(Duration::from_millis(2_500));
     });
 }
@@ -2574,25 +2590,57 @@ fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks(
 /// As above, with a server out of memory for longer than a lease: it refuses the
 /// renewals (writes) and still serves the reclaim's `XCLAIM`.
 fn a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks() {
-    keeps_its_running_task_through("oom-own-reclaim", |redis| {
-        redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
-        // Longer than the node's lease.
-        std::thread::sleep(Duration::from_millis(2_500));
-        redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    keeps_its_running_task_through("oom-own-reclaim", false, out_of_memory_for_a_while);
+}
+
+/// The server at its `maxmemory` for 2.5 s, longer than a lease.
+fn out_of_memory_for_a_while(redis: &mut RedisServer) {
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+}
+
+/// As above, with an idle node beside: the busy node's renewals go through (the
+/// heartbeat, a write the server refuses first, came before them, and the whole renewal
+/// was refused), so the idle node's reclaim, which the server serves, does not take the
+/// running task.
+fn a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task() {
+    keeps_its_running_task_through("oom-peer-reclaim", true, out_of_memory_for_a_while);
+}
+
+/// A server that refuses writes for a while (`NOREPLICAS`: fewer replicas than
+/// `min-replicas-to-write`; `MISCONF` after a failed save is the same) across the task's
+/// end: the node keeps the outcome it could not finish and sends it again, and the task
+/// does not run again (the refusal was taken for a lasting error: the outcome was
+/// dropped, and the node took the task back once writes came back).
+fn a_server_refusing_writes_keeps_finished_outcomes() {
+    keeps_its_running_task_through("norepl-finish", true, |redis| {
+        redis.cmd(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+        // Past the task's end (4 s from its start).
+        std::thread::sleep(Duration::from_millis(5_000));
+        redis.cmd(&["CONFIG", "SET", "min-replicas-to-write", "0"]);
     });
 }
 
 /// A node with a 1 s lease and `max_deliveries(1)` runs a 4 s task through
-/// `disrupt`; the task must end well, run once.
-fn keeps_its_running_task_through(ns: &str, disrupt: impl FnOnce(&mut RedisServer)) {
+/// `disrupt`, with an `idle_peer` node (started once the task runs) or alone; the task
+/// must end well, run once.
+fn keeps_its_running_task_through(
+    ns: &str,
+    idle_peer: bool,
+    disrupt: impl FnOnce(&mut RedisServer),
+) {
     let mut redis = RedisServer::start();
-    let w = tasks(Worker::builder(&redis.url()))
-        .namespace(ns)
-        .processes(1)
-        .lease(Duration::from_secs(1))
-        .max_deliveries(1)
-        .build()
-        .expect("start worker");
+    let node = || {
+        tasks(Worker::builder(&redis.url()))
+            .namespace(ns)
+            .processes(1)
+            .lease(Duration::from_secs(1))
+            .max_deliveries(1)
+            .build()
+            .expect("start worker")
+    };
+    let w = node();
     let c = client(&redis, ns);
     let dir = common::tempdir(ns);
     let p = dir.join("runs").to_string_lossy().into_owned();
@@ -2601,9 +2649,13 @@ fn keeps_its_running_task_through(ns: &str, disrupt: impl FnOnce(&mut RedisServe
         common::eventually(T, || runs(&p) == 1),
         "the task never ran"
     );
+    let peer = idle_peer.then(node);
     disrupt(&mut redis);
     assert_eq!(t.wait_timeout(T), Ok(1));
     assert_eq!(runs(&p), 1, "the task ran again");
+    if let Some(peer) = peer {
+        peer.shutdown(true);
+    }
     w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);

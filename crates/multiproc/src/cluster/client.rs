@@ -1070,7 +1070,9 @@ impl ClientInner {
         }
         let (mode, ms) = match opts.delay {
             Delay::Now => ("0", 0),
-            Delay::Countdown(d) => ("c", millis(d)),
+            // No longer than a century, as on a pool: a record's life (the result's
+            // time to live plus the countdown) must count in the script's integers.
+            Delay::Countdown(d) => ("c", millis(d.min(crate::deadline::FOREVER))),
             Delay::Eta(at) => ("e", at),
         };
         let ms = ms.to_string();

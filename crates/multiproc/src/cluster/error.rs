@@ -36,8 +36,10 @@ pub enum ClusterError {
     #[error("Redis: {0}")]
     Redis(String),
     /// The server is reachable but cannot serve for now: it is loading its data after a
-    /// restart, is a replica that became read-only in a failover, is out of memory or
-    /// is busy running a script. The same call may succeed later.
+    /// restart, is a replica that became read-only in a failover, is out of memory, is
+    /// busy running a script, or refuses writes (`MISCONF` after a failed save,
+    /// `NOREPLICAS` with fewer replicas than `min-replicas-to-write`). The same call may
+    /// succeed later.
     #[error("Redis cannot serve now: {0}")]
     Unavailable(String),
     /// The server is older than the cluster needs (Redis 7.0 or Valkey).
@@ -113,11 +115,15 @@ pub(crate) fn redis_err(e: &redis::RedisError) -> ClusterError {
             ClusterError::Redis(format!("{LOST}{e}"))
         }
         // LOADING, TRYAGAIN, MASTERDOWN, CLUSTERDOWN and READONLY, as redis-rs sorts
-        // them; BUSY (a script runs too long) and OOM, which it leaves unsorted.
+        // them; BUSY (a script runs too long), OOM, MISCONF (writes stopped after a
+        // failed save) and NOREPLICAS (too few replicas for `min-replicas-to-write`),
+        // which it leaves unsorted: a server that refuses writes for now, whose
+        // refused finishes are kept and sent again (they were dropped, and the tasks
+        // ran again).
         _ if matches!(
             e.retry_method(),
             redis::RetryMethod::WaitAndRetry | redis::RetryMethod::RefreshSlotsAndRetry
-        ) || matches!(e.code(), Some("BUSY" | "OOM")) =>
+        ) || matches!(e.code(), Some("BUSY" | "OOM" | "MISCONF" | "NOREPLICAS")) =>
         {
             ClusterError::Unavailable(e.to_string())
         }

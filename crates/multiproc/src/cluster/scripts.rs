@@ -196,6 +196,12 @@ return out
 /// Renews the leases of a worker's tasks (resets their idle time, which is the lease
 /// clock, without counting a delivery) and records its heartbeat.
 ///
+/// The heartbeat comes after the renewals: a server at its `maxmemory` refuses a
+/// script's first write that may grow memory (`ZADD`, `SET`) and lets the later ones
+/// through, and `XCLAIM` is not such a write. Heartbeat first, a node's renewals were
+/// refused while an idle node's reclaims (`XCLAIM`) went on, and took its running
+/// tasks. (An idle node's heartbeat is refused then; it has nothing to renew.)
+///
 /// KEYS: stream, workers, worker info; then per item: cancel flag.
 /// ARGV: group, consumer, info, info ttl s; then per item: entry id, fence.
 /// Returns per item 1 (kept), 2 (kept, and its client asked to cancel it) or 0 (lost).
@@ -203,8 +209,6 @@ pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{OWNED}
 local group, me = ARGV[1], ARGV[2]
-redis.call('ZADD', KEYS[2], now_ms(), me)
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 local out = {{}}
 local n = (#ARGV - 4) / 2
 for i = 0, n - 1 do
@@ -216,6 +220,8 @@ for i = 0, n - 1 do
     out[#out + 1] = 0
   end
 end
+redis.call('ZADD', KEYS[2], now_ms(), me)
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return out
 "
     ))
