@@ -78,6 +78,10 @@ fn main() {
                 killed_fork_server_is_replaced,
             ),
             trial(
+                "orphans_of_a_killed_fork_server_are_reaped_by_a_subreaper_parent",
+                orphans_of_a_killed_fork_server_are_reaped_by_a_subreaper_parent,
+            ),
+            trial(
                 "a_server_dying_before_its_answer_fails_the_spawn_once",
                 server_dying_unanswered,
             ),
@@ -105,6 +109,7 @@ fn helpers(mode: &str) {
         "doomed_parent" => helper_doomed_parent(),
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
+        "server_killed_subreaper" => helper_server_killed_subreaper(),
         "server_dies_unanswered" => helper_server_dies_unanswered(),
         "server_stopped" => helper_server_stopped(),
         "spare_server_killed" => helper_spare_server_killed(),
@@ -951,6 +956,31 @@ fn killed_fork_server_is_replaced() {
     assert_eq!(h.expect("longer ", T), "Ok(3000)");
     assert_eq!(h.expect("daemon_gone ", T), "true");
     assert_eq!(h.expect("new_server ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// A program that is a subreaper (or PID 1 in a container) gets the children of its
+/// dead fork server: it reaps them, with their statuses.
+fn helper_server_killed_subreaper() {
+    // SAFETY: a plain prctl on this process.
+    let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(set, 0, "PR_SET_CHILD_SUBREAPER");
+    let me = std::process::id();
+    let mut child = multiproc::spawn(slow_answer, 500).unwrap();
+    let pid = child.pid();
+    let server = common::fork_server_of(me).unwrap();
+    common::kill_and_reap(server);
+    let joined = child.join_timeout(T).map_err(|e| e.to_string());
+    let status = child.exit_status().map(|s| s.success());
+    let left = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    println!("orphan {joined:?} {status:?} {left}");
+}
+
+fn orphans_of_a_killed_fork_server_are_reaped_by_a_subreaper_parent() {
+    let mut h = Helper::start("server_killed_subreaper");
+    // Its result, its status, and no zombie left (each join said the status was lost,
+    // and the zombie stayed for the life of the program).
+    assert_eq!(h.expect("orphan ", T), "Ok(500) Some(true) false");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

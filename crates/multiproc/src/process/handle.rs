@@ -28,7 +28,8 @@ pub(crate) enum StatusSource {
     /// A direct child of this process (forked by `spawn_fork`): reaped through its pidfd.
     Direct,
     /// Its fork server is gone (the status pipe reached its end): its pidfd says when it
-    /// ends, and how is unknown.
+    /// ends, and how is unknown, unless it came to this process (see
+    /// `ChildRecord::orphan_ended`).
     Orphaned,
 }
 
@@ -389,7 +390,7 @@ impl ChildRecord {
                         None
                     }
                 }
-                StatusSource::Orphaned => self.exited().then_some(Ended::Unknown),
+                StatusSource::Orphaned => self.orphan_ended(),
                 // A child that has ended but cannot be waited for was reaped by the
                 // kernel (this program ignores SIGCHLD) or by a handler of its own:
                 // how it ended is lost.
@@ -416,7 +417,7 @@ impl ChildRecord {
                     self.relayed(&mut st, &pipe, Some(Instant::now()))
                 }
                 // Another thread saw the server die meanwhile.
-                StatusSource::Orphaned => self.exited().then_some(Ended::Unknown),
+                StatusSource::Orphaned => self.orphan_ended(),
                 StatusSource::Direct => None,
             };
         }
@@ -439,8 +440,20 @@ impl ChildRecord {
             }
             Ok(None) | Err(_) => {
                 st.source = StatusSource::Orphaned;
-                self.exited().then_some(Ended::Unknown)
+                self.orphan_ended()
             }
+        }
+    }
+
+    /// How a child whose fork server is gone ended, if it has: its status if it came to
+    /// this process, which reaps it then (a subreaper, or PID 1 in a container, gets the
+    /// children of a dead server: they stayed zombies, their statuses said lost), else
+    /// `Unknown` once its pidfd shows the exit.
+    fn orphan_ended(&self) -> Option<Ended> {
+        match sys::try_reap(self.pidfd.as_fd()) {
+            Ok(Some(status)) => Some(Ended::Known(status)),
+            Ok(None) => None,
+            Err(_) => self.exited().then_some(Ended::Unknown),
         }
     }
 
