@@ -13,6 +13,10 @@ use crate::wire::framing::{Conn, RecvFrameError};
 
 /// How long the server may take to answer a request before it is considered wedged.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server is given to answer, once the process is seen awake past the reply
+/// timeout: the timeout may have passed while the program was stopped whole (`Ctrl-Z`, a
+/// paused container), server and all, which is no sign of a wedged server.
+const LAST_LOOK: Duration = Duration::from_secs(5);
 /// How long the server may take to exit once told to.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -125,23 +129,35 @@ impl ForkServer {
     /// Reads the server's answer to a request: `FORKED`, with a pid and a pidfd.
     fn forked(&mut self) -> io::Result<(u32, OwnedFd)> {
         let deadline = Some(Instant::now() + REPLY_TIMEOUT);
-        let frame =
-            looking::recv(&mut self.conn, deadline, &looking::FORKED).map_err(|e| match e {
-                // The request was sent: the server may have acted on it (a child
-                // forked, or a spare handed it) before it died. Asked again of a new
-                // server, it would start a second process on the same channel.
-                RecvFrameError::Closed | RecvFrameError::Truncated => io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the fork server exited before answering (the process may have started)",
-                ),
-                RecvFrameError::Timeout => {
-                    io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer")
-                }
-                RecvFrameError::Io(e) => e,
-                RecvFrameError::Corrupt(why) => {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("fork server: {why}"))
-                }
-            })?;
+        let mut got = looking::recv(&mut self.conn, deadline, &looking::FORKED);
+        if matches!(got, Err(RecvFrameError::Timeout)) {
+            // A last look, awake: a program stopped whole for longer than the timeout
+            // wakes up past it, its server with it, which would be replaced, and its
+            // daemon children killed with it. (A stop that lands in the poll itself was
+            // not counted, here: the poll went on for the time it had left; one that
+            // lands in the looks before it is.)
+            got = looking::recv(
+                &mut self.conn,
+                Some(Instant::now() + LAST_LOOK),
+                &looking::FORKED,
+            );
+        }
+        let frame = got.map_err(|e| match e {
+            // The request was sent: the server may have acted on it (a child
+            // forked, or a spare handed it) before it died. Asked again of a new
+            // server, it would start a second process on the same channel.
+            RecvFrameError::Closed | RecvFrameError::Truncated => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the fork server exited before answering (the process may have started)",
+            ),
+            RecvFrameError::Timeout => {
+                io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer")
+            }
+            RecvFrameError::Io(e) => e,
+            RecvFrameError::Corrupt(why) => {
+                io::Error::new(io::ErrorKind::InvalidData, format!("fork server: {why}"))
+            }
+        })?;
         if frame.tag != messages::FORKED {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
