@@ -469,6 +469,39 @@ fn join_waits_for_a_cancelled_tasks_callbacks() {
     });
 }
 
+/// As above, for a task cancelled while it is queued behind a busy thread: the thread
+/// that dequeues it after the cancel does not let it go in the cancel's stead (the join
+/// returned while the cancel's callbacks ran).
+#[test]
+fn join_waits_for_the_callbacks_of_a_task_cancelled_in_the_queue() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let busy = pool
+        .submit(move || {
+            let _ = release_rx.recv_timeout(T);
+        })
+        .unwrap();
+    let queued = pool.submit_with(|| 1, TaskOptions::new()).unwrap();
+    let called = Arc::new(AtomicUsize::new(0));
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let c = Arc::clone(&called);
+    queued.on_done(move |_| {
+        let _ = inside_tx.send(());
+        std::thread::sleep(Duration::from_millis(300));
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    std::thread::scope(|s| {
+        let cancelling = s.spawn(|| queued.cancel());
+        inside_rx.recv_timeout(T).unwrap();
+        // The thread dequeues the cancelled task while its callback runs.
+        release_tx.send(()).unwrap();
+        get(busy).unwrap();
+        pool.join_timeout(T).unwrap();
+        assert_eq!(called.load(Ordering::SeqCst), 1, "join returned first");
+        assert!(cancelling.join().unwrap());
+    });
+}
+
 #[test]
 fn join_timeout_reports_busy_pool() {
     let pool = ThreadPool::new(1).unwrap();

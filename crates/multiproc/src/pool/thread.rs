@@ -386,7 +386,6 @@ impl Shared {
         }
     }
 
-    /// Waits until every thread has exited, or `deadline`; whether they have.
     /// Lets go of the tasks of this pool whose outcome the calling thread is delivering
     /// (a `join` in one's callback: see [`DELIVERING`]).
     fn let_go_deliveries_here(&self) {
@@ -404,6 +403,7 @@ impl Shared {
         }
     }
 
+    /// Waits until every thread has exited, or `deadline`; whether they have.
     fn wait_exited(&self, deadline: Option<Instant>) -> bool {
         let mut st = unpoisoned::lock(&self.state);
         while st.live > 0 {
@@ -674,8 +674,11 @@ impl<T: Send + 'static> Run<T> {
 
     /// Ends the task unrun (queued or waiting to be) with `error`.
     fn fail(self, error: TaskError) {
-        self.ctl.finish(Err(error));
-        self.ctl.let_go();
+        // Ended by someone else meanwhile (a cancel): they let it go, once its
+        // callbacks are done.
+        if self.ctl.finish(Err(error)) {
+            self.ctl.let_go();
+        }
     }
 
     /// A job's body: runs the work once, then ends the task or queues a retry.
@@ -690,8 +693,9 @@ impl<T: Send + 'static> Run<T> {
         // this one out.
         let run = self.attempts + 1;
         if !self.ctl.start(run) {
-            // Cancelled while it waited.
-            return self.ctl.let_go();
+            // Cancelled while it waited: the cancel lets it go, once its callbacks are
+            // done.
+            return;
         }
         if let Some(timeout) = self.timeout {
             let ctl = Arc::downgrade(&self.ctl);
