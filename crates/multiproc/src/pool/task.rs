@@ -928,8 +928,10 @@ impl<R> Future for Task<R> {
             // outcome while it waits, and nobody would wake it. The outcome is waited
             // for here, routing, as `wait` does, a while at a time: the executor gets
             // its thread back in between (a timeout, another branch of a `select!`).
+            // (`Timeout` is never an outcome: only a wait's end, the outcome not in
+            // or lent to a callback.)
             return match self.take(Some(Instant::now() + HELP_EVERY)) {
-                Err(TaskError::Timeout) if !self.cell.is_done() => {
+                Err(TaskError::Timeout) => {
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
