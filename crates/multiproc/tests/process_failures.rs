@@ -971,8 +971,9 @@ fn helper_server_killed_subreaper() {
     let server = common::fork_server_of(me).unwrap();
     common::kill_and_reap(server);
     let joined = child.join_timeout(T).map_err(|e| e.to_string());
-    let status = child.exit_status().map(|s| s.success());
+    // Reaped by the join itself.
     let left = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let status = child.exit_status().map(|s| s.success());
     println!("orphan {joined:?} {status:?} {left}");
 }
 

@@ -450,10 +450,22 @@ impl ChildRecord {
     /// children of a dead server: they stayed zombies, their statuses said lost), else
     /// `Unknown` once its pidfd shows the exit.
     fn orphan_ended(&self) -> Option<Ended> {
-        match sys::try_reap(self.pidfd.as_fd()) {
-            Ok(Some(status)) => Some(Ended::Known(status)),
-            Ok(None) => None,
-            Err(_) => self.exited().then_some(Ended::Unknown),
+        // The server's files close (its status pipes end) before its children are
+        // handed on: a process that adopts orphans looks for the child a while.
+        let patience = if sys::adopts_orphans() {
+            ADOPTION
+        } else {
+            Duration::ZERO
+        };
+        let until = Instant::now() + patience;
+        loop {
+            match sys::try_reap(self.pidfd.as_fd()) {
+                Ok(Some(status)) => return Some(Ended::Known(status)),
+                Ok(None) => return None,
+                Err(_) if !self.exited() => return None,
+                Err(_) if Instant::now() >= until => return Some(Ended::Unknown),
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
     }
 
@@ -470,6 +482,8 @@ impl ChildRecord {
             return self.wait(deadline).map(drop);
         }
         if sys::wait_readable(&[self.pidfd.as_fd()], deadline)?[0].ready() {
+            // An orphan that came here is reaped (see `orphan_ended`).
+            let _ = self.ended_by(Instant::now());
             Ok(())
         } else {
             Err(ProcessError::Timeout)
@@ -519,7 +533,10 @@ impl ChildRecord {
         // The pidfd becomes readable when the process exits, before anyone reaps it; a
         // direct child is reaped on the way, so that it leaves no zombie.
         if unpoisoned::lock(&self.status).ended.is_some() || self.exited() {
-            if matches!(unpoisoned::lock(&self.status).source, StatusSource::Direct) {
+            if matches!(
+                unpoisoned::lock(&self.status).source,
+                StatusSource::Direct | StatusSource::Orphaned
+            ) {
                 let _ = self.ended();
             }
             return false;
@@ -623,6 +640,10 @@ impl ChildRecord {
 
 /// How long an exited child's status may take to arrive from the fork server.
 const RELAY_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a process that adopts orphans looks for the child of a dead fork server to
+/// come to it (see `ChildRecord::orphan_ended`).
+const ADOPTION: Duration = Duration::from_millis(100);
 
 /// What an awaited handle watches (see `ChildRecord::watchers`), and which of those
 /// can stay readable for good: the fork server's status pipe once it has ended, the call

@@ -431,6 +431,9 @@ pub(crate) fn shm_open(_: &str) -> io::Result<OwnedFd> {
 pub(crate) fn shm_unlink(_: &str) -> io::Result<()> {
     Err(unsupported())
 }
+pub(crate) fn adopts_orphans() -> bool {
+    false
+}
 pub(crate) fn file_id(_: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Err(unsupported())
 }

@@ -170,6 +170,12 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> 
     }))
 }
 
+/// Whether orphaned descendants come to this process: it is the init of its PID
+/// namespace (a container's first process), or a subreaper.
+pub(crate) fn adopts_orphans() -> bool {
+    rustix::process::getpid().is_init() || matches!(rustix::process::child_subreaper(), Ok(Some(_)))
+}
+
 /// Sets the calling thread's name, which for the main thread is the process name that
 /// `ps` and `top` show. Truncated to the kernel's 15 bytes.
 pub(crate) fn set_name(name: &str) {
