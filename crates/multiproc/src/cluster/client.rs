@@ -1073,7 +1073,11 @@ impl ClientInner {
             // No longer than a century, as on a pool: a record's life (the result's
             // time to live plus the countdown) must count in the script's integers.
             Delay::Countdown(d) => ("c", millis(d.min(crate::deadline::FOREVER))),
-            Delay::Eta(at) => ("e", at),
+            // As far as a countdown may go at most.
+            Delay::Eta(at) => (
+                "e",
+                at.min(epoch_millis().saturating_add(millis(crate::deadline::FOREVER))),
+            ),
         };
         let ms = ms.to_string();
         let ttl = self.result_ttl.to_string();
@@ -1883,6 +1887,13 @@ fn glob_literal(s: &str) -> String {
 }
 
 /// `d` in whole milliseconds, at most `u64::MAX` (not wrapped).
+/// Milliseconds since the Unix epoch, by this machine's clock (0 before it).
+fn epoch_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -87,7 +87,7 @@ impl TaskOptions {
         let ms = at
             .into()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.delay = Delay::Eta(ms);
         self
     }

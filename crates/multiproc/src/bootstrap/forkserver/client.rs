@@ -133,9 +133,7 @@ impl ForkServer {
         if matches!(got, Err(RecvFrameError::Timeout)) {
             // A last look, awake: a program stopped whole for longer than the timeout
             // wakes up past it, its server with it, which would be replaced, and its
-            // daemon children killed with it. (A stop that lands in the poll itself was
-            // not counted, here: the poll went on for the time it had left; one that
-            // lands in the looks before it is.)
+            // daemon children killed with it.
             got = looking::recv(
                 &mut self.conn,
                 Some(Instant::now() + LAST_LOOK),
