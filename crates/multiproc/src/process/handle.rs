@@ -47,6 +47,9 @@ struct Status {
     ended: Option<Ended>,
     /// The fork server reported an out-of-memory kill in the child's cgroup.
     oom_killed: bool,
+    /// When the child, orphaned, was first seen exited and not yet come to this
+    /// process, which adopts orphans (see `ChildRecord::orphan_ended`).
+    orphan_seen: Option<Instant>,
 }
 
 /// What the child sent back.
@@ -188,6 +191,7 @@ impl ChildRecord {
                 source,
                 ended: None,
                 oom_killed: false,
+                orphan_seen: None,
             }),
             channel: Mutex::new(Some(channel)),
             armed,
@@ -390,7 +394,7 @@ impl ChildRecord {
                         None
                     }
                 }
-                StatusSource::Orphaned => self.orphan_ended(),
+                StatusSource::Orphaned => self.orphan_ended(&mut st),
                 // A child that has ended but cannot be waited for was reaped by the
                 // kernel (this program ignores SIGCHLD) or by a handler of its own:
                 // how it ended is lost.
@@ -417,7 +421,7 @@ impl ChildRecord {
                     self.relayed(&mut st, &pipe, Some(Instant::now()))
                 }
                 // Another thread saw the server die meanwhile.
-                StatusSource::Orphaned => self.orphan_ended(),
+                StatusSource::Orphaned => self.orphan_ended(&mut st),
                 StatusSource::Direct => None,
             };
         }
@@ -440,7 +444,7 @@ impl ChildRecord {
             }
             Ok(None) | Err(_) => {
                 st.source = StatusSource::Orphaned;
-                self.orphan_ended()
+                self.orphan_ended(st)
             }
         }
     }
@@ -449,23 +453,19 @@ impl ChildRecord {
     /// this process, which reaps it then (a subreaper, or PID 1 in a container, gets the
     /// children of a dead server: they stayed zombies, their statuses said lost), else
     /// `Unknown` once its pidfd shows the exit.
-    fn orphan_ended(&self) -> Option<Ended> {
-        // The server's files close (its status pipes end) before its children are
-        // handed on: a process that adopts orphans looks for the child a while.
-        let patience = if sys::adopts_orphans() {
-            ADOPTION
-        } else {
-            Duration::ZERO
-        };
-        let until = Instant::now() + patience;
-        loop {
-            match sys::try_reap(self.pidfd.as_fd()) {
-                Ok(Some(status)) => return Some(Ended::Known(status)),
-                Ok(None) => return None,
-                Err(_) if !self.exited() => return None,
-                Err(_) if Instant::now() >= until => return Some(Ended::Unknown),
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+    fn orphan_ended(&self, st: &mut Status) -> Option<Ended> {
+        match sys::try_reap(self.pidfd.as_fd()) {
+            Ok(Some(status)) => Some(Ended::Known(status)),
+            Ok(None) => None,
+            Err(_) if !self.exited() => None,
+            // The server's files close (its status pipes end) before its children are
+            // handed on: a process that adopts orphans gives the child a moment to
+            // come (not ended yet meanwhile; nothing here waits).
+            Err(_) if sys::adopts_orphans() => {
+                let seen = *st.orphan_seen.get_or_insert_with(Instant::now);
+                (seen.elapsed() >= ADOPTION).then_some(Ended::Unknown)
             }
+            Err(_) => Some(Ended::Unknown),
         }
     }
 
@@ -482,8 +482,16 @@ impl ChildRecord {
             return self.wait(deadline).map(drop);
         }
         if sys::wait_readable(&[self.pidfd.as_fd()], deadline)?[0].ready() {
-            // An orphan that came here is reaped (see `orphan_ended`).
-            let _ = self.ended_by(Instant::now());
+            // An orphan that came here is reaped, or waited for while it may still come
+            // (see `orphan_ended`).
+            if self.ended_by(Instant::now()).is_none()
+                && matches!(
+                    unpoisoned::lock(&self.status).source,
+                    StatusSource::Orphaned
+                )
+            {
+                let _ = self.wait(deadline);
+            }
             Ok(())
         } else {
             Err(ProcessError::Timeout)
@@ -501,9 +509,10 @@ impl ChildRecord {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ProcessError::Timeout);
             }
-            let pipe = match &unpoisoned::lock(&self.status).source {
-                StatusSource::Relay(pipe) => Some(Arc::clone(pipe)),
-                StatusSource::Direct | StatusSource::Orphaned => None,
+            let (pipe, orphaned) = match &unpoisoned::lock(&self.status).source {
+                StatusSource::Relay(pipe) => (Some(Arc::clone(pipe)), false),
+                StatusSource::Direct => (None, false),
+                StatusSource::Orphaned => (None, true),
             };
             let fd = match &pipe {
                 Some(pipe) => pipe.as_fd(),
@@ -524,6 +533,10 @@ impl ChildRecord {
                 if st.ended.is_none() {
                     st.ended = self.relayed(&mut st, &pipe, deadline);
                 }
+            } else if orphaned {
+                // Exited (its pidfd stays readable), and it may still come to this
+                // process: looked for again in a moment, not at once.
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
@@ -533,11 +546,20 @@ impl ChildRecord {
         // The pidfd becomes readable when the process exits, before anyone reaps it; a
         // direct child is reaped on the way, so that it leaves no zombie.
         if unpoisoned::lock(&self.status).ended.is_some() || self.exited() {
-            if matches!(
-                unpoisoned::lock(&self.status).source,
-                StatusSource::Direct | StatusSource::Orphaned
-            ) {
-                let _ = self.ended();
+            let source = match unpoisoned::lock(&self.status).source {
+                StatusSource::Direct => Some(true),
+                StatusSource::Orphaned => Some(false),
+                StatusSource::Relay(_) => None,
+            };
+            match source {
+                Some(true) => {
+                    let _ = self.ended();
+                }
+                // Never waits (see `orphan_ended`): callers hold locks of their own.
+                Some(false) => {
+                    let _ = self.ended_by(Instant::now());
+                }
+                None => {}
             }
             return false;
         }
