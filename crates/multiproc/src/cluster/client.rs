@@ -1886,7 +1886,6 @@ fn glob_literal(s: &str) -> String {
     out
 }
 
-/// `d` in whole milliseconds, at most `u64::MAX` (not wrapped).
 /// Milliseconds since the Unix epoch, by this machine's clock (0 before it).
 fn epoch_millis() -> u64 {
     std::time::SystemTime::now()
@@ -1894,6 +1893,7 @@ fn epoch_millis() -> u64 {
         .map_or(0, millis)
 }
 
+/// `d` in whole milliseconds, at most `u64::MAX` (not wrapped).
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
