@@ -465,12 +465,22 @@ fn helper_daemon_joined_at_exit() {
         .unwrap();
     assert!(ready.wait_timeout(T), "the daemon did not start");
     let pid = child.pid();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
         let _ = child.join();
     });
-    // Time for the thread to be in its join (holding the child's channel) as the exit
-    // begins.
-    std::thread::sleep(Duration::from_millis(200));
+    // The thread is in its join (holding the child's channel, asleep on it) before the
+    // exit begins.
+    let tid = tid_rx.recv_timeout(T).unwrap();
+    let wchan = format!("/proc/self/task/{tid}/wchan");
+    assert!(
+        common::eventually(T, || std::fs::read_to_string(&wchan)
+            .unwrap_or_else(|e| panic!("read {wchan}: {e}"))
+            .contains("poll")),
+        "the joining thread never slept in its join"
+    );
     println!("child {pid}");
 }
 
