@@ -441,6 +441,32 @@ fn a_cancelled_tasks_callback_may_join_the_pool() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// Cancels `task` on a thread of its own, its callback working 300 ms; once the
+/// callback has begun, runs `meanwhile`, then joins `pool`, which must return only
+/// after the callback.
+fn join_while_a_cancels_callback_runs(
+    pool: &ThreadPool,
+    task: Task<i32>,
+    meanwhile: impl FnOnce(),
+) {
+    let called = Arc::new(AtomicUsize::new(0));
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let c = Arc::clone(&called);
+    task.on_done(move |_| {
+        let _ = inside_tx.send(());
+        std::thread::sleep(Duration::from_millis(300));
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    std::thread::scope(|s| {
+        let cancelling = s.spawn(|| task.cancel());
+        inside_rx.recv_timeout(T).unwrap();
+        meanwhile();
+        pool.join_timeout(T).unwrap();
+        assert_eq!(called.load(Ordering::SeqCst), 1, "join returned first");
+        assert!(cancelling.join().unwrap());
+    });
+}
+
 /// A join on another thread waits for a cancelled task's callbacks, which run on the
 /// thread that cancels: "every task has finished" holds when it returns.
 #[test]
@@ -452,21 +478,7 @@ fn join_waits_for_a_cancelled_tasks_callbacks() {
             TaskOptions::new().countdown(Duration::from_secs(3600)),
         )
         .unwrap();
-    let called = Arc::new(AtomicUsize::new(0));
-    let (inside_tx, inside_rx) = mpsc::channel();
-    let c = Arc::clone(&called);
-    waiting.on_done(move |_| {
-        let _ = inside_tx.send(());
-        std::thread::sleep(Duration::from_millis(300));
-        c.fetch_add(1, Ordering::SeqCst);
-    });
-    std::thread::scope(|s| {
-        let cancelling = s.spawn(|| waiting.cancel());
-        inside_rx.recv_timeout(T).unwrap();
-        pool.join_timeout(T).unwrap();
-        assert_eq!(called.load(Ordering::SeqCst), 1, "join returned first");
-        assert!(cancelling.join().unwrap());
-    });
+    join_while_a_cancels_callback_runs(&pool, waiting, || {});
 }
 
 /// As above, for a task cancelled while it is queued behind a busy thread: the thread
@@ -482,23 +494,10 @@ fn join_waits_for_the_callbacks_of_a_task_cancelled_in_the_queue() {
         })
         .unwrap();
     let queued = pool.submit_with(|| 1, TaskOptions::new()).unwrap();
-    let called = Arc::new(AtomicUsize::new(0));
-    let (inside_tx, inside_rx) = mpsc::channel();
-    let c = Arc::clone(&called);
-    queued.on_done(move |_| {
-        let _ = inside_tx.send(());
-        std::thread::sleep(Duration::from_millis(300));
-        c.fetch_add(1, Ordering::SeqCst);
-    });
-    std::thread::scope(|s| {
-        let cancelling = s.spawn(|| queued.cancel());
-        inside_rx.recv_timeout(T).unwrap();
+    join_while_a_cancels_callback_runs(&pool, queued, || {
         // The thread dequeues the cancelled task while its callback runs.
         release_tx.send(()).unwrap();
         get(busy).unwrap();
-        pool.join_timeout(T).unwrap();
-        assert_eq!(called.load(Ordering::SeqCst), 1, "join returned first");
-        assert!(cancelling.join().unwrap());
     });
 }
 
