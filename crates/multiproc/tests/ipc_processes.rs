@@ -88,6 +88,10 @@ fn main() {
                 a_large_message_waits_for_a_free_descriptor,
             ),
             trial(
+                "a_large_message_waits_for_address_space",
+                a_large_message_waits_for_address_space,
+            ),
+            trial(
                 "a_failed_spawn_gives_back_its_receivers_count",
                 a_failed_spawn_gives_back_its_receivers_count,
             ),
@@ -1053,18 +1057,41 @@ fn helper_leaks() {
     println!("fds {before} {}", common::fd_count());
 }
 
-/// With no descriptor free, gets from `q` once (what it says), then, with descriptors
-/// again, takes two messages: their lengths.
-fn get_out_of_descriptors(q: Queue<String>) -> (String, usize, usize) {
-    let open = common::use_up_descriptors();
+/// Gets from `q` once while what `short` returns is held (what the get says), then,
+/// with it dropped, takes two messages: their lengths.
+fn get_while_short<G>(q: &Queue<String>, short: impl FnOnce() -> G) -> (String, usize, usize) {
+    let held = short();
     let first = match q.get_timeout(T) {
         Ok(s) => format!("a message of {} bytes", s.len()),
         Err(e) => format!("{e:?}"),
     };
-    drop(open);
+    drop(held);
     let a = q.get_timeout(T).map_or(0, |s| s.len());
     let b = q.get_timeout(T).map_or(0, |s| s.len());
     (first, a, b)
+}
+
+/// Puts a message of `len` bytes and a small one, runs `getter` in a child, and checks
+/// that its first get failed saying `says` and that it then got both messages.
+fn large_message_waits(
+    len: usize,
+    getter: fn(Queue<String>) -> (String, usize, usize),
+    says: &str,
+) {
+    let q = Queue::new().unwrap();
+    q.put("x".repeat(len)).unwrap();
+    q.put("y".repeat(10)).unwrap();
+    let mut child = multiproc::spawn(getter, q.clone()).unwrap();
+    let (first, a, b) = child.join_timeout(T).unwrap();
+    assert!(first.contains(says), "{first}");
+    assert_eq!((a, b), (len, 10), "the first get said {first}");
+    assert!(q.is_empty());
+}
+
+/// With no descriptor free, gets from `q` once, then again with descriptors (see
+/// [`get_while_short`]).
+fn get_out_of_descriptors(q: Queue<String>) -> (String, usize, usize) {
+    get_while_short(&q, common::use_up_descriptors)
 }
 
 /// A message too large for the ring travels in a memory file of its own, whose
@@ -1072,14 +1099,60 @@ fn get_out_of_descriptors(q: Queue<String>) -> (String, usize, usize) {
 /// and the message waits for its next get: it was taken off the socket, its file lost,
 /// and the next get skipped it as the leftover of a dead consumer.
 fn a_large_message_waits_for_a_free_descriptor() {
-    let q = Queue::new().unwrap();
-    q.put("x".repeat(3 << 20)).unwrap();
-    q.put("y".repeat(10)).unwrap();
-    let mut child = multiproc::spawn(get_out_of_descriptors, q.clone()).unwrap();
-    let (first, a, b) = child.join_timeout(T).unwrap();
-    assert!(first.contains("Too many open files"), "{first}");
-    assert_eq!((a, b), (3 << 20, 10), "the first get said {first}");
-    assert!(q.is_empty());
+    large_message_waits(3 << 20, get_out_of_descriptors, "Too many open files");
+}
+
+/// This process's address space limited to what it uses and 4 MiB more (room for small
+/// allocations, not for a 16 MiB message), until dropped.
+struct AddressSpaceCap(libc::rlimit);
+
+impl AddressSpaceCap {
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+        let mut was = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain calls on local structs.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut was), 0);
+            let short = libc::rlimit {
+                rlim_cur: pages * 4096 + (4 << 20),
+                rlim_max: was.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &short), 0);
+        }
+        AddressSpaceCap(was)
+    }
+}
+
+impl Drop for AddressSpaceCap {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: a plain call on a local struct.
+        unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &self.0), 0) };
+    }
+}
+
+/// Short of address space, gets from `q` once, then again with its limit as it was
+/// (see [`get_while_short`]).
+fn get_short_of_address_space(q: Queue<String>) -> (String, usize, usize) {
+    get_while_short(&q, AddressSpaceCap::new)
+}
+
+/// A message too large for the ring travels in a memory file of its own, which the
+/// receiver maps. A receiver whose address space has no room for it (its `RLIMIT_AS`)
+/// is told so, and the message waits for its next get: it was taken off the socket,
+/// reported as corruption, and the next get skipped it as the leftover of a dead
+/// consumer.
+fn a_large_message_waits_for_address_space() {
+    large_message_waits(
+        16 << 20,
+        get_short_of_address_space,
+        "Cannot allocate memory",
+    );
 }
 
 fn no_descriptor_leaks() {

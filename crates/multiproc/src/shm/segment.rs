@@ -264,25 +264,33 @@ pub(crate) struct View {
 }
 
 impl View {
-    /// Maps `fd`, which must be a memfd sealed against any change.
-    pub(crate) fn open(fd: OwnedFd) -> io::Result<Self> {
+    /// Maps `fd`, which must be a memfd sealed against any change and as long as
+    /// `room`, in place of `room`.
+    pub(crate) fn open_in(fd: OwnedFd, room: Room) -> io::Result<Self> {
         if !sys::fully_sealed(fd.as_fd()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "a message in shared memory that is not sealed against changes",
             ));
         }
-        let len = usize::try_from(sys::file_len(fd.as_fd())?)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "message too large"))?;
-        if len == 0 {
-            return Ok(View {
-                ptr: NonNull::dangling(),
-                len: 0,
-                _fd: fd,
-            });
+        if sys::file_len(fd.as_fd())? != room.len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a message in shared memory of another length than announced",
+            ));
         }
-        let ptr = sys::map_shared(fd.as_fd(), len, false)?;
-        Ok(View { ptr, len, _fd: fd })
+        if room.len > 0 {
+            // SAFETY: `room` is a live reservation of `room.len` bytes that this owns
+            // and nothing refers into.
+            unsafe { sys::map_shared_over(fd.as_fd(), room.ptr, room.len)? };
+        }
+        // The mapping is the view's now: unmapped by its `Drop`.
+        let room = std::mem::ManuallyDrop::new(room);
+        Ok(View {
+            ptr: room.ptr,
+            len: room.len,
+            _fd: fd,
+        })
     }
 
     /// The bytes.
@@ -294,6 +302,38 @@ impl View {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
+
+/// Address space taken ahead for a [`View`] (see [`sys::reserve`]): a receiver that
+/// cannot have it learns so before it takes a message off its socket, and the message
+/// stays there for a later receive. Unmapped when dropped unused.
+pub(crate) struct Room {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Room {
+    /// Room for `len` bytes (none taken for nothing).
+    pub(crate) fn take(len: usize) -> io::Result<Self> {
+        let ptr = if len == 0 {
+            NonNull::dangling()
+        } else {
+            sys::reserve(len)?
+        };
+        Ok(Room { ptr, len })
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the reservation made in `take`, which nothing refers into.
+            unsafe { sys::unmap(self.ptr, self.len) };
+        }
+    }
+}
+
+// SAFETY: address space with no access: nothing in it to share or to race on.
+unsafe impl Send for Room {}
 
 impl Drop for View {
     fn drop(&mut self) {

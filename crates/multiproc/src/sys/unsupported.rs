@@ -400,6 +400,19 @@ pub(crate) fn map_shared_at(
 ) -> io::Result<std::ptr::NonNull<u8>> {
     Err(unsupported())
 }
+pub(crate) fn reserve(_: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    Err(unsupported())
+}
+/// # Safety
+///
+/// Nothing is ever reserved here; this does nothing.
+pub(crate) unsafe fn map_shared_over(
+    _: BorrowedFd<'_>,
+    _: std::ptr::NonNull<u8>,
+    _: usize,
+) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn memfd_growable(_: &str, _: u64) -> io::Result<OwnedFd> {
     Err(unsupported())
 }

@@ -7,7 +7,7 @@
 use std::io::{self, IoSlice};
 
 use super::{Payload, Received, RecvFail};
-use crate::shm::segment::View;
+use crate::shm::segment::{Room, View};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec::Encoded;
 
@@ -16,6 +16,9 @@ use crate::wire::codec::Encoded;
 const HEADER: usize = 24;
 /// Payload bytes carried in the message itself (mode `IN_MESSAGE`); more go in a memfd.
 const IN_MESSAGE_MAX: usize = 32 * 1024;
+/// The most bytes a message in a memory file may announce: a length beyond the address
+/// space of any machine is a corrupt header, not a message to wait for room for.
+const MEMFD_MAX: u64 = 1 << 46;
 const IN_MESSAGE: u8 = 0;
 const IN_MEMFD: u8 = 1;
 
@@ -106,6 +109,22 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
         if passed > 0 {
             sys::room_for_descriptors(sock, passed).map_err(RecvFail::Io)?;
         }
+        // The address space a message in a memory file will be mapped into, taken while
+        // the message is still on the socket: a process short of it (its `RLIMIT_AS`,
+        // its limit of mappings) gets the error, and the message stays for a later
+        // receive, as with descriptors above (taken first, it would have been lost with
+        // the failed mapping).
+        let room = if mode == IN_MEMFD {
+            let len = Some(len)
+                .filter(|&l| l <= MEMFD_MAX)
+                .and_then(|l| usize::try_from(l).ok())
+                .ok_or_else(|| {
+                    RecvFail::Broken(format!("side message {id}: a length of {len} bytes"))
+                })?;
+            Some(Room::take(len).map_err(RecvFail::Io)?)
+        } else {
+            None
+        };
         let body = if mode == IN_MESSAGE { len as usize } else { 0 };
         let mut buf = vec![0u8; HEADER + body];
         let mut fds = Vec::new();
@@ -116,21 +135,21 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
                 HEADER + body
             )));
         }
-        let bytes = if mode == IN_MESSAGE {
-            buf.drain(..HEADER);
-            Payload::Owned(buf)
-        } else {
-            if fds.is_empty() {
-                return Err(RecvFail::Broken(format!(
-                    "side message {id} lost its memory file"
-                )));
+        let bytes = match room {
+            None => {
+                buf.drain(..HEADER);
+                Payload::Owned(buf)
             }
-            let view = View::open(fds.remove(0))
-                .map_err(|e| RecvFail::Broken(format!("side message {id}: {e}")))?;
-            if view.bytes().len() as u64 != len {
-                return Err(RecvFail::Broken(format!("side message {id}: wrong length")));
+            Some(room) => {
+                if fds.is_empty() {
+                    return Err(RecvFail::Broken(format!(
+                        "side message {id} lost its memory file"
+                    )));
+                }
+                let view = View::open_in(fds.remove(0), room)
+                    .map_err(|e| RecvFail::Broken(format!("side message {id}: {e}")))?;
+                Payload::Mapped(view)
             }
-            Payload::Mapped(view)
         };
         return Ok(Some(Received { bytes, fds }));
     }

@@ -141,6 +141,57 @@ pub(crate) fn map_shared_at(
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
+/// Address space for a mapping of `len` bytes (more than nothing), taken ahead of it:
+/// no access, no memory committed. What a process short of address space (its
+/// `RLIMIT_AS`, its limit of mappings) cannot get, it learns here, before it takes
+/// something it could then not map off a socket. Unmapped with [`unmap`], or taken
+/// over by [`map_shared_over`].
+pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+    }
+    // SAFETY: a fresh mapping chosen by the kernel (no address hint), so it overlaps
+    // nothing that exists; the caller owns it.
+    let ptr = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Maps the first `len` bytes of `fd`, shared and read-only, in place of the
+/// reservation at `at` (from [`reserve`], of the same `len`). Replacing a mapping by
+/// one of the same size asks the kernel for no more address space and no more
+/// mappings. On an error the reservation is as it was.
+///
+/// # Safety
+///
+/// `at` and `len` are exactly those of a live reservation from [`reserve`] that the
+/// caller owns, and nothing refers into it.
+pub(crate) unsafe fn map_shared_over(
+    fd: BorrowedFd<'_>,
+    at: NonNull<u8>,
+    len: usize,
+) -> io::Result<()> {
+    // SAFETY: `MAP_FIXED` replaces only the caller's own reservation (guaranteed by
+    // the caller), which nothing refers into.
+    unsafe {
+        rustix::mm::mmap(
+            at.as_ptr().cast(),
+            len,
+            ProtFlags::READ,
+            MapFlags::SHARED | MapFlags::FIXED,
+            fd,
+            0,
+        )
+    }?;
+    Ok(())
+}
+
 /// Unmaps a mapping made by [`map_shared`].
 ///
 /// # Safety

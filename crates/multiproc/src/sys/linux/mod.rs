@@ -41,9 +41,9 @@ pub(crate) use limits::{
 };
 pub(crate) use mem::{
     code_on_huge_pages, cwd_id, doorbell, file_allocated, file_id, file_len, fully_sealed, grow,
-    map_shared, map_shared_at, memfd, memfd_growable, open_file_id, packet_pair, path_id, prefault,
-    punch_hole, ring, sealed_memfd, shared_word, shm_create, shm_open, shm_reserve, shm_unlink,
-    shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
+    map_shared, map_shared_at, map_shared_over, memfd, memfd_growable, open_file_id, packet_pair,
+    path_id, prefault, punch_hole, reserve, ring, sealed_memfd, shared_word, shm_create, shm_open,
+    shm_reserve, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
 pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
 /// For the cluster worker's signal handling.
