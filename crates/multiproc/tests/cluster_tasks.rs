@@ -316,6 +316,10 @@ fn main() {
                 a_requeue_whose_reply_was_lost_says_it_requeued,
             ),
             trial(
+                "a_cancel_whose_reply_was_lost_says_it_cancelled",
+                a_cancel_whose_reply_was_lost_says_it_cancelled,
+            ),
+            trial(
                 "a_requeued_idempotent_task_answers_with_its_new_outcome",
                 a_requeued_idempotent_task_answers_with_its_new_outcome,
             ),
@@ -1227,6 +1231,45 @@ fn a_requeue_whose_reply_was_lost_says_it_requeued() {
         s.waiting == 0 && s.in_flight == 0
     }));
     w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A cancel whose reply is lost with its connection (the client sends it again on a
+/// new one) says it cancelled: its repeat found the task's outcome written (the
+/// cancel's own) and said the task had ended otherwise, and the task then ended
+/// `Cancelled`.
+fn a_cancel_whose_reply_was_lost_says_it_cancelled() {
+    let redis = RedisServer::start();
+    let ns = "cancel_lost_reply";
+    fn settled(_: &mut cluster_common::Raw) -> bool {
+        true
+    }
+    let proxy = ReplyDroppingProxy::start_for(redis.port, b"cancel:", b':', settled);
+    let c = Cluster::builder(&proxy.url())
+        .namespace(ns)
+        .build()
+        .unwrap();
+    // Tasks waiting for their time: a cancel removes them (no worker needed).
+    let later = || {
+        c.submit_with(
+            SQUARE,
+            2,
+            TaskOptions::new().countdown(Duration::from_secs(600)),
+        )
+        .unwrap()
+    };
+    let (mut first, mut second) = (later(), later());
+    // The first cancel loads the script into the server; the second loses its answer.
+    assert!(first.cancel());
+    assert_eq!(first.wait_timeout(T), Err(TaskError::Cancelled));
+    proxy.arm(1);
+    assert!(
+        second.cancel(),
+        "a cancel sent again said the task had ended otherwise"
+    );
+    assert_eq!(proxy.armed(), 0, "the cancel was to lose its answer");
+    assert_eq!(second.wait_timeout(T), Err(TaskError::Cancelled));
+    assert_eq!(c.stats().unwrap().waiting, 0);
     finish(&redis, c, ns);
 }
 

@@ -300,8 +300,9 @@ return {{#due, wait}}
 /// idempotency record (`` for none).
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
 /// cancelled outcome, reply, reply-list prefix.
-/// Returns 1 (cancelled), 2 (flagged: stopped at its worker's next renewal, and ended
-/// `Cancelled` by `FINISH` if its run ends before) or 0 (finished already, or an
+/// Returns 1 (cancelled, now or before: its outcome is `Cancelled`), 2 (flagged: stopped
+/// at its worker's next renewal, and ended `Cancelled` by `FINISH` if its run ends
+/// before) or 0 (finished already with another outcome, or an
 /// idempotent task no worker is seen to hold whose record and outcome are gone). A cancelled
 /// task's outcome goes to every client waiting for it (those that submitted it again
 /// with its idempotency key), as a finish's does.
@@ -344,7 +345,11 @@ if retry and redis.call('ZREM', KEYS[2], retry) == 1 then
   deliver()
   return 1
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local ended = redis.call('GET', KEYS[4])
+-- Ended cancelled (a run of this cancel whose reply was lost, and which the client sent
+-- again, or another's cancel): it will end as the cancel asks.
+if ended == ARGV[5] then return 1 end
+if ended then return 0 end
 local held = false
 if ARGV[2] ~= '' then
   local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
