@@ -1102,44 +1102,10 @@ fn a_large_message_waits_for_a_free_descriptor() {
     large_message_waits(3 << 20, get_out_of_descriptors, "Too many open files");
 }
 
-/// This process's address space limited to what it uses and 4 MiB more (room for small
-/// allocations, not for a 16 MiB message), until dropped.
-struct AddressSpaceCap(libc::rlimit);
-
-impl AddressSpaceCap {
-    #[allow(unsafe_code)]
-    fn new() -> Self {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
-        let mut was = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain calls on local structs.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut was), 0);
-            let short = libc::rlimit {
-                rlim_cur: pages * 4096 + (4 << 20),
-                rlim_max: was.rlim_max,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &short), 0);
-        }
-        AddressSpaceCap(was)
-    }
-}
-
-impl Drop for AddressSpaceCap {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: a plain call on a local struct.
-        unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &self.0), 0) };
-    }
-}
-
 /// Short of address space, gets from `q` once, then again with its limit as it was
 /// (see [`get_while_short`]).
 fn get_short_of_address_space(q: Queue<String>) -> (String, usize, usize) {
-    get_while_short(&q, AddressSpaceCap::new)
+    get_while_short(&q, common::AddressSpaceCap::new)
 }
 
 /// A message too large for the ring travels in a memory file of its own, which the

@@ -282,7 +282,12 @@ impl View {
         if room.len > 0 {
             // SAFETY: `room` is a live reservation of `room.len` bytes that this owns
             // and nothing refers into.
-            unsafe { sys::map_shared_over(fd.as_fd(), room.ptr, room.len)? };
+            if let Err(e) = unsafe { sys::map_shared_over(fd.as_fd(), room.ptr, room.len) } {
+                // The range may be partly unmapped now, and partly another's: left as it
+                // is (address space lost, no memory), never unmapped.
+                std::mem::forget(room);
+                return Err(e);
+            }
         }
         // The mapping is the view's now: unmapped by its `Drop`.
         let room = std::mem::ManuallyDrop::new(room);
@@ -297,7 +302,7 @@ impl View {
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping is `len` readable bytes (or empty with a dangling,
         // aligned pointer) and lives as long as `self`. The file is sealed against
-        // writes and resizing (checked in `open`), so no process can change the bytes
+        // writes and resizing (checked in `open_in`), so no process can change the bytes
         // behind this shared slice, and reading cannot fault.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }

@@ -1005,3 +1005,41 @@ pub fn use_up_descriptors() -> Vec<std::fs::File> {
     assert!(!open.is_empty(), "no descriptor could be opened at all");
     open
 }
+
+/// This process's address space limited to what it uses and 4 MiB more (room for small
+/// allocations, not for a 16 MiB message or result), until dropped.
+#[allow(dead_code)]
+pub struct AddressSpaceCap(libc::rlimit);
+
+#[allow(dead_code)]
+impl AddressSpaceCap {
+    #[allow(unsafe_code)]
+    pub fn new() -> Self {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+        // SAFETY: a plain call.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+        let mut was = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain calls on local structs.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut was), 0);
+            let short = libc::rlimit {
+                rlim_cur: pages * page + (4 << 20),
+                rlim_max: was.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &short), 0);
+        }
+        AddressSpaceCap(was)
+    }
+}
+
+impl Drop for AddressSpaceCap {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: a plain call on a local struct.
+        unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &self.0), 0) };
+    }
+}

@@ -95,15 +95,30 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
                 IN_MEMFD => true,
                 _ => false,
             };
-        if !valid || got < id {
-            // Not ours and never anyone's: take it off the socket, closing what it holds.
+        // Takes the message off the socket, closing what it holds.
+        let drop_it = || {
             let mut sink = [0u8; HEADER];
             let mut fds = Vec::new();
             let _ = sys::recv_with_fds(sock, &mut sink, &mut fds, true);
+        };
+        if !valid || got < id {
+            // Not ours and never anyone's.
+            drop_it();
             continue;
         }
         if got > id {
             return Ok(None);
+        }
+        let memfd_len = Some(len)
+            .filter(|&l| l <= MEMFD_MAX)
+            .and_then(|l| usize::try_from(l).ok());
+        if mode == IN_MEMFD && memfd_len.is_none() {
+            // Off the socket too (left there, it would fail every receive after this
+            // one); the next receive skips its record.
+            drop_it();
+            return Err(RecvFail::Broken(format!(
+                "side message {id}: a length of {len} bytes"
+            )));
         }
         let passed = usize::from(header[17]).max(usize::from(mode == IN_MEMFD));
         if passed > 0 {
@@ -114,16 +129,9 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
         // its limit of mappings) gets the error, and the message stays for a later
         // receive, as with descriptors above (taken first, it would have been lost with
         // the failed mapping).
-        let room = if mode == IN_MEMFD {
-            let len = Some(len)
-                .filter(|&l| l <= MEMFD_MAX)
-                .and_then(|l| usize::try_from(l).ok())
-                .ok_or_else(|| {
-                    RecvFail::Broken(format!("side message {id}: a length of {len} bytes"))
-                })?;
-            Some(Room::take(len).map_err(RecvFail::Io)?)
-        } else {
-            None
+        let room = match memfd_len {
+            Some(len) if mode == IN_MEMFD => Some(Room::take(len).map_err(RecvFail::Io)?),
+            _ => None,
         };
         let body = if mode == IN_MESSAGE { len as usize } else { 0 };
         let mut buf = vec![0u8; HEADER + body];
@@ -152,5 +160,40 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
             }
         };
         return Ok(Some(Received { bytes, fds }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A side message whose header announces a memory file of more than [`MEMFD_MAX`]
+    /// bytes is corrupt: the receive says so and takes it off the socket, and the
+    /// messages after it are received (left there, it failed every receive after it).
+    #[test]
+    fn an_impossible_length_is_taken_off_the_socket() {
+        let (rx, tx) = sys::packet_pair().unwrap();
+        let memfd = sys::sealed_memfd("multiproc-test", b"abc").unwrap();
+        let mut header = [0u8; HEADER];
+        header[0..8].copy_from_slice(&1u64.to_le_bytes());
+        header[8..16].copy_from_slice(&(MEMFD_MAX + 1).to_le_bytes());
+        header[16] = IN_MEMFD;
+        header[17] = 1;
+        sys::send_packet(tx.as_fd(), &[IoSlice::new(&header)], &[memfd.as_fd()]).unwrap();
+        let next = Encoded::plain(b"next".to_vec());
+        Outgoing::prepare(&next)
+            .unwrap()
+            .send(tx.as_fd(), 2, &next)
+            .unwrap();
+        assert!(matches!(fetch(rx.as_fd(), 1), Err(RecvFail::Broken(_))));
+        // Its record's next reader finds it gone (as a dead consumer's), and goes on.
+        assert!(matches!(fetch(rx.as_fd(), 1), Ok(None)));
+        match fetch(rx.as_fd(), 2) {
+            Ok(Some(Received {
+                bytes: Payload::Owned(b),
+                ..
+            })) => assert_eq!(b, b"next"),
+            other => panic!("{other:?}"),
+        }
     }
 }
