@@ -83,6 +83,10 @@ fn main() {
                 a_result_waits_for_a_free_descriptor,
             ),
             trial(
+                "a_result_waits_for_address_space",
+                a_result_waits_for_address_space,
+            ),
+            trial(
                 "short_tasks_do_not_wait_behind_long_ones",
                 short_tasks_do_not_wait_behind_long_ones,
             ),
@@ -1565,6 +1569,44 @@ fn a_result_waits_for_a_free_descriptor() {
         ended.contains("PoolBroken") && ended.contains("no descriptor free for 5s"),
         "{ended}"
     );
+}
+
+/// A pool in a process of its own whose address space is capped while a 16 MiB result
+/// comes back: what the task's wait said meanwhile, the result's length once the cap is
+/// lifted, and a task after it.
+fn pool_short_of_address_space(_: ()) -> (String, usize, u64) {
+    let pool = Pool::new(1).unwrap();
+    let (go, sent) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut task = pool
+        .submit(big_result_on, (None, go.clone(), 16 << 20, 0))
+        .unwrap();
+    // The worker begins this one once it has sent the first one's result.
+    let next = pool.submit(set_event, (sent.clone(), false)).unwrap();
+    let cap = common::AddressSpaceCap::new();
+    go.set();
+    // Set once the worker has sent the result (a pool that gave up on it runs nothing
+    // more, and the task has ended then).
+    assert!(common::eventually(T / 2, || sent.is_set() || task.is_done()));
+    let meanwhile = match task.wait_timeout(Duration::from_millis(500)) {
+        Err(TaskError::Timeout) => "waiting".to_owned(),
+        other => format!("{:?}", other.map(|v| v.0.len())),
+    };
+    drop(cap);
+    let len = get(task).map_or(0, |v| v.0.len());
+    get(next).unwrap();
+    let after = pool.apply(square, 5).unwrap_or(0);
+    finish(pool);
+    (meanwhile, len, after)
+}
+
+/// A result in a memory file of its own is mapped by the pool's process: while that
+/// process has no address space for it (its `RLIMIT_AS`), the result waits in the
+/// channel and is delivered once there is. The pool gave up at once (the result lost,
+/// every task failed with `PoolBroken`).
+fn a_result_waits_for_address_space() {
+    let mut child = multiproc::spawn(pool_short_of_address_space, ()).unwrap();
+    let (meanwhile, len, after) = child.join_timeout(T).unwrap();
+    assert_eq!((meanwhile.as_str(), len, after), ("waiting", 16 << 20, 25));
 }
 
 fn codec_failures_fail_the_task() {

@@ -6,6 +6,7 @@
 //! How it survives its workers is in `README.md` beside this file.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::ThreadId;
@@ -1264,7 +1265,8 @@ const START_RETRY: Duration = Duration::from_millis(100);
 const CHORES_EVERY: Duration = Duration::from_millis(1);
 /// An outcome that carries descriptors (a result too large for the ring travels in a
 /// memory file of its own, handles in a result as descriptors) cannot be taken while
-/// this process has no room for them: it stays in the channel, and is tried again this
+/// this process has no room for them, nor one in a memory file while it has no address
+/// space to map it (see [`Lacks`]): it stays in the channel, and is tried again this
 /// often...
 const NO_ROOM_RETRY: Duration = Duration::from_millis(10);
 /// ...for this long (counted again from each outcome taken), after which the pool
@@ -1272,6 +1274,30 @@ const NO_ROOM_RETRY: Duration = Duration::from_millis(10);
 /// that cannot be started. Meanwhile dead workers are settled only once the outcome is
 /// taken: it may be one of theirs.
 const NO_ROOM_PATIENCE: Duration = Duration::from_secs(5);
+
+/// What this process lacks to take the next outcome in (see [`NO_ROOM_RETRY`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lacks {
+    /// A free descriptor (`EMFILE`, `ENFILE`).
+    Descriptors,
+    /// Address space to map its memory file (`ENOMEM`: the process's `RLIMIT_AS`, its
+    /// limit of mappings).
+    AddressSpace,
+}
+
+impl Lacks {
+    /// What a failed take says is lacking, if it is room (the outcome then waits in
+    /// the channel).
+    fn of(e: &io::Error) -> Option<Self> {
+        if sys::out_of_descriptors(e) {
+            Some(Lacks::Descriptors)
+        } else if sys::out_of_address_space(e) {
+            Some(Lacks::AddressSpace)
+        } else {
+            None
+        }
+    }
+}
 
 /// What a batch of outcomes taken off the channel held.
 enum Drained {
@@ -1321,7 +1347,7 @@ impl PoolInner {
             if self.results_rx.len() == 0 {
                 if retry_at != 0 {
                     // Another thread took the outcome that waited.
-                    self.note_room(false);
+                    self.note_room(None);
                 }
                 return any;
             }
@@ -1354,7 +1380,7 @@ impl PoolInner {
         }
         let mut batch = Vec::new();
         let mut corrupt = None;
-        let mut no_room = false;
+        let mut no_room = None;
         while batch.len() < 256 {
             match self.results_rx.try_recv_owned() {
                 Ok(Some(msg)) => {
@@ -1369,8 +1395,8 @@ impl PoolInner {
                     corrupt = Some(why);
                     break;
                 }
-                Err(RecvFail::Io(e)) if sys::out_of_descriptors(&e) => {
-                    no_room = true;
+                Err(RecvFail::Io(e)) if Lacks::of(&e).is_some() => {
+                    no_room = Lacks::of(&e);
                     break;
                 }
                 Err(RecvFail::Io(e)) => {
@@ -1405,7 +1431,7 @@ impl PoolInner {
             return Drained::Broken;
         }
         if batch.is_empty() {
-            return if no_room {
+            return if no_room.is_some() {
                 Drained::Held(false)
             } else {
                 Drained::Nothing
@@ -1417,45 +1443,57 @@ impl PoolInner {
         }
         self.pump(&mut st);
         deliveries.append(&mut st.deferred);
-        if no_room {
+        if no_room.is_some() {
             Drained::Held(true)
         } else {
             Drained::Some
         }
     }
 
-    /// Keeps the count of how long the next outcome has waited for room for its
-    /// descriptors (`no_room`: it still does), from when it began to wait or an
-    /// outcome was last taken; the reason to give up once that is
-    /// [`NO_ROOM_PATIENCE`].
-    fn note_room(&self, no_room: bool) -> Option<String> {
-        if !no_room && self.no_room_retry_at.load(Ordering::Relaxed) == 0 {
+    /// Keeps the count of how long the next outcome has waited for room (`no_room`:
+    /// it still does, lacking that), from when it began to wait or an outcome was last
+    /// taken; the reason to give up once that is [`NO_ROOM_PATIENCE`].
+    fn note_room(&self, no_room: Option<Lacks>) -> Option<String> {
+        if no_room.is_none() && self.no_room_retry_at.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let mut st = unpoisoned::lock(&self.state);
-        if !no_room {
+        let Some(lacks) = no_room else {
             st.no_room_since = None;
             self.no_room_retry_at.store(0, Ordering::Relaxed);
             return None;
-        }
+        };
         let now = sys::monotonic_ns();
         let since = *st.no_room_since.get_or_insert_with(|| {
-            tracing::warn!(
-                "pool: no descriptor free in this process to take a worker's result in; \
-                 it waits (for {NO_ROOM_PATIENCE:?} at most)"
-            );
+            match lacks {
+                Lacks::Descriptors => tracing::warn!(
+                    "pool: no descriptor free in this process to take a worker's result \
+                     in; it waits (for {NO_ROOM_PATIENCE:?} at most)"
+                ),
+                Lacks::AddressSpace => tracing::warn!(
+                    "pool: no address space in this process to map a worker's result in; \
+                     it waits (for {NO_ROOM_PATIENCE:?} at most)"
+                ),
+            }
             now
         });
         // Another thread may have taken one since (and not said so yet).
         let since = since.max(self.last_taken.load(Ordering::Relaxed));
         let patience = u64::try_from(NO_ROOM_PATIENCE.as_nanos()).unwrap_or(u64::MAX);
         if now.saturating_sub(since) >= patience {
-            return Some(format!(
-                "this process has had no descriptor free for {NO_ROOM_PATIENCE:?} to take \
-                 a worker's result in (a result over 2 MiB travels in a memory file of its \
-                 own, handles in it as descriptors): close descriptors, or raise the limit \
-                 (`ulimit -n`)"
-            ));
+            return Some(match lacks {
+                Lacks::Descriptors => format!(
+                    "this process has had no descriptor free for {NO_ROOM_PATIENCE:?} to \
+                     take a worker's result in (a result over 2 MiB travels in a memory file \
+                     of its own, handles in it as descriptors): close descriptors, or raise \
+                     the limit (`ulimit -n`)"
+                ),
+                Lacks::AddressSpace => format!(
+                    "this process has had no address space for {NO_ROOM_PATIENCE:?} to map a \
+                     worker's result in (a result over 2 MiB travels in a memory file of its \
+                     own): free memory, or raise the limit (`ulimit -v`)"
+                ),
+            });
         }
         let retry = u64::try_from(NO_ROOM_RETRY.as_nanos()).unwrap_or(u64::MAX);
         self.no_room_retry_at

@@ -476,6 +476,9 @@ pub(crate) fn send_packet(
 ) -> io::Result<usize> {
     Err(unsupported())
 }
+pub(crate) fn out_of_address_space(_: &io::Error) -> bool {
+    false
+}
 pub(crate) fn out_of_descriptors(_: &io::Error) -> bool {
     false
 }

@@ -177,6 +177,12 @@ pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// Whether `e` says that no address space was left to map something (`ENOMEM`: the
+/// process's `RLIMIT_AS`, its limit of mappings, or the system's memory).
+pub(crate) fn out_of_address_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOMEM)
+}
+
 /// Sends one message on a sequenced-packet socket without blocking: `WouldBlock` when
 /// the socket's buffer is full.
 pub(crate) fn send_packet(
