@@ -45,6 +45,10 @@ fn main() {
                 pool_memory_cgroup_context_too_large,
             ),
             trial(
+                "pool_memory_address_space_argument_too_large",
+                pool_memory_address_space_argument_too_large,
+            ),
+            trial(
                 "pool_memory_address_space_goes_on",
                 pool_memory_address_space,
             ),
@@ -478,6 +482,29 @@ fn pool_memory_cgroup_context_too_large() {
     mapper.join().unwrap();
     let detail = expect_task_limit(r, Limit::Memory);
     assert!(detail.contains("64 MiB"), "{detail}");
+    assert_eq!(pool.apply(double, 21).unwrap(), 42, "the pool went on");
+    pool.close();
+    pool.join_timeout(T).unwrap();
+}
+
+fn arg_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+/// A task argument too large for the workers' address space cap (it travels in a
+/// memory file of its own, which the worker maps): the task fails with the memory
+/// limit, and the pool goes on (the worker ended with status 0, and the task failed as
+/// `WorkerDied`).
+fn pool_memory_address_space_argument_too_large() {
+    let pool = Pool::builder()
+        .processes(1)
+        .limits(address_space_cap())
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(double, 1).unwrap(), 2);
+    let mut task = pool.submit(arg_len, vec![1u8; 300 << 20]).unwrap();
+    let detail = expect_task_limit(task.wait_timeout(T), Limit::Memory);
+    assert!(detail.contains("256 MiB"), "{detail}");
     assert_eq!(pool.apply(double, 21).unwrap(), 42, "the pool went on");
     pool.close();
     pool.join_timeout(T).unwrap();
