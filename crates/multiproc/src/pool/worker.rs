@@ -439,12 +439,17 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         match jobs.recv_with(Deadline::Never, &mut serve) {
             Ok(()) | Err(RecvFail::Empty) => {}
             // A job in a memory file of its own that this process has no address space
-            // to map (its memory cap, `Limits::memory`): it cannot be run here, and it
-            // stays in the channel, so the worker ends as one whose allocation failed
-            // does, and the pool reports the task's limit (it ended with status 0, and
-            // the task failed as `WorkerDied`).
+            // to map (its memory cap, `Limits::memory`, or an address-space limit it
+            // inherited): it cannot be run here, and it stays in the channel, so the
+            // worker ends as one whose allocation failed does, and the pool reports the
+            // task's memory limit where it set one, `WorkerDied` with `SIGABRT`
+            // otherwise (it ended with status 0, and the task failed as `WorkerDied`).
             Err(RecvFail::Io(e)) if sys::out_of_address_space(&e) => {
-                eprintln!("multiproc worker: no address space to map a task's argument in: {e}");
+                let line = format!(
+                    "multiproc: a pool worker has no address space to map its next task's \
+                     argument in ({e}): it aborts\n"
+                );
+                sys::write_stderr(line.as_bytes());
                 std::process::abort();
             }
             // Every sender is gone: the pool retired this worker, or went away.

@@ -165,8 +165,8 @@ pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 
 /// Maps the first `len` bytes of `fd`, shared and read-only, in place of the
 /// reservation at `at` (from [`reserve`], of the same `len`). Replacing a mapping by
-/// one of the same size asks the kernel for no more address space (it may ask for one
-/// more mapping, where the reservation had merged with a neighbour of the same kind).
+/// one of the same size asks the kernel for no more address space (it may ask for more
+/// mappings, where the reservation had merged with neighbours of the same kind).
 /// On an error the range may be left unmapped in part (kernels before 6.12 unmapped
 /// the old range first): the caller then must not unmap it (another thread may have
 /// mapped something there since).
