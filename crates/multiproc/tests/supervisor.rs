@@ -63,6 +63,10 @@ fn main() {
             ),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial(
+                "an_ended_childs_group_goes_with_its_supervisors_process",
+                an_ended_childs_group_goes_with_its_supervisors_process,
+            ),
+            trial(
                 "a_process_that_exits_stops_its_supervisors_children_and_their_groups",
                 supervisor_process_exits,
             ),
@@ -138,6 +142,36 @@ fn helpers(mode: &str) {
                 grandchild.trim()
             );
             std::process::exit(0);
+        }
+        "lingering" | "lingering_exits" => {
+            // A child that ends at once, leaving in its process group a member that
+            // ignores `SIGTERM`: the supervisor waits out its 30 s grace before it kills
+            // the group.
+            let dir = tempdir(&format!("lingering-{}", std::process::id()));
+            let log = dir.join("grandchildren");
+            std::fs::write(&log, b"").unwrap();
+            let sup = Supervisor::builder()
+                .child(
+                    ChildSpec::new(
+                        "leaver",
+                        leaves_grandchild,
+                        (log.to_string_lossy().into_owned(), true),
+                    )
+                    .restart(Restart::Temporary)
+                    .shutdown_grace(T),
+                )
+                .build()
+                .unwrap();
+            assert!(eventually(T, || !pids_in(&log).is_empty()));
+            // The child itself has ended (and been reaped) by now.
+            assert!(eventually(T, || sup.status()[0].state == ChildState::Done));
+            let grandchild = pids_in(&log)[0];
+            std::fs::remove_dir_all(&dir).unwrap();
+            println!("grandchild {grandchild}");
+            if mode == "lingering_exits" {
+                std::process::exit(0);
+            }
+            std::thread::sleep(T);
         }
         "thread_limited" => helper_thread_limited(),
         other => panic!("unknown helper mode {other}"),
@@ -1009,6 +1043,16 @@ fn supervising_thread_panics() {
     assert!(matches!(sup.shutdown(), Err(SupervisorError::Panicked(_))));
 }
 
+/// Whether `p` ends within 2 s; killed (and reaped) if not, so that a failing test
+/// leaves nothing behind.
+fn gone_or_killed(p: u32) -> bool {
+    let gone = wait_gone(p, Duration::from_secs(2));
+    if !gone {
+        common::kill_and_reap(p);
+    }
+    gone
+}
+
 fn supervisor_sigkilled() {
     let mut helper = Helper::start("supervisor");
     let pids: Vec<u32> = helper
@@ -1030,12 +1074,8 @@ fn supervisor_sigkilled() {
         );
     }
     // What a child started in its process group goes with it.
-    let gone = wait_gone(grandchild, Duration::from_secs(2));
-    if !gone {
-        common::kill_and_reap(grandchild);
-    }
     assert!(
-        gone,
+        gone_or_killed(grandchild),
         "a child's own child outlived the SIGKILLed supervisor"
     );
     assert_eq!(
@@ -1043,6 +1083,41 @@ fn supervisor_sigkilled() {
         Vec::<u32>::new(),
         "left running"
     );
+}
+
+/// A child that ended, leaving a member of its process group that ignores `SIGTERM`
+/// (the supervisor waits out the child's grace before it kills the group): a
+/// supervisor's process SIGKILLed, or one that exits, meanwhile takes that member
+/// along, as it does the group of a child still running (it outlived them: the fork
+/// server killed the groups of its living children only, and the program's exit swept
+/// those of children not yet joined).
+fn an_ended_childs_group_goes_with_its_supervisors_process() {
+    for mode in ["lingering", "lingering_exits"] {
+        let mut helper = Helper::start(mode);
+        let grandchild: u32 = helper
+            .expect("grandchild", T)
+            .trim_start_matches("grandchild ")
+            .parse()
+            .unwrap();
+        let tree = if mode == "lingering" {
+            helper.sigkill()
+        } else {
+            assert!(helper.wait(T).success());
+            Vec::new()
+        };
+        let gone = gone_or_killed(grandchild);
+        // Re-parented to this process (a subreaper) once its parent ended.
+        common::reap(grandchild);
+        assert!(
+            gone,
+            "{mode}: a member of an ended child's group outlived its supervisor's process"
+        );
+        assert_eq!(
+            common::reap_all(&tree, T),
+            Vec::<u32>::new(),
+            "{mode}: left running"
+        );
+    }
 }
 
 /// A program that exits (`std::process::exit`) with a supervisor running ends its
@@ -1058,11 +1133,8 @@ fn supervisor_process_exits() {
     let left: Vec<u32> = pids
         .iter()
         .copied()
-        .filter(|&p| !wait_gone(p, Duration::from_secs(2)))
+        .filter(|&p| !gone_or_killed(p))
         .collect();
-    for &p in &left {
-        common::kill_and_reap(p);
-    }
     // The grandchild was re-parented to this process (a subreaper).
     for &p in &pids {
         common::reap(p);

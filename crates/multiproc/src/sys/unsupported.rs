@@ -273,6 +273,9 @@ pub(crate) fn set_umask(_: u32) {}
 pub(crate) fn wait_child(_: u32) -> io::Result<()> {
     Err(unsupported())
 }
+pub(crate) fn group_exists(_: u32) -> bool {
+    false
+}
 pub(crate) fn group_alive(_: u32) -> bool {
     false
 }

@@ -79,6 +79,9 @@ const CGROUP_PREFIX: &str = "multiproc-";
 /// How often the server tries again to remove cgroups that a child's own children
 /// still held when it was reaped.
 const CGROUP_RETRY: Duration = Duration::from_secs(1);
+/// How often the server looks whether the groups of ended daemons that it still kills
+/// with the parent have members left (see `lingering` in [`serve`]).
+const LINGERING_LOOK: Duration = Duration::from_secs(1);
 
 /// The memory cgroups the server makes and removes.
 struct Cgroups {
@@ -221,9 +224,18 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         made: 0,
         leftover: Vec::new(),
     };
+    // The process groups of daemons that ended (reaped here, so in no `Kid` any more)
+    // while members of their group lived on (one that ignores a supervisor's `SIGTERM`
+    // through the child's grace, say): killed with the daemons when the parent goes,
+    // as a group whose leader still runs is. A group is dropped once it has no member
+    // left, looked at every `LINGERING_LOOK` at least: until then its number is no
+    // other group's, and afterwards the system may give it to another (pids wrap
+    // around), which a second is far too short for.
+    let mut lingering: Vec<u32> = Vec::new();
     loop {
         let missing_spare = keep_spare && !kids.iter().any(|k| k.spare.is_some());
         cgroups.retry();
+        lingering.retain(|&group| sys::group_exists(group));
         let ready = {
             let mut fds = Vec::with_capacity(kids.len() + 1);
             fds.push(conn.fd());
@@ -232,7 +244,13 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             let deadline = if missing_spare {
                 Some(Instant::now())
             } else {
-                (!cgroups.leftover.is_empty()).then(|| Instant::now() + CGROUP_RETRY)
+                let cgroup = (!cgroups.leftover.is_empty()).then_some(CGROUP_RETRY);
+                let group = (!lingering.is_empty()).then_some(LINGERING_LOOK);
+                cgroup
+                    .into_iter()
+                    .chain(group)
+                    .min()
+                    .map(|t| Instant::now() + t)
             };
             match sys::wait_readable(&fds, deadline) {
                 Ok(ready) => ready,
@@ -264,6 +282,9 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
                 && let Ok(Some(status)) = sys::try_reap(kids[i].pidfd.as_fd())
             {
                 let kid = kids.swap_remove(i);
+                if kid.daemon && kid.group && sys::group_exists(kid.pid) {
+                    lingering.push(kid.pid);
+                }
                 report(kid, status, &mut cgroups);
             }
         }
@@ -322,6 +343,11 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             let _ = sys::signal_group(kid.pid, sys::SIGKILL);
         }
         let _ = sys::send_signal(kid.pidfd.as_fd(), sys::SIGKILL);
+    }
+    for group in lingering {
+        if sys::group_exists(group) {
+            let _ = sys::signal_group(group, sys::SIGKILL);
+        }
     }
     // Reap them (for a second at most), so that none is seen running, re-parented,
     // after this server is gone; and remove their cgroups.

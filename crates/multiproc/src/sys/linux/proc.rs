@@ -257,6 +257,17 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<bool> {
     }
 }
 
+/// Whether process group `pgid` has any member, zombies included: while it has one, its
+/// number is no other process's or group's.
+pub(crate) fn group_exists(pgid: u32) -> bool {
+    Pid::from_raw(pgid as i32).is_some_and(|group| {
+        !matches!(
+            rustix::process::test_kill_process_group(group),
+            Err(Errno::SRCH)
+        )
+    })
+}
+
 /// Whether process group `pgid` has a member that has not exited. Zombies (exited, not
 /// yet reaped by whoever their parent is now) do not count; when `/proc` cannot be read,
 /// an existing group counts as alive.
