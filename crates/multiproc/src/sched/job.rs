@@ -330,7 +330,9 @@ pub enum MissReason {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum EventKind {
-    /// A run started; `attempt` counts from 1 (above 1 for a retry).
+    /// A run started: it was handed to its pool (or submitted to its cluster), where it
+    /// may wait for a free worker or thread; `attempt` counts from 1 (above 1 for a
+    /// retry).
     Started {
         /// Which attempt of this run.
         attempt: u32,

@@ -158,7 +158,11 @@ impl SchedulerBuilder {
 /// Dropping the scheduler stops it and drops its pools, which ends the runs in flight on
 /// its process pool (their workers are killed); a run on its thread pool cannot be
 /// stopped (a thread cannot be killed), and dropping waits for it, as dropping a
-/// [`ThreadPool`] does. Use [`shutdown`](Self::shutdown) to let runs finish.
+/// [`ThreadPool`] does. Runs that were [`Started`](EventKind::Started) but still
+/// waited in a pool's queue for a free worker or thread do not run, as a pool's
+/// queued tasks do not when it is dropped; none of these runs is reported ended
+/// (with a store, the next scheduler on it reports them interrupted). Use
+/// [`shutdown`](Self::shutdown) to let runs finish.
 pub struct Scheduler {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
