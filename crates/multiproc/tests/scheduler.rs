@@ -33,6 +33,10 @@ fn main() {
             long_downtime_counted_at_once,
         ),
         trial(
+            "a_cron_jobs_long_downtime_is_one_event",
+            a_cron_jobs_long_downtime_is_one_event,
+        ),
+        trial(
             "backlog_longer_than_a_pass_runs_once",
             backlog_longer_than_a_pass_runs_once,
         ),
@@ -74,6 +78,10 @@ fn main() {
         trial("store_survives_restart", store::survives_restart),
         trial("store_two_schedulers_race", store::two_schedulers_race),
         trial("store_long_downtime", store::long_downtime_on_a_store),
+        trial(
+            "store_a_cron_jobs_long_downtime",
+            store::a_cron_jobs_long_downtime_on_a_store,
+        ),
         trial("store_corrupt_and_foreign", store::corrupt_and_foreign),
         trial(
             "store_changed_schedule_starts_afresh",
@@ -380,6 +388,34 @@ fn misfire_and_coalesce() {
 
 /// A 1 ms job after a day away: the 86.4 million missed times are one event with the
 /// exact count (they are counted, not walked), and the next run is on the grid.
+/// Minutes from `t0`.
+fn minutes(n: i64) -> DateTime<Utc> {
+    t0() + multiproc::chrono::Duration::minutes(n)
+}
+
+/// A cron job's long downtime is one event too, with its default grace (one period,
+/// which for cron is the time to the next fire time): a time is too late once the next
+/// one is due. Each pass listed 10,000 times as runnable and found them too late one by
+/// one: an event per pass.
+fn a_cron_jobs_long_downtime_is_one_event() {
+    let (s, clock, events) = manual();
+    s.add(Job::thread(
+        "minutely",
+        Schedule::cron("* * * * *").unwrap(),
+        || (),
+    ))
+    .unwrap();
+    assert_eq!(s.next_fire("minutely"), Some(minutes(1)));
+    clock.set(minutes(25_000) + multiproc::chrono::Duration::seconds(30));
+    let evs = settle(&s, &events, 1);
+    assert_eq!(
+        missed(&evs),
+        vec![(minutes(1), 24_999, minutes(24_999), MissReason::TooLate)]
+    );
+    assert_eq!(started(&evs), vec![minutes(25_000)]);
+    assert_eq!(s.next_fire("minutely"), Some(minutes(25_001)));
+}
+
 fn long_downtime_counted_at_once() {
     let (s, clock, events) = manual();
     let ms = |n: i64| t0() + multiproc::chrono::Duration::milliseconds(n);
@@ -1254,28 +1290,34 @@ mod store {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// The same long downtime on a store: one update, not a row per missed time, and
-    /// the times handled are not handled again after a restart.
-    pub fn long_downtime_on_a_store() {
-        let dir = tempdir("downtime");
+    /// A job on a store whose program stops at `t0` and is back at `back`: the times
+    /// due meanwhile are reported as `missed` says (one event), the last runs
+    /// (`started`), and nothing is due or reported again after another restart.
+    fn downtime_on_a_store(
+        name: &str,
+        job: impl Fn() -> Job,
+        back: DateTime<Utc>,
+        missed_once: (DateTime<Utc>, u64, DateTime<Utc>),
+        runs: DateTime<Utc>,
+    ) {
+        let dir = tempdir(name);
         let db = dir.join("jobs.db");
         let clock = ManualClock::new(t0());
-        let ms = |n: i64| t0() + multiproc::chrono::Duration::milliseconds(n);
-        let job = || Job::thread("fast", Schedule::every(Duration::from_millis(1)), || ());
         {
             let (s, _events) = on_store(&db, &clock);
             s.add(job()).unwrap();
         }
-        clock.set(ms(3_600_000) + multiproc::chrono::Duration::microseconds(500));
+        clock.set(back);
         {
             let (s, events) = on_store(&db, &clock);
             s.add(job()).unwrap();
             let evs = settle(&s, &events, 1);
+            let (first, count, last) = missed_once;
             assert_eq!(
                 missed(&evs),
-                vec![(ms(1), 3_599_999, ms(3_599_999), MissReason::TooLate)]
+                vec![(first, count, last, MissReason::TooLate)]
             );
-            assert_eq!(started(&evs), vec![ms(3_600_000)]);
+            assert_eq!(started(&evs), vec![runs]);
         }
         // Back at once: nothing is due again, nothing is reported twice.
         let (s, events) = on_store(&db, &clock);
@@ -1284,6 +1326,30 @@ mod store {
         assert_eq!(events.try_iter().count(), 0);
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The same long downtime on a store: one update, not a row per missed time, and
+    /// the times handled are not handled again after a restart.
+    pub fn long_downtime_on_a_store() {
+        let ms = |n: i64| t0() + multiproc::chrono::Duration::milliseconds(n);
+        downtime_on_a_store(
+            "downtime",
+            || Job::thread("fast", Schedule::every(Duration::from_millis(1)), || ()),
+            ms(3_600_000) + multiproc::chrono::Duration::microseconds(500),
+            (ms(1), 3_599_999, ms(3_599_999)),
+            ms(3_600_000),
+        );
+    }
+
+    /// The same for a cron job (its times too late were claimed one record each).
+    pub fn a_cron_jobs_long_downtime_on_a_store() {
+        downtime_on_a_store(
+            "cron-downtime",
+            || Job::thread("minutely", Schedule::cron("* * * * *").unwrap(), || ()),
+            minutes(25_000) + multiproc::chrono::Duration::seconds(30),
+            (minutes(1), 24_999, minutes(24_999)),
+            minutes(25_000),
+        );
     }
 
     pub fn two_schedulers_race() {

@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 
 use super::clock::{Clock, Notifier};
 use super::job::{Coalesce, EventKind, Job, JobEvent, MissReason, RunContext, Running, Target};
-use super::schedule::{self, Schedule};
+use super::schedule::{self, Late, Schedule};
 #[cfg(feature = "sqlite")]
 use super::store::JobStore;
 use super::{JobInfo, ScheduleError};
@@ -571,15 +571,18 @@ impl Shared {
             (None, schedule::Kind::Once(_)) => Some(None),
             (None, schedule::Kind::Cron { .. }) => None,
         };
-        let late_before = fixed_grace
-            .flatten()
-            .and_then(|g| chrono::Duration::from_std(g).ok())
-            .and_then(|g| now.checked_sub_signed(g));
+        // A cron job's default grace (one period) is the time to its next fire time:
+        // past it, a time is counted with those too late, as with a fixed grace (one
+        // event, and no record each, for a downtime of thousands of times).
+        let late = match fixed_grace {
+            Some(grace) => grace
+                .and_then(|g| chrono::Duration::from_std(g).ok())
+                .and_then(|g| now.checked_sub_signed(g))
+                .map_or(Late::Never, Late::Before),
+            None => Late::OnceNextDue,
+        };
         let dues = match first {
-            Some(first) => js
-                .job
-                .schedule
-                .dues(first, now, late_before, MAX_DUE_PER_PASS),
+            Some(first) => js.job.schedule.dues(first, now, late, MAX_DUE_PER_PASS),
             None => schedule::Dues::none(js.next),
         };
         js.next = dues.next;
@@ -1213,7 +1216,7 @@ impl TooLate {
             let dues = schedule.dues(
                 first,
                 last,
-                Some(last + chrono::Duration::nanoseconds(1)),
+                Late::Before(last + chrono::Duration::nanoseconds(1)),
                 0,
             );
             self.add(first, last, dues.late.min(at_most));

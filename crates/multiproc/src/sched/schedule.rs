@@ -204,8 +204,8 @@ impl Schedule {
         }
     }
 
-    /// The fire times from `first` (a fire time) up to `now`, split into those before
-    /// `late_before` (only counted: how many, and the last) and the others (listed, at
+    /// The fire times from `first` (a fire time) up to `now`, split into those too
+    /// `late` to run (only counted: how many, and the last) and the others (listed, at
     /// most `cap` of them); and the fire time after what was taken. An interval is
     /// counted arithmetically, however many periods a long downtime spans; cron and
     /// once schedules are walked (at most one time per second).
@@ -213,7 +213,7 @@ impl Schedule {
         &self,
         first: DateTime<Utc>,
         now: DateTime<Utc>,
-        late_before: Option<DateTime<Utc>>,
+        late: Late,
         cap: usize,
     ) -> Dues {
         let mut dues = Dues {
@@ -228,6 +228,12 @@ impl Schedule {
         if let Kind::Every { period, .. } = &self.0
             && let Ok(step) = chrono::Duration::from_std(*period)
         {
+            let late_before = match late {
+                Late::Never => None,
+                Late::Before(b) => Some(b),
+                // Too late once the next time is due too: before now less a period.
+                Late::OnceNextDue => now.checked_sub_signed(step),
+            };
             let step = nanos(step);
             let at = |k: i128| plus_nanos(first, k.checked_mul(step)?);
             // Times first + k·step for k in 0..total are due.
@@ -248,7 +254,13 @@ impl Schedule {
             if t > now {
                 break;
             }
-            if late_before.is_some_and(|b| t < b) {
+            let after = self.next_after(t);
+            let too_late = match late {
+                Late::Never => false,
+                Late::Before(b) => t < b,
+                Late::OnceNextDue => after.is_some_and(|a| a < now),
+            };
+            if too_late {
                 dues.late += 1;
                 dues.last_late = Some(t);
             } else if dues.runnable.len() < cap {
@@ -256,7 +268,7 @@ impl Schedule {
             } else {
                 break;
             }
-            next = self.next_after(t);
+            next = after;
         }
         dues.next = next;
         dues
@@ -269,6 +281,19 @@ impl Schedule {
             _ => None,
         }
     }
+}
+
+/// Which due times are too late to run (see [`Schedule::dues`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Late {
+    /// None.
+    Never,
+    /// Those before this instant: a grace that is the same for every time.
+    Before(DateTime<Utc>),
+    /// Those whose next fire time is due too: a grace of one period, which for a cron
+    /// schedule differs from one time to the next (an expression that fires at 9:00
+    /// and 17:00: eight hours, then sixteen).
+    OnceNextDue,
 }
 
 /// What [`Schedule::dues`] found.
@@ -353,7 +378,12 @@ mod tests {
             .unwrap();
         let next = s.next_after(now).expect("a next fire time");
         assert_eq!(next, Utc.with_ymd_and_hms(2026, 12, 4, 11, 0, 0).unwrap());
-        let dues = s.dues(start, now, Some(now - chrono::Duration::hours(2)), 8);
+        let dues = s.dues(
+            start,
+            now,
+            Late::Before(now - chrono::Duration::hours(2)),
+            8,
+        );
         let hours = (now - start).num_hours() as u64;
         assert_eq!(dues.late + dues.runnable.len() as u64, hours + 1);
         assert_eq!(dues.runnable.len(), 2, "{dues:?}");
