@@ -49,6 +49,10 @@ fn main() {
                 "a_stop_while_siblings_stop_for_a_restart_starts_nothing",
                 a_stop_during_a_restart_starts_nothing,
             ),
+            trial(
+                "a_sibling_that_crashes_during_a_stop_is_reported",
+                a_sibling_that_crashes_during_a_stop_is_reported,
+            ),
             trial("grace_and_timeout_of_duration_max", duration_max),
             trial("failed_restarts_grow_the_backoff", failed_restarts_back_off),
             trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
@@ -158,7 +162,9 @@ fn helpers(mode: &str) {
                         (log.to_string_lossy().into_owned(), true),
                     )
                     .restart(Restart::Temporary)
-                    .shutdown_grace(T),
+                    // Far past the waits of the helper and the test: the member is
+                    // not killed by the supervisor meanwhile.
+                    .shutdown_grace(10 * T),
                 )
                 .build()
                 .unwrap();
@@ -327,7 +333,9 @@ fn leaves_grandchild((log, stubborn): (String, bool)) {
     if stubborn {
         // The grandchild logs itself once it ignores `SIGTERM`: a stop that came
         // between its start and its `trap` would end it before the test's grace begins.
-        std::process::Command::new("sh")
+        // So does the `SIGTERM` its group gets when this child ends: this child
+        // returns only once the grandchild is logged.
+        let sh = std::process::Command::new("sh")
             .args([
                 "-c",
                 "trap '' TERM; echo $$ >> \"$1\"; exec sleep 1000",
@@ -336,6 +344,7 @@ fn leaves_grandchild((log, stubborn): (String, bool)) {
             ])
             .spawn()
             .unwrap();
+        assert!(eventually(T, || pids_in(Path::new(&log)).contains(&sh.id())));
         return;
     }
     let child = std::process::Command::new("sh")
@@ -857,6 +866,65 @@ fn a_stop_during_a_restart_starts_nothing() {
     assert!(wait_gone(stubborn, T));
     assert_eq!(starts(), 1, "a child started after the stop was asked for");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Once (while `marker` exists, removing it): crashes `ms` after `go` is set; runs for
+/// good otherwise.
+fn crash_once_after((marker, go, ms): (String, multiproc::Event, u64)) {
+    if std::fs::remove_file(&marker).is_ok() {
+        go.wait();
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::abort();
+    }
+    sleep_forever(());
+}
+
+/// A sibling that crashes on its own while the supervisor stops the others for a
+/// restart (one that ignores `SIGTERM` holds the stop for its grace) is reported
+/// `Exited`, as any child that ends on its own is: the stop found it ended, reaped it,
+/// and said nothing.
+fn a_sibling_that_crashes_during_a_stop_is_reported() {
+    let dir = tempdir("crash_during_stop");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .strategy(Strategy::OneForAll)
+        .child(ChildSpec::new(
+            "crasher",
+            crash_once_on,
+            (marker(&dir, "crasher"), go.clone()),
+        ))
+        .child(ChildSpec::new(
+            "later",
+            crash_once_after,
+            (marker(&dir, "later"), go.clone(), 300),
+        ))
+        .child(
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log)
+                .shutdown_grace(Duration::from_millis(1500)),
+        )
+        .build()
+        .unwrap();
+    let events = sup.events();
+    let later = pid_of(&sup, "later").unwrap();
+    go.set();
+    // The stop ends with the stubborn child's grace; "later" starts again after it.
+    let mut seen = Vec::new();
+    let restarted = eventually(T, || {
+        seen.extend(events.try_iter());
+        seen.iter()
+            .any(|e| matches!(e, SupervisorEvent::Started { child, pid } if child == "later" && *pid != later))
+    });
+    sup.shutdown().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(restarted, "{seen:?}");
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            SupervisorEvent::Exited { child, pid, exit } if child == "later" && *pid == later && !exit.normal
+        )),
+        "no Exited event for the sibling that crashed during the stop: {seen:?}"
+    );
 }
 
 /// `Duration::MAX` means "never": a grace that never ends (the stop waits for the

@@ -472,12 +472,32 @@ impl Supervising {
         if !matches!(slot.state, SlotState::Done) {
             slot.state = SlotState::Stopped;
         }
-        let Some(pgid) = slot.child.as_ref().map(|child| {
-            child.signal(sys::SIGTERM);
-            child.pid()
-        }) else {
+        let Some(child) = slot.child.as_mut() else {
             return;
         };
+        let pgid = child.pid();
+        if let Some(exit) = child.try_exit() {
+            // It ended on its own before this stop (a sibling's crash while another
+            // child's stop held the supervisor, or just before a shutdown): reported as
+            // a child that ends on its own is, and its group is stopped as below.
+            slot.child = None;
+            slot.last_exit = Some(exit.clone());
+            if exit.normal {
+                tracing::trace!(child = %slot.spec.name, pid = pgid, "child ended: {exit}");
+            } else {
+                tracing::warn!(child = %slot.spec.name, pid = pgid, "child ended: {exit}");
+            }
+            self.shared.events.send(SupervisorEvent::Exited {
+                child: slot.spec.name.clone(),
+                pid: pgid,
+                exit,
+            });
+            // Its id names its group while a member lives (none, or none other: the
+            // signal finds nothing).
+            let _ = sys::signal_group(pgid, sys::SIGTERM);
+        } else {
+            child.signal(sys::SIGTERM);
+        }
         // A grace too long to add to the clock never ends.
         let kill_at = start.checked_add(slot.spec.grace);
         loop {
