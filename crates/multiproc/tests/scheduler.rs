@@ -386,8 +386,6 @@ fn misfire_and_coalesce() {
     assert_eq!(missed(&evs), vec![(at(70), 1, at(70), MissReason::TooLate)]);
 }
 
-/// A 1 ms job after a day away: the 86.4 million missed times are one event with the
-/// exact count (they are counted, not walked), and the next run is on the grid.
 /// Minutes from `t0`.
 fn minutes(n: i64) -> DateTime<Utc> {
     t0() + multiproc::chrono::Duration::minutes(n)
@@ -416,6 +414,8 @@ fn a_cron_jobs_long_downtime_is_one_event() {
     assert_eq!(s.next_fire("minutely"), Some(minutes(25_001)));
 }
 
+/// A 1 ms job after a day away: the 86.4 million missed times are one event with the
+/// exact count (they are counted, not walked), and the next run is on the grid.
 fn long_downtime_counted_at_once() {
     let (s, clock, events) = manual();
     let ms = |n: i64| t0() + multiproc::chrono::Duration::milliseconds(n);

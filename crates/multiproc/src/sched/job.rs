@@ -331,7 +331,8 @@ pub enum MissReason {
 #[non_exhaustive]
 pub enum EventKind {
     /// A run started: it was handed to its pool (or submitted to its cluster), where it
-    /// may wait for a free worker or thread; `attempt` counts from 1 (above 1 for a
+    /// may wait for a free worker or thread (a hand-off that failed is followed by the
+    /// run's [`Failed`](EventKind::Failed)); `attempt` counts from 1 (above 1 for a
     /// retry).
     Started {
         /// Which attempt of this run.
