@@ -67,6 +67,10 @@ fn main() {
             ),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial(
+                "a_supervisor_that_adopts_orphans_reaps_them",
+                a_supervisor_that_adopts_orphans_reaps_them,
+            ),
+            trial(
                 "an_ended_childs_group_goes_with_its_supervisors_process",
                 an_ended_childs_group_goes_with_its_supervisors_process,
             ),
@@ -178,6 +182,24 @@ fn helpers(mode: &str) {
                 std::process::exit(0);
             }
             std::thread::sleep(T);
+        }
+        "zombies" => {
+            // This process adopts orphans, as a container's first process does: the
+            // grandchildren a restarting child leaves come to it when killed.
+            rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+            let dir = tempdir(&format!("zombies-{}", std::process::id()));
+            let log = dir.join("grandchildren");
+            leaver_runs(&log).shutdown().unwrap();
+            let zombies = || {
+                common::children_of(std::process::id())
+                    .iter()
+                    .filter(|(_, state, _)| *state == 'Z')
+                    .count()
+            };
+            // Any left would stay: nothing else reaps them.
+            eventually(Duration::from_secs(2), || zombies() == 0);
+            println!("zombies {} of {}", zombies(), pids_in(&log).len());
+            std::fs::remove_dir_all(&dir).unwrap();
         }
         "thread_limited" => helper_thread_limited(),
         other => panic!("unknown helper mode {other}"),
@@ -371,12 +393,10 @@ fn pids_in(log: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// A child that returns on its own leaves a grandchild running in its group: the group
-/// is killed after every run (`SIGTERM`), so no orphan piles up across restarts.
-fn exited_child_leaves_no_group() {
-    let dir = tempdir("group-exit");
-    let log = dir.join("grandchildren");
-    std::fs::write(&log, b"").unwrap();
+/// A supervisor of a child that returns at once, leaving a grandchild in its group (its
+/// pid appended to `log`) each run, once it has run five times.
+fn leaver_runs(log: &Path) -> Supervisor {
+    std::fs::write(log, b"").unwrap();
     let sup = fast()
         .child(
             ChildSpec::new(
@@ -388,8 +408,16 @@ fn exited_child_leaves_no_group() {
         )
         .build()
         .unwrap();
-    assert!(eventually(T, || pids_in(&log).len() >= 5));
-    sup.shutdown().unwrap();
+    assert!(eventually(T, || pids_in(log).len() >= 5));
+    sup
+}
+
+/// A child that returns on its own leaves a grandchild running in its group: the group
+/// is killed after every run (`SIGTERM`), so no orphan piles up across restarts.
+fn exited_child_leaves_no_group() {
+    let dir = tempdir("group-exit");
+    let log = dir.join("grandchildren");
+    leaver_runs(&log).shutdown().unwrap();
     let grandchildren = pids_in(&log);
     for &p in &grandchildren {
         assert!(wait_gone(p, T), "grandchild {p} outlived its group");
@@ -1186,6 +1214,17 @@ fn an_ended_childs_group_goes_with_its_supervisors_process() {
             "{mode}: left running"
         );
     }
+}
+
+/// A supervisor in a process that adopts orphans (a container's first process, a
+/// subreaper) reaps the members of its children's groups that come to it as they are
+/// killed: a child that restarts and leaves one each run left a zombie per run, which
+/// nothing reaped, until the pids ran out.
+fn a_supervisor_that_adopts_orphans_reaps_them() {
+    let mut helper = Helper::start("zombies");
+    let line = helper.expect("zombies", T);
+    assert!(helper.wait(T).success(), "{}", helper.stderr_now());
+    assert!(line.trim().starts_with("0 of "), "zombies left: {line}");
 }
 
 /// A program that exits (`std::process::exit`) with a supervisor running ends its

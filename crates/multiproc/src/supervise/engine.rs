@@ -530,6 +530,7 @@ impl Supervising {
             }
             if slot.child.is_none() {
                 if !sys::group_alive(pgid) {
+                    sys::reap_adopted(pgid);
                     return;
                 }
                 if past_grace {
@@ -560,6 +561,8 @@ impl Supervising {
                 pgid,
                 kill_at: Instant::now().checked_add(grace),
             });
+        } else {
+            sys::reap_adopted(pgid);
         }
     }
 
@@ -570,6 +573,7 @@ impl Supervising {
             let now = Instant::now();
             self.lingering.retain(|g| {
                 if !sys::group_alive(g.pgid) {
+                    sys::reap_adopted(g.pgid);
                     return false;
                 }
                 if g.kill_at

@@ -273,6 +273,7 @@ pub(crate) fn set_umask(_: u32) {}
 pub(crate) fn wait_child(_: u32) -> io::Result<()> {
     Err(unsupported())
 }
+pub(crate) fn reap_adopted(_: u32) {}
 pub(crate) fn group_exists(_: u32) -> bool {
     false
 }

@@ -278,26 +278,64 @@ pub(crate) fn group_alive(pgid: u32) -> bool {
     if let Err(Errno::SRCH) = rustix::process::test_kill_process_group(group) {
         return false;
     }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Some(mut all) = processes() else {
         return true;
     };
-    dir.flatten().any(|entry| {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        let Some(stat) = stat_after_name(pid) else {
-            return false;
-        };
+    all.any(|p| p.group == Some(pgid) && !matches!(p.state.as_str(), "Z" | "X"))
+}
+
+/// A process as `/proc/<pid>/stat` shows it.
+struct ProcStat {
+    pid: u32,
+    state: String,
+    parent: Option<u32>,
+    group: Option<u32>,
+}
+
+/// Every process `/proc` shows (those that end meanwhile left out); `None` if `/proc`
+/// cannot be read.
+fn processes() -> Option<impl Iterator<Item = ProcStat>> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    Some(dir.flatten().filter_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let stat = stat_after_name(pid)?;
         // Fields after the command name: state, parent, process group.
         let mut fields = stat.split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
-        pgrp == Some(pgid) && !matches!(state, "Z" | "X")
-    })
+        let state = fields.next()?.to_owned();
+        let parent = fields.next().and_then(|f| f.parse::<u32>().ok());
+        let group = fields.next().and_then(|f| f.parse::<u32>().ok());
+        Some(ProcStat {
+            pid,
+            state,
+            parent,
+            group,
+        })
+    }))
+}
+
+/// Reaps the zombies of process group `pgid` that came to this process as orphans (it
+/// is the system's first process or a subreaper, and their parent, the group's leader,
+/// ended before them): nothing else would, and each would hold a pid for as long as
+/// this process runs. Only once no member of the group is alive (`group_alive` says
+/// no), and only when the leader was reaped already: every zombie left whose parent is
+/// this process is then an adopted member, never a child of this process's own.
+pub(crate) fn reap_adopted(pgid: u32) {
+    if !adopts_orphans() {
+        return;
+    }
+    let me = std::process::id();
+    let Some(all) = processes() else {
+        return;
+    };
+    for p in all {
+        if p.state == "Z"
+            && p.parent == Some(me)
+            && p.group == Some(pgid)
+            && let Some(pid) = Pid::from_raw(p.pid as i32)
+        {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        }
+    }
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses
