@@ -357,10 +357,23 @@ fn a_crash_is_reported_while_a_process_it_forked_lives() {
     }
 }
 
-/// Forks a process as [`fork_then_segfault`] does, then returns 64 MiB: more than the
-/// channel holds, so the child blocks sending it until its parent reads.
+/// Forks a process as [`fork_then_segfault`] does, then returns 64 MiB with its limit
+/// of open files at zero: the result cannot travel in a memory file of its own and
+/// goes on the channel, more than it holds, so the child blocks sending it until its
+/// parent reads.
+#[allow(unsafe_code)]
 fn fork_then_return_much(pid: multiproc::Value<u32>) -> Vec<u8> {
     fork_sleeper(&pid);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = 0;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
     vec![7; 64 << 20]
 }
 

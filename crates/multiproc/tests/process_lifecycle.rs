@@ -27,6 +27,10 @@ fn main() {
             trial("round_trip_nested_structs", round_trip_nested_structs),
             trial("round_trip_64_mib", round_trip_64_mib),
             trial(
+                "a_large_result_does_not_keep_its_child_alive",
+                a_large_result_does_not_keep_its_child_alive,
+            ),
+            trial(
                 "joining_a_long_child_costs_no_cpu",
                 joining_a_long_child_costs_no_cpu,
             ),
@@ -1305,8 +1309,45 @@ fn big_result(_: ()) -> Vec<u8> {
     vec![1u8; 32 << 20]
 }
 
+/// A child whose result is larger than a socket's buffer ends once it has sent it,
+/// before any join: `is_alive` says no, its status is there, and its pidfd is
+/// readable; the join then has the result. (It stayed blocked in its send until a join
+/// read the result, alive for `is_alive` and `wait`, its pidfd never readable.) Forked
+/// straight from this process or by the fork server.
+fn a_large_result_does_not_keep_its_child_alive() {
+    let view = |child: &multiproc::JoinHandle<Vec<u8>>| {
+        let ended = common::eventually(Duration::from_secs(10), || !child.is_alive());
+        let readable = rustix::event::poll(
+            &mut [rustix::event::PollFd::new(
+                child,
+                rustix::event::PollFlags::IN,
+            )],
+            Some(&rustix::time::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            }),
+        )
+        .is_ok_and(|n| n == 1);
+        (ended, readable, child.process().wait(Some(Duration::ZERO)))
+    };
+    let mut child = Builder::new().spawn(big_result, ()).unwrap();
+    let (ended, readable, status) = view(&child);
+    assert!(ended && readable, "the child still runs, its result unread");
+    assert!(status.unwrap().is_some_and(|s| s.success()));
+    assert_eq!(child.join_timeout(T).unwrap().len(), 32 << 20);
+    // SAFETY: the closure allocates and returns; it takes no lock.
+    let mut child = unsafe { Builder::new().spawn_fork(|| vec![1u8; 32 << 20]) }.unwrap();
+    let (ended, readable, status) = view(&child);
+    assert!(
+        ended && readable,
+        "the forked child still runs, its result unread"
+    );
+    assert!(status.unwrap().is_some_and(|s| s.success()));
+    assert_eq!(child.join_timeout(T).unwrap().len(), 32 << 20);
+}
+
 fn dropped_handle_releases_blocked_child() {
-    // The child blocks sending 32 MiB that nobody reads; dropping the handle lets it go.
+    // The child sends 32 MiB that nobody reads; dropping the handle lets it go.
     let child = Builder::new().name("unread").spawn(big_result, ()).unwrap();
     let view = child.process();
     drop(child);

@@ -211,8 +211,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         .in_scope(|| panic::catch_unwind(AssertUnwindSafe(|| sys::call(entry, &proof, &mut io))));
     let code = match result {
         Ok(Invoked::Returned(value)) => {
-            let fds = sys::borrow_all(&value.fds);
-            let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);
+            send_returned(&mut conn, &value);
             0
         }
         Ok(Invoked::BadArgs(e)) => {
@@ -242,8 +241,7 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
     let code = match result {
         Ok(value) => match codec::encode(&value) {
             Ok(value) => {
-                let fds = sys::borrow_all(&value.fds);
-                let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);
+                send_returned(&mut conn, &value);
                 0
             }
             Err(e) => {
@@ -258,6 +256,23 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
     };
     drop(conn);
     finish(code, Origin::Direct)
+}
+
+/// Sends the value the function returned: on the socket, or from
+/// [`messages::IN_FILE_FROM`] bytes in a sealed memory file, so that the send never
+/// waits for the parent to read (a memory file that cannot be made: on the socket).
+fn send_returned(conn: &mut Conn, value: &Encoded) {
+    if value.bytes.len() >= messages::IN_FILE_FROM
+        && let Ok(file) = sys::sealed_memfd("multiproc-result", &value.bytes)
+    {
+        let mut fds = vec![sys::AsFd::as_fd(&file)];
+        fds.extend(sys::borrow_all(&value.fds));
+        let len = (value.bytes.len() as u64).to_le_bytes();
+        let _ = conn.send(messages::RETURNED_IN_FILE, &[&len], &fds);
+        return;
+    }
+    let fds = sys::borrow_all(&value.fds);
+    let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);
 }
 
 /// Reports that the call could not start, and exits.

@@ -28,6 +28,15 @@ pub(crate) const PANICKED: u8 = 4;
 pub(crate) const FAILED: u8 = 5;
 /// Child → parent: the function returned a value that could not be encoded (UTF-8 reason).
 pub(crate) const UNENCODABLE: u8 = 6;
+/// Child → parent: the function returned; the encoded value is in a sealed memory file,
+/// the first descriptor passed (the value's own follow), and the body is its length
+/// (u64, little-endian). For values of [`IN_FILE_FROM`] bytes and more: a value sent
+/// on the socket itself kept the child from ending until its parent read it all (its
+/// `is_alive` said yes, its pidfd never became readable, until a join).
+pub(crate) const RETURNED_IN_FILE: u8 = 7;
+/// The size from which a returned value travels in a memory file: well under what a
+/// socket's buffer holds (about 200 KiB by default).
+pub(crate) const IN_FILE_FROM: usize = 64 << 10;
 
 /// Parent → fork server: start a child. Body: an encoded [`ForkRequest`]; descriptors:
 /// the child's end of the call channel, the status pipe's write end, stdin, stdout, stderr.

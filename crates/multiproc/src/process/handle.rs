@@ -14,6 +14,8 @@ use super::limits::Armed;
 use super::registry;
 use super::{ExitStatus, ProcessError, Signal};
 use crate::bootstrap::{self, RemotePanic, looking, messages};
+use crate::ipc::channel::Payload;
+use crate::shm::segment::{Room, View};
 use crate::sync::unpoisoned;
 use crate::sys::{self, AsFd, OwnedFd, WaitStatus};
 use crate::wire::codec;
@@ -55,7 +57,7 @@ struct Status {
 /// What the child sent back.
 #[derive(Debug)]
 enum Outcome {
-    Returned(Vec<u8>, Vec<OwnedFd>),
+    Returned(Payload, Vec<OwnedFd>),
     Panicked(RemotePanic),
     Failed(String),
     Unencodable(String),
@@ -138,7 +140,10 @@ impl Channel {
                     self.started = true;
                     None
                 }
-                messages::RETURNED => Some(Outcome::Returned(frame.body, frame.fds)),
+                messages::RETURNED => {
+                    Some(Outcome::Returned(Payload::Owned(frame.body), frame.fds))
+                }
+                messages::RETURNED_IN_FILE => Some(returned_in_file(&frame.body, frame.fds)),
                 messages::PANICKED => Some(match messages::decode_panic(&frame.body) {
                     Ok(p) => Outcome::Panicked(p),
                     Err(e) => Outcome::Corrupt(format!("undecodable panic report: {e}")),
@@ -149,6 +154,31 @@ impl Channel {
             };
         }
         Ok(())
+    }
+}
+
+/// A value returned in a memory file (see [`messages::RETURNED_IN_FILE`]): mapped, into
+/// address space taken first.
+fn returned_in_file(body: &[u8], mut fds: Vec<OwnedFd>) -> Outcome {
+    let len = <[u8; 8]>::try_from(body)
+        .ok()
+        .map(u64::from_le_bytes)
+        .and_then(|l| usize::try_from(l).ok());
+    let (Some(len), false) = (len, fds.is_empty()) else {
+        return Outcome::Corrupt("a returned value in a memory file without its file".into());
+    };
+    let file = fds.remove(0);
+    let room = match Room::take(len) {
+        Ok(room) => room,
+        Err(e) => {
+            return Outcome::Unreceivable(format!(
+                "no address space to map the returned value of {len} bytes: {e}"
+            ));
+        }
+    };
+    match View::open_in(file, room) {
+        Ok(view) => Outcome::Returned(Payload::Mapped(view), fds),
+        Err(e) => Outcome::Corrupt(format!("the returned value's memory file: {e}")),
     }
 }
 
@@ -327,8 +357,9 @@ impl ChildRecord {
     }
 
     /// Reads what the call channel holds now, without waiting: a result larger than the
-    /// socket's buffer is only sent as it is read, so a child returning one does not
-    /// end until someone reads. Whether the outcome is still to come. A thread that
+    /// socket's buffer that a child sends on the socket (one that could not make a
+    /// memory file for it) is only sent as it is read, so that child does not end until
+    /// someone reads. Whether the outcome is still to come. A thread that
     /// joins meanwhile reads it (the channel is busy then): nothing is done.
     pub(crate) fn take_outcome_now(&self) -> bool {
         let Ok(mut channel) = self.channel.try_lock() else {
