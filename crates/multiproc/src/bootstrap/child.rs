@@ -260,16 +260,21 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
 
 /// Sends the value the function returned: on the socket, or from
 /// [`messages::IN_FILE_FROM`] bytes in a sealed memory file, so that the send never
-/// waits for the parent to read (a memory file that cannot be made: on the socket).
+/// waits for the parent to read. On the socket all the same when the file cannot be
+/// made, or would be one descriptor too many for a message, or its send fails (the
+/// kernel refuses descriptors in flight past the sender's open-files limit, counted
+/// over the user's processes): a send that passes descriptors and fails sent nothing.
 fn send_returned(conn: &mut Conn, value: &Encoded) {
     if value.bytes.len() >= messages::IN_FILE_FROM
+        && value.fds.len() < sys::MAX_FDS_PER_MESSAGE
         && let Ok(file) = sys::sealed_memfd("multiproc-result", &value.bytes)
     {
         let mut fds = vec![sys::AsFd::as_fd(&file)];
         fds.extend(sys::borrow_all(&value.fds));
         let len = (value.bytes.len() as u64).to_le_bytes();
-        let _ = conn.send(messages::RETURNED_IN_FILE, &[&len], &fds);
-        return;
+        if conn.send(messages::RETURNED_IN_FILE, &[&len], &fds).is_ok() {
+            return;
+        }
     }
     let fds = sys::borrow_all(&value.fds);
     let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);

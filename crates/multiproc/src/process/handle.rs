@@ -164,9 +164,12 @@ fn returned_in_file(body: &[u8], mut fds: Vec<OwnedFd>) -> Outcome {
         .ok()
         .map(u64::from_le_bytes)
         .and_then(|l| usize::try_from(l).ok());
-    let (Some(len), false) = (len, fds.is_empty()) else {
-        return Outcome::Corrupt("a returned value in a memory file without its file".into());
+    let Some(len) = len else {
+        return Outcome::Corrupt("a returned value in a memory file of no length".into());
     };
+    if fds.is_empty() {
+        return Outcome::Corrupt("a returned value in a memory file without its file".into());
+    }
     let file = fds.remove(0);
     let room = match Room::take(len) {
         Ok(room) => room,

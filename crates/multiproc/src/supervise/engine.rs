@@ -492,9 +492,11 @@ impl Supervising {
                 pid: pgid,
                 exit,
             });
-            // Its id names its group while a member lives (none, or none other: the
-            // signal finds nothing).
-            let _ = sys::signal_group(pgid, sys::SIGTERM);
+            // Its id names its group while a member lives: looked at first, as for a
+            // child that ends while the supervisor watches (`linger`).
+            if sys::group_alive(pgid) {
+                let _ = sys::signal_group(pgid, sys::SIGTERM);
+            }
         } else {
             child.signal(sys::SIGTERM);
         }
