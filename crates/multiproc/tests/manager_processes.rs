@@ -89,6 +89,10 @@ fn main() {
                 forked_child_leaves_parent_connections_alone,
             ),
             trial(
+                "proxy_moved_into_a_forked_child_stays",
+                proxy_moved_into_a_forked_child_stays,
+            ),
+            trial(
                 "local_big_and_oversized_requests",
                 local_big_and_oversized_requests,
             ),
@@ -219,6 +223,45 @@ fn helpers(mode: &str) {
             assert_eq!(child.join_timeout(T).unwrap(), 2);
             // The parent's own connection is untouched by the child dropping its copy.
             println!("after fork {:?}", d.insert(3, 3).map(|_| d.len()));
+        }
+        "manager_fork_moved" => {
+            let m = Manager::start().unwrap();
+            let base = m.object_count().unwrap();
+            let d = m.dict::<u8, u8>().unwrap();
+            d.insert(1, 1).unwrap();
+            // SAFETY: as for "manager_fork" above.
+            let mut child = unsafe {
+                multiproc::Builder::new().spawn_fork(move || {
+                    // Long after the parent's copy of `d` went with the closure: the
+                    // object must still be there.
+                    std::thread::sleep(Duration::from_millis(300));
+                    d.insert(2, 2)
+                        .and_then(|_| d.len())
+                        .map_err(|e| e.to_string())
+                })
+            }
+            .unwrap();
+            println!("child {:?}", child.join_timeout(T));
+            // Freed once the child has ended and its parent knows it.
+            let t = Instant::now();
+            while m.object_count().unwrap() != base && t.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("objects {}", m.object_count().unwrap() - base);
+            // Not joined: its end seen by `is_alive` lets the object go, though the
+            // handle stays.
+            let d = m.dict::<u8, u8>().unwrap();
+            // SAFETY: as above.
+            let child = unsafe {
+                multiproc::Builder::new().spawn_fork(move || d.len().map_err(|e| e.to_string()))
+            }
+            .unwrap();
+            let t = Instant::now();
+            while (child.is_alive() || m.object_count().unwrap() != base) && t.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("unjoined {}", m.object_count().unwrap() - base);
+            drop(child);
         }
         "manager_tcp_1024" => {
             let m = Manager::builder()
@@ -1540,6 +1583,18 @@ fn in_process_server_stop_disconnects_local_clients() {
 fn forked_child_leaves_parent_connections_alone() {
     let mut h = Helper::start("manager_fork");
     assert_eq!(h.expect("after fork ", T), "Ok(Ok(3))");
+    h.child.wait().unwrap();
+}
+
+/// A proxy moved into a `spawn_fork` closure, with no copy kept: the parent's copy of
+/// the closure goes as soon as the fork returns, and with it the parent's reference,
+/// but the object stays until the child has ended (it was freed before the child's
+/// first call), and is freed then.
+fn proxy_moved_into_a_forked_child_stays() {
+    let mut h = Helper::start("manager_fork_moved");
+    assert_eq!(h.expect("child ", T), "Ok(Ok(2))");
+    assert_eq!(h.expect("objects ", T), "0");
+    assert_eq!(h.expect("unjoined ", T), "0");
     h.child.wait().unwrap();
 }
 

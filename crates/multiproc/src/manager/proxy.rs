@@ -5,8 +5,8 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -95,12 +95,28 @@ impl Ref {
     fn counted(client: Arc<Client>, id: u64) -> Arc<Ref> {
         // Later releases go out from `Drop`, which never opens connections.
         client.anchor();
-        Arc::new(Ref {
+        Ref::live(client, id)
+    }
+
+    /// A reference of this process's, listed in [`LIVE`].
+    fn live(client: Arc<Client>, id: u64) -> Arc<Ref> {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| crate::process::set_hold_across_fork(hold_across_fork));
+        let r = Arc::new(Ref {
             client,
             id,
             pid: AtomicU32::new(crate::sys::process_id()),
             sent: AtomicU64::new(0),
-        })
+        });
+        let mut live = crate::sync::unpoisoned::lock(&LIVE);
+        if live.len() == live.capacity() {
+            // Dropped ones are forgotten, and room doubles while over half are alive.
+            live.retain(|w| w.strong_count() > 0);
+            let len = live.len();
+            live.reserve(len.max(8));
+        }
+        live.push(Arc::downgrade(&r));
+        r
     }
 
     /// Makes sure this process holds the reference: a forked child takes its own.
@@ -114,6 +130,38 @@ impl Ref {
             }]);
         }
     }
+}
+
+/// Every reference this process made or received (dropped ones until the list is next
+/// pruned), for [`hold_across_fork`].
+static LIVE: Mutex<Vec<Weak<Ref>>> = Mutex::new(Vec::new());
+
+/// What a parent keeps for a child it forks (`Builder::spawn_fork`): a proxy moved into
+/// the closure goes from the parent as the fork returns, and with it the parent's
+/// reference, while the child takes its own only at its first call: the object would be
+/// freed in between. So the parent keeps every reference it holds until the child has
+/// ended (its end seen by a join, `is_alive` or the next spawn). Holds the list's lock
+/// until after the fork, so that the child finds it unlocked.
+fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
+    struct Held {
+        live: MutexGuard<'static, Vec<Weak<Ref>>>,
+        kept: Vec<Arc<Ref>>,
+    }
+    impl crate::process::HeldAcrossFork for Held {
+        fn forked(self: Box<Self>) -> Box<dyn Send + Sync> {
+            let Held { live, kept } = *self;
+            drop(live);
+            Box::new(kept)
+        }
+    }
+    let live = crate::sync::unpoisoned::lock(&LIVE);
+    let me = crate::sys::process_id();
+    let kept = live
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|r| r.pid.load(Ordering::Relaxed) == me)
+        .collect();
+    Box::new(Held { live, kept })
 }
 
 impl Drop for Ref {
@@ -271,12 +319,7 @@ impl<'de> Deserialize<'de> for Handle {
             from: w.from,
         }]);
         Ok(Handle {
-            r: Arc::new(Ref {
-                client,
-                id: w.id,
-                pid: AtomicU32::new(crate::sys::process_id()),
-                sent: AtomicU64::new(0),
-            }),
+            r: Ref::live(client, w.id),
         })
     }
 }

@@ -43,15 +43,55 @@ pub(crate) enum Ended {
     Unknown,
 }
 
-#[derive(Debug)]
 struct Status {
     source: StatusSource,
     ended: Option<Ended>,
+    /// What the parent keeps for a child forked from it until it has ended (see
+    /// [`HeldAcrossFork`]).
+    kept: Option<Box<dyn Send + Sync>>,
     /// The fork server reported an out-of-memory kill in the child's cgroup.
     oom_killed: bool,
     /// When the child, orphaned, was first seen exited and not yet come to this
     /// process, which adopts orphans (see `ChildRecord::orphan_ended`).
     orphan_seen: Option<Instant>,
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Status")
+            .field("source", &self.source)
+            .field("ended", &self.ended)
+            .field("kept", &self.kept.is_some())
+            .field("oom_killed", &self.oom_killed)
+            .field("orphan_seen", &self.orphan_seen)
+            .finish()
+    }
+}
+
+/// What a layer above keeps alive in a parent for a child that `spawn_fork` forks, until
+/// the child has ended: the manager's references to the objects this process's proxies
+/// name (`manager/proxy.rs`), so that a proxy moved into the closure, whose parent's
+/// copy goes when the fork returns, does not free its object before the child uses it.
+/// The layer installs [`set_hold_across_fork`] (this layer names no caller); what it
+/// returns holds that layer's lock, which `spawn_fork` holds across the fork as it does
+/// its own.
+pub(crate) trait HeldAcrossFork {
+    /// After the fork, in either process: lets the lock go, and returns what the parent
+    /// keeps (the child drops it).
+    fn forked(self: Box<Self>) -> Box<dyn Send + Sync>;
+}
+
+static HOLD_ACROSS_FORK: std::sync::OnceLock<fn() -> Box<dyn HeldAcrossFork>> =
+    std::sync::OnceLock::new();
+
+/// Installs what `spawn_fork` keeps for its children (once; later calls change nothing).
+pub(crate) fn set_hold_across_fork(hold: fn() -> Box<dyn HeldAcrossFork>) {
+    let _ = HOLD_ACROSS_FORK.set(hold);
+}
+
+/// What the installed layer holds across a fork now, if one is installed.
+pub(super) fn hold_across_fork() -> Option<Box<dyn HeldAcrossFork>> {
+    HOLD_ACROSS_FORK.get().map(|hold| hold())
 }
 
 /// What the child sent back.
@@ -223,6 +263,7 @@ impl ChildRecord {
             status: Mutex::new(Status {
                 source,
                 ended: None,
+                kept: None,
                 oom_killed: false,
                 orphan_seen: None,
             }),
@@ -236,6 +277,11 @@ impl ChildRecord {
     pub(crate) fn leading_group(mut self, group: bool) -> Self {
         self.group = group;
         self
+    }
+
+    /// Keeps `kept` until the child's end is known (see [`HeldAcrossFork`]).
+    pub(crate) fn keep_until_ended(&self, kept: Option<Box<dyn Send + Sync>>) {
+        unpoisoned::lock(&self.status).kept = kept;
     }
 
     /// Whether it leads a process group of its own.
@@ -438,6 +484,11 @@ impl ChildRecord {
                     Err(_) => None,
                 },
             };
+            if st.ended.is_some() {
+                // Ended: what was kept for it goes (a reference released, here; nothing
+                // it does takes a lock of this module's).
+                st.kept = None;
+            }
             match waiting_on {
                 Some(pipe) => pipe,
                 None => return st.ended,

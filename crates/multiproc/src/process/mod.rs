@@ -31,6 +31,7 @@ pub use limits::{Limit, Limits, MemoryCap};
 pub use status::{ExitStatus, Signal};
 
 use handle::{Channel, ChildRecord, StatusSource};
+pub(crate) use handle::{HeldAcrossFork, set_hold_across_fork};
 
 use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, messages};
 use crate::sys::{self, AsFd, OwnedFd};
@@ -488,6 +489,11 @@ impl Builder {
     /// manager server does not end the parent's session (nor free the locks it held)
     /// until the child exits too. A [`daemon`](Self::daemon) child ends with its parent.
     ///
+    /// Manager proxies that `f` captures work in the child with no copy kept in the
+    /// parent: the parent keeps its references to manager objects until the child's end
+    /// is seen (by a join, [`is_alive`](JoinHandle::is_alive), or the next spawn), so
+    /// that an object is not freed between the fork and the child's first call.
+    ///
     /// # Safety
     ///
     /// Only the calling thread exists in the child. If another thread of this process
@@ -525,6 +531,10 @@ impl Builder {
         // may be changing), and only when the builder changes it: otherwise the child
         // keeps the copy it was forked with.
         let env = (self.env_clear || !self.env.is_empty()).then(|| self.environment_block());
+        // What a layer above keeps of the parent's for the child (the manager's
+        // references, which `f`'s proxies name): its lock first, held across the fork
+        // like the ones below.
+        let held = handle::hold_across_fork();
         let parent_pid = sys::getpid();
         let forking_thread_is_main = sys::is_main_thread();
         // Unflushed output would be written twice, once by each process.
@@ -547,6 +557,7 @@ impl Builder {
         match forked {
             sys::Forked::Child => {
                 drop(statics);
+                drop(held.map(|h| h.forked()));
                 drop(ours);
                 // This process's children are the parent's; forget them without touching
                 // them (their descriptors here are copies).
@@ -595,6 +606,7 @@ impl Builder {
             }
             sys::Forked::Parent(pid) => {
                 drop(statics);
+                let kept = held.map(|h| h.forked());
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.
@@ -607,6 +619,7 @@ impl Builder {
                     Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
                     limits.armed,
                 );
+                record.keep_until_ended(kept);
                 registry::add(&mut children, Arc::clone(&record));
                 drop(children);
                 Ok(JoinHandle::new(record, stdio_parent))
