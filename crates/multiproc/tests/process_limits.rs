@@ -28,6 +28,10 @@ fn main() {
                 spawn_memory_cgroup_too_small_to_start,
             ),
             trial("spawn_memory_address_space", spawn_memory_address_space),
+            trial(
+                "spawn_memory_address_space_argument_too_large",
+                spawn_memory_address_space_argument_too_large,
+            ),
             trial("spawn_cpu_time", spawn_cpu_time),
             trial("cpu_time_of_duration_max_is_no_limit", cpu_time_max),
             trial("spawn_open_files", spawn_open_files),
@@ -268,6 +272,22 @@ fn spawn_memory_address_space() {
         .spawn(hog, 64 << 20)
         .unwrap();
     assert_eq!(child.join_timeout(T).unwrap(), 64 << 20);
+}
+
+/// An argument too large for the child's address-space cap: decoding it under the cap
+/// aborts the child before its call starts, which is the cap's doing as much as an
+/// allocation in the call (it read as a process lost before its call started). A child
+/// that aborts before its limits are in force is still lost.
+fn spawn_memory_address_space_argument_too_large() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .limits(address_space_cap())
+            .start_method(method)
+            .spawn(arg_len, vec![1u8; 300 << 20])
+            .unwrap();
+        let detail = expect_limit(child.join_timeout(T), Limit::Memory);
+        assert!(detail.contains("256 MiB"), "{method:?}: {detail}");
+    }
 }
 
 fn spawn_cpu_time() {

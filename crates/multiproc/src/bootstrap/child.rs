@@ -195,10 +195,13 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
     if executed != Origin::Server || setup.is_some() {
         install_panic_hook();
     }
-    if let Some(limits) = &header.limits
-        && let Err(why) = super::setup::apply_limits(limits)
-    {
-        fail(&mut conn, &why, executed);
+    if let Some(limits) = &header.limits {
+        if let Err(why) = super::setup::apply_limits(limits) {
+            fail(&mut conn, &why, executed);
+        }
+        // From here an end by a limit's signal is the limit's doing, the arguments'
+        // decoding included (an argument too large for an address-space cap aborts it).
+        let _ = conn.send(messages::LIMITED, &[], &[]);
     }
     let span = tracing::info_span!("process", name = %name);
     let mut io = ChildIo {

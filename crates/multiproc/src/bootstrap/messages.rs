@@ -34,6 +34,10 @@ pub(crate) const UNENCODABLE: u8 = 6;
 /// on the socket itself kept the child from ending until its parent read it all (its
 /// `is_alive` said yes, its pidfd never became readable, until a join).
 pub(crate) const RETURNED_IN_FILE: u8 = 7;
+/// Child → parent: its resource limits are in force (sent only by a child that has
+/// some, before it decodes its arguments): an end by one of their signals from then on
+/// is reported as the limit, even before the call started.
+pub(crate) const LIMITED: u8 = 8;
 /// The size from which a returned value travels in a memory file: well under what a
 /// socket's buffer holds (about 200 KiB by default).
 pub(crate) const IN_FILE_FROM: usize = 64 << 10;

@@ -111,6 +111,8 @@ enum Outcome {
 pub(crate) struct Channel {
     conn: Conn,
     started: bool,
+    /// The child's resource limits are in force (`messages::LIMITED`).
+    limited: bool,
     /// Waits look for the child's messages before they sleep (see
     /// `bootstrap::looking`): for children of the fork server, not for forked ones.
     looks: bool,
@@ -124,6 +126,7 @@ impl Channel {
         Channel {
             conn,
             started,
+            limited: false,
             // Only a forked child runs its call at once: the others are the server's.
             looks: !started,
             closed: false,
@@ -178,6 +181,10 @@ impl Channel {
             self.outcome = match frame.tag {
                 messages::STARTED => {
                     self.started = true;
+                    None
+                }
+                messages::LIMITED => {
+                    self.limited = true;
                     None
                 }
                 messages::RETURNED => {
@@ -691,14 +698,16 @@ impl ChildRecord {
         };
         let channel = unpoisoned::lock(&self.channel).take();
         registry::remove(self);
-        let (started, outcome) = channel.map_or((false, None), |c| (c.started, c.outcome));
+        let (started, limited, outcome) =
+            channel.map_or((false, false, None), |c| (c.started, c.limited, c.outcome));
         let exceeded = |(limit, detail)| ProcessError::LimitExceeded { limit, detail };
         // A memory cap too small for the child's own start-up is the cap's doing too, as
-        // its cgroup's out-of-memory count shows; other ends count only once the call
-        // has started (an abort before it need not be an allocation that failed).
+        // its cgroup's out-of-memory count shows; other ends count only once the limits
+        // are in force (an abort before them need not be an allocation that failed;
+        // after them, the arguments' decoding may be what ran into the cap).
         if outcome.is_none()
             && let Some(limit) = self.limit_exceeded()
-            && (started || unpoisoned::lock(&self.status).oom_killed)
+            && (started || limited || unpoisoned::lock(&self.status).oom_killed)
         {
             return Err(exceeded(limit));
         }

@@ -41,7 +41,9 @@ use crate::sys::{self, WaitStatus};
 /// by the signal that ended it (`SIGXCPU`; `SIGKILL` with the cgroup's out-of-memory
 /// count; `SIGABRT` under an address-space limit, which is all the kernel says: an
 /// abort for another reason under such a limit is reported the same way) or by its own
-/// report (a panic whose message is an `EMFILE` error, under an open-files limit). A
+/// report (a panic whose message is an `EMFILE` error, under an open-files limit). The
+/// limits are in force before the child decodes its arguments: an argument too large
+/// for the cap fails the same way. A
 /// pool replaces a worker that a limit ended, and goes on.
 ///
 /// These are limits against runaway code, not a sandbox: a process may raise its own
