@@ -262,6 +262,34 @@ fn helpers(mode: &str) {
             }
             println!("unjoined {}", m.object_count().unwrap() - base);
             drop(child);
+            // Fire and forget, again and again: each spawn keeps what the parent's
+            // proxies hold, not what the lists kept for earlier children hold (it took
+            // them all in, and nothing was freed while the program went on forking).
+            let mut most = 0;
+            for _ in 0..6 {
+                let d = m.dict::<u8, u8>().unwrap();
+                // SAFETY: as above.
+                drop(
+                    unsafe {
+                        multiproc::Builder::new()
+                            .spawn_fork(move || d.len().map_err(|e| e.to_string()))
+                    }
+                    .unwrap(),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                most = most.max(m.object_count().unwrap() - base);
+            }
+            println!("most while forking {most}");
+            // Their ends seen (`active_children` looks at every child).
+            let t = Instant::now();
+            while {
+                let _ = multiproc::active_children();
+                m.object_count().unwrap() != base
+            } && t.elapsed() < T
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("after forking {}", m.object_count().unwrap() - base);
         }
         "manager_tcp_1024" => {
             let m = Manager::builder()
@@ -1595,6 +1623,9 @@ fn proxy_moved_into_a_forked_child_stays() {
     assert_eq!(h.expect("child ", T), "Ok(Ok(2))");
     assert_eq!(h.expect("objects ", T), "0");
     assert_eq!(h.expect("unjoined ", T), "0");
+    let most: usize = h.expect("most while forking ", T).parse().unwrap();
+    assert!(most <= 2, "{most} objects kept for 6 ended children");
+    assert_eq!(h.expect("after forking ", T), "0");
     h.child.wait().unwrap();
 }
 

@@ -5,7 +5,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -88,6 +88,8 @@ struct Ref {
     /// Proxies of it this process serialized (for anything but a manager to store):
     /// each keeps the object alive until its receiver holds it.
     sent: AtomicU64,
+    /// How many lists kept for forked children hold it (see [`hold_across_fork`]).
+    kept: AtomicUsize,
 }
 
 impl Ref {
@@ -107,6 +109,7 @@ impl Ref {
             id,
             pid: AtomicU32::new(crate::sys::process_id()),
             sent: AtomicU64::new(0),
+            kept: AtomicUsize::new(0),
         });
         let mut live = crate::sync::unpoisoned::lock(&LIVE);
         if live.len() == live.capacity() {
@@ -139,13 +142,16 @@ static LIVE: Mutex<Vec<Weak<Ref>>> = Mutex::new(Vec::new());
 /// What a parent keeps for a child it forks (`Builder::spawn_fork`): a proxy moved into
 /// the closure goes from the parent as the fork returns, and with it the parent's
 /// reference, while the child takes its own only at its first call: the object would be
-/// freed in between. So the parent keeps every reference it holds until the child has
-/// ended (its end seen by a join, `is_alive` or the next spawn). Holds the list's lock
-/// until after the fork, so that the child finds it unlocked.
+/// freed in between. So the parent keeps the references its proxies hold until the child
+/// has ended (its end seen by a join, `is_alive` or the next spawn). Only those some
+/// proxy holds: one that only earlier children's lists keep is not kept again (each
+/// spawn's list would take in the last one's, and a program that forks again and again
+/// would free nothing). Holds the list's lock until after the fork, so that the child
+/// finds it unlocked.
 fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     struct Held {
         live: MutexGuard<'static, Vec<Weak<Ref>>>,
-        kept: Vec<Arc<Ref>>,
+        kept: Kept,
     }
     impl crate::process::HeldAcrossFork for Held {
         fn forked(self: Box<Self>) -> Box<dyn Send + Sync> {
@@ -159,9 +165,31 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     let kept = live
         .iter()
         .filter_map(Weak::upgrade)
-        .filter(|r| r.pid.load(Ordering::Relaxed) == me)
+        // Held by more than this look and the kept lists. (A proxy dropped meanwhile on
+        // another thread may be counted: kept once more, then let go.)
+        .filter(|r| {
+            r.pid.load(Ordering::Relaxed) == me
+                && Arc::strong_count(r) > 1 + r.kept.load(Ordering::Relaxed)
+        })
+        .inspect(|r| {
+            r.kept.fetch_add(1, Ordering::Relaxed);
+        })
         .collect();
-    Box::new(Held { live, kept })
+    Box::new(Held {
+        live,
+        kept: Kept(kept),
+    })
+}
+
+/// References kept for a forked child (see [`hold_across_fork`]).
+struct Kept(Vec<Arc<Ref>>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            r.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Ref {

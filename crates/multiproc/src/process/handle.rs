@@ -462,6 +462,9 @@ impl ChildRecord {
     /// status relayed by the fork server is waited for until then, no longer (`by` in
     /// the past: only what is there now).
     pub(crate) fn ended_by(&self, by: Instant) -> Option<Ended> {
+        // What was kept for the child, let go once it has ended: dropped after the status
+        // lock (a manager's client, its last reference gone, may say goodbye).
+        let mut _released = None;
         let waiting_on = {
             let mut st = unpoisoned::lock(&self.status);
             if st.ended.is_some() {
@@ -492,9 +495,7 @@ impl ChildRecord {
                 },
             };
             if st.ended.is_some() {
-                // Ended: what was kept for it goes (a reference released, here; nothing
-                // it does takes a lock of this module's).
-                st.kept = None;
+                _released = st.kept.take();
             }
             match waiting_on {
                 Some(pipe) => pipe,
