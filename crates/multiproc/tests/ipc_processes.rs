@@ -49,6 +49,10 @@ fn main() {
                 "disconnected_when_the_sender_is_killed",
                 disconnected_when_the_sender_is_killed,
             ),
+            trial(
+                "each_pipe_finds_its_killed_receiver",
+                each_pipe_finds_its_killed_receiver,
+            ),
             trial("duplex_ping_pong", duplex_ping_pong),
             trial(
                 "wait_for_receivers_and_processes",
@@ -675,6 +679,48 @@ fn put_ref_and_send_ref_keep_the_item() {
         tx.send_ref(&small),
         Err(SendError::Disconnected(_))
     ));
+}
+
+fn hold_and_hang((rx, ready): ((Receiver<u64>, Receiver<u64>), Sender<()>)) {
+    ready.send(()).unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+    drop(rx);
+}
+
+/// A thread that sends on two pipes in turn, whose receivers are SIGKILLed with their
+/// process: each pipe finds its receiver gone within a bounded number of its own sends.
+/// (Receivers killed are found by asking the kernel every so many sends; counted per
+/// thread, every look fell on the same one of the two pipes, and the other took sends
+/// for ever, its memory growing.)
+fn each_pipe_finds_its_killed_receiver() {
+    let (a_tx, a_rx) = multiproc::pipe::<u64>().unwrap();
+    let (b_tx, b_rx) = multiproc::pipe::<u64>().unwrap();
+    let (ready_tx, ready_rx) = multiproc::pipe::<()>().unwrap();
+    let holder = multiproc::Builder::new()
+        .spawn(hold_and_hang, ((a_rx, b_rx), ready_tx))
+        .unwrap();
+    ready_rx.recv_timeout(T).unwrap();
+    holder.kill().unwrap();
+    assert!(matches!(
+        holder.join(),
+        Err(multiproc::ProcessError::Signaled(_))
+    ));
+    let (mut a_gone, mut b_gone) = (None, None);
+    for i in 0..20_000u64 {
+        if a_tx.send(i).is_err() {
+            a_gone.get_or_insert(i);
+        }
+        if b_tx.send(i).is_err() {
+            b_gone.get_or_insert(i);
+        }
+        if a_gone.is_some() && b_gone.is_some() {
+            break;
+        }
+    }
+    assert!(
+        a_gone.is_some() && b_gone.is_some(),
+        "sends that found the receiver gone: {a_gone:?} {b_gone:?} (of 20000 each)"
+    );
 }
 
 fn send_then_hang(tx: Sender<u32>) {

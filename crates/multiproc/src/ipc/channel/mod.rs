@@ -169,11 +169,10 @@ struct Core {
     /// gone.
     senders: OwnedFd,
     receivers: OwnedFd,
-}
-
-thread_local! {
-    /// Sends on this thread since the kernel was last asked whether receivers are gone.
-    static SENDS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Sends through this process's handles since the kernel was last asked whether
+    /// receivers are gone: counted per channel (counted per thread, a thread that sent
+    /// on two channels in turn had every look fall on the same one).
+    sends: AtomicU32,
 }
 
 impl fmt::Debug for Core {
@@ -298,6 +297,7 @@ fn make(
         side_rx,
         senders,
         receivers,
+        sends: AtomicU32::new(0),
     });
     Ok((
         RawSender {
@@ -702,11 +702,7 @@ impl RawSender {
         if core.header().receivers.load(Acquire) == 0 {
             return true;
         }
-        let sends = SENDS.with(|s| {
-            let n = s.get().wrapping_add(1);
-            s.set(n);
-            n
-        });
+        let sends = core.sends.fetch_add(1, Relaxed).wrapping_add(1);
         sends.is_multiple_of(1024) && Core::all_gone(&core.receivers)
     }
 
@@ -1152,6 +1148,7 @@ fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), 
             side_rx,
             senders,
             receivers,
+            sends: AtomicU32::new(0),
         },
         token,
     ))
