@@ -93,6 +93,10 @@ fn main() {
                 proxy_moved_into_a_forked_child_stays,
             ),
             trial(
+                "proxy_returned_by_a_forked_child_stays",
+                proxy_returned_by_a_forked_child_stays,
+            ),
+            trial(
                 "local_big_and_oversized_requests",
                 local_big_and_oversized_requests,
             ),
@@ -290,6 +294,35 @@ fn helpers(mode: &str) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             println!("after forking {}", m.object_count().unwrap() - base);
+        }
+        "manager_fork_returns" => {
+            let m = Manager::start().unwrap();
+            let base = m.object_count().unwrap();
+            let theirs = &m;
+            // SAFETY: as for "manager_fork" above.
+            let mut child = unsafe {
+                multiproc::Builder::new().spawn_fork(move || {
+                    let d = theirs.dict::<u8, u8>().map_err(|e| e.to_string())?;
+                    d.insert(5, 5).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(d)
+                })
+            }
+            .unwrap();
+            // Ended, and its session over at the server, before the proxy it returned
+            // is taken in here.
+            let t = Instant::now();
+            while child.is_alive() && t.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let d = child.join_timeout(T).unwrap().unwrap();
+            println!("returned {:?}", d.get(&5).map_err(|e| e.to_string()));
+            drop(d);
+            let t = Instant::now();
+            while m.object_count().unwrap() != base && t.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("objects {}", m.object_count().unwrap() - base);
         }
         "manager_tcp_1024" => {
             let m = Manager::builder()
@@ -1626,6 +1659,17 @@ fn proxy_moved_into_a_forked_child_stays() {
     let most: usize = h.expect("most while forking ", T).parse().unwrap();
     assert!(most <= 2, "{most} objects kept for 6 ended children");
     assert_eq!(h.expect("after forking ", T), "0");
+    h.child.wait().unwrap();
+}
+
+/// A proxy that a `spawn_fork` child makes and returns: the child ends with its parent's
+/// manager client alive in its memory (never dropped, so it never said it let go on
+/// purpose), and the object must stay until the parent has taken the proxy in (it was
+/// freed with the child's session), then go once the parent drops it.
+fn proxy_returned_by_a_forked_child_stays() {
+    let mut h = Helper::start("manager_fork_returns");
+    assert_eq!(h.expect("returned ", T), "Ok(Some(5))");
+    assert_eq!(h.expect("objects ", T), "0");
     h.child.wait().unwrap();
 }
 

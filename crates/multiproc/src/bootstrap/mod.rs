@@ -64,15 +64,28 @@ pub(crate) fn at_exit_handle_children(f: fn()) {
     let _ = HANDLE_CHILDREN.set(f);
 }
 
+/// What a manager's clients say at a normal exit (`manager/client.rs`): installed with
+/// the first client, so that this layer names no caller.
+static SAY_GOODBYE: OnceLock<fn()> = OnceLock::new();
+
+/// Installs `f` to run at a normal exit, once the children are handled (once per
+/// process image; later calls change nothing).
+pub(crate) fn at_exit_say_goodbye(f: fn()) {
+    let _ = SAY_GOODBYE.set(f);
+}
+
 /// Runs when the process that called `init` exits, and when a child's function returns:
 /// from now on no process is started; the children are handled (daemons terminated, the
-/// others joined), the segment tracker unlinks what this process created and did not
+/// others joined), a manager's clients say they let go, the segment tracker unlinks what this process created and did not
 /// unlink, and exits; then the fork server is stopped (and reaps the tracker). Doing it
 /// again does nothing.
 pub(crate) fn exit_function() {
     begin_exit();
     if let Some(handle_children) = HANDLE_CHILDREN.get() {
         handle_children();
+    }
+    if let Some(say_goodbye) = SAY_GOODBYE.get() {
+        say_goodbye();
     }
     let tracker = state().tracker.take();
     if let Some(tracker) = tracker {

@@ -214,6 +214,8 @@ impl Client {
             refs_due: AtomicBool::new(false),
             anchor: Mutex::new((pid, None)),
         });
+        static GOODBYE: std::sync::Once = std::sync::Once::new();
+        GOODBYE.call_once(|| crate::bootstrap::at_exit_say_goodbye(leave_at_exit));
         clients.push(Arc::downgrade(&c));
         c
     }
@@ -608,6 +610,49 @@ fn live_clients() -> Vec<Arc<Client>> {
     let mut clients = unpoisoned::lock(&CLIENTS);
     clients.retain(|c| c.strong_count() > 0);
     clients.iter().filter_map(Weak::upgrade).collect()
+}
+
+/// At a normal exit (`bootstrap::exit_function`): each client of this process with an
+/// anchor says `Leave`, as its `Drop` would, so that proxies the process sent and no
+/// receiver has taken in yet keep their objects. A client alive at the exit never drops:
+/// a `spawn_fork` child has its parent's in its memory, and a proxy it returned was
+/// freed with its session before the parent could take it in. Never waits: a lock held
+/// (by another thread of a parent at its fork) is passed over.
+fn leave_at_exit() {
+    let live: Vec<Arc<Client>> = match CLIENTS.try_lock() {
+        Ok(clients) => clients.iter().filter_map(Weak::upgrade).collect(),
+        Err(std::sync::TryLockError::Poisoned(p)) => {
+            p.into_inner().iter().filter_map(Weak::upgrade).collect()
+        }
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    let pid = crate::sys::process_id();
+    for c in &live {
+        let anchored = match c.anchor.try_lock() {
+            Ok(a) => matches!(&*a, (p, Some(_)) if *p == pid),
+            Err(std::sync::TryLockError::Poisoned(a)) => {
+                matches!(&*a.into_inner(), (p, Some(_)) if *p == pid)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        };
+        let queued = match c.queued.try_lock() {
+            Ok(q) => Some(q),
+            Err(std::sync::TryLockError::Poisoned(q)) => Some(q.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let (true, Some(mut queued)) = (anchored, queued) {
+            if queued.0 != pid {
+                *queued = (pid, Vec::new());
+            }
+            queued.1.push(RefOp::Leave);
+            c.refs_due.store(true, Ordering::Release);
+            drop(queued);
+            c.flush(Open::Never);
+        }
+    }
+    // The process ends: a client whose last other handle went meanwhile is not dropped
+    // here (its `Drop` may wait for its server).
+    std::mem::forget(live);
 }
 
 impl Drop for Client {
