@@ -155,6 +155,10 @@ fn main() {
                 "failing_initializer_breaks_pool",
                 failing_initializer_breaks_pool,
             ),
+            trial(
+                "a_broken_pool_stops_its_running_tasks",
+                a_broken_pool_stops_its_running_tasks,
+            ),
             trial("spawn_start_method", spawn_start_method),
             #[cfg(feature = "progress")]
             trial("map_with_progress_bar", map_with_progress_bar),
@@ -2055,6 +2059,56 @@ fn failing_initializer_breaks_pool() {
     };
     assert!(why.contains("before taking any task"), "{why}");
     pool.join_timeout(T).unwrap();
+}
+
+fn init_unless_marked(marker: String) {
+    if std::path::Path::new(&marker).exists() {
+        panic!("marked: no more workers");
+    }
+}
+
+fn say_started_then_sleep((started, secs): (String, u64)) {
+    std::fs::write(started, b"").unwrap();
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// A pool that breaks (its replacement workers' initializer fails three times) while
+/// a long task runs: the task fails with `PoolBroken` at once, and its worker is
+/// stopped with the rest, so that `join` returns (the worker ran the task to its end,
+/// its result unread, and `join` waited for it: for ever, for a task that hangs).
+fn a_broken_pool_stops_its_running_tasks() {
+    let dir = common::tempdir("broken-pool");
+    let marker = dir.join("marker").display().to_string();
+    let started = dir.join("started").display().to_string();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(init_unless_marked, marker.clone())
+        .build()
+        .unwrap();
+    let mut long = pool
+        .submit(say_started_then_sleep, (started.clone(), 3600))
+        .unwrap();
+    assert!(common::eventually(T, || std::path::Path::new(&started).exists()));
+    let workers = pool.worker_pids();
+    std::fs::write(&marker, b"").unwrap();
+    // The other worker dies with its task; its replacements cannot start.
+    assert!(matches!(
+        get(pool.submit(crash, Crash::Abort).unwrap()),
+        Err(TaskError::WorkerDied(_))
+    ));
+    match long.wait_timeout(T) {
+        Err(TaskError::PoolBroken(why)) => assert!(why.contains("marked"), "{why}"),
+        other => panic!("the long task of a broken pool: {other:?}"),
+    }
+    pool.join_timeout(Duration::from_secs(10))
+        .expect("a broken pool's join waited for its running task");
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived its broken pool"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn exit_init(_: ()) {

@@ -1424,9 +1424,6 @@ impl PoolInner {
                 format!("the workers' result channel failed: {why}"),
                 deliveries,
             );
-            for w in st.workers.iter().flatten() {
-                let _ = w.handle.kill();
-            }
             deliveries.append(&mut st.deferred);
             return Drained::Broken;
         }
@@ -1668,7 +1665,9 @@ impl PoolInner {
     }
 
     /// The pool cannot go on: every task fails with `PoolBroken(why)`, later submits
-    /// are refused, and the workers are let go.
+    /// are refused, and the workers are stopped (`SIGKILL`: a task still running would
+    /// run to its end, its result unread, and a join wait for it), as Python's
+    /// executor terminates the workers of a broken pool.
     fn give_up(&self, st: &mut State, why: String, out: &mut Vec<Delivery>) {
         if st.broken.is_some() {
             return;
@@ -1690,6 +1689,7 @@ impl PoolInner {
         for w in st.workers.iter_mut().flatten() {
             w.in_flight.clear();
             w.jobs = None;
+            let _ = w.handle.kill();
         }
     }
 
