@@ -362,6 +362,10 @@ fn main() {
                 a_joined_idempotent_task_cancelled_while_queued,
             ),
             trial(
+                "a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run",
+                a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run,
+            ),
+            trial(
                 "idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first",
                 idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first,
             ),
@@ -3087,6 +3091,52 @@ fn a_joined_idempotent_task_cancelled_while_queued() {
     drop(w);
     finish(&redis, c, ns);
     drop(c2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// As above, but the worker's look for the cancel's flag loses its answer (the
+/// connection cut after the server answered): a look that cannot say is no answer
+/// either way, and the task goes back to the queue and is looked for again, rather
+/// than run (it ran, and ended with its value, though its cancel was accepted).
+fn a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run() {
+    let redis = RedisServer::start();
+    let ns = "idem-joined-cancel-lost-look";
+    fn settled(_: &mut cluster_common::Raw) -> bool {
+        true
+    }
+    let proxy = ReplyDroppingProxy::start_for(redis.port, b"cancel:", b':', settled);
+    let c = client(&redis, ns);
+    let c2 = client(&redis, ns);
+    let dir = common::tempdir("idem-joined-cancel-lost-look");
+    let path = dir.join("runs").display().to_string();
+    let opts = TaskOptions::new().idempotency_key("joined");
+    let mut first = c
+        .submit_with(FLAKY, (path.clone(), 1), opts.clone())
+        .unwrap();
+    let mut joined = c2.submit_with(FLAKY, (path.clone(), 1), opts).unwrap();
+    assert!(joined.cancel(), "the cancel was refused");
+    // The worker's first request that names a cancel flag is its look for this one;
+    // a look whose connection is cut is made once more, on a new one: both lose their
+    // answers.
+    proxy.arm(2);
+    let w = tasks(Worker::builder(&proxy.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .grace(Duration::from_secs(10))
+        .build()
+        .expect("start worker");
+    assert_eq!(first.wait_timeout(T), Err(TaskError::Cancelled));
+    assert_eq!(joined.wait_timeout(T), Err(TaskError::Cancelled));
+    assert_eq!(proxy.armed(), 0, "the look was to lose its answer");
+    assert!(
+        std::fs::read_to_string(&path).is_err(),
+        "the cancelled task ran"
+    );
+    drop(w);
+    finish(&redis, c, ns);
+    drop(c2);
+    drop(proxy);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

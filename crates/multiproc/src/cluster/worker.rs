@@ -1268,13 +1268,24 @@ impl Node {
             .iter()
             .any(|(k, _)| *k == envelope::PROMOTED.as_bytes());
         let idempotent = envelope.task.starts_with("k:");
-        if (promoted || idempotent || envelope.attempt > 0 || lost_before > 0)
-            && self.flagged(&envelope.task)
-        {
-            let done = Done::Failed(TaskError::Cancelled);
-            let fin = self.conclude(&entry, fence, &envelope, done, End::Cancelled, None);
-            self.send_finish(fin);
-            return;
+        if promoted || idempotent || envelope.attempt > 0 || lost_before > 0 {
+            // A server that cannot say (its reply lost, a connection cut) says nothing
+            // either way: the task goes back to the queue, to be looked for again,
+            // rather than run when it may have been cancelled.
+            let end = match self.flagged(&envelope.task) {
+                Ok(false) => None,
+                Ok(true) => Some(End::Cancelled),
+                Err(e) => {
+                    tracing::warn!(worker = %self.name, task = %envelope.task, "could not look for a cancel, handing the task back: {e}");
+                    Some(End::HandedBack)
+                }
+            };
+            if let Some(end) = end {
+                let done = Done::Failed(TaskError::Cancelled);
+                let fin = self.conclude(&entry, fence, &envelope, done, end, None);
+                self.send_finish(fin);
+                return;
+            }
         }
         let started = match lock(&self.pool).as_ref() {
             Some(pool) => runner(
@@ -1316,11 +1327,10 @@ impl Node {
         }
     }
 
-    /// Whether a client asked to cancel `task` (a server that cannot say: no).
-    fn flagged(&self, task: &str) -> bool {
+    /// Whether a client asked to cancel `task`.
+    fn flagged(&self, task: &str) -> Result<bool, ClusterError> {
         let key = self.keys.cancel(task);
         self.run_keeper(|c| redis::cmd("EXISTS").arg(&key).query::<bool>(c))
-            .unwrap_or(false)
     }
 
     fn send_finish(&self, fin: Finish) {
