@@ -3070,28 +3070,9 @@ fn cancel_of_a_promoted_countdown_task_before_it_runs() {
 /// `Cancelled` once a worker reads it.
 fn a_joined_idempotent_task_cancelled_while_queued() {
     let redis = RedisServer::start();
-    let ns = "idem-joined-cancel";
-    let c = client(&redis, ns);
-    let c2 = client(&redis, ns);
-    let dir = common::tempdir("idem-joined-cancel");
-    let path = dir.join("runs").display().to_string();
-    let opts = TaskOptions::new().idempotency_key("joined");
-    let mut first = c
-        .submit_with(FLAKY, (path.clone(), 1), opts.clone())
-        .unwrap();
-    let mut joined = c2.submit_with(FLAKY, (path.clone(), 1), opts).unwrap();
-    assert!(joined.cancel(), "the cancel was refused");
-    let w = worker(&redis, ns, 1);
-    assert_eq!(first.wait_timeout(T), Err(TaskError::Cancelled));
-    assert_eq!(joined.wait_timeout(T), Err(TaskError::Cancelled));
-    assert!(
-        std::fs::read_to_string(&path).is_err(),
-        "the cancelled task ran"
-    );
-    drop(w);
-    finish(&redis, c, ns);
-    drop(c2);
-    std::fs::remove_dir_all(dir).unwrap();
+    joined_then_cancelled(&redis, "idem-joined-cancel", || {
+        worker(&redis, "idem-joined-cancel", 1)
+    });
 }
 
 /// As above, but the worker's look for the cancel's flag loses its answer (the
@@ -3105,9 +3086,29 @@ fn a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run() {
         true
     }
     let proxy = ReplyDroppingProxy::start_for(redis.port, b"cancel:", b':', settled);
-    let c = client(&redis, ns);
-    let c2 = client(&redis, ns);
-    let dir = common::tempdir("idem-joined-cancel-lost-look");
+    joined_then_cancelled(&redis, ns, || {
+        // The worker's first request that names a cancel flag is its look for this
+        // one; a look whose connection is cut is made once more, on a new one: both
+        // lose their answers.
+        proxy.arm(2);
+        tasks(Worker::builder(&proxy.url()))
+            .namespace(ns)
+            .processes(1)
+            .lease(Duration::from_secs(1))
+            .grace(Duration::from_secs(10))
+            .build()
+            .expect("start worker")
+    });
+    assert_eq!(proxy.armed(), 0, "the look was to lose its answer");
+}
+
+/// Two clients submit one idempotent task (the second joins it) while no worker runs,
+/// and the second cancels it; then `start` starts a worker. Both are told `Cancelled`,
+/// and the task never ran.
+fn joined_then_cancelled(redis: &RedisServer, ns: &str, start: impl FnOnce() -> WorkerHandle) {
+    let c = client(redis, ns);
+    let c2 = client(redis, ns);
+    let dir = common::tempdir(ns);
     let path = dir.join("runs").display().to_string();
     let opts = TaskOptions::new().idempotency_key("joined");
     let mut first = c
@@ -3115,28 +3116,16 @@ fn a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run() {
         .unwrap();
     let mut joined = c2.submit_with(FLAKY, (path.clone(), 1), opts).unwrap();
     assert!(joined.cancel(), "the cancel was refused");
-    // The worker's first request that names a cancel flag is its look for this one;
-    // a look whose connection is cut is made once more, on a new one: both lose their
-    // answers.
-    proxy.arm(2);
-    let w = tasks(Worker::builder(&proxy.url()))
-        .namespace(ns)
-        .processes(1)
-        .lease(Duration::from_secs(1))
-        .grace(Duration::from_secs(10))
-        .build()
-        .expect("start worker");
+    let w = start();
     assert_eq!(first.wait_timeout(T), Err(TaskError::Cancelled));
     assert_eq!(joined.wait_timeout(T), Err(TaskError::Cancelled));
-    assert_eq!(proxy.armed(), 0, "the look was to lose its answer");
     assert!(
         std::fs::read_to_string(&path).is_err(),
         "the cancelled task ran"
     );
     drop(w);
-    finish(&redis, c, ns);
+    finish(redis, c, ns);
     drop(c2);
-    drop(proxy);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
