@@ -441,6 +441,45 @@ fn a_cancelled_tasks_callback_may_join_the_pool() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// A task counts as done while its done-callbacks run, as a Python future is finished
+/// before its callbacks are called: a callback that asks whether every task of a set
+/// is done, or waits for the set, finds its own task done (it found it not done, and a
+/// wait over the set waited for itself for ever). Its value still waits for the
+/// callbacks.
+#[test]
+fn a_task_is_done_while_its_callbacks_run() {
+    let pool = ThreadPool::new(2).unwrap();
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let task = pool
+        .submit(move || {
+            go_rx.recv().unwrap();
+            7
+        })
+        .unwrap();
+    let all = Arc::clone(&tasks);
+    task.on_done(move |outcome| {
+        let all = all.lock().unwrap();
+        let each_done = all.iter().all(Task::is_done);
+        let (done, not_done) = multiproc::wait_tasks(
+            &all,
+            multiproc::Return::AllCompleted,
+            Some(Duration::from_secs(5)),
+        );
+        let _ = tx.send((outcome.clone(), each_done, done, not_done));
+    });
+    tasks.lock().unwrap().push(task);
+    go_tx.send(()).unwrap();
+    let (outcome, each_done, done, not_done) = rx.recv_timeout(T).unwrap();
+    assert_eq!(outcome, Ok(7));
+    assert!(each_done, "the task was not done in its own callback");
+    assert_eq!((done, not_done), (vec![0], vec![]));
+    let mut task = tasks.lock().unwrap().pop().unwrap();
+    assert_eq!(task.wait_timeout(T), Ok(7));
+    pool.join_timeout(T).unwrap();
+}
+
 /// Cancels `task` on a thread of its own, its callback working 300 ms; once the
 /// callback has begun, runs `meanwhile`, then joins `pool`, which must return only
 /// after the callback.

@@ -187,11 +187,7 @@ impl<R> Cell<R> {
 
     /// Stores the first outcome and says who to tell.
     fn store(&self, st: &mut CellState<R>, outcome: Result<Held<R>, TaskError>) -> Fire {
-        let code = match &outcome {
-            Ok(_) => SUCCEEDED,
-            Err(TaskError::Cancelled) => CANCELLED,
-            Err(_) => FAILED,
-        };
+        let code = code_of(&outcome);
         st.outcome = Some(outcome);
         self.done.store(code, Ordering::Release);
         if st.sleepers > 0 {
@@ -205,7 +201,10 @@ impl<R> Cell<R> {
     }
 
     /// Delivers the outcome (the first one wins). Callbacks run first, on this thread,
-    /// without any lock of the cell held; the task counts as done once they return.
+    /// without any lock of the cell held; the task counts as done while they run (as a
+    /// Python future is finished before its callbacks are called: a callback that waits
+    /// for a set of tasks holding its own would wait for itself), and its value is
+    /// there for waiters once they return.
     fn put(&self, outcome: Result<Held<R>, TaskError>) {
         let mut st = self.lock();
         if self.is_done() || st.lent || st.taken {
@@ -221,6 +220,18 @@ impl<R> Cell<R> {
         let callbacks = std::mem::take(&mut st.callbacks);
         drop(st);
         let value = self.resolve(outcome);
+        let code = code_of(&value);
+        let watchers = {
+            let mut st = self.lock();
+            self.done.store(code, Ordering::Release);
+            std::mem::take(&mut st.watchers)
+        };
+        Fire {
+            waker: None,
+            watchers,
+            failed: code == FAILED,
+        }
+        .run();
         self.run_lent(value, callbacks, true);
     }
 
@@ -388,6 +399,15 @@ impl<R> Cell<R> {
             _ => st.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+/// The `done` code of an outcome.
+fn code_of<T>(outcome: &Result<T, TaskError>) -> u8 {
+    match outcome {
+        Ok(_) => SUCCEEDED,
+        Err(TaskError::Cancelled) => CANCELLED,
+        Err(_) => FAILED,
     }
 }
 
@@ -713,7 +733,8 @@ impl<R> Task<R> {
         &self.cell
     }
 
-    /// Whether the task has finished (its result is ready, or it failed).
+    /// Whether the task has finished (its result is ready, or it failed; its
+    /// done-callbacks may still be running, as in Python).
     pub fn is_done(&self) -> bool {
         self.cell.is_done()
     }
@@ -762,7 +783,11 @@ impl<R> Task<R> {
     /// lock of multiproc's held, so the callback may submit tasks or
     /// even wait for one (though the pool's thread delivers nothing else meanwhile:
     /// keep callbacks short, as Python asks); or at once, on this thread, if the task
-    /// has finished already. Callbacks run before waiters see the outcome. A callback added after the value was taken
+    /// has finished already. Callbacks run before waiters ([`wait`](Self::wait), an
+    /// `.await`) get the outcome; the task counts as done
+    /// ([`is_done`](Self::is_done), [`wait_tasks`](crate::wait_tasks),
+    /// [`as_completed`](crate::as_completed)) while they run, as a Python future is
+    /// finished before its callbacks are called. A callback added after the value was taken
     /// by [`wait`](Self::wait) gets [`TaskError::Taken`]. A callback that panics is
     /// reported (a `tracing` warning) and changes nothing else.
     ///
