@@ -366,6 +366,10 @@ fn main() {
                 a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run,
             ),
             trial(
+                "an_idempotent_task_waiting_for_its_retry_is_joined",
+                an_idempotent_task_waiting_for_its_retry_is_joined,
+            ),
+            trial(
                 "idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first",
                 idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first,
             ),
@@ -3100,6 +3104,52 @@ fn a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run() {
             .expect("start worker")
     });
     assert_eq!(proxy.armed(), 0, "the look was to lose its answer");
+}
+
+/// An idempotent task whose retry waits longer than its client's record lives: a
+/// repeat of its key while it waits joins it (the record and its waiters live until the
+/// retry is due and the worker's TTL after), and the key runs twice in all, its failed
+/// attempt and its retry (the record lapsed, the repeat made a task of its own, and
+/// the key ran three times).
+fn an_idempotent_task_waiting_for_its_retry_is_joined() {
+    let redis = RedisServer::start();
+    let ns = "idem-retry-outlives-record";
+    let short = || {
+        Cluster::builder(&redis.url())
+            .namespace(ns)
+            .result_ttl(Duration::from_secs(1))
+            .build()
+            .expect("connect")
+    };
+    let (c, c2) = (short(), short());
+    let w = worker(&redis, ns, 1);
+    let dir = common::tempdir(ns);
+    let path = dir.join("runs").display().to_string();
+    let retry =
+        RetryPolicy::attempts(2).backoff(Duration::from_secs(4), 1.0, Duration::from_secs(4));
+    let opts = TaskOptions::new()
+        .idempotency_key("slow-retry")
+        .retry(retry);
+    let mut first = c
+        .submit_with(FLAKY, (path.clone(), 2), opts.clone())
+        .unwrap();
+    assert!(common::eventually(T, || std::fs::read_to_string(&path).is_ok_and(|n| n == "1")));
+    // Past the record's second, before the retry is due.
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut repeat = c2.submit_with(FLAKY, (path.clone(), 2), opts).unwrap();
+    assert_eq!(first.wait_timeout(T).unwrap(), Ok(2));
+    assert_eq!(repeat.wait_timeout(T).unwrap(), Ok(2));
+    // Any run the repeat made of its own would have come by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "2",
+        "runs of the key"
+    );
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    drop(c2);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Two clients submit one idempotent task (the second joins it) while no worker runs,

@@ -200,8 +200,9 @@ impl<A, R> TaskDef<A, R> {
 impl TaskOptions {
     /// Submitting again with the same key (from any client, while the key's record
     /// or the first one's outcome lives: the submitting client's result time to live
-    /// from the task's time (its submission, or the end of its countdown, or its eta),
-    /// and the record lapses with the outcome) does not queue the
+    /// from the task's time (its submission, or the end of its countdown, or its eta;
+    /// a retry's wait and the worker's result time to live after it), and the record
+    /// lapses with the outcome) does not queue the
     /// task again: the new [`Task`](crate::Task) gets the first one's outcome. Once
     /// both are gone (or the record lapsed while the first run went on), a repeat runs
     /// the task again and gets its own outcome. A cluster's option: a local pool

@@ -105,7 +105,9 @@ return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]), epoch}}
 /// client and those waiting with it.
 ///
 /// A retry's delayed member is recorded under the task (`retry:<task>`, for as long as
-/// it may wait there) so that a cancel finds it; any other end deletes that record.
+/// it may wait there) so that a cancel finds it; any other end deletes that record. An
+/// idempotent task's record and its waiters live as long (the record made again if it
+/// lapsed): a repeat of the key while the retry waits joins it.
 ///
 /// A task whose cancel flag is set (a cancel that returned true while it ran, or
 /// waited where its client could not remove it) ends `Cancelled`, however its run
@@ -152,8 +154,19 @@ for i = 0, n - 1 do
     if action == 'r' then
       if not now then now = now_ms() end
       local delay = tonumber(ARGV[a + 7])
+      local life = delay + ttl * 1000
       redis.call('ZADD', KEYS[2], now + delay, ARGV[a + 6])
-      redis.call('SET', KEYS[k + 6], ARGV[a + 6], 'PX', int(delay + ttl * 1000))
+      redis.call('SET', KEYS[k + 6], ARGV[a + 6], 'PX', int(life))
+      -- An idempotent task's record lives until its retry is due and the TTL after (a
+      -- repeat while it waits joins it rather than run the key again), made again if
+      -- it lapsed; so does the set of its waiters, if any wait.
+      if KEYS[k + 5] ~= '' then
+        redis.call('SET', KEYS[k + 5], '1', 'NX', 'PX', int(life))
+        for _, key in ipairs({{KEYS[k + 5], KEYS[k + 3]}}) do
+          local left = redis.call('PTTL', key)
+          if left >= 0 and left < life then redis.call('PEXPIRE', key, int(life)) end
+        end
+      end
     else
       redis.call('DEL', KEYS[k + 6])
       if action == 'd' then
