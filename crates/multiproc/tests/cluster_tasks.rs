@@ -165,13 +165,19 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
-    tasks(Worker::builder(&redis.url()))
+    node_at(&redis.url(), ns, processes)
+        .build()
+        .expect("start worker")
+}
+
+/// A worker of the tests' tasks on the server at `url`, with a lease of 1 s and a grace
+/// of 10 s, to be built.
+fn node_at(url: &str, ns: &str, processes: usize) -> WorkerBuilder {
+    tasks(Worker::builder(url))
         .namespace(ns)
         .processes(processes)
         .lease(Duration::from_secs(1))
         .grace(Duration::from_secs(10))
-        .build()
-        .expect("start worker")
 }
 
 fn client(redis: &RedisServer, ns: &str) -> Cluster {
@@ -368,6 +374,10 @@ fn main() {
             trial(
                 "an_idempotent_task_waiting_for_its_retry_is_joined",
                 an_idempotent_task_waiting_for_its_retry_is_joined,
+            ),
+            trial(
+                "a_stopping_node_hands_back_the_tasks_it_has_not_started",
+                a_stopping_node_hands_back_the_tasks_it_has_not_started,
             ),
             trial(
                 "idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first",
@@ -3095,13 +3105,7 @@ fn a_cancel_flag_the_worker_could_not_read_does_not_let_the_task_run() {
         // one; a look whose connection is cut is made once more, on a new one: both
         // lose their answers.
         proxy.arm(2);
-        tasks(Worker::builder(&proxy.url()))
-            .namespace(ns)
-            .processes(1)
-            .lease(Duration::from_secs(1))
-            .grace(Duration::from_secs(10))
-            .build()
-            .expect("start worker")
+        node_at(&proxy.url(), ns, 1).build().expect("start worker")
     });
     assert_eq!(proxy.armed(), 0, "the look was to lose its answer");
 }
@@ -3149,6 +3153,53 @@ fn an_idempotent_task_waiting_for_its_retry_is_joined() {
     w.shutdown(true);
     finish(&redis, c, ns);
     drop(c2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A node told to stop while its pool holds tasks it has not started (prefetched)
+/// hands them back at once, for another node to run, and lets only the running one
+/// finish in its grace: each task runs once (the next one started during the grace,
+/// was killed at its end and ran again elsewhere).
+fn a_stopping_node_hands_back_the_tasks_it_has_not_started() {
+    let redis = RedisServer::start();
+    let ns = "stop-hands-back-unstarted";
+    let c = client(&redis, ns);
+    let dir = common::tempdir(ns);
+    let node = |processes| {
+        node_at(&redis.url(), ns, processes)
+            .prefetch(4)
+            .grace(Duration::from_secs(3))
+            .build()
+            .expect("start worker")
+    };
+    let paths: Vec<String> = (0..4)
+        .map(|i| dir.join(format!("runs-{i}")).display().to_string())
+        .collect();
+    let mut submitted: Vec<_> = paths
+        .iter()
+        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 3000)).unwrap())
+        .collect();
+    // Started once all are queued: it takes the four at once, and starts the first.
+    let stopping = node(1);
+    assert!(common::eventually(T, || {
+        std::path::Path::new(&paths[0]).exists()
+    }));
+    assert_eq!(c.stats().unwrap().in_flight, 4, "held by the node");
+    stopping.shutdown(false);
+    let other = node(4);
+    for (i, t) in submitted.iter_mut().enumerate() {
+        assert_eq!(t.wait_timeout(T), Ok(1), "task {i}");
+    }
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(p).unwrap(),
+            "run\n",
+            "task {i} ran more than once"
+        );
+    }
+    stopping.shutdown(true);
+    other.shutdown(true);
+    finish(&redis, c, ns);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

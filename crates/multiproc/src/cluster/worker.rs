@@ -165,6 +165,10 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
 trait Running: Send {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done>;
     fn cancel(&mut self) -> bool;
+    /// Cancels it if it has not started (a chunk: never, as its items start apart).
+    fn cancel_unstarted(&mut self) -> bool {
+        false
+    }
 }
 
 /// How a run ended.
@@ -198,6 +202,10 @@ impl<R: Serialize + Send + 'static> Running for Run<R> {
 
     fn cancel(&mut self) -> bool {
         self.task.cancel()
+    }
+
+    fn cancel_unstarted(&mut self) -> bool {
+        self.task.cancel_unstarted()
     }
 }
 
@@ -343,6 +351,7 @@ impl WorkerBuilder {
 
     /// How long a stopping worker lets running tasks finish before it hands them back
     /// to the queue (default 30 s; `Duration::MAX`: never, the stop waits for them).
+    /// The tasks it holds but has not started go back as the stop begins.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -1783,6 +1792,7 @@ impl Node {
                         now,
                         self.cfg.grace.saturating_add(self.cfg.lease),
                     ));
+                    self.hand_back_unstarted();
                     now
                 });
                 // The reader's end first: what it left unsent before it ended is
@@ -2077,6 +2087,19 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// As a stop begins: the tasks the pool holds but has not started go back to the
+    /// queue at once, for another node to run, rather than start during the grace and
+    /// be killed and handed back at its end. Only the running ones get the grace.
+    fn hand_back_unstarted(&self) {
+        let mut st = lock(&self.state);
+        for f in st.flights.values_mut() {
+            if f.end == End::Normal && f.run.cancel_unstarted() {
+                tracing::info!(worker = %self.name, task = %f.envelope.task, "stopping: handing back a task not started");
+                f.end = End::HandedBack;
+            }
+        }
     }
 
     /// Past the grace period: stops what still runs and gives it back to the queue.

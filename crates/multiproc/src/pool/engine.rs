@@ -1073,6 +1073,18 @@ impl Cancel for PoolInner {
     }
 
     fn cancel(&self, id: u64) -> bool {
+        self.cancel_as(id, false)
+    }
+
+    fn cancel_unstarted(&self, id: u64) -> bool {
+        self.cancel_as(id, true)
+    }
+}
+
+impl PoolInner {
+    /// Cancels task `id` (see [`Cancel::cancel`]); `unstarted`: only if it has not
+    /// started (a running task's worker is not killed).
+    fn cancel_as(&self, id: u64, unstarted: bool) -> bool {
         let mut st = unpoisoned::lock(&self.state);
         let Some(rec) = st.tasks.get(&id) else {
             return false;
@@ -1113,6 +1125,7 @@ impl Cancel for PoolInner {
                     // Running: only killing its worker stops it, unless it ends first
                     // (then its outcome is on its way, and the worker may be running
                     // its next task).
+                    TicketState::Running(_) if unstarted => false,
                     TicketState::Running(_) => {
                         if let Some(Some(worker)) = st.workers.get_mut(w)
                             && worker.killed_for.is_none()

@@ -648,6 +648,12 @@ pub(crate) trait Cancel: Send + Sync {
     /// Cancels task `id`; whether it will end as `Cancelled`.
     fn cancel(&self, id: u64) -> bool;
 
+    /// Cancels task `id` if it has not started; whether it will end as `Cancelled`.
+    /// Sources that cannot tell do nothing.
+    fn cancel_unstarted(&self, _id: u64) -> bool {
+        false
+    }
+
     /// Whether task `id` is running now (not queued, not finished). Sources that
     /// cannot tell say no.
     fn is_running(&self, _id: u64) -> bool {
@@ -763,6 +769,18 @@ impl<R> Task<R> {
     /// failure is dropped), as a pool's does when the cancel comes first. Returns
     /// whether the task will end as [`TaskError::Cancelled`].
     pub fn cancel(&self) -> bool {
+        self.cancel_by(|source, id| source.cancel(id))
+    }
+
+    /// As [`cancel`](Self::cancel), for a task that has not started only: one running
+    /// is left to run (its worker is not killed). A cluster's worker hands back the
+    /// tasks its pool has not started when it stops.
+    pub(crate) fn cancel_unstarted(&self) -> bool {
+        self.cancel_by(|source, id| source.cancel_unstarted(id))
+    }
+
+    /// Cancels the task through its source with `how`; whether it will end cancelled.
+    fn cancel_by(&self, how: impl FnOnce(&dyn Cancel, u64) -> bool) -> bool {
         if self.is_done() {
             return false;
         }
@@ -770,7 +788,7 @@ impl<R> Task<R> {
             .source
             .as_ref()
             .and_then(Weak::upgrade)
-            .is_some_and(|p| p.cancel(self.id));
+            .is_some_and(|p| how(&*p, self.id));
         // An outcome that came while the cancel was on its way (to a cluster's server)
         // is the task's.
         cancelled && (!self.is_done() || self.is_cancelled())
