@@ -480,6 +480,37 @@ fn a_task_is_done_while_its_callbacks_run() {
     pool.join_timeout(T).unwrap();
 }
 
+/// A step of `as_completed` with a timeout keeps it while the task it yields is done
+/// but its done-callbacks still run on another thread (its value comes once they
+/// return): it times out, and a later step yields the task.
+#[test]
+fn as_completed_keeps_its_timeout_while_callbacks_run() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let task = pool.submit(|| 5).unwrap();
+    task.on_done(move |_| {
+        let _ = inside_tx.send(());
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    inside_rx.recv_timeout(T).unwrap();
+    let mut steps = multiproc::as_completed(vec![task]);
+    let t0 = Instant::now();
+    assert_eq!(
+        steps.next_timeout(Duration::from_millis(200)).unwrap_err(),
+        TaskError::Timeout
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(steps.remaining(), 1);
+    let (i, outcome) = steps.next_timeout(T).unwrap().unwrap();
+    assert_eq!((i, outcome), (0, Ok(5)));
+    assert!(steps.next_timeout(T).unwrap().is_none());
+    pool.join_timeout(T).unwrap();
+}
+
 /// Cancels `task` on a thread of its own, its callback working 300 ms; once the
 /// callback has begun, runs `meanwhile`, then joins `pool`, which must return only
 /// after the callback.

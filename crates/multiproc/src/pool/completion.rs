@@ -178,9 +178,24 @@ impl<R> AsCompleted<R> {
                 return Err(TaskError::Timeout);
             };
             // Each index is posted once; a stale one (never, but cheap) is skipped.
-            if let Some(task) = self.tasks.get_mut(i).and_then(Option::take) {
+            if let Some(mut task) = self.tasks.get_mut(i).and_then(Option::take) {
+                // Done, and its value there once its done-callbacks (running on another
+                // thread, maybe) return: waited for until the deadline, after which it
+                // is posted again for a later step.
+                let outcome = match deadline {
+                    None => task.wait(),
+                    Some(d) => match task.wait_timeout(d.saturating_duration_since(Instant::now()))
+                    {
+                        Err(TaskError::Timeout) => {
+                            self.tasks[i] = Some(task);
+                            unpoisoned::lock(&self.board.finished).push_front((i, false));
+                            return Err(TaskError::Timeout);
+                        }
+                        outcome => outcome,
+                    },
+                };
                 self.left -= 1;
-                return Ok(Some((i, task.wait())));
+                return Ok(Some((i, outcome)));
             }
         }
     }
@@ -231,7 +246,8 @@ pub enum Return {
 /// Waits until `return_when` holds for `tasks`, or `timeout` passes (`None`: no
 /// limit), and returns the indices of the tasks done and of those still pending
 /// (Python's `concurrent.futures.wait`). Nothing is taken: wait for a done task to get
-/// its result at once. Tasks may come from any mix of pools and clusters.
+/// its result (at once, or once its done-callbacks, which may still be running, have
+/// returned). Tasks may come from any mix of pools and clusters.
 ///
 /// # Examples
 ///

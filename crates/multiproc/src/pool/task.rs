@@ -649,7 +649,8 @@ pub(crate) trait Cancel: Send + Sync {
     fn cancel(&self, id: u64) -> bool;
 
     /// Cancels task `id` if it has not started; whether it will end as `Cancelled`.
-    /// Sources that cannot tell do nothing.
+    /// Sources that cannot tell do nothing. (A cluster's worker uses it.)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn cancel_unstarted(&self, _id: u64) -> bool {
         false
     }
@@ -775,6 +776,7 @@ impl<R> Task<R> {
     /// As [`cancel`](Self::cancel), for a task that has not started only: one running
     /// is left to run (its worker is not killed). A cluster's worker hands back the
     /// tasks its pool has not started when it stops.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn cancel_unstarted(&self) -> bool {
         self.cancel_by(|source, id| source.cancel_unstarted(id))
     }
