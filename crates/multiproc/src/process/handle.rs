@@ -462,9 +462,24 @@ impl ChildRecord {
     /// status relayed by the fork server is waited for until then, no longer (`by` in
     /// the past: only what is there now).
     pub(crate) fn ended_by(&self, by: Instant) -> Option<Ended> {
-        // What was kept for the child, let go once it has ended: dropped after the status
-        // lock (a manager's client, its last reference gone, may say goodbye).
-        let mut _released = None;
+        // What was kept for the child, let go once it has ended: after the status lock,
+        // and after the registry's if this thread holds it (a manager's client, its last
+        // reference gone, says goodbye to its server).
+        let mut released = None;
+        let ended = self.ended_by_locked(by, &mut released);
+        if let Some(kept) = released {
+            super::registry::release(kept);
+        }
+        ended
+    }
+
+    /// [`ended_by`](Self::ended_by), leaving in `released` what was kept for the child
+    /// once it has ended.
+    fn ended_by_locked(
+        &self,
+        by: Instant,
+        released: &mut Option<Box<dyn Send + Sync>>,
+    ) -> Option<Ended> {
         let waiting_on = {
             let mut st = unpoisoned::lock(&self.status);
             if st.ended.is_some() {
@@ -495,7 +510,7 @@ impl ChildRecord {
                 },
             };
             if st.ended.is_some() {
-                _released = st.kept.take();
+                *released = st.kept.take();
             }
             match waiting_on {
                 Some(pipe) => pipe,

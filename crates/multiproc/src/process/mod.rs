@@ -557,11 +557,15 @@ impl Builder {
         match forked {
             sys::Forked::Child => {
                 drop(statics);
-                drop(held.map(|h| h.forked()));
+                // The parent's to keep: dropped here, a last reference would take locks
+                // another thread of the parent may have held at the fork.
+                std::mem::forget(held.map(|h| h.forked()));
                 drop(ours);
                 // This process's children are the parent's; forget them without touching
-                // them (their descriptors here are copies).
-                children.clear();
+                // them (their descriptors here are copies, kept as the other copies of
+                // the parent's are; what the parent keeps for them is the parent's, and
+                // dropped here would take locks another thread may have held at the fork).
+                std::mem::forget(std::mem::take(&mut *children));
                 drop(children);
                 let watchdog = if self.daemon {
                     sys::dup(death.as_fd()).ok()

@@ -1,6 +1,7 @@
 //! The children of this process that have not been joined, and what happens to them when
 //! the process exits.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,13 +19,78 @@ static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
 /// holds them.
 static DETACHED: AtomicUsize = AtomicUsize::new(0);
 
-pub(crate) fn lock() -> MutexGuard<'static, Vec<Arc<ChildRecord>>> {
-    unpoisoned::lock(&CHILDREN)
+/// The registry, locked. What is let go of meanwhile on this thread (see [`release`])
+/// goes once the lock is let go.
+pub(crate) struct Locked {
+    // Dropped first: the lock, then what was let go of under it.
+    children: MutexGuard<'static, Vec<Arc<ChildRecord>>>,
+    _released: Releasing,
+}
+
+impl std::ops::Deref for Locked {
+    type Target = Vec<Arc<ChildRecord>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.children
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.children
+    }
+}
+
+pub(crate) fn lock() -> Locked {
+    let children = unpoisoned::lock(&CHILDREN);
+    // (At the exit, after this thread's locals are gone, nothing is deferred.)
+    let _ = RELEASED.try_with(|r| r.borrow_mut().0 = true);
+    Locked {
+        children,
+        _released: Releasing,
+    }
+}
+
+thread_local! {
+    /// Whether this thread holds the registry's lock, and what it let go of meanwhile.
+    static RELEASED: RefCell<(bool, Vec<Box<dyn Send + Sync>>)> =
+        const { RefCell::new((false, Vec::new())) };
+}
+
+/// Drops what was let go of under the registry's lock, once it is let go.
+struct Releasing;
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        let released = RELEASED.try_with(|r| {
+            let mut r = r.borrow_mut();
+            r.0 = false;
+            std::mem::take(&mut r.1)
+        });
+        drop(released);
+    }
+}
+
+/// Lets go of what a parent kept for a child that ended (see
+/// [`HeldAcrossFork`](super::HeldAcrossFork)): now, or, on a thread that holds the
+/// registry's lock, once it lets it go (the last reference to a manager's client goes
+/// with a goodbye to its server, which may take a while: every spawn would wait).
+pub(crate) fn release(kept: Box<dyn Send + Sync>) {
+    let mut kept = Some(kept);
+    let _ = RELEASED.try_with(|r| {
+        let mut r = r.borrow_mut();
+        if r.0
+            && let Some(k) = kept.take()
+        {
+            r.1.push(k);
+        }
+    });
+    drop(kept);
 }
 
 /// Registers a new child; first forgets detached children that have ended, so a program
 /// that starts children and never joins them does not accumulate records.
-pub(crate) fn add(children: &mut Vec<Arc<ChildRecord>>, record: Arc<ChildRecord>) {
+pub(crate) fn add(children: &mut Locked, record: Arc<ChildRecord>) {
     if DETACHED.load(Ordering::Relaxed) > 0 {
         children.retain(|c| Arc::strong_count(c) > 1 || c.ended_by(Instant::now()).is_none());
         // Still detached: those running, and those a `ChildProcess` still holds (it
