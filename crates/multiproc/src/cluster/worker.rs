@@ -826,6 +826,9 @@ enum End {
     Cancelled,
     /// Stopped because the node stops: back to the queue as it was.
     HandedBack,
+    /// Not run: whether it was cancelled could not be looked at. Back to the queue,
+    /// counted as a delivery lost.
+    Unchecked,
 }
 
 enum Event {
@@ -1286,7 +1289,7 @@ impl Node {
                 Ok(true) => Some(End::Cancelled),
                 Err(e) => {
                     tracing::warn!(worker = %self.name, task = %envelope.task, "could not look for a cancel, handing the task back: {e}");
-                    Some(End::HandedBack)
+                    Some(End::Unchecked)
                 }
             };
             if let Some(end) = end {
@@ -1444,8 +1447,39 @@ impl Node {
                         .ok();
                 }
             };
+        // A delivery lost (its process dead, its worker lost, its cancel flag not
+        // looked at): again, after a while, until too many were.
+        let delivery_lost = |fin: &mut Finish, last: &dyn fmt::Display| {
+            let lost = lost.saturating_add(1);
+            if lost >= self.cfg.max_deliveries {
+                let why = format!(
+                    "{lost} deliveries were lost, its process dead or its worker lost (the cap is {}); last: {last}",
+                    self.cfg.max_deliveries
+                );
+                tracing::warn!(worker = %self.name, task = %env.task, "dead-lettered: {why}");
+                fin.action = Action::Dead;
+                fin.outcome = Outcome::Failed(ErrorWire::DeadLettered(why.clone()))
+                    .encode()
+                    .ok();
+                fin.reason = why;
+                return;
+            }
+            let delay = if env.retry.is_some() {
+                policy.delay(lost)
+            } else {
+                Duration::from_millis(100) * lost
+            };
+            retry_with(fin, env.attempt, lost, delay);
+        };
         if end == End::HandedBack && matches!(done, Done::Failed(TaskError::Cancelled)) {
             retry_with(&mut fin, env.attempt, lost, Duration::ZERO);
+            return fin;
+        }
+        if end == End::Unchecked {
+            delivery_lost(
+                &mut fin,
+                &"its worker could not look for a cancel of it (no answer from the server)",
+            );
             return fin;
         }
         let value = match done {
@@ -1472,26 +1506,7 @@ impl Node {
                         Outcome::Failed(ErrorWire::Cancelled)
                     }
                     TaskError::WorkerDied(_) => {
-                        let lost = lost.saturating_add(1);
-                        if lost >= self.cfg.max_deliveries {
-                            let why = format!(
-                                "{lost} deliveries were lost, its process dead or its worker lost (the cap is {}); last: {e}",
-                                self.cfg.max_deliveries
-                            );
-                            tracing::warn!(worker = %self.name, task = %env.task, "dead-lettered: {why}");
-                            fin.action = Action::Dead;
-                            fin.outcome = Outcome::Failed(ErrorWire::DeadLettered(why.clone()))
-                                .encode()
-                                .ok();
-                            fin.reason = why;
-                            return fin;
-                        }
-                        let delay = if env.retry.is_some() {
-                            policy.delay(lost)
-                        } else {
-                            Duration::from_millis(100) * lost
-                        };
-                        retry_with(&mut fin, env.attempt, lost, delay);
+                        delivery_lost(&mut fin, &e);
                         return fin;
                     }
                     e if policy.should_retry(attempts, &e) => {
