@@ -3177,7 +3177,7 @@ fn a_stopping_node_hands_back_the_tasks_it_has_not_started() {
         .collect();
     let mut submitted: Vec<_> = paths
         .iter()
-        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 3000)).unwrap())
+        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 2000)).unwrap())
         .collect();
     // Started once all are queued: it takes the four at once, and starts the first.
     let stopping = node(1);

@@ -1807,7 +1807,6 @@ impl Node {
                         now,
                         self.cfg.grace.saturating_add(self.cfg.lease),
                     ));
-                    self.hand_back_unstarted();
                     now
                 });
                 // The reader's end first: what it left unsent before it ended is
@@ -1822,6 +1821,10 @@ impl Node {
                 let stopping_for = now.duration_since(since);
                 if stopping_for >= self.cfg.grace {
                     self.hand_back();
+                } else {
+                    // At each turn: the reader may take in what it had read as the stop
+                    // came.
+                    self.hand_back_unstarted();
                 }
                 // What is still held then cannot reach the server (it is down): its
                 // leases lapse and other workers run those tasks again.
@@ -2104,9 +2107,10 @@ impl Node {
         Ok(())
     }
 
-    /// As a stop begins: the tasks the pool holds but has not started go back to the
-    /// queue at once, for another node to run, rather than start during the grace and
-    /// be killed and handed back at its end. Only the running ones get the grace.
+    /// While a stop's grace runs: the tasks the pool holds but has not started go back
+    /// to the queue at once, for another node to run, rather than start during the
+    /// grace and be killed and handed back at its end. Only the running ones get the
+    /// grace.
     fn hand_back_unstarted(&self) {
         let mut st = lock(&self.state);
         for f in st.flights.values_mut() {
