@@ -143,7 +143,8 @@ static LIVE: Mutex<Vec<Weak<Ref>>> = Mutex::new(Vec::new());
 /// the closure goes from the parent as the fork returns, and with it the parent's
 /// reference, while the child takes its own only at its first call: the object would be
 /// freed in between. So the parent keeps the references its proxies hold until the child
-/// has ended (its end seen by a join, `is_alive` or the next spawn). Only those some
+/// has ended (its end seen by a join, `is_alive`, `active_children`, or the next spawn
+/// for a handle dropped unjoined). Only those some
 /// proxy holds: one that only earlier children's lists keep is not kept again (each
 /// spawn's list would take in the last one's, and a program that forks again and again
 /// would free nothing). Holds the list's lock until after the fork, so that the child

@@ -490,9 +490,11 @@ impl Builder {
     /// until the child exits too. A [`daemon`](Self::daemon) child ends with its parent.
     ///
     /// Manager proxies that `f` captures work in the child with no copy kept in the
-    /// parent: the parent keeps its references to manager objects until the child's end
-    /// is seen (by a join, [`is_alive`](JoinHandle::is_alive), or the next spawn), so
-    /// that an object is not freed between the fork and the child's first call.
+    /// parent: the parent keeps its proxies' references to manager objects until the
+    /// child's end is seen (by a join, [`is_alive`](JoinHandle::is_alive),
+    /// [`active_children`](crate::active_children), or the next spawn for a handle
+    /// dropped unjoined), so that an object is not freed between the fork and the
+    /// child's first call.
     ///
     /// # Safety
     ///
