@@ -19,6 +19,12 @@ pub(crate) trait Watch: Send + Sync {
     /// What was registered under `key` completed; `failed`: with an error (a
     /// cancellation is not one).
     fn notify(&self, key: usize, failed: bool);
+
+    /// Whether it is told only once the outcome can be taken: a task counts as done
+    /// while its done-callbacks run, and has its value back once they return.
+    fn wants_value(&self) -> bool {
+        false
+    }
 }
 
 /// Something that completes once and tells its watchers (a task's outcome cell).

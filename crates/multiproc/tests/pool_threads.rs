@@ -480,21 +480,31 @@ fn a_task_is_done_while_its_callbacks_run() {
     pool.join_timeout(T).unwrap();
 }
 
-/// A step of `as_completed` with a timeout keeps it while the task it yields is done
-/// but its done-callbacks still run on another thread (its value comes once they
-/// return): it times out, and a later step yields the task.
+/// `as_completed` yields a task once its value can be taken: a task whose
+/// done-callbacks still run on another thread (they have its value until they return)
+/// comes after one finished later whose value is free, and a step with a timeout keeps
+/// it meanwhile (it waited for the callbacks).
 #[test]
-fn as_completed_keeps_its_timeout_while_callbacks_run() {
-    let pool = ThreadPool::new(1).unwrap();
+fn as_completed_yields_values_free_of_callbacks_first() {
+    let pool = ThreadPool::new(2).unwrap();
     let (inside_tx, inside_rx) = mpsc::channel();
-    let task = pool.submit(|| 5).unwrap();
-    task.on_done(move |_| {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let held = pool
+        .submit(move || {
+            go_rx.recv().unwrap();
+            5
+        })
+        .unwrap();
+    held.on_done(move |_| {
         let _ = inside_tx.send(());
         std::thread::sleep(Duration::from_secs(2));
     });
+    go_tx.send(()).unwrap();
     inside_rx.recv_timeout(T).unwrap();
-    let mut steps = multiproc::as_completed(vec![task]);
+    let free = pool.submit(|| 6).unwrap();
+    let mut steps = multiproc::as_completed(vec![held, free]);
     let t0 = Instant::now();
+    assert_eq!(steps.next_timeout(T).unwrap(), Some((1, Ok(6))));
     assert_eq!(
         steps.next_timeout(Duration::from_millis(200)).unwrap_err(),
         TaskError::Timeout
@@ -505,8 +515,7 @@ fn as_completed_keeps_its_timeout_while_callbacks_run() {
         t0.elapsed()
     );
     assert_eq!(steps.remaining(), 1);
-    let (i, outcome) = steps.next_timeout(T).unwrap().unwrap();
-    assert_eq!((i, outcome), (0, Ok(5)));
+    assert_eq!(steps.next_timeout(T).unwrap(), Some((0, Ok(5))));
     assert!(steps.next_timeout(T).unwrap().is_none());
     pool.join_timeout(T).unwrap();
 }

@@ -1288,7 +1288,7 @@ impl Node {
                 Ok(false) => None,
                 Ok(true) => Some(End::Cancelled),
                 Err(e) => {
-                    tracing::warn!(worker = %self.name, task = %envelope.task, "could not look for a cancel, handing the task back: {e}");
+                    tracing::warn!(worker = %self.name, task = %envelope.task, "could not look for a cancel: the task goes back, counted as a delivery lost: {e}");
                     Some(End::Unchecked)
                 }
             };

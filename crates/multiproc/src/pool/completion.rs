@@ -22,12 +22,19 @@ const SPIN: Duration = Duration::from_micros(20);
 struct Board {
     finished: Mutex<VecDeque<(usize, bool)>>,
     posted: Condvar,
+    /// Tasks post once their outcome can be taken ([`as_completed`], which yields it),
+    /// not as soon as they are done (their done-callbacks may still have it).
+    values: bool,
 }
 
 impl Watch for Board {
     fn notify(&self, key: usize, failed: bool) {
         unpoisoned::lock(&self.finished).push_back((key, failed));
         self.posted.notify_all();
+    }
+
+    fn wants_value(&self) -> bool {
+        self.values
     }
 }
 
@@ -118,7 +125,10 @@ where
     I: IntoIterator<Item = Task<R>>,
 {
     let tasks: Vec<Option<Task<R>>> = tasks.into_iter().map(Some).collect();
-    let board = Arc::new(Board::default());
+    let board = Arc::new(Board {
+        values: true,
+        ..Board::default()
+    });
     let watch = board.watch_all(
         tasks
             .iter()

@@ -221,10 +221,16 @@ impl<R> Cell<R> {
         drop(st);
         let value = self.resolve(outcome);
         let code = code_of(&value);
+        // Told now: those that want only to know it is done; those that take the value
+        // (`as_completed`) once the callbacks give it back.
         let watchers = {
             let mut st = self.lock();
             self.done.store(code, Ordering::Release);
-            std::mem::take(&mut st.watchers)
+            let (now, later) = std::mem::take(&mut st.watchers)
+                .into_iter()
+                .partition(|(w, _)| !w.upgrade().is_some_and(|w| w.wants_value()));
+            st.watchers = later;
+            now
         };
         Fire {
             waker: None,
@@ -256,10 +262,11 @@ impl<R> Cell<R> {
                 if st.sleepers > 0 {
                     self.ready.notify_all();
                 }
+                // Watchers that waited for the value while a late callback had it.
                 Fire {
                     waker: st.waker.take(),
-                    watchers: Vec::new(),
-                    failed: false,
+                    watchers: std::mem::take(&mut st.watchers),
+                    failed: matches!(self.done.load(Ordering::Acquire), FAILED),
                 }
             };
             drop(st);
@@ -287,12 +294,14 @@ impl<R> Cell<R> {
         self.run_lent(value, vec![cb], false);
     }
 
-    /// Registers `watch` to be told (under `key`) when the task finishes; if it has,
+    /// Registers `watch` to be told (under `key`) when the task finishes (when its value
+    /// can be taken, for a watcher that [wants it](Watch::wants_value)); if it has,
     /// says so at once instead: `Some(failed)`.
     pub(crate) fn watch(&self, watch: Weak<dyn Watch>, key: usize) -> Option<bool> {
         let mut st = self.lock();
         let code = self.done.load(Ordering::Acquire);
-        if code != PENDING {
+        // Done, unless the watcher takes the value and callbacks have it.
+        if code != PENDING && !(st.lent && watch.upgrade().is_some_and(|w| w.wants_value())) {
             return Some(code == FAILED);
         }
         st.watchers.push((watch, key));

@@ -286,6 +286,16 @@ impl ChildRecord {
         self
     }
 
+    /// Forgets what is kept for it, without dropping it (in a forked child: it is the
+    /// parent's). Takes no lock.
+    pub(crate) fn forget_kept(&mut self) {
+        let st = match self.status.get_mut() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::forget(st.kept.take());
+    }
+
     /// Keeps `kept` until the child's end is known (see [`HeldAcrossFork`]).
     pub(crate) fn keep_until_ended(&self, kept: Option<Box<dyn Send + Sync>>) {
         unpoisoned::lock(&self.status).kept = kept;

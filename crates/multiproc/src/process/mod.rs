@@ -564,10 +564,14 @@ impl Builder {
                 std::mem::forget(held.map(|h| h.forked()));
                 drop(ours);
                 // This process's children are the parent's; forget them without touching
-                // them (their descriptors here are copies, kept as the other copies of
-                // the parent's are; what the parent keeps for them is the parent's, and
-                // dropped here would take locks another thread may have held at the fork).
-                std::mem::forget(std::mem::take(&mut *children));
+                // them (their descriptors here are copies). What the parent keeps for
+                // them is the parent's: dropped here, a last reference would take locks
+                // another thread may have held at the fork.
+                for mut child in std::mem::take(&mut *children) {
+                    if let Some(record) = Arc::get_mut(&mut child) {
+                        record.forget_kept();
+                    }
+                }
                 drop(children);
                 let watchdog = if self.daemon {
                     sys::dup(death.as_fd()).ok()
@@ -616,7 +620,15 @@ impl Builder {
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its.
-                let pidfd = sys::child_pidfd(pid)?;
+                let pidfd = match sys::child_pidfd(pid) {
+                    Ok(pidfd) => pidfd,
+                    Err(e) => {
+                        // Killed and reaped: what was kept for it goes, after the lock.
+                        drop(children);
+                        drop(kept);
+                        return Err(e.into());
+                    }
+                };
                 let record = self.record(
                     pid,
                     name,

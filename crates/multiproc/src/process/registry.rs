@@ -180,3 +180,37 @@ fn exit_function() {
         let _ = sys::signal_group(g, sys::SIGKILL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    static DROPPED: AtomicBool = AtomicBool::new(false);
+    static DROPPED_UNDER_LOCK: AtomicBool = AtomicBool::new(false);
+
+    /// Notes when it is dropped, and whether its thread held the registry's lock then.
+    struct Probe;
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            DROPPED_UNDER_LOCK.store(RELEASED.with(|r| r.borrow().0), Ordering::SeqCst);
+            DROPPED.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// What is let go of under the registry's lock goes once the lock is let go (a
+    /// manager client's goodbye would hold every spawn); elsewhere, at once.
+    #[test]
+    fn what_is_let_go_under_the_lock_goes_after_it() {
+        let children = lock();
+        release(Box::new(Probe));
+        assert!(!DROPPED.load(Ordering::SeqCst), "dropped under the lock");
+        drop(children);
+        assert!(DROPPED.load(Ordering::SeqCst), "kept after the lock");
+        assert!(!DROPPED_UNDER_LOCK.load(Ordering::SeqCst));
+        DROPPED.store(false, Ordering::SeqCst);
+        release(Box::new(Probe));
+        assert!(DROPPED.load(Ordering::SeqCst), "kept without the lock");
+    }
+}
