@@ -1,6 +1,7 @@
 //! Pipes and queues between real processes: exactly-once delivery, no loss when a
 //! producer exits or is killed right after `put`, processes killed at random moments,
 //! disconnection, large messages, handles passed around, `wait`, async.
+#![allow(unsafe_code)] // `spawn_fork` is unsafe by contract; these tests uphold it.
 
 mod common;
 
@@ -54,6 +55,10 @@ fn main() {
                 each_pipe_finds_its_killed_receiver,
             ),
             trial("duplex_ping_pong", duplex_ping_pong),
+            trial(
+                "ends_moved_into_a_forked_child_stay_connected",
+                ends_moved_into_a_forked_child_stay_connected,
+            ),
             trial(
                 "wait_for_receivers_and_processes",
                 wait_for_receivers_and_processes,
@@ -764,6 +769,37 @@ fn duplex_ping_pong() {
     assert_eq!(n, 10_000);
     drop(ours);
     child.join_timeout(T).unwrap();
+}
+
+/// A pipe's receiving end, or a duplex end, moved into a `spawn_fork` closure (the
+/// parent's copy goes as the fork returns; the child's was never counted) is there for
+/// the parent's sends while the child lives, and gone once it has ended.
+fn ends_moved_into_a_forked_child_stay_connected() {
+    let (tx, rx) = multiproc::pipe::<u32>().unwrap();
+    // SAFETY: the child only receives on its pipe and returns what it got.
+    let mut child = unsafe {
+        multiproc::Builder::new().spawn_fork(move || rx.recv_timeout(T).map_err(|e| e.to_string()))
+    }
+    .unwrap();
+    assert!(!tx.is_disconnected());
+    tx.send(7).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), Ok(7));
+    assert!(tx.is_disconnected());
+    assert!(matches!(tx.send(8), Err(SendError::Disconnected(8))));
+
+    let (ours, theirs) = multiproc::duplex::<u64, u64>().unwrap();
+    // SAFETY: the child only answers on its end.
+    let mut child = unsafe {
+        multiproc::Builder::new().spawn_fork(move || {
+            let n = theirs.recv_timeout(T).map_err(|e| e.to_string())?;
+            theirs.send(n + 1).map_err(|e| e.to_string())
+        })
+    }
+    .unwrap();
+    ours.send(41).unwrap();
+    assert_eq!(ours.recv_timeout(T).unwrap(), 42);
+    assert_eq!(child.join_timeout(T).unwrap(), Ok(()));
+    assert!(matches!(ours.send(1), Err(SendError::Disconnected(1))));
 }
 
 fn sleep_ms(ms: u64) {

@@ -194,7 +194,8 @@ enum Taken {
 /// The write end of a liveness pipe, shared by the handles of one side in a process. A
 /// receiver's token also holds one count in the header's `receivers`, which belongs to
 /// the process that made the token: a copy a forked child inherits and drops gives
-/// nothing back.
+/// nothing back, nor was it counted (a count of none is therefore checked with the
+/// kernel, whose pipe the child's copy holds open).
 #[derive(Debug)]
 struct Token {
     fd: OwnedFd,
@@ -689,18 +690,21 @@ impl RawSender {
         [self.core.send_bell.as_fd(), self.core.receivers.as_fd()]
     }
 
-    /// Whether every receiver is gone.
+    /// Whether every receiver is gone (the kernel says: the count misses the copies
+    /// forked children hold, see [`receivers_gone`](Self::receivers_gone)).
     pub(crate) fn is_disconnected(&self) -> bool {
-        self.core.header().receivers.load(SeqCst) == 0 || Core::all_gone(&self.core.receivers)
+        Core::all_gone(&self.core.receivers)
     }
 
-    /// Cheap enough for every send: the shared count says for sure when every receiver
-    /// was dropped; receivers killed with their process are found by asking the kernel
-    /// every so many sends (and whenever a send would wait).
+    /// Cheap enough for every send: while the shared count holds a receiver, one is
+    /// there, or was killed with its process (found by asking the kernel every so many
+    /// sends, and whenever a send would wait). A count of none is checked with the
+    /// kernel: a receiver moved into a `spawn_fork` closure lives on in the child,
+    /// uncounted, once the parent's copy is dropped.
     fn receivers_gone(&self) -> bool {
         let core = &*self.core;
         if core.header().receivers.load(Acquire) == 0 {
-            return true;
+            return Core::all_gone(&core.receivers);
         }
         let sends = core.sends.fetch_add(1, Relaxed).wrapping_add(1);
         sends.is_multiple_of(1024) && Core::all_gone(&core.receivers)
