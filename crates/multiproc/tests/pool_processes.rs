@@ -54,6 +54,10 @@ fn main() {
             ),
             trial("crashes_fail_only_their_task", crashes_fail_only_their_task),
             trial(
+                "tasks_queued_behind_many_crashes_run",
+                tasks_queued_behind_many_crashes_run,
+            ),
+            trial(
                 "a_stopped_or_starting_worker_holds_no_tasks",
                 a_stopped_or_starting_worker_holds_no_tasks,
             ),
@@ -64,6 +68,10 @@ fn main() {
             trial(
                 "task_timeout_kills_and_replaces",
                 task_timeout_kills_and_replaces,
+            ),
+            trial(
+                "a_short_task_timeout_is_kept_by_an_idle_pool",
+                a_short_task_timeout_is_kept_by_an_idle_pool,
             ),
             trial(
                 "panic_fails_task_worker_survives",
@@ -303,6 +311,43 @@ fn crash(how: Crash) -> u32 {
         },
     }
     unreachable!("the worker should have died")
+}
+
+/// Aborts unless the number is 3 modulo 4, after a millisecond either way.
+fn abort_mostly(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(1));
+    if x % 4 != 3 {
+        std::process::abort();
+    }
+    x
+}
+
+/// Three tasks in four crash their worker: the others, queued behind crashing ones on
+/// one worker after another, all run (a worker that dies in a task it had begun does not fail the
+/// one queued behind it).
+fn tasks_queued_behind_many_crashes_run() {
+    // Workers slow to replace (an exec each): a task handed back goes to one still busy.
+    let pool = Pool::builder()
+        .processes(4)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..200u64)
+        .map(|x| pool.submit(abort_mostly, x).unwrap())
+        .collect();
+    let mut unrun = Vec::new();
+    for (x, task) in (0..).zip(tasks) {
+        match (x % 4, get(task)) {
+            (3, Ok(got)) => assert_eq!(got, x),
+            (3, Err(e)) => unrun.push((x, e)),
+            (_, Err(TaskError::WorkerDied(Some(status)))) => {
+                assert_eq!(status.signal(), Some(Signal::ABRT), "{x}: {status}");
+            }
+            (_, other) => panic!("{x}: {other:?}"),
+        }
+    }
+    assert!(unrun.is_empty(), "failed without crashing: {unrun:?}");
+    pool.terminate();
 }
 
 fn map_in_order_with_any_chunking() {
@@ -728,6 +773,34 @@ fn retry_policy_reruns_failed_tasks() {
     assert!(matches!(err, TaskError::WorkerDied(_)), "{err:?}");
     assert_eq!(*runs.lock().unwrap_or_else(OwnerDied::into_inner), 1);
     finish(pool);
+}
+
+/// A timeout shorter than the pool's own longest sleep (100 ms) is kept when the task
+/// is sent to an idle pool, whose thread has nothing else to time: twenty 10 ms timeouts
+/// in turn, each given 60 ms, of which a few may go over on a busy machine (the pool's
+/// thread woke only at the end of its sleep: about half went over).
+fn a_short_task_timeout_is_kept_by_an_idle_pool() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        // The worker (new after each timeout) is ready and the pool idle.
+        assert_eq!(get(pool.submit(square, 3).unwrap()).unwrap(), 9);
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        let slow = pool.submit(sleep_ms, 30_000).unwrap();
+        assert_eq!(get(slow).unwrap_err(), TaskError::TimedOut);
+        took.push(t0.elapsed());
+    }
+    let late = took
+        .iter()
+        .filter(|t| **t > Duration::from_millis(60))
+        .count();
+    assert!(late < 5, "{late} of 20 late: {took:?}");
+    pool.terminate();
 }
 
 fn task_timeout_kills_and_replaces() {

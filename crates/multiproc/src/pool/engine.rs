@@ -611,12 +611,15 @@ impl PoolInner {
             contexts,
             ..
         } = st;
+        // A task sent with a timeout shorter than the engine's longest sleep: the engine
+        // looks at it (it may be asleep, with nothing else to time).
+        let mut timed = false;
         while let Some(&id) = pending.front() {
             let Some(w) = pick_worker(workers) else {
-                return;
+                break;
             };
             let Some(ticket) = free_tickets.pop() else {
-                return;
+                break;
             };
             pending.pop_front();
             let (Some(rec), Some(Some(worker))) = (tasks.get_mut(&id), workers.get_mut(w)) else {
@@ -678,6 +681,12 @@ impl PoolInner {
             };
             match sent {
                 Ok(transit) => {
+                    timed |= rec
+                        .per_task
+                        .as_ref()
+                        .and_then(|p| p.timeout)
+                        .or(self.config.task_timeout)
+                        .is_some_and(|t| t < MAX_SLEEP);
                     rec.transit = transit;
                     rec.worker = Some(w);
                     rec.ticket = Some((ticket, generation));
@@ -711,6 +720,9 @@ impl PoolInner {
                     pending.push_front(id);
                 }
             }
+        }
+        if timed {
+            self.ring();
         }
     }
 
@@ -1770,6 +1782,8 @@ impl PoolInner {
                 let exceeded = w.handle.record().limit_exceeded_by(now);
                 tracing::trace!(pid = w.handle.pid(), ?status, "pool worker ended");
                 let mut unstarted = Vec::new();
+                // Whether its death is charged to a task it had begun.
+                let mut charged = false;
                 for &id in &w.in_flight {
                     let Some(rec) = st.tasks.get_mut(&id) else {
                         continue;
@@ -1799,6 +1813,8 @@ impl PoolInner {
                     match state {
                         TicketState::Queued => unstarted.push(id),
                         _ => {
+                            charged |=
+                                matches!(state, TicketState::Running(_) | TicketState::Finished(_));
                             let error = match w.killed_for {
                                 Some((k, KillReason::TimedOut)) if k == id => TaskError::TimedOut,
                                 Some((k, KillReason::Cancelled)) if k == id => TaskError::Cancelled,
@@ -1825,8 +1841,12 @@ impl PoolInner {
                 // A ready worker that died before beginning the next task it was sent:
                 // that task may be what kills it (a message too large for its memory
                 // cap, say). Sent to as many workers as a pool may fail to start, it
-                // fails, rather than go from one dying worker to the next for ever.
+                // fails, rather than go from one dying worker to the next for ever. Not
+                // when the worker died in a task it had begun (that task fails for it):
+                // a worker reads its next task only once it has sent the last outcome,
+                // and a task queued behind crashing ones would fail unrun.
                 if w.ready
+                    && !charged
                     && blameless
                     && let Some(&next) = unstarted.first()
                     && let Some(rec) = st.tasks.get_mut(&next)
@@ -1949,7 +1969,12 @@ impl PoolInner {
                     continue;
                 };
                 let limit = timeout.as_nanos().min(u64::MAX as u128) as u64;
-                let TicketState::Running(started) = self.tickets.state(ticket, generation) else {
+                let state = self.tickets.state(ticket, generation);
+                let TicketState::Running(started) = state else {
+                    if state == TicketState::Queued && timeout < MAX_SLEEP {
+                        // Not begun: it cannot run out sooner than this.
+                        next = next.min(now + timeout);
+                    }
                     continue;
                 };
                 if started == 0 {
