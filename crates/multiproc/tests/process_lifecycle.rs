@@ -40,6 +40,14 @@ fn main() {
                 exec_child_never_sees_user_argv,
             ),
             trial("default_names_in_start_order", default_names_in_start_order),
+            trial(
+                "a_forked_childs_value_that_panics_as_sent_is_its_panic",
+                a_forked_childs_value_that_panics_as_sent_is_its_panic,
+            ),
+            trial(
+                "output_unflushed_before_init_comes_out_once",
+                output_unflushed_before_init_comes_out_once,
+            ),
             trial("current_and_parent_process", current_and_parent_process),
             trial("spawn_from_inside_a_child", spawn_from_inside_a_child),
             trial("nesting_depth_is_capped", nesting_depth_is_capped),
@@ -115,6 +123,8 @@ fn main() {
 fn helpers(mode: &str) {
     match mode {
         "names" => helper_names(),
+        "spawn_three" => helper_spawn_three(),
+        "forked_value_panics" => helper_forked_value_panics(),
         "exit_joins" => helper_exit_joins(false),
         "exit_call_joins" => helper_exit_joins(true),
         "daemon_at_exit" => helper_daemon_at_exit(),
@@ -290,6 +300,92 @@ fn helper_names() {
         .unwrap();
     println!("names {}", names.join(","));
     println!("nested {child},{grandchild}");
+}
+
+/// A value whose `Serialize` panics.
+#[derive(Debug)]
+struct PanicsWhenSent;
+
+impl Serialize for PanicsWhenSent {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this value cannot be sent")
+    }
+}
+
+impl<'de> Deserialize<'de> for PanicsWhenSent {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(PanicsWhenSent)
+    }
+}
+
+/// Says so if it is dropped in a process other than the one that made it.
+struct Witness(u32);
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        if std::process::id() != self.0 {
+            println!("dropped in {}", std::process::id());
+        }
+    }
+}
+
+/// A forked child whose return value panics as it is sent: how its join ends.
+fn helper_forked_value_panics() {
+    let _witness = Witness(std::process::id());
+    // SAFETY: this helper has one thread; the child only returns a value.
+    let joined = unsafe { Builder::new().spawn_fork(|| PanicsWhenSent) }
+        .unwrap()
+        .join_timeout(T);
+    match joined {
+        Err(ProcessError::Panicked(p)) => println!("joined panicked: {}", p.message()),
+        other => println!("joined otherwise: {other:?}"),
+    }
+}
+
+/// A forked child whose return value's `Serialize` panics has panicked, as its join
+/// says; the panic does not unwind out of `spawn_fork` into the caller's frames in the
+/// child (which ran its parent's code there: its locals' destructors, its `main`).
+fn a_forked_childs_value_that_panics_as_sent_is_its_panic() {
+    let mut h = Helper::start("forked_value_panics");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+    let out = h.rest(T);
+    assert_eq!(
+        out,
+        ["joined panicked: this value cannot be sent"],
+        "{}",
+        h.stderr_now()
+    );
+}
+
+/// Three children, of the fork server, by exec and forked, each joined.
+fn helper_spawn_three() {
+    let server = multiproc::spawn(square, 2).unwrap();
+    let exec = Builder::new()
+        .start_method(StartMethod::Spawn)
+        .spawn(square, 3)
+        .unwrap();
+    // SAFETY: this helper has one thread; the child only computes.
+    let forked = unsafe { Builder::new().spawn_fork(|| square(4)) }.unwrap();
+    let got: Vec<u64> = [server, exec, forked]
+        .into_iter()
+        .map(|mut c| c.join_timeout(T).unwrap())
+        .collect();
+    assert_eq!(got, [4, 9, 16]);
+}
+
+/// What the program wrote before `init()` and left unflushed (Rust's stdout and C's
+/// stdio, both held back when writing to a pipe) comes out once: not once more from
+/// each child, which inherits the buffers (through the fork server, forked at `init`).
+fn output_unflushed_before_init_comes_out_once() {
+    let mut h = Helper::start_with(
+        "spawn_three",
+        std::env::current_exe().unwrap(),
+        &[(common::PRINT_BEFORE_INIT_ENV, "early")],
+    );
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+    let out = h.rest(T).join("\n");
+    assert_eq!(out.matches("rust:early").count(), 1, "{out}");
+    assert_eq!(out.matches("c:early").count(), 1, "{out}");
 }
 
 fn default_names_in_start_order() {

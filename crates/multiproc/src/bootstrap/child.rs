@@ -240,18 +240,21 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
     let mut conn = Conn::new(channel, messages::MAX_CALL);
     install_panic_hook();
     sys::set_name(&super::me().name);
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    // The value's `Serialize` and `Drop` are the caller's code too: a panic in them
+    // unwinding out of here would run the parent's frames (its `main`'s) in the child.
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        let value = f();
+        codec::encode(&value)
+    }));
     let code = match result {
-        Ok(value) => match codec::encode(&value) {
-            Ok(value) => {
-                send_returned(&mut conn, &value);
-                0
-            }
-            Err(e) => {
-                let _ = conn.send(messages::UNENCODABLE, &[e.message().as_bytes()], &[]);
-                1
-            }
-        },
+        Ok(Ok(value)) => {
+            send_returned(&mut conn, &value);
+            0
+        }
+        Ok(Err(e)) => {
+            let _ = conn.send(messages::UNENCODABLE, &[e.message().as_bytes()], &[]);
+            1
+        }
         Err(payload) => {
             report_panic(&mut conn, &*payload);
             PANIC_EXIT

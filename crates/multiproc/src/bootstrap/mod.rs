@@ -194,7 +194,9 @@ pub(crate) fn me_lock() -> MutexGuard<'static, Option<Arc<Me>>> {
 /// If the process has a single thread at this point, `init` also forks the fork server
 /// that starts children for [`StartMethod::ForkServer`](crate::StartMethod) and
 /// [`StartMethod::Spawn`](crate::StartMethod): its memory is then the program as it was
-/// when `init` ran, which is why `init` belongs early in `main`. Otherwise the server is
+/// when `init` ran, which is why `init` belongs early in `main` (output written before it
+/// and not yet flushed, Rust's stdout and C's stdio, is flushed first, so that children
+/// do not write it again). Otherwise the server is
 /// started later by executing this program again. Calling `init` again returns a guard
 /// that does nothing.
 ///

@@ -12,7 +12,7 @@ mod status;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -480,7 +480,11 @@ impl Builder {
 
     /// Starts a child by forking this process directly, running `f` in the copy
     /// (Python's `fork` start method). The child sees a copy of the parent's memory,
-    /// so `f` may capture anything; only its return value travels back.
+    /// so `f` may capture anything; only its return value travels back. A panic in
+    /// `f`, or in its value's `Serialize` or `Drop`, is the child's
+    /// [`Panicked`](crate::ProcessError::Panicked): it never unwinds into the caller's
+    /// frames in the child. Output this process left unflushed (its stdout, C's stdio)
+    /// is written out before the fork, not twice.
     ///
     /// As with any fork, the child also holds copies of the parent's open descriptors,
     /// multiproc's included, until it exits: the ends of the parent's pipes and queues,
@@ -540,7 +544,7 @@ impl Builder {
         let parent_pid = sys::getpid();
         let forking_thread_is_main = sys::is_main_thread();
         // Unflushed output would be written twice, once by each process.
-        let _ = std::io::stdout().flush();
+        sys::flush_stdio();
 
         // Hold multiproc's own locks across the fork so that none is held mid-update by
         // another thread: the child gets consistent copies and releases them itself.

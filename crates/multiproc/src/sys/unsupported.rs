@@ -335,6 +335,10 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
     use std::io::Write;
     let _ = std::io::stderr().write_all(bytes);
 }
+pub(crate) fn flush_stdio() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
 pub(crate) fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }

@@ -20,6 +20,22 @@ pub const HELPER_ENV: &str = "MULTIPROC_TEST_HELPER";
 /// `init()` and `post PID` after it: a process multiproc started must add nothing.
 pub const MAIN_MARKER_ENV: &str = "MULTIPROC_TEST_MAIN_MARKER";
 
+/// With this set, `main` writes its value before `init()`, unflushed, through Rust's
+/// stdout (`rust:VALUE `) and C's (`c:VALUE `): it must come out once, however many
+/// children the program starts.
+pub const PRINT_BEFORE_INIT_ENV: &str = "MULTIPROC_TEST_PRINT_BEFORE_INIT";
+
+/// Writes `text` as [`PRINT_BEFORE_INIT_ENV`] says, without flushing either stream.
+#[allow(unsafe_code)]
+fn print_unflushed(text: &str) {
+    print!("rust:{text} ");
+    let c = std::ffi::CString::new(format!("c:{text} ")).expect("no NUL in the text");
+    // SAFETY: a format of one `%s`, given a NUL-terminated string that outlives the call.
+    unsafe {
+        libc::printf(c"%s".as_ptr(), c.as_ptr());
+    }
+}
+
 /// Appends `what PID` to the main marker file, if one is set.
 pub fn mark_main(what: &str) {
     if let Some(path) = std::env::var_os(MAIN_MARKER_ENV) {
@@ -55,6 +71,9 @@ pub fn main_checked(
     before: fn() -> AfterCheck,
 ) {
     mark_main("pre");
+    if let Ok(text) = std::env::var(PRINT_BEFORE_INIT_ENV) {
+        print_unflushed(&text);
+    }
     let _guard = multiproc::init_with(setup);
     mark_main("post");
     if let Ok(mode) = std::env::var(HELPER_ENV) {

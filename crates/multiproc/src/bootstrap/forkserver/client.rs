@@ -37,6 +37,10 @@ impl ForkServer {
     pub(crate) fn fork_now(death: OwnedFd) -> io::Result<Option<Self>> {
         let (ours, theirs) = sys::stream_pair()?;
         let cwd = sys::cwd_id().ok();
+        // Output the program left unflushed before `init` would be written again by
+        // the server's every child (each inherits the buffers and flushes them at its
+        // end).
+        sys::flush_stdio();
         match sys::fork_if_single_threaded()? {
             None => Ok(None),
             Some(sys::Forked::Child) => {

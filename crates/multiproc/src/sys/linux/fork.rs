@@ -130,6 +130,17 @@ pub(crate) fn exec_self<'a>(
     io::Error::last_os_error()
 }
 
+/// Writes out what this process's stdout (Rust's) and C stdio buffers hold, before a
+/// fork: what a child inherits unwritten, it would write again.
+pub(crate) fn flush_stdio() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: `fflush(NULL)` flushes every C output stream.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+    }
+}
+
 /// Flushes C stdio and exits without running atexit handlers (which belong to the
 /// process this one was forked from).
 pub(crate) fn exit_now(code: i32) -> ! {

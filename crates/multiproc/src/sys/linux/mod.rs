@@ -24,7 +24,8 @@ pub(crate) use fd::{
     wait_writable, write_all,
 };
 pub(crate) use fork::{
-    exec_self, exit_now, fork_if_single_threaded, fork_unchecked, pin_here, spawn_self, unpin,
+    exec_self, exit_now, flush_stdio, fork_if_single_threaded, fork_unchecked, pin_here,
+    spawn_self, unpin,
 };
 pub(crate) use futex::{
     Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
