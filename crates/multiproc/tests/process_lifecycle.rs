@@ -45,6 +45,10 @@ fn main() {
                 a_forked_childs_value_that_panics_as_sent_is_its_panic,
             ),
             trial(
+                "a_reused_group_number_is_not_signalled_at_exit",
+                a_reused_group_number_is_not_signalled_at_exit,
+            ),
+            trial(
                 "output_unflushed_before_init_comes_out_once",
                 output_unflushed_before_init_comes_out_once,
             ),
@@ -124,6 +128,7 @@ fn helpers(mode: &str) {
     match mode {
         "names" => helper_names(),
         "spawn_three" => helper_spawn_three(),
+        "reused_group_at_exit" => helper_reused_group_at_exit(),
         "forked_value_panics" => helper_forked_value_panics(),
         "exit_joins" => helper_exit_joins(false),
         "exit_call_joins" => helper_exit_joins(true),
@@ -531,6 +536,78 @@ fn sleep_long(_: ()) {
 fn helper_daemon_at_exit() {
     let child = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
     println!("child {}", child.pid());
+}
+
+/// Runs as the first process of a pid namespace of its own (`unshare -pf`), where it
+/// may say which number the next process gets: a daemon that led its group ends (and is
+/// reaped), its handle kept; its number goes to a shell that leads a group of its own
+/// and notes a SIGTERM in `MP_TEST_DIR/term`; then this process exits.
+fn helper_reused_group_at_exit() {
+    use std::os::unix::process::CommandExt;
+    let dir = std::path::PathBuf::from(std::env::var("MP_TEST_DIR").unwrap());
+    let daemon = Builder::new()
+        .daemon(true)
+        .process_group(true)
+        .spawn(square, 2)
+        .unwrap();
+    let pid = daemon.pid();
+    let gone = format!("/proc/{pid}");
+    assert!(common::eventually(T, || !std::path::Path::new(&gone).exists()));
+    let (ready, term) = (dir.join("ready"), dir.join("term"));
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; echo > {}; while :; do sleep 0.05; done",
+        term.display(),
+        ready.display()
+    );
+    let mut other = None;
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        if shell.id() == pid {
+            other = Some(shell);
+            break;
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+    }
+    assert!(other.is_some(), "the daemon's number went elsewhere");
+    assert!(common::eventually(T, || ready.exists()));
+    println!("reused {pid}");
+    // The shell is left running; the namespace's processes end with this one, after
+    // its exit work (with a SIGKILL, which the shell does not note).
+    drop(daemon);
+}
+
+/// At exit, the group of a daemon that led one is signalled only while it is still
+/// the daemon's: once the daemon ended and its group emptied, its number may be
+/// another group's, which was sent SIGTERM (and SIGKILL a second later).
+fn a_reused_group_number_is_not_signalled_at_exit() {
+    let dir = common::tempdir("reused-group");
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(std::env::current_exe().unwrap());
+    let mut h = Helper::start_command(
+        "reused_group_at_exit",
+        command,
+        &[("MP_TEST_DIR", dir.to_str().unwrap())],
+    );
+    h.expect("reused ", T);
+    let status = h.wait(T);
+    assert!(
+        status.success(),
+        "{status:?} (needs util-linux's unshare and root for a pid namespace): {}",
+        h.stderr_now()
+    );
+    assert!(
+        !dir.join("term").exists(),
+        "another process's group, numbered as the ended daemon was, was signalled at exit"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn daemon_terminated_at_exit() {

@@ -130,10 +130,11 @@ fn exit_function() {
     // A daemon that leads a process group takes what it started in the group along
     // (members that outlived a leader that ended too). Its group's id is its pid,
     // which no other process gets while the daemon or a member of its group lives:
-    // only groups seen alive are signalled, and one seen gone is not signalled again.
+    // only groups seen alive and still the daemon's are signalled, and one seen gone is
+    // not signalled again.
     let mut groups: Vec<u32> = daemons
         .iter()
-        .filter(|c| c.leads_group() && sys::group_alive(c.pid()))
+        .filter(|c| c.leads_group() && group_is_its(c))
         .map(|c| c.pid())
         .collect();
     for child in &daemons {
@@ -179,6 +180,16 @@ fn exit_function() {
     for &g in &groups {
         let _ = sys::signal_group(g, sys::SIGKILL);
     }
+}
+
+/// Whether the process group numbered after `child` is alive and still the one it led:
+/// the child runs, or has ended and no process has its number. One that has it is
+/// another process, which leads the group of that number: the daemon's group emptied
+/// once, and its number was given again (to a shell's job, a service, a later child),
+/// whose group would be signalled at this process's exit.
+fn group_is_its(child: &ChildRecord) -> bool {
+    let pid = child.pid();
+    sys::group_alive(pid) && (child.is_alive() || !sys::process_exists(pid))
 }
 
 #[cfg(test)]

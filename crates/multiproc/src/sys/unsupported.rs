@@ -277,6 +277,9 @@ pub(crate) fn reap_adopted(_: u32) {}
 pub(crate) fn group_exists(_: u32) -> bool {
     false
 }
+pub(crate) fn process_exists(_: u32) -> bool {
+    false
+}
 pub(crate) fn group_alive(_: u32) -> bool {
     false
 }

@@ -268,6 +268,12 @@ pub(crate) fn group_exists(pgid: u32) -> bool {
     })
 }
 
+/// Whether a process, a zombie included, has the number `pid`.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    Pid::from_raw(pid as i32)
+        .is_some_and(|p| !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)))
+}
+
 /// Whether process group `pgid` has a member that has not exited. Zombies (exited, not
 /// yet reaped by whoever their parent is now) do not count; when `/proc` cannot be read,
 /// an existing group counts as alive.
