@@ -58,6 +58,10 @@ fn main() {
                 tasks_queued_behind_many_crashes_run,
             ),
             trial(
+                "a_worker_stopped_holding_the_results_lock_is_killed",
+                a_worker_stopped_holding_the_results_lock_is_killed,
+            ),
+            trial(
                 "a_stopped_or_starting_worker_holds_no_tasks",
                 a_stopped_or_starting_worker_holds_no_tasks,
             ),
@@ -187,6 +191,7 @@ fn helpers(mode: &str) {
         "leaks" => helper_leaks(),
         "aborting_tasks" => helper_aborting_tasks(),
         "stopped_server" => helper_stopped_server(),
+        "stopped_holder" => helper_stopped_holder(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -1110,6 +1115,51 @@ fn a_new_workers_ready_report_is_not_lost() {
     );
     assert_eq!(h.expect("ends ", T), "died,died,died,died,died,died");
     assert!(h.wait(T).success());
+}
+
+/// A worker stopped (`SIGSTOP`) while it holds the results channel's producers' lock
+/// (a debug-build hook stops the first worker to send an outcome there): the other
+/// worker's outcomes waited for that lock, and the pool for a `SIGCONT`, for ever. The
+/// pool kills the stopped holder after a second: its task fails `WorkerDied(SIGKILL)`,
+/// every other task finishes, and no worker is left.
+fn a_worker_stopped_holding_the_results_lock_is_killed() {
+    if !cfg!(debug_assertions) {
+        panic!("this test needs debug assertions (the worker's stop-holding hook)");
+    }
+    let dir = common::tempdir("stopped-holder");
+    let mark = dir.join("stopped");
+    let mut h = Helper::start_with(
+        "stopped_holder",
+        std::env::current_exe().unwrap(),
+        &[(
+            "MULTIPROC_TEST_STOP_HOLDING_RESULTS",
+            mark.to_str().unwrap(),
+        )],
+    );
+    let ends = h.expect("ends ", Duration::from_secs(20));
+    assert!(mark.exists(), "no worker stopped holding the lock");
+    let died: Vec<_> = ends.split(',').filter(|e| *e != "ok").collect();
+    assert_eq!(died, ["died(SIGKILL)"], "{ends}");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn helper_stopped_holder() {
+    let pool = Pool::new(2).unwrap();
+    let tasks: Vec<_> = (0..20).map(|i| pool.submit(square, i).unwrap()).collect();
+    let ends: Vec<String> = tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut t)| match t.wait_timeout(Duration::from_secs(10)) {
+            Ok(v) if v == (i * i) as u64 => "ok".to_string(),
+            Err(TaskError::WorkerDied(Some(s))) if s.signal() == Some(Signal::KILL) => {
+                "died(SIGKILL)".to_string()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    println!("ends {}", ends.join(","));
+    finish(pool);
 }
 
 fn parent_sigkilled_takes_workers_along() {

@@ -145,7 +145,26 @@ struct State {
     /// First reports of workers not yet in the table, by pid, and when they were
     /// routed (see [`Early`]).
     early: Vec<(u64, Early, Instant)>,
+    /// The results channel's producers' lock as last seen held (see
+    /// [`PoolInner::watch_results_lock`]).
+    results_held: Option<HeldLook>,
 }
+
+/// The results channel's producers' lock, seen held by the same thread at each look
+/// since `since`; seen stopped holding it since `stopped`.
+#[derive(Clone, Copy)]
+struct HeldLook {
+    holder: u64,
+    since: Instant,
+    stopped: Option<Instant>,
+}
+
+/// How long the results channel's producers' lock may stay with one thread before the
+/// engine looks at whether that thread is stopped (a look reads `/proc`).
+const HELD_LOOK: Duration = Duration::from_millis(10);
+/// How long a worker may stay stopped (`SIGSTOP`) holding the results channel's
+/// producers' lock before it is killed: every other worker's outcome waits for it.
+const STOPPED_HOLDER_GRACE: Duration = Duration::from_secs(1);
 
 /// A new worker's first report, routed before the worker was put in the table (a thread
 /// routing outcomes while it waits can take it as the worker starts): kept until the
@@ -182,6 +201,7 @@ impl State {
             next_context: 1,
             open_maps: 0,
             early: Vec::new(),
+            results_held: None,
         }
     }
 }
@@ -268,6 +288,8 @@ enum KillReason {
     TimedOut,
     Cancelled,
     Terminated,
+    /// It stayed stopped holding the results channel's producers' lock.
+    StoppedHolding,
 }
 
 /// What one submission asks beyond the pool's settings (`submit_with`).
@@ -1996,8 +2018,73 @@ impl PoolInner {
                 }
             }
         }
+        if let Some(at) = self.watch_results_lock(&mut st, now) {
+            next = next.min(at);
+        }
         self.release(st);
         next
+    }
+
+    /// Kills a worker that stays stopped (`SIGSTOP`, a frozen job) while it holds the
+    /// results channel's producers' lock, after [`STOPPED_HOLDER_GRACE`]: every other
+    /// worker's outcome waits for that lock, and their tasks, finished, are no longer
+    /// timed, so the pool would wait for a `SIGCONT`. The next sender takes the lock
+    /// over from the dead; the killed worker's task fails with `WorkerDied` (or is
+    /// retried), its outcome lost. One stopped by a debugger (a tracer) is left alone.
+    /// Returns when to look again.
+    fn watch_results_lock(&self, st: &mut State, now: Instant) -> Option<Instant> {
+        let Some(holder) = self.results_tx.producers_lock_holder() else {
+            st.results_held = None;
+            return None;
+        };
+        let look = match st.results_held {
+            Some(look) if look.holder == holder => look,
+            _ => {
+                st.results_held = Some(HeldLook {
+                    holder,
+                    since: now,
+                    stopped: None,
+                });
+                return Some(now + HELD_LOOK);
+            }
+        };
+        if look.stopped.is_none() && now < look.since + HELD_LOOK {
+            return Some(look.since + HELD_LOOK);
+        }
+        if !sys::identity_stopped_by_signal(holder) {
+            st.results_held = Some(HeldLook {
+                holder,
+                since: now,
+                stopped: None,
+            });
+            return Some(now + HELD_LOOK);
+        }
+        let stopped = look.stopped.unwrap_or(now);
+        st.results_held = Some(HeldLook {
+            stopped: Some(stopped),
+            ..look
+        });
+        if now < stopped + STOPPED_HOLDER_GRACE {
+            return Some(stopped + STOPPED_HOLDER_GRACE);
+        }
+        let worker = st
+            .workers
+            .iter_mut()
+            .flatten()
+            .find(|w| sys::identity_in_process(holder, w.handle.pid()))?;
+        if worker.killed_for.is_some() {
+            return None;
+        }
+        tracing::warn!(
+            pid = worker.handle.pid(),
+            "a pool worker stopped for {STOPPED_HOLDER_GRACE:?} holding the lock the workers \
+             need to send outcomes was killed"
+        );
+        let front = worker.in_flight.front().copied().unwrap_or(0);
+        worker.killed_for = Some((front, KillReason::StoppedHolding));
+        let _ = worker.handle.kill();
+        st.results_held = None;
+        None
     }
 
     /// Starts workers for empty slots. False if one failed to start.

@@ -281,6 +281,19 @@ fn next_item() {
     });
 }
 
+/// Debug builds only, for a test: the one worker that creates the file named in
+/// `MULTIPROC_TEST_STOP_HOLDING_RESULTS` stops itself (`SIGSTOP`) holding the results
+/// channel's producers' lock, as it sends its first outcome.
+#[cfg(debug_assertions)]
+fn stop_holding_results_if_first() {
+    let Some(mark) = std::env::var_os("MULTIPROC_TEST_STOP_HOLDING_RESULTS") else {
+        return;
+    };
+    if std::fs::File::create_new(mark).is_ok() {
+        crate::ipc::channel::STOP_HOLDING_TAIL.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A worker process's function: serves jobs until every job sender is gone.
 pub(crate) fn worker_main(args: WorkerArgs) {
     let WorkerArgs {
@@ -359,6 +372,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     }
     let (h, out) = report(kind::READY, "");
     send(h, out);
+    #[cfg(debug_assertions)]
+    stop_holding_results_if_first();
     let mut contexts: FxHashMap<u64, ContextSlot> = FxHashMap::default();
     loop {
         let mut serve = |bytes: &[u8], fds: Vec<OwnedFd>| {

@@ -240,6 +240,12 @@ impl LockWords {
         self.state.load(SeqCst) != 0
     }
 
+    /// The identity of the thread that holds the lock (it may have died holding it),
+    /// if one does.
+    pub(crate) fn holder(&self) -> Option<u64> {
+        Some(self.state.load(SeqCst)).filter(|&h| h != 0)
+    }
+
     /// Whether the calling thread holds the lock.
     pub(crate) fn held_by_me(&self) -> bool {
         self.state.load(SeqCst) == sys::thread_identity()

@@ -528,6 +528,14 @@ pub(crate) fn thread_identity() -> u64 {
 pub(crate) fn identity_stopped(_: u64) -> bool {
     false
 }
+pub(crate) fn identity_stopped_by_signal(_: u64) -> bool {
+    false
+}
+pub(crate) fn identity_in_process(_: u64, _: u32) -> bool {
+    false
+}
+#[cfg(debug_assertions)]
+pub(crate) fn stop_self() {}
 pub(crate) fn identity_alive(_: u64) -> bool {
     true
 }

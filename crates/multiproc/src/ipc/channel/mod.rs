@@ -2,6 +2,8 @@
 
 mod overflow;
 mod ring;
+#[cfg(debug_assertions)]
+pub(crate) use ring::STOP_HOLDING_TAIL;
 mod side;
 
 use std::fmt;
@@ -708,6 +710,12 @@ impl RawSender {
         }
         let sends = core.sends.fetch_add(1, Relaxed).wrapping_add(1);
         sends.is_multiple_of(1024) && Core::all_gone(&core.receivers)
+    }
+
+    /// The thread that holds the producers' lock (its identity), if one does: while it
+    /// does, every other send waits for it.
+    pub(crate) fn producers_lock_holder(&self) -> Option<u64> {
+        self.core.header().tail_lock.0.holder()
     }
 
     /// Messages waiting.

@@ -104,9 +104,20 @@ impl<'a> Tail<'a> {
     /// Takes the producers' lock, as `wait` says (see [`LockWait`]).
     pub(crate) fn lock(chan: &'a ChannelHeader, wait: LockWait) -> Option<Self> {
         let took_over = wait.take(&chan.tail_lock.0)?;
+        #[cfg(debug_assertions)]
+        if STOP_HOLDING_TAIL.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            crate::sys::stop_self();
+        }
         Some(Tail { chan, took_over })
     }
 }
+
+/// Debug builds only, for a test: the next producers' lock this process takes, it
+/// takes and then stops itself (`SIGSTOP`), as an operator's `kill -STOP` could catch
+/// it (see the pool worker's `MULTIPROC_TEST_STOP_HOLDING_RESULTS`).
+#[cfg(debug_assertions)]
+pub(crate) static STOP_HOLDING_TAIL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 #[cfg(test)]
 thread_local! {

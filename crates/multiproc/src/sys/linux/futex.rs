@@ -194,6 +194,33 @@ pub(crate) fn identity_stopped(identity: u64) -> bool {
     )
 }
 
+/// Whether the thread an identity names is stopped by a signal (`SIGSTOP`, `SIGTSTP`;
+/// state `T`), not by a tracer (`t`: a debugger that stopped it at a breakpoint).
+pub(crate) fn identity_stopped_by_signal(identity: u64) -> bool {
+    matches!(
+        stat_of(identity as u32),
+        Some(Stat { state: 'T', start, .. }) if same_start(identity, start)
+    )
+}
+
+/// Whether the thread an identity names is a thread of process `pid`.
+pub(crate) fn identity_in_process(identity: u64, pid: u32) -> bool {
+    let tid = identity as u32;
+    tid == pid
+        || rustix::fs::access(
+            format!("/proc/{pid}/task/{tid}"),
+            rustix::fs::Access::EXISTS,
+        )
+        .is_ok()
+}
+
+/// Stops the calling process (`SIGSTOP`), as an operator's `kill -STOP` would (for a
+/// debug-build test hook).
+#[cfg(debug_assertions)]
+pub(crate) fn stop_self() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+}
+
 /// Whether the thread an identity names is still alive. `false` is definite (the thread
 /// ended; its id may since belong to another); `true` means it, or a thread with its id
 /// and start time, exists.

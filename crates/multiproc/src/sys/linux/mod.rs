@@ -27,9 +27,11 @@ pub(crate) use fork::{
     exec_self, exit_now, flush_stdio, fork_if_single_threaded, fork_unchecked, pin_here,
     spawn_self, unpin,
 };
+#[cfg(debug_assertions)]
+pub(crate) use futex::stop_self;
 pub(crate) use futex::{
-    Watched, futex_wait, futex_wake, identity_alive, identity_stopped, monotonic_ns, process_id,
-    readable_any, thread_identity,
+    Watched, futex_wait, futex_wake, identity_alive, identity_in_process, identity_stopped,
+    identity_stopped_by_signal, monotonic_ns, process_id, readable_any, thread_identity,
 };
 // For the job store's owners (feature `sqlite`).
 #[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
