@@ -45,6 +45,10 @@ fn main() {
                 a_forked_childs_value_that_panics_as_sent_is_its_panic,
             ),
             trial(
+                "a_spawn_under_way_at_exit_is_joined",
+                a_spawn_under_way_at_exit_is_joined,
+            ),
+            trial(
                 "a_reused_group_number_is_not_signalled_at_exit",
                 a_reused_group_number_is_not_signalled_at_exit,
             ),
@@ -132,6 +136,7 @@ fn helpers(mode: &str) {
         "forked_value_panics" => helper_forked_value_panics(),
         "exit_joins" => helper_exit_joins(false),
         "exit_call_joins" => helper_exit_joins(true),
+        "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
         "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
         "leaks" => helper_leaks(),
@@ -527,6 +532,76 @@ fn non_daemon_joined_at_normal_exit() {
 
 fn non_daemon_joined_at_process_exit_call() {
     exit_joins("exit_call_joins");
+}
+
+/// Notes in `dir/PID` that it started, then, `ms` later, that it ended.
+fn note_start_and_end((dir, ms): (String, u64)) {
+    let note = format!("{dir}/{}", std::process::id());
+    std::fs::write(&note, "started").unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(&note, "ended").unwrap();
+}
+
+/// A thread starts children one after another (dropping their handles), each working
+/// 20 ms longer than the one before, while the main thread exits the program
+/// (`std::process::exit`: the exit work runs once, at `atexit`): a child left unjoined
+/// ends 20 ms after the last one the exit joined.
+fn helper_spawning_at_exit() {
+    let dir = std::env::var("MARKER").unwrap();
+    std::thread::spawn(move || {
+        for k in 1..=200 {
+            if multiproc::spawn(note_start_and_end, (dir.clone(), k * 20)).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    std::process::exit(0);
+}
+
+/// What the children of `spawning_at_exit` noted, by pid.
+fn notes(dir: &std::path::Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let note = std::fs::read_to_string(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), note)
+        })
+        .collect()
+}
+
+/// A spawn under way as another thread exits the program: its child is joined at the
+/// exit like the others. The spawn had looked at whether the exit had begun, and
+/// registered its child after the exit had taken the children, so the child ran on,
+/// unjoined, after its parent had exited (in most rounds, with a thread that does
+/// nothing but spawn; where `main` returns, the exit work runs twice, from `init`'s
+/// guard and at `atexit`, and the second joined it).
+fn a_spawn_under_way_at_exit_is_joined() {
+    for round in 0..8 {
+        let dir = common::tempdir("spawning-at-exit");
+        let mut h = Helper::start_with(
+            "spawning_at_exit",
+            std::env::current_exe().unwrap(),
+            &[("MARKER", dir.to_str().unwrap())],
+        );
+        let status = h.wait(T);
+        assert!(status.success(), "{status:?}: {}", h.stderr_now());
+        let at_exit = notes(&dir);
+        assert!(!at_exit.is_empty(), "round {round}: no child ran");
+        // A child left running writes after its parent has gone.
+        std::thread::sleep(Duration::from_millis(300));
+        let later = notes(&dir);
+        assert_eq!(
+            at_exit, later,
+            "round {round}: children ran on after their parent exited"
+        );
+        assert!(
+            later.values().all(|n| n == "ended"),
+            "round {round}: {later:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 fn sleep_long(_: ()) {

@@ -357,7 +357,7 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let me = self.check()?;
+        let (me, _starting) = self.check()?;
         // A daemon's children are daemons (see `daemon`).
         self.daemon |= me.daemon;
         let limits = self.limits.plan(false)?;
@@ -519,7 +519,7 @@ impl Builder {
         F: FnOnce() -> R,
         R: Serialize + DeserializeOwned,
     {
-        let me = self.check()?;
+        let (me, _starting) = self.check()?;
         // A daemon's children are daemons (see `daemon`).
         self.daemon |= me.daemon;
         if let Some(dir) = &self.cwd {
@@ -577,6 +577,7 @@ impl Builder {
                     }
                 }
                 drop(children);
+                registry::forget_starting();
                 let watchdog = if self.daemon {
                     sys::dup(death.as_fd()).ok()
                 } else {
@@ -649,7 +650,9 @@ impl Builder {
         }
     }
 
-    fn check(&self) -> Result<Arc<Me>, SpawnError> {
+    /// Whether this builder may start a child now: this process's identity, and the
+    /// count of the spawn under way, to keep until the child is registered.
+    fn check(&self) -> Result<(Arc<Me>, registry::Starting), SpawnError> {
         if !sys::SUPPORTED {
             return Err(SpawnError::Unsupported(
                 "starting processes needs Linux (pidfds, PR_SET_PDEATHSIG, /proc)",
@@ -658,9 +661,7 @@ impl Builder {
         if !bootstrap::initialized() {
             return Err(SpawnError::NotInitialized);
         }
-        if bootstrap::exiting() {
-            return Err(SpawnError::Exiting);
-        }
+        let starting = registry::starting().ok_or(SpawnError::Exiting)?;
         let me = bootstrap::me();
         if me.depth >= MAX_DEPTH {
             return Err(SpawnError::TooDeep { limit: MAX_DEPTH });
@@ -683,7 +684,7 @@ impl Builder {
                 )));
             }
         }
-        Ok(me)
+        Ok((me, starting))
     }
 
     /// The child's complete environment, encoded as a fork request carries it.

@@ -15,6 +15,14 @@ use crate::sys;
 const DAEMON_GRACE: Duration = Duration::from_secs(1);
 
 static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
+/// Spawns under way: counted from before their look at whether the exit work has begun
+/// until their child is registered (or they failed). The exit work waits for them
+/// before it takes the children: a spawn that had looked just before would register
+/// its child after, never joined (nor terminated, were it a daemon).
+static STARTING: AtomicUsize = AtomicUsize::new(0);
+/// The longest the exit work waits for the spawns under way (one waits for the fork
+/// server, which answers within its own timeouts).
+const STARTING_WAIT: Duration = Duration::from_secs(5);
 /// Records whose handle was dropped unjoined: pruned once they end and nothing else
 /// holds them.
 static DETACHED: AtomicUsize = AtomicUsize::new(0);
@@ -88,6 +96,30 @@ pub(crate) fn release(kept: Box<dyn Send + Sync>) {
     drop(kept);
 }
 
+/// A spawn under way, counted in [`STARTING`] until it goes.
+pub(crate) struct Starting(());
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let _ = STARTING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+}
+
+/// Counts a spawn under way until the guard goes, which the spawn keeps until its child
+/// is registered; `None` once the exit work has begun (no process is started then).
+pub(crate) fn starting() -> Option<Starting> {
+    // Counted first, then the look: the exit work notes that it has begun, then waits
+    // for the count, so either this spawn sees it or the exit waits for this spawn.
+    STARTING.fetch_add(1, Ordering::SeqCst);
+    let starting = Starting(());
+    (!bootstrap::exiting()).then_some(starting)
+}
+
+/// In a child just forked: the spawns its parent had under way are not its own.
+pub(crate) fn forget_starting() {
+    STARTING.store(0, Ordering::SeqCst);
+}
+
 /// Registers a new child; first forgets detached children that have ended, so a program
 /// that starts children and never joins them does not accumulate records.
 pub(crate) fn add(children: &mut Locked, record: Arc<ChildRecord>) {
@@ -125,6 +157,14 @@ pub(crate) fn active() -> Vec<Arc<ChildRecord>> {
 /// (however long they take, as Python does), and gives daemons a moment to exit before
 /// killing them. Doing it again does nothing.
 fn exit_function() {
+    let deadline = Instant::now() + STARTING_WAIT;
+    while STARTING.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!("a spawn under way at exit did not finish: its child is not joined");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let children = std::mem::take(&mut *lock());
     let (daemons, others): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.is_daemon());
     // A daemon that leads a process group takes what it started in the group along
