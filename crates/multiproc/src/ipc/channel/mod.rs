@@ -1003,19 +1003,10 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
             record.consume();
             Ok(Step::Taken(Taken::Inline(buf)))
         }
-        LINK => {
-            let word = |at: usize| {
-                record
-                    .payload()
-                    .get(at..at + 8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_le_bytes)
-            };
-            match (word(0), word(8)) {
-                (Some(to), Some(resume)) => Ok(Step::Link(to, resume)),
-                _ => Err(broken("a link record of the wrong size")),
-            }
-        }
+        LINK => match record.link() {
+            Some((to, resume)) => Ok(Step::Link(to, resume)),
+            None => Err(broken("a link record of the wrong size")),
+        },
         _ => {
             // The id, then the room the message holds (see `Core::side_record_len`).
             let id = match record.payload().get(..8).map(<[u8; 8]>::try_from) {
@@ -1838,6 +1829,55 @@ mod tests {
     #[test]
     fn a_consumer_that_dies_moving_between_rings_loses_nothing() {
         a_death_mid_move(0, true);
+    }
+
+    /// A consumer dies reading an overflow segment (the channel's own ring empty behind
+    /// it); the producers then come back to the own ring, and their next record does
+    /// not fit it after their link back (it is near half the ring, and the own ring's
+    /// position just past half of it), so they link on to a new segment from there. The
+    /// next consumer skipped that fresh link as the one the dead consumer had followed
+    /// out, and then found the link back naming a place before the own ring's head:
+    /// "corrupt", the message after it out of reach.
+    #[test]
+    fn a_consumer_dead_in_a_segment_keeps_the_producers_next_link() {
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let ring_len = rx.core.ring_len;
+        // The inline record nearest half the ring, and one of 16 bytes.
+        let half = (ring_len / 2 - ring::HEADER) as usize;
+        let small = 4;
+        let send = |n: u32, len: usize| tx.send(numbered(n, len), Deadline::Now, false);
+        send(0, half).unwrap();
+        send(1, small).unwrap();
+        // Does not fit the own ring: a link to segment 1 there, the message in it.
+        send(2, half).unwrap();
+        let o = &rx.core.header().overflow.0;
+        assert_eq!(o.made.load(SeqCst), 1);
+        assert_eq!(number(&take(&rx).unwrap()), 0);
+        assert_eq!(number(&take(&rx).unwrap()), 1);
+        // A consumer follows the link into segment 1, takes message 2, and dies there
+        // (keeping the consumers' lock).
+        let dying = rx.clone();
+        let got = std::thread::spawn(move || {
+            ring::KEEP_LOCKS.with(|k| k.set(true));
+            number(&take(&dying).unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, 2);
+        let own = rx.core.ring();
+        assert_eq!(rx.core.header().consumed.0.ring.load(SeqCst), 1);
+        assert_eq!(own.head(), own.tail(), "the own ring is empty");
+        let pos = own.tail() % ring_len;
+        assert!(
+            pos > ring_len / 2 && pos < ring_len / 2 + 2 * ring::link_room(),
+            "own ring at {pos} of {ring_len}"
+        );
+        // Back to the own ring, where message 3 does not fit after the link back: a
+        // link on to segment 2 there.
+        send(3, half).unwrap();
+        assert_eq!(o.made.load(SeqCst), 2);
+        assert_eq!(number(&take(&rx).unwrap()), 3);
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
     }
 
     /// A consumer dies moving from one overflow segment to the next, after the producers

@@ -334,7 +334,7 @@ impl Core {
                 let region = self.segment(&mut cache, r, false).map_err(RecvFail::Io)?;
                 self.segment_ring(region).finish_consume(head);
                 drop(cache);
-                self.skip_left_link(head);
+                self.skip_left_link(head, r);
             }
         }
         // The hot path: reading the channel's own ring, which holds the next record.
@@ -397,14 +397,18 @@ impl Core {
         }
     }
 
-    /// After taking over from a consumer that died reading overflow segments: the link
-    /// it followed out of the channel's own ring may still be there; skip it. Anything
-    /// else is left where it is, wrap markers before it included: producers that came
-    /// back to the own ring link back to the position before them.
-    fn skip_left_link(&self, head: &mut Head<'_>) {
+    /// After taking over from a consumer that died reading overflow segment `r`: the
+    /// link to `r` it followed out of the channel's own ring may still be there; skip
+    /// it. Anything else is left where it is, wrap markers before it included:
+    /// producers that came back to the own ring link back to the position before them.
+    /// So is a link to another segment, which producers that came back wrote since
+    /// (the record after their link back did not fit the own ring): the consumers
+    /// follow it once back.
+    fn skip_left_link(&self, head: &mut Head<'_>, r: u64) {
         let own = self.ring();
         if let Ok(Some(record)) = own.peek(head)
             && record.kind == LINK
+            && record.link().is_some_and(|(to, _)| to == r)
         {
             record.skip();
         }

@@ -692,6 +692,19 @@ impl Record<'_, '_> {
     }
 
     /// Done with this link record: frees its room (a link is not an item).
+    /// A link record's target ring and resume position (see [`LINK_PAYLOAD`]); `None`
+    /// if the payload is not a link's.
+    pub(crate) fn link(&self) -> Option<(u64, u64)> {
+        let payload = self.payload();
+        let word = |at: usize| {
+            payload
+                .get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+        };
+        Some((word(0)?, word(8)?))
+    }
+
     pub(crate) fn skip(self) {
         self.ring
             .consumed
