@@ -2025,13 +2025,14 @@ impl PoolInner {
         next
     }
 
-    /// Kills a worker that stays stopped (`SIGSTOP`, a frozen job) while it holds the
-    /// results channel's producers' lock, after [`STOPPED_HOLDER_GRACE`]: every other
-    /// worker's outcome waits for that lock, and their tasks, finished, are no longer
-    /// timed, so the pool would wait for a `SIGCONT`. The next sender takes the lock
-    /// over from the dead; the killed worker's task fails with `WorkerDied` (or is
-    /// retried), its outcome lost. One stopped by a debugger (a tracer) is left alone.
-    /// Returns when to look again.
+    /// Kills a worker seen stopped (`SIGSTOP`, state `T`) holding the results
+    /// channel's producers' lock at looks [`STOPPED_HOLDER_GRACE`] apart, with no look
+    /// between them finding it running or the lock with another: every other worker's
+    /// outcome waits for that lock, and their tasks, finished, are no longer timed, so
+    /// the pool would wait for a `SIGCONT`. The next sender takes the lock over from
+    /// the dead; the killed worker's tasks fail as any dead worker's do (`WorkerDied`,
+    /// or retried), its outcome lost. One stopped by a debugger (a tracer) is left
+    /// alone. Returns when to look again.
     fn watch_results_lock(&self, st: &mut State, now: Instant) -> Option<Instant> {
         let Some(holder) = self.results_tx.producers_lock_holder() else {
             st.results_held = None;
@@ -2051,6 +2052,11 @@ impl PoolInner {
         if look.stopped.is_none() && now < look.since + HELD_LOOK {
             return Some(look.since + HELD_LOOK);
         }
+        if !sys::identity_alive(holder) {
+            // Died holding it: the next sender takes it over.
+            st.results_held = None;
+            return None;
+        }
         if !sys::identity_stopped_by_signal(holder) {
             st.results_held = Some(HeldLook {
                 holder,
@@ -2067,11 +2073,22 @@ impl PoolInner {
         if now < stopped + STOPPED_HOLDER_GRACE {
             return Some(stopped + STOPPED_HOLDER_GRACE);
         }
-        let worker = st
+        // (One that ended may have given its pid to the holder.)
+        let Some(worker) = st
             .workers
             .iter_mut()
             .flatten()
-            .find(|w| sys::identity_in_process(holder, w.handle.pid()))?;
+            .find(|w| w.handle.is_alive() && sys::identity_in_process(holder, w.handle.pid()))
+        else {
+            // Not a worker of this pool (a process a task started): looked at again
+            // after another grace.
+            st.results_held = Some(HeldLook {
+                holder,
+                since: now,
+                stopped: Some(now),
+            });
+            return Some(now + STOPPED_HOLDER_GRACE);
+        };
         if worker.killed_for.is_some() {
             return None;
         }

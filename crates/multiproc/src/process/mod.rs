@@ -357,7 +357,7 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let (me, _starting) = self.check()?;
+        let (me, starting) = self.check()?;
         // A daemon's children are daemons (see `daemon`).
         self.daemon |= me.daemon;
         let limits = self.limits.plan(false)?;
@@ -454,6 +454,8 @@ impl Builder {
             limits.armed,
         );
         registry::add(&mut registry::lock(), Arc::clone(&record));
+        // Registered: the exit work joins it from now on.
+        drop(starting);
         if !early {
             record.send_call(&[&prefix, &args.bytes], &args.fds);
         }

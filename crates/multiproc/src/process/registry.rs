@@ -112,6 +112,8 @@ pub(crate) fn starting() -> Option<Starting> {
     // for the count, so either this spawn sees it or the exit waits for this spawn.
     STARTING.fetch_add(1, Ordering::SeqCst);
     let starting = Starting(());
+    // The exit work must wait for this spawn even if its child will be the first.
+    bootstrap::at_exit_handle_children(exit_function);
     (!bootstrap::exiting()).then_some(starting)
 }
 
