@@ -148,19 +148,20 @@ struct State {
     /// The results channel's producers' lock as last seen held (see
     /// [`PoolInner::watch_results_lock`]).
     results_held: Option<HeldLook>,
+    /// When the engine next looks at that lock (`None`: at once).
+    results_look_due: Option<Instant>,
 }
 
-/// The results channel's producers' lock, seen held by the same thread at each look
-/// since `since`; seen stopped holding it since `stopped`.
+/// The results channel's producers' lock, seen held by `holder` at the last look;
+/// seen stopped holding it since `stopped`.
 #[derive(Clone, Copy)]
 struct HeldLook {
     holder: u64,
-    since: Instant,
     stopped: Option<Instant>,
 }
 
-/// How long the results channel's producers' lock may stay with one thread before the
-/// engine looks at whether that thread is stopped (a look reads `/proc`).
+/// How often the engine looks at the results channel's producers' lock: one seen with
+/// the same thread at two looks in a row has that thread looked at in `/proc`.
 const HELD_LOOK: Duration = Duration::from_millis(10);
 /// How long a worker may stay stopped (`SIGSTOP`) holding the results channel's
 /// producers' lock before it is killed: every other worker's outcome waits for it.
@@ -202,6 +203,7 @@ impl State {
             open_maps: 0,
             early: Vec::new(),
             results_held: None,
+            results_look_due: None,
         }
     }
 }
@@ -2026,14 +2028,22 @@ impl PoolInner {
     }
 
     /// Kills a worker seen stopped (`SIGSTOP`, state `T`) holding the results
-    /// channel's producers' lock at looks [`STOPPED_HOLDER_GRACE`] apart, with no look
-    /// between them finding it running or the lock with another: every other worker's
+    /// channel's producers' lock at two looks [`STOPPED_HOLDER_GRACE`] apart: every other worker's
     /// outcome waits for that lock, and their tasks, finished, are no longer timed, so
     /// the pool would wait for a `SIGCONT`. The next sender takes the lock over from
     /// the dead; the killed worker's tasks fail as any dead worker's do (`WorkerDied`,
     /// or retried), its outcome lost. One stopped by a debugger (a tracer) is left
     /// alone. Returns when to look again.
     fn watch_results_lock(&self, st: &mut State, now: Instant) -> Option<Instant> {
+        // The lock's word sits on the line every sender writes: read at most once a
+        // look, since each read takes the line from the workers.
+        if let Some(due) = st.results_look_due
+            && now < due
+        {
+            return st.results_held.map(|_| due);
+        }
+        let due = now + HELD_LOOK;
+        st.results_look_due = Some(due);
         let Some(holder) = self.results_tx.producers_lock_holder() else {
             st.results_held = None;
             return None;
@@ -2043,15 +2053,11 @@ impl PoolInner {
             _ => {
                 st.results_held = Some(HeldLook {
                     holder,
-                    since: now,
                     stopped: None,
                 });
-                return Some(now + HELD_LOOK);
+                return Some(due);
             }
         };
-        if look.stopped.is_none() && now < look.since + HELD_LOOK {
-            return Some(look.since + HELD_LOOK);
-        }
         if !sys::identity_alive(holder) {
             // Died holding it: the next sender takes it over.
             st.results_held = None;
@@ -2060,10 +2066,9 @@ impl PoolInner {
         if !sys::identity_stopped_by_signal(holder) {
             st.results_held = Some(HeldLook {
                 holder,
-                since: now,
                 stopped: None,
             });
-            return Some(now + HELD_LOOK);
+            return Some(due);
         }
         let stopped = look.stopped.unwrap_or(now);
         st.results_held = Some(HeldLook {
@@ -2071,7 +2076,9 @@ impl PoolInner {
             ..look
         });
         if now < stopped + STOPPED_HOLDER_GRACE {
-            return Some(stopped + STOPPED_HOLDER_GRACE);
+            let at = stopped + STOPPED_HOLDER_GRACE;
+            st.results_look_due = Some(at);
+            return Some(at);
         }
         // (One that ended may have given its pid to the holder.)
         let Some(worker) = st
@@ -2084,10 +2091,11 @@ impl PoolInner {
             // after another grace.
             st.results_held = Some(HeldLook {
                 holder,
-                since: now,
                 stopped: Some(now),
             });
-            return Some(now + STOPPED_HOLDER_GRACE);
+            let at = now + STOPPED_HOLDER_GRACE;
+            st.results_look_due = Some(at);
+            return Some(at);
         };
         if worker.killed_for.is_some() {
             return None;
