@@ -2028,8 +2028,9 @@ impl PoolInner {
     }
 
     /// Kills a worker seen stopped (`SIGSTOP`, state `T`) holding the results
-    /// channel's producers' lock at two looks [`STOPPED_HOLDER_GRACE`] apart: every other worker's
-    /// outcome waits for that lock, and their tasks, finished, are no longer timed, so
+    /// channel's producers' lock at every look for [`STOPPED_HOLDER_GRACE`] (looks
+    /// [`HELD_LOOK`] apart; while it is, the senders wait, so reading the lock's word
+    /// costs them nothing): every other worker's outcome waits for that lock, and their tasks, finished, are no longer timed, so
     /// the pool would wait for a `SIGCONT`. The next sender takes the lock over from
     /// the dead; the killed worker's tasks fail as any dead worker's do (`WorkerDied`,
     /// or retried), its outcome lost. One stopped by a debugger (a tracer) is left
@@ -2076,9 +2077,9 @@ impl PoolInner {
             ..look
         });
         if now < stopped + STOPPED_HOLDER_GRACE {
-            let at = stopped + STOPPED_HOLDER_GRACE;
-            st.results_look_due = Some(at);
-            return Some(at);
+            // Looked at again at each look: one that runs meanwhile (stopped and
+            // continued by a throttling tool, say) starts the grace over.
+            return Some(due);
         }
         // (One that ended may have given its pid to the holder.)
         let Some(worker) = st

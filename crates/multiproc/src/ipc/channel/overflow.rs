@@ -330,11 +330,12 @@ impl Core {
             if r == 0 {
                 self.ring().finish_consume(head);
             } else {
+                // First: should the segment not map now, the lock goes back without
+                // saying it was taken over, and the next consumer would not look.
+                self.skip_left_link(head, r);
                 let mut cache = unpoisoned::lock(&self.read_map);
                 let region = self.segment(&mut cache, r, false).map_err(RecvFail::Io)?;
                 self.segment_ring(region).finish_consume(head);
-                drop(cache);
-                self.skip_left_link(head, r);
             }
         }
         // The hot path: reading the channel's own ring, which holds the next record.

@@ -691,7 +691,6 @@ impl Record<'_, '_> {
             .advance(self.at + record_len(self.len), false, DIES_CONSUMING);
     }
 
-    /// Done with this link record: frees its room (a link is not an item).
     /// A link record's target ring and resume position (see [`LINK_PAYLOAD`]); `None`
     /// if the payload is not a link's.
     pub(crate) fn link(&self) -> Option<(u64, u64)> {
@@ -705,6 +704,7 @@ impl Record<'_, '_> {
         Some((word(0)?, word(8)?))
     }
 
+    /// Done with this link record: frees its room (a link is not an item).
     pub(crate) fn skip(self) {
         self.ring
             .consumed
