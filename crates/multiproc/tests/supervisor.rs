@@ -53,6 +53,14 @@ fn main() {
                 "a_sibling_that_crashes_during_a_stop_is_reported",
                 a_sibling_that_crashes_during_a_stop_is_reported,
             ),
+            trial(
+                "a_restart_waits_for_the_last_runs_group",
+                a_restart_waits_for_the_last_runs_group,
+            ),
+            trial(
+                "a_transient_sibling_that_finishes_during_a_stop_is_done",
+                a_transient_sibling_that_finishes_during_a_stop_is_done,
+            ),
             trial("grace_and_timeout_of_duration_max", duration_max),
             trial("failed_restarts_grow_the_backoff", failed_restarts_back_off),
             trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
@@ -467,6 +475,54 @@ fn leader_dies_member_ignores() {
     assert_eq!(live_members(leader), 0);
     common::reap(grandchild);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Whether process `p` runs (a zombie does not).
+fn runs(p: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{p}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|at| s[at + 1..].trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Notes in `LOG.overlap` each grandchild an earlier run left (their pids are in `log`)
+/// that still runs, then leaves one of its own that ignores `SIGTERM`, and returns.
+fn meets_no_leftover(log: String) {
+    for p in pids_in(Path::new(&log)) {
+        if runs(p) {
+            note(&format!("{log}.overlap"), "leftover", &p.to_string());
+        }
+    }
+    leaves_grandchild((log, true));
+}
+
+/// A child that returns on its own, leaving a grandchild in its group that ignores
+/// `SIGTERM`, starts again only once that group is gone (killed at the end of the
+/// child's grace): a new run met the last one's processes (a port still held), for up
+/// to the grace, and crashing on them, soon used up the restart intensity.
+fn a_restart_waits_for_the_last_runs_group() {
+    let dir = tempdir("group-restart");
+    let log = dir.join("grandchildren");
+    std::fs::write(&log, b"").unwrap();
+    let log = log.to_string_lossy().into_owned();
+    let sup = fast()
+        .child(
+            ChildSpec::new("leaver", meets_no_leftover, log.clone())
+                .shutdown_grace(Duration::from_millis(300)),
+        )
+        .build()
+        .unwrap();
+    let ran = eventually(T, || pids_in(Path::new(&log)).len() >= 3);
+    sup.shutdown().unwrap();
+    let grandchildren = pids_in(Path::new(&log));
+    for &p in &grandchildren {
+        assert!(wait_gone(p, T), "grandchild {p} outlived its group");
+        common::reap(p);
+    }
+    let overlap = std::fs::read_to_string(format!("{log}.overlap")).unwrap_or_default();
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(ran, "{grandchildren:?}");
+    assert_eq!(overlap, "", "runs met their predecessors' grandchildren");
 }
 
 /// Starts a grandchild that ignores `SIGTERM`, then waits for ever (dies of `SIGTERM`).
@@ -953,6 +1009,69 @@ fn a_sibling_that_crashes_during_a_stop_is_reported() {
         )),
         "no Exited event for the sibling that crashed during the stop: {seen:?}"
     );
+}
+
+/// Notes a run in `log`, then returns 300 ms after `go` is set.
+fn runs_after((log, go): (String, multiproc::Event)) {
+    note(&log, "job", "run");
+    go.wait();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// A transient sibling that ends normally on its own while the supervisor stops the
+/// others for a one-for-all restart (one that ignores `SIGTERM` holds the stop for its
+/// grace) is done, as it would be had it ended a moment before the crash: it was
+/// restarted with the others and ran its job again.
+fn a_transient_sibling_that_finishes_during_a_stop_is_done() {
+    let dir = tempdir("finish_during_stop");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .strategy(Strategy::OneForAll)
+        .child(ChildSpec::new(
+            "crasher",
+            crash_once_on,
+            (marker(&dir, "crasher"), go.clone()),
+        ))
+        .child(
+            ChildSpec::new("job", runs_after, (log.clone(), go.clone()))
+                .restart(Restart::Transient),
+        )
+        .child(
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
+                .shutdown_grace(Duration::from_millis(1500)),
+        )
+        .build()
+        .unwrap();
+    let events = sup.events();
+    let stubborn = pid_of(&sup, "stubborn").unwrap();
+    go.set();
+    // The children start again in order once the stop is over: "job" before
+    // "stubborn", if at all.
+    let mut seen = Vec::new();
+    let restarted = eventually(T, || {
+        seen.extend(events.try_iter());
+        seen.iter().any(
+            |e| matches!(e, SupervisorEvent::Started { child, pid } if child == "stubborn" && *pid != stubborn),
+        )
+    });
+    let job = sup.status().into_iter().find(|c| c.name == "job").unwrap();
+    sup.shutdown().unwrap();
+    let runs = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| *l == "job run")
+        .count();
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(restarted, "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, SupervisorEvent::Started { child, .. } if child == "job")),
+        "the transient child that had finished was started again: {seen:?}"
+    );
+    assert_eq!(runs, 1);
+    assert!(matches!(job.state, ChildState::Done), "{:?}", job.state);
 }
 
 /// `Duration::MAX` means "never": a grace that never ends (the stop waits for the

@@ -199,6 +199,8 @@ pub(super) struct Supervising {
 /// A process group left behind by a child that ended.
 struct Lingering {
     pgid: u32,
+    /// The slot whose child led it: not started again while the group lingers.
+    slot: usize,
     /// `None`: a grace too long to add to the clock, which never ends.
     kill_at: Option<Instant>,
 }
@@ -288,7 +290,13 @@ impl Supervising {
         let next_restart = self
             .slots
             .iter()
-            .filter_map(|s| match s.state {
+            .enumerate()
+            .filter_map(|(i, s)| match s.state {
+                // One whose last run's group lingers: looked at every `GROUP_POLL` for
+                // the group's end.
+                SlotState::Waiting(at) if self.lingering.iter().any(|l| l.slot == i) => {
+                    Some(at.saturating_duration_since(now).max(GROUP_POLL))
+                }
                 SlotState::Waiting(at) => Some(at.saturating_duration_since(now)),
                 _ => None,
             })
@@ -344,7 +352,7 @@ impl Supervising {
             } else {
                 tracing::warn!(child = %name, pid, "child ended: {exit}");
             }
-            self.linger(pid, grace);
+            self.linger(i, pid, grace);
             self.shared.events.send(SupervisorEvent::Exited {
                 child: name,
                 pid,
@@ -364,11 +372,7 @@ impl Supervising {
         if now.duration_since(slot.started) >= self.reset_after {
             slot.in_a_row = 0;
         }
-        let restart = match slot.spec.restart {
-            Restart::Permanent => true,
-            Restart::Transient => !exit.normal,
-            Restart::Temporary => false,
-        };
+        let restart = slot.spec.restart.restarts_after(&exit);
         slot.last_exit = Some(exit.clone());
         if !restart {
             slot.state = SlotState::Done;
@@ -421,6 +425,14 @@ impl Supervising {
         for i in 0..self.slots.len() {
             if !matches!(self.slots[i].state, SlotState::Waiting(at) if at <= now) {
                 continue;
+            }
+            if self.lingering.iter().any(|l| l.slot == i) {
+                // Its last run's group is still there: not yet, nor (the children
+                // starting in order) those after it, unless each restarts alone.
+                if self.strategy == Strategy::OneForOne {
+                    continue;
+                }
+                break;
             }
             if let Err(e) = self.spawn(i) {
                 // A start that failed is a child that failed at once: the backoff grows
@@ -492,6 +504,11 @@ impl Supervising {
                 pid: pgid,
                 exit,
             });
+            // Done if its policy says so, as if it had ended a moment sooner: not
+            // started again with the children restarted.
+            if !slot.spec.restart.restarts_after(&exit) {
+                slot.state = SlotState::Done;
+            }
             // Its id names its group while a member lives: looked at first, as for a
             // child that ends while the supervisor watches (`linger`).
             if sys::group_alive(pgid) {
@@ -554,13 +571,16 @@ impl Supervising {
         }
     }
 
-    /// Child `pgid`'s leader ended; if members of its group live on, they get `SIGTERM`
-    /// now and `SIGKILL` after `grace`.
-    fn linger(&mut self, pgid: u32, grace: Duration) {
+    /// Child `pgid`'s leader (of slot `slot`) ended; if members of its group live on,
+    /// they get `SIGTERM` now and `SIGKILL` after `grace`, and the slot starts again only
+    /// once they are gone (a new run would meet the old one's processes: a port still
+    /// held, a lock file still there).
+    fn linger(&mut self, slot: usize, pgid: u32, grace: Duration) {
         if sys::group_alive(pgid) && matches!(sys::signal_group(pgid, sys::SIGTERM), Ok(true)) {
             tracing::trace!(pgid, "child ended; its process group lives on: SIGTERM");
             self.lingering.push(Lingering {
                 pgid,
+                slot,
                 kill_at: Instant::now().checked_add(grace),
             });
         } else {
@@ -761,7 +781,11 @@ mod tests {
     #[test]
     fn a_killed_group_is_polled_not_spun_on() {
         let now = Instant::now();
-        let group = |kill_at| Lingering { pgid: 1, kill_at };
+        let group = |kill_at| Lingering {
+            pgid: 1,
+            slot: 0,
+            kill_at,
+        };
         let lingering = [
             group(now.checked_sub(Duration::from_secs(1))),
             group(Some(now + Duration::from_secs(3))),
