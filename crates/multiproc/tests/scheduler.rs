@@ -117,6 +117,10 @@ fn main() {
             store::busy_store_runs_wait_for_it,
         ),
         trial(
+            "store_a_time_held_back_by_a_busy_store_is_reported",
+            store::a_time_held_back_by_a_busy_store_is_reported,
+        ),
+        trial(
             "store_with_a_manual_clock_at_the_end_of_time",
             store::manual_clock_at_the_end_of_time,
         ),
@@ -1183,6 +1187,36 @@ mod store {
         let evs = settle(&s, &events, 1);
         assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
         assert_eq!(s.next_fire("tick"), Some(at(20)));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A due time whose claim failed (the store busy) is run or reported once the store
+    /// answers, also when the next pass comes after its grace: kept aside while the
+    /// job's next time moved on, it was dropped by that pass, which reported the times
+    /// between as too late and marked the store past them (`Missed` of 20 alone, and
+    /// nothing of 10).
+    pub fn a_time_held_back_by_a_busy_store_is_reported() {
+        let dir = tempdir("busy-late");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job()).unwrap();
+        let blocker = rusqlite::Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        clock.set(at(10));
+        assert_eq!(s.run_pending(), 0, "ran without its record");
+        blocker.execute_batch("COMMIT").unwrap();
+        drop(blocker);
+        clock.set(at(35));
+        let evs = settle(&s, &events, 1);
+        assert_eq!(started(&evs), vec![at(30)], "{evs:?}");
+        assert_eq!(
+            missed(&evs),
+            vec![(at(10), 2, at(20), MissReason::TooLate)],
+            "{evs:?}"
+        );
+        assert_eq!(s.next_fire("tick"), Some(at(40)));
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -666,7 +666,12 @@ impl Shared {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(job = name, "job store failed; due runs wait for it: {e}");
-                js.deferred = due;
+                // Looked at again from the first of them, as if this pass had not come:
+                // kept aside while the job's next time moved on, they were dropped by a
+                // later pass that reported the times between as too late (the store
+                // then marked past them), neither run nor reported.
+                js.next = first.or(js.next);
+                js.deferred = deferred_before;
                 js.ran_in_backlog = ran_before;
                 js.store_retry_at = Some(later(now, SETTLE_AFTER));
                 self.missed_range(name, &too_late, MissReason::TooLate, now);
@@ -751,6 +756,9 @@ impl Shared {
                 js.running = js.running.saturating_sub(to_start.len());
                 js.recovered.extend(to_start);
                 js.store_retry_at = Some(later(now, SETTLE_AFTER));
+                // Nothing of this backlog ran: its earliest time, now recovered, is
+                // still the one to run (`Coalesce::Earliest`), not coalesced away.
+                js.ran_in_backlog = ran_before;
             }
             return 0;
         }
