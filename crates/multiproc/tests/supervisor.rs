@@ -481,7 +481,10 @@ fn leader_dies_member_ignores() {
 fn runs(p: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{p}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').map(|at| s[at + 1..].trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|at| s[at + 1..].trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 

@@ -499,16 +499,16 @@ impl Supervising {
             } else {
                 tracing::warn!(child = %slot.spec.name, pid = pgid, "child ended: {exit}");
             }
-            self.shared.events.send(SupervisorEvent::Exited {
-                child: slot.spec.name.clone(),
-                pid: pgid,
-                exit,
-            });
             // Done if its policy says so, as if it had ended a moment sooner: not
             // started again with the children restarted.
             if !slot.spec.restart.restarts_after(&exit) {
                 slot.state = SlotState::Done;
             }
+            self.shared.events.send(SupervisorEvent::Exited {
+                child: slot.spec.name.clone(),
+                pid: pgid,
+                exit,
+            });
             // Its id names its group while a member lives: looked at first, as for a
             // child that ends while the supervisor watches (`linger`).
             if sys::group_alive(pgid) {
