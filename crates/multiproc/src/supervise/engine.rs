@@ -287,14 +287,22 @@ impl Supervising {
     /// Sleeps until a child ends, a restart is due, or a tick passes.
     fn sleep(&self) {
         let now = Instant::now();
+        // A slot whose last run's group lingers is looked at every `GROUP_POLL` for the
+        // group's end, and so are those held behind it (`start_due`): due, they would
+        // wake this thread at once, again and again.
+        let lingers = |i: usize| self.lingering.iter().any(|l| l.slot == i);
+        let first_held = (0..self.slots.len())
+            .find(|&i| matches!(self.slots[i].state, SlotState::Waiting(_)) && lingers(i));
+        let held = |i: usize| {
+            lingers(i)
+                || (self.strategy != Strategy::OneForOne && first_held.is_some_and(|h| i > h))
+        };
         let next_restart = self
             .slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s.state {
-                // One whose last run's group lingers: looked at every `GROUP_POLL` for
-                // the group's end.
-                SlotState::Waiting(at) if self.lingering.iter().any(|l| l.slot == i) => {
+                SlotState::Waiting(at) if held(i) => {
                     Some(at.saturating_duration_since(now).max(GROUP_POLL))
                 }
                 SlotState::Waiting(at) => Some(at.saturating_duration_since(now)),
@@ -372,7 +380,11 @@ impl Supervising {
         if now.duration_since(slot.started) >= self.reset_after {
             slot.in_a_row = 0;
         }
-        let restart = slot.spec.restart.restarts_after(&exit);
+        let restart = match slot.spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => !exit.normal,
+            Restart::Temporary => false,
+        };
         slot.last_exit = Some(exit.clone());
         if !restart {
             slot.state = SlotState::Done;
@@ -499,11 +511,10 @@ impl Supervising {
             } else {
                 tracing::warn!(child = %slot.spec.name, pid = pgid, "child ended: {exit}");
             }
-            // Done if its policy says so, as if it had ended a moment sooner: not
-            // started again with the children restarted.
-            if !slot.spec.restart.restarts_after(&exit) {
-                slot.state = SlotState::Done;
-            }
+            // Started again with the others all the same (as OTP does): it may have
+            // ended because of the crash that the restart is for (a stage of a pipeline
+            // whose input closed), and a transient one that returned normally would
+            // then be done, the restart short of it.
             self.shared.events.send(SupervisorEvent::Exited {
                 child: slot.spec.name.clone(),
                 pid: pgid,

@@ -36,17 +36,6 @@ pub enum Restart {
     Temporary,
 }
 
-impl Restart {
-    /// Whether a child that ended with `exit` starts again.
-    pub(crate) fn restarts_after(self, exit: &ChildExit) -> bool {
-        match self {
-            Restart::Permanent => true,
-            Restart::Transient => !exit.normal,
-            Restart::Temporary => false,
-        }
-    }
-}
-
 /// Which children restart when one must.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
