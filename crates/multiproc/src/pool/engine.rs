@@ -2030,11 +2030,12 @@ impl PoolInner {
     /// Kills a worker seen stopped (`SIGSTOP`, state `T`) holding the results
     /// channel's producers' lock at every look for [`STOPPED_HOLDER_GRACE`] (looks
     /// [`HELD_LOOK`] apart; while it is, the senders wait, so reading the lock's word
-    /// costs them nothing): every other worker's outcome waits for that lock, and their tasks, finished, are no longer timed, so
-    /// the pool would wait for a `SIGCONT`. The next sender takes the lock over from
-    /// the dead; the killed worker's tasks fail as any dead worker's do (`WorkerDied`,
-    /// or retried), its outcome lost. One stopped by a debugger (a tracer) is left
-    /// alone. Returns when to look again.
+    /// costs them nothing): every other worker's outcome waits for that lock, and
+    /// their tasks, finished, are no longer timed, so the pool would wait for a
+    /// `SIGCONT`. The next sender takes the lock over from the dead; the killed
+    /// worker's tasks fail as any dead worker's do (`WorkerDied`, or retried), its
+    /// outcome lost. One stopped by a debugger (a tracer) is left alone. Returns when
+    /// to look again.
     fn watch_results_lock(&self, st: &mut State, now: Instant) -> Option<Instant> {
         // The lock's word sits on the line every sender writes: read at most once a
         // look, since each read takes the line from the workers.
