@@ -527,6 +527,15 @@ fn a_restart_waits_for_the_last_runs_group() {
         assert!(wait_gone(p, T), "grandchild {p} outlived its group");
         common::reap(p);
     }
+    // Every run's group is gone, a grandchild killed before it was logged included (its
+    // zombie came to this process, a subreaper, and is reaped here).
+    for group in pids_in(Path::new(&format!("{log}.groups"))) {
+        assert_eq!(
+            common::settle_group(group, T),
+            Vec::new(),
+            "group {group} outlived its run"
+        );
+    }
     let overlap = std::fs::read_to_string(format!("{log}.overlap")).unwrap_or_default();
     std::fs::remove_dir_all(dir).unwrap();
     assert!(ran, "{grandchildren:?}");
@@ -1145,6 +1154,16 @@ fn a_restart_held_by_a_lingering_group_does_not_spin() {
     );
     let ms: u64 = h.expect("cpu ", T).parse().unwrap();
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+    // The runs' groups are their own, not the helper's: what they left comes to this
+    // process (a subreaper) once the helper's supervisor has killed them.
+    let log = log.to_string_lossy().into_owned();
+    for group in pids_in(Path::new(&format!("{log}.groups"))) {
+        assert_eq!(
+            common::settle_group(group, T),
+            Vec::new(),
+            "group {group} outlived its supervisor"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
     assert!(ms < 150, "{ms} ms of CPU in 500 ms of waiting");
 }
