@@ -1020,18 +1020,13 @@ impl Node {
     /// stop until it ends, and the stop is to end within a grace and a lease. What a
     /// call given up on leaves is safe: a renewal or a promotion that the server ran
     /// anyway is done, and a finish sent again is refused by its fence (its outcome is
-    /// not written twice). A reclaim is not given up on that soon (see
-    /// [`full_response`](Self::full_response)).
+    /// not written twice). A reclaim too, at a price: the server moves its entries to
+    /// this worker (counting a delivery each) as it runs it, and a reply given up on
+    /// leaves them unrenewed for a lease, to be claimed again with one delivery more.
+    /// It had the whole response timeout, and one sent as the server stopped answering
+    /// held a stop ten seconds past its grace and lease.
     fn response(&self) -> Duration {
         self.response_within(RESPONSE_TIMEOUT.min(self.cfg.lease))
-    }
-
-    /// As [`response`](Self::response), with the whole response timeout before a stop:
-    /// for a reclaim, whose entries the server moves to this worker (counting a
-    /// delivery each) as it runs it; a reply given up on would leave them unrenewed for
-    /// a lease, to be claimed again with one delivery more.
-    fn full_response(&self) -> Duration {
-        self.response_within(RESPONSE_TIMEOUT)
     }
 
     fn response_within(&self, most: Duration) -> Duration {
@@ -2023,7 +2018,7 @@ impl Node {
             }
             let lease = ms(self.cfg.lease).to_string();
             let count = room.min(100);
-            let reply: Value = lock(&self.link).run_within(self.full_response(), |c| {
+            let reply: Value = lock(&self.link).run_within(self.response(), |c| {
                 conn::invoke(
                     c,
                     &scripts::RECLAIM,
