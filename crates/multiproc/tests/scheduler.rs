@@ -1170,8 +1170,17 @@ mod store {
     /// A store that cannot be written (another process holds its lock past the busy
     /// timeout) when a time is due: the time waits for it, and runs once it answers,
     /// rather than being dropped without an event.
-    pub fn busy_store_runs_wait_for_it() {
-        let dir = tempdir("busy");
+    /// A store in a new directory named for `name`, and a scheduler on it whose
+    /// [`tick_job`] was due at 10 s while another connection held the store locked:
+    /// nothing ran, nothing was reported. The store is free again.
+    fn busy_at_10(
+        name: &str,
+    ) -> (
+        std::path::PathBuf,
+        ManualClock,
+        (Scheduler, Receiver<JobEvent>),
+    ) {
+        let dir = tempdir(name);
         let db = dir.join("jobs.db");
         let clock = ManualClock::new(t0());
         let (s, events) = on_store(&db, &clock);
@@ -1183,6 +1192,11 @@ mod store {
         assert!(events.try_iter().next().is_none());
         blocker.execute_batch("COMMIT").unwrap();
         drop(blocker);
+        (dir, clock, (s, events))
+    }
+
+    pub fn busy_store_runs_wait_for_it() {
+        let (dir, clock, (s, events)) = busy_at_10("busy");
         clock.set(at(11));
         let evs = settle(&s, &events, 1);
         assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
@@ -1197,17 +1211,7 @@ mod store {
     /// between as too late and marked the store past them (`Missed` of 20 alone, and
     /// nothing of 10).
     pub fn a_time_held_back_by_a_busy_store_is_reported() {
-        let dir = tempdir("busy-late");
-        let db = dir.join("jobs.db");
-        let clock = ManualClock::new(t0());
-        let (s, events) = on_store(&db, &clock);
-        s.add(tick_job()).unwrap();
-        let blocker = rusqlite::Connection::open(&db).unwrap();
-        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        clock.set(at(10));
-        assert_eq!(s.run_pending(), 0, "ran without its record");
-        blocker.execute_batch("COMMIT").unwrap();
-        drop(blocker);
+        let (dir, clock, (s, events)) = busy_at_10("busy-late");
         clock.set(at(35));
         let evs = settle(&s, &events, 1);
         assert_eq!(started(&evs), vec![at(30)], "{evs:?}");

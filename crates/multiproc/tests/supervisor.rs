@@ -980,6 +980,31 @@ fn crash_once_after((marker, go, ms): (String, multiproc::Event, u64)) {
     sleep_forever(());
 }
 
+/// One-for-all: a child that crashes once `go` is set, then `middle`, then one that
+/// ignores `SIGTERM` (noting its start in `log`), whose 1.5 s grace holds the stop that
+/// the crash begins.
+fn between_a_crash_and_a_slow_stop(
+    dir: &Path,
+    go: &multiproc::Event,
+    middle: ChildSpec,
+    log: String,
+) -> Supervisor {
+    fast()
+        .strategy(Strategy::OneForAll)
+        .child(ChildSpec::new(
+            "crasher",
+            crash_once_on,
+            (marker(dir, "crasher"), go.clone()),
+        ))
+        .child(middle)
+        .child(
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log)
+                .shutdown_grace(Duration::from_millis(1500)),
+        )
+        .build()
+        .unwrap()
+}
+
 /// A sibling that crashes on its own while the supervisor stops the others for a
 /// restart (one that ignores `SIGTERM` holds the stop for its grace) is reported
 /// `Exited`, as any child that ends on its own is: the stop found it ended, reaped it,
@@ -988,24 +1013,16 @@ fn a_sibling_that_crashes_during_a_stop_is_reported() {
     let dir = tempdir("crash_during_stop");
     let log = dir.join("log").to_string_lossy().into_owned();
     let go = multiproc::Event::new().unwrap();
-    let sup = fast()
-        .strategy(Strategy::OneForAll)
-        .child(ChildSpec::new(
-            "crasher",
-            crash_once_on,
-            (marker(&dir, "crasher"), go.clone()),
-        ))
-        .child(ChildSpec::new(
+    let sup = between_a_crash_and_a_slow_stop(
+        &dir,
+        &go,
+        ChildSpec::new(
             "later",
             crash_once_after,
             (marker(&dir, "later"), go.clone(), 300),
-        ))
-        .child(
-            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log)
-                .shutdown_grace(Duration::from_millis(1500)),
-        )
-        .build()
-        .unwrap();
+        ),
+        log,
+    );
     let events = sup.events();
     let later = pid_of(&sup, "later").unwrap();
     go.set();
@@ -1044,23 +1061,12 @@ fn a_transient_sibling_that_finishes_during_a_stop_starts_again() {
     let dir = tempdir("finish_during_stop");
     let log = dir.join("log").to_string_lossy().into_owned();
     let go = multiproc::Event::new().unwrap();
-    let sup = fast()
-        .strategy(Strategy::OneForAll)
-        .child(ChildSpec::new(
-            "crasher",
-            crash_once_on,
-            (marker(&dir, "crasher"), go.clone()),
-        ))
-        .child(
-            ChildSpec::new("job", runs_after, (log.clone(), go.clone()))
-                .restart(Restart::Transient),
-        )
-        .child(
-            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
-                .shutdown_grace(Duration::from_millis(1500)),
-        )
-        .build()
-        .unwrap();
+    let sup = between_a_crash_and_a_slow_stop(
+        &dir,
+        &go,
+        ChildSpec::new("job", runs_after, (log.clone(), go.clone())).restart(Restart::Transient),
+        log.clone(),
+    );
     let events = sup.events();
     let stubborn = pid_of(&sup, "stubborn").unwrap();
     go.set();
