@@ -65,6 +65,22 @@ fn main() {
                 "a_restart_held_by_a_lingering_group_does_not_spin",
                 a_restart_held_by_a_lingering_group_does_not_spin,
             ),
+            trial(
+                "a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop",
+                a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop,
+            ),
+            trial(
+                "a_waiting_sibling_restarts_once_after_its_own_backoff",
+                a_waiting_sibling_restarts_once_after_its_own_backoff,
+            ),
+            trial(
+                "a_sibling_stopped_after_a_stable_run_backs_off_from_the_base",
+                a_sibling_stopped_after_a_stable_run_backs_off_from_the_base,
+            ),
+            trial(
+                "a_panic_while_stopping_is_told_to_subscribers",
+                a_panic_while_stopping_is_told_to_subscribers,
+            ),
             trial("grace_and_timeout_of_duration_max", duration_max),
             trial("failed_restarts_grow_the_backoff", failed_restarts_back_off),
             trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
@@ -292,6 +308,14 @@ fn note(log: &str, name: &str, what: &str) {
 /// Notes its start in `log`, waits for `SIGTERM`, notes it, takes `ms` to stop and
 /// notes that it is gone.
 fn notes_its_stop((log, name, ms): (String, String, u64)) {
+    wait_for_sigterm(|| note(&log, &name, "start"));
+    note(&log, &name, "term");
+    std::thread::sleep(Duration::from_millis(ms));
+    note(&log, &name, "gone");
+}
+
+/// Blocks `SIGTERM`, runs `ready`, and returns once a `SIGTERM` came.
+fn wait_for_sigterm(ready: impl FnOnce()) {
     // SAFETY: `set` is a signal set this function owns; blocking a signal and waiting
     // for it runs no handler.
     unsafe {
@@ -299,13 +323,62 @@ fn notes_its_stop((log, name, ms): (String, String, u64)) {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        note(&log, &name, "start");
+        ready();
         let mut sig = 0;
         libc::sigwait(&set, &mut sig);
     }
-    note(&log, &name, "term");
-    std::thread::sleep(Duration::from_millis(ms));
-    note(&log, &name, "gone");
+}
+
+/// On its first run (while `marker` exists, removing it), leaves a grandchild in its
+/// group that ignores `SIGTERM` (its pid appended to `log`) and returns once `go` is
+/// set; runs for good afterwards.
+fn leaves_grandchild_once_on((log, marker, go): (String, String, multiproc::Event)) {
+    if std::fs::remove_file(&marker).is_ok() {
+        leaves_grandchild((log, true));
+        go.wait();
+        return;
+    }
+    sleep_forever(());
+}
+
+/// Ends on `SIGTERM`: `ms` after it on its first run (while `marker` exists, removing
+/// it), at once afterwards.
+fn slow_stop_once((marker, ms): (String, u64)) {
+    wait_for_sigterm(|| ());
+    if std::fs::remove_file(&marker).is_ok() {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Counts its runs in the file `counter`; crashes at once on the runs numbered in
+/// `crashes` (from 1), runs for good on the others.
+fn crashes_on_runs((counter, crashes): (String, Vec<u32>)) {
+    let run = std::fs::read_to_string(&counter)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&counter, run.to_string()).unwrap();
+    if crashes.contains(&run) {
+        std::process::abort();
+    }
+    sleep_forever(());
+}
+
+/// A value whose decoding panics.
+#[derive(serde::Serialize)]
+struct PanicsWhenDecoded;
+
+impl<'de> serde::Deserialize<'de> for PanicsWhenDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("cannot be decoded")
+    }
+}
+
+/// Returns a value that cannot be decoded once it gets `SIGTERM`.
+fn returns_undecodable_on_sigterm(_: ()) -> PanicsWhenDecoded {
+    wait_for_sigterm(|| ());
+    PanicsWhenDecoded
 }
 
 /// Notes its start in `log` and runs until killed, ignoring `SIGTERM`.
@@ -390,6 +463,19 @@ fn leaves_grandchild((log, stubborn): (String, bool)) {
     std::io::Write::write_all(&mut f, format!("{}\n", child.id()).as_bytes()).unwrap();
 }
 
+/// Every run's group in `LOG.groups` (see [`leaves_grandchild`]) is gone, a grandchild
+/// killed before it was logged included (its zombie came to this process, a subreaper,
+/// and is reaped here).
+fn groups_gone(log: &Path) {
+    for group in pids_in(&log.with_extension("groups")) {
+        assert_eq!(
+            common::settle_group(group, T),
+            Vec::new(),
+            "group {group} outlived its run"
+        );
+    }
+}
+
 /// Live members (not zombies) of process group `pgid`.
 fn live_members(pgid: u32) -> usize {
     common::group_members(pgid)
@@ -437,15 +523,7 @@ fn exited_child_leaves_no_group() {
         assert_eq!(live_members(p), 0);
         common::reap(p);
     }
-    // Every run's group is gone, a grandchild killed before it was logged included
-    // (its zombie came to this process, a subreaper, and is reaped here).
-    for group in pids_in(&log.with_extension("groups")) {
-        assert_eq!(
-            common::settle_group(group, T),
-            Vec::new(),
-            "group {group} outlived its run"
-        );
-    }
+    groups_gone(&log);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -527,19 +605,243 @@ fn a_restart_waits_for_the_last_runs_group() {
         assert!(wait_gone(p, T), "grandchild {p} outlived its group");
         common::reap(p);
     }
-    // Every run's group is gone, a grandchild killed before it was logged included (its
-    // zombie came to this process, a subreaper, and is reaped here).
-    for group in pids_in(Path::new(&format!("{log}.groups"))) {
-        assert_eq!(
-            common::settle_group(group, T),
-            Vec::new(),
-            "group {group} outlived its run"
-        );
-    }
+    groups_gone(Path::new(&log));
     let overlap = std::fs::read_to_string(format!("{log}.overlap")).unwrap_or_default();
     std::fs::remove_dir_all(dir).unwrap();
     assert!(ran, "{grandchildren:?}");
     assert_eq!(overlap, "", "runs met their predecessors' grandchildren");
+}
+
+/// A child that ended leaving members of its group that ignore `SIGTERM` has them
+/// killed at the end of its grace while the supervisor stops a sibling for the restart:
+/// the lingering groups were looked at only between the supervisor's passes, so the
+/// kill waited for the sibling's whole stop (and a stop longer than the grace and the
+/// 5 s given a kill left the group behind, never killed).
+fn a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop() {
+    let dir = tempdir("group-during-stop");
+    let log = dir.join("grandchildren");
+    std::fs::write(&log, b"").unwrap();
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .strategy(Strategy::OneForAll)
+        .child(
+            ChildSpec::new(
+                "leaver",
+                leaves_grandchild_once_on,
+                (
+                    log.to_string_lossy().into_owned(),
+                    marker(&dir, "leaver"),
+                    go.clone(),
+                ),
+            )
+            .shutdown_grace(Duration::from_millis(200)),
+        )
+        .child(
+            ChildSpec::new("slow", slow_stop_once, (marker(&dir, "slow"), 2500))
+                .shutdown_grace(Duration::from_secs(10)),
+        )
+        .build()
+        .unwrap();
+    assert!(eventually(T, || pids_in(&log).len() == 1));
+    let grandchild = pids_in(&log)[0];
+    let slow = pid_of(&sup, "slow").unwrap();
+    let asked = Instant::now();
+    go.set();
+    // The leader returns; its group gets `SIGTERM`, then `SIGKILL` 200 ms later, while
+    // "slow" takes 2.5 s to stop.
+    let killed = wait_gone(grandchild, Duration::from_millis(1500));
+    let took = asked.elapsed();
+    let slow_stopping = runs(slow);
+    sup.shutdown().unwrap();
+    common::reap(grandchild);
+    groups_gone(&log);
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(
+        killed,
+        "the grandchild lived on {took:?} after its leader's end"
+    );
+    assert!(
+        slow_stopping,
+        "the sibling's stop was over before the look: proves nothing"
+    );
+}
+
+/// `strategy` over "first", which crashes once `go` is set (the first of its runs that
+/// sees it, once), and "second", which counts its runs and crashes at once on those
+/// numbered in `crashes`; backoff from 150 ms, reset by a run of 300 ms.
+fn first_then_crashing_second(
+    dir: &Path,
+    strategy: Strategy,
+    go: &multiproc::Event,
+    crashes: Vec<u32>,
+) -> Supervisor {
+    let counter = dir.join("runs").to_string_lossy().into_owned();
+    Supervisor::builder()
+        .strategy(strategy)
+        .backoff(Duration::from_millis(150), Duration::from_secs(5))
+        .jitter(Jitter::None)
+        .reset_after(Duration::from_millis(300))
+        .intensity(100, Duration::from_secs(10))
+        .child(ChildSpec::new(
+            "first",
+            crash_on_once,
+            (marker(dir, "first"), go.clone()),
+        ))
+        .child(ChildSpec::new(
+            "second",
+            crashes_on_runs,
+            (counter, crashes),
+        ))
+        .build()
+        .unwrap()
+}
+
+/// Rest-for-one: a child waiting for its own restart (it crashed four times in a row:
+/// 1.2 s) when the one before it crashes (150 ms) is restarted once, counted once, and
+/// after its own backoff: the crash counted it again and moved its restart to the
+/// shorter delay.
+fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
+    let dir = tempdir("waiting-sibling");
+    let go = multiproc::Event::new().unwrap();
+    let sup = first_then_crashing_second(&dir, Strategy::RestForOne, &go, vec![1, 2, 3, 4]);
+    let events = sup.events();
+    let mut seen = Vec::new();
+    let next = |seen: &mut Vec<SupervisorEvent>| {
+        let e = events.recv_timeout(T).expect("an event");
+        seen.push(e.clone());
+        e
+    };
+    // The fourth crash in a row: 150 ms doubled three times.
+    loop {
+        if let SupervisorEvent::Restarting { child, after } = next(&mut seen)
+            && child == "second"
+            && after >= Duration::from_secs(1)
+        {
+            break;
+        }
+    }
+    let crashed = Instant::now();
+    go.set();
+    let restarted = loop {
+        if let SupervisorEvent::Started { child, .. } = next(&mut seen)
+            && child == "second"
+        {
+            break crashed.elapsed();
+        }
+    };
+    let settled = eventually(T, || {
+        pid_of(&sup, "first").is_some() && pid_of(&sup, "second").is_some()
+    });
+    let restarts = (restarts_of(&sup, "first"), restarts_of(&sup, "second"));
+    sup.shutdown().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(settled, "{seen:?}");
+    assert!(
+        restarted >= Duration::from_millis(800),
+        "restarted {restarted:?} after the other crash, within its own 1.2 s backoff: {seen:?}"
+    );
+    assert_eq!(restarts, (1, 4), "{seen:?}");
+}
+
+/// Waits for `go`, then crashes if `marker` exists (removing it); runs for good
+/// otherwise: the first run that sees `go` crashes, once.
+fn crash_on_once((marker, go): (String, multiproc::Event)) {
+    go.wait();
+    if std::fs::remove_file(&marker).is_ok() {
+        std::process::abort();
+    }
+    sleep_forever(());
+}
+
+/// One-for-all: a child that ran for longer than `reset_after` and is stopped for a
+/// sibling's crash starts its backoff over, as its own end after such a run does: its
+/// next crash waits the base delay, not the one its early crashes had grown to.
+fn a_sibling_stopped_after_a_stable_run_backs_off_from_the_base() {
+    let dir = tempdir("stable-sibling");
+    let go = multiproc::Event::new().unwrap();
+    // "second" crashes three times in a row (150, 300, 600 ms), runs stably, then
+    // crashes at once after the restart that the other's crash makes.
+    let sup = first_then_crashing_second(&dir, Strategy::OneForAll, &go, vec![1, 2, 3, 5]);
+    let events = sup.events();
+    let mut seen = Vec::new();
+    let mut next = || {
+        let e = events.recv_timeout(T).expect("an event");
+        seen.push(e.clone());
+        e
+    };
+    let restarting_second = |e: &SupervisorEvent| match e {
+        // Milliseconds: the delays are computed in `f32` (600.000024 ms).
+        SupervisorEvent::Restarting { child, after } if child == "second" => {
+            Some(after.as_millis())
+        }
+        _ => None,
+    };
+    // The third crash in a row, then the stable run.
+    while restarting_second(&next()) != Some(600) {}
+    while !matches!(next(), SupervisorEvent::Started { child, .. } if child == "second") {}
+    std::thread::sleep(Duration::from_millis(600));
+    go.set();
+    let after = loop {
+        if let Some(after) = restarting_second(&next()) {
+            break after;
+        }
+    };
+    sup.shutdown().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    assert_eq!(after, 150, "{seen:?}");
+}
+
+/// A panic while the supervisor stops its children (a child's value, decoded as it
+/// ends, panics; the stop is the one intensity exceeded makes) ends it as any other end
+/// does: subscribers get `GaveUp` and `Stopped` (one waiting for `Stopped` waited for
+/// ever) and the status says stopped (it said running).
+fn a_panic_while_stopping_is_told_to_subscribers() {
+    let go = multiproc::Event::new().unwrap();
+    let sup = Supervisor::builder()
+        .intensity(0, Duration::from_secs(10))
+        .child(ChildSpec::new(
+            "undecodable",
+            returns_undecodable_on_sigterm,
+            (),
+        ))
+        .child(ChildSpec::new("crasher", crash_on, go.clone()))
+        .build()
+        .unwrap();
+    let child = pid_of(&sup, "undecodable").unwrap();
+    let events = sup.events();
+    go.set();
+    let ended = sup.wait_timeout(T);
+    let mut seen = Vec::new();
+    let told = loop {
+        match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(e) => {
+                let last = matches!(e, SupervisorEvent::Stopped);
+                seen.push(e);
+                if last {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let status = sup.status();
+    assert!(wait_gone(child, T));
+    match &ended {
+        Err(SupervisorError::Panicked(why)) => assert!(why.contains("cannot be decoded"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(told, "no Stopped event: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, SupervisorEvent::GaveUp { reason } if reason.contains("cannot be decoded"))),
+        "{seen:?}"
+    );
+    assert!(
+        status
+            .iter()
+            .all(|c| matches!(c.state, ChildState::Stopped)),
+        "{status:?}"
+    );
 }
 
 /// Starts a grandchild that ignores `SIGTERM`, then waits for ever (dies of `SIGTERM`).

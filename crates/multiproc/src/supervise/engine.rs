@@ -203,6 +203,9 @@ struct Lingering {
     slot: usize,
     /// `None`: a grace too long to add to the clock, which never ends.
     kill_at: Option<Instant>,
+    /// When it was first sent `SIGKILL`: what is left of it [`KILL_WAIT`] later is
+    /// left behind.
+    killed_at: Option<Instant>,
 }
 
 /// When the lingering groups next need looking at: at the end of a grace, and every
@@ -213,6 +216,36 @@ fn lingering_due(lingering: &[Lingering], now: Instant) -> impl Iterator<Item = 
         let left = at.saturating_duration_since(now);
         if left.is_zero() { GROUP_POLL } else { left }
     })
+}
+
+/// One look at the lingering groups: forgets those gone, sends `SIGKILL` to those past
+/// their grace, and leaves behind (said so) those that `SIGKILL` has not ended within
+/// [`KILL_WAIT`] of the first. Done by the supervising thread between its passes, and
+/// every [`GROUP_POLL`] while it stops a child (a stop lasts up to the child's grace:
+/// a group whose own grace ended meanwhile was killed only after it, or, were the stop
+/// longer than the grace and `KILL_WAIT`, left behind without a kill).
+fn tend_groups(lingering: &mut Vec<Lingering>, now: Instant) {
+    lingering.retain_mut(|g| {
+        if !sys::group_alive(g.pgid) {
+            sys::reap_adopted(g.pgid);
+            return false;
+        }
+        if g.killed_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= KILL_WAIT)
+        {
+            // As in `stop_slot`: what `SIGKILL` does not end is left behind.
+            tracing::warn!(
+                pgid = g.pgid,
+                "a process group outlives SIGKILL; left behind"
+            );
+            return false;
+        }
+        if g.kill_at.is_some_and(|at| now >= at) {
+            let _ = sys::signal_group(g.pgid, sys::SIGKILL);
+            g.killed_at.get_or_insert(now);
+        }
+        true
+    });
 }
 
 impl Supervising {
@@ -229,9 +262,12 @@ impl Supervising {
             Ok(()) => outcome,
             Err(p) => {
                 // The stop was cut short (user code runs there too: a child's return
-                // value is decoded): what it had not stopped is killed, runs no code.
+                // value is decoded): what it had not stopped is killed, runs no code,
+                // and the end is told as any other (a subscriber waits for `Stopped`).
                 self.kill_all();
-                Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string())
+                let outcome = Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string());
+                self.announce(&outcome);
+                outcome
             }
         };
         *unpoisoned::lock(&self.shared.outcome) = Some(outcome);
@@ -273,6 +309,12 @@ impl Supervising {
         let all: Vec<usize> = (0..self.slots.len()).collect();
         self.stop_slots(&all);
         self.tend_lingering(true);
+        self.announce(outcome);
+    }
+
+    /// Publishes the children's last status and tells subscribers how the supervisor
+    /// ended (runs no user code).
+    fn announce(&self, outcome: &Outcome) {
         if let Outcome::GaveUp { .. } | Outcome::Panicked(_) = outcome {
             let reason = outcome.clone().into_result().err().map(|e| e.to_string());
             tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
@@ -410,7 +452,37 @@ impl Supervising {
             Strategy::RestForOne => (i..self.slots.len()).collect(),
         };
         let siblings: Vec<usize> = affected.iter().copied().filter(|&j| j != i).collect();
+        // A sibling already waiting for a restart of its own (it ended first) is
+        // restarted once, counted once, and not before its own backoff is over: the
+        // children restarting together (in order) wait for the latest of their delays.
+        let waiting_until = siblings
+            .iter()
+            .filter_map(|&j| match self.slots[j].state {
+                SlotState::Waiting(at) => Some(at),
+                _ => None,
+            })
+            .max();
+        let waiting: Vec<usize> = siblings
+            .iter()
+            .copied()
+            .filter(|&j| matches!(self.slots[j].state, SlotState::Waiting(_)))
+            .collect();
+        // A sibling that ran long enough has its backoff reset, as its own end after
+        // such a run would: stopped for another's crash, it did not crash in a row.
+        for &j in &siblings {
+            let s = &mut self.slots[j];
+            if matches!(s.state, SlotState::Running)
+                && now.duration_since(s.started) >= self.reset_after
+            {
+                s.in_a_row = 0;
+            }
+        }
         self.stop_slots(&siblings);
+        // The delay counts from the end of the siblings' stop (up to their grace), not
+        // from the crash: a stop longer than the delay left none.
+        let stopped = Instant::now();
+        let own = crate::deadline::later_than(stopped, delay);
+        let at = waiting_until.map_or(own, |w| w.max(own));
         for j in affected {
             let s = &mut self.slots[j];
             if j != i && s.spec.restart == Restart::Temporary {
@@ -420,14 +492,16 @@ impl Supervising {
             if matches!(s.state, SlotState::Done) && j != i {
                 continue;
             }
-            s.restarts += 1;
-            s.state = SlotState::Waiting(crate::deadline::later_than(now, delay));
+            if !waiting.contains(&j) {
+                s.restarts += 1;
+            }
+            s.state = SlotState::Waiting(at);
         }
-        tracing::info!(child = %name, ?delay, "restarting");
-        self.shared.events.send(SupervisorEvent::Restarting {
-            child: name,
-            after: delay,
-        });
+        let after = at.saturating_duration_since(stopped);
+        tracing::info!(child = %name, ?after, "restarting");
+        self.shared
+            .events
+            .send(SupervisorEvent::Restarting { child: name, after });
         None
     }
 
@@ -469,6 +543,9 @@ impl Supervising {
         for slot in &mut self.slots {
             if let Some(child) = slot.child.take() {
                 child.signal(sys::SIGKILL);
+            }
+            if !matches!(slot.state, SlotState::Done) {
+                slot.state = SlotState::Stopped;
             }
         }
         for l in self.lingering.drain(..) {
@@ -532,6 +609,7 @@ impl Supervising {
         let kill_at = start.checked_add(slot.spec.grace);
         loop {
             let now = Instant::now();
+            tend_groups(&mut self.lingering, now);
             let past_grace = kill_at.is_some_and(|at| now >= at);
             // A member that `SIGKILL` does not end (one the supervisor may not signal,
             // or stuck in the kernel) is left behind, said so, rather than hold the
@@ -593,6 +671,7 @@ impl Supervising {
                 pgid,
                 slot,
                 kill_at: Instant::now().checked_add(grace),
+                killed_at: None,
             });
         } else {
             sys::reap_adopted(pgid);
@@ -604,27 +683,7 @@ impl Supervising {
     fn tend_lingering(&mut self, finish: bool) {
         loop {
             let now = Instant::now();
-            self.lingering.retain(|g| {
-                if !sys::group_alive(g.pgid) {
-                    sys::reap_adopted(g.pgid);
-                    return false;
-                }
-                if g.kill_at
-                    .and_then(|at| at.checked_add(KILL_WAIT))
-                    .is_some_and(|at| now >= at)
-                {
-                    // As in `stop_slot`: what `SIGKILL` does not end is left behind.
-                    tracing::warn!(
-                        pgid = g.pgid,
-                        "a process group outlives SIGKILL; left behind"
-                    );
-                    return false;
-                }
-                if g.kill_at.is_some_and(|at| now >= at) {
-                    let _ = sys::signal_group(g.pgid, sys::SIGKILL);
-                }
-                true
-            });
+            tend_groups(&mut self.lingering, now);
             if !finish || self.lingering.is_empty() {
                 return;
             }
@@ -796,6 +855,7 @@ mod tests {
             pgid: 1,
             slot: 0,
             kill_at,
+            killed_at: None,
         };
         let lingering = [
             group(now.checked_sub(Duration::from_secs(1))),
