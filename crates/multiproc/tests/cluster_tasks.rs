@@ -395,6 +395,10 @@ fn main() {
                 "two_schedulers_fire_each_time_once",
                 two_schedulers_fire_each_time_once,
             ),
+            trial(
+                "a_retry_later_than_the_leader_lease_is_submitted",
+                a_retry_later_than_the_leader_lease_is_submitted,
+            ),
             trial("tls_with_a_private_ca", tls_with_a_private_ca),
             trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
             trial(
@@ -2096,6 +2100,57 @@ fn two_schedulers_fire_each_time_once() {
     let _ = std::fs::remove_dir_all(&dir);
     w.shutdown(true);
     finish(&redis, client(&redis, ns), ns);
+}
+
+/// A scheduler keeps the cluster's leader lease between fire times: a run it fired
+/// and retries later than the lease lasts (4 s, against 3 s) is submitted under it.
+/// The lease was renewed only in passes with a time due, and such a retry failed, "no
+/// longer holds the leader lease" (as did a run waiting for a long jitter).
+fn a_retry_later_than_the_leader_lease_is_submitted() {
+    use multiproc::chrono::Utc;
+    use multiproc::sched::{EventKind, Job, Schedule, Scheduler};
+    let redis = RedisServer::start();
+    let ns = "sched_retry";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .build()
+        .expect("start worker");
+    let dir = common::tempdir("sched_retry");
+    let path = dir.join("runs").display().to_string();
+    let s = Scheduler::builder()
+        .cluster(client(&redis, ns))
+        .build()
+        .unwrap();
+    let events = s.events();
+    let four = Duration::from_secs(4);
+    s.add(
+        Job::cluster("flaky", Schedule::once(Utc::now()), FLAKY, (path, 2)).retry(
+            RetryPolicy::attempts(2)
+                .backoff(four, 1.0, four)
+                .jitter(multiproc::Jitter::None),
+        ),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let outcome = loop {
+        let e = events.recv_timeout(T).expect("an event");
+        seen.push(format!("{:?}", e.kind));
+        match e.kind {
+            EventKind::Succeeded { attempt } => break Ok(attempt),
+            EventKind::Failed {
+                attempt,
+                error,
+                retry_in: None,
+            } => break Err((attempt, error.to_string())),
+            _ => {}
+        }
+    };
+    s.shutdown(true);
+    w.shutdown(true);
+    let _ = std::fs::remove_dir_all(&dir);
+    finish(&redis, client(&redis, ns), ns);
+    assert_eq!(outcome, Ok(2), "{seen:?}");
 }
 
 /// Every public handle of the cluster crosses threads (checked when this compiles).

@@ -65,6 +65,14 @@ fn main() {
             "a_panic_launching_a_run_fails_that_run_only",
             panic_launching_a_run,
         ),
+        trial(
+            "a_panic_taking_a_runs_outcome_fails_that_run_only",
+            a_panic_taking_a_runs_outcome_fails_that_run_only,
+        ),
+        trial(
+            "a_call_back_from_code_the_scheduler_runs_fails_clearly",
+            a_call_back_from_code_the_scheduler_runs_fails_clearly,
+        ),
         trial("bad_input_clear_errors", bad_input_clear_errors),
         trial(
             "background_thread_follows_clock",
@@ -167,6 +175,19 @@ fn manual() -> (Scheduler, ManualClock, Receiver<JobEvent>) {
         .thread_pool(ThreadPool::new(2).unwrap())
         .clock(clock.clone())
         .build_manual();
+    let events = s.events();
+    (s, clock, events)
+}
+
+/// A scheduler on a manual clock at `t0`, with its own thread and a thread pool of
+/// `threads`.
+fn background(threads: usize) -> (Scheduler, ManualClock, Receiver<JobEvent>) {
+    let clock = ManualClock::new(t0());
+    let s = Scheduler::builder()
+        .thread_pool(ThreadPool::new(threads).unwrap())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let events = s.events();
     (s, clock, events)
 }
@@ -536,13 +557,7 @@ fn run_pending_does_not_chase_a_moving_clock() {
 }
 
 fn max_instances_with_slow_job() {
-    let clock = ManualClock::new(t0());
-    let s = Scheduler::builder()
-        .thread_pool(ThreadPool::new(2).unwrap())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let events = s.events();
+    let (s, clock, events) = background(2);
     let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
     let runs = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&runs);
@@ -862,20 +877,31 @@ fn panic_launching_a_run() {
         .max_instances(1),
     )
     .unwrap();
+    first_run_panics_the_next_succeeds(&clock, &events, "refusing the first clone");
+    s.shutdown(true);
+}
+
+/// The job of a scheduler on `clock` (at `t0`, every 10 s) is due: its run there fails
+/// with a panic saying `message`, the one 10 s later succeeds.
+fn first_run_panics_the_next_succeeds(
+    clock: &ManualClock,
+    events: &Receiver<JobEvent>,
+    message: &str,
+) {
     clock.set(at(10));
     assert!(matches!(
-        next(&events).kind,
+        next(events).kind,
         EventKind::Started { attempt: 1 }
     ));
-    match next(&events).kind {
+    match next(events).kind {
         EventKind::Failed { error, .. } => assert!(
-            matches!(&*error, TaskError::Panicked(p) if p.message().contains("refusing the first clone")),
+            matches!(&*error, TaskError::Panicked(p) if p.message().contains(message)),
             "{error}"
         ),
         other => panic!("{other:?}"),
     }
     clock.set(at(20));
-    let kinds: Vec<EventKind> = (0..2).map(|_| next(&events).kind).collect();
+    let kinds: Vec<EventKind> = (0..2).map(|_| next(events).kind).collect();
     assert!(
         matches!(
             kinds[..],
@@ -886,6 +912,92 @@ fn panic_launching_a_run() {
         ),
         "{kinds:?}"
     );
+}
+
+/// A run's result whose `Drop` panics (the scheduler's thread drops it as it takes the
+/// outcome).
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("cannot be dropped");
+    }
+}
+
+/// A panic as the scheduler's thread takes a run's outcome (the result's `Drop`, a
+/// process job's `Deserialize`) fails that run with `Panicked`; the thread goes on: the
+/// job's next time runs, and `shutdown(true)` returns (the thread was gone, the run
+/// never finished, and `shutdown(true)` waited for it for ever).
+fn a_panic_taking_a_runs_outcome_fails_that_run_only() {
+    let (s, clock, events) = background(1);
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    s.add(Job::thread(
+        "touchy",
+        Schedule::every(secs(10)),
+        move || {
+            // Made on the first run only: a value made and dropped on the pool's thread
+            // would panic there.
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                Some(PanicsWhenDropped)
+            } else {
+                None
+            }
+        },
+    ))
+    .unwrap();
+    first_run_panics_the_next_succeeds(&clock, &events, "cannot be dropped");
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        s.shutdown(true);
+        done_tx.send(()).unwrap();
+    });
+    assert!(
+        done.recv_timeout(T).is_ok(),
+        "shutdown(true) never returned"
+    );
+}
+
+/// A retry policy's predicate that calls back into its scheduler (`jobs`) as the
+/// scheduler decides on a retry, holding its state: the call panics, saying why, and
+/// the failure stands as for any predicate that panics (the call waited for ever for
+/// the lock its own thread held, and the scheduler hung).
+fn a_call_back_from_code_the_scheduler_runs_fails_clearly() {
+    let clock = ManualClock::new(t0());
+    let s = Arc::new(
+        Scheduler::builder()
+            .thread_pool(ThreadPool::new(1).unwrap())
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    let events = s.events();
+    let w = Arc::downgrade(&s);
+    s.add(
+        Job::thread("fails", Schedule::every(secs(10)), || -> u32 {
+            panic!("failed on purpose")
+        })
+        .retry(
+            RetryPolicy::attempts(3)
+                .retry_if(move |_| w.upgrade().is_some_and(|s| s.jobs().is_empty())),
+        ),
+    )
+    .unwrap();
+    clock.set(at(10));
+    assert!(matches!(
+        next(&events).kind,
+        EventKind::Started { attempt: 1 }
+    ));
+    match next(&events).kind {
+        EventKind::Failed {
+            attempt: 1,
+            retry_in,
+            ..
+        } => assert_eq!(retry_in, None),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.jobs().len(), 1, "the scheduler answers");
+    let s = Arc::try_unwrap(s).unwrap_or_else(|_| panic!("the predicate kept the scheduler"));
     s.shutdown(true);
 }
 
@@ -947,13 +1059,7 @@ fn bad_input_clear_errors() {
 fn background_thread_follows_clock() {
     // The scheduler's own thread wakes when a manual clock moves, and on the system
     // clock fires a short interval on time.
-    let clock = ManualClock::new(t0());
-    let s = Scheduler::builder()
-        .thread_pool(ThreadPool::new(1).unwrap())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let events = s.events();
+    let (s, clock, events) = background(1);
     s.add(Job::thread("a", Schedule::every(secs(3600)), || ()))
         .unwrap();
     clock.advance(secs(3600));

@@ -120,7 +120,9 @@ impl RetryPolicy {
     /// and the panic is logged (it runs on the pool's own thread, which it must not end).
     /// It may run while the executor holds a lock of its own (a process pool's state):
     /// it must decide from the error alone, and not call into that executor (a submit, a
-    /// wait), which would wait for the lock for ever.
+    /// wait), which would wait for the lock for ever. A [`Scheduler`](crate::Scheduler)'s
+    /// predicate that calls into its scheduler panics, saying so, instead (the failure
+    /// stands).
     pub fn retry_if(mut self, f: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
         self.retry_if = Some(Arc::new(f));
         self

@@ -89,6 +89,37 @@ fn later(now: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// The scheduler's state, locked by this thread ([`Shared::lock_state`]); the thread is
+/// known to hold it until the guard goes.
+struct StateGuard<'a> {
+    guard: std::sync::MutexGuard<'a, State>,
+    outer: *const Shared,
+}
+
+thread_local! {
+    /// The scheduler whose state this thread holds locked, if any (null: none).
+    static HOLDING: std::cell::Cell<*const Shared> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(self.outer));
+    }
+}
+
 #[derive(Default)]
 struct State {
     jobs: IndexMap<String, JobState>,
@@ -227,6 +258,26 @@ impl Wake for RunWaker {
 }
 
 impl Shared {
+    /// Locks the scheduler's state. User code runs under it (a retry policy's
+    /// `retry_if`, a job's arguments' `Clone` and `Serialize`, a result's `Deserialize`
+    /// and `Drop`); a call back into this scheduler from there (`remove`, `jobs`,
+    /// `add`...) would wait for ever for the lock its own thread holds: it panics
+    /// instead, with what happened, and the code that called it fails as a panic there
+    /// does (the run fails, the predicate counts as false).
+    fn lock_state(&self) -> StateGuard<'_> {
+        let me: *const Shared = self;
+        if HOLDING.with(std::cell::Cell::get) == me {
+            panic!(
+                "a scheduler was called from code it runs while it holds its state (a \
+                 retry_if predicate, a job's arguments' Clone or Serialize, a result's \
+                 Deserialize or Drop): that call would wait for ever"
+            );
+        }
+        let guard = unpoisoned::lock(&self.state);
+        let outer = HOLDING.with(|h| h.replace(me));
+        StateGuard { guard, outer }
+    }
+
     pub(super) fn new(
         clock: Clock,
         pool: Option<Pool>,
@@ -282,7 +333,7 @@ impl Shared {
             });
         }
         let now = shared.clock.now();
-        let mut st = unpoisoned::lock(&shared.state);
+        let mut st = shared.lock_state();
         if st.jobs.contains_key(&job.name) {
             return Err(ScheduleError::Duplicate(job.name));
         }
@@ -331,7 +382,7 @@ impl Shared {
         // The state stays locked while the store forgets the job (as `add` holds it
         // while the store loads one): an `add` of the same name in between would find
         // the old row, and then lose its own records to the `forget`.
-        let mut st = unpoisoned::lock(&self.state);
+        let mut st = self.lock_state();
         let removed = st.jobs.shift_remove(name).is_some();
         #[cfg(feature = "sqlite")]
         if removed
@@ -350,7 +401,7 @@ impl Shared {
 
     /// The scheduled jobs, in the order they were added.
     pub(super) fn jobs(&self) -> Vec<JobInfo> {
-        let st = unpoisoned::lock(&self.state);
+        let st = self.lock_state();
         st.jobs
             .iter()
             .map(|(name, js)| JobInfo {
@@ -364,10 +415,7 @@ impl Shared {
 
     /// When a job fires next.
     pub(super) fn next_fire(&self, name: &str) -> Option<DateTime<Utc>> {
-        unpoisoned::lock(&self.state)
-            .jobs
-            .get(name)
-            .and_then(|j| j.next)
+        self.lock_state().jobs.get(name).and_then(|j| j.next)
     }
 
     /// A new subscriber to the job events.
@@ -385,7 +433,7 @@ impl Shared {
     pub(super) fn finish_runs(self: &Arc<Self>) {
         loop {
             self.process(false);
-            if unpoisoned::lock(&self.state).runs.is_empty() {
+            if self.lock_state().runs.is_empty() {
                 break;
             }
             self.signal.wait(Duration::from_millis(100));
@@ -455,7 +503,11 @@ impl Shared {
     /// many runs started and when the next thing is due.
     pub(super) fn process(self: &Arc<Self>, fire: bool) -> (usize, Option<DateTime<Utc>>) {
         let now = self.clock.now();
-        let mut st = unpoisoned::lock(&self.state);
+        // The leader lease is renewed at every pass (every second at least while a
+        // cluster job is held), before the runs whose jitter or retry delay is over are
+        // submitted under it, and outside the state lock (the call may wait for Redis).
+        let mut lead = if fire { self.pass_lead() } else { None };
+        let mut st = self.lock_state();
         self.flush_settled(&mut st, false);
         if fire {
             self.adopt_orphans(&mut st, now);
@@ -499,7 +551,7 @@ impl Shared {
             }
             let names: Vec<String> = st.jobs.keys().cloned().collect();
             for name in names {
-                started += self.fire_due(&mut st, &name, now);
+                started += self.fire_due(&mut st, &name, now, &mut lead);
             }
             // A `once` job that has fired and finished is done.
             st.jobs.retain(|_, js| {
@@ -547,8 +599,16 @@ impl Shared {
         (started, wake_at)
     }
 
-    /// Handles the due fire times of job `name`. Returns how many runs started.
-    fn fire_due(self: &Arc<Self>, st: &mut State, name: &str, now: DateTime<Utc>) -> usize {
+    /// Handles the due fire times of job `name`, with what this pass found of the
+    /// cluster's leader lease (`None`: not asked yet; asked here then). Returns how many
+    /// runs started.
+    fn fire_due(
+        self: &Arc<Self>,
+        st: &mut State,
+        name: &str,
+        now: DateTime<Utc>,
+        pass_lead: &mut Option<Option<bool>>,
+    ) -> usize {
         let Some(js) = st.jobs.get_mut(name) else {
             return 0;
         };
@@ -599,7 +659,11 @@ impl Shared {
         let led = matches!(js.job.target, Target::Cluster(_));
         #[cfg(not(feature = "redis"))]
         let led = false;
-        let lead = if led { self.leads(name) } else { Some(true) };
+        let lead = if led {
+            *pass_lead.get_or_insert_with(|| self.leads())
+        } else {
+            Some(true)
+        };
         if lead != Some(true) {
             // Not ours to fire now: kept until the leader has submitted them, in case it
             // dies first. A live leader handles each due time (submits it, or reports
@@ -880,7 +944,13 @@ impl Shared {
         };
         let waker = run.waker.clone();
         let mut cx = Context::from_waker(&waker);
-        if let Poll::Ready(outcome) = run.task.as_mut().poll(&mut cx)
+        // User code runs in the poll (the result's `Deserialize`, and its `Drop`): a
+        // panic there fails the run, as one in the job does, rather than end this
+        // thread with the run never finished (a `shutdown(true)` waited for it for
+        // ever). The task is not polled again.
+        let polled = crate::bootstrap::catching(|| run.task.as_mut().poll(&mut cx))
+            .unwrap_or_else(|caught| Poll::Ready(Err(TaskError::Panicked(caught))));
+        if let Poll::Ready(outcome) = polled
             && let Some(run) = st.runs.remove(&id)
         {
             self.finished(
@@ -1089,14 +1159,14 @@ impl Shared {
 
     /// Settles every record still queued: the scheduler is stopping.
     pub(super) fn flush(&self) {
-        self.flush_settled(&mut unpoisoned::lock(&self.state), true);
+        self.flush_settled(&mut self.lock_state(), true);
     }
 
     /// Reports the runs that wait for their jitter or their retry as missed: the
     /// scheduler is going away and will not start them.
     pub(super) fn drop_waiting(&self) {
         let timers = {
-            let mut st = unpoisoned::lock(&self.state);
+            let mut st = self.lock_state();
             let timers = mem::take(&mut st.timers);
             // Those of a job removed since were done with at its removal (its waiting
             // runs do not start): no shutdown to report for them.
@@ -1120,22 +1190,39 @@ impl Shared {
     /// queue's leader lease (taken or renewed here), `Some(false)` while another
     /// scheduler does, `None` when the cluster cannot say; always without a cluster.
     #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
-    fn leads(&self, name: &str) -> Option<bool> {
+    fn leads(&self) -> Option<bool> {
         #[cfg(feature = "redis")]
         if let Some(cluster) = &self.cluster {
             return match cluster.lead(&self.id, LEADER_LEASE) {
                 Ok(lead) => Some(lead.is_some()),
                 Err(e) => {
-                    tracing::warn!(
-                        job = name,
-                        "cannot reach the cluster for the leader lease: {e}"
-                    );
+                    tracing::warn!("cannot reach the cluster for the leader lease: {e}");
                     None
                 }
             };
         }
-        let _ = name;
         Some(true)
+    }
+
+    /// [`leads`](Self::leads), asked at the start of a pass while this scheduler holds a
+    /// cluster job: a leader keeps its lease between fire times, so that the runs it
+    /// fired and that wait for their jitter or a retry are submitted under it (they
+    /// failed, "no longer holds the leader lease", once the lease had run out with
+    /// nothing due), and the lease does not go from one live scheduler to another at
+    /// fire times. `None` (not asked) without a cluster job.
+    #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
+    fn pass_lead(&self) -> Option<Option<bool>> {
+        #[cfg(feature = "redis")]
+        if self.cluster.is_some()
+            && self
+                .lock_state()
+                .jobs
+                .values()
+                .any(|js| matches!(js.job.target, Target::Cluster(_)))
+        {
+            return Some(self.leads());
+        }
+        None
     }
 
     /// The times of `due` that no scheduler has submitted to the cluster yet (all of
