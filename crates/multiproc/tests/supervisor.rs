@@ -668,7 +668,7 @@ fn a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop() {
 
 /// `strategy` over "first", which crashes once `go` is set (the first of its runs that
 /// sees it, once), and "second", which counts its runs and crashes at once on those
-/// numbered in `crashes`; backoff from 150 ms, reset by a run of 300 ms.
+/// numbered in `crashes`; backoff from 200 ms, reset by a run of 300 ms.
 fn first_then_crashing_second(
     dir: &Path,
     strategy: Strategy,
@@ -678,7 +678,7 @@ fn first_then_crashing_second(
     let counter = dir.join("runs").to_string_lossy().into_owned();
     Supervisor::builder()
         .strategy(strategy)
-        .backoff(Duration::from_millis(150), Duration::from_secs(5))
+        .backoff(Duration::from_millis(200), Duration::from_secs(5))
         .jitter(Jitter::None)
         .reset_after(Duration::from_millis(300))
         .intensity(100, Duration::from_secs(10))
@@ -697,7 +697,7 @@ fn first_then_crashing_second(
 }
 
 /// Rest-for-one: a child waiting for its own restart (it crashed four times in a row:
-/// 1.2 s) when the one before it crashes (150 ms) is restarted once, counted once, and
+/// 1.6 s) when the one before it crashes (200 ms) is restarted once, counted once, and
 /// after its own backoff: the crash counted it again and moved its restart to the
 /// shorter delay.
 fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
@@ -711,7 +711,7 @@ fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
         seen.push(e.clone());
         e
     };
-    // The fourth crash in a row: 150 ms doubled three times.
+    // The fourth crash in a row: 200 ms doubled three times.
     loop {
         if let SupervisorEvent::Restarting { child, after } = next(&mut seen)
             && child == "second"
@@ -738,7 +738,7 @@ fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
     assert!(settled, "{seen:?}");
     assert!(
         restarted >= Duration::from_millis(800),
-        "restarted {restarted:?} after the other crash, within its own 1.2 s backoff: {seen:?}"
+        "restarted {restarted:?} after the other crash, within its own 1.6 s backoff: {seen:?}"
     );
     assert_eq!(restarts, (1, 4), "{seen:?}");
 }
@@ -759,7 +759,7 @@ fn crash_on_once((marker, go): (String, multiproc::Event)) {
 fn a_sibling_stopped_after_a_stable_run_backs_off_from_the_base() {
     let dir = tempdir("stable-sibling");
     let go = multiproc::Event::new().unwrap();
-    // "second" crashes three times in a row (150, 300, 600 ms), runs stably, then
+    // "second" crashes three times in a row (200, 400, 800 ms), runs stably, then
     // crashes at once after the restart that the other's crash makes.
     let sup = first_then_crashing_second(&dir, Strategy::OneForAll, &go, vec![1, 2, 3, 5]);
     let events = sup.events();
@@ -770,14 +770,14 @@ fn a_sibling_stopped_after_a_stable_run_backs_off_from_the_base() {
         e
     };
     let restarting_second = |e: &SupervisorEvent| match e {
-        // Milliseconds: the delays are computed in `f32` (600.000024 ms).
+        // Milliseconds: the delays are computed in `f32` (800.000032 ms, say).
         SupervisorEvent::Restarting { child, after } if child == "second" => {
             Some(after.as_millis())
         }
         _ => None,
     };
     // The third crash in a row, then the stable run.
-    while restarting_second(&next()) != Some(600) {}
+    while restarting_second(&next()) != Some(800) {}
     while !matches!(next(), SupervisorEvent::Started { child, .. } if child == "second") {}
     std::thread::sleep(Duration::from_millis(600));
     go.set();
@@ -788,7 +788,7 @@ fn a_sibling_stopped_after_a_stable_run_backs_off_from_the_base() {
     };
     sup.shutdown().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
-    assert_eq!(after, 150, "{seen:?}");
+    assert_eq!(after, 200, "{seen:?}");
 }
 
 /// A panic while the supervisor stops its children (a child's value, decoded as it

@@ -260,10 +260,11 @@ impl Wake for RunWaker {
 impl Shared {
     /// Locks the scheduler's state. User code runs under it (a retry policy's
     /// `retry_if`, a job's arguments' `Clone` and `Serialize`, a result's `Deserialize`
-    /// and `Drop`); a call back into this scheduler from there (`remove`, `jobs`,
-    /// `add`...) would wait for ever for the lock its own thread holds: it panics
-    /// instead, with what happened, and the code that called it fails as a panic there
-    /// does (the run fails, the predicate counts as false).
+    /// and `Drop`, the `Drop` of what a removed job held, tracing subscribers); a call
+    /// back into this scheduler from there (`remove`, `jobs`, `add`...) would wait for
+    /// ever for the lock its own thread holds: it panics instead, saying so. Where the
+    /// scheduler catches that code's panics, the run fails or the predicate counts as
+    /// false; elsewhere the panic goes on (to the caller of `remove`, say).
     fn lock_state(&self) -> StateGuard<'_> {
         let me: *const Shared = self;
         if HOLDING.with(std::cell::Cell::get) == me {
@@ -502,11 +503,12 @@ impl Shared {
     /// One pass: finished runs, due timers, due fire times (when `fire`). Returns how
     /// many runs started and when the next thing is due.
     pub(super) fn process(self: &Arc<Self>, fire: bool) -> (usize, Option<DateTime<Utc>>) {
-        let now = self.clock.now();
         // The leader lease is renewed at every pass (every second at least while a
         // cluster job is held), before the runs whose jitter or retry delay is over are
-        // submitted under it, and outside the state lock (the call may wait for Redis).
+        // submitted under it, and outside the state lock (the call may wait for Redis,
+        // its response timeout at most: the time is read after it).
         let mut lead = if fire { self.pass_lead() } else { None };
+        let now = self.clock.now();
         let mut st = self.lock_state();
         self.flush_settled(&mut st, false);
         if fire {

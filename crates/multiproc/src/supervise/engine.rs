@@ -266,7 +266,9 @@ impl Supervising {
                 // and the end is told as any other (a subscriber waits for `Stopped`).
                 self.kill_all();
                 let outcome = Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string());
-                self.announce(&outcome);
+                // Nor may the telling keep the waiters from the outcome (a tracing
+                // subscriber of the program's runs in it).
+                let _ = catch_unwind(AssertUnwindSafe(|| self.announce(&outcome)));
                 outcome
             }
         };

@@ -228,11 +228,13 @@ pub enum SupervisorEvent {
         /// How.
         exit: ChildExit,
     },
-    /// A child will start again after `after`.
+    /// A child will start again after `after` (with the siblings its strategy restarts
+    /// with it).
     Restarting {
         /// The child.
         child: String,
-        /// Its backoff.
+        /// Its backoff, counted from the end of the siblings' stop; longer where a
+        /// sibling restarting with it was already waiting for a later restart of its own.
         after: Duration,
     },
     /// Restart intensity was exceeded: every child was stopped.
