@@ -565,6 +565,19 @@ fn join_waits_for_a_cancelled_tasks_callbacks() {
 /// returned while the cancel's callbacks ran).
 #[test]
 fn join_waits_for_the_callbacks_of_a_task_cancelled_in_the_queue() {
+    cancelled_in_the_queue(|pool| pool.submit_with(|| 1, TaskOptions::new()).unwrap());
+}
+
+/// As above, for a task of plain `submit`: only tasks of `submit_with` were counted
+/// until their callbacks were done, and the join returned while the cancel's ran.
+#[test]
+fn join_waits_for_the_callbacks_of_a_plain_task_cancelled_in_the_queue() {
+    cancelled_in_the_queue(|pool| pool.submit(|| 1).unwrap());
+}
+
+/// Queues the task `queue` makes behind a busy thread of a one-thread pool, cancels it
+/// and joins (see [`join_while_a_cancels_callback_runs`]).
+fn cancelled_in_the_queue(queue: impl FnOnce(&ThreadPool) -> Task<i32>) {
     let pool = ThreadPool::new(1).unwrap();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let busy = pool
@@ -572,12 +585,75 @@ fn join_waits_for_the_callbacks_of_a_task_cancelled_in_the_queue() {
             let _ = release_rx.recv_timeout(T);
         })
         .unwrap();
-    let queued = pool.submit_with(|| 1, TaskOptions::new()).unwrap();
+    let queued = queue(&pool);
     join_while_a_cancels_callback_runs(&pool, queued, || {
         // The thread dequeues the cancelled task while its callback runs.
         release_tx.send(()).unwrap();
         get(busy).unwrap();
     });
+}
+
+/// `join_timeout` keeps to its timeout while a timed-out task's callback still runs
+/// (the pool's threads had exited, and the wait for the thread delivering the timeout
+/// had no limit: it returned `Ok` once the callback was over).
+#[test]
+fn join_timeout_keeps_to_its_timeout_while_a_timed_out_tasks_callback_runs() {
+    let pool = ThreadPool::new(1).unwrap();
+    // The thread kept busy until the callback is in place: its timeout runs from its start.
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let busy = pool
+        .submit(move || {
+            let _ = go_rx.recv_timeout(T);
+        })
+        .unwrap();
+    let task = pool
+        .submit_with(
+            || std::thread::sleep(Duration::from_millis(50)),
+            TaskOptions::new().timeout(Duration::from_millis(10)),
+        )
+        .unwrap();
+    let (inside_tx, inside_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    task.on_done(move |_| {
+        let _ = inside_tx.send(());
+        let _ = release_rx.recv_timeout(T);
+    });
+    go_tx.send(()).unwrap();
+    get(busy).unwrap();
+    inside_rx.recv_timeout(T).unwrap();
+    // The closure has returned and the thread is idle; the callback still runs.
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let first = pool.join_timeout(Duration::from_millis(200));
+    let took = t0.elapsed();
+    // Terminated, the pool's own threads exit at once: the delivering thread is still
+    // waited for, and within the timeout.
+    pool.terminate();
+    let t1 = Instant::now();
+    let second = pool.join_timeout(Duration::from_millis(200));
+    let took_terminated = t1.elapsed();
+    release_tx.send(()).unwrap();
+    pool.join_timeout(T).unwrap();
+    assert!(matches!(first, Err(PoolError::Timeout)), "{first:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(matches!(second, Err(PoolError::Timeout)), "{second:?}");
+    assert!(
+        took_terminated < Duration::from_secs(2),
+        "{took_terminated:?}"
+    );
+    assert_eq!(get(task), Err(TaskError::TimedOut));
+}
+
+/// More threads than the system allows are refused at once (`Vec::with_capacity`
+/// panicked, "capacity overflow").
+#[test]
+fn too_many_threads_are_refused() {
+    for threads in [usize::MAX, usize::MAX / 2] {
+        match ThreadPool::new(threads) {
+            Err(PoolError::InvalidArgument(why)) => assert!(why.contains("threads-max"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]

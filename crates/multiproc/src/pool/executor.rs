@@ -103,6 +103,14 @@ pub trait Executor {
     /// Python's `Executor.shutdown(wait, cancel_futures)`: refuses new tasks; with
     /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`]; with
     /// `wait`, returns once every task has finished.
+    ///
+    /// Unlike Python's executors, which run their pending tasks after
+    /// `shutdown(wait=False)` until the interpreter exits, an executor dropped early
+    /// ends its tasks then, as its own drop does: a [`ThreadPool`] fails those still
+    /// queued with [`TaskError::PoolClosed`] (and waits for the running ones), a
+    /// [`Pool`] terminates (its queued tasks fail, its workers are killed). Keep the
+    /// executor until the tasks are done (`shutdown(true, ..)`, or the tasks' `wait`)
+    /// before dropping it.
     fn shutdown(&self, wait: bool, cancel_pending: bool);
 }
 

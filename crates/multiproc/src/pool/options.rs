@@ -103,7 +103,8 @@ impl TaskOptions {
     /// A run longer than this fails with [`TaskError::TimedOut`] (or is retried per the
     /// policy), instead of the executor's task timeout. A process pool or a cluster
     /// kills the task's process; a [`ThreadPool`](crate::ThreadPool) cannot stop a
-    /// thread: the task ends as timed out at once and its closure runs on, unread.
+    /// thread: the task ends as timed out at once and its closure runs on, unread, and
+    /// is not run again whatever the policy (the run still holds its thread).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

@@ -97,6 +97,17 @@ impl ThreadPoolBuilder {
                 "a pool needs at least one thread".into(),
             ));
         }
+        // Refused at once rather than by starting threads until the system has none
+        // left (for the whole process, and its other pools, meanwhile).
+        if let Some(max) = std::fs::read_to_string("/proc/sys/kernel/threads-max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            && threads > max
+        {
+            return Err(PoolError::InvalidArgument(format!(
+                "{threads} threads are more than this system allows (kernel.threads-max is {max})"
+            )));
+        }
         let prefix = self
             .name
             .unwrap_or_else(|| format!("ThreadPool-{}", NEXT_POOL.fetch_add(1, Ordering::Relaxed)));
@@ -116,7 +127,7 @@ impl ThreadPoolBuilder {
             timers: Timers::new(format!("{prefix}-timers")),
             detached: Mutex::new(Vec::new()),
         });
-        let mut handles = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads.min(1024));
         for index in 0..threads {
             let mut builder = std::thread::Builder::new().name(format!("{prefix}-{index}"));
             if let Some(size) = self.stack_size {
@@ -174,7 +185,8 @@ struct State {
     /// Closed while tasks of `submit_with` may still be queued (after a delay or a
     /// failed run): the queue closes when the last of them is done.
     closing: bool,
-    /// Tasks of `submit_with` not finished yet.
+    /// Tasks not finished yet: counted from their submission until done for good, their
+    /// callbacks run (see [`Hold`]).
     held: usize,
     /// `shutdown` cancels the tasks not started: those waiting for a delay, and retries
     /// due from now on, end as cancelled.
@@ -201,9 +213,7 @@ impl Shared {
                 job(self.refusal());
             }
         }
-        let mut st = unpoisoned::lock(&self.state);
-        st.live -= 1;
-        self.exited.notify_all();
+        self.exit();
     }
 
     /// Closes the queue and fails every queued job; with `broken`, later submissions
@@ -245,12 +255,9 @@ impl Shared {
         }
     }
 
-    /// Queues a job. `fresh`: a new submission, refused while the pool closes (a
-    /// delayed or retried one is already counted and still goes in).
-    fn send(&self, job: Job, fresh: bool) -> Result<(), Box<(Job, TaskError)>> {
-        if fresh && unpoisoned::lock(&self.state).closing {
-            return Err(Box::new((job, self.closed_error())));
-        }
+    /// Queues a job of a task counted already ([`hold_new`](Self::hold_new)): it goes
+    /// in while the pool closes, until the queue is closed.
+    fn send(&self, job: Job) -> Result<(), Box<(Job, TaskError)>> {
         let tx = unpoisoned::lock(&self.tx);
         match &*tx {
             Some(tx) => tx
@@ -266,7 +273,7 @@ impl Shared {
     /// Queues `work`, whose outcome goes to `sink` under `slot`. Returns what cancels it
     /// while it is queued.
     fn push<T, W>(
-        &self,
+        self: &Arc<Self>,
         sink: Arc<dyn Sink<T>>,
         slot: usize,
         work: W,
@@ -275,18 +282,44 @@ impl Shared {
         T: Send + 'static,
         W: FnOnce() -> Result<T, TaskError> + Send + 'static,
     {
-        let ctl = Ctl::new(sink, slot);
+        self.hold_new()?;
+        let ctl = Ctl::held(sink, slot, self);
         let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
+        let hold = ctl.hold.clone();
+        // Let go once done: by the job, or by whoever ended it first (a cancel, once its
+        // callbacks are done).
         let job: Job = Box::new(move |refused| {
             if let Some(e) = refused {
-                ctl.finish(Err(e));
+                if ctl.finish(Err(e)) {
+                    ctl.let_go();
+                }
             } else if ctl.start(1) {
                 let outcome = work();
-                ctl.complete(outcome);
+                if ctl.complete(outcome) {
+                    ctl.let_go();
+                }
             }
         });
-        self.send(job, true).map_err(|refused| refused.1)?;
+        if let Err(refused) = self.send(job) {
+            // Closed by a `terminate` meanwhile: refused unqueued, as before its count.
+            if let Some(hold) = hold {
+                hold.let_go();
+            }
+            return Err(refused.1);
+        }
         Ok(handle)
+    }
+
+    /// Counts a new task among those the queue stays open for; refused once the pool
+    /// closes.
+    fn hold_new(&self) -> Result<(), TaskError> {
+        let mut st = unpoisoned::lock(&self.state);
+        if st.closing || st.terminated || st.broken.is_some() {
+            drop(st);
+            return Err(self.closed_error());
+        }
+        st.held += 1;
+        Ok(())
     }
 
     /// Queues a task of `submit_with`: run at its time, timed out, retried.
@@ -297,15 +330,8 @@ impl Shared {
         opts: &TaskOptions,
     ) -> Result<Weak<dyn Cancel>, TaskError> {
         opts.check_local()?;
-        {
-            let mut st = unpoisoned::lock(&self.state);
-            if st.closing || st.terminated || st.broken.is_some() {
-                drop(st);
-                return Err(self.closed_error());
-            }
-            st.held += 1;
-        }
-        let ctl = Ctl::held(sink, self);
+        self.hold_new()?;
+        let ctl = Ctl::held(sink, 0, self);
         let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
         let run = Run {
             ctl,
@@ -322,7 +348,7 @@ impl Shared {
         Ok(handle)
     }
 
-    /// A task of `submit_with` is done for good: the queue may close now.
+    /// A task is done for good: the queue may close now.
     fn release(&self) {
         let close = {
             let mut st = unpoisoned::lock(&self.state);
@@ -357,19 +383,21 @@ impl Shared {
     }
 
     /// Runs `job` on a thread of its own, counted as one of the pool's (a `join` from
-    /// there does not wait for itself) and joined with them; at once if no thread can
-    /// be started.
-    fn detach(&self, job: impl FnOnce() + Send + 'static) {
-        let id = self.id();
+    /// there does not wait for itself; `join`, `join_timeout` and the drop wait for it
+    /// as for the others) and joined with them; at once if no thread can be started.
+    fn detach(self: &Arc<Self>, job: impl FnOnce() + Send + 'static) {
         let job = Arc::new(Mutex::new(Some(job)));
         let theirs = Arc::clone(&job);
+        let shared = Arc::clone(self);
+        unpoisoned::lock(&self.state).live += 1;
         let spawned = std::thread::Builder::new()
             .name("mp-timed-out".into())
             .spawn(move || {
-                ON_POOL.with(|p| p.set(id));
+                ON_POOL.with(|p| p.set(shared.id()));
                 if let Some(job) = unpoisoned::lock(&theirs).take() {
                     job();
                 }
+                shared.exit();
             });
         match spawned {
             Ok(handle) => {
@@ -378,12 +406,20 @@ impl Shared {
                 detached.push(handle);
             }
             Err(e) => {
+                self.exit();
                 tracing::warn!("a thread pool delivers a timeout on its timer thread: {e}");
                 if let Some(job) = unpoisoned::lock(&job).take() {
                     job();
                 }
             }
         }
+    }
+
+    /// A thread of the pool ends: one fewer for `join` to wait for.
+    fn exit(&self) {
+        let mut st = unpoisoned::lock(&self.state);
+        st.live -= 1;
+        self.exited.notify_all();
     }
 
     /// Lets go of the tasks of this pool whose outcome the calling thread is delivering
@@ -425,8 +461,8 @@ struct Ctl<T> {
     progress: Arc<Progress>,
     sink: Arc<dyn Sink<T>>,
     slot: usize,
-    /// A task of `submit_with`: counted among those that keep the pool's queue open
-    /// until it is let go (see [`Ctl::let_go`]).
+    /// Counted among the tasks that keep the pool's queue open until it is let go (see
+    /// [`Ctl::let_go`]): every task of a pool.
     hold: Option<Arc<Hold>>,
 }
 
@@ -534,10 +570,10 @@ impl<T> Ctl<T> {
         })
     }
 
-    /// A task of `submit_with`, counted among those that keep `pool`'s queue open
-    /// until it is done for good.
-    fn held(sink: Arc<dyn Sink<T>>, pool: &Arc<Shared>) -> Arc<Self> {
-        let mut ctl = Ctl::new(sink, 0);
+    /// A task counted among those that keep `pool`'s queue open until it is done for
+    /// good ([`Shared::hold_new`] counted it).
+    fn held(sink: Arc<dyn Sink<T>>, slot: usize, pool: &Arc<Shared>) -> Arc<Self> {
+        let mut ctl = Ctl::new(sink, slot);
         if let Some(c) = Arc::get_mut(&mut ctl) {
             c.hold = Some(Arc::new(Hold {
                 held: AtomicBool::new(true),
@@ -547,7 +583,7 @@ impl<T> Ctl<T> {
         ctl
     }
 
-    /// The pool of a task of `submit_with`.
+    /// The pool of the task.
     fn pool(&self) -> Option<Arc<Shared>> {
         self.hold.as_ref().and_then(|h| h.pool.upgrade())
     }
@@ -584,11 +620,13 @@ impl<T> Ctl<T> {
     }
 
     /// Ends a run with its outcome, unless the task ended otherwise meanwhile (it timed
-    /// out).
-    fn complete(&self, outcome: Result<T, TaskError>) {
-        if self.swap(RUNNING, DONE) {
+    /// out: the timeout's delivery lets it go); whether it did.
+    fn complete(&self, outcome: Result<T, TaskError>) -> bool {
+        let won = self.swap(RUNNING, DONE);
+        if won {
             self.sink.deliver(self.slot, outcome);
         }
+        won
     }
 }
 
@@ -597,11 +635,23 @@ impl<T: Send + 'static> Ctl<T> {
     /// goes on. It is the pool's timer thread that calls this, which every delay,
     /// retry and timeout of the pool waits for: the outcome is delivered (and the
     /// done-callbacks, user code that may wait, for a countdown task of the same pool,
-    /// say, run) on a thread of its own, which the pool's `join` and drop wait for.
+    /// say, run) on a thread of its own, which the pool's `join` and drop wait for. The
+    /// task is let go once they are done (not when its closure returns, which may be
+    /// first): a `join` returns only after them.
     fn time_out(&self, run: u32) {
         if self.progress.change(Some(run), RUNNING, DONE, None) {
-            let (sink, slot) = (Arc::clone(&self.sink), self.slot);
-            let deliver = move || sink.deliver(slot, Err(TaskError::TimedOut));
+            let (sink, slot, hold) = (Arc::clone(&self.sink), self.slot, self.hold.clone());
+            let deliver = move || {
+                {
+                    // On the timer thread if no thread could be started: a `join` in a
+                    // callback there lets the task go first.
+                    let _delivering = Delivering::enter(hold.as_ref());
+                    sink.deliver(slot, Err(TaskError::TimedOut));
+                }
+                if let Some(hold) = hold {
+                    hold.let_go();
+                }
+            };
             match self.pool() {
                 Some(shared) => shared.detach(deliver),
                 None => deliver(),
@@ -647,7 +697,7 @@ impl<T: Send + 'static> Run<T> {
             return self.fail(TaskError::Cancelled);
         }
         let job: Job = Box::new(move |refused| self.go(refused));
-        if let Err(refused) = shared.send(job, false) {
+        if let Err(refused) = shared.send(job) {
             let (job, e) = *refused;
             job(Some(e));
         }
@@ -729,8 +779,9 @@ impl<T: Send + 'static> Run<T> {
                 };
             }
         }
-        self.ctl.complete(outcome);
-        self.ctl.let_go();
+        if self.ctl.complete(outcome) {
+            self.ctl.let_go();
+        }
     }
 }
 
