@@ -168,7 +168,7 @@
 //! as before afterwards. A [`Barrier`] party that dies breaks the barrier for the others.
 //! Anonymous segments vanish with their last user; named ones
 //! ([`SharedMemory::create`], [`Value::create_named`]) are removed by their creator, or
-//! on its behalf when it dies.
+//! on its behalf when it dies (in a program that called [`init`]).
 //!
 //! # Pools
 //!

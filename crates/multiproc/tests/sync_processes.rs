@@ -122,6 +122,14 @@ fn main() {
                 opener_exiting_keeps_the_segment,
             ),
             trial(
+                "a_creator_out_of_descriptors_removes_its_segment",
+                a_creator_out_of_descriptors_removes_its_segment,
+            ),
+            trial(
+                "a_link_at_a_segments_name_is_not_followed",
+                a_link_at_a_segments_name_is_not_followed,
+            ),
+            trial(
                 "named_value_layout_is_checked",
                 named_value_layout_is_checked,
             ),
@@ -1363,6 +1371,65 @@ fn opener_exiting_keeps_the_segment() {
     assert_eq!(Value::<u64>::open_named(&name).unwrap().load(), 9);
     drop(v);
     assert!(!common::shm_exists(&name));
+}
+
+/// Creates the segment `name`, then drops it with every descriptor it may open in use;
+/// whether the descriptors were indeed used up.
+fn create_and_drop_out_of_descriptors(name: String) -> bool {
+    let shm = SharedMemory::create(&name, 4096).unwrap();
+    let open = common::use_up_descriptors();
+    let used_up = std::fs::File::open("/dev/null").is_err();
+    drop(shm);
+    drop(open);
+    used_up
+}
+
+/// A creator with no descriptor free removes its segment as it drops it: the check that
+/// the name is still its file opened the segment, and with the open failing it was
+/// left in `/dev/shm` for good (its tracker told to forget it).
+fn a_creator_out_of_descriptors_removes_its_segment() {
+    let name = unique("no-fds");
+    let mut child = multiproc::spawn(create_and_drop_out_of_descriptors, name.clone()).unwrap();
+    let used_up = child.join_timeout(T).unwrap();
+    let left = common::shm_exists(&name);
+    if left {
+        let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+    }
+    assert!(used_up, "the child could still open descriptors: proves nothing");
+    assert!(!left, "the segment was left behind");
+}
+
+/// Files removed when dropped, the test passing or not.
+struct RemovedAtEnd(Vec<std::path::PathBuf>);
+
+impl Drop for RemovedAtEnd {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A symbolic link at a segment's name (`/dev/shm` is writable by everyone) is not
+/// followed: opened by that name, the file it points to was mapped and written.
+fn a_link_at_a_segments_name_is_not_followed() {
+    let name = unique("link");
+    let target = std::env::temp_dir().join(format!("{name}.target"));
+    let link = std::path::Path::new("/dev/shm").join(&name);
+    let _removed = RemovedAtEnd(vec![link.clone(), target.clone()]);
+    std::fs::write(&target, [7u8; 4096]).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let opened = SharedMemory::open(&name);
+    if let Ok(shm) = &opened {
+        let _ = shm.write(0, &[0]);
+    }
+    let value = Value::<u64>::open_named(&name);
+    assert!(
+        matches!(&opened, Err(ShmError::Io(e)) if e.to_string().contains("symbolic link")),
+        "{opened:?}"
+    );
+    assert!(value.is_err(), "{value:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), [7u8; 4096]);
 }
 
 fn named_value_layout_is_checked() {

@@ -315,14 +315,37 @@ pub(crate) fn file_allocated(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::fs::fstat(fd)?.st_blocks as u64 * 512)
 }
 
-/// Opens the existing named segment `/dev/shm/<name>` for reading and writing.
+/// Where the named segment `name` (validated: no `/`) is.
+fn shm_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/dev/shm").join(name)
+}
+
+/// Opens the existing named segment `/dev/shm/<name>` for reading and writing. A
+/// symbolic link there is not followed (`/dev/shm` is writable by everyone, as `/tmp`
+/// is: another user's link to one of the caller's files would have it mapped and
+/// written; glibc's `shm_open` adds `O_NOFOLLOW` too, rustix's does not), and only a
+/// regular file is a segment.
 pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
-    use rustix::shm;
-    Ok(shm::open(
-        name,
-        shm::OFlags::RDWR,
-        rustix::fs::Mode::empty(),
-    )?)
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        shm_path(name),
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("/dev/shm/{name} is a symbolic link, not a shared memory segment"),
+        ),
+        e => e.into(),
+    })?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("/dev/shm/{name} is not a regular file, not a shared memory segment"),
+        ));
+    }
+    Ok(fd)
 }
 
 /// Removes the name of a segment (those that map it keep it).
@@ -353,10 +376,14 @@ pub(crate) fn path_id(path: &std::path::Path) -> io::Result<(u64, u64)> {
 }
 
 /// Unlinks the segment `name` if it is still the file `id` (not one created since under
-/// the same name).
+/// the same name). Looked at by its path, which takes no descriptor: a process out of
+/// them (or denied reading the file) still removes its segment.
 pub(crate) fn shm_unlink_if(name: &str, id: (u64, u64)) {
-    if let Ok(fd) = rustix::shm::open(name, rustix::shm::OFlags::RDONLY, rustix::fs::Mode::empty())
-        && file_id(fd.as_fd()).is_ok_and(|found| found == id)
+    if let Ok(st) = rustix::fs::statat(
+        rustix::fs::CWD,
+        shm_path(name),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    ) && (st.st_dev, st.st_ino) == id
     {
         let _ = rustix::shm::unlink(name);
     }
