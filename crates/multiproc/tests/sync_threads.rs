@@ -61,6 +61,46 @@ fn thread_that_ends_holding_a_lock() {
     drop(lock.try_lock().unwrap());
 }
 
+/// A thread that ends holding a guard of a `Value` or an `Array` leaked it (a guard
+/// unwinds with its thread otherwise), and a reference to the data made from it may
+/// outlive the thread: the lock stays held in this process rather than being taken
+/// over, which made a second `&mut` to the same memory in safe code.
+#[test]
+fn a_leaked_value_guard_of_an_ended_thread_is_not_taken_over() {
+    let value = Value::new(1u64).unwrap();
+    let array = Array::<u32>::new(4).unwrap();
+    let (leaked, slice): (&mut u64, &mut [u32]) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let v = Box::leak(Box::new(value.lock().unwrap()));
+            let a = Box::leak(Box::new(array.lock().unwrap()));
+            (&mut **v, &mut **a)
+        })
+        .join()
+        .unwrap()
+    });
+    // The thread has ended (joined): a waiter looks at the owner within its timeout.
+    let v = value.lock_timeout(Duration::from_millis(400));
+    let a = array.lock_timeout(Duration::from_millis(400));
+    assert!(matches!(v, Err(TryLockError::WouldBlock)), "{v:?}");
+    assert!(matches!(a, Err(TryLockError::WouldBlock)), "{a:?}");
+    drop((v, a));
+    assert!(value.try_lock().unwrap_err().is_would_block());
+    *leaked += 1;
+    slice[0] = 7;
+    assert_eq!((*leaked, slice[0]), (2, 7));
+    // A plain `Lock` has no data behind it: a leaked guard of an ended thread is still
+    // taken over, and said to be (`thread_that_ends_holding_a_lock`), unless that thread
+    // leaked a guard of data too.
+    let lock = Lock::new().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| std::mem::forget(lock.lock().unwrap()));
+    });
+    assert!(matches!(
+        lock.lock_timeout(T),
+        Err(TryLockError::OwnerDied(_))
+    ));
+}
+
 #[test]
 fn relocking_a_lock_is_refused() {
     let lock = Lock::new().unwrap();

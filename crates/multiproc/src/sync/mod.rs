@@ -4,6 +4,7 @@ pub(crate) mod barrier;
 pub(crate) mod condition;
 mod error;
 pub(crate) mod event;
+pub(crate) mod leaked;
 pub(crate) mod lock;
 pub(crate) mod mutex;
 pub(crate) mod raw;

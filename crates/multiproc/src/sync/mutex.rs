@@ -60,6 +60,28 @@ impl Drop for Held<'_> {
     }
 }
 
+/// A hold of the lock of shared data (`Value`'s, `Array`'s), from which references to
+/// the data are made: counted on its thread while it lives, so that a thread that
+/// leaks one does not have its lock taken over in this process once it has ended (see
+/// [`leaked`](super::leaked)).
+#[derive(Debug)]
+pub(crate) struct DataHeld<'a>(Held<'a>);
+
+impl<'a> DataHeld<'a> {
+    #[inline]
+    pub(crate) fn new(held: Held<'a>) -> Self {
+        super::leaked::enter();
+        DataHeld(held)
+    }
+}
+
+impl Drop for DataHeld<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        super::leaked::leave();
+    }
+}
+
 #[inline]
 fn raw_take(words: &MutexWords, wait: Deadline) -> Option<Acquired> {
     match wait {

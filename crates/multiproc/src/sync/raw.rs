@@ -41,6 +41,13 @@ const MAX_CHECK: Duration = Duration::from_millis(100);
 /// How often [`LockWords::lock_unless_stopped`] looks at whether the holder is stopped.
 const STOP_CHECK: Duration = Duration::from_micros(200);
 
+/// Whether the owner `owner` of a lock will never let go of it, so that the lock is
+/// taken over: it died, and is not a thread of this process that leaked a guard of the
+/// data the lock guards (see [`leaked`](super::leaked)).
+fn gone(owner: u64) -> bool {
+    !sys::identity_alive(owner) && !super::leaked::leaked_by(owner)
+}
+
 /// How the lock was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Acquired {
@@ -67,7 +74,7 @@ impl LockWords {
         let me = sys::thread_identity();
         match self.state.compare_exchange(0, me, SeqCst, SeqCst) {
             Ok(_) => Some(Acquired::Clean),
-            Err(owner) if owner != me && !sys::identity_alive(owner) => self
+            Err(owner) if owner != me && gone(owner) => self
                 .state
                 .compare_exchange(owner, me, SeqCst, SeqCst)
                 .ok()
@@ -104,7 +111,7 @@ impl LockWords {
             if owner == 0 {
                 continue;
             }
-            if !sys::identity_alive(owner) {
+            if gone(owner) {
                 if self.take_from_dead(owner, sys::thread_identity()) {
                     return Some(Acquired::OwnerDied);
                 }
@@ -152,7 +159,7 @@ impl LockWords {
             }
             let now = Instant::now();
             if now >= next_check {
-                if owner != me && !sys::identity_alive(owner) {
+                if owner != me && gone(owner) {
                     if self.take_from_dead(owner, me) {
                         return Some(Acquired::OwnerDied);
                     }
@@ -166,7 +173,7 @@ impl LockWords {
                 // than the first check (a poll with a timeout of 1 ms, say) would
                 // otherwise never find a dead owner.
                 Some(d) if now >= d => {
-                    if owner != me && !sys::identity_alive(owner) && self.take_from_dead(owner, me)
+                    if owner != me && gone(owner) && self.take_from_dead(owner, me)
                     {
                         return Some(Acquired::OwnerDied);
                     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::mutex::{self, Held};
+use super::mutex::{self, DataHeld, Held};
 use super::{LockResult, TryLockResult};
 use crate::deadline::Deadline;
 use crate::shm::layout::MutexWords;
@@ -30,7 +30,10 @@ use crate::wire::codec;
 /// [`lock`](Value::lock) gives a guard that derefs to the `T`; [`load`](Value::load) and
 /// [`store`](Value::store) copy it in and out under the lock. If a process dies holding
 /// the lock, the next `lock` returns [`OwnerDied`](crate::OwnerDied) with the guard: the
-/// value may be half-written (`T` is plain data, so any bytes are still a valid `T`).
+/// value may be half-written (`T` is plain data, so any bytes are still a valid `T`). A
+/// guard leaked (`mem::forget`) by a thread that then ended keeps the lock held in its
+/// process, as one leaked by a live thread does: a reference made from it may still be
+/// in use.
 ///
 /// A handle is cheap to clone and can be passed to [`spawn`](crate::spawn) or sent
 /// through a pipe or queue. The receiving process checks that the value really holds a
@@ -95,7 +98,8 @@ impl<T: ShmSafe> Value<T> {
 
     /// A new value in the named segment `name` (`/dev/shm/<name>`), which must not
     /// exist. This process is its creator: the name is removed when the last handle
-    /// here is dropped, or when this process dies.
+    /// here is dropped, or, in a program that called [`init`](crate::init), when this
+    /// process dies (as for [`SharedMemory::create`](crate::SharedMemory::create)).
     ///
     /// # Errors
     ///
@@ -248,7 +252,7 @@ impl<'de, T: ShmSafe> Deserialize<'de> for Value<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: ShmSafe> {
     ptr: NonNull<T>,
-    _held: Held<'a>,
+    _held: DataHeld<'a>,
     _data: PhantomData<&'a mut T>,
 }
 
@@ -257,7 +261,7 @@ impl<'a, T: ShmSafe> ValueGuard<'a, T> {
     fn new(ptr: NonNull<T>, held: Held<'a>) -> Self {
         ValueGuard {
             ptr,
-            _held: held,
+            _held: DataHeld::new(held),
             _data: PhantomData,
         }
     }
@@ -528,7 +532,7 @@ impl<'de, T: ShmSafe> Deserialize<'de> for Array<T> {
 pub struct ArrayGuard<'a, T: ShmSafe> {
     ptr: NonNull<T>,
     len: usize,
-    _held: Held<'a>,
+    _held: DataHeld<'a>,
     _data: PhantomData<&'a mut [T]>,
 }
 
@@ -538,7 +542,7 @@ impl<'a, T: ShmSafe> ArrayGuard<'a, T> {
         ArrayGuard {
             ptr,
             len,
-            _held: held,
+            _held: DataHeld::new(held),
             _data: PhantomData,
         }
     }
