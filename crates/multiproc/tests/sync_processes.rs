@@ -1373,15 +1373,18 @@ fn opener_exiting_keeps_the_segment() {
     assert!(!common::shm_exists(&name));
 }
 
-/// Creates the segment `name`, then drops it with every descriptor it may open in use;
-/// whether the descriptors were indeed used up.
-fn create_and_drop_out_of_descriptors(name: String) -> bool {
+/// Creates the segment `name`, then drops it with no descriptor allowed (the limit set
+/// to 0: the segment's own, closed by the drop, does not free one); whether opening
+/// was indeed refused, and whether the name was still there right after the drop
+/// (looked at with `stat`, which takes no descriptor).
+fn create_and_drop_out_of_descriptors(name: String) -> (bool, bool) {
     let shm = SharedMemory::create(&name, 4096).unwrap();
-    let open = common::use_up_descriptors();
-    let used_up = std::fs::File::open("/dev/null").is_err();
+    let none = common::SoftLimit::set(libc::RLIMIT_NOFILE, 0);
+    let refused = std::fs::File::open("/dev/null").is_err();
     drop(shm);
-    drop(open);
-    used_up
+    let left = std::fs::symlink_metadata(format!("/dev/shm/{name}")).is_ok();
+    drop(none);
+    (refused, left)
 }
 
 /// A creator with no descriptor free removes its segment as it drops it: the check that
@@ -1390,12 +1393,16 @@ fn create_and_drop_out_of_descriptors(name: String) -> bool {
 fn a_creator_out_of_descriptors_removes_its_segment() {
     let name = unique("no-fds");
     let mut child = multiproc::spawn(create_and_drop_out_of_descriptors, name.clone()).unwrap();
-    let used_up = child.join_timeout(T).unwrap();
+    let (used_up, left_at_drop) = child.join_timeout(T).unwrap();
     let left = common::shm_exists(&name);
     if left {
         let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
     }
-    assert!(used_up, "the child could still open descriptors: proves nothing");
+    assert!(
+        used_up,
+        "the child could still open descriptors: proves nothing"
+    );
+    assert!(!left_at_drop, "the segment outlived its last handle's drop");
     assert!(!left, "the segment was left behind");
 }
 

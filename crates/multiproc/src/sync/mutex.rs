@@ -65,13 +65,15 @@ impl Drop for Held<'_> {
 /// leaks one does not have its lock taken over in this process once it has ended (see
 /// [`leaked`](super::leaked)).
 #[derive(Debug)]
-pub(crate) struct DataHeld<'a>(Held<'a>);
+pub(crate) struct DataHeld<'a> {
+    _held: Held<'a>,
+}
 
 impl<'a> DataHeld<'a> {
     #[inline]
     pub(crate) fn new(held: Held<'a>) -> Self {
         super::leaked::enter();
-        DataHeld(held)
+        DataHeld { _held: held }
     }
 }
 

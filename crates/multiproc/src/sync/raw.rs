@@ -173,8 +173,7 @@ impl LockWords {
                 // than the first check (a poll with a timeout of 1 ms, say) would
                 // otherwise never find a dead owner.
                 Some(d) if now >= d => {
-                    if owner != me && gone(owner) && self.take_from_dead(owner, me)
-                    {
+                    if owner != me && gone(owner) && self.take_from_dead(owner, me) {
                         return Some(Acquired::OwnerDied);
                     }
                     // This waiter may be the one an unlock woke, whose lock another thread

@@ -1025,10 +1025,46 @@ pub fn use_up_descriptors() -> Vec<std::fs::File> {
     open
 }
 
+/// One of this process's soft resource limits set to a value, until dropped.
+#[allow(dead_code)]
+pub struct SoftLimit {
+    resource: libc::__rlimit_resource_t,
+    was: libc::rlimit,
+}
+
+#[allow(dead_code)]
+impl SoftLimit {
+    #[allow(unsafe_code)]
+    pub fn set(resource: libc::__rlimit_resource_t, soft: u64) -> Self {
+        let mut was = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain calls on local structs.
+        unsafe {
+            assert_eq!(libc::getrlimit(resource, &mut was), 0);
+            let new = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: was.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(resource, &new), 0);
+        }
+        SoftLimit { resource, was }
+    }
+}
+
+impl Drop for SoftLimit {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: a plain call on a local struct.
+        unsafe { assert_eq!(libc::setrlimit(self.resource, &self.was), 0) };
+    }
+}
+
 /// This process's address space limited to what it uses and 4 MiB more (room for small
 /// allocations, not for a 16 MiB message or result), until dropped.
 #[allow(dead_code)]
-pub struct AddressSpaceCap(libc::rlimit);
+pub struct AddressSpaceCap(SoftLimit);
 
 #[allow(dead_code)]
 impl AddressSpaceCap {
@@ -1038,27 +1074,6 @@ impl AddressSpaceCap {
         let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
         // SAFETY: a plain call.
         let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
-        let mut was = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain calls on local structs.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut was), 0);
-            let short = libc::rlimit {
-                rlim_cur: pages * page + (4 << 20),
-                rlim_max: was.rlim_max,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &short), 0);
-        }
-        AddressSpaceCap(was)
-    }
-}
-
-impl Drop for AddressSpaceCap {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: a plain call on a local struct.
-        unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &self.0), 0) };
+        AddressSpaceCap(SoftLimit::set(libc::RLIMIT_AS, pages * page + (4 << 20)))
     }
 }
