@@ -34,6 +34,10 @@ fn main() {
             ),
             trial("spawn_cpu_time", spawn_cpu_time),
             trial("cpu_time_of_duration_max_is_no_limit", cpu_time_max),
+            trial(
+                "cpu_time_under_a_lower_inherited_hard_limit",
+                cpu_time_under_a_lower_hard_limit,
+            ),
             trial("spawn_open_files", spawn_open_files),
             trial(
                 "children_get_the_parents_open_files_limit",
@@ -127,6 +131,16 @@ fn helpers(mode: &str) {
                     limits.is_empty(),
                     child.join_timeout(T).unwrap()
                 );
+            }
+        }
+        "cpu_under_a_lower_hard_limit" => {
+            let mut child = Builder::new()
+                .limits(Limits::new().cpu_time(Duration::from_secs(30)))
+                .spawn(spin, ())
+                .unwrap();
+            match child.join_timeout(T) {
+                Err(ProcessError::LimitExceeded { limit, .. }) => println!("ended limit {limit}"),
+                other => println!("ended other {other:?}"),
             }
         }
         other => panic!("unknown helper mode {other}"),
@@ -304,6 +318,31 @@ fn spawn_cpu_time() {
         other => panic!("expected the CPU time limit, got {other:?}"),
     }
     println!("a spinning child was stopped after {:?}", t.elapsed());
+}
+
+/// A program started under a hard CPU limit (`ulimit -Ht 3`) lower than a child's
+/// `cpu_time`: the child is stopped a second before the hard limit, with `SIGXCPU`, and
+/// the CPU limit is reported (at the hard limit the kernel sends `SIGKILL`, which told
+/// nothing of why: a plain `Signaled(SIGKILL)`).
+fn cpu_time_under_a_lower_hard_limit() {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    // SAFETY: `setrlimit` is async-signal-safe, on a struct on the stack.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let hard = libc::rlimit {
+                rlim_cur: 3,
+                rlim_max: 3,
+            };
+            if libc::setrlimit(libc::RLIMIT_CPU, &hard) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let h = Helper::start_command("cpu_under_a_lower_hard_limit", command, &[]);
+    let ended = h.expect("ended ", T);
+    assert_eq!(ended, format!("limit {}", Limit::CpuTime), "{ended}");
 }
 
 /// `cpu_time(Duration::MAX)` is no limit (it wrapped to a limit of one second).

@@ -20,15 +20,20 @@ use crate::sys::{self, WaitStatus};
 ///   its memory controller is enabled for this process's cgroup's children, else the
 ///   v1 memory hierarchy's `memory.limit_in_bytes`; swap included where the kernel
 ///   accounts it). The kernel's out-of-memory killer ends a process that goes over it,
-///   and the cgroup's `oom_kill` count says so. Where no cgroup can be made, the cap is
+///   and the cgroup's `oom_kill` count says so (v2: with its `oom` count, the cap
+///   reached; a kill by the machine's own out-of-memory killer, the child under its cap,
+///   is a plain `SIGKILL`). Where no cgroup can be made, the cap is
 ///   an address-space limit (`RLIMIT_AS`) of what the process has mapped when its
 ///   function starts plus the cap: an allocation that would pass it fails, and Rust's
 ///   standard library aborts the process (`SIGABRT`) after printing `memory allocation
 ///   of N bytes failed`. [`MemoryCap`] chooses the way.
 /// - [`address_space`](Self::address_space): `RLIMIT_AS`, in all.
-/// - [`cpu_time`](Self::cpu_time): `RLIMIT_CPU`, counted in whole seconds (rounded up),
-///   from when the function starts (for a pool, from when each task starts): then the
-///   kernel sends `SIGXCPU`, which ends the process.
+/// - [`cpu_time`](Self::cpu_time): `RLIMIT_CPU`, from when the function starts (for a
+///   pool, from when each task starts): then the kernel sends `SIGXCPU`, which ends the
+///   process. The kernel counts the process's whole CPU time in whole seconds: the limit
+///   is set at the time already used plus this one, rounded up to the next second, so
+///   the function gets from this limit to a second more. Under a lower hard limit that
+///   the program inherited (`ulimit -Ht`), it is set a second below that hard limit.
 /// - [`open_files`](Self::open_files): `RLIMIT_NOFILE`: the most descriptors the
 ///   process may have open, multiproc's own included (a spawned child holds 4 or 5, a
 ///   pool worker about 12). Opening one more fails with `EMFILE`.
@@ -332,7 +337,9 @@ impl Armed {
         if signal == sys::SIGXCPU && self.cpu {
             return Some((
                 Limit::CpuTime,
-                "killed by SIGXCPU at its CPU time limit".into(),
+                "killed by SIGXCPU at its CPU time limit (or a second before the hard CPU \
+                 limit it inherited, if that came first)"
+                    .into(),
             ));
         }
         None

@@ -25,10 +25,20 @@ fn resource(kind: RlimitKind) -> Resource {
 
 /// Sets the soft limit of `kind` to `soft`, and with `hard` the hard limit to it too
 /// (never above the current hard limit, which only a privileged process may raise).
+///
+/// A CPU limit held down by a lower hard limit is set a second below it: at the hard
+/// limit the kernel sends `SIGKILL` (before `SIGXCPU` when both are reached at once),
+/// which would not say that CPU time ended the process.
 pub(crate) fn set_rlimit(kind: RlimitKind, soft: u64, hard: bool) -> io::Result<()> {
     let r = resource(kind);
     let current = getrlimit(r);
-    let soft = current.maximum.map_or(soft, |max| soft.min(max));
+    let soft = match current.maximum {
+        Some(max) if soft >= max && !hard && matches!(kind, RlimitKind::CpuSeconds) => {
+            max.saturating_sub(1).max(1).min(max)
+        }
+        Some(max) => soft.min(max),
+        None => soft,
+    };
     let limit = Rlimit {
         current: Some(soft),
         maximum: if hard { Some(soft) } else { current.maximum },
@@ -179,13 +189,49 @@ pub(crate) fn oom_kills(dir: &Path, kind: CgroupKind) -> io::Result<u64> {
         CgroupKind::V1 => "memory.oom_control",
     };
     let text = std::fs::read_to_string(dir.join(file))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|n| n.trim().parse().ok())
+    oom_kills_in(&text, kind)
         .ok_or_else(|| io::Error::other(format!("no oom_kill count in {file}")))
+}
+
+/// [`oom_kills`] from the text of the cgroup's file. v2's `oom_kill` counts kills by
+/// any out-of-memory killer, the machine's own included (a child far under its cap
+/// killed because the whole machine ran short): they are the cgroup's only if its `oom`
+/// count says its limit was reached. v1 keeps no such count.
+fn oom_kills_in(text: &str, kind: CgroupKind) -> Option<u64> {
+    let count = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let kills = count("oom_kill")?;
+    match kind {
+        CgroupKind::V2 => Some(if count("oom")? > 0 { kills } else { 0 }),
+        CgroupKind::V1 => Some(kills),
+    }
 }
 
 /// Removes cgroup `dir`; fails (`EBUSY`) while a process is in it.
 pub(crate) fn remove_cgroup(dir: &Path) -> io::Result<()> {
     std::fs::remove_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v2 cgroup whose child the machine's out-of-memory killer took (its `oom_kill`
+    /// counts it) without the cgroup reaching its limit (`oom` 0) did not run out of
+    /// its cap.
+    #[test]
+    fn only_kills_at_the_cgroups_own_limit_count() {
+        let events = |oom: u32, kills: u32| {
+            format!("low 0\nhigh 0\nmax 3\noom {oom}\noom_kill {kills}\noom_group_kill 0\n")
+        };
+        assert_eq!(oom_kills_in(&events(0, 1), CgroupKind::V2), Some(0));
+        assert_eq!(oom_kills_in(&events(1, 1), CgroupKind::V2), Some(1));
+        assert_eq!(oom_kills_in(&events(2, 3), CgroupKind::V2), Some(3));
+        assert_eq!(oom_kills_in("low 0\noom_kill 1\n", CgroupKind::V2), None);
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(oom_kills_in(v1, CgroupKind::V1), Some(2));
+    }
 }
