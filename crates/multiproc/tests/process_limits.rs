@@ -68,6 +68,10 @@ fn main() {
             ),
             trial("invalid_limits_refused", invalid_limits_refused),
             trial(
+                "a_cgroup_left_by_a_namesake_server_is_passed_over",
+                a_namesake_servers_cgroup_is_passed_over,
+            ),
+            trial(
                 "capped_child_outliving_a_sigkilled_parent_keeps_then_removes_its_cgroup",
                 capped_child_outlives_parent,
             ),
@@ -132,6 +136,26 @@ fn helpers(mode: &str) {
                     child.join_timeout(T).unwrap()
                 );
             }
+        }
+        "capped_after_a_namesake" => {
+            // The fork server up, with no cgroup made yet; then a cgroup under the name
+            // its first would take, as an earlier server of the same pid, killed, left.
+            Builder::new()
+                .spawn(double, 0)
+                .unwrap()
+                .join_timeout(T)
+                .unwrap();
+            let server = common::fork_server_of(std::process::id()).expect("the fork server");
+            let namesake = cgroup_home().join(format!("multiproc-{server}-1"));
+            std::fs::create_dir(&namesake).unwrap();
+            println!("namesake {}", namesake.display());
+            let r = Builder::new()
+                .limits(cgroup_cap())
+                .spawn(double, 21)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| c.join_timeout(T).map_err(|e| e.to_string()));
+            let _ = std::fs::remove_dir(&namesake);
+            println!("capped {r:?}");
         }
         "cpu_under_a_lower_hard_limit" => {
             let mut child = Builder::new()
@@ -318,6 +342,21 @@ fn spawn_cpu_time() {
         other => panic!("expected the CPU time limit, got {other:?}"),
     }
     println!("a spinning child was stopped after {:?}", t.elapsed());
+}
+
+/// A fork server whose pid an earlier one had, killed before it removed its cgroups,
+/// finds its first cgroup's name taken: it passes over it (a capped spawn failed, "File
+/// exists").
+fn a_namesake_servers_cgroup_is_passed_over() {
+    let h = Helper::start("capped_after_a_namesake");
+    let namesake = h.expect("namesake ", T);
+    let capped = h.expect("capped ", T);
+    let left = Path::new(&namesake).exists();
+    if left {
+        let _ = std::fs::remove_dir(&namesake);
+    }
+    assert_eq!(capped, "Ok(42)");
+    assert!(!left, "{namesake} is left");
 }
 
 /// A program started under a hard CPU limit (`ulimit -Ht 3`) lower than a child's

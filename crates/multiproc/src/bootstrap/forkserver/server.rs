@@ -109,11 +109,30 @@ impl Cgroups {
         let (home, kind) = self
             .home()
             .map_err(|why| Refusal::other(format!("no memory cgroup can be made: {why}")))?;
-        self.made += 1;
-        let dir = home.join(format!("{CGROUP_PREFIX}{}-{}", sys::getpid(), self.made));
-        sys::make_memory_cgroup(&dir, kind, bytes)
-            .map_err(|e| Refusal::os(&format!("cannot make the cgroup {}", dir.display()), &e))?;
-        Ok(dir)
+        // A name taken already is an earlier server's of the same pid, killed before it
+        // could remove its cgroups (the sweep passes over names of this pid): removed if
+        // empty, passed over either way.
+        for _ in 0..NAMESAKES {
+            self.made += 1;
+            let dir = home.join(format!("{CGROUP_PREFIX}{}-{}", sys::getpid(), self.made));
+            match sys::make_memory_cgroup(&dir, kind, bytes) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = sys::remove_cgroup(&dir);
+                }
+                Err(e) => {
+                    return Err(Refusal::os(
+                        &format!("cannot make the cgroup {}", dir.display()),
+                        &e,
+                    ));
+                }
+            }
+        }
+        Err(Refusal::other(format!(
+            "no memory cgroup can be made: {NAMESAKES} names in a row of this fork server's \
+             are taken in {}",
+            home.display()
+        )))
     }
 
     /// Whether the out-of-memory killer struck in `dir`; then removes it (or keeps it
@@ -137,6 +156,9 @@ impl Cgroups {
         });
     }
 }
+
+/// How many taken cgroup names in a row a server passes over before it gives up.
+const NAMESAKES: u32 = 64;
 
 /// Removes the empty cgroups of servers that are gone (killed before they could).
 fn sweep(home: &Path) {
