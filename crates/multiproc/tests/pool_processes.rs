@@ -133,6 +133,14 @@ fn main() {
                 imap_yields_each_failure_in_place,
             ),
             trial("tasks_awaited_in_tokio", tasks_awaited_in_tokio),
+            trial(
+                "an_imap_stream_polled_in_a_callback_gives_its_thread_back",
+                an_imap_stream_polled_in_a_callback_gives_its_thread_back,
+            ),
+            trial(
+                "a_dropped_task_lets_go_of_its_waker",
+                a_dropped_task_lets_go_of_its_waker,
+            ),
             trial("codec_failures_fail_the_task", codec_failures_fail_the_task),
             trial(
                 "scribbled_job_channel_replaces_the_worker",
@@ -1383,6 +1391,62 @@ fn tasks_awaited_in_tokio() {
         assert_eq!(tokio::time::timeout(T, slow).await.unwrap().unwrap(), 2_000);
     });
     finish(pool);
+}
+
+/// An `imap` stream polled on the pool's own thread (in a done-callback, where nothing
+/// else routes outcomes) waits for its next outcome a while at a time, as a `Task` does:
+/// a timeout around it ends in time (the poll waited for the whole 2 s task).
+fn an_imap_stream_polled_in_a_callback_gives_its_thread_back() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = Arc::clone(&pool);
+    pool.submit(square, 2).unwrap().on_done(move |_| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let t0 = Instant::now();
+        let timed_out = runtime.block_on(async {
+            let mut stream = p.imap(sleep_ms, [2_000u64]).into_stream();
+            let next = futures_lite::StreamExt::next(&mut stream);
+            tokio::time::timeout(Duration::from_millis(50), next)
+                .await
+                .is_err()
+        });
+        let _ = tx.send((timed_out, t0.elapsed()));
+    });
+    let (timed_out, took) = rx.recv_timeout(T).unwrap();
+    let pool = common::eventually(T, || Arc::strong_count(&pool) == 1)
+        .then(|| Arc::try_unwrap(pool).ok())
+        .flatten()
+        .expect("the callback let go of the pool");
+    finish(pool);
+    assert!(timed_out, "the timeout did not end the wait ({took:?})");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+/// A `Task` polled as a future and then dropped (a timeout around it ran out, say) lets
+/// go of the waker it was given: it was kept until the task ended, holding the
+/// runtime's task and what that holds, for ever for a task that never ends.
+fn a_dropped_task_lets_go_of_its_waker() {
+    struct Counted;
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+    let pool = Pool::new(1).unwrap();
+    let mut task = pool.submit(sleep_ms, 300).unwrap();
+    let counted = Arc::new(Counted);
+    let waker = std::task::Waker::from(Arc::clone(&counted));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let polled = std::future::Future::poll(std::pin::Pin::new(&mut task), &mut cx);
+    drop(waker);
+    let kept = Arc::strong_count(&counted);
+    drop(task);
+    let after = Arc::strong_count(&counted);
+    finish(pool);
+    assert!(polled.is_pending());
+    assert_eq!(kept, 2, "the waiting task keeps its waker");
+    assert_eq!(after, 1, "the dropped task still holds its waker");
 }
 
 fn take_unserializable(_: Unserializable) -> u32 {

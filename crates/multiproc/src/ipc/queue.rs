@@ -21,7 +21,8 @@ use crate::sys;
 /// Unlike Python's queue there is no feeder thread: an item whose `put` returned `Ok`
 /// is in shared memory, delivered even if the putting process exits or is killed right
 /// after. A process killed in the middle of a `put` or `get` neither blocks the others
-/// nor corrupts the queue.
+/// nor corrupts the queue (one killed while it took an item that travels beside the
+/// ring, below, loses that item with it).
 ///
 /// `Queue::new()` is unbounded, as Python's `Queue()` is: `put` never waits for room.
 /// Items go into a 4 MiB ring in shared memory; when it is full, into overflow segments
@@ -333,9 +334,13 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 ///
 /// A producer killed in the middle of a `put` adds its task only with its item: either
 /// neither counts, or the next `put` or `get` finishes the put that was half-way and
-/// both are there, so `join` never waits for a task that nobody can get. A consumer that
-/// dies between `get` and `task_done` leaves its task unfinished, as in Python: `join`
-/// then waits, and [`join_timeout`](Self::join_timeout) bounds the wait.
+/// both are there. A consumer that dies between `get` and `task_done` leaves its task
+/// unfinished, as in Python: `join` then waits, and
+/// [`join_timeout`](Self::join_timeout) bounds the wait. So does one killed in the
+/// middle of a `get` of an item that travels beside the ring (over 2 MiB, or carrying
+/// handles): the item is lost with it (see [`Queue`]), its task still counted; a
+/// program that may lose consumers so calls `task_done` for the items it knows are
+/// lost, or joins with a timeout.
 pub struct JoinableQueue<T> {
     queue: Queue<T>,
 }

@@ -164,8 +164,18 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
         }
         if self.backend.routes_here() {
             // Nobody else routes while this thread waits, and nobody would wake it: the
-            // outcome is waited for here, routing as a blocking `next` does.
-            return Poll::Ready(self.next_outcome_until(ordered, None));
+            // outcome is waited for here, routing as a blocking `next` does, a while at a
+            // time, as `Task`'s poll does: the executor gets its thread back in between
+            // (a timeout, another branch of a `select!`). (`Timeout` is never an
+            // outcome, only a wait's end.)
+            let until = Instant::now() + super::task::HELP_EVERY;
+            return match self.next_outcome_until(ordered, Some(until)) {
+                Some(Err(TaskError::Timeout)) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                other => Poll::Ready(other),
+            };
         }
         match self.stream.poll_take(ordered.then_some(self.yielded), cx) {
             Poll::Ready((slot, outcome)) => Poll::Ready(Some(self.yield_slot(slot, outcome))),

@@ -391,6 +391,14 @@ impl<R> Cell<R> {
         }
     }
 
+    /// Lets go of the waker of a future that is gone (its `Task` dropped): kept, it held
+    /// the runtime's task (and what that holds) until this one ends, for ever if it
+    /// never does.
+    fn forget_waker(&self) {
+        let waker = self.lock().waker.take();
+        drop(waker);
+    }
+
     fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<R, TaskError>> {
         let mut st = self.lock();
         if !st.lent {
@@ -735,6 +743,12 @@ impl<R> fmt::Debug for Task<R> {
             .field("id", &self.id)
             .field("done", &self.is_done())
             .finish()
+    }
+}
+
+impl<R> Drop for Task<R> {
+    fn drop(&mut self) {
+        self.cell.forget_waker();
     }
 }
 

@@ -502,6 +502,12 @@ impl Builder {
     /// dropped unjoined), so that an object is not freed between the fork and the
     /// child's first call.
     ///
+    /// The async forms of multiproc's calls (awaiting a handle, `get_async`, `recv_async`,
+    /// `wait_async`) do not work in the child of a process that used one before the fork:
+    /// the reactor that wakes them (async-io's) runs on a thread of the parent, which the
+    /// child does not have, and its polling descriptor is the parent's too. The child
+    /// uses the blocking calls, or the child is started with [`spawn`](Self::spawn).
+    ///
     /// # Safety
     ///
     /// Only the calling thread exists in the child. If another thread of this process
