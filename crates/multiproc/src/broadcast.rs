@@ -16,14 +16,17 @@ pub(crate) const KEPT: usize = 100_000;
 /// event, so nobody reading costs nothing.
 #[derive(Debug)]
 pub(crate) struct Broadcast<E> {
-    /// Each subscriber, and how many events it missed since it last had room.
-    subscribers: Mutex<Vec<(Sender<E>, u64)>>,
+    /// The subscribers; `None` once [`close`](Self::close)d.
+    subscribers: Mutex<Option<Vec<Subscriber<E>>>>,
 }
+
+/// A subscriber, and how many events it missed since it last had room.
+type Subscriber<E> = (Sender<E>, u64);
 
 impl<E: Clone> Broadcast<E> {
     pub(crate) fn new() -> Self {
         Broadcast {
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Mutex::new(Some(Vec::new())),
         }
     }
 
@@ -31,13 +34,34 @@ impl<E: Clone> Broadcast<E> {
         // Unbounded, and held to `KEPT` here (sends happen under the lock, and the
         // receiver only empties it): a bounded channel would take its whole room at
         // once, megabytes per subscriber.
+        // Closed: the receiver is disconnected at once (its sender dropped here).
         let (tx, rx) = crossbeam_channel::unbounded();
-        unpoisoned::lock(&self.subscribers).push((tx, 0));
+        if let Some(subs) = unpoisoned::lock(&self.subscribers).as_mut() {
+            subs.push((tx, 0));
+        }
         rx
+    }
+
+    /// Sends `last` to every subscriber, however many events it keeps unread (the end
+    /// of a stream is not among the events a slow reader misses), and ends the
+    /// broadcast: each receiver is disconnected once it has read what it holds, and one
+    /// subscribed later is disconnected at once. Events sent afterwards go nowhere.
+    pub(crate) fn close(&self, last: &[E]) {
+        let Some(subs) = unpoisoned::lock(&self.subscribers).take() else {
+            return;
+        };
+        for (tx, _) in subs {
+            for event in last {
+                let _ = tx.send(event.clone());
+            }
+        }
     }
 
     pub(crate) fn send(&self, event: E) {
         let mut subs = unpoisoned::lock(&self.subscribers);
+        let Some(subs) = subs.as_mut() else {
+            return;
+        };
         subs.retain_mut(|(tx, missed)| {
             if tx.len() >= KEPT {
                 if *missed == 0 {
@@ -83,7 +107,7 @@ mod tests {
             b.send(i);
         }
         assert_eq!(idle.len(), KEPT);
-        assert_eq!(unpoisoned::lock(&b.subscribers).len(), 1);
+        assert_eq!(subscribers(&b), 1);
         assert_eq!(idle.recv().unwrap(), 0);
         b.send(usize::MAX);
         assert_eq!(idle.len(), KEPT);
@@ -94,6 +118,38 @@ mod tests {
         }
         drop(idle);
         b.send(0);
-        assert!(unpoisoned::lock(&b.subscribers).is_empty());
+        assert_eq!(subscribers(&b), 0);
+    }
+
+    fn subscribers<E>(b: &Broadcast<E>) -> usize {
+        unpoisoned::lock(&b.subscribers)
+            .as_ref()
+            .map_or(0, Vec::len)
+    }
+
+    /// The last events reach a subscriber that keeps `KEPT` unread (they were dropped for
+    /// it, and one waiting for the end waited for ever); then its receiver is
+    /// disconnected, as is one subscribed after the close.
+    #[test]
+    fn the_last_events_reach_a_full_subscriber_and_end_the_stream() {
+        let b = Broadcast::new();
+        let full = b.subscribe();
+        for i in 0..KEPT {
+            b.send(i);
+        }
+        b.send(0);
+        b.close(&[usize::MAX - 1, usize::MAX]);
+        b.send(7);
+        let got: Vec<usize> = full.try_iter().collect();
+        assert_eq!(got.len(), KEPT + 2);
+        assert_eq!(got[KEPT..], [usize::MAX - 1, usize::MAX]);
+        assert!(matches!(
+            full.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ));
+        assert!(matches!(
+            b.subscribe().try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ));
     }
 }

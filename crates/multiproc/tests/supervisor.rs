@@ -81,6 +81,10 @@ fn main() {
                 "a_panic_while_stopping_is_told_to_subscribers",
                 a_panic_while_stopping_is_told_to_subscribers,
             ),
+            trial(
+                "the_event_stream_ends_after_stopped",
+                the_event_stream_ends_after_stopped,
+            ),
             trial("grace_and_timeout_of_duration_max", duration_max),
             trial("failed_restarts_grow_the_backoff", failed_restarts_back_off),
             trial("exited_child_leaves_no_group", exited_child_leaves_no_group),
@@ -842,6 +846,47 @@ fn a_panic_while_stopping_is_told_to_subscribers() {
             .all(|c| matches!(c.state, ChildState::Stopped)),
         "{status:?}"
     );
+}
+
+/// A subscriber's stream ends after `Stopped` (a loop over it ended only when the
+/// supervisor was dropped, and one asked for after the stop waited for ever).
+fn the_event_stream_ends_after_stopped() {
+    // Its one child returns and is not restarted: the supervisor stops by itself.
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .child(ChildSpec::new("one-off", returns_when, go.clone()).restart(Restart::Temporary))
+        .build()
+        .unwrap();
+    let events = sup.events();
+    go.set();
+    assert!(sup.wait_timeout(T).is_ok());
+    let mut seen = Vec::new();
+    let end = loop {
+        match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(e) => seen.push(e),
+            Err(e) => break e,
+        }
+    };
+    let later = sup.events().recv_timeout(Duration::from_secs(1));
+    sup.shutdown().unwrap();
+    assert!(
+        matches!(seen.last(), Some(SupervisorEvent::Stopped)),
+        "{seen:?}"
+    );
+    assert_eq!(
+        end,
+        crossbeam_channel::RecvTimeoutError::Disconnected,
+        "{seen:?}"
+    );
+    assert_eq!(
+        later.unwrap_err(),
+        crossbeam_channel::RecvTimeoutError::Disconnected
+    );
+}
+
+/// Returns once `go` is set.
+fn returns_when(go: multiproc::Event) {
+    go.wait();
 }
 
 /// Starts a grandchild that ignores `SIGTERM`, then waits for ever (dies of `SIGTERM`).

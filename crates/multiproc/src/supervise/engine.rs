@@ -317,15 +317,19 @@ impl Supervising {
     /// Publishes the children's last status and tells subscribers how the supervisor
     /// ended (runs no user code).
     fn announce(&self, outcome: &Outcome) {
+        let mut last = Vec::new();
         if let Outcome::GaveUp { .. } | Outcome::Panicked(_) = outcome {
             let reason = outcome.clone().into_result().err().map(|e| e.to_string());
             tracing::error!("supervisor gave up: {}", reason.as_deref().unwrap_or(""));
-            self.shared.events.send(SupervisorEvent::GaveUp {
+            last.push(SupervisorEvent::GaveUp {
                 reason: reason.unwrap_or_default(),
             });
         }
         self.publish();
-        self.shared.events.send(SupervisorEvent::Stopped);
+        last.push(SupervisorEvent::Stopped);
+        // Told even to a subscriber too far behind for other events; then the streams
+        // end.
+        self.shared.events.close(&last);
     }
 
     /// Sleeps until a child ends, a restart is due, or a tick passes.

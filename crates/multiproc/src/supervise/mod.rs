@@ -411,7 +411,10 @@ impl Supervisor {
 
     /// A stream of what the supervisor does from now on. One that is not read keeps at
     /// most 100,000 events: later ones are dropped for it (with a warning) until it
-    /// reads again.
+    /// reads again; not the last ones, [`GaveUp`](SupervisorEvent::GaveUp) and
+    /// [`Stopped`](SupervisorEvent::Stopped). After `Stopped` the stream ends (the
+    /// receiver is disconnected), and a stream asked for once the supervisor has stopped
+    /// is disconnected at once.
     pub fn events(&self) -> Receiver<SupervisorEvent> {
         self.shared.subscribe()
     }
