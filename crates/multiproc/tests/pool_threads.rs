@@ -606,15 +606,21 @@ fn join_timeout_keeps_to_its_timeout_while_a_timed_out_tasks_callback_runs() {
             let _ = go_rx.recv_timeout(T);
         })
         .unwrap();
+    // The closure returns once the timeout's callback has begun, however late the
+    // timeout comes.
+    let (timed_out_tx, timed_out_rx) = mpsc::channel::<()>();
     let task = pool
         .submit_with(
-            || std::thread::sleep(Duration::from_millis(50)),
+            move || {
+                let _ = timed_out_rx.recv_timeout(T);
+            },
             TaskOptions::new().timeout(Duration::from_millis(10)),
         )
         .unwrap();
     let (inside_tx, inside_rx) = mpsc::channel::<()>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     task.on_done(move |_| {
+        let _ = timed_out_tx.send(());
         let _ = inside_tx.send(());
         let _ = release_rx.recv_timeout(T);
     });

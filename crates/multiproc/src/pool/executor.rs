@@ -108,9 +108,10 @@ pub trait Executor {
     /// `shutdown(wait=False)` until the interpreter exits, an executor dropped early
     /// ends its tasks then, as its own drop does: a [`ThreadPool`] fails those still
     /// queued with [`TaskError::PoolClosed`] (and waits for the running ones), a
-    /// [`Pool`] terminates (its queued tasks fail, its workers are killed). Keep the
-    /// executor until the tasks are done (`shutdown(true, ..)`, or the tasks' `wait`)
-    /// before dropping it.
+    /// [`Pool`] terminates (its queued tasks fail, its workers are killed), a cluster
+    /// client stops waiting (its tasks fail here with `PoolClosed`, though workers may
+    /// still run them). Keep the executor until the tasks are done (`shutdown(true,
+    /// ..)`, or the tasks' `wait`) before dropping it.
     fn shutdown(&self, wait: bool, cancel_pending: bool);
 }
 

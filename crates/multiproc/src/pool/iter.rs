@@ -152,7 +152,8 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
     /// a poll routes none itself, as a blocking `next` does, for routing runs the
     /// callbacks of the tasks it routes, whatever they wait for, on the runtime's
     /// thread; unless it is polled on the pool's thread (in a callback): nothing else
-    /// routes then, and the poll waits for the outcome, routing, as `next` does.
+    /// routes then, and the poll waits for the outcome, routing, as `next` does, 10 ms
+    /// at most, then wakes the task to be polled again.
     pub(crate) fn poll_outcome(
         &mut self,
         ordered: bool,

@@ -88,8 +88,8 @@ impl ThreadPoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`PoolError::InvalidArgument`] for zero threads; [`PoolError::Io`] if a thread
-    /// cannot be started.
+    /// [`PoolError::InvalidArgument`] for zero threads, or more than the system allows
+    /// (`kernel.threads-max`); [`PoolError::Io`] if a thread cannot be started.
     pub fn build(self) -> Result<ThreadPool, PoolError> {
         let threads = self.threads.unwrap_or_else(crate::cpu_count);
         if threads == 0 {
@@ -135,11 +135,11 @@ impl ThreadPoolBuilder {
             }
             let worker = Arc::clone(&shared);
             let init = self.init.clone();
-            unpoisoned::lock(&shared.state).live += 1;
+            shared.enter();
             match builder.spawn(move || worker.serve(init)) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
-                    unpoisoned::lock(&shared.state).live -= 1;
+                    shared.exit();
                     let pool = ThreadPool {
                         shared,
                         handles: Mutex::new(handles),
@@ -182,8 +182,8 @@ struct Shared {
 struct State {
     live: usize,
     terminated: bool,
-    /// Closed while tasks of `submit_with` may still be queued (after a delay or a
-    /// failed run): the queue closes when the last of them is done.
+    /// Closed while tasks may still be queued or come back to the queue (after a delay
+    /// or a failed run): the queue closes when the last of them is done.
     closing: bool,
     /// Tasks not finished yet: counted from their submission until done for good, their
     /// callbacks run (see [`Hold`]).
@@ -290,14 +290,9 @@ impl Shared {
         // callbacks are done).
         let job: Job = Box::new(move |refused| {
             if let Some(e) = refused {
-                if ctl.finish(Err(e)) {
-                    ctl.let_go();
-                }
+                ctl.finish_for_good(Err(e));
             } else if ctl.start(1) {
-                let outcome = work();
-                if ctl.complete(outcome) {
-                    ctl.let_go();
-                }
+                ctl.complete_for_good(work());
             }
         });
         if let Err(refused) = self.send(job) {
@@ -382,14 +377,14 @@ impl Shared {
         ON_POOL.with(std::cell::Cell::get) == self.id()
     }
 
-    /// Runs `job` on a thread of its own, counted as one of the pool's (a `join` from
-    /// there does not wait for itself; `join`, `join_timeout` and the drop wait for it
-    /// as for the others) and joined with them; at once if no thread can be started.
+    /// Runs `job` on a thread of its own, counted as one of the pool's (the caller
+    /// counted it, [`enter`](Self::enter); a `join` from there does not wait for itself;
+    /// `join`, `join_timeout` and the drop wait for it as for the others) and joined
+    /// with them; at once if no thread can be started.
     fn detach(self: &Arc<Self>, job: impl FnOnce() + Send + 'static) {
         let job = Arc::new(Mutex::new(Some(job)));
         let theirs = Arc::clone(&job);
         let shared = Arc::clone(self);
-        unpoisoned::lock(&self.state).live += 1;
         let spawned = std::thread::Builder::new()
             .name("mp-timed-out".into())
             .spawn(move || {
@@ -413,6 +408,11 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// A thread of the pool is about to start: one more for `join` to wait for.
+    fn enter(&self) {
+        unpoisoned::lock(&self.state).live += 1;
     }
 
     /// A thread of the pool ends: one fewer for `join` to wait for.
@@ -619,6 +619,24 @@ impl<T> Ctl<T> {
         won
     }
 
+    /// [`finish`](Self::finish), and the task is let go if it was this call that ended it
+    /// (otherwise whoever did lets it go, once its callbacks are done).
+    fn finish_for_good(&self, outcome: Result<T, TaskError>) -> bool {
+        let won = self.finish(outcome);
+        if won {
+            self.let_go();
+        }
+        won
+    }
+
+    /// [`complete`](Self::complete), and the task is let go if this run ended it (a
+    /// timeout's delivery lets it go otherwise).
+    fn complete_for_good(&self, outcome: Result<T, TaskError>) {
+        if self.complete(outcome) {
+            self.let_go();
+        }
+    }
+
     /// Ends a run with its outcome, unless the task ended otherwise meanwhile (it timed
     /// out: the timeout's delivery lets it go); whether it did.
     fn complete(&self, outcome: Result<T, TaskError>) -> bool {
@@ -639,32 +657,43 @@ impl<T: Send + 'static> Ctl<T> {
     /// task is let go once they are done (not when its closure returns, which may be
     /// first): a `join` returns only after them.
     fn time_out(&self, run: u32) {
-        if self.progress.change(Some(run), RUNNING, DONE, None) {
-            let (sink, slot, hold) = (Arc::clone(&self.sink), self.slot, self.hold.clone());
-            let deliver = move || {
-                {
-                    // On the timer thread if no thread could be started: a `join` in a
-                    // callback there lets the task go first.
-                    let _delivering = Delivering::enter(hold.as_ref());
-                    sink.deliver(slot, Err(TaskError::TimedOut));
-                }
-                if let Some(hold) = hold {
-                    hold.let_go();
-                }
-            };
-            match self.pool() {
-                Some(shared) => shared.detach(deliver),
-                None => deliver(),
+        // The delivering thread is counted among the pool's before the run is ended:
+        // after a `terminate` the run's own thread may exit as soon as its closure
+        // returns, and a drop or `join` seeing no thread left would not wait for the
+        // delivery.
+        let pool = self.pool();
+        if let Some(shared) = &pool {
+            shared.enter();
+        }
+        if !self.progress.change(Some(run), RUNNING, DONE, None) {
+            if let Some(shared) = &pool {
+                shared.exit();
             }
+            return;
+        }
+        let (sink, slot, hold) = (Arc::clone(&self.sink), self.slot, self.hold.clone());
+        let deliver = move || {
+            {
+                // On the timer thread if no thread could be started: a `join` in a
+                // callback there lets the task go first.
+                let _delivering = Delivering::enter(hold.as_ref());
+                sink.deliver(slot, Err(TaskError::TimedOut));
+            }
+            if let Some(hold) = hold {
+                hold.let_go();
+            }
+        };
+        match pool {
+            Some(shared) => shared.detach(deliver),
+            None => deliver(),
         }
     }
 }
 
 impl<T: Send> Cancel for Ctl<T> {
     fn cancel(&self, _id: u64) -> bool {
-        let cancelled = self.finish(Err(TaskError::Cancelled));
+        let cancelled = self.finish_for_good(Err(TaskError::Cancelled));
         if cancelled {
-            self.let_go();
             // A task waiting for its time (a countdown, a retry's delay) holds an entry
             // of the timers, with its closure.
             if let Some(shared) = self.pool() {
@@ -726,9 +755,7 @@ impl<T: Send + 'static> Run<T> {
     fn fail(self, error: TaskError) {
         // Ended by someone else meanwhile (a cancel): they let it go, once its
         // callbacks are done.
-        if self.ctl.finish(Err(error)) {
-            self.ctl.let_go();
-        }
+        self.ctl.finish_for_good(Err(error));
     }
 
     /// A job's body: runs the work once, then ends the task or queues a retry.
@@ -779,9 +806,7 @@ impl<T: Send + 'static> Run<T> {
                 };
             }
         }
-        if self.ctl.complete(outcome) {
-            self.ctl.let_go();
-        }
+        self.ctl.complete_for_good(outcome);
     }
 }
 

@@ -33,7 +33,9 @@ use crate::sys::{self, WaitStatus};
 ///   process. The kernel counts the process's whole CPU time in whole seconds: the limit
 ///   is set at the time already used plus this one, rounded up to the next second, so
 ///   the function gets from this limit to a second more. Under a lower hard limit that
-///   the program inherited (`ulimit -Ht`), it is set a second below that hard limit.
+///   the program inherited (`ulimit -Ht`), it is set a second below that hard limit (a
+///   pool worker whose own CPU time has reached that point ends its next task at once,
+///   as over its CPU limit).
 /// - [`open_files`](Self::open_files): `RLIMIT_NOFILE`: the most descriptors the
 ///   process may have open, multiproc's own included (a spawned child holds 4 or 5, a
 ///   pool worker about 12). Opening one more fails with `EMFILE`.

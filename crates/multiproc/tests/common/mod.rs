@@ -1025,17 +1025,23 @@ pub fn use_up_descriptors() -> Vec<std::fs::File> {
     open
 }
 
+/// What names a resource limit in `getrlimit` (glibc has a type of its own).
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
 /// One of this process's soft resource limits set to a value, until dropped.
 #[allow(dead_code)]
 pub struct SoftLimit {
-    resource: libc::__rlimit_resource_t,
+    resource: Resource,
     was: libc::rlimit,
 }
 
 #[allow(dead_code)]
 impl SoftLimit {
     #[allow(unsafe_code)]
-    pub fn set(resource: libc::__rlimit_resource_t, soft: u64) -> Self {
+    pub fn set(resource: Resource, soft: u64) -> Self {
         let mut was = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
