@@ -363,7 +363,7 @@ fn callbacks_run_exactly_once() {
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
     assert_eq!(runs.load(Ordering::SeqCst), 7);
     tp.join_timeout(T).unwrap();
-    finish(Arc::into_inner(p).expect("no other handle"));
+    finish(common::sole(p));
 }
 
 /// 3, once `go` is set.
@@ -408,7 +408,7 @@ fn a_callback_on_the_pools_thread_may_wait() {
         "{joined:?}"
     );
     drop(t);
-    finish(Arc::into_inner(p).expect("no other handle"));
+    finish(common::sole(p));
 }
 
 fn task_state_running_cancelled() {

@@ -266,8 +266,7 @@ fn a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it() {
             "round {round}: {joined}"
         );
         // The callback let go of its handle as it ended.
-        assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
-        finish(Arc::into_inner(pool).unwrap());
+        finish(common::sole(pool));
         on_the_mapper += usize::from(mapper);
         if on_the_mapper > 0 {
             return;
@@ -513,9 +512,7 @@ fn outcomes_are_routed_during_and_after_maps() {
     assert_eq!(selected, (vec![0], Ok(49)));
     assert_eq!(both, (vec![0, 1], vec![]));
     // The pool's thread drops the callback (and its handle of the pool) once it ran.
-    assert!(common::eventually(T, || Arc::strong_count(&pool) == 1));
-    let pool = Arc::into_inner(pool).expect("the callback let go of the pool");
-    finish(pool);
+    finish(common::sole(pool));
 }
 
 /// Sets `started`, then takes 10 ms to return the length.
@@ -1416,11 +1413,7 @@ fn an_imap_stream_polled_in_a_callback_gives_its_thread_back() {
         let _ = tx.send((timed_out, t0.elapsed()));
     });
     let (timed_out, took) = rx.recv_timeout(T).unwrap();
-    let pool = common::eventually(T, || Arc::strong_count(&pool) == 1)
-        .then(|| Arc::try_unwrap(pool).ok())
-        .flatten()
-        .expect("the callback let go of the pool");
-    finish(pool);
+    finish(common::sole(pool));
     assert!(timed_out, "the timeout did not end the wait ({took:?})");
     assert!(took < Duration::from_millis(1500), "{took:?}");
 }

@@ -742,6 +742,20 @@ pub fn shm_exists(name: &str) -> bool {
     std::path::Path::new("/dev/shm").join(name).exists()
 }
 
+/// The value behind `arc` once every other handle of it is gone, waited for (a minute
+/// at most): a callback that held one drops it only as it ends, a moment after it has
+/// said it ran.
+#[allow(dead_code)]
+pub fn sole<T>(arc: std::sync::Arc<T>) -> T {
+    assert!(
+        eventually(Duration::from_secs(60), || std::sync::Arc::strong_count(
+            &arc
+        ) == 1),
+        "another handle is still held"
+    );
+    std::sync::Arc::into_inner(arc).expect("the only handle")
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it held.
 pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
