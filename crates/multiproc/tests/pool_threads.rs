@@ -609,10 +609,12 @@ fn join_timeout_keeps_to_its_timeout_while_a_timed_out_tasks_callback_runs() {
     // The closure returns once the timeout's callback has begun, however late the
     // timeout comes.
     let (timed_out_tx, timed_out_rx) = mpsc::channel::<()>();
+    let (returning_tx, returning_rx) = mpsc::channel::<()>();
     let task = pool
         .submit_with(
             move || {
                 let _ = timed_out_rx.recv_timeout(T);
+                let _ = returning_tx.send(());
             },
             TaskOptions::new().timeout(Duration::from_millis(10)),
         )
@@ -627,8 +629,8 @@ fn join_timeout_keeps_to_its_timeout_while_a_timed_out_tasks_callback_runs() {
     go_tx.send(()).unwrap();
     get(busy).unwrap();
     inside_rx.recv_timeout(T).unwrap();
-    // The closure has returned and the thread is idle; the callback still runs.
-    std::thread::sleep(Duration::from_millis(100));
+    // The closure returns (its thread goes idle) while the callback still runs.
+    returning_rx.recv_timeout(T).unwrap();
     let t0 = Instant::now();
     let first = pool.join_timeout(Duration::from_millis(200));
     let took = t0.elapsed();

@@ -708,16 +708,10 @@ fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
     let dir = tempdir("waiting-sibling");
     let go = multiproc::Event::new().unwrap();
     let sup = first_then_crashing_second(&dir, Strategy::RestForOne, &go, vec![1, 2, 3, 4]);
-    let events = sup.events();
-    let mut seen = Vec::new();
-    let next = |seen: &mut Vec<SupervisorEvent>| {
-        let e = events.recv_timeout(T).expect("an event");
-        seen.push(e.clone());
-        e
-    };
+    let mut events = Seen::of(&sup);
     // The fourth crash in a row: 200 ms doubled three times.
     loop {
-        if let SupervisorEvent::Restarting { child, after } = next(&mut seen)
+        if let SupervisorEvent::Restarting { child, after } = events.next()
             && child == "second"
             && after >= Duration::from_secs(1)
         {
@@ -727,12 +721,13 @@ fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
     let crashed = Instant::now();
     go.set();
     let restarted = loop {
-        if let SupervisorEvent::Started { child, .. } = next(&mut seen)
+        if let SupervisorEvent::Started { child, .. } = events.next()
             && child == "second"
         {
             break crashed.elapsed();
         }
     };
+    let seen = events.seen;
     let settled = eventually(T, || {
         pid_of(&sup, "first").is_some() && pid_of(&sup, "second").is_some()
     });
@@ -745,6 +740,28 @@ fn a_waiting_sibling_restarts_once_after_its_own_backoff() {
         "restarted {restarted:?} after the other crash, within its own 1.6 s backoff: {seen:?}"
     );
     assert_eq!(restarts, (1, 4), "{seen:?}");
+}
+
+/// A supervisor's events as a test reads them, each one kept to show in a failure.
+struct Seen {
+    events: crossbeam_channel::Receiver<SupervisorEvent>,
+    seen: Vec<SupervisorEvent>,
+}
+
+impl Seen {
+    fn of(sup: &Supervisor) -> Seen {
+        Seen {
+            events: sup.events(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event (within `T`).
+    fn next(&mut self) -> SupervisorEvent {
+        let e = self.events.recv_timeout(T).expect("an event");
+        self.seen.push(e.clone());
+        e
+    }
 }
 
 /// Waits for `go`, then crashes if `marker` exists (removing it); runs for good
@@ -766,13 +783,7 @@ fn a_sibling_stopped_after_a_stable_run_backs_off_from_the_base() {
     // "second" crashes three times in a row (200, 400, 800 ms), runs stably, then
     // crashes at once after the restart that the other's crash makes.
     let sup = first_then_crashing_second(&dir, Strategy::OneForAll, &go, vec![1, 2, 3, 5]);
-    let events = sup.events();
-    let mut seen = Vec::new();
-    let mut next = || {
-        let e = events.recv_timeout(T).expect("an event");
-        seen.push(e.clone());
-        e
-    };
+    let mut events = Seen::of(&sup);
     let restarting_second = |e: &SupervisorEvent| match e {
         // Milliseconds: the delays are computed in `f32` (800.000032 ms, say).
         SupervisorEvent::Restarting { child, after } if child == "second" => {
@@ -781,18 +792,19 @@ fn a_sibling_stopped_after_a_stable_run_backs_off_from_the_base() {
         _ => None,
     };
     // The third crash in a row, then the stable run.
-    while restarting_second(&next()) != Some(800) {}
-    while !matches!(next(), SupervisorEvent::Started { child, .. } if child == "second") {}
+    while restarting_second(&events.next()) != Some(800) {}
+    while !matches!(events.next(), SupervisorEvent::Started { child, .. } if child == "second") {}
+    // The stable run: longer than `reset_after` (300 ms).
     std::thread::sleep(Duration::from_millis(600));
     go.set();
     let after = loop {
-        if let Some(after) = restarting_second(&next()) {
+        if let Some(after) = restarting_second(&events.next()) {
             break after;
         }
     };
     sup.shutdown().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
-    assert_eq!(after, 200, "{seen:?}");
+    assert_eq!(after, 200, "{:?}", events.seen);
 }
 
 /// A panic while the supervisor stops its children (a child's value, decoded as it
