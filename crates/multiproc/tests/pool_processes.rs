@@ -1755,14 +1755,16 @@ fn a_result_waits_for_a_free_descriptor() {
     );
 }
 
-/// A pool in a process of its own whose address space is capped while a 16 MiB result
+/// A pool in a process of its own whose address space is capped while a 64 MiB result
 /// comes back: what the task's wait said meanwhile, the result's length once the cap is
 /// lifted, and a task after it.
 fn pool_short_of_address_space(_: ()) -> (String, usize, u64) {
     let pool = Pool::new(1).unwrap();
     let (go, sent) = (Event::new().unwrap(), Event::new().unwrap());
+    // Far more than the cap's 4 MiB of room: a thread of this process ending meanwhile
+    // gives back its stack (8 MiB), which a 16 MiB result could then take.
     let mut task = pool
-        .submit(big_result_on, (None, go.clone(), 16 << 20, 0))
+        .submit(big_result_on, (None, go.clone(), 64 << 20, 0))
         .unwrap();
     // The worker begins this one once it has sent the first one's result.
     let next = pool.submit(set_event, (sent.clone(), false)).unwrap();
@@ -1790,7 +1792,7 @@ fn pool_short_of_address_space(_: ()) -> (String, usize, u64) {
 fn a_result_waits_for_address_space() {
     let mut child = multiproc::spawn(pool_short_of_address_space, ()).unwrap();
     let (meanwhile, len, after) = child.join_timeout(T).unwrap();
-    assert_eq!((meanwhile.as_str(), len, after), ("waiting", 16 << 20, 25));
+    assert_eq!((meanwhile.as_str(), len, after), ("waiting", 64 << 20, 25));
 }
 
 fn codec_failures_fail_the_task() {
