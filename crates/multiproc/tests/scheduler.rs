@@ -79,6 +79,10 @@ fn main() {
             background_thread_follows_clock,
         ),
         trial("remove_and_shutdown_wait", remove_and_shutdown_wait),
+        trial(
+            "the_event_stream_ends_when_the_scheduler_goes",
+            the_event_stream_ends_when_the_scheduler_goes,
+        ),
         trial("a_job_added_again_is_another_job", added_again),
     ];
     #[cfg(feature = "sqlite")]
@@ -1127,6 +1131,62 @@ fn remove_and_shutdown_wait() {
     assert!(
         *done.lock().unwrap(),
         "shutdown(true) waits for runs in flight"
+    );
+}
+
+/// Reads `events` on a thread of its own until the stream ends; the events read, or
+/// `None` when it had not ended within `T`.
+fn read_to_the_end(events: Receiver<JobEvent>) -> Option<Vec<JobEvent>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(events.iter().collect::<Vec<_>>());
+    });
+    rx.recv_timeout(T).ok()
+}
+
+/// A loop over a scheduler's events ends when the scheduler goes, after the last events
+/// (the runs the shutdown missed among them), whether it was shut down or dropped, with
+/// or without its own thread; a receiver that was never read ends too.
+fn the_event_stream_ends_when_the_scheduler_goes() {
+    let (s, clock, events) = background(1);
+    let idle = s.events();
+    s.add(Job::thread("a", Schedule::every(secs(10)), || ()).jitter(secs(5)))
+        .unwrap();
+    clock.set(at(10));
+    // Its run waits out its jitter (0 to 5 s of a clock that no longer moves): the
+    // shutdown reports it missed, or it ran at once (a jitter of 0).
+    let reader = std::thread::spawn(move || read_to_the_end(events));
+    assert!(eventually(T, || s.jobs()[0].next_fire == Some(at(20))));
+    s.shutdown(true);
+    let seen = reader
+        .join()
+        .unwrap()
+        .expect("the stream ended within 30 s");
+    assert!(
+        seen.iter().any(|e| e.scheduled == at(10)
+            && matches!(
+                e.kind,
+                EventKind::Missed {
+                    reason: MissReason::ShutDown,
+                    ..
+                } | EventKind::Started { .. }
+            )),
+        "{seen:?}"
+    );
+    let left = read_to_the_end(idle).expect("an unread receiver ends too");
+    assert_eq!(left.len(), seen.len(), "{left:?} against {seen:?}");
+
+    // Dropped rather than shut down, and fired by run_pending only.
+    let (s, clock, events) = manual();
+    s.add(Job::thread("b", Schedule::every(secs(10)), || ()))
+        .unwrap();
+    clock.set(at(10));
+    settle(&s, &events, 1);
+    drop(s);
+    assert_eq!(
+        read_to_the_end(events).map(|rest| rest.len()),
+        Some(0),
+        "the stream of a dropped scheduler ends"
     );
 }
 

@@ -231,7 +231,10 @@ impl Scheduler {
     /// A stream of every job event from now on. Each call makes a new subscriber; a
     /// dropped receiver costs nothing. One that is not read keeps at most 100,000
     /// events: later ones are dropped for it (with a warning) until it reads again,
-    /// rather than grow without bound.
+    /// rather than grow without bound. The stream ends when the scheduler goes (dropped,
+    /// or [`shutdown`](Self::shutdown), after the runs it waits for): the receiver is
+    /// disconnected once it has read the last events, the runs missed at the shutdown
+    /// among them, so `for event in events` ends.
     pub fn events(&self) -> Receiver<JobEvent> {
         self.shared.subscribe()
     }
