@@ -89,6 +89,10 @@ fn main() {
                 shared_memory_anonymous_and_named,
             ),
             trial(
+                "shared_memory_copies_any_range_and_keeps_aligned_words_whole",
+                shared_memory_copies_any_range_and_keeps_aligned_words_whole,
+            ),
+            trial(
                 "a_named_segment_larger_than_dev_shm_is_an_error",
                 a_named_segment_larger_than_dev_shm_is_an_error,
             ),
@@ -1005,6 +1009,62 @@ fn open_and_write(name: String) {
     let shm = SharedMemory::open(&name).unwrap();
     assert!(!shm.is_creator());
     shm.write(10, b"by name").unwrap();
+}
+
+/// `read` and `write` copy every range exactly, whatever its alignment and length; and
+/// a read racing writes from another thread (no lock) sees each 8-byte-aligned word of
+/// the segment as one write left it, never half of one and half of another.
+fn shared_memory_copies_any_range_and_keeps_aligned_words_whole() {
+    let shm = SharedMemory::new(64).unwrap();
+    let mut model = [0u8; 64];
+    for offset in 0..24 {
+        for len in 0..=40 {
+            let data: Vec<u8> = (0..len)
+                .map(|i| (offset * 41 + len * 7 + i) as u8)
+                .collect();
+            shm.write(offset, &data).unwrap();
+            model[offset..offset + len].copy_from_slice(&data);
+            let mut back = vec![0u8; len];
+            shm.read(offset, &mut back).unwrap();
+            assert_eq!(back, data, "offset {offset}, {len} bytes");
+            let mut all = [0u8; 64];
+            shm.read(0, &mut all).unwrap();
+            assert_eq!(all, model, "after a write at {offset} of {len} bytes");
+        }
+    }
+    assert!(shm.write(60, &[0; 5]).is_err());
+
+    let shm = SharedMemory::new(256).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (shm, stop) = (shm.clone(), std::sync::Arc::clone(&stop));
+        move || {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // From offset 1: seven single bytes first, then whole words.
+                let byte = if writes.is_multiple_of(2) { 0x11 } else { 0x22 };
+                shm.write(1, &[byte; 250]).unwrap();
+                writes += 1;
+            }
+            writes
+        }
+    });
+    let end = std::time::Instant::now() + Duration::from_millis(300);
+    let mut reads = 0u64;
+    while std::time::Instant::now() < end {
+        let mut seen = [0u8; 256];
+        shm.read(0, &mut seen).unwrap();
+        for word in seen[8..248].chunks(8) {
+            assert!(
+                word.iter().all(|&b| b == word[0]),
+                "a torn word {word:02x?} in {seen:02x?}"
+            );
+        }
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(reads > 0 && writes > 0, "{reads} reads, {writes} writes");
 }
 
 fn shared_memory_anonymous_and_named() {

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 
@@ -226,6 +227,64 @@ impl Region {
         }
     }
 
+    /// Copies `src` into the segment at `offset` while other threads, of this process
+    /// or another, may read or write the same bytes (the unlocked
+    /// `SharedMemory::write`): every access to the mapping is an atomic one (relaxed),
+    /// so such a race mixes bytes of the two copies rather than being a data race, and
+    /// each 8-byte-aligned word of the range is written whole.
+    ///
+    /// # Panics
+    ///
+    /// As for [`write`](Self::write).
+    pub(crate) fn write_racing(&self, offset: usize, src: &[u8]) {
+        self.check(offset, src.len());
+        let base = self.ptr(offset);
+        let (head, words) = word_split(base, src.len());
+        let mut i = 0;
+        while i < src.len() {
+            if i >= head && i < head + words * 8 {
+                let mut word = [0; 8];
+                word.copy_from_slice(&src[i..i + 8]);
+                // SAFETY: in bounds (checked) and 8-aligned (`word_split`); the mapping
+                // lives as long as `self`, and is only reached through raw pointers and
+                // atomics here.
+                unsafe { AtomicU64::from_ptr(base.add(i).cast()) }
+                    .store(u64::from_ne_bytes(word), Relaxed);
+                i += 8;
+            } else {
+                // SAFETY: in bounds (checked); as above.
+                unsafe { AtomicU8::from_ptr(base.add(i)) }.store(src[i], Relaxed);
+                i += 1;
+            }
+        }
+    }
+
+    /// Copies from the segment at `offset` into `dst` while other threads may write the
+    /// same bytes: the counterpart of [`write_racing`](Self::write_racing), each
+    /// 8-byte-aligned word read whole.
+    ///
+    /// # Panics
+    ///
+    /// As for [`write`](Self::write).
+    pub(crate) fn read_racing(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len());
+        let base = self.ptr(offset);
+        let (head, words) = word_split(base, dst.len());
+        let mut i = 0;
+        while i < dst.len() {
+            if i >= head && i < head + words * 8 {
+                // SAFETY: as in `write_racing`.
+                let word = unsafe { AtomicU64::from_ptr(base.add(i).cast()) }.load(Relaxed);
+                dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: as in `write_racing`.
+                dst[i] = unsafe { AtomicU8::from_ptr(base.add(i)) }.load(Relaxed);
+                i += 1;
+            }
+        }
+    }
+
     fn check(&self, offset: usize, len: usize) {
         self.check_range(offset, len);
     }
@@ -245,6 +304,14 @@ impl Region {
     pub(crate) fn ptr(&self, offset: usize) -> *mut u8 {
         self.ptr.as_ptr().wrapping_add(offset)
     }
+}
+
+/// How a range of `len` bytes at `at` splits into bytes before its first 8-aligned
+/// address and whole 8-aligned words after them: `(head, words)`; what is left after
+/// the words is copied a byte at a time.
+fn word_split(at: *const u8, len: usize) -> (usize, usize) {
+    let head = ((8 - at.addr() % 8) % 8).min(len);
+    (head, (len - head) / 8)
 }
 
 impl Drop for Region {

@@ -34,7 +34,9 @@ use crate::wire::codec;
 /// The bytes have no lock: [`read`](SharedMemory::read) and
 /// [`write`](SharedMemory::write) copy ranges, and coordinating writers is up to the
 /// program (a [`Lock`](crate::Lock), or an [`Array`](crate::Array) for typed data with
-/// its own lock).
+/// its own lock). A read racing a write (from another thread or process) is no data
+/// race: it may see some bytes of the write and not others, but each 8-byte-aligned
+/// word of the segment (offsets that are multiples of 8) is read and written whole.
 ///
 /// # Examples
 ///
@@ -168,7 +170,7 @@ impl SharedMemory {
     /// [`OutOfBounds`] if the range is not inside the segment; `buf` is untouched then.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         self.check(offset, buf.len())?;
-        self.inner.seg.read(offset, buf);
+        self.inner.seg.read_racing(offset, buf);
         Ok(())
     }
 
@@ -179,7 +181,7 @@ impl SharedMemory {
     /// [`OutOfBounds`] if the range is not inside the segment; nothing is written then.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
         self.check(offset, data.len())?;
-        self.inner.seg.write(offset, data);
+        self.inner.seg.write_racing(offset, data);
         Ok(())
     }
 
