@@ -59,6 +59,10 @@ fn main() {
             ),
             trial("server_sigkilled_under_load", server_sigkilled_under_load),
             trial(
+                "a_proxy_of_a_server_restarted_at_its_address_names_no_new_object",
+                a_proxy_of_a_restarted_server_names_no_new_object,
+            ),
+            trial(
                 "server_descriptor_table_sized_at_start",
                 server_descriptor_table_sized_at_start,
             ),
@@ -1628,6 +1632,64 @@ fn many_local_connections() {
         }
     }
     println!("fds {fds} {}", common::fd_count());
+}
+
+/// A server stopped and another started at its address with its key: a proxy of the
+/// first, whose client reconnects there, must not read or change the new server's
+/// objects (they would have had its ids), nor free them with the references its
+/// process reports.
+fn a_proxy_of_a_restarted_server_names_no_new_object() {
+    let dir = std::env::temp_dir().join(format!("mptest-mgr-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("manager.sock");
+    let key = b"the same key".to_vec();
+    let serve = || {
+        Manager::builder()
+            .address(path.as_path())
+            .authkey(key.clone())
+            .serve()
+            .unwrap()
+    };
+    let first = serve();
+    let old = first.manager().unwrap();
+    let d = old.dict::<u32, u32>().unwrap();
+    let l = old.list::<u32>().unwrap();
+    d.insert(7, 1).unwrap();
+    drop(first);
+    assert!(d.get(&7).is_err(), "the first server is gone");
+
+    let second = serve();
+    let new = second.manager().unwrap();
+    let o = new.dict::<u32, u32>().unwrap();
+    let p = new.list::<u32>().unwrap();
+    o.insert(7, 999).unwrap();
+    p.push(5).unwrap();
+    let objects = new.object_count().unwrap();
+    // A few tries: the first may meet a connection that broke with the first server.
+    let mut last = None;
+    for _ in 0..3 {
+        let got = d.get(&7);
+        assert!(
+            !matches!(got, Ok(Some(999))),
+            "a proxy of the first server read the second's dict"
+        );
+        last = Some(got);
+    }
+    assert!(
+        matches!(last, Some(Err(ManagerError::NoSuchObject(_)))),
+        "{last:?}"
+    );
+    assert!(l.push(6).is_err());
+    assert_eq!(p.to_vec().unwrap(), [5], "the second server's list changed");
+    // The old proxies' releases name nothing there: the count holds while they arrive.
+    drop((d, l, old));
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(300) {
+        assert_eq!(new.object_count().unwrap(), objects);
+    }
+    assert_eq!(o.get(&7).unwrap(), Some(999));
+    drop((o, p, new, second));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn in_process_server_stop_disconnects_local_clients() {

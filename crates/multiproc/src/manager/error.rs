@@ -31,8 +31,11 @@ pub enum ManagerError {
     /// A value could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// The server has no object with this id (a proxy of another manager?).
-    #[error("the manager has no object {0}")]
+    /// The server has no object with this id: the proxy is of another manager, or of
+    /// an earlier server at the same address (it restarted since).
+    #[error(
+        "the manager has no object {0} (a proxy of another server, or of one since restarted at its address?)"
+    )]
     NoSuchObject(u64),
     /// A named object exists with other types than the proxy asked for.
     #[error("the object named {name:?} is a {found}, not a {expected}")]

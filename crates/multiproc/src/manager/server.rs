@@ -78,6 +78,30 @@ fn default_max_handshakes() -> usize {
     })
 }
 
+/// The id of a server's first object (the next ones count up from it): random, from
+/// 2^32 to 2^62, rather than 1. A proxy names its object by address and id only, and
+/// its client reconnects to whatever server listens at the address with the key: after
+/// a restart there, a proxy of the earlier server would otherwise name an object of the
+/// new one (its first objects had the same ids) and read or change it, and the
+/// references its process still reported would count on it. With ids drawn apart, such
+/// a proxy's calls fail [`NoSuchObject`](super::ManagerError::NoSuchObject) and its
+/// reports are dropped (two servers' first ids fall within a few billion of each
+/// other once in about 2^29 restarts).
+fn first_object_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        // Randomness failing: the clock and the pid, apart from one restart to the next.
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ u64::from(crate::sys::process_id()).rotate_left(40)
+        }
+    };
+    (1 << 32) | (random >> 2)
+}
+
 impl Shared {
     pub(crate) fn new(
         key: Vec<u8>,
@@ -96,7 +120,7 @@ impl Shared {
             },
             objects: RwLock::new(FxHashMap::default()),
             names: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_object_id()),
             refs: Mutex::new(RefTable::default()),
             ctors,
             conns: Mutex::new(HashMap::new()),
