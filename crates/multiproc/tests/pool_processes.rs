@@ -183,6 +183,10 @@ fn main() {
             #[cfg(feature = "progress")]
             trial("map_with_progress_bar", map_with_progress_bar),
             trial(
+                "a_large_context_that_leaves_no_room_for_its_first_chunk_does_not_stall",
+                a_large_context_that_leaves_no_room_for_its_first_chunk_does_not_stall,
+            ),
+            trial(
                 "no_descriptor_or_mapping_leaks",
                 no_descriptor_or_mapping_leaks,
             ),
@@ -2315,6 +2319,53 @@ fn spawn_start_method() {
 }
 
 #[cfg(feature = "progress")]
+fn byte_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+#[allow(clippy::ptr_arg)] // The context type is `Vec<u8>`: `map_with` passes `&C`.
+fn with_context_len(c: &Vec<u8>, v: Vec<u8>) -> usize {
+    c.len() + v.len()
+}
+
+/// A map's context of 3 MiB sent to an idle worker that does not take it at once (here
+/// stopped with SIGSTOP, as a worker slow to wake is), so that the first chunk, sent
+/// at once behind it, finds no room in its job ring: once the worker runs again it
+/// takes the context, then the chunk. (The worker was marked stalled until it reported
+/// a task, and held none: the map waited for ever.)
+fn a_large_context_that_leaves_no_room_for_its_first_chunk_does_not_stall() {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(byte_len, vec![0u8; 10]).unwrap(), 10);
+    let worker = pool.worker_pids()[0];
+    common::stop_or_continue(worker, true);
+    assert!(common::eventually(T, || common::state_of(worker) == 'T'));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(pool.map_with(
+                vec![0u8; 3 << 20],
+                with_context_len,
+                vec![vec![0u8; 2_500_000], vec![0u8; 10]],
+            ));
+        });
+        // The map sends the context, and finds no room for the chunk.
+        let got = rx.recv_timeout(Duration::from_millis(300));
+        assert!(
+            got.is_err(),
+            "the map ended with its worker stopped: {got:?}"
+        );
+        common::stop_or_continue(worker, false);
+        let got = rx.recv_timeout(T);
+        if got.is_err() {
+            pool.terminate();
+        }
+        assert_eq!(
+            got.expect("the map ended within the timeout").unwrap(),
+            [(3 << 20) + 2_500_000, (3 << 20) + 10]
+        );
+    });
+}
+
 fn map_with_progress_bar() {
     let pool = Pool::new(2).unwrap();
     let got = pool.map_with_progress(square, 0..500).unwrap();

@@ -39,6 +39,9 @@ const DEPTH_TARGET: Duration = Duration::from_micros(200);
 /// A worker whose task has run this long while another worker idles gives its queued
 /// tasks to the idle one (so a short task never waits behind a long one).
 const STEAL_AFTER: Duration = Duration::from_millis(1);
+/// How often a worker whose job ring had no room while it held no task is tried again
+/// (see [`PoolInner::timers`]).
+const STALLED_RETRY: Duration = Duration::from_millis(1);
 /// How long a worker may hold a task it has not begun, while another worker idles,
 /// before its tasks go to that one (it is stopped, or its initializer still runs).
 const STALL_AFTER: Duration = Duration::from_millis(20);
@@ -226,7 +229,8 @@ struct Worker {
     turnaround_ns: f64,
     /// The pool killed it, because of this task, with this error for it.
     killed_for: Option<(u64, KillReason)>,
-    /// Its job channel refused a job (full or gone): skip it until it reports again.
+    /// Its job channel refused a job (full or gone): skip it until it reports again, or,
+    /// holding no task, until the next look of [`PoolInner::timers`].
     stalled: bool,
     /// It has been sent its last task (`max_tasks_per_child`).
     retiring: bool,
@@ -737,7 +741,8 @@ impl PoolInner {
                 }
                 Err(SendFail::Full | SendFail::Disconnected) => {
                     // Another worker takes it; this one is looked at again when it
-                    // reports (or is replaced).
+                    // reports (or is replaced), or, holding no task, at the next look
+                    // of `timers`.
                     worker.stalled = true;
                     self.tickets.free(ticket);
                     free_tickets.push(ticket);
@@ -1967,6 +1972,22 @@ impl PoolInner {
                 st.pending.push_front(id);
             }
             self.pump(&mut st);
+        }
+        // A worker whose job ring had no room while it held no task (a map's large
+        // context it has not taken yet fills it) reports nothing that would end its
+        // stall: it is tried again at every look, one every `STALLED_RETRY` while that
+        // lasts, until the ring has room.
+        let unheard = |w: &Worker| w.stalled && w.in_flight.is_empty() && w.killed_for.is_none();
+        if st.workers.iter().flatten().any(unheard) {
+            for w in st.workers.iter_mut().flatten() {
+                if unheard(w) {
+                    w.stalled = false;
+                }
+            }
+            self.pump(&mut st);
+            if st.workers.iter().flatten().any(unheard) {
+                next = next.min(now + STALLED_RETRY);
+            }
         }
         if let Some(at) = self.steal(&mut st) {
             next = next.min(at);
