@@ -365,7 +365,8 @@ impl<R: Registry> ManagerBuilder<R> {
     /// and [`serve`](Self::serve)) the client counts as gone, so the managed locks it
     /// held are released (the next holder gets [`OwnerDied`](crate::OwnerDied)) and
     /// the objects only it referred to are freed. Unix sockets need none: the kernel
-    /// reports a local peer's death at once.
+    /// reports a local peer's death at once. The kernel's limits hold a longer time
+    /// (`Duration::MAX` included) to about 36 hours.
     pub fn keepalive(mut self, give_up_after: Option<Duration>) -> Self {
         self.client.keepalive = give_up_after;
         self
