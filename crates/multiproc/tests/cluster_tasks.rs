@@ -580,6 +580,17 @@ fn executor_many_tasks_and_shutdown() {
         .collect();
     assert_eq!(order, [(1, 36), (0, 25)]);
     assert_eq!(rx.recv_timeout(T).unwrap(), Ok(25));
+    // A callback that waits for another task of the client: its outcome arrives while
+    // the callback runs (the thread that read the outcomes ran the callbacks and waited
+    // for itself: every task of the client hung, and so did its drop).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut first = c.submit(SLOW_SQUARE, (3, 300)).unwrap();
+    let mut second = c.submit(SLOW_SQUARE, (4, 1000)).unwrap();
+    first.on_done(move |_| {
+        let _ = tx.send(second.wait_timeout(Duration::from_secs(10)));
+    });
+    assert_eq!(rx.recv_timeout(T).expect("the callback ended"), Ok(16));
+    assert_eq!(first.wait_timeout(T).unwrap(), 9);
     let tasks = [
         c.submit(SLOW_SQUARE, (2, 30_000)).unwrap(),
         pool.submit(|_: u64| -> u64 { panic!("a local failure") }, 0)
@@ -2547,15 +2558,21 @@ fn a_stop_unregisters_once_the_server_is_back() {
 /// again once the server is back (at least once).
 fn a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease() {
     // Down: connections are refused at once. Paused (`SIGSTOP`): the server accepts
-    // them and never answers, so each call waits for its response timeout.
-    for paused in [false, true] {
+    // them and never answers, so each call waits for its response timeout. With a grace
+    // of `Duration::MAX`, the stop waits for the run, then a lease for the server (it
+    // waited for the server for ever).
+    for (paused, grace) in [
+        (false, Duration::from_millis(300)),
+        (true, Duration::from_millis(300)),
+        (false, Duration::MAX),
+    ] {
         let mut redis = RedisServer::start();
         let ns = "stopdown";
         let w = tasks(Worker::builder(&redis.url()))
             .namespace(ns)
             .processes(1)
             .lease(Duration::from_secs(1))
-            .grace(Duration::from_millis(300))
+            .grace(grace)
             .build()
             .expect("start worker");
         let c = client(&redis, ns);
@@ -2588,10 +2605,14 @@ fn a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease() {
         stopper.join().unwrap();
         assert!(
             stopped.is_ok(),
-            "the stop waited for the server (paused: {paused})"
+            "the stop waited for the server (paused: {paused}, grace {grace:?})"
         );
-        // The grace, a lease, and a blocked read's block (1 s) and margin (5 s).
-        assert!(took < Duration::from_secs(8), "paused: {paused}: {took:?}");
+        // The grace (or the rest of the 2 s run), a lease, and a blocked read's block
+        // (1 s) and margin (5 s).
+        assert!(
+            took < Duration::from_secs(8),
+            "paused: {paused}, grace {grace:?}: {took:?}"
+        );
         let w = worker(&redis, ns, 1);
         assert_eq!(task.wait_timeout(T).unwrap(), 1);
         let runs = std::fs::read_to_string(&path).unwrap().lines().count();

@@ -107,6 +107,7 @@ impl ClusterBuilder {
             .ok()
             .flatten()
             .unwrap_or(conn::Limits::DEFAULT);
+        let (to_deliver, queued) = crossbeam_channel::unbounded();
         let inner = Arc::new(ClientInner {
             id: conn::random_hex(8)?,
             namespace: self.settings.namespace.clone(),
@@ -121,16 +122,27 @@ impl ClusterBuilder {
             receiver_id: Mutex::new(None),
             queues: Mutex::new(vec![(keys, epoch)]),
             epochs_stale: AtomicBool::new(false),
+            to_deliver: Mutex::new(Some(to_deliver)),
+            queued: queued.clone(),
+            deliverer: std::sync::OnceLock::new(),
         });
+        let deliverer = std::thread::Builder::new()
+            .name("multiproc-cluster-deliver".into())
+            .spawn(move || queued.iter().for_each(hand_over))?;
+        let _ = inner.deliverer.set(deliverer.thread().id());
         let receiver = {
             let inner = Arc::downgrade(&inner);
             std::thread::Builder::new()
                 .name("multiproc-cluster-replies".into())
-                .spawn(move || receive(&inner, &server))?
+                .spawn(move || {
+                    ON_RECEIVER.set(true);
+                    receive(&inner, &server);
+                })?
         };
         Ok(Cluster {
             inner,
             receiver: Some(receiver),
+            deliverer: Some(deliverer),
         })
     }
 }
@@ -146,6 +158,8 @@ impl ClusterBuilder {
 pub struct Cluster {
     inner: Arc<ClientInner>,
     receiver: Option<std::thread::JoinHandle<()>>,
+    /// Runs the tasks' deliveries (their callbacks) that the receiver hands it.
+    deliverer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl fmt::Debug for Cluster {
@@ -179,9 +193,41 @@ pub(crate) struct ClientInner {
     /// A submission saw another epoch token than the one last seen: the receiver
     /// looks at the epochs again.
     epochs_stale: AtomicBool,
+    /// Outcomes the receiver took, on their way to the deliverer thread (`None` once
+    /// the client is dropped: the deliverer then ends when it has run what is queued).
+    to_deliver: Mutex<Option<crossbeam_channel::Sender<Handover>>>,
+    /// The same queue's other end: what a wait on the deliverer thread (a callback's)
+    /// runs itself.
+    queued: crossbeam_channel::Receiver<Handover>,
+    /// The deliverer thread.
+    deliverer: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
+
+/// An outcome the receiver took, and whom it goes to.
+type Handover = (Vec<Deliver>, Result<Outcome, TaskError>);
+
+thread_local! {
+    /// Whether this thread is a client's receiver: what it delivers goes through the
+    /// deliverer thread, since a task's callbacks run where its outcome is delivered,
+    /// and one that waits for another task of the client (or submits and waits) would
+    /// otherwise hold up the only thread that reads the outcomes.
+    static ON_RECEIVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Hands an outcome to the tasks waiting for it (each a copy, the last the original).
+fn hand_over((delivers, outcome): Handover) {
+    let mut delivers = delivers.into_iter().peekable();
+    while let Some(d) = delivers.next() {
+        if delivers.peek().is_some() {
+            d(outcome.clone());
+        } else {
+            d(outcome);
+            break;
+        }
+    }
+}
 
 /// An item of a windowed map: its local id and what the map keeps for it, or why it was
 /// not submitted.
@@ -900,6 +946,12 @@ impl Drop for Cluster {
                 d(Err(TaskError::PoolClosed));
             }
         }
+        // The deliverer runs what the receiver handed it, then ends (not waited for
+        // from a callback on it: it would wait for itself).
+        lock(&self.inner.to_deliver).take();
+        if let Some(d) = self.deliverer.take() {
+            crate::sync::unpoisoned::join(d);
+        }
     }
 }
 
@@ -1245,14 +1297,13 @@ impl ClientInner {
             }
             w
         };
-        let mut delivers = w.delivers.into_iter().peekable();
-        while let Some((_, d)) = delivers.next() {
-            if delivers.peek().is_some() {
-                d(outcome.clone());
-            } else {
-                d(outcome);
-                break;
-            }
+        let handover = (w.delivers.into_iter().map(|(_, d)| d).collect(), outcome);
+        let handover = match lock(&self.to_deliver).as_ref() {
+            Some(tx) if ON_RECEIVER.get() => tx.send(handover).err().map(|e| e.into_inner()),
+            _ => Some(handover),
+        };
+        if let Some(handover) = handover {
+            hand_over(handover);
         }
         (!w.keep).then_some(w.keys)
     }
@@ -1480,6 +1531,22 @@ fn group_number(group: &Value, name: &str) -> Option<u64> {
 }
 
 impl Cancel for ClientInner {
+    // A callback on the deliverer thread that waits for another task of this client
+    // runs the deliveries queued meanwhile itself: nothing else would.
+    fn help(&self) {
+        if self.routes_here() {
+            self.queued.try_iter().for_each(hand_over);
+        }
+    }
+
+    fn helps(&self) -> bool {
+        self.routes_here()
+    }
+
+    fn routes_here(&self) -> bool {
+        self.deliverer.get() == Some(&std::thread::current().id())
+    }
+
     fn cancel(&self, local: u64) -> bool {
         let (task, keys, entry, delayed) = {
             let p = lock(&self.pending);

@@ -484,6 +484,7 @@ impl WorkerBuilder {
             broken: Mutex::new(None),
             stop_by: Mutex::new(None),
             unsent: AtomicUsize::new(0),
+            finishing: AtomicUsize::new(0),
             quit: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
             finisher_gone: AtomicBool::new(false),
@@ -539,8 +540,8 @@ impl WorkerBuilder {
         })
     }
 
-    /// Starts the node and serves until `SIGTERM` or `SIGINT` (or
-    /// [`WorkerHandle::shutdown`] from another thread): then it takes no more tasks, lets
+    /// Starts the node and serves until `SIGTERM` or `SIGINT`, or until the node stops
+    /// on its own (its local pool broke): then it takes no more tasks, lets
     /// running ones finish within the grace period (handing the rest back to the
     /// queue), and returns. A second signal once the drain has begun (within 100 ms of
     /// the first) ends the process at once, as the signal's default action does (its
@@ -548,7 +549,9 @@ impl WorkerBuilder {
     /// returned, a signal that had its default action before `run` ends the process as
     /// by default again; one the program ignored (`nohup`) or handled stays so. Ctrl-C in a terminal signals the whole process group, the
     /// pool's processes included: their running tasks end as crashes and are
-    /// redelivered; send `SIGTERM` to the worker's pid for a clean drain.
+    /// redelivered; send `SIGTERM` to the worker's pid for a clean drain. A node the
+    /// program stops itself, from another thread, is started with
+    /// [`build`](Self::build) and stopped with [`WorkerHandle::shutdown`].
     ///
     /// # Errors
     ///
@@ -777,6 +780,9 @@ struct Node {
     /// once) not yet sent: the node unregisters only after them, since `RETIRE` keeps
     /// a consumer that still holds entries.
     unsent: AtomicUsize,
+    /// Finishes of flights (their runs are over) not yet sent: what a stop holds beyond
+    /// them still runs.
+    finishing: AtomicUsize,
     /// Every thread ends.
     quit: AtomicBool,
     /// The reader has ended (nothing more will be accepted from it).
@@ -1341,26 +1347,33 @@ impl Node {
     }
 
     fn send_finish(&self, fin: Finish) {
-        self.unsent.fetch_add(1, Ordering::AcqRel);
+        let count = if fin.local.is_some() {
+            &self.finishing
+        } else {
+            &self.unsent
+        };
+        count.fetch_add(1, Ordering::AcqRel);
         if self.events.send(Event::Finish(Box::new(fin))).is_err() {
-            self.unsent.fetch_sub(1, Ordering::AcqRel);
+            count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// `batch` was sent (or will never be): its entries are no longer held.
     fn sent(&self, batch: &[Finish]) {
         let mut st = lock(&self.state);
-        let mut unsent = 0;
+        let (mut unsent, mut finishing) = (0, 0);
         for f in batch {
             match f.local {
                 Some(local) => {
                     st.flights.remove(&local);
+                    finishing += 1;
                 }
                 None => unsent += 1,
             }
         }
         drop(st);
         self.unsent.fetch_sub(unsent, Ordering::AcqRel);
+        self.finishing.fetch_sub(finishing, Ordering::AcqRel);
         self.room.notify_all();
     }
 
@@ -1549,6 +1562,9 @@ impl Node {
                     Event::Wake(id) => {
                         if let Some(f) = self.poll(id) {
                             test_panic(Role::Finisher);
+                            if f.local.is_some() {
+                                self.finishing.fetch_add(1, Ordering::AcqRel);
+                            }
                             batch.push(f);
                         }
                     }
@@ -1758,6 +1774,7 @@ impl Node {
         // once they had been a lease without one, run them twice, and spend their
         // deliveries: it waits for a renewal, unless the node holds nothing.
         let mut renewed_last = true;
+        let mut all_ran = None::<Instant>;
         loop {
             let now = Instant::now();
             // Whether the server answered this round's calls: a reclaim, which waits
@@ -1807,7 +1824,14 @@ impl Node {
                 // The reader's end first: what it left unsent before it ended is
                 // counted by then.
                 let reader_done = self.reader_done.load(Ordering::Acquire);
-                let held = lock(&self.state).flights.len() + self.unsent.load(Ordering::Acquire);
+                let flights = lock(&self.state).flights.len();
+                let held = flights + self.unsent.load(Ordering::Acquire);
+                // Since when nothing it holds still runs: all of it waits for the server.
+                if flights > self.finishing.load(Ordering::Acquire) {
+                    all_ran = None;
+                } else {
+                    all_ran.get_or_insert(now);
+                }
                 // Without its finisher, what the node holds never leaves: its leases
                 // lapse, and other workers run those tasks again.
                 if reader_done && (held == 0 || self.finisher_gone.load(Ordering::Acquire)) {
@@ -1822,9 +1846,16 @@ impl Node {
                     self.hand_back_unstarted();
                 }
                 // What is still held then cannot reach the server (it is down): its
-                // leases lapse and other workers run those tasks again.
-                if stopping_for >= self.cfg.grace.saturating_add(self.cfg.lease) {
+                // leases lapse and other workers run those tasks again. So too a lease
+                // after every run it held ended (a grace of `Duration::MAX` waits for
+                // the runs, not for a server that may never come back).
+                if stopping_for >= self.cfg.grace.saturating_add(self.cfg.lease)
+                    || all_ran.is_some_and(|at| now.duration_since(at) >= self.cfg.lease)
+                {
                     tracing::warn!(worker = %self.name, held, "stopping without sending the outcomes of tasks it held: the server cannot be reached");
+                    // The stop's end is now: the calls still to come (unregistering)
+                    // do not wait out a century for a grace of `Duration::MAX`.
+                    *lock(&self.stop_by) = Some(now);
                     break;
                 }
             }
