@@ -59,6 +59,10 @@ fn main() {
             ),
             trial("server_sigkilled_under_load", server_sigkilled_under_load),
             trial(
+                "a_proxy_relayed_by_a_process_that_never_called_it_is_freed",
+                a_proxy_relayed_by_a_process_that_never_called_it_is_freed,
+            ),
+            trial(
                 "a_proxy_of_a_server_restarted_at_its_address_names_no_new_object",
                 a_proxy_of_a_restarted_server_names_no_new_object,
             ),
@@ -1632,6 +1636,34 @@ fn many_local_connections() {
         }
     }
     println!("fds {fds} {}", common::fd_count());
+}
+
+fn call_it(d: DictProxy<u32, u32>) -> usize {
+    d.insert(1, 1).unwrap();
+    d.len().unwrap()
+}
+
+fn relay_it(d: DictProxy<u32, u32>) -> usize {
+    join(multiproc::spawn(call_it, d).unwrap())
+}
+
+/// A process that passes on a proxy it received without calling it (it never connects
+/// until it lets go): once every process let go, the object is freed (the receiver's
+/// settlement came before the relay had connected, was dropped, and the relay's report
+/// of what it sent kept the object while the server ran).
+fn a_proxy_relayed_by_a_process_that_never_called_it_is_freed() {
+    let m = Manager::start().unwrap();
+    let before = m.object_count().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    assert_eq!(join(multiproc::spawn(relay_it, d.clone()).unwrap()), 1);
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    drop(d);
+    assert!(
+        common::eventually(Duration::from_secs(5), || m.object_count().unwrap()
+            == before),
+        "{} objects, {before} before",
+        m.object_count().unwrap()
+    );
 }
 
 /// A server stopped and another started at its address with its key: a proxy of the

@@ -145,8 +145,18 @@ impl RefTable {
                         // Freed already: the receiver's calls will say so.
                         continue;
                     };
-                    // Only a session that is still here has a balance to settle: one
-                    // that ended took its proxies in flight with it.
+                    // A session not here (yet) is settled with a balance below zero: it
+                    // may be one that has not connected, a process that relays a proxy
+                    // it received without calling it, which reports what it sent when
+                    // it first connects (as it lets go); dropped, the settlement left
+                    // its report keeping the object while the server ran. (For one
+                    // that ended, which took its proxies in flight with it, the entry
+                    // keeps nothing and goes with the object.)
+                    if let Some(from) = from
+                        && !self.sessions.contains_key(&from)
+                    {
+                        *h.in_flight.entry(from).or_insert(0) -= 1;
+                    }
                     if let Some(from) = from
                         && let Some(s) = self.sessions.get_mut(&from)
                     {
@@ -286,7 +296,7 @@ mod tests {
         freed.sort();
         assert!(ended);
         assert_eq!(freed, [8], "7 is still B's");
-        // A settlement from the ended session's proxy changes nothing.
+        // A settlement from the ended session's proxy keeps nothing.
         t.apply(
             B,
             vec![RefOp::Hold {
@@ -295,7 +305,51 @@ mod tests {
             }],
         );
         assert_eq!(t.objects[&7].held[&B], 2);
-        assert!(t.objects[&7].in_flight.is_empty());
+        assert!(t.objects[&7].in_flight.values().all(|&n| n <= 0));
+        assert!(
+            t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }])
+                .is_empty()
+        );
+        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+    }
+
+    /// A process that relays a proxy it received without calling it connects only as it
+    /// lets go: the receiver of the relayed proxy settles it before then, and the
+    /// relay's report of what it sent, coming later, is balanced by that settlement.
+    #[test]
+    fn a_relay_that_never_connected_is_settled_before_it_reports() {
+        const RELAY: u64 = 3;
+        let mut t = table();
+        t.created(7, A, false);
+        // B received 7 from RELAY (which received it from A) and calls it.
+        assert!(
+            t.apply(
+                B,
+                vec![RefOp::Hold {
+                    id: 7,
+                    from: Some(RELAY)
+                }]
+            )
+            .is_empty()
+        );
+        // RELAY ends: it connects, holds what it received, lets go, and reports one sent.
+        t.connected(RELAY);
+        let ops = vec![
+            RefOp::Hold {
+                id: 7,
+                from: Some(A),
+            },
+            RefOp::Release { id: 7, sent: 1 },
+            RefOp::Leave,
+        ];
+        assert!(t.apply(RELAY, ops).is_empty());
+        assert_eq!(t.disconnected(RELAY), (true, Vec::new()));
+        assert!(
+            t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }])
+                .is_empty()
+        );
+        assert_eq!(t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }]), [7]);
+        assert!(!t.sessions.contains_key(&RELAY));
     }
 
     #[test]
