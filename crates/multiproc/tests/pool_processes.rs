@@ -2318,7 +2318,6 @@ fn spawn_start_method() {
     finish(pool);
 }
 
-#[cfg(feature = "progress")]
 fn byte_len(v: Vec<u8>) -> usize {
     v.len()
 }
@@ -2366,6 +2365,7 @@ fn a_large_context_that_leaves_no_room_for_its_first_chunk_does_not_stall() {
     });
 }
 
+#[cfg(feature = "progress")]
 fn map_with_progress_bar() {
     let pool = Pool::new(2).unwrap();
     let got = pool.map_with_progress(square, 0..500).unwrap();

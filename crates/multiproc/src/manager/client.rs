@@ -418,6 +418,11 @@ impl Client {
             self.flush(Open::IfQueued(deadline.get()));
         }
         let mut conn = self.checkout(&deadline)?;
+        // Nothing was sent: the connection goes back as it was.
+        if let Some(e) = conn.refuses(request) {
+            self.checkin(conn);
+            return Err(e);
+        }
         // A connection that failed or timed out is dropped, not put back: an answer
         // that comes late would be read as the next call's.
         let response = conn.call(request, &deadline, self.settings.call_timeout)?;
@@ -706,6 +711,21 @@ pub(crate) struct ClientConn {
 }
 
 impl ClientConn {
+    /// Why `request` is not sent at all: it is larger than the server takes (it would
+    /// drop the connection, which would say nothing of why). One that does not encode
+    /// fails in [`call`](Self::call), with its reason.
+    fn refuses(&self, request: &Request) -> Option<ManagerError> {
+        let most = usize::try_from(self.max_frame).unwrap_or(usize::MAX);
+        if encoder::len_up_to(request, most).is_some() {
+            return None;
+        }
+        let size = encoder::len_of(request).ok()?;
+        Some(ManagerError::InvalidArgument(format!(
+            "a request of {size} bytes is larger than the manager takes (its max_frame, {} bytes)",
+            self.max_frame
+        )))
+    }
+
     fn call(
         &mut self,
         request: &Request,
@@ -713,17 +733,6 @@ impl ClientConn {
         call_timeout: Option<Duration>,
     ) -> Result<Response, ManagerError> {
         let waited = call_timeout.unwrap_or_default();
-        // A larger request would make the server drop the connection, which would say
-        // nothing of why. (One that does not encode fails below, with its reason.)
-        let most = usize::try_from(self.max_frame).unwrap_or(usize::MAX);
-        if encoder::len_up_to(request, most).is_none()
-            && let Ok(size) = encoder::len_of(request)
-        {
-            return Err(ManagerError::InvalidArgument(format!(
-                "a request of {size} bytes is larger than the manager takes (its max_frame, {} bytes)",
-                self.max_frame
-            )));
-        }
         if let Some((local, _)) = &self.local {
             return local.call(request, deadline, waited);
         }
