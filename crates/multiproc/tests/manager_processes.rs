@@ -580,6 +580,12 @@ fn locks_and_friends() {
         lock.try_lock().unwrap_err(),
         ManagerError::WouldDeadlock
     ));
+    let asked = Instant::now();
+    assert!(matches!(
+        lock.lock_timeout(Duration::from_secs(20)).unwrap_err(),
+        ManagerError::WouldDeadlock
+    ));
+    assert!(asked.elapsed() < Duration::from_secs(10), "it waited");
     g.unlock().unwrap();
     assert!(lock.try_lock().unwrap().is_some());
 

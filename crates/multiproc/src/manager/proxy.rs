@@ -790,12 +790,16 @@ macro_rules! lock_methods {
             acquired(acquire(&self.h, None)?)
         }
 
-        /// Takes the lock if it is free: `None` if it is held.
+        /// Takes the lock if it is free: `None` if another thread holds it;
+        /// [`ManagerError::WouldDeadlock`] if this thread does (a plain lock), as for
+        /// [`lock`](Self::lock).
         pub fn try_lock(&self) -> Result<Option<LockResult<ProxyGuard<'_>>>> {
             acquire(&self.h, Some(Duration::ZERO))
         }
 
-        /// Takes the lock, waiting up to `timeout`: `None` if it stayed held.
+        /// Takes the lock, waiting up to `timeout`: `None` if it stayed held;
+        /// [`ManagerError::WouldDeadlock`] at once if this thread holds it (a plain
+        /// lock), as for [`lock`](Self::lock).
         pub fn lock_timeout(
             &self,
             timeout: Duration,
