@@ -129,6 +129,10 @@ fn main() {
                 a_dropped_imap_runs_no_more_items,
             ),
             trial(
+                "an_imap_whose_input_panicked_yields_what_it_had_then_ends",
+                an_imap_whose_input_panicked_yields_what_it_had_then_ends,
+            ),
+            trial(
                 "imap_yields_each_failure_in_place",
                 imap_yields_each_failure_in_place,
             ),
@@ -226,6 +230,43 @@ fn finish(pool: Pool) {
             common::wait_gone(p, Duration::from_secs(5)),
             "worker {p} is still there"
         );
+    }
+}
+
+/// An input iterator that panics half-way: the panic reaches the caller of `next`; one
+/// that catches it and goes on gets the outcomes of the items given before, in order,
+/// then the end (it waited for ever for items counted and never submitted), for
+/// `imap` and `imap_unordered`.
+fn an_imap_whose_input_panicked_yields_what_it_had_then_ends() {
+    let pool = Pool::new(2).unwrap();
+    for ordered in [true, false] {
+        let input = (0..10u64).inspect(|&i| assert!(i != 5, "the input fails at 5"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut it: Box<dyn Iterator<Item = Result<u64, TaskError>>> = if ordered {
+                    Box::new(pool.imap(square, input))
+                } else {
+                    Box::new(pool.imap_unordered(square, input))
+                };
+                let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
+                assert!(first.is_err(), "the input's panic reached the caller");
+                let mut rest: Vec<u64> = it.map(Result::unwrap).collect();
+                if !ordered {
+                    rest.sort_unstable();
+                }
+                let _ = tx.send(rest);
+            });
+            let rest = rx.recv_timeout(T);
+            if rest.is_err() {
+                pool.terminate();
+            }
+            assert_eq!(
+                rest.expect("the imap ended within the timeout"),
+                [0, 1, 4, 9, 16],
+                "ordered: {ordered}"
+            );
+        });
     }
 }
 

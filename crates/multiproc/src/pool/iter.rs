@@ -100,13 +100,32 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
         }
         let mut batch = Vec::new();
         while self.next_slot - self.yielded < window {
-            let Some(item) = self.input.next() else {
-                self.input_done = true;
-                break;
-            };
-            batch.push((self.next_slot, item));
-            self.next_slot += 1;
+            // An input that panics ends there: the items it gave before are submitted
+            // (they are counted as given), then the panic goes on to the caller, and a
+            // caller that catches it gets their outcomes, then the end (it waited for
+            // ever for items counted and never submitted).
+            let input = &mut self.input;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.next())) {
+                Ok(Some(item)) => {
+                    batch.push((self.next_slot, item));
+                    self.next_slot += 1;
+                }
+                Ok(None) => {
+                    self.input_done = true;
+                    break;
+                }
+                Err(panic) => {
+                    self.input_done = true;
+                    self.submit(batch);
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
+        self.submit(batch);
+    }
+
+    /// Submits `batch`; an item that cannot be is yielded as its failure.
+    fn submit(&mut self, batch: Vec<(usize, A)>) {
         for (slot, submitted) in self.backend.submit_all(batch, &self.stream) {
             match submitted {
                 Ok(handle) => self.handles.push_back((slot, handle)),

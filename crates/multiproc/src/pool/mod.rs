@@ -778,7 +778,10 @@ impl Pool {
 
     /// Runs `f` on every item, one task each, lazily: items are taken from `items` as
     /// results are consumed, with a bounded number in flight, so an endless iterator
-    /// works. Results come in item order (Python's `imap`).
+    /// works. Results come in item order (Python's `imap`). If `items` panics, the
+    /// panic reaches the `next` that asked for items; the items it gave before still
+    /// run, and a caller that catches the panic and goes on gets their results, then
+    /// the end.
     ///
     /// For a progress bar, wrap the iterator with `indicatif`'s `ProgressIterator`
     /// (`pool.imap(f, items).progress_count(n)`): it advances as results are consumed.
