@@ -305,6 +305,10 @@ fn main() {
                 executor_many_tasks_and_shutdown,
             ),
             trial(
+                "every_wait_for_results_has_a_timeout_form",
+                every_wait_for_results_has_a_timeout_form,
+            ),
+            trial(
                 "ten_thousand_tasks_sigkill_and_sigstop",
                 ten_thousand_tasks_sigkill_and_sigstop,
             ),
@@ -553,6 +557,59 @@ where
 
 fn local_square(x: u64) -> u64 {
     x * x
+}
+
+/// With no worker to run anything (one that never comes, a server that stays out of
+/// reach): `apply_timeout`, `map_timeout`, an imap's `next_timeout` and
+/// `shutdown_timeout` come back in time, the first two cancelling what they gave up
+/// on; an imap that timed out goes on once a worker runs its items.
+fn every_wait_for_results_has_a_timeout_form() {
+    let redis = RedisServer::start();
+    let ns = "timeouts";
+    let c = client(&redis, ns);
+    let short = Duration::from_millis(300);
+    let in_time = |t: Instant| t.elapsed() < Duration::from_secs(10);
+
+    let asked = Instant::now();
+    assert!(matches!(
+        c.apply_timeout(SQUARE, 3, short),
+        Err(ClusterError::Task(TaskError::Timeout))
+    ));
+    assert!(matches!(
+        c.map_timeout(SQUARE, 0..10, short),
+        Err(ClusterError::Task(TaskError::Timeout))
+    ));
+    assert!(in_time(asked), "{:?}", asked.elapsed());
+    // What they gave up on was taken out of the queue.
+    assert!(
+        common::eventually(T, || c.stats().is_ok_and(|s| s.waiting == 0)),
+        "{:?}",
+        c.stats()
+    );
+
+    let mut ordered = c.imap(SQUARE, 0..3u64);
+    let mut unordered = c.imap_unordered(SQUARE, 3..5u64);
+    let asked = Instant::now();
+    assert_eq!(ordered.next_timeout(short), Some(Err(TaskError::Timeout)));
+    assert_eq!(unordered.next_timeout(short), Some(Err(TaskError::Timeout)));
+    assert!(in_time(asked), "{:?}", asked.elapsed());
+    let w = worker(&redis, ns, 1);
+    assert_eq!(ordered.next_timeout(T), Some(Ok(0)));
+    assert_eq!(ordered.collect::<Vec<_>>(), [Ok(1), Ok(4)]);
+    let mut rest: Vec<u64> = unordered.map(Result::unwrap).collect();
+    rest.sort_unstable();
+    assert_eq!(rest, [9, 16]);
+    w.shutdown(true);
+
+    // A task no worker runs: the shutdown's wait ends at its timeout, and with its
+    // pending tasks cancelled, at once.
+    let queued = c.submit(SQUARE, 6).unwrap();
+    let asked = Instant::now();
+    assert!(!c.shutdown_timeout(false, short));
+    assert!(in_time(asked), "{:?}", asked.elapsed());
+    assert!(c.shutdown_timeout(true, T));
+    assert_eq!(queued.wait().unwrap_err(), TaskError::Cancelled);
+    finish(&redis, c, ns);
 }
 
 fn executor_many_tasks_and_shutdown() {

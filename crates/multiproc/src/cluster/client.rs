@@ -417,6 +417,32 @@ impl Cluster {
         Ok(self.submit(def, args)?.wait()?)
     }
 
+    /// As [`apply`](Self::apply), waiting at most `timeout` (Python's
+    /// `apply_async(..).get(timeout)`): a task not done by then is cancelled (removed
+    /// if still queued, stopped at its worker's next lease renewal if it runs).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply); [`TaskError::Timeout`] (as [`ClusterError::Task`])
+    /// if the result did not come in time.
+    pub fn apply_timeout<A, R>(
+        &self,
+        def: TaskDef<A, R>,
+        args: A,
+        timeout: Duration,
+    ) -> Result<R, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let mut task = self.submit(def, args)?;
+        let out = task.wait_timeout(timeout);
+        if matches!(out, Err(TaskError::Timeout)) && !task.is_done() {
+            task.cancel();
+        }
+        Ok(out?)
+    }
+
     /// Runs `def` on every item and returns the results in order (Python's `map`). The
     /// items travel in chunks (about 64 of them, at most 1,024 items each), sent in
     /// batches of one round trip; a worker runs each item of a chunk as its own task of
@@ -436,7 +462,31 @@ impl Cluster {
     {
         let items: Vec<A> = items.into_iter().collect();
         let chunk = items.len().div_ceil(64).clamp(1, 1024);
-        self.map_chunked(def, items, chunk)
+        self.map_chunked_until(def, items, chunk, None)
+    }
+
+    /// As [`map`](Self::map), waiting at most `timeout` for every result: chunks not
+    /// done by then are cancelled (as [`apply_timeout`](Self::apply_timeout) does).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map); [`TaskError::Timeout`] (as [`ClusterError::Task`]) if
+    /// the results did not all come in time.
+    pub fn map_timeout<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+        timeout: Duration,
+    ) -> Result<Vec<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let chunk = items.len().div_ceil(64).clamp(1, 1024);
+        let deadline = crate::deadline::later(timeout);
+        self.map_chunked_until(def, items, chunk, Some(deadline))
     }
 
     /// As [`map`](Self::map), with `chunk_size` items per chunk (Python's `chunksize`;
@@ -450,6 +500,22 @@ impl Cluster {
         def: TaskDef<A, R>,
         items: I,
         chunk_size: usize,
+    ) -> Result<Vec<R>, ClusterError>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_chunked_until(def, items, chunk_size, None)
+    }
+
+    /// `map_chunked`, waiting until `deadline` (if any) for the results.
+    fn map_chunked_until<A, R, I>(
+        &self,
+        def: TaskDef<A, R>,
+        items: I,
+        chunk_size: usize,
+        deadline: Option<Instant>,
     ) -> Result<Vec<R>, ClusterError>
     where
         A: Serialize,
@@ -487,8 +553,22 @@ impl Cluster {
             self.inner.send_many(&keys, &mut prepared)?;
         }
         let mut out = Vec::with_capacity(items.len());
-        for t in tasks {
-            for outcome in t.wait()? {
+        let mut tasks = tasks.into_iter();
+        while let Some(mut t) = tasks.next() {
+            let outcomes = match deadline {
+                None => t.wait()?,
+                Some(d) => match t.wait_timeout(d.saturating_duration_since(Instant::now())) {
+                    Err(TaskError::Timeout) if !t.is_done() => {
+                        // Nobody waits for the rest any more.
+                        for late in std::iter::once(t).chain(tasks) {
+                            late.cancel();
+                        }
+                        return Err(TaskError::Timeout.into());
+                    }
+                    outcomes => outcomes?,
+                },
+            };
+            for outcome in outcomes {
                 out.push(outcome.into_result::<R>()?);
             }
         }
@@ -921,9 +1001,29 @@ impl Cluster {
             }
         }
         if wait {
-            while !lock(&self.inner.pending).tasks.is_empty() {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            self.wait_pending(None);
+        }
+    }
+
+    /// As [`shutdown`](Self::shutdown) with `wait`, waiting at most `timeout` for the
+    /// outcomes (a server that cannot be reached may never send them). Returns whether
+    /// every task this client waits for has its outcome.
+    pub fn shutdown_timeout(&self, cancel_pending: bool, timeout: Duration) -> bool {
+        self.shutdown(false, cancel_pending);
+        self.wait_pending(Some(crate::deadline::later(timeout)))
+    }
+
+    /// Waits until no task of this client waits for its outcome, or `deadline`: whether
+    /// none does.
+    fn wait_pending(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            if lock(&self.inner.pending).tasks.is_empty() {
+                return true;
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -1810,6 +1910,25 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_within(None)
+    }
+}
+
+impl<A, R, I> ClusterImap<'_, A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`): `Some(Err(TaskError::Timeout))` if it is not there
+    /// by then, and the iterator goes on (the next call waits for the same item).
+    /// `None` once every item has been yielded.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.next_within(Some(timeout))
+    }
+
+    fn next_within(&mut self, timeout: Option<Duration>) -> Option<Result<R, TaskError>> {
         // Refilled a batch at a time while half the window or more is free.
         while self.taking && self.window.len() <= BATCH {
             let take = BATCH;
@@ -1827,7 +1946,22 @@ where
                     .map(|s| s.map(|(local, cell)| self.cluster.task(cell, local))),
             );
         }
-        Some(self.window.pop_front()?.and_then(Task::wait))
+        let (Some(timeout), Some(Ok(task))) = (timeout, self.window.front_mut()) else {
+            return Some(self.window.pop_front()?.and_then(Task::wait));
+        };
+        let outcome = match task.wait_timeout(timeout) {
+            // The wait ended before the outcome came: it stays for the next call.
+            Err(TaskError::Timeout) if !task.is_done() => return Some(Err(TaskError::Timeout)),
+            // Done: the task's own outcome was `Timeout` (taken then), or the outcome
+            // came as the wait ended (there to take now).
+            Err(TaskError::Timeout) => match task.wait_timeout(Duration::ZERO) {
+                Err(TaskError::Taken) => Err(TaskError::Timeout),
+                outcome => outcome,
+            },
+            outcome => outcome,
+        };
+        self.window.pop_front();
+        Some(outcome)
     }
 }
 
@@ -1861,6 +1995,24 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_within(None)
+    }
+}
+
+impl<A, R, I> ClusterImapUnordered<'_, A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    /// The next result to finish, waiting at most `timeout` for one:
+    /// `Some(Err(TaskError::Timeout))` if none finished by then, and the iterator goes
+    /// on. `None` once every item has been yielded.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.next_within(Some(timeout))
+    }
+
+    fn next_within(&mut self, timeout: Option<Duration>) -> Option<Result<R, TaskError>> {
         while self.taking && self.in_flight <= BATCH {
             let take = BATCH;
             let def = (self.def.name(), self.def.schema());
@@ -1882,8 +2034,18 @@ where
         if self.in_flight == 0 {
             return None;
         }
+        let got = match timeout {
+            None => self.rx.recv().map_err(|_| ()),
+            Some(t) => match self.rx.recv_timeout(t) {
+                // It stays in flight, for the next call.
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    return Some(Err(TaskError::Timeout));
+                }
+                got => got.map_err(|_| ()),
+            },
+        };
         self.in_flight -= 1;
-        Some(self.rx.recv().unwrap_or(Err(TaskError::PoolClosed)))
+        Some(got.unwrap_or(Err(TaskError::PoolClosed)))
     }
 }
 
