@@ -27,6 +27,18 @@ fn main() {
             trial("round_trip_nested_structs", round_trip_nested_structs),
             trial("round_trip_64_mib", round_trip_64_mib),
             trial(
+                "children_run_as_the_parent_does_now",
+                children_run_as_the_parent_does_now,
+            ),
+            trial(
+                "a_sigterm_to_the_whole_group_leaves_the_parent_to_decide",
+                a_sigterm_to_the_whole_group_leaves_the_parent_to_decide,
+            ),
+            trial(
+                "a_spawn_larger_than_the_fork_server_takes_fails_alone",
+                a_spawn_larger_than_the_fork_server_takes_fails_alone,
+            ),
+            trial(
                 "a_large_result_does_not_keep_its_child_alive",
                 a_large_result_does_not_keep_its_child_alive,
             ),
@@ -139,6 +151,8 @@ fn helpers(mode: &str) {
         "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
         "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
+        "group_sigterm" => helper_group_sigterm(),
+        "dropped_privileges" => helper_dropped_privileges(),
         "leaks" => helper_leaks(),
         "held_spares" => helper_held_spares(),
         "code_layout" => helper_code_layout(),
@@ -702,6 +716,89 @@ fn daemon_terminated_at_exit() {
     common::reap(child);
 }
 
+fn ids_of_child(_: ()) -> (u32, u32, i32) {
+    // SAFETY: plain reads of this process's ids.
+    unsafe {
+        (
+            libc::geteuid(),
+            libc::getegid(),
+            libc::getgroups(0, std::ptr::null_mut()),
+        )
+    }
+}
+
+/// Drops from root to `nobody` after `init` (its fork server runs as root), then
+/// spawns: the children run as `nobody`, and a daemon among them can be killed.
+fn helper_dropped_privileges() {
+    // SAFETY: this process's own users and groups, from its only thread of its own.
+    unsafe {
+        assert_eq!(libc::setgroups(0, std::ptr::null()), 0);
+        assert_eq!(libc::setresgid(65534, 65534, 65534), 0);
+        assert_eq!(libc::setresuid(65534, 65534, 65534), 0);
+    }
+    let ids = multiproc::spawn(ids_of_child, ())
+        .unwrap()
+        .join_timeout(T)
+        .map_err(|e| e.to_string());
+    println!("ids {ids:?}");
+    let daemon = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
+    println!("kill {:?}", daemon.kill().map_err(|e| e.to_string()));
+}
+
+/// A program that drops its privileges after `init` (root, then `nobody`): its children
+/// run as it does now, not as root (they ran as root, as the fork server started by
+/// `init` does, and the parent could not signal them: a `kill` failed, and the exit
+/// waited for ever for a daemon it could not end).
+fn children_run_as_the_parent_does_now() {
+    // SAFETY: a plain read of this process's effective user.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test drops root's privileges in a helper: run it as root (CI does)"
+    );
+    let mut h = Helper::start("dropped_privileges");
+    assert_eq!(h.expect("ids ", T), "Ok((65534, 65534, 0))");
+    assert_eq!(h.expect("kill ", T), "Ok(())");
+    assert!(h.wait(T).success());
+}
+
+fn ignore_sigterm_then_return(ready: multiproc::Event) -> u32 {
+    // SAFETY: no other thread of this child handles signals.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    ready.set();
+    std::thread::sleep(Duration::from_millis(300));
+    7
+}
+
+/// A program that handles SIGTERM itself (here: ignores it) and gets one sent to its
+/// whole process group (`timeout`, `kill -TERM -PGID`, a service manager), with a
+/// daemon child that ignores it too: the child finishes and is joined.
+fn helper_group_sigterm() {
+    let ready = multiproc::Event::new().unwrap();
+    let mut child = Builder::new()
+        .daemon(true)
+        .spawn(ignore_sigterm_then_return, ready.clone())
+        .unwrap();
+    assert!(ready.wait_timeout(T));
+    // SAFETY: no other thread of this process handles signals; ignoring installs no code.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    // SAFETY: a signal to this process's own group.
+    assert_eq!(unsafe { libc::kill(0, libc::SIGTERM) }, 0);
+    println!(
+        "joined {:?}",
+        child.join_timeout(T).map_err(|e| e.to_string())
+    );
+}
+
+/// The fork server ignores a SIGTERM sent to the whole process group, as it ignores
+/// Ctrl-C: the parent decides (the server died at once, killing every daemon child with
+/// it, and the child's join said the server died).
+fn a_sigterm_to_the_whole_group_leaves_the_parent_to_decide() {
+    let mut h = Helper::start("group_sigterm");
+    assert_eq!(h.expect("joined ", T), "Ok(7)");
+    assert!(h.wait(T).success());
+}
+
 fn ignore_sigterm_then_sleep(ready: multiproc::Event) {
     // SAFETY: no other thread of this child handles signals.
     unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
@@ -760,6 +857,33 @@ fn daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it() {
         "daemon survived its parent's exit"
     );
     common::reap(child);
+}
+
+/// A spawn whose request (environment, name, arguments) is larger than the fork server
+/// reads fails with `InvalidInput`, saying so; the server and its children live on
+/// (the server dropped the connection, killing its daemons, and was started again for
+/// the same end).
+fn a_spawn_larger_than_the_fork_server_takes_fails_alone() {
+    let mut daemon = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
+    let err = Builder::new()
+        .env("MP_TEST_BLOB", "x".repeat(65 << 20))
+        .spawn(square, 2)
+        .unwrap_err();
+    assert!(
+        matches!(&err, SpawnError::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput),
+        "{err}"
+    );
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(daemon.is_alive(), "the daemon died with its fork server");
+    assert_eq!(
+        multiproc::spawn(square, 3)
+            .unwrap()
+            .join_timeout(T)
+            .unwrap(),
+        9
+    );
+    daemon.kill().unwrap();
+    assert!(daemon.join_timeout(T).is_err());
 }
 
 fn square(x: u64) -> u64 {

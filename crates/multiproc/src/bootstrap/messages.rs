@@ -207,6 +207,10 @@ pub(crate) struct ForkRequest {
     /// the server was started by executing the program (`Command` gave it SIGPIPE's
     /// default action, which is all the server could pass on).
     pub(crate) sigpipe_ignored: bool,
+    /// The parent's users and groups now: the child takes them where the server's (the
+    /// program's when it started the server) differ, as in a program that drops its
+    /// privileges after `init`.
+    pub(crate) ids: Option<crate::sys::Ids>,
 }
 
 pub(crate) use crate::wire::codec::Bytes;

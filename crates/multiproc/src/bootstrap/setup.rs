@@ -21,6 +21,11 @@ pub(crate) struct FromServer<'a> {
     pub(crate) sigpipe: sys::Disposition,
     /// The program's own SIGCHLD disposition, which the server replaced.
     pub(crate) sigchld: sys::Disposition,
+    /// The program's own dispositions of the signals sent to a whole process group
+    /// (SIGTERM, SIGHUP, SIGQUIT), which the server ignores.
+    pub(crate) group_signals: [(i32, sys::Disposition); 3],
+    /// The server's users and groups (the program's when it started the server).
+    pub(crate) ids: Option<sys::Ids>,
     /// The server's environment, as a block.
     pub(crate) env: &'a [u8],
 }
@@ -28,13 +33,15 @@ pub(crate) struct FromServer<'a> {
 /// Turns a fresh child of the fork server (just forked, or a spare just assigned) into
 /// the requested process: signals, parent-death signal, descriptors, name, directory and
 /// environment; then runs the call, or executes the program afresh. `death` is the
-/// parent's death pipe. Never returns.
+/// parent's death pipe; `taken`, closed once the child has its parent's users and
+/// groups (the server waits for that before it answers). Never returns.
 pub(crate) fn become_requested(
     server: &FromServer<'_>,
     request: &ForkRequest,
     channel: OwnedFd,
     stdio: [OwnedFd; 3],
     death: Option<OwnedFd>,
+    taken: Option<OwnedFd>,
 ) -> ! {
     // The default action, and the program's own choices for SIGPIPE and SIGCHLD.
     sys::default_signal(sys::SIGINT);
@@ -43,6 +50,9 @@ pub(crate) fn become_requested(
         sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
+    for (signal, disposition) in server.group_signals {
+        sys::restore_signal(signal, disposition);
+    }
     // A daemon dies with the server, which dies with the parent; other children do not.
     let parent_alive = if request.daemon {
         sys::kill_me_with_parent(server.pid)
@@ -63,6 +73,19 @@ pub(crate) fn become_requested(
             fail_on(channel, &why);
         }
     }
+    // The parent's users and groups, where the server's differ (a program that dropped
+    // its privileges after `init`): the child must not run as the user the program no
+    // longer is, nor as one its parent may not signal. After the cgroup's move, which
+    // the server's user may make and the parent's perhaps not.
+    if let Some(ids) = &request.ids
+        && let Err(e) = sys::become_ids(ids)
+    {
+        fail_on(
+            channel,
+            &format!("cannot take the parent's users and groups: {e}"),
+        );
+    }
+    drop(taken);
     // stdin, stdout, stderr at 0 to 2, the channel at CHANNEL_FD, the death pipe at
     // DEATH_FD; nothing else.
     let has_death = death.is_some();

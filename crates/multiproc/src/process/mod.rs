@@ -46,6 +46,14 @@ use crate::wire::framing::Conn;
 /// the program's state as it was at that point (statics at their initial values), not as
 /// a copy of the parent's memory, so it is safe whatever threads the parent runs.
 ///
+/// What a child takes from the parent at each spawn: its directory, environment, soft
+/// limit on open descriptors, `SIGPIPE` choice, and its users and groups (a program that
+/// drops root's privileges after `init` has children that run as it does then). The
+/// rest of the process's standing is the fork server's, so the program's as it was at
+/// `init`: its umask, other resource limits, capabilities, and the namespaces and
+/// cgroup it ran in (a child with a memory cap has a cgroup of its own). Set those before
+/// `init`, or in the child.
+///
 /// On x86-64 the fork server keeps the part of the program's code that fills whole
 /// 2 MiB blocks on huge pages (the same bytes at the same addresses), so that its
 /// children run that code without a page fault per 64 KiB of it. Each child counts such
@@ -408,6 +416,7 @@ impl Builder {
             cgroup: None,
             open_files: sys::fd_limit(),
             sigpipe_ignored: sys::signal_is_ignored(sys::SIGPIPE),
+            ids: sys::own_ids(),
         };
         let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         // A small call fits in the empty socket's buffer: send it now, while the server

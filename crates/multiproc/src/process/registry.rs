@@ -212,15 +212,21 @@ fn exit_function() {
         }
     }
     // Members of their groups that outlive them (ignoring `SIGTERM`), after the grace.
+    // Looked at again each time: the wait for the other children above may have lasted
+    // hours, long enough for a group that emptied to have its number given to another
+    // process's group.
+    let still_its = |g: u32| daemons.iter().any(|c| c.pid() == g && group_is_its(c));
     loop {
-        groups.retain(|&g| sys::group_alive(g));
+        groups.retain(|&g| still_its(g));
         if groups.is_empty() || Instant::now() >= deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     for &g in &groups {
-        let _ = sys::signal_group(g, sys::SIGKILL);
+        if still_its(g) {
+            let _ = sys::signal_group(g, sys::SIGKILL);
+        }
     }
 }
 

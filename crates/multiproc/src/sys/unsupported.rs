@@ -63,6 +63,8 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
 // POSIX's traditional numbers, for `Signal`'s constants; nothing is ever sent here.
 pub(crate) const SIGINT: i32 = 2;
+pub(crate) const SIGHUP: i32 = 1;
+pub(crate) const SIGQUIT: i32 = 3;
 pub(crate) const SIGPIPE: i32 = 13;
 pub(crate) const SIGCHLD: i32 = 17;
 pub(crate) const SIGILL: i32 = 4;
@@ -603,4 +605,14 @@ pub(crate) fn remove_cgroup(_: &std::path::Path) -> io::Result<()> {
 }
 pub(crate) fn code_on_huge_pages() -> io::Result<usize> {
     Ok(0)
+}
+
+/// A process's users and groups (none here).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Ids;
+pub(crate) fn own_ids() -> Option<Ids> {
+    None
+}
+pub(crate) fn become_ids(_: &Ids) -> io::Result<()> {
+    Err(unsupported())
 }

@@ -205,6 +205,17 @@ impl Conn {
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        // The peer reads with the same limit (the processes of one program): a larger
+        // message would make it drop the connection, a fork server with its children.
+        if len as u64 > self.max_body {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message of {len} bytes is larger than the {} bytes a control connection takes (a spawn's environment, name and arguments together)",
+                    self.max_body
+                ),
+            ));
+        }
         let nfds = u16::try_from(fds.len())
             .ok()
             .filter(|&n| usize::from(n) <= sys::MAX_FDS_PER_MESSAGE)

@@ -208,6 +208,14 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     // the server writes statuses to pipes whose reader may be gone, whatever the program
     // chose for SIGPIPE (children get that choice back).
     sys::ignore_signal(sys::SIGINT);
+    // So do a terminal's hang-up and quit, and the SIGTERM that `timeout`, `kill
+    // -TERM -PGID` or a service manager sends every process of the group: a parent
+    // that handles it to shut down in order would otherwise lose the server at once,
+    // and with it every daemon child (killed by the server's death) and the statuses of
+    // the others. The server ends when the parent does (children get the program's
+    // choices back).
+    let group_signals =
+        [sys::SIGTERM, sys::SIGHUP, sys::SIGQUIT].map(|s| (s, sys::ignore_signal(s)));
     let sigpipe = sys::ignore_signal(sys::SIGPIPE);
     // The server reaps its children through their pidfds: with SIGCHLD ignored (a
     // disposition a program can inherit across `exec`), or a handler of the program's
@@ -230,6 +238,8 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         executed,
         sigpipe,
         sigchld,
+        group_signals,
+        ids: sys::own_ids(),
         env: &env.0,
     };
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
@@ -544,6 +554,20 @@ fn assign_or_fork(
     spares: &mut Spares,
 ) -> Result<(u32, OwnedFd), Refusal> {
     drop(spares.retired.take());
+    // A parent whose users or groups are not the server's (it dropped its privileges
+    // after `init`): the child takes the parent's, and the answer waits for that, so
+    // that the parent can signal the child as soon as it has its pid (a spare, forked
+    // ahead with the server's, would run as those until it took the request).
+    if request.ids.is_some() && request.ids != info.ids {
+        let (wait, taken) = sys::pipe().map_err(|e| Refusal::os("pipe", &e))?;
+        let fds = [channel, status, stdin, stdout, stderr];
+        let started = fork_child(info, request, fds, death, kids, Some(taken))?;
+        // Closed by the child once it has them, or as it ends; a child stopped before
+        // then is not waited for past a few seconds.
+        let until = Instant::now() + Duration::from_secs(5);
+        let _ = sys::wait_readable(&[wait.as_fd()], Some(until));
+        return Ok(started);
+    }
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
         let mut spare = kid.spare.take();
         let passed = [
@@ -570,6 +594,20 @@ fn assign_or_fork(
             return Ok((kid.pid, pidfd));
         }
     }
+    let fds = [channel, status, stdin, stdout, stderr];
+    fork_child(info, request, fds, death, kids, None)
+}
+
+/// Forks a child for `request` (see [`assign_or_fork`]); `taken` goes to the child (see
+/// `become_requested`).
+fn fork_child(
+    info: &FromServer<'_>,
+    request: &ForkRequest,
+    [channel, status, stdin, stdout, stderr]: [OwnedFd; 5],
+    death: Option<&OwnedFd>,
+    kids: &mut Vec<Kid>,
+    taken: Option<OwnedFd>,
+) -> Result<(u32, OwnedFd), Refusal> {
     // The server is single-threaded (checked when it started; it never creates threads),
     // so the child is a consistent copy.
     match sys::fork_if_single_threaded().and_then(single) {
@@ -577,7 +615,8 @@ fn assign_or_fork(
         Ok(Forked::Child) => {
             drop(status);
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
-            become_requested(info, request, channel, [stdin, stdout, stderr], death)
+            let stdio = [stdin, stdout, stderr];
+            become_requested(info, request, channel, stdio, death, taken)
         }
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
@@ -722,7 +761,14 @@ fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };
     drop(conn);
-    become_requested(info, &request, channel, [stdin, stdout, stderr], death)
+    become_requested(
+        info,
+        &request,
+        channel,
+        [stdin, stdout, stderr],
+        death,
+        None,
+    )
 }
 
 /// Keeps stdio, `control` and `death`; closes every other descriptor. The kept ones are

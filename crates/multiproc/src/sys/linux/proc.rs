@@ -569,3 +569,63 @@ mod tests {
         }
     }
 }
+
+/// A process's users and groups: real, effective and saved user and group ids, and the
+/// supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Ids {
+    uid: [u32; 3],
+    gid: [u32; 3],
+    groups: Vec<u32>,
+}
+
+/// This process's users and groups (`None` if they cannot be read).
+pub(crate) fn own_ids() -> Option<Ids> {
+    let (mut uid, mut gid) = ([0; 3], [0; 3]);
+    // SAFETY: each call writes three ids through valid pointers.
+    let read = unsafe {
+        libc::getresuid(&mut uid[0], &mut uid[1], &mut uid[2]) == 0
+            && libc::getresgid(&mut gid[0], &mut gid[1], &mut gid[2]) == 0
+    };
+    if !read {
+        return None;
+    }
+    // SAFETY: a size of 0 asks for the count only.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups = vec![0; usize::try_from(n).ok()?];
+    // SAFETY: `groups` has room for `n` ids.
+    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(usize::try_from(got).ok()?);
+    Some(Ids { uid, gid, groups })
+}
+
+/// Takes the users and groups `ids` where this process's differ: supplementary groups,
+/// then groups, then users (once the users change, the groups may not). For a child of
+/// the fork server, which runs as the program did when it started it, to run as the
+/// program does now.
+pub(crate) fn become_ids(ids: &Ids) -> io::Result<()> {
+    let now = own_ids().ok_or_else(io::Error::last_os_error)?;
+    if now == *ids {
+        return Ok(());
+    }
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls on this single-threaded child, with a valid slice.
+    unsafe {
+        if now.groups != ids.groups {
+            check(libc::setgroups(ids.groups.len(), ids.groups.as_ptr()))?;
+        }
+        if now.gid != ids.gid {
+            check(libc::setresgid(ids.gid[0], ids.gid[1], ids.gid[2]))?;
+        }
+        if now.uid != ids.uid {
+            check(libc::setresuid(ids.uid[0], ids.uid[1], ids.uid[2]))?;
+        }
+    }
+    Ok(())
+}
