@@ -77,8 +77,10 @@ pub(crate) fn become_requested(
     // its privileges after `init`): the child must not run as the user the program no
     // longer is, nor as one its parent may not signal. After the cgroup's move, which
     // the server's user may make and the parent's perhaps not.
-    if let Some(ids) = &request.ids
-        && let Err(e) = sys::become_ids(ids)
+    // (The child's are the server's, which it inherited: no system call when they match.)
+    if let (Some(ids), Some(now)) = (&request.ids, &server.ids)
+        && ids != now
+        && let Err(e) = sys::become_ids(ids, now)
     {
         fail_on(
             channel,

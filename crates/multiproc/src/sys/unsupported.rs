@@ -613,6 +613,6 @@ pub(crate) struct Ids;
 pub(crate) fn own_ids() -> Option<Ids> {
     None
 }
-pub(crate) fn become_ids(_: &Ids) -> io::Result<()> {
+pub(crate) fn become_ids(_: &Ids, _: &Ids) -> io::Result<()> {
     Err(unsupported())
 }

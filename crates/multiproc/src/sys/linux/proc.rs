@@ -590,24 +590,30 @@ pub(crate) fn own_ids() -> Option<Ids> {
     if !read {
         return None;
     }
-    // SAFETY: a size of 0 asks for the count only.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    let mut groups = vec![0; usize::try_from(n).ok()?];
-    // SAFETY: `groups` has room for `n` ids.
-    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
-    groups.truncate(usize::try_from(got).ok()?);
+    // One call where the groups fit on the stack (the usual case: a spawn asks).
+    let mut few = [0; 32];
+    // SAFETY: `few` has room for its length in ids.
+    let got = unsafe { libc::getgroups(few.len() as libc::c_int, few.as_mut_ptr()) };
+    let groups = match usize::try_from(got) {
+        Ok(n) => few[..n].to_vec(),
+        Err(_) => {
+            // SAFETY: a size of 0 asks for the count only.
+            let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+            let mut groups = vec![0; usize::try_from(n).ok()?];
+            // SAFETY: `groups` has room for `n` ids.
+            let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+            groups.truncate(usize::try_from(got).ok()?);
+            groups
+        }
+    };
     Some(Ids { uid, gid, groups })
 }
 
-/// Takes the users and groups `ids` where this process's differ: supplementary groups,
-/// then groups, then users (once the users change, the groups may not). For a child of
-/// the fork server, which runs as the program did when it started it, to run as the
-/// program does now.
-pub(crate) fn become_ids(ids: &Ids) -> io::Result<()> {
-    let now = own_ids().ok_or_else(io::Error::last_os_error)?;
-    if now == *ids {
-        return Ok(());
-    }
+/// Takes the users and groups `ids` where `now`'s (this process's) differ:
+/// supplementary groups, then groups, then users (once the users change, the groups may
+/// not). For a child of the fork server, which runs as the program did when it started
+/// it, to run as the program does now.
+pub(crate) fn become_ids(ids: &Ids, now: &Ids) -> io::Result<()> {
     let check = |r: libc::c_int| {
         if r == 0 {
             Ok(())
