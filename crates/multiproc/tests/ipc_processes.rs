@@ -105,6 +105,10 @@ fn main() {
                 a_failed_spawn_gives_back_its_receivers_count,
             ),
             trial(
+                "a_map_that_fails_half_way_gives_back_its_receivers_count",
+                a_map_that_fails_half_way_gives_back_its_receivers_count,
+            ),
+            trial(
                 "a_wait_lets_go_of_a_dropped_handles_channel",
                 a_wait_lets_go_of_a_dropped_handles_channel,
             ),
@@ -880,6 +884,45 @@ fn a_failed_spawn_gives_back_its_receivers_count() {
             Err(multiproc::TrySendError::Disconnected(1))
         ),
         "the failed spawn left a receiver counted"
+    );
+}
+
+/// An item of a map: a receiver, one that does not encode, or a number.
+#[derive(Serialize, Deserialize)]
+enum MapItem {
+    Carries(multiproc::Receiver<u32>),
+    Fails(common::Unserializable),
+    Number(u32),
+}
+
+fn number_of(item: MapItem) -> u32 {
+    match item {
+        MapItem::Number(n) => n,
+        MapItem::Carries(_) | MapItem::Fails(_) => 0,
+    }
+}
+
+/// A map whose items are encoded a batch at a time, one of which fails to encode after
+/// another of its batch carried a receiver: the map fails, and the receiver's count
+/// comes back (the pipe, whose only receiver that was, is disconnected), rather than
+/// stay with an encoding that was never sent.
+fn a_map_that_fails_half_way_gives_back_its_receivers_count() {
+    let (tx, rx) = multiproc::pipe::<u32>().unwrap();
+    let pool = multiproc::Pool::new(1).unwrap();
+    // One item a chunk: the first batch is the first chunk alone, the second the next
+    // two.
+    let items = vec![
+        MapItem::Number(1),
+        MapItem::Carries(rx),
+        MapItem::Fails(common::Unserializable),
+    ];
+    assert!(pool.map_chunked(number_of, items, 1).is_err());
+    assert!(
+        matches!(
+            tx.try_send(1),
+            Err(multiproc::TrySendError::Disconnected(1))
+        ),
+        "the failed map left a receiver counted"
     );
 }
 

@@ -962,8 +962,8 @@ impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
         }
         while !self.full(next) {
             // Sized for what a top-up of tiny chunks holds at most, not the batch.
-            let mut jobs = Vec::with_capacity(self.batch.min(MAX_BATCH / 8));
-            while jobs.len() < self.batch && !self.full(next) {
+            let mut jobs = Unsent(Vec::with_capacity(self.batch.min(MAX_BATCH / 8)));
+            while jobs.0.len() < self.batch && !self.full(next) {
                 // One by one: `extend` would reserve what the iterator claims.
                 for item in self.items.by_ref().take(self.chunk_size) {
                     self.chunk.push(item);
@@ -977,18 +977,33 @@ impl<I: Iterator<Item = A>, A: Serialize> Feed<I, A> {
                 let payload = encode_job_sized(self.chunk.as_slice(), self.expect)?;
                 let took = payload.bytes.len() - JOB_HEADER;
                 self.expect = took + took / 8;
-                jobs.push((self.sizes.len(), payload));
+                jobs.0.push((self.sizes.len(), payload));
                 self.sizes.push((self.chunk.len(), took));
                 self.ahead += took;
                 self.chunk.clear();
             }
-            if jobs.is_empty() {
+            if jobs.0.is_empty() {
                 break;
             }
-            submit(jobs)?;
+            submit(std::mem::take(&mut jobs.0))?;
             self.batch = (self.batch * 2).min(MAX_BATCH);
         }
         Ok(())
+    }
+}
+
+/// Chunks of a map encoded and not yet submitted: if they never are (a later chunk of
+/// the batch does not encode, the items' iterator panics), the counts their encodings
+/// hold (a channel's receivers among the items) are given back, as a send that fails
+/// gives them back; kept, they left those channels' senders never told that nobody
+/// receives.
+struct Unsent(Vec<(usize, Encoded)>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        for (_, job) in self.0.drain(..) {
+            job.discard();
+        }
     }
 }
 
