@@ -1882,8 +1882,8 @@ fn no_thread_leaves_no_child() {
 }
 
 /// The daemon helper, started in `dir`: daemonizes with a pid file named relative to
-/// `dir` and `dir/work` as its working directory, then runs until `dir/stop` appears
-/// (or a minute passes), printing to its log.
+/// `dir` and `dir/work` as its working directory, then runs until `dir/stop` or
+/// `dir/stop-PID` (its own pid) appears (or a minute passes), printing to its log.
 fn daemon_main(dir: PathBuf) {
     let mut work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -1957,7 +1957,8 @@ fn daemon_main(dir: PathBuf) {
         daemon.pidfile().unwrap().display()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("stop").exists() && Instant::now() < deadline {
+    let mine = dir.join(format!("stop-{me}"));
+    while !dir.join("stop").exists() && !mine.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(daemon);
@@ -2075,10 +2076,40 @@ fn daemonize_pidfile() {
         .unwrap();
     let cleanup = KillOnDrop(new);
     assert_ne!(new, killed);
-    std::fs::write(dir.join("stop"), b"").unwrap();
+
+    // Its pid file removed while it runs (an init script's `rm`), a second daemon starts
+    // and makes its own; the first, ending, leaves the second's alone (it removed the
+    // file by name, and the second ran on without one).
+    std::fs::remove_file(&pidfile).unwrap();
+    let started = start().wait_with_output().unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let second: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let second_cleanup = KillOnDrop(second);
+    assert_ne!(second, new);
+    std::fs::write(dir.join(format!("stop-{new}")), b"").unwrap();
     assert!(wait_gone(new, T));
     common::reap(new);
     std::mem::forget(cleanup);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .as_deref()
+            .map(str::trim),
+        Some(second.to_string().as_str()),
+        "the first daemon removed the second's pid file"
+    );
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    assert!(wait_gone(second, T));
+    common::reap(second);
+    std::mem::forget(second_cleanup);
     assert!(!pidfile.exists());
     std::fs::remove_dir_all(dir).unwrap();
 }

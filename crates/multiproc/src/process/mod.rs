@@ -528,6 +528,15 @@ impl Builder {
     /// why Python deprecates `fork` with threads, and why the default start methods go
     /// through the fork server instead.
     ///
+    /// `f` must not capture a guard of one of multiproc's process-shared locks (a
+    /// [`LockGuard`](crate::LockGuard) or [`RLockGuard`](crate::RLockGuard), a
+    /// [`ValueGuard`](crate::ValueGuard) or
+    /// [`ArrayGuard`](crate::ArrayGuard), a [`SemaphorePermit`](crate::SemaphorePermit)):
+    /// the parent's copy of `f` is dropped as the fork returns, which releases the lock
+    /// (gives the permit back) while the child goes on as if it held it, and the child's
+    /// copy releases it once more, over whoever took it meanwhile. Take the lock in the
+    /// child instead.
+    ///
     /// # Errors
     ///
     /// As for [`spawn`](Self::spawn).

@@ -88,11 +88,16 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some((path, _lock)) = self.pidfile.take() {
+        if let Some((path, lock)) = self.pidfile.take() {
             // Removed while the lock is still held. A copy that opened the file before
             // and takes the lock after finds the name gone or another file's, and
-            // starts over on the file now there (see `lock_pidfile`).
-            let _ = std::fs::remove_file(path);
+            // starts over on the file now there (see `lock_pidfile`). Only if the name
+            // is still this file's: one removed meanwhile (an init script's `rm`, a
+            // cleaner of /tmp) may have been made again by a newer daemon, which runs on.
+            let ours = sys::open_file_id(&lock).ok();
+            if ours.is_some() && sys::path_id(&path).ok() == ours {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -171,7 +176,13 @@ fn lock_pidfile(path: &Path) -> Result<(PathBuf, File), DaemonError> {
         }
         let locked = sys::open_file_id(&file).map_err(io_err("lock the pid file"))?;
         match sys::path_id(&path) {
-            Ok(now) if now == locked => return Ok((path, file)),
+            Ok(now) if now == locked => {
+                // A stale pid (a daemon SIGKILLed) goes at once: a second starter that
+                // finds the lock taken while this one sets up reads no pid, rather than
+                // a dead one that may be another process's by now.
+                file.set_len(0).map_err(io_err("lock the pid file"))?;
+                return Ok((path, file));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("lock the pid file")(e)),
