@@ -50,6 +50,10 @@ fn main() {
                 a_stop_during_a_restart_starts_nothing,
             ),
             trial(
+                "the_status_shows_an_exit_and_each_stopped_sibling_at_once",
+                the_status_shows_an_exit_and_each_stopped_sibling_at_once,
+            ),
+            trial(
                 "a_sibling_that_crashes_during_a_stop_is_reported",
                 a_sibling_that_crashes_during_a_stop_is_reported,
             ),
@@ -1325,6 +1329,56 @@ fn a_stop_during_a_restart_starts_nothing() {
     sup.shutdown().unwrap();
     assert!(wait_gone(stubborn, T));
     assert_eq!(starts(), 1, "a child started after the stop was asked for");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One-for-all, a child crashes while its sibling ignores `SIGTERM` (its 800 ms grace
+/// holds the restart): on the `Exited` event the status already shows the crashed child
+/// ended (it said it ran, under the pid that had ended, until the siblings' stop was
+/// over), and on `Restarting` the sibling stopped.
+fn the_status_shows_an_exit_and_each_stopped_sibling_at_once() {
+    let dir = tempdir("status_at_once");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .strategy(Strategy::OneForAll)
+        .child(
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
+                .shutdown_grace(Duration::from_millis(800)),
+        )
+        .child(ChildSpec::new("crasher", crash_on, go.clone()))
+        .build()
+        .unwrap();
+    let mut seen = Seen::of(&sup);
+    assert!(eventually(T, || std::fs::read_to_string(&log)
+        .is_ok_and(|l| l.contains("start"))));
+    let stubborn = pid_of(&sup, "stubborn").unwrap();
+    let crasher = pid_of(&sup, "crasher").unwrap();
+    let of = |name: &str| sup.status().into_iter().find(|c| c.name == name).unwrap();
+    go.set();
+    loop {
+        if let SupervisorEvent::Exited { child, .. } = seen.next()
+            && child == "crasher"
+        {
+            break;
+        }
+    }
+    let crashed = of("crasher");
+    assert!(
+        crashed.state != ChildState::Running { pid: crasher } && crashed.last_exit.is_some(),
+        "{crashed:?}"
+    );
+    loop {
+        if let SupervisorEvent::Restarting { .. } = seen.next() {
+            break;
+        }
+    }
+    let sibling = of("stubborn");
+    assert!(
+        sibling.state != ChildState::Running { pid: stubborn },
+        "{sibling:?}"
+    );
+    sup.shutdown().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -409,6 +409,11 @@ impl Supervising {
                 tracing::warn!(child = %name, pid, "child ended: {exit}");
             }
             self.linger(i, pid, grace);
+            // Its status says so before the event goes, and before its siblings' stop
+            // (up to their grace): a subscriber that looks at the status on the event
+            // found the child still running, under the pid that had ended.
+            self.slots[i].last_exit = Some(exit.clone());
+            self.publish();
             self.shared.events.send(SupervisorEvent::Exited {
                 child: name,
                 pid,
@@ -565,6 +570,8 @@ impl Supervising {
     fn stop_slots(&mut self, which: &[usize]) {
         for &i in which.iter().rev() {
             self.stop_slot(i);
+            // Each one stopped shows as such at once, not once all are.
+            self.publish();
         }
     }
 
