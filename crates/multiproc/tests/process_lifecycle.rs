@@ -31,10 +31,6 @@ fn main() {
                 children_run_as_the_parent_does_now,
             ),
             trial(
-                "a_sigterm_to_the_whole_group_leaves_the_parent_to_decide",
-                a_sigterm_to_the_whole_group_leaves_the_parent_to_decide,
-            ),
-            trial(
                 "a_spawn_larger_than_the_fork_server_takes_fails_alone",
                 a_spawn_larger_than_the_fork_server_takes_fails_alone,
             ),
@@ -151,7 +147,6 @@ fn helpers(mode: &str) {
         "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
         "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
-        "group_sigterm" => helper_group_sigterm(),
         "dropped_privileges" => helper_dropped_privileges(),
         "leaks" => helper_leaks(),
         "held_spares" => helper_held_spares(),
@@ -759,43 +754,6 @@ fn children_run_as_the_parent_does_now() {
     let mut h = Helper::start("dropped_privileges");
     assert_eq!(h.expect("ids ", T), "Ok((65534, 65534, 0))");
     assert_eq!(h.expect("kill ", T), "Ok(())");
-    assert!(h.wait(T).success());
-}
-
-fn ignore_sigterm_then_return(ready: multiproc::Event) -> u32 {
-    // SAFETY: no other thread of this child handles signals.
-    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
-    ready.set();
-    std::thread::sleep(Duration::from_millis(300));
-    7
-}
-
-/// A program that handles SIGTERM itself (here: ignores it) and gets one sent to its
-/// whole process group (`timeout`, `kill -TERM -PGID`, a service manager), with a
-/// daemon child that ignores it too: the child finishes and is joined.
-fn helper_group_sigterm() {
-    let ready = multiproc::Event::new().unwrap();
-    let mut child = Builder::new()
-        .daemon(true)
-        .spawn(ignore_sigterm_then_return, ready.clone())
-        .unwrap();
-    assert!(ready.wait_timeout(T));
-    // SAFETY: no other thread of this process handles signals; ignoring installs no code.
-    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
-    // SAFETY: a signal to this process's own group.
-    assert_eq!(unsafe { libc::kill(0, libc::SIGTERM) }, 0);
-    println!(
-        "joined {:?}",
-        child.join_timeout(T).map_err(|e| e.to_string())
-    );
-}
-
-/// The fork server ignores a SIGTERM sent to the whole process group, as it ignores
-/// Ctrl-C: the parent decides (the server died at once, killing every daemon child with
-/// it, and the child's join said the server died).
-fn a_sigterm_to_the_whole_group_leaves_the_parent_to_decide() {
-    let mut h = Helper::start("group_sigterm");
-    assert_eq!(h.expect("joined ", T), "Ok(7)");
     assert!(h.wait(T).success());
 }
 

@@ -21,9 +21,6 @@ pub(crate) struct FromServer<'a> {
     pub(crate) sigpipe: sys::Disposition,
     /// The program's own SIGCHLD disposition, which the server replaced.
     pub(crate) sigchld: sys::Disposition,
-    /// The program's own dispositions of the signals sent to a whole process group
-    /// (SIGTERM, SIGHUP, SIGQUIT), which the server ignores.
-    pub(crate) group_signals: [(i32, sys::Disposition); 3],
     /// The server's users and groups (the program's when it started the server).
     pub(crate) ids: Option<sys::Ids>,
     /// The server's environment, as a block.
@@ -50,9 +47,6 @@ pub(crate) fn become_requested(
         sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
-    for (signal, disposition) in server.group_signals {
-        sys::restore_signal(signal, disposition);
-    }
     // A daemon dies with the server, which dies with the parent; other children do not.
     let parent_alive = if request.daemon {
         sys::kill_me_with_parent(server.pid)

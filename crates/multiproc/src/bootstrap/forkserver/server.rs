@@ -208,14 +208,6 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     // the server writes statuses to pipes whose reader may be gone, whatever the program
     // chose for SIGPIPE (children get that choice back).
     sys::ignore_signal(sys::SIGINT);
-    // So do a terminal's hang-up and quit, and the SIGTERM that `timeout`, `kill
-    // -TERM -PGID` or a service manager sends every process of the group: a parent
-    // that handles it to shut down in order would otherwise lose the server at once,
-    // and with it every daemon child (killed by the server's death) and the statuses of
-    // the others. The server ends when the parent does (children get the program's
-    // choices back).
-    let group_signals =
-        [sys::SIGTERM, sys::SIGHUP, sys::SIGQUIT].map(|s| (s, sys::ignore_signal(s)));
     let sigpipe = sys::ignore_signal(sys::SIGPIPE);
     // The server reaps its children through their pidfds: with SIGCHLD ignored (a
     // disposition a program can inherit across `exec`), or a handler of the program's
@@ -238,7 +230,6 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         executed,
         sigpipe,
         sigchld,
-        group_signals,
         ids: sys::own_ids(),
         env: &env.0,
     };
