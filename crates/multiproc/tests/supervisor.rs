@@ -1297,21 +1297,29 @@ fn children_stop_in_reverse_order() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A stop asked for while a one-for-all supervisor stops the siblings of a child that
-/// crashed (one ignores `SIGTERM`: that takes its grace) starts none of them again.
-fn a_stop_during_a_restart_starts_nothing() {
-    let dir = tempdir("stop_restart");
-    let log = dir.join("log").to_string_lossy().into_owned();
+/// One-for-all: `stubborn`, which ignores `SIGTERM` (noting its start in `log`; its
+/// 800 ms grace holds a restart), and `crasher`, which crashes once the event returned
+/// is set.
+fn stubborn_and_crasher(log: &str) -> (Supervisor, multiproc::Event) {
     let go = multiproc::Event::new().unwrap();
     let sup = fast()
         .strategy(Strategy::OneForAll)
         .child(
-            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.to_owned())
                 .shutdown_grace(Duration::from_millis(800)),
         )
         .child(ChildSpec::new("crasher", crash_on, go.clone()))
         .build()
         .unwrap();
+    (sup, go)
+}
+
+/// A stop asked for while a one-for-all supervisor stops the siblings of a child that
+/// crashed (one ignores `SIGTERM`: that takes its grace) starts none of them again.
+fn a_stop_during_a_restart_starts_nothing() {
+    let dir = tempdir("stop_restart");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let (sup, go) = stubborn_and_crasher(&log);
     let starts = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -1339,16 +1347,7 @@ fn a_stop_during_a_restart_starts_nothing() {
 fn the_status_shows_an_exit_and_each_stopped_sibling_at_once() {
     let dir = tempdir("status_at_once");
     let log = dir.join("log").to_string_lossy().into_owned();
-    let go = multiproc::Event::new().unwrap();
-    let sup = fast()
-        .strategy(Strategy::OneForAll)
-        .child(
-            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
-                .shutdown_grace(Duration::from_millis(800)),
-        )
-        .child(ChildSpec::new("crasher", crash_on, go.clone()))
-        .build()
-        .unwrap();
+    let (sup, go) = stubborn_and_crasher(&log);
     let mut seen = Seen::of(&sup);
     assert!(eventually(T, || std::fs::read_to_string(&log)
         .is_ok_and(|l| l.contains("start"))));
