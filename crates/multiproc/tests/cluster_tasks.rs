@@ -301,6 +301,10 @@ fn main() {
                 imap_items_whose_send_lost_only_its_reply_yield_once,
             ),
             trial(
+                "tasks_of_a_read_whose_reply_was_lost_run_once_at_once",
+                tasks_of_a_read_whose_reply_was_lost_run_once_at_once,
+            ),
+            trial(
                 "executor_many_tasks_and_shutdown",
                 executor_many_tasks_and_shutdown,
             ),
@@ -941,6 +945,58 @@ fn imap_items_whose_send_lost_only_its_reply_yield_once() {
     w.shutdown(true);
     finish(&redis, c, ns);
     drop(proxy);
+}
+
+/// A read that took tasks and whose reply the node lost (its connection cut after the
+/// server delivered them): the node takes them back on its next connection and runs
+/// each once, with no delivery counted as lost. They waited a lease before, to be
+/// reclaimed as tasks whose delivery was lost: with `max_deliveries(1)`,
+/// dead-lettered without having run.
+fn tasks_of_a_read_whose_reply_was_lost_run_once_at_once() {
+    let redis = RedisServer::start();
+    let ns = "read_lost_reply";
+    // Settled: the server has delivered both tasks to the node.
+    fn settled(r: &mut cluster_common::Raw) -> bool {
+        let stream = "read_lost_reply:{default}:stream";
+        match r.call(&["XPENDING", stream, "workers"]) {
+            Ok(Resp::Array(a)) => a.first().map_or(-1, Resp::int) == 2,
+            _ => false,
+        }
+    }
+    let c = client(&redis, ns);
+    let dir = common::tempdir(ns);
+    let paths: Vec<String> = (0..2)
+        .map(|i| dir.join(format!("runs{i}")).to_string_lossy().into_owned())
+        .collect();
+    let mut tasks: Vec<_> = paths
+        .iter()
+        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 0)).unwrap())
+        .collect();
+    let proxy = ReplyDroppingProxy::start_for(redis.port, b"XREADGROUP", b'*', settled);
+    proxy.arm(1);
+    let started = Instant::now();
+    let w = node_at(&proxy.url(), ns, 2)
+        .lease(Duration::from_secs(4))
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    for t in &mut tasks {
+        assert_eq!(t.wait_timeout(T), Ok(1));
+    }
+    assert_eq!(proxy.armed(), 0, "the read was to lose its reply");
+    // Not a lease later (a reclaim), nor a delivery counted lost (a dead letter).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the tasks waited a lease: {:?}",
+        started.elapsed()
+    );
+    for p in &paths {
+        assert_eq!(runs(p), 1, "a task ran again");
+    }
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn submit_map_imap_stats() {

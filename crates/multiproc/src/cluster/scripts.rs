@@ -279,6 +279,28 @@ return out
     ))
 });
 
+/// Lists a page of the entries pending for a worker (delivered to it and not finished),
+/// with their delivery counts, and restarts each one's lease clock as a renewal does
+/// (`XCLAIM … JUSTID` counts no delivery). A worker runs it after a call that may have
+/// given it entries whose reply it lost (a read, a reclaim), to take back those it does
+/// not hold; their clocks restart so that no reclaim, its own or another worker's, takes
+/// them meanwhile and counts their delivery as lost.
+///
+/// KEYS: stream. ARGV: group, consumer, first id (`-`, or `(id` after it), count.
+/// Returns `{id, deliveries}...`, in id order.
+pub(crate) static OWN_PENDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "
+local out = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], '+', ARGV[4], ARGV[2])) do
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, p[1], 'JUSTID')
+  out[#out + 1] = {p[1], p[4]}
+end
+return out
+",
+    )
+});
+
 /// Moves due delayed tasks to the stream, marked as having waited there (field `p`):
 /// their clients may no longer know their entries, so a cancel of one is only a flag,
 /// which a worker looks for before it runs such a task.

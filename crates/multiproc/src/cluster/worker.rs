@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Value;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -492,6 +492,8 @@ impl WorkerBuilder {
             server_call: AtomicUsize::new(limits.call),
             config_refused: AtomicBool::new(refused),
             reader_id: Mutex::new(None),
+            recheck: AtomicBool::new(false),
+            claims: Mutex::new(()),
             link: Mutex::new(Link::with(server.clone(), RESPONSE_TIMEOUT, conn)),
             server,
             stop_signal: Mutex::new(false),
@@ -797,6 +799,13 @@ struct Node {
     /// asked again.
     config_refused: AtomicBool,
     reader_id: Mutex<Option<i64>>,
+    /// A call that may have given this node entries lost its reply: the reader looks
+    /// for entries pending for the node that it does not hold before it reads again.
+    recheck: AtomicBool,
+    /// Held by a reclaim from its call until it has accepted what it claimed, and by
+    /// the reader while it takes entries back: an entry claimed and not accepted yet
+    /// would look lost to the reader.
+    claims: Mutex<()>,
     /// The keeper's connection (the reader and the finisher have their own).
     link: Mutex<Link>,
     server: Server,
@@ -808,8 +817,32 @@ struct Node {
 struct State {
     flights: FxHashMap<u64, Flight>,
     next: u64,
+    /// The entries this node holds, running or being finished (how many times: an
+    /// entry reclaimed from the node itself is held twice until both end).
+    held: FxHashMap<String, u32>,
+    /// Entries whose finish the server refused for good: they stay pending for the node
+    /// until their leases run out and are not taken back meanwhile.
+    refused: FxHashSet<String>,
+    /// While the node looks for entries delivered to it and not held (`take_back`): the
+    /// entries released meanwhile, which it may have seen pending still.
+    released: Option<Vec<String>>,
     /// The lease the last reclaim went by (the longest of the queue's live workers').
     reclaim_lease: Duration,
+}
+
+impl State {
+    /// The node holds `entry` once less.
+    fn release(&mut self, entry: &str) {
+        if let Some(n) = self.held.get_mut(entry) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(entry);
+            }
+        }
+        if let Some(released) = &mut self.released {
+            released.push(entry.to_owned());
+        }
+    }
 }
 
 /// A task this node holds.
@@ -1149,11 +1182,34 @@ impl Node {
                 if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
                     *lock(&self.reader_id) = Some(id);
                 }
+                if seen != 0 {
+                    // A call broke its connection and ran again on this one: a read
+                    // whose reply was lost may have delivered entries.
+                    self.recheck.store(true, Ordering::Release);
+                }
                 seen = link.connects();
             }
             if self.stopping.load(Ordering::Acquire) {
                 // Seen while reconnecting: no block time more.
                 break;
+            }
+            if self.recheck.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.take_back(&mut link)
+            {
+                if self.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                tracing::warn!(worker = %self.name, "looking for tasks delivered to this worker failed: {e}");
+                if e.is_transient() {
+                    self.recheck.store(true, Ordering::Release);
+                    link.reset();
+                    fresh = true;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                // Refused (the group gone with the server's data, which the read below
+                // makes again): what was pending went with it, or waits for its lease.
             }
             let reply: Result<Value, ClusterError> = link.run(|c| {
                 redis::cmd("XREADGROUP")
@@ -1203,6 +1259,8 @@ impl Node {
                         continue;
                     }
                     tracing::warn!(worker = %self.name, "reading the queue failed: {e}");
+                    // The server may have delivered entries whose reply was lost.
+                    self.recheck.store(true, Ordering::Release);
                     link.reset();
                     fresh = true;
                     std::thread::sleep(backoff);
@@ -1212,9 +1270,97 @@ impl Node {
         }
     }
 
+    /// Takes back the entries pending for this node that it does not hold: delivered to
+    /// it by a read (or a reclaim) whose reply was lost. Left, they waited a lease, to be
+    /// reclaimed with that delivery counted as lost (with `max_deliveries(1)`,
+    /// dead-lettered without having run).
+    fn take_back(&self, link: &mut Link) -> Result<(), ClusterError> {
+        /// Entries listed per call.
+        const PAGE: usize = 1000;
+        let _claims = lock(&self.claims);
+        lock(&self.state).released = Some(Vec::new());
+        let mut listed: Vec<(String, u64)> = Vec::new();
+        let mut complete = false;
+        let paged = (|| {
+            // A bound on the calls, not on what is pending: past it, the rest waits
+            // for the next look, or its lease.
+            for _ in 0..100 {
+                let from = match listed.last() {
+                    Some((id, _)) => format!("({id}"),
+                    None => "-".to_owned(),
+                };
+                let page = PAGE.to_string();
+                let reply: Value = link.run(|c| {
+                    conn::invoke(
+                        c,
+                        &scripts::OWN_PENDING,
+                        &[self.keys.stream()],
+                        &[
+                            GROUP.as_bytes(),
+                            self.name.as_bytes(),
+                            from.as_bytes(),
+                            page.as_bytes(),
+                        ],
+                    )
+                })?;
+                let before = listed.len();
+                for p in conn::array(&reply) {
+                    if let [id, deliveries] = conn::array(p)
+                        && let Some(id) = conn::text(id)
+                    {
+                        let deliveries = conn::int(deliveries).unwrap_or(1).max(1) as u64;
+                        listed.push((id, deliveries));
+                    }
+                }
+                if listed.len() - before < PAGE {
+                    complete = true;
+                    break;
+                }
+            }
+            Ok::<(), ClusterError>(())
+        })();
+        let lost: Vec<(String, u64)> = {
+            let mut st = lock(&self.state);
+            let released: FxHashSet<String> =
+                st.released.take().unwrap_or_default().into_iter().collect();
+            paged?;
+            if complete {
+                let pending: FxHashSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+                st.refused.retain(|id| pending.contains(id.as_str()));
+            }
+            listed
+                .into_iter()
+                .filter(|(id, _)| {
+                    !st.held.contains_key(id) && !st.refused.contains(id) && !released.contains(id)
+                })
+                .collect()
+        };
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &lost {
+            pipe.cmd("XRANGE").arg(self.keys.stream()).arg(id).arg(id);
+        }
+        let ranges: Vec<Value> = link.run(|c| pipe.query(c))?;
+        for ((id, deliveries), range) in lost.into_iter().zip(&ranges) {
+            // An entry deleted meanwhile (a cancel) has nothing to run.
+            if let Some([_, fields]) = conn::array(range).first().map(conn::array) {
+                tracing::info!(worker = %self.name, entry = %id, deliveries, "took back a task delivered to this worker whose reply was lost");
+                self.accept(id, fields, deliveries);
+            }
+        }
+        Ok(())
+    }
+
     /// Takes an entry this node now holds (read, or reclaimed with `fence`
     /// deliveries): starts its task, or dead-letters what cannot run.
     fn accept(&self, entry: String, fields: &Value, fence: u64) {
+        {
+            let mut st = lock(&self.state);
+            *st.held.entry(entry.clone()).or_insert(0) += 1;
+            st.refused.remove(&entry);
+        }
         let fields = conn::fields(fields);
         let Some((_, message)) = fields
             .iter()
@@ -1363,6 +1509,7 @@ impl Node {
         let mut st = lock(&self.state);
         let (mut unsent, mut finishing) = (0, 0);
         for f in batch {
+            st.release(&f.entry);
             match f.local {
                 Some(local) => {
                     st.flights.remove(&local);
@@ -1601,7 +1748,9 @@ impl Node {
             return None;
         };
         if flight.end == End::Lost {
-            st.flights.remove(&id);
+            if let Some(flight) = st.flights.remove(&id) {
+                st.release(&flight.entry);
+            }
             drop(st);
             self.room.notify_all();
             return None;
@@ -1732,6 +1881,9 @@ impl Node {
                 // least once still holds).
                 let entries: Vec<&str> = batch.iter().map(|f| f.entry.as_str()).collect();
                 tracing::error!(worker = %self.name, ?entries, "finishing a task failed: {e}");
+                lock(&self.state)
+                    .refused
+                    .extend(batch.iter().map(|f| f.entry.clone()));
                 self.sent(&batch);
                 Ok(())
             }
@@ -2049,7 +2201,10 @@ impl Node {
             }
             let lease = ms(self.cfg.lease).to_string();
             let count = room.min(100);
-            let reply: Value = lock(&self.link).run_within(self.response(), |c| {
+            let _claims = lock(&self.claims);
+            let mut link = lock(&self.link);
+            let connects = link.connects();
+            let reply = link.run_within(self.response(), |c| {
                 conn::invoke(
                     c,
                     &scripts::RECLAIM,
@@ -2062,7 +2217,15 @@ impl Node {
                         self.keys.worker("").as_bytes(),
                     ],
                 )
-            })?;
+            });
+            if reply.is_err() || link.connects() != connects {
+                // The server may have claimed entries for this node whose reply was
+                // lost (a call that broke its connection runs again on a new one): the
+                // reader takes them back.
+                self.recheck.store(true, Ordering::Release);
+            }
+            drop(link);
+            let reply: Value = reply?;
             let parts = conn::array(&reply);
             let used = parts.first().and_then(conn::int).unwrap_or(0).max(0) as u64;
             let used = Duration::from_millis(used);
