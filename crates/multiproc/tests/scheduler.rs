@@ -84,6 +84,10 @@ fn main() {
             the_event_stream_ends_when_the_scheduler_goes,
         ),
         trial("a_job_added_again_is_another_job", added_again),
+        trial(
+            "a_subscriber_behind_still_gets_the_runs_missed_at_the_shutdown",
+            a_subscriber_behind_still_gets_the_runs_missed_at_the_shutdown,
+        ),
     ];
     #[cfg(feature = "sqlite")]
     tests.extend([
@@ -674,59 +678,135 @@ fn jitter_delays_the_start_only() {
 
 /// A run waiting for its jitter and a failed run waiting for its retry when the
 /// scheduler shuts down are each reported missed, not dropped without a word.
+/// A job whose runs panic, each retried 30 s later, twice.
+fn failing(name: &str, schedule: Schedule) -> Job {
+    Job::thread(name, schedule, || -> () {
+        panic!("fails");
+    })
+    .retry(
+        RetryPolicy::attempts(3)
+            .backoff(secs(30), 1.0, secs(30))
+            .retry_if(|e| matches!(e, TaskError::Panicked(_))),
+    )
+}
+
 fn runs_waiting_at_shutdown_are_reported() {
     let (s, clock, events) = manual();
     s.add(Job::thread("spread", Schedule::every(secs(100)), || ()).jitter(secs(50)))
         .unwrap();
-    // Removed while its run waits for its jitter: that run was done with at the
-    // removal, and is no run the shutdown missed.
+    // Removed while its run waits for its jitter, and while a failed run waits for its
+    // retry: those runs are reported at the removal, and are no runs the shutdown
+    // missed.
     s.add(Job::thread("removed", Schedule::every(secs(100)), || ()).jitter(secs(50)))
         .unwrap();
-    s.add(
-        Job::thread("failing", Schedule::every(secs(100)), || -> () {
-            panic!("fails");
-        })
-        .retry(
-            RetryPolicy::attempts(3)
-                .backoff(secs(30), 1.0, secs(30))
-                .retry_if(|e| matches!(e, TaskError::Panicked(_))),
-        ),
-    )
-    .unwrap();
+    s.add(failing("failing", Schedule::every(secs(100))))
+        .unwrap();
+    s.add(failing("failing_removed", Schedule::every(secs(100))))
+        .unwrap();
     clock.set(at(100));
-    // The failing run fails once and waits for its retry; the other waits out its jitter.
+    // The failing runs fail once and wait for their retries; the others wait out their
+    // jitter.
     let mut evs = Vec::new();
     assert!(eventually(T, || {
         s.run_pending();
         evs.extend(events.try_iter());
         evs.iter()
-            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
+            .filter(|e| matches!(e.kind, EventKind::Failed { .. }))
+            .count()
+            == 2
     }));
     assert!(s.remove("removed"));
+    assert!(s.remove("failing_removed"));
     s.shutdown(true);
     evs.extend(events.try_iter());
-    let mut shut: Vec<(String, DateTime<Utc>)> = evs
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.kind,
-                EventKind::Missed {
-                    count: 1,
-                    reason: MissReason::ShutDown,
-                    ..
-                }
-            )
-        })
-        .map(|e| (e.job.clone(), e.scheduled))
-        .collect();
-    shut.sort();
+    let missed = |reason: MissReason| {
+        let mut v: Vec<(String, DateTime<Utc>)> = evs
+            .iter()
+            .filter(|e| {
+                matches!(
+                    &e.kind,
+                    EventKind::Missed { count: 1, reason: r, .. } if *r == reason
+                )
+            })
+            .map(|e| (e.job.clone(), e.scheduled))
+            .collect();
+        v.sort();
+        v
+    };
     assert_eq!(
-        shut,
+        missed(MissReason::ShutDown),
         [
             ("failing".to_string(), at(100)),
             ("spread".to_string(), at(100))
         ],
         "{evs:?}"
+    );
+    assert_eq!(
+        missed(MissReason::Removed),
+        [
+            ("failing_removed".to_string(), at(100)),
+            ("removed".to_string(), at(100))
+        ],
+        "{evs:?}"
+    );
+}
+
+/// A subscriber that keeps as many events unread as a subscriber may (later ones are
+/// dropped for it) still gets the runs missed at the shutdown, the stream's last
+/// events, before its end.
+fn a_subscriber_behind_still_gets_the_runs_missed_at_the_shutdown() {
+    let (s, clock, watch) = manual();
+    let behind = s.events();
+    // A run that holds the job's only instance until told: each later fire time is one
+    // `Missed` event.
+    let (release, gate) = crossbeam_channel::bounded::<()>(1);
+    s.add(
+        Job::thread(
+            "busy",
+            Schedule::every(Duration::from_millis(1)),
+            move || {
+                let _ = gate.recv_timeout(T);
+            },
+        )
+        .max_instances(1),
+    )
+    .unwrap();
+    let mut steps = 0;
+    while behind.len() < 100_000 {
+        steps += 1;
+        assert!(
+            steps < 300_000,
+            "{} events after {steps} steps",
+            behind.len()
+        );
+        clock.advance(Duration::from_millis(1));
+        s.run_pending();
+        while watch.try_recv().is_ok() {}
+    }
+    assert!(s.remove("busy"));
+    let start = clock.now() + multiproc::chrono::Duration::seconds(1);
+    s.add(failing("failing", Schedule::once(start))).unwrap();
+    clock.advance(secs(1));
+    assert!(eventually(T, || {
+        s.run_pending();
+        watch
+            .try_iter()
+            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
+    }));
+    release.send(()).unwrap();
+    s.shutdown(true);
+    let rest = read_to_the_end(behind).expect("the stream ended within 30 s");
+    assert!(
+        rest.iter().any(|e| e.job == "failing"
+            && e.scheduled == start
+            && matches!(
+                e.kind,
+                EventKind::Missed {
+                    reason: MissReason::ShutDown,
+                    ..
+                }
+            )),
+        "the run waiting for its retry was not reported to the subscriber behind"
     );
 }
 
@@ -1043,6 +1123,11 @@ fn bad_input_clear_errors() {
     assert!(matches!(
         s.add(Job::thread("x", Schedule::every(secs(1)), || ()).max_instances(0)),
         Err(ScheduleError::InvalidArgument(_))
+    ));
+    // A grace of zero would miss every run: the scheduler wakes after a due time.
+    assert!(matches!(
+        s.add(Job::thread("x", Schedule::every(secs(1)), || ()).misfire_grace(Duration::ZERO)),
+        Err(ScheduleError::InvalidArgument(m)) if m.contains("misfire_grace")
     ));
     s.add(Job::thread("dup", Schedule::every(secs(1)), || ()))
         .unwrap();

@@ -320,6 +320,12 @@ impl Shared {
                 "max_instances must be at least 1".into(),
             ));
         }
+        if job.misfire_grace == Some(Duration::ZERO) {
+            // The scheduler wakes after a due time, never at it: every run would be late.
+            return Err(ScheduleError::InvalidArgument(
+                "misfire_grace must be more than zero: every run would be missed".into(),
+            ));
+        }
         let needs = match job.target {
             Target::Process(_) if shared.pool.is_none() => Some("Pool"),
             Target::Thread(_) if shared.threads.is_none() => Some("ThreadPool"),
@@ -384,7 +390,19 @@ impl Shared {
         // while the store loads one): an `add` of the same name in between would find
         // the old row, and then lose its own records to the `forget`.
         let mut st = self.lock_state();
-        let removed = st.jobs.shift_remove(name).is_some();
+        let removed = st.jobs.shift_remove(name);
+        // Its runs waiting for their jitter or retry do not start: each is reported.
+        let waiting: Vec<Timer> = match &removed {
+            Some(js) => {
+                let (waiting, rest) = mem::take(&mut st.timers)
+                    .into_iter()
+                    .partition(|t| t.job == name && t.generation == js.generation);
+                st.timers = rest;
+                waiting
+            }
+            None => Vec::new(),
+        };
+        let removed = removed.is_some();
         #[cfg(feature = "sqlite")]
         if removed
             && let Some(store) = &self.store
@@ -396,6 +414,15 @@ impl Shared {
             );
         }
         drop(st);
+        let now = self.clock.now();
+        for t in waiting {
+            let kind = EventKind::Missed {
+                count: 1,
+                last: t.scheduled,
+                reason: MissReason::Removed,
+            };
+            self.emit(name, t.scheduled, now, kind);
+        }
         self.signal.notify();
         removed
     }
@@ -471,33 +498,7 @@ impl Shared {
     }
 
     fn emit(&self, job: &str, scheduled: DateTime<Utc>, at: DateTime<Utc>, kind: EventKind) {
-        match &kind {
-            EventKind::Started { attempt } => {
-                tracing::trace!(job, %scheduled, attempt, "run started");
-            }
-            EventKind::Succeeded { attempt } => {
-                tracing::trace!(job, %scheduled, attempt, "run succeeded");
-            }
-            EventKind::Failed {
-                attempt,
-                error,
-                retry_in,
-            } => tracing::warn!(job, %scheduled, attempt, ?retry_in, "run failed: {error}"),
-            EventKind::Missed {
-                count,
-                last,
-                reason,
-            } => tracing::warn!(job, %scheduled, count, %last, ?reason, "runs missed"),
-            EventKind::Interrupted => {
-                tracing::warn!(job, %scheduled, "run interrupted: its outcome was never recorded");
-            }
-        }
-        self.events.send(JobEvent {
-            job: job.to_string(),
-            scheduled,
-            at,
-            kind,
-        });
+        self.events.send(traced(job, scheduled, at, kind));
     }
 
     /// One pass: finished runs, due timers, due fire times (when `fire`). Returns how
@@ -1178,14 +1179,20 @@ impl Shared {
                 .collect::<Vec<_>>()
         };
         let now = self.clock.now();
-        for t in timers {
-            let kind = EventKind::Missed {
-                count: 1,
-                last: t.scheduled,
-                reason: MissReason::ShutDown,
-            };
-            self.emit(&t.job, t.scheduled, now, kind);
-        }
+        let last: Vec<JobEvent> = timers
+            .into_iter()
+            .map(|t| {
+                let kind = EventKind::Missed {
+                    count: 1,
+                    last: t.scheduled,
+                    reason: MissReason::ShutDown,
+                };
+                traced(&t.job, t.scheduled, now, kind)
+            })
+            .collect();
+        // The stream's last events, sent to every subscriber however many it keeps
+        // unread (a subscriber behind by as many as it keeps missed them), and its end.
+        self.events.close(&last);
     }
 
     /// Whether this scheduler fires a cluster job now: `Some(true)` while it holds the
@@ -1330,5 +1337,36 @@ fn default_grace(job: &Job, fire: DateTime<Utc>) -> Option<Duration> {
             .next_after(fire)
             .and_then(|next| (next - fire).to_std().ok()),
         schedule::Kind::Once(_) => None,
+    }
+}
+
+/// A job event, also logged with `tracing`.
+fn traced(job: &str, scheduled: DateTime<Utc>, at: DateTime<Utc>, kind: EventKind) -> JobEvent {
+    match &kind {
+        EventKind::Started { attempt } => {
+            tracing::trace!(job, %scheduled, attempt, "run started");
+        }
+        EventKind::Succeeded { attempt } => {
+            tracing::trace!(job, %scheduled, attempt, "run succeeded");
+        }
+        EventKind::Failed {
+            attempt,
+            error,
+            retry_in,
+        } => tracing::warn!(job, %scheduled, attempt, ?retry_in, "run failed: {error}"),
+        EventKind::Missed {
+            count,
+            last,
+            reason,
+        } => tracing::warn!(job, %scheduled, count, %last, ?reason, "runs missed"),
+        EventKind::Interrupted => {
+            tracing::warn!(job, %scheduled, "run interrupted: its outcome was never recorded");
+        }
+    }
+    JobEvent {
+        job: job.to_string(),
+        scheduled,
+        at,
+        kind,
     }
 }

@@ -272,7 +272,10 @@ impl Job {
     }
 
     /// How late a run may start; a run later than this is reported
-    /// [`Missed`](EventKind::Missed) with [`MissReason::TooLate`] instead.
+    /// [`Missed`](EventKind::Missed) with [`MissReason::TooLate`] instead. More than
+    /// zero ([`Scheduler::add`](crate::sched::Scheduler::add) refuses zero with
+    /// `InvalidArgument`: the scheduler wakes after a due time, never exactly at it, so
+    /// every run would be missed).
     pub fn misfire_grace(mut self, grace: Duration) -> Job {
         self.misfire_grace = Some(grace);
         self
@@ -324,6 +327,9 @@ pub enum MissReason {
     /// the store later may still run it (a waiting first attempt), or reports it
     /// [`Interrupted`](EventKind::Interrupted) (a waiting retry).
     ShutDown,
+    /// The job was removed ([`Scheduler::remove`](crate::sched::Scheduler::remove))
+    /// while the run waited for its jitter, or a failed run for its retry.
+    Removed,
 }
 
 /// What happened to a job.

@@ -210,7 +210,9 @@ impl Scheduler {
     }
 
     /// Unschedules the job named `name`; runs in flight finish, and are not retried;
-    /// runs waiting for their jitter do not start. A job added later under the same
+    /// runs waiting for their jitter, and failed runs waiting for their retry, do not
+    /// start (each is reported [`Missed`](EventKind::Missed) with
+    /// [`MissReason::Removed`]). A job added later under the same
     /// name is another job: the old one's runs hold none of its instances
     /// (`max_instances`), and on a job store it starts afresh (the store forgets the
     /// removed job). Whether it was there.

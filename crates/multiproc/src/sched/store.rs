@@ -86,6 +86,8 @@ impl Mark {
             // Never marked: a shutdown leaves its record as it was, for the next
             // scheduler on the store.
             Mark::Reported(MissReason::ShutDown) => CLAIMED,
+            // Never marked: the removed job's records go with it.
+            Mark::Reported(MissReason::Removed) => CLAIMED,
             Mark::Settled => SETTLED,
         }
     }
