@@ -1367,6 +1367,18 @@ fn the_status_shows_an_exit_and_each_stopped_sibling_at_once() {
         crashed.state != ChildState::Running { pid: crasher } && crashed.last_exit.is_some(),
         "{crashed:?}"
     );
+    // While its sibling's stop takes its grace, the crashed child shows as restarting
+    // (it showed as stopped by the supervisor until the stop was over).
+    assert!(
+        eventually(T, || {
+            let st = sup.status();
+            let state = |name: &str| st.iter().find(|c| c.name == name).unwrap().state.clone();
+            matches!(state("crasher"), ChildState::Restarting { .. })
+                && state("stubborn") == ChildState::Running { pid: stubborn }
+        }),
+        "{:?}",
+        sup.status()
+    );
     loop {
         if let SupervisorEvent::Restarting { .. } = seen.next() {
             break;
@@ -1667,9 +1679,12 @@ fn failed_restarts_back_off() {
             _ => {}
         }
     }
+    // Restarts that never started are not counted as done.
+    let restarts = restarts_of(&sup, "flaky");
     sup.shutdown().unwrap();
     REFUSE_ENCODING.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(delays, [100, 200, 400, 800]);
+    assert_eq!(restarts, 0);
 }
 
 /// Set by the test once the first start went through: cloning the argument (which a

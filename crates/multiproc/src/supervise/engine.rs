@@ -379,6 +379,11 @@ impl Supervising {
             })?;
         let pid = child.pid();
         tracing::trace!(child = %slot.spec.name, pid, "child started");
+        // A restart is counted once it started (one that failed to start is tried
+        // again, and counted then).
+        if matches!(slot.state, SlotState::Waiting(_)) {
+            slot.restarts += 1;
+        }
         slot.child = Some(child);
         slot.state = SlotState::Running;
         slot.started = Instant::now();
@@ -473,11 +478,6 @@ impl Supervising {
                 _ => None,
             })
             .max();
-        let waiting: Vec<usize> = siblings
-            .iter()
-            .copied()
-            .filter(|&j| matches!(self.slots[j].state, SlotState::Waiting(_)))
-            .collect();
         // A sibling that ran long enough has its backoff reset, as its own end after
         // such a run would: stopped for another's crash, it did not crash in a row.
         for &j in &siblings {
@@ -488,6 +488,11 @@ impl Supervising {
                 s.in_a_row = 0;
             }
         }
+        // Its status says it restarts while its siblings stop (up to their grace), the
+        // time left counted from now until they have: it showed as stopped by the
+        // supervisor.
+        self.slots[i].state = SlotState::Waiting(crate::deadline::later_than(now, delay));
+        self.publish();
         self.stop_slots(&siblings);
         // The delay counts from the end of the siblings' stop (up to their grace), not
         // from the crash: a stop longer than the delay left none.
@@ -502,9 +507,6 @@ impl Supervising {
             }
             if matches!(s.state, SlotState::Done) && j != i {
                 continue;
-            }
-            if !waiting.contains(&j) {
-                s.restarts += 1;
             }
             s.state = SlotState::Waiting(at);
         }

@@ -202,7 +202,8 @@ pub struct ChildStatus {
     pub name: String,
     /// Where it stands.
     pub state: ChildState,
-    /// How many times it has been restarted.
+    /// How many times it has been started again (a restart whose start failed is not
+    /// counted; the next try that starts is).
     pub restarts: u32,
     /// How it ended last, if it has.
     pub last_exit: Option<ChildExit>,
