@@ -67,6 +67,14 @@ fn main() {
                 a_taken_back_tasks_receiver_leaves_no_count,
             ),
             trial("shutdown_cancels_pending", shutdown_cancels_pending),
+            trial(
+                "a_retry_due_after_a_cancelling_shutdown_is_cancelled",
+                a_retry_due_after_a_cancelling_shutdown_is_cancelled,
+            ),
+            trial(
+                "a_submission_racing_a_cancelling_shutdown_is_cancelled",
+                a_submission_racing_a_cancelling_shutdown_is_cancelled,
+            ),
             trial("imap_as_a_stream", imap_as_a_stream),
             trial(
                 "a_streams_poll_runs_no_other_tasks_callbacks",
@@ -1169,6 +1177,100 @@ fn shutdown_cancels_pending() {
         for t in queued {
             assert_eq!(get(t), Err(TaskError::Cancelled), "threads: {threads}");
         }
+    }
+}
+
+/// Notes its start, runs 300 ms, and panics on its first run (the one that makes
+/// `marker`).
+fn fails_its_first_run((marker, started): (String, Event)) -> u64 {
+    started.set();
+    sleep_ms(300);
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_ok()
+    {
+        panic!("the first run fails");
+    }
+    7
+}
+
+/// A task running when `shutdown` cancels the tasks not started, and failing after it,
+/// is not run again: its retry, due after the shutdown, ends `Cancelled`, on both
+/// pools (a process pool ran it again).
+fn a_retry_due_after_a_cancelling_shutdown_is_cancelled() {
+    let dir = common::tempdir("retry-after-shutdown");
+    let opts = || {
+        TaskOptions::new().retry(
+            RetryPolicy::attempts(2)
+                .backoff(Duration::from_millis(200), 1.0, Duration::from_millis(200))
+                .retry_if(|e| matches!(e, TaskError::Panicked(_))),
+        )
+    };
+    for threads in [false, true] {
+        let marker = dir
+            .join(format!("ran-{threads}"))
+            .to_string_lossy()
+            .into_owned();
+        let started = Event::new().unwrap();
+        let args = (marker, started.clone());
+        if threads {
+            let tp = ThreadPool::new(1).unwrap();
+            let task = tp
+                .submit_with(move || fails_its_first_run(args.clone()), opts())
+                .unwrap();
+            assert!(started.wait_timeout(T));
+            tp.shutdown(false, true);
+            assert_eq!(get(task), Err(TaskError::Cancelled), "threads");
+            tp.join();
+        } else {
+            let p = pool(1);
+            let task = p.submit_with(fails_its_first_run, args, opts()).unwrap();
+            assert!(started.wait_timeout(T));
+            p.shutdown(false, true);
+            assert_eq!(get(task), Err(TaskError::Cancelled), "processes");
+            finish(p);
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Tasks submitted from another thread while `shutdown` cancels the tasks not
+/// started: each is refused or cancelled, none runs (one that passed the pool's check
+/// as the shutdown ran was queued after it, and ran).
+fn a_submission_racing_a_cancelling_shutdown_is_cancelled() {
+    for round in 0..300 {
+        let tp = std::sync::Arc::new(ThreadPool::new(1).unwrap());
+        let (release, gate) = crossbeam_channel::bounded::<()>(1);
+        let (started, running) = crossbeam_channel::bounded::<()>(1);
+        let blocker = tp
+            .submit(move || {
+                let _ = started.send(());
+                gate.recv_timeout(T).is_ok()
+            })
+            .unwrap();
+        // The pool's one thread is taken: what is submitted next waits in its queue.
+        running.recv_timeout(T).unwrap();
+        let submitter = {
+            let tp = std::sync::Arc::clone(&tp);
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                while let Ok(t) = tp.submit(|| 1u64) {
+                    kept.push(t);
+                }
+                kept
+            })
+        };
+        std::thread::sleep(Duration::from_micros(200));
+        tp.shutdown(false, true);
+        release.send(()).unwrap();
+        let kept = submitter.join().unwrap();
+        assert_eq!(get(blocker), Ok(true));
+        for t in kept {
+            assert_eq!(get(t), Err(TaskError::Cancelled), "round {round}");
+        }
+        tp.join();
     }
 }
 

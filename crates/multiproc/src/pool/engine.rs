@@ -127,6 +127,8 @@ struct State {
     next_id: u64,
     closed: bool,
     terminated: bool,
+    /// `shutdown` cancelled the tasks not started: a retry due later is cancelled too.
+    cancel_pending: bool,
     /// Why the pool gave up, if it did.
     broken: Option<String>,
     /// Workers that failed to start or initialise since a task last succeeded.
@@ -196,6 +198,7 @@ impl State {
             next_id: 1,
             closed: false,
             terminated: false,
+            cancel_pending: false,
             broken: None,
             start_failures: 0,
             finished: false,
@@ -786,6 +789,7 @@ impl PoolInner {
     /// True)`): they end as `Cancelled`; running ones go on.
     pub(super) fn cancel_pending(&self) {
         let mut st = unpoisoned::lock(&self.state);
+        st.cancel_pending = true;
         let mut ids: Vec<u64> = st.pending.drain(..).collect();
         ids.extend(st.delayed.drain(..).map(|(_, id)| id));
         for id in ids {
@@ -1687,6 +1691,14 @@ impl PoolInner {
             .and_then(|p| p.retry.as_ref())
             .unwrap_or(&self.config.retry);
         if !st.terminated && !rec.discarded && policy.should_retry(rec.attempts, &error) {
+            if st.cancel_pending {
+                // A retry due after a `shutdown` that cancelled the tasks not started
+                // is one of them (as on a `ThreadPool`).
+                if let Some(rec) = st.tasks.remove(&id) {
+                    out.push((rec.sink, rec.slot, Err(TaskError::Cancelled)));
+                }
+                return;
+            }
             let delay = policy.delay(rec.attempts);
             tracing::debug!(
                 task = id,

@@ -101,8 +101,10 @@ pub trait Executor {
         I: IntoIterator<Item = A>;
 
     /// Python's `Executor.shutdown(wait, cancel_futures)`: refuses new tasks; with
-    /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`]; with
-    /// `wait`, returns once every task has finished.
+    /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (on the
+    /// local pools, so do tasks submitted by another thread as the shutdown runs, and
+    /// retries of running tasks that fail); with `wait`, returns once every task has
+    /// finished.
     ///
     /// Unlike Python's executors, which run their pending tasks after
     /// `shutdown(wait=False)` until the interpreter exits, an executor dropped early

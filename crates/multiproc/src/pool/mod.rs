@@ -868,7 +868,7 @@ impl Pool {
 
     /// Python's `Executor.shutdown(wait, cancel_futures)`: closes the pool; with
     /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (running
-    /// ones finish); with `wait`, waits until every task has finished and every worker
+    /// ones finish; one that fails is not retried, and ends `Cancelled`); with `wait`, waits until every task has finished and every worker
     /// has exited ([`join`](Self::join)).
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();

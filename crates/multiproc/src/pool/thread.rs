@@ -237,12 +237,15 @@ impl Shared {
         unpoisoned::lock(&self.state).cancel_pending
     }
 
-    /// Why jobs are no longer run, if they are not.
+    /// Why jobs are no longer run, if they are not. After a `shutdown` that cancelled
+    /// the tasks not started, a job queued since (a submission that passed its check as
+    /// the shutdown ran) is cancelled too, as those were.
     fn refusal(&self) -> Option<TaskError> {
         let st = unpoisoned::lock(&self.state);
         match (&st.broken, st.terminated) {
             (Some(why), _) => Some(TaskError::PoolBroken(why.clone())),
             (None, true) => Some(TaskError::PoolClosed),
+            (None, false) if st.cancel_pending => Some(TaskError::Cancelled),
             (None, false) => None,
         }
     }
@@ -1264,7 +1267,8 @@ impl ThreadPool {
 
     /// Python's `Executor.shutdown(wait, cancel_futures)`: closes the pool; with
     /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (running
-    /// ones finish); with `wait`, waits until every task has finished and every thread
+    /// ones finish; one that fails is not retried, and ends `Cancelled`; one submitted
+    /// by another thread as the shutdown runs is cancelled too); with `wait`, waits until every task has finished and every thread
     /// has exited ([`join`](Self::join); not from one of the pool's own tasks).
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
