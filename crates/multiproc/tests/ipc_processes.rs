@@ -56,6 +56,10 @@ fn main() {
             ),
             trial("duplex_ping_pong", duplex_ping_pong),
             trial(
+                "a_serialize_that_sends_on_its_own_channel_panics_rather_than_hang",
+                a_serialize_that_sends_on_its_own_channel_panics_rather_than_hang,
+            ),
+            trial(
                 "ends_moved_into_a_forked_child_stay_connected",
                 ends_moved_into_a_forked_child_stay_connected,
             ),
@@ -760,6 +764,50 @@ fn pong(conn: multiproc::Connection<u64, u64>) {
     while let Ok(n) = conn.recv() {
         conn.send(n + 1).unwrap();
     }
+}
+
+/// The sender a [`Reentrant`] value sends on as it is serialized.
+static REENTRANT_TX: std::sync::OnceLock<Sender<Reentrant>> = std::sync::OnceLock::new();
+
+/// A value whose `Serialize` (when `.0`) sends another on [`REENTRANT_TX`].
+#[derive(Deserialize, Debug, PartialEq)]
+struct Reentrant(bool);
+
+impl Serialize for Reentrant {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 {
+            let _ = REENTRANT_TX.get().unwrap().send(Reentrant(false));
+        }
+        s.serialize_bool(self.0)
+    }
+}
+
+/// A value whose `Serialize` sends on the channel it is being sent on waits for the
+/// channel's send lock that its own thread holds: the send panics, saying so, rather
+/// than hang for ever; the lock is let go with the unwinding, and the channel goes on.
+fn a_serialize_that_sends_on_its_own_channel_panics_rather_than_hang() {
+    let (tx, rx) = multiproc::pipe::<Reentrant>().unwrap();
+    REENTRANT_TX.set(tx.clone()).ok().unwrap();
+    let (done, ended) = std::sync::mpsc::channel();
+    let sending = tx.clone();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sending.send(Reentrant(true))
+        }));
+        let _ = done.send(r.map(|_| ()).map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        }));
+    });
+    let ended = ended.recv_timeout(T).expect("the send hung");
+    let message = ended.expect_err("the send went through");
+    assert!(message.contains("thread that holds it"), "{message}");
+    // The measuring pass sent one value; the channel is not left locked.
+    assert_eq!(rx.recv_timeout(T).unwrap(), Reentrant(false));
+    tx.send(Reentrant(false)).unwrap();
+    assert_eq!(rx.recv_timeout(T).unwrap(), Reentrant(false));
 }
 
 fn duplex_ping_pong() {

@@ -109,6 +109,11 @@ impl<T: Serialize> Sender<T> {
     /// a pipe nobody reads any more can still succeed ([`is_disconnected`](Self::is_disconnected) asks the
     /// kernel each time).
     ///
+    /// A small message is serialized straight into the pipe's shared memory, while the
+    /// pipe's send lock is held: the value's `Serialize` must not send on the same pipe
+    /// (that panics, saying so, rather than wait for ever) nor wait for a thread that
+    /// may be sending on it.
+    ///
     /// # Errors
     ///
     /// The message comes back: every receiver is gone, it could not be encoded, or the

@@ -145,6 +145,10 @@ impl<T> Queue<T> {
 impl<T: Serialize> Queue<T> {
     /// Puts an item, waiting while a bounded queue is full (an unbounded one never is).
     ///
+    /// As with [`Sender::send`](crate::Sender::send), a small item is serialized while
+    /// the queue's send lock is held: its `Serialize` must not put on the same queue nor
+    /// wait for a thread that may be putting on it.
+    ///
     /// # Errors
     ///
     /// The item comes back: this handle is closed, it could not be encoded, or the

@@ -150,6 +150,14 @@ impl LockWords {
         loop {
             let epoch = self.epoch.load(SeqCst);
             let owner = self.state.load(SeqCst);
+            // This very thread holds it: an untimed wait would never end (a channel's
+            // send lock taken again by a value's `Serialize` that sends on the same
+            // channel). Said, rather than hung.
+            assert!(
+                !(owner == me && deadline.is_none()),
+                "a multiproc lock was waited for by the thread that holds it, which would wait \
+                 for ever (a value's Serialize that sends on the channel it is being sent on?)"
+            );
             if owner == 0 {
                 if self.state.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
                     self.pass_on_wake();
