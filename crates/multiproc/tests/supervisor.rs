@@ -36,6 +36,10 @@ fn main() {
             trial("intensity_exceeded_gives_up", intensity_exceeded),
             trial("transient_and_temporary", transient_and_temporary),
             trial(
+                "a_supervisor_that_said_stopped_is_not_running",
+                a_supervisor_that_said_stopped_is_not_running,
+            ),
+            trial(
                 "a_fallible_child_that_returns_err_ended_abnormally",
                 a_fallible_child_that_returns_err_ended_abnormally,
             ),
@@ -1076,6 +1080,32 @@ fn a_fallible_child_that_returns_err_ended_abnormally() {
     assert!(st[0].last_exit.as_ref().unwrap().normal);
     assert!(st[1].last_exit.as_ref().unwrap().normal);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Once a subscriber has `Stopped` (or a stream that ended), the supervisor says it
+/// is not running and `wait` returns at once (the outcome was kept only after the
+/// event went: a subscriber that asked at once could find it still running).
+fn a_supervisor_that_said_stopped_is_not_running() {
+    for round in 0..1000 {
+        let sup = fast()
+            .child(ChildSpec::new("returns", returns, ()).restart(Restart::Transient))
+            .build()
+            .unwrap();
+        let events = sup.events();
+        loop {
+            match events.recv_timeout(T) {
+                Ok(SupervisorEvent::Stopped)
+                | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Ok(_) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => panic!("no Stopped"),
+            }
+        }
+        assert!(!sup.is_running(), "round {round}");
+        assert!(
+            sup.wait_timeout(Duration::ZERO).is_ok(),
+            "round {round}: the outcome is not there"
+        );
+    }
 }
 
 fn transient_and_temporary() {

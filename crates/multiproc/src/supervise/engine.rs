@@ -327,6 +327,10 @@ impl Supervising {
         }
         self.publish();
         last.push(SupervisorEvent::Stopped);
+        // The outcome first: a subscriber that reads `Stopped` and asks at once finds
+        // the supervisor ended (`is_running`, `wait`).
+        *unpoisoned::lock(&self.shared.outcome) = Some(outcome.clone());
+        self.shared.done.notify_all();
         // Told even to a subscriber too far behind for other events; then the streams
         // end.
         self.shared.events.close(&last);
