@@ -124,6 +124,19 @@ fn relocking_a_lock_is_refused() {
     );
     drop(g);
     assert!(!lock.is_locked());
+    // An array's copy methods take its lock: under its guard they panic, saying so.
+    let a = Array::from_slice(&[1u32, 2]).unwrap();
+    let held = a.lock().unwrap();
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.get(0)));
+    let message = again.expect_err("get under the array's own guard must panic");
+    let message = message
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| message.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(message.contains("Array"), "{message}");
+    drop(held);
+    assert_eq!(a.get(1), Some(2));
 }
 
 #[test]

@@ -103,7 +103,8 @@ impl Board {
 /// Yields each task's outcome as it finishes, with the task's index in `tasks`
 /// (Python's `concurrent.futures.as_completed`). Tasks may come from any mix of
 /// [`Pool`](crate::Pool), [`ThreadPool`](crate::ThreadPool) and cluster clients. Tasks
-/// that finished before the call come first, in index order.
+/// that finished before the call, their callbacks returned, come first, in index order
+/// (one whose callbacks still run comes when they have returned).
 ///
 /// # Examples
 ///

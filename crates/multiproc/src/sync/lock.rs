@@ -43,7 +43,11 @@ pub(crate) use object_handle;
 /// thread that held the lock died holding it (its process crashed, was killed, or the
 /// thread ended without dropping the guard), the next `lock` returns the guard inside
 /// [`OwnerDied`](crate::OwnerDied): the lock is held as usual, and what it protects may
-/// be half-updated. Waiters never hang on a dead owner.
+/// be half-updated. Waiters never hang on a dead owner, with one exception: a thread
+/// that ended while it had leaked (`mem::forget`) the guard of a [`Value`](crate::Value)
+/// or [`Array`](crate::Array) keeps every lock it held, this one included, held for the
+/// other threads of its process, for the life of the process (taking them over there
+/// could make a second `&mut` of the data its leaked guard lends).
 ///
 /// A handle is cheap to clone (clones are the same lock), and can be passed to
 /// [`spawn`](crate::spawn) or sent through a pipe or queue: the receiving process gets

@@ -124,7 +124,9 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Deadline) -> Optio
             return Some(Got::Clean(held()));
         }
         if let Deadline::Never = wait {
-            panic!("a multiproc Lock was locked again by the thread holding it (use an RLock)");
+            panic!(
+                "a multiproc lock (a Lock, or a Value's or Array's) was locked again by the thread holding it (use an RLock, or the guard you hold)"
+            );
         }
         return None;
     }

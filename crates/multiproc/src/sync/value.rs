@@ -448,6 +448,10 @@ impl<T: ShmSafe> Array<T> {
     }
 
     /// A copy of element `index`, read under the lock; `None` out of range.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
     pub fn get(&self, index: usize) -> Option<T> {
         let mut out = [zeroed::<T>()];
         self.read(index, &mut out).ok()?;
@@ -459,6 +463,10 @@ impl<T: ShmSafe> Array<T> {
     /// # Errors
     ///
     /// [`OutOfBounds`] if `index` is not below [`len`](Self::len).
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
     pub fn set(&self, index: usize, value: T) -> Result<(), OutOfBounds> {
         self.write(index, std::slice::from_ref(&value))
     }
@@ -468,6 +476,10 @@ impl<T: ShmSafe> Array<T> {
     /// # Errors
     ///
     /// [`OutOfBounds`] if the range does not fit; `out` is untouched then.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
     pub fn read(&self, start: usize, out: &mut [T]) -> Result<(), OutOfBounds> {
         self.check(start, out.len())?;
         let _held = mutex::take_quietly(self.words());
@@ -480,6 +492,10 @@ impl<T: ShmSafe> Array<T> {
     /// # Errors
     ///
     /// [`OutOfBounds`] if the range does not fit; nothing is written then.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
     pub fn write(&self, start: usize, items: &[T]) -> Result<(), OutOfBounds> {
         self.check(start, items.len())?;
         let _held = mutex::take_quietly(self.words());
@@ -488,6 +504,10 @@ impl<T: ShmSafe> Array<T> {
     }
 
     /// A copy of the whole array, read under the lock.
+    ///
+    /// # Panics
+    ///
+    /// If the calling thread holds the lock (through a guard).
     pub fn to_vec(&self) -> Vec<T> {
         let _held = mutex::take_quietly(self.words());
         let mut out = vec![zeroed::<T>(); self.len()];
