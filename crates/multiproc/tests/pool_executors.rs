@@ -75,6 +75,10 @@ fn main() {
                 "a_submission_racing_a_cancelling_shutdown_is_cancelled",
                 a_submission_racing_a_cancelling_shutdown_is_cancelled,
             ),
+            trial(
+                "a_map_under_way_at_a_cancelling_shutdown_starts_nothing_more",
+                a_map_under_way_at_a_cancelling_shutdown_starts_nothing_more,
+            ),
             trial("imap_as_a_stream", imap_as_a_stream),
             trial(
                 "a_streams_poll_runs_no_other_tasks_callbacks",
@@ -1272,6 +1276,44 @@ fn a_submission_racing_a_cancelling_shutdown_is_cancelled() {
         }
         tp.join();
     }
+}
+
+/// Counts a run in `runs`, then takes 20 ms.
+fn counted_slow((runs, x): (Value<u32>, u64)) -> u64 {
+    {
+        let mut n = runs.lock().unwrap();
+        *n += 1;
+    }
+    sleep_ms(20);
+    x
+}
+
+/// A process pool's `map` under way on another thread when `shutdown` cancels the tasks
+/// not started: it ends `Cancelled`, and no chunk starts after the shutdown (a map went
+/// on submitting its chunks past the shutdown, and they ran).
+fn a_map_under_way_at_a_cancelling_shutdown_starts_nothing_more() {
+    let p = std::sync::Arc::new(pool(1));
+    let runs = Value::new(0u32).unwrap();
+    let mapping = {
+        let (p, runs) = (std::sync::Arc::clone(&p), runs.clone());
+        std::thread::spawn(move || {
+            p.map_chunked(counted_slow, (0..200u64).map(|x| (runs.clone(), x)), 1)
+        })
+    };
+    assert!(common::eventually(T, || runs.load() >= 3));
+    p.shutdown(false, true);
+    // The run under way at the shutdown may still count itself.
+    let at_shutdown = runs.load();
+    let mapped = mapping.join().unwrap();
+    assert_eq!(mapped.unwrap_err(), TaskError::Cancelled);
+    std::thread::sleep(Duration::from_millis(100));
+    let after = runs.load();
+    assert!(
+        after <= at_shutdown + 1,
+        "{} runs started after the shutdown",
+        after - at_shutdown
+    );
+    finish(std::sync::Arc::into_inner(p).unwrap());
 }
 
 fn imap_as_a_stream() {

@@ -1237,13 +1237,17 @@ fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<Counts, SendFail> {
 }
 
 /// Why the pool takes no new tasks, if it takes none: it gave up, or it is closed (but
-/// for the chunks of a map under way, `in_map`, until it is terminated).
+/// for the chunks of a map under way, `in_map`, until it is terminated, or its tasks
+/// not started are cancelled: those chunks are cancelled too).
 fn refuses(st: &State, in_map: bool) -> Result<(), TaskError> {
     if let Some(why) = &st.broken {
         return Err(TaskError::PoolBroken(why.clone()));
     }
     if st.closed && (st.terminated || !in_map) {
         return Err(TaskError::PoolClosed);
+    }
+    if st.cancel_pending {
+        return Err(TaskError::Cancelled);
     }
     Ok(())
 }
