@@ -85,6 +85,14 @@ fn main() {
             ),
             trial("async_receive_under_tokio", async_receive_under_tokio),
             trial(
+                "a_dropped_async_receive_leaves_the_ring_to_other_receivers",
+                a_dropped_async_receive_leaves_the_ring_to_other_receivers,
+            ),
+            trial(
+                "a_dropped_async_put_leaves_the_ring_to_other_producers",
+                a_dropped_async_put_leaves_the_ring_to_other_producers,
+            ),
+            trial(
                 "stopped_consumer_holds_up_no_timed_get",
                 stopped_consumer_holds_up_no_timed_get,
             ),
@@ -1195,6 +1203,88 @@ fn async_receive_under_tokio() {
     });
     producer.join_timeout(T).unwrap();
     assert_eq!(total, 4950 + 1000);
+}
+
+/// A child running `f` on `end`, which sets the event it is given and then waits on
+/// `end` (a receive, or a put into a full queue), and sends on the pipe what it got or
+/// put; returned stopped (`SIGSTOP`) once past its look and its 5 ms nap, asleep on the
+/// doorbell, with the pipe's receiving end.
+fn asleep_and_stopped<E: Serialize + serde::de::DeserializeOwned + 'static>(
+    f: fn((E, multiproc::Event, Sender<u32>)),
+    end: E,
+) -> (multiproc::JoinHandle<()>, Receiver<u32>, common::Stopped) {
+    let (ack_tx, ack_rx) = multiproc::pipe::<u32>().unwrap();
+    let ready = multiproc::Event::new().unwrap();
+    let b = multiproc::spawn(f, (end, ready.clone(), ack_tx)).unwrap();
+    assert!(ready.wait_timeout(T));
+    std::thread::sleep(Duration::from_millis(20));
+    let stopped = common::stopped(b.pid());
+    (b, ack_rx, stopped)
+}
+
+/// Sets `ready`, receives one message on `rx` and sends it back on `ack`.
+fn receive_and_ack((rx, ready, ack): (Receiver<u32>, multiproc::Event, Sender<u32>)) {
+    ready.set();
+    let v = rx.recv().unwrap();
+    ack.send(v).unwrap();
+}
+
+/// An async receive dropped (by `select!`, a timeout) after a message rang the doorbell
+/// it slept on, and before it took the message, silenced the ring: a blocking receiver
+/// of another process, asleep on the same doorbell (stopped meanwhile, so that it does
+/// not take the ring first), slept on until its next look, up to 100 ms later. The
+/// dropped receive rings again for it.
+fn a_dropped_async_receive_leaves_the_ring_to_other_receivers() {
+    let (tx, rx) = multiproc::pipe::<u32>().unwrap();
+    let (mut b, ack_rx, stopped) = asleep_and_stopped(receive_and_ack, rx.clone());
+    {
+        let mut receive = std::pin::pin!(rx.recv_async());
+        // Pending, and counted among the doorbell's sleepers.
+        let polled = futures_lite::future::block_on(futures_lite::future::poll_once(&mut receive));
+        assert!(polled.is_none(), "nothing was sent yet");
+        tx.send(7).unwrap();
+    }
+    drop(stopped);
+    let continued = Instant::now();
+    assert_eq!(ack_rx.recv_timeout(T).unwrap(), 7);
+    let took = continued.elapsed();
+    b.join_timeout(T).unwrap();
+    assert!(
+        took < Duration::from_millis(40),
+        "the other receiver slept on for {took:?} with the message waiting"
+    );
+}
+
+/// Sets `ready`, puts 2 on `q` (waiting for room) and then says so on `ack`.
+fn put_and_ack((q, ready, ack): (Queue<u32>, multiproc::Event, Sender<u32>)) {
+    ready.set();
+    q.put(2).unwrap();
+    ack.send(2).unwrap();
+}
+
+/// As above, for producers: an async put dropped after a get rang the producers'
+/// doorbell silenced the ring, and a producer of another process waiting for room
+/// slept on with room there; the dropped put rings again for it.
+fn a_dropped_async_put_leaves_the_ring_to_other_producers() {
+    let q = Queue::<u32>::bounded(1).unwrap();
+    q.put(1).unwrap();
+    let (mut b, ack_rx, stopped) = asleep_and_stopped(put_and_ack, q.clone());
+    {
+        let mut put = std::pin::pin!(q.put_async(3));
+        let polled = futures_lite::future::block_on(futures_lite::future::poll_once(&mut put));
+        assert!(polled.is_none(), "the queue is full");
+        assert_eq!(q.get_timeout(T).unwrap(), 1);
+    }
+    drop(stopped);
+    let continued = Instant::now();
+    assert_eq!(ack_rx.recv_timeout(T).unwrap(), 2);
+    let took = continued.elapsed();
+    b.join_timeout(T).unwrap();
+    assert_eq!(q.get_timeout(T).unwrap(), 2);
+    assert!(
+        took < Duration::from_millis(40),
+        "the other producer slept on for {took:?} with room there"
+    );
 }
 
 fn echo_count((rx, tx): (Receiver<ByteBuf>, Sender<usize>)) {

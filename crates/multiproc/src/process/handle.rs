@@ -707,9 +707,13 @@ impl ChildRecord {
 
     /// Waits for the outcome and the exit, then turns them into the join result.
     fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
+        // A look with no time left (a future's poll) teaches the shared look budgets
+        // nothing: counted as a look that ran out, each poll made blocking joins
+        // elsewhere in the process stop looking before they sleep.
+        let learn = deadline.is_none_or(|d| d > Instant::now());
         let has_outcome = match unpoisoned::lock(&self.channel).as_mut() {
             Some(ch) => {
-                ch.pump(deadline, self.pidfd.as_fd(), true)?;
+                ch.pump(deadline, self.pidfd.as_fd(), learn)?;
                 ch.outcome.is_some()
             }
             None => false,

@@ -48,8 +48,9 @@ fn lock_wait(wait: Deadline) -> LockWait {
 }
 /// The longest a sleeper sleeps before looking again. Doorbells are shared by every
 /// sleeper of a side, and one that resets a bell can, in a narrow window, leave another
-/// asleep while an item waits (the resetter always takes it, so nothing is lost); this
-/// bounds what such a sleeper oversleeps.
+/// asleep while an item waits (the resetter takes it, or, leaving without it, rings
+/// again for the others, so nothing is lost); this bounds what such a sleeper
+/// oversleeps.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// How long a receiver sleeps between looks at a message it cannot have yet (a producer
 /// is half-way through publishing it, or another receiver holds the consumers' lock,
@@ -1037,8 +1038,14 @@ pub(crate) struct SenderSleeping<'a>(&'a Core);
 
 impl Drop for SenderSleeping<'_> {
     fn drop(&mut self) {
-        self.0.header().sleepers.0.senders.fetch_sub(1, SeqCst);
+        let left = self.0.header().sleepers.0.senders.fetch_sub(1, SeqCst) - 1;
         sys::silence(self.0.send_bell.as_fd());
+        // A sleeper that goes without sending (a `send_async` dropped by `select!`)
+        // may have silenced a ring meant for another, which would sleep on while there
+        // is room: passed on to those still asleep.
+        if left > 0 {
+            self.0.wake_senders();
+        }
     }
 }
 
@@ -1050,6 +1057,12 @@ impl Drop for Sleeping<'_> {
     fn drop(&mut self) {
         self.0.header().sleepers.0.receivers.fetch_sub(1, SeqCst);
         sys::silence(self.0.recv_bell.as_fd());
+        // A sleeper that goes without taking anything (a `recv_async` dropped by
+        // `select!`) may have silenced the ring of an item still waiting, and another
+        // receiver would sleep on: rung again for those still asleep.
+        if self.0.len() > 0 {
+            self.0.wake_receivers();
+        }
     }
 }
 
