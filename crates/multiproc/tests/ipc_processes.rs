@@ -93,6 +93,10 @@ fn main() {
                 a_dropped_async_put_leaves_the_ring_to_other_producers,
             ),
             trial(
+                "an_async_send_does_not_hold_the_executor_while_another_holds_the_lock",
+                an_async_send_does_not_hold_the_executor_while_another_holds_the_lock,
+            ),
+            trial(
                 "stopped_consumer_holds_up_no_timed_get",
                 stopped_consumer_holds_up_no_timed_get,
             ),
@@ -1284,6 +1288,75 @@ fn a_dropped_async_put_leaves_the_ring_to_other_producers() {
     assert!(
         took < Duration::from_millis(40),
         "the other producer slept on for {took:?} with room there"
+    );
+}
+
+/// How many times a slow [`MaybeSlow`] was serialized.
+static SLOW_SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A value whose `Serialize`, when `.0`, takes 60 ms the second time (a small message
+/// is measured, then serialized under the channel's send lock).
+#[derive(Deserialize, Debug, PartialEq)]
+struct MaybeSlow(bool);
+
+impl Serialize for MaybeSlow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 && SLOW_SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        s.serialize_bool(self.0)
+    }
+}
+
+/// An async send that finds the producers' lock held by a thread that runs on (a slow
+/// `Serialize`, or a holder preempted on a busy machine) gives the executor its thread
+/// back: it waited for the lock up to 20 ms, twice a poll, on the executor's thread
+/// (a current-thread runtime froze for 40 ms at a time), and then slept on a doorbell
+/// nobody rang for the lock's release.
+fn an_async_send_does_not_hold_the_executor_while_another_holds_the_lock() {
+    let (tx, rx) = multiproc::pipe::<MaybeSlow>().unwrap();
+    let slow = {
+        let tx = tx.clone();
+        std::thread::spawn(move || tx.send(MaybeSlow(true)).unwrap())
+    };
+    // Serialized the second time: the slow sender holds the lock for 60 ms.
+    assert!(common::eventually(T, || SLOW_SERIALIZED
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 2));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // From before the send's first poll: a poll that holds the thread counts too.
+    let start = Instant::now();
+    let longest_gap = runtime.block_on(async {
+        // The longest time between two ticks of another task, while the send waits.
+        let ticker = std::cell::RefCell::new(Duration::ZERO);
+        let measured = async {
+            let mut last = start;
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let gap = last.elapsed();
+                let mut t = ticker.borrow_mut();
+                *t = (*t).max(gap);
+                last = Instant::now();
+            }
+        };
+        tokio::select! {
+            biased;
+            sent = tokio::time::timeout(T, tx.send_async(MaybeSlow(false))) => {
+                sent.expect("the send did not end").unwrap();
+            }
+            () = measured => {}
+        }
+        ticker.into_inner()
+    });
+    slow.join().unwrap();
+    assert_eq!(rx.recv_timeout(T).unwrap(), MaybeSlow(true));
+    assert_eq!(rx.recv_timeout(T).unwrap(), MaybeSlow(false));
+    assert!(
+        longest_gap < Duration::from_millis(30),
+        "the executor's thread was held {longest_gap:?} at a time"
     );
 }
 

@@ -246,19 +246,39 @@ pub(crate) async fn send_async<T: Serialize>(
     mut value: T,
     unfinished: bool,
 ) -> Result<(), (T, Failed)> {
+    // One non-blocking try, waiting for the producers' lock only briefly (the thread
+    // is the executor's); whether it gave up on that lock rather than found no room.
+    let try_send = |value: T| {
+        let polling = channel::Polling::begin();
+        let sent = send(raw, value, Deadline::Now, unfinished);
+        let held = polling.lock_gave_up();
+        (sent, held)
+    };
     loop {
-        match send(raw, value, Deadline::Now, unfinished) {
-            Err((v, Failed::Full)) => value = v,
-            done => return done,
+        let held = match try_send(value) {
+            (Err((v, Failed::Full)), held) => {
+                value = v;
+                held
+            }
+            (done, _) => return done,
+        };
+        let now = std::time::Instant::now();
+        if held {
+            // Another producer holds the lock: nobody rings for its release, so the
+            // future looks again in a moment.
+            if let Err(e) = crate::sys::readable_any(&[], now + channel::HELD_UP).await {
+                return Err((value, Failed::Io(e)));
+            }
+            continue;
         }
         // Counted among the waiting senders (so receivers ring), try once more, then
         // wait for the bell, the receivers' end, or the longest sleep.
         let _sleeping = raw.sleeping();
-        match send(raw, value, Deadline::Now, unfinished) {
-            Err((v, Failed::Full)) => value = v,
-            done => return done,
+        match try_send(value) {
+            (Err((v, Failed::Full)), _) => value = v,
+            (done, _) => return done,
         }
-        let until = std::time::Instant::now() + channel::MAX_SLEEP;
+        let until = now + channel::MAX_SLEEP;
         if let Err(e) = crate::sys::readable_any(&raw.writability(), until).await {
             return Err((value, Failed::Io(e)));
         }
@@ -310,8 +330,14 @@ pub(crate) fn recv<T: DeserializeOwned>(raw: &RawReceiver, wait: Deadline) -> Re
 #[cfg_attr(not(target_os = "linux"), allow(unused_assignments))]
 pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result<T, Missed> {
     let mut looked_again = false;
+    // One non-blocking try, waiting for the consumers' lock only briefly (the thread is
+    // the executor's: a lock held up is looked at again after `HELD_UP`, below).
+    let try_recv = || {
+        let _polling = channel::Polling::begin();
+        recv(raw, Deadline::Now)
+    };
     loop {
-        match recv(raw, Deadline::Now) {
+        match try_recv() {
             Err(Missed::Empty) => {}
             done => return done,
         }

@@ -38,10 +38,56 @@ const SPIN: Duration = Duration::from_micros(30);
 /// (`SIGSTOP`, a debugger, a frozen cgroup) ends the wait at once.
 const TRY_LOCK_PATIENCE: Duration = Duration::from_millis(20);
 
+/// How long a non-blocking call made by an async send or receive (see [`Polling`]) waits
+/// for the producers' or consumers' lock while its holder runs: about the time a
+/// message is copied. Longer, it would hold the executor's thread; the future waits on
+/// the reactor instead (a millisecond, [`HELD_UP`]) and tries again.
+const POLL_LOCK_PATIENCE: Duration = Duration::from_micros(50);
+
+thread_local! {
+    /// Set while an async send or receive makes its non-blocking call.
+    static POLLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set when a non-blocking call gave up waiting for a lock whose holder ran on.
+    static LOCK_GAVE_UP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the non-blocking call of an async send or receive on this thread, for as long
+/// as it lives (never across an `.await`: another task on the thread would inherit it).
+pub(crate) struct Polling(());
+
+impl Polling {
+    pub(crate) fn begin() -> Polling {
+        POLLING.with(|p| p.set(true));
+        LOCK_GAVE_UP.with(|g| g.set(false));
+        Polling(())
+    }
+
+    /// Whether the call gave up on a lock held by another thread (not a full channel:
+    /// its consumers' doorbell would not ring for that).
+    pub(crate) fn lock_gave_up(&self) -> bool {
+        LOCK_GAVE_UP.with(std::cell::Cell::get)
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        POLLING.with(|p| p.set(false));
+    }
+}
+
+/// Notes that a call gave up waiting for a lock (see [`Polling::lock_gave_up`]).
+fn gave_up_on_lock() {
+    LOCK_GAVE_UP.with(|g| g.set(true));
+}
+
 /// How to wait for the producers' or consumers' lock: a non-blocking call waits while
-/// the holder runs (see [`TRY_LOCK_PATIENCE`]), the others as long as they may wait.
+/// the holder runs (see [`TRY_LOCK_PATIENCE`]; [`POLL_LOCK_PATIENCE`] for an async
+/// one), the others as long as they may wait.
 fn lock_wait(wait: Deadline) -> LockWait {
     match wait {
+        Deadline::Now if POLLING.with(std::cell::Cell::get) => {
+            LockWait::UnlessStopped(POLL_LOCK_PATIENCE)
+        }
         Deadline::Now => LockWait::UnlessStopped(TRY_LOCK_PATIENCE),
         _ => LockWait::Until(wait.instant()),
     }
@@ -491,6 +537,7 @@ impl RawSender {
                 // unbounded channel's move between rings half-done: the next producer
                 // finishes it (see README).
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
+                    gave_up_on_lock();
                     return Err(SendFail::Full);
                 };
                 let written = core.write_slot(&mut tail, len, may_overflow, |mut slot| {
@@ -588,6 +635,7 @@ impl RawSender {
         loop {
             let sent = {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
+                    gave_up_on_lock();
                     return Err((msg, SendFail::Full));
                 };
                 let written = core.write_slot(&mut tail, held, true, |mut slot| {
