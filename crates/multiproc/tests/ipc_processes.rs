@@ -97,6 +97,10 @@ fn main() {
                 an_async_send_does_not_hold_the_executor_while_another_holds_the_lock,
             ),
             trial(
+                "async_puts_waiting_for_room_together_do_not_spin",
+                async_puts_waiting_for_room_together_do_not_spin,
+            ),
+            trial(
                 "stopped_consumer_holds_up_no_timed_get",
                 stopped_consumer_holds_up_no_timed_get,
             ),
@@ -1357,6 +1361,44 @@ fn an_async_send_does_not_hold_the_executor_while_another_holds_the_lock() {
     assert!(
         longest_gap < Duration::from_millis(30),
         "the executor's thread was held {longest_gap:?} at a time"
+    );
+}
+
+/// The CPU time this thread has used, in clock ticks (`/proc/thread-self/stat`).
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Two async puts waiting for room in one full queue sleep until room comes (or their
+/// timeout): each wake-up passing the doorbell on to the other, they woke each other
+/// for ever, at full CPU.
+fn async_puts_waiting_for_room_together_do_not_spin() {
+    let q = Queue::<u32>::bounded(1).unwrap();
+    q.put(0).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = thread_cpu_ticks();
+    runtime.block_on(async {
+        let wait = Duration::from_millis(400);
+        let (a, b) = tokio::join!(
+            tokio::time::timeout(wait, q.put_async(1)),
+            tokio::time::timeout(wait, q.put_async(2)),
+        );
+        assert!(a.is_err() && b.is_err(), "the queue stayed full");
+    });
+    let used = thread_cpu_ticks() - before;
+    // A tick is 10 ms: 400 ms of spinning is about 40.
+    assert!(used < 10, "{used} ticks of CPU in 400 ms of waiting");
+    assert_eq!(q.get_timeout(T).unwrap(), 0);
+    assert!(
+        q.get_timeout(Duration::ZERO).is_err(),
+        "a dropped put went in"
     );
 }
 

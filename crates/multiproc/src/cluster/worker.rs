@@ -2201,7 +2201,14 @@ impl Node {
             }
             let lease = ms(self.cfg.lease).to_string();
             let count = room.min(100);
-            let _claims = lock(&self.claims);
+            let _claims = match self.claims.try_lock() {
+                Ok(claims) => claims,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // The reader is taking back entries delivered to this node (its
+                // acceptances may each wait on a call): this round's reclaim goes to the
+                // next, rather than hold the keeper's renewals meanwhile.
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            };
             let mut link = lock(&self.link);
             let connects = link.connects();
             let reply = link.run_within(self.response(), |c| {

@@ -254,8 +254,11 @@ pub(crate) async fn send_async<T: Serialize>(
         let held = polling.lock_gave_up();
         (sent, held)
     };
+    // While the lock stays held (a holder stopped, say), the looks space out, up to the
+    // longest sleep.
+    let mut held_up = channel::HELD_UP;
     loop {
-        let held = match try_send(value) {
+        let mut held = match try_send(value) {
             (Err((v, Failed::Full)), held) => {
                 value = v;
                 held
@@ -263,25 +266,35 @@ pub(crate) async fn send_async<T: Serialize>(
             (done, _) => return done,
         };
         let now = std::time::Instant::now();
-        if held {
-            // Another producer holds the lock: nobody rings for its release, so the
-            // future looks again in a moment.
-            if let Err(e) = crate::sys::readable_any(&[], now + channel::HELD_UP).await {
-                return Err((value, Failed::Io(e)));
+        if !held {
+            // Counted among the waiting senders (so receivers ring), try once more,
+            // then wait for the bell, the receivers' end, or the longest sleep.
+            let mut sleeping = raw.sleeping();
+            held = match try_send(value) {
+                (Err((v, Failed::Full)), held) => {
+                    value = v;
+                    held
+                }
+                (done, _) => return done,
+            };
+            if !held {
+                held_up = channel::HELD_UP;
+                sleeping.arm(true);
+                let woke =
+                    crate::sys::readable_any(&raw.writability(), now + channel::MAX_SLEEP).await;
+                sleeping.arm(false);
+                if let Err(e) = woke {
+                    return Err((value, Failed::Io(e)));
+                }
+                continue;
             }
-            continue;
         }
-        // Counted among the waiting senders (so receivers ring), try once more, then
-        // wait for the bell, the receivers' end, or the longest sleep.
-        let _sleeping = raw.sleeping();
-        match try_send(value) {
-            (Err((v, Failed::Full)), _) => value = v,
-            (done, _) => return done,
-        }
-        let until = now + channel::MAX_SLEEP;
-        if let Err(e) = crate::sys::readable_any(&raw.writability(), until).await {
+        // Another producer holds the lock: nobody rings for its release, so the future
+        // looks again in a moment.
+        if let Err(e) = crate::sys::readable_any(&[], now + held_up).await {
             return Err((value, Failed::Io(e)));
         }
+        held_up = (held_up * 2).min(channel::MAX_SLEEP);
     }
 }
 
@@ -342,7 +355,7 @@ pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result
             done => return done,
         }
         // Counted among the sleepers (so senders ring), look once more, then wait.
-        let _sleeping = raw.sleeping();
+        let mut sleeping = raw.sleeping();
         let now = std::time::Instant::now();
         if raw.ready() {
             // Come as it looked: once more at once. Still there and not to be had, it
@@ -358,9 +371,10 @@ pub(crate) async fn recv_async<T: DeserializeOwned>(raw: &RawReceiver) -> Result
             continue;
         }
         looked_again = false;
-        crate::sys::readable_any(&raw.readiness(), now + channel::MAX_SLEEP)
-            .await
-            .map_err(Missed::Io)?;
+        sleeping.arm(true);
+        let woke = crate::sys::readable_any(&raw.readiness(), now + channel::MAX_SLEEP).await;
+        sleeping.arm(false);
+        woke.map_err(Missed::Io)?;
     }
 }
 

@@ -732,7 +732,10 @@ impl RawSender {
     /// the senders' doorbell; the returned guard uncounts it and silences the bell.
     pub(crate) fn sleeping(&self) -> SenderSleeping<'_> {
         self.core.header().sleepers.0.senders.fetch_add(1, SeqCst);
-        SenderSleeping(&self.core)
+        SenderSleeping {
+            core: &self.core,
+            armed: false,
+        }
     }
 
     /// What to poll to learn that a send may go through now: the senders' doorbell
@@ -1019,7 +1022,10 @@ impl RawReceiver {
     /// returned guard uncounts it and silences the bell.
     pub(crate) fn sleeping(&self) -> Sleeping<'_> {
         self.core.header().sleepers.0.receivers.fetch_add(1, SeqCst);
-        Sleeping(&self.core)
+        Sleeping {
+            core: &self.core,
+            armed: false,
+        }
     }
 }
 
@@ -1082,34 +1088,51 @@ impl codec::InFlight for Core {
 
 /// A sender counted among the sleepers (see [`RawSender::sleeping`]).
 #[derive(Debug)]
-pub(crate) struct SenderSleeping<'a>(&'a Core);
+pub(crate) struct SenderSleeping<'a> {
+    core: &'a Core,
+    armed: bool,
+}
+
+impl SenderSleeping<'_> {
+    /// While armed (around an async send's wait on the doorbell), a drop is a send
+    /// that went without sending (its future dropped by `select!` or a timeout): it
+    /// may have silenced a ring meant for the other sleepers, and passes it on.
+    pub(crate) fn arm(&mut self, armed: bool) {
+        self.armed = armed;
+    }
+}
 
 impl Drop for SenderSleeping<'_> {
     fn drop(&mut self) {
-        let left = self.0.header().sleepers.0.senders.fetch_sub(1, SeqCst) - 1;
-        sys::silence(self.0.send_bell.as_fd());
-        // A sleeper that goes without sending (a `send_async` dropped by `select!`)
-        // may have silenced a ring meant for another, which would sleep on while there
-        // is room: passed on to those still asleep.
-        if left > 0 {
-            self.0.wake_senders();
+        let left = self.core.header().sleepers.0.senders.fetch_sub(1, SeqCst) - 1;
+        sys::silence(self.core.send_bell.as_fd());
+        if self.armed && left > 0 {
+            self.core.wake_senders();
         }
     }
 }
 
 /// A receiver counted among the sleepers (see [`RawReceiver::sleeping`]).
 #[derive(Debug)]
-pub(crate) struct Sleeping<'a>(&'a Core);
+pub(crate) struct Sleeping<'a> {
+    core: &'a Core,
+    armed: bool,
+}
+
+impl Sleeping<'_> {
+    /// As [`SenderSleeping::arm`]: a receive dropped while armed, with an item
+    /// waiting, rings again for the other sleepers.
+    pub(crate) fn arm(&mut self, armed: bool) {
+        self.armed = armed;
+    }
+}
 
 impl Drop for Sleeping<'_> {
     fn drop(&mut self) {
-        self.0.header().sleepers.0.receivers.fetch_sub(1, SeqCst);
-        sys::silence(self.0.recv_bell.as_fd());
-        // A sleeper that goes without taking anything (a `recv_async` dropped by
-        // `select!`) may have silenced the ring of an item still waiting, and another
-        // receiver would sleep on: rung again for those still asleep.
-        if self.0.len() > 0 {
-            self.0.wake_receivers();
+        self.core.header().sleepers.0.receivers.fetch_sub(1, SeqCst);
+        sys::silence(self.core.recv_bell.as_fd());
+        if self.armed && self.core.len() > 0 {
+            self.core.wake_receivers();
         }
     }
 }
