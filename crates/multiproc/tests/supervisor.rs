@@ -2073,19 +2073,22 @@ fn daemonize_pidfile() {
             .spawn()
             .unwrap()
     };
-    let first = start();
-    let out = first.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let pidfile = dir.join("pid");
-    let pid: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // Starts a daemon that must start; the pid its pid file then names.
+    let started = || {
+        let out = start().wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let pid = started();
     let cleanup = KillOnDrop(pid);
     assert!(eventually(T, || std::fs::read_to_string(
         dir.join("out.log")
@@ -2127,17 +2130,7 @@ fn daemonize_pidfile() {
 
     // A daemon SIGKILLed leaves its pid file behind, stale: its lock died with it, so the
     // next start takes the file over.
-    let started = start().wait_with_output().unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let killed: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let killed = started();
     let cleanup = KillOnDrop(killed);
     let tree = common::descendants_of(killed);
     // Its fork server's spare child may be forked after that look: it is in the
@@ -2161,17 +2154,7 @@ fn daemonize_pidfile() {
         killed.to_string(),
         "the killed daemon's pid file stays"
     );
-    let again = start().wait_with_output().unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let new: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new = started();
     let cleanup = KillOnDrop(new);
     assert_ne!(new, killed);
 
@@ -2179,17 +2162,7 @@ fn daemonize_pidfile() {
     // and makes its own; the first, ending, leaves the second's alone (it removed the
     // file by name, and the second ran on without one).
     std::fs::remove_file(&pidfile).unwrap();
-    let started = start().wait_with_output().unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let second: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let second = started();
     let second_cleanup = KillOnDrop(second);
     assert_ne!(second, new);
     std::fs::write(dir.join(format!("stop-{new}")), b"").unwrap();

@@ -1270,60 +1270,62 @@ impl Node {
         }
     }
 
+    /// The entries pending under this node's name, with their delivery counts, their
+    /// lease clocks restarted (`OWN_PENDING`), and whether that is all of them.
+    fn own_pending(&self, link: &mut Link) -> Result<(Vec<(String, u64)>, bool), ClusterError> {
+        /// Entries listed per call.
+        const PAGE: usize = 1000;
+        let mut listed: Vec<(String, u64)> = Vec::new();
+        // A bound on the calls, not on what is pending: past it, the rest waits
+        // for the next look, or its lease.
+        for _ in 0..100 {
+            let from = match listed.last() {
+                Some((id, _)) => format!("({id}"),
+                None => "-".to_owned(),
+            };
+            let page = PAGE.to_string();
+            let reply: Value = link.run(|c| {
+                conn::invoke(
+                    c,
+                    &scripts::OWN_PENDING,
+                    &[self.keys.stream()],
+                    &[
+                        GROUP.as_bytes(),
+                        self.name.as_bytes(),
+                        from.as_bytes(),
+                        page.as_bytes(),
+                    ],
+                )
+            })?;
+            let before = listed.len();
+            for p in conn::array(&reply) {
+                if let [id, deliveries] = conn::array(p)
+                    && let Some(id) = conn::text(id)
+                {
+                    let deliveries = conn::int(deliveries).unwrap_or(1).max(1) as u64;
+                    listed.push((id, deliveries));
+                }
+            }
+            if listed.len() - before < PAGE {
+                return Ok((listed, true));
+            }
+        }
+        Ok((listed, false))
+    }
+
     /// Takes back the entries pending for this node that it does not hold: delivered to
     /// it by a read (or a reclaim) whose reply was lost. Left, they waited a lease, to be
     /// reclaimed with that delivery counted as lost (with `max_deliveries(1)`,
     /// dead-lettered without having run).
     fn take_back(&self, link: &mut Link) -> Result<(), ClusterError> {
-        /// Entries listed per call.
-        const PAGE: usize = 1000;
         let _claims = lock(&self.claims);
         lock(&self.state).released = Some(Vec::new());
-        let mut listed: Vec<(String, u64)> = Vec::new();
-        let mut complete = false;
-        let paged = (|| {
-            // A bound on the calls, not on what is pending: past it, the rest waits
-            // for the next look, or its lease.
-            for _ in 0..100 {
-                let from = match listed.last() {
-                    Some((id, _)) => format!("({id}"),
-                    None => "-".to_owned(),
-                };
-                let page = PAGE.to_string();
-                let reply: Value = link.run(|c| {
-                    conn::invoke(
-                        c,
-                        &scripts::OWN_PENDING,
-                        &[self.keys.stream()],
-                        &[
-                            GROUP.as_bytes(),
-                            self.name.as_bytes(),
-                            from.as_bytes(),
-                            page.as_bytes(),
-                        ],
-                    )
-                })?;
-                let before = listed.len();
-                for p in conn::array(&reply) {
-                    if let [id, deliveries] = conn::array(p)
-                        && let Some(id) = conn::text(id)
-                    {
-                        let deliveries = conn::int(deliveries).unwrap_or(1).max(1) as u64;
-                        listed.push((id, deliveries));
-                    }
-                }
-                if listed.len() - before < PAGE {
-                    complete = true;
-                    break;
-                }
-            }
-            Ok::<(), ClusterError>(())
-        })();
+        let paged = self.own_pending(link);
         let lost: Vec<(String, u64)> = {
             let mut st = lock(&self.state);
             let released: FxHashSet<String> =
                 st.released.take().unwrap_or_default().into_iter().collect();
-            paged?;
+            let (listed, complete) = paged?;
             if complete {
                 let pending: FxHashSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
                 st.refused.retain(|id| pending.contains(id.as_str()));
