@@ -133,6 +133,23 @@ fn record(path: String) -> u64 {
     1
 }
 
+/// `n` tasks that each record their runs in a file of their own in `dir` (as
+/// [`record_slow`], sleeping `ms`): the files, and the tasks.
+fn recorded_runs(
+    c: &Cluster,
+    dir: &std::path::Path,
+    n: usize,
+    ms: u64,
+) -> (Vec<String>, Vec<multiproc::Task<u64>>) {
+    let paths: Vec<String> = (0..n)
+        .map(|i| dir.join(format!("run{i}")).to_string_lossy().into_owned())
+        .collect();
+    let tasks = c
+        .submit_batch(RECORD_SLOW, paths.iter().map(|p| (p.clone(), ms)))
+        .unwrap();
+    (paths, tasks)
+}
+
 /// As [`record`], then sleeps `ms` milliseconds.
 fn record_slow((path, ms): (String, u64)) -> u64 {
     record(path);
@@ -354,6 +371,7 @@ fn main() {
                 bad_urls_ports_and_credentials,
             ),
             trial("sigterm_drains_a_worker", sigterm_drains_a_worker),
+            trial("ctrl_c_drains_a_worker", ctrl_c_drains_a_worker),
             trial(
                 "a_node_whose_thread_panics_stops",
                 a_node_whose_thread_panics_stops,
@@ -1741,6 +1759,43 @@ fn sigterm_drains_a_worker() {
     finish(&redis, c, ns);
 }
 
+/// Ctrl-C in a terminal sends `SIGINT` to the whole foreground process group: the
+/// node's pool processes and its fork server get it too. The node drains as it does for
+/// a `SIGINT` of its own: the tasks its processes run finish in the grace period, each
+/// run once (none is killed with its process, to run again).
+fn ctrl_c_drains_a_worker() {
+    let redis = RedisServer::start();
+    let ns = "ctrlc";
+    let mut n = node(&redis, ns, "interrupted");
+    let c = client(&redis, ns);
+    let dir = common::tempdir("ctrlc");
+    let (paths, tasks) = recorded_runs(&c, &dir, 8, 700);
+    // The node's four processes run one each.
+    assert!(common::eventually(T, || paths
+        .iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .count()
+        == 4));
+    n.ctrl_c();
+    n.expect("stopped", T);
+    assert!(n.wait(T).success());
+    let stats = c.stats().unwrap();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    let finished = tasks.iter().filter(|t| t.is_done()).count();
+    assert_eq!(finished, 4, "{stats:?}");
+    // The rest waits in the queue for the next node.
+    let w = worker(&redis, ns, 2);
+    for mut t in tasks {
+        assert_eq!(t.wait_timeout(T).unwrap(), 1);
+    }
+    for p in &paths {
+        assert_eq!(runs(p), 1, "{p}");
+    }
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A node whose reader, finisher or keeper thread panics (a bug) stops as one whose
 /// pool broke does: it says why, and its handle's drop returns, the node gone from the
 /// queue's workers (a dead keeper left its drop waiting for ever, a dead finisher a
@@ -1908,12 +1963,7 @@ fn outcomes_of_tasks_that_end_while_redis_is_down_are_kept() {
         .expect("start worker");
     let c = client(&redis, ns);
     let dir = common::tempdir("down");
-    let paths: Vec<String> = (0..2)
-        .map(|i| dir.join(format!("run{i}")).to_string_lossy().into_owned())
-        .collect();
-    let tasks = c
-        .submit_batch(RECORD_SLOW, paths.iter().map(|p| (p.clone(), 700)))
-        .unwrap();
+    let (paths, tasks) = recorded_runs(&c, &dir, 2, 700);
     // Both started; they end about 700 ms later, with the server down.
     assert!(common::eventually(T, || paths
         .iter()
@@ -1923,10 +1973,10 @@ fn outcomes_of_tasks_that_end_while_redis_is_down_are_kept() {
         assert_eq!(t.wait_timeout(T).unwrap(), 1);
     }
     for p in &paths {
-        let runs = std::fs::read_to_string(p).unwrap().lines().count();
         assert_eq!(
-            runs, 1,
-            "{p}: a task that ended while Redis was down ran {runs} times"
+            runs(p),
+            1,
+            "{p}: a task that ended while Redis was down ran more than once"
         );
     }
     w.shutdown(true);
@@ -2728,7 +2778,7 @@ fn a_stop_while_redis_is_down_ends_after_the_grace_and_a_lease() {
         );
         let w = worker(&redis, ns, 1);
         assert_eq!(task.wait_timeout(T).unwrap(), 1);
-        let runs = std::fs::read_to_string(&path).unwrap().lines().count();
+        let runs = runs(&path);
         assert_eq!(runs, 2, "the task handed back unsent ran {runs} times");
         w.shutdown(true);
         finish(&redis, c, ns);

@@ -75,6 +75,10 @@ fn main() {
                 owner_sigkilled_takes_server,
             ),
             trial(
+                "ctrl_c_is_left_to_the_managers_owner",
+                ctrl_c_is_left_to_the_managers_owner,
+            ),
+            trial(
                 "remote_tcp_right_and_wrong_key",
                 remote_tcp_right_and_wrong_key,
             ),
@@ -215,6 +219,7 @@ fn main() {
 fn helpers(mode: &str) {
     match mode {
         "managers_come_and_go" => managers_come_and_go(),
+        "interrupted_manager" => interrupted_manager(),
         "many_local_connections" => many_local_connections(),
         "manager_fork" => {
             let m = Manager::start().unwrap();
@@ -914,6 +919,29 @@ fn server_sigkilled_under_load() {
     assert!(t.elapsed() < Duration::from_secs(10));
     drop(m);
     assert!(gone_within(server, Duration::from_secs(5)));
+}
+
+/// A program that handles Ctrl-C itself, with a managed dict: says when it is ready,
+/// then, once interrupted, what the dict holds.
+fn interrupted_manager() {
+    common::handle_ctrl_c();
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 2).unwrap();
+    println!("ready");
+    assert!(common::eventually(T, common::interrupted));
+    println!("after {:?}", d.get(&1).map_err(|e| e.to_string()));
+}
+
+/// Ctrl-C in a terminal sends `SIGINT` to the whole foreground process group, the
+/// manager's server included: its owner decides what it means (Python's manager
+/// ignores it too, bpo-36368), so a program that handles it still has its objects.
+fn ctrl_c_is_left_to_the_managers_owner() {
+    let mut h = Helper::start("interrupted_manager");
+    h.expect("ready", T);
+    h.ctrl_c();
+    assert_eq!(h.expect("after ", T), "Ok(Some(2))");
+    assert!(h.wait(T).success());
 }
 
 fn owner_sigkilled_takes_server() {

@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -53,6 +54,10 @@ fn main() {
                 children_of_workers_die_with_the_pool,
             ),
             trial("crashes_fail_only_their_task", crashes_fail_only_their_task),
+            trial(
+                "ctrl_c_is_left_to_the_pools_owner",
+                ctrl_c_is_left_to_the_pools_owner,
+            ),
             trial(
                 "tasks_queued_behind_many_crashes_run",
                 tasks_queued_behind_many_crashes_run,
@@ -208,6 +213,7 @@ fn helpers(mode: &str) {
         "aborting_tasks" => helper_aborting_tasks(),
         "stopped_server" => helper_stopped_server(),
         "stopped_holder" => helper_stopped_holder(),
+        "interrupted_pool" => helper_interrupted_pool(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -1067,6 +1073,72 @@ fn helper_pool_parent() {
     let server = server.expect("this process has a fork server");
     println!("pids {} {server}", pids.join(" "));
     std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Runs `sleep 60`, sets `started` once it runs, and returns the signal that ended it.
+fn sleep_program(started: Event) -> Option<i32> {
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    started.set();
+    let status = child.wait().unwrap();
+    status.signal()
+}
+
+/// A program that handles Ctrl-C itself, with two tasks running and a third running a
+/// program: says when they run, then how they ended, once it has been interrupted.
+fn helper_interrupted_pool() {
+    common::handle_ctrl_c();
+    let pool = Pool::new(3).unwrap();
+    let started: Vec<Event> = (0..3).map(|_| Event::new().unwrap()).collect();
+    let tasks: Vec<_> = started[..2]
+        .iter()
+        .map(|s| pool.submit(started_then_sleep, (s.clone(), 1500)).unwrap())
+        .collect();
+    let program = pool.submit(sleep_program, started[2].clone()).unwrap();
+    for s in &started {
+        assert!(s.wait_timeout(T), "a task never started");
+    }
+    println!("running");
+    assert!(common::eventually(T, common::interrupted));
+    let ends: Vec<String> = tasks.into_iter().map(|t| format!("{:?}", get(t))).collect();
+    println!("ends {}", ends.join(","));
+    println!("program {:?}", get(program));
+    finish(pool);
+}
+
+/// Ctrl-C in a terminal sends `SIGINT` to the whole foreground process group, a pool's
+/// workers included. A program that handles it (to finish its work, say) finds its
+/// running tasks finished: what Ctrl-C means is its owner's to decide (one that does
+/// not handle it ends, its pool with it). A program a task runs stops on it as it
+/// would anywhere (the worker's disposition is not inherited across `exec`).
+fn ctrl_c_is_left_to_the_pools_owner() {
+    let mut h = Helper::start("interrupted_pool");
+    h.expect("running", T);
+    h.ctrl_c();
+    assert_eq!(h.expect("ends ", T), "Ok(1500),Ok(1500)");
+    assert_eq!(h.expect("program ", T), "Ok(Some(2))");
+    assert!(h.wait(T).success());
+
+    // A program that leaves Ctrl-C as it is ends, and its workers and server with it.
+    let mut h = Helper::start("pool_parent");
+    let pids: Vec<u32> = h
+        .expect("pids ", T)
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let tree = common::descendants_of(h.child.id());
+    h.ctrl_c();
+    assert_eq!(h.wait(T).signal(), Some(libc::SIGINT));
+    let t = Instant::now();
+    for &p in &pids {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(5).saturating_sub(t.elapsed())),
+            "pid {p} outlived its interrupted parent by 5 seconds"
+        );
+    }
+    assert_eq!(common::reap_all(&tree, T), [], "left running");
 }
 
 fn aborts(_: u32) -> u32 {

@@ -549,11 +549,17 @@ impl WorkerBuilder {
     /// the first) ends the process at once, as the signal's default action does (its
     /// tasks are reclaimed by other workers when their leases run out). Once `run` has
     /// returned, a signal that had its default action before `run` ends the process as
-    /// by default again; one the program ignored (`nohup`) or handled stays so. Ctrl-C in a terminal signals the whole process group, the
-    /// pool's processes included: their running tasks end as crashes and are
-    /// redelivered; send `SIGTERM` to the worker's pid for a clean drain. A node the
-    /// program stops itself, from another thread, is started with
-    /// [`build`](Self::build) and stopped with [`WorkerHandle::shutdown`].
+    /// by default again; one the program ignored (`nohup`) or handled stays so.
+    ///
+    /// Ctrl-C in a terminal signals the whole foreground process group: the pool's
+    /// processes leave `SIGINT` to the node (see [`Pool`](crate::Pool)), so their
+    /// running tasks finish in the drain. A `SIGTERM` sent to the whole group or
+    /// control group (systemd's default `KillMode=control-group`) ends the pool's
+    /// processes with it, their tasks to be redelivered: under systemd, set
+    /// `KillMode=mixed` (`SIGTERM` to the node alone, `SIGKILL` to what is left after
+    /// the stop), as for Celery. A node the program stops itself, from another thread,
+    /// is started with [`build`](Self::build) and stopped with
+    /// [`WorkerHandle::shutdown`].
     ///
     /// # Errors
     ///

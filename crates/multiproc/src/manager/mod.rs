@@ -573,6 +573,7 @@ struct ServerArgs {
 }
 
 fn serve_child<R: Registry>(args: ServerArgs) {
+    crate::sys::leave_interrupts_to_owner();
     // Each client connection costs descriptors here (a local one about 18); sized now,
     // while this process has one thread, the table does not grow under a connection.
     crate::sys::raise_fd_limit();
@@ -615,6 +616,10 @@ fn serve_child<R: Registry>(args: ServerArgs) {
 /// per second as with Python's manager on the same machine (`BENCHMARKS.md`). A process
 /// keeps at most 16 such connections to one server (one per thread calling at once);
 /// more stay on the socket.
+///
+/// The server leaves Ctrl-C to this process: a terminal's `SIGINT` reaches the whole
+/// foreground group, and the server does nothing with it (as Python's ignores it), so a
+/// program that handles Ctrl-C keeps its objects.
 ///
 /// # Examples
 ///

@@ -243,6 +243,12 @@ impl PoolBuilder {
 /// [`TaskError::Panicked`], and the worker goes on. Workers are daemon processes: they
 /// die with the program, however it ends.
 ///
+/// Ctrl-C is the program's to decide: a terminal sends `SIGINT` to every process of
+/// its foreground group, and the workers do nothing with it (an initializer may choose
+/// otherwise). A program that does not handle it ends, its workers with it; one that
+/// does can let the running tasks finish. Programs a task runs (`std::process::Command`)
+/// stop on it as usual.
+///
 /// Dropping a pool terminates it: its workers are killed and reaped, and tasks not yet
 /// finished fail with [`TaskError::PoolClosed`]. Call [`join`](Pool::join) first to let
 /// them finish.

@@ -305,6 +305,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         cpu_per_task,
         timed,
     } = args;
+    // Before the initializer, which may choose otherwise.
+    sys::leave_interrupts_to_owner();
     PER_ITEM.store(
         timed || cpu_per_task.is_some(),
         std::sync::atomic::Ordering::Relaxed,

@@ -36,6 +36,26 @@ fn print_unflushed(text: &str) {
     }
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Handles `SIGINT` (Ctrl-C) as a program that decides what it means does: it notes
+/// it, for [`interrupted`].
+#[allow(unsafe_code)]
+pub fn handle_ctrl_c() {
+    let handler: extern "C" fn(libc::c_int) = note_interrupt;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// Whether a `SIGINT` came since [`handle_ctrl_c`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Appends `what PID` to the main marker file, if one is set.
 pub fn mark_main(what: &str) {
     if let Some(path) = std::env::var_os(MAIN_MARKER_ENV) {
@@ -341,6 +361,13 @@ impl Helper {
         let _ = self.child.kill();
         let _ = self.child.wait();
         tree
+    }
+
+    /// Sends `SIGINT` to the helper's whole process group (it leads one of its own), as
+    /// a terminal's Ctrl-C does to its foreground group.
+    pub fn ctrl_c(&self) {
+        let group = Pid::from_raw(self.child.id() as i32).expect("a helper's pid");
+        rustix::process::kill_process_group(group, Signal::INT).expect("SIGINT to the group");
     }
 
     /// [`sigkill`](Self::sigkill), then [`reap_all`] of what the helper started.

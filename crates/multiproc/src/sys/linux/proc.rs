@@ -450,6 +450,27 @@ fn signal_action(signal: i32) -> Option<libc::sighandler_t> {
     }
 }
 
+/// Leaves Ctrl-C to the program that owns this process (a pool's worker, a manager's
+/// server): `SIGINT`, which a terminal sends to its whole foreground process group,
+/// gets a handler that does nothing, so that the owner decides what it means (one that
+/// handles it may let running work finish; one that does not ends, and this process
+/// with it). A handler rather than `SIG_IGN`: an ignored signal stays ignored across
+/// `exec`, and a program a task runs would not stop on Ctrl-C; a handler goes back to
+/// the default action there. `SA_RESTART`: system calls a signal interrupts start again
+/// where they can (the few that cannot return `EINTR`, as for any handled signal).
+pub(crate) fn leave_interrupts_to_owner() {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: the handler does nothing, which is async-signal-safe; `action` is fully
+    // initialised (zeroed, then its mask emptied) before `sigaction` reads it.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+    }
+}
+
 /// Gives `signal` its default action back; returns the one it had, for
 /// [`restore_signal`].
 pub(crate) fn default_signal(signal: i32) -> Disposition {
