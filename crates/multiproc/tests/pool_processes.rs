@@ -1122,23 +1122,37 @@ fn ctrl_c_is_left_to_the_pools_owner() {
     assert!(h.wait(T).success());
 
     // A program that leaves Ctrl-C as it is ends, and its workers and server with it.
-    let mut h = Helper::start("pool_parent");
+    let (mut h, pids) = pool_parent();
+    let tree = common::descendants_of(h.child.id());
+    h.ctrl_c();
+    assert_eq!(h.wait(T).signal(), Some(libc::SIGINT));
+    all_gone_soon(&pids, "its interrupted parent");
+    assert_eq!(common::reap_all(&tree, T), [], "left running");
+}
+
+/// The `pool_parent` helper, with the pids it printed: its pool's three workers and its
+/// fork server.
+fn pool_parent() -> (Helper, Vec<u32>) {
+    let h = Helper::start("pool_parent");
     let pids: Vec<u32> = h
         .expect("pids ", T)
         .split(' ')
         .map(|p| p.parse().unwrap())
         .collect();
-    let tree = common::descendants_of(h.child.id());
-    h.ctrl_c();
-    assert_eq!(h.wait(T).signal(), Some(libc::SIGINT));
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    (h, pids)
+}
+
+/// Asserts that each of `pids` is gone within 5 seconds in all, as the processes of a
+/// program that ended (`parent`, for the message) must be.
+fn all_gone_soon(pids: &[u32], parent: &str) {
     let t = Instant::now();
-    for &p in &pids {
+    for &p in pids {
         assert!(
             common::wait_gone(p, Duration::from_secs(5).saturating_sub(t.elapsed())),
-            "pid {p} outlived its interrupted parent by 5 seconds"
+            "pid {p} outlived {parent} by 5 seconds"
         );
     }
-    assert_eq!(common::reap_all(&tree, T), [], "left running");
 }
 
 fn aborts(_: u32) -> u32 {
@@ -1285,21 +1299,9 @@ fn helper_stopped_holder() {
 }
 
 fn parent_sigkilled_takes_workers_along() {
-    let mut h = Helper::start("pool_parent");
-    let pids: Vec<u32> = h
-        .expect("pids ", T)
-        .split(' ')
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 4, "{pids:?}");
+    let (mut h, pids) = pool_parent();
     let tree = h.sigkill();
-    let t = Instant::now();
-    for &p in &pids {
-        assert!(
-            common::wait_gone(p, Duration::from_secs(5).saturating_sub(t.elapsed())),
-            "pid {p} outlived its SIGKILLed parent by 5 seconds"
-        );
-    }
+    all_gone_soon(&pids, "its SIGKILLed parent");
     assert_eq!(common::reap_all(&tree, T), [], "left running");
 }
 
