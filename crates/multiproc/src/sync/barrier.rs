@@ -24,6 +24,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
 
@@ -647,6 +648,9 @@ impl Claim {
 
 /// The slots this process's threads claimed, as long as they are parties.
 static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
+/// Whether a slot was ever claimed here (or in the process this one was forked from):
+/// until then [`process_ends`] has nothing to do, and does not lock [`CLAIMS`].
+static CLAIMED: AtomicBool = AtomicBool::new(false);
 
 /// The barriers' process-wide lists, held across a fork (`spawn_fork`), so that none is
 /// copied held mid-update by another thread: the child, which takes its claims off the
@@ -708,6 +712,7 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
     // process lets go of the barrier.)
     let _ = THREAD_END.try_with(|end| end.0.set(me));
     let pid = sys::process_id();
+    CLAIMED.store(true, Ordering::Relaxed);
     let mut claims = unpoisoned::lock(&CLAIMS);
     // A claim of the same barrier made before (a `reset` freed this thread's slot) is
     // replaced.
@@ -727,6 +732,19 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
 /// claimed, and the other parties learn it died. (A process ends without running the
 /// thread's destructors.)
 pub(crate) fn process_ends(normally: bool) {
+    // A process none of whose threads waits at a barrier (most) need not learn its
+    // thread's identity, which a child that ends right after its call would compute
+    // here for the first time (a read of `/proc/TID/stat`), nor write to memory it
+    // shares with its fork server until then (each page written is copied): it looks
+    // only at a flag. (Only this thread's claims are taken, and this thread stored the
+    // flag before making them.)
+    if !CLAIMED.load(Ordering::Relaxed) {
+        return;
+    }
+    let pid = sys::process_id();
+    if !unpoisoned::lock(&CLAIMS).iter().any(|c| c.pid == pid) {
+        return;
+    }
     let me = sys::thread_identity();
     let claims = take_claims(|c| c.me == me);
     if normally {
