@@ -109,6 +109,10 @@ fn main() {
                 a_segment_opened_as_its_creator_sizes_it,
             ),
             trial(
+                "a_named_value_is_not_opened_as_raw_bytes",
+                a_named_value_is_not_opened_as_raw_bytes,
+            ),
+            trial(
                 "creator_and_its_fork_server_killed_together",
                 creator_and_its_fork_server_killed_together,
             ),
@@ -1148,6 +1152,35 @@ fn shared_memory_anonymous_and_named() {
         SharedMemory::open(&name),
         Err(ShmError::NotFound(_))
     ));
+}
+
+/// A named `Value` or `Array` is no raw segment: `SharedMemory::open` refuses it (bytes
+/// written through it would change a `&mut T` a guard has handed out), saying what to
+/// open it with; a raw segment still opens.
+fn a_named_value_is_not_opened_as_raw_bytes() {
+    let name = unique("value-raw");
+    let v = Value::create_named(&name, 7u64).unwrap();
+    let guard = v.lock().unwrap();
+    match SharedMemory::open(&name) {
+        Err(ShmError::Mismatch { why, .. }) => assert!(why.contains("Value::open_named"), "{why}"),
+        other => panic!(
+            "a Value's segment opened as raw bytes: {:?}",
+            other.map(|s| s.len())
+        ),
+    }
+    assert_eq!(*guard, 7);
+    drop(guard);
+    let name = unique("array-raw");
+    let a = Array::<u32>::create_named(&name, 4).unwrap();
+    assert!(matches!(
+        SharedMemory::open(&name),
+        Err(ShmError::Mismatch { .. })
+    ));
+    drop((v, a));
+    let name = unique("raw");
+    let raw = SharedMemory::create(&name, 64).unwrap();
+    raw.write(0, b"MPOBJ00").unwrap();
+    assert_eq!(SharedMemory::open(&name).unwrap().len(), 64);
 }
 
 /// A named segment opened between its creation and its sizing (its creator's two

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::layout::ObjectHeader;
 use super::named::{self, Name};
 use super::segment::Segment;
 use super::{OutOfBounds, ShmError};
@@ -108,7 +109,10 @@ impl SharedMemory {
     ///
     /// [`ShmError::NotFound`], [`ShmError::InvalidName`], or [`ShmError::Mismatch`] if
     /// the segment is empty (after waiting up to a second for a creator that has just
-    /// made it to give it its size).
+    /// made it to give it its size), or if it holds a multiproc object, a named
+    /// [`Value`](crate::Value) or [`Array`](crate::Array): their bytes are handed out as
+    /// `&mut T` under their lock, which bytes written here would change beneath (open
+    /// those with their own `open_named`).
     pub fn open(name: &str) -> Result<SharedMemory, ShmError> {
         let (fd, size, name) = named::open(name)?;
         if size == 0 {
@@ -118,6 +122,18 @@ impl SharedMemory {
             });
         }
         let seg = Segment::map_named(fd, size)?;
+        let mut magic = [0u8; 8];
+        if size >= magic.len() {
+            seg.read_racing(0, &mut magic);
+        }
+        if u64::from_le_bytes(magic) == ObjectHeader::MAGIC {
+            return Err(ShmError::Mismatch {
+                what: format!("segment {:?}", name.as_str()),
+                why: "it holds a multiproc Value or Array: open it with Value::open_named \
+                      or Array::open_named"
+                    .into(),
+            });
+        }
         Ok(SharedMemory::adopt(seg, Some(name)))
     }
 
