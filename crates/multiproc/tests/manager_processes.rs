@@ -194,6 +194,10 @@ fn main() {
                 relayed_proxy_outlives_the_relay,
             ),
             trial(
+                "a_relays_last_word_waits_for_room",
+                a_relays_last_word_waits_for_room,
+            ),
+            trial(
                 "a_relay_killed_after_one_of_its_clients_left",
                 a_relay_killed_after_one_of_its_clients_left,
             ),
@@ -2680,6 +2684,87 @@ fn relayed_proxy_outlives_the_relay() {
     assert_eq!(d.items().unwrap(), [(4, 4)]);
     drop(d);
     await_count(&m, base);
+}
+
+/// In a child: connects to the manager at `at` and makes a list of its own there
+/// (which opens its connection for reference changes, and sends each change at once
+/// from then on), says so (the first event), waits for the second, then relays `n`
+/// dicts from `from` to `to` one by one, says it has (the third), and ends: the last word of its client (`Leave`) follows
+/// thousands of reference changes the server has not read yet.
+fn relay_many(((at, key), (from, to), events, n): RelayMany) {
+    let m = Manager::connect(at, &key).unwrap();
+    let own = m.list::<u8>().unwrap();
+    events[0].set();
+    assert!(events[1].wait_timeout(T));
+    for _ in 0..n {
+        to.put(from.get_timeout(T).unwrap()).unwrap();
+    }
+    events[2].set();
+    drop((own, m));
+}
+
+/// [`relay_many`]'s arguments: the manager's address and key, the queues, the events
+/// (anchored, go, relayed) and the count.
+type RelayMany = (
+    (Address, Vec<u8>),
+    (DictQueue, DictQueue),
+    Vec<multiproc::Event>,
+    usize,
+);
+
+/// A relay whose reference changes fill its connection (the server, stopped, reads
+/// none) and that then lets go of its manager: its last changes and its `Leave` wait
+/// for the server to take them (a second at most). They were left unsent at its end (the socket took no
+/// more), the session ended as a death, and the dicts it relayed and nobody had taken
+/// yet were freed: `NoSuchObject` for their receiver.
+fn a_relays_last_word_waits_for_room() {
+    const N: usize = 20_000;
+    let m = Manager::start().unwrap();
+    let server = m.server_pid().unwrap();
+    let (q1, q2): (DictQueue, DictQueue) = (
+        multiproc::Queue::new().unwrap(),
+        multiproc::Queue::new().unwrap(),
+    );
+    for i in 0..N {
+        let d = m.dict::<u32, u32>().unwrap();
+        if i == N - 1 {
+            d.insert(1, 1).unwrap();
+        }
+        q1.put(d).unwrap();
+    }
+    let events: Vec<multiproc::Event> = (0..3).map(|_| multiproc::Event::new().unwrap()).collect();
+    let relay = multiproc::spawn(
+        relay_many,
+        (
+            (m.address().clone(), m.authkey().to_vec()),
+            (q1.clone(), q2.clone()),
+            events.clone(),
+            N,
+        ),
+    )
+    .unwrap();
+    assert!(events[0].wait_timeout(T));
+    {
+        let _stopped = common::stopped(server);
+        events[1].set();
+        assert!(events[2].wait_timeout(T));
+    }
+    join(relay);
+    let mut gone = 0;
+    let mut last = None;
+    for _ in 0..N {
+        let d = q2.get_timeout(T).unwrap();
+        match d.len() {
+            Ok(_) => last = Some(d),
+            Err(ManagerError::NoSuchObject(_)) => gone += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        gone, 0,
+        "{gone} of {N} relayed dicts were freed before their receiver took them"
+    );
+    assert_eq!(last.unwrap().get(&1).unwrap(), Some(1));
 }
 
 /// In a child: holds `other` (a proxy of another client of the same server: other

@@ -465,15 +465,25 @@ impl Client {
     /// waiting, opening it first as `open` says (which waits for the server, as a
     /// call does).
     fn flush(&self, open: Open) {
+        self.flush_until(open, None);
+    }
+
+    /// As [`flush`](Self::flush), and with `drain`, waits until then for the anchor to
+    /// take what it did not take at once: the last word of a client or of a process
+    /// (its `Leave` above all), which no later flush would send. A connection closed
+    /// with a frame cut short loses that frame (the server drops it), and a session that
+    /// ends without `Leave` loses the proxies its process sent and no receiver has taken
+    /// in yet.
+    fn flush_until(&self, open: Open, drain: Option<Instant>) {
         // A thread that holds the anchor (writing, or opening it) sends what is queued
         // before it lets go, and looks again after: a change queued by a thread that
         // found the anchor held is sent by the holder. Nobody waits for it.
-        while self.flush_once(open) && !self.queued().1.is_empty() {}
+        while self.flush_once(open, drain) && !self.queued().1.is_empty() {}
     }
 
-    /// One turn of [`flush`](Self::flush): false if another thread holds the anchor, or
-    /// there is none to write on.
-    fn flush_once(&self, open: Open) -> bool {
+    /// One turn of [`flush_until`](Self::flush_until): false if another thread holds
+    /// the anchor, or there is none to write on.
+    fn flush_once(&self, open: Open, drain: Option<Instant>) -> bool {
         let mut anchor = match self.anchor.try_lock() {
             Ok(a) => a,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -512,8 +522,21 @@ impl Client {
         let Some(a) = anchor.1.as_mut() else {
             return false;
         };
-        // Written until nothing is queued, or the anchor takes no more.
-        if let Err(e) = self.write_refs(a) {
+        // Written until nothing is queued, or the anchor takes no more (and `drain`
+        // has passed).
+        let written = loop {
+            match self.write_refs(a) {
+                Ok(()) if !a.in_frame.is_empty() => {}
+                done => break done,
+            }
+            let Some(until) = drain.filter(|d| *d > Instant::now()) else {
+                break Ok(());
+            };
+            if let Err(e) = a.stream.wait_writable(until) {
+                break Err(e);
+            }
+        };
+        if let Err(e) = written {
             // Broken: what its frame held goes again, on the next anchor (the server
             // drops a frame cut short).
             tracing::debug!("manager: the connection for references failed: {e}");
@@ -652,7 +675,7 @@ fn leave_at_exit() {
             queued.1.push(RefOp::Leave);
             c.refs_due.store(true, Ordering::Release);
             drop(queued);
-            c.flush(Open::Never);
+            c.flush_until(Open::Never, Some(Instant::now() + LAST_CHANCE));
         }
     }
     // The process ends: a client whose last other handle went meanwhile is not dropped
@@ -676,7 +699,7 @@ impl Drop for Client {
                 queued.1.push(RefOp::Leave);
             }
         }
-        self.flush(Open::Last);
+        self.flush_until(Open::Last, Some(Instant::now() + LAST_CHANCE));
     }
 }
 

@@ -124,6 +124,20 @@ impl Stream {
         }
     }
 
+    /// Waits until the stream can be written (true; or failed: the write says how) or
+    /// `until` passes (false).
+    pub(crate) fn wait_writable(&self, until: Instant) -> io::Result<bool> {
+        #[cfg(unix)]
+        {
+            crate::sys::wait_writable(self.fd(), None, Some(until))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = until;
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
     /// Whether the peer has closed its end (or sent bytes nobody asked for) while this
     /// side waits to answer it: for a server blocked on a client's behalf.
     pub(crate) fn peer_gone(&self) -> bool {

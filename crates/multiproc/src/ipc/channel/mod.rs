@@ -674,7 +674,7 @@ impl RawSender {
                     }
                     if let Err(e) = sys::wait_writable(
                         core.side_tx.as_fd(),
-                        core.receivers.as_fd(),
+                        Some(core.receivers.as_fd()),
                         wait.instant(),
                     ) {
                         return Err((msg, SendFail::Io(e)));

@@ -214,17 +214,22 @@ pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
     }
 }
 
-/// Waits until `fd` can be written, `gone` (the other end's liveness pipe) hangs up, or
-/// `deadline` passes. True if writable.
+/// Waits until `fd` can be written, `gone` (the other end's liveness pipe, if any) hangs
+/// up, or `deadline` passes. True if writable (or failed: the write says how).
 pub(crate) fn wait_writable(
     fd: BorrowedFd<'_>,
-    gone: BorrowedFd<'_>,
+    gone: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
-    let mut fds = [
+    let mut both = [
         PollFd::new(&fd, PollFlags::OUT),
-        PollFd::new(&gone, PollFlags::IN),
+        PollFd::new(gone.as_ref().unwrap_or(&fd), PollFlags::IN),
     ];
+    let fds = if gone.is_some() {
+        &mut both[..]
+    } else {
+        &mut both[..1]
+    };
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
@@ -233,7 +238,7 @@ pub(crate) fn wait_writable(
                 tv_nsec: i64::from(left.subsec_nanos()),
             }
         });
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        match rustix::event::poll(fds, timeout.as_ref()) {
             Ok(n) => {
                 return Ok(n > 0
                     && fds[0]
