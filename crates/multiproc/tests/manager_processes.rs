@@ -46,6 +46,10 @@ fn main() {
                 client_sigkilled_holding_lock,
             ),
             trial(
+                "a_panicking_drop_keeps_no_dead_clients_lock",
+                a_panicking_drop_keeps_no_dead_clients_lock,
+            ),
+            trial(
                 "client_sigkilled_holding_lock_while_others_keep_calling",
                 client_sigkilled_holding_lock_while_others_call,
             ),
@@ -704,6 +708,79 @@ fn client_sigkilled_holding_lock() {
     drop(guard);
     // Only the next holder is told.
     assert!(lock.lock().unwrap().is_ok());
+    let _ = join_err(child);
+}
+
+/// A registered type whose `Drop` panics.
+struct PanicsOnDrop;
+
+impl SharedObject for PanicsOnDrop {
+    type Init = ();
+    type Request = ();
+    type Response = ();
+    fn new(_: ()) -> Self {
+        PanicsOnDrop
+    }
+    fn handle(&mut self, _: ()) {}
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("dropping a PanicsOnDrop");
+    }
+}
+
+/// In a child: makes objects of its own whose `Drop` panics, takes the lock, says so,
+/// and waits to be killed.
+fn hold_lock_with_bad_objects(
+    ((at, key), lock, held): ((Address, Vec<u8>), LockProxy, EventProxy),
+) {
+    let m = Manager::connect(at, &key).unwrap();
+    let bad: Vec<_> = (0..3)
+        .map(|_| m.object::<PanicsOnDrop>(()).unwrap())
+        .collect();
+    let _g = lock.lock().unwrap().unwrap();
+    held.set().unwrap();
+    std::thread::sleep(T);
+    drop(bad);
+}
+
+/// A client killed holding a lock and the only references to objects whose `Drop`
+/// panics: freeing them as its session ends does not keep the server from releasing
+/// its lock (the panic ended that work, and the lock stayed held for good), and the
+/// server serves on.
+fn a_panicking_drop_keeps_no_dead_clients_lock() {
+    let m = Manager::builder()
+        .register::<PanicsOnDrop>()
+        .build()
+        .unwrap();
+    let base = m.object_count().unwrap();
+    let lock = m.lock().unwrap();
+    let held = m.event().unwrap();
+    let child = multiproc::spawn(
+        hold_lock_with_bad_objects,
+        (
+            (m.address().clone(), m.authkey().to_vec()),
+            lock.clone(),
+            held.clone(),
+        ),
+    )
+    .unwrap();
+    assert!(held.wait_timeout(T).unwrap());
+    child.kill().unwrap();
+    let got = lock
+        .lock_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("the dead client's lock was never released");
+    assert!(
+        got.is_err(),
+        "the next holder was not told that the owner died"
+    );
+    drop(got);
+    await_count(&m, base + 2);
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
     let _ = join_err(child);
 }
 

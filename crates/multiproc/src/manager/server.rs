@@ -393,14 +393,22 @@ impl Shared {
     }
 
     /// Forgets objects no client refers to any more. A call already running on one
-    /// finishes on its own handle to it.
+    /// finishes on its own handle to it. They are dropped after the table's lock is
+    /// let go (a large one's drop holds up no call), each on its own: a registered
+    /// type's `Drop` that panics is logged, and the rest of the work goes on (the end
+    /// of a session would otherwise stop there, its locks held for good).
     fn free(&self, ids: &[u64]) {
         if ids.is_empty() {
             return;
         }
-        let mut objects = unpoisoned::write(&self.objects);
-        for id in ids {
-            objects.remove(id);
+        let freed: Vec<_> = {
+            let mut objects = unpoisoned::write(&self.objects);
+            ids.iter().filter_map(|id| objects.remove(id)).collect()
+        };
+        for object in freed {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(object))).is_err() {
+                tracing::error!("manager: dropping a freed object panicked");
+            }
         }
     }
 
