@@ -42,9 +42,12 @@ const SPIN: Duration = Duration::from_micros(20);
 /// time, up to `MAX_CHECK`.
 const FIRST_CHECK: Duration = Duration::from_millis(5);
 const MAX_CHECK: Duration = Duration::from_millis(100);
-/// How long a timed wait whose deadline has passed still waits for the state lock: the
-/// holder of a lock that is merely busy lets go within microseconds.
-const LATE_LOCK_PATIENCE: Duration = Duration::from_millis(1);
+/// How long a timed wait whose deadline has passed still waits for the state lock while
+/// its holder runs: one that is merely busy lets go within microseconds, but one kept
+/// from running (preempted on a busy machine) only at its next time slice, and the
+/// holder may be the last party, releasing everyone. A holder seen stopped is not
+/// waited for.
+const LATE_LOCK_PATIENCE: Duration = Duration::from_millis(100);
 
 /// How long a party that ends gives a barrier's state lock held by another (stopped)
 /// before it leaves its slot claimed.
@@ -355,8 +358,7 @@ impl Core {
             // A party whose deadline is (nearly) up still arrives: the state's lock may be
             // held a moment by a waiter looking at the other parties, and a timeout spent
             // on that would break the barrier for parties that were all there.
-            let by = deadline.map(|d| d.max(Instant::now() + LATE_LOCK_PATIENCE));
-            let Some(state) = self.lock_state_by(by) else {
+            let Some(state) = self.lock_state_late(deadline) else {
                 return Err(self.time_out_unlocked(None));
             };
             if w.broken.load(SeqCst) != 0 {
@@ -408,17 +410,13 @@ impl Core {
         let mut next_check = Instant::now() + check_every;
         // The lock, waiting no longer than this wait may; `None` once the deadline
         // has passed (then with a moment's patience for a holder that is merely busy).
-        let lock_in_time = || {
-            let by = deadline.map(|d| d.max(Instant::now() + LATE_LOCK_PATIENCE));
-            self.lock_state_by(by)
-        };
+        let lock_in_time = || self.lock_state_late(deadline);
         loop {
             if w.broken.load(SeqCst) != 0 {
                 // Broken: under the state lock (the generation moved too), or by a
                 // timed wait that could not take it (a holder stopped), which only
                 // raised the flag and woke the sleepers.
-                let Some(_state) = self.lock_state_by(Some(Instant::now() + LATE_LOCK_PATIENCE))
-                else {
+                let Some(_state) = self.lock_state_late(Some(Instant::now())) else {
                     slot.waiting.store(0, SeqCst);
                     return Err(BarrierError::Broken);
                 };
@@ -597,6 +595,20 @@ impl Core {
     /// wait past its deadline.
     fn lock_state_by(&self, deadline: Option<Instant>) -> Option<StateGuard<'_>> {
         let got = self.words().lock.lock(deadline)?;
+        let guard = StateGuard(self);
+        if got == Acquired::OwnerDied {
+            self.break_locked();
+        }
+        Some(guard)
+    }
+
+    /// The state lock for a timed wait: until `deadline`, then, past it, as long as its
+    /// holder runs ([`LATE_LOCK_PATIENCE`] at most), not once it is seen stopped.
+    fn lock_state_late(&self, deadline: Option<Instant>) -> Option<StateGuard<'_>> {
+        if let Some(guard) = self.lock_state_by(deadline) {
+            return Some(guard);
+        }
+        let got = self.words().lock.lock_unless_stopped(LATE_LOCK_PATIENCE)?;
         let guard = StateGuard(self);
         if got == Acquired::OwnerDied {
             self.break_locked();
@@ -783,6 +795,28 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_secs(30), "timed out");
             std::thread::yield_now();
         }
+    }
+
+    /// A timed wait whose deadline passes while the last party, arrived, holds the state
+    /// lock and is kept from running for a while (preempted on a busy machine): it
+    /// waits for that party, which runs, and passes with the others. It waited a
+    /// millisecond, then broke the barrier and said `Timeout` while the generation
+    /// passed for everyone else.
+    #[test]
+    fn a_timed_wait_waits_for_a_slow_last_party() {
+        let b = Barrier::new(2).unwrap();
+        let timed = b.clone();
+        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(10)));
+        until(|| b.n_waiting() == 1);
+        // The last party, arrived: holds the state lock for 50 ms, then releases
+        // everyone, as `wait_until` does.
+        let core = &b.held.core;
+        let state = core.lock_state();
+        std::thread::sleep(Duration::from_millis(50));
+        core.end_generation(PASSED);
+        drop(state);
+        assert!(timed.join().unwrap().is_ok());
+        assert!(!b.is_broken());
     }
 
     /// A timed wait that cannot take the state lock (its holder stopped) breaks the
