@@ -37,6 +37,10 @@ fn main() {
                 a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it,
             ),
             trial(
+                "a_callback_waits_for_a_task_of_its_own_batch",
+                a_callback_waits_for_a_task_of_its_own_batch,
+            ),
+            trial(
                 "a_map_called_before_close_ends",
                 a_map_called_before_close_ends,
             ),
@@ -294,14 +298,7 @@ fn a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it() {
     let mut on_the_mapper = 0;
     for round in 0..20 {
         let pool = Arc::new(Pool::new(2).unwrap());
-        let (busy_tx, busy_rx) = std::sync::mpsc::channel();
-        pool.submit(square, 1).unwrap().on_done(move |_| {
-            let _ = busy_tx.send(());
-            std::thread::sleep(Duration::from_millis(300));
-        });
-        busy_rx
-            .recv_timeout(T)
-            .expect("the first callback never ran");
+        keep_pools_thread_busy(&pool, 300);
         let (tx, rx) = std::sync::mpsc::channel();
         let p = Arc::clone(&pool);
         pool.submit(sleep_ms, 5).unwrap().on_done(move |_| {
@@ -326,9 +323,49 @@ fn a_join_in_a_callback_run_inside_a_map_does_not_wait_for_it() {
     panic!("in 20 rounds, no callback ran on the mapping thread");
 }
 
+/// Keeps the pool's own thread busy for `ms` in a task's callback (returns once it is).
+fn keep_pools_thread_busy(pool: &Pool, ms: u64) {
+    let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+    pool.submit(square, 1).unwrap().on_done(move |_| {
+        let _ = busy_tx.send(());
+        std::thread::sleep(Duration::from_millis(ms));
+    });
+    busy_rx
+        .recv_timeout(T)
+        .expect("the first callback never ran");
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
+}
+
+/// Waits for `go`, then sleeps `ms`: tasks that end one after the other, on cue.
+fn on_cue_then_sleep((go, ms): (Event, u64)) -> u64 {
+    assert!(go.wait_timeout(T));
+    sleep_ms(ms)
+}
+
+/// A callback that waits for another task of the pool whose outcome came in the same
+/// batch, after its own: the pool's thread, busy in a callback while both ended, takes
+/// both off the channel at once. The outcome waits where a helping wait finds it (it
+/// waited in the batch, a frame up the stack, which no wait could reach: the callback's
+/// wait ran out, and an untimed one hung the pool).
+fn a_callback_waits_for_a_task_of_its_own_batch() {
+    let pool = Pool::new(3).unwrap();
+    let go = Event::new().unwrap();
+    let a = pool.submit(on_cue_then_sleep, (go.clone(), 0)).unwrap();
+    let mut b = pool.submit(on_cue_then_sleep, (go.clone(), 50)).unwrap();
+    keep_pools_thread_busy(&pool, 300);
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_done(move |_| {
+        let _ = tx.send(format!("{:?}", b.wait_timeout(Duration::from_secs(10))));
+    });
+    go.set();
+    let waited = rx.recv_timeout(T).expect("the callback never ran");
+    assert_eq!(waited, "Ok(50)");
+    drop(a);
+    finish(pool);
 }
 
 /// Sets `started`, then sleeps for `ms`: a task the test knows is running.

@@ -99,6 +99,14 @@ pub(crate) struct PoolInner {
     retry_start_at: AtomicU64,
     /// When a callback of the engine thread last did the engine's chores (`help`).
     chores_at: AtomicU64,
+    /// Outcomes routed and not handed over yet, each with the number of the batch it
+    /// came in (see [`PoolInner::deliver`]), and how many (changed under its lock; read
+    /// without it, so that a helper's look at an empty list touches nothing another
+    /// thread writes).
+    undelivered: Mutex<std::collections::VecDeque<(u64, Delivery)>>,
+    undelivered_len: AtomicUsize,
+    /// The last batch number given.
+    batches: AtomicU64,
     /// While an outcome waits for room for its descriptors (see [`NO_ROOM_RETRY`]):
     /// when to try to take it again (monotonic ns; 0: none waits). Set and cleared
     /// under the state lock, with `State::no_room_since`.
@@ -395,6 +403,9 @@ impl PoolInner {
             engine_thread: OnceLock::new(),
             retry_start_at: AtomicU64::new(0),
             chores_at: AtomicU64::new(0),
+            undelivered: Mutex::new(std::collections::VecDeque::new()),
+            undelivered_len: AtomicUsize::new(0),
+            batches: AtomicU64::new(0),
             no_room_retry_at: AtomicU64::new(0),
             last_taken: AtomicU64::new(0),
             channel_failed: AtomicBool::new(false),
@@ -513,7 +524,7 @@ impl PoolInner {
     fn release(&self, mut st: std::sync::MutexGuard<'_, State>) {
         let deferred = std::mem::take(&mut st.deferred);
         drop(st);
-        deliver(deferred);
+        self.deliver(deferred);
     }
 
     /// Registers tasks (under one lock) and sends them to workers with room. Returns
@@ -1401,7 +1412,7 @@ impl PoolInner {
     /// does a thread waiting for a map's results (it has nothing better to do, and
     /// routing them itself saves handing them over between threads).
     pub(super) fn drain_results(&self) -> bool {
-        let mut any = false;
+        let mut any = self.deliver_undelivered();
         loop {
             // Nothing to route: the common case of a thread that helps while it waits,
             // without touching `routing`, which the engine thread uses as well.
@@ -1424,7 +1435,7 @@ impl PoolInner {
                 self.route_batch(&mut deliveries)
             };
             // Outside both locks: a task's callbacks may call back into the pool.
-            deliver(deliveries);
+            self.deliver(deliveries);
             match drained {
                 Drained::Some => any = true,
                 Drained::Nothing => return any,
@@ -1810,7 +1821,7 @@ impl PoolInner {
             };
             if !decided {
                 drop(routing);
-                deliver(deliveries);
+                self.deliver(deliveries);
                 return;
             }
         }
@@ -1959,7 +1970,7 @@ impl PoolInner {
             deliveries.append(&mut st.deferred);
         }
         drop(routing);
-        deliver(deliveries);
+        self.deliver(deliveries);
         for h in handles {
             // Dead already: this only reaps it.
             let mut h = h;
@@ -2223,7 +2234,7 @@ impl PoolInner {
                         format!("cannot start a worker: {e}"),
                         &mut deliveries,
                     );
-                    deliver(deliveries);
+                    self.deliver(deliveries);
                     return false;
                 }
             }
@@ -2314,16 +2325,62 @@ fn codec_panic(body: &[u8]) -> Result<RemotePanic, CodecError> {
     crate::wire::codec::decode::<RemotePanic>(body, Vec::new())
 }
 
-/// Hands outcomes over, each run of outcomes for the same sink (a map's) at once.
-fn deliver(deliveries: Vec<Delivery>) {
-    let mut rest = deliveries.into_iter().peekable();
-    while let Some((sink, slot, outcome)) = rest.next() {
-        let mut run = vec![(slot, outcome)];
-        while let Some((_, slot, outcome)) =
-            rest.next_if(|(next, ..)| std::ptr::addr_eq(Arc::as_ptr(next), Arc::as_ptr(&sink)))
-        {
-            run.push((slot, outcome));
+impl PoolInner {
+    /// Hands outcomes over, each run of outcomes for the same sink (a map's) at once.
+    /// A task's callbacks run as its outcome is handed over, and may wait for another
+    /// task whose outcome came in the same batch: the batch waits in `undelivered`
+    /// meanwhile, where every thread that helps the pool (the callback's own wait
+    /// included) hands outcomes over too. (Kept in the caller's list, they were out of
+    /// every wait's reach, a frame up the stack.) The caller hands over only its own
+    /// batch: a thread that does not help (a stream's poll, a submission) runs no other
+    /// task's callbacks.
+    fn deliver(&self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
         }
-        sink.deliver_many(run);
+        let batch = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut waiting = unpoisoned::lock(&self.undelivered);
+            waiting.extend(deliveries.into_iter().map(|d| (batch, d)));
+            self.undelivered_len.store(waiting.len(), Ordering::Release);
+        }
+        self.hand_over(Some(batch));
+    }
+
+    /// Hands over whatever waits in `undelivered` (a helper's part); whether there was
+    /// any.
+    fn deliver_undelivered(&self) -> bool {
+        self.hand_over(None)
+    }
+
+    /// Hands over the outcomes of batch `only` (`None`: of any batch) that wait in
+    /// `undelivered`; whether there were any.
+    fn hand_over(&self, only: Option<u64>) -> bool {
+        let mine = |b: u64| only.is_none_or(|o| o == b);
+        let mut any = false;
+        while self.undelivered_len.load(Ordering::Acquire) != 0 {
+            let (sink, run) = {
+                let mut waiting = unpoisoned::lock(&self.undelivered);
+                let Some(at) = waiting.iter().position(|(b, _)| mine(*b)) else {
+                    return any;
+                };
+                let Some((batch, (sink, slot, outcome))) = waiting.remove(at) else {
+                    return any;
+                };
+                let mut run = vec![(slot, outcome)];
+                while waiting.get(at).is_some_and(|(b, (next, ..))| {
+                    *b == batch && std::ptr::addr_eq(Arc::as_ptr(next), Arc::as_ptr(&sink))
+                }) {
+                    if let Some((_, (_, slot, outcome))) = waiting.remove(at) {
+                        run.push((slot, outcome));
+                    }
+                }
+                self.undelivered_len.store(waiting.len(), Ordering::Release);
+                (sink, run)
+            };
+            sink.deliver_many(run);
+            any = true;
+        }
+        any
     }
 }
