@@ -373,6 +373,10 @@ fn main() {
             trial("sigterm_drains_a_worker", sigterm_drains_a_worker),
             trial("ctrl_c_drains_a_worker", ctrl_c_drains_a_worker),
             trial(
+                "timed_calls_end_in_time_against_a_stopped_server",
+                timed_calls_end_in_time_against_a_stopped_server,
+            ),
+            trial(
                 "a_node_whose_thread_panics_stops",
                 a_node_whose_thread_panics_stops,
             ),
@@ -1794,6 +1798,59 @@ fn ctrl_c_drains_a_worker() {
     w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A timed map and a shutdown with a timeout, against a server that stopped answering
+/// (`SIGSTOP`) while they waited: each ends within its timeout and one response
+/// timeout (the first of the cancels it sends for what it leaves, which tells that the
+/// server does not answer), not a response timeout for each task it leaves (50 for
+/// this map: over eight minutes).
+fn timed_calls_end_in_time_against_a_stopped_server() {
+    let redis = RedisServer::start();
+    let ns = "stopped";
+    // No worker: the tasks wait in the queue.
+    let c = client(&redis, ns);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pause_at = Instant::now() + Duration::from_millis(300);
+    let mapping = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = c.map_timeout(SQUARE, 0..100u64, Duration::from_secs(1));
+        let _ = tx.send((t.elapsed(), format!("{:?}", r.map(|v| v.len()))));
+        c
+    });
+    std::thread::sleep(pause_at.saturating_duration_since(Instant::now()));
+    redis.pause();
+    let (took, r) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a map_timeout of 1 s did not end within 60 s");
+    assert!(r.contains("Timeout"), "{r}");
+    assert!(
+        took < Duration::from_secs(25),
+        "a map_timeout of 1 s took {took:?}"
+    );
+    redis.resume();
+    let c = mapping.join().unwrap();
+    let tasks = c.submit_batch(SQUARE, 0..100u64).unwrap();
+    redis.pause();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stopping = std::thread::spawn(move || {
+        let t = Instant::now();
+        let all = c.shutdown_timeout(true, Duration::from_secs(1));
+        let _ = tx.send((t.elapsed(), all));
+        c
+    });
+    let (took, all) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a shutdown_timeout of 1 s did not end within 60 s");
+    assert!(!all);
+    assert!(
+        took < Duration::from_secs(25),
+        "a shutdown_timeout of 1 s took {took:?}"
+    );
+    redis.resume();
+    let c = stopping.join().unwrap();
+    drop(tasks);
+    c.delete_queue("default").unwrap();
 }
 
 /// A node whose reader, finisher or keeper thread panics (a bug) stops as one whose

@@ -119,6 +119,7 @@ impl ClusterBuilder {
             next: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            cancel_unreachable: AtomicBool::new(false),
             receiver_id: Mutex::new(None),
             queues: Mutex::new(vec![(keys, epoch)]),
             epochs_stale: AtomicBool::new(false),
@@ -185,6 +186,9 @@ pub(crate) struct ClientInner {
     stop: AtomicBool,
     /// `shutdown` was called: no more submissions.
     closed: AtomicBool,
+    /// The last cancel sent could not be told to the server (it did not answer): a
+    /// sweep of cancels stops there rather than wait a response timeout for each.
+    cancel_unreachable: AtomicBool,
     /// The receiver connection's client id (to unblock its `BLPOP`).
     receiver_id: Mutex<Option<i64>>,
     /// Queues this client has submitted to (the receiver reads their reply lists), with
@@ -419,7 +423,9 @@ impl Cluster {
 
     /// As [`apply`](Self::apply), waiting at most `timeout` (Python's
     /// `apply_async(..).get(timeout)`): a task not done by then is cancelled (removed
-    /// if still queued, stopped at its worker's next lease renewal if it runs).
+    /// if still queued, stopped at its worker's next lease renewal if it runs). The
+    /// cancel is a round trip after the timeout: against a server that does not answer,
+    /// one response timeout (10 s).
     ///
     /// # Errors
     ///
@@ -466,7 +472,9 @@ impl Cluster {
     }
 
     /// As [`map`](Self::map), waiting at most `timeout` for every result: chunks not
-    /// done by then are cancelled (as [`apply_timeout`](Self::apply_timeout) does).
+    /// done by then are cancelled (as [`apply_timeout`](Self::apply_timeout) does), a
+    /// round trip each, until the server does not answer one (then the call ends one
+    /// response timeout past `timeout`, and the chunks left run, their outcomes unread).
     ///
     /// # Errors
     ///
@@ -559,9 +567,13 @@ impl Cluster {
                 None => t.wait()?,
                 Some(d) => match t.wait_timeout(d.saturating_duration_since(Instant::now())) {
                     Err(TaskError::Timeout) if !t.is_done() => {
-                        // Nobody waits for the rest any more.
+                        // Nobody waits for the rest any more. A server that does not
+                        // answer the first cancel is not asked again for each.
                         for late in std::iter::once(t).chain(tasks) {
                             late.cancel();
+                            if self.inner.cancel_unreachable.load(Ordering::Acquire) {
+                                break;
+                            }
                         }
                         return Err(TaskError::Timeout.into());
                     }
@@ -993,13 +1005,7 @@ impl Cluster {
     /// returns once every task it waits for has its outcome. Workers and other clients
     /// go on.
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
-        self.inner.closed.store(true, Ordering::Release);
-        if cancel_pending {
-            let locals: Vec<u64> = lock(&self.inner.pending).locals.keys().copied().collect();
-            for local in locals {
-                self.inner.cancel(local);
-            }
-        }
+        self.close(cancel_pending);
         if wait {
             self.wait_pending(None);
         }
@@ -1007,10 +1013,28 @@ impl Cluster {
 
     /// As [`shutdown`](Self::shutdown) with `wait`, waiting at most `timeout` for the
     /// outcomes (a server that cannot be reached may never send them). Returns whether
-    /// every task this client waits for has its outcome.
+    /// every task this client waits for has its outcome. The cancels of
+    /// `cancel_pending` count within `timeout`, but for one response timeout (10 s) of
+    /// a server that does not answer: no more are sent to it then.
     pub fn shutdown_timeout(&self, cancel_pending: bool, timeout: Duration) -> bool {
-        self.shutdown(false, cancel_pending);
-        self.wait_pending(Some(crate::deadline::later(timeout)))
+        let deadline = crate::deadline::later(timeout);
+        self.close(cancel_pending);
+        self.wait_pending(Some(deadline))
+    }
+
+    /// Takes no more submissions, and with `cancel_pending` cancels every task this
+    /// client waits for, until the server does not answer one.
+    fn close(&self, cancel_pending: bool) {
+        self.inner.closed.store(true, Ordering::Release);
+        if cancel_pending {
+            let locals: Vec<u64> = lock(&self.inner.pending).locals.keys().copied().collect();
+            for local in locals {
+                self.inner.cancel(local);
+                if self.inner.cancel_unreachable.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+        }
     }
 
     /// Waits until no task of this client waits for its outcome, or `deadline`: whether
@@ -1701,6 +1725,7 @@ impl Cancel for ClientInner {
                 ],
             )
         });
+        self.cancel_unreachable.store(r.is_err(), Ordering::Release);
         match r {
             Ok(1) => true,
             Ok(2) => {
