@@ -1382,8 +1382,15 @@ impl ClientInner {
     fn sent_under(&self, keys: &Keys, batch: &[Prepared], epoch: String) {
         let changed = {
             let mut queues = lock(&self.queues);
-            match queues.iter().find(|(k, _)| k == keys) {
-                Some((_, known)) => *known != epoch,
+            match queues.iter_mut().find(|(k, _)| k == keys) {
+                // The token the submission saw is the server's now: kept, so that a
+                // look at the epochs begun before it (which may have found none) does
+                // not forget the queue, whose reply list the task's outcome comes to.
+                Some((_, known)) if *known != epoch => {
+                    *known = epoch.clone();
+                    true
+                }
+                Some(_) => false,
                 None => {
                     // Forgotten meanwhile (the receiver found no token): read again.
                     queues.push((keys.clone(), epoch.clone()));
