@@ -373,6 +373,10 @@ fn main() {
             trial("sigterm_drains_a_worker", sigterm_drains_a_worker),
             trial("ctrl_c_drains_a_worker", ctrl_c_drains_a_worker),
             trial(
+                "shutdown_waits_for_the_callbacks",
+                shutdown_waits_for_the_callbacks,
+            ),
+            trial(
                 "timed_calls_end_in_time_against_a_stopped_server",
                 timed_calls_end_in_time_against_a_stopped_server,
             ),
@@ -1798,6 +1802,38 @@ fn ctrl_c_drains_a_worker() {
     w.shutdown(true);
     finish(&redis, c, ns);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `shutdown(wait)` returns once every task it waits for has its outcome, callbacks
+/// run: it returned once the outcomes had been read, with callbacks still to run on
+/// the client's delivering thread (a task not yet done).
+fn shutdown_waits_for_the_callbacks() {
+    let redis = RedisServer::start();
+    let ns = "shutcb";
+    let c = client(&redis, ns);
+    let w = worker(&redis, ns, 2);
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..5u64)
+        .map(|x| {
+            let t = c.submit(SQUARE, x).unwrap();
+            let ran = ran.clone();
+            t.on_done(move |_| {
+                std::thread::sleep(Duration::from_millis(100));
+                ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            t
+        })
+        .collect();
+    c.shutdown(true, false);
+    assert_eq!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "callbacks still to run"
+    );
+    assert!(tasks.iter().all(|t| t.is_done()));
+    drop(tasks);
+    w.shutdown(true);
+    finish(&redis, c, ns);
 }
 
 /// A timed map and a shutdown with a timeout, against a server that stopped answering

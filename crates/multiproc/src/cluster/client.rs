@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,7 @@ impl ClusterBuilder {
             .flatten()
             .unwrap_or(conn::Limits::DEFAULT);
         let (to_deliver, queued) = crossbeam_channel::unbounded();
+        let handing = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(ClientInner {
             id: conn::random_hex(8)?,
             namespace: self.settings.namespace.clone(),
@@ -126,10 +127,16 @@ impl ClusterBuilder {
             to_deliver: Mutex::new(Some(to_deliver)),
             queued: queued.clone(),
             deliverer: std::sync::OnceLock::new(),
+            handing: Arc::clone(&handing),
         });
         let deliverer = std::thread::Builder::new()
             .name("multiproc-cluster-deliver".into())
-            .spawn(move || queued.iter().for_each(hand_over))?;
+            .spawn(move || {
+                for handover in queued.iter() {
+                    hand_over(handover);
+                    handing.fetch_sub(1, Ordering::AcqRel);
+                }
+            })?;
         let _ = inner.deliverer.set(deliverer.thread().id());
         let receiver = {
             let inner = Arc::downgrade(&inner);
@@ -205,6 +212,9 @@ pub(crate) struct ClientInner {
     queued: crossbeam_channel::Receiver<Handover>,
     /// The deliverer thread.
     deliverer: std::sync::OnceLock<std::thread::ThreadId>,
+    /// Outcomes given to the deliverer thread and not handed over yet (their tasks are
+    /// no longer pending, but not done either): what `shutdown(wait)` waits for too.
+    handing: Arc<AtomicUsize>,
 }
 
 type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
@@ -1040,8 +1050,13 @@ impl Cluster {
     /// Waits until no task of this client waits for its outcome, or `deadline`: whether
     /// none does.
     fn wait_pending(&self, deadline: Option<Instant>) -> bool {
+        // On the delivering thread (a callback's shutdown), the outcomes given to it
+        // are handed over only once this returns: not waited for.
+        let handed = !self.inner.routes_here();
         loop {
-            if lock(&self.inner.pending).tasks.is_empty() {
+            if lock(&self.inner.pending).tasks.is_empty()
+                && (!handed || self.inner.handing.load(Ordering::Acquire) == 0)
+            {
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1430,7 +1445,13 @@ impl ClientInner {
         };
         let handover = (w.delivers.into_iter().map(|(_, d)| d).collect(), outcome);
         let handover = match lock(&self.to_deliver).as_ref() {
-            Some(tx) if ON_RECEIVER.get() => tx.send(handover).err().map(|e| e.into_inner()),
+            Some(tx) if ON_RECEIVER.get() => {
+                self.handing.fetch_add(1, Ordering::AcqRel);
+                tx.send(handover).err().map(|e| {
+                    self.handing.fetch_sub(1, Ordering::AcqRel);
+                    e.into_inner()
+                })
+            }
             _ => Some(handover),
         };
         if let Some(handover) = handover {
@@ -1666,7 +1687,10 @@ impl Cancel for ClientInner {
     // runs the deliveries queued meanwhile itself: nothing else would.
     fn help(&self) {
         if self.routes_here() {
-            self.queued.try_iter().for_each(hand_over);
+            for handover in self.queued.try_iter() {
+                hand_over(handover);
+                self.handing.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
