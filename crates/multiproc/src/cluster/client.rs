@@ -59,8 +59,11 @@ impl ClusterBuilder {
     /// How long what this client writes is kept in Redis (default a day; at least a
     /// second, at most a century: `Duration::MAX` keeps it a century, the longest expiry
     /// Redis is given): the record of an idempotency key (how long a repeat of the key
-    /// finds the first task), the outcome of a task cancelled before it ran and the flag
-    /// a cancel leaves. The outcome of a task that ran is kept as long as the worker that
+    /// finds the first task) and the outcome of a task cancelled before it ran. The flag
+    /// a cancel leaves for a task still to run is kept as long, and 30 days at least
+    /// (the task may wait longer than that for its time, or in a backlog, and must not
+    /// run once its cancel was accepted); it goes as the task ends. The outcome of a
+    /// task that ran is kept as long as the worker that
     /// ran it says ([`WorkerBuilder::result_ttl`](crate::cluster::WorkerBuilder::result_ttl)):
     /// a client that cannot reach the server for longer than that finds it gone, and
     /// its `Task` gets no answer (a `wait` without a timeout waits for ever).
