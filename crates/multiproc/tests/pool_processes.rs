@@ -1098,6 +1098,10 @@ fn cancel_as_a_task_ends_spares_the_next() {
 }
 
 fn helper_pool_parent() {
+    // Ctrl-C's default action, whatever this process inherited (a job started in the
+    // background by a script has SIGINT ignored).
+    // SAFETY: the default action installs no handler code.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let pool = Pool::new(3).unwrap();
     let _busy = pool.submit(sleep_ms, 600_000).unwrap();
     let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();

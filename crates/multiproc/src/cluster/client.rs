@@ -123,7 +123,6 @@ impl ClusterBuilder {
             next: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            cancel_unreachable: AtomicBool::new(false),
             receiver_id: Mutex::new(None),
             queues: Mutex::new(vec![(keys, epoch)]),
             epochs_stale: AtomicBool::new(false),
@@ -136,8 +135,7 @@ impl ClusterBuilder {
             .name("multiproc-cluster-deliver".into())
             .spawn(move || {
                 for handover in queued.iter() {
-                    hand_over(handover);
-                    handing.fetch_sub(1, Ordering::AcqRel);
+                    hand_over_counted(handover, &handing);
                 }
             })?;
         let _ = inner.deliverer.set(deliverer.thread().id());
@@ -196,9 +194,6 @@ pub(crate) struct ClientInner {
     stop: AtomicBool,
     /// `shutdown` was called: no more submissions.
     closed: AtomicBool,
-    /// The last cancel sent could not be told to the server (it did not answer): a
-    /// sweep of cancels stops there rather than wait a response timeout for each.
-    cancel_unreachable: AtomicBool,
     /// The receiver connection's client id (to unblock its `BLPOP`).
     receiver_id: Mutex<Option<i64>>,
     /// Queues this client has submitted to (the receiver reads their reply lists), with
@@ -244,6 +239,16 @@ fn hand_over((delivers, outcome): Handover) {
             break;
         }
     }
+}
+
+/// [`hand_over`], then one outcome fewer in `handing`, also when handing it over
+/// panicked (a result type's `Deserialize` or `Display`, say: the deliverer thread goes
+/// on, and a shutdown waiting for the count does not wait for ever).
+fn hand_over_counted(handover: Handover, handing: &AtomicUsize) {
+    if crate::bootstrap::catching(|| hand_over(handover)).is_err() {
+        tracing::error!("handing over a cluster task's outcome panicked");
+    }
+    handing.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// An item of a windowed map: its local id and what the map keeps for it, or why it was
@@ -581,10 +586,9 @@ impl Cluster {
                 Some(d) => match t.wait_timeout(d.saturating_duration_since(Instant::now())) {
                     Err(TaskError::Timeout) if !t.is_done() => {
                         // Nobody waits for the rest any more. A server that does not
-                        // answer the first cancel is not asked again for each.
+                        // answer a cancel is not asked again for each.
                         for late in std::iter::once(t).chain(tasks) {
-                            late.cancel();
-                            if self.inner.cancel_unreachable.load(Ordering::Acquire) {
+                            if !late.is_done() && !self.inner.cancel_reaching(late.source_id()).1 {
                                 break;
                             }
                         }
@@ -1042,8 +1046,7 @@ impl Cluster {
         if cancel_pending {
             let locals: Vec<u64> = lock(&self.inner.pending).locals.keys().copied().collect();
             for local in locals {
-                self.inner.cancel(local);
-                if self.inner.cancel_unreachable.load(Ordering::Acquire) {
+                if !self.inner.cancel_reaching(local).1 {
                     break;
                 }
             }
@@ -1444,21 +1447,19 @@ impl ClientInner {
             for (local, _) in &w.delivers {
                 p.locals.remove(local);
             }
+            // Counted as it leaves the pending list (under its lock): a shutdown that
+            // finds the list empty finds it counted here.
+            self.handing.fetch_add(1, Ordering::AcqRel);
             w
         };
         let handover = (w.delivers.into_iter().map(|(_, d)| d).collect(), outcome);
         let handover = match lock(&self.to_deliver).as_ref() {
-            Some(tx) if ON_RECEIVER.get() => {
-                self.handing.fetch_add(1, Ordering::AcqRel);
-                tx.send(handover).err().map(|e| {
-                    self.handing.fetch_sub(1, Ordering::AcqRel);
-                    e.into_inner()
-                })
-            }
+            // The deliverer thread counts it down once it has handed it over.
+            Some(tx) if ON_RECEIVER.get() => tx.send(handover).err().map(|e| e.into_inner()),
             _ => Some(handover),
         };
         if let Some(handover) = handover {
-            hand_over(handover);
+            hand_over_counted(handover, &self.handing);
         }
         (!w.keep).then_some(w.keys)
     }
@@ -1691,8 +1692,7 @@ impl Cancel for ClientInner {
     fn help(&self) {
         if self.routes_here() {
             for handover in self.queued.try_iter() {
-                hand_over(handover);
-                self.handing.fetch_sub(1, Ordering::AcqRel);
+                hand_over_counted(handover, &self.handing);
             }
         }
     }
@@ -1706,13 +1706,22 @@ impl Cancel for ClientInner {
     }
 
     fn cancel(&self, local: u64) -> bool {
+        self.cancel_reaching(local).0
+    }
+}
+
+impl ClientInner {
+    /// Cancels task `local`: whether it will end cancelled, and whether the server
+    /// answered (false: it could not be reached, or did not answer in time; a sweep of
+    /// cancels stops there rather than wait a response timeout for each).
+    fn cancel_reaching(&self, local: u64) -> (bool, bool) {
         let (task, keys, entry, delayed) = {
             let p = lock(&self.pending);
             let Some(key) = p.locals.get(&local) else {
-                return false;
+                return (false, true);
             };
             let Some(w) = p.tasks.get(key) else {
-                return false;
+                return (false, true);
             };
             (
                 key.1.clone(),
@@ -1722,14 +1731,14 @@ impl Cancel for ClientInner {
             )
         };
         let Ok(outcome) = Outcome::Failed(ErrorWire::Cancelled).encode() else {
-            return false;
+            return (false, true);
         };
         let Ok(reply) = (Reply {
             task: task.clone(),
             outcome: outcome.clone(),
         })
         .encode() else {
-            return false;
+            return (false, true);
         };
         let ttl = self.result_ttl.to_string();
         let r: Result<i64, _> = self.run(|c| {
@@ -1759,9 +1768,8 @@ impl Cancel for ClientInner {
                 ],
             )
         });
-        self.cancel_unreachable.store(r.is_err(), Ordering::Release);
         match r {
-            Ok(1) => true,
+            Ok(1) => (true, true),
             Ok(2) => {
                 // Its outcome came while the cancel was on its way, and its result key
                 // was taken already: the flag would outlive the task (`Task::cancel`
@@ -1769,9 +1777,11 @@ impl Cancel for ClientInner {
                 if !lock(&self.pending).locals.contains_key(&local) {
                     let _ = self.run(|c| redis::cmd("DEL").arg(keys.cancel(&task)).exec(c));
                 }
-                true
+                (true, true)
             }
-            _ => false,
+            Ok(_) => (false, true),
+            // An error the server answered leaves the connection up.
+            Err(_) => (false, lock(&self.link).is_connected()),
         }
     }
 }

@@ -379,6 +379,12 @@ impl Link {
         }
     }
 
+    /// Whether a connection is open (a call that failed without dropping it got an
+    /// answer: an error the server sent).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
     /// As [`run`](Self::run), waiting at most `response` for each reply (a server that
     /// is paused holds a call for the whole response timeout otherwise).
     pub(crate) fn run_within<T>(

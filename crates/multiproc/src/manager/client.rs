@@ -655,6 +655,9 @@ fn leave_at_exit() {
         Err(std::sync::TryLockError::WouldBlock) => return,
     };
     let pid = crate::sys::process_id();
+    // One second for all of them: a process with clients of several stalled servers
+    // waits no longer than with one.
+    let until = Instant::now() + LAST_CHANCE;
     for c in &live {
         let anchored = match c.anchor.try_lock() {
             Ok(a) => matches!(&*a, (p, Some(_)) if *p == pid),
@@ -675,7 +678,7 @@ fn leave_at_exit() {
             queued.1.push(RefOp::Leave);
             c.refs_due.store(true, Ordering::Release);
             drop(queued);
-            c.flush_until(Open::Never, Some(Instant::now() + LAST_CHANCE));
+            c.flush_until(Open::Never, Some(until));
         }
     }
     // The process ends: a client whose last other handle went meanwhile is not dropped

@@ -614,8 +614,8 @@ fn serve_child<R: Registry>(args: ServerArgs) {
 /// shared-memory channels once authenticated, so a call costs no system call while both
 /// sides run: two processes sharing a dict do more than ten times as many operations
 /// per second as with Python's manager on the same machine (`BENCHMARKS.md`). A process
-/// keeps at most 16 such connections to one server (one per thread calling at once);
-/// more stay on the socket.
+/// keeps at most 16 such connections to one server with one set of client settings
+/// (one per thread calling at once); more stay on the socket.
 ///
 /// The server leaves Ctrl-C to this process: a terminal's `SIGINT` reaches the whole
 /// foreground group, and the server does nothing with it (as Python's ignores it), so a

@@ -244,10 +244,13 @@ impl PoolBuilder {
 /// die with the program, however it ends.
 ///
 /// Ctrl-C is the program's to decide: a terminal sends `SIGINT` to every process of
-/// its foreground group, and the workers do nothing with it (an initializer may choose
-/// otherwise). A program that does not handle it ends, its workers with it; one that
-/// does can let the running tasks finish. Programs a task runs (`std::process::Command`)
-/// stop on it as usual.
+/// its foreground group, and the workers do nothing with it (a handler that does
+/// nothing; an initializer may choose otherwise). A program that does not handle it
+/// ends, its workers with it; one that does can let the running tasks finish. A task's
+/// system calls that a handled signal interrupts and the kernel does not restart (a
+/// `poll`, a read with a timeout) return `EINTR` then, as they would in any program that
+/// handles a signal. Programs a task runs (`std::process::Command`) and processes it
+/// spawns stop on Ctrl-C as usual.
 ///
 /// Dropping a pool terminates it: its workers are killed and reaped, and tasks not yet
 /// finished fail with [`TaskError::PoolClosed`]. Call [`join`](Pool::join) first to let

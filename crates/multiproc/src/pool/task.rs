@@ -737,6 +737,14 @@ pub struct Task<R> {
     source: Option<Weak<dyn Cancel>>,
 }
 
+impl<R> Task<R> {
+    /// The task's id at its source (a cluster client's local id).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn source_id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl<R> fmt::Debug for Task<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Task")

@@ -806,13 +806,16 @@ mod tests {
     fn a_timed_wait_waits_for_a_slow_last_party() {
         let b = Barrier::new(2).unwrap();
         let timed = b.clone();
-        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(10)));
+        let started = Instant::now();
+        let timeout = Duration::from_millis(500);
+        let timed = std::thread::spawn(move || timed.wait_timeout(timeout));
         until(|| b.n_waiting() == 1);
-        // The last party, arrived: holds the state lock for 50 ms, then releases
-        // everyone, as `wait_until` does.
+        // The last party, arrived: holds the state lock until 50 ms past the waiter's
+        // deadline, then releases everyone, as `wait_until` does.
         let core = &b.held.core;
         let state = core.lock_state();
-        std::thread::sleep(Duration::from_millis(50));
+        let until = started + timeout + Duration::from_millis(50);
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
         core.end_generation(PASSED);
         drop(state);
         assert!(timed.join().unwrap().is_ok());
