@@ -830,7 +830,7 @@ impl<R> Task<R> {
     /// Runs `callback` once with the task's outcome (Python's
     /// `Future.add_done_callback`): when the task finishes, on the thread that delivers
     /// its outcome (the pool's own thread, or a thread waiting on the same pool that
-    /// routed it; a thread pool's task that timed out, a thread of its own; a cluster
+    /// hands it over; a thread pool's task that timed out, a thread of its own; a cluster
     /// client's task, the client's delivering thread), with no
     /// lock of multiproc's held, so the callback may submit tasks or
     /// even wait for one (though the pool's thread delivers nothing else meanwhile:
