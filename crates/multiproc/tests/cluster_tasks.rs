@@ -1836,6 +1836,29 @@ fn shutdown_waits_for_the_callbacks() {
     finish(&redis, c, ns);
 }
 
+/// Runs `call` on `c` on a thread of its own, and `meanwhile` here as it runs: how long
+/// the call took and what it said (within 60 s, else the test fails naming `what`), and
+/// the client back.
+fn timed_call(
+    c: Cluster,
+    what: &str,
+    call: impl FnOnce(&Cluster) -> String + Send + 'static,
+    meanwhile: impl FnOnce(),
+) -> (Duration, String, Cluster) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let calling = std::thread::spawn(move || {
+        let t = Instant::now();
+        let said = call(&c);
+        let _ = tx.send((t.elapsed(), said));
+        c
+    });
+    meanwhile();
+    let (took, said) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} did not end within 60 s"));
+    (took, said, calling.join().unwrap())
+}
+
 /// A timed map and a shutdown with a timeout, against a server that stopped answering
 /// (`SIGSTOP`) while they waited: each ends within its timeout and one response
 /// timeout (the first of the cancels it sends for what it leaves, which tells that the
@@ -1845,47 +1868,43 @@ fn timed_calls_end_in_time_against_a_stopped_server() {
     let redis = RedisServer::start();
     let ns = "stopped";
     // No worker: the tasks wait in the queue.
-    let c = client(&redis, ns);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pause_at = Instant::now() + Duration::from_millis(300);
-    let mapping = std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = c.map_timeout(SQUARE, 0..100u64, Duration::from_secs(1));
-        let _ = tx.send((t.elapsed(), format!("{:?}", r.map(|v| v.len()))));
-        c
-    });
-    std::thread::sleep(pause_at.saturating_duration_since(Instant::now()));
-    redis.pause();
-    let (took, r) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a map_timeout of 1 s did not end within 60 s");
+    let (c, watcher) = (client(&redis, ns), client(&redis, ns));
+    let (took, r, c) = timed_call(
+        c,
+        "a map_timeout of 1 s",
+        |c| {
+            format!(
+                "{:?}",
+                c.map_timeout(SQUARE, 0..100u64, Duration::from_secs(1))
+                    .map(|v| v.len())
+            )
+        },
+        || {
+            // Once the map's 50 chunks are in the queue.
+            assert!(common::eventually(T, || watcher.stats().unwrap().waiting == 50));
+            redis.pause();
+        },
+    );
     assert!(r.contains("Timeout"), "{r}");
     assert!(
         took < Duration::from_secs(25),
         "a map_timeout of 1 s took {took:?}"
     );
     redis.resume();
-    let c = mapping.join().unwrap();
     let tasks = c.submit_batch(SQUARE, 0..100u64).unwrap();
-    redis.pause();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stopping = std::thread::spawn(move || {
-        let t = Instant::now();
-        let all = c.shutdown_timeout(true, Duration::from_secs(1));
-        let _ = tx.send((t.elapsed(), all));
-        c
-    });
-    let (took, all) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a shutdown_timeout of 1 s did not end within 60 s");
-    assert!(!all);
+    let (took, all, c) = timed_call(
+        c,
+        "a shutdown_timeout of 1 s",
+        |c| c.shutdown_timeout(true, Duration::from_secs(1)).to_string(),
+        || redis.pause(),
+    );
+    assert_eq!(all, "false");
     assert!(
         took < Duration::from_secs(25),
         "a shutdown_timeout of 1 s took {took:?}"
     );
     redis.resume();
-    let c = stopping.join().unwrap();
-    drop(tasks);
+    drop((tasks, watcher));
     c.delete_queue("default").unwrap();
 }
 
