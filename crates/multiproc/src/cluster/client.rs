@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::conn::{self, BLOCK_MARGIN, Link, RESPONSE_TIMEOUT, Server, Settings};
-use super::envelope::{self, Envelope, ErrorWire, Outcome, Reply, RetryWire};
+use super::envelope::{self, Envelope, ErrorWire, Outcome, Reply, RetryWire, millis};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
@@ -2189,9 +2189,4 @@ fn epoch_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, millis)
-}
-
-/// `d` in whole milliseconds, at most `u64::MAX` (not wrapped).
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -63,6 +63,13 @@ pub(crate) struct Envelope {
     pub chunk: bool,
 }
 
+/// `d` in whole milliseconds, as the wire and Redis take them: a duration past
+/// `u64::MAX` milliseconds (585 million years) counts as that much, not as what is left
+/// over after the wrap.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A [`RetryPolicy`] as data (its `retry_if` predicate is code and stays behind: the
 /// worker uses the default predicate).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,9 +86,9 @@ impl RetryWire {
         let (base, factor, max_delay, jitter) = p.parts();
         RetryWire {
             max_attempts: p.max_attempts(),
-            base_ms: base.as_millis() as u64,
+            base_ms: millis(base),
             factor,
-            max_delay_ms: max_delay.as_millis() as u64,
+            max_delay_ms: millis(max_delay),
             jitter: match jitter {
                 Jitter::None => 0,
                 Jitter::Full => 1,
@@ -432,6 +439,26 @@ mod tests {
             timeout_ms: Some(1500),
             chunk: false,
         }
+    }
+
+    #[test]
+    fn an_endless_backoff_stays_endless_on_the_wire() {
+        use std::time::Duration;
+        // Past u64::MAX milliseconds: wrapped, the wire said 2^64 ms less, a base of
+        // about a minute here and a cap of a few hours.
+        let huge = Duration::from_millis(u64::MAX) + Duration::from_millis(65_536);
+        let policy = RetryPolicy::attempts(3).backoff(huge, 2.0, Duration::MAX);
+        let wire = RetryWire::from_policy(&policy);
+        assert_eq!((wire.base_ms, wire.max_delay_ms), (u64::MAX, u64::MAX));
+        let (base, _, max_delay, _) = wire.to_policy().parts();
+        assert_eq!(
+            (base, max_delay),
+            (
+                Duration::from_millis(u64::MAX),
+                Duration::from_millis(u64::MAX)
+            )
+        );
+        assert_eq!(millis(Duration::from_micros(2_999)), 2);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 use super::TaskDef;
 use super::conn::{self, BLOCK_MARGIN, Limits, Link, RESPONSE_TIMEOUT, Server, Settings};
-use super::envelope::{self, Addressee, Envelope, ErrorWire, Outcome, Reply};
+use super::envelope::{self, Addressee, Envelope, ErrorWire, Outcome, Reply, millis};
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
@@ -470,7 +470,7 @@ impl WorkerBuilder {
                 info: format!(
                     "host={host} pid={} processes={processes} lease_ms={}",
                     std::process::id(),
-                    ms(self.lease)
+                    millis(self.lease)
                 ),
             },
             name,
@@ -1053,10 +1053,6 @@ fn to_redis(e: ClusterError) -> redis::RedisError {
 /// The longest lease a worker may have (`RECLAIM` bounds the leases it reads likewise).
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
-}
-
 impl Node {
     /// How long to wait for a reply: the response timeout, or a lease if that is
     /// shorter, or less once the stop's end is near (a server that does not answer
@@ -1225,7 +1221,7 @@ impl Node {
                     .arg("COUNT")
                     .arg(room)
                     .arg("BLOCK")
-                    .arg(ms(self.cfg.block))
+                    .arg(millis(self.cfg.block))
                     .arg("STREAMS")
                     .arg(self.keys.stream())
                     .arg(">")
@@ -1602,7 +1598,7 @@ impl Node {
                     fin.action = Action::Retry;
                     // A delay of `Duration::MAX` (never) waits a century: Redis refuses an
                     // expiry past the range of its clock.
-                    fin.retry = Some((bytes, ms(delay.min(deadline::FOREVER))));
+                    fin.retry = Some((bytes, millis(delay.min(deadline::FOREVER))));
                 }
                 Err(e) => {
                     fin.outcome = Outcome::Failed(ErrorWire::Codec(e.message().into()))
@@ -2141,7 +2137,7 @@ impl Node {
             .filter(|(_, f)| f.end != End::Lost)
             .map(|(id, f)| (*id, f.entry.clone(), f.fence, f.envelope.task.clone()))
             .collect();
-        let info_ttl = (ms(self.cfg.lease * 3) / 1000).max(1).to_string();
+        let info_ttl = (millis(self.cfg.lease * 3) / 1000).max(1).to_string();
         let mut chunks: Vec<&[(u64, String, u64, String)]> = held.chunks(500).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -2207,7 +2203,7 @@ impl Node {
             if room == 0 || self.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let lease = ms(self.cfg.lease).to_string();
+            let lease = millis(self.cfg.lease).to_string();
             let count = room.min(100);
             let _claims = match self.claims.try_lock() {
                 Ok(claims) => claims,
@@ -2286,7 +2282,7 @@ impl Node {
                 .query(c)
         })?;
         let now = time.0 * 1000 + time.1 / 1000;
-        let silent = ms(self.cfg.lease * 10) as i64;
+        let silent = millis(self.cfg.lease * 10) as i64;
         for (name, at) in list {
             // A score another writer set (`-inf`, say) is as old as can be, not an
             // overflow.
