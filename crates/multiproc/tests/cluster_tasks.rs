@@ -444,6 +444,10 @@ fn main() {
                 a_reply_read_that_keeps_failing_backs_off,
             ),
             trial(
+                "a_recovery_the_server_refused_is_tried_again",
+                a_recovery_the_server_refused_is_tried_again,
+            ),
+            trial(
                 "a_worker_whose_pool_broke_hands_back_and_stops",
                 a_worker_whose_pool_broke_hands_back_and_stops,
             ),
@@ -2715,6 +2719,57 @@ fn a_reply_read_that_keeps_failing_backs_off() {
     // About one a doubling wait (0.05 s, 0.1 s, ... then every 2 s): a handful.
     assert!(made <= 20, "{made} connections in 3 s");
     drop(t);
+    finish(&redis, c, ns);
+}
+
+/// A client that reconnected reads the result keys of the tasks it waits for, in case
+/// a reply was taken off its list and lost with the old connection. A read the server
+/// refuses while the connection stays up (here an ACL user that may not `MGET`; in life
+/// `LOADING` or `BUSY`) is tried again, not forgotten: the outcome whose reply was lost
+/// still reaches its waiter once the server lets the read through.
+fn a_recovery_the_server_refused_is_tried_again() {
+    let redis = RedisServer::start();
+    let ns = "nomget";
+    // Neither the reply list nor the result keys can be read at first.
+    let url = acl_user(&redis, &["-blpop", "-mget"]);
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .build()
+        .expect("start worker");
+    // The worker wrote the outcome and pushed the reply; the reply is then taken and
+    // lost (as by a connection that broke while it was on its way).
+    let list = format!("{ns}:{{default}}:reply:{}", c.id());
+    let mut raw = redis.raw().unwrap();
+    assert!(
+        common::eventually(T, || raw.call(&["LLEN", &list]).unwrap() == Resp::Int(1)),
+        "no reply was pushed"
+    );
+    assert!(matches!(
+        raw.call(&["LPOP", &list]).unwrap(),
+        Resp::Bulk(Some(_))
+    ));
+    w.shutdown(true);
+    // The reply list may be read again: the reader connects anew, its read of the
+    // result keys is refused, and it waits on the (empty) list.
+    assert_eq!(
+        redis.cmd(&["ACL", "SETUSER", "app", "+blpop"]),
+        Resp::Simple("OK".into())
+    );
+    assert!(
+        common::eventually(T, || redis
+            .cmd(&["CLIENT", "LIST"])
+            .text()
+            .lines()
+            .any(|l| l.contains("user=app") && l.contains("cmd=blpop"))),
+        "the client did not go back to waiting on its reply list"
+    );
+    assert_eq!(
+        redis.cmd(&["ACL", "SETUSER", "app", "+mget"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(t.wait_timeout(T).expect("the outcome was recovered"), 9);
     finish(&redis, c, ns);
 }
 

@@ -1625,8 +1625,10 @@ impl ClientInner {
     }
 
     /// After a reconnection: outcomes written while this client could not hear.
-    fn recover(&self, link: &mut Link) {
-        self.read_outcomes(link, |_| true);
+    /// Whether every result key was read (false: a read failed, and the recovery is
+    /// still to do).
+    fn recover(&self, link: &mut Link) -> bool {
+        self.read_outcomes(link, |_| true)
     }
 
     /// With each look at the epochs: outcomes of the idempotent tasks this client
@@ -1637,8 +1639,8 @@ impl ClientInner {
     }
 
     /// Reads the result keys of the tasks waited for that `which` picks, and delivers
-    /// the outcomes found.
-    fn read_outcomes(&self, link: &mut Link, which: impl Fn(&Waiting) -> bool) {
+    /// the outcomes found; whether every key was read.
+    fn read_outcomes(&self, link: &mut Link, which: impl Fn(&Waiting) -> bool) -> bool {
         let waiting: Vec<(Keys, String, String)> = lock(&self.pending)
             .tasks
             .iter()
@@ -1647,12 +1649,16 @@ impl ClientInner {
             .collect();
         for chunk in waiting.chunks(500) {
             let keys: Vec<&String> = chunk.iter().map(|(_, _, k)| k).collect();
-            let Ok(found) = link.run(|c| {
+            let found = match link.run(|c| {
                 redis::cmd("MGET")
                     .arg(&keys)
                     .query::<Vec<Option<Vec<u8>>>>(c)
-            }) else {
-                return;
+            }) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!("cluster client: reading outcomes failed: {e}");
+                    return false;
+                }
             };
             let mut delete = Vec::new();
             for ((queue, task, key), outcome) in chunk.iter().zip(found) {
@@ -1672,6 +1678,7 @@ impl ClientInner {
                 let _ = link.run(|c| redis::cmd("UNLINK").arg(&delete).exec(c));
             }
         }
+        true
     }
 }
 
@@ -1799,6 +1806,12 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     let mut seen = 0;
     // Outcomes taken whose keys are still to delete (kept across a lost connection).
     let mut delete: Vec<String> = Vec::new();
+    // Whether outcomes may have been missed and the result keys are still to read: set
+    // by a new connection or a reply this build cannot read, cleared once a read of
+    // them all went through (an error the server answers, such as `LOADING` or `BUSY`
+    // while it loads its data or runs a long script, leaves the connection up: only a
+    // second try would read them then).
+    let mut recover_due = false;
     // Whether the epochs are still to be checked on the current connection.
     let mut epochs_due = false;
     let mut last_look = Instant::now();
@@ -1832,14 +1845,15 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
                 *lock(&inner.receiver_id) = Some(id);
             }
-            if seen > 0 {
-                inner.recover(&mut link);
-            }
+            recover_due |= seen > 0;
             seen = link.connects();
             // The first connection too: this thread may first connect after a server
             // that lost its data came back (a slow start on a busy machine), and the
             // epochs known from submitting are older than that.
             epochs_due = true;
+        }
+        if recover_due && inner.recover(&mut link) {
+            recover_due = false;
         }
         if inner.epochs_stale.swap(false, Ordering::AcqRel) {
             epochs_due = true;
@@ -1928,7 +1942,10 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 // still names a task that has ended: the result keys say which, and
                 // their outcomes (or why they do not decode) go to their waiters.
                 if unreadable {
-                    inner.recover(&mut link);
+                    recover_due = true;
+                    if inner.recover(&mut link) {
+                        recover_due = false;
+                    }
                 }
             }
             Err(e) => {
