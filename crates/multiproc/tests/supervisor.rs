@@ -105,6 +105,10 @@ fn main() {
                 "a_panic_while_building_stops_the_children_started",
                 a_panic_while_building_stops_the_children_started,
             ),
+            trial(
+                "a_panic_while_stopping_a_failed_build_kills_the_rest",
+                a_panic_while_stopping_a_failed_build_kills_the_rest,
+            ),
             trial("supervisor_process_sigkilled", supervisor_sigkilled),
             trial(
                 "a_supervisor_that_adopts_orphans_reaps_them",
@@ -1764,9 +1768,14 @@ fn a_panic_while_building_stops_the_children_started() {
             PanicsWhenCloned,
         ))
         .build();
+    failed_on_a_clone_and_stopped(built.map(|_| ()), name);
+}
+
+/// `built` is the build's panic at a clone, and the child `name` was stopped.
+fn failed_on_a_clone_and_stopped(built: Result<(), SupervisorError>, name: &str) {
     match built {
         Err(SupervisorError::Panicked(why)) => assert!(why.contains("cloned"), "{why}"),
-        other => panic!("a build whose start panicked: {:?}", other.map(|_| ())),
+        other => panic!("a build whose start panicked: {other:?}"),
     }
     // The listing must see processes at all (this one), or an empty one proves nothing.
     assert!(
@@ -1787,6 +1796,30 @@ fn a_panic_while_building_stops_the_children_started() {
         "the first child outlived the failed build: {:?}",
         running()
     );
+}
+
+/// The stop of a failed build runs user code too (the second child's return value is
+/// decoded as it stops, and that panics): the build still fails with its own error, not
+/// a panic, and the first child, which the cut-short stop had not reached, is killed
+/// (it ran on with no supervisor, and the panic escaped `build`).
+fn a_panic_while_stopping_a_failed_build_kills_the_rest() {
+    let name = "bstop-first";
+    let built = std::panic::catch_unwind(|| {
+        Supervisor::builder()
+            .child(ChildSpec::new(name, sleep_forever, ()))
+            .child(ChildSpec::new(
+                "bstop-second",
+                returns_undecodable_on_sigterm,
+                (),
+            ))
+            .child(ChildSpec::new("bstop-third", never_runs, PanicsWhenCloned))
+            .build()
+            .map(|_| ())
+    });
+    let Ok(built) = built else {
+        panic!("the build panicked")
+    };
+    failed_on_a_clone_and_stopped(built, name);
 }
 
 /// A panic on the supervising thread (a restart clones the child's arguments there):

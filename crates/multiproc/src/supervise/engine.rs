@@ -570,6 +570,16 @@ impl Supervising {
         }
     }
 
+    /// As [`Self::stop_slots`], for a build that failed: a panic there (user code runs:
+    /// a child's return value is decoded and dropped) kills what it had not stopped, as
+    /// a panic in the supervising thread's stop does, rather than leave those children
+    /// running with no supervisor and the panic escaping `build`.
+    fn stop_or_kill(&mut self, which: &[usize]) {
+        if catch_unwind(AssertUnwindSafe(|| self.stop_slots(which))).is_err() {
+            self.kill_all();
+        }
+    }
+
     /// Stops the running children among `which` in reverse order, one after another
     /// (as Erlang's supervisors do): a child that the ones before it depend on is still
     /// there while they stop.
@@ -807,7 +817,7 @@ impl Supervising {
                 ))
             });
             if let Err(e) = started {
-                sup.stop_slots(&(0..i).collect::<Vec<_>>());
+                sup.stop_or_kill(&(0..i).collect::<Vec<_>>());
                 drop(hand_over);
                 let _ = thread.join();
                 return Err(e);
@@ -816,7 +826,7 @@ impl Supervising {
         sup.publish();
         if let Err(std::sync::mpsc::SendError(mut sup)) = hand_over.send(sup) {
             // Only a thread that ended without taking it gives the supervisor back.
-            sup.stop_slots(&(0..sup.slots.len()).collect::<Vec<_>>());
+            sup.stop_or_kill(&(0..sup.slots.len()).collect::<Vec<_>>());
             let _ = thread.join();
             return Err(SupervisorError::InvalidArgument(
                 "the supervisor thread ended before it started".into(),
