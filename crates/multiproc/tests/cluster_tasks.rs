@@ -447,6 +447,7 @@ fn main() {
                 "a_recovery_the_server_refused_is_tried_again",
                 a_recovery_the_server_refused_is_tried_again,
             ),
+            trial("a_url_asking_for_resp3_works", a_url_asking_for_resp3_works),
             trial(
                 "a_worker_whose_pool_broke_hands_back_and_stops",
                 a_worker_whose_pool_broke_hands_back_and_stops,
@@ -2719,6 +2720,36 @@ fn a_reply_read_that_keeps_failing_backs_off() {
     // About one a doubling wait (0.05 s, 0.1 s, ... then every 2 s): a handful.
     assert!(made <= 20, "{made} connections in 3 s");
     drop(t);
+    finish(&redis, c, ns);
+}
+
+/// A URL that asks for RESP3 (`?protocol=resp3`, which the `redis` crate honours) works
+/// as any other: the node read each stream reply in RESP3's shape (a map) as empty, so
+/// every task it was given sat unseen until a reclaim a lease later, counted as a lost
+/// delivery (with `max_deliveries(1)`, dead-lettered without running).
+fn a_url_asking_for_resp3_works() {
+    let redis = RedisServer::start();
+    let ns = "resp3";
+    let url = format!("{}/?protocol=resp3", redis.url());
+    let started = Instant::now();
+    let w = node_at(&url, ns, 1)
+        .lease(Duration::from_secs(4))
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    let c = Cluster::builder(&url)
+        .namespace(ns)
+        .build()
+        .expect("connect");
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    assert_eq!(t.wait_timeout(T), Ok(9));
+    assert_eq!(c.map(SQUARE, 0..100u64).unwrap()[99], 99 * 99);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the tasks waited a lease: {:?}",
+        started.elapsed()
+    );
+    w.shutdown(true);
     finish(&redis, c, ns);
 }
 

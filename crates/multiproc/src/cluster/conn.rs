@@ -227,7 +227,8 @@ pub(crate) fn mask(url: &str) -> String {
 impl Server {
     /// Parses `url` (`redis://[user:password@]host[:port][/db]`, `rediss://...` for
     /// TLS, `unix:///path` or `redis+unix:///path`), trusting `root_pem` (PEM
-    /// certificates) instead of the system's roots for TLS when given.
+    /// certificates) instead of the system's roots for TLS when given. Connections
+    /// speak RESP2 whatever the URL's `protocol` parameter says.
     pub(crate) fn open(
         url: &str,
         root_pem: Option<&[u8]>,
@@ -243,15 +244,25 @@ impl Server {
                 "expected redis://, rediss://, unix:// or redis+unix://".into(),
             ));
         }
+        // RESP2 whatever the URL asks for (`?protocol=resp3`): every reply is read in
+        // its RESP2 shape (a stream read as an array of streams, not a map), and one
+        // read in the wrong shape would look empty rather than fail.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| invalid(e.to_string()))?;
+        let resp2 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP2);
+        let info = info.set_redis_settings(resp2);
         let client = match root_pem {
             Some(pem) => redis::Client::build_with_tls(
-                url,
+                info,
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem.to_vec()),
                 },
             ),
-            None => redis::Client::open(url),
+            None => redis::Client::open(info),
         }
         .map_err(|e| invalid(e.to_string()))?;
         Ok(Server {

@@ -5,6 +5,9 @@
 //! The engine is Redis (7.0 or later, or Valkey) through the `redis`
 //! crate: a queue is a stream read by a consumer group, delays and retries wait in a
 //! sorted set, results are keys written once. multiproc adds no broker of its own.
+//! A server is named by a URL: `redis://[user:password@]host[:port][/db]`, `rediss://`
+//! for TLS, `unix:///path`; every connection speaks RESP2, whatever a `protocol`
+//! parameter of the URL asks for.
 //! How it works, and why, is in `README.md` beside this file.
 //!
 //! # Declaring a task
