@@ -322,6 +322,10 @@ fn main() {
                 tasks_of_a_read_whose_reply_was_lost_run_once_at_once,
             ),
             trial(
+                "tasks_of_a_lost_read_are_taken_back_by_a_full_node",
+                tasks_of_a_lost_read_are_taken_back_by_a_full_node,
+            ),
+            trial(
                 "executor_many_tasks_and_shutdown",
                 executor_many_tasks_and_shutdown,
             ),
@@ -1021,6 +1025,52 @@ fn tasks_of_a_read_whose_reply_was_lost_run_once_at_once() {
         "the tasks waited a lease: {:?}",
         started.elapsed()
     );
+    for p in &paths {
+        assert_eq!(runs(p), 1, "a task ran again");
+    }
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// As above, with the node full once its read was made again on a new connection (that
+/// read took as many tasks again): the tasks of the lost reply are taken back at once,
+/// beyond the prefetch, rather than once half the prefetch is free. Left waiting for
+/// room, they lapsed meanwhile, and a reclaim took them as deliveries lost: with
+/// `max_deliveries(1)`, dead-lettered without having run.
+fn tasks_of_a_lost_read_are_taken_back_by_a_full_node() {
+    let redis = RedisServer::start();
+    let ns = "full_lost_reply";
+    // Settled: the server has delivered the first four tasks to the node.
+    fn settled(r: &mut cluster_common::Raw) -> bool {
+        let stream = "full_lost_reply:{default}:stream";
+        match r.call(&["XPENDING", stream, "workers"]) {
+            Ok(Resp::Array(a)) => a.first().map_or(-1, Resp::int) == 4,
+            _ => false,
+        }
+    }
+    let c = client(&redis, ns);
+    let dir = common::tempdir(ns);
+    let paths: Vec<String> = (0..8)
+        .map(|i| dir.join(format!("runs{i}")).to_string_lossy().into_owned())
+        .collect();
+    // Each runs longer than a lease: the node stays full past the first lease.
+    let mut tasks: Vec<_> = paths
+        .iter()
+        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 1_200)).unwrap())
+        .collect();
+    let proxy = ReplyDroppingProxy::start_for(redis.port, b"XREADGROUP", b'*', settled);
+    proxy.arm(1);
+    let w = node_at(&proxy.url(), ns, 1)
+        .prefetch(4)
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    for t in &mut tasks {
+        assert_eq!(t.wait_timeout(T), Ok(1));
+    }
+    assert_eq!(proxy.armed(), 0, "the read was to lose its reply");
     for p in &paths {
         assert_eq!(runs(p), 1, "a task ran again");
     }

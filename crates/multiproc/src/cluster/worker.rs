@@ -1146,25 +1146,6 @@ impl Node {
         let mut fresh = true;
         let mut seen = 0;
         while !self.stopping.load(Ordering::Acquire) {
-            let room = {
-                let st = lock(&self.state);
-                let room = self.cfg.capacity.saturating_sub(st.flights.len());
-                // While tasks are held, read when half the prefetch is free: one read
-                // per several tasks, and the pool still has work queued meanwhile.
-                let wanted = if st.flights.is_empty() {
-                    1
-                } else {
-                    self.cfg.capacity.div_ceil(2)
-                };
-                if room < wanted {
-                    let _ = self
-                        .room
-                        .wait_timeout(st, Duration::from_millis(200))
-                        .unwrap_or_else(PoisonError::into_inner);
-                    continue;
-                }
-                room
-            };
             if fresh {
                 match link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
                     Ok(id) => {
@@ -1213,6 +1194,30 @@ impl Node {
                 // Refused (the group gone with the server's data, which the read below
                 // makes again): what was pending went with it, or waits for its lease.
             }
+            // Entries a lost reply delivered to this node are taken back first, whatever
+            // room is left: they are this node's already, and left to wait for room they
+            // would lapse and be reclaimed (here or elsewhere) as deliveries lost, or
+            // dead-lettered unrun with `max_deliveries(1)`. The node then holds more
+            // than its prefetch for a while, as when a reclaim and a read meet.
+            let room = {
+                let st = lock(&self.state);
+                let room = self.cfg.capacity.saturating_sub(st.flights.len());
+                // While tasks are held, read when half the prefetch is free: one read
+                // per several tasks, and the pool still has work queued meanwhile.
+                let wanted = if st.flights.is_empty() {
+                    1
+                } else {
+                    self.cfg.capacity.div_ceil(2)
+                };
+                if room < wanted {
+                    let _ = self
+                        .room
+                        .wait_timeout(st, Duration::from_millis(200))
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                room
+            };
             let reply: Result<Value, ClusterError> = link.run(|c| {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
