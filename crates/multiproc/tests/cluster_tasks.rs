@@ -988,50 +988,18 @@ fn imap_items_whose_send_lost_only_its_reply_yield_once() {
 /// reclaimed as tasks whose delivery was lost: with `max_deliveries(1)`,
 /// dead-lettered without having run.
 fn tasks_of_a_read_whose_reply_was_lost_run_once_at_once() {
-    let redis = RedisServer::start();
-    let ns = "read_lost_reply";
     // Settled: the server has delivered both tasks to the node.
     fn settled(r: &mut cluster_common::Raw) -> bool {
-        let stream = "read_lost_reply:{default}:stream";
-        match r.call(&["XPENDING", stream, "workers"]) {
-            Ok(Resp::Array(a)) => a.first().map_or(-1, Resp::int) == 2,
-            _ => false,
-        }
+        delivered(r, "read_lost_reply", 2)
     }
-    let c = client(&redis, ns);
-    let dir = common::tempdir(ns);
-    let paths: Vec<String> = (0..2)
-        .map(|i| dir.join(format!("runs{i}")).to_string_lossy().into_owned())
-        .collect();
-    let mut tasks: Vec<_> = paths
-        .iter()
-        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 0)).unwrap())
-        .collect();
-    let proxy = ReplyDroppingProxy::start_for(redis.port, b"XREADGROUP", b'*', settled);
-    proxy.arm(1);
-    let started = Instant::now();
-    let w = node_at(&proxy.url(), ns, 2)
-        .lease(Duration::from_secs(4))
-        .max_deliveries(1)
-        .build()
-        .expect("start worker");
-    for t in &mut tasks {
-        assert_eq!(t.wait_timeout(T), Ok(1));
-    }
-    assert_eq!(proxy.armed(), 0, "the read was to lose its reply");
+    let took = lost_read_runs_each_once("read_lost_reply", 2, 0, settled, |b| {
+        b.processes(2).lease(Duration::from_secs(4))
+    });
     // Not a lease later (a reclaim), nor a delivery counted lost (a dead letter).
     assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the tasks waited a lease: {:?}",
-        started.elapsed()
+        took < Duration::from_secs(4),
+        "the tasks waited a lease: {took:?}"
     );
-    for p in &paths {
-        assert_eq!(runs(p), 1, "a task ran again");
-    }
-    w.shutdown(true);
-    finish(&redis, c, ns);
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// As above, with the node full once its read was made again on a new connection (that
@@ -1040,36 +1008,57 @@ fn tasks_of_a_read_whose_reply_was_lost_run_once_at_once() {
 /// room, they lapsed meanwhile, and a reclaim took them as deliveries lost: with
 /// `max_deliveries(1)`, dead-lettered without having run.
 fn tasks_of_a_lost_read_are_taken_back_by_a_full_node() {
-    let redis = RedisServer::start();
-    let ns = "full_lost_reply";
     // Settled: the server has delivered the first four tasks to the node.
     fn settled(r: &mut cluster_common::Raw) -> bool {
-        let stream = "full_lost_reply:{default}:stream";
-        match r.call(&["XPENDING", stream, "workers"]) {
-            Ok(Resp::Array(a)) => a.first().map_or(-1, Resp::int) == 4,
-            _ => false,
-        }
+        delivered(r, "full_lost_reply", 4)
     }
+    // Each runs longer than a lease: the node stays full past the first lease.
+    lost_read_runs_each_once("full_lost_reply", 8, 1_200, settled, |b| {
+        b.processes(1).prefetch(4)
+    });
+}
+
+/// Whether the default queue of namespace `ns` has `n` entries delivered and pending.
+fn delivered(r: &mut cluster_common::Raw, ns: &str, n: i64) -> bool {
+    let stream = format!("{ns}:{{default}}:stream");
+    match r.call(&["XPENDING", &stream, "workers"]) {
+        Ok(Resp::Array(a)) => a.first().map_or(-1, Resp::int) == n,
+        _ => false,
+    }
+}
+
+/// Submits `n` tasks of `ms` each in namespace `ns`, then starts a node (`shape`d, with
+/// `max_deliveries(1)`) through a proxy that loses the reply of its first read once
+/// `settled` says the server delivered it; each task must run once. How long the tasks
+/// took from the node's start.
+fn lost_read_runs_each_once(
+    ns: &str,
+    n: usize,
+    ms: u64,
+    settled: fn(&mut cluster_common::Raw) -> bool,
+    shape: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+) -> Duration {
+    let redis = RedisServer::start();
     let c = client(&redis, ns);
     let dir = common::tempdir(ns);
-    let paths: Vec<String> = (0..8)
+    let paths: Vec<String> = (0..n)
         .map(|i| dir.join(format!("runs{i}")).to_string_lossy().into_owned())
         .collect();
-    // Each runs longer than a lease: the node stays full past the first lease.
     let mut tasks: Vec<_> = paths
         .iter()
-        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 1_200)).unwrap())
+        .map(|p| c.submit(RECORD_SLOW, (p.clone(), ms)).unwrap())
         .collect();
     let proxy = ReplyDroppingProxy::start_for(redis.port, b"XREADGROUP", b'*', settled);
     proxy.arm(1);
-    let w = node_at(&proxy.url(), ns, 1)
-        .prefetch(4)
+    let started = Instant::now();
+    let w = shape(node_at(&proxy.url(), ns, 1))
         .max_deliveries(1)
         .build()
         .expect("start worker");
     for t in &mut tasks {
         assert_eq!(t.wait_timeout(T), Ok(1));
     }
+    let took = started.elapsed();
     assert_eq!(proxy.armed(), 0, "the read was to lose its reply");
     for p in &paths {
         assert_eq!(runs(p), 1, "a task ran again");
@@ -1078,6 +1067,7 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_full_node() {
     finish(&redis, c, ns);
     drop(proxy);
     let _ = std::fs::remove_dir_all(&dir);
+    took
 }
 
 fn submit_map_imap_stats() {
