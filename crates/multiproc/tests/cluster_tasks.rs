@@ -434,6 +434,14 @@ fn main() {
                 two_schedulers_fire_each_time_once,
             ),
             trial(
+                "a_local_job_fires_while_the_cluster_is_paused",
+                a_local_job_fires_while_the_cluster_is_paused,
+            ),
+            trial(
+                "times_missed_while_redis_was_down_are_reported",
+                times_missed_while_redis_was_down_are_reported,
+            ),
+            trial(
                 "a_retry_later_than_the_leader_lease_is_submitted",
                 a_retry_later_than_the_leader_lease_is_submitted,
             ),
@@ -2336,6 +2344,82 @@ fn local_jobs_run_on_every_scheduler_of_a_cluster() {
     );
     s1.shutdown(true);
     s2.shutdown(true);
+    finish(&redis, client(&redis, ns), ns);
+}
+
+/// A job that runs in the program's own thread pool asks Redis nothing as it fires, on a
+/// scheduler that has a cluster: with the server paused, each of its fires waited for a
+/// response timeout (10 s) holding the scheduler's state (`add`, `jobs` and every
+/// other job waited too).
+fn a_local_job_fires_while_the_cluster_is_paused() {
+    use multiproc::chrono::Utc;
+    use multiproc::sched::{Job, ManualClock, Schedule, Scheduler};
+    let redis = RedisServer::start();
+    let ns = "sched_paused";
+    let t0 = Utc::now();
+    let clock = ManualClock::new(t0);
+    let s = Scheduler::builder()
+        .cluster(client(&redis, ns))
+        .thread_pool(multiproc::ThreadPool::new(1).unwrap())
+        .clock(clock.clone())
+        .build_manual();
+    let every = Schedule::every(Duration::from_secs(1)).starting_at(t0);
+    s.add(Job::thread("local", every, || ())).unwrap();
+    assert_eq!(s.run_pending(), 1);
+    redis.pause();
+    clock.advance(Duration::from_secs(1));
+    let started = Instant::now();
+    let fired = s.run_pending();
+    let took = started.elapsed();
+    redis.resume();
+    assert_eq!(fired, 1);
+    assert!(took < Duration::from_secs(5), "a local fire took {took:?}");
+    s.shutdown(true);
+    finish(&redis, client(&redis, ns), ns);
+}
+
+/// Fire times of a cluster job that turn too late while no scheduler can reach Redis
+/// are reported (`Missed`, `TooLate`) once one leads again: the job's next time moved
+/// past them while the cluster could not say who leads, and no event ever told of them.
+fn times_missed_while_redis_was_down_are_reported() {
+    use multiproc::chrono::{TimeDelta, Utc};
+    use multiproc::sched::{EventKind, Job, ManualClock, MissReason, Schedule, Scheduler};
+    let mut redis = RedisServer::start();
+    let ns = "sched_down";
+    let t0 = Utc::now();
+    let secs = TimeDelta::seconds;
+    let clock = ManualClock::new(t0);
+    let s = Scheduler::builder()
+        .cluster(client(&redis, ns))
+        .clock(clock.clone())
+        .build_manual();
+    let events = s.events();
+    let every = Schedule::every(Duration::from_secs(1)).starting_at(t0);
+    s.add(Job::cluster("tick", every, SQUARE, 3)).unwrap();
+    assert_eq!(s.run_pending(), 1);
+    redis.stop_keeping_data();
+    clock.set(t0 + secs(10));
+    assert_eq!(s.run_pending(), 0);
+    redis.start_again();
+    clock.set(t0 + secs(11));
+    s.run_pending();
+    let missed: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Missed {
+                count,
+                last,
+                reason: MissReason::TooLate,
+            } => Some((e.scheduled, count, last)),
+            _ => None,
+        })
+        .collect();
+    // A grace of one period: at t0 + 11 s, t0 + 1 s to t0 + 9 s are too late.
+    assert_eq!(missed, vec![(t0 + secs(1), 9, t0 + secs(9))]);
+    // The runs it submitted end, and the shutdown with them.
+    let w = worker(&redis, ns, 1);
+    s.shutdown(true);
+    w.shutdown(true);
     finish(&redis, client(&redis, ns), ns);
 }
 

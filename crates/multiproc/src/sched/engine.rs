@@ -159,8 +159,9 @@ struct JobState {
     /// Times a scheduler on the same store claimed and never started before it was gone:
     /// claimed by this one now, and handled as due at the next pass.
     recovered: Vec<DateTime<Utc>>,
-    /// The job store failed on this job's due times: they wait (in `next`, `deferred` or
-    /// `recovered`) and are looked at again then, not before.
+    /// The job store failed on this job's due times, or the cluster could not say who
+    /// leads: they wait (in `next`, `deferred` or `recovered`) and are looked at again
+    /// then, not before.
     store_retry_at: Option<DateTime<Utc>>,
     /// A pass found more due times than it takes (`MAX_DUE_PER_PASS`) and one of them
     /// started: the passes that take the rest coalesce them as well (`Coalesce::Earliest`
@@ -667,6 +668,21 @@ impl Shared {
         } else {
             Some(true)
         };
+        if lead.is_none() {
+            // Nobody can be known to lead (Redis unreachable): for this job the pass did
+            // not come, and it looks again a third of a lease later from its first due
+            // time. The times that turn too late meanwhile are reported then, by whoever
+            // leads (the job's next time moved past them here, and no scheduler ever
+            // reported them).
+            js.next = first.or(js.next);
+            js.deferred = deferred_before;
+            js.ran_in_backlog = ran_before;
+            #[cfg(feature = "redis")]
+            {
+                js.store_retry_at = Some(later(now, LEADER_LEASE / 3));
+            }
+            return 0;
+        }
         if lead != Some(true) {
             // Not ours to fire now: kept until the leader has submitted them, in case it
             // dies first. A live leader handles each due time (submits it, or reports
@@ -675,18 +691,18 @@ impl Shared {
             // holds the lease, was the leader's, submitted or reported. Those are let
             // go: times a leader reported missed are never submitted, and a follower
             // that kept them would keep more with each pass. A leader that died leaves
-            // younger ones, which this scheduler runs or reports once it leads. While
-            // the cluster cannot say who leads (Redis unreachable), every time is kept.
-            if lead == Some(false) {
-                due.retain(|&t| (now - t).to_std().unwrap_or(Duration::ZERO) <= FOLLOWER_KEEPS);
-            }
+            // younger ones, which this scheduler runs or reports once it leads.
+            due.retain(|&t| (now - t).to_std().unwrap_or(Duration::ZERO) <= FOLLOWER_KEEPS);
             // A job due more often than a pass can look at keeps the latest times only.
             let over = due.len().saturating_sub(MAX_DUE_PER_PASS);
             due.drain(..over);
             js.deferred = self.unfired(name, due);
             return 0;
         }
-        let due = self.unfired(name, due);
+        // Only a cluster job's times can have been submitted by another scheduler: a
+        // local job's runs are this scheduler's alone, and ask Redis nothing (a paused
+        // server held each of its fires for a response timeout, under the state lock).
+        let due = if led { self.unfired(name, due) } else { due };
         let mut too_late = TooLate::default();
         // Times too late handled without a record each (a downtime): one record of
         // those this scheduler reports, so that a successor reports them if it dies
