@@ -724,6 +724,68 @@ fn failing_initializer_breaks_pool() {
     assert!(matches!(pool.submit(|| 1), Err(TaskError::PoolBroken(_))));
 }
 
+/// A failed initializer fails the tasks waiting for a countdown (or a retry) too, at
+/// once: they waited out their time and failed only then, while `join` had returned
+/// (Python's executor fails every pending item as its initializer fails).
+#[test]
+fn failing_initializer_fails_the_delayed_tasks_too() {
+    quiet_panics();
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let pool = ThreadPool::builder()
+        .threads(1)
+        .name("quiet-init-later")
+        .initializer(move || {
+            let _ = rx.lock().unwrap().recv_timeout(T);
+            panic!("no config")
+        })
+        .build()
+        .unwrap();
+    let hour = TaskOptions::new().countdown(Duration::from_secs(3600));
+    let mut later = pool.submit_with(|| 1, hour).unwrap();
+    tx.send(()).unwrap();
+    pool.join_timeout(T).unwrap();
+    let got = later.wait_timeout(Duration::from_secs(5));
+    assert!(
+        matches!(&got, Err(TaskError::PoolBroken(why)) if why.contains("no config")),
+        "{got:?}"
+    );
+}
+
+/// A result nobody waits for any more (its `Task` dropped) whose `Drop` panics: the
+/// panic is the pool thread's, outside the task's own code. It ended the thread, which
+/// the pool still counted, so later tasks never ran and `join` and the pool's drop
+/// waited for ever.
+#[test]
+fn a_panicking_drop_of_an_unclaimed_result_keeps_the_pool() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("bomb")
+        }
+    }
+    quiet_panics();
+    let pool = ThreadPool::builder()
+        .threads(1)
+        .name("quiet-bomb")
+        .build()
+        .unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let gate = pool.submit(move || go_rx.recv_timeout(T).unwrap()).unwrap();
+    drop(pool.submit(|| Bomb).unwrap());
+    go_tx.send(()).unwrap();
+    get(gate).unwrap();
+    let mut next = pool.submit(|| 7).unwrap();
+    let got = next.wait_timeout(Duration::from_secs(10));
+    let joined = pool.join_timeout(Duration::from_secs(10));
+    if joined.is_err() {
+        // Its drop would wait for ever.
+        std::mem::forget(pool);
+    }
+    assert_eq!(got, Ok(7));
+    assert!(joined.is_ok(), "{joined:?}");
+}
+
 #[cfg(feature = "progress")]
 #[test]
 fn map_with_progress_bar() {

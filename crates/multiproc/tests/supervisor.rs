@@ -653,7 +653,8 @@ fn a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop() {
             .shutdown_grace(Duration::from_millis(200)),
         )
         .child(
-            ChildSpec::new("slow", slow_stop_once, (marker(&dir, "slow"), 2500))
+            // Long enough to outlast the look below on a loaded machine.
+            ChildSpec::new("slow", slow_stop_once, (marker(&dir, "slow"), 5000))
                 .shutdown_grace(Duration::from_secs(10)),
         )
         .build()
@@ -664,7 +665,7 @@ fn a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop() {
     let asked = Instant::now();
     go.set();
     // The leader returns; its group gets `SIGTERM`, then `SIGKILL` 200 ms later, while
-    // "slow" takes 2.5 s to stop.
+    // "slow" takes 5 s to stop.
     let killed = wait_gone(grandchild, Duration::from_millis(1500));
     let took = asked.elapsed();
     let slow_stopping = runs(slow);

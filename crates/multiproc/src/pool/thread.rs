@@ -204,13 +204,16 @@ impl Shared {
                 Ok(()) => true,
                 Err(e) => {
                     self.fail_all(Some(format!("the initializer failed: {e}")));
+                    // And those waiting for a countdown or a retry: they waited out
+                    // their time, then failed, while `join` had returned.
+                    self.timers.refuse_starts();
                     false
                 }
             },
         };
         if init_ok {
             while let Ok(job) = self.rx.recv() {
-                job(self.refusal());
+                run_job(job, self.refusal());
             }
         }
         self.exit();
@@ -228,7 +231,7 @@ impl Shared {
         }
         unpoisoned::lock(&self.tx).take();
         while let Ok(job) = self.rx.try_recv() {
-            job(self.refusal());
+            run_job(job, self.refusal());
         }
     }
 
@@ -392,8 +395,12 @@ impl Shared {
             .name("mp-timed-out".into())
             .spawn(move || {
                 ON_POOL.with(|p| p.set(shared.id()));
-                if let Some(job) = unpoisoned::lock(&theirs).take() {
-                    job();
+                if let Some(job) = unpoisoned::lock(&theirs).take()
+                    && let Err(caught) = crate::bootstrap::catching(job)
+                {
+                    tracing::warn!(
+                        "a thread pool task's closure panicked as it was dropped: {caught}"
+                    );
                 }
                 shared.exit();
             });
@@ -731,7 +738,7 @@ impl<T: Send + 'static> Run<T> {
         let job: Job = Box::new(move |refused| self.go(refused));
         if let Err(refused) = shared.send(job) {
             let (job, e) = *refused;
-            job(Some(e));
+            run_job(job, Some(e));
         }
     }
 
@@ -747,7 +754,9 @@ impl<T: Send + 'static> Run<T> {
         let action = Box::new(move |stopping: bool| match pool.upgrade() {
             Some(shared) if !stopping => self.queue_now(&shared),
             Some(shared) if shared.cancels_pending() => self.fail(TaskError::Cancelled),
-            _ => self.fail(TaskError::PoolClosed),
+            // Broken (an initializer failed) or terminated.
+            Some(shared) => self.fail(shared.closed_error()),
+            None => self.fail(TaskError::PoolClosed),
         });
         if let Err(e) = shared.timers.at_while(at, true, action, Some(live)) {
             tracing::warn!("a thread pool's timer thread could not start: {e}");
@@ -814,6 +823,19 @@ impl<T: Send + 'static> Run<T> {
 }
 
 /// Runs `f`, turning a panic into [`TaskError::Panicked`] (named after this thread).
+/// Runs a queued job (`refused`: ends its task unrun with that error). The task's own
+/// code runs caught inside it, but what the job drops runs here: a result nobody waits
+/// for any more (its `Task` dropped), the closure of a task ended unrun. A `Drop` that
+/// panics there is reported and the thread goes on: the panic ended the thread, which
+/// the pool still counted as live, and `join` and the pool's drop waited for ever.
+fn run_job(job: Job, refused: Option<TaskError>) {
+    if let Err(caught) = crate::bootstrap::catching(|| job(refused)) {
+        tracing::warn!(
+            "a thread pool task's closure or unclaimed result panicked as it was dropped: {caught}"
+        );
+    }
+}
+
 fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, TaskError> {
     crate::bootstrap::catching(f).map_err(|caught| {
         let thread = std::thread::current();
@@ -1275,7 +1297,7 @@ impl ThreadPool {
         if cancel_pending {
             unpoisoned::lock(&self.shared.state).cancel_pending = true;
             while let Ok(job) = self.shared.rx.try_recv() {
-                job(Some(TaskError::Cancelled));
+                run_job(job, Some(TaskError::Cancelled));
             }
             self.shared.timers.cancel_starts();
         }
