@@ -46,6 +46,10 @@ fn main() {
             ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
+                "a_panicking_drop_of_an_unclaimed_result_keeps_the_pool",
+                a_panicking_drop_of_an_unclaimed_result_keeps_the_pool,
+            ),
+            trial(
                 "a_result_whose_decode_panics_fails_its_task_only",
                 a_result_whose_decode_panics_fails_its_task_only,
             ),
@@ -365,6 +369,45 @@ fn a_callback_waits_for_a_task_of_its_own_batch() {
     let waited = rx.recv_timeout(T).expect("the callback never ran");
     assert_eq!(waited, "Ok(50)");
     drop(a);
+    finish(pool);
+}
+
+/// Armed in the test's own process only: a value whose `Drop` panics there (a worker,
+/// forked from the fork server, drops its copy quietly).
+static BOMBS_ARMED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Serialize, Deserialize)]
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if BOMBS_ARMED.load(Ordering::Relaxed) {
+            panic!("bomb")
+        }
+    }
+}
+
+fn bomb(_: ()) -> Bomb {
+    Bomb
+}
+
+/// A result whose `Task` was dropped (a done-callback kept it decoded) is dropped by
+/// whichever thread delivers it, the pool's own included: a `Drop` that panics there
+/// must not end that thread (the pool's results would no longer be routed).
+fn a_panicking_drop_of_an_unclaimed_result_keeps_the_pool() {
+    BOMBS_ARMED.store(true, Ordering::Relaxed);
+    let pool = Pool::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = pool.submit(bomb, ()).unwrap();
+    t.on_done(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    drop(t);
+    assert_eq!(rx.recv_timeout(T), Ok(true), "the callback never ran");
+    let mut next = pool.submit(sleep_ms, 1).unwrap();
+    let got = next.wait_timeout(Duration::from_secs(10));
+    BOMBS_ARMED.store(false, Ordering::Relaxed);
+    assert_eq!(got, Ok(1));
     finish(pool);
 }
 

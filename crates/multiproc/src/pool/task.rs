@@ -92,6 +92,25 @@ pub(crate) struct Cell<R> {
     decode: Option<Decode<R>>,
 }
 
+/// The last holder of a cell drops what it still holds: an outcome nobody took (its
+/// `Task` dropped, a done-callback having kept the value decoded), callbacks never run.
+/// That is user code running on whichever thread lets go last, often the pool's own
+/// delivering thread; a `Drop` that panics there is reported, not let loose on that
+/// thread (the process pool's thread ended, and its results were no longer routed; a
+/// thread pool's thread ended, and `join` waited for ever).
+impl<R> Drop for Cell<R> {
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let left = (state.outcome.take(), std::mem::take(&mut state.callbacks));
+        if let Err(caught) = crate::bootstrap::catching(move || drop(left)) {
+            tracing::warn!("dropping a task's unclaimed result panicked: {caught}");
+        }
+    }
+}
+
 struct CellState<R> {
     outcome: Option<Result<Held<R>, TaskError>>,
     /// The outcome is out, lent to callbacks that run now (without the lock); it comes
