@@ -20,6 +20,10 @@ fn main() {
     common::main(
         vec![
             trial("four_by_four_exactly_once", four_by_four_exactly_once),
+            trial(
+                "handles_past_the_users_in_flight_limit_wait",
+                handles_past_the_users_in_flight_limit_wait,
+            ),
             trial("consumer_killed_mid_stream", consumer_killed_mid_stream),
             trial(
                 "a_coding_panic_leaves_no_descriptor_behind",
@@ -183,6 +187,68 @@ fn send_to_a_dead_receiver_with_a_full_side_socket() {
         .recv_timeout(Duration::from_secs(10))
         .expect("a send to a receiver that died waited for ever");
     assert!(r.is_err(), "{r:?} after {sent} sends");
+}
+
+/// Handles sent and not yet read count against the sending user's descriptor limit
+/// (past its soft `RLIMIT_NOFILE` in flight the kernel refuses with `ETOOMANYREFS`, for
+/// a user without `CAP_SYS_RESOURCE`: a channel handle is 8 descriptors): a timed send
+/// past it times out, as for a full socket, and one that waits goes through once a
+/// consumer reads. It failed with an I/O error ("Too many references").
+fn handles_past_the_users_in_flight_limit_wait() {
+    let mut child = multiproc::spawn(sends_handles_unprivileged, ()).unwrap();
+    let said: String = child.join_timeout(T).unwrap();
+    assert!(said.starts_with("timed out after "), "{said}");
+    assert!(said.ends_with(", then went through"), "{said}");
+}
+
+/// As an unprivileged user with 64 descriptors, sends channel handles until a timed
+/// send does not go through, then one that waits while a thread reads one: what
+/// happened.
+fn sends_handles_unprivileged(_: ()) -> String {
+    // SAFETY: plain system calls that change this process's credentials and limits;
+    // its other threads (if any) hold nothing that depends on them.
+    unsafe {
+        if libc::geteuid() == 0
+            && (libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0)
+        {
+            return format!("cannot leave root: {}", std::io::Error::last_os_error());
+        }
+        let limit = libc::rlimit {
+            rlim_cur: 64,
+            rlim_max: 64,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return format!(
+                "cannot lower the limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let (tx, rx) = multiproc::pipe::<Sender<u32>>().unwrap();
+    let (inner, _inner_rx) = multiproc::pipe::<u32>().unwrap();
+    let mut sent = 0;
+    loop {
+        match tx.send_timeout(inner.clone(), Duration::from_millis(100)) {
+            Ok(()) => sent += 1,
+            Err(multiproc::SendTimeoutError::Timeout(_)) => break,
+            Err(e) => return format!("after {sent} sends: {e}"),
+        }
+        if sent == 100 {
+            return "100 sends went through".into();
+        }
+    }
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        rx.recv_timeout(T).map(drop).map_err(|e| e.to_string())
+    });
+    let waited = tx.send(inner.clone());
+    let read = reader.join().unwrap();
+    match (waited, read) {
+        (Ok(()), Ok(())) => format!("timed out after {sent} sends, then went through"),
+        (w, r) => format!("timed out after {sent} sends, then {w:?} (read: {r:?})"),
+    }
 }
 
 fn join_all<R: serde::de::DeserializeOwned>(handles: Vec<multiproc::JoinHandle<R>>) -> Vec<R> {

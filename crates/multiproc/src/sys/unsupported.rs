@@ -130,6 +130,10 @@ pub(crate) fn wait_readable(
 ) -> io::Result<Vec<Readiness>> {
     Err(unsupported())
 }
+pub(crate) fn too_many_in_flight(_: &io::Error) -> bool {
+    false
+}
+
 pub(crate) fn poll_now(_: BorrowedFd<'_>) -> io::Result<Readiness> {
     Err(unsupported())
 }

@@ -680,6 +680,21 @@ impl RawSender {
                         return Err((msg, SendFail::Io(e)));
                     }
                 }
+                // Too many descriptors in flight for this user (a channel handle is 8):
+                // as for a full socket, a consumer's read makes room, and no event
+                // tells when: looked at again every millisecond.
+                Some(Err(e)) if sys::too_many_in_flight(&e) => {
+                    if wait.passed() {
+                        return Err((msg, SendFail::Full));
+                    }
+                    if Core::all_gone(&core.receivers) {
+                        return Err((msg, SendFail::Disconnected));
+                    }
+                    let left = wait.instant().map_or(HELD_UP, |d| {
+                        d.saturating_duration_since(Instant::now()).min(HELD_UP)
+                    });
+                    std::thread::sleep(left);
+                }
                 Some(Err(e)) => return Err((msg, SendFail::Io(e))),
                 None => {
                     if let Err(e) = self.full(held, wait) {
