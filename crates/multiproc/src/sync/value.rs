@@ -120,7 +120,9 @@ impl<T: ShmSafe> Value<T> {
     /// [`create_named`](Self::create_named) in any process of the same PID namespace:
     /// the lock knows its holder by thread id, so a process of another namespace (a
     /// container that shares `/dev/shm` but not process ids) would take a live
-    /// holder's lock as a dead one's.
+    /// holder's lock as a dead one's. The same goes for a process of another time
+    /// namespace with a boot-time offset (the holder's start time reads differently
+    /// there).
     ///
     /// # Errors
     ///
