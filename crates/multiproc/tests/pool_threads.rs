@@ -752,6 +752,46 @@ fn failing_initializer_fails_the_delayed_tasks_too() {
     );
 }
 
+/// The closure of a task cancelled while queued is dropped by the pool thread that
+/// takes the job off the queue: a `Drop` of what it captured that panics there is the
+/// thread's, outside the task's own code. It ended the thread, which the pool still
+/// counted, so later tasks never ran and `join` waited for ever.
+#[test]
+fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("bomb")
+        }
+    }
+    quiet_panics();
+    let pool = ThreadPool::builder()
+        .threads(1)
+        .name("quiet-cancelled-bomb")
+        .build()
+        .unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let gate = pool.submit(move || go_rx.recv_timeout(T).unwrap()).unwrap();
+    let bomb = Bomb;
+    let queued = pool
+        .submit(move || {
+            let _keep = &bomb;
+        })
+        .unwrap();
+    assert!(queued.cancel(), "a queued task is cancelled");
+    go_tx.send(()).unwrap();
+    get(gate).unwrap();
+    let mut next = pool.submit(|| 7).unwrap();
+    let got = next.wait_timeout(Duration::from_secs(10));
+    let joined = pool.join_timeout(Duration::from_secs(10));
+    if joined.is_err() {
+        // Its drop would wait for ever.
+        std::mem::forget(pool);
+    }
+    assert_eq!(got, Ok(7));
+    assert!(joined.is_ok(), "{joined:?}");
+}
+
 /// A result nobody waits for any more (its `Task` dropped) whose `Drop` panics: the
 /// panic is the pool thread's, outside the task's own code. It ended the thread, which
 /// the pool still counted, so later tasks never ran and `join` and the pool's drop

@@ -1812,6 +1812,11 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     // while it loads its data or runs a long script, leaves the connection up: only a
     // second try would read them then).
     let mut recover_due = false;
+    // When a read of them refused may be made again, and the wait after the next
+    // refusal (doubled while they go on, up to 2 s): a server that refuses it for good
+    // (an ACL rule) gets one a doubling wait, not one a batch of replies.
+    let mut recover_after = Instant::now();
+    let mut recover_wait = Duration::from_millis(50);
     // Whether the epochs are still to be checked on the current connection.
     let mut epochs_due = false;
     let mut last_look = Instant::now();
@@ -1852,8 +1857,14 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             // epochs known from submitting are older than that.
             epochs_due = true;
         }
-        if recover_due && inner.recover(&mut link) {
-            recover_due = false;
+        if recover_due && Instant::now() >= recover_after {
+            if inner.recover(&mut link) {
+                recover_due = false;
+                recover_wait = Duration::from_millis(50);
+            } else {
+                recover_after = Instant::now() + recover_wait;
+                recover_wait = (recover_wait * 2).min(Duration::from_secs(2));
+            }
         }
         if inner.epochs_stale.swap(false, Ordering::AcqRel) {
             epochs_due = true;
@@ -1942,10 +1953,8 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 // still names a task that has ended: the result keys say which, and
                 // their outcomes (or why they do not decode) go to their waiters.
                 if unreadable {
+                    // Read at the next turn of the loop.
                     recover_due = true;
-                    if inner.recover(&mut link) {
-                        recover_due = false;
-                    }
                 }
             }
             Err(e) => {

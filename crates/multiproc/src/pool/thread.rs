@@ -395,12 +395,8 @@ impl Shared {
             .name("mp-timed-out".into())
             .spawn(move || {
                 ON_POOL.with(|p| p.set(shared.id()));
-                if let Some(job) = unpoisoned::lock(&theirs).take()
-                    && let Err(caught) = crate::bootstrap::catching(job)
-                {
-                    tracing::warn!(
-                        "a thread pool task's closure panicked as it was dropped: {caught}"
-                    );
+                if let Some(job) = unpoisoned::lock(&theirs).take() {
+                    deliver_caught(job);
                 }
                 shared.exit();
             });
@@ -414,7 +410,7 @@ impl Shared {
                 self.exit();
                 tracing::warn!("a thread pool delivers a timeout on its timer thread: {e}");
                 if let Some(job) = unpoisoned::lock(&job).take() {
-                    job();
+                    deliver_caught(job);
                 }
             }
         }
@@ -822,7 +818,14 @@ impl<T: Send + 'static> Run<T> {
     }
 }
 
-/// Runs `f`, turning a panic into [`TaskError::Panicked`] (named after this thread).
+/// Delivers a timed-out task's outcome (its callbacks run caught already): whatever
+/// else panics there is reported, not let loose on the thread that delivers.
+fn deliver_caught(deliver: impl FnOnce()) {
+    if let Err(caught) = crate::bootstrap::catching(deliver) {
+        tracing::warn!("delivering a thread pool task's timeout panicked: {caught}");
+    }
+}
+
 /// Runs a queued job (`refused`: ends its task unrun with that error). The task's own
 /// code runs caught inside it, but what the job drops runs here: a result nobody waits
 /// for any more (its `Task` dropped), the closure of a task ended unrun. A `Drop` that
@@ -836,6 +839,7 @@ fn run_job(job: Job, refused: Option<TaskError>) {
     }
 }
 
+/// Runs `f`, turning a panic into [`TaskError::Panicked`] (named after this thread).
 fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, TaskError> {
     crate::bootstrap::catching(f).map_err(|caught| {
         let thread = std::thread::current();

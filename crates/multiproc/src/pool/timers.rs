@@ -205,7 +205,7 @@ impl Timers {
         };
         self.shared.changed.notify_all();
         for e in starts {
-            (e.action)(true);
+            run_action(e.action, true);
         }
     }
 
@@ -225,7 +225,7 @@ impl Timers {
         };
         self.shared.changed.notify_all();
         for e in left {
-            (e.action)(true);
+            run_action(e.action, true);
         }
         let thread = unpoisoned::lock(&self.thread).take();
         if let Some(t) = thread {
@@ -237,6 +237,16 @@ impl Timers {
 impl Drop for Timers {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs `action`. It may drop user values (a task's closure, ended unrun): a `Drop`
+/// that panics is reported, and the actions after it still run (their tasks would get
+/// no outcome), on whatever thread runs them (the timer thread, or a pool thread whose
+/// initializer failed: it ended, still counted as live).
+fn run_action(action: Action, stopping: bool) {
+    if let Err(caught) = crate::bootstrap::catching(|| action(stopping)) {
+        tracing::warn!("a pool's timer action panicked: {caught}");
     }
 }
 
@@ -256,7 +266,7 @@ fn run(shared: &Shared) {
             }
             drop(st);
             for action in due {
-                action(false);
+                run_action(action, false);
             }
             st = unpoisoned::lock(&shared.state);
             continue;

@@ -682,8 +682,11 @@ impl RawSender {
                 }
                 // Too many descriptors in flight for this user (a channel handle is 8):
                 // as for a full socket, a consumer's read makes room, and no event
-                // tells when: looked at again every millisecond.
-                Some(Err(e)) if sys::too_many_in_flight(&e) => {
+                // tells when: looked at again every millisecond. Only while this
+                // channel holds unread messages: with none, its consumers can free
+                // nothing, the descriptors are in flight elsewhere, and a wait could
+                // last for ever (the error is the caller's).
+                Some(Err(e)) if sys::too_many_in_flight(&e) && core.len() > 0 => {
                     if wait.passed() {
                         return Err((msg, SendFail::Full));
                     }

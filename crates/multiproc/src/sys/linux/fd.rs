@@ -309,7 +309,6 @@ pub(crate) fn wait_readable(
         .collect())
 }
 
-/// Whether `fd` is readable or hung up right now.
 /// Whether a send of descriptors failed because too many are in flight for this user
 /// (`ETOOMANYREFS`: those sent and not yet read, in every Unix socket, count against
 /// the sender's `RLIMIT_NOFILE`, for a user without `CAP_SYS_RESOURCE`): a reader's
@@ -318,6 +317,7 @@ pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ETOOMANYREFS)
 }
 
+/// Whether `fd` is readable or hung up right now.
 pub(crate) fn poll_now(fd: BorrowedFd<'_>) -> io::Result<Readiness> {
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
     loop {
