@@ -752,18 +752,34 @@ fn failing_initializer_fails_the_delayed_tasks_too() {
     );
 }
 
+/// A value whose `Drop` panics.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("bomb")
+    }
+}
+
+/// `pool` runs a new task, and joins.
+fn still_serves(pool: ThreadPool) {
+    let mut next = pool.submit(|| 7).unwrap();
+    let got = next.wait_timeout(Duration::from_secs(10));
+    let joined = pool.join_timeout(Duration::from_secs(10));
+    if joined.is_err() {
+        // Its drop would wait for ever.
+        std::mem::forget(pool);
+    }
+    assert_eq!(got, Ok(7));
+    assert!(joined.is_ok(), "{joined:?}");
+}
+
 /// The closure of a task cancelled while queued is dropped by the pool thread that
 /// takes the job off the queue: a `Drop` of what it captured that panics there is the
 /// thread's, outside the task's own code. It ended the thread, which the pool still
 /// counted, so later tasks never ran and `join` waited for ever.
 #[test]
 fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
-    struct Bomb;
-    impl Drop for Bomb {
-        fn drop(&mut self) {
-            panic!("bomb")
-        }
-    }
     quiet_panics();
     let pool = ThreadPool::builder()
         .threads(1)
@@ -781,15 +797,7 @@ fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
     assert!(queued.cancel(), "a queued task is cancelled");
     go_tx.send(()).unwrap();
     get(gate).unwrap();
-    let mut next = pool.submit(|| 7).unwrap();
-    let got = next.wait_timeout(Duration::from_secs(10));
-    let joined = pool.join_timeout(Duration::from_secs(10));
-    if joined.is_err() {
-        // Its drop would wait for ever.
-        std::mem::forget(pool);
-    }
-    assert_eq!(got, Ok(7));
-    assert!(joined.is_ok(), "{joined:?}");
+    still_serves(pool);
 }
 
 /// A result nobody waits for any more (its `Task` dropped) whose `Drop` panics: the
@@ -798,12 +806,6 @@ fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
 /// waited for ever.
 #[test]
 fn a_panicking_drop_of_an_unclaimed_result_keeps_the_pool() {
-    struct Bomb;
-    impl Drop for Bomb {
-        fn drop(&mut self) {
-            panic!("bomb")
-        }
-    }
     quiet_panics();
     let pool = ThreadPool::builder()
         .threads(1)
@@ -815,15 +817,7 @@ fn a_panicking_drop_of_an_unclaimed_result_keeps_the_pool() {
     drop(pool.submit(|| Bomb).unwrap());
     go_tx.send(()).unwrap();
     get(gate).unwrap();
-    let mut next = pool.submit(|| 7).unwrap();
-    let got = next.wait_timeout(Duration::from_secs(10));
-    let joined = pool.join_timeout(Duration::from_secs(10));
-    if joined.is_err() {
-        // Its drop would wait for ever.
-        std::mem::forget(pool);
-    }
-    assert_eq!(got, Ok(7));
-    assert!(joined.is_ok(), "{joined:?}");
+    still_serves(pool);
 }
 
 #[cfg(feature = "progress")]
