@@ -2474,6 +2474,10 @@ fn a_broken_pool_stops_its_running_tasks() {
         .submit(say_started_then_sleep, (started.clone(), 3600))
         .unwrap();
     assert!(common::eventually(T, || std::path::Path::new(&started).exists()));
+    // The other worker has run its initializer (it runs a task while the first is
+    // busy): started after the mark, on a loaded machine, it failed to start, and the
+    // pool broke before the crash below reached a worker.
+    assert_eq!(get(pool.submit(sleep_ms, 0).unwrap()), Ok(0));
     let workers = pool.worker_pids();
     std::fs::write(&marker, b"").unwrap();
     // The other worker dies with its task; its replacements cannot start.
