@@ -761,6 +761,16 @@ impl Drop for Bomb {
     }
 }
 
+/// A pool of one thread named `name` (its panics kept quiet), held by a task that
+/// waits for a message on the sender: tasks submitted meanwhile stay queued.
+fn held_pool(name: &str) -> (ThreadPool, mpsc::Sender<()>, Task<()>) {
+    quiet_panics();
+    let pool = ThreadPool::builder().threads(1).name(name).build().unwrap();
+    let (go, wait) = mpsc::channel::<()>();
+    let gate = pool.submit(move || wait.recv_timeout(T).unwrap()).unwrap();
+    (pool, go, gate)
+}
+
 /// `pool` runs a new task, and joins.
 fn still_serves(pool: ThreadPool) {
     let mut next = pool.submit(|| 7).unwrap();
@@ -780,14 +790,7 @@ fn still_serves(pool: ThreadPool) {
 /// counted, so later tasks never ran and `join` waited for ever.
 #[test]
 fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
-    quiet_panics();
-    let pool = ThreadPool::builder()
-        .threads(1)
-        .name("quiet-cancelled-bomb")
-        .build()
-        .unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let gate = pool.submit(move || go_rx.recv_timeout(T).unwrap()).unwrap();
+    let (pool, go, gate) = held_pool("quiet-cancelled-bomb");
     let bomb = Bomb;
     let queued = pool
         .submit(move || {
@@ -795,7 +798,7 @@ fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
         })
         .unwrap();
     assert!(queued.cancel(), "a queued task is cancelled");
-    go_tx.send(()).unwrap();
+    go.send(()).unwrap();
     get(gate).unwrap();
     still_serves(pool);
 }
@@ -806,16 +809,9 @@ fn a_panicking_drop_of_a_cancelled_closure_keeps_the_pool() {
 /// waited for ever.
 #[test]
 fn a_panicking_drop_of_an_unclaimed_result_keeps_the_pool() {
-    quiet_panics();
-    let pool = ThreadPool::builder()
-        .threads(1)
-        .name("quiet-bomb")
-        .build()
-        .unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let gate = pool.submit(move || go_rx.recv_timeout(T).unwrap()).unwrap();
+    let (pool, go, gate) = held_pool("quiet-bomb");
     drop(pool.submit(|| Bomb).unwrap());
-    go_tx.send(()).unwrap();
+    go.send(()).unwrap();
     get(gate).unwrap();
     still_serves(pool);
 }
