@@ -199,11 +199,18 @@ fn wait_sources(
             return Ok(Vec::new());
         }
         // Count ourselves among each channel's sleepers, so that senders ring, then
-        // look once more (an item may have come in between) before sleeping.
+        // look once more (an item may have come in between) before sleeping. Armed: a
+        // wait leaves the item it saw where it is, so the doorbell it silences is rung
+        // again for the channel's other sleepers (a receive asleep on it would
+        // otherwise sleep on beside the item, up to `MAX_SLEEP`).
         let _sleeping: Vec<_> = sources
             .iter()
             .filter_map(|s| match &s.0 {
-                Kind::Channel(rx) => Some(rx.sleeping()),
+                Kind::Channel(rx) => {
+                    let mut sleeping = rx.sleeping();
+                    sleeping.arm(true);
+                    Some(sleeping)
+                }
                 Kind::Process(_) | Kind::Task(_) => None,
             })
             .collect();
@@ -297,3 +304,36 @@ impl<R> private::Sealed for JoinHandle<R> {
     }
 }
 impl<R> Waitable for JoinHandle<R> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait woken by an item leaves it in the channel, and the doorbell it silenced
+    /// rings again for the other receivers asleep on it.
+    #[test]
+    fn a_wait_rings_again_for_the_other_sleepers() {
+        let q: Queue<u32> = Queue::new().unwrap();
+        // Another receiver, asleep on the doorbell.
+        let other = q.raw_receiver().sleeping();
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| wait(&[&q], Some(Duration::from_secs(10))));
+            // Until the wait is counted among the sleepers too.
+            let until = Instant::now() + Duration::from_secs(10);
+            while q.raw_receiver().sleeping_receivers() < 2 {
+                assert!(Instant::now() < until, "the wait never slept");
+                std::thread::yield_now();
+            }
+            q.put(7).unwrap();
+            assert_eq!(waiting.join().unwrap().unwrap(), [0]);
+        });
+        let bell = q.raw_receiver().readiness()[0];
+        let rung = sys::wait_readable(&[bell], Some(Instant::now())).unwrap();
+        assert!(
+            rung[0].readable,
+            "the other sleeper's doorbell was left silent"
+        );
+        drop(other);
+        assert_eq!(q.get().unwrap(), 7);
+    }
+}

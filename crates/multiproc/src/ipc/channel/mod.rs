@@ -1038,6 +1038,12 @@ impl RawReceiver {
 
     /// Counts the caller among the sleepers, so that senders ring the doorbell; the
     /// returned guard uncounts it and silences the bell.
+    /// How many receivers are counted among the sleepers.
+    #[cfg(test)]
+    pub(crate) fn sleeping_receivers(&self) -> u32 {
+        self.core.header().sleepers.0.receivers.load(SeqCst)
+    }
+
     pub(crate) fn sleeping(&self) -> Sleeping<'_> {
         self.core.header().sleepers.0.receivers.fetch_add(1, SeqCst);
         Sleeping {
