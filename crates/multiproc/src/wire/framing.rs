@@ -19,7 +19,8 @@
 //! The reader never trusts the header: a wrong magic, a length above the connection's
 //! limit or a descriptor count the queue cannot satisfy is [`RecvFrameError::Corrupt`], and
 //! bodies are allocated as their bytes arrive, so a lying length cannot make it allocate
-//! more than it has received (plus one bounded chunk).
+//! more than twice what it has received (plus one bounded chunk), and an honest one gets
+//! exactly its length.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -360,6 +361,16 @@ impl Conn {
             // read) wrote 16 MiB for each, 80 GB of zeroes for a 1 GiB frame.
             if p.got == p.body.len() {
                 let step = (len - p.got).min(BODY_STEP);
+                // Room doubles (few copies), but never past the declared length:
+                // `resize`'s own doubling left a 129 MiB body holding 256 MiB, which a
+                // child keeps through its call, within its address-space limit.
+                let room = p
+                    .body
+                    .capacity()
+                    .saturating_mul(2)
+                    .max(p.got + step)
+                    .min(len);
+                p.body.reserve_exact(room - p.body.len());
                 p.body.resize(p.got + step, 0);
                 #[cfg(test)]
                 ZEROED.with(|z| z.set(z.get() + step));
@@ -427,7 +438,7 @@ fn recv_some(
 #[cfg(any(test, fuzzing))]
 /// Feeds `bytes` to a connection and reads frames until it stops; returns how many
 /// were read. Never panics, never hangs (the writer has closed), allocates at most
-/// what arrived plus one step.
+/// twice what arrived plus one step.
 pub(crate) fn drain(bytes: &[u8], max_body: u64) -> usize {
     drain_bodies(bytes, max_body).len()
 }
@@ -497,6 +508,7 @@ mod tests {
             .unwrap();
         drop(sender.join().unwrap());
         assert_eq!((f.tag, f.body.len()), (9, len));
+        assert_eq!(f.body.capacity(), len, "room kept beyond the body");
         assert!(f.body.iter().all(|&x| x == 5));
         let zeroed = ZEROED.with(std::cell::Cell::get);
         assert!(zeroed <= len, "{zeroed} bytes zeroed for a body of {len}");
