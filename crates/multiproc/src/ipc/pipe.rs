@@ -210,7 +210,9 @@ pub(crate) fn send<T: Serialize>(
         SendFail::Disconnected => Failed::Disconnected,
         SendFail::Io(e) => Failed::Io(e),
     };
-    if let Some(len) = codec::inline_len(&value).filter(|&len| raw.fits_inline(len)) {
+    if let Some(len) =
+        codec::inline_len(&value, raw.inline_most()).filter(|&len| raw.fits_inline(len))
+    {
         // A value whose encoding changed size since it was measured (its `Serialize`
         // reads state another thread changes) goes the general way, encoded once.
         let resized = std::cell::Cell::new(false);

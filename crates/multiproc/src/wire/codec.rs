@@ -398,17 +398,19 @@ fn with_outgoing<R>(sink: Outgoing, f: impl FnOnce() -> R) -> (R, Outgoing) {
     (r, sink.unwrap_or(Outgoing::Count(0)))
 }
 
-/// The encoded length of a value that carries no descriptors, measured without
-/// encoding it; `None` if it carries some (or does not encode, or an encode is in
-/// progress on this thread: then the caller takes the general path).
+/// The encoded length of a value that carries no descriptors and encodes to at most
+/// `most` bytes, measured without encoding it; `None` if it carries some, is longer
+/// (found without measuring the rest: a large value is walked once more only up to
+/// `most`), does not encode, or an encode is in progress on this thread: then the
+/// caller takes the general path.
 ///
 /// Outside an encode, a handle's `Serialize` fails (see [`pass_fd`]), so measuring
 /// without any context is itself the test for descriptors.
-pub(crate) fn inline_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
+pub(crate) fn inline_len<T: Serialize + ?Sized>(value: &T, most: usize) -> Option<usize> {
     if ENCODING.with(Cell::get) {
         return None;
     }
-    measure(|| encoder::len_of(value)).ok()
+    measure(|| encoder::len_up_to(value, most))
 }
 
 /// Encodes a value that [`inline_len`] measured into `buf`, which must be exactly that
@@ -617,6 +619,25 @@ fn missing_fd(index: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Measuring for a ring stops at the ring's limit: a large value is not walked
+    /// whole to learn that it is too large.
+    #[test]
+    fn an_inline_measure_stops_at_its_limit() {
+        struct Counted(Cell<usize>);
+        impl Serialize for Counted {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.set(self.0.get() + 1);
+                s.serialize_u64(u64::MAX)
+            }
+        }
+        let value: Vec<Counted> = (0..100_000).map(|_| Counted(Cell::new(0))).collect();
+        let walked = || value.iter().map(|c| c.0.get()).sum::<usize>();
+        assert_eq!(inline_len(&value, 1 << 10), None);
+        assert!(walked() <= 1 << 10, "{} items measured", walked());
+        let small = &value[..10];
+        assert_eq!(inline_len(small, 1 << 10), encoder::len_of(small).ok());
+    }
 
     #[test]
     fn custom_serialize_errors_keep_their_message() {

@@ -512,6 +512,12 @@ impl RawSender {
         record_len(len) <= self.core.ring_len / 2
     }
 
+    /// A bound on the encoded length of a message that [`fits_inline`](Self::fits_inline):
+    /// how far measuring one need go.
+    pub(crate) fn inline_most(&self) -> usize {
+        usize::try_from(self.core.ring_len / 2).unwrap_or(usize::MAX)
+    }
+
     /// Sends a message of `len` bytes that `fill` writes straight into the ring (it
     /// must fit inline), waiting for room as `wait` allows. With `unfinished`, the
     /// message is also counted as a task not yet done (`JoinableQueue`). `fill` returns
