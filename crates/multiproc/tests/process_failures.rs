@@ -93,6 +93,10 @@ fn main() {
                 "stopped_fork_server_is_replaced",
                 stopped_fork_server_is_replaced,
             ),
+            trial(
+                "stopped_fork_server_is_replaced_while_a_large_request_waits",
+                stopped_fork_server_is_replaced_while_a_large_request_waits,
+            ),
             trial("unusable_current_dir", unusable_current_dir),
             trial(
                 "fork_failures_keep_their_kind_and_leak_nothing",
@@ -111,7 +115,8 @@ fn helpers(mode: &str) {
         "server_killed" => helper_server_killed(),
         "server_killed_subreaper" => helper_server_killed_subreaper(),
         "server_dies_unanswered" => helper_server_dies_unanswered(),
-        "server_stopped" => helper_server_stopped(),
+        "server_stopped" => helper_server_stopped(false),
+        "server_stopped_large" => helper_server_stopped(true),
         "spare_server_killed" => helper_spare_server_killed(),
         "main" => println!("main ran"),
         "fork_limited" => helper_fork_limited(),
@@ -1083,14 +1088,20 @@ fn own_pid(_: ()) -> u32 {
     std::process::id()
 }
 
-fn helper_server_stopped() {
+/// `large`: the stalled request is larger than the socket holds (an environment of
+/// 4 MiB), so that it waits to be sent, not answered.
+fn helper_server_stopped(large: bool) {
     let me = std::process::id();
     multiproc::spawn(answer, 1).unwrap().join().unwrap();
     let server = common::fork_server_of(me).unwrap();
     // SAFETY: kill(2) on this process's own fork server.
     unsafe { libc::kill(server as i32, libc::SIGSTOP) };
     let started = Instant::now();
-    let r = multiproc::spawn(own_pid, ());
+    let mut builder = Builder::new();
+    if large {
+        builder = builder.env("LARGE", "x".repeat(4 << 20));
+    }
+    let r = builder.spawn(own_pid, ());
     println!(
         "stalled {} {}",
         r.map(|_| "spawned")
@@ -1119,6 +1130,20 @@ fn helper_server_stopped() {
 /// that its late answer is never taken for the next spawn's.
 fn stopped_fork_server_is_replaced() {
     let mut h = Helper::start("server_stopped");
+    assert_eq!(
+        h.expect("stalled ", Duration::from_secs(60)),
+        "timed out true"
+    );
+    assert_eq!(h.expect("own_pid ", Duration::from_secs(60)), "true");
+    assert_eq!(h.expect("new_server ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// As [`stopped_fork_server_is_replaced`], with a request too large for the socket to
+/// hold: its send waited for ever (no timeout), holding the lock every later spawn
+/// and the exit work wait for.
+fn stopped_fork_server_is_replaced_while_a_large_request_waits() {
+    let mut h = Helper::start("server_stopped_large");
     assert_eq!(
         h.expect("stalled ", Duration::from_secs(60)),
         "timed out true"

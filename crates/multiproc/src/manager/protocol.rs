@@ -351,7 +351,8 @@ impl Framed {
         self.out
             .extend_from_slice(&frame_len(bytes.len())?.to_le_bytes());
         self.out.extend_from_slice(bytes);
-        let sent = crate::sys::send_with_fds(socket.as_fd(), &[io::IoSlice::new(&self.out)], fds)?;
+        let sent =
+            crate::sys::send_with_fds(socket.as_fd(), &[io::IoSlice::new(&self.out)], fds, false)?;
         // The descriptors went with the first byte; the rest of the frame follows.
         (self.reader.get_ref()).write_all(&self.out[sent..])
     }

@@ -34,7 +34,7 @@ use handle::{Channel, ChildRecord, StatusSource};
 pub(crate) use handle::{HeldAcrossFork, set_hold_across_fork};
 
 use crate::bootstrap::{self, MAX_DEPTH, Me, Parent, messages};
-use crate::sys::{self, AsFd, OwnedFd};
+use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec;
 use crate::wire::codec::{CodecError, Kept};
 use crate::wire::framing::Conn;
@@ -79,9 +79,18 @@ pub enum StartMethod {
 
 static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
 
-/// Calls up to this size are sent before the child exists: an empty Unix socket buffers
-/// at least this much (the kernel's minimum default is 208 KiB), so the send cannot block.
+/// Calls up to this size are sent before the child exists, where the empty socket takes
+/// them without waiting (see [`early_call_limit`]).
 const EARLY_CALL_LIMIT: usize = 64 * 1024;
+
+/// The largest call sent on `sock` before the child exists: one that the empty socket
+/// takes without waiting, less room for the frame's header, and at most
+/// [`EARLY_CALL_LIMIT`]. The socket's buffer is asked, not assumed: with
+/// `net.core.wmem_default` set low, a send of 64 KiB waited for a reader that did not
+/// exist yet, for ever.
+fn early_call_limit(sock: BorrowedFd<'_>) -> usize {
+    sys::send_room(sock).map_or(0, |room| room.saturating_sub(4096).min(EARLY_CALL_LIMIT))
+}
 
 /// Sets the start method used when a [`Builder`] does not choose one (Python's
 /// `multiprocessing.set_start_method`).
@@ -418,10 +427,10 @@ impl Builder {
             sigpipe_ignored: sys::signal_is_ignored(sys::SIGPIPE),
             ids: sys::own_ids(),
         };
-        let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         // A small call fits in the empty socket's buffer: send it now, while the server
         // forks, rather than after. A large one waits for the child to exist to read it.
-        let early = prefix.len() + args.bytes.len() <= EARLY_CALL_LIMIT;
+        let early = prefix.len() + args.bytes.len() <= early_call_limit(ours.as_fd());
+        let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
         if early {
             let fds = sys::borrow_all(&args.fds);
             conn.send(messages::CALL, &[&prefix, &args.bytes], &fds)?;
@@ -833,6 +842,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call of the early limit goes into the empty socket without waiting, whatever
+    /// its send buffer (64 KiB waited for ever where the buffer held less).
+    #[test]
+    fn an_early_call_never_waits() {
+        for buffer in [None, Some(4096), Some(20_000)] {
+            let (ours, _theirs) = sys::stream_pair().unwrap();
+            if let Some(size) = buffer {
+                rustix::net::sockopt::set_socket_send_buffer_size(&ours, size).unwrap();
+            }
+            let limit = early_call_limit(ours.as_fd());
+            assert!(limit > 0 || buffer.is_some(), "{buffer:?}");
+            let fd = sys::dup(ours.as_fd()).unwrap();
+            let mut conn = Conn::new(fd, messages::MAX_OUTCOME);
+            let until = crate::wire::framing::Until {
+                deadline: std::time::Instant::now(),
+                last_look: std::time::Duration::ZERO,
+            };
+            let call = vec![1u8; limit];
+            conn.send_by(messages::CALL, &[&call], &[], Some(until))
+                .unwrap_or_else(|e| panic!("{buffer:?}: {limit} bytes: {e}"));
+        }
+    }
 
     #[test]
     fn spawn_before_init_is_an_error() {

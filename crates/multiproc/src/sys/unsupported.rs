@@ -88,6 +88,9 @@ pub(crate) struct SameImage(std::convert::Infallible);
 pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Err(unsupported())
 }
+pub(crate) fn send_room(_: BorrowedFd<'_>) -> io::Result<usize> {
+    Err(unsupported())
+}
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Err(unsupported())
 }
@@ -107,6 +110,7 @@ pub(crate) fn send_with_fds(
     _: BorrowedFd<'_>,
     _: &[io::IoSlice<'_>],
     _: &[BorrowedFd<'_>],
+    _: bool,
 ) -> io::Result<usize> {
     Err(unsupported())
 }

@@ -147,9 +147,18 @@ struct Pending {
     got: usize,
 }
 
+/// How long [`Conn::send_by`] waits for room.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Until {
+    pub(crate) deadline: Instant,
+    /// The last look, after the deadline.
+    pub(crate) last_look: std::time::Duration,
+}
+
 /// A framed connection over one end of a Unix stream socket.
 ///
-/// Sending blocks until the bytes are in the socket; receiving waits up to a deadline.
+/// Sending blocks until the bytes are in the socket (or up to a deadline:
+/// [`send_by`](Self::send_by)); receiving waits up to a deadline.
 /// A `Conn` is not synchronised: one sender and one receiver at a time (`&mut self`).
 pub(crate) struct Conn {
     fd: OwnedFd,
@@ -205,6 +214,21 @@ impl Conn {
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<()> {
+        self.send_by(tag, parts, fds, None)
+    }
+
+    /// As [`send`](Self::send), waiting for room in the socket until `deadline` at
+    /// most (`None`: as long as it takes), and then once more for `Until::last_look`,
+    /// awake: a program stopped whole for longer (its peer with it) wakes past its
+    /// deadline. A send that times out (`TimedOut`) may have sent part of the frame:
+    /// the connection is out of step, and must not be used again.
+    pub(crate) fn send_by(
+        &mut self,
+        tag: u8,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        until: Option<Until>,
+    ) -> io::Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         // The peer reads with the same limit (the processes of one program): a larger
         // message would make it drop the connection, a fork server with its children.
@@ -258,9 +282,28 @@ impl Conn {
             &mut spilled[..]
         };
         let mut first = true;
+        let mut deadline = until.map(|u| u.deadline);
         while !slices.is_empty() {
             let passed: &[BorrowedFd<'_>] = if first { fds } else { &[] };
-            let n = sys::send_with_fds(self.fd.as_fd(), slices, passed)?;
+            let n = match sys::send_with_fds(self.fd.as_fd(), slices, passed, until.is_some()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sys::wait_writable(self.fd.as_fd(), None, deadline)? {
+                        match (until, deadline) {
+                            (Some(u), Some(d)) if d == u.deadline => {
+                                deadline = Some(Instant::now() + u.last_look);
+                            }
+                            _ => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "the peer did not read the message in time",
+                                ));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                r => r?,
+            };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -453,7 +496,7 @@ pub(crate) fn drain_bodies(bytes: &[u8], max_body: u64) -> Vec<Vec<u8>> {
         move || {
             let mut sent = 0;
             while sent < bytes.len() {
-                match sys::send_with_fds(a.as_fd(), &[IoSlice::new(&bytes[sent..])], &[]) {
+                match sys::send_with_fds(a.as_fd(), &[IoSlice::new(&bytes[sent..])], &[], false) {
                     Ok(n) => sent += n,
                     Err(_) => break,
                 }
@@ -531,7 +574,8 @@ mod tests {
         let bytes = valid_frames(&bodies);
         let mut sent = 0;
         while sent < bytes.len() {
-            sent += sys::send_with_fds(a.fd(), &[IoSlice::new(&bytes[sent..])], &[]).unwrap();
+            sent +=
+                sys::send_with_fds(a.fd(), &[IoSlice::new(&bytes[sent..])], &[], false).unwrap();
         }
         for body in &bodies {
             assert_eq!(&b.recv(None).unwrap().body, body);
@@ -558,7 +602,7 @@ mod tests {
         let deadline = Some(Instant::now() + std::time::Duration::from_millis(20));
         assert!(matches!(b.recv(deadline), Err(RecvFrameError::Timeout)));
         // Half a header, then the peer goes away.
-        sys::send_with_fds(a.fd(), &[IoSlice::new(&MAGIC)], &[]).unwrap();
+        sys::send_with_fds(a.fd(), &[IoSlice::new(&MAGIC)], &[], false).unwrap();
         drop(a);
         assert!(matches!(b.recv(None), Err(RecvFrameError::Truncated)));
         let (a, mut b) = pair();
@@ -622,7 +666,7 @@ mod tests {
             tag: 1,
         }
         .encode();
-        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&too_long)], &[]).unwrap();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&too_long)], &[], false).unwrap();
         assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
 
         let (a, b) = sys::stream_pair().unwrap();
@@ -633,12 +677,12 @@ mod tests {
             tag: 1,
         }
         .encode();
-        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&missing_fds)], &[]).unwrap();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&missing_fds)], &[], false).unwrap();
         assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
 
         let (a, b) = sys::stream_pair().unwrap();
         let mut b = Conn::new(b, 1024);
-        sys::send_with_fds(a.as_fd(), &[IoSlice::new(b"GARBAGE GARBAGE!")], &[]).unwrap();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(b"GARBAGE GARBAGE!")], &[], false).unwrap();
         assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
     }
 }

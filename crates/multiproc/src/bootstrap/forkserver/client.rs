@@ -9,9 +9,10 @@ use super::server;
 use crate::bootstrap::messages::{self, CHANNEL_FD, DEATH_FD, ForkReply, ForkRequest};
 use crate::bootstrap::{CHILD_TOKEN, SERVER_TOKEN, format_token, looking};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
-use crate::wire::framing::{Conn, RecvFrameError};
+use crate::wire::framing::{Conn, RecvFrameError, Until};
 
-/// How long the server may take to answer a request before it is considered wedged.
+/// How long the server may take to take a request and answer it before it is considered
+/// wedged.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server is given to answer, once the process is seen awake past the reply
 /// timeout: the timeout may have passed while the program was stopped whole (`Ctrl-Z`, a
@@ -125,14 +126,29 @@ impl ForkServer {
                 format!("no descriptor free for the new process's pidfd: {e}"),
             )
         })?;
-        self.conn.send(tag, &[body], fds)?;
+        // Within the reply timeout too: a stopped server reads nothing, and a request
+        // larger than the socket holds (a large environment) waited for ever to be sent.
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let until = Until {
+            deadline,
+            last_look: LAST_LOOK,
+        };
+        self.conn
+            .send_by(tag, &[body], fds, Some(until))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the fork server did not answer (nor take the whole request)",
+                ),
+                _ => e,
+            })?;
         drop(room);
-        self.forked()
+        self.forked(deadline)
     }
 
     /// Reads the server's answer to a request: `FORKED`, with a pid and a pidfd.
-    fn forked(&mut self) -> io::Result<(u32, OwnedFd)> {
-        let deadline = Some(Instant::now() + REPLY_TIMEOUT);
+    fn forked(&mut self, deadline: Instant) -> io::Result<(u32, OwnedFd)> {
+        let deadline = Some(deadline);
         let mut got = looking::recv(&mut self.conn, deadline, &looking::FORKED);
         if matches!(got, Err(RecvFrameError::Timeout)) {
             // A last look, awake: a program stopped whole for longer than the timeout

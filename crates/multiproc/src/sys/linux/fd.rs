@@ -83,21 +83,32 @@ fn rights<'a>(
     Ok(control)
 }
 
+/// How many bytes a send on an empty Unix stream socket takes without waiting: half its
+/// send buffer (`SO_SNDBUF`, which `net.core.wmem_default` sets), the most one of its
+/// messages holds; the first is allocated however full the buffer is.
+pub(crate) fn send_room(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    Ok(rustix::net::sockopt::socket_send_buffer_size(sock)? / 2)
+}
+
 /// Sends `bufs` (and, with the first byte, `fds`) on a socket. Returns the number of bytes
-/// written, which may be short; never raises `SIGPIPE`.
+/// written, which may be short; never raises `SIGPIPE`. With `nonblocking`, returns
+/// `WouldBlock` when the socket has no room.
 pub(crate) fn send_with_fds(
     sock: BorrowedFd<'_>,
     bufs: &[IoSlice<'_>],
     fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
 ) -> io::Result<usize> {
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
     if fds.is_empty() {
-        return retry(|| {
-            rustix::net::sendmsg(sock, bufs, &mut Default::default(), SendFlags::NOSIGNAL)
-        });
+        return retry(|| rustix::net::sendmsg(sock, bufs, &mut Default::default(), flags));
     }
     let mut space = RIGHTS_SPACE;
     let mut control = rights(&mut space, fds)?;
-    retry(|| rustix::net::sendmsg(sock, bufs, &mut control, SendFlags::NOSIGNAL))
+    retry(|| rustix::net::sendmsg(sock, bufs, &mut control, flags))
 }
 
 /// Receives into `buf`, appending any passed descriptors (close-on-exec) to `fds`.
