@@ -722,6 +722,15 @@ fn ids_of_child(_: ()) -> (u32, u32, i32) {
     }
 }
 
+/// The signal this process gets when its parent dies (`PR_GET_PDEATHSIG`).
+fn parent_death_signal(_: ()) -> i32 {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int through the pointer given.
+    let r = unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut signal as *mut libc::c_int) };
+    assert_eq!(r, 0);
+    signal
+}
+
 /// Drops from root to `nobody` after `init` (its fork server runs as root), then
 /// spawns: the children run as `nobody`, and a daemon among them can be killed.
 fn helper_dropped_privileges() {
@@ -736,6 +745,13 @@ fn helper_dropped_privileges() {
         .join_timeout(T)
         .map_err(|e| e.to_string());
     println!("ids {ids:?}");
+    let signal = Builder::new()
+        .daemon(true)
+        .spawn(parent_death_signal, ())
+        .unwrap()
+        .join_timeout(T)
+        .map_err(|e| e.to_string());
+    println!("parent_death_signal {signal:?}");
     let daemon = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
     println!("kill {:?}", daemon.kill().map_err(|e| e.to_string()));
 }
@@ -743,7 +759,8 @@ fn helper_dropped_privileges() {
 /// A program that drops its privileges after `init` (root, then `nobody`): its children
 /// run as it does now, not as root (they ran as root, as the fork server started by
 /// `init` does, and the parent could not signal them: a `kill` failed, and the exit
-/// waited for ever for a daemon it could not end).
+/// waited for ever for a daemon it could not end), and its daemons keep their
+/// parent-death signal (the change of users cleared it, and they outlived their server).
 fn children_run_as_the_parent_does_now() {
     // SAFETY: a plain read of this process's effective user.
     let euid = unsafe { libc::geteuid() };
@@ -753,6 +770,11 @@ fn children_run_as_the_parent_does_now() {
     );
     let mut h = Helper::start("dropped_privileges");
     assert_eq!(h.expect("ids ", T), "Ok((65534, 65534, 0))");
+    // A daemon still dies with its server: the change of users cleared the signal.
+    assert_eq!(
+        h.expect("parent_death_signal ", T),
+        format!("Ok({})", libc::SIGKILL)
+    );
     assert_eq!(h.expect("kill ", T), "Ok(())");
     assert!(h.wait(T).success());
 }

@@ -47,17 +47,6 @@ pub(crate) fn become_requested(
         sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
-    // A daemon dies with the server, which dies with the parent; other children do not.
-    let parent_alive = if request.daemon {
-        sys::kill_me_with_parent(server.pid)
-    } else {
-        sys::clear_parent_death_signal().map(|()| true)
-    };
-    if !matches!(parent_alive, Ok(true))
-        || (request.process_group && sys::lead_process_group().is_err())
-    {
-        sys::exit_now(BOOTSTRAP_FAILURE);
-    }
     // Into the memory cgroup the server made for it, before anything else is charged to
     // its old one; across `exec` too.
     if let Some(dir) = &request.cgroup {
@@ -80,6 +69,20 @@ pub(crate) fn become_requested(
             channel,
             &format!("cannot take the parent's users and groups: {e}"),
         );
+    }
+    // A daemon dies with the server, which dies with the parent; other children do not.
+    // After the change of users and groups, which clears the parent-death signal (a
+    // daemon of a program that dropped its privileges outlived its server), and before
+    // the parent may learn the child's pid.
+    let parent_alive = if request.daemon {
+        sys::kill_me_with_parent(server.pid)
+    } else {
+        sys::clear_parent_death_signal().map(|()| true)
+    };
+    if !matches!(parent_alive, Ok(true))
+        || (request.process_group && sys::lead_process_group().is_err())
+    {
+        sys::exit_now(BOOTSTRAP_FAILURE);
     }
     drop(taken);
     // stdin, stdout, stderr at 0 to 2, the channel at CHANNEL_FD, the death pipe at
