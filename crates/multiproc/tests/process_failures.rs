@@ -31,6 +31,10 @@ fn main() {
             ),
             trial("segfault_is_reported", segfault_is_reported),
             trial(
+                "a_panic_payload_that_panics_when_dropped",
+                a_panic_payload_that_panics_when_dropped,
+            ),
+            trial(
                 "a_crash_is_reported_while_a_process_it_forked_lives",
                 a_crash_is_reported_while_a_process_it_forked_lives,
             ),
@@ -175,6 +179,67 @@ fn panic_with_message_and_location() {
         assert_eq!(p.message(), "second", "{method}");
         assert_eq!(p.location(), None, "{method}: resume_unwind has none");
     });
+}
+
+/// A panic payload whose `Drop` panics.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("the payload was dropped");
+    }
+}
+
+fn panics_with_a_payload_that_panics_when_dropped(_: ()) -> u32 {
+    std::panic::panic_any(PanicsWhenDropped)
+}
+
+/// A child whose panic payload panics when dropped reports its panic and ends (the
+/// payload dropped after the report unwound out of the call, into the frames of the
+/// fork server's loop, or of the caller of `spawn_fork`).
+fn a_panic_payload_that_panics_when_dropped() {
+    each_method(
+        panics_with_a_payload_that_panics_when_dropped,
+        |method, r| {
+            let Err(ProcessError::Panicked(p)) = r else {
+                panic!("{method}: {r:?}")
+            };
+            assert!(!p.message().contains("dropped"), "{method}: {p}");
+        },
+    );
+    // A child forked from here never comes back into these frames: one that does says
+    // so on a pipe, and ends.
+    let parent = std::process::id();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors it makes.
+    let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+    assert_eq!(made, 0);
+    let spawned = std::panic::catch_unwind(|| {
+        // SAFETY: the function takes no lock another test thread could hold.
+        unsafe {
+            Builder::new()
+                .stderr(Stdio::null())
+                .spawn_fork(|| panics_with_a_payload_that_panics_when_dropped(()))
+        }
+    });
+    if std::process::id() != parent {
+        // SAFETY: a write to the pipe made above, then this process's end.
+        unsafe {
+            libc::write(fds[1], b"x".as_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let r = spawned.unwrap().unwrap().join_timeout(T);
+    assert!(matches!(r, Err(ProcessError::Panicked(_))), "{r:?}");
+    let mut byte = [0u8; 1];
+    // SAFETY: a read into a local buffer, then the pipe's two ends closed.
+    let n = unsafe {
+        let n = libc::read(fds[0], byte.as_mut_ptr().cast(), 1);
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        n
+    };
+    assert!(n < 1, "the forked child came back into its parent's frames");
 }
 
 /// Catches a panic of its own, then unwinds with another payload (no hook runs for it).

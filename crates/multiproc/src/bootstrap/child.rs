@@ -227,6 +227,8 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         }
         Err(payload) => {
             report_panic(&mut conn, &*payload);
+            // Not dropped: its `Drop` is the caller's code too, and may panic.
+            std::mem::forget(payload);
             PANIC_EXIT
         }
     };
@@ -257,6 +259,8 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
         }
         Err(payload) => {
             report_panic(&mut conn, &*payload);
+            // Not dropped: its `Drop` is the caller's code too, and may panic.
+            std::mem::forget(payload);
             PANIC_EXIT
         }
     };
