@@ -44,6 +44,10 @@ fn main() {
                 "a_map_called_before_close_ends",
                 a_map_called_before_close_ends,
             ),
+            trial(
+                "a_map_whose_iterator_gives_its_items_after_close_ends",
+                a_map_whose_iterator_gives_its_items_after_close_ends,
+            ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
                 "a_panicking_drop_of_an_unclaimed_result_keeps_the_pool",
@@ -682,6 +686,49 @@ fn a_map_called_before_close_ends() {
             ));
             let joined = pool.join_timeout(T);
             assert_eq!(mapping.join().unwrap().unwrap(), lens);
+            joined.expect("the pool did not finish after the map");
+        });
+        finish(pool);
+    }
+}
+
+/// A map called before `close` runs whole even when its iterator gives its first item
+/// only after the close (the map counted as open only once it had an item, or all of
+/// them for an iterator of unknown length: it failed with `PoolClosed`, and the join
+/// did not wait for it). For `map` and `map_with`.
+fn a_map_whose_iterator_gives_its_items_after_close_ends() {
+    for with in [false, true] {
+        let pool = Pool::new(2).unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let pool = &pool;
+            let mapping = s.spawn(move || {
+                let mut first = true;
+                // A filter: its length is not known, so the map collects it first.
+                let items = (0..100u64).filter(move |_| {
+                    if std::mem::take(&mut first) {
+                        started_tx.send(()).unwrap();
+                        closed_rx.recv_timeout(T).unwrap();
+                    }
+                    true
+                });
+                if with {
+                    pool.map_with(1u64, |one, x| square(x) + one, items)
+                } else {
+                    pool.map(square, items)
+                }
+            });
+            started_rx.recv_timeout(T).expect("the map did not start");
+            pool.close();
+            closed_tx.send(()).unwrap();
+            let joined = pool.join_timeout(T);
+            let expected: Vec<u64> = (0..100).map(|x| square(x) + u64::from(with)).collect();
+            assert_eq!(
+                mapping.join().unwrap().unwrap(),
+                expected,
+                "map_with {with}"
+            );
             joined.expect("the pool did not finish after the map");
         });
         finish(pool);

@@ -38,7 +38,7 @@ use crate::ipc::channel::Received;
 use crate::process::{Limits, SpawnError, StartMethod};
 use crate::sys;
 use crate::wire::codec::{self, Encoded, Kept};
-use engine::{Config, PerTask, PoolInner};
+use engine::{Config, OpenMap, PerTask, PoolInner};
 pub(crate) use engine::{DEPTH_MAX, DEPTH_MIN};
 use task::{Cancel, Cell, FromWorker, Sink, Slots};
 use worker::JOB_HEADER;
@@ -607,12 +607,15 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
+        // Open before the first item is taken: a map called before `close` runs
+        // whole, however long its iterator takes to give its items.
+        let open = self.inner.open_map()?;
         let mut items = items.into_iter().peekable();
         if items.peek().is_none() {
             return Ok(Vec::new());
         }
         let key = (entry(f, true)?, 0);
-        self.map_items(key, items, chunk_size, deadline, progress)
+        self.map_items(open, key, items, chunk_size, deadline, progress)
     }
 
     /// Runs `f(&ctx, item)` on every item, in chunks, and returns the results in order:
@@ -656,6 +659,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
+        let open = self.inner.open_map()?;
         let mut items = items.into_iter().peekable();
         if items.peek().is_none() {
             return Ok(Vec::new());
@@ -673,12 +677,13 @@ impl Pool {
             }
         }
         let _ends = Ends(&self.inner, context);
-        self.map_items((entry, context), items, None, None, &mut |_| {})
+        self.map_items(open, (entry, context), items, None, None, &mut |_| {})
     }
 
     /// Sends the items in chunks of `chunk_size` (by default chosen for how many there
     /// are) as jobs of `entry` (with `context`, for `map_with`) and collects the
-    /// results in order, until `deadline`.
+    /// results in order, until `deadline`. `open`: the map, counted open since before
+    /// its caller took the first item (its chunks go on after a `close`).
     ///
     /// Each chunk is taken from the iterator into one reused vector, encoded, and
     /// dropped: the items are never all held at once (for 100,000 `u64`s, collecting
@@ -688,6 +693,7 @@ impl Pool {
     /// iterator that does not know its length (a filter) is collected first.
     fn map_items<A, R>(
         &self,
+        open: OpenMap<'_>,
         (entry, context): (TaskEntry, u64),
         items: impl Iterator<Item = A>,
         chunk_size: Option<usize>,
@@ -707,7 +713,7 @@ impl Pool {
                     all.push(item);
                 }
                 let key = (entry, context);
-                return self.map_items(key, all.into_iter(), chunk_size, deadline, progress);
+                return self.map_items(open, key, all.into_iter(), chunk_size, deadline, progress);
             }
         };
         let chunk_size = chunk_size
@@ -723,7 +729,7 @@ impl Pool {
             from: 0,
         };
         // Its chunks go on after a `close` (not after a `terminate`).
-        let _open = self.inner.open_map()?;
+        let _open = open;
         let mut feed = Feed {
             items,
             chunk: Vec::with_capacity(chunk_size.min(len).min(1 << 16)),
