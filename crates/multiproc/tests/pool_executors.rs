@@ -66,6 +66,10 @@ fn main() {
                 "a_taken_back_tasks_receiver_leaves_no_count",
                 a_taken_back_tasks_receiver_leaves_no_count,
             ),
+            trial(
+                "a_broken_pools_task_leaves_no_receiver_count",
+                a_broken_pools_task_leaves_no_receiver_count,
+            ),
             trial("shutdown_cancels_pending", shutdown_cancels_pending),
             trial(
                 "a_retry_due_after_a_cancelling_shutdown_is_cancelled",
@@ -1051,6 +1055,32 @@ fn a_retried_runs_receiver_keeps_its_pipe_connected() {
     }
     Executor::shutdown(&tp, true, false);
     finish(p);
+}
+
+/// An initializer that always fails.
+fn init_fails(_: ()) {
+    panic!("no start for this worker");
+}
+
+/// A task with a receiver in its argument, in a pool that breaks before any worker began
+/// it (its workers' initializer fails every time): once it failed with `PoolBroken`, the
+/// pipe has no receiver left (the copy sent to the worker that failed last kept its
+/// count for ever).
+fn a_broken_pools_task_leaves_no_receiver_count() {
+    let p = Pool::builder()
+        .processes(1)
+        .initializer(init_fails, ())
+        .build()
+        .unwrap();
+    let (tx, rx) = multiproc::pipe::<u64>().unwrap();
+    let mut t = p
+        .submit(started_then_read, (Event::new().unwrap(), rx))
+        .unwrap();
+    let r = t.wait_timeout(T);
+    assert!(matches!(r, Err(TaskError::PoolBroken(_))), "{r:?}");
+    drop(t);
+    no_receiver_left(&tx, "after the pool broke");
+    drop(p);
 }
 
 /// Every receiver of `tx`'s pipe is gone (within `T`): a send says so at once, rather

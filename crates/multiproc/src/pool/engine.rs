@@ -1762,7 +1762,13 @@ impl PoolInner {
             if !rec.delivered {
                 out.push((rec.sink, rec.slot, Err(TaskError::PoolBroken(why.clone()))));
             }
-            if let Some((ticket, _)) = rec.ticket {
+            if let Some((ticket, generation)) = rec.ticket {
+                // A copy no worker began is never decoded now (its worker is killed
+                // below): its counts come back. One begun was decoded, and its worker
+                // holds them.
+                if self.tickets.cancel(ticket, generation) == TicketState::Cancelled {
+                    rec.transit.give_back();
+                }
                 self.tickets.free(ticket);
                 st.free_tickets.push(ticket);
             }
