@@ -192,11 +192,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// The process's client for `address`, `key` and `settings`.
     pub(crate) fn get(address: &Address, key: &[u8], settings: ClientSettings) -> Arc<Client> {
-        // The clients looked at are let go after the lock: one whose last handle is
-        // dropped meanwhile would run its `Drop`, which takes the lock, here.
-        let live = live_clients();
+        // The clients looked at are let go after the lock (declared before it, dropped
+        // after it): one whose last handle is dropped meanwhile would run its `Drop`,
+        // which takes the lock, here. Looked for under the lock that the new one is
+        // added under: two threads that looked before either added made two clients.
+        let mut looked: Vec<Arc<Client>> = Vec::new();
         let mut clients = unpoisoned::lock(&CLIENTS);
-        if let Some(c) = live
+        clients.retain(|c| c.strong_count() > 0);
+        looked.extend(clients.iter().filter_map(Weak::upgrade));
+        if let Some(c) = looked
             .iter()
             .find(|c| c.address == *address && c.key == key && c.settings == settings)
         {
@@ -234,7 +238,8 @@ impl Client {
         self.open(deadline.get(), true)
     }
 
-    fn checkin(&self, conn: ClientConn) {
+    fn checkin(&self, mut conn: ClientConn) {
+        conn.framed.shed();
         let mut idle = unpoisoned::lock(&self.idle);
         if idle.0 == crate::sys::process_id() {
             idle.1.push(conn);
@@ -856,6 +861,32 @@ mod tests {
     use super::{Address, CallDeadline, Client, ClientSettings, ManagerError, Nearby};
 
     const T: Duration = Duration::from_secs(30);
+
+    /// Threads that ask at once for the client of one address get one client (each
+    /// looked before any added, and two threads could make two: two anchors, two
+    /// pools of connections, two caps on local connections).
+    #[test]
+    fn threads_asking_at_once_share_one_client() {
+        for round in 0..3000u16 {
+            let address = Address::Abstract(format!("no-server-{round}").into_bytes());
+            let start = std::sync::Barrier::new(8);
+            let got: Vec<Arc<Client>> = std::thread::scope(|s| {
+                let asks: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            Client::get(&address, b"key", ClientSettings::default())
+                        })
+                    })
+                    .collect();
+                asks.into_iter().map(|a| a.join().unwrap()).collect()
+            });
+            assert!(
+                got.iter().all(|c| Arc::ptr_eq(c, &got[0])),
+                "round {round}: several clients for one address"
+            );
+        }
+    }
 
     /// An in-process server on a TCP port of loopback, telling clients that its nearby
     /// listener is `advertised` if given; stopped and joined when dropped.
