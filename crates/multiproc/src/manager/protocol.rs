@@ -238,6 +238,17 @@ pub(crate) enum FrameError {
 /// Largest piece of a body read at once: an announced length allocates no more than
 /// what has arrived, plus this.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most room a connection's buffers keep between messages: a larger one (a large
+/// `update`, `items` of a large dict) is freed once used, or an idle pooled connection
+/// (and its server thread) kept it as long as the connection lived.
+const KEPT_ROOM: usize = 1 << 20;
+
+/// Frees `buf` if it holds more room than [`KEPT_ROOM`].
+fn shed(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEPT_ROOM {
+        *buf = Vec::new();
+    }
+}
 
 /// One end of a framed connection, with a read buffer and a reusable write buffer.
 #[derive(Debug)]
@@ -313,13 +324,22 @@ impl Framed {
         self.reader.into_inner()
     }
 
+    /// Frees the buffers' room beyond [`KEPT_ROOM`]: once a message received has been
+    /// decoded (the body is not needed any more).
+    pub(crate) fn shed(&mut self) {
+        shed(&mut self.body);
+        shed(&mut self.out);
+    }
+
     /// Sends one frame holding `bytes`.
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.clear();
         self.out
             .extend_from_slice(&frame_len(bytes.len())?.to_le_bytes());
         self.out.extend_from_slice(bytes);
-        (self.reader.get_ref()).write_all(&self.out)
+        let sent = (self.reader.get_ref()).write_all(&self.out);
+        shed(&mut self.out);
+        sent
     }
 
     /// Sends one frame holding `value`, encoded.
@@ -331,7 +351,9 @@ impl Framed {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let len = frame_len(self.out.len() - 4)?;
         self.out[..4].copy_from_slice(&len.to_le_bytes());
-        (self.reader.get_ref()).write_all(&self.out)
+        let sent = (self.reader.get_ref()).write_all(&self.out);
+        shed(&mut self.out);
+        sent
     }
 
     /// Sends one frame holding `bytes`, with `fds` passed along (a Unix socket only).
@@ -966,5 +988,38 @@ impl From<Fault> for ManagerError {
             Fault::Panicked(why) => ManagerError::Panicked(why),
             Fault::OwnerDied => ManagerError::OwnerDied,
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A large message's room is not kept once it was sent, or received and decoded.
+    #[test]
+    fn a_connection_keeps_no_large_buffer_between_messages() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Framed::new(Stream::Unix(a)), Framed::new(Stream::Unix(b)));
+        let large = vec![7u8; 4 * KEPT_ROOM];
+        std::thread::scope(|s| {
+            let sending = s.spawn(|| {
+                a.send_raw(&large).unwrap();
+                a.send(&large).unwrap();
+                a.out.capacity()
+            });
+            b.recv(u32::MAX).unwrap();
+            assert_eq!(b.body, large);
+            b.recv(u32::MAX).unwrap();
+            assert!(b.body.len() > large.len());
+            b.shed();
+            assert!(b.body.capacity() <= KEPT_ROOM, "{}", b.body.capacity());
+            let out = sending.join().unwrap();
+            assert!(out <= KEPT_ROOM, "{out}");
+        });
+        // Small ones keep their room.
+        a.send_raw(b"small").unwrap();
+        b.recv(u32::MAX).unwrap();
+        b.shed();
+        assert_eq!(b.body, b"small");
     }
 }

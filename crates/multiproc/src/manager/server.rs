@@ -362,7 +362,9 @@ impl Shared {
                 return None;
             }
         }
-        match codec::decode(&conn.body, Vec::new()) {
+        let decoded = codec::decode(&conn.body, Vec::new());
+        conn.shed();
+        match decoded {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!("manager: closing {peer}: malformed request: {e}");
