@@ -23,7 +23,7 @@
 //! daemon process: still here (1)
 //! ...
 //! daemon process: still here (5)
-//! main process: done; the daemon is terminated as it exits
+//! main process: done; the daemon (pid 4242) is terminated as it exits
 //! ```
 //!
 //! Python terminates daemon children at a normal exit only: if the main process is

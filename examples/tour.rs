@@ -107,16 +107,31 @@ fn cluster_demo() {
         .port();
     let dir = std::env::temp_dir().join(format!("multiproc-tour-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temporary directory");
-    let mut server = Command::new("redis-server")
+    /// The server and its directory, stopped and removed however the demo ends (a
+    /// panic too): a `Child` dropped is left running.
+    struct Server(std::process::Child, std::path::PathBuf);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let server = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(&dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server");
+    let _server = Server(server, dir);
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while multiproc::cluster::Cluster::connect(&url).is_err() && Instant::now() < deadline {
+    while let Err(e) = multiproc::cluster::Cluster::connect(&url) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not answer on port {port} within 10 s: {e}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let worker = multiproc::Builder::new()
@@ -126,9 +141,6 @@ fn cluster_demo() {
     cluster_client::run(&url);
     worker.terminate().expect("stop the worker");
     worker.join().expect("the worker");
-    let _ = server.kill();
-    let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[cfg(not(feature = "redis"))]
