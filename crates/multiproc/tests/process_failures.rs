@@ -1284,6 +1284,16 @@ fn helper_fork_limited() {
         path.exists()
     );
     drop(built);
+    // Nor one served from this process whose thread cannot start.
+    let served = multiproc::Manager::builder()
+        .address(multiproc::manager::Address::Unix(path.clone()))
+        .serve();
+    println!(
+        "served: {} socket left {}",
+        if served.is_err() { "refused" } else { "started" },
+        path.exists()
+    );
+    drop(served);
     sleeper.kill().unwrap();
     let _ = sleeper.join_timeout(T);
     let _ = std::fs::remove_dir_all(&dir);
@@ -1306,6 +1316,8 @@ fn fork_failure_keeps_its_kind() {
     );
     let manager = helper.expect("manager:", T);
     assert_eq!(manager, "refused socket left false");
+    let served = helper.expect("served:", T);
+    assert_eq!(served, "refused socket left false");
     assert!(helper.wait(T).success());
 }
 

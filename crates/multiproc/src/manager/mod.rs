@@ -546,7 +546,14 @@ impl<R: Registry> ManagerBuilder<R> {
         let thread = std::thread::Builder::new()
             .name("multiproc-manager-accept".into())
             .spawn(move || runner.run(&listener))
-            .map_err(ManagerError::Io)?;
+            .map_err(|e| {
+                // The listener went with the thread that did not start: its file, left
+                // there, would make the next bind at the address fail (`AddrInUse`).
+                if let Address::Unix(path) = &address {
+                    let _ = std::fs::remove_file(path);
+                }
+                ManagerError::Io(e)
+            })?;
         Ok(Server {
             shared,
             key,
