@@ -1290,13 +1290,35 @@ fn helper_fork_limited() {
         .serve();
     println!(
         "served: {} socket left {}",
-        if served.is_err() { "refused" } else { "started" },
+        if served.is_err() {
+            "refused"
+        } else {
+            "started"
+        },
         path.exists()
     );
     drop(served);
     sleeper.kill().unwrap();
     let _ = sleeper.join_timeout(T);
     let _ = std::fs::remove_dir_all(&dir);
+    // Room for one more task: a pool of one starts its worker, and then cannot start
+    // its thread. The worker does not stay behind (it held its descriptors until some
+    // later spawn pruned it).
+    let current = std::fs::read_to_string(cgroup.join("pids.current")).unwrap();
+    let room = current.trim().parse::<u32>().unwrap() + 1;
+    std::fs::write(cgroup.join("pids.max"), room.to_string()).unwrap();
+    let before = common::fd_count();
+    let pool = multiproc::Pool::new(1);
+    println!(
+        "pool thread: {} fds {} -> {}",
+        match &pool {
+            Ok(_) => "started".to_string(),
+            Err(e) => format!("refused({e})").replace(' ', "_"),
+        },
+        before,
+        common::fd_count()
+    );
+    drop(pool);
 }
 
 /// The fork server's failure to fork reaches the caller as an `io::Error` of the
@@ -1318,6 +1340,13 @@ fn fork_failure_keeps_its_kind() {
     assert_eq!(manager, "refused socket left false");
     let served = helper.expect("served:", T);
     assert_eq!(served, "refused socket left false");
+    let pool = helper.expect("pool thread:", T);
+    let fds: Vec<&str> = pool.split_whitespace().collect();
+    assert!(fds[0].starts_with("refused"), "{pool}");
+    assert_eq!(
+        fds[2], fds[4],
+        "descriptors left by a pool whose thread did not start: {pool}"
+    );
     assert!(helper.wait(T).success());
 }
 

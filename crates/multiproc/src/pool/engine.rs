@@ -410,32 +410,31 @@ impl PoolInner {
             last_taken: AtomicU64::new(0),
             channel_failed: AtomicBool::new(false),
         });
-        for index in 0..processes {
-            match inner.start_worker(index) {
-                Ok(worker) => unpoisoned::lock(&inner.state).workers[index] = Some(worker),
-                Err(e) => {
-                    // The workers already started go with the pool that was never made,
-                    // reaped now rather than holding their descriptors until some later
-                    // spawn prunes them.
-                    let started: Vec<Worker> = unpoisoned::lock(&inner.state)
-                        .workers
-                        .iter_mut()
-                        .filter_map(Option::take)
-                        .collect();
-                    for mut worker in started {
-                        worker.jobs = None;
-                        let _ = worker.handle.kill();
-                        let _ = worker.handle.join_timeout(REAP_TIMEOUT);
-                    }
-                    return Err(e);
-                }
+        // The workers already started go with a pool that was never made, reaped now
+        // rather than holding their descriptors until some later spawn prunes them.
+        let unmade = |e: PoolError| {
+            let started: Vec<Worker> = unpoisoned::lock(&inner.state)
+                .workers
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect();
+            for mut worker in started {
+                worker.jobs = None;
+                let _ = worker.handle.kill();
+                let _ = worker.handle.join_timeout(REAP_TIMEOUT);
             }
+            e
+        };
+        for index in 0..processes {
+            let worker = inner.start_worker(index).map_err(unmade)?;
+            unpoisoned::lock(&inner.state).workers[index] = Some(worker);
         }
         let thread = {
             let inner = Arc::clone(&inner);
             std::thread::Builder::new()
                 .name("multiproc-pool".into())
-                .spawn(move || run(&inner))?
+                .spawn(move || run(&inner))
+                .map_err(|e| unmade(PoolError::Io(e)))?
         };
         Ok((inner, thread))
     }
