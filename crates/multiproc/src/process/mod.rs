@@ -535,7 +535,11 @@ impl Builder {
     /// `println!` and logging) needs it. The caller must ensure that either this process
     /// has no other threads, or `f` touches nothing another thread might hold. This is
     /// why Python deprecates `fork` with threads, and why the default start methods go
-    /// through the fork server instead.
+    /// through the fork server instead. The child's own set-up takes two of std's locks
+    /// as well: the panic hook's (it installs the hook that reports a panic's location),
+    /// and, when this builder changes the environment, the environment's; so no other
+    /// thread may be running a panic hook, or reading or changing the environment, at
+    /// the fork.
     ///
     /// `f` must not capture a guard of one of multiproc's process-shared locks (a
     /// [`LockGuard`](crate::LockGuard) or [`RLockGuard`](crate::RLockGuard), a
