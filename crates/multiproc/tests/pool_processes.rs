@@ -50,6 +50,10 @@ fn main() {
             ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
+                "a_panic_payload_that_panics_when_dropped_fails_its_task_only",
+                a_panic_payload_that_panics_when_dropped_fails_its_task_only,
+            ),
+            trial(
                 "a_panicking_drop_of_an_unclaimed_result_keeps_the_pool",
                 a_panicking_drop_of_an_unclaimed_result_keeps_the_pool,
             ),
@@ -763,6 +767,34 @@ fn set_greeting(s: String) {
 
 fn greeting(_: ()) -> Option<String> {
     GREETING.get().cloned()
+}
+
+/// A panic payload whose `Drop` panics.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("the payload was dropped");
+    }
+}
+
+fn panics_with_a_payload_that_panics_when_dropped(_: u64) -> u64 {
+    std::panic::panic_any(PanicsWhenDropped)
+}
+
+/// A task whose panic's payload panics when dropped fails with its panic, and its
+/// worker serves on (the second panic unwound out of the worker's loop: the worker
+/// ended, and the task failed as the worker's death), in a task and in a map's chunk.
+fn a_panic_payload_that_panics_when_dropped_fails_its_task_only() {
+    let pool = Pool::new(1).unwrap();
+    let pids = pool.worker_pids();
+    let r = pool.apply(panics_with_a_payload_that_panics_when_dropped, 1);
+    assert!(matches!(r, Err(TaskError::Panicked(_))), "{r:?}");
+    let r = pool.map(panics_with_a_payload_that_panics_when_dropped, 0..3);
+    assert!(matches!(r, Err(TaskError::Panicked(_))), "{r:?}");
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert_eq!(pool.worker_pids(), pids, "the worker was replaced");
+    finish(pool);
 }
 
 fn submit_apply_and_initializer() {

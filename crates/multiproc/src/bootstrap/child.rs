@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::messages::{self, CallHeader};
-use super::panic::{caught_panic, install_panic_hook, payload_message};
+use super::panic::{install_panic_hook, panic_report, payload_message};
 use super::{BOOTSTRAP_FAILURE, Me, Parent};
 use crate::sys::{self, OwnedFd};
 use crate::wire::codec::CodecError;
@@ -333,7 +333,7 @@ fn exit(code: i32, origin: Origin) -> ! {
 }
 
 fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
-    let report = caught_panic(payload);
+    let report = panic_report(payload);
     match postcard::to_stdvec(&report) {
         Ok(bytes) => {
             let _ = conn.send(messages::PANICKED, &[&bytes], &[]);

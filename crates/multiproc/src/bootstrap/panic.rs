@@ -148,11 +148,29 @@ pub(crate) fn install_panic_hook() {
 /// Runs `f` (the user's code, on a thread of multiproc's own or one that waits on its
 /// behalf); a panic comes back as the report [`caught_panic`] makes of it.
 pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemotePanic> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|payload| caught_panic(&*payload))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(caught_panic)
 }
 
-pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> RemotePanic {
+/// The report of a caught panic; its payload is then dropped (see [`drop_payload`]).
+pub(crate) fn caught_panic(payload: Box<dyn Any + Send>) -> RemotePanic {
+    let report = panic_report(&*payload);
+    drop_payload(payload);
+    report
+}
+
+/// Drops a caught panic's payload. Its `Drop` is the program's code and may panic in
+/// turn: that panic is caught here, its own payload forgotten, rather than unwind out of
+/// the code that caught the first (a pool worker's loop, which ended, and the task was
+/// counted a worker's death; a supervisor's thread; the manager's dispatcher).
+pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) {
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+    if let Err(again) = dropped {
+        std::mem::forget(again);
+    }
+}
+
+/// The report of a caught panic, from its payload.
+pub(crate) fn panic_report(payload: &(dyn Any + Send)) -> RemotePanic {
     // The hook's record is this panic's only if it says what the payload says: a panic
     // the user's code caught itself leaves a record behind, and an unwind begun with
     // `resume_unwind` runs no hook.

@@ -914,9 +914,7 @@ fn custom(obj: &mut dyn ErasedObject, op: Op) -> Handled {
         Ok(Ok(bytes)) => Applied::wrote(R::Item(Some(Bytes(bytes)))),
         Ok(Err(e)) => Applied::read(R::Fault(Fault::Codec(e))),
         Err(payload) => Applied::wrote(R::Fault(Fault::Panicked(
-            crate::bootstrap::caught_panic(&*payload)
-                .message()
-                .to_owned(),
+            crate::bootstrap::caught_panic(payload).message().to_owned(),
         ))),
     })
 }

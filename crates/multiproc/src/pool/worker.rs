@@ -364,7 +364,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let why = match ran {
             Ok(Invoked::Returned(_)) => None,
             Ok(Invoked::BadArgs(e) | Invoked::Unencodable(e)) => Some(e.message().to_string()),
-            Err(payload) => Some(caught_panic(&*payload).to_string()),
+            Err(payload) => Some(caught_panic(payload).to_string()),
         };
         if let Some(why) = why {
             let (h, out) = report(kind::INIT_FAILED, &format!("the initializer failed: {why}"));
@@ -446,7 +446,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 Ok(Invoked::BadArgs(e)) => send(header(kind::BAD_ARGS), message(&e)),
                 Ok(Invoked::Unencodable(e)) => send(header(kind::UNENCODABLE), message(&e)),
                 Err(payload) => {
-                    let report = caught_panic(&*payload);
+                    let report = caught_panic(payload);
                     let out = codec::encode_with_prefix(&[0; OUTCOME_HEADER], &report)
                         .unwrap_or_else(|e| message(&e));
                     send(header(kind::PANICKED), out);
@@ -522,7 +522,7 @@ where
         Ok(value) if first_panic.is_none() => values.push(value),
         Ok(_) => {}
         Err(payload) => {
-            first_panic.get_or_insert_with(|| caught_panic(&*payload));
+            first_panic.get_or_insert_with(|| caught_panic(payload));
         }
     };
     let mut args = args.into_iter();

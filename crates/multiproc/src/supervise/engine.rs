@@ -256,7 +256,7 @@ impl Supervising {
     /// not wait for a thread that is gone, nor children outlive their supervisor.
     fn run(mut self) {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.supervise()))
-            .unwrap_or_else(|p| Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string()));
+            .unwrap_or_else(|p| Outcome::Panicked(crate::bootstrap::caught_panic(p).to_string()));
         let ended = catch_unwind(AssertUnwindSafe(|| self.end(&outcome)));
         let outcome = match ended {
             Ok(()) => outcome,
@@ -265,7 +265,7 @@ impl Supervising {
                 // value is decoded): what it had not stopped is killed, runs no code,
                 // and the end is told as any other (a subscriber waits for `Stopped`).
                 self.kill_all();
-                let outcome = Outcome::Panicked(crate::bootstrap::caught_panic(&*p).to_string());
+                let outcome = Outcome::Panicked(crate::bootstrap::caught_panic(p).to_string());
                 // Nor may the telling keep the waiters from the outcome (a tracing
                 // subscriber of the program's runs in it).
                 let _ = catch_unwind(AssertUnwindSafe(|| self.announce(&outcome)));
@@ -813,7 +813,7 @@ impl Supervising {
             // stopped, rather than leave them running with no supervisor.
             let started = catch_unwind(AssertUnwindSafe(|| sup.spawn(i))).unwrap_or_else(|p| {
                 Err(SupervisorError::Panicked(
-                    crate::bootstrap::caught_panic(&*p).to_string(),
+                    crate::bootstrap::caught_panic(p).to_string(),
                 ))
             });
             if let Err(e) = started {
