@@ -699,9 +699,15 @@ fn a_map_called_before_close_ends() {
 /// A map called before `close` runs whole even when its iterator gives its first item
 /// only after the close (the map counted as open only once it had an item, or all of
 /// them for an iterator of unknown length: it failed with `PoolClosed`, and the join
-/// did not wait for it). For `map` and `map_with`.
+/// did not wait for it). For `map`, `map_with` and `map_with_progress`.
 fn a_map_whose_iterator_gives_its_items_after_close_ends() {
-    for with in [false, true] {
+    let ways: &[&str] = if cfg!(feature = "progress") {
+        &["map", "map_with", "map_with_progress"]
+    } else {
+        &["map", "map_with"]
+    };
+    for &way in ways {
+        let with = way == "map_with";
         let pool = Pool::new(2).unwrap();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
@@ -717,10 +723,11 @@ fn a_map_whose_iterator_gives_its_items_after_close_ends() {
                     }
                     true
                 });
-                if with {
-                    pool.map_with(1u64, |one, x| square(x) + one, items)
-                } else {
-                    pool.map(square, items)
+                match way {
+                    "map_with" => pool.map_with(1u64, |one, x| square(x) + one, items),
+                    #[cfg(feature = "progress")]
+                    "map_with_progress" => pool.map_with_progress(square, items),
+                    _ => pool.map(square, items),
                 }
             });
             started_rx.recv_timeout(T).expect("the map did not start");
@@ -728,11 +735,7 @@ fn a_map_whose_iterator_gives_its_items_after_close_ends() {
             closed_tx.send(()).unwrap();
             let joined = pool.join_timeout(T);
             let expected: Vec<u64> = (0..100).map(|x| square(x) + u64::from(with)).collect();
-            assert_eq!(
-                mapping.join().unwrap().unwrap(),
-                expected,
-                "map_with {with}"
-            );
+            assert_eq!(mapping.join().unwrap().unwrap(), expected, "{way}");
             joined.expect("the pool did not finish after the map");
         });
         finish(pool);

@@ -587,9 +587,11 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
+        // Open before the items are taken (see `map_inner`).
+        let open = self.inner.open_map();
         let items: Vec<A> = items.into_iter().collect();
         let bar = indicatif::ProgressBar::new(items.len() as u64);
-        let out = self.map_inner(f, items, None, None, &mut |n| bar.inc(n as u64));
+        let out = self.map_opened(open, f, items, None, None, &mut |n| bar.inc(n as u64));
         bar.finish();
         out
     }
@@ -609,11 +611,31 @@ impl Pool {
     {
         // Open before the first item is taken: a map called before `close` runs
         // whole, however long its iterator takes to give its items.
-        let open = self.inner.open_map()?;
+        let open = self.inner.open_map();
+        self.map_opened(open, f, items, chunk_size, deadline, progress)
+    }
+
+    /// As [`map_inner`](Self::map_inner), the map opened (or refused) already. A map
+    /// of no items returns none, refused or not.
+    fn map_opened<A, R, I>(
+        &self,
+        open: Result<OpenMap<'_>, TaskError>,
+        f: fn(A) -> R,
+        items: I,
+        chunk_size: Option<usize>,
+        deadline: Option<Instant>,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
         let mut items = items.into_iter().peekable();
         if items.peek().is_none() {
             return Ok(Vec::new());
         }
+        let open = open?;
         let key = (entry(f, true)?, 0);
         self.map_items(open, key, items, chunk_size, deadline, progress)
     }
@@ -659,11 +681,12 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        let open = self.inner.open_map()?;
+        let open = self.inner.open_map();
         let mut items = items.into_iter().peekable();
         if items.peek().is_none() {
             return Ok(Vec::new());
         }
+        let open = open?;
         let entry = sys::entry_with_context::<ChunkWith, C, A, R>(f)
             .map_err(|_| TaskError::NotInExecutable)?;
         // A chunk names its context: the worker reads these words as a context entry.
