@@ -269,13 +269,18 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
 }
 
 /// Sends the value the function returned: on the socket, or from
-/// [`messages::IN_FILE_FROM`] bytes in a sealed memory file, so that the send never
-/// waits for the parent to read. On the socket all the same when the file cannot be
-/// made, or would be one descriptor too many for a message, or its send fails (the
-/// kernel refuses descriptors in flight past the sender's open-files limit, counted
-/// over the user's processes): a send that passes descriptors and fails sent nothing.
+/// [`messages::IN_FILE_FROM`] bytes (fewer where the socket's send buffer holds less:
+/// half of it, less 4 KiB for what is on its way already, as a spawn's early call) in a
+/// sealed memory file, so that the send never waits for the parent to read. On the
+/// socket all the same when the file cannot be made, or would be one descriptor too
+/// many for a message, or its send fails (the kernel refuses descriptors in flight past
+/// the sender's open-files limit, counted over the user's processes): a send that passes
+/// descriptors and fails sent nothing.
 fn send_returned(conn: &mut Conn, value: &Encoded) {
-    if value.bytes.len() >= messages::IN_FILE_FROM
+    let in_file_from = sys::send_room(conn.fd())
+        .map_or(0, |room| room.saturating_sub(4096))
+        .min(messages::IN_FILE_FROM);
+    if value.bytes.len() >= in_file_from
         && value.fds.len() < sys::MAX_FDS_PER_MESSAGE
         && let Ok(file) = sys::sealed_memfd("multiproc-result", &value.bytes)
     {
@@ -344,6 +349,37 @@ fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
                 &[format!("panic report: {e}").as_bytes()],
                 &[],
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A result goes where the child's send does not wait for its parent to read,
+    /// whatever the socket's send buffer (`net.core.wmem_default` may be set low): one
+    /// of 30 KiB went on a socket that held 8 KiB, and its child waited there.
+    #[test]
+    fn a_result_is_sent_without_waiting_for_the_parent() {
+        for buffer in [None, Some(4096)] {
+            let (ours, theirs) = sys::stream_pair().unwrap();
+            if let Some(size) = buffer {
+                rustix::net::sockopt::set_socket_send_buffer_size(&ours, size).unwrap();
+            }
+            let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
+            let value = codec::encode(&vec![7u8; 30 << 10]).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sender = std::thread::spawn(move || {
+                send_returned(&mut conn, &value);
+                tx.send(()).unwrap();
+            });
+            let sent = rx.recv_timeout(Duration::from_secs(10));
+            // Ends a send that waits (it fails once the reader is gone).
+            drop(theirs);
+            sender.join().unwrap();
+            assert!(sent.is_ok(), "{buffer:?}: the send waited for a reader");
         }
     }
 }
