@@ -14,6 +14,7 @@ use cluster_common::{RedisServer, Resp};
 use common::{Helper, trial};
 use multiproc::cluster::{Cluster, TaskDef, TaskOptions, Worker, WorkerBuilder, WorkerHandle};
 use multiproc::{ClusterError, RetryPolicy, TaskError};
+use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -31,6 +32,44 @@ const FLAKY_SLOW: TaskDef<(String, u32, u64), Result<u32, String>> = TaskDef::ne
 const BYTES: TaskDef<u64, Vec<u8>> = TaskDef::new("t.bytes");
 const LEN: TaskDef<Vec<u8>, u64> = TaskDef::new("t.len");
 const HANG_FAIL: TaskDef<String, Result<u32, String>> = TaskDef::new("t.hang_fail");
+const UNDECODABLE: TaskDef<u64, DecodedOnNodes> = TaskDef::new("t.undecodable");
+const UNDECODABLE_ERR: TaskDef<u64, Result<u32, DecodedOnNodes>> =
+    TaskDef::new("t.undecodable_err");
+
+/// A value whose `Deserialize` panics outside a worker node's process (`MP_NODE` unset):
+/// a client's decode panics where the node's went through.
+#[derive(Debug)]
+struct DecodedOnNodes(u64);
+
+impl Serialize for DecodedOnNodes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for DecodedOnNodes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        assert!(
+            std::env::var_os("MP_NODE").is_some(),
+            "this value does not decode here"
+        );
+        u64::deserialize(d).map(DecodedOnNodes)
+    }
+}
+
+impl std::fmt::Display for DecodedOnNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+fn undecodable(x: u64) -> DecodedOnNodes {
+    DecodedOnNodes(x)
+}
+
+fn undecodable_err(x: u64) -> Result<u32, DecodedOnNodes> {
+    Err(DecodedOnNodes(x))
+}
 
 /// A list through `Box`: one level of nesting per link.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -179,6 +218,8 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(BYTES, bytes)
         .register(LEN, len)
         .register_fallible(HANG_FAIL, hang_fail)
+        .register(UNDECODABLE, undecodable)
+        .register_fallible(UNDECODABLE_ERR, undecodable_err)
 }
 
 fn worker(redis: &RedisServer, ns: &str, processes: usize) -> WorkerHandle {
@@ -458,6 +499,14 @@ fn main() {
             trial(
                 "a_recovery_the_server_refused_is_tried_again",
                 a_recovery_the_server_refused_is_tried_again,
+            ),
+            trial(
+                "a_result_whose_decode_panics_fails_its_task",
+                a_result_whose_decode_panics_fails_its_task,
+            ),
+            trial(
+                "a_client_without_client_id_reads_its_replies",
+                a_client_without_client_id_reads_its_replies,
             ),
             trial("a_url_asking_for_resp3_works", a_url_asking_for_resp3_works),
             trial(
@@ -1367,6 +1416,8 @@ fn aborting_task_is_dead_lettered() {
     );
     let dead = c.dead_letters(10).unwrap();
     assert_eq!(dead.len(), 1);
+    // "All of them" (Redis refused the count).
+    assert_eq!(c.dead_letters(usize::MAX).unwrap().len(), 1);
     assert_eq!(dead[0].name.as_deref(), Some("t.abort"));
     assert!(dead[0].reason.contains("SIGABRT"));
     assert_eq!(c.stats().unwrap().dead_lettered, 1);
@@ -2870,6 +2921,54 @@ fn a_url_asking_for_resp3_works() {
     assert_eq!(t.wait_timeout(T), Ok(9));
     let squares = c.map_timeout(SQUARE, 0..100u64, T).unwrap();
     assert_eq!(squares[99], 99 * 99);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A result (or a fallible task's error) whose `Deserialize` panics fails its task with
+/// `Codec`, saying so, in a wait, a map and a lazy map: the panic stopped the delivery,
+/// and the task never ended (a map's panic reached its caller).
+fn a_result_whose_decode_panics_fails_its_task() {
+    let redis = RedisServer::start();
+    let ns = "undecodable";
+    // In a process of its own, where the values decode.
+    let mut w = node(&redis, ns, "decodes");
+    let c = client(&redis, ns);
+    fn codec<R>(r: &Result<R, TaskError>) -> bool {
+        matches!(r, Err(TaskError::Codec(e)) if e.to_string().contains("panicked"))
+    }
+    let r = c.submit(UNDECODABLE, 1).unwrap().wait_timeout(T);
+    assert!(codec(&r), "{r:?}");
+    let r = c
+        .submit_fallible(UNDECODABLE_ERR, 2)
+        .unwrap()
+        .wait_timeout(T);
+    assert!(codec(&r), "{r:?}");
+    let r = c.map(UNDECODABLE, 0..3u64);
+    assert!(
+        matches!(&r, Err(ClusterError::Task(TaskError::Codec(_)))),
+        "{r:?}"
+    );
+    let lazy: Vec<_> = c.imap_unordered(UNDECODABLE, 0..3u64).collect();
+    assert_eq!(lazy.len(), 3);
+    assert!(lazy.iter().all(codec), "{lazy:?}");
+    // The client serves on.
+    assert_eq!(c.apply(SQUARE, 4).unwrap(), 16);
+    cluster_common::signal(w.child.id(), "-TERM");
+    assert!(w.wait(T).success());
+    finish(&redis, c, ns);
+}
+
+/// A client whose user may not run `CLIENT ID` (a narrow ACL rule) still reads its
+/// replies: it waited for an id that never came, and no wait ever ended.
+fn a_client_without_client_id_reads_its_replies() {
+    let redis = RedisServer::start();
+    let ns = "noclientid";
+    let url = acl_user(&redis, &["-client|id"]);
+    let w = worker(&redis, ns, 1);
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    assert_eq!(t.wait_timeout(T), Ok(9));
     w.shutdown(true);
     finish(&redis, c, ns);
 }

@@ -807,7 +807,8 @@ impl Cluster {
                 .arg("-")
                 .arg("+")
                 .arg("COUNT")
-                .arg(limit.max(1))
+                // A count Redis takes (`usize::MAX`, "all of them", it refused).
+                .arg(i64::try_from(limit).unwrap_or(i64::MAX).max(1))
                 .query(c)
         })?;
         Ok(conn::array(&reply)
@@ -1109,19 +1110,28 @@ where
 {
     let cell = Arc::clone(cell);
     Box::new(move |outcome: Result<Outcome, TaskError>| {
-        let typed = match outcome.and_then(Outcome::into_result::<Result<T, E>>) {
-            Ok(Ok(v)) => Ok(v),
-            // A worker that registered the function with plain `register` sends its
-            // `Err` as a value.
-            Ok(Err(e)) => Err(TaskError::Failed(
-                Failure::message_only(e.to_string()).with_value(e),
-            )),
-            Err(TaskError::Failed(f)) => Err(TaskError::Failed(match f.decode::<E>() {
-                Ok(e) => f.with_value(e),
-                Err(_) => f,
-            })),
-            Err(e) => Err(e),
-        };
+        // The error type's `Deserialize` and `Display` run here too: a panic there is
+        // the task's error, not the end of the delivery.
+        let typed = crate::bootstrap::catching(|| {
+            match outcome.and_then(Outcome::into_result::<Result<T, E>>) {
+                Ok(Ok(v)) => Ok(v),
+                // A worker that registered the function with plain `register` sends its
+                // `Err` as a value.
+                Ok(Err(e)) => Err(TaskError::Failed(
+                    Failure::message_only(e.to_string()).with_value(e),
+                )),
+                Err(TaskError::Failed(f)) => Err(TaskError::Failed(match f.decode::<E>() {
+                    Ok(e) => f.with_value(e),
+                    Err(_) => f,
+                })),
+                Err(e) => Err(e),
+            }
+        })
+        .unwrap_or_else(|caught| {
+            Err(TaskError::Codec(crate::CodecError::new(format!(
+                "decoding the task's error panicked: {caught}"
+            ))))
+        });
         cell.deliver(0, typed);
     })
 }
@@ -1834,6 +1844,18 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             match link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
                 Ok(id) => {
                     *lock(&inner.receiver_id) = Some(id);
+                    fresh = false;
+                    backoff = Duration::from_millis(50);
+                }
+                // Refused with the connection up (an ACL rule without `CLIENT ID`): the
+                // id only lets a stop or a new queue wake this thread's `BLPOP` at once
+                // (`CLIENT UNBLOCK`); without it they wait for the block to end (2 s at
+                // most). Waiting for an id that never comes, no reply was ever read.
+                Err(e) if link.is_connected() => {
+                    tracing::warn!(
+                        "cluster client: CLIENT ID refused ({e}): a stop or a new queue waits for the next read of replies (2 s at most)"
+                    );
+                    *lock(&inner.receiver_id) = None;
                     fresh = false;
                     backoff = Duration::from_millis(50);
                 }

@@ -394,7 +394,17 @@ impl Outcome {
     /// The outcome as the value of type `R`, or its error.
     pub(crate) fn into_result<R: serde::de::DeserializeOwned>(self) -> Result<R, TaskError> {
         match self {
-            Outcome::Value(bytes) => codec::decode(&bytes, Vec::new()).map_err(TaskError::Codec),
+            // A result type's `Deserialize` that panics is the task's error: it runs
+            // where a panic would stop the delivery (and the task would never end).
+            Outcome::Value(bytes) => {
+                crate::bootstrap::catching(|| codec::decode(&bytes, Vec::new()))
+                    .unwrap_or_else(|caught| {
+                        Err(CodecError::new(format!(
+                            "decoding the result panicked: {caught}"
+                        )))
+                    })
+                    .map_err(TaskError::Codec)
+            }
             Outcome::Failed(f) => Err(f.into_error()),
         }
     }
