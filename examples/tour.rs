@@ -123,7 +123,10 @@ fn cluster_demo() {
         .arg(&dir)
         .stdout(Stdio::null())
         .spawn()
-        .expect("start redis-server");
+        .unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("start redis-server: {e}")
+        });
     let _server = Server(server, dir);
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + std::time::Duration::from_secs(10);

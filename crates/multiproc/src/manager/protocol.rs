@@ -376,7 +376,9 @@ impl Framed {
         let sent =
             crate::sys::send_with_fds(socket.as_fd(), &[io::IoSlice::new(&self.out)], fds, false)?;
         // The descriptors went with the first byte; the rest of the frame follows.
-        (self.reader.get_ref()).write_all(&self.out[sent..])
+        let rest = (self.reader.get_ref()).write_all(&self.out[sent..]);
+        shed(&mut self.out);
+        rest
     }
 
     /// Reads one frame into `self.body`, straight from a Unix socket, with the
@@ -999,14 +1001,16 @@ mod tests {
     #[test]
     fn a_connection_keeps_no_large_buffer_between_messages() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (mut a, mut b) = (Framed::new(Stream::Unix(a)), Framed::new(Stream::Unix(b)));
+        let (mut a, b) = (Framed::new(Stream::Unix(a)), Framed::new(Stream::Unix(b)));
         let large = vec![7u8; 4 * KEPT_ROOM];
-        std::thread::scope(|s| {
+        let mut b = std::thread::scope(|s| {
             let sending = s.spawn(|| {
                 a.send_raw(&large).unwrap();
                 a.send(&large).unwrap();
                 a.out.capacity()
             });
+            // Here, so that a failed assert closes it, and the sender's wait ends.
+            let mut b = b;
             b.recv(u32::MAX).unwrap();
             assert_eq!(b.body, large);
             b.recv(u32::MAX).unwrap();
@@ -1015,6 +1019,7 @@ mod tests {
             assert!(b.body.capacity() <= KEPT_ROOM, "{}", b.body.capacity());
             let out = sending.join().unwrap();
             assert!(out <= KEPT_ROOM, "{out}");
+            b
         });
         // Small ones keep their room.
         a.send_raw(b"small").unwrap();

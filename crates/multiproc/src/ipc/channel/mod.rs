@@ -1042,14 +1042,14 @@ impl RawReceiver {
             || (self.core.publishing() && self.finish_dead_publish().unwrap_or(true))
     }
 
-    /// Counts the caller among the sleepers, so that senders ring the doorbell; the
-    /// returned guard uncounts it and silences the bell.
     /// How many receivers are counted among the sleepers.
     #[cfg(test)]
     pub(crate) fn sleeping_receivers(&self) -> u32 {
         self.core.header().sleepers.0.receivers.load(SeqCst)
     }
 
+    /// Counts the caller among the sleepers, so that senders ring the doorbell; the
+    /// returned guard uncounts it and silences the bell.
     pub(crate) fn sleeping(&self) -> Sleeping<'_> {
         self.core.header().sleepers.0.receivers.fetch_add(1, SeqCst);
         Sleeping {
