@@ -795,6 +795,13 @@ fn a_panic_payload_that_panics_when_dropped_fails_its_task_only() {
     assert!(matches!(r, Err(TaskError::Panicked(_))), "{r:?}");
     let r = pool.map(panics_with_a_payload_that_panics_when_dropped, 0..3);
     assert!(matches!(r, Err(TaskError::Panicked(_))), "{r:?}");
+    // Three panics in one chunk: the first is the map's error (the later payloads'
+    // drops failed the whole chunk with the drop's panic).
+    let r = pool.map_chunked(panics_with_a_payload_that_panics_when_dropped, 0..3, 3);
+    let Err(TaskError::Panicked(p)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(!p.message().contains("dropped"), "{p}");
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
     assert_eq!(pool.worker_pids(), pids, "the worker was replaced");
     finish(pool);

@@ -143,8 +143,6 @@ pub(crate) fn install_panic_hook() {
     }));
 }
 
-/// What this process knows of a panic it caught: the message, and the location and
-/// backtrace the hook recorded (if this is a child, where the hook is installed).
 /// Runs `f` (the user's code, on a thread of multiproc's own or one that waits on its
 /// behalf); a panic comes back as the report [`caught_panic`] makes of it.
 pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemotePanic> {
@@ -166,10 +164,15 @@ pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) {
     let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
     if let Err(again) = dropped {
         std::mem::forget(again);
+        // Its record is not a later panic's (one begun by `resume_unwind` with the
+        // same message runs no hook, and would be given this one's location).
+        LAST_PANIC.with(|p| p.borrow_mut().take());
     }
 }
 
-/// The report of a caught panic, from its payload.
+/// The report of a caught panic, from its payload: what this process knows of it, the
+/// message, and the location and backtrace the hook recorded (if this is a child, where
+/// the hook is installed).
 pub(crate) fn panic_report(payload: &(dyn Any + Send)) -> RemotePanic {
     // The hook's record is this panic's only if it says what the payload says: a panic
     // the user's code caught itself leaves a record behind, and an unwind begun with

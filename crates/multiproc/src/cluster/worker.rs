@@ -2062,6 +2062,7 @@ impl Node {
             return;
         };
         let why = crate::bootstrap::payload_message(payload.as_ref());
+        crate::bootstrap::drop_payload(payload);
         self.stop_broken(&format!("its {} thread panicked: {why}", role.name()));
         match role {
             Role::Reader => {

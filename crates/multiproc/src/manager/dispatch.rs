@@ -267,7 +267,8 @@ fn serve_round(shared: &Shared, conns: &mut Vec<Joined>) -> bool {
                 hand(conns.swap_remove(i), |j| Handoff::Serve(j, request));
                 continue;
             }
-            Err(_) => {
+            Err(payload) => {
+                crate::bootstrap::drop_payload(payload);
                 tracing::error!("manager: closing {}: serving it panicked", joined.peer);
                 Err(None)
             }

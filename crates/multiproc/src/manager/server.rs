@@ -241,7 +241,8 @@ impl Shared {
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.serve_session(&mut conn, session, &peer);
         }));
-        if served.is_err() {
+        if let Err(payload) = served {
+            crate::bootstrap::drop_payload(payload);
             tracing::error!("manager: closing {peer}: serving it panicked");
         }
         self.session_closed(session);
@@ -408,7 +409,10 @@ impl Shared {
             ids.iter().filter_map(|id| objects.remove(id)).collect()
         };
         for object in freed {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(object))).is_err() {
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(object)))
+            {
+                crate::bootstrap::drop_payload(payload);
                 tracing::error!("manager: dropping a freed object panicked");
             }
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tickets::Tickets;
 use crate::bootstrap::RemotePanic;
-use crate::bootstrap::{Invoked, caught_panic};
+use crate::bootstrap::{Invoked, caught_panic, drop_payload};
 use crate::deadline::Deadline;
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail, SendFail};
 use crate::sys::{self, Caller, ContextCaller, Entry, OwnedFd, Signature};
@@ -521,9 +521,12 @@ where
     let mut run = |arg| match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
         Ok(value) if first_panic.is_none() => values.push(value),
         Ok(_) => {}
-        Err(payload) => {
-            first_panic.get_or_insert_with(|| caught_panic(payload));
-        }
+        Err(payload) => match first_panic {
+            None => first_panic = Some(caught_panic(payload)),
+            // Dropped under a catch too: its `Drop` may panic, and that panic failed
+            // the whole chunk (the first panic and the values lost).
+            Some(_) => drop_payload(payload),
+        },
     };
     let mut args = args.into_iter();
     if let Some(first) = args.next() {

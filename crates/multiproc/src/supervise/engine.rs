@@ -268,7 +268,9 @@ impl Supervising {
                 let outcome = Outcome::Panicked(crate::bootstrap::caught_panic(p).to_string());
                 // Nor may the telling keep the waiters from the outcome (a tracing
                 // subscriber of the program's runs in it).
-                let _ = catch_unwind(AssertUnwindSafe(|| self.announce(&outcome)));
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.announce(&outcome))) {
+                    crate::bootstrap::drop_payload(payload);
+                }
                 outcome
             }
         };
@@ -575,7 +577,8 @@ impl Supervising {
     /// a panic in the supervising thread's stop does, rather than leave those children
     /// running with no supervisor and the panic escaping `build`.
     fn stop_or_kill(&mut self, which: &[usize]) {
-        if catch_unwind(AssertUnwindSafe(|| self.stop_slots(which))).is_err() {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.stop_slots(which))) {
+            crate::bootstrap::drop_payload(payload);
             self.kill_all();
         }
     }
