@@ -35,6 +35,10 @@ fn main() {
                 a_panic_payload_that_panics_when_dropped,
             ),
             trial(
+                "a_long_panic_message_comes_back_whole",
+                a_long_panic_message_comes_back_whole,
+            ),
+            trial(
                 "a_crash_is_reported_while_a_process_it_forked_lives",
                 a_crash_is_reported_while_a_process_it_forked_lives,
             ),
@@ -178,6 +182,21 @@ fn panic_with_message_and_location() {
         };
         assert_eq!(p.message(), "second", "{method}");
         assert_eq!(p.location(), None, "{method}: resume_unwind has none");
+    });
+}
+
+fn panics_at_length(_: ()) -> u32 {
+    panic!("{}", "x".repeat(100_000))
+}
+
+/// A panic whose report is larger than a socket should hold (it travels in a memory
+/// file) comes back whole.
+fn a_long_panic_message_comes_back_whole() {
+    each_method(panics_at_length, |method, r| {
+        let Err(ProcessError::Panicked(p)) = r else {
+            panic!("{method}: {r:?}")
+        };
+        assert_eq!(p.message().len(), 100_000, "{method}");
     });
 }
 

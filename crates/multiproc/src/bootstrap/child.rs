@@ -277,22 +277,29 @@ pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R)
 /// the sender's open-files limit, counted over the user's processes): a send that passes
 /// descriptors and fails sent nothing.
 fn send_returned(conn: &mut Conn, value: &Encoded) {
+    let tags = (messages::RETURNED, messages::RETURNED_IN_FILE);
+    send_outcome(conn, tags, &value.bytes, &value.fds);
+}
+
+/// Sends an outcome as `tag`, or, from [`messages::IN_FILE_FROM`] bytes (fewer where
+/// the socket holds less), as `in_file_tag` from a sealed memory file: see
+/// [`send_returned`].
+fn send_outcome(conn: &mut Conn, (tag, in_file_tag): (u8, u8), bytes: &[u8], fds: &[OwnedFd]) {
     let in_file_from = sys::send_room(conn.fd())
         .map_or(0, |room| room.saturating_sub(4096))
         .min(messages::IN_FILE_FROM);
-    if value.bytes.len() >= in_file_from
-        && value.fds.len() < sys::MAX_FDS_PER_MESSAGE
-        && let Ok(file) = sys::sealed_memfd("multiproc-result", &value.bytes)
+    if bytes.len() >= in_file_from
+        && fds.len() < sys::MAX_FDS_PER_MESSAGE
+        && let Ok(file) = sys::sealed_memfd("multiproc-result", bytes)
     {
-        let mut fds = vec![sys::AsFd::as_fd(&file)];
-        fds.extend(sys::borrow_all(&value.fds));
-        let len = (value.bytes.len() as u64).to_le_bytes();
-        if conn.send(messages::RETURNED_IN_FILE, &[&len], &fds).is_ok() {
+        let mut passed = vec![sys::AsFd::as_fd(&file)];
+        passed.extend(sys::borrow_all(fds));
+        let len = (bytes.len() as u64).to_le_bytes();
+        if conn.send(in_file_tag, &[&len], &passed).is_ok() {
             return;
         }
     }
-    let fds = sys::borrow_all(&value.fds);
-    let _ = conn.send(messages::RETURNED, &[&value.bytes], &fds);
+    let _ = conn.send(tag, &[bytes], &sys::borrow_all(fds));
 }
 
 /// Reports that the call could not start, and exits.
@@ -341,7 +348,10 @@ fn report_panic(conn: &mut Conn, payload: &(dyn Any + Send)) {
     let report = panic_report(payload);
     match postcard::to_stdvec(&report) {
         Ok(bytes) => {
-            let _ = conn.send(messages::PANICKED, &[&bytes], &[]);
+            // In a file when large (a backtrace), so that the child's end does not
+            // wait for its parent to read, as a returned value's.
+            let tags = (messages::PANICKED, messages::PANICKED_IN_FILE);
+            send_outcome(conn, tags, &bytes, &[]);
         }
         Err(e) => {
             let _ = conn.send(
@@ -381,5 +391,23 @@ mod tests {
             sender.join().unwrap();
             assert!(sent.is_ok(), "{buffer:?}: the send waited for a reader");
         }
+    }
+
+    /// So does a panic's report (a long message or backtrace).
+    #[test]
+    fn a_panic_report_is_sent_without_waiting_for_the_parent() {
+        let (ours, theirs) = sys::stream_pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&ours, 4096).unwrap();
+        let mut conn = Conn::new(ours, messages::MAX_OUTCOME);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sender = std::thread::spawn(move || {
+            let payload: Box<dyn Any + Send> = Box::new("x".repeat(30 << 10));
+            report_panic(&mut conn, &*payload);
+            tx.send(()).unwrap();
+        });
+        let sent = rx.recv_timeout(Duration::from_secs(10));
+        drop(theirs);
+        sender.join().unwrap();
+        assert!(sent.is_ok(), "the report waited for a reader");
     }
 }

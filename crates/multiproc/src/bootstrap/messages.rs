@@ -30,7 +30,8 @@ pub(crate) const FAILED: u8 = 5;
 pub(crate) const UNENCODABLE: u8 = 6;
 /// Child → parent: the function returned; the encoded value is in a sealed memory file,
 /// the first descriptor passed (the value's own follow), and the body is its length
-/// (u64, little-endian). For values of [`IN_FILE_FROM`] bytes and more: a value sent
+/// (u64, little-endian). For values of [`IN_FILE_FROM`] bytes and more (fewer where the
+/// socket's send buffer is small: see `child::send_returned`): a value sent
 /// on the socket itself kept the child from ending until its parent read it all (its
 /// `is_alive` said yes, its pidfd never became readable, until a join).
 pub(crate) const RETURNED_IN_FILE: u8 = 7;
@@ -38,8 +39,13 @@ pub(crate) const RETURNED_IN_FILE: u8 = 7;
 /// some, before it decodes its arguments): an end by one of their signals from then on
 /// is reported as the limit, even before the call started.
 pub(crate) const LIMITED: u8 = 8;
+/// Child → parent: as [`PANICKED`], the report in a sealed memory file, as
+/// [`RETURNED_IN_FILE`] carries a value (a long backtrace, or a socket whose send buffer
+/// is small).
+pub(crate) const PANICKED_IN_FILE: u8 = 9;
 /// The size from which a returned value travels in a memory file: well under what a
-/// socket's buffer holds (about 200 KiB by default).
+/// socket's buffer holds by default (about 200 KiB; less where `net.core.wmem_default`
+/// is set lower, and then the size is less too).
 pub(crate) const IN_FILE_FROM: usize = 64 << 10;
 
 /// Parent → fork server: start a child. Body: an encoded [`ForkRequest`]; descriptors:

@@ -190,11 +190,17 @@ impl Channel {
                 messages::RETURNED => {
                     Some(Outcome::Returned(Payload::Owned(frame.body), frame.fds))
                 }
-                messages::RETURNED_IN_FILE => Some(returned_in_file(&frame.body, frame.fds)),
-                messages::PANICKED => Some(match messages::decode_panic(&frame.body) {
-                    Ok(p) => Outcome::Panicked(p),
-                    Err(e) => Outcome::Corrupt(format!("undecodable panic report: {e}")),
-                }),
+                messages::RETURNED_IN_FILE => Some(
+                    in_file(&frame.body, frame.fds, "returned value").map_or_else(
+                        |o| o,
+                        |(view, fds)| Outcome::Returned(Payload::Mapped(view), fds),
+                    ),
+                ),
+                messages::PANICKED => Some(panicked(&frame.body)),
+                messages::PANICKED_IN_FILE => Some(
+                    in_file(&frame.body, frame.fds, "panic report")
+                        .map_or_else(|o| o, |(view, _)| panicked(view.bytes())),
+                ),
                 messages::FAILED => Some(Outcome::Failed(text())),
                 messages::UNENCODABLE => Some(Outcome::Unencodable(text())),
                 tag => Some(Outcome::Corrupt(format!("unexpected message tag {tag}"))),
@@ -204,31 +210,45 @@ impl Channel {
     }
 }
 
-/// A value returned in a memory file (see [`messages::RETURNED_IN_FILE`]): mapped, into
-/// address space taken first.
-fn returned_in_file(body: &[u8], mut fds: Vec<OwnedFd>) -> Outcome {
+/// A panic report as the child sent it.
+fn panicked(body: &[u8]) -> Outcome {
+    match messages::decode_panic(body) {
+        Ok(p) => Outcome::Panicked(p),
+        Err(e) => Outcome::Corrupt(format!("undecodable panic report: {e}")),
+    }
+}
+
+/// An outcome in a memory file (a returned value or a panic report, `what`: see
+/// [`messages::RETURNED_IN_FILE`]): mapped, into address space taken first, with the
+/// descriptors that came after the file; or the outcome that it could not be.
+fn in_file(
+    body: &[u8],
+    mut fds: Vec<OwnedFd>,
+    what: &str,
+) -> Result<(View, Vec<OwnedFd>), Outcome> {
     let len = <[u8; 8]>::try_from(body)
         .ok()
         .map(u64::from_le_bytes)
         .and_then(|l| usize::try_from(l).ok());
     let Some(len) = len else {
-        return Outcome::Corrupt("a returned value in a memory file of no length".into());
+        return Err(Outcome::Corrupt(format!(
+            "a {what} in a memory file of no length"
+        )));
     };
     if fds.is_empty() {
-        return Outcome::Corrupt("a returned value in a memory file without its file".into());
+        return Err(Outcome::Corrupt(format!(
+            "a {what} in a memory file without its file"
+        )));
     }
     let file = fds.remove(0);
-    let room = match Room::take(len) {
-        Ok(room) => room,
-        Err(e) => {
-            return Outcome::Unreceivable(format!(
-                "no address space to map the returned value of {len} bytes: {e}"
-            ));
-        }
-    };
+    let room = Room::take(len).map_err(|e| {
+        Outcome::Unreceivable(format!(
+            "no address space to map the {what} of {len} bytes: {e}"
+        ))
+    })?;
     match View::open_in(file, room) {
-        Ok(view) => Outcome::Returned(Payload::Mapped(view), fds),
-        Err(e) => Outcome::Corrupt(format!("the returned value's memory file: {e}")),
+        Ok(view) => Ok((view, fds)),
+        Err(e) => Err(Outcome::Corrupt(format!("the {what}'s memory file: {e}"))),
     }
 }
 
