@@ -2959,13 +2959,14 @@ fn a_result_whose_decode_panics_fails_its_task() {
     finish(&redis, c, ns);
 }
 
-/// A client whose user may not run `CLIENT ID` (a narrow ACL rule) still reads its
-/// replies: it waited for an id that never came, and no wait ever ended.
+/// A client and a worker node whose user may not run `CLIENT ID` (a narrow ACL rule)
+/// still read their replies and tasks: each waited for an id that never came, and no
+/// wait ever ended (the node took no task).
 fn a_client_without_client_id_reads_its_replies() {
     let redis = RedisServer::start();
     let ns = "noclientid";
     let url = acl_user(&redis, &["-client|id"]);
-    let w = worker(&redis, ns, 1);
+    let w = node_at(&url, ns, 1).build().expect("start worker");
     let c = Cluster::builder(&url).namespace(ns).build().unwrap();
     let mut t = c.submit(SQUARE, 3).unwrap();
     assert_eq!(t.wait_timeout(T), Ok(9));

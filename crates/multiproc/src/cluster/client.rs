@@ -1830,6 +1830,11 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
     // Whether the epochs are still to be checked on the current connection.
     let mut epochs_due = false;
     let mut last_look = Instant::now();
+    // When to ask for this connection's id again, after the server refused it (a
+    // `BUSY` server, an ACL rule), and the wait after the next refusal (doubled up to a
+    // minute): without it a stop or a new queue waits for the block to end.
+    let mut id_due: Option<Instant> = None;
+    let mut id_wait = Duration::from_secs(2);
     loop {
         let Some(inner) = inner.upgrade() else {
             return;
@@ -1853,9 +1858,10 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 // most). Waiting for an id that never comes, no reply was ever read.
                 Err(e) if link.is_connected() => {
                     tracing::warn!(
-                        "cluster client: CLIENT ID refused ({e}): a stop or a new queue waits for the next read of replies (2 s at most)"
+                        "cluster client: CLIENT ID refused ({e}): until it is given, a stop, a new queue or a changed epoch waits for the next read of replies (2 s at most)"
                     );
                     *lock(&inner.receiver_id) = None;
+                    id_due = Some(Instant::now() + id_wait);
                     fresh = false;
                     backoff = Duration::from_millis(50);
                 }
@@ -1868,10 +1874,21 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 }
             }
         }
-        if link.connects() != seen {
-            if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
-                *lock(&inner.receiver_id) = Some(id);
+        let id_asked = link.connects() != seen || id_due.is_some_and(|at| Instant::now() >= at);
+        if id_asked {
+            // The id of the connection now: none rather than the last one's, which may
+            // be another client's by now (a `CLIENT UNBLOCK` would wake it).
+            let id = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c));
+            *lock(&inner.receiver_id) = id.as_ref().ok().copied();
+            if id.is_ok() {
+                id_due = None;
+                id_wait = Duration::from_secs(2);
+            } else {
+                id_due = Some(Instant::now() + id_wait);
+                id_wait = (id_wait * 2).min(Duration::from_secs(60));
             }
+        }
+        if link.connects() != seen {
             recover_due |= seen > 0;
             seen = link.connects();
             // The first connection too: this thread may first connect after a server

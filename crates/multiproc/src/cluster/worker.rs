@@ -1152,6 +1152,18 @@ impl Node {
                         *lock(&self.reader_id) = Some(id);
                         fresh = false;
                     }
+                    // Refused with the connection up (an ACL rule without `CLIENT ID`):
+                    // the id only lets a stop wake this thread's read at once; without
+                    // it the stop waits for the block to end. Waiting for an id that
+                    // never came, the node never read a task.
+                    Err(e) if link.is_connected() => {
+                        tracing::warn!(
+                            worker = %self.name,
+                            "CLIENT ID refused ({e}): a stop waits for the current read of tasks to end"
+                        );
+                        *lock(&self.reader_id) = None;
+                        fresh = false;
+                    }
                     Err(e) => {
                         tracing::warn!(worker = %self.name, "cannot reach Redis: {e}");
                         std::thread::sleep(backoff);
@@ -1162,9 +1174,10 @@ impl Node {
             }
             if link.connects() != seen {
                 // A new connection (made inside a call): `stop` unblocks it by its id.
-                if let Ok(id) = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
-                    *lock(&self.reader_id) = Some(id);
-                }
+                // None rather than the last connection's, which may be another
+                // client's by now (a `CLIENT UNBLOCK` would wake it).
+                let id = link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c));
+                *lock(&self.reader_id) = id.ok();
                 if seen != 0 {
                     // A call broke its connection and ran again on this one: a read
                     // whose reply was lost may have delivered entries.
