@@ -1443,7 +1443,7 @@ fn spawns_out_of_descriptors(dir: String) -> usize {
     match joined {
         Err(ProcessError::Codec(e)) => {
             let e = e.to_string();
-            assert!(e.contains("return value could not be received"), "{e}");
+            assert!(e.contains("could not be received"), "{e}");
             assert!(e.contains("Too many open files"), "{e}");
         }
         other => panic!("a result passing a descriptor, none free: {other:?}"),

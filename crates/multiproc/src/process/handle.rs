@@ -103,6 +103,9 @@ enum Outcome {
     Unencodable(String),
     /// What the child sent could not be taken in here.
     Unreceivable(String),
+    /// The child panicked, and its report (in a memory file) could not be taken in
+    /// here, for the reason given.
+    PanicUnreceivable(String),
     Corrupt(String),
 }
 
@@ -197,10 +200,14 @@ impl Channel {
                     ),
                 ),
                 messages::PANICKED => Some(panicked(&frame.body)),
-                messages::PANICKED_IN_FILE => Some(
-                    in_file(&frame.body, frame.fds, "panic report")
-                        .map_or_else(|o| o, |(view, _)| panicked(view.bytes())),
-                ),
+                messages::PANICKED_IN_FILE => {
+                    Some(match in_file(&frame.body, frame.fds, "panic report") {
+                        Ok((view, _)) => panicked(view.bytes()),
+                        // A panic all the same, not a value that did not come.
+                        Err(Outcome::Unreceivable(why)) => Outcome::PanicUnreceivable(why),
+                        Err(other) => other,
+                    })
+                }
                 messages::FAILED => Some(Outcome::Failed(text())),
                 messages::UNENCODABLE => Some(Outcome::Unencodable(text())),
                 tag => Some(Outcome::Corrupt(format!("unexpected message tag {tag}"))),
@@ -777,8 +784,15 @@ impl ChildRecord {
                 "the child sent a corrupt message: {why}"
             )))),
             Some(Outcome::Unreceivable(why)) => Err(ProcessError::Codec(CodecError::new(format!(
-                "the child's return value could not be received: {why}"
+                "the child's outcome (its return value, or its panic's report) could not be received: {why}"
             )))),
+            Some(Outcome::PanicUnreceivable(why)) => Err(ProcessError::Panicked(RemotePanic::new(
+                self.name.clone(),
+                self.pid,
+                format!("(the child panicked; its report could not be received: {why})"),
+                None,
+                None,
+            ))),
             None => Err(match ended {
                 Some(Ended::Known(WaitStatus::Exited(code))) if started => {
                     ProcessError::Exited(code)
