@@ -1846,6 +1846,9 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
             return;
         }
         if fresh {
+            // The broken connection's id goes first: after a restart the server gives
+            // its numbers again, and a `CLIENT UNBLOCK` by it could wake another client.
+            *lock(&inner.receiver_id) = None;
             match link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
                 Ok(id) => {
                     *lock(&inner.receiver_id) = Some(id);

@@ -1147,6 +1147,8 @@ impl Node {
         let mut seen = 0;
         while !self.stopping.load(Ordering::Acquire) {
             if fresh {
+                // The broken connection's id goes first (see the client's receiver).
+                *lock(&self.reader_id) = None;
                 match link.run(|c| redis::cmd("CLIENT").arg("ID").query::<i64>(c)) {
                     Ok(id) => {
                         *lock(&self.reader_id) = Some(id);
