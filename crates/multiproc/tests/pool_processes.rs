@@ -230,6 +230,7 @@ fn helpers(mode: &str) {
         "stopped_server" => helper_stopped_server(),
         "stopped_holder" => helper_stopped_holder(),
         "interrupted_pool" => helper_interrupted_pool(),
+        "terminate_lets_go" => helper_terminate_lets_go(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -2290,8 +2291,27 @@ fn event_then_sleep((_, ms): (Event, u64)) -> u64 {
 
 /// `terminate` lets go of the tasks no worker holds at once, with their arguments (the
 /// descriptors of the shared memory they carry), not when the pool is dropped: a
-/// terminated pool kept alive held every queued task's arguments.
+/// terminated pool kept alive held every queued task's arguments. Counted in a process
+/// of its own (the other tests of this one open and close descriptors meanwhile).
 fn terminate_lets_go_of_the_tasks_no_worker_holds() {
+    let mut h = Helper::start("terminate_lets_go");
+    let line = h.expect("fds ", T);
+    let v: Vec<usize> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+    let (before, held, after) = (v[0], v[1], v[2]);
+    assert!(
+        held >= before + 20,
+        "20 queued tasks with an Event each hold {} descriptors more",
+        held - before
+    );
+    assert!(
+        after <= before,
+        "a terminated pool holds {} descriptors more than before its tasks were queued",
+        after - before
+    );
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn helper_terminate_lets_go() {
     let pool = Pool::new(1).unwrap();
     let running = running_task(&pool);
     let before = common::settled(common::fd_count);
@@ -2302,21 +2322,12 @@ fn terminate_lets_go_of_the_tasks_no_worker_holds() {
         })
         .collect();
     let held = common::settled(common::fd_count);
-    assert!(
-        held >= before + 20,
-        "20 queued tasks with an Event each hold {} descriptors more",
-        held - before
-    );
     pool.terminate();
     for t in queued.into_iter().chain([running]) {
         assert_eq!(get(t).unwrap_err(), TaskError::PoolClosed);
     }
     let after = common::settled(common::fd_count);
-    assert!(
-        after <= before,
-        "a terminated pool holds {} descriptors more than before its tasks were queued",
-        after - before
-    );
+    println!("fds {before} {held} {after}");
     pool.join_timeout(T).unwrap();
 }
 
