@@ -1215,21 +1215,19 @@ fn helper_server_stopped(large: bool) {
 /// spawn waiting for it fails after the reply timeout, and the server is replaced, so
 /// that its late answer is never taken for the next spawn's.
 fn stopped_fork_server_is_replaced() {
-    let mut h = Helper::start("server_stopped");
-    assert_eq!(
-        h.expect("stalled ", Duration::from_secs(60)),
-        "timed out true"
-    );
-    assert_eq!(h.expect("own_pid ", Duration::from_secs(60)), "true");
-    assert_eq!(h.expect("new_server ", T), "true");
-    assert!(h.wait(T).success(), "{}", h.stderr_now());
+    a_stopped_server_is_replaced_in("server_stopped");
 }
 
 /// As [`stopped_fork_server_is_replaced`], with a request too large for the socket to
 /// hold: its send waited for ever (no timeout), holding the lock every later spawn
 /// and the exit work wait for.
 fn stopped_fork_server_is_replaced_while_a_large_request_waits() {
-    let mut h = Helper::start("server_stopped_large");
+    a_stopped_server_is_replaced_in("server_stopped_large");
+}
+
+/// Runs the helper `mode` (see [`helper_server_stopped`]) and checks what it says.
+fn a_stopped_server_is_replaced_in(mode: &str) {
+    let mut h = Helper::start(mode);
     assert_eq!(
         h.expect("stalled ", Duration::from_secs(60)),
         "timed out true"

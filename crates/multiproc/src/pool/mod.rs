@@ -535,7 +535,14 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        self.map_inner(f, items, Some(chunk_size), None, &mut |_| {})
+        self.map_opened(
+            self.inner.open_map(),
+            f,
+            items,
+            Some(chunk_size),
+            None,
+            &mut |_| {},
+        )
     }
 
     /// As [`map`](Self::map), waiting at most `timeout` for all the results (Python's
@@ -571,7 +578,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        self.map_inner(f, items, None, deadline, &mut |_| {})
+        self.map_opened(self.inner.open_map(), f, items, None, deadline, &mut |_| {})
     }
 
     /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr that
@@ -587,7 +594,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        // Open before the items are taken (see `map_inner`).
+        // Open before the items are taken (see `map_opened`).
         let open = self.inner.open_map();
         let items: Vec<A> = items.into_iter().collect();
         let bar = indicatif::ProgressBar::new(items.len() as u64);
@@ -596,27 +603,10 @@ impl Pool {
         out
     }
 
-    fn map_inner<A, R, I>(
-        &self,
-        f: fn(A) -> R,
-        items: I,
-        chunk_size: Option<usize>,
-        deadline: Option<Instant>,
-        progress: &mut dyn FnMut(usize),
-    ) -> Result<Vec<R>, TaskError>
-    where
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-        I: IntoIterator<Item = A>,
-    {
-        // Open before the first item is taken: a map called before `close` runs
-        // whole, however long its iterator takes to give its items.
-        let open = self.inner.open_map();
-        self.map_opened(open, f, items, chunk_size, deadline, progress)
-    }
-
-    /// As [`map_inner`](Self::map_inner), the map opened (or refused) already. A map
-    /// of no items returns none, refused or not.
+    /// Maps `f` over the items, the map opened (or refused: `open`, taken before the
+    /// first item is, so that a map called before `close` runs whole however long its
+    /// iterator takes to give its items). A map of no items returns none, refused or
+    /// not.
     fn map_opened<A, R, I>(
         &self,
         open: Result<OpenMap<'_>, TaskError>,
