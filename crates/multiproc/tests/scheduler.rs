@@ -145,6 +145,10 @@ fn main() {
             "store_cron_job_down_before_its_first_fire",
             store::cron_down_before_its_first_fire,
         ),
+        trial(
+            "store_a_cron_jobs_last_time_came_while_it_was_down",
+            store::a_cron_jobs_last_time_came_while_it_was_down,
+        ),
     ]);
     common::main_checked(
         tests,
@@ -1546,6 +1550,48 @@ mod store {
         );
         assert_eq!(s.next_fire("hourly"), Some(hours(4)));
         drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A cron job whose last fire time came while its program was down: added again at
+    /// the restart, that time is handled (it ran, within its grace), rather than the job
+    /// refused as one that never fires. Once it has none left, adding it is refused,
+    /// and nothing runs or is reported.
+    pub fn a_cron_jobs_last_time_came_while_it_was_down() {
+        let dir = tempdir("cron-last");
+        let db = dir.join("jobs.db");
+        let hours = |h: i64| t0() + multiproc::chrono::Duration::hours(h);
+        let clock = ManualClock::new(at(10));
+        // Seconds, minutes, hours, day, month, weekday, year: 2026-01-01 01:00 UTC only.
+        let job = || {
+            Job::thread(
+                "new-year",
+                Schedule::cron("0 0 1 1 1 * 2026").unwrap(),
+                || (),
+            )
+            .misfire_grace(Duration::from_secs(3600))
+        };
+        {
+            let (s, _events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            assert_eq!(s.next_fire("new-year"), Some(hours(1)));
+        }
+        clock.set(hours(1) + multiproc::chrono::Duration::minutes(5));
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job())
+                .expect("its last time came while it was down: still to handle");
+            let evs = settle(&s, &events, 1);
+            assert_eq!(started(&evs), vec![hours(1)], "{evs:?}");
+            assert_eq!(s.next_fire("new-year"), None);
+        }
+        clock.set(hours(2));
+        for _ in 0..2 {
+            let (s, events) = on_store(&db, &clock);
+            assert!(matches!(s.add(job()), Err(ScheduleError::NeverFires(_))));
+            assert_eq!(s.run_pending(), 0);
+            assert!(events.try_iter().next().is_none());
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

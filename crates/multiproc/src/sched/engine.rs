@@ -353,6 +353,9 @@ impl Shared {
             since,
             orphans,
         } = shared.load(&job.name, &key, fresh, now)?;
+        // Without a store, where the job stands is now (a store checked it already,
+        // before recording anything).
+        schedule.refuse_if_spent(last_fired.unwrap_or(since))?;
         let next = match (last_fired, schedule.once_at()) {
             (Some(last), _) => schedule.next_after(last),
             (None, Some(at)) => Some(at),

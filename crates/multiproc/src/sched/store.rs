@@ -371,6 +371,12 @@ impl JobStore {
                 }
             }
         };
+        // Refused before anything is recorded (the transaction is rolled back): a cron
+        // job with no time left from where it stands. One whose last time came while
+        // the program was down still has that time to handle.
+        result
+            .schedule
+            .refuse_if_spent(result.last.unwrap_or(result.since))?;
         tx.commit().map_err(store_err)?;
         Ok(result)
     }
