@@ -303,9 +303,10 @@ impl Job {
         self
     }
 
-    /// Runs a failed run again per `policy` (by default, only after the worker died or
-    /// the task timed out; see [`RetryPolicy::retry_if`]). A run waiting to be retried
-    /// still counts toward [`max_instances`](Self::max_instances).
+    /// Runs a failed run again per `policy` (by default, after the worker died, the task
+    /// timed out, or a fallible task returned an error, a failed cluster submit
+    /// included; not after a panic: see [`RetryPolicy::retry_if`]). A run waiting to be
+    /// retried still counts toward [`max_instances`](Self::max_instances).
     pub fn retry(mut self, policy: RetryPolicy) -> Job {
         self.retry = policy;
         self
