@@ -387,8 +387,8 @@ fn look_time() -> Duration {
 const AFTER_TURNS: Duration = Duration::from_micros(200);
 
 /// A yield that returns within this likely came straight back, having found nothing
-/// else to run: on the 2-CPU machine of `BENCHMARKS.md` an empty `sched_yield` took
-/// 0.46 µs at least and under 1 µs in 97% of 100,000 calls, while a round trip of two
+/// else to run: on the 2-CPU machine of an earlier `BENCHMARKS.md` an empty
+/// `sched_yield` took 0.46 µs at least and under 1 µs in 97% of 100,000 calls, while a round trip of two
 /// processes yielding to each other on one CPU takes 4.4 µs or more there (its
 /// `sched_yield` row). Only a hint: on other machines two switches can take less, so a
 /// wait that learns from it asks the kernel too ([`no_switch_since_last_asked`]).
