@@ -638,6 +638,9 @@ impl RawSender {
             Ok(out) => out,
             Err(e) => return Err((msg, SendFail::Io(e))),
         };
+        // Counted among the senders waiting for room once the side socket was full (see
+        // below); uncounted as the send ends.
+        let mut counted: Option<SenderSleeping<'_>> = None;
         loop {
             let sent = {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
@@ -669,8 +672,13 @@ impl RawSender {
                     core.wake_receivers();
                     return Ok(());
                 }
-                // The side socket is full: wait for it without the lock, or until every
-                // receiver is gone (none will ever read it again).
+                // The side socket is full: wait for room without the lock, or until
+                // every receiver is gone (none will ever read it again). The kernel
+                // says such a socket is writable only once three quarters of what it
+                // holds have been read, though the first take makes room for a
+                // message: counted among the senders waiting for room, this one is
+                // woken by the doorbell every take rings, and tries again (at once the
+                // first time, for a take between the failed send and the count).
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if wait.passed() {
                         return Err((msg, SendFail::Full));
@@ -678,11 +686,19 @@ impl RawSender {
                     if Core::all_gone(&core.receivers) {
                         return Err((msg, SendFail::Disconnected));
                     }
-                    if let Err(e) = sys::wait_writable(
+                    if counted.is_none() {
+                        counted = Some(self.sleeping());
+                        continue;
+                    }
+                    let cap = Instant::now() + MAX_SLEEP;
+                    let until = wait.instant().map_or(cap, |d| d.min(cap));
+                    let waited = sys::wait_writable(
                         core.side_tx.as_fd(),
-                        Some(core.receivers.as_fd()),
-                        wait.instant(),
-                    ) {
+                        &[core.send_bell.as_fd(), core.receivers.as_fd()],
+                        Some(until),
+                    );
+                    sys::silence(core.send_bell.as_fd());
+                    if let Err(e) = waited {
                         return Err((msg, SendFail::Io(e)));
                     }
                 }
@@ -1396,6 +1412,45 @@ mod tests {
             tx.send(numbered(n, big), Deadline::Now, false).unwrap();
         }
         for n in 0..10 {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+    }
+
+    /// A send waiting for room on a full side socket goes once a consumer has taken a
+    /// message: the kernel says such a socket is writable only once three quarters of
+    /// it have been read, so the send also waits for the senders' doorbell, which the
+    /// take rings. It waited for the three quarters (here, for its deadline).
+    #[test]
+    fn a_send_waiting_on_the_side_socket_goes_after_one_take() {
+        // Over half the ring, and carried in the side message itself.
+        let size = 12 * 1024;
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let mut sent = 0u32;
+        while sent < 10_000 && tx.send(numbered(sent, size), Deadline::Now, false).is_ok() {
+            sent += 1;
+        }
+        assert!(sent < 10_000, "the side socket never filled");
+        let waiting = std::thread::spawn(move || {
+            let deadline = Deadline::after(Duration::from_secs(5));
+            let started = Instant::now();
+            let sent = tx.send(numbered(sent, size), deadline, false).is_ok();
+            (sent, started.elapsed())
+        });
+        // Until the sender waits (counted among the senders waiting for room); a sender
+        // never counted is waited for 5 s, and the take below then finds it asleep.
+        let senders = || rx.core.header().sleepers.0.senders.load(SeqCst);
+        let until = Instant::now() + Duration::from_secs(5);
+        while senders() == 0 && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        assert_eq!(number(&take(&rx).unwrap()), 0);
+        let (went, took) = waiting.join().unwrap();
+        assert!(
+            went,
+            "the send waited out its deadline after a take ({took:?})"
+        );
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        for n in 1..=sent {
             assert_eq!(number(&take(&rx).unwrap()), n);
         }
     }
