@@ -27,8 +27,8 @@ type RetryIf = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 /// When a failed task is run again, and after how long: at most `max_attempts` runs in
 /// all, with delays growing from `base` by `factor` up to `max_delay`, randomised by
 /// `jitter`, for the failures `retry_if` accepts (by default a worker that died, a task
-/// that timed out, and a cluster task that returned an error value; not a panic, which
-/// would most likely happen again).
+/// that timed out, and a fallible task that returned an error value, on a pool or a
+/// cluster; not a panic, which would most likely happen again).
 ///
 /// The delays come from [`backon`]'s exponential schedule.
 ///

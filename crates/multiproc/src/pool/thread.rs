@@ -755,7 +755,9 @@ impl<T: Send + 'static> Run<T> {
             None => self.fail(TaskError::PoolClosed),
         });
         if let Err(e) = shared.timers.at_while(at, true, action, Some(live)) {
-            tracing::warn!("a thread pool's timer thread could not start: {e}");
+            tracing::warn!(
+                "a thread pool's timer thread could not start (the next delay or timeout tries again): {e}"
+            );
         }
     }
 
@@ -793,7 +795,9 @@ impl<T: Send + 'static> Run<T> {
                 }
             });
             if let Err(e) = shared.timers.at_while(at, false, action, Some(live)) {
-                tracing::warn!("a thread pool's timer thread could not start: {e}");
+                tracing::warn!(
+                    "a thread pool's timer thread could not start (the next delay or timeout tries again): {e}"
+                );
             }
         }
         let outcome = catch_panic(&mut self.work).and_then(|r| r);

@@ -92,6 +92,9 @@ pub(crate) struct Timers {
     shared: Arc<Shared>,
     name: String,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// In tests: the thread's next start fails, as when the limit of threads is reached.
+    #[cfg(test)]
+    fail_spawn: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Timers {
@@ -106,7 +109,21 @@ impl Timers {
             shared: Arc::default(),
             name,
             thread: Mutex::new(None),
+            #[cfg(test)]
+            fail_spawn: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    #[cfg_attr(not(test), allow(clippy::unused_self))]
+    fn spawn_fails(&self) -> bool {
+        #[cfg(test)]
+        if self
+            .fail_spawn
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return true;
+        }
+        false
     }
 
     /// Runs `action` at `at` (at once if that has passed). After [`stop`](Self::stop),
@@ -115,7 +132,8 @@ impl Timers {
     ///
     /// # Errors
     ///
-    /// The timer thread could not be started; the action was run as stopping.
+    /// The timer thread could not be started: the action waits in the heap, and runs
+    /// once a later call has started the thread (or as stopping at `stop`).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn at(&self, at: Instant, start: bool, action: Action) -> io::Result<()> {
         self.at_while(at, start, action, None)
@@ -155,22 +173,28 @@ impl Timers {
             }
         }
         // What the ended actions hold goes here, without the lock.
-        drop(swept);
+        drop_unrun(swept);
         self.shared.changed.notify_all();
         let mut thread = unpoisoned::lock(&self.thread);
         if thread.is_none() {
             let shared = Arc::clone(&self.shared);
-            match std::thread::Builder::new()
-                .name(self.name.clone())
-                .spawn(move || run(&shared))
-            {
-                Ok(handle) => *thread = Some(handle),
-                Err(e) => {
-                    drop(thread);
-                    self.stop();
-                    return Err(e);
-                }
-            }
+            // A thread that cannot start now (the system's or the user's limit of
+            // threads reached) leaves the action in the heap, and the next call tries
+            // again: the actions run once a thread starts, or as stopping at `stop`.
+            // Stopping for good here ran every later action at once as stopping: each
+            // later task's timeout went unkept, and each countdown failed as if the
+            // pool were closed.
+            let spawned = if self.spawn_fails() {
+                Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "no thread (a test's failure)",
+                ))
+            } else {
+                std::thread::Builder::new()
+                    .name(self.name.clone())
+                    .spawn(move || run(&shared))
+            };
+            *thread = Some(spawned?);
         }
         Ok(())
     }
@@ -189,7 +213,7 @@ impl Timers {
             }
             sweep(&mut st)
         };
-        drop(swept);
+        drop_unrun(swept);
     }
 
     /// Runs every action that starts a task now, as stopping (the tasks are cancelled);
@@ -247,6 +271,18 @@ impl Drop for Timers {
 fn run_action(action: Action, stopping: bool) {
     if let Err(caught) = crate::bootstrap::catching(|| action(stopping)) {
         tracing::warn!("a pool's timer action panicked: {caught}");
+    }
+}
+
+/// Drops entries swept from the heap unrun (their tasks were cancelled, or ended). What
+/// an action holds is the program's (a task's closure, what it captured): a `Drop` that
+/// panics is reported and the others still go, rather than unwind into the call that
+/// swept (a submit, whose running task was then left without an outcome, or a cancel).
+fn drop_unrun(entries: Vec<Entry>) {
+    for entry in entries {
+        if let Err(caught) = crate::bootstrap::catching(move || drop(entry)) {
+            tracing::warn!("dropping a pool's timer action panicked: {caught}");
+        }
     }
 }
 
@@ -326,6 +362,60 @@ mod tests {
         assert_eq!(got, [(1, false), (2, false), (3, false)]);
         timers.stop();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (9, true));
+    }
+
+    /// A timer thread that cannot start leaves the action waiting, rather than running
+    /// it (and every later one) at once as stopping; the next call starts the thread,
+    /// and both run at their time.
+    #[test]
+    fn a_thread_that_cannot_start_is_started_by_the_next_call() {
+        let timers = Timers::new("timers-spawn".into());
+        let (tx, rx) = mpsc::channel();
+        let soon = Instant::now() + Duration::from_millis(300);
+        timers
+            .fail_spawn
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let first = tx.clone();
+        let action = Box::new(move |early| first.send((1, early)).unwrap());
+        assert!(timers.at(soon, false, action).is_err());
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the action ran at once"
+        );
+        let second = tx.clone();
+        let action = Box::new(move |early| second.send((2, early)).unwrap());
+        timers.at(soon, false, action).unwrap();
+        let mut got: Vec<_> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [(1, false), (2, false)]);
+    }
+
+    /// An action swept unrun whose `Drop` panics (a task's closure, what it captured)
+    /// is dropped under a catch: the call that swept goes on.
+    #[test]
+    fn a_swept_action_whose_drop_panics_is_caught() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        struct Loud(Arc<AtomicBool>);
+        impl Drop for Loud {
+            fn drop(&mut self) {
+                self.0.store(true, Relaxed);
+                panic!("a task's closure panics as it is dropped");
+            }
+        }
+        let timers = Timers::new("timers-loud".into());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let loud = Loud(Arc::clone(&dropped));
+        let far = Instant::now() + Duration::from_secs(3600);
+        let action = Box::new(move |_| drop(loud));
+        timers
+            .at_while(far, false, action, Some(Box::new(|| false)))
+            .unwrap();
+        // The only entry has ended: swept, and dropped, now.
+        timers.ended();
+        assert!(dropped.load(Relaxed));
+        assert!(unpoisoned::lock(&timers.shared.state).heap.is_empty());
     }
 
     /// Entries whose action has nothing left to do are swept from the heap unrun, and
