@@ -149,6 +149,10 @@ fn main() {
             "store_a_cron_jobs_last_time_came_while_it_was_down",
             store::a_cron_jobs_last_time_came_while_it_was_down,
         ),
+        trial(
+            "store_a_spent_cron_jobs_interrupted_run_is_reported",
+            store::a_spent_cron_jobs_interrupted_run_is_reported,
+        ),
     ]);
     common::main_checked(
         tests,
@@ -1595,6 +1599,67 @@ mod store {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    type Hold = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+    /// A job whose runs count themselves in `runs`, each held (for a second at most)
+    /// while `hold` holds true.
+    fn held_job(name: &str, schedule: Schedule, runs: &Arc<AtomicU32>, hold: &Hold) -> Job {
+        let (runs, hold) = (Arc::clone(runs), Arc::clone(hold));
+        Job::thread(name, schedule, move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let (held, released) = &*hold;
+            let held = held.lock().unwrap();
+            let _ = released
+                .wait_timeout_while(held, Duration::from_secs(1), |held| *held)
+                .unwrap();
+        })
+    }
+
+    /// A cron job whose last time was running when its scheduler went: added again
+    /// with no time left, its run is reported interrupted (it was refused as never
+    /// firing, the run neither reported nor its record ever settled), and the start
+    /// after that refuses it.
+    pub fn a_spent_cron_jobs_interrupted_run_is_reported() {
+        let dir = tempdir("cron-spent");
+        let db = dir.join("jobs.db");
+        let hours = |h: i64| t0() + multiproc::chrono::Duration::hours(h);
+        let clock = ManualClock::new(at(10));
+        let runs = Arc::new(AtomicU32::new(0));
+        // The run is held (for a second at most) past its scheduler's drop.
+        let hold = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+        let once = || Schedule::cron("0 0 1 1 1 * 2026").unwrap();
+        let job = || held_job("new-year", once(), &runs, &hold);
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            clock.set(hours(1));
+            assert_eq!(s.run_pending(), 1);
+            let evs: Vec<_> = events.try_iter().collect();
+            assert_eq!(started(&evs), vec![hours(1)]);
+            assert!(eventually(T, || runs.load(Ordering::SeqCst) == 1));
+        }
+        *hold.0.lock().unwrap() = false;
+        hold.1.notify_all();
+        clock.set(hours(2));
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job())
+                .expect("a run left by a gone scheduler is still to report");
+            let evs: Vec<_> = events.try_iter().collect();
+            assert_eq!(evs.len(), 1, "{evs:?}");
+            assert!(matches!(evs[0].kind, EventKind::Interrupted));
+            assert_eq!(evs[0].scheduled, hours(1));
+            assert_eq!(s.next_fire("new-year"), None);
+            assert_eq!(s.run_pending(), 0);
+        }
+        let (s, events) = on_store(&db, &clock);
+        assert!(matches!(s.add(job()), Err(ScheduleError::NeverFires(_))));
+        assert!(events.try_iter().next().is_none());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     pub fn survives_restart() {
         let dir = tempdir("restart");
         let db = dir.join("jobs.db");
@@ -1893,17 +1958,7 @@ mod store {
         // The first run is held (for a second at most) past its scheduler's drop, so
         // that it is still in flight when the scheduler settles what it saw end.
         let hold = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
-        let job = || {
-            let (runs, hold) = (Arc::clone(&runs), Arc::clone(&hold));
-            Job::thread("tick", Schedule::every(secs(10)), move || {
-                runs.fetch_add(1, Ordering::SeqCst);
-                let (held, released) = &*hold;
-                let held = held.lock().unwrap();
-                let _ = released
-                    .wait_timeout_while(held, Duration::from_secs(1), |held| *held)
-                    .unwrap();
-            })
-        };
+        let job = || held_job("tick", Schedule::every(secs(10)), &runs, &hold);
         {
             let (s, events) = on_store(&db, &clock);
             s.add(job()).unwrap();

@@ -205,6 +205,13 @@ pub(super) struct Orphans {
     pub(super) reported: Vec<Report>,
 }
 
+impl Orphans {
+    /// Whether a gone scheduler left nothing to handle.
+    pub(super) fn is_empty(&self) -> bool {
+        self.unstarted.is_empty() && self.interrupted.is_empty() && self.reported.is_empty()
+    }
+}
+
 /// Which of the times too late after a downtime a scheduler reports (the first, and how
 /// many), given the last time handled before (see `JobStore::claim_through`).
 pub(super) type LateRange<'a> = &'a dyn Fn(Option<DateTime<Utc>>) -> Option<(DateTime<Utc>, u64)>;
@@ -353,9 +360,12 @@ impl Shared {
             since,
             orphans,
         } = shared.load(&job.name, &key, fresh, now)?;
-        // Without a store, where the job stands is now (a store checked it already,
-        // before recording anything).
-        schedule.refuse_if_spent(last_fired.unwrap_or(since))?;
+        // Without a store, where the job stands is now. A store checked it already,
+        // before recording anything, and let a spent job through only with records a
+        // gone scheduler left, which are handled below.
+        if orphans.is_empty() {
+            schedule.refuse_if_spent(last_fired.unwrap_or(since))?;
+        }
         let next = match (last_fired, schedule.once_at()) {
             (Some(last), _) => schedule.next_after(last),
             (None, Some(at)) => Some(at),

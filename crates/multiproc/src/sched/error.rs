@@ -28,7 +28,9 @@ pub enum ScheduleError {
     /// An interval too long to add to a date.
     #[error("the interval {0:?} is too long")]
     IntervalTooLong(std::time::Duration),
-    /// A cron expression that matches no time (such as February 30th).
+    /// A cron expression that matches no time (such as February 30th), or none after
+    /// where its job stands (when it was added, or, with a job store, the last time the
+    /// job handled: a year gone by).
     #[error("{0} never fires")]
     NeverFires(String),
     /// A job of that name is already scheduled.

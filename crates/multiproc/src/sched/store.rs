@@ -372,11 +372,16 @@ impl JobStore {
             }
         };
         // Refused before anything is recorded (the transaction is rolled back): a cron
-        // job with no time left from where it stands. One whose last time came while
-        // the program was down still has that time to handle.
-        result
-            .schedule
-            .refuse_if_spent(result.last.unwrap_or(result.since))?;
+        // job with no time left from where it stands, and nothing a gone scheduler
+        // left of it to handle (a time it claimed and never started, a run it started,
+        // a report it made: those are handled, and the job is refused at the next
+        // start). One whose last time came while the program was down still has that
+        // time to handle.
+        if result.orphans.is_empty() {
+            result
+                .schedule
+                .refuse_if_spent(result.last.unwrap_or(result.since))?;
+        }
         tx.commit().map_err(store_err)?;
         Ok(result)
     }
