@@ -129,7 +129,7 @@ impl Stream {
     pub(crate) fn wait_writable(&self, until: Instant) -> io::Result<bool> {
         #[cfg(unix)]
         {
-            crate::sys::wait_writable(self.fd(), &[], Some(until))
+            crate::sys::wait_writable(self.fd(), None, Some(until))
         }
         #[cfg(not(unix))]
         {

@@ -510,7 +510,7 @@ pub(crate) fn peek_packet(_: BorrowedFd<'_>, _: &mut [u8]) -> io::Result<Option<
 }
 pub(crate) fn wait_writable(
     _: BorrowedFd<'_>,
-    _: &[BorrowedFd<'_>],
+    _: Option<BorrowedFd<'_>>,
     _: Option<Instant>,
 ) -> io::Result<bool> {
     Err(unsupported())

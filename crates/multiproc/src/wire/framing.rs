@@ -287,7 +287,7 @@ impl Conn {
             let passed: &[BorrowedFd<'_>] = if first { fds } else { &[] };
             let n = match sys::send_with_fds(self.fd.as_fd(), slices, passed, until.is_some()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !sys::wait_writable(self.fd.as_fd(), &[], deadline)? {
+                    if !sys::wait_writable(self.fd.as_fd(), None, deadline)? {
                         match (until, deadline) {
                             (Some(u), Some(d)) if d == u.deadline => {
                                 deadline = Some(Instant::now() + u.last_look);

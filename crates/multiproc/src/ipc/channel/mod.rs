@@ -494,6 +494,22 @@ impl Core {
     }
 }
 
+/// A thread counted in a count of nappers (see [`Core::nap`]) until dropped.
+struct Napping<'a>(&'a AtomicU32);
+
+impl<'a> Napping<'a> {
+    fn count(nappers: &'a AtomicU32) -> Self {
+        nappers.fetch_add(1, SeqCst);
+        Napping(nappers)
+    }
+}
+
+impl Drop for Napping<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 /// Wakes up to `n` threads napping on `seq` (see [`Core::nap`]), if `nappers` counts
 /// one. Receivers are woken one per message (a napper that wakes to find the message
 /// taken looks again, then sleeps); senders all at once, since the room one take made
@@ -638,9 +654,9 @@ impl RawSender {
             Ok(out) => out,
             Err(e) => return Err((msg, SendFail::Io(e))),
         };
-        // Counted among the senders waiting for room once the side socket was full (see
-        // below); uncounted as the send ends.
-        let mut counted: Option<SenderSleeping<'_>> = None;
+        // Counted among the senders napping for room once the side socket was full (see
+        // below), with the wake-up count last seen; uncounted as the send ends.
+        let mut napping: Option<(Napping<'_>, u32)> = None;
         loop {
             let sent = {
                 let Some(mut tail) = Tail::lock(core.header(), lock_wait(wait)) else {
@@ -673,12 +689,14 @@ impl RawSender {
                     return Ok(());
                 }
                 // The side socket is full: wait for room without the lock, or until
-                // every receiver is gone (none will ever read it again). The kernel
-                // says such a socket is writable only once three quarters of what it
-                // holds have been read, though the first take makes room for a
-                // message: counted among the senders waiting for room, this one is
-                // woken by the doorbell every take rings, and tries again (at once the
-                // first time, for a take between the failed send and the count).
+                // every receiver is gone (none will ever read it again; looked at
+                // again every `MAX_SLEEP` at least). The kernel says such a socket is
+                // writable only once three quarters of what it holds have been read,
+                // though the first take makes room for a message: counted among the
+                // senders napping for room, this one is woken by every take (all such
+                // senders at once, none taking another's wake-up), and tries again,
+                // at once the first time (a take between the failed send and the count
+                // woke nobody).
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if wait.passed() {
                         return Err((msg, SendFail::Full));
@@ -686,20 +704,21 @@ impl RawSender {
                     if Core::all_gone(&core.receivers) {
                         return Err((msg, SendFail::Disconnected));
                     }
-                    if counted.is_none() {
-                        counted = Some(self.sleeping());
-                        continue;
-                    }
-                    let cap = Instant::now() + MAX_SLEEP;
-                    let until = wait.instant().map_or(cap, |d| d.min(cap));
-                    let waited = sys::wait_writable(
-                        core.side_tx.as_fd(),
-                        &[core.send_bell.as_fd(), core.receivers.as_fd()],
-                        Some(until),
-                    );
-                    sys::silence(core.send_bell.as_fd());
-                    if let Err(e) = waited {
-                        return Err((msg, SendFail::Io(e)));
+                    let s = &core.header().sleepers.0;
+                    match &mut napping {
+                        None => {
+                            let seen = s.send_seq.load(SeqCst);
+                            napping = Some((Napping::count(&s.send_nappers), seen));
+                            continue;
+                        }
+                        Some((_, seen)) => {
+                            let cap = Instant::now() + MAX_SLEEP;
+                            let until = wait.instant().map_or(cap, |d| d.min(cap));
+                            if let Some(left) = until.checked_duration_since(Instant::now()) {
+                                sys::futex_wait(&s.send_seq, *seen, Some(left));
+                            }
+                            *seen = s.send_seq.load(SeqCst);
+                        }
                     }
                 }
                 // Too many descriptors in flight for this user (a channel handle is 8):
@@ -1418,8 +1437,8 @@ mod tests {
 
     /// A send waiting for room on a full side socket goes once a consumer has taken a
     /// message: the kernel says such a socket is writable only once three quarters of
-    /// it have been read, so the send also waits for the senders' doorbell, which the
-    /// take rings. It waited for the three quarters (here, for its deadline).
+    /// it have been read, so the send naps for the wake-up every take gives. It waited
+    /// for the three quarters (here, for its deadline).
     #[test]
     fn a_send_waiting_on_the_side_socket_goes_after_one_take() {
         // Over half the ring, and carried in the side message itself.
@@ -1436,9 +1455,9 @@ mod tests {
             let sent = tx.send(numbered(sent, size), deadline, false).is_ok();
             (sent, started.elapsed())
         });
-        // Until the sender waits (counted among the senders waiting for room); a sender
+        // Until the sender waits (counted among the senders napping for room); a sender
         // never counted is waited for 5 s, and the take below then finds it asleep.
-        let senders = || rx.core.header().sleepers.0.senders.load(SeqCst);
+        let senders = || rx.core.header().sleepers.0.send_nappers.load(SeqCst);
         let until = Instant::now() + Duration::from_secs(5);
         while senders() == 0 && Instant::now() < until {
             std::thread::yield_now();

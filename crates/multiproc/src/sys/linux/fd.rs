@@ -225,21 +225,22 @@ pub(crate) fn peek_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
     }
 }
 
-/// Waits until `fd` can be written, one of `also` (at most two: the other end's
-/// liveness pipe, a doorbell) is readable or hangs up, or `deadline` passes. True if
-/// writable (or failed: the write says how).
+/// Waits until `fd` can be written, `gone` (the other end's liveness pipe, if any) hangs
+/// up, or `deadline` passes. True if writable (or failed: the write says how).
 pub(crate) fn wait_writable(
     fd: BorrowedFd<'_>,
-    also: &[BorrowedFd<'_>],
+    gone: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
-    let other = |i: usize| also.get(i).unwrap_or(&fd);
-    let mut all = [
+    let mut both = [
         PollFd::new(&fd, PollFlags::OUT),
-        PollFd::new(other(0), PollFlags::IN),
-        PollFd::new(other(1), PollFlags::IN),
+        PollFd::new(gone.as_ref().unwrap_or(&fd), PollFlags::IN),
     ];
-    let fds = &mut all[..=also.len().min(2)];
+    let fds = if gone.is_some() {
+        &mut both[..]
+    } else {
+        &mut both[..1]
+    };
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
