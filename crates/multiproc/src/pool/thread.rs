@@ -756,7 +756,7 @@ impl<T: Send + 'static> Run<T> {
         });
         if let Err(e) = shared.timers.at_while(at, true, action, Some(live)) {
             tracing::warn!(
-                "a thread pool's timer thread could not start (the next delay or timeout tries again): {e}"
+                "a thread pool's timer thread could not start (this delay or timeout is not kept; the next tries again): {e}"
             );
         }
     }
@@ -796,7 +796,7 @@ impl<T: Send + 'static> Run<T> {
             });
             if let Err(e) = shared.timers.at_while(at, false, action, Some(live)) {
                 tracing::warn!(
-                    "a thread pool's timer thread could not start (the next delay or timeout tries again): {e}"
+                    "a thread pool's timer thread could not start (this delay or timeout is not kept; the next tries again): {e}"
                 );
             }
         }

@@ -132,8 +132,8 @@ impl Timers {
     ///
     /// # Errors
     ///
-    /// The timer thread could not be started: the action waits in the heap, and runs
-    /// once a later call has started the thread (or as stopping at `stop`).
+    /// The timer thread could not be started: the action was run as stopping, and the
+    /// next call tries to start the thread again.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn at(&self, at: Instant, start: bool, action: Action) -> io::Result<()> {
         self.at_while(at, start, action, None)
@@ -152,7 +152,7 @@ impl Timers {
         live: Option<Live>,
     ) -> io::Result<()> {
         let mut swept = Vec::new();
-        {
+        let seq = {
             let mut st = unpoisoned::lock(&self.shared.state);
             if st.stopped || (start && st.starts_refused) {
                 drop(st);
@@ -171,7 +171,8 @@ impl Timers {
             if st.heap.len() >= 2 * st.swept.max(SWEEP_FROM) {
                 swept = sweep(&mut st);
             }
-        }
+            seq
+        };
         // What the ended actions hold goes here, without the lock.
         drop_unrun(swept);
         self.shared.changed.notify_all();
@@ -179,11 +180,12 @@ impl Timers {
         if thread.is_none() {
             let shared = Arc::clone(&self.shared);
             // A thread that cannot start now (the system's or the user's limit of
-            // threads reached) leaves the action in the heap, and the next call tries
-            // again: the actions run once a thread starts, or as stopping at `stop`.
-            // Stopping for good here ran every later action at once as stopping: each
-            // later task's timeout went unkept, and each countdown failed as if the
-            // pool were closed.
+            // threads reached): this action runs at once as stopping (a countdown's
+            // task fails, a timeout is not kept), rather than wait for a thread that
+            // may never come (a `join` would wait for its task for ever), and the next
+            // call tries again. Stopping for good here ran every later action at once
+            // as stopping too: no later task's timeout was kept, and every countdown
+            // failed, on a pool that could have started its thread by then.
             let spawned = if self.spawn_fails() {
                 Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
@@ -194,9 +196,30 @@ impl Timers {
                     .name(self.name.clone())
                     .spawn(move || run(&shared))
             };
-            *thread = Some(spawned?);
+            match spawned {
+                Ok(handle) => *thread = Some(handle),
+                Err(e) => {
+                    drop(thread);
+                    if let Some(entry) = self.take_out(seq) {
+                        run_action(entry.action, true);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Takes entry `seq` out of the heap, if it is there.
+    fn take_out(&self, seq: u64) -> Option<Entry> {
+        let mut st = unpoisoned::lock(&self.shared.state);
+        let mut entries = std::mem::take(&mut st.heap).into_vec();
+        let entry = entries
+            .iter()
+            .position(|e| e.seq == seq)
+            .map(|i| entries.swap_remove(i));
+        st.heap = entries.into();
+        entry
     }
 
     /// An entry's `live` now says it has nothing left to do (its task was cancelled):
@@ -364,9 +387,9 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (9, true));
     }
 
-    /// A timer thread that cannot start leaves the action waiting, rather than running
-    /// it (and every later one) at once as stopping; the next call starts the thread,
-    /// and both run at their time.
+    /// A timer thread that cannot start runs that action at once as stopping, and the
+    /// next call starts the thread: its action runs at its time. (The timers stopped for
+    /// good, and every later action ran at once as stopping.)
     #[test]
     fn a_thread_that_cannot_start_is_started_by_the_next_call() {
         let timers = Timers::new("timers-spawn".into());
@@ -378,18 +401,16 @@ mod tests {
         let first = tx.clone();
         let action = Box::new(move |early| first.send((1, early)).unwrap());
         assert!(timers.at(soon, false, action).is_err());
-        assert!(
-            rx.recv_timeout(Duration::from_millis(100)).is_err(),
-            "the action ran at once"
-        );
+        assert_eq!(rx.try_recv().unwrap(), (1, true));
+        assert!(unpoisoned::lock(&timers.shared.state).heap.is_empty());
         let second = tx.clone();
         let action = Box::new(move |early| second.send((2, early)).unwrap());
         timers.at(soon, false, action).unwrap();
-        let mut got: Vec<_> = (0..2)
-            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
-            .collect();
-        got.sort_unstable();
-        assert_eq!(got, [(1, false), (2, false)]);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            (2, false)
+        );
+        assert!(Instant::now() >= soon);
     }
 
     /// An action swept unrun whose `Drop` panics (a task's closure, what it captured)
