@@ -116,8 +116,9 @@ impl RetryPolicy {
     }
 
     /// Which failures are retried (instead of the default: a worker that died, a task
-    /// that timed out, and a fallible task that returned an error). A predicate that panics counts as `false`: the failure stands,
-    /// and the panic is logged (it runs on the pool's own thread, which it must not end).
+    /// that timed out, and a fallible task that returned an error). A predicate that
+    /// panics counts as `false`: the failure stands, and the panic is logged (it runs on
+    /// the pool's own thread, which it must not end).
     /// It may run while the executor holds a lock of its own (a process pool's state):
     /// it must decide from the error alone, and not call into that executor (a submit, a
     /// wait), which would wait for the lock for ever. A [`Scheduler`](crate::Scheduler)'s

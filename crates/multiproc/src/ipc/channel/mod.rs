@@ -474,12 +474,12 @@ impl Core {
     /// true at once or a waker bumped the word meanwhile.
     fn nap(nappers: &AtomicU32, seq: &AtomicU32, until: Instant, ready: impl Fn() -> bool) -> bool {
         let seen = seq.load(SeqCst);
-        nappers.fetch_add(1, SeqCst);
+        let counted = Napping::count(nappers);
         let ready_now = ready();
-        if !ready_now && let Some(left) = until.checked_duration_since(Instant::now()) {
-            sys::futex_wait(seq, seen, Some(left));
+        if !ready_now {
+            nap_on(seq, seen, until);
         }
-        nappers.fetch_sub(1, SeqCst);
+        drop(counted);
         ready_now || seq.load(SeqCst) != seen
     }
 
@@ -491,6 +491,13 @@ impl Core {
         sys::wait_readable(&[bell.as_fd(), other_side.as_fd()], Some(until))?;
         sys::silence(bell.as_fd());
         Ok(())
+    }
+}
+
+/// Sleeps on the futex word `seq` while it holds `seen`, until `until` at most.
+fn nap_on(seq: &AtomicU32, seen: u32, until: Instant) {
+    if let Some(left) = until.checked_duration_since(Instant::now()) {
+        sys::futex_wait(seq, seen, Some(left));
     }
 }
 
@@ -713,10 +720,11 @@ impl RawSender {
                         }
                         Some((_, seen)) => {
                             let cap = Instant::now() + MAX_SLEEP;
-                            let until = wait.instant().map_or(cap, |d| d.min(cap));
-                            if let Some(left) = until.checked_duration_since(Instant::now()) {
-                                sys::futex_wait(&s.send_seq, *seen, Some(left));
-                            }
+                            nap_on(
+                                &s.send_seq,
+                                *seen,
+                                wait.instant().map_or(cap, |d| d.min(cap)),
+                            );
                             *seen = s.send_seq.load(SeqCst);
                         }
                     }
@@ -1457,9 +1465,9 @@ mod tests {
         });
         // Until the sender waits (counted among the senders napping for room); a sender
         // never counted is waited for 5 s, and the take below then finds it asleep.
-        let senders = || rx.core.header().sleepers.0.send_nappers.load(SeqCst);
+        let napping = || rx.core.header().sleepers.0.send_nappers.load(SeqCst);
         let until = Instant::now() + Duration::from_secs(5);
-        while senders() == 0 && Instant::now() < until {
+        while napping() == 0 && Instant::now() < until {
             std::thread::yield_now();
         }
         assert_eq!(number(&take(&rx).unwrap()), 0);
