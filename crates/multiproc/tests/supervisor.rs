@@ -1045,7 +1045,9 @@ fn intensity_exceeded() {
         wait_gone(steady, T),
         "children stopped when the supervisor gives up"
     );
-    let seen: Vec<SupervisorEvent> = events.try_iter().collect();
+    // Read to the stream's end: `wait` returns as the outcome is set, and the last
+    // events (`GaveUp`, `Stopped`) follow it.
+    let seen: Vec<SupervisorEvent> = std::iter::from_fn(|| events.recv_timeout(T).ok()).collect();
     assert!(
         seen.iter()
             .any(|e| matches!(e, SupervisorEvent::GaveUp { .. }))
@@ -1448,7 +1450,7 @@ fn between_a_crash_and_a_slow_stop(
     middle: ChildSpec,
     log: String,
 ) -> Supervisor {
-    fast()
+    let sup = fast()
         .strategy(Strategy::OneForAll)
         .child(ChildSpec::new(
             "crasher",
@@ -1457,11 +1459,19 @@ fn between_a_crash_and_a_slow_stop(
         ))
         .child(middle)
         .child(
-            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log)
+            ChildSpec::new("stubborn", notes_start_ignores_sigterm, log.clone())
                 .shutdown_grace(Duration::from_millis(1500)),
         )
         .build()
-        .unwrap()
+        .unwrap();
+    // Returned once the stubborn child ignores `SIGTERM` (it notes its start after):
+    // one still starting when `go` is set dies at the stop's first signal, which then
+    // holds nothing, and the middle child is stopped before its own end.
+    let ignores = eventually(T, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().any(|l| l == "stubborn start"))
+    });
+    assert!(ignores, "the stubborn child never started");
+    sup
 }
 
 /// A sibling that crashes on its own while the supervisor stops the others for a
