@@ -76,6 +76,10 @@ fn main() {
                 a_retry_due_after_a_cancelling_shutdown_is_cancelled,
             ),
             trial(
+                "callbacks_of_tasks_a_shutdown_cancels_may_join",
+                callbacks_of_tasks_a_shutdown_cancels_may_join,
+            ),
+            trial(
                 "a_submission_racing_a_cancelling_shutdown_is_cancelled",
                 a_submission_racing_a_cancelling_shutdown_is_cancelled,
             ),
@@ -1268,6 +1272,82 @@ fn a_retry_due_after_a_cancelling_shutdown_is_cancelled() {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The callbacks of tasks a cancelling `shutdown` ends (two waiting for an hour's
+/// countdown) may join the pool, on both pools, and the join returns at once: on the
+/// thread pool it waited for the next waiting task, which only the shutdown's own
+/// thread was about to cancel.
+fn callbacks_of_tasks_a_shutdown_cancels_may_join() {
+    type Join = Box<dyn Fn() -> Result<(), PoolError> + Send>;
+    let hour = || TaskOptions::new().countdown(Duration::from_secs(3600));
+    // The callbacks join through a weak handle: the pool is this thread's to end.
+    let within = Duration::from_secs(10);
+    for threads in [false, true] {
+        let (thread_pool, process_pool, tasks, join): (
+            _,
+            _,
+            Vec<Task<u64>>,
+            Box<dyn Fn() -> Join>,
+        ) = if threads {
+            let tp = Arc::new(ThreadPool::new(1).unwrap());
+            let tasks = (0..2)
+                .map(|x| tp.submit_with(move || x, hour()).unwrap())
+                .collect();
+            let weak = Arc::downgrade(&tp);
+            let join = Box::new(move || -> Join {
+                let tp = weak.clone();
+                Box::new(move || tp.upgrade().map_or(Ok(()), |tp| tp.join_timeout(within)))
+            });
+            (Some(tp), None, tasks, join)
+        } else {
+            let p = Arc::new(pool(1));
+            let tasks = (0..2)
+                .map(|x| p.submit_with(square, x, hour()).unwrap())
+                .collect();
+            let weak = Arc::downgrade(&p);
+            let join = Box::new(move || -> Join {
+                let p = weak.clone();
+                Box::new(move || p.upgrade().map_or(Ok(()), |p| p.join_timeout(within)))
+            });
+            (None, Some(p), tasks, join)
+        };
+        let (tx, rx) = mpsc::channel();
+        for task in &tasks {
+            let (tx, join) = (tx.clone(), join());
+            task.on_done(move |outcome| {
+                let t0 = Instant::now();
+                let joined = join();
+                let _ = tx.send((outcome.clone(), joined, t0.elapsed()));
+            });
+        }
+        match (&thread_pool, &process_pool) {
+            (Some(tp), _) => tp.shutdown(false, true),
+            (_, Some(p)) => p.shutdown(false, true),
+            _ => unreachable!(),
+        }
+        for _ in 0..2 {
+            let (outcome, joined, took) = rx.recv_timeout(T).unwrap();
+            assert_eq!(outcome, Err(TaskError::Cancelled), "threads: {threads}");
+            // The process pool runs them on the thread that shuts down or on its own
+            // thread (whichever takes them), where a join only closes the pool and
+            // says so (see `Pool::join_timeout`).
+            assert!(
+                joined.is_ok() || !threads && matches!(joined, Err(PoolError::InvalidArgument(_))),
+                "threads: {threads}: {joined:?}"
+            );
+            assert!(
+                took < Duration::from_secs(5),
+                "threads: {threads}: {took:?}"
+            );
+        }
+        for task in tasks {
+            assert_eq!(get(task), Err(TaskError::Cancelled), "threads: {threads}");
+        }
+        if let Some(p) = process_pool {
+            finish(Arc::into_inner(p).expect("no callback holds the pool any more"));
+        }
+    }
 }
 
 /// Tasks submitted from another thread while `shutdown` cancels the tasks not

@@ -441,6 +441,47 @@ fn a_cancelled_tasks_callback_may_join_the_pool() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// A queued task that `shutdown` cancels may join the pool from its callback while a
+/// task of the pool waits for its countdown: the shutdown cancelled the queued tasks
+/// before the waiting ones, so the join waited for the countdown (an hour).
+#[test]
+fn a_queued_tasks_callback_may_join_when_shutdown_cancels_it_before_a_countdown() {
+    let pool = Arc::new(ThreadPool::new(1).unwrap());
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let busy = pool
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            release_rx.recv_timeout(T).is_ok()
+        })
+        .unwrap();
+    started_rx.recv_timeout(T).unwrap();
+    // The pool's one thread is busy: this one stays queued until the shutdown.
+    let queued = pool.submit(|| 1).unwrap();
+    let waiting = pool
+        .submit_with(
+            || 2,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let p = Arc::clone(&pool);
+    queued.on_done(move |outcome| {
+        // What the join waits for: the busy task ends now.
+        release_tx.send(()).unwrap();
+        let t0 = Instant::now();
+        let joined = p.join_timeout(Duration::from_secs(10));
+        let _ = tx.send((outcome.clone(), joined, t0.elapsed()));
+    });
+    pool.shutdown(false, true);
+    let (outcome, joined, took) = rx.recv_timeout(T).unwrap();
+    assert_eq!(outcome, Err(TaskError::Cancelled));
+    assert!(joined.is_ok(), "{joined:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(get(waiting).unwrap_err(), TaskError::Cancelled);
+    assert!(get(busy).unwrap());
+}
+
 /// A task counts as done while its done-callbacks run, as a Python future is finished
 /// before its callbacks are called: a callback that asks whether every task of a set
 /// is done, or waits for the set, finds its own task done (it found it not done, and a

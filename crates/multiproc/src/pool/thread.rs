@@ -16,7 +16,7 @@ use super::fallible;
 use super::iter::{Backend, Feed};
 use super::retry::RetryPolicy;
 use super::task::{Cancel, Cell, Sink, Slots};
-use super::timers::Timers;
+use super::timers::{Kind, Timers};
 use super::{DEPTH_MIN, Task, TaskOptions};
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
@@ -473,7 +473,7 @@ struct Ctl<T> {
 }
 
 /// A task's place among those that keep its pool's queue open.
-struct Hold {
+pub(super) struct Hold {
     held: AtomicBool,
     pool: Weak<Shared>,
 }
@@ -497,29 +497,42 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A delivery under way on this thread (see [`DELIVERING`]), until dropped.
-struct Delivering(Option<Arc<Hold>>);
+/// Deliveries under way on this thread (see [`DELIVERING`]), until dropped.
+pub(super) struct Delivering(Vec<Arc<Hold>>);
 
 impl Delivering {
     fn enter(hold: Option<&Arc<Hold>>) -> Self {
-        let hold = hold.filter(|h| h.held.load(Ordering::Acquire)).cloned();
-        if let Some(h) = &hold {
-            let _ = DELIVERING.try_with(|d| d.borrow_mut().push(Arc::clone(h)));
+        Delivering::enter_all(hold.cloned())
+    }
+
+    /// The deliveries of tasks this thread ends one after another (those `shutdown`
+    /// cancels): a `join` in the callback of any of them lets go of them all, the
+    /// later ones included, which it would otherwise wait for while they wait for it.
+    pub(super) fn enter_all(holds: impl IntoIterator<Item = Arc<Hold>>) -> Self {
+        let holds: Vec<Arc<Hold>> = holds
+            .into_iter()
+            .filter(|h| h.held.load(Ordering::Acquire))
+            .collect();
+        if !holds.is_empty() {
+            let _ = DELIVERING.try_with(|d| d.borrow_mut().extend(holds.iter().cloned()));
         }
-        Delivering(hold)
+        Delivering(holds)
     }
 }
 
 impl Drop for Delivering {
     fn drop(&mut self) {
-        if let Some(h) = &self.0 {
-            let _ = DELIVERING.try_with(|d| {
-                let mut d = d.borrow_mut();
+        if self.0.is_empty() {
+            return;
+        }
+        let _ = DELIVERING.try_with(|d| {
+            let mut d = d.borrow_mut();
+            for h in &self.0 {
                 if let Some(i) = d.iter().rposition(|x| Arc::ptr_eq(x, h)) {
                     d.remove(i);
                 }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -747,6 +760,7 @@ impl<T: Send + 'static> Run<T> {
         // Cancelled meanwhile: the entry, and the closure it holds, may go unrun.
         let progress = Arc::clone(&self.ctl.progress);
         let live = Box::new(move || progress.state() != DONE);
+        let hold = self.ctl.hold.clone();
         let action = Box::new(move |stopping: bool| match pool.upgrade() {
             Some(shared) if !stopping => self.queue_now(&shared),
             Some(shared) if shared.cancels_pending() => self.fail(TaskError::Cancelled),
@@ -754,7 +768,10 @@ impl<T: Send + 'static> Run<T> {
             Some(shared) => self.fail(shared.closed_error()),
             None => self.fail(TaskError::PoolClosed),
         });
-        if let Err(e) = shared.timers.at_while(at, true, action, Some(live)) {
+        if let Err(e) = shared
+            .timers
+            .at_while(at, Kind::Start(hold), action, Some(live))
+        {
             tracing::warn!(
                 "a thread pool's timer thread could not start (this delay or timeout is not kept; the next tries again): {e}"
             );
@@ -794,7 +811,10 @@ impl<T: Send + 'static> Run<T> {
                     ctl.time_out(run);
                 }
             });
-            if let Err(e) = shared.timers.at_while(at, false, action, Some(live)) {
+            if let Err(e) = shared
+                .timers
+                .at_while(at, Kind::Timeout, action, Some(live))
+            {
                 tracing::warn!(
                     "a thread pool's timer thread could not start (this delay or timeout is not kept; the next tries again): {e}"
                 );
@@ -1299,15 +1319,21 @@ impl ThreadPool {
     /// `cancel_pending`, tasks not yet started end as [`TaskError::Cancelled`] (running
     /// ones finish; one that fails is not retried, and ends `Cancelled`; one submitted
     /// by another thread as the shutdown runs is cancelled too); with `wait`, waits until every task has finished and every thread
-    /// has exited ([`join`](Self::join); not from one of the pool's own tasks).
+    /// has exited ([`join`](Self::join); not from one of the pool's own tasks). The
+    /// cancelled tasks' callbacks run on the calling thread, and may `join` the pool:
+    /// that waits for the running tasks, not for those the shutdown cancels.
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
         if cancel_pending {
             unpoisoned::lock(&self.shared.state).cancel_pending = true;
+            // The tasks waiting for their time first: a `join` in the callback of a
+            // queued one waits for every task not cancelled yet, and a waiting one
+            // ends only at its time (or here). Queued ones left behind by a callback
+            // that waits are taken by the pool's threads, cancelled as well.
+            self.shared.timers.cancel_starts();
             while let Ok(job) = self.shared.rx.try_recv() {
                 run_job(job, Some(TaskError::Cancelled));
             }
-            self.shared.timers.cancel_starts();
         }
         if wait {
             self.join();

@@ -9,6 +9,7 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use super::thread::{Delivering, Hold};
 use crate::sync::unpoisoned;
 
 /// Something to do at a time. Called with `false` at its time, or with `true` when the
@@ -20,15 +21,23 @@ pub(crate) type Action = Box<dyn FnOnce(bool) + Send>;
 /// wait for its time in the heap (see [`Timers::at_while`]).
 pub(crate) type Live = Box<dyn Fn() -> bool + Send>;
 
+/// What an action does.
+pub(crate) enum Kind {
+    /// Starts a task after a delay (a countdown, a retry's), which
+    /// [`cancel_starts`](Timers::cancel_starts) runs early; with the task's place among
+    /// those its pool waits for.
+    Start(Option<Arc<Hold>>),
+    /// Ends a run that took too long.
+    Timeout,
+}
+
 /// Entries the heap holds before it is first swept of those no longer live.
 const SWEEP_FROM: usize = 1024;
 
 struct Entry {
     at: Instant,
     seq: u64,
-    /// A task's start after a delay (a countdown, a retry's), which
-    /// [`cancel_starts`](Timers::cancel_starts) runs early; not a timeout.
-    start: bool,
+    kind: Kind,
     action: Action,
     live: Option<Live>,
 }
@@ -127,16 +136,15 @@ impl Timers {
     }
 
     /// Runs `action` at `at` (at once if that has passed). After [`stop`](Self::stop),
-    /// the action runs at once as stopping (`true`). `start`: the action starts a task
-    /// (see [`cancel_starts`](Self::cancel_starts)).
+    /// the action runs at once as stopping (`true`).
     ///
     /// # Errors
     ///
     /// The timer thread could not be started: the action was run as stopping, and the
     /// next call tries to start the thread again.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn at(&self, at: Instant, start: bool, action: Action) -> io::Result<()> {
-        self.at_while(at, start, action, None)
+    pub(crate) fn at(&self, at: Instant, kind: Kind, action: Action) -> io::Result<()> {
+        self.at_while(at, kind, action, None)
     }
 
     /// As [`at`](Self::at), for an action that `live` may say, any time before, has
@@ -147,14 +155,14 @@ impl Timers {
     pub(crate) fn at_while(
         &self,
         at: Instant,
-        start: bool,
+        kind: Kind,
         action: Action,
         live: Option<Live>,
     ) -> io::Result<()> {
         let mut swept = Vec::new();
         let seq = {
             let mut st = unpoisoned::lock(&self.shared.state);
-            if st.stopped || (start && st.starts_refused) {
+            if st.stopped || (matches!(kind, Kind::Start(_)) && st.starts_refused) {
                 drop(st);
                 action(true);
                 return Ok(());
@@ -164,7 +172,7 @@ impl Timers {
             st.heap.push(Entry {
                 at,
                 seq,
-                start,
+                kind,
                 action,
                 live,
             });
@@ -240,17 +248,24 @@ impl Timers {
     }
 
     /// Runs every action that starts a task now, as stopping (the tasks are cancelled);
-    /// the others (timeouts) keep their times.
+    /// the others (timeouts) keep their times. The tasks are listed as delivered on
+    /// this thread together, before the first runs: a `join` in the callback of one of
+    /// them does not wait for those still to come after it, here.
     pub(crate) fn cancel_starts(&self) {
         let starts: Vec<Entry> = {
             let mut st = unpoisoned::lock(&self.shared.state);
             let (starts, others): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
                 .into_iter()
-                .partition(|e| e.start);
+                .partition(|e| matches!(e.kind, Kind::Start(_)));
             st.heap = others.into();
             starts
         };
         self.shared.changed.notify_all();
+        let holds = starts.iter().filter_map(|e| match &e.kind {
+            Kind::Start(hold) => hold.clone(),
+            Kind::Timeout => None,
+        });
+        let _delivering = Delivering::enter_all(holds.collect::<Vec<_>>());
         for e in starts {
             run_action(e.action, true);
         }
@@ -355,7 +370,7 @@ mod tests {
             timers
                 .at(
                     now + Duration::from_millis(ms),
-                    false,
+                    Kind::Timeout,
                     Box::new(move |early| tx.send((n, early)).unwrap()),
                 )
                 .unwrap();
@@ -364,7 +379,7 @@ mod tests {
         timers
             .at(
                 now + Duration::from_secs(3600),
-                false,
+                Kind::Timeout,
                 Box::new(move |early| tx2.send((9, early)).unwrap()),
             )
             .unwrap();
@@ -372,7 +387,7 @@ mod tests {
         timers
             .at(
                 now + Duration::from_secs(3600),
-                true,
+                Kind::Start(None),
                 Box::new(move |early| tx3.send((8, early)).unwrap()),
             )
             .unwrap();
@@ -400,12 +415,12 @@ mod tests {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let first = tx.clone();
         let action = Box::new(move |early| first.send((1, early)).unwrap());
-        assert!(timers.at(soon, false, action).is_err());
+        assert!(timers.at(soon, Kind::Timeout, action).is_err());
         assert_eq!(rx.try_recv().unwrap(), (1, true));
         assert!(unpoisoned::lock(&timers.shared.state).heap.is_empty());
         let second = tx.clone();
         let action = Box::new(move |early| second.send((2, early)).unwrap());
-        timers.at(soon, false, action).unwrap();
+        timers.at(soon, Kind::Timeout, action).unwrap();
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(10)).unwrap(),
             (2, false)
@@ -431,7 +446,7 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(3600);
         let action = Box::new(move |_| drop(loud));
         timers
-            .at_while(far, false, action, Some(Box::new(|| false)))
+            .at_while(far, Kind::Timeout, action, Some(Box::new(|| false)))
             .unwrap();
         // The only entry has ended: swept, and dropped, now.
         timers.ended();
@@ -449,14 +464,14 @@ mod tests {
         let first = tx.clone();
         let action = Box::new(move |early| first.send(("live", early)).unwrap());
         timers
-            .at_while(soon, false, action, Some(Box::new(|| true)))
+            .at_while(soon, Kind::Timeout, action, Some(Box::new(|| true)))
             .unwrap();
         let far = Instant::now() + Duration::from_secs(3600);
         for _ in 0..100_000 {
             let tx = tx.clone();
             let action = Box::new(move |early| tx.send(("ended", early)).unwrap());
             timers
-                .at_while(far, false, action, Some(Box::new(|| false)))
+                .at_while(far, Kind::Timeout, action, Some(Box::new(|| false)))
                 .unwrap();
             assert!(unpoisoned::lock(&timers.shared.state).heap.len() < 2 * SWEEP_FROM);
         }
@@ -474,7 +489,9 @@ mod tests {
         struct Again(Arc<Timers>, mpsc::Sender<()>);
         impl Drop for Again {
             fn drop(&mut self) {
-                self.0.at(Instant::now(), false, Box::new(|_| {})).unwrap();
+                self.0
+                    .at(Instant::now(), Kind::Timeout, Box::new(|_| {}))
+                    .unwrap();
                 let _ = self.1.send(());
             }
         }
@@ -484,7 +501,7 @@ mod tests {
         let again = Again(Arc::clone(&timers), tx);
         let action = Box::new(move |_| drop(again));
         timers
-            .at_while(far, false, action, Some(Box::new(|| false)))
+            .at_while(far, Kind::Timeout, action, Some(Box::new(|| false)))
             .unwrap();
         // Enough more for a sweep, on a thread of their own (one that deadlocks is
         // left behind, not waited for).
@@ -492,7 +509,8 @@ mod tests {
         let filler = std::thread::spawn(move || {
             for _ in 0..2 * SWEEP_FROM {
                 let ended = Some(Box::new(|| false) as Live);
-                more.at_while(far, false, Box::new(|_| {}), ended).unwrap();
+                more.at_while(far, Kind::Timeout, Box::new(|_| {}), ended)
+                    .unwrap();
             }
         });
         rx.recv_timeout(Duration::from_secs(10))
