@@ -664,7 +664,8 @@ impl Builder {
                 let kept = held.map(|h| h.forked());
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
-                // Our own child, not yet reaped: the pid is still its.
+                // Our own child, not yet reaped: the pid is still its (unless `SIGCHLD`
+                // is ignored and it has ended: then no pidfd, and nothing sent to it).
                 let pidfd = match sys::child_pidfd(pid) {
                     Ok(pidfd) => pidfd,
                     Err(e) => {

@@ -98,7 +98,8 @@ pub(crate) fn spawn_self(
     }
     let child = command.spawn()?;
     let pid = child.id();
-    // The child cannot be reaped before we wait for it, so `pid` is still its pid.
+    // Not waited for yet, so `pid` is still the child's (unless `SIGCHLD` is ignored,
+    // and it has ended: then `child_pidfd` fails and sends nothing).
     let pidfd = process::child_pidfd(pid)?;
     Ok((pid, pidfd))
 }

@@ -121,23 +121,26 @@ pub(crate) fn read_proc(path: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
-/// Opens a pidfd for `pid`.
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = to_pid(pid)?;
-    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
-}
-
 /// Opens a pidfd for `pid`, a child of this process not yet reaped (so the pid is still
-/// its). If none can be had (no descriptor left), the child is killed and reaped before
-/// the error returns: a child nobody can wait for would run on unseen, and stay a
-/// zombie.
+/// its). If none can be had (no descriptor or memory left), the child is killed and
+/// reaped before the error returns: a child nobody can wait for would run on unseen,
+/// and stay a zombie. Any other error means `pid` names no child of this process that
+/// is still there to wait for (one reaped already, where `SIGCHLD` is ignored or a
+/// `waitpid(-1)` elsewhere took it: the number may be another process's by now; a
+/// thread): nothing is sent to it.
 pub(crate) fn child_pidfd(pid: u32) -> io::Result<OwnedFd> {
-    pidfd_open(pid).inspect_err(|_| {
-        if let Ok(p) = to_pid(pid) {
-            let _ = rustix::process::kill_process(p, Signal::KILL);
-            let _ = wait_child(pid);
-        }
-    })
+    let p = to_pid(pid)?;
+    rustix::process::pidfd_open(p, PidfdFlags::empty())
+        .inspect_err(|e| {
+            if matches!(
+                *e,
+                Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::NODEV
+            ) {
+                let _ = rustix::process::kill_process(p, Signal::KILL);
+                let _ = wait_child(pid);
+            }
+        })
+        .map_err(io::Error::from)
 }
 
 /// Sends `signal` through a pidfd. A process that has already exited is not an error.
@@ -520,6 +523,29 @@ mod tests {
     #![allow(unsafe_code)]
     use super::*;
     use crate::sys::Forked;
+
+    /// A pid that is no child to wait for gets no signal: the pidfd's other errors
+    /// killed it too, and a number whose child was reaped elsewhere (`SIGCHLD`
+    /// ignored) may be another process's by then. Here a thread of this process, for
+    /// which `pidfd_open` fails (not a process) and a kill would have ended the whole
+    /// test process.
+    #[test]
+    fn a_pid_that_is_no_waitable_child_is_not_killed() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .ok();
+        });
+        let tid = rx.recv().unwrap();
+        let tid = u32::try_from(tid).unwrap();
+        assert!(child_pidfd(tid).is_err());
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+    }
 
     /// A child whose pidfd cannot be opened (no descriptor left) is killed and reaped:
     /// it ran on, unseen and never reaped. Run in a forked process of its own (the
