@@ -441,11 +441,14 @@ fn a_cancelled_tasks_callback_may_join_the_pool() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
-/// A queued task that `shutdown` cancels may join the pool from its callback while a
-/// task of the pool waits for its countdown: the shutdown cancelled the queued tasks
-/// before the waiting ones, so the join waited for the countdown (an hour).
+/// The callbacks of a queued task and of a task waiting for its countdown, both of
+/// which a shutdown cancels, may join the pool, while the task that runs waits for the
+/// queued one's callback. Cancelled queued-first, the join in the queued task's
+/// callback waited for the countdown (an hour); waiting-first, the join in the waiting
+/// task's callback waited for the running task, which waited for the queued task that
+/// only the blocked thread would cancel (for ever).
 #[test]
-fn a_queued_tasks_callback_may_join_when_shutdown_cancels_it_before_a_countdown() {
+fn callbacks_of_queued_and_waiting_tasks_a_shutdown_cancels_may_join() {
     let pool = Arc::new(ThreadPool::new(1).unwrap());
     let (started_tx, started_rx) = mpsc::channel::<()>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
@@ -465,19 +468,32 @@ fn a_queued_tasks_callback_may_join_when_shutdown_cancels_it_before_a_countdown(
         )
         .unwrap();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&pool);
-    queued.on_done(move |outcome| {
-        // What the join waits for: the busy task ends now.
-        release_tx.send(()).unwrap();
-        let t0 = Instant::now();
-        let joined = p.join_timeout(Duration::from_secs(10));
-        let _ = tx.send((outcome.clone(), joined, t0.elapsed()));
-    });
+    let join_then_say =
+        |p: Arc<ThreadPool>, tx: mpsc::Sender<_>, release: Option<mpsc::Sender<()>>| {
+            move |outcome: &Result<u32, TaskError>| {
+                // What the joins wait for: the busy task ends once the queued task is done.
+                if let Some(release) = release {
+                    release.send(()).unwrap();
+                }
+                let t0 = Instant::now();
+                let joined = p.join_timeout(Duration::from_secs(10));
+                let _ = tx.send((outcome.clone(), joined, t0.elapsed()));
+            }
+        };
+    queued.on_done(join_then_say(
+        Arc::clone(&pool),
+        tx.clone(),
+        Some(release_tx),
+    ));
+    waiting.on_done(join_then_say(Arc::clone(&pool), tx, None));
     pool.shutdown(false, true);
-    let (outcome, joined, took) = rx.recv_timeout(T).unwrap();
-    assert_eq!(outcome, Err(TaskError::Cancelled));
-    assert!(joined.is_ok(), "{joined:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    for _ in 0..2 {
+        let (outcome, joined, took) = rx.recv_timeout(T).unwrap();
+        assert_eq!(outcome, Err(TaskError::Cancelled));
+        assert!(joined.is_ok(), "{joined:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+    assert_eq!(get(queued).unwrap_err(), TaskError::Cancelled);
     assert_eq!(get(waiting).unwrap_err(), TaskError::Cancelled);
     assert!(get(busy).unwrap());
 }

@@ -1320,20 +1320,25 @@ impl ThreadPool {
     /// ones finish; one that fails is not retried, and ends `Cancelled`; one submitted
     /// by another thread as the shutdown runs is cancelled too); with `wait`, waits until every task has finished and every thread
     /// has exited ([`join`](Self::join); not from one of the pool's own tasks). The
-    /// cancelled tasks' callbacks run on the calling thread, and may `join` the pool:
-    /// that waits for the running tasks, not for those the shutdown cancels.
+    /// cancelled tasks' callbacks run on the calling thread (or on a thread of the pool
+    /// that takes a queued one while a callback waits), and may `join` the pool: that
+    /// waits for the running tasks, not for those waiting for their time.
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
         if cancel_pending {
             unpoisoned::lock(&self.shared.state).cancel_pending = true;
-            // The tasks waiting for their time first: a `join` in the callback of a
-            // queued one waits for every task not cancelled yet, and a waiting one
-            // ends only at its time (or here). Queued ones left behind by a callback
-            // that waits are taken by the pool's threads, cancelled as well.
-            self.shared.timers.cancel_starts();
+            // The tasks waiting for their time are taken out first and listed as
+            // delivered here, then the queued ones are cancelled (a running task may
+            // wait for one of those), then the waiting ones: a `join` in any of their
+            // callbacks lets go of the waiting ones still to come, rather than wait
+            // for their time, or for ever for this thread. Queued ones left behind
+            // while a callback waits are taken by the pool's threads, cancelled too.
+            let starts = self.shared.timers.take_starts();
+            let _delivering = Delivering::enter_all(starts.holds());
             while let Ok(job) = self.shared.rx.try_recv() {
                 run_job(job, Some(TaskError::Cancelled));
             }
+            starts.cancel();
         }
         if wait {
             self.join();

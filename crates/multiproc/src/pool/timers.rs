@@ -248,10 +248,20 @@ impl Timers {
     }
 
     /// Runs every action that starts a task now, as stopping (the tasks are cancelled);
-    /// the others (timeouts) keep their times. The tasks are listed as delivered on
-    /// this thread together, before the first runs: a `join` in the callback of one of
-    /// them does not wait for those still to come after it, here.
+    /// the others (timeouts) keep their times. See [`take_starts`](Self::take_starts).
     pub(crate) fn cancel_starts(&self) {
+        let starts = self.take_starts();
+        let _delivering = Delivering::enter_all(starts.holds());
+        starts.cancel();
+    }
+
+    /// Takes every action that starts a task out (the timeouts keep their times), to be
+    /// run as stopping by [`Starts::cancel`]. Their tasks can be listed as delivered on
+    /// the calling thread together before the first runs ([`Starts::holds`]): a `join`
+    /// in the callback of one of them, or of another task that thread ends first, then
+    /// lets go of them all rather than waiting for those still to come, which only that
+    /// thread was about to cancel (for ever), or for their time.
+    pub(crate) fn take_starts(&self) -> Starts {
         let starts: Vec<Entry> = {
             let mut st = unpoisoned::lock(&self.shared.state);
             let (starts, others): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
@@ -261,14 +271,7 @@ impl Timers {
             starts
         };
         self.shared.changed.notify_all();
-        let holds = starts.iter().filter_map(|e| match &e.kind {
-            Kind::Start(hold) => hold.clone(),
-            Kind::Timeout => None,
-        });
-        let _delivering = Delivering::enter_all(holds.collect::<Vec<_>>());
-        for e in starts {
-            run_action(e.action, true);
-        }
+        Starts(starts)
     }
 
     /// As [`cancel_starts`](Self::cancel_starts), and so for every action that starts
@@ -299,6 +302,31 @@ impl Timers {
 impl Drop for Timers {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Actions that start tasks, taken out of the timers ([`Timers::take_starts`]).
+pub(crate) struct Starts(Vec<Entry>);
+
+impl Starts {
+    /// The places of their tasks among those their pool waits for; not those of tasks
+    /// ended already (cancelled on another thread, whose callbacks may still run there).
+    pub(crate) fn holds(&self) -> Vec<Arc<Hold>> {
+        self.0
+            .iter()
+            .filter(|e| e.live.as_ref().is_none_or(|live| live()))
+            .filter_map(|e| match &e.kind {
+                Kind::Start(hold) => hold.clone(),
+                Kind::Timeout => None,
+            })
+            .collect()
+    }
+
+    /// Runs them now, as stopping: their tasks are cancelled.
+    pub(crate) fn cancel(self) {
+        for e in self.0 {
+            run_action(e.action, true);
+        }
     }
 }
 

@@ -122,20 +122,18 @@ pub(crate) fn read_proc(path: &str) -> Option<String> {
 }
 
 /// Opens a pidfd for `pid`, a child of this process not yet reaped (so the pid is still
-/// its). If none can be had (no descriptor or memory left), the child is killed and
-/// reaped before the error returns: a child nobody can wait for would run on unseen,
-/// and stay a zombie. Any other error means `pid` names no child of this process that
-/// is still there to wait for (one reaped already, where `SIGCHLD` is ignored or a
-/// `waitpid(-1)` elsewhere took it: the number may be another process's by now; a
-/// thread): nothing is sent to it.
+/// its). If none can be had (no descriptor or memory left, a sandbox that refuses the
+/// call), the child is killed and reaped before the error returns: a child nobody can
+/// wait for would run on unseen, and stay a zombie. Unless the error says that `pid`
+/// names no process to wait for (`ESRCH`: one reaped already, where `SIGCHLD` is
+/// ignored or a `waitpid(-1)` elsewhere took it, so that the number may be another
+/// process's by now; `ENOENT`, or `EINVAL` on older kernels: a thread, not a process):
+/// nothing is sent to it then.
 pub(crate) fn child_pidfd(pid: u32) -> io::Result<OwnedFd> {
     let p = to_pid(pid)?;
     rustix::process::pidfd_open(p, PidfdFlags::empty())
         .inspect_err(|e| {
-            if matches!(
-                *e,
-                Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::NODEV
-            ) {
+            if !matches!(*e, Errno::SRCH | Errno::NOENT | Errno::INVAL) {
                 let _ = rustix::process::kill_process(p, Signal::KILL);
                 let _ = wait_child(pid);
             }
@@ -524,9 +522,9 @@ mod tests {
     use super::*;
     use crate::sys::Forked;
 
-    /// A pid that is no child to wait for gets no signal: the pidfd's other errors
-    /// killed it too, and a number whose child was reaped elsewhere (`SIGCHLD`
-    /// ignored) may be another process's by then. Here a thread of this process, for
+    /// A pid that is no child to wait for gets no signal: every error of the pidfd's
+    /// killed it, and a number whose child was reaped elsewhere (`SIGCHLD` ignored)
+    /// may be another process's by then. Here a thread of this process, for
     /// which `pidfd_open` fails (not a process) and a kill would have ended the whole
     /// test process.
     #[test]
