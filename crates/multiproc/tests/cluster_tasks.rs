@@ -633,6 +633,11 @@ fn main() {
                 "a_cancel_that_said_true_wins_over_the_tasks_end",
                 a_cancel_that_said_true_wins_over_the_tasks_end,
             ),
+            #[cfg(feature = "sqlite")]
+            trial(
+                "times_a_follower_kept_are_reported_when_it_leads_with_a_store",
+                times_a_follower_kept_are_reported_when_it_leads_with_a_store,
+            ),
         ],
         helpers,
         Duration::from_secs(900),
@@ -2429,12 +2434,34 @@ fn a_local_job_fires_while_the_cluster_is_paused() {
     finish(&redis, client(&redis, ns), ns);
 }
 
+/// The `Missed` `TooLate` ones among `events`: the first time, the count, the last.
+fn too_late(
+    events: impl IntoIterator<Item = multiproc::sched::JobEvent>,
+) -> Vec<(
+    multiproc::chrono::DateTime<multiproc::chrono::Utc>,
+    u64,
+    multiproc::chrono::DateTime<multiproc::chrono::Utc>,
+)> {
+    use multiproc::sched::{EventKind, MissReason};
+    events
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Missed {
+                count,
+                last,
+                reason: MissReason::TooLate,
+            } => Some((e.scheduled, count, last)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Fire times of a cluster job that turn too late while no scheduler can reach Redis
 /// are reported (`Missed`, `TooLate`) once one leads again: the job's next time moved
 /// past them while the cluster could not say who leads, and no event ever told of them.
 fn times_missed_while_redis_was_down_are_reported() {
     use multiproc::chrono::{TimeDelta, Utc};
-    use multiproc::sched::{EventKind, Job, ManualClock, MissReason, Schedule, Scheduler};
+    use multiproc::sched::{Job, ManualClock, Schedule, Scheduler};
     let mut redis = RedisServer::start();
     let ns = "sched_down";
     let t0 = Utc::now();
@@ -2454,17 +2481,7 @@ fn times_missed_while_redis_was_down_are_reported() {
     redis.start_again();
     clock.set(t0 + secs(11));
     s.run_pending();
-    let missed: Vec<_> = events
-        .try_iter()
-        .filter_map(|e| match e.kind {
-            EventKind::Missed {
-                count,
-                last,
-                reason: MissReason::TooLate,
-            } => Some((e.scheduled, count, last)),
-            _ => None,
-        })
-        .collect();
+    let missed = too_late(events.try_iter());
     // A grace of one period: at t0 + 11 s, t0 + 1 s to t0 + 9 s are too late.
     assert_eq!(missed, vec![(t0 + secs(1), 9, t0 + secs(9))]);
     // The runs it submitted end, and the shutdown with them.
@@ -2472,6 +2489,48 @@ fn times_missed_while_redis_was_down_are_reported() {
     s.shutdown(true);
     w.shutdown(true);
     finish(&redis, client(&redis, ns), ns);
+}
+
+/// A scheduler with a job store of its own keeps a cluster job's fire times while
+/// another scheduler leads (here: a lease set by hand that nobody renews), in case that
+/// leader dies first; once it leads itself, in a pass where later times are too late as
+/// well, the kept times are reported with those. Its store's mark past the times too
+/// late made the store refuse the kept ones: they were neither run nor reported.
+#[cfg(feature = "sqlite")]
+fn times_a_follower_kept_are_reported_when_it_leads_with_a_store() {
+    use multiproc::chrono::{TimeDelta, Utc};
+    use multiproc::sched::{Job, JobStore, ManualClock, Schedule, Scheduler};
+    let redis = RedisServer::start();
+    let ns = "sched_kept";
+    let dir = common::tempdir("sched-kept");
+    let t0 = Utc::now();
+    let secs = TimeDelta::seconds;
+    let clock = ManualClock::new(t0);
+    let s = Scheduler::builder()
+        .cluster(client(&redis, ns))
+        .clock(clock.clone())
+        .store(JobStore::open(dir.join("jobs.db")).unwrap())
+        .build_manual();
+    let events = s.events();
+    let leader = format!("{ns}:{{default}}:scheduler:leader");
+    redis.cmd(&["SET", &leader, "another-scheduler", "PX", "60000"]);
+    let every = Schedule::every(Duration::from_secs(1)).starting_at(t0);
+    s.add(Job::cluster("tick", every, SQUARE, 3)).unwrap();
+    // A follower: t0 is due, and kept for the leader.
+    assert_eq!(s.run_pending(), 0);
+    redis.cmd(&["DEL", &leader]);
+    clock.set(t0 + secs(5));
+    s.run_pending();
+    let missed = too_late(events.try_iter());
+    // A grace of one period: at t0 + 5 s, t0 to t0 + 3 s are too late, the kept t0
+    // with the three after it.
+    assert_eq!(missed, vec![(t0, 4, t0 + secs(3))]);
+    // The runs it submitted end, and the shutdown with them.
+    let w = worker(&redis, ns, 1);
+    s.shutdown(true);
+    w.shutdown(true);
+    finish(&redis, client(&redis, ns), ns);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn two_schedulers_fire_each_time_once() {

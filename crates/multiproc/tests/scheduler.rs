@@ -108,6 +108,10 @@ fn main() {
             store::claimed_never_started_is_due_again,
         ),
         trial(
+            "store_a_removed_jobs_recovered_times_are_reported",
+            store::a_removed_jobs_recovered_times_are_reported,
+        ),
+        trial(
             "store_live_scheduler_keeps_its_claims",
             store::live_scheduler_keeps_its_claims,
         ),
@@ -1823,6 +1827,38 @@ mod store {
         // A new schedule: nothing is owed from the old one.
         assert!(settle(&s, &events, 0).is_empty());
         assert_eq!(s.next_fire("tick"), Some(at(107)));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A job removed while it holds a time that a gone scheduler claimed and never
+    /// started (recovered from the store, not handed to its jitter yet): the time is
+    /// reported as `Removed`, as a run waiting for its jitter is, rather than dropped
+    /// with the job's records.
+    pub fn a_removed_jobs_recovered_times_are_reported() {
+        let dir = tempdir("removed-recovered");
+        let db = dir.join("jobs.db");
+        let job = || tick_job().jitter(secs(5)).misfire_grace(secs(25));
+        let clock = ManualClock::new(t0());
+        {
+            let (s, events) = on_store(&db, &clock);
+            s.add(job()).unwrap();
+            clock.set(at(10));
+            s.run_pending();
+            let evs: Vec<_> = events.try_iter().collect();
+            assert!(evs.is_empty(), "claimed, waiting for its jitter: {evs:?}");
+        }
+        clock.set(at(13));
+        let (s, events) = on_store(&db, &clock);
+        s.add(job()).unwrap();
+        assert!(s.remove("tick"));
+        let evs: Vec<_> = events.try_iter().collect();
+        assert_eq!(
+            missed(&evs),
+            vec![(at(10), 1, at(10), MissReason::Removed)],
+            "{evs:?}"
+        );
+        assert!(started(&evs).is_empty(), "{evs:?}");
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -405,17 +405,23 @@ impl Shared {
         // the old row, and then lose its own records to the `forget`.
         let mut st = self.lock_state();
         let removed = st.jobs.shift_remove(name);
-        // Its runs waiting for their jitter or retry do not start: each is reported.
-        let waiting: Vec<Timer> = match &removed {
+        // Its runs waiting for their jitter or retry do not start: each is reported. So
+        // are the times it claimed in its store and has not started (recovered from a
+        // scheduler that stopped, or waiting for the store), whose records the store
+        // forgets with the job. (Times kept while another scheduler leads the cluster
+        // are that leader's, which runs or reports them.)
+        let (waiting, mut recovered): (Vec<Timer>, Vec<DateTime<Utc>>) = match &removed {
             Some(js) => {
                 let (waiting, rest) = mem::take(&mut st.timers)
                     .into_iter()
                     .partition(|t| t.job == name && t.generation == js.generation);
                 st.timers = rest;
-                waiting
+                (waiting, js.recovered.clone())
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
+        recovered.sort_unstable();
+        recovered.dedup();
         let removed = removed.is_some();
         #[cfg(feature = "sqlite")]
         if removed
@@ -437,6 +443,7 @@ impl Shared {
             };
             self.emit(name, t.scheduled, now, kind);
         }
+        self.missed(name, &recovered, MissReason::Removed, now);
         self.signal.notify();
         removed
     }
@@ -716,6 +723,14 @@ impl Shared {
         // local job's runs are this scheduler's alone, and ask Redis nothing (a paused
         // server held each of its fires for a response timeout, under the state lock).
         let due = if led { self.unfired(name, due) } else { due };
+        // Times kept from passes this scheduler followed in, at or before this pass's
+        // last time too late, are too late as well, and reported with those: left among
+        // the times to claim, the store's mark past them (`claim_through`) made `claim`
+        // refuse them, neither run nor reported.
+        let (kept_late, due): (Vec<_>, Vec<_>) = match (first, dues.last_late) {
+            (Some(_), Some(last_late)) => due.into_iter().partition(|&t| t <= last_late),
+            _ => (Vec::new(), due),
+        };
         let mut too_late = TooLate::default();
         // Times too late handled without a record each (a downtime): one record of
         // those this scheduler reports, so that a successor reports them if it dies
@@ -732,6 +747,11 @@ impl Shared {
                         range.add_counted(schedule, handled, last_late, dues.late);
                     }
                     _ => range.add(first, last_late, dues.late),
+                }
+                for &t in &kept_late {
+                    if handled.is_none_or(|h| t > h) {
+                        range.add(t, t, 1);
+                    }
                 }
                 range.first.map(|f| (f, range.count))
             };

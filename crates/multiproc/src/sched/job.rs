@@ -329,7 +329,9 @@ pub enum MissReason {
     /// [`Interrupted`](EventKind::Interrupted) (a waiting retry).
     ShutDown,
     /// The job was removed ([`Scheduler::remove`](crate::sched::Scheduler::remove))
-    /// while the run waited for its jitter, or a failed run for its retry.
+    /// while the run waited for its jitter, or a failed run for its retry, or before
+    /// times it had claimed in its job store started (times a stopped scheduler
+    /// claimed and never started, say).
     Removed,
 }
 
