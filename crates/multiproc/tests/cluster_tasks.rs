@@ -2516,8 +2516,10 @@ fn times_a_follower_kept_are_reported_when_it_leads_with_a_store() {
     redis.cmd(&["SET", &leader, "another-scheduler", "PX", "60000"]);
     let every = Schedule::every(Duration::from_secs(1)).starting_at(t0);
     s.add(Job::cluster("tick", every, SQUARE, 3)).unwrap();
-    // A follower: t0 is due, and kept for the leader.
+    // A follower: t0 is due, and kept for the leader (the job's next time moved past
+    // it; a pass that could not learn who leads would have left it at t0).
     assert_eq!(s.run_pending(), 0);
+    assert_eq!(s.jobs()[0].next_fire, Some(t0 + secs(1)));
     redis.cmd(&["DEL", &leader]);
     clock.set(t0 + secs(5));
     s.run_pending();
