@@ -490,8 +490,10 @@ impl Shared {
     }
 
     /// Handles everything due by the clock now: a backlog longer than a pass can take
-    /// (`MAX_DUE_PER_PASS` times of a job) takes several, one after another (at most
-    /// `MAX_PASSES`, 10 million times of a job). Returns how many runs started.
+    /// (`MAX_DUE_PER_PASS` times of a job to run, `schedule::MAX_WALK` of a cron job's
+    /// times too late) takes several, one after another (at most `MAX_PASSES`: 10
+    /// million times of a job to run, 100 million too late; a later call goes on).
+    /// Returns how many runs started.
     pub(super) fn run_pending(self: &Arc<Self>) -> usize {
         let mut started = 0;
         for _ in 0..MAX_PASSES {
