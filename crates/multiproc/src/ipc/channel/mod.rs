@@ -413,7 +413,7 @@ impl Core {
             ring.finish_publish(tail);
         }
         Ok(ring
-            .reserve(tail, len, self.max_items, 0, Some(0))
+            .reserve(tail, len, self.max_items, 0, Some(0))?
             .map(write))
     }
 
@@ -2212,6 +2212,33 @@ mod tests {
             ring[4..8].copy_from_slice(&INLINE.to_le_bytes());
             bytes.extend_from_slice(&ring);
             corrupt_and_drain(&bytes);
+        }
+
+        /// A producer whose positions another process set near the top of the
+        /// counter's range (an empty ring there) sends without an arithmetic overflow
+        /// (a panic where overflow is checked, as in tests and fuzzing: the positions
+        /// past its record were added unchecked), and the receiver answers.
+        #[test]
+        fn a_send_at_the_end_of_the_counters_range_never_overflows(
+            growable in any::<bool>(),
+            short in 0u64..64,
+            len in 0usize..200,
+        ) {
+            let made = if growable { unbounded(MIN_RING) } else { channel(MIN_RING, None) };
+            let (tx, rx) = made.unwrap();
+            let h = rx.core.header();
+            let at = u64::MAX - 8 * short;
+            h.produced.0.tail.store(at, SeqCst);
+            h.produced.0.seen_head.store(at, SeqCst);
+            h.consumed.0.head.store(at, SeqCst);
+            for i in 0..4u8 {
+                let _ = tx.send(msg(vec![i; len]), Deadline::Now, false);
+            }
+            for _ in 0..8 {
+                if take(&rx).is_err() {
+                    break;
+                }
+            }
         }
 
         /// The fuzz target's property: arbitrary bytes over the ring and its counters.

@@ -132,7 +132,7 @@ impl Core {
         let keep = 2 * link_room();
         // The hot path: the channel's own ring has room.
         if p.ring.load(Relaxed) == 0 {
-            if let Some(slot) = self.ring().reserve(tail, len, u64::MAX, keep, Some(0)) {
+            if let Some(slot) = self.ring().reserve(tail, len, u64::MAX, keep, Some(0))? {
                 return Ok(Some(write(slot)));
             }
             if !may_overflow {
@@ -150,7 +150,7 @@ impl Core {
                 continue;
             }
             let ring = self.ring_at(&mut cache, w)?;
-            if let Some(slot) = ring.reserve(tail, len, u64::MAX, keep, (w == 0).then_some(0)) {
+            if let Some(slot) = ring.reserve(tail, len, u64::MAX, keep, (w == 0).then_some(0))? {
                 return Ok(Some(write(slot)));
             }
             let next = self.take_segment(tail, &mut cache)?;
@@ -186,7 +186,7 @@ impl Core {
         let h = self.header();
         let (p, o) = (&h.produced.0, &h.overflow.0);
         let ring = self.ring_at(cache, from)?;
-        let Some(mut slot) = ring.reserve(tail, LINK_PAYLOAD, u64::MAX, 0, None) else {
+        let Some(mut slot) = ring.reserve(tail, LINK_PAYLOAD, u64::MAX, 0, None)? else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "no room left for a link record: the channel's memory was overwritten",

@@ -16,6 +16,7 @@
 //! rings.
 #![allow(unsafe_code)]
 
+use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
@@ -338,6 +339,13 @@ impl<'a> Ring<'a> {
     /// `consumers_on`: this ring's number in the channel (0: the channel's own), if an
     /// empty ring that starts over may pass its wrap marker for the consumers while
     /// they read it (see [`Ring::pass_marker`]).
+    ///
+    /// # Errors
+    ///
+    /// The producers' position is so near the top of the counter's range that the
+    /// record would end past it: no channel gets there (it counts bytes, 2^64 of them),
+    /// so another process overwrote the position. The positions past the record were
+    /// added unchecked, an arithmetic overflow (a panic where overflow is checked).
     pub(crate) fn reserve<'t>(
         &'t self,
         _lock: &'t mut Tail<'_>,
@@ -345,7 +353,7 @@ impl<'a> Ring<'a> {
         max_items: u64,
         keep: u64,
         consumers_on: Option<u64>,
-    ) -> Option<Slot<'t, 'a>> {
+    ) -> io::Result<Option<Slot<'t, 'a>>> {
         let p = self.produced;
         let counts = &self.chan.produced.0;
         let from = p.tail.load(Relaxed);
@@ -358,7 +366,7 @@ impl<'a> Ring<'a> {
             self.len - pos
         };
         if rec + keep > self.len {
-            return None;
+            return Ok(None);
         }
         // An empty ring starts over at its beginning once the producers are past the
         // first `HOT` bytes, as if the end had come: a channel whose consumers keep up
@@ -381,6 +389,13 @@ impl<'a> Ring<'a> {
             skip = self.len - pos;
             start_over = true;
         }
+        if from.checked_add(skip + rec + keep).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the producers' position in the channel's ring is at the end of its range: \
+                 the channel's memory was overwritten",
+            ));
+        }
         // The consumers' counters live on their cache line; look at them only when the
         // copies on ours say there might be no room.
         let fits = |head: u64, taken: u64| {
@@ -395,7 +410,7 @@ impl<'a> Ring<'a> {
             p.seen_head.store(head, Relaxed);
             counts.seen_taken.store(taken, Relaxed);
             if !fits(head, taken) {
-                return None;
+                return Ok(None);
             }
         }
         if skip > 0 {
@@ -404,12 +419,12 @@ impl<'a> Ring<'a> {
         if let Some(ring) = consumers_on.filter(|_| start_over) {
             self.pass_marker(from, from + skip, ring);
         }
-        Some(Slot {
+        Ok(Some(Slot {
             ring: self,
             from,
             at: from + skip,
             len,
-        })
+        }))
     }
 
     /// Moves the positions of an empty ring that starts over (under the producers'
