@@ -322,9 +322,14 @@ impl Starts {
             .collect()
     }
 
-    /// Runs them now, as stopping: their tasks are cancelled.
-    pub(crate) fn cancel(self) {
-        for e in self.0 {
+    /// Runs them now, as stopping: their tasks are cancelled (as they are when dropped:
+    /// an action dropped unrun would leave its task without an outcome).
+    pub(crate) fn cancel(self) {}
+}
+
+impl Drop for Starts {
+    fn drop(&mut self) {
+        for e in std::mem::take(&mut self.0) {
             run_action(e.action, true);
         }
     }
