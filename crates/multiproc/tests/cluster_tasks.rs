@@ -2409,15 +2409,13 @@ fn local_jobs_run_on_every_scheduler_of_a_cluster() {
 /// other job waited too).
 fn a_local_job_fires_while_the_cluster_is_paused() {
     use multiproc::chrono::Utc;
-    use multiproc::sched::{Job, ManualClock, Schedule, Scheduler};
+    use multiproc::sched::{Job, ManualClock, Schedule};
     let redis = RedisServer::start();
     let ns = "sched_paused";
     let t0 = Utc::now();
     let clock = ManualClock::new(t0);
-    let s = Scheduler::builder()
-        .cluster(client(&redis, ns))
+    let s = on_cluster(&redis, ns, &clock)
         .thread_pool(multiproc::ThreadPool::new(1).unwrap())
-        .clock(clock.clone())
         .build_manual();
     let every = Schedule::every(Duration::from_secs(1)).starting_at(t0);
     s.add(Job::thread("local", every, || ())).unwrap();
@@ -2432,6 +2430,17 @@ fn a_local_job_fires_while_the_cluster_is_paused() {
     assert!(took < Duration::from_secs(5), "a local fire took {took:?}");
     s.shutdown(true);
     finish(&redis, client(&redis, ns), ns);
+}
+
+/// A scheduler builder firing into namespace `ns` of `redis`, on `clock`.
+fn on_cluster(
+    redis: &RedisServer,
+    ns: &str,
+    clock: &multiproc::sched::ManualClock,
+) -> multiproc::sched::SchedulerBuilder {
+    multiproc::sched::Scheduler::builder()
+        .cluster(client(redis, ns))
+        .clock(clock.clone())
 }
 
 /// The `Missed` `TooLate` ones among `events`: the first time, the count, the last.
@@ -2461,16 +2470,13 @@ fn too_late(
 /// past them while the cluster could not say who leads, and no event ever told of them.
 fn times_missed_while_redis_was_down_are_reported() {
     use multiproc::chrono::{TimeDelta, Utc};
-    use multiproc::sched::{Job, ManualClock, Schedule, Scheduler};
+    use multiproc::sched::{Job, ManualClock, Schedule};
     let mut redis = RedisServer::start();
     let ns = "sched_down";
     let t0 = Utc::now();
     let secs = TimeDelta::seconds;
     let clock = ManualClock::new(t0);
-    let s = Scheduler::builder()
-        .cluster(client(&redis, ns))
-        .clock(clock.clone())
-        .build_manual();
+    let s = on_cluster(&redis, ns, &clock).build_manual();
     let events = s.events();
     let every = Schedule::every(Duration::from_secs(1)).starting_at(t0);
     s.add(Job::cluster("tick", every, SQUARE, 3)).unwrap();
@@ -2499,16 +2505,14 @@ fn times_missed_while_redis_was_down_are_reported() {
 #[cfg(feature = "sqlite")]
 fn times_a_follower_kept_are_reported_when_it_leads_with_a_store() {
     use multiproc::chrono::{TimeDelta, Utc};
-    use multiproc::sched::{Job, JobStore, ManualClock, Schedule, Scheduler};
+    use multiproc::sched::{Job, JobStore, ManualClock, Schedule};
     let redis = RedisServer::start();
     let ns = "sched_kept";
     let dir = common::tempdir("sched-kept");
     let t0 = Utc::now();
     let secs = TimeDelta::seconds;
     let clock = ManualClock::new(t0);
-    let s = Scheduler::builder()
-        .cluster(client(&redis, ns))
-        .clock(clock.clone())
+    let s = on_cluster(&redis, ns, &clock)
         .store(JobStore::open(dir.join("jobs.db")).unwrap())
         .build_manual();
     let events = s.events();

@@ -324,7 +324,9 @@ impl Starts {
 
     /// Runs them now, as stopping: their tasks are cancelled (as they are when dropped:
     /// an action dropped unrun would leave its task without an outcome).
-    pub(crate) fn cancel(self) {}
+    pub(crate) fn cancel(self) {
+        drop(self);
+    }
 }
 
 impl Drop for Starts {
