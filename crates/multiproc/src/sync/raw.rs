@@ -8,7 +8,9 @@
 //! still lives; if it does not, the sleeper swaps the dead identity for its own and
 //! reports [`Acquired::OwnerDied`], and the lock works on as before. No kernel robust
 //! list is involved (glibc owns each thread's), and thread ids that are reused after a
-//! death are told apart by their start times.
+//! death are told apart by their start times. A holder that took the lock over and
+//! could not repair what the dead owner left lets it go as [`ABANDONED`], which the
+//! next taker takes over at once, as from a dead owner.
 //!
 //! Lost wake-ups are impossible: a sleeper reads `epoch`, increments `sleepers`, raises
 //! `wake` and then re-reads `state` before sleeping on `epoch`; a releaser stores 0 into
@@ -31,6 +33,12 @@ use crate::sys;
 /// How long a sleeper whose waker wakes only one sleeper sleeps at most before it looks
 /// again (see [`wait_for`]).
 pub(crate) const RECHECK: Duration = Duration::from_millis(100);
+
+/// The `state` of a lock let go by a holder that could not finish repairing what a dead
+/// holder left half-done (an unbounded channel's producer that cannot map the overflow
+/// segment the repair needs): an identity no thread has (thread id 0), so that the next
+/// taker takes the lock over as from a dead owner, at once, and repairs in its turn.
+pub(crate) const ABANDONED: u64 = 1 << 32;
 
 /// How long a waiter spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(10);
@@ -165,6 +173,12 @@ impl LockWords {
                 }
                 continue;
             }
+            if owner == ABANDONED {
+                if self.take_from_dead(owner, me) {
+                    return Some(Acquired::OwnerDied);
+                }
+                continue;
+            }
             let now = Instant::now();
             if now >= next_check {
                 if owner != me && gone(owner) {
@@ -234,6 +248,15 @@ impl LockWords {
     #[inline]
     pub(crate) fn unlock(&self) {
         self.state.store(0, SeqCst);
+        if self.sleepers.load(SeqCst) > 0 {
+            self.wake_one();
+        }
+    }
+
+    /// Releases the lock (the caller holds it) as [`ABANDONED`]: the next taker is told
+    /// that its last holder died ([`Acquired::OwnerDied`]), and repairs.
+    pub(crate) fn unlock_abandoned(&self) {
+        self.state.store(ABANDONED, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
             self.wake_one();
         }
@@ -1124,6 +1147,39 @@ mod tests {
         assert_eq!(lock.lock(None), Some(Acquired::OwnerDied));
         assert!(lock.held_by_me());
         lock.unlock();
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
+        lock.unlock();
+    }
+
+    /// A lock let go as abandoned is taken over as from a dead owner, by a taker that
+    /// finds it so and by one asleep on it when it is let go: each is told that the
+    /// last holder died.
+    #[test]
+    fn an_abandoned_lock_is_taken_over_at_once() {
+        let lock = LockWords::default();
+        assert_eq!(lock.try_lock(), Some(Acquired::Clean));
+        lock.unlock_abandoned();
+        assert!(lock.is_locked());
+        assert_eq!(lock.try_lock(), Some(Acquired::OwnerDied));
+        lock.unlock_abandoned();
+        assert_eq!(lock.lock(None), Some(Acquired::OwnerDied));
+        // Let go while another thread sleeps on it.
+        let (r, waited) = std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let start = Instant::now();
+                let r = lock.lock(Some(Instant::now() + Duration::from_secs(10)));
+                lock.unlock();
+                (r, start.elapsed())
+            });
+            let end = Instant::now() + Duration::from_secs(10);
+            while lock.sleepers.load(SeqCst) == 0 && Instant::now() < end {
+                std::thread::yield_now();
+            }
+            lock.unlock_abandoned();
+            waiter.join().unwrap()
+        });
+        assert_eq!(r, Some(Acquired::OwnerDied));
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
         assert_eq!(lock.try_lock(), Some(Acquired::Clean));
         lock.unlock();
     }

@@ -45,6 +45,13 @@ impl Core {
     /// Maps overflow segment `k`, which must exist; with `populate`, its pages are
     /// entered in this process's tables at once (allocated where the file has none).
     fn map_segment(&self, k: u64, populate: bool) -> io::Result<Region> {
+        #[cfg(test)]
+        if MAPS_FAIL.with(std::cell::Cell::get) {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "a test's map that fails",
+            ));
+        }
         let made = self.header().overflow.0.made.load(Acquire);
         let offset = self
             .segment_offset(k)
@@ -85,6 +92,14 @@ impl Core {
             .last()
             .map(|(_, r)| r)
             .ok_or_else(|| io::Error::other("no overflow segment mapped"))
+    }
+
+    /// For tests: forgets the overflow segments this process has mapped, so that the
+    /// next use of each maps it again.
+    #[cfg(test)]
+    pub(super) fn forget_mapped(&self) {
+        unpoisoned::lock(&self.write_map).segments.clear();
+        unpoisoned::lock(&self.read_map).segments.clear();
     }
 
     /// The ring of a mapped overflow segment.
@@ -330,8 +345,8 @@ impl Core {
             if r == 0 {
                 self.ring().finish_consume(head);
             } else {
-                // First: should the segment not map now, the lock goes back without
-                // saying it was taken over, and the next consumer would not look.
+                // Should the segment not map now, the lock goes back as abandoned
+                // (`Head::took_over`), and the next consumer repairs in its turn.
                 self.skip_left_link(head, r);
                 let mut cache = unpoisoned::lock(&self.read_map);
                 let region = self.segment(&mut cache, r, false).map_err(RecvFail::Io)?;
@@ -423,10 +438,20 @@ thread_local! {
     pub(super) static DIE_AT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// Stops here if a test asked this thread to die at `step`.
+#[cfg(test)]
+thread_local! {
+    /// For tests: this thread's maps of overflow segments fail, as the kernel's refusal
+    /// would (out of memory, or of mappings).
+    pub(super) static MAPS_FAIL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Stops here if a test asked this thread to die at `step`: from then on, the locks its
+/// guards hold are kept when dropped (its earlier sends and receives let theirs go, as
+/// a live process's do).
 fn die_here(step: u32) -> io::Result<()> {
     #[cfg(test)]
     if DIE_AT.with(std::cell::Cell::get) == step {
+        super::ring::KEEP_LOCKS.with(|k| k.set(true));
         return Err(io::Error::other(format!("died at step {step}")));
     }
     let _ = step;

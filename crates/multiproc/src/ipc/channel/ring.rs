@@ -97,7 +97,10 @@ impl LockWait {
 #[derive(Debug)]
 pub(crate) struct Tail<'a> {
     chan: &'a ChannelHeader,
-    /// The lock's last holder died holding it.
+    /// The lock's last holder died holding it, and what it may have left half-done is
+    /// not finished yet: the repair clears this once done. A guard dropped before then
+    /// (the repair failed, an overflow segment that would not map) lets the lock go as
+    /// abandoned, so that the next producer takes it over and repairs in its turn.
     pub(crate) took_over: bool,
 }
 
@@ -158,11 +161,22 @@ fn release_on_drop() -> bool {
     true
 }
 
+/// Lets `lock` go: as abandoned while a dead holder's half-done work is not repaired
+/// (`took_over`), so that the next taker repairs it; unless a test keeps it.
+fn release(lock: &LockWords, took_over: bool) {
+    if !release_on_drop() {
+        return;
+    }
+    if took_over {
+        lock.unlock_abandoned();
+    } else {
+        lock.unlock();
+    }
+}
+
 impl Drop for Tail<'_> {
     fn drop(&mut self) {
-        if release_on_drop() {
-            self.chan.tail_lock.0.unlock();
-        }
+        release(&self.chan.tail_lock.0, self.took_over);
     }
 }
 
@@ -170,7 +184,9 @@ impl Drop for Tail<'_> {
 #[derive(Debug)]
 pub(crate) struct Head<'a> {
     chan: &'a ChannelHeader,
-    /// The lock's last holder died holding it.
+    /// The lock's last holder died holding it, and what it may have left half-done is
+    /// not finished yet (as for [`Tail`]: a guard dropped before the repair cleared this
+    /// lets the lock go as abandoned).
     pub(crate) took_over: bool,
 }
 
@@ -195,9 +211,7 @@ impl<'a> Head<'a> {
 
 impl Drop for Head<'_> {
     fn drop(&mut self) {
-        if release_on_drop() {
-            self.chan.head_lock.0.unlock();
-        }
+        release(&self.chan.head_lock.0, self.took_over);
     }
 }
 
@@ -283,20 +297,24 @@ impl<'a> Ring<'a> {
 
     /// After taking over the producers' lock from a producer that died (this ring
     /// being the one producers write to): finishes the publish it was in, if any. Its
-    /// record was written whole before the publish began.
-    pub(crate) fn finish_publish(&self, _lock: &Tail<'_>) {
+    /// record was written whole before the publish began. The last step of a repair:
+    /// the lock is then let go as any other.
+    pub(crate) fn finish_publish(&self, lock: &mut Tail<'_>) {
         if self.published().finish() {
             tracing::debug!("finished the publish of a producer that died");
         }
+        lock.took_over = false;
     }
 
     /// After taking over the consumers' lock from a consumer that died (this ring
     /// being the one consumers read from): finishes the consume it was in, if any (it
-    /// had the message).
-    pub(crate) fn finish_consume(&self, _lock: &Head<'_>) {
+    /// had the message). The last step of a repair, as
+    /// [`finish_publish`](Self::finish_publish) is.
+    pub(crate) fn finish_consume(&self, lock: &mut Head<'_>) {
         if self.consumed().finish() {
             tracing::debug!("finished the consume of a consumer that died");
         }
+        lock.took_over = false;
     }
 
     /// The producers' item count and this ring's `tail`, with their log.
