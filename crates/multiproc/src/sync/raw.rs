@@ -13,8 +13,8 @@
 //! next taker takes over at once, as from a dead owner.
 //!
 //! Lost wake-ups are impossible: a sleeper reads `epoch`, increments `sleepers`, raises
-//! `wake` and then re-reads `state` before sleeping on `epoch`; a releaser stores 0 into
-//! `state` and then, if `sleepers` is non-zero and it can clear `wake`, bumps `epoch` and
+//! `wake` and then re-reads `state` before sleeping on `epoch` (not if it reads 0 or
+//! [`ABANDONED`]); a releaser stores 0 (or `ABANDONED`) into `state` and then, if `sleepers` is non-zero and it can clear `wake`, bumps `epoch` and
 //! wakes one sleeper. All these accesses are sequentially consistent, so either the
 //! sleeper sees the lock free, or the releaser sees the sleeper (and its bump of `epoch`
 //! makes the sleep return at once if it had not begun). Clearing `wake` makes a holder
@@ -51,9 +51,10 @@ const STOP_CHECK: Duration = Duration::from_micros(200);
 
 /// Whether the owner `owner` of a lock will never let go of it, so that the lock is
 /// taken over: it died, and is not a thread of this process that leaked a guard of the
-/// data the lock guards (see [`leaked`](super::leaked)).
+/// data the lock guards (see [`leaked`](super::leaked)); or it let the lock go as
+/// [`ABANDONED`].
 fn gone(owner: u64) -> bool {
-    !sys::identity_alive(owner) && !super::leaked::leaked_by(owner)
+    owner == ABANDONED || (!sys::identity_alive(owner) && !super::leaked::leaked_by(owner))
 }
 
 /// How the lock was taken.
@@ -212,7 +213,9 @@ impl LockWords {
             };
             self.sleepers.fetch_add(1, SeqCst);
             self.wake.store(1, SeqCst);
-            if self.state.load(SeqCst) != 0 {
+            // Abandoned is as good as free here: its releaser wakes only sleepers it
+            // counted, which this one may not have been yet.
+            if !matches!(self.state.load(SeqCst), 0 | ABANDONED) {
                 sys::futex_wait(
                     &self.epoch,
                     epoch,

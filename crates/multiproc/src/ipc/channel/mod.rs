@@ -1810,17 +1810,9 @@ mod tests {
         assert_eq!(got, (0..300).collect::<Vec<_>>(), "step {step}");
     }
 
-    /// Sends on `tx` from a thread of its own whose maps of overflow segments fail,
-    /// the segments mapped so far forgotten first; whether the send failed.
-    fn send_unable_to_map(tx: &RawSender, n: u32) -> bool {
-        tx.core.forget_mapped();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            overflow::MAPS_FAIL.with(|f| f.set(true));
-            tx.send(numbered(n, 100), Deadline::Now, false).is_err()
-        })
-        .join()
-        .unwrap()
+    /// Whether `e` is the failure of a test's map (`overflow::MAPS_FAIL`).
+    fn failed_map(e: &io::Error) -> bool {
+        e.kind() == io::ErrorKind::OutOfMemory && e.to_string().contains("a test's map")
     }
 
     /// A producer that takes the lock over from one that died moving from one overflow
@@ -1855,7 +1847,22 @@ mod tests {
         .unwrap();
         assert_eq!((p.ring.load(SeqCst), o.made.load(SeqCst)), (2, 2));
         assert_eq!(p.leaving.load(SeqCst), 2, "leaving segment 1");
-        assert!(send_unable_to_map(&tx, sent), "segment 1 did not map");
+        // A producer takes the lock over, and cannot map segment 1 to finish the move.
+        tx.core.forget_mapped();
+        let repairer = tx.clone();
+        let failed = std::thread::spawn(move || {
+            overflow::MAPS_FAIL.with(|f| f.set(true));
+            repairer.send(numbered(sent, 100), Deadline::Now, false)
+        })
+        .join()
+        .unwrap();
+        assert!(
+            matches!(&failed, Err((_, SendFail::Io(e))) if failed_map(e)),
+            "{:?}",
+            failed.map_err(|(_, e)| e)
+        );
+        let state = rx.core.header().tail_lock.0.state.load(SeqCst);
+        assert_eq!(state, crate::sync::raw::ABANDONED);
         for n in sent..sent + 100 {
             tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
         }
@@ -1896,11 +1903,16 @@ mod tests {
         let repairer = rx.clone();
         let failed = std::thread::spawn(move || {
             overflow::MAPS_FAIL.with(|f| f.set(true));
-            take(&repairer).is_err()
+            take(&repairer)
         })
         .join()
         .unwrap();
-        assert!(failed, "segment 1 did not map");
+        assert!(
+            matches!(&failed, Err(RecvFail::Io(e)) if failed_map(e)),
+            "{failed:?}"
+        );
+        let state = rx.core.header().head_lock.0.state.load(SeqCst);
+        assert_eq!(state, crate::sync::raw::ABANDONED);
         assert_eq!(rx.len(), (sent as usize) - got.len());
         while let Ok(bytes) = take(&rx) {
             got.push(number(&bytes));
