@@ -498,6 +498,57 @@ fn callbacks_of_queued_and_waiting_tasks_a_shutdown_cancels_may_join() {
     assert!(get(busy).unwrap());
 }
 
+/// The callback of a queued task that a shutdown cancels may join the pool while the
+/// task that runs waits for a task queued after it: the join cancels that one, and the
+/// running task sees it cancelled. The join used to wait for the running task, which
+/// waited for the later task, which only the thread in the callback would cancel: for
+/// as long as the running task's own wait lasted (for ever without a timeout).
+#[test]
+fn a_join_in_a_cancelled_callback_cancels_the_tasks_still_queued() {
+    let pool = Arc::new(ThreadPool::new(1).unwrap());
+    let (later_tx, later_rx) = mpsc::channel::<Task<u32>>();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let running = pool
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            let mut later = later_rx.recv_timeout(T).unwrap();
+            later.wait_timeout(Duration::from_secs(10))
+        })
+        .unwrap();
+    started_rx.recv_timeout(T).unwrap();
+    // The pool's one thread is busy: both stay queued until the shutdown, the first
+    // cancelled first.
+    let first = pool.submit(|| 1).unwrap();
+    let later = pool.submit(|| 2).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let joining = Arc::clone(&pool);
+    first.on_done(move |outcome| {
+        let t0 = Instant::now();
+        let joined = joining.join_timeout(Duration::from_secs(20));
+        let _ = tx.send((outcome.clone(), joined, t0.elapsed()));
+    });
+    let (later_seen_tx, later_seen) = mpsc::channel();
+    later.on_done(move |outcome| {
+        let _ = later_seen_tx.send(outcome.clone());
+    });
+    later_tx.send(later).unwrap();
+    pool.shutdown(false, true);
+    let (outcome, joined, took) = rx.recv_timeout(T).unwrap();
+    assert_eq!(outcome, Err(TaskError::Cancelled));
+    assert!(joined.is_ok(), "{joined:?}");
+    assert_eq!(
+        later_seen.recv_timeout(T).unwrap(),
+        Err(TaskError::Cancelled)
+    );
+    assert_eq!(
+        get(running).unwrap(),
+        Err(TaskError::Cancelled),
+        "what the running task saw of the later one"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(get(first).unwrap_err(), TaskError::Cancelled);
+}
+
 /// A task counts as done while its done-callbacks run, as a Python future is finished
 /// before its callbacks are called: a callback that asks whether every task of a set
 /// is done, or waits for the set, finds its own task done (it found it not done, and a

@@ -235,6 +235,20 @@ impl Shared {
         }
     }
 
+    /// With a cancelling `shutdown` under way: cancels the tasks still queued, here
+    /// (their callbacks run on this thread). A `join` does so too before it waits: a
+    /// running task it waits for may wait for one of them, which the pool's threads,
+    /// busy, would not reach, nor the shutting-down thread, should it be the one that
+    /// joins (in the callback of a task it cancelled).
+    fn cancel_queued(&self) {
+        if !self.cancels_pending() {
+            return;
+        }
+        while let Ok(job) = self.rx.try_recv() {
+            run_job(job, Some(TaskError::Cancelled));
+        }
+    }
+
     /// Whether `shutdown` cancelled the tasks not started.
     fn cancels_pending(&self) -> bool {
         unpoisoned::lock(&self.state).cancel_pending
@@ -1277,6 +1291,7 @@ impl ThreadPool {
         if self.shared.on_own_thread() {
             return;
         }
+        self.shared.cancel_queued();
         self.shared.wait_exited(None);
         self.reap();
     }
@@ -1298,6 +1313,7 @@ impl ThreadPool {
                     .into(),
             ));
         }
+        self.shared.cancel_queued();
         if self.shared.wait_exited(Instant::now().checked_add(timeout)) {
             self.reap();
             Ok(())
@@ -1320,9 +1336,10 @@ impl ThreadPool {
     /// ones finish; one that fails is not retried, and ends `Cancelled`; one submitted
     /// by another thread as the shutdown runs is cancelled too); with `wait`, waits until every task has finished and every thread
     /// has exited ([`join`](Self::join); not from one of the pool's own tasks). The
-    /// cancelled tasks' callbacks run on the calling thread (or on a thread of the pool
-    /// that takes a queued one while a callback waits), and may `join` the pool: that
-    /// waits for the running tasks, not for those waiting for their time.
+    /// cancelled tasks' callbacks run on the calling thread (or on a thread of the pool,
+    /// or one that joins, that takes a queued one while a callback waits), and may
+    /// `join` the pool: that cancels the queued tasks still there and waits for the
+    /// running tasks, not for those waiting for their time.
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
         if cancel_pending {
@@ -1331,13 +1348,12 @@ impl ThreadPool {
             // delivered here, then the queued ones are cancelled (a running task may
             // wait for one of those), then the waiting ones: a `join` in any of their
             // callbacks lets go of the waiting ones still to come, rather than wait
-            // for their time, or for ever for this thread. Queued ones left behind
+            // for their time, or for ever for this thread; a join cancels the queued
+            // ones still there before it waits. Queued ones left behind
             // while a callback waits are taken by the pool's threads, cancelled too.
             let starts = self.shared.timers.take_starts();
             let _delivering = Delivering::enter_all(starts.holds());
-            while let Ok(job) = self.shared.rx.try_recv() {
-                run_job(job, Some(TaskError::Cancelled));
-            }
+            self.shared.cancel_queued();
             starts.cancel();
         }
         if wait {
