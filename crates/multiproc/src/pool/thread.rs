@@ -236,16 +236,17 @@ impl Shared {
     }
 
     /// With a cancelling `shutdown` under way: cancels the tasks still queued, here
-    /// (their callbacks run on this thread). A `join` does so too before it waits: a
-    /// running task it waits for may wait for one of them, which the pool's threads,
-    /// busy, would not reach, nor the shutting-down thread, should it be the one that
-    /// joins (in the callback of a task it cancelled).
+    /// (their callbacks run on this thread), as the pool's threads would
+    /// ([`refusal`](Self::refusal)). A `join` in the callback of a task this pool ends
+    /// does so too before it waits: a running task it waits for may wait for one of
+    /// them, which the pool's threads, busy, would not reach, nor the shutting-down
+    /// thread, should it be the one in that callback.
     fn cancel_queued(&self) {
         if !self.cancels_pending() {
             return;
         }
         while let Ok(job) = self.rx.try_recv() {
-            run_job(job, Some(TaskError::Cancelled));
+            run_job(job, self.refusal().or(Some(TaskError::Cancelled)));
         }
     }
 
@@ -443,8 +444,8 @@ impl Shared {
     }
 
     /// Lets go of the tasks of this pool whose outcome the calling thread is delivering
-    /// (a `join` in one's callback: see [`DELIVERING`]).
-    fn let_go_deliveries_here(&self) {
+    /// (a `join` in one's callback: see [`DELIVERING`]); whether there were any.
+    fn let_go_deliveries_here(&self) -> bool {
         let here: Vec<Arc<Hold>> = DELIVERING
             .try_with(|d| {
                 d.borrow()
@@ -454,9 +455,11 @@ impl Shared {
                     .collect()
             })
             .unwrap_or_default();
+        let any = !here.is_empty();
         for hold in here {
             hold.let_go();
         }
+        any
     }
 
     /// Waits until every thread has exited, or `deadline`; whether they have.
@@ -1285,18 +1288,25 @@ impl ThreadPool {
     ///
     /// Called from one of the pool's own tasks, it only closes the pool: the task
     /// calling it is one that has not finished, and waiting for it would wait for ever.
+    /// Called from the done-callback of a task that a cancelling
+    /// [`shutdown`](Self::shutdown) ended, it first cancels the tasks still queued, here
+    /// (their callbacks run on the calling thread): a running task may wait for one.
     pub fn join(&self) {
-        self.shared.let_go_deliveries_here();
+        let delivering = self.shared.let_go_deliveries_here();
         self.close();
         if self.shared.on_own_thread() {
             return;
         }
-        self.shared.cancel_queued();
+        if delivering {
+            self.shared.cancel_queued();
+        }
         self.shared.wait_exited(None);
         self.reap();
     }
 
-    /// As [`join`](Self::join), for at most `timeout`.
+    /// As [`join`](Self::join), waiting at most `timeout` (the callbacks of the tasks
+    /// it cancels first, called from a callback as `join` says, count against it but
+    /// are not cut short).
     ///
     /// # Errors
     ///
@@ -1305,7 +1315,8 @@ impl ThreadPool {
     /// own tasks (which has not finished: the wait could only time out); the pool is
     /// closed.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
-        self.shared.let_go_deliveries_here();
+        let deadline = Instant::now().checked_add(timeout);
+        let delivering = self.shared.let_go_deliveries_here();
         self.close();
         if self.shared.on_own_thread() {
             return Err(PoolError::InvalidArgument(
@@ -1313,8 +1324,10 @@ impl ThreadPool {
                     .into(),
             ));
         }
-        self.shared.cancel_queued();
-        if self.shared.wait_exited(Instant::now().checked_add(timeout)) {
+        if delivering {
+            self.shared.cancel_queued();
+        }
+        if self.shared.wait_exited(deadline) {
             self.reap();
             Ok(())
         } else {
@@ -1336,10 +1349,10 @@ impl ThreadPool {
     /// ones finish; one that fails is not retried, and ends `Cancelled`; one submitted
     /// by another thread as the shutdown runs is cancelled too); with `wait`, waits until every task has finished and every thread
     /// has exited ([`join`](Self::join); not from one of the pool's own tasks). The
-    /// cancelled tasks' callbacks run on the calling thread (or on a thread of the pool,
-    /// or one that joins, that takes a queued one while a callback waits), and may
-    /// `join` the pool: that cancels the queued tasks still there and waits for the
-    /// running tasks, not for those waiting for their time.
+    /// cancelled tasks' callbacks run on the calling thread (or on a thread of the pool
+    /// that takes a queued one while a callback waits), and may `join` the pool: that
+    /// cancels the queued tasks still there and waits for the running tasks, not for
+    /// those waiting for their time.
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
         self.close();
         if cancel_pending {
