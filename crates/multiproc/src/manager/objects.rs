@@ -48,6 +48,14 @@ struct Owned {
     owner: Option<Owner>,
     count: u64,
     died: bool,
+    /// A condition's lock taken back by a wait that took a notification (its horizon,
+    /// see `pass_on_notification`), its owner having made no call on the condition
+    /// since: should the owner's client die now, it may never have learned that it was
+    /// woken (a client killed just before the notification, whose connection the
+    /// kernel had not yet closed), and the notification goes on to the next waiter as
+    /// well. A waiter must allow for a wake-up that finds nothing to do, so one more is
+    /// harmless; one lost leaves a waiter asleep.
+    woken: Option<u64>,
 }
 
 /// How dict keys and set members (encoded bytes, chosen by clients) are hashed:
@@ -233,8 +241,10 @@ impl Served {
             lock.owner = None;
             lock.count = 0;
             lock.died = true;
+            let woken = lock.woken.take();
             drop(state);
             self.notify();
+            self.pass_on_notification(woken);
         }
     }
 
@@ -378,6 +388,7 @@ impl Served {
             let saved = lock.count;
             lock.owner = None;
             lock.count = 0;
+            lock.woken = None;
             let ticket = *next_ticket;
             *next_ticket += 1;
             waiting.push_back(ticket);
@@ -413,6 +424,7 @@ impl Served {
             State::Condition { lock, .. } if lock.owner.is_none() => {
                 lock.owner = Some(me);
                 lock.count = saved;
+                lock.woken = notified;
                 Some(std::mem::take(&mut lock.died))
             }
             State::Condition { .. } => None,
@@ -429,6 +441,7 @@ impl Served {
                     lock.owner = None;
                     lock.count = 0;
                     lock.died |= died;
+                    lock.woken = None;
                 }
                 self.notify();
                 self.pass_on_notification(notified);
@@ -549,6 +562,7 @@ fn take(lock: &mut Owned, me: Owner, reentrant: bool) -> Option<Result<bool, Fau
         }
         Some(o) if o == me && reentrant => {
             lock.count += 1;
+            lock.woken = None;
             Some(Ok(false))
         }
         Some(o) if o == me => Some(Err(Fault::WouldDeadlock)),
@@ -847,6 +861,10 @@ fn condition(
     op: Op,
     session: u64,
 ) -> Handled {
+    // The owner's client, calling, knows its wait ended (see `Owned::woken`).
+    if lock.owner.is_some_and(|(s, _)| s == session) {
+        lock.woken = None;
+    }
     match op {
         Op::Notify { thread, n } => {
             if lock.owner != Some((session, thread)) {
