@@ -449,9 +449,16 @@ fn producers_killed_at_random() {
                 .push(item.seq);
         }
     };
-    // Ten doomed producers in turn, each killed after a random stretch of puts.
+    // Ten doomed producers in turn, each killed after a random stretch of puts: once
+    // its first item has come, so that it is putting (or waiting for room) when killed.
     for round in 0..10u32 {
-        let doomed = multiproc::spawn(produce_forever, (q.clone(), 100 + round)).unwrap();
+        let id = 100 + round;
+        let doomed = multiproc::spawn(produce_forever, (q.clone(), id)).unwrap();
+        let end = Instant::now() + T;
+        while per_producer.get(&id).is_none_or(Vec::is_empty) {
+            assert!(Instant::now() < end, "producer {id} put nothing");
+            take(&mut per_producer, &q, 1);
+        }
         take(&mut per_producer, &q, 20 + (round as usize * 37) % 90);
         kill_and_check(doomed, "producer");
     }

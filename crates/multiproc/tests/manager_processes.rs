@@ -867,16 +867,21 @@ fn client_sigkilled_while_its_call_waits() {
 
 /// Waits on `c` once `waiting` is set (with the condition's lock held, so that whoever
 /// takes the lock next finds this wait queued); whether it was notified within 20 s
-/// (well within the test's joins).
-fn cond_wait_once((c, waiting): (ConditionProxy, EventProxy)) -> bool {
+/// (well within the test's joins), `None` if it took the lock back told that its last
+/// owner died.
+fn cond_wait_once((c, waiting): (ConditionProxy, EventProxy)) -> Option<bool> {
     let mut g = c.acquire().unwrap().unwrap();
     waiting.set().unwrap();
-    g.wait_timeout(Duration::from_secs(20)).unwrap()
+    match g.wait_timeout(Duration::from_secs(20)) {
+        Ok(notified) => Some(notified),
+        Err(ManagerError::OwnerDied) => None,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Starts a process waiting on `c`; returns once its wait is queued (it let the lock
 /// go, which only its wait does).
-fn queued_waiter(m: &Manager, c: &ConditionProxy) -> multiproc::JoinHandle<bool> {
+fn queued_waiter(m: &Manager, c: &ConditionProxy) -> multiproc::JoinHandle<Option<bool>> {
     let waiting = m.event().unwrap();
     let h = multiproc::spawn(cond_wait_once, (c.clone(), waiting.clone())).unwrap();
     assert!(waiting.wait_timeout(T).unwrap());
@@ -889,8 +894,11 @@ fn queued_waiter(m: &Manager, c: &ConditionProxy) -> multiproc::JoinHandle<bool>
 /// Processes wait on a condition and one of them is SIGKILLed: a notification it took
 /// goes on to the next waiter, which acts on it (before, that waiter waited out its
 /// timeout). Once with the waiter killed after it was notified, before it took the lock
-/// back (it can never act on it); once killed before `notify(1)`, which comes before
-/// the server has seen it die (it looks every 50 ms) and so picks it. And a
+/// back (it can never act on it); once killed just before `notify(1)`, with the
+/// condition's lock held: the server picks it, and may even give it the lock back before
+/// its connection closes (the kernel closes a killed process's descriptors only once
+/// its memory is gone), which then counts as held by a process that died (the next
+/// waiter is told so; it used to be left asleep, the notification lost). And a
 /// notification goes on only to a process that was waiting when it was made: a waiter
 /// killed after `notify_all` woke it does not wake the notifier's own wait after it.
 fn notification_to_a_sigkilled_waiter_passes_on() {
@@ -905,15 +913,20 @@ fn notification_to_a_sigkilled_waiter_passes_on() {
         first.kill().unwrap();
         let _ = join_err(first);
     }
-    assert!(join(second), "the next waiter was not notified");
-    third.kill().unwrap();
-    let _ = join_err(third);
+    assert_eq!(join(second), Some(true), "the next waiter was not notified");
     {
+        // Killed with the lock in hand and notified at once, microseconds apart: the
+        // server has not looked at its waiters since (and reaping it first could take
+        // longer than the server's 50 ms).
         let g = c.acquire().unwrap().unwrap();
+        third.kill().unwrap();
         assert_eq!(g.notify(1).unwrap(), 1);
     }
-    assert!(join(fourth), "the live waiter was not notified");
+    let _ = join_err(third);
+    // Woken either way, well before its own timeout (20 s).
+    let woken = join(fourth);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_ne!(woken, Some(false), "the live waiter was not notified");
     let mut g = c.acquire().unwrap().unwrap();
     assert_eq!(g.notify_all().unwrap(), 1);
     fifth.kill().unwrap();
@@ -973,18 +986,37 @@ fn hammer(d: DictProxy<u64, u64>) -> u64 {
     }
 }
 
+/// Whether an untimed `get` on `q` ended saying the manager is gone.
+fn get_until_disconnected(q: QueueProxy<u8>) -> bool {
+    q.get().unwrap_err().is_disconnected()
+}
+
+/// A process whose untimed `get` on `q` waits in the manager's server `server`:
+/// returned once the server has its connection (made for that call), and the call with
+/// it.
+fn get_waiting_in_server(server: u32, q: &QueueProxy<u8>) -> multiproc::JoinHandle<bool> {
+    let fds = common::settled(|| common::fds_of(server));
+    let tasks = common::settled(|| tasks_of(server));
+    let child = multiproc::spawn(get_until_disconnected, q.clone()).unwrap();
+    assert!(
+        common::eventually(T, || common::fds_of(server) > fds
+            && tasks_of(server) > tasks),
+        "the get never reached the server"
+    );
+    child
+}
+
 fn server_sigkilled_under_load() {
     let m = Manager::start().unwrap();
     let d = m.dict::<u64, u64>().unwrap();
     let q = m.queue::<u8>().unwrap();
+    let server = m.server_pid().unwrap();
+    // A process blocked in a server-side wait.
+    let blocked = get_waiting_in_server(server, &q);
     let kids: Vec<_> = (0..2)
         .map(|_| multiproc::spawn(hammer, d.clone()).unwrap())
         .collect();
-    // And a thread here blocked in a server-side wait.
-    let q2 = q.clone();
-    let blocked = std::thread::spawn(move || q2.get());
     assert!(common::eventually(T, || d.len().unwrap() == 64));
-    let server = m.server_pid().unwrap();
     // SAFETY: kill(2) on the manager's server, a child this test started.
     unsafe { libc::kill(server as i32, libc::SIGKILL) };
     let t = Instant::now();
@@ -995,7 +1027,7 @@ fn server_sigkilled_under_load() {
             "a call hung for {last_call_us} µs"
         );
     }
-    assert!(blocked.join().unwrap().unwrap_err().is_disconnected());
+    assert!(join(blocked), "the waiting get did not end disconnected");
     assert!(d.get(&1).unwrap_err().is_disconnected());
     assert!(t.elapsed() < Duration::from_secs(10));
     drop(m);
@@ -2555,7 +2587,7 @@ fn client_refuses_rogue_servers() {
     }
 }
 
-/// Over TCP, calls in flight (an untimed get blocked in the server, and a stream of
+/// Over TCP, calls in flight (an untimed get of a child blocked in the server, and a stream of
 /// short calls) end in `Disconnected` soon after the server is SIGKILLed: from this
 /// machine (through shared memory), and with the local transport off (on the socket).
 fn tcp_calls_in_flight_when_server_sigkilled() {
@@ -2574,8 +2606,8 @@ fn calls_in_flight_over_tcp_when_server_sigkilled(local_transport: bool) {
         .unwrap();
     let q = m.queue::<u8>().unwrap();
     let d = m.dict::<u32, u32>().unwrap();
-    let q2 = q.clone();
-    let blocked = std::thread::spawn(move || q2.get());
+    let server = m.server_pid().unwrap();
+    let blocked = get_waiting_in_server(server, &q);
     let d2 = d.clone();
     let busy = std::thread::spawn(move || {
         let mut i = 0;
@@ -2587,12 +2619,10 @@ fn calls_in_flight_over_tcp_when_server_sigkilled(local_transport: bool) {
         }
     });
     assert!(common::eventually(T, || d.len().unwrap() == 64));
-    let server = m.server_pid().unwrap();
     // SAFETY: kill(2) on the manager's server, a child this test started.
     unsafe { libc::kill(server as i32, libc::SIGKILL) };
     let t = Instant::now();
-    let err = blocked.join().unwrap().unwrap_err();
-    assert!(err.is_disconnected(), "{err:?}");
+    assert!(join(blocked), "the waiting get did not end disconnected");
     let err = busy.join().unwrap();
     assert!(err.is_disconnected(), "{err:?}");
     assert!(d.len().unwrap_err().is_disconnected());

@@ -1064,6 +1064,11 @@ fn children_masks(n: usize) -> Vec<String> {
 /// As [`children_keep_the_cpu_mask_on_a_busy_machine`], with every spare held (a
 /// setting of builds with debug assertions), so that the held path runs on any machine.
 fn children_of_held_spares_keep_the_cpu_mask() {
+    if !cfg!(debug_assertions) {
+        panic!(
+            "this test needs debug assertions (the fork server's setting that holds every spare)"
+        );
+    }
     let exe = std::env::current_exe().unwrap();
     let h = Helper::start_with("held_spares", exe, &[("MULTIPROC_TEST_HOLD_SPARES", "1")]);
     let mask = h.expect("mask ", T);

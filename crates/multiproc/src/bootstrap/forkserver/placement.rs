@@ -86,6 +86,11 @@ impl Placement {
         true
     }
 
+    /// Whether every spare is held (the tests' setting, see [`Placement::new`]).
+    pub(super) fn holds_all(&self) -> bool {
+        self.always
+    }
+
     /// Holding failed to end (the server could not let go): no more holds.
     pub(super) fn give_up(&mut self) {
         self.gave_up = true;

@@ -685,7 +685,14 @@ fn fork_spare(
     // Held to this CPU for the fork only: the server lets go as the fork returns, the
     // spare as it first runs (see `placement.rs`).
     let pinned = if placement.pin_next() {
-        sys::pin_here()
+        let held = sys::pin_here();
+        // The tests' setting holds every spare to check the held path: a spare not
+        // held would check nothing (and a server that cannot hold says so there).
+        assert!(
+            held.is_some() || !placement.holds_all(),
+            "a spare could not be held to the server's CPU"
+        );
+        held
     } else {
         None
     };

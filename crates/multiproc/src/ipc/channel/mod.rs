@@ -1922,10 +1922,11 @@ mod tests {
     }
 
     /// A consumer on another thread that receives until it dies (keeping the
-    /// consumers' lock) at its first move between rings; what it received.
+    /// consumers' lock) at its first move between rings; what it received. It did die
+    /// there: a consumer that ran out of messages first would have let the lock go.
     fn receive_until_dying(rx: &RawReceiver) -> Vec<u32> {
         let dying = rx.clone();
-        std::thread::spawn(move || {
+        let got = std::thread::spawn(move || {
             overflow::DIE_AT.with(|d| d.set(4));
             let mut got = Vec::new();
             while let Ok(bytes) = take(&dying) {
@@ -1934,7 +1935,14 @@ mod tests {
             got
         })
         .join()
-        .unwrap()
+        .unwrap();
+        let holder = rx.core.header().head_lock.0.holder();
+        assert!(
+            holder.is_some_and(|h| h != crate::sync::raw::ABANDONED),
+            "the consumer did not die in a move ({} received)",
+            got.len()
+        );
+        got
     }
 
     /// Runs `f` on a thread that "dies" at `point` of a publish or a consume (it stops
