@@ -49,8 +49,8 @@ struct Owned {
     count: u64,
     died: bool,
     /// A condition's lock taken back by a wait that took a notification (its horizon,
-    /// see `pass_on_notification`), its owner having made no call on the condition
-    /// since: should the owner's client die now, it may never have learned that it was
+    /// see `pass_on_notification`), its owning thread having made no call on the
+    /// condition since: should the owner's client die now, it may never have learned that it was
     /// woken (a client killed just before the notification, whose connection the
     /// kernel had not yet closed), and the notification goes on to the next waiter as
     /// well. A waiter must allow for a wake-up that finds nothing to do, so one more is
@@ -817,6 +817,7 @@ fn lock_ops(lock: &mut Owned, op: Op, session: u64) -> Handled {
             if lock.owner != Some((session, thread)) {
                 return Ok(Applied::read(R::Fault(Fault::NotOwner)));
             }
+            lock.woken = None;
             lock.count -= 1;
             if lock.count == 0 {
                 lock.owner = None;
@@ -861,15 +862,13 @@ fn condition(
     op: Op,
     session: u64,
 ) -> Handled {
-    // The owner's client, calling, knows its wait ended (see `Owned::woken`).
-    if lock.owner.is_some_and(|(s, _)| s == session) {
-        lock.woken = None;
-    }
     match op {
         Op::Notify { thread, n } => {
             if lock.owner != Some((session, thread)) {
                 return Ok(Applied::read(Response::Fault(Fault::NotOwner)));
             }
+            // The owner, calling, knows that its wait ended (see `Owned::woken`).
+            lock.woken = None;
             let mut woke = 0;
             while woke < n {
                 let Some(t) = waiting.pop_front() else { break };
