@@ -76,6 +76,10 @@ fn main() {
                 barrier_new_processes_each_phase,
             ),
             trial(
+                "a_pool_thread_whose_task_panicked_leaves_a_barrier",
+                a_pool_thread_whose_task_panicked_leaves_a_barrier,
+            ),
+            trial(
                 "barrier_party_stopped_holding_its_lock",
                 barrier_party_stopped_holding_its_lock,
             ),
@@ -757,6 +761,32 @@ fn barrier_new_processes_each_phase() {
     let next = multiproc::spawn(phase_party, (barrier.clone(), 0, false)).unwrap();
     assert_eq!(barrier.wait_timeout(T), Err(BarrierError::Broken));
     assert_eq!(join(next), Err(BarrierError::Broken));
+}
+
+/// A thread pool's thread that waited on a barrier, then ran a task that panicked (the
+/// pool caught it and went on), leaves the barrier when the pool ends it, as a thread
+/// that returns: another thread takes its place. (The barrier took it for a party that
+/// died, as it had seen the panic and not that it was caught: the next wait broke.)
+fn a_pool_thread_whose_task_panicked_leaves_a_barrier() {
+    let barrier = Barrier::new(2).unwrap();
+    let pool = multiproc::ThreadPool::new(1).unwrap();
+    let b = barrier.clone();
+    let mut waited = pool
+        .submit(move || b.wait_timeout(T).map(|r| r.index()))
+        .unwrap();
+    assert!(barrier.wait_timeout(T).is_ok());
+    assert!(waited.wait_timeout(T).unwrap().is_ok());
+    let mut panicked = pool.submit(|| -> u8 { panic!("a task panics") }).unwrap();
+    assert!(matches!(
+        panicked.wait_timeout(T),
+        Err(multiproc::TaskError::Panicked(_))
+    ));
+    // The pool's thread ends, having returned. The next party comes late: meanwhile
+    // this waiter looks at the parties it knows.
+    pool.join();
+    let mut next = multiproc::spawn(phase_party, (barrier.clone(), 300, false)).unwrap();
+    assert!(barrier.wait_timeout(T).is_ok(), "the barrier broke");
+    assert!(next.join_timeout(T).unwrap().is_ok());
 }
 
 fn wait_once(barrier: Barrier) -> Result<usize, BarrierError> {

@@ -79,7 +79,10 @@ const BROKEN: u32 = 2;
 /// again; one that receives a handle later is a party anew). (A thread's panic is
 /// seen by a panic hook the barrier installs, in front of the one in place then; a hook
 /// set later that does not call the one before it hides panics from the barrier, whose
-/// panicking parties then count as having left.)
+/// panicking parties then count as having left. A thread that goes on after a panic
+/// is caught, by a [`ThreadPool`](crate::ThreadPool) around its task, or by the
+/// program and followed by another wait on the barrier, leaves when it returns; one
+/// that catches a panic itself and never waits again counts as having died.)
 ///
 /// # Examples
 ///
@@ -704,6 +707,14 @@ thread_local! {
     /// This thread panicked (set by a panic hook installed with the first claim): its
     /// slots stay claimed when it ends, and the other parties learn it died.
     static PANICKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A panic on this thread was caught by multiproc (around a thread pool's task, a
+/// supervisor's or a server's step): the thread goes on, and ends, later, as one that
+/// returns (its slots leave their barriers). A panic the program catches itself is not
+/// seen so: such a thread counts as having died unless it waits on a barrier again.
+pub(crate) fn panic_caught() {
+    let _ = PANICKED.try_with(|p| p.set(false));
 }
 
 /// Notes that this thread (`me`) claimed slot `index` of `held`'s barrier.
