@@ -252,7 +252,6 @@ pub(crate) fn run_if_started() {
     // the fork server included) reports the named segments it creates to its server.
     shm::named::set_tracker(shm::named::Tracker {
         prepare: prepare_tracking,
-        track,
         untrack,
     });
     match read_token(CHILD_TOKEN) {
@@ -578,10 +577,12 @@ fn start_tracker(server: &mut ForkServer, list: &[Tracked]) -> io::Result<Segmen
 
 /// A segment is about to be created here: the tracker is started now if there is none,
 /// so that telling it of the segment is one message, sent right after the segment
-/// exists (a creator killed before that leaves its segment behind).
-fn prepare_tracking() {
+/// exists (a creator killed before that leaves its segment behind). This process's
+/// state stays locked until then: another thread could otherwise hold it meanwhile for
+/// a fork server's round trip or a `spawn_fork`, milliseconds.
+fn prepare_tracking() -> Box<dyn FnOnce(Tracked)> {
     if !initialized() || exiting() {
-        return;
+        return Box::new(track);
     }
     let mut st = state();
     if st.tracker.is_none() {
@@ -592,6 +593,7 @@ fn prepare_tracking() {
             Err(e) => tracing::trace!("cannot start the segment tracker: {e}"),
         }
     }
+    Box::new(move |tracked| track_locked(&mut st, tracked))
 }
 
 /// Has this process's segment tracker unlink the named segment `tracked` if this
@@ -602,9 +604,13 @@ fn track(tracked: Tracked) {
     if !initialized() {
         return;
     }
-    let mut st = state();
+    track_locked(&mut state(), tracked);
+}
+
+/// [`track`], this process's state locked.
+fn track_locked(st: &mut State, tracked: Tracked) {
     st.tracked.push(tracked.clone());
-    if let Err(e) = tell_tracker(&mut st, messages::TRACK, &tracked) {
+    if let Err(e) = tell_tracker(st, messages::TRACK, &tracked) {
         tracing::trace!("cannot track {:?}: {e}", tracked.name);
     }
 }

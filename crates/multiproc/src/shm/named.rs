@@ -54,10 +54,10 @@ pub(crate) struct Tracked {
 /// be unlinked on its behalf if it dies first.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tracker {
-    /// A segment is about to be created here.
-    pub(crate) prepare: fn(),
-    /// A segment was created here.
-    pub(crate) track: fn(Tracked),
+    /// A segment is about to be created here: returns what tells of it once it is
+    /// (holding, until then, whatever the telling needs, so that nothing else delays
+    /// it: a creator killed between the creation and the telling leaves its segment).
+    pub(crate) prepare: fn() -> Box<dyn FnOnce(Tracked)>,
     /// A segment created here was unlinked here.
     pub(crate) untrack: fn(&Tracked),
 }
@@ -187,9 +187,7 @@ pub(crate) fn validate(name: &str) -> Result<&str, ShmError> {
 pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError> {
     let bare = validate(name)?;
     let tracker = TRACKER.get();
-    if let Some(tracker) = tracker {
-        (tracker.prepare)();
-    }
+    let track = tracker.map(|t| (t.prepare)());
     let fd = sys::shm_create(bare).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => ShmError::AlreadyExists(bare.to_string()),
         _ => ShmError::from(e),
@@ -208,8 +206,8 @@ pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, Name), ShmError
     };
     // Tracked before its memory is taken (which takes a while for a large segment), so
     // that a creator killed meanwhile leaves nothing behind.
-    if let Some(tracker) = tracker {
-        (tracker.track)(tracked.clone());
+    if let Some(track) = track {
+        track(tracked.clone());
     }
     if let Err(e) = sys::shm_reserve(fd.as_fd(), len as u64) {
         sys::shm_unlink_if(bare, (dev, ino));
