@@ -2210,7 +2210,9 @@ impl PoolInner {
                     }
                     let mut st = unpoisoned::lock(&self.state);
                     let early = st.take_early(u64::from(worker.handle.pid()), began);
-                    if st.terminated {
+                    // Terminated, or given up on (its workers killed) by another thread
+                    // while this one started: the new worker goes too.
+                    if st.terminated || st.broken.is_some() {
                         let _ = worker.handle.kill();
                         let mut h = worker.handle;
                         drop(st);

@@ -396,17 +396,15 @@ impl<R> Cell<R> {
             }
             // Lent to callbacks (or, never, not there yet): they give it back.
             st.sleepers += 1;
-            st = match unpoisoned::wait_until(&self.ready, st, deadline) {
-                Ok(st) => st,
-                Err(mut st) => {
-                    st.sleepers -= 1;
-                    if st.outcome.is_none() && !st.taken {
-                        return Err(TaskError::Timeout);
-                    }
-                    st
-                }
+            let timed_out;
+            (st, timed_out) = match unpoisoned::wait_until(&self.ready, st, deadline) {
+                Ok(st) => (st, false),
+                Err(st) => (st, true),
             };
             st.sleepers -= 1;
+            if timed_out && st.outcome.is_none() && !st.taken {
+                return Err(TaskError::Timeout);
+            }
         }
     }
 
