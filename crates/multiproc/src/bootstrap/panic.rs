@@ -151,9 +151,10 @@ pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemotePanic> {
 
 /// The report of a caught panic; its payload is then dropped (see [`drop_payload`]).
 pub(crate) fn caught_panic(payload: Box<dyn Any + Send>) -> RemotePanic {
-    crate::sync::barrier::panic_caught();
     let report = panic_report(&*payload);
     drop_payload(payload);
+    // After the payload's drop, which may panic in turn (caught there).
+    crate::sync::barrier::panic_caught();
     report
 }
 

@@ -711,10 +711,12 @@ thread_local! {
 
 /// A panic on this thread was caught by multiproc (around a thread pool's task, a
 /// supervisor's or a server's step): the thread goes on, and ends, later, as one that
-/// returns (its slots leave their barriers). A panic the program catches itself is not
-/// seen so: such a thread counts as having died unless it waits on a barrier again.
+/// returns (its slots leave their barriers), unless it is unwinding from another panic
+/// still (a catch in a `drop` on the way). A panic the program catches itself is not
+/// seen so: such a thread counts as having died unless it waits on a barrier again, or
+/// multiproc catches a later panic of its own.
 pub(crate) fn panic_caught() {
-    let _ = PANICKED.try_with(|p| p.set(false));
+    let _ = PANICKED.try_with(|p| p.set(std::thread::panicking()));
 }
 
 /// Notes that this thread (`me`) claimed slot `index` of `held`'s barrier.
