@@ -426,6 +426,10 @@ fn main() {
                 timed_calls_end_in_time_against_a_stopped_server,
             ),
             trial(
+                "a_shutdown_timeout_stops_cancelling_at_its_deadline",
+                a_shutdown_timeout_stops_cancelling_at_its_deadline,
+            ),
+            trial(
                 "a_node_whose_thread_panics_stops",
                 a_node_whose_thread_panics_stops,
             ),
@@ -1838,6 +1842,21 @@ fn bad_urls_ports_and_credentials() {
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("at most one day"), "{e}");
+    // A prefetch Redis would refuse to read (its count), said before anything connects;
+    // a number of processes whose default prefetch would overflow is no panic.
+    let e = Worker::builder("redis://127.0.0.1:1")
+        .register(SQUARE, square)
+        .prefetch(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, ClusterError::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("prefetch"), "{e}");
+    let e = Worker::builder("redis://127.0.0.1:1")
+        .register(SQUARE, square)
+        .processes(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert!(e.is_connection(), "{e}");
     let e = Worker::builder("redis://127.0.0.1:1")
         .register(SQUARE, square)
         .register(SQUARE, square)
@@ -2037,6 +2056,31 @@ fn timed_calls_end_in_time_against_a_stopped_server() {
     redis.resume();
     drop((tasks, watcher));
     c.delete_queue("default").unwrap();
+}
+
+/// A shutdown with a timeout that cancels more waiting tasks than it has time for (a
+/// round trip each) stops sending cancels at its deadline: it sent one for every task,
+/// however long that took (30,000 here: seconds). The tasks left go on, and another
+/// client cancels them.
+fn a_shutdown_timeout_stops_cancelling_at_its_deadline() {
+    let redis = RedisServer::start();
+    let ns = "cancels";
+    // No worker: the tasks wait in the queue.
+    let c = client(&redis, ns);
+    let n = 30_000u64;
+    let tasks = c.submit_batch(SQUARE, 0..n).unwrap();
+    let t = Instant::now();
+    assert!(!c.shutdown_timeout(true, Duration::from_millis(200)));
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let waiting = c.stats().unwrap().waiting;
+    assert!(
+        waiting > 0 && waiting < n,
+        "{waiting} of {n} tasks still waiting"
+    );
+    drop(tasks);
+    c.delete_queue("default").unwrap();
+    finish(&redis, c, ns);
 }
 
 /// A node whose reader, finisher or keeper thread panics (a bug) stops as one whose

@@ -1023,7 +1023,7 @@ impl Cluster {
     /// returns once every task it waits for has its outcome. Workers and other clients
     /// go on.
     pub fn shutdown(&self, wait: bool, cancel_pending: bool) {
-        self.close(cancel_pending);
+        self.close(cancel_pending, None);
         if wait {
             self.wait_pending(None);
         }
@@ -1032,21 +1032,26 @@ impl Cluster {
     /// As [`shutdown`](Self::shutdown) with `wait`, waiting at most `timeout` for the
     /// outcomes (a server that cannot be reached may never send them). Returns whether
     /// every task this client waits for has its outcome. The cancels of
-    /// `cancel_pending` count within `timeout`, but for one response timeout (10 s) of
-    /// a server that does not answer: no more are sent to it then.
+    /// `cancel_pending` count within `timeout` (one cancel a round trip: those not sent
+    /// by then are not, and their tasks go on), but for the one in flight, a response
+    /// timeout (10 s) at most of a server that does not answer: no more are sent to it
+    /// then.
     pub fn shutdown_timeout(&self, cancel_pending: bool, timeout: Duration) -> bool {
         let deadline = crate::deadline::later(timeout);
-        self.close(cancel_pending);
+        self.close(cancel_pending, Some(deadline));
         self.wait_pending(Some(deadline))
     }
 
     /// Takes no more submissions, and with `cancel_pending` cancels every task this
-    /// client waits for, until the server does not answer one.
-    fn close(&self, cancel_pending: bool) {
+    /// client waits for, until the server does not answer one or `deadline` passes.
+    fn close(&self, cancel_pending: bool, deadline: Option<Instant>) {
         self.inner.closed.store(true, Ordering::Release);
         if cancel_pending {
             let locals: Vec<u64> = lock(&self.inner.pending).locals.keys().copied().collect();
             for local in locals {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 if !self.inner.cancel_reaching(local).1 {
                     break;
                 }

@@ -313,6 +313,7 @@ impl WorkerBuilder {
     /// take what room there is, and may meet: the node then holds up to twice this for
     /// as long as those tasks take. (Reserving the room for the read, which blocks up
     /// to a second waiting for tasks, would leave an idle worker none to reclaim with.)
+    /// At most 1,048,576: [`build`](Self::build) refuses more.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -435,7 +436,13 @@ impl WorkerBuilder {
             return invalid("max_deliveries must be at least 1".into());
         }
         let processes = self.processes.unwrap_or_else(crate::cpu_count).max(1);
-        let capacity = self.prefetch.unwrap_or(processes * 4).max(1);
+        if self.prefetch.is_some_and(|n| n > MAX_PREFETCH) {
+            return invalid(format!("the prefetch must be at most {MAX_PREFETCH} tasks"));
+        }
+        let capacity = self
+            .prefetch
+            .unwrap_or(processes.saturating_mul(4))
+            .clamp(1, MAX_PREFETCH);
         let (server, keys) = self.settings.open()?;
         let mut conn = server.connect_checked()?;
         ensure_group(&mut conn, &keys)?;
@@ -1052,6 +1059,10 @@ fn to_redis(e: ClusterError) -> redis::RedisError {
 
 /// The longest lease a worker may have (`RECLAIM` bounds the leases it reads likewise).
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// The most tasks a worker may hold at once: its reads ask for that many at most (a
+/// count Redis accepts), and each held task is a record in the node's memory.
+const MAX_PREFETCH: usize = 1 << 20;
 
 impl Node {
     /// How long to wait for a reply: the response timeout, or a lease if that is
