@@ -29,6 +29,10 @@ fn main() {
                 "exit_codes_with_sigchld_ignored",
                 exit_codes_with_sigchld_ignored,
             ),
+            trial(
+                "children_of_a_program_that_blocks_sigterm_can_be_terminated",
+                children_of_a_program_that_blocks_sigterm_can_be_terminated,
+            ),
             trial("segfault_is_reported", segfault_is_reported),
             trial(
                 "a_panic_payload_that_panics_when_dropped",
@@ -129,6 +133,7 @@ fn helpers(mode: &str) {
         "main" => println!("main ran"),
         "fork_limited" => helper_fork_limited(),
         "sigchld_ignored" => helper_sigchld_ignored(),
+        "sigterm_blocked" => helper_sigterm_blocked(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -347,6 +352,39 @@ fn exit_codes_with_sigchld_ignored() {
         "{fork}"
     );
     assert_eq!(h.expect("inherited ", T), "Ok(true)");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// Terminates a child of each start method once it runs its call: how each ended.
+fn helper_sigterm_blocked() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = started(Builder::new().start_method(method), ready_then_sleep);
+        child.terminate().unwrap();
+        println!("{method:?} {:?}", child.join_timeout(T));
+    }
+}
+
+/// A program that blocks SIGTERM before `init` (as one that waits for signals on a
+/// thread of its own does) still terminates its children: they start with no signal
+/// blocked, as new processes do. The fork server, forked at `init`, has the program's
+/// mask, and its children had it too: `terminate` did nothing, a supervisor's stop
+/// always waited out its grace, a CPU-time limit (SIGXCPU) never stopped a child.
+fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    // SAFETY: `sigemptyset`, `sigaddset` and `pthread_sigmask` are async-signal-safe;
+    // they run in the child before its exec, which keeps the mask.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let mut term: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut term);
+            libc::sigaddset(&mut term, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut h = Helper::start_command("sigterm_blocked", command, &[]);
+    assert_eq!(h.expect("ForkServer ", T), "Err(Signaled(Signal(15)))");
+    assert_eq!(h.expect("Spawn ", T), "Err(Signaled(Signal(15)))");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

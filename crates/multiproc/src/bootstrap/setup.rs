@@ -40,7 +40,11 @@ pub(crate) fn become_requested(
     death: Option<OwnedFd>,
     taken: Option<OwnedFd>,
 ) -> ! {
-    // The default action, and the program's own choices for SIGPIPE and SIGCHLD.
+    // No signal blocked, as in any new process (the server has the mask the program
+    // had at `init`: `terminate` and a CPU-time limit did nothing to children of a
+    // program that blocked SIGTERM or SIGXCPU first); the default action, and the
+    // program's own choices for SIGPIPE and SIGCHLD.
+    sys::unblock_signals();
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     if request.sigpipe_ignored {

@@ -479,6 +479,19 @@ pub(crate) fn default_signal(signal: i32) -> Disposition {
     Disposition(unsafe { libc::signal(signal, libc::SIG_DFL) })
 }
 
+/// Blocks no signal on the calling thread (a fresh process's mask, as `std::process::
+/// Command` gives the programs it starts): a mask the program set before `init()`
+/// would otherwise reach every child of the fork server, which it forked then.
+pub(crate) fn unblock_signals() {
+    // SAFETY: an empty set, built by `sigemptyset`, replaces the calling thread's mask;
+    // no memory but the set's is touched.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
 /// Puts back a disposition [`ignore_signal`] returned for `signal`.
 pub(crate) fn restore_signal(signal: i32, disposition: Disposition) {
     // SAFETY: `disposition` is what this program (or the process it was forked from)
