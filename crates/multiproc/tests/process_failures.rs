@@ -33,6 +33,10 @@ fn main() {
                 "children_of_a_program_that_blocks_sigterm_can_be_terminated",
                 children_of_a_program_that_blocks_sigterm_can_be_terminated,
             ),
+            trial(
+                "a_large_call_that_cannot_be_sent_fails_the_spawn",
+                a_large_call_that_cannot_be_sent_fails_the_spawn,
+            ),
             trial("segfault_is_reported", segfault_is_reported),
             trial(
                 "a_panic_payload_that_panics_when_dropped",
@@ -134,6 +138,7 @@ fn helpers(mode: &str) {
         "fork_limited" => helper_fork_limited(),
         "sigchld_ignored" => helper_sigchld_ignored(),
         "sigterm_blocked" => helper_sigterm_blocked(),
+        "call_send_fails" => helper_call_send_fails(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -385,6 +390,42 @@ fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
     let mut h = Helper::start_command("sigterm_blocked", command, &[]);
     assert_eq!(h.expect("ForkServer ", T), "Err(Signaled(Signal(15)))");
     assert_eq!(h.expect("Spawn ", T), "Err(Signaled(Signal(15)))");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn byte_count(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// Spawns a child with a call too large to be sent before it exists, whose send then
+/// fails: what the spawn said, and the children left; then one with a small call.
+fn helper_call_send_fails() {
+    let r = multiproc::spawn(byte_count, vec![7u8; 1 << 20]).map(|_| ());
+    println!("large {r:?}");
+    println!("children {}", multiproc::active_children().len());
+    let mut small = multiproc::spawn(byte_count, vec![7u8; 10]).unwrap();
+    println!("small {:?}", small.join_timeout(T));
+}
+
+/// A large call (sent once the child exists) that the kernel refuses to send (too many
+/// descriptors in flight; here a setting of debug builds) fails the spawn, and the child
+/// is gone: it was dropped unsaid, the child waited for it for ever, and so did `join`.
+fn a_large_call_that_cannot_be_sent_fails_the_spawn() {
+    if !cfg!(debug_assertions) {
+        panic!("this test needs debug assertions (the failing send's setting)");
+    }
+    let mut h = Helper::start_with(
+        "call_send_fails",
+        std::env::current_exe().unwrap(),
+        &[("MULTIPROC_TEST_CALL_SEND_FAILS", "1")],
+    );
+    let large = h.expect("large ", T);
+    assert!(
+        large.starts_with("Err(") && large.contains("could not be sent"),
+        "{large}"
+    );
+    assert_eq!(h.expect("children ", T), "0");
+    assert_eq!(h.expect("small ", T), "Ok(10)");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

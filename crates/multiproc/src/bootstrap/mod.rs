@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub(crate) use child::{ChildCall, Invoked, fail_on, run_in_fork};
-pub(crate) use forkserver::{ForkServer, read_status};
+pub(crate) use forkserver::{ForkServer, is_peer_gone, read_status};
 #[cfg(feature = "redis")]
 pub(crate) use panic::payload_message;
 pub use panic::{PanicLocation, RemotePanic};

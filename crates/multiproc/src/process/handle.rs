@@ -372,13 +372,37 @@ impl ChildRecord {
         self.daemon
     }
 
-    /// Sends the call on the channel. A child that died meanwhile is not an error here:
-    /// joining it reports what happened.
-    pub(crate) fn send_call(&self, parts: &[&[u8]], fds: &[OwnedFd]) {
-        if let Some(ch) = unpoisoned::lock(&self.channel).as_mut() {
-            let fds = sys::borrow_all(fds);
-            if let Err(e) = ch.conn.send(messages::CALL, parts, &fds) {
+    /// Sends the call on the channel (after the child exists: a call too large for an
+    /// empty socket's buffer). A child that died meanwhile is not an error here:
+    /// joining it reports what happened. Any other failure (the kernel refusing the
+    /// descriptors or the memory, a frame sent in part) is: the child, which would wait
+    /// for ever for a call that cannot come whole, is killed first.
+    pub(crate) fn send_call(&self, parts: &[&[u8]], fds: &[OwnedFd]) -> std::io::Result<()> {
+        let mut channel = unpoisoned::lock(&self.channel);
+        let Some(ch) = channel.as_mut() else {
+            return Ok(());
+        };
+        let fds = sys::borrow_all(fds);
+        let sent = if call_send_fails() {
+            Err(std::io::Error::other(
+                "too many references: cannot splice (a test's failing send)",
+            ))
+        } else {
+            ch.conn.send(messages::CALL, parts, &fds)
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if bootstrap::is_peer_gone(&e) => {
                 tracing::trace!(pid = self.pid, "call not delivered: {e}");
+                Ok(())
+            }
+            Err(e) => {
+                drop(channel);
+                let _ = self.signal(sys::SIGKILL);
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("the call could not be sent to the child: {e}"),
+                ))
             }
         }
     }
@@ -1150,4 +1174,11 @@ impl ChildProcess {
     pub fn kill(&self) -> std::io::Result<()> {
         self.record.signal(sys::SIGKILL)
     }
+}
+
+/// Debug builds only, for a test: `MULTIPROC_TEST_CALL_SEND_FAILS` in the environment
+/// makes the send of a call after its child exists fail as the kernel may refuse it
+/// (`ETOOMANYREFS`: too many descriptors in flight, which root is never told).
+fn call_send_fails() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("MULTIPROC_TEST_CALL_SEND_FAILS").is_some()
 }

@@ -474,11 +474,19 @@ impl Builder {
         registry::add(&mut registry::lock(), Arc::clone(&record));
         // Registered: the exit work joins it from now on.
         drop(starting);
-        if !early {
-            record.send_call(&[&prefix, &args.bytes], &args.fds);
+        let sent = if early {
+            Ok(())
+        } else {
+            record.send_call(&[&prefix, &args.bytes], &args.fds)
+        };
+        let mut handle = JoinHandle::new(record, stdio_parent);
+        if let Err(e) = sent {
+            // Killed by the failed send: reaped here, the spawn failing.
+            let _ = handle.join_timeout(std::time::Duration::from_secs(10));
+            return Err(e.into());
         }
         args.hand_over();
-        Ok(JoinHandle::new(record, stdio_parent))
+        Ok(handle)
     }
 
     /// The registry's record of a child this builder started, with the builder's
