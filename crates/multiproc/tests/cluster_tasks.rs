@@ -430,6 +430,10 @@ fn main() {
                 a_shutdown_timeout_stops_cancelling_at_its_deadline,
             ),
             trial(
+                "a_user_allowed_only_its_namespace_runs_everything",
+                a_user_allowed_only_its_namespace_runs_everything,
+            ),
+            trial(
                 "a_node_whose_thread_panics_stops",
                 a_node_whose_thread_panics_stops,
             ),
@@ -2906,8 +2910,6 @@ fn redis_lost_its_data_mid_run() {
     finish(&redis, c, ns);
 }
 
-/// Makes the ACL user `app` (password `app-pass`), allowed everything but what `less`
-/// takes away; returns a URL that logs in as it.
 /// `field` (`calls`, `rejected_calls`) of `CONFIG GET` in the server's command
 /// statistics; `None` before the command was first seen.
 fn config_get_stat(redis: &RedisServer, field: &str) -> Option<u64> {
@@ -2921,6 +2923,8 @@ fn config_get_stat(redis: &RedisServer, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Makes the ACL user `app` (password `app-pass`), allowed everything but what `less`
+/// takes away; returns a URL that logs in as it.
 fn acl_user(redis: &RedisServer, less: &[&str]) -> String {
     let mut args = vec![
         "ACL",
@@ -2935,6 +2939,68 @@ fn acl_user(redis: &RedisServer, less: &[&str]) -> String {
     args.extend_from_slice(less);
     assert_eq!(redis.cmd(&args), Resp::Simple("OK".into()));
     format!("redis://app:app-pass@127.0.0.1:{}", redis.port)
+}
+
+/// A user allowed only its namespace's keys (`~ns:*`, as apps that share a server are
+/// set up) runs plain and idempotent tasks, cancels one, and requeues a dead letter.
+/// The scripts named an empty key for a record or reply list a task does not have, a
+/// key outside the namespace: every finish of a plain task was refused (`NOPERM`), the
+/// task ran again at each lease until dead-lettered, and its client never heard.
+fn a_user_allowed_only_its_namespace_runs_everything() {
+    let redis = RedisServer::start();
+    let ns = "narrow";
+    let pattern = format!("~{ns}:*");
+    let args = [
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pass",
+        "resetkeys",
+        &pattern,
+        "&*",
+        "+@all",
+    ];
+    assert_eq!(redis.cmd(&args), Resp::Simple("OK".into()));
+    let url = format!("redis://app:app-pass@127.0.0.1:{}", redis.port);
+    let w = tasks(Worker::builder(&url))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .max_deliveries(1)
+        .build()
+        .unwrap();
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    assert_eq!(
+        c.submit(SQUARE, 3)
+            .unwrap()
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap(),
+        9
+    );
+    let key = TaskOptions::new().idempotency_key("narrow-1");
+    assert_eq!(c.submit_with(SQUARE, 4, key).unwrap().wait().unwrap(), 16);
+    let mut later = c
+        .submit_with(
+            SQUARE,
+            5,
+            TaskOptions::new().countdown(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    assert!(later.cancel());
+    assert_eq!(later.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    let e = c.submit(ABORT, 1).unwrap().wait().unwrap_err();
+    assert!(e.is_dead_lettered(), "{e}");
+    let dead = c.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(c.requeue_dead(&dead[0].id).unwrap());
+    assert!(common::eventually(T, || c
+        .dead_letters(10)
+        .unwrap()
+        .first()
+        .is_some_and(|d| d.id != dead[0].id)));
+    w.shutdown(true);
+    finish(&redis, c, ns);
 }
 
 fn acl_user_and_an_undecodable_result() {

@@ -875,11 +875,11 @@ impl Cluster {
         envelope.attempt = 0;
         envelope.lost = 0;
         let bytes = envelope.encode()?;
+        let none = keys.none();
         let record = envelope
             .task
             .strip_prefix("k:")
-            .map(|k| keys.idempotency(k))
-            .unwrap_or_default();
+            .map_or_else(|| none.clone(), |k| keys.idempotency(k));
         let ttl = self.inner.result_ttl.to_string();
         let token = conn::random_hex(16)?;
         let moved: i64 = self.inner.run(|c| {
@@ -893,7 +893,13 @@ impl Cluster {
                     record.clone(),
                     keys.requeued(id),
                 ],
-                &[id.as_bytes(), &bytes, ttl.as_bytes(), token.as_bytes()],
+                &[
+                    id.as_bytes(),
+                    &bytes,
+                    ttl.as_bytes(),
+                    token.as_bytes(),
+                    none.as_bytes(),
+                ],
             )
         })?;
         Ok(moved == 1)
@@ -1776,8 +1782,7 @@ impl ClientInner {
                     keys.waiters(&task),
                     keys.retry(&task),
                     task.strip_prefix("k:")
-                        .map(|k| keys.idempotency(k))
-                        .unwrap_or_default(),
+                        .map_or_else(|| keys.none(), |k| keys.idempotency(k)),
                 ],
                 &[
                     GROUP.as_bytes(),
@@ -1787,6 +1792,7 @@ impl ClientInner {
                     &outcome,
                     &reply,
                     keys.reply_prefix().as_bytes(),
+                    keys.none().as_bytes(),
                 ],
             )
         });

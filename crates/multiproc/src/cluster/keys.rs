@@ -29,6 +29,16 @@ impl Keys {
         format!("{}{what}", self.prefix)
     }
 
+    /// A key nothing is stored under, in the queue's slot: it stands for "none" among a
+    /// script's keys (an idempotency record a task does not have, the reply list of a
+    /// task no client waits for), which the script is told in an argument. An empty
+    /// name did, and named a key outside the namespace: a user whose ACL allows only
+    /// the namespace's keys was refused the whole script (`NOPERM`), and a Redis
+    /// Cluster would put it in another slot.
+    pub(crate) fn none(&self) -> String {
+        self.key("none")
+    }
+
     /// The stream of tasks waiting or running.
     pub(crate) fn stream(&self) -> String {
         self.key("stream")

@@ -114,19 +114,19 @@ return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]), epoch}}
 /// ended (a value, a failure, a retry, a dead letter): the cancel wins, as a pool's
 /// does when it comes first.
 ///
-/// KEYS: stream, delayed, dead; then per item: result, reply list, waiters, cancel,
-/// idempotency record (`` for none), retry record.
+/// KEYS: stream, delayed, dead; then per item: result, reply list (the none key for
+/// none), waiters, cancel, idempotency record (the none key for none), retry record.
 /// ARGV: group, consumer, ttl s, dead-letter cap, reply-list prefix, the cancelled
-/// outcome; then per item: entry id, fence, action (`a` outcome, `r` retry, `d`
-/// dead-letter), outcome (`` for none), reply, retry envelope, retry delay ms,
-/// dead-letter reason, reply if cancelled.
+/// outcome, the none key (`Keys::none`); then per item: entry id, fence, action (`a`
+/// outcome, `r` retry, `d` dead-letter), outcome (`` for none), reply, retry envelope,
+/// retry delay ms, dead-letter reason, reply if cancelled.
 /// Returns per item 1 (done) or 0 (not owned).
 pub(crate) static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{OWNED}
 local group, me, ttl, cap, rprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local cancelled = ARGV[6]
-local n = (#ARGV - 6) / 9
+local cancelled, none = ARGV[6], ARGV[7]
+local n = (#ARGV - 7) / 9
 local out = {{}}
 local now = nil
 local function answer(list, waiters, reply)
@@ -142,7 +142,7 @@ local function answer(list, waiters, reply)
   redis.call('DEL', waiters)
 end
 for i = 0, n - 1 do
-  local a = 6 + i * 9
+  local a = 7 + i * 9
   local k = 3 + i * 6
   local id, action, outcome, reply = ARGV[a + 1], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if not owned(KEYS[1], group, id, me, tonumber(ARGV[a + 2])) then
@@ -160,7 +160,7 @@ for i = 0, n - 1 do
       -- An idempotent task's record lives until its retry is due and the TTL after (a
       -- repeat while it waits joins it rather than run the key again), made again if
       -- it lapsed; so does the set of its waiters, if any wait.
-      if KEYS[k + 5] ~= '' then
+      if KEYS[k + 5] ~= none then
         redis.call('SET', KEYS[k + 5], '1', 'NX', 'PX', int(life))
         for _, key in ipairs({{KEYS[k + 5], KEYS[k + 3]}}) do
           local left = redis.call('PTTL', key)
@@ -188,9 +188,9 @@ for i = 0, n - 1 do
       if outcome ~= '' then
         local record = KEYS[k + 5]
         if redis.call('SET', KEYS[k + 1], outcome, 'NX', 'EX', ttl) then
-          if record ~= '' then redis.call('EXPIRE', record, ttl) end
+          if record ~= none then redis.call('EXPIRE', record, ttl) end
           if reply ~= '' then answer(KEYS[k + 2], KEYS[k + 3], reply) end
-        elseif record ~= '' and reply ~= '' then
+        elseif record ~= none and reply ~= '' then
           answer(KEYS[k + 2], KEYS[k + 3], reply)
         end
       end
@@ -332,9 +332,9 @@ return {{#due, wait}}
 /// redelivered task).
 ///
 /// KEYS: stream, delayed, cancel flag, result, reply list, waiters, retry record,
-/// idempotency record (`` for none).
+/// idempotency record (the none key for none).
 /// ARGV: group, entry id (`` if unknown), delayed member (`` if none), ttl s,
-/// cancelled outcome, reply, reply-list prefix.
+/// cancelled outcome, reply, reply-list prefix, the none key (`Keys::none`).
 /// Returns 1 (cancelled, now or before: its outcome is `Cancelled`), 2 (flagged: stopped
 /// at its worker's next renewal, and ended `Cancelled` by `FINISH` if its run ends
 /// before) or 0 (finished already with another outcome, or an
@@ -367,7 +367,7 @@ local function deliver()
       end
     end
     redis.call('DEL', KEYS[6])
-    if KEYS[8] ~= '' then redis.call('EXPIRE', KEYS[8], ARGV[4]) end
+    if KEYS[8] ~= ARGV[8] then redis.call('EXPIRE', KEYS[8], ARGV[4]) end
   end
 end
 if ARGV[3] ~= '' and redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then
@@ -402,9 +402,9 @@ end
 -- An idempotent task that no worker is seen to hold, whose record and outcome are both
 -- gone, is unknown here: it ended long ago (a flag would cancel the next run of its
 -- key), or waits where a repeat would run it again anyway.
-if not held and KEYS[8] ~= '' and redis.call('EXISTS', KEYS[8]) == 0 then return 0 end
+if not held and KEYS[8] ~= ARGV[8] and redis.call('EXISTS', KEYS[8]) == 0 then return 0 end
 local life = math.max(tonumber(ARGV[4]) * 1000, {flag_ms})
-if KEYS[8] ~= '' then life = math.max(life, redis.call('PTTL', KEYS[8])) end
+if KEYS[8] ~= ARGV[8] then life = math.max(life, redis.call('PTTL', KEYS[8])) end
 redis.call('SET', KEYS[3], '1', 'PX', int(life))
 return 2
 ",
@@ -447,9 +447,9 @@ return f
 /// letter gone and its own token, and says it requeued, where it said there was no such
 /// dead letter (a requeue by hand after that ran the task twice).
 ///
-/// KEYS: dead, stream, the task's result, its idempotency record (`` for none), the
-/// requeue marker.
-/// ARGV: dead-letter id, envelope, ttl s, token.
+/// KEYS: dead, stream, the task's result, its idempotency record (the none key for
+/// none), the requeue marker.
+/// ARGV: dead-letter id, envelope, ttl s, token, the none key (`Keys::none`).
 /// Returns 1, or 0 if there was no such dead letter.
 pub(crate) static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -459,7 +459,7 @@ if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('SET', KEYS[5], ARGV[4], 'EX', 600)
-if KEYS[4] ~= '' then
+if KEYS[4] ~= ARGV[5] then
   redis.call('DEL', KEYS[3])
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
 end

@@ -1825,6 +1825,7 @@ impl Node {
         let cancelled = Outcome::Failed(ErrorWire::Cancelled)
             .encode()
             .unwrap_or_default();
+        let none = k.none();
         let mut args: Vec<Vec<u8>> = vec![
             GROUP.into(),
             self.name.clone().into_bytes(),
@@ -1832,17 +1833,21 @@ impl Node {
             cap.into_bytes(),
             prefix.into_bytes(),
             cancelled.clone(),
+            none.clone().into_bytes(),
         ];
         for f in &batch {
             keys.push(k.result(&f.task));
-            keys.push(f.client.as_deref().map(|c| k.reply(c)).unwrap_or_default());
+            keys.push(
+                f.client
+                    .as_deref()
+                    .map_or_else(|| none.clone(), |c| k.reply(c)),
+            );
             keys.push(k.waiters(&f.task));
             keys.push(k.cancel(&f.task));
             keys.push(
                 f.task
                     .strip_prefix("k:")
-                    .map(|key| k.idempotency(key))
-                    .unwrap_or_default(),
+                    .map_or_else(|| none.clone(), |key| k.idempotency(key)),
             );
             keys.push(k.retry(&f.task));
             let reply_with = |outcome: &[u8]| match &f.client {
