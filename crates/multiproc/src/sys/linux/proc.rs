@@ -481,11 +481,30 @@ pub(crate) fn default_signal(signal: i32) -> Disposition {
 
 /// Blocks no signal on the calling thread (a fresh process's mask, as `std::process::
 /// Command` gives the programs it starts): a mask the program set before `init()`
-/// would otherwise reach every child of the fork server, which it forked then.
+/// would otherwise reach every child of the fork server, which it forked then. The
+/// signals pending while blocked are dropped first, as a fork drops them: a spare that
+/// waited with the program's mask may hold one sent to its whole group meanwhile (a
+/// service manager's SIGTERM to the program's processes), which was not for the
+/// child it becomes, and would end it at once.
 pub(crate) fn unblock_signals() {
-    // SAFETY: an empty set, built by `sigemptyset`, replaces the calling thread's mask;
-    // no memory but the set's is touched.
+    // SAFETY: the sets are built by `sigemptyset`/`sigpending` on the stack; a zero
+    // timeout makes `sigtimedwait` take a pending signal of the set, or return at once;
+    // then an empty set replaces the calling thread's mask.
     unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pending);
+        if libc::sigpending(&mut pending) == 0 {
+            let now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // Each call takes one; a bound, in case one keeps coming.
+            for _ in 0..64 {
+                if libc::sigtimedwait(&pending, std::ptr::null_mut(), &now) < 0 {
+                    break;
+                }
+            }
+        }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
