@@ -60,6 +60,17 @@ type Runner = Arc<
         + Sync,
 >;
 
+/// An entry a node took, its task ready to start ([`Node::admit`]).
+struct Ready {
+    entry: String,
+    fence: u64,
+    envelope: Envelope,
+    runner: Runner,
+    /// Its cancel flag is looked for before it starts (it waited where its client
+    /// could only flag it: delayed, retried, redelivered, or idempotent).
+    look: bool,
+}
+
 /// Finds the `Err` in a fallible task's value: the failure, as it travels.
 type ErrCheck<R> = fn(&R) -> Option<ErrorWire>;
 
@@ -1265,13 +1276,12 @@ impl Node {
                         let Some(entries) = conn::array(stream).get(1) else {
                             continue;
                         };
-                        for e in conn::array(entries) {
-                            if let [id, fields] = conn::array(e)
-                                && let Some(id) = conn::text(id)
-                            {
-                                self.accept(id, fields, 1);
-                            }
-                        }
+                        self.accept_all(conn::array(entries).iter().filter_map(
+                            |e| match conn::array(e) {
+                                [id, fields] => Some((conn::text(id)?, fields, 1)),
+                                _ => None,
+                            },
+                        ));
                     }
                 }
                 Err(e) => {
@@ -1378,19 +1388,49 @@ impl Node {
             pipe.cmd("XRANGE").arg(self.keys.stream()).arg(id).arg(id);
         }
         let ranges: Vec<Value> = link.run(|c| pipe.query(c))?;
-        for ((id, deliveries), range) in lost.into_iter().zip(&ranges) {
-            // An entry deleted meanwhile (a cancel) has nothing to run.
-            if let Some([_, fields]) = conn::array(range).first().map(conn::array) {
+        self.accept_all(lost.into_iter().zip(&ranges).filter_map(
+            |((id, deliveries), range)| {
+                // An entry deleted meanwhile (a cancel) has nothing to run.
+                let [_, fields] = conn::array(range).first().map(conn::array)? else {
+                    return None;
+                };
                 tracing::info!(worker = %self.name, entry = %id, deliveries, "took back a task delivered to this worker whose reply was lost");
-                self.accept(id, fields, deliveries);
-            }
-        }
+                Some((id, fields, deliveries))
+            },
+        ));
         Ok(())
     }
 
-    /// Takes an entry this node now holds (read, or reclaimed with `fence`
-    /// deliveries): starts its task, or dead-letters what cannot run.
-    fn accept(&self, entry: String, fields: &Value, fence: u64) {
+    /// Takes the entries this node now holds (read, or reclaimed, each with its `fence`
+    /// of deliveries): starts their tasks, or dead-letters what cannot run. The cancel
+    /// flags of those that must be looked for are read in one round trip: one each,
+    /// on the keeper's connection, held up the lease renewals behind them (a reclaim of
+    /// a thousand tasks at a millisecond each is longer than a short lease).
+    fn accept_all<'v>(&self, entries: impl IntoIterator<Item = (String, &'v Value, u64)>) {
+        let ready: Vec<Ready> = entries
+            .into_iter()
+            .filter_map(|(entry, fields, fence)| self.admit(entry, fields, fence))
+            .collect();
+        let looked: Vec<&str> = ready
+            .iter()
+            .filter(|r| r.look)
+            .map(|r| r.envelope.task.as_str())
+            .collect();
+        let mut flags = match self.flagged(&looked) {
+            Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => looked.iter().map(|_| Err(e.to_string())).collect(),
+        }
+        .into_iter();
+        for r in ready {
+            let flag = if r.look { flags.next() } else { None };
+            self.start(r, flag);
+        }
+    }
+
+    /// An entry this node now holds, with `fence` deliveries: its task, ready to start
+    /// (whether its cancel flag is to be looked for first); `None` if it was
+    /// dead-lettered instead.
+    fn admit(&self, entry: String, fields: &Value, fence: u64) -> Option<Ready> {
         {
             let mut st = lock(&self.state);
             *st.held.entry(entry.clone()).or_insert(0) += 1;
@@ -1407,7 +1447,7 @@ impl Node {
                 None,
                 "a foreign entry (no task message in it)".into(),
             );
-            return;
+            return None;
         };
         let envelope = match Envelope::decode(message, self.cfg.max_message) {
             Ok(e) => e,
@@ -1419,7 +1459,7 @@ impl Node {
                 // than leave its client waiting.
                 let to = Addressee::read(message).ok().map(|(to, _)| to);
                 self.dead_letter(entry, fence, to, format!("an unreadable task message: {e}"));
-                return;
+                return None;
             }
         };
         let lost_before = u64::from(envelope.lost) + fence.saturating_sub(1);
@@ -1429,7 +1469,7 @@ impl Node {
                 self.cfg.max_deliveries
             );
             self.dead_letter(entry, fence, Some(envelope.addressee()), why);
-            return;
+            return None;
         }
         let Some((schema, runner)) = self.registry.get(&envelope.name) else {
             // A queue's workers register the same tasks: one that has no such task
@@ -1442,7 +1482,7 @@ impl Node {
             );
             tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
             self.dead_letter(entry, fence, Some(envelope.addressee()), why);
-            return;
+            return None;
         };
         if *schema != envelope.schema {
             let why = format!(
@@ -1451,7 +1491,7 @@ impl Node {
             );
             tracing::warn!(worker = %self.name, task = %envelope.task, "{why}");
             self.dead_letter(entry, fence, Some(envelope.addressee()), why);
-            return;
+            return None;
         }
         // A client that cancels a task that waited in the delayed set (a countdown, a
         // retry, a task handed back) or was redelivered no longer knows its entry and
@@ -1462,24 +1502,42 @@ impl Node {
             .iter()
             .any(|(k, _)| *k == envelope::PROMOTED.as_bytes());
         let idempotent = envelope.task.starts_with("k:");
-        if promoted || idempotent || envelope.attempt > 0 || lost_before > 0 {
-            // A server that cannot say (its reply lost, a connection cut) says nothing
-            // either way: the task goes back to the queue, to be looked for again,
-            // rather than run when it may have been cancelled.
-            let end = match self.flagged(&envelope.task) {
-                Ok(false) => None,
-                Ok(true) => Some(End::Cancelled),
-                Err(e) => {
-                    tracing::warn!(worker = %self.name, task = %envelope.task, "could not look for a cancel: the task goes back, counted as a delivery lost: {e}");
-                    Some(End::Unchecked)
-                }
-            };
-            if let Some(end) = end {
-                let done = Done::Failed(TaskError::Cancelled);
-                let fin = self.conclude(&entry, fence, &envelope, done, end, None);
-                self.send_finish(fin);
-                return;
+        let look = promoted || idempotent || envelope.attempt > 0 || lost_before > 0;
+        Some(Ready {
+            entry,
+            fence,
+            envelope,
+            runner: Arc::clone(runner),
+            look,
+        })
+    }
+
+    /// Starts a task [`admit`](Self::admit) made ready, unless `flag` (its cancel flag,
+    /// if it was looked for) says a client cancelled it. A server that could not say
+    /// (its reply lost, a connection cut) says nothing either way: the task goes back to
+    /// the queue, to be looked for again, rather than run when it may have been
+    /// cancelled.
+    fn start(&self, ready: Ready, flag: Option<Result<bool, String>>) {
+        let Ready {
+            entry,
+            fence,
+            envelope,
+            runner,
+            ..
+        } = ready;
+        let end = match flag {
+            None | Some(Ok(false)) => None,
+            Some(Ok(true)) => Some(End::Cancelled),
+            Some(Err(e)) => {
+                tracing::warn!(worker = %self.name, task = %envelope.task, "could not look for a cancel: the task goes back, counted as a delivery lost: {e}");
+                Some(End::Unchecked)
             }
+        };
+        if let Some(end) = end {
+            let done = Done::Failed(TaskError::Cancelled);
+            let fin = self.conclude(&entry, fence, &envelope, done, end, None);
+            self.send_finish(fin);
+            return;
         }
         let started = match lock(&self.pool).as_ref() {
             Some(pool) => runner(
@@ -1521,10 +1579,16 @@ impl Node {
         }
     }
 
-    /// Whether a client asked to cancel `task`.
-    fn flagged(&self, task: &str) -> Result<bool, ClusterError> {
-        let key = self.keys.cancel(task);
-        self.run_keeper(|c| redis::cmd("EXISTS").arg(&key).query::<bool>(c))
+    /// Whether a client asked to cancel each of `tasks`, in one round trip.
+    fn flagged(&self, tasks: &[&str]) -> Result<Vec<bool>, ClusterError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for task in tasks {
+            pipe.cmd("EXISTS").arg(self.keys.cancel(task));
+        }
+        self.run_keeper(|c| pipe.query::<Vec<bool>>(c))
     }
 
     fn send_finish(&self, fin: Finish) {
@@ -2289,15 +2353,15 @@ impl Node {
                 st.reclaim_lease = used;
             }
             let claimed = parts.len().saturating_sub(1);
-            for e in parts.iter().skip(1) {
-                if let [id, fields, deliveries] = conn::array(e)
-                    && let Some(id) = conn::text(id)
-                {
-                    let fence = conn::int(deliveries).unwrap_or(1).max(1) as u64;
-                    tracing::info!(worker = %self.name, entry = %id, deliveries = fence, "reclaimed a task whose lease ran out");
-                    self.accept(id, fields, fence);
-                }
-            }
+            self.accept_all(parts.iter().skip(1).filter_map(|e| {
+                let [id, fields, deliveries] = conn::array(e) else {
+                    return None;
+                };
+                let id = conn::text(id)?;
+                let fence = conn::int(deliveries).unwrap_or(1).max(1) as u64;
+                tracing::info!(worker = %self.name, entry = %id, deliveries = fence, "reclaimed a task whose lease ran out");
+                Some((id, fields, fence))
+            }));
             if claimed < count {
                 return Ok(());
             }
