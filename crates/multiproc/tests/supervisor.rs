@@ -662,6 +662,12 @@ fn a_lingering_group_is_killed_at_its_grace_during_a_siblings_stop() {
     assert!(eventually(T, || pids_in(&log).len() == 1));
     let grandchild = pids_in(&log)[0];
     let slow = pid_of(&sup, "slow").unwrap();
+    // "slow" waits for its SIGTERM (blocked, to take it in `sigwait`): one sent before,
+    // while it started, ended it at once, and the test proved nothing.
+    assert!(
+        eventually(T, || common::asleep_in(slow, "sigtimedwait")),
+        "\"slow\" never waited for its SIGTERM"
+    );
     let asked = Instant::now();
     go.set();
     // The leader returns; its group gets `SIGTERM`, then `SIGKILL` 200 ms later, while

@@ -1422,7 +1422,10 @@ impl Node {
         }
         .into_iter();
         for r in ready {
-            let flag = if r.look { flags.next() } else { None };
+            // A flag missing from the reply is one not known: not run unchecked.
+            let flag = r
+                .look
+                .then(|| flags.next().unwrap_or_else(|| Err("no reply".into())));
             self.start(r, flag);
         }
     }
@@ -2309,9 +2312,9 @@ impl Node {
             let _claims = match self.claims.try_lock() {
                 Ok(claims) => claims,
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                // The reader is taking back entries delivered to this node (its
-                // acceptances may each wait on a call): this round's reclaim goes to the
-                // next, rather than hold the keeper's renewals meanwhile.
+                // The reader is taking back entries delivered to this node (accepting
+                // them may wait on a call): this round's reclaim goes to the next,
+                // rather than hold the keeper's renewals meanwhile.
                 Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
             };
             let mut link = lock(&self.link);
