@@ -250,16 +250,17 @@ impl LockWords {
     /// Releases the lock (the caller holds it).
     #[inline]
     pub(crate) fn unlock(&self) {
-        self.state.store(0, SeqCst);
-        if self.sleepers.load(SeqCst) > 0 {
-            self.wake_one();
-        }
+        self.unlock_to(0);
     }
 
-    /// Releases the lock (the caller holds it) as [`ABANDONED`]: the next taker is told
-    /// that its last holder died ([`Acquired::OwnerDied`]), and repairs.
-    pub(crate) fn unlock_abandoned(&self) {
-        self.state.store(ABANDONED, SeqCst);
+    /// Releases the lock (the caller holds it), leaving `state`: 0 (free) or
+    /// [`ABANDONED`], which the next taker is told is a dead owner's
+    /// ([`Acquired::OwnerDied`]), and repairs. One store either way, no branch on
+    /// which: a channel's guard chooses at every send and receive.
+    #[inline]
+    pub(crate) fn unlock_to(&self, state: u64) {
+        debug_assert!(state == 0 || state == ABANDONED);
+        self.state.store(state, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
             self.wake_one();
         }
@@ -1161,10 +1162,10 @@ mod tests {
     fn an_abandoned_lock_is_taken_over_at_once() {
         let lock = LockWords::default();
         assert_eq!(lock.try_lock(), Some(Acquired::Clean));
-        lock.unlock_abandoned();
+        lock.unlock_to(ABANDONED);
         assert!(lock.is_locked());
         assert_eq!(lock.try_lock(), Some(Acquired::OwnerDied));
-        lock.unlock_abandoned();
+        lock.unlock_to(ABANDONED);
         assert_eq!(lock.lock(None), Some(Acquired::OwnerDied));
         // Let go while another thread sleeps on it.
         let (r, waited) = std::thread::scope(|s| {
@@ -1178,7 +1179,7 @@ mod tests {
             while lock.sleepers.load(SeqCst) == 0 && Instant::now() < end {
                 std::thread::yield_now();
             }
-            lock.unlock_abandoned();
+            lock.unlock_to(ABANDONED);
             waiter.join().unwrap()
         });
         assert_eq!(r, Some(Acquired::OwnerDied));

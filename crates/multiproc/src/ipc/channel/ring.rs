@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::shm::layout::{ChannelHeader, Consumed, LockWords, Produced};
 use crate::shm::segment::Region;
-use crate::sync::raw::Acquired;
+use crate::sync::raw::{ABANDONED, Acquired};
 
 /// A record whose payload is the message.
 pub(crate) const INLINE: u32 = 1;
@@ -163,15 +163,12 @@ fn release_on_drop() -> bool {
 
 /// Lets `lock` go: as abandoned while a dead holder's half-done work is not repaired
 /// (`took_over`), so that the next taker repairs it; unless a test keeps it.
+#[inline]
 fn release(lock: &LockWords, took_over: bool) {
     if !release_on_drop() {
         return;
     }
-    if took_over {
-        lock.unlock_abandoned();
-    } else {
-        lock.unlock();
-    }
+    lock.unlock_to(if took_over { ABANDONED } else { 0 });
 }
 
 impl Drop for Tail<'_> {
