@@ -14,8 +14,8 @@
 //!
 //! Lost wake-ups are impossible: a sleeper reads `epoch`, increments `sleepers`, raises
 //! `wake` and then re-reads `state` before sleeping on `epoch` (not if it reads 0 or
-//! [`ABANDONED`]); a releaser stores 0 (or `ABANDONED`) into `state` and then, if `sleepers` is non-zero and it can clear `wake`, bumps `epoch` and
-//! wakes one sleeper. All these accesses are sequentially consistent, so either the
+//! [`ABANDONED`]); a releaser stores 0 (or `ABANDONED`) into `state` and then, if
+//! `sleepers` is non-zero and it can clear `wake`, bumps `epoch` and wakes one sleeper. All these accesses are sequentially consistent, so either the
 //! sleeper sees the lock free, or the releaser sees the sleeper (and its bump of `epoch`
 //! makes the sleep return at once if it had not begun). Clearing `wake` makes a holder
 //! that releases and retakes the lock in a loop call the kernel once per sleep rather
