@@ -371,16 +371,7 @@ fn helper_sigterm_blocked() {
     // pending), as one sent to all the program's processes would: not for the child the
     // spare becomes.
     let server = common::fork_server_of(std::process::id()).unwrap();
-    let mut spare = None;
-    let found = common::eventually(T, || {
-        spare = common::children_of(server)
-            .into_iter()
-            .find(|(_, state, name)| *state != 'Z' && name == "mp-spare")
-            .map(|(pid, ..)| pid);
-        spare.is_some()
-    });
-    assert!(found, "no spare");
-    let spare = spare.unwrap();
+    let spare = spare_of(server);
     let pid = rustix::process::Pid::from_raw(spare as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let mut child = multiproc::spawn(answer, 7).unwrap();
@@ -1234,12 +1225,8 @@ fn server_dying_unanswered() {
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 
-fn helper_spare_server_killed() {
-    let me = std::process::id();
-    multiproc::spawn(answer, 1).unwrap().join().unwrap();
-    let server = common::fork_server_of(me).unwrap();
-    // The spare the server forked after that request, held still: the next request is
-    // handed to it, and its server is killed before it reads the request.
+/// The spare fork server `server` holds (waiting for it, within `T`).
+fn spare_of(server: u32) -> u32 {
     let mut spare = None;
     let found = common::eventually(T, || {
         spare = common::children_of(server)
@@ -1249,7 +1236,16 @@ fn helper_spare_server_killed() {
         spare.is_some()
     });
     assert!(found, "no spare");
-    let spare = spare.unwrap();
+    spare.unwrap()
+}
+
+fn helper_spare_server_killed() {
+    let me = std::process::id();
+    multiproc::spawn(answer, 1).unwrap().join().unwrap();
+    let server = common::fork_server_of(me).unwrap();
+    // The spare the server forked after that request, held still: the next request is
+    // handed to it, and its server is killed before it reads the request.
+    let spare = spare_of(server);
     common::stop_or_continue(spare, true);
     assert!(common::eventually(T, || common::state_of(spare) == 'T'));
     let mut child = multiproc::spawn(answer, 7).unwrap();
