@@ -562,6 +562,10 @@ fn main() {
                 an_idempotency_record_lapses_with_its_outcome,
             ),
             trial(
+                "a_retried_repeat_leaves_no_record_past_the_outcome",
+                a_retried_repeat_leaves_no_record_past_the_outcome,
+            ),
+            trial(
                 "a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task",
                 a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task,
             ),
@@ -3676,6 +3680,92 @@ fn an_idempotency_record_lapses_with_its_outcome() {
     w.shutdown(true);
     drop((c1, c2));
     finish(&redis, c, ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A repeat made once the record of its key lapsed while the first run went on runs
+/// again; when that run is retried after the first run wrote the outcome, its retry
+/// made the record live longer, and the record must still lapse with the outcome:
+/// kept past it, a repeat made after the outcome was gone waited on the record for an
+/// answer no run would give.
+fn a_retried_repeat_leaves_no_record_past_the_outcome() {
+    let redis = RedisServer::start();
+    let ns = "idemretry";
+    // Outcomes kept 6 s; records (the clients') a second.
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(2)
+        .result_ttl(Duration::from_secs(6))
+        .build()
+        .expect("start worker");
+    let dir = common::tempdir("idemretry");
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let runs = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let present = |key: &str| {
+        redis
+            .keys(&format!("{ns}:"))
+            .iter()
+            .any(|k| k.ends_with(key))
+    };
+    let (record, outcome) = ("idem:retried-repeat", "result:k:retried-repeat");
+    let (c1, c2, c3) = (
+        short_lived(&redis, ns),
+        short_lived(&redis, ns),
+        short_lived(&redis, ns),
+    );
+    let key = TaskOptions::new().idempotency_key("retried-repeat");
+    let mut first = c1
+        .submit_with(FLAKY_SLOW, (path("a"), 1, 1500), key.clone())
+        .unwrap();
+    assert!(common::eventually(T, || runs("a") == 1));
+    assert!(common::eventually(T, || !present(record)));
+    assert!(
+        !present(outcome),
+        "the first run ended before its record lapsed"
+    );
+    // Its first attempt ends a second after the first run's outcome is written, its
+    // retry 200 ms later, well within the outcome's 6 s.
+    let pause = Duration::from_millis(200);
+    let retried = key
+        .clone()
+        .retry(RetryPolicy::attempts(3).backoff(pause, 1.0, pause));
+    let mut repeat = c2
+        .submit_with(FLAKY_SLOW, (path("b"), 2, 1500), retried)
+        .unwrap();
+    // Both clients wait on the key: the first outcome answers them.
+    assert_eq!(first.wait_timeout(T).unwrap(), Ok(1));
+    let written = Instant::now();
+    assert_eq!(repeat.wait_timeout(T).unwrap(), Ok(1));
+    let ended = || {
+        let s = c1.stats().unwrap();
+        runs("b") == 2 && s.waiting + s.in_flight + s.delayed == 0
+    };
+    assert!(common::eventually(T, ended));
+    assert!(
+        written.elapsed() < Duration::from_secs(5) && present(outcome),
+        "the retry ended {:?} after the first outcome, which lapses after 6 s: the test \
+         proves nothing",
+        written.elapsed()
+    );
+    // The record goes with the outcome; a repeat then runs the key again.
+    assert!(common::eventually(T, || !present(outcome)));
+    let after = Instant::now();
+    assert!(
+        common::eventually(Duration::from_millis(300), || !present(record)),
+        "the record outlived the outcome by more than {:?}",
+        after.elapsed()
+    );
+    let mut again = c3.submit_with(FLAKY_SLOW, (path("c"), 1, 0), key).unwrap();
+    assert_eq!(again.wait_timeout(T).unwrap(), Ok(1));
+    assert_eq!(runs("c"), 1);
+    w.shutdown(true);
+    drop((c1, c2, c3));
+    finish(&redis, short_lived(&redis, ns), ns);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -102,7 +102,9 @@ return {{1, redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]), epoch}}
 /// the outcome, or (both gone) runs the task again, never a record whose task will not
 /// answer. A run of an idempotent task whose outcome was already written (a repeat
 /// made after the record lapsed while the first run went on) still answers its own
-/// client and those waiting with it.
+/// client and those waiting with it, and makes the record lapse with the outcome
+/// written first (a retry of that run made the record live longer: kept, it outlived
+/// the outcome, and a repeat then waited on it for an answer no run would give).
 ///
 /// A retry's delayed member is recorded under the task (`retry:<task>`, for as long as
 /// it may wait there) so that a cancel finds it; any other end deletes that record. An
@@ -190,8 +192,12 @@ for i = 0, n - 1 do
         if redis.call('SET', KEYS[k + 1], outcome, 'NX', 'EX', ttl) then
           if record ~= none then redis.call('EXPIRE', record, ttl) end
           if reply ~= '' then answer(KEYS[k + 2], KEYS[k + 3], reply) end
-        elseif record ~= none and reply ~= '' then
-          answer(KEYS[k + 2], KEYS[k + 3], reply)
+        elseif record ~= none then
+          -- Another run wrote the outcome: the record, which a retry of this run
+          -- made to live longer, lapses with it.
+          local left = redis.call('PTTL', KEYS[k + 1])
+          if left > 0 then redis.call('PEXPIRE', record, int(left)) end
+          if reply ~= '' then answer(KEYS[k + 2], KEYS[k + 3], reply) end
         end
       end
     end
