@@ -679,7 +679,9 @@ impl RawSender {
                     // delivered as that producer's message, and its own dropped. A
                     // number whose send failed is never published: a gap, harmless.
                     let id = h.produced.0.next_side_id.load(Relaxed);
-                    h.produced.0.next_side_id.store(id + 1, Relaxed);
+                    // Wrapping: no channel numbers 2^64 side messages, but another
+                    // process may have written any number here.
+                    h.produced.0.next_side_id.store(id.wrapping_add(1), Relaxed);
                     out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
                         slot.payload()[..8].copy_from_slice(&id.to_le_bytes());
                         slot.publish(SIDE, unfinished);
@@ -2360,6 +2362,78 @@ mod tests {
                 let _ = tx.send(msg(vec![i; len]), Deadline::Now, false);
             }
             for _ in 0..8 {
+                if take(&rx).is_err() {
+                    break;
+                }
+            }
+        }
+
+        /// Whatever another process writes into the counters senders read (the
+        /// positions and their copies, the item counts, the side messages' number, the
+        /// overflow segments' bookkeeping), sends return, the message sent or an error:
+        /// no panic, no access outside the segment (a position out of line with the
+        /// records put a wrap marker past the ring's end; a side number or a segment
+        /// count at the top of its range overflowed).
+        #[test]
+        fn corrupt_counters_never_make_a_send_panic(
+            growable in any::<bool>(),
+            // Both positions (and the producers' copy of the consumers') at one place,
+            // an empty ring there, `short` bytes before a multiple of the ring's length.
+            at in prop::option::of((0u64..4, 0u64..64)),
+            words in prop::collection::vec(
+                (0usize..19, prop_oneof![
+                    any::<u64>(),
+                    0u64..4 * MIN_RING as u64,
+                    (u64::MAX - 64)..=u64::MAX,
+                    Just(u64::MAX),
+                ]),
+                0..6,
+            ),
+            lens in prop::collection::vec(prop::sample::select(vec![0usize, 40, 1000, MIN_RING / 2 + 8, MIN_RING * 2]), 1..8),
+        ) {
+            let made = if growable { unbounded(MIN_RING) } else { channel(MIN_RING, None) };
+            let (tx, rx) = made.unwrap();
+            for i in 0..6u8 {
+                let _ = tx.send(msg(vec![i; 300]), Deadline::Now, false);
+            }
+            let h = rx.core.header();
+            let (p, c, o) = (&h.produced.0, &h.consumed.0, &h.overflow.0);
+            if let Some((laps, short)) = at {
+                let at = (laps + 1) * MIN_RING as u64 - short;
+                for word in [&p.tail, &p.seen_head, &c.head] {
+                    word.store(at, SeqCst);
+                }
+                p.seen_taken.store(p.items.load(SeqCst), SeqCst);
+                c.items.store(p.items.load(SeqCst), SeqCst);
+            }
+            for (field, value) in words {
+                let word = match field {
+                    0 => &p.tail,
+                    1 => &p.items,
+                    2 => &p.next_side_id,
+                    3 => &p.seen_head,
+                    4 => &p.seen_taken,
+                    5 => &p.ring,
+                    6 => &p.leaving,
+                    7 => &p.tasks,
+                    8 => &c.head,
+                    9 => &c.items,
+                    10 => &c.ring,
+                    11 => &o.made,
+                    12 => &o.link_at,
+                    13 => &o.link_end,
+                    14 => &o.link_to,
+                    15 => &o.warm[0],
+                    16 => &o.cold[0],
+                    17 => &p.publishing_tail,
+                    _ => &c.seen_tail,
+                };
+                word.store(value, SeqCst);
+            }
+            for (i, len) in lens.into_iter().enumerate() {
+                let _ = tx.send(msg(vec![i as u8; len]), Deadline::Now, false);
+            }
+            for _ in 0..16 {
                 if take(&rx).is_err() {
                     break;
                 }

@@ -178,8 +178,9 @@ impl Core {
     pub(super) fn finish_dead_producer(&self, tail: &mut Tail<'_>) -> io::Result<()> {
         let p = &self.header().produced.0;
         let mut cache = unpoisoned::lock(&self.write_map);
-        if p.leaving.load(Acquire) != 0 {
-            self.finish_move(tail, &mut cache)?;
+        // Read once: another process may write the word between two reads.
+        if let Some(from) = p.leaving.load(Acquire).checked_sub(1) {
+            self.finish_move(tail, &mut cache, from)?;
         }
         let w = p.ring.load(Relaxed);
         self.ring_at(&mut cache, w)?.finish_publish(tail);
@@ -224,16 +225,17 @@ impl Core {
         Ok(())
     }
 
-    /// Finishes the move of a producer that died in it (taken over with the lock):
-    /// publishes its link record unless it was, and moves on as it would have.
+    /// Finishes the move of a producer that died in it (taken over with the lock), from
+    /// ring `from`: publishes its link record unless it was, and moves on as it would
+    /// have.
     fn finish_move(
         &self,
         tail: &mut Tail<'_>,
         cache: &mut MutexGuard<'_, Mapped>,
+        from: u64,
     ) -> io::Result<()> {
         let h = self.header();
         let (p, o) = (&h.produced.0, &h.overflow.0);
-        let from = p.leaving.load(Acquire) - 1;
         let (at, end, to) = (
             o.link_at.load(Relaxed),
             o.link_end.load(Relaxed),
@@ -283,7 +285,9 @@ impl Core {
         let k = match found {
             Some(k) => k,
             None => {
-                let k = made + 1;
+                // Saturating: the count is another process's to write (past the
+                // maximum, it is refused below).
+                let k = made.saturating_add(1);
                 let end = self
                     .segment_offset(k)
                     .filter(|_| k <= MAX_SEGMENTS)

@@ -357,10 +357,10 @@ impl<'a> Ring<'a> {
     ///
     /// # Errors
     ///
-    /// The producers' position is so near the top of the counter's range that the
-    /// record would end past it: no channel gets there (it counts bytes, 2^64 of them),
-    /// so another process overwrote the position. The positions past the record were
-    /// added unchecked, an arithmetic overflow (a panic where overflow is checked).
+    /// The producers' position is out of line with the records (a wrap marker there
+    /// would end past the ring: a panic, as an access outside the segment), or so near
+    /// the top of the counter's range that the record would end past it (no channel gets
+    /// there: it counts bytes, 2^64 of them): another process overwrote the position.
     pub(crate) fn reserve<'t>(
         &'t self,
         _lock: &'t mut Tail<'_>,
@@ -404,11 +404,14 @@ impl<'a> Ring<'a> {
             skip = self.len - pos;
             start_over = true;
         }
-        if from.checked_add(skip + rec + keep).is_none() {
+        // A position producers leave is a multiple of a header (records are): one that
+        // is not would put a wrap marker past the ring's end.
+        if !from.is_multiple_of(HEADER) || from.checked_add(skip + rec + keep).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "the producers' position in the channel's ring is at the end of its range: \
-                 the channel's memory was overwritten",
+                "the producers' position in the channel's ring is not one a producer leaves \
+                 (out of line with the records, or at the end of its range): the channel's \
+                 memory was overwritten",
             ));
         }
         // The consumers' counters live on their cache line; look at them only when the
