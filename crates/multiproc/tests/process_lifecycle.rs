@@ -106,6 +106,10 @@ fn main() {
                 children_follow_the_parents_directory,
             ),
             trial("piped_stdio", piped_stdio),
+            trial(
+                "piped_stdio_of_a_forked_child",
+                piped_stdio_of_a_forked_child,
+            ),
             trial("stdout_to_file", stdout_to_file),
             trial("logging_names_processes", logging_names_processes),
             trial(
@@ -1454,6 +1458,45 @@ fn piped_stdio() {
         assert_eq!(out, "HELLO CHILD");
         assert_eq!(err, "err:11");
     }
+}
+
+/// A child forked straight from its parent holds none of the parent's ends of its
+/// piped stdio: its stdin ends when the parent drops the writer (it held that writer
+/// itself, and waited for ever).
+fn piped_stdio_of_a_forked_child() {
+    // SAFETY: the closure only reads stdin and writes stdout and stderr.
+    let mut child = unsafe {
+        Builder::new()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn_fork(|| echo_upper(()))
+    }
+    .unwrap();
+    let mut stdin = child.take_stdin().unwrap();
+    stdin.write_all(b"hello child").unwrap();
+    drop(stdin);
+    // Its output fits in the pipes: it ends without a reader.
+    let joined = child.join_timeout(Duration::from_secs(10));
+    if joined.is_err() {
+        child.kill().unwrap();
+        let _ = child.join_timeout(T);
+    }
+    assert_eq!(joined.unwrap(), 11);
+    let mut out = String::new();
+    child
+        .take_stdout()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .take_stderr()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(out, "HELLO CHILD");
+    assert_eq!(err, "err:11");
 }
 
 fn print_lines(n: u32) {

@@ -28,7 +28,8 @@ enum Origin {
     Server,
     /// Forked straight from a parent that may have other threads (`spawn_fork`): any
     /// lock another thread held at the fork is held forever, so multiproc itself takes
-    /// none that it does not own (no stdout flush, no span, raw writes to stderr).
+    /// none that it does not own (no span, raw writes to stderr) but stdout's, which the
+    /// parent held across the fork.
     Direct,
 }
 
@@ -335,9 +336,7 @@ fn finish(code: i32, origin: Origin) -> ! {
 }
 
 fn exit(code: i32, origin: Origin) -> ! {
-    if origin != Origin::Direct {
-        let _ = std::io::stdout().flush();
-    }
+    let _ = std::io::stdout().flush();
     match origin {
         Origin::Executed => std::process::exit(code),
         Origin::Server | Origin::Direct => sys::exit_now(code),

@@ -590,7 +590,11 @@ impl Builder {
         let held = handle::hold_across_fork();
         let parent_pid = sys::getpid();
         let forking_thread_is_main = sys::is_main_thread();
-        // Unflushed output would be written twice, once by each process.
+        // Unflushed output would be written twice, once by each process. Stdout's lock
+        // is held across the fork (the flush takes it anyway), so that the child finds
+        // it free, though another thread of this process may be writing, and writes out
+        // at its exit what `f` left in the buffer.
+        let stdout = std::io::stdout().lock();
         sys::flush_stdio();
 
         // Hold multiproc's own locks across the fork so that none is held mid-update by
@@ -614,7 +618,9 @@ impl Builder {
                 // The parent's to keep: dropped here, a last reference would take locks
                 // another thread of the parent may have held at the fork.
                 std::mem::forget(held.map(|h| h.forked()));
-                drop(ours);
+                // The parent's ends of the child's pipes: kept here, the child would hold
+                // its own stdin's writer (and never see it end) and its output's readers.
+                drop((ours, stdio_parent, stdout));
                 // This process's children are the parent's; forget them without touching
                 // them (their descriptors here are copies). What the parent keeps for
                 // them is the parent's: dropped here, a last reference would take locks
@@ -668,7 +674,7 @@ impl Builder {
                 bootstrap::run_in_fork(theirs, f)
             }
             sys::Forked::Parent(pid) => {
-                drop(statics);
+                drop((statics, stdout));
                 let kept = held.map(|h| h.forked());
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));

@@ -108,7 +108,8 @@ impl Drop for Daemon {
 /// at `/dev/null` and stdout and stderr at the given files, and writes and locks the
 /// pid file. The original process exits with status 0 once the daemon is set up, or
 /// returns the error if setting it up failed (and removes the pid file it had made);
-/// in the daemon, this returns.
+/// in the daemon, this returns. Output still in stdout's buffer (or C's) is written out
+/// before the first fork, where it was going, and not again by the daemon.
 ///
 /// Call it first in `main`, before [`init`](crate::init): the daemon then starts its
 /// own fork server, and its children are ordinary multiproc children. In a process that
@@ -238,6 +239,9 @@ fn detach(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
     };
     let (status_read, status_write) = sys::pipe().map_err(io_err("make a pipe"))?;
 
+    // Output left unwritten would be written twice: by this process as it exits, and by
+    // the daemon, into its own stdout, at its next flush.
+    sys::flush_stdio();
     let Some(forked) = sys::fork_if_single_threaded().map_err(io_err("fork"))? else {
         return Err(DaemonError::Threads(sys::thread_count().unwrap_or(0)));
     };
