@@ -7,7 +7,9 @@
 //! types with no such integers): a length or variant index longer than its type allows,
 //! or whose last byte carries bits the type has no room for, is refused; a `char` is a
 //! string of at most four bytes holding exactly one character; a sequence's length
-//! sizes nothing when fewer bytes are left than it claims; `deserialize_any`,
+//! sizes nothing when fewer bytes are left than it claims, or than the lengths that
+//! sized allocations before it in the same value leave (see [`Decoder::hint`]);
+//! `deserialize_any`,
 //! `deserialize_identifier` and `deserialize_ignored_any` are refused, since the format
 //! records no types or names. Unlike postcard's, a `Deserialize` implementation's own
 //! error comes back with its message, and what a decode may cost is bounded whatever the
@@ -71,6 +73,8 @@ pub(crate) struct Decoder<'de> {
     input: &'de [u8],
     /// Levels of nesting still allowed.
     depth: u32,
+    /// Elements that sequence and map lengths may still size allocations by.
+    hints: std::cell::Cell<usize>,
     /// Elements that take no bytes still allowed.
     empty: u32,
 }
@@ -82,8 +86,25 @@ impl<'de> Decoder<'de> {
         Decoder {
             input,
             depth: MAX_DEPTH,
+            hints: std::cell::Cell::new(input.len()),
             empty: MAX_EMPTY,
         }
+    }
+
+    /// The length of a sequence or map to size an allocation by (serde's `size_hint`):
+    /// the sender's `count`, unless fewer bytes are left than that, or the lengths
+    /// given out before in this value leave fewer. Every element but one that takes no
+    /// bytes takes a byte at least, so the lengths of all of a value's sequences and
+    /// maps add up to no more than its bytes; nested sequences that each claimed as
+    /// many elements as bytes are left would have serde reserve up to 1 MiB for each,
+    /// hundreds of MiB for a message of a few KiB (no memory touched, but all of it
+    /// counted against an address-space limit).
+    fn hint(&self, count: usize) -> Option<usize> {
+        let left = self.hints.get();
+        (self.input.len() >= count && left >= count).then(|| {
+            self.hints.set(left - count);
+            count
+        })
     }
 
     /// Runs `f` one level deeper; refused past [`MAX_DEPTH`].
@@ -392,9 +413,10 @@ impl<'de, const COUNTED: bool> de::SeqAccess<'de> for Elements<'_, 'de, COUNTED>
     }
 
     /// The count the sender wrote, unless fewer bytes are left than that (as postcard:
-    /// a length no input could hold must not size an allocation).
+    /// a length no input could hold must not size an allocation), or than the lengths
+    /// before it leave ([`Decoder::hint`]).
     fn size_hint(&self) -> Option<usize> {
-        (self.de.input.len() >= self.left).then_some(self.left)
+        self.de.hint(self.left)
     }
 }
 
@@ -419,7 +441,7 @@ impl<'de, const COUNTED: bool> de::MapAccess<'de> for Elements<'_, 'de, COUNTED>
     }
 
     fn size_hint(&self) -> Option<usize> {
-        (self.de.input.len() >= self.left).then_some(self.left)
+        self.de.hint(self.left)
     }
 }
 
@@ -787,6 +809,69 @@ mod tests {
             changed[i] = to;
             let _ = decode::<Wide>(&changed);
         }
+    }
+
+    thread_local! {
+        static HINTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A tree whose decoding adds up the lengths its sequences were hinted (the
+    /// allocations serde would size by them).
+    #[derive(Debug)]
+    struct Hinted(Vec<Hinted>);
+
+    impl<'de> Deserialize<'de> for Hinted {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct Nodes;
+            impl<'de> Visitor<'de> for Nodes {
+                type Value = Hinted;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a sequence of nodes")
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> std::result::Result<Hinted, A::Error> {
+                    let hint = seq.size_hint().unwrap_or(0);
+                    HINTED.with(|h| h.set(h.get() + hint));
+                    let mut nodes = Vec::new();
+                    while let Some(node) = seq.next_element()? {
+                        nodes.push(node);
+                    }
+                    Ok(Hinted(nodes))
+                }
+            }
+            d.deserialize_seq(Nodes)
+        }
+    }
+
+    /// The lengths that size allocations add up to no more than the value's bytes: 500
+    /// nested sequences that each claim 32,768 elements, with that many bytes after
+    /// them, had serde reserve 1 MiB for each (500 MiB for 34 KiB). An honest value's
+    /// lengths all size its allocations.
+    #[test]
+    fn nested_lengths_size_no_more_than_the_bytes() {
+        let hinted = |bytes: &[u8]| {
+            HINTED.with(|h| h.set(0));
+            let decoded = decode::<Hinted>(bytes).map(|_| ());
+            (decoded, HINTED.with(|h| h.get()))
+        };
+        let claim = 1 << 15;
+        let mut bytes = Vec::new();
+        for _ in 0..500 {
+            bytes.extend(length(claim));
+        }
+        bytes.extend(vec![0u8; claim]);
+        let (decoded, sum) = hinted(&bytes);
+        assert_eq!(decoded, Err(END));
+        assert!(
+            sum <= bytes.len(),
+            "{sum} elements hinted in {} bytes",
+            bytes.len()
+        );
+        // Three nodes of two leaves each.
+        let honest = [3, 2, 0, 0, 2, 0, 0, 2, 0, 0];
+        assert_eq!(hinted(&honest), (Ok(()), 9));
     }
 
     /// Records how far down the stack it was decoded.
