@@ -14,7 +14,10 @@
 //! several frames' bytes to one `recvmsg`, and with them descriptors of several frames,
 //! so the reader queues descriptors in arrival order and gives each frame as many as its
 //! header declares: since a frame's descriptors arrive no later than its header, the
-//! queue always holds them when the header is parsed.
+//! queue always holds them when the header is parsed. Nor later than the header's first
+//! byte: once a frame is whole and no byte of another has arrived, any descriptor still
+//! queued came with a frame that did not declare it, and the connection is corrupt (the
+//! descriptors are closed).
 //!
 //! The reader never trusts the header: a wrong magic, a length above the connection's
 //! limit or a descriptor count the queue cannot satisfy is [`RecvFrameError::Corrupt`], and
@@ -387,6 +390,17 @@ impl Conn {
             )));
         }
         let fds = self.fds.drain(..nfds).collect();
+        // With nothing of a next frame received, every descriptor that arrived came with
+        // a frame parsed by now: any still queued were sent with one that did not
+        // declare them. Closed, or a peer could fill this process's descriptor table
+        // with frames that declare none (and hand them to a later frame).
+        if self.start == self.end && !self.fds.is_empty() {
+            let strays = self.fds.len();
+            self.fds.clear();
+            return Err(RecvFrameError::Corrupt(format!(
+                "{strays} descriptors arrived beyond those the messages declare"
+            )));
+        }
         Ok(Some(Frame {
             tag: header.tag,
             body,
@@ -684,5 +698,56 @@ mod tests {
         let mut b = Conn::new(b, 1024);
         sys::send_with_fds(a.as_fd(), &[IoSlice::new(b"GARBAGE GARBAGE!")], &[], false).unwrap();
         assert!(matches!(b.recv(None), Err(RecvFrameError::Corrupt(_))));
+    }
+
+    /// Descriptors sent with a frame that declares none are closed, and the connection
+    /// is corrupt: kept, a peer filled this process's descriptor table with them (and
+    /// the next frame that declared some was given them).
+    #[test]
+    fn undeclared_descriptors_are_closed() {
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        let (read, write) = sys::pipe().unwrap();
+        let none = Header {
+            len: 3,
+            nfds: 0,
+            tag: 1,
+        }
+        .encode();
+        let passed = [write.as_fd(), write.as_fd(), write.as_fd()];
+        let parts = [IoSlice::new(&none), IoSlice::new(b"abc")];
+        sys::send_with_fds(a.as_fd(), &parts, &passed, false).unwrap();
+        match b.recv(None) {
+            Err(RecvFrameError::Corrupt(why)) => assert!(why.contains("3 descriptors"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Every copy of the pipe's writer is closed: the reader sees its end.
+        drop(write);
+        let ready = sys::wait_readable(&[read.as_fd()], Some(Instant::now())).unwrap();
+        assert!(ready[0].ready());
+        assert_eq!(sys::read(read.as_fd(), &mut [0u8; 1]).unwrap(), 0);
+        // Frames with descriptors still get theirs, in one send or apart.
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        let (_read, write) = sys::pipe().unwrap();
+        a_sends_with(&a, &write, 2);
+        a_sends_with(&a, &write, 0);
+        a_sends_with(&a, &write, 1);
+        for n in [2, 0, 1] {
+            assert_eq!(b.recv(None).unwrap().fds.len(), n);
+        }
+    }
+
+    /// Sends, on `a`, a frame of 5 bytes with `n` copies of `fd`.
+    fn a_sends_with(a: &OwnedFd, fd: &OwnedFd, n: u16) {
+        let header = Header {
+            len: 5,
+            nfds: n,
+            tag: 2,
+        }
+        .encode();
+        let passed = vec![fd.as_fd(); usize::from(n)];
+        let parts = [IoSlice::new(&header), IoSlice::new(b"hello")];
+        sys::send_with_fds(a.as_fd(), &parts, &passed, false).unwrap();
     }
 }
