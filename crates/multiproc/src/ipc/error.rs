@@ -96,14 +96,18 @@ pub enum RecvError {
     /// The channel is empty and every sender is gone (dropped, exited or killed).
     #[error("receiving on an empty channel whose senders are all gone")]
     Disconnected,
-    /// A message arrived but did not decode as the expected type (it is consumed), or
-    /// another process corrupted the channel's shared memory.
+    /// A message arrived but did not decode as the expected type, or (another process
+    /// broke the protocol) a message sent apart from the channel's ring (a large one, or
+    /// one with handles) could not be had. It is consumed: the next receive moves on.
     #[error("{0}")]
     Codec(CodecError),
     /// The operating system refused: `EMFILE` (or `ENFILE`) when the next message
     /// carries descriptors (handles, or its bytes in a memory file of their own when it
     /// is larger than half the channel's ring) and this process has no room for them.
-    /// That message stays, for the next receive.
+    /// That message stays, for the next receive. Or, with
+    /// [`InvalidData`](io::ErrorKind::InvalidData), another process corrupted the
+    /// channel's shared memory: it cannot be read past that point, and every later
+    /// receive fails the same way.
     #[error(transparent)]
     Io(io::Error),
 }
@@ -125,7 +129,10 @@ pub enum TryRecvError {
     /// The operating system refused: `EMFILE` (or `ENFILE`) when the next message
     /// carries descriptors (handles, or its bytes in a memory file of their own when it
     /// is larger than half the channel's ring) and this process has no room for them.
-    /// That message stays, for the next receive.
+    /// That message stays, for the next receive. Or, with
+    /// [`InvalidData`](io::ErrorKind::InvalidData), another process corrupted the
+    /// channel's shared memory: it cannot be read past that point, and every later
+    /// receive fails the same way.
     #[error(transparent)]
     Io(io::Error),
 }
@@ -147,7 +154,10 @@ pub enum RecvTimeoutError {
     /// The operating system refused: `EMFILE` (or `ENFILE`) when the next message
     /// carries descriptors (handles, or its bytes in a memory file of their own when it
     /// is larger than half the channel's ring) and this process has no room for them.
-    /// That message stays, for the next receive.
+    /// That message stays, for the next receive. Or, with
+    /// [`InvalidData`](io::ErrorKind::InvalidData), another process corrupted the
+    /// channel's shared memory: it cannot be read past that point, and every later
+    /// receive fails the same way.
     #[error(transparent)]
     Io(io::Error),
 }

@@ -669,4 +669,26 @@ mod tests {
         let got = rx.try_recv().unwrap();
         assert!(got.len() > 3 && got.iter().all(|&b| b == 7), "{got:?}");
     }
+
+    /// A ring another process corrupted fails every receive as `InvalidData`, not as a
+    /// message that did not decode (which is consumed, and which a loop may skip: it
+    /// spun there for ever).
+    #[test]
+    fn a_corrupt_ring_is_not_a_message_that_did_not_decode() {
+        let (tx, rx) = pipe::<u64>().unwrap();
+        tx.send(7).unwrap();
+        tx.send(8).unwrap();
+        // The first record's kind, one no record has.
+        rx.raw.scribble(4, &99u32.to_le_bytes());
+        for _ in 0..3 {
+            match rx.recv() {
+                Err(RecvError::Io(e)) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+                    assert!(e.to_string().contains("corrupt"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Io(_))));
+    }
 }

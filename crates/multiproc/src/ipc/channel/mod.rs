@@ -165,8 +165,9 @@ pub(crate) enum RecvFail {
     Empty,
     /// Empty, and every sender is gone.
     Disconnected,
-    /// The shared memory or a message is not what the protocol says: another process
-    /// broke it.
+    /// A message sent apart from the ring is not what the protocol says: another
+    /// process broke it. Its record is consumed. (A ring that is not what the protocol
+    /// says is an `Io` error of kind `InvalidData`: nothing past it can be read.)
     Broken(String),
     Io(io::Error),
 }
@@ -296,6 +297,14 @@ pub(crate) struct RawReceiver {
     /// How a receive spins before it yields between looks, if not as [`spin_until`]
     /// does (this handle and its clones only; it does not travel).
     adaptive: Option<Arc<AdaptiveSpin>>,
+}
+
+#[cfg(test)]
+impl RawReceiver {
+    /// Writes `bytes` into the channel's own ring at `at`, as another process may.
+    pub(crate) fn scribble(&self, at: usize, bytes: &[u8]) {
+        self.core.seg.write(ChannelHeader::RING_OFFSET + at, bytes);
+    }
 }
 
 /// A new channel with a ring of `ring` bytes holding at most `max_items` messages.
@@ -1104,9 +1113,13 @@ impl RawReceiver {
     }
 }
 
-/// A channel that does not follow the protocol.
+/// A ring that does not follow the protocol: its consumers cannot read past the place,
+/// so every receive fails there (an error of the system's kind, not a message's).
 fn broken(why: &str) -> RecvFail {
-    RecvFail::Broken(format!("the channel's ring is corrupt: {why}"))
+    RecvFail::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the channel's ring is corrupt: {why}"),
+    ))
 }
 
 /// What one look at a ring's next record gave.
