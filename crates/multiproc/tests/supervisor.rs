@@ -32,6 +32,10 @@ fn main() {
         vec![
             trial("one_for_one_restarts_only_the_crasher", one_for_one),
             trial("one_for_all_restarts_everyone", one_for_all),
+            trial(
+                "a_done_sibling_starts_again_with_the_others",
+                a_done_sibling_starts_again_with_the_others,
+            ),
             trial("rest_for_one_restarts_the_rest", rest_for_one),
             trial("intensity_exceeded_gives_up", intensity_exceeded),
             trial("transient_and_temporary", transient_and_temporary),
@@ -1580,6 +1584,48 @@ fn a_transient_sibling_that_finishes_during_a_stop_starts_again() {
     );
     assert!(done);
     assert_eq!(runs, 2);
+}
+
+/// Notes a run in `log` and returns.
+fn notes_a_run(log: String) {
+    note(&log, "setup", "run");
+}
+
+/// One-for-all: a transient child that returned (done) before its sibling crashed
+/// starts again with the others, as one that ends during the restart's stop does
+/// (which of two ends close together the supervisor saw first was down to the
+/// children's order): the children restart together to start in order.
+fn a_done_sibling_starts_again_with_the_others() {
+    let dir = tempdir("done_sibling");
+    let log = dir.join("log").to_string_lossy().into_owned();
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .map(|s| s.lines().filter(|l| *l == "setup run").count())
+            .unwrap_or(0)
+    };
+    let go = multiproc::Event::new().unwrap();
+    let sup = fast()
+        .strategy(Strategy::OneForAll)
+        .child(ChildSpec::new("setup", notes_a_run, log.clone()).restart(Restart::Transient))
+        .child(ChildSpec::new(
+            "service",
+            crash_on_once,
+            (marker(&dir, "service"), go.clone()),
+        ))
+        .build()
+        .unwrap();
+    assert!(eventually(T, || sup.status()[0].state == ChildState::Done));
+    assert_eq!(runs(), 1);
+    let service = pid_of(&sup, "service").unwrap();
+    go.set();
+    assert!(eventually(T, || pid_of(&sup, "service").is_some_and(|p| p != service)));
+    let again = eventually(T, || {
+        runs() == 2 && sup.status()[0].state == ChildState::Done
+    });
+    let running = pid_of(&sup, "service").unwrap();
+    stop_and_check_gone(sup, &[running]);
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(again, "the set-up child did not run again with its sibling");
 }
 
 /// The process's CPU time (all its threads), from `getrusage`.

@@ -505,13 +505,15 @@ impl Supervising {
         let stopped = Instant::now();
         let own = crate::deadline::later_than(stopped, delay);
         let at = waiting_until.map_or(own, |w| w.max(own));
+        // Every sibling but a temporary one starts again, one that had ended (done) too,
+        // as OTP's do: what the children restart together for is their start in
+        // order (a transient set-up child before the service that needs it), and
+        // whether one that ended did so before the crash or during the stop was down
+        // to the order in which the supervisor saw the two ends.
         for j in affected {
             let s = &mut self.slots[j];
             if j != i && s.spec.restart == Restart::Temporary {
                 s.state = SlotState::Done;
-                continue;
-            }
-            if matches!(s.state, SlotState::Done) && j != i {
                 continue;
             }
             s.state = SlotState::Waiting(at);

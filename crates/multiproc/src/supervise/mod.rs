@@ -44,10 +44,12 @@ pub enum Strategy {
     #[default]
     OneForOne,
     /// Every child: the others are stopped (in reverse start order) and all start again
-    /// in order. For children that cannot work without each other.
+    /// in order, those that had ended (done) too, but for temporary ones (as OTP's). For
+    /// children that cannot work without each other.
     OneForAll,
-    /// The child that ended and every child started after it: for a pipeline whose later
-    /// stages depend on the earlier ones.
+    /// The child that ended and every child started after it (as with `OneForAll`, those
+    /// that had ended too, but for temporary ones): for a pipeline whose later stages
+    /// depend on the earlier ones.
     RestForOne,
 }
 
@@ -188,7 +190,10 @@ pub enum ChildState {
         /// Time left.
         after: Duration,
     },
-    /// Ended and not to be restarted (a transient child that returned, a temporary one).
+    /// Ended and not to be restarted on its own (a transient child that returned, a
+    /// temporary one); a transient one starts again with its siblings when a
+    /// [`OneForAll`](Strategy::OneForAll) or [`RestForOne`](Strategy::RestForOne)
+    /// restart takes it in.
     Done,
     /// Stopped by the supervisor.
     Stopped,
