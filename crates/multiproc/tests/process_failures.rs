@@ -37,6 +37,10 @@ fn main() {
                 "a_large_call_that_cannot_be_sent_fails_the_spawn",
                 a_large_call_that_cannot_be_sent_fails_the_spawn,
             ),
+            trial(
+                "a_fork_server_out_of_descriptors_refuses_and_goes_on",
+                a_fork_server_out_of_descriptors_refuses_and_goes_on,
+            ),
             trial("segfault_is_reported", segfault_is_reported),
             trial(
                 "a_panic_payload_that_panics_when_dropped",
@@ -139,6 +143,7 @@ fn helpers(mode: &str) {
         "sigchld_ignored" => helper_sigchld_ignored(),
         "sigterm_blocked" => helper_sigterm_blocked(),
         "call_send_fails" => helper_call_send_fails(),
+        "server_out_of_descriptors" => helper_server_out_of_descriptors(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -1466,6 +1471,88 @@ fn fork_failure_keeps_its_kind() {
         "descriptors left by a pool whose thread did not start: {pool}"
     );
     assert!(helper.wait(T).success());
+}
+
+/// Lowers its fork server's descriptor limit to 40, then spawns sleepers until a spawn
+/// fails (the server out of descriptors: each child holds two there); says how it
+/// failed and whether the server still runs with those children; then stops them and
+/// spawns again.
+fn helper_server_out_of_descriptors() {
+    // The server names itself right after it is forked.
+    let mut server = None;
+    common::eventually(T, || {
+        server = common::fork_server_of(std::process::id());
+        server.is_some()
+    });
+    let server = server.expect("fork server");
+    // SAFETY: a limit for the fork server, this process's child; the struct is local.
+    unsafe {
+        let limit = libc::rlimit {
+            rlim_cur: 40,
+            rlim_max: 40,
+        };
+        let set = libc::prlimit(
+            server as i32,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        );
+        assert_eq!(set, 0);
+    }
+    let mut children = Vec::new();
+    let mut failure = None;
+    while children.len() < 100 {
+        match multiproc::spawn(sleep_ms, 60_000) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    println!("failed: {:?}", failure.map(|e| e.to_string()));
+    let ours: Vec<u32> = children.iter().map(|c| c.pid()).collect();
+    let mut theirs: Vec<u32> = common::children_of(server)
+        .into_iter()
+        .filter(|(_, _, comm)| comm != "mp-spare")
+        .map(|(p, ..)| p)
+        .collect();
+    theirs.sort_unstable();
+    println!("server's children are ours: {}", theirs == ours);
+    for c in &mut children {
+        c.kill().unwrap();
+        let r = c.join_timeout(T);
+        assert!(
+            matches!(r, Err(ProcessError::Signaled(s)) if s == Signal::KILL),
+            "{r:?}"
+        );
+    }
+    let again = multiproc::spawn(mark, "/dev/null".to_string()).map(|mut c| c.join_timeout(T));
+    println!("again: {again:?}");
+    println!(
+        "same server: {}",
+        common::fork_server_of(std::process::id()) == Some(server)
+    );
+    let left: Vec<_> = common::children_of(server)
+        .into_iter()
+        .filter(|(_, _, comm)| comm != "mp-spare")
+        .collect();
+    println!("left: {left:?}");
+}
+
+/// The fork server out of descriptors refuses the spawn it cannot take in, saying so,
+/// and goes on serving: it used to exit (the request's descriptors lost, its connection
+/// out of step), leaving its children to run on unwatched and the program's next spawn
+/// to start a new server.
+fn a_fork_server_out_of_descriptors_refuses_and_goes_on() {
+    let mut helper = Helper::start("server_out_of_descriptors");
+    let failed = helper.expect("failed: ", T);
+    assert!(failed.contains("Too many open files"), "{failed}");
+    assert_eq!(helper.expect("server's children are ours: ", T), "true");
+    assert_eq!(helper.expect("again: ", T), "Ok(Ok(7))");
+    assert_eq!(helper.expect("same server: ", T), "true");
+    assert_eq!(helper.expect("left: ", T), "[]");
+    assert!(helper.wait(T).success(), "{}", helper.stderr_now());
 }
 
 /// Marks that it ran by creating `path`, then answers 7.

@@ -122,6 +122,14 @@ pub(crate) fn recv_with_fds(
 ) -> io::Result<usize> {
     Err(unsupported())
 }
+pub(crate) fn recv_keeping_bytes(
+    _: BorrowedFd<'_>,
+    _: &mut [u8],
+    _: &mut Vec<OwnedFd>,
+    _: bool,
+) -> io::Result<(usize, bool)> {
+    Err(unsupported())
+}
 pub(crate) fn descriptors_lost(_: &io::Error) -> bool {
     false
 }

@@ -17,7 +17,9 @@
 //! queue always holds them when the header is parsed. Nor later than the header's first
 //! byte: once a frame is whole and no byte of another has arrived, any descriptor still
 //! queued came with a frame that did not declare it, and the connection is corrupt (the
-//! descriptors are closed).
+//! descriptors are closed). A frame whose descriptors found no room in this process (the
+//! kernel closes those that do not fit) fails with an error that says so, taken whole,
+//! and the frames after it are read as ever.
 //!
 //! The reader never trusts the header: a wrong magic, a length above the connection's
 //! limit or a descriptor count the queue cannot satisfy is [`RecvFrameError::Corrupt`], and
@@ -176,8 +178,9 @@ pub(crate) struct Conn {
     filled: bool,
     fds: VecDeque<OwnedFd>,
     pending: Option<Pending>,
-    /// A receive lost the descriptors passed with what it read, and the bytes with
-    /// them: where the next frame starts is not known, and nothing more is read.
+    /// A receive lost descriptors passed with what it read (no descriptor was free to
+    /// take them in): the frame they came with, short of them, fails for it, and the
+    /// frames after it are read as ever.
     lost: bool,
 }
 
@@ -317,19 +320,16 @@ impl Conn {
     }
 
     /// Receives the next frame, waiting until `deadline` (`None`: as long as it takes).
-    /// A connection whose receive lost descriptors (no descriptor was free to take them
-    /// in) fails every later receive the same way.
+    /// A frame whose descriptors found no room in this process (the kernel closed those
+    /// that did not fit) fails with an I/O error that says so
+    /// ([`sys::descriptors_lost`]), taken off the connection whole: the next receive
+    /// reads the frame after it.
     pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame, RecvFrameError> {
         loop {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
             }
-            if let Err(e) = self.fill(deadline) {
-                if matches!(&e, RecvFrameError::Io(e) if sys::descriptors_lost(e)) {
-                    self.lost = true;
-                }
-                return Err(e);
-            }
+            self.fill(deadline)?;
         }
     }
 
@@ -341,9 +341,6 @@ impl Conn {
 
     /// Takes a complete frame out of what has been received, if there is one.
     fn parse(&mut self) -> Result<Option<Frame>, RecvFrameError> {
-        if self.lost {
-            return Err(RecvFrameError::Io(sys::lost_descriptors_error()));
-        }
         if self.pending.is_none() {
             let avail = &self.buf[self.start..self.end];
             if avail.len() < HEADER_LEN {
@@ -383,6 +380,13 @@ impl Conn {
         };
         body.truncate(got);
         let nfds = usize::from(header.nfds);
+        if self.fds.len() < nfds && std::mem::take(&mut self.lost) {
+            // The receive that lost descriptors read this frame's header with them (a
+            // receive ends with the first part that brings descriptors): those that
+            // arrived are this frame's, and go with it.
+            self.fds.clear();
+            return Err(RecvFrameError::Io(sys::lost_descriptors_error()));
+        }
         if self.fds.len() < nfds {
             return Err(RecvFrameError::Corrupt(format!(
                 "message declares {nfds} descriptors but {} arrived",
@@ -394,12 +398,16 @@ impl Conn {
         // a frame parsed by now: any still queued were sent with one that did not
         // declare them. Closed, or a peer could fill this process's descriptor table
         // with frames that declare none (and hand them to a later frame).
-        if self.start == self.end && !self.fds.is_empty() {
-            let strays = self.fds.len();
-            self.fds.clear();
-            return Err(RecvFrameError::Corrupt(format!(
-                "{strays} descriptors arrived beyond those the messages declare"
-            )));
+        if self.start == self.end {
+            // Nor is any frame left short of descriptors a receive lost.
+            self.lost = false;
+            if !self.fds.is_empty() {
+                let strays = self.fds.len();
+                self.fds.clear();
+                return Err(RecvFrameError::Corrupt(format!(
+                    "{strays} descriptors arrived beyond those the messages declare"
+                )));
+            }
         }
         Ok(Some(Frame {
             tag: header.tag,
@@ -433,7 +441,13 @@ impl Conn {
                 ZEROED.with(|z| z.set(z.get() + step));
             }
             let got = p.got;
-            let n = recv_some(&self.fd, &mut p.body[got..], &mut self.fds, deadline)?;
+            let n = recv_some(
+                &self.fd,
+                &mut p.body[got..],
+                &mut self.fds,
+                &mut self.lost,
+                deadline,
+            )?;
             p.got += n;
             n
         } else {
@@ -449,7 +463,13 @@ impl Conn {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
             let room = self.buf.len() - self.end;
-            let n = recv_some(&self.fd, &mut self.buf[self.end..], &mut self.fds, deadline)?;
+            let n = recv_some(
+                &self.fd,
+                &mut self.buf[self.end..],
+                &mut self.fds,
+                &mut self.lost,
+                deadline,
+            )?;
             self.filled = n == room;
             self.end += n;
             n
@@ -467,17 +487,20 @@ impl Conn {
 }
 
 /// One `recvmsg`, waiting for readiness until `deadline`. `Ok(0)` is end of stream.
+/// Sets `lost` when descriptors passed with what it read found no room here.
 fn recv_some(
     fd: &OwnedFd,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
+    lost: &mut bool,
     deadline: Option<Instant>,
 ) -> Result<usize, RecvFrameError> {
     let mut received = Vec::new();
     loop {
-        match sys::recv_with_fds(fd.as_fd(), buf, &mut received, true) {
-            Ok(n) => {
+        match sys::recv_keeping_bytes(fd.as_fd(), buf, &mut received, true) {
+            Ok((n, truncated)) => {
                 fds.extend(received);
+                *lost |= truncated;
                 return Ok(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

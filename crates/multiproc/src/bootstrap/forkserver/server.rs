@@ -34,7 +34,7 @@ use crate::bootstrap::messages::{self, CHANNEL_FD, ForkReply, ForkRequest, Refus
 use crate::bootstrap::setup::{FromServer, become_requested};
 use crate::bootstrap::{self, BOOTSTRAP_FAILURE, looking, tracker};
 use crate::sys::{self, AsFd, Forked, OwnedFd};
-use crate::wire::framing::Conn;
+use crate::wire::framing::{Conn, RecvFrameError};
 
 use super::placement::Placement;
 
@@ -315,7 +315,27 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
             // The first frame, then any that arrived with it: those are already read
             // from the socket, which polling would not report again.
             let mut next = conn.recv(None).map(Some);
-            while let Ok(Some(frame)) = next {
+            loop {
+                let frame = match next {
+                    Ok(Some(frame)) => frame,
+                    // A request whose descriptors found no room here (the server out of
+                    // descriptors: each child holds two, its pidfd and status pipe) is
+                    // refused, saying so, and the server goes on: the frames after it
+                    // are read as ever. (Every request carries descriptors and waits
+                    // for its answer.)
+                    Err(RecvFrameError::Io(ref e)) if sys::descriptors_lost(e) => {
+                        let no_room = io::Error::from_raw_os_error(sys::EMFILE);
+                        let refused =
+                            Refusal::os("the fork server's receive of the request", &no_room);
+                        if let Err(e) = answer(&mut conn, Err(refused)) {
+                            next = Err(e.into());
+                            break;
+                        }
+                        next = conn.buffered_frame();
+                        continue;
+                    }
+                    _ => break,
+                };
                 match frame.tag {
                     messages::FORK => {
                         let started = start_child(
@@ -560,6 +580,9 @@ fn assign_or_fork(
         return Ok(started);
     }
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
+        // The parent's pidfd first: once assigned, the spare runs the call, and a copy
+        // that failed afterwards would fail the spawn of a child left running it.
+        let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
         let mut spare = kid.spare.take();
         let passed = [
             channel.as_fd(),
@@ -581,7 +604,6 @@ fn assign_or_fork(
             kid.status = Some(status);
             kid.daemon = request.daemon;
             kid.group = request.process_group;
-            let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
             return Ok((kid.pid, pidfd));
         }
     }
@@ -613,11 +635,23 @@ fn fork_child(
             drop((channel, stdin, stdout, stderr));
             let mut kid = new_kid(pid, Some(status), request.daemon, None)?;
             kid.group = request.process_group;
-            let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
-            kids.push(kid);
-            Ok((pid, pidfd))
+            for_parent(kid, kids)
         }
     }
+}
+
+/// Keeps `kid`, just forked for the parent, and returns its pid and a copy of its pidfd
+/// for the parent. A kid whose pidfd cannot be copied (no descriptor free) is killed
+/// (and reaped as any other): the parent learns of a failed start, and nothing runs.
+fn for_parent(kid: Kid, kids: &mut Vec<Kid>) -> Result<(u32, OwnedFd), Refusal> {
+    let copy = sys::dup(kid.pidfd.as_fd());
+    if copy.is_err() {
+        let _ = sys::send_signal(kid.pidfd.as_fd(), sys::SIGKILL);
+    }
+    let pid = kid.pid;
+    kids.push(kid);
+    copy.map(|pidfd| (pid, pidfd))
+        .map_err(|e| Refusal::os("dup", &e))
 }
 
 fn new_kid(
@@ -668,9 +702,7 @@ fn start_tracker(
             drop(socket);
             let mut kid = new_kid(pid, None, false, None)?;
             kid.tracker = true;
-            let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
-            kids.push(kid);
-            Ok((pid, pidfd))
+            for_parent(kid, kids)
         }
     }
 }

@@ -121,6 +121,20 @@ pub(crate) fn recv_with_fds(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<usize> {
+    match recv_keeping_bytes(sock, buf, fds, nonblocking)? {
+        (_, true) => Err(lost_descriptors_error()),
+        (n, false) => Ok(n),
+    }
+}
+
+/// As [`recv_with_fds`], but a receive whose passed descriptors were lost still says
+/// how many bytes it took (with `true`): a reader of a stream keeps in step with it.
+pub(crate) fn recv_keeping_bytes(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<(usize, bool)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
@@ -134,10 +148,7 @@ pub(crate) fn recv_with_fds(
             fds.extend(received);
         }
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(lost_descriptors_error());
-    }
-    Ok(msg.bytes)
+    Ok((msg.bytes, msg.flags.contains(ReturnFlags::CTRUNC)))
 }
 
 /// A receive whose passed descriptors found no room in this process (or no room in its

@@ -19,9 +19,9 @@ pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, abstract_socket_addr, adopt_inherited_fd, borrow_all, descriptors_lost,
     dev_null, dup, inherited_fd_id, keep_only, leave_open, lost_descriptors_error,
     out_of_address_space, out_of_descriptors, peek_packet, peer_credentials, pipe, poll_now, read,
-    recv_with_fds, redirect_stdio, renumber, room_for_descriptors, send_packet, send_room,
-    send_with_fds, set_cloexec, set_create_mode, stream_pair, too_many_in_flight, try_lock_file,
-    user_id, wait_readable, wait_writable, write_all,
+    recv_keeping_bytes, recv_with_fds, redirect_stdio, renumber, room_for_descriptors, send_packet,
+    send_room, send_with_fds, set_cloexec, set_create_mode, stream_pair, too_many_in_flight,
+    try_lock_file, user_id, wait_readable, wait_writable, write_all,
 };
 pub(crate) use fork::{
     exec_self, exit_now, flush_stdio, fork_if_single_threaded, fork_unchecked, pin_here,
