@@ -29,6 +29,10 @@ fn main() {
     common::main_checked(
         vec![
             trial(
+                "a_set_then_clear_releases_the_waiters",
+                a_set_then_clear_releases_the_waiters,
+            ),
+            trial(
                 "every_proxy_between_processes",
                 every_proxy_between_processes,
             ),
@@ -1004,6 +1008,54 @@ fn get_waiting_in_server(server: u32, q: &QueueProxy<u8>) -> multiproc::JoinHand
         "the get never reached the server"
     );
     child
+}
+
+fn wait_for_event(e: EventProxy) -> bool {
+    e.wait_timeout(T).unwrap()
+}
+
+/// A `set` followed at once by a `clear` releases the waiters of the moment, as
+/// Python's does: the waiter, woken in the server, found the event clear again when it
+/// looked and waited on (until its timeout, or for ever).
+fn a_set_then_clear_releases_the_waiters() {
+    let m = Manager::start().unwrap();
+    let e = m.event().unwrap();
+    let server = m.server_pid().unwrap();
+    let threads = || -> Vec<u32> {
+        std::fs::read_dir(format!("/proc/{server}/task"))
+            .unwrap()
+            .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    for round in 0..5 {
+        common::settled(|| threads().len());
+        let before = threads();
+        let waiter = multiproc::spawn(wait_for_event, e.clone()).unwrap();
+        // The server thread the wait is lent to, asleep in it (on the object's
+        // condition variable) for three looks in a row.
+        let mut asleep = 0;
+        assert!(
+            common::eventually(T, || {
+                let waiting = threads().into_iter().any(|t| {
+                    !before.contains(&t)
+                        && std::fs::read_to_string(format!("/proc/{server}/task/{t}/wchan"))
+                            .is_ok_and(|w| w.contains("futex"))
+                });
+                asleep = if waiting { asleep + 1 } else { 0 };
+                asleep == 3
+            }),
+            "the wait never slept in the server"
+        );
+        let started = Instant::now();
+        e.set().unwrap();
+        e.clear().unwrap();
+        assert!(join(waiter), "round {round}: the waiter timed out");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round {round}: the waiter was released only after {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 fn server_sigkilled_under_load() {

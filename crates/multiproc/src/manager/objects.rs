@@ -83,7 +83,13 @@ enum State {
         reentrant: bool,
     },
     Semaphore(u64),
-    Event(bool),
+    /// Whether it is set, and how many times it was raised (set while clear): a waiter
+    /// returns once either says a `set` came since it began, so that a `set` followed at
+    /// once by a `clear` still releases the waiters of the moment (as Python's does).
+    Event {
+        set: bool,
+        raised: u64,
+    },
     Condition {
         lock: Owned,
         next_ticket: u64,
@@ -149,7 +155,10 @@ impl Served {
                 reentrant: kind == Kind::RLock,
             },
             Kind::Semaphore => State::Semaphore(init(kind, init_bytes)?),
-            Kind::Event => State::Event(false),
+            Kind::Event => State::Event {
+                set: false,
+                raised: 0,
+            },
             Kind::Condition => State::Condition {
                 lock: Owned::default(),
                 next_ticket: 0,
@@ -280,9 +289,13 @@ impl Served {
                 };
             }
             Op::Wait { timeout } => {
+                // The raises counted when the wait began: one more is a `set` since.
+                let mut began = None;
                 return match self.block(peer, timeout, |s| match s {
-                    State::Event(true) => Some(true),
-                    State::Event(false) => None,
+                    State::Event { set: true, .. } => Some(true),
+                    State::Event { raised, .. } => {
+                        (*began.get_or_insert(*raised) != *raised).then_some(true)
+                    }
                     _ => Some(false),
                 }) {
                     Blocked::Done(true) => Response::Bool(true),
@@ -625,7 +638,7 @@ fn apply(state: &mut State, op: Op, session: u64) -> Handled {
         State::Value { version, bytes } => value(version, bytes, op),
         State::Lock { lock, .. } => lock_ops(lock, op, session),
         State::Semaphore(n) => semaphore(n, op),
-        State::Event(e) => event(e, op),
+        State::Event { set, raised } => event(set, raised, op),
         State::Condition {
             lock,
             next_ticket,
@@ -838,18 +851,21 @@ fn semaphore(n: &mut u64, op: Op) -> Handled {
     })
 }
 
-fn event(e: &mut bool, op: Op) -> Handled {
+fn event(set: &mut bool, raised: &mut u64, op: Op) -> Handled {
     use Response as R;
     Ok(match op {
         Op::Set => {
-            *e = true;
+            if !*set {
+                *raised = raised.wrapping_add(1);
+            }
+            *set = true;
             Applied::wrote(R::Unit)
         }
         Op::Unset => {
-            *e = false;
+            *set = false;
             Applied::wrote(R::Unit)
         }
-        Op::IsSet => Applied::read(R::Bool(*e)),
+        Op::IsSet => Applied::read(R::Bool(*set)),
         op => return Err(unfit(&op)),
     })
 }

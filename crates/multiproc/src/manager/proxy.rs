@@ -875,7 +875,8 @@ proxy! {
 }
 
 impl EventProxy {
-    /// Sets the flag, waking every waiter.
+    /// Sets the flag, waking every waiter: each waiting at that moment returns `true`,
+    /// even if the flag is cleared again before it looks (as Python's).
     pub fn set(&self) -> Result<()> {
         self.h.unit(Op::Set)
     }
