@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
-//! 1 task failed: the task was dead-lettered: its process died on each of 3 deliveries (the cap is 3); last: the worker running the task died (killed by SIGABRT); the others: [0, 1, 4, 16, 25]
+//! 1 task failed: the task was dead-lettered: 3 deliveries were lost, its process dead or its worker lost (the cap is 3); last: the worker running the task died (killed by SIGABRT); the others: [0, 1, 4, 16, 25]
 //! ```
 //!
 //! The second line is what Celery does not do: the crashed task is not lost, is not

@@ -32,8 +32,10 @@
 //! Worker 1 passed the barrier
 //! ```
 //!
-//! If a worker died before arriving, Python's would wait forever; here the others get
-//! `BarrierError::Broken`.
+//! A party is known to the barrier once it has waited on it: if a worker that waited
+//! before (a loop of phases) dies before it arrives again, Python's would wait forever;
+//! here the others get `BarrierError::Broken`. One that dies before its first wait
+//! cannot be told from a slow one: `wait_timeout` covers that.
 
 use multiproc::Barrier;
 use multiproc_examples::sleep;

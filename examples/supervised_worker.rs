@@ -34,8 +34,8 @@
 //! worker: working (1 of 3)
 //! worker: working (2 of 3)
 //! worker: working (3 of 3)
-//! MainProcess: child ended: process 'worker' (pid 4242) panicked at ...: something broke
-//! MainProcess: restarting child=worker delay=76.2ms
+//! MainProcess: child ended: process 'worker' (pid 4242) panicked at ...: something broke child=worker pid=4242
+//! MainProcess: restarting child=worker after=76.2ms
 //! worker: working (1 of 2)
 //! ...
 //! MainProcess: status: worker running (pid 4250), restarted 3 times

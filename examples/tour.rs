@@ -92,14 +92,34 @@ fn daemon_process_demo(_: ()) {
 #[cfg(feature = "redis")]
 fn cluster_demo() {
     use std::process::{Command, Stdio};
-    let installed = Command::new("redis-server")
+    // "Redis server v=7.0.15 sha=...": its major version, if it runs.
+    let major = Command::new("redis-server")
         .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        println!("skipped: redis-server is not installed (apt-get install -y redis-server)");
-        return;
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let version = text.split("v=").nth(1).unwrap_or("").to_owned();
+            (
+                version
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse::<u32>().ok()),
+                version,
+            )
+        });
+    match major {
+        None => {
+            println!("skipped: redis-server is not installed (apt-get install -y redis-server)");
+            return;
+        }
+        Some((Some(m), version)) if m < 7 => {
+            let version = version.split_whitespace().next().unwrap_or("");
+            println!("skipped: redis-server {version} is older than 7.0, which the cluster needs");
+            return;
+        }
+        Some(_) => {}
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -165,7 +165,9 @@
 //!
 //! A lock whose holder died (crashed, killed, or a thread that ended holding it) is not
 //! a deadlock: the next `lock()` returns [`OwnerDied`] with the guard, and the lock works
-//! as before afterwards. A [`Barrier`] party that dies breaks the barrier for the others.
+//! as before afterwards. A [`Barrier`] party that dies (once it has waited on the
+//! barrier: before that it cannot be told from a slow one) breaks the barrier for the
+//! others.
 //! Anonymous segments vanish with their last user; named ones
 //! ([`SharedMemory::create`], [`Value::create_named`]) are removed by their creator, or
 //! on its behalf when it dies (in a program that called [`init`]).
@@ -286,7 +288,8 @@
 //!
 //! A client that dies holding a managed lock releases it (the next holder is told);
 //! a dead server makes every call return [`ManagerError::Disconnected`] at once, and a
-//! server that stops answering makes calls fail after a timeout. An object is freed
+//! server that stops answering makes calls fail after a timeout (but for waits without
+//! one, such as a queue's `get` or a lock's `lock`, which wait for it). An object is freed
 //! when no proxy in any process refers to it any more.
 //!
 //! # Background work

@@ -19,16 +19,32 @@ static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 const INSTALL: &str =
     "redis-server is not installed: the cluster tests need it (apt-get install -y redis-server)";
 
-/// Fails at once, with the install hint, if `redis-server` cannot be run.
+/// Fails at once, with the install hint, if `redis-server` cannot be run, or is older
+/// than the 7.0 the cluster needs (it would refuse every connection).
 pub fn require_redis() {
-    let ok = Command::new("redis-server")
+    let out = Command::new("redis-server")
         .arg("--version")
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+        .output()
+        .ok()
+        .filter(|out| out.status.success());
+    let Some(out) = out else {
         eprintln!("{INSTALL}");
+        std::process::exit(101);
+    };
+    // "Redis server v=7.0.15 sha=...".
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split("v=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next());
+    let major = version.and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    if major.is_some_and(|m| m < 7) {
+        eprintln!(
+            "redis-server {} is older than 7.0, which the cluster tests need (Debian 12 and \
+             Ubuntu 24.04 ship 7; elsewhere see https://redis.io/docs/latest/operate/oss_and_stack/install/)",
+            version.unwrap_or("")
+        );
         std::process::exit(101);
     }
 }
