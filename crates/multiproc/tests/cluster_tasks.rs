@@ -1837,6 +1837,17 @@ fn bad_urls_ports_and_credentials() {
             "{bad}"
         );
     }
+    // A Unix socket's URL gives its password in the query: masked in errors, as in a
+    // `redis://` URL.
+    for url in [
+        "unix:///nonexistent/redis.sock?pass=s3cret",
+        "redis+unix:///nonexistent/redis.sock?user=me&pass=s3cret",
+        "redis://me:s3cret@127.0.0.1:1",
+    ] {
+        let e = Cluster::connect(url).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
+    }
     let e = Cluster::builder("redis://127.0.0.1:1")
         .queue("a b")
         .build()

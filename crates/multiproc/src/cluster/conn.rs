@@ -205,8 +205,24 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// The URL with the password (between `:` and `@` after the scheme) masked.
+/// The URL with the password masked: between `:` and `@` after the scheme, and in a
+/// `pass` or `password` query parameter (where a Unix socket's URL gives it).
 pub(crate) fn mask(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return mask_credentials(url);
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key == "pass" || key == "password" => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{}?{}", mask_credentials(base), query.join("&"))
+}
+
+/// The URL with the password between `:` and `@` after the scheme masked.
+fn mask_credentials(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
@@ -519,5 +535,18 @@ mod tests {
         assert_eq!(mask("redis://:secret@host"), "redis://:***@host");
         assert_eq!(mask("redis://host:6379"), "redis://host:6379");
         assert_eq!(mask("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+        // A Unix socket's URL gives the password in its query.
+        assert_eq!(
+            mask("unix:///tmp/r.sock?user=me&pass=s3cret&db=1"),
+            "unix:///tmp/r.sock?user=me&pass=***&db=1"
+        );
+        assert_eq!(
+            mask("redis+unix:///r.sock?password=s3cret"),
+            "redis+unix:///r.sock?password=***"
+        );
+        assert_eq!(
+            mask("redis://u:s3cret@host/0?protocol=resp2"),
+            "redis://u:***@host/0?protocol=resp2"
+        );
     }
 }
