@@ -594,6 +594,11 @@ impl Cluster {
                         }
                         return Err(TaskError::Timeout.into());
                     }
+                    // Done as the wait gave up: its outcome is there now (the map then
+                    // goes on, and the next chunk not done by the deadline cancels the
+                    // rest). Taken as the wait's timeout, the chunks after it were
+                    // left running for nobody.
+                    Err(TaskError::Timeout) => t.wait_timeout(Duration::ZERO)?,
                     outcomes => outcomes?,
                 },
             };
@@ -1800,10 +1805,13 @@ impl ClientInner {
             Ok(1) => (true, true),
             Ok(2) => {
                 // Its outcome came while the cancel was on its way, and its result key
-                // was taken already: the flag would outlive the task (`Task::cancel`
-                // then says false, the outcome being another).
+                // was taken already: the flag would outlive the task, and the cancel
+                // came too late (the outcome, on its way to the handle, is another:
+                // said true, a handle not yet given it would say cancelled and then
+                // yield the value).
                 if !lock(&self.pending).locals.contains_key(&local) {
                     let _ = self.run(|c| redis::cmd("DEL").arg(keys.cancel(&task)).exec(c));
+                    return (false, true);
                 }
                 (true, true)
             }
