@@ -35,6 +35,7 @@ pub(crate) enum Kind {
     Value = 7,
     Array = 8,
     Tickets = 9,
+    BoundedSemaphore = 10,
 }
 
 impl Kind {
@@ -48,7 +49,7 @@ impl Kind {
             Kind::Lock | Kind::RLock | Kind::Value | Kind::Array => {
                 std::mem::size_of::<MutexWords>()
             }
-            Kind::Semaphore => std::mem::size_of::<SemaphoreWords>(),
+            Kind::Semaphore | Kind::BoundedSemaphore => std::mem::size_of::<SemaphoreWords>(),
             Kind::Event => std::mem::size_of::<EventWords>(),
             Kind::Condition => std::mem::size_of::<ConditionWords>(),
             Kind::Barrier => std::mem::size_of::<BarrierWords>(),
@@ -67,6 +68,7 @@ impl Kind {
             Kind::Value => "Value",
             Kind::Array => "Array",
             Kind::Tickets => "pool ticket table",
+            Kind::BoundedSemaphore => "BoundedSemaphore",
         }
     }
 
@@ -81,6 +83,7 @@ impl Kind {
             Kind::Value,
             Kind::Array,
             Kind::Tickets,
+            Kind::BoundedSemaphore,
         ]
         .into_iter()
         .find(|k| *k as u32 == v)

@@ -56,17 +56,20 @@ impl Semaphore {
     /// [`ShmError::InvalidArgument`] above [`MAX_PERMITS`](Self::MAX_PERMITS); or if the
     /// shared memory cannot be created.
     pub fn new(permits: u32) -> Result<Semaphore, ShmError> {
-        Semaphore::with_bound(permits, Semaphore::MAX_PERMITS)
+        Semaphore::with_bound(permits, Semaphore::MAX_PERMITS, Kind::Semaphore)
     }
 
-    fn with_bound(permits: u32, bound: u32) -> Result<Semaphore, ShmError> {
+    /// A semaphore of `permits` that counts up to `bound`, of `kind` (a bounded one's
+    /// handle decodes only as a `BoundedSemaphore`, a plain one's only as a
+    /// `Semaphore`: each would break the other's promise on releases past the start).
+    fn with_bound(permits: u32, bound: u32, kind: Kind) -> Result<Semaphore, ShmError> {
         if permits > Semaphore::MAX_PERMITS {
             return Err(ShmError::InvalidArgument(format!(
                 "a semaphore of {permits} permits (at most {})",
                 Semaphore::MAX_PERMITS
             )));
         }
-        let shape = Shape::plain(Kind::Semaphore, std::mem::size_of::<SemaphoreWords>());
+        let shape = Shape::plain(kind, std::mem::size_of::<SemaphoreWords>());
         let obj = Object::new(shape, |o| {
             let w: &SemaphoreWords = o.words();
             w.value.store(permits, SeqCst);
@@ -142,10 +145,28 @@ impl fmt::Debug for Semaphore {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Clone)]
 pub struct BoundedSemaphore {
     inner: Semaphore,
+}
+
+impl serde::Serialize for BoundedSemaphore {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.inner.obj.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BoundedSemaphore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let obj = crate::shm::object::Object::deserialize(
+            d,
+            Kind::BoundedSemaphore,
+            crate::shm::object::Elem::NONE,
+        )?;
+        Ok(BoundedSemaphore {
+            inner: Semaphore { obj: Arc::new(obj) },
+        })
+    }
 }
 
 impl BoundedSemaphore {
@@ -156,7 +177,7 @@ impl BoundedSemaphore {
     /// As [`Semaphore::new`].
     pub fn new(permits: u32) -> Result<BoundedSemaphore, ShmError> {
         Ok(BoundedSemaphore {
-            inner: Semaphore::with_bound(permits, permits)?,
+            inner: Semaphore::with_bound(permits, permits, Kind::BoundedSemaphore)?,
         })
     }
 
@@ -267,4 +288,36 @@ fn give(w: &SemaphoreWords) -> Result<(), OverRelease> {
         sys::futex_wake(&w.value, 1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec;
+
+    fn resend<A: serde::Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
+        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
+        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
+    }
+
+    /// A plain semaphore's handle does not decode as a bounded one, nor the other way
+    /// round: each would break the other's promise (a bounded one that let its count
+    /// rise past its start, a plain one that dropped releases at a bound).
+    #[test]
+    fn a_handle_decodes_only_as_its_own_kind() {
+        let plain = Semaphore::new(1).unwrap();
+        let err = resend::<_, BoundedSemaphore>(&plain).unwrap_err();
+        assert!(err.contains("Semaphore"), "{err}");
+        let bounded = BoundedSemaphore::new(1).unwrap();
+        let err = resend::<_, Semaphore>(&bounded).unwrap_err();
+        assert!(err.contains("BoundedSemaphore"), "{err}");
+        // Each as itself.
+        let same: BoundedSemaphore = resend(&bounded).unwrap();
+        same.acquire().forget();
+        bounded.release().unwrap();
+        assert!(same.release().is_err());
+        let same: Semaphore = resend(&plain).unwrap();
+        same.release();
+        assert!(plain.try_acquire().is_some());
+    }
 }
