@@ -74,6 +74,9 @@ fn lock_guards_stay_on_their_thread() {
     assert_not_send!(RLockGuard<'static>);
     assert_not_send!(ValueGuard<'static, D>);
     assert_not_send!(ArrayGuard<'static, D>);
+    // A managed lock's holder is the thread that took it, as the server knows it.
+    assert_not_send!(multiproc::manager::ProxyGuard<'static>);
+    assert_not_send!(multiproc::manager::ConditionGuard<'static>);
 }
 
 #[test]

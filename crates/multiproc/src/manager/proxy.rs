@@ -725,6 +725,11 @@ pub struct ProxyGuard<'a> {
     h: &'a Handle,
     thread: u64,
     held: bool,
+    /// The server knows the holder as this session's thread that took it (`thread`):
+    /// the guard stays on that thread, as std's `MutexGuard` and multiproc's own lock
+    /// guards do (moved to another, that thread would unlock another's lock, and the
+    /// taking thread re-enter a lock another holds).
+    _thread_bound: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl fmt::Debug for ProxyGuard<'_> {
@@ -765,6 +770,7 @@ fn acquire(h: &Handle, timeout: Option<Duration>) -> Result<Option<LockResult<Pr
                 h,
                 thread,
                 held: true,
+                _thread_bound: std::marker::PhantomData,
             };
             Ok(Some(if owner_died {
                 Err(OwnerDied::new(guard))
