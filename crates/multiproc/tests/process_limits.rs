@@ -642,6 +642,13 @@ fn pool_open_files() {
         false,
         |pool| expect_task_limit(pool.apply(open_many, 10_000), Limit::OpenFiles),
     );
+    // An item of a map is a task as well: the same error (it was `Panicked`).
+    pool_goes_on(
+        Limits::new().open_files(64),
+        Limit::OpenFiles,
+        false,
+        |pool| expect_task_limit(pool.map(open_many, [1, 10_000, 2]), Limit::OpenFiles),
+    );
 }
 
 fn sleep_long(_: ()) {

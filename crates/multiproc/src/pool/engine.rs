@@ -378,6 +378,15 @@ struct TaskRec {
 }
 
 impl PoolInner {
+    /// A task's panic as its error: one under a limit that it ran into (an open-files
+    /// limit's `EMFILE`) is that limit's.
+    pub(super) fn panic_error(&self, panic: RemotePanic) -> TaskError {
+        match self.config.armed.panicked(&panic) {
+            Some((limit, detail)) => TaskError::LimitExceeded { limit, detail },
+            None => TaskError::Panicked(panic),
+        }
+    }
+
     /// Starts the engine: the shared state, a worker per process, and the engine's
     /// thread. Returns the state the handle shares and the thread to join.
     pub(super) fn start(
@@ -1668,10 +1677,7 @@ impl PoolInner {
                     .map(TaskError::Failed)
             }
             kind::PANICKED => Some(match codec_panic(body) {
-                Ok(p) => match self.config.armed.panicked(&p) {
-                    Some((limit, detail)) => TaskError::LimitExceeded { limit, detail },
-                    None => TaskError::Panicked(p),
-                },
+                Ok(p) => self.panic_error(p),
                 Err(e) => TaskError::Codec(e),
             }),
             kind::BAD_ARGS | kind::UNENCODABLE => Some(TaskError::Codec(CodecError::new(text()))),

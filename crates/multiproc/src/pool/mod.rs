@@ -120,7 +120,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Which failed tasks run again, and when (default: none).
+    /// Which failed tasks run again, and when (default: none). In a map, what a retry
+    /// runs again is the chunk: an item retried (its worker died, it outran the task
+    /// timeout, or its failure is one the policy retries) has the items before it in
+    /// its chunk, which had run, run again with it. Items whose side effects must not
+    /// repeat want [`map_chunked`](Pool::map_chunked) with chunks of 1, or no retry.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -796,7 +800,8 @@ impl Pool {
                         out.len() - before
                     ))));
                 }
-                Some(panic) => return Err(TaskError::Panicked(panic)),
+                // As a task's: each item is one.
+                Some(panic) => return Err(self.inner.panic_error(panic)),
             }
             slot += 1;
         }
