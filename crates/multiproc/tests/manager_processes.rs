@@ -95,6 +95,10 @@ fn main() {
                 tcp_clients_on_this_machine_use_shared_memory,
             ),
             trial("unix_socket_file_removed", unix_socket_file_removed),
+            trial(
+                "a_stale_socket_file_is_taken_over",
+                a_stale_socket_file_is_taken_over,
+            ),
             trial("custom_objects", custom_objects),
             trial("named_objects_and_types", named_objects_and_types),
             trial("bad_input_clear_errors", bad_input_clear_errors),
@@ -1027,7 +1031,7 @@ fn a_set_then_clear_releases_the_waiters() {
             .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
             .collect()
     };
-    for round in 0..5 {
+    for round in 0..20 {
         common::settled(|| threads().len());
         let before = threads();
         let waiter = multiproc::spawn(wait_for_event, e.clone()).unwrap();
@@ -1334,6 +1338,45 @@ fn unix_socket_file_removed() {
     drop(m);
     assert!(!path.exists(), "the socket file was left");
     std::fs::remove_dir(&dir).unwrap();
+}
+
+/// A socket file left where a server was (its server killed, or ended by a signal while
+/// it served for ever, removes nothing) is taken over by the next server at the path:
+/// the restart failed with `AddrInUse`. A socket someone listens on, or a file that is
+/// no socket, is left alone.
+fn a_stale_socket_file_is_taken_over() {
+    let dir = common::tempdir("mgr-stale");
+    let path = dir.join("manager.sock");
+    // Bound and closed: a socket file nobody listens on, as a killed server leaves.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let m = Manager::builder().address(path.as_path()).build().unwrap();
+    let l = m.list::<u8>().unwrap();
+    l.push(1).unwrap();
+    // Live: not taken.
+    let e = Manager::builder()
+        .address(path.as_path())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&e, ManagerError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse),
+        "{e}"
+    );
+    assert_eq!(l.len().unwrap(), 1, "the live server was disturbed");
+    drop((l, m));
+    assert!(!path.exists());
+    // Not a socket: not removed.
+    std::fs::write(&path, b"data").unwrap();
+    let e = Manager::builder()
+        .address(path.as_path())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&e, ManagerError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A registered custom type.

@@ -37,6 +37,15 @@ pub(crate) enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
+/// Whether `path` is a socket that nobody listens on: a connection to it is refused.
+#[cfg(unix)]
+fn stale(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+}
+
 impl Listener {
     /// Binds `address` (a TCP port of 0 picks a free one); returns the listener and the
     /// address clients connect to.
@@ -49,7 +58,17 @@ impl Listener {
             }
             #[cfg(unix)]
             Address::Unix(path) => {
-                let l = std::os::unix::net::UnixListener::bind(path)?;
+                let l = match std::os::unix::net::UnixListener::bind(path) {
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse && stale(path) => {
+                        // A server that ended without removing its socket (killed, or
+                        // its process ended by a signal while it served for ever):
+                        // nobody listens there, so it is removed and bound anew.
+                        tracing::debug!(path = %path.display(), "removing a stale socket");
+                        std::fs::remove_file(path)?;
+                        std::os::unix::net::UnixListener::bind(path)?
+                    }
+                    other => other?,
+                };
                 Ok((Listener::Unix(l), address.clone()))
             }
             #[cfg(unix)]

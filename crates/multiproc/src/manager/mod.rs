@@ -85,7 +85,10 @@ use server::{Ctor, ServerSettings, Shared};
 pub enum Address {
     /// A TCP address. Port 0 picks a free port; [`Server::address`] tells which.
     Tcp(SocketAddr),
-    /// A Unix socket file. The server removes it when it stops.
+    /// A Unix socket file. The server removes it when it stops; one left by a server
+    /// that could not (killed, or ended by a signal while it served for ever) is
+    /// removed by the next server at the path, once a connection to it is refused
+    /// (nobody listens there).
     Unix(PathBuf),
     /// A name in Linux's abstract socket namespace: no file is created, and nothing is
     /// left behind however the server ends.
