@@ -566,6 +566,10 @@ fn main() {
                 a_retried_repeat_leaves_no_record_past_the_outcome,
             ),
             trial(
+                "a_cancel_of_a_retried_task_reaches_its_submitter",
+                a_cancel_of_a_retried_task_reaches_its_submitter,
+            ),
+            trial(
                 "a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task",
                 a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task,
             ),
@@ -3777,6 +3781,47 @@ fn a_retried_repeat_leaves_no_record_past_the_outcome() {
     w.shutdown(true);
     drop((c1, c2, c3));
     finish(&redis, short_lived(&redis, ns), ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client that submitted an idempotent task is answered when another client,
+/// which joined the task while its retry waited, cancels it: the set of the task's
+/// waiters had lapsed with the submitter's short TTL, the retry made it again without
+/// the submitter, and the cancel answered only those in it (the submitter, whose
+/// handle does not look at the result key, waited for ever).
+fn a_cancel_of_a_retried_task_reaches_its_submitter() {
+    let redis = RedisServer::start();
+    let ns = "idemcancel";
+    let w = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .build()
+        .expect("start worker");
+    let dir = common::tempdir("idemcancel");
+    let runs = dir.join("runs").to_string_lossy().into_owned();
+    let (submitter, other) = (short_lived(&redis, ns), client(&redis, ns));
+    let pause = Duration::from_secs(60);
+    let key = TaskOptions::new()
+        .idempotency_key("cancelled-retry")
+        .retry(RetryPolicy::attempts(3).backoff(pause, 1.0, pause));
+    // Its first attempt fails after 2 s, past the submitter's TTL of a second, and its
+    // retry waits a minute.
+    let mut first = submitter
+        .submit_with(FLAKY_SLOW, (runs.clone(), 2, 2000), key.clone())
+        .unwrap();
+    assert!(common::eventually(T, || other.stats().unwrap().delayed == 1));
+    let mut joined = other
+        .submit_with(FLAKY_SLOW, (runs.clone(), 2, 2000), key)
+        .unwrap();
+    assert!(joined.cancel(), "the retry waiting was not cancelled");
+    assert_eq!(joined.wait_timeout(T).unwrap_err(), TaskError::Cancelled);
+    assert_eq!(
+        first.wait_timeout(Duration::from_secs(10)).unwrap_err(),
+        TaskError::Cancelled
+    );
+    w.shutdown(true);
+    drop(submitter);
+    finish(&redis, other, ns);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

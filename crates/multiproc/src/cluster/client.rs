@@ -1805,13 +1805,12 @@ impl ClientInner {
             Ok(1) => (true, true),
             Ok(2) => {
                 // Its outcome came while the cancel was on its way, and its result key
-                // was taken already: the flag would outlive the task, and the cancel
-                // came too late (the outcome, on its way to the handle, is another:
-                // said true, a handle not yet given it would say cancelled and then
-                // yield the value).
+                // was taken already: the flag would outlive the task. (That outcome may
+                // be this cancel's, a worker's `FINISH` having found the flag, or
+                // another: `Task::cancel` then says which, by the outcome the handle
+                // has, if it has it by then.)
                 if !lock(&self.pending).locals.contains_key(&local) {
                     let _ = self.run(|c| redis::cmd("DEL").arg(keys.cancel(&task)).exec(c));
-                    return (false, true);
                 }
                 (true, true)
             }

@@ -208,17 +208,48 @@ impl std::fmt::Debug for Server {
 /// The URL with the password masked: between `:` and `@` after the scheme, and in a
 /// `pass` or `password` query parameter (where a Unix socket's URL gives it).
 pub(crate) fn mask(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return mask_credentials(url);
+    let masked = mask_credentials(url);
+    // The query follows the authority: a `?` before its `@` is the password's own
+    // (masked by now).
+    let from = masked.rfind('@').map_or(0, |at| at + 1);
+    let Some(q) = masked[from..].find('?').map(|i| from + i) else {
+        return masked;
     };
-    let query: Vec<String> = query
+    let query: Vec<String> = masked[q + 1..]
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key == "pass" || key == "password" => format!("{key}=***"),
+            Some((key, _)) if matches!(&*percent_decoded(key), "pass" | "password") => {
+                format!("{key}=***")
+            }
             _ => pair.to_string(),
         })
         .collect();
-    format!("{}?{}", mask_credentials(base), query.join("&"))
+    format!("{}?{}", &masked[..q], query.join("&"))
+}
+
+/// `text` with its `%XX` escapes decoded (as a URL's query keys are read), bytes that
+/// make no UTF-8 replaced.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL with the password between `:` and `@` after the scheme masked.
@@ -547,6 +578,12 @@ mod tests {
         assert_eq!(
             mask("redis://u:s3cret@host/0?protocol=resp2"),
             "redis://u:***@host/0?protocol=resp2"
+        );
+        // A password that holds a `?`, and a key written with an escape.
+        assert_eq!(mask("redis://u:pa?ss@host"), "redis://u:***@host");
+        assert_eq!(
+            mask("unix:///r.sock?p%61ss=s3cret"),
+            "unix:///r.sock?p%61ss=***"
         );
     }
 }

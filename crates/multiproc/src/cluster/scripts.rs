@@ -161,12 +161,20 @@ for i = 0, n - 1 do
       redis.call('SET', KEYS[k + 6], ARGV[a + 6], 'PX', int(life))
       -- An idempotent task's record lives until its retry is due and the TTL after (a
       -- repeat while it waits joins it rather than run the key again), made again if
-      -- it lapsed; so does the set of its waiters, if any wait.
+      -- it lapsed; so does the set of its waiters, its submitter in it again (the set
+      -- may have lapsed with a short TTL, and a cancel by a client that joins the
+      -- retry answers only those in it: the submitter would wait for ever).
       if KEYS[k + 5] ~= none then
         redis.call('SET', KEYS[k + 5], '1', 'NX', 'PX', int(life))
+        local list = KEYS[k + 2]
+        if list ~= none and string.sub(list, 1, #rprefix) == rprefix then
+          redis.call('SADD', KEYS[k + 3], string.sub(list, #rprefix + 1))
+        end
         for _, key in ipairs({{KEYS[k + 5], KEYS[k + 3]}}) do
           local left = redis.call('PTTL', key)
-          if left >= 0 and left < life then redis.call('PEXPIRE', key, int(life)) end
+          if left == -1 or (left >= 0 and left < life) then
+            redis.call('PEXPIRE', key, int(life))
+          end
         end
       end
     else
