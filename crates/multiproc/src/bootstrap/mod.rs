@@ -168,6 +168,15 @@ pub(crate) fn state() -> MutexGuard<'static, State> {
     unpoisoned::lock(&STATICS.state)
 }
 
+/// [`state`], unless another thread holds it.
+pub(crate) fn try_state() -> Option<MutexGuard<'static, State>> {
+    match STATICS.state.try_lock() {
+        Ok(st) => Some(st),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// The lock on this process's description; hold it only to read or replace the `Arc`.
 pub(crate) fn me_lock() -> MutexGuard<'static, Option<Arc<Me>>> {
     unpoisoned::lock(&STATICS.me)

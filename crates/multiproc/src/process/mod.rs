@@ -584,22 +584,30 @@ impl Builder {
         // may be changing), and only when the builder changes it: otherwise the child
         // keeps the copy it was forked with.
         let env = (self.env_clear || !self.env.is_empty()).then(|| self.environment_block());
-        // What a layer above keeps of the parent's for the child (the manager's
-        // references, which `f`'s proxies name): its lock first, held across the fork
-        // like the ones below.
-        let held = handle::hold_across_fork();
         let parent_pid = sys::getpid();
         let forking_thread_is_main = sys::is_main_thread();
-        // Unflushed output would be written twice, once by each process. Stdout's lock
-        // is held across the fork (the flush takes it anyway), so that the child finds
-        // it free, though another thread of this process may be writing, and writes out
-        // at its exit what `f` left in the buffer.
-        let stdout = std::io::stdout().lock();
+        // Stdout's lock is held across the fork (the flush below takes it anyway), so
+        // that the child finds it free, though another thread of this process may be
+        // writing, and writes out at its exit what `f` left in the buffer. Taken first:
+        // a thread that holds stdout's lock (a `StdoutLock` kept through a loop) may
+        // call into multiproc. Then what a layer above keeps of the parent's for the
+        // child (the manager's references, which `f`'s proxies name), and multiproc's
+        // own state, held across the fork like the locks below so that none is held
+        // mid-update by another thread (the child gets consistent copies and releases
+        // them itself). The state is only tried while stdout's lock is held: a thread
+        // that holds the state may log, and a subscriber that writes to stdout takes
+        // stdout's lock; while the state is busy, both are let go until it is free.
+        let (stdout, held, mut st) = loop {
+            let stdout = std::io::stdout().lock();
+            let held = handle::hold_across_fork();
+            if let Some(st) = bootstrap::try_state() {
+                break (stdout, held, st);
+            }
+            drop((held, stdout));
+            drop(bootstrap::state());
+        };
+        // Unflushed output would be written twice, once by each process.
         sys::flush_stdio();
-
-        // Hold multiproc's own locks across the fork so that none is held mid-update by
-        // another thread: the child gets consistent copies and releases them itself.
-        let mut st = bootstrap::state();
         let death = bootstrap::death_read_end(&mut st)?;
         let mut children = registry::lock();
         let mut me_slot = bootstrap::me_lock();

@@ -179,9 +179,11 @@ pub(crate) struct Conn {
     fds: VecDeque<OwnedFd>,
     pending: Option<Pending>,
     /// A receive lost descriptors passed with what it read (no descriptor was free to
-    /// take them in): the frame they came with, short of them, fails for it, and the
-    /// frames after it are read as ever.
-    lost: bool,
+    /// take them in), and this many were queued after it: those of the frames before
+    /// the one they came with, then what arrived of its own. That frame, short of them,
+    /// fails for it (known as the one that declares more than are left of the count),
+    /// and the frames after it are read as ever.
+    lost: Option<usize>,
 }
 
 impl fmt::Debug for Conn {
@@ -204,7 +206,7 @@ impl Conn {
             filled: false,
             fds: VecDeque::new(),
             pending: None,
-            lost: false,
+            lost: None,
         }
     }
 
@@ -380,12 +382,15 @@ impl Conn {
         };
         body.truncate(got);
         let nfds = usize::from(header.nfds);
-        if self.fds.len() < nfds && std::mem::take(&mut self.lost) {
-            // The receive that lost descriptors read this frame's header with them (a
-            // receive ends with the first part that brings descriptors): those that
-            // arrived are this frame's, and go with it.
-            self.fds.clear();
-            return Err(RecvFrameError::Io(sys::lost_descriptors_error()));
+        if let Some(left) = self.lost {
+            if nfds > left {
+                // The frame whose descriptors were lost (a frame's arrive with its
+                // header's first bytes): those that arrived are its own, and go with it.
+                self.lost = None;
+                self.fds.drain(..left.min(self.fds.len()));
+                return Err(RecvFrameError::Io(sys::lost_descriptors_error()));
+            }
+            self.lost = Some(left - nfds);
         }
         if self.fds.len() < nfds {
             return Err(RecvFrameError::Corrupt(format!(
@@ -400,7 +405,7 @@ impl Conn {
         // with frames that declare none (and hand them to a later frame).
         if self.start == self.end {
             // Nor is any frame left short of descriptors a receive lost.
-            self.lost = false;
+            self.lost = None;
             if !self.fds.is_empty() {
                 let strays = self.fds.len();
                 self.fds.clear();
@@ -487,12 +492,13 @@ impl Conn {
 }
 
 /// One `recvmsg`, waiting for readiness until `deadline`. `Ok(0)` is end of stream.
-/// Sets `lost` when descriptors passed with what it read found no room here.
+/// Sets `lost` (unless set) to the descriptors queued when some passed with what it
+/// read found no room here.
 fn recv_some(
     fd: &OwnedFd,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
-    lost: &mut bool,
+    lost: &mut Option<usize>,
     deadline: Option<Instant>,
 ) -> Result<usize, RecvFrameError> {
     let mut received = Vec::new();
@@ -500,7 +506,9 @@ fn recv_some(
         match sys::recv_keeping_bytes(fd.as_fd(), buf, &mut received, true) {
             Ok((n, truncated)) => {
                 fds.extend(received);
-                *lost |= truncated;
+                if truncated && lost.is_none() {
+                    *lost = Some(fds.len());
+                }
                 return Ok(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -230,9 +230,10 @@ pub(crate) fn is_answer_lost(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::ConnectionAborted
 }
 
-/// Whether a request failed with its answer not read whole (none came in time, a
-/// corrupt one, or one whose pidfd found no descriptor free, its bytes lost with it):
-/// the connection is out of step with the server, and must not be used again.
+/// Whether a request failed with its answer not read whole (none came in time, or a
+/// corrupt one: the connection is out of step with the server, and must not be used
+/// again), or with one whose pidfd found no descriptor free (read whole, but its child
+/// started with no handle here): either way the server is replaced.
 pub(crate) fn is_out_of_step(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -166,8 +166,9 @@ pub(crate) enum RecvFail {
     /// Empty, and every sender is gone.
     Disconnected,
     /// A message sent apart from the ring is not what the protocol says: another
-    /// process broke it. Its record is consumed. (A ring that is not what the protocol
-    /// says is an `Io` error of kind `InvalidData`: nothing past it can be read.)
+    /// process broke it. It is taken off the socket, and the next receive skips its
+    /// record. (A ring that is not what the protocol says is an `Io` error of kind
+    /// `InvalidData`: nothing past it can be read.)
     Broken(String),
     Io(io::Error),
 }
