@@ -1376,6 +1376,25 @@ fn a_stale_socket_file_is_taken_over() {
         "{e}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    std::fs::remove_file(&path).unwrap();
+    // A server killed: the next takes its path over, and the first's handle, dropped
+    // later, leaves the second's socket alone (it removed it by name).
+    let first = Manager::builder().address(path.as_path()).build().unwrap();
+    // SAFETY: kill(2) on the manager's server, a child this test started.
+    unsafe { libc::kill(first.server_pid().unwrap() as i32, libc::SIGKILL) };
+    let mut second = None;
+    assert!(common::eventually(T, || {
+        second = Manager::builder().address(path.as_path()).build().ok();
+        second.is_some()
+    }));
+    let second = second.unwrap();
+    drop(first);
+    assert!(
+        std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        "the live server's socket was removed"
+    );
+    drop(second);
+    assert!(!path.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -208,14 +208,28 @@ impl std::fmt::Debug for Server {
 /// The URL with the password masked: between `:` and `@` after the scheme, and in a
 /// `pass` or `password` query parameter (where a Unix socket's URL gives it).
 pub(crate) fn mask(url: &str) -> String {
-    let masked = mask_credentials(url);
-    // The query follows the authority: a `?` before its `@` is the password's own
-    // (masked by now).
-    let from = masked.rfind('@').map_or(0, |at| at + 1);
-    let Some(q) = masked[from..].find('?').map(|i| from + i) else {
-        return masked;
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
     };
-    let query: Vec<String> = masked[q + 1..]
+    let rest = &url[scheme_end..];
+    // The authority ends where the path begins (a password holding a `/` is written
+    // escaped); its credentials end at its last `@`. One that holds both a `?` and an
+    // `@` can be read two ways (a password holding a `?`, or a query given without a
+    // path whose password holds an `@`): masked whole.
+    let end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let (masked, after) = match authority.rfind('@') {
+        Some(_) if authority.contains('?') => (format!("{}***", &url[..scheme_end]), &rest[end..]),
+        Some(at) => (
+            format!("{}{}", &url[..scheme_end], mask_userinfo(&rest[..at])),
+            &rest[at..],
+        ),
+        None => (url[..scheme_end].to_string(), rest),
+    };
+    let Some((before, query)) = after.split_once('?') else {
+        return format!("{masked}{after}");
+    };
+    let query: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
             Some((key, _)) if matches!(&*percent_decoded(key), "pass" | "password") => {
@@ -224,7 +238,7 @@ pub(crate) fn mask(url: &str) -> String {
             _ => pair.to_string(),
         })
         .collect();
-    format!("{}?{}", &masked[..q], query.join("&"))
+    format!("{masked}{before}?{}", query.join("&"))
 }
 
 /// `text` with its `%XX` escapes decoded (as a URL's query keys are read), bytes that
@@ -252,23 +266,12 @@ fn percent_decoded(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The URL with the password between `:` and `@` after the scheme masked.
-fn mask_credentials(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_string();
-    };
-    let creds = &rest[..at];
-    let user = creds.split(':').next().unwrap_or("");
-    let masked = if creds.contains(':') {
-        format!("{user}:***")
-    } else {
-        "***".to_string()
-    };
-    format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+/// A URL's user information with its password masked.
+fn mask_userinfo(creds: &str) -> String {
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    }
 }
 
 impl Server {
@@ -580,10 +583,22 @@ mod tests {
             "redis://u:***@host/0?protocol=resp2"
         );
         // A password that holds a `?`, and a key written with an escape.
-        assert_eq!(mask("redis://u:pa?ss@host"), "redis://u:***@host");
+        assert_eq!(mask("redis://u:pa?ss@host"), "redis://***");
         assert_eq!(
             mask("unix:///r.sock?p%61ss=s3cret"),
             "unix:///r.sock?p%61ss=***"
         );
+        // An `@` in the query is no end of credentials.
+        assert_eq!(
+            mask("unix:///r.sock?pass=abc@def"),
+            "unix:///r.sock?pass=***"
+        );
+        assert_eq!(
+            mask("redis://u:pw@host/0?x=a@b&pass=c@d"),
+            "redis://u:***@host/0?x=a@b&pass=***"
+        );
+        // A query without a path, an `@` in its password: masked whole.
+        assert!(!mask("redis://host?pass=abc@def").contains("abc"));
+        assert!(!mask("redis://host?pass=abc@def").contains("def"));
     }
 }

@@ -37,6 +37,53 @@ pub(crate) enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
+/// A Unix socket file a server bound. Removed, once its server has stopped listening,
+/// only while nobody listens at its path: another server may have found it stale (its
+/// server killed) and bound its own there, which stays. (A file's device and inode say
+/// nothing: a file system gives a new file the inode of one just removed.)
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: std::path::PathBuf,
+}
+
+impl SocketFile {
+    /// The socket file at `path`.
+    pub(crate) fn of(path: &std::path::Path) -> Option<SocketFile> {
+        Some(SocketFile {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Removes the file, if nobody listens there (in turn with the servers that bind
+    /// in its directory).
+    pub(crate) fn remove(&self) {
+        let _turn = directory_turn(&self.path);
+        if stale(&self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A turn among the servers that bind (or remove a socket) in `path`'s directory: a
+/// lock on the directory, held while the value lives. One that has bound and does not
+/// listen yet refuses connections, and must not look stale to another.
+fn directory_turn(path: &std::path::Path) -> Option<std::fs::File> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let d = std::fs::File::open(dir).ok()?;
+    #[cfg(unix)]
+    rustix::fs::flock(&d, rustix::fs::FlockOperation::LockExclusive).ok()?;
+    Some(d)
+}
+
+/// Whether `path` is a socket that nobody listens on: a connection to it is refused.
+#[cfg(not(unix))]
+fn stale(_: &std::path::Path) -> bool {
+    false
+}
+
 /// Whether `path` is a socket that nobody listens on: a connection to it is refused.
 #[cfg(unix)]
 fn stale(path: &std::path::Path) -> bool {
@@ -58,6 +105,7 @@ impl Listener {
             }
             #[cfg(unix)]
             Address::Unix(path) => {
+                let _turn = directory_turn(path);
                 let l = match std::os::unix::net::UnixListener::bind(path) {
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse && stale(path) => {
                         // A server that ended without removing its socket (killed, or

@@ -70,7 +70,7 @@ pub use proxy::{
 
 use crate::process::{Builder, JoinHandle};
 use crate::wire::codec::{self, Bytes};
-use accept::Listener;
+use accept::{Listener, SocketFile};
 use client::{Client, ClientSettings};
 use protocol::{Kind, Request, Response};
 use server::{Ctor, ServerSettings, Shared};
@@ -85,10 +85,12 @@ use server::{Ctor, ServerSettings, Shared};
 pub enum Address {
     /// A TCP address. Port 0 picks a free port; [`Server::address`] tells which.
     Tcp(SocketAddr),
-    /// A Unix socket file. The server removes it when it stops; one left by a server
-    /// that could not (killed, or ended by a signal while it served for ever) is
-    /// removed by the next server at the path, once a connection to it is refused
-    /// (nobody listens there).
+    /// A Unix socket file. The server removes it when it stops (unless another server
+    /// listens there by then); one left by a server that could not (killed, or ended
+    /// by a signal while it served for ever) is removed by the next server at the path,
+    /// once a connection to it is refused (nobody listens there). Servers that bind in
+    /// one directory take turns (a lock on the directory), so that one that has bound
+    /// and does not yet listen never looks stale to another.
     Unix(PathBuf),
     /// A name in Linux's abstract socket namespace: no file is created, and nothing is
     /// left behind however the server ends.
@@ -491,7 +493,7 @@ impl<R: Registry> ManagerBuilder<R> {
             keepalive: self.client.keepalive,
         };
         let unlink = match &address {
-            Address::Unix(p) => Some(p.clone()),
+            Address::Unix(p) => SocketFile::of(p),
             _ => None,
         };
         let child = match Builder::new()
@@ -503,8 +505,8 @@ impl<R: Registry> ManagerBuilder<R> {
             Err(e) => {
                 // The socket file is this build's: a later one at the same address
                 // would find it and fail with `AddrInUse`.
-                if let Some(path) = &unlink {
-                    let _ = std::fs::remove_file(path);
+                if let Some(file) = &unlink {
+                    file.remove();
                 }
                 return Err(e.into());
             }
@@ -544,6 +546,10 @@ impl<R: Registry> ManagerBuilder<R> {
     pub fn serve(self) -> Result<Server, ManagerError> {
         let (address, key) = self.settings()?;
         let (listener, address) = Listener::bind(&address).map_err(ManagerError::Io)?;
+        let unlink = match &address {
+            Address::Unix(p) => SocketFile::of(p),
+            _ => None,
+        };
         let shared = Shared::new(key.clone(), self.server_settings(), ctors::<R>());
         let runner = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -552,8 +558,8 @@ impl<R: Registry> ManagerBuilder<R> {
             .map_err(|e| {
                 // The listener went with the thread that did not start: its file, left
                 // there, would make the next bind at the address fail (`AddrInUse`).
-                if let Address::Unix(path) = &address {
-                    let _ = std::fs::remove_file(path);
+                if let Some(file) = &unlink {
+                    file.remove();
                 }
                 ManagerError::Io(e)
             })?;
@@ -561,10 +567,7 @@ impl<R: Registry> ManagerBuilder<R> {
             shared,
             key,
             client: self.client,
-            unlink: match &address {
-                Address::Unix(p) => Some(p.clone()),
-                _ => None,
-            },
+            unlink,
             address,
             thread: Some(thread),
         })
@@ -658,7 +661,7 @@ fn serve_child<R: Registry>(args: ServerArgs) {
 pub struct Manager {
     client: Arc<Client>,
     server: Option<JoinHandle<()>>,
-    unlink: Option<PathBuf>,
+    unlink: Option<SocketFile>,
 }
 
 impl fmt::Debug for Manager {
@@ -868,8 +871,8 @@ impl Manager {
             let _ = child.kill();
             let _ = child.join_timeout(Duration::from_secs(2));
         }
-        if let Some(path) = self.unlink.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = self.unlink.take() {
+            file.remove();
         }
     }
 }
@@ -928,7 +931,7 @@ pub struct Server {
     key: Vec<u8>,
     client: ClientSettings,
     address: Address,
-    unlink: Option<PathBuf>,
+    unlink: Option<SocketFile>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -980,8 +983,8 @@ impl Server {
             std::time::Instant::now() + Duration::from_secs(1),
         );
         let _ = thread.join();
-        if let Some(path) = self.unlink.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = self.unlink.take() {
+            file.remove();
         }
     }
 }

@@ -178,12 +178,12 @@ pub(crate) struct Conn {
     filled: bool,
     fds: VecDeque<OwnedFd>,
     pending: Option<Pending>,
-    /// A receive lost descriptors passed with what it read (no descriptor was free to
-    /// take them in), and this many were queued after it: those of the frames before
-    /// the one they came with, then what arrived of its own. That frame, short of them,
-    /// fails for it (known as the one that declares more than are left of the count),
-    /// and the frames after it are read as ever.
-    lost: Option<usize>,
+    /// For each receive that lost descriptors passed with what it read (no descriptor
+    /// was free to take them in), in order, how many of those queued then are still
+    /// queued: those of the frames before the one they came with, then what arrived of
+    /// its own. That frame, short of them, fails for it (known as the one that declares
+    /// more than are left of the count), and the frames after it are read as ever.
+    lost: VecDeque<usize>,
 }
 
 impl fmt::Debug for Conn {
@@ -206,7 +206,7 @@ impl Conn {
             filled: false,
             fds: VecDeque::new(),
             pending: None,
-            lost: None,
+            lost: VecDeque::new(),
         }
     }
 
@@ -382,15 +382,21 @@ impl Conn {
         };
         body.truncate(got);
         let nfds = usize::from(header.nfds);
-        if let Some(left) = self.lost {
-            if nfds > left {
-                // The frame whose descriptors were lost (a frame's arrive with its
-                // header's first bytes): those that arrived are its own, and go with it.
-                self.lost = None;
-                self.fds.drain(..left.min(self.fds.len()));
+        if let Some(&left) = self.lost.front() {
+            // The frame whose descriptors were lost (a frame's arrive with its header's
+            // first bytes): those that arrived are its own, and go with it.
+            let lost = nfds > left;
+            let taken = if lost { left.min(self.fds.len()) } else { nfds };
+            if lost {
+                self.lost.pop_front();
+                self.fds.drain(..taken);
+            }
+            for queued in &mut self.lost {
+                *queued = queued.saturating_sub(taken);
+            }
+            if lost {
                 return Err(RecvFrameError::Io(sys::lost_descriptors_error()));
             }
-            self.lost = Some(left - nfds);
         }
         if self.fds.len() < nfds {
             return Err(RecvFrameError::Corrupt(format!(
@@ -405,7 +411,7 @@ impl Conn {
         // with frames that declare none (and hand them to a later frame).
         if self.start == self.end {
             // Nor is any frame left short of descriptors a receive lost.
-            self.lost = None;
+            self.lost.clear();
             if !self.fds.is_empty() {
                 let strays = self.fds.len();
                 self.fds.clear();
@@ -492,13 +498,13 @@ impl Conn {
 }
 
 /// One `recvmsg`, waiting for readiness until `deadline`. `Ok(0)` is end of stream.
-/// Sets `lost` (unless set) to the descriptors queued when some passed with what it
-/// read found no room here.
+/// Notes in `lost` the descriptors queued when some passed with what it read found no
+/// room here.
 fn recv_some(
     fd: &OwnedFd,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
-    lost: &mut Option<usize>,
+    lost: &mut VecDeque<usize>,
     deadline: Option<Instant>,
 ) -> Result<usize, RecvFrameError> {
     let mut received = Vec::new();
@@ -506,8 +512,8 @@ fn recv_some(
         match sys::recv_keeping_bytes(fd.as_fd(), buf, &mut received, true) {
             Ok((n, truncated)) => {
                 fds.extend(received);
-                if truncated && lost.is_none() {
-                    *lost = Some(fds.len());
+                if truncated {
+                    lost.push_back(fds.len());
                 }
                 return Ok(n);
             }
