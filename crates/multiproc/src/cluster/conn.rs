@@ -205,73 +205,37 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// The URL with the password masked: between `:` and `@` after the scheme, and in a
-/// `pass` or `password` query parameter (where a Unix socket's URL gives it).
+/// The URL with the password masked: the user information's, and a `pass` or
+/// `password` query parameter's (where a Unix socket's URL gives it). Read as the
+/// connection reads it (redis-rs's parser): one that does not read as a URL shows only
+/// its scheme if it holds an `@` or a `pass` (a password may be anywhere in it).
 pub(crate) fn mask(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+    let Some(mut parsed) = redis::parse_redis_url(url) else {
+        if url.contains('@') || url.to_ascii_lowercase().contains("pass") {
+            let scheme = url.split_once("://").map_or("", |(s, _)| s);
+            return format!("{scheme}://***");
+        }
         return url.to_string();
     };
-    let rest = &url[scheme_end..];
-    // The authority ends where the path begins (a password holding a `/` is written
-    // escaped); its credentials end at its last `@`. One that holds both a `?` and an
-    // `@` can be read two ways (a password holding a `?`, or a query given without a
-    // path whose password holds an `@`): masked whole.
-    let end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let (masked, after) = match authority.rfind('@') {
-        Some(_) if authority.contains('?') => (format!("{}***", &url[..scheme_end]), &rest[end..]),
-        Some(at) => (
-            format!("{}{}", &url[..scheme_end], mask_userinfo(&rest[..at])),
-            &rest[at..],
-        ),
-        None => (url[..scheme_end].to_string(), rest),
-    };
-    let Some((before, query)) = after.split_once('?') else {
-        return format!("{masked}{after}");
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if matches!(&*percent_decoded(key), "pass" | "password") => {
-                format!("{key}=***")
-            }
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{masked}{before}?{}", query.join("&"))
-}
-
-/// `text` with its `%XX` escapes decoded (as a URL's query keys are read), bytes that
-/// make no UTF-8 replaced.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A URL's user information with its password masked.
-fn mask_userinfo(creds: &str) -> String {
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
+    let secret = |key: &str| matches!(key, "pass" | "password");
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
+    parsed.to_string()
 }
 
 impl Server {
@@ -582,23 +546,31 @@ mod tests {
             mask("redis://u:s3cret@host/0?protocol=resp2"),
             "redis://u:***@host/0?protocol=resp2"
         );
-        // A password that holds a `?`, and a key written with an escape.
+        // A password that holds a `?` or a `/` (no URL: shown as its scheme only), and a
+        // key written with an escape.
         assert_eq!(mask("redis://u:pa?ss@host"), "redis://***");
+        assert_eq!(mask("redis://u:pa/ss@host"), "redis://***");
+        assert_eq!(mask("not a url"), "not a url");
         assert_eq!(
             mask("unix:///r.sock?p%61ss=s3cret"),
-            "unix:///r.sock?p%61ss=***"
+            "unix:///r.sock?pass=***"
         );
-        // An `@` in the query is no end of credentials.
+        // An `@` in the query is no end of credentials, and the host stays.
         assert_eq!(
             mask("unix:///r.sock?pass=abc@def"),
             "unix:///r.sock?pass=***"
         );
+        let masked = mask("redis://u:pw@host/0?x=a@b&pass=c@d");
+        assert!(masked.starts_with("redis://u:***@host/0?x=a"), "{masked}");
+        assert!(masked.ends_with("&pass=***"), "{masked}");
+        assert_eq!(mask("redis://host?pass=abc@def"), "redis://host?pass=***");
         assert_eq!(
-            mask("redis://u:pw@host/0?x=a@b&pass=c@d"),
-            "redis://u:***@host/0?x=a@b&pass=***"
+            mask("redis://:pw@host:6379?protocol=resp3"),
+            "redis://:***@host:6379?protocol=resp3"
         );
-        // A query without a path, an `@` in its password: masked whole.
-        assert!(!mask("redis://host?pass=abc@def").contains("abc"));
-        assert!(!mask("redis://host?pass=abc@def").contains("def"));
+        assert_eq!(
+            mask("rediss://u:pw@[::1]:6380/2"),
+            "rediss://u:***@[::1]:6380/2"
+        );
     }
 }

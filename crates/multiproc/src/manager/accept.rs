@@ -37,45 +37,45 @@ pub(crate) enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// A Unix socket file a server bound. Removed, once its server has stopped listening,
-/// only while nobody listens at its path: another server may have found it stale (its
-/// server killed) and bound its own there, which stays. (A file's device and inode say
-/// nothing: a file system gives a new file the inode of one just removed.)
+/// A Unix socket file a server bound, by its path and what the file system says of it
+/// then (device, inode, change time): removed only while the path still names that file,
+/// not one another server bound there after finding this one stale (its server killed).
+/// The change time tells a new file that got the inode of one just removed from it.
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: std::path::PathBuf,
+    id: (u64, u64, i64, i64),
 }
 
 impl SocketFile {
-    /// The socket file at `path`.
+    /// The socket file at `path`, as it is now.
     pub(crate) fn of(path: &std::path::Path) -> Option<SocketFile> {
+        let m = std::fs::symlink_metadata(path).ok()?;
         Some(SocketFile {
             path: path.to_path_buf(),
+            id: file_id(&m)?,
         })
     }
 
-    /// Removes the file, if nobody listens there (in turn with the servers that bind
-    /// in its directory).
+    /// Removes the file, if its path still names it.
     pub(crate) fn remove(&self) {
-        let _turn = directory_turn(&self.path);
-        if stale(&self.path) {
+        let m = std::fs::symlink_metadata(&self.path).ok();
+        if m.and_then(|m| file_id(&m)) == Some(self.id) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
-/// A turn among the servers that bind (or remove a socket) in `path`'s directory: a
-/// lock on the directory, held while the value lives. One that has bound and does not
-/// listen yet refuses connections, and must not look stale to another.
-fn directory_turn(path: &std::path::Path) -> Option<std::fs::File> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let d = std::fs::File::open(dir).ok()?;
-    #[cfg(unix)]
-    rustix::fs::flock(&d, rustix::fs::FlockOperation::LockExclusive).ok()?;
-    Some(d)
+/// A file's device, inode and change time.
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> Option<(u64, u64, i64, i64)> {
+    None
 }
 
 /// Whether `path` is a socket that nobody listens on: a connection to it is refused.
@@ -85,12 +85,36 @@ fn stale(_: &std::path::Path) -> bool {
 }
 
 /// Whether `path` is a socket that nobody listens on: a connection to it is refused.
-#[cfg(unix)]
+/// Elsewhere than Linux, with a connection that may wait for a listener's full queue.
+#[cfg(all(unix, not(target_os = "linux")))]
 fn stale(path: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
         && std::os::unix::net::UnixStream::connect(path)
             .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+}
+
+/// The look does not wait: a listener whose queue is full (a server that does not
+/// accept) answers `EAGAIN`, and counts as listening.
+#[cfg(target_os = "linux")]
+fn stale(path: &std::path::Path) -> bool {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        return false;
+    }
+    let Ok(sock) = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = SocketAddrUnix::new(path) else {
+        return false;
+    };
+    rustix::net::connect(&sock, &addr) == Err(rustix::io::Errno::CONNREFUSED)
 }
 
 impl Listener {
@@ -105,7 +129,6 @@ impl Listener {
             }
             #[cfg(unix)]
             Address::Unix(path) => {
-                let _turn = directory_turn(path);
                 let l = match std::os::unix::net::UnixListener::bind(path) {
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse && stale(path) => {
                         // A server that ended without removing its socket (killed, or

@@ -85,12 +85,12 @@ use server::{Ctor, ServerSettings, Shared};
 pub enum Address {
     /// A TCP address. Port 0 picks a free port; [`Server::address`] tells which.
     Tcp(SocketAddr),
-    /// A Unix socket file. The server removes it when it stops (unless another server
-    /// listens there by then); one left by a server that could not (killed, or ended
-    /// by a signal while it served for ever) is removed by the next server at the path,
-    /// once a connection to it is refused (nobody listens there). Servers that bind in
-    /// one directory take turns (a lock on the directory), so that one that has bound
-    /// and does not yet listen never looks stale to another.
+    /// A Unix socket file. The server removes it when it stops (unless the path names
+    /// another's by then); one left by a server that could not (killed, or ended by a
+    /// signal while it served for ever) is removed by the next server at the path, once
+    /// a connection to it is refused (nobody listens there). Two servers starting at
+    /// one path at the same moment can still meet: one that has bound and does not yet
+    /// listen looks stale to the other for those microseconds.
     Unix(PathBuf),
     /// A name in Linux's abstract socket namespace: no file is created, and nothing is
     /// left behind however the server ends.
