@@ -1378,11 +1378,11 @@ fn a_stale_socket_file_is_taken_over() {
     assert_eq!(std::fs::read(&path).unwrap(), b"data");
     std::fs::remove_file(&path).unwrap();
     // A server killed: the next takes its path over, and the first's handle, dropped
-    // later, leaves the second's socket alone (it removed it by name).
+    // later, leaves the second's socket alone (it removed the path, whatever it named).
     let first = Manager::builder().address(path.as_path()).build().unwrap();
     // Killed a while after it bound, as a server is: one killed within the file
     // system's tick of its start could leave a file the next server's bind gives the
-    // same inode and change time (told apart then only by who listens).
+    // same inode and change time.
     std::thread::sleep(Duration::from_millis(50));
     // SAFETY: kill(2) on the manager's server, a child this test started.
     unsafe { libc::kill(first.server_pid().unwrap() as i32, libc::SIGKILL) };

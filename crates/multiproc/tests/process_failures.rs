@@ -1519,7 +1519,7 @@ fn helper_server_out_of_descriptors() {
         .map(|(p, ..)| p)
         .collect();
     println!(
-        "server's children are ours: {}",
+        "ours are still the server's: {}",
         !ours.is_empty() && ours.iter().all(|p| theirs.contains(p))
     );
     for c in &mut children {
@@ -1555,7 +1555,7 @@ fn a_fork_server_out_of_descriptors_refuses_and_goes_on() {
     let mut helper = Helper::start("server_out_of_descriptors");
     let failed = helper.expect("failed: ", T);
     assert!(failed.contains("Too many open files"), "{failed}");
-    assert_eq!(helper.expect("server's children are ours: ", T), "true");
+    assert_eq!(helper.expect("ours are still the server's: ", T), "true");
     assert_eq!(helper.expect("again: ", T), "Ok(Ok(7))");
     assert_eq!(helper.expect("same server: ", T), "true");
     assert_eq!(helper.expect("left: ", T), "[]");

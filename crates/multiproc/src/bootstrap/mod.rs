@@ -557,7 +557,8 @@ fn server_call<T>(
             Err(e) if forkserver::is_out_of_step(&e) => {
                 // No answer in time (the server stopped or starved), or half of one: its
                 // answer may still come, and would be read as the next request's (a
-                // spawn would get the previous child's pid). It is replaced, killed if
+                // spawn would get the previous child's pid). (Or one read whole whose
+                // pidfd found no descriptor free here: its child started unreachable.) It is replaced, killed if
                 // it does not exit, so that the request it did not answer is not
                 // served later either.
                 if let Some(old) = st.server.take() {

@@ -219,6 +219,10 @@ pub(crate) fn mask(url: &str) -> String {
     };
     if parsed.password().is_some() {
         let _ = parsed.set_password(Some("***"));
+    } else if parsed.path().contains('@') || parsed.fragment().is_some_and(|f| f.contains('@')) {
+        // A password written with a `/` or `#` unescaped reads as a host, a port and a
+        // path: shown as the scheme only.
+        return format!("{}://***", parsed.scheme());
     }
     let secret = |key: &str| matches!(key, "pass" | "password");
     if parsed.query_pairs().any(|(k, _)| secret(&k)) {
@@ -550,6 +554,7 @@ mod tests {
         // key written with an escape.
         assert_eq!(mask("redis://u:pa?ss@host"), "redis://***");
         assert_eq!(mask("redis://u:pa/ss@host"), "redis://***");
+        assert_eq!(mask("redis://u:1234/x@host"), "redis://***");
         assert_eq!(mask("not a url"), "not a url");
         assert_eq!(
             mask("unix:///r.sock?p%61ss=s3cret"),

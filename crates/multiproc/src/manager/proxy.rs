@@ -720,7 +720,8 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 /// The held state of a managed lock: releases it when dropped.
 ///
 /// Dropping cannot report a failure (the server being gone); [`unlock`](Self::unlock)
-/// can.
+/// can. It stays on the thread that took the lock (it is not `Send`, as std's
+/// `MutexGuard`): the server knows the holder as that thread.
 pub struct ProxyGuard<'a> {
     h: &'a Handle,
     thread: u64,
@@ -905,7 +906,8 @@ impl EventProxy {
         }
     }
 
-    /// Waits up to `timeout` for the flag; whether it is set.
+    /// Waits up to `timeout` for the flag: true if it was set meanwhile (or already),
+    /// even if cleared again since; false if the timeout passed first.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
         self.h.flag(Op::Wait {
             timeout: Some(timeout),

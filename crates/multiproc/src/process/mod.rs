@@ -537,10 +537,13 @@ impl Builder {
     /// # Safety
     ///
     /// Only the calling thread exists in the child. If another thread of this process
-    /// holds a lock at the moment of the fork (the allocator's, stdout's, a `Mutex` of
+    /// holds a lock at the moment of the fork (the allocator's, stderr's, a `Mutex` of
     /// yours, a logging or runtime lock), it stays locked in the child forever, and the
     /// child deadlocks or sees half-updated data if `f` (or anything it calls, including
-    /// `println!` and logging) needs it. The caller must ensure that either this process
+    /// `eprintln!`, a panic's message, and logging) needs it. Stdout's lock is the
+    /// exception: the fork waits for it and holds it across (so a thread that keeps a
+    /// `StdoutLock` holds the fork up), and the child finds it free, and writes out at
+    /// its exit what `f` left in stdout's buffer. The caller must ensure that either this process
     /// has no other threads, or `f` touches nothing another thread might hold. This is
     /// why Python deprecates `fork` with threads, and why the default start methods go
     /// through the fork server instead. The child's own set-up takes two of std's locks

@@ -173,9 +173,9 @@ pub(crate) fn lost_descriptors_error() -> io::Error {
     io::Error::other(DescriptorsLost)
 }
 
-/// Whether `e` is a receive that lost the descriptors passed with it
-/// ([`recv_with_fds`]): what it read is lost too, so a stream it read from is out of
-/// step.
+/// Whether `e` is a receive that lost the descriptors passed with it: from
+/// [`recv_with_fds`], what it read is lost too, so a stream it read from is out of step
+/// (a connection's framing reads with [`recv_keeping_bytes`] and stays in step).
 pub(crate) fn descriptors_lost(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|e| e.is::<DescriptorsLost>())
 }
