@@ -1350,40 +1350,47 @@ fn a_stale_socket_file_is_taken_over() {
     // Bound and closed: a socket file nobody listens on, as a killed server leaves.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
+    let refused = || {
+        let e = Manager::builder()
+            .address(path.as_path())
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&e, ManagerError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse),
+            "{e}"
+        );
+    };
     let m = Manager::builder().address(path.as_path()).build().unwrap();
     let l = m.list::<u8>().unwrap();
     l.push(1).unwrap();
     // Live: not taken.
-    let e = Manager::builder()
-        .address(path.as_path())
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(&e, ManagerError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse),
-        "{e}"
-    );
+    refused();
     assert_eq!(l.len().unwrap(), 1, "the live server was disturbed");
     drop((l, m));
     assert!(!path.exists());
     // Not a socket: not removed.
     std::fs::write(&path, b"data").unwrap();
-    let e = Manager::builder()
-        .address(path.as_path())
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(&e, ManagerError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse),
-        "{e}"
-    );
+    refused();
     assert_eq!(std::fs::read(&path).unwrap(), b"data");
     std::fs::remove_file(&path).unwrap();
     // A server killed: the next takes its path over, and the first's handle, dropped
     // later, leaves the second's socket alone (it removed the path, whatever it named).
     let first = Manager::builder().address(path.as_path()).build().unwrap();
-    // Killed a while after it bound, as a server is: one killed within the file
-    // system's tick of its start could leave a file the next server's bind gives the
-    // same inode and change time.
-    std::thread::sleep(Duration::from_millis(50));
+    // Killed once the file system's clock has moved past its socket's change time, as
+    // a server is killed a while after it bound: one killed within that tick could
+    // leave a file the next server's bind gives the same inode and change time.
+    let probe = dir.join("probe");
+    let changed = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let bound = changed(&path);
+    assert!(common::eventually(T, || {
+        std::fs::write(&probe, b"").unwrap();
+        changed(&probe) > bound
+    }));
+    std::fs::remove_file(&probe).unwrap();
     // SAFETY: kill(2) on the manager's server, a child this test started.
     unsafe { libc::kill(first.server_pid().unwrap() as i32, libc::SIGKILL) };
     let mut second = None;

@@ -1442,22 +1442,28 @@ fn piped_stdio() {
         let mut stdin = child.take_stdin().unwrap();
         stdin.write_all(b"hello child").unwrap();
         drop(stdin);
-        let mut out = String::new();
-        child
-            .take_stdout()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let mut err = String::new();
-        child
-            .take_stderr()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (out, err) = piped_output(&mut child);
         assert_eq!(child.join_timeout(T).unwrap(), 11);
         assert_eq!(out, "HELLO CHILD");
         assert_eq!(err, "err:11");
     }
+}
+
+/// Everything a child with piped stdout and stderr writes to each, read to their end.
+fn piped_output<R>(child: &mut multiproc::JoinHandle<R>) -> (String, String) {
+    let mut out = String::new();
+    child
+        .take_stdout()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .take_stderr()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (out, err)
 }
 
 /// A child forked straight from its parent holds none of the parent's ends of its
@@ -1483,18 +1489,7 @@ fn piped_stdio_of_a_forked_child() {
         let _ = child.join_timeout(T);
     }
     assert_eq!(joined.unwrap(), 11);
-    let mut out = String::new();
-    child
-        .take_stdout()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .take_stderr()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (out, err) = piped_output(&mut child);
     assert_eq!(out, "HELLO CHILD");
     assert_eq!(err, "err:11");
 }
