@@ -308,6 +308,10 @@ fn helpers(mode: &str) {
         println!("dropped");
         return;
     }
+    if mode == "cancel_on_its_way" {
+        cancel_on_its_way();
+        return;
+    }
     if mode == "worker" {
         let url = std::env::var("MP_URL").unwrap();
         let ns = std::env::var("MP_NS").unwrap();
@@ -568,6 +572,10 @@ fn main() {
             trial(
                 "a_cancel_of_a_retried_task_reaches_its_submitter",
                 a_cancel_of_a_retried_task_reaches_its_submitter,
+            ),
+            trial(
+                "a_cancel_answers_by_an_outcome_on_its_way",
+                a_cancel_answers_by_an_outcome_on_its_way,
             ),
             trial(
                 "a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task",
@@ -3823,6 +3831,63 @@ fn a_cancel_of_a_retried_task_reaches_its_submitter() {
     drop(submitter);
     finish(&redis, other, ns);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cancel on its way to the server while the task's outcome comes (the client takes
+/// it, and has not yet handed it to its handle: the delivering thread is busy with
+/// another task's callback) answers by that outcome: no, and the value comes. (The
+/// server, which no longer had the task, flagged it as it does one a worker holds: the
+/// cancel said yes, and the value came all the same.) The client runs in a process of
+/// its own, whose cancels wait 5 s on their way (`MULTIPROC_TEST_CANCEL_DELAY_MS`).
+fn a_cancel_answers_by_an_outcome_on_its_way() {
+    let redis = RedisServer::start();
+    let ns = "cancelhanded";
+    let w = worker(&redis, ns, 1);
+    let mut h = Helper::start_with(
+        "cancel_on_its_way",
+        std::env::current_exe().unwrap(),
+        &[
+            ("MP_URL", &redis.url()),
+            ("MP_NS", ns),
+            ("MULTIPROC_TEST_CANCEL_DELAY_MS", "5000"),
+        ],
+    );
+    let answer = h.expect("cancelled: ", T);
+    assert_eq!(h.expect("value: ", T), "Ok(9)");
+    assert_eq!(answer, "false", "the cancel said yes, and the value came");
+    assert!(h.wait(T).success());
+    w.shutdown(true);
+    finish(&redis, client(&redis, ns), ns);
+}
+
+/// The client of [`a_cancel_answers_by_an_outcome_on_its_way`].
+fn cancel_on_its_way() {
+    let c = Cluster::builder(&std::env::var("MP_URL").unwrap())
+        .namespace(std::env::var("MP_NS").unwrap())
+        .build()
+        .expect("connect");
+    // A callback that holds the delivering thread until told; the task still runs when
+    // it is added (one added to a task done runs at once, on the thread that adds it).
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let mut first = c.submit(SLOW_SQUARE, (2, 1000)).unwrap();
+    first.on_done(move |_| {
+        entered_tx.send(std::thread::current().id()).unwrap();
+        let _ = released.recv_timeout(T);
+    });
+    // Ends half a second after the cancel below set out, which waits 5 s on its way: by
+    // then the client has taken its outcome (and deleted its result key, the next time
+    // it read its reply lists, 2 s later at most), and holds it for the delivering
+    // thread.
+    let mut second = c.submit(SLOW_SQUARE, (3, 500)).unwrap();
+    let on = entered.recv_timeout(T).expect("the callback ran");
+    assert_ne!(on, std::thread::current().id(), "the task ended too soon");
+    let cancelled = second.cancel();
+    println!("cancelled: {cancelled}");
+    release.send(()).unwrap();
+    println!("value: {:?}", second.wait_timeout(T));
+    assert_eq!(first.wait_timeout(T), Ok(4));
+    c.shutdown(true, false);
 }
 
 /// A task retried since it was submitted (its client no longer knows where it is) can

@@ -111,7 +111,7 @@ impl ClusterBuilder {
             .flatten()
             .unwrap_or(conn::Limits::DEFAULT);
         let (to_deliver, queued) = crossbeam_channel::unbounded();
-        let handing = Arc::new(AtomicUsize::new(0));
+        let handing = Arc::new(Handing::default());
         let inner = Arc::new(ClientInner {
             id: conn::random_hex(8)?,
             namespace: self.settings.namespace.clone(),
@@ -212,13 +212,24 @@ pub(crate) struct ClientInner {
     deliverer: std::sync::OnceLock<std::thread::ThreadId>,
     /// Outcomes given to the deliverer thread and not handed over yet (their tasks are
     /// no longer pending, but not done either): what `shutdown(wait)` waits for too.
-    handing: Arc<AtomicUsize>,
+    handing: Arc<Handing>,
+}
+
+/// Outcomes the receiver took and has not handed over yet.
+#[derive(Default)]
+struct Handing {
+    /// How many.
+    count: AtomicUsize,
+    /// Their tasks' local handle ids, with whether the outcome is a cancel's. A cancel
+    /// that finds its task so (no longer pending, not done yet) answers by it: the
+    /// server, which no longer has the task, would have it flagged and answer yes.
+    locals: Mutex<HashMap<u64, bool>>,
 }
 
 type Deliver = Box<dyn FnOnce(Result<Outcome, TaskError>) + Send>;
 
 /// An outcome the receiver took, and whom it goes to.
-type Handover = (Vec<Deliver>, Result<Outcome, TaskError>);
+type Handover = (Vec<(u64, Deliver)>, Result<Outcome, TaskError>);
 
 thread_local! {
     /// Whether this thread is a client's receiver: what it delivers goes through the
@@ -231,7 +242,7 @@ thread_local! {
 /// Hands an outcome to the tasks waiting for it (each a copy, the last the original).
 fn hand_over((delivers, outcome): Handover) {
     let mut delivers = delivers.into_iter().peekable();
-    while let Some(d) = delivers.next() {
+    while let Some((_, d)) = delivers.next() {
         if delivers.peek().is_some() {
             d(outcome.clone());
         } else {
@@ -244,11 +255,18 @@ fn hand_over((delivers, outcome): Handover) {
 /// [`hand_over`], then one outcome fewer in `handing`, also when handing it over
 /// panicked (a result type's `Deserialize` or `Display`, say: the deliverer thread goes
 /// on, and a shutdown waiting for the count does not wait for ever).
-fn hand_over_counted(handover: Handover, handing: &AtomicUsize) {
+fn hand_over_counted(handover: Handover, handing: &Handing) {
+    let locals: Vec<u64> = handover.0.iter().map(|(local, _)| *local).collect();
     if crate::bootstrap::catching(|| hand_over(handover)).is_err() {
         tracing::error!("handing over a cluster task's outcome panicked");
     }
-    handing.fetch_sub(1, Ordering::AcqRel);
+    // The tasks are done now (or their handles gone): a cancel answers by them.
+    let mut handed = lock(&handing.locals);
+    for local in locals {
+        handed.remove(&local);
+    }
+    drop(handed);
+    handing.count.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// An item of a windowed map: its local id and what the map keeps for it, or why it was
@@ -1078,7 +1096,7 @@ impl Cluster {
         let handed = !self.inner.routes_here();
         loop {
             if lock(&self.inner.pending).tasks.is_empty()
-                && (!handed || self.inner.handing.load(Ordering::Acquire) == 0)
+                && (!handed || self.inner.handing.count.load(Ordering::Acquire) == 0)
             {
                 return true;
             }
@@ -1470,15 +1488,20 @@ impl ClientInner {
         let w = {
             let mut p = lock(&self.pending);
             let w = p.tasks.remove(&task_key(keys, task))?;
+            // Counted as it leaves the pending list (under its lock): a shutdown that
+            // finds the list empty finds it counted here, and a cancel that finds it
+            // gone finds it among those handed over or done.
+            let cancel = matches!(outcome, Ok(Outcome::Failed(ErrorWire::Cancelled)));
+            let mut handed = lock(&self.handing.locals);
             for (local, _) in &w.delivers {
                 p.locals.remove(local);
+                handed.insert(*local, cancel);
             }
-            // Counted as it leaves the pending list (under its lock): a shutdown that
-            // finds the list empty finds it counted here.
-            self.handing.fetch_add(1, Ordering::AcqRel);
+            drop(handed);
+            self.handing.count.fetch_add(1, Ordering::AcqRel);
             w
         };
-        let handover = (w.delivers.into_iter().map(|(_, d)| d).collect(), outcome);
+        let handover = (w.delivers, outcome);
         let handover = match lock(&self.to_deliver).as_ref() {
             // The deliverer thread counts it down once it has handed it over.
             Some(tx) if ON_RECEIVER.get() => tx.send(handover).err().map(|e| e.into_inner()),
@@ -1774,6 +1797,7 @@ impl ClientInner {
             return (false, true);
         };
         let ttl = self.result_ttl.to_string();
+        test_cancel_delay();
         let r: Result<i64, _> = self.run(|c| {
             conn::invoke(
                 c,
@@ -1804,20 +1828,42 @@ impl ClientInner {
         match r {
             Ok(1) => (true, true),
             Ok(2) => {
-                // Its outcome came while the cancel was on its way, and its result key
-                // was taken already: the flag would outlive the task. (That outcome may
-                // be this cancel's, a worker's `FINISH` having found the flag, or
-                // another: `Task::cancel` then says which, by the outcome the handle
-                // has, if it has it by then.)
-                if !lock(&self.pending).locals.contains_key(&local) {
-                    let _ = self.run(|c| redis::cmd("DEL").arg(keys.cancel(&task)).exec(c));
-                }
-                (true, true)
+                // Flagged, as a task a worker holds is. Unless its outcome came while
+                // the cancel was on its way, and its result key was taken already: the
+                // flag would then outlive the task, and the answer is the outcome's
+                // (this cancel's, a worker's `FINISH` having found the flag, or
+                // another). The receiver took it: on its way to the handle, it says
+                // which; handed over already, the handle's outcome does
+                // (`Task::cancel`).
+                let handed = {
+                    let p = lock(&self.pending);
+                    (!p.locals.contains_key(&local))
+                        .then(|| lock(&self.handing.locals).get(&local).copied())
+                };
+                let Some(handed) = handed else {
+                    return (true, true);
+                };
+                let _ = self.run(|c| redis::cmd("DEL").arg(keys.cancel(&task)).exec(c));
+                (handed.unwrap_or(true), true)
             }
             Ok(_) => (false, true),
             // An error the server answered leaves the connection up.
             Err(_) => (false, lock(&self.link).is_connected()),
         }
+    }
+}
+
+/// In a build with debug assertions, `MULTIPROC_TEST_CANCEL_DELAY_MS=<ms>` in the
+/// environment makes each cancel wait that long between finding its task pending and
+/// asking the server (as one behind a busy connection may), so that tests can have the
+/// task's outcome come meanwhile.
+fn test_cancel_delay() {
+    if cfg!(debug_assertions)
+        && let Some(ms) = std::env::var("MULTIPROC_TEST_CANCEL_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
