@@ -35,6 +35,42 @@ const HANG_FAIL: TaskDef<String, Result<u32, String>> = TaskDef::new("t.hang_fai
 const UNDECODABLE: TaskDef<u64, DecodedOnNodes> = TaskDef::new("t.undecodable");
 const UNDECODABLE_ERR: TaskDef<u64, Result<u32, DecodedOnNodes>> =
     TaskDef::new("t.undecodable_err");
+const UNDECODABLE_ARG: TaskDef<PanicsDecoded, u64> = TaskDef::new("t.undecodable_arg");
+const UNENCODABLE: TaskDef<u64, PanicsEncoded> = TaskDef::new("t.unencodable");
+
+/// An argument whose `Deserialize` panics (the node decodes it).
+#[derive(Serialize)]
+struct PanicsDecoded(u64);
+
+impl<'de> Deserialize<'de> for PanicsDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("this argument does not decode")
+    }
+}
+
+fn undecodable_arg(x: PanicsDecoded) -> u64 {
+    x.0
+}
+
+/// A value whose `Serialize` panics in a worker node's process (one multiproc did not
+/// start), not in its pool's workers: the node decodes the value from its pool and
+/// encodes it again.
+#[derive(Deserialize)]
+struct PanicsEncoded(u64);
+
+impl Serialize for PanicsEncoded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert!(
+            multiproc::parent_process().is_some(),
+            "this value does not encode here"
+        );
+        self.0.serialize(s)
+    }
+}
+
+fn unencodable(x: u64) -> PanicsEncoded {
+    PanicsEncoded(x)
+}
 
 /// A value whose `Deserialize` panics outside a worker node's process (`MP_NODE` unset):
 /// a client's decode panics where the node's went through.
@@ -219,6 +255,8 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(LEN, len)
         .register_fallible(HANG_FAIL, hang_fail)
         .register(UNDECODABLE, undecodable)
+        .register(UNDECODABLE_ARG, undecodable_arg)
+        .register(UNENCODABLE, unencodable)
         .register_fallible(UNDECODABLE_ERR, undecodable_err)
 }
 
@@ -576,6 +614,11 @@ fn main() {
             trial(
                 "a_cancel_answers_by_an_outcome_on_its_way",
                 a_cancel_answers_by_an_outcome_on_its_way,
+            ),
+            trial("a_chunk_is_finished_once", a_chunk_is_finished_once),
+            trial(
+                "an_argument_or_value_whose_coding_panics_fails_its_task_only",
+                an_argument_or_value_whose_coding_panics_fails_its_task_only,
             ),
             trial(
                 "a_repeat_during_a_countdown_longer_than_the_ttl_joins_the_task",
@@ -3103,6 +3146,76 @@ fn answer_by_hand(redis: &RedisServer, ns: &str, c: &Cluster, n: u64, outcome: &
         .unwrap();
     raw.call_bytes(&[b"RPUSH", list.as_bytes(), &reply])
         .unwrap();
+}
+
+/// A chunk of a map is finished once, however many of its items' ends wake its node
+/// after the last: the node polled the chunk at each, and each poll after the last item
+/// ended made another finish with a copy of the chunk's whole outcome, all of them sent
+/// to the server (here each of 1.6 MB, written as the result and again as the reply:
+/// 64 MB sent where 3.3 MB would do).
+fn a_chunk_is_finished_once() {
+    let redis = RedisServer::start();
+    let ns = "chunkonce";
+    let w = worker(&redis, ns, 2);
+    let c = client(&redis, ns);
+    let received = || {
+        let info = redis.cmd(&["INFO", "stats"]).text();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_input_bytes:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("INFO stats")
+    };
+    // The server has the scripts (the first call of one sends its arguments twice).
+    assert_eq!(c.map_chunked(BYTES, vec![1u64; 2], 2).unwrap().len(), 2);
+    let before = received();
+    let lengths = c.map_chunked(BYTES, vec![400u64; 4000], 4000).unwrap();
+    assert!(lengths.iter().all(|v| v.len() == 400));
+    // What the server received meanwhile: the chunk's outcome twice (3.3 MB), a few
+    // kilobytes of calls besides.
+    let took = received() - before;
+    assert!(took < 4_000_000, "the server received {took} bytes");
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// An argument whose `Deserialize` panics, or a value whose `Serialize` does, in the
+/// node (which decodes the argument before its pool runs the task, and encodes the
+/// value its pool sends back) fails its task as a codec error; the node goes on. (The
+/// panic ended the node's thread that read tasks, and the node with it; the task, back
+/// in the queue, then ended each node that took it.)
+fn an_argument_or_value_whose_coding_panics_fails_its_task_only() {
+    let redis = RedisServer::start();
+    let ns = "codingpanics";
+    let w = worker(&redis, ns, 1);
+    let c = client(&redis, ns);
+    for (what, r) in [
+        (
+            "decoding the task's argument panicked",
+            c.apply_timeout(UNDECODABLE_ARG, PanicsDecoded(3), T)
+                .map(|_| ()),
+        ),
+        (
+            "encoding the task's value panicked",
+            c.apply_timeout(UNENCODABLE, 3, T).map(|_| ()),
+        ),
+        // In chunks of 3.
+        (
+            "decoding the task's argument panicked",
+            c.map_timeout(UNDECODABLE_ARG, (0..130).map(PanicsDecoded), T)
+                .map(|_| ()),
+        ),
+    ] {
+        match r {
+            Err(ClusterError::Task(TaskError::Codec(e))) => {
+                assert!(e.to_string().contains(what), "{e}");
+            }
+            other => panic!("{what}: {:?}", other.err()),
+        }
+        assert!(w.broken().is_none(), "{:?}", w.broken());
+    }
+    assert_eq!(c.apply_timeout(SQUARE, 5, T).unwrap(), 25);
+    w.shutdown(true);
+    finish(&redis, c, ns);
 }
 
 /// A client whose reads of its reply list keep failing while the server accepts its

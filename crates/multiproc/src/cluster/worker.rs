@@ -29,6 +29,7 @@ use super::envelope::{self, Addressee, Envelope, ErrorWire, Outcome, Reply, mill
 use super::error::ClusterError;
 use super::keys::{GROUP, Keys};
 use super::scripts;
+use crate::CodecError;
 use crate::deadline;
 use crate::pool::RetryPolicy;
 use crate::pool::TaskError;
@@ -877,6 +878,10 @@ struct Flight {
     run: Box<dyn Running>,
     waker: Waker,
     end: End,
+    /// Its run ended and its finish is made: the wake-ups still queued (each item of a
+    /// chunk sends one) find nothing to do. (Polled again, a chunk ended again, each
+    /// time a finish with a copy of its whole outcome.)
+    concluded: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1542,13 +1547,23 @@ impl Node {
             self.send_finish(fin);
             return;
         }
+        // The argument's `Deserialize` runs here, in the node: a panic there fails the
+        // task, not the thread that reads (or reclaims) tasks, which ended the node, the
+        // task then taking down the next node that took it.
         let started = match lock(&self.pool).as_ref() {
-            Some(pool) => runner(
-                pool,
-                &envelope.args,
-                envelope.chunk,
-                envelope.timeout_ms.map(Duration::from_millis),
-            ),
+            Some(pool) => crate::bootstrap::catching(|| {
+                runner(
+                    pool,
+                    &envelope.args,
+                    envelope.chunk,
+                    envelope.timeout_ms.map(Duration::from_millis),
+                )
+            })
+            .unwrap_or_else(|caught| {
+                Err(TaskError::Codec(CodecError::new(format!(
+                    "decoding the task's argument panicked: {caught}"
+                ))))
+            }),
             None => Err(TaskError::PoolClosed),
         };
         match started {
@@ -1569,6 +1584,7 @@ impl Node {
                         run,
                         waker,
                         end: End::Normal,
+                        concluded: false,
                     },
                 );
                 drop(st);
@@ -1843,12 +1859,19 @@ impl Node {
     /// Polls the run of flight `id`; what to finish if it ended.
     fn poll(&self, id: u64) -> Option<Finish> {
         let mut st = lock(&self.state);
-        let flight = st.flights.get_mut(&id)?;
+        let flight = st.flights.get_mut(&id).filter(|f| !f.concluded)?;
         let waker = flight.waker.clone();
         let mut cx = Context::from_waker(&waker);
-        let Poll::Ready(done) = flight.run.poll(&mut cx) else {
-            return None;
+        // The value's `Serialize` (and a fallible task's error's `Display`) run here,
+        // in the node: a panic there fails the task, not the thread (and the node).
+        let done = match crate::bootstrap::catching(|| flight.run.poll(&mut cx)) {
+            Ok(Poll::Pending) => return None,
+            Ok(Poll::Ready(done)) => done,
+            Err(caught) => Done::Failed(TaskError::Codec(CodecError::new(format!(
+                "encoding the task's value panicked: {caught}"
+            )))),
         };
+        flight.concluded = true;
         if flight.end == End::Lost {
             if let Some(flight) = st.flights.remove(&id) {
                 st.release(&flight.entry);
