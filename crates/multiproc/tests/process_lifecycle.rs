@@ -1521,10 +1521,14 @@ fn log_work(_: ()) {
     // A process of its own under this one, started through this child's own server.
     Builder::new()
         .name("nested")
-        .spawn(name_of, ())
+        .spawn(log_nested, ())
         .unwrap()
         .join()
         .unwrap();
+}
+
+fn log_nested(_: ()) {
+    tracing::info!("nested work");
 }
 
 fn helper_logging() {
@@ -1559,6 +1563,10 @@ fn logging_names_processes() {
     assert!(err.contains("MainProcess: starting"), "{err}");
     assert!(err.contains("worker1: working"), "{err}");
     assert!(err.contains("renamed worker: working"), "{err}");
+    // The setup ran in the grandchildren too, also in the one whose parent was started by
+    // executing the program (whose image had not run `init_with`: the setup reached
+    // its children only).
+    assert_eq!(err.matches("nested: nested work").count(), 2, "{err}");
 }
 
 fn ready_then_sleep(_: ()) {

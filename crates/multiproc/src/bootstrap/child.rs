@@ -159,6 +159,10 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         Some(offset) => Some(sys::fn_at(offset, &proof)),
         None => super::setup(),
     };
+    // This process's own children run it too: an image that did not run `init_with`
+    // (a child started by executing the program, or one whose fork server was) has it
+    // from here only.
+    super::keep_setup(setup);
     let name = header.name.clone();
     {
         let mut st = super::state();

@@ -227,7 +227,8 @@ pub fn init() -> Init {
 }
 
 /// Like [`init`], and runs `setup` at the start of every process: here, right away, and
-/// in each child before its function. This is where logging is configured, so that
+/// in each child before its function, whatever its start method, and in the children's
+/// children. This is where logging is configured, so that
 /// children log like the parent:
 ///
 /// ```no_run
@@ -440,6 +441,14 @@ pub(crate) fn initialized() -> bool {
 /// The setup function given to [`init_with`].
 pub(crate) fn setup() -> Option<fn()> {
     SETUP.get().copied().flatten()
+}
+
+/// Keeps `setup` as this image's (a child's, from its call), unless it has one. (None
+/// is not kept: the child may call `init_with` itself.)
+pub(crate) fn keep_setup(setup: Option<fn()>) {
+    if setup.is_some() {
+        let _ = SETUP.set(setup);
+    }
 }
 
 /// This executable's identity: the file's, plus where the anchor symbol sits in it.
