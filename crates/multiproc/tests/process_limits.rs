@@ -68,6 +68,10 @@ fn main() {
             ),
             trial("invalid_limits_refused", invalid_limits_refused),
             trial(
+                "shared_memory_over_the_file_size_limit_is_an_error",
+                shared_memory_over_the_file_size_limit_is_an_error,
+            ),
+            trial(
                 "a_cgroup_left_by_a_namesake_server_is_passed_over",
                 a_namesake_servers_cgroup_is_passed_over,
             ),
@@ -801,4 +805,56 @@ fn no_cgroup_left() -> common::AfterCheck {
             ))
         }
     })
+}
+
+/// Under a file-size limit (`ulimit -f`), shared memory larger than the limit is an
+/// error for its caller (a memory file is a file to the limit): its size set past the
+/// limit sent the process `SIGXFSZ`, which ended it.
+fn shared_memory_over_the_file_size_limit_is_an_error() {
+    let mut child = Builder::new()
+        .spawn(under_a_file_size_limit, ())
+        .expect("spawn");
+    let errors = child.join_timeout(T).expect("the child ended by itself");
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for e in &errors {
+        assert!(e.contains("file-size limit of 65536 bytes"), "{errors:?}");
+    }
+}
+
+/// What each use of shared memory past a 64 KiB file-size limit says.
+fn under_a_file_size_limit(_: ()) -> Vec<String> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Made before (its ring is larger than the limit).
+    let (tx, rx) = multiproc::pipe::<Vec<u8>>().expect("a pipe");
+    let hard = getrlimit(Resource::Fsize).maximum;
+    setrlimit(
+        Resource::Fsize,
+        Rlimit {
+            current: Some(64 << 10),
+            maximum: hard,
+        },
+    )
+    .expect("setrlimit");
+    let name = format!("mp-fsize-{}", std::process::id());
+    let small = multiproc::SharedMemory::new(4096).expect("under the limit");
+    drop(small);
+    let errors = vec![
+        multiproc::SharedMemory::new(1 << 20)
+            .err()
+            .map(|e| e.to_string()),
+        multiproc::SharedMemory::create(&name, 1 << 20)
+            .err()
+            .map(|e| e.to_string()),
+        // Larger than the pipe's ring: sent in a memory file of its own.
+        tx.send(vec![7; 8 << 20]).err().map(|e| e.to_string()),
+        multiproc::Array::<u8>::new(1 << 20)
+            .err()
+            .map(|e| e.to_string()),
+    ];
+    drop((tx, rx));
+    assert!(
+        !std::path::Path::new("/dev/shm").join(&name).exists(),
+        "the named segment was left"
+    );
+    errors.into_iter().map(|e| e.unwrap_or_default()).collect()
 }

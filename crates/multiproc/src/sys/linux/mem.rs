@@ -9,10 +9,29 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
+/// Fails with `FileTooLarge` if a file of `len` bytes is over this process's file-size
+/// limit (`RLIMIT_FSIZE`, `ulimit -f`, systemd's `LimitFSIZE=`). A memory file is a file
+/// to the kernel: sized (or written) past the limit, it sends the process `SIGXFSZ`,
+/// whose default action ends it (CPython ignores the signal at start-up, and gets its
+/// `EFBIG` instead). Asked before each size a memory file is given.
+fn within_file_size_limit(len: u64) -> io::Result<()> {
+    match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+        Some(limit) if len > limit => Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!(
+                "{len} bytes of shared memory is over this process's file-size limit of \
+                 {limit} bytes (RLIMIT_FSIZE, `ulimit -f`); a memory file is a file to it"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// An anonymous shared-memory file of `len` bytes: it exists only while a descriptor or
 /// a mapping refers to it, so it can never be left behind, whatever happens to the
 /// processes using it. Its size is sealed.
 pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
+    within_file_size_limit(len)?;
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, len)?;
     // A process that could shrink the file would make every other process's reads of
@@ -24,6 +43,7 @@ pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
 /// An anonymous shared-memory file of `len` bytes that may grow but never shrink (an
 /// unbounded channel's): mappings of the bytes it has can never fault.
 pub(crate) fn memfd_growable(name: &str, len: u64) -> io::Result<OwnedFd> {
+    within_file_size_limit(len)?;
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, len)?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
@@ -33,6 +53,7 @@ pub(crate) fn memfd_growable(name: &str, len: u64) -> io::Result<OwnedFd> {
 /// Makes the file behind `fd` `len` bytes long, if it is shorter.
 pub(crate) fn grow(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     if file_len(fd)? < len {
+        within_file_size_limit(len)?;
         rustix::fs::ftruncate(fd, len)?;
     }
     Ok(())
@@ -76,6 +97,7 @@ pub(crate) fn fully_sealed(fd: BorrowedFd<'_>) -> bool {
 /// A memfd holding `bytes`, sealed against any change: a message that another process
 /// can map and read while the sender is free to exit.
 pub(crate) fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    within_file_size_limit(bytes.len() as u64)?;
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, bytes.len() as u64)?;
     let mut done = 0;
@@ -278,6 +300,8 @@ const RESERVE_PIECE_LEAST: u64 = 64 << 10;
 /// segments live on no such file system, and are limited only by the memory itself.)
 pub(crate) fn shm_reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     use rustix::fs::FallocateFlags;
+    // Before the memory is taken (allocating ahead is not checked against the limit).
+    within_file_size_limit(len)?;
     let (mut at, mut size) = (0, RESERVE_PIECE);
     while at < len {
         let piece = size.min(len - at);
