@@ -509,6 +509,10 @@ fn main() {
                 a_stopping_node_hands_back_the_tasks_it_has_not_started,
             ),
             trial(
+                "a_stopping_node_hands_back_the_chunks_it_has_not_started",
+                a_stopping_node_hands_back_the_chunks_it_has_not_started,
+            ),
+            trial(
                 "idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first",
                 idempotency_keys_are_per_queue_and_a_failed_repeat_keeps_the_first,
             ),
@@ -4397,6 +4401,53 @@ fn a_stopping_node_hands_back_the_tasks_it_has_not_started() {
     }
     stopping.shutdown(true);
     other.shutdown(true);
+    finish(&redis, c, ns);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// As above, for the chunks of a `map`: those none of whose items started go back at
+/// once, the one running finishes in the grace, and each item runs once. (A chunk was
+/// never handed back: the next one started during the grace, was killed at its end and
+/// ran again elsewhere.)
+fn a_stopping_node_hands_back_the_chunks_it_has_not_started() {
+    let redis = RedisServer::start();
+    let ns = "stop-hands-back-chunks";
+    let c = client(&redis, ns);
+    let dir = common::tempdir(ns);
+    let node = |processes| {
+        node_at(&redis.url(), ns, processes)
+            .prefetch(4)
+            .grace(Duration::from_secs(5))
+            .build()
+            .expect("start worker")
+    };
+    let paths: Vec<String> = (0..8)
+        .map(|i| dir.join(format!("runs-{i}")).display().to_string())
+        .collect();
+    std::thread::scope(|scope| {
+        // Four chunks of two items, each item 1.5 s.
+        let map =
+            scope.spawn(|| c.map_chunked(RECORD_SLOW, paths.iter().map(|p| (p.clone(), 1500)), 2));
+        assert!(common::eventually(T, || c.stats().unwrap().waiting == 4));
+        // Started once all are queued: it takes the four at once, and starts the first.
+        let stopping = node(1);
+        assert!(common::eventually(T, || {
+            std::path::Path::new(&paths[0]).exists()
+        }));
+        assert_eq!(c.stats().unwrap().in_flight, 4, "held by the node");
+        stopping.shutdown(false);
+        let other = node(4);
+        assert_eq!(map.join().unwrap().unwrap(), vec![1; 8]);
+        for (i, p) in paths.iter().enumerate() {
+            assert_eq!(
+                std::fs::read_to_string(p).unwrap(),
+                "run\n",
+                "item {i} ran more than once"
+            );
+        }
+        stopping.shutdown(true);
+        other.shutdown(true);
+    });
     finish(&redis, c, ns);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -171,16 +171,32 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
         }
         any
     }
+
+    /// A chunk none of whose items has started (or ended) is cancelled whole, to go
+    /// back to the queue; one with an item started is left to run. An item that starts
+    /// while the others are cancelled (the last first: the pool starts them in order)
+    /// runs on, and the chunk, ended as cancelled once it has, goes back all the same
+    /// (its items all run again elsewhere, as a chunk stopped at the grace's end does).
+    fn cancel_unstarted(&mut self) -> bool {
+        let started = |t: &Option<Task<R>>| t.as_ref().is_none_or(Task::is_running);
+        if self.cancelled || self.tasks.iter().any(started) {
+            return false;
+        }
+        let mut any = false;
+        for t in self.tasks.iter().rev().flatten() {
+            any |= t.cancel_unstarted();
+        }
+        self.cancelled = any;
+        any
+    }
 }
 
 /// A task running in the pool.
 trait Running: Send {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done>;
     fn cancel(&mut self) -> bool;
-    /// Cancels it if it has not started (a chunk: never, as its items start apart).
-    fn cancel_unstarted(&mut self) -> bool {
-        false
-    }
+    /// Cancels it if it has not started; whether it will end cancelled.
+    fn cancel_unstarted(&mut self) -> bool;
 }
 
 /// How a run ended.
