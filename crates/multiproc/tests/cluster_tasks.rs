@@ -621,6 +621,10 @@ fn main() {
             ),
             trial("a_chunk_is_finished_once", a_chunk_is_finished_once),
             trial(
+                "a_failover_behind_one_address_is_followed",
+                a_failover_behind_one_address_is_followed,
+            ),
+            trial(
                 "an_argument_or_value_whose_coding_panics_fails_its_task_only",
                 an_argument_or_value_whose_coding_panics_fails_its_task_only,
             ),
@@ -1025,6 +1029,95 @@ impl ReplyDroppingProxy {
     /// How many of those are still to come.
     fn armed(&self) -> usize {
         self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A TCP proxy that connects each new connection to the Redis on `upstream`'s port as
+/// it is then (a failover behind one address: a virtual IP, a DNS name, a cloud's
+/// endpoint); the connections made before stay where they are.
+struct SwitchingProxy {
+    port: u16,
+    upstream: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SwitchingProxy {
+    fn start(upstream: u16) -> Self {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU16, Ordering::SeqCst};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = Arc::new(AtomicU16::new(upstream));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (to, stop2) = (upstream.clone(), stop.clone());
+        let accept = std::thread::spawn(move || {
+            let mut threads = Vec::new();
+            while !stop2.load(SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(e) => panic!("proxy accept: {e}"),
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to.load(SeqCst))) else {
+                    continue;
+                };
+                let tick = Some(Duration::from_millis(50));
+                client.set_read_timeout(tick).unwrap();
+                server.set_read_timeout(tick).unwrap();
+                for (mut from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let stop = stop2.clone();
+                    threads.push(std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 1 << 16];
+                        while let Some(read) = proxy_read(&mut from, &to, &mut buf, &stop) {
+                            if let Some(n) = read
+                                && (&to).write_all(&buf[..n]).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }));
+                }
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        SwitchingProxy {
+            port,
+            upstream,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// New connections go to the server on `port`.
+    fn switch_to(&self, port: u16) {
+        self.upstream
+            .store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for SwitchingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -3220,6 +3313,63 @@ fn an_argument_or_value_whose_coding_panics_fails_its_task_only() {
     assert_eq!(c.apply_timeout(SQUARE, 5, T).unwrap(), 25);
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// A failover behind the address that a worker and a client connect to (the old
+/// primary made a replica of the new one, its connections left open: what a manual
+/// failover or a proxy that keeps its sessions does) is followed: a connection whose
+/// writes are refused as a replica's (`READONLY`) is made again, and reaches the new
+/// primary. (The worker's threads that renew leases and write outcomes, and the
+/// client's, kept their connections to the replica for ever, each write refused.)
+fn a_failover_behind_one_address_is_followed() {
+    let (old, new) = (RedisServer::start(), RedisServer::start());
+    let ns = "failover";
+    let role = |r: &RedisServer, what: &str| {
+        r.cmd(&["INFO", "replication"])
+            .text()
+            .lines()
+            .any(|l| l.trim() == what)
+    };
+    // The new one a replica of the old, in step.
+    new.cmd(&["REPLICAOF", "127.0.0.1", &old.port.to_string()]);
+    assert!(common::eventually(T, || role(
+        &new,
+        "master_link_status:up"
+    )));
+    let proxy = SwitchingProxy::start(old.port);
+    let w = node_at(&proxy.url(), ns, 1).build().expect("start worker");
+    let c = Cluster::builder(&proxy.url())
+        .namespace(ns)
+        .build()
+        .expect("connect");
+    assert_eq!(c.apply_timeout(SQUARE, 3, T).unwrap(), 9);
+    // `new` has all that `old` had (their replication offsets equal).
+    let offset = |r: &RedisServer| {
+        r.cmd(&["INFO", "replication"])
+            .text()
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("master_repl_offset:")
+                    .map(str::to_owned)
+            })
+    };
+    assert!(common::eventually(T, || role(
+        &new,
+        "master_link_status:up"
+    ) && offset(&old) == offset(&new)));
+    // The failover: `new` is the primary, the address leads there, `old` follows it.
+    new.cmd(&["REPLICAOF", "NO", "ONE"]);
+    proxy.switch_to(new.port);
+    old.cmd(&["REPLICAOF", "127.0.0.1", &new.port.to_string()]);
+    assert!(common::eventually(T, || role(&old, "role:slave")));
+    for x in 4..8u64 {
+        let r = c.apply_timeout(SQUARE, x, T);
+        assert_eq!(r.as_ref().ok(), Some(&(x * x)), "task {x}: {r:?}");
+    }
+    w.shutdown(true);
+    finish(&new, c, ns);
+    drop(proxy);
 }
 
 /// A client whose reads of its reply list keep failing while the server accepts its

@@ -452,13 +452,19 @@ impl Link {
     }
 }
 
-/// Whether an error leaves the connection unusable.
+/// Whether an error leaves the connection unusable. A write refused as a replica's
+/// (`READONLY`, a pipeline's first error included) counts: the server was the primary
+/// when the connection was made and has become a replica, and a new connection to the
+/// same address may reach the new primary (a failover behind a virtual IP, a DNS name,
+/// a cloud's endpoint, or a proxy that keeps its sessions open); kept, the connection
+/// had every write refused for ever.
 fn broken(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
+        || e.code() == Some("READONLY")
 }
 
 /// Runs a script (by its hash, loading it when the server does not know it).
