@@ -122,11 +122,7 @@ impl SharedMemory {
             });
         }
         let seg = Segment::map_named(fd, size)?;
-        let mut magic = [0u8; 8];
-        if size >= magic.len() {
-            seg.read_racing(0, &mut magic);
-        }
-        if u64::from_le_bytes(magic) == ObjectHeader::MAGIC {
+        if holds_an_object(&seg) {
             return Err(ShmError::Mismatch {
                 what: format!("segment {:?}", name.as_str()),
                 why: "it holds a multiproc Value or Array: open it with Value::open_named \
@@ -286,7 +282,53 @@ impl<'de> Deserialize<'de> for SharedMemory {
                 codec::refuse::<D::Error>("a shared-memory segment of an impossible size")
             })?;
         let seg = named::map_received(fd, size, wire.name.as_deref()).map_err(codec::refuse)?;
+        // As `open` does: a handle of a multiproc object (whose bytes are handed out as
+        // `&mut T` under its lock) read as a segment's (the two travel alike) is refused.
+        if holds_an_object(&seg) {
+            return Err(codec::refuse(
+                "a handle of a multiproc Value or Array, decoded as a SharedMemory",
+            ));
+        }
         let name = wire.name.map(|name| Name::received(name, seg.fd()));
         Ok(SharedMemory::adopt(seg, name))
+    }
+}
+
+/// Whether `seg` starts with a multiproc object's header.
+fn holds_an_object(seg: &Segment) -> bool {
+    let mut magic = [0u8; 8];
+    if seg.len() < magic.len() {
+        return false;
+    }
+    seg.read_racing(0, &mut magic);
+    u64::from_le_bytes(magic) == ObjectHeader::MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec;
+
+    fn resend<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
+        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
+        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
+    }
+
+    /// A `Value`'s handle travels as its kind and then what a segment's handle holds:
+    /// read as a kind and a `SharedMemory`, it gave safe code plain writes to the lock
+    /// and the bytes that the value's guard hands out as `&mut T`. It is refused, as
+    /// `SharedMemory::open` refuses the segment of a named one.
+    #[test]
+    fn an_objects_handle_is_not_a_segments() {
+        let value = crate::Value::new(5u64).unwrap();
+        let err = resend::<_, (u32, SharedMemory)>(&value).unwrap_err();
+        assert!(err.contains("decoded as a SharedMemory"), "{err}");
+        // A segment's own handle, and one that happens to be written with other bytes.
+        let seg = SharedMemory::new(64).unwrap();
+        seg.write(0, &[1; 16]).unwrap();
+        let again: SharedMemory = resend(&seg).unwrap();
+        let mut read = [0; 16];
+        again.read(0, &mut read).unwrap();
+        assert_eq!(read, [1; 16]);
     }
 }
