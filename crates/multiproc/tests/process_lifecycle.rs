@@ -75,6 +75,10 @@ fn main() {
                 "non_daemon_joined_at_process_exit_call",
                 non_daemon_joined_at_process_exit_call,
             ),
+            trial(
+                "a_child_that_exits_joins_its_children",
+                a_child_that_exits_joins_its_children,
+            ),
             trial("daemon_terminated_at_exit", daemon_terminated_at_exit),
             trial(
                 "daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it",
@@ -545,6 +549,57 @@ fn non_daemon_joined_at_normal_exit() {
 
 fn non_daemon_joined_at_process_exit_call() {
     exit_joins("exit_call_joins");
+}
+
+/// A child starts a child of its own, and exits (`std::process::exit`) rather than
+/// return.
+fn exits_leaving_a_child((path, exec): (String, bool)) -> u32 {
+    let method = if exec {
+        StartMethod::Spawn
+    } else {
+        StartMethod::ForkServer
+    };
+    let grandchild = Builder::new()
+        .start_method(method)
+        .spawn(write_marker, path)
+        .unwrap();
+    drop(grandchild);
+    std::process::exit(0)
+}
+
+/// A child that calls `std::process::exit` joins its own non-daemon children first, as
+/// the main process does (and as Python's children do at `sys.exit`), whatever the start
+/// methods: it ended at once, its children left running unjoined.
+fn a_child_that_exits_joins_its_children() {
+    let dir = common::tempdir("exitjoins");
+    for (i, (method, theirs)) in [
+        (StartMethod::ForkServer, StartMethod::ForkServer),
+        (StartMethod::Spawn, StartMethod::ForkServer),
+        (StartMethod::Spawn, StartMethod::Spawn),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let marker = dir.join(format!("marker-{i}"));
+        let mut child = Builder::new()
+            .start_method(method)
+            .spawn(
+                exits_leaving_a_child,
+                (marker.display().to_string(), theirs == StartMethod::Spawn),
+            )
+            .unwrap();
+        assert!(
+            matches!(child.join_timeout(T), Err(ProcessError::Exited(0))),
+            "{method:?}"
+        );
+        // Its child had done its work (300 ms) before it ended.
+        assert_eq!(
+            std::fs::read_to_string(&marker).ok().as_deref(),
+            Some("done"),
+            "{method:?} then {theirs:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Notes in `dir/PID` that it started, then, `ms` later, that it ended.

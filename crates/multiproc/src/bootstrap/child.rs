@@ -182,6 +182,8 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
             },
         );
     }
+    // A `std::process::exit` in the call runs the exit work, as the end of the call does.
+    super::own_exit();
     // A child of the fork server was named before it was handed its call.
     if executed == Origin::Executed {
         sys::set_name(&name);
@@ -246,6 +248,7 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
 pub(crate) fn run_in_fork<R: Serialize>(channel: OwnedFd, f: impl FnOnce() -> R) -> ! {
     let mut conn = Conn::new(channel, messages::MAX_CALL);
     install_panic_hook();
+    super::own_exit();
     sys::set_name(&super::me().name);
     // The value's `Serialize` and `Drop` are the caller's code too: a panic in them
     // unwinding out of here would run the parent's frames (its `main`'s) in the child.
@@ -335,6 +338,8 @@ fn report(why: &str) {
 /// party that died.
 fn finish(code: i32, origin: Origin) -> ! {
     crate::sync::barrier::process_ends(code == 0);
+    // Done here, not again at `exit`.
+    super::disown_exit();
     super::exit_function();
     exit(code, origin)
 }

@@ -104,9 +104,28 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Default names count children in start order: `Process-1`, `Process-2`, ...
 static NEXT_CHILD: AtomicU32 = AtomicU32::new(1);
-/// The process that called `init` and runs the exit function (children inherit the
-/// atexit registration when forked and must not run it).
+/// The process that runs the exit function at `exit` (children inherit the atexit
+/// registration when forked and must not run their parent's): the one that called
+/// `init`, or a child once its call began.
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+/// Whether this image registered [`exit_hook`] with `atexit` (a forked copy inherits
+/// the registration).
+static AT_EXIT: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process the one whose `exit` (a `std::process::exit`) runs the exit work:
+/// its non-daemon children joined, its daemons terminated, as Python's children do at
+/// `sys.exit`.
+pub(crate) fn own_exit() {
+    OWNER_PID.store(sys::getpid(), Ordering::SeqCst);
+    if !AT_EXIT.swap(true, Ordering::SeqCst) {
+        sys::at_exit(exit_hook);
+    }
+}
+
+/// This process's `exit` runs no exit work (it was done already).
+pub(crate) fn disown_exit() {
+    OWNER_PID.store(0, Ordering::SeqCst);
+}
 
 /// What this process knows about itself.
 #[derive(Debug)]
@@ -337,8 +356,7 @@ fn init_inner(setup: Option<fn()>) -> Init {
     if sys::thread_count() == Some(1) {
         sys::reserve_fd_table(DESCRIPTOR_ROOM);
     }
-    OWNER_PID.store(sys::getpid(), Ordering::SeqCst);
-    sys::at_exit(exit_hook);
+    own_exit();
     if let Some(setup) = setup {
         setup();
     }
