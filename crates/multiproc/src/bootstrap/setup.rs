@@ -25,6 +25,12 @@ pub(crate) struct FromServer<'a> {
     pub(crate) ids: Option<sys::Ids>,
     /// The server's environment, as a block.
     pub(crate) env: &'a [u8],
+    /// The server blocks signals (the program's mask at `init`, which it has). A spare
+    /// waits with that mask, and drops the signals pending then as it becomes a child:
+    /// one sent to the child meanwhile (a `terminate` as soon as the spawn returned) was
+    /// dropped too, and the child ran on. So the server keeps no spare then: each child
+    /// is forked for its request, and the answer waits until it has dropped them.
+    pub(crate) blocks_signals: bool,
 }
 
 /// Turns a fresh child of the fork server (just forked, or a spare just assigned) into

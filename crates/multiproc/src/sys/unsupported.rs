@@ -280,6 +280,10 @@ pub(crate) fn signal_is_default(_: i32) -> bool {
 }
 pub(crate) fn restore_signal(_: i32, _: Disposition) {}
 pub(crate) fn unblock_signals() {}
+
+pub(crate) fn blocks_signals() -> bool {
+    false
+}
 pub(crate) fn leave_interrupts_to_owner() {}
 pub(crate) fn signal_is_ignored(_: i32) -> bool {
     false

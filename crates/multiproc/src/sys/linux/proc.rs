@@ -486,6 +486,20 @@ pub(crate) fn default_signal(signal: i32) -> Disposition {
 /// waited with the program's mask may hold one sent to its whole group meanwhile (a
 /// service manager's SIGTERM to the program's processes), which was not for the
 /// child it becomes, and would end it at once.
+/// Whether the calling thread blocks any signal.
+pub(crate) fn blocks_signals() -> bool {
+    // SAFETY: the set is built on the stack by `pthread_sigmask`, which only reads the
+    // mask here (a null new set); `sigismember` reads it.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) != 0 {
+            return false;
+        }
+        (1..libc::SIGRTMAX()).any(|s| libc::sigismember(&mask, s) == 1)
+    }
+}
+
 pub(crate) fn unblock_signals() {
     // SAFETY: the sets are built by `sigemptyset`/`sigpending` on the stack; a zero
     // timeout makes `sigtimedwait` take a pending signal of the set, or return at once;
