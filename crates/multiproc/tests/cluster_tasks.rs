@@ -4107,6 +4107,11 @@ fn a_cancel_of_a_retried_task_reaches_its_submitter() {
 /// cancel said yes, and the value came all the same.) The client runs in a process of
 /// its own, whose cancels wait 5 s on their way (`MULTIPROC_TEST_CANCEL_DELAY_MS`).
 fn a_cancel_answers_by_an_outcome_on_its_way() {
+    if !cfg!(debug_assertions) {
+        panic!(
+            "MULTIPROC_TEST_CANCEL_DELAY_MS delays cancels only in builds with debug assertions"
+        );
+    }
     let redis = RedisServer::start();
     let ns = "cancelhanded";
     let w = worker(&redis, ns, 1);

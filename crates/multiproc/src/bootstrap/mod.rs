@@ -461,8 +461,10 @@ pub(crate) fn setup() -> Option<fn()> {
     SETUP.get().copied().flatten()
 }
 
-/// Keeps `setup` as this image's (a child's, from its call), unless it has one. (None
-/// is not kept: the child may call `init_with` itself.)
+/// Keeps `setup` as this image's (a child's, from its call), unless it has one: the
+/// child's own `init_with` then keeps the parent's, as in a child forked from an image
+/// that ran `init_with`. (None is not kept: a child of a program without a setup may
+/// give its children one with `init_with`.)
 pub(crate) fn keep_setup(setup: Option<fn()>) {
     if setup.is_some() {
         let _ = SETUP.set(setup);

@@ -7,7 +7,7 @@
 //! (redis-rs #453, #806: a shared connection or a shorter timeout breaks both).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -354,6 +354,9 @@ pub(crate) struct Link {
     conn: Option<redis::Connection>,
     /// Connections made so far (a reader notices reconnections by it).
     connects: u64,
+    /// When a write refused as a replica's last dropped the connection (see
+    /// [`broken`]).
+    readonly_reset: Option<Instant>,
 }
 
 impl Link {
@@ -363,6 +366,7 @@ impl Link {
             response,
             conn: None,
             connects: 0,
+            readonly_reset: None,
         }
     }
 
@@ -372,6 +376,7 @@ impl Link {
             response,
             conn: Some(conn),
             connects: 1,
+            readonly_reset: None,
         }
     }
 
@@ -396,11 +401,19 @@ impl Link {
             match f(conn) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let broken = broken(&e) || !redis::ConnectionLike::is_open(conn);
+                    let readonly = refused_as_a_replica(&e);
+                    let broken = broken(&e)
+                        || !redis::ConnectionLike::is_open(conn)
+                        || readonly && self.readonly_reset_due();
                     if broken {
                         self.conn = None;
                     }
-                    if !broken || tries >= 2 || e.is_timeout() {
+                    // A write refused as a replica's is made again only if none of it
+                    // went through: a pipeline whose first commands were applied before
+                    // the server became a replica would apply them twice (a batch of
+                    // tasks sent again, those run twice).
+                    let again = broken && (!readonly || refused_from_the_first(&e));
+                    if !again || tries >= 2 || e.is_timeout() {
                         return Err(redis_err(&e));
                     }
                 }
@@ -450,21 +463,51 @@ impl Link {
     pub(crate) fn reset(&mut self) {
         self.conn = None;
     }
+
+    /// Whether a write refused as a replica's drops the connection now: at most once a
+    /// second, so that a URL that names a replica for good does not make a connection
+    /// at every call (each thread of a worker calls several times a second).
+    fn readonly_reset_due(&mut self) -> bool {
+        let due = self
+            .readonly_reset
+            .is_none_or(|at| at.elapsed() >= READONLY_RESET_EVERY);
+        if due {
+            self.readonly_reset = Some(Instant::now());
+        }
+        due
+    }
 }
 
-/// Whether an error leaves the connection unusable. A write refused as a replica's
-/// (`READONLY`, a pipeline's first error included) counts: the server was the primary
-/// when the connection was made and has become a replica, and a new connection to the
-/// same address may reach the new primary (a failover behind a virtual IP, a DNS name,
-/// a cloud's endpoint, or a proxy that keeps its sessions open); kept, the connection
-/// had every write refused for ever.
+/// How often at most a write refused as a replica's drops its connection.
+const READONLY_RESET_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the server refused a write as a replica's (`READONLY`; a pipeline's first
+/// error).
+fn refused_as_a_replica(e: &redis::RedisError) -> bool {
+    e.code() == Some("READONLY")
+}
+
+/// Whether a pipeline's (or a command's) first command is among those refused: a server
+/// that becomes a replica refuses every write after its first refusal, so none of the
+/// pipeline's writes went through.
+fn refused_from_the_first(e: &redis::RedisError) -> bool {
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.first().is_some_and(|(i, _)| *i == 0))
+}
+
+/// Whether an error leaves the connection unusable. (A write refused as a replica's,
+/// `READONLY`, drops it too, at most once a second: the server was the primary when the
+/// connection was made and has become a replica, and a new connection to the same
+/// address may reach the new primary (a failover behind a virtual IP, a DNS name, a
+/// cloud's endpoint, or a proxy that keeps its sessions open); kept, the connection had
+/// every write refused for ever.)
 fn broken(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
-        || e.code() == Some("READONLY")
 }
 
 /// Runs a script (by its hash, loading it when the server does not know it).

@@ -178,7 +178,9 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
     /// runs on, and the chunk, ended as cancelled once it has, goes back all the same
     /// (its items all run again elsewhere, as a chunk stopped at the grace's end does).
     fn cancel_unstarted(&mut self) -> bool {
-        let started = |t: &Option<Task<R>>| t.as_ref().is_none_or(Task::is_running);
+        // Done and not yet polled counts too: its outcome would be lost with the chunk.
+        let started =
+            |t: &Option<Task<R>>| t.as_ref().is_none_or(|t| t.is_running() || t.is_done());
         if self.cancelled || self.tasks.iter().any(started) {
             return false;
         }
@@ -2471,6 +2473,10 @@ impl Node {
             if f.end == End::Normal {
                 tracing::info!(worker = %self.name, task = %f.envelope.task, "grace period over: handing the task back");
                 f.end = End::HandedBack;
+                f.run.cancel();
+            } else if f.end == End::HandedBack && !f.concluded {
+                // Handed back as the stop began, one item of a chunk still running (it
+                // started as the others were cancelled): stopped now as well.
                 f.run.cancel();
             }
         }
