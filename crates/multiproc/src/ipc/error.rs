@@ -47,7 +47,7 @@ macro_rules! value_errors {
 value_errors! {
     /// Why [`Sender::send`](crate::Sender::send) or [`Queue::put`](crate::Queue::put) failed.
     SendError {
-        #[error("sending on a channel whose receivers are all gone")]
+        #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]
         /// Every receiver is gone (dropped, exited or killed), or this queue handle was
         /// closed.
         Disconnected,
@@ -58,7 +58,7 @@ value_errors! {
         #[error("sending on a full channel")]
         /// The channel is full.
         Full,
-        #[error("sending on a channel whose receivers are all gone")]
+        #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]
         /// Every receiver is gone, or this queue handle was closed.
         Disconnected,
     }
@@ -68,7 +68,7 @@ value_errors! {
         #[error("timed out sending on a full channel")]
         /// The channel stayed full until the timeout.
         Timeout,
-        #[error("sending on a channel whose receivers are all gone")]
+        #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]
         /// Every receiver is gone, or this queue handle was closed.
         Disconnected,
     }
