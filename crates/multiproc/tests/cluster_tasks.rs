@@ -625,6 +625,10 @@ fn main() {
                 a_failover_behind_one_address_is_followed,
             ),
             trial(
+                "an_idle_process_takes_a_task_whatever_the_prefetch",
+                an_idle_process_takes_a_task_whatever_the_prefetch,
+            ),
+            trial(
                 "an_argument_or_value_whose_coding_panics_fails_its_task_only",
                 an_argument_or_value_whose_coding_panics_fails_its_task_only,
             ),
@@ -3370,6 +3374,34 @@ fn a_failover_behind_one_address_is_followed() {
     w.shutdown(true);
     finish(&new, c, ns);
     drop(proxy);
+}
+
+/// A node whose prefetch is its process count (as for long tasks) takes a task as
+/// soon as one of its processes is idle: it read only once half its prefetch was free,
+/// and with three of four processes busy for 10 s, a short task waited for them.
+fn an_idle_process_takes_a_task_whatever_the_prefetch() {
+    let redis = RedisServer::start();
+    let ns = "idleprocess";
+    let w = node_at(&redis.url(), ns, 4)
+        .prefetch(4)
+        .build()
+        .expect("start worker");
+    let c = client(&redis, ns);
+    let long: Vec<_> = (0..3)
+        .map(|x| c.submit(SLOW_SQUARE, (x, 10_000)).unwrap())
+        .collect();
+    assert!(common::eventually(T, || c.stats().unwrap().in_flight == 3));
+    let started = Instant::now();
+    let mut short = c.submit(SQUARE, 5).unwrap();
+    assert_eq!(short.wait_timeout(T), Ok(25));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "it waited {took:?}");
+    for mut t in long {
+        t.cancel();
+        let _ = t.wait_timeout(T);
+    }
+    w.shutdown(true);
+    finish(&redis, c, ns);
 }
 
 /// A client whose reads of its reply list keep failing while the server accepts its

@@ -343,7 +343,8 @@ impl WorkerBuilder {
     /// take what room there is, and may meet: the node then holds up to twice this for
     /// as long as those tasks take. (Reserving the room for the read, which blocks up
     /// to a second waiting for tasks, would leave an idle worker none to reclaim with.)
-    /// At most 1,048,576: [`build`](Self::build) refuses more.
+    /// The node reads again as soon as a process of its pool is idle, else once half of
+    /// this is free. At most 1,048,576: [`build`](Self::build) refuses more.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -496,6 +497,7 @@ impl WorkerBuilder {
                 lease: self.lease,
                 block: self.block,
                 capacity,
+                processes,
                 max_deliveries: self.max_deliveries,
                 max_message: self.settings.max_message,
                 result_ttl: self.settings.result_ttl_secs(),
@@ -796,6 +798,8 @@ struct Config {
     lease: Duration,
     block: Duration,
     capacity: usize,
+    /// The pool's processes.
+    processes: usize,
     max_deliveries: u32,
     max_message: usize,
     result_ttl: u64,
@@ -1262,9 +1266,11 @@ impl Node {
             let room = {
                 let st = lock(&self.state);
                 let room = self.cfg.capacity.saturating_sub(st.flights.len());
-                // While tasks are held, read when half the prefetch is free: one read
-                // per several tasks, and the pool still has work queued meanwhile.
-                let wanted = if st.flights.is_empty() {
+                // While every process has a task, read when half the prefetch is free:
+                // one read per several tasks, and the pool still has work queued
+                // meanwhile. With a process idle, at once (with a prefetch under twice
+                // the processes, half of it free left processes idle while tasks waited).
+                let wanted = if st.flights.len() < self.cfg.processes {
                     1
                 } else {
                     self.cfg.capacity.div_ceil(2)
