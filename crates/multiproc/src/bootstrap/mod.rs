@@ -117,6 +117,14 @@ static AT_EXIT: AtomicBool = AtomicBool::new(false);
 /// `sys.exit`.
 pub(crate) fn own_exit() {
     OWNER_PID.store(sys::getpid(), Ordering::SeqCst);
+    register_exit_hook();
+}
+
+/// Registers [`exit_hook`] with `atexit` in this image, unless it is: the fork server
+/// does so as it starts (the hook does nothing in it), so that its children find it
+/// registered rather than each write the C library's list of exit functions (a page
+/// copied on write) on a spawn's way.
+pub(crate) fn register_exit_hook() {
     if !AT_EXIT.swap(true, Ordering::SeqCst) {
         sys::at_exit(exit_hook);
     }

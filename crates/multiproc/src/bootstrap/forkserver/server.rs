@@ -221,10 +221,12 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     // when it checks the parent's executable against its own: a `stat` of
     // `/proc/self/exe` and a walk of the loader's tables fewer per child.
     let _ = sys::exe_identity();
-    // Likewise the panic hook that records a child's panics for its report, and the
-    // thread-local state that decoding a call and encoding its result use.
+    // Likewise the panic hook that records a child's panics for its report, the
+    // thread-local state that decoding a call and encoding its result use, and the exit
+    // hook that joins a child's children when it calls `exit`.
     crate::bootstrap::panic::install_panic_hook();
     crate::wire::codec::register_thread_state();
+    crate::bootstrap::register_exit_hook();
     let info = FromServer {
         pid: sys::getpid(),
         executed,
