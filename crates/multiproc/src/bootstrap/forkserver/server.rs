@@ -234,7 +234,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         sigchld,
         ids: sys::own_ids(),
         env: &env.0,
-        blocks_signals: sys::blocks_signals(),
+        program: sys::parent_pid(),
     };
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let mut kids: Vec<Kid> = Vec::new();
@@ -358,7 +358,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
                             next = Err(e.into());
                             break;
                         }
-                        keep_spare = !info.blocks_signals;
+                        keep_spare = true;
                     }
                     messages::START_TRACKER => {
                         let started = start_tracker(&info, frame.fds, death.as_ref(), &mut kids);
@@ -572,8 +572,7 @@ fn assign_or_fork(
     // after `init`): the child takes the parent's, and the answer waits for that, so
     // that the parent can signal the child as soon as it has its pid (a spare, forked
     // ahead with the server's, would run as those until it took the request).
-    // So too where the server blocks signals (see `FromServer::blocks_signals`).
-    if request.ids.is_some() && request.ids != info.ids || info.blocks_signals {
+    if request.ids.is_some() && request.ids != info.ids {
         let (wait, taken) = sys::pipe().map_err(|e| Refusal::os("pipe", &e))?;
         let fds = [channel, status, stdin, stdout, stderr];
         let started = fork_child(info, request, fds, death, kids, Some(taken))?;
