@@ -391,15 +391,12 @@ fn helper_sigterm_blocked() {
         .count();
     println!("ran on {ran_on}");
     // A SIGTERM that reaches the spare while it waits (with the program's mask: held
-    // pending), as one sent to all the program's processes by another (a service
-    // manager) would: not for the child the spare becomes.
+    // pending), as one sent to all the program's processes would: not for the child the
+    // spare becomes.
     let server = common::fork_server_of(std::process::id()).unwrap();
     let spare = spare_of(server);
-    let sent = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {spare}")])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    let pid = rustix::process::Pid::from_raw(spare as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let mut child = multiproc::spawn(answer, 7).unwrap();
     println!("handed {}", child.pid() == spare);
     println!("pending {:?}", child.join_timeout(T));
@@ -410,11 +407,11 @@ fn helper_sigterm_blocked() {
 /// blocked, as new processes do. The fork server, forked at `init`, has the program's
 /// mask, and its children had it too: `terminate` did nothing, a supervisor's stop
 /// always waited out its grace, a CPU-time limit (SIGXCPU) never stopped a child. A
-/// SIGTERM that reached a waiting spare (held pending by that mask) from another
-/// process is dropped, as a fork drops pending signals, rather than end the child the
-/// spare becomes; one from the parent (a `terminate` as soon as the spawn returned) is
-/// sent again once the child is ready for it (it was dropped too, and the child ran on
-/// in about one spawn of five).
+/// SIGTERM that reached a waiting spare (held pending by that mask) is dropped, as a
+/// fork drops pending signals, rather than end the child the spare becomes; and the
+/// spawn's answer waits until the spare has dropped them (a child terminated as soon as
+/// its spawn returned ran on, in about one spawn of five, its SIGTERM dropped with
+/// those).
 fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
     let mut command = Command::new(std::env::current_exe().unwrap());
     // SAFETY: `sigemptyset`, `sigaddset` and `pthread_sigmask` are async-signal-safe;
@@ -432,6 +429,7 @@ fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
     assert_eq!(h.expect("ForkServer ", T), "Err(Signaled(Signal(15)))");
     assert_eq!(h.expect("Spawn ", T), "Err(Signaled(Signal(15)))");
     assert_eq!(h.expect("ran on ", T), "0", "{}", h.stderr_now());
+    // A SIGTERM held pending by a spare is dropped as the spare becomes a child.
     assert_eq!(h.expect("handed ", T), "true");
     assert_eq!(h.expect("pending ", T), "Ok(\"7 from Process-33\")");
     assert!(h.wait(T).success(), "{}", h.stderr_now());

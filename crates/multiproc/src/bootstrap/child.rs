@@ -182,8 +182,6 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
             },
         );
     }
-    // A `std::process::exit` in the call runs the exit work, as the end of the call does.
-    super::own_exit();
     // A child of the fork server was named before it was handed its call.
     if executed == Origin::Executed {
         sys::set_name(&name);
@@ -210,6 +208,9 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
         // decoding included (an argument too large for an address-space cap aborts it).
         let _ = conn.send(messages::LIMITED, &[], &[]);
     }
+    // A `std::process::exit` in the call runs the exit work, as the end of the call does
+    // (a failure before it, of the setup or the limits, does not).
+    super::own_exit();
     let span = tracing::info_span!("process", name = %name);
     let mut io = ChildIo {
         conn: &mut conn,

@@ -25,10 +25,12 @@ pub(crate) struct FromServer<'a> {
     pub(crate) ids: Option<sys::Ids>,
     /// The server's environment, as a block.
     pub(crate) env: &'a [u8],
-    /// The program's pid (the server's parent): the signals it sent a spare while it
-    /// waited with the program's mask are sent again once the spare is a child (see
-    /// `sys::unblock_signals`).
-    pub(crate) program: u32,
+    /// The server blocks signals (the program's mask at `init`, which it has). A spare
+    /// waits with that mask, and drops the signals pending then as it becomes a child:
+    /// one sent to the child meanwhile (a `terminate` as soon as the spawn returned) was
+    /// dropped too, and the child ran on. So the answer then waits until the spare has
+    /// dropped them (one round trip to a spare that is looking for its assignment).
+    pub(crate) blocks_signals: bool,
 }
 
 /// Turns a fresh child of the fork server (just forked, or a spare just assigned) into
@@ -48,18 +50,13 @@ pub(crate) fn become_requested(
     // had at `init`: `terminate` and a CPU-time limit did nothing to children of a
     // program that blocked SIGTERM or SIGXCPU first); the default action, and the
     // program's own choices for SIGPIPE and SIGCHLD.
-    let (kept, n) = sys::unblock_signals(server.program);
+    sys::unblock_signals();
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     if request.sigpipe_ignored {
         sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
-    // What the parent sent while the mask held it (a `terminate` as soon as the spawn
-    // returned), now that the signals' dispositions are the child's.
-    for &signal in &kept[..n] {
-        sys::raise_signal(signal);
-    }
     // Into the memory cgroup the server made for it, before anything else is charged to
     // its old one; across `exec` too.
     if let Some(dir) = &request.cgroup {

@@ -279,16 +279,10 @@ pub(crate) fn signal_is_default(_: i32) -> bool {
     false
 }
 pub(crate) fn restore_signal(_: i32, _: Disposition) {}
-pub(crate) const KEPT_SIGNALS: usize = 8;
+pub(crate) fn unblock_signals() {}
 
-pub(crate) fn unblock_signals(_keep_from: u32) -> ([i32; KEPT_SIGNALS], usize) {
-    ([0; KEPT_SIGNALS], 0)
-}
-
-pub(crate) fn raise_signal(_signal: i32) {}
-
-pub(crate) fn parent_pid() -> u32 {
-    0
+pub(crate) fn blocks_signals() -> bool {
+    false
 }
 pub(crate) fn leave_interrupts_to_owner() {}
 pub(crate) fn signal_is_ignored(_: i32) -> bool {

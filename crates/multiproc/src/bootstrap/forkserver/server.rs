@@ -234,7 +234,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         sigchld,
         ids: sys::own_ids(),
         env: &env.0,
-        program: sys::parent_pid(),
+        blocks_signals: sys::blocks_signals(),
     };
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
     let mut kids: Vec<Kid> = Vec::new();
@@ -587,17 +587,33 @@ fn assign_or_fork(
         // that failed afterwards would fail the spawn of a child left running it.
         let pidfd = sys::dup(kid.pidfd.as_fd()).map_err(|e| Refusal::os("dup", &e))?;
         let mut spare = kid.spare.take();
-        let passed = [
+        // Where the server blocks signals, the spare closes `taken` once it has dropped
+        // those its mask held (see `FromServer::blocks_signals`), and the answer waits
+        // for that.
+        let held = if info.blocks_signals {
+            Some(sys::pipe().map_err(|e| Refusal::os("pipe", &e))?)
+        } else {
+            None
+        };
+        let mut passed = vec![
             channel.as_fd(),
             stdin.as_fd(),
             stdout.as_fd(),
             stderr.as_fd(),
         ];
+        passed.extend(held.as_ref().map(|(_, taken)| taken.as_fd()));
         // A spare that was killed cannot take it; it is reaped like any child.
         if let Some(Ok(())) = spare
             .as_mut()
             .map(|s| s.send(messages::FORK, &[body], &passed))
         {
+            if let Some((wait, taken)) = held {
+                drop(taken);
+                // Closed by the spare once it has dropped them, or as it ends; one
+                // stopped before then is not waited for past a few seconds.
+                let until = Instant::now() + Duration::from_secs(5);
+                let _ = sys::wait_readable(&[wait.as_fd()], Some(until));
+            }
             // How long spares wait for their assignments: the next one looks for its
             // own that long before it sleeps.
             let waited = kid.forked_at.elapsed();
@@ -790,9 +806,18 @@ fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
     let Ok(request) = postcard::from_bytes::<ForkRequest>(&frame.body) else {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };
-    let Ok([channel, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(frame.fds) else {
+    // A fifth descriptor, where the server blocks signals: `taken` (see
+    // `FromServer::blocks_signals`).
+    let mut fds = frame.fds.into_iter();
+    let (Some(channel), Some(stdin), Some(stdout), Some(stderr)) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };
+    let taken = fds.next();
+    if fds.next().is_some() {
+        sys::exit_now(BOOTSTRAP_FAILURE)
+    }
     drop(conn);
     become_requested(
         info,
@@ -800,7 +825,7 @@ fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
         channel,
         [stdin, stdout, stderr],
         death,
-        None,
+        taken,
     )
 }
 

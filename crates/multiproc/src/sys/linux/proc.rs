@@ -485,15 +485,22 @@ pub(crate) fn default_signal(signal: i32) -> Disposition {
 /// signals pending while blocked are dropped first, as a fork drops them: a spare that
 /// waited with the program's mask may hold one sent to its whole group meanwhile (a
 /// service manager's SIGTERM to the program's processes), which was not for the
-/// child it becomes, and would end it at once. Those that process `keep_from` sent
-/// (the parent, which knows the child's pid as soon as the server has handed the spare
-/// its request: a `terminate` then) are returned, for the caller to send again once it
-/// is ready to take them (they were dropped too, and the child ran on).
-/// Signals a process sent, as [`unblock_signals`] keeps them: at most this many.
-pub(crate) const KEPT_SIGNALS: usize = 8;
+/// child it becomes, and would end it at once.
+/// Whether the calling thread blocks any signal.
+pub(crate) fn blocks_signals() -> bool {
+    // SAFETY: the set is built on the stack by `pthread_sigmask`, which only reads the
+    // mask here (a null new set); `sigismember` reads it.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) != 0 {
+            return false;
+        }
+        (1..libc::SIGRTMAX()).any(|s| libc::sigismember(&mask, s) == 1)
+    }
+}
 
-pub(crate) fn unblock_signals(keep_from: u32) -> ([i32; KEPT_SIGNALS], usize) {
-    let mut kept = ([0; KEPT_SIGNALS], 0);
+pub(crate) fn unblock_signals() {
     // SAFETY: the sets are built by `sigemptyset`/`sigpending` on the stack; a zero
     // timeout makes `sigtimedwait` take a pending signal of the set, or return at once;
     // then an empty set replaces the calling thread's mask.
@@ -507,18 +514,8 @@ pub(crate) fn unblock_signals(keep_from: u32) -> ([i32; KEPT_SIGNALS], usize) {
             };
             // Each call takes one; a bound, in case one keeps coming.
             for _ in 0..64 {
-                let mut info: libc::siginfo_t = std::mem::zeroed();
-                let signal = libc::sigtimedwait(&pending, &mut info, &now);
-                if signal < 0 {
+                if libc::sigtimedwait(&pending, std::ptr::null_mut(), &now) < 0 {
                     break;
-                }
-                let sent = matches!(
-                    info.si_code,
-                    libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL
-                );
-                if sent && info.si_pid() == keep_from as libc::pid_t && kept.1 < KEPT_SIGNALS {
-                    kept.0[kept.1] = signal;
-                    kept.1 += 1;
                 }
             }
         }
@@ -526,18 +523,6 @@ pub(crate) fn unblock_signals(keep_from: u32) -> ([i32; KEPT_SIGNALS], usize) {
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
-    kept
-}
-
-/// This process's parent's pid (0 if none is known).
-pub(crate) fn parent_pid() -> u32 {
-    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get().unsigned_abs())
-}
-
-/// Sends `signal` to the calling process.
-pub(crate) fn raise_signal(signal: i32) {
-    // SAFETY: `kill` of this very process with a signal that was sent to it.
-    unsafe { libc::kill(libc::getpid(), signal) };
 }
 
 /// Puts back a disposition [`ignore_signal`] returned for `signal`.
