@@ -367,6 +367,10 @@ fn exit_codes_with_sigchld_ignored() {
 
 /// Terminates a child of each start method once it runs its call: how each ended.
 fn helper_sigterm_blocked() {
+    // The first spawn, forked fresh (the server has no spare yet), terminated at once.
+    let mut first = multiproc::spawn(sleep_ms, 3000).unwrap();
+    first.terminate().unwrap();
+    println!("first {}", ended_by_sigterm(first.join_timeout(T)));
     for method in [StartMethod::ForkServer, StartMethod::Spawn] {
         let mut child = started(Builder::new().start_method(method), ready_then_sleep);
         child.terminate().unwrap();
@@ -375,20 +379,24 @@ fn helper_sigterm_blocked() {
     // Terminated as soon as the spawn returns: the child may not have dropped yet what
     // was pending as it began. It ends by the signal (before its call started, or in
     // it); it does not run on to its end.
-    let ran_on = (0..30)
-        .filter(|_| {
-            let mut child = multiproc::spawn(sleep_ms, 3000).unwrap();
-            child.terminate().unwrap();
-            match child.join_timeout(T) {
-                Err(ProcessError::Signaled(s)) if s == Signal::TERM => false,
-                Err(ProcessError::Lost(why)) if why.contains("SIGTERM") => false,
-                other => {
-                    eprintln!("terminated at once: {other:?}");
-                    true
-                }
-            }
+    // Three at a time: the second and third are forked fresh while the next spare is
+    // not yet there.
+    let ran_on: usize = (0..10)
+        .map(|_| {
+            let children: Vec<_> = (0..3)
+                .map(|_| {
+                    let child = multiproc::spawn(sleep_ms, 3000).unwrap();
+                    child.terminate().unwrap();
+                    child
+                })
+                .collect();
+            children
+                .into_iter()
+                .map(|mut child| !ended_by_sigterm(child.join_timeout(T)))
+                .filter(|ran| *ran)
+                .count()
         })
-        .count();
+        .sum();
     println!("ran on {ran_on}");
     // A SIGTERM that reaches the spare while it waits (with the program's mask: held
     // pending), as one sent to all the program's processes would: not for the child the
@@ -400,6 +408,19 @@ fn helper_sigterm_blocked() {
     let mut child = multiproc::spawn(answer, 7).unwrap();
     println!("handed {}", child.pid() == spare);
     println!("pending {:?}", child.join_timeout(T));
+}
+
+/// Whether a child terminated at once ended by it (before its call started, or in it),
+/// rather than run on to its end.
+fn ended_by_sigterm(r: Result<(), ProcessError>) -> bool {
+    match r {
+        Err(ProcessError::Signaled(s)) => s == Signal::TERM,
+        Err(ProcessError::Lost(why)) => why.contains("SIGTERM"),
+        other => {
+            eprintln!("terminated at once: {other:?}");
+            false
+        }
+    }
 }
 
 /// A program that blocks SIGTERM before `init` (as one that waits for signals on a
@@ -426,12 +447,13 @@ fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
         });
     }
     let mut h = Helper::start_command("sigterm_blocked", command, &[]);
+    assert_eq!(h.expect("first ", T), "true");
     assert_eq!(h.expect("ForkServer ", T), "Err(Signaled(Signal(15)))");
     assert_eq!(h.expect("Spawn ", T), "Err(Signaled(Signal(15)))");
     assert_eq!(h.expect("ran on ", T), "0", "{}", h.stderr_now());
     // A SIGTERM held pending by a spare is dropped as the spare becomes a child.
     assert_eq!(h.expect("handed ", T), "true");
-    assert_eq!(h.expect("pending ", T), "Ok(\"7 from Process-33\")");
+    assert_eq!(h.expect("pending ", T), "Ok(\"7 from Process-34\")");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

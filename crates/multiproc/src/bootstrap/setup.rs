@@ -37,7 +37,8 @@ pub(crate) struct FromServer<'a> {
 /// the requested process: signals, parent-death signal, descriptors, name, directory and
 /// environment; then runs the call, or executes the program afresh. `death` is the
 /// parent's death pipe; `taken`, closed once the child has its parent's users and
-/// groups (the server waits for that before it answers). Never returns.
+/// groups and has dropped the signals its mask held (the server waits for that before
+/// it answers, where either matters). Never returns.
 pub(crate) fn become_requested(
     server: &FromServer<'_>,
     request: &ForkRequest,

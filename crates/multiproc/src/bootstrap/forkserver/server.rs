@@ -573,14 +573,8 @@ fn assign_or_fork(
     // that the parent can signal the child as soon as it has its pid (a spare, forked
     // ahead with the server's, would run as those until it took the request).
     if request.ids.is_some() && request.ids != info.ids {
-        let (wait, taken) = sys::pipe().map_err(|e| Refusal::os("pipe", &e))?;
         let fds = [channel, status, stdin, stdout, stderr];
-        let started = fork_child(info, request, fds, death, kids, Some(taken))?;
-        // Closed by the child once it has them, or as it ends; a child stopped before
-        // then is not waited for past a few seconds.
-        let until = Instant::now() + Duration::from_secs(5);
-        let _ = sys::wait_readable(&[wait.as_fd()], Some(until));
-        return Ok(started);
+        return fork_child_taken(info, request, fds, death, kids);
     }
     if let Some(kid) = kids.iter_mut().find(|k| k.spare.is_some()) {
         // The parent's pidfd first: once assigned, the spare runs the call, and a copy
@@ -627,7 +621,30 @@ fn assign_or_fork(
         }
     }
     let fds = [channel, status, stdin, stdout, stderr];
+    // A fresh child has the server's mask too until it drops what it held.
+    if info.blocks_signals {
+        return fork_child_taken(info, request, fds, death, kids);
+    }
     fork_child(info, request, fds, death, kids, None)
+}
+
+/// [`fork_child`], the answer waiting until the child has closed `taken` (see
+/// `become_requested`: it has the parent's users and groups, and has dropped the signals
+/// its mask held).
+fn fork_child_taken(
+    info: &FromServer<'_>,
+    request: &ForkRequest,
+    fds: [OwnedFd; 5],
+    death: Option<&OwnedFd>,
+    kids: &mut Vec<Kid>,
+) -> Result<(u32, OwnedFd), Refusal> {
+    let (wait, taken) = sys::pipe().map_err(|e| Refusal::os("pipe", &e))?;
+    let started = fork_child(info, request, fds, death, kids, Some(taken))?;
+    // Closed by the child once it has them, or as it ends; a child stopped before then
+    // is not waited for past a few seconds.
+    let until = Instant::now() + Duration::from_secs(5);
+    let _ = sys::wait_readable(&[wait.as_fd()], Some(until));
+    Ok(started)
 }
 
 /// Forks a child for `request` (see [`assign_or_fork`]); `taken` goes to the child (see

@@ -479,13 +479,6 @@ pub(crate) fn default_signal(signal: i32) -> Disposition {
     Disposition(unsafe { libc::signal(signal, libc::SIG_DFL) })
 }
 
-/// Blocks no signal on the calling thread (a fresh process's mask, as `std::process::
-/// Command` gives the programs it starts): a mask the program set before `init()`
-/// would otherwise reach every child of the fork server, which it forked then. The
-/// signals pending while blocked are dropped first, as a fork drops them: a spare that
-/// waited with the program's mask may hold one sent to its whole group meanwhile (a
-/// service manager's SIGTERM to the program's processes), which was not for the
-/// child it becomes, and would end it at once.
 /// Whether the calling thread blocks any signal.
 pub(crate) fn blocks_signals() -> bool {
     // SAFETY: the set is built on the stack by `pthread_sigmask`, which only reads the
@@ -496,10 +489,19 @@ pub(crate) fn blocks_signals() -> bool {
         if libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) != 0 {
             return false;
         }
-        (1..libc::SIGRTMAX()).any(|s| libc::sigismember(&mask, s) == 1)
+        (1..=libc::SIGRTMAX()).any(|s| libc::sigismember(&mask, s) == 1)
     }
 }
 
+/// Blocks no signal on the calling thread (a fresh process's mask, as `std::process::
+/// Command` gives the programs it starts): a mask the program set before `init()`
+/// would otherwise reach every child of the fork server, which it forked then. The
+/// signals pending while blocked are dropped first, as a fork drops them: a spare that
+/// waited with the program's mask may hold one sent to its whole group meanwhile (a
+/// service manager's SIGTERM to the program's processes), which was not for the
+/// child it becomes, and would end it at once. (So that one sent to the child is not
+/// among them, the server answers its spawn only once the child has done this where
+/// its mask is not empty: see `FromServer::blocks_signals`.)
 pub(crate) fn unblock_signals() {
     // SAFETY: the sets are built by `sigemptyset`/`sigpending` on the stack; a zero
     // timeout makes `sigtimedwait` take a pending signal of the set, or return at once;
