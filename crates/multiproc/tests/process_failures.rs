@@ -365,7 +365,9 @@ fn exit_codes_with_sigchld_ignored() {
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 
-/// Terminates a child of each start method once it runs its call: how each ended.
+/// Terminates children at once (the first spawn, then 30 in threes) and once they run
+/// their call (one of each start method), and spawns on a spare that holds a SIGTERM
+/// from another process: how each ended.
 fn helper_sigterm_blocked() {
     // The first spawn, forked fresh (the server has no spare yet), terminated at once.
     let mut first = multiproc::spawn(sleep_ms, 3000).unwrap();
@@ -379,8 +381,8 @@ fn helper_sigterm_blocked() {
     // Terminated as soon as the spawn returns: the child may not have dropped yet what
     // was pending as it began. It ends by the signal (before its call started, or in
     // it); it does not run on to its end.
-    // Three at a time: the second and third are forked fresh while the next spare is
-    // not yet there.
+    // Three at a time: the second and third may be forked fresh while the next spare
+    // is not yet there.
     let ran_on: usize = (0..10)
         .map(|_| {
             let children: Vec<_> = (0..3)
@@ -430,9 +432,9 @@ fn ended_by_sigterm(r: Result<(), ProcessError>) -> bool {
 /// always waited out its grace, a CPU-time limit (SIGXCPU) never stopped a child. A
 /// SIGTERM that reached a waiting spare (held pending by that mask) is dropped, as a
 /// fork drops pending signals, rather than end the child the spare becomes; and the
-/// spawn's answer waits until the spare has dropped them (a child terminated as soon as
-/// its spawn returned ran on, in about one spawn of five, its SIGTERM dropped with
-/// those).
+/// spawn's answer waits until the spare (or a child forked fresh) has dropped them (a
+/// child terminated as soon as its spawn returned ran on, in about one spawn of five,
+/// its SIGTERM dropped with those).
 fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
     let mut command = Command::new(std::env::current_exe().unwrap());
     // SAFETY: `sigemptyset`, `sigaddset` and `pthread_sigmask` are async-signal-safe;

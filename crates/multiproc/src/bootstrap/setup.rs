@@ -28,8 +28,9 @@ pub(crate) struct FromServer<'a> {
     /// The server blocks signals (the program's mask at `init`, which it has). A spare
     /// waits with that mask, and drops the signals pending then as it becomes a child:
     /// one sent to the child meanwhile (a `terminate` as soon as the spawn returned) was
-    /// dropped too, and the child ran on. So the answer then waits until the spare has
-    /// dropped them (one round trip to a spare that is looking for its assignment).
+    /// dropped too, and the child ran on. So the answer then waits until the spare (or a
+    /// child forked fresh) has dropped them (one round trip to a spare that is looking
+    /// for its assignment).
     pub(crate) blocks_signals: bool,
 }
 

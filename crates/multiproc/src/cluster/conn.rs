@@ -496,8 +496,8 @@ fn refused_from_the_first(e: &redis::RedisError) -> bool {
         .is_some_and(|errors| errors.first().is_some_and(|(i, _)| *i == 0))
 }
 
-/// Whether an error leaves the connection unusable. (A write refused as a replica's,
-/// `READONLY`, drops it too, at most once a second: the server was the primary when the
+/// Whether an error leaves the connection unusable. (`Link::run` drops it too for a
+/// write refused as a replica's, `READONLY`, at most once a second: the server was the primary when the
 /// connection was made and has become a replica, and a new connection to the same
 /// address may reach the new primary (a failover behind a virtual IP, a DNS name, a
 /// cloud's endpoint, or a proxy that keeps its sessions open); kept, the connection had

@@ -175,8 +175,9 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
     /// A chunk none of whose items has started (or ended) is cancelled whole, to go
     /// back to the queue; one with an item started is left to run. An item that starts
     /// while the others are cancelled (the last first: the pool starts them in order)
-    /// runs on, and the chunk, ended as cancelled once it has, goes back all the same
-    /// (its items all run again elsewhere, as a chunk stopped at the grace's end does).
+    /// runs on until it ends or the grace does, and the chunk, ended as cancelled then,
+    /// goes back all the same (its items all run again elsewhere, as a chunk stopped at
+    /// the grace's end does).
     fn cancel_unstarted(&mut self) -> bool {
         // Done and not yet polled counts too: its outcome would be lost with the chunk.
         let started =
@@ -343,8 +344,8 @@ impl WorkerBuilder {
     /// take what room there is, and may meet: the node then holds up to twice this for
     /// as long as those tasks take. (Reserving the room for the read, which blocks up
     /// to a second waiting for tasks, would leave an idle worker none to reclaim with.)
-    /// The node reads again as soon as a process of its pool is idle, else once half of
-    /// this is free. At most 1,048,576: [`build`](Self::build) refuses more.
+    /// The node reads again as soon as it holds fewer tasks than its pool has processes
+    /// (a map's chunk counts as one), else once half of this is free. At most 1,048,576: [`build`](Self::build) refuses more.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -1268,8 +1269,9 @@ impl Node {
                 let room = self.cfg.capacity.saturating_sub(st.flights.len());
                 // While every process has a task, read when half the prefetch is free:
                 // one read per several tasks, and the pool still has work queued
-                // meanwhile. With a process idle, at once (with a prefetch under twice
-                // the processes, half of it free left processes idle while tasks waited).
+                // meanwhile. Holding fewer tasks than processes (a chunk counts one), at
+                // once (with a prefetch under twice the processes, half of it free left
+                // processes idle while tasks waited).
                 let wanted = if st.flights.len() < self.cfg.processes {
                     1
                 } else {

@@ -368,10 +368,11 @@ impl Builder {
     ///
     /// [`SpawnError`]: `init()` was not called, the arguments cannot be encoded, the
     /// directory is unusable, nesting is too deep, or the system refused. No child is
-    /// left behind, but in one case: the fork server died (or stayed stopped or starved
-    /// for 30 s and was replaced) after it had forked the child and before it answered.
-    /// The child, whose call travels with the request when it is small, may then run
-    /// `f` although the spawn failed (the error says "the process may have started").
+    /// left behind, but in one case: the fork server died (the error says "the process
+    /// may have started"), or stayed stopped or starved for 30 s and was replaced ("the
+    /// fork server did not answer"), after it had forked the child and before it
+    /// answered. The child, whose call travels with the request when it is small, may
+    /// then run `f` although the spawn failed.
     pub fn spawn<A, R>(mut self, f: fn(A) -> R, args: A) -> Result<JoinHandle<R>, SpawnError>
     where
         A: Serialize + DeserializeOwned,
