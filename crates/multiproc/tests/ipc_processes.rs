@@ -117,6 +117,10 @@ fn main() {
                 send_to_a_dead_receiver_with_a_full_side_socket,
             ),
             trial(
+                "a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected",
+                a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected,
+            ),
+            trial(
                 "a_large_message_waits_for_a_free_descriptor",
                 a_large_message_waits_for_a_free_descriptor,
             ),
@@ -187,6 +191,37 @@ fn send_to_a_dead_receiver_with_a_full_side_socket() {
         .recv_timeout(Duration::from_secs(10))
         .expect("a send to a receiver that died waited for ever");
     assert!(r.is_err(), "{r:?} after {sent} sends");
+}
+
+fn hold_numbers(rx: Receiver<u64>) {
+    let _rx = rx;
+    std::thread::sleep(T);
+}
+
+/// A `try_send` to a full pipe whose receiver was SIGKILLed with its process says
+/// `Disconnected` (the kernel is asked before a full ring says `Full`): it said `Full`
+/// until the next of the sends that ask the kernel every so many.
+fn a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected() {
+    let (tx, rx) = multiproc::pipe::<u64>().unwrap();
+    let mut child = multiproc::spawn(hold_numbers, rx).unwrap();
+    let mut sent = 0u64;
+    loop {
+        match tx.try_send(sent) {
+            Ok(()) => sent += 1,
+            Err(multiproc::TrySendError::Full(_)) => break,
+            Err(e) => panic!("after {sent} sends: {e}"),
+        }
+        assert!(sent < 10_000_000, "the pipe never filled");
+    }
+    child.kill().unwrap();
+    assert!(child.join_timeout(T).is_err());
+    assert!(
+        matches!(
+            tx.try_send(0),
+            Err(multiproc::TrySendError::Disconnected(0))
+        ),
+        "a full pipe whose receiver was killed said Full"
+    );
 }
 
 /// Handles sent and not yet read count against the sending user's descriptor limit

@@ -769,17 +769,16 @@ impl RawSender {
         }
     }
 
-    /// The ring is full: fails if waiting is not allowed (or over) or every receiver is
-    /// gone; otherwise waits (spinning first) until a consumer may have made room.
+    /// The ring is full: fails if every receiver is gone (the kernel is asked: a full
+    /// ring whose receivers were killed said `Full` to a `try_send` until the next of
+    /// the sends that ask every so many), or if waiting is not allowed (or over);
+    /// otherwise waits (spinning first) until a consumer may have made room.
     fn full(&self, len: usize, wait: Deadline) -> Result<(), SendFail> {
         let core = &*self.core;
-        if matches!(wait, Deadline::Now) {
-            return Err(SendFail::Full);
-        }
         if Core::all_gone(&core.receivers) {
             return Err(SendFail::Disconnected);
         }
-        if wait.passed() {
+        if matches!(wait, Deadline::Now) || wait.passed() {
             return Err(SendFail::Full);
         }
         let ring = core.ring();
