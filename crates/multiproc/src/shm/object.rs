@@ -517,11 +517,7 @@ mod tests {
         assert_eq!(v.lock().unwrap().0[4095], 2);
     }
 
-    /// Sends a handle through the codec, as to another process.
-    fn resend<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
-        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
-        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
-    }
+    use crate::wire::codec::resend;
 
     /// Overwrites bytes of the segment behind a handle, from `at`.
     fn scribble<A: Serialize>(handle: &A, at: usize, bytes: &[u8]) {

@@ -307,12 +307,7 @@ fn holds_an_object(seg: &Segment) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::codec;
-
-    fn resend<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
-        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
-        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
-    }
+    use crate::wire::codec::resend;
 
     /// A `Value`'s handle travels as its kind and then what a segment's handle holds:
     /// read as a kind and a `SharedMemory`, it gave safe code plain writes to the lock

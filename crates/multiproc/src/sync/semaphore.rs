@@ -293,12 +293,7 @@ fn give(w: &SemaphoreWords) -> Result<(), OverRelease> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::codec;
-
-    fn resend<A: serde::Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
-        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
-        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
-    }
+    use crate::wire::codec::resend;
 
     /// A plain semaphore's handle does not decode as a bounded one, nor the other way
     /// round: each would break the other's promise (a bounded one that let its count

@@ -601,12 +601,7 @@ impl<T: ShmSafe> fmt::Debug for ArrayGuard<'_, T> {
 mod tests {
     use super::*;
 
-    /// Sends a handle through the codec as it travels between processes (the
-    /// descriptors are duplicated, then mapped again by the receiving side).
-    fn resend<A: Serialize, B: serde::de::DeserializeOwned>(a: &A) -> Result<B, String> {
-        let encoded = codec::encode(a).map_err(|e| e.to_string())?;
-        codec::decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
-    }
+    use crate::wire::codec::resend;
 
     #[test]
     fn a_handle_decodes_as_the_same_object() {

@@ -616,6 +616,15 @@ fn missing_fd(index: u32) -> String {
     format!("descriptor {index} is missing from the message")
 }
 
+/// Sends a value through the codec as it travels between processes (its descriptors
+/// duplicated, then taken by the decoding side), for unit tests of handles; a failure
+/// as its message.
+#[cfg(test)]
+pub(crate) fn resend<A: Serialize, B: DeserializeOwned>(a: &A) -> Result<B, String> {
+    let encoded = encode(a).map_err(|e| e.to_string())?;
+    decode(&encoded.bytes, encoded.fds).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
