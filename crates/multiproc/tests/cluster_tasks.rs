@@ -4550,46 +4550,22 @@ fn an_idempotent_task_waiting_for_its_retry_is_joined() {
 /// finish in its grace: each task runs once (the next one started during the grace,
 /// was killed at its end and ran again elsewhere).
 fn a_stopping_node_hands_back_the_tasks_it_has_not_started() {
-    let redis = RedisServer::start();
-    let ns = "stop-hands-back-unstarted";
-    let c = client(&redis, ns);
-    let dir = common::tempdir(ns);
-    let node = |processes| {
-        node_at(&redis.url(), ns, processes)
-            .prefetch(4)
-            .grace(Duration::from_secs(3))
-            .build()
-            .expect("start worker")
-    };
-    let paths: Vec<String> = (0..4)
-        .map(|i| dir.join(format!("runs-{i}")).display().to_string())
-        .collect();
-    let mut submitted: Vec<_> = paths
-        .iter()
-        .map(|p| c.submit(RECORD_SLOW, (p.clone(), 2000)).unwrap())
-        .collect();
-    // Started once all are queued: it takes the four at once, and starts the first.
-    let stopping = node(1);
-    assert!(common::eventually(T, || {
-        std::path::Path::new(&paths[0]).exists()
-    }));
-    assert_eq!(c.stats().unwrap().in_flight, 4, "held by the node");
-    stopping.shutdown(false);
-    let other = node(4);
-    for (i, t) in submitted.iter_mut().enumerate() {
-        assert_eq!(t.wait_timeout(T), Ok(1), "task {i}");
-    }
-    for (i, p) in paths.iter().enumerate() {
-        assert_eq!(
-            std::fs::read_to_string(p).unwrap(),
-            "run\n",
-            "task {i} ran more than once"
-        );
-    }
-    stopping.shutdown(true);
-    other.shutdown(true);
-    finish(&redis, c, ns);
-    std::fs::remove_dir_all(dir).unwrap();
+    hands_back_what_it_has_not_started(
+        "stop-hands-back-unstarted",
+        4,
+        Duration::from_secs(3),
+        |c, paths, stop| {
+            let mut submitted: Vec<_> = paths
+                .iter()
+                .map(|p| c.submit(RECORD_SLOW, (p.clone(), 2000)).unwrap())
+                .collect();
+            stop();
+            submitted
+                .iter_mut()
+                .map(|t| t.wait_timeout(T).unwrap())
+                .collect()
+        },
+    );
 }
 
 /// As above, for the chunks of a `map`: those none of whose items started go back at
@@ -4597,44 +4573,69 @@ fn a_stopping_node_hands_back_the_tasks_it_has_not_started() {
 /// never handed back: the next one started during the grace, was killed at its end and
 /// ran again elsewhere.)
 fn a_stopping_node_hands_back_the_chunks_it_has_not_started() {
+    hands_back_what_it_has_not_started(
+        "stop-hands-back-chunks",
+        8,
+        Duration::from_secs(5),
+        |c, paths, stop| {
+            std::thread::scope(|scope| {
+                // Four chunks of two items, each item 1.5 s.
+                let items = paths.iter().map(|p| (p.clone(), 1500));
+                let map = scope.spawn(|| c.map_chunked(RECORD_SLOW, items, 2));
+                assert!(common::eventually(T, || c.stats().unwrap().waiting == 4));
+                stop();
+                map.join().unwrap().unwrap()
+            })
+        },
+    );
+}
+
+/// `run` submits four queue entries whose tasks note their runs in `paths` (one each),
+/// calls `stop` once they are all queued, and returns their values (1 each). `stop`
+/// starts a node of one process that takes the four at once (a prefetch of 4) and
+/// starts the first, tells it to stop (a grace of `grace`), and starts another node:
+/// every task ran once.
+fn hands_back_what_it_has_not_started(
+    ns: &str,
+    items: usize,
+    grace: Duration,
+    run: impl FnOnce(&Cluster, &[String], &mut dyn FnMut()) -> Vec<u64>,
+) {
     let redis = RedisServer::start();
-    let ns = "stop-hands-back-chunks";
     let c = client(&redis, ns);
     let dir = common::tempdir(ns);
     let node = |processes| {
         node_at(&redis.url(), ns, processes)
             .prefetch(4)
-            .grace(Duration::from_secs(5))
+            .grace(grace)
             .build()
             .expect("start worker")
     };
-    let paths: Vec<String> = (0..8)
+    let paths: Vec<String> = (0..items)
         .map(|i| dir.join(format!("runs-{i}")).display().to_string())
         .collect();
-    std::thread::scope(|scope| {
-        // Four chunks of two items, each item 1.5 s.
-        let map =
-            scope.spawn(|| c.map_chunked(RECORD_SLOW, paths.iter().map(|p| (p.clone(), 1500)), 2));
-        assert!(common::eventually(T, || c.stats().unwrap().waiting == 4));
-        // Started once all are queued: it takes the four at once, and starts the first.
+    let mut nodes = Vec::new();
+    let values = run(&c, &paths, &mut || {
         let stopping = node(1);
         assert!(common::eventually(T, || {
             std::path::Path::new(&paths[0]).exists()
         }));
         assert_eq!(c.stats().unwrap().in_flight, 4, "held by the node");
         stopping.shutdown(false);
-        let other = node(4);
-        assert_eq!(map.join().unwrap().unwrap(), vec![1; 8]);
-        for (i, p) in paths.iter().enumerate() {
-            assert_eq!(
-                std::fs::read_to_string(p).unwrap(),
-                "run\n",
-                "item {i} ran more than once"
-            );
-        }
-        stopping.shutdown(true);
-        other.shutdown(true);
+        nodes.push(stopping);
+        nodes.push(node(4));
     });
+    assert_eq!(values, vec![1; items]);
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(p).unwrap(),
+            "run\n",
+            "item {i} ran more than once"
+        );
+    }
+    for n in nodes {
+        n.shutdown(true);
+    }
     finish(&redis, c, ns);
     std::fs::remove_dir_all(dir).unwrap();
 }
