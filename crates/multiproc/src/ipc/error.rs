@@ -56,7 +56,11 @@ value_errors! {
     /// [`Queue::try_put`](crate::Queue::try_put) failed.
     TrySendError {
         #[error("sending on a full channel")]
-        /// The channel is full.
+        /// The channel is full, or the send could not be made without waiting for
+        /// another sender that holds the channel: one stopped (`SIGSTOP`, a debugger),
+        /// or busy for longer than a non-blocking send waits (20 ms: a slow
+        /// `Serialize`, a holder preempted on a busy machine). An unbounded channel or
+        /// queue is full only in that second sense.
         Full,
         #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]
         /// Every receiver is gone, or this queue handle was closed.
@@ -117,7 +121,9 @@ pub enum RecvError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TryRecvError {
-    /// Nothing is waiting.
+    /// Nothing is waiting, or the next message could not be had without waiting: another
+    /// receiver holds the channel (stopped, or busy for longer than a non-blocking
+    /// receive waits, 20 ms), or a sender is half-way through publishing it.
     #[error("receiving on an empty channel")]
     Empty,
     /// The channel is empty and every sender is gone.
