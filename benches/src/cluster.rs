@@ -193,6 +193,22 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v.get(i).copied().unwrap_or_default()
 }
 
+/// `n` trivial tasks through one `map` (default chunking: about 64 chunks of up to
+/// 1,024 items), with a Redis and a node of its own: `multiproc-bench loop cluster_map
+/// N`.
+pub fn trivial_map(n: u64) -> Duration {
+    let redis = Redis::start()
+        .expect("redis-server did not start (is it installed? apt-get install -y redis-server)");
+    let exe = std::env::current_exe().expect("the benchmark's executable");
+    let _node = node(&exe, &redis);
+    let c = ready(&redis);
+    let t = Instant::now();
+    let out = c.map(SQUARE, 0..n).expect("map");
+    let elapsed = t.elapsed();
+    assert_eq!(out.len() as u64, n);
+    elapsed
+}
+
 /// `n` tasks of 1 ms CPU through the cluster (`map`).
 pub fn cpu(exe: &Path, redis: &Redis, n: u64) -> Duration {
     let _node = node(exe, redis);

@@ -854,6 +854,7 @@ pub const LOOPS: &[&str] = &[
     "manager_one",
     "manager_tcp",
     "manager_tcp_socket",
+    "cluster_map",
 ];
 
 /// One run of the workload `name` (one of [`LOOPS`]) with `n` operations; `None` for an
@@ -877,6 +878,7 @@ pub fn run_loop(name: &str, n: u64) -> Option<Duration> {
         "manager_one" => manager::dict_set_get_one_client(n),
         "manager_tcp" => manager::dict_set_get(manager::Transport::Tcp, n),
         "manager_tcp_socket" => manager::dict_set_get(manager::Transport::TcpSocket, n),
+        "cluster_map" => cluster::trivial_map(n),
         _ => return None,
     })
 }

@@ -97,6 +97,7 @@ where
                 return Ok(Box::new(ChunkRun {
                     tasks,
                     outs,
+                    first: 0,
                     cancelled: false,
                     check,
                     unrunnable: None,
@@ -113,6 +114,8 @@ where
 struct ChunkRun<R> {
     tasks: Vec<Option<Task<R>>>,
     outs: Vec<Option<Outcome>>,
+    /// The first item not yet ended: those before it all have their outcome.
+    first: usize,
     cancelled: bool,
     /// For a fallible task: an item's `Err` is its failure.
     check: Option<ErrCheck<R>>,
@@ -122,11 +125,18 @@ struct ChunkRun<R> {
 }
 
 impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
+    /// Polls the items in order from the first not yet ended, and stops at the first
+    /// still running: only that one holds the waker, and the chunk is woken when it
+    /// ends (an item after it that ended first is taken as the walk reaches it). Each
+    /// wake-up polling every item made a chunk of n items n² polls (16 million for
+    /// 4,000), on the thread that serves all of the node's tasks.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
-        for (slot, out) in self.tasks.iter_mut().zip(&mut self.outs) {
-            if let Some(task) = slot
-                && let Poll::Ready(r) = Pin::new(task).poll(cx)
-            {
+        while let Some(slot) = self.tasks.get_mut(self.first) {
+            let out = &mut self.outs[self.first];
+            if let Some(task) = slot {
+                let Poll::Ready(r) = Pin::new(task).poll(cx) else {
+                    return Poll::Pending;
+                };
                 *out = Some(match r {
                     Ok(v) => match self.check.and_then(|check| check(&v)) {
                         Some(failed) => Outcome::Failed(failed),
@@ -145,9 +155,7 @@ impl<R: Serialize + Send + 'static> Running for ChunkRun<R> {
                 });
                 *slot = None;
             }
-        }
-        if self.tasks.iter().any(Option::is_some) {
-            return Poll::Pending;
+            self.first += 1;
         }
         if let Some(e) = self.unrunnable.take() {
             return Poll::Ready(Done::Failed(e));
