@@ -50,6 +50,10 @@ fn main() {
             ),
             trial("submit_apply_and_initializer", submit_apply_and_initializer),
             trial(
+                "a_map_fails_with_its_first_panic_in_item_order",
+                a_map_fails_with_its_first_panic_in_item_order,
+            ),
+            trial(
                 "a_panic_payload_that_panics_when_dropped_fails_its_task_only",
                 a_panic_payload_that_panics_when_dropped_fails_its_task_only,
             ),
@@ -808,6 +812,30 @@ fn a_panic_payload_that_panics_when_dropped_fails_its_task_only() {
     finish(pool);
 }
 
+/// Item 0 panics; item 1, in the same chunk, would end its worker.
+fn panics_then_aborts(x: u32) -> u32 {
+    if x == 0 {
+        panic!("item 0 fails");
+    }
+    std::process::abort()
+}
+
+/// A map fails with its first failure in item order: a chunk stops at its first panic,
+/// as Python's does at its first exception (its later items ran on: one that ended the
+/// worker made the map fail as the worker's death, the panic lost, and one that never
+/// returned would have held the map for ever).
+fn a_map_fails_with_its_first_panic_in_item_order() {
+    let pool = Pool::new(1).unwrap();
+    let pids = pool.worker_pids();
+    let r = pool.map_chunked(panics_then_aborts, [0, 1], 2);
+    let Err(TaskError::Panicked(p)) = r else {
+        panic!("not the first item's panic: {r:?}")
+    };
+    assert!(p.message().contains("item 0 fails"), "{p}");
+    assert_eq!(pool.worker_pids(), pids, "the second item ran");
+    finish(pool);
+}
+
 fn submit_apply_and_initializer() {
     let pool = Pool::builder()
         .processes(2)
@@ -995,6 +1023,24 @@ fn retry_policy_reruns_failed_tasks() {
     assert_eq!(
         get(pool.submit(flaky_panic, (runs.clone(), 2)).unwrap()).unwrap(),
         3
+    );
+    // A map's item too (its panic came back inside its chunk's values, and the policy
+    // was never asked): its chunk runs again, the item before it with it (three runs
+    // each), not the next chunk.
+    let before = Value::new(0u32).unwrap();
+    let runs = Value::new(0u32).unwrap();
+    assert_eq!(
+        pool.map_chunked(
+            flaky_panic,
+            [
+                (before.clone(), 0),
+                (runs.clone(), 2),
+                (Value::new(0).unwrap(), 0)
+            ],
+            2
+        )
+        .unwrap(),
+        [3, 3, 1]
     );
     // Without a retry, the same crash is one failure.
     finish(pool);

@@ -1010,6 +1010,13 @@ fn terminate_keeps_the_timeouts_of_running_tasks() {
     let failed = get(failing);
     drop(release_tx);
     assert_eq!(timed_out, Err(TaskError::TimedOut));
+    // The task's own timeout, and nothing was killed (it said "the pool's task
+    // timeout; its worker was killed").
+    let said = timed_out.unwrap_err().to_string();
+    assert!(
+        !said.contains("pool's") && !said.contains("killed"),
+        "{said}"
+    );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(failed, Err(TaskError::PoolClosed));
     pool.join_timeout(T).unwrap();

@@ -37,8 +37,11 @@ pub enum TaskError {
         /// How it showed (the signal that ended the worker, or the task's own report).
         detail: String,
     },
-    /// The task ran longer than the pool's task timeout; its worker was killed.
-    #[error("the task ran longer than the pool's task timeout; its worker was killed")]
+    /// The task ran longer than its timeout (the pool's task timeout, or its own from
+    /// [`TaskOptions::timeout`](crate::TaskOptions::timeout)). A process pool kills the
+    /// task's worker (and replaces it); a thread pool's closure runs on, its result
+    /// unread.
+    #[error("the task ran longer than its timeout")]
     TimedOut,
     /// The task was cancelled.
     #[error("the task was cancelled")]

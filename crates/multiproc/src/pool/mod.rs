@@ -792,17 +792,14 @@ impl Pool {
             let spare = out.spare_capacity_mut();
             let fill = expected.min(spare.len());
             sys::prefault(&mut spare[..fill]);
-            match task::decode_chunk_into(outcome, &mut out)? {
-                None if out.len() - before == expected => progress(expected),
-                None => {
-                    return Err(TaskError::Codec(crate::CodecError::new(format!(
-                        "a chunk of {expected} items came back with {} results",
-                        out.len() - before
-                    ))));
-                }
-                // As a task's: each item is one.
-                Some(panic) => return Err(self.inner.panic_error(panic)),
+            task::decode_chunk_into(outcome, &mut out)?;
+            if out.len() - before != expected {
+                return Err(TaskError::Codec(crate::CodecError::new(format!(
+                    "a chunk of {expected} items came back with {} results",
+                    out.len() - before
+                ))));
             }
+            progress(expected);
             slot += 1;
         }
         ids.from = feed.sizes.len();

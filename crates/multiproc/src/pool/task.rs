@@ -925,52 +925,23 @@ pub(crate) fn decode<R: DeserializeOwned>(received: Received) -> Result<R, TaskE
     codec::decode::<R>(bytes, received.fds).map_err(TaskError::Codec)
 }
 
-/// Decodes a chunk's outcomes (its values, then its first panic if any: `(Vec<R>,
-/// Option<RemotePanic>)`, as a worker's `run_chunk` writes them), pushing the values
-/// straight into `out`, with no vector of its own; returns the panic.
+/// Decodes a chunk's values (a sequence of `R`, as a worker's `run_chunk` writes them),
+/// pushing them straight into `out`, with no vector of its own.
 pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
     outcome: Result<Received, TaskError>,
     out: &mut Vec<R>,
-) -> Result<Option<crate::RemotePanic>, TaskError> {
+) -> Result<(), TaskError> {
     let received = outcome?;
     let bytes = received
         .bytes
         .get(OUTCOME_HEADER..)
         .ok_or_else(|| TaskError::Codec(crate::CodecError::new("a truncated result")))?;
-    codec::decode_seed(ChunkInto(PushAll { out }), bytes, received.fds).map_err(TaskError::Codec)
+    codec::decode_seed(PushAll { out }, bytes, received.fds).map_err(TaskError::Codec)
 }
-
-/// Reads `(Vec<R>, Option<RemotePanic>)`, the vector's items pushed into a caller's
-/// vector ([`decode_chunk_into`]).
-struct ChunkInto<'a, R>(PushAll<'a, R>);
 
 /// Reads a sequence of `R`, pushing each into `out`.
 struct PushAll<'a, R> {
     out: &'a mut Vec<R>,
-}
-
-impl<'de, R: DeserializeOwned> serde::de::DeserializeSeed<'de> for ChunkInto<'_, R> {
-    type Value = Option<crate::RemotePanic>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_tuple(2, self)
-    }
-}
-
-impl<'de, R: DeserializeOwned> serde::de::Visitor<'de> for ChunkInto<'_, R> {
-    type Value = Option<crate::RemotePanic>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a chunk's values and its first panic")
-    }
-
-    fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
-        use serde::de::Error;
-        seq.next_element_seed(self.0)?
-            .ok_or_else(|| S::Error::invalid_length(0, &"a chunk's values"))?;
-        seq.next_element::<Option<crate::RemotePanic>>()?
-            .ok_or_else(|| S::Error::invalid_length(1, &"a chunk's first panic"))
-    }
 }
 
 impl<'de, R: DeserializeOwned> serde::de::DeserializeSeed<'de> for PushAll<'_, R> {

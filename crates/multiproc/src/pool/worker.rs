@@ -22,7 +22,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::tickets::Tickets;
-use crate::bootstrap::RemotePanic;
 use crate::bootstrap::{Invoked, caught_panic, drop_payload};
 use crate::deadline::Deadline;
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail, SendFail};
@@ -503,8 +502,10 @@ where
     }
 }
 
-/// Runs a chunk of tasks: decodes a sequence of arguments and calls `f` on each, a
-/// panic failing only its own item; the result is the values and the first panic.
+/// Runs a chunk of tasks: decodes a sequence of arguments and calls `f` on each; the
+/// result is the values. A panic ends the chunk: it unwinds on to the worker's loop,
+/// which sends it as the chunk's outcome (as a task's), once the items not run are
+/// dropped.
 fn run_chunk<A, R>(f: impl Fn(A) -> R, bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked
 where
     A: DeserializeOwned,
@@ -514,38 +515,36 @@ where
         Ok(args) => args,
         Err(e) => return Invoked::BadArgs(e),
     };
-    // The values up to the first panic, and that panic: all the caller uses (a map
-    // fails with its first panic in item order). Later items still run.
+    // The chunk stops at its first panic, as Python's does at its first exception: a
+    // map fails with its first failure in item order, and a later item that ran on
+    // could only hide it (one that ended the worker, or outran the time limit, made the
+    // chunk fail as that; one that never returned held the map for ever). Sent as a
+    // task's panic, it is one the pool's retry policy may retry (inside the chunk's
+    // values, it never was).
     let mut values: Vec<R> = Vec::with_capacity(args.len());
-    let mut first_panic: Option<RemotePanic> = None;
-    let mut run = |arg| match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        Ok(value) if first_panic.is_none() => values.push(value),
-        Ok(_) => {}
-        Err(payload) => match first_panic {
-            None => first_panic = Some(caught_panic(payload)),
-            // Dropped under a catch too: its `Drop` may panic, and that panic failed
-            // the whole chunk (the first panic and the values lost).
-            Some(_) => drop_payload(payload),
-        },
-    };
+    let per_item = PER_ITEM.load(std::sync::atomic::Ordering::Relaxed);
     let mut args = args.into_iter();
-    if let Some(first) = args.next() {
-        run(first);
-    }
-    if PER_ITEM.load(std::sync::atomic::Ordering::Relaxed) {
-        for arg in args {
+    while let Some(arg) = args.next() {
+        if per_item && !values.is_empty() {
             next_item();
-            run(arg);
         }
-    } else {
-        args.for_each(run);
+        match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
+            Ok(value) => values.push(value),
+            Err(payload) => {
+                // The items not run, and the values, are dropped under a catch: a
+                // `Drop` that panicked while this panic unwinds would abort the worker.
+                let rest = (args, values);
+                if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(rest))) {
+                    drop_payload(again);
+                }
+                panic::resume_unwind(payload);
+            }
+        }
     }
-    // The values, then the first panic: no `Result` per item (each as large as a
-    // panic report, and a tag on the wire).
     // Results often take about the room their arguments took: start there (within
     // reason) rather than grow the buffer from nothing.
     let expect = bytes.len().min(1 << 20);
-    match codec::encode_sized(&[0; OUTCOME_HEADER], &(values, first_panic), expect) {
+    match codec::encode_sized(&[0; OUTCOME_HEADER], &values, expect) {
         Ok(out) => Invoked::Returned(out),
         Err(e) => Invoked::Unencodable(e),
     }
