@@ -790,6 +790,35 @@ fn panics_with_a_payload_that_panics_when_dropped(_: u64) -> u64 {
     std::panic::panic_any(PanicsWhenDropped)
 }
 
+/// An argument whose `Drop` panics in a worker, unless the task defused it (armed as it
+/// is decoded: the parent's copies are not).
+#[derive(Serialize, Deserialize)]
+struct ArmedItem {
+    n: u32,
+    #[serde(skip, default = "armed")]
+    armed: bool,
+}
+
+fn armed() -> bool {
+    true
+}
+
+impl Drop for ArmedItem {
+    fn drop(&mut self) {
+        if self.armed {
+            panic!("an item that did not run was dropped");
+        }
+    }
+}
+
+fn defuses_then_panics_at_0(mut bomb: ArmedItem) -> u32 {
+    bomb.armed = false;
+    if bomb.n == 0 {
+        panic!("item 0 fails");
+    }
+    bomb.n
+}
+
 /// A task whose panic's payload panics when dropped fails with its panic, and its
 /// worker serves on (the second panic unwound out of the worker's loop: the worker
 /// ended, and the task failed as the worker's death), in a task and in a map's chunk.
@@ -800,13 +829,21 @@ fn a_panic_payload_that_panics_when_dropped_fails_its_task_only() {
     assert!(matches!(r, Err(TaskError::Panicked(_))), "{r:?}");
     let r = pool.map(panics_with_a_payload_that_panics_when_dropped, 0..3);
     assert!(matches!(r, Err(TaskError::Panicked(_))), "{r:?}");
-    // Three panics in one chunk: the first is the map's error (the later payloads'
-    // drops failed the whole chunk with the drop's panic).
     let r = pool.map_chunked(panics_with_a_payload_that_panics_when_dropped, 0..3, 3);
     let Err(TaskError::Panicked(p)) = r else {
         panic!("{r:?}")
     };
     assert!(!p.message().contains("dropped"), "{p}");
+    // A chunk stopped at its first panic drops the items it did not run: two whose
+    // `Drop` panics (dropped together, the second aborted the worker), and the report
+    // is the item's (a `Drop`'s panic took its place, and it lost its location).
+    let bombs = (0..3).map(|n| ArmedItem { n, armed: false });
+    let r = pool.map_chunked(defuses_then_panics_at_0, bombs, 3);
+    let Err(TaskError::Panicked(p)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(p.message().contains("item 0 fails"), "{p}");
+    assert!(p.location().is_some(), "{p:?}");
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
     assert_eq!(pool.worker_pids(), pids, "the worker was replaced");
     finish(pool);

@@ -172,6 +172,23 @@ pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) {
     }
 }
 
+/// Drops each of `items` under a catch of its own (a `Drop` that panics has its payload
+/// dropped as by [`drop_payload`]; dropped together, a second such panic, met while the
+/// first unwinds, would abort the process), keeping the hook's record of the panic the
+/// caller is about to report (a `Drop`'s panic would replace it, and the report would
+/// lose its location, or take the `Drop`'s).
+pub(crate) fn drop_each_keeping_report<T>(items: impl IntoIterator<Item = T>) {
+    let kept = LAST_PANIC.with(|p| p.borrow_mut().take());
+    for item in items {
+        if let Err(again) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(item)))
+        {
+            drop_payload(again);
+        }
+    }
+    LAST_PANIC.with(|p| *p.borrow_mut() = kept);
+}
+
 /// The report of a caught panic, from its payload: what this process knows of it, the
 /// message, and the location and backtrace the hook recorded (if this is a child, where
 /// the hook is installed).

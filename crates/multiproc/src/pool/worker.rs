@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::tickets::Tickets;
-use crate::bootstrap::{Invoked, caught_panic, drop_payload};
+use crate::bootstrap::{Invoked, caught_panic, drop_each_keeping_report};
 use crate::deadline::Deadline;
 use crate::ipc::channel::{RawReceiver, RawSender, RecvFail, SendFail};
 use crate::sys::{self, Caller, ContextCaller, Entry, OwnedFd, Signature};
@@ -531,12 +531,11 @@ where
         match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
             Ok(value) => values.push(value),
             Err(payload) => {
-                // The items not run, and the values, are dropped under a catch: a
-                // `Drop` that panicked while this panic unwinds would abort the worker.
-                let rest = (args, values);
-                if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(rest))) {
-                    drop_payload(again);
-                }
+                // The items not run, and the values, are dropped one by one under a
+                // catch: a `Drop` that panicked while this panic unwinds would abort
+                // the worker.
+                drop_each_keeping_report(args);
+                drop_each_keeping_report(values);
                 panic::resume_unwind(payload);
             }
         }
