@@ -50,6 +50,10 @@ fn main() {
                 client_sigkilled_holding_lock,
             ),
             trial(
+                "a_client_sigkilled_holding_a_lock_after_a_spawn_fork_lets_it_go",
+                a_client_sigkilled_holding_a_lock_after_a_spawn_fork_lets_it_go,
+            ),
+            trial(
                 "a_panicking_drop_keeps_no_dead_clients_lock",
                 a_panicking_drop_keeps_no_dead_clients_lock,
             ),
@@ -717,6 +721,53 @@ fn client_sigkilled_holding_lock() {
     // Only the next holder is told.
     assert!(lock.lock().unwrap().is_ok());
     let _ = join_err(child);
+}
+
+/// Takes the lock, then forks a child with `spawn_fork` that makes no manager call and
+/// sleeps; says the child's pid, and waits to be killed.
+fn hold_lock_and_fork((lock, held, child_pid): (LockProxy, EventProxy, ValueProxy<u32>)) {
+    let _g = lock.lock().unwrap().unwrap();
+    // SAFETY: this process's only thread of its own is this one.
+    let child = unsafe {
+        multiproc::Builder::new().spawn_fork(|| std::thread::sleep(Duration::from_secs(60)))
+    }
+    .unwrap();
+    child_pid.set(child.pid()).unwrap();
+    held.set().unwrap();
+    std::thread::sleep(T);
+}
+
+/// A client SIGKILLed holding a lock, after it forked a child (`spawn_fork`) that made no
+/// manager call: the lock comes back, with `OwnerDied`, while the child lives. The child
+/// held copies of the parent's connections, which it let go only at its first call of
+/// its own: the server never saw the parent's session end, and the lock stayed taken
+/// for as long as the child lived.
+fn a_client_sigkilled_holding_a_lock_after_a_spawn_fork_lets_it_go() {
+    let m = Manager::start().unwrap();
+    let lock = m.lock().unwrap();
+    let held = m.event().unwrap();
+    let child_pid = m.value(0u32).unwrap();
+    let parent = multiproc::spawn(
+        hold_lock_and_fork,
+        (lock.clone(), held.clone(), child_pid.clone()),
+    )
+    .unwrap();
+    assert!(held.wait_timeout(T).unwrap());
+    let forked = child_pid.get().unwrap();
+    parent.kill().unwrap();
+    let got = lock.lock_timeout(Duration::from_secs(10)).unwrap();
+    let alive = !common::wait_gone(forked, Duration::ZERO);
+    common::kill_and_reap(forked);
+    let _ = join_err(parent);
+    assert!(
+        alive,
+        "the forked child was gone before the lock was asked for"
+    );
+    match got {
+        Some(Err(died)) => drop(died.into_inner()),
+        Some(Ok(_)) => panic!("the next holder was not told that the owner died"),
+        None => panic!("the lock did not come back while the forked child lived"),
+    }
 }
 
 /// A registered type whose `Drop` panics.

@@ -645,6 +645,45 @@ fn live_clients() -> Vec<Arc<Client>> {
     clients.iter().filter_map(Weak::upgrade).collect()
 }
 
+/// In a `spawn_fork` child, before its function runs: lets go of the child's copies of
+/// the parent's connections (the idle ones and the anchor), which each client otherwise
+/// dropped only at the child's first call to its server. The server learns that a
+/// session ended from its connections closing: while a child that made no call lived
+/// with those copies, a parent SIGKILLed holding a lock kept it, and its references.
+/// Locks that another thread of the parent held at the fork are passed over (never let
+/// go here), as are the connections such threads had in use (in their memory, which
+/// the child cannot reach).
+pub(crate) fn forget_parents_connections() {
+    fn try_lock<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+        match m.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+    let Some(clients) = try_lock(&CLIENTS) else {
+        return;
+    };
+    let live: Vec<Arc<Client>> = clients.iter().filter_map(Weak::upgrade).collect();
+    drop(clients);
+    let pid = crate::sys::process_id();
+    for c in &live {
+        if let Some(mut idle) = try_lock(&c.idle)
+            && idle.0 != pid
+        {
+            *idle = (pid, Vec::new());
+        }
+        if let Some(mut anchor) = try_lock(&c.anchor)
+            && anchor.0 != pid
+        {
+            *anchor = (pid, None);
+        }
+    }
+    // A client whose last other handle went meanwhile is not dropped here (its `Drop`
+    // may wait for its server).
+    std::mem::forget(live);
+}
+
 /// At a normal exit (`bootstrap::exit_function`): each client of this process with an
 /// anchor says `Leave`, as its `Drop` would, so that proxies the process sent and no
 /// receiver has taken in yet keep their objects. A client alive at the exit never drops:

@@ -160,6 +160,13 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
             drop(live);
             Box::new(kept)
         }
+
+        fn in_child(self: Box<Self>) {
+            let Held { live, kept } = *self;
+            drop(live);
+            std::mem::forget(kept);
+            super::client::forget_parents_connections();
+        }
     }
     let live = crate::sync::unpoisoned::lock(&LIVE);
     let me = crate::sys::process_id();

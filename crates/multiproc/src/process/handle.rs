@@ -76,9 +76,15 @@ impl fmt::Debug for Status {
 /// returns holds that layer's lock, which `spawn_fork` holds across the fork as it does
 /// its own.
 pub(crate) trait HeldAcrossFork {
-    /// After the fork, in either process: lets the lock go, and returns what the parent
-    /// keeps (the child drops it).
+    /// After the fork, in the parent: lets the lock go, and returns what the parent
+    /// keeps.
     fn forked(self: Box<Self>) -> Box<dyn Send + Sync>;
+
+    /// After the fork, in the child, before its function runs: lets the lock go, forgets
+    /// what the parent keeps (without dropping it: its drop may take locks another
+    /// thread of the parent held at the fork), and lets go of the layer's copies of the
+    /// parent's connections, whose ends the parent's peers watch.
+    fn in_child(self: Box<Self>);
 }
 
 static HOLD_ACROSS_FORK: std::sync::OnceLock<fn() -> Box<dyn HeldAcrossFork>> =

@@ -630,9 +630,10 @@ impl Builder {
         match forked {
             sys::Forked::Child => {
                 drop(statics);
-                // The parent's to keep: dropped here, a last reference would take locks
-                // another thread of the parent may have held at the fork.
-                std::mem::forget(held.map(|h| h.forked()));
+                // The parent's to keep: forgotten here (see `HeldAcrossFork::in_child`).
+                if let Some(held) = held {
+                    held.in_child();
+                }
                 // The parent's ends of the child's pipes: kept here, the child would hold
                 // its own stdin's writer (and never see it end) and its output's readers.
                 drop((ours, stdio_parent, stdout));
