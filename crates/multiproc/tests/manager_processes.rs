@@ -1478,6 +1478,7 @@ impl SharedObject for Tickets {
     type Response = u64;
 
     fn new(first: u64) -> Self {
+        assert!(first != u64::MAX, "no tickets start at the last one");
         Tickets { next: first }
     }
 
@@ -1591,6 +1592,14 @@ fn custom_objects() {
         "{err}"
     );
     assert_eq!(t.call(Ask::Next).unwrap(), 1200, "the object is served on");
+    // A constructor that panics fails the creation, saying so, and this client's
+    // connection serves on (it was closed, and the client told the server was gone).
+    let err = m.object::<Tickets>(u64::MAX).unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Panicked(m) if m.contains("no tickets start")),
+        "{err}"
+    );
+    assert_eq!(t.call(Ask::Next).unwrap(), 1201);
     let err = m.object::<NotRegistered>(()).unwrap_err();
     assert!(matches!(err, ManagerError::Unregistered(_)), "{err}");
 }

@@ -75,7 +75,8 @@ pub enum ManagerError {
     /// A custom object type the server was not built with.
     #[error("the manager does not serve the type {0} (register it on the builder)")]
     Unregistered(String),
-    /// A custom object's handler panicked; the object lives on.
+    /// A custom object's handler panicked (the object lives on), or its constructor did
+    /// (no object was made).
     #[error("the shared object panicked: {0}")]
     Panicked(String),
     /// A setting or an initial value is not valid.

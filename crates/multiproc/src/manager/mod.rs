@@ -200,7 +200,8 @@ pub trait SharedObject: Send + 'static {
     /// What the object answers.
     type Response: Serialize + DeserializeOwned;
 
-    /// Makes the object (in the server).
+    /// Makes the object (in the server). A panic here fails the creation with
+    /// [`ManagerError::Panicked`]; the server serves on.
     fn new(init: Self::Init) -> Self;
 
     /// Answers one request (in the server; requests to one object are handled one at a
@@ -209,7 +210,7 @@ pub trait SharedObject: Send + 'static {
     fn handle(&mut self, request: Self::Request) -> Self::Response;
 }
 
-pub(crate) use sealed::ErasedObject;
+pub(crate) use sealed::{ErasedObject, NotMade};
 
 /// Public but unnameable outside the crate: `Registry` is sealed.
 mod sealed {
@@ -222,6 +223,15 @@ mod sealed {
 
     pub trait Registry: 'static {
         fn add(ctors: &mut HashMap<String, super::Ctor>);
+    }
+
+    /// Why a registered type's object was not made.
+    #[derive(Debug)]
+    pub enum NotMade {
+        /// Its `Init` did not decode.
+        BadInit(String),
+        /// Its constructor (or its `Init`'s `Deserialize`) panicked: the message.
+        Panicked(String),
     }
 }
 
@@ -242,9 +252,20 @@ impl<T: SharedObject, R: Registry> sealed::Registry for (T, R) {
 }
 impl<T: SharedObject, R: Registry> Registry for (T, R) {}
 
-fn construct<T: SharedObject>(init: &[u8]) -> Result<Box<dyn ErasedObject>, String> {
-    let init: T::Init = codec::decode(init, Vec::new()).map_err(|e| e.to_string())?;
-    Ok(Box::new(T::new(init)))
+/// Makes a registered type's object: a panic in `new` (or in the `Deserialize` of its
+/// `Init`) fails the creation with `Panicked`, as one in `handle` fails its request,
+/// rather than end the connection (which the client read as the server gone).
+fn construct<T: SharedObject>(init: &[u8]) -> Result<Box<dyn ErasedObject>, sealed::NotMade> {
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        codec::decode::<T::Init>(init, Vec::new()).map(T::new)
+    }));
+    match made {
+        Ok(Ok(object)) => Ok(Box::new(object)),
+        Ok(Err(e)) => Err(sealed::NotMade::BadInit(e.to_string())),
+        Err(payload) => Err(sealed::NotMade::Panicked(
+            crate::bootstrap::caught_panic(payload).message().to_owned(),
+        )),
+    }
 }
 
 fn ctors<R: Registry>() -> HashMap<String, Ctor> {

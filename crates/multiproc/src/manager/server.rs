@@ -8,19 +8,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use super::ErasedObject;
 use super::accept::{self, DoorSettings, Listener};
 use super::dispatch::{Dispatcher, Handoff, Joined};
 use super::local::{self, Local, Nearby, Slot};
 use super::objects::{Peer, Served};
 use super::protocol::{self, FrameError, Framed, Kind, RefOp, Request, Response, Stream};
 use super::refs::RefTable;
+use super::{ErasedObject, NotMade};
 use crate::sync::unpoisoned;
 use crate::wire::codec;
 use rustc_hash::FxHashMap;
 
 /// Makes a registered custom object from its encoded initial value.
-pub(crate) type Ctor = fn(&[u8]) -> Result<Box<dyn ErasedObject>, String>;
+pub(crate) type Ctor = fn(&[u8]) -> Result<Box<dyn ErasedObject>, NotMade>;
 
 /// How a server serves.
 #[derive(Debug, Clone, Copy)]
@@ -236,7 +236,7 @@ impl Shared {
             conns.insert(conn_id, clone);
         }
         let mut conn = Framed::new(stream);
-        // A panic (a registered type's constructor, say) ends this connection, and the
+        // A panic (one the handlers do not catch) ends this connection, and the
         // session is told, so that its locks are released as for any connection.
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.serve_session(&mut conn, session, &peer);
@@ -502,7 +502,8 @@ impl Shared {
             };
             match ctor(init) {
                 Ok(o) => Some(o),
-                Err(e) => return Response::Fault(protocol::Fault::BadInit(e)),
+                Err(NotMade::BadInit(e)) => return Response::Fault(protocol::Fault::BadInit(e)),
+                Err(NotMade::Panicked(e)) => return Response::Fault(protocol::Fault::Panicked(e)),
             }
         } else {
             None
