@@ -1846,6 +1846,22 @@ mod store {
             JobStore::open(&damaged),
             Err(ScheduleError::Store(_))
         ));
+        // A good store that another process holds locked past the busy timeout (10 s)
+        // says so, and not that it is no job store.
+        let good = dir.join("good.db");
+        drop(on_store(&good, &ManualClock::new(t0())));
+        let holder = rusqlite::Connection::open(&good).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        match JobStore::open(&good) {
+            Err(ScheduleError::Store(why)) => {
+                assert!(!why.contains("not a job store"), "{why}");
+                assert!(why.contains("locked"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        holder.execute_batch("ROLLBACK").unwrap();
+        drop(holder);
+        assert!(JobStore::open(&good).is_ok());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

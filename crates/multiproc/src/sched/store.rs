@@ -232,7 +232,9 @@ impl JobStore {
     ///
     /// [`ScheduleError::Store`]: the file cannot be opened, is not a SQLite database
     /// (corrupt), is a database of something else, or was written by a later version of
-    /// multiproc (an unknown layout version).
+    /// multiproc (an unknown layout version), each saying "not a job store"; or another
+    /// process held it locked for longer than 10 s, or it cannot be written (each as
+    /// SQLite says).
     pub fn open(path: impl AsRef<Path>) -> Result<JobStore, ScheduleError> {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path).map_err(store_err)?;
@@ -252,16 +254,26 @@ impl JobStore {
     fn prepare(&mut self) -> Result<(), ScheduleError> {
         let path = self.path.display().to_string();
         let bad = |why: &str| ScheduleError::Store(format!("{path} is not a job store: {why}"));
+        // Only a file that is not a database (or a corrupt one) is not a job store: a
+        // store locked by another process past the busy timeout, or one that cannot be
+        // written (a read-only file or mount), says so as it is (it said "not a job
+        // store", and a good store could be thrown away as corrupt).
+        let looked = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                bad(&e.to_string())
+            }
+            _ => ScheduleError::Store(format!("{path}: {e}")),
+        };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(looked)?;
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(looked)?;
         let tables: i64 = tx
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(looked)?;
         // The tables and columns a layout's queries need are there.
         let check = |tx: &Transaction<'_>, columns: &str| {
             tx.query_row(
