@@ -15,7 +15,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -645,25 +645,31 @@ fn live_clients() -> Vec<Arc<Client>> {
     clients.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// In a `spawn_fork` child, before its function runs: lets go of the child's copies of
-/// the parent's connections (the idle ones and the anchor), which each client otherwise
-/// dropped only at the child's first call to its server. The server learns that a
-/// session ended from its connections closing: while a child that made no call lived
-/// with those copies, a parent SIGKILLed holding a lock kept it, and its references.
-/// Locks that another thread of the parent held at the fork are passed over (never let
-/// go here), as are the connections such threads had in use (in their memory, which
-/// the child cannot reach).
-pub(crate) fn forget_parents_connections() {
-    fn try_lock<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+/// Takes the list of clients for `spawn_fork` to hold across the fork (with the
+/// references' list, `proxy.rs`), so that no other thread holds it at the fork: the
+/// child then finds every client (see [`forget_parents_connections`]).
+pub(crate) fn hold_clients() -> MutexGuard<'static, Vec<Weak<Client>>> {
+    unpoisoned::lock(&CLIENTS)
+}
+
+/// In a `spawn_fork` child, before its function runs (`clients`: the list, held across
+/// the fork): lets go of the child's copies of the parent's connections (the idle ones
+/// and the anchor), which each client otherwise dropped only at the child's first call
+/// to its server. The server learns that a session ended from its connections closing:
+/// while a child that made no call lived with those copies, a parent SIGKILLed holding
+/// a lock kept it, and its references. Passed over, and kept until the child ends: a
+/// client's idle connections or anchor whose lock another thread of the parent held at
+/// the fork (a call checking one out, a flush of reference changes), the connections
+/// such threads had in use (in their memory, out of the child's reach), and those of a
+/// client another thread was dropping.
+pub(crate) fn forget_parents_connections(clients: MutexGuard<'static, Vec<Weak<Client>>>) {
+    fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
         match m.try_lock() {
             Ok(g) => Some(g),
             Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
-    let Some(clients) = try_lock(&CLIENTS) else {
-        return;
-    };
     let live: Vec<Arc<Client>> = clients.iter().filter_map(Weak::upgrade).collect();
     drop(clients);
     let pid = crate::sys::process_id();
@@ -679,9 +685,10 @@ pub(crate) fn forget_parents_connections() {
             *anchor = (pid, None);
         }
     }
-    // A client whose last other handle went meanwhile is not dropped here (its `Drop`
-    // may wait for its server).
-    std::mem::forget(live);
+    // Dropped: the child has this thread alone, and every other handle of these clients
+    // is in its memory, so none is the last (and one the child drops later says `Leave`
+    // and closes the connections it made, as any client does).
+    drop(live);
 }
 
 /// At a normal exit (`bootstrap::exit_function`): each client of this process with an

@@ -152,23 +152,35 @@ static LIVE: Mutex<Vec<Weak<Ref>>> = Mutex::new(Vec::new());
 fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     struct Held {
         live: MutexGuard<'static, Vec<Weak<Ref>>>,
+        clients: MutexGuard<'static, Vec<Weak<Client>>>,
         kept: Kept,
     }
     impl crate::process::HeldAcrossFork for Held {
         fn forked(self: Box<Self>) -> Box<dyn Send + Sync> {
-            let Held { live, kept } = *self;
-            drop(live);
+            let Held {
+                live,
+                clients,
+                kept,
+            } = *self;
+            drop((clients, live));
             Box::new(kept)
         }
 
         fn in_child(self: Box<Self>) {
-            let Held { live, kept } = *self;
+            let Held {
+                live,
+                clients,
+                kept,
+            } = *self;
             drop(live);
             std::mem::forget(kept);
-            super::client::forget_parents_connections();
+            super::client::forget_parents_connections(clients);
         }
     }
     let live = crate::sync::unpoisoned::lock(&LIVE);
+    // After the references' list, as a reference dropped under it takes it (a client's
+    // last handle going, whose `Drop` looks at the clients).
+    let clients = super::client::hold_clients();
     let me = crate::sys::process_id();
     let kept = live
         .iter()
@@ -185,6 +197,7 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
         .collect();
     Box::new(Held {
         live,
+        clients,
         kept: Kept(kept),
     })
 }
