@@ -141,6 +141,10 @@ fn main() {
             store::busy_store_runs_wait_for_it,
         ),
         trial(
+            "store_a_jittered_run_held_by_a_busy_store_past_its_grace_is_reported",
+            store::a_jittered_run_held_by_a_busy_store_past_its_grace_is_reported,
+        ),
+        trial(
             "store_a_time_held_back_by_a_busy_store_is_reported",
             store::a_time_held_back_by_a_busy_store_is_reported,
         ),
@@ -1496,6 +1500,42 @@ mod store {
         let evs = settle(&s, &events, 1);
         assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
         assert_eq!(s.next_fire("tick"), Some(at(20)));
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A run that waited out its jitter while the store was busy waits for the store (its
+    /// start is recorded first), and once the store answers starts only within the
+    /// job's grace of when it was to start: past it, it is reported too late, as a time
+    /// claimed and held is (it started however late it was, holding its instance).
+    pub fn a_jittered_run_held_by_a_busy_store_past_its_grace_is_reported() {
+        let dir = tempdir("busy-jitter");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let (s, events) = on_store(&db, &clock);
+        let job = Job::thread("spread", Schedule::every(secs(100)), || ())
+            .jitter(secs(5))
+            .misfire_grace(secs(10));
+        s.add(job).unwrap();
+        clock.set(at(100));
+        s.run_pending();
+        assert_eq!(s.jobs()[0].running, 1, "waiting for its jitter");
+        let blocker = rusqlite::Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        clock.set(at(106));
+        assert_eq!(s.run_pending(), 0, "ran without its record");
+        blocker.execute_batch("COMMIT").unwrap();
+        drop(blocker);
+        clock.set(at(150));
+        s.run_pending();
+        let evs: Vec<JobEvent> = events.try_iter().collect();
+        assert!(started(&evs).is_empty(), "started 45 s late: {evs:?}");
+        assert_eq!(
+            missed(&evs),
+            vec![(at(100), 1, at(100), MissReason::TooLate)],
+            "{evs:?}"
+        );
+        assert_eq!(s.jobs()[0].running, 0, "its instance is held");
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

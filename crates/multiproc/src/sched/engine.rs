@@ -245,6 +245,9 @@ struct Timer {
     generation: u64,
     scheduled: DateTime<Utc>,
     attempt: u32,
+    /// For a first attempt held by a failing store once its jitter was over: when it was
+    /// to start. Once the store answers, it starts only within the job's grace of then.
+    held_since: Option<DateTime<Utc>>,
 }
 
 struct RunWaker {
@@ -557,11 +560,38 @@ impl Shared {
                 self.settle_later(&mut st, &t.job, &[t.scheduled]);
             }
             // A first attempt (it waited for its jitter) is recorded as started before
-            // it is handed over; a retry's run was already.
+            // it is handed over; a retry's run was already. One that a failing store
+            // held past the job's grace is reported too late instead, as a time
+            // claimed and held does (it started however late it was).
+            let too_late = |st: &State, t: &Timer| {
+                let Some(since) = t.held_since else {
+                    return false;
+                };
+                let Some(js) = st
+                    .jobs
+                    .get(&t.job)
+                    .filter(|js| js.generation == t.generation)
+                else {
+                    return false;
+                };
+                let grace = js
+                    .job
+                    .misfire_grace
+                    .or_else(|| default_grace(&js.job, t.scheduled));
+                let late = (now - since).to_std().unwrap_or(Duration::ZERO);
+                grace.is_some_and(|g| late > g)
+            };
             let firsts: Vec<(String, DateTime<Utc>, Mark)> = due
                 .iter()
                 .filter(|t| t.attempt == 1)
-                .map(|t| (t.job.clone(), t.scheduled, Mark::Started))
+                .map(|t| {
+                    let mark = if too_late(&st, t) {
+                        Mark::Reported(MissReason::TooLate)
+                    } else {
+                        Mark::Started
+                    };
+                    (t.job.clone(), t.scheduled, mark)
+                })
                 .collect();
             let marked = self.mark(&firsts, "due runs wait for it");
             for t in due {
@@ -569,8 +599,17 @@ impl Shared {
                     // The store failed: the run waits for it (holding its instance).
                     st.timers.push(Timer {
                         at: later(now, SETTLE_AFTER),
+                        held_since: t.held_since.or(Some(t.at)),
                         ..t
                     });
+                    continue;
+                }
+                if t.attempt == 1 && too_late(&st, &t) {
+                    if let Some(js) = st.job(&t.job, t.generation) {
+                        js.running = js.running.saturating_sub(1);
+                    }
+                    self.missed(&t.job, &[t.scheduled], MissReason::TooLate, now);
+                    self.settle_later(&mut st, &t.job, &[t.scheduled]);
                     continue;
                 }
                 started += self.launch(&mut st, &t.job, t.generation, t.scheduled, t.attempt, now);
@@ -892,6 +931,7 @@ impl Shared {
                     generation,
                     scheduled: t,
                     attempt: 1,
+                    held_since: None,
                 });
             }
         }
@@ -1061,6 +1101,7 @@ impl Shared {
                         generation,
                         scheduled,
                         attempt: attempt + 1,
+                        held_since: None,
                     }),
                     (_, js) => {
                         if let Some(js) = js {
