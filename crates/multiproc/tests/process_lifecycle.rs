@@ -111,6 +111,10 @@ fn main() {
             ),
             trial("piped_stdio", piped_stdio),
             trial(
+                "a_piped_stdin_not_taken_is_closed_at_the_join",
+                a_piped_stdin_not_taken_is_closed_at_the_join,
+            ),
+            trial(
                 "piped_stdio_of_a_forked_child",
                 piped_stdio_of_a_forked_child,
             ),
@@ -1501,6 +1505,28 @@ fn piped_stdio() {
         assert_eq!(child.join_timeout(T).unwrap(), 11);
         assert_eq!(out, "HELLO CHILD");
         assert_eq!(err, "err:11");
+    }
+}
+
+/// A piped stdin that the parent never took is closed as the join begins, as std's
+/// `Child::wait` does: a child that reads its input to the end ends (the handle held
+/// the pipe's writer, and the join waited for ever).
+fn a_piped_stdin_not_taken_is_closed_at_the_join() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut child = Builder::new()
+            .start_method(method)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn(echo_upper, ())
+            .unwrap();
+        let joined = child.join_timeout(Duration::from_secs(10));
+        if joined.is_err() {
+            child.kill().unwrap();
+            let _ = child.join_timeout(T);
+        }
+        assert_eq!(joined.unwrap(), 0, "{method:?}");
+        assert_eq!(piped_output(&mut child), (String::new(), "err:0".into()));
     }
 }
 

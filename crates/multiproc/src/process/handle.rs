@@ -979,7 +979,9 @@ impl<R> JoinHandle<R> {
 }
 
 impl<R: DeserializeOwned> JoinHandle<R> {
-    /// Waits for the process to end and returns what its function returned.
+    /// Waits for the process to end and returns what its function returned. A piped
+    /// stdin not taken ([`take_stdin`](Self::take_stdin)) is closed first, as
+    /// [`std::process::Child::wait`] does (so do `join_timeout` and `await`).
     ///
     /// # Errors
     ///
@@ -1007,6 +1009,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         if self.joined {
             return Err(ProcessError::Joined);
         }
+        // As `std::process::Child::wait` does: a piped stdin not taken is closed before
+        // the wait, so that a child reading its input to the end ends (it was waited
+        // for for ever, the handle holding the pipe's writer).
+        drop(self.stdin.take());
         let result = self.record.join(deadline);
         if !matches!(result, Err(ProcessError::Timeout)) {
             self.joined = true;
