@@ -323,7 +323,12 @@ fn exit3(_: ()) -> u32 {
 /// each start method's child exits with 3, and the child's own disposition is the
 /// program's.
 fn helper_sigchld_ignored() {
-    each_method(exit3, |method, r| println!("{method} {r:?}"));
+    each_method(exit3, |method, r| {
+        println!("{method} {r:?}");
+        if let Err(e) = r {
+            println!("{method} says {e}");
+        }
+    });
     let mut child = multiproc::spawn(sigchld_ignored, ()).unwrap();
     println!("inherited {:?}", child.join_timeout(T));
 }
@@ -361,6 +366,9 @@ fn exit_codes_with_sigchld_ignored() {
         fork.starts_with("Err(Lost(") && fork.contains("ignores SIGCHLD"),
         "{fork}"
     );
+    // Its call ran: the error does not say it never started.
+    let said = h.expect("fork says ", T);
+    assert!(!said.contains("before its call started"), "{said}");
     assert_eq!(h.expect("inherited ", T), "Ok(true)");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }

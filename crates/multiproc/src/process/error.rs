@@ -74,8 +74,10 @@ pub enum ProcessError {
         /// How it showed.
         detail: String,
     },
-    /// The process ended before its call started, for the reason given.
-    #[error("the process was lost before its call started: {0}")]
+    /// The process ended before its call started, or how it ended is unknown (its fork
+    /// server died, or its status was taken by a handler of the program's own before it
+    /// could be read: its call may have run), for the reason given.
+    #[error("the process was lost: {0}")]
     Lost(String),
     /// The return value could not be encoded in the child or decoded here.
     #[error("could not transfer the return value: {0}")]

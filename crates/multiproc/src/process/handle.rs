@@ -987,7 +987,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     ///
     /// [`ProcessError`] says why there is no value: the function panicked (with its
     /// message, location and backtrace), the process exited or was killed by a signal
-    /// (a crash such as `SIGSEGV`, or `SIGKILL`), it was lost before the call started,
+    /// (a crash such as `SIGSEGV`, or `SIGKILL`), it was lost (before the call started,
+    /// or how it ended is unknown),
     /// or the value could not be decoded.
     pub fn join(mut self) -> Result<R, ProcessError> {
         self.join_until(None)
