@@ -420,17 +420,17 @@ impl Supervising {
                 tracing::warn!(child = %name, pid, "child ended: {exit}");
             }
             self.linger(i, pid, grace);
-            // Its status says so before the event goes, and before its siblings' stop
-            // (up to their grace): a subscriber that looks at the status on the event
-            // found the child still running, under the pid that had ended.
-            self.slots[i].last_exit = Some(exit.clone());
-            self.publish();
-            self.shared.events.send(SupervisorEvent::Exited {
+            // Its status says so, what comes next included (restarting, or done), before
+            // the event goes, and before its siblings' stop (up to their grace): a
+            // subscriber that looked at the status on the event found the child still
+            // running, under the pid that had ended, and then stopped (as by the
+            // supervisor).
+            let event = SupervisorEvent::Exited {
                 child: name,
                 pid,
                 exit: exit.clone(),
-            });
-            if let Some(gave_up) = self.ended(i, exit) {
+            };
+            if let Some(gave_up) = self.ended(i, exit, Some(event)) {
                 return Some(gave_up);
             }
         }
@@ -438,7 +438,13 @@ impl Supervising {
     }
 
     /// Child `i` ended with `exit` (or could not be started): restart per policy.
-    fn ended(&mut self, i: usize, exit: ChildExit) -> Option<Outcome> {
+    /// `event` (its `Exited`) goes once its status says what comes next.
+    fn ended(
+        &mut self,
+        i: usize,
+        exit: ChildExit,
+        event: Option<SupervisorEvent>,
+    ) -> Option<Outcome> {
         let now = Instant::now();
         let slot = &mut self.slots[i];
         if now.duration_since(slot.started) >= self.reset_after {
@@ -450,21 +456,32 @@ impl Supervising {
             Restart::Temporary => false,
         };
         slot.last_exit = Some(exit.clone());
+        let announce = |this: &Self, event: Option<SupervisorEvent>| {
+            this.publish();
+            if let Some(event) = event {
+                this.shared.events.send(event);
+            }
+        };
         if !restart {
             slot.state = SlotState::Done;
+            announce(self, event);
             return None;
         }
         self.recent.retain(|t| now.duration_since(*t) < self.period);
         self.recent.push(now);
         if self.recent.len() as u32 > self.max_restarts {
+            // Stopped: the supervisor gives up, and stops every child.
+            let child = slot.spec.name.clone();
+            announce(self, event);
             return Some(Outcome::GaveUp {
                 restarts: self.recent.len() as u32,
                 max: self.max_restarts,
                 period: self.period,
-                child: slot.spec.name.clone(),
+                child,
                 exit: exit.reason,
             });
         }
+        let slot = &mut self.slots[i];
         slot.in_a_row += 1;
         let delay = self.backoff.delay(slot.in_a_row);
         let name = slot.spec.name.clone();
@@ -498,7 +515,7 @@ impl Supervising {
         // time left counted from now until they have: it showed as stopped by the
         // supervisor.
         self.slots[i].state = SlotState::Waiting(crate::deadline::later_than(now, delay));
-        self.publish();
+        announce(self, event);
         self.stop_slots(&siblings);
         // The delay counts from the end of the siblings' stop (up to their grace), not
         // from the crash: a stop longer than the delay left none.
@@ -550,7 +567,7 @@ impl Supervising {
                     status: None,
                     reason: e.to_string(),
                 };
-                if let Some(gave_up) = self.ended(i, exit) {
+                if let Some(gave_up) = self.ended(i, exit, None) {
                     return Some(gave_up);
                 }
             }
