@@ -207,13 +207,14 @@ impl Served {
     /// Waits until `attempt` gives a value, the timeout passes, or the client goes.
     fn block<T>(
         &self,
+        held: Option<MutexGuard<'_, State>>,
         peer: &Peer<'_>,
         timeout: Option<Duration>,
         mut attempt: impl FnMut(&mut State) -> Option<T>,
     ) -> Blocked<T> {
         // A client's timeout too long to add to the clock waits a century.
         let deadline = timeout.map(crate::deadline::later);
-        let mut state = self.state();
+        let mut state = held.unwrap_or_else(|| self.state());
         loop {
             if let Some(v) = attempt(&mut state) {
                 self.notify();
@@ -259,12 +260,17 @@ impl Served {
 
     /// Carries out `op` for `peer`.
     pub(crate) fn call(&self, op: Op, peer: &Peer<'_>) -> Response {
+        self.call_held(op, peer, None)
+    }
+
+    /// As [`call`](Self::call), with the object's lock `held` already (or not).
+    fn call_held(&self, op: Op, peer: &Peer<'_>, held: Option<MutexGuard<'_, State>>) -> Response {
         match op {
             Op::Acquire { thread, timeout } => {
-                return self.acquire((peer.session, thread), timeout, peer);
+                return self.acquire(held, (peer.session, thread), timeout, peer);
             }
             Op::Take { timeout } => {
-                return match self.block(peer, timeout, |s| match s {
+                return match self.block(held, peer, timeout, |s| match s {
                     State::Queue { items, .. } => items.pop_front().map(Ok),
                     _ => Some(Err(())),
                 }) {
@@ -275,7 +281,7 @@ impl Served {
             }
             Op::Put { item, timeout } => {
                 let mut item = Some(item.0);
-                return match self.block(peer, timeout, |s| match s {
+                return match self.block(held, peer, timeout, |s| match s {
                     State::Queue { items, max } if *max == 0 || items.len() < *max => {
                         items.extend(item.take());
                         Some(true)
@@ -291,7 +297,7 @@ impl Served {
             Op::Wait { timeout } => {
                 // The raises counted when the wait began: one more is a `set` since.
                 let mut began = None;
-                return match self.block(peer, timeout, |s| match s {
+                return match self.block(held, peer, timeout, |s| match s {
                     State::Event { set: true, .. } => Some(true),
                     State::Event { raised, .. } => {
                         (*began.get_or_insert(*raised) != *raised).then_some(true)
@@ -304,12 +310,17 @@ impl Served {
                 };
             }
             Op::CondWait { thread, timeout } => {
+                drop(held);
                 return self.cond_wait((peer.session, thread), timeout, peer);
             }
-            Op::BarrierWait { timeout } => return self.barrier_wait(timeout, peer),
+            Op::BarrierWait { timeout } => {
+                drop(held);
+                return self.barrier_wait(timeout, peer);
+            }
             _ => {}
         }
-        self.apply_locked(self.state(), op, peer)
+        let state = held.unwrap_or_else(|| self.state());
+        self.apply_locked(state, op, peer)
     }
 
     /// As [`call`](Self::call), for a caller that must not wait for the object's lock
@@ -321,21 +332,12 @@ impl Served {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(op),
         };
-        if matches!(
-            op,
-            Op::Acquire { .. }
-                | Op::Take { .. }
-                | Op::Put { .. }
-                | Op::Wait { .. }
-                | Op::CondWait { .. }
-                | Op::BarrierWait { .. }
-        ) {
-            // These take the lock themselves, and hold it only to look: their waits
-            // are on the condvar.
-            drop(state);
-            return Ok(self.call(op, peer));
-        }
-        Ok(self.apply_locked(state, op, peer))
+        // Those that may wait (here with no time to: the dispatcher serves only those
+        // whose timeout is zero) look under the lock already held: let go and taken
+        // again, it could be taken in between by a connection's thread (one copying a
+        // big queue's items, say), and the dispatcher, and every local client with it,
+        // waited for that.
+        Ok(self.call_held(op, peer, Some(state)))
     }
 
     /// A non-blocking operation, under the object's lock.
@@ -360,9 +362,15 @@ impl Served {
         })
     }
 
-    fn acquire(&self, me: Owner, timeout: Option<Duration>, peer: &Peer<'_>) -> Response {
+    fn acquire(
+        &self,
+        held: Option<MutexGuard<'_, State>>,
+        me: Owner,
+        timeout: Option<Duration>,
+        peer: &Peer<'_>,
+    ) -> Response {
         let kind = self.kind.name();
-        let r = self.block(peer, timeout, |s| match s {
+        let r = self.block(held, peer, timeout, |s| match s {
             State::Semaphore(n) if *n > 0 => {
                 *n -= 1;
                 Some(Ok(false))
@@ -409,7 +417,7 @@ impl Served {
             self.notify();
             (ticket, saved)
         };
-        let woken = self.block(peer, timeout, |s| match s {
+        let woken = self.block(None, peer, timeout, |s| match s {
             State::Condition { notified, .. } => notified.remove(&ticket).map(Some),
             _ => Some(None),
         });
@@ -433,7 +441,7 @@ impl Served {
             self.pass_on_notification(notified);
             return Response::TimedOut;
         }
-        let back = self.block(peer, None, |s| match s {
+        let back = self.block(None, peer, None, |s| match s {
             State::Condition { lock, .. } if lock.owner.is_none() => {
                 lock.owner = Some(me);
                 lock.count = saved;
@@ -550,7 +558,7 @@ impl Served {
             }
             _ => Some(false),
         };
-        match self.block(peer, timeout, |s| ended(s, false)) {
+        match self.block(None, peer, timeout, |s| ended(s, false)) {
             Blocked::Done(true) => Response::Arrived(index),
             Blocked::Done(false) => Response::Fault(Fault::BrokenBarrier),
             Blocked::TimedOut | Blocked::Gone => {
