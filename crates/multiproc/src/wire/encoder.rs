@@ -239,7 +239,10 @@ struct Encoder<O>(O);
 impl<O: Output> Encoder<O> {
     fn len(&mut self, len: Option<usize>) -> Result<(), EncodeError> {
         let len = len.ok_or_else(|| {
-            EncodeError::fixed("a sequence or map that does not say its length cannot be encoded")
+            EncodeError::fixed(
+                "a sequence or map that does not say its length cannot be encoded (a struct \
+                 with `#[serde(flatten)]` writes its fields so)",
+            )
         })?;
         self.0.varint(len as u64)
     }
@@ -419,9 +422,38 @@ compound! {
     SerializeTuple::serialize_element();
     SerializeTupleStruct::serialize_field();
     SerializeTupleVariant::serialize_field();
-    SerializeStruct::serialize_field(&'static str);
-    SerializeStructVariant::serialize_field(&'static str);
 }
+
+/// A struct's fields: written in turn, as the compound parts above, and none skipped.
+/// The format records no field names: a field left out (`skip_serializing_if`, which
+/// serde tells the serializer of with `skip_field`) would have the next field's bytes
+/// read in its place, a wrong value or a confusing error at the receiver. Refused at
+/// the sender instead.
+macro_rules! fields {
+    ($($trait:ident),*) => {$(
+        impl<O: Output> ser::$trait for &mut Encoder<O> {
+            type Ok = ();
+            type Error = EncodeError;
+            #[inline]
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Done {
+                v.serialize(&mut **self)
+            }
+            fn skip_field(&mut self, key: &'static str) -> Done {
+                Err(<EncodeError as ser::Error>::custom(format_args!(
+                    "field `{key}` is skipped (`skip_serializing_if`): this format records no field \
+                     names, so every field must be written (the receiver would read the next \
+                     field's bytes in its place)"
+                )))
+            }
+            #[inline]
+            fn end(self) -> Done {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+fields!(SerializeStruct, SerializeStructVariant);
 
 impl<O: Output> ser::SerializeMap for &mut Encoder<O> {
     type Ok = ();
@@ -501,6 +533,52 @@ mod tests {
         assert_eq!(consistent(&mixed), expect);
         let long = vec![0u8; 300];
         assert_eq!(&consistent(&long)[..2], &[0xac, 0x02]);
+    }
+
+    /// A field left out by `skip_serializing_if` is refused at the sender, saying why,
+    /// in a struct and in a struct variant: the receiver read the next field's bytes in
+    /// its place (here `a` came back as 2, and `b` as `[9]`).
+    #[test]
+    fn a_skipped_field_is_refused() {
+        #[derive(Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct S {
+            #[serde(skip_serializing_if = "is_zero")]
+            a: u8,
+            b: Vec<u8>,
+        }
+        #[derive(Serialize)]
+        enum E {
+            V {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                a: Option<u8>,
+            },
+        }
+        fn is_zero(x: &u8) -> bool {
+            *x == 0
+        }
+        let skipped = S {
+            a: 0,
+            b: vec![1, 9],
+        };
+        match crate::wire::codec::encode(&skipped) {
+            Err(e) => assert!(e.message().contains("field `a` is skipped"), "{e}"),
+            Ok(e) => panic!(
+                "encoded, and read back as {:?}",
+                crate::wire::codec::decode::<S>(&e.bytes, e.fds)
+            ),
+        }
+        let e = to_vec(&E::V { a: None }, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("field `a` is skipped"), "{e}");
+        // Written, it travels.
+        let kept = S {
+            a: 3,
+            b: vec![1, 9],
+        };
+        let e = crate::wire::codec::encode(&kept).unwrap();
+        assert_eq!(
+            crate::wire::codec::decode::<S>(&e.bytes, e.fds).unwrap(),
+            kept
+        );
     }
 
     #[test]
