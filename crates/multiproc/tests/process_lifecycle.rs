@@ -1510,7 +1510,8 @@ fn piped_stdio() {
 
 /// A piped stdin that the parent never took is closed as the join begins, as std's
 /// `Child::wait` does: a child that reads its input to the end ends (the handle held
-/// the pipe's writer, and the join waited for ever).
+/// the pipe's writer, and the join waited for ever). A `join_timeout` leaves it: the
+/// handle stays usable.
 fn a_piped_stdin_not_taken_is_closed_at_the_join() {
     for method in [StartMethod::ForkServer, StartMethod::Spawn] {
         let mut child = Builder::new()
@@ -1520,13 +1521,28 @@ fn a_piped_stdin_not_taken_is_closed_at_the_join() {
             .stderr(Stdio::piped())
             .spawn(echo_upper, ())
             .unwrap();
-        let joined = child.join_timeout(Duration::from_secs(10));
+        assert!(matches!(
+            child.join_timeout(Duration::from_millis(50)),
+            Err(ProcessError::Timeout)
+        ));
+        let (out, err) = (child.take_stdout().unwrap(), child.take_stderr().unwrap());
+        let process = child.process();
+        // The join on a thread of its own, given 10 s: the child is killed past them.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joiner = std::thread::spawn(move || tx.send(child.join()).unwrap());
+        let joined = rx.recv_timeout(Duration::from_secs(10));
         if joined.is_err() {
-            child.kill().unwrap();
-            let _ = child.join_timeout(T);
+            process.kill().unwrap();
         }
-        assert_eq!(joined.unwrap(), 0, "{method:?}");
-        assert_eq!(piped_output(&mut child), (String::new(), "err:0".into()));
+        joiner.join().unwrap();
+        assert_eq!(joined.unwrap().unwrap(), 0, "{method:?}");
+        let read = |mut r: Box<dyn Read>| {
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            s
+        };
+        assert_eq!(read(Box::new(out)), "");
+        assert_eq!(read(Box::new(err)), "err:0");
     }
 }
 

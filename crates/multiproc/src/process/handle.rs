@@ -806,7 +806,11 @@ impl ChildRecord {
                 Some(limit) => exceeded(limit),
                 None => ProcessError::Panicked(p),
             }),
-            Some(Outcome::Failed(why)) => Err(ProcessError::Lost(why)),
+            // What the child says went wrong as it took its call (its arguments, its
+            // directory, its channel).
+            Some(Outcome::Failed(why)) => Err(ProcessError::Lost(format!(
+                "{why}, before its call started"
+            ))),
             Some(Outcome::Unencodable(why)) => Err(ProcessError::Codec(CodecError::new(format!(
                 "the child could not encode its return value: {why}"
             )))),
@@ -981,7 +985,8 @@ impl<R> JoinHandle<R> {
 impl<R: DeserializeOwned> JoinHandle<R> {
     /// Waits for the process to end and returns what its function returned. A piped
     /// stdin not taken ([`take_stdin`](Self::take_stdin)) is closed first, as
-    /// [`std::process::Child::wait`] does (so do `join_timeout` and `await`).
+    /// [`std::process::Child::wait`] does (and an `await`, at its first poll, as
+    /// tokio's `Child::wait`; not `join_timeout`, after which the handle stays usable).
     ///
     /// # Errors
     ///
@@ -991,6 +996,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// or how it ended is unknown),
     /// or the value could not be decoded.
     pub fn join(mut self) -> Result<R, ProcessError> {
+        // As `std::process::Child::wait` does: a piped stdin not taken is closed before
+        // the wait, so that a child reading its input to the end ends (it was waited
+        // for for ever, the handle holding the pipe's writer).
+        drop(self.stdin.take());
         self.join_until(None)
     }
 
@@ -1010,10 +1019,6 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         if self.joined {
             return Err(ProcessError::Joined);
         }
-        // As `std::process::Child::wait` does: a piped stdin not taken is closed before
-        // the wait, so that a child reading its input to the end ends (it was waited
-        // for for ever, the handle holding the pipe's writer).
-        drop(self.stdin.take());
         let result = self.record.join(deadline);
         if !matches!(result, Err(ProcessError::Timeout)) {
             self.joined = true;
@@ -1044,6 +1049,8 @@ impl<R: DeserializeOwned> Future for JoinHandle<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Nothing in a handle is pinned: it is moved freely.
         let this = self.get_mut();
+        // As `join` (and tokio's `Child::wait`): a piped stdin not taken is closed.
+        drop(this.stdin.take());
         loop {
             match this.join_until(Some(Instant::now())) {
                 Err(ProcessError::Timeout) => {}

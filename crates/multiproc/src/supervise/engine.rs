@@ -628,6 +628,7 @@ impl Supervising {
             return;
         };
         let pgid = child.pid();
+        let mut ended = None;
         if let Some(exit) = child.try_exit() {
             // It ended on its own before this stop (a sibling's crash while another
             // child's stop held the supervisor, or just before a shutdown): reported as
@@ -642,8 +643,10 @@ impl Supervising {
             // Started again with the others all the same (as OTP does): it may have
             // ended because of the crash that the restart is for (a stage of a pipeline
             // whose input closed), and a transient one that returned normally would
-            // then be done, the restart short of it.
-            self.shared.events.send(SupervisorEvent::Exited {
+            // then be done, the restart short of it. Its status says it stopped before
+            // the event goes (below; it showed as running, under the pid that had
+            // ended).
+            ended = Some(SupervisorEvent::Exited {
                 child: slot.spec.name.clone(),
                 pid: pgid,
                 exit,
@@ -656,6 +659,11 @@ impl Supervising {
         } else {
             child.signal(sys::SIGTERM);
         }
+        if let Some(event) = ended {
+            self.publish();
+            self.shared.events.send(event);
+        }
+        let slot = &mut self.slots[i];
         // A grace too long to add to the clock never ends.
         let kill_at = start.checked_add(slot.spec.grace);
         loop {
