@@ -604,10 +604,15 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
         return Err(missing_fd(index));
     }
     INCOMING.with(|i| match i.borrow_mut().as_mut() {
-        Some(list) => list
-            .get_mut(index as usize)
-            .and_then(Option::take)
-            .ok_or_else(|| missing_fd(index)),
+        Some(list) => match list.get_mut(index as usize) {
+            Some(slot) => slot.take().ok_or_else(|| {
+                format!(
+                    "descriptor {index} of the message is claimed twice (a corrupt or \
+                     forged message)"
+                )
+            }),
+            None => Err(missing_fd(index)),
+        },
         None => Err("multiproc handles can only be received through multiproc".into()),
     })
 }
@@ -722,6 +727,23 @@ mod tests {
         let encoded = encode(&Fd(r)).unwrap();
         let e = decode::<Fd>(&encoded.bytes, Vec::new()).unwrap_err();
         assert!(e.message().contains("descriptor 0 is missing"), "{e}");
+    }
+
+    /// A message whose handles claim one descriptor twice (corrupt, or forged) says so:
+    /// it said the descriptor was missing, though it came.
+    #[test]
+    fn a_descriptor_claimed_twice_is_an_error() {
+        let (r, w) = sys::pipe().unwrap();
+        let mut encoded = encode(&(Fd(r), Fd(w))).unwrap();
+        // Each index is a whole little-endian `u32`: the second now names the first.
+        assert_eq!(encoded.bytes, [0, 0, 0, 0, 1, 0, 0, 0]);
+        encoded.bytes[4] = 0;
+        let e = decode::<(Fd, Fd)>(&encoded.bytes, encoded.fds).unwrap_err();
+        assert!(
+            e.message()
+                .contains("descriptor 0 of the message is claimed twice"),
+            "{e}"
+        );
     }
 
     /// A value whose `Deserialize` decodes another message (without descriptors) while

@@ -558,6 +558,9 @@ pub(crate) fn drain_bodies(bytes: &[u8], max_body: u64) -> Vec<Vec<u8>> {
     while let Ok(frame) = b.recv(None) {
         frames.push(frame.body);
     }
+    // Closed before the writer is waited for: a read that stopped early (a corrupt
+    // header) left the writer blocked on a full socket, for ever.
+    drop(b);
     writer.join().unwrap();
     frames
 }
@@ -705,6 +708,18 @@ mod tests {
             let frames = super::drain(&bytes, 1 << 20);
             proptest::prop_assert!(frames <= bodies.len());
         }
+    }
+
+    /// A corrupt header followed by more bytes than a socket holds: the read stops at
+    /// the header, and the feeding writer ends too (it was waited for while blocked on
+    /// the full socket, for ever).
+    #[test]
+    fn a_drain_stopped_early_ends() {
+        let bytes = [&b"XXXX"[..], &vec![0u8; 4 << 20]].concat();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(super::drain(&bytes, 1 << 20)));
+        let frames = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(frames, Ok(0), "the drain did not end");
     }
 
     #[test]
