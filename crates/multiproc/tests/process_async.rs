@@ -36,6 +36,10 @@ fn main() {
             ),
             trial("pidfd_as_sentinel", pidfd_as_sentinel),
             trial(
+                "a_handle_awaited_with_no_descriptor_left_gets_its_value",
+                a_handle_awaited_with_no_descriptor_left_gets_its_value,
+            ),
+            trial(
                 "put_async_wakes_when_room_frees",
                 put_async_wakes_when_room_frees,
             ),
@@ -46,6 +50,7 @@ fn main() {
         ],
         |mode| match mode {
             "stopped_relay" => helper_stopped_relay(),
+            "no_descriptor_left" => helper_no_descriptor_left(),
             _ => panic!("unknown helper mode {mode}"),
         },
         Duration::from_secs(600),
@@ -268,6 +273,39 @@ fn helper_stopped_relay() {
 fn an_awaited_crash_waits_asleep_for_its_status() {
     let mut h = Helper::start("stopped_relay");
     assert_eq!(h.expect("done ", T), "true", "{}", h.stderr_now());
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// In a helper (its descriptor limit lowered): a child awaited once the process has
+/// no descriptor left, after the reactor was started, says what it returned.
+fn helper_no_descriptor_left() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The reactor runs: a first child awaited.
+    assert_eq!(
+        rt.block_on(multiproc::spawn(after_ms, 0).unwrap()).unwrap(),
+        0
+    );
+    let child = multiproc::spawn(after_ms, 300).unwrap();
+    let held = common::use_up_descriptors();
+    let got = rt.block_on(async {
+        tokio::time::timeout(T, child)
+            .await
+            .map_err(|_| "no end within 60 s")
+    });
+    drop(held);
+    println!("awaited {got:?}");
+}
+
+/// A handle awaited while its process has no descriptor left gets its child's value, as
+/// a blocking join does: the poll could not register a descriptor to watch, and the
+/// await ended with `Io(EMFILE)` (the handle consumed, the value lost). It looks again
+/// every 10 ms until it can.
+fn a_handle_awaited_with_no_descriptor_left_gets_its_value() {
+    let mut h = Helper::start("no_descriptor_left");
+    assert_eq!(h.expect("awaited ", T), "Ok(Ok(300))", "{}", h.stderr_now());
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

@@ -852,6 +852,46 @@ impl ChildRecord {
     }
 }
 
+/// How often an awaited handle that could not watch its process (no descriptor left)
+/// looks again.
+const LOOK_AGAIN: Duration = Duration::from_millis(10);
+
+/// A moment an awaited handle waits before it looks again, having no descriptor to
+/// watch its process with: a [`Timer`](crate::Timer) wakes it (a thread of its own,
+/// which takes no descriptor; async-io's timers need its reactor, which panics if it
+/// must start with none).
+#[derive(Debug)]
+struct Later {
+    shared: Arc<(std::sync::atomic::AtomicBool, Mutex<std::task::Waker>)>,
+}
+
+impl Later {
+    fn start(cx: &Context<'_>) -> std::io::Result<Later> {
+        let shared = Arc::new((
+            std::sync::atomic::AtomicBool::new(false),
+            Mutex::new(cx.waker().clone()),
+        ));
+        let theirs = Arc::clone(&shared);
+        crate::Timer::spawn(LOOK_AGAIN, move || {
+            theirs.0.store(true, std::sync::atomic::Ordering::Release);
+            unpoisoned::lock(&theirs.1).wake_by_ref();
+        })?;
+        Ok(Later { shared })
+    }
+
+    /// Ready once the moment has passed; the latest task's waker is woken then.
+    fn poll(&self, cx: &Context<'_>) -> Poll<()> {
+        let (due, waker) = &*self.shared;
+        if !due.load(std::sync::atomic::Ordering::Acquire) {
+            unpoisoned::lock(waker).clone_from(cx.waker());
+            if !due.load(std::sync::atomic::Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 /// How long an exited child's status may take to arrive from the fork server.
 const RELAY_GRACE: Duration = Duration::from_secs(1);
 
@@ -883,6 +923,8 @@ pub struct JoinHandle<R> {
     joined: bool,
     /// Registered with the async reactor the first time the handle is polled.
     watchers: Option<Watchers>,
+    /// When a poll could not register them (no descriptor left): when to look again.
+    later: Option<Later>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -906,6 +948,7 @@ impl<R> JoinHandle<R> {
             stderr,
             joined: false,
             watchers: None,
+            later: None,
             _result: PhantomData,
         }
     }
@@ -1073,6 +1116,24 @@ impl<R: DeserializeOwned> Future for JoinHandle<R> {
                             relay,
                             channel,
                         })
+                    }
+                    // No descriptor left to watch with (the process at its limit): looked
+                    // at again in a moment, as a blocking join needs none. It ended with
+                    // `Io`, the handle consumed by an `await` and the value lost.
+                    Err(e) if sys::out_of_descriptors(&e) => {
+                        if this.later.is_none() {
+                            match Later::start(cx) {
+                                Ok(later) => this.later = Some(later),
+                                Err(_) => return Poll::Ready(Err(ProcessError::Io(e))),
+                            }
+                        }
+                        match this.later.as_ref().map(|l| l.poll(cx)) {
+                            Some(Poll::Pending) => return Poll::Pending,
+                            _ => {
+                                this.later = None;
+                                continue;
+                            }
+                        }
                     }
                     Err(e) => return Poll::Ready(Err(ProcessError::Io(e))),
                 }
