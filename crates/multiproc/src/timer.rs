@@ -152,3 +152,62 @@ fn run(shared: &Shared, delay: Duration, f: impl FnOnce()) {
     let _done = Done(shared);
     f();
 }
+
+/// Wakes `waker` once `at` has come, from one thread that serves every such alarm of the
+/// process (started at the first one): for a `Future` that must look again later and
+/// can take no descriptor to wait with (an awaited process handle when the process has
+/// none left; async-io's timers need its reactor, which panics if it must start
+/// without one). A thread per alarm would start a hundred threads a second for each
+/// such handle.
+///
+/// # Errors
+///
+/// The thread could not be started (then no alarm is kept).
+pub(crate) fn wake_at(at: Instant, waker: std::task::Waker) -> io::Result<()> {
+    struct Alarms {
+        due: Mutex<(bool, Vec<(Instant, std::task::Waker)>)>,
+        changed: Condvar,
+    }
+    static ALARMS: Alarms = Alarms {
+        due: Mutex::new((false, Vec::new())),
+        changed: Condvar::new(),
+    };
+    fn serve() {
+        let mut st = unpoisoned::lock(&ALARMS.due);
+        loop {
+            let now = Instant::now();
+            let (ripe, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.1)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            st.1 = waiting;
+            if !ripe.is_empty() {
+                // Woken without the lock held: a waker may poll its task at once, and
+                // the poll set another alarm.
+                drop(st);
+                for (_, waker) in ripe {
+                    waker.wake();
+                }
+                st = unpoisoned::lock(&ALARMS.due);
+                continue;
+            }
+            st = match st.1.iter().map(|(at, _)| *at).min() {
+                Some(next) => {
+                    let wait = next.saturating_duration_since(now);
+                    unpoisoned::wait_timeout(&ALARMS.changed, st, wait)
+                }
+                None => unpoisoned::wait(&ALARMS.changed, st),
+            };
+        }
+    }
+    let mut st = unpoisoned::lock(&ALARMS.due);
+    if !st.0 {
+        std::thread::Builder::new()
+            .name("multiproc-alarms".into())
+            .spawn(serve)?;
+        st.0 = true;
+    }
+    st.1.push((at, waker));
+    drop(st);
+    ALARMS.changed.notify_one();
+    Ok(())
+}

@@ -857,38 +857,28 @@ impl ChildRecord {
 const LOOK_AGAIN: Duration = Duration::from_millis(10);
 
 /// A moment an awaited handle waits before it looks again, having no descriptor to
-/// watch its process with: a [`Timer`](crate::Timer) wakes it (a thread of its own,
-/// which takes no descriptor; async-io's timers need its reactor, which panics if it
-/// must start with none).
+/// watch its process with (see [`crate::timer::wake_at`]).
 #[derive(Debug)]
 struct Later {
-    shared: Arc<(std::sync::atomic::AtomicBool, Mutex<std::task::Waker>)>,
+    at: Instant,
 }
 
 impl Later {
-    fn start(cx: &Context<'_>) -> std::io::Result<Later> {
-        let shared = Arc::new((
-            std::sync::atomic::AtomicBool::new(false),
-            Mutex::new(cx.waker().clone()),
-        ));
-        let theirs = Arc::clone(&shared);
-        crate::Timer::spawn(LOOK_AGAIN, move || {
-            theirs.0.store(true, std::sync::atomic::Ordering::Release);
-            unpoisoned::lock(&theirs.1).wake_by_ref();
-        })?;
-        Ok(Later { shared })
+    fn start() -> Later {
+        Later {
+            at: crate::deadline::later(LOOK_AGAIN),
+        }
     }
 
-    /// Ready once the moment has passed; the latest task's waker is woken then.
-    fn poll(&self, cx: &Context<'_>) -> Poll<()> {
-        let (due, waker) = &*self.shared;
-        if !due.load(std::sync::atomic::Ordering::Acquire) {
-            unpoisoned::lock(waker).clone_from(cx.waker());
-            if !due.load(std::sync::atomic::Ordering::Acquire) {
-                return Poll::Pending;
-            }
+    /// Ready once the moment has passed; otherwise the task is woken then.
+    fn poll(&self, cx: &Context<'_>) -> Poll<std::io::Result<()>> {
+        if Instant::now() >= self.at {
+            return Poll::Ready(Ok(()));
         }
-        Poll::Ready(())
+        match crate::timer::wake_at(self.at, cx.waker().clone()) {
+            Ok(()) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -1121,18 +1111,14 @@ impl<R: DeserializeOwned> Future for JoinHandle<R> {
                     // at again in a moment, as a blocking join needs none. It ended with
                     // `Io`, the handle consumed by an `await` and the value lost.
                     Err(e) if sys::out_of_descriptors(&e) => {
-                        if this.later.is_none() {
-                            match Later::start(cx) {
-                                Ok(later) => this.later = Some(later),
-                                Err(_) => return Poll::Ready(Err(ProcessError::Io(e))),
-                            }
-                        }
-                        match this.later.as_ref().map(|l| l.poll(cx)) {
-                            Some(Poll::Pending) => return Poll::Pending,
-                            _ => {
+                        match this.later.get_or_insert_with(Later::start).poll(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(())) => {
                                 this.later = None;
                                 continue;
                             }
+                            // No thread to wake it either.
+                            Poll::Ready(Err(_)) => return Poll::Ready(Err(ProcessError::Io(e))),
                         }
                     }
                     Err(e) => return Poll::Ready(Err(ProcessError::Io(e))),
