@@ -1,6 +1,7 @@
 //! [`Timer`]: run a function once after a delay, on a thread of its own, unless
 //! cancelled first (Python's `threading.Timer`). std has threads and sleeps but nothing
-//! that can be called off while it waits.
+//! that can be called off while it waits. And `wake_at`, the crate's own alarms: wakes a
+//! task at a time, from one thread for them all.
 
 use std::fmt;
 use std::io;
@@ -153,25 +154,36 @@ fn run(shared: &Shared, delay: Duration, f: impl FnOnce()) {
     f();
 }
 
+/// The alarms [`wake_at`] keeps: the process whose thread serves them (0: none yet), and
+/// when to wake which task.
+struct Alarms {
+    due: Mutex<(u32, Vec<(Instant, std::task::Waker)>)>,
+    changed: Condvar,
+}
+
+static ALARMS: Alarms = Alarms {
+    due: Mutex::new((0, Vec::new())),
+    changed: Condvar::new(),
+};
+
+/// Held across `spawn_fork`'s fork (with multiproc's other statics), so that the child
+/// does not find the alarms' lock held by the thread that serves them, which it does not
+/// have.
+pub(crate) fn lock_for_fork() -> std::sync::MutexGuard<'static, impl Sized> {
+    unpoisoned::lock(&ALARMS.due)
+}
+
 /// Wakes `waker` once `at` has come, from one thread that serves every such alarm of the
-/// process (started at the first one): for a `Future` that must look again later and
-/// can take no descriptor to wait with (an awaited process handle when the process has
-/// none left; async-io's timers need its reactor, which panics if it must start
-/// without one). A thread per alarm would start a hundred threads a second for each
-/// such handle.
+/// process (started at the first one, and again in a forked child, which has the
+/// alarms but not the thread): for a `Future` that must look again later and can take
+/// no descriptor to wait with (an awaited process handle when the process has none
+/// left; async-io's timers need its reactor, which panics if it must start without
+/// one). A thread per alarm would start a hundred threads a second for each such handle.
 ///
 /// # Errors
 ///
 /// The thread could not be started (then no alarm is kept).
 pub(crate) fn wake_at(at: Instant, waker: std::task::Waker) -> io::Result<()> {
-    struct Alarms {
-        due: Mutex<(bool, Vec<(Instant, std::task::Waker)>)>,
-        changed: Condvar,
-    }
-    static ALARMS: Alarms = Alarms {
-        due: Mutex::new((false, Vec::new())),
-        changed: Condvar::new(),
-    };
     fn serve() {
         let mut st = unpoisoned::lock(&ALARMS.due);
         loop {
@@ -181,11 +193,17 @@ pub(crate) fn wake_at(at: Instant, waker: std::task::Waker) -> io::Result<()> {
                 .partition(|(at, _)| *at <= now);
             st.1 = waiting;
             if !ripe.is_empty() {
-                // Woken without the lock held: a waker may poll its task at once, and
-                // the poll set another alarm.
+                // Woken without the lock held (a waker may poll its task at once, and
+                // the poll set another alarm), each under a catch: a waker that panics
+                // ended the thread, and no alarm was served again.
                 drop(st);
                 for (_, waker) in ripe {
-                    waker.wake();
+                    let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        waker.wake();
+                    }));
+                    if let Err(payload) = woken {
+                        crate::bootstrap::drop_payload(payload);
+                    }
                 }
                 st = unpoisoned::lock(&ALARMS.due);
                 continue;
@@ -199,12 +217,16 @@ pub(crate) fn wake_at(at: Instant, waker: std::task::Waker) -> io::Result<()> {
             };
         }
     }
+    let me = crate::sys::process_id();
     let mut st = unpoisoned::lock(&ALARMS.due);
-    if !st.0 {
+    if st.0 != me {
+        // A forked child's alarms are its parent's tasks': forgotten, not dropped (a
+        // waker's drop is the parent's runtime's code).
+        std::mem::forget(std::mem::take(&mut st.1));
         std::thread::Builder::new()
             .name("multiproc-alarms".into())
             .spawn(serve)?;
-        st.0 = true;
+        st.0 = me;
     }
     st.1.push((at, waker));
     drop(st);

@@ -623,6 +623,7 @@ impl Builder {
             crate::sync::barrier::lock_for_fork(),
             crate::shm::named::lock_for_fork(),
             crate::sync::leaked::lock_for_fork(),
+            crate::timer::lock_for_fork(),
         );
         // SAFETY: the caller upholds the contract stated in `# Safety`; multiproc's own
         // state is consistent because its locks are held.
