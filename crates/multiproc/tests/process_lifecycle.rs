@@ -1489,15 +1489,20 @@ fn echo_upper(_: ()) -> usize {
     input.len()
 }
 
+/// `echo_upper` started by `method`, its three standard streams piped.
+fn piped_echo(method: StartMethod) -> multiproc::JoinHandle<usize> {
+    Builder::new()
+        .start_method(method)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn(echo_upper, ())
+        .unwrap()
+}
+
 fn piped_stdio() {
     for method in [StartMethod::ForkServer, StartMethod::Spawn] {
-        let mut child = Builder::new()
-            .start_method(method)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn(echo_upper, ())
-            .unwrap();
+        let mut child = piped_echo(method);
         let mut stdin = child.take_stdin().unwrap();
         stdin.write_all(b"hello child").unwrap();
         drop(stdin);
@@ -1514,13 +1519,7 @@ fn piped_stdio() {
 /// handle stays usable.
 fn a_piped_stdin_not_taken_is_closed_at_the_join() {
     for method in [StartMethod::ForkServer, StartMethod::Spawn] {
-        let mut child = Builder::new()
-            .start_method(method)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn(echo_upper, ())
-            .unwrap();
+        let mut child = piped_echo(method);
         assert!(matches!(
             child.join_timeout(Duration::from_millis(50)),
             Err(ProcessError::Timeout)
@@ -1536,31 +1535,24 @@ fn a_piped_stdin_not_taken_is_closed_at_the_join() {
         }
         joiner.join().unwrap();
         assert_eq!(joined.unwrap().unwrap(), 0, "{method:?}");
-        let read = |mut r: Box<dyn Read>| {
-            let mut s = String::new();
-            r.read_to_string(&mut s).unwrap();
-            s
-        };
-        assert_eq!(read(Box::new(out)), "");
-        assert_eq!(read(Box::new(err)), "err:0");
+        assert_eq!(read_all(out), "");
+        assert_eq!(read_all(err), "err:0");
     }
 }
 
 /// Everything a child with piped stdout and stderr writes to each, read to their end.
 fn piped_output<R>(child: &mut multiproc::JoinHandle<R>) -> (String, String) {
-    let mut out = String::new();
-    child
-        .take_stdout()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .take_stderr()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (out, err)
+    (
+        read_all(child.take_stdout().unwrap()),
+        read_all(child.take_stderr().unwrap()),
+    )
+}
+
+/// What `r` gives, read to its end.
+fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    s
 }
 
 /// A child forked straight from its parent holds none of the parent's ends of its
