@@ -489,10 +489,8 @@ impl Client {
     /// One turn of [`flush_until`](Self::flush_until): false if another thread holds
     /// the anchor, or there is none to write on.
     fn flush_once(&self, open: Open, drain: Option<Instant>) -> bool {
-        let mut anchor = match self.anchor.try_lock() {
-            Ok(a) => a,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+        let Some(mut anchor) = unpoisoned::try_lock(&self.anchor) else {
+            return false;
         };
         let pid = crate::sys::process_id();
         if anchor.0 != pid {
@@ -663,23 +661,16 @@ pub(crate) fn hold_clients() -> MutexGuard<'static, Vec<Weak<Client>>> {
 /// such threads had in use (in their memory, out of the child's reach), and those of a
 /// client another thread was dropping.
 pub(crate) fn forget_parents_connections(clients: MutexGuard<'static, Vec<Weak<Client>>>) {
-    fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-        match m.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
-    }
     let live: Vec<Arc<Client>> = clients.iter().filter_map(Weak::upgrade).collect();
     drop(clients);
     let pid = crate::sys::process_id();
     for c in &live {
-        if let Some(mut idle) = try_lock(&c.idle)
+        if let Some(mut idle) = unpoisoned::try_lock(&c.idle)
             && idle.0 != pid
         {
             *idle = (pid, Vec::new());
         }
-        if let Some(mut anchor) = try_lock(&c.anchor)
+        if let Some(mut anchor) = unpoisoned::try_lock(&c.anchor)
             && anchor.0 != pid
         {
             *anchor = (pid, None);
@@ -698,30 +689,19 @@ pub(crate) fn forget_parents_connections(clients: MutexGuard<'static, Vec<Weak<C
 /// freed with its session before the parent could take it in. Never waits: a lock held
 /// (by another thread of a parent at its fork) is passed over.
 fn leave_at_exit() {
-    let live: Vec<Arc<Client>> = match CLIENTS.try_lock() {
-        Ok(clients) => clients.iter().filter_map(Weak::upgrade).collect(),
-        Err(std::sync::TryLockError::Poisoned(p)) => {
-            p.into_inner().iter().filter_map(Weak::upgrade).collect()
-        }
-        Err(std::sync::TryLockError::WouldBlock) => return,
+    let Some(clients) = unpoisoned::try_lock(&CLIENTS) else {
+        return;
     };
+    let live: Vec<Arc<Client>> = clients.iter().filter_map(Weak::upgrade).collect();
+    drop(clients);
     let pid = crate::sys::process_id();
     // One second for all of them: a process with clients of several stalled servers
     // waits no longer than with one.
     let until = Instant::now() + LAST_CHANCE;
     for c in &live {
-        let anchored = match c.anchor.try_lock() {
-            Ok(a) => matches!(&*a, (p, Some(_)) if *p == pid),
-            Err(std::sync::TryLockError::Poisoned(a)) => {
-                matches!(&*a.into_inner(), (p, Some(_)) if *p == pid)
-            }
-            Err(std::sync::TryLockError::WouldBlock) => false,
-        };
-        let queued = match c.queued.try_lock() {
-            Ok(q) => Some(q),
-            Err(std::sync::TryLockError::Poisoned(q)) => Some(q.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
+        let anchored = unpoisoned::try_lock(&c.anchor)
+            .is_some_and(|a| matches!(&*a, (p, Some(_)) if *p == pid));
+        let queued = unpoisoned::try_lock(&c.queued);
         if let (true, Some(mut queued)) = (anchored, queued) {
             if queued.0 != pid {
                 *queued = (pid, Vec::new());
