@@ -115,6 +115,10 @@ fn main() {
                 a_piped_stdin_not_taken_is_closed_at_the_join,
             ),
             trial(
+                "exit_closes_untaken_piped_stdio",
+                exit_closes_untaken_piped_stdio,
+            ),
+            trial(
                 "piped_stdio_of_a_forked_child",
                 piped_stdio_of_a_forked_child,
             ),
@@ -156,6 +160,7 @@ fn helpers(mode: &str) {
         "forked_value_panics" => helper_forked_value_panics(),
         "exit_joins" => helper_exit_joins(false),
         "exit_call_joins" => helper_exit_joins(true),
+        "exit_with_piped_stdio" => helper_exit_with_piped_stdio(),
         "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
         "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
@@ -545,6 +550,60 @@ fn exit_joins(mode: &str) {
     assert!(common::wait_gone(child, Duration::from_secs(5)));
     common::reap(child);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Writes more than a pipe holds to its stdout, then returns.
+fn flood_stdout(_: ()) -> usize {
+    let block = [b'x'; 1 << 16];
+    let mut out = std::io::stdout().lock();
+    for _ in 0..16 {
+        if out.write_all(&block).is_err() {
+            return 0;
+        }
+    }
+    16
+}
+
+/// Starts, by each start method, a child reading its piped stdin to the end and one
+/// writing a megabyte to its piped stdout, takes none of their pipes, prints their
+/// pids and leaves with `std::process::exit`, the handles (and the pipes they held)
+/// still in place.
+fn helper_exit_with_piped_stdio() {
+    let mut handles = Vec::new();
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        handles.push(piped_echo(method));
+        handles.push(
+            Builder::new()
+                .start_method(method)
+                .stdout(Stdio::piped())
+                .spawn(flood_stdout, ())
+                .unwrap(),
+        );
+    }
+    let pids: Vec<String> = handles.iter().map(|h| h.pid().to_string()).collect();
+    println!("children {}", pids.join(" "));
+    std::process::exit(0);
+}
+
+/// The exit's join of children whose piped stdio the program never took (left in place
+/// by a `std::process::exit`) closes those pipes first: a child reading its input to the
+/// end ends, and so does one writing more than its stdout's pipe holds (its write
+/// fails), where the exit waited for them for ever.
+fn exit_closes_untaken_piped_stdio() {
+    let mut h = Helper::start("exit_with_piped_stdio");
+    let children: Vec<u32> = h
+        .expect("children ", T)
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(children.len(), 4);
+    // Past 10 s the test fails, and the helper's drop kills it and its children.
+    let status = h.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", h.stderr_now());
+    for child in children {
+        assert!(common::wait_gone(child, Duration::from_secs(5)));
+        common::reap(child);
+    }
 }
 
 fn non_daemon_joined_at_normal_exit() {

@@ -282,6 +282,18 @@ pub(crate) struct ChildRecord {
     /// Its handle was dropped unjoined: the registry forgets it once it has ended and
     /// nothing else (a [`ChildProcess`]) holds it.
     detached: std::sync::atomic::AtomicBool,
+    /// The parent's ends of its piped stdio that the handle's owner has not taken: kept
+    /// here rather than in the handle, so that the exit's join can close them (a
+    /// `std::process::exit` leaves the handle, and whatever it held, in place).
+    stdio: Mutex<ParentStdio>,
+}
+
+/// The parent's ends of a child's piped stdin, stdout and stderr, those not taken.
+#[derive(Debug, Default)]
+struct ParentStdio {
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
 }
 
 impl ChildRecord {
@@ -310,7 +322,34 @@ impl ChildRecord {
             channel: Mutex::new(Some(channel)),
             armed,
             detached: std::sync::atomic::AtomicBool::new(false),
+            stdio: Mutex::new(ParentStdio::default()),
         }
+    }
+
+    /// Keeps the parent's ends of its piped stdio (`None` where not piped).
+    pub(crate) fn with_stdio(self, fds: [Option<OwnedFd>; 3]) -> Self {
+        let (stdin, stdout, stderr) = sys::child_stdio(fds);
+        ChildRecord {
+            stdio: Mutex::new(ParentStdio {
+                stdin,
+                stdout,
+                stderr,
+            }),
+            ..self
+        }
+    }
+
+    /// Closes the parent's end of a piped stdin not taken, as `std::process::Child::
+    /// wait` does before it waits: a child that reads its input to the end ends.
+    pub(crate) fn close_stdin(&self) {
+        drop(unpoisoned::lock(&self.stdio).stdin.take());
+    }
+
+    /// Closes every piped stdio end not taken: at the exit's join, where nobody will
+    /// read the child's output any more, and a child blocked writing to a full pipe, or
+    /// reading its input to the end, would hold the exit for ever.
+    pub(crate) fn close_stdio(&self) {
+        drop(std::mem::take(&mut *unpoisoned::lock(&self.stdio)));
     }
 
     /// Notes whether it leads a process group of its own.
@@ -907,9 +946,6 @@ struct Watchers {
 /// a daemon is terminated then). Its return value is discarded.
 pub struct JoinHandle<R> {
     record: Arc<ChildRecord>,
-    stdin: Option<std::process::ChildStdin>,
-    stdout: Option<std::process::ChildStdout>,
-    stderr: Option<std::process::ChildStderr>,
     joined: bool,
     /// Registered with the async reactor the first time the handle is polled.
     watchers: Option<Watchers>,
@@ -929,13 +965,9 @@ impl<R> fmt::Debug for JoinHandle<R> {
 }
 
 impl<R> JoinHandle<R> {
-    pub(crate) fn new(record: Arc<ChildRecord>, stdio: [Option<OwnedFd>; 3]) -> Self {
-        let (stdin, stdout, stderr) = sys::child_stdio(stdio);
+    pub(crate) fn new(record: Arc<ChildRecord>) -> Self {
         JoinHandle {
             record,
-            stdin,
-            stdout,
-            stderr,
             joined: false,
             watchers: None,
             later: None,
@@ -1001,17 +1033,17 @@ impl<R> JoinHandle<R> {
 
     /// The writing end of the child's stdin, if it was [`Stdio::piped`](crate::Stdio::piped).
     pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
-        self.stdin.take()
+        unpoisoned::lock(&self.record.stdio).stdin.take()
     }
 
     /// The reading end of the child's stdout, if it was [`Stdio::piped`](crate::Stdio::piped).
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
-        self.stdout.take()
+        unpoisoned::lock(&self.record.stdio).stdout.take()
     }
 
     /// The reading end of the child's stderr, if it was [`Stdio::piped`](crate::Stdio::piped).
     pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
-        self.stderr.take()
+        unpoisoned::lock(&self.record.stdio).stderr.take()
     }
 }
 
@@ -1032,7 +1064,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         // As `std::process::Child::wait` does: a piped stdin not taken is closed before
         // the wait, so that a child reading its input to the end ends (it was waited
         // for for ever, the handle holding the pipe's writer).
-        drop(self.stdin.take());
+        self.record.close_stdin();
         self.join_until(None)
     }
 
@@ -1083,7 +1115,7 @@ impl<R: DeserializeOwned> Future for JoinHandle<R> {
         // Nothing in a handle is pinned: it is moved freely.
         let this = self.get_mut();
         // As `join` (and tokio's `Child::wait`): a piped stdin not taken is closed.
-        drop(this.stdin.take());
+        this.record.close_stdin();
         loop {
             match this.join_until(Some(Instant::now())) {
                 Err(ProcessError::Timeout) => {}
@@ -1156,6 +1188,8 @@ impl AsFd for ChildProcess {
 
 impl<R> Drop for JoinHandle<R> {
     fn drop(&mut self) {
+        // The pipe ends not taken go with the handle, as they did when it held them.
+        self.record.close_stdio();
         if !self.joined {
             // The result will never be read: let a child blocked on sending it go.
             self.record.close_channel();

@@ -135,7 +135,10 @@ impl Stdio {
 
     /// A new pipe; the parent's end is taken with
     /// [`JoinHandle::take_stdin`]/[`take_stdout`](JoinHandle::take_stdout)/
-    /// [`take_stderr`](JoinHandle::take_stderr).
+    /// [`take_stderr`](JoinHandle::take_stderr). An end not taken is closed with the
+    /// handle, a stdin's when the child is joined, and every one when the program's
+    /// exit joins the child (a child reading its input to the end, or writing more
+    /// than the pipe holds, would otherwise hold the exit for ever).
     pub fn piped() -> Self {
         Stdio(StdioKind::Piped)
     }
@@ -475,6 +478,7 @@ impl Builder {
             Channel::new(conn, false),
             limits.armed,
         );
+        let record = Arc::new(record.with_stdio(stdio_parent));
         registry::add(&mut registry::lock(), Arc::clone(&record));
         // Registered: the exit work joins it from now on.
         drop(starting);
@@ -483,7 +487,7 @@ impl Builder {
         } else {
             record.send_call(&[&prefix, &args.bytes], &args.fds)
         };
-        let mut handle = JoinHandle::new(record, stdio_parent);
+        let mut handle = JoinHandle::new(record);
         if let Err(e) = sent {
             // Killed by the failed send: reaped here, the spawn failing.
             let _ = handle.join_timeout(std::time::Duration::from_secs(10));
@@ -503,11 +507,9 @@ impl Builder {
         source: StatusSource,
         channel: Channel,
         armed: Armed,
-    ) -> Arc<ChildRecord> {
-        Arc::new(
-            ChildRecord::new(pid, name, self.daemon, pidfd, source, channel, armed)
-                .leading_group(self.process_group),
-        )
+    ) -> ChildRecord {
+        ChildRecord::new(pid, name, self.daemon, pidfd, source, channel, armed)
+            .leading_group(self.process_group)
     }
 
     /// Starts a child by forking this process directly, running `f` in the copy
@@ -714,10 +716,11 @@ impl Builder {
                     Channel::new(Conn::new(ours, messages::MAX_OUTCOME), true),
                     limits.armed,
                 );
+                let record = Arc::new(record.with_stdio(stdio_parent));
                 record.keep_until_ended(kept);
                 registry::add(&mut children, Arc::clone(&record));
                 drop(children);
-                Ok(JoinHandle::new(record, stdio_parent))
+                Ok(JoinHandle::new(record))
             }
         }
     }
