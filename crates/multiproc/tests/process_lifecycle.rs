@@ -552,10 +552,15 @@ fn exit_joins(mode: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Writes more than a pipe holds to its stdout, then returns.
-fn flood_stdout(_: ()) -> usize {
+/// Writes more than a pipe holds to its stdout (its stderr if `to_stderr`), then
+/// returns.
+fn flood(to_stderr: bool) -> usize {
     let block = [b'x'; 1 << 16];
-    let mut out = std::io::stdout().lock();
+    let mut out: Box<dyn Write> = if to_stderr {
+        Box::new(std::io::stderr().lock())
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
     for _ in 0..16 {
         if out.write_all(&block).is_err() {
             return 0;
@@ -564,21 +569,23 @@ fn flood_stdout(_: ()) -> usize {
     16
 }
 
-/// Starts, by each start method, a child reading its piped stdin to the end and one
-/// writing a megabyte to its piped stdout, takes none of their pipes, prints their
-/// pids and leaves with `std::process::exit`, the handles (and the pipes they held)
-/// still in place.
+/// Starts, by each start method, a child reading its piped stdin to the end and two
+/// writing a megabyte, one to its piped stdout, one to its piped stderr, takes none of
+/// their pipes, prints their pids and leaves with `std::process::exit`, the handles
+/// (and the pipes they held) still in place.
 fn helper_exit_with_piped_stdio() {
     let mut handles = Vec::new();
     for method in [StartMethod::ForkServer, StartMethod::Spawn] {
         handles.push(piped_echo(method));
-        handles.push(
-            Builder::new()
-                .start_method(method)
-                .stdout(Stdio::piped())
-                .spawn(flood_stdout, ())
-                .unwrap(),
-        );
+        for to_stderr in [false, true] {
+            let builder = Builder::new().start_method(method);
+            let builder = if to_stderr {
+                builder.stderr(Stdio::piped())
+            } else {
+                builder.stdout(Stdio::piped())
+            };
+            handles.push(builder.spawn(flood, to_stderr).unwrap());
+        }
     }
     let pids: Vec<String> = handles.iter().map(|h| h.pid().to_string()).collect();
     println!("children {}", pids.join(" "));
@@ -596,9 +603,9 @@ fn exit_closes_untaken_piped_stdio() {
         .split(' ')
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(children.len(), 4);
-    // Past 10 s the test fails, and the helper's drop kills it and its children.
-    let status = h.wait(Duration::from_secs(10));
+    assert_eq!(children.len(), 6);
+    // Past T the test fails, and the helper's drop kills it and its children.
+    let status = h.wait(T);
     assert!(status.success(), "{status:?}: {}", h.stderr_now());
     for child in children {
         assert!(common::wait_gone(child, Duration::from_secs(5)));

@@ -345,11 +345,20 @@ impl ChildRecord {
         drop(unpoisoned::lock(&self.stdio).stdin.take());
     }
 
-    /// Closes every piped stdio end not taken: at the exit's join, where nobody will
-    /// read the child's output any more, and a child blocked writing to a full pipe, or
-    /// reading its input to the end, would hold the exit for ever.
+    /// Closes every piped stdio end not taken (the handle goes).
     pub(crate) fn close_stdio(&self) {
         drop(std::mem::take(&mut *unpoisoned::lock(&self.stdio)));
+    }
+
+    /// As [`close_stdio`](Self::close_stdio), unless a thread holds them (it is taking
+    /// one, or closing them): at the exit, where nobody will read the child's output any
+    /// more, and a child blocked writing to a full pipe, or reading its input to the
+    /// end, would hold the exit for ever. It must not wait: an exit called from a
+    /// signal handler may have interrupted this very thread's take.
+    pub(crate) fn close_stdio_at_exit(&self) {
+        if let Some(mut stdio) = unpoisoned::try_lock(&self.stdio) {
+            drop(std::mem::take(&mut *stdio));
+        }
     }
 
     /// Notes whether it leads a process group of its own.

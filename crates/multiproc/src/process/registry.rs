@@ -190,13 +190,17 @@ fn exit_function() {
         }
         let _ = child.signal(sys::SIGTERM);
     }
+    // Nor one reading a piped stdin to its end, or blocked writing to a piped stdout or
+    // stderr, that the program left untaken (a `std::process::exit` leaves the handle
+    // that held them in place): all closed before any wait, since a child waited for
+    // may itself wait for one of those.
+    for child in others.iter().chain(&daemons) {
+        child.close_stdio_at_exit();
+    }
     for child in &others {
         // A child blocked on sending a result nobody can read any more must not hold up
-        // the exit; nor one reading a piped stdin to its end, or blocked writing to a
-        // piped stdout or stderr, that the program left untaken (a `std::process::exit`
-        // leaves the handle that held them in place).
+        // the exit.
         child.close_channel();
-        child.close_stdio();
         tracing::trace!(pid = child.pid(), name = child.name(), "joining at exit");
         if let Err(e) = child.wait(None) {
             tracing::warn!(pid = child.pid(), "could not join at exit: {e}");
@@ -205,7 +209,6 @@ fn exit_function() {
     let deadline = Instant::now() + DAEMON_GRACE;
     for child in &daemons {
         child.close_channel_unless_read();
-        child.close_stdio();
         if child.wait(Some(deadline)).is_err() {
             tracing::trace!(pid = child.pid(), "daemon ignored SIGTERM; killing it");
             if groups.contains(&child.pid()) {
