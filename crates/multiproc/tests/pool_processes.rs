@@ -208,6 +208,10 @@ fn main() {
                 "a_broken_pool_stops_its_running_tasks",
                 a_broken_pool_stops_its_running_tasks,
             ),
+            trial(
+                "start_failures_between_panicking_tasks_do_not_break_the_pool",
+                start_failures_between_panicking_tasks_do_not_break_the_pool,
+            ),
             trial("spawn_start_method", spawn_start_method),
             #[cfg(feature = "progress")]
             trial("map_with_progress_bar", map_with_progress_bar),
@@ -2680,6 +2684,44 @@ fn a_broken_pool_stops_its_running_tasks() {
             "worker {pid} outlived its broken pool"
         );
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Fails every other start of a worker (the second, the fourth, ...), counting the
+/// starts in `dir`.
+fn every_other_start_fails(dir: String) {
+    let n = std::fs::read_dir(&dir).unwrap().count();
+    std::fs::write(format!("{dir}/start-{n}"), b"").unwrap();
+    if n % 2 == 1 {
+        panic!("start {n} fails");
+    }
+}
+
+fn always_panics(x: u64) -> u64 {
+    panic!("task {x} panics");
+}
+
+/// A worker's start that fails after a worker ran a task (one that panicked, or
+/// returned) is not one more in a row: a pool whose every other start fails, each
+/// worker retired after its task, runs every task, where tasks that panicked let the
+/// failures count on until the pool broke (three in a row, it says).
+fn start_failures_between_panicking_tasks_do_not_break_the_pool() {
+    let dir = common::tempdir("every-other-start");
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(1)
+        .initializer(every_other_start_fails, dir.display().to_string())
+        .build()
+        .unwrap();
+    for x in 0..6 {
+        match get(pool.submit(always_panics, x).unwrap()) {
+            Err(TaskError::Panicked(p)) => {
+                assert!(p.message().contains(&format!("task {x} panics")), "{p}");
+            }
+            other => panic!("task {x}: {other:?}"),
+        }
+    }
+    pool.join_timeout(T).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -1669,13 +1669,14 @@ impl PoolInner {
         let id = header.id;
         let delivered = rec.delivered;
         let fallible = rec.per_task.as_ref().and_then(|p| p.fallible);
+        // A worker ran the task, however it ended: the starts that failed before were
+        // not in a row with any that fail after (a task that panicked, or whose
+        // arguments did not decode, left them counting on until the pool broke).
+        st.start_failures = 0;
         let error = match header.kind {
-            kind::RETURNED => {
-                st.start_failures = 0;
-                fallible
-                    .and_then(|check| check(body))
-                    .map(TaskError::Failed)
-            }
+            kind::RETURNED => fallible
+                .and_then(|check| check(body))
+                .map(TaskError::Failed),
             kind::PANICKED => Some(match codec_panic(body) {
                 Ok(p) => self.panic_error(p),
                 Err(e) => TaskError::Codec(e),

@@ -89,8 +89,9 @@ impl PoolBuilder {
     /// Runs `f(args)` once in each worker before it takes tasks (Python's
     /// `initializer`/`initargs`), for example to open a connection kept in a static.
     ///
-    /// If the initializer fails (panics) in three workers in a row, the pool stops
-    /// trying: its tasks fail with [`TaskError::PoolBroken`].
+    /// If the initializer fails (panics) in three workers in a row (with no task run,
+    /// whatever its outcome, in between), the pool stops trying: its tasks fail with
+    /// [`TaskError::PoolBroken`].
     pub fn initializer<A>(mut self, f: fn(A), args: A) -> Self
     where
         A: Serialize + DeserializeOwned,
