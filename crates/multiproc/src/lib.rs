@@ -128,7 +128,8 @@
 //! recursive list or tree: each sequence, map, tuple, struct, enum, present option and
 //! newtype is a level) and hold 2^24 elements that take no bytes (`()`, empty structs);
 //! past either, decoding fails with an error that says which, so that bytes from a
-//! broken or hostile peer cannot run a stack out or loop for ever.
+//! broken or hostile peer cannot run a stack out or loop for ever (a value nested
+//! deeper is refused already by the sender's encode, with the same reason).
 //!
 //! # Locks and shared memory
 //!

@@ -976,6 +976,78 @@ mod tests {
             deep = List::Cons(Box::new(deep));
         }
         assert_eq!(encode(&deep), list_bytes(depth - 1));
+        // One level more does not encode: refused at the sender, with the reason, where
+        // it encoded and failed only at the receiver.
+        let deeper = List::Cons(Box::new(deep));
+        let err = encoder::to_vec(&deeper, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("deeper than 1024 levels"), "{err}");
+        assert!(encoder::len_of(&deeper).is_err());
+    }
+
+    /// Every kind of level, nested in any order.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    enum Deep {
+        Unit,
+        Newtype(Box<Deep>),
+        Tuple(Box<Deep>, u8),
+        Struct { inner: Box<Deep> },
+        Seq(Vec<Deep>),
+        Map(std::collections::BTreeMap<u8, Deep>),
+        Option(Option<Box<Deep>>),
+        Wrapped(Wrapped),
+        Fields(Fields),
+        Pair((u8, Box<Deep>)),
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Wrapped(Box<Deep>);
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Fields {
+        inner: Box<Deep>,
+    }
+
+    /// A chain of `kinds` (each picking a kind of level) around a unit.
+    fn chain(kinds: &[u8]) -> Deep {
+        let mut d = Deep::Unit;
+        for &k in kinds.iter().rev() {
+            let b = Box::new(d);
+            d = match k % 9 {
+                0 => Deep::Newtype(b),
+                1 => Deep::Tuple(b, 7),
+                2 => Deep::Struct { inner: b },
+                3 => Deep::Seq(vec![*b]),
+                4 => Deep::Map([(1, *b)].into()),
+                5 => Deep::Option(Some(b)),
+                6 => Deep::Wrapped(Wrapped(b)),
+                7 => Deep::Fields(Fields { inner: b }),
+                _ => Deep::Pair((3, b)),
+            };
+        }
+        d
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The encoder refuses a value exactly when the decoder would refuse its bytes
+        /// for its depth (the bytes taken from postcard, which has no limit and writes
+        /// these types as this format does), at every depth around the limit.
+        #[test]
+        fn the_encoder_refuses_what_the_decoder_would_for_depth(
+            kinds in proptest::collection::vec(0u8..9, 480..620),
+        ) {
+            let value = chain(&kinds);
+            let bytes = postcard::to_allocvec(&value).unwrap();
+            let decoded = decode::<Deep>(&bytes).map(|(_, rest)| rest);
+            let encoded = encoder::to_vec(&value, Vec::new());
+            proptest::prop_assert_eq!(decoded.is_ok(), encoded.is_ok(), "{:?}", decoded);
+            if let Ok(ours) = encoded {
+                proptest::prop_assert_eq!(ours, bytes);
+            } else {
+                proptest::prop_assert_eq!(decoded.unwrap_err(), TOO_DEEP);
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ use std::fmt;
 
 use serde::ser::{self, Serialize};
 
+use super::decoder::MAX_DEPTH;
+
 /// An encode failed: a `Serialize` implementation refused, a sequence did not say its
 /// length, or the value did not fit the slice it was written into.
 pub(crate) type EncodeError = super::WireError;
@@ -42,14 +44,14 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(
     value: &T,
     out: Vec<u8>,
 ) -> Result<Vec<u8>, EncodeError> {
-    let mut enc = Encoder(out);
+    let mut enc = Encoder(out, 0);
     value.serialize(&mut enc)?;
     Ok(enc.0)
 }
 
 /// The length of `value`'s encoding, found without writing it.
 pub(crate) fn len_of<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeError> {
-    let mut enc = Encoder(Count(0));
+    let mut enc = Encoder(Count(0), 0);
     value.serialize(&mut enc)?;
     Ok(enc.0.0)
 }
@@ -57,7 +59,7 @@ pub(crate) fn len_of<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeEr
 /// The length of `value`'s encoding if it is at most `most` bytes; `None` if longer
 /// (found without measuring the rest) or if the value refuses to be encoded.
 pub(crate) fn len_up_to<T: Serialize + ?Sized>(value: &T, most: usize) -> Option<usize> {
-    let mut enc = Encoder(CountUpTo { n: 0, most });
+    let mut enc = Encoder(CountUpTo { n: 0, most }, 0);
     value.serialize(&mut enc).ok()?;
     Some(enc.0.n)
 }
@@ -67,7 +69,7 @@ pub(crate) fn to_slice<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut [u8],
 ) -> Result<usize, EncodeError> {
-    let mut enc = Encoder(Slice { buf, at: 0 });
+    let mut enc = Encoder(Slice { buf, at: 0 }, 0);
     value.serialize(&mut enc)?;
     Ok(enc.0.at)
 }
@@ -234,9 +236,40 @@ impl Output for Slice<'_> {
     }
 }
 
-struct Encoder<O>(O);
+/// Where the bytes go, and how many levels deep the value being written is (counted as
+/// the decoder counts them, see [`MAX_DEPTH`]).
+struct Encoder<O>(O, u32);
+
+/// A value nested deeper than the decoder reads, refused at the sender: it encoded, and
+/// failed only at the receiver, as the message it could not read.
+fn too_deep() -> EncodeError {
+    EncodeError::fixed(
+        "the value nests deeper than 1024 levels (sequences, maps, tuples, structs, enums, \
+         options and newtypes within one another), more than a receiver decodes",
+    )
+}
 
 impl<O: Output> Encoder<O> {
+    /// Goes `levels` deeper; refused past [`MAX_DEPTH`].
+    #[inline]
+    fn enter(&mut self, levels: u32) -> Done {
+        let depth = self.1 + levels;
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        self.1 = depth;
+        Ok(())
+    }
+
+    /// Writes `v` one level deeper.
+    #[inline]
+    fn nested<T: Serialize + ?Sized>(&mut self, v: &T) -> Done {
+        self.enter(1)?;
+        v.serialize(&mut *self)?;
+        self.1 -= 1;
+        Ok(())
+    }
+
     fn len(&mut self, len: Option<usize>) -> Result<(), EncodeError> {
         let len = len.ok_or_else(|| {
             EncodeError::fixed(
@@ -260,6 +293,8 @@ macro_rules! variant_starts {
             _: &'static str,
             _: usize,
         ) -> Result<Self, EncodeError> {
+            // The enum, and the tuple of its fields.
+            self.enter(2)?;
             self.0.varint(u64::from(index)).map(|()| self)
         }
     )*};
@@ -347,7 +382,7 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
     #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Done {
         self.0.byte(1)?;
-        value.serialize(self)
+        self.nested(value)
     }
     fn serialize_unit(self) -> Done {
         Ok(())
@@ -356,10 +391,14 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
         Ok(())
     }
     fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Done {
+        // The decoder enters the enum to read which variant it is.
+        if self.1 >= MAX_DEPTH {
+            return Err(too_deep());
+        }
         self.0.varint(u64::from(index))
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Done {
-        v.serialize(self)
+        self.nested(v)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -369,25 +408,30 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
         v: &T,
     ) -> Done {
         self.0.varint(u64::from(index))?;
-        v.serialize(self)
+        self.nested(v)
     }
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self, EncodeError> {
+        self.enter(1)?;
         self.len(len)?;
         Ok(self)
     }
     fn serialize_tuple(self, _: usize) -> Result<Self, EncodeError> {
+        self.enter(1)?;
         Ok(self)
     }
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
+        self.enter(1)?;
         Ok(self)
     }
     variant_starts!(serialize_tuple_variant, serialize_struct_variant);
     fn serialize_map(self, len: Option<usize>) -> Result<Self, EncodeError> {
+        self.enter(1)?;
         self.len(len)?;
         Ok(self)
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
+        self.enter(1)?;
         Ok(self)
     }
     fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Done {
@@ -399,9 +443,10 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
     }
 }
 
-/// The compound parts: each element or field is written in turn, nothing around them.
+/// The compound parts: each element or field is written in turn, nothing around them;
+/// the end leaves the levels the start entered.
 macro_rules! compound {
-    ($($trait:ident :: $method:ident ($($key:ty),*);)*) => {$(
+    ($($trait:ident :: $method:ident ($($key:ty),*) $levels:literal;)*) => {$(
         impl<O: Output> ser::$trait for &mut Encoder<O> {
             type Ok = ();
             type Error = EncodeError;
@@ -411,6 +456,7 @@ macro_rules! compound {
             }
             #[inline]
             fn end(self) -> Done {
+                self.1 -= $levels;
                 Ok(())
             }
         }
@@ -418,10 +464,10 @@ macro_rules! compound {
 }
 
 compound! {
-    SerializeSeq::serialize_element();
-    SerializeTuple::serialize_element();
-    SerializeTupleStruct::serialize_field();
-    SerializeTupleVariant::serialize_field();
+    SerializeSeq::serialize_element() 1;
+    SerializeTuple::serialize_element() 1;
+    SerializeTupleStruct::serialize_field() 1;
+    SerializeTupleVariant::serialize_field() 2;
 }
 
 /// A struct's fields: written in turn, as the compound parts above, and none skipped.
@@ -430,7 +476,7 @@ compound! {
 /// read in its place, a wrong value or a confusing error at the receiver. Refused at
 /// the sender instead.
 macro_rules! fields {
-    ($($trait:ident),*) => {$(
+    ($($trait:ident $levels:literal),*) => {$(
         impl<O: Output> ser::$trait for &mut Encoder<O> {
             type Ok = ();
             type Error = EncodeError;
@@ -447,13 +493,14 @@ macro_rules! fields {
             }
             #[inline]
             fn end(self) -> Done {
+                self.1 -= $levels;
                 Ok(())
             }
         }
     )*};
 }
 
-fields!(SerializeStruct, SerializeStructVariant);
+fields!(SerializeStruct 1, SerializeStructVariant 2);
 
 impl<O: Output> ser::SerializeMap for &mut Encoder<O> {
     type Ok = ();
@@ -465,6 +512,7 @@ impl<O: Output> ser::SerializeMap for &mut Encoder<O> {
         v.serialize(&mut **self)
     }
     fn end(self) -> Done {
+        self.1 -= 1;
         Ok(())
     }
 }
