@@ -222,6 +222,39 @@ fn a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected() {
         ),
         "a full pipe whose receiver was killed said Full"
     );
+    // Nor one that travels beside the ring: over 2 MiB, or carrying a handle (both said
+    // `Full`, and an async send was told so again and again, for a thousand sends).
+    let (tx, rx) = multiproc::pipe::<(ByteBuf, Option<multiproc::Event>)>().unwrap();
+    let mut child = multiproc::spawn(hold_bufs, rx).unwrap();
+    let small = || (ByteBuf(vec![1; 8]), None);
+    let mut sent = 0u64;
+    loop {
+        match tx.try_send(small()) {
+            Ok(()) => sent += 1,
+            Err(multiproc::TrySendError::Full(_)) => break,
+            Err(e) => panic!("after {sent} sends: {e}"),
+        }
+        assert!(sent < 10_000_000, "the pipe never filled");
+    }
+    child.kill().unwrap();
+    assert!(child.join_timeout(T).is_err());
+    let large = (ByteBuf(vec![2; 3 << 20]), None);
+    let handle = (ByteBuf(Vec::new()), Some(multiproc::Event::new().unwrap()));
+    for (what, msg) in [("of over 2 MiB", large), ("carrying a handle", handle)] {
+        assert!(
+            matches!(
+                tx.try_send(msg),
+                Err(multiproc::TrySendError::Disconnected(_))
+            ),
+            "a message {what} to a full pipe whose receiver was killed: not \
+             Disconnected"
+        );
+    }
+}
+
+fn hold_bufs(rx: Receiver<(ByteBuf, Option<multiproc::Event>)>) {
+    let _rx = rx;
+    std::thread::sleep(T);
 }
 
 /// Handles sent and not yet read count against the sending user's descriptor limit

@@ -60,7 +60,10 @@ value_errors! {
         /// another sender that holds the channel: one stopped (`SIGSTOP`, a debugger),
         /// or busy for longer than a non-blocking send waits (20 ms: a slow
         /// `Serialize`, a holder preempted on a busy machine). An unbounded channel or
-        /// queue is full only in that second sense.
+        /// queue is also full for a message that travels beside its ring (over 2 MiB,
+        /// or carrying a handle) while the kernel's buffer for those is full, or while
+        /// this user has too many descriptors in flight (a channel handle is 8), until
+        /// a receiver reads.
         Full,
         #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]
         /// Every receiver is gone, or this queue handle was closed.

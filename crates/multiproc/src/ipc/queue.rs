@@ -152,7 +152,9 @@ impl<T: Serialize> Queue<T> {
     /// # Errors
     ///
     /// The item comes back: this handle is closed, it could not be encoded, or the
-    /// system refused (out of memory for an unbounded queue).
+    /// system refused (for an unbounded queue, another segment of shared memory: a
+    /// file size limit, or no address space left; memory that runs out as messages
+    /// are written is met by the kernel's out-of-memory killer, as any write is).
     pub fn put(&self, value: T) -> Result<(), SendError<T>> {
         pipe::send_error(put(self.sender(), value, Deadline::Never, false))
     }

@@ -665,6 +665,11 @@ impl RawSender {
             && !core.growable
             && !core.ring().has_room(held, core.max_items)
         {
+            // Full only while a receiver lives (the kernel is asked, as `full` does: a
+            // receiver killed with its process stays in the shared count).
+            if Core::all_gone(&core.receivers) {
+                return Err((msg, SendFail::Disconnected));
+            }
             return Err((msg, SendFail::Full));
         }
         let mut out = match side::Outgoing::prepare(&msg) {
@@ -717,11 +722,14 @@ impl RawSender {
                 // at once the first time (a take between the failed send and the count
                 // woke nobody).
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if wait.passed() {
-                        return Err((msg, SendFail::Full));
-                    }
+                    // Receivers gone first: a full socket nobody will read is no
+                    // reason to say `Full` (an async send, woken by their hang-up, was
+                    // told so again and again).
                     if Core::all_gone(&core.receivers) {
                         return Err((msg, SendFail::Disconnected));
+                    }
+                    if wait.passed() {
+                        return Err((msg, SendFail::Full));
                     }
                     let s = &core.header().sleepers.0;
                     match &mut napping {
@@ -748,11 +756,11 @@ impl RawSender {
                 // nothing, the descriptors are in flight elsewhere, and a wait could
                 // last for ever (the error is the caller's).
                 Some(Err(e)) if sys::too_many_in_flight(&e) && core.len() > 0 => {
-                    if wait.passed() {
-                        return Err((msg, SendFail::Full));
-                    }
                     if Core::all_gone(&core.receivers) {
                         return Err((msg, SendFail::Disconnected));
+                    }
+                    if wait.passed() {
+                        return Err((msg, SendFail::Full));
                     }
                     let left = wait.instant().map_or(HELD_UP, |d| {
                         d.saturating_duration_since(Instant::now()).min(HELD_UP)
