@@ -203,18 +203,7 @@ fn hold_numbers(rx: Receiver<u64>) {
 /// until the next of the sends that ask the kernel every so many.
 fn a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected() {
     let (tx, rx) = multiproc::pipe::<u64>().unwrap();
-    let mut child = multiproc::spawn(hold_numbers, rx).unwrap();
-    let mut sent = 0u64;
-    loop {
-        match tx.try_send(sent) {
-            Ok(()) => sent += 1,
-            Err(multiproc::TrySendError::Full(_)) => break,
-            Err(e) => panic!("after {sent} sends: {e}"),
-        }
-        assert!(sent < 10_000_000, "the pipe never filled");
-    }
-    child.kill().unwrap();
-    assert!(child.join_timeout(T).is_err());
+    fill_then_kill(&tx, multiproc::spawn(hold_numbers, rx).unwrap(), |n| n);
     assert!(
         matches!(
             tx.try_send(0),
@@ -225,19 +214,8 @@ fn a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected() {
     // Nor one that travels beside the ring: over 2 MiB, or carrying a handle (both said
     // `Full`, and an async send was told so again and again, for a thousand sends).
     let (tx, rx) = multiproc::pipe::<(ByteBuf, Option<multiproc::Event>)>().unwrap();
-    let mut child = multiproc::spawn(hold_bufs, rx).unwrap();
-    let small = || (ByteBuf(vec![1; 8]), None);
-    let mut sent = 0u64;
-    loop {
-        match tx.try_send(small()) {
-            Ok(()) => sent += 1,
-            Err(multiproc::TrySendError::Full(_)) => break,
-            Err(e) => panic!("after {sent} sends: {e}"),
-        }
-        assert!(sent < 10_000_000, "the pipe never filled");
-    }
-    child.kill().unwrap();
-    assert!(child.join_timeout(T).is_err());
+    let child = multiproc::spawn(hold_bufs, rx).unwrap();
+    fill_then_kill(&tx, child, |_| (ByteBuf(vec![1; 8]), None));
     let large = (ByteBuf(vec![2; 3 << 20]), None);
     let handle = (ByteBuf(Vec::new()), Some(multiproc::Event::new().unwrap()));
     for (what, msg) in [("of over 2 MiB", large), ("carrying a handle", handle)] {
@@ -250,6 +228,28 @@ fn a_try_send_to_a_full_pipe_whose_receiver_was_killed_is_disconnected() {
              Disconnected"
         );
     }
+}
+
+/// Sends `nth(0)`, `nth(1)`, ... with `try_send` until the pipe is full, then kills the
+/// child that holds its receiver and joins it.
+fn fill_then_kill<T: Serialize, R>(
+    tx: &Sender<T>,
+    mut child: multiproc::JoinHandle<R>,
+    nth: impl Fn(u64) -> T,
+) where
+    R: serde::de::DeserializeOwned,
+{
+    let mut sent = 0u64;
+    loop {
+        match tx.try_send(nth(sent)) {
+            Ok(()) => sent += 1,
+            Err(multiproc::TrySendError::Full(_)) => break,
+            Err(e) => panic!("after {sent} sends: {e}"),
+        }
+        assert!(sent < 10_000_000, "the pipe never filled");
+    }
+    child.kill().unwrap();
+    assert!(child.join_timeout(T).is_err());
 }
 
 fn hold_bufs(rx: Receiver<(ByteBuf, Option<multiproc::Event>)>) {
