@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use cluster_common::{RedisServer, Resp};
-use common::{Helper, trial};
+use common::{Chain, Helper, trial};
 use multiproc::cluster::{Cluster, TaskDef, TaskOptions, Worker, WorkerBuilder, WorkerHandle};
 use multiproc::{ClusterError, RetryPolicy, TaskError};
 use serde::{Deserialize, Serialize};
@@ -107,20 +107,8 @@ fn undecodable_err(x: u64) -> Result<u32, DecodedOnNodes> {
     Err(DecodedOnNodes(x))
 }
 
-/// A list through `Box`: one level of nesting per link.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Chain {
-    End,
-    Link(Box<Chain>),
-}
-
-fn chain_length(mut c: Chain) -> u64 {
-    let mut n = 0;
-    while let Chain::Link(inner) = c {
-        c = *inner;
-        n += 1;
-    }
-    n
+fn chain_length(c: Chain) -> u64 {
+    c.links() as u64
 }
 
 fn square(x: u64) -> u64 {
@@ -1843,8 +1831,9 @@ fn other_types_and_unknown_names_refused() {
     assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
     assert_eq!(c.stats().unwrap().dead_lettered, 3);
     // An argument nested deeper than the format allows (a short message could otherwise
-    // run the node's stack out): the task fails with the reason, and the node goes on.
-    let chain = |links: usize| (0..links).fold(Chain::End, |c, _| Chain::Link(Box::new(c)));
+    // run the node's stack out), written flat by the client (see `Chain`): the task
+    // fails with the reason, and the node goes on.
+    let chain = Chain::of;
     assert_eq!(c.apply(CHAIN, chain(1000)).unwrap(), 1000);
     let e = c.submit(CHAIN, chain(2000)).unwrap().wait().unwrap_err();
     assert!(e.to_string().contains("deeper than 1024 levels"), "{e}");

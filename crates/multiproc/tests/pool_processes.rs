@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{Helper, Unserializable, trial};
+use common::{Chain, Helper, Unserializable, trial};
 use multiproc::{
     Array, Event, OwnerDied, Pool, PoolError, RetryPolicy, Signal, StartMethod, Task, TaskError,
     Value,
@@ -1854,35 +1854,17 @@ fn give_undecodable(_: ()) -> Undecodable {
     Undecodable
 }
 
-/// A list through `Box`: one level of nesting per node.
-#[derive(Debug, Serialize, Deserialize)]
-enum Chain {
-    End,
-    Link(Box<Chain>),
-}
-
-impl Chain {
-    fn of(links: usize) -> Chain {
-        (0..links).fold(Chain::End, |c, _| Chain::Link(Box::new(c)))
-    }
-}
-
-fn chain_length(mut c: Chain) -> usize {
-    let mut n = 0;
-    while let Chain::Link(inner) = c {
-        c = *inner;
-        n += 1;
-    }
-    n
+fn chain_length(c: Chain) -> usize {
+    c.links()
 }
 
 fn count_units(v: Vec<()>) -> usize {
     v.len()
 }
 
-/// Values past the format's limits (nesting deeper than 1024 levels; more than 2^24
-/// elements that take no bytes) fail their task with a reason; the worker decodes
-/// nothing unbounded and lives on.
+/// Values past the format's limits (nesting deeper than 1024 levels, written flat by
+/// the sender, see `Chain`; more than 2^24 elements that take no bytes) fail their task
+/// with a reason; the worker decodes nothing unbounded and lives on.
 fn oversized_shapes_fail_the_task() {
     let pool = Pool::new(1).unwrap();
     let worker = pool.worker_pids();

@@ -184,6 +184,52 @@ pub fn no_new_dev_shm() -> AfterCheck {
     })
 }
 
+/// A list through `Box`: one level of nesting per link, decoded so.
+#[derive(Debug, serde::Deserialize)]
+pub enum Chain {
+    End,
+    Link(Box<Chain>),
+}
+
+impl Chain {
+    /// A chain of `links` links.
+    pub fn of(links: usize) -> Chain {
+        (0..links).fold(Chain::End, |c, _| Chain::Link(Box::new(c)))
+    }
+
+    /// Its links.
+    pub fn links(mut self) -> usize {
+        let mut n = 0;
+        while let Chain::Link(inner) = self {
+            self = *inner;
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Written flat, as a broken or hostile sender could write it: the bytes of the nested
+/// enums (a variant index per link, 1, then 0 for the end) as the elements of one
+/// tuple, so that the sender's own check of how deep a value nests lets it through, and
+/// the receiver's decoder is what meets the depth.
+impl serde::Serialize for Chain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut links = 0;
+        let mut at = self;
+        while let Chain::Link(inner) = at {
+            links += 1;
+            at = inner;
+        }
+        let mut t = s.serialize_tuple(links + 1)?;
+        for _ in 0..links {
+            t.serialize_element(&1u8)?;
+        }
+        t.serialize_element(&0u8)?;
+        t.end()
+    }
+}
+
 /// A value whose `Serialize` always fails (its `Deserialize` works).
 #[derive(Debug)]
 pub struct Unserializable;
