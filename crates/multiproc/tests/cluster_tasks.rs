@@ -641,6 +641,10 @@ fn main() {
                 a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task,
             ),
             trial(
+                "a_server_paused_longer_than_a_lease_does_not_let_an_idle_node_take_a_running_task",
+                a_server_paused_longer_than_a_lease_does_not_let_an_idle_node_take_a_running_task,
+            ),
+            trial(
                 "a_server_refusing_writes_keeps_finished_outcomes",
                 a_server_refusing_writes_keeps_finished_outcomes,
             ),
@@ -3862,6 +3866,19 @@ fn out_of_memory_for_a_while(redis: &mut RedisServer) {
 /// running task.
 fn a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task() {
     keeps_its_running_task_through("oom-peer-reclaim", true, out_of_memory_for_a_while);
+}
+
+/// As above, with the server paused (`SIGSTOP`) for longer than a lease: once it
+/// answers again, every lease it holds has lapsed by its clock, and the idle node,
+/// which has nothing to renew, must not reclaim before the busy node has had its
+/// renewal retried (it did, first: the running task was killed, and run again on the
+/// idle node, dead-lettered with `max_deliveries(1)`).
+fn a_server_paused_longer_than_a_lease_does_not_let_an_idle_node_take_a_running_task() {
+    keeps_its_running_task_through("pause-peer-reclaim", true, |redis| {
+        redis.pause();
+        std::thread::sleep(Duration::from_millis(2_500));
+        redis.resume();
+    });
 }
 
 /// A server that refuses writes for a while (`NOREPLICAS`: fewer replicas than

@@ -2090,6 +2090,14 @@ impl Node {
         // once they had been a lease without one, run them twice, and spend their
         // deliveries: it waits for a renewal, unless the node holds nothing.
         let mut renewed_last = true;
+        // Until when reclaims wait once a renewal went through after one that did not
+        // (the server paused, gone, or refusing writes): by the server's clock every
+        // lease lapsed meanwhile, and a node that holds nothing (so reclaims without a
+        // renewal of its own) took the running tasks of the nodes whose renewals were
+        // still to be retried, killed there and run again (dead-lettered, with one
+        // delivery allowed). A retry's interval and a response's time let every live
+        // node renew first.
+        let mut reclaims_wait_until = None::<Instant>;
         let mut all_ran = None::<Instant>;
         loop {
             let now = Instant::now();
@@ -2101,6 +2109,10 @@ impl Node {
             if now >= next_renew {
                 let renewed = self.renew();
                 answering = !matches!(&renewed, Err(e) if e.is_unanswered());
+                if renewed.is_ok() && !renewed_last {
+                    let retry = Duration::from_millis(500).min(period);
+                    reclaims_wait_until = Some(now + retry + self.response());
+                }
                 renewed_last = renewed.is_ok();
                 if renewed.is_ok() {
                     test_panic(Role::Keeper);
@@ -2119,6 +2131,7 @@ impl Node {
                 if now >= next_reclaim
                     && answering
                     && (renewed_last || lock(&self.state).flights.is_empty())
+                    && reclaims_wait_until.is_none_or(|until| now >= until)
                 {
                     let _ = self.reclaim();
                     next_reclaim = now + period;
