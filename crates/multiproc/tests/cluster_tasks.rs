@@ -535,6 +535,10 @@ fn main() {
                 acl_user_and_an_undecodable_result,
             ),
             trial(
+                "a_user_without_dangerous_commands_runs_tasks",
+                a_user_without_dangerous_commands_runs_tasks,
+            ),
+            trial(
                 "a_reply_read_that_keeps_failing_backs_off",
                 a_reply_read_that_keeps_failing_backs_off,
             ),
@@ -3209,6 +3213,26 @@ fn acl_user_and_an_undecodable_result() {
         "the worker does not renew"
     );
     assert_eq!(config_get_stat(&redis, "rejected_calls"), Some(1));
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A user whose rules leave out the `@dangerous` commands (a common way to set up an
+/// application's user; `INFO` is among them) starts a client and a worker node, which
+/// read the server's version from `HELLO` instead, and runs a task: both failed to
+/// start, `NOPERM`.
+fn a_user_without_dangerous_commands_runs_tasks() {
+    let redis = RedisServer::start();
+    let ns = "notdangerous";
+    let url = acl_user(&redis, &["-@dangerous"]);
+    let c = Cluster::builder(&url).namespace(ns).build().unwrap();
+    let w = tasks(Worker::builder(&url))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     w.shutdown(true);
     finish(&redis, c, ns);
 }

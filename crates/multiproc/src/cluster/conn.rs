@@ -314,21 +314,31 @@ impl Server {
     /// A command connection, after checking that the server is recent enough.
     pub(crate) fn connect_checked(&self) -> Result<redis::Connection, ClusterError> {
         let mut conn = self.connect(RESPONSE_TIMEOUT)?;
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query(&mut conn)
-            .map_err(|e| {
-                if e.to_string().contains("NOAUTH") {
-                    ClusterError::Auth(e.to_string())
-                } else {
-                    redis_err(&e)
-                }
-            })?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("0");
+        let refused = |e: redis::RedisError| {
+            if e.to_string().contains("NOAUTH") {
+                ClusterError::Auth(e.to_string())
+            } else {
+                redis_err(&e)
+            }
+        };
+        let version = match redis::cmd("INFO").arg("server").query::<String>(&mut conn) {
+            Ok(info) => info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .map(|v| v.trim().to_string()),
+            // A user whose rules leave out what is `@dangerous` (`INFO` is, in Redis
+            // 7), or a server that renamed `INFO`: `HELLO` (`@connection`) says the
+            // version too.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                let hello: Vec<Value> = redis::cmd("HELLO").query(&mut conn).map_err(refused)?;
+                hello
+                    .chunks(2)
+                    .find(|kv| text(&kv[0]).as_deref() == Some("version"))
+                    .and_then(|kv| kv.get(1).and_then(text))
+            }
+            Err(e) => return Err(refused(e)),
+        };
+        let version = version.as_deref().unwrap_or("0");
         let major = version
             .split('.')
             .next()
