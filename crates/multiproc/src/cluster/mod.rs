@@ -7,7 +7,9 @@
 //! sorted set, results are keys written once. multiproc adds no broker of its own.
 //! A server is named by a URL: `redis://[user:password@]host[:port][/db]`, `rediss://`
 //! for TLS, `unix:///path`; every connection speaks RESP2, whatever a `protocol`
-//! parameter of the URL asks for.
+//! parameter of the URL asks for. The user needs no `@dangerous` command: the server's
+//! version is read from `INFO`, or from `HELLO` where `INFO` is refused, its limits
+//! from `CONFIG GET`, or Redis's defaults where that is refused.
 //! How it works, and why, is in `README.md` beside this file.
 //!
 //! # Declaring a task
