@@ -7,9 +7,11 @@
 //! sorted set, results are keys written once. multiproc adds no broker of its own.
 //! A server is named by a URL: `redis://[user:password@]host[:port][/db]`, `rediss://`
 //! for TLS, `unix:///path`; every connection speaks RESP2, whatever a `protocol`
-//! parameter of the URL asks for. The user needs no `@dangerous` command: the server's
-//! version is read from `INFO`, or from `HELLO` where `INFO` is refused, its limits
-//! from `CONFIG GET`, or Redis's defaults where that is refused.
+//! parameter of the URL asks for. A user allowed no `@dangerous` command runs
+//! everything: the server's version is read from `INFO`, or from `HELLO` where `INFO`
+//! is refused, its limits from `CONFIG GET`, or Redis's defaults where that is
+//! refused; where `CLIENT UNBLOCK` is refused, a stop waits for a blocked read to end
+//! on its own (its block time) instead of cutting it short.
 //! How it works, and why, is in `README.md` beside this file.
 //!
 //! # Declaring a task
