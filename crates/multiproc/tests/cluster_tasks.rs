@@ -1605,8 +1605,9 @@ fn aborting_task_is_dead_lettered() {
     );
     let dead = c.dead_letters(10).unwrap();
     assert_eq!(dead.len(), 1);
-    // "All of them" (Redis refused the count).
+    // "All of them" (Redis refused the count), and none (it was one).
     assert_eq!(c.dead_letters(usize::MAX).unwrap().len(), 1);
+    assert!(c.dead_letters(0).unwrap().is_empty());
     assert_eq!(dead[0].name.as_deref(), Some("t.abort"));
     assert!(dead[0].reason.contains("SIGABRT"));
     assert_eq!(c.stats().unwrap().dead_lettered, 1);
@@ -1984,6 +1985,49 @@ fn bad_urls_ports_and_credentials() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(e.is_connection(), "{e}");
     assert!(e.to_string().contains(&port.to_string()), "{e}");
+    // A server that takes the connection, says OK to what the connection's set-up
+    // sends, and drops it in the middle of the first call (the version's): about
+    // reaching the server too (it said nothing, rather than no).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let dropper = std::thread::spawn(move || {
+        let until = Instant::now() + T;
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(T)).unwrap();
+        let mut buf = [0; 4096];
+        for _ in 0..10 {
+            let Ok(n) = std::io::Read::read(&mut conn, &mut buf) else {
+                return false;
+            };
+            let got = &buf[..n];
+            if n == 0 {
+                return false;
+            }
+            if got
+                .windows(10)
+                .any(|w| w.eq_ignore_ascii_case(b"$4\r\nINFO\r\n"))
+            {
+                // The call is read, and the connection goes unanswered.
+                return true;
+            }
+            let commands = got.windows(3).filter(|w| w == b"\r\n*").count() + 1;
+            let _ = std::io::Write::write_all(&mut conn, &b"+OK\r\n".repeat(commands));
+        }
+        false
+    });
+    let e = Cluster::connect(&format!("redis://127.0.0.1:{port}")).unwrap_err();
+    assert!(dropper.join().unwrap(), "the client never connected");
+    assert!(e.is_connection(), "{e}");
     for bad in ["http://localhost", "not a url", "redis://[::1"] {
         assert!(
             matches!(Cluster::connect(bad), Err(ClusterError::InvalidUrl { .. })),

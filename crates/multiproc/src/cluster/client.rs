@@ -823,6 +823,10 @@ impl Cluster {
     ///
     /// A Redis error.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ClusterError> {
+        // None asked for (Redis reads a count of 0 as no count at all, every entry).
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let keys = &self.inner.default_keys;
         let reply: Value = self.inner.run(|c| {
             redis::cmd("XRANGE")
@@ -831,7 +835,7 @@ impl Cluster {
                 .arg("+")
                 .arg("COUNT")
                 // A count Redis takes (`usize::MAX`, "all of them", it refused).
-                .arg(i64::try_from(limit).unwrap_or(i64::MAX).max(1))
+                .arg(i64::try_from(limit).unwrap_or(i64::MAX))
                 .query(c)
         })?;
         Ok(conn::array(&reply)

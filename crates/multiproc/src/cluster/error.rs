@@ -81,9 +81,12 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    /// Whether the error is about reaching the server (rather than a refused request).
+    /// Whether the error is about reaching the server (rather than a refused request):
+    /// it could not be reached, the connection broke, or its reply did not come in
+    /// time. A call that failed so may have been carried out (a submission queued, a
+    /// cancel made): the server never said.
     pub fn is_connection(&self) -> bool {
-        matches!(self, ClusterError::Connect { .. })
+        self.is_unanswered()
     }
 
     /// Whether the same call may succeed later: the server could not be reached, the
