@@ -2090,14 +2090,18 @@ impl Node {
         // once they had been a lease without one, run them twice, and spend their
         // deliveries: it waits for a renewal, unless the node holds nothing.
         let mut renewed_last = true;
-        // Until when reclaims wait once a renewal went through after one that did not
-        // (the server paused, gone, or refusing writes): by the server's clock every
-        // lease lapsed meanwhile, and a node that holds nothing (so reclaims without a
-        // renewal of its own) took the running tasks of the nodes whose renewals were
-        // still to be retried, killed there and run again (dead-lettered, with one
-        // delivery allowed). A retry's interval and a response's time let every live
-        // node renew first.
+        // Until when reclaims wait once a renewal goes through after two renewal periods
+        // without one (renewals that failed, or a keeper that waited in another call
+        // to the server all along): other nodes' leases may have lapsed by the
+        // server's clock meanwhile (it was paused, gone, or refusing writes), and a
+        // node that reclaimed at once took the running tasks of nodes whose renewals
+        // were still to be retried, killed there and run again (dead-lettered, with one
+        // delivery allowed). A retry's interval and a response's time, from the
+        // renewal's return, let every live node renew first. Not after a shorter
+        // stretch: a lease lapses only after three periods, and renewals that fail now
+        // and then must not hold reclaims (of dead nodes' tasks) off for good.
         let mut reclaims_wait_until = None::<Instant>;
+        let mut last_renewed = Instant::now();
         let mut all_ran = None::<Instant>;
         loop {
             let now = Instant::now();
@@ -2109,9 +2113,13 @@ impl Node {
             if now >= next_renew {
                 let renewed = self.renew();
                 answering = !matches!(&renewed, Err(e) if e.is_unanswered());
-                if renewed.is_ok() && !renewed_last {
-                    let retry = Duration::from_millis(500).min(period);
-                    reclaims_wait_until = Some(now + retry + self.response());
+                if renewed.is_ok() {
+                    let back = Instant::now();
+                    if back.duration_since(last_renewed) >= period * 2 {
+                        let retry = Duration::from_millis(500).min(period);
+                        reclaims_wait_until = Some(back + retry + self.response());
+                    }
+                    last_renewed = back;
                 }
                 renewed_last = renewed.is_ok();
                 if renewed.is_ok() {
@@ -2128,9 +2136,17 @@ impl Node {
                 answering = !matches!(self.promote(), Err(e) if e.is_unanswered());
             }
             if !self.stopping.load(Ordering::Acquire) {
+                // A node that holds nothing reclaims without a renewal of its own,
+                // unless it has had none for two periods: it then waits for one, and
+                // the wait above (a keeper call other than a renewal, answered first as
+                // the server came back, let it reclaim before any renewal).
+                let idle_may = || {
+                    now.duration_since(last_renewed) < period * 2
+                        && lock(&self.state).flights.is_empty()
+                };
                 if now >= next_reclaim
                     && answering
-                    && (renewed_last || lock(&self.state).flights.is_empty())
+                    && (renewed_last || idle_may())
                     && reclaims_wait_until.is_none_or(|until| now >= until)
                 {
                     let _ = self.reclaim();
