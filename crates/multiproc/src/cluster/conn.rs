@@ -329,8 +329,18 @@ impl Server {
             // A user whose rules leave out what is `@dangerous` (`INFO` is, in Redis
             // 7), or a server that renamed `INFO`: `HELLO` (`@connection`) says the
             // version too.
-            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
-                let hello: Vec<Value> = redis::cmd("HELLO").query(&mut conn).map_err(refused)?;
+            Err(info) if matches!(info.kind(), redis::ErrorKind::Server(_)) => {
+                let hello: Vec<Value> = redis::cmd("HELLO").query(&mut conn).map_err(|e| {
+                    // Both refusals said (a server older than `HELLO`, say); a
+                    // connection lost stays one.
+                    let hello = refused(e);
+                    match &hello {
+                        ClusterError::Redis(why) if !hello.is_unanswered() => {
+                            ClusterError::Redis(format!("INFO: {info}; HELLO: {why}"))
+                        }
+                        _ => hello,
+                    }
+                })?;
                 hello
                     .chunks(2)
                     .find(|kv| text(&kv[0]).as_deref() == Some("version"))
