@@ -1379,9 +1379,20 @@ fn ten_thousand_tasks_sigkill_and_sigstop() {
             Resp::Array(entries) => entries.len(),
             _ => 0,
         };
-    cluster_common::signal(b.child.id(), "-STOP");
+    // Stopped while it holds tasks (it may have none for a moment, between finishing a
+    // batch and reading the next: let go and stopped again then).
+    let mut held = 0;
+    for _ in 0..200 {
+        cluster_common::signal(b.child.id(), "-STOP");
+        held = held_by_b();
+        if held > 0 {
+            break;
+        }
+        cluster_common::signal(b.child.id(), "-CONT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(held > 0, "node b never held a task when stopped");
     let before = done(&tasks);
-    let held = held_by_b();
     // Work goes on without b, its tasks reclaimed once their leases run out.
     assert!(common::eventually(T, || done(&tasks) >= before + 1000));
     assert!(
