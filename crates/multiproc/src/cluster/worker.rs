@@ -2080,6 +2080,8 @@ impl Node {
     /// The keeper: leases, heartbeat, delays, reclaims; then the drain.
     fn keep(self: Arc<Self>) {
         let period = self.cfg.lease / 3;
+        // A failed renewal is tried again this soon.
+        let retry = Duration::from_millis(500).min(period);
         let mut next_renew = Instant::now();
         let mut next_reclaim = Instant::now();
         let mut next_retire = Instant::now() + self.cfg.lease;
@@ -2088,7 +2090,8 @@ impl Node {
         // gone, or out of memory, refusing it while it still serves `XCLAIM`), a reclaim
         // before the next renewal would take this node's running tasks back from itself
         // once they had been a lease without one, run them twice, and spend their
-        // deliveries: it waits for a renewal, unless the node holds nothing.
+        // deliveries: it waits for a renewal, unless the node holds nothing (and had a
+        // renewal within two periods, see `renewed_at`).
         let mut renewed_last = true;
         // Until when reclaims wait once a renewal goes through after two renewal periods
         // without one (renewals that failed, or a keeper that waited in another call
@@ -2101,7 +2104,7 @@ impl Node {
         // stretch: a lease lapses only after three periods, and renewals that fail now
         // and then must not hold reclaims (of dead nodes' tasks) off for good.
         let mut reclaims_wait_until = None::<Instant>;
-        let mut last_renewed = Instant::now();
+        let mut renewed_at = Instant::now();
         let mut all_ran = None::<Instant>;
         loop {
             let now = Instant::now();
@@ -2115,11 +2118,10 @@ impl Node {
                 answering = !matches!(&renewed, Err(e) if e.is_unanswered());
                 if renewed.is_ok() {
                     let back = Instant::now();
-                    if back.duration_since(last_renewed) >= period * 2 {
-                        let retry = Duration::from_millis(500).min(period);
+                    if back.duration_since(renewed_at) >= period * 2 {
                         reclaims_wait_until = Some(back + retry + self.response());
                     }
-                    last_renewed = back;
+                    renewed_at = back;
                 }
                 renewed_last = renewed.is_ok();
                 if renewed.is_ok() {
@@ -2129,7 +2131,7 @@ impl Node {
                     }
                     next_renew = now + period;
                 } else {
-                    next_renew = now + Duration::from_millis(500).min(period);
+                    next_renew = now + retry;
                 }
             }
             if !self.stopping.load(Ordering::Acquire) && answering {
@@ -2138,10 +2140,11 @@ impl Node {
             if !self.stopping.load(Ordering::Acquire) {
                 // A node that holds nothing reclaims without a renewal of its own,
                 // unless it has had none for two periods: it then waits for one, and
-                // the wait above (a keeper call other than a renewal, answered first as
-                // the server came back, let it reclaim before any renewal).
+                // then for `reclaims_wait_until` (without this, another keeper call
+                // answered first as the server came back let it reclaim before any
+                // node renewed).
                 let idle_may = || {
-                    now.duration_since(last_renewed) < period * 2
+                    now.duration_since(renewed_at) < period * 2
                         && lock(&self.state).flights.is_empty()
                 };
                 if now >= next_reclaim

@@ -139,7 +139,8 @@ struct State {
     cancel_pending: bool,
     /// Why the pool gave up, if it did.
     broken: Option<String>,
-    /// Workers that failed to start or initialise since a task last succeeded.
+    /// Workers that failed to start or initialise since a worker last reported a task's
+    /// outcome, whatever it was.
     start_failures: u32,
     /// The engine has finished: no tasks, no workers.
     finished: bool,

@@ -339,8 +339,9 @@ impl ChildRecord {
         }
     }
 
-    /// Closes the parent's end of a piped stdin not taken, as `std::process::Child::
-    /// wait` does before it waits: a child that reads its input to the end ends.
+    /// Closes the parent's end of a piped stdin not taken, as
+    /// `std::process::Child::wait` does before it waits: a child that reads its input
+    /// to the end ends.
     pub(crate) fn close_stdin(&self) {
         drop(unpoisoned::lock(&self.stdio).stdin.take());
     }

@@ -136,7 +136,7 @@ impl Stdio {
     /// A new pipe; the parent's end is taken with
     /// [`JoinHandle::take_stdin`]/[`take_stdout`](JoinHandle::take_stdout)/
     /// [`take_stderr`](JoinHandle::take_stderr). An end not taken is closed with the
-    /// handle, a stdin's as the child is joined (or first polled as a future), and
+    /// handle, a stdin's by `join` (or the first poll as a future), and
     /// every one as the program's exit begins joining its children (a child reading its
     /// input to the end, or writing more than the pipe holds, would otherwise hold the
     /// exit for ever): take a stream before then to read it to its end.

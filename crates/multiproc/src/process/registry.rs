@@ -190,10 +190,10 @@ fn exit_function() {
         }
         let _ = child.signal(sys::SIGTERM);
     }
-    // Nor one reading a piped stdin to its end, or blocked writing to a piped stdout or
+    // A child reading a piped stdin to its end, or blocked writing to a piped stdout or
     // stderr, that the program left untaken (a `std::process::exit` leaves the handle
-    // that held them in place): all closed before any wait, since a child waited for
-    // may itself wait for one of those.
+    // that held them in place) must not hold the exit either: all closed before any
+    // wait, since a child waited for may itself wait for one of those.
     for child in others.iter().chain(&daemons) {
         child.close_stdio_at_exit();
     }

@@ -32,7 +32,8 @@ use serde::ser::{self, Serialize};
 use super::decoder::MAX_DEPTH;
 
 /// An encode failed: a `Serialize` implementation refused, a sequence did not say its
-/// length, or the value did not fit the slice it was written into.
+/// length, the value nests deeper than [`MAX_DEPTH`] levels, or it did not fit the
+/// slice it was written into.
 pub(crate) type EncodeError = super::WireError;
 
 fn full() -> EncodeError {
