@@ -3281,12 +3281,7 @@ fn a_user_without_dangerous_commands_runs_tasks() {
     let ns = "notdangerous";
     let url = acl_user(&redis, &["-@dangerous"]);
     let c = Cluster::builder(&url).namespace(ns).build().unwrap();
-    let w = tasks(Worker::builder(&url))
-        .namespace(ns)
-        .processes(1)
-        .lease(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let w = node_at(&url, ns, 1).build().unwrap();
     assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     w.shutdown(true);
     finish(&redis, c, ns);

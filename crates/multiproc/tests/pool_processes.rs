@@ -1395,11 +1395,7 @@ fn ctrl_c_is_left_to_the_pools_owner() {
 /// fork server.
 fn pool_parent() -> (Helper, Vec<u32>) {
     let h = Helper::start("pool_parent");
-    let pids: Vec<u32> = h
-        .expect("pids ", T)
-        .split(' ')
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = h.expect_pids("pids ", T);
     assert_eq!(pids.len(), 4, "{pids:?}");
     (h, pids)
 }

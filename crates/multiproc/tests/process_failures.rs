@@ -781,11 +781,7 @@ fn helper_doomed_parent() {
 
 fn parent_sigkilled_takes_daemons_along() {
     let mut h = Helper::start("doomed_parent");
-    let pids: Vec<u32> = h
-        .expect("pids ", T)
-        .split(' ')
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = h.expect_pids("pids ", T);
     let (daemons, survivor, server) = (&pids[..4], pids[4], pids[5]);
     // Holding pidfds from before the kill makes "gone" exact even after re-parenting.
     let tree = h.sigkill();

@@ -598,11 +598,7 @@ fn helper_exit_with_piped_stdio() {
 /// fails), where the exit waited for them for ever.
 fn exit_closes_untaken_piped_stdio() {
     let mut h = Helper::start("exit_with_piped_stdio");
-    let children: Vec<u32> = h
-        .expect("children ", T)
-        .split(' ')
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let children = h.expect_pids("children ", T);
     assert_eq!(children.len(), 6);
     // Past T the test fails, and the helper's drop kills it and its children.
     let status = h.wait(T);

@@ -1926,11 +1926,7 @@ fn gone_or_killed(p: u32) -> bool {
 
 fn supervisor_sigkilled() {
     let mut helper = Helper::start("supervisor");
-    let pids: Vec<u32> = helper
-        .expect("children", T)
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = helper.expect_pids("children", T);
     assert_eq!(pids.len(), 3);
     let grandchild: u32 = helper
         .expect("grandchild", T)
@@ -2006,11 +2002,7 @@ fn a_supervisor_that_adopts_orphans_reaps_them() {
 /// children, and what they started in their process groups.
 fn supervisor_process_exits() {
     let mut helper = Helper::start("supervisor_exits");
-    let pids: Vec<u32> = helper
-        .expect("pids", T)
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = helper.expect_pids("pids", T);
     assert!(helper.wait(T).success());
     let left: Vec<u32> = pids
         .iter()

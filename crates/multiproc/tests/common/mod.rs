@@ -355,6 +355,14 @@ impl Helper {
         }
     }
 
+    /// The pids on the next line that starts with `prefix`, separated by whitespace.
+    pub fn expect_pids(&self, prefix: &str, timeout: Duration) -> Vec<u32> {
+        self.expect(prefix, timeout)
+            .split_whitespace()
+            .map(|p| p.parse().expect("a pid"))
+            .collect()
+    }
+
     pub fn send(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
