@@ -2099,8 +2099,10 @@ impl Node {
         // server's clock meanwhile (it was paused, gone, or refusing writes), and a
         // node that reclaimed at once took the running tasks of nodes whose renewals
         // were still to be retried, killed there and run again (dead-lettered, with one
-        // delivery allowed). A retry's interval and a response's time, from the
-        // renewal's return, let every live node renew first. Not after a shorter
+        // delivery allowed). A lease from the renewal's return (at least a retry's
+        // interval and a response's time) lets every live node renew first, its keeper
+        // slow on a loaded machine included (a retry and a response were not always
+        // enough there). Not after a shorter
         // stretch: a lease lapses only after three periods, and renewals that fail now
         // and then must not hold reclaims (of dead nodes' tasks) off for good.
         let mut reclaims_wait_until = None::<Instant>;
@@ -2119,7 +2121,8 @@ impl Node {
                 if renewed.is_ok() {
                     let back = Instant::now();
                     if back.duration_since(renewed_at) >= period * 2 {
-                        reclaims_wait_until = Some(back + retry + self.response());
+                        reclaims_wait_until =
+                            Some(back + self.cfg.lease.max(retry + self.response()));
                     }
                     renewed_at = back;
                 }
