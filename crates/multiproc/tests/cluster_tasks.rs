@@ -649,6 +649,10 @@ fn main() {
                 a_server_paused_longer_than_a_lease_does_not_let_an_idle_node_take_a_running_task,
             ),
             trial(
+                "a_node_started_just_after_a_server_pause_does_not_take_a_running_task",
+                a_node_started_just_after_a_server_pause_does_not_take_a_running_task,
+            ),
+            trial(
                 "a_server_refusing_writes_keeps_finished_outcomes",
                 a_server_refusing_writes_keeps_finished_outcomes,
             ),
@@ -3916,7 +3920,7 @@ fn a_running_idempotent_task_that_outlived_its_record_is_cancelled() {
 /// time, and with `max_deliveries(1)` dead-lettered it as a task whose delivery was
 /// lost).
 fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks() {
-    keeps_its_running_task_through("down-own-reclaim", false, |redis| {
+    keeps_its_running_task_through("down-own-reclaim", Peer::None, |redis| {
         redis.restart_after(Duration::from_millis(2_500));
     });
 }
@@ -3924,7 +3928,7 @@ fn a_server_down_longer_than_a_lease_does_not_make_a_node_reclaim_its_own_tasks(
 /// As above, with a server out of memory for longer than a lease: it refuses the
 /// renewals (writes) and still serves the reclaim's `XCLAIM`.
 fn a_server_out_of_memory_does_not_make_a_node_reclaim_its_own_tasks() {
-    keeps_its_running_task_through("oom-own-reclaim", false, out_of_memory_for_a_while);
+    keeps_its_running_task_through("oom-own-reclaim", Peer::None, out_of_memory_for_a_while);
 }
 
 /// The server at its `maxmemory` for 2.5 s, longer than a lease.
@@ -3939,7 +3943,7 @@ fn out_of_memory_for_a_while(redis: &mut RedisServer) {
 /// was refused), so the idle node's reclaim, which the server serves, does not take the
 /// running task.
 fn a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task() {
-    keeps_its_running_task_through("oom-peer-reclaim", true, out_of_memory_for_a_while);
+    keeps_its_running_task_through("oom-peer-reclaim", Peer::Idle, out_of_memory_for_a_while);
 }
 
 /// As above, with the server paused (`SIGSTOP`) for longer than a lease: once it
@@ -3948,7 +3952,7 @@ fn a_server_out_of_memory_does_not_let_an_idle_node_take_a_running_task() {
 /// renewal retried (it did, first: the running task was killed, and run again on the
 /// idle node, dead-lettered with `max_deliveries(1)`).
 fn a_server_paused_longer_than_a_lease_does_not_let_an_idle_node_take_a_running_task() {
-    keeps_its_running_task_through("pause-peer-reclaim", true, |redis| {
+    keeps_its_running_task_through("pause-peer-reclaim", Peer::Idle, |redis| {
         redis.pause();
         std::thread::sleep(Duration::from_millis(2_500));
         redis.resume();
@@ -3961,7 +3965,7 @@ fn a_server_paused_longer_than_a_lease_does_not_let_an_idle_node_take_a_running_
 /// does not run again (the refusal was taken for a lasting error: the outcome was
 /// dropped, and the node took the task back once writes came back).
 fn a_server_refusing_writes_keeps_finished_outcomes() {
-    keeps_its_running_task_through("norepl-finish", false, |redis| {
+    keeps_its_running_task_through("norepl-finish", Peer::None, |redis| {
         redis.cmd(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
         // Past the task's end (4 s from its start).
         std::thread::sleep(Duration::from_millis(5_000));
@@ -3969,17 +3973,36 @@ fn a_server_refusing_writes_keeps_finished_outcomes() {
     });
 }
 
+/// The same pause, and a node started as the server answers again: it has seen no
+/// renewal fail, and its first reclaim came before the busy node's retried renewal
+/// (the running task was killed, and run again on the new node, dead-lettered with
+/// `max_deliveries(1)`). The server holds reclaims until renewals have come for a
+/// lease without a gap.
+fn a_node_started_just_after_a_server_pause_does_not_take_a_running_task() {
+    keeps_its_running_task_through("pause-new-reclaim", Peer::After, |redis| {
+        redis.pause();
+        std::thread::sleep(Duration::from_millis(2_500));
+        redis.resume();
+    });
+}
+
+/// Who runs beside the busy node in [`keeps_its_running_task_through`].
+#[derive(Clone, Copy, PartialEq)]
+enum Peer {
+    None,
+    /// An idle node, started once the task runs.
+    Idle,
+    /// A node started as the disruption ends.
+    After,
+}
+
 /// A node with a 1 s lease and `max_deliveries(1)` runs a 4 s task through
-/// `disrupt`, with an `idle_peer` node (started once the task runs) or alone; the task
-/// must end well, run once.
-fn keeps_its_running_task_through(
-    ns: &str,
-    idle_peer: bool,
-    disrupt: impl FnOnce(&mut RedisServer),
-) {
+/// `disrupt`, with a second node as `peer` says; the task must end well, run once.
+fn keeps_its_running_task_through(ns: &str, peer: Peer, disrupt: impl FnOnce(&mut RedisServer)) {
     let mut redis = RedisServer::start();
+    let url = redis.url();
     let node = || {
-        tasks(Worker::builder(&redis.url()))
+        tasks(Worker::builder(&url))
             .namespace(ns)
             .processes(1)
             .lease(Duration::from_secs(1))
@@ -3996,11 +4019,12 @@ fn keeps_its_running_task_through(
         common::eventually(T, || runs(&p) == 1),
         "the task never ran"
     );
-    let peer = idle_peer.then(node);
+    let idle = (peer == Peer::Idle).then(node);
     disrupt(&mut redis);
+    let after = (peer == Peer::After).then(node);
     assert_eq!(t.wait_timeout(T), Ok(1));
     assert_eq!(runs(&p), 1, "the task ran again");
-    if let Some(peer) = peer {
+    for peer in [idle, after].into_iter().flatten() {
         peer.shutdown(true);
     }
     w.shutdown(true);

@@ -959,6 +959,7 @@ impl Cluster {
             keys.delayed(),
             keys.dead(),
             keys.workers(),
+            keys.renewals(),
             keys.leader(),
             keys.leader_fence(),
         ];

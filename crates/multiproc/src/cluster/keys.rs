@@ -59,6 +59,13 @@ impl Keys {
         self.key("workers")
     }
 
+    /// The workers' renewals: a hash of `last` (the time of the newest renewal, any
+    /// worker's) and `since` (when the current run of renewals began: the first after
+    /// a longer gap than two of its renewer's periods). `RECLAIM` reads it (see there).
+    pub(crate) fn renewals(&self) -> String {
+        self.key("renewals")
+    }
+
     /// One worker's description (host, pid, processes).
     pub(crate) fn worker(&self, name: &str) -> String {
         self.key(&format!("worker:{name}"))

@@ -221,7 +221,8 @@ return out
 });
 
 /// Renews the leases of a worker's tasks (resets their idle time, which is the lease
-/// clock, without counting a delivery) and records its heartbeat.
+/// clock, without counting a delivery) and records its heartbeat and the renewal (see
+/// [`RECLAIM`]).
 ///
 /// The heartbeat comes after the renewals: a server at its `maxmemory` refuses a
 /// script's first write that may grow memory (`ZADD`, `SET`) and lets the later ones
@@ -229,26 +230,32 @@ return out
 /// refused while an idle node's reclaims (`XCLAIM`) went on, and took its running
 /// tasks. (An idle node's heartbeat is refused then; it has nothing to renew.)
 ///
-/// KEYS: stream, workers, worker info; then per item: cancel flag.
-/// ARGV: group, consumer, info, info ttl s; then per item: entry id, fence.
+/// KEYS: stream, workers, worker info, renewals; then per item: cancel flag.
+/// ARGV: group, consumer, info, info ttl s, the longest gap between renewals that
+/// does not begin a new run of them (ms: two of the caller's renewal periods); then per
+/// item: entry id, fence.
 /// Returns per item 1 (kept), 2 (kept, and its client asked to cancel it) or 0 (lost).
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{OWNED}
 local group, me = ARGV[1], ARGV[2]
 local out = {{}}
-local n = (#ARGV - 4) / 2
+local n = (#ARGV - 5) / 2
 for i = 0, n - 1 do
-  local id = ARGV[5 + 2 * i]
-  if owned(KEYS[1], group, id, me, tonumber(ARGV[6 + 2 * i])) then
+  local id = ARGV[6 + 2 * i]
+  if owned(KEYS[1], group, id, me, tonumber(ARGV[7 + 2 * i])) then
     redis.call('XCLAIM', KEYS[1], group, me, 0, id, 'JUSTID')
-    if redis.call('EXISTS', KEYS[4 + i]) == 1 then out[#out + 1] = 2 else out[#out + 1] = 1 end
+    if redis.call('EXISTS', KEYS[5 + i]) == 1 then out[#out + 1] = 2 else out[#out + 1] = 1 end
   else
     out[#out + 1] = 0
   end
 end
-redis.call('ZADD', KEYS[2], now_ms(), me)
+local now = now_ms()
+redis.call('ZADD', KEYS[2], now, me)
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+local last = tonumber(redis.call('HGET', KEYS[4], 'last'))
+if not last or now - last > tonumber(ARGV[5]) then redis.call('HSET', KEYS[4], 'since', now) end
+redis.call('HSET', KEYS[4], 'last', now)
 return out
 "
     ))
@@ -259,6 +266,16 @@ return out
 /// heartbeat key describes (`lease_ms=`, at most a day), so that a worker with a
 /// shorter lease does not take the tasks of one that renews less often.
 ///
+/// It claims nothing until renewals (`RENEW`, any worker's) have come without a gap
+/// for that lease, nor after a gap longer than two of the claimer's renewal periods
+/// since the last one: the lease clock is the server's, and it runs on while no worker
+/// can renew (the server paused, restarting, refusing writes; its network down), so
+/// after such a stretch every running task's lease looks lapsed until its worker's
+/// renewal comes through. Each node also holds its own reclaims after renewals of its
+/// own failed (`Worker`'s keeper); this covers a node that saw no failure, one started
+/// just after the stretch. A queue whose workers all stopped and come back (or whose
+/// server lost the key) reclaims a lease after their first renewal.
+///
 /// `XPENDING … IDLE` finds them wherever they are in the pending list, the server
 /// walking the whole list if it must; `XAUTOCLAIM` looks at ten entries for each it may
 /// claim, so a worker with room for one task walked a long list ten entries a call,
@@ -266,8 +283,9 @@ return out
 /// entry deleted meanwhile is dropped from the pending list by `XCLAIM` and not
 /// returned.
 ///
-/// KEYS: stream, workers. ARGV: group, consumer, own lease ms, count, the prefix of
-/// the workers' heartbeat keys.
+/// KEYS: stream, workers, renewals. ARGV: group, consumer, own lease ms, count, the
+/// prefix of the workers' heartbeat keys, the longest gap between renewals (ms, as
+/// `RENEW`'s).
 /// Returns `{the lease used (ms), {id, fields, deliveries}...}`.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -281,6 +299,11 @@ for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   end
 end
 local out = {{idle}}
+local r = redis.call('HMGET', KEYS[3], 'last', 'since')
+local last, since, now = tonumber(r[1]), tonumber(r[2]), now_ms()
+if not last or not since or now - last > tonumber(ARGV[6]) or now - since < idle then
+  return out
+end
 local due = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', int(idle), '-', '+', ARGV[4])
 for _, p in ipairs(due) do
   local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], int(idle), p[1])[1]

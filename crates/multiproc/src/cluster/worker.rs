@@ -2325,6 +2325,15 @@ impl Node {
         lock(&self.link).run_within(self.response(), f)
     }
 
+    /// The longest gap between the queue's renewals that does not begin a new run of
+    /// them, in ms (see `RECLAIM`): two renewal periods. An entry's lease lapses only
+    /// after three without a renewal, so every gap that can make one look lapsed (a
+    /// stretch without renewals of more than two periods, after the period that may
+    /// have passed since the entry's last one) is longer.
+    fn renewal_gap(&self) -> String {
+        millis(self.cfg.lease * 2 / 3).to_string()
+    }
+
     /// Renews every lease (and the heartbeat) in one call per 500 tasks.
     fn renew(&self) -> Result<(), ClusterError> {
         let held: Vec<(u64, String, u64, String)> = lock(&self.state)
@@ -2343,6 +2352,7 @@ impl Node {
                 self.keys.stream(),
                 self.keys.workers(),
                 self.keys.worker(&self.name),
+                self.keys.renewals(),
             ];
             keys.extend(chunk.iter().map(|(_, _, _, t)| self.keys.cancel(t)));
             let mut args: Vec<Vec<u8>> = vec![
@@ -2350,6 +2360,7 @@ impl Node {
                 self.name.clone().into_bytes(),
                 self.cfg.info.clone().into_bytes(),
                 info_ttl.clone().into_bytes(),
+                self.renewal_gap().into_bytes(),
             ];
             for (_, entry, fence, _) in chunk {
                 args.push(entry.clone().into_bytes());
@@ -2415,13 +2426,18 @@ impl Node {
                 conn::invoke(
                     c,
                     &scripts::RECLAIM,
-                    &[self.keys.stream(), self.keys.workers()],
+                    &[
+                        self.keys.stream(),
+                        self.keys.workers(),
+                        self.keys.renewals(),
+                    ],
                     &[
                         GROUP.as_bytes(),
                         self.name.as_bytes(),
                         lease.as_bytes(),
                         count.to_string().as_bytes(),
                         self.keys.worker("").as_bytes(),
+                        self.renewal_gap().as_bytes(),
                     ],
                 )
             });
