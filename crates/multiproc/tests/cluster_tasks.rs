@@ -385,6 +385,14 @@ fn main() {
                 a_dead_consumers_tasks_behind_a_long_pending_list_move_on,
             ),
             trial(
+                "a_dead_nodes_task_is_reclaimed_a_lease_after_a_new_node_starts",
+                a_dead_nodes_task_is_reclaimed_a_lease_after_a_new_node_starts,
+            ),
+            trial(
+                "a_short_gap_in_renewals_does_not_hold_reclaims",
+                a_short_gap_in_renewals_does_not_hold_reclaims,
+            ),
+            trial(
                 "imap_items_whose_send_lost_only_its_reply_yield_once",
                 imap_items_whose_send_lost_only_its_reply_yield_once,
             ),
@@ -1489,6 +1497,117 @@ fn deliveries_lost_before_a_retry_still_count() {
 /// after 10,000 entries another worker holds and renews: a worker with room for one
 /// task runs them within a few leases, not after a walk through the whole pending
 /// list ten entries a call.
+/// Reads `n` entries of the default queue of `ns` as the consumer `ghost`, which never
+/// renews them (a node that died at once).
+fn read_as_ghost(redis: &RedisServer, ns: &str, n: usize) {
+    let stream = format!("{ns}:{{default}}:stream");
+    let count = n.to_string();
+    let read = redis.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "ghost",
+        "COUNT",
+        &count,
+        "STREAMS",
+        &stream,
+        ">",
+    ]);
+    let entries = match &read {
+        Resp::Array(streams) => match streams.first() {
+            Some(Resp::Array(stream)) => match stream.get(1) {
+                Some(Resp::Array(entries)) => entries.len(),
+                _ => 0,
+            },
+            _ => 0,
+        },
+        _ => 0,
+    };
+    assert_eq!(entries, n, "{read:?}");
+}
+
+/// A queue whose only node stopped, and a node that died holding a task: a node started
+/// later (after a gap in renewals longer than two renewal periods) takes the task back
+/// a lease after its first renewal, not at once (the server cannot tell that gap from
+/// a pause of its own, see `a_node_started_just_after_a_server_pause_...`), and not
+/// never.
+fn a_dead_nodes_task_is_reclaimed_a_lease_after_a_new_node_starts() {
+    let redis = RedisServer::start();
+    let ns = "reclaim_after_gap";
+    let lease = Duration::from_secs(1);
+    let node = || {
+        tasks(Worker::builder(&redis.url()))
+            .namespace(ns)
+            .processes(1)
+            .lease(lease)
+            .build()
+            .unwrap()
+    };
+    let c = client(&redis, ns);
+    // The group made, and renewals noted.
+    let a = node();
+    assert_eq!(c.apply_timeout(SQUARE, 2, T).unwrap(), 4);
+    a.shutdown(true);
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    read_as_ghost(&redis, ns, 1);
+    std::thread::sleep(lease * 2);
+    let started = Instant::now();
+    let b = node();
+    assert_eq!(t.wait_timeout(T), Ok(9));
+    let took = started.elapsed();
+    assert!(
+        took >= lease / 2 && took < lease * 5,
+        "the dead node's task ran {took:?} after a node started"
+    );
+    b.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A dead node with a 4 s lease, and a live one with a 300 ms lease: a 1 s gap in
+/// renewals (the server paused) is longer than two of the live node's periods but
+/// cannot make a lease look lapsed (reclaims wait for the longest lease, 4 s), so it
+/// holds no reclaim: the dead node's task moves on about 4 s after it was read (a gap
+/// judged by the live node's own lease held reclaims a further 4 s after it).
+fn a_short_gap_in_renewals_does_not_hold_reclaims() {
+    let redis = RedisServer::start();
+    let ns = "short_gap";
+    let c = client(&redis, ns);
+    let stream = format!("{ns}:{{default}}:stream");
+    redis.cmd(&["XGROUP", "CREATE", &stream, "workers", "0", "MKSTREAM"]);
+    // The dead node: its heartbeat says it renews every 4/3 s; it never will.
+    let workers = format!("{ns}:{{default}}:workers");
+    let info = format!("{ns}:{{default}}:worker:ghost");
+    redis.cmd(&["ZADD", &workers, "0", "ghost"]);
+    redis.cmd(&[
+        "SET",
+        &info,
+        "host=gone pid=1 processes=1 lease_ms=4000",
+        "EX",
+        "60",
+    ]);
+    let mut t = c.submit(SQUARE, 3).unwrap();
+    read_as_ghost(&redis, ns, 1);
+    let read = Instant::now();
+    let s = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .lease(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000).saturating_sub(read.elapsed()));
+    redis.pause();
+    std::thread::sleep(Duration::from_millis(1_000));
+    redis.resume();
+    assert_eq!(t.wait_timeout(T), Ok(9));
+    let took = read.elapsed();
+    assert!(
+        took < Duration::from_millis(5_500),
+        "the dead node's task ran {took:?} after its read"
+    );
+    s.shutdown(true);
+    finish(&redis, c, ns);
+}
+
 fn a_dead_consumers_tasks_behind_a_long_pending_list_move_on() {
     let redis = RedisServer::start();
     let ns = "reclaim_far";
@@ -1519,29 +1638,7 @@ fn a_dead_consumers_tasks_behind_a_long_pending_list_move_on() {
     // Three tasks read by a consumer that dies at once (their entries come after the
     // 10,000 held).
     let ghost: Vec<_> = (0..3).map(|x| c.submit(SQUARE, x).unwrap()).collect();
-    let stream = format!("{ns}:{{default}}:stream");
-    let read = redis.cmd(&[
-        "XREADGROUP",
-        "GROUP",
-        "workers",
-        "ghost",
-        "COUNT",
-        "3",
-        "STREAMS",
-        &stream,
-        ">",
-    ]);
-    let entries = match &read {
-        Resp::Array(streams) => match streams.first() {
-            Some(Resp::Array(stream)) => match stream.get(1) {
-                Some(Resp::Array(entries)) => entries.len(),
-                _ => 0,
-            },
-            _ => 0,
-        },
-        _ => 0,
-    };
-    assert_eq!(entries, 3, "{read:?}");
+    read_as_ghost(&redis, ns, 3);
     let read_at = Instant::now();
     let b = tasks(Worker::builder(&redis.url()))
         .namespace(ns)

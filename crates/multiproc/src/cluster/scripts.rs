@@ -38,6 +38,17 @@ local function owned(stream, group, id, me, fence)
 end
 ";
 
+/// The longest gap between renewals that does not begin a new run of them (see
+/// [`RECLAIM`]), for a lease of `lease` ms: two renewal periods. An entry's lease
+/// lapses only after three without a renewal, so every gap that can make one look
+/// lapsed (a stretch without renewals of more than two periods, after the period that
+/// may have passed since the entry's last one) is longer.
+const GAP: &str = "
+local function gap_for(lease)
+  return math.floor(lease * 2 / 3)
+end
+";
+
 /// Submits a delayed and/or idempotent task.
 ///
 /// KEYS: stream, delayed, idempotency record, result, waiters, leader, epoch.
@@ -230,14 +241,17 @@ return out
 /// refused while an idle node's reclaims (`XCLAIM`) went on, and took its running
 /// tasks. (An idle node's heartbeat is refused then; it has nothing to renew.)
 ///
+/// A gap between renewals longer than two periods of the longest lease (the one
+/// `RECLAIM` last used, or the caller's own if longer) begins a new run of them; so
+/// does a clock that went back.
+///
 /// KEYS: stream, workers, worker info, renewals; then per item: cancel flag.
-/// ARGV: group, consumer, info, info ttl s, the longest gap between renewals that
-/// does not begin a new run of them (ms: two of the caller's renewal periods); then per
-/// item: entry id, fence.
+/// ARGV: group, consumer, info, info ttl s, the caller's lease ms; then per item: entry
+/// id, fence.
 /// Returns per item 1 (kept), 2 (kept, and its client asked to cancel it) or 0 (lost).
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NOW}{OWNED}
+        "{NOW}{OWNED}{GAP}
 local group, me = ARGV[1], ARGV[2]
 local out = {{}}
 local n = (#ARGV - 5) / 2
@@ -253,8 +267,10 @@ end
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now, me)
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-local last = tonumber(redis.call('HGET', KEYS[4], 'last'))
-if not last or now - last > tonumber(ARGV[5]) then redis.call('HSET', KEYS[4], 'since', now) end
+local r = redis.call('HMGET', KEYS[4], 'last', 'lease')
+local gap = gap_for(math.max(tonumber(ARGV[5]), tonumber(r[2]) or 0))
+local last = tonumber(r[1])
+if not last or now - last > gap or now < last then redis.call('HSET', KEYS[4], 'since', now) end
 redis.call('HSET', KEYS[4], 'last', now)
 return out
 "
@@ -266,15 +282,17 @@ return out
 /// heartbeat key describes (`lease_ms=`, at most a day), so that a worker with a
 /// shorter lease does not take the tasks of one that renews less often.
 ///
-/// It claims nothing until renewals (`RENEW`, any worker's) have come without a gap
-/// for that lease, nor after a gap longer than two of the claimer's renewal periods
-/// since the last one: the lease clock is the server's, and it runs on while no worker
-/// can renew (the server paused, restarting, refusing writes; its network down), so
-/// after such a stretch every running task's lease looks lapsed until its worker's
-/// renewal comes through. Each node also holds its own reclaims after renewals of its
-/// own failed (`Worker`'s keeper); this covers a node that saw no failure, one started
-/// just after the stretch. A queue whose workers all stopped and come back (or whose
-/// server lost the key) reclaims a lease after their first renewal.
+/// It claims nothing until renewals (`RENEW`, any worker's) have come for that lease
+/// without a gap longer than two of its renewal periods (see [`GAP`]), nor while such
+/// a gap runs since the last one: the lease clock is the server's, and it runs on while
+/// no worker can renew (the server paused, restarting, refusing writes; its network
+/// down), so after such a stretch every running task's lease looks lapsed until its
+/// worker's renewal comes through. Each node also holds its own reclaims after
+/// renewals of its own failed (`Worker`'s keeper); this covers a node that saw no
+/// failure, one started just after the stretch. A queue whose workers all stopped and
+/// come back (or whose server lost the key) reclaims a lease after their first
+/// renewal. The lease it used is kept in the hash (`lease`), for `RENEW` to judge gaps
+/// by.
 ///
 /// `XPENDING … IDLE` finds them wherever they are in the pending list, the server
 /// walking the whole list if it must; `XAUTOCLAIM` looks at ten entries for each it may
@@ -284,12 +302,11 @@ return out
 /// returned.
 ///
 /// KEYS: stream, workers, renewals. ARGV: group, consumer, own lease ms, count, the
-/// prefix of the workers' heartbeat keys, the longest gap between renewals (ms, as
-/// `RENEW`'s).
+/// prefix of the workers' heartbeat keys.
 /// Returns `{the lease used (ms), {id, fields, deliveries}...}`.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NOW}
+        "{NOW}{GAP}
 local idle = tonumber(ARGV[3])
 for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if name ~= ARGV[2] then
@@ -299,9 +316,10 @@ for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   end
 end
 local out = {{idle}}
-local r = redis.call('HMGET', KEYS[3], 'last', 'since')
+local r = redis.call('HMGET', KEYS[3], 'last', 'since', 'lease')
 local last, since, now = tonumber(r[1]), tonumber(r[2]), now_ms()
-if not last or not since or now - last > tonumber(ARGV[6]) or now - since < idle then
+if tonumber(r[3]) ~= idle then redis.call('HSET', KEYS[3], 'lease', idle) end
+if not last or not since or now - last > gap_for(idle) or now - since < idle then
   return out
 end
 local due = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', int(idle), '-', '+', ARGV[4])

@@ -341,7 +341,10 @@ impl WorkerBuilder {
     /// one day). The worker renews every third of it; another worker reclaims a task
     /// whose lease ran out. Workers of a queue with different leases take tasks back
     /// only after the longest of them (a warning says so): a shorter one would take
-    /// tasks that a worker with a longer lease still holds.
+    /// tasks that a worker with a longer lease still holds. After a stretch in which no
+    /// worker of the queue renewed for more than two thirds of that (the server paused
+    /// or restarting, or every worker gone), tasks are taken back only once renewals
+    /// have come again for a lease: by the server's clock every lease lapsed meanwhile.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -2325,15 +2328,6 @@ impl Node {
         lock(&self.link).run_within(self.response(), f)
     }
 
-    /// The longest gap between the queue's renewals that does not begin a new run of
-    /// them, in ms (see `RECLAIM`): two renewal periods. An entry's lease lapses only
-    /// after three without a renewal, so every gap that can make one look lapsed (a
-    /// stretch without renewals of more than two periods, after the period that may
-    /// have passed since the entry's last one) is longer.
-    fn renewal_gap(&self) -> String {
-        millis(self.cfg.lease * 2 / 3).to_string()
-    }
-
     /// Renews every lease (and the heartbeat) in one call per 500 tasks.
     fn renew(&self) -> Result<(), ClusterError> {
         let held: Vec<(u64, String, u64, String)> = lock(&self.state)
@@ -2360,7 +2354,7 @@ impl Node {
                 self.name.clone().into_bytes(),
                 self.cfg.info.clone().into_bytes(),
                 info_ttl.clone().into_bytes(),
-                self.renewal_gap().into_bytes(),
+                millis(self.cfg.lease).to_string().into_bytes(),
             ];
             for (_, entry, fence, _) in chunk {
                 args.push(entry.clone().into_bytes());
@@ -2437,7 +2431,6 @@ impl Node {
                         lease.as_bytes(),
                         count.to_string().as_bytes(),
                         self.keys.worker("").as_bytes(),
-                        self.renewal_gap().as_bytes(),
                     ],
                 )
             });
