@@ -393,6 +393,10 @@ fn main() {
                 a_short_gap_in_renewals_does_not_hold_reclaims,
             ),
             trial(
+                "a_full_node_keeps_the_longest_lease_current",
+                a_full_node_keeps_the_longest_lease_current,
+            ),
+            trial(
                 "imap_items_whose_send_lost_only_its_reply_yield_once",
                 imap_items_whose_send_lost_only_its_reply_yield_once,
             ),
@@ -1493,10 +1497,6 @@ fn deliveries_lost_before_a_retry_still_count() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The tasks of a consumer that died (it read them and was never heard of again) come
-/// after 10,000 entries another worker holds and renews: a worker with room for one
-/// task runs them within a few leases, not after a walk through the whole pending
-/// list ten entries a call.
 /// Reads `n` entries of the default queue of `ns` as the consumer `ghost`, which never
 /// renews them (a node that died at once).
 fn read_as_ghost(redis: &RedisServer, ns: &str, n: usize) {
@@ -1526,6 +1526,18 @@ fn read_as_ghost(redis: &RedisServer, ns: &str, n: usize) {
     assert_eq!(entries, n, "{read:?}");
 }
 
+/// Writes the heartbeat of a node `name` of the default queue of `ns` with a lease of
+/// `lease_ms` that never renews (as a node that died would have left it); returns the
+/// workers' key and its heartbeat key.
+fn heartbeat_of(redis: &RedisServer, ns: &str, name: &str, lease_ms: u64) -> (String, String) {
+    let workers = format!("{ns}:{{default}}:workers");
+    let info = format!("{ns}:{{default}}:worker:{name}");
+    let described = format!("host=gone pid=1 processes=1 lease_ms={lease_ms}");
+    redis.cmd(&["ZADD", &workers, "0", name]);
+    redis.cmd(&["SET", &info, &described, "EX", "60"]);
+    (workers, info)
+}
+
 /// A queue whose only node stopped, and a node that died holding a task: a node started
 /// later (after a gap in renewals longer than two renewal periods) takes the task back
 /// a lease after its first renewal, not at once (the server cannot tell that gap from
@@ -1534,7 +1546,7 @@ fn read_as_ghost(redis: &RedisServer, ns: &str, n: usize) {
 fn a_dead_nodes_task_is_reclaimed_a_lease_after_a_new_node_starts() {
     let redis = RedisServer::start();
     let ns = "reclaim_after_gap";
-    let lease = Duration::from_secs(1);
+    let lease = Duration::from_secs(3);
     let node = || {
         tasks(Worker::builder(&redis.url()))
             .namespace(ns)
@@ -1550,24 +1562,26 @@ fn a_dead_nodes_task_is_reclaimed_a_lease_after_a_new_node_starts() {
     a.shutdown(true);
     let mut t = c.submit(SQUARE, 3).unwrap();
     read_as_ghost(&redis, ns, 1);
-    std::thread::sleep(lease * 2);
+    // A gap of more than two renewal periods (2 s).
+    std::thread::sleep(Duration::from_millis(2_500));
     let started = Instant::now();
     let b = node();
     assert_eq!(t.wait_timeout(T), Ok(9));
     let took = started.elapsed();
     assert!(
-        took >= lease / 2 && took < lease * 5,
+        took >= lease / 2 && took < lease * 3,
         "the dead node's task ran {took:?} after a node started"
     );
     b.shutdown(true);
     finish(&redis, c, ns);
 }
 
-/// A dead node with a 4 s lease, and a live one with a 300 ms lease: a 1 s gap in
+/// A dead node with a 4 s lease, and a live one with a 300 ms lease: a 2 s gap in
 /// renewals (the server paused) is longer than two of the live node's periods but
 /// cannot make a lease look lapsed (reclaims wait for the longest lease, 4 s), so it
-/// holds no reclaim: the dead node's task moves on about 4 s after it was read (a gap
-/// judged by the live node's own lease held reclaims a further 4 s after it).
+/// holds no reclaim: the dead node's task moves on about 4 s after the live node's
+/// first renewal (a gap judged by the live node's own lease held reclaims a further
+/// 4 s after it).
 fn a_short_gap_in_renewals_does_not_hold_reclaims() {
     let redis = RedisServer::start();
     let ns = "short_gap";
@@ -1575,39 +1589,78 @@ fn a_short_gap_in_renewals_does_not_hold_reclaims() {
     let stream = format!("{ns}:{{default}}:stream");
     redis.cmd(&["XGROUP", "CREATE", &stream, "workers", "0", "MKSTREAM"]);
     // The dead node: its heartbeat says it renews every 4/3 s; it never will.
-    let workers = format!("{ns}:{{default}}:workers");
-    let info = format!("{ns}:{{default}}:worker:ghost");
-    redis.cmd(&["ZADD", &workers, "0", "ghost"]);
-    redis.cmd(&[
-        "SET",
-        &info,
-        "host=gone pid=1 processes=1 lease_ms=4000",
-        "EX",
-        "60",
-    ]);
+    heartbeat_of(&redis, ns, "ghost", 4_000);
     let mut t = c.submit(SQUARE, 3).unwrap();
     read_as_ghost(&redis, ns, 1);
-    let read = Instant::now();
     let s = tasks(Worker::builder(&redis.url()))
         .namespace(ns)
         .processes(1)
         .lease(Duration::from_millis(300))
         .build()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1_000).saturating_sub(read.elapsed()));
+    // Its first renewal begins the run of renewals: reclaims wait 4 s from about here.
+    let built = Instant::now();
+    let renewals = format!("{ns}:{{default}}:renewals");
+    assert!(
+        common::eventually(T, || redis.cmd(&["HGET", &renewals, "lease"]).text()
+            == "4000"),
+        "{:?}",
+        redis.cmd(&["HGETALL", &renewals])
+    );
+    // Under the 2.67 s a gap must last to matter.
     redis.pause();
-    std::thread::sleep(Duration::from_millis(1_000));
+    std::thread::sleep(Duration::from_millis(2_000));
     redis.resume();
     assert_eq!(t.wait_timeout(T), Ok(9));
-    let took = read.elapsed();
+    let took = built.elapsed();
     assert!(
         took < Duration::from_millis(5_500),
-        "the dead node's task ran {took:?} after its read"
+        "the dead node's task ran {took:?} after the live node started (held by the gap)"
     );
     s.shutdown(true);
     finish(&redis, c, ns);
 }
 
+/// A node with no room for another task still keeps the queue's longest lease current
+/// in the renewals hash, by which gaps in renewals are judged: a node with a longer
+/// lease that comes raises it, and once that node is gone it falls back (a lease left
+/// there by a node gone would let a gap that makes leases look lapsed go unseen).
+fn a_full_node_keeps_the_longest_lease_current() {
+    let redis = RedisServer::start();
+    let ns = "full_lease";
+    let c = client(&redis, ns);
+    let f = tasks(Worker::builder(&redis.url()))
+        .namespace(ns)
+        .processes(1)
+        .prefetch(1)
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut t = c.submit(SLOW_SQUARE, (3, 60_000)).unwrap();
+    assert!(
+        common::eventually(T, || c.stats().is_ok_and(|s| s.in_flight == 1)),
+        "{:?}",
+        c.stats()
+    );
+    let renewals = format!("{ns}:{{default}}:renewals");
+    let lease_is =
+        |ms: &str| common::eventually(T, || redis.cmd(&["HGET", &renewals, "lease"]).text() == ms);
+    assert!(lease_is("1000"), "{:?}", redis.cmd(&["HGETALL", &renewals]));
+    let (workers, info) = heartbeat_of(&redis, ns, "longer", 3_000);
+    assert!(lease_is("3000"), "{:?}", redis.cmd(&["HGETALL", &renewals]));
+    redis.cmd(&["ZREM", &workers, "longer"]);
+    redis.cmd(&["DEL", &info]);
+    assert!(lease_is("1000"), "{:?}", redis.cmd(&["HGETALL", &renewals]));
+    assert!(t.cancel(), "the cancel of a running task was refused");
+    assert_eq!(t.wait_timeout(T), Err(TaskError::Cancelled));
+    f.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// The tasks of a consumer that died (it read them and was never heard of again) come
+/// after 10,000 entries another worker holds and renews: a worker with room for one
+/// task runs them within a few leases, not after a walk through the whole pending
+/// list ten entries a call.
 fn a_dead_consumers_tasks_behind_a_long_pending_list_move_on() {
     let redis = RedisServer::start();
     let ns = "reclaim_far";

@@ -60,8 +60,11 @@ impl Keys {
     }
 
     /// The workers' renewals: a hash of `last` (the time of the newest renewal, any
-    /// worker's) and `since` (when the current run of renewals began: the first after
-    /// a longer gap than two of its renewer's periods). `RECLAIM` reads it (see there).
+    /// worker's), `since` (when the current run of renewals began: the first after a
+    /// gap longer than two renewal periods of `lease`, or after the clock went back)
+    /// and `lease` (the longest lease of the live workers, as `RECLAIM` last found
+    /// it). `RENEW` writes the first two, `RECLAIM` the third and reads them (see
+    /// there).
     pub(crate) fn renewals(&self) -> String {
         self.key("renewals")
     }

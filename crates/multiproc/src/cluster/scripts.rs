@@ -292,7 +292,7 @@ return out
 /// failure, one started just after the stretch. A queue whose workers all stopped and
 /// come back (or whose server lost the key) reclaims a lease after their first
 /// renewal. The lease it used is kept in the hash (`lease`), for `RENEW` to judge gaps
-/// by.
+/// by; a count of 0 does only that (a node with no room runs it once a lease).
 ///
 /// `XPENDING … IDLE` finds them wherever they are in the pending list, the server
 /// walking the whole list if it must; `XAUTOCLAIM` looks at ten entries for each it may
@@ -318,7 +318,9 @@ end
 local out = {{idle}}
 local r = redis.call('HMGET', KEYS[3], 'last', 'since', 'lease')
 local last, since, now = tonumber(r[1]), tonumber(r[2]), now_ms()
-if tonumber(r[3]) ~= idle then redis.call('HSET', KEYS[3], 'lease', idle) end
+-- Refused at maxmemory (the script's first write): the reclaim goes on without it.
+if tonumber(r[3]) ~= idle then pcall(redis.call, 'HSET', KEYS[3], 'lease', int(idle)) end
+if ARGV[4] == '0' then return out end
 if not last or not since or now - last > gap_for(idle) or now - since < idle then
   return out
 end

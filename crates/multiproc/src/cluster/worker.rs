@@ -2088,6 +2088,8 @@ impl Node {
         let mut next_renew = Instant::now();
         let mut next_reclaim = Instant::now();
         let mut next_retire = Instant::now() + self.cfg.lease;
+        // When a full node next runs `RECLAIM` only to note the queue's longest lease.
+        let mut next_note = Instant::now();
         let mut stop_at: Option<Instant> = None;
         // The last renewal went through. After one that did not (the server paused or
         // gone, or out of memory, refusing it while it still serves `XCLAIM`), a reclaim
@@ -2158,7 +2160,11 @@ impl Node {
                     && (renewed_last || idle_may())
                     && reclaims_wait_until.is_none_or(|until| now >= until)
                 {
-                    let _ = self.reclaim();
+                    let note = now >= next_note;
+                    let _ = self.reclaim(note);
+                    if note {
+                        next_note = now + self.cfg.lease;
+                    }
                     next_reclaim = now + period;
                 }
                 if now >= next_retire {
@@ -2395,16 +2401,24 @@ impl Node {
     }
 
     /// Claims entries whose lease ran out, as many as there is room for.
-    fn reclaim(&self) -> Result<(), ClusterError> {
-        for _ in 0..16 {
+    ///
+    /// A node with no room claims nothing; with `note_when_full` it still runs the
+    /// script once, for nothing but to keep the queue's longest lease current in the
+    /// renewals hash (`RECLAIM`): in a queue whose nodes are all full, the lease of a
+    /// node gone would stay there, and gaps in renewals be judged by it.
+    fn reclaim(&self, note_when_full: bool) -> Result<(), ClusterError> {
+        for round in 0..16 {
             let room = self
                 .cfg
                 .capacity
                 .saturating_sub(lock(&self.state).flights.len());
-            if room == 0 || self.stopping.load(Ordering::Acquire) {
+            if self.stopping.load(Ordering::Acquire)
+                || (room == 0 && (round > 0 || !note_when_full))
+            {
                 return Ok(());
             }
             let lease = millis(self.cfg.lease).to_string();
+            // None: the lease noted, nothing claimed.
             let count = room.min(100);
             let _claims = match self.claims.try_lock() {
                 Ok(claims) => claims,
@@ -2466,7 +2480,7 @@ impl Node {
                 tracing::info!(worker = %self.name, entry = %id, deliveries = fence, "reclaimed a task whose lease ran out");
                 Some((id, fields, fence))
             }));
-            if claimed < count {
+            if claimed < count || count == 0 {
                 return Ok(());
             }
         }
