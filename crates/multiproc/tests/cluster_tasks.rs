@@ -1634,6 +1634,8 @@ fn a_full_node_keeps_the_longest_lease_current() {
         .processes(1)
         .prefetch(1)
         .lease(Duration::from_secs(1))
+        // A failed assertion stops the 60 s task at once.
+        .grace(Duration::from_millis(500))
         .build()
         .unwrap();
     let mut t = c.submit(SLOW_SQUARE, (3, 60_000)).unwrap();

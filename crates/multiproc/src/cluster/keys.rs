@@ -61,10 +61,10 @@ impl Keys {
 
     /// The workers' renewals: a hash of `last` (the time of the newest renewal, any
     /// worker's), `since` (when the current run of renewals began: the first after a
-    /// gap longer than two renewal periods of `lease`, or after the clock went back)
-    /// and `lease` (the longest lease of the live workers, as `RECLAIM` last found
-    /// it). `RENEW` writes the first two, `RECLAIM` the third and reads them (see
-    /// there).
+    /// gap longer than two renewal periods of `lease` or of the renewer's own lease,
+    /// whichever is longer, or after the clock went back) and `lease` (the longest
+    /// lease of the live workers, as `RECLAIM` last found it). `RENEW` writes the
+    /// first two, `RECLAIM` the third and reads them (see there).
     pub(crate) fn renewals(&self) -> String {
         self.key("renewals")
     }

@@ -2161,8 +2161,7 @@ impl Node {
                     && reclaims_wait_until.is_none_or(|until| now >= until)
                 {
                     let note = now >= next_note;
-                    let _ = self.reclaim(note);
-                    if note {
+                    if self.reclaim(note).is_ok() && note {
                         next_note = now + self.cfg.lease;
                     }
                     next_reclaim = now + period;
@@ -2418,15 +2417,19 @@ impl Node {
                 return Ok(());
             }
             let lease = millis(self.cfg.lease).to_string();
-            // None: the lease noted, nothing claimed.
+            // A count of 0: only the lease is noted, nothing is claimed (or accepted).
             let count = room.min(100);
-            let _claims = match self.claims.try_lock() {
-                Ok(claims) => claims,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                // The reader is taking back entries delivered to this node (accepting
-                // them may wait on a call): this round's reclaim goes to the next,
-                // rather than hold the keeper's renewals meanwhile.
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            let _claims = if count == 0 {
+                None
+            } else {
+                match self.claims.try_lock() {
+                    Ok(claims) => Some(claims),
+                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                    // The reader is taking back entries delivered to this node (accepting
+                    // them may wait on a call): this round's reclaim goes to the next,
+                    // rather than hold the keeper's renewals meanwhile.
+                    Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+                }
             };
             let mut link = lock(&self.link);
             let connects = link.connects();
@@ -2448,7 +2451,7 @@ impl Node {
                     ],
                 )
             });
-            if reply.is_err() || link.connects() != connects {
+            if count > 0 && (reply.is_err() || link.connects() != connects) {
                 // The server may have claimed entries for this node whose reply was
                 // lost (a call that broke its connection runs again on a new one): the
                 // reader takes them back.
