@@ -1538,6 +1538,19 @@ fn heartbeat_of(redis: &RedisServer, ns: &str, name: &str, lease_ms: u64) -> (St
     (workers, info)
 }
 
+/// Waits (T at most) until the longest lease noted in the renewals hash of the default
+/// queue of `ns` is `ms`; fails the test if it does not come.
+fn noted_lease_becomes(redis: &RedisServer, ns: &str, ms: u64) {
+    let renewals = format!("{ns}:{{default}}:renewals");
+    let want = ms.to_string();
+    assert!(
+        common::eventually(T, || redis.cmd(&["HGET", &renewals, "lease"]).text()
+            == want),
+        "the noted lease never became {ms}: {:?}",
+        redis.cmd(&["HGETALL", &renewals])
+    );
+}
+
 /// A queue whose only node stopped, and a node that died holding a task: a node started
 /// later (after a gap in renewals longer than two renewal periods) takes the task back
 /// a lease after its first renewal, not at once (the server cannot tell that gap from
@@ -1600,13 +1613,7 @@ fn a_short_gap_in_renewals_does_not_hold_reclaims() {
         .unwrap();
     // Its first renewal begins the run of renewals: reclaims wait 4 s from about here.
     let built = Instant::now();
-    let renewals = format!("{ns}:{{default}}:renewals");
-    assert!(
-        common::eventually(T, || redis.cmd(&["HGET", &renewals, "lease"]).text()
-            == "4000"),
-        "{:?}",
-        redis.cmd(&["HGETALL", &renewals])
-    );
+    noted_lease_becomes(&redis, ns, 4_000);
     // Under the 2.67 s a gap must last to matter.
     redis.pause();
     std::thread::sleep(Duration::from_millis(2_000));
@@ -1644,15 +1651,12 @@ fn a_full_node_keeps_the_longest_lease_current() {
         "{:?}",
         c.stats()
     );
-    let renewals = format!("{ns}:{{default}}:renewals");
-    let lease_is =
-        |ms: &str| common::eventually(T, || redis.cmd(&["HGET", &renewals, "lease"]).text() == ms);
-    assert!(lease_is("1000"), "{:?}", redis.cmd(&["HGETALL", &renewals]));
+    noted_lease_becomes(&redis, ns, 1_000);
     let (workers, info) = heartbeat_of(&redis, ns, "longer", 3_000);
-    assert!(lease_is("3000"), "{:?}", redis.cmd(&["HGETALL", &renewals]));
+    noted_lease_becomes(&redis, ns, 3_000);
     redis.cmd(&["ZREM", &workers, "longer"]);
     redis.cmd(&["DEL", &info]);
-    assert!(lease_is("1000"), "{:?}", redis.cmd(&["HGETALL", &renewals]));
+    noted_lease_becomes(&redis, ns, 1_000);
     assert!(t.cancel(), "the cancel of a running task was refused");
     assert_eq!(t.wait_timeout(T), Err(TaskError::Cancelled));
     f.shutdown(true);
