@@ -968,6 +968,13 @@ pub fn groups(exe: &Path) -> Vec<Group> {
              which keeps one child forked ahead of time so that the fork is off the \
              caller's path. The floors are plain libc loops in a process of their own."
                 .into(),
+            "How much of the fork server's cost over the floor is its protocol, rather than \
+             the weight of its processes: `gcc -O2 -o /tmp/spawn_protocol \
+             benches/models/spawn_protocol.c`, then `/tmp/spawn_protocol MODE 3000` for each \
+             MODE of `floor server lent lent-channel lent2`, interleaved (a model in C of this \
+             protocol and of a spare lent to the parent ahead; figures and reading in \
+             docs/DESIGN.md, \"Where a spawn's time goes\")."
+                .into(),
             if python {
                 format!("CPython: {}.", python::version().unwrap_or_default())
             } else {
