@@ -228,8 +228,31 @@ pub(crate) fn wake_at(at: Instant, waker: std::task::Waker) -> io::Result<()> {
             .spawn(serve)?;
         st.0 = me;
     }
+    // A task polled again before its alarm is due sets the same alarm again: kept once.
+    if st.1.iter().any(|(t, w)| *t == at && w.will_wake(&waker)) {
+        return Ok(());
+    }
     st.1.push((at, waker));
     drop(st);
     ALARMS.changed.notify_one();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alarm_set_again_is_kept_once() {
+        let at = Instant::now() + Duration::from_secs(3600);
+        let waker = std::task::Waker::noop();
+        for _ in 0..3 {
+            wake_at(at, waker.clone()).unwrap();
+        }
+        let other = Instant::now() + Duration::from_secs(7200);
+        wake_at(other, waker.clone()).unwrap();
+        let st = unpoisoned::lock(&ALARMS.due);
+        let kept = |when| st.1.iter().filter(|(t, _)| *t == when).count();
+        assert_eq!((kept(at), kept(other)), (1, 1));
+    }
 }
