@@ -66,6 +66,10 @@ fn main() {
             ),
             trial("current_and_parent_process", current_and_parent_process),
             trial("spawn_from_inside_a_child", spawn_from_inside_a_child),
+            trial(
+                "only_the_parent_waits_for_its_child",
+                only_the_parent_waits_for_its_child,
+            ),
             trial("nesting_depth_is_capped", nesting_depth_is_capped),
             trial(
                 "non_daemon_joined_at_normal_exit",
@@ -492,6 +496,71 @@ fn nested(depth: u32) -> Vec<u32> {
         pids.extend(child.join().unwrap());
     }
     pids
+}
+
+/// What a process forked after a child started (by `spawn_fork` here) makes of its copies
+/// of that child's handle and views: it is not the child's parent, so joining and
+/// waiting there are refused with `NotParent` and read nothing (the child's outcome and
+/// status are the parent's to read); what needs no reading works (is it alive, its pid,
+/// a signal). The parent still gets both, for children of the fork server and forked
+/// ones alike.
+fn only_the_parent_waits_for_its_child() {
+    for fork_server in [true, false] {
+        let child = if fork_server {
+            multiproc::spawn(nap, 400).unwrap()
+        } else {
+            // SAFETY: the closure sleeps and returns; it takes no lock.
+            unsafe { Builder::new().spawn_fork(|| nap(400)) }.unwrap()
+        };
+        let view = child.process();
+        let theirs = view.clone();
+        // SAFETY: the closure uses the handle and view it owns, and takes no lock.
+        let mut forked = unsafe {
+            Builder::new().spawn_fork(move || {
+                let mut child = child;
+                let refused = |r: Result<(), ProcessError>| match r {
+                    Err(ProcessError::NotParent { pid }) if pid == theirs.pid() => "refused".into(),
+                    other => format!("{other:?}"),
+                };
+                let alive = theirs.is_alive();
+                [
+                    refused(theirs.wait(Some(T)).map(drop)),
+                    refused(theirs.wait(None).map(drop)),
+                    refused(child.join_timeout(T).map(drop)),
+                    refused(child.join().map(drop)),
+                    format!("alive {alive}"),
+                ]
+            })
+        }
+        .unwrap();
+        let said = forked.join_timeout(T).unwrap();
+        assert_eq!(
+            said,
+            ["refused", "refused", "refused", "refused", "alive true"].map(String::from),
+            "fork server: {fork_server}"
+        );
+        // The handle went into the forked process: the parent waits on its view.
+        let status = view.wait(Some(T)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "fork server: {fork_server}: {status:?}"
+        );
+        assert!(!view.is_alive());
+    }
+    // A handle the parent kept gets its value, with a view waited on in the forked
+    // process meanwhile.
+    let mut child = multiproc::spawn(nap, 300).unwrap();
+    let theirs = child.process();
+    // SAFETY: the closure waits on the view it owns and takes no lock.
+    let mut forked = unsafe {
+        Builder::new()
+            .spawn_fork(move || matches!(theirs.wait(Some(T)), Err(ProcessError::NotParent { .. })))
+    }
+    .unwrap();
+    assert!(forked.join_timeout(T).unwrap());
+    let view = child.process();
+    assert_eq!(child.join_timeout(T).unwrap(), 300);
+    assert!(view.exit_status().is_some_and(|s| s.success()));
 }
 
 fn spawn_from_inside_a_child() {

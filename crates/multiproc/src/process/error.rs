@@ -88,6 +88,20 @@ pub enum ProcessError {
     /// The process was already joined.
     #[error("the process was already joined")]
     Joined,
+    /// This process is not the child's parent: it holds copies of the parent's handle or
+    /// views because it was forked from the parent after the child started (by
+    /// [`spawn_fork`](crate::Builder::spawn_fork), or a fork of the program's own). Only
+    /// the parent joins or waits for its child, as in Python ("can only join a child
+    /// process"): the outcome and the exit status come once, to the parent, and a read
+    /// here would take them from it. Nothing was read.
+    #[error(
+        "process {pid} is not a child of this process (this one was forked from its parent \
+         since it started): only its parent can join or wait for it"
+    )]
+    NotParent {
+        /// The child's process id.
+        pid: u32,
+    },
     /// Waiting for the process failed.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -270,6 +270,9 @@ fn in_file(
 #[derive(Debug)]
 pub(crate) struct ChildRecord {
     pid: u32,
+    /// The process that started it, its parent: the only one that reads its outcome and
+    /// status (see [`parent_only`](Self::parent_only)).
+    parent: u32,
     name: String,
     daemon: bool,
     /// It leads a process group of its own (`Builder::process_group`).
@@ -308,6 +311,7 @@ impl ChildRecord {
     ) -> Self {
         ChildRecord {
             pid,
+            parent: sys::getpid(),
             name,
             daemon,
             group: false,
@@ -359,6 +363,19 @@ impl ChildRecord {
     pub(crate) fn close_stdio_at_exit(&self) {
         if let Some(mut stdio) = unpoisoned::try_lock(&self.stdio) {
             drop(std::mem::take(&mut *stdio));
+        }
+    }
+
+    /// Refuses, in any process but its parent, what reads its outcome or its status: a
+    /// process forked from the parent after the child started (by `spawn_fork`, or a
+    /// fork of the program's own) holds copies of the parent's handles, views, call
+    /// channel and status pipe, and what it read there the parent would never get
+    /// (its join then said the status was lost).
+    fn parent_only(&self) -> Result<(), ProcessError> {
+        if sys::getpid() == self.parent {
+            Ok(())
+        } else {
+            Err(ProcessError::NotParent { pid: self.pid })
         }
     }
 
@@ -521,6 +538,7 @@ impl ChildRecord {
     /// [`take_outcome_now`](Self::take_outcome_now)): held longer, it would keep the
     /// channel open after the handle dropped it to let a child blocked on sending go.
     pub(crate) fn outcome_watch(&self) -> Option<OwnedFd> {
+        self.parent_only().ok()?;
         let channel = self.channel.try_lock().ok()?;
         let ch = channel.as_ref()?;
         (ch.outcome.is_none() && !ch.closed)
@@ -534,6 +552,9 @@ impl ChildRecord {
     /// someone reads. Whether the outcome is still to come. A thread that
     /// joins meanwhile reads it (the channel is busy then): nothing is done.
     pub(crate) fn take_outcome_now(&self) -> bool {
+        if self.parent_only().is_err() {
+            return false;
+        }
         let Ok(mut channel) = self.channel.try_lock() else {
             return false;
         };
@@ -598,7 +619,8 @@ impl ChildRecord {
     ) -> Option<Ended> {
         let waiting_on = {
             let mut st = unpoisoned::lock(&self.status);
-            if st.ended.is_some() {
+            // Outside the parent, only what it knew at the fork.
+            if st.ended.is_some() || self.parent_only().is_err() {
                 return st.ended;
             }
             let mut waiting_on = None;
@@ -724,6 +746,7 @@ impl ChildRecord {
 
     /// Waits until the child has ended (and is reaped), or `deadline` passes.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<Ended, ProcessError> {
+        self.parent_only()?;
         loop {
             // What is in now: a status still on its way is waited for below, without
             // the status lock held (a `wait` under a runtime's poll never sleeps).
@@ -813,6 +836,7 @@ impl ChildRecord {
 
     /// Waits for the outcome and the exit, then turns them into the join result.
     fn join<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<R, ProcessError> {
+        self.parent_only()?;
         // A look with no time left (a future's poll) teaches the shared look budgets
         // nothing: counted as a look that ran out, each poll made blocking joins
         // elsewhere in the process stop looking before they sleep.
@@ -1010,7 +1034,9 @@ impl<R> JoinHandle<R> {
         self.record.is_alive()
     }
 
-    /// How the process ended, or `None` while it runs (Python's `exitcode`).
+    /// How the process ended, or `None` while it runs (Python's `exitcode`). In a
+    /// process forked from the parent since the child started (see
+    /// [`ProcessError::NotParent`]), what the parent knew at the fork.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.record.exit_status()
     }
@@ -1069,7 +1095,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// message, location and backtrace), the process exited or was killed by a signal
     /// (a crash such as `SIGSEGV`, or `SIGKILL`), it was lost (before the call started,
     /// or how it ended is unknown),
-    /// or the value could not be decoded.
+    /// or the value could not be decoded. [`ProcessError::NotParent`] in a process that
+    /// is not its parent (one forked from the parent since the child started, which
+    /// holds a copy of the handle): only the parent reads the value.
     pub fn join(mut self) -> Result<R, ProcessError> {
         // As `std::process::Child::wait` does: a piped stdin not taken is closed before
         // the wait, so that a child reading its input to the end ends (it was waited
@@ -1084,7 +1112,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// # Errors
     ///
     /// As for [`join`](Self::join), plus `Timeout`; after a result has been returned,
-    /// [`ProcessError::Joined`].
+    /// [`ProcessError::Joined`] (not after `Timeout` or `NotParent`).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
         // A timeout too long to add to the clock is no timeout.
         self.join_until(Instant::now().checked_add(timeout))
@@ -1095,7 +1123,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             return Err(ProcessError::Joined);
         }
         let result = self.record.join(deadline);
-        if !matches!(result, Err(ProcessError::Timeout)) {
+        if !matches!(
+            result,
+            Err(ProcessError::Timeout | ProcessError::NotParent { .. })
+        ) {
             self.joined = true;
         }
         result
@@ -1249,7 +1280,9 @@ impl ChildProcess {
         self.record.is_alive()
     }
 
-    /// How the process ended, or `None` while it runs.
+    /// How the process ended, or `None` while it runs. In a process forked from the
+    /// parent since the child started (see [`ProcessError::NotParent`]), what the parent
+    /// knew at the fork.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.record.exit_status()
     }
@@ -1259,7 +1292,8 @@ impl ChildProcess {
     /// # Errors
     ///
     /// [`ProcessError::Timeout`] if it is still running; [`ProcessError::Io`] if waiting
-    /// failed.
+    /// failed; [`ProcessError::NotParent`] in a process that is not its parent (one
+    /// forked from the parent since the child started).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, ProcessError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         Ok(match self.record.wait(deadline)? {
