@@ -85,6 +85,10 @@ fn main() {
             ),
             trial("daemon_terminated_at_exit", daemon_terminated_at_exit),
             trial(
+                "a_forked_copy_returning_from_main_leaves_the_parents_children_alone",
+                a_forked_copy_returning_from_main_leaves_the_parents_children_alone,
+            ),
+            trial(
                 "daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it",
                 daemon_ignoring_sigterm_killed_at_exit_while_a_thread_joins_it,
             ),
@@ -167,6 +171,7 @@ fn helpers(mode: &str) {
         "exit_with_piped_stdio" => helper_exit_with_piped_stdio(),
         "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
+        "copy_returns_from_main" => helper_copy_returns_from_main(),
         "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
         "dropped_privileges" => helper_dropped_privileges(),
         "leaks" => helper_leaks(),
@@ -501,8 +506,9 @@ fn nested(depth: u32) -> Vec<u32> {
 /// What a process forked after a child started (by `spawn_fork` here) makes of its copies
 /// of that child's handle and views: it is not the child's parent, so joining and
 /// waiting there are refused with `NotParent` and read nothing (the child's outcome and
-/// status are the parent's to read); what needs no reading works (is it alive, its pid,
-/// a signal). The parent still gets both, for children of the fork server and forked
+/// status are the parent's to read); what needs no reading works (`multiproc::wait` and
+/// `is_alive` see its end on its pidfd), and `exit_status` says what the parent knew at
+/// the fork. The parent still gets both, for children of the fork server and forked
 /// ones alike.
 fn only_the_parent_waits_for_its_child() {
     for fork_server in [true, false] {
@@ -522,21 +528,31 @@ fn only_the_parent_waits_for_its_child() {
                     Err(ProcessError::NotParent { pid }) if pid == theirs.pid() => "refused".into(),
                     other => format!("{other:?}"),
                 };
-                let alive = theirs.is_alive();
-                [
+                let refusals = [
                     refused(theirs.wait(Some(T)).map(drop)),
                     refused(theirs.wait(None).map(drop)),
                     refused(child.join_timeout(T).map(drop)),
                     refused(child.join().map(drop)),
-                    format!("alive {alive}"),
-                ]
+                ];
+                // Its end seen on the pidfd, its status left to the parent.
+                let ended = multiproc::wait(&[&theirs], Some(T)).map_err(|e| e.to_string());
+                let after = format!(
+                    "ended {ended:?}, alive {}, status {:?}",
+                    theirs.is_alive(),
+                    theirs.exit_status()
+                );
+                (refusals, after)
             })
         }
         .unwrap();
-        let said = forked.join_timeout(T).unwrap();
+        let (refusals, after) = forked.join_timeout(T).unwrap();
         assert_eq!(
-            said,
-            ["refused", "refused", "refused", "refused", "alive true"].map(String::from),
+            refusals,
+            ["refused"; 4].map(String::from),
+            "fork server: {fork_server}"
+        );
+        assert_eq!(
+            after, "ended Ok([0]), alive false, status None",
             "fork server: {fork_server}"
         );
         // The handle went into the forked process: the parent waits on its view.
@@ -809,6 +825,54 @@ fn a_spawn_under_way_at_exit_is_joined() {
 
 fn sleep_long(_: ()) {
     std::thread::sleep(Duration::from_secs(120));
+}
+
+/// A copy of the program made by a fork of its own (not `spawn_fork`) that returns from
+/// `main` drops the guard `init` returned there: the exit work is the parent's, for the
+/// parent's children and fork server, and the copy does none of it (it terminated the
+/// parent's daemon, and stopped the fork server the parent spawns with).
+fn a_forked_copy_returning_from_main_leaves_the_parents_children_alone() {
+    let mut h = Helper::start("copy_returns_from_main");
+    assert_eq!(h.expect("copy ", T), "0");
+    assert_eq!(h.expect("daemon alive ", T), "true");
+    assert_eq!(h.expect("spawned ", T), "Ok(9)");
+    assert_eq!(h.expect("joined ", T), "Ok(300)");
+    assert_eq!(h.expect("daemon after its exit ", T), "true");
+    let daemon: u32 = h.expect("daemon ", T).parse().unwrap();
+    assert!(h.wait(T).success());
+    assert!(
+        common::wait_gone(daemon, Duration::from_secs(5)),
+        "the daemon survived its parent's exit"
+    );
+    common::reap(daemon);
+}
+
+fn helper_copy_returns_from_main() {
+    let daemon = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
+    let mut child = multiproc::spawn(nap, 300).unwrap();
+    // SAFETY: the copy only returns from `main` (through the helpers' dispatch), which
+    // drops the guard and exits.
+    let copy = unsafe { libc::fork() };
+    assert!(copy >= 0);
+    if copy == 0 {
+        return;
+    }
+    let mut status = 0;
+    // SAFETY: waits for the copy, this process's own child, into a local.
+    assert_eq!(unsafe { libc::waitpid(copy, &mut status, 0) }, copy);
+    println!("copy {}", libc::WEXITSTATUS(status));
+    println!("daemon alive {}", daemon.is_alive());
+    let spawned = match multiproc::spawn(square, 3) {
+        Ok(mut c) => format!("{:?}", c.join_timeout(T).map_err(|e| e.to_string())),
+        Err(e) => format!("not spawned: {e}"),
+    };
+    println!("spawned {spawned}");
+    println!(
+        "joined {:?}",
+        child.join_timeout(T).map_err(|e| e.to_string())
+    );
+    println!("daemon after its exit {}", daemon.is_alive());
+    println!("daemon {}", daemon.pid());
 }
 
 fn helper_daemon_at_exit() {

@@ -40,6 +40,9 @@ pub(crate) const MAX_DEPTH: u32 = 32;
 /// Guard returned by [`init`]. When the guard that owns the process is dropped at the end
 /// of `main`, daemon children are terminated and the others are joined, as Python does at
 /// exit. The same happens if the process calls [`std::process::exit`].
+/// A copy of the process made by a `fork` of the program's own does none of this when it
+/// returns from `main` or exits: the children, and the fork server they were started
+/// from, are its parent's.
 #[must_use = "the guard joins child processes when dropped at the end of main"]
 #[derive(Debug)]
 pub struct Init {
@@ -48,7 +51,10 @@ pub struct Init {
 
 impl Drop for Init {
     fn drop(&mut self) {
-        if self.owner {
+        // Not in a copy of the program made by a fork of its own that returns from
+        // `main`: the children and the fork server are the parent's (as at `exit`, see
+        // `exit_hook`).
+        if self.owner && OWNER_PID.load(Ordering::SeqCst) == sys::getpid() {
             exit_function();
         }
     }
