@@ -976,9 +976,10 @@ pub fn groups(exe: &Path) -> Vec<Group> {
              docs/DESIGN.md, \"Where a spawn's time goes\")."
                 .into(),
             "Each multiproc row does the work of its floor (a fork, an exit, the wait for \
-             it) and its own besides, with the fork server over four processes (the caller, \
-             the server, the child and the next spare): under one \
-             busy loop, about 320 µs of CPU per spawn + join against 75 µs for the fork + \
+             it) and its own besides; ForkServer's and Spawn's go over four processes (the \
+             caller, the server, the child and the next spare): under one \
+             busy loop, about 320 µs of CPU per spawn + join with the fork server against \
+             74 µs for the fork + \
              exit + wait floor (`perf stat -e task-clock` of `multiproc-bench loop spawn \
              2000` against `multiproc-bench floor fork-exit-wait 2000`; on an idle machine \
              390–450 against 90 µs). On an idle machine part of that runs on the other CPU \

@@ -850,8 +850,9 @@ fn a_forked_copy_returning_from_main_leaves_the_parents_children_alone() {
 fn helper_copy_returns_from_main() {
     let daemon = Builder::new().daemon(true).spawn(sleep_long, ()).unwrap();
     let mut child = multiproc::spawn(nap, 300).unwrap();
-    // SAFETY: the copy only returns from `main` (through the helpers' dispatch), which
-    // drops the guard and exits.
+    // SAFETY: this helper has one thread (spawns through the fork server start none);
+    // the copy only returns from `main` (through the helpers' dispatch), which drops
+    // the guard and exits.
     let copy = unsafe { libc::fork() };
     assert!(copy >= 0);
     if copy == 0 {
@@ -860,7 +861,8 @@ fn helper_copy_returns_from_main() {
     let mut status = 0;
     // SAFETY: waits for the copy, this process's own child, into a local.
     assert_eq!(unsafe { libc::waitpid(copy, &mut status, 0) }, copy);
-    println!("copy {}", libc::WEXITSTATUS(status));
+    // The raw status: 0 for an exit with code 0, not a signal.
+    println!("copy {status}");
     println!("daemon alive {}", daemon.is_alive());
     let spawned = match multiproc::spawn(square, 3) {
         Ok(mut c) => format!("{:?}", c.join_timeout(T).map_err(|e| e.to_string())),
