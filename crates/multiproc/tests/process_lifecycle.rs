@@ -532,6 +532,8 @@ fn only_the_parent_waits_for_its_child() {
                     refused(theirs.wait(Some(T)).map(drop)),
                     refused(theirs.wait(None).map(drop)),
                     refused(child.join_timeout(T).map(drop)),
+                    // Awaited: ready at its first poll, the reactor never needed.
+                    refused(async_io::block_on(&mut child).map(drop)),
                     refused(child.join().map(drop)),
                 ];
                 // Its end seen on the pidfd, its status left to the parent.
@@ -548,7 +550,7 @@ fn only_the_parent_waits_for_its_child() {
         let (refusals, after) = forked.join_timeout(T).unwrap();
         assert_eq!(
             refusals,
-            ["refused"; 4].map(String::from),
+            ["refused"; 5].map(String::from),
             "fork server: {fork_server}"
         );
         assert_eq!(
