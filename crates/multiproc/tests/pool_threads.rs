@@ -191,6 +191,47 @@ fn tasks_awaited_in_tokio() {
     pool.join_timeout(T).unwrap();
 }
 
+/// A map called before `close` runs whole, as in Python and as the process pool's does,
+/// even when its items come only after the close (a map counted chunk by chunk failed
+/// with `PoolClosed` at its first chunk queued after the close, its earlier chunks run
+/// and their results lost); the pool finishes after it. For `map` (which collects its
+/// items first), `map_chunked` (which takes them as it queues them) and `map_timeout`.
+#[test]
+fn a_map_whose_items_come_after_close_ends() {
+    for way in ["map", "map_chunked", "map_timeout"] {
+        let pool = ThreadPool::new(2).unwrap();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (closed_tx, closed_rx) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let pool = &pool;
+            let mapping = s.spawn(move || {
+                // The items after the tenth wait until the pool is closed: a filter, so
+                // that no length is known ahead.
+                let items = (0..100u64).filter(move |&x| {
+                    if x == 10 {
+                        started_tx.send(()).unwrap();
+                        closed_rx.recv_timeout(T).unwrap();
+                    }
+                    true
+                });
+                match way {
+                    "map_chunked" => pool.map_chunked(|x: u64| x * x, items, 3),
+                    "map_timeout" => pool.map_timeout(|x: u64| x * x, items, T),
+                    _ => pool.map(|x: u64| x * x, items),
+                }
+            });
+            started_rx.recv_timeout(T).expect("the map did not start");
+            pool.close();
+            assert_eq!(pool.submit(|| 0).unwrap_err(), TaskError::PoolClosed);
+            closed_tx.send(()).unwrap();
+            let joined = pool.join_timeout(T);
+            let expected: Vec<u64> = (0..100).map(|x| x * x).collect();
+            assert_eq!(mapping.join().unwrap(), Ok(expected), "{way}");
+            joined.expect("the pool did not finish after the map");
+        });
+    }
+}
+
 #[test]
 fn close_terminate_and_drop() {
     let e = ThreadPool::new(0).unwrap_err();

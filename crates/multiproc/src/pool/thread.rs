@@ -292,18 +292,20 @@ impl Shared {
     }
 
     /// Queues `work`, whose outcome goes to `sink` under `slot`. Returns what cancels it
-    /// while it is queued.
+    /// while it is queued. `in_map`: a chunk of a map held open
+    /// ([`hold_map`](Self::hold_map)).
     fn push<T, W>(
         self: &Arc<Self>,
         sink: Arc<dyn Sink<T>>,
         slot: usize,
         work: W,
+        in_map: bool,
     ) -> Result<Weak<dyn Cancel>, TaskError>
     where
         T: Send + 'static,
         W: FnOnce() -> Result<T, TaskError> + Send + 'static,
     {
-        self.hold_new()?;
+        self.hold_new(in_map)?;
         let ctl = Ctl::held(sink, slot, self);
         let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
         let hold = ctl.hold.clone();
@@ -327,15 +329,24 @@ impl Shared {
     }
 
     /// Counts a new task among those the queue stays open for; refused once the pool
-    /// closes.
-    fn hold_new(&self) -> Result<(), TaskError> {
+    /// closes (`in_map`: a chunk of a map counted already, refused only once the pool
+    /// is terminated or broken, as its map was submitted whole).
+    fn hold_new(&self, in_map: bool) -> Result<(), TaskError> {
         let mut st = unpoisoned::lock(&self.state);
-        if st.closing || st.terminated || st.broken.is_some() {
+        if (st.closing && !in_map) || st.terminated || st.broken.is_some() {
             drop(st);
             return Err(self.closed_error());
         }
         st.held += 1;
         Ok(())
+    }
+
+    /// Counts a map among the tasks the queue stays open for while its chunks are
+    /// queued, so that a `close` meanwhile lets every chunk in (a map called before
+    /// `close` counts as submitted whole, as in Python); refused once the pool closes.
+    fn hold_map(self: &Arc<Self>) -> Result<MapHold, TaskError> {
+        self.hold_new(false)?;
+        Ok(MapHold(Arc::clone(self)))
     }
 
     /// Queues a task of `submit_with`: run at its time, timed out, retried.
@@ -346,7 +357,7 @@ impl Shared {
         opts: &TaskOptions,
     ) -> Result<Weak<dyn Cancel>, TaskError> {
         opts.check_local()?;
-        self.hold_new()?;
+        self.hold_new(false)?;
         let ctl = Ctl::held(sink, 0, self);
         let handle = Arc::downgrade(&ctl) as Weak<dyn Cancel>;
         let run = Run {
@@ -487,6 +498,17 @@ struct Ctl<T> {
     /// Counted among the tasks that keep the pool's queue open until it is let go (see
     /// [`Ctl::let_go`]): every task of a pool.
     hold: Option<Arc<Hold>>,
+}
+
+/// A map's place among those that keep its pool's queue open, while its chunks are
+/// queued ([`Shared::hold_map`]); let go when dropped (also when the items' iterator
+/// panics).
+struct MapHold(Arc<Shared>);
+
+impl Drop for MapHold {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// A task's place among those that keep its pool's queue open.
@@ -979,7 +1001,9 @@ impl ThreadPool {
         R: Send + 'static,
     {
         let cell = Cell::<R>::new();
-        let handle = self.shared.push(cell.clone(), 0, move || catch_panic(f))?;
+        let handle = self
+            .shared
+            .push(cell.clone(), 0, move || catch_panic(f), false)?;
         Ok(Task::new(cell, 0, Some(handle)))
     }
 
@@ -1021,7 +1045,7 @@ impl ThreadPool {
     {
         let cell = Cell::<T>::new();
         let run = move || catch_panic(f).and_then(|r| r.map_err(fallible::failed));
-        let handle = self.shared.push(cell.clone(), 0, run)?;
+        let handle = self.shared.push(cell.clone(), 0, run, false)?;
         Ok(Task::new(cell, 0, Some(handle)))
     }
 
@@ -1131,9 +1155,12 @@ impl ThreadPool {
         R: Send + 'static,
         I: IntoIterator<Item = T>,
     {
+        // Counted from the call: an iterator that gives its items only after a
+        // `close` elsewhere still makes a map called before it.
+        let open = self.shared.hold_map()?;
         let items: Vec<T> = items.into_iter().collect();
         let chunk = items.len().div_ceil(self.threads * 4).max(1);
-        self.map_inner(f, items, chunk, deadline, &mut |_| {})
+        self.map_inner(open, f, items, chunk, deadline, &mut |_| {})
     }
 
     /// As [`map`](Self::map), with a context every call gets by reference (Python's
@@ -1175,7 +1202,8 @@ impl ThreadPool {
         R: Send + 'static,
         I: IntoIterator<Item = T>,
     {
-        self.map_inner(f, items, chunk_size, None, &mut |_| {})
+        let open = self.shared.hold_map()?;
+        self.map_inner(open, f, items, chunk_size, None, &mut |_| {})
     }
 
     /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr.
@@ -1191,16 +1219,20 @@ impl ThreadPool {
         R: Send + 'static,
         I: IntoIterator<Item = T>,
     {
+        let open = self.shared.hold_map()?;
         let items: Vec<T> = items.into_iter().collect();
         let bar = indicatif::ProgressBar::new(items.len() as u64);
         let chunk = items.len().div_ceil(self.threads * 4).max(1);
-        let out = self.map_inner(f, items, chunk, None, &mut |n| bar.inc(n as u64));
+        let out = self.map_inner(open, f, items, chunk, None, &mut |n| bar.inc(n as u64));
         bar.finish();
         out
     }
 
+    /// Queues the chunks of a map held open by `open` (let go once they are all
+    /// queued), then takes their results in order.
     fn map_inner<T, R, F, I>(
         &self,
+        open: MapHold,
         f: F,
         items: I,
         chunk_size: usize,
@@ -1221,7 +1253,7 @@ impl ThreadPool {
             let chunk: Vec<T> = input.by_ref().take(chunk_size.max(1)).collect();
             let f = Arc::clone(&f);
             let run = move || catch_panic(|| chunk.into_iter().map(|x| f(x)).collect());
-            match self.shared.push(stream.clone(), handles.len(), run) {
+            match self.shared.push(stream.clone(), handles.len(), run, true) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     cancel_all(&handles);
@@ -1229,6 +1261,7 @@ impl ThreadPool {
                 }
             }
         }
+        drop(open);
         let mut out = Vec::new();
         for slot in 0..handles.len() {
             let Some((_, outcome)) = stream.take_until(Some(slot), deadline, &|| {}) else {
@@ -1278,7 +1311,9 @@ impl ThreadPool {
     }
 
     /// Refuses new tasks; queued ones still run (and delayed or retried ones of
-    /// [`submit_with`](Self::submit_with)), then the threads exit.
+    /// [`submit_with`](Self::submit_with)), then the threads exit. A `map` called
+    /// before counts as submitted whole, as in Python: its chunks still queued, and
+    /// those of items its iterator gives only afterwards, go in and run.
     pub fn close(&self) {
         self.shared.close();
     }
@@ -1438,7 +1473,7 @@ where
         let f = Arc::clone(&self.f);
         self.pool
             .shared
-            .push(stream.clone(), slot, move || catch_panic(|| f(item)))
+            .push(stream.clone(), slot, move || catch_panic(|| f(item)), false)
     }
 
     fn discard(&self, handles: Vec<Weak<dyn Cancel>>) {
