@@ -1523,7 +1523,8 @@ impl SharedObject for SlowStart {
 }
 
 /// A server that takes no new connections (stopped; here a listener that never
-/// accepts, its queue full): connecting ends with an error, not a wait without end.
+/// accepts, its queue full): connecting ends with `Unresponsive` at the call timeout,
+/// not a wait without end (nor `Disconnected`, which says the server is gone).
 fn connect_to_a_full_queue_ends() {
     let dir = common::tempdir("full-queue");
     let path = dir.join("full.sock");
@@ -1540,12 +1541,16 @@ fn connect_to_a_full_queue_ends() {
             .call_timeout(Some(Duration::from_secs(2)))
             .connect()
             .map(drop);
-        tx.send(r.map_err(|e| e.to_string())).unwrap();
+        tx.send(r).unwrap();
     });
     let r = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("connecting waited for ever");
-    assert!(r.is_err(), "{r:?}");
+    // A server that takes no connection answers nothing: not one that is gone.
+    assert!(
+        matches!(r, Err(ManagerError::Unresponsive(d)) if d == Duration::from_secs(2)),
+        "{r:?}"
+    );
     drop(listener);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -311,7 +311,14 @@ impl Client {
             if expected.is_some() && unreachable(&e) {
                 self.go_far(&format!("its nearby listener cannot be reached: {e}"));
             }
-            Opening::Failed(ManagerError::from_io(e))
+            // A connection not made in time (the server's queue full, or a TCP peer
+            // that does not answer) is a server that does not answer, not one that is
+            // gone: `open` names the time it was given.
+            Opening::Failed(if e.kind() == io::ErrorKind::TimedOut {
+                ManagerError::Unresponsive(Duration::ZERO)
+            } else {
+                ManagerError::from_io(e)
+            })
         })?;
         if let Some(near) = expected {
             let found = stream.peer_credentials();
