@@ -595,9 +595,34 @@ fn take(lock: &mut Owned, me: Owner, reentrant: bool) -> Option<Result<bool, Fau
 struct Unfit(String);
 
 fn unfit(op: &Op) -> Unfit {
-    let name = format!("{op:?}");
-    let name = name.split([' ', '(', '{']).next().unwrap_or("?").to_owned();
-    Unfit(name)
+    Unfit(variant_name(op))
+}
+
+/// The name of an enum's variant as its derived `Debug` writes it, without formatting
+/// its fields: a request's may be a payload of megabytes, and this runs on the
+/// dispatcher, which every local client waits for.
+fn variant_name(value: &dyn std::fmt::Debug) -> String {
+    /// Keeps what comes before the first field, then stops the formatting.
+    struct UpToFields(String);
+    impl std::fmt::Write for UpToFields {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for c in s.chars() {
+                if matches!(c, ' ' | '(' | '{') || self.0.len() >= 64 {
+                    return Err(std::fmt::Error);
+                }
+                self.0.push(c);
+            }
+            Ok(())
+        }
+    }
+    let mut name = UpToFields(String::new());
+    // Cut short by the writer: the error is how it stops.
+    let _ = std::fmt::Write::write_fmt(&mut name, format_args!("{value:?}"));
+    if name.0.is_empty() {
+        "?".to_owned()
+    } else {
+        name.0
+    }
 }
 
 fn bytes_to_vec(items: impl IntoIterator<Item = Vec<u8>>) -> Vec<Bytes> {
@@ -1002,5 +1027,47 @@ mod tests {
             served.try_call(Op::Len, &peer),
             Ok(Response::Len(0))
         ));
+    }
+
+    /// An operation the object's kind does not have is named without formatting its
+    /// payload (an insert of megabytes sent to a list was formatted whole, on the
+    /// dispatcher, to take the name from the front).
+    #[test]
+    fn an_unfit_operation_is_named_without_its_payload() {
+        /// A payload that must not be formatted.
+        struct Untouchable;
+        impl std::fmt::Debug for Untouchable {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                panic!("the payload was formatted")
+            }
+        }
+        #[derive(Debug)]
+        enum Request {
+            Insert { _key: Untouchable },
+            Push(Untouchable),
+            Len,
+        }
+        assert_eq!(
+            variant_name(&Request::Insert { _key: Untouchable }),
+            "Insert"
+        );
+        assert_eq!(variant_name(&Request::Push(Untouchable)), "Push");
+        assert_eq!(variant_name(&Request::Len), "Len");
+        let list = Served::new(Kind::List, String::new(), &[], None).unwrap();
+        let gone = || false;
+        let peer = Peer {
+            session: 1,
+            gone: &gone,
+        };
+        let insert = Op::Insert {
+            key: Bytes(vec![1; 8]),
+            value: Bytes(vec![2; 1 << 20]),
+        };
+        match list.try_call(insert, &peer) {
+            Ok(Response::Fault(Fault::Unsupported { op, kind })) => {
+                assert_eq!((op.as_str(), kind.as_str()), ("Insert", "list"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
