@@ -154,6 +154,11 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
         live: MutexGuard<'static, Vec<Weak<Ref>>>,
         clients: MutexGuard<'static, Vec<Weak<Client>>>,
         kept: Kept,
+        /// References looked at and not kept, let go only once the lists are: one that
+        /// another thread's drop left to this look alone ends as it drops, and its end
+        /// takes the lists' locks (a client's last handle going looks at the clients),
+        /// which this thread holds.
+        passed: Vec<Arc<Ref>>,
     }
     impl crate::process::HeldAcrossFork for Held {
         fn forked(self: Box<Self>) -> Box<dyn Send + Sync> {
@@ -161,8 +166,10 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
                 live,
                 clients,
                 kept,
+                passed,
             } = *self;
             drop((clients, live));
+            drop(passed);
             Box::new(kept)
         }
 
@@ -171,9 +178,11 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
                 live,
                 clients,
                 kept,
+                passed,
             } = *self;
             drop(live);
-            std::mem::forget(kept);
+            // The parent's, as the kept ones are.
+            std::mem::forget((kept, passed));
             super::client::forget_parents_connections(clients);
         }
     }
@@ -182,23 +191,20 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     // last handle going, whose `Drop` looks at the clients).
     let clients = super::client::hold_clients();
     let me = crate::sys::process_id();
-    let kept = live
-        .iter()
-        .filter_map(Weak::upgrade)
-        // Held by more than this look and the kept lists. (A proxy dropped meanwhile on
-        // another thread may be counted: kept once more, then let go.)
-        .filter(|r| {
-            r.pid.load(Ordering::Relaxed) == me
-                && Arc::strong_count(r) > 1 + r.kept.load(Ordering::Relaxed)
-        })
-        .inspect(|r| {
-            r.kept.fetch_add(1, Ordering::Relaxed);
-        })
-        .collect();
+    // Held by more than this look and the kept lists. (A proxy dropped meanwhile on
+    // another thread may be counted: kept once more, then let go.)
+    let (kept, passed): (Vec<_>, Vec<_>) = live.iter().filter_map(Weak::upgrade).partition(|r| {
+        r.pid.load(Ordering::Relaxed) == me
+            && Arc::strong_count(r) > 1 + r.kept.load(Ordering::Relaxed)
+    });
+    for r in &kept {
+        r.kept.fetch_add(1, Ordering::Relaxed);
+    }
     Box::new(Held {
         live,
         clients,
         kept: Kept(kept),
+        passed,
     })
 }
 
