@@ -57,6 +57,14 @@ fn main() {
                 a_spawn_under_way_at_exit_is_joined,
             ),
             trial(
+                "a_term_to_the_group_leaves_the_fork_server_to_the_parent",
+                a_term_to_the_group_leaves_the_fork_server_to_the_parent,
+            ),
+            trial(
+                "a_term_that_ends_the_parent_ends_its_daemons_groups",
+                a_term_that_ends_the_parent_ends_its_daemons_groups,
+            ),
+            trial(
                 "a_reused_group_number_is_not_signalled_at_exit",
                 a_reused_group_number_is_not_signalled_at_exit,
             ),
@@ -171,6 +179,8 @@ fn helpers(mode: &str) {
         "exit_with_piped_stdio" => helper_exit_with_piped_stdio(),
         "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
+        "group_term_caught" => helper_group_term_caught(),
+        "group_term_ends" => helper_group_term_ends(),
         "copy_returns_from_main" => helper_copy_returns_from_main(),
         "daemon_joined_at_exit" => helper_daemon_joined_at_exit(),
         "dropped_privileges" => helper_dropped_privileges(),
@@ -954,6 +964,113 @@ fn a_reused_group_number_is_not_signalled_at_exit() {
         "another process's group, numbered as the ended daemon was, was signalled at exit"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether this process got `SIGTERM` (see [`helper_group_term_caught`]).
+static GOT_TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_term(_: libc::c_int) {
+    GOT_TERM.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Catches `SIGTERM` (to stop gracefully, as a service does) with a daemon running in a
+/// group of its own, says it is ready, and once the signal came looks at the daemon and
+/// spawns again.
+fn helper_group_term_caught() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGTERM, note_term as *const () as libc::sighandler_t) };
+    let daemon = Builder::new()
+        .daemon(true)
+        .process_group(true)
+        .spawn(sleep_long, ())
+        .unwrap();
+    println!("ready");
+    assert!(common::eventually(T, || GOT_TERM.load(std::sync::atomic::Ordering::SeqCst)));
+    // Time for a parent-death signal to land, were the daemon's parent gone.
+    std::thread::sleep(Duration::from_millis(300));
+    println!("daemon alive {}", daemon.is_alive());
+    let after = multiproc::spawn(square, 3).map(|child| child.join());
+    println!("after {after:?}");
+}
+
+/// A `SIGTERM` to the program's whole process group (`kill -TERM -PGID`, a supervisor's
+/// stop of a program that spawns) is the program's to act on: one that catches it to
+/// stop gracefully still has its daemons, and spawns (the fork server, in that group
+/// too, died of it, and its daemons with it, killed by their parent-death signal).
+fn a_term_to_the_group_leaves_the_fork_server_to_the_parent() {
+    let mut h = Helper::start("group_term_caught");
+    h.expect("ready", T);
+    let group = rustix::process::Pid::from_raw(h.child.id() as i32).unwrap();
+    rustix::process::kill_process_group(group, rustix::process::Signal::TERM).unwrap();
+    assert_eq!(h.expect("daemon alive ", T), "true", "{}", h.stderr_now());
+    assert_eq!(h.expect("after ", T), "Ok(Ok(9))", "{}", h.stderr_now());
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// A daemon that leads a process group and has started a process in it.
+fn lead_a_group_with_a_member(_: ()) {
+    let mut member = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    println!("member {}", member.id());
+    std::thread::sleep(Duration::from_secs(600));
+    let _ = member.kill();
+    let _ = member.wait();
+}
+
+fn helper_group_term_ends() {
+    let daemon = Builder::new()
+        .daemon(true)
+        .process_group(true)
+        .spawn(lead_a_group_with_a_member, ())
+        .unwrap();
+    println!("daemon {}", daemon.pid());
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A `SIGTERM` to the program's process group that ends the program: its daemons end
+/// with it, and so does what a daemon that led a group started there, as at any death
+/// of the program (the fork server died of the same signal, the daemon by its
+/// parent-death signal, and the member of its group lived on).
+fn a_term_that_ends_the_parent_ends_its_daemons_groups() {
+    let mut h = Helper::start("group_term_ends");
+    // The two lines come in either order (the daemon's from another process).
+    let (mut daemon, mut member) = (None, None);
+    while daemon.is_none() || member.is_none() {
+        let line = h.line(T);
+        let pid = |prefix| {
+            line.strip_prefix(prefix)
+                .map(|p: &str| p.parse::<u32>().unwrap())
+        };
+        daemon = daemon.or(pid("daemon "));
+        member = member.or(pid("member "));
+    }
+    let (daemon, member) = (daemon.unwrap(), member.unwrap());
+    // Held by pidfd, so that a survivor is killed (and not a process given its number).
+    let kept = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(member as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    let group = rustix::process::Pid::from_raw(h.child.id() as i32).unwrap();
+    rustix::process::kill_process_group(group, rustix::process::Signal::TERM).unwrap();
+    std::os::unix::process::ExitStatusExt::signal(&h.wait(T))
+        .filter(|&s| s == libc::SIGTERM)
+        .expect("the program did not die of SIGTERM");
+    let daemon_gone = common::wait_gone(daemon, T);
+    let member_gone = common::wait_gone(member, Duration::from_secs(10));
+    if !member_gone {
+        let _ = rustix::process::pidfd_send_signal(&kept, rustix::process::Signal::KILL);
+        common::wait_gone(member, T);
+    }
+    common::reap(member);
+    common::reap(daemon);
+    assert!(daemon_gone, "the daemon outlived its parent");
+    assert!(
+        member_gone,
+        "a member of the daemon's group outlived the program"
+    );
 }
 
 fn daemon_terminated_at_exit() {

@@ -21,6 +21,10 @@ pub(crate) struct FromServer<'a> {
     pub(crate) sigpipe: sys::Disposition,
     /// The program's own SIGCHLD disposition, which the server replaced.
     pub(crate) sigchld: sys::Disposition,
+    /// The program's own dispositions of the signals that end a process by default and
+    /// that are sent to a whole process group (`SIGTERM`, `SIGHUP`, `SIGQUIT`), which the
+    /// server ignores.
+    pub(crate) group_stops: [(i32, sys::Disposition); 3],
     /// The server's users and groups (the program's when it started the server).
     pub(crate) ids: Option<sys::Ids>,
     /// The server's environment, as a block.
@@ -59,6 +63,9 @@ pub(crate) fn become_requested(
         sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
+    for (signal, disposition) in server.group_stops {
+        sys::restore_signal(signal, disposition);
+    }
     // Into the memory cgroup the server made for it, before anything else is charged to
     // its old one; across `exec` too.
     if let Some(dir) = &request.cgroup {

@@ -63,6 +63,8 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
 // POSIX's traditional numbers, for `Signal`'s constants; nothing is ever sent here.
 pub(crate) const SIGINT: i32 = 2;
+pub(crate) const SIGHUP: i32 = 1;
+pub(crate) const SIGQUIT: i32 = 3;
 pub(crate) const SIGPIPE: i32 = 13;
 pub(crate) const SIGCHLD: i32 = 17;
 pub(crate) const SIGILL: i32 = 4;

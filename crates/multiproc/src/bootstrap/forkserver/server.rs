@@ -208,6 +208,15 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
     // the server writes statuses to pipes whose reader may be gone, whatever the program
     // chose for SIGPIPE (children get that choice back).
     sys::ignore_signal(sys::SIGINT);
+    // Likewise the signals that end a process by default and that come to a whole
+    // group: a `kill -TERM` of the program's group, a terminal's hang-up or Ctrl-\, a
+    // supervisor's stop of a child that spawns. The parent decides what they mean (it
+    // may catch `SIGTERM` to stop gracefully, and spawn meanwhile); if they end it, the
+    // server sees it gone and ends its daemons and their groups, which a server ended
+    // by the same signal never did (they died by their parent-death signal, and what
+    // they had started in their groups lived on). Children get the program's choice back.
+    let group_stops = [sys::SIGTERM, sys::SIGHUP, sys::SIGQUIT]
+        .map(|signal| (signal, sys::ignore_signal(signal)));
     let sigpipe = sys::ignore_signal(sys::SIGPIPE);
     // The server reaps its children through their pidfds: with SIGCHLD ignored (a
     // disposition a program can inherit across `exec`), or a handler of the program's
@@ -232,6 +241,7 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         executed,
         sigpipe,
         sigchld,
+        group_stops,
         ids: sys::own_ids(),
         env: &env.0,
         blocks_signals: sys::blocks_signals(),

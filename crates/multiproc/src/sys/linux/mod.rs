@@ -68,6 +68,8 @@ pub(crate) use proc::{Ids, become_ids, own_ids};
 /// Signal numbers: for the public `Signal` constants, and the dispositions a fork
 /// server sets.
 pub(crate) const SIGINT: i32 = libc::SIGINT;
+pub(crate) const SIGHUP: i32 = libc::SIGHUP;
+pub(crate) const SIGQUIT: i32 = libc::SIGQUIT;
 pub(crate) const SIGPIPE: i32 = libc::SIGPIPE;
 pub(crate) const SIGCHLD: i32 = libc::SIGCHLD;
 pub(crate) const SIGABRT: i32 = libc::SIGABRT;
