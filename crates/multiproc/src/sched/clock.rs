@@ -61,6 +61,10 @@ impl Clock {
     pub(crate) fn sleep(&self, signal: &Notifier, until: Option<DateTime<Utc>>) {
         let nap = match (&self.0, until) {
             (Source::System, Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            // Due already (the next pass of a backlog walked in passes): no nap, as by
+            // the system's clock. A later time comes only with a move of the clock,
+            // which notifies.
+            (Source::Manual(m), Some(t)) if t <= unpoisoned::lock(&m.state).now => Duration::ZERO,
             _ => MAX_NAP,
         };
         signal.wait(nap.min(MAX_NAP));
@@ -170,5 +174,39 @@ impl Notifier {
             set = unpoisoned::wait_timeout(&self.cv, set, timeout);
         }
         *set = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// A sleep until a time a manual clock has passed already returns at once, as by the
+    /// system's clock (it napped a whole second: a background scheduler on a manual
+    /// clock moved far ahead took a second for each pass of its backlog after the
+    /// first). One until a later time waits for a move of the clock.
+    #[test]
+    fn a_manual_clock_does_not_nap_past_a_due_time() {
+        let start = Utc.with_ymd_and_hms(2026, 3, 8, 6, 0, 0).unwrap();
+        let manual = ManualClock::new(start);
+        let clock = Clock::from(manual.clone());
+        let signal = Arc::new(Notifier::default());
+        clock.subscribe(&signal);
+        let began = std::time::Instant::now();
+        clock.sleep(&signal, Some(start));
+        clock.sleep(&signal, Some(start - chrono::Duration::seconds(1)));
+        let took = began.elapsed();
+        assert!(took < Duration::from_millis(500), "napped {took:?}");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                manual.advance(Duration::from_secs(60));
+            });
+            let began = std::time::Instant::now();
+            clock.sleep(&signal, Some(start + chrono::Duration::seconds(60)));
+            let took = began.elapsed();
+            assert!(took >= Duration::from_millis(100), "woke after {took:?}");
+        });
     }
 }

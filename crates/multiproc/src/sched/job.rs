@@ -298,6 +298,13 @@ impl Job {
 
     /// Starts each run after a random delay of up to `jitter`, so that many jobs due at
     /// one time do not start together. The scheduled time in events stays the schedule's.
+    /// A run waiting for its delay is in flight: it counts toward
+    /// [`max_instances`](Self::max_instances), as a retry waiting for its delay does, so
+    /// that runs never pile up behind their delays; with a jitter longer than the job's
+    /// period, a time that comes while the last one still waits is
+    /// [`Missed`](EventKind::Missed) with [`MissReason::MaxInstances`] unless
+    /// `max_instances` allows for it (APScheduler's jitter moves the time itself, and
+    /// counts a run only once it starts).
     pub fn jitter(mut self, jitter: Duration) -> Job {
         self.jitter = jitter;
         self

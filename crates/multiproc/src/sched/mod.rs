@@ -187,7 +187,7 @@ pub struct JobInfo {
     pub schedule: String,
     /// When it fires next, if it does.
     pub next_fire: Option<DateTime<Utc>>,
-    /// Runs in flight (retries waiting included).
+    /// Runs in flight (those waiting for their jitter or for a retry included).
     pub running: usize,
 }
 
