@@ -34,6 +34,14 @@ fn main() {
                 children_of_a_program_that_blocks_sigterm_can_be_terminated,
             ),
             trial(
+                "children_terminated_as_their_spawn_returns_end_by_it",
+                children_terminated_as_their_spawn_returns_end_by_it,
+            ),
+            trial(
+                "a_handler_set_before_init_keeps_its_flags_in_children",
+                a_handler_set_before_init_keeps_its_flags_in_children,
+            ),
+            trial(
                 "a_large_call_that_cannot_be_sent_fails_the_spawn",
                 a_large_call_that_cannot_be_sent_fails_the_spawn,
             ),
@@ -142,6 +150,7 @@ fn helpers(mode: &str) {
         "fork_limited" => helper_fork_limited(),
         "sigchld_ignored" => helper_sigchld_ignored(),
         "sigterm_blocked" => helper_sigterm_blocked(),
+        "siginfo_term" => helper_siginfo_term(),
         "call_send_fails" => helper_call_send_fails(),
         "server_out_of_descriptors" => helper_server_out_of_descriptors(),
         other => panic!("unknown helper mode {other}"),
@@ -464,6 +473,71 @@ fn children_of_a_program_that_blocks_sigterm_can_be_terminated() {
     // A SIGTERM held pending by a spare is dropped as the spare becomes a child.
     assert_eq!(h.expect("handed ", T), "true");
     assert_eq!(h.expect("pending ", T), "Ok(\"7 from Process-34\")");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// The same, for a program that blocks nothing (the common case, where the spawn's
+/// answer does not wait for the child): the fork server ignores SIGTERM (as sent to a
+/// whole group, it is the program's to act on) and its children take the program's
+/// disposition back, so a SIGTERM sent as soon as the spawn returned, before the child
+/// took it back, must wait for it rather than be ignored (a child forked fresh gets it
+/// held by the server's mask; a spare took it back as it started).
+fn children_terminated_as_their_spawn_returns_end_by_it() {
+    let mut h = Helper::start("sigterm_blocked");
+    assert_eq!(h.expect("first ", T), "true", "{}", h.stderr_now());
+    assert_eq!(h.expect("ForkServer ", T), "Err(Signaled(Signal(15)))");
+    assert_eq!(h.expect("Spawn ", T), "Err(Signaled(Signal(15)))");
+    assert_eq!(h.expect("ran on ", T), "0", "{}", h.stderr_now());
+    // The spare, signalled while it waits, ends by it as the program's processes do
+    // (whether the spawn after it had it already is a race); the child it was for, or
+    // one forked for it afresh, says so.
+    let pending = h.expect("pending ", T);
+    assert!(
+        pending == "Err(Signaled(Signal(15)))"
+            || pending.starts_with("Err(Lost(\"killed by SIGTERM")
+            || pending.starts_with("Ok(\"7 from "),
+        "{pending}"
+    );
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// Waits (at most `T`) for the `SIGTERM` the handler set before `init` notes; returns
+/// who sent it, as the handler read it.
+fn term_sender_seen(_: ()) -> i32 {
+    println!("waiting");
+    assert!(common::eventually(T, || common::term_sender() != 0));
+    common::term_sender()
+}
+
+/// Spawns a child that waits for `SIGTERM`, terminates it, and says who the child saw
+/// send it.
+fn helper_siginfo_term() {
+    let mut child = multiproc::Builder::new()
+        .stdout(Stdio::piped())
+        .spawn(term_sender_seen, ())
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.take_stdout().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "waiting\n");
+    child.terminate().unwrap();
+    let sender = child.join_timeout(T).unwrap();
+    println!("sender {}", sender == std::process::id() as i32);
+}
+
+/// A `SIGTERM` handler the program installed before `init` with `SA_SIGINFO` (as
+/// signal-hook, nix or tokio install theirs) runs in the fork server's children with
+/// its flags: the fork server ignores the signal (as sent to a whole group, it is the
+/// program's) and gives children the program's whole action back (given back by its
+/// handler's address alone, the handler ran without `SA_SIGINFO` and read garbage for
+/// its `siginfo_t`).
+fn a_handler_set_before_init_keeps_its_flags_in_children() {
+    let mut h = Helper::start_with(
+        "siginfo_term",
+        std::env::current_exe().unwrap(),
+        &[(common::SIGINFO_TERM_ENV, "1")],
+    );
+    assert_eq!(h.expect("sender ", T), "true", "{}", h.stderr_now());
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

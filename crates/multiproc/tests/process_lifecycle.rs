@@ -984,6 +984,11 @@ fn helper_group_term_caught() {
         .process_group(true)
         .spawn(sleep_long, ())
         .unwrap();
+    // In its group once it has run (a spawn's answer may come before).
+    let pid = rustix::process::Pid::from_raw(daemon.pid() as i32).unwrap();
+    assert!(common::eventually(T, || {
+        rustix::process::getpgid(Some(pid)).is_ok_and(|g| g == pid)
+    }));
     println!("ready");
     assert!(common::eventually(T, || GOT_TERM.load(std::sync::atomic::Ordering::SeqCst)));
     // Time for a parent-death signal to land, were the daemon's parent gone.

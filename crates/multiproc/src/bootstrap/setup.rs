@@ -23,7 +23,8 @@ pub(crate) struct FromServer<'a> {
     pub(crate) sigchld: sys::Disposition,
     /// The program's own dispositions of the signals that end a process by default and
     /// that are sent to a whole process group (`SIGTERM`, `SIGHUP`, `SIGQUIT`), which the
-    /// server ignores.
+    /// server ignores; each process it forks puts them back (see
+    /// [`restore_group_stops`](Self::restore_group_stops)).
     pub(crate) group_stops: [(i32, sys::Disposition); 3],
     /// The server's users and groups (the program's when it started the server).
     pub(crate) ids: Option<sys::Ids>,
@@ -36,6 +37,25 @@ pub(crate) struct FromServer<'a> {
     /// child forked fresh) has dropped them (one round trip to a spare that is looking
     /// for its assignment).
     pub(crate) blocks_signals: bool,
+}
+
+impl FromServer<'_> {
+    /// The signals sent to whole groups that the server ignores (see
+    /// [`group_stops`](Self::group_stops)): held for a child forked fresh until it
+    /// has their dispositions back (see `fork_child`).
+    pub(crate) fn group_stop_signals(&self) -> [i32; 3] {
+        self.group_stops.map(|(signal, _)| signal)
+    }
+
+    /// Puts back the program's dispositions of the signals the server ignores as sent
+    /// to whole groups: in each process it forks (a spare as it starts, so that it is
+    /// ended, or not, as the program's processes are; a child as it starts; the
+    /// segment tracker).
+    pub(crate) fn restore_group_stops(&self) {
+        for (signal, disposition) in self.group_stops {
+            sys::restore_signal(signal, disposition);
+        }
+    }
 }
 
 /// Turns a fresh child of the fork server (just forked, or a spare just assigned) into
@@ -52,20 +72,23 @@ pub(crate) fn become_requested(
     death: Option<OwnedFd>,
     taken: Option<OwnedFd>,
 ) -> ! {
+    // The program's own dispositions of the signals the server ignores as sent to a
+    // whole group, before any is unblocked: one that a child forked fresh got since
+    // its fork (a `terminate` as soon as the spawn returned), held for it by the
+    // server's mask (see `fork_child`), is delivered as the program would have it.
+    server.restore_group_stops();
     // No signal blocked, as in any new process (the server has the mask the program
     // had at `init`: `terminate` and a CPU-time limit did nothing to children of a
     // program that blocked SIGTERM or SIGXCPU first); the default action, and the
-    // program's own choices for SIGPIPE and SIGCHLD.
-    sys::unblock_signals();
+    // program's own choices for SIGPIPE and SIGCHLD. Signals pending from before the
+    // assignment are dropped where the answer waits for this (see `unblock_signals`).
+    sys::unblock_signals(taken.is_some());
     sys::default_signal(sys::SIGINT);
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     if request.sigpipe_ignored {
         sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
-    for (signal, disposition) in server.group_stops {
-        sys::restore_signal(signal, disposition);
-    }
     // Into the memory cgroup the server made for it, before anything else is charged to
     // its old one; across `exec` too.
     if let Some(dir) = &request.cgroup {

@@ -281,7 +281,14 @@ pub(crate) fn signal_is_default(_: i32) -> bool {
     false
 }
 pub(crate) fn restore_signal(_: i32, _: Disposition) {}
-pub(crate) fn unblock_signals() {}
+pub(crate) fn unblock_signals(_: bool) {}
+/// A signal mask (none exist here).
+#[derive(Clone, Copy)]
+pub(crate) struct SignalMask;
+pub(crate) fn block_signals(_: &[i32]) -> SignalMask {
+    SignalMask
+}
+pub(crate) fn set_signal_mask(_: SignalMask) {}
 
 pub(crate) fn blocks_signals() -> bool {
     false

@@ -36,6 +36,42 @@ fn print_unflushed(text: &str) {
     }
 }
 
+/// With this set, `main` installs, before `init()`, a `SIGTERM` handler with
+/// `SA_SIGINFO` (as signal-hook installs its handlers) that notes who sent the signal:
+/// see [`term_sender`].
+pub const SIGINFO_TERM_ENV: &str = "MULTIPROC_TEST_SIGINFO_TERM";
+
+/// The pid that sent this process `SIGTERM`, as the handler [`SIGINFO_TERM_ENV`]
+/// installs read it from its `siginfo_t` (0: none came yet).
+pub fn term_sender() -> i32 {
+    TERM_SENDER.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+static TERM_SENDER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+#[allow(unsafe_code)]
+extern "C" fn note_term_sender(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: with `SA_SIGINFO` the kernel passes a `siginfo_t` it filled in.
+    let pid = unsafe { (*info).si_pid() };
+    // Never 0 (a sender with none would read as no signal).
+    TERM_SENDER.store(pid.max(-1), std::sync::atomic::Ordering::SeqCst);
+}
+
+#[allow(unsafe_code)]
+fn install_siginfo_term_handler() {
+    // SAFETY: the handler only reads its `siginfo_t` and stores to an atomic; `action`
+    // is zeroed and its mask emptied before `sigaction` reads it.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = note_term_sender
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn note_interrupt(_: libc::c_int) {
@@ -93,6 +129,9 @@ pub fn main_checked(
     mark_main("pre");
     if let Ok(text) = std::env::var(PRINT_BEFORE_INIT_ENV) {
         print_unflushed(&text);
+    }
+    if std::env::var_os(SIGINFO_TERM_ENV).is_some() {
+        install_siginfo_term_handler();
     }
     let _guard = multiproc::init_with(setup);
     mark_main("post");

@@ -668,8 +668,9 @@ fn fork_child(
     taken: Option<OwnedFd>,
 ) -> Result<(u32, OwnedFd), Refusal> {
     // The server is single-threaded (checked when it started; it never creates threads),
-    // so the child is a consistent copy.
-    match sys::fork_if_single_threaded().and_then(single) {
+    // so the child is a consistent copy. It unblocks what was held for it in
+    // `become_requested`.
+    match fork_holding_group_stops(info).0 {
         Err(e) => Err(Refusal::os("fork failed", &e)),
         Ok(Forked::Child) => {
             drop(status);
@@ -684,6 +685,22 @@ fn fork_child(
             for_parent(kid, kids)
         }
     }
+}
+
+/// Forks (the server is single-threaded), holding the signals the server ignores as
+/// sent to whole groups across the fork: one sent to the new process before it has
+/// their dispositions back (a `terminate` as soon as the spawn returned, which may come
+/// before a child or an assigned spare has run at all) waits for it, instead of being
+/// ignored. The server lets go as the fork returns (what came for it meanwhile is
+/// ignored then); the new process lets go once it has put the dispositions back, with
+/// the mask returned here (the server's, the program's at `init`).
+fn fork_holding_group_stops(info: &FromServer<'_>) -> (io::Result<Forked>, sys::SignalMask) {
+    let mask = sys::block_signals(&info.group_stop_signals());
+    let forked = sys::fork_if_single_threaded().and_then(single);
+    if !matches!(forked, Ok(Forked::Child)) {
+        sys::set_signal_mask(mask);
+    }
+    (forked, mask)
 }
 
 /// Keeps `kid`, just forked for the parent, and returns its pid and a copy of its pidfd
@@ -741,6 +758,7 @@ fn start_tracker(
     match sys::fork_if_single_threaded().and_then(single) {
         Err(e) => Err(Refusal::os("fork failed", &e)),
         Ok(Forked::Child) => {
+            info.restore_group_stops();
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
             tracker::serve(socket, death, info.executed)
         }
@@ -775,7 +793,7 @@ fn fork_spare(
         None
     };
     let seq = placement.next_spare();
-    let forked = sys::fork_if_single_threaded().and_then(single);
+    let (forked, signals) = fork_holding_group_stops(info);
     let child = matches!(forked, Ok(Forked::Child));
     if child {
         placement.started(seq);
@@ -794,7 +812,7 @@ fn fork_spare(
         Forked::Child => {
             drop(ours);
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
-            spare(info, theirs, death)
+            spare(info, theirs, death, signals)
         }
         Forked::Parent(pid) => {
             drop(theirs);
@@ -819,7 +837,18 @@ fn fork_spare(
 /// a request and that dies before the spare clears it (a child meant to outlive the
 /// server, lost before its call started). The server's end of `control` closes as the
 /// server dies, which ends the spare's wait.
-fn spare(info: &FromServer<'_>, control: OwnedFd, death: Option<OwnedFd>) -> ! {
+fn spare(
+    info: &FromServer<'_>,
+    control: OwnedFd,
+    death: Option<OwnedFd>,
+    signals: sys::SignalMask,
+) -> ! {
+    // Ended by a signal sent to the program's whole group, or not, as the program's
+    // processes are (the server, which ignores them, forks another if it is); then the
+    // program's mask back, which lets go of what was held for it since the fork (see
+    // `fork_holding_group_stops`).
+    info.restore_group_stops();
+    sys::set_signal_mask(signals);
     let Ok((control, death)) = keep_only(control, death) else {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };

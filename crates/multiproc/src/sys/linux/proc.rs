@@ -421,14 +421,40 @@ pub(crate) fn kill_self() -> ! {
 }
 
 /// A signal's disposition as [`ignore_signal`] found it, to put back with
-/// [`restore_signal`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Disposition(libc::sighandler_t);
+/// [`restore_signal`]: the whole action, with its flags and mask (a handler installed
+/// with `SA_SIGINFO`, as signal-hook installs them, called without them would read
+/// garbage for its arguments).
+#[derive(Clone, Copy)]
+pub(crate) struct Disposition(libc::sigaction);
+
+impl std::fmt::Debug for Disposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Disposition({:#x})", self.0.sa_sigaction)
+    }
+}
+
+/// Gives `signal` the plain action `handler` (`SIG_IGN` or `SIG_DFL`); returns the one
+/// it had.
+fn set_plain_action(signal: i32, handler: libc::sighandler_t) -> Disposition {
+    // SAFETY: both actions are zeroed, then the new one's mask emptied, before
+    // `sigaction` reads the new one and writes the old; `SIG_IGN` and `SIG_DFL` install
+    // no handler code.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        libc::sigemptyset(&mut action.sa_mask);
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, &action, &mut old) != 0 {
+            // An invalid signal: nothing changed, and `SIG_DFL` is what it has.
+            old.sa_sigaction = libc::SIG_DFL;
+        }
+        Disposition(old)
+    }
+}
 
 /// Ignores `signal` and returns what its disposition was.
 pub(crate) fn ignore_signal(signal: i32) -> Disposition {
-    // SAFETY: setting a signal to be ignored installs no handler code.
-    Disposition(unsafe { libc::signal(signal, libc::SIG_IGN) })
+    set_plain_action(signal, libc::SIG_IGN)
 }
 
 /// Whether `signal` has its default action now (no handler, not ignored).
@@ -475,8 +501,7 @@ pub(crate) fn leave_interrupts_to_owner() {
 /// Gives `signal` its default action back; returns the one it had, for
 /// [`restore_signal`].
 pub(crate) fn default_signal(signal: i32) -> Disposition {
-    // SAFETY: the default action is the kernel's; no handler code is installed.
-    Disposition(unsafe { libc::signal(signal, libc::SIG_DFL) })
+    set_plain_action(signal, libc::SIG_DFL)
 }
 
 /// Whether the calling thread blocks any signal.
@@ -493,23 +518,53 @@ pub(crate) fn blocks_signals() -> bool {
     }
 }
 
+/// A thread's signal mask, as [`block_signals`] found it.
+#[derive(Clone, Copy)]
+pub(crate) struct SignalMask(libc::sigset_t);
+
+/// Blocks `signals` too on the calling thread; returns the mask it had, for
+/// [`set_signal_mask`].
+pub(crate) fn block_signals(signals: &[i32]) -> SignalMask {
+    // SAFETY: both sets are built on the stack (`sigemptyset`, `sigaddset`) before
+    // `pthread_sigmask` reads the one and writes the other.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut old);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        SignalMask(old)
+    }
+}
+
+/// Gives the calling thread the mask `mask` back.
+pub(crate) fn set_signal_mask(mask: SignalMask) {
+    // SAFETY: the set was written by `pthread_sigmask`; only read here.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
+}
+
 /// Blocks no signal on the calling thread (a fresh process's mask, as `std::process::
 /// Command` gives the programs it starts): a mask the program set before `init()`
-/// would otherwise reach every child of the fork server, which it forked then. The
-/// signals pending while blocked are dropped first, as a fork drops them: a spare that
-/// waited with the program's mask may hold one sent to its whole group meanwhile (a
-/// service manager's SIGTERM to the program's processes), which was not for the
-/// child it becomes, and would end it at once. (So that one sent to the child is not
-/// among them, the server answers its spawn only once the child has done this where
-/// its mask is not empty: see `FromServer::blocks_signals`.)
-pub(crate) fn unblock_signals() {
+/// would otherwise reach every child of the fork server, which it forked then. With
+/// `drop_pending`, the signals pending while blocked are dropped first, as a fork drops
+/// them: a spare that waited with the program's mask may hold one sent to its whole
+/// group meanwhile (a service manager's SIGTERM to the program's processes), which was
+/// not for the child it becomes, and would end it at once. (So that one sent to the
+/// child is not among them, the server answers its spawn only once the child has done
+/// this where its mask is not empty: see `FromServer::blocks_signals`.) Without, they
+/// are delivered: those a child forked fresh got since its fork, while the server held
+/// them for it (see `fork_child`).
+pub(crate) fn unblock_signals(drop_pending: bool) {
     // SAFETY: the sets are built by `sigemptyset`/`sigpending` on the stack; a zero
     // timeout makes `sigtimedwait` take a pending signal of the set, or return at once;
     // then an empty set replaces the calling thread's mask.
     unsafe {
         let mut pending: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut pending);
-        if libc::sigpending(&mut pending) == 0 {
+        if drop_pending && libc::sigpending(&mut pending) == 0 {
             let now = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
@@ -531,8 +586,9 @@ pub(crate) fn unblock_signals() {
 pub(crate) fn restore_signal(signal: i32, disposition: Disposition) {
     // SAFETY: `disposition` is what this program (or the process it was forked from)
     // had for `signal`: `SIG_DFL`, `SIG_IGN`, or a handler of this same executable
-    // image, so putting it back installs nothing the program did not.
-    unsafe { libc::signal(signal, disposition.0) };
+    // image, with the flags and mask it had, so putting it back installs nothing the
+    // program did not.
+    unsafe { libc::sigaction(signal, &disposition.0, std::ptr::null_mut()) };
 }
 
 /// Makes this process the leader of a new session, without a controlling terminal.
