@@ -161,7 +161,7 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
         passed: Vec<Arc<Ref>>,
     }
     impl crate::process::HeldAcrossFork for Held {
-        fn forked(self: Box<Self>) -> Box<dyn Send + Sync> {
+        fn forked(self: Box<Self>) -> (Box<dyn Send + Sync>, Box<dyn Send>) {
             let Held {
                 live,
                 clients,
@@ -169,8 +169,7 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
                 passed,
             } = *self;
             drop((clients, live));
-            drop(passed);
-            Box::new(kept)
+            (Box::new(kept), Box::new(passed))
         }
 
         fn in_child(self: Box<Self>) {
@@ -181,8 +180,18 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
                 passed,
             } = *self;
             drop(live);
-            // The parent's, as the kept ones are.
-            std::mem::forget((kept, passed));
+            // The parent's, as the kept ones are; but a reference others hold here too
+            // is only counted down (one held by this look alone would end, and its end
+            // take locks another thread of the parent may have held at the fork).
+            // Forgotten, each would stay counted once too often, and never end here.
+            for r in passed {
+                if Arc::strong_count(&r) > 1 {
+                    drop(r);
+                } else {
+                    std::mem::forget(r);
+                }
+            }
+            std::mem::forget(kept);
             super::client::forget_parents_connections(clients);
         }
     }

@@ -77,8 +77,9 @@ impl fmt::Debug for Status {
 /// its own.
 pub(crate) trait HeldAcrossFork {
     /// After the fork, in the parent: lets the lock go, and returns what the parent
-    /// keeps.
-    fn forked(self: Box<Self>) -> Box<dyn Send + Sync>;
+    /// keeps, and what it lets go of once `spawn_fork`'s own locks are let go (a last
+    /// reference's drop may talk to its server).
+    fn forked(self: Box<Self>) -> (Box<dyn Send + Sync>, Box<dyn Send>);
 
     /// After the fork, in the child, before its function runs: lets the lock go, forgets
     /// what the parent keeps (without dropping it: its drop may take locks another

@@ -695,7 +695,9 @@ impl Builder {
             }
             sys::Forked::Parent(pid) => {
                 drop((statics, stdout));
-                let kept = held.map(|h| h.forked());
+                // `_later` goes as this arm ends, after every lock here is let go (the
+                // registry's below).
+                let (kept, _later) = held.map(|h| h.forked()).unzip();
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its (unless `SIGCHLD`
