@@ -114,6 +114,13 @@ pub(crate) struct Client {
     /// anchor's) when none is queued or half-written: a call looks at the anchor only
     /// while it is set, and otherwise takes no lock for it.
     refs_due: AtomicBool,
+    /// Set when a reference the server counted for this session was made (a create, an
+    /// open by name) and the anchor could not be opened for it (the server busy with
+    /// handshakes, no descriptor free): the next calls open it, before they are made,
+    /// until one has. Without, the session rested on the connections calls use, and the
+    /// first of them closed (a call timed out) ended it: the server freed the objects
+    /// and released the locks of a process that still held them.
+    anchor_due: AtomicBool,
     /// The connection they go on, and the process it belongs to. Held while it opens
     /// (which waits for the server); a `Drop` that finds it held leaves its change
     /// queued for the holder or the next call.
@@ -216,6 +223,7 @@ impl Client {
             far: AtomicBool::new(false),
             queued: Mutex::new((pid, Vec::new())),
             refs_due: AtomicBool::new(false),
+            anchor_due: AtomicBool::new(false),
             anchor: Mutex::new((pid, None)),
         });
         static GOODBYE: std::sync::Once = std::sync::Once::new();
@@ -426,7 +434,7 @@ impl Client {
             (Some(t), Wait::Up(w)) => Some(t.saturating_add(w)),
         });
         // Opening the anchor for them counts against the call's own deadline.
-        if self.refs_due.load(Ordering::Acquire) {
+        if self.refs_due.load(Ordering::Acquire) || self.anchor_due.load(Ordering::Acquire) {
             self.flush(Open::IfQueued(deadline.get()));
         }
         let mut conn = self.checkout(&deadline)?;
@@ -460,6 +468,7 @@ impl Client {
     /// Opens the anchor if there is none, so that reference changes made later (in
     /// `Drop`, which never opens connections) can go at once.
     pub(crate) fn anchor(&self) {
+        self.anchor_due.store(true, Ordering::Release);
         self.flush(Open::Always);
     }
 
@@ -509,7 +518,10 @@ impl Client {
             let queued = self.queued();
             if queued.1.is_empty() {
                 self.refs_due.store(false, Ordering::Release);
-                if open != Open::Always {
+                let wanted = anchor.1.is_none()
+                    && matches!(open, Open::IfQueued(_))
+                    && self.anchor_due.load(Ordering::Acquire);
+                if open != Open::Always && !wanted {
                     return true;
                 }
             }
@@ -532,6 +544,7 @@ impl Client {
         let Some(a) = anchor.1.as_mut() else {
             return false;
         };
+        self.anchor_due.store(false, Ordering::Release);
         // Written until nothing is queued, or the anchor takes no more (and `drain`
         // has passed).
         let written = loop {
