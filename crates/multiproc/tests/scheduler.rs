@@ -124,6 +124,10 @@ fn main() {
             store::live_scheduler_takes_over_what_a_gone_one_left,
         ),
         trial(
+            "store_a_live_scheduler_takes_over_a_once_time_a_gone_one_claimed",
+            store::live_scheduler_takes_over_a_once_time_a_gone_one_claimed,
+        ),
+        trial(
             "store_started_run_is_reported_interrupted",
             store::started_run_is_reported_interrupted,
         ),
@@ -2031,10 +2035,31 @@ mod store {
     /// while a time it claimed waits for its jitter runs that time, without the job
     /// being added again.
     pub fn live_scheduler_takes_over_what_a_gone_one_left() {
-        let dir = tempdir("adopt");
+        takes_over_a_gone_ones_claim("adopt", false, || {
+            tick_job().jitter(secs(3)).misfire_grace(secs(25))
+        });
+    }
+
+    /// The same for a `once` job: the scheduler whose claim of the job's one time was
+    /// refused (the other had it) keeps the job while the other holds that time
+    /// unsettled, and takes the time over once the other is gone (it dropped the job as
+    /// done, as it had nothing left to fire: the time was neither run nor reported by
+    /// anyone); once the time is settled, the job is done.
+    pub fn live_scheduler_takes_over_a_once_time_a_gone_one_claimed() {
+        takes_over_a_gone_ones_claim("adopt-once", true, || {
+            Job::thread("tick", Schedule::once(at(10)), || ())
+                .jitter(secs(3))
+                .misfire_grace(secs(25))
+        });
+    }
+
+    /// Two schedulers on one store with `job` (due at 10 s, with a jitter of 3 s): the
+    /// first claims 10 s and is dropped while it waits out its jitter; the second runs
+    /// 10 s, and then (`once`) has nothing of the job left.
+    fn takes_over_a_gone_ones_claim(name: &str, once: bool, job: fn() -> Job) {
+        let dir = tempdir(name);
         let db = dir.join("jobs.db");
         let clock = ManualClock::new(t0());
-        let job = || tick_job().jitter(secs(3)).misfire_grace(secs(25));
         let (a, ea) = on_store(&db, &clock);
         a.add(job()).unwrap();
         let (b, eb) = on_store(&db, &clock);
@@ -2047,7 +2072,8 @@ mod store {
             1,
             "a claimed 10 s and waits out its jitter"
         );
-        assert_eq!(b.jobs()[0].running, 0);
+        let kept: Vec<_> = b.jobs().into_iter().map(|j| (j.name, j.running)).collect();
+        assert_eq!(kept, [("tick".to_string(), 0)], "b keeps the job");
         drop(a);
         assert!(
             ea.try_iter().any(|e| matches!(
@@ -2063,11 +2089,18 @@ mod store {
         // b takes a's claim over within seconds, and waits out its own jitter for it.
         assert!(eventually(T, || {
             b.run_pending();
-            b.jobs()[0].running == 1
+            b.jobs().first().is_some_and(|j| j.running == 1)
         }));
         clock.set(at(19));
         let evs = settle(&b, &eb, 1);
         assert_eq!(started(&evs), vec![at(10)]);
+        if once {
+            // Settled by b: nothing is left of the job anywhere, and b lets it go.
+            assert!(eventually(T, || {
+                b.run_pending();
+                b.jobs().is_empty()
+            }));
+        }
         drop(b);
         std::fs::remove_dir_all(dir).unwrap();
     }

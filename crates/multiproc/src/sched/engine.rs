@@ -167,6 +167,11 @@ struct JobState {
     /// started: the passes that take the rest coalesce them as well (`Coalesce::Earliest`
     /// runs one time of the whole backlog, not one a pass).
     ran_in_backlog: bool,
+    /// When the store was last asked whether another scheduler on it holds a time of
+    /// this job unsettled (see `Shared::held_elsewhere`), once the job had nothing
+    /// left of its own.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    held_elsewhere_at: Option<Instant>,
 }
 
 /// Where a job stands when it is added (from the store, if there is one).
@@ -393,6 +398,7 @@ impl Shared {
                 recovered,
                 store_retry_at: None,
                 ran_in_backlog: false,
+                held_elsewhere_at: None,
             },
         );
         drop(st);
@@ -618,12 +624,14 @@ impl Shared {
             for name in names {
                 started += self.fire_due(&mut st, &name, now, &mut lead);
             }
-            // A `once` job that has fired and finished is done.
-            st.jobs.retain(|_, js| {
+            // A `once` job that has fired and finished is done (unless another
+            // scheduler on the store holds one of its times: see `held_elsewhere`).
+            st.jobs.retain(|name, js| {
                 js.next.is_some()
                     || js.running > 0
                     || !js.deferred.is_empty()
                     || !js.recovered.is_empty()
+                    || self.held_elsewhere(name, js)
             });
         }
         // A job whose store failed is looked at again when it said, not before (and
@@ -1219,6 +1227,40 @@ impl Shared {
             self.settle_later(st, name, &times);
         }
         orphans.unstarted
+    }
+
+    /// Whether job `name`, which has nothing left of its own to run (a `once` job, or a
+    /// cron expression's last time), is to be kept because another scheduler on the
+    /// store holds one of its times unsettled: the time whose claim this one was
+    /// refused, say, claimed by a scheduler that may still die before it runs it. Kept,
+    /// the job's records are taken over when that one is gone (`adopt_orphans`), as
+    /// for a job that fires again; dropped, the time was neither run nor reported, by
+    /// anyone. Asked of the store at most every [`ADOPT_EVERY`] (a store that fails
+    /// keeps the job, to be asked again).
+    #[cfg_attr(not(feature = "sqlite"), allow(clippy::unused_self))]
+    fn held_elsewhere(&self, name: &str, js: &mut JobState) -> bool {
+        #[cfg(feature = "sqlite")]
+        if let Some(store) = &self.store {
+            if js
+                .held_elsewhere_at
+                .is_some_and(|at| at.elapsed() < ADOPT_EVERY)
+            {
+                return true;
+            }
+            js.held_elsewhere_at = Some(Instant::now());
+            return match unpoisoned::lock(store).held_elsewhere(name) {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(
+                        job = name,
+                        "job store failed while looking for runs of other schedulers: {e}"
+                    );
+                    true
+                }
+            };
+        }
+        let _ = (name, js);
+        false
     }
 
     /// Every [`ADOPT_EVERY`], takes over the records that schedulers gone from the job

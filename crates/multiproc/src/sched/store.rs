@@ -449,6 +449,17 @@ impl JobStore {
         Ok(adopted)
     }
 
+    /// Whether another owner holds a fire record of job `name` not settled yet (claimed,
+    /// started, or reported).
+    pub(super) fn held_elsewhere(&self, name: &str) -> Result<bool, ScheduleError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM fires WHERE job = ?1 AND state <> ?2 AND owner IS NOT ?3)",
+            )
+            .and_then(|mut q| q.query_row(params![name, SETTLED, self.owner], |r| r.get(0)))
+            .map_err(store_err)
+    }
+
     /// Forgets job `name` (it was removed): its row and its fire records, but the
     /// records of runs that other schedulers on the store started and have not
     /// settled, which they still settle (or a scheduler after them reports).
