@@ -359,6 +359,13 @@ fn plus_nanos(t: DateTime<Utc>, n: i128) -> Option<DateTime<Utc>> {
 /// that happens twice to its first occurrence; from a `t` inside the second one that
 /// can be at or before `t`, so the search moves on to the later occurrence, or past it.
 fn cron_next(cron: &Cron, tz: &Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Within two days of the calendar's ends the wall-clock time may not exist in `tz`
+    // (its offset past the last day), and croner reads it unchecked (a panic): no fire
+    // time is there to find anyway, a year of searching short of the end.
+    let margin = chrono::Duration::days(2);
+    if t.checked_add_signed(margin).is_none() || t.checked_sub_signed(margin).is_none() {
+        return None;
+    }
     // Cron times are whole seconds: search from the second `t` is in (croner would keep
     // the fraction).
     let mut from = t.trunc_subsecs(0).with_timezone(tz);
@@ -386,6 +393,29 @@ fn cron_next(cron: &Cron, tz: &Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    /// A cron schedule looked at from the calendar's ends (a manual clock moved as far
+    /// as it goes) has no next time, in any time zone (east of UTC at the end, west at
+    /// the start, the local time does not exist: croner panicked reading it).
+    #[test]
+    fn cron_at_the_ends_of_the_calendar_has_no_next_time() {
+        for (zone, t) in [
+            ("Asia/Tokyo", DateTime::<Utc>::MAX_UTC),
+            ("Pacific/Kiritimati", DateTime::<Utc>::MAX_UTC),
+            ("America/Los_Angeles", DateTime::<Utc>::MIN_UTC),
+            ("UTC", DateTime::<Utc>::MAX_UTC),
+        ] {
+            let schedule = Schedule::cron_in("0 9 * * *", zone).unwrap();
+            assert_eq!(schedule.next_after(t), None, "{zone}");
+            assert!(
+                matches!(
+                    schedule.refuse_if_spent(t),
+                    Err(ScheduleError::NeverFires(_))
+                ),
+                "{zone}"
+            );
+        }
+    }
 
     /// A cron schedule's downtime is walked [`MAX_WALK`] times too late a call at most,
     /// the next call going on from where the last stopped: two days of a per-second
