@@ -1313,7 +1313,10 @@ impl ThreadPool {
     /// Refuses new tasks; queued ones still run (and delayed or retried ones of
     /// [`submit_with`](Self::submit_with)), then the threads exit. A `map` called
     /// before counts as submitted whole, as in Python: its chunks still queued, and
-    /// those of items its iterator gives only afterwards, go in and run.
+    /// those of items its iterator gives only afterwards, go in and run; a `join`
+    /// waits for its iterator to end (one over an endless iterator, or over a channel
+    /// whose sender the joining thread holds, is ended by
+    /// [`terminate`](Self::terminate) only).
     pub fn close(&self) {
         self.shared.close();
     }
