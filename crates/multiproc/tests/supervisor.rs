@@ -1740,6 +1740,9 @@ struct EncodesUntilTold(u64);
 impl serde::Serialize for EncodesUntilTold {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if REFUSE_ENCODING.load(std::sync::atomic::Ordering::SeqCst) {
+            // Slowly, longer than the test's `reset_after`: a start that takes a while
+            // to fail (a fork server that answers late) is not a run that lasted.
+            std::thread::sleep(Duration::from_millis(80));
             return Err(serde::ser::Error::custom("told to refuse"));
         }
         s.serialize_u64(self.0)
@@ -1752,7 +1755,9 @@ fn crash_after((ms,): (EncodesUntilTold,)) {
 
 /// A child that ran long enough to reset the backoff crashes, and then every restart
 /// fails to start: each failed start counts as a child that failed at once, so the
-/// delays grow (they stayed at the base, the old start time resetting them each time).
+/// delays grow (they stayed at the base, the old start time resetting them each time;
+/// and, for a start that took longer to fail than `reset_after`, the time the start
+/// began, read before it).
 fn failed_restarts_back_off() {
     let ms = Duration::from_millis;
     let sup = Supervisor::builder()

@@ -560,8 +560,10 @@ impl Supervising {
             }
             if let Err(e) = self.spawn(i) {
                 // A start that failed is a child that failed at once: the backoff grows
-                // (it is reset only by a child that ran for `reset_after`).
-                self.slots[i].started = now;
+                // (it is reset only by a child that ran for `reset_after`). Now, not as
+                // the start began: one that took a while to fail (a fork server that
+                // answered late) would read as a run that lasted, and reset it.
+                self.slots[i].started = Instant::now();
                 let exit = ChildExit {
                     normal: false,
                     status: None,
