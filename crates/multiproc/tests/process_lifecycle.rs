@@ -65,6 +65,10 @@ fn main() {
                 a_term_that_ends_the_parent_ends_its_daemons_groups,
             ),
             trial(
+                "a_child_leads_its_group_when_its_spawn_returns",
+                a_child_leads_its_group_when_its_spawn_returns,
+            ),
+            trial(
                 "a_reused_group_number_is_not_signalled_at_exit",
                 a_reused_group_number_is_not_signalled_at_exit,
             ),
@@ -984,11 +988,10 @@ fn helper_group_term_caught() {
         .process_group(true)
         .spawn(sleep_long, ())
         .unwrap();
-    // In its group once it has run (a spawn's answer may come before).
+    // In its group by the time the spawn returned (the server put it there before
+    // its answer), whether it has run yet or not.
     let pid = rustix::process::Pid::from_raw(daemon.pid() as i32).unwrap();
-    assert!(common::eventually(T, || {
-        rustix::process::getpgid(Some(pid)).is_ok_and(|g| g == pid)
-    }));
+    assert_eq!(rustix::process::getpgid(Some(pid)).ok(), Some(pid));
     println!("ready");
     assert!(common::eventually(T, || GOT_TERM.load(std::sync::atomic::Ordering::SeqCst)));
     // Time for a parent-death signal to land, were the daemon's parent gone.
@@ -1010,6 +1013,41 @@ fn a_term_to_the_group_leaves_the_fork_server_to_the_parent() {
     assert_eq!(h.expect("daemon alive ", T), "true", "{}", h.stderr_now());
     assert_eq!(h.expect("after ", T), "Ok(Ok(9))", "{}", h.stderr_now());
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// A child that asked for a process group of its own leads it by the time its spawn
+/// returns, whether it has run yet or not (it made it only once it ran: a signal sent
+/// to the program's group right after the spawn, a supervisor's stop, reached it, and
+/// one to its own group found none). Thirty, three at a time (the second and third
+/// may be forked fresh, the next spare not there yet), with each start method.
+fn a_child_leads_its_group_when_its_spawn_returns() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        for _ in 0..10 {
+            let children: Vec<_> = (0..3)
+                .map(|_| {
+                    let child = Builder::new()
+                        .start_method(method)
+                        .process_group(true)
+                        .spawn(sleep_long, ())
+                        .unwrap();
+                    let pid = rustix::process::Pid::from_raw(child.pid() as i32).unwrap();
+                    let group = rustix::process::getpgid(Some(pid));
+                    (child, pid, group)
+                })
+                .collect();
+            for (mut child, pid, group) in children {
+                child.kill().unwrap();
+                let ended = child.join_timeout(T);
+                assert_eq!(group, Ok(pid), "{method:?}");
+                // Killed, in its call or before it started.
+                assert!(
+                    matches!(&ended, Err(ProcessError::Signaled(s)) if *s == multiproc::Signal::KILL)
+                        || matches!(&ended, Err(ProcessError::Lost(why)) if why.contains("SIGKILL")),
+                    "{ended:?}"
+                );
+            }
+        }
+    }
 }
 
 /// A daemon that leads a process group and has started a process in it.

@@ -48,9 +48,9 @@ impl FromServer<'_> {
     }
 
     /// Puts back the program's dispositions of the signals the server ignores as sent
-    /// to whole groups: in each process it forks (a spare as it starts, so that it is
-    /// ended, or not, as the program's processes are; a child as it starts; the
-    /// segment tracker).
+    /// to whole groups: in the processes it forks for the program (a spare as it
+    /// starts, so that it is ended, or not, as the program's processes are; a child as
+    /// it starts), not in the segment tracker, which outlives the program.
     pub(crate) fn restore_group_stops(&self) {
         for (signal, disposition) in self.group_stops {
             sys::restore_signal(signal, disposition);

@@ -264,6 +264,9 @@ pub(crate) fn clear_parent_death_signal() -> io::Result<()> {
 pub(crate) fn lead_process_group() -> io::Result<()> {
     Err(unsupported())
 }
+pub(crate) fn make_group_leader(_: u32) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn kill_self() -> ! {
     std::process::abort()
 }

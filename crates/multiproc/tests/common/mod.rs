@@ -53,8 +53,9 @@ static TERM_SENDER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32:
 extern "C" fn note_term_sender(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: with `SA_SIGINFO` the kernel passes a `siginfo_t` it filled in.
     let pid = unsafe { (*info).si_pid() };
-    // Never 0 (a sender with none would read as no signal).
-    TERM_SENDER.store(pid.max(-1), std::sync::atomic::Ordering::SeqCst);
+    // Never 0 (a sender read as none would look like no signal at all).
+    let pid = if pid == 0 { -1 } else { pid };
+    TERM_SENDER.store(pid, std::sync::atomic::Ordering::SeqCst);
 }
 
 #[allow(unsafe_code)]

@@ -627,6 +627,7 @@ fn assign_or_fork(
             kid.status = Some(status);
             kid.daemon = request.daemon;
             kid.group = request.process_group;
+            in_its_group(request, kid.pid);
             return Ok((kid.pid, pidfd));
         }
     }
@@ -680,10 +681,21 @@ fn fork_child(
         }
         Ok(Forked::Parent(pid)) => {
             drop((channel, stdin, stdout, stderr));
+            in_its_group(request, pid);
             let mut kid = new_kid(pid, Some(status), request.daemon, None)?;
             kid.group = request.process_group;
             for_parent(kid, kids)
         }
+    }
+}
+
+/// A child that leads a process group of its own (`process_group`) does so before the
+/// spawn's answer, not only once it has run: a signal sent to the program's group as
+/// soon as the spawn returned (a supervisor's stop) would otherwise reach it. The
+/// child does it again itself; should this fail (the child gone), that says so.
+fn in_its_group(request: &ForkRequest, pid: u32) {
+    if request.process_group {
+        let _ = sys::make_group_leader(pid);
     }
 }
 
@@ -758,7 +770,9 @@ fn start_tracker(
     match sys::fork_if_single_threaded().and_then(single) {
         Err(e) => Err(Refusal::os("fork failed", &e)),
         Ok(Forked::Child) => {
-            info.restore_group_stops();
+            // The signals sent to whole groups stay ignored, as in the server: the
+            // tracker outlives the program to remove its segments, and a stop of the
+            // program's group or cgroup (systemd's) must not take it along.
             let death = death.and_then(|d| sys::dup(d.as_fd()).ok());
             tracker::serve(socket, death, info.executed)
         }

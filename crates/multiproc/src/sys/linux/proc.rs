@@ -241,6 +241,15 @@ pub(crate) fn lead_process_group() -> io::Result<()> {
     Ok(rustix::process::setpgid(None, None)?)
 }
 
+/// Makes child `pid` (forked by this process, not yet executed) the leader of a new
+/// process group, as it does itself (`setpgid(pid, pid)`; done by both, as POSIX
+/// advises, it is done by the time either goes on).
+pub(crate) fn make_group_leader(pid: u32) -> io::Result<()> {
+    let pid =
+        Pid::from_raw(pid as i32).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::setpgid(Some(pid), Some(pid))?)
+}
+
 /// Sends `signal` to every process of process group `pgid`. Returns `false` (and sends
 /// nothing) when the group has no member: its leader never made it, or every member is
 /// gone. The group outlives its leader while other members remain, and while it does
