@@ -174,6 +174,11 @@ enum Open {
 /// still has (a process that received proxies and dropped them unused, say).
 const LAST_CHANCE: Duration = Duration::from_secs(1);
 
+/// How long a call gives the opening of an anchor that could not be opened before (see
+/// `Client::anchor_due`), ahead of its own request: a server that answers opens one in
+/// about a millisecond.
+const ANCHOR_RETRY: Duration = Duration::from_millis(200);
+
 /// The connection reference changes travel on (non-blocking once authenticated).
 struct Anchor {
     stream: Stream,
@@ -434,8 +439,15 @@ impl Client {
             (Some(t), Wait::Up(w)) => Some(t.saturating_add(w)),
         });
         // Opening the anchor for them counts against the call's own deadline.
-        if self.refs_due.load(Ordering::Acquire) || self.anchor_due.load(Ordering::Acquire) {
+        if self.refs_due.load(Ordering::Acquire) {
             self.flush(Open::IfQueued(deadline.get()));
+        } else if self.anchor_due.load(Ordering::Acquire) {
+            // Only briefly for an anchor that could not be opened before (the server
+            // busy with handshakes): the call goes on without it, on the connection
+            // it has, rather than spend its deadline on it.
+            let brief = Instant::now() + ANCHOR_RETRY;
+            let until = deadline.get().map_or(brief, |d| d.min(brief));
+            self.flush(Open::IfQueued(Some(until)));
         }
         let mut conn = self.checkout(&deadline)?;
         // Nothing was sent: the connection goes back as it was.
@@ -512,6 +524,9 @@ impl Client {
         if anchor.0 != pid {
             // The parent's connection: its copy here is closed, the parent's stays.
             *anchor = (pid, None);
+        }
+        if anchor.1.is_some() {
+            self.anchor_due.store(false, Ordering::Release);
         }
         let busy = |a: &Option<Anchor>| a.as_ref().is_some_and(|a| !a.in_frame.is_empty());
         if !busy(&anchor.1) {
