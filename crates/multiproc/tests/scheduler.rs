@@ -2074,6 +2074,12 @@ mod store {
         );
         let kept: Vec<_> = b.jobs().into_iter().map(|j| (j.name, j.running)).collect();
         assert_eq!(kept, [("tick".to_string(), 0)], "b keeps the job");
+        if once {
+            // Kept only for a's time, it is done here: added again, it starts afresh
+            // (not refused as a duplicate).
+            b.add(job()).unwrap();
+            b.run_pending();
+        }
         drop(a);
         assert!(
             ea.try_iter().any(|e| matches!(

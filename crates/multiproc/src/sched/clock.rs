@@ -64,7 +64,13 @@ impl Clock {
             // Due already (the next pass of a backlog walked in passes): no nap, as by
             // the system's clock. A later time comes only with a move of the clock,
             // which notifies.
-            (Source::Manual(m), Some(t)) if t <= unpoisoned::lock(&m.state).now => Duration::ZERO,
+            // (The calendar's end stands for a time that does not come: a manual clock
+            // moved there would otherwise have the scheduler look again and again.)
+            (Source::Manual(m), Some(t))
+                if t < DateTime::<Utc>::MAX_UTC && t <= unpoisoned::lock(&m.state).now =>
+            {
+                Duration::ZERO
+            }
             _ => MAX_NAP,
         };
         signal.wait(nap.min(MAX_NAP));
@@ -205,6 +211,21 @@ mod tests {
             });
             let began = std::time::Instant::now();
             clock.sleep(&signal, Some(start + chrono::Duration::seconds(60)));
+            let took = began.elapsed();
+            assert!(took >= Duration::from_millis(100), "woke after {took:?}");
+        });
+        // The calendar's end, where a delay past it lands, never comes: a clock moved
+        // there waits for a move (the scheduler looked again at once, for ever).
+        manual.set(DateTime::<Utc>::MAX_UTC);
+        // The set's own notification, taken.
+        signal.wait(Duration::ZERO);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                manual.set(start);
+            });
+            let began = std::time::Instant::now();
+            clock.sleep(&signal, Some(DateTime::<Utc>::MAX_UTC));
             let took = began.elapsed();
             assert!(took >= Duration::from_millis(100), "woke after {took:?}");
         });

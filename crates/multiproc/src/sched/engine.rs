@@ -138,6 +138,18 @@ struct State {
     adopted_at: Option<Instant>,
 }
 
+impl JobState {
+    /// Whether the job has nothing of its own left, and is kept only while another
+    /// scheduler on the store holds one of its times (see `Shared::held_elsewhere`).
+    fn kept_for_peers(&self) -> bool {
+        self.held_elsewhere_at.is_some()
+            && self.next.is_none()
+            && self.running == 0
+            && self.deferred.is_empty()
+            && self.recovered.is_empty()
+    }
+}
+
 impl State {
     /// Job `name`, if it is the one numbered `generation` (not one removed since).
     fn job(&mut self, name: &str, generation: u64) -> Option<&mut JobState> {
@@ -170,7 +182,6 @@ struct JobState {
     /// When the store was last asked whether another scheduler on it holds a time of
     /// this job unsettled (see `Shared::held_elsewhere`), once the job had nothing
     /// left of its own.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     held_elsewhere_at: Option<Instant>,
 }
 
@@ -357,7 +368,14 @@ impl Shared {
         }
         let now = shared.clock.now();
         let mut st = shared.lock_state();
-        if st.jobs.contains_key(&job.name) {
+        // A job kept only for a time another scheduler holds (`held_elsewhere`) is done
+        // here: added again, it starts afresh (and takes that time over as any job
+        // added does, should its holder be gone).
+        if st
+            .jobs
+            .get(&job.name)
+            .is_some_and(|js| !js.kept_for_peers())
+        {
             return Err(ScheduleError::Duplicate(job.name));
         }
         let key = job.schedule.to_string();

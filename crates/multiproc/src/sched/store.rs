@@ -144,6 +144,15 @@ fn owner_gone_on(owner: &str, machine: &str, this_boot: &str) -> bool {
     !sys::identity_alive(process)
 }
 
+/// Whether `owner` is of this machine (`machine`), as [`owner_gone_on`] reads it: one
+/// without a machine, or that does not parse, counts as this machine's.
+fn of_this_machine(owner: &str, machine: &str) -> bool {
+    match owner.split('/').collect::<Vec<_>>()[..] {
+        [m, _, _, _] => m == machine,
+        _ => true,
+    }
+}
+
 fn store_err(e: rusqlite::Error) -> ScheduleError {
     ScheduleError::Store(e.to_string())
 }
@@ -449,15 +458,31 @@ impl JobStore {
         Ok(adopted)
     }
 
-    /// Whether another owner holds a fire record of job `name` not settled yet (claimed,
-    /// started, or reported).
+    /// Whether another owner that this store could take over once it is gone (one of
+    /// this machine: see [`owner_gone`]) holds a fire record of job `name` not settled
+    /// yet (claimed, started, or reported).
     pub(super) fn held_elsewhere(&self, name: &str) -> Result<bool, ScheduleError> {
-        self.conn
+        let mut query = self
+            .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM fires WHERE job = ?1 AND state <> ?2 AND owner IS NOT ?3)",
+                "SELECT DISTINCT owner FROM fires WHERE job = ?1 AND state <> ?2 AND owner IS NOT ?3",
             )
-            .and_then(|mut q| q.query_row(params![name, SETTLED, self.owner], |r| r.get(0)))
-            .map_err(store_err)
+            .map_err(store_err)?;
+        let owners = query
+            .query_map(params![name, SETTLED, self.owner], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .map_err(store_err)?;
+        let machine = sys::machine_id();
+        for owner in owners {
+            if owner
+                .map_err(store_err)?
+                .is_none_or(|o| of_this_machine(&o, &machine))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Forgets job `name` (it was removed): its row and its fire records, but the
@@ -718,5 +743,15 @@ mod tests {
         assert!(!owner_gone(&owner), "{owner}");
         unpoisoned::lock(&OPEN).retain(|&n| n != number);
         assert!(owner_gone(&owner), "{owner}, closed");
+        // Owners whose records this machine could take over, once gone (those a
+        // finished job is kept for): of this machine, or read as this machine's.
+        for (owner, ours) in [
+            ("m1/b0/1/1", true),
+            ("m2/b1/1/1", false),
+            ("b0/1/1", true),
+            ("not an owner", true),
+        ] {
+            assert_eq!(of_this_machine(owner, machine), ours, "{owner}");
+        }
     }
 }
