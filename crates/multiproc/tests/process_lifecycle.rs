@@ -1019,17 +1019,24 @@ fn a_term_to_the_group_leaves_the_fork_server_to_the_parent() {
 /// returns, whether it has run yet or not (it made it only once it ran: a signal sent
 /// to the program's group right after the spawn, a supervisor's stop, reached it, and
 /// one to its own group found none). Thirty, three at a time (the second and third
-/// may be forked fresh, the next spare not there yet), with each start method.
+/// may be forked fresh, the next spare not there yet), with each start method and
+/// `spawn_fork`.
 fn a_child_leads_its_group_when_its_spawn_returns() {
-    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+    for method in [
+        Some(StartMethod::ForkServer),
+        Some(StartMethod::Spawn),
+        None,
+    ] {
         for _ in 0..10 {
             let children: Vec<_> = (0..3)
                 .map(|_| {
-                    let child = Builder::new()
-                        .start_method(method)
-                        .process_group(true)
-                        .spawn(sleep_long, ())
-                        .unwrap();
+                    let builder = Builder::new().process_group(true);
+                    let child = match method {
+                        Some(method) => builder.start_method(method).spawn(sleep_long, ()),
+                        // SAFETY: the closure only sleeps; it takes no lock.
+                        None => unsafe { builder.spawn_fork(|| sleep_long(())) },
+                    }
+                    .unwrap();
                     let pid = rustix::process::Pid::from_raw(child.pid() as i32).unwrap();
                     let group = rustix::process::getpgid(Some(pid));
                     (child, pid, group)

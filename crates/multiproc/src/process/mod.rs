@@ -698,6 +698,11 @@ impl Builder {
                 // `_later` goes as this arm ends, after every lock here is let go (the
                 // registry's below).
                 let (kept, _later) = held.map(|h| h.forked()).unzip();
+                // As the fork server does: the child leads its group by the time the
+                // spawn returns, not only once it has run (it does it too).
+                if self.process_group {
+                    let _ = sys::make_group_leader(pid);
+                }
                 drop((st, me_slot));
                 drop((theirs, death, stdio_child));
                 // Our own child, not yet reaped: the pid is still its (unless `SIGCHLD`

@@ -606,6 +606,9 @@ fn assign_or_fork(
             stderr.as_fd(),
         ];
         passed.extend(held.as_ref().map(|(_, taken)| taken.as_fd()));
+        // Before it has the request, so that the spare, idle yet, cannot have moved
+        // itself elsewhere meanwhile (its call may).
+        in_its_group(request, kid.pid);
         // A spare that was killed cannot take it; it is reaped like any child.
         if let Some(Ok(())) = spare
             .as_mut()
@@ -627,7 +630,6 @@ fn assign_or_fork(
             kid.status = Some(status);
             kid.daemon = request.daemon;
             kid.group = request.process_group;
-            in_its_group(request, kid.pid);
             return Ok((kid.pid, pidfd));
         }
     }
@@ -692,7 +694,9 @@ fn fork_child(
 /// A child that leads a process group of its own (`process_group`) does so before the
 /// spawn's answer, not only once it has run: a signal sent to the program's group as
 /// soon as the spawn returned (a supervisor's stop) would otherwise reach it. The
-/// child does it again itself; should this fail (the child gone), that says so.
+/// child does it again itself; should this fail (the child gone), that says so. (A
+/// child forked fresh runs meanwhile: one whose call moves it to another group at once
+/// may be moved back, a call that contradicts its own `process_group`.)
 fn in_its_group(request: &ForkRequest, pid: u32) {
     if request.process_group {
         let _ = sys::make_group_leader(pid);
