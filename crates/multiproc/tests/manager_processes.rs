@@ -2582,7 +2582,10 @@ fn anchor_not_opened() {
     let full = common::use_up_descriptors();
     let d = m.dict::<u8, u8>().unwrap();
     drop(full);
+    // Each call gives the missing anchor its chance (200 ms each, on a loaded machine).
     d.insert(1, 1).unwrap();
+    assert_eq!(d.len().unwrap(), 1);
+    assert_eq!(d.get(&1).unwrap(), Some(1));
     let server = m.server_pid().unwrap();
     common::stop_or_continue(server, true);
     let resume = Resume(server);

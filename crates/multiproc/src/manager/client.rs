@@ -438,16 +438,19 @@ impl Client {
             (Some(t), Wait::None) => Some(t),
             (Some(t), Wait::Up(w)) => Some(t.saturating_add(w)),
         });
-        // Opening the anchor for them counts against the call's own deadline.
-        if self.refs_due.load(Ordering::Acquire) {
-            self.flush(Open::IfQueued(deadline.get()));
-        } else if self.anchor_due.load(Ordering::Acquire) {
-            // Only briefly for an anchor that could not be opened before (the server
-            // busy with handshakes): the call goes on without it, on the connection
-            // it has, rather than spend its deadline on it.
-            let brief = Instant::now() + ANCHOR_RETRY;
-            let until = deadline.get().map_or(brief, |d| d.min(brief));
-            self.flush(Open::IfQueued(Some(until)));
+        // Opening the anchor for them counts against the call's own deadline; only
+        // briefly for an anchor that could not be opened before (the server busy with
+        // handshakes): the call goes on without it, on the connection it has, rather
+        // than spend its deadline on it (what is queued waits for a later flush).
+        let anchor_due = self.anchor_due.load(Ordering::Acquire);
+        if anchor_due || self.refs_due.load(Ordering::Acquire) {
+            let until = if anchor_due {
+                let brief = Instant::now() + ANCHOR_RETRY;
+                Some(deadline.get().map_or(brief, |d| d.min(brief)))
+            } else {
+                deadline.get()
+            };
+            self.flush(Open::IfQueued(until));
         }
         let mut conn = self.checkout(&deadline)?;
         // Nothing was sent: the connection goes back as it was.
