@@ -530,7 +530,10 @@ impl Shared {
             // Due by the time the pass began (a backlog), and still by the clock after
             // it: a pass that took long (a server that does not answer) does not make
             // what it set for later due, nor does a clock stepped back.
-            if wake_at.is_none_or(|at| at > before.min(self.clock.now())) {
+            // The calendar's end stands for a time that does not come.
+            if wake_at.is_none_or(|at| {
+                at > before.min(self.clock.now()) || at == DateTime::<Utc>::MAX_UTC
+            }) {
                 break;
             }
         }

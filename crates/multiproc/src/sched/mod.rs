@@ -201,7 +201,9 @@ impl Scheduler {
     ///
     /// # Errors
     ///
-    /// [`ScheduleError::Duplicate`] for a name already scheduled,
+    /// [`ScheduleError::Duplicate`] for a name already scheduled (a finished job kept
+    /// only while another scheduler on the store holds one of its times, listed with no
+    /// next fire time, is replaced),
     /// [`ScheduleError::NoExecutor`] when the scheduler lacks the pool the job runs on,
     /// [`ScheduleError::IntervalTooShort`] and the other schedule errors, a store error, or
     /// [`ScheduleError::ShutDown`].

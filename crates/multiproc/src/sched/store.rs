@@ -144,11 +144,12 @@ fn owner_gone_on(owner: &str, machine: &str, this_boot: &str) -> bool {
     !sys::identity_alive(process)
 }
 
-/// Whether `owner` is of this machine (`machine`), as [`owner_gone_on`] reads it: one
-/// without a machine, or that does not parse, counts as this machine's.
+/// Whether `owner` is one this machine may take over once it is gone, as
+/// [`owner_gone_on`] reads it: of this machine (`machine`); one without a machine, or
+/// that does not parse, counts as this machine's.
 fn of_this_machine(owner: &str, machine: &str) -> bool {
     match owner.split('/').collect::<Vec<_>>()[..] {
-        [m, _, _, _] => m == machine,
+        [m, _, p, n] => m == machine || p.parse::<u64>().is_err() || n.parse::<u64>().is_err(),
         _ => true,
     }
 }
@@ -750,6 +751,7 @@ mod tests {
             ("m2/b1/1/1", false),
             ("b0/1/1", true),
             ("not an owner", true),
+            ("m2/b1/x/1", true),
         ] {
             assert_eq!(of_this_machine(owner, machine), ours, "{owner}");
         }
