@@ -27,9 +27,10 @@ use crate::wire::codec;
 /// killed, alone, with its fork server, or with its whole process group), multiproc
 /// removes the name on its behalf: a small tracker process of its own session does,
 /// started when the creator first creates a named segment, which needs
-/// [`init`](crate::init) in the creating program. Only a kill of every process of the
-/// program's cgroup (a container stop, `systemctl kill`) takes the tracker too and
-/// leaves the name, as it would with CPython. A process that only opened a segment never
+/// [`init`](crate::init) in the creating program. It ignores `SIGTERM`, `SIGHUP` and
+/// `SIGQUIT`: only a `SIGKILL` of every process of the program's cgroup (a container
+/// stop past its grace, `systemctl kill -s KILL`, the OOM killer's group kill) takes the
+/// tracker too and leaves the name, as it would with CPython. A process that only opened a segment never
 /// removes it.
 ///
 /// The bytes have no lock: [`read`](SharedMemory::read) and
