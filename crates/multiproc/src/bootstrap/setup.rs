@@ -23,7 +23,7 @@ pub(crate) struct FromServer<'a> {
     pub(crate) sigchld: sys::Disposition,
     /// The program's own dispositions of the signals that end a process by default and
     /// that are sent to a whole process group (`SIGTERM`, `SIGHUP`, `SIGQUIT`), which the
-    /// server ignores; each process it forks puts them back (see
+    /// server ignores; each process it forks for the program puts them back (see
     /// [`restore_group_stops`](Self::restore_group_stops)).
     pub(crate) group_stops: [(i32, sys::Disposition); 3],
     /// The server's users and groups (the program's when it started the server).

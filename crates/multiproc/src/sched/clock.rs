@@ -62,12 +62,11 @@ impl Clock {
         let nap = match (&self.0, until) {
             (Source::System, Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
             // Due already (the next pass of a backlog walked in passes): no nap, as by
-            // the system's clock. A later time comes only with a move of the clock,
-            // which notifies.
-            // (The calendar's end stands for a time that does not come: a manual clock
-            // moved there would otherwise have the scheduler look again and again.)
+            // the system's clock, unless it never comes (a manual clock moved to the
+            // calendar's end would have the scheduler look again and again). A later
+            // time comes only with a move of the clock, which notifies.
             (Source::Manual(m), Some(t))
-                if t < DateTime::<Utc>::MAX_UTC && t <= unpoisoned::lock(&m.state).now =>
+                if !never_comes(t) && t <= unpoisoned::lock(&m.state).now =>
             {
                 Duration::ZERO
             }
@@ -75,6 +74,12 @@ impl Clock {
         };
         signal.wait(nap.min(MAX_NAP));
     }
+}
+
+/// Whether `t` is the calendar's end, where a delay past what the calendar holds is put
+/// (`engine::later`): a time that does not come, whatever a clock reads.
+pub(super) fn never_comes(t: DateTime<Utc>) -> bool {
+    t == DateTime::<Utc>::MAX_UTC
 }
 
 #[derive(Debug)]

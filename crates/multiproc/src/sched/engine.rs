@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use indexmap::IndexMap;
 
-use super::clock::{Clock, Notifier};
+use super::clock::{Clock, Notifier, never_comes};
 use super::job::{Coalesce, EventKind, Job, JobEvent, MissReason, RunContext, Running, Target};
 use super::schedule::{self, Late, Schedule};
 #[cfg(feature = "sqlite")]
@@ -530,10 +530,7 @@ impl Shared {
             // Due by the time the pass began (a backlog), and still by the clock after
             // it: a pass that took long (a server that does not answer) does not make
             // what it set for later due, nor does a clock stepped back.
-            // The calendar's end stands for a time that does not come.
-            if wake_at.is_none_or(|at| {
-                at > before.min(self.clock.now()) || at == DateTime::<Utc>::MAX_UTC
-            }) {
+            if wake_at.is_none_or(|at| at > before.min(self.clock.now()) || never_comes(at)) {
                 break;
             }
         }
