@@ -41,6 +41,10 @@ fn main() {
             ),
             trial("task_state_running_cancelled", task_state_running_cancelled),
             trial(
+                "a_join_waits_for_the_callbacks_a_cancel_runs",
+                a_join_waits_for_the_callbacks_a_cancel_runs,
+            ),
+            trial(
                 "err_retried_then_reported_typed",
                 err_retried_then_reported_typed,
             ),
@@ -461,6 +465,52 @@ fn task_state_running_cancelled() {
     assert!(get(t).unwrap());
     tp.join_timeout(T).unwrap();
     finish(p);
+}
+
+/// A queued task cancelled from another thread runs its callbacks there: a `join`
+/// returns only once they have run (as a thread pool's does), and one called in such a
+/// callback waits for the rest of the pool, not for itself.
+fn a_join_waits_for_the_callbacks_a_cancel_runs() {
+    let p = Arc::new(pool(1));
+    let started = Event::new().unwrap();
+    let running = p
+        .submit(started_then_sleep, (started.clone(), 1500))
+        .unwrap();
+    assert!(started.wait_timeout(T));
+    let (slow, joins) = (p.submit(square, 2).unwrap(), p.submit(square, 3).unwrap());
+    let ran = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&ran);
+    let (began_tx, began) = mpsc::channel();
+    slow.on_done(move |outcome| {
+        let _ = began_tx.send(());
+        assert_eq!(outcome, &Err(TaskError::Cancelled));
+        std::thread::sleep(Duration::from_millis(800));
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    let (tx, rx) = mpsc::channel();
+    let weak = Arc::downgrade(&p);
+    joins.on_done(move |_| {
+        let t0 = Instant::now();
+        let joined = weak
+            .upgrade()
+            .map(|p| p.join_timeout(Duration::from_secs(20)));
+        let _ = tx.send((joined, t0.elapsed()));
+    });
+    let cancelling = std::thread::spawn(move || (slow.cancel(), joins.cancel()));
+    began.recv_timeout(T).unwrap();
+    p.join_timeout(T).unwrap();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "the join returned while a cancelled task's callback ran"
+    );
+    let (cancelled, cancelled_too) = cancelling.join().unwrap();
+    assert!(cancelled && cancelled_too);
+    let (joined, took) = rx.recv_timeout(T).unwrap();
+    assert!(matches!(joined, Some(Ok(()))), "{joined:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(get(running), Ok(1500));
+    finish(Arc::into_inner(p).expect("no callback holds the pool any more"));
 }
 
 /// A fallible task's error.

@@ -103,8 +103,14 @@ pub(crate) struct PoolInner {
     /// came in (see [`PoolInner::deliver`]), and how many (changed under its lock; read
     /// without it, so that a helper's look at an empty list touches nothing another
     /// thread writes).
-    undelivered: Mutex<std::collections::VecDeque<(u64, Delivery)>>,
+    undelivered: Mutex<Undelivered>,
     undelivered_len: AtomicUsize,
+    /// Batches of outcomes being handed over (waiting in `undelivered`, or their
+    /// callbacks running) that a `join` waits for: all but those a `join` in one of
+    /// their callbacks let go (see [`PoolInner::let_go_handing_here`]).
+    handing: AtomicUsize,
+    /// Threads in [`PoolInner::wait_finished`]: the last batch handed over wakes them.
+    finish_waiters: AtomicUsize,
     /// The last batch number given.
     batches: AtomicU64,
     /// While an outcome waits for room for its descriptors (see [`NO_ROOM_RETRY`]):
@@ -413,8 +419,10 @@ impl PoolInner {
             engine_thread: OnceLock::new(),
             retry_start_at: AtomicU64::new(0),
             chores_at: AtomicU64::new(0),
-            undelivered: Mutex::new(std::collections::VecDeque::new()),
+            undelivered: Mutex::new(Undelivered::default()),
             undelivered_len: AtomicUsize::new(0),
+            handing: AtomicUsize::new(0),
+            finish_waiters: AtomicUsize::new(0),
             batches: AtomicU64::new(0),
             no_room_retry_at: AtomicU64::new(0),
             last_taken: AtomicU64::new(0),
@@ -911,11 +919,15 @@ impl PoolInner {
             .is_some_and(|&id| id == std::thread::current().id())
     }
 
-    /// Waits until the engine has finished (no tasks, no workers), or `deadline`.
+    /// Waits until the engine has finished (no tasks, no workers) and every outcome
+    /// has been handed over (callbacks run on other threads, a cancelling one's or one
+    /// routing outcomes as it waits, included), or `deadline`.
     pub(super) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
+        self.let_go_handing_here();
         let mut st = unpoisoned::lock(&self.state);
+        let _waiting = Counted::enter(&self.finish_waiters);
         loop {
-            if st.finished {
+            if st.finished && self.handing.load(Ordering::SeqCst) == 0 {
                 return true;
             }
             st = match unpoisoned::wait_until(&self.changed, st, deadline) {
@@ -2340,7 +2352,124 @@ fn codec_panic(body: &[u8]) -> Result<RemotePanic, CodecError> {
     crate::wire::codec::decode::<RemotePanic>(body, Vec::new())
 }
 
+/// What waits in [`PoolInner::undelivered`].
+#[derive(Default)]
+struct Undelivered {
+    /// The outcomes, each with its batch's number.
+    items: VecDeque<(u64, Delivery)>,
+    /// Per batch not handed over whole: its outcomes left (waiting or running their
+    /// callbacks), and whether a `join` in one of its callbacks let it go.
+    left: FxHashMap<u64, (usize, bool)>,
+}
+
+thread_local! {
+    /// The batches whose outcomes this thread is handing over (a callback of one runs),
+    /// with their pool's address: a `join` in such a callback lets them go, as it would
+    /// otherwise wait for the very callback it runs in, and for the rest of its batch,
+    /// which this thread hands over only once that callback returns.
+    static HANDING: std::cell::RefCell<Vec<(usize, u64)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One more on a count, until dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A run of `n` outcomes of batch `batch` being handed over on this thread; counted
+/// as handed over when dropped (also if a sink's delivery unwinds).
+struct HandingRun<'a> {
+    inner: &'a PoolInner,
+    batch: u64,
+    n: usize,
+}
+
+impl<'a> HandingRun<'a> {
+    fn enter(inner: &'a PoolInner, batch: u64, n: usize) -> Self {
+        let _ = HANDING.try_with(|h| h.borrow_mut().push((inner.addr(), batch)));
+        HandingRun { inner, batch, n }
+    }
+}
+
+impl Drop for HandingRun<'_> {
+    fn drop(&mut self) {
+        let _ = HANDING.try_with(|h| h.borrow_mut().pop());
+        let finished = {
+            let mut waiting = unpoisoned::lock(&self.inner.undelivered);
+            match waiting.left.get_mut(&self.batch) {
+                Some((left, let_go)) => {
+                    *left = left.saturating_sub(self.n);
+                    let finished = *left == 0 && !*let_go;
+                    if *left == 0 {
+                        waiting.left.remove(&self.batch);
+                    }
+                    finished
+                }
+                None => false,
+            }
+        };
+        if finished {
+            self.inner.handed(1);
+        }
+    }
+}
+
 impl PoolInner {
+    /// `batches` that a `join` waits for have been handed over (or let go): the last
+    /// wakes the threads waiting for the pool to finish.
+    fn handed(&self, batches: usize) {
+        if self.handing.fetch_sub(batches, Ordering::SeqCst) == batches
+            && self.finish_waiters.load(Ordering::SeqCst) > 0
+        {
+            // Under the lock their look at the count is made under: none misses it.
+            let _st = unpoisoned::lock(&self.state);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Lets go of the batches whose outcomes this thread is handing over (a `join` in
+    /// one of their callbacks: see [`HANDING`]).
+    pub(super) fn let_go_handing_here(&self) {
+        let here: Vec<u64> = HANDING
+            .try_with(|h| {
+                h.borrow()
+                    .iter()
+                    .filter(|(addr, _)| *addr == self.addr())
+                    .map(|(_, batch)| *batch)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if here.is_empty() {
+            return;
+        }
+        let mut freed = 0;
+        {
+            let mut waiting = unpoisoned::lock(&self.undelivered);
+            for batch in here {
+                if let Some((_, let_go)) = waiting.left.get_mut(&batch)
+                    && !*let_go
+                {
+                    *let_go = true;
+                    freed += 1;
+                }
+            }
+        }
+        if freed > 0 {
+            self.handed(freed);
+        }
+    }
+
     /// Hands outcomes over, each run of outcomes for the same sink (a map's) at once.
     /// A task's callbacks run as its outcome is handed over, and may wait for another
     /// task whose outcome came in the same batch: the batch waits in `undelivered`
@@ -2356,8 +2485,13 @@ impl PoolInner {
         let batch = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
         {
             let mut waiting = unpoisoned::lock(&self.undelivered);
-            waiting.extend(deliveries.into_iter().map(|d| (batch, d)));
-            self.undelivered_len.store(waiting.len(), Ordering::Release);
+            waiting.left.insert(batch, (deliveries.len(), false));
+            self.handing.fetch_add(1, Ordering::SeqCst);
+            waiting
+                .items
+                .extend(deliveries.into_iter().map(|d| (batch, d)));
+            self.undelivered_len
+                .store(waiting.items.len(), Ordering::Release);
         }
         self.hand_over(Some(batch));
     }
@@ -2374,25 +2508,27 @@ impl PoolInner {
         let mine = |b: u64| only.is_none_or(|o| o == b);
         let mut any = false;
         while self.undelivered_len.load(Ordering::Acquire) != 0 {
-            let (sink, run) = {
+            let (sink, run, batch) = {
                 let mut waiting = unpoisoned::lock(&self.undelivered);
-                let Some(at) = waiting.iter().position(|(b, _)| mine(*b)) else {
+                let items = &mut waiting.items;
+                let Some(at) = items.iter().position(|(b, _)| mine(*b)) else {
                     return any;
                 };
-                let Some((batch, (sink, slot, outcome))) = waiting.remove(at) else {
+                let Some((batch, (sink, slot, outcome))) = items.remove(at) else {
                     return any;
                 };
                 let mut run = vec![(slot, outcome)];
-                while waiting.get(at).is_some_and(|(b, (next, ..))| {
+                while items.get(at).is_some_and(|(b, (next, ..))| {
                     *b == batch && std::ptr::addr_eq(Arc::as_ptr(next), Arc::as_ptr(&sink))
                 }) {
-                    if let Some((_, (_, slot, outcome))) = waiting.remove(at) {
+                    if let Some((_, (_, slot, outcome))) = items.remove(at) {
                         run.push((slot, outcome));
                     }
                 }
-                self.undelivered_len.store(waiting.len(), Ordering::Release);
-                (sink, run)
+                self.undelivered_len.store(items.len(), Ordering::Release);
+                (sink, run, batch)
             };
+            let _handing = HandingRun::enter(self, batch, run.len());
             sink.deliver_many(run);
             any = true;
         }

@@ -855,10 +855,14 @@ impl Pool {
         self.inner.close();
     }
 
-    /// Closes the pool and waits until every task has finished and every worker has
+    /// Closes the pool and waits until every task has finished, every outcome has been
+    /// handed over (the callbacks that run on other threads, one that cancelled its
+    /// task or one that routes outcomes as it waits, included), and every worker has
     /// exited.
     ///
-    /// Called from a callback the pool's own thread runs, it only closes the pool: that
+    /// Called from a callback that another thread runs (one that cancelled its task,
+    /// say), it waits for all of that but the outcomes that thread is handing over: those
+    /// wait for the callback. Called from a callback the pool's own thread runs, it only closes the pool: that
     /// thread finishes it, and cannot while it waits. So too from a callback run by a
     /// thread whose `map` of this pool is under way (it routes outcomes while it waits,
     /// running their callbacks): the pool finishes only after that map.
