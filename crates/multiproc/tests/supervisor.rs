@@ -50,6 +50,14 @@ fn main() {
             trial("backoff_grows_then_resets", backoff_grows_then_resets),
             trial("sigterm_ignored_group_sigkilled", sigterm_ignored),
             trial(
+                "a_panic_as_a_child_starts_leaves_no_child",
+                a_panic_as_a_child_starts_leaves_no_child,
+            ),
+            trial(
+                "a_child_that_left_its_group_is_stopped_by_its_grace",
+                a_child_that_left_its_group_is_stopped_by_its_grace,
+            ),
+            trial(
                 "children_stop_in_reverse_order_one_after_another",
                 children_stop_in_reverse_order,
             ),
@@ -440,6 +448,38 @@ fn ignores_sigterm(ready: String) {
     sleep_forever(());
     // Never reached: the supervisor kills this process group, `sleep` included.
     drop(child.wait());
+}
+
+/// Ignores `SIGTERM`, leaves a grandchild (`sleep`) in its process group and moves
+/// itself into another group of its session (it leads its own, so it cannot `setsid`);
+/// then notes its pid and the grandchild's in `log`.
+// The grandchild is never waited for on purpose: its zombie keeps the group there.
+#[allow(clippy::zombie_processes)]
+fn leaves_its_group(log: String) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setting a signal's disposition to "ignore" runs no code of ours.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    let stays = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    // A group of its own to move into (its leader leads it once `spawn` returns), left
+    // to this process alone.
+    let mut other = std::process::Command::new("sleep")
+        .arg("1000")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = rustix::process::Pid::from_raw(other.id() as i32);
+    rustix::process::setpgid(None, group).unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    note(
+        &log,
+        &std::process::id().to_string(),
+        &stays.id().to_string(),
+    );
+    sleep_forever(());
 }
 
 /// Starts a grandchild in this child's process group (`sleep`, ignoring `SIGTERM` when
@@ -1313,6 +1353,136 @@ fn sigterm_ignored() {
         "the child's process group was killed"
     );
     common::reap(grandchild);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A `tracing` subscriber that panics at the first event of `target` (once).
+struct PanicsOnce {
+    target: &'static str,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl tracing::Subscriber for PanicsOnce {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if event.metadata().target() == self.target
+            && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a subscriber that panics");
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Notes its pid in `log`, then sleeps.
+fn notes_its_pid(log: String) {
+    note(&log, "pid", &std::process::id().to_string());
+    sleep_forever(());
+}
+
+/// A panic as the supervisor starts a child (here a `tracing` subscriber's, on the
+/// supervisor's first event) fails the build, and the child is stopped with the rest:
+/// it was in its slot before anything was said of it.
+fn a_panic_as_a_child_starts_leaves_no_child() {
+    let dir = tempdir("start-panic");
+    let log = dir.join("pid");
+    let panics = PanicsOnce {
+        target: "multiproc::supervise::engine",
+        done: std::sync::atomic::AtomicBool::new(false),
+    };
+    let built = tracing::subscriber::with_default(panics, || {
+        Supervisor::builder()
+            .child(
+                ChildSpec::new("noted", notes_its_pid, log.to_string_lossy().into_owned())
+                    .shutdown_grace(Duration::from_millis(100)),
+            )
+            .build()
+    });
+    assert!(
+        matches!(built, Err(SupervisorError::Panicked(_))),
+        "{:?}",
+        built.err()
+    );
+    // The child may have been stopped before it noted its pid; one left running notes
+    // it.
+    let listed = || {
+        multiproc::active_children()
+            .iter()
+            .any(|c| c.name() == "noted")
+    };
+    let noted = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(Duration::from_secs(5), || {
+        noted().ends_with('\n') || !listed()
+    });
+    let noted = noted();
+    if let Some(pid) = noted.split_whitespace().nth(1) {
+        let pid: u32 = pid.parse().unwrap();
+        let _cleanup = KillOnDrop(pid);
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "the child outlived the build"
+        );
+    }
+    assert!(!listed(), "the child is still listed");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A child that moved out of its process group, leaving a member there, is killed
+/// when its grace has passed: a send to its group succeeds (the member is there) and
+/// reaches the member only.
+fn a_child_that_left_its_group_is_stopped_by_its_grace() {
+    let dir = tempdir("left-group");
+    let log = dir.join("pids");
+    let grace = Duration::from_millis(300);
+    let sup = Supervisor::builder()
+        .child(
+            ChildSpec::new(
+                "leaver",
+                leaves_its_group,
+                log.to_string_lossy().into_owned(),
+            )
+            .restart(Restart::Temporary)
+            .shutdown_grace(grace),
+        )
+        .build()
+        .unwrap();
+    assert!(eventually(T, || std::fs::read_to_string(&log)
+        .is_ok_and(|s| s.ends_with('\n'))));
+    let pids: Vec<u32> = std::fs::read_to_string(&log)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let (child, stays) = (pids[0], pids[1]);
+    let _cleanup = (KillOnDrop(child), KillOnDrop(stays));
+    assert_eq!(pid_of(&sup, "leaver"), Some(child));
+    assert!(
+        !common::group_members(child)
+            .iter()
+            .any(|(p, ..)| *p == child),
+        "the child is still in its group"
+    );
+    let started = Instant::now();
+    sup.shutdown().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(3),
+        "stopped after {took:?}"
+    );
+    assert!(
+        wait_gone(child, Duration::from_secs(1)),
+        "the child outlived its stop"
+    );
+    assert!(wait_gone(stays, T), "the member of its group outlived it");
+    common::reap(stays);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

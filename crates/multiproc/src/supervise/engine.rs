@@ -47,8 +47,15 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
     }
 
     fn signal(&self, signal: i32) {
-        // The whole group when the child has made it; the child alone before that.
-        if !matches!(sys::signal_group(self.pid(), signal), Ok(true)) {
+        // The whole group when the child has made it (what it started there too), and
+        // the child itself, through its pidfd, where the group may not hold it: before
+        // it made the group, or after it moved to another (`setpgid`), when a send to
+        // the group reached only its other members (or their zombies) and succeeded all
+        // the same. A `SIGKILL` goes both ways always (once the child has ended the
+        // pidfd's does nothing).
+        let pid = self.pid();
+        let grouped = matches!(sys::signal_group(pid, signal), Ok(true));
+        if signal == sys::SIGKILL || !grouped || !sys::in_group(pid, pid) {
             let _ = if signal == sys::SIGKILL {
                 self.kill()
             } else {
@@ -384,7 +391,6 @@ impl Supervising {
                 source,
             })?;
         let pid = child.pid();
-        tracing::trace!(child = %slot.spec.name, pid, "child started");
         // A restart is counted once it started (one that failed to start is tried
         // again, and counted then).
         if matches!(slot.state, SlotState::Waiting(_)) {
@@ -393,6 +399,9 @@ impl Supervising {
         slot.child = Some(child);
         slot.state = SlotState::Running;
         slot.started = Instant::now();
+        // Only once it is in its slot: a `tracing` subscriber that panics would
+        // otherwise drop the handle of a child no stop can reach.
+        tracing::trace!(child = %slot.spec.name, pid, "child started");
         self.shared.events.send(SupervisorEvent::Started {
             child: slot.spec.name.clone(),
             pid,
@@ -414,12 +423,13 @@ impl Supervising {
             slot.child = None;
             let grace = slot.spec.grace;
             let name = slot.spec.name.clone();
+            // Its group's members are in hand before anything is said of it.
+            self.linger(i, pid, grace);
             if exit.normal {
                 tracing::trace!(child = %name, pid, "child ended: {exit}");
             } else {
                 tracing::warn!(child = %name, pid, "child ended: {exit}");
             }
-            self.linger(i, pid, grace);
             // Its status says so, what comes next included (restarting, or done), before
             // the event goes, and before its siblings' stop (up to their grace): a
             // subscriber that looked at the status on the event found the child still
@@ -635,13 +645,14 @@ impl Supervising {
             // It ended on its own before this stop (a sibling's crash while another
             // child's stop held the supervisor, or just before a shutdown): reported as
             // a child that ends on its own is, and its group is stopped as below.
-            slot.child = None;
             slot.last_exit = Some(exit.clone());
             if exit.normal {
                 tracing::trace!(child = %slot.spec.name, pid = pgid, "child ended: {exit}");
             } else {
                 tracing::warn!(child = %slot.spec.name, pid = pgid, "child ended: {exit}");
             }
+            // After the trace: a panic there leaves its group to the end's kill.
+            slot.child = None;
             // Started again with the others all the same (as OTP does): it may have
             // ended because of the crash that the restart is for (a stage of a pipeline
             // whose input closed), and a transient one that returned normally would
@@ -727,13 +738,13 @@ impl Supervising {
     /// held, a lock file still there).
     fn linger(&mut self, slot: usize, pgid: u32, grace: Duration) {
         if sys::group_alive(pgid) && matches!(sys::signal_group(pgid, sys::SIGTERM), Ok(true)) {
-            tracing::trace!(pgid, "child ended; its process group lives on: SIGTERM");
             self.lingering.push(Lingering {
                 pgid,
                 slot,
                 kill_at: Instant::now().checked_add(grace),
                 killed_at: None,
             });
+            tracing::trace!(pgid, "child ended; its process group lives on: SIGTERM");
         } else {
             sys::reap_adopted(pgid);
         }
@@ -849,7 +860,8 @@ impl Supervising {
                 ))
             });
             if let Err(e) = started {
-                sup.stop_or_kill(&(0..i).collect::<Vec<_>>());
+                // Slot `i` too: its child may have started before the panic.
+                sup.stop_or_kill(&(0..=i).collect::<Vec<_>>());
                 drop(hand_over);
                 let _ = thread.join();
                 return Err(e);

@@ -145,8 +145,8 @@ impl ChildSpec {
         self
     }
 
-    /// How long the child has to stop after `SIGTERM` before its process group is
-    /// killed with `SIGKILL`.
+    /// How long the child has to stop after `SIGTERM` before its process group, and the
+    /// child itself (also one that moved to another group), are killed with `SIGKILL`.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self

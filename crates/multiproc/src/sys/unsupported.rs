@@ -314,6 +314,10 @@ pub(crate) fn group_exists(_: u32) -> bool {
 pub(crate) fn process_exists(_: u32) -> bool {
     false
 }
+pub(crate) fn in_group(_: u32, _: u32) -> bool {
+    false
+}
+
 pub(crate) fn group_alive(_: u32) -> bool {
     false
 }

@@ -267,6 +267,14 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<bool> {
     }
 }
 
+/// Whether process `pid` is a member of process group `pgid` (no: it is not there, or
+/// it cannot be looked at).
+pub(crate) fn in_group(pid: u32, pgid: u32) -> bool {
+    Pid::from_raw(pid as i32).is_some_and(|p| {
+        rustix::process::getpgid(Some(p)).is_ok_and(|g| g.as_raw_nonzero().get() as u32 == pgid)
+    })
+}
+
 /// Whether process group `pgid` has any member, zombies included: while it has one, its
 /// number is no other process's or group's.
 pub(crate) fn group_exists(pgid: u32) -> bool {
