@@ -220,6 +220,11 @@ impl RLock {
     ///
     /// [`OwnerDied`](crate::OwnerDied) (holding the guard) if the previous owner died
     /// holding the lock; the count of its holds is forgotten.
+    ///
+    /// # Panics
+    ///
+    /// If this thread holds it `u32::MAX` times already (guards forgotten, most
+    /// likely): the count would overflow, as std's `ReentrantLock` says.
     #[inline]
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
         mutex::lock(self.words(), true, RLockGuard::new)
@@ -229,8 +234,8 @@ impl RLock {
     ///
     /// # Errors
     ///
-    /// `WouldBlock` if another thread holds it; `OwnerDied` as for
-    /// [`lock`](Self::lock).
+    /// `WouldBlock` if another thread holds it (or this one, `u32::MAX` times already);
+    /// `OwnerDied` as for [`lock`](Self::lock).
     pub fn try_lock(&self) -> TryLockResult<RLockGuard<'_>> {
         mutex::try_lock(self.words(), true, Deadline::Now, RLockGuard::new)
     }
@@ -239,8 +244,8 @@ impl RLock {
     ///
     /// # Errors
     ///
-    /// `WouldBlock` if another thread still held it when the timeout passed;
-    /// `OwnerDied` as for [`lock`](Self::lock).
+    /// `WouldBlock` if another thread still held it when the timeout passed (or this
+    /// one holds it `u32::MAX` times already); `OwnerDied` as for [`lock`](Self::lock).
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<RLockGuard<'_>> {
         mutex::try_lock(
             self.words(),
@@ -292,4 +297,33 @@ impl fmt::Debug for RLockGuard<'_> {
 pub(crate) fn new_mutex(kind: Kind) -> Result<Arc<Object>, ShmError> {
     let shape = Shape::plain(kind, std::mem::size_of::<MutexWords>());
     Ok(Arc::new(Object::new(shape, |_| {})?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use super::RLock;
+    use crate::sync::error::TryLockError;
+
+    #[test]
+    fn an_rlock_held_u32_max_times_is_not_taken_again() {
+        let l = RLock::new().unwrap();
+        let outer = l.lock().unwrap();
+        // As if this thread held it u32::MAX times.
+        l.words().count.store(u32::MAX, Relaxed);
+        assert!(matches!(l.try_lock(), Err(TryLockError::WouldBlock)));
+        assert!(matches!(
+            l.lock_timeout(Duration::ZERO),
+            Err(TryLockError::WouldBlock)
+        ));
+        assert!(catch_unwind(AssertUnwindSafe(|| drop(l.lock()))).is_err());
+        assert_eq!(l.words().count.load(Relaxed), u32::MAX);
+        assert!(l.is_owned());
+        l.words().count.store(1, Relaxed);
+        drop(outer);
+        assert!(!l.is_locked());
+    }
 }

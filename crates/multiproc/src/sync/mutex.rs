@@ -108,7 +108,8 @@ pub(crate) enum Got<'a> {
 /// # Panics
 ///
 /// When waiting forever for a non-re-entrant lock this thread holds: it would never be
-/// granted.
+/// granted; or for a re-entrant one this thread holds `u32::MAX` times: its count would
+/// overflow (as std's `ReentrantLock` does; otherwise `None`).
 #[inline]
 pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Deadline) -> Option<Got<'_>> {
     let held = || Held {
@@ -120,7 +121,17 @@ pub(crate) fn take(words: &MutexWords, reentrant: bool, wait: Deadline) -> Optio
     // matters only when it is taken.
     if words.lock.is_locked() && words.lock.held_by_me() {
         if reentrant {
-            words.count.fetch_add(1, Relaxed);
+            // Only the holder writes the count while it holds the lock.
+            let count = words.count.load(Relaxed);
+            if count == u32::MAX {
+                if let Deadline::Never = wait {
+                    panic!(
+                        "an RLock was locked again by a thread that holds it u32::MAX times: its count would overflow"
+                    );
+                }
+                return None;
+            }
+            words.count.store(count + 1, Relaxed);
             return Some(Got::Clean(held()));
         }
         if let Deadline::Never = wait {
