@@ -132,7 +132,11 @@ impl fmt::Debug for Semaphore {
 }
 
 /// A semaphore whose count may not rise above its initial value: Python's
-/// `BoundedSemaphore`. Releasing more than was acquired is an [`OverRelease`] error.
+/// `BoundedSemaphore`. Releasing more than was acquired is an [`OverRelease`] error:
+/// [`release`](Self::release) returns it, and so does
+/// [`SemaphorePermit::release`] (a permit given back by `release` already); a permit
+/// dropped then, which cannot return it, leaves the count at the bound and logs it
+/// (`tracing`, at error level).
 ///
 /// # Examples
 ///
@@ -231,13 +235,32 @@ impl SemaphorePermit<'_> {
     pub fn forget(self) {
         std::mem::forget(self);
     }
+
+    /// Gives the permit back, as dropping it does, and says whether it could: a
+    /// [`BoundedSemaphore`]'s permit finds every permit available if `release` was
+    /// called for it already (Python's `ValueError` as the `with` block ends).
+    ///
+    /// # Errors
+    ///
+    /// [`OverRelease`] if the semaphore is at its bound (a plain [`Semaphore`]'s is
+    /// [`MAX_PERMITS`](Semaphore::MAX_PERMITS)); nothing changes then.
+    pub fn release(self) -> Result<(), OverRelease> {
+        let words = self.words;
+        std::mem::forget(self);
+        give(words)
+    }
 }
 
 impl Drop for SemaphorePermit<'_> {
     fn drop(&mut self) {
         // At the bound only if `release` was called for this very permit already; the
-        // count stays at the bound then.
-        let _ = give(self.words);
+        // count stays at the bound then, and the error, which a drop cannot return, is
+        // said ([`SemaphorePermit::release`] returns it).
+        if let Err(e) = give(self.words) {
+            tracing::error!(
+                "a semaphore's permit dropped at the semaphore's bound: {e} (release was called for a permit still held)"
+            );
+        }
     }
 }
 
@@ -294,6 +317,25 @@ fn give(w: &SemaphoreWords) -> Result<(), OverRelease> {
 mod tests {
     use super::*;
     use crate::wire::codec::resend;
+
+    /// A permit given back by `release` too finds the semaphore at its bound: its own
+    /// release says so, its drop leaves the count there.
+    #[test]
+    fn a_permit_released_twice_is_an_over_release() {
+        let s = BoundedSemaphore::new(1).unwrap();
+        let p = s.acquire();
+        s.release().unwrap();
+        assert_eq!(p.release(), Err(OverRelease { bound: 1 }));
+        assert_eq!(s.available_permits(), 1);
+        let p = s.acquire();
+        s.release().unwrap();
+        drop(p);
+        assert_eq!(s.available_permits(), 1);
+        let p = s.acquire();
+        assert_eq!(s.available_permits(), 0);
+        assert_eq!(p.release(), Ok(()));
+        assert_eq!(s.available_permits(), 1);
+    }
 
     /// A plain semaphore's handle does not decode as a bounded one, nor the other way
     /// round: each would break the other's promise (a bounded one that let its count
