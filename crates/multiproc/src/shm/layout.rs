@@ -340,7 +340,8 @@ unsafe impl SharedWords for BarrierWords {}
 pub(crate) struct BarrierSlot {
     /// The party's thread identity; 0 while the slot is free.
     pub(crate) identity: AtomicU64,
-    /// 1 while the party waits.
+    /// 0 while the party does not wait, 1 while it waits, 2 once the last party counted
+    /// it into a pass, 3 once it gave up without the state lock (see `sync::barrier`).
     pub(crate) waiting: AtomicU32,
     /// How its last wait ended: 0 pending, 1 passed, 2 broken.
     pub(crate) outcome: AtomicU32,

@@ -60,6 +60,19 @@ const PENDING: u32 = 0;
 const PASSED: u32 = 1;
 const BROKEN: u32 = 2;
 
+/// A slot's `waiting`: its party is not waiting...
+const IDLE: u32 = 0;
+/// ...waits...
+const WAITING: u32 = 1;
+/// ...is counted into the round's pass by the last party (under the state lock), which
+/// is about to say so...
+const RELEASING: u32 = 2;
+/// ...or gave up without the state lock (its holder kept from running): a last party
+/// that finds it breaks the round instead of passing it, so that no party is told the
+/// round passed while another is told it timed out. Only a holder of the state lock
+/// sets it back to `IDLE`.
+const WITHDRAWN: u32 = 3;
+
 /// A barrier for a fixed number of parties (threads, in any processes): each
 /// [`wait`](Barrier::wait) blocks until all parties have called it, then all go on
 /// together. Python's `Barrier`, with the same broken state.
@@ -362,7 +375,7 @@ impl Core {
             // held a moment by a waiter looking at the other parties, and a timeout spent
             // on that would break the barrier for parties that were all there.
             let Some(state) = self.lock_state_late(deadline) else {
-                return Err(self.time_out_unlocked(None));
+                return self.give_up_unlocked(None, BarrierError::Timeout);
             };
             if w.broken.load(SeqCst) != 0 {
                 return Err(BarrierError::Broken);
@@ -387,19 +400,23 @@ impl Core {
         let index = w.arrived.fetch_add(1, SeqCst);
         if index as usize + 1 >= parties {
             // The last to arrive: release everyone.
-            self.end_generation(PASSED);
+            let passed = self.pass_round();
             drop(state);
             if let Some(i) = claimed {
                 remember_claim(held, i, me);
             }
-            return Ok(BarrierWaitResult {
-                index: index as usize,
-                parties,
-            });
+            return if passed {
+                Ok(BarrierWaitResult {
+                    index: index as usize,
+                    parties,
+                })
+            } else {
+                Err(BarrierError::Broken)
+            };
         }
         slot.outcome.store(PENDING, SeqCst);
         slot.index.store(index, SeqCst);
-        slot.waiting.store(1, SeqCst);
+        slot.waiting.store(WAITING, SeqCst);
         let generation = w.generation.load(SeqCst);
         drop(state);
         if let Some(i) = claimed {
@@ -420,8 +437,7 @@ impl Core {
                 // timed wait that could not take it (a holder stopped), which only
                 // raised the flag and woke the sleepers.
                 let Some(_state) = self.lock_state_late(Some(Instant::now())) else {
-                    slot.waiting.store(0, SeqCst);
-                    return Err(BarrierError::Broken);
+                    return self.give_up_unlocked(Some((slot, me, parties)), BarrierError::Broken);
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
@@ -432,7 +448,7 @@ impl Core {
             }
             if moved() {
                 let Some(_state) = lock_in_time() else {
-                    return Err(self.time_out_unlocked(Some(slot)));
+                    return self.give_up_unlocked(Some((slot, me, parties)), BarrierError::Timeout);
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
@@ -441,7 +457,7 @@ impl Core {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 let Some(_state) = lock_in_time() else {
-                    return Err(self.time_out_unlocked(Some(slot)));
+                    return self.give_up_unlocked(Some((slot, me, parties)), BarrierError::Timeout);
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
@@ -474,7 +490,8 @@ impl Core {
                         }
                     }
                     None if deadline.is_some() => {
-                        return Err(self.time_out_unlocked(Some(slot)));
+                        return self
+                            .give_up_unlocked(Some((slot, me, parties)), BarrierError::Timeout);
                     }
                     None => {}
                 }
@@ -522,8 +539,15 @@ impl Core {
         };
         if let Some(slot) = self.slots().nth(index)
             && slot.identity.load(SeqCst) == me
-            && slot.waiting.load(SeqCst) == 0
         {
+            if slot.waiting.load(SeqCst) == WITHDRAWN {
+                // Its last wait gave up without the lock: its round breaks now (it has
+                // broken already, or its last party is about to find it).
+                self.break_locked();
+            }
+            if slot.waiting.load(SeqCst) != IDLE {
+                return;
+            }
             slot.outcome.store(PENDING, SeqCst);
             slot.identity.store(0, SeqCst);
         }
@@ -559,6 +583,28 @@ impl Core {
             let owner = slot.identity.load(SeqCst);
             owner != 0 && slot.waiting.load(SeqCst) == 0 && !sys::identity_alive(owner)
         })
+    }
+
+    /// The last party's release of its round (under the state lock): every waiting
+    /// party is counted into the pass first, and the round passes unless one had given
+    /// up meanwhile without the lock ([`WITHDRAWN`]); then it breaks. Whether it passed.
+    fn pass_round(&self) -> bool {
+        let mut withdrawn = false;
+        for slot in self.slots() {
+            if slot
+                .waiting
+                .compare_exchange(WAITING, RELEASING, SeqCst, SeqCst)
+                == Err(WITHDRAWN)
+            {
+                withdrawn = true;
+            }
+        }
+        if withdrawn {
+            self.break_locked();
+        } else {
+            self.end_generation(PASSED);
+        }
+        !withdrawn
     }
 
     /// Breaks the barrier and ends the waits in progress (under the state lock).
@@ -619,21 +665,48 @@ impl Core {
         Some(guard)
     }
 
-    /// A timed wait is over and the state lock is held by someone who does not let go
-    /// (stopped): the barrier breaks without it, as a timeout breaks it (the holder and
-    /// every later wait see `broken`), and this party stops counting as waiting.
-    fn time_out_unlocked(&self, slot: Option<&BarrierSlot>) -> BarrierError {
+    /// A wait is over (timed out, or the barrier broken) and the state lock is held by
+    /// someone who does not let go (stopped, or kept from running): the barrier breaks
+    /// without it, as a timeout breaks it (the holder and every later wait see
+    /// `broken`), and the party (`slot`: the waiting one's, with its thread and the
+    /// number of parties) withdraws from its round, ending with `error`; unless the
+    /// round has ended for it already, or the last party has counted it into its pass:
+    /// then it ends as that round did (its end waits for that party's release then, as
+    /// every party's does).
+    fn give_up_unlocked(
+        &self,
+        slot: Option<(&BarrierSlot, u64, usize)>,
+        error: BarrierError,
+    ) -> Result<BarrierWaitResult, BarrierError> {
         let w = self.words();
-        w.broken.store(1, SeqCst);
-        if let Some(slot) = slot {
-            slot.waiting.store(0, SeqCst);
+        if let Some((slot, me, parties)) = slot {
+            match slot
+                .waiting
+                .compare_exchange(WAITING, WITHDRAWN, SeqCst, SeqCst)
+            {
+                Ok(_) => {}
+                Err(RELEASING) => {
+                    let _state = self.lock_state();
+                    return self
+                        .outcome(slot, me, parties)
+                        .unwrap_or(Err(BarrierError::Broken));
+                }
+                // Released: its outcome was written before, and stays for it to read
+                // (a reset keeps the slot of a live party whose outcome is unread).
+                Err(_) => {
+                    return self
+                        .outcome(slot, me, parties)
+                        .unwrap_or(Err(BarrierError::Broken));
+                }
+            }
         }
+        w.broken.store(1, SeqCst);
         // The waiters look at the flag when they wake: wake them now (one about to
         // sleep sees it at its next liveness check, within `MAX_CHECK`).
         if w.sleepers.load(SeqCst) > 0 {
             sys::futex_wake(&w.generation, u32::MAX);
         }
-        BarrierError::Timeout
+        Err(error)
     }
 }
 
@@ -833,6 +906,53 @@ mod tests {
         drop(state);
         assert!(timed.join().unwrap().is_ok());
         assert!(!b.is_broken());
+    }
+
+    /// The last party, arrived, holds the state lock and is kept from running past a
+    /// timed party's deadline and its patience for the lock (600 ms): `release` says
+    /// whether it passes the round then (before or after the time it is held).
+    fn a_last_party_held_up(
+        release_first: bool,
+    ) -> (bool, Result<BarrierWaitResult, BarrierError>) {
+        let b = Barrier::new(2).unwrap();
+        let timed = b.clone();
+        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(100)));
+        until(|| b.n_waiting() == 1);
+        let core = &b.held.core;
+        let state = core.lock_state();
+        core.words().arrived.fetch_add(1, SeqCst);
+        let mut passed = None;
+        if release_first {
+            passed = Some(core.pass_round());
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        let passed = passed.unwrap_or_else(|| core.pass_round());
+        drop(state);
+        let timed = timed.join().unwrap();
+        assert_eq!(b.is_broken(), !passed);
+        (passed, timed)
+    }
+
+    /// A timed party that gave up on a last party holding the state lock before it
+    /// released the round: the round breaks for the last party too. It passed, while
+    /// the timed party said `Timeout`.
+    #[test]
+    fn a_round_a_timed_party_gave_up_on_breaks() {
+        let (passed, timed) = a_last_party_held_up(false);
+        assert!(
+            !passed,
+            "the last party passed a round its timed party left"
+        );
+        assert_eq!(timed.err(), Some(BarrierError::Timeout));
+    }
+
+    /// A timed party whose round passed before its deadline while the last party still
+    /// holds the state lock passes: it said `Timeout`, and broke the next round.
+    #[test]
+    fn a_timed_party_whose_round_passed_passes() {
+        let (passed, timed) = a_last_party_held_up(true);
+        assert!(passed);
+        assert_eq!(timed.map(|r| r.index), Ok(0));
     }
 
     /// A timed wait that cannot take the state lock (its holder stopped) breaks the
