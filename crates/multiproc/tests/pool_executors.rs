@@ -244,6 +244,23 @@ fn wait_tasks_first_exception_and_the_rest() {
         assert_eq!(get(good).unwrap(), 9);
         slow.cancel();
     }
+    // A value that does not decode in this process fails its task: FirstException
+    // returns on it (it waited for the slow task, the value taken for a success).
+    let tasks = [
+        p.submit(refused_after, (30_000, 1)).unwrap(),
+        p.submit(refused_after, (0, 13)).unwrap(),
+    ];
+    let t0 = Instant::now();
+    let (done, pending) = multiproc::wait_tasks(
+        &tasks,
+        Return::FirstException,
+        Some(Duration::from_secs(10)),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!((done, pending), (vec![1], vec![0]));
+    let [slow, bad] = tasks;
+    assert!(matches!(bad.wait(), Err(TaskError::Codec(_))));
+    slow.cancel();
     // FirstCompleted, AllCompleted, and a timeout that leaves tasks pending.
     // (The slow one sleeps long enough to be pending still however late this thread
     // runs.)
@@ -543,6 +560,25 @@ fn flaky((runs, ok_at): (Value<u64>, u64)) -> Result<u64, Flaky> {
         _ if n >= ok_at => Ok(n),
         _ => Err(Flaky::Busy(n)),
     }
+}
+
+/// A value that does not decode: 13.
+#[derive(Debug, PartialEq, Serialize)]
+struct Refused(u64);
+
+impl<'de> Deserialize<'de> for Refused {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            13 => Err(serde::de::Error::custom("Refused does not take 13")),
+            v => Ok(Refused(v)),
+        }
+    }
+}
+
+/// Sleeps `ms`, then returns `Refused(v)`.
+fn refused_after((ms, v): (u64, u64)) -> Refused {
+    sleep_ms(ms);
+    Refused(v)
 }
 
 /// A task's error type whose own code panics on some values: its `Deserialize` on 13,

@@ -248,7 +248,10 @@ pub enum Return {
     /// When any task finishes.
     FirstCompleted,
     /// When any task fails (or, if none does, when all have finished). A cancelled
-    /// task has not failed, as in Python.
+    /// task has not failed, as in Python; one whose value does not decode in this
+    /// process has ([`TaskError::Codec`](crate::TaskError::Codec)): a process pool's
+    /// values, decoded when first needed, are decoded as their tasks finish, on the
+    /// waiting thread.
     FirstException,
     /// When every task has finished.
     AllCompleted,
@@ -304,7 +307,9 @@ pub fn wait_tasks<R>(
         {
             *d = true;
             count += 1;
-            failed |= f;
+            // A value that came encoded fails its task if it does not decode.
+            let settled = || tasks.get(i).is_some_and(|t| t.cell().settle());
+            failed |= f || return_when == Return::FirstException && settled();
         }
     }
     for (t, d) in tasks.iter().zip(done.iter_mut()) {

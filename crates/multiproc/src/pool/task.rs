@@ -313,6 +313,29 @@ impl<R> Cell<R> {
         self.run_lent(value, vec![cb], false);
     }
 
+    /// Whether the task failed, its value decoded first if it came encoded (on this
+    /// thread, without the cell's lock, as a callback's is): a value that does not
+    /// decode is the task's failure (`Codec`), which `wait_tasks`' `FirstException`
+    /// must see as one. A value lent to callbacks or taken is left as it is.
+    pub(crate) fn settle(&self) -> bool {
+        let mut st = self.lock();
+        if st.lent || !matches!(st.outcome, Some(Ok(Held::Encoded(_)))) {
+            return self.done.load(Ordering::Acquire) == FAILED;
+        }
+        let Some(held) = st.outcome.take() else {
+            return false;
+        };
+        st.lent = true;
+        drop(st);
+        let value = self.resolve(held);
+        let failed = value.is_err();
+        if failed {
+            self.done.store(FAILED, Ordering::Release);
+        }
+        self.run_lent(value, Vec::new(), false);
+        failed
+    }
+
     /// Registers `watch` to be told (under `key`) when the task finishes (when its value
     /// can be taken, for a watcher that [wants it](Watch::wants_value)); if it has,
     /// says so at once instead: `Some(failed)`.
