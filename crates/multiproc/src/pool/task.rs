@@ -839,7 +839,10 @@ impl<R> Task<R> {
     /// stop a running task. A cluster stops a running task at its worker's next lease
     /// renewal, and one that ends before then ends cancelled all the same (its value or
     /// failure is dropped), as a pool's does when the cancel comes first. Returns
-    /// whether the task will end as [`TaskError::Cancelled`].
+    /// whether the task will end as [`TaskError::Cancelled`]: a queued one has, as this
+    /// returns; a running one of a process pool once its worker is gone (so that nothing
+    /// of it runs after a wait returned: [`is_cancelled`](Self::is_cancelled) and
+    /// [`is_done`](Self::is_done) say no until then).
     pub fn cancel(&self) -> bool {
         self.cancel_by(|source, id| source.cancel(id))
     }
