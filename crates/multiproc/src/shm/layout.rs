@@ -323,7 +323,9 @@ pub(crate) struct BarrierWords {
     pub(crate) parties: AtomicU32,
     /// Parties waiting in the current generation.
     pub(crate) arrived: AtomicU32,
-    /// Bumped whenever a generation ends (passed or broken); waiters sleep on it.
+    /// Even, and moved on by 2 whenever a generation ends (passed or broken), under
+    /// `lock`; made odd by a party that gave up on the round without `lock` (see
+    /// `sync::barrier`). Waiters sleep on it.
     pub(crate) generation: AtomicU32,
     /// 1 while broken.
     pub(crate) broken: AtomicU32,
@@ -340,8 +342,7 @@ unsafe impl SharedWords for BarrierWords {}
 pub(crate) struct BarrierSlot {
     /// The party's thread identity; 0 while the slot is free.
     pub(crate) identity: AtomicU64,
-    /// 0 while the party does not wait, 1 while it waits, 2 once the last party counted
-    /// it into a pass, 3 once it gave up without the state lock (see `sync::barrier`).
+    /// 1 while the party waits.
     pub(crate) waiting: AtomicU32,
     /// How its last wait ended: 0 pending, 1 passed, 2 broken.
     pub(crate) outcome: AtomicU32,

@@ -60,18 +60,18 @@ const PENDING: u32 = 0;
 const PASSED: u32 = 1;
 const BROKEN: u32 = 2;
 
-/// A slot's `waiting`: its party is not waiting...
-const IDLE: u32 = 0;
-/// ...waits...
-const WAITING: u32 = 1;
-/// ...is counted into the round's pass by the last party (under the state lock), which
-/// is about to say so...
-const RELEASING: u32 = 2;
-/// ...or gave up without the state lock (its holder kept from running): a last party
-/// that finds it breaks the round instead of passing it, so that no party is told the
-/// round passed while another is told it timed out. Only a holder of the state lock
-/// sets it back to `IDLE`.
-const WITHDRAWN: u32 = 3;
+/// The generation after `g` (even): a round that ends moves it on by 2; a party that
+/// gives up on its round without the state lock (its holder kept from running) makes
+/// it odd, and whichever of the two comes first decides how the round ends for every
+/// party (see [`Core::pass_round`] and [`Core::give_up_unlocked`]).
+fn next_generation(g: u32) -> u32 {
+    (g | 1).wrapping_add(1)
+}
+
+/// Whether a party gave up on the round of generation `g` without the state lock.
+fn withdrawn(g: u32) -> bool {
+    g & 1 != 0
+}
 
 /// A barrier for a fixed number of parties (threads, in any processes): each
 /// [`wait`](Barrier::wait) blocks until all parties have called it, then all go on
@@ -377,6 +377,10 @@ impl Core {
             let Some(state) = self.lock_state_late(deadline) else {
                 return self.give_up_unlocked(None, BarrierError::Timeout);
             };
+            if withdrawn(w.generation.load(SeqCst)) {
+                // A party gave up on this round without the lock: it is broken.
+                self.break_locked();
+            }
             if w.broken.load(SeqCst) != 0 {
                 return Err(BarrierError::Broken);
             }
@@ -416,7 +420,7 @@ impl Core {
         }
         slot.outcome.store(PENDING, SeqCst);
         slot.index.store(index, SeqCst);
-        slot.waiting.store(WAITING, SeqCst);
+        slot.waiting.store(1, SeqCst);
         let generation = w.generation.load(SeqCst);
         drop(state);
         if let Some(i) = claimed {
@@ -437,7 +441,8 @@ impl Core {
                 // timed wait that could not take it (a holder stopped), which only
                 // raised the flag and woke the sleepers.
                 let Some(_state) = self.lock_state_late(Some(Instant::now())) else {
-                    return self.give_up_unlocked(Some((slot, me, parties)), BarrierError::Broken);
+                    return self
+                        .give_up_unlocked(Some((slot, me, generation)), BarrierError::Broken);
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
@@ -448,16 +453,24 @@ impl Core {
             }
             if moved() {
                 let Some(_state) = lock_in_time() else {
-                    return self.give_up_unlocked(Some((slot, me, parties)), BarrierError::Timeout);
+                    return self
+                        .give_up_unlocked(Some((slot, me, generation)), BarrierError::Timeout);
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
+                }
+                if withdrawn(w.generation.load(SeqCst)) {
+                    // Another party gave up on this round without the lock.
+                    self.break_locked();
+                    slot.outcome.store(PENDING, SeqCst);
+                    return Err(BarrierError::Broken);
                 }
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 let Some(_state) = lock_in_time() else {
-                    return self.give_up_unlocked(Some((slot, me, parties)), BarrierError::Timeout);
+                    return self
+                        .give_up_unlocked(Some((slot, me, generation)), BarrierError::Timeout);
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
@@ -491,7 +504,7 @@ impl Core {
                     }
                     None if deadline.is_some() => {
                         return self
-                            .give_up_unlocked(Some((slot, me, parties)), BarrierError::Timeout);
+                            .give_up_unlocked(Some((slot, me, generation)), BarrierError::Timeout);
                     }
                     None => {}
                 }
@@ -539,15 +552,8 @@ impl Core {
         };
         if let Some(slot) = self.slots().nth(index)
             && slot.identity.load(SeqCst) == me
+            && slot.waiting.load(SeqCst) == 0
         {
-            if slot.waiting.load(SeqCst) == WITHDRAWN {
-                // Its last wait gave up without the lock: its round breaks now (it has
-                // broken already, or its last party is about to find it).
-                self.break_locked();
-            }
-            if slot.waiting.load(SeqCst) != IDLE {
-                return;
-            }
             slot.outcome.store(PENDING, SeqCst);
             slot.identity.store(0, SeqCst);
         }
@@ -585,35 +591,53 @@ impl Core {
         })
     }
 
-    /// The last party's release of its round (under the state lock): every waiting
-    /// party is counted into the pass first, and the round passes unless one had given
-    /// up meanwhile without the lock ([`WITHDRAWN`]); then it breaks. Whether it passed.
+    /// The last party's release of its round (under the state lock): the round passes
+    /// unless a party gave up on it meanwhile without the lock; then it breaks. Whether
+    /// it passed.
     fn pass_round(&self) -> bool {
-        let mut withdrawn = false;
-        for slot in self.slots() {
-            if slot
-                .waiting
-                .compare_exchange(WAITING, RELEASING, SeqCst, SeqCst)
-                == Err(WITHDRAWN)
+        let generation = &self.words().generation;
+        let g = generation.load(SeqCst);
+        if !withdrawn(g) {
+            self.end_generation(PASSED);
+            // Last, as the parties wake on it (moved on first, it sent them for this lock
+            // while it was still held): a party that gave up meanwhile made it odd, and
+            // the round breaks after all.
+            if generation
+                .compare_exchange(g, next_generation(g), SeqCst, SeqCst)
+                .is_ok()
             {
-                withdrawn = true;
+                self.wake_all();
+                return true;
+            }
+            // Passes written a moment ago and read by none: a party reads its outcome
+            // under this lock, or without it once the generation moved on evenly
+            // (`give_up_unlocked`). Every other slot's party is in this round (it could
+            // not end without them), so only this party's own can hold an older pass,
+            // which it has read or never will.
+            for slot in self.slots() {
+                if slot.outcome.load(SeqCst) == PASSED {
+                    slot.outcome.store(BROKEN, SeqCst);
+                }
             }
         }
-        if withdrawn {
-            self.break_locked();
-        } else {
-            self.end_generation(PASSED);
-        }
-        !withdrawn
+        self.break_locked();
+        false
     }
 
     /// Breaks the barrier and ends the waits in progress (under the state lock).
     fn break_locked(&self) {
         self.words().broken.store(1, SeqCst);
         self.end_generation(BROKEN);
+        // After the slots: a party giving up without the lock that finds the generation
+        // moved finds its outcome written. (A party that makes it odd meanwhile gave up
+        // on a round that breaks anyway.)
+        let generation = &self.words().generation;
+        generation.store(next_generation(generation.load(SeqCst)), SeqCst);
+        self.wake_all();
     }
 
-    /// Ends the current generation: every waiting party gets `outcome` and is woken.
+    /// Ends the current generation (whose number was moved on, or is about to be):
+    /// every waiting party gets `outcome` (the caller wakes them).
     fn end_generation(&self, outcome: u32) {
         let w = self.words();
         for slot in self.slots() {
@@ -623,7 +647,11 @@ impl Core {
             }
         }
         w.arrived.store(0, SeqCst);
-        w.generation.fetch_add(1, SeqCst);
+    }
+
+    /// Wakes every sleeping waiter.
+    fn wake_all(&self) {
+        let w = self.words();
         if w.sleepers.load(SeqCst) > 0 {
             sys::futex_wake(&w.generation, u32::MAX);
         }
@@ -668,44 +696,46 @@ impl Core {
     /// A wait is over (timed out, or the barrier broken) and the state lock is held by
     /// someone who does not let go (stopped, or kept from running): the barrier breaks
     /// without it, as a timeout breaks it (the holder and every later wait see
-    /// `broken`), and the party (`slot`: the waiting one's, with its thread and the
-    /// number of parties) withdraws from its round, ending with `error`; unless the
-    /// round has ended for it already, or the last party has counted it into its pass:
-    /// then it ends as that round did (its end waits for that party's release then, as
-    /// every party's does).
+    /// `broken`), and this party, if it waits (`slot`: its slot, thread and generation),
+    /// gives up on its round, ending with `error`: it makes the generation odd, and a
+    /// last party about to release the round finds that and breaks it. Unless the round
+    /// was decided first (the generation moved on under the lock): then the party ends
+    /// as its round did, waiting for the holder to write how if it must, as every
+    /// party's end does.
     fn give_up_unlocked(
         &self,
-        slot: Option<(&BarrierSlot, u64, usize)>,
+        slot: Option<(&BarrierSlot, u64, u32)>,
         error: BarrierError,
     ) -> Result<BarrierWaitResult, BarrierError> {
         let w = self.words();
-        if let Some((slot, me, parties)) = slot {
-            match slot
-                .waiting
-                .compare_exchange(WAITING, WITHDRAWN, SeqCst, SeqCst)
-            {
+        if let Some((slot, me, g)) = slot {
+            // A generation odd as this party arrived: another gave up on it first.
+            let gave_up = if withdrawn(g) {
+                Err(g)
+            } else {
+                w.generation
+                    .compare_exchange(g, g.wrapping_add(1), SeqCst, SeqCst)
+            };
+            match gave_up {
+                // Gave up on it, or another party did first: it breaks.
                 Ok(_) => {}
-                Err(RELEASING) => {
-                    let _state = self.lock_state();
-                    return self
-                        .outcome(slot, me, parties)
-                        .unwrap_or(Err(BarrierError::Broken));
-                }
-                // Released: its outcome was written before, and stays for it to read
-                // (a reset keeps the slot of a live party whose outcome is unread).
+                Err(now) if withdrawn(now) => {}
+                // Decided under the lock: its outcome is written (then it stays there
+                // for this party to read: a reset keeps the slot of a live party whose
+                // outcome is unread), or about to be.
                 Err(_) => {
+                    let _state = (slot.waiting.load(SeqCst) != 0).then(|| self.lock_state());
                     return self
-                        .outcome(slot, me, parties)
+                        .outcome(slot, me, self.parties())
                         .unwrap_or(Err(BarrierError::Broken));
                 }
             }
+            slot.waiting.store(0, SeqCst);
         }
         w.broken.store(1, SeqCst);
         // The waiters look at the flag when they wake: wake them now (one about to
         // sleep sees it at its next liveness check, within `MAX_CHECK`).
-        if w.sleepers.load(SeqCst) > 0 {
-            sys::futex_wake(&w.generation, u32::MAX);
-        }
+        self.wake_all();
         Err(error)
     }
 }
@@ -902,15 +932,15 @@ mod tests {
         let state = core.lock_state();
         let until = started + timeout + Duration::from_millis(50);
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        core.end_generation(PASSED);
+        assert!(core.pass_round());
         drop(state);
         assert!(timed.join().unwrap().is_ok());
         assert!(!b.is_broken());
     }
 
     /// The last party, arrived, holds the state lock and is kept from running past a
-    /// timed party's deadline and its patience for the lock (600 ms): `release` says
-    /// whether it passes the round then (before or after the time it is held).
+    /// timed party's deadline and its patience for the lock (600 ms): `release_first`
+    /// says whether it releases the round before or after that time.
     fn a_last_party_held_up(
         release_first: bool,
     ) -> (bool, Result<BarrierWaitResult, BarrierError>) {
