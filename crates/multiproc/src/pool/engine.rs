@@ -540,8 +540,14 @@ impl PoolInner {
     /// Releases the state lock, then hands over the outcomes decided under it.
     fn release(&self, mut st: std::sync::MutexGuard<'_, State>) {
         let deferred = std::mem::take(&mut st.deferred);
+        if deferred.is_empty() {
+            return;
+        }
+        // Counted while the tasks' removal is not yet seen by anyone: a `join` that
+        // finds the pool finished once the lock is let go waits for them.
+        let handing = self.handing_from_here();
         drop(st);
-        self.deliver(deferred);
+        self.deliver(deferred, handing);
     }
 
     /// Registers tasks (under one lock) and sends them to workers with room. Returns
@@ -1451,12 +1457,13 @@ impl PoolInner {
                 return any;
             }
             let mut deliveries = Vec::new();
+            let handing = self.handing_from_here();
             let drained = {
                 let _routing = unpoisoned::read(&self.routing);
                 self.route_batch(&mut deliveries)
             };
             // Outside both locks: a task's callbacks may call back into the pool.
-            self.deliver(deliveries);
+            self.deliver(deliveries, handing);
             match drained {
                 Drained::Some => any = true,
                 Drained::Nothing => return any,
@@ -1828,6 +1835,7 @@ impl PoolInner {
         // channel and those another thread is routing (it holds `routing` until done).
         let routing = unpoisoned::write(&self.routing);
         let mut deliveries = Vec::new();
+        let handing = self.handing_from_here();
         let held = loop {
             match self.route_batch(&mut deliveries) {
                 Drained::Some => {}
@@ -1846,7 +1854,7 @@ impl PoolInner {
             };
             if !decided {
                 drop(routing);
-                self.deliver(deliveries);
+                self.deliver(deliveries, handing);
                 return;
             }
         }
@@ -1995,7 +2003,7 @@ impl PoolInner {
             deliveries.append(&mut st.deferred);
         }
         drop(routing);
-        self.deliver(deliveries);
+        self.deliver(deliveries, handing);
         for h in handles {
             // Dead already: this only reaps it.
             let mut h = h;
@@ -2256,12 +2264,13 @@ impl PoolInner {
                 }
                 Err(e) => {
                     let mut deliveries = Vec::new();
+                    let handing = self.handing_from_here();
                     self.start_failed(
                         &mut unpoisoned::lock(&self.state),
                         format!("cannot start a worker: {e}"),
                         &mut deliveries,
                     );
-                    self.deliver(deliveries);
+                    self.deliver(deliveries, handing);
                     return false;
                 }
             }
@@ -2371,6 +2380,18 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A batch's place among those a `join` waits for ([`PoolInner::handing`]), taken
+/// before its outcomes are decided under the state lock, so that no moment passes
+/// where a task has left the state and its outcome is counted nowhere; given up if no
+/// batch comes of it (dropped), or the batch's once it is in `undelivered`.
+struct Handing<'a>(&'a PoolInner);
+
+impl Drop for Handing<'_> {
+    fn drop(&mut self) {
+        self.0.handed(1);
+    }
+}
+
 /// One more on a count, until dropped.
 struct Counted<'a>(&'a AtomicUsize);
 
@@ -2426,6 +2447,13 @@ impl Drop for HandingRun<'_> {
 }
 
 impl PoolInner {
+    /// A place among the batches a `join` waits for, for the outcomes the caller is
+    /// about to decide (see [`Handing`]).
+    fn handing_from_here(&self) -> Handing<'_> {
+        self.handing.fetch_add(1, Ordering::SeqCst);
+        Handing(self)
+    }
+
     /// `batches` that a `join` waits for have been handed over (or let go): the last
     /// wakes the threads waiting for the pool to finish.
     fn handed(&self, batches: usize) {
@@ -2478,7 +2506,10 @@ impl PoolInner {
     /// every wait's reach, a frame up the stack.) The caller hands over only its own
     /// batch: a thread that does not help (a stream's poll, a submission) runs no other
     /// task's callbacks.
-    fn deliver(&self, deliveries: Vec<Delivery>) {
+    ///
+    /// `handing`: the batch's place among those a `join` waits for, taken before the
+    /// outcomes were decided (see [`handing_from_here`](Self::handing_from_here)).
+    fn deliver(&self, deliveries: Vec<Delivery>, handing: Handing<'_>) {
         if deliveries.is_empty() {
             return;
         }
@@ -2486,7 +2517,8 @@ impl PoolInner {
         {
             let mut waiting = unpoisoned::lock(&self.undelivered);
             waiting.left.insert(batch, (deliveries.len(), false));
-            self.handing.fetch_add(1, Ordering::SeqCst);
+            // Counted since `handing` was taken: now the batch's, until handed over.
+            std::mem::forget(handing);
             waiting
                 .items
                 .extend(deliveries.into_iter().map(|d| (batch, d)));
