@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -90,6 +90,11 @@ pub(crate) struct Cell<R> {
     done: AtomicU8,
     /// For a value that arrives encoded.
     decode: Option<Decode<R>>,
+    /// An encoded value is being decoded (without the lock): whether it fails, and so
+    /// the task, is not known until it is done.
+    decoding: AtomicBool,
+    /// Threads waiting for that to be known (see [`Cell::settle`]).
+    settlers: AtomicUsize,
 }
 
 /// The last holder of a cell drops what it still holds: an outcome nobody took (its
@@ -169,6 +174,8 @@ impl<R> Cell<R> {
             ready: Condvar::new(),
             done: AtomicU8::new(PENDING),
             decode,
+            decoding: AtomicBool::new(false),
+            settlers: AtomicUsize::new(0),
         })
     }
 
@@ -182,6 +189,35 @@ impl<R> Cell<R> {
 
     fn is_cancelled(&self) -> bool {
         self.done.load(Ordering::Acquire) == CANCELLED
+    }
+
+    /// Lets go of the lock and makes the outcome `held` (taken out under it) an `R`,
+    /// decoding a value that came encoded: one that does not decode fails the task (its
+    /// `done` code says so, for `wait_tasks`' `FirstException`), and a `settle` meanwhile
+    /// waits to know.
+    fn resolved(
+        &self,
+        st: MutexGuard<'_, CellState<R>>,
+        held: Result<Held<R>, TaskError>,
+    ) -> Result<R, TaskError> {
+        let encoded = matches!(held, Ok(Held::Encoded(_)));
+        if encoded {
+            self.decoding.store(true, Ordering::SeqCst);
+        }
+        drop(st);
+        let value = self.resolve(held);
+        if encoded {
+            if value.is_err() {
+                self.done.store(FAILED, Ordering::Release);
+            }
+            self.decoding.store(false, Ordering::SeqCst);
+            if self.settlers.load(Ordering::SeqCst) > 0 {
+                // Under the lock they look at the flag under: none misses it.
+                let _st = self.lock();
+                self.ready.notify_all();
+            }
+        }
+        value
     }
 
     fn resolve(&self, held: Result<Held<R>, TaskError>) -> Result<R, TaskError> {
@@ -237,8 +273,7 @@ impl<R> Cell<R> {
         }
         st.lent = true;
         let callbacks = std::mem::take(&mut st.callbacks);
-        drop(st);
-        let value = self.resolve(outcome);
+        let value = self.resolved(st, outcome);
         let code = code_of(&value);
         // Told now: those that want only to know it is done; those that take the value
         // (`as_completed`) once the callbacks give it back.
@@ -308,8 +343,7 @@ impl<R> Cell<R> {
             return;
         };
         st.lent = true;
-        drop(st);
-        let value = self.resolve(held);
+        let value = self.resolved(st, held);
         self.run_lent(value, vec![cb], false);
     }
 
@@ -319,6 +353,13 @@ impl<R> Cell<R> {
     /// must see as one. A value lent to callbacks or taken is left as it is.
     pub(crate) fn settle(&self) -> bool {
         let mut st = self.lock();
+        // Another thread decoding the value (a waiter's take, a callback's delivery):
+        // whether it fails is known once it is done.
+        self.settlers.fetch_add(1, Ordering::SeqCst);
+        while self.decoding.load(Ordering::SeqCst) {
+            st = unpoisoned::wait(&self.ready, st);
+        }
+        self.settlers.fetch_sub(1, Ordering::SeqCst);
         if st.lent || !matches!(st.outcome, Some(Ok(Held::Encoded(_)))) {
             return self.done.load(Ordering::Acquire) == FAILED;
         }
@@ -326,12 +367,8 @@ impl<R> Cell<R> {
             return false;
         };
         st.lent = true;
-        drop(st);
-        let value = self.resolve(held);
+        let value = self.resolved(st, held);
         let failed = value.is_err();
-        if failed {
-            self.done.store(FAILED, Ordering::Release);
-        }
         self.run_lent(value, Vec::new(), false);
         failed
     }
@@ -411,8 +448,7 @@ impl<R> Cell<R> {
         loop {
             if let Some(outcome) = st.outcome.take() {
                 st.taken = true;
-                drop(st);
-                return self.resolve(outcome);
+                return self.resolved(st, outcome);
             }
             if st.taken {
                 return Err(TaskError::Taken);
@@ -444,8 +480,7 @@ impl<R> Cell<R> {
         if !st.lent {
             if let Some(outcome) = st.outcome.take() {
                 st.taken = true;
-                drop(st);
-                return Poll::Ready(self.resolve(outcome));
+                return Poll::Ready(self.resolved(st, outcome));
             }
             if st.taken {
                 return Poll::Ready(Err(TaskError::Taken));
@@ -839,8 +874,9 @@ impl<R> Task<R> {
     /// stop a running task. A cluster stops a running task at its worker's next lease
     /// renewal, and one that ends before then ends cancelled all the same (its value or
     /// failure is dropped), as a pool's does when the cancel comes first. Returns
-    /// whether the task will end as [`TaskError::Cancelled`]: a queued one has, as this
-    /// returns; a running one of a process pool once its worker is gone (so that nothing
+    /// whether the task will end as [`TaskError::Cancelled`]: a queued one at once (its
+    /// callbacks run on this thread, or on one routing outcomes as it waits); a running
+    /// one of a process pool once its worker is gone (so that nothing
     /// of it runs after a wait returned: [`is_cancelled`](Self::is_cancelled) and
     /// [`is_done`](Self::is_done) say no until then).
     pub fn cancel(&self) -> bool {
