@@ -33,6 +33,10 @@ fn main() {
                 a_set_then_clear_releases_the_waiters,
             ),
             trial(
+                "a_proxy_in_encodings_never_sent_is_freed",
+                a_proxy_in_encodings_never_sent_is_freed,
+            ),
+            trial(
                 "every_proxy_between_processes",
                 every_proxy_between_processes,
             ),
@@ -2007,6 +2011,51 @@ fn a_proxy_relayed_by_a_process_that_never_called_it_is_freed() {
         "{} objects, {before} before",
         m.object_count().unwrap()
     );
+}
+
+/// A message with a proxy in it.
+type Carried = (Option<DictProxy<u32, u32>>, Option<multiproc::Sender<u8>>);
+
+fn read_one(d: DictProxy<u32, u32>) -> Option<u32> {
+    d.get(&1).unwrap()
+}
+
+/// A proxy encoded and never sent, or never decoded, counts for nothing: in a message a
+/// full queue refused (one that travels beside the ring, carrying a descriptor, and one
+/// in the ring), and in the copy a thread pool keeps of a task's argument for a retry
+/// that never comes. Each kept the object until the server ended.
+fn a_proxy_in_encodings_never_sent_is_freed() {
+    let m = Manager::start().unwrap();
+    let base = m.object_count().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(1, 1).unwrap();
+    let (tx, _rx) = multiproc::pipe::<u8>().unwrap();
+    let q = multiproc::Queue::<Carried>::bounded(1).unwrap();
+    for descriptor in [true, false] {
+        q.put_timeout((None, None), T).unwrap();
+        let mut item: Carried = (Some(d.clone()), descriptor.then(|| tx.clone()));
+        for _ in 0..3 {
+            item = match q.try_put(item) {
+                Err(multiproc::TrySendError::Full(v)) => v,
+                other => panic!("{other:?}"),
+            };
+        }
+        item = match q.put_timeout(item, Duration::from_millis(5)) {
+            Err(multiproc::SendTimeoutError::Timeout(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(q.try_get(), Ok((None, None))));
+        q.put_timeout(item, T).unwrap();
+        let (got, _) = q.get_timeout(T).unwrap();
+        assert_eq!(got.unwrap().get(&1).unwrap(), Some(1));
+    }
+    let tp = multiproc::ThreadPool::new(1).unwrap();
+    let once = multiproc::TaskOptions::new().retry(multiproc::RetryPolicy::attempts(3));
+    let mut task = multiproc::Executor::submit_with(&tp, read_one, d.clone(), once).unwrap();
+    assert_eq!(task.wait_timeout(T).unwrap(), Some(1));
+    tp.join_timeout(T).unwrap();
+    drop(d);
+    await_count(&m, base);
 }
 
 /// A server stopped and another started at its address with its key: a proxy of the

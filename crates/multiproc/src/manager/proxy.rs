@@ -85,7 +85,8 @@ struct Ref {
     id: u64,
     /// The process whose session holds this reference.
     pid: AtomicU32,
-    /// Proxies of it this process serialized (for anything but a manager to store):
+    /// Proxies of it in flight from this process (serialized for anything but a manager
+    /// to store, counted by the encodings that carry them: see `Handle`'s `Serialize`):
     /// each keeps the object alive until its receiver holds it.
     sent: AtomicU64,
     /// How many lists kept for forked children hold it (see [`hold_across_fork`]).
@@ -239,6 +240,21 @@ impl Drop for Ref {
     }
 }
 
+/// A proxy in flight, counted by the encoding that carries it (see `Handle`'s
+/// `Serialize`).
+impl codec::InFlight for Ref {
+    fn add(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn give_back(&self) {
+        // Never below zero: a forked child that adopted the reference counts afresh.
+        let _ = self
+            .sent
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
 /// An object id and the connection to its manager.
 #[derive(Clone)]
 struct Handle {
@@ -353,9 +369,19 @@ impl Serialize for Handle {
             }
             None
         } else {
-            // Every pass that is sent counts: a proxy encoded twice is two in flight
-            // (the second, never received, keeps the object until this process ends).
-            if !codec::measuring() {
+            // Counted by the encoding that carries it, as a channel's receiver is: an
+            // encoding that is never sent (a put refused as full, a failed spawn, a
+            // retry's copy kept and never used) gives its count back, one sent twice
+            // counts twice. Only such an encoding can: measured outside one, a proxy
+            // refuses (as a handle with a descriptor does), so that a message with a
+            // proxy is always encoded in one.
+            if codec::measuring() {
+                return Err(serde::ser::Error::custom(
+                    "a manager proxy is counted by the encoding that carries it",
+                ));
+            }
+            if !codec::count_in_flight(Arc::clone(&self.r) as Arc<dyn codec::InFlight>) {
+                // Another serde format: counted here, for good.
                 self.r.sent.fetch_add(1, Ordering::Relaxed);
             }
             Some(session())

@@ -1259,9 +1259,16 @@ fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<Counts, SendFail> {
             buf.copy_from_slice(&payload.bytes);
             true
         };
-        return jobs
-            .send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false)
-            .map(|()| Counts::default());
+        // A copy like any other: the counts the job holds (a manager proxy's, in one
+        // without descriptors) are added for it.
+        let counts = payload.counts.again();
+        return match jobs.send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false) {
+            Ok(()) => Ok(counts),
+            Err(e) => {
+                counts.give_back();
+                Err(e)
+            }
+        };
     }
     let copy = payload.try_clone().map_err(SendFail::Io)?;
     let counts = copy.counts.clone();

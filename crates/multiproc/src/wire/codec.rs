@@ -152,7 +152,7 @@ pub(crate) struct Counts(Vec<Arc<dyn InFlight>>);
 
 impl Counts {
     /// As many counts again, for another copy.
-    fn again(&self) -> Counts {
+    pub(crate) fn again(&self) -> Counts {
         for c in &self.0 {
             c.add();
         }
@@ -326,8 +326,8 @@ pub(crate) fn register_thread_state() {
 }
 
 /// For a handle's `Serialize`: whether this serialization only measures the value (or
-/// looks for why it failed), so that a handle counting how often it is sent (a manager
-/// proxy) counts the pass that is really sent only.
+/// looks for why it failed), where a handle that is counted as it is sent (a manager
+/// proxy) refuses, so that it is encoded in a context that holds its count.
 pub(crate) fn measuring() -> bool {
     MEASURING.with(Cell::get)
 }
@@ -587,12 +587,17 @@ pub(crate) fn pass_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
 }
 
 /// For a counted handle's `Serialize`: when the value is really being sent, adds one
-/// count for the copy on its way, held by the encoding (see [`Encoded`]).
-pub(crate) fn count_in_flight(count: Arc<dyn InFlight>) {
+/// count for the copy on its way, held by the encoding (see [`Encoded`]). Whether it
+/// did: not outside multiproc's own encoding (another serde format), where the caller
+/// counts by itself if it must.
+pub(crate) fn count_in_flight(count: Arc<dyn InFlight>) -> bool {
     OUTGOING.with(|o| {
         if let Some(Outgoing::Collect(_, counts)) = o.borrow_mut().as_mut() {
             count.add();
             counts.0.push(count);
+            true
+        } else {
+            false
         }
     })
 }

@@ -1247,7 +1247,7 @@ fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::
     if let Some(counted) = &token.counted {
         // The handle in flight counts as a receiver until the decode that makes its
         // copy takes the count over.
-        codec::count_in_flight(Arc::clone(counted) as Arc<dyn codec::InFlight>);
+        let _ = codec::count_in_flight(Arc::clone(counted) as Arc<dyn codec::InFlight>);
     }
     let fds = [
         core.seg.fd(),
