@@ -340,7 +340,7 @@ impl Core {
     fn reset(&self) {
         let _state = self.lock_state();
         let w = self.words();
-        if w.arrived.load(SeqCst) > 0 {
+        if w.arrived.load(SeqCst) > 0 || withdrawn(w.generation.load(SeqCst)) {
             self.break_locked();
         }
         for slot in self.slots() {
@@ -436,7 +436,10 @@ impl Core {
         // has passed (then with a moment's patience for a holder that is merely busy).
         let lock_in_time = || self.lock_state_late(deadline);
         loop {
-            if w.broken.load(SeqCst) != 0 {
+            // A generation made odd is a round given up on without the lock, whose flag
+            // may not be raised yet: the holder given up on may be stopped, and the
+            // lock is not waited for then either.
+            if w.broken.load(SeqCst) != 0 || withdrawn(w.generation.load(SeqCst)) {
                 // Broken: under the state lock (the generation moved too), or by a
                 // timed wait that could not take it (a holder stopped), which only
                 // raised the flag and woke the sleepers.
@@ -458,12 +461,6 @@ impl Core {
                 };
                 if let Some(result) = self.outcome(slot, me, parties) {
                     return result;
-                }
-                if withdrawn(w.generation.load(SeqCst)) {
-                    // Another party gave up on this round without the lock.
-                    self.break_locked();
-                    slot.outcome.store(PENDING, SeqCst);
-                    return Err(BarrierError::Broken);
                 }
             }
             let now = Instant::now();
@@ -609,23 +606,35 @@ impl Core {
                 self.wake_all();
                 return true;
             }
-            // Passes written a moment ago and read by none: a party reads its outcome
-            // under this lock, or without it once the generation moved on evenly
-            // (`give_up_unlocked`). Every other slot's party is in this round (it could
-            // not end without them), so only this party's own can hold an older pass,
-            // which it has read or never will.
-            for slot in self.slots() {
-                if slot.outcome.load(SeqCst) == PASSED {
-                    slot.outcome.store(BROKEN, SeqCst);
-                }
-            }
+            // The passes just written are turned into breaks there (an odd generation
+            // with no party arrived).
         }
         self.break_locked();
         false
     }
 
+    /// Turns the passes of a release that did not happen into breaks (under the state
+    /// lock). They were read by none: a party reads its outcome under this lock, or
+    /// without it once the generation moved on evenly (`give_up_unlocked`). Every other
+    /// slot's party was in that round (it could not end without them), so only the
+    /// releasing party's own can hold an older pass, which it has read or never will.
+    fn unpass(&self) {
+        for slot in self.slots() {
+            if slot.outcome.load(SeqCst) == PASSED {
+                slot.outcome.store(BROKEN, SeqCst);
+            }
+        }
+    }
+
     /// Breaks the barrier and ends the waits in progress (under the state lock).
     fn break_locked(&self) {
+        let w = self.words();
+        if withdrawn(w.generation.load(SeqCst)) && w.arrived.load(SeqCst) == 0 {
+            // A release cut short (its last party died after writing the passes, and a
+            // party gave up meanwhile): every party had arrived, so, as in
+            // `pass_round`, the passes are its, unread, and the round breaks.
+            self.unpass();
+        }
         self.words().broken.store(1, SeqCst);
         self.end_generation(BROKEN);
         // After the slots: a party giving up without the lock that finds the generation
@@ -983,6 +992,39 @@ mod tests {
         let (passed, timed) = a_last_party_held_up(true);
         assert!(passed);
         assert_eq!(timed.map(|r| r.index), Ok(0));
+    }
+
+    /// A last party that dies after writing the passes and before it moves the generation
+    /// on, while a timed party gives up on it: the next holder of the lock breaks the
+    /// round for every party. The untimed party passed, while the timed one said
+    /// `Timeout`.
+    #[test]
+    fn a_release_cut_short_by_a_death_breaks_the_round() {
+        let b = Barrier::new(3).unwrap();
+        let untimed = b.clone();
+        let untimed = std::thread::spawn(move || untimed.wait());
+        until(|| b.n_waiting() == 1);
+        let timed = b.clone();
+        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(100)));
+        until(|| b.n_waiting() == 2);
+        let core = &b.held.core;
+        let state = core.lock_state();
+        core.words().arrived.fetch_add(1, SeqCst);
+        // The first half of `pass_round`; then the party is held up past the timed
+        // party's patience, and dies (the next holder's `OwnerDied` breaks the barrier).
+        core.end_generation(PASSED);
+        assert_eq!(timed.join().unwrap().err(), Some(BarrierError::Timeout));
+        core.break_locked();
+        assert!(
+            core.slots().all(|s| s.outcome.load(SeqCst) != PASSED),
+            "a pass of a round another party gave up on was left"
+        );
+        drop(state);
+        assert_eq!(
+            untimed.join().unwrap().err(),
+            Some(BarrierError::Broken),
+            "a party passed a round another gave up on"
+        );
     }
 
     /// A timed wait that cannot take the state lock (its holder stopped) breaks the
