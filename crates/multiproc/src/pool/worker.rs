@@ -313,11 +313,22 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let send = |header: OutcomeHeader, mut out: Encoded| {
         header.write(&mut out.bytes[..OUTCOME_HEADER]);
         let why = match results.send(out, Deadline::Never, false) {
+            Ok(()) => return,
+            // Never decoded: what it counts (a manager proxy in the result) goes back.
             // A pool that is gone reads nothing more; the worker ends with the next
             // receive.
-            Ok(()) | Err((_, SendFail::Disconnected)) => return,
-            Err((_, SendFail::Io(e))) => e.to_string(),
-            Err((_, SendFail::Full)) => "the results channel is full".to_string(),
+            Err((out, SendFail::Disconnected)) => {
+                out.discard();
+                return;
+            }
+            Err((out, SendFail::Io(e))) => {
+                out.discard();
+                e.to_string()
+            }
+            Err((out, SendFail::Full)) => {
+                out.discard();
+                "the results channel is full".to_string()
+            }
         };
         // The outcome could not go (a big result needs a descriptor of its own, and
         // the task left none free, say): the task fails with why, in a few bytes that
