@@ -701,11 +701,8 @@ impl PoolInner {
                     }
                     continue;
                 };
-                // A copy its worker may never decode (it runs no chunk of the map): a
-                // manager proxy in it is not counted for it (its receivers, which must
-                // travel beside the ring, are).
                 let sent = match &worker.jobs {
-                    Some(jobs) => send_copy(jobs, put, false),
+                    Some(jobs) => send_job(jobs, put),
                     None => Err(SendFail::Disconnected),
                 };
                 match sent {
@@ -1257,23 +1254,14 @@ fn pick_worker(workers: &[Option<Worker>]) -> Option<usize> {
 /// otherwise a copy (with duplicated descriptors) on the side.
 /// The counts the copy sent holds (see `TaskRec::transit`).
 fn send_job(jobs: &RawSender, payload: &Encoded) -> Result<Counts, SendFail> {
-    send_copy(jobs, payload, true)
-}
-
-/// [`send_job`]; `counted`: whether a copy that travels in the ring adds the counts
-/// the payload holds (a manager proxy's: one without descriptors), as every other copy
-/// does, for the decode it is on its way to.
-fn send_copy(jobs: &RawSender, payload: &Encoded, counted: bool) -> Result<Counts, SendFail> {
     if payload.fds.is_empty() && jobs.fits_inline(payload.bytes.len()) {
         let mut fill = |buf: &mut [u8]| {
             buf.copy_from_slice(&payload.bytes);
             true
         };
-        let counts = if counted {
-            payload.counts.again()
-        } else {
-            Counts::default()
-        };
+        // A copy like any other: the counts the job holds (a manager proxy's, in one
+        // without descriptors) are added for it.
+        let counts = payload.counts.again();
         return match jobs.send_inline(payload.bytes.len(), &mut fill, Deadline::Now, false) {
             Ok(()) => Ok(counts),
             Err(e) => {

@@ -330,7 +330,10 @@ pub(crate) struct BarrierWords {
     /// 1 while broken.
     pub(crate) broken: AtomicU32,
     pub(crate) sleepers: AtomicU32,
-    pub(crate) _reserved: AtomicU32,
+    /// The odd number after the generation a release is writing passes for, until it
+    /// moves the generation on (0 otherwise): a holder that dies in between left passes
+    /// nobody may read (see `sync::barrier`).
+    pub(crate) releasing: AtomicU32,
 }
 
 // SAFETY: `repr(C)`, made only of atomics and `SharedWords`.

@@ -23,7 +23,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
@@ -592,25 +592,38 @@ impl Core {
     /// unless a party gave up on it meanwhile without the lock; then it breaks. Whether
     /// it passed.
     fn pass_round(&self) -> bool {
-        let generation = &self.words().generation;
-        let g = generation.load(SeqCst);
-        if !withdrawn(g) {
-            self.end_generation(PASSED);
+        let w = self.words();
+        if let Some(g) = self.write_passes() {
             // Last, as the parties wake on it (moved on first, it sent them for this lock
             // while it was still held): a party that gave up meanwhile made it odd, and
             // the round breaks after all.
-            if generation
+            if w.generation
                 .compare_exchange(g, next_generation(g), SeqCst, SeqCst)
                 .is_ok()
             {
+                w.releasing.store(0, Relaxed);
                 self.wake_all();
                 return true;
             }
-            // The passes just written are turned into breaks there (an odd generation
-            // with no party arrived).
+            // The passes just written are turned into breaks there.
         }
         self.break_locked();
         false
+    }
+
+    /// The first half of a release (under the state lock): the waiting parties' passes
+    /// written, the release marked as under way. The round's generation, or `None` if
+    /// it was given up on already.
+    fn write_passes(&self) -> Option<u32> {
+        let w = self.words();
+        let g = w.generation.load(SeqCst);
+        if withdrawn(g) {
+            return None;
+        }
+        // Read only by a holder after this one, under the lock.
+        w.releasing.store(g | 1, Relaxed);
+        self.end_generation(PASSED);
+        Some(g)
     }
 
     /// Turns the passes of a release that did not happen into breaks (under the state
@@ -629,12 +642,14 @@ impl Core {
     /// Breaks the barrier and ends the waits in progress (under the state lock).
     fn break_locked(&self) {
         let w = self.words();
-        if withdrawn(w.generation.load(SeqCst)) && w.arrived.load(SeqCst) == 0 {
-            // A release cut short (its last party died after writing the passes, and a
-            // party gave up meanwhile): every party had arrived, so, as in
-            // `pass_round`, the passes are its, unread, and the round breaks.
+        if w.releasing.load(Relaxed) == w.generation.load(SeqCst) | 1 {
+            // A release of this round that did not move the generation on: it found the
+            // round given up on, or its party died meanwhile (perhaps half-way through
+            // its passes). Every party had arrived, so the passes are its, unread (see
+            // `unpass`), and the round breaks.
             self.unpass();
         }
+        w.releasing.store(0, Relaxed);
         self.words().broken.store(1, SeqCst);
         self.end_generation(BROKEN);
         // After the slots: a party giving up without the lock that finds the generation
@@ -726,9 +741,10 @@ impl Core {
                     .compare_exchange(g, g.wrapping_add(1), SeqCst, SeqCst)
             };
             match gave_up {
-                // Gave up on it, or another party did first: it breaks.
+                // Gave up on it, or another party did first: it breaks. (An odd number
+                // of a later round is not this round's end: this one was decided.)
                 Ok(_) => {}
-                Err(now) if withdrawn(now) => {}
+                Err(now) if now == g.wrapping_add(1) => {}
                 // Decided under the lock: its outcome is written (then it stays there
                 // for this party to read: a reset keeps the slot of a live party whose
                 // outcome is unread), or about to be.
@@ -1012,7 +1028,7 @@ mod tests {
         core.words().arrived.fetch_add(1, SeqCst);
         // The first half of `pass_round`; then the party is held up past the timed
         // party's patience, and dies (the next holder's `OwnerDied` breaks the barrier).
-        core.end_generation(PASSED);
+        assert!(core.write_passes().is_some());
         assert_eq!(timed.join().unwrap().err(), Some(BarrierError::Timeout));
         core.break_locked();
         assert!(
@@ -1025,6 +1041,43 @@ mod tests {
             Some(BarrierError::Broken),
             "a party passed a round another gave up on"
         );
+    }
+
+    /// A break takes back the passes of a release of its own round that did not move
+    /// the generation on (its party died half-way through them: some parties passed,
+    /// others broke), and only those: not an earlier round's pass its party has yet to
+    /// read, when a break cut short and a party that gave up left the generation odd
+    /// with no party arrived.
+    #[test]
+    fn a_break_takes_back_only_the_passes_of_a_release_cut_short() {
+        let b = Barrier::new(2).unwrap();
+        let core = &b.held.core;
+        let w = core.words();
+        let (first, second) = {
+            let mut slots = core.slots();
+            (slots.next().unwrap(), slots.next().unwrap())
+        };
+        let state = core.lock_state();
+        first.outcome.store(PASSED, SeqCst);
+        w.generation.store(w.generation.load(SeqCst) | 1, SeqCst);
+        w.arrived.store(0, SeqCst);
+        core.break_locked();
+        assert_eq!(
+            first.outcome.load(SeqCst),
+            PASSED,
+            "an earlier round's pass was taken back"
+        );
+        // Half-way through a release's passes.
+        let g = w.generation.load(SeqCst);
+        w.releasing.store(g | 1, Relaxed);
+        second.waiting.store(1, SeqCst);
+        second.outcome.store(PENDING, SeqCst);
+        core.break_locked();
+        assert_eq!(
+            (first.outcome.load(SeqCst), second.outcome.load(SeqCst)),
+            (BROKEN, BROKEN)
+        );
+        drop(state);
     }
 
     /// A timed wait that cannot take the state lock (its holder stopped) breaks the
