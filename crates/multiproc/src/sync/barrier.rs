@@ -733,9 +733,10 @@ impl Core {
     ) -> Result<BarrierWaitResult, BarrierError> {
         let w = self.words();
         if let Some((slot, me, g)) = slot {
-            // A generation odd as this party arrived: another gave up on it first.
+            // A generation odd as this party arrived: another gave up on it first (a
+            // round that can no longer pass).
             let gave_up = if withdrawn(g) {
-                Err(g)
+                Ok(g)
             } else {
                 w.generation
                     .compare_exchange(g, g.wrapping_add(1), SeqCst, SeqCst)
@@ -1078,6 +1079,35 @@ mod tests {
             (BROKEN, BROKEN)
         );
         drop(state);
+    }
+
+    /// A party that arrived in a round already given up on (its generation odd) and
+    /// cannot take the lock gives up at once with its own error: it waited for the
+    /// lock's holder (with no limit) and said `Broken`.
+    #[test]
+    fn a_party_of_a_round_given_up_on_gives_up_at_once() {
+        let b = Barrier::new(2).unwrap();
+        let core = &b.held.core;
+        let slot = core.slots().next().unwrap();
+        // The stopped holder.
+        assert!(core.words().lock.lock(None).is_some());
+        let g = core.words().generation.load(SeqCst) | 1;
+        core.words().generation.store(g, SeqCst);
+        slot.waiting.store(1, SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = sys::thread_identity();
+        slot.identity.store(me, SeqCst);
+        let held = Arc::clone(&b.held);
+        // Not joined: a party that never returns must fail this test, not hang it.
+        std::thread::spawn(move || {
+            let core = &held.core;
+            let slot = core.slots().next().unwrap();
+            let _ = tx.send(core.give_up_unlocked(Some((slot, me, g)), BarrierError::Timeout));
+        });
+        let ended = rx.recv_timeout(Duration::from_secs(10));
+        b.held.core.words().lock.unlock();
+        assert_eq!(ended.map(|r| r.err()), Ok(Some(BarrierError::Timeout)));
+        assert!(b.is_broken());
     }
 
     /// A timed wait that cannot take the state lock (its holder stopped) breaks the
