@@ -245,42 +245,35 @@ fn wait_tasks_first_exception_and_the_rest() {
         slow.cancel();
     }
     // A value that does not decode in this process fails its task: FirstException
-    // returns on it (it waited for the slow task, the value taken for a success).
-    let tasks = [
-        p.submit(refused_after, (30_000, 1)).unwrap(),
-        p.submit(refused_after, (0, 13)).unwrap(),
-    ];
-    let t0 = Instant::now();
-    let (done, pending) = multiproc::wait_tasks(
-        &tasks,
-        Return::FirstException,
-        Some(Duration::from_secs(10)),
-    );
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
-    assert_eq!((done, pending), (vec![1], vec![0]));
-    let [slow, bad] = tasks;
-    assert!(matches!(bad.wait(), Err(TaskError::Codec(_))));
-    slow.cancel();
-    // So too once a late callback has decoded it (it was taken for a success then).
-    let tasks = [
-        p.submit(refused_after, (30_000, 1)).unwrap(),
-        p.submit(refused_after, (0, 13)).unwrap(),
-    ];
-    assert!(common::eventually(T, || tasks[1].is_done()));
-    let (tx, rx) = mpsc::channel();
-    tasks[1].on_done(move |outcome| tx.send(outcome.is_err()).unwrap());
-    assert_eq!(rx.recv_timeout(T), Ok(true));
-    let t0 = Instant::now();
-    let (done, pending) = multiproc::wait_tasks(
-        &tasks,
-        Return::FirstException,
-        Some(Duration::from_secs(10)),
-    );
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
-    assert_eq!((done, pending), (vec![1], vec![0]));
-    let [slow, bad] = tasks;
-    assert!(matches!(bad.wait(), Err(TaskError::Codec(_))));
-    slow.cancel();
+    // returns on it (it waited for the slow task, the value taken for a success); so
+    // too once a late callback has decoded it.
+    for late_callback in [false, true] {
+        let tasks = [
+            p.submit(refused_after, (30_000, 1)).unwrap(),
+            p.submit(refused_after, (0, 13)).unwrap(),
+        ];
+        if late_callback {
+            assert!(common::eventually(T, || tasks[1].is_done()));
+            let (tx, rx) = mpsc::channel();
+            tasks[1].on_done(move |outcome| tx.send(outcome.is_err()).unwrap());
+            assert_eq!(rx.recv_timeout(T), Ok(true));
+        }
+        let t0 = Instant::now();
+        let (done, pending) = multiproc::wait_tasks(
+            &tasks,
+            Return::FirstException,
+            Some(Duration::from_secs(10)),
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "late callback {late_callback}: {:?}",
+            t0.elapsed()
+        );
+        assert_eq!((done, pending), (vec![1], vec![0]));
+        let [slow, bad] = tasks;
+        assert!(matches!(bad.wait(), Err(TaskError::Codec(_))));
+        slow.cancel();
+    }
     // FirstCompleted, AllCompleted, and a timeout that leaves tasks pending.
     // (The slow one sleeps long enough to be pending still however late this thread
     // runs.)

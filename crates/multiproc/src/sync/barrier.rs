@@ -650,13 +650,13 @@ impl Core {
             self.unpass();
         }
         w.releasing.store(0, Relaxed);
-        self.words().broken.store(1, SeqCst);
+        w.broken.store(1, SeqCst);
         self.end_generation(BROKEN);
         // After the slots: a party giving up without the lock that finds the generation
         // moved finds its outcome written. (A party that makes it odd meanwhile gave up
         // on a round that breaks anyway.)
-        let generation = &self.words().generation;
-        generation.store(next_generation(generation.load(SeqCst)), SeqCst);
+        w.generation
+            .store(next_generation(w.generation.load(SeqCst)), SeqCst);
         self.wake_all();
     }
 
@@ -964,6 +964,24 @@ mod tests {
         assert!(!b.is_broken());
     }
 
+    /// A party that waits 100 ms at most arrives, then the last one, as `wait_until`
+    /// does, and holds the state lock (the guard).
+    fn a_timed_party_then_the_last(
+        b: &Barrier,
+    ) -> (
+        std::thread::JoinHandle<Result<BarrierWaitResult, BarrierError>>,
+        StateGuard<'_>,
+    ) {
+        let before = b.n_waiting();
+        let timed = b.clone();
+        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(100)));
+        until(|| b.n_waiting() == before + 1);
+        let core = &b.held.core;
+        let state = core.lock_state();
+        core.words().arrived.fetch_add(1, SeqCst);
+        (timed, state)
+    }
+
     /// The last party, arrived, holds the state lock and is kept from running past a
     /// timed party's deadline and its patience for the lock (600 ms): `release_first`
     /// says whether it releases the round before or after that time.
@@ -971,12 +989,8 @@ mod tests {
         release_first: bool,
     ) -> (bool, Result<BarrierWaitResult, BarrierError>) {
         let b = Barrier::new(2).unwrap();
-        let timed = b.clone();
-        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(100)));
-        until(|| b.n_waiting() == 1);
+        let (timed, state) = a_timed_party_then_the_last(&b);
         let core = &b.held.core;
-        let state = core.lock_state();
-        core.words().arrived.fetch_add(1, SeqCst);
         let mut passed = None;
         if release_first {
             passed = Some(core.pass_round());
@@ -1021,12 +1035,8 @@ mod tests {
         let untimed = b.clone();
         let untimed = std::thread::spawn(move || untimed.wait());
         until(|| b.n_waiting() == 1);
-        let timed = b.clone();
-        let timed = std::thread::spawn(move || timed.wait_timeout(Duration::from_millis(100)));
-        until(|| b.n_waiting() == 2);
+        let (timed, state) = a_timed_party_then_the_last(&b);
         let core = &b.held.core;
-        let state = core.lock_state();
-        core.words().arrived.fetch_add(1, SeqCst);
         // The first half of `pass_round`; then the party is held up past the timed
         // party's patience, and dies (the next holder's `OwnerDied` breaks the barrier).
         assert!(core.write_passes().is_some());
