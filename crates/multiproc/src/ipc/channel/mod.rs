@@ -1897,6 +1897,81 @@ mod tests {
         assert_eq!(rx.len(), 0);
     }
 
+    /// The free overflow segments: the warm ones, then the cold ones, each in order.
+    fn free_segments(o: &crate::shm::layout::Overflow) -> (Vec<u64>, Vec<u64>) {
+        let mut warm: Vec<u64> = o.warm.iter().map(|w| w.load(SeqCst)).collect();
+        warm.retain(|&k| k != 0);
+        warm.sort_unstable();
+        let cold = (0..o.cold.len() * 64)
+            .filter(|&i| o.cold[i / 64].load(SeqCst) & (1 << (i % 64)) != 0)
+            .map(|i| i as u64 + 1)
+            .collect();
+        (warm, cold)
+    }
+
+    /// A send whose overflow segment does not map (no address space or mappings left)
+    /// fails, its message not sent, and the segment stays free for the next: one made
+    /// at the end of the file and a freed one with its memory alike. (Kept from the
+    /// free ones, each failed send used one up for good, with its memory if it had
+    /// any: a program retrying while memory was short used up all the queue's
+    /// segments.)
+    #[test]
+    fn a_segment_that_does_not_map_stays_free() {
+        let failing = |tx: &RawSender, n: u32| {
+            let tx = tx.clone();
+            let sent = std::thread::spawn(move || {
+                overflow::MAPS_FAIL.with(|f| f.set(true));
+                tx.send(numbered(n, 100), Deadline::Now, false)
+                    .map_err(|(_, e)| e)
+            })
+            .join()
+            .unwrap();
+            assert!(
+                matches!(&sent, Err(SendFail::Io(e)) if failed_map(e)),
+                "{sent:?}"
+            );
+        };
+        // New segments.
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let o = &rx.core.header().overflow.0;
+        let full = fill_own_ring(&tx, 100);
+        for _ in 0..3 {
+            failing(&tx, full);
+        }
+        assert_eq!(free_segments(o), (vec![1], vec![]));
+        tx.send(numbered(full, 100), Deadline::Now, false).unwrap();
+        for n in 0..=full {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+        assert_eq!(o.made.load(SeqCst), 1);
+
+        // Freed segments, with their memory (warm) and without (cold).
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let o = &rx.core.header().overflow.0;
+        for n in 0..400u32 {
+            tx.send(numbered(n, 100), Deadline::Now, false).unwrap();
+        }
+        for n in 0..400u32 {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+        tx.send(numbered(7, 100), Deadline::Now, false).unwrap();
+        assert_eq!(number(&take(&rx).unwrap()), 7);
+        let made = o.made.load(SeqCst);
+        let free = free_segments(o);
+        assert_eq!(free.0.len(), crate::shm::layout::WARM_SEGMENTS);
+        assert_eq!(free.0.len() + free.1.len(), made as usize, "{free:?}");
+        tx.core.forget_mapped();
+        let full = fill_own_ring(&tx, 100);
+        failing(&tx, full);
+        assert_eq!(free_segments(o), free);
+        tx.send(numbered(full, 100), Deadline::Now, false).unwrap();
+        for n in 0..=full {
+            assert_eq!(number(&take(&rx).unwrap()), n);
+        }
+        assert_eq!(o.made.load(SeqCst), made);
+    }
+
     /// A consumer that takes the lock over from one that died consuming a message in an
     /// overflow segment, and cannot finish that consume (the segment does not map now),
     /// lets the lock go as abandoned: the next consumer finishes it, and each message
