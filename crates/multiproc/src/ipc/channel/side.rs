@@ -101,6 +101,16 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
             let mut fds = Vec::new();
             let _ = sys::recv_with_fds(sock, &mut sink, &mut fds, true);
         };
+        if !valid && n >= HEADER && got == id {
+            // Ours, and not what a producer writes: another process broke it. Off the
+            // socket, and the next receive skips its record.
+            drop_it();
+            return Err(RecvFail::Broken(format!(
+                "side message {id}: a header that does not hold (mode {mode}, {len} \
+                 bytes, {} descriptors)",
+                header[17]
+            )));
+        }
         if !valid || got < id {
             // Not ours and never anyone's.
             drop_it();
@@ -167,33 +177,54 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
 mod tests {
     use super::*;
 
-    /// A side message whose header announces a memory file of more than [`MEMFD_MAX`]
-    /// bytes is corrupt: the receive says so and takes it off the socket, and the
-    /// messages after it are received (left there, it failed every receive after it).
+    /// A side message whose header does not hold (a memory file of more than
+    /// [`MEMFD_MAX`] bytes, an unknown mode, an in-message length over
+    /// [`IN_MESSAGE_MAX`], more descriptors than a message carries) is corrupt: the
+    /// receive says so and takes it off the socket, and the messages after it are
+    /// received. (Left there, the first failed every receive after it; the others were
+    /// dropped as if a consumer that died had taken them, and a receive of a
+    /// `JoinableQueue` went on to the next message, its task counted for ever.)
     #[test]
     fn an_impossible_length_is_taken_off_the_socket() {
-        let (rx, tx) = sys::packet_pair().unwrap();
-        let memfd = sys::sealed_memfd("multiproc-test", b"abc").unwrap();
-        let mut header = [0u8; HEADER];
-        header[0..8].copy_from_slice(&1u64.to_le_bytes());
-        header[8..16].copy_from_slice(&(MEMFD_MAX + 1).to_le_bytes());
-        header[16] = IN_MEMFD;
-        header[17] = 1;
-        sys::send_packet(tx.as_fd(), &[IoSlice::new(&header)], &[memfd.as_fd()]).unwrap();
-        let next = Encoded::plain(b"next".to_vec());
-        Outgoing::prepare(&next)
-            .unwrap()
-            .send(tx.as_fd(), 2, &next)
-            .unwrap();
-        assert!(matches!(fetch(rx.as_fd(), 1), Err(RecvFail::Broken(_))));
-        // Its record's next reader finds it gone (as a dead consumer's), and goes on.
-        assert!(matches!(fetch(rx.as_fd(), 1), Ok(None)));
-        match fetch(rx.as_fd(), 2) {
-            Ok(Some(Received {
-                bytes: Payload::Owned(b),
-                ..
-            })) => assert_eq!(b, b"next"),
-            other => panic!("{other:?}"),
+        // (mode, length, descriptors said, a memory file sent)
+        let broken = [
+            (IN_MEMFD, MEMFD_MAX + 1, 1, true),
+            (7, 3, 0, false),
+            (IN_MESSAGE, IN_MESSAGE_MAX as u64 + 1, 0, false),
+            (IN_MESSAGE, 3, (sys::MAX_FDS_PER_MESSAGE + 1) as u8, false),
+        ];
+        for (mode, len, said, with_memfd) in broken {
+            let case = format!("mode {mode}, {len} bytes, {said} descriptors");
+            let (rx, tx) = sys::packet_pair().unwrap();
+            let memfd = sys::sealed_memfd("multiproc-test", b"abc").unwrap();
+            let mut header = [0u8; HEADER];
+            header[0..8].copy_from_slice(&1u64.to_le_bytes());
+            header[8..16].copy_from_slice(&len.to_le_bytes());
+            header[16] = mode;
+            header[17] = said;
+            let fds = if with_memfd {
+                vec![memfd.as_fd()]
+            } else {
+                vec![]
+            };
+            let body = IoSlice::new(b"abc");
+            sys::send_packet(tx.as_fd(), &[IoSlice::new(&header), body], &fds).unwrap();
+            let next = Encoded::plain(b"next".to_vec());
+            Outgoing::prepare(&next)
+                .unwrap()
+                .send(tx.as_fd(), 2, &next)
+                .unwrap();
+            let got = fetch(rx.as_fd(), 1);
+            assert!(matches!(got, Err(RecvFail::Broken(_))), "{case}: {got:?}");
+            // Its record's next reader finds it gone (as a dead consumer's), and goes on.
+            assert!(matches!(fetch(rx.as_fd(), 1), Ok(None)), "{case}");
+            match fetch(rx.as_fd(), 2) {
+                Ok(Some(Received {
+                    bytes: Payload::Owned(b),
+                    ..
+                })) => assert_eq!(b, b"next", "{case}"),
+                other => panic!("{case}: {other:?}"),
+            }
         }
     }
 }
