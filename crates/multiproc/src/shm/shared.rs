@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::layout::ObjectHeader;
+use super::layout::{ChannelHeader, ObjectHeader, SegmentHeader};
 use super::named::{self, Name};
 use super::segment::Segment;
 use super::{OutOfBounds, ShmError};
@@ -123,7 +123,7 @@ impl SharedMemory {
             });
         }
         let seg = Segment::map_named(fd, size)?;
-        if holds_an_object(&seg) {
+        if holds_multiprocs_own(&seg) {
             return Err(ShmError::Mismatch {
                 what: format!("segment {:?}", name.as_str()),
                 why: "it holds a multiproc Value or Array: open it with Value::open_named \
@@ -284,10 +284,12 @@ impl<'de> Deserialize<'de> for SharedMemory {
             })?;
         let seg = named::map_received(fd, size, wire.name.as_deref()).map_err(codec::refuse)?;
         // As `open` does: a handle of a multiproc object (whose bytes are handed out as
-        // `&mut T` under its lock) read as a segment's (the two travel alike) is refused.
-        if holds_an_object(&seg) {
+        // `&mut T` under its lock) or of a channel (whose ring is lent out as slices
+        // while a message is copied in or out) read as a segment's (their handles
+        // travel alike enough) is refused.
+        if holds_multiprocs_own(&seg) {
             return Err(codec::refuse(
-                "a handle of a multiproc Value or Array, decoded as a SharedMemory",
+                "a handle of a multiproc Value, Array, queue or pipe, decoded as a SharedMemory",
             ));
         }
         let name = wire.name.map(|name| Name::received(name, seg.fd()));
@@ -295,14 +297,20 @@ impl<'de> Deserialize<'de> for SharedMemory {
     }
 }
 
-/// Whether `seg` starts with a multiproc object's header.
-fn holds_an_object(seg: &Segment) -> bool {
+/// Whether `seg` starts with the header of a multiproc object, channel or channel
+/// segment.
+fn holds_multiprocs_own(seg: &Segment) -> bool {
     let mut magic = [0u8; 8];
     if seg.len() < magic.len() {
         return false;
     }
     seg.read_racing(0, &mut magic);
-    u64::from_le_bytes(magic) == ObjectHeader::MAGIC
+    [
+        ObjectHeader::MAGIC,
+        ChannelHeader::MAGIC,
+        SegmentHeader::MAGIC,
+    ]
+    .contains(&u64::from_le_bytes(magic))
 }
 
 #[cfg(test)]
@@ -313,11 +321,16 @@ mod tests {
     /// A `Value`'s handle travels as its kind and then what a segment's handle holds:
     /// read as a kind and a `SharedMemory`, it gave safe code plain writes to the lock
     /// and the bytes that the value's guard hands out as `&mut T`. It is refused, as
-    /// `SharedMemory::open` refuses the segment of a named one.
+    /// `SharedMemory::open` refuses the segment of a named one. So is a pipe's, whose
+    /// size and first descriptor read as a segment's (with plain writes to the ring
+    /// that a send or a receive lends out as slices).
     #[test]
     fn an_objects_handle_is_not_a_segments() {
         let value = crate::Value::new(5u64).unwrap();
         let err = resend::<_, (u32, SharedMemory)>(&value).unwrap_err();
+        assert!(err.contains("decoded as a SharedMemory"), "{err}");
+        let (tx, _rx) = crate::pipe::<u64>().unwrap();
+        let err = resend::<_, (SharedMemory, [u32; 7])>(&tx).unwrap_err();
         assert!(err.contains("decoded as a SharedMemory"), "{err}");
         // A segment's own handle, and one that happens to be written with other bytes.
         let seg = SharedMemory::new(64).unwrap();
