@@ -1200,7 +1200,11 @@ impl SenderSleeping<'_> {
 
 impl Drop for SenderSleeping<'_> {
     fn drop(&mut self) {
-        let left = self.core.header().sleepers.0.senders.fetch_sub(1, SeqCst) - 1;
+        // Wrapping: the count is in memory another process may have written (a count of
+        // none and this sender's wake-up costs one ring of the doorbell at most).
+        let left = (self.core.header().sleepers.0.senders)
+            .fetch_sub(1, SeqCst)
+            .wrapping_sub(1);
         sys::silence(self.core.send_bell.as_fd());
         if self.armed && left > 0 {
             self.core.wake_senders();
@@ -1895,6 +1899,18 @@ mod tests {
         }
         assert_eq!(got, (0..sent + 100).collect::<Vec<_>>());
         assert_eq!(rx.len(), 0);
+    }
+
+    /// A sleeping sender's count that another process zeroed is let go without a
+    /// panic (it panicked in builds with overflow checks, in a `Drop`).
+    #[test]
+    fn a_zeroed_count_of_sleeping_senders_is_let_go() {
+        let (tx, rx) = channel(MIN_RING, None).unwrap();
+        let sleeping = tx.sleeping();
+        rx.core.header().sleepers.0.senders.store(0, SeqCst);
+        drop(sleeping);
+        tx.send(numbered(1, 8), Deadline::Now, false).unwrap();
+        assert_eq!(number(&take(&rx).unwrap()), 1);
     }
 
     /// The free overflow segments: the warm ones, then the cold ones, each in order.
