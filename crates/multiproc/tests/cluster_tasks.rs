@@ -543,6 +543,10 @@ fn main() {
             trial("tls_with_a_private_ca", tls_with_a_private_ca),
             trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
             trial(
+                "a_full_node_stops_its_tasks_when_redis_lost_its_data",
+                a_full_node_stops_its_tasks_when_redis_lost_its_data,
+            ),
+            trial(
                 "acl_user_and_an_undecodable_result",
                 acl_user_and_an_undecodable_result,
             ),
@@ -3291,6 +3295,46 @@ fn redis_lost_its_data_mid_run() {
     assert_eq!(new.wait_timeout(T).unwrap(), 64);
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// A full node whose server lost its data (restarted empty) stops the tasks it holds,
+/// the one running and the one queued behind it, at its next renewal: their clients
+/// were told to submit them again. And it reads new work at once. (Its renewals failed
+/// on the missing group, and were retried until it had room again: it ran the first
+/// task to its end and started the second, and a new task waited for them.)
+fn a_full_node_stops_its_tasks_when_redis_lost_its_data() {
+    let mut redis = RedisServer::start();
+    let ns = "wiped_full";
+    let dir = common::tempdir(ns);
+    let w = node_at(&redis.url(), ns, 1).prefetch(2).build().unwrap();
+    let c = client(&redis, ns);
+    let (paths, tasks) = recorded_runs(&c, &dir, 2, 3000);
+    assert!(common::eventually(T, || {
+        std::path::Path::new(&paths[0]).exists() && c.stats().unwrap().in_flight == 2
+    }));
+    let first_ran = Instant::now();
+    redis.restart_empty();
+    for mut t in tasks {
+        let e = t.wait_timeout(T).unwrap_err();
+        assert!(e.to_string().contains("lost its data"), "{e}");
+    }
+    assert_eq!(
+        c.apply_timeout(SQUARE, 3, Duration::from_millis(1500))
+            .unwrap(),
+        9,
+        "a new task waited for the node's lost ones"
+    );
+    // Until after the first task would have ended, and the second started.
+    std::thread::sleep(
+        (first_ran + Duration::from_secs(4)).saturating_duration_since(Instant::now()),
+    );
+    assert!(
+        !std::path::Path::new(&paths[1]).exists(),
+        "a task its client was told to submit again ran"
+    );
+    w.shutdown(true);
+    finish(&redis, c, ns);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `field` (`calls`, `rejected_calls`) of `CONFIG GET` in the server's command

@@ -29,11 +29,16 @@ end
 ";
 
 /// Whether entry `id` is pending for consumer `me` with delivery count `fence` (0:
-/// any count).
+/// any count). A stream or group that is gone (a server that lost its data, a queue
+/// deleted) holds nothing pending: its entries are owned by no one, and the script goes
+/// on. (An error there ended the whole script: a node's renewals failed until its
+/// reader, which reads only when the node has room, made the group again, and a full
+/// node went on running, and starting, tasks whose clients had been told to submit
+/// them again.)
 const OWNED: &str = "
 local function owned(stream, group, id, me, fence)
-  local p = redis.call('XPENDING', stream, group, id, id, 1)
-  if p[1] == nil or p[1][2] ~= me then return false end
+  local p = redis.pcall('XPENDING', stream, group, id, id, 1)
+  if p.err or p[1] == nil or p[1][2] ~= me then return false end
   return fence == 0 or tonumber(p[1][4]) == fence
 end
 ";

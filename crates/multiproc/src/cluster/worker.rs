@@ -2131,6 +2131,12 @@ impl Node {
                     }
                     renewed_at = back;
                 }
+                if let Err(e) = &renewed
+                    && renewed_last
+                {
+                    // Once per run of failures: they are retried every `retry`.
+                    tracing::warn!(worker = %self.name, "lease renewal failed (retried until it goes through): {e}");
+                }
                 renewed_last = renewed.is_ok();
                 if renewed.is_ok() {
                     test_panic(Role::Keeper);

@@ -417,7 +417,7 @@ impl Core {
                     die_here(4).map_err(RecvFail::Io)?;
                     if r == 0 {
                         let own = self.ring();
-                        own.set_head(head, own.head() + link_room());
+                        own.set_head(head, own.head().wrapping_add(link_room()));
                     } else {
                         self.release_segment(r);
                     }
