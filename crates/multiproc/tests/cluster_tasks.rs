@@ -542,6 +542,7 @@ fn main() {
             ),
             trial("tls_with_a_private_ca", tls_with_a_private_ca),
             trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
+            trial("bad_task_options_are_refused", bad_task_options_are_refused),
             trial(
                 "a_full_node_stops_its_tasks_when_redis_lost_its_data",
                 a_full_node_stops_its_tasks_when_redis_lost_its_data,
@@ -3293,6 +3294,42 @@ fn redis_lost_its_data_mid_run() {
     let e = old.wait_timeout(T).unwrap_err();
     assert!(e.to_string().contains("lost its data"), "{e}");
     assert_eq!(new.wait_timeout(T).unwrap(), 64);
+    w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// Task options a task cannot run with are refused before anything is sent, as a pool
+/// refuses them: a timeout of zero (it became 1 ms, and every run timed out, each retry
+/// spent), an empty idempotency key, one of more than 512 bytes.
+fn bad_task_options_are_refused() {
+    let redis = RedisServer::start();
+    let ns = "bad_options";
+    let c = client(&redis, ns);
+    let bad = [
+        TaskOptions::new().timeout(Duration::ZERO),
+        TaskOptions::new().idempotency_key(""),
+        TaskOptions::new().idempotency_key("k".repeat(513)),
+    ];
+    for opts in bad {
+        let what = format!("{opts:?}");
+        let e = c.submit_with(SQUARE, 2, opts).map(drop).unwrap_err();
+        assert!(matches!(e, ClusterError::InvalidArgument(_)), "{what}: {e}");
+    }
+    let stats = c.stats().unwrap();
+    assert_eq!((stats.waiting, stats.in_flight), (0, 0), "{stats:?}");
+    // A timeout under a millisecond is a millisecond's: the task may run (and here
+    // times out).
+    let w = worker(&redis, ns, 1);
+    let e = c
+        .submit_with(
+            SLOW_SQUARE,
+            (2, 500),
+            TaskOptions::new().timeout(Duration::from_micros(10)),
+        )
+        .unwrap()
+        .wait_timeout(T)
+        .unwrap_err();
+    assert_eq!(e, TaskError::TimedOut);
     w.shutdown(true);
     finish(&redis, c, ns);
 }

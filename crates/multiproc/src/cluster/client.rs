@@ -362,7 +362,7 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`submit`](Self::submit); [`ClusterError::InvalidArgument`] for a bad queue
-    /// name or idempotency key.
+    /// name or idempotency key, or a timeout of zero (as a pool refuses it).
     #[doc(alias = "apply_async")]
     pub fn submit_with<A, R>(
         &self,
@@ -1216,6 +1216,8 @@ impl ClientInner {
         if self.closed.load(Ordering::Acquire) {
             return Err(ClusterError::Task(TaskError::PoolClosed));
         }
+        opts.check_timeout()
+            .map_err(ClusterError::InvalidArgument)?;
         let args = envelope::encode_value(args)?;
         let local = self.next.fetch_add(1, Ordering::Relaxed);
         let task = match &opts.idempotency_key {

@@ -125,13 +125,17 @@ impl TaskOptions {
         }
     }
 
+    /// Checks the timeout, for pools and clusters alike: none, or longer than zero.
+    pub(crate) fn check_timeout(&self) -> Result<(), String> {
+        if self.timeout == Some(Duration::ZERO) {
+            return Err("a task timeout must be longer than zero".into());
+        }
+        Ok(())
+    }
+
     /// Checks the options a local pool takes: no cluster option, no zero timeout.
     pub(crate) fn check_local(&self) -> Result<(), TaskError> {
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(TaskError::InvalidArgument(
-                "a task timeout must be longer than zero".into(),
-            ));
-        }
+        self.check_timeout().map_err(TaskError::InvalidArgument)?;
         #[cfg(feature = "redis")]
         if self.idempotency_key.is_some() || self.queue.is_some() {
             return Err(TaskError::InvalidArgument(
