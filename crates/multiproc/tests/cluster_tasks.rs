@@ -544,6 +544,10 @@ fn main() {
             trial("redis_lost_its_data_mid_run", redis_lost_its_data_mid_run),
             trial("bad_task_options_are_refused", bad_task_options_are_refused),
             trial(
+                "a_node_stops_at_once_when_its_group_is_gone",
+                a_node_stops_at_once_when_its_group_is_gone,
+            ),
+            trial(
                 "a_full_node_stops_its_tasks_when_redis_lost_its_data",
                 a_full_node_stops_its_tasks_when_redis_lost_its_data,
             ),
@@ -3295,6 +3299,47 @@ fn redis_lost_its_data_mid_run() {
     assert!(e.to_string().contains("lost its data"), "{e}");
     assert_eq!(new.wait_timeout(T).unwrap(), 64);
     w.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A node whose queue's group is destroyed while it stops (its reader gone, a task
+/// still running) ends that task's run as a lost lease's, unregisters (nothing is
+/// pending for it in a group that is gone) and stops at once. Its finish and its
+/// unregistering failed on the missing group, and the unregistering was tried again
+/// for 10 s, the node left registered.
+fn a_node_stops_at_once_when_its_group_is_gone() {
+    let redis = RedisServer::start();
+    let ns = "group_gone";
+    let c = client(&redis, ns);
+    let w = worker(&redis, ns, 1);
+    assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
+    let t = c.submit(SLOW_SQUARE, (2, 1500)).unwrap();
+    assert!(common::eventually(T, || w.in_flight() == 1));
+    let started = Instant::now();
+    w.shutdown(false);
+    // Once the node's reader is gone (it would make the group again).
+    let reading = || {
+        redis
+            .cmd(&["CLIENT", "LIST"])
+            .text()
+            .contains("cmd=xreadgroup")
+    };
+    assert!(common::eventually(T, || !reading()));
+    let stream = format!("{ns}:{{default}}:stream");
+    assert_eq!(
+        redis.cmd(&["XGROUP", "DESTROY", &stream, "workers"]),
+        Resp::Int(1)
+    );
+    assert!(
+        w.in_flight() == 1,
+        "the task ended before the group was gone"
+    );
+    w.shutdown(true);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "the stop took {took:?}");
+    let workers = redis.cmd(&["ZCARD", &format!("{ns}:{{default}}:workers")]);
+    assert_eq!(workers, Resp::Int(0), "the node is still registered");
+    drop(t);
     finish(&redis, c, ns);
 }
 

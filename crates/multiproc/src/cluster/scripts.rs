@@ -536,6 +536,9 @@ return 1
 /// heartbeat key is gone: that lives three of its own leases, which may be longer than
 /// the retiring worker's.
 ///
+/// A stream or group that is gone (a server that lost its data, a queue deleted, the
+/// group destroyed) holds nothing pending for anyone.
+///
 /// KEYS: stream, workers, worker info. ARGV: group, consumer, another's (`1`) or its own
 /// (`0`).
 /// Returns 1 if it was removed, 0 if it still holds entries or lives.
@@ -543,8 +546,8 @@ pub(crate) static RETIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if p[1] then return 0 end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if not p.err and p[1] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3])
 pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])

@@ -1064,8 +1064,9 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
 const RETIRE_AGAIN: Duration = Duration::from_millis(100);
 
 /// Runs `retire` (given how long to wait for its reply: what is left until `by`, within
-/// 200 ms and the response timeout) until it answers, or until trying again would pass
-/// `by`; at least once. Its answer, or the last error.
+/// 200 ms and the response timeout) until it answers or refuses, or until trying again
+/// would pass `by`; at least once. Its answer, or the last error. (A refusal, which
+/// another try would meet again, held every stop until `by`.)
 fn retire_until(
     by: Instant,
     mut retire: impl FnMut(Duration) -> Result<i64, ClusterError>,
@@ -1075,7 +1076,9 @@ fn retire_until(
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(200), RESPONSE_TIMEOUT);
         let answer = retire(within);
-        if answer.is_ok() || Instant::now() + RETIRE_AGAIN >= by {
+        let again = answer.as_ref().is_err_and(ClusterError::is_transient)
+            && Instant::now() + RETIRE_AGAIN < by;
+        if !again {
             return answer;
         }
         std::thread::sleep(RETIRE_AGAIN);
@@ -2301,7 +2304,8 @@ impl Node {
     }
 
     /// Removes the node from the queue's workers. Tried again while it fails (no reply
-    /// in time, no connection) for a response timeout at most and until the stop's end
+    /// in time, no connection, a server that cannot serve for now) for a response
+    /// timeout at most and until the stop's end
     /// (the last try waits 200 ms at least), and once at least: a node left registered
     /// stays listed until another node finds its heartbeat gone, and there may be none.
     fn unregister(&self) {
@@ -2640,17 +2644,24 @@ mod tests {
         assert_eq!(batch_len(&small, 1000), 5);
     }
 
+    /// An error of a connection that broke, or of a reply that did not come in time.
+    const UNANSWERED: &str = "connection lost: timed out";
+
     #[test]
     fn unregistering_is_tried_again_while_it_fails() {
         let by = Instant::now() + Duration::from_secs(30);
-        let (r, asked) = retire_with(by, &[Err("timed out"), Err("refused"), Ok(1)]);
+        let (r, asked) = retire_with(by, &[Err(UNANSWERED), Err(UNANSWERED), Ok(1)]);
         assert!(matches!(r, Ok(1)));
         assert_eq!(asked.len(), 3);
         // Far from the stop's end: the whole response timeout for each reply.
         assert!(asked.iter().all(|w| *w == RESPONSE_TIMEOUT), "{asked:?}");
-        // An answer, 0 (entries still held) included, is final.
+        // An answer, 0 (entries still held) included, is final; so is a refusal, which
+        // another try would meet again.
         let (r, asked) = retire_with(by, &[Ok(0), Ok(1)]);
         assert!(matches!(r, Ok(0)));
+        assert_eq!(asked.len(), 1);
+        let (r, asked) = retire_with(by, &[Err("NOPERM no permissions"), Ok(1)]);
+        assert!(r.is_err());
         assert_eq!(asked.len(), 1);
     }
 
@@ -2658,7 +2669,7 @@ mod tests {
     fn unregistering_ends_by_the_stops_end_and_is_tried_once_past_it() {
         let start = Instant::now();
         let by = start + Duration::from_millis(350);
-        let (r, asked) = retire_with(by, &[Err("refused")]);
+        let (r, asked) = retire_with(by, &[Err(UNANSWERED)]);
         assert!(r.is_err());
         assert!((1..=4).contains(&asked.len()), "{asked:?}");
         assert!(start.elapsed() < Duration::from_secs(2));
@@ -2670,7 +2681,7 @@ mod tests {
             "{asked:?}"
         );
 
-        let (r, asked) = retire_with(Instant::now(), &[Err("refused")]);
+        let (r, asked) = retire_with(Instant::now(), &[Err(UNANSWERED)]);
         assert!(r.is_err());
         assert_eq!(asked, [Duration::from_millis(200)]);
     }
