@@ -124,6 +124,10 @@ fn main() {
             store::live_scheduler_takes_over_what_a_gone_one_left,
         ),
         trial(
+            "store_a_scheduler_takes_over_what_one_dropped_in_a_live_process_left",
+            store::takes_over_what_one_dropped_in_a_live_process_left,
+        ),
+        trial(
             "store_a_live_scheduler_takes_over_a_once_time_a_gone_one_claimed",
             store::live_scheduler_takes_over_a_once_time_a_gone_one_claimed,
         ),
@@ -184,6 +188,8 @@ fn helpers(mode: &str) {
         "store_scheduler" => store::helper_store_scheduler(),
         #[cfg(feature = "sqlite")]
         "store_report_then_hang" => store::helper_report_then_hang(),
+        #[cfg(feature = "sqlite")]
+        "store_claim_then_drop" => store::helper_claim_then_drop(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -2109,6 +2115,59 @@ mod store {
         }
         drop(b);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A scheduler on the store `MP_DB` claims [`tick_job`]'s 10 s (jittered) and is
+    /// dropped while it waits out the jitter; the process stays.
+    pub fn helper_claim_then_drop() {
+        let clock = ManualClock::new(t0());
+        let (s, _events) = on_store(
+            std::path::Path::new(&std::env::var("MP_DB").unwrap()),
+            &clock,
+        );
+        s.add(tick_job().jitter(secs(3)).misfire_grace(secs(25)))
+            .unwrap();
+        clock.set(at(10));
+        s.run_pending();
+        assert_eq!(
+            s.jobs()[0].running,
+            1,
+            "10 s claimed, waiting out its jitter"
+        );
+        drop(s);
+        println!("dropped");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// A scheduler dropped in a process that goes on lets its claims go: a scheduler of
+    /// another process on the store takes its claimed 10 s over and runs it. (Its claims
+    /// stayed held for as long as its process lived: the time was neither run nor
+    /// reported.)
+    pub fn takes_over_what_one_dropped_in_a_live_process_left() {
+        let dir = TempDir(tempdir("dropped-live"));
+        let db = dir.0.join("jobs.db");
+        let mut h = common::Helper::start_with(
+            "store_claim_then_drop",
+            std::env::current_exe().unwrap(),
+            &[("MP_DB", db.to_str().unwrap())],
+        );
+        h.expect("dropped", T);
+        let clock = ManualClock::new(at(16));
+        let (s, events) = on_store(&db, &clock);
+        s.add(tick_job().jitter(secs(3)).misfire_grace(secs(25)))
+            .unwrap();
+        // Taken over, and its own jitter waited out.
+        assert!(eventually(T, || {
+            s.run_pending();
+            s.jobs().first().is_some_and(|j| j.running == 1)
+        }));
+        clock.set(at(19));
+        let evs = settle(&s, &events, 1);
+        assert_eq!(started(&evs), vec![at(10)], "{evs:?}");
+        let left = h.kill_tree(T);
+        assert!(left.is_empty(), "left running after the kill: {left:?}");
     }
 
     /// A run whose outcome its scheduler never saw (dropped with the run in flight) is

@@ -185,7 +185,7 @@ fn from_ns(ns: i64) -> DateTime<Utc> {
 /// after a downtime are one record, with the first time and the count), then settled
 /// (the run ended, or the event was sent). The next scheduler that adds the job on the
 /// same file, once the one that claimed them is gone (its process ended, or its store
-/// was dropped), runs the times claimed but never started if they are within the job's
+/// was dropped: it lets them go as it drops), runs the times claimed but never started if they are within the job's
 /// misfire grace (otherwise reports them missed as usual), reports the runs started
 /// but never settled [`Interrupted`](super::EventKind::Interrupted) (they may or may
 /// not have finished, and are not run again), and reports the reported times again.
@@ -227,10 +227,29 @@ impl fmt::Debug for JobStore {
 
 impl Drop for JobStore {
     fn drop(&mut self) {
-        // Its claims may be taken over by a store opened after it.
+        // Its claims may be taken over by a store opened after it: one of this process
+        // knows it from `OPEN`; for one of another, its records not settled are let go
+        // under an owner that reads as gone (one that does not parse). Kept under its
+        // own name, they stayed held for as long as this process lived: times it
+        // claimed were neither run nor reported, its runs cut short never reported
+        // interrupted.
         unpoisoned::lock(&OPEN).retain(|&n| n != self.number);
+        let released = format!("released {}", self.owner.replace('/', " "));
+        let _ = self.conn.busy_timeout(RELEASE_WAIT);
+        if let Err(e) = self.conn.execute(
+            "UPDATE fires SET owner = ?2 WHERE owner = ?1 AND state <> ?3",
+            params![self.owner, released, SETTLED],
+        ) {
+            tracing::warn!(
+                "job store {}: its claims stay held until this process ends: {e}",
+                self.path.display()
+            );
+        }
     }
 }
+
+/// How long a store being dropped waits for the file's lock to let its claims go.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 impl JobStore {
     /// Opens the store at `path`, creating it if there is no file. A store written by an
