@@ -60,6 +60,10 @@ fn main() {
         ),
         trial("jitter_delays_the_start_only", jitter_delays_the_start_only),
         trial(
+            "a_jittered_run_past_its_grace_is_reported_too_late",
+            a_jittered_run_past_its_grace_is_reported_too_late,
+        ),
+        trial(
             "runs_waiting_for_jitter_or_retry_at_shutdown_are_reported",
             runs_waiting_at_shutdown_are_reported,
         ),
@@ -732,6 +736,37 @@ fn jitter_delays_the_start_only() {
     );
     assert_eq!(start.at, at(150));
     assert_eq!(s.next_fire("spread"), Some(at(200)));
+}
+
+/// A run that waited out its jitter, looked at again only past the job's grace (the
+/// machine suspended, the clock stepped forward), is reported too late, and the time
+/// due then takes its instance. (It started however late it was, and the time due
+/// then was reported missed for want of an instance.)
+fn a_jittered_run_past_its_grace_is_reported_too_late() {
+    let (s, clock, events) = manual();
+    s.add(
+        Job::thread("spread", Schedule::every(secs(100)), || {
+            std::thread::sleep(Duration::from_millis(200));
+        })
+        .jitter(secs(5))
+        .misfire_grace(secs(10)),
+    )
+    .unwrap();
+    clock.set(at(100));
+    s.run_pending();
+    assert_eq!(s.jobs()[0].running, 1, "waiting out its jitter");
+    clock.set(at(200));
+    s.run_pending();
+    let evs: Vec<_> = events.try_iter().collect();
+    assert!(started(&evs).is_empty(), "{evs:?}");
+    assert_eq!(
+        missed(&evs),
+        vec![(at(100), 1, at(100), MissReason::TooLate)]
+    );
+    assert_eq!(s.jobs()[0].running, 1, "200 s waiting out its jitter");
+    clock.set(at(205));
+    let evs = settle(&s, &events, 1);
+    assert_eq!(started(&evs), vec![at(200)], "{evs:?}");
 }
 
 /// A run waiting for its jitter and a failed run waiting for its retry when the

@@ -584,13 +584,14 @@ impl Shared {
                 self.settle_later(&mut st, &t.job, &[t.scheduled]);
             }
             // A first attempt (it waited for its jitter) is recorded as started before
-            // it is handed over; a retry's run was already. One that a failing store
-            // held past the job's grace is reported too late instead, as a time
-            // claimed and held does (it started however late it was).
+            // it is handed over; a retry's run was already. One later than the job's
+            // grace past its time (the jittered one), because a failing store held it
+            // or because this pass came late (a machine suspended, a clock stepped
+            // forward), is reported too late instead, as a time claimed late is. (Past
+            // a late pass it started however late it was, holding the instance that
+            // the time due then needed.)
             let too_late = |st: &State, t: &Timer| {
-                let Some(since) = t.held_since else {
-                    return false;
-                };
+                let since = t.held_since.unwrap_or(t.at);
                 let Some(js) = st
                     .jobs
                     .get(&t.job)
