@@ -102,8 +102,10 @@ fn register_fork_handler() {
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn process_identity() -> u64 {
     let pid = process_id();
-    let start = start_time(pid).unwrap_or(0);
-    (u64::from(start as u32) << 32) | u64::from(pid)
+    // Unknown (no descriptor left to read it with), it is recorded as such: as 0 it
+    // named no live process, and a live scheduler's claims looked like a dead one's.
+    let start = start_time(pid).map_or(UNKNOWN_START, |s| s as u32);
+    (u64::from(start) << 32) | u64::from(pid)
 }
 
 /// What names this machine across boots: its `machine-id` (systemd's
