@@ -166,6 +166,10 @@ fn main() {
         ),
         trial("store_forgets_a_removed_job", store::forgets_a_removed_job),
         trial(
+            "store_a_job_added_again_keeps_anothers_open_runs",
+            store::a_job_added_again_keeps_anothers_open_runs,
+        ),
+        trial(
             "store_cron_job_down_before_its_first_fire",
             store::cron_down_before_its_first_fire,
         ),
@@ -2253,6 +2257,42 @@ mod store {
         assert!(evs.is_empty(), "{evs:?}");
         assert_eq!(runs.load(Ordering::SeqCst), 2, "10 s ran once, and 20 s");
         drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A job removed and added again by one scheduler keeps the record of the run
+    /// another scheduler on the store started and has not settled: once that one is
+    /// gone, the next scheduler reports the run interrupted. (The add deleted the
+    /// record: the run was never reported.)
+    pub fn a_job_added_again_keeps_anothers_open_runs() {
+        let dir = tempdir("added-again");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let runs = Arc::new(AtomicU32::new(0));
+        // B's run is held (for a second at most) past B's drop.
+        let hold = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+        let job = || held_job("tick", Schedule::every(secs(10)), &runs, &hold);
+        {
+            let (b, _eb) = on_store(&db, &clock);
+            b.add(job()).unwrap();
+            clock.set(at(10));
+            assert_eq!(b.run_pending(), 1);
+            assert!(eventually(T, || runs.load(Ordering::SeqCst) == 1));
+            let (a, _ea) = on_store(&db, &clock);
+            a.add(job()).unwrap();
+            assert!(a.remove("tick"));
+            a.add(job()).unwrap();
+        }
+        *hold.0.lock().unwrap() = false;
+        hold.1.notify_all();
+        clock.set(at(12));
+        let (c, events) = on_store(&db, &clock);
+        c.add(job()).unwrap();
+        let evs: Vec<_> = events.try_iter().collect();
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert!(matches!(evs[0].kind, EventKind::Interrupted) && evs[0].scheduled == at(10));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        drop(c);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

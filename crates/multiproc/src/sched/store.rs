@@ -345,7 +345,7 @@ impl JobStore {
     /// under the schedule `key`. A changed schedule starts afresh: its old records are
     /// deleted, once the runs started under it and the reports made under it that were
     /// never settled are taken (to be reported); times claimed under it and never
-    /// started go with it.
+    /// started go with it. Those of other schedulers that are not gone stay theirs.
     pub(super) fn load(
         &mut self,
         name: &str,
@@ -399,8 +399,7 @@ impl JobStore {
                     params![name, key, start],
                 )
                 .map_err(store_err)?;
-                tx.execute("DELETE FROM fires WHERE job = ?1", params![name])
-                    .map_err(store_err)?;
+                delete_fires_but_others_open(&tx, name, &self.owner)?;
                 Loaded {
                     schedule: fresh,
                     last: None,
@@ -515,11 +514,7 @@ impl JobStore {
             .map_err(store_err)?;
         tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])
             .map_err(store_err)?;
-        tx.execute(
-            "DELETE FROM fires WHERE job = ?1 AND (state = ?2 OR owner IS ?3)",
-            params![name, SETTLED, self.owner],
-        )
-        .map_err(store_err)?;
+        delete_fires_but_others_open(&tx, name, &self.owner)?;
         tx.commit().map_err(store_err)
     }
 
@@ -660,6 +655,24 @@ fn last_fired(tx: &Transaction<'_>, name: &str) -> Result<Option<i64>, ScheduleE
         .optional()
         .map_err(store_err)?
         .flatten())
+}
+
+/// Deletes job `name`'s fire records but those other owners (live: a gone one's were
+/// taken over first) have not settled, which they still settle, or a scheduler after
+/// them reports. (A job added afresh deleted them too: a run another scheduler had
+/// started was never reported if that one went, and a `once` job's time it held was
+/// claimed and run again.)
+fn delete_fires_but_others_open(
+    tx: &Transaction<'_>,
+    name: &str,
+    owner: &str,
+) -> Result<(), ScheduleError> {
+    tx.execute(
+        "DELETE FROM fires WHERE job = ?1 AND (state = ?2 OR owner IS ?3)",
+        params![name, SETTLED, owner],
+    )
+    .map(drop)
+    .map_err(store_err)
 }
 
 /// Takes over job `name`'s records whose owner is gone, for `owner`: returns them by
