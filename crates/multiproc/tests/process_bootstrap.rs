@@ -252,6 +252,13 @@ fn children_ignore_sigpipe() {
     assert!(sigpipe_ignored(()), "the test program ignores SIGPIPE");
     let mut child = multiproc::spawn(sigpipe_ignored_here_and_below, ()).unwrap();
     assert_eq!(child.join_timeout(T).unwrap(), (true, Ok(true)));
+    // A program that gives SIGPIPE its default back after `init` (to end quietly in a
+    // closed pipe) has children that do not ignore it either, whatever the start
+    // method. (Those of its fork server, started at `init`, ignored it: their
+    // `println!` into a closed pipe panicked where the program's ended it.)
+    let mut h = Helper::start("sigpipe_default_after_init");
+    assert_eq!(h.expect("children ignore SIGPIPE:", T), "false false");
+    assert!(h.wait(T).success());
 }
 
 /// Whether a fork server started by exec (its command line says so until it renames
@@ -271,6 +278,21 @@ fn helpers(mode: &str) {
             .expect("spawn")
     };
     match mode {
+        "sigpipe_default_after_init" => {
+            // SAFETY: a plain disposition, set before this helper starts any thread.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            let ignored: Vec<String> = [StartMethod::ForkServer, StartMethod::Spawn]
+                .into_iter()
+                .map(|m| {
+                    let mut c = Builder::new()
+                        .start_method(m)
+                        .spawn(sigpipe_ignored, ())
+                        .expect("spawn");
+                    format!("{:?}", c.join_timeout(T).expect("join"))
+                })
+                .collect();
+            println!("children ignore SIGPIPE: {}", ignored.join(" "));
+        }
         "spawn_then_exit" => {
             let _child = spawn_exec();
             exit_now();
