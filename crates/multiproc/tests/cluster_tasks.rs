@@ -409,6 +409,10 @@ fn main() {
                 tasks_of_a_lost_read_are_taken_back_by_a_full_node,
             ),
             trial(
+                "tasks_of_a_lost_read_are_taken_back_by_a_stopping_node",
+                tasks_of_a_lost_read_are_taken_back_by_a_stopping_node,
+            ),
+            trial(
                 "executor_many_tasks_and_shutdown",
                 executor_many_tasks_and_shutdown,
             ),
@@ -1267,6 +1271,48 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_full_node() {
     lost_read_runs_each_once("full_lost_reply", 8, 1_200, settled, |b| {
         b.processes(1).prefetch(4)
     });
+}
+
+/// A node stopped while it reads again on a new connection, the reply of its first
+/// read (which took a task) lost: it takes the task back as it stops, and it runs once,
+/// well within a lease, not dead-lettered. (Left pending, it waited a lease, and
+/// another node reclaimed it as a delivery lost: with `max_deliveries(1)`,
+/// dead-lettered without having run.)
+fn tasks_of_a_lost_read_are_taken_back_by_a_stopping_node() {
+    fn settled(r: &mut cluster_common::Raw) -> bool {
+        delivered(r, "stop_lost_reply", 1)
+    }
+    let ns = "stop_lost_reply";
+    let redis = RedisServer::start();
+    let c = client(&redis, ns);
+    let dir = common::tempdir(ns);
+    let path = dir.join("runs").to_string_lossy().into_owned();
+    let mut task = c.submit(RECORD_SLOW, (path.clone(), 0)).unwrap();
+    let proxy = ReplyDroppingProxy::start_for(redis.port, b"XREADGROUP", b'*', settled);
+    proxy.arm(1);
+    let lease = Duration::from_secs(4);
+    let stopping = node_at(&proxy.url(), ns, 1)
+        .lease(lease)
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    assert!(common::eventually(T, || proxy.armed() == 0));
+    let started = Instant::now();
+    stopping.shutdown(false);
+    let other = node_at(&redis.url(), ns, 1)
+        .lease(lease)
+        .max_deliveries(1)
+        .build()
+        .expect("start worker");
+    assert_eq!(task.wait_timeout(T), Ok(1));
+    let took = started.elapsed();
+    assert!(took < lease, "the task waited a lease: {took:?}");
+    assert_eq!(runs(&path), 1, "a task ran again");
+    stopping.shutdown(true);
+    other.shutdown(true);
+    finish(&redis, c, ns);
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Whether the default queue of namespace `ns` has `n` entries delivered and pending.

@@ -1198,14 +1198,27 @@ impl Node {
 
     /// The reader: takes new entries while there is room.
     fn read(self: Arc<Self>) {
-        self.read_loop();
+        let mut link = Link::new(self.server.clone(), self.cfg.block + BLOCK_MARGIN);
+        let seen = self.read_loop(&mut link);
+        // A read whose reply was lost, made again on a new connection as the stop came,
+        // may have delivered entries: taken in, so that the stop hands them back (not
+        // started) or lets them finish. Left, they waited a lease, to be reclaimed as
+        // deliveries lost (dead-lettered unrun with `max_deliveries(1)`). Only on a
+        // connection that is up: a server that went away does not hold the stop.
+        let reconnected = seen != 0 && link.connects() != seen;
+        if link.is_connected() && (reconnected || self.recheck.swap(false, Ordering::AcqRel)) {
+            if let Err(e) = self.take_back(&mut link) {
+                tracing::warn!(worker = %self.name, "looking for tasks delivered to this worker failed as it stopped: {e}");
+            }
+        }
         self.reader_done.store(true, Ordering::Release);
         // A stopping keeper waits on `room` for the last of what the node holds.
         self.room.notify_all();
     }
 
-    fn read_loop(&self) {
-        let mut link = Link::new(self.server.clone(), self.cfg.block + BLOCK_MARGIN);
+    /// Reads until the stop; returns the count of connections (`Link::connects`) it
+    /// last looked for entries of a lost reply on.
+    fn read_loop(&self, link: &mut Link) -> u64 {
         let mut backoff = Duration::from_millis(50);
         let mut fresh = true;
         let mut seen = 0;
@@ -1256,7 +1269,7 @@ impl Node {
                 break;
             }
             if self.recheck.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.take_back(&mut link)
+                && let Err(e) = self.take_back(link)
             {
                 if self.stopping.load(Ordering::Acquire) {
                     break;
@@ -1356,6 +1369,7 @@ impl Node {
                 }
             }
         }
+        seen
     }
 
     /// The entries pending under this node's name, with their delivery counts, their
