@@ -304,7 +304,10 @@ impl Job {
     /// period, a time that comes while the last one still waits is
     /// [`Missed`](EventKind::Missed) with [`MissReason::MaxInstances`] unless
     /// `max_instances` allows for it (APScheduler's jitter moves the time itself, and
-    /// counts a run only once it starts).
+    /// counts a run only once it starts). A run whose delay is over but that the
+    /// scheduler looks at again only later than the [misfire
+    /// grace](Self::misfire_grace) past it (a machine suspended, a clock stepped
+    /// forward) is missed as [`MissReason::TooLate`], as a time due that late is.
     pub fn jitter(mut self, jitter: Duration) -> Job {
         self.jitter = jitter;
         self

@@ -195,7 +195,10 @@ fn from_ns(ns: i64) -> DateTime<Utc> {
 /// (process identity and boot id): share a store file between machines and a claim of
 /// the other machine's scheduler is never taken over. Schedulers sharing a file on one
 /// machine must see one another's processes (one PID namespace): one in another
-/// container would take the other's live claims for a dead owner's.
+/// container would take the other's live claims for a dead owner's. A machine without a
+/// machine id (`/etc/machine-id`, missing in many container images) is known by its
+/// host name: a container made again under another host name counts as another
+/// machine, and its predecessor's claims are never taken over.
 ///
 /// A store that fails (locked by another process past its 10 s busy timeout, a full
 /// disk) holds the times it could not record: they wait, are looked at again every
