@@ -110,6 +110,10 @@ fn main() {
                 orphans_of_a_killed_fork_server_are_reaped_by_a_subreaper_parent,
             ),
             trial(
+                "a_killed_fork_servers_spare_is_reaped_by_a_subreaper_parent",
+                a_killed_fork_servers_spare_is_reaped_by_a_subreaper_parent,
+            ),
+            trial(
                 "a_server_dying_before_its_answer_fails_the_spawn_once",
                 server_dying_unanswered,
             ),
@@ -142,6 +146,7 @@ fn helpers(mode: &str) {
         "replaced" => helper_replaced(),
         "server_killed" => helper_server_killed(),
         "server_killed_subreaper" => helper_server_killed_subreaper(),
+        "server_killed_spare_reaped" => helper_server_killed_spare_reaped(),
         "server_dies_unanswered" => helper_server_dies_unanswered(),
         "server_stopped" => helper_server_stopped(false),
         "server_stopped_large" => helper_server_stopped(true),
@@ -1307,6 +1312,41 @@ fn orphans_of_a_killed_fork_server_are_reaped_by_a_subreaper_parent() {
     // Its result, its status, and no zombie left (each join said the status was lost,
     // and the zombie stayed for the life of the program).
     assert_eq!(h.expect("orphan ", T), "Ok(500) Some(true) false");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// As a subreaper: a spawn makes the server fork a spare; the server is killed; the
+/// next spawn starts another server. The dead server's spare, which came to this
+/// process and ended as it found its server gone, is reaped by then.
+fn helper_server_killed_spare_reaped() {
+    // SAFETY: a plain prctl on this process.
+    let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(set, 0, "PR_SET_CHILD_SUBREAPER");
+    let me = std::process::id();
+    let mut child = multiproc::spawn(slow_answer, 0).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 0);
+    let server = common::fork_server_of(me).unwrap();
+    let spare_of = |server| {
+        common::children_of(server)
+            .into_iter()
+            .find(|(_, _, comm)| comm == "mp-spare")
+            .map(|(p, ..)| p)
+    };
+    assert!(common::eventually(T, || spare_of(server).is_some()));
+    let spare = spare_of(server).unwrap();
+    common::kill_and_reap(server);
+    let mut child = multiproc::spawn(slow_answer, 0).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), 0);
+    let left = std::path::Path::new(&format!("/proc/{spare}")).exists();
+    println!("spare left {left}");
+}
+
+/// The spare of a fork server that died comes to a program that adopts orphans (a
+/// subreaper, PID 1 in a container), and ends: it is reaped when the server is
+/// replaced. (It stayed a zombie for the life of the program, one per server lost.)
+fn a_killed_fork_servers_spare_is_reaped_by_a_subreaper_parent() {
+    let mut h = Helper::start("server_killed_spare_reaped");
+    assert_eq!(h.expect("spare left ", T), "false");
     assert!(h.wait(T).success(), "{}", h.stderr_now());
 }
 

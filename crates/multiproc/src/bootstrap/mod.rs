@@ -583,7 +583,7 @@ fn server_call<T>(
                 // Reap it now: a server that died must not stay a zombie, holding its
                 // descriptors, until the next spawn.
                 if let Some(old) = st.server.take() {
-                    old.shut_down();
+                    retire(old);
                 }
                 if attempt > 0 {
                     return Err(e);
@@ -593,7 +593,7 @@ fn server_call<T>(
                 // Not asked again: the request may have been served (see
                 // `is_answer_lost`). The next request starts a new server.
                 if let Some(old) = st.server.take() {
-                    old.shut_down();
+                    retire(old);
                 }
                 return Err(e);
             }
@@ -605,7 +605,7 @@ fn server_call<T>(
                 // it does not exit, so that the request it did not answer is not
                 // served later either.
                 if let Some(old) = st.server.take() {
-                    old.shut_down();
+                    retire(old);
                 }
                 return Err(e);
             }
@@ -614,6 +614,19 @@ fn server_call<T>(
     }
     Err(io::Error::other("the fork server keeps failing"))
 }
+
+/// Stops a fork server that is being replaced (see `ForkServer::shut_down`), and reaps
+/// its spare where it came to this process (a subreaper, or PID 1 in a container: the
+/// spare, which ends as it finds its server gone, stayed a zombie for the life of the
+/// program, one for each server replaced).
+fn retire(old: ForkServer) {
+    old.shut_down();
+    sys::reap_adopted_named(forkserver::SPARE_NAME, SPARE_END);
+}
+
+/// How long a replaced server's spare is waited for: it ends as soon as it reads its
+/// server's end.
+const SPARE_END: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Starts a segment tracker. Unlike a spawn's, a request whose answer was lost is asked
 /// again of a new server: a tracker the dead server may have started has its own

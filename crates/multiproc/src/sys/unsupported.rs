@@ -308,6 +308,7 @@ pub(crate) fn wait_child(_: u32) -> io::Result<()> {
     Err(unsupported())
 }
 pub(crate) fn reap_adopted(_: u32) {}
+pub(crate) fn reap_adopted_named(_: &str, _: std::time::Duration) {}
 pub(crate) fn group_exists(_: u32) -> bool {
     false
 }

@@ -7,4 +7,4 @@ mod placement;
 mod server;
 
 pub(crate) use client::{ForkServer, is_answer_lost, is_out_of_step, is_peer_gone, read_status};
-pub(crate) use server::{keep_only, serve};
+pub(crate) use server::{SPARE_NAME, keep_only, serve};

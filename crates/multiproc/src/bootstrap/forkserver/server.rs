@@ -38,6 +38,10 @@ use crate::wire::framing::{Conn, RecvFrameError};
 
 use super::placement::Placement;
 
+/// The process name of a server's spare (a process forked ahead, waiting for its
+/// assignment), as `ps` shows it.
+pub(crate) const SPARE_NAME: &str = "mp-spare";
+
 /// One child of the server.
 struct Kid {
     pid: u32,
@@ -870,7 +874,7 @@ fn spare(
     let Ok((control, death)) = keep_only(control, death) else {
         sys::exit_now(BOOTSTRAP_FAILURE)
     };
-    sys::set_name("mp-spare");
+    sys::set_name(SPARE_NAME);
     let mut conn = Conn::new(control, messages::MAX_CONTROL);
     looking::look_only(conn.fd(), &looking::ASSIGNMENT);
     let frame = match conn.recv(None) {

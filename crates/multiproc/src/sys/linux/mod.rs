@@ -59,9 +59,9 @@ pub(crate) use proc::{
     child_pidfd, clear_parent_death_signal, default_signal, fd_limit, getpid, group_alive,
     group_exists, ignore_signal, in_group, is_main_thread, kill_me_with_parent, kill_self,
     lead_process_group, leave_interrupts_to_owner, make_group_leader, new_session, process_exists,
-    process_state, raise_fd_limit, reap_adopted, reserve_fd_table, restore_signal, send_signal,
-    set_cmdline, set_fd_limit, set_name, set_signal_mask, set_umask, signal_group, signal_name,
-    thread_count, try_reap, unblock_signals, wait_child,
+    process_state, raise_fd_limit, reap_adopted, reap_adopted_named, reserve_fd_table,
+    restore_signal, send_signal, set_cmdline, set_fd_limit, set_name, set_signal_mask, set_umask,
+    signal_group, signal_name, thread_count, try_reap, unblock_signals, wait_child,
 };
 pub(crate) use proc::{Ids, become_ids, own_ids};
 

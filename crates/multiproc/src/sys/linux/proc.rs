@@ -3,7 +3,8 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
@@ -359,6 +360,45 @@ pub(crate) fn reap_adopted(pgid: u32) {
         {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
         }
+    }
+}
+
+/// Reaps the children of this process named `name` (a dead fork server's spare, which
+/// came to this process as an orphan: it is the system's first process or a subreaper),
+/// waiting `within` at most for those still running (a spare ends as soon as it finds
+/// its server gone). Nothing else would reap them, and no child of this process's own
+/// bears such a name: each would stay a zombie for as long as this process runs.
+pub(crate) fn reap_adopted_named(name: &str, within: Duration) {
+    if !adopts_orphans() {
+        return;
+    }
+    let me = std::process::id();
+    let Some(all) = processes() else {
+        return;
+    };
+    let named =
+        |pid: u32| read_proc(&format!("/proc/{pid}/comm")).is_some_and(|c| c.trim_end() == name);
+    // The pidfd first, then the name and the parent again: the pid then names the
+    // process the pidfd holds (only this process reaps its children).
+    let adopted: Vec<OwnedFd> = all
+        .filter(|p| p.parent == Some(me) && named(p.pid))
+        .filter_map(|p| {
+            let pidfd =
+                rustix::process::pidfd_open(Pid::from_raw(p.pid as i32)?, PidfdFlags::empty())
+                    .ok()?;
+            let still = stat_after_name(p.pid).is_some_and(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|f| f.parse::<u32>().ok())
+                    == Some(me)
+            }) && named(p.pid);
+            still.then_some(pidfd)
+        })
+        .collect();
+    let deadline = Instant::now() + within;
+    for pidfd in adopted {
+        let _ = super::wait_readable(&[pidfd.as_fd()], Some(deadline));
+        let _ = try_reap(pidfd.as_fd());
     }
 }
 
