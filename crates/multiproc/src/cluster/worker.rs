@@ -1206,10 +1206,11 @@ impl Node {
         // deliveries lost (dead-lettered unrun with `max_deliveries(1)`). Only on a
         // connection that is up: a server that went away does not hold the stop.
         let reconnected = seen != 0 && link.connects() != seen;
-        if link.is_connected() && (reconnected || self.recheck.swap(false, Ordering::AcqRel)) {
-            if let Err(e) = self.take_back(&mut link) {
-                tracing::warn!(worker = %self.name, "looking for tasks delivered to this worker failed as it stopped: {e}");
-            }
+        if link.is_connected()
+            && (reconnected || self.recheck.swap(false, Ordering::AcqRel))
+            && let Err(e) = self.take_back(&mut link)
+        {
+            tracing::warn!(worker = %self.name, "looking for tasks delivered to this worker failed as it stopped: {e}");
         }
         self.reader_done.store(true, Ordering::Release);
         // A stopping keeper waits on `room` for the last of what the node holds.
