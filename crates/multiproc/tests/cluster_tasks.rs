@@ -1274,10 +1274,12 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_full_node() {
 }
 
 /// A node stopped while it reads again on a new connection, the reply of its first
-/// read (which took a task) lost: it takes the task back as it stops, and it runs once,
-/// well within a lease, not dead-lettered. (Left pending, it waited a lease, and
-/// another node reclaimed it as a delivery lost: with `max_deliveries(1)`,
-/// dead-lettered without having run.)
+/// read (which took a task) lost: it takes the task back as it stops, and the task runs
+/// once, not dead-lettered. (Left pending, it waited a lease, and another node
+/// reclaimed it as a delivery lost: with `max_deliveries(1)`, dead-lettered without
+/// having run.) The lease is longer than a read (1 s), as in
+/// [`tasks_of_a_read_whose_reply_was_lost_run_once_at_once`]: a shorter one lapses while
+/// the read that would find the task is still blocked, stop or no stop.
 fn tasks_of_a_lost_read_are_taken_back_by_a_stopping_node() {
     fn settled(r: &mut cluster_common::Raw) -> bool {
         delivered(r, "stop_lost_reply", 1)
@@ -1297,7 +1299,6 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_stopping_node() {
         .build()
         .expect("start worker");
     assert!(common::eventually(T, || proxy.armed() == 0));
-    let started = Instant::now();
     stopping.shutdown(false);
     let other = node_at(&redis.url(), ns, 1)
         .lease(lease)
@@ -1305,8 +1306,6 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_stopping_node() {
         .build()
         .expect("start worker");
     assert_eq!(task.wait_timeout(T), Ok(1));
-    let took = started.elapsed();
-    assert!(took < lease, "the task waited a lease: {took:?}");
     assert_eq!(runs(&path), 1, "a task ran again");
     stopping.shutdown(true);
     other.shutdown(true);
@@ -3359,7 +3358,7 @@ fn a_node_stops_at_once_when_its_group_is_gone() {
     let c = client(&redis, ns);
     let w = worker(&redis, ns, 1);
     assert_eq!(c.apply(SQUARE, 3).unwrap(), 9);
-    let t = c.submit(SLOW_SQUARE, (2, 1500)).unwrap();
+    let t = c.submit(SLOW_SQUARE, (2, 3000)).unwrap();
     assert!(common::eventually(T, || w.in_flight() == 1));
     let started = Instant::now();
     w.shutdown(false);
@@ -3382,7 +3381,8 @@ fn a_node_stops_at_once_when_its_group_is_gone() {
     );
     w.shutdown(true);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(4), "the stop took {took:?}");
+    // The task's 3 s, and not the 10 s of unregistering tried again.
+    assert!(took < Duration::from_secs(8), "the stop took {took:?}");
     let workers = redis.cmd(&["ZCARD", &format!("{ns}:{{default}}:workers")]);
     assert_eq!(workers, Resp::Int(0), "the node is still registered");
     drop(t);
@@ -3447,8 +3447,7 @@ fn a_full_node_stops_its_tasks_when_redis_lost_its_data() {
         assert!(e.to_string().contains("lost its data"), "{e}");
     }
     assert_eq!(
-        c.apply_timeout(SQUARE, 3, Duration::from_millis(1500))
-            .unwrap(),
+        c.apply_timeout(SQUARE, 3, Duration::from_secs(3)).unwrap(),
         9,
         "a new task waited for the node's lost ones"
     );

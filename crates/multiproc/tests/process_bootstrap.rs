@@ -258,6 +258,9 @@ fn children_ignore_sigpipe() {
     // `println!` into a closed pipe panicked where the program's ended it.)
     let mut h = Helper::start("sigpipe_default_after_init");
     assert_eq!(h.expect("children ignore SIGPIPE:", T), "false false");
+    // A parent with a handler of its own: its writes to a closed pipe fail, and so do
+    // its children's (they cannot run its handler), rather than end them.
+    assert_eq!(h.expect("with a handler:", T), "true true");
     assert!(h.wait(T).success());
 }
 
@@ -279,19 +282,26 @@ fn helpers(mode: &str) {
     };
     match mode {
         "sigpipe_default_after_init" => {
+            let ignored = || -> String {
+                [StartMethod::ForkServer, StartMethod::Spawn]
+                    .into_iter()
+                    .map(|m| {
+                        let mut c = Builder::new()
+                            .start_method(m)
+                            .spawn(sigpipe_ignored, ())
+                            .expect("spawn");
+                        format!("{:?}", c.join_timeout(T).expect("join"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             // SAFETY: a plain disposition, set before this helper starts any thread.
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-            let ignored: Vec<String> = [StartMethod::ForkServer, StartMethod::Spawn]
-                .into_iter()
-                .map(|m| {
-                    let mut c = Builder::new()
-                        .start_method(m)
-                        .spawn(sigpipe_ignored, ())
-                        .expect("spawn");
-                    format!("{:?}", c.join_timeout(T).expect("join"))
-                })
-                .collect();
-            println!("children ignore SIGPIPE: {}", ignored.join(" "));
+            println!("children ignore SIGPIPE: {}", ignored());
+            extern "C" fn on_sigpipe(_: libc::c_int) {}
+            // SAFETY: a handler that does nothing.
+            unsafe { libc::signal(libc::SIGPIPE, on_sigpipe as libc::sighandler_t) };
+            println!("with a handler: {}", ignored());
         }
         "spawn_then_exit" => {
             let _child = spawn_exec();

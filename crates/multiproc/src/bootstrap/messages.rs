@@ -213,6 +213,9 @@ pub(crate) struct ForkRequest {
     /// the server was started by executing the program (`Command` gave it SIGPIPE's
     /// default action, which is all the server could pass on).
     pub(crate) sigpipe_ignored: bool,
+    /// The parent gives SIGPIPE its default action (a command-line program that ends
+    /// quietly in a closed pipe): so does the child, where the server ignored it.
+    pub(crate) sigpipe_default: bool,
     /// The parent's users and groups now: the child takes them where the server's (the
     /// program's when it started the server) differ, as in a program that drops its
     /// privileges after `init`.

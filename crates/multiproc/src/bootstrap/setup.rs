@@ -87,11 +87,12 @@ pub(crate) fn become_requested(
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     if request.sigpipe_ignored {
         sys::ignore_signal(sys::SIGPIPE);
-    } else if sys::signal_is_ignored(sys::SIGPIPE) {
-        // Ignored when the server started, and no longer by the parent (a command-line
-        // program that gives it back its default after `init`, to end quietly in a
-        // closed pipe): neither by the child, whose writes to a closed pipe then end
-        // it as they end the parent, rather than fail (a `println!` that panics).
+    } else if request.sigpipe_default && sys::signal_is_ignored(sys::SIGPIPE) {
+        // Ignored when the server started, and given its default back by the parent
+        // since (a command-line program that ends quietly in a closed pipe): so by the
+        // child, whose writes to a closed pipe then end it as they end the parent,
+        // rather than fail (a `println!` that panics). A parent with a handler of its
+        // own leaves the child ignoring it: a write fails, as the parent's survives.
         sys::default_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);

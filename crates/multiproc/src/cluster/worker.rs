@@ -2231,9 +2231,15 @@ impl Node {
                 // What is still held then cannot reach the server (it is down): its
                 // leases lapse and other workers run those tasks again. So too a lease
                 // after every run it held ended (a grace of `Duration::MAX` waits for
-                // the runs, not for a server that may never come back).
+                // the runs, not for a server that may never come back), once the reader
+                // has ended or has had the time to: it may yet take in what a read
+                // whose reply was lost delivered as the stop came (ended before it, the
+                // node had no pool left to hand those tasks back with).
+                let reader_had_time = reader_done
+                    || stopping_for >= self.cfg.block + BLOCK_MARGIN + self.response() * 2;
                 if stopping_for >= self.cfg.grace.saturating_add(self.cfg.lease)
-                    || all_ran.is_some_and(|at| now.duration_since(at) >= self.cfg.lease)
+                    || (all_ran.is_some_and(|at| now.duration_since(at) >= self.cfg.lease)
+                        && reader_had_time)
                 {
                     tracing::warn!(worker = %self.name, held, "stopping without sending the outcomes of tasks it held: the server cannot be reached");
                     // The stop's end is now: the calls still to come (unregistering)

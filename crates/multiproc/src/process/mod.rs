@@ -433,6 +433,7 @@ impl Builder {
             cgroup: None,
             open_files: sys::fd_limit(),
             sigpipe_ignored: sys::signal_is_ignored(sys::SIGPIPE),
+            sigpipe_default: sys::signal_is_default(sys::SIGPIPE),
             ids: sys::own_ids(),
         };
         // A small call fits in the empty socket's buffer: send it now, while the server

@@ -193,7 +193,8 @@ fn from_ns(ns: i64) -> DateTime<Utc> {
 /// take the event; a scheduler killed in between has the next one report the time
 /// again (an event may be repeated, a run never). Liveness is checked on this machine
 /// (process identity and boot id): share a store file between machines and a claim of
-/// the other machine's scheduler is never taken over. Schedulers sharing a file on one
+/// the other machine's scheduler is never taken over (but those it let go as its store
+/// dropped, which any scheduler on the file takes). Schedulers sharing a file on one
 /// machine must see one another's processes (one PID namespace): one in another
 /// container would take the other's live claims for a dead owner's. A machine without a
 /// machine id (`/etc/machine-id`, missing in many container images) is known by its
@@ -218,6 +219,8 @@ pub struct JobStore {
     number: u64,
     /// Whose claims this store's are.
     owner: String,
+    /// The file was prepared: a store whose open failed has no claims to let go.
+    ready: bool,
 }
 
 impl fmt::Debug for JobStore {
@@ -237,12 +240,28 @@ impl Drop for JobStore {
         // claimed were neither run nor reported, its runs cut short never reported
         // interrupted.
         unpoisoned::lock(&OPEN).retain(|&n| n != self.number);
-        let released = format!("released {}", self.owner.replace('/', " "));
+        if !self.ready {
+            return;
+        }
         let _ = self.conn.busy_timeout(RELEASE_WAIT);
-        if let Err(e) = self.conn.execute(
-            "UPDATE fires SET owner = ?2 WHERE owner = ?1 AND state <> ?3",
-            params![self.owner, released, SETTLED],
-        ) {
+        // Looked for first, without the file's write lock: most stores hold nothing
+        // unsettled as they drop.
+        let holds = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM fires WHERE owner = ?1 AND state <> ?2)",
+            params![self.owner, SETTLED],
+            |r| r.get::<_, bool>(0),
+        );
+        let released = format!("released {}", self.owner.replace('/', " "));
+        let let_go = holds.and_then(|holds| {
+            if !holds {
+                return Ok(0);
+            }
+            self.conn.execute(
+                "UPDATE fires SET owner = ?2 WHERE owner = ?1 AND state <> ?3",
+                params![self.owner, released, SETTLED],
+            )
+        });
+        if let Err(e) = let_go {
             tracing::warn!(
                 "job store {}: its claims stay held until this process ends: {e}",
                 self.path.display()
@@ -278,8 +297,10 @@ impl JobStore {
             path,
             number,
             owner,
+            ready: false,
         };
         store.prepare()?;
+        store.ready = true;
         Ok(store)
     }
 
@@ -660,9 +681,9 @@ fn last_fired(tx: &Transaction<'_>, name: &str) -> Result<Option<i64>, ScheduleE
         .flatten())
 }
 
-/// Deletes job `name`'s fire records but those other owners (live: a gone one's were
-/// taken over first) have not settled, which they still settle, or a scheduler after
-/// them reports. (A job added afresh deleted them too: a run another scheduler had
+/// Deletes job `name`'s fire records but those other owners have not settled, which
+/// they still settle, or a scheduler after them reports (those of gone owners are
+/// taken over by the next scheduler that adds the job or looks for them). (A job added afresh deleted them too: a run another scheduler had
 /// started was never reported if that one went, and a `once` job's time it held was
 /// claimed and run again.)
 fn delete_fires_but_others_open(

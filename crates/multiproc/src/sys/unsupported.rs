@@ -279,7 +279,6 @@ pub(crate) fn ignore_signal(_: i32) -> Disposition {
 pub(crate) fn default_signal(_: i32) -> Disposition {
     Disposition
 }
-#[cfg(feature = "redis")]
 pub(crate) fn signal_is_default(_: i32) -> bool {
     false
 }

@@ -1200,11 +1200,13 @@ impl SenderSleeping<'_> {
 
 impl Drop for SenderSleeping<'_> {
     fn drop(&mut self) {
-        // Wrapping: the count is in memory another process may have written (a count of
-        // none and this sender's wake-up costs one ring of the doorbell at most).
-        let left = (self.core.header().sleepers.0.senders)
-            .fetch_sub(1, SeqCst)
-            .wrapping_sub(1);
+        // Not below zero: the count is in memory another process may have written (one
+        // left wrapped would have every receive ring the senders' doorbell, and hide the
+        // next sleeper from receivers).
+        let before = (self.core.header().sleepers.0.senders)
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)))
+            .unwrap_or_else(|n| n);
+        let left = before.saturating_sub(1);
         sys::silence(self.core.send_bell.as_fd());
         if self.armed && left > 0 {
             self.core.wake_senders();
@@ -1909,6 +1911,7 @@ mod tests {
         let sleeping = tx.sleeping();
         rx.core.header().sleepers.0.senders.store(0, SeqCst);
         drop(sleeping);
+        assert_eq!(rx.core.header().sleepers.0.senders.load(SeqCst), 0);
         tx.send(numbered(1, 8), Deadline::Now, false).unwrap();
         assert_eq!(number(&take(&rx).unwrap()), 1);
     }

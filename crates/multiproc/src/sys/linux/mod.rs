@@ -50,8 +50,6 @@ pub(crate) use mem::{
     shm_reserve, shm_unlink, shm_unlink_if, shrink_sealed, silence, size_sealed, unmap,
 };
 pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
-/// For the cluster worker's signal handling.
-#[cfg(feature = "redis")]
 pub(crate) use proc::signal_is_default;
 pub(crate) use proc::signal_is_ignored;
 pub(crate) use proc::{

@@ -515,7 +515,6 @@ pub(crate) fn ignore_signal(signal: i32) -> Disposition {
 }
 
 /// Whether `signal` has its default action now (no handler, not ignored).
-#[cfg(feature = "redis")]
 pub(crate) fn signal_is_default(signal: i32) -> bool {
     signal_action(signal) == Some(libc::SIG_DFL)
 }
