@@ -300,7 +300,7 @@ fn helpers(mode: &str) {
             println!("children ignore SIGPIPE: {}", ignored());
             extern "C" fn on_sigpipe(_: libc::c_int) {}
             // SAFETY: a handler that does nothing.
-            unsafe { libc::signal(libc::SIGPIPE, on_sigpipe as libc::sighandler_t) };
+            unsafe { libc::signal(libc::SIGPIPE, on_sigpipe as *const () as libc::sighandler_t) };
             println!("with a handler: {}", ignored());
         }
         "spawn_then_exit" => {
