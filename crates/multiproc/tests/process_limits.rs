@@ -35,6 +35,10 @@ fn main() {
             trial("spawn_cpu_time", spawn_cpu_time),
             trial("cpu_time_of_duration_max_is_no_limit", cpu_time_max),
             trial(
+                "cpu_time_with_sigxcpu_ignored_by_the_program",
+                cpu_time_with_sigxcpu_ignored,
+            ),
+            trial(
                 "cpu_time_under_a_lower_inherited_hard_limit",
                 cpu_time_under_a_lower_hard_limit,
             ),
@@ -160,6 +164,21 @@ fn helpers(mode: &str) {
                 .and_then(|mut c| c.join_timeout(T).map_err(|e| e.to_string()));
             // Left for the test to look at (it removes it if the server did not).
             println!("capped {r:?}");
+        }
+        "cpu_with_sigxcpu_ignored" => {
+            for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+                let mut child = Builder::new()
+                    .start_method(method)
+                    .limits(Limits::new().cpu_time(Duration::from_secs(1)))
+                    .spawn(burn, 3000)
+                    .unwrap();
+                match child.join_timeout(T) {
+                    Err(ProcessError::LimitExceeded { limit, .. }) => {
+                        println!("{method:?} ended limit {limit}")
+                    }
+                    other => println!("{method:?} ended other {other:?}"),
+                }
+            }
         }
         "cpu_under_a_lower_hard_limit" => {
             let mut child = Builder::new()
@@ -386,6 +405,30 @@ fn cpu_time_under_a_lower_hard_limit() {
     let h = Helper::start_command("cpu_under_a_lower_hard_limit", command, &[]);
     let ended = h.expect("ended ", T);
     assert_eq!(ended, format!("limit {}", Limit::CpuTime), "{ended}");
+}
+
+/// A program started with `SIGXCPU` ignored (a launcher's `trap '' XCPU`, kept across
+/// `exec`): its children's `cpu_time` still stops them, with either start method. (They
+/// inherited the signal ignored, the kernel's `SIGXCPU` at the limit ended nothing, and
+/// a child ran on past it.)
+fn cpu_time_with_sigxcpu_ignored() {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    // SAFETY: `signal` is async-signal-safe; a plain disposition.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGXCPU, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let h = Helper::start_command("cpu_with_sigxcpu_ignored", command, &[]);
+    for method in ["ForkServer", "Spawn"] {
+        let ended = h.expect(&format!("{method} ended "), T);
+        assert_eq!(
+            ended,
+            format!("limit {}", Limit::CpuTime),
+            "{method}: {ended}"
+        );
+    }
 }
 
 /// `cpu_time(Duration::MAX)` is no limit (it wrapped to a limit of one second).

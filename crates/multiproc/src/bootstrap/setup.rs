@@ -309,6 +309,11 @@ pub(crate) fn apply_limits(limits: &ChildLimits) -> Result<(), String> {
         set(RlimitKind::Processes, n, "processes")?;
     }
     if let Some(cpu) = limits.cpu {
+        // The signal the limit ends the process with takes its default action: ignored
+        // as the program inherited it (a launcher's `trap '' XCPU`), or handled by the
+        // program's handler across a fork, it ended nothing, and the child ran on past
+        // its limit.
+        sys::default_signal(sys::SIGXCPU);
         arm_cpu_limit(cpu).map_err(|e| format!("cannot limit CPU time: {e}"))?;
     }
     Ok(())
