@@ -15,9 +15,10 @@
 //! so the reader queues descriptors in arrival order and gives each frame as many as its
 //! header declares: since a frame's descriptors arrive no later than its header, the
 //! queue always holds them when the header is parsed. Nor later than the header's first
-//! byte: once a frame is whole and no byte of another has arrived, any descriptor still
-//! queued came with a frame that did not declare it, and the connection is corrupt (the
-//! descriptors are closed). A frame whose descriptors found no room in this process (the
+//! byte: once a frame is whole, the descriptors still queued can only be those of the
+//! frames begun in what arrived after it (as many as their headers declare, and as many
+//! as a message carries for a header begun only); any more came with a frame that did
+//! not declare them, and the connection is corrupt (the descriptors are closed). A frame whose descriptors found no room in this process (the
 //! kernel closes those that do not fit) fails with an error that says so, taken whole,
 //! and the frames after it are read as ever.
 //!
@@ -342,6 +343,35 @@ impl Conn {
     }
 
     /// Takes a complete frame out of what has been received, if there is one.
+    /// The most descriptors the frames begun in the buffer may have brought: those their
+    /// whole headers declare, and as many as a message carries for a header begun only
+    /// (a frame's descriptors arrive with its header's first byte). A header that does
+    /// not hold allows any (the next parse refuses it).
+    fn declared_ahead(&self) -> usize {
+        let mut at = self.start;
+        let mut declared = 0usize;
+        while self.end - at >= HEADER_LEN {
+            let mut raw = [0u8; HEADER_LEN];
+            raw.copy_from_slice(&self.buf[at..at + HEADER_LEN]);
+            let Ok(header) = Header::decode(&raw, self.max_body) else {
+                return usize::MAX;
+            };
+            declared += usize::from(header.nfds);
+            match usize::try_from(header.len)
+                .ok()
+                .and_then(|len| (at + HEADER_LEN).checked_add(len))
+            {
+                // Another frame begins within what arrived.
+                Some(next) if next < self.end => at = next,
+                _ => return declared,
+            }
+        }
+        if at < self.end {
+            declared += sys::MAX_FDS_PER_MESSAGE;
+        }
+        declared
+    }
+
     fn parse(&mut self) -> Result<Option<Frame>, RecvFrameError> {
         if self.pending.is_none() {
             let avail = &self.buf[self.start..self.end];
@@ -409,16 +439,20 @@ impl Conn {
         // a frame parsed by now: any still queued were sent with one that did not
         // declare them. Closed, or a peer could fill this process's descriptor table
         // with frames that declare none (and hand them to a later frame).
+        // With the start of later frames received, no more than those frames may have
+        // brought (a peer that sent each frame with the first byte of the next kept the
+        // check above from ever running).
         if self.start == self.end {
             // Nor is any frame left short of descriptors a receive lost.
             self.lost.clear();
-            if !self.fds.is_empty() {
-                let strays = self.fds.len();
-                self.fds.clear();
-                return Err(RecvFrameError::Corrupt(format!(
-                    "{strays} descriptors arrived beyond those the messages declare"
-                )));
-            }
+        }
+        if self.fds.len() > self.declared_ahead() {
+            let strays = self.fds.len();
+            self.fds.clear();
+            self.lost.clear();
+            return Err(RecvFrameError::Corrupt(format!(
+                "{strays} descriptors arrived beyond those the messages declare"
+            )));
         }
         Ok(Some(Frame {
             tag: header.tag,
@@ -437,15 +471,13 @@ impl Conn {
             // read) wrote 16 MiB for each, 80 GB of zeroes for a 1 GiB frame.
             if p.got == p.body.len() {
                 let step = (len - p.got).min(BODY_STEP);
-                // Room doubles (few copies), but never past the declared length:
-                // `resize`'s own doubling left a 129 MiB body holding 256 MiB, which a
-                // child keeps through its call, within its address-space limit.
-                let room = p
-                    .body
-                    .capacity()
-                    .saturating_mul(2)
-                    .max(p.got + step)
-                    .min(len);
+                // Room doubles with what arrived (few copies), but never past the
+                // declared length: `resize`'s own doubling left a 129 MiB body holding
+                // 256 MiB, which a child keeps through its call, within its
+                // address-space limit. (Doubled from the room held, a header alone
+                // that lied about its length had 32 MiB set aside, and a body four
+                // times what had arrived.)
+                let room = (p.got + step).max(p.got.saturating_mul(2)).min(len);
                 p.body.reserve_exact(room - p.body.len());
                 p.body.resize(p.got + step, 0);
                 #[cfg(test)]
@@ -609,6 +641,31 @@ mod tests {
         assert!(f.body.iter().all(|&x| x == 5));
         let zeroed = ZEROED.with(std::cell::Cell::get);
         assert!(zeroed <= len, "{zeroed} bytes zeroed for a body of {len}");
+    }
+
+    /// A header that lies about its length sets aside no more than one step before any
+    /// of its body arrives.
+    #[test]
+    fn a_lying_length_sets_aside_one_step() {
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1 << 40);
+        let header = Header {
+            len: 1 << 40,
+            nfds: 0,
+            tag: 1,
+        }
+        .encode();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&header)], &[], false).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        assert!(matches!(
+            b.recv(Some(deadline)),
+            Err(RecvFrameError::Timeout)
+        ));
+        let held = b.pending.as_ref().map(|p| p.body.capacity());
+        assert!(
+            held.is_some_and(|c| c <= BODY_STEP),
+            "{held:?} bytes set aside"
+        );
     }
 
     #[test]
@@ -788,6 +845,45 @@ mod tests {
         for n in [2, 0, 1] {
             assert_eq!(b.recv(None).unwrap().fds.len(), n);
         }
+    }
+
+    /// Descriptors sent with frames that declare none, each sent with the first byte of
+    /// the next frame, do not pile up: the connection is corrupt once more are queued
+    /// than the frames begun may have brought. (The check ran only with nothing of a
+    /// next frame received: a peer filled this process's descriptor table so.)
+    #[test]
+    fn undeclared_descriptors_cannot_pile_up_behind_a_partial_header() {
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        let (_read, write) = sys::pipe().unwrap();
+        let frame = |tag: u8| {
+            let mut f = Header {
+                len: 1,
+                nfds: 0,
+                tag,
+            }
+            .encode()
+            .to_vec();
+            f.push(tag);
+            f
+        };
+        for i in 0..4u8 {
+            let mut bytes = frame(i)[usize::from(i > 0)..].to_vec();
+            bytes.push(frame(i + 1)[0]);
+            let passed = vec![write.as_fd(); 100];
+            sys::send_with_fds(a.as_fd(), &[IoSlice::new(&bytes)], &passed, false).unwrap();
+            match b.recv(None) {
+                Ok(f) => assert!(f.fds.is_empty()),
+                Err(RecvFrameError::Corrupt(_)) => return,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                b.fds.len() <= sys::MAX_FDS_PER_MESSAGE,
+                "{} undeclared descriptors kept",
+                b.fds.len()
+            );
+        }
+        panic!("the undeclared descriptors were never refused");
     }
 
     /// Sends, on `a`, a frame of 5 bytes with `n` copies of `fd`.
