@@ -101,6 +101,11 @@ impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let wire = WireIn::deserialize(d)?;
         let bell = codec::take_fd(wire.bell).map_err(codec::refuse)?;
+        // A doorbell, as the sender says: another descriptor read as one (a pipe nobody
+        // writes to) held a timed wait for ever.
+        if sys::fd_kind(bell.as_fd()) != sys::FdKind::Doorbell {
+            return Err(codec::refuse("an Event's bell that is not a doorbell"));
+        }
         Ok(Event {
             obj: Arc::new(wire.obj.0),
             bell: Arc::new(bell),
@@ -239,5 +244,29 @@ impl fmt::Debug for Event {
         f.debug_struct("Event")
             .field("set", &self.is_set())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Event's handle whose bell is not a doorbell (a pipe nobody writes to, which a
+    /// timed wait would have read and waited on for ever) is refused.
+    #[test]
+    fn a_bell_that_is_not_a_doorbell_is_refused() {
+        let event = Event::new().unwrap();
+        let again: Event = codec::resend(&event).unwrap();
+        again.set();
+        assert!(event.is_set());
+        let mut enc = codec::encode(&event).unwrap();
+        assert_eq!(enc.fds.len(), 2, "the bell, then the object's segment");
+        let (reader, _writer) = sys::pipe().unwrap();
+        enc.fds[0] = reader;
+        let fds = std::mem::take(&mut enc.fds);
+        let err = codec::decode::<Event>(&enc.bytes, fds)
+            .map(drop)
+            .unwrap_err();
+        assert!(err.to_string().contains("not a doorbell"), "{err}");
     }
 }

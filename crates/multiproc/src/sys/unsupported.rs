@@ -496,6 +496,18 @@ pub(crate) fn shm_unlink(_: &str) -> io::Result<()> {
 pub(crate) fn adopts_orphans() -> bool {
     false
 }
+/// What a received descriptor is (nothing is received here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    Doorbell,
+    PacketSocket,
+    PipeReader,
+    PipeWriter,
+    Other,
+}
+pub(crate) fn fd_kind(_: BorrowedFd<'_>) -> FdKind {
+    FdKind::Other
+}
 pub(crate) fn file_id(_: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Err(unsupported())
 }

@@ -1277,7 +1277,11 @@ fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::
     .serialize(s)
 }
 
-fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), D::Error> {
+/// Decodes a handle's core and token: a receiver's (`receiver`) or a sender's.
+fn deserialize_core<'de, D: Deserializer<'de>>(
+    d: D,
+    receiver: bool,
+) -> Result<(Core, OwnedFd), D::Error> {
     let wire = WireHandle::deserialize(d)?;
     let mut fds = Vec::with_capacity(8);
     for index in wire.fds {
@@ -1295,6 +1299,34 @@ fn deserialize_core<'de, D: Deserializer<'de>>(d: D) -> Result<(Core, OwnedFd), 
     ]: [OwnedFd; 8] = fds
         .try_into()
         .map_err(|_| codec::refuse::<D::Error>("a channel handle needs 8 descriptors"))?;
+    // Each descriptor is what the handle says it is: the sender chose which went where.
+    // (Two swapped, a bell read as one, a pipe that nobody writes, held a timed receive
+    // for ever; a sender's handle decoded as a receiver's kept its own senders alive.)
+    let liveness = if receiver { &receivers } else { &senders };
+    let same_pipe = matches!(
+        (sys::file_id(token.as_fd()), sys::file_id(liveness.as_fd())),
+        (Ok(a), Ok(b)) if a == b
+    );
+    let kinds = [
+        (&recv_bell, sys::FdKind::Doorbell),
+        (&send_bell, sys::FdKind::Doorbell),
+        (&side_tx, sys::FdKind::PacketSocket),
+        (&side_rx, sys::FdKind::PacketSocket),
+        (&senders, sys::FdKind::PipeReader),
+        (&receivers, sys::FdKind::PipeReader),
+        (&token, sys::FdKind::PipeWriter),
+    ];
+    if !same_pipe
+        || kinds
+            .iter()
+            .any(|(fd, kind)| sys::fd_kind(fd.as_fd()) != *kind)
+    {
+        return Err(codec::refuse::<D::Error>(if receiver {
+            "not a multiproc channel receiver's handle"
+        } else {
+            "not a multiproc channel sender's handle"
+        }));
+    }
     let len = usize::try_from(wire.segment_len)
         .ok()
         .filter(|&l| {
@@ -1351,7 +1383,7 @@ impl Serialize for RawSender {
 
 impl<'de> Deserialize<'de> for RawSender {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (core, token) = deserialize_core(d)?;
+        let (core, token) = deserialize_core(d, false)?;
         Ok(RawSender {
             core: Arc::new(core),
             _token: Token::sender(token),
@@ -1367,7 +1399,7 @@ impl Serialize for RawReceiver {
 
 impl<'de> Deserialize<'de> for RawReceiver {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (core, token) = deserialize_core(d)?;
+        let (core, token) = deserialize_core(d, true)?;
         let core = Arc::new(core);
         Ok(RawReceiver {
             _token: Token::receiver(token, &core),
@@ -1901,6 +1933,33 @@ mod tests {
         }
         assert_eq!(got, (0..sent + 100).collect::<Vec<_>>());
         assert_eq!(rx.len(), 0);
+    }
+
+    /// A handle whose descriptors are not where they belong is refused: two swapped (a
+    /// bell and the senders' liveness pipe: decoded, a timed receive read the pipe and
+    /// waited for ever), a sender's handle decoded as a receiver's (it kept its own
+    /// senders alive) and a receiver's as a sender's. The channel's own handles decode.
+    #[test]
+    fn a_handle_with_descriptors_out_of_place_is_refused() {
+        let (tx, rx) = channel(MIN_RING, None).unwrap();
+        let _: RawReceiver = codec::resend(&rx).unwrap();
+        let _: RawSender = codec::resend(&tx).unwrap();
+        let err = codec::resend::<_, RawReceiver>(&tx).map(drop).unwrap_err();
+        assert!(err.contains("receiver's handle"), "{err}");
+        let err = codec::resend::<_, RawSender>(&rx).map(drop).unwrap_err();
+        assert!(err.contains("sender's handle"), "{err}");
+        // The descriptors' indices follow the segment's length (8 bytes) and the flag
+        // (1 byte), 4 bytes each.
+        let mut enc = codec::encode(&rx).unwrap();
+        let at = |i: usize| 9 + 4 * i;
+        assert_eq!(enc.bytes[at(1)..at(1) + 4], 1u32.to_le_bytes());
+        enc.bytes[at(1)..at(1) + 4].copy_from_slice(&5u32.to_le_bytes());
+        enc.bytes[at(5)..at(5) + 4].copy_from_slice(&1u32.to_le_bytes());
+        let fds = std::mem::take(&mut enc.fds);
+        let err = codec::decode::<RawReceiver>(&enc.bytes, fds)
+            .map(drop)
+            .unwrap_err();
+        assert!(err.to_string().contains("receiver's handle"), "{err}");
     }
 
     /// A sleeping sender's count that another process zeroed is let go without a

@@ -1,7 +1,7 @@
 //! Shared memory and doorbells: memfd segments, mappings, eventfds.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use rustix::event::EventfdFlags;
@@ -381,6 +381,46 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
 pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     let st = rustix::fs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
+}
+
+/// What a descriptor received from another process is, as far as a handle that names
+/// it needs to know before using it: a sender could put any descriptor at any index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// A non-blocking eventfd (what [`doorbell`] makes).
+    Doorbell,
+    /// A sequenced-packet socket (what [`packet_pair`] makes).
+    PacketSocket,
+    /// A pipe's read end.
+    PipeReader,
+    /// A pipe's write end.
+    PipeWriter,
+    /// Anything else.
+    Other,
+}
+
+/// What `fd` is (see [`FdKind`]).
+pub(crate) fn fd_kind(fd: BorrowedFd<'_>) -> FdKind {
+    use rustix::fs::{FileType, OFlags};
+    let (Ok(st), Ok(flags)) = (rustix::fs::fstat(fd), rustix::fs::fcntl_getfl(fd)) else {
+        return FdKind::Other;
+    };
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Fifo if flags.contains(OFlags::WRONLY) => FdKind::PipeWriter,
+        FileType::Fifo if !flags.intersects(OFlags::WRONLY | OFlags::RDWR) => FdKind::PipeReader,
+        FileType::Socket => match rustix::net::sockopt::socket_type(fd) {
+            Ok(rustix::net::SocketType::SEQPACKET) => FdKind::PacketSocket,
+            _ => FdKind::Other,
+        },
+        _ if flags.contains(OFlags::NONBLOCK) => {
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            match link {
+                Ok(l) if l.as_os_str() == "anon_inode:[eventfd]" => FdKind::Doorbell,
+                _ => FdKind::Other,
+            }
+        }
+        _ => FdKind::Other,
+    }
 }
 
 /// The device and inode of this process's current directory.
