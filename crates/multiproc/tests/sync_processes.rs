@@ -1623,6 +1623,19 @@ fn named_value_layout_is_checked() {
         "corrupt header",
     );
     drop(over);
+    // Made by a build of another object layout (1: before the lock's words grew the
+    // word that says a sleeper wants waking; opened, each read the other's words
+    // wrong). The version is the `u32` at byte 12.
+    let old_name = unique("old_layout");
+    let old = Value::create_named(&old_name, 7u64).unwrap();
+    at_dev_shm(&old_name)
+        .write_all_at(&1u32.to_le_bytes(), 12)
+        .unwrap();
+    mismatch(
+        Value::<u64>::open_named(&old_name).map(drop),
+        "object layout 1",
+    );
+    drop(old);
     let two_name = unique("two");
     let two = Value::create_named(&two_name, 7u64).unwrap();
     let file = at_dev_shm(&two_name);

@@ -243,7 +243,11 @@ unsafe impl SharedWords for ObjectHeader {}
 impl ObjectHeader {
     /// `MPOBJ001`.
     pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPOBJ001");
-    pub(crate) const VERSION: u32 = 1;
+    /// The layout of the header and of the words after it: 2 since a lock's words
+    /// grew a word that says a sleeper wants waking (a process of layout 1 read it as
+    /// the word that says the holder died, and said so of a lock no holder of had), and
+    /// data moved to a 16-byte boundary.
+    pub(crate) const VERSION: u32 = 2;
     /// Where the object's words start.
     pub(crate) const WORDS_OFFSET: usize = 128;
 }

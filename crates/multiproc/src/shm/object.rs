@@ -308,8 +308,18 @@ impl Object {
                 "never initialised (its creator may have died creating it)".into(),
             ));
         }
-        if magic != ObjectHeader::MAGIC || h.version.load(Relaxed) != ObjectHeader::VERSION {
+        if magic != ObjectHeader::MAGIC {
             return Err(mismatch(&what, "not a multiproc object".into()));
+        }
+        let version = h.version.load(Relaxed);
+        if version != ObjectHeader::VERSION {
+            return Err(mismatch(
+                &what,
+                format!(
+                    "made by another version of multiproc (object layout {version}, this one's {})",
+                    ObjectHeader::VERSION
+                ),
+            ));
         }
         let found = h.kind.load(Relaxed);
         if found != kind as u32 {
