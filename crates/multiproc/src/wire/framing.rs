@@ -346,11 +346,13 @@ impl Conn {
     /// The most descriptors the frames begun in the buffer may have brought: those their
     /// whole headers declare, and as many as a message carries for a header begun only
     /// (a frame's descriptors arrive with its header's first byte). A header that does
-    /// not hold allows any (the next parse refuses it).
-    fn declared_ahead(&self) -> usize {
+    /// not hold allows any (the next parse refuses it). The headers are looked at only
+    /// until they allow `queued`: a buffer of many small frames is not walked whole for
+    /// each.
+    fn declared_ahead(&self, queued: usize) -> usize {
         let mut at = self.start;
         let mut declared = 0usize;
-        while self.end - at >= HEADER_LEN {
+        while self.end - at >= HEADER_LEN && declared < queued {
             let mut raw = [0u8; HEADER_LEN];
             raw.copy_from_slice(&self.buf[at..at + HEADER_LEN]);
             let Ok(header) = Header::decode(&raw, self.max_body) else {
@@ -446,7 +448,7 @@ impl Conn {
             // Nor is any frame left short of descriptors a receive lost.
             self.lost.clear();
         }
-        if self.fds.len() > self.declared_ahead() {
+        if !self.fds.is_empty() && self.fds.len() > self.declared_ahead(self.fds.len()) {
             let strays = self.fds.len();
             self.fds.clear();
             self.lost.clear();
