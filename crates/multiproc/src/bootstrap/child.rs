@@ -186,6 +186,9 @@ fn serve_call(channel: OwnedFd, death: Option<OwnedFd>, executed: Origin) -> ! {
     if executed == Origin::Executed {
         sys::set_name(&name);
     }
+    if let Some(limits) = &header.limits {
+        super::setup::default_limit_signals(limits);
+    }
     if let Some(setup) = setup
         && let Err(payload) = panic::catch_unwind(setup)
     {

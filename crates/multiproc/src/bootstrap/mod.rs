@@ -21,7 +21,9 @@ pub(crate) use forkserver::{ForkServer, is_peer_gone, read_status};
 pub(crate) use panic::payload_message;
 pub use panic::{PanicLocation, RemotePanic};
 pub(crate) use panic::{catching, caught_panic, drop_each_keeping_report, drop_payload};
-pub(crate) use setup::{ForkedChildSetup, apply_limits, arm_cpu_limit, setup_forked_child};
+pub(crate) use setup::{
+    ForkedChildSetup, apply_limits, arm_cpu_limit, default_limit_signals, setup_forked_child,
+};
 use tracker::SegmentTracker;
 
 use crate::shm::{self, named::Tracked};

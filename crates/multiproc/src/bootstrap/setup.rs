@@ -87,13 +87,18 @@ pub(crate) fn become_requested(
     sys::restore_signal(sys::SIGPIPE, server.sigpipe);
     if request.sigpipe_ignored {
         sys::ignore_signal(sys::SIGPIPE);
-    } else if request.sigpipe_default && sys::signal_is_ignored(sys::SIGPIPE) {
-        // Ignored when the server started, and given its default back by the parent
-        // since (a command-line program that ends quietly in a closed pipe): so by the
-        // child, whose writes to a closed pipe then end it as they end the parent,
-        // rather than fail (a `println!` that panics). A parent with a handler of its
-        // own leaves the child ignoring it: a write fails, as the parent's survives.
+    } else if request.sigpipe_default {
+        // The parent has the default (a command-line program that ends quietly in a
+        // closed pipe, given it back after `init`): so has the child, whose writes to a
+        // closed pipe then end it as they end the parent, rather than fail (a
+        // `println!` that panics).
         sys::default_signal(sys::SIGPIPE);
+    } else if matches!(request.launch, Launch::Exec) || sys::signal_is_default(sys::SIGPIPE) {
+        // The parent has a handler of its own, which the child cannot have (an
+        // executed one loses every handler; the server found none): ignored, a write
+        // to a closed pipe fails, as the parent's survives. A forked child keeps the
+        // program's handler of `init`, if the server found one.
+        sys::ignore_signal(sys::SIGPIPE);
     }
     sys::restore_signal(sys::SIGCHLD, server.sigchld);
     // Into the memory cgroup the server made for it, before anything else is charged to
@@ -309,14 +314,20 @@ pub(crate) fn apply_limits(limits: &ChildLimits) -> Result<(), String> {
         set(RlimitKind::Processes, n, "processes")?;
     }
     if let Some(cpu) = limits.cpu {
-        // The signal the limit ends the process with takes its default action: ignored
-        // as the program inherited it (a launcher's `trap '' XCPU`), or handled by the
-        // program's handler across a fork, it ended nothing, and the child ran on past
-        // its limit.
-        sys::default_signal(sys::SIGXCPU);
         arm_cpu_limit(cpu).map_err(|e| format!("cannot limit CPU time: {e}"))?;
     }
     Ok(())
+}
+
+/// Gives the signal a CPU-time limit ends the process with its default action, if
+/// `limits` has one: ignored as the program inherited it (a launcher's `trap ''
+/// XCPU`), or handled by the program's handler across a fork, it ended nothing, and the
+/// child ran on past its limit. Before a setup function runs, which may catch it on
+/// purpose (to save its work before the hard limit).
+pub(crate) fn default_limit_signals(limits: &ChildLimits) {
+    if limits.cpu.is_some() {
+        sys::default_signal(sys::SIGXCPU);
+    }
 }
 
 /// Lets this process use `limit` more CPU time from now (rounded up to the whole

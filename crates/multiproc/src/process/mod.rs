@@ -686,7 +686,10 @@ impl Builder {
                     watchdog,
                 });
                 let limited = match setup {
-                    Ok(()) if !self.limits.is_empty() => bootstrap::apply_limits(&limits.child),
+                    Ok(()) if !self.limits.is_empty() => {
+                        bootstrap::default_limit_signals(&limits.child);
+                        bootstrap::apply_limits(&limits.child)
+                    }
                     other => other,
                 };
                 if let Err(why) = limited {

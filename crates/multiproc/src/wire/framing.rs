@@ -342,7 +342,6 @@ impl Conn {
         self.parse()
     }
 
-    /// Takes a complete frame out of what has been received, if there is one.
     /// The most descriptors the frames begun in the buffer may have brought: those their
     /// whole headers declare, and as many as a message carries for a header begun only
     /// (a frame's descriptors arrive with its header's first byte). A header that does
@@ -374,6 +373,7 @@ impl Conn {
         declared
     }
 
+    /// Takes a complete frame out of what has been received, if there is one.
     fn parse(&mut self) -> Result<Option<Frame>, RecvFrameError> {
         if self.pending.is_none() {
             let avail = &self.buf[self.start..self.end];

@@ -810,7 +810,7 @@ impl RawSender {
         } else {
             core.sleep(&core.send_bell, &core.receivers, wait)
         };
-        sleepers.fetch_sub(1, SeqCst);
+        uncount(sleepers);
         slept.map_err(SendFail::Io)
     }
 
@@ -960,7 +960,7 @@ impl RawReceiver {
             } else {
                 core.sleep(&core.recv_bell, &core.senders, wait)
             };
-            h.sleepers.0.receivers.fetch_sub(1, SeqCst);
+            uncount(&h.sleepers.0.receivers);
             slept.map_err(RecvFail::Io)?;
         }
     }
@@ -1200,13 +1200,7 @@ impl SenderSleeping<'_> {
 
 impl Drop for SenderSleeping<'_> {
     fn drop(&mut self) {
-        // Not below zero: the count is in memory another process may have written (one
-        // left wrapped would have every receive ring the senders' doorbell, and hide the
-        // next sleeper from receivers).
-        let before = (self.core.header().sleepers.0.senders)
-            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)))
-            .unwrap_or_else(|n| n);
-        let left = before.saturating_sub(1);
+        let left = uncount(&self.core.header().sleepers.0.senders);
         sys::silence(self.core.send_bell.as_fd());
         if self.armed && left > 0 {
             self.core.wake_senders();
@@ -1229,9 +1223,19 @@ impl Sleeping<'_> {
     }
 }
 
+/// Takes one off a count of sleepers; the count left. Not below zero: the count is in
+/// memory another process may have written (one left wrapped would have every send or
+/// receive ring a doorbell, and hide the next sleeper from the other side).
+fn uncount(count: &AtomicU32) -> u32 {
+    count
+        .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)))
+        .unwrap_or_else(|n| n)
+        .saturating_sub(1)
+}
+
 impl Drop for Sleeping<'_> {
     fn drop(&mut self) {
-        self.core.header().sleepers.0.receivers.fetch_sub(1, SeqCst);
+        uncount(&self.core.header().sleepers.0.receivers);
         sys::silence(self.core.recv_bell.as_fd());
         if self.armed && self.core.len() > 0 {
             self.core.wake_receivers();
@@ -1971,6 +1975,12 @@ mod tests {
         rx.core.header().sleepers.0.senders.store(0, SeqCst);
         drop(sleeping);
         assert_eq!(rx.core.header().sleepers.0.senders.load(SeqCst), 0);
+        // A sleeping receiver's alike, its count left at zero (wrapped, every send rang
+        // the receivers' doorbell, and the next sleeper was hidden from senders).
+        let sleeping = rx.sleeping();
+        rx.core.header().sleepers.0.receivers.store(0, SeqCst);
+        drop(sleeping);
+        assert_eq!(rx.core.header().sleepers.0.receivers.load(SeqCst), 0);
         tx.send(numbered(1, 8), Deadline::Now, false).unwrap();
         assert_eq!(number(&take(&rx).unwrap()), 1);
     }

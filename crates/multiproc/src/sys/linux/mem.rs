@@ -1,7 +1,7 @@
 //! Shared memory and doorbells: memfd segments, mappings, eventfds.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use rustix::event::EventfdFlags;
@@ -412,11 +412,18 @@ pub(crate) fn fd_kind(fd: BorrowedFd<'_>) -> FdKind {
             Ok(rustix::net::SocketType::SEQPACKET) => FdKind::PacketSocket,
             _ => FdKind::Other,
         },
-        _ if flags.contains(OFlags::NONBLOCK) => {
-            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-            match link {
-                Ok(l) if l.as_os_str() == "anon_inode:[eventfd]" => FdKind::Doorbell,
-                _ => FdKind::Other,
+        // An eventfd lives on the anonymous-inode file system (with epoll, timer, signal
+        // and pid descriptors, which refuse writes): a write of 0 adds nothing to its
+        // counter, and is the one write the others take. (Asked without `/proc`, which
+        // a sandbox or a setup function's mount namespace may not have.)
+        _ if flags.contains(OFlags::NONBLOCK) && flags.contains(OFlags::RDWR) => {
+            const ANON_INODE_FS_MAGIC: u64 = 0x0904_1934;
+            let anon =
+                rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type as u64 == ANON_INODE_FS_MAGIC);
+            if anon && rustix::io::write(fd, &0u64.to_ne_bytes()) == Ok(8) {
+                FdKind::Doorbell
+            } else {
+                FdKind::Other
             }
         }
         _ => FdKind::Other,
