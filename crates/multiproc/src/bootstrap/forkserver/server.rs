@@ -89,8 +89,11 @@ const LINGERING_LOOK: Duration = Duration::from_secs(1);
 
 /// The memory cgroups the server makes and removes.
 struct Cgroups {
-    /// Where they are made, and how; found at the first request for one.
-    home: Option<Result<(PathBuf, sys::CgroupKind), String>>,
+    /// Where they are made, and how; found at the first request for one that finds it
+    /// (a look that fails is made again at the next: kept, one failure, out of
+    /// descriptors or memory for a moment, refused every capped spawn for the server's
+    /// life).
+    home: Option<(PathBuf, sys::CgroupKind)>,
     made: u64,
     /// Cgroups whose child was reaped but which still hold processes (its own
     /// children, in them too): removed once they are empty.
@@ -99,13 +102,13 @@ struct Cgroups {
 
 impl Cgroups {
     fn home(&mut self) -> Result<(PathBuf, sys::CgroupKind), String> {
-        self.home
-            .get_or_insert_with(|| {
-                let home = sys::memory_cgroup_home().map_err(|e| e.to_string())?;
-                sweep(&home.0);
-                Ok(home)
-            })
-            .clone()
+        if let Some(home) = &self.home {
+            return Ok(home.clone());
+        }
+        let home = sys::memory_cgroup_home().map_err(|e| e.to_string())?;
+        sweep(&home.0);
+        self.home = Some(home.clone());
+        Ok(home)
     }
 
     /// Makes a cgroup capped at `bytes`.
@@ -143,7 +146,7 @@ impl Cgroups {
     /// for later, while processes are in it).
     fn finish(&mut self, dir: PathBuf) -> bool {
         let kind = match &self.home {
-            Some(Ok((_, kind))) => *kind,
+            Some((_, kind)) => *kind,
             _ => return false,
         };
         let oom = sys::oom_kills(&dir, kind).is_ok_and(|n| n > 0);
