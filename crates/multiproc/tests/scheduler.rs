@@ -749,11 +749,9 @@ fn jitter_delays_the_start_only() {
 fn a_jittered_run_past_its_grace_is_reported_too_late() {
     let (s, clock, events) = manual();
     s.add(
-        Job::thread("spread", Schedule::every(secs(100)), || {
-            std::thread::sleep(Duration::from_millis(200));
-        })
-        .jitter(secs(5))
-        .misfire_grace(secs(10)),
+        Job::thread("spread", Schedule::every(secs(100)), || ())
+            .jitter(secs(5))
+            .misfire_grace(secs(10)),
     )
     .unwrap();
     clock.set(at(100));
@@ -2174,10 +2172,26 @@ mod store {
             "10 s claimed, waiting out its jitter"
         );
         drop(s);
-        println!("dropped");
+        say_and_wait_to_be_killed("dropped");
+    }
+
+    /// Helper modes' end: says `what` on stdout, then waits for the test to kill it.
+    fn say_and_wait_to_be_killed(what: &str) -> ! {
+        println!("{what}");
         loop {
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+
+    /// Starts helper `mode` on the store `db`, and waits for it to say `what`.
+    fn store_helper(mode: &str, db: &std::path::Path, what: &str) -> common::Helper {
+        let h = common::Helper::start_with(
+            mode,
+            std::env::current_exe().unwrap(),
+            &[("MP_DB", db.to_str().unwrap())],
+        );
+        h.expect(what, T);
+        h
     }
 
     /// A scheduler dropped in a process that goes on lets its claims go: a scheduler of
@@ -2187,12 +2201,7 @@ mod store {
     pub fn takes_over_what_one_dropped_in_a_live_process_left() {
         let dir = TempDir(tempdir("dropped-live"));
         let db = dir.0.join("jobs.db");
-        let mut h = common::Helper::start_with(
-            "store_claim_then_drop",
-            std::env::current_exe().unwrap(),
-            &[("MP_DB", db.to_str().unwrap())],
-        );
-        h.expect("dropped", T);
+        let mut h = store_helper("store_claim_then_drop", &db, "dropped");
         let clock = ManualClock::new(at(16));
         let (s, events) = on_store(&db, &clock);
         s.add(tick_job().jitter(secs(3)).misfire_grace(secs(25)))
@@ -2325,10 +2334,7 @@ mod store {
             missed(&evs),
             vec![(at(20), 1, at(20), MissReason::MaxInstances)]
         );
-        println!("reported");
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        say_and_wait_to_be_killed("reported");
     }
 
     /// A scheduler killed after it reported a time missed, before the report was
@@ -2338,12 +2344,7 @@ mod store {
     pub fn reported_time_is_reported_again_not_run() {
         let dir = TempDir(tempdir("reported"));
         let db = dir.0.join("jobs.db");
-        let mut h = common::Helper::start_with(
-            "store_report_then_hang",
-            std::env::current_exe().unwrap(),
-            &[("MP_DB", db.to_str().unwrap())],
-        );
-        h.expect("reported", T);
+        let mut h = store_helper("store_report_then_hang", &db, "reported");
         let left = h.kill_tree(T);
         assert!(left.is_empty(), "left running after the kill: {left:?}");
         let clock = ManualClock::new(at(25));

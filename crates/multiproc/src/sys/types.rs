@@ -44,6 +44,22 @@ pub(crate) enum RlimitKind {
     Processes,
 }
 
+/// What a descriptor received from another process is, as far as a handle that names
+/// it needs to know before using it: a sender could put any descriptor at any index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// A non-blocking eventfd (what `doorbell` makes).
+    Doorbell,
+    /// A sequenced-packet socket (what `packet_pair` makes).
+    PacketSocket,
+    /// A pipe's read end.
+    PipeReader,
+    /// A pipe's write end.
+    PipeWriter,
+    /// Anything else.
+    Other,
+}
+
 /// Which cgroup hierarchy a memory cgroup is in: they name their files differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum CgroupKind {

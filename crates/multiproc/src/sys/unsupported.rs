@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::sys::{
-    Caller, CgroupKind, ContextCaller, Entry, Forked, NotSingleThreaded, Readiness, RlimitKind,
-    Signature, WaitStatus,
+    Caller, CgroupKind, ContextCaller, Entry, FdKind, Forked, NotSingleThreaded, Readiness,
+    RlimitKind, Signature, WaitStatus,
 };
 
 /// Processes cannot be started here.
@@ -495,15 +495,6 @@ pub(crate) fn shm_unlink(_: &str) -> io::Result<()> {
 }
 pub(crate) fn adopts_orphans() -> bool {
     false
-}
-/// What a received descriptor is (nothing is received here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FdKind {
-    Doorbell,
-    PacketSocket,
-    PipeReader,
-    PipeWriter,
-    Other,
 }
 pub(crate) fn fd_kind(_: BorrowedFd<'_>) -> FdKind {
     FdKind::Other

@@ -9,6 +9,8 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
+use crate::sys::FdKind;
+
 /// Fails with `FileTooLarge` if a file of `len` bytes is over this process's file-size
 /// limit (`RLIMIT_FSIZE`, `ulimit -f`, systemd's `LimitFSIZE=`). A memory file is a file
 /// to the kernel: sized (or written) past the limit, it sends the process `SIGXFSZ`,
@@ -381,22 +383,6 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
 pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     let st = rustix::fs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
-}
-
-/// What a descriptor received from another process is, as far as a handle that names
-/// it needs to know before using it: a sender could put any descriptor at any index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FdKind {
-    /// A non-blocking eventfd (what [`doorbell`] makes).
-    Doorbell,
-    /// A sequenced-packet socket (what [`packet_pair`] makes).
-    PacketSocket,
-    /// A pipe's read end.
-    PipeReader,
-    /// A pipe's write end.
-    PipeWriter,
-    /// Anything else.
-    Other,
 }
 
 /// What `fd` is (see [`FdKind`]).

@@ -44,11 +44,11 @@ pub(crate) use limits::{
     memory_cgroup_home, oom_kills, remove_cgroup, set_rlimit,
 };
 pub(crate) use mem::{
-    FdKind, code_on_huge_pages, cwd_id, doorbell, fd_kind, file_allocated, file_id, file_len,
-    fully_sealed, grow, map_shared, map_shared_at, map_shared_over, memfd, memfd_growable,
-    open_file_id, packet_pair, path_id, prefault, punch_hole, reserve, ring, sealed_memfd,
-    shared_word, shm_create, shm_open, shm_reserve, shm_unlink, shm_unlink_if, shrink_sealed,
-    silence, size_sealed, unmap,
+    code_on_huge_pages, cwd_id, doorbell, fd_kind, file_allocated, file_id, file_len, fully_sealed,
+    grow, map_shared, map_shared_at, map_shared_over, memfd, memfd_growable, open_file_id,
+    packet_pair, path_id, prefault, punch_hole, reserve, ring, sealed_memfd, shared_word,
+    shm_create, shm_open, shm_reserve, shm_unlink, shm_unlink_if, shrink_sealed, silence,
+    size_sealed, unmap,
 };
 pub(crate) use net::{UnixTarget, connect_unix, listen_backlog, set_keepalive};
 pub(crate) use proc::signal_is_default;
