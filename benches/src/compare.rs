@@ -25,6 +25,12 @@ pub enum Impl {
     /// processes kept on one CPU. No target is set against it; a missed target against
     /// CPython says what it would take, beside it.
     OneCpu,
+    /// On a quiet machine only: the same hand-off through one cache line of shared
+    /// memory, each side spinning on it, so that only the line's moves between two CPUs
+    /// are measured (which two CPUs a run gets moves them, by several times on a
+    /// virtual machine). No target is set against it. Left out under load, where a
+    /// spinner waiting for the CPU its peer holds spins out whole time slices.
+    CacheLine,
 }
 
 /// One implementation of a group's operation.
@@ -158,7 +164,11 @@ pub fn run_group(group: &Group, runs: usize, busy: bool) -> Vec<Stats> {
     let workloads: Vec<&Workload> = group
         .workloads
         .iter()
-        .filter(|w| busy || w.kind != Impl::OneCpu)
+        .filter(|w| match w.kind {
+            Impl::OneCpu => busy,
+            Impl::CacheLine => !busy,
+            _ => true,
+        })
         .collect();
     let mut stats: Vec<Stats> = workloads
         .iter()
@@ -263,6 +273,7 @@ pub fn report(group: &Group, stats: &[Stats], busy: bool) -> String {
             Impl::Peer => s.name.to_string(),
             Impl::Floor => format!("{} *(floor)*", s.name),
             Impl::OneCpu => format!("{} *(bound on one CPU)*", s.name),
+            Impl::CacheLine => format!("{} *(the hardware's floor)*", s.name),
         };
         let rate = if matches!(group.rate, Rate::None) {
             String::new()
@@ -515,7 +526,7 @@ pub fn mem_report(group: &MemGroup, stats: &[MemStats]) -> String {
     for s in stats {
         let name = match s.kind {
             Impl::Multiproc => format!("**{}**", s.name),
-            Impl::Peer | Impl::Floor | Impl::OneCpu => s.name.to_string(),
+            Impl::Peer | Impl::Floor | Impl::OneCpu | Impl::CacheLine => s.name.to_string(),
         };
         let _ = writeln!(
             out,

@@ -18,11 +18,12 @@ pub fn main(mut args: impl Iterator<Item = String>) {
         "pipe-ping-pong" => return println!("{}", pipe_ping_pong(iters)),
         "mutex-counter" => return println!("{}", mutex_counter(false, iters)),
         "robust-mutex-counter" => return println!("{}", mutex_counter(true, iters)),
-        "futex-ping-pong" => return println!("{}", ping_pong(true, iters)),
-        "yield-ping-pong" => return println!("{}", ping_pong(false, iters)),
+        "futex-ping-pong" => return println!("{}", ping_pong(Turn::Futex, iters)),
+        "yield-ping-pong" => return println!("{}", ping_pong(Turn::Yield, iters)),
+        "line-ping-pong" => return println!("{}", ping_pong(Turn::Spin, iters)),
         "yield-ping-pong-one-cpu" => {
             stay_on_this_cpu();
-            return println!("{}", ping_pong(false, iters));
+            return println!("{}", ping_pong(Turn::Yield, iters));
         }
         "pthread-barrier" => return println!("{}", pthread_barrier(iters)),
         "shm-backlog-1k" => return println!("{}", shm_backlog(1 << 10, iters)),
@@ -356,13 +357,26 @@ fn stay_on_this_cpu() {
     }
 }
 
+/// How a process of [`ping_pong`] waits for its turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Asleep on the word (a futex): the floor of a sleeping hand-off.
+    Futex,
+    /// Looking at the word with `sched_yield` between looks: the floor of a hand-off
+    /// that never sleeps, which two processes sharing one CPU pay as a context switch
+    /// each way (`multiproc-bench floor yield-ping-pong-one-cpu N`), and two on CPUs of
+    /// their own as a system call.
+    Yield,
+    /// Looking at the word and nothing else: one cache line crossing between the two
+    /// CPUs each way, the least any hand-off through shared memory costs (and a whole
+    /// time slice lost for each turn when the two share a CPU: measured only on a quiet
+    /// machine). `benches/models/line_ping_pong.c` is the same loop in C.
+    Spin,
+}
+
 /// Two processes hand a turn back and forth `iters` times through a word of shared
-/// memory. With `sleep`, each waits for its turn asleep on the word (a futex): the floor
-/// of a sleeping hand-off. Without, each looks at the word with `sched_yield` between
-/// looks: the floor of a hand-off that never sleeps, which two processes sharing one
-/// CPU pay as a context switch each way (`multiproc-bench floor yield-ping-pong-one-cpu
-/// N`), and two on CPUs of their own as a system call.
-fn ping_pong(sleep: bool, iters: u64) -> f64 {
+/// memory, waiting for their turn as `how` says.
+fn ping_pong(how: Turn, iters: u64) -> f64 {
     use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
     let turn = shared::<AtomicU32>();
     // SAFETY: the word lives in the shared mapping for the whole process.
@@ -373,9 +387,16 @@ fn ping_pong(sleep: bool, iters: u64) -> f64 {
         if now == want {
             return;
         }
-        if !sleep {
-            std::thread::yield_now();
-            continue;
+        match how {
+            Turn::Spin => {
+                std::hint::spin_loop();
+                continue;
+            }
+            Turn::Yield => {
+                std::thread::yield_now();
+                continue;
+            }
+            Turn::Futex => {}
         }
         // SAFETY: FUTEX_WAIT on a word of shared memory, which stays mapped.
         unsafe {
@@ -390,7 +411,7 @@ fn ping_pong(sleep: bool, iters: u64) -> f64 {
     };
     let hand = |to: u32| {
         turn.store(to, SeqCst);
-        if sleep {
+        if how == Turn::Futex {
             // SAFETY: FUTEX_WAKE on the same word.
             unsafe { libc::syscall(libc::SYS_futex, turn.as_ptr(), libc::FUTEX_WAKE, 1) };
         }

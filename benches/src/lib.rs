@@ -1836,15 +1836,22 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
         50_000,
         floor("pipe-ping-pong"),
     ));
+    // A floor of hand-offs, timed per round trip (two hand-offs).
+    let round_trips = |workload: &'static str| {
+        let hand_offs = floor(workload);
+        move |n| hand_offs(2 * n)
+    };
+    rtt.push(Workload::new(
+        "one cache line, there and back",
+        Impl::CacheLine,
+        1_000_000,
+        round_trips("line-ping-pong"),
+    ));
     rtt.push(Workload::new(
         "sched_yield round trip, two processes on one CPU",
         Impl::OneCpu,
         50_000,
-        {
-            let hand_offs = floor("yield-ping-pong-one-cpu");
-            // Two hand-offs per round trip.
-            move |n| hand_offs(2 * n)
-        },
+        round_trips("yield-ping-pong-one-cpu"),
     ));
     let cpython = python::version().map_or_else(
         || "python3 was not found: the CPython rows are missing.".to_string(),
@@ -1936,6 +1943,7 @@ fn ipc_groups(exe: &Path, python: bool) -> Vec<Group> {
             ],
             notes: vec![
                 "Both sides look for the next message for up to 30 µs before sleeping (spinning while that pays off, then yielding the CPU while yields do not hand it to another job for a whole time slice), so two processes that keep talking never enter the kernel; the floor sleeps in `read` each time.".into(),
+                "On a quiet machine, *one cache line, there and back* is the same round trip through one word of shared memory, each side spinning on it (`multiproc-bench floor line-ping-pong N` for N hand-offs, or `benches/models/line_ping_pong.c`): what moving the turn between the two CPUs costs before any work. A message of the channel moves two such lines, the producers' position and the record, which the consumer asks for together (`crates/multiproc/src/ipc/channel/README.md`, \"Consuming\"). On a virtual machine it moves by several times with the two CPUs a run gets; it is left out under load, where a spinner waiting for its peer's CPU spins out whole time slices.".into(),
                 cpython,
             ],
             headline: vec![("pipe round trip", "multiproc duplex pipe", "CPython Pipe")],
