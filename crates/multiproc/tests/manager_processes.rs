@@ -129,6 +129,10 @@ fn main() {
                 proxy_returned_by_a_forked_child_stays,
             ),
             trial(
+                "proxy_inherited_and_passed_on_by_a_forked_child_stays",
+                proxy_inherited_and_passed_on_by_a_forked_child_stays,
+            ),
+            trial(
                 "local_big_and_oversized_requests",
                 local_big_and_oversized_requests,
             ),
@@ -373,6 +377,54 @@ fn helpers(mode: &str) {
             std::thread::sleep(Duration::from_millis(500));
             let d = child.join_timeout(T).unwrap().unwrap();
             println!("returned {:?}", d.get(&5).map_err(|e| e.to_string()));
+            drop(d);
+            let t = Instant::now();
+            while m.object_count().unwrap() != base && t.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("objects {}", m.object_count().unwrap() - base);
+        }
+        "manager_fork_passes_on_inherited" => {
+            let m = Manager::start().unwrap();
+            let base = m.object_count().unwrap();
+            // Waits for `child` to end, then a while more (its session over at the
+            // server), joins it (which lets go of what was kept for it), then a while
+            // more (that release applied) before what it passed on is taken in.
+            fn ended<R>(child: &multiproc::JoinHandle<R>) {
+                let t = Instant::now();
+                while child.is_alive() && t.elapsed() < T {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            // Returned without a call: the child never connected.
+            let d = m.dict::<u8, u8>().unwrap();
+            d.insert(5, 5).unwrap();
+            // SAFETY: as for "manager_fork" above.
+            let mut child = unsafe { multiproc::Builder::new().spawn_fork(move || d) }.unwrap();
+            ended(&child);
+            let d = child.join_timeout(T).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            println!("returned {:?}", d.get(&5).map_err(|e| e.to_string()));
+            drop(d);
+            // Used, then put on a queue.
+            let d = m.dict::<u8, u8>().unwrap();
+            d.insert(6, 6).unwrap();
+            let q = multiproc::Queue::<multiproc::manager::DictProxy<u8, u8>>::new().unwrap();
+            let theirs = q.clone();
+            // SAFETY: as above.
+            let mut child = unsafe {
+                multiproc::Builder::new().spawn_fork(move || {
+                    d.len().map_err(|e| e.to_string())?;
+                    theirs.put(d).map_err(|e| e.to_string())
+                })
+            }
+            .unwrap();
+            ended(&child);
+            println!("put {:?}", child.join_timeout(T).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            let d = q.get_timeout(T).unwrap();
+            println!("passed on {:?}", d.get(&6).map_err(|e| e.to_string()));
             drop(d);
             let t = Instant::now();
             while m.object_count().unwrap() != base && t.elapsed() < T {
@@ -2169,6 +2221,21 @@ fn proxy_moved_into_a_forked_child_stays() {
 fn proxy_returned_by_a_forked_child_stays() {
     let mut h = Helper::start("manager_fork_returns");
     assert_eq!(h.expect("returned ", T), "Ok(Some(5))");
+    assert_eq!(h.expect("objects ", T), "0");
+    h.child.wait().unwrap();
+}
+
+/// A `spawn_fork` child passes on a proxy it inherited (returns it without a call, or
+/// uses it and puts it on a queue) and ends: the child's live proxies never drop (its
+/// parent's memory holds them), so it reports at its exit what it sent, and the server
+/// has it before the child's end is seen. The object stays until the receiver has
+/// taken the proxy in, long after the child ended and its parent let go of what it
+/// kept for it (freed before: `NoSuchObject`), then goes once the receiver drops it.
+fn proxy_inherited_and_passed_on_by_a_forked_child_stays() {
+    let mut h = Helper::start("manager_fork_passes_on_inherited");
+    assert_eq!(h.expect("returned ", T), "Ok(Some(5))");
+    assert_eq!(h.expect("put ", T), "Ok(())");
+    assert_eq!(h.expect("passed on ", T), "Ok(Some(6))");
     assert_eq!(h.expect("objects ", T), "0");
     h.child.wait().unwrap();
 }

@@ -629,6 +629,45 @@ impl Client {
         }
     }
 
+    /// At the exit, once a report of proxies in flight is written on the anchor: a
+    /// ping on it, which the server answers after it has applied everything the anchor
+    /// carried before (one connection's frames are served in order, by one thread). A
+    /// `spawn_fork` child's parent lets go of what it kept for the child once it sees
+    /// the child's end, and that release, applied before the child's report, freed
+    /// what the child had passed on. The anchor goes with it (the process ends). Gives
+    /// up at `until`, or if the anchor's last frame is not all written.
+    fn settle_at_exit(&self, until: Instant) {
+        let Some(mut anchor) = unpoisoned::try_lock(&self.anchor) else {
+            return;
+        };
+        if anchor.0 != crate::sys::process_id() {
+            return;
+        }
+        let Some(a) = anchor.1.take_if(|a| a.in_frame.is_empty()) else {
+            return;
+        };
+        drop(anchor);
+        let settled = (|| -> Result<bool, FrameError> {
+            let left = until.saturating_duration_since(Instant::now());
+            a.stream.set_nonblocking(false).map_err(FrameError::Io)?;
+            a.stream
+                .set_write_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(FrameError::Io)?;
+            let mut framed = Framed::new(a.stream);
+            framed.send(&Request::Ping).map_err(FrameError::Io)?;
+            framed.recv_by(protocol::HANDSHAKE_MAX, Some(until))?;
+            Ok(matches!(
+                codec::decode::<Response>(&framed.body, Vec::new()),
+                Ok(Response::Unit)
+            ))
+        })();
+        match settled {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("manager: an unexpected answer to the last ping"),
+            Err(e) => tracing::debug!("manager: the last ping was not answered: {e:?}"),
+        }
+    }
+
     fn open_anchor(&self, deadline: Option<Instant>) -> Result<Anchor, ManagerError> {
         let conn = self.open(deadline, false)?;
         let most_ops = refs_per_frame(conn.max_frame);
@@ -721,11 +760,19 @@ pub(crate) fn forget_parents_connections(clients: MutexGuard<'static, Vec<Weak<C
 }
 
 /// At a normal exit (`bootstrap::exit_function`): each client of this process with an
-/// anchor says `Leave`, as its `Drop` would, so that proxies the process sent and no
-/// receiver has taken in yet keep their objects. A client alive at the exit never drops:
-/// a `spawn_fork` child has its parent's in its memory, and a proxy it returned was
-/// freed with its session before the parent could take it in. Never waits: a lock held
-/// (by another thread of a parent at its fork) is passed over.
+/// anchor reports what its live proxies hold and sent, and says `Leave`, as its `Drop`
+/// would, so that proxies the process sent and no receiver has taken in yet keep their
+/// objects. A client or proxy alive at the exit never drops: a `spawn_fork` child has
+/// its parent's in its memory, and a proxy it inherited and passed on (returned, put on
+/// a queue) was freed with its session, or once its parent let go of what it kept for
+/// the child, before its receiver could take it in. A client with proxies in flight and
+/// no anchor yet (the child only passed them on) opens one for this; and the server
+/// is asked to answer once it has applied it all ([`settle_at_exit`]), so that the
+/// report is in before the process's end is seen. Never waits for a lock: one held (by
+/// another thread of a parent at its fork) is passed over; a server that does not
+/// answer is given [`LAST_CHANCE`] in all.
+///
+/// [`settle_at_exit`]: Client::settle_at_exit
 fn leave_at_exit() {
     let Some(clients) = unpoisoned::try_lock(&CLIENTS) else {
         return;
@@ -739,15 +786,26 @@ fn leave_at_exit() {
     for c in &live {
         let anchored = unpoisoned::try_lock(&c.anchor)
             .is_some_and(|a| matches!(&*a, (p, Some(_)) if *p == pid));
-        let queued = unpoisoned::try_lock(&c.queued);
-        if let (true, Some(mut queued)) = (anchored, queued) {
-            if queued.0 != pid {
-                *queued = (pid, Vec::new());
-            }
-            queued.1.push(RefOp::Leave);
-            c.refs_due.store(true, Ordering::Release);
-            drop(queued);
-            c.flush_until(Open::Never, Some(until));
+        let released = super::proxy::released_at_exit(c);
+        let in_flight = released
+            .iter()
+            .any(|op| matches!(op, RefOp::Release { sent, .. } if *sent > 0));
+        if !anchored && !in_flight {
+            continue;
+        }
+        let Some(mut queued) = unpoisoned::try_lock(&c.queued) else {
+            continue;
+        };
+        if queued.0 != pid {
+            *queued = (pid, Vec::new());
+        }
+        queued.1.extend(released);
+        queued.1.push(RefOp::Leave);
+        c.refs_due.store(true, Ordering::Release);
+        drop(queued);
+        c.flush_until(Open::IfQueued(Some(until)), Some(until));
+        if in_flight {
+            c.settle_at_exit(until);
         }
     }
     // The process ends: a client whose last other handle went meanwhile is not dropped

@@ -218,6 +218,38 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     })
 }
 
+/// What this process's live references of `client` say at its exit: a `Release` of
+/// each reference this process holds, with the proxies of it that it sent; each is
+/// marked let go here (its `Drop`, should it come, says nothing more). A reference
+/// lives on to the exit in a `spawn_fork` child (the parent's memory holds it: a proxy
+/// the child inherited, used, then returned or passed on), in a static, a leaked value
+/// or another thread; its proxies in flight were never reported, only a `Drop`
+/// reports them, and their objects went with the session before their receivers took
+/// them in. Empty if another thread holds the list (it is never waited for at the exit).
+pub(crate) fn released_at_exit(client: &Arc<Client>) -> Vec<RefOp> {
+    let Some(live) = crate::sync::unpoisoned::try_lock(&LIVE) else {
+        return Vec::new();
+    };
+    let me = crate::sys::process_id();
+    let mut released = Vec::new();
+    for r in live.iter().filter_map(Weak::upgrade) {
+        if Arc::ptr_eq(&r.client, client)
+            && r.pid
+                .compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            released.push(RefOp::Release {
+                id: r.id,
+                sent: r.sent.swap(0, Ordering::Relaxed),
+            });
+        }
+        // Not dropped: the last handle of a reference, or of its client, ends with a
+        // goodbye to the server, which the exit makes itself.
+        std::mem::forget(r);
+    }
+    released
+}
+
 /// References kept for a forked child (see [`hold_across_fork`]).
 struct Kept(Vec<Arc<Ref>>);
 

@@ -68,6 +68,13 @@ impl RefTable {
         s.leaving = false;
     }
 
+    /// Whether `session` has a connection.
+    pub(crate) fn is_connected(&self, session: u64) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.connections > 0)
+    }
+
     /// A connection of `session` closed. When it was the last, the session is over:
     /// returns `(true, freed)`.
     pub(crate) fn disconnected(&mut self, session: u64) -> (bool, Vec<u64>) {

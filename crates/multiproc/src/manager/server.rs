@@ -374,20 +374,38 @@ impl Shared {
         }
     }
 
-    /// A connection of `session` closed: if it was the last, the client is gone.
+    /// A connection of `session` closed: if it was the last, the client is gone, and
+    /// the locks it held are let go (marked as a holder's that died).
     pub(crate) fn session_closed(&self, session: u64) {
         let (ended, freed) = unpoisoned::lock(&self.refs).disconnected(session);
         self.free(&freed);
         if ended {
-            let objects: Vec<_> = unpoisoned::read(&self.objects)
-                .values()
-                .filter(|o| matches!(o.kind, Kind::Lock | Kind::RLock | Kind::Condition))
-                .cloned()
-                .collect();
-            for o in objects {
-                o.session_ended(session);
-            }
+            self.let_go_of_locks(session);
         }
+    }
+
+    /// The locks that ended `session` held are let go, unless it is back.
+    fn let_go_of_locks(&self, session: u64) {
+        let objects: Vec<_> = unpoisoned::read(&self.objects)
+            .values()
+            .filter(|o| matches!(o.kind, Kind::Lock | Kind::RLock | Kind::Condition))
+            .cloned()
+            .collect();
+        // Under the table's lock, which a new connection takes to be counted: a
+        // process whose session ended may connect again at once (a loop that opens a
+        // manager, locks, lets go, drops it), and a lock it took again on its new
+        // connection was let go here too, while it held it, for another process to
+        // take as a dead holder's. A session that is back is its process's again: what
+        // it holds stays. (The objects are looked up first: where objects are made, the
+        // table's lock is taken after theirs.)
+        let refs = unpoisoned::lock(&self.refs);
+        if refs.is_connected(session) {
+            return;
+        }
+        for o in objects {
+            o.session_ended(session);
+        }
+        drop(refs);
     }
 
     pub(crate) fn apply_refs(&self, session: u64, ops: Vec<RefOp>) {
@@ -567,5 +585,73 @@ impl<'de> serde::Deserialize<'de> for PassedListener {
                 "listeners cannot be passed on this platform",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::protocol::Op;
+    use super::*;
+
+    /// A session that ends and is back (its process connected again) before its end is
+    /// handled keeps the lock it took on its new connection: another process cannot
+    /// take it (it took it, as a dead holder's). Once the session ends for good, the
+    /// lock is let go, and the next taker is told its holder died.
+    #[test]
+    fn a_session_back_before_its_end_is_handled_keeps_its_locks() {
+        let shared = Shared::new(
+            vec![7; 32],
+            ServerSettings {
+                max_frame: 1 << 20,
+                handshake_timeout: Duration::from_secs(1),
+                max_handshakes: Some(4),
+                keepalive: None,
+            },
+            HashMap::new(),
+        );
+        const P: u64 = (1 << 32) | 1;
+        const Q: u64 = (1 << 32) | 2;
+        shared.connected(P);
+        shared.connected(Q);
+        // Named: the end of the session does not free it.
+        let id = match shared.create(Kind::Lock, Some("L".into()), String::new(), &[], P) {
+            Response::Id(id) => id,
+            r => panic!("{r:?}"),
+        };
+        let lock = Arc::clone(unpoisoned::read(&shared.objects).get(&id).unwrap());
+        let gone = || false;
+        let acquire = |session| {
+            let op = Op::Acquire {
+                thread: 1,
+                timeout: Some(Duration::ZERO),
+            };
+            lock.call(
+                op,
+                &Peer {
+                    session,
+                    gone: &gone,
+                },
+            )
+        };
+        // P's last connection closes, and P is back and takes the lock before the end
+        // is handled.
+        let (ended, _) = unpoisoned::lock(&shared.refs).disconnected(P);
+        assert!(ended);
+        shared.connected(P);
+        assert!(matches!(
+            acquire(P),
+            Response::Acquired { owner_died: false }
+        ));
+        shared.let_go_of_locks(P);
+        assert!(
+            matches!(acquire(Q), Response::TimedOut),
+            "P's lock was taken from it"
+        );
+        // P ends for good.
+        shared.session_closed(P);
+        assert!(matches!(
+            acquire(Q),
+            Response::Acquired { owner_died: true }
+        ));
     }
 }
