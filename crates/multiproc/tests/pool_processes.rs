@@ -99,6 +99,10 @@ fn main() {
                 task_timeout_kills_and_replaces,
             ),
             trial(
+                "a_chunks_decoding_and_encoding_are_not_its_items_time",
+                a_chunks_decoding_and_encoding_are_not_its_items_time,
+            ),
+            trial(
                 "a_short_task_timeout_is_kept_by_an_idle_pool",
                 a_short_task_timeout_is_kept_by_an_idle_pool,
             ),
@@ -1161,6 +1165,53 @@ fn task_timeout_kills_and_replaces() {
         TaskError::TimedOut
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    finish(pool);
+}
+
+/// How long each phase of [`slow_phases`]'s chunk takes.
+const PHASE: Duration = Duration::from_millis(400);
+
+/// An argument that takes [`PHASE`] to decode; 8 KiB, so that its result (as big) is
+/// encoded in one pass.
+#[derive(Serialize)]
+struct SlowToDecode(Vec<u8>);
+
+impl<'de> Deserialize<'de> for SlowToDecode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = Vec::<u8>::deserialize(d)?;
+        std::thread::sleep(PHASE);
+        Ok(SlowToDecode(bytes))
+    }
+}
+
+/// A result that takes [`PHASE`] to encode.
+#[derive(Deserialize)]
+struct SlowToEncode(Vec<u8>);
+
+impl Serialize for SlowToEncode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        std::thread::sleep(PHASE);
+        self.0.serialize(s)
+    }
+}
+
+fn slow_phases(a: SlowToDecode) -> SlowToEncode {
+    std::thread::sleep(PHASE);
+    SlowToEncode(a.0)
+}
+
+/// A map's per-item timeout counts each item from its start: a chunk's decoding and
+/// encoding are each timed as an item, and neither is added to its first or last item
+/// (a chunk of one item whose decoding, run and encoding each take 400 ms timed out
+/// under a 1 s timeout, retried until its attempts ran out).
+fn a_chunks_decoding_and_encoding_are_not_its_items_time() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let got = pool.map_chunked(slow_phases, vec![SlowToDecode(vec![7; 8192])], 1);
+    assert_eq!(got.map(|v| v.len()), Ok(1));
     finish(pool);
 }
 
@@ -2522,6 +2573,19 @@ fn a_result_whose_decode_panics_fails_its_task_only() {
     assert_eq!(rx.recv_timeout(T), Ok(true));
     let got = get(pool.submit(picky, 666).unwrap());
     assert!(panicked(&got), "{got:?}");
+    // A map's results and a lazy map's, decoded on the caller's thread: the map's error,
+    // or that one item's, not a panic there (it was one).
+    let got = pool.map(picky, vec![1u64, 666, 2]);
+    assert!(
+        matches!(&got, Err(TaskError::Codec(e)) if e.to_string().contains("cannot decode 666")),
+        "{got:?}"
+    );
+    let mut lazy = pool.imap(picky, vec![1u64, 666, 2]);
+    let got: Vec<_> = (0..3).map(|_| lazy.next_timeout(T).unwrap()).collect();
+    assert_eq!(got[0].as_ref().map(|p| p.0).ok(), Some(1), "{got:?}");
+    assert!(panicked(&got[1]), "{got:?}");
+    assert_eq!(got[2].as_ref().map(|p| p.0).ok(), Some(2), "{got:?}");
+    drop(lazy);
     // The pool's thread still routes outcomes and replaces a crashed worker.
     let (tx, rx) = std::sync::mpsc::channel();
     pool.submit(picky, 7)

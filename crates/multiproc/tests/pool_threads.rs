@@ -236,6 +236,13 @@ fn a_map_whose_items_come_after_close_ends() {
 fn close_terminate_and_drop() {
     let e = ThreadPool::new(0).unwrap_err();
     assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
+    // No thread can have a name with a NUL in it: refused, not a panic.
+    let e = ThreadPool::builder()
+        .threads(1)
+        .name("a\0b")
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, PoolError::InvalidArgument(_)), "{e}");
 
     // close: queued tasks still run; new ones are refused.
     let pool = ThreadPool::new(1).unwrap();

@@ -115,7 +115,10 @@ impl PoolBuilder {
     /// A task that runs longer is stopped by killing its worker (which is replaced);
     /// it fails with [`TaskError::TimedOut`], or is retried if the retry policy says so.
     /// In a map, each item is a task: the timeout counts from the item's start, not
-    /// from its chunk's (so it does not depend on the chunk size).
+    /// from its chunk's (so it does not depend on the chunk size). A chunk's own work
+    /// is timed as an item: the decoding of its arguments (before its first item
+    /// starts) and the encoding of its results (after its last item) are each given the
+    /// timeout.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -139,7 +142,8 @@ impl PoolBuilder {
 
     /// Resource limits each worker runs under (see [`Limits`]): memory (a cgroup per
     /// worker where one can be made), CPU time (counted per task: a worker's allowance
-    /// starts afresh with each task, and with each item of a map), open files, ... A
+    /// starts afresh with each task, and with each item of a map, and again for the
+    /// encoding of a chunk's results), open files, ... A
     /// task that runs into one fails
     /// with [`TaskError::LimitExceeded`] (not retried by default: it would likely run
     /// into it again), and a worker a limit ended is replaced; the other tasks go on.

@@ -227,11 +227,7 @@ impl<R> Cell<R> {
                 // A result type's `Deserialize` that panics is this task's error, not
                 // the end of the thread that decodes (the pool's, for a callback).
                 Some(decode) => {
-                    crate::bootstrap::catching(|| decode(received)).unwrap_or_else(|caught| {
-                        Err(TaskError::Codec(crate::CodecError::new(format!(
-                            "decoding the result panicked: {caught}"
-                        ))))
-                    })
+                    crate::bootstrap::catching(|| decode(received)).unwrap_or_else(decode_panicked)
                 }
                 None => Err(TaskError::Codec(crate::CodecError::new(
                     "an encoded result for a task that expects a value",
@@ -987,6 +983,15 @@ pub(crate) fn decode<R: DeserializeOwned>(received: Received) -> Result<R, TaskE
     codec::decode::<R>(bytes, received.fds).map_err(TaskError::Codec)
 }
 
+/// A result type's `Deserialize` that panicked: the error of the task (or the map) whose
+/// result it decoded, not the end of the thread that decodes (the caller's, or the
+/// pool's for a callback).
+fn decode_panicked<T>(caught: crate::RemotePanic) -> Result<T, TaskError> {
+    Err(TaskError::Codec(crate::CodecError::new(format!(
+        "decoding the result panicked: {caught}"
+    ))))
+}
+
 /// Decodes a chunk's values (a sequence of `R`, as a worker's `run_chunk` writes them),
 /// pushing them straight into `out`, with no vector of its own.
 pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
@@ -998,7 +1003,10 @@ pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
         .bytes
         .get(OUTCOME_HEADER..)
         .ok_or_else(|| TaskError::Codec(crate::CodecError::new("a truncated result")))?;
-    codec::decode_seed(PushAll { out }, bytes, received.fds).map_err(TaskError::Codec)
+    crate::bootstrap::catching(|| {
+        codec::decode_seed(PushAll { out }, bytes, received.fds).map_err(TaskError::Codec)
+    })
+    .unwrap_or_else(decode_panicked)
 }
 
 /// Reads a sequence of `R`, pushing each into `out`.
@@ -1035,7 +1043,8 @@ impl<'de, R: DeserializeOwned> serde::de::Visitor<'de> for PushAll<'_, R> {
 pub(crate) fn decode_outcome<R: DeserializeOwned>(
     outcome: Result<Received, TaskError>,
 ) -> Result<R, TaskError> {
-    decode(outcome?)
+    let received = outcome?;
+    crate::bootstrap::catching(|| decode(received)).unwrap_or_else(decode_panicked)
 }
 
 impl<R: Send> private::Sealed for Task<R> {

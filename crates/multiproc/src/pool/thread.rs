@@ -88,8 +88,9 @@ impl ThreadPoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`PoolError::InvalidArgument`] for zero threads, or more than the system allows
-    /// (`kernel.threads-max`); [`PoolError::Io`] if a thread cannot be started.
+    /// [`PoolError::InvalidArgument`] for zero threads, more than the system allows
+    /// (`kernel.threads-max`), or a name holding a NUL byte; [`PoolError::Io`] if a
+    /// thread cannot be started.
     pub fn build(self) -> Result<ThreadPool, PoolError> {
         let threads = self.threads.unwrap_or_else(crate::cpu_count);
         if threads == 0 {
@@ -111,6 +112,12 @@ impl ThreadPoolBuilder {
         let prefix = self
             .name
             .unwrap_or_else(|| format!("ThreadPool-{}", NEXT_POOL.fetch_add(1, Ordering::Relaxed)));
+        // `std`'s thread builder panics on one.
+        if prefix.contains('\0') {
+            return Err(PoolError::InvalidArgument(format!(
+                "a thread's name cannot hold a NUL byte: {prefix:?}"
+            )));
+        }
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let shared = Arc::new(Shared {
             tx: Mutex::new(Some(tx)),

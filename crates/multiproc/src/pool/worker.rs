@@ -536,7 +536,9 @@ where
     let per_item = PER_ITEM.load(std::sync::atomic::Ordering::Relaxed);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        if per_item && !values.is_empty() {
+        // Each item's limits start as it does: the first's once the whole chunk is
+        // decoded (which its clock counted from the chunk's start).
+        if per_item {
             next_item();
         }
         match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
@@ -550,6 +552,11 @@ where
                 panic::resume_unwind(payload);
             }
         }
+    }
+    // The values' encoding has limits of its own, as long as an item's (counted in the
+    // last item's, a whole chunk's encoding made it run out).
+    if per_item {
+        next_item();
     }
     // Results often take about the room their arguments took: start there (within
     // reason) rather than grow the buffer from nothing.
