@@ -74,12 +74,20 @@ impl Timer {
     ///
     /// # Errors
     ///
-    /// The thread could not be started.
+    /// The thread could not be started; a name holding a NUL byte (no thread can have
+    /// it) is refused with [`io::ErrorKind::InvalidInput`].
     pub fn spawn_named(
         name: String,
         delay: Duration,
         f: impl FnOnce() + Send + 'static,
     ) -> io::Result<Timer> {
+        // `std`'s builder panics on one.
+        if name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a thread's name cannot hold a NUL byte: {name:?}"),
+            ));
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Waiting),
             changed: Condvar::new(),

@@ -597,6 +597,16 @@ fn timer_runs_once_after_its_delay_unless_cancelled() {
     assert!(never.is_finished());
     never.join().unwrap();
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    // A name no thread can have: refused, not a panic, and the function never runs.
+    let (tx, rx) = mpsc::channel::<()>();
+    let refused = multiproc::Timer::spawn_named("a\0b".into(), Duration::ZERO, move || {
+        tx.send(()).unwrap();
+    });
+    assert_eq!(
+        refused.map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
     // A panic comes back from join.
     let panics = multiproc::Timer::spawn(Duration::ZERO, || panic!("timer panic")).unwrap();
     assert!(common::eventually(T, || panics.is_finished()));

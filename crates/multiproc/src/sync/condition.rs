@@ -212,6 +212,12 @@ impl Condition {
     }
 
     /// Wakes one thread waiting on this condition, if any.
+    ///
+    /// A waiter that was killed as it waited stays counted among the waiters (nothing
+    /// can take it off): from then on a notification made while it is the only one
+    /// counted is kept for the next waiter, and one made later may end a wait more than
+    /// it would have; such a wait ends as if notified. Check the state in a loop, as
+    /// the type's docs say, or use [`wait_while`](Self::wait_while).
     pub fn notify(&self) {
         self.wake(1);
     }
