@@ -103,6 +103,10 @@ fn main() {
                 a_chunks_decoding_and_encoding_are_not_its_items_time,
             ),
             trial(
+                "a_context_drop_a_full_job_channel_refused_goes_later",
+                a_context_drop_a_full_job_channel_refused_goes_later,
+            ),
+            trial(
                 "a_short_task_timeout_is_kept_by_an_idle_pool",
                 a_short_task_timeout_is_kept_by_an_idle_pool,
             ),
@@ -241,6 +245,7 @@ fn helpers(mode: &str) {
         "aborting_tasks" => helper_aborting_tasks(),
         "stopped_server" => helper_stopped_server(),
         "stopped_holder" => helper_stopped_holder(),
+        "context_drop" => helper_context_drop(),
         "interrupted_pool" => helper_interrupted_pool(),
         "terminate_lets_go" => helper_terminate_lets_go(),
         other => panic!("unknown helper mode {other}"),
@@ -1603,6 +1608,63 @@ fn helper_stopped_holder() {
         })
         .collect();
     println!("ends {}", ends.join(","));
+    finish(pool);
+}
+
+/// A `map_with` context that, dropped, leaves a file named for the process it was
+/// dropped in, in the directory it names.
+#[derive(Serialize, Deserialize)]
+struct DropMark(String);
+
+impl Drop for DropMark {
+    fn drop(&mut self) {
+        let _ = std::fs::write(format!("{}/dropped-{}", self.0, std::process::id()), "");
+    }
+}
+
+fn marked(_: &DropMark, x: u64) -> u64 {
+    x + 1
+}
+
+/// The workers are told to drop a `map_with` context once the map is over, also when
+/// the first telling is refused as a full job channel refuses it (a debug-build hook
+/// refuses it here): the drop is sent again (it was lost, and the context, a model or a
+/// table, stayed in the worker until it exited).
+fn a_context_drop_a_full_job_channel_refused_goes_later() {
+    if !cfg!(debug_assertions) {
+        panic!("this test needs debug assertions (the pool's refuse-a-drop hook)");
+    }
+    let dir = common::tempdir("context-drop");
+    let mut h = Helper::start_with(
+        "context_drop",
+        std::env::current_exe().unwrap(),
+        &[
+            ("MULTIPROC_TEST_REFUSE_CONTEXT_DROPS", "1"),
+            ("MP_TEST_DIR", dir.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(h.expect("map ", T), "Ok([2, 3, 4])");
+    assert_eq!(h.expect("dropped in the worker ", T), "true");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn helper_context_drop() {
+    let dir = std::env::var("MP_TEST_DIR").unwrap();
+    let pool = Pool::new(1).unwrap();
+    assert!(common::eventually(T, || pool.worker_pids().len() == 1));
+    let worker = pool.worker_pids()[0];
+    println!(
+        "map {:?}",
+        pool.map_with(DropMark(dir.clone()), marked, vec![1u64, 2, 3])
+    );
+    // While the pool lives: its worker drops what it holds as it exits anyway.
+    let mark = std::path::PathBuf::from(format!("{dir}/dropped-{worker}"));
+    let t = Instant::now();
+    while !mark.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("dropped in the worker {}", mark.exists());
     finish(pool);
 }
 

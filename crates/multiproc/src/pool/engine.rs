@@ -260,6 +260,9 @@ struct Worker {
     stolen: Vec<(u32, Counts)>,
     /// The `map_with` contexts it was sent.
     contexts: FxHashSet<u64>,
+    /// Contexts whose maps are over that it was not yet told to drop (its job channel
+    /// was full): told before its next job.
+    drops_due: Vec<u64>,
     /// It reported that it could not get ready (counted then, not again as it ends).
     failed_to_start: bool,
     /// It reported that it is ready (its initializer returned).
@@ -641,25 +644,15 @@ impl PoolInner {
     }
 
     /// The `map_with` of context `id` is over: workers that have it are told to drop it
-    /// (one whose job channel is full keeps it until it exits).
+    /// (one whose job channel is full is told before its next job: the context, a model
+    /// or a table, stayed in it until it exited).
     pub(super) fn end_context(&self, id: u64) {
         let mut st = unpoisoned::lock(&self.state);
         st.contexts.remove(&id);
-        let mut drop_it = vec![0; JOB_HEADER];
-        JobHeader {
-            id,
-            ticket: CONTROL,
-            generation: CONTEXT_DROP,
-            entry: TaskEntry::from_words([0, 0]),
-            context: id,
-        }
-        .write(&mut drop_it);
-        let drop_it = Encoded::plain(drop_it);
         for w in st.workers.iter_mut().flatten() {
-            if w.contexts.remove(&id)
-                && let Some(jobs) = &w.jobs
-            {
-                let _ = send_job(jobs, &drop_it);
+            if w.contexts.remove(&id) {
+                w.drops_due.push(id);
+                w.send_drops();
             }
         }
     }
@@ -676,6 +669,9 @@ impl PoolInner {
             contexts,
             ..
         } = st;
+        for w in workers.iter_mut().flatten() {
+            w.send_drops();
+        }
         // A task sent with a timeout shorter than the engine's longest sleep: the engine
         // looks at it (it may be asleep, with nothing else to time).
         let mut timed = false;
@@ -1106,11 +1102,80 @@ impl PoolInner {
             slow: false,
             stolen: Vec::new(),
             contexts: FxHashSet::default(),
+            drops_due: Vec::new(),
             failed_to_start: false,
             ready: false,
             ready_at: None,
             unstarted_front: None,
         })
+    }
+}
+
+/// Debug builds only, for a test: the first N drops of a context (N in
+/// `MULTIPROC_TEST_REFUSE_CONTEXT_DROPS`) are refused as a full job channel refuses them.
+#[cfg(debug_assertions)]
+fn refuse_a_drop_for_a_test() -> bool {
+    static LEFT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    LEFT.get_or_init(|| {
+        AtomicU64::new(
+            std::env::var("MULTIPROC_TEST_REFUSE_CONTEXT_DROPS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        )
+    })
+    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+    .is_ok()
+}
+
+impl Worker {
+    /// Tells the worker to drop the contexts of maps that are over, as far as its job
+    /// channel has room; one that has none now is marked stalled, so that it is tried
+    /// again (when it reports, or at the engine's next look if it holds no task).
+    fn send_drops(&mut self) {
+        if self.drops_due.is_empty() {
+            return;
+        }
+        let Some(jobs) = &self.jobs else {
+            // Being retired: it exits, and its contexts with it.
+            self.drops_due.clear();
+            return;
+        };
+        let mut sent = 0;
+        for &id in &self.drops_due {
+            let mut drop_it = vec![0; JOB_HEADER];
+            JobHeader {
+                id,
+                ticket: CONTROL,
+                generation: CONTEXT_DROP,
+                entry: TaskEntry::from_words([0, 0]),
+                context: id,
+            }
+            .write(&mut drop_it);
+            #[cfg(debug_assertions)]
+            if refuse_a_drop_for_a_test() {
+                self.stalled = true;
+                break;
+            }
+            match send_job(jobs, &Encoded::plain(drop_it)) {
+                Ok(_) => sent += 1,
+                // Full: later. Gone: it exits, and its contexts with it. A failure to
+                // write a header's few bytes in the ring is neither: given up.
+                Err(SendFail::Full) => {
+                    self.stalled = true;
+                    break;
+                }
+                Err(SendFail::Disconnected) => {
+                    sent = self.drops_due.len();
+                    break;
+                }
+                Err(SendFail::Io(e)) => {
+                    tracing::debug!("pool: a worker cannot be told to drop a context: {e}");
+                    sent += 1;
+                }
+            }
+        }
+        self.drops_due.drain(..sent);
     }
 }
 
