@@ -107,6 +107,10 @@ fn main() {
                 a_context_drop_a_full_job_channel_refused_goes_later,
             ),
             trial(
+                "a_task_times_out_while_lost_workers_start_again",
+                a_task_times_out_while_lost_workers_start_again,
+            ),
+            trial(
                 "a_short_task_timeout_is_kept_by_an_idle_pool",
                 a_short_task_timeout_is_kept_by_an_idle_pool,
             ),
@@ -246,6 +250,7 @@ fn helpers(mode: &str) {
         "stopped_server" => helper_stopped_server(),
         "stopped_holder" => helper_stopped_holder(),
         "context_drop" => helper_context_drop(),
+        "slow_starts" => helper_slow_starts(),
         "interrupted_pool" => helper_interrupted_pool(),
         "terminate_lets_go" => helper_terminate_lets_go(),
         other => panic!("unknown helper mode {other}"),
@@ -1665,6 +1670,58 @@ fn helper_context_drop() {
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("dropped in the worker {}", mark.exists());
+    finish(pool);
+}
+
+/// Workers lost together are started again one at a time, the engine keeping
+/// timeouts between starts: with each start held up 1 s (a debug-build hook), a task
+/// that outran its 300 ms timeout while three workers were started again was stopped
+/// after all three (3 s), and is now stopped after the first (its end is seen after
+/// the next: 2 s).
+fn a_task_times_out_while_lost_workers_start_again() {
+    if !cfg!(debug_assertions) {
+        panic!("this test needs debug assertions (the pool's start-delay hook)");
+    }
+    let mut h = Helper::start_with(
+        "slow_starts",
+        std::env::current_exe().unwrap(),
+        &[("MULTIPROC_TEST_WORKER_START_DELAY_MS", "1000")],
+    );
+    let timed_out = h.expect("timed out after ms ", T);
+    let ms: u64 = timed_out.parse().unwrap();
+    assert!(ms < 2500, "timed out after {ms} ms");
+    assert_eq!(h.expect("aborted ", T), "3");
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn helper_slow_starts() {
+    let pool = Pool::new(4).unwrap();
+    assert!(common::eventually(T, || pool.worker_pids().len() == 4));
+    // Warm: each worker has taken a task.
+    let warm: Vec<_> = (0..8).map(|x| pool.submit(square, x).unwrap()).collect();
+    for t in warm {
+        get(t).unwrap();
+    }
+    let t0 = Instant::now();
+    let mut slow = pool
+        .submit_with(
+            sleep_ms,
+            30_000,
+            multiproc::TaskOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let aborts: Vec<_> = (0..3)
+        .map(|_| pool.submit(crash, Crash::Abort).unwrap())
+        .collect();
+    let ended = slow.wait_timeout(T);
+    assert_eq!(ended, Err(TaskError::TimedOut));
+    println!("timed out after ms {}", t0.elapsed().as_millis());
+    let aborted = aborts
+        .into_iter()
+        .map(get)
+        .filter(|r| matches!(r, Err(TaskError::WorkerDied(_))))
+        .count();
+    println!("aborted {aborted}");
     finish(pool);
 }
 

@@ -1482,6 +1482,16 @@ enum Drained {
     Broken,
 }
 
+/// What a round of [`PoolInner::replace_workers`] did.
+enum Replaced {
+    /// No worker is missing (or none is to be started).
+    All,
+    /// One was started, and more are missing.
+    More,
+    /// A start failed: tried again later.
+    Failed,
+}
+
 /// An outcome to hand to its task once the state lock is released.
 type Delivery = (Arc<dyn Sink<Received>>, usize, Result<Received, TaskError>);
 
@@ -2276,20 +2286,32 @@ impl PoolInner {
         if now < at {
             return Some(Instant::now() + Duration::from_nanos(at - now));
         }
-        if self.replace_workers() {
-            self.retry_start_at.store(0, Ordering::SeqCst);
-            return None;
+        match self.replace_workers() {
+            Replaced::All => {
+                self.retry_start_at.store(0, Ordering::SeqCst);
+                return None;
+            }
+            // The next at once, once the engine has looked at the rest.
+            Replaced::More => {
+                self.retry_start_at.store(0, Ordering::SeqCst);
+                return Some(Instant::now());
+            }
+            Replaced::Failed => {}
         }
         let again = now + START_RETRY.as_nanos() as u64;
         self.retry_start_at.store(again, Ordering::SeqCst);
         Some(Instant::now() + START_RETRY)
     }
 
-    fn replace_workers(&self) -> bool {
+    /// Starts a missing worker, one at a time: a start is a fork-server round trip, or
+    /// an exec, and while it lasts the engine keeps no timeout, reaps no worker and
+    /// starts no retry (many workers lost at once, each start in turn, held every
+    /// timeout that long).
+    fn replace_workers(&self) -> Replaced {
         let missing: Vec<usize> = {
             let st = unpoisoned::lock(&self.state);
             if st.terminated || st.broken.is_some() || (st.closed && st.tasks.is_empty()) {
-                return true;
+                return Replaced::All;
             }
             st.workers
                 .iter()
@@ -2298,7 +2320,8 @@ impl PoolInner {
                 .map(|(i, _)| i)
                 .collect()
         };
-        for i in missing {
+        let mut missing = missing.into_iter();
+        while let Some(i) = missing.next() {
             // Outcomes are routed meanwhile (a start is a fork-server round trip, or an
             // exec): a first report that comes before the worker is in the table is
             // kept for it (see `Early`).
@@ -2317,7 +2340,7 @@ impl PoolInner {
                         let mut h = worker.handle;
                         drop(st);
                         let _ = h.join_timeout(Duration::from_secs(5));
-                        return true;
+                        return Replaced::All;
                     }
                     if st.workers[i].is_some() {
                         // Filled meanwhile, by a callback of this pool's thread that
@@ -2333,6 +2356,9 @@ impl PoolInner {
                     st.workers[i] = Some(worker);
                     self.pump(&mut st);
                     self.release(st);
+                    if missing.len() > 0 {
+                        return Replaced::More;
+                    }
                 }
                 Err(e) => {
                     let mut deliveries = Vec::new();
@@ -2343,11 +2369,11 @@ impl PoolInner {
                         &mut deliveries,
                     );
                     self.deliver(deliveries, handing);
-                    return false;
+                    return Replaced::Failed;
                 }
             }
         }
-        true
+        Replaced::All
     }
 
     /// Retires the workers of a closed pool with nothing left to do; says whether the
