@@ -426,6 +426,29 @@ fn helpers(mode: &str) {
             let d = q.get_timeout(T).unwrap();
             println!("passed on {:?}", d.get(&6).map_err(|e| e.to_string()));
             drop(d);
+            // Received (sent by this process, which dropped its own), then passed on
+            // without a call: the child's hold of it, which settles this process's
+            // count of it in flight, goes at its exit (queued for a call that never
+            // came, the object stayed for this process's life).
+            let d = m.dict::<u8, u8>().unwrap();
+            d.insert(7, 7).unwrap();
+            let there = multiproc::Queue::<multiproc::manager::DictProxy<u8, u8>>::new().unwrap();
+            let back = multiproc::Queue::<multiproc::manager::DictProxy<u8, u8>>::new().unwrap();
+            there.put(d).unwrap();
+            let (theirs, their_back) = (there.clone(), back.clone());
+            // SAFETY: as above.
+            let mut child = unsafe {
+                multiproc::Builder::new().spawn_fork(move || {
+                    let d = theirs.get_timeout(T).map_err(|e| e.to_string())?;
+                    their_back.put(d).map_err(|e| e.to_string())
+                })
+            }
+            .unwrap();
+            ended(&child);
+            println!("relayed {:?}", child.join_timeout(T).unwrap());
+            let d = back.get_timeout(T).unwrap();
+            println!("came back {:?}", d.get(&7).map_err(|e| e.to_string()));
+            drop(d);
             let t = Instant::now();
             while m.object_count().unwrap() != base && t.elapsed() < T {
                 std::thread::sleep(Duration::from_millis(10));
@@ -2231,11 +2254,15 @@ fn proxy_returned_by_a_forked_child_stays() {
 /// has it before the child's end is seen. The object stays until the receiver has
 /// taken the proxy in, long after the child ended and its parent let go of what it
 /// kept for it (freed before: `NoSuchObject`), then goes once the receiver drops it.
+/// And a child that takes a proxy in and passes it on without a call says so at its
+/// exit (the object stayed for its sender's life). Every object goes in the end.
 fn proxy_inherited_and_passed_on_by_a_forked_child_stays() {
     let mut h = Helper::start("manager_fork_passes_on_inherited");
     assert_eq!(h.expect("returned ", T), "Ok(Some(5))");
     assert_eq!(h.expect("put ", T), "Ok(())");
     assert_eq!(h.expect("passed on ", T), "Ok(Some(6))");
+    assert_eq!(h.expect("relayed ", T), "Ok(())");
+    assert_eq!(h.expect("came back ", T), "Ok(Some(7))");
     assert_eq!(h.expect("objects ", T), "0");
     h.child.wait().unwrap();
 }

@@ -759,19 +759,22 @@ pub(crate) fn forget_parents_connections(clients: MutexGuard<'static, Vec<Weak<C
     drop(live);
 }
 
-/// At a normal exit (`bootstrap::exit_function`): each client of this process with an
-/// anchor reports what its live proxies hold and sent, and says `Leave`, as its `Drop`
-/// would, so that proxies the process sent and no receiver has taken in yet keep their
-/// objects. A client or proxy alive at the exit never drops: a `spawn_fork` child has
-/// its parent's in its memory, and a proxy it inherited and passed on (returned, put on
-/// a queue) was freed with its session, or once its parent let go of what it kept for
-/// the child, before its receiver could take it in. A client with proxies in flight and
-/// no anchor yet (the child only passed them on) opens one for this; and the server
-/// is asked to answer once it has applied it all ([`settle_at_exit`]), so that the
-/// report is in before the process's end is seen. Never waits for a lock: one held (by
-/// another thread of a parent at its fork) is passed over; a server that does not
-/// answer is given [`LAST_CHANCE`] in all.
+/// At a normal exit (`bootstrap::exit_function`): each client of this process says
+/// `Leave` on its anchor, as its `Drop` would, after what its live proxies sent
+/// ([`proxy::in_flight_at_exit`]), so that proxies the process sent and no receiver has
+/// taken in yet keep their objects. A client or proxy alive at the exit never drops: a
+/// `spawn_fork` child has its parent's in its memory, and a proxy it inherited and
+/// passed on (returned, put on a queue) was freed with its session, or once its parent
+/// let go of what it kept for the child, before its receiver took it in. A client that
+/// has no anchor yet opens one if it has anything to say (the child only passed proxies
+/// on, or took one in without a call: its `Hold`, which settles its sender's count, was
+/// queued for its first call); and with proxies in flight it asks the server to answer
+/// once it has applied it all ([`settle_at_exit`]), so that the report is in before the
+/// process's end is seen. Never waits for a lock: one held (by another thread of a
+/// parent at its fork) is passed over; a server that does not answer is given
+/// [`LAST_CHANCE`] in all.
 ///
+/// [`proxy::in_flight_at_exit`]: super::proxy::in_flight_at_exit
 /// [`settle_at_exit`]: Client::settle_at_exit
 fn leave_at_exit() {
     let Some(clients) = unpoisoned::try_lock(&CLIENTS) else {
@@ -786,20 +789,20 @@ fn leave_at_exit() {
     for c in &live {
         let anchored = unpoisoned::try_lock(&c.anchor)
             .is_some_and(|a| matches!(&*a, (p, Some(_)) if *p == pid));
-        let released = super::proxy::released_at_exit(c);
-        let in_flight = released
-            .iter()
-            .any(|op| matches!(op, RefOp::Release { sent, .. } if *sent > 0));
-        if !anchored && !in_flight {
-            continue;
-        }
         let Some(mut queued) = unpoisoned::try_lock(&c.queued) else {
             continue;
         };
         if queued.0 != pid {
             *queued = (pid, Vec::new());
         }
-        queued.1.extend(released);
+        queued.1.extend(super::proxy::in_flight_at_exit(c));
+        let in_flight = queued
+            .1
+            .iter()
+            .any(|op| matches!(op, RefOp::Release { sent, .. } if *sent > 0));
+        if !anchored && queued.1.is_empty() {
+            continue;
+        }
         queued.1.push(RefOp::Leave);
         c.refs_due.store(true, Ordering::Release);
         drop(queued);

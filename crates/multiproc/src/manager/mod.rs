@@ -13,14 +13,16 @@
 //!   arguments, a [`Queue`](crate::Queue), a pool task, any serde format) keeps its
 //!   object alive until the receiving process decodes it and holds it (or drops it), even
 //!   if the sender drops its own proxy first. Each encoding counts once, so a message
-//!   encoded but never decoded keeps the object until the sending process ends.
+//!   encoded but never decoded keeps the object until the sending process is killed,
+//!   or, if it ends normally, as long as the server runs.
 //! - **A process that ends**, however it ends (`SIGKILL` included), lets go of every
 //!   proxy it held: the server sees its connections close. One killed takes the proxies
 //!   it had in flight with it; one that exits normally (its `main` returns, `exit()`, a
 //!   child's function returns, a `spawn_fork` child passing on a proxy it inherited
 //!   included) tells the server about them first, and they keep their objects until
-//!   their receivers decode them. A client cut off by the network counts as ended once
-//!   keepalive gives it up.
+//!   their receivers decode them: a program that called [`init`](crate::init), and
+//!   every process multiproc starts (any other ends as a killed one does). A client cut
+//!   off by the network counts as ended once keepalive gives it up.
 //! - **Named objects** ([`Manager::named`]) stay as long as the server runs: any client
 //!   may open the name again at any time.
 //! - **Proxies stored inside managed objects** (a dict of locks, a list of dicts) pin

@@ -218,36 +218,39 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     })
 }
 
-/// What this process's live references of `client` say at its exit: a `Release` of
-/// each reference this process holds, with the proxies of it that it sent; each is
-/// marked let go here (its `Drop`, should it come, says nothing more). A reference
-/// lives on to the exit in a `spawn_fork` child (the parent's memory holds it: a proxy
-/// the child inherited, used, then returned or passed on), in a static, a leaked value
-/// or another thread; its proxies in flight were never reported, only a `Drop`
-/// reports them, and their objects went with the session before their receivers took
-/// them in. Empty if another thread holds the list (it is never waited for at the exit).
-pub(crate) fn released_at_exit(client: &Arc<Client>) -> Vec<RefOp> {
+/// What this process's live references of `client` that sent proxies say at its exit:
+/// for each, a `Hold` then a `Release` with the proxies of it in flight (the hold stays
+/// as it was: a thread still running may still use it, until the process ends), and
+/// its count starts again from nothing. Only a `Drop` reports what a reference sent,
+/// and one alive at the exit never drops: in a `spawn_fork` child (the parent's memory
+/// holds it: a proxy the child inherited and passed on, returned, put on a queue), a
+/// static, a leaked value or another thread; its proxies in flight then went with the
+/// session before their receivers took them in. Empty if another thread holds the
+/// list (it is never waited for at the exit).
+pub(crate) fn in_flight_at_exit(client: &Arc<Client>) -> Vec<RefOp> {
     let Some(live) = crate::sync::unpoisoned::try_lock(&LIVE) else {
         return Vec::new();
     };
     let me = crate::sys::process_id();
-    let mut released = Vec::new();
+    let mut report = Vec::new();
     for r in live.iter().filter_map(Weak::upgrade) {
-        if Arc::ptr_eq(&r.client, client)
-            && r.pid
-                .compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            released.push(RefOp::Release {
-                id: r.id,
-                sent: r.sent.swap(0, Ordering::Relaxed),
-            });
+        if Arc::ptr_eq(&r.client, client) && r.pid.load(Ordering::Relaxed) == me {
+            let sent = r.sent.swap(0, Ordering::Relaxed);
+            if sent > 0 {
+                // Held first: the release alone could free the object (the count of
+                // proxies in flight, added by the same release, keeps it).
+                report.push(RefOp::Hold {
+                    id: r.id,
+                    from: None,
+                });
+                report.push(RefOp::Release { id: r.id, sent });
+            }
         }
-        // Not dropped: the last handle of a reference, or of its client, ends with a
-        // goodbye to the server, which the exit makes itself.
+        // Not dropped here: the last handle of a reference, or of its client, ends with
+        // a word to the server (under locks the caller holds).
         std::mem::forget(r);
     }
-    released
+    report
 }
 
 /// References kept for a forked child (see [`hold_across_fork`]).

@@ -157,7 +157,8 @@ impl Tickets {
     }
 
     /// When what the pool's timeout counts from started, for a task that runs since
-    /// `started`: its current item's start, for a map's chunk past its first item.
+    /// `started`: its current item's start (or its values' encoding's), for a map's
+    /// chunk whose first item has started.
     pub(crate) fn timed_from(&self, i: u32, started: u64) -> u64 {
         self.slot(i)
             .map_or(started, |s| s.item_ns.load(SeqCst).max(started))

@@ -264,7 +264,8 @@ struct ChunkClock {
     cpu: Option<std::time::Duration>,
 }
 
-/// A chunk's next item starts (after the first): its limits start again.
+/// A chunk's next item starts (the first once the chunk is decoded), or its values'
+/// encoding does: its limits start again.
 fn next_item() {
     CHUNK.with(|c| {
         if let Some(clock) = &*c.borrow() {
