@@ -1038,6 +1038,11 @@ impl<R> JoinHandle<R> {
     /// How the process ended, or `None` while it runs (Python's `exitcode`). In a
     /// process forked from the parent since the child started (see
     /// [`ProcessError::NotParent`]), what the parent knew at the fork.
+    ///
+    /// A child started by the fork server has its status reported by the server: one
+    /// that has just exited is waited for up to a second for that report (and `None`
+    /// then if the server did not make it, though [`is_alive`](Self::is_alive) is
+    /// false).
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.record.exit_status()
     }
@@ -1283,7 +1288,8 @@ impl ChildProcess {
 
     /// How the process ended, or `None` while it runs. In a process forked from the
     /// parent since the child started (see [`ProcessError::NotParent`]), what the parent
-    /// knew at the fork.
+    /// knew at the fork. Waits for the fork server's report as
+    /// [`JoinHandle::exit_status`] does.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.record.exit_status()
     }

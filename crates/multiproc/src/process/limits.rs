@@ -41,9 +41,11 @@ use crate::sys::{self, WaitStatus};
 ///   pool worker about 12). Opening one more fails with `EMFILE`.
 /// - [`processes`](Self::processes): `RLIMIT_NPROC`. Linux counts every process (and
 ///   thread) of the user, not the child's descendants, and does not apply it to root;
-///   starting one more fails with `EAGAIN`.
+///   starting one more fails with `EAGAIN`, which the child's code sees (and handles,
+///   or fails of, as its own error: this limit is not one reported below).
 ///
-/// A process that runs into a limit fails with [`ProcessError::LimitExceeded`]
+/// A process that runs into one of the other limits fails with
+/// [`ProcessError::LimitExceeded`]
 /// (a pool task with [`TaskError::LimitExceeded`]), naming it, told from other deaths
 /// by the signal that ended it (`SIGXCPU`; `SIGKILL` with the cgroup's out-of-memory
 /// count; `SIGABRT` under an address-space limit, which is all the kernel says: an

@@ -125,12 +125,18 @@ pub(crate) fn forget_starting() {
 /// Registers a new child; first forgets detached children that have ended, so a program
 /// that starts children and never joins them does not accumulate records.
 pub(crate) fn add(children: &mut Locked, record: Arc<ChildRecord>) {
-    if DETACHED.load(Ordering::Relaxed) > 0 {
+    let before = DETACHED.load(Ordering::SeqCst);
+    if before > 0 {
         children.retain(|c| Arc::strong_count(c) > 1 || c.ended_by(Instant::now()).is_none());
         // Still detached: those running, and those a `ChildProcess` still holds (it
         // may be dropped later, with no word to the registry).
         let left = children.iter().filter(|c| c.is_detached()).count();
-        DETACHED.store(left, Ordering::Relaxed);
+        // Only what was counted before the look comes off (the count stays at least
+        // the number of detached records): a handle dropped on another thread meanwhile,
+        // its record marked and then counted, keeps its count. Set to `left` instead,
+        // a count made as this look went lost it, and the records of children that
+        // ended unjoined (`spawn_fork` zombies among them) stayed until the next drop.
+        DETACHED.fetch_sub(before.saturating_sub(left), Ordering::SeqCst);
     }
     children.push(record);
     // From the first child on, the process's exit handles its children.
@@ -144,7 +150,8 @@ pub(crate) fn remove(record: &ChildRecord) {
 
 /// Notes that a handle was dropped without joining.
 pub(crate) fn detached() {
-    DETACHED.fetch_add(1, Ordering::Relaxed);
+    // After the record is marked: a look that sees this count sees the mark.
+    DETACHED.fetch_add(1, Ordering::SeqCst);
 }
 
 /// The children still running; forgets those that ended (Python's `active_children`).
