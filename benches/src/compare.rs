@@ -567,6 +567,18 @@ pub fn mem_report(group: &MemGroup, stats: &[MemStats]) -> String {
     out
 }
 
+/// A row of the README's summary: `ours` against `theirs`, and how many times better
+/// (`words.0`) or worse (`words.1`) ours is, from `r`, theirs over ours (above 1: ours
+/// is better).
+fn headline_row(label: &str, ours: &str, theirs: &str, r: f64, words: (&str, &str)) -> String {
+    let (times, word) = if r >= 1.0 {
+        (r, words.0)
+    } else {
+        (1.0 / r, words.1)
+    };
+    format!("| {label} | {ours} | {theirs} | {times:.1}× {word} |\n")
+}
+
 /// A ratio for the plot: how many times faster multiproc's workload is than another.
 #[derive(Clone, Debug)]
 pub struct Ratio {
@@ -623,13 +635,13 @@ pub fn run_all(
                     rate => rate.show(s.median()),
                 };
                 let r = b.median().as_secs_f64() / a.median().as_secs_f64();
-                let _ = writeln!(
-                    summary,
-                    "| {label} | {} | {} ({theirs}) | {r:.1}× {} |",
-                    show(a),
-                    show(b),
-                    if r >= 1.0 { "faster" } else { "slower" }
-                );
+                summary.push_str(&headline_row(
+                    label,
+                    &show(a),
+                    &format!("{} ({theirs})", show(b)),
+                    r,
+                    ("faster", "slower"),
+                ));
             }
         }
     }
@@ -644,14 +656,13 @@ pub fn run_all(
                 .zip(find(theirs).and_then(|b| b.median(worker)))
             {
                 let r = b as f64 / a.max(1) as f64;
-                let _ = writeln!(
-                    summary,
-                    "| {label} | {} | {} ({theirs}) | {:.1}× {} |",
-                    mib(Some(a)),
-                    mib(Some(b)),
-                    if r >= 1.0 { r } else { 1.0 / r },
-                    if r >= 1.0 { "smaller" } else { "larger" }
-                );
+                summary.push_str(&headline_row(
+                    label,
+                    &mib(Some(a)),
+                    &format!("{} ({theirs})", mib(Some(b))),
+                    r,
+                    ("smaller", "larger"),
+                ));
             }
         }
     }
@@ -741,6 +752,32 @@ mod tests {
 
     /// A missed target against CPython that would take less time per operation than a
     /// floor of the group says so; one the floor leaves room for does not.
+    /// A summary row says how many times slower ours is, not the ratio upside down
+    /// (a row 1.06 times slower said "0.9× slower").
+    #[test]
+    fn a_slower_headline_row_says_how_many_times() {
+        assert_eq!(
+            headline_row(
+                "cluster",
+                "801 µs",
+                "757 µs (Pool)",
+                757.0 / 801.0,
+                ("faster", "slower")
+            ),
+            "| cluster | 801 µs | 757 µs (Pool) | 1.1× slower |\n"
+        );
+        assert_eq!(
+            headline_row(
+                "pipe",
+                "1 µs",
+                "40 µs (CPython)",
+                40.0,
+                ("faster", "slower")
+            ),
+            "| pipe | 1 µs | 40 µs (CPython) | 40.0× faster |\n"
+        );
+    }
+
     #[test]
     fn a_target_under_the_floor_says_so() {
         let row = |ns: u64| move |n: u64| Duration::from_nanos(ns * n);

@@ -59,7 +59,8 @@
 //! # Failures are values
 //!
 //! [`JoinHandle::join`] returns a [`ProcessError`] when there is no value: a panic comes
-//! back with its message, location and backtrace ([`RemotePanic`]); a crash such as
+//! back with its message and location, and a backtrace when the child runs with
+//! `RUST_BACKTRACE` set ([`RemotePanic`]); a crash such as
 //! `SIGSEGV` or `abort()` is [`ProcessError::Signaled`]; `std::process::exit(3)` is
 //! [`ProcessError::Exited`]. Every wait has a `_timeout` form, and
 //! [`terminate`](JoinHandle::terminate)/[`kill`](JoinHandle::kill) stop a child.
@@ -85,7 +86,9 @@
 //! [`Connection`]s (Python's `Pipe()`); a [`Queue`] is one handle that puts and gets from
 //! any number of processes, and a [`JoinableQueue`] also counts unfinished tasks. Every
 //! handle is `Clone + Serialize + Deserialize`: pass it to [`spawn`], return it from a
-//! child, or send it through another pipe or queue, and it works there.
+//! child, or send it through another pipe or queue, and it works there. (Handles travel
+//! as descriptors, 8 for a `Sender` or `Receiver`, 16 for a `Queue` or `Connection`, and
+//! one message carries at most 253: fifteen queues at once.)
 //!
 //! ```no_run
 //! use multiproc::Queue;
@@ -114,7 +117,9 @@
 //! Messages travel through shared memory, without a feeder thread: whatever `put` or
 //! `send` accepted is delivered even if its sender exits or is killed right after, and a
 //! process killed in the middle of a `put` or `get` blocks nobody. When every sender is
-//! gone, receivers get `Disconnected` rather than waiting forever. `Queue::new()` is
+//! gone, receivers get `Disconnected` rather than waiting forever (a `Queue` handle puts
+//! as well as gets: its getters are told once every handle, their own included, is
+//! closed with [`Queue::close`], dropped or gone). `Queue::new()` is
 //! unbounded, as Python's is: its shared memory grows as needed, so `put` never waits
 //! for room (a full ring gives consumers a millisecond to make some before it grows);
 //! `Queue::bounded(n)` holds `n` items. Every blocking call has `try_` and `_timeout`

@@ -62,7 +62,8 @@ value_errors! {
         /// `Serialize`, a holder preempted on a busy machine). An unbounded channel or
         /// queue is also full for a message that travels beside its ring (over 2 MiB,
         /// or carrying a handle) while the kernel's buffer for those is full, or while
-        /// this user has too many descriptors in flight (a channel handle is 8), until
+        /// this user has too many descriptors in flight (a `Sender` or `Receiver` is 8,
+        /// a `Queue` or `Connection` 16), until
         /// a receiver reads.
         Full,
         #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]

@@ -103,8 +103,9 @@ impl<T> Sender<T> {
 impl<T: Serialize> Sender<T> {
     /// Sends a message, waiting while the pipe is full.
     ///
-    /// Receivers dropped or closed are seen at once. Receivers whose processes were
-    /// killed cannot say so: a send finds out from the kernel once every 1024 sends
+    /// Receivers dropped or closed are seen at once (but for a receiving handle sent in
+    /// a message that was never decoded: it counts as a receiver until the kernel is
+    /// asked, as below). Receivers whose processes were killed cannot say so: a send finds out from the kernel once every 1024 sends
     /// into the pipe from this process and whenever it would wait, so a few sends into
     /// a pipe nobody reads any more can still succeed ([`is_disconnected`](Self::is_disconnected) asks the
     /// kernel each time).

@@ -73,8 +73,9 @@ pub struct Queue<T> {
 impl<T> Queue<T> {
     /// An unbounded queue (Python's `Queue()`): `put` never waits for room (at most a
     /// millisecond for consumers to make some in its ring, see [`Queue`]); what is put
-    /// waits in shared memory that grows as needed, up to what the machine's memory
-    /// holds.
+    /// waits in shared memory that grows as needed, up to 24,576 segments of the ring's
+    /// size (96 GiB with the default ring) or what the machine's memory holds, whichever
+    /// is less (past it, `put` fails with an I/O error, and the item comes back).
     ///
     /// # Errors
     ///
@@ -121,7 +122,9 @@ impl<T> Queue<T> {
         self.rx.capacity()
     }
 
-    /// Whether the queue holds as many items as it may.
+    /// Whether the queue holds as many items as its [`capacity`](Self::capacity). A
+    /// bounded queue's ring may be full before that, of large items: `try_put` says so
+    /// then, where this does not.
     pub fn is_full(&self) -> bool {
         self.capacity().is_some_and(|c| self.len() >= c)
     }
