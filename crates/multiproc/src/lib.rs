@@ -87,8 +87,8 @@
 //! any number of processes, and a [`JoinableQueue`] also counts unfinished tasks. Every
 //! handle is `Clone + Serialize + Deserialize`: pass it to [`spawn`], return it from a
 //! child, or send it through another pipe or queue, and it works there. (Handles travel
-//! as descriptors, 8 for a `Sender` or `Receiver`, 16 for a `Queue` or `Connection`, and
-//! one message carries at most 253: fifteen queues at once.)
+//! as descriptors, 8 for a `Sender` or `Receiver`, 9 for a `Queue`, 16 for a
+//! `Connection`, and one message carries at most 253: 28 queues at once.)
 //!
 //! ```no_run
 //! use multiproc::Queue;

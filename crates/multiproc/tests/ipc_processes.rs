@@ -47,6 +47,10 @@ fn main() {
             ),
             trial("handles_through_a_queue", handles_through_a_queue),
             trial(
+                "twenty_queues_go_to_a_child_in_one_message",
+                twenty_queues_go_to_a_child_in_one_message,
+            ),
+            trial(
                 "put_ref_and_send_ref_keep_the_item",
                 put_ref_and_send_ref_keep_the_item,
             ),
@@ -792,6 +796,45 @@ fn handles_through_a_queue() {
     outer.put(inner.clone()).unwrap();
     assert_eq!(inner.get_timeout(T).unwrap(), 42);
     child.join_timeout(T).unwrap();
+}
+
+/// Gets a number from each queue and puts it back doubled; a closed handle refuses
+/// to put and still gets.
+fn double_on_each((queues, mut closed): (Vec<Queue<u64>>, Queue<u64>)) -> (usize, bool, u64) {
+    for q in &queues {
+        let x = q.get_timeout(T).unwrap();
+        q.put(2 * x).unwrap();
+    }
+    let refused = closed.put(1).is_err();
+    let got = closed.get_timeout(T).unwrap();
+    closed.close();
+    (queues.len(), refused, got)
+}
+
+/// A fan-out of twenty queues goes to a child as one spawn argument and works both ways
+/// there: a queue handle travels as one channel's descriptors and both its tokens (9),
+/// where its two halves one after the other took 16, and a message carries at most 253
+/// (sixteen queues failed with a codec error). A closed handle arrives closed.
+fn twenty_queues_go_to_a_child_in_one_message() {
+    let queues: Vec<Queue<u64>> = (0..20).map(|_| Queue::new().unwrap()).collect();
+    for (i, q) in queues.iter().enumerate() {
+        q.put(i as u64).unwrap();
+    }
+    let closed = Queue::new().unwrap();
+    closed.put(7).unwrap();
+    let mut theirs = closed.clone();
+    theirs.close();
+    let mut child = multiproc::spawn(double_on_each, (queues.clone(), theirs)).unwrap();
+    assert_eq!(child.join_timeout(T).unwrap(), (20, true, 7));
+    for (i, q) in queues.iter().enumerate() {
+        assert_eq!(q.get_timeout(T).unwrap(), 2 * i as u64);
+    }
+    // And in one message on a pipe, taken in by this process.
+    let (tx, rx) = multiproc::pipe::<Vec<Queue<u64>>>().unwrap();
+    tx.send(queues.clone()).unwrap();
+    let back = rx.recv_timeout(T).unwrap();
+    back[19].put(5).unwrap();
+    assert_eq!(queues[19].get_timeout(T).unwrap(), 5);
 }
 
 /// Each item's length and a sum of its bytes, for `n` items got from `q`.

@@ -63,7 +63,7 @@ value_errors! {
         /// queue is also full for a message that travels beside its ring (over 2 MiB,
         /// or carrying a handle) while the kernel's buffer for those is full, or while
         /// this user has too many descriptors in flight (a `Sender` or `Receiver` is 8,
-        /// a `Queue` or `Connection` 16), until
+        /// a `Queue` 9, a `Connection` 16), until
         /// a receiver reads.
         Full,
         #[error("sending on a channel whose receivers are all gone, or through a closed queue handle")]

@@ -320,15 +320,17 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
+/// One channel's descriptors once, and both tokens: 9 descriptors a handle (see
+/// `channel::serialize_pair`).
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (&self.tx, &self.rx).serialize(s)
+        channel::serialize_pair(self.tx.as_ref(), &self.rx, s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (tx, rx) = <(Option<RawSender>, RawReceiver)>::deserialize(d)?;
+        let (tx, rx) = channel::deserialize_pair(d)?;
         Ok(Queue {
             tx,
             rx,

@@ -1254,6 +1254,12 @@ struct WireHandle {
 }
 
 fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::Ok, S::Error> {
+    wire_handle(core, token)?.serialize(s)
+}
+
+/// The descriptors of a handle, passed with the message being encoded, and what else
+/// travels with them.
+fn wire_handle<E: serde::ser::Error>(core: &Core, token: &Token) -> Result<WireHandle, E> {
     if let Some(counted) = &token.counted {
         // The handle in flight counts as a receiver until the decode that makes its
         // copy takes the count over.
@@ -1271,14 +1277,13 @@ fn serialize_core<S: Serializer>(core: &Core, token: &Token, s: S) -> Result<S::
     ];
     let mut indices = [0u32; 8];
     for (slot, fd) in indices.iter_mut().zip(fds) {
-        *slot = codec::pass_fd(fd).map_err(serde::ser::Error::custom)?;
+        *slot = codec::pass_fd(fd).map_err(E::custom)?;
     }
-    WireHandle {
+    Ok(WireHandle {
         segment_len: core.seg.len() as u64,
         growable: core.growable,
         fds: indices,
-    }
-    .serialize(s)
+    })
 }
 
 /// Decodes a handle's core and token: a receiver's (`receiver`) or a sender's.
@@ -1286,10 +1291,17 @@ fn deserialize_core<'de, D: Deserializer<'de>>(
     d: D,
     receiver: bool,
 ) -> Result<(Core, OwnedFd), D::Error> {
-    let wire = WireHandle::deserialize(d)?;
+    core_from_wire::<D::Error>(WireHandle::deserialize(d)?, receiver)
+}
+
+/// The core and token a decoded [`WireHandle`] names, checked.
+fn core_from_wire<E: serde::de::Error>(
+    wire: WireHandle,
+    receiver: bool,
+) -> Result<(Core, OwnedFd), E> {
     let mut fds = Vec::with_capacity(8);
     for index in wire.fds {
-        fds.push(codec::take_fd(index).map_err(codec::refuse)?);
+        fds.push(codec::take_fd(index).map_err(codec::refuse::<E>)?);
     }
     let [
         seg,
@@ -1302,7 +1314,7 @@ fn deserialize_core<'de, D: Deserializer<'de>>(
         token,
     ]: [OwnedFd; 8] = fds
         .try_into()
-        .map_err(|_| codec::refuse::<D::Error>("a channel handle needs 8 descriptors"))?;
+        .map_err(|_| codec::refuse::<E>("a channel handle needs 8 descriptors"))?;
     // Each descriptor is what the handle says it is: the sender chose which went where.
     // (Two swapped, a bell read as one, a pipe that nobody writes, held a timed receive
     // for ever; a sender's handle decoded as a receiver's kept its own senders alive.)
@@ -1325,7 +1337,7 @@ fn deserialize_core<'de, D: Deserializer<'de>>(
             .iter()
             .any(|(fd, kind)| sys::fd_kind(fd.as_fd()) != *kind)
     {
-        return Err(codec::refuse::<D::Error>(if receiver {
+        return Err(codec::refuse::<E>(if receiver {
             "not a multiproc channel receiver's handle"
         } else {
             "not a multiproc channel sender's handle"
@@ -1337,7 +1349,7 @@ fn deserialize_core<'de, D: Deserializer<'de>>(
             (ChannelHeader::RING_OFFSET + MIN_RING..=ChannelHeader::RING_OFFSET + MAX_RING)
                 .contains(&l)
         })
-        .ok_or_else(|| codec::refuse::<D::Error>("a channel segment of an impossible size"))?;
+        .ok_or_else(|| codec::refuse::<E>("a channel segment of an impossible size"))?;
     let growable = wire.growable;
     let seg = if growable {
         Segment::open_growable(seg, len)
@@ -1356,7 +1368,7 @@ fn deserialize_core<'de, D: Deserializer<'de>>(
         || h.growable.load(Acquire) != u64::from(growable)
         || (growable && !ring_len.is_multiple_of(overflow::PAGE as u64))
     {
-        return Err(codec::refuse::<D::Error>("not a multiproc channel"));
+        return Err(codec::refuse::<E>("not a multiproc channel"));
     }
     let max_items = h.max_items.load(Acquire).max(1);
     Ok((
@@ -1411,6 +1423,70 @@ impl<'de> Deserialize<'de> for RawReceiver {
             adaptive: None,
         })
     }
+}
+
+/// How both halves of one channel travel together (a `Queue` handle): the channel's
+/// descriptors and the receiver's token once, and the sender's token beside them: 9
+/// descriptors, where the two handles one after the other took 16 (a message carries
+/// at most 253: 15 queues, where Python has no such limit). Decoded, the two share one
+/// mapping of the channel.
+#[derive(Serialize, Deserialize)]
+struct WirePair {
+    receiver: WireHandle,
+    /// The sender's token, by index (`None`: a closed queue handle, which only gets).
+    sender: Option<u32>,
+}
+
+/// Serializes a receiver and, if there is one, a sender of the same channel, as one
+/// handle (see [`WirePair`]).
+pub(crate) fn serialize_pair<S: Serializer>(
+    tx: Option<&RawSender>,
+    rx: &RawReceiver,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let receiver = wire_handle(&rx.core, &rx._token)?;
+    let sender = match tx {
+        Some(tx) => Some(codec::pass_fd(tx._token.fd.as_fd()).map_err(serde::ser::Error::custom)?),
+        None => None,
+    };
+    WirePair { receiver, sender }.serialize(s)
+}
+
+/// Decodes what [`serialize_pair`] wrote: a receiver and, for a handle that was not
+/// closed, a sender, sharing one core. The sender's token is checked as a sender's
+/// handle's is: the write end of the channel's senders' liveness pipe.
+pub(crate) fn deserialize_pair<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<(Option<RawSender>, RawReceiver), D::Error> {
+    let wire = WirePair::deserialize(d)?;
+    let (core, token) = core_from_wire::<D::Error>(wire.receiver, true)?;
+    let sender = match wire.sender {
+        Some(index) => {
+            let fd = codec::take_fd(index).map_err(codec::refuse)?;
+            let same_pipe = matches!(
+                (sys::file_id(fd.as_fd()), sys::file_id(core.senders.as_fd())),
+                (Ok(a), Ok(b)) if a == b
+            );
+            if !same_pipe || sys::fd_kind(fd.as_fd()) != sys::FdKind::PipeWriter {
+                return Err(codec::refuse::<D::Error>(
+                    "not a multiproc queue's handle: its sender's token is not the channel's",
+                ));
+            }
+            Some(fd)
+        }
+        None => None,
+    };
+    let core = Arc::new(core);
+    let rx = RawReceiver {
+        _token: Token::receiver(token, &core),
+        core: Arc::clone(&core),
+        adaptive: None,
+    };
+    let tx = sender.map(|fd| RawSender {
+        core,
+        _token: Token::sender(fd),
+    });
+    Ok((tx, rx))
 }
 
 /// Writes `bytes` over a live channel's ring (and, from its first 16 bytes, its tail
