@@ -750,8 +750,6 @@ mod tests {
         }
     }
 
-    /// A missed target against CPython that would take less time per operation than a
-    /// floor of the group says so; one the floor leaves room for does not.
     /// A summary row says how many times slower ours is, not the ratio upside down
     /// (a row 1.06 times slower said "0.9× slower").
     #[test]
@@ -778,6 +776,8 @@ mod tests {
         );
     }
 
+    /// A missed target against CPython that would take less time per operation than a
+    /// floor of the group says so; one the floor leaves room for does not.
     #[test]
     fn a_target_under_the_floor_says_so() {
         let row = |ns: u64| move |n: u64| Duration::from_nanos(ns * n);

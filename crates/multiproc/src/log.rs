@@ -53,11 +53,14 @@ where
 /// `{process name}: {message}` (Python's `logging.basicConfig(level=logging.DEBUG,
 /// format='%(processName)s: %(message)s')`). Does nothing if a subscriber is already set.
 ///
-/// multiproc's own routine events (children started, joined, terminated, a supervised
+/// multiproc's events about its children (started, joined, terminated, a supervised
 /// child that returned) are at `TRACE`, below this, as Python keeps `multiprocessing`'s
-/// own logging below `DEBUG`; what went wrong and what is done about it (a supervised
-/// child that crashed, its restart, a pool or supervisor that gives up) is at `WARN`,
-/// `INFO` or `ERROR`, and shows.
+/// own logging below `DEBUG`. Its other routine events are at `DEBUG`, and show (a job
+/// added to a scheduler, a pool's task tried again, a manager's client that stays on
+/// TCP, a handshake that failed); a supervised child that crashed, its restart, and a
+/// pool or supervisor that gives up are at `WARN`, `INFO` or `ERROR`. A program that
+/// wants its own `DEBUG` events without multiproc's installs a subscriber of its own
+/// with a filter (`tracing_subscriber`'s `EnvFilter`, `multiproc=info`).
 pub fn init() {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()

@@ -634,8 +634,11 @@ impl Client {
     /// carried before (one connection's frames are served in order, by one thread). A
     /// `spawn_fork` child's parent lets go of what it kept for the child once it sees
     /// the child's end, and that release, applied before the child's report, freed
-    /// what the child had passed on. The anchor goes with it (the process ends). Gives
-    /// up at `until`, or if the anchor's last frame is not all written.
+    /// what the child had passed on. The anchor is put back after the answer: a thread
+    /// still running that changed references without one would open another
+    /// connection, and a new connection makes the session live again, which drops what
+    /// the report kept in flight once the process ends. Gives up at `until`, or if the
+    /// anchor's last frame is not all written.
     fn settle_at_exit(&self, until: Instant) {
         let Some(mut anchor) = unpoisoned::try_lock(&self.anchor) else {
             return;
@@ -647,13 +650,15 @@ impl Client {
             return;
         };
         drop(anchor);
+        let most_ops = a.most_ops;
+        let mut framed = Framed::new(a.stream);
         let settled = (|| -> Result<bool, FrameError> {
             let left = until.saturating_duration_since(Instant::now());
-            a.stream.set_nonblocking(false).map_err(FrameError::Io)?;
-            a.stream
+            let stream = framed.stream();
+            stream.set_nonblocking(false).map_err(FrameError::Io)?;
+            stream
                 .set_write_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(FrameError::Io)?;
-            let mut framed = Framed::new(a.stream);
             framed.send(&Request::Ping).map_err(FrameError::Io)?;
             framed.recv_by(protocol::HANDSHAKE_MAX, Some(until))?;
             Ok(matches!(
@@ -662,7 +667,22 @@ impl Client {
             ))
         })();
         match settled {
-            Ok(true) => {}
+            Ok(true) => {
+                let stream = framed.into_stream();
+                if stream.set_nonblocking(true).is_ok()
+                    && let Some(mut anchor) = unpoisoned::try_lock(&self.anchor)
+                    && anchor.0 == crate::sys::process_id()
+                    && anchor.1.is_none()
+                {
+                    anchor.1 = Some(Anchor {
+                        stream,
+                        frame: Vec::new(),
+                        written: 0,
+                        in_frame: Vec::new(),
+                        most_ops,
+                    });
+                }
+            }
             Ok(false) => tracing::debug!("manager: an unexpected answer to the last ping"),
             Err(e) => tracing::debug!("manager: the last ping was not answered: {e:?}"),
         }

@@ -591,7 +591,8 @@ impl Pool {
     }
 
     /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr that
-    /// advances as chunks finish.
+    /// advances as results come in, in the items' order (a slow first chunk holds it
+    /// while later ones finish); a map that fails leaves the bar where it stopped.
     ///
     /// # Errors
     ///
@@ -606,9 +607,18 @@ impl Pool {
         // Open before the items are taken (see `map_opened`).
         let open = self.inner.open_map();
         let items: Vec<A> = items.into_iter().collect();
-        let bar = indicatif::ProgressBar::new(items.len() as u64);
-        let out = self.map_opened(open, f, items, None, None, &mut |n| bar.inc(n as u64));
-        bar.finish();
+        // No bar for a map refused at once (the pool is closed).
+        let bar = open
+            .is_ok()
+            .then(|| indicatif::ProgressBar::new(items.len() as u64));
+        let out = self.map_opened(open, f, items, None, None, &mut |n| {
+            if let Some(bar) = &bar {
+                bar.inc(n as u64);
+            }
+        });
+        if let Some(bar) = &bar {
+            thread::end_bar(bar, out.is_ok());
+        }
         out
     }
 

@@ -1213,7 +1213,9 @@ impl ThreadPool {
         self.map_inner(open, f, items, chunk_size, None, &mut |_| {})
     }
 
-    /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr.
+    /// As [`map`](Self::map), showing an `indicatif` progress bar on stderr that
+    /// advances as results come in, in the items' order; a map that fails leaves the bar
+    /// where it stopped.
     ///
     /// # Errors
     ///
@@ -1231,7 +1233,7 @@ impl ThreadPool {
         let bar = indicatif::ProgressBar::new(items.len() as u64);
         let chunk = items.len().div_ceil(self.threads * 4).max(1);
         let out = self.map_inner(open, f, items, chunk, None, &mut |n| bar.inc(n as u64));
-        bar.finish();
+        end_bar(&bar, out.is_ok());
         out
     }
 
@@ -1591,5 +1593,16 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadImapStream").finish_non_exhaustive()
+    }
+}
+
+/// Ends a map's progress bar: full for a map that returned its results, left where it
+/// stopped for one that failed (`finish` drew it full either way).
+#[cfg(feature = "progress")]
+pub(crate) fn end_bar(bar: &indicatif::ProgressBar, done: bool) {
+    if done {
+        bar.finish();
+    } else {
+        bar.abandon();
     }
 }

@@ -1428,8 +1428,8 @@ impl<'de> Deserialize<'de> for RawReceiver {
 /// How both halves of one channel travel together (a `Queue` handle): the channel's
 /// descriptors and the receiver's token once, and the sender's token beside them: 9
 /// descriptors, where the two handles one after the other took 16 (a message carries
-/// at most 253: 15 queues, where Python has no such limit). Decoded, the two share one
-/// mapping of the channel.
+/// at most 253: 15 queues a message then, 28 now; Python has no such limit). Decoded,
+/// the two share one mapping of the channel.
 #[derive(Serialize, Deserialize)]
 struct WirePair {
     receiver: WireHandle,
@@ -2040,6 +2040,48 @@ mod tests {
             .map(drop)
             .unwrap_err();
         assert!(err.to_string().contains("receiver's handle"), "{err}");
+    }
+
+    /// A queue handle's two halves, as they travel together.
+    struct Pair<'a>(Option<&'a RawSender>, &'a RawReceiver);
+
+    impl Serialize for Pair<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_pair(self.0, self.1, s)
+        }
+    }
+
+    struct Decoded(Option<RawSender>, RawReceiver);
+
+    impl<'de> Deserialize<'de> for Decoded {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let (tx, rx) = deserialize_pair(d)?;
+            Ok(Decoded(tx, rx))
+        }
+    }
+
+    /// A queue handle travels as 9 descriptors and arrives as one core shared by its
+    /// halves (a closed one without a sender); one whose sender's token is another
+    /// channel's is refused.
+    #[test]
+    fn a_queue_handle_travels_whole_and_its_tokens_are_checked() {
+        let (tx, rx) = channel(MIN_RING, None).unwrap();
+        let enc = codec::encode(&Pair(Some(&tx), &rx)).unwrap();
+        assert_eq!(enc.fds.len(), 9);
+        let Decoded(their_tx, their_rx) = codec::decode(&enc.bytes, enc.fds)
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let their_tx = their_tx.expect("a sender");
+        assert!(Arc::ptr_eq(&their_tx.core, &their_rx.core));
+        their_tx.send(numbered(3, 8), Deadline::Now, false).unwrap();
+        assert_eq!(number(&take(&rx).unwrap()), 3);
+        let Decoded(none, _) = codec::resend(&Pair(None, &rx)).unwrap();
+        assert!(none.is_none());
+        let (other_tx, _other_rx) = channel(MIN_RING, None).unwrap();
+        let err = codec::resend::<_, Decoded>(&Pair(Some(&other_tx), &rx))
+            .map(drop)
+            .unwrap_err();
+        assert!(err.contains("sender's token is not the channel's"), "{err}");
     }
 
     /// A sleeping sender's count that another process zeroed is let go without a
