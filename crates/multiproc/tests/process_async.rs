@@ -40,6 +40,10 @@ fn main() {
                 a_handle_awaited_with_no_descriptor_left_gets_its_value,
             ),
             trial(
+                "a_first_await_with_two_descriptors_left_gets_its_value",
+                a_first_await_with_two_descriptors_left_gets_its_value,
+            ),
+            trial(
                 "put_async_wakes_when_room_frees",
                 put_async_wakes_when_room_frees,
             ),
@@ -51,6 +55,7 @@ fn main() {
         |mode| match mode {
             "stopped_relay" => helper_stopped_relay(),
             "no_descriptor_left" => helper_no_descriptor_left(),
+            "two_descriptors_left" => helper_two_descriptors_left(),
             _ => panic!("unknown helper mode {mode}"),
         },
         Duration::from_secs(600),
@@ -307,6 +312,25 @@ fn a_handle_awaited_with_no_descriptor_left_gets_its_value() {
     let mut h = Helper::start("no_descriptor_left");
     assert_eq!(h.expect("awaited ", T), "Ok(Ok(300))", "{}", h.stderr_now());
     assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+/// The first `.await` of a handle in a process (async-io's reactor not yet started)
+/// with two descriptors free gets its child's value, as one with none free does: the
+/// reactor's start takes two and panicked without them, out of the `.await`.
+fn a_first_await_with_two_descriptors_left_gets_its_value() {
+    let mut h = Helper::start("two_descriptors_left");
+    assert_eq!(h.expect("awaited ", T), "Ok(300)", "{}", h.stderr_now());
+    assert!(h.wait(T).success(), "{}", h.stderr_now());
+}
+
+fn helper_two_descriptors_left() {
+    // Nothing of async-io has run in this process: the await below starts its reactor.
+    let child = multiproc::spawn(after_ms, 300).unwrap();
+    let mut held = common::use_up_descriptors();
+    held.truncate(held.len().saturating_sub(2));
+    let got = futures_lite::future::block_on(child);
+    drop(held);
+    println!("awaited {got:?}");
 }
 
 fn readable(fd: std::os::fd::BorrowedFd<'_>, ms: i32) -> bool {

@@ -258,8 +258,28 @@ pub(crate) fn identity_alive(identity: u64) -> bool {
 #[derive(Debug)]
 pub(crate) struct Watched(async_io::Async<std::os::fd::OwnedFd>);
 
+/// Starts async-io's reactor if this process has not yet: its poller takes an epoll, an
+/// eventfd and a timerfd, and `expect`s the first two, so that a first registration in a
+/// process with one or two descriptors free panicked (the first `.await` of a process
+/// handle there), where one with none free got `EMFILE` and its caller's fallback. Room
+/// for the poller and the registration that starts it is made and let go first, so
+/// that a process short of it gets `EMFILE` too (another thread could take that room
+/// in between: the window is this call's few system calls).
+fn reactor_ready() -> std::io::Result<()> {
+    static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if READY.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let room = [super::doorbell()?, super::doorbell()?, super::doorbell()?];
+    drop(room);
+    drop(async_io::Async::new(super::doorbell()?)?);
+    READY.store(true, Ordering::Release);
+    Ok(())
+}
+
 impl Watched {
     pub(crate) fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Self> {
+        reactor_ready()?;
         async_io::Async::new_nonblocking(super::fd::dup(fd)?).map(Watched)
     }
 
@@ -281,6 +301,7 @@ pub(crate) async fn readable_any(
     until: Instant,
 ) -> std::io::Result<()> {
     use futures_lite::future;
+    reactor_ready()?;
     let mut watched = Vec::with_capacity(fds.len());
     for fd in fds {
         watched.push(async_io::Async::new(super::fd::dup(*fd)?)?);
