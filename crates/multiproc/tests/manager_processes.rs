@@ -293,11 +293,7 @@ fn helpers(mode: &str) {
             .unwrap();
             println!("child {:?}", child.join_timeout(T));
             // Freed once the child has ended and its parent knows it.
-            let t = Instant::now();
-            while m.object_count().unwrap() != base && t.elapsed() < T {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            println!("objects {}", m.object_count().unwrap() - base);
+            println!("objects {}", objects_above(&m, base));
             // Not joined: its end seen by `is_alive` lets the object go, though the
             // handle stays.
             let d = m.dict::<u8, u8>().unwrap();
@@ -378,11 +374,7 @@ fn helpers(mode: &str) {
             let d = child.join_timeout(T).unwrap().unwrap();
             println!("returned {:?}", d.get(&5).map_err(|e| e.to_string()));
             drop(d);
-            let t = Instant::now();
-            while m.object_count().unwrap() != base && t.elapsed() < T {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            println!("objects {}", m.object_count().unwrap() - base);
+            println!("objects {}", objects_above(&m, base));
         }
         "manager_fork_passes_on_inherited" => {
             let m = Manager::start().unwrap();
@@ -449,11 +441,7 @@ fn helpers(mode: &str) {
             let d = back.get_timeout(T).unwrap();
             println!("came back {:?}", d.get(&7).map_err(|e| e.to_string()));
             drop(d);
-            let t = Instant::now();
-            while m.object_count().unwrap() != base && t.elapsed() < T {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            println!("objects {}", m.object_count().unwrap() - base);
+            println!("objects {}", objects_above(&m, base));
         }
         "manager_tcp_1024" => {
             let m = Manager::builder()
@@ -2265,6 +2253,16 @@ fn proxy_inherited_and_passed_on_by_a_forked_child_stays() {
     assert_eq!(h.expect("came back ", T), "Ok(Some(7))");
     assert_eq!(h.expect("objects ", T), "0");
     h.child.wait().unwrap();
+}
+
+/// How many objects `m` holds beyond `base`, once that is none or `T` has passed
+/// (releases reach the server a moment after the calls that make them).
+fn objects_above(m: &Manager, base: usize) -> usize {
+    let t = Instant::now();
+    while m.object_count().unwrap() != base && t.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    m.object_count().unwrap() - base
 }
 
 /// Median and maximum of some durations.
