@@ -1069,15 +1069,38 @@ fn shared_memory_copies_any_range_and_keeps_aligned_words_whole() {
     assert!(shm.write(60, &[0; 5]).is_err());
 
     let shm = SharedMemory::new(256).unwrap();
+    // From offset 1: the rest of the first word, then whole words.
+    race_writes(&shm, 1, 250, |seen| {
+        for word in seen[8..248].chunks(8) {
+            assert!(
+                word.iter().all(|&b| b == word[0]),
+                "a torn word {word:02x?} in {seen:02x?}"
+            );
+        }
+    });
+    // A range within one word (bytes 1 to 7 of the first) is written whole too: every
+    // access is to a whole word, so a read of the word never sees half of a write.
+    race_writes(&shm, 1, 7, |seen| {
+        assert!(
+            seen[1..8].iter().all(|&b| b == seen[1]),
+            "a torn write {:02x?}",
+            &seen[..8]
+        );
+    });
+}
+
+/// Writes `len` bytes at `at` of `shm` over and over from another thread, all of one
+/// value then all of another, while this one reads the first 256 bytes for 300 ms and
+/// hands each read to `check`.
+fn race_writes(shm: &SharedMemory, at: usize, len: usize, check: impl Fn(&[u8; 256])) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = std::thread::spawn({
         let (shm, stop) = (shm.clone(), std::sync::Arc::clone(&stop));
         move || {
             let mut writes = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // From offset 1: seven single bytes first, then whole words.
                 let byte = if writes.is_multiple_of(2) { 0x11 } else { 0x22 };
-                shm.write(1, &[byte; 250]).unwrap();
+                shm.write(at, &vec![byte; len]).unwrap();
                 writes += 1;
             }
             writes
@@ -1088,12 +1111,7 @@ fn shared_memory_copies_any_range_and_keeps_aligned_words_whole() {
     while std::time::Instant::now() < end {
         let mut seen = [0u8; 256];
         shm.read(0, &mut seen).unwrap();
-        for word in seen[8..248].chunks(8) {
-            assert!(
-                word.iter().all(|&b| b == word[0]),
-                "a torn word {word:02x?} in {seen:02x?}"
-            );
-        }
+        check(&seen);
         reads += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -7,7 +7,7 @@
 //! segment that holds something else, is an error rather than memory misread.
 //!
 //! Objects travel between processes as their memory file's descriptor (see
-//! `ipc::codec`); anonymous ones are sealed memfds that vanish with their last user.
+//! `wire::codec`); anonymous ones are sealed memfds that vanish with their last user.
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 
@@ -233,55 +233,75 @@ impl Region {
     /// so such a race mixes bytes of the two copies rather than being a data race, and
     /// each 8-byte-aligned word of the range is written whole.
     ///
+    /// Every access is to a whole 8-byte-aligned word, whatever the range: the bytes of
+    /// a word the range covers only in part are merged into it (compare-and-swap), so
+    /// that no two racing copies ever touch the same memory with atomics of different
+    /// sizes (which Rust's memory model does not allow).
+    ///
     /// # Panics
     ///
     /// As for [`write`](Self::write).
     pub(crate) fn write_racing(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
-        let base = self.ptr(offset);
-        let (head, words) = word_split(base, src.len());
-        let mut i = 0;
-        while i < src.len() {
-            if i >= head && i < head + words * 8 {
-                let mut word = [0; 8];
-                word.copy_from_slice(&src[i..i + 8]);
-                // SAFETY: in bounds (checked) and 8-aligned (`word_split`); the mapping
-                // lives as long as `self`, and is only reached through raw pointers and
-                // atomics here.
-                unsafe { AtomicU64::from_ptr(base.add(i).cast()) }
-                    .store(u64::from_ne_bytes(word), Relaxed);
-                i += 8;
-            } else {
-                // SAFETY: in bounds (checked); as above.
-                unsafe { AtomicU8::from_ptr(base.add(i)) }.store(src[i], Relaxed);
-                i += 1;
+        self.words(offset, src.len(), |i, within, word| {
+            let part = &src[i..i + within.len()];
+            if within.len() == 8 {
+                let mut whole = [0; 8];
+                whole.copy_from_slice(part);
+                word.store(u64::from_ne_bytes(whole), Relaxed);
+                return;
             }
-        }
+            let mut now = word.load(Relaxed);
+            loop {
+                let mut bytes = now.to_ne_bytes();
+                bytes[within.clone()].copy_from_slice(part);
+                match word.compare_exchange_weak(now, u64::from_ne_bytes(bytes), Relaxed, Relaxed) {
+                    Ok(_) => return,
+                    Err(seen) => now = seen,
+                }
+            }
+        });
     }
 
     /// Copies from the segment at `offset` into `dst` while other threads may write the
     /// same bytes: the counterpart of [`write_racing`](Self::write_racing), each
-    /// 8-byte-aligned word read whole.
+    /// 8-byte-aligned word read whole (a word the range covers in part too).
     ///
     /// # Panics
     ///
     /// As for [`write`](Self::write).
     pub(crate) fn read_racing(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
-        let base = self.ptr(offset);
-        let (head, words) = word_split(base, dst.len());
+        self.words(offset, dst.len(), |i, within, word| {
+            let bytes = word.load(Relaxed).to_ne_bytes();
+            dst[i..i + within.len()].copy_from_slice(&bytes[within]);
+        });
+    }
+
+    /// Calls `each` for every 8-byte-aligned word that `offset..offset + len` (checked)
+    /// covers, in order: with where the word's part of the range starts in the range,
+    /// which of the word's bytes it is, and the word.
+    fn words(
+        &self,
+        offset: usize,
+        len: usize,
+        mut each: impl FnMut(usize, std::ops::Range<usize>, &AtomicU64),
+    ) {
+        // The mapping starts on a page, so the words that hold the range's first and
+        // last bytes are mapped whole (a mapping is whole pages) even where the range
+        // does not reach their ends.
+        debug_assert!(self.ptr.as_ptr().addr().is_multiple_of(8));
         let mut i = 0;
-        while i < dst.len() {
-            if i >= head && i < head + words * 8 {
-                // SAFETY: as in `write_racing`.
-                let word = unsafe { AtomicU64::from_ptr(base.add(i).cast()) }.load(Relaxed);
-                dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
-                i += 8;
-            } else {
-                // SAFETY: as in `write_racing`.
-                dst[i] = unsafe { AtomicU8::from_ptr(base.add(i)) }.load(Relaxed);
-                i += 1;
-            }
+        while i < len {
+            let within = self.ptr(offset + i).addr() % 8;
+            let n = (8 - within).min(len - i);
+            let at = self.ptr(offset + i - within);
+            // SAFETY: 8-aligned, and within the mapping's pages (above); the mapping
+            // lives as long as `self`, and is only reached through raw pointers and
+            // 8-byte atomics here.
+            let word = unsafe { AtomicU64::from_ptr(at.cast()) };
+            each(i, within..within + n, word);
+            i += n;
         }
     }
 
@@ -304,14 +324,6 @@ impl Region {
     pub(crate) fn ptr(&self, offset: usize) -> *mut u8 {
         self.ptr.as_ptr().wrapping_add(offset)
     }
-}
-
-/// How a range of `len` bytes at `at` splits into bytes before its first 8-aligned
-/// address and whole 8-aligned words after them: `(head, words)`; what is left after
-/// the words is copied a byte at a time.
-fn word_split(at: *const u8, len: usize) -> (usize, usize) {
-    let head = ((8 - at.addr() % 8) % 8).min(len);
-    (head, (len - head) / 8)
 }
 
 impl Drop for Region {

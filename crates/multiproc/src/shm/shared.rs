@@ -31,14 +31,19 @@ use crate::wire::codec;
 /// `SIGQUIT`: only a `SIGKILL` of every process of the program's cgroup (a container
 /// stop past its grace, `systemctl kill -s KILL`, the OOM killer's group kill) takes the
 /// tracker too and leaves the name, as it would with CPython. A process that only opened a segment never
-/// removes it.
+/// removes it; a CPython process that opens one does, as it exits, unless it opened it
+/// with `track=False` (Python 3.13 and later): before 3.13, and by default since, its
+/// resource tracker unlinks every segment the process opened by name, taking the name
+/// from a multiproc creator still using it.
 ///
 /// The bytes have no lock: [`read`](SharedMemory::read) and
 /// [`write`](SharedMemory::write) copy ranges, and coordinating writers is up to the
 /// program (a [`Lock`](crate::Lock), or an [`Array`](crate::Array) for typed data with
 /// its own lock). A read racing a write (from another thread or process) is no data
 /// race: it may see some bytes of the write and not others, but each 8-byte-aligned
-/// word of the segment (offsets that are multiples of 8) is read and written whole.
+/// word of the segment (offsets that are multiples of 8) is read and written whole, the
+/// bytes of a word that a range covers only in part included (a write of bytes 1 to 7
+/// is seen all or nothing by a read of bytes 0 to 7).
 ///
 /// # Examples
 ///
@@ -113,7 +118,9 @@ impl SharedMemory {
     /// made it to give it its size), or if it holds a multiproc object, a named
     /// [`Value`](crate::Value) or [`Array`](crate::Array): their bytes are handed out as
     /// `&mut T` under their lock, which bytes written here would change beneath (open
-    /// those with their own `open_named`).
+    /// those with their own `open_named`). Such an object is told by its header, which
+    /// its creator writes last: opened in the moment between its creator giving it its
+    /// size and finishing its header, one is taken for plain bytes.
     pub fn open(name: &str) -> Result<SharedMemory, ShmError> {
         let (fd, size, name) = named::open(name)?;
         if size == 0 {

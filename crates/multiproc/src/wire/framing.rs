@@ -18,7 +18,9 @@
 //! byte: once a frame is whole, the descriptors still queued can only be those of the
 //! frames begun in what arrived after it (as many as their headers declare, and as many
 //! as a message carries for a header begun only); any more came with a frame that did
-//! not declare them, and the connection is corrupt (the descriptors are closed). A frame whose descriptors found no room in this process (the
+//! not declare them, and the connection is corrupt (the descriptors are closed). So are
+//! descriptors that arrive with a body's bytes, before the body is whole (reads stop at
+//! its end, so none of them can be a later frame's). A frame whose descriptors found no room in this process (the
 //! kernel closes those that do not fit) fails with an error that says so, taken whole,
 //! and the frames after it are read as ever.
 //!
@@ -494,6 +496,18 @@ impl Conn {
                 deadline,
             )?;
             p.got += n;
+            // Reads stop at the body's end, and a frame's descriptors arrive with its
+            // header's first byte: what came with the body's bytes no frame declares.
+            // Closed at once, or a peer could fill this process's descriptor table
+            // while a long body arrives a byte at a time.
+            if self.fds.len() > usize::from(p.header.nfds) {
+                let strays = self.fds.len() - usize::from(p.header.nfds);
+                self.fds.clear();
+                self.lost.clear();
+                return Err(RecvFrameError::Corrupt(format!(
+                    "{strays} descriptors arrived with a message's body, which declares none there"
+                )));
+            }
             n
         } else {
             // Only part of a header is left (a whole one would have been parsed).
@@ -886,6 +900,37 @@ mod tests {
             );
         }
         panic!("the undeclared descriptors were never refused");
+    }
+
+    #[test]
+    fn undeclared_descriptors_cannot_pile_up_behind_a_partial_body() {
+        let (a, b) = sys::stream_pair().unwrap();
+        let mut b = Conn::new(b, 1024);
+        let (_read, write) = sys::pipe().unwrap();
+        let header = Header {
+            len: 20,
+            nfds: 0,
+            tag: 1,
+        }
+        .encode();
+        sys::send_with_fds(a.as_fd(), &[IoSlice::new(&header)], &[], false).unwrap();
+        // The body a byte at a time, each byte with descriptors no frame declares.
+        for _ in 0..10 {
+            let passed = vec![write.as_fd(); 100];
+            sys::send_with_fds(a.as_fd(), &[IoSlice::new(b"x")], &passed, false).unwrap();
+        }
+        let deadline = Instant::now() + std::time::Duration::from_millis(200);
+        let got = b.recv(Some(deadline));
+        assert!(
+            b.fds.len() <= sys::MAX_FDS_PER_MESSAGE,
+            "{} undeclared descriptors kept",
+            b.fds.len()
+        );
+        assert!(
+            matches!(got, Err(RecvFrameError::Corrupt(_))),
+            "{:?}",
+            got.map(|f| f.tag)
+        );
     }
 
     /// Sends, on `a`, a frame of 5 bytes with `n` copies of `fd`.

@@ -37,8 +37,10 @@ pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, len)?;
     // A process that could shrink the file would make every other process's reads of
-    // the mapping fault (SIGBUS); sealing the size rules that out.
-    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
+    // the mapping fault (SIGBUS); sealing the size rules that out. And no process may
+    // seal it further: one that sealed it against writes would make every later
+    // writable mapping fail, in every process that receives it.
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
 }
 
@@ -650,6 +652,19 @@ unsafe fn to_huge_pages(lo: usize, hi: usize, copy_ok: impl FnOnce() -> bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_memory_file_takes_no_more_seals() {
+        // A process holding the descriptor that sealed it against writes would make
+        // every later writable mapping fail, in every process that receives it.
+        for fd in [
+            memfd("t", 4096).unwrap(),
+            memfd_growable("t", 4096).unwrap(),
+        ] {
+            let sealed = rustix::fs::fcntl_add_seals(&fd, SealFlags::FUTURE_WRITE);
+            assert_eq!(sealed, Err(rustix::io::Errno::PERM));
+        }
+    }
 
     /// Whether every page of `[start, start + len)` (page-aligned) is resident.
     fn resident(start: usize, len: usize) -> bool {
