@@ -334,6 +334,20 @@ fn helpers(mode: &str) {
         println!("dropped");
         return;
     }
+    if mode == "start_and_stop" {
+        // A client and a worker node that start, log what they have to say, and stop.
+        let url = std::env::var("MP_URL").unwrap();
+        let ns = std::env::var("MP_NS").unwrap();
+        let c = Cluster::builder(&url)
+            .namespace(&ns)
+            .build()
+            .expect("client");
+        let w = node_at(&url, &ns, 1).build().expect("worker");
+        w.shutdown(true);
+        drop(c);
+        println!("done");
+        return;
+    }
     if mode == "cancel_on_its_way" {
         cancel_on_its_way();
         return;
@@ -478,6 +492,14 @@ fn main() {
             trial(
                 "a_user_allowed_only_its_namespace_runs_everything",
                 a_user_allowed_only_its_namespace_runs_everything,
+            ),
+            trial(
+                "a_worker_whose_user_may_not_run_scripts_stops",
+                a_worker_whose_user_may_not_run_scripts_stops,
+            ),
+            trial(
+                "an_evicting_server_is_warned_of",
+                an_evicting_server_is_warned_of,
             ),
             trial(
                 "a_node_whose_thread_panics_stops",
@@ -3616,6 +3638,69 @@ fn a_user_without_dangerous_commands_runs_tasks() {
     assert_eq!(c.apply(SQUARE, 12).unwrap(), 144);
     w.shutdown(true);
     finish(&redis, c, ns);
+}
+
+/// A worker node finishes, renews and reclaims tasks with scripts, but takes them with
+/// plain commands: one whose Redis user may not run scripts took every task and
+/// answered none, its client waiting for ever. It is refused at the start, and one
+/// whose user loses them while it runs stops, its task run elsewhere.
+fn a_worker_whose_user_may_not_run_scripts_stops() {
+    let redis = RedisServer::start();
+    let ns = "noscripts";
+    let url = acl_user(&redis, &["-@scripting"]);
+    let e = node_at(&url, ns, 1).build().expect_err("refused");
+    assert!(e.to_string().contains("may not run scripts"), "{e}");
+
+    let url = acl_user(&redis, &["+@scripting"]);
+    let w = node_at(&url, ns, 1).build().unwrap();
+    let c = client(&redis, ns);
+    assert_eq!(c.apply(SQUARE, 2).unwrap(), 4);
+    assert_eq!(
+        redis.cmd(&["ACL", "SETUSER", "app", "-@scripting"]),
+        Resp::Simple("OK".into())
+    );
+    let mut task = c.submit(SQUARE, 3).unwrap();
+    assert!(
+        common::eventually(T, || w.broken().is_some()),
+        "the node goes on"
+    );
+    let why = w.broken().unwrap_or_default();
+    assert!(why.contains("NOPERM"), "{why}");
+    // Another node, of a user that may, runs the task once its lease lapses.
+    let other = node_at(&redis.url(), ns, 1).build().unwrap();
+    assert_eq!(task.wait_timeout(T).unwrap(), 9);
+    w.shutdown(true);
+    other.shutdown(true);
+    finish(&redis, c, ns);
+}
+
+/// A server that evicts keys once full drops tasks, results and leases without an
+/// error: a client and a worker node that start on one say so in the log, and on a
+/// server that refuses writes instead (Redis's default) they say nothing of it.
+fn an_evicting_server_is_warned_of() {
+    let ns = "evicting";
+    for (policy, warned) in [("allkeys-lru", true), ("noeviction", false)] {
+        let redis = RedisServer::start_with(&["--maxmemory-policy", policy]);
+        let mut h = Helper::start_with(
+            "start_and_stop",
+            std::env::current_exe().unwrap(),
+            &[
+                ("MP_URL", &redis.url()),
+                ("MP_NS", ns),
+                ("MP_TEST_LOGGING", "1"),
+            ],
+        );
+        h.expect("done", T);
+        assert!(h.wait(T).success());
+        let log = h.stderr_to_end(T);
+        for who in ["cluster client", "cluster worker"] {
+            let said = log
+                .lines()
+                .any(|l| l.contains(who) && l.contains("maxmemory-policy is allkeys-lru"));
+            assert_eq!(said, warned, "{policy}, {who}: {log}");
+        }
+        finish(&redis, client(&redis, ns), ns);
+    }
 }
 
 /// The envelope of the one task waiting in the delayed set `delayed`.

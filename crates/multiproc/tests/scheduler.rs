@@ -164,6 +164,10 @@ fn main() {
             "store_with_a_manual_clock_at_the_end_of_time",
             store::manual_clock_at_the_end_of_time,
         ),
+        trial(
+            "store_refuses_a_first_time_it_cannot_keep",
+            store::refuses_a_first_time_it_cannot_keep,
+        ),
         trial("store_forgets_a_removed_job", store::forgets_a_removed_job),
         trial(
             "store_a_job_added_again_keeps_anothers_open_runs",
@@ -361,6 +365,16 @@ fn cron_spring_forward() {
             utc(2026, 3, 8, 6, 30), // 01:30 EST
             utc(2026, 3, 8, 7, 0),  // 03:00 EDT
             utc(2026, 3, 8, 7, 30), // 03:30 EDT
+        ]
+    );
+    // A list of hours counts as repeating: no 02:30 that day, as documented.
+    let from = utc(2026, 3, 7, 12, 0);
+    assert_eq!(
+        cron_fires("30 2,14 * * *", "America/New_York", from, 3),
+        vec![
+            utc(2026, 3, 7, 19, 30), // 14:30 EST
+            utc(2026, 3, 8, 18, 30), // 14:30 EDT (02:30 does not exist)
+            utc(2026, 3, 9, 6, 30),  // 02:30 EDT
         ]
     );
 }
@@ -1219,11 +1233,18 @@ fn bad_input_clear_errors() {
         s.add(Job::thread("x", Schedule::every(secs(1)), || ()).max_instances(0)),
         Err(ScheduleError::InvalidArgument(_))
     ));
-    // A grace of zero would miss every run: the scheduler wakes after a due time.
-    assert!(matches!(
-        s.add(Job::thread("x", Schedule::every(secs(1)), || ()).misfire_grace(Duration::ZERO)),
-        Err(ScheduleError::InvalidArgument(m)) if m.contains("misfire_grace")
-    ));
+    // A grace of zero, or under a millisecond, would miss (nearly) every run: the
+    // scheduler wakes after a due time, some microseconds to milliseconds after it.
+    for grace in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_micros(999),
+    ] {
+        assert!(matches!(
+            s.add(Job::thread("x", Schedule::every(secs(1)), || ()).misfire_grace(grace)),
+            Err(ScheduleError::InvalidArgument(m)) if m.contains("misfire_grace")
+        ));
+    }
     s.add(Job::thread("dup", Schedule::every(secs(1)), || ()))
         .unwrap();
     assert!(matches!(
@@ -1620,6 +1641,37 @@ mod store {
             "only later times are reported"
         );
         drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A store keeps times as nanoseconds in 64 bits (the years 1677 to 2262): a job
+    /// whose first time is outside them is refused as it is added, and the store keeps
+    /// nothing of it. A one-off run in 1600 was taken, then failed at each pass (every
+    /// 100 ms, for ever), never run nor reported.
+    pub fn refuses_a_first_time_it_cannot_keep() {
+        let dir = tempdir("unkeepable");
+        let db = dir.join("jobs.db");
+        let clock = ManualClock::new(t0());
+        let (s, events) = on_store(&db, &clock);
+        let long_ago = Utc.with_ymd_and_hms(1600, 1, 1, 0, 0, 0).unwrap();
+        let centuries = Duration::from_secs(300 * 366 * 86_400);
+        for schedule in [Schedule::once(long_ago), Schedule::every(centuries)] {
+            let added = s.add(Job::thread("far", schedule, || ()));
+            assert!(
+                matches!(&added, Err(ScheduleError::InvalidArgument(m)) if m.contains("1677-2262")),
+                "{added:?}"
+            );
+        }
+        assert_eq!(s.run_pending(), 0);
+        assert!(events.try_iter().next().is_none());
+        assert!(s.jobs().is_empty());
+        drop((s, events));
+        // Nothing of it was kept: added again as a job the store can keep, it is new.
+        let (s, events) = on_store(&db, &clock);
+        s.add(Job::thread("far", Schedule::every(secs(10)), || ()))
+            .unwrap();
+        assert_eq!(s.next_fire("far"), Some(at(10)));
+        drop((s, events));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -106,10 +106,11 @@ impl ClusterBuilder {
         let epoch = conn::epoch(&mut conn, &keys).map_err(|e| super::error::redis_err(&e))?;
         // A task larger than the server takes would close the connection: refused
         // here, as one over `max_message` is (Redis's defaults where it does not say).
-        let limits = conn::server_limits(&mut conn)
+        let (limits, policy) = conn::server_config(&mut conn)
             .ok()
             .flatten()
-            .unwrap_or(conn::Limits::DEFAULT);
+            .unwrap_or((conn::Limits::DEFAULT, None));
+        conn::warn_if_evicting(policy.as_deref(), "cluster client");
         let (to_deliver, queued) = crossbeam_channel::unbounded();
         let handing = Arc::new(Handing::default());
         let inner = Arc::new(ClientInner {
@@ -488,7 +489,12 @@ impl Cluster {
     /// Runs `def` on every item and returns the results in order (Python's `map`). The
     /// items travel in chunks (about 64 of them, at most 1,024 items each), sent in
     /// batches of one round trip; a worker runs each item of a chunk as its own task of
-    /// its pool.
+    /// its pool. A chunk's items travel as one message, and its results come back as
+    /// one: chunks are sized by count, not bytes, so for large items or results use
+    /// [`map_chunked`](Self::map_chunked) with chunks that fit the caps (the client's
+    /// [`max_message`](ClusterBuilder::max_message), and the worker's for the results:
+    /// a chunk whose results encode to more fails with [`TaskError::Codec`] once all
+    /// its items have run).
     ///
     /// # Errors
     ///

@@ -138,13 +138,22 @@ impl Limits {
 /// The server's [`Limits`] (`CONFIG GET`); `None` if it refuses to say (the command not
 /// allowed to the user, or renamed), Redis's defaults for a limit it does not name.
 pub(crate) fn server_limits(conn: &mut redis::Connection) -> redis::RedisResult<Option<Limits>> {
-    let limits: HashMap<String, String> = match redis::cmd("CONFIG")
+    Ok(server_config(conn)?.map(|(limits, _)| limits))
+}
+
+/// The server's [`Limits`] and its `maxmemory-policy` (if it names one), in one
+/// `CONFIG GET`; `None` if it refuses to say, as for [`server_limits`].
+pub(crate) fn server_config(
+    conn: &mut redis::Connection,
+) -> redis::RedisResult<Option<(Limits, Option<String>)>> {
+    let mut config: HashMap<String, String> = match redis::cmd("CONFIG")
         .arg("GET")
         .arg("proto-max-bulk-len")
         .arg("client-query-buffer-limit")
+        .arg("maxmemory-policy")
         .query(conn)
     {
-        Ok(limits) => limits,
+        Ok(config) => config,
         // An error reply that is not the server being busy or loading: a refusal.
         Err(e) if e.code().is_some() && !redis_err(&e).is_transient() => {
             return Ok(None);
@@ -152,15 +161,33 @@ pub(crate) fn server_limits(conn: &mut redis::Connection) -> redis::RedisResult<
         Err(e) => return Err(e),
     };
     let limit = |name: &str, default: usize| {
-        limits
+        config
             .get(name)
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
     };
-    Ok(Some(Limits::of(
+    let limits = Limits::of(
         limit("proto-max-bulk-len", 512 << 20),
         limit("client-query-buffer-limit", 1 << 30),
-    )))
+    );
+    Ok(Some((limits, config.remove("maxmemory-policy"))))
+}
+
+/// Warns (once per client or node, as it starts) when the server may evict keys to make
+/// room (`maxmemory-policy` other than `noeviction`): the queue's promises rest on Redis
+/// keeping what it acknowledged, and an evicting server drops tasks, results and
+/// leases without a word once it is full. Says nothing where the server does not say
+/// (`CONFIG` refused or renamed).
+pub(crate) fn warn_if_evicting(policy: Option<&str>, who: &str) {
+    if let Some(policy) = policy
+        && policy != "noeviction"
+    {
+        tracing::warn!(
+            "{who}: the Redis server's maxmemory-policy is {policy}: once full, it evicts \
+             keys, and with them tasks, results and leases, without an error (set \
+             maxmemory-policy noeviction, which refuses writes instead)"
+        );
+    }
 }
 
 /// The queue's epoch token, set to a fresh one if it has none (see [`Keys::epoch`]).

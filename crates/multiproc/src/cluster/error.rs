@@ -64,8 +64,9 @@ pub enum ClusterError {
     #[error("cannot start the worker's pool: {0}")]
     Pool(#[from] PoolError),
     /// The worker stopped on its own while the node ran: its local pool gave up (its
-    /// processes kept ending before they took a task, or could not be started), or one
-    /// of the node's threads panicked (a bug). The node stopped, its tasks handed back
+    /// processes kept ending before they took a task, or could not be started), the
+    /// server came to refuse its Redis user the scripts that finish tasks or renew
+    /// leases (`NOPERM`), or one of the node's threads panicked (a bug). The node stopped, its tasks handed back
     /// to the queue, or where that could not be done (a thread gone) run again
     /// elsewhere once their leases lapse
     /// ([`WorkerHandle::broken`](super::WorkerHandle::broken)).
@@ -93,6 +94,12 @@ impl ClusterError {
     /// connection broke, or the server cannot serve for now.
     pub(crate) fn is_transient(&self) -> bool {
         self.is_unanswered() || matches!(self, ClusterError::Unavailable(_))
+    }
+
+    /// Whether the server refused the command under its user's rules (`NOPERM`): the
+    /// same call would be refused again until they change.
+    pub(crate) fn is_permission_refusal(&self) -> bool {
+        matches!(self, ClusterError::Redis(m) if m.starts_with(NOPERM))
     }
 
     /// Whether the server did not answer: it could not be reached, the connection
@@ -130,6 +137,14 @@ pub(crate) fn redis_err(e: &redis::RedisError) -> ClusterError {
         {
             ClusterError::Unavailable(e.to_string())
         }
+        // Refused under the user's rules: said with the server's own code, which
+        // `is_permission_refusal` looks for.
+        _ if e.code() == Some("NOPERM") => {
+            ClusterError::Redis(format!("{NOPERM} {}", e.detail().unwrap_or_default()))
+        }
         _ => ClusterError::Redis(e.to_string()),
     }
 }
+
+/// How the message of a command refused under the user's rules starts.
+const NOPERM: &str = "NOPERM";

@@ -189,7 +189,13 @@ impl<A, R> TaskDef<A, R> {
     }
 
     /// The schema hash every message of this task carries: of the names of `A` and `R`
-    /// (as this build's compiler writes them) and the version.
+    /// (as this build's compiler writes them) and the version. `std::any::type_name`
+    /// is not promised to stay the same across compiler versions, so clients and
+    /// workers built with different toolchains may refuse each other's tasks (they are
+    /// dead-lettered, their clients told why): build a queue's programs with one
+    /// toolchain, or upgrade clients and workers together. Nor is it unique: two
+    /// layouts of one type path (a struct of two versions of a dependency) hash the
+    /// same, which [`version`](Self::version) is there to tell apart.
     pub fn schema(&self) -> u64 {
         let mut h = Sha256::new();
         h.update(std::any::type_name::<A>().as_bytes());

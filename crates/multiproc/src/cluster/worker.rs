@@ -489,9 +489,13 @@ impl WorkerBuilder {
         let (server, keys) = self.settings.open()?;
         let mut conn = server.connect_checked()?;
         ensure_group(&mut conn, &keys)?;
+        scripts_allowed(&mut conn)?;
         // Redis's defaults until the server says (and for good where it will not).
-        let (limits, refused) = match conn::server_limits(&mut conn) {
-            Ok(Some(limits)) => (limits, false),
+        let (limits, refused) = match conn::server_config(&mut conn) {
+            Ok(Some((limits, policy))) => {
+                conn::warn_if_evicting(policy.as_deref(), "cluster worker");
+                (limits, false)
+            }
             Ok(None) => (Limits::DEFAULT, true),
             Err(_) => (Limits::DEFAULT, false),
         };
@@ -784,8 +788,10 @@ impl WorkerHandle {
     }
 
     /// Why the node stopped on its own, if it did: its local pool gave up (its
-    /// processes kept ending before they took a task, or could not be started), or one
-    /// of its threads panicked (a bug). It then takes no more tasks and hands those it
+    /// processes kept ending before they took a task, or could not be started), the
+    /// server came to refuse its Redis user the scripts that finish tasks or renew
+    /// leases (`NOPERM`, its ACL rules changed while the node ran), or one of its
+    /// threads panicked (a bug). It then takes no more tasks and hands those it
     /// holds back to the queue, uncounted, for other workers (those it cannot hand back
     /// are run again elsewhere once their leases lapse); [`WorkerBuilder::run`] returns
     /// [`ClusterError::PoolBroken`].
@@ -1057,6 +1063,23 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
         _ => conn::epoch(conn, keys)
             .map(drop)
             .map_err(|e| super::error::redis_err(&e)),
+    }
+}
+
+/// Refuses a Redis user that may not run scripts: a node takes tasks with plain
+/// commands but finishes, renews and reclaims them with scripts, so it would take every
+/// task and answer none.
+fn scripts_allowed(conn: &mut redis::Connection) -> Result<(), ClusterError> {
+    let r: redis::RedisResult<i64> = redis::cmd("EVAL").arg("return 1").arg(0).query(conn);
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match super::error::redis_err(&e) {
+            ClusterError::Redis(m) if e.code() == Some("NOPERM") => ClusterError::Redis(format!(
+                "{m} (the Redis user may not run scripts, which a worker node needs to \
+                 finish, renew and reclaim tasks)"
+            )),
+            other => other,
+        }),
     }
 }
 
@@ -2070,6 +2093,12 @@ impl Node {
                     .refused
                     .extend(batch.iter().map(|f| f.entry.clone()));
                 self.sent(&batch);
+                // The server refuses this user what finishing takes (its rules changed
+                // since the node started): it would refuse every finish, and the node
+                // would go on taking tasks it cannot answer.
+                if e.is_permission_refusal() {
+                    self.stop_broken(&format!("the Redis user may no longer finish tasks: {e}"));
+                }
                 Ok(())
             }
         }
@@ -2154,6 +2183,13 @@ impl Node {
                 {
                     // Once per run of failures: they are retried every `retry`.
                     tracing::warn!(worker = %self.name, "lease renewal failed (retried until it goes through): {e}");
+                }
+                // Refused by the user's rules, it would never go through: the node's
+                // leases would lapse under its running tasks.
+                if let Err(e) = &renewed
+                    && e.is_permission_refusal()
+                {
+                    self.stop_broken(&format!("the Redis user may no longer renew leases: {e}"));
                 }
                 renewed_last = renewed.is_ok();
                 if renewed.is_ok() {

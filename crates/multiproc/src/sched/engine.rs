@@ -24,6 +24,8 @@ use crate::pool::TaskError;
 use crate::pool::{Pool, ThreadPool};
 use crate::sync::unpoisoned;
 
+/// The least misfire grace a job may have (see [`Job::misfire_grace`]).
+const MIN_GRACE: Duration = Duration::from_millis(1);
 /// At most this many due times of one job are looked at in one pass; more (a per-second
 /// job after a long downtime) are handled in the passes that follow at once.
 const MAX_DUE_PER_PASS: usize = 10_000;
@@ -347,11 +349,13 @@ impl Shared {
                 "max_instances must be at least 1".into(),
             ));
         }
-        if job.misfire_grace == Some(Duration::ZERO) {
-            // The scheduler wakes after a due time, never at it: every run would be late.
-            return Err(ScheduleError::InvalidArgument(
-                "misfire_grace must be more than zero: every run would be missed".into(),
-            ));
+        if job.misfire_grace.is_some_and(|g| g < MIN_GRACE) {
+            // The scheduler wakes after a due time, never at it (some microseconds to
+            // milliseconds after): nearly every run would be late.
+            return Err(ScheduleError::InvalidArgument(format!(
+                "misfire_grace must be at least {MIN_GRACE:?}: the scheduler wakes after a \
+                 due time, and nearly every run would be missed"
+            )));
         }
         let needs = match job.target {
             Target::Process(_) if shared.pool.is_none() => Some("Pool"),
@@ -1152,6 +1156,15 @@ impl Shared {
     ) -> Result<Loaded, ScheduleError> {
         #[cfg(feature = "sqlite")]
         if let Some(store) = &self.store {
+            // A store keeps times as nanoseconds since 1970 in 64 bits: a first time it
+            // cannot write would fail at each pass, its run never made nor reported.
+            let first = fresh.once_at().or_else(|| fresh.next_after(now));
+            if let Some(t) = first.filter(|t| t.timestamp_nanos_opt().is_none()) {
+                return Err(ScheduleError::InvalidArgument(format!(
+                    "job {name:?}: its first time, {t}, is outside the years 1677-2262 \
+                     that a job store keeps"
+                )));
+            }
             return unpoisoned::lock(store).load(name, key, fresh, now);
         }
         let _ = (name, key);

@@ -272,10 +272,10 @@ impl Job {
     }
 
     /// How late a run may start; a run later than this is reported
-    /// [`Missed`](EventKind::Missed) with [`MissReason::TooLate`] instead. More than
-    /// zero ([`Scheduler::add`](crate::sched::Scheduler::add) refuses zero with
-    /// `InvalidArgument`: the scheduler wakes after a due time, never exactly at it, so
-    /// every run would be missed).
+    /// [`Missed`](EventKind::Missed) with [`MissReason::TooLate`] instead. At least a
+    /// millisecond ([`Scheduler::add`](crate::sched::Scheduler::add) refuses less with
+    /// `InvalidArgument`: the scheduler wakes after a due time, never exactly at it but
+    /// some microseconds to milliseconds after, so nearly every run would be missed).
     pub fn misfire_grace(mut self, grace: Duration) -> Job {
         self.misfire_grace = Some(grace);
         self

@@ -19,10 +19,14 @@ use super::ScheduleError;
 ///
 /// A cron expression names wall-clock times in its zone. When clocks jump forward, a
 /// time that does not exist that day fires at the first instant after the jump if the
-/// expression names one fixed time of day (`30 2 * * *` fires at 03:00 on that day), and
-/// not at all if it is a repeating one (`*/15 * * * *` has no 02:15 that day). When
-/// clocks fall back, a wall-clock time that happens twice fires once, at its first
-/// occurrence. An interval (`every`) counts real time and ignores the zone.
+/// expression names one fixed time of day, a single value in each of its second,
+/// minute and hour fields (`30 2 * * *` fires at 03:00 on that day), and not at all
+/// otherwise, with no event for it (`*/15 * * * *` has no 02:15 that day, nor do
+/// `30 2,14 * * *` and `0,30 2 * * *` any 02:xx: a list of values counts as repeating).
+/// When clocks fall back, a wall-clock time that happens twice fires once, at its first
+/// occurrence: a repeating expression skips the hour's second pass (an hourly job has
+/// two hours between runs there, one every 15 minutes 75 minutes). An interval (`every`)
+/// counts real time and ignores the zone.
 ///
 /// # Examples
 ///

@@ -302,6 +302,16 @@ pub fn trial(name: &'static str, f: fn()) -> libtest_mimic::Trial {
     })
 }
 
+/// The lines `rx` gets until its sender is gone, waiting at most `timeout` in all.
+fn to_end(rx: &mpsc::Receiver<String>, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        out.push(line);
+    }
+    out
+}
+
 /// A helper process: this test binary in a helper mode, stdout and stderr captured line
 /// by line.
 pub struct Helper {
@@ -414,17 +424,15 @@ impl Helper {
         self.errors.try_iter().collect::<Vec<_>>().join("\n")
     }
 
+    /// Everything left on stderr once the helper has closed it (it exited), waiting at
+    /// most `timeout` for the end.
+    pub fn stderr_to_end(&self, timeout: Duration) -> String {
+        to_end(&self.errors, timeout).join("\n")
+    }
+
     /// All remaining stdout lines after the helper exits.
     pub fn rest(&self, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            out.push(line);
-        }
-        out
+        to_end(&self.lines, timeout)
     }
 
     /// Waits for the helper to exit, at most `timeout`.
