@@ -3675,12 +3675,18 @@ fn a_worker_whose_user_may_not_run_scripts_stops() {
 }
 
 /// A server that evicts keys once full drops tasks, results and leases without an
-/// error: a client and a worker node that start on one say so in the log, and on a
-/// server that refuses writes instead (Redis's default) they say nothing of it.
+/// error: a client and a worker node that start on one say so in the log; on a server
+/// that refuses writes instead (Redis's default), or that has no `maxmemory` to evict
+/// at, they say nothing of it.
 fn an_evicting_server_is_warned_of() {
     let ns = "evicting";
-    for (policy, warned) in [("allkeys-lru", true), ("noeviction", false)] {
-        let redis = RedisServer::start_with(&["--maxmemory-policy", policy]);
+    for (policy, maxmemory, warned) in [
+        ("allkeys-lru", "100mb", true),
+        ("allkeys-lru", "0", false),
+        ("noeviction", "100mb", false),
+    ] {
+        let redis =
+            RedisServer::start_with(&["--maxmemory-policy", policy, "--maxmemory", maxmemory]);
         let mut h = Helper::start_with(
             "start_and_stop",
             std::env::current_exe().unwrap(),
@@ -3697,7 +3703,7 @@ fn an_evicting_server_is_warned_of() {
             let said = log
                 .lines()
                 .any(|l| l.contains(who) && l.contains("maxmemory-policy is allkeys-lru"));
-            assert_eq!(said, warned, "{policy}, {who}: {log}");
+            assert_eq!(said, warned, "{policy}, {maxmemory}, {who}: {log}");
         }
         finish(&redis, client(&redis, ns), ns);
     }

@@ -1090,22 +1090,40 @@ fn shared_memory_copies_any_range_and_keeps_aligned_words_whole() {
 }
 
 /// Writes `len` bytes at `at` of `shm` over and over from another thread, all of one
-/// value then all of another, while this one reads the first 256 bytes for 300 ms and
-/// hands each read to `check`.
+/// value then all of another, while this one reads the first 256 bytes for 300 ms from
+/// the writer's first write and hands each read to `check`.
 fn race_writes(shm: &SharedMemory, at: usize, len: usize, check: impl Fn(&[u8; 256])) {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    /// Stops the writer however this thread leaves (a failed check included).
+    struct Stop(std::sync::Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Stop(std::sync::Arc::new(AtomicBool::new(false)));
+    let written = std::sync::Arc::new(AtomicU64::new(0));
     let writer = std::thread::spawn({
-        let (shm, stop) = (shm.clone(), std::sync::Arc::clone(&stop));
+        let (shm, stop, written) = (
+            shm.clone(),
+            std::sync::Arc::clone(&stop.0),
+            std::sync::Arc::clone(&written),
+        );
         move || {
             let mut writes = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let byte = if writes.is_multiple_of(2) { 0x11 } else { 0x22 };
                 shm.write(at, &vec![byte; len]).unwrap();
                 writes += 1;
+                written.store(writes, Ordering::Relaxed);
             }
             writes
         }
     });
+    assert!(
+        common::eventually(T, || written.load(Ordering::Relaxed) > 0),
+        "the writer never wrote"
+    );
     let end = std::time::Instant::now() + Duration::from_millis(300);
     let mut reads = 0u64;
     while std::time::Instant::now() < end {
@@ -1114,7 +1132,7 @@ fn race_writes(shm: &SharedMemory, at: usize, len: usize, check: impl Fn(&[u8; 2
         check(&seen);
         reads += 1;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
     let writes = writer.join().unwrap();
     assert!(reads > 0 && writes > 0, "{reads} reads, {writes} writes");
 }

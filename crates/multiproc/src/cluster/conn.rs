@@ -141,8 +141,10 @@ pub(crate) fn server_limits(conn: &mut redis::Connection) -> redis::RedisResult<
     Ok(server_config(conn)?.map(|(limits, _)| limits))
 }
 
-/// The server's [`Limits`] and its `maxmemory-policy` (if it names one), in one
-/// `CONFIG GET`; `None` if it refuses to say, as for [`server_limits`].
+/// The server's [`Limits`] and its `maxmemory-policy` where it may evict (it names one
+/// other than `noeviction`, and a `maxmemory` above zero: with none, nothing is ever
+/// evicted), in one `CONFIG GET`; `None` if it refuses to say, as for
+/// [`server_limits`].
 pub(crate) fn server_config(
     conn: &mut redis::Connection,
 ) -> redis::RedisResult<Option<(Limits, Option<String>)>> {
@@ -151,6 +153,7 @@ pub(crate) fn server_config(
         .arg("proto-max-bulk-len")
         .arg("client-query-buffer-limit")
         .arg("maxmemory-policy")
+        .arg("maxmemory")
         .query(conn)
     {
         Ok(config) => config,
@@ -170,21 +173,30 @@ pub(crate) fn server_config(
         limit("proto-max-bulk-len", 512 << 20),
         limit("client-query-buffer-limit", 1 << 30),
     );
-    Ok(Some((limits, config.remove("maxmemory-policy"))))
+    let bounded = config
+        .get("maxmemory")
+        .and_then(|m| m.parse::<u64>().ok())
+        .is_some_and(|m| m > 0);
+    let evicting = config
+        .remove("maxmemory-policy")
+        .filter(|p| bounded && p != "noeviction");
+    Ok(Some((limits, evicting)))
 }
 
 /// Warns (once per client or node, as it starts) when the server may evict keys to make
-/// room (`maxmemory-policy` other than `noeviction`): the queue's promises rest on Redis
-/// keeping what it acknowledged, and an evicting server drops tasks, results and
-/// leases without a word once it is full. Says nothing where the server does not say
-/// (`CONFIG` refused or renamed).
+/// room (`policy`, from [`server_config`]): the queue's promises rest on Redis keeping
+/// what it acknowledged, and an evicting server drops keys without a word once it is
+/// full. Says nothing where the server does not say (`CONFIG` refused or renamed).
 pub(crate) fn warn_if_evicting(policy: Option<&str>, who: &str) {
-    if let Some(policy) = policy
-        && policy != "noeviction"
-    {
+    if let Some(policy) = policy {
+        let what = if policy.starts_with("volatile") {
+            "results, replies, cancel flags and heartbeats (the keys with a time to live)"
+        } else {
+            "any of the queue's keys, waiting tasks included"
+        };
         tracing::warn!(
-            "{who}: the Redis server's maxmemory-policy is {policy}: once full, it evicts \
-             keys, and with them tasks, results and leases, without an error (set \
+            "{who}: the Redis server's maxmemory-policy is {policy}: once it holds its \
+             maxmemory, it evicts {what}, without an error, and their callers wait (set \
              maxmemory-policy noeviction, which refuses writes instead)"
         );
     }

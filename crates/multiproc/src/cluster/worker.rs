@@ -1070,9 +1070,8 @@ fn ensure_group(conn: &mut redis::Connection, keys: &Keys) -> Result<(), Cluster
 /// commands but finishes, renews and reclaims them with scripts, so it would take every
 /// task and answer none.
 fn scripts_allowed(conn: &mut redis::Connection) -> Result<(), ClusterError> {
-    let r: redis::RedisResult<i64> = redis::cmd("EVAL").arg("return 1").arg(0).query(conn);
-    match r {
-        Ok(_) => Ok(()),
+    match probe_scripts(conn) {
+        Ok(()) => Ok(()),
         Err(e) => Err(match super::error::redis_err(&e) {
             ClusterError::Redis(m) if e.code() == Some("NOPERM") => ClusterError::Redis(format!(
                 "{m} (the Redis user may not run scripts, which a worker node needs to \
@@ -1081,6 +1080,25 @@ fn scripts_allowed(conn: &mut redis::Connection) -> Result<(), ClusterError> {
             other => other,
         }),
     }
+}
+
+/// Runs a script that touches no key the way the node runs its own (`EVALSHA`, then
+/// `SCRIPT LOAD` where the server does not have it): refused (`NOPERM`) where the
+/// user may not run scripts at all, whatever its key rules.
+fn probe_scripts(conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    static PROBE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new("return 1"));
+    PROBE.prepare_invoke().invoke::<i64>(conn).map(drop)
+}
+
+/// Whether a refusal under the user's rules (`NOPERM`) was of scripts as such, asked
+/// again by [`probe_scripts`] through `run`: a finish or a renewal names each task's
+/// keys, and a refusal of one task's key is that task's, not every call's.
+fn scripts_refused(
+    e: &ClusterError,
+    run: impl FnOnce(fn(&mut redis::Connection) -> redis::RedisResult<()>) -> Result<(), ClusterError>,
+) -> bool {
+    e.is_permission_refusal() && matches!(run(probe_scripts), Err(p) if p.is_permission_refusal())
 }
 
 /// How long a stopping node waits before it tries again to unregister.
@@ -2070,6 +2088,14 @@ impl Node {
             // it writes): each is finished on its own, so that one does not hold back
             // the rest. Items the failed call finished already are no longer owned, and
             // are left alone.
+            // The user may not run scripts any more (its rules changed): every finish
+            // would be refused, and the node would go on taking tasks it cannot answer.
+            // It stops; what it took runs elsewhere once the leases lapse.
+            Err(e) if scripts_refused(&e, |probe| link.run(probe)) => {
+                self.leave_refused(&batch, &e);
+                self.stop_broken(&format!("the Redis user may no longer finish tasks: {e}"));
+                Ok(())
+            }
             Err(e) if batch.len() > 1 => {
                 let n = batch.len();
                 tracing::warn!(worker = %self.name, "finishing {n} tasks together failed, now one at a time: {e}");
@@ -2087,21 +2113,21 @@ impl Node {
             Err(e) => {
                 // The entry stays pending and is reclaimed when its lease runs out (at
                 // least once still holds).
-                let entries: Vec<&str> = batch.iter().map(|f| f.entry.as_str()).collect();
-                tracing::error!(worker = %self.name, ?entries, "finishing a task failed: {e}");
-                lock(&self.state)
-                    .refused
-                    .extend(batch.iter().map(|f| f.entry.clone()));
-                self.sent(&batch);
-                // The server refuses this user what finishing takes (its rules changed
-                // since the node started): it would refuse every finish, and the node
-                // would go on taking tasks it cannot answer.
-                if e.is_permission_refusal() {
-                    self.stop_broken(&format!("the Redis user may no longer finish tasks: {e}"));
-                }
+                self.leave_refused(&batch, &e);
                 Ok(())
             }
         }
+    }
+
+    /// Leaves the finishes the server refused for good: their entries stay pending and
+    /// are reclaimed when their leases run out (at least once still holds).
+    fn leave_refused(&self, batch: &[Finish], e: &ClusterError) {
+        let entries: Vec<&str> = batch.iter().map(|f| f.entry.as_str()).collect();
+        tracing::error!(worker = %self.name, ?entries, "finishing a task failed: {e}");
+        lock(&self.state)
+            .refused
+            .extend(batch.iter().map(|f| f.entry.clone()));
+        self.sent(batch);
     }
 
     /// Reads the server's [`Limits`] again: a short wait, and the last ones kept if the
@@ -2187,7 +2213,7 @@ impl Node {
                 // Refused by the user's rules, it would never go through: the node's
                 // leases would lapse under its running tasks.
                 if let Err(e) = &renewed
-                    && e.is_permission_refusal()
+                    && scripts_refused(e, |probe| self.run_keeper(probe))
                 {
                     self.stop_broken(&format!("the Redis user may no longer renew leases: {e}"));
                 }
@@ -2630,6 +2656,33 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finish or renewal refused under the user's rules stops the node only where
+    /// the user may not run scripts at all (asked again): a refusal of one task's key
+    /// (an ACL narrower than the queue's keys) is that task's alone, and a refusal
+    /// for another reason is no question of rules.
+    #[test]
+    fn only_a_refusal_of_scripts_themselves_stops_the_node() {
+        let noperm = || ClusterError::Redis("NOPERM No permissions to access a key".into());
+        let asked = std::cell::Cell::new(0);
+        let probe = |answer: Result<(), ClusterError>| {
+            let asked = &asked;
+            move |_: fn(&mut redis::Connection) -> redis::RedisResult<()>| {
+                asked.set(asked.get() + 1);
+                answer
+            }
+        };
+        assert!(!scripts_refused(&noperm(), probe(Ok(()))));
+        assert!(scripts_refused(&noperm(), probe(Err(noperm()))));
+        assert_eq!(asked.get(), 2);
+        let other = ClusterError::Redis("WRONGTYPE Operation against a key".into());
+        assert!(!scripts_refused(&other, probe(Err(noperm()))));
+        assert_eq!(
+            asked.get(),
+            2,
+            "asked again for a refusal that is not NOPERM"
+        );
+    }
 
     /// Runs `retire_until` against answers given in turn (the last one repeated);
     /// returns its result and the reply waits it asked for.
