@@ -39,6 +39,10 @@ fn main() {
                 cpu_time_with_sigxcpu_ignored,
             ),
             trial(
+                "cpu_time_of_spawn_fork_from_a_thread_that_blocks_sigxcpu",
+                cpu_time_with_sigxcpu_blocked,
+            ),
+            trial(
                 "cpu_time_under_a_lower_inherited_hard_limit",
                 cpu_time_under_a_lower_hard_limit,
             ),
@@ -115,6 +119,9 @@ fn helpers(mode: &str) {
                 .spawn(sleep_long, ())
                 .unwrap();
             println!("child {}", child.pid());
+            // And one without a cap, which ends soon after this process is gone.
+            let brief = Builder::new().spawn(nap, 500).unwrap();
+            println!("brief {}", brief.pid());
             std::thread::sleep(T);
         }
         "fork_capped" => {
@@ -431,6 +438,34 @@ fn cpu_time_with_sigxcpu_ignored() {
     }
 }
 
+/// A `spawn_fork` child keeps the mask of the thread that forked it: one that blocks
+/// `SIGXCPU` (as programs that take their signals with `sigwait` block them all) held
+/// the limit's signal pending, and the child burnt on to the hard limit (none).
+fn cpu_time_with_sigxcpu_blocked() {
+    let forking = std::thread::spawn(|| {
+        // SAFETY: the set is built on the stack before `pthread_sigmask` reads it; only
+        // this thread's mask changes.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGXCPU);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        // SAFETY: the child only spins and returns a value.
+        let mut child = unsafe {
+            Builder::new()
+                .limits(Limits::new().cpu_time(Duration::from_millis(200)))
+                .spawn_fork(|| burn(5_000))
+        }
+        .unwrap();
+        child.join_timeout(T)
+    });
+    match forking.join().unwrap() {
+        Err(ProcessError::LimitExceeded { limit, .. }) => assert_eq!(limit, Limit::CpuTime),
+        other => panic!("expected the CPU-time limit, got {other:?}"),
+    }
+}
+
 /// `cpu_time(Duration::MAX)` is no limit (it wrapped to a limit of one second).
 fn cpu_time_max() {
     let mut child = Builder::new()
@@ -702,11 +737,16 @@ fn sleep_long(_: ()) {
     std::thread::sleep(T);
 }
 
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 /// A capped child that is not a daemon outlives its SIGKILLed parent: its cgroup stays
 /// while it runs (the fork server stays for it), and goes when it ends.
 fn capped_child_outlives_parent() {
     let mut h = Helper::start("capped_child");
     let child: u32 = h.expect("child ", T).parse().unwrap();
+    let brief: u32 = h.expect("brief ", T).parse().unwrap();
     let server = common::fork_server_of(h.child.id()).expect("the helper's fork server");
     assert_eq!(cgroups_of(server).len(), 1);
     // SAFETY: kill(2) on the helper this test started.
@@ -715,6 +755,15 @@ fn capped_child_outlives_parent() {
     // The server stays for the child (and reaps it).
     assert!(!common::wait_gone(server, Duration::from_millis(500)));
     assert_eq!(cgroups_of(server).len(), 1, "removed under a running child");
+    // Meanwhile it reaps the others as they end (the uncapped one within a second):
+    // it stayed a zombie until the capped one ended.
+    assert!(
+        common::eventually(Duration::from_secs(5), || !common::children_of(server)
+            .iter()
+            .any(|&(p, ..)| p == brief)),
+        "the uncapped child is left: {:?}",
+        common::children_of(server)
+    );
     // SAFETY: kill(2) on the helper's child, which this test's helper started.
     unsafe { libc::kill(child as i32, libc::SIGTERM) };
     assert!(

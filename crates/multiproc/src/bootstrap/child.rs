@@ -341,10 +341,16 @@ fn report(why: &str) {
 /// leaves the barriers it waited on (see `sync::barrier`); one that failed stays a
 /// party that died.
 fn finish(code: i32, origin: Origin) -> ! {
-    crate::sync::barrier::process_ends(code == 0);
-    // Done here, not again at `exit`.
-    super::disown_exit();
-    super::exit_function();
+    // The exit work runs code of the program's (its `tracing` subscriber, the
+    // manager's goodbye): a panic there must not unwind into the frames the child was
+    // forked from (the caller of `spawn_fork`, or the fork server's loop), whose
+    // destructors and code would then run in the child. Caught, as at `exit`.
+    let _ = std::panic::catch_unwind(|| {
+        crate::sync::barrier::process_ends(code == 0);
+        // Done here, not again at `exit`.
+        super::disown_exit();
+        super::exit_function();
+    });
     exit(code, origin)
 }
 

@@ -319,14 +319,17 @@ pub(crate) fn apply_limits(limits: &ChildLimits) -> Result<(), String> {
     Ok(())
 }
 
-/// Gives the signal a CPU-time limit ends the process with its default action, if
-/// `limits` has one: ignored as the program inherited it (a launcher's `trap ''
-/// XCPU`), or handled by the program's handler across a fork, it ended nothing, and the
-/// child ran on past its limit. Before a setup function runs, which may catch it on
-/// purpose (to save its work before the hard limit).
+/// Gives the signal a CPU-time limit ends the process with its default action, and
+/// lets it through, if `limits` has one: ignored as the program inherited it (a
+/// launcher's `trap '' XCPU`), or handled by the program's handler across a fork, it
+/// ended nothing, and the child ran on past its limit; blocked by the thread that
+/// called `spawn_fork` (whose mask its child keeps), it stayed pending, and the child
+/// ran on to the hard limit (none, usually). Before a setup function runs, which may
+/// catch it on purpose (to save its work before the hard limit).
 pub(crate) fn default_limit_signals(limits: &ChildLimits) {
     if limits.cpu.is_some() {
         sys::default_signal(sys::SIGXCPU);
+        sys::unblock_signal(sys::SIGXCPU);
     }
 }
 

@@ -284,6 +284,7 @@ pub(crate) fn signal_is_default(_: i32) -> bool {
 }
 pub(crate) fn restore_signal(_: i32, _: Disposition) {}
 pub(crate) fn unblock_signals(_: bool) {}
+pub(crate) fn unblock_signal(_: i32) {}
 /// A signal mask (none exist here).
 #[derive(Clone, Copy)]
 pub(crate) struct SignalMask;

@@ -431,25 +431,36 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         .as_ref()
         .is_some_and(|d| sys::poll_now(d.as_fd()).is_ok_and(|r| r.ready()));
     let tracker_deadline = Instant::now() + Duration::from_secs(1);
-    for kid in living.iter().filter(|k| k.tracker) {
+    let mut living = living;
+    living.retain(|kid| {
+        if !kid.tracker {
+            return true;
+        }
         if parent_gone {
             let _ = sys::wait_readable(&[kid.pidfd.as_fd()], Some(tracker_deadline));
         }
-        let _ = sys::try_reap(kid.pidfd.as_fd());
-    }
+        // Reaped, it is waited for no more below.
+        !matches!(sys::try_reap(kid.pidfd.as_fd()), Ok(Some(_)))
+    });
     // Children that outlive their parent and have a cgroup: stay until they end, and
-    // remove it then.
-    let mut living: Vec<Kid> = living.into_iter().filter(|k| k.cgroup.is_some()).collect();
-    while !living.is_empty() {
+    // remove it then. Meanwhile every other child still here is reaped as it ends (it
+    // stayed a zombie until the last capped child ended); those still running after
+    // that are re-parented as this server exits.
+    while living.iter().any(|k| k.cgroup.is_some()) {
         let fds: Vec<_> = living.iter().map(|k| k.pidfd.as_fd()).collect();
         let Ok(ready) = sys::wait_readable(&fds, None) else {
             break;
         };
         for i in (0..living.len()).rev() {
-            if ready[i].ready()
-                && let Ok(Some(status)) = sys::try_reap(living[i].pidfd.as_fd())
-            {
-                report(living.swap_remove(i), status, &mut cgroups);
+            if !ready[i].ready() {
+                continue;
+            }
+            match sys::try_reap(living[i].pidfd.as_fd()) {
+                Ok(Some(status)) => report(living.swap_remove(i), status, &mut cgroups),
+                Ok(None) => {}
+                // Ended and not this server's to reap (its pidfd stays readable): looked
+                // at no more, or the wait would never sleep again.
+                Err(_) => drop(living.swap_remove(i)),
             }
         }
     }

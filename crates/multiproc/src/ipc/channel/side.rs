@@ -82,6 +82,15 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
         let Some(n) = sys::peek_packet(sock, &mut header).map_err(RecvFail::Io)? else {
             return Ok(None);
         };
+        // A sequenced-packet socket whose other end is gone reads as an empty message
+        // for ever (looked at again, the loop never ended): the message this record
+        // names can never come. Only a forged handle gets here, as the channel's core
+        // holds both ends.
+        if n == 0 && sys::poll_now(sock).is_ok_and(|r| r.hangup) {
+            return Err(RecvFail::Broken(format!(
+                "side message {id}: the side socket's other end is gone"
+            )));
+        }
         let word = |at: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&header[at..at + 8]);
@@ -176,6 +185,20 @@ pub(super) fn fetch(sock: BorrowedFd<'_>, id: u64) -> Result<Option<Received>, R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A side socket whose other end is gone (a forged handle's) fails the receive: it
+    /// reads as an empty message for ever, and the look for the message never ended.
+    #[test]
+    fn a_side_socket_without_its_other_end_fails_the_receive() {
+        let (rx, tx) = sys::packet_pair().unwrap();
+        drop(tx);
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(matches!(fetch(rx.as_fd(), 1), Err(RecvFail::Broken(_))));
+        });
+        let failed = got.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(failed, Ok(true), "the receive goes on looking");
+    }
 
     /// A side message whose header does not hold (a memory file of more than
     /// [`MEMFD_MAX`] bytes, an unknown mode, an in-message length over

@@ -378,13 +378,34 @@ pub(crate) fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
 
 /// The process id and user id of the process at the other end of a connected Unix
 /// socket, as of when it connected (`SO_PEERCRED`; the pid as this process's pid
-/// namespace sees it).
+/// namespace sees it, 0 for a process outside it).
+///
+/// Read into the C library's `ucred` by hand: rustix's `UCred` holds the pid as a
+/// non-zero number, and the kernel gives 0 for a peer in a pid namespace this process
+/// cannot see (a container sharing the host's network but not its processes), which
+/// made reading it undefined behaviour.
 pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
-    Ok((
-        cred.pid.as_raw_nonzero().get().unsigned_abs(),
-        cred.uid.as_raw(),
-    ))
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a `ucred` the call writes at most `len` bytes of, and `len` is
+    // its size; the descriptor is borrowed for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid.unsigned_abs(), cred.uid))
 }
 
 /// This process's real user id.

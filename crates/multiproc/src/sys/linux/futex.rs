@@ -304,7 +304,10 @@ pub(crate) async fn readable_any(
     reactor_ready()?;
     let mut watched = Vec::with_capacity(fds.len());
     for fd in fds {
-        watched.push(async_io::Async::new(super::fd::dup(*fd)?)?);
+        // As `Watched`: a duplicate shares its file's flags with the original (and
+        // every process holding it), so it is not made non-blocking; the reactor only
+        // waits for readiness, and nothing reads through it.
+        watched.push(async_io::Async::new_nonblocking(super::fd::dup(*fd)?)?);
     }
     let timer = async {
         async_io::Timer::at(until).await;
@@ -332,6 +335,34 @@ mod tests {
     use super::*;
     use crate::sys::wait_readable;
     use std::os::fd::{AsFd, AsRawFd};
+
+    /// A wait for readability leaves the descriptor as it was: its flags belong to the
+    /// file, which other handles and processes share (a pipe made non-blocking under
+    /// them fails their blocking reads with `EAGAIN`).
+    #[test]
+    fn an_async_wait_leaves_the_descriptor_blocking() {
+        let (read, _write) = super::super::fd::pipe().unwrap();
+        let until = Instant::now() + std::time::Duration::from_millis(10);
+        futures_lite::future::block_on(readable_any(&[read.as_fd()], until)).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&read).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK), "{flags:?}");
+    }
+
+    /// The credentials of the other end of a socket pair are this process's.
+    #[test]
+    fn a_peers_credentials_are_read() {
+        let (a, _b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            super::super::fd::peer_credentials(a.as_fd()).unwrap(),
+            (std::process::id(), rustix::process::getuid().as_raw())
+        );
+    }
 
     #[test]
     fn a_threads_stat_line_is_read_past_its_name() {

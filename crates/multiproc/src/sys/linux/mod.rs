@@ -60,7 +60,7 @@ pub(crate) use proc::{
     lead_process_group, leave_interrupts_to_owner, make_group_leader, new_session, process_exists,
     process_state, raise_fd_limit, reap_adopted, reap_adopted_named, reserve_fd_table,
     restore_signal, send_signal, set_cmdline, set_fd_limit, set_name, set_signal_mask, set_umask,
-    signal_group, signal_name, thread_count, try_reap, unblock_signals, wait_child,
+    signal_group, signal_name, thread_count, try_reap, unblock_signal, unblock_signals, wait_child,
 };
 pub(crate) use proc::{Ids, become_ids, own_ids};
 

@@ -596,6 +596,18 @@ pub(crate) fn block_signals(signals: &[i32]) -> SignalMask {
     }
 }
 
+/// Stops blocking `signal` on the calling thread (the rest of its mask stays).
+pub(crate) fn unblock_signal(signal: i32) {
+    // SAFETY: the set is built on the stack (`sigemptyset`, `sigaddset`) before
+    // `pthread_sigmask` reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Gives the calling thread the mask `mask` back.
 pub(crate) fn set_signal_mask(mask: SignalMask) {
     // SAFETY: the set was written by `pthread_sigmask`; only read here.
