@@ -120,7 +120,7 @@ fn helpers(mode: &str) {
                 .unwrap();
             println!("child {}", child.pid());
             // And one without a cap, which ends soon after this process is gone.
-            let brief = Builder::new().spawn(nap, 500).unwrap();
+            let brief = Builder::new().spawn(nap, 3_000).unwrap();
             println!("brief {}", brief.pid());
             std::thread::sleep(T);
         }
@@ -755,10 +755,11 @@ fn capped_child_outlives_parent() {
     // The server stays for the child (and reaps it).
     assert!(!common::wait_gone(server, Duration::from_millis(500)));
     assert_eq!(cgroups_of(server).len(), 1, "removed under a running child");
-    // Meanwhile it reaps the others as they end (the uncapped one within a second):
-    // it stayed a zombie until the capped one ended.
+    // Meanwhile it reaps the others as they end (the uncapped one 3 s after it
+    // started, after its parent is gone): it stayed a zombie until the capped one
+    // ended.
     assert!(
-        common::eventually(Duration::from_secs(5), || !common::children_of(server)
+        common::eventually(Duration::from_secs(8), || !common::children_of(server)
             .iter()
             .any(|&(p, ..)| p == brief)),
         "the uncapped child is left: {:?}",

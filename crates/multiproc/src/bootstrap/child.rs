@@ -345,12 +345,13 @@ fn finish(code: i32, origin: Origin) -> ! {
     // manager's goodbye): a panic there must not unwind into the frames the child was
     // forked from (the caller of `spawn_fork`, or the fork server's loop), whose
     // destructors and code would then run in the child. Caught, as at `exit`.
-    let _ = std::panic::catch_unwind(|| {
-        crate::sync::barrier::process_ends(code == 0);
-        // Done here, not again at `exit`.
-        super::disown_exit();
-        super::exit_function();
-    });
+    let ended = std::panic::catch_unwind(|| crate::sync::barrier::process_ends(code == 0));
+    // Done here, not again at `exit`.
+    super::disown_exit();
+    let exited = std::panic::catch_unwind(super::exit_function);
+    for caught in [ended.err(), exited.err()].into_iter().flatten() {
+        super::panic::drop_payload(caught);
+    }
     exit(code, origin)
 }
 

@@ -54,11 +54,7 @@ impl<R: DeserializeOwned + Send + 'static> Child for JoinHandle<R> {
         // the same. A `SIGKILL` goes both ways always (once the child has ended the
         // pidfd's does nothing).
         let pid = self.pid();
-        // The group numbered after the child is its own while the child runs, or while
-        // no process has its number: once the child has ended, its group emptied and
-        // the number was given again, the group of that number is another's.
-        let its = self.is_alive() || !sys::process_exists(pid);
-        let grouped = its && matches!(sys::signal_group(pid, signal), Ok(true));
+        let grouped = matches!(sys::signal_group(pid, signal), Ok(true));
         if signal == sys::SIGKILL || !grouped || !sys::in_group(pid, pid) {
             let _ = if signal == sys::SIGKILL {
                 self.kill()

@@ -451,17 +451,28 @@ pub(crate) fn serve(control: OwnedFd, death: Option<OwnedFd>, executed: bool) ->
         let Ok(ready) = sys::wait_readable(&fds, None) else {
             break;
         };
+        let mut stalled = false;
         for i in (0..living.len()).rev() {
             if !ready[i].ready() {
                 continue;
             }
             match sys::try_reap(living[i].pidfd.as_fd()) {
                 Ok(Some(status)) => report(living.swap_remove(i), status, &mut cgroups),
-                Ok(None) => {}
+                // Ended, but its status is not here yet (a tracer's to take first):
+                // looked at again in a moment rather than at once.
+                Ok(None) => stalled = true,
                 // Ended and not this server's to reap (its pidfd stays readable): looked
-                // at no more, or the wait would never sleep again.
-                Err(_) => drop(living.swap_remove(i)),
+                // at no more, or the wait would never sleep again; its cgroup, if it
+                // has one, goes with the leftovers.
+                Err(_) => {
+                    if let Some(dir) = living.swap_remove(i).cgroup {
+                        cgroups.leftover.push(dir);
+                    }
+                }
             }
+        }
+        if stalled {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     // What their own children held a moment longer.
