@@ -58,6 +58,10 @@ fn main() {
                 a_client_sigkilled_holding_a_lock_after_a_spawn_fork_lets_it_go,
             ),
             trial(
+                "forked_while_another_thread_calls",
+                forked_while_another_thread_calls,
+            ),
+            trial(
                 "a_panicking_drop_keeps_no_dead_clients_lock",
                 a_panicking_drop_keeps_no_dead_clients_lock,
             ),
@@ -273,6 +277,36 @@ fn helpers(mode: &str) {
             assert_eq!(child.join_timeout(T).unwrap(), 2);
             // The parent's own connection is untouched by the child dropping its copy.
             println!("after fork {:?}", d.insert(3, 3).map(|_| d.len()));
+        }
+        "manager_fork_while_calling" => {
+            let m = Manager::start().unwrap();
+            let d = m.dict::<u8, u8>().unwrap();
+            d.len().unwrap();
+            // Its call holds the client's idle connections for 500 ms (a hook of debug
+            // builds) as it checks one out: the fork comes meanwhile.
+            let caller = {
+                let d = d.clone();
+                std::thread::Builder::new()
+                    .name("multiproc-test-holds-idle".into())
+                    .spawn(move || d.len().unwrap())
+                    .unwrap()
+            };
+            std::thread::sleep(Duration::from_millis(100));
+            let theirs = d.clone();
+            // SAFETY: the other thread only calls the manager, whose client's state
+            // `spawn_fork` holds across the fork; the child calls it too.
+            let mut child = unsafe {
+                multiproc::Builder::new()
+                    .spawn_fork(move || theirs.len().map_err(|e| e.to_string()))
+            }
+            .unwrap();
+            let joined = child.join_timeout(Duration::from_secs(10));
+            if joined.is_err() {
+                let _ = child.kill();
+                let _ = child.join_timeout(T);
+            }
+            caller.join().unwrap();
+            println!("child {joined:?}");
         }
         "manager_fork_moved" => {
             let m = Manager::start().unwrap();
@@ -2202,6 +2236,16 @@ fn in_process_server_stop_disconnects_local_clients() {
     let err = d.get(&1).unwrap_err();
     assert!(err.is_disconnected(), "{err:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// A child forked while another thread of the parent calls the manager: its own call
+/// ends (a child forked while that thread held the client's pool of idle connections,
+/// as each call does for a moment, found it held for ever, and waited for ever at its
+/// first call).
+fn forked_while_another_thread_calls() {
+    let mut h = Helper::start("manager_fork_while_calling");
+    assert_eq!(h.expect("child ", T), "Ok(Ok(0))");
+    h.child.wait().unwrap();
 }
 
 fn forked_child_leaves_parent_connections_alone() {

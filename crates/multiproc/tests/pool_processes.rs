@@ -120,6 +120,10 @@ fn main() {
             ),
             trial("max_tasks_per_child_recycles", max_tasks_per_child_recycles),
             trial(
+                "a_child_forked_after_the_pool_does_not_hold_its_retired_workers",
+                a_child_forked_after_the_pool_does_not_hold_its_retired_workers,
+            ),
+            trial(
                 "oversized_shapes_fail_the_task",
                 oversized_shapes_fail_the_task,
             ),
@@ -168,6 +172,10 @@ fn main() {
             trial(
                 "an_imap_whose_input_panicked_yields_what_it_had_then_ends",
                 an_imap_whose_input_panicked_yields_what_it_had_then_ends,
+            ),
+            trial(
+                "an_imap_item_whose_serialize_panics_fails_alone",
+                an_imap_item_whose_serialize_panics_fails_alone,
             ),
             trial(
                 "imap_yields_each_failure_in_place",
@@ -317,6 +325,64 @@ fn an_imap_whose_input_panicked_yields_what_it_had_then_ends() {
 
 fn square(x: u64) -> u64 {
     x * x
+}
+
+/// A number whose `Serialize` panics at 3.
+#[derive(Deserialize)]
+struct Boom(u64);
+
+impl Serialize for Boom {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert!(self.0 != 3, "Boom at 3");
+        s.serialize_u64(self.0)
+    }
+}
+
+fn unboom(b: Boom) -> u64 {
+    b.0
+}
+
+/// An item whose `Serialize` panics, in the batch an `imap` submits: the panic reaches
+/// the caller of `next`; one that catches it and goes on gets every other item's
+/// outcome, in order for `imap`, that item's failure in its place, then the end (the
+/// whole batch was lost with the panic, and the next `next` waited for ever).
+fn an_imap_item_whose_serialize_panics_fails_alone() {
+    let pool = Pool::new(2).unwrap();
+    for ordered in [true, false] {
+        let input = (0..10u64).map(Boom);
+        let mut rest: Vec<Result<u64, String>> = Vec::new();
+        // Each `next` within its own bound: a lost item would wait for ever.
+        let mut take = |next: &mut dyn FnMut() -> Option<Result<u64, TaskError>>| {
+            let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *next));
+            assert!(first.is_err(), "the Serialize's panic reached the caller");
+            while let Some(got) = next() {
+                assert!(
+                    !matches!(got, Err(TaskError::Timeout)),
+                    "an outcome did not come within 10 s: {rest:?}"
+                );
+                rest.push(got.map_err(|e| e.to_string()));
+            }
+        };
+        let bound = Duration::from_secs(10);
+        if ordered {
+            let mut it = pool.imap(unboom, input);
+            take(&mut || it.next_timeout(bound));
+        } else {
+            let mut it = pool.imap_unordered(unboom, input);
+            take(&mut || it.next_timeout(bound));
+        }
+        let mut values: Vec<u64> = rest.iter().filter_map(|r| r.clone().ok()).collect();
+        let failures: Vec<&String> = rest.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(failures.len(), 1, "{rest:?}");
+        assert!(failures[0].contains("Boom at 3"), "{rest:?}");
+        if ordered {
+            assert!(rest[3].is_err(), "{rest:?}");
+        } else {
+            values.sort_unstable();
+        }
+        assert_eq!(values, [0, 1, 2, 4, 5, 6, 7, 8, 9], "ordered: {ordered}");
+    }
+    finish(pool);
 }
 
 fn pid(_: ()) -> u32 {
@@ -1285,6 +1351,42 @@ fn max_tasks_per_child_recycles() {
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.values().all(|&n| n == 2), "{seen:?}");
     finish(pool);
+}
+
+/// A child forked from the program with `spawn_fork` after its pool was built holds a
+/// copy of every descriptor, the pool's job senders' among them: a worker retired
+/// (here after each task) or let go at `join` still ends, and is replaced, while that
+/// child lives (the closing of its job channel, which the child's copy kept open, was
+/// all that ended it: the pool stalled, and its join waited, until the child ended).
+fn a_child_forked_after_the_pool_does_not_hold_its_retired_workers() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    // SAFETY: the child only sleeps.
+    let mut child = unsafe {
+        multiproc::Builder::new().spawn_fork(|| std::thread::sleep(Duration::from_secs(60)))
+    }
+    .unwrap();
+    let first = get(pool.submit(pid, ()).unwrap()).unwrap();
+    let mut next = pool.submit(pid, ()).unwrap();
+    let second = next.wait_timeout(Duration::from_secs(10));
+    let last = pool.worker_pids();
+    pool.close();
+    let joined = pool.join_timeout(Duration::from_secs(10));
+    child.kill().unwrap();
+    let _ = child.join_timeout(T);
+    assert!(!child.is_alive());
+    let second = second.expect("the second task did not run within 10 s");
+    assert_ne!(first, second, "max_tasks_per_child(1)");
+    joined.expect("the pool's join waited for the forked child");
+    for p in last.into_iter().chain([first, second]) {
+        assert!(
+            common::wait_gone(p, Duration::from_secs(5)),
+            "worker {p} is still there"
+        );
+    }
 }
 
 fn short_tasks_do_not_wait_behind_long_ones() {

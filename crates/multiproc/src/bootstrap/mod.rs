@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub(crate) use child::{ChildCall, Invoked, fail_on, run_in_fork};
 pub(crate) use forkserver::{ForkServer, is_peer_gone, read_status};
-#[cfg(feature = "redis")]
 pub(crate) use panic::payload_message;
 pub use panic::{PanicLocation, RemotePanic};
 pub(crate) use panic::{catching, caught_panic, drop_each_keeping_report, drop_payload};

@@ -2467,6 +2467,12 @@ impl Node {
                     continue;
                 };
                 match status {
+                    // Its run ended and its finish is made: the finish, sent meanwhile
+                    // by the flusher, took the entry away (or it will find the lease
+                    // gone, and say so): nothing is lost here.
+                    0 if f.concluded => {
+                        tracing::debug!(worker = %self.name, %entry, "lease gone as the task finishes");
+                    }
                     0 => {
                         tracing::warn!(worker = %self.name, %entry, "lease lost: stopping the task (another worker has it)");
                         f.end = End::Lost;

@@ -65,10 +65,12 @@ impl Default for ClientSettings {
     }
 }
 
+/// This process's session id, and the process it is of.
+static SESSION: Mutex<Option<(u32, u64)>> = Mutex::new(None);
+
 /// This process's session id (new in a forked child): how the server tells client
 /// processes apart, to release the locks and references of one that dies.
 pub(crate) fn session() -> u64 {
-    static SESSION: Mutex<Option<(u32, u64)>> = Mutex::new(None);
     let pid = crate::sys::process_id();
     let mut s = unpoisoned::lock(&SESSION);
     match *s {
@@ -240,6 +242,8 @@ impl Client {
     fn checkout(&self, deadline: &CallDeadline) -> Result<ClientConn, ManagerError> {
         {
             let mut idle = unpoisoned::lock(&self.idle);
+            #[cfg(debug_assertions)]
+            hold_for_a_test();
             let pid = crate::sys::process_id();
             if idle.0 != pid {
                 *idle = (pid, Vec::new());
@@ -729,6 +733,17 @@ fn refs_per_frame(max_frame: u32) -> usize {
     (room / largest.max(1)).max(1)
 }
 
+/// In builds with debug assertions, for tests: a thread named
+/// `multiproc-test-holds-idle` holds a client's idle connections for half a second as
+/// it checks one out (what another thread's call does for a moment), so that a test
+/// can fork while it does.
+#[cfg(debug_assertions)]
+fn hold_for_a_test() {
+    if std::thread::current().name() == Some("multiproc-test-holds-idle") {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// This process's clients (one per server, key and settings).
 static CLIENTS: Mutex<Vec<Weak<Client>>> = Mutex::new(Vec::new());
 
@@ -740,38 +755,139 @@ fn live_clients() -> Vec<Arc<Client>> {
     clients.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// Takes the list of clients for `spawn_fork` to hold across the fork (with the
-/// references' list, `proxy.rs`), so that no other thread holds it at the fork: the
-/// child then finds every client (see [`forget_parents_connections`]).
-pub(crate) fn hold_clients() -> MutexGuard<'static, Vec<Weak<Client>>> {
-    unpoisoned::lock(&CLIENTS)
+/// The clients' state that `spawn_fork` holds across the fork (with the references'
+/// list, `proxy.rs`), so that no other thread holds any of it at the fork: the list of
+/// clients, each client's idle connections and queued reference changes, and the
+/// session id. A lock another thread held at the fork stays locked in the child for
+/// ever, and the child's first call (which checks out an idle connection), a proxy it
+/// drops or passes on (which queues a change, or writes the session id) waited on it
+/// for ever. Each is held only for moments, and no other lock is taken under one, so
+/// none is waited for long. (An anchor is held while it writes to the server, which
+/// may take a while: it is tried only, in the child; see [`forget_parents_connections`].)
+pub(crate) struct HeldClients {
+    session: MutexGuard<'static, Option<(u32, u64)>>,
+    clients: MutexGuard<'static, Vec<Weak<Client>>>,
+    each: Vec<HeldClient>,
 }
 
-/// In a `spawn_fork` child, before its function runs (`clients`: the list, held across
-/// the fork): lets go of the child's copies of the parent's connections (the idle ones
-/// and the anchor), which each client otherwise dropped only at the child's first call
-/// to its server. The server learns that a session ended from its connections closing:
-/// while a child that made no call lived with those copies, a parent SIGKILLed holding
-/// a lock kept it, and its references. Passed over, and kept until the child ends: a
-/// client's idle connections or anchor whose lock another thread of the parent held at
-/// the fork (a call checking one out, a flush of reference changes), the connections
-/// such threads had in use (in their memory, out of the child's reach), and those of a
-/// client another thread was dropping.
-pub(crate) fn forget_parents_connections(clients: MutexGuard<'static, Vec<Weak<Client>>>) {
-    let live: Vec<Arc<Client>> = clients.iter().filter_map(Weak::upgrade).collect();
-    drop(clients);
+impl HeldClients {
+    /// In the parent, after the fork: lets go of every lock, and returns the clients,
+    /// to be dropped once the caller's own locks are let go too (another thread may have
+    /// dropped its handle meanwhile, and a client's last handle going says `Leave`,
+    /// which takes these locks).
+    pub(crate) fn release(self) -> Vec<Arc<Client>> {
+        let HeldClients {
+            session,
+            clients,
+            each,
+        } = self;
+        drop((session, clients));
+        each.into_iter()
+            .map(
+                |HeldClient {
+                     idle,
+                     queued,
+                     client,
+                 }| {
+                    drop((idle, queued));
+                    client
+                },
+            )
+            .collect()
+    }
+}
+
+/// One client's locks held across a fork, and the client they are of.
+struct HeldClient {
+    // Declared before `client`: dropped before the client they borrow from.
+    idle: MutexGuard<'static, (u32, Vec<ClientConn>)>,
+    queued: MutexGuard<'static, (u32, Vec<RefOp>)>,
+    client: Arc<Client>,
+}
+
+impl HeldClient {
+    #[allow(unsafe_code)]
+    fn lock(client: Arc<Client>) -> Self {
+        let idle = unpoisoned::lock(&client.idle);
+        let queued = unpoisoned::lock(&client.queued);
+        // SAFETY: the guards borrow from the client in the `Arc`'s allocation, which
+        // `client`, dropped after them (field order), keeps alive and in place; they
+        // never leave this struct.
+        let (idle, queued) = unsafe {
+            (
+                std::mem::transmute::<
+                    MutexGuard<'_, (u32, Vec<ClientConn>)>,
+                    MutexGuard<'static, (u32, Vec<ClientConn>)>,
+                >(idle),
+                std::mem::transmute::<
+                    MutexGuard<'_, (u32, Vec<RefOp>)>,
+                    MutexGuard<'static, (u32, Vec<RefOp>)>,
+                >(queued),
+            )
+        };
+        HeldClient {
+            idle,
+            queued,
+            client,
+        }
+    }
+}
+
+/// Takes the clients' state for `spawn_fork` to hold across the fork (see
+/// [`HeldClients`]); the child then finds every client (see
+/// [`forget_parents_connections`]). Taken after the references' list.
+pub(crate) fn hold_clients() -> HeldClients {
+    let clients = unpoisoned::lock(&CLIENTS);
+    let each = clients
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(HeldClient::lock)
+        .collect();
+    HeldClients {
+        session: unpoisoned::lock(&SESSION),
+        clients,
+        each,
+    }
+}
+
+/// In a `spawn_fork` child, before its function runs (`held`: the clients' state, held
+/// across the fork): lets go of the child's copies of the parent's connections (the
+/// idle ones and the anchor) and of the parent's queued reference changes, which each
+/// client otherwise dropped only at the child's first call to its server. The server
+/// learns that a session ended from its connections closing: while a child that made
+/// no call lived with those copies, a parent SIGKILLed holding a lock kept it, and its
+/// references. Passed over, and kept until the child ends: a client's anchor that
+/// another thread of the parent held at the fork (a flush of reference changes), the
+/// connections such threads had in use (in their memory, out of the child's reach),
+/// and those of a client another thread was dropping.
+pub(crate) fn forget_parents_connections(held: HeldClients) {
+    let HeldClients {
+        session,
+        clients,
+        each,
+    } = held;
+    drop((session, clients));
     let pid = crate::sys::process_id();
-    for c in &live {
-        if let Some(mut idle) = unpoisoned::try_lock(&c.idle)
-            && idle.0 != pid
-        {
+    let mut live = Vec::with_capacity(each.len());
+    for HeldClient {
+        mut idle,
+        mut queued,
+        client,
+    } in each
+    {
+        if idle.0 != pid {
             *idle = (pid, Vec::new());
         }
-        if let Some(mut anchor) = unpoisoned::try_lock(&c.anchor)
+        if queued.0 != pid {
+            *queued = (pid, Vec::new());
+        }
+        drop((idle, queued));
+        if let Some(mut anchor) = unpoisoned::try_lock(&client.anchor)
             && anchor.0 != pid
         {
             *anchor = (pid, None);
         }
+        live.push(client);
     }
     // Dropped: the child has this thread alone, and every other handle of these clients
     // is in its memory, so none is the last (and one the child drops later says `Leave`

@@ -153,7 +153,7 @@ static LIVE: Mutex<Vec<Weak<Ref>>> = Mutex::new(Vec::new());
 fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
     struct Held {
         live: MutexGuard<'static, Vec<Weak<Ref>>>,
-        clients: MutexGuard<'static, Vec<Weak<Client>>>,
+        clients: super::client::HeldClients,
         kept: Kept,
         /// References looked at and not kept, let go only once the lists are: one that
         /// another thread's drop left to this look alone ends as it drops, and its end
@@ -169,8 +169,9 @@ fn hold_across_fork() -> Box<dyn crate::process::HeldAcrossFork> {
                 kept,
                 passed,
             } = *self;
-            drop((clients, live));
-            (Box::new(kept), Box::new(passed))
+            let clients = clients.release();
+            drop(live);
+            (Box::new(kept), Box::new((passed, clients)))
         }
 
         fn in_child(self: Box<Self>) {

@@ -41,15 +41,21 @@ impl Holders {
     }
 }
 
-/// A live session: its connections, and the objects it has entries for. One that left
-/// on purpose and has proxies in flight stays, without connections, until they are
-/// settled.
+/// A live session: its connections, and the objects it has entries for (an entry goes
+/// once the session neither holds the object nor has a balance in flight for it, so
+/// that a long-lived client making and dropping objects does not grow the set). One
+/// that left on purpose and has proxies in flight stays, without connections, until
+/// they are settled.
 #[derive(Debug, Default)]
 struct Session {
     connections: usize,
     objects: HashSet<u64>,
     /// Its process said it lets go on purpose (`RefOp::Leave`).
     leaving: bool,
+    /// The objects whose proxies it had in flight when it left: those were sent, and
+    /// stay until received even if the process, come back with a connection, dies
+    /// (a process that connects again with no proxy to hold says nothing as it goes).
+    relayed: HashSet<u64>,
 }
 
 /// The server's reference counts. Every method returns the objects that became
@@ -93,34 +99,52 @@ impl RefTable {
         for id in s.objects.drain() {
             if let Some(h) = self.objects.get_mut(&id) {
                 h.held.remove(&session);
-                if s.leaving && h.in_flight.get(&session).is_some_and(|&n| n > 0) {
+                let kept = s.leaving || s.relayed.contains(&id);
+                if kept && h.in_flight.get(&session).is_some_and(|&n| n > 0) {
                     in_flight.insert(id);
                     continue;
                 }
                 h.in_flight.remove(&session);
                 if h.unreferenced() {
-                    self.objects.remove(&id);
+                    let h = self.objects.remove(&id);
                     freed.push(id);
+                    self.forget_freed(id, h);
                 }
             }
         }
         if !in_flight.is_empty() {
+            s.relayed.clone_from(&in_flight);
             s.objects = in_flight;
             self.sessions.insert(session, s);
         }
         (true, freed)
     }
 
-    /// A session that left (no connection) and whose proxies of `id` in flight are all
-    /// settled: it has no entry there any more, and goes once it has none anywhere.
-    fn settled(&mut self, session: u64, id: u64) {
-        if let Some(s) = self.sessions.get_mut(&session)
-            && s.connections == 0
-        {
+    /// Drops `session`'s entry for `id` once it has nothing there (no reference held, no
+    /// balance in flight); a session that left (no connection) goes once it has no
+    /// entry anywhere.
+    fn tidy(&mut self, session: u64, id: u64) {
+        let has = self
+            .objects
+            .get(&id)
+            .is_some_and(|h| h.held.contains_key(&session) || h.in_flight.contains_key(&session));
+        if has {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
             s.objects.remove(&id);
-            if s.objects.is_empty() {
+            s.relayed.remove(&id);
+            if s.connections == 0 && s.objects.is_empty() {
                 self.sessions.remove(&session);
             }
+        }
+    }
+
+    /// `id` was freed: the sessions that still had an entry for it (a balance settled
+    /// below zero) drop it.
+    fn forget_freed(&mut self, id: u64, holders: Option<Holders>) {
+        for session in holders.into_iter().flat_map(|h| h.in_flight.into_keys()) {
+            self.tidy(session, id);
         }
     }
 
@@ -173,13 +197,11 @@ impl RefTable {
                         }
                         let n = h.in_flight.entry(from).or_insert(0);
                         *n -= 1;
-                        if *n <= 0 && left {
-                            // A session that left reported all it sent: nothing more
-                            // to settle there.
+                        // A session that left reported all it sent: nothing more to
+                        // settle there.
+                        if (*n <= 0 && left) || *n == 0 {
                             h.in_flight.remove(&from);
-                            self.settled(from, id);
-                        } else if *n == 0 {
-                            h.in_flight.remove(&from);
+                            self.tidy(from, id);
                         }
                     }
                     let Some(h) = self.objects.get_mut(&id) else {
@@ -208,14 +230,24 @@ impl RefTable {
                         }
                     }
                     if h.unreferenced() {
-                        self.objects.remove(&id);
+                        let h = self.objects.remove(&id);
                         freed.push(id);
+                        self.forget_freed(id, h);
                     }
+                    self.tidy(session, id);
                 }
                 RefOp::Pin { id } => self.pin(id),
                 RefOp::Leave => {
                     if let Some(s) = self.sessions.get_mut(&session) {
                         s.leaving = true;
+                        let objects = &self.objects;
+                        let sent = s.objects.iter().filter(|id| {
+                            objects
+                                .get(id)
+                                .and_then(|h| h.in_flight.get(&session))
+                                .is_some_and(|&n| n > 0)
+                        });
+                        s.relayed.extend(sent);
                     }
                 }
             }
@@ -416,7 +448,8 @@ mod tests {
     }
 
     /// A session whose connections close without `Leave` (its process died) takes its
-    /// proxies in flight with it; one that comes back after leaving is live again.
+    /// proxies in flight with it; one that comes back after leaving is live again, but
+    /// what it had sent before it left stays until received, however it ends then.
     #[test]
     fn a_session_that_dies_or_comes_back_is_not_leaving() {
         let mut t = table();
@@ -426,13 +459,127 @@ mod tests {
 
         t.connected(A);
         t.created(8, A, false);
+        t.created(9, A, false);
         t.apply(A, vec![RefOp::Release { id: 8, sent: 1 }, RefOp::Leave]);
         t.connected(A);
+        t.apply(A, vec![RefOp::Release { id: 9, sent: 1 }]);
         assert_eq!(t.disconnected(A), (false, Vec::new()));
         assert_eq!(
             t.disconnected(A),
-            (true, vec![8]),
-            "it came back: not leaving"
+            (true, vec![9]),
+            "it came back: not leaving, but 8 was sent before it left"
         );
+        assert!(
+            t.apply(
+                B,
+                vec![RefOp::Hold {
+                    id: 8,
+                    from: Some(A)
+                }]
+            )
+            .is_empty()
+        );
+        assert!(!t.sessions.contains_key(&A), "its balance is settled");
+        assert_eq!(t.apply(B, vec![RefOp::Release { id: 8, sent: 0 }]), [8]);
+    }
+
+    /// A process that lets go with a proxy in flight, then connects again without
+    /// holding a proxy (its new client says nothing as it goes), and ends: the proxy
+    /// it sent still reaches its receiver.
+    #[test]
+    fn a_session_back_without_proxies_keeps_what_it_sent_before() {
+        let mut t = table();
+        t.created(7, A, false);
+        t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }, RefOp::Leave]);
+        assert_eq!(t.disconnected(A), (true, Vec::new()));
+        t.connected(A);
+        assert_eq!(
+            t.disconnected(A),
+            (true, Vec::new()),
+            "7 is still in flight"
+        );
+        assert!(
+            t.apply(
+                B,
+                vec![RefOp::Hold {
+                    id: 7,
+                    from: Some(A)
+                }]
+            )
+            .is_empty()
+        );
+        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+        assert!(t.sessions.keys().all(|&s| s == B));
+    }
+
+    /// A client that makes and drops objects for as long as it lives leaves no entry
+    /// behind for each (the table's memory, and its scan at the session's end, grew
+    /// with every object ever made).
+    #[test]
+    fn entries_of_dropped_objects_go() {
+        let mut t = table();
+        for id in 0..10_000 {
+            t.created(id, A, false);
+            assert_eq!(t.apply(A, vec![RefOp::Release { id, sent: 0 }]), [id]);
+        }
+        // Sent, received, dropped by both: no entry left with either.
+        t.created(20_000, A, false);
+        t.apply(
+            A,
+            vec![RefOp::Release {
+                id: 20_000,
+                sent: 1,
+            }],
+        );
+        t.apply(
+            B,
+            vec![RefOp::Hold {
+                id: 20_000,
+                from: Some(A),
+            }],
+        );
+        assert_eq!(
+            t.apply(
+                B,
+                vec![RefOp::Release {
+                    id: 20_000,
+                    sent: 0
+                }]
+            ),
+            [20_000]
+        );
+        // Received before the sender reported it (a balance below zero for a while).
+        t.created(20_001, A, false);
+        t.apply(
+            B,
+            vec![RefOp::Hold {
+                id: 20_001,
+                from: Some(A),
+            }],
+        );
+        t.apply(
+            B,
+            vec![RefOp::Release {
+                id: 20_001,
+                sent: 0,
+            }],
+        );
+        assert_eq!(
+            t.apply(
+                A,
+                vec![RefOp::Release {
+                    id: 20_001,
+                    sent: 1
+                }]
+            ),
+            [20_001]
+        );
+        assert!(t.objects.is_empty());
+        assert!(
+            t.sessions[&A].objects.is_empty(),
+            "{:?}",
+            t.sessions[&A].objects.len()
+        );
+        assert!(t.sessions[&B].objects.is_empty());
     }
 }

@@ -21,7 +21,7 @@ use super::tickets::{TicketState, Tickets};
 use super::worker::TaskEntry;
 use super::worker::{
     self, CONTEXT_DROP, CONTEXT_PUT, CONTROL, JOB_HEADER, JobHeader, OUTCOME_HEADER, OutcomeHeader,
-    WorkerArgs, kind,
+    RETIRE, WorkerArgs, kind,
 };
 use super::{PoolError, TaskError};
 use crate::bootstrap::RemotePanic;
@@ -1129,6 +1129,28 @@ fn refuse_a_drop_for_a_test() -> bool {
 }
 
 impl Worker {
+    /// Lets the worker go: it is told to exit, and its job channel closed. Closing alone
+    /// would not end it while another process holds a copy of the channel's sender (a
+    /// child the program forked with `spawn_fork` holds every descriptor it had): the
+    /// worker's slot would stay taken, no replacement would start, and `join` would
+    /// wait for that child. Sent only where it fits now: a worker whose channel is full
+    /// has tasks queued, and is not retired.
+    fn retire(&mut self) {
+        let Some(jobs) = self.jobs.take() else {
+            return;
+        };
+        let mut retire = vec![0; JOB_HEADER];
+        JobHeader {
+            id: 0,
+            ticket: CONTROL,
+            generation: RETIRE,
+            entry: TaskEntry::from_words([0, 0]),
+            context: 0,
+        }
+        .write(&mut retire);
+        let _ = send_job(&jobs, &Encoded::plain(retire));
+    }
+
     /// Tells the worker to drop the contexts of maps that are over, as far as its job
     /// channel has room; one that has none now is marked stalled, so that it is tried
     /// again (when it reports, or at the engine's next look if it holds no task).
@@ -1765,7 +1787,7 @@ impl PoolInner {
                 worker.depth = (per_target.ceil() as usize).clamp(DEPTH_MIN, DEPTH_MAX);
             }
             if worker.retiring && worker.in_flight.is_empty() {
-                worker.jobs = None;
+                worker.retire();
             }
         }
         let id = header.id;
@@ -2383,7 +2405,7 @@ impl PoolInner {
         let idle = st.tasks.is_empty() && st.pending.is_empty() && st.open_maps == 0;
         if st.closed && (idle || st.terminated) {
             for w in st.workers.iter_mut().flatten() {
-                w.jobs = None;
+                w.retire();
             }
             if st.workers.iter().all(Option::is_none) {
                 st.finished = true;

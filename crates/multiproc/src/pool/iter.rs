@@ -53,6 +53,13 @@ pub(crate) trait Backend<A> {
     /// Drops tasks that were submitted and will not be read.
     fn discard(&self, handles: Vec<Self::Handle>);
 
+    /// A panic caught while the last [`submit_all`](Self::submit_all) encoded an item
+    /// (its `Serialize`): that item was refused, the others submitted, and the panic
+    /// goes on to the caller from here.
+    fn take_panic(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        None
+    }
+
     /// Called while waiting for an outcome: may deliver outcomes.
     fn help(&self) {}
 
@@ -124,7 +131,11 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
         self.submit(batch);
     }
 
-    /// Submits `batch`; an item that cannot be is yielded as its failure.
+    /// Submits `batch`; an item that cannot be is yielded as its failure. An item whose
+    /// encoding panicked is one: the others are submitted, and the panic goes on to the
+    /// caller, who, catching it, gets every outcome (that item's failure among them)
+    /// and the rest of the input (a panic out of the encoding of the whole batch lost
+    /// the batch, and a caller that caught it waited for ever for its outcomes).
     fn submit(&mut self, batch: Vec<(usize, A)>) {
         for (slot, submitted) in self.backend.submit_all(batch, &self.stream) {
             match submitted {
@@ -135,6 +146,9 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
                     self.stream.deliver(slot, Err(e));
                 }
             }
+        }
+        if let Some(panic) = self.backend.take_panic() {
+            std::panic::resume_unwind(panic);
         }
     }
 
@@ -232,6 +246,8 @@ impl<B: Backend<A>, A, I> Drop for Feed<B, A, I> {
 pub(crate) struct ProcessBackend<'p> {
     pool: &'p Pool,
     entry: Result<TaskEntry, TaskError>,
+    /// See [`Backend::take_panic`].
+    panicked: std::cell::Cell<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
@@ -272,9 +288,25 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
         let mut out = Vec::with_capacity(items.len());
         let mut jobs = Vec::with_capacity(items.len());
         for (slot, item) in items {
-            match encode_job(&item) {
-                Ok(payload) => jobs.push((slot, payload)),
-                Err(e) => out.push((slot, Err(e))),
+            let encoded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode_job(&item)));
+            match encoded {
+                Ok(Ok(payload)) => jobs.push((slot, payload)),
+                Ok(Err(e)) => out.push((slot, Err(e))),
+                Err(panic) => {
+                    let why = crate::bootstrap::payload_message(&*panic);
+                    let e =
+                        crate::CodecError::new(format!("the argument's Serialize panicked: {why}"));
+                    out.push((slot, Err(TaskError::Codec(e))));
+                    // The first goes on to the caller; a later one is dropped here.
+                    match self.panicked.take() {
+                        Some(first) => {
+                            self.panicked.set(Some(first));
+                            crate::bootstrap::drop_payload(panic);
+                        }
+                        None => self.panicked.set(Some(panic)),
+                    }
+                }
             }
         }
         let slots: Vec<usize> = jobs.iter().map(|&(s, _)| s).collect();
@@ -292,6 +324,10 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
 
     fn discard(&self, handles: Vec<u64>) {
         self.pool.inner().discard(&handles);
+    }
+
+    fn take_panic(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.panicked.take()
     }
 
     fn help(&self) {
@@ -322,7 +358,15 @@ where
 {
     pub(super) fn new(pool: &'p Pool, entry: Result<TaskEntry, TaskError>, input: I) -> Self {
         Imap {
-            feed: Feed::new(ProcessBackend { pool, entry }, input, ORDERED),
+            feed: Feed::new(
+                ProcessBackend {
+                    pool,
+                    entry,
+                    panicked: std::cell::Cell::new(None),
+                },
+                input,
+                ORDERED,
+            ),
             _result: PhantomData,
         }
     }

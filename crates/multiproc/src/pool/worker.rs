@@ -140,6 +140,10 @@ pub(crate) const CONTROL: u32 = u32::MAX;
 pub(crate) const CONTEXT_PUT: u32 = 1;
 /// Control: drop context `context`.
 pub(crate) const CONTEXT_DROP: u32 = 2;
+/// Control: the pool retires this worker: it exits (its job channel closing says the
+/// same, but not while another process holds a copy of the pool's sender, as a child
+/// forked by `spawn_fork` does).
+pub(crate) const RETIRE: u32 = 3;
 /// Bytes before an outcome's body.
 pub(crate) const OUTCOME_HEADER: usize = 16;
 
@@ -388,6 +392,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     #[cfg(debug_assertions)]
     stop_holding_results_if_first();
     let mut contexts: FxHashMap<u64, ContextSlot> = FxHashMap::default();
+    let mut retired = false;
     loop {
         let mut serve = |bytes: &[u8], fds: Vec<OwnedFd>| {
             let Some(job) = JobHeader::read(bytes) else {
@@ -402,6 +407,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                         };
                         contexts.insert(job.context, slot);
                     }
+                    RETIRE => retired = true,
                     _ => {
                         contexts.remove(&job.context);
                     }
@@ -465,6 +471,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             }
         };
         match jobs.recv_with(Deadline::Never, &mut serve) {
+            Ok(()) if retired => return,
             Ok(()) | Err(RecvFail::Empty) => {}
             // A job in a memory file of its own that this process has no address space
             // to map (its memory cap, `Limits::memory`, or an address-space limit it

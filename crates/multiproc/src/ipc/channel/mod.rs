@@ -1003,7 +1003,7 @@ impl RawReceiver {
     /// could not be had within `wait`.
     fn take_next(&self, wait: Deadline) -> Result<Option<Taken>, RecvFail> {
         let core = &*self.core;
-        let mut taken = self.take_once(wait)?;
+        let (mut taken, mut freed) = self.take_once(wait)?;
         // A producer is publishing a message, which is not in the ring yet: it may have
         // died half-way (it has a lock to take over then; a live one's is not waited
         // for). Nothing else would finish that publish before the next send: an
@@ -1011,9 +1011,14 @@ impl RawReceiver {
         // spin; a `JoinableQueue`'s task would count, and `join` would wait, for a
         // message that nobody can get. Once finished, its message is there to take.
         if taken.is_none() && core.publishing() && self.finish_dead_publish()? {
-            taken = self.take_once(wait)?;
+            let again;
+            (taken, again) = self.take_once(wait)?;
+            freed |= again;
         }
-        if taken.is_some() {
+        // Room came free: a message taken, or a dead consumer's record passed over or
+        // its consume finished (a sender waiting for that room slept on until its nap's
+        // end, up to 100 ms).
+        if taken.is_some() || freed {
             core.wake_senders();
         }
         Ok(taken)
@@ -1038,16 +1043,20 @@ impl RawReceiver {
         Ok(true)
     }
 
-    /// [`take_next`](Self::take_next) without finishing a dead producer's publish.
-    fn take_once(&self, wait: Deadline) -> Result<Option<Taken>, RecvFail> {
+    /// [`take_next`](Self::take_next) without finishing a dead producer's publish; and
+    /// whether it freed room without taking a message (a dead consumer's work finished,
+    /// a record passed over).
+    fn take_once(&self, wait: Deadline) -> Result<(Option<Taken>, bool), RecvFail> {
         let core = &*self.core;
+        let mut freed = false;
         let taken = {
             // A consumer that died holding the lock had not consumed the record it was
             // reading (it is still there for us), or was consuming it (we finish
             // that; see README).
             let Some(mut head) = Head::lock(core.header(), lock_wait(wait)) else {
-                return Ok(None);
+                return Ok((None, false));
             };
+            freed |= head.took_over;
             if core.growable {
                 core.take_growable(&mut head)?
             } else {
@@ -1059,13 +1068,13 @@ impl RawReceiver {
                     match take_record(core, &ring, &mut head)? {
                         Step::Taken(t) => break Some(t),
                         Step::Empty => break None,
-                        Step::Again => {}
+                        Step::Again => freed = true,
                         Step::Link(..) => return Err(broken("a link in a bounded channel")),
                     }
                 }
             }
         };
-        Ok(taken)
+        Ok((taken, freed))
     }
 
     /// Whether every sender is gone (messages may still be waiting).
@@ -1546,6 +1555,34 @@ mod tests {
 
     fn take(rx: &RawReceiver) -> Result<Vec<u8>, RecvFail> {
         rx.recv_with(Deadline::Now, &mut |bytes, _| bytes.to_vec())
+    }
+
+    /// A receive that frees room without taking a message (it passes over the record of
+    /// a side message a consumer took off the socket and died before it consumed the
+    /// record) wakes the senders waiting for room: they slept on to the end of their
+    /// nap (100 ms at most). Seen on the wake-up's count, with a sender counted as
+    /// napping.
+    #[test]
+    fn room_freed_by_passing_over_a_dead_consumers_record_wakes_the_senders() {
+        let (tx, rx) = channel(MIN_RING, Some(1)).unwrap();
+        tx.send(numbered(0, 3 * MIN_RING), Deadline::Now, false)
+            .unwrap();
+        // What a consumer killed between taking the message and consuming its record
+        // leaves.
+        assert!(side::fetch(rx.core.side_rx.as_fd(), 0).unwrap().is_some());
+        assert!(matches!(
+            tx.send(numbered(1, 100), Deadline::Now, false),
+            Err((_, SendFail::Full))
+        ));
+        let sleepers = &rx.core.header().sleepers.0;
+        sleepers.send_nappers.fetch_add(1, SeqCst);
+        let before = sleepers.send_seq.load(SeqCst);
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+        let after = sleepers.send_seq.load(SeqCst);
+        sleepers.send_nappers.fetch_sub(1, SeqCst);
+        assert_ne!(before, after, "no wake-up for the room passed over");
+        tx.send(numbered(1, 100), Deadline::Now, false).unwrap();
+        assert_eq!(number(&take(&rx).unwrap()), 1);
     }
 
     /// A message on the side socket (larger than half the ring) holds room in a bounded
