@@ -58,6 +58,10 @@ fn main() {
                 a_client_sigkilled_holding_a_lock_after_a_spawn_fork_lets_it_go,
             ),
             trial(
+                "a_relative_socket_path_serves_other_directories",
+                a_relative_socket_path_serves_other_directories,
+            ),
+            trial(
                 "forked_while_another_thread_calls",
                 forked_while_another_thread_calls,
             ),
@@ -278,20 +282,47 @@ fn helpers(mode: &str) {
             // The parent's own connection is untouched by the child dropping its copy.
             println!("after fork {:?}", d.insert(3, 3).map(|_| d.len()));
         }
+        "manager_relative_socket" => {
+            let dir = common::tempdir("relative-socket");
+            std::env::set_current_dir(&dir).unwrap();
+            let m = Manager::builder()
+                .address(Address::Unix("rel.sock".into()))
+                .build()
+                .unwrap();
+            let d = m.dict::<u8, u8>().unwrap();
+            d.insert(1, 1).unwrap();
+            let mut child = multiproc::Builder::new()
+                .current_dir("/")
+                .spawn(dict_len, d.clone())
+                .unwrap();
+            println!("child {:?}", child.join_timeout(T));
+            std::env::set_current_dir("/").unwrap();
+            drop(d);
+            drop(m);
+            println!("left behind {}", dir.join("rel.sock").exists());
+            std::fs::remove_dir_all(dir).unwrap();
+        }
         "manager_fork_while_calling" => {
             let m = Manager::start().unwrap();
             let d = m.dict::<u8, u8>().unwrap();
             d.len().unwrap();
             // Its call holds the client's idle connections for 500 ms (a hook of debug
-            // builds) as it checks one out: the fork comes meanwhile.
+            // builds, which makes the marker file first) as it checks one out: the fork
+            // comes meanwhile.
+            let dir = common::tempdir("holds-idle");
+            let marker = dir.join("holding");
             let caller = {
                 let d = d.clone();
                 std::thread::Builder::new()
-                    .name("multiproc-test-holds-idle".into())
+                    .name(format!("multiproc-test-holds-idle:{}", marker.display()))
                     .spawn(move || d.len().unwrap())
                     .unwrap()
             };
-            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                common::eventually(T, || marker.exists()),
+                "the hook never held"
+            );
+            std::fs::remove_dir_all(dir).unwrap();
             let theirs = d.clone();
             // SAFETY: the other thread only calls the manager, whose client's state
             // `spawn_fork` holds across the fork; the child calls it too.
@@ -2243,6 +2274,9 @@ fn in_process_server_stop_disconnects_local_clients() {
 /// as each call does for a moment, found it held for ever, and waited for ever at its
 /// first call).
 fn forked_while_another_thread_calls() {
+    if !cfg!(debug_assertions) {
+        panic!("this test needs debug assertions (the client's idle-holding hook)");
+    }
     let mut h = Helper::start("manager_fork_while_calling");
     assert_eq!(h.expect("child ", T), "Ok(Ok(0))");
     h.child.wait().unwrap();
@@ -2715,6 +2749,21 @@ fn stopped_server_call_timeout(m: Manager) {
 /// The first call of a process that received a proxy (`d.len()`, 1 s call timeout),
 /// and the seconds it took: the reference it holds is told to the server on a
 /// connection opened before the call, which then failed.
+fn dict_len(d: DictProxy<u8, u8>) -> Result<usize, String> {
+    d.len().map_err(|e| e.to_string())
+}
+
+/// A manager on a Unix socket named by a relative path serves a child given another
+/// directory, and removes its socket after the owner changed directory (clients
+/// resolved the path against their own directory: `Disconnected` while the server
+/// ran, and the file was left).
+fn a_relative_socket_path_serves_other_directories() {
+    let mut h = Helper::start("manager_relative_socket");
+    assert_eq!(h.expect("child ", T), "Ok(Ok(1))");
+    assert_eq!(h.expect("left behind ", T), "false");
+    h.child.wait().unwrap();
+}
+
 fn first_call_timed(d: DictProxy<u8, u8>) -> (f64, String) {
     let t = Instant::now();
     let got = d.len();

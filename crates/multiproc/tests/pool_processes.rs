@@ -261,6 +261,7 @@ fn helpers(mode: &str) {
         "slow_starts" => helper_slow_starts(),
         "interrupted_pool" => helper_interrupted_pool(),
         "terminate_lets_go" => helper_terminate_lets_go(),
+        "forked_child_beside_a_pool" => helper_forked_child_beside_a_pool(),
         other => panic!("unknown helper mode {other}"),
     }
 }
@@ -1359,34 +1360,57 @@ fn max_tasks_per_child_recycles() {
 /// child lives (the closing of its job channel, which the child's copy kept open, was
 /// all that ended it: the pool stalled, and its join waited, until the child ended).
 fn a_child_forked_after_the_pool_does_not_hold_its_retired_workers() {
+    // In a process of its own: the forked child holds a copy of every descriptor of the
+    // process it was forked from, those of other tests' channels too.
+    let mut h = Helper::start("forked_child_beside_a_pool");
+    assert_eq!(h.expect("second ", T), "ran on another worker");
+    assert_eq!(h.expect("joined ", T), "Ok(())");
+    assert_eq!(h.expect("workers left ", T), "0");
+    assert!(h.child.wait().unwrap().success());
+}
+
+fn helper_forked_child_beside_a_pool() {
     let pool = Pool::builder()
         .processes(1)
         .max_tasks_per_child(1)
         .build()
         .unwrap();
     // SAFETY: the child only sleeps.
-    let mut child = unsafe {
+    let child = unsafe {
         multiproc::Builder::new().spawn_fork(|| std::thread::sleep(Duration::from_secs(60)))
     }
     .unwrap();
+    // Killed however this helper leaves.
+    struct Kill(multiproc::JoinHandle<()>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.join_timeout(T);
+        }
+    }
+    let pid_of_child = child.pid();
+    let child = Kill(child);
     let first = get(pool.submit(pid, ()).unwrap()).unwrap();
     let mut next = pool.submit(pid, ()).unwrap();
-    let second = next.wait_timeout(Duration::from_secs(10));
+    match next.wait_timeout(Duration::from_secs(10)) {
+        Ok(second) if second != first => println!("second ran on another worker"),
+        other => println!("second {other:?} (the first ran on {first})"),
+    }
     let last = pool.worker_pids();
     pool.close();
-    let joined = pool.join_timeout(Duration::from_secs(10));
-    child.kill().unwrap();
-    let _ = child.join_timeout(T);
-    assert!(!child.is_alive());
-    let second = second.expect("the second task did not run within 10 s");
-    assert_ne!(first, second, "max_tasks_per_child(1)");
-    joined.expect("the pool's join waited for the forked child");
-    for p in last.into_iter().chain([first, second]) {
-        assert!(
-            common::wait_gone(p, Duration::from_secs(5)),
-            "worker {p} is still there"
-        );
-    }
+    println!(
+        "joined {:?}",
+        pool.join_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())
+    );
+    drop(child);
+    assert!(common::wait_gone(pid_of_child, Duration::from_secs(5)));
+    let left = last
+        .into_iter()
+        .chain([first])
+        .filter(|&p| !common::wait_gone(p, Duration::from_secs(5)))
+        .count();
+    println!("workers left {left}");
 }
 
 fn short_tasks_do_not_wait_behind_long_ones() {

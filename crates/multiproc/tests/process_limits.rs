@@ -731,6 +731,33 @@ fn pool_open_files() {
         false,
         |pool| expect_task_limit(pool.map(open_many, [1, 10_000, 2]), Limit::OpenFiles),
     );
+    // A task whose argument carries more descriptors (queues' handles) than its worker
+    // has room for under the limit: it could not be taken in, the worker ended (with
+    // status 0), and the task failed as `WorkerDied`.
+    let base = {
+        let pool = Pool::new(1).unwrap();
+        let n = pool.apply(open_descriptors, ()).unwrap();
+        pool.close();
+        pool.join_timeout(T).unwrap();
+        n
+    };
+    let queues: Vec<multiproc::Queue<u8>> =
+        (0..8).map(|_| multiproc::Queue::new().unwrap()).collect();
+    pool_goes_on(
+        Limits::new().open_files(base as u64 + 4),
+        Limit::OpenFiles,
+        true,
+        |pool| expect_task_limit(pool.apply(queue_count, queues), Limit::OpenFiles),
+    );
+}
+
+/// The descriptors this process has open (the directory's own among them).
+fn open_descriptors(_: ()) -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn queue_count(queues: Vec<multiproc::Queue<u8>>) -> usize {
+    queues.len()
 }
 
 fn sleep_long(_: ()) {

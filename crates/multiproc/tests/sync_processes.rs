@@ -76,6 +76,10 @@ fn main() {
                 barrier_new_processes_each_phase,
             ),
             trial(
+                "a_party_that_exits_with_0_or_waited_on_another_thread_leaves_a_barrier",
+                a_party_that_exits_with_0_or_waited_on_another_thread_leaves_a_barrier,
+            ),
+            trial(
                 "a_pool_thread_whose_task_panicked_leaves_a_barrier",
                 a_pool_thread_whose_task_panicked_leaves_a_barrier,
             ),
@@ -761,6 +765,47 @@ fn barrier_new_processes_each_phase() {
     let next = multiproc::spawn(phase_party, (barrier.clone(), 0, false)).unwrap();
     assert_eq!(barrier.wait_timeout(T), Err(BarrierError::Broken));
     assert_eq!(join(next), Err(BarrierError::Broken));
+}
+
+/// Waits once, then exits with status 0 from inside the function.
+fn wait_then_exit(barrier: Barrier) -> Result<usize, BarrierError> {
+    let r = barrier.wait_timeout(T).map(|r| r.index());
+    assert!(r.is_ok(), "{r:?}");
+    std::process::exit(0)
+}
+
+/// Waits once on a thread of its own, which then stays parked; returns once that
+/// thread has passed.
+fn wait_on_a_thread(barrier: Barrier) -> Result<usize, BarrierError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(barrier.wait_timeout(T).map(|r| r.index()));
+        std::thread::park();
+    });
+    rx.recv_timeout(T).expect("the thread's wait ended")
+}
+
+/// A party process that exits with status 0 from its function, and one whose function
+/// returns while a thread of its own that waited still runs, leave the barrier as one
+/// whose function returned does: a party that comes late takes their place (their
+/// slots stayed claimed by threads gone with their process, and the barrier broke).
+fn a_party_that_exits_with_0_or_waited_on_another_thread_leaves_a_barrier() {
+    for (what, f) in [
+        (
+            "exits with 0",
+            wait_then_exit as fn(Barrier) -> Result<usize, BarrierError>,
+        ),
+        ("waited on a thread", wait_on_a_thread),
+    ] {
+        let barrier = Barrier::new(2).unwrap();
+        let mut party = multiproc::spawn(f, barrier.clone()).unwrap();
+        assert!(barrier.wait_timeout(T).is_ok(), "{what}");
+        let _ = party.join_timeout(T);
+        assert!(!party.is_alive(), "{what}");
+        let mut late = multiproc::spawn(phase_party, (barrier.clone(), 300, false)).unwrap();
+        assert!(barrier.wait_timeout(T).is_ok(), "{what}: the barrier broke");
+        assert!(late.join_timeout(T).unwrap().is_ok(), "{what}");
+    }
 }
 
 /// A thread pool's thread that waited on a barrier, then ran a task that panicked (the

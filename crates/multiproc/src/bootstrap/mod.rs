@@ -133,7 +133,7 @@ pub(crate) fn own_exit() {
 /// copied on write) on a spawn's way.
 pub(crate) fn register_exit_hook() {
     if !AT_EXIT.swap(true, Ordering::SeqCst) {
-        sys::at_exit(exit_hook);
+        sys::at_exit(exit_hook, exit_hook_with_status);
     }
 }
 
@@ -381,10 +381,28 @@ fn init_inner(setup: Option<fn()>) -> Init {
 }
 
 extern "C" fn exit_hook() {
+    exit_work(None);
+}
+
+/// [`exit_hook`], where the C library says with which status the process exits.
+extern "C" fn exit_hook_with_status(status: std::ffi::c_int, _: *mut std::ffi::c_void) {
+    exit_work(Some(status));
+}
+
+fn exit_work(status: Option<i32>) {
     if OWNER_PID.load(Ordering::SeqCst) == sys::getpid() {
         // Unwinding out of an `extern "C"` function aborts; the exit function reports its
         // own failures and must not take the process down with it.
-        let _ = std::panic::catch_unwind(exit_function);
+        let _ = std::panic::catch_unwind(|| {
+            // A process that exits with status 0 (a child's function that calls
+            // `std::process::exit(0)`) leaves the barriers it waited on, as one whose
+            // function returned does; where the status is not known, its parties stay,
+            // and count as dead.
+            if status == Some(0) {
+                crate::sync::barrier::process_ends(true);
+            }
+            exit_function();
+        });
     }
 }
 

@@ -129,6 +129,12 @@ impl Listener {
             }
             #[cfg(unix)]
             Address::Unix(path) => {
+                // Clients are given the path from the root: a relative one named
+                // another file (or none) for a client in another directory (a child
+                // given a `cwd`), and for this process after a `chdir`, which then left
+                // its socket behind as it stopped. Bound as given (a relative path may
+                // fit the 107 bytes a socket's path holds where the whole one does not).
+                let whole = std::path::absolute(path)?;
                 let l = match std::os::unix::net::UnixListener::bind(path) {
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse && stale(path) => {
                         // A server that ended without removing its socket (killed, or
@@ -140,7 +146,7 @@ impl Listener {
                     }
                     other => other?,
                 };
-                Ok((Listener::Unix(l), address.clone()))
+                Ok((Listener::Unix(l), Address::Unix(whole)))
             }
             #[cfg(unix)]
             Address::Abstract(name) => {

@@ -235,6 +235,7 @@ impl Client {
         });
         static GOODBYE: std::sync::Once = std::sync::Once::new();
         GOODBYE.call_once(|| crate::bootstrap::at_exit_say_goodbye(leave_at_exit));
+        super::proxy::hold_across_forks();
         clients.push(Arc::downgrade(&c));
         c
     }
@@ -734,12 +735,17 @@ fn refs_per_frame(max_frame: u32) -> usize {
 }
 
 /// In builds with debug assertions, for tests: a thread named
-/// `multiproc-test-holds-idle` holds a client's idle connections for half a second as
-/// it checks one out (what another thread's call does for a moment), so that a test
-/// can fork while it does.
+/// `multiproc-test-holds-idle:PATH` holds a client's idle connections for half a second
+/// as it checks one out (what another thread's call does for a moment), having created
+/// the file `PATH` to say so, so that a test can fork while it does.
 #[cfg(debug_assertions)]
 fn hold_for_a_test() {
-    if std::thread::current().name() == Some("multiproc-test-holds-idle") {
+    let thread = std::thread::current();
+    if let Some(marker) = thread
+        .name()
+        .and_then(|n| n.strip_prefix("multiproc-test-holds-idle:"))
+    {
+        let _ = std::fs::write(marker, b"");
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -889,9 +895,11 @@ pub(crate) fn forget_parents_connections(held: HeldClients) {
         }
         live.push(client);
     }
-    // Dropped: the child has this thread alone, and every other handle of these clients
-    // is in its memory, so none is the last (and one the child drops later says `Leave`
-    // and closes the connections it made, as any client does).
+    // Dropped: the child has this thread alone, and the other handles of these clients
+    // are in its memory, so hardly any is the last (one whose other handle a thread of
+    // the parent dropped between this look and the fork is: with no connection of the
+    // child's, it says nothing; one the child drops later says `Leave` and closes the
+    // connections it made, as any client does).
     drop(live);
 }
 

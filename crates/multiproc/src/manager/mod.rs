@@ -96,7 +96,10 @@ pub enum Address {
     /// signal while it served for ever) is removed by the next server at the path, once
     /// a connection to it is refused (nobody listens there). Two servers starting at
     /// one path at the same moment can still meet: one that has bound and does not yet
-    /// listen looks stale to the other for those microseconds.
+    /// listen looks stale to the other for those microseconds. A relative path is bound
+    /// as given, and the server's [`address`](Manager::address) (what its proxies
+    /// carry) is the path from the root, so that a client in another directory finds
+    /// it.
     Unix(PathBuf),
     /// A name in Linux's abstract socket namespace: no file is created, and nothing is
     /// left behind however the server ends.

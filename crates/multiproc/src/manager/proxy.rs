@@ -103,8 +103,7 @@ impl Ref {
 
     /// A reference of this process's, listed in [`LIVE`].
     fn live(client: Arc<Client>, id: u64) -> Arc<Ref> {
-        static INSTALLED: std::sync::Once = std::sync::Once::new();
-        INSTALLED.call_once(|| crate::process::set_hold_across_fork(hold_across_fork));
+        hold_across_forks();
         let r = Arc::new(Ref {
             client,
             id,
@@ -139,6 +138,15 @@ impl Ref {
 /// Every reference this process made or received (dropped ones until the list is next
 /// pruned), for [`hold_across_fork`].
 static LIVE: Mutex<Vec<Weak<Ref>>> = Mutex::new(Vec::new());
+
+/// Has `spawn_fork` hold the references' list and the clients' state across its forks
+/// ([`hold_across_fork`]), from the first client or reference on (a process with a
+/// client and no proxy yet calls its server too: `Manager::start`'s and `connect`'s
+/// first call, `object_count`).
+pub(crate) fn hold_across_forks() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| crate::process::set_hold_across_fork(hold_across_fork));
+}
 
 /// What a parent keeps for a child it forks (`Builder::spawn_fork`): a proxy moved into
 /// the closure goes from the parent as the fork returns, and with it the parent's

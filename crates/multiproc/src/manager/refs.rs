@@ -197,6 +197,11 @@ impl RefTable {
                         }
                         let n = h.in_flight.entry(from).or_insert(0);
                         *n -= 1;
+                        // What it had sent when it left is received: a balance it
+                        // makes later is kept no longer than any other's.
+                        if *n <= 0 {
+                            s.relayed.remove(&id);
+                        }
                         // A session that left reported all it sent: nothing more to
                         // settle there.
                         if (*n <= 0 && left) || *n == 0 {
@@ -481,6 +486,35 @@ mod tests {
         );
         assert!(!t.sessions.contains_key(&A), "its balance is settled");
         assert_eq!(t.apply(B, vec![RefOp::Release { id: 8, sent: 0 }]), [8]);
+    }
+
+    /// What a session had in flight as it left, once received, keeps nothing later: a
+    /// proxy it sends after coming back goes with it if it dies.
+    #[test]
+    fn what_was_relayed_is_kept_only_until_received() {
+        let mut t = table();
+        t.created(7, A, false);
+        t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }, RefOp::Leave]);
+        assert_eq!(t.disconnected(A), (true, Vec::new()));
+        t.connected(A);
+        t.apply(A, vec![RefOp::Hold { id: 7, from: None }]);
+        assert!(
+            t.apply(
+                B,
+                vec![RefOp::Hold {
+                    id: 7,
+                    from: Some(A)
+                }]
+            )
+            .is_empty()
+        );
+        assert!(
+            t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }])
+                .is_empty()
+        );
+        // A sends it again, lets go of its own, and dies: the proxy goes with it.
+        assert_eq!(t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }]), []);
+        assert_eq!(t.disconnected(A), (true, vec![7]));
     }
 
     /// A process that lets go with a proxy in flight, then connects again without

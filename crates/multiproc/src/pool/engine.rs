@@ -232,9 +232,12 @@ impl State {
 /// One worker process, as the pool sees it.
 struct Worker {
     handle: JoinHandle<()>,
-    /// Its job channel; `None` once it is being retired (it exits when the channel
-    /// has no sender left).
+    /// Its job channel; `None` once it is being retired (it was told to exit, and
+    /// exits when the channel has no sender left too).
     jobs: Option<RawSender>,
+    /// Being retired, and its channel had no room for the word: tried again with the
+    /// stalled workers (its channel is kept open until then).
+    retire_due: bool,
     /// Tasks sent to it, in order, not yet finished.
     in_flight: VecDeque<u64>,
     /// Tasks sent to it and not taken back.
@@ -1098,6 +1101,7 @@ impl PoolInner {
             turnaround_ns: 0.0,
             killed_for: None,
             stalled: false,
+            retire_due: false,
             retiring: false,
             slow: false,
             stolen: Vec::new(),
@@ -1134,11 +1138,13 @@ impl Worker {
     /// child the program forked with `spawn_fork` holds every descriptor it had): the
     /// worker's slot would stay taken, no replacement would start, and `join` would
     /// wait for that child. Sent only where it fits now: a worker whose channel is full
-    /// has tasks queued, and is not retired.
+    /// may hold a map's context it has not taken yet (no task): it is marked stalled,
+    /// and tried again at the engine's looks, as such a worker is.
     fn retire(&mut self) {
-        let Some(jobs) = self.jobs.take() else {
+        let Some(jobs) = &self.jobs else {
             return;
         };
+        self.retiring = true;
         let mut retire = vec![0; JOB_HEADER];
         JobHeader {
             id: 0,
@@ -1148,7 +1154,13 @@ impl Worker {
             context: 0,
         }
         .write(&mut retire);
-        let _ = send_job(&jobs, &Encoded::plain(retire));
+        if let Err(SendFail::Full) = send_job(jobs, &Encoded::plain(retire)) {
+            self.retire_due = true;
+            self.stalled = true;
+            return;
+        }
+        self.retire_due = false;
+        self.jobs = None;
     }
 
     /// Tells the worker to drop the contexts of maps that are over, as far as its job
@@ -2146,6 +2158,9 @@ impl PoolInner {
             for w in st.workers.iter_mut().flatten() {
                 if unheard(w) {
                     w.stalled = false;
+                    if w.retire_due {
+                        w.retire();
+                    }
                 }
             }
             self.pump(&mut st);

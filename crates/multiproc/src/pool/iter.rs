@@ -123,7 +123,13 @@ impl<B: Backend<A>, A, I: Iterator<Item = A>> Feed<B, A, I> {
                 }
                 Err(panic) => {
                     self.input_done = true;
-                    self.submit(batch);
+                    // The input's panic goes on; one of an item's encoding is dropped.
+                    let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.submit(batch);
+                    }));
+                    if let Err(other) = submitted {
+                        crate::bootstrap::drop_payload(other);
+                    }
                     std::panic::resume_unwind(panic);
                 }
             }
@@ -246,8 +252,9 @@ impl<B: Backend<A>, A, I> Drop for Feed<B, A, I> {
 pub(crate) struct ProcessBackend<'p> {
     pool: &'p Pool,
     entry: Result<TaskEntry, TaskError>,
-    /// See [`Backend::take_panic`].
-    panicked: std::cell::Cell<Option<Box<dyn std::any::Any + Send>>>,
+    /// See [`Backend::take_panic`]. (A mutex, not a cell: the iterators over a pool
+    /// are `Sync` where their input is.)
+    panicked: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
@@ -299,12 +306,10 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
                         crate::CodecError::new(format!("the argument's Serialize panicked: {why}"));
                     out.push((slot, Err(TaskError::Codec(e))));
                     // The first goes on to the caller; a later one is dropped here.
-                    match self.panicked.take() {
-                        Some(first) => {
-                            self.panicked.set(Some(first));
-                            crate::bootstrap::drop_payload(panic);
-                        }
-                        None => self.panicked.set(Some(panic)),
+                    let mut first = crate::sync::unpoisoned::lock(&self.panicked);
+                    match &*first {
+                        Some(_) => crate::bootstrap::drop_payload(panic),
+                        None => *first = Some(panic),
                     }
                 }
             }
@@ -327,7 +332,7 @@ impl<A: Serialize> Backend<A> for ProcessBackend<'_> {
     }
 
     fn take_panic(&self) -> Option<Box<dyn std::any::Any + Send>> {
-        self.panicked.take()
+        crate::sync::unpoisoned::lock(&self.panicked).take()
     }
 
     fn help(&self) {
@@ -362,7 +367,7 @@ where
                 ProcessBackend {
                     pool,
                     entry,
-                    panicked: std::cell::Cell::new(None),
+                    panicked: std::sync::Mutex::new(None),
                 },
                 input,
                 ORDERED,

@@ -487,6 +487,19 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 sys::write_stderr(line.as_bytes());
                 std::process::abort();
             }
+            // A job with descriptors that this process has no room to take in (its
+            // open-files limit, `Limits::open_files`, or one it inherited): it stays in
+            // the channel, so the worker ends, with a status that says why, and the
+            // pool reports the task's open-files limit where it set one (it ended with
+            // status 0, and the task failed as `WorkerDied`).
+            Err(RecvFail::Io(e)) if sys::out_of_descriptors(&e) => {
+                let line = format!(
+                    "multiproc: a pool worker has no descriptor free to take its next \
+                     task's argument in ({e}): it exits\n"
+                );
+                sys::write_stderr(line.as_bytes());
+                sys::exit_now(crate::process::OUT_OF_DESCRIPTORS);
+            }
             // Every sender is gone: the pool retired this worker, or went away.
             Err(RecvFail::Disconnected | RecvFail::Broken(_) | RecvFail::Io(_)) => return,
         }

@@ -306,8 +306,17 @@ impl Armed {
     /// The limit a process that ended with `status` ran into, if any, and how it shows;
     /// `oom_killed`: its cgroup's out-of-memory killer struck.
     pub(crate) fn ended(&self, status: WaitStatus, oom_killed: bool) -> Option<(Limit, String)> {
-        let WaitStatus::Signaled(signal) = status else {
-            return None;
+        let signal = match status {
+            WaitStatus::Signaled(signal) => signal,
+            WaitStatus::Exited(super::OUT_OF_DESCRIPTORS) if self.open_files => {
+                return Some((
+                    Limit::OpenFiles,
+                    "it had no descriptor free, at its open-files limit, to take in the \
+                     descriptors its next task's argument carries"
+                        .into(),
+                ));
+            }
+            WaitStatus::Exited(_) => return None,
         };
         let mib = |bytes: u64| Mib(bytes);
         match (signal, self.memory) {

@@ -27,6 +27,10 @@ pub(crate) use error::NOT_IN_EXECUTABLE;
 pub use error::{ProcessError, SpawnError};
 pub use handle::{ChildProcess, JoinHandle};
 pub(crate) use limits::Armed;
+
+/// The status a pool worker exits with when it has no descriptor free to take in its
+/// next task's (see `pool::worker`): read as the open-files limit where one is set.
+pub(crate) const OUT_OF_DESCRIPTORS: i32 = 121;
 pub use limits::{Limit, Limits, MemoryCap};
 pub use status::{ExitStatus, Signal};
 

@@ -13,8 +13,9 @@
 //! slow; `wait_timeout` covers that case.
 //!
 //! A party that ends on purpose leaves instead: a thread that ends without a panic, and
-//! a process whose function returned (or that exits with status 0), frees its slots
-//! (the process keeps the list of its threads' slots, see `CLAIMS`), so that a new
+//! a process whose function returned (or that exits with status 0, where the C library
+//! says the status: glibc), frees the slots of all its threads (the process keeps the
+//! list of its threads' slots, see `CLAIMS`), so that a new
 //! thread or process can take its place in a later generation (a process started per
 //! phase, a scope of threads per round) without the barrier breaking. So does a
 //! process that lets go of its last handle to the barrier: its threads that waited on
@@ -23,8 +24,8 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
 
@@ -866,7 +867,7 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
     // process lets go of the barrier.)
     let _ = THREAD_END.try_with(|end| end.0.set(me));
     let pid = sys::process_id();
-    CLAIMED.store(true, Ordering::Relaxed);
+    CLAIMED.store(true, SeqCst);
     let mut claims = unpoisoned::lock(&CLAIMS);
     // A claim of the same barrier made before (a `reset` freed this thread's slot) is
     // replaced.
@@ -882,29 +883,32 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
 }
 
 /// The process ends: with `normally` (its function returned, whatever panics it
-/// caught), the slots of this thread leave their barriers; otherwise they stay
-/// claimed, and the other parties learn it died. (A process ends without running the
-/// thread's destructors.)
+/// caught, or it exits with status 0), the slots of all its threads leave their
+/// barriers (a process ends without running its threads' destructors: a thread of its
+/// own that waited, still running or parked, left its slot claimed, and the barrier
+/// broke for the others); otherwise those of this thread stay claimed, and the other
+/// parties learn it died.
 pub(crate) fn process_ends(normally: bool) {
     // A process none of whose threads waits at a barrier (most) need not learn its
     // thread's identity, which a child that ends right after its call would compute
     // here for the first time (a read of `/proc/TID/stat`), nor write to memory it
     // shares with its fork server until then (each page written is copied): it looks
-    // only at a flag. (Only this thread's claims are taken, and this thread stored the
-    // flag before making them.)
-    if !CLAIMED.load(Ordering::Relaxed) {
+    // only at a flag, which a thread stores before it makes its first claim (a thread
+    // that claims as the process ends is not waited for).
+    if !CLAIMED.load(SeqCst) {
         return;
     }
     let pid = sys::process_id();
     if !unpoisoned::lock(&CLAIMS).iter().any(|c| c.pid == pid) {
         return;
     }
-    let me = sys::thread_identity();
-    let claims = take_claims(|c| c.me == me);
     if normally {
-        for claim in claims {
+        for claim in take_claims(|_| true) {
             claim.leave();
         }
+    } else {
+        let me = sys::thread_identity();
+        drop(take_claims(|c| c.me == me));
     }
 }
 

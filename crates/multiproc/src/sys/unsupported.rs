@@ -372,7 +372,11 @@ pub(crate) fn adopt_inherited_fd(_: i32) -> Option<OwnedFd> {
 pub(crate) fn inherited_fd_id(_: i32) -> Option<(u64, u64)> {
     None
 }
-pub(crate) fn at_exit(_: extern "C" fn()) {}
+pub(crate) fn at_exit(
+    _: extern "C" fn(),
+    _: extern "C" fn(std::ffi::c_int, *mut std::ffi::c_void),
+) {
+}
 pub(crate) fn write_stderr(bytes: &[u8]) {
     use std::io::Write;
     let _ = std::io::stderr().write_all(bytes);

@@ -83,11 +83,32 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
     let _ = fd::write_all(rustix::stdio::stderr(), bytes);
 }
 
-/// Registers `f` to run at `exit()`.
-pub(crate) fn at_exit(f: extern "C" fn()) {
-    // SAFETY: `atexit` stores the function pointer; `f` is a plain `extern "C" fn` that
-    // lives for the whole program.
-    unsafe { libc::atexit(f) };
+/// Registers a function to run at `exit()`: `with_status`, told the status `exit` was
+/// given, where the C library can say it (glibc's `on_exit`); `plain` otherwise.
+pub(crate) fn at_exit(
+    plain: extern "C" fn(),
+    with_status: extern "C" fn(libc::c_int, *mut libc::c_void),
+) {
+    #[cfg(target_env = "gnu")]
+    {
+        unsafe extern "C" {
+            fn on_exit(
+                f: extern "C" fn(libc::c_int, *mut libc::c_void),
+                arg: *mut libc::c_void,
+            ) -> libc::c_int;
+        }
+        let _ = plain;
+        // SAFETY: `on_exit` stores the function pointer and the argument (none);
+        // `with_status` is a plain `extern "C" fn` that lives for the whole program.
+        unsafe { on_exit(with_status, std::ptr::null_mut()) };
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = with_status;
+        // SAFETY: `atexit` stores the function pointer; `plain` is a plain `extern "C"
+        // fn` that lives for the whole program.
+        unsafe { libc::atexit(plain) };
+    }
 }
 
 /// Processes can be started here.
