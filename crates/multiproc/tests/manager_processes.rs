@@ -300,6 +300,17 @@ fn helpers(mode: &str) {
             drop(d);
             drop(m);
             println!("left behind {}", dir.join("rel.sock").exists());
+            // A directory too deep for the whole path to fit a socket's 107 bytes: the
+            // relative path serves as given.
+            let deep = dir.join("d".repeat(120));
+            std::fs::create_dir_all(&deep).unwrap();
+            std::env::set_current_dir(&deep).unwrap();
+            let m = Manager::builder()
+                .address(Address::Unix("rel.sock".into()))
+                .build()
+                .map(|m| m.dict::<u8, u8>().and_then(|d| d.len()).map(drop));
+            println!("deep {m:?}");
+            std::env::set_current_dir("/").unwrap();
             std::fs::remove_dir_all(dir).unwrap();
         }
         "manager_fork_while_calling" => {
@@ -2746,9 +2757,6 @@ fn stopped_server_call_timeout(m: Manager) {
     assert_eq!(q.get_timeout(T).unwrap(), Some(3));
 }
 
-/// The first call of a process that received a proxy (`d.len()`, 1 s call timeout),
-/// and the seconds it took: the reference it holds is told to the server on a
-/// connection opened before the call, which then failed.
 fn dict_len(d: DictProxy<u8, u8>) -> Result<usize, String> {
     d.len().map_err(|e| e.to_string())
 }
@@ -2761,9 +2769,13 @@ fn a_relative_socket_path_serves_other_directories() {
     let mut h = Helper::start("manager_relative_socket");
     assert_eq!(h.expect("child ", T), "Ok(Ok(1))");
     assert_eq!(h.expect("left behind ", T), "false");
+    assert_eq!(h.expect("deep ", T), "Ok(Ok(()))");
     h.child.wait().unwrap();
 }
 
+/// The first call of a process that received a proxy (`d.len()`, 1 s call timeout),
+/// and the seconds it took: the reference it holds is told to the server on a
+/// connection opened before the call, which then failed.
 fn first_call_timed(d: DictProxy<u8, u8>) -> (f64, String) {
     let t = Instant::now();
     let got = d.len();

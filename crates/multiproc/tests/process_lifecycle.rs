@@ -84,6 +84,18 @@ fn main() {
             ),
             trial("nesting_depth_is_capped", nesting_depth_is_capped),
             trial(
+                "exit_from_a_signal_handler_during_a_join_ends",
+                exit_from_a_signal_handler_during_a_join_ends,
+            ),
+            trial(
+                "a_second_exit_waits_for_the_first",
+                a_second_exit_waits_for_the_first,
+            ),
+            trial(
+                "a_join_during_the_exit_keeps_its_value",
+                a_join_during_the_exit_keeps_its_value,
+            ),
+            trial(
                 "non_daemon_joined_at_normal_exit",
                 non_daemon_joined_at_normal_exit,
             ),
@@ -180,6 +192,9 @@ fn helpers(mode: &str) {
         "forked_value_panics" => helper_forked_value_panics(),
         "exit_joins" => helper_exit_joins(false),
         "exit_call_joins" => helper_exit_joins(true),
+        "exit_from_a_handler_while_joining" => helper_exit_from_a_handler_while_joining(),
+        "exit_while_a_thread_joins" => helper_exit_while_a_thread_joins(),
+        "second_exit_waits" => helper_second_exit_waits(),
         "exit_with_piped_stdio" => helper_exit_with_piped_stdio(),
         "spawning_at_exit" => helper_spawning_at_exit(),
         "daemon_at_exit" => helper_daemon_at_exit(),
@@ -636,21 +651,9 @@ fn helper_exit_joins(exit_call: bool) {
 }
 
 fn exit_joins(mode: &str) {
-    let dir = common::tempdir("lifecycle");
-    let marker = dir.join("marker");
-    let mut h = Helper::start_with(
-        mode,
-        std::env::current_exe().unwrap(),
-        &[("MARKER", marker.to_str().unwrap())],
-    );
-    let child: u32 = h.expect("child ", T).parse().unwrap();
-    let status = h.wait(T);
-    assert!(status.success(), "{status:?}: {}", h.stderr_now());
     // The helper exited only after its non-daemon child had finished its work.
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done");
-    assert!(common::wait_gone(child, Duration::from_secs(5)));
-    common::reap(child);
-    let _ = std::fs::remove_dir_all(dir);
+    let status = exits_after_joining(mode);
+    assert!(status.success(), "{status:?}");
 }
 
 /// Writes more than a pipe holds to its stdout (its stderr if `to_stderr`), then
@@ -708,6 +711,122 @@ fn exit_closes_untaken_piped_stdio() {
         assert!(common::wait_gone(child, Duration::from_secs(5)));
         common::reap(child);
     }
+}
+
+/// Sleeps `ms`, then writes "done" at `path`.
+fn write_marker_after((path, ms): (String, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(path, "done").unwrap();
+}
+
+extern "C" fn exit_on_term(_: libc::c_int) {
+    // SAFETY: what the program under test does: `exit` from a signal handler.
+    unsafe { libc::exit(0) };
+}
+
+fn helper_exit_from_a_handler_while_joining() {
+    // SAFETY: installs a handler for SIGTERM; it calls `exit`.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            exit_on_term as *const () as libc::sighandler_t,
+        )
+    };
+    let path = std::env::var("MARKER").unwrap();
+    let child = Builder::new()
+        .spawn(write_marker_after, (path, 1500))
+        .unwrap();
+    println!("child {}", child.pid());
+    let _ = child.join();
+    println!("joined before the signal");
+}
+
+/// Returns 7 after `ms`, then ends only 500 ms later (its exit joins a child of its
+/// own): a join has the value, and lets go of the channel, that long before the end.
+fn seven_after(ms: u64) -> u64 {
+    drop(Builder::new().spawn(nap, 500).unwrap());
+    std::thread::sleep(Duration::from_millis(ms));
+    7
+}
+
+fn helper_exit_while_a_thread_joins() {
+    let child = Builder::new().spawn(seven_after, 1000).unwrap();
+    println!("child {}", child.pid());
+    std::thread::spawn(move || println!("joined {:?}", child.join()));
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::exit(0);
+}
+
+fn helper_second_exit_waits() {
+    let path = std::env::var("MARKER").unwrap();
+    let child = Builder::new()
+        .spawn(write_marker_after, (path, 2000))
+        .unwrap();
+    println!("child {}", child.pid());
+    drop(child);
+    // Another thread's exit while this one's end joins the child.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        std::process::exit(0);
+    });
+}
+
+/// A helper's exit and the child it had to join first: the marker the child writes
+/// last is there once the helper is gone.
+fn exits_after_joining(mode: &str) -> std::process::ExitStatus {
+    let dir = common::tempdir("lifecycle");
+    let marker = dir.join("marker");
+    let mut h = Helper::start_with(
+        mode,
+        std::env::current_exe().unwrap(),
+        &[("MARKER", marker.to_str().unwrap())],
+    );
+    let child: u32 = h.expect("child ", T).parse().unwrap();
+    if mode == "exit_from_a_handler_while_joining" {
+        // Well inside the helper's join of its child (1.5 s).
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on the helper this test started.
+        unsafe { libc::kill(h.child.id() as i32, libc::SIGTERM) };
+    }
+    // Past the bound the test fails, and the helper's drop kills it and its children.
+    let status = h.wait(Duration::from_secs(20));
+    let done = std::fs::read_to_string(&marker).ok();
+    assert!(common::wait_gone(child, Duration::from_secs(5)));
+    common::reap(child);
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(
+        done.as_deref(),
+        Some("done"),
+        "the helper ended before its child"
+    );
+    status
+}
+
+/// An `exit` from a SIGTERM handler that interrupted the main thread's join of a child
+/// joins the child, and ends (it waited for ever for the channel the join held).
+fn exit_from_a_signal_handler_during_a_join_ends() {
+    let status = exits_after_joining("exit_from_a_handler_while_joining");
+    assert!(status.success(), "{status:?}");
+}
+
+/// Another thread's `exit` while the end of `main` joins a child waits for that join
+/// (it stopped the fork server and ended the process with the child not joined).
+fn a_second_exit_waits_for_the_first() {
+    let status = exits_after_joining("second_exit_waits");
+    assert!(status.success(), "{status:?}");
+}
+
+/// A thread joining a child while the process exits gets the child's value (the exit
+/// work dropped the channel with the value in it, and the join said the fork server
+/// died).
+fn a_join_during_the_exit_keeps_its_value() {
+    let mut h = Helper::start("exit_while_a_thread_joins");
+    let child: u32 = h.expect("child ", T).parse().unwrap();
+    assert_eq!(h.expect("joined ", T), "Ok(7)");
+    let status = h.wait(T);
+    assert!(status.success(), "{status:?}");
+    assert!(common::wait_gone(child, Duration::from_secs(5)));
+    common::reap(child);
 }
 
 fn non_daemon_joined_at_normal_exit() {

@@ -489,6 +489,18 @@ fn spawn_open_files() {
         .spawn(open_many, 20)
         .unwrap();
     assert_eq!(child.join_timeout(T).unwrap(), 20);
+    // A child that exits with the status a pool worker out of descriptors exits with
+    // (121) is a child that exited so, not one at its limit.
+    let mut child = Builder::new()
+        .limits(Limits::new().open_files(64))
+        .spawn(exit_with, 121)
+        .unwrap();
+    let r = child.join_timeout(T);
+    assert!(matches!(r, Err(ProcessError::Exited(121))), "{r:?}");
+}
+
+fn exit_with(code: i32) {
+    std::process::exit(code)
 }
 
 /// The soft and hard limits on open descriptors of the calling process.

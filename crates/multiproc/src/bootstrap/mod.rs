@@ -85,8 +85,48 @@ pub(crate) fn at_exit_say_goodbye(f: fn()) {
 /// from now on no process is started; the children are handled (daemons terminated, the
 /// others joined), a manager's clients say they let go, the segment tracker unlinks what this process created and did not
 /// unlink, and exits; then the fork server is stopped (and reaps the tracker). Doing it
-/// again does nothing.
+/// again does nothing; another thread that does it meanwhile (an `exit` from a Ctrl-C
+/// handler's thread while the main thread's end joins the children) waits for the work
+/// under way to end (it went on to stop the tracker and the fork server, and the exit
+/// ended the process, with the children not joined); the thread doing it, doing it again
+/// (an `exit` from a signal handler that interrupted it), returns at once.
 pub(crate) fn exit_function() {
+    thread_local! {
+        static RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if RUNNING.try_with(std::cell::Cell::get).unwrap_or(false) {
+        return;
+    }
+    // The process that runs or ran it, and how far it is (0: not begun, 1: under way,
+    // 2: done): a child forked meanwhile has a copy that is not its own.
+    const UNDER_WAY: u64 = 1;
+    const DONE: u64 = 2;
+    let me = u64::from(sys::getpid()) << 2;
+    loop {
+        let state = EXIT_STATE.load(Ordering::SeqCst);
+        match (state & !3 == me, state & 3) {
+            (true, DONE) => return,
+            (true, UNDER_WAY) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => {
+                if EXIT_STATE
+                    .compare_exchange(state, me | UNDER_WAY, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = RUNNING.try_with(|r| r.set(true));
+    run_exit_work();
+    EXIT_STATE.store(me | DONE, Ordering::SeqCst);
+    let _ = RUNNING.try_with(|r| r.set(false));
+}
+
+/// How far this process's exit work is: see [`exit_function`].
+static EXIT_STATE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn run_exit_work() {
     begin_exit();
     if let Some(handle_children) = HANDLE_CHILDREN.get() {
         handle_children();

@@ -117,6 +117,35 @@ fn stale(path: &std::path::Path) -> bool {
     rustix::net::connect(&sock, &addr) == Err(rustix::io::Errno::CONNREFUSED)
 }
 
+/// The path clients are given for a Unix socket bound at `path`: the path from the
+/// root, where a relative one would name another file (or none) for a client in another
+/// directory (a child given a `current_dir`), and for this process after a `chdir`,
+/// which then left its socket behind as it stopped. The path as given where the whole
+/// one does not fit the 107 bytes a socket's path holds (a relative path is how a
+/// socket deep in the tree is bound at all), or where the working directory is gone.
+/// Clients' addresses go through it too (`Client::get`), so that one server is one
+/// client in a process, whichever form the program named it by.
+#[cfg(unix)]
+pub(crate) fn whole_path(path: &std::path::Path) -> std::borrow::Cow<'_, std::path::Path> {
+    use std::os::unix::ffi::OsStrExt;
+    if !path.is_relative() {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    match std::path::absolute(path) {
+        Ok(whole) if whole.as_os_str().as_bytes().len() <= 107 => std::borrow::Cow::Owned(whole),
+        _ => std::borrow::Cow::Borrowed(path),
+    }
+}
+
+/// `address` as its server gives it to clients (see [`whole_path`]).
+pub(crate) fn for_clients(address: &Address) -> Address {
+    match address {
+        #[cfg(unix)]
+        Address::Unix(path) => Address::Unix(whole_path(path).into_owned()),
+        other => other.clone(),
+    }
+}
+
 impl Listener {
     /// Binds `address` (a TCP port of 0 picks a free one); returns the listener and the
     /// address clients connect to.
@@ -129,12 +158,7 @@ impl Listener {
             }
             #[cfg(unix)]
             Address::Unix(path) => {
-                // Clients are given the path from the root: a relative one named
-                // another file (or none) for a client in another directory (a child
-                // given a `cwd`), and for this process after a `chdir`, which then left
-                // its socket behind as it stopped. Bound as given (a relative path may
-                // fit the 107 bytes a socket's path holds where the whole one does not).
-                let whole = std::path::absolute(path)?;
+                let whole = whole_path(path);
                 let l = match std::os::unix::net::UnixListener::bind(path) {
                     Err(e) if e.kind() == io::ErrorKind::AddrInUse && stale(path) => {
                         // A server that ended without removing its socket (killed, or
@@ -146,7 +170,7 @@ impl Listener {
                     }
                     other => other?,
                 };
-                Ok((Listener::Unix(l), Address::Unix(whole)))
+                Ok((Listener::Unix(l), Address::Unix(whole.into_owned())))
             }
             #[cfg(unix)]
             Address::Abstract(name) => {

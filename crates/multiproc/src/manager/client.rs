@@ -206,6 +206,8 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// The process's client for `address`, `key` and `settings`.
     pub(crate) fn get(address: &Address, key: &[u8], settings: ClientSettings) -> Arc<Client> {
+        // One client per server, whichever form the program named its socket by.
+        let address = &super::accept::for_clients(address);
         // The clients looked at are let go after the lock (declared before it, dropped
         // after it): one whose last handle is dropped meanwhile would run its `Drop`,
         // which takes the lock, here. Looked for under the lock that the new one is

@@ -55,6 +55,10 @@ struct Session {
     /// The objects whose proxies it had in flight when it left: those were sent, and
     /// stay until received even if the process, come back with a connection, dies
     /// (a process that connects again with no proxy to hold says nothing as it goes).
+    /// Kept while it is back, however its balance moves (a receiver of a proxy sent
+    /// since may settle before the send is reported): a proxy of such an object that it
+    /// sends after coming back and that is never received then keeps the object, as
+    /// one sent before it left does.
     relayed: HashSet<u64>,
 }
 
@@ -197,11 +201,6 @@ impl RefTable {
                         }
                         let n = h.in_flight.entry(from).or_insert(0);
                         *n -= 1;
-                        // What it had sent when it left is received: a balance it
-                        // makes later is kept no longer than any other's.
-                        if *n <= 0 {
-                            s.relayed.remove(&id);
-                        }
                         // A session that left reported all it sent: nothing more to
                         // settle there.
                         if (*n <= 0 && left) || *n == 0 {
@@ -488,16 +487,41 @@ mod tests {
         assert_eq!(t.apply(B, vec![RefOp::Release { id: 8, sent: 0 }]), [8]);
     }
 
-    /// What a session had in flight as it left, once received, keeps nothing later: a
-    /// proxy it sends after coming back goes with it if it dies.
+    /// What a session had in flight as it left stays while it is back, however its
+    /// balance moves: a receiver of a proxy it sends after coming back may settle
+    /// before the send is reported (the balance at zero for a while), and the proxy
+    /// sent before it left is still to be received when the session dies.
     #[test]
-    fn what_was_relayed_is_kept_only_until_received() {
+    fn what_was_relayed_stays_while_the_session_is_back() {
+        const C: u64 = 3;
         let mut t = table();
+        t.connected(C);
         t.created(7, A, false);
         t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }, RefOp::Leave]);
         assert_eq!(t.disconnected(A), (true, Vec::new()));
         t.connected(A);
         t.apply(A, vec![RefOp::Hold { id: 7, from: None }]);
+        // A sends one to C, which settles it before A reports it.
+        assert!(
+            t.apply(
+                C,
+                vec![RefOp::Hold {
+                    id: 7,
+                    from: Some(A)
+                }]
+            )
+            .is_empty()
+        );
+        assert!(
+            t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }])
+                .is_empty()
+        );
+        assert!(
+            t.apply(C, vec![RefOp::Release { id: 7, sent: 0 }])
+                .is_empty()
+        );
+        // A dies: the proxy it sent before it left is still on its way to B.
+        assert_eq!(t.disconnected(A), (true, Vec::new()));
         assert!(
             t.apply(
                 B,
@@ -508,13 +532,7 @@ mod tests {
             )
             .is_empty()
         );
-        assert!(
-            t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }])
-                .is_empty()
-        );
-        // A sends it again, lets go of its own, and dies: the proxy goes with it.
-        assert_eq!(t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }]), []);
-        assert_eq!(t.disconnected(A), (true, vec![7]));
+        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
     }
 
     /// A process that lets go with a proxy in flight, then connects again without

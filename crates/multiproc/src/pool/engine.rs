@@ -1984,7 +1984,7 @@ impl PoolInner {
                 // Read above, outside the locks: what is in by now.
                 let now = Instant::now();
                 let status = w.handle.record().exit_status_by(now);
-                let exceeded = w.handle.record().limit_exceeded_by(now);
+                let exceeded = w.handle.record().worker_limit_exceeded_by(now);
                 tracing::trace!(pid = w.handle.pid(), ?status, "pool worker ended");
                 let mut unstarted = Vec::new();
                 // Whether its death is charged to a task it had begun.

@@ -1411,7 +1411,7 @@ impl ThreadPool {
             // for their time, or for ever for this thread; a join cancels the queued
             // ones still there before it waits. Queued ones left behind
             // while a callback waits are taken by the pool's threads, cancelled too.
-            let starts = self.shared.timers.take_starts();
+            let starts = self.shared.timers.take_starts_refusing();
             let _delivering = Delivering::enter_all(starts.holds());
             self.shared.cancel_queued();
             starts.cancel();

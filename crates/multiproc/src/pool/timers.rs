@@ -262,8 +262,22 @@ impl Timers {
     /// lets go of them all rather than waiting for those still to come, which only that
     /// thread was about to cancel (for ever), or for their time.
     pub(crate) fn take_starts(&self) -> Starts {
+        self.take_starts_then(false)
+    }
+
+    /// As [`take_starts`](Self::take_starts), and every action that starts a task given
+    /// later runs at once as stopping, as after [`refuse_starts`](Self::refuse_starts):
+    /// decided under the lock the actions are added under, so that one given by a thread
+    /// that looked before (a countdown submitted, a retry's delay, as a cancelling
+    /// shutdown ran) is not left waiting for its time.
+    pub(crate) fn take_starts_refusing(&self) -> Starts {
+        self.take_starts_then(true)
+    }
+
+    fn take_starts_then(&self, refuse: bool) -> Starts {
         let starts: Vec<Entry> = {
             let mut st = unpoisoned::lock(&self.shared.state);
+            st.starts_refused |= refuse;
             let (starts, others): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.heap)
                 .into_iter()
                 .partition(|e| matches!(e.kind, Kind::Start(_)));
@@ -435,6 +449,48 @@ mod tests {
         assert_eq!(got, [(1, false), (2, false), (3, false)]);
         timers.stop();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (9, true));
+    }
+
+    /// Once the starts were taken with refusal (a cancelling shutdown), a start given
+    /// later runs at once as stopping; a timeout keeps its time. (One given by a thread
+    /// that had looked before the shutdown waited for its time, an hour here.)
+    #[test]
+    fn a_start_given_after_a_refusing_take_runs_at_once() {
+        let timers = Timers::new("timers-refusing".into());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let tx1 = tx.clone();
+        timers
+            .at(
+                far,
+                Kind::Start(None),
+                Box::new(move |early| tx1.send((1, early)).unwrap()),
+            )
+            .unwrap();
+        timers.take_starts_refusing().cancel();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (1, true));
+        let tx2 = tx.clone();
+        timers
+            .at(
+                far,
+                Kind::Start(None),
+                Box::new(move |early| tx2.send((2, early)).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (2, true));
+        let tx3 = tx.clone();
+        timers
+            .at(
+                Instant::now() + Duration::from_millis(50),
+                Kind::Timeout,
+                Box::new(move |early| tx3.send((3, early)).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            (3, false)
+        );
+        timers.stop();
     }
 
     /// A timer thread that cannot start runs that action at once as stopping, and the

@@ -492,7 +492,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // the channel, so the worker ends, with a status that says why, and the
             // pool reports the task's open-files limit where it set one (it ended with
             // status 0, and the task failed as `WorkerDied`).
-            Err(RecvFail::Io(e)) if sys::out_of_descriptors(&e) => {
+            // (`ENFILE`, the system's table full, is not this process's limit: such a
+            // worker ends as below.)
+            Err(RecvFail::Io(e)) if e.raw_os_error() == Some(sys::EMFILE) => {
                 let line = format!(
                     "multiproc: a pool worker has no descriptor free to take its next \
                      task's argument in ({e}): it exits\n"

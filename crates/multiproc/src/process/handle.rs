@@ -428,6 +428,17 @@ impl ChildRecord {
         }
     }
 
+    /// As [`limit_exceeded_by`](Self::limit_exceeded_by), for a pool worker: its
+    /// status for a next task's descriptors it had no room for is read as its
+    /// open-files limit too.
+    pub(crate) fn worker_limit_exceeded_by(&self, by: Instant) -> Option<(super::Limit, String)> {
+        self.limit_exceeded_by(by)
+            .or_else(|| match self.ended_by(by)? {
+                Ended::Known(status) => self.armed.worker_ended(status),
+                Ended::Unknown => None,
+            })
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
@@ -579,14 +590,21 @@ impl ChildRecord {
     /// As [`close_channel`](Self::close_channel), unless a thread holds the channel: one
     /// that joins the child holds it until the child has sent its outcome or ended, and
     /// reads what the child sends meanwhile, so the child is not held up by a send
-    /// nobody reads. The exit's clean-up, which must not wait for such a join (a daemon
-    /// that ignores `SIGTERM` would otherwise never get its `SIGKILL`).
+    /// nobody reads; and unless it holds the outcome already (a join lets go of it
+    /// between the outcome and the child's end, and found the outcome gone: its
+    /// value lost, the join said the fork server died). The exit's clean-up, which
+    /// must not wait for such a join (a daemon that ignores `SIGTERM` would otherwise
+    /// never get its `SIGKILL`; an exit from a signal handler that interrupted this very
+    /// thread's join would wait for ever).
     pub(crate) fn close_channel_unless_read(&self) {
         let mut channel = match self.channel.try_lock() {
             Ok(channel) => channel,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
+        if channel.as_ref().is_some_and(|ch| ch.outcome.is_some()) {
+            return;
+        }
         drop(channel.take());
     }
 

@@ -306,17 +306,8 @@ impl Armed {
     /// The limit a process that ended with `status` ran into, if any, and how it shows;
     /// `oom_killed`: its cgroup's out-of-memory killer struck.
     pub(crate) fn ended(&self, status: WaitStatus, oom_killed: bool) -> Option<(Limit, String)> {
-        let signal = match status {
-            WaitStatus::Signaled(signal) => signal,
-            WaitStatus::Exited(super::OUT_OF_DESCRIPTORS) if self.open_files => {
-                return Some((
-                    Limit::OpenFiles,
-                    "it had no descriptor free, at its open-files limit, to take in the \
-                     descriptors its next task's argument carries"
-                        .into(),
-                ));
-            }
-            WaitStatus::Exited(_) => return None,
+        let WaitStatus::Signaled(signal) = status else {
+            return None;
         };
         let mib = |bytes: u64| Mib(bytes);
         match (signal, self.memory) {
@@ -356,6 +347,22 @@ impl Armed {
             ));
         }
         None
+    }
+
+    /// The limit a pool worker that exited with [`OUT_OF_DESCRIPTORS`] ran into: its
+    /// open-files limit, if one was set (a status only pool workers are read for; a
+    /// task or child that exits with it is not taken for one).
+    ///
+    /// [`OUT_OF_DESCRIPTORS`]: super::OUT_OF_DESCRIPTORS
+    pub(crate) fn worker_ended(&self, status: WaitStatus) -> Option<(Limit, String)> {
+        (status == WaitStatus::Exited(super::OUT_OF_DESCRIPTORS) && self.open_files).then(|| {
+            (
+                Limit::OpenFiles,
+                "it had no descriptor free, at its open-files limit, to take in the \
+                 descriptors its next task's argument carries"
+                    .into(),
+            )
+        })
     }
 
     /// The limit a panic reports, if any: one whose message is an `EMFILE` error (std's

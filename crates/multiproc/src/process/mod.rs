@@ -540,6 +540,13 @@ impl Builder {
     /// dropped unjoined), so that an object is not freed between the fork and the
     /// child's first call.
     ///
+    /// The parent's copy of `f` is dropped as the fork returns, and with it whatever
+    /// `f` captured, as for any closure moved away: a [`Manager`](crate::Manager) or
+    /// [`Server`](crate::manager::Server) moved into `f` stops its server then, under
+    /// the child (which then finds it gone). Capture a proxy, or connect in the child
+    /// ([`Manager::connect`](crate::Manager::connect)), and keep the manager in the
+    /// parent.
+    ///
     /// The async forms of multiproc's calls (awaiting a handle, `get_async`, `recv_async`,
     /// `wait_async`) do not work in the child of a process that used one before the fork:
     /// the reactor that wakes them (async-io's) runs on a thread of the parent, which the

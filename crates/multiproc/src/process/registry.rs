@@ -206,8 +206,8 @@ fn exit_function() {
     }
     for child in &others {
         // A child blocked on sending a result nobody can read any more must not hold up
-        // the exit.
-        child.close_channel();
+        // the exit; one a thread joins is read by that thread.
+        child.close_channel_unless_read();
         tracing::trace!(pid = child.pid(), name = child.name(), "joining at exit");
         if let Err(e) = child.wait(None) {
             tracing::warn!(pid = child.pid(), "could not join at exit: {e}");

@@ -184,7 +184,7 @@ impl Drop for Held {
         let dying = std::thread::panicking().then(sys::thread_identity);
         for claim in claims {
             if Some(claim.me) != dying {
-                self.core.leave(claim.index, claim.me);
+                self.core.leave(claim.index, claim.me, false);
             }
         }
     }
@@ -367,7 +367,7 @@ impl Core {
         let me = sys::thread_identity();
         // A thread that waits again goes on after any panic it caught (one that waits
         // as it unwinds, in a guard's `drop`, is ending by that panic).
-        let _ = PANICKED.try_with(|p| p.set(std::thread::panicking()));
+        set_panicked(std::thread::panicking());
         let mut patience: Option<Instant> = None;
         // A slot this thread took now: remembered once the state lock is let go.
         let mut claimed = None;
@@ -542,15 +542,19 @@ impl Core {
     }
 
     /// Frees slot `index` if the thread `me` holds it and is not waiting: the party
-    /// leaves (its thread ends on purpose). A state lock that is not let go within
-    /// `LEAVE_PATIENCE` (its holder stopped) leaves the slot claimed.
-    fn leave(&self, index: usize, me: u64) {
+    /// leaves (its thread ends on purpose). With `read_only`, only if the thread has
+    /// read the outcome of its last wait (another thread of a process that ends, which
+    /// may still be about to read it: freed, its slot read as a round that broke). A
+    /// state lock that is not let go within `LEAVE_PATIENCE` (its holder stopped)
+    /// leaves the slot claimed.
+    fn leave(&self, index: usize, me: u64, read_only: bool) {
         let Some(_state) = self.lock_state_by(Some(Instant::now() + LEAVE_PATIENCE)) else {
             return;
         };
         if let Some(slot) = self.slots().nth(index)
             && slot.identity.load(SeqCst) == me
             && slot.waiting.load(SeqCst) == 0
+            && !(read_only && slot.outcome.load(SeqCst) != PENDING)
         {
             slot.outcome.store(PENDING, SeqCst);
             slot.identity.store(0, SeqCst);
@@ -786,7 +790,15 @@ struct Claim {
 impl Claim {
     fn leave(self) {
         if let Some(held) = self.held.upgrade() {
-            held.core.leave(self.index, self.me);
+            held.core.leave(self.index, self.me, false);
+        }
+    }
+
+    /// As [`leave`](Self::leave), for another thread's claim: only if that thread has
+    /// read its last outcome.
+    fn leave_if_read(self) {
+        if let Some(held) = self.held.upgrade() {
+            held.core.leave(self.index, self.me, true);
         }
     }
 }
@@ -823,6 +835,7 @@ impl Drop for ThreadEnd {
     fn drop(&mut self) {
         let me = self.0.get();
         let claims = take_claims(|c| c.me == me);
+        unpoisoned::lock(&PANICKED_THREADS).retain(|&t| t != me);
         if PANICKED.try_with(Cell::get).unwrap_or(false) {
             return;
         }
@@ -839,6 +852,33 @@ thread_local! {
     static PANICKED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The threads of this process (by identity) that claimed a slot and panicked since
+/// (their `PANICKED`): a process that ends normally leaves its other threads' slots
+/// but theirs, which other parties must learn died.
+static PANICKED_THREADS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Sets this thread's `PANICKED`, and its place in [`PANICKED_THREADS`] once it has
+/// claimed a slot. From the panic hook the list is only tried (the panic may have come
+/// while this thread held it).
+fn set_panicked(panicked: bool) {
+    let _ = PANICKED.try_with(|p| p.set(panicked));
+    let me = THREAD_END.try_with(|end| end.0.get()).unwrap_or(0);
+    if me == 0 {
+        return;
+    }
+    let list = if panicked {
+        unpoisoned::try_lock(&PANICKED_THREADS)
+    } else {
+        Some(unpoisoned::lock(&PANICKED_THREADS))
+    };
+    if let Some(mut list) = list {
+        list.retain(|&t| t != me);
+        if panicked {
+            list.push(me);
+        }
+    }
+}
+
 /// A panic on this thread was caught by multiproc (around a thread pool's task, a
 /// supervisor's or a server's step): the thread goes on, and ends, later, as one that
 /// returns (its slots leave their barriers), unless it is unwinding from another panic
@@ -846,7 +886,7 @@ thread_local! {
 /// seen so: such a thread counts as having died unless it waits on a barrier again, or
 /// multiproc catches a later panic of its own.
 pub(crate) fn panic_caught() {
-    let _ = PANICKED.try_with(|p| p.set(std::thread::panicking()));
+    set_panicked(std::thread::panicking());
 }
 
 /// Notes that this thread (`me`) claimed slot `index` of `held`'s barrier.
@@ -858,7 +898,7 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
         HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                let _ = PANICKED.try_with(|p| p.set(true));
+                set_panicked(true);
                 previous(info);
             }));
         });
@@ -883,11 +923,12 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
 }
 
 /// The process ends: with `normally` (its function returned, whatever panics it
-/// caught, or it exits with status 0), the slots of all its threads leave their
-/// barriers (a process ends without running its threads' destructors: a thread of its
-/// own that waited, still running or parked, left its slot claimed, and the barrier
-/// broke for the others); otherwise those of this thread stay claimed, and the other
-/// parties learn it died.
+/// caught, or it exits with status 0), the slots of its threads leave their barriers
+/// (a process ends without running its threads' destructors: a thread of its own that
+/// waited, still running or parked, left its slot claimed, and the barrier broke for
+/// the others), but those of a thread that panicked (and runs on, its panic caught by
+/// the program), a party that died, and those whose last outcome is not read yet;
+/// otherwise those of this thread stay claimed, and the other parties learn it died.
 pub(crate) fn process_ends(normally: bool) {
     // A process none of whose threads waits at a barrier (most) need not learn its
     // thread's identity, which a child that ends right after its call would compute
@@ -903,8 +944,18 @@ pub(crate) fn process_ends(normally: bool) {
         return;
     }
     if normally {
-        for claim in take_claims(|_| true) {
-            claim.leave();
+        // This thread's leave; so do the others', but those of a thread that panicked
+        // (and runs on: one whose panic the program caught), which died, and the slot
+        // of one that has not read its last outcome yet (it may read it as the exit
+        // work runs).
+        let me = sys::thread_identity();
+        let panicked = unpoisoned::lock(&PANICKED_THREADS).clone();
+        for claim in take_claims(|c| c.me == me || !panicked.contains(&c.me)) {
+            if claim.me == me {
+                claim.leave();
+            } else {
+                claim.leave_if_read();
+            }
         }
     } else {
         let me = sys::thread_identity();

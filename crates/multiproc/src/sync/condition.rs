@@ -148,7 +148,10 @@ impl Condition {
         })
     }
 
-    /// As [`wait`](Self::wait), for at most `timeout`.
+    /// As [`wait`](Self::wait), for at most `timeout`. The timeout bounds the wait for
+    /// a notification: the lock is then taken back however long its holder keeps it
+    /// (as with std's `Condvar` and Python's `Condition`: the guard is returned holding
+    /// it), so a holder that is stopped, or holds it for long, holds the return up.
     ///
     /// # Errors
     ///

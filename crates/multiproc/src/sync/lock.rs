@@ -47,7 +47,11 @@ pub(crate) use object_handle;
 /// that ended while it had leaked (`mem::forget`) the guard of a [`Value`](crate::Value)
 /// or [`Array`](crate::Array) keeps every lock it held, this one included, held for the
 /// other threads of its process, for the life of the process (taking them over there
-/// could make a second `&mut` of the data its leaked guard lends).
+/// could make a second `&mut` of the data its leaked guard lends). An owner is a thread
+/// known by its id and start time: a process that replaces its program (`exec`) while
+/// one of its threads holds a guard keeps the lock held as long as the new program
+/// runs, for the kernel gives the thread that execs the old main thread's id and start
+/// time; drop the guard before an `exec`.
 ///
 /// A handle is cheap to clone (clones are the same lock), and can be passed to
 /// [`spawn`](crate::spawn) or sent through a pipe or queue: the receiving process gets
