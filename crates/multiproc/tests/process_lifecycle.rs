@@ -744,16 +744,21 @@ fn helper_exit_from_a_handler_while_joining() {
 /// Returns 7 after `ms`, then ends only 500 ms later (its exit joins a child of its
 /// own): a join has the value, and lets go of the channel, that long before the end.
 fn seven_after(ms: u64) -> u64 {
-    drop(Builder::new().spawn(nap, 500).unwrap());
     std::thread::sleep(Duration::from_millis(ms));
+    drop(Builder::new().spawn(nap, 500).unwrap());
     7
 }
 
 fn helper_exit_while_a_thread_joins() {
     let child = Builder::new().spawn(seven_after, 1000).unwrap();
     println!("child {}", child.pid());
+    // Joined by the exit work after that one: the joining thread has a second to say
+    // what it got before the process ends.
+    drop(Builder::new().spawn(nap, 2500).unwrap());
     std::thread::spawn(move || println!("joined {:?}", child.join()));
-    std::thread::sleep(Duration::from_millis(200));
+    // After the value (at 1 s), before the child's end (1.5 s): the join waits for the
+    // end, its channel let go, with the value in it.
+    std::thread::sleep(Duration::from_millis(1200));
     std::process::exit(0);
 }
 

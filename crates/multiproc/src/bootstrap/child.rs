@@ -349,7 +349,13 @@ fn finish(code: i32, origin: Origin) -> ! {
     // Done here, not again at `exit`.
     super::disown_exit();
     let exited = std::panic::catch_unwind(super::exit_function);
-    for caught in [ended.err(), exited.err()].into_iter().flatten() {
+    // The slots of its other threads that had not read their last outcome yet, now
+    // that nothing of its own waits at a barrier any more.
+    let left = std::panic::catch_unwind(|| crate::sync::barrier::process_ended(code == 0));
+    for caught in [ended.err(), exited.err(), left.err()]
+        .into_iter()
+        .flatten()
+    {
         super::panic::drop_payload(caught);
     }
     exit(code, origin)

@@ -85,11 +85,12 @@ pub(crate) fn at_exit_say_goodbye(f: fn()) {
 /// from now on no process is started; the children are handled (daemons terminated, the
 /// others joined), a manager's clients say they let go, the segment tracker unlinks what this process created and did not
 /// unlink, and exits; then the fork server is stopped (and reaps the tracker). Doing it
-/// again does nothing; another thread that does it meanwhile (an `exit` from a Ctrl-C
-/// handler's thread while the main thread's end joins the children) waits for the work
-/// under way to end (it went on to stop the tracker and the fork server, and the exit
-/// ended the process, with the children not joined); the thread doing it, doing it again
-/// (an `exit` from a signal handler that interrupted it), returns at once.
+/// again (once it ended, however it ended) does nothing; another thread that does it
+/// meanwhile (an `exit` from a Ctrl-C handler's thread while the main thread's end
+/// joins the children) waits for the work under way to end (it went on to stop the
+/// tracker and the fork server, and the exit ended the process, with the children not
+/// joined); the thread doing it, doing it again (an `exit` from a signal handler that
+/// interrupted it), returns at once, and the process ends there.
 pub(crate) fn exit_function() {
     thread_local! {
         static RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -117,10 +118,18 @@ pub(crate) fn exit_function() {
             }
         }
     }
+    // Done however the work ends: a panic in it (the program's `tracing` subscriber,
+    // a manager's goodbye) left another thread's exit waiting for ever.
+    struct Done(u64);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            EXIT_STATE.store(self.0, Ordering::SeqCst);
+            let _ = RUNNING.try_with(|r| r.set(false));
+        }
+    }
     let _ = RUNNING.try_with(|r| r.set(true));
+    let _done = Done(me | DONE);
     run_exit_work();
-    EXIT_STATE.store(me | DONE, Ordering::SeqCst);
-    let _ = RUNNING.try_with(|r| r.set(false));
 }
 
 /// How far this process's exit work is: see [`exit_function`].
@@ -442,6 +451,9 @@ fn exit_work(status: Option<i32>) {
                 crate::sync::barrier::process_ends(true);
             }
             exit_function();
+            if status == Some(0) {
+                crate::sync::barrier::process_ended(true);
+            }
         });
     }
 }

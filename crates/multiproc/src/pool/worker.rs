@@ -493,14 +493,18 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // pool reports the task's open-files limit where it set one (it ended with
             // status 0, and the task failed as `WorkerDied`).
             // (`ENFILE`, the system's table full, is not this process's limit: such a
-            // worker ends as below.)
-            Err(RecvFail::Io(e)) if e.raw_os_error() == Some(sys::EMFILE) => {
+            // worker says so, and exits with 1.)
+            Err(RecvFail::Io(e)) if sys::out_of_descriptors(&e) => {
                 let line = format!(
                     "multiproc: a pool worker has no descriptor free to take its next \
                      task's argument in ({e}): it exits\n"
                 );
                 sys::write_stderr(line.as_bytes());
-                sys::exit_now(crate::process::OUT_OF_DESCRIPTORS);
+                sys::exit_now(if e.raw_os_error() == Some(sys::EMFILE) {
+                    crate::process::OUT_OF_DESCRIPTORS
+                } else {
+                    1
+                });
             }
             // Every sender is gone: the pool retired this worker, or went away.
             Err(RecvFail::Disconnected | RecvFail::Broken(_) | RecvFail::Io(_)) => return,

@@ -597,10 +597,19 @@ impl ChildRecord {
     /// never get its `SIGKILL`; an exit from a signal handler that interrupted this very
     /// thread's join would wait for ever).
     pub(crate) fn close_channel_unless_read(&self) {
-        let mut channel = match self.channel.try_lock() {
-            Ok(channel) => channel,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
+        // A thread that holds it for a moment (a look at whether the child ended, a
+        // join whose timeout comes) is given 100 ms to let go; one that holds it
+        // longer is a join, which reads what the child sends.
+        let until = Instant::now() + Duration::from_millis(100);
+        let mut channel = loop {
+            match self.channel.try_lock() {
+                Ok(channel) => break channel,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
         };
         if channel.as_ref().is_some_and(|ch| ch.outcome.is_some()) {
             return;

@@ -813,7 +813,11 @@ static CLAIMED: AtomicBool = AtomicBool::new(false);
 /// copied held mid-update by another thread: the child, which takes its claims off the
 /// list as it ends, would wait for ever.
 pub(crate) fn lock_for_fork() -> impl Sized {
-    (unpoisoned::lock(&OPEN), unpoisoned::lock(&CLAIMS))
+    (
+        unpoisoned::lock(&OPEN),
+        unpoisoned::lock(&CLAIMS),
+        unpoisoned::lock(&PANICKED_THREADS),
+    )
 }
 
 /// Takes this process's claims that `which` picks off the list (and forgets those of the
@@ -920,6 +924,24 @@ fn remember_claim(held: &Arc<Held>, index: usize, me: u64) {
         me,
         pid,
     });
+}
+
+/// The process's exit work is done and it ends now, `normally` as for
+/// [`process_ends`]: the slots that pass left (of its other threads that had not read
+/// their last outcome: they may have read it since, and no thread of this process
+/// waits at a barrier any more) leave too, but those of threads that panicked.
+pub(crate) fn process_ended(normally: bool) {
+    if !normally || !CLAIMED.load(SeqCst) {
+        return;
+    }
+    let pid = sys::process_id();
+    if !unpoisoned::lock(&CLAIMS).iter().any(|c| c.pid == pid) {
+        return;
+    }
+    let panicked = unpoisoned::lock(&PANICKED_THREADS).clone();
+    for claim in take_claims(|c| !panicked.contains(&c.me)) {
+        claim.leave();
+    }
 }
 
 /// The process ends: with `normally` (its function returned, whatever panics it
