@@ -547,18 +547,24 @@ impl Core {
     /// may still be about to read it: freed, its slot read as a round that broke). A
     /// state lock that is not let go within `LEAVE_PATIENCE` (its holder stopped)
     /// leaves the slot claimed.
-    fn leave(&self, index: usize, me: u64, read_only: bool) {
+    /// Whether the slot was kept for an unread outcome (`read_only`) or an unanswered
+    /// lock, rather than freed or found not the thread's.
+    fn leave(&self, index: usize, me: u64, read_only: bool) -> bool {
         let Some(_state) = self.lock_state_by(Some(Instant::now() + LEAVE_PATIENCE)) else {
-            return;
+            return true;
         };
-        if let Some(slot) = self.slots().nth(index)
-            && slot.identity.load(SeqCst) == me
-            && slot.waiting.load(SeqCst) == 0
-            && !(read_only && slot.outcome.load(SeqCst) != PENDING)
-        {
-            slot.outcome.store(PENDING, SeqCst);
-            slot.identity.store(0, SeqCst);
+        let Some(slot) = self.slots().nth(index) else {
+            return false;
+        };
+        if slot.identity.load(SeqCst) != me || slot.waiting.load(SeqCst) != 0 {
+            return false;
         }
+        if read_only && slot.outcome.load(SeqCst) != PENDING {
+            return true;
+        }
+        slot.outcome.store(PENDING, SeqCst);
+        slot.identity.store(0, SeqCst);
+        false
     }
 
     /// How this thread's wait ended, if it has (under the state lock).
@@ -795,11 +801,10 @@ impl Claim {
     }
 
     /// As [`leave`](Self::leave), for another thread's claim: only if that thread has
-    /// read its last outcome.
-    fn leave_if_read(self) {
-        if let Some(held) = self.held.upgrade() {
-            held.core.leave(self.index, self.me, true);
-        }
+    /// read its last outcome. The claim back if its slot was kept.
+    fn leave_if_read(self) -> Option<Claim> {
+        let held = self.held.upgrade()?;
+        held.core.leave(self.index, self.me, true).then_some(self)
     }
 }
 
@@ -972,13 +977,16 @@ pub(crate) fn process_ends(normally: bool) {
         // work runs).
         let me = sys::thread_identity();
         let panicked = unpoisoned::lock(&PANICKED_THREADS).clone();
+        let mut kept = Vec::new();
         for claim in take_claims(|c| c.me == me || !panicked.contains(&c.me)) {
             if claim.me == me {
                 claim.leave();
             } else {
-                claim.leave_if_read();
+                kept.extend(claim.leave_if_read());
             }
         }
+        // Left at the end of the exit work ([`process_ended`]).
+        unpoisoned::lock(&CLAIMS).extend(kept);
     } else {
         let me = sys::thread_identity();
         drop(take_claims(|c| c.me == me));
