@@ -430,15 +430,15 @@ fn init_inner(setup: Option<fn()>) -> Init {
 }
 
 extern "C" fn exit_hook() {
-    exit_work(None);
+    exit_hook_body(None);
 }
 
 /// [`exit_hook`], where the C library says with which status the process exits.
 extern "C" fn exit_hook_with_status(status: std::ffi::c_int, _: *mut std::ffi::c_void) {
-    exit_work(Some(status));
+    exit_hook_body(Some(status));
 }
 
-fn exit_work(status: Option<i32>) {
+fn exit_hook_body(status: Option<i32>) {
     if OWNER_PID.load(Ordering::SeqCst) == sys::getpid() {
         // Unwinding out of an `extern "C"` function aborts; the exit function reports its
         // own failures and must not take the process down with it.

@@ -420,23 +420,26 @@ impl ChildRecord {
     /// As [`limit_exceeded`](Self::limit_exceeded), waiting for a relayed status until
     /// `by` at most (see [`ended_by`](Self::ended_by)).
     pub(crate) fn limit_exceeded_by(&self, by: Instant) -> Option<(super::Limit, String)> {
-        let ended = self.ended_by(by)?;
-        let oom_killed = unpoisoned::lock(&self.status).oom_killed;
-        match ended {
-            Ended::Known(status) => self.armed.ended(status, oom_killed),
-            Ended::Unknown => None,
-        }
+        self.limit_by(by, false)
     }
 
     /// As [`limit_exceeded_by`](Self::limit_exceeded_by), for a pool worker: its
     /// status for a next task's descriptors it had no room for is read as its
     /// open-files limit too.
     pub(crate) fn worker_limit_exceeded_by(&self, by: Instant) -> Option<(super::Limit, String)> {
-        self.limit_exceeded_by(by)
-            .or_else(|| match self.ended_by(by)? {
-                Ended::Known(status) => self.armed.worker_ended(status),
-                Ended::Unknown => None,
-            })
+        self.limit_by(by, true)
+    }
+
+    fn limit_by(&self, by: Instant, worker: bool) -> Option<(super::Limit, String)> {
+        let ended = self.ended_by(by)?;
+        let oom_killed = unpoisoned::lock(&self.status).oom_killed;
+        match ended {
+            Ended::Known(status) => self
+                .armed
+                .ended(status, oom_killed)
+                .or_else(|| worker.then(|| self.armed.worker_ended(status)).flatten()),
+            Ended::Unknown => None,
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
