@@ -1037,6 +1037,13 @@ fn helper_reused_group_at_exit() {
     let pid = daemon.pid();
     let gone = format!("/proc/{pid}");
     assert!(common::eventually(T, || !std::path::Path::new(&gone).exists()));
+    // The fork server forks its next spare after it answered the daemon's spawn: forked
+    // after the number is set below, the spare took the daemon's number, and every try
+    // failed.
+    let server = common::fork_server_of(std::process::id()).expect("the fork server");
+    assert!(common::eventually(T, || common::children_of(server)
+        .iter()
+        .any(|(_, state, comm)| comm == "mp-spare" && *state != 'Z')));
     let (ready, term) = (dir.join("ready"), dir.join("term"));
     let script = format!(
         "trap 'echo term > {}; exit 0' TERM; echo > {}; while :; do sleep 0.05; done",
