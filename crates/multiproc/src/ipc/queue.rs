@@ -10,7 +10,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::channel::{self, Deadline, RawReceiver, RawSender};
 use super::pipe::{self, Failed, Missed};
 use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
-use crate::shm::layout::ChannelHeader;
 use crate::sync::raw::RECHECK;
 use crate::sys;
 
@@ -401,7 +400,7 @@ impl<T> JoinableQueue<T> {
 
     /// Tasks put and not yet marked done.
     pub fn unfinished(&self) -> u64 {
-        unfinished(self.queue.rx.header())
+        channel::tasks_unfinished(self.queue.rx.header())
     }
 
     /// Marks one task done (one item that a `get` returned has been processed).
@@ -425,12 +424,7 @@ impl<T> JoinableQueue<T> {
                 Err(now) => done = now,
             }
         }
-        if unfinished(h) == 0 {
-            h.sleepers.0.join_epoch.fetch_add(1, SeqCst);
-            if h.sleepers.0.joiners.load(SeqCst) > 0 {
-                sys::futex_wake(&h.sleepers.0.join_epoch, u32::MAX);
-            }
-        }
+        channel::wake_joiners_if_done(h);
         Ok(())
     }
 
@@ -449,7 +443,7 @@ impl<T> JoinableQueue<T> {
         let h = self.queue.rx.header();
         loop {
             let epoch = h.sleepers.0.join_epoch.load(SeqCst);
-            if unfinished(h) == 0 {
+            if channel::tasks_unfinished(h) == 0 {
                 return true;
             }
             let left = match deadline {
@@ -460,7 +454,7 @@ impl<T> JoinableQueue<T> {
                 None => None,
             };
             h.sleepers.0.joiners.fetch_add(1, SeqCst);
-            if unfinished(h) != 0 {
+            if channel::tasks_unfinished(h) != 0 {
                 // A look every `RECHECK`: a `task_done` killed between counting the last
                 // task done and waking the joiners leaves them asleep otherwise.
                 let nap = left.map_or(RECHECK, |l| l.min(RECHECK));
@@ -469,13 +463,6 @@ impl<T> JoinableQueue<T> {
             h.sleepers.0.joiners.fetch_sub(1, SeqCst);
         }
     }
-}
-
-/// Tasks put and not yet marked done on the channel of `h`: done read first, so that
-/// the count put, read after, is at least that.
-fn unfinished(h: &ChannelHeader) -> u64 {
-    let done = h.tasks_done.load(SeqCst);
-    h.produced.0.tasks.load(SeqCst).saturating_sub(done)
 }
 
 impl<T: Serialize> JoinableQueue<T> {

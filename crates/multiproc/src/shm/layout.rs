@@ -67,6 +67,13 @@ pub(crate) struct Produced {
     /// exactly when its record is published.
     pub(crate) tasks: AtomicU64,
     pub(crate) publishing_tasks: AtomicU64,
+    /// While a producer holds a side message's number (`next_side_id` - 1) whose record
+    /// it has not published: 1, or 2 for a task (`JoinableQueue`); 0 otherwise. A live
+    /// producer clears it before it lets the lock go, so the next holder that finds it
+    /// set took the lock from a producer that died between taking the number and its
+    /// publish: it publishes a record for the number (`Core::repair`), and the message
+    /// comes through if it was sent.
+    pub(crate) side_pending: AtomicU64,
 }
 
 // SAFETY: `repr(C)`, made only of atomics.

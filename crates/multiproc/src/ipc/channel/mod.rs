@@ -20,7 +20,7 @@ use crate::shm::segment::{Segment, View};
 use crate::sync::raw::{AdaptiveSpin, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec::{self, Encoded};
-use ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, Slot, Tail, record_len};
+use ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, SIDE_REPAIR, Slot, Tail, record_len};
 
 /// Bytes of ring a channel gets unless told otherwise. Messages up to half of it travel
 /// in the ring; larger ones in a memory file of their own.
@@ -116,6 +116,11 @@ const NAP: Duration = Duration::from_millis(5);
 /// consumers to make room before it goes to an overflow segment (see
 /// [`RawSender::room_soon`]).
 const OVERFLOW_WAIT: Duration = Duration::from_millis(1);
+/// `side_pending` for a side message that is a task (`JoinableQueue`); 1 for one that
+/// is not.
+const SIDE_PENDING_TASK: u64 = 2;
+/// The payload of a `SIDE_REPAIR` record: the id, and whether it is a task.
+const SIDE_REPAIR_LEN: usize = 16;
 
 #[cfg(test)]
 thread_local! {
@@ -389,12 +394,6 @@ impl Core {
         )
     }
 
-    /// Whether a producer is in the middle of a publish (its log is written), or died
-    /// there.
-    fn publishing(&self) -> bool {
-        self.header().produced.0.publishing_tail.load(Acquire) != 0
-    }
-
     /// Whether a message is published and not taken (in any ring).
     fn has_data(&self) -> bool {
         if self.growable {
@@ -415,16 +414,73 @@ impl Core {
         may_overflow: bool,
         write: impl FnOnce(Slot<'_, '_>) -> R,
     ) -> io::Result<Option<R>> {
+        self.repair(tail)?;
+        self.reserve_and_write(tail, len, may_overflow, write)
+    }
+
+    /// [`write_slot`](Self::write_slot) without the repair.
+    fn reserve_and_write<R>(
+        &self,
+        tail: &mut Tail<'_>,
+        len: usize,
+        may_overflow: bool,
+        write: impl FnOnce(Slot<'_, '_>) -> R,
+    ) -> io::Result<Option<R>> {
         if self.growable {
             return self.write_growable(tail, len, may_overflow, write);
         }
-        let ring = self.ring();
-        if tail.took_over {
-            ring.finish_publish(tail);
-        }
-        Ok(ring
+        Ok(self
+            .ring()
             .reserve(tail, len, self.max_items, 0, Some(0))?
             .map(write))
+    }
+
+    /// Under the producers' lock, before anything else: repairs what a producer that
+    /// died holding it left. Its publish or move between rings is finished, if it was
+    /// in one (the lock was taken over); and a side message whose number it took and
+    /// whose record it did not publish gets a record now (`SIDE_REPAIR`): the message
+    /// comes through if it was sent (its descriptors stayed open on the side socket,
+    /// until a later side message's receive dropped it, for as long as none came: a
+    /// reply channel's sender inside it kept that channel's receiver from ever seeing
+    /// `Disconnected`), and the record is passed over if it was not. A bounded channel
+    /// without room for the record (only after a producer that died once its record
+    /// was published, which the record then repeats) leaves it to the next holder.
+    fn repair(&self, tail: &mut Tail<'_>) -> io::Result<()> {
+        if tail.took_over {
+            if self.growable {
+                self.finish_dead_producer(tail)?;
+            } else {
+                self.ring().finish_publish(tail);
+            }
+        }
+        let p = &self.header().produced.0;
+        let pending = p.side_pending.load(Acquire);
+        if pending == 0 {
+            return Ok(());
+        }
+        let id = p.next_side_id.load(Relaxed).wrapping_sub(1);
+        let task = pending == SIDE_PENDING_TASK;
+        let published = self.reserve_and_write(tail, SIDE_REPAIR_LEN, true, |mut slot| {
+            let payload = slot.payload();
+            payload[..8].copy_from_slice(&id.to_le_bytes());
+            payload[8..].copy_from_slice(&u64::from(task).to_le_bytes());
+            slot.publish(SIDE_REPAIR, task);
+        })?;
+        if published.is_some() {
+            p.side_pending.store(0, Release);
+            tracing::debug!(
+                id,
+                "published the record of a side message whose producer died"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a producer that died may have left work for the next holder of the
+    /// producers' lock: a publish (its log is written), or a side message's record.
+    fn repair_due(&self) -> bool {
+        let p = &self.header().produced.0;
+        p.publishing_tail.load(Acquire) != 0 || p.side_pending.load(Acquire) != 0
     }
 
     /// The payload of the ring record that keeps the place of a side message of
@@ -464,6 +520,14 @@ impl Core {
         if s.senders.load(SeqCst) > 0 {
             sys::ring(self.send_bell.as_fd());
         }
+    }
+
+    /// One task marked done that nobody had: its record was passed over (see
+    /// [`Core::repair`]).
+    fn task_given_up(&self) {
+        let h = self.header();
+        h.tasks_done.fetch_add(1, SeqCst);
+        wake_joiners_if_done(h);
     }
 
     /// Items waiting (an estimate while others work).
@@ -689,18 +753,36 @@ impl RawSender {
                     let h = core.header();
                     // The number is taken before the message is sent: a producer that
                     // dies once it is on the socket, before its record is published,
-                    // leaves an orphan that the next number's fetch drops. Taken after,
-                    // the next producer would reuse the number, and the orphan would be
-                    // delivered as that producer's message, and its own dropped. A
-                    // number whose send failed is never published: a gap, harmless.
-                    let id = h.produced.0.next_side_id.load(Relaxed);
+                    // leaves the number to the next holder's repair. Taken after, the
+                    // next producer would reuse the number, and the message would be
+                    // delivered as that producer's, and its own dropped. A number whose
+                    // send failed is never published: a gap, harmless.
+                    let p = &h.produced.0;
+                    let id = p.next_side_id.load(Relaxed);
                     // Wrapping: no channel numbers 2^64 side messages, but another
                     // process may have written any number here.
-                    h.produced.0.next_side_id.store(id.wrapping_add(1), Relaxed);
-                    out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
+                    p.next_side_id.store(id.wrapping_add(1), Relaxed);
+                    // Marked before the send, cleared once the record is published or
+                    // the send failed: a producer that dies in between leaves the next
+                    // holder of the lock to publish a record for it (see `repair`).
+                    let pending = if unfinished { SIDE_PENDING_TASK } else { 1 };
+                    p.side_pending.store(pending, Release);
+                    if ring::dies_at(ring::DIES_BEFORE_SENDING) {
+                        return Ok(());
+                    }
+                    let sent = out.send(core.side_tx.as_fd(), id, &msg).map(|()| {
                         slot.payload()[..8].copy_from_slice(&id.to_le_bytes());
                         slot.publish(SIDE, unfinished);
-                    })
+                    });
+                    // A producer that dies here, its record published, leaves a repair
+                    // that publishes the record again: the receive that reaches the
+                    // second finds the message taken, and passes over it.
+                    if !ring::dies_at(ring::DIES_BEFORE_PUBLISHING)
+                        && !ring::dies_at(ring::DIES_PUBLISHING)
+                    {
+                        p.side_pending.store(0, Release);
+                    }
+                    sent
                 });
                 match written {
                     Ok(sent) => sent,
@@ -1010,7 +1092,7 @@ impl RawReceiver {
         // unbounded channel's counts would say a message waits, and a receiver would
         // spin; a `JoinableQueue`'s task would count, and `join` would wait, for a
         // message that nobody can get. Once finished, its message is there to take.
-        if taken.is_none() && core.publishing() && self.finish_dead_publish()? {
+        if taken.is_none() && core.repair_due() && self.finish_dead_publish()? {
             let again;
             (taken, again) = self.take_once(wait)?;
             freed |= again;
@@ -1024,22 +1106,19 @@ impl RawReceiver {
         Ok(taken)
     }
 
-    /// Finishes the publish of a producer that died in it, if the producers' lock is
-    /// a dead one's; whether it did.
+    /// Repairs what a producer that died holding the producers' lock left (its
+    /// publish, a side message's record: see [`Core::repair`]), if the lock is free or
+    /// a dead one's; whether it did (a live holder is not waited for).
     fn finish_dead_publish(&self) -> Result<bool, RecvFail> {
         let core = &*self.core;
         let Some(mut tail) = Tail::lock(core.header(), LockWait::UnlessStopped(Duration::ZERO))
         else {
             return Ok(false);
         };
-        if !tail.took_over {
+        if !tail.took_over && core.header().produced.0.side_pending.load(Acquire) == 0 {
             return Ok(false);
         }
-        if core.growable {
-            core.finish_dead_producer(&mut tail).map_err(RecvFail::Io)?;
-        } else {
-            core.ring().finish_publish(&mut tail);
-        }
+        core.repair(&mut tail).map_err(RecvFail::Io)?;
         Ok(true)
     }
 
@@ -1110,7 +1189,7 @@ impl RawReceiver {
     pub(crate) fn ready(&self) -> bool {
         self.core.has_data()
             || self.senders_gone()
-            || (self.core.publishing() && self.finish_dead_publish().unwrap_or(true))
+            || (self.core.repair_due() && self.finish_dead_publish().unwrap_or(true))
     }
 
     /// How many receivers are counted among the sleepers.
@@ -1167,16 +1246,35 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
             Some((to, resume)) => Ok(Step::Link(to, resume)),
             None => Err(broken("a link record of the wrong size")),
         },
-        _ => {
-            // The id, then the room the message holds (see `Core::side_record_len`).
-            let id = match record.payload().get(..8).map(<[u8; 8]>::try_from) {
-                Some(Ok(id)) => u64::from_le_bytes(id),
-                _ => return Err(broken("a side record of the wrong size")),
+        kind => {
+            // The id, then the room the message holds (see `Core::side_record_len`), or
+            // (a repair's record) whether the message is a task.
+            let word = |at: usize| {
+                record
+                    .payload()
+                    .get(at..at + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_le_bytes)
             };
+            let Some(id) = word(0) else {
+                return Err(broken("a side record of the wrong size"));
+            };
+            let repaired_task = kind == SIDE_REPAIR && word(8) == Some(1);
             let got = side::fetch(core.side_rx.as_fd(), id)?;
             record.consume();
-            // A message taken by a consumer that died with it: go on.
-            Ok(got.map_or(Step::Again, |msg| Step::Taken(Taken::Side(msg))))
+            match got {
+                Some(msg) => Ok(Step::Taken(Taken::Side(msg))),
+                // A message taken by a consumer that died with it (or, for a repair's
+                // record, one never sent, or taken through its own record before):
+                // go on. A repair's task for a message nobody had is done: the task
+                // was counted with the record, and nobody would mark it done.
+                None => {
+                    if repaired_task {
+                        core.task_given_up();
+                    }
+                    Ok(Step::Again)
+                }
+            }
         }
     }
 }
@@ -1540,6 +1638,24 @@ pub(crate) fn corrupt_and_drain(bytes: &[u8]) {
             .is_err()
         {
             break;
+        }
+    }
+}
+
+/// Tasks put on the channel of `h` and not yet marked done (`JoinableQueue`): done
+/// read first, so that the count put, read after, is at least that.
+pub(crate) fn tasks_unfinished(h: &ChannelHeader) -> u64 {
+    let done = h.tasks_done.load(SeqCst);
+    h.produced.0.tasks.load(SeqCst).saturating_sub(done)
+}
+
+/// After a task was marked done: wakes the threads waiting for every task to be done
+/// (`JoinableQueue::join`) if none is left.
+pub(crate) fn wake_joiners_if_done(h: &ChannelHeader) {
+    if tasks_unfinished(h) == 0 {
+        h.sleepers.0.join_epoch.fetch_add(1, SeqCst);
+        if h.sleepers.0.joiners.load(SeqCst) > 0 {
+            sys::futex_wake(&h.sleepers.0.join_epoch, u32::MAX);
         }
     }
 }
@@ -2390,6 +2506,122 @@ mod tests {
         }
     }
 
+    /// Message `n` carrying the write end of a new pipe (so it travels on the side
+    /// socket), and the read end, which sees the end of the pipe once that write end is
+    /// closed everywhere.
+    fn numbered_with_pipe(n: u32) -> (Encoded, OwnedFd) {
+        let (r, w) = sys::pipe().unwrap();
+        let mut m = numbered(n, 100);
+        m.fds.push(w);
+        (m, r)
+    }
+
+    /// Whether every copy of the pipe's write end is closed (its read end sees the end).
+    fn pipe_closed(r: &OwnedFd) -> bool {
+        sys::poll_now(r.as_fd()).unwrap().hangup
+    }
+
+    /// A producer that dies between sending a side message and publishing its record
+    /// (a message with descriptors): the next send, or a receive that finds nothing else
+    /// (the producer was the last), publishes a record for it, and the message comes
+    /// through with its descriptors. They stayed open on the side socket until a later
+    /// side message's receive dropped them, for as long as none came (the write end
+    /// here stood for a reply channel's sender, whose receiver never saw the end).
+    #[test]
+    fn a_side_message_whose_producer_died_before_its_record_comes_through() {
+        for growable in [false, true] {
+            for later in [false, true] {
+                let (tx, rx) = bounded_or_not(growable);
+                let (m, r) = numbered_with_pipe(0);
+                let dying = tx.clone();
+                dying_at(ring::DIES_BEFORE_PUBLISHING, move || {
+                    dying.send(m, Deadline::Now, false).unwrap();
+                });
+                if later {
+                    tx.send(numbered(1, 100), Deadline::Now, false).unwrap();
+                }
+                let (n, fds) = rx
+                    .recv_with(Deadline::Now, &mut |b, fds| (number(b), fds))
+                    .unwrap_or_else(|e| panic!("{e:?}, unbounded: {growable}, later: {later}"));
+                assert_eq!(
+                    (n, fds.len()),
+                    (0, 1),
+                    "unbounded: {growable}, later: {later}"
+                );
+                assert!(!pipe_closed(&r));
+                drop(fds);
+                assert!(pipe_closed(&r), "unbounded: {growable}, later: {later}");
+                if later {
+                    assert_eq!(number(&take(&rx).unwrap()), 1);
+                }
+                assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+                assert_eq!(rx.len(), 0, "unbounded: {growable}, later: {later}");
+                // The channel goes on: a side message, then one in the ring.
+                let (m, r) = numbered_with_pipe(2);
+                tx.send(m, Deadline::Now, false).unwrap();
+                tx.send(numbered(3, 100), Deadline::Now, false).unwrap();
+                let (n, fds) = rx
+                    .recv_with(Deadline::Now, &mut |b, fds| (number(b), fds))
+                    .unwrap();
+                assert_eq!((n, fds.len()), (2, 1));
+                drop(fds);
+                assert!(pipe_closed(&r));
+                assert_eq!(number(&take(&rx).unwrap()), 3);
+            }
+        }
+    }
+
+    /// A producer that dies between taking a side message's number and sending it,
+    /// and one that dies once its record is published (the repair then publishes a
+    /// second record for the message): the record the repair publishes is passed over,
+    /// and a task it counts (`JoinableQueue`) is marked done, since nobody has it; a
+    /// task that did come through counts once.
+    #[test]
+    fn a_repaired_side_record_without_its_message_is_passed_over() {
+        for growable in [false, true] {
+            let (tx, rx) = bounded_or_not(growable);
+            let (m, r) = numbered_with_pipe(0);
+            let dying = tx.clone();
+            dying_at(ring::DIES_BEFORE_SENDING, move || {
+                dying.send(m, Deadline::Now, true).unwrap();
+            });
+            // The message was never sent: its descriptor went with the dead thread's
+            // copy.
+            assert!(pipe_closed(&r));
+            assert!(
+                matches!(take(&rx), Err(RecvFail::Empty)),
+                "unbounded: {growable}"
+            );
+            assert_eq!(tasks(&rx), 0, "unbounded: {growable}");
+            assert_eq!(rx.len(), 0, "unbounded: {growable}");
+            // Dies with its publish done (a task), and a repair repeats its record.
+            let (m, r) = numbered_with_pipe(1);
+            send_dying_encoded(&tx, ring::DIES_PUBLISHING, m, true);
+            tx.send(numbered(2, 100), Deadline::Now, true).unwrap();
+            let (n, fds) = rx
+                .recv_with(Deadline::Now, &mut |b, fds| (number(b), fds))
+                .unwrap();
+            assert_eq!((n, fds.len()), (1, 1), "unbounded: {growable}");
+            drop(fds);
+            assert!(pipe_closed(&r));
+            assert_eq!(number(&take(&rx).unwrap()), 2, "unbounded: {growable}");
+            assert!(
+                matches!(take(&rx), Err(RecvFail::Empty)),
+                "unbounded: {growable}"
+            );
+            assert_eq!(tasks(&rx), 2, "unbounded: {growable}");
+            assert_eq!(rx.len(), 0, "unbounded: {growable}");
+        }
+    }
+
+    /// Sends `m` (a task, with `task`) from a thread of its own that dies at `point`.
+    fn send_dying_encoded(tx: &RawSender, point: u32, m: Encoded, task: bool) {
+        let dying = tx.clone();
+        dying_at(point, move || {
+            dying.send(m, Deadline::Now, task).unwrap();
+        });
+    }
+
     /// A live producer stopped half-way through a publish (its lock is not taken over)
     /// holds up a receiver of an unbounded channel, whose counts say a message waits:
     /// the receiver waits out its timeout mostly asleep (it spun, a whole CPU, for as
@@ -2720,7 +2952,7 @@ mod tests {
             // an empty ring there, `short` bytes before a multiple of the ring's length.
             at in prop::option::of((0u64..4, 0u64..64)),
             words in prop::collection::vec(
-                (0usize..19, prop_oneof![
+                (0usize..20, prop_oneof![
                     any::<u64>(),
                     0u64..4 * MIN_RING as u64,
                     (u64::MAX - 64)..=u64::MAX,
@@ -2765,6 +2997,7 @@ mod tests {
                     15 => &o.warm[0],
                     16 => &o.cold[0],
                     17 => &p.publishing_tail,
+                    18 => &p.side_pending,
                     _ => &c.seen_tail,
                 };
                 word.store(value, SeqCst);

@@ -139,9 +139,6 @@ impl Core {
         write: impl FnOnce(Slot<'_, '_>) -> R,
     ) -> io::Result<Option<R>> {
         let p = &self.header().produced.0;
-        if tail.took_over {
-            self.finish_dead_producer(tail)?;
-        }
         // Room for a link record (and a wrap marker before it) stays free in every
         // ring, so a producer can always leave.
         let keep = 2 * link_room();

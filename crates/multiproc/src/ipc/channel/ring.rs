@@ -37,6 +37,11 @@ const WRAP: u32 = 3;
 pub(crate) const LINK: u32 = 4;
 /// A link record's payload.
 pub(crate) const LINK_PAYLOAD: usize = 16;
+/// The record of a side message published by the next holder of the producers' lock
+/// for a producer that died before it published the message's own (see
+/// `Core::repair`): its payload is the message's id (`u64`) and 1 if it was a task
+/// (`u64`). The message may never have been sent.
+pub(crate) const SIDE_REPAIR: u32 = 5;
 pub(crate) const HEADER: u64 = 8;
 /// Bytes of a ring used before an empty ring starts over (see [`Ring::reserve`]).
 const HOT: u64 = 64 << 10;
@@ -141,9 +146,11 @@ pub(crate) const DIES_PUBLISHING: u32 = 1;
 pub(crate) const DIES_CONSUMING: u32 = 2;
 /// Before a publish has changed anything (its record written whole).
 pub(crate) const DIES_BEFORE_PUBLISHING: u32 = 3;
+/// A side message's number taken, before the message is sent.
+pub(crate) const DIES_BEFORE_SENDING: u32 = 4;
 
 /// Whether a test asked this thread to die at `point`.
-fn dies_at(point: u32) -> bool {
+pub(crate) fn dies_at(point: u32) -> bool {
     #[cfg(test)]
     if DIES_IN.with(std::cell::Cell::get) == point {
         return true;
@@ -548,7 +555,7 @@ impl<'a> Ring<'a> {
             let kind = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
             let size = match kind {
                 WRAP => self.len - pos,
-                INLINE | SIDE | LINK => record_len(len),
+                INLINE | SIDE | LINK | SIDE_REPAIR => record_len(len),
                 other => return Err(format!("unknown record kind {other}")),
             };
             // (`tail - head` cannot underflow: checked above; `head + size` could
