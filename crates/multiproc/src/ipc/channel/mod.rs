@@ -1974,6 +1974,36 @@ mod tests {
         }
     }
 
+    /// An unbounded channel whose overflow maps (this process's, of each side) are held
+    /// by a thread that is gone, as in a child forked (`spawn_fork`) while another
+    /// thread held them: sends and receives through the overflow segments go on. They
+    /// waited for ever for the maps, holding the side's shared lock, so that side of
+    /// the channel stopped in every process.
+    #[test]
+    fn overflow_maps_held_by_a_thread_that_is_gone_are_passed_by() {
+        let (tx, rx) = unbounded(MIN_RING).unwrap();
+        let full = fill_own_ring(&tx, 100);
+        // Held for ever: the guards are forgotten.
+        std::mem::forget(tx.core.write_map.lock().unwrap());
+        std::mem::forget(rx.core.read_map.lock().unwrap());
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Into overflow segments (the own ring is full), then all of it back.
+            for n in full..full + 200 {
+                tx.send(numbered(n, 100), Deadline::Never, false).unwrap();
+            }
+            let got: Vec<u32> = (0..full + 200)
+                .map(|_| number(&take(&rx).unwrap()))
+                .collect();
+            let _ = done.send((got, rx.core.header().overflow.0.made.load(SeqCst)));
+        });
+        let (got, made) = finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a send or a receive waited for a map held by a thread that is gone");
+        assert!(made > 0, "the sends did not overflow");
+        assert_eq!(got, (0..full + 200).collect::<Vec<_>>());
+    }
+
     #[test]
     fn an_unbounded_channel_gives_its_consumers_a_moment_before_it_overflows() {
         // Nobody takes anything: a blocking send waits `OVERFLOW_WAIT`, then overflows.

@@ -4,13 +4,14 @@
 //! protocol, and what a process that dies half-way leaves, is in `README.md` here.
 
 use std::io;
-use std::sync::MutexGuard;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::ring::{Head, LINK, LINK_PAYLOAD, Ring, Slot, Tail, link_room};
 use super::{Core, RecvFail, Step, Taken, broken, take_record};
 use crate::shm::layout::{ChannelHeader, MAX_SEGMENTS, SegmentHeader};
 use crate::shm::segment::Region;
+#[cfg(test)]
 use crate::sync::unpoisoned;
 use crate::sys;
 
@@ -26,6 +27,52 @@ const MAPPED: usize = 8;
 #[derive(Debug, Default)]
 pub(super) struct Mapped {
     segments: Vec<(u64, Region)>,
+}
+
+/// This process's mapped segments of one side, taken by a thread that holds that side's
+/// shared lock (the producers' for `write_map`, the consumers' for `read_map`), and
+/// only then: no other thread of this process can hold them while it does, but one
+/// that held them as another thread forked it (`spawn_fork`), and does not exist in
+/// the child. The child then maps the segments it uses for the time of the call: a
+/// wait for the cache would last for ever, and, the shared lock held through it, stop
+/// that side of the channel in every process.
+enum MapCache<'a> {
+    Cached(MutexGuard<'a, Mapped>),
+    Fresh(Mapped),
+}
+
+impl MapCache<'_> {
+    fn of(cache: &Mutex<Mapped>) -> MapCache<'_> {
+        match cache.try_lock() {
+            Ok(held) => MapCache::Cached(held),
+            Err(TryLockError::Poisoned(p)) => MapCache::Cached(p.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                tracing::debug!(
+                    "an overflow map held by a thread that is not in this process (forked while it held it)"
+                );
+                MapCache::Fresh(Mapped::default())
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for MapCache<'_> {
+    type Target = Mapped;
+    fn deref(&self) -> &Mapped {
+        match self {
+            MapCache::Cached(held) => held,
+            MapCache::Fresh(fresh) => fresh,
+        }
+    }
+}
+
+impl std::ops::DerefMut for MapCache<'_> {
+    fn deref_mut(&mut self) -> &mut Mapped {
+        match self {
+            MapCache::Cached(held) => held,
+            MapCache::Fresh(fresh) => fresh,
+        }
+    }
 }
 
 impl Core {
@@ -67,12 +114,7 @@ impl Core {
 
     /// Segment `k`, from `cache` (which then keeps it) or mapped now (`populate`d, see
     /// [`map_segment`](Self::map_segment)).
-    fn segment<'m>(
-        &self,
-        cache: &'m mut MutexGuard<'_, Mapped>,
-        k: u64,
-        populate: bool,
-    ) -> io::Result<&'m Region> {
+    fn segment<'m>(&self, cache: &'m mut Mapped, k: u64, populate: bool) -> io::Result<&'m Region> {
         let segments = &mut cache.segments;
         match segments.iter().position(|(i, _)| *i == k) {
             Some(at) if at + 1 == segments.len() => {}
@@ -115,11 +157,7 @@ impl Core {
     }
 
     /// The ring `k` (0: the channel's own), mapped through `cache`.
-    fn ring_at<'r>(
-        &'r self,
-        cache: &'r mut MutexGuard<'_, Mapped>,
-        k: u64,
-    ) -> io::Result<Ring<'r>> {
+    fn ring_at<'r>(&'r self, cache: &'r mut Mapped, k: u64) -> io::Result<Ring<'r>> {
         if k == 0 {
             return Ok(self.ring());
         }
@@ -151,7 +189,7 @@ impl Core {
                 return Ok(None);
             }
         }
-        let mut cache = unpoisoned::lock(&self.write_map);
+        let mut cache = MapCache::of(&self.write_map);
         loop {
             let w = p.ring.load(Relaxed);
             if w != 0 && !self.ring().has_data() {
@@ -174,7 +212,7 @@ impl Core {
     /// move between rings or the publish it was in, if any.
     pub(super) fn finish_dead_producer(&self, tail: &mut Tail<'_>) -> io::Result<()> {
         let p = &self.header().produced.0;
-        let mut cache = unpoisoned::lock(&self.write_map);
+        let mut cache = MapCache::of(&self.write_map);
         // Read once: another process may write the word between two reads.
         if let Some(from) = p.leaving.load(Acquire).checked_sub(1) {
             self.finish_move(tail, &mut cache, from)?;
@@ -191,7 +229,7 @@ impl Core {
     fn move_to(
         &self,
         tail: &mut Tail<'_>,
-        cache: &mut MutexGuard<'_, Mapped>,
+        cache: &mut Mapped,
         from: u64,
         to: u64,
         resume: u64,
@@ -225,12 +263,7 @@ impl Core {
     /// Finishes the move of a producer that died in it (taken over with the lock), from
     /// ring `from`: publishes its link record unless it was, and moves on as it would
     /// have.
-    fn finish_move(
-        &self,
-        tail: &mut Tail<'_>,
-        cache: &mut MutexGuard<'_, Mapped>,
-        from: u64,
-    ) -> io::Result<()> {
+    fn finish_move(&self, tail: &mut Tail<'_>, cache: &mut Mapped, from: u64) -> io::Result<()> {
         let h = self.header();
         let (p, o) = (&h.produced.0, &h.overflow.0);
         let (at, end, to) = (
@@ -254,11 +287,7 @@ impl Core {
 
     /// A segment for producers to move to: a freed one (with its memory first), or a
     /// new one at the end of the file. Its ring is emptied.
-    fn take_segment(
-        &self,
-        tail: &mut Tail<'_>,
-        cache: &mut MutexGuard<'_, Mapped>,
-    ) -> io::Result<u64> {
+    fn take_segment(&self, tail: &mut Tail<'_>, cache: &mut Mapped) -> io::Result<u64> {
         let o = &self.header().overflow.0;
         let made = o.made.load(Acquire);
         let valid = |k: u64| (1..=made).contains(&k);
@@ -358,7 +387,7 @@ impl Core {
                 // Should the segment not map now, the lock goes back as abandoned
                 // (`Head::took_over`), and the next consumer repairs in its turn.
                 self.skip_left_link(head, r);
-                let mut cache = unpoisoned::lock(&self.read_map);
+                let mut cache = MapCache::of(&self.read_map);
                 let region = self.segment(&mut cache, r, false).map_err(RecvFail::Io)?;
                 self.segment_ring(region).finish_consume(head);
             }
@@ -371,7 +400,7 @@ impl Core {
                 Step::Again | Step::Link(..) => {}
             }
         }
-        let mut cache = unpoisoned::lock(&self.read_map);
+        let mut cache = MapCache::of(&self.read_map);
         loop {
             let r = c.ring.load(Relaxed);
             let ring = if r == 0 {
