@@ -31,7 +31,13 @@
 //! returns the function's value. Arguments and results are serde values, so anything
 //! `Serialize + Deserialize` crosses over; a closure that captures nothing is a function
 //! too. A value's `Serialize` may run twice for one send (small values are measured,
-//! then written straight into place), so it should have no side effects.
+//! then written straight into place), so it should have no side effects. The encoding
+//! carries no types (a number is its bytes, not "a number"), so a type whose
+//! `Deserialize` asks the data what it holds (serde's `deserialize_any`) cannot be
+//! received: untagged and internally tagged enums (`#[serde(untagged)]`,
+//! `#[serde(tag = "...")]`), `serde_json::Value`. Such a value is sent, and its
+//! receive fails with a [`CodecError`] that says so; serde's default, externally tagged
+//! enums, cross over. A struct with `#[serde(flatten)]` fields is refused as it is sent.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -22,7 +22,9 @@ use crate::sys::{self, BorrowedFd, OwnedFd};
 ///
 /// Arguments and return values travel as [serde](https://serde.rs) data; this is the
 /// error when a `Serialize` implementation fails, or when the bytes that arrive do not
-/// decode as the expected type (for instance, the two sides disagree on the type).
+/// decode as the expected type (for instance, the two sides disagree on the type, or
+/// the type's `Deserialize` needs a self-describing format: see the crate's
+/// documentation, "Processes").
 /// [`source`](std::error::Error::source) is serde's own error, when there is one in
 /// this process (a failure reported by another process comes as its message only).
 #[derive(Clone, Debug)]

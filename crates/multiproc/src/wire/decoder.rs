@@ -715,6 +715,35 @@ mod tests {
             S(String),
         }
         assert_eq!(decode::<Either>(&[1]).unwrap_err(), NO_TYPES);
+        // What the crate's documentation names as not received: an internally tagged
+        // enum (encoded without complaint) fails with the same error.
+        #[derive(Serialize, Deserialize, Debug)]
+        #[serde(tag = "kind")]
+        enum Tagged {
+            Ping { n: u8 },
+        }
+        #[derive(Serialize, Deserialize, Debug)]
+        struct Inner {
+            n: u8,
+        }
+        #[derive(Serialize, Deserialize, Debug)]
+        struct Flat {
+            #[serde(flatten)]
+            inner: Inner,
+        }
+        let tagged = encoder::to_vec(&Tagged::Ping { n: 1 }, Vec::new()).unwrap();
+        assert_eq!(decode::<Tagged>(&tagged).unwrap_err(), NO_TYPES);
+        // A flattened struct is refused as it is sent (its fields go as a map of no
+        // stated length).
+        assert!(
+            encoder::to_vec(
+                &Flat {
+                    inner: Inner { n: 1 }
+                },
+                Vec::new()
+            )
+            .is_err()
+        );
         assert_eq!(
             decode::<serde::de::IgnoredAny>(&[1]).unwrap_err(),
             NO_SKIPPING
