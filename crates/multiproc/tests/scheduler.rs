@@ -25,6 +25,10 @@ fn main() {
     #[allow(unused_mut)]
     let mut tests = vec![
         trial("interval_without_drift", interval_without_drift),
+        trial(
+            "a_run_that_shuts_its_scheduler_down_waiting_returns",
+            a_run_that_shuts_its_scheduler_down_waiting_returns,
+        ),
         trial("cron_across_dst_spring_forward", cron_spring_forward),
         trial("cron_across_dst_fall_back", cron_fall_back),
         trial("misfire_and_coalesce_policies", misfire_and_coalesce),
@@ -227,6 +231,42 @@ fn manual() -> (Scheduler, ManualClock, Receiver<JobEvent>) {
         .build_manual();
     let events = s.events();
     (s, clock, events)
+}
+
+/// A thread job's run that shuts its scheduler down, waiting (a job that stops the
+/// scheduler once its work is done): the shutdown waits for the scheduler's other run in
+/// flight and returns. It waited for ever for the run that called it.
+fn a_run_that_shuts_its_scheduler_down_waiting_returns() {
+    let (s, clock, _events) = background(2);
+    let slot = Arc::new(Mutex::new(None::<Scheduler>));
+    let other_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
+    let (done_tx, done) = crossbeam_channel::bounded::<bool>(1);
+    let ended = Arc::clone(&other_ended);
+    s.add(Job::thread("other", Schedule::once(at(10)), move || {
+        let _ = started_tx.send(());
+        std::thread::sleep(Duration::from_millis(300));
+        ended.store(true, Ordering::SeqCst);
+    }))
+    .unwrap();
+    let theirs = Arc::clone(&slot);
+    s.add(Job::thread("stopper", Schedule::once(at(10)), move || {
+        // The other run is in flight first.
+        let _ = started.recv_timeout(T);
+        let taken = theirs.lock().unwrap().take();
+        if let Some(s) = taken {
+            s.shutdown(true);
+            let _ = done_tx.send(other_ended.load(Ordering::SeqCst));
+        }
+    }))
+    .unwrap();
+    *slot.lock().unwrap() = Some(s);
+    clock.set(at(10));
+    assert_eq!(
+        done.recv_timeout(T),
+        Ok(true),
+        "the shutdown did not return, or returned before the other run ended"
+    );
 }
 
 /// A scheduler on a manual clock at `t0`, with its own thread and a thread pool of

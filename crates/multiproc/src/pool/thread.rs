@@ -1433,6 +1433,13 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Whether the calling thread is one of this pool's (a task of it runs there).
+    pub(crate) fn on_own_thread(&self) -> bool {
+        self.shared.on_own_thread()
+    }
+}
+
 impl Drop for ThreadPool {
     /// Fails the queued tasks and waits for the running ones to finish; dropped by
     /// one of the pool's own tasks (holding the last handle), it waits for none: the

@@ -509,11 +509,25 @@ impl Shared {
         self.signal.notify();
     }
 
-    /// Waits for the runs in flight to finish, handling their outcomes.
+    /// Waits for the runs in flight to finish, handling their outcomes. Called from a
+    /// run on the scheduler's own thread pool, it does not wait for that run, which
+    /// cannot end while its thread waits here (it waited for ever).
     pub(super) fn finish_runs(self: &Arc<Self>) {
+        let own = self
+            .threads
+            .as_ref()
+            .filter(|t| t.on_own_thread())
+            .and_then(|_| super::job::current_run());
+        let others_done = |st: &State| {
+            st.runs.values().all(|r| {
+                own.as_ref().is_some_and(|o| {
+                    r.job == o.job && r.scheduled == o.scheduled && r.attempt == o.attempt
+                })
+            })
+        };
         loop {
             self.process(false);
-            if self.lock_state().runs.is_empty() {
+            if others_done(&self.lock_state()) {
                 break;
             }
             self.signal.wait(Duration::from_millis(100));

@@ -40,6 +40,35 @@ pub struct RunContext {
     pub attempt: u32,
 }
 
+thread_local! {
+    /// On a thread of the scheduler's thread pool, while it runs a thread job: which run
+    /// (see [`current_run`]).
+    static CURRENT_RUN: std::cell::RefCell<Option<RunContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The thread job's run that the calling thread is running, if any: a shutdown that
+/// waits for the runs in flight does not wait for the one that called it.
+pub(super) fn current_run() -> Option<RunContext> {
+    CURRENT_RUN.with(|r| r.borrow().clone())
+}
+
+/// Marks the calling thread as running `run` until dropped (also by a panic).
+struct CurrentRun(Option<RunContext>);
+
+impl CurrentRun {
+    fn enter(run: &RunContext) -> CurrentRun {
+        CurrentRun(CURRENT_RUN.with(|r| r.replace(Some(run.clone()))))
+    }
+}
+
+impl Drop for CurrentRun {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        CURRENT_RUN.with(|r| *r.borrow_mut() = before);
+    }
+}
+
 impl RunContext {
     pub(crate) fn new(job: &str, scheduled: DateTime<Utc>, attempt: u32) -> RunContext {
         RunContext {
@@ -219,7 +248,10 @@ impl Job {
         let f = Arc::new(f);
         let start = move |pool: &ThreadPool, run: &RunContext| -> Result<Running, TaskError> {
             let (f, run) = (Arc::clone(&f), run.clone());
-            let task = pool.submit(move || f(run))?;
+            let task = pool.submit(move || {
+                let _running = CurrentRun::enter(&run);
+                f(run)
+            })?;
             Ok(Box::pin(async move { task.await.map(drop) }))
         };
         Job::with_target(name, schedule, Target::Thread(Arc::new(start)))

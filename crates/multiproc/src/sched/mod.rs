@@ -265,7 +265,9 @@ impl Scheduler {
     /// that wait for their jitter or retry are not started: each is reported
     /// [`Missed`](EventKind::Missed) with [`MissReason::ShutDown`]). Then the pools are dropped: runs still in flight on
     /// the process pool end with their workers; those on the thread pool are waited for
-    /// (see [`Scheduler`]).
+    /// (see [`Scheduler`]). Called from a run of a thread job (one that stops its
+    /// scheduler), it waits for the other runs, not for that one, whose outcome is then
+    /// not reported: the scheduler is gone when it ends.
     pub fn shutdown(mut self, wait: bool) {
         self.stop_thread();
         if wait {
