@@ -37,6 +37,26 @@ const UNDECODABLE_ERR: TaskDef<u64, Result<u32, DecodedOnNodes>> =
     TaskDef::new("t.undecodable_err");
 const UNDECODABLE_ARG: TaskDef<PanicsDecoded, u64> = TaskDef::new("t.undecodable_arg");
 const UNENCODABLE: TaskDef<u64, PanicsEncoded> = TaskDef::new("t.unencodable");
+const SLOW_DECODE: TaskDef<u64, SlowDecoded> = TaskDef::new("t.slow_decode");
+
+/// A value that takes its own number of milliseconds to decode outside a pool's
+/// workers (in a worker node, as it takes the outcome from its pool, and in a client).
+#[derive(Debug, PartialEq, Serialize)]
+struct SlowDecoded(u64);
+
+impl<'de> Deserialize<'de> for SlowDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ms = u64::deserialize(d)?;
+        if multiproc::parent_process().is_none() {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        Ok(SlowDecoded(ms))
+    }
+}
+
+fn slow_decode(ms: u64) -> SlowDecoded {
+    SlowDecoded(ms)
+}
 
 /// An argument whose `Deserialize` panics (the node decodes it).
 #[derive(Serialize)]
@@ -245,6 +265,7 @@ fn tasks(b: WorkerBuilder) -> WorkerBuilder {
         .register(UNDECODABLE, undecodable)
         .register(UNDECODABLE_ARG, undecodable_arg)
         .register(UNENCODABLE, unencodable)
+        .register(SLOW_DECODE, slow_decode)
         .register_fallible(UNDECODABLE_ERR, undecodable_err)
 }
 
@@ -386,6 +407,10 @@ fn main() {
     common::main_checked(
         vec![
             trial("submit_map_imap_stats", submit_map_imap_stats),
+            trial(
+                "a_slow_outcome_holds_up_no_lease",
+                a_slow_outcome_holds_up_no_lease,
+            ),
             trial(
                 "imap_items_that_cannot_be_submitted_fail_alone",
                 imap_items_that_cannot_be_submitted_fail_alone,
@@ -1333,6 +1358,34 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_stopping_node() {
     other.shutdown(true);
     finish(&redis, c, ns);
     drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A task whose value takes its node long to take in (its `Deserialize`, run by the
+/// node as it takes the outcome from its pool, takes 2.5 s) while another task of the
+/// node runs on, with leases of 1 s: the other task's lease is renewed meanwhile, and it
+/// runs once. The node's renewals waited for the value, the node's state held, the
+/// lease ran out, and another node ran the task again.
+fn a_slow_outcome_holds_up_no_lease() {
+    let ns = "slow_outcome";
+    let redis = RedisServer::start();
+    let c = client(&redis, ns);
+    let dir = common::tempdir(ns);
+    let path = dir.join("runs").to_string_lossy().into_owned();
+    let first = worker(&redis, ns, 2);
+    let mut long = c.submit(RECORD_SLOW, (path.clone(), 5000)).unwrap();
+    assert!(common::eventually(T, || runs(&path) == 1));
+    let mut slow = c.submit(SLOW_DECODE, 2500).unwrap();
+    let mut raw = redis.raw().unwrap();
+    assert!(common::eventually(T, || delivered(&mut raw, ns, 2)));
+    // Another node, to take over a lease that runs out.
+    let second = worker(&redis, ns, 1);
+    assert_eq!(slow.wait_timeout(T), Ok(SlowDecoded(2500)));
+    assert_eq!(long.wait_timeout(T), Ok(1));
+    assert_eq!(runs(&path), 1, "the long task ran again");
+    first.shutdown(true);
+    second.shutdown(true);
+    finish(&redis, c, ns);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -915,7 +915,11 @@ struct Flight {
     entry: String,
     fence: u64,
     envelope: Envelope,
-    run: Box<dyn Running>,
+    /// Polled by the finisher without the node's state held (taking an outcome runs
+    /// the value's `Deserialize` and `Serialize`, for as long as they take: with the
+    /// state held, the node's lease renewals waited for them, and its other tasks'
+    /// leases ran out); stopped under it.
+    run: Arc<Mutex<Box<dyn Running>>>,
     waker: Waker,
     end: End,
     /// Its run ended and its finish is made: the wake-ups still queued (each item of a
@@ -1677,7 +1681,7 @@ impl Node {
                         entry,
                         fence,
                         envelope,
-                        run,
+                        run: Arc::new(Mutex::new(run)),
                         waker,
                         end: End::Normal,
                         concluded: false,
@@ -1954,19 +1958,26 @@ impl Node {
 
     /// Polls the run of flight `id`; what to finish if it ended.
     fn poll(&self, id: u64) -> Option<Finish> {
-        let mut st = lock(&self.state);
-        let flight = st.flights.get_mut(&id).filter(|f| !f.concluded)?;
-        let waker = flight.waker.clone();
+        let (run, waker) = {
+            let st = lock(&self.state);
+            let flight = st.flights.get(&id).filter(|f| !f.concluded)?;
+            (Arc::clone(&flight.run), flight.waker.clone())
+        };
         let mut cx = Context::from_waker(&waker);
-        // The value's `Serialize` (and a fallible task's error's `Display`) run here,
-        // in the node: a panic there fails the task, not the thread (and the node).
-        let done = match crate::bootstrap::catching(|| flight.run.poll(&mut cx)) {
+        // The value's `Deserialize` and `Serialize` (and a fallible task's error's
+        // `Display`) run here, in the node, without its state held (only this thread
+        // polls, so the flight is not concluded meanwhile, nor removed): a panic there
+        // fails the task, not the thread (and the node).
+        let polled = crate::bootstrap::catching(|| lock(&run).poll(&mut cx));
+        let done = match polled {
             Ok(Poll::Pending) => return None,
             Ok(Poll::Ready(done)) => done,
             Err(caught) => Done::Failed(TaskError::Codec(CodecError::new(format!(
                 "encoding the task's value panicked: {caught}"
             )))),
         };
+        let mut st = lock(&self.state);
+        let flight = st.flights.get_mut(&id)?;
         flight.concluded = true;
         if flight.end == End::Lost {
             if let Some(flight) = st.flights.remove(&id) {
@@ -2476,11 +2487,11 @@ impl Node {
                     0 => {
                         tracing::warn!(worker = %self.name, %entry, "lease lost: stopping the task (another worker has it)");
                         f.end = End::Lost;
-                        f.run.cancel();
+                        lock(&f.run).cancel();
                     }
                     2 if f.end == End::Normal => {
                         f.end = End::Cancelled;
-                        f.run.cancel();
+                        lock(&f.run).cancel();
                     }
                     _ => {}
                 }
@@ -2635,7 +2646,7 @@ impl Node {
     fn hand_back_unstarted(&self) {
         let mut st = lock(&self.state);
         for f in st.flights.values_mut() {
-            if f.end == End::Normal && f.run.cancel_unstarted() {
+            if f.end == End::Normal && lock(&f.run).cancel_unstarted() {
                 tracing::info!(worker = %self.name, task = %f.envelope.task, "stopping: handing back a task not started");
                 f.end = End::HandedBack;
             }
@@ -2649,11 +2660,11 @@ impl Node {
             if f.end == End::Normal {
                 tracing::info!(worker = %self.name, task = %f.envelope.task, "grace period over: handing the task back");
                 f.end = End::HandedBack;
-                f.run.cancel();
+                lock(&f.run).cancel();
             } else if f.end == End::HandedBack && !f.concluded {
                 // Handed back as the stop began, one item of a chunk still running (it
                 // started as the others were cancelled): stopped now as well.
-                f.run.cancel();
+                lock(&f.run).cancel();
             }
         }
     }
