@@ -20,7 +20,9 @@ use crate::shm::segment::{Segment, View};
 use crate::sync::raw::{AdaptiveSpin, spin_until};
 use crate::sys::{self, AsFd, BorrowedFd, OwnedFd};
 use crate::wire::codec::{self, Encoded};
-use ring::{Head, INLINE, LINK, LockWait, Ring, SIDE, SIDE_REPAIR, Slot, Tail, record_len};
+use ring::{
+    Head, INLINE, LINK, LockWait, Ring, SIDE, SIDE_REPAIR, SIDE_REPAIR_TASK, Slot, Tail, record_len,
+};
 
 /// Bytes of ring a channel gets unless told otherwise. Messages up to half of it travel
 /// in the ring; larger ones in a memory file of their own.
@@ -119,8 +121,6 @@ const OVERFLOW_WAIT: Duration = Duration::from_millis(1);
 /// `side_pending` for a side message that is a task (`JoinableQueue`); 1 for one that
 /// is not.
 const SIDE_PENDING_TASK: u64 = 2;
-/// The payload of a `SIDE_REPAIR` record: the id, and whether it is a task.
-const SIDE_REPAIR_LEN: usize = 16;
 
 #[cfg(test)]
 thread_local! {
@@ -414,7 +414,9 @@ impl Core {
         may_overflow: bool,
         write: impl FnOnce(Slot<'_, '_>) -> R,
     ) -> io::Result<Option<R>> {
-        self.repair(tail)?;
+        if !self.repair(tail)? {
+            return Ok(None);
+        }
         self.reserve_and_write(tail, len, may_overflow, write)
     }
 
@@ -442,10 +444,14 @@ impl Core {
     /// comes through if it was sent (its descriptors stayed open on the side socket,
     /// until a later side message's receive dropped it, for as long as none came: a
     /// reply channel's sender inside it kept that channel's receiver from ever seeing
-    /// `Disconnected`), and the record is passed over if it was not. A bounded channel
-    /// without room for the record (only after a producer that died once its record
-    /// was published, which the record then repeats) leaves it to the next holder.
-    fn repair(&self, tail: &mut Tail<'_>) -> io::Result<()> {
+    /// `Disconnected`), and the record is passed over if it was not. Whether nothing is
+    /// left to repair: a bounded channel without room for the record (the smallest a
+    /// side message has, so only when a publish since took the room: the dead
+    /// producer's own, which the record then repeats) leaves it to the next holder,
+    /// and the caller writes nothing meanwhile (a side message of its own would take
+    /// the next number, and the receive that reached it would drop the one before as
+    /// an orphan).
+    fn repair(&self, tail: &mut Tail<'_>) -> io::Result<bool> {
         if tail.took_over {
             if self.growable {
                 self.finish_dead_producer(tail)?;
@@ -456,24 +462,27 @@ impl Core {
         let p = &self.header().produced.0;
         let pending = p.side_pending.load(Acquire);
         if pending == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let id = p.next_side_id.load(Relaxed).wrapping_sub(1);
         let task = pending == SIDE_PENDING_TASK;
-        let published = self.reserve_and_write(tail, SIDE_REPAIR_LEN, true, |mut slot| {
-            let payload = slot.payload();
-            payload[..8].copy_from_slice(&id.to_le_bytes());
-            payload[8..].copy_from_slice(&u64::from(task).to_le_bytes());
-            slot.publish(SIDE_REPAIR, task);
+        let kind = if task { SIDE_REPAIR_TASK } else { SIDE_REPAIR };
+        let published = self.reserve_and_write(tail, 8, true, |mut slot| {
+            slot.payload().copy_from_slice(&id.to_le_bytes());
+            slot.publish(kind, task);
         })?;
-        if published.is_some() {
-            p.side_pending.store(0, Release);
-            tracing::debug!(
-                id,
-                "published the record of a side message whose producer died"
-            );
+        if published.is_none() {
+            return Ok(false);
         }
-        Ok(())
+        p.side_pending.store(0, Release);
+        tracing::debug!(
+            id,
+            "published the record of a side message whose producer died"
+        );
+        // Its receivers learn of it now, whatever becomes of the send that repaired it
+        // (one that finds no room for its own message next waits).
+        self.wake_receivers();
+        Ok(true)
     }
 
     /// Whether a producer that died may have left work for the next holder of the
@@ -1118,8 +1127,9 @@ impl RawReceiver {
         if !tail.took_over && core.header().produced.0.side_pending.load(Acquire) == 0 {
             return Ok(false);
         }
-        core.repair(&mut tail).map_err(RecvFail::Io)?;
-        Ok(true)
+        let took_over = tail.took_over;
+        let repaired = core.repair(&mut tail).map_err(RecvFail::Io)?;
+        Ok(repaired || took_over)
     }
 
     /// [`take_next`](Self::take_next) without finishing a dead producer's publish; and
@@ -1247,8 +1257,7 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
             None => Err(broken("a link record of the wrong size")),
         },
         kind => {
-            // The id, then the room the message holds (see `Core::side_record_len`), or
-            // (a repair's record) whether the message is a task.
+            // The id, then the room the message holds (see `Core::side_record_len`).
             let word = |at: usize| {
                 record
                     .payload()
@@ -1259,7 +1268,7 @@ fn take_record(core: &Core, ring: &Ring<'_>, head: &mut Head<'_>) -> Result<Step
             let Some(id) = word(0) else {
                 return Err(broken("a side record of the wrong size"));
             };
-            let repaired_task = kind == SIDE_REPAIR && word(8) == Some(1);
+            let repaired_task = kind == SIDE_REPAIR_TASK;
             let got = side::fetch(core.side_rx.as_fd(), id)?;
             record.consume();
             match got {
@@ -2642,6 +2651,77 @@ mod tests {
             assert_eq!(tasks(&rx), 2, "unbounded: {growable}");
             assert_eq!(rx.len(), 0, "unbounded: {growable}");
         }
+    }
+
+    /// A bounded channel with room for one small record only, whose producer dies
+    /// between sending a small side message (its record the smallest, 16 bytes) and
+    /// publishing it: the record the next send publishes for it fits where the dead
+    /// one's did, and the message comes through, in its place. (The repair's record
+    /// was larger, did not fit, and the next side message took the next number: the
+    /// receive that reached it dropped the dead producer's as an orphan.) And a send
+    /// whose own message then finds no room waits, writing nothing.
+    #[test]
+    fn a_repair_fits_where_the_dead_producers_record_did() {
+        let (tx, rx) = channel(MIN_RING, None).unwrap();
+        let mut n = 0;
+        while tx.send(numbered(n, 8), Deadline::Now, false).is_ok() {
+            n += 1;
+        }
+        assert_eq!(number(&take(&rx).unwrap()), 0);
+        let (m, r) = numbered_with_pipe(1000);
+        let m = Encoded {
+            bytes: m.bytes[..4].to_vec(),
+            ..m
+        };
+        send_dying_encoded(&tx, ring::DIES_BEFORE_PUBLISHING, m, false);
+        let (second, r2) = numbered_with_pipe(1001);
+        let second = Encoded {
+            bytes: second.bytes[..4].to_vec(),
+            ..second
+        };
+        let (second, e) = tx.send(second, Deadline::Now, false).unwrap_err();
+        assert!(matches!(e, SendFail::Full), "{e:?}");
+        for k in 1..n {
+            assert_eq!(number(&take(&rx).unwrap()), k);
+        }
+        let (k, fds) = rx
+            .recv_with(Deadline::Now, &mut |b, fds| (number(b), fds))
+            .unwrap();
+        assert_eq!((k, fds.len()), (1000, 1));
+        drop(fds);
+        assert!(pipe_closed(&r));
+        tx.send(second, Deadline::Now, false).unwrap();
+        let (k, fds) = rx
+            .recv_with(Deadline::Now, &mut |b, fds| (number(b), fds))
+            .unwrap();
+        assert_eq!((k, fds.len()), (1001, 1));
+        drop(fds);
+        assert!(pipe_closed(&r2));
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+    }
+
+    /// A send that publishes a dead producer's side record, then finds no room for its
+    /// own message, wakes the receivers for the record: they slept on to the end of
+    /// their nap (100 ms at most), the record counted as an item meanwhile. Seen on the
+    /// wake-up's count, with a receiver counted as napping.
+    #[test]
+    fn a_repair_by_a_send_that_waits_wakes_the_receivers() {
+        let (tx, rx) = channel(MIN_RING, Some(1)).unwrap();
+        let (m, _r) = numbered_with_pipe(0);
+        send_dying_encoded(&tx, ring::DIES_BEFORE_SENDING, m, false);
+        let sleepers = &rx.core.header().sleepers.0;
+        sleepers.recv_nappers.fetch_add(1, SeqCst);
+        let before = sleepers.recv_seq.load(SeqCst);
+        assert!(matches!(
+            tx.send(numbered(1, 100), Deadline::Now, false),
+            Err((_, SendFail::Full))
+        ));
+        let after = sleepers.recv_seq.load(SeqCst);
+        sleepers.recv_nappers.fetch_sub(1, SeqCst);
+        assert_ne!(before, after, "no wake-up for the record published");
+        assert!(matches!(take(&rx), Err(RecvFail::Empty)));
+        tx.send(numbered(1, 100), Deadline::Now, false).unwrap();
+        assert_eq!(number(&take(&rx).unwrap()), 1);
     }
 
     /// Sends `m` (a task, with `task`) from a thread of its own that dies at `point`.

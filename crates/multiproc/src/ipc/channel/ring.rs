@@ -39,9 +39,12 @@ pub(crate) const LINK: u32 = 4;
 pub(crate) const LINK_PAYLOAD: usize = 16;
 /// The record of a side message published by the next holder of the producers' lock
 /// for a producer that died before it published the message's own (see
-/// `Core::repair`): its payload is the message's id (`u64`) and 1 if it was a task
-/// (`u64`). The message may never have been sent.
+/// `Core::repair`): its payload is the message's id (`u64`), as the smallest side
+/// record's, so that it fits wherever the dead producer's did. The message may never
+/// have been sent.
 pub(crate) const SIDE_REPAIR: u32 = 5;
+/// As [`SIDE_REPAIR`], for a message that counted as a task (`JoinableQueue`).
+pub(crate) const SIDE_REPAIR_TASK: u32 = 6;
 pub(crate) const HEADER: u64 = 8;
 /// Bytes of a ring used before an empty ring starts over (see [`Ring::reserve`]).
 const HOT: u64 = 64 << 10;
@@ -555,7 +558,7 @@ impl<'a> Ring<'a> {
             let kind = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
             let size = match kind {
                 WRAP => self.len - pos,
-                INLINE | SIDE | LINK | SIDE_REPAIR => record_len(len),
+                INLINE | SIDE | LINK | SIDE_REPAIR | SIDE_REPAIR_TASK => record_len(len),
                 other => return Err(format!("unknown record kind {other}")),
             };
             // (`tail - head` cannot underflow: checked above; `head + size` could
