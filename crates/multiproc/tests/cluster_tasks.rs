@@ -2569,6 +2569,28 @@ fn timed_calls_end_in_time_against_a_stopped_server() {
         took > Duration::from_secs(5) && took < Duration::from_secs(25),
         "a shutdown_timeout of 1 s took {took:?}"
     );
+    // An imap's first `next_timeout` submits its first batch: the server does not
+    // answer, and the call ends one response timeout past its own. It then tried a
+    // second batch, which waited as long again.
+    let (took, r, watcher) = timed_call(
+        watcher,
+        "an imap's next_timeout of 200 ms",
+        |w| {
+            let mut items = w.imap(SQUARE, 0..10_000u64);
+            format!(
+                "{:?}",
+                items
+                    .next_timeout(Duration::from_millis(200))
+                    .map(|r| r.is_err())
+            )
+        },
+        || (),
+    );
+    assert_eq!(r, "Some(true)");
+    assert!(
+        took < Duration::from_secs(15),
+        "an imap's next_timeout of 200 ms took {took:?}"
+    );
     redis.resume();
     drop((tasks, watcher));
     c.delete_queue("default").unwrap();

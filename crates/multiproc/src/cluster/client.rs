@@ -1052,7 +1052,7 @@ impl Cluster {
         for k in keys {
             pipe.cmd("EXISTS").arg(q.idempotency(k));
         }
-        self.inner.run(|c| pipe.query(c))
+        self.inner.run(|c| pipe.query(&mut conn::Piped(c)))
     }
 
     /// Python's `Executor.shutdown(wait, cancel_futures)`: this client submits nothing
@@ -1436,7 +1436,7 @@ impl ClientInner {
                 .arg(&p.envelope);
         }
         let mut replies: Vec<String> = self
-            .run(|c| pipe.query(c))
+            .run(|c| pipe.query(&mut conn::Piped(c)))
             .map_err(|e| Box::new((e, self.forget(keys, batch.iter()))))?;
         let ids = replies.split_off(1.min(replies.len()));
         {
@@ -1560,7 +1560,7 @@ impl ClientInner {
             .cmd("XLEN")
             .arg(keys.stream());
         pipe.ignore_errors();
-        let replies: Vec<Value> = self.run(|c| pipe.query(c))?;
+        let replies: Vec<Value> = self.run(|c| pipe.query(&mut conn::Piped(c)))?;
         let nil = Value::Nil;
         let get = |i: usize| replies.get(i).unwrap_or(&nil);
         let (mut waiting, mut in_flight) = (None, 0);
@@ -2030,19 +2030,20 @@ fn receive(inner: &Weak<ClientInner>, server: &Server) {
                 if !delete.is_empty() {
                     pipe.cmd("UNLINK").arg(&delete).ignore();
                 }
-                let more: Vec<Vec<u8>> =
-                    match link.run(|c| pipe.query::<(Option<Vec<Vec<u8>>>,)>(c)) {
-                        Ok((more,)) => {
-                            delete.clear();
-                            more.unwrap_or_default()
-                        }
-                        Err(_) => {
-                            // What it popped may be lost: read the outcomes again.
-                            link.reset();
-                            fresh = true;
-                            Vec::new()
-                        }
-                    };
+                let more: Vec<Vec<u8>> = match link
+                    .run(|c| pipe.query::<(Option<Vec<Vec<u8>>>,)>(&mut conn::Piped(c)))
+                {
+                    Ok((more,)) => {
+                        delete.clear();
+                        more.unwrap_or_default()
+                    }
+                    Err(_) => {
+                        // What it popped may be lost: read the outcomes again.
+                        link.reset();
+                        fresh = true;
+                        Vec::new()
+                    }
+                };
                 // The queue whose list it came from (one this client reads).
                 let queue = inner.queue_of(&list);
                 let mut unreadable = false;
@@ -2137,7 +2138,10 @@ where
     /// The next result, waiting at most `timeout` for it (Python's
     /// `IMapIterator.next(timeout)`): `Some(Err(TaskError::Timeout))` if it is not there
     /// by then, and the iterator goes on (the next call waits for the same item).
-    /// `None` once every item has been yielded.
+    /// `None` once every item has been yielded. A call that submits the next batch of
+    /// items (once half the window is free) waits for the server's answer first: one
+    /// response timeout past `timeout` at most, from a server that does not answer
+    /// (the batch's items then fail), as [`Cluster::map_timeout`]'s submission does.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
         self.next_within(Some(timeout))
     }
@@ -2154,11 +2158,17 @@ where
                     (deliver_into(&cell), cell)
                 });
             self.taking = submitted.len() == take;
+            let refused = submitted.iter().all(Result::is_err);
             self.window.extend(
                 submitted
                     .into_iter()
                     .map(|s| s.map(|(local, cell)| self.cluster.task(cell, local))),
             );
+            // None went in (the server did not answer, or refuses): not another batch
+            // in this call, which would wait as long again.
+            if refused {
+                break;
+            }
         }
         let (Some(timeout), Some(Ok(task))) = (timeout, self.window.front_mut()) else {
             return Some(self.window.pop_front()?.and_then(Task::wait));
@@ -2221,7 +2231,9 @@ where
 {
     /// The next result to finish, waiting at most `timeout` for one:
     /// `Some(Err(TaskError::Timeout))` if none finished by then, and the iterator goes
-    /// on. `None` once every item has been yielded.
+    /// on. `None` once every item has been yielded. As for
+    /// [`ClusterImap::next_timeout`], a call that submits the next batch waits for the
+    /// server's answer first (one response timeout past `timeout` at most).
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
         self.next_within(Some(timeout))
     }
@@ -2241,8 +2253,13 @@ where
                 });
             self.taking = submitted.len() == take;
             self.in_flight += submitted.len();
+            let all_refused = submitted.iter().all(Result::is_err);
             for refused in submitted.into_iter().filter_map(Result::err) {
                 let _ = self.tx.send(Err(refused));
+            }
+            // As for the ordered iterator: not another batch in this call.
+            if all_refused {
+                break;
             }
         }
         if self.in_flight == 0 {

@@ -206,7 +206,7 @@ pub(crate) fn warn_if_evicting(policy: Option<&str>, who: &str) {
 pub(crate) fn epoch(conn: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<String> {
     let mut pipe = redis::pipe();
     with_epoch(&mut pipe, keys);
-    let (epoch,): (String,) = pipe.query(conn)?;
+    let (epoch,): (String,) = pipe.query(&mut Piped(conn))?;
     Ok(epoch)
 }
 
@@ -567,6 +567,65 @@ fn broken(e: &redis::RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
+}
+
+/// A connection whose pipelines stop reading at the first reply that does not come:
+/// redis-rs reads every reply of a pipeline whatever happened to the one before, each
+/// read waiting out the read timeout against a server that does not answer (a pipeline
+/// of 513 commands to a stopped server waited 513 response timeouts, 85 minutes,
+/// rather than one). The replies left unread make the connection unusable: the error
+/// then says so (an I/O error, which `Link::run` drops the connection for).
+pub(crate) struct Piped<'c>(pub(crate) &'c mut redis::Connection);
+
+impl redis::ConnectionLike for Piped<'_> {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        // A transaction's replies (`MULTI` ... `EXEC`) are read as redis-rs reads them.
+        if offset > 0 {
+            return self.0.req_packed_commands(cmd, offset, count);
+        }
+        self.0.send_packed_command(cmd)?;
+        let mut replies = Vec::with_capacity(count);
+        let mut left = count;
+        while left > 0 {
+            match self.0.recv_response() {
+                // RESP3 may put pushed data between replies.
+                Ok(Value::Push { .. }) => {}
+                Ok(reply) => {
+                    replies.push(reply);
+                    left -= 1;
+                }
+                Err(e) if left > 1 && !broken(&e) => {
+                    return Err(redis::RedisError::from(std::io::Error::other(format!(
+                        "a pipeline's reply failed, {} left unread: {e}",
+                        left - 1
+                    ))));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(replies)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.0.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
 }
 
 /// Runs a script (by its hash, loading it when the server does not know it).

@@ -1492,7 +1492,7 @@ impl Node {
         for (id, _) in &lost {
             pipe.cmd("XRANGE").arg(self.keys.stream()).arg(id).arg(id);
         }
-        let ranges: Vec<Value> = link.run(|c| pipe.query(c))?;
+        let ranges: Vec<Value> = link.run(|c| pipe.query(&mut conn::Piped(c)))?;
         self.accept_all(lost.into_iter().zip(&ranges).filter_map(
             |((id, deliveries), range)| {
                 // An entry deleted meanwhile (a cancel) has nothing to run.
@@ -1707,7 +1707,7 @@ impl Node {
         for task in tasks {
             pipe.cmd("EXISTS").arg(self.keys.cancel(task));
         }
-        self.run_keeper(|c| pipe.query::<Vec<bool>>(c))
+        self.run_keeper(|c| pipe.query::<Vec<bool>>(&mut conn::Piped(c)))
     }
 
     fn send_finish(&self, fin: Finish) {
@@ -2611,7 +2611,7 @@ impl Node {
                 .arg(-1)
                 .arg("WITHSCORES")
                 .cmd("TIME")
-                .query(c)
+                .query(&mut conn::Piped(c))
         })?;
         let now = time.0 * 1000 + time.1 / 1000;
         let silent = millis(self.cfg.lease * 10) as i64;
