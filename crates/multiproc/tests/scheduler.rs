@@ -234,39 +234,77 @@ fn manual() -> (Scheduler, ManualClock, Receiver<JobEvent>) {
 }
 
 /// A thread job's run that shuts its scheduler down, waiting (a job that stops the
-/// scheduler once its work is done): the shutdown waits for the scheduler's other run in
-/// flight and returns. It waited for ever for the run that called it.
+/// scheduler once its work is done): the shutdown waits for the scheduler's other run
+/// in flight on another thread, and returns. It waited for ever for the run that called
+/// it. With one thread, the run queued behind the caller's is cancelled (it could not
+/// start while the caller waits: the shutdown waited for ever for it too).
 fn a_run_that_shuts_its_scheduler_down_waiting_returns() {
-    let (s, clock, _events) = background(2);
-    let slot = Arc::new(Mutex::new(None::<Scheduler>));
-    let other_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
-    let (done_tx, done) = crossbeam_channel::bounded::<bool>(1);
-    let ended = Arc::clone(&other_ended);
-    s.add(Job::thread("other", Schedule::once(at(10)), move || {
-        let _ = started_tx.send(());
-        std::thread::sleep(Duration::from_millis(300));
-        ended.store(true, Ordering::SeqCst);
-    }))
-    .unwrap();
-    let theirs = Arc::clone(&slot);
-    s.add(Job::thread("stopper", Schedule::once(at(10)), move || {
-        // The other run is in flight first.
-        let _ = started.recv_timeout(T);
-        let taken = theirs.lock().unwrap().take();
-        if let Some(s) = taken {
-            s.shutdown(true);
-            let _ = done_tx.send(other_ended.load(Ordering::SeqCst));
+    for threads in [2, 1] {
+        let (s, clock, events) = background(threads);
+        let slot = Arc::new(Mutex::new(None::<Scheduler>));
+        let other_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
+        let (done_tx, done) = crossbeam_channel::bounded::<bool>(1);
+        let theirs = Arc::clone(&slot);
+        let ended = Arc::clone(&other_ended);
+        s.add(Job::thread("stopper", Schedule::once(at(10)), move || {
+            let _ = go.recv_timeout(T);
+            let taken = theirs.lock().unwrap().take();
+            if let Some(s) = taken {
+                s.shutdown(true);
+                let _ = done_tx.send(ended.load(Ordering::SeqCst));
+            }
+        }))
+        .unwrap();
+        let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
+        let ended = Arc::clone(&other_ended);
+        s.add(Job::thread("other", Schedule::once(at(11)), move || {
+            let _ = started_tx.send(());
+            std::thread::sleep(Duration::from_millis(300));
+            ended.store(true, Ordering::SeqCst);
+        }))
+        .unwrap();
+        *slot.lock().unwrap() = Some(s);
+        clock.set(at(10));
+        let started_run = |name: &str| {
+            let name = name.to_string();
+            move |e: JobEvent| e.job == name && matches!(e.kind, EventKind::Started { .. })
+        };
+        assert!(eventually(T, || events
+            .try_iter()
+            .any(started_run("stopper"))));
+        clock.set(at(11));
+        // The other run is handed to the pool (with one thread, queued behind the
+        // stopper), and with two threads running.
+        assert!(eventually(T, || events
+            .try_iter()
+            .any(started_run("other"))));
+        if threads == 2 {
+            started.recv_timeout(T).unwrap();
         }
-    }))
-    .unwrap();
-    *slot.lock().unwrap() = Some(s);
-    clock.set(at(10));
-    assert_eq!(
-        done.recv_timeout(T),
-        Ok(true),
-        "the shutdown did not return, or returned before the other run ended"
-    );
+        go_tx.send(()).unwrap();
+        let waited = done.recv_timeout(T);
+        assert_eq!(
+            waited,
+            Ok(threads == 2),
+            "{threads} threads: the shutdown did not return, or returned before the other run ended"
+        );
+        if threads == 1 {
+            assert!(started.try_recv().is_err(), "the queued run started");
+            let cancelled = |e: &JobEvent| {
+                e.job == "other"
+                    && matches!(&e.kind, EventKind::Failed { error, .. } if matches!(**error, TaskError::Cancelled))
+            };
+            let mut seen = Vec::new();
+            assert!(
+                eventually(T, || {
+                    seen.extend(events.try_iter());
+                    seen.iter().any(cancelled)
+                }),
+                "{seen:?}"
+            );
+        }
+    }
 }
 
 /// A scheduler on a manual clock at `t0`, with its own thread and a thread pool of

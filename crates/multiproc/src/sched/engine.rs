@@ -511,17 +511,25 @@ impl Shared {
 
     /// Waits for the runs in flight to finish, handling their outcomes. Called from a
     /// run on the scheduler's own thread pool, it does not wait for that run, which
-    /// cannot end while its thread waits here (it waited for ever).
+    /// cannot end while its thread waits here (it waited for ever), and the runs queued
+    /// on the pool are cancelled (with every other thread busy, they could not start
+    /// either); the runs on its other threads are waited for.
     pub(super) fn finish_runs(self: &Arc<Self>) {
         let own = self
             .threads
             .as_ref()
             .filter(|t| t.on_own_thread())
-            .and_then(|_| super::job::current_run());
+            .and_then(|pool| {
+                pool.shutdown(false, true);
+                super::job::current_run()
+            });
         let others_done = |st: &State| {
             st.runs.values().all(|r| {
                 own.as_ref().is_some_and(|o| {
-                    r.job == o.job && r.scheduled == o.scheduled && r.attempt == o.attempt
+                    r.job == o.job
+                        && r.generation == o.generation
+                        && r.scheduled == o.scheduled
+                        && r.attempt == o.attempt
                 })
             })
         };
@@ -1020,7 +1028,7 @@ impl Shared {
             // Removed while its run waited for its jitter or retry.
             return 0;
         };
-        let run = RunContext::new(name, scheduled, attempt);
+        let run = RunContext::new(name, generation, scheduled, attempt);
         // The user's code runs here (the arguments' `Clone` and `Serialize`): a panic
         // fails this run, as one in the run itself does, rather than ending the
         // scheduler's thread (no job would fire again) with the run's instance held.

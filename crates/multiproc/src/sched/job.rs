@@ -38,6 +38,9 @@ pub struct RunContext {
     pub scheduled: DateTime<Utc>,
     /// Which attempt of the run (from 1; above 1 for a retry).
     pub attempt: u32,
+    /// Which of the job's additions it is a run of (a job removed and added again under
+    /// its name is another).
+    pub(crate) generation: u64,
 }
 
 thread_local! {
@@ -70,11 +73,17 @@ impl Drop for CurrentRun {
 }
 
 impl RunContext {
-    pub(crate) fn new(job: &str, scheduled: DateTime<Utc>, attempt: u32) -> RunContext {
+    pub(crate) fn new(
+        job: &str,
+        generation: u64,
+        scheduled: DateTime<Utc>,
+        attempt: u32,
+    ) -> RunContext {
         RunContext {
             job: job.to_string(),
             scheduled,
             attempt,
+            generation,
         }
     }
 }

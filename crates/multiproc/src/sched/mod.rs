@@ -266,8 +266,12 @@ impl Scheduler {
     /// [`Missed`](EventKind::Missed) with [`MissReason::ShutDown`]). Then the pools are dropped: runs still in flight on
     /// the process pool end with their workers; those on the thread pool are waited for
     /// (see [`Scheduler`]). Called from a run of a thread job (one that stops its
-    /// scheduler), it waits for the other runs, not for that one, whose outcome is then
-    /// not reported: the scheduler is gone when it ends.
+    /// scheduler), it waits for the runs on the pool's other threads, not for that one,
+    /// and the runs queued behind them end [`Cancelled`](crate::TaskError::Cancelled) (they
+    /// could not start while it waits); the calling run's outcome is not reported (the
+    /// scheduler is gone when it ends: with a job store, the next scheduler on it
+    /// reports it [`Interrupted`](EventKind::Interrupted)). A drop, or
+    /// `shutdown(false)`, from a run waits for no run.
     pub fn shutdown(mut self, wait: bool) {
         self.stop_thread();
         if wait {
