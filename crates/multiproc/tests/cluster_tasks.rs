@@ -48,11 +48,15 @@ impl<'de> Deserialize<'de> for SlowDecoded {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let ms = u64::deserialize(d)?;
         if multiproc::parent_process().is_none() {
+            SLOW_DECODING.store(true, std::sync::atomic::Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(ms));
         }
         Ok(SlowDecoded(ms))
     }
 }
+
+/// A [`SlowDecoded`] is being decoded in this process, or was.
+static SLOW_DECODING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn slow_decode(ms: u64) -> SlowDecoded {
     SlowDecoded(ms)
@@ -1364,29 +1368,49 @@ fn tasks_of_a_lost_read_are_taken_back_by_a_stopping_node() {
 /// A task whose value takes its node long to take in (its `Deserialize`, run by the
 /// node as it takes the outcome from its pool, takes 2.5 s) while another task of the
 /// node runs on, with leases of 1 s: the other task's lease is renewed meanwhile, and it
-/// runs once. The node's renewals waited for the value, the node's state held, the
-/// lease ran out, and another node ran the task again.
+/// runs once; so too when that task is cancelled by its client, or the node stops, as
+/// its value is taken in. The node's renewals waited for the value, the node's state
+/// held, the lease ran out, and another node ran the task again (three times); and
+/// after a first fix, the renewals that stopped the slow task's run, and the stop's
+/// look for runs not started, waited for it still.
 fn a_slow_outcome_holds_up_no_lease() {
-    let ns = "slow_outcome";
-    let redis = RedisServer::start();
-    let c = client(&redis, ns);
-    let dir = common::tempdir(ns);
-    let path = dir.join("runs").to_string_lossy().into_owned();
-    let first = worker(&redis, ns, 2);
-    let mut long = c.submit(RECORD_SLOW, (path.clone(), 5000)).unwrap();
-    assert!(common::eventually(T, || runs(&path) == 1));
-    let mut slow = c.submit(SLOW_DECODE, 2500).unwrap();
-    let mut raw = redis.raw().unwrap();
-    assert!(common::eventually(T, || delivered(&mut raw, ns, 2)));
-    // Another node, to take over a lease that runs out.
-    let second = worker(&redis, ns, 1);
-    assert_eq!(slow.wait_timeout(T), Ok(SlowDecoded(2500)));
-    assert_eq!(long.wait_timeout(T), Ok(1));
-    assert_eq!(runs(&path), 1, "the long task ran again");
-    first.shutdown(true);
-    second.shutdown(true);
-    finish(&redis, c, ns);
-    std::fs::remove_dir_all(&dir).unwrap();
+    for meanwhile in ["nothing", "cancel", "stop"] {
+        let ns = format!("slow_outcome_{meanwhile}");
+        let redis = RedisServer::start();
+        let c = client(&redis, &ns);
+        let dir = common::tempdir(&ns);
+        let path = dir.join("runs").to_string_lossy().into_owned();
+        let first = worker(&redis, &ns, 2);
+        let mut long = c.submit(RECORD_SLOW, (path.clone(), 5000)).unwrap();
+        assert!(common::eventually(T, || runs(&path) == 1));
+        SLOW_DECODING.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut slow = c.submit(SLOW_DECODE, 2500).unwrap();
+        let mut raw = redis.raw().unwrap();
+        assert!(common::eventually(T, || delivered(&mut raw, &ns, 2)));
+        // Another node, to take over a lease that runs out.
+        let second = worker(&redis, &ns, 1);
+        assert!(common::eventually(T, || SLOW_DECODING
+            .load(std::sync::atomic::Ordering::SeqCst)));
+        match meanwhile {
+            "cancel" => {
+                slow.cancel();
+            }
+            "stop" => first.shutdown(false),
+            _ => {}
+        }
+        let taken = slow.wait_timeout(T);
+        if meanwhile == "nothing" {
+            assert_eq!(taken, Ok(SlowDecoded(2500)));
+        } else {
+            assert_ne!(taken, Err(TaskError::Timeout), "{meanwhile}");
+        }
+        assert_eq!(long.wait_timeout(T), Ok(1), "{meanwhile}");
+        assert_eq!(runs(&path), 1, "the long task ran again ({meanwhile})");
+        first.shutdown(true);
+        second.shutdown(true);
+        finish(&redis, c, &ns);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// Whether the default queue of namespace `ns` has `n` entries delivered and pending.

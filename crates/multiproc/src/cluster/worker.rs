@@ -922,10 +922,32 @@ struct Flight {
     run: Arc<Mutex<Box<dyn Running>>>,
     waker: Waker,
     end: End,
+    /// Its run is to be stopped, and was being polled as that was decided: the
+    /// finisher stops it once its poll is over (waited for under the state, a slow
+    /// outcome held up the renewals again).
+    stop_due: bool,
     /// Its run ended and its finish is made: the wake-ups still queued (each item of a
     /// chunk sends one) find nothing to do. (Polled again, a chunk ended again, each
     /// time a finish with a copy of its whole outcome.)
     concluded: bool,
+}
+
+impl Flight {
+    /// Stops its run: at once, or, while the finisher polls it (taking its outcome,
+    /// for as long as the value's `Deserialize` and `Serialize` take), once the poll is
+    /// over (`stop_due`): under the node's state, a wait for the run held up every
+    /// renewal.
+    fn stop(&mut self) {
+        match self.run.try_lock() {
+            Ok(mut run) => {
+                run.cancel();
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().cancel();
+            }
+            Err(std::sync::TryLockError::WouldBlock) => self.stop_due = true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1684,6 +1706,7 @@ impl Node {
                         run: Arc::new(Mutex::new(run)),
                         waker,
                         end: End::Normal,
+                        stop_due: false,
                         concluded: false,
                     },
                 );
@@ -1970,7 +1993,15 @@ impl Node {
         // fails the task, not the thread (and the node).
         let polled = crate::bootstrap::catching(|| lock(&run).poll(&mut cx));
         let done = match polled {
-            Ok(Poll::Pending) => return None,
+            Ok(Poll::Pending) => {
+                let mut st = lock(&self.state);
+                if let Some(flight) = st.flights.get_mut(&id)
+                    && std::mem::take(&mut flight.stop_due)
+                {
+                    flight.stop();
+                }
+                return None;
+            }
             Ok(Poll::Ready(done)) => done,
             Err(caught) => Done::Failed(TaskError::Codec(CodecError::new(format!(
                 "encoding the task's value panicked: {caught}"
@@ -2487,11 +2518,11 @@ impl Node {
                     0 => {
                         tracing::warn!(worker = %self.name, %entry, "lease lost: stopping the task (another worker has it)");
                         f.end = End::Lost;
-                        lock(&f.run).cancel();
+                        f.stop();
                     }
                     2 if f.end == End::Normal => {
                         f.end = End::Cancelled;
-                        lock(&f.run).cancel();
+                        f.stop();
                     }
                     _ => {}
                 }
@@ -2646,7 +2677,9 @@ impl Node {
     fn hand_back_unstarted(&self) {
         let mut st = lock(&self.state);
         for f in st.flights.values_mut() {
-            if f.end == End::Normal && lock(&f.run).cancel_unstarted() {
+            // One being polled is passed over this time (the next look is a tick away).
+            let unstarted = || f.run.try_lock().is_ok_and(|mut run| run.cancel_unstarted());
+            if f.end == End::Normal && unstarted() {
                 tracing::info!(worker = %self.name, task = %f.envelope.task, "stopping: handing back a task not started");
                 f.end = End::HandedBack;
             }
@@ -2660,11 +2693,11 @@ impl Node {
             if f.end == End::Normal {
                 tracing::info!(worker = %self.name, task = %f.envelope.task, "grace period over: handing the task back");
                 f.end = End::HandedBack;
-                lock(&f.run).cancel();
+                f.stop();
             } else if f.end == End::HandedBack && !f.concluded {
                 // Handed back as the stop began, one item of a chunk still running (it
                 // started as the others were cancelled): stopped now as well.
-                lock(&f.run).cancel();
+                f.stop();
             }
         }
     }
