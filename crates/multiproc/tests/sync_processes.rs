@@ -146,6 +146,10 @@ fn main() {
                 a_creator_out_of_descriptors_removes_its_segment,
             ),
             trial(
+                "a_waiter_out_of_descriptors_finds_an_unreaped_holder_dead",
+                a_waiter_out_of_descriptors_finds_an_unreaped_holder_dead,
+            ),
+            trial(
                 "a_link_at_a_segments_name_is_not_followed",
                 a_link_at_a_segments_name_is_not_followed,
             ),
@@ -1643,6 +1647,60 @@ fn a_creator_out_of_descriptors_removes_its_segment() {
     );
     assert!(!left_at_drop, "the segment outlived its last handle's drop");
     assert!(!left, "the segment was left behind");
+}
+
+/// Forks a child that takes `lock` and sleeps, kills it and leaves it unreaped (a
+/// zombie: this process, its parent, has not joined it), then takes the lock with no
+/// descriptor allowed: whether opening was indeed refused, and what the take said.
+#[allow(unsafe_code)] // `spawn_fork` is unsafe by contract, upheld here; `kill` is a plain call.
+fn lock_after_an_unreaped_holder_without_descriptors(lock: Lock) -> (bool, String) {
+    let held = Event::new().unwrap();
+    let (theirs, said) = (lock.clone(), held.clone());
+    // SAFETY: this process runs no other thread of its own that could hold a lock at
+    // the fork; the child only locks, says so and sleeps.
+    let mut holder = unsafe {
+        multiproc::Builder::new().spawn_fork(move || {
+            let _held = theirs.lock();
+            said.set();
+            std::thread::sleep(Duration::from_secs(60));
+        })
+    }
+    .unwrap();
+    assert!(held.wait_timeout(T));
+    let pid = holder.pid();
+    // SAFETY: a plain call, on this process's own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')))
+    };
+    assert!(common::eventually(T, zombie), "the holder is not a zombie");
+    let none = common::SoftLimit::set(libc::RLIMIT_NOFILE, 0);
+    let refused = std::fs::File::open("/dev/null").is_err();
+    let took = match lock.lock_timeout(Duration::from_secs(2)) {
+        Ok(_) => "taken cleanly",
+        Err(TryLockError::OwnerDied(_)) => "owner died",
+        Err(TryLockError::WouldBlock) => "timed out",
+    };
+    drop(none);
+    let _ = holder.join_timeout(T);
+    (refused, took.to_string())
+}
+
+/// A waiter out of descriptors (under `Limits::open_files`, say) whose lock's holder was
+/// killed and is not reaped yet (its parent, the waiter, has not joined it) finds the
+/// owner dead. It could not open the holder's `/proc` state, and took the holder for
+/// alive: an untimed `lock` waited for ever, the join that would reap it never coming.
+fn a_waiter_out_of_descriptors_finds_an_unreaped_holder_dead() {
+    let lock = Lock::new().unwrap();
+    let mut child =
+        multiproc::spawn(lock_after_an_unreaped_holder_without_descriptors, lock).unwrap();
+    let (refused, took) = child.join_timeout(T).unwrap();
+    assert!(
+        refused,
+        "the child could still open descriptors: proves nothing"
+    );
+    assert_eq!(took, "owner died");
 }
 
 /// Files removed when dropped, the test passing or not.

@@ -246,9 +246,25 @@ pub(crate) fn identity_alive(identity: u64) -> bool {
             state: 'Z' | 'X', ..
         }) => false,
         Some(Stat { exiting, start, .. }) => !exiting && same_start(identity, start),
+        // Its `stat` is there but could not be read: this process is out of descriptors
+        // (a waiter under `Limits::open_files`, say). Its executable's link, read
+        // without one, is gone once it has given back its memory: a zombie, or one
+        // whose exit is under way (trusted alive, a killed holder that its parent had
+        // not reaped yet kept an untimed `lock` waiting, until that parent joined it:
+        // for ever, when the parent was the waiter).
+        None if proc_file_readable(tid, "stat") => !matches!(
+            rustix::fs::readlink(format!("/proc/{tid}/exe"), Vec::new()),
+            Err(Errno::NOENT)
+        ),
         // It exists but /proc is unreadable (another pid namespace, hidepid): trust it.
         None => true,
     }
+}
+
+/// Whether `/proc/<tid>/<file>` exists and this process may read it (asked without a
+/// descriptor).
+fn proc_file_readable(tid: u32, file: &str) -> bool {
+    rustix::fs::access(format!("/proc/{tid}/{file}"), rustix::fs::Access::READ_OK).is_ok()
 }
 
 /// A descriptor registered with async-io's reactor, to poll for readability from a
