@@ -19,8 +19,8 @@ use crate::wire::codec;
 const SET: u32 = 1;
 
 /// The longest an async waiter sleeps before it looks again: the doorbell is shared by
-/// every async waiter, and one that silences it can, in a narrow window, leave another
-/// asleep while the flag is up.
+/// every async waiter, and one that silences it (finding the flag down) can, in a
+/// narrow window (a `set` then a `clear` between its looks), leave another asleep.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// A flag that processes and threads can wait on: Python's `Event`.
@@ -209,7 +209,20 @@ impl Event {
                 return Ok(());
             }
             sys::readable_any(&[self.bell.as_fd()], Instant::now() + MAX_SLEEP).await?;
+            // Raised: the bell is left rung for the other async waiters, in every
+            // process (silenced here, those whose reactor had not yet looked found it
+            // quiet, and slept on to `MAX_SLEEP`; the first waiter to wake in a process
+            // silenced it for the rest). A later waiter that finds it rung with the flag
+            // down silences it.
+            if self.raised_since(since) {
+                return Ok(());
+            }
             sys::silence(self.bell.as_fd());
+            // A `set` between that look and the silence rang for them all: again.
+            if self.raised_since(since) {
+                sys::ring(self.bell.as_fd());
+                return Ok(());
+            }
         }
     }
 
@@ -250,6 +263,41 @@ impl fmt::Debug for Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An async waiter woken by a `set` leaves the doorbell rung for the other async
+    /// waiters (in other processes, each with a reactor of its own): it silenced the
+    /// bell, and a waiter whose reactor looked after that slept on to `MAX_SLEEP`
+    /// (100 ms) with the flag up.
+    #[test]
+    fn a_woken_async_waiter_leaves_the_bell_rung_for_the_others() {
+        let event = Event::new().unwrap();
+        let waiter = {
+            let event = event.clone();
+            std::thread::spawn(move || futures_lite::future::block_on(event.wait_async()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while event.words().async_sleepers.load(SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the waiter never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        event.set();
+        waiter.join().unwrap().unwrap();
+        assert!(
+            sys::poll_now(event.bell.as_fd()).unwrap().readable,
+            "the bell was silenced with the flag up"
+        );
+        // A waiter that finds it rung with the flag down silences it, and sleeps.
+        event.clear();
+        let late = futures_lite::future::block_on(futures_lite::future::or(
+            async { event.wait_async().await.map(|()| true) },
+            async {
+                async_io::Timer::after(Duration::from_millis(50)).await;
+                Ok(false)
+            },
+        ));
+        assert!(!late.unwrap(), "a waiter returned with the flag down");
+        assert!(!sys::poll_now(event.bell.as_fd()).unwrap().readable);
+    }
 
     /// An Event's handle whose bell is not a doorbell (a pipe nobody writes to, which a
     /// timed wait would have read and waited on for ever) is refused.
