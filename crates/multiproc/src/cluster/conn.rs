@@ -457,14 +457,24 @@ impl Link {
             let Some(conn) = self.conn.as_mut() else {
                 return Err(ClusterError::Redis("no connection".into()));
             };
-            match f(conn) {
-                Ok(v) => return Ok(v),
+            CUT_SHORT.with(|c| c.set(false));
+            let done = f(conn);
+            // A pipeline left replies unread (see `Piped`): the connection goes, however
+            // `f` reported that.
+            let cut_short = CUT_SHORT.with(std::cell::Cell::take);
+            match done {
+                Ok(v) => {
+                    if cut_short {
+                        self.conn = None;
+                    }
+                    return Ok(v);
+                }
                 Err(e) => {
                     let readonly = refused_as_a_replica(&e);
                     let broken = broken(&e)
                         || !redis::ConnectionLike::is_open(conn)
                         || readonly && self.readonly_reset_due();
-                    if broken {
+                    if broken || cut_short {
                         self.conn = None;
                     }
                     // A write refused as a replica's is made again only if none of it
@@ -574,8 +584,17 @@ fn broken(e: &redis::RedisError) -> bool {
 /// read waiting out the read timeout against a server that does not answer (a pipeline
 /// of 513 commands to a stopped server waited 513 response timeouts, 85 minutes,
 /// rather than one). The replies left unread make the connection unusable: the error
-/// then says so (an I/O error, which `Link::run` drops the connection for).
+/// then says so (an I/O error), and [`Link::run`] drops the connection whatever its
+/// caller made of the error (`CUT_SHORT`: a caller that turned it into another kind of
+/// error, or into a value, kept the connection, and each later command read the reply
+/// of the one before).
 pub(crate) struct Piped<'c>(pub(crate) &'c mut redis::Connection);
+
+thread_local! {
+    /// Set by a [`Piped`] pipeline that left replies unread, for the [`Link::run`] it
+    /// ran in to drop the connection.
+    static CUT_SHORT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 impl redis::ConnectionLike for Piped<'_> {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
@@ -603,7 +622,11 @@ impl redis::ConnectionLike for Piped<'_> {
                     replies.push(reply);
                     left -= 1;
                 }
-                Err(e) if left > 1 && !broken(&e) => {
+                Err(e) if left > 1 => {
+                    CUT_SHORT.with(|c| c.set(true));
+                    if broken(&e) {
+                        return Err(e);
+                    }
                     return Err(redis::RedisError::from(std::io::Error::other(format!(
                         "a pipeline's reply failed, {} left unread: {e}",
                         left - 1
@@ -694,6 +717,73 @@ pub(crate) fn fields(v: &Value) -> Vec<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake server on loopback: answers every command `+OK`, but a `SET` only after
+    /// 400 ms, a `GET` with `abc` and an `ECHO` with its argument. Serves one
+    /// connection, for at most 10 s.
+    fn slow_set_server() -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let serving = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut out = stream.try_clone().unwrap();
+            let mut lines = BufReader::new(stream);
+            let mut line = String::new();
+            let mut read_line = |line: &mut String| {
+                line.clear();
+                lines.read_line(line).is_ok_and(|n| n > 0)
+            };
+            while read_line(&mut line) {
+                let n: usize = line.trim_start_matches('*').trim().parse().unwrap();
+                let mut args = Vec::new();
+                for _ in 0..n {
+                    assert!(read_line(&mut line));
+                    assert!(read_line(&mut line));
+                    args.push(line.trim_end().to_string());
+                }
+                let reply = match args[0].to_ascii_uppercase().as_str() {
+                    "SET" => {
+                        std::thread::sleep(Duration::from_millis(400));
+                        "+OK\r\n".to_string()
+                    }
+                    "GET" => "$3\r\nabc\r\n".to_string(),
+                    "ECHO" => format!("${}\r\n{}\r\n", args[1].len(), args[1]),
+                    _ => "+OK\r\n".to_string(),
+                };
+                if out.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        (url, serving)
+    }
+
+    /// A pipeline whose first reply does not come in time leaves the rest unread: the
+    /// connection goes, also when the caller turns the error into another kind (it was
+    /// kept, and each later command read the reply of the one before: an `ECHO` got
+    /// the pipeline's `GET`).
+    #[test]
+    fn a_pipeline_cut_short_drops_its_connection() {
+        let (url, serving) = slow_set_server();
+        let server = Server::open(&url, None, Duration::from_secs(5)).unwrap();
+        let conn = server.connect(Duration::from_millis(150)).unwrap();
+        let mut link = Link::with(server, Duration::from_millis(150), conn);
+        let failed = link.run(|c| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg("k").arg("v").cmd("GET").arg("k");
+            pipe.query::<(String, String)>(&mut Piped(c)).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Client, "setup", e.to_string()))
+            })
+        });
+        assert!(failed.is_err(), "{failed:?}");
+        assert!(!link.is_connected(), "the connection was kept");
+        drop(link);
+        serving.join().unwrap();
+    }
 
     #[test]
     fn passwords_are_masked() {
