@@ -37,7 +37,8 @@ const SPIN: Duration = Duration::from_micros(30);
 /// How long a non-blocking send or receive waits for the producers' or consumers' lock:
 /// while its holder runs: one copying a message holds it for microseconds, but may be
 /// preempted for a time slice or more on a busy machine. A holder seen stopped
-/// (`SIGSTOP`, a debugger, a frozen cgroup) ends the wait at once.
+/// (`SIGSTOP`, a debugger) ends the wait at once; one in a frozen cgroup, which `/proc`
+/// shows as sleeping, not before this.
 const TRY_LOCK_PATIENCE: Duration = Duration::from_millis(20);
 
 /// How long a non-blocking call made by an async send or receive (see [`Polling`]) waits
@@ -1128,7 +1129,12 @@ impl RawReceiver {
             return Ok(false);
         }
         let took_over = tail.took_over;
-        let repaired = core.repair(&mut tail).map_err(RecvFail::Io)?;
+        // A repair that finds the ring's positions out of line (its memory overwritten)
+        // says the ring is corrupt, as a receive that meets them does.
+        let repaired = core.repair(&mut tail).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => broken(&e.to_string()),
+            _ => RecvFail::Io(e),
+        })?;
         Ok(repaired || took_over)
     }
 
