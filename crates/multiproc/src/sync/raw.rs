@@ -95,8 +95,9 @@ impl LockWords {
     /// Takes the lock for a call that must not block on a peer that cannot let go:
     /// waits while the holder runs (it holds the lock for the microseconds a copy takes,
     /// but may have been preempted), at most `limit`, and gives up as soon as the holder
-    /// is seen stopped (`SIGSTOP`, a debugger, a frozen cgroup). A holder that died is
-    /// taken over, as by [`lock`](Self::lock).
+    /// is seen stopped (`SIGSTOP`, a debugger; one in a frozen cgroup shows as sleeping,
+    /// and is waited for the whole `limit`). A holder that died is taken over, as by
+    /// [`lock`](Self::lock).
     #[inline]
     pub(crate) fn lock_unless_stopped(&self, limit: Duration) -> Option<Acquired> {
         // Free (the usual case): taken without a look at the clock.

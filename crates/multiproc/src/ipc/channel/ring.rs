@@ -78,7 +78,8 @@ pub(crate) struct Ring<'a> {
 
 /// How long to wait for one of the channel's locks. A peer stopped (`SIGSTOP`, a
 /// debugger, a frozen cgroup) while it holds one must not hold up a timed or
-/// non-blocking call.
+/// non-blocking call for long (one in a frozen cgroup, which `/proc` shows as sleeping,
+/// for the call's whole patience).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum LockWait {
     /// Until then (`None`: as long as it takes).
