@@ -271,14 +271,16 @@ impl<O: Output> Encoder<O> {
         Ok(())
     }
 
-    fn len(&mut self, len: Option<usize>) -> Result<(), EncodeError> {
+    /// Writes a sequence's or map's length; the length.
+    fn len(&mut self, len: Option<usize>) -> Result<usize, EncodeError> {
         let len = len.ok_or_else(|| {
             EncodeError::fixed(
                 "a sequence or map that does not say its length cannot be encoded (a struct \
                  with `#[serde(flatten)]` writes its fields so)",
             )
         })?;
-        self.0.varint(len as u64)
+        self.0.varint(len as u64)?;
+        Ok(len)
     }
 }
 
@@ -301,14 +303,14 @@ macro_rules! variant_starts {
     )*};
 }
 
-impl<O: Output> ser::Serializer for &mut Encoder<O> {
+impl<'a, O: Output> ser::Serializer for &'a mut Encoder<O> {
     type Ok = ();
     type Error = EncodeError;
-    type SerializeSeq = Self;
+    type SerializeSeq = Listed<'a, O>;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
     type SerializeTupleVariant = Self;
-    type SerializeMap = Self;
+    type SerializeMap = Listed<'a, O>;
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
@@ -412,10 +414,10 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
         self.nested(v)
     }
     #[inline]
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self, EncodeError> {
+    fn serialize_seq(self, len: Option<usize>) -> Result<Listed<'a, O>, EncodeError> {
         self.enter(1)?;
-        self.len(len)?;
-        Ok(self)
+        let left = self.len(len)?;
+        Ok(Listed { enc: self, left })
     }
     fn serialize_tuple(self, _: usize) -> Result<Self, EncodeError> {
         self.enter(1)?;
@@ -426,10 +428,10 @@ impl<O: Output> ser::Serializer for &mut Encoder<O> {
         Ok(self)
     }
     variant_starts!(serialize_tuple_variant, serialize_struct_variant);
-    fn serialize_map(self, len: Option<usize>) -> Result<Self, EncodeError> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Listed<'a, O>, EncodeError> {
         self.enter(1)?;
-        self.len(len)?;
-        Ok(self)
+        let left = self.len(len)?;
+        Ok(Listed { enc: self, left })
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, EncodeError> {
         self.enter(1)?;
@@ -465,7 +467,6 @@ macro_rules! compound {
 }
 
 compound! {
-    SerializeSeq::serialize_element() 1;
     SerializeTuple::serialize_element() 1;
     SerializeTupleStruct::serialize_field() 1;
     SerializeTupleVariant::serialize_field() 2;
@@ -503,18 +504,62 @@ macro_rules! fields {
 
 fields!(SerializeStruct 1, SerializeStructVariant 2);
 
-impl<O: Output> ser::SerializeMap for &mut Encoder<O> {
+/// A sequence's elements or a map's entries, counted against the length it said it has:
+/// the format writes that length first, and the receiver reads as many. A `Serialize`
+/// whose elements do not match it (a collection another thread changes while it is
+/// sent, whose length was read first) was read wrong, or failed, at the receiver, after
+/// the send had said it went: refused here instead.
+struct Listed<'a, O: Output> {
+    enc: &'a mut Encoder<O>,
+    left: usize,
+}
+
+impl<O: Output> Listed<'_, O> {
+    /// One element (or entry) more: counted down without a branch, and checked at the
+    /// end (the bytes of any number of elements go in the output, bounded as any other).
+    #[inline]
+    fn one_more(&mut self) {
+        self.left = self.left.wrapping_sub(1);
+    }
+
+    fn finish(self) -> Done {
+        if self.left != 0 {
+            return Err(EncodeError::fixed(
+                "a sequence or map wrote another number of elements than the length it said \
+                 it has (a collection changed while it was encoded?)",
+            ));
+        }
+        self.enc.1 -= 1;
+        Ok(())
+    }
+}
+
+impl<O: Output> ser::SerializeSeq for Listed<'_, O> {
+    type Ok = ();
+    type Error = EncodeError;
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Done {
+        self.one_more();
+        v.serialize(&mut *self.enc)
+    }
+    #[inline]
+    fn end(self) -> Done {
+        self.finish()
+    }
+}
+
+impl<O: Output> ser::SerializeMap for Listed<'_, O> {
     type Ok = ();
     type Error = EncodeError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Done {
-        k.serialize(&mut **self)
+        self.one_more();
+        k.serialize(&mut *self.enc)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Done {
-        v.serialize(&mut **self)
+        v.serialize(&mut *self.enc)
     }
     fn end(self) -> Done {
-        self.1 -= 1;
-        Ok(())
+        self.finish()
     }
 }
 
@@ -525,6 +570,60 @@ mod tests {
 
     use super::*;
     use crate::wire::samples::{Plain, Shape, Wide, edges, sample, wide};
+
+    /// A sequence (or map) that says it has `said` elements and writes `wrote`: what a
+    /// collection changed by another thread between its length and its walk gives.
+    struct Misstated {
+        said: usize,
+        wrote: u8,
+        map: bool,
+    }
+
+    impl Serialize for Misstated {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{SerializeMap, SerializeSeq};
+            if self.map {
+                let mut m = s.serialize_map(Some(self.said))?;
+                for i in 0..self.wrote {
+                    m.serialize_entry(&i, &i)?;
+                }
+                m.end()
+            } else {
+                let mut q = s.serialize_seq(Some(self.said))?;
+                for i in 0..self.wrote {
+                    q.serialize_element(&i)?;
+                }
+                q.end()
+            }
+        }
+    }
+
+    /// A sequence or map whose elements do not match the length it said is refused as
+    /// it is encoded: written, the receiver read that many elements, taking the bytes
+    /// after them for them (a wrong value, or an error at the receiver after the send
+    /// had said it went). The measure refuses it too, and one that matches goes.
+    #[test]
+    fn a_sequence_that_misstates_its_length_is_refused() {
+        for map in [false, true] {
+            for (said, wrote) in [(2, 3), (3, 2), (0, 1), (1, 0)] {
+                let v = Misstated { said, wrote, map };
+                let e = to_vec(&v, Vec::new()).unwrap_err();
+                assert!(e.to_string().contains("than the length it said"), "{e}");
+                assert!(
+                    len_of(&v).is_err(),
+                    "measured: {said} said, {wrote} written"
+                );
+                // Inside a value, too.
+                assert!(to_vec(&(1u8, v, 2u8), Vec::new()).is_err());
+            }
+            let fine = Misstated {
+                said: 3,
+                wrote: 3,
+                map,
+            };
+            assert!(to_vec(&fine, Vec::new()).is_ok());
+        }
+    }
 
     /// `to_vec`, `len_of` and `to_slice` agree on `value`'s bytes, and a slice one byte
     /// short is refused; the bytes.
