@@ -267,6 +267,24 @@ mod tests {
     const A: u64 = 1;
     const B: u64 = 2;
 
+    /// `by` receives a proxy of 7 that `from` sent: nothing is freed.
+    fn receives_7(t: &mut RefTable, by: u64, from: u64) {
+        let freed = t.apply(
+            by,
+            vec![RefOp::Hold {
+                id: 7,
+                from: Some(from),
+            }],
+        );
+        assert!(freed.is_empty(), "{freed:?}");
+    }
+
+    /// B receives the proxy of 7 that A sent, and drops it: the last reference, 7 goes.
+    fn b_takes_and_drops_7_from_a(t: &mut RefTable) {
+        receives_7(t, B, A);
+        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+    }
+
     fn table() -> RefTable {
         let mut t = RefTable::default();
         t.connected(A);
@@ -291,17 +309,7 @@ mod tests {
             t.apply(A, vec![RefOp::Release { id: 7, sent: 1 }])
                 .is_empty()
         );
-        assert!(
-            t.apply(
-                B,
-                vec![RefOp::Hold {
-                    id: 7,
-                    from: Some(A)
-                }]
-            )
-            .is_empty()
-        );
-        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+        b_takes_and_drops_7_from_a(&mut t);
     }
 
     #[test]
@@ -365,16 +373,7 @@ mod tests {
         let mut t = table();
         t.created(7, A, false);
         // B received 7 from RELAY (which received it from A) and calls it.
-        assert!(
-            t.apply(
-                B,
-                vec![RefOp::Hold {
-                    id: 7,
-                    from: Some(RELAY)
-                }]
-            )
-            .is_empty()
-        );
+        receives_7(&mut t, B, RELAY);
         // RELAY ends: it connects, holds what it received, lets go, and reports one sent.
         t.connected(RELAY);
         let ops = vec![
@@ -522,17 +521,7 @@ mod tests {
         );
         // A dies: the proxy it sent before it left is still on its way to B.
         assert_eq!(t.disconnected(A), (true, Vec::new()));
-        assert!(
-            t.apply(
-                B,
-                vec![RefOp::Hold {
-                    id: 7,
-                    from: Some(A)
-                }]
-            )
-            .is_empty()
-        );
-        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+        b_takes_and_drops_7_from_a(&mut t);
     }
 
     /// A process that lets go with a proxy in flight, then connects again without
@@ -550,17 +539,7 @@ mod tests {
             (true, Vec::new()),
             "7 is still in flight"
         );
-        assert!(
-            t.apply(
-                B,
-                vec![RefOp::Hold {
-                    id: 7,
-                    from: Some(A)
-                }]
-            )
-            .is_empty()
-        );
-        assert_eq!(t.apply(B, vec![RefOp::Release { id: 7, sent: 0 }]), [7]);
+        b_takes_and_drops_7_from_a(&mut t);
         assert!(t.sessions.keys().all(|&s| s == B));
     }
 

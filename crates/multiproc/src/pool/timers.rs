@@ -458,38 +458,25 @@ mod tests {
     fn a_start_given_after_a_refusing_take_runs_at_once() {
         let timers = Timers::new("timers-refusing".into());
         let (tx, rx) = std::sync::mpsc::channel();
+        let give = |n: u32, at: Instant, kind: Kind| {
+            let tx = tx.clone();
+            timers
+                .at(
+                    at,
+                    kind,
+                    Box::new(move |early| tx.send((n, early)).unwrap()),
+                )
+                .unwrap();
+        };
+        let next = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
         let far = Instant::now() + Duration::from_secs(3600);
-        let tx1 = tx.clone();
-        timers
-            .at(
-                far,
-                Kind::Start(None),
-                Box::new(move |early| tx1.send((1, early)).unwrap()),
-            )
-            .unwrap();
+        give(1, far, Kind::Start(None));
         timers.take_starts_refusing().cancel();
-        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (1, true));
-        let tx2 = tx.clone();
-        timers
-            .at(
-                far,
-                Kind::Start(None),
-                Box::new(move |early| tx2.send((2, early)).unwrap()),
-            )
-            .unwrap();
-        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (2, true));
-        let tx3 = tx.clone();
-        timers
-            .at(
-                Instant::now() + Duration::from_millis(50),
-                Kind::Timeout,
-                Box::new(move |early| tx3.send((3, early)).unwrap()),
-            )
-            .unwrap();
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-            (3, false)
-        );
+        assert_eq!(next(), (1, true));
+        give(2, far, Kind::Start(None));
+        assert_eq!(next(), (2, true));
+        give(3, Instant::now() + Duration::from_millis(50), Kind::Timeout);
+        assert_eq!(next(), (3, false));
         timers.stop();
     }
 

@@ -2462,9 +2462,14 @@ mod tests {
     /// Sends message `n` (a task, with `task`) from a thread of its own (holding a
     /// sender of its own) that dies at `point` of the publish.
     fn send_dying(tx: &RawSender, point: u32, n: u32, task: bool) {
+        send_dying_encoded(tx, point, numbered(n, 100), task);
+    }
+
+    /// Sends `m` (a task, with `task`) from a thread of its own that dies at `point`.
+    fn send_dying_encoded(tx: &RawSender, point: u32, m: Encoded, task: bool) {
         let dying = tx.clone();
         dying_at(point, move || {
-            dying.send(numbered(n, 100), Deadline::Now, task).unwrap();
+            dying.send(m, Deadline::Now, task).unwrap();
         });
     }
 
@@ -2728,14 +2733,6 @@ mod tests {
         assert!(matches!(take(&rx), Err(RecvFail::Empty)));
         tx.send(numbered(1, 100), Deadline::Now, false).unwrap();
         assert_eq!(number(&take(&rx).unwrap()), 1);
-    }
-
-    /// Sends `m` (a task, with `task`) from a thread of its own that dies at `point`.
-    fn send_dying_encoded(tx: &RawSender, point: u32, m: Encoded, task: bool) {
-        let dying = tx.clone();
-        dying_at(point, move || {
-            dying.send(m, Deadline::Now, task).unwrap();
-        });
     }
 
     /// A live producer stopped half-way through a publish (its lock is not taken over)
