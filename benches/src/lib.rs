@@ -975,6 +975,12 @@ pub fn groups(exe: &Path) -> Vec<Group> {
              protocol and of a spare lent to the parent ahead; figures and reading in \
              docs/DESIGN.md, \"Where a spawn's time goes\")."
                 .into(),
+            "Whether fork copying the code's page-table entries (rather than each child \
+             faulting them in) would help: `gcc -O1 -o /tmp/fork_code_ptes \
+             benches/models/fork_code_ptes.c`, then `/tmp/fork_code_ptes plain 2000` and \
+             `/tmp/fork_code_ptes copied 2000`, interleaved (figures and reading in \
+             docs/DESIGN.md, \"Where a spawn's time goes\")."
+                .into(),
             "Each multiproc row does the work of its floor (a fork, an exit, the wait for \
              it) and its own besides; ForkServer's and Spawn's go over four processes (the \
              caller, the server, the child and the next spare): under one \
